@@ -1,0 +1,3 @@
+//! cmqd: the cmq broker. See docs/ARCHITECTURE.md for the thread model and data flow.
+
+pub mod storage;

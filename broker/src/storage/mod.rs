@@ -1,0 +1,1 @@
+//! Per-shard write-ahead log: segments, group commit, recovery.
