@@ -1,1 +1,26 @@
-pub fn x(){}
+//! The cmq binary protocol: frame format, codec, request and response types,
+//! error codes and limits. No I/O: the broker and the client drive sockets
+//! themselves. `PROTOCOL.md` documents every byte.
+
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod limits;
+pub mod messages;
+pub mod names;
+pub mod ops;
+pub mod queue_admin;
+pub mod queue_attributes;
+pub mod wire;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use error::{DecodeError, ErrorCode};
+pub use handshake::{Handshake, HandshakeOk};
+pub use messages::*;
+pub use ops::{ErrorBody, Opcode, Request, Response};
+pub use queue_admin::*;
+pub use queue_attributes::{FlushPolicy, QueueAttributes, QueueAttributesUpdate};

@@ -1,0 +1,47 @@
+//! Every limit a client can run into, as a named constant.
+//!
+//! The broker checks each one while decoding a frame, before it allocates
+//! anything sized by the client. Relations between limits are compile-time
+//! assertions so that changing one cannot silently break another.
+
+/// Messages per batch request (BatchSendMessage, BatchReceiveMessage,
+/// BatchDeleteMessage). 16, as CMQ.
+pub const BATCH_MSGS_MAX: usize = 16;
+
+/// Largest message body any queue may be configured for (CMQ `maxMsgSize` upper bound).
+pub const MSG_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Smallest value a queue's `maxMsgSize` may be set to (CMQ lower bound).
+pub const MSG_BYTES_LIMIT_MIN: u32 = 1024;
+
+/// Bytes of framing, names and per-message overhead we allow on top of the
+/// bodies in the largest legal request (a full batch of maximum-size bodies).
+pub const FRAME_OVERHEAD_BYTES_MAX: u32 = 64 * 1024;
+
+/// Largest frame (header included) either side may send. A larger length
+/// prefix is refused before any buffer is grown for it.
+pub const FRAME_BYTES_MAX: u32 = BATCH_MSGS_MAX as u32 * MSG_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX;
+
+/// Queue, topic and subscription names: 1..=64 characters (CMQ).
+pub const NAME_CHARS_MAX: usize = 64;
+
+/// Any other string in a frame (error messages, client names, prefixes).
+pub const STRING_BYTES_MAX: usize = 4096;
+
+/// Items in one page of a list response (ListQueues `limit`).
+pub const LIST_PAGE_MAX: u32 = 1000;
+
+/// Default page size of list requests when the client asks for 0 items.
+pub const LIST_PAGE_DEFAULT: u32 = 20;
+
+/// Longest a receive may long-poll, in seconds (CMQ `pollingWaitSeconds` upper bound).
+pub const POLLING_WAIT_SECONDS_MAX: u32 = 30;
+
+/// Opaque authentication payload carried by the handshake.
+pub const AUTH_PAYLOAD_BYTES_MAX: usize = 4096;
+
+const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(MSG_BYTES_LIMIT_MIN <= MSG_BYTES_MAX);
+const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
+// A full-size list page of maximum-length names must fit in one frame.
+const _: () = assert!((LIST_PAGE_MAX as usize) * (NAME_CHARS_MAX + 16) < FRAME_BYTES_MAX as usize);

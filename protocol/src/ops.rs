@@ -1,0 +1,193 @@
+//! The operation table: every opcode with its request and response payloads.
+//!
+//! One line per operation generates the `Opcode`, `Request` and `Response`
+//! enums and their codecs, so adding an operation cannot forget a direction.
+
+use bytes::Bytes;
+
+use crate::error::{DecodeError, ErrorCode};
+use crate::frame::{self, FLAG_ERROR, FLAG_RESPONSE};
+use crate::handshake::{Handshake, HandshakeOk};
+use crate::limits::STRING_BYTES_MAX;
+use crate::messages::*;
+use crate::queue_admin::*;
+use crate::wire::{Reader, Wire};
+
+macro_rules! ops {
+    ($($(#[$doc:meta])* $code:literal $name:ident($req:ty) -> $resp:ty;)*) => {
+        /// Operation codes (frame header `opcode`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Opcode {
+            $($(#[$doc])* $name = $code,)*
+        }
+
+        impl Opcode {
+            pub const ALL: &'static [Opcode] = &[$(Opcode::$name),*];
+
+            pub fn from_u16(v: u16) -> Option<Opcode> {
+                match v {
+                    $($code => Some(Opcode::$name),)*
+                    _ => None,
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Opcode::$name => stringify!($name),)*
+                }
+            }
+        }
+
+        /// A decoded request payload.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Request {
+            $($name($req),)*
+        }
+
+        /// A decoded successful response payload.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Response {
+            $($name($resp),)*
+        }
+
+        impl Request {
+            pub fn opcode(&self) -> Opcode {
+                match self {
+                    $(Request::$name(_) => Opcode::$name,)*
+                }
+            }
+
+            fn encode_payload(&self, w: &mut Vec<u8>) {
+                match self {
+                    $(Request::$name(r) => r.encode(w),)*
+                }
+            }
+
+            /// Decodes a request payload; the whole payload must be consumed.
+            pub fn decode(opcode: u16, payload: Bytes) -> Result<Request, DecodeError> {
+                let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
+                let mut r = Reader::new(payload);
+                let req = match op {
+                    $(Opcode::$name => Request::$name(<$req>::decode(&mut r, stringify!($name))?),)*
+                };
+                r.finish()?;
+                Ok(req)
+            }
+        }
+
+        #[cfg(test)]
+        pub(crate) fn arb_request() -> proptest::strategy::BoxedStrategy<Request> {
+            use proptest::prelude::*;
+            proptest::strategy::Union::new(vec![
+                $(any::<$req>().prop_map(Request::$name).boxed(),)*
+            ]).boxed()
+        }
+
+        #[cfg(test)]
+        pub(crate) fn arb_response() -> proptest::strategy::BoxedStrategy<Response> {
+            use proptest::prelude::*;
+            proptest::strategy::Union::new(vec![
+                $(any::<$resp>().prop_map(Response::$name).boxed(),)*
+            ]).boxed()
+        }
+
+        impl Response {
+            pub fn opcode(&self) -> Opcode {
+                match self {
+                    $(Response::$name(_) => Opcode::$name,)*
+                }
+            }
+
+            fn encode_payload(&self, w: &mut Vec<u8>) {
+                match self {
+                    $(Response::$name(r) => r.encode(w),)*
+                }
+            }
+
+            /// Decodes a success payload for a request with `opcode`.
+            pub fn decode(opcode: u16, payload: Bytes) -> Result<Response, DecodeError> {
+                let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
+                let mut r = Reader::new(payload);
+                let resp = match op {
+                    $(Opcode::$name => Response::$name(<$resp>::decode(&mut r, stringify!($name))?),)*
+                };
+                r.finish()?;
+                Ok(resp)
+            }
+        }
+    };
+}
+
+ops! {
+    /// Must be the first frame on a connection.
+    0x0001 Handshake(Handshake) -> HandshakeOk;
+    0x0002 Ping(Ping) -> Empty;
+    0x0100 CreateQueue(CreateQueue) -> CreateQueueOk;
+    0x0101 DeleteQueue(DeleteQueue) -> Empty;
+    0x0102 ListQueues(ListQueues) -> ListQueuesOk;
+    0x0103 GetQueueAttributes(GetQueueAttributes) -> QueueInfo;
+    0x0104 SetQueueAttributes(SetQueueAttributes) -> QueueInfo;
+    0x0200 SendMessage(SendMessage) -> SendMessageOk;
+    0x0201 BatchSendMessage(BatchSendMessage) -> BatchSendMessageOk;
+    0x0202 ReceiveMessage(ReceiveMessage) -> ReceivedMessage;
+    0x0203 BatchReceiveMessage(BatchReceiveMessage) -> BatchReceiveMessageOk;
+    0x0204 DeleteMessage(DeleteMessage) -> Empty;
+    0x0205 BatchDeleteMessage(BatchDeleteMessage) -> BatchDeleteMessageOk;
+    0x0206 ChangeMessageVisibility(ChangeMessageVisibility) -> ChangeMessageVisibilityOk;
+}
+
+crate::wire_struct! {
+    /// The payload of a frame with the ERROR flag.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+    pub struct ErrorBody {
+        pub code: u16,
+        #[cfg_attr(test, proptest(strategy = "crate::testing::text()"))]
+        pub message: String = string(STRING_BYTES_MAX),
+    }
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: code.0,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode(self.code)
+    }
+
+    /// Appends an error response frame to `out`.
+    pub fn encode_frame(&self, opcode: u16, request_id: u64, out: &mut Vec<u8>) {
+        let start = frame::begin(out, opcode, FLAG_RESPONSE | FLAG_ERROR, request_id);
+        self.encode(out);
+        frame::end(out, start);
+    }
+
+    pub fn decode_payload(payload: Bytes) -> Result<ErrorBody, DecodeError> {
+        let mut r = Reader::new(payload);
+        let body = ErrorBody::decode(&mut r, "error")?;
+        r.finish()?;
+        Ok(body)
+    }
+}
+
+impl Request {
+    /// Appends this request as a complete frame to `out`.
+    pub fn encode_frame(&self, request_id: u64, out: &mut Vec<u8>) {
+        let start = frame::begin(out, self.opcode() as u16, 0, request_id);
+        self.encode_payload(out);
+        frame::end(out, start);
+    }
+}
+
+impl Response {
+    /// Appends this response as a complete frame to `out`.
+    pub fn encode_frame(&self, request_id: u64, out: &mut Vec<u8>) {
+        let start = frame::begin(out, self.opcode() as u16, FLAG_RESPONSE, request_id);
+        self.encode_payload(out);
+        frame::end(out, start);
+    }
+}

@@ -1,0 +1,24 @@
+//! Proptest strategies for fields whose values must respect wire limits.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+pub fn text() -> impl Strategy<Value = String> {
+    ".{0,24}"
+}
+
+pub fn name() -> impl Strategy<Value = String> {
+    "[a-zA-Z][a-zA-Z0-9_-]{0,63}"
+}
+
+pub fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+pub fn bodies() -> impl Strategy<Value = Vec<Bytes>> {
+    proptest::collection::vec(bytes(48), 0..=crate::limits::BATCH_MSGS_MAX)
+}
+
+pub fn small_vec<T: Arbitrary>(max: usize) -> impl Strategy<Value = Vec<T>> {
+    proptest::collection::vec(any::<T>(), 0..=max)
+}
