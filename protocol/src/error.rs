@@ -105,17 +105,9 @@ pub enum DecodeError {
     #[error("invalid value for {0}")]
     Invalid(&'static str),
     #[error("{field}: {got} items, at most {max} allowed")]
-    TooMany {
-        field: &'static str,
-        got: usize,
-        max: usize,
-    },
+    TooMany { field: &'static str, got: usize, max: usize },
     #[error("{field}: {got} bytes, at most {max} allowed")]
-    TooLong {
-        field: &'static str,
-        got: usize,
-        max: usize,
-    },
+    TooLong { field: &'static str, got: usize, max: usize },
     #[error("unknown opcode {0:#06x}")]
     UnknownOpcode(u16),
 }
@@ -124,12 +116,8 @@ impl DecodeError {
     /// The error code a server answers with when a request fails to decode.
     pub fn code(&self) -> ErrorCode {
         match self {
-            DecodeError::TooMany { field, .. } if is_batch_field(field) => {
-                ErrorCode::BATCH_TOO_LARGE
-            }
-            DecodeError::TooLong { field, .. } if is_body_field(field) => {
-                ErrorCode::MESSAGE_TOO_LARGE
-            }
+            DecodeError::TooMany { field, .. } if is_batch_field(field) => ErrorCode::BATCH_TOO_LARGE,
+            DecodeError::TooLong { field, .. } if is_body_field(field) => ErrorCode::MESSAGE_TOO_LARGE,
             DecodeError::TooMany { .. } | DecodeError::TooLong { .. } | DecodeError::Invalid(_) => {
                 ErrorCode::INVALID_PARAMETER
             }
@@ -163,25 +151,11 @@ mod tests {
 
     #[test]
     fn decode_errors_map_to_codes() {
-        let batch = DecodeError::TooMany {
-            field: "bodies",
-            got: 17,
-            max: 16,
-        };
+        let batch = DecodeError::TooMany { field: "bodies", got: 17, max: 16 };
         assert_eq!(batch.code(), ErrorCode::BATCH_TOO_LARGE);
-        let body = DecodeError::TooLong {
-            field: "body",
-            got: 2,
-            max: 1,
-        };
+        let body = DecodeError::TooLong { field: "body", got: 2, max: 1 };
         assert_eq!(body.code(), ErrorCode::MESSAGE_TOO_LARGE);
-        assert_eq!(
-            DecodeError::Truncated("x").code(),
-            ErrorCode::MALFORMED_FRAME
-        );
-        assert_eq!(
-            DecodeError::UnknownOpcode(9).code(),
-            ErrorCode::UNKNOWN_OPCODE
-        );
+        assert_eq!(DecodeError::Truncated("x").code(), ErrorCode::MALFORMED_FRAME);
+        assert_eq!(DecodeError::UnknownOpcode(9).code(), ErrorCode::UNKNOWN_OPCODE);
     }
 }

@@ -111,21 +111,11 @@ mod tests {
         let start = begin(&mut out, 0x0201, FLAG_RESPONSE, 0x0102030405060708);
         out.extend_from_slice(b"xy");
         end(&mut out, start);
-        assert_eq!(
-            out,
-            [14, 0, 0, 0, 0x01, 0x02, 0x01, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'x', b'y']
-        );
+        assert_eq!(out, [14, 0, 0, 0, 0x01, 0x02, 0x01, 0, 8, 7, 6, 5, 4, 3, 2, 1, b'x', b'y']);
         let mut buf = BytesMut::from(&out[..]);
         let total = check(&buf).expect("valid").expect("complete");
         let (h, payload) = split(&mut buf, total);
-        assert_eq!(
-            h,
-            FrameHeader {
-                opcode: 0x0201,
-                flags: FLAG_RESPONSE,
-                request_id: 0x0102030405060708
-            }
-        );
+        assert_eq!(h, FrameHeader { opcode: 0x0201, flags: FLAG_RESPONSE, request_id: 0x0102030405060708 });
         assert_eq!(&payload[..], b"xy");
         assert!(buf.is_empty());
     }
@@ -147,10 +137,7 @@ mod tests {
         let limit = FRAME_BYTES_MAX - LENGTH_PREFIX_BYTES as u32;
         assert_eq!(check(&limit.to_le_bytes()), Ok(None));
         let over = limit + 1;
-        assert_eq!(
-            check(&over.to_le_bytes()),
-            Err(FrameError::TooLarge(FRAME_BYTES_MAX as u64 + 1))
-        );
+        assert_eq!(check(&over.to_le_bytes()), Err(FrameError::TooLarge(FRAME_BYTES_MAX as u64 + 1)));
         assert!(check(&u32::MAX.to_le_bytes()).is_err());
     }
 

@@ -31,9 +31,7 @@ impl fmt::Debug for ReceiptHandle {
 impl FromStr for ReceiptHandle {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse::<u128>()
-            .map(ReceiptHandle)
-            .map_err(|_| format!("receiptHandle: {s:?} is not a receipt handle"))
+        s.parse::<u128>().map(ReceiptHandle).map_err(|_| format!("receiptHandle: {s:?} is not a receipt handle"))
     }
 }
 

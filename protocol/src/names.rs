@@ -8,21 +8,13 @@ use crate::limits::NAME_CHARS_MAX;
 pub fn validate_name(field: &str, name: &str) -> Result<(), String> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > NAME_CHARS_MAX {
-        return Err(format!(
-            "{field}: must be 1-{NAME_CHARS_MAX} characters long (got {})",
-            name.chars().count()
-        ));
+        return Err(format!("{field}: must be 1-{NAME_CHARS_MAX} characters long (got {})", name.chars().count()));
     }
     if !bytes[0].is_ascii_alphabetic() {
         return Err(format!("{field}: must start with a letter"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        return Err(format!(
-            "{field}: character {bad:?} is not allowed (letters, digits, '-' and '_' only)"
-        ));
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(format!("{field}: character {bad:?} is not allowed (letters, digits, '-' and '_' only)"));
     }
     Ok(())
 }
@@ -64,14 +56,8 @@ mod tests {
     #[test]
     fn shard_hash_golden_values() {
         // FNV-1a 64 reference values; pinned because data on disk depends on them.
-        assert_eq!(
-            shard_for("", u16::MAX),
-            (0xcbf2_9ce4_8422_2325u64 % 65535) as u16
-        );
-        assert_eq!(
-            shard_for("a", u16::MAX),
-            (0xaf63_dc4c_8601_ec8cu64 % 65535) as u16
-        );
+        assert_eq!(shard_for("", u16::MAX), (0xcbf2_9ce4_8422_2325u64 % 65535) as u16);
+        assert_eq!(shard_for("a", u16::MAX), (0xaf63_dc4c_8601_ec8cu64 % 65535) as u16);
         assert_eq!(shard_for("anything", 1), 0);
         assert_eq!(shard_for("anything", 0), 0);
     }

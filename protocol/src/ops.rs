@@ -149,10 +149,7 @@ crate::wire_struct! {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
-        ErrorBody {
-            code: code.0,
-            message: message.into(),
-        }
+        ErrorBody { code: code.0, message: message.into() }
     }
 
     pub fn code(&self) -> ErrorCode {

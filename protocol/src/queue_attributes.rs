@@ -19,53 +19,22 @@ pub struct AttrRange {
 impl AttrRange {
     pub fn check(&self, v: u64) -> Result<u64, String> {
         if v < self.min || v > self.max {
-            Err(format!(
-                "{}: {} is out of range {}..={}",
-                self.name, v, self.min, self.max
-            ))
+            Err(format!("{}: {} is out of range {}..={}", self.name, v, self.min, self.max))
         } else {
             Ok(v)
         }
     }
 }
 
-pub const MAX_MSG_HEAP_NUM: AttrRange = AttrRange {
-    name: "maxMsgHeapNum",
-    min: 1,
-    max: 1_000_000_000,
-    default: 100_000_000,
-};
-pub const POLLING_WAIT_SECONDS: AttrRange = AttrRange {
-    name: "pollingWaitSeconds",
-    min: 0,
-    max: 30,
-    default: 0,
-};
-pub const VISIBILITY_TIMEOUT: AttrRange = AttrRange {
-    name: "visibilityTimeout",
-    min: 1,
-    max: 43_200,
-    default: 30,
-};
-pub const MAX_MSG_SIZE: AttrRange = AttrRange {
-    name: "maxMsgSize",
-    min: 1024,
-    max: 1_048_576,
-    default: 65_536,
-};
-pub const MSG_RETENTION_SECONDS: AttrRange = AttrRange {
-    name: "msgRetentionSeconds",
-    min: 60,
-    max: 1_296_000,
-    default: 345_600,
-};
+pub const MAX_MSG_HEAP_NUM: AttrRange =
+    AttrRange { name: "maxMsgHeapNum", min: 1, max: 1_000_000_000, default: 100_000_000 };
+pub const POLLING_WAIT_SECONDS: AttrRange = AttrRange { name: "pollingWaitSeconds", min: 0, max: 30, default: 0 };
+pub const VISIBILITY_TIMEOUT: AttrRange = AttrRange { name: "visibilityTimeout", min: 1, max: 43_200, default: 30 };
+pub const MAX_MSG_SIZE: AttrRange = AttrRange { name: "maxMsgSize", min: 1024, max: 1_048_576, default: 65_536 };
+pub const MSG_RETENTION_SECONDS: AttrRange =
+    AttrRange { name: "msgRetentionSeconds", min: 60, max: 1_296_000, default: 345_600 };
 /// Also bounded by the queue's msgRetentionSeconds.
-pub const REWIND_SECONDS: AttrRange = AttrRange {
-    name: "rewindSeconds",
-    min: 0,
-    max: 43_200,
-    default: 0,
-};
+pub const REWIND_SECONDS: AttrRange = AttrRange { name: "rewindSeconds", min: 0, max: 43_200, default: 0 };
 
 const _: () = assert!(MAX_MSG_SIZE.max == crate::limits::MSG_BYTES_MAX as u64);
 const _: () = assert!(MAX_MSG_SIZE.min == crate::limits::MSG_BYTES_LIMIT_MIN as u64);
@@ -164,35 +133,18 @@ impl QueueAttributes {
     pub fn updated(&self, u: &QueueAttributesUpdate) -> Result<QueueAttributes, String> {
         let narrow = |v: u64| v as u32;
         let out = QueueAttributes {
-            max_msg_heap_num: MAX_MSG_HEAP_NUM
-                .check(u.max_msg_heap_num.unwrap_or(self.max_msg_heap_num))?,
+            max_msg_heap_num: MAX_MSG_HEAP_NUM.check(u.max_msg_heap_num.unwrap_or(self.max_msg_heap_num))?,
             polling_wait_seconds: narrow(
-                POLLING_WAIT_SECONDS.check(
-                    u.polling_wait_seconds
-                        .unwrap_or(self.polling_wait_seconds)
-                        .into(),
-                )?,
+                POLLING_WAIT_SECONDS.check(u.polling_wait_seconds.unwrap_or(self.polling_wait_seconds).into())?,
             ),
             visibility_timeout: narrow(
-                VISIBILITY_TIMEOUT.check(
-                    u.visibility_timeout
-                        .unwrap_or(self.visibility_timeout)
-                        .into(),
-                )?,
+                VISIBILITY_TIMEOUT.check(u.visibility_timeout.unwrap_or(self.visibility_timeout).into())?,
             ),
-            max_msg_size: narrow(
-                MAX_MSG_SIZE.check(u.max_msg_size.unwrap_or(self.max_msg_size).into())?,
-            ),
+            max_msg_size: narrow(MAX_MSG_SIZE.check(u.max_msg_size.unwrap_or(self.max_msg_size).into())?),
             msg_retention_seconds: narrow(
-                MSG_RETENTION_SECONDS.check(
-                    u.msg_retention_seconds
-                        .unwrap_or(self.msg_retention_seconds)
-                        .into(),
-                )?,
+                MSG_RETENTION_SECONDS.check(u.msg_retention_seconds.unwrap_or(self.msg_retention_seconds).into())?,
             ),
-            rewind_seconds: narrow(
-                REWIND_SECONDS.check(u.rewind_seconds.unwrap_or(self.rewind_seconds).into())?,
-            ),
+            rewind_seconds: narrow(REWIND_SECONDS.check(u.rewind_seconds.unwrap_or(self.rewind_seconds).into())?),
             flush_policy: u.flush_policy.unwrap_or(self.flush_policy),
         };
         if out.rewind_seconds > out.msg_retention_seconds {
@@ -226,48 +178,21 @@ mod tests {
         let d = QueueAttributes::defaults(FlushPolicy::Sync);
         type MakeUpdate = fn(u64) -> QueueAttributesUpdate;
         let cases: [(MakeUpdate, AttrRange); 6] = [
+            (|v| QueueAttributesUpdate { max_msg_heap_num: Some(v), ..Default::default() }, MAX_MSG_HEAP_NUM),
             (
-                |v| QueueAttributesUpdate {
-                    max_msg_heap_num: Some(v),
-                    ..Default::default()
-                },
-                MAX_MSG_HEAP_NUM,
-            ),
-            (
-                |v| QueueAttributesUpdate {
-                    polling_wait_seconds: Some(v as u32),
-                    ..Default::default()
-                },
+                |v| QueueAttributesUpdate { polling_wait_seconds: Some(v as u32), ..Default::default() },
                 POLLING_WAIT_SECONDS,
             ),
             (
-                |v| QueueAttributesUpdate {
-                    visibility_timeout: Some(v as u32),
-                    ..Default::default()
-                },
+                |v| QueueAttributesUpdate { visibility_timeout: Some(v as u32), ..Default::default() },
                 VISIBILITY_TIMEOUT,
             ),
+            (|v| QueueAttributesUpdate { max_msg_size: Some(v as u32), ..Default::default() }, MAX_MSG_SIZE),
             (
-                |v| QueueAttributesUpdate {
-                    max_msg_size: Some(v as u32),
-                    ..Default::default()
-                },
-                MAX_MSG_SIZE,
-            ),
-            (
-                |v| QueueAttributesUpdate {
-                    msg_retention_seconds: Some(v as u32),
-                    ..Default::default()
-                },
+                |v| QueueAttributesUpdate { msg_retention_seconds: Some(v as u32), ..Default::default() },
                 MSG_RETENTION_SECONDS,
             ),
-            (
-                |v| QueueAttributesUpdate {
-                    rewind_seconds: Some(v as u32),
-                    ..Default::default()
-                },
-                REWIND_SECONDS,
-            ),
+            (|v| QueueAttributesUpdate { rewind_seconds: Some(v as u32), ..Default::default() }, REWIND_SECONDS),
         ];
         for (make, range) in cases {
             assert!(d.updated(&make(range.min)).is_ok(), "{} min", range.name);
@@ -284,14 +209,8 @@ mod tests {
     #[test]
     fn rewind_cannot_exceed_retention() {
         let d = QueueAttributes::defaults(FlushPolicy::Sync);
-        let u = QueueAttributesUpdate {
-            msg_retention_seconds: Some(60),
-            rewind_seconds: Some(61),
-            ..Default::default()
-        };
-        assert!(d
-            .updated(&u)
-            .expect_err("rewind > retention")
-            .starts_with("rewindSeconds"));
+        let u =
+            QueueAttributesUpdate { msg_retention_seconds: Some(60), rewind_seconds: Some(61), ..Default::default() };
+        assert!(d.updated(&u).expect_err("rewind > retention").starts_with("rewindSeconds"));
     }
 }

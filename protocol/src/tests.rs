@@ -9,9 +9,7 @@ use crate::*;
 
 fn decode_one(bytes: &[u8]) -> (frame::FrameHeader, Bytes) {
     let mut buf = BytesMut::from(bytes);
-    let total = frame::check(&buf)
-        .expect("valid frame")
-        .expect("complete frame");
+    let total = frame::check(&buf).expect("valid frame").expect("complete frame");
     assert_eq!(total, bytes.len());
     frame::split(&mut buf, total)
 }
@@ -96,11 +94,8 @@ proptest! {
 
 #[test]
 fn golden_send_message_frame() {
-    let req = Request::SendMessage(SendMessage {
-        queue: "q1".into(),
-        delay_seconds: 5,
-        body: Bytes::from_static(b"hi"),
-    });
+    let req =
+        Request::SendMessage(SendMessage { queue: "q1".into(), delay_seconds: 5, body: Bytes::from_static(b"hi") });
     let mut out = Vec::new();
     req.encode_frame(7, &mut out);
     #[rustfmt::skip]
@@ -160,8 +155,7 @@ fn oversized_batch_is_refused_before_allocation() {
     w.put_str("q");
     w.put_u32(0);
     w.put_u16(17); // 17 bodies claimed
-    let err =
-        Request::decode(Opcode::BatchSendMessage as u16, Bytes::from(w)).expect_err("17 > 16");
+    let err = Request::decode(Opcode::BatchSendMessage as u16, Bytes::from(w)).expect_err("17 > 16");
     assert_eq!(err.code(), ErrorCode::BATCH_TOO_LARGE);
 }
 
@@ -190,8 +184,5 @@ fn trailing_bytes_are_malformed() {
     out.push(0);
     frame::end(&mut out, 0);
     let (h, payload) = decode_one(&out);
-    assert_eq!(
-        Request::decode(h.opcode, payload),
-        Err(DecodeError::TrailingBytes(1))
-    );
+    assert_eq!(Request::decode(h.opcode, payload), Err(DecodeError::TrailingBytes(1)));
 }

@@ -80,27 +80,17 @@ impl Reader {
     pub fn string(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
         let len = self.u16(field)? as usize;
         if len > max {
-            return Err(DecodeError::TooLong {
-                field,
-                got: len,
-                max,
-            });
+            return Err(DecodeError::TooLong { field, got: len, max });
         }
         let raw = self.take(len, field)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::Invalid(field))
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::Invalid(field))
     }
 
     /// A `u32`-prefixed byte string of at most `max` bytes, sliced without copying.
     pub fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let len = self.u32(field)? as usize;
         if len > max {
-            return Err(DecodeError::TooLong {
-                field,
-                got: len,
-                max,
-            });
+            return Err(DecodeError::TooLong { field, got: len, max });
         }
         if self.remaining() < len {
             return Err(DecodeError::Truncated(field));
@@ -239,11 +229,7 @@ pub fn encode_list<T: Wire>(items: &[T], w: &mut Vec<u8>) {
 }
 
 /// Decodes a `u16`-counted list of at most `max` items.
-pub fn decode_list<T: Wire>(
-    r: &mut Reader,
-    field: &'static str,
-    max: usize,
-) -> Result<Vec<T>, DecodeError> {
+pub fn decode_list<T: Wire>(r: &mut Reader, field: &'static str, max: usize) -> Result<Vec<T>, DecodeError> {
     let n = r.count(field, max)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -315,14 +301,7 @@ mod tests {
         let mut buf = Vec::new();
         buf.put_str("hello");
         let mut r = Reader::new(Bytes::from(buf.clone()));
-        assert_eq!(
-            r.string("s", 4),
-            Err(DecodeError::TooLong {
-                field: "s",
-                got: 5,
-                max: 4
-            })
-        );
+        assert_eq!(r.string("s", 4), Err(DecodeError::TooLong { field: "s", got: 5, max: 4 }));
         let mut r = Reader::new(Bytes::from(buf));
         assert_eq!(r.string("s", 5).as_deref(), Ok("hello"));
         r.finish().expect("fully consumed");

@@ -1,0 +1,325 @@
+//! A queue's messages by sequence number, in at most ~48 bytes each.
+//!
+//! Sequence numbers are dense per queue, so the common case is a ring of
+//! fixed-size entries indexed by `seq - base`: O(1) lookup, no hashing, no
+//! per-message allocation. Messages are removed mostly from the front (FIFO
+//! consumption, retention), which the ring handles by popping. A few
+//! long-lived "stragglers" (a message delayed for hours, a lease extended all
+//! day) would otherwise pin an ever-growing run of removed slots behind them,
+//! so when the ring is mostly holes its front stragglers move to a small
+//! ordered `overflow` map and the holes are released.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Where a message is in its life. Stored in one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MsgState {
+    /// A hole: the slot's message is gone for good.
+    Removed = 0,
+    /// Receivable now.
+    Ready = 1,
+    /// Sent with a delay; receivable at `visible_at_ms`.
+    Delayed = 2,
+    /// Received; returns to Ready at `visible_at_ms` unless deleted first.
+    InFlight = 3,
+    /// Deleted by a consumer but kept for the queue's rewindSeconds.
+    Deleted = 4,
+}
+
+/// One message's scheduling state. The body and its metadata stay in the
+/// write-ahead log; `body_pos`/`body_len` locate the body there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub msg_id: u64,
+    pub body_pos: u64,
+    pub enqueue_ms: u64,
+    /// Delayed: when it becomes ready. InFlight: when its lease ends.
+    pub visible_at_ms: u64,
+    pub body_len: u32,
+    /// Milliseconds from enqueue to first delivery, plus one; 0 = never delivered.
+    /// Relative so it fits 32 bits: retention caps a message's life at 15 days.
+    pub first_dequeue_rel: u32,
+    pub dequeue_count: u32,
+    pub state: MsgState,
+}
+
+impl Entry {
+    pub const REMOVED: Entry = Entry {
+        msg_id: 0,
+        body_pos: 0,
+        enqueue_ms: 0,
+        visible_at_ms: 0,
+        body_len: 0,
+        first_dequeue_rel: 0,
+        dequeue_count: 0,
+        state: MsgState::Removed,
+    };
+
+    pub fn first_dequeue_ms(&self) -> u64 {
+        match self.first_dequeue_rel {
+            0 => 0,
+            rel => self.enqueue_ms + u64::from(rel - 1),
+        }
+    }
+
+    pub fn set_first_dequeue(&mut self, now_ms: u64) {
+        if self.first_dequeue_rel == 0 {
+            let rel = now_ms.saturating_sub(self.enqueue_ms).min(u64::from(u32::MAX - 1));
+            self.first_dequeue_rel = rel as u32 + 1;
+        }
+    }
+}
+
+// The per-message memory budget (docs/BENCHMARKS.md) depends on this.
+const _: () = assert!(std::mem::size_of::<Entry>() <= 48);
+
+/// The ring is only compacted once it is at least this long, so small queues
+/// never pay for it.
+const STRAGGLER_RING_MIN: usize = 4096;
+
+#[derive(Debug, Default)]
+pub struct MessageIndex {
+    /// Sequence number of `ring[0]`.
+    base: u64,
+    ring: VecDeque<Entry>,
+    /// Removed slots inside the ring.
+    holes: usize,
+    /// Live messages with `seq < base`, moved out of the ring.
+    overflow: BTreeMap<u64, Entry>,
+}
+
+impl MessageIndex {
+    pub fn new(first_seq: u64) -> MessageIndex {
+        MessageIndex { base: first_seq, ..Default::default() }
+    }
+
+    /// Live (not removed) messages.
+    pub fn len(&self) -> usize {
+        self.ring.len() - self.holes + self.overflow.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One past the highest sequence number the ring covers.
+    pub fn end(&self) -> u64 {
+        self.base + self.ring.len() as u64
+    }
+
+    /// The lowest sequence number the ring covers (overflow entries are below it).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        let e = if seq < self.base { self.overflow.get(&seq)? } else { self.ring.get((seq - self.base) as usize)? };
+        (e.state != MsgState::Removed).then_some(e)
+    }
+
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let e = if seq < self.base {
+            self.overflow.get_mut(&seq)?
+        } else {
+            self.ring.get_mut((seq - self.base) as usize)?
+        };
+        (e.state != MsgState::Removed).then_some(e)
+    }
+
+    /// Inserts or replaces the message at `seq`. Appending at `end()` is the
+    /// fast path; replay after compaction may insert anywhere.
+    pub fn insert(&mut self, seq: u64, entry: Entry) {
+        debug_assert!(entry.state != MsgState::Removed);
+        if seq < self.base {
+            if self.ring.is_empty() {
+                // Nothing to keep dense: restart the ring here.
+                self.base = seq;
+            } else {
+                self.overflow.insert(seq, entry);
+                return;
+            }
+        }
+        let idx = (seq - self.base) as usize;
+        if idx >= self.ring.len() {
+            let gap = idx - self.ring.len();
+            self.holes += gap;
+            self.ring.resize(idx, Entry::REMOVED);
+            self.ring.push_back(entry);
+        } else {
+            if self.ring[idx].state == MsgState::Removed {
+                self.holes -= 1;
+            }
+            self.ring[idx] = entry;
+        }
+    }
+
+    /// Removes the message at `seq`, returning it.
+    pub fn remove(&mut self, seq: u64) -> Option<Entry> {
+        if seq < self.base {
+            return self.overflow.remove(&seq);
+        }
+        let slot = self.ring.get_mut((seq - self.base) as usize)?;
+        if slot.state == MsgState::Removed {
+            return None;
+        }
+        let old = std::mem::replace(slot, Entry::REMOVED);
+        self.holes += 1;
+        self.trim();
+        Some(old)
+    }
+
+    /// The oldest live message (lowest seq), if any.
+    pub fn first(&self) -> Option<(u64, &Entry)> {
+        if let Some((seq, e)) = self.overflow.iter().next() {
+            return Some((*seq, e));
+        }
+        self.ring.iter().enumerate().find(|(_, e)| e.state != MsgState::Removed).map(|(i, e)| (self.base + i as u64, e))
+    }
+
+    /// Live messages in sequence order, starting at `from`.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, &Entry)> + '_ {
+        let over = self.overflow.range(from..).map(|(s, e)| (*s, e));
+        let skip = from.saturating_sub(self.base) as usize;
+        let ring = self
+            .ring
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .filter(|(_, e)| e.state != MsgState::Removed)
+            .map(move |(i, e)| (self.base + i as u64, e));
+        over.chain(ring)
+    }
+
+    /// Drops removed slots from the front, and when the ring is mostly holes
+    /// moves front stragglers to the overflow map so the holes can go.
+    fn trim(&mut self) {
+        self.pop_front_holes();
+        if self.ring.len() >= STRAGGLER_RING_MIN && self.holes * 2 > self.ring.len() {
+            while self.holes * 4 > self.ring.len() {
+                let Some(front) = self.ring.pop_front() else {
+                    break;
+                };
+                if front.state == MsgState::Removed {
+                    self.holes -= 1;
+                } else {
+                    self.overflow.insert(self.base, front);
+                }
+                self.base += 1;
+                self.pop_front_holes();
+            }
+        }
+    }
+
+    fn pop_front_holes(&mut self) {
+        while self.ring.front().is_some_and(|e| e.state == MsgState::Removed) {
+            self.ring.pop_front();
+            self.holes -= 1;
+            self.base += 1;
+        }
+        if self.ring.is_empty() {
+            debug_assert_eq!(self.holes, 0);
+        }
+    }
+
+    /// Approximate heap bytes held, for the memory-per-message figure.
+    pub fn heap_bytes(&self) -> usize {
+        self.ring.capacity() * std::mem::size_of::<Entry>()
+            + self.overflow.len() * (std::mem::size_of::<Entry>() + 8 + 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(id: u64) -> Entry {
+        Entry { msg_id: id, state: MsgState::Ready, ..Entry::REMOVED }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push,
+        Remove(u16),
+        Insert(u16),
+        SetState(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Push),
+            4 => any::<u16>().prop_map(Op::Remove),
+            1 => any::<u16>().prop_map(Op::Insert),
+            1 => any::<u16>().prop_map(Op::SetState),
+        ]
+    }
+
+    proptest! {
+        /// The index behaves exactly like an ordered map of live entries.
+        #[test]
+        fn matches_a_btreemap(ops in proptest::collection::vec(op(), 0..3000)) {
+            let mut idx = MessageIndex::new(100);
+            let mut model = BTreeMap::new();
+            let mut next = 100u64;
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        idx.insert(next, entry(next));
+                        model.insert(next, entry(next));
+                        next += 1;
+                    }
+                    Op::Remove(k) => {
+                        let seq = 100 + u64::from(k) % (next - 99);
+                        prop_assert_eq!(idx.remove(seq), model.remove(&seq));
+                    }
+                    Op::Insert(k) => {
+                        let seq = 100 + u64::from(k) % (next - 99);
+                        idx.insert(seq, entry(seq * 7));
+                        model.insert(seq, entry(seq * 7));
+                        next = next.max(seq + 1);
+                    }
+                    Op::SetState(k) => {
+                        let seq = 100 + u64::from(k) % (next - 99);
+                        if let Some(e) = idx.get_mut(seq) { e.state = MsgState::InFlight; }
+                        if let Some(e) = model.get_mut(&seq) { e.state = MsgState::InFlight; }
+                    }
+                }
+                prop_assert_eq!(idx.len(), model.len());
+            }
+            let got: Vec<_> = idx.iter_from(0).map(|(s, e)| (s, *e)).collect();
+            let want: Vec<_> = model.iter().map(|(s, e)| (*s, *e)).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(idx.first().map(|(s, _)| s), model.keys().next().copied());
+            for seq in 90..next + 5 {
+                prop_assert_eq!(idx.get(seq), model.get(&seq));
+            }
+        }
+    }
+
+    #[test]
+    fn stragglers_do_not_pin_holes() {
+        let mut idx = MessageIndex::new(0);
+        idx.insert(0, entry(0));
+        for seq in 1..100_000 {
+            idx.insert(seq, entry(seq));
+            idx.remove(seq);
+        }
+        // One live message at the front, ~100k removed behind it.
+        assert_eq!(idx.len(), 1);
+        assert!(idx.ring.len() < STRAGGLER_RING_MIN * 2, "ring kept {} slots", idx.ring.len());
+        assert!(idx.get(0).is_some());
+        assert_eq!(idx.remove(0).map(|e| e.msg_id), Some(0));
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn first_dequeue_is_relative_and_set_once() {
+        let mut e = Entry { enqueue_ms: 1_000, ..entry(1) };
+        assert_eq!(e.first_dequeue_ms(), 0);
+        e.set_first_dequeue(1_000);
+        assert_eq!(e.first_dequeue_ms(), 1_000);
+        e.set_first_dequeue(5_000);
+        assert_eq!(e.first_dequeue_ms(), 1_000);
+    }
+}

@@ -1,0 +1,15 @@
+//! The queue engine: pure state machines driven by requests, records and
+//! time. No I/O happens here; the shard supplies a [`log::Log`] and the clock.
+
+pub mod error;
+pub mod log;
+pub mod message_index;
+pub mod queue;
+pub mod receipt;
+pub mod record;
+pub mod shard_engine;
+pub mod timers;
+
+pub use error::EngineError;
+pub use log::{Durability, Log, MemLog};
+pub use shard_engine::{Delivery, EngineConfig, ListedQueue, ReceiveOutcome, ShardEngine};

@@ -1,0 +1,664 @@
+//! All queues owned by one shard, and the operations on them.
+//!
+//! Every operation validates, builds a [`Record`], appends it to the [`Log`],
+//! then applies it, so that a failed append changes nothing and replay after
+//! a crash runs the same `apply` code. Time comes in as `now_ms`; nothing here
+//! reads a clock or touches a file or socket.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use bytes::Bytes;
+use cmq_protocol::limits::{BATCH_MSGS_MAX, POLLING_WAIT_SECONDS_MAX};
+use cmq_protocol::names::validate_name;
+use cmq_protocol::queue_attributes::VISIBILITY_TIMEOUT;
+use cmq_protocol::{
+    DeliveryHead, ErrorCode, FlushPolicy, QueueAttributes, QueueAttributesUpdate, QueueInfo, ReceiptHandle,
+};
+
+use crate::engine::error::EngineError;
+use crate::engine::log::{Durability, Log};
+use crate::engine::queue::{Counts, Queue};
+use crate::engine::receipt::ReceiptKeys;
+use crate::engine::record::{body_spans, BodySpan, Record, RecordError};
+
+/// How often retention is enforced on every queue.
+const RETENTION_SWEEP_MS: u64 = 1000;
+
+/// Waiter ids of one queue are compacted once this many accumulate.
+const QUEUE_WAITER_IDS_COMPACT: usize = 1024;
+
+/// Bits of a message id below the shard number.
+const MSG_ID_SHARD_SHIFT: u32 = 56;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub shard: u16,
+    pub secret: [u8; 16],
+    pub default_flush: FlushPolicy,
+    /// Queues this shard may hold (TOO_MANY_QUEUES beyond).
+    pub queues_max: usize,
+}
+
+/// A message handed to a consumer; its body is read from the log at `body_pos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub head: DeliveryHead,
+    pub body_pos: u64,
+    pub body_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveOutcome {
+    Delivered(Vec<Delivery>),
+    /// Nothing ready; the receiver waits as this waiter id until a message
+    /// arrives ([`ShardEngine::serve_waiters`]) or its deadline passes
+    /// ([`ShardEngine::expire_waiters`]).
+    Waiting(u64),
+    /// Nothing ready and no wait was asked for.
+    Empty,
+}
+
+struct Waiter {
+    uid: u32,
+    max: usize,
+}
+
+/// A queue as it appears in a listing, with what is needed to merge pages
+/// across shards in creation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedQueue {
+    pub created_ms: u64,
+    pub queue_id: u64,
+    pub name: String,
+}
+
+pub struct ShardEngine {
+    cfg: EngineConfig,
+    keys: ReceiptKeys,
+    queues: HashMap<u32, Queue>,
+    by_name: HashMap<String, u32>,
+    next_uid: u32,
+    next_msg_counter: u64,
+    wakeups: BinaryHeap<Reverse<(u64, u32)>>,
+    waiters: HashMap<u64, Waiter>,
+    waiter_deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    next_waiter_id: u64,
+    to_serve: Vec<u32>,
+    next_retention_sweep_ms: u64,
+    scratch: Vec<u8>,
+}
+
+impl ShardEngine {
+    pub fn new(cfg: EngineConfig) -> ShardEngine {
+        ShardEngine {
+            keys: ReceiptKeys::new(cfg.secret),
+            cfg,
+            queues: HashMap::new(),
+            by_name: HashMap::new(),
+            next_uid: 1,
+            next_msg_counter: 1,
+            wakeups: BinaryHeap::new(),
+            waiters: HashMap::new(),
+            waiter_deadlines: BinaryHeap::new(),
+            next_waiter_id: 1,
+            to_serve: Vec::new(),
+            next_retention_sweep_ms: 0,
+            scratch: Vec::with_capacity(256),
+        }
+    }
+
+    pub fn shard(&self) -> u16 {
+        self.cfg.shard
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn queue_id(&self, uid: u32) -> u64 {
+        (u64::from(self.cfg.shard) << 32) | u64::from(uid)
+    }
+
+    fn lookup(&self, name: &str) -> Result<u32, EngineError> {
+        self.by_name.get(name).copied().ok_or_else(|| EngineError::queue_not_found(name))
+    }
+
+    fn queue_mut(&mut self, name: &str) -> Result<&mut Queue, EngineError> {
+        let uid = self.lookup(name)?;
+        self.queues.get_mut(&uid).ok_or_else(|| EngineError::queue_not_found(name))
+    }
+
+    fn log_record(
+        &mut self,
+        log: &mut impl Log,
+        rec: &Record<Bytes>,
+        durability: Durability,
+    ) -> Result<u64, EngineError> {
+        rec.encode(&mut self.scratch, |parts| log.append(rec.rtype(), parts, durability))
+    }
+
+    fn data_durability(policy: FlushPolicy) -> Durability {
+        match policy {
+            FlushPolicy::Sync => Durability::Synced,
+            FlushPolicy::Async => Durability::Written,
+        }
+    }
+
+    // ---- queue management -------------------------------------------------
+
+    pub fn create_queue(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        update: &QueueAttributesUpdate,
+    ) -> Result<u64, EngineError> {
+        validate_name("queueName", name).map_err(EngineError::invalid)?;
+        if self.by_name.contains_key(name) {
+            return Err(EngineError::new(ErrorCode::QUEUE_ALREADY_EXISTS, format!("queue {name:?} already exists")));
+        }
+        if self.queues.len() >= self.cfg.queues_max {
+            return Err(EngineError::new(
+                ErrorCode::TOO_MANY_QUEUES,
+                format!("this shard already holds its limit of {} queues", self.cfg.queues_max),
+            ));
+        }
+        let attrs = QueueAttributes::defaults(self.cfg.default_flush).updated(update).map_err(EngineError::invalid)?;
+        let uid = self.next_uid;
+        let rec = Record::QueueCreated { uid, time_ms: now_ms, attrs: attrs.clone(), name: name.to_owned() };
+        self.log_record(log, &rec, Durability::Synced)?;
+        self.apply_queue_created(uid, now_ms, attrs, name.to_owned());
+        Ok(self.queue_id(uid))
+    }
+
+    fn apply_queue_created(&mut self, uid: u32, time_ms: u64, attrs: QueueAttributes, name: String) {
+        self.next_uid = self.next_uid.max(uid + 1);
+        if let Some(q) = self.queues.get_mut(&uid) {
+            q.attrs = attrs;
+            return;
+        }
+        self.by_name.insert(name.clone(), uid);
+        self.queues.insert(uid, Queue::new(uid, name, attrs, time_ms));
+    }
+
+    /// Deletes a queue; returns the waiters that were waiting on it, which the
+    /// caller answers with QUEUE_NOT_FOUND.
+    pub fn delete_queue(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<Vec<u64>, EngineError> {
+        let uid = self.lookup(name)?;
+        self.log_record(log, &Record::QueueDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        Ok(self.apply_queue_deleted(uid))
+    }
+
+    fn apply_queue_deleted(&mut self, uid: u32) -> Vec<u64> {
+        let Some(q) = self.queues.remove(&uid) else {
+            return Vec::new();
+        };
+        self.by_name.remove(&q.name);
+        q.waiters.iter().filter(|id| self.waiters.remove(id).is_some()).copied().collect()
+    }
+
+    pub fn set_queue_attributes(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        update: &QueueAttributesUpdate,
+    ) -> Result<QueueInfo, EngineError> {
+        let q = self.queue_mut(name)?;
+        let uid = q.uid;
+        let attrs = q.attrs.updated(update).map_err(EngineError::invalid)?;
+        let rec = Record::QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() };
+        self.log_record(log, &rec, Durability::Synced)?;
+        self.apply_queue_updated(uid, now_ms, attrs);
+        self.queue_info(now_ms, name)
+    }
+
+    fn apply_queue_updated(&mut self, uid: u32, time_ms: u64, attrs: QueueAttributes) {
+        if let Some(q) = self.queues.get_mut(&uid) {
+            q.attrs = attrs;
+            q.modified_ms = time_ms;
+        }
+    }
+
+    pub fn queue_info(&mut self, now_ms: u64, name: &str) -> Result<QueueInfo, EngineError> {
+        let shard = self.cfg.shard;
+        let q = self.queue_mut(name)?;
+        q.expire(now_ms);
+        let Counts { ready, delayed, in_flight, deleted } = q.counts();
+        Ok(QueueInfo {
+            queue_id: (u64::from(shard) << 32) | u64::from(q.uid),
+            queue: q.name.clone(),
+            attributes: q.attrs.clone(),
+            create_time_ms: q.created_ms,
+            last_modify_time_ms: q.modified_ms,
+            active_msg_num: ready,
+            inactive_msg_num: in_flight,
+            delay_msg_num: delayed,
+            rewind_msg_num: deleted,
+            min_msg_time_ms: q.min_msg_time_ms(),
+            shard,
+        })
+    }
+
+    /// Queues matching the filters: the total count and the first `take` in
+    /// creation order (a caller merging shards asks each for offset+limit).
+    pub fn list_queues(&self, prefix: &str, contains: &str, take: usize) -> (u32, Vec<ListedQueue>) {
+        let mut matching: Vec<ListedQueue> = self
+            .queues
+            .values()
+            .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains))
+            .map(|q| ListedQueue { created_ms: q.created_ms, queue_id: self.queue_id(q.uid), name: q.name.clone() })
+            .collect();
+        let total = matching.len() as u32;
+        matching.sort_by_key(|l| (l.created_ms, l.queue_id));
+        matching.truncate(take);
+        (total, matching)
+    }
+
+    // ---- messages ---------------------------------------------------------
+
+    /// Sends bodies (all or none); returns their message ids in order.
+    pub fn send(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        delay_seconds: u32,
+        bodies: &[Bytes],
+    ) -> Result<Vec<u64>, EngineError> {
+        if bodies.is_empty() || bodies.len() > BATCH_MSGS_MAX {
+            return Err(EngineError::new(
+                ErrorCode::BATCH_TOO_LARGE,
+                format!("msgBody: a batch holds 1-{BATCH_MSGS_MAX} messages, got {}", bodies.len()),
+            ));
+        }
+        let q = self.queue_mut(name)?;
+        q.check_send(bodies, delay_seconds)?;
+        let uid = q.uid;
+        let first_seq = q.next_seq();
+        let durability = Self::data_durability(q.attrs.flush_policy);
+        let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
+        self.next_msg_counter += bodies.len() as u64;
+        let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
+        let rec = Record::Enqueued {
+            uid,
+            first_seq,
+            first_msg_id,
+            enqueue_ms: now_ms,
+            visible_at_ms,
+            bodies: bodies.to_vec(),
+        };
+        let pos = self.log_record(log, &rec, durability)?;
+        let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
+        self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos);
+        Ok((0..bodies.len() as u64).map(|i| first_msg_id + i).collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_enqueued(
+        &mut self,
+        uid: u32,
+        first_seq: u64,
+        first_msg_id: u64,
+        enqueue_ms: u64,
+        visible_at_ms: u64,
+        spans: impl Iterator<Item = BodySpan>,
+        pos: u64,
+    ) {
+        let mut n = 0;
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return;
+        };
+        q.apply_enqueued(
+            first_seq,
+            first_msg_id,
+            enqueue_ms,
+            visible_at_ms,
+            spans.map(|s| {
+                n += 1;
+                (pos + u64::from(s.offset), s.len)
+            }),
+        );
+        let counter = (first_msg_id & ((1 << MSG_ID_SHARD_SHIFT) - 1)) + n;
+        self.next_msg_counter = self.next_msg_counter.max(counter);
+        if visible_at_ms > enqueue_ms {
+            self.register_wakeup(uid);
+        } else {
+            self.note_ready(uid);
+        }
+    }
+
+    /// Receives up to `max` messages, or registers a long-poll waiter.
+    pub fn receive(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        max: usize,
+        polling_wait_seconds: Option<u32>,
+    ) -> Result<ReceiveOutcome, EngineError> {
+        if max == 0 || max > BATCH_MSGS_MAX {
+            return Err(EngineError::new(
+                ErrorCode::BATCH_TOO_LARGE,
+                format!("numOfMsg: must be 1-{BATCH_MSGS_MAX}, got {max}"),
+            ));
+        }
+        if let Some(w) = polling_wait_seconds {
+            if w > POLLING_WAIT_SECONDS_MAX {
+                return Err(EngineError::invalid(format!(
+                    "pollingWaitSeconds: {w} exceeds {POLLING_WAIT_SECONDS_MAX}"
+                )));
+            }
+        }
+        let uid = self.lookup(name)?;
+        let deliveries = self.deliver(log, now_ms, uid, max)?;
+        if !deliveries.is_empty() {
+            return Ok(ReceiveOutcome::Delivered(deliveries));
+        }
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return Err(EngineError::queue_not_found(name));
+        };
+        let wait = polling_wait_seconds.unwrap_or(q.attrs.polling_wait_seconds);
+        if wait == 0 {
+            return Ok(ReceiveOutcome::Empty);
+        }
+        let id = self.next_waiter_id;
+        self.next_waiter_id += 1;
+        q.waiters.push_back(id);
+        self.waiters.insert(id, Waiter { uid, max });
+        self.waiter_deadlines.push(Reverse((now_ms + u64::from(wait) * 1000, id)));
+        Ok(ReceiveOutcome::Waiting(id))
+    }
+
+    /// Picks, logs and applies a receive of up to `max` messages from queue `uid`.
+    fn deliver(&mut self, log: &mut impl Log, now_ms: u64, uid: u32, max: usize) -> Result<Vec<Delivery>, EngineError> {
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return Ok(Vec::new());
+        };
+        let seqs = q.pick_ready(max, now_ms);
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let visible_at_ms = now_ms + u64::from(q.attrs.visibility_timeout) * 1000;
+        let rec = Record::Received { uid, time_ms: now_ms, visible_at_ms, seqs };
+        if let Err(e) = self.log_record(log, &rec, Durability::Written) {
+            if let (Some(q), Record::Received { seqs, .. }) = (self.queues.get_mut(&uid), &rec) {
+                q.unpick(seqs);
+            }
+            return Err(e);
+        }
+        let Record::Received { seqs, .. } = rec else { unreachable!("built above") };
+        let q = self.queues.get_mut(&uid).expect("queue looked up above");
+        q.apply_received(now_ms, visible_at_ms, &seqs);
+        self.register_wakeup(uid);
+        let q = &self.queues[&uid];
+        Ok(seqs
+            .iter()
+            .filter_map(|&seq| {
+                let e = q.entry(seq)?;
+                Some(Delivery {
+                    head: DeliveryHead {
+                        msg_id: e.msg_id,
+                        receipt_handle: self.keys.issue(uid, seq, e.dequeue_count),
+                        enqueue_time_ms: e.enqueue_ms,
+                        first_dequeue_time_ms: e.first_dequeue_ms(),
+                        next_visible_time_ms: e.visible_at_ms,
+                        dequeue_count: e.dequeue_count,
+                    },
+                    body_pos: e.body_pos,
+                    body_len: e.body_len,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes by receipt handle; one result per handle, in order. The outer
+    /// error is for the request as a whole (unknown queue, storage failure).
+    pub fn delete(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        handles: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+        if handles.is_empty() || handles.len() > BATCH_MSGS_MAX {
+            return Err(EngineError::new(
+                ErrorCode::BATCH_TOO_LARGE,
+                format!("receiptHandle: a batch holds 1-{BATCH_MSGS_MAX} handles, got {}", handles.len()),
+            ));
+        }
+        let uid = self.lookup(name)?;
+        let q = &self.queues[&uid];
+        let mut seqs = Vec::with_capacity(handles.len());
+        let results: Vec<Result<(), EngineError>> = handles
+            .iter()
+            .map(|h| {
+                let seq = q.check_handle(&self.keys, *h, now_ms)?;
+                if seqs.contains(&seq) {
+                    return Err(EngineError::receipt_invalid());
+                }
+                seqs.push(seq);
+                Ok(())
+            })
+            .collect();
+        if !seqs.is_empty() {
+            let durability = Self::data_durability(q.attrs.flush_policy);
+            self.log_record(log, &Record::Deleted { uid, seqs: seqs.clone() }, durability)?;
+            if let Some(q) = self.queues.get_mut(&uid) {
+                q.apply_deleted(&seqs);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Sets a received message's lease to end `timeout_s` from now; returns
+    /// the (unchanged) handle and the new next-visible time.
+    pub fn change_visibility(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        handle: ReceiptHandle,
+        timeout_s: u32,
+    ) -> Result<(ReceiptHandle, u64), EngineError> {
+        if u64::from(timeout_s) > VISIBILITY_TIMEOUT.max {
+            return Err(EngineError::invalid(format!(
+                "visibilityTimeout: {timeout_s} exceeds {}",
+                VISIBILITY_TIMEOUT.max
+            )));
+        }
+        let uid = self.lookup(name)?;
+        let seq = self.queues[&uid].check_handle(&self.keys, handle, now_ms)?;
+        let visible_at_ms = now_ms + u64::from(timeout_s) * 1000;
+        self.log_record(log, &Record::VisibilityChanged { uid, seq, visible_at_ms }, Durability::Written)?;
+        self.apply_visibility(uid, seq, visible_at_ms);
+        if timeout_s == 0 {
+            if let Some(q) = self.queues.get_mut(&uid) {
+                q.expire(now_ms);
+            }
+            self.note_ready(uid);
+        }
+        Ok((handle, visible_at_ms))
+    }
+
+    fn apply_visibility(&mut self, uid: u32, seq: u64, visible_at_ms: u64) {
+        if let Some(q) = self.queues.get_mut(&uid) {
+            q.apply_visibility(seq, visible_at_ms);
+            self.register_wakeup(uid);
+        }
+    }
+
+    // ---- long polling and time --------------------------------------------
+
+    fn note_ready(&mut self, uid: u32) {
+        if self.queues.get(&uid).is_some_and(|q| !q.waiters.is_empty()) && !self.to_serve.contains(&uid) {
+            self.to_serve.push(uid);
+        }
+    }
+
+    fn register_wakeup(&mut self, uid: u32) {
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return;
+        };
+        if let Some(d) = q.next_deadline() {
+            if q.wakeup_registered.is_none_or(|r| d < r) {
+                q.wakeup_registered = Some(d);
+                self.wakeups.push(Reverse((d, uid)));
+            }
+        }
+    }
+
+    /// Hands ready messages to waiting receivers (call after every batch of
+    /// operations and after [`tick`](Self::tick)). Returns each served waiter
+    /// with its deliveries or the error its receive hit.
+    pub fn serve_waiters(&mut self, log: &mut impl Log, now_ms: u64) -> Vec<(u64, Result<Vec<Delivery>, EngineError>)> {
+        let mut served = Vec::new();
+        for uid in std::mem::take(&mut self.to_serve) {
+            while let Some(q) = self.queues.get_mut(&uid) {
+                q.expire(now_ms);
+                if q.counts().ready == 0 {
+                    break;
+                }
+                let Some(id) = q.waiters.pop_front() else {
+                    break;
+                };
+                let Some(w) = self.waiters.remove(&id) else {
+                    continue;
+                };
+                match self.deliver(log, now_ms, uid, w.max) {
+                    Ok(d) if d.is_empty() => {
+                        // Counted ready but nothing pickable: keep waiting.
+                        self.waiters.insert(id, w);
+                        if let Some(q) = self.queues.get_mut(&uid) {
+                            q.waiters.push_front(id);
+                        }
+                        break;
+                    }
+                    result => served.push((id, result)),
+                }
+            }
+        }
+        served
+    }
+
+    /// Waiters whose polling wait ended with nothing to deliver.
+    pub fn expire_waiters(&mut self, now_ms: u64) -> Vec<u64> {
+        let mut expired = Vec::new();
+        while let Some(Reverse((deadline, id))) = self.waiter_deadlines.peek().copied() {
+            if deadline > now_ms {
+                break;
+            }
+            self.waiter_deadlines.pop();
+            if let Some(w) = self.waiters.remove(&id) {
+                expired.push(id);
+                self.compact_waiter_ids(w.uid);
+            }
+        }
+        expired
+    }
+
+    /// Forgets a waiter whose connection went away.
+    pub fn cancel_waiter(&mut self, id: u64) {
+        if let Some(w) = self.waiters.remove(&id) {
+            self.compact_waiter_ids(w.uid);
+        }
+    }
+
+    fn compact_waiter_ids(&mut self, uid: u32) {
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return;
+        };
+        while q.waiters.front().is_some_and(|id| !self.waiters.contains_key(id)) {
+            q.waiters.pop_front();
+        }
+        if q.waiters.len() > QUEUE_WAITER_IDS_COMPACT {
+            q.waiters.retain(|id| self.waiters.contains_key(id));
+        }
+    }
+
+    /// Runs due timers: leases that ended, delays that passed, retention.
+    pub fn tick(&mut self, now_ms: u64) {
+        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+            if d > now_ms {
+                break;
+            }
+            self.wakeups.pop();
+            let Some(q) = self.queues.get_mut(&uid) else {
+                continue;
+            };
+            if q.wakeup_registered != Some(d) {
+                continue;
+            }
+            q.wakeup_registered = None;
+            if q.expire(now_ms) {
+                self.note_ready(uid);
+            }
+            self.register_wakeup(uid);
+        }
+        if now_ms >= self.next_retention_sweep_ms {
+            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+            for q in self.queues.values_mut() {
+                q.expire_retention(now_ms);
+            }
+        }
+    }
+
+    /// The earliest time [`tick`](Self::tick) or [`expire_waiters`](Self::expire_waiters) has work.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let wake = self.wakeups.peek().map(|r| r.0 .0);
+        let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
+        [wake, wait, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
+    }
+
+    // ---- recovery ---------------------------------------------------------
+
+    /// Applies one record read back from the log at `pos`.
+    pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
+        match Record::decode(rtype, payload)? {
+            Record::QueueCreated { uid, time_ms, attrs, name } => self.apply_queue_created(uid, time_ms, attrs, name),
+            Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
+            Record::QueueDeleted { uid, .. } => {
+                self.apply_queue_deleted(uid);
+            }
+            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies } => {
+                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies.into_iter(), pos)
+            }
+            Record::Received { uid, time_ms, visible_at_ms, seqs } => {
+                if let Some(q) = self.queues.get_mut(&uid) {
+                    q.apply_received(time_ms, visible_at_ms, &seqs);
+                    self.register_wakeup(uid);
+                }
+            }
+            Record::Deleted { uid, seqs } => {
+                if let Some(q) = self.queues.get_mut(&uid) {
+                    q.apply_deleted(&seqs);
+                }
+            }
+            Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
+        }
+        Ok(())
+    }
+
+    /// For tests and metrics: a queue by name.
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.by_name.get(name).and_then(|uid| self.queues.get(uid))
+    }
+
+    /// Approximate heap bytes of all message indexes.
+    pub fn index_heap_bytes(&self) -> usize {
+        self.queues.values().map(Queue::index_heap_bytes).sum()
+    }
+}
+
+impl ReceiveOutcome {
+    pub fn deliveries(self) -> Vec<Delivery> {
+        match self {
+            ReceiveOutcome::Delivered(d) => d,
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
