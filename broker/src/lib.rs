@@ -1,4 +1,8 @@
 //! cmqd: the cmq broker. See docs/ARCHITECTURE.md for the thread model and data flow.
 
+pub mod clock;
+pub mod config;
 pub mod engine;
+pub mod server;
+pub mod shard;
 pub mod storage;

@@ -1,1 +1,9 @@
+//! Harness for integration tests: runs the real `cmqd` binary on an
+//! ephemeral port with a temporary data directory, and a raw protocol
+//! connection for tests that need to send bytes no client library would.
 
+pub mod broker;
+pub mod raw;
+
+pub use broker::Broker;
+pub use raw::RawConn;

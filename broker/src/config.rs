@@ -1,0 +1,213 @@
+//! cmqd's settings: command-line flags, an optional TOML file, and the
+//! embedded defaults. Precedence: flag > file > default. Every setting is
+//! documented in `cmqd --help` and in the sample `cmqd.toml` of the README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use cmq_protocol::FlushPolicy;
+use serde::Deserialize;
+
+/// Defaults, named so the help text, the TOML loader and the docs agree.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:7700";
+    pub const DATA_DIR: &str = "./data";
+    pub const FLUSH: &str = "sync";
+    /// Async-flush queues are fdatasync'd at least this often (ms).
+    pub const FLUSH_INTERVAL_MS: u64 = 50;
+    /// Write-ahead-log segment size (bytes).
+    pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+    /// Open client connections across all shards.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Queues across all shards.
+    pub const MAX_QUEUES: usize = 100_000;
+    pub const IO_BACKEND: &str = "auto";
+}
+
+/// Bounds on settings, checked at start-up.
+const SHARDS_MAX: usize = 256;
+const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
+const CONNECTIONS_MAX: usize = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoBackend {
+    /// io_uring if this kernel allows it, else a flusher thread.
+    Auto,
+    IoUring,
+    Thread,
+}
+
+/// cmqd: the cmq message-queue broker.
+#[derive(Debug, Parser)]
+#[command(name = "cmqd", version, about, long_about = None)]
+pub struct Flags {
+    /// TOML config file; keys are the long flag names with '-' → '_' (e.g. data_dir = "/var/lib/cmq").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for the binary protocol [default: 127.0.0.1:7700].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the write-ahead log and manifest [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Event-loop threads; each owns the queues whose name hashes to it [default: number of CPUs].
+    /// Fixed for the life of a data directory.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Default flush policy of new queues: sync (fdatasync before acknowledging) or async [default: sync].
+    #[arg(long, value_name = "POLICY")]
+    pub flush: Option<String>,
+    /// Longest time async-flush data waits for its fdatasync, in milliseconds [default: 50].
+    #[arg(long, value_name = "MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Write-ahead-log segment size in bytes [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Maximum open client connections; more are refused with TOO_MANY_CONNECTIONS [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Maximum queues on this broker; more are refused with TOO_MANY_QUEUES [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_queues: Option<usize>,
+    /// How the write-ahead log does I/O [default: auto].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub io_backend: Option<IoBackend>,
+    /// Start even if the log is corrupt, skipping unreadable records (each one is logged).
+    #[arg(long)]
+    pub repair: bool,
+    /// Testing only: while this file exists, log writes fail as if the disk were full.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub fault_file: Option<PathBuf>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    flush: Option<String>,
+    flush_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    max_queues: Option<usize>,
+    io_backend: Option<IoBackend>,
+}
+
+/// The effective, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub flush: FlushPolicy,
+    pub flush_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub max_connections: usize,
+    pub max_queues: usize,
+    pub io_backend: IoBackend,
+    pub repair: bool,
+    pub fault_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let flush = flags.flush.or(file.flush).unwrap_or_else(|| defaults::FLUSH.to_owned());
+        let cfg = Config {
+            listen: flags.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            shards: flags.shards.or(file.shards).unwrap_or(cpus),
+            flush: flush.parse().map_err(|e: String| anyhow::anyhow!("--flush: {e}"))?,
+            flush_interval_ms: flags
+                .flush_interval_ms
+                .or(file.flush_interval_ms)
+                .unwrap_or(defaults::FLUSH_INTERVAL_MS),
+            segment_bytes: flags.segment_bytes.or(file.segment_bytes).unwrap_or(defaults::SEGMENT_BYTES),
+            max_connections: flags.max_connections.or(file.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
+            max_queues: flags.max_queues.or(file.max_queues).unwrap_or(defaults::MAX_QUEUES),
+            io_backend: flags.io_backend.or(file.io_backend).unwrap_or(IoBackend::Auto),
+            repair: flags.repair,
+            fault_file: flags.fault_file,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            bail!("--shards: {} is out of range 1..={SHARDS_MAX}", self.shards);
+        }
+        if self.flush_interval_ms == 0 || self.flush_interval_ms > FLUSH_INTERVAL_MS_MAX {
+            bail!("--flush-interval-ms: {} is out of range 1..={FLUSH_INTERVAL_MS_MAX}", self.flush_interval_ms);
+        }
+        if self.max_connections == 0 || self.max_connections > CONNECTIONS_MAX {
+            bail!("--max-connections: {} is out of range 1..={CONNECTIONS_MAX}", self.max_connections);
+        }
+        if self.max_queues == 0 {
+            bail!("--max-queues: must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Queues each shard may hold: the broker-wide limit split evenly, rounded up.
+    pub fn queues_per_shard(&self) -> usize {
+        self.max_queues.div_ceil(self.shards)
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("cmqd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_apply_without_flags_or_file() {
+        let cfg = Config::from_flags(flags(&[])).expect("valid");
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(cfg.data_dir, PathBuf::from("./data"));
+        assert_eq!(cfg.flush, FlushPolicy::Sync);
+        assert!(cfg.shards >= 1);
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmqd.toml");
+        std::fs::write(&path, "shards = 3\nflush = \"async\"\nlisten = \"127.0.0.1:9000\"\n").expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--shards", "2"])).expect("valid");
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.flush, FlushPolicy::Async);
+        assert_eq!(cfg.listen.port(), 9000);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_setting_named() {
+        let err = Config::from_flags(flags(&["--shards", "0"])).expect_err("zero shards");
+        assert!(err.to_string().contains("--shards"));
+        let err = Config::from_flags(flags(&["--flush", "maybe"])).expect_err("bad flush");
+        assert!(err.to_string().contains("--flush"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "shardz = 3\n").expect("write");
+        let err = Config::from_flags(flags(&["--config", path.to_str().expect("utf8")])).expect_err("unknown key");
+        assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+    }
+}

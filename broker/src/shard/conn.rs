@@ -1,0 +1,176 @@
+//! One client connection: buffers, reading frames, writing what may be
+//! released, and back-pressure.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+
+/// Read buffer growth step: one read syscall can bring in this many bytes of
+/// frames (many pipelined requests per syscall).
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Unwritten response bytes above which the connection stops reading
+/// requests: a client that does not read its responses cannot make the
+/// broker buffer without bound. It resumes below half of this.
+pub const OUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
+
+/// Requests one connection may have in flight (accepted, not yet answered:
+/// forwarded, long-polling, or waiting for a flush). Past this the connection
+/// stops reading until answers go out.
+pub const CONN_IN_FLIGHT_MAX: usize = 4096;
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub gen: u32,
+    pub rbuf: BytesMut,
+    pub out: Vec<u8>,
+    /// Bytes at the front of `out` already written to the socket.
+    pub written: usize,
+    /// Bytes at the front of `out` that may be written (their turn is durable).
+    pub releasable: usize,
+    /// (turn, length of `out` at the end of that turn), not yet released.
+    pub holds: VecDeque<(u64, usize)>,
+    pub handshaken: bool,
+    pub in_flight: usize,
+    /// The socket may hold unread bytes (readiness is edge-triggered).
+    pub read_pending: bool,
+    /// Close once everything releasable is written.
+    pub closing: bool,
+    /// Peer shards this connection forwarded requests to (bit per shard),
+    /// told when the connection closes so they drop its long polls.
+    pub forwarded_to: [u64; 4],
+    /// The last loop turn that appended output (dedupes the turn's touched list).
+    pub touched_turn: u64,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, gen: u32) -> Conn {
+        Conn {
+            stream,
+            gen,
+            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            out: Vec::new(),
+            written: 0,
+            releasable: 0,
+            holds: VecDeque::new(),
+            handshaken: false,
+            in_flight: 0,
+            read_pending: true,
+            closing: false,
+            forwarded_to: [0; 4],
+            touched_turn: 0,
+        }
+    }
+
+    /// Whether reading more requests should wait for responses to drain.
+    pub fn read_paused(&self) -> bool {
+        self.out.len() - self.written > OUT_BYTES_HIGH || self.in_flight >= CONN_IN_FLIGHT_MAX
+    }
+
+    /// Reads what the socket has, growing the buffer up to `want` bytes
+    /// (the size of a frame known to be coming). Returns Ok(false) on EOF.
+    pub fn fill(&mut self, want: usize) -> io::Result<bool> {
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len()
+                < READ_CHUNK_BYTES.min(want.saturating_sub(self.rbuf.len()).max(1))
+            {
+                self.rbuf.reserve(READ_CHUNK_BYTES.max(want.saturating_sub(self.rbuf.len())));
+            }
+            let len = self.rbuf.len();
+            let cap = self.rbuf.capacity();
+            // Initialise the spare room instead of reading into uninitialised
+            // memory (no unsafe); the memset is small next to the syscall.
+            self.rbuf.resize(cap, 0);
+            match self.stream.read(&mut self.rbuf[len..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(len);
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.rbuf.truncate(len + n);
+                    if len + n < cap {
+                        // Short read: the socket is drained for now.
+                        self.read_pending = false;
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rbuf.truncate(len);
+                    self.read_pending = false;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.rbuf.truncate(len);
+                }
+                Err(e) => {
+                    self.rbuf.truncate(len);
+                    return Err(e);
+                }
+            }
+            if self.rbuf.len() >= want && self.rbuf.len() >= READ_CHUNK_BYTES {
+                // Enough to work on; let other connections have a turn.
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Marks everything appended so far as produced by `turn`.
+    pub fn end_turn(&mut self, turn: u64) {
+        if self.holds.back().is_none_or(|&(_, end)| end < self.out.len()) {
+            self.holds.push_back((turn, self.out.len()));
+        }
+    }
+
+    /// Turns up to `turn` are durable: their bytes may go out.
+    pub fn release(&mut self, turn: u64) {
+        while let Some(&(t, end)) = self.holds.front() {
+            if t > turn {
+                break;
+            }
+            self.releasable = end;
+            self.holds.pop_front();
+        }
+    }
+
+    /// Appends bytes that need no durability wait (errors about the
+    /// connection itself, handshake answers) and releases them together with
+    /// everything before them.
+    pub fn release_all_now(&mut self) {
+        self.holds.clear();
+        self.releasable = self.out.len();
+    }
+
+    /// Writes releasable bytes. Returns Ok(true) when all of them are out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.written < self.releasable {
+            match self.stream.write(&self.out[self.written..self.releasable]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.written > 0 {
+            // Shift what is left (unreleased bytes) to the front; cheap when
+            // everything was written, which is the common case.
+            self.out.drain(..self.written);
+            self.releasable -= self.written;
+            for h in self.holds.iter_mut() {
+                h.1 -= self.written;
+            }
+            self.written = 0;
+        }
+        Ok(true)
+    }
+
+    pub fn mark_forwarded(&mut self, shard: u16) {
+        self.forwarded_to[usize::from(shard / 64)] |= 1 << (shard % 64);
+    }
+
+    pub fn forwarded_shards(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..256u16).filter(|s| self.forwarded_to[usize::from(s / 64)] & (1 << (s % 64)) != 0)
+    }
+}

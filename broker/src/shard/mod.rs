@@ -1,0 +1,652 @@
+//! A shard: one event-loop thread with its own mio `Poll`, its own listener
+//! socket (SO_REUSEPORT), its connections, the queues it owns and its log.
+//!
+//! One loop turn: poll; read every readable connection and handle its frames
+//! (queue operations run here if this shard owns the queue, otherwise they
+//! are batched for the owner); handle messages from other shards; run
+//! timers; then end the turn: send batched forwards, submit this turn's log
+//! records as one write (group commit), and release responses whose records
+//! are durable. See docs/ARCHITECTURE.md.
+
+mod conn;
+mod dispatch;
+pub mod mailbox;
+mod reply;
+pub mod storage;
+mod turns;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmq_protocol::frame::{self, FrameError};
+use cmq_protocol::{ErrorCode, Opcode};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::ShardEngine;
+use conn::Conn;
+use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
+use storage::ShardLog;
+use turns::TurnTracker;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+pub const STORAGE: Token = Token(usize::MAX - 3);
+
+/// Readiness events handled per poll call.
+const EVENTS_MAX: usize = 1024;
+
+/// How long a shutting-down broker waits for in-flight work before exiting anyway.
+const SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+/// State every shard shares: configuration, peers, broker-wide counters.
+pub struct Shared {
+    pub cfg: Config,
+    pub peers: Vec<ShardHandle>,
+    pub conn_count: AtomicUsize,
+    pub shutdown: AtomicBool,
+    /// Shards that finished draining during shutdown.
+    pub drained: AtomicUsize,
+}
+
+/// A long-polling receive waiting on this shard's engine.
+struct Wait {
+    reply_to: ReplyTo,
+    request_id: u64,
+    batch: bool,
+}
+
+/// A ListQueues being answered from every shard.
+struct Gather {
+    reply_to: ReplyTo,
+    request_id: u64,
+    offset: usize,
+    limit: usize,
+    parts_left: usize,
+    total: u32,
+    items: Vec<crate::engine::ListedQueue>,
+}
+
+pub struct Shard {
+    id: u16,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    engine: ShardEngine,
+    log: ShardLog,
+    shared: Arc<Shared>,
+    inbox: Inbox,
+    clock: Clock,
+    turn: u64,
+    tracker: TurnTracker,
+    /// Local connections that got output this turn.
+    touched: Vec<ConnRef>,
+    turn_touched: VecDeque<(u64, Vec<ConnRef>)>,
+    /// Replies for peers' connections produced this turn, per peer.
+    remote_out: Vec<ReplyBatch>,
+    /// Replies of earlier turns waiting for their turn to be durable.
+    staged_remote: VecDeque<(u64, Vec<(u16, ReplyBatch)>)>,
+    /// Requests to forward at the end of this turn, per owner shard.
+    forward_out: Vec<Vec<Forwarded>>,
+    /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
+    unsent: Vec<(u16, ShardMsg)>,
+    waits: HashMap<u64, Wait>,
+    gathers: HashMap<u64, Gather>,
+    next_gather: u64,
+    /// Connections with unread input left over (fairness limit or back-pressure).
+    read_again: Vec<ConnRef>,
+    scratch: Vec<u8>,
+    /// Error replies decided inside an engine call, sent right after it.
+    pending_errors: Vec<(ReplyTo, u16, u64, ErrorCode, String)>,
+    draining: bool,
+    drain_deadline_ms: u64,
+    reported_drained: bool,
+}
+
+impl Shard {
+    pub fn new(
+        id: u16,
+        poll: Poll,
+        listener: TcpListener,
+        engine: ShardEngine,
+        log: ShardLog,
+        shared: Arc<Shared>,
+        inbox: Inbox,
+    ) -> io::Result<Shard> {
+        let peers = shared.cfg.shards;
+        let mut shard = Shard {
+            id,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            next_gen: 0,
+            engine,
+            log,
+            shared,
+            inbox,
+            clock: Clock::default(),
+            turn: 0,
+            tracker: TurnTracker::default(),
+            touched: Vec::new(),
+            turn_touched: VecDeque::new(),
+            remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+            staged_remote: VecDeque::new(),
+            forward_out: (0..peers).map(|_| Vec::new()).collect(),
+            unsent: Vec::new(),
+            waits: HashMap::new(),
+            gathers: HashMap::new(),
+            next_gather: 1,
+            read_again: Vec::new(),
+            scratch: Vec::with_capacity(64 * 1024),
+            pending_errors: Vec::new(),
+            draining: false,
+            drain_deadline_ms: 0,
+            reported_drained: false,
+        };
+        if let Some(l) = shard.listener.as_mut() {
+            shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        }
+        Ok(shard)
+    }
+
+    fn shard_count(&self) -> u16 {
+        self.shared.cfg.shards as u16
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_MAX);
+        loop {
+            let now = self.clock.now_ms();
+            let mut timeout = self.poll_timeout(now);
+            if timeout != Some(Duration::ZERO) && !self.inbox.about_to_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.inbox.awake();
+            if let Err(e) = polled {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("shard {}: poll failed: {e}", self.id);
+                    return;
+                }
+            }
+            self.turn += 1;
+            let now = self.clock.now_ms();
+            if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
+                self.begin_drain(now);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER | STORAGE => {}
+                    Token(t) => {
+                        if ev.is_writable() {
+                            self.write_conn(t);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if let Some(c) = self.conns.get_mut(t) {
+                                c.read_pending = true;
+                            }
+                            self.read_conn(t, now);
+                        }
+                    }
+                }
+            }
+            for c in std::mem::take(&mut self.read_again) {
+                if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen) {
+                    self.read_conn(c.token, now);
+                }
+            }
+            self.drain_inbox(now);
+            self.run_timers(now);
+            self.end_turn();
+            if self.draining && self.drain_step(now) {
+                return;
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: u64) -> Option<Duration> {
+        if !self.read_again.is_empty() || !self.unsent.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut deadline = self.engine.next_deadline();
+        if self.draining {
+            deadline = Some(deadline.map_or(now + 10, |d| d.min(now + 10)));
+        }
+        if self.log.needs_periodic_sync() {
+            let d = now + self.shared.cfg.flush_interval_ms;
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        deadline.map(|d| Duration::from_millis(d.saturating_sub(now)))
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log and try again next readiness event.
+                    log::warn!("shard {}: accept failed: {e}", self.id);
+                    return;
+                }
+            };
+            let count = self.shared.conn_count.fetch_add(1, Ordering::Relaxed);
+            if count >= self.shared.cfg.max_connections {
+                self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
+                refuse(stream, self.shared.cfg.max_connections);
+                log::warn!("refused connection from {peer}: {} connections open", count);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            self.add_conn(stream, false);
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: mio::net::TcpStream, handshaken: bool) -> Option<ConnRef> {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) =
+            self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("shard {}: cannot register connection: {e}", self.id);
+            self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut conn = Conn::new(stream, self.next_gen);
+        conn.handshaken = handshaken;
+        entry.insert(conn);
+        Some(ConnRef { token, gen: self.next_gen })
+    }
+
+    fn close_conn(&mut self, token: usize) {
+        let Some(mut conn) = self.conns.try_remove(token) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
+        let reply_to = ReplyTo { shard: self.id, conn: ConnRef { token, gen: conn.gen } };
+        self.forget_waits_of(reply_to);
+        for shard in conn.forwarded_shards().collect::<Vec<_>>() {
+            self.send_to(shard, ShardMsg::ConnClosed { reply_to });
+        }
+    }
+
+    /// Reads and handles frames until the socket is drained, the connection
+    /// is paused by back-pressure, or it has had its fair share this turn.
+    fn read_conn(&mut self, token: usize, now: u64) {
+        let Some(gen) = self.conns.get(token).map(|c| c.gen) else { return };
+        let me = ConnRef { token, gen };
+        loop {
+            // Handle every complete frame already buffered.
+            loop {
+                let Some(conn) = self.conns.get_mut(token) else { return };
+                if conn.closing || conn.read_paused() {
+                    if conn.read_pending || !conn.rbuf.is_empty() {
+                        self.read_again.push(me);
+                    }
+                    return;
+                }
+                match frame::check(&conn.rbuf) {
+                    Ok(Some(total)) => {
+                        let (header, payload) = frame::split(&mut conn.rbuf, total);
+                        self.handle_frame(me, header, payload, now);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let code = match e {
+                            FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
+                            FrameError::TooShort(_) => ErrorCode::MALFORMED_FRAME,
+                        };
+                        self.fail_conn(token, 0, code, &e.to_string());
+                        return;
+                    }
+                }
+            }
+            let Some(conn) = self.conns.get_mut(token) else { return };
+            if !conn.read_pending {
+                return;
+            }
+            let want = pending_frame_len(&conn.rbuf);
+            match conn.fill(want) {
+                Ok(true) => {
+                    if conn.read_pending && !conn.rbuf.is_empty() && frame::check(&conn.rbuf).ok().flatten().is_none() {
+                        continue;
+                    }
+                    if conn.read_pending {
+                        // Fair share used; handle what we have, read more next turn.
+                        self.read_again.push(me);
+                        let conn_has_frames = frame::check(&conn.rbuf).ok().flatten().is_some();
+                        if !conn_has_frames {
+                            return;
+                        }
+                        conn.read_pending = false;
+                    }
+                }
+                Ok(false) => {
+                    // EOF: the client is done sending. Answer nothing more and close.
+                    self.close_conn(token);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("shard {}: connection read error: {e}", self.id);
+                    self.close_conn(token);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends a final error frame (not waiting for any flush) and closes the
+    /// connection once it is written.
+    fn fail_conn(&mut self, token: usize, request_id: u64, code: ErrorCode, message: &str) {
+        let Some(conn) = self.conns.get_mut(token) else { return };
+        reply::err(&mut conn.out, 0, request_id, code, message);
+        conn.release_all_now();
+        conn.closing = true;
+        conn.rbuf.clear();
+        self.write_conn(token);
+    }
+
+    fn write_conn(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else { return };
+        let was_paused = conn.read_paused();
+        match conn.flush() {
+            Ok(done) => {
+                if done && conn.closing && conn.releasable == conn.out.len() {
+                    self.close_conn(token);
+                    return;
+                }
+                if was_paused && !conn.read_paused() {
+                    let gen = conn.gen;
+                    self.read_again.push(ConnRef { token, gen });
+                }
+            }
+            Err(e) => {
+                log::debug!("shard {}: connection write error: {e}", self.id);
+                self.close_conn(token);
+            }
+        }
+    }
+
+    // ---- handing connections between shards -------------------------------
+
+    fn accept_handover(&mut self, h: mailbox::Handover) {
+        let Some(me) = self.add_conn(h.stream, true) else { return };
+        let resp = self.handshake_ok(h.version);
+        if let Some(conn) = self.conns.get_mut(me.token) {
+            conn.rbuf = h.pending;
+            reply::ok(&mut conn.out, h.handshake_request_id, &resp);
+            conn.release_all_now();
+        }
+        self.write_conn(me.token);
+        self.read_again.push(me);
+    }
+
+    fn handshake_ok(&self, version: u16) -> cmq_protocol::Response {
+        cmq_protocol::Response::Handshake(cmq_protocol::HandshakeOk {
+            version,
+            server: format!("cmqd/{}", env!("CARGO_PKG_VERSION")),
+            shard_count: self.shard_count(),
+            shard_id: self.id,
+            frame_bytes_max: cmq_protocol::limits::FRAME_BYTES_MAX,
+        })
+    }
+
+    // ---- messages from other shards ---------------------------------------
+
+    fn drain_inbox(&mut self, now: u64) {
+        while let Ok(msg) = self.inbox.rx.try_recv() {
+            match msg {
+                ShardMsg::Requests(reqs) => {
+                    for f in reqs {
+                        self.execute(f.reply_to, f.request_id, f.request, now);
+                    }
+                }
+                ShardMsg::Replies(batch) => self.deliver_remote_replies(batch),
+                ShardMsg::Handover(h) => self.accept_handover(*h),
+                ShardMsg::ListRequest { from, gather, prefix, contains, take } => {
+                    let (total, items) = self.engine.list_queues(&prefix, &contains, take);
+                    self.send_to(from, ShardMsg::ListPart { gather, total, items });
+                }
+                ShardMsg::ListPart { gather, total, items } => self.list_part(gather, total, items),
+                ShardMsg::ConnClosed { reply_to } => self.forget_waits_of(reply_to),
+                ShardMsg::Shutdown => {
+                    if !self.draining {
+                        self.begin_drain(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replies computed by the owner shard, already durable there. They join
+    /// this turn's output so they stay behind anything this connection is
+    /// still waiting on (one ordered byte stream per connection).
+    fn deliver_remote_replies(&mut self, batch: ReplyBatch) {
+        for (c, start, end) in batch.parts {
+            let Some(conn) = self.conns.get_mut(c.token) else { continue };
+            if conn.gen != c.gen {
+                continue;
+            }
+            conn.out.extend_from_slice(&batch.buf[start as usize..end as usize]);
+            conn.in_flight = conn.in_flight.saturating_sub(1);
+            if conn.touched_turn != self.turn {
+                conn.touched_turn = self.turn;
+                self.touched.push(c);
+            }
+        }
+    }
+
+    fn send_to(&mut self, shard: u16, msg: ShardMsg) {
+        if let Err(msg) = self.shared.peers[usize::from(shard)].send(msg) {
+            self.unsent.push((shard, msg));
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------
+
+    fn run_timers(&mut self, now: u64) {
+        self.engine.tick(now);
+        for id in self.engine.expire_waiters(now) {
+            if let Some(w) = self.waits.remove(&id) {
+                let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+                self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::NO_MESSAGE, "no message");
+            }
+        }
+        self.serve_waiters(now);
+    }
+
+    fn forget_waits_of(&mut self, reply_to: ReplyTo) {
+        let ids: Vec<u64> = self.waits.iter().filter(|(_, w)| w.reply_to == reply_to).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.waits.remove(&id);
+            self.engine.cancel_waiter(id);
+        }
+    }
+
+    // ---- end of turn: forwards, group commit, release ----------------------
+
+    fn end_turn(&mut self) {
+        // Forward requests to their owners, one message per owner.
+        for owner in 0..self.forward_out.len() {
+            if self.forward_out[owner].is_empty() {
+                continue;
+            }
+            let reqs = std::mem::take(&mut self.forward_out[owner]);
+            if let Err(ShardMsg::Requests(reqs)) = self.shared.peers[owner].send(ShardMsg::Requests(reqs)) {
+                for f in reqs {
+                    let op = f.request.opcode() as u16;
+                    self.reply_err(f.reply_to, op, f.request_id, ErrorCode::BUSY, "shard inbox full; retry");
+                }
+            }
+        }
+        // Retry messages refused by full inboxes.
+        for (shard, msg) in std::mem::take(&mut self.unsent) {
+            self.send_to(shard, msg);
+        }
+        // Stage this turn's output.
+        let turn = self.turn;
+        let mut remote = Vec::new();
+        for (peer, batch) in self.remote_out.iter_mut().enumerate() {
+            if !batch.parts.is_empty() {
+                remote.push((peer as u16, std::mem::take(batch)));
+            }
+        }
+        if !remote.is_empty() {
+            self.staged_remote.push_back((turn, remote));
+        }
+        let touched = std::mem::take(&mut self.touched);
+        for c in &touched {
+            if let Some(conn) = self.conns.get_mut(c.token) {
+                if conn.gen == c.gen {
+                    conn.end_turn(turn);
+                }
+            }
+        }
+        if !touched.is_empty() {
+            self.turn_touched.push_back((turn, touched));
+        }
+        // Group commit: everything this turn logged goes out as one batch.
+        let wrote = self.log.has_pending();
+        if let Some(released) = self.tracker.end_turn(turn, wrote) {
+            self.release(released);
+        }
+        self.submit_log();
+        self.poll_log();
+    }
+
+    fn submit_log(&mut self) {
+        if self.log.has_pending() && self.log.can_submit() {
+            let batch = self.log.submit();
+            self.tracker.submitted(batch);
+        } else if self.log.needs_periodic_sync() {
+            self.log.submit_sync();
+        }
+    }
+
+    fn poll_log(&mut self) {
+        let mut done = Vec::new();
+        self.log.poll_completions(&mut done);
+        for (batch, result) in done {
+            if let Err(e) = result {
+                // The batch's responses were computed but their records are
+                // not durable: they must not be acknowledged. Closing the
+                // connections that wait on them tells clients the outcome is
+                // unknown; the log refuses writes until it recovers.
+                log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
+                self.fail_unreleased();
+            }
+            if let Some(turn) = self.tracker.completed(batch) {
+                self.release(turn);
+            }
+        }
+        if self.tracker.has_unsubmitted() {
+            self.submit_log();
+        }
+    }
+
+    fn fail_unreleased(&mut self) {
+        let tokens: Vec<usize> = self.turn_touched.iter().flat_map(|(_, cs)| cs.iter().map(|c| c.token)).collect();
+        for t in tokens {
+            self.close_conn(t);
+        }
+        self.turn_touched.clear();
+        self.staged_remote.clear();
+    }
+
+    /// Lets out everything produced in turns up to `turn`.
+    fn release(&mut self, turn: u64) {
+        while self.turn_touched.front().is_some_and(|(t, _)| *t <= turn) {
+            let Some((_, conns)) = self.turn_touched.pop_front() else { break };
+            for c in conns {
+                let Some(conn) = self.conns.get_mut(c.token) else { continue };
+                if conn.gen != c.gen {
+                    continue;
+                }
+                conn.release(turn);
+                self.write_conn(c.token);
+            }
+        }
+        while self.staged_remote.front().is_some_and(|(t, _)| *t <= turn) {
+            let Some((_, batches)) = self.staged_remote.pop_front() else { break };
+            for (peer, batch) in batches {
+                self.send_to(peer, ShardMsg::Replies(batch));
+            }
+        }
+    }
+
+    // ---- shutdown -----------------------------------------------------------
+
+    fn begin_drain(&mut self, now: u64) {
+        log::info!("shard {}: shutting down: no new connections, finishing in-flight work", self.id);
+        self.draining = true;
+        self.drain_deadline_ms = now + SHUTDOWN_GRACE_MS;
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
+        for (id, w) in waits {
+            self.engine.cancel_waiter(id);
+            let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+            self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::SHUTTING_DOWN, "server shutting down");
+        }
+    }
+
+    /// One step of draining; returns true when the shard may exit.
+    fn drain_step(&mut self, now: u64) -> bool {
+        let idle = self.tracker.is_idle()
+            && self.unsent.is_empty()
+            && self.staged_remote.is_empty()
+            && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);
+        if idle && !self.reported_drained {
+            self.reported_drained = true;
+            self.shared.drained.fetch_add(1, Ordering::SeqCst);
+        }
+        let everyone = self.shared.drained.load(Ordering::SeqCst) >= self.shared.cfg.shards;
+        if everyone || now >= self.drain_deadline_ms {
+            if !everyone {
+                log::warn!("shard {}: shutdown grace period over with work in flight", self.id);
+            }
+            let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+            for t in tokens {
+                self.close_conn(t);
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Bytes needed to complete the frame at the front of `buf` (for sizing the next read).
+fn pending_frame_len(buf: &[u8]) -> usize {
+    if buf.len() < frame::LENGTH_PREFIX_BYTES {
+        return frame::HEADER_BYTES;
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    len.saturating_add(frame::LENGTH_PREFIX_BYTES).min(cmq_protocol::limits::FRAME_BYTES_MAX as usize)
+}
+
+/// Best effort: tell a client it is over the connection limit, then drop it.
+fn refuse(mut stream: mio::net::TcpStream, limit: usize) {
+    use std::io::Write;
+    let mut out = Vec::new();
+    reply::err(
+        &mut out,
+        Opcode::Handshake as u16,
+        0,
+        ErrorCode::TOO_MANY_CONNECTIONS,
+        &format!("connection limit of {limit} reached"),
+    );
+    let _ = stream.write(&out);
+}

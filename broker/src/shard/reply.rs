@@ -1,0 +1,41 @@
+//! Encoding responses into the right place: a local connection's output
+//! buffer, or this turn's batch for the peer shard that owns the connection.
+
+use cmq_protocol::frame::{self, FLAG_RESPONSE};
+use cmq_protocol::wire::Writer;
+use cmq_protocol::{ErrorBody, ErrorCode, Opcode, Response};
+
+use crate::engine::Delivery;
+use crate::shard::storage::ShardLog;
+
+/// Appends a success response frame.
+pub fn ok(out: &mut Vec<u8>, request_id: u64, resp: &Response) {
+    resp.encode_frame(request_id, out);
+}
+
+/// Appends an error response frame.
+pub fn err(out: &mut Vec<u8>, opcode: u16, request_id: u64, code: ErrorCode, message: &str) {
+    ErrorBody::new(code, message).encode_frame(opcode, request_id, out);
+}
+
+/// Appends a ReceiveMessage (`batch == false`, exactly one delivery) or a
+/// BatchReceiveMessage response, reading each body from the log. Bodies are
+/// copied straight from the log into the frame.
+pub fn deliveries(out: &mut Vec<u8>, log: &ShardLog, request_id: u64, batch: bool, items: &[Delivery]) {
+    let opcode = if batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage } as u16;
+    let start = frame::begin(out, opcode, FLAG_RESPONSE, request_id);
+    if batch {
+        out.put_count(items.len());
+    }
+    for d in items {
+        match log.read(d.body_pos, d.body_len) {
+            Ok(body) => d.head.encode_with_body(body, out),
+            Err(e) => {
+                out.truncate(start);
+                log::error!("cannot read body of message {} at {}: {}", d.head.msg_id, d.body_pos, e.message);
+                return err(out, opcode, request_id, ErrorCode::INTERNAL, "cannot read message body from the log");
+            }
+        }
+    }
+    frame::end(out, start);
+}
