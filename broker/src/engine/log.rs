@@ -21,6 +21,9 @@ pub trait Log {
     /// payload's first byte. Fails with STORAGE_UNAVAILABLE when the log
     /// cannot take writes.
     fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError>;
+
+    /// The `len` bytes at log position `pos` (a body written earlier).
+    fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError>;
 }
 
 /// An in-memory log: every record kept, positions are byte offsets as in the
@@ -33,8 +36,8 @@ pub struct MemLog {
 }
 
 impl MemLog {
-    /// Bytes of the payload at `pos`.
-    pub fn read(&self, pos: u64, len: u32) -> &[u8] {
+    /// Bytes at `pos` (test helper: panics on a bad position).
+    pub fn bytes(&self, pos: u64, len: u32) -> &[u8] {
         &self.data[pos as usize..pos as usize + len as usize]
     }
 
@@ -59,5 +62,11 @@ impl Log for MemLog {
         }
         self.records.push((pos, rtype, durability, len));
         Ok(pos)
+    }
+
+    fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
+        self.data
+            .get(pos as usize..pos as usize + len as usize)
+            .ok_or_else(|| EngineError::new(ErrorCode::INTERNAL, format!("no data at log position {pos}")))
     }
 }

@@ -78,6 +78,14 @@ const _: () = assert!(std::mem::size_of::<Entry>() <= 48);
 /// never pay for it.
 const STRAGGLER_RING_MIN: usize = 4096;
 
+/// Log positions are counted in buckets of this many bytes to know which
+/// parts of the log still hold live bodies (segments are much larger).
+/// Tests use tiny buckets so that compaction can be checked on tiny logs.
+#[cfg(not(test))]
+pub const POS_BUCKET_SHIFT: u32 = 20;
+#[cfg(test)]
+pub const POS_BUCKET_SHIFT: u32 = 3;
+
 #[derive(Debug, Default)]
 pub struct MessageIndex {
     /// Sequence number of `ring[0]`.
@@ -87,6 +95,9 @@ pub struct MessageIndex {
     holes: usize,
     /// Live messages with `seq < base`, moved out of the ring.
     overflow: BTreeMap<u64, Entry>,
+    /// Live messages per log-position bucket: the log below the first
+    /// bucket holds nothing this queue needs.
+    pos_buckets: BTreeMap<u64, u32>,
 }
 
 impl MessageIndex {
@@ -131,9 +142,13 @@ impl MessageIndex {
     /// fast path; replay after compaction may insert anywhere.
     pub fn insert(&mut self, seq: u64, entry: Entry) {
         debug_assert!(entry.state != MsgState::Removed);
+        if let Some(old) = self.get(seq).copied() {
+            self.uncount(old.body_pos);
+        }
+        self.count(entry.body_pos);
         if seq < self.base {
-            if self.ring.is_empty() {
-                // Nothing to keep dense: restart the ring here.
+            if self.ring.is_empty() && self.overflow.range(seq..).next().is_none() {
+                // Nothing to keep dense and nothing in the way: restart the ring here.
                 self.base = seq;
             } else {
                 self.overflow.insert(seq, entry);
@@ -156,17 +171,46 @@ impl MessageIndex {
 
     /// Removes the message at `seq`, returning it.
     pub fn remove(&mut self, seq: u64) -> Option<Entry> {
-        if seq < self.base {
-            return self.overflow.remove(&seq);
-        }
-        let slot = self.ring.get_mut((seq - self.base) as usize)?;
-        if slot.state == MsgState::Removed {
-            return None;
-        }
-        let old = std::mem::replace(slot, Entry::REMOVED);
-        self.holes += 1;
-        self.trim();
+        let old = if seq < self.base {
+            self.overflow.remove(&seq)?
+        } else {
+            let slot = self.ring.get_mut((seq - self.base) as usize)?;
+            if slot.state == MsgState::Removed {
+                return None;
+            }
+            let old = std::mem::replace(slot, Entry::REMOVED);
+            self.holes += 1;
+            self.trim();
+            old
+        };
+        self.uncount(old.body_pos);
         Some(old)
+    }
+
+    fn count(&mut self, pos: u64) {
+        *self.pos_buckets.entry(pos >> POS_BUCKET_SHIFT).or_insert(0) += 1;
+    }
+
+    fn uncount(&mut self, pos: u64) {
+        let bucket = pos >> POS_BUCKET_SHIFT;
+        if let Some(n) = self.pos_buckets.get_mut(&bucket) {
+            *n -= 1;
+            if *n == 0 {
+                self.pos_buckets.remove(&bucket);
+            }
+        }
+    }
+
+    /// A log position at or below every live body of this queue (None if
+    /// the queue is empty): the log before it can be released as far as
+    /// this queue is concerned.
+    pub fn min_live_pos(&self) -> Option<u64> {
+        self.pos_buckets.keys().next().map(|b| b << POS_BUCKET_SHIFT)
+    }
+
+    /// Live messages whose body lies below `pos`, in sequence order.
+    pub fn below(&self, pos: u64) -> impl Iterator<Item = (u64, &Entry)> + '_ {
+        self.iter_from(0).filter(move |(_, e)| e.body_pos < pos)
     }
 
     /// The oldest live message (lowest seq), if any.
@@ -226,6 +270,7 @@ impl MessageIndex {
     pub fn heap_bytes(&self) -> usize {
         self.ring.capacity() * std::mem::size_of::<Entry>()
             + self.overflow.len() * (std::mem::size_of::<Entry>() + 8 + 16)
+            + self.pos_buckets.len() * 32
     }
 }
 
@@ -235,7 +280,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(id: u64) -> Entry {
-        Entry { msg_id: id, state: MsgState::Ready, ..Entry::REMOVED }
+        Entry { msg_id: id, body_pos: id << 17, state: MsgState::Ready, ..Entry::REMOVED }
     }
 
     #[derive(Debug, Clone)]
@@ -291,6 +336,8 @@ mod tests {
             let want: Vec<_> = model.iter().map(|(s, e)| (*s, *e)).collect();
             prop_assert_eq!(got, want);
             prop_assert_eq!(idx.first().map(|(s, _)| s), model.keys().next().copied());
+            let min_pos = model.values().map(|e| (e.body_pos >> POS_BUCKET_SHIFT) << POS_BUCKET_SHIFT).min();
+            prop_assert_eq!(idx.min_live_pos(), min_pos);
             for seq in 90..next + 5 {
                 prop_assert_eq!(idx.get(seq), model.get(&seq));
             }

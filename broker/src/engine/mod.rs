@@ -1,6 +1,7 @@
 //! The queue engine: pure state machines driven by requests, records and
 //! time. No I/O happens here; the shard supplies a [`log::Log`] and the clock.
 
+pub mod catalog;
 pub mod error;
 pub mod log;
 pub mod message_index;
@@ -10,6 +11,7 @@ pub mod record;
 pub mod shard_engine;
 pub mod timers;
 
+pub use catalog::Catalog;
 pub use error::EngineError;
 pub use log::{Durability, Log, MemLog};
 pub use shard_engine::{Delivery, EngineConfig, ListedQueue, ReceiveOutcome, ShardEngine};

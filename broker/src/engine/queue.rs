@@ -187,6 +187,41 @@ impl Queue {
         }
     }
 
+    /// Installs a message with its complete state (compaction's `Relocated`
+    /// record), replacing whatever is at `seq`.
+    pub fn apply_relocated(&mut self, seq: u64, entry: Entry) {
+        if let Some(old) = self.index.get(seq) {
+            self.counts.moved(old.state, MsgState::Removed);
+        }
+        self.index.insert(seq, entry);
+        self.counts.moved(MsgState::Removed, entry.state);
+        match entry.state {
+            MsgState::Delayed | MsgState::InFlight => self.timers.push(entry.visible_at_ms, seq),
+            MsgState::Ready if seq < self.cursor => self.requeued.push(Reverse(seq)),
+            MsgState::Deleted => self.rewind_expiry.push(Reverse((entry.enqueue_ms, seq))),
+            _ => {}
+        }
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Continues numbering after `next_seq` (from the catalog), so sequence
+    /// numbers, and with them receipt handles, are never reused.
+    pub fn set_next_seq(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+        if self.index.is_empty() {
+            self.cursor = self.cursor.max(next_seq);
+        }
+    }
+
+    pub fn min_live_pos(&self) -> Option<u64> {
+        self.index.min_live_pos()
+    }
+
+    /// Up to `max` live messages whose bodies lie below `pos`, oldest first.
+    pub fn below(&self, pos: u64, max: usize) -> Vec<(u64, Entry)> {
+        self.index.below(pos).take(max).map(|(s, e)| (s, *e)).collect()
+    }
+
     /// Makes due delayed and in-flight messages ready. Returns whether any did.
     pub fn expire(&mut self, now_ms: u64) -> bool {
         let mut any = false;

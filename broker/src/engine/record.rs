@@ -17,7 +17,13 @@
 //! 5 Received          uid u32, time_ms u64, visible_at_ms u64, [seq u64]
 //! 6 Deleted           uid u32, [seq u64]
 //! 7 VisibilityChanged uid u32, seq u64, visible_at_ms u64
+//! 8 Relocated         uid u32, seq u64, msg_id u64, enqueue_ms u64, visible_at_ms u64,
+//!                     dequeue_count u32, first_dequeue_rel u32, state u8, len u32, body
 //! ```
+//!
+//! `Relocated` is written by compaction: a live message from an old segment
+//! copied to the head with its whole current state, so the old segment can
+//! be deleted. Applying it replaces whatever replay built for that message.
 
 use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
@@ -32,6 +38,7 @@ pub mod rtype {
     pub const RECEIVED: u8 = 5;
     pub const DELETED: u8 = 6;
     pub const VISIBILITY_CHANGED: u8 = 7;
+    pub const RELOCATED: u8 = 8;
 }
 
 /// Where a body sits inside an `Enqueued` payload (replay path).
@@ -53,7 +60,22 @@ pub enum Record<B> {
     Received { uid: u32, time_ms: u64, visible_at_ms: u64, seqs: Vec<u64> },
     Deleted { uid: u32, seqs: Vec<u64> },
     VisibilityChanged { uid: u32, seq: u64, visible_at_ms: u64 },
+    Relocated { uid: u32, seq: u64, entry: RelocatedEntry, body: B },
 }
+
+/// A message's full state as carried by a `Relocated` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelocatedEntry {
+    pub msg_id: u64,
+    pub enqueue_ms: u64,
+    pub visible_at_ms: u64,
+    pub dequeue_count: u32,
+    pub first_dequeue_rel: u32,
+    pub state: u8,
+}
+
+/// Bytes before the body in a `Relocated` payload.
+pub const RELOCATED_BODY_OFFSET: u32 = 4 + 8 + 8 + 8 + 8 + 4 + 4 + 1 + 4;
 
 /// Bytes before the first body's length prefix in an `Enqueued` payload.
 const ENQUEUED_HEADER_BYTES: u32 = 4 + 8 + 8 + 8 + 8 + 2;
@@ -77,6 +99,7 @@ impl<B> Record<B> {
             Record::Received { .. } => rtype::RECEIVED,
             Record::Deleted { .. } => rtype::DELETED,
             Record::VisibilityChanged { .. } => rtype::VISIBILITY_CHANGED,
+            Record::Relocated { .. } => rtype::RELOCATED,
         }
     }
 
@@ -88,7 +111,8 @@ impl<B> Record<B> {
             | Record::Enqueued { uid, .. }
             | Record::Received { uid, .. }
             | Record::Deleted { uid, .. }
-            | Record::VisibilityChanged { uid, .. } => *uid,
+            | Record::VisibilityChanged { uid, .. }
+            | Record::Relocated { uid, .. } => *uid,
         }
     }
 }
@@ -130,6 +154,18 @@ impl Record<Bytes> {
                 }
                 emit(&parts)
             }
+            Record::Relocated { uid, seq, entry, body } => {
+                scratch.put_u32(*uid);
+                scratch.put_u64(*seq);
+                scratch.put_u64(entry.msg_id);
+                scratch.put_u64(entry.enqueue_ms);
+                scratch.put_u64(entry.visible_at_ms);
+                scratch.put_u32(entry.dequeue_count);
+                scratch.put_u32(entry.first_dequeue_rel);
+                scratch.put_u8(entry.state);
+                scratch.put_u32(body.len() as u32);
+                emit(&[scratch.as_slice(), body])
+            }
             _ => {
                 self.encode_fixed(scratch);
                 emit(&[scratch.as_slice()])
@@ -169,7 +205,9 @@ impl Record<Bytes> {
                 w.put_u64(*seq);
                 w.put_u64(*visible_at_ms);
             }
-            Record::Enqueued { .. } => unreachable!("Enqueued is encoded as gathered parts"),
+            Record::Enqueued { .. } | Record::Relocated { .. } => {
+                unreachable!("records with bodies are encoded as gathered parts")
+            }
         }
     }
 }
@@ -193,6 +231,9 @@ impl Record<BodySpan> {
         // for the fixed part: decode Enqueued by hand.
         if rtype == rtype::ENQUEUED {
             return decode_enqueued(payload).map_err(err);
+        }
+        if rtype == rtype::RELOCATED {
+            return decode_relocated(payload).map_err(err);
         }
         let mut r = Reader::new(Bytes::copy_from_slice(payload));
         let rec = match rtype {
@@ -232,6 +273,30 @@ impl Record<BodySpan> {
 fn get_seqs(r: &mut Reader) -> Result<Vec<u64>, cmq_protocol::DecodeError> {
     let n = r.count("seqs", RECORD_SEQS_MAX)?;
     (0..n).map(|_| r.u64("seq")).collect()
+}
+
+fn decode_relocated(p: &[u8]) -> Result<Record<BodySpan>, cmq_protocol::DecodeError> {
+    use cmq_protocol::DecodeError::{Invalid, Truncated};
+    let h = p.get(..RELOCATED_BODY_OFFSET as usize).ok_or(Truncated("relocated header"))?;
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap_or_default());
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
+    let len = u32_at(45);
+    if u64::from(RELOCATED_BODY_OFFSET) + u64::from(len) != p.len() as u64 {
+        return Err(Invalid("relocated body length"));
+    }
+    Ok(Record::Relocated {
+        uid: u32_at(0),
+        seq: u64_at(4),
+        entry: RelocatedEntry {
+            msg_id: u64_at(12),
+            enqueue_ms: u64_at(20),
+            visible_at_ms: u64_at(28),
+            dequeue_count: u32_at(36),
+            first_dequeue_rel: u32_at(40),
+            state: h[44],
+        },
+        body: BodySpan { offset: RELOCATED_BODY_OFFSET, len },
+    })
 }
 
 fn decode_enqueued(p: &[u8]) -> Result<Record<BodySpan>, cmq_protocol::DecodeError> {
@@ -323,6 +388,10 @@ mod tests {
                         prop_assert_eq!(&payload[s.offset as usize..(s.offset + s.len) as usize], &b[..]);
                     }
                 }
+                (Record::Relocated { uid, seq, entry, body }, Record::Relocated { uid: u2, seq: s2, entry: e2, body: span }) => {
+                    prop_assert_eq!((uid, seq, entry), (u2, s2, e2));
+                    prop_assert_eq!(&payload[span.offset as usize..(span.offset + span.len) as usize], &body[..]);
+                }
                 _ => {
                     let again = flatten(&match back.clone() {
                         Record::QueueCreated { uid, time_ms, attrs, name } => Record::QueueCreated { uid, time_ms, attrs, name },
@@ -331,7 +400,7 @@ mod tests {
                         Record::Received { uid, time_ms, visible_at_ms, seqs } => Record::Received { uid, time_ms, visible_at_ms, seqs },
                         Record::Deleted { uid, seqs } => Record::Deleted { uid, seqs },
                         Record::VisibilityChanged { uid, seq, visible_at_ms } => Record::VisibilityChanged { uid, seq, visible_at_ms },
-                        Record::Enqueued { .. } => unreachable!(),
+                        Record::Enqueued { .. } | Record::Relocated { .. } => unreachable!(),
                     });
                     prop_assert_eq!(again, (rtype, payload));
                 }

@@ -16,11 +16,13 @@ use cmq_protocol::{
     DeliveryHead, ErrorCode, FlushPolicy, QueueAttributes, QueueAttributesUpdate, QueueInfo, ReceiptHandle,
 };
 
+use crate::engine::catalog::{Catalog, CatalogQueue};
 use crate::engine::error::EngineError;
 use crate::engine::log::{Durability, Log};
+use crate::engine::message_index::{Entry, MsgState};
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
-use crate::engine::record::{body_spans, BodySpan, Record, RecordError};
+use crate::engine::record::{body_spans, rtype, BodySpan, Record, RecordError, RelocatedEntry, RELOCATED_BODY_OFFSET};
 
 /// How often retention is enforced on every queue.
 const RETENTION_SWEEP_MS: u64 = 1000;
@@ -87,6 +89,9 @@ pub struct ShardEngine {
     to_serve: Vec<u32>,
     next_retention_sweep_ms: u64,
     scratch: Vec<u8>,
+    /// Queue-management records before this log position are already in
+    /// the loaded catalog and are skipped by replay.
+    catalog_pos: u64,
 }
 
 impl ShardEngine {
@@ -105,6 +110,7 @@ impl ShardEngine {
             to_serve: Vec::new(),
             next_retention_sweep_ms: 0,
             scratch: Vec::with_capacity(256),
+            catalog_pos: 0,
         }
     }
 
@@ -611,10 +617,110 @@ impl ShardEngine {
         [wake, wait, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
     }
 
-    // ---- recovery ---------------------------------------------------------
+    // ---- recovery and log space ---------------------------------------------
+
+    /// Installs a catalog before replay (see `catalog.rs`).
+    pub fn load_catalog(&mut self, c: &Catalog) {
+        self.catalog_pos = c.log_pos;
+        self.next_uid = self.next_uid.max(c.next_uid);
+        self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
+        for q in &c.queues {
+            self.apply_queue_created(q.uid, q.created_ms, q.attrs.clone(), q.name.clone());
+            if let Some(queue) = self.queues.get_mut(&q.uid) {
+                queue.modified_ms = q.modified_ms;
+                queue.set_next_seq(q.next_seq);
+            }
+        }
+    }
+
+    /// A catalog of the current queues, valid for a log whose every record
+    /// before `log_pos` has been applied (the caller passes the durable end).
+    pub fn catalog(&self, log_pos: u64) -> Catalog {
+        let mut queues: Vec<CatalogQueue> = self
+            .queues
+            .values()
+            .map(|q| CatalogQueue {
+                uid: q.uid,
+                name: q.name.clone(),
+                attrs: q.attrs.clone(),
+                created_ms: q.created_ms,
+                modified_ms: q.modified_ms,
+                next_seq: q.next_seq(),
+            })
+            .collect();
+        queues.sort_by_key(|q| q.uid);
+        Catalog { log_pos, next_uid: self.next_uid, next_msg_counter: self.next_msg_counter, queues }
+    }
+
+    /// The lowest log position any live message's body is at (None: no live
+    /// messages). With the catalog's position it bounds what the log keeps.
+    pub fn min_live_pos(&self) -> Option<u64> {
+        self.queues.values().filter_map(Queue::min_live_pos).min()
+    }
+
+    /// Compaction: copies up to `max` live messages whose bodies lie below
+    /// `pos` to the head of the log with their whole state, so the log
+    /// below `pos` stops being needed. Returns how many were copied.
+    pub fn relocate_below(&mut self, log: &mut impl Log, pos: u64, max: usize) -> Result<usize, EngineError> {
+        let mut moved = 0;
+        let uids: Vec<u32> = self.queues.keys().copied().collect();
+        let mut body = Vec::new();
+        for uid in uids {
+            let Some(q) = self.queues.get(&uid) else { continue };
+            let durability = Self::data_durability(q.attrs.flush_policy);
+            for (seq, e) in q.below(pos, max - moved) {
+                body.clear();
+                body.extend_from_slice(log.read(e.body_pos, e.body_len)?);
+                let entry = RelocatedEntry {
+                    msg_id: e.msg_id,
+                    enqueue_ms: e.enqueue_ms,
+                    visible_at_ms: e.visible_at_ms,
+                    dequeue_count: e.dequeue_count,
+                    first_dequeue_rel: e.first_dequeue_rel,
+                    state: e.state as u8,
+                };
+                let rec = Record::Relocated { uid, seq, entry, body: Bytes::copy_from_slice(&body) };
+                let at = self.log_record(log, &rec, durability)?;
+                self.apply_relocated(uid, seq, entry, at + u64::from(RELOCATED_BODY_OFFSET), e.body_len);
+                moved += 1;
+            }
+            if moved >= max {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    fn apply_relocated(&mut self, uid: u32, seq: u64, r: RelocatedEntry, body_pos: u64, body_len: u32) {
+        let state = match r.state {
+            1 => MsgState::Ready,
+            2 => MsgState::Delayed,
+            3 => MsgState::InFlight,
+            4 => MsgState::Deleted,
+            _ => return,
+        };
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        let entry = Entry {
+            msg_id: r.msg_id,
+            body_pos,
+            enqueue_ms: r.enqueue_ms,
+            visible_at_ms: r.visible_at_ms,
+            body_len,
+            first_dequeue_rel: r.first_dequeue_rel,
+            dequeue_count: r.dequeue_count,
+            state,
+        };
+        q.apply_relocated(seq, entry);
+        self.register_wakeup(uid);
+        self.note_ready(uid);
+    }
 
     /// Applies one record read back from the log at `pos`.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
+        let is_meta = matches!(rtype, rtype::QUEUE_CREATED | rtype::QUEUE_UPDATED | rtype::QUEUE_DELETED);
+        if is_meta && pos < self.catalog_pos {
+            return Ok(());
+        }
         match Record::decode(rtype, payload)? {
             Record::QueueCreated { uid, time_ms, attrs, name } => self.apply_queue_created(uid, time_ms, attrs, name),
             Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
@@ -636,6 +742,9 @@ impl ShardEngine {
                 }
             }
             Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
+            Record::Relocated { uid, seq, entry, body } => {
+                self.apply_relocated(uid, seq, entry, pos + u64::from(body.offset), body.len)
+            }
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ impl ShardLog {
 
     /// The bytes of a body written at `pos`.
     pub fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
-        Ok(self.mem.read(pos, len))
+        self.mem.read(pos, len)
     }
 
     /// Whether records were appended since the last submit.
@@ -60,5 +60,9 @@ impl Log for ShardLog {
     fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
         self.pending = true;
         self.mem.append(rtype, parts, durability)
+    }
+
+    fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
+        self.mem.read(pos, len)
     }
 }

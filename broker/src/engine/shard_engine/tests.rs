@@ -27,11 +27,30 @@ fn recv(e: &mut ShardEngine, log: &mut MemLog, now: u64, max: usize) -> Vec<Deli
 }
 
 fn replayed(log: &MemLog) -> ShardEngine {
+    replayed_from(log, None, 0)
+}
+
+/// Replays as recovery does after segments below `cut` were deleted.
+fn replayed_from(log: &MemLog, catalog: Option<&Catalog>, cut: u64) -> ShardEngine {
     let mut e = engine();
-    for (pos, rtype, payload) in log.iter() {
+    if let Some(c) = catalog {
+        e.load_catalog(c);
+    }
+    // Whole records below the cut are gone, as whole segments are in the WAL.
+    for (pos, rtype, payload) in log.iter().filter(|(pos, _, p)| pos + p.len() as u64 > cut) {
         e.replay(pos, rtype, payload).expect("replay");
     }
     e
+}
+
+/// Compaction as the shard runs it: copy live messages from below `pos` to
+/// the head, take a catalog, and return where the log may now be cut.
+fn compact(e: &mut ShardEngine, log: &mut MemLog, pos: u64) -> (Catalog, u64) {
+    e.relocate_below(log, pos, usize::MAX).expect("relocate");
+    let end = log.data.len() as u64 + 1;
+    let catalog = e.catalog(end);
+    let cut = e.min_live_pos().unwrap_or(end).min(catalog.log_pos);
+    (catalog, cut)
 }
 
 #[test]
@@ -42,8 +61,8 @@ fn send_receive_delete_cycle() {
     assert_eq!(ids[0] >> 56, 1, "message ids carry the shard");
     let got = recv(&mut e, &mut log, 2_000, 16);
     assert_eq!(got.len(), 2);
-    assert_eq!(log.read(got[0].body_pos, got[0].body_len), b"a");
-    assert_eq!(log.read(got[1].body_pos, got[1].body_len), b"b");
+    assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"a");
+    assert_eq!(log.bytes(got[1].body_pos, got[1].body_len), b"b");
     assert_eq!(got[0].head.msg_id, ids[0]);
     assert_eq!(got[0].head.dequeue_count, 1);
     assert_eq!(got[0].head.first_dequeue_time_ms, 2_000);
@@ -89,11 +108,11 @@ fn delayed_messages_wait_their_turn() {
     assert_eq!((info.active_msg_num, info.delay_msg_num), (1, 1));
     let got = recv(&mut e, &mut log, 1_000, 16);
     assert_eq!(got.len(), 1);
-    assert_eq!(log.read(got[0].body_pos, got[0].body_len), b"now");
+    assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"now");
     assert!(recv(&mut e, &mut log, 10_999, 16).is_empty());
     e.tick(11_000);
     let got = recv(&mut e, &mut log, 11_000, 16);
-    assert_eq!(log.read(got[0].body_pos, got[0].body_len), b"late");
+    assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"late");
 }
 
 #[test]
@@ -219,7 +238,7 @@ fn replay_rebuilds_the_same_state() {
     assert!(ok[0].is_ok());
     let next = recv(&mut r, &mut log, 2_000, 16);
     assert_eq!(next.len(), 1);
-    assert_eq!(log.read(next[0].body_pos, next[0].body_len), b"c");
+    assert_eq!(log.bytes(next[0].body_pos, next[0].body_len), b"c");
     // New ids continue after the replayed ones.
     let ids = r.send(&mut log, 2_000, "q", 0, &[body("e")]).expect("send");
     assert!(ids[0] > d[1].head.msg_id);
@@ -248,6 +267,30 @@ fn deleted_messages_are_kept_for_rewind_seconds() {
     assert_eq!(e.queue_info(61_000, "q").expect("info").rewind_msg_num, 0);
 }
 
+#[test]
+fn compaction_then_cut_log_rebuilds_the_same_state() {
+    let upd = QueueAttributesUpdate { visibility_timeout: Some(5), rewind_seconds: Some(600), ..Default::default() };
+    let (mut e, mut log) = setup(upd);
+    e.send(&mut log, 1_000, "q", 0, &[body("a"), body("b"), body("c"), body("d")]).expect("send");
+    e.send(&mut log, 1_000, "q", 30, &[body("late")]).expect("send");
+    let d = recv(&mut e, &mut log, 1_000, 2);
+    e.delete(&mut log, 1_100, "q", &[d[0].head.receipt_handle]).expect("delete");
+    let end = log.data.len() as u64 + 1;
+    let (catalog, cut) = compact(&mut e, &mut log, end);
+    assert!(cut + 16 >= end, "everything live was copied past the old log ({cut} < {end})");
+    let mut r = replayed_from(&log, Some(&catalog), cut);
+    assert_eq!(r.queue_info(2_000, "q"), e.queue_info(2_000, "q"));
+    assert_eq!(r.queue_info(2_000, "q").expect("info").rewind_msg_num, 1, "deleted-but-rewindable kept");
+    // The in-flight message kept its lease and dequeue count; its handle still works.
+    assert!(r.delete(&mut log, 2_000, "q", &[d[1].head.receipt_handle]).expect("delete")[0].is_ok());
+    let rest = recv(&mut r, &mut log, 2_000, 16);
+    let bodies: Vec<&[u8]> = rest.iter().map(|x| log.bytes(x.body_pos, x.body_len)).collect();
+    assert_eq!(bodies, [b"c".as_slice(), b"d"]);
+    // Numbering continues: no reused sequence numbers or message ids.
+    let id = r.send(&mut log, 2_000, "q", 0, &[body("e")]).expect("send")[0];
+    assert!(id > d[1].head.msg_id);
+}
+
 // ---- model-based property test ---------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -273,6 +316,10 @@ enum Op {
         tick: bool,
     },
     Restart,
+    /// Compact the log below a fraction of its length, cut it, and restart from catalog + the rest.
+    CompactRestart {
+        frac: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -283,11 +330,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0u32..15).prop_map(|(k, secs)| Op::ChangeVisibility { k, secs }),
         2 => (0u64..12_000, any::<bool>()).prop_map(|(ms, tick)| Op::Advance { ms, tick }),
         1 => Just(Op::Restart),
+        1 => any::<u8>().prop_map(|frac| Op::CompactRestart { frac }),
     ]
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     /// For any sequence of operations and clock steps: no message is held by
     /// two consumers inside its visibility window, a deleted message never
@@ -350,6 +398,15 @@ proptest! {
                 Op::Restart => {
                     let mut r = replayed(&log);
                     r.tick(now);
+                    prop_assert_eq!(r.queue_info(now, "q"), e.queue_info(now, "q"));
+                    e = r;
+                }
+                Op::CompactRestart { frac } => {
+                    let pos = log.data.len() as u64 * u64::from(frac) / 255;
+                    let (catalog, cut) = compact(&mut e, &mut log, pos);
+                    let mut r = replayed_from(&log, Some(&catalog), cut);
+                    r.tick(now);
+                    e.tick(now);
                     prop_assert_eq!(r.queue_info(now, "q"), e.queue_info(now, "q"));
                     e = r;
                 }
