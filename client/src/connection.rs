@@ -49,6 +49,9 @@ pub struct ConnectionStats {
     pub frames_received: u64,
 }
 
+/// What [`Connection::recv`] yields: a request id and that request's outcome.
+pub type Reply = (u64, Result<Response, ClientError>);
+
 /// A single connection, handshake done. Not thread-safe by design: one
 /// owner drives it, which is what keeps it allocation- and lock-free.
 pub struct Connection {
@@ -242,8 +245,7 @@ impl Connection {
     /// error frame). Flushes queued requests before blocking, so a forgotten
     /// `flush` cannot deadlock. With nothing in flight and nothing buffered
     /// it fails at once with `InvalidInput` instead of blocking forever.
-    #[allow(clippy::type_complexity)]
-    pub fn recv(&mut self) -> Result<(u64, Result<Response, ClientError>), ClientError> {
+    pub fn recv(&mut self) -> Result<Reply, ClientError> {
         if self.broken {
             return Err(ClientError::Disconnected);
         }
@@ -286,12 +288,7 @@ impl Connection {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn complete(
-        &mut self,
-        header: FrameHeader,
-        payload: Bytes,
-    ) -> Result<(u64, Result<Response, ClientError>), ClientError> {
+    fn complete(&mut self, header: FrameHeader, payload: Bytes) -> Result<Reply, ClientError> {
         let id = header.request_id;
         if !header.is_response() {
             return Err(self.fail(ClientError::Protocol(format!(
