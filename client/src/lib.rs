@@ -1,1 +1,70 @@
+//! Rust client for the cmq broker, and the `cmq` command-line tool.
+//!
+//! Two layers:
+//!
+//! * [`Client`]: blocking and convenient, one method per operation. It is
+//!   shard-aware: it learns the broker's shard count in the handshake and
+//!   keeps one connection per shard (opened on first use), sending each
+//!   queue's requests straight to the shard that owns it.
+//! * [`Connection`]: one socket, driven by hand for throughput. Submit many
+//!   requests, flush them with one write, and read responses (in whatever
+//!   order the broker finishes them) many frames per read. This is what the
+//!   load generator uses.
+//!
+//! ```no_run
+//! use cmq_client::{Client, QueueAttributesUpdate};
+//!
+//! # fn main() -> Result<(), cmq_client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7700")?;
+//! client.create_queue("orders", &QueueAttributesUpdate { visibility_timeout: Some(60), ..Default::default() })?;
+//! client.send("orders", "hello", 0)?;
+//! if let Some(msg) = client.receive("orders", Some(5))? {
+//!     println!("{}", String::from_utf8_lossy(&msg.body));
+//!     client.delete_message("orders", msg.receipt_handle)?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Pipelining through a `Client` (responses are matched by request id, so
+//! tickets may be waited for in any order):
+//!
+//! ```no_run
+//! use cmq_client::{Client, Request, SendMessage};
+//!
+//! # fn main() -> Result<(), cmq_client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7700")?;
+//! let mut tickets = Vec::new();
+//! for i in 0..64 {
+//!     let body = format!("message {i}").into();
+//!     tickets.push(client.submit(&Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 0, body }))?);
+//! }
+//! client.flush()?;
+//! for t in tickets {
+//!     client.wait(t)?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Errors the broker reports arrive as [`ClientError::Server`] with the
+//! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
+//! an error.
 
+mod client;
+mod connection;
+mod error;
+mod ops;
+
+pub use client::{Client, Ticket};
+pub use connection::{Connection, ConnectionStats, Reply, CLIENT_NAME};
+pub use error::ClientError;
+
+/// The wire protocol this client speaks, for building requests by hand.
+pub use cmq_protocol as protocol;
+pub use cmq_protocol::{
+    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, ChangeMessageVisibility, ChangeMessageVisibilityOk,
+    CreateQueue, DeleteMessage, DeleteQueue, ErrorCode, FlushPolicy, GetQueueAttributes, HandshakeOk, ItemResult,
+    ListQueues, ListQueuesOk, Ping, QueueAttributes, QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle,
+    ReceiveMessage, ReceivedMessage, Request, Response, SendMessage, SetQueueAttributes,
+};

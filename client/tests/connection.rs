@@ -1,0 +1,300 @@
+//! `Connection` against a scripted fake server over real loopback sockets.
+
+mod support;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cmq_client::{ClientError, Connection};
+use cmq_protocol::*;
+use support::{response_frame, FakeServer, CLIENT_TIMEOUT};
+
+fn connect(server: &FakeServer) -> Connection {
+    Connection::connect_with_timeout(server.addr(), None, Some(CLIENT_TIMEOUT)).expect("connect to fake server")
+}
+
+fn ping() -> Request {
+    Request::Ping(Ping {})
+}
+
+#[test]
+fn handshake_sends_hint_and_reports_the_shard() {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = FakeServer::start(move |mut peer| {
+        let hello = peer.accept_handshake(8, 3);
+        let _ = tx.lock().expect("lock").send(hello);
+    });
+    let conn = Connection::connect_with_timeout(server.addr(), Some(3), Some(CLIENT_TIMEOUT)).expect("connect");
+    let hello = rx.recv().expect("server saw a handshake");
+    assert_eq!(hello.shard_hint, Some(3));
+    assert!(hello.client.starts_with("cmq-client/"), "{}", hello.client);
+    assert_eq!((conn.shard_count(), conn.shard_id()), (8, 3));
+    assert_eq!(conn.handshake_info().server, "fake-cmqd/0");
+}
+
+#[test]
+fn out_of_order_responses_are_matched_by_id() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let reqs: Vec<_> = (0..3).map(|_| peer.read_request().expect("request")).collect();
+        // Answer last-first, each with the response type its request asked for.
+        for (id, req) in reqs.into_iter().rev() {
+            let resp = match req {
+                Request::Ping(_) => Response::Ping(Empty {}),
+                Request::ListQueues(_) => Response::ListQueues(ListQueuesOk { total: 7, queues: vec![] }),
+                Request::GetQueueAttributes(r) => {
+                    Response::GetQueueAttributes(QueueInfo { queue: r.queue, ..Default::default() })
+                }
+                other => panic!("unexpected {:?}", other.opcode()),
+            };
+            peer.respond(id, &resp);
+        }
+    });
+    let mut conn = connect(&server);
+    let a = conn.submit(&ping());
+    let b = conn.submit(&Request::ListQueues(ListQueues::default()));
+    let c = conn.submit(&Request::GetQueueAttributes(GetQueueAttributes { queue: "q1".into() }));
+    assert_eq!(conn.in_flight(), 3);
+    conn.flush().expect("flush");
+
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let (id, result) = conn.recv().expect("connection healthy");
+        match result.expect("success") {
+            Response::Ping(_) => assert_eq!(id, a),
+            Response::ListQueues(l) => assert_eq!((id, l.total), (b, 7)),
+            Response::GetQueueAttributes(info) => assert_eq!((id, info.queue.as_str()), (c, "q1")),
+            other => panic!("unexpected {other:?}"),
+        }
+        order.push(id);
+    }
+    assert_eq!(order, [c, b, a]);
+    assert_eq!(conn.in_flight(), 0);
+}
+
+#[test]
+fn many_pipelined_requests_go_out_in_one_write_and_come_back_in_few_reads() {
+    const N: usize = 1000;
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        // Read every request before answering any: the client must not be
+        // waiting for an answer before sending the next request.
+        let ids: Vec<u64> = (0..N).map(|_| peer.read_request().expect("request").0).collect();
+        let mut all = Vec::new();
+        for id in ids {
+            all.extend(response_frame(id, &Response::Ping(Empty {})));
+        }
+        peer.write_raw(&all);
+    });
+    let mut conn = connect(&server);
+    let before = conn.stats();
+    let ids: Vec<u64> = (0..N).map(|_| conn.submit(&ping())).collect();
+    conn.flush().expect("flush");
+    let after_flush = conn.stats();
+    assert_eq!(after_flush.writes - before.writes, 1, "one flush of {N} small frames is one write");
+
+    let mut got = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (id, result) = conn.recv().expect("healthy");
+        assert!(matches!(result, Ok(Response::Ping(_))));
+        got.push(id);
+    }
+    assert_eq!(got, ids);
+    let stats = conn.stats();
+    assert_eq!(stats.frames_received - before.frames_received, N as u64);
+    // 16 KB of responses: a handful of reads, not one per frame.
+    assert!(stats.reads - before.reads <= 8, "{} reads for {N} frames", stats.reads - before.reads);
+}
+
+#[test]
+fn error_frame_becomes_server_error_and_connection_stays_usable() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("request");
+        peer.respond_error(id, Opcode::GetQueueAttributes, ErrorCode::QUEUE_NOT_FOUND, "queue \"x\" does not exist");
+        let (id, _) = peer.read_request().expect("request");
+        peer.respond(id, &Response::Ping(Empty {}));
+    });
+    let mut conn = connect(&server);
+    let id = conn.submit(&Request::GetQueueAttributes(GetQueueAttributes { queue: "x".into() }));
+    let (got, result) = conn.recv().expect("healthy");
+    assert_eq!(got, id);
+    let err = result.expect_err("error frame");
+    assert_eq!(err.code(), Some(ErrorCode::QUEUE_NOT_FOUND));
+    assert_eq!(err.to_string(), "4440 QUEUE_NOT_FOUND: queue \"x\" does not exist");
+    assert!(matches!(err, ClientError::Server { .. }));
+
+    conn.submit(&ping());
+    assert!(matches!(conn.recv().expect("still healthy").1, Ok(Response::Ping(_))));
+}
+
+#[test]
+fn server_closing_mid_frame_is_disconnected_at_every_cut() {
+    let frame = response_frame(1, &Response::ListQueues(ListQueuesOk { total: 1, queues: vec![] }));
+    for cut in [0, 1, 4, 15, 16, frame.len() - 1] {
+        let server = FakeServer::start(move |mut peer| {
+            peer.accept_handshake(1, 0);
+            let (id, _) = peer.read_request().expect("request");
+            let mut partial = response_frame(id, &Response::ListQueues(ListQueuesOk { total: 1, queues: vec![] }));
+            partial.truncate(cut);
+            peer.write_raw(&partial);
+            // Dropping the peer closes the socket.
+        });
+        let mut conn = connect(&server);
+        conn.submit(&Request::ListQueues(ListQueues::default()));
+        let err = conn.recv().expect_err("closed mid-frame");
+        assert!(matches!(err, ClientError::Disconnected), "cut {cut}: {err:?}");
+        assert!(conn.is_broken());
+        assert!(matches!(conn.recv(), Err(ClientError::Disconnected)));
+        assert!(matches!(conn.flush(), Err(ClientError::Disconnected)));
+    }
+}
+
+#[test]
+fn impossible_frame_length_is_a_protocol_error() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        peer.read_request();
+        peer.write_raw(&u32::MAX.to_le_bytes());
+        // Keep the socket open: the client must not wait for 4 GiB to arrive.
+        peer.read_request();
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    let err = conn.recv().expect_err("oversized");
+    assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+    assert!(conn.is_broken());
+}
+
+#[test]
+fn undecodable_or_mismatched_payloads_fail_only_their_request() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        let (b, _) = peer.read_request().expect("b");
+        let (c, _) = peer.read_request().expect("c");
+        // a: a ListQueues answer to a Ping.
+        peer.respond(a, &Response::ListQueues(ListQueuesOk::default()));
+        // b: right opcode, payload with a trailing byte.
+        let mut bad = response_frame(b, &Response::Ping(Empty {}));
+        bad.push(0xee);
+        bad[0] += 1;
+        peer.write_raw(&bad);
+        peer.respond(c, &Response::Ping(Empty {}));
+    });
+    let mut conn = connect(&server);
+    let ids: Vec<u64> = (0..3).map(|_| conn.submit(&ping())).collect();
+    for (i, expect_ok) in [false, false, true].into_iter().enumerate() {
+        let (id, result) = conn.recv().expect("framing intact");
+        assert_eq!(id, ids[i]);
+        match result {
+            Ok(_) => assert!(expect_ok, "request {i} should have failed"),
+            Err(e) => assert!(!expect_ok && matches!(e, ClientError::Protocol(_)), "request {i}: {e:?}"),
+        }
+    }
+    assert!(!conn.is_broken());
+}
+
+#[test]
+fn response_to_a_request_never_sent_breaks_the_connection() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("request");
+        peer.respond(id + 100, &Response::Ping(Empty {}));
+        peer.read_request();
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    assert!(matches!(conn.recv(), Err(ClientError::Protocol(_))));
+    assert!(conn.is_broken());
+}
+
+#[test]
+fn refused_handshake_reports_the_code() {
+    let server = FakeServer::start(|mut peer| {
+        let (id, _) = peer.read_request().expect("handshake");
+        peer.respond_error(id, Opcode::Handshake, ErrorCode::UNSUPPORTED_VERSION, "this server speaks 7..=9");
+    });
+    let err = Connection::connect_with_timeout(server.addr(), None, Some(CLIENT_TIMEOUT)).expect_err("refused");
+    assert!(matches!(err, ClientError::Handshake { .. }), "{err:?}");
+    assert_eq!(err.code(), Some(ErrorCode::UNSUPPORTED_VERSION));
+    assert_eq!(err.to_string(), "handshake failed: 4003 UNSUPPORTED_VERSION: this server speaks 7..=9");
+}
+
+#[test]
+fn unsolicited_error_before_close_is_surfaced() {
+    // A full broker answers the connection itself, not the handshake's id.
+    let server = FakeServer::start(|mut peer| {
+        peer.read_request();
+        peer.respond_error(0, Opcode::Handshake, ErrorCode::TOO_MANY_CONNECTIONS, "limit 2 reached");
+    });
+    let err = Connection::connect_with_timeout(server.addr(), None, Some(CLIENT_TIMEOUT)).expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::TOO_MANY_CONNECTIONS), "{err:?}");
+}
+
+#[test]
+fn silent_server_during_handshake_times_out() {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let server = FakeServer::start(move |mut peer| {
+        peer.read_request();
+        let _ = release_rx.lock().expect("lock").recv();
+    });
+    let err = Connection::connect_with_timeout(server.addr(), None, Some(Duration::from_millis(50)))
+        .expect_err("no handshake answer");
+    assert!(err.is_timeout(), "{err:?}");
+    drop(release_tx);
+}
+
+#[test]
+fn read_timeout_leaves_the_connection_usable() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(go_rx));
+    let server = FakeServer::start(move |mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("request");
+        // Send half the answer, then the rest only once the client timed out.
+        let frame = response_frame(id, &Response::Ping(Empty {}));
+        peer.write_raw(&frame[..10]);
+        go_rx.lock().expect("lock").recv().expect("go");
+        peer.write_raw(&frame[10..]);
+    });
+    let mut conn = connect(&server);
+    conn.set_read_timeout(Some(Duration::from_millis(50))).expect("set timeout");
+    let id = conn.submit(&ping());
+    let err = conn.recv().expect_err("nothing complete yet");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(!conn.is_broken());
+    go_tx.send(()).expect("server waiting");
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("set timeout");
+    let (got, result) = conn.recv().expect("rest arrived");
+    assert_eq!(got, id);
+    assert!(result.is_ok());
+}
+
+#[test]
+fn recv_with_nothing_in_flight_fails_instead_of_blocking() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        peer.read_request();
+    });
+    let mut conn = Connection::connect(server.addr(), None).expect("connect without timeout");
+    let err = conn.recv().expect_err("nothing to wait for");
+    assert!(matches!(&err, ClientError::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err:?}");
+    assert!(!conn.is_broken());
+}
+
+#[test]
+fn recv_flushes_what_was_submitted() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("request");
+        peer.respond(id, &Response::Ping(Empty {}));
+    });
+    let mut conn = connect(&server);
+    let id = conn.submit(&ping());
+    assert!(conn.has_unflushed());
+    assert_eq!(conn.recv().expect("healthy").0, id);
+}
