@@ -635,6 +635,12 @@ impl Wal {
         if fault_active(&self.cfg.fault_file) {
             return Err(WalError::io("write", &self.segs[self.active].path, no_space()));
         }
+        if self.prep == Prep::Failed && self.active + 1 == self.segs.len() {
+            // The failure was (or may be) the next segment's creation: make
+            // sure appends can continue before declaring success.
+            let seg = self.create_next_now(self.next_base())?;
+            self.segs.push_back(seg);
+        }
         let (d, w) = (self.durable_end, self.written_end);
         let h = self.high_water.max(w);
         for i in 0..self.segs.len() {
@@ -674,9 +680,6 @@ impl Wal {
         self.high_water = w;
         self.unsynced = None;
         self.recycle_pending();
-        if self.prep == Prep::Failed {
-            self.prep = Prep::Idle;
-        }
         self.failed = false;
         Ok(())
     }
@@ -894,11 +897,22 @@ impl Wal {
         }
         // The background attempt failed (maybe while the disk was full):
         // try once more here before giving up.
-        self.prep = Prep::Idle;
+        self.create_next_now(base)
+    }
+
+    fn create_next_now(&mut self, base: u64) -> Result<Segment, WalError> {
+        let cap = self.cfg.segment_bytes;
         let path = segment_path(&self.dir, base);
-        let file = create_segment(&self.dir, base, cap, Reserve::Preallocate, &self.cfg.fault_file)
-            .map_err(|e| WalError::io("create segment", &path, e))?;
-        self.map_new(base, cap, file)
+        match create_segment(&self.dir, base, cap, Reserve::Preallocate, &self.cfg.fault_file) {
+            Ok(file) => {
+                self.prep = Prep::Idle;
+                self.map_new(base, cap, file)
+            }
+            Err(e) => {
+                self.prep = Prep::Failed;
+                Err(WalError::io("create segment", &path, e))
+            }
+        }
     }
 
     fn map_new(&self, base: u64, cap: u64, file: File) -> Result<Segment, WalError> {
