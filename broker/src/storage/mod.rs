@@ -1,1 +1,161 @@
-//! Per-shard write-ahead log: segments, group commit, recovery.
+//! Per-shard write-ahead log: segments, group commit, recovery; plus the
+//! data-directory manifest and lock.
+//!
+//! # On-disk format (format version 1)
+//!
+//! A shard's log lives in `<data-dir>/shard-<k>/` as a sequence of segment
+//! files. A log position ([`LogPos`]) is a global byte offset: position `p`
+//! is stored in the segment whose `base <= p < base + capacity`, at file
+//! offset `p - base`. Positions never move; released segments leave a hole
+//! below the oldest segment.
+//!
+//! ## Segment files
+//!
+//! * Name: the base position, zero-padded to 20 decimal digits, plus `.log`
+//!   (`00000000000000000000.log`), so `ls` sorts them in log order.
+//! * Capacity: the file length, fixed at creation (`segment_bytes` then;
+//!   segments created under an older configuration keep their size). The
+//!   next segment's base is always `base + capacity`, so a missing file shows
+//!   up as a gap between one segment's end and the next one's base.
+//! * Created as `<name>.log.tmp`, preallocated with `fallocate` to its full
+//!   capacity (so an `fdatasync` after a write into it has no file-size
+//!   metadata to commit), header written, `fsync`ed, renamed to its final
+//!   name, then the directory is `fsync`ed. A `*.log.tmp` found at open is
+//!   an interrupted creation and is deleted.
+//! * Segment header, 32 bytes at file offset 0, integers little-endian:
+//!
+//!   | offset | size | field |
+//!   | ---: | ---: | --- |
+//!   | 0 | 8 | magic `b"cmq-wal\n"` |
+//!   | 8 | 4 | format version, u32 = 1 |
+//!   | 12 | 8 | base position, u64 (must equal the file name) |
+//!   | 20 | 8 | capacity in bytes, u64 (the file length at creation) |
+//!   | 28 | 4 | CRC32C of bytes 0..28 |
+//!
+//! * Records follow from file offset 32, packed back to back with no
+//!   alignment or padding between them. A record never spans segments: when
+//!   a record does not fit in the rest of a segment, the log continues at
+//!   the next segment's first record, and the rest of the old segment stays
+//!   zero.
+//! * End of data: the first record slot whose length field is 0, or fewer
+//!   than 9 bytes left in the segment. Every byte from there to the end of
+//!   the segment is zero (preallocated space), except in the torn tail
+//!   described under recovery.
+//!
+//! ## Record framing (9-byte header + payload), integers little-endian
+//!
+//! | offset | size | field |
+//! | ---: | ---: | --- |
+//! | 0 | 4 | `len`, u32 = 1 + payload length (the type byte plus the payload); never 0, so a zero length means end of data; at most 1 + [`RECORD_PAYLOAD_MAX_BYTES`] |
+//! | 4 | 4 | `crc`, u32 = CRC32C (Castagnoli) of bytes 0..4 (the `len` field as stored) followed by bytes 8..8+len (type and payload) |
+//! | 8 | 1 | `rtype`: 0 is a padding record written by `repair` over damaged bytes and is never delivered; 1..=255 belong to the engine |
+//! | 9 | len-1 | payload, opaque to the WAL |
+//!
+//! [`Wal::append`] returns the position of the payload (record start + 9);
+//! that is the position [`Wal::read`] takes.
+//!
+//! # Recovery rules (applied by [`Wal::open`])
+//!
+//! 1. Segments are listed by name and must be contiguous (`next.base ==
+//!    base + capacity`); every header and every record CRC is verified.
+//!    A gap is an error naming the missing range; with `repair` the gap is
+//!    filled with an empty sparse segment and reported.
+//! 2. A segment file shorter than its header's capacity (someone truncated
+//!    it) is read as if zero-extended and is extended back with `fallocate`.
+//! 3. The *newest data segment* is the last one holding any non-zero byte
+//!    after its header. In it, the first bad record (CRC mismatch, a length
+//!    running past the segment, an impossible length, or non-zero bytes
+//!    after the zero end marker) at offset `X` ends the log **if every byte
+//!    from `X + TORN_WINDOW_BYTES` to the end of the segment is zero**. The
+//!    bytes from `X` to the last non-zero byte are zeroed and `fdatasync`ed,
+//!    a `log::warn!` names the segment, the offset and the byte count, and
+//!    [`RecoveryReport::torn_tail`] says the same.
+//!    Why that window is enough: the writer never lets more than
+//!    [`TORN_WINDOW_BYTES`] be written-but-not-`fdatasync`ed (it inserts an
+//!    extra `fdatasync` into a larger write, and before it writes into a new
+//!    segment it syncs the old one), so everything a crash can leave
+//!    half-written lies within that window after the last durable byte,
+//!    which is at or before `X`.
+//! 4. Anything else is corruption: a bad record or non-zero garbage in an
+//!    older segment, or garbage in the newest data segment reaching past the
+//!    window. `open` fails with [`WalError::Corrupt`] naming the file and
+//!    offset. With `repair`, the damaged bytes are skipped by scanning forward
+//!    (from 9 bytes past the bad record) for the next record whose length
+//!    is possible and whose CRC verifies; the skipped range is overwritten
+//!    with padding records (or zeroed if no valid record follows), so the
+//!    next open is clean; every skip is in [`RecoveryReport::skipped`].
+//! 5. Empty segments after the newest data segment are segments prepared
+//!    ahead of time and are kept.
+//!
+//! # Write path
+//!
+//! Appends are copied into an in-memory batch. [`Wal::submit`] seals it and,
+//! when no I/O is running, starts one *flight*: one `pwrite` per touched
+//! segment (normally exactly one) and, if asked, one `fdatasync`, linked in
+//! io_uring or run by a per-shard flusher thread. At most
+//! [`FLIGHTS_MAX`] flight runs at a time; what is submitted meanwhile waits
+//! as one merged batch (group commit) and starts when the flight completes.
+//! After a write or fsync error the WAL refuses all writes (the PostgreSQL
+//! fsync lesson) until [`Wal::try_recover`] has re-validated the tail.
+
+mod error;
+mod format;
+mod housekeeper;
+mod io;
+pub mod lock;
+pub mod manifest;
+mod mmap;
+mod recovery;
+mod segment;
+mod uring;
+mod wal;
+
+pub use error::{ReplayError, WalError};
+pub use lock::{DataDirLock, LockError};
+pub use manifest::{Manifest, ManifestError};
+pub use wal::{Backend, BatchId, LogPos, RecoveryReport, SegmentInfo, SkippedRange, TornTail, Wal, WalConfig};
+
+/// Bytes of the segment header at file offset 0.
+pub const SEGMENT_HEADER_BYTES: u64 = 32;
+
+/// Bytes of a record header: length (4), CRC32C (4), type (1).
+pub const RECORD_HEADER_BYTES: u64 = 9;
+
+/// Largest record payload. The engine's largest record is a batch of 16
+/// message bodies of up to 1 MiB each plus their headers, which fits in
+/// 17 MiB with room to spare.
+pub const RECORD_PAYLOAD_MAX_BYTES: u32 = 17 << 20;
+
+/// Largest record on disk, header included.
+pub const RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES as u64;
+
+/// Default segment size: big enough that rolls (one file creation in the
+/// background, one extra fdatasync) are rare, small enough that releasing
+/// a segment frees space in reasonable steps.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// Smallest allowed segment: two records of the maximum size, so a segment
+/// never holds less than one of them plus change.
+pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX;
+
+/// Largest allowed segment: the open-time scan maps and reads whole
+/// segments, and release works in whole segments.
+pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
+
+/// Most bytes that may be written but not yet covered by a completed
+/// fdatasync at any moment; see recovery rule 3. Larger than any single
+/// record so that the common one-write-per-batch case needs no extra sync,
+/// small enough that the torn-tail rule still detects real damage.
+pub const TORN_WINDOW_BYTES: u64 = 32 << 20;
+
+/// Flights (write + fdatasync sequences) running at once. One is enough:
+/// while it runs, the next batch accumulates (natural group commit), and
+/// completions are in order by construction.
+pub const FLIGHTS_MAX: usize = 1;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX < SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(TORN_WINDOW_BYTES >= RECORD_BYTES_MAX);
+// The length field stores 1 + payload length in a u32.
+const _: () = assert!((RECORD_PAYLOAD_MAX_BYTES as u64) < u32::MAX as u64);

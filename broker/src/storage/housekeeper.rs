@@ -1,0 +1,103 @@
+//! A per-WAL helper thread for the slow file-system work that must stay off
+//! the shard's event loop: creating the next segment ahead of time
+//! (fallocate + two fsyncs) and deleting released segments (unlink + a
+//! directory fsync each, oldest first, so a crash can only ever leave a
+//! prefix of them behind — never a gap).
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+
+use super::segment::{create_segment, sync_dir, Reserve};
+
+/// Queued jobs. Deletions come in bursts from `release_before`; a full
+/// queue makes the caller wait briefly rather than grow without bound.
+const JOBS_MAX: usize = 64;
+
+enum Job {
+    Prepare { base: u64, capacity: u64 },
+    Delete { path: PathBuf },
+}
+
+pub(crate) struct Prepared {
+    pub base: u64,
+    pub result: io::Result<File>,
+}
+
+pub(crate) struct Housekeeper {
+    jobs: Option<Sender<Job>>,
+    prepared: Receiver<Prepared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Housekeeper {
+    pub(crate) fn spawn(dir: &Path, fault_file: Option<PathBuf>) -> io::Result<Self> {
+        let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_MAX);
+        // The WAL keeps at most one preparation outstanding.
+        let (prep_tx, prep_rx) = bounded::<Prepared>(1);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new().name("cmq-wal-keeper".into()).spawn(move || {
+            for job in jobs_rx {
+                match job {
+                    Job::Prepare { base, capacity } => {
+                        let result = create_segment(&dir, base, capacity, Reserve::Preallocate, &fault_file);
+                        if prep_tx.send(Prepared { base, result }).is_err() {
+                            return;
+                        }
+                    }
+                    Job::Delete { path } => {
+                        let r = std::fs::remove_file(&path).and_then(|()| sync_dir(&dir));
+                        if let Err(e) = r {
+                            log::warn!("deleting released WAL segment {}: {e}", path.display());
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Housekeeper { jobs: Some(jobs_tx), prepared: prep_rx, thread: Some(thread) })
+    }
+
+    fn send(&self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            // The thread only exits when `jobs` is dropped, so this cannot
+            // fail while `self` lives.
+            let _ = tx.send(job);
+        }
+    }
+
+    pub(crate) fn prepare(&self, base: u64, capacity: u64) {
+        self.send(Job::Prepare { base, capacity });
+    }
+
+    pub(crate) fn delete(&self, path: PathBuf) {
+        self.send(Job::Delete { path });
+    }
+
+    pub(crate) fn try_prepared(&self) -> Option<Prepared> {
+        match self.prepared.try_recv() {
+            Ok(p) => Some(p),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+
+    pub(crate) fn wait_prepared(&self) -> Option<Prepared> {
+        self.prepared.recv().ok()
+    }
+}
+
+impl Drop for Housekeeper {
+    fn drop(&mut self) {
+        // Let queued deletions and a running creation finish so that a
+        // reopen of the same directory sees a settled state. The WAL keeps
+        // at most one preparation outstanding and the result channel has
+        // room for it, so the thread never blocks on its final send.
+        self.jobs = None;
+        while self.prepared.try_recv().is_ok() {}
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Segment files: names, creation, listing.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::encode_segment_header;
+use super::mmap::SegmentMap;
+
+const NAME_DIGITS: usize = 20;
+const SUFFIX: &str = ".log";
+const TMP_SUFFIX: &str = ".log.tmp";
+
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:0NAME_DIGITS$}{SUFFIX}"))
+}
+
+fn tmp_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:0NAME_DIGITS$}{TMP_SUFFIX}"))
+}
+
+fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Bases of the segment files in `dir`, sorted. Leftover temporary files of
+/// an interrupted creation are deleted.
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = parse_name(name, SUFFIX) {
+            bases.push(base);
+        } else if parse_name(name, TMP_SUFFIX).is_some() {
+            log::info!("removing interrupted segment creation {}", entry.path().display());
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// True when the fault-injection file exists: writes and preallocation then
+/// fail with ENOSPC.
+pub(crate) fn fault_active(fault_file: &Option<PathBuf>) -> bool {
+    fault_file.as_deref().is_some_and(Path::exists)
+}
+
+pub(crate) fn no_space() -> io::Error {
+    io::Error::from(rustix::io::Errno::NOSPC)
+}
+
+/// How a new segment's space is reserved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reserve {
+    /// fallocate the whole capacity (normal segments).
+    Preallocate,
+    /// Sparse file (a repair filler for a gap, which stays empty).
+    Sparse,
+}
+
+/// Creates a segment durably: temp file, preallocate, header, fsync,
+/// rename, fsync directory. Returns the open file.
+pub(crate) fn create_segment(
+    dir: &Path,
+    base: u64,
+    capacity: u64,
+    reserve: Reserve,
+    fault_file: &Option<PathBuf>,
+) -> io::Result<File> {
+    if fault_active(fault_file) {
+        return Err(no_space());
+    }
+    let tmp = tmp_path(dir, base);
+    let result = (|| {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        match reserve {
+            Reserve::Preallocate => rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, capacity)?,
+            Reserve::Sparse => f.set_len(capacity)?,
+        }
+        f.write_all_at(&encode_segment_header(base, capacity), 0)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, segment_path(dir, base))?;
+        sync_dir(dir)?;
+        Ok(f)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A live segment of the log.
+pub(crate) struct Segment {
+    pub base: u64,
+    pub capacity: u64,
+    /// One past the last record byte (global position); `base + header`
+    /// when empty. For the active segment this lags `Wal::end` by whatever
+    /// is not written yet.
+    pub data_end: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub map: SegmentMap,
+}
+
+impl Segment {
+    pub(crate) fn new(base: u64, capacity: u64, path: PathBuf, file: File) -> io::Result<Self> {
+        let map = SegmentMap::map(&file, capacity)?;
+        Ok(Segment { base, capacity, data_end: base + super::SEGMENT_HEADER_BYTES, path, file: Arc::new(file), map })
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_and_parse() {
+        let p = segment_path(Path::new("/x"), 123);
+        assert_eq!(p, Path::new("/x/00000000000000000123.log"));
+        assert_eq!(parse_name("00000000000000000123.log", SUFFIX), Some(123));
+        assert_eq!(parse_name("0000000000000000123.log", SUFFIX), None);
+        assert_eq!(parse_name("0000000000000000012a.log", SUFFIX), None);
+        assert_eq!(parse_name("18446744073709551615.log", SUFFIX), Some(u64::MAX));
+        assert_eq!(parse_name("99999999999999999999.log", SUFFIX), None);
+    }
+}

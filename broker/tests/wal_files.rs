@@ -1,0 +1,715 @@
+//! WAL tests on real files: segment rolls, group commit, replay, torn
+//! tails, corruption, repair, release, injected and real ENOSPC, the
+//! completion token, the data-directory lock across kill -9. Every test
+//! that does I/O runs on both backends.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cmq_broker::storage::{
+    Backend, BatchId, DataDirLock, LockError, LogPos, Wal, WalConfig, WalError, RECORD_HEADER_BYTES, SEGMENT_BYTES_MIN,
+    SEGMENT_HEADER_BYTES,
+};
+
+type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+type Completions = Vec<(BatchId, Result<(), WalError>)>;
+
+// ---------------------------------------------------------------- helpers
+
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            if let Ok(mut v) = LOGGED.lock() {
+                v.push(format!("{} {}", r.level(), r.args()));
+            }
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+fn init_log() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Warn);
+}
+
+fn logged_containing(needle: &str) -> Vec<String> {
+    LOGGED.lock().map(|v| v.iter().filter(|l| l.contains(needle)).cloned().collect()).unwrap_or_default()
+}
+
+fn cfg(backend: Backend) -> WalConfig {
+    WalConfig { segment_bytes: SEGMENT_BYTES_MIN, backend, ..WalConfig::default() }
+}
+
+/// Opens, or returns None (after saying why) when io_uring is not usable
+/// on this machine, so the io_uring variants skip instead of failing.
+fn open(dir: &Path, c: WalConfig) -> Res<Option<Wal>> {
+    match Wal::open(dir, c) {
+        Ok((w, _)) => Ok(Some(w)),
+        Err(WalError::UringUnavailable(e)) => {
+            eprintln!("skipped: io_uring unavailable here: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn wait_all(wal: &mut Wal) -> Completions {
+    let mut out = Vec::new();
+    assert!(wal.wait(&mut out, Some(Duration::from_secs(60))), "batches did not complete");
+    out
+}
+
+fn body(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 31 + j * 7) as u8).collect()
+}
+
+fn replay_all(wal: &Wal) -> Res<Vec<(LogPos, u8, Vec<u8>)>> {
+    let mut v = Vec::new();
+    wal.replay(LogPos(0), |p, t, b| {
+        v.push((p, t, b.to_vec()));
+        Ok::<_, std::convert::Infallible>(())
+    })?;
+    Ok(v)
+}
+
+fn seg_files(dir: &Path) -> Res<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn write_at(path: &Path, off: u64, bytes: &[u8]) -> Res {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(bytes, off)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() -> super::Res { super::$name(super::Backend::IoUring) } )*
+        }
+        mod thread {
+            $( #[test] fn $name() -> super::Res { super::$name(super::Backend::Thread) } )*
+        }
+    };
+}
+
+both_backends!(
+    append_read_replay_across_rolls,
+    group_commit_completes_in_order,
+    fsync_only_batch,
+    completion_token_fires_in_mio,
+    release_deletes_only_whole_segments,
+    fault_file_refuses_writes_then_recovers,
+    fault_on_segment_roll,
+    real_enospc_on_tmpfs,
+);
+
+// ------------------------------------------------------------------ tests
+
+fn append_read_replay_across_rolls(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    // 1 MiB bodies in 3 parts: ~90 MiB, so at least two rolls.
+    let n = 90u64;
+    let mut pos = Vec::new();
+    for i in 0..n {
+        let data = body(i, 1 << 20);
+        let (a, rest) = data.split_at(10);
+        let (m, z) = rest.split_at(1000);
+        let p = wal.append(1 + (i % 5) as u8, &[a, m, z])?;
+        // Readable at once from the unsubmitted batch...
+        assert_eq!(wal.read(p, data.len() as u32)?, &data[..]);
+        pos.push(p);
+        if i % 7 == 6 {
+            wal.submit(i % 2 == 0);
+        }
+    }
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    // ...and from the segment maps once written.
+    for (i, p) in pos.iter().enumerate() {
+        assert_eq!(wal.read(*p, 1 << 20)?, &body(i as u64, 1 << 20)[..]);
+    }
+    assert!(wal.segment_stats().len() >= 3, "{:?}", wal.segment_stats());
+    let end = wal.end();
+    drop(wal);
+    assert!(seg_files(d.path())?.len() >= 3);
+
+    let (wal, rep) = Wal::open(d.path(), cfg(b))?;
+    assert_eq!(rep.end, end);
+    assert!(rep.torn_tail.is_none() && rep.skipped.is_empty());
+    assert_eq!(rep.records, n);
+    let got = replay_all(&wal)?;
+    assert_eq!(got.len() as u64, n);
+    for (i, (p, t, data)) in got.iter().enumerate() {
+        assert_eq!(*p, pos[i]);
+        assert_eq!(*t, 1 + (i % 5) as u8);
+        assert_eq!(data, &body(i as u64, 1 << 20));
+    }
+    // Replay from a position skips what lies before it.
+    let from = LogPos(pos[50].0 - RECORD_HEADER_BYTES);
+    let mut count = 0;
+    wal.replay(from, |_, _, _| {
+        count += 1;
+        Ok::<_, std::convert::Infallible>(())
+    })?;
+    assert_eq!(count, n - 50);
+    Ok(())
+}
+
+fn group_commit_completes_in_order(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    for i in 0..1000u64 {
+        wal.append(2, &[&body(i, 64)])?;
+    }
+    assert!(wal.has_pending());
+    let first = wal.submit(true).ok_or("nothing submitted")?;
+    assert!(!wal.has_pending());
+    // While the first flight runs, later submits merge into one waiting
+    // batch (the same id comes back) — the group commit.
+    let mut ids = vec![first];
+    for round in 0..50u64 {
+        for i in 0..10 {
+            wal.append(3, &[&body(round * 10 + i, 1024)])?;
+        }
+        let id = wal.submit(true).ok_or("nothing submitted")?;
+        if ids.last() != Some(&id) {
+            ids.push(id);
+        }
+        let mut out = Vec::new();
+        wal.poll_completions(&mut out);
+        for (done, r) in out {
+            r?;
+            assert_eq!(done, ids.remove(0), "completions out of order");
+        }
+        assert!(wal.in_flight() <= 2);
+    }
+    let rest: Vec<BatchId> = wait_all(&mut wal).into_iter().map(|(id, r)| r.map(|()| id)).collect::<Result<_, _>>()?;
+    assert_eq!(rest, ids);
+    assert_eq!(wal.durable_end(), wal.end());
+    assert_eq!(wal.in_flight(), 0);
+    assert_eq!(wal.submit(true), None, "nothing left to do");
+    drop(wal);
+    let (wal, rep) = Wal::open(d.path(), cfg(b))?;
+    assert_eq!(rep.records, 1500);
+    assert_eq!(replay_all(&wal)?.len(), 1500);
+    Ok(())
+}
+
+fn fsync_only_batch(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    assert_eq!(wal.submit(true), None, "empty log: nothing to sync");
+    wal.append(1, &[b"x"])?;
+    let a = wal.submit(false).ok_or("no batch")?;
+    wait_all(&mut wal);
+    assert!(wal.durable_end() < wal.end());
+    let s = wal.submit(true).ok_or("no fsync-only batch")?;
+    assert!(s > a);
+    let done = wait_all(&mut wal);
+    assert!(matches!(done.as_slice(), [(id, Ok(()))] if *id == s));
+    assert_eq!(wal.durable_end(), wal.end());
+    assert_eq!(wal.submit(true), None);
+    assert_eq!(wal.submit(false), None);
+    Ok(())
+}
+
+fn completion_token_fires_in_mio(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    let mut poll = mio::Poll::new()?;
+    let mut events = mio::Events::with_capacity(8);
+    let token = mio::Token(7);
+    wal.register(poll.registry(), token)?;
+    for round in 0..20 {
+        wal.append(1, &[&body(round, 100)])?;
+        let id = wal.submit(true).ok_or("no batch")?;
+        let mut out = Vec::new();
+        while out.is_empty() {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+            assert!(events.iter().any(|e| e.token() == token), "token did not fire");
+            wal.poll_completions(&mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, id);
+    }
+    Ok(())
+}
+
+fn release_deletes_only_whole_segments(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    let mut pos = Vec::new();
+    for i in 0..80u64 {
+        pos.push(wal.append(1, &[&body(i, 1 << 20)])?);
+        wal.submit(false);
+    }
+    wait_all(&mut wal);
+    let stats = wal.segment_stats();
+    assert!(stats.len() >= 3);
+    let disk = wal.disk_bytes();
+    // A position inside the second segment frees only the first.
+    let inside_second = LogPos(stats[1].base.0 + 100);
+    wal.release_before(inside_second);
+    let after = wal.segment_stats();
+    assert_eq!(after[0].base, stats[1].base);
+    assert_eq!(wal.disk_bytes(), disk - stats[0].capacity);
+    assert!(matches!(wal.read(pos[0], 10), Err(WalError::OutOfRange { .. })));
+    // The active segment is never released, whatever the position.
+    wal.release_before(LogPos(u64::MAX));
+    let last = wal.segment_stats();
+    assert!(!last.is_empty());
+    assert!(last.iter().any(|s| s.base.0 <= wal.end().0 && wal.end().0 <= s.base.0 + s.capacity));
+    let p = *pos.last().ok_or("no positions")?;
+    assert_eq!(wal.read(p, 16)?, &body(79, 16)[..]);
+    drop(wal); // waits for the background deletions
+    let files = seg_files(d.path())?;
+    assert_eq!(files.len(), last.len());
+    let (wal, _) = Wal::open(d.path(), cfg(b))?;
+    assert_eq!(wal.read(p, 1 << 20)?, &body(79, 1 << 20)[..]);
+    Ok(())
+}
+
+fn fault_file_refuses_writes_then_recovers(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let fault = d.path().join("FAULT");
+    let c = WalConfig { fault_file: Some(fault.clone()), ..cfg(b) };
+    let Some(mut wal) = open(&d.path().join("wal"), c.clone())? else { return Ok(()) };
+    let mut acked = Vec::new();
+    for i in 0..10u64 {
+        let p = wal.append(1, &[&body(i, 300)])?;
+        wal.submit(true);
+        for (_, r) in wait_all(&mut wal) {
+            r?;
+        }
+        acked.push((p, body(i, 300)));
+    }
+    let good_end = wal.end();
+
+    std::fs::write(&fault, b"")?;
+    let lost = wal.append(1, &[b"never acknowledged"])?;
+    let failed_id = wal.submit(true).ok_or("no batch")?;
+    let done = wait_all(&mut wal);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, failed_id);
+    match &done[0].1 {
+        Err(e) => assert!(e.is_no_space(), "{e}"),
+        Ok(()) => return Err("write succeeded under the fault".into()),
+    }
+    assert!(wal.is_failed());
+    assert!(matches!(wal.append(1, &[b"x"]), Err(WalError::Unavailable)));
+    assert_eq!(wal.submit(true), None);
+    // Written data stays readable.
+    for (p, data) in &acked {
+        assert_eq!(wal.read(*p, data.len() as u32)?, &data[..]);
+    }
+    assert!(wal.read(lost, 5).is_err());
+    // Recovery keeps failing while the fault lasts...
+    let e = wal.try_recover().err().ok_or("recovered under the fault")?;
+    assert!(e.is_no_space(), "{e}");
+    // ...and resumes at the last durable position once it is gone.
+    std::fs::remove_file(&fault)?;
+    wal.try_recover()?;
+    assert!(!wal.is_failed());
+    assert_eq!(wal.end(), good_end);
+    let p = wal.append(1, &[b"after recovery"])?;
+    assert_eq!(p, lost, "appends resume where the failed batch began");
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    acked.push((p, b"after recovery".to_vec()));
+    drop(wal);
+
+    let (wal, rep) = Wal::open(&d.path().join("wal"), c)?;
+    assert!(rep.torn_tail.is_none());
+    let got = replay_all(&wal)?;
+    let want: Vec<(LogPos, Vec<u8>)> = acked;
+    assert_eq!(got.into_iter().map(|(p, _, b)| (p, b)).collect::<Vec<_>>(), want);
+    Ok(())
+}
+
+/// The fault hits while the next segment is created (the fallocate path).
+fn fault_on_segment_roll(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let fault = d.path().join("FAULT");
+    let c = WalConfig { fault_file: Some(fault.clone()), ..cfg(b) };
+    std::fs::write(&fault, b"")?;
+    let e = Wal::open(&d.path().join("new"), c.clone()).err().ok_or("opened a new log under ENOSPC")?;
+    assert!(e.is_no_space(), "{e}");
+    std::fs::remove_file(&fault)?;
+    let Some(mut wal) = open(&d.path().join("wal"), c.clone())? else { return Ok(()) };
+    let big = body(0, 16 << 20);
+    // Two 16 MiB records fill most of the first segment; the fault is on
+    // before the background preparation of the second one runs.
+    std::fs::write(&fault, b"")?;
+    let p0 = wal.append(1, &[&big[..1 << 20]])?;
+    wal.submit(true);
+    let mut out = Vec::new();
+    wal.wait(&mut out, Some(Duration::from_secs(60)));
+    // The write itself failed under the fault: recover first.
+    assert!(out.iter().all(|(_, r)| r.is_err()));
+    std::fs::remove_file(&fault)?;
+    wal.try_recover()?;
+    let p1 = wal.append(1, &[&big])?;
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    std::fs::write(&fault, b"")?;
+    let p2 = wal.append(1, &[&big]);
+    // Either the second record still fits (then the third rolls) or this
+    // one rolls: the roll must fail with ENOSPC.
+    let e = match p2 {
+        Err(e) => e,
+        Ok(_) => {
+            wal.submit(false);
+            wal.append(1, &[&big]).err().ok_or("rolled under ENOSPC")?
+        }
+    };
+    assert!(e.is_no_space() || matches!(e, WalError::Unavailable), "{e}");
+    assert!(wal.is_failed());
+    wait_all(&mut wal);
+    std::fs::remove_file(&fault)?;
+    wal.try_recover()?;
+    let p3 = wal.append(1, &[&big])?;
+    let p4 = wal.append(1, &[&big])?;
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    assert_eq!(p0, p1, "the failed batch's position is reused");
+    assert_eq!(wal.read(p1, 16)?, &big[..16]);
+    assert_eq!(wal.read(p4, 1 << 20)?, &big[..1 << 20]);
+    assert!(p4.0 > p3.0);
+    Ok(())
+}
+
+/// A real full disk: a tmpfs holding one segment but not two. Needs mount
+/// permission (root in this sandbox); skipped with a reason elsewhere.
+fn real_enospc_on_tmpfs(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let size_mib = SEGMENT_BYTES_MIN / (1 << 20) + 6;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+        return Ok(());
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let Some(mut wal) = open(&mnt.join("wal"), cfg(b))? else { return Ok(()) };
+    let big = body(1, 8 << 20);
+    let mut acked = Vec::new();
+    let err = loop {
+        match wal.append(1, &[&big]) {
+            Ok(p) => {
+                wal.submit(true);
+                for (_, r) in wait_all(&mut wal) {
+                    r?;
+                }
+                acked.push(p);
+            }
+            Err(e) => break e,
+        }
+        if acked.len() > 10 {
+            return Err("the tmpfs never filled up".into());
+        }
+    };
+    assert!(err.is_no_space(), "{err}");
+    assert!(wal.is_failed());
+    assert!(wal.try_recover().is_err(), "still full");
+    let grown = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={}m", 3 * size_mib)])
+        .arg(&mnt)
+        .status()?;
+    assert!(grown.success());
+    wal.try_recover()?;
+    let p = wal.append(1, &[&big])?;
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    for q in acked.iter().chain([&p]) {
+        assert_eq!(wal.read(*q, 64)?, &big[..64]);
+    }
+    Ok(())
+}
+
+// ------------------------------------------- recovery (one backend is enough)
+
+/// Builds a one-segment log of `n` small records, returns (dir, positions).
+fn small_log(n: u64) -> Res<(tempfile::TempDir, Vec<LogPos>)> {
+    let d = tempfile::tempdir()?;
+    let (mut wal, _) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    let mut pos = Vec::new();
+    for i in 0..n {
+        pos.push(wal.append(1, &[&body(i, 20 + i as usize)])?);
+    }
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    Ok((d, pos))
+}
+
+#[test]
+fn torn_tail_cut_at_every_offset_drops_only_the_last_record() -> Res {
+    init_log();
+    let n = 5u64;
+    let (d, pos) = small_log(n)?;
+    let seg = seg_files(d.path())?.remove(0);
+    let last_start = pos[n as usize - 1].0 - RECORD_HEADER_BYTES;
+    let last_len = RECORD_HEADER_BYTES + 20 + n - 1;
+    let mut original = vec![0u8; last_len as usize];
+    OpenOptions::new().read(true).open(&seg)?.read_exact_at(&mut original, last_start)?;
+    for cut in 0..last_len {
+        // A crash that persisted only `cut` bytes of the last record.
+        write_at(&seg, last_start + cut, &vec![0u8; (last_len - cut) as usize])?;
+        let (wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+        let got = replay_all(&wal)?;
+        assert_eq!(got.len() as u64, n - 1, "cut at {cut}");
+        assert_eq!(rep.end.0, last_start);
+        if cut >= 1 {
+            let t = rep.torn_tail.clone().ok_or(format!("cut {cut}: no torn tail reported"))?;
+            assert_eq!(t.offset, last_start);
+            assert!(t.dropped_bytes >= 1 && t.dropped_bytes <= cut);
+            assert!(!logged_containing(&seg.display().to_string()).is_empty());
+        }
+        drop(wal);
+        write_at(&seg, last_start, &original)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn garbled_byte_in_the_last_record_drops_only_it() -> Res {
+    init_log();
+    let n = 5u64;
+    let (d, pos) = small_log(n)?;
+    let seg = seg_files(d.path())?.remove(0);
+    let last_start = pos[n as usize - 1].0 - RECORD_HEADER_BYTES;
+    let last_len = RECORD_HEADER_BYTES + 20 + n - 1;
+    let mut original = vec![0u8; last_len as usize];
+    OpenOptions::new().read(true).open(&seg)?.read_exact_at(&mut original, last_start)?;
+    for at in 0..last_len {
+        let mut bad = original.clone();
+        bad[at as usize] ^= 0x5a;
+        write_at(&seg, last_start, &bad)?;
+        let (wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+        assert_eq!(replay_all(&wal)?.len() as u64, n - 1, "garbled byte {at}");
+        let t = rep.torn_tail.ok_or("no torn tail reported")?;
+        assert_eq!((t.offset, t.segment), (last_start, seg.clone()));
+        let warned = logged_containing(&format!("{} at file offset {last_start}", seg.display()));
+        assert!(!warned.is_empty(), "no warning names the segment and offset");
+        drop(wal);
+        write_at(&seg, last_start, &original)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn garbage_past_the_torn_window_is_corruption() -> Res {
+    let (d, pos) = small_log(3)?;
+    let seg = seg_files(d.path())?.remove(0);
+    let end = pos[2].0 + 22;
+    // Damage the last record and put data far beyond the window.
+    write_at(&seg, end - 3, b"\xff")?;
+    write_at(&seg, end + cmq_broker::storage::TORN_WINDOW_BYTES + 100, b"real data?")?;
+    let e = Wal::open(d.path(), cfg(Backend::Thread)).err().ok_or("opened")?;
+    let msg = e.to_string();
+    assert!(matches!(e, WalError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(&seg.display().to_string()), "{msg}");
+    // Repair keeps the first two records and clears the rest.
+    let c = WalConfig { repair: true, ..cfg(Backend::Thread) };
+    let (wal, rep) = Wal::open(d.path(), c)?;
+    assert_eq!(replay_all(&wal)?.len(), 2);
+    assert!(!rep.skipped.is_empty());
+    drop(wal);
+    let (wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    assert!(rep.skipped.is_empty() && rep.torn_tail.is_none());
+    assert_eq!(replay_all(&wal)?.len(), 2);
+    Ok(())
+}
+
+/// Three segments of 1 MiB records; returns (dir, positions, segment paths).
+fn three_segments() -> Res<(tempfile::TempDir, Vec<LogPos>, Vec<PathBuf>)> {
+    let d = tempfile::tempdir()?;
+    let (mut wal, _) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    let mut pos = Vec::new();
+    for i in 0..75u64 {
+        pos.push(wal.append(1, &[&body(i, 1 << 20)])?);
+        if i % 10 == 9 {
+            wal.submit(false);
+        }
+    }
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    drop(wal);
+    let files = seg_files(d.path())?;
+    assert!(files.len() >= 3);
+    Ok((d, pos, files))
+}
+
+#[test]
+fn corruption_in_an_older_segment_fails_open_and_repair_keeps_the_rest() -> Res {
+    init_log();
+    let (d, pos, files) = three_segments()?;
+    // Flip a payload byte of the third record (first segment).
+    let victim = pos[2].0 + 1000;
+    write_at(&files[0], victim, &[0xAB ^ body(2, 1 << 20)[1000]])?;
+    let e = Wal::open(d.path(), cfg(Backend::Thread)).err().ok_or("opened a corrupt log")?;
+    let msg = e.to_string();
+    assert!(matches!(e, WalError::Corrupt { offset, .. } if offset == pos[2].0 - RECORD_HEADER_BYTES), "{msg}");
+    assert!(msg.contains(&files[0].display().to_string()), "{msg}");
+
+    let c = WalConfig { repair: true, ..cfg(Backend::Thread) };
+    let (wal, rep) = Wal::open(d.path(), c)?;
+    assert_eq!(rep.skipped.len(), 1);
+    assert_eq!(rep.skipped[0].offset, pos[2].0 - RECORD_HEADER_BYTES);
+    let got = replay_all(&wal)?;
+    assert_eq!(got.len(), pos.len() - 1);
+    assert!(got.iter().all(|(p, _, _)| *p != pos[2]));
+    assert_eq!(got[2].2, body(3, 1 << 20));
+    drop(wal);
+    // The repair is durable: a normal open is clean now.
+    let (wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    assert!(rep.skipped.is_empty());
+    assert_eq!(replay_all(&wal)?.len(), pos.len() - 1);
+    Ok(())
+}
+
+#[test]
+fn missing_middle_segment_is_an_error_unless_repair() -> Res {
+    let (d, pos, files) = three_segments()?;
+    std::fs::remove_file(&files[1])?;
+    let e = Wal::open(d.path(), cfg(Backend::Thread)).err().ok_or("opened with a gap")?;
+    assert!(matches!(e, WalError::Gap { .. }), "{e}");
+    let c = WalConfig { repair: true, ..cfg(Backend::Thread) };
+    let (wal, rep) = Wal::open(d.path(), c)?;
+    assert_eq!(rep.filled_gaps.len(), 1);
+    let got = replay_all(&wal)?;
+    assert!(got.len() < pos.len() && got.len() > 30);
+    assert_eq!(got[0].0, pos[0]);
+    assert_eq!(got.last().map(|g| g.0), pos.last().copied());
+    Ok(())
+}
+
+#[test]
+fn truncated_newest_segment_reopens_and_is_extended() -> Res {
+    let (d, pos) = small_log(4)?;
+    let seg = seg_files(d.path())?.remove(0);
+    let cut = pos[3].0 + 5; // inside the last record
+    OpenOptions::new().write(true).open(&seg)?.set_len(cut)?;
+    let (mut wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    assert_eq!(replay_all(&wal)?.len(), 3);
+    assert!(rep.torn_tail.is_some());
+    assert_eq!(std::fs::metadata(&seg)?.len(), SEGMENT_BYTES_MIN);
+    wal.append(1, &[b"again"])?;
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_config_and_bad_appends_are_refused() -> Res {
+    let d = tempfile::tempdir()?;
+    let c = WalConfig { segment_bytes: SEGMENT_BYTES_MIN - 1, ..WalConfig::default() };
+    assert!(matches!(Wal::open(d.path(), c), Err(WalError::Config(_))));
+    let (mut wal, rep) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    assert_eq!(rep.end, LogPos(SEGMENT_HEADER_BYTES));
+    assert!(matches!(wal.append(0, &[b"x"]), Err(WalError::ReservedType)));
+    let big = vec![0u8; cmq_broker::storage::RECORD_PAYLOAD_MAX_BYTES as usize + 1];
+    assert!(matches!(wal.append(1, &[&big]), Err(WalError::RecordTooLarge { .. })));
+    let p = wal.append(1, &[b"abc"])?;
+    assert!(wal.read(p, 4).is_err(), "past the end");
+    assert!(wal.read(LogPos(u64::MAX), 4).is_err());
+    assert_eq!(wal.read(p, 3)?, b"abc");
+    assert_eq!(wal.read(p, 0)?, b"");
+    Ok(())
+}
+
+#[test]
+fn auto_backend_reports_its_choice() -> Res {
+    let d = tempfile::tempdir()?;
+    let (wal, rep) = Wal::open(d.path(), WalConfig { segment_bytes: SEGMENT_BYTES_MIN, ..WalConfig::default() })?;
+    assert_ne!(rep.backend, Backend::Auto);
+    assert_eq!(wal.backend(), rep.backend);
+    eprintln!("auto chose {:?} ({:?})", rep.backend, rep.backend_note);
+    Ok(())
+}
+
+// ------------------------------------------------------- data-dir lock
+
+const LOCK_CHILD_ENV: &str = "CMQ_TEST_LOCK_CHILD_DIR";
+
+/// Runs only as the child of `lock_dies_with_a_killed_process`.
+#[test]
+fn lock_child_holder() -> Res {
+    let Ok(dir) = std::env::var(LOCK_CHILD_ENV) else { return Ok(()) };
+    let _lock = DataDirLock::acquire(Path::new(&dir))?;
+    println!("LOCKED");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}
+
+#[test]
+fn lock_dies_with_a_killed_process() -> Res {
+    use std::io::BufRead;
+    let d = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "lock_child_holder", "--nocapture", "--test-threads=1"])
+        .env(LOCK_CHILD_ENV, d.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let locked = lines.any(|l| l.map(|l| l.contains("LOCKED")).unwrap_or(false));
+    assert!(locked, "child never took the lock");
+    match DataDirLock::acquire(d.path()) {
+        Err(LockError::Held { dir, .. }) => assert_eq!(dir, d.path()),
+        other => return Err(format!("expected Held, got {other:?}").into()),
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    let lock = DataDirLock::acquire(d.path())?;
+    assert_eq!(lock.dir(), d.path());
+    Ok(())
+}
