@@ -81,6 +81,10 @@ pub struct Flags {
     /// Testing only: while this file exists, log writes fail as if the disk were full.
     #[arg(long, hide = true, value_name = "FILE")]
     pub fault_file: Option<PathBuf>,
+    /// Testing only: acknowledge the send carrying every Nth message without storing it
+    /// (proves that cmq-loadgen --verify catches a broker that loses messages).
+    #[arg(long, hide = true, value_name = "N")]
+    pub fault_drop_one_in: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -112,6 +116,7 @@ pub struct Config {
     pub io_backend: IoBackend,
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
+    pub fault_drop_one_in: u64,
 }
 
 impl Config {
@@ -137,6 +142,7 @@ impl Config {
             io_backend: flags.io_backend.or(file.io_backend).unwrap_or(IoBackend::Auto),
             repair: flags.repair,
             fault_file: flags.fault_file,
+            fault_drop_one_in: flags.fault_drop_one_in.unwrap_or(0),
         };
         cfg.validate()?;
         Ok(cfg)

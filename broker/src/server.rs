@@ -1,19 +1,22 @@
-//! Starting and stopping the broker: listeners, shard threads, signals.
+//! Starting and stopping the broker: data directory, listeners, shard
+//! threads (each recovers its own log in parallel), shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::engine::{EngineConfig, ShardEngine};
-use crate::shard::mailbox::{self, ShardMsg};
+use crate::shard::mailbox::{self, Inbox, ShardMsg};
 use crate::shard::storage::ShardLog;
 use crate::shard::{Shard, Shared};
+use crate::storage::{Backend, DataDirLock, Manifest, WalConfig};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -25,15 +28,20 @@ pub struct Server {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     pub local_addr: SocketAddr,
+    _lock: DataDirLock,
 }
 
 impl Server {
-    /// Binds the listeners and starts one thread per shard.
+    /// Locks the data directory, binds the listeners, and starts one thread
+    /// per shard; returns once every shard has recovered its log.
     pub fn start(cfg: Config) -> anyhow::Result<Server> {
         let n = cfg.shards;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+        let lock = DataDirLock::acquire(&cfg.data_dir)?;
+        let manifest = Manifest::load_or_create(&cfg.data_dir, n as u32)?;
         let listeners = bind_listeners(cfg.listen, n)?;
         let local_addr = listeners[0].local_addr()?;
-        let secret = random_secret()?;
         let mut polls = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut inboxes = Vec::with_capacity(n);
@@ -52,25 +60,44 @@ impl Server {
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
         });
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, anyhow::Result<()>)>();
         let mut threads = Vec::with_capacity(n);
         for (id, ((poll, inbox), listener)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
-            let engine = ShardEngine::new(EngineConfig {
-                shard: id as u16,
-                secret,
-                default_flush: cfg.flush,
-                queues_max: cfg.queues_per_shard(),
-            });
-            let log = ShardLog::open_in_memory();
-            let listener = mio::net::TcpListener::from_std(listener);
-            let shard = Shard::new(id as u16, poll, listener, engine, log, shared.clone(), inbox)
-                .with_context(|| format!("starting shard {id}"))?;
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            let secret = manifest.secret;
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || shard.run())
+                .spawn(move || match open_shard(id, poll, inbox, listener, shared, secret) {
+                    Ok(shard) => {
+                        let _ = ready.send((id, Ok(())));
+                        shard.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send((id, Err(e)));
+                    }
+                })
                 .context("spawning a shard thread")?;
             threads.push(t);
         }
-        Ok(Server { shared, threads, local_addr })
+        drop(ready_tx);
+        let server = Server { shared, threads, local_addr, _lock: lock };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(e))) => {
+                    server.shutdown();
+                    server.join();
+                    return Err(e.context(format!("shard {id} failed to start")));
+                }
+                Err(_) => {
+                    server.shutdown();
+                    server.join();
+                    return Err(anyhow!("a shard thread exited during start-up"));
+                }
+            }
+        }
+        Ok(server)
     }
 
     /// Asks every shard to stop accepting work and finish what is in flight.
@@ -93,11 +120,62 @@ impl Server {
     }
 }
 
+/// Recovers one shard's log into a fresh engine and builds the shard.
+fn open_shard(
+    id: usize,
+    poll: Poll,
+    inbox: Inbox,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    secret: [u8; 16],
+) -> anyhow::Result<Shard> {
+    let cfg = &shared.cfg;
+    let started = Instant::now();
+    let mut engine = ShardEngine::new(EngineConfig {
+        shard: id as u16,
+        secret,
+        default_flush: cfg.flush,
+        queues_max: cfg.queues_per_shard(),
+    });
+    let wal_cfg = WalConfig {
+        segment_bytes: cfg.segment_bytes,
+        backend: match cfg.io_backend {
+            IoBackend::Auto => Backend::Auto,
+            IoBackend::IoUring => Backend::IoUring,
+            IoBackend::Thread => Backend::Thread,
+        },
+        repair: cfg.repair,
+        fault_file: cfg.fault_file.clone(),
+    };
+    let dir = cfg.data_dir.join(format!("shard-{id}"));
+    let (log, report) = ShardLog::open(&dir, wal_cfg, cfg.flush_interval_ms, &mut engine)?;
+    if let Some(note) = &report.backend_note {
+        log::info!("shard {id}: {note}");
+    }
+    log::info!(
+        "shard {id}: recovered {} records from {} segments in {:.1?}: {} queues, {} MiB of log, I/O backend {:?}",
+        report.records,
+        report.segments,
+        started.elapsed(),
+        engine.queue_count(),
+        log.disk_bytes() >> 20,
+        report.backend
+    );
+    let listener = mio::net::TcpListener::from_std(listener);
+    Shard::new(id as u16, poll, listener, engine, log, shared, inbox).with_context(|| format!("starting shard {id}"))
+}
+
 /// One listening socket per shard on the same address (SO_REUSEPORT): the
 /// kernel spreads incoming connections over the shards with no acceptor
 /// thread and no hand-off. With port 0 the first socket picks the port and
 /// the others join it.
 fn bind_listeners(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // Another cmqd's SO_REUSEPORT group would silently share the port
+        // with us: probe with a plain bind first so that is an error.
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding {addr} (is another cmqd or program listening there?)"))?;
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut bind_to = addr;
     for _ in 0..n {
@@ -114,13 +192,4 @@ fn bind_listeners(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::Tc
         out.push(l);
     }
     Ok(out)
-}
-
-fn random_secret() -> anyhow::Result<[u8; 16]> {
-    use std::io::Read;
-    let mut secret = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut secret))
-        .context("reading /dev/urandom for the receipt-handle key")?;
-    Ok(secret)
 }

@@ -86,6 +86,10 @@ pub const POS_BUCKET_SHIFT: u32 = 20;
 #[cfg(test)]
 pub const POS_BUCKET_SHIFT: u32 = 3;
 
+/// Log bytes a message costs besides its body (record header and fields),
+/// for compaction's estimate of live data.
+const RECORD_OVERHEAD_BYTES: u64 = 64;
+
 #[derive(Debug, Default)]
 pub struct MessageIndex {
     /// Sequence number of `ring[0]`.
@@ -95,9 +99,9 @@ pub struct MessageIndex {
     holes: usize,
     /// Live messages with `seq < base`, moved out of the ring.
     overflow: BTreeMap<u64, Entry>,
-    /// Live messages per log-position bucket: the log below the first
-    /// bucket holds nothing this queue needs.
-    pos_buckets: BTreeMap<u64, u32>,
+    /// Live messages (count, approximate bytes) per log-position bucket:
+    /// the log below the first bucket holds nothing this queue needs.
+    pos_buckets: BTreeMap<u64, (u32, u64)>,
 }
 
 impl MessageIndex {
@@ -143,9 +147,9 @@ impl MessageIndex {
     pub fn insert(&mut self, seq: u64, entry: Entry) {
         debug_assert!(entry.state != MsgState::Removed);
         if let Some(old) = self.get(seq).copied() {
-            self.uncount(old.body_pos);
+            self.uncount(&old);
         }
-        self.count(entry.body_pos);
+        self.count(&entry);
         if seq < self.base {
             if self.ring.is_empty() && self.overflow.range(seq..).next().is_none() {
                 // Nothing to keep dense and nothing in the way: restart the ring here.
@@ -183,22 +187,30 @@ impl MessageIndex {
             self.trim();
             old
         };
-        self.uncount(old.body_pos);
+        self.uncount(&old);
         Some(old)
     }
 
-    fn count(&mut self, pos: u64) {
-        *self.pos_buckets.entry(pos >> POS_BUCKET_SHIFT).or_insert(0) += 1;
+    fn count(&mut self, e: &Entry) {
+        let b = self.pos_buckets.entry(e.body_pos >> POS_BUCKET_SHIFT).or_insert((0, 0));
+        b.0 += 1;
+        b.1 += u64::from(e.body_len) + RECORD_OVERHEAD_BYTES;
     }
 
-    fn uncount(&mut self, pos: u64) {
-        let bucket = pos >> POS_BUCKET_SHIFT;
-        if let Some(n) = self.pos_buckets.get_mut(&bucket) {
-            *n -= 1;
-            if *n == 0 {
+    fn uncount(&mut self, e: &Entry) {
+        let bucket = e.body_pos >> POS_BUCKET_SHIFT;
+        if let Some(b) = self.pos_buckets.get_mut(&bucket) {
+            b.0 -= 1;
+            b.1 -= u64::from(e.body_len) + RECORD_OVERHEAD_BYTES;
+            if b.0 == 0 {
                 self.pos_buckets.remove(&bucket);
             }
         }
+    }
+
+    /// Approximate log bytes of live messages whose bodies lie below `pos`.
+    pub fn live_bytes_below(&self, pos: u64) -> u64 {
+        self.pos_buckets.range(..pos >> POS_BUCKET_SHIFT).map(|(_, b)| b.1).sum()
     }
 
     /// A log position at or below every live body of this queue (None if

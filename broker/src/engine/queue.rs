@@ -217,6 +217,10 @@ impl Queue {
         self.index.min_live_pos()
     }
 
+    pub fn live_bytes_below(&self, pos: u64) -> u64 {
+        self.index.live_bytes_below(pos)
+    }
+
     /// Up to `max` live messages whose bodies lie below `pos`, oldest first.
     pub fn below(&self, pos: u64, max: usize) -> Vec<(u64, Entry)> {
         self.index.below(pos).take(max).map(|(s, e)| (s, *e)).collect()

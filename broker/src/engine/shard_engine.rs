@@ -658,6 +658,11 @@ impl ShardEngine {
         self.queues.values().filter_map(Queue::min_live_pos).min()
     }
 
+    /// Approximate log bytes of live messages whose bodies lie below `pos`.
+    pub fn live_bytes_below(&self, pos: u64) -> u64 {
+        self.queues.values().map(|q| q.live_bytes_below(pos)).sum()
+    }
+
     /// Compaction: copies up to `max` live messages whose bodies lie below
     /// `pos` to the head of the log with their whole state, so the log
     /// below `pos` stops being needed. Returns how many were copied.

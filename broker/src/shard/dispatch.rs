@@ -144,6 +144,9 @@ impl Shard {
     /// Runs a request against this shard's engine (this shard owns the queue).
     pub(super) fn execute(&mut self, to: ReplyTo, id: u64, request: Request, now: u64) {
         let op = request.opcode() as u16;
+        if let Some(fake) = self.fault_drop(&request) {
+            return self.reply_ok(to, id, &fake);
+        }
         let log = &mut self.log;
         let e = &mut self.engine;
         let result: Result<Response, EngineError> = match request {
@@ -219,6 +222,29 @@ impl Shard {
             self.reply_err(to, op, id, code, &msg);
         }
         self.serve_waiters(now);
+    }
+
+    /// Testing only (`--fault-drop-one-in N`): the send carrying every Nth
+    /// message is acknowledged with made-up ids and not stored.
+    fn fault_drop(&mut self, request: &Request) -> Option<Response> {
+        if self.fault_drop_one_in == 0 {
+            return None;
+        }
+        let n = match request {
+            Request::SendMessage(_) => 1,
+            Request::BatchSendMessage(r) => r.bodies.len() as u64,
+            _ => return None,
+        };
+        let before = self.fault_sends / self.fault_drop_one_in;
+        self.fault_sends += n;
+        if self.fault_sends / self.fault_drop_one_in == before {
+            return None;
+        }
+        let fake = u64::MAX - self.fault_sends;
+        Some(match request {
+            Request::SendMessage(_) => Response::SendMessage(SendMessageOk { msg_id: fake }),
+            _ => Response::BatchSendMessage(BatchSendMessageOk { msg_ids: (0..n).map(|i| fake - i).collect() }),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -45,6 +45,9 @@ const EVENTS_MAX: usize = 1024;
 /// How long a shutting-down broker waits for in-flight work before exiting anyway.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
+/// How often log space is checked for release and compaction.
+const HOUSEKEEP_EVERY_MS: u64 = 1000;
+
 /// State every shard shares: configuration, peers, broker-wide counters.
 pub struct Shared {
     pub cfg: Config,
@@ -108,6 +111,12 @@ pub struct Shard {
     draining: bool,
     drain_deadline_ms: u64,
     reported_drained: bool,
+    next_housekeep_ms: u64,
+    /// Compaction of the oldest log segment is under way (a bounded step per turn).
+    compacting: bool,
+    /// Testing only (`--fault-drop-one-in`): acknowledge every Nth send without storing it.
+    fault_drop_one_in: u64,
+    fault_sends: u64,
 }
 
 impl Shard {
@@ -149,7 +158,13 @@ impl Shard {
             draining: false,
             drain_deadline_ms: 0,
             reported_drained: false,
+            next_housekeep_ms: 0,
+            compacting: false,
+            fault_drop_one_in: 0,
+            fault_sends: 0,
         };
+        shard.fault_drop_one_in = shard.shared.cfg.fault_drop_one_in;
+        shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
             shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
@@ -185,7 +200,8 @@ impl Shard {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    WAKER | STORAGE => {}
+                    STORAGE => self.poll_log(),
+                    WAKER => {}
                     Token(t) => {
                         if ev.is_writable() {
                             self.write_conn(t);
@@ -206,7 +222,8 @@ impl Shard {
             }
             self.drain_inbox(now);
             self.run_timers(now);
-            self.end_turn();
+            self.housekeep(now);
+            self.end_turn(now);
             if self.draining && self.drain_step(now) {
                 return;
             }
@@ -217,15 +234,17 @@ impl Shard {
         if !self.read_again.is_empty() || !self.unsent.is_empty() {
             return Some(Duration::ZERO);
         }
-        let mut deadline = self.engine.next_deadline();
+        if self.compacting {
+            return Some(Duration::ZERO);
+        }
+        let mut deadline = self.engine.next_deadline().unwrap_or(u64::MAX).min(self.next_housekeep_ms);
         if self.draining {
-            deadline = Some(deadline.map_or(now + 10, |d| d.min(now + 10)));
+            deadline = deadline.min(now + 10);
         }
-        if self.log.needs_periodic_sync() {
-            let d = now + self.shared.cfg.flush_interval_ms;
-            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        if let Some(d) = self.log.periodic_sync_due() {
+            deadline = deadline.min(d);
         }
-        deadline.map(|d| Duration::from_millis(d.saturating_sub(now)))
+        Some(Duration::from_millis(deadline.saturating_sub(now)))
     }
 
     // ---- connections ------------------------------------------------------
@@ -477,7 +496,21 @@ impl Shard {
 
     // ---- end of turn: forwards, group commit, release ----------------------
 
-    fn end_turn(&mut self) {
+    /// Log-space housekeeping about once a second, and compaction steps.
+    fn housekeep(&mut self, now: u64) {
+        if now >= self.next_housekeep_ms {
+            self.next_housekeep_ms = now + HOUSEKEEP_EVERY_MS;
+            self.log.try_recover(now);
+            if !self.compacting {
+                self.compacting = self.log.housekeep(&mut self.engine);
+            }
+        }
+        if self.compacting {
+            self.compacting = self.log.compact_step(&mut self.engine);
+        }
+    }
+
+    fn end_turn(&mut self, now: u64) {
         // Forward requests to their owners, one message per owner.
         for owner in 0..self.forward_out.len() {
             if self.forward_out[owner].is_empty() {
@@ -522,17 +555,13 @@ impl Shard {
         if let Some(released) = self.tracker.end_turn(turn, wrote) {
             self.release(released);
         }
-        self.submit_log();
-        self.poll_log();
-    }
-
-    fn submit_log(&mut self) {
-        if self.log.has_pending() && self.log.can_submit() {
-            let batch = self.log.submit();
-            self.tracker.submitted(batch);
-        } else if self.log.needs_periodic_sync() {
-            self.log.submit_sync();
+        if wrote {
+            if let Some(batch) = self.log.submit(now) {
+                self.tracker.submitted(batch);
+            }
         }
+        self.log.periodic_sync(now);
+        self.poll_log();
     }
 
     fn poll_log(&mut self) {
@@ -550,9 +579,6 @@ impl Shard {
             if let Some(turn) = self.tracker.completed(batch) {
                 self.release(turn);
             }
-        }
-        if self.tracker.has_unsubmitted() {
-            self.submit_log();
         }
     }
 
@@ -606,6 +632,7 @@ impl Shard {
     /// One step of draining; returns true when the shard may exit.
     fn drain_step(&mut self, now: u64) -> bool {
         let idle = self.tracker.is_idle()
+            && self.log.is_idle()
             && self.unsent.is_empty()
             && self.staged_remote.is_empty()
             && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);

@@ -1,68 +1,231 @@
-//! The shard's log: the engine's `Log`, plus reading bodies back and the
-//! group-commit batch cycle the event loop drives.
-//!
-//! Interim in-memory implementation: every submit completes at once. The
-//! write-ahead log replaces the inside of this type without changing its
-//! interface.
+//! The shard's side of the write-ahead log: the engine's `Log` over the
+//! WAL, the group-commit batch cycle the event loop drives, the periodic
+//! fdatasync of async data, recovery at start-up (catalog + replay), and
+//! log-space housekeeping (releasing segments, compaction, catalogs).
 
-use crate::engine::{Durability, EngineError, Log, MemLog};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cmq_protocol::ErrorCode;
+use mio::{Registry, Token};
+
+use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
+use crate::storage::{LogPos, RecoveryReport, Wal, WalConfig, WalError};
+
+/// File holding the shard's latest catalog snapshot.
+const CATALOG_FILE: &str = "catalog";
+
+/// Messages compaction copies per loop turn, so it never stalls the shard.
+const RELOCATE_PER_TURN_MAX: usize = 1024;
+
+/// Compaction empties the oldest segment when it holds less live data than
+/// this fraction of its capacity (and there are newer segments). Keeps disk
+/// use within a few times the live data.
+const COMPACT_LIVE_FRACTION_DENOM: u64 = 4;
+
+/// How often a failed log retries recovery.
+const RECOVER_EVERY_MS: u64 = 1000;
 
 pub struct ShardLog {
-    mem: MemLog,
-    pending: bool,
-    next_batch: u64,
-    completed: Vec<(u64, Result<(), String>)>,
+    wal: Wal,
+    dir: PathBuf,
+    /// A record that must be fdatasync'd was appended since the last submit.
+    sync_pending: bool,
+    /// Written-but-not-synced data exists since this time (async queues).
+    unsynced_since_ms: Option<u64>,
+    flush_interval_ms: u64,
+    next_recover_ms: u64,
+    catalog_pos: u64,
 }
 
 impl ShardLog {
-    pub fn open_in_memory() -> ShardLog {
-        ShardLog { mem: MemLog::default(), pending: false, next_batch: 1, completed: Vec::new() }
+    /// Opens the shard's log directory and replays it into `engine`.
+    pub fn open(
+        dir: &Path,
+        cfg: WalConfig,
+        flush_interval_ms: u64,
+        engine: &mut ShardEngine,
+    ) -> anyhow::Result<(ShardLog, RecoveryReport)> {
+        use anyhow::Context;
+        let (wal, report) = Wal::open(dir, cfg)?;
+        let catalog_path = dir.join(CATALOG_FILE);
+        let mut catalog_pos = 0;
+        match std::fs::read(&catalog_path) {
+            Ok(bytes) => {
+                let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", catalog_path.display()))?;
+                catalog_pos = c.log_pos;
+                engine.load_catalog(&c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", catalog_path.display())),
+        }
+        wal.replay(LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
+            .map_err(|e| anyhow::anyhow!("replaying {}: {e}", dir.display()))?;
+        let log = ShardLog {
+            wal,
+            dir: dir.to_owned(),
+            sync_pending: false,
+            unsynced_since_ms: None,
+            flush_interval_ms,
+            next_recover_ms: 0,
+            catalog_pos,
+        };
+        Ok((log, report))
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        self.wal.register(registry, token)
     }
 
     /// The bytes of a body written at `pos`.
     pub fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
-        self.mem.read(pos, len)
+        self.wal.read(LogPos(pos), len).map_err(|e| EngineError::new(ErrorCode::INTERNAL, e.to_string()))
     }
 
     /// Whether records were appended since the last submit.
     pub fn has_pending(&self) -> bool {
-        self.pending
+        self.wal.has_pending()
     }
 
-    /// Whether a new batch may be submitted now.
-    pub fn can_submit(&self) -> bool {
-        true
+    /// Seals this turn's records into a batch (one write, plus one
+    /// fdatasync if any of them needs it). Returns the batch id the turn's
+    /// responses wait for.
+    pub fn submit(&mut self, now_ms: u64) -> Option<u64> {
+        let sync = self.sync_pending;
+        self.sync_pending = false;
+        if sync {
+            self.unsynced_since_ms = None;
+        } else if self.wal.has_pending() && self.unsynced_since_ms.is_none() {
+            self.unsynced_since_ms = Some(now_ms);
+        }
+        self.wal.submit(sync).map(|b| b.0)
     }
 
-    /// Starts writing (and, if needed, syncing) everything appended so far.
-    pub fn submit(&mut self) -> u64 {
-        let id = self.next_batch;
-        self.next_batch += 1;
-        self.pending = false;
-        self.completed.push((id, Ok(())));
-        id
+    /// When async data written at `unsynced_since` must be fdatasync'd.
+    pub fn periodic_sync_due(&self) -> Option<u64> {
+        self.unsynced_since_ms.map(|t| t + self.flush_interval_ms)
+    }
+
+    /// fdatasyncs async data once it has waited the flush interval.
+    pub fn periodic_sync(&mut self, now_ms: u64) {
+        if self.periodic_sync_due().is_some_and(|d| d <= now_ms) {
+            self.unsynced_since_ms = None;
+            let _ = self.wal.submit(true);
+        }
     }
 
     /// Batches that finished since the last call, in order.
     pub fn poll_completions(&mut self, out: &mut Vec<(u64, Result<(), String>)>) {
-        out.append(&mut self.completed);
+        let mut done = Vec::new();
+        self.wal.poll_completions(&mut done);
+        out.extend(done.into_iter().map(|(id, r)| (id.0, r.map_err(|e| e.to_string()))));
     }
 
-    /// Whether written-but-unsynced data waits for the periodic flush.
-    pub fn needs_periodic_sync(&self) -> bool {
+    pub fn is_failed(&self) -> bool {
+        self.wal.is_failed()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.wal.in_flight() == 0 && !self.wal.has_pending()
+    }
+
+    /// After a write failure: tries to resume writing (at most once a second).
+    pub fn try_recover(&mut self, now_ms: u64) {
+        if !self.wal.is_failed() || now_ms < self.next_recover_ms || !self.is_idle() {
+            return;
+        }
+        self.next_recover_ms = now_ms + RECOVER_EVERY_MS;
+        match self.wal.try_recover() {
+            Ok(()) => log::info!("log {} writable again", self.dir.display()),
+            Err(WalError::Lost { .. }) => {
+                // Written data vanished from the page cache: only a restart
+                // (replay from disk) gives a state we can trust.
+                log::error!("log {}: written data lost after an I/O error; cmqd must restart", self.dir.display());
+                std::process::abort();
+            }
+            Err(e) => log::debug!("log {} still unavailable: {e}", self.dir.display()),
+        }
+    }
+
+    /// Housekeeping, called about once a second: release segments nothing
+    /// needs, write a catalog when only old queue records hold a segment,
+    /// and compact the oldest segment when it is mostly garbage.
+    /// Returns whether compaction should continue next turn.
+    pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
+        let stats = self.wal.segment_stats();
+        let Some(oldest) = stats.first() else { return false };
+        let oldest_end = oldest.base.0 + oldest.capacity;
+        let live = engine.min_live_pos().unwrap_or(u64::MAX);
+        let bound = live.min(self.catalog_pos);
+        if bound >= oldest_end {
+            self.wal.release_before(LogPos(bound));
+            return false;
+        }
+        let head_moved_on = self.wal.end().0 >= oldest_end;
+        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && self.is_idle() {
+            // Only queue-management records keep the oldest segment: snapshot them.
+            let pos = self.wal.end().0;
+            match self.write_catalog(&engine.catalog(pos)) {
+                Ok(()) => {
+                    self.catalog_pos = pos;
+                    self.wal.release_before(LogPos(live.min(pos)));
+                }
+                Err(e) => log::warn!("cannot write catalog in {}: {e}", self.dir.display()),
+            }
+            return false;
+        }
+        // Live messages keep the oldest segment: copy them forward if they are few.
+        if stats.len() >= 3 && !self.is_failed() {
+            let live_bytes = engine.live_bytes_below(oldest_end);
+            if live_bytes < oldest.capacity / COMPACT_LIVE_FRACTION_DENOM {
+                return true;
+            }
+        }
         false
     }
 
-    pub fn submit_sync(&mut self) {}
+    /// One bounded step of compaction of the oldest segment.
+    pub fn compact_step(&mut self, engine: &mut ShardEngine) -> bool {
+        let Some(oldest) = self.wal.segment_stats().first().copied() else { return false };
+        let end = oldest.base.0 + oldest.capacity;
+        match engine.relocate_below(self, end, RELOCATE_PER_TURN_MAX) {
+            Ok(n) => n == RELOCATE_PER_TURN_MAX,
+            Err(e) => {
+                log::warn!("compaction of {} stopped: {}", self.dir.display(), e.message);
+                false
+            }
+        }
+    }
+
+    fn write_catalog(&self, c: &Catalog) -> std::io::Result<()> {
+        let path = self.dir.join(CATALOG_FILE);
+        let tmp = self.dir.join(format!("{CATALOG_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&c.encode())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.wal.disk_bytes()
+    }
 }
 
 impl Log for ShardLog {
     fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
-        self.pending = true;
-        self.mem.append(rtype, parts, durability)
+        match self.wal.append(rtype, parts) {
+            Ok(pos) => {
+                if durability == Durability::Synced {
+                    self.sync_pending = true;
+                }
+                Ok(pos.0)
+            }
+            Err(e) => Err(EngineError::new(ErrorCode::STORAGE_UNAVAILABLE, format!("storage unavailable: {e}"))),
+        }
     }
 
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
-        self.mem.read(pos, len)
+        ShardLog::read(self, pos, len)
     }
 }

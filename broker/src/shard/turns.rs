@@ -53,11 +53,6 @@ impl TurnTracker {
         released
     }
 
-    /// Turns waiting with no batch covering them yet.
-    pub fn has_unsubmitted(&self) -> bool {
-        self.waiting.back().is_some_and(|(_, b)| b.is_none())
-    }
-
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty()
     }
@@ -81,7 +76,6 @@ mod tests {
         t.submitted(10);
         assert_eq!(t.end_turn(2, false), None, "read-only turn waits for batch 10");
         assert_eq!(t.end_turn(3, true), None);
-        assert!(t.has_unsubmitted());
         assert_eq!(t.completed(10), Some(2));
         t.submitted(11);
         assert_eq!(t.end_turn(4, false), None);
