@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::segment::{create_segment, sync_dir, Reserve};
 
@@ -77,10 +77,7 @@ impl Housekeeper {
     }
 
     pub(crate) fn try_prepared(&self) -> Option<Prepared> {
-        match self.prepared.try_recv() {
-            Ok(p) => Some(p),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.prepared.try_recv().ok()
     }
 
     pub(crate) fn wait_prepared(&self) -> Option<Prepared> {

@@ -91,12 +91,19 @@
 //!
 //! Appends are copied into an in-memory batch. [`Wal::submit`] seals it and,
 //! when no I/O is running, starts one *flight*: one `pwrite` per touched
-//! segment (normally exactly one) and, if asked, one `fdatasync`, linked in
-//! io_uring or run by a per-shard flusher thread. At most
-//! [`FLIGHTS_MAX`] flight runs at a time; what is submitted meanwhile waits
-//! as one merged batch (group commit) and starts when the flight completes.
-//! After a write or fsync error the WAL refuses all writes (the PostgreSQL
-//! fsync lesson) until [`Wal::try_recover`] has re-validated the tail.
+//! segment (normally exactly one) and, if asked, one `fdatasync`, run by a
+//! per-shard flusher thread or linked in io_uring (`Backend::Auto` takes
+//! the thread, measured at least as fast here; io_uring is the fallback).
+//! A flight also syncs a segment before it writes into the next one, and
+//! adds an `fdatasync` whenever [`TORN_WINDOW_BYTES`] would otherwise be
+//! outstanding. At most [`FLIGHTS_MAX`] flight runs at a time; what is
+//! submitted meanwhile waits as one merged batch (group commit) and starts
+//! when the flight completes. Completion is signalled on an eventfd the
+//! shard registers in its mio `Poll`. New segments are created, and
+//! released ones deleted, by a per-shard housekeeper thread.
+//! After a write, fsync or segment-creation error the WAL refuses all
+//! writes (the PostgreSQL fsync lesson) until [`Wal::try_recover`] has
+//! re-validated the tail.
 
 mod error;
 mod format;
