@@ -45,6 +45,9 @@ const EVENTS_MAX: usize = 1024;
 /// How long a shutting-down broker waits for in-flight work before exiting anyway.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
+/// How long shutdown waits for the final fdatasync.
+const SHUTDOWN_SYNC_MS: u64 = 5_000;
+
 /// How often log space is checked for release and compaction.
 const HOUSEKEEP_EVERY_MS: u64 = 1000;
 
@@ -642,6 +645,10 @@ impl Shard {
         }
         let everyone = self.shared.drained.load(Ordering::SeqCst) >= self.shared.cfg.shards;
         if everyone || now >= self.drain_deadline_ms {
+            // Async data too is made durable before exiting.
+            if !self.log.sync_and_wait(Duration::from_millis(SHUTDOWN_SYNC_MS)) {
+                log::warn!("shard {}: final fdatasync did not finish in time", self.id);
+            }
             if !everyone {
                 log::warn!("shard {}: shutdown grace period over with work in flight", self.id);
             }

@@ -114,6 +114,15 @@ impl ShardLog {
         }
     }
 
+    /// Shutdown: fdatasyncs everything written so far and waits (bounded)
+    /// for it. Returns whether the log is fully durable.
+    pub fn sync_and_wait(&mut self, timeout: std::time::Duration) -> bool {
+        self.unsynced_since_ms = None;
+        let _ = self.wal.submit(true);
+        let mut done = Vec::new();
+        self.wal.wait(&mut done, Some(timeout))
+    }
+
     /// Batches that finished since the last call, in order.
     pub fn poll_completions(&mut self, out: &mut Vec<(u64, Result<(), String>)>) {
         let mut done = Vec::new();
