@@ -249,22 +249,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The queue a request is about, which decides its shard. Exhaustive on
-/// purpose: a new operation must decide how it is routed.
+/// The queue a request is about, which decides its shard.
 fn routing_key(req: &Request) -> Option<&str> {
-    match req {
-        Request::Handshake(_) | Request::Ping(_) | Request::ListQueues(_) => None,
-        Request::CreateQueue(r) => Some(&r.queue),
-        Request::DeleteQueue(r) => Some(&r.queue),
-        Request::GetQueueAttributes(r) => Some(&r.queue),
-        Request::SetQueueAttributes(r) => Some(&r.queue),
-        Request::SendMessage(r) => Some(&r.queue),
-        Request::BatchSendMessage(r) => Some(&r.queue),
-        Request::ReceiveMessage(r) => Some(&r.queue),
-        Request::BatchReceiveMessage(r) => Some(&r.queue),
-        Request::DeleteMessage(r) => Some(&r.queue),
-        Request::BatchDeleteMessage(r) => Some(&r.queue),
-        Request::ChangeMessageVisibility(r) => Some(&r.queue),
+    match req.route() {
+        cmq_protocol::Route::Queue(q) => Some(q),
+        _ => None,
     }
 }
 

@@ -70,6 +70,12 @@ error_codes! {
     TOO_MANY_QUEUES = 4450, "too many queues";
     /// A queue by that name exists already.
     QUEUE_ALREADY_EXISTS = 4460, "queue already exists";
+    /// The queue is another queue's dead-letter queue and cannot be deleted.
+    QUEUE_IN_USE = 4470, "queue in use";
+    /// No message with that id in the queue (or it is no longer tracked).
+    MESSAGE_NOT_FOUND = 4480, "message not found";
+    /// No redrive task with that id.
+    REDRIVE_NOT_FOUND = 4490, "redrive not found";
     /// An unexpected server-side failure.
     INTERNAL = 6000, "internal error";
     /// The write-ahead log cannot accept writes (disk full or I/O error); reads and deletes may still work.

@@ -4,7 +4,7 @@
 //! offset size field
 //!   0     4  length      u32 LE: bytes that follow this field (12 + payload)
 //!   4     2  opcode      u16 LE: the operation (see `ops.rs`)
-//!   6     1  flags       bit 0 RESPONSE, bit 1 ERROR; other bits zero
+//!   6     1  flags       bit 0 RESPONSE, bit 1 ERROR, bit 2 PUSH; other bits zero
 //!   7     1  reserved    sent as zero, ignored on receipt
 //!   8     8  request_id  u64 LE: chosen by the client, echoed in the response
 //!  16     …  payload
@@ -28,6 +28,8 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 pub const FLAG_RESPONSE: u8 = 0x01;
 /// Flag bit: the response payload is an [`crate::ErrorBody`].
 pub const FLAG_ERROR: u8 = 0x02;
+/// Flag bit: a frame the broker sends on its own (not an answer), request id 0.
+pub const FLAG_PUSH: u8 = 0x04;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -42,6 +44,9 @@ impl FrameHeader {
     }
     pub fn is_error(&self) -> bool {
         self.flags & FLAG_ERROR != 0
+    }
+    pub fn is_push(&self) -> bool {
+        self.flags & FLAG_PUSH != 0
     }
 }
 

@@ -2,15 +2,18 @@
 //! error codes and limits. No I/O: the broker and the client drive sockets
 //! themselves. `PROTOCOL.md` documents every byte.
 
+pub mod dead_letter;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod inspection;
 pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod ops;
 pub mod queue_admin;
 pub mod queue_attributes;
+pub mod transactions;
 pub mod wire;
 
 #[cfg(test)]
@@ -18,9 +21,12 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use dead_letter::*;
 pub use error::{DecodeError, ErrorCode};
 pub use handshake::{Handshake, HandshakeOk};
+pub use inspection::*;
 pub use messages::*;
-pub use ops::{ErrorBody, Opcode, Request, Response};
+pub use ops::{ErrorBody, Opcode, Request, Response, Route};
 pub use queue_admin::*;
-pub use queue_attributes::{FlushPolicy, QueueAttributes, QueueAttributesUpdate};
+pub use queue_attributes::{FlushPolicy, QueueAttributes, QueueAttributesUpdate, TxDefault};
+pub use transactions::*;

@@ -31,6 +31,9 @@ pub const STRING_BYTES_MAX: usize = 4096;
 /// Items in one page of a list response (ListQueues `limit`).
 pub const LIST_PAGE_MAX: u32 = 1000;
 
+/// Messages one PeekMessages answer may carry.
+pub const PEEK_MSGS_MAX: usize = 100;
+
 /// Default page size of list requests when the client asks for 0 items.
 pub const LIST_PAGE_DEFAULT: u32 = 20;
 
@@ -43,5 +46,8 @@ pub const AUTH_PAYLOAD_BYTES_MAX: usize = 4096;
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(MSG_BYTES_LIMIT_MIN <= MSG_BYTES_MAX);
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
+// A full peek page with bodies must fit in a frame only if bodies are small;
+// the broker stops a page early when its bodies would not fit.
+const _: () = assert!(PEEK_MSGS_MAX * 256 < FRAME_BYTES_MAX as usize);
 // A full-size list page of maximum-length names must fit in one frame.
 const _: () = assert!((LIST_PAGE_MAX as usize) * (NAME_CHARS_MAX + 16) < FRAME_BYTES_MAX as usize);

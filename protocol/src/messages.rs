@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 
+use crate::inspection::MessageOrigin;
 use crate::limits::{BATCH_MSGS_MAX, MSG_BYTES_MAX, NAME_CHARS_MAX, STRING_BYTES_MAX};
 use crate::wire::{Reader, Wire, Writer};
 use crate::DecodeError;
@@ -105,7 +106,9 @@ crate::wire_struct! {
     }
 }
 
-/// A delivered message. Times are Unix milliseconds.
+/// A delivered message. Times are Unix milliseconds. `origin` is set for a
+/// message that was dead-lettered (or redriven): its source queue, original
+/// message id and first enqueue time; `msg_id` is then the original id too.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ReceivedMessage {
@@ -117,6 +120,7 @@ pub struct ReceivedMessage {
     pub dequeue_count: u32,
     #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
     pub body: Bytes,
+    pub origin: Option<MessageOrigin>,
 }
 
 /// Everything of a [`ReceivedMessage`] but its body, so the broker can encode
@@ -132,8 +136,9 @@ pub struct DeliveryHead {
 }
 
 impl DeliveryHead {
-    /// Encodes a ReceivedMessage with this head and `body`.
-    pub fn encode_with_body(&self, body: &[u8], w: &mut Vec<u8>) {
+    /// Encodes a ReceivedMessage with this head, `body`, and `origin`: the
+    /// wire encoding of a `MessageOrigin` (as stored next to the body), if any.
+    pub fn encode_with_body(&self, body: &[u8], origin: Option<&[u8]>, w: &mut Vec<u8>) {
         w.put_u64(self.msg_id);
         w.put_u128(self.receipt_handle.0);
         w.put_u64(self.enqueue_time_ms);
@@ -141,6 +146,13 @@ impl DeliveryHead {
         w.put_u64(self.next_visible_time_ms);
         w.put_u32(self.dequeue_count);
         w.put_bytes(body);
+        match origin {
+            None => w.put_u8(0),
+            Some(o) => {
+                w.put_u8(1);
+                w.extend_from_slice(o);
+            }
+        }
     }
 }
 
@@ -154,7 +166,12 @@ impl Wire for ReceivedMessage {
             next_visible_time_ms: self.next_visible_time_ms,
             dequeue_count: self.dequeue_count,
         };
-        head.encode_with_body(&self.body, w)
+        let origin = self.origin.as_ref().map(|o| {
+            let mut buf = Vec::new();
+            o.encode(&mut buf);
+            buf
+        });
+        head.encode_with_body(&self.body, origin.as_deref(), w)
     }
     fn decode(r: &mut Reader, _field: &'static str) -> Result<Self, DecodeError> {
         Ok(ReceivedMessage {
@@ -165,6 +182,7 @@ impl Wire for ReceivedMessage {
             next_visible_time_ms: r.u64("next_visible_time_ms")?,
             dequeue_count: r.u32("dequeue_count")?,
             body: r.bytes("body", MSG_BYTES_MAX as usize)?,
+            origin: Option::<MessageOrigin>::decode(r, "origin")?,
         })
     }
 }

@@ -5,12 +5,15 @@
 
 use bytes::Bytes;
 
+use crate::dead_letter::*;
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{self, FLAG_ERROR, FLAG_RESPONSE};
 use crate::handshake::{Handshake, HandshakeOk};
+use crate::inspection::*;
 use crate::limits::STRING_BYTES_MAX;
 use crate::messages::*;
 use crate::queue_admin::*;
+use crate::transactions::*;
 use crate::wire::{Reader, Wire};
 
 macro_rules! ops {
@@ -135,6 +138,18 @@ ops! {
     0x0204 DeleteMessage(DeleteMessage) -> Empty;
     0x0205 BatchDeleteMessage(BatchDeleteMessage) -> BatchDeleteMessageOk;
     0x0206 ChangeMessageVisibility(ChangeMessageVisibility) -> ChangeMessageVisibilityOk;
+    0x0207 RewindQueue(RewindQueue) -> RewindQueueOk;
+    0x0208 PeekMessages(PeekMessages) -> PeekMessagesOk;
+    0x0209 QueryMessage(QueryMessage) -> MessageStatus;
+    0x020A PurgeQueue(PurgeQueue) -> PurgeQueueOk;
+    0x0210 SendTransactionMessage(SendTransactionMessage) -> SendMessageOk;
+    0x0211 EndTransaction(EndTransaction) -> Empty;
+    0x0212 RegisterChecker(RegisterChecker) -> Empty;
+    /// Pushed by the broker (FLAG_PUSH); never sent by clients. The "response" type is unused.
+    0x0213 TransactionCheck(TransactionCheck) -> Empty;
+    0x0300 StartRedrive(StartRedrive) -> RedriveInfo;
+    0x0301 ListRedrives(ListRedrives) -> ListRedrivesOk;
+    0x0302 CancelRedrive(CancelRedrive) -> RedriveInfo;
 }
 
 crate::wire_struct! {
@@ -171,7 +186,60 @@ impl ErrorBody {
     }
 }
 
+/// Where a request must be executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// On the shard that owns this queue (`names::shard_for`).
+    Queue(&'a str),
+    /// On this shard (ids that carry their shard, like redrive ids).
+    Shard(u16),
+    /// On any shard (the broker fans out itself when it needs to).
+    Any,
+}
+
+/// Bits of a redrive id below the shard number.
+pub const REDRIVE_ID_SHARD_SHIFT: u32 = 48;
+
 impl Request {
+    /// Where this request runs: clients use it to pick the connection of the
+    /// owning shard, the broker to forward.
+    pub fn route(&self) -> Route<'_> {
+        match self {
+            Request::Handshake(_)
+            | Request::Ping(_)
+            | Request::ListQueues(_)
+            | Request::ListRedrives(_)
+            | Request::RegisterChecker(_)
+            | Request::TransactionCheck(_) => Route::Any,
+            Request::CancelRedrive(r) => Route::Shard((r.id >> REDRIVE_ID_SHARD_SHIFT) as u16),
+            Request::CreateQueue(r) => Route::Queue(&r.queue),
+            Request::DeleteQueue(r) => Route::Queue(&r.queue),
+            Request::GetQueueAttributes(r) => Route::Queue(&r.queue),
+            Request::SetQueueAttributes(r) => Route::Queue(&r.queue),
+            Request::SendMessage(r) => Route::Queue(&r.queue),
+            Request::BatchSendMessage(r) => Route::Queue(&r.queue),
+            Request::ReceiveMessage(r) => Route::Queue(&r.queue),
+            Request::BatchReceiveMessage(r) => Route::Queue(&r.queue),
+            Request::DeleteMessage(r) => Route::Queue(&r.queue),
+            Request::BatchDeleteMessage(r) => Route::Queue(&r.queue),
+            Request::ChangeMessageVisibility(r) => Route::Queue(&r.queue),
+            Request::RewindQueue(r) => Route::Queue(&r.queue),
+            Request::PeekMessages(r) => Route::Queue(&r.queue),
+            Request::QueryMessage(r) => Route::Queue(&r.queue),
+            Request::PurgeQueue(r) => Route::Queue(&r.queue),
+            Request::SendTransactionMessage(r) => Route::Queue(&r.queue),
+            Request::EndTransaction(r) => Route::Queue(&r.queue),
+            Request::StartRedrive(r) => Route::Queue(&r.dead_letter_queue),
+        }
+    }
+
+    /// Appends this request as a push frame (broker to client, request id 0).
+    pub fn encode_push(&self, out: &mut Vec<u8>) {
+        let start = frame::begin(out, self.opcode() as u16, frame::FLAG_PUSH, 0);
+        self.encode_payload(out);
+        frame::end(out, start);
+    }
+
     /// Appends this request as a complete frame to `out`.
     pub fn encode_frame(&self, request_id: u64, out: &mut Vec<u8>) {
         let start = frame::begin(out, self.opcode() as u16, 0, request_id);

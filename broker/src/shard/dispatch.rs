@@ -105,30 +105,18 @@ impl Shard {
 
     /// Runs a request here or forwards it to the shard that owns its queue.
     fn route(&mut self, reply_to: ReplyTo, request_id: u64, request: Request, now: u64) {
-        let queue = match &request {
-            Request::Handshake(_) => {
-                let msg = "the handshake is already done";
-                return self.reply_err(
-                    reply_to,
-                    Opcode::Handshake as u16,
-                    request_id,
-                    ErrorCode::INVALID_PARAMETER,
-                    msg,
-                );
+        let queue = match request.route() {
+            Route::Any => return self.execute_anywhere(reply_to, request_id, request, now),
+            Route::Shard(s) if s == self.id || s >= self.shard_count() => {
+                return self.execute(reply_to, request_id, request, now)
             }
-            Request::Ping(_) => return self.reply_ok(reply_to, request_id, &Response::Ping(Empty {})),
-            Request::ListQueues(l) => return self.start_list(reply_to, request_id, l),
-            Request::CreateQueue(r) => &r.queue,
-            Request::DeleteQueue(r) => &r.queue,
-            Request::GetQueueAttributes(r) => &r.queue,
-            Request::SetQueueAttributes(r) => &r.queue,
-            Request::SendMessage(r) => &r.queue,
-            Request::BatchSendMessage(r) => &r.queue,
-            Request::ReceiveMessage(r) => &r.queue,
-            Request::BatchReceiveMessage(r) => &r.queue,
-            Request::DeleteMessage(r) => &r.queue,
-            Request::BatchDeleteMessage(r) => &r.queue,
-            Request::ChangeMessageVisibility(r) => &r.queue,
+            Route::Shard(s) => {
+                if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
+                    conn.mark_forwarded(s);
+                }
+                return self.forward_out[usize::from(s)].push(Forwarded { reply_to, request_id, request });
+            }
+            Route::Queue(q) => q,
         };
         let owner = shard_for(queue, self.shard_count());
         if owner == self.id {
@@ -138,6 +126,22 @@ impl Shard {
                 conn.mark_forwarded(owner);
             }
             self.forward_out[usize::from(owner)].push(Forwarded { reply_to, request_id, request });
+        }
+    }
+
+    /// Requests that are not about one queue.
+    fn execute_anywhere(&mut self, reply_to: ReplyTo, request_id: u64, request: Request, _now: u64) {
+        match request {
+            Request::Handshake(_) => {
+                let msg = "the handshake is already done";
+                self.reply_err(reply_to, Opcode::Handshake as u16, request_id, ErrorCode::INVALID_PARAMETER, msg)
+            }
+            Request::Ping(_) => self.reply_ok(reply_to, request_id, &Response::Ping(Empty {})),
+            Request::ListQueues(l) => self.start_list(reply_to, request_id, &l),
+            other => {
+                let op = other.opcode() as u16;
+                self.reply_err(reply_to, op, request_id, ErrorCode::INTERNAL, "operation not available in this build")
+            }
         }
     }
 
@@ -210,9 +214,7 @@ impl Shard {
                         next_visible_time_ms,
                     })
                 }),
-            Request::Handshake(_) | Request::Ping(_) | Request::ListQueues(_) => {
-                Err(EngineError::new(ErrorCode::INTERNAL, "request routed to the engine by mistake"))
-            }
+            _ => Err(EngineError::new(ErrorCode::INTERNAL, "operation not available in this build")),
         };
         match result {
             Ok(resp) => self.reply_ok(to, id, &resp),

@@ -29,7 +29,7 @@ pub fn deliveries(out: &mut Vec<u8>, log: &ShardLog, request_id: u64, batch: boo
     }
     for d in items {
         match log.read(d.body_pos, d.body_len) {
-            Ok(body) => d.head.encode_with_body(body, out),
+            Ok(body) => d.head.encode_with_body(body, None, out),
             Err(e) => {
                 out.truncate(start);
                 log::error!("cannot read body of message {} at {}: {}", d.head.msg_id, d.body_pos, e.message);

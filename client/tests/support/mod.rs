@@ -230,19 +230,9 @@ impl BrokerState {
     }
 
     fn handle(&mut self, hint: Option<u16>, shard: u16, req: Request) -> Outcome {
-        let queue_name = match &req {
-            Request::CreateQueue(r) => Some(r.queue.clone()),
-            Request::DeleteQueue(r) => Some(r.queue.clone()),
-            Request::GetQueueAttributes(r) => Some(r.queue.clone()),
-            Request::SetQueueAttributes(r) => Some(r.queue.clone()),
-            Request::SendMessage(r) => Some(r.queue.clone()),
-            Request::BatchSendMessage(r) => Some(r.queue.clone()),
-            Request::ReceiveMessage(r) => Some(r.queue.clone()),
-            Request::BatchReceiveMessage(r) => Some(r.queue.clone()),
-            Request::DeleteMessage(r) => Some(r.queue.clone()),
-            Request::BatchDeleteMessage(r) => Some(r.queue.clone()),
-            Request::ChangeMessageVisibility(r) => Some(r.queue.clone()),
-            Request::Handshake(_) | Request::Ping(_) | Request::ListQueues(_) => None,
+        let queue_name = match req.route() {
+            cmq_protocol::Route::Queue(q) => Some(q.to_owned()),
+            _ => None,
         };
         if let Some(queue) = queue_name {
             self.routed.push(Routed { hint, shard, op: req.opcode(), queue });
@@ -251,6 +241,19 @@ impl BrokerState {
         match req {
             Request::Handshake(_) => Err((ErrorCode::INVALID_PARAMETER, "second handshake".into())),
             Request::Ping(_) => Ok(Response::Ping(Empty {})),
+            Request::RewindQueue(_)
+            | Request::PeekMessages(_)
+            | Request::QueryMessage(_)
+            | Request::PurgeQueue(_)
+            | Request::SendTransactionMessage(_)
+            | Request::EndTransaction(_)
+            | Request::RegisterChecker(_)
+            | Request::TransactionCheck(_)
+            | Request::StartRedrive(_)
+            | Request::ListRedrives(_)
+            | Request::CancelRedrive(_) => {
+                Err((ErrorCode::UNKNOWN_OPCODE, "the fake server does not implement this".into()))
+            }
             Request::CreateQueue(r) => {
                 names::validate_name("queueName", &r.queue).map_err(|m| (ErrorCode::INVALID_PARAMETER, m))?;
                 if self.queue(&r.queue).is_ok() {
@@ -384,6 +387,7 @@ impl BrokerState {
             }
             handle += 1;
             out.push(ReceivedMessage {
+                origin: None,
                 msg_id: m.id,
                 receipt_handle: ReceiptHandle(handle),
                 enqueue_time_ms: m.enqueue_ms,

@@ -221,6 +221,7 @@ impl QueueAttrArgs {
                 FlushArg::Sync => FlushPolicy::Sync,
                 FlushArg::Async => FlushPolicy::Async,
             }),
+            ..Default::default()
         }
     }
 }
