@@ -163,11 +163,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Queues each shard may hold: the broker-wide limit split evenly, rounded up.
-    pub fn queues_per_shard(&self) -> usize {
-        self.max_queues.div_ceil(self.shards)
-    }
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {

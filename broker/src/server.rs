@@ -2,7 +2,7 @@
 //! threads (each recovers its own log in parallel), shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -57,21 +57,31 @@ impl Server {
             cfg: cfg.clone(),
             peers: handles,
             conn_count: AtomicUsize::new(0),
+            queue_count: AtomicUsize::new(0),
+            next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
         });
+        // Two phases: every shard recovers its log, then (only if all did)
+        // they all start serving, so broker-wide counters are complete
+        // before the first request.
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, anyhow::Result<()>)>();
+        let mut go = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for (id, ((poll, inbox), listener)) in polls.into_iter().zip(inboxes).zip(listeners).enumerate() {
             let shared = shared.clone();
             let ready = ready_tx.clone();
+            let (go_tx, go_rx) = mpsc::channel::<bool>();
+            go.push(go_tx);
             let secret = manifest.secret;
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || match open_shard(id, poll, inbox, listener, shared, secret) {
                     Ok(shard) => {
                         let _ = ready.send((id, Ok(())));
-                        shard.run();
+                        if go_rx.recv() == Ok(true) {
+                            shard.run();
+                        }
                     }
                     Err(e) => {
                         let _ = ready.send((id, Err(e)));
@@ -81,21 +91,27 @@ impl Server {
             threads.push(t);
         }
         drop(ready_tx);
-        let server = Server { shared, threads, local_addr, _lock: lock };
+        let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
                 Ok((id, Err(e))) => {
-                    server.shutdown();
-                    server.join();
-                    return Err(e.context(format!("shard {id} failed to start")));
+                    failure.get_or_insert(e.context(format!("shard {id} failed to start")));
                 }
                 Err(_) => {
-                    server.shutdown();
-                    server.join();
-                    return Err(anyhow!("a shard thread exited during start-up"));
+                    failure.get_or_insert(anyhow!("a shard thread exited during start-up"));
+                    break;
                 }
             }
+        }
+        let ok = failure.is_none();
+        for g in &go {
+            let _ = g.send(ok);
+        }
+        let server = Server { shared, threads, local_addr, _lock: lock };
+        if let Some(e) = failure {
+            server.join();
+            return Err(e);
         }
         Ok(server)
     }
@@ -133,9 +149,11 @@ fn open_shard(
     let started = Instant::now();
     let mut engine = ShardEngine::new(EngineConfig {
         shard: id as u16,
+        shard_count: cfg.shards as u16,
         secret,
         default_flush: cfg.flush,
-        queues_max: cfg.queues_per_shard(),
+        // The broker-wide limit is enforced by the shards (Shared::queue_count).
+        queues_max: usize::MAX,
     });
     let wal_cfg = WalConfig {
         segment_bytes: cfg.segment_bytes,
@@ -161,6 +179,8 @@ fn open_shard(
         log.disk_bytes() >> 20,
         report.backend
     );
+    shared.queue_count.fetch_add(engine.queue_count(), Ordering::SeqCst);
+    shared.next_create_seq.fetch_max(engine.max_create_seq() + 1, Ordering::SeqCst);
     let listener = mio::net::TcpListener::from_std(listener);
     Shard::new(id as u16, poll, listener, engine, log, shared, inbox).with_context(|| format!("starting shard {id}"))
 }

@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! magic b"cmq-cat\n" | version u32 = 1 | log_pos u64 | next_uid u32 | next_msg_counter u64
-//! | count u32 | count × (uid u32, created_ms u64, modified_ms u64, next_seq u64, attrs, name str16)
+//! | next_transfer_id u64 | next_redrive u64
+//! | count u32 | count × (uid u32, created_ms u64, create_seq u64, modified_ms u64, next_seq u64, attrs, name str16)
+//! | count u32 | count × redrive (id u64, uid u32, rate u32, end_seq u64, total u64, moved u64,
+//!                               failed u64, state u8, started_ms u64, finished_ms u64, to str16)
 //! | crc32c u32 of everything before it
 //! ```
 
 use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
-use cmq_protocol::QueueAttributes;
+use cmq_protocol::{QueueAttributes, RedriveState};
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
 const VERSION: u32 = 1;
@@ -25,8 +28,26 @@ pub struct CatalogQueue {
     pub name: String,
     pub attrs: QueueAttributes,
     pub created_ms: u64,
+    pub create_seq: u64,
     pub modified_ms: u64,
     pub next_seq: u64,
+}
+
+/// A redrive task's bookkeeping (its progress is not in any message record
+/// once the records are compacted away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRedrive {
+    pub id: u64,
+    pub uid: u32,
+    pub rate: u32,
+    pub end_seq: u64,
+    pub total: u64,
+    pub moved: u64,
+    pub failed: u64,
+    pub state: RedriveState,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,7 +56,10 @@ pub struct Catalog {
     pub log_pos: u64,
     pub next_uid: u32,
     pub next_msg_counter: u64,
+    pub next_transfer_id: u64,
+    pub next_redrive: u64,
     pub queues: Vec<CatalogQueue>,
+    pub redrives: Vec<CatalogRedrive>,
 }
 
 impl Catalog {
@@ -46,14 +70,31 @@ impl Catalog {
         w.put_u64(self.log_pos);
         w.put_u32(self.next_uid);
         w.put_u64(self.next_msg_counter);
+        w.put_u64(self.next_transfer_id);
+        w.put_u64(self.next_redrive);
         w.put_u32(self.queues.len() as u32);
         for q in &self.queues {
             w.put_u32(q.uid);
             w.put_u64(q.created_ms);
+            w.put_u64(q.create_seq);
             w.put_u64(q.modified_ms);
             w.put_u64(q.next_seq);
             q.attrs.encode(&mut w);
             w.put_str(&q.name);
+        }
+        w.put_u32(self.redrives.len() as u32);
+        for r in &self.redrives {
+            w.put_u64(r.id);
+            w.put_u32(r.uid);
+            w.put_u32(r.rate);
+            w.put_u64(r.end_seq);
+            w.put_u64(r.total);
+            w.put_u64(r.moved);
+            w.put_u64(r.failed);
+            r.state.encode(&mut w);
+            w.put_u64(r.started_ms);
+            w.put_u64(r.finished_ms);
+            w.put_str(&r.to);
         }
         let crc = crc32c::crc32c(&w);
         w.put_u32(crc);
@@ -78,6 +119,8 @@ impl Catalog {
         let log_pos = r.u64("log_pos").map_err(e)?;
         let next_uid = r.u32("next_uid").map_err(e)?;
         let next_msg_counter = r.u64("next_msg_counter").map_err(e)?;
+        let next_transfer_id = r.u64("next_transfer_id").map_err(e)?;
+        let next_redrive = r.u64("next_redrive").map_err(e)?;
         let count = r.u32("count").map_err(e)?;
         if count > CATALOG_QUEUES_MAX {
             return Err(format!("catalog claims {count} queues"));
@@ -87,14 +130,35 @@ impl Catalog {
             queues.push(CatalogQueue {
                 uid: r.u32("uid").map_err(e)?,
                 created_ms: r.u64("created_ms").map_err(e)?,
+                create_seq: r.u64("create_seq").map_err(e)?,
                 modified_ms: r.u64("modified_ms").map_err(e)?,
                 next_seq: r.u64("next_seq").map_err(e)?,
                 attrs: QueueAttributes::decode(&mut r, "attrs").map_err(e)?,
                 name: r.string("name", cmq_protocol::limits::NAME_CHARS_MAX).map_err(e)?,
             });
         }
+        let count = r.u32("redrive count").map_err(e)?;
+        if count > CATALOG_QUEUES_MAX {
+            return Err(format!("catalog claims {count} redrives"));
+        }
+        let mut redrives = Vec::with_capacity((count as usize).min(r.remaining() / 60));
+        for _ in 0..count {
+            redrives.push(CatalogRedrive {
+                id: r.u64("id").map_err(e)?,
+                uid: r.u32("uid").map_err(e)?,
+                rate: r.u32("rate").map_err(e)?,
+                end_seq: r.u64("end_seq").map_err(e)?,
+                total: r.u64("total").map_err(e)?,
+                moved: r.u64("moved").map_err(e)?,
+                failed: r.u64("failed").map_err(e)?,
+                state: RedriveState::decode(&mut r, "state").map_err(e)?,
+                started_ms: r.u64("started_ms").map_err(e)?,
+                finished_ms: r.u64("finished_ms").map_err(e)?,
+                to: r.string("to", cmq_protocol::limits::NAME_CHARS_MAX).map_err(e)?,
+            });
+        }
         r.finish().map_err(e)?;
-        Ok(Catalog { log_pos, next_uid, next_msg_counter, queues })
+        Ok(Catalog { log_pos, next_uid, next_msg_counter, next_transfer_id, next_redrive, queues, redrives })
     }
 }
 
@@ -108,11 +172,27 @@ mod tests {
             log_pos: 1 << 30,
             next_uid: 7,
             next_msg_counter: 12345,
+            next_transfer_id: 99,
+            next_redrive: 4,
+            redrives: vec![CatalogRedrive {
+                id: 3,
+                uid: 3,
+                rate: 100,
+                end_seq: 50,
+                total: 40,
+                moved: 12,
+                failed: 1,
+                state: RedriveState::Running,
+                started_ms: 5,
+                finished_ms: 0,
+                to: String::new(),
+            }],
             queues: vec![CatalogQueue {
                 uid: 3,
                 name: "orders".into(),
                 attrs: QueueAttributes::defaults(FlushPolicy::Async),
                 created_ms: 1,
+                create_seq: 9,
                 modified_ms: 2,
                 next_seq: 99,
             }],

@@ -25,7 +25,27 @@ pub enum MsgState {
     InFlight = 3,
     /// Deleted by a consumer but kept for the queue's rewindSeconds.
     Deleted = 4,
+    /// A transaction message not yet committed; `visible_at_ms` is its next check.
+    Half = 5,
 }
+
+impl MsgState {
+    pub fn from_u8(v: u8) -> Option<MsgState> {
+        Some(match v {
+            1 => MsgState::Ready,
+            2 => MsgState::Delayed,
+            3 => MsgState::InFlight,
+            4 => MsgState::Deleted,
+            5 => MsgState::Half,
+            _ => return None,
+        })
+    }
+}
+
+/// `Entry::flags`: the log holds a `MessageOrigin` right after the body.
+pub const FLAG_ORIGIN: u8 = 1;
+/// `Entry::flags`: the log holds the producer group (str16) right after the body.
+pub const FLAG_GROUP: u8 = 2;
 
 /// One message's scheduling state. The body and its metadata stay in the
 /// write-ahead log; `body_pos`/`body_len` locate the body there.
@@ -40,8 +60,11 @@ pub struct Entry {
     /// Milliseconds from enqueue to first delivery, plus one; 0 = never delivered.
     /// Relative so it fits 32 bits: retention caps a message's life at 15 days.
     pub first_dequeue_rel: u32,
+    /// Received this many times; for a half message, how many checks were sent.
     pub dequeue_count: u32,
     pub state: MsgState,
+    /// FLAG_* bits: what the log stores after the body.
+    pub flags: u8,
 }
 
 impl Entry {
@@ -54,6 +77,7 @@ impl Entry {
         first_dequeue_rel: 0,
         dequeue_count: 0,
         state: MsgState::Removed,
+        flags: 0,
     };
 
     pub fn first_dequeue_ms(&self) -> u64 {
@@ -163,7 +187,10 @@ impl MessageIndex {
         if idx >= self.ring.len() {
             let gap = idx - self.ring.len();
             self.holes += gap;
-            self.ring.resize(idx, Entry::REMOVED);
+            // Holes keep the id of the slot before them so that message ids
+            // stay non-decreasing along the ring (see `find_msg_id`).
+            let prev_id = self.ring.back().map_or(0, |e| e.msg_id);
+            self.ring.resize(idx, Entry { msg_id: prev_id, ..Entry::REMOVED });
             self.ring.push_back(entry);
         } else {
             if self.ring[idx].state == MsgState::Removed {
@@ -182,7 +209,7 @@ impl MessageIndex {
             if slot.state == MsgState::Removed {
                 return None;
             }
-            let old = std::mem::replace(slot, Entry::REMOVED);
+            let old = std::mem::replace(slot, Entry { msg_id: slot.msg_id, ..Entry::REMOVED });
             self.holes += 1;
             self.trim();
             old
@@ -218,6 +245,18 @@ impl MessageIndex {
     /// this queue is concerned.
     pub fn min_live_pos(&self) -> Option<u64> {
         self.pos_buckets.keys().next().map(|b| b << POS_BUCKET_SHIFT)
+    }
+
+    /// The sequence number of the live message with this (local) id.
+    /// Message ids grow with sequence numbers along the ring (holes keep an
+    /// id too), so this is a binary search; the few overflow entries are scanned.
+    pub fn find_msg_id(&self, msg_id: u64) -> Option<u64> {
+        if let Some((seq, _)) = self.overflow.iter().find(|(_, e)| e.msg_id == msg_id) {
+            return Some(*seq);
+        }
+        let i = self.ring.partition_point(|e| e.msg_id < msg_id);
+        let e = self.ring.get(i)?;
+        (e.msg_id == msg_id && e.state != MsgState::Removed).then_some(self.base + i as u64)
     }
 
     /// Live messages whose body lies below `pos`, in sequence order.
@@ -293,6 +332,23 @@ mod tests {
 
     fn entry(id: u64) -> Entry {
         Entry { msg_id: id, body_pos: id << 17, state: MsgState::Ready, ..Entry::REMOVED }
+    }
+
+    #[test]
+    fn message_ids_are_found_by_binary_search() {
+        let mut idx = MessageIndex::new(0);
+        for seq in 0..10_000u64 {
+            idx.insert(seq, Entry { msg_id: 1000 + seq * 3, ..entry(seq) });
+        }
+        for seq in (0..10_000).step_by(2) {
+            idx.remove(seq);
+        }
+        idx.insert(20_000, Entry { msg_id: 1_000_000, ..entry(20_000) });
+        assert_eq!(idx.find_msg_id(1000 + 3), Some(1));
+        assert_eq!(idx.find_msg_id(1000), None, "removed");
+        assert_eq!(idx.find_msg_id(1001), None, "never existed");
+        assert_eq!(idx.find_msg_id(1_000_000), Some(20_000), "after a gap");
+        assert_eq!(idx.find_msg_id(1000 + 3 * 9_999), Some(9_999));
     }
 
     #[derive(Debug, Clone)]

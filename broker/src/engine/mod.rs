@@ -3,15 +3,21 @@
 
 pub mod catalog;
 pub mod error;
+pub mod fates;
 pub mod log;
 pub mod message_index;
 pub mod queue;
 pub mod receipt;
 pub mod record;
+pub mod redrive;
 pub mod shard_engine;
+pub mod suffix;
 pub mod timers;
+pub mod transfers;
 
 pub use catalog::Catalog;
 pub use error::EngineError;
 pub use log::{Durability, Log, MemLog};
-pub use shard_engine::{Delivery, EngineConfig, ListedQueue, ReceiveOutcome, ShardEngine};
+pub use shard_engine::{
+    CheckDue, Delivery, EngineConfig, InTransfer, ListedQueue, OutTransfer, ReceiveOutcome, ShardEngine,
+};

@@ -10,7 +10,7 @@
 //! against the message's current state before use.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use cmq_protocol::{ErrorCode, QueueAttributes, ReceiptHandle};
@@ -28,12 +28,14 @@ pub struct Counts {
     pub in_flight: u64,
     /// Deleted but kept for rewind.
     pub deleted: u64,
+    /// Transaction messages awaiting commit or rollback.
+    pub half: u64,
 }
 
 impl Counts {
     /// Messages that count against maxMsgHeapNum.
     pub fn backlog(&self) -> u64 {
-        self.ready + self.delayed + self.in_flight
+        self.ready + self.delayed + self.in_flight + self.half
     }
 
     fn slot(&mut self, s: MsgState) -> Option<&mut u64> {
@@ -42,6 +44,7 @@ impl Counts {
             MsgState::Delayed => Some(&mut self.delayed),
             MsgState::InFlight => Some(&mut self.in_flight),
             MsgState::Deleted => Some(&mut self.deleted),
+            MsgState::Half => Some(&mut self.half),
             MsgState::Removed => None,
         }
     }
@@ -56,11 +59,16 @@ impl Counts {
     }
 }
 
+/// Stale entries the origin map may hold before it is pruned.
+const ORIGINS_SLACK: usize = 1024;
+
 pub struct Queue {
     pub uid: u32,
     pub name: String,
     pub attrs: QueueAttributes,
     pub created_ms: u64,
+    /// Broker-wide creation order (ListQueues sorts by it).
+    pub create_seq: u64,
     pub modified_ms: u64,
     index: MessageIndex,
     next_seq: u64,
@@ -76,6 +84,19 @@ pub struct Queue {
     pub waiters: VecDeque<u64>,
     /// The deadline this queue is registered under in the shard's wakeup heap.
     pub wakeup_registered: Option<u64>,
+    /// In-flight messages whose lease ended with maxReceiveCount reached:
+    /// parked (invisible) until the shard engine moves them to the dead-letter queue.
+    pub dead_letter_due: Vec<u64>,
+    /// Half messages whose check time came.
+    pub checks_due: Vec<u64>,
+    /// Messages dropped by retention since the queue was created (or the broker started).
+    pub expired_total: u64,
+    /// Original message id → sequence number, for moved-in messages (whose
+    /// local id differs). May hold stale entries; lookups check the index.
+    pub origins: HashMap<u64, u64>,
+    /// The last purge: (time, the shard's message counter then): ids below
+    /// it that are no longer here were purged (or left earlier).
+    pub purged: Option<(u64, u64)>,
 }
 
 impl Queue {
@@ -85,6 +106,7 @@ impl Queue {
             name,
             attrs,
             created_ms: now_ms,
+            create_seq: 0,
             modified_ms: now_ms,
             index: MessageIndex::new(0),
             next_seq: 0,
@@ -95,6 +117,11 @@ impl Queue {
             counts: Counts::default(),
             waiters: VecDeque::new(),
             wakeup_registered: None,
+            dead_letter_due: Vec::new(),
+            checks_due: Vec::new(),
+            expired_total: 0,
+            origins: HashMap::new(),
+            purged: None,
         }
     }
 
@@ -159,10 +186,8 @@ impl Queue {
         visible_at_ms: u64,
         bodies: impl Iterator<Item = (u64, u32)>,
     ) {
-        let delayed = visible_at_ms > enqueue_ms;
+        let state = if visible_at_ms > enqueue_ms { MsgState::Delayed } else { MsgState::Ready };
         for (i, (pos, len)) in bodies.enumerate() {
-            let seq = first_seq + i as u64;
-            let state = if delayed { MsgState::Delayed } else { MsgState::Ready };
             let entry = Entry {
                 msg_id: first_msg_id + i as u64,
                 body_pos: pos,
@@ -172,36 +197,40 @@ impl Queue {
                 first_dequeue_rel: 0,
                 dequeue_count: 0,
                 state,
+                flags: 0,
             };
-            if let Some(old) = self.index.get(seq) {
-                self.counts.moved(old.state, MsgState::Removed);
-            }
-            self.index.insert(seq, entry);
-            self.counts.moved(MsgState::Removed, state);
-            if delayed {
-                self.timers.push(visible_at_ms, seq);
-            } else if seq < self.cursor {
-                self.requeued.push(Reverse(seq));
-            }
-            self.next_seq = self.next_seq.max(seq + 1);
+            self.install(first_seq + i as u64, entry);
         }
     }
 
-    /// Installs a message with its complete state (compaction's `Relocated`
-    /// record), replacing whatever is at `seq`.
-    pub fn apply_relocated(&mut self, seq: u64, entry: Entry) {
+    /// Puts a message at `seq` in whatever state `entry` says (replacing what
+    /// is there), with the timer, ready-set and rewind bookkeeping that state needs.
+    pub fn install(&mut self, seq: u64, entry: Entry) {
         if let Some(old) = self.index.get(seq) {
             self.counts.moved(old.state, MsgState::Removed);
         }
         self.index.insert(seq, entry);
         self.counts.moved(MsgState::Removed, entry.state);
         match entry.state {
-            MsgState::Delayed | MsgState::InFlight => self.timers.push(entry.visible_at_ms, seq),
+            MsgState::Delayed | MsgState::InFlight | MsgState::Half => self.timers.push(entry.visible_at_ms, seq),
             MsgState::Ready if seq < self.cursor => self.requeued.push(Reverse(seq)),
             MsgState::Deleted => self.rewind_expiry.push(Reverse((entry.enqueue_ms, seq))),
             _ => {}
         }
         self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Takes a message out of the queue (moved elsewhere, purged, rolled
+    /// back). Returns it if it was there.
+    pub fn take(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.index.remove(seq)?;
+        self.counts.moved(e.state, MsgState::Removed);
+        Some(e)
+    }
+
+    /// The sequence number of the live message with this local id.
+    pub fn find_msg_id(&self, msg_id: u64) -> Option<u64> {
+        self.index.find_msg_id(msg_id)
     }
 
     /// Continues numbering after `next_seq` (from the catalog), so sequence
@@ -226,15 +255,37 @@ impl Queue {
         self.index.below(pos).take(max).map(|(s, e)| (s, *e)).collect()
     }
 
-    /// Makes due delayed and in-flight messages ready. Returns whether any did.
+    /// Runs due timers: delayed and in-flight messages become ready, except
+    /// in-flight ones that reached maxReceiveCount or maxTimeToLive (parked
+    /// in `dead_letter_due`) and half messages (their checks go to
+    /// `checks_due`). Returns whether any message became ready.
     pub fn expire(&mut self, now_ms: u64) -> bool {
         let mut any = false;
+        let max_receives = if self.attrs.has_dead_letter() { self.attrs.max_receive_count } else { 0 };
+        let ttl_ms = self.dead_letter_ttl_ms();
         while let Some((deadline, seq)) = self.timers.pop_due(now_ms) {
             let Some(e) = self.index.get_mut(seq) else {
                 continue;
             };
-            if e.visible_at_ms != deadline || !matches!(e.state, MsgState::Delayed | MsgState::InFlight) {
+            if e.visible_at_ms != deadline {
                 continue;
+            }
+            match e.state {
+                MsgState::Half => {
+                    e.visible_at_ms = u64::MAX;
+                    self.checks_due.push(seq);
+                    continue;
+                }
+                MsgState::InFlight
+                    if (max_receives > 0 && e.dequeue_count >= max_receives)
+                        || ttl_ms.is_some_and(|t| e.enqueue_ms + t <= now_ms) =>
+                {
+                    e.visible_at_ms = u64::MAX;
+                    self.dead_letter_due.push(seq);
+                    continue;
+                }
+                MsgState::Delayed | MsgState::InFlight => {}
+                _ => continue,
             }
             let old = e.state;
             e.state = MsgState::Ready;
@@ -247,21 +298,167 @@ impl Queue {
         any
     }
 
+    fn dead_letter_ttl_ms(&self) -> Option<u64> {
+        (self.attrs.has_dead_letter() && self.attrs.max_time_to_live > 0)
+            .then(|| u64::from(self.attrs.max_time_to_live) * 1000)
+    }
+
+    /// Ready and delayed messages unconsumed for maxTimeToLive (oldest first,
+    /// at most `max`): parked for the move to the dead-letter queue.
+    pub fn collect_ttl_expired(&mut self, now_ms: u64, max: usize) {
+        let Some(ttl) = self.dead_letter_ttl_ms() else { return };
+        let due: Vec<u64> = self
+            .index
+            .iter_from(0)
+            .take_while(|(_, e)| e.enqueue_ms + ttl <= now_ms)
+            .filter(|(_, e)| matches!(e.state, MsgState::Ready | MsgState::Delayed))
+            .map(|(s, _)| s)
+            .take(max)
+            .collect();
+        for seq in due {
+            if let Some(e) = self.index.get_mut(seq) {
+                e.visible_at_ms = u64::MAX;
+                let old = e.state;
+                e.state = MsgState::InFlight;
+                self.counts.moved(old, MsgState::InFlight);
+                self.dead_letter_due.push(seq);
+            }
+        }
+    }
+
+    /// A parked message whose move could not be logged goes back to ready.
+    pub fn unpark(&mut self, seq: u64) {
+        if let Some(e) = self.index.get_mut(seq) {
+            if e.visible_at_ms == u64::MAX && e.state == MsgState::InFlight {
+                e.state = MsgState::Ready;
+                self.counts.moved(MsgState::InFlight, MsgState::Ready);
+                self.requeued.push(Reverse(seq));
+            }
+        }
+    }
+
+    /// Records that a half message was checked `count` times; the next check is at `next_ms`.
+    pub fn apply_tx_checked(&mut self, seq: u64, count: u32, next_ms: u64) {
+        if let Some(e) = self.index.get_mut(seq) {
+            if e.state == MsgState::Half {
+                e.dequeue_count = count;
+                e.visible_at_ms = next_ms;
+                self.timers.push(next_ms, seq);
+            }
+        }
+    }
+
+    /// Commits (the message becomes ready) or rolls back (it is removed) a
+    /// half message. Returns false if `seq` is not a half message.
+    pub fn apply_tx_ended(&mut self, seq: u64, commit: bool, time_ms: u64) -> bool {
+        let Some(e) = self.index.get_mut(seq) else { return false };
+        if e.state != MsgState::Half {
+            return false;
+        }
+        if commit {
+            e.state = MsgState::Ready;
+            e.dequeue_count = 0;
+            e.visible_at_ms = time_ms;
+            self.counts.moved(MsgState::Half, MsgState::Ready);
+            if seq < self.cursor {
+                self.requeued.push(Reverse(seq));
+            }
+        } else {
+            self.take(seq);
+        }
+        true
+    }
+
+    /// Makes deleted-but-retained messages enqueued at or after `start_ms`
+    /// ready again and moves the read position back to the first message
+    /// enqueued at or after it, so delivery resumes in enqueue order.
+    /// Returns how many deleted messages came back.
+    pub fn apply_rewound(&mut self, start_ms: u64) -> u64 {
+        let from: Vec<(u64, MsgState)> =
+            self.index.iter_from(0).filter(|(_, e)| e.enqueue_ms >= start_ms).map(|(s, e)| (s, e.state)).collect();
+        let mut rewound = 0;
+        for &(seq, state) in &from {
+            if state == MsgState::Deleted {
+                if let Some(e) = self.index.get_mut(seq) {
+                    e.state = MsgState::Ready;
+                    self.counts.moved(MsgState::Deleted, MsgState::Ready);
+                    rewound += 1;
+                }
+            }
+        }
+        let base = self.index.base();
+        if let Some(&(first, _)) = from.first() {
+            if first < self.cursor {
+                // Ready messages between `first` and the old cursor may also sit
+                // in the requeue heap; pick skips the duplicate (state check).
+                self.cursor = first.max(base);
+            }
+        }
+        // Overflow entries sit below the cursor's reach: hand them to the heap.
+        for &(seq, _) in from.iter().take_while(|(s, _)| *s < base) {
+            if self.is_ready(seq) {
+                self.requeued.push(Reverse(seq));
+            }
+        }
+        rewound
+    }
+
+    /// Removes every message (live or kept for rewind). Returns how many
+    /// undeleted messages were dropped.
+    pub fn apply_purged(&mut self) -> u64 {
+        let dropped = self.counts.backlog();
+        let seqs: Vec<u64> = self.index.iter_from(0).map(|(s, _)| s).collect();
+        for seq in seqs {
+            self.index.remove(seq);
+        }
+        self.counts = Counts::default();
+        self.timers = Timers::default();
+        self.requeued.clear();
+        self.rewind_expiry.clear();
+        self.dead_letter_due.clear();
+        self.checks_due.clear();
+        self.cursor = self.next_seq;
+        self.origins.clear();
+        dropped
+    }
+
+    /// Remembers a moved-in message's original id.
+    pub fn note_origin(&mut self, original_msg_id: u64, seq: u64) {
+        self.origins.insert(original_msg_id, seq);
+        if self.origins.len() > 2 * self.index.len() + ORIGINS_SLACK {
+            let index = &self.index;
+            self.origins.retain(|_, s| index.get(*s).is_some());
+        }
+    }
+
+    /// The sequence number of a live message by its original id (moved-in messages).
+    pub fn find_origin_id(&self, original_msg_id: u64) -> Option<u64> {
+        self.origins.get(&original_msg_id).copied().filter(|s| self.index.get(*s).is_some())
+    }
+
+    /// Up to `max` live messages from `from_seq` on, in sequence order (inspection).
+    pub fn peek(&self, from_seq: u64, max: usize) -> Vec<(u64, Entry)> {
+        self.index.iter_from(from_seq).take(max).map(|(s, e)| (s, *e)).collect()
+    }
+
     /// Drops messages past msgRetentionSeconds and deleted ones past
-    /// rewindSeconds. Returns how many messages left the queue.
-    pub fn expire_retention(&mut self, now_ms: u64) -> u64 {
+    /// rewindSeconds. Returns the ids of undeleted messages that expired.
+    pub fn expire_retention(&mut self, now_ms: u64) -> Vec<u64> {
         let retention_ms = u64::from(self.attrs.msg_retention_seconds) * 1000;
         let rewind_ms = u64::from(self.attrs.rewind_seconds) * 1000;
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while let Some((seq, e)) = self.index.first() {
             if e.enqueue_ms + retention_ms > now_ms {
                 break;
             }
-            let state = e.state;
+            let (state, msg_id) = (e.state, e.msg_id);
             self.index.remove(seq);
             self.counts.moved(state, MsgState::Removed);
-            dropped += 1;
+            if state != MsgState::Deleted {
+                dropped.push(msg_id);
+            }
         }
+        self.expired_total += dropped.len() as u64;
         while let Some(Reverse((enq, seq))) = self.rewind_expiry.peek().copied() {
             if enq + rewind_ms > now_ms {
                 break;
@@ -369,7 +566,10 @@ impl Queue {
         let (seq, dequeue_count) = keys.open(self.uid, handle).ok_or_else(EngineError::receipt_invalid)?;
         match self.index.get(seq) {
             Some(e)
-                if e.state == MsgState::InFlight && e.dequeue_count == dequeue_count && now_ms < e.visible_at_ms =>
+                if e.state == MsgState::InFlight
+                    && e.dequeue_count == dequeue_count
+                    && now_ms < e.visible_at_ms
+                    && e.visible_at_ms != u64::MAX =>
             {
                 Ok(seq)
             }
@@ -413,7 +613,7 @@ impl Queue {
     pub fn min_msg_time_ms(&self) -> u64 {
         self.index
             .iter_from(0)
-            .find(|(_, e)| matches!(e.state, MsgState::Ready | MsgState::Delayed | MsgState::InFlight))
+            .find(|(_, e)| matches!(e.state, MsgState::Ready | MsgState::Delayed | MsgState::InFlight | MsgState::Half))
             .map_or(0, |(_, e)| e.enqueue_ms)
     }
 

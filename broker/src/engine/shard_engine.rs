@@ -13,16 +13,29 @@ use cmq_protocol::limits::{BATCH_MSGS_MAX, POLLING_WAIT_SECONDS_MAX};
 use cmq_protocol::names::validate_name;
 use cmq_protocol::queue_attributes::VISIBILITY_TIMEOUT;
 use cmq_protocol::{
-    DeliveryHead, ErrorCode, FlushPolicy, QueueAttributes, QueueAttributesUpdate, QueueInfo, ReceiptHandle,
+    DeliveryHead, ErrorCode, FlushPolicy, MessageState, QueueAttributes, QueueAttributesUpdate, QueueInfo,
+    ReceiptHandle,
 };
 
-use crate::engine::catalog::{Catalog, CatalogQueue};
+use std::collections::BTreeMap;
+
 use crate::engine::error::EngineError;
+use crate::engine::fates::{Fate, Fates};
 use crate::engine::log::{Durability, Log};
-use crate::engine::message_index::{Entry, MsgState};
+use crate::engine::message_index::FLAG_ORIGIN;
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
-use crate::engine::record::{body_spans, rtype, BodySpan, Record, RecordError, RelocatedEntry, RELOCATED_BODY_OFFSET};
+use crate::engine::record::{body_spans, BodySpan, Record};
+use crate::engine::redrive::Redrive;
+use crate::engine::transfers::{Inbound, Outbox};
+
+mod dead_letter;
+mod inspection;
+mod recovery;
+mod transactions;
+
+pub use dead_letter::{InTransfer, OutTransfer};
+pub use transactions::CheckDue;
 
 /// How often retention is enforced on every queue.
 const RETENTION_SWEEP_MS: u64 = 1000;
@@ -31,23 +44,31 @@ const RETENTION_SWEEP_MS: u64 = 1000;
 const QUEUE_WAITER_IDS_COMPACT: usize = 1024;
 
 /// Bits of a message id below the shard number.
-const MSG_ID_SHARD_SHIFT: u32 = 56;
+pub const MSG_ID_SHARD_SHIFT: u32 = 56;
+
+/// Messages dead-lettered per queue per loop turn, so a burst never stalls the shard.
+const DEAD_LETTER_PER_TURN_MAX: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub shard: u16,
+    /// Shards of the broker (to find the shard of a destination queue).
+    pub shard_count: u16,
     pub secret: [u8; 16],
     pub default_flush: FlushPolicy,
     /// Queues this shard may hold (TOO_MANY_QUEUES beyond).
     pub queues_max: usize,
 }
 
-/// A message handed to a consumer; its body is read from the log at `body_pos`.
+/// A message handed to a consumer; its body is read from the log at
+/// `body_pos`. With `origin`, a `MessageOrigin` follows the body in the log
+/// and the delivered message id is the origin's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     pub head: DeliveryHead,
     pub body_pos: u64,
     pub body_len: u32,
+    pub origin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +91,7 @@ struct Waiter {
 /// across shards in creation order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedQueue {
+    pub create_seq: u64,
     pub created_ms: u64,
     pub queue_id: u64,
     pub name: String,
@@ -92,6 +114,19 @@ pub struct ShardEngine {
     /// Queue-management records before this log position are already in
     /// the loaded catalog and are skipped by replay.
     catalog_pos: u64,
+    /// Messages leaving this shard's queues for other queues.
+    outbox: Outbox,
+    /// Transfers this shard received (duplicate filter).
+    inbound: Inbound,
+    /// Confirmed transfers whose `TransferDone` is still to be logged.
+    transfers_done: Vec<u64>,
+    redrives: BTreeMap<u64, Redrive>,
+    next_redrive: u64,
+    /// Transaction checks the shard should push to checkers.
+    checks: Vec<CheckDue>,
+    fates: Fates,
+    /// Queues with parked dead-letter moves or due checks.
+    pending_work: Vec<u32>,
 }
 
 impl ShardEngine {
@@ -111,6 +146,14 @@ impl ShardEngine {
             next_retention_sweep_ms: 0,
             scratch: Vec::with_capacity(256),
             catalog_pos: 0,
+            outbox: Outbox { next_id: 1, ..Default::default() },
+            inbound: Inbound::default(),
+            transfers_done: Vec::new(),
+            redrives: BTreeMap::new(),
+            next_redrive: 1,
+            checks: Vec::new(),
+            fates: Fates::default(),
+            pending_work: Vec::new(),
         }
     }
 
@@ -135,13 +178,16 @@ impl ShardEngine {
         self.queues.get_mut(&uid).ok_or_else(|| EngineError::queue_not_found(name))
     }
 
+    /// Appends a record; returns the log position of its payload and the
+    /// offset of its (first) body within the payload.
     fn log_record(
         &mut self,
         log: &mut impl Log,
         rec: &Record<Bytes>,
         durability: Durability,
-    ) -> Result<u64, EngineError> {
-        rec.encode(&mut self.scratch, |parts| log.append(rec.rtype(), parts, durability))
+    ) -> Result<(u64, u32), EngineError> {
+        let (pos, offset) = rec.encode(&mut self.scratch, |parts| log.append(rec.rtype(), parts, durability));
+        Ok((pos?, offset))
     }
 
     fn data_durability(policy: FlushPolicy) -> Durability {
@@ -159,6 +205,7 @@ impl ShardEngine {
         now_ms: u64,
         name: &str,
         update: &QueueAttributesUpdate,
+        create_seq: u64,
     ) -> Result<u64, EngineError> {
         validate_name("queueName", name).map_err(EngineError::invalid)?;
         if self.by_name.contains_key(name) {
@@ -171,21 +218,32 @@ impl ShardEngine {
             ));
         }
         let attrs = QueueAttributes::defaults(self.cfg.default_flush).updated(update).map_err(EngineError::invalid)?;
+        if attrs.dead_letter_queue == name {
+            return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
+        }
         let uid = self.next_uid;
-        let rec = Record::QueueCreated { uid, time_ms: now_ms, attrs: attrs.clone(), name: name.to_owned() };
+        let rec =
+            Record::QueueCreated { uid, time_ms: now_ms, create_seq, attrs: attrs.clone(), name: name.to_owned() };
         self.log_record(log, &rec, Durability::Synced)?;
-        self.apply_queue_created(uid, now_ms, attrs, name.to_owned());
+        self.apply_queue_created(uid, now_ms, create_seq, attrs, name.to_owned());
         Ok(self.queue_id(uid))
     }
 
-    fn apply_queue_created(&mut self, uid: u32, time_ms: u64, attrs: QueueAttributes, name: String) {
+    fn apply_queue_created(&mut self, uid: u32, time_ms: u64, create_seq: u64, attrs: QueueAttributes, name: String) {
         self.next_uid = self.next_uid.max(uid + 1);
         if let Some(q) = self.queues.get_mut(&uid) {
             q.attrs = attrs;
             return;
         }
         self.by_name.insert(name.clone(), uid);
-        self.queues.insert(uid, Queue::new(uid, name, attrs, time_ms));
+        let mut q = Queue::new(uid, name, attrs, time_ms);
+        q.create_seq = create_seq;
+        self.queues.insert(uid, q);
+    }
+
+    /// The highest creation sequence number of this shard's queues.
+    pub fn max_create_seq(&self) -> u64 {
+        self.queues.values().map(|q| q.create_seq).max().unwrap_or(0)
     }
 
     /// Deletes a queue; returns the waiters that were waiting on it, which the
@@ -201,6 +259,9 @@ impl ShardEngine {
             return Vec::new();
         };
         self.by_name.remove(&q.name);
+        for r in self.redrives.values_mut().filter(|r| r.uid == uid) {
+            r.state = cmq_protocol::RedriveState::Cancelled;
+        }
         q.waiters.iter().filter(|id| self.waiters.remove(id).is_some()).copied().collect()
     }
 
@@ -214,6 +275,9 @@ impl ShardEngine {
         let q = self.queue_mut(name)?;
         let uid = q.uid;
         let attrs = q.attrs.updated(update).map_err(EngineError::invalid)?;
+        if attrs.dead_letter_queue == name {
+            return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
+        }
         let rec = Record::QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() };
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_updated(uid, now_ms, attrs);
@@ -229,9 +293,13 @@ impl ShardEngine {
 
     pub fn queue_info(&mut self, now_ms: u64, name: &str) -> Result<QueueInfo, EngineError> {
         let shard = self.cfg.shard;
+        let uid = self.lookup(name)?;
+        if let Some(q) = self.queues.get_mut(&uid) {
+            q.expire(now_ms);
+        }
+        self.note_work(uid);
         let q = self.queue_mut(name)?;
-        q.expire(now_ms);
-        let Counts { ready, delayed, in_flight, deleted } = q.counts();
+        let Counts { ready, delayed, in_flight, deleted, .. } = q.counts();
         Ok(QueueInfo {
             queue_id: (u64::from(shard) << 32) | u64::from(q.uid),
             queue: q.name.clone(),
@@ -254,10 +322,15 @@ impl ShardEngine {
             .queues
             .values()
             .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains))
-            .map(|q| ListedQueue { created_ms: q.created_ms, queue_id: self.queue_id(q.uid), name: q.name.clone() })
+            .map(|q| ListedQueue {
+                create_seq: q.create_seq,
+                created_ms: q.created_ms,
+                queue_id: self.queue_id(q.uid),
+                name: q.name.clone(),
+            })
             .collect();
         let total = matching.len() as u32;
-        matching.sort_by_key(|l| (l.created_ms, l.queue_id));
+        matching.sort_by_key(|l| (l.create_seq, l.created_ms, l.queue_id));
         matching.truncate(take);
         (total, matching)
     }
@@ -295,7 +368,7 @@ impl ShardEngine {
             visible_at_ms,
             bodies: bodies.to_vec(),
         };
-        let pos = self.log_record(log, &rec, durability)?;
+        let (pos, _) = self.log_record(log, &rec, durability)?;
         let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
         self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos);
         Ok((0..bodies.len() as u64).map(|i| first_msg_id + i).collect())
@@ -383,6 +456,12 @@ impl ShardEngine {
             return Ok(Vec::new());
         };
         let seqs = q.pick_ready(max, now_ms);
+        if !q.dead_letter_due.is_empty() || !q.checks_due.is_empty() {
+            self.pending_work.push(uid);
+        }
+        let Some(q) = self.queues.get_mut(&uid) else {
+            return Ok(Vec::new());
+        };
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -414,6 +493,7 @@ impl ShardEngine {
                     },
                     body_pos: e.body_pos,
                     body_len: e.body_len,
+                    origin: e.flags & FLAG_ORIGIN != 0,
                 })
             })
             .collect())
@@ -483,6 +563,7 @@ impl ShardEngine {
             if let Some(q) = self.queues.get_mut(&uid) {
                 q.expire(now_ms);
             }
+            self.note_work(uid);
             self.note_ready(uid);
         }
         Ok((handle, visible_at_ms))
@@ -523,7 +604,11 @@ impl ShardEngine {
         for uid in std::mem::take(&mut self.to_serve) {
             while let Some(q) = self.queues.get_mut(&uid) {
                 q.expire(now_ms);
+                let parked = !q.dead_letter_due.is_empty() || !q.checks_due.is_empty();
                 if q.counts().ready == 0 {
+                    if parked {
+                        self.pending_work.push(uid);
+                    }
                     break;
                 }
                 let Some(id) = q.waiters.pop_front() else {
@@ -583,8 +668,9 @@ impl ShardEngine {
         }
     }
 
-    /// Runs due timers: leases that ended, delays that passed, retention.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// Runs due timers: leases that ended, delays that passed, retention,
+    /// dead-letter moves, transaction checks, redrive steps.
+    pub fn tick(&mut self, log: &mut impl Log, now_ms: u64) {
         while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
             if d > now_ms {
                 break;
@@ -600,158 +686,64 @@ impl ShardEngine {
             if q.expire(now_ms) {
                 self.note_ready(uid);
             }
+            self.note_work(uid);
             self.register_wakeup(uid);
         }
         if now_ms >= self.next_retention_sweep_ms {
             self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
-            for q in self.queues.values_mut() {
-                q.expire_retention(now_ms);
+            self.sweep_retention(now_ms);
+        }
+        self.run_pending_work(log, now_ms);
+        self.run_redrives(log, now_ms);
+    }
+
+    fn sweep_retention(&mut self, now_ms: u64) {
+        for (uid, q) in self.queues.iter_mut() {
+            let expired = q.expire_retention(now_ms);
+            if !expired.is_empty() {
+                log::debug!("queue {:?}: {} messages passed msgRetentionSeconds", q.name, expired.len());
+            }
+            for msg_id in expired.into_iter().take(crate::engine::fates::FATES_MAX) {
+                let fate = Fate { uid: *uid, state: MessageState::Expired, time_ms: now_ms };
+                self.fates.record(msg_id, fate);
+            }
+            q.collect_ttl_expired(now_ms, DEAD_LETTER_PER_TURN_MAX);
+            if !q.dead_letter_due.is_empty() {
+                self.pending_work.push(*uid);
             }
         }
     }
 
-    /// The earliest time [`tick`](Self::tick) or [`expire_waiters`](Self::expire_waiters) has work.
-    pub fn next_deadline(&self) -> Option<u64> {
+    /// After anything that ran a queue's timers: parked dead-letter moves
+    /// and due checks are handled at the end of the turn's timers.
+    fn note_work(&mut self, uid: u32) {
+        if self.queues.get(&uid).is_some_and(|q| !q.dead_letter_due.is_empty() || !q.checks_due.is_empty()) {
+            self.pending_work.push(uid);
+        }
+    }
+
+    /// Parked dead-letter moves and due transaction checks, queue by queue.
+    fn run_pending_work(&mut self, log: &mut impl Log, now_ms: u64) {
+        let mut uids = std::mem::take(&mut self.pending_work);
+        uids.sort_unstable();
+        uids.dedup();
+        for uid in uids {
+            self.dead_letter_parked(log, now_ms, uid);
+            self.run_checks(log, now_ms, uid);
+        }
+    }
+
+    /// The earliest time [`tick`](Self::tick), [`expire_waiters`](Self::expire_waiters)
+    /// or the transfer outbox has work.
+    pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
         let wake = self.wakeups.peek().map(|r| r.0 .0);
         let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
-        [wake, wait, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
-    }
-
-    // ---- recovery and log space ---------------------------------------------
-
-    /// Installs a catalog before replay (see `catalog.rs`).
-    pub fn load_catalog(&mut self, c: &Catalog) {
-        self.catalog_pos = c.log_pos;
-        self.next_uid = self.next_uid.max(c.next_uid);
-        self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
-        for q in &c.queues {
-            self.apply_queue_created(q.uid, q.created_ms, q.attrs.clone(), q.name.clone());
-            if let Some(queue) = self.queues.get_mut(&q.uid) {
-                queue.modified_ms = q.modified_ms;
-                queue.set_next_seq(q.next_seq);
-            }
-        }
-    }
-
-    /// A catalog of the current queues, valid for a log whose every record
-    /// before `log_pos` has been applied (the caller passes the durable end).
-    pub fn catalog(&self, log_pos: u64) -> Catalog {
-        let mut queues: Vec<CatalogQueue> = self
-            .queues
-            .values()
-            .map(|q| CatalogQueue {
-                uid: q.uid,
-                name: q.name.clone(),
-                attrs: q.attrs.clone(),
-                created_ms: q.created_ms,
-                modified_ms: q.modified_ms,
-                next_seq: q.next_seq(),
-            })
-            .collect();
-        queues.sort_by_key(|q| q.uid);
-        Catalog { log_pos, next_uid: self.next_uid, next_msg_counter: self.next_msg_counter, queues }
-    }
-
-    /// The lowest log position any live message's body is at (None: no live
-    /// messages). With the catalog's position it bounds what the log keeps.
-    pub fn min_live_pos(&self) -> Option<u64> {
-        self.queues.values().filter_map(Queue::min_live_pos).min()
-    }
-
-    /// Approximate log bytes of live messages whose bodies lie below `pos`.
-    pub fn live_bytes_below(&self, pos: u64) -> u64 {
-        self.queues.values().map(|q| q.live_bytes_below(pos)).sum()
-    }
-
-    /// Compaction: copies up to `max` live messages whose bodies lie below
-    /// `pos` to the head of the log with their whole state, so the log
-    /// below `pos` stops being needed. Returns how many were copied.
-    pub fn relocate_below(&mut self, log: &mut impl Log, pos: u64, max: usize) -> Result<usize, EngineError> {
-        let mut moved = 0;
-        let uids: Vec<u32> = self.queues.keys().copied().collect();
-        let mut body = Vec::new();
-        for uid in uids {
-            let Some(q) = self.queues.get(&uid) else { continue };
-            let durability = Self::data_durability(q.attrs.flush_policy);
-            for (seq, e) in q.below(pos, max - moved) {
-                body.clear();
-                body.extend_from_slice(log.read(e.body_pos, e.body_len)?);
-                let entry = RelocatedEntry {
-                    msg_id: e.msg_id,
-                    enqueue_ms: e.enqueue_ms,
-                    visible_at_ms: e.visible_at_ms,
-                    dequeue_count: e.dequeue_count,
-                    first_dequeue_rel: e.first_dequeue_rel,
-                    state: e.state as u8,
-                };
-                let rec = Record::Relocated { uid, seq, entry, body: Bytes::copy_from_slice(&body) };
-                let at = self.log_record(log, &rec, durability)?;
-                self.apply_relocated(uid, seq, entry, at + u64::from(RELOCATED_BODY_OFFSET), e.body_len);
-                moved += 1;
-            }
-            if moved >= max {
-                break;
-            }
-        }
-        Ok(moved)
-    }
-
-    fn apply_relocated(&mut self, uid: u32, seq: u64, r: RelocatedEntry, body_pos: u64, body_len: u32) {
-        let state = match r.state {
-            1 => MsgState::Ready,
-            2 => MsgState::Delayed,
-            3 => MsgState::InFlight,
-            4 => MsgState::Deleted,
-            _ => return,
-        };
-        let Some(q) = self.queues.get_mut(&uid) else { return };
-        let entry = Entry {
-            msg_id: r.msg_id,
-            body_pos,
-            enqueue_ms: r.enqueue_ms,
-            visible_at_ms: r.visible_at_ms,
-            body_len,
-            first_dequeue_rel: r.first_dequeue_rel,
-            dequeue_count: r.dequeue_count,
-            state,
-        };
-        q.apply_relocated(seq, entry);
-        self.register_wakeup(uid);
-        self.note_ready(uid);
-    }
-
-    /// Applies one record read back from the log at `pos`.
-    pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
-        let is_meta = matches!(rtype, rtype::QUEUE_CREATED | rtype::QUEUE_UPDATED | rtype::QUEUE_DELETED);
-        if is_meta && pos < self.catalog_pos {
-            return Ok(());
-        }
-        match Record::decode(rtype, payload)? {
-            Record::QueueCreated { uid, time_ms, attrs, name } => self.apply_queue_created(uid, time_ms, attrs, name),
-            Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
-            Record::QueueDeleted { uid, .. } => {
-                self.apply_queue_deleted(uid);
-            }
-            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies } => {
-                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies.into_iter(), pos)
-            }
-            Record::Received { uid, time_ms, visible_at_ms, seqs } => {
-                if let Some(q) = self.queues.get_mut(&uid) {
-                    q.apply_received(time_ms, visible_at_ms, &seqs);
-                    self.register_wakeup(uid);
-                }
-            }
-            Record::Deleted { uid, seqs } => {
-                if let Some(q) = self.queues.get_mut(&uid) {
-                    q.apply_deleted(&seqs);
-                }
-            }
-            Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
-            Record::Relocated { uid, seq, entry, body } => {
-                self.apply_relocated(uid, seq, entry, pos + u64::from(body.offset), body.len)
-            }
-        }
-        Ok(())
+        let work = (!self.pending_work.is_empty() || !self.transfers_done.is_empty()).then_some(now_ms);
+        let redrive = self.redrives.values().map(|r| r.next_due(now_ms)).min().filter(|d| *d != u64::MAX);
+        [wake, wait, work, redrive, self.outbox.next_due(), Some(self.next_retention_sweep_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// For tests and metrics: a queue by name.

@@ -16,6 +16,10 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// broker buffer without bound. It resumes below half of this.
 pub const OUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
+/// Read syscalls one connection gets per loop turn before the others have
+/// their turn (each brings up to READ_CHUNK_BYTES of frames).
+pub const READS_PER_TURN_MAX: u32 = 4;
+
 /// Requests one connection may have in flight (accepted, not yet answered:
 /// forwarded, long-polling, or waiting for a flush). Past this the connection
 /// stops reading until answers go out.
@@ -43,6 +47,13 @@ pub struct Conn {
     pub forwarded_to: [u64; 4],
     /// The last loop turn that appended output (dedupes the turn's touched list).
     pub touched_turn: u64,
+    /// The peer closed its side (seen in a readiness event): read to the end.
+    pub peer_closed: bool,
+    /// Read syscalls this connection made in `reads_turn` (fairness between connections).
+    pub reads: u32,
+    pub reads_turn: u64,
+    /// Registered as a transaction checker (its close is announced to every shard).
+    pub checker: bool,
 }
 
 impl Conn {
@@ -61,6 +72,10 @@ impl Conn {
             closing: false,
             forwarded_to: [0; 4],
             touched_turn: 0,
+            peer_closed: false,
+            reads: 0,
+            reads_turn: 0,
+            checker: false,
         }
     }
 
@@ -69,20 +84,23 @@ impl Conn {
         self.out.len() - self.written > OUT_BYTES_HIGH || self.in_flight >= CONN_IN_FLIGHT_MAX
     }
 
-    /// Reads what the socket has, growing the buffer up to `want` bytes
-    /// (the size of a frame known to be coming). Returns Ok(false) on EOF.
+    /// One read syscall, into a buffer grown to hold at least the frame
+    /// being assembled (`want` bytes) and a read chunk. Returns Ok(false) at
+    /// end of input. Clears `read_pending` when the socket is drained: a
+    /// short read means so, unless the peer also closed (edge-triggered
+    /// readiness reports data and the close together, and the close is only
+    /// seen by reading on to the end).
     pub fn fill(&mut self, want: usize) -> io::Result<bool> {
+        let len = self.rbuf.len();
+        let room = READ_CHUNK_BYTES.max(want.saturating_sub(len));
+        if self.rbuf.capacity() - len < room {
+            self.rbuf.reserve(room);
+        }
+        let cap = self.rbuf.capacity();
+        // Initialise the spare room instead of reading into uninitialised
+        // memory (no unsafe); the memset is small next to the syscall.
+        self.rbuf.resize(cap, 0);
         loop {
-            if self.rbuf.capacity() - self.rbuf.len()
-                < READ_CHUNK_BYTES.min(want.saturating_sub(self.rbuf.len()).max(1))
-            {
-                self.rbuf.reserve(READ_CHUNK_BYTES.max(want.saturating_sub(self.rbuf.len())));
-            }
-            let len = self.rbuf.len();
-            let cap = self.rbuf.capacity();
-            // Initialise the spare room instead of reading into uninitialised
-            // memory (no unsafe); the memset is small next to the syscall.
-            self.rbuf.resize(cap, 0);
             match self.stream.read(&mut self.rbuf[len..]) {
                 Ok(0) => {
                     self.rbuf.truncate(len);
@@ -90,28 +108,21 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.rbuf.truncate(len + n);
-                    if len + n < cap {
-                        // Short read: the socket is drained for now.
+                    if len + n < cap && !self.peer_closed {
                         self.read_pending = false;
-                        return Ok(true);
                     }
+                    return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.rbuf.truncate(len);
                     self.read_pending = false;
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.rbuf.truncate(len);
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.rbuf.truncate(len);
                     return Err(e);
                 }
-            }
-            if self.rbuf.len() >= want && self.rbuf.len() >= READ_CHUNK_BYTES {
-                // Enough to work on; let other connections have a turn.
-                return Ok(true);
             }
         }
     }

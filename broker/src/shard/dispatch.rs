@@ -1,18 +1,19 @@
 //! Turning decoded frames into engine calls and responses.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use cmq_protocol::frame::FrameHeader;
-use cmq_protocol::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
 
 use super::mailbox::{ConnRef, Forwarded, Handover, ReplyTo, ShardMsg};
-use super::{reply, Gather, Shard, Wait};
+use super::{reply, Shard, Wait};
 use crate::engine::{Delivery, EngineError, ReceiveOutcome};
 
 impl Shard {
     pub(super) fn handle_frame(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes, now: u64) {
-        if header.is_response() {
+        if header.is_response() || header.is_push() {
             return self.fail_conn(
                 me.token,
                 header.request_id,
@@ -25,15 +26,21 @@ impl Shard {
             return self.handshake(me, header, payload);
         }
         let request = match Request::decode(header.opcode, payload) {
+            Ok(Request::TransactionCheck(_)) => {
+                reply::err(
+                    &mut conn.out,
+                    header.opcode,
+                    header.request_id,
+                    ErrorCode::UNKNOWN_OPCODE,
+                    "push-only frame",
+                );
+                return self.touch(me);
+            }
             Ok(r) => r,
             Err(e) => {
                 // The frame was well delimited, so the stream is intact: answer and go on.
                 reply::err(&mut conn.out, header.opcode, header.request_id, e.code(), &e.to_string());
-                if conn.touched_turn != self.turn {
-                    conn.touched_turn = self.turn;
-                    self.touched.push(me);
-                }
-                return;
+                return self.touch(me);
             }
         };
         conn.in_flight += 1;
@@ -42,7 +49,9 @@ impl Shard {
             let op = request.opcode() as u16;
             return self.reply_err(reply_to, op, header.request_id, ErrorCode::SHUTTING_DOWN, "server shutting down");
         }
-        self.route(reply_to, header.request_id, request, now);
+        if let Some(request) = self.precheck(reply_to, header.request_id, request, now) {
+            self.route_to_owner(reply_to, header.request_id, request, now);
+        }
     }
 
     fn handshake(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes) {
@@ -90,7 +99,7 @@ impl Shard {
         {
             // Keep serving it here rather than drop it.
             if let Some(me) = self.add_conn(h.stream, true) {
-                self.shared.conn_count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 let resp = self.handshake_ok(version);
                 if let Some(conn) = self.conns.get_mut(me.token) {
                     conn.rbuf = h.pending;
@@ -104,21 +113,13 @@ impl Shard {
     }
 
     /// Runs a request here or forwards it to the shard that owns its queue.
-    fn route(&mut self, reply_to: ReplyTo, request_id: u64, request: Request, now: u64) {
-        let queue = match request.route() {
+    pub(super) fn route_to_owner(&mut self, reply_to: ReplyTo, request_id: u64, request: Request, now: u64) {
+        let owner = match request.route() {
             Route::Any => return self.execute_anywhere(reply_to, request_id, request, now),
-            Route::Shard(s) if s == self.id || s >= self.shard_count() => {
-                return self.execute(reply_to, request_id, request, now)
-            }
-            Route::Shard(s) => {
-                if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
-                    conn.mark_forwarded(s);
-                }
-                return self.forward_out[usize::from(s)].push(Forwarded { reply_to, request_id, request });
-            }
-            Route::Queue(q) => q,
+            Route::Shard(s) if s < self.shard_count() => s,
+            Route::Shard(_) => self.id,
+            Route::Queue(q) => shard_for(q, self.shard_count()),
         };
-        let owner = shard_for(queue, self.shard_count());
         if owner == self.id {
             self.execute(reply_to, request_id, request, now);
         } else {
@@ -130,17 +131,25 @@ impl Shard {
     }
 
     /// Requests that are not about one queue.
-    fn execute_anywhere(&mut self, reply_to: ReplyTo, request_id: u64, request: Request, _now: u64) {
+    fn execute_anywhere(&mut self, to: ReplyTo, id: u64, request: Request, now: u64) {
         match request {
             Request::Handshake(_) => {
                 let msg = "the handshake is already done";
-                self.reply_err(reply_to, Opcode::Handshake as u16, request_id, ErrorCode::INVALID_PARAMETER, msg)
+                self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg)
             }
-            Request::Ping(_) => self.reply_ok(reply_to, request_id, &Response::Ping(Empty {})),
-            Request::ListQueues(l) => self.start_list(reply_to, request_id, &l),
+            Request::Ping(_) => self.reply_ok(to, id, &Response::Ping(Empty {})),
+            Request::ListQueues(l) => self.start_list(to, id, l, now),
+            Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
+            Request::RegisterChecker(r) => {
+                if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
+                    return self.reply_err(to, Opcode::RegisterChecker as u16, id, ErrorCode::INVALID_PARAMETER, &e);
+                }
+                self.register_checker(r.producer_group, to);
+                self.reply_ok(to, id, &Response::RegisterChecker(Empty {}));
+            }
             other => {
                 let op = other.opcode() as u16;
-                self.reply_err(reply_to, op, request_id, ErrorCode::INTERNAL, "operation not available in this build")
+                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, "not a client request")
             }
         }
     }
@@ -151,37 +160,21 @@ impl Shard {
         if let Some(fake) = self.fault_drop(&request) {
             return self.reply_ok(to, id, &fake);
         }
-        let log = &mut self.log;
-        let e = &mut self.engine;
         let result: Result<Response, EngineError> = match request {
-            Request::CreateQueue(r) => e
-                .create_queue(log, now, &r.queue, &r.attributes)
-                .map(|queue_id| Response::CreateQueue(CreateQueueOk { queue_id })),
-            Request::DeleteQueue(r) => e.delete_queue(log, now, &r.queue).map(|orphans| {
-                for w in orphans {
-                    if let Some(wait) = self.waits.remove(&w) {
-                        let msg = format!("queue {:?} was deleted", r.queue);
-                        let op = if wait.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                        self.pending_errors.push((
-                            wait.reply_to,
-                            op as u16,
-                            wait.request_id,
-                            ErrorCode::QUEUE_NOT_FOUND,
-                            msg,
-                        ));
-                    }
-                }
-                Response::DeleteQueue(Empty {})
-            }),
-            Request::GetQueueAttributes(r) => e.queue_info(now, &r.queue).map(Response::GetQueueAttributes),
-            Request::SetQueueAttributes(r) => {
-                e.set_queue_attributes(log, now, &r.queue, &r.attributes).map(Response::SetQueueAttributes)
-            }
-            Request::SendMessage(r) => e
-                .send(log, now, &r.queue, r.delay_seconds, std::slice::from_ref(&r.body))
+            Request::CreateQueue(r) => self.create_queue(now, &r),
+            Request::DeleteQueue(r) => self.delete_queue(now, &r.queue),
+            Request::GetQueueAttributes(r) => self.engine.queue_info(now, &r.queue).map(Response::GetQueueAttributes),
+            Request::SetQueueAttributes(r) => self
+                .engine
+                .set_queue_attributes(&mut self.log, now, &r.queue, &r.attributes)
+                .map(Response::SetQueueAttributes),
+            Request::SendMessage(r) => self
+                .engine
+                .send(&mut self.log, now, &r.queue, r.delay_seconds, std::slice::from_ref(&r.body))
                 .map(|ids| Response::SendMessage(SendMessageOk { msg_id: ids[0] })),
-            Request::BatchSendMessage(r) => e
-                .send(log, now, &r.queue, r.delay_seconds, &r.bodies)
+            Request::BatchSendMessage(r) => self
+                .engine
+                .send(&mut self.log, now, &r.queue, r.delay_seconds, &r.bodies)
                 .map(|msg_ids| Response::BatchSendMessage(BatchSendMessageOk { msg_ids })),
             Request::ReceiveMessage(r) => {
                 return self.receive(to, id, false, &r.queue, 1, r.polling_wait_seconds, now);
@@ -190,31 +183,71 @@ impl Shard {
                 let max = usize::from(r.max_messages);
                 return self.receive(to, id, true, &r.queue, max, r.polling_wait_seconds, now);
             }
-            Request::DeleteMessage(r) => {
-                e.delete(log, now, &r.queue, &[r.receipt_handle]).and_then(|mut results| match results.pop() {
+            Request::DeleteMessage(r) => self
+                .engine
+                .delete(&mut self.log, now, &r.queue, &[r.receipt_handle])
+                .and_then(|mut results| match results.pop() {
                     Some(Err(err)) => Err(err),
                     _ => Ok(Response::DeleteMessage(Empty {})),
+                }),
+            Request::BatchDeleteMessage(r) => {
+                self.engine.delete(&mut self.log, now, &r.queue, &r.receipt_handles).map(|results| {
+                    let results = results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(()) => ItemResult { code: 0, message: String::new() },
+                            Err(e) => ItemResult { code: e.code.0, message: e.message },
+                        })
+                        .collect();
+                    Response::BatchDeleteMessage(BatchDeleteMessageOk { results })
                 })
             }
-            Request::BatchDeleteMessage(r) => e.delete(log, now, &r.queue, &r.receipt_handles).map(|results| {
-                let results = results
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(()) => ItemResult { code: 0, message: String::new() },
-                        Err(e) => ItemResult { code: e.code.0, message: e.message },
-                    })
-                    .collect();
-                Response::BatchDeleteMessage(BatchDeleteMessageOk { results })
-            }),
-            Request::ChangeMessageVisibility(r) => e
-                .change_visibility(log, now, &r.queue, r.receipt_handle, r.visibility_timeout)
+            Request::ChangeMessageVisibility(r) => self
+                .engine
+                .change_visibility(&mut self.log, now, &r.queue, r.receipt_handle, r.visibility_timeout)
                 .map(|(receipt_handle, next_visible_time_ms)| {
                     Response::ChangeMessageVisibility(ChangeMessageVisibilityOk {
                         receipt_handle,
                         next_visible_time_ms,
                     })
                 }),
-            _ => Err(EngineError::new(ErrorCode::INTERNAL, "operation not available in this build")),
+            Request::RewindQueue(r) => self
+                .engine
+                .rewind(&mut self.log, now, &r.queue, r.start_consume_time_ms)
+                .map(|rewound| Response::RewindQueue(RewindQueueOk { rewound })),
+            Request::PeekMessages(r) => {
+                self.engine.peek(&self.log, &r.queue, r.cursor, r.max, r.include_body).map(Response::PeekMessages)
+            }
+            Request::QueryMessage(r) => {
+                self.engine.query_message(&self.log, &r.queue, r.msg_id).map(Response::QueryMessage)
+            }
+            Request::PurgeQueue(r) => self
+                .engine
+                .purge(&mut self.log, now, &r.queue)
+                .map(|purged| Response::PurgeQueue(PurgeQueueOk { purged })),
+            Request::SendTransactionMessage(r) => self
+                .engine
+                .send_half(&mut self.log, now, &r.queue, &r.producer_group, &r.body)
+                .map(|msg_id| Response::SendTransactionMessage(SendMessageOk { msg_id })),
+            Request::EndTransaction(r) => self
+                .engine
+                .end_transaction(&mut self.log, now, &r.queue, r.msg_id, r.commit)
+                .map(|()| Response::EndTransaction(Empty {})),
+            Request::StartRedrive(r) => self
+                .engine
+                .start_redrive(&mut self.log, now, &r.dead_letter_queue, &r.to, r.rate_per_second)
+                .map(Response::StartRedrive),
+            Request::CancelRedrive(r) => {
+                self.engine.cancel_redrive(&mut self.log, now, r.id).map(Response::CancelRedrive)
+            }
+            Request::Handshake(_)
+            | Request::Ping(_)
+            | Request::ListQueues(_)
+            | Request::ListRedrives(_)
+            | Request::RegisterChecker(_)
+            | Request::TransactionCheck(_) => {
+                return self.execute_anywhere(to, id, request, now);
+            }
         };
         match result {
             Ok(resp) => self.reply_ok(to, id, &resp),
@@ -224,6 +257,41 @@ impl Shard {
             self.reply_err(to, op, id, code, &msg);
         }
         self.serve_waiters(now);
+    }
+
+    /// CreateQueue within the broker-wide queue limit, numbered in broker-wide creation order.
+    fn create_queue(&mut self, now: u64, r: &CreateQueue) -> Result<Response, EngineError> {
+        let max = self.shared.cfg.max_queues;
+        if self.shared.queue_count.fetch_add(1, Ordering::SeqCst) >= max {
+            self.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
+            if self.engine.queue_exists(&r.queue) {
+                let msg = format!("queue {:?} already exists", r.queue);
+                return Err(EngineError::new(ErrorCode::QUEUE_ALREADY_EXISTS, msg));
+            }
+            return Err(EngineError::new(
+                ErrorCode::TOO_MANY_QUEUES,
+                format!("the broker holds its limit of {max} queues"),
+            ));
+        }
+        let seq = self.shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
+        let created = self.engine.create_queue(&mut self.log, now, &r.queue, &r.attributes, seq);
+        if created.is_err() {
+            self.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        created.map(|queue_id| Response::CreateQueue(CreateQueueOk { queue_id }))
+    }
+
+    fn delete_queue(&mut self, now: u64, queue: &str) -> Result<Response, EngineError> {
+        let orphans = self.engine.delete_queue(&mut self.log, now, queue)?;
+        self.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
+        for w in orphans {
+            if let Some(wait) = self.waits.remove(&w) {
+                let msg = format!("queue {queue:?} was deleted");
+                let op = if wait.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+                self.pending_errors.push((wait.reply_to, op as u16, wait.request_id, ErrorCode::QUEUE_NOT_FOUND, msg));
+            }
+        }
+        Ok(Response::DeleteQueue(Empty {}))
     }
 
     /// Testing only (`--fault-drop-one-in N`): the send carrying every Nth
@@ -276,85 +344,31 @@ impl Shard {
         }
     }
 
-    // ---- ListQueues: scatter to every shard, gather, page ------------------
-
-    fn start_list(&mut self, to: ReplyTo, id: u64, l: &ListQueues) {
-        let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
-        if limit > LIST_PAGE_MAX {
-            let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
-            return self.reply_err(to, Opcode::ListQueues as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
-        }
-        let gather = self.next_gather;
-        self.next_gather += 1;
-        let take = l.offset as usize + limit as usize;
-        self.gathers.insert(
-            gather,
-            Gather {
-                reply_to: to,
-                request_id: id,
-                offset: l.offset as usize,
-                limit: limit as usize,
-                parts_left: usize::from(self.shard_count()),
-                total: 0,
-                items: Vec::new(),
-            },
-        );
-        for shard in 0..self.shard_count() {
-            if shard == self.id {
-                let (total, items) = self.engine.list_queues(&l.prefix, &l.contains, take);
-                self.list_part(gather, total, items);
-            } else {
-                let msg = ShardMsg::ListRequest {
-                    from: self.id,
-                    gather,
-                    prefix: l.prefix.clone(),
-                    contains: l.contains.clone(),
-                    take,
-                };
-                self.send_to(shard, msg);
-            }
-        }
-    }
-
-    pub(super) fn list_part(&mut self, gather: u64, total: u32, items: Vec<crate::engine::ListedQueue>) {
-        let Some(g) = self.gathers.get_mut(&gather) else { return };
-        g.total += total;
-        g.items.extend(items);
-        g.parts_left -= 1;
-        if g.parts_left > 0 {
-            return;
-        }
-        let Some(mut g) = self.gathers.remove(&gather) else { return };
-        g.items.sort_by_key(|q| (q.created_ms, q.queue_id));
-        let queues = g
-            .items
-            .into_iter()
-            .skip(g.offset)
-            .take(g.limit)
-            .map(|q| QueueSummary { queue_id: q.queue_id, queue: q.name });
-        let resp = Response::ListQueues(ListQueuesOk { total: g.total, queues: queues.collect() });
-        self.reply_ok(g.reply_to, g.request_id, &resp);
-    }
-
     // ---- replies ------------------------------------------------------------
 
     pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response) {
-        let out = self.reply_buf(to);
-        reply::ok(out, id, resp);
-        self.reply_done(to);
+        let start = self.reply_start(to);
+        reply::ok(self.reply_buf(to), id, resp);
+        self.reply_done(to, start);
     }
 
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
-        let out = self.reply_buf(to);
-        reply::err(out, op, id, code, msg);
-        self.reply_done(to);
+        let start = self.reply_start(to);
+        reply::err(self.reply_buf(to), op, id, code, msg);
+        self.reply_done(to, start);
     }
 
     fn reply_deliveries(&mut self, to: ReplyTo, id: u64, batch: bool, d: &[Delivery]) {
+        let start = self.reply_start(to);
         let mut out = std::mem::take(self.reply_buf(to));
         reply::deliveries(&mut out, &self.log, id, batch, d);
         *self.reply_buf(to) = out;
-        self.reply_done(to);
+        self.reply_done(to, start);
+    }
+
+    /// Where the reply to `to` starts in its buffer.
+    fn reply_start(&mut self, to: ReplyTo) -> usize {
+        self.reply_buf(to).len()
     }
 
     /// The buffer a reply to `to` is appended to: the local connection's
@@ -370,29 +384,17 @@ impl Shard {
                 }
             }
         } else {
-            let batch = &mut self.remote_out[usize::from(to.shard)];
-            batch.parts.push((to.conn, batch.buf.len() as u32, 0));
-            &mut batch.buf
+            &mut self.remote_out[usize::from(to.shard)].buf
         }
     }
 
-    fn reply_done(&mut self, to: ReplyTo) {
+    fn reply_done(&mut self, to: ReplyTo, start: usize) {
         if to.shard == self.id {
-            if let Some(conn) = self.conns.get_mut(to.conn.token) {
-                if conn.gen == to.conn.gen {
-                    conn.in_flight = conn.in_flight.saturating_sub(1);
-                    if conn.touched_turn != self.turn {
-                        conn.touched_turn = self.turn;
-                        self.touched.push(to.conn);
-                    }
-                }
-            }
+            self.answered(to.conn);
         } else {
             let batch = &mut self.remote_out[usize::from(to.shard)];
             let end = batch.buf.len() as u32;
-            if let Some(last) = batch.parts.last_mut() {
-                last.2 = end;
-            }
+            batch.parts.push((to.conn, start as u32, end));
         }
     }
 }

@@ -14,7 +14,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::Waker;
 
-use crate::engine::ListedQueue;
+use cmq_protocol::{ErrorCode, RedriveInfo};
+
+use crate::engine::{InTransfer, ListedQueue};
 
 /// Messages one inbox holds before senders see it as full. A message is a
 /// whole turn's batch, so this is generous; a full inbox answers BUSY.
@@ -59,25 +61,66 @@ pub struct Handover {
     pub version: u16,
 }
 
+/// Destination verdicts on transfers, by transfer id.
+pub type TransferVerdicts = Vec<(u64, Result<(), ErrorCode>)>;
+
+/// A question one shard asks others while coordinating a request.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// ListQueues: your queues matching the filters, the first `take` in creation order.
+    Queues { prefix: String, contains: String, take: usize },
+    /// ListRedrives: your redrive tasks.
+    Redrives,
+    /// DeleteQueue: your queues whose dead-letter queue is `name`.
+    DeadLetterSources { name: String },
+    /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?
+    QueueExists { name: String },
+}
+
+/// An answer to a [`Query`].
+#[derive(Debug)]
+pub enum Answer {
+    Queues { total: u32, items: Vec<ListedQueue> },
+    Redrives(Vec<RedriveInfo>),
+    Names(Vec<String>),
+    Exists(bool),
+}
+
 pub enum ShardMsg {
     Requests(Vec<Forwarded>),
     Replies(ReplyBatch),
+    /// Frames the broker sends on its own (transaction checks) to connections of the receiving shard.
+    Push(ReplyBatch),
     Handover(Box<Handover>),
-    /// Scatter half of ListQueues: list your queues for gather `gather` on shard `from`.
-    ListRequest {
+    /// Scatter: answer `query` for gather `gather` on shard `from`.
+    Query {
         from: u16,
         gather: u64,
-        prefix: String,
-        contains: String,
-        take: usize,
+        query: Query,
     },
-    /// Gather half of ListQueues.
-    ListPart {
+    /// Gather.
+    Answer {
         gather: u64,
-        total: u32,
-        items: Vec<ListedQueue>,
+        answer: Answer,
     },
-    /// A connection went away; forget long polls that would answer it.
+    /// Messages moving into queues owned by the receiving shard.
+    Transfers(Vec<InTransfer>),
+    /// The destination's verdicts on transfers from the receiving shard.
+    TransferResults {
+        from: u16,
+        results: Vec<(u64, Result<(), ErrorCode>)>,
+    },
+    /// Shard `from` has no transfer pending below `below`.
+    TransferPrune {
+        from: u16,
+        below: u64,
+    },
+    /// A connection answers transaction checks for `group`.
+    CheckerRegistered {
+        group: String,
+        reply_to: ReplyTo,
+    },
+    /// A connection went away; forget long polls and checker registrations that would answer it.
     ConnClosed {
         reply_to: ReplyTo,
     },

@@ -5,11 +5,13 @@
 //! (queue operations run here if this shard owns the queue, otherwise they
 //! are batched for the owner); handle messages from other shards; run
 //! timers; then end the turn: send batched forwards, submit this turn's log
-//! records as one write (group commit), and release responses whose records
-//! are durable. See docs/ARCHITECTURE.md.
+//! records as one write (group commit), and release responses (and messages
+//! to other shards) whose records are durable. See docs/ARCHITECTURE.md.
 
 mod conn;
+mod coordination;
 mod dispatch;
+mod exchange;
 pub mod mailbox;
 mod reply;
 pub mod storage;
@@ -17,7 +19,7 @@ mod turns;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,8 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ShardEngine;
-use conn::Conn;
+use conn::{Conn, CONN_IN_FLIGHT_MAX, READS_PER_TURN_MAX};
+use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use storage::ShardLog;
 use turns::TurnTracker;
@@ -56,6 +59,10 @@ pub struct Shared {
     pub cfg: Config,
     pub peers: Vec<ShardHandle>,
     pub conn_count: AtomicUsize,
+    /// Queues on the whole broker (for `--max-queues`).
+    pub queue_count: AtomicUsize,
+    /// Broker-wide creation order of queues (ListQueues sorts by it).
+    pub next_create_seq: AtomicU64,
     pub shutdown: AtomicBool,
     /// Shards that finished draining during shutdown.
     pub drained: AtomicUsize,
@@ -66,17 +73,6 @@ struct Wait {
     reply_to: ReplyTo,
     request_id: u64,
     batch: bool,
-}
-
-/// A ListQueues being answered from every shard.
-struct Gather {
-    reply_to: ReplyTo,
-    request_id: u64,
-    offset: usize,
-    limit: usize,
-    parts_left: usize,
-    total: u32,
-    items: Vec<crate::engine::ListedQueue>,
 }
 
 pub struct Shard {
@@ -97,8 +93,13 @@ pub struct Shard {
     turn_touched: VecDeque<(u64, Vec<ConnRef>)>,
     /// Replies for peers' connections produced this turn, per peer.
     remote_out: Vec<ReplyBatch>,
-    /// Replies of earlier turns waiting for their turn to be durable.
-    staged_remote: VecDeque<(u64, Vec<(u16, ReplyBatch)>)>,
+    /// Push frames for peers' connections produced this turn, per peer.
+    push_out: Vec<ReplyBatch>,
+    /// Other messages to peers that must wait for this turn's records to be
+    /// durable (transfers, transfer verdicts).
+    turn_msgs: Vec<(u16, ShardMsg)>,
+    /// Messages of earlier turns waiting for their turn to be durable.
+    staged: VecDeque<(u64, Vec<(u16, ShardMsg)>)>,
     /// Requests to forward at the end of this turn, per owner shard.
     forward_out: Vec<Vec<Forwarded>>,
     /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
@@ -106,7 +107,10 @@ pub struct Shard {
     waits: HashMap<u64, Wait>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
-    /// Connections with unread input left over (fairness limit or back-pressure).
+    /// Connections (on any shard) answering transaction checks, per producer group.
+    checkers: HashMap<String, Vec<ReplyTo>>,
+    next_checker: usize,
+    /// Connections with unread input left over (fairness limit, or resumed after back-pressure).
     read_again: Vec<ConnRef>,
     scratch: Vec<u8>,
     /// Error replies decided inside an engine call, sent right after it.
@@ -133,6 +137,7 @@ impl Shard {
         inbox: Inbox,
     ) -> io::Result<Shard> {
         let peers = shared.cfg.shards;
+        let fault_drop_one_in = shared.cfg.fault_drop_one_in;
         let mut shard = Shard {
             id,
             poll,
@@ -149,12 +154,16 @@ impl Shard {
             touched: Vec::new(),
             turn_touched: VecDeque::new(),
             remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
-            staged_remote: VecDeque::new(),
+            push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+            turn_msgs: Vec::new(),
+            staged: VecDeque::new(),
             forward_out: (0..peers).map(|_| Vec::new()).collect(),
             unsent: Vec::new(),
             waits: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 1,
+            checkers: HashMap::new(),
+            next_checker: 0,
             read_again: Vec::new(),
             scratch: Vec::with_capacity(64 * 1024),
             pending_errors: Vec::new(),
@@ -163,10 +172,9 @@ impl Shard {
             reported_drained: false,
             next_housekeep_ms: 0,
             compacting: false,
-            fault_drop_one_in: 0,
+            fault_drop_one_in,
             fault_sends: 0,
         };
-        shard.fault_drop_one_in = shard.shared.cfg.fault_drop_one_in;
         shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
             shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
@@ -212,6 +220,7 @@ impl Shard {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             if let Some(c) = self.conns.get_mut(t) {
                                 c.read_pending = true;
+                                c.peer_closed |= ev.is_read_closed() || ev.is_error();
                             }
                             self.read_conn(t, now);
                         }
@@ -234,13 +243,10 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.unsent.is_empty() {
+        if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting {
             return Some(Duration::ZERO);
         }
-        if self.compacting {
-            return Some(Duration::ZERO);
-        }
-        let mut deadline = self.engine.next_deadline().unwrap_or(u64::MAX).min(self.next_housekeep_ms);
+        let mut deadline = self.engine.next_deadline(now).unwrap_or(u64::MAX).min(self.next_housekeep_ms);
         if self.draining {
             deadline = deadline.min(now + 10);
         }
@@ -268,7 +274,7 @@ impl Shard {
             if count >= self.shared.cfg.max_connections {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 refuse(stream, self.shared.cfg.max_connections);
-                log::warn!("refused connection from {peer}: {} connections open", count);
+                log::warn!("refused connection from {peer}: {count} connections open");
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -298,8 +304,13 @@ impl Shard {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
         let reply_to = ReplyTo { shard: self.id, conn: ConnRef { token, gen: conn.gen } };
-        self.forget_waits_of(reply_to);
-        for shard in conn.forwarded_shards().collect::<Vec<_>>() {
+        self.forget_conn(reply_to);
+        let tell: Vec<u16> = if conn.checker {
+            (0..self.shard_count()).filter(|s| *s != self.id).collect()
+        } else {
+            conn.forwarded_shards().collect()
+        };
+        for shard in tell {
             self.send_to(shard, ShardMsg::ConnClosed { reply_to });
         }
     }
@@ -313,10 +324,12 @@ impl Shard {
             // Handle every complete frame already buffered.
             loop {
                 let Some(conn) = self.conns.get_mut(token) else { return };
-                if conn.closing || conn.read_paused() {
-                    if conn.read_pending || !conn.rbuf.is_empty() {
-                        self.read_again.push(me);
-                    }
+                if conn.closing {
+                    return;
+                }
+                if conn.read_paused() {
+                    // Resumed by write_conn or a reply once it drains; no
+                    // polling meanwhile.
                     return;
                 }
                 match frame::check(&conn.rbuf) {
@@ -335,28 +348,26 @@ impl Shard {
                     }
                 }
             }
+            let turn = self.turn;
             let Some(conn) = self.conns.get_mut(token) else { return };
             if !conn.read_pending {
                 return;
             }
+            if conn.reads_turn != turn {
+                conn.reads_turn = turn;
+                conn.reads = 0;
+            }
+            if conn.reads >= READS_PER_TURN_MAX {
+                // Fair share used: the rest waits for the next turn.
+                self.read_again.push(me);
+                return;
+            }
+            conn.reads += 1;
             let want = pending_frame_len(&conn.rbuf);
             match conn.fill(want) {
-                Ok(true) => {
-                    if conn.read_pending && !conn.rbuf.is_empty() && frame::check(&conn.rbuf).ok().flatten().is_none() {
-                        continue;
-                    }
-                    if conn.read_pending {
-                        // Fair share used; handle what we have, read more next turn.
-                        self.read_again.push(me);
-                        let conn_has_frames = frame::check(&conn.rbuf).ok().flatten().is_some();
-                        if !conn_has_frames {
-                            return;
-                        }
-                        conn.read_pending = false;
-                    }
-                }
+                Ok(true) => {}
                 Ok(false) => {
-                    // EOF: the client is done sending. Answer nothing more and close.
+                    // End of input: the client is done sending. Answer nothing more and close.
                     self.close_conn(token);
                     return;
                 }
@@ -365,6 +376,15 @@ impl Shard {
                     self.close_conn(token);
                     return;
                 }
+            }
+        }
+    }
+
+    /// A paused connection whose output or in-flight count dropped reads again.
+    fn maybe_resume(&mut self, c: ConnRef) {
+        if let Some(conn) = self.conns.get(c.token) {
+            if conn.gen == c.gen && !conn.read_paused() && (conn.read_pending || !conn.rbuf.is_empty()) {
+                self.read_again.push(c);
             }
         }
     }
@@ -389,15 +409,39 @@ impl Shard {
                     self.close_conn(token);
                     return;
                 }
-                if was_paused && !conn.read_paused() {
+                if was_paused {
                     let gen = conn.gen;
-                    self.read_again.push(ConnRef { token, gen });
+                    self.maybe_resume(ConnRef { token, gen });
                 }
             }
             Err(e) => {
                 log::debug!("shard {}: connection write error: {e}", self.id);
                 self.close_conn(token);
             }
+        }
+    }
+
+    /// Marks a local connection as having output in this turn.
+    fn touch(&mut self, c: ConnRef) {
+        if let Some(conn) = self.conns.get_mut(c.token) {
+            if conn.gen == c.gen && conn.touched_turn != self.turn {
+                conn.touched_turn = self.turn;
+                self.touched.push(c);
+            }
+        }
+    }
+
+    /// One request of `c` was answered.
+    fn answered(&mut self, c: ConnRef) {
+        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        if conn.gen != c.gen {
+            return;
+        }
+        let was_full = conn.in_flight >= CONN_IN_FLIGHT_MAX;
+        conn.in_flight = conn.in_flight.saturating_sub(1);
+        self.touch(c);
+        if was_full {
+            self.maybe_resume(c);
         }
     }
 
@@ -435,14 +479,19 @@ impl Shard {
                         self.execute(f.reply_to, f.request_id, f.request, now);
                     }
                 }
-                ShardMsg::Replies(batch) => self.deliver_remote_replies(batch),
+                ShardMsg::Replies(batch) => self.deliver_remote(batch, true),
+                ShardMsg::Push(batch) => self.deliver_remote(batch, false),
                 ShardMsg::Handover(h) => self.accept_handover(*h),
-                ShardMsg::ListRequest { from, gather, prefix, contains, take } => {
-                    let (total, items) = self.engine.list_queues(&prefix, &contains, take);
-                    self.send_to(from, ShardMsg::ListPart { gather, total, items });
+                ShardMsg::Query { from, gather, query } => {
+                    let answer = self.answer_query(query);
+                    self.send_to(from, ShardMsg::Answer { gather, answer });
                 }
-                ShardMsg::ListPart { gather, total, items } => self.list_part(gather, total, items),
-                ShardMsg::ConnClosed { reply_to } => self.forget_waits_of(reply_to),
+                ShardMsg::Answer { gather, answer } => self.gather_answer(gather, answer, now),
+                ShardMsg::Transfers(ts) => self.receive_transfers(ts, now),
+                ShardMsg::TransferResults { from, results } => self.transfer_results(from, results, now),
+                ShardMsg::TransferPrune { from, below } => self.engine.prune_inbound(from, below),
+                ShardMsg::CheckerRegistered { group, reply_to } => self.add_checker(group, reply_to),
+                ShardMsg::ConnClosed { reply_to } => self.forget_conn(reply_to),
                 ShardMsg::Shutdown => {
                     if !self.draining {
                         self.begin_drain(now);
@@ -452,20 +501,25 @@ impl Shard {
         }
     }
 
-    /// Replies computed by the owner shard, already durable there. They join
-    /// this turn's output so they stay behind anything this connection is
-    /// still waiting on (one ordered byte stream per connection).
-    fn deliver_remote_replies(&mut self, batch: ReplyBatch) {
+    /// Frames computed by another shard for our connections. Replies are
+    /// already durable there. They join this turn's output so they stay
+    /// behind anything this connection is still waiting on (one ordered byte
+    /// stream per connection).
+    fn deliver_remote(&mut self, batch: ReplyBatch, replies: bool) {
         for (c, start, end) in batch.parts {
             let Some(conn) = self.conns.get_mut(c.token) else { continue };
             if conn.gen != c.gen {
                 continue;
             }
-            conn.out.extend_from_slice(&batch.buf[start as usize..end as usize]);
-            conn.in_flight = conn.in_flight.saturating_sub(1);
-            if conn.touched_turn != self.turn {
-                conn.touched_turn = self.turn;
-                self.touched.push(c);
+            let Some(frames) = batch.buf.get(start as usize..end as usize) else {
+                log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
+                continue;
+            };
+            conn.out.extend_from_slice(frames);
+            if replies {
+                self.answered(c);
+            } else {
+                self.touch(c);
             }
         }
     }
@@ -479,7 +533,7 @@ impl Shard {
     // ---- timers -------------------------------------------------------------
 
     fn run_timers(&mut self, now: u64) {
-        self.engine.tick(now);
+        self.engine.tick(&mut self.log, now);
         for id in self.engine.expire_waiters(now) {
             if let Some(w) = self.waits.remove(&id) {
                 let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
@@ -487,14 +541,21 @@ impl Shard {
             }
         }
         self.serve_waiters(now);
+        self.send_transfers(now);
+        self.push_checks();
     }
 
-    fn forget_waits_of(&mut self, reply_to: ReplyTo) {
+    /// A connection is gone: its long polls and checker registrations go too.
+    fn forget_conn(&mut self, reply_to: ReplyTo) {
         let ids: Vec<u64> = self.waits.iter().filter(|(_, w)| w.reply_to == reply_to).map(|(id, _)| *id).collect();
         for id in ids {
             self.waits.remove(&id);
             self.engine.cancel_waiter(id);
         }
+        for list in self.checkers.values_mut() {
+            list.retain(|r| *r != reply_to);
+        }
+        self.checkers.retain(|_, l| !l.is_empty());
     }
 
     // ---- end of turn: forwards, group commit, release ----------------------
@@ -531,16 +592,19 @@ impl Shard {
         for (shard, msg) in std::mem::take(&mut self.unsent) {
             self.send_to(shard, msg);
         }
-        // Stage this turn's output.
+        // Stage this turn's messages to peers until its records are durable.
         let turn = self.turn;
-        let mut remote = Vec::new();
-        for (peer, batch) in self.remote_out.iter_mut().enumerate() {
-            if !batch.parts.is_empty() {
-                remote.push((peer as u16, std::mem::take(batch)));
+        let mut msgs = std::mem::take(&mut self.turn_msgs);
+        for peer in 0..self.remote_out.len() {
+            if !self.remote_out[peer].parts.is_empty() {
+                msgs.push((peer as u16, ShardMsg::Replies(std::mem::take(&mut self.remote_out[peer]))));
+            }
+            if !self.push_out[peer].parts.is_empty() {
+                msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.push_out[peer]))));
             }
         }
-        if !remote.is_empty() {
-            self.staged_remote.push_back((turn, remote));
+        if !msgs.is_empty() {
+            self.staged.push_back((turn, msgs));
         }
         let touched = std::mem::take(&mut self.touched);
         for c in &touched {
@@ -591,7 +655,10 @@ impl Shard {
             self.close_conn(t);
         }
         self.turn_touched.clear();
-        self.staged_remote.clear();
+        // Transfers of the failed turns are resent from the outbox (or were
+        // never applied); replies to other shards' clients are lost with the
+        // outcome unknown, as for local ones.
+        self.staged.clear();
     }
 
     /// Lets out everything produced in turns up to `turn`.
@@ -607,10 +674,10 @@ impl Shard {
                 self.write_conn(c.token);
             }
         }
-        while self.staged_remote.front().is_some_and(|(t, _)| *t <= turn) {
-            let Some((_, batches)) = self.staged_remote.pop_front() else { break };
-            for (peer, batch) in batches {
-                self.send_to(peer, ShardMsg::Replies(batch));
+        while self.staged.front().is_some_and(|(t, _)| *t <= turn) {
+            let Some((_, msgs)) = self.staged.pop_front() else { break };
+            for (peer, msg) in msgs {
+                self.send_to(peer, msg);
             }
         }
     }
@@ -637,7 +704,7 @@ impl Shard {
         let idle = self.tracker.is_idle()
             && self.log.is_idle()
             && self.unsent.is_empty()
-            && self.staged_remote.is_empty()
+            && self.staged.is_empty()
             && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);
         if idle && !self.reported_drained {
             self.reported_drained = true;
@@ -645,6 +712,14 @@ impl Shard {
         }
         let everyone = self.shared.drained.load(Ordering::SeqCst) >= self.shared.cfg.shards;
         if everyone || now >= self.drain_deadline_ms {
+            // Every shard has sent what it had for our connections: take in
+            // the last of it, write it out, then close.
+            self.drain_inbox(now);
+            self.end_turn(now);
+            let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+            for t in &tokens {
+                self.write_conn(*t);
+            }
             // Async data too is made durable before exiting.
             if !self.log.sync_and_wait(Duration::from_millis(SHUTDOWN_SYNC_MS)) {
                 log::warn!("shard {}: final fdatasync did not finish in time", self.id);
@@ -652,7 +727,6 @@ impl Shard {
             if !everyone {
                 log::warn!("shard {}: shutdown grace period over with work in flight", self.id);
             }
-            let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
             for t in tokens {
                 self.close_conn(t);
             }

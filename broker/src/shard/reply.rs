@@ -5,7 +5,7 @@ use cmq_protocol::frame::{self, FLAG_RESPONSE};
 use cmq_protocol::wire::Writer;
 use cmq_protocol::{ErrorBody, ErrorCode, Opcode, Response};
 
-use crate::engine::Delivery;
+use crate::engine::{suffix, Delivery};
 use crate::shard::storage::ShardLog;
 
 /// Appends a success response frame.
@@ -28,9 +28,17 @@ pub fn deliveries(out: &mut Vec<u8>, log: &ShardLog, request_id: u64, batch: boo
         out.put_count(items.len());
     }
     for d in items {
-        match log.read(d.body_pos, d.body_len) {
-            Ok(body) => d.head.encode_with_body(body, None, out),
-            Err(e) => {
+        let origin = if d.origin { suffix::origin_bytes(log, d.body_pos, d.body_len).map(Some) } else { Ok(None) };
+        match (log.read(d.body_pos, d.body_len), origin) {
+            (Ok(body), Ok(origin)) => {
+                let mut head = d.head;
+                // A moved message keeps the id it was first given.
+                if let Some(id) = origin.and_then(suffix::origin_msg_id) {
+                    head.msg_id = id;
+                }
+                head.encode_with_body(body, origin, out)
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 out.truncate(start);
                 log::error!("cannot read body of message {} at {}: {}", d.head.msg_id, d.body_pos, e.message);
                 return err(out, opcode, request_id, ErrorCode::INTERNAL, "cannot read message body from the log");

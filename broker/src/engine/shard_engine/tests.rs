@@ -1,14 +1,21 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use cmq_protocol::{ErrorCode, FlushPolicy, QueueAttributesUpdate, ReceiptHandle};
+use cmq_protocol::{ErrorCode, FlushPolicy, MessageState, QueueAttributesUpdate, ReceiptHandle};
 use proptest::prelude::*;
 
 use super::*;
+use crate::engine::catalog::Catalog;
 use crate::engine::log::MemLog;
 
 fn engine() -> ShardEngine {
-    ShardEngine::new(EngineConfig { shard: 1, secret: [9; 16], default_flush: FlushPolicy::Sync, queues_max: 100 })
+    ShardEngine::new(EngineConfig {
+        shard: 1,
+        shard_count: 2,
+        secret: [9; 16],
+        default_flush: FlushPolicy::Sync,
+        queues_max: 100,
+    })
 }
 
 fn body(s: &str) -> Bytes {
@@ -18,7 +25,7 @@ fn body(s: &str) -> Bytes {
 fn setup(attrs: QueueAttributesUpdate) -> (ShardEngine, MemLog) {
     let mut e = engine();
     let mut log = MemLog::default();
-    e.create_queue(&mut log, 1_000, "q", &attrs).expect("create");
+    e.create_queue(&mut log, 1_000, "q", &attrs, 0).expect("create");
     (e, log)
 }
 
@@ -110,7 +117,7 @@ fn delayed_messages_wait_their_turn() {
     assert_eq!(got.len(), 1);
     assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"now");
     assert!(recv(&mut e, &mut log, 10_999, 16).is_empty());
-    e.tick(11_000);
+    e.tick(&mut log, 11_000);
     let got = recv(&mut e, &mut log, 11_000, 16);
     assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"late");
 }
@@ -144,10 +151,10 @@ fn long_poll_waiter_is_served_by_send_and_times_out_otherwise() {
     let ReceiveOutcome::Waiting(w2) = e.receive(&mut log, 1_000, "q", 1, Some(2)).expect("rx") else {
         panic!("expected to wait")
     };
-    e.tick(1_000);
-    assert_eq!(e.next_deadline(), Some(2_000), "the next retention sweep");
-    e.tick(2_000);
-    assert_eq!(e.next_deadline(), Some(3_000), "the shorter poll's deadline");
+    e.tick(&mut log, 1_000);
+    assert_eq!(e.next_deadline(0), Some(2_000), "the next retention sweep");
+    e.tick(&mut log, 2_000);
+    assert_eq!(e.next_deadline(0), Some(3_000), "the shorter poll's deadline");
     e.send(&mut log, 2_500, "q", 0, &[body("m")]).expect("send");
     let served = e.serve_waiters(&mut log, 2_500);
     assert_eq!(served.len(), 1);
@@ -164,7 +171,7 @@ fn change_visibility_extends_and_zero_releases() {
     let h = d[0].head.receipt_handle;
     let (h2, next) = e.change_visibility(&mut log, 5_000, "q", h, 10).expect("extend");
     assert_eq!((h2, next), (h, 15_000));
-    e.tick(6_000);
+    e.tick(&mut log, 6_000);
     assert!(recv(&mut e, &mut log, 6_000, 1).is_empty(), "lease extended past the original 6s");
     e.change_visibility(&mut log, 7_000, "q", h, 0).expect("release");
     let again = recv(&mut e, &mut log, 7_000, 1);
@@ -177,11 +184,11 @@ fn change_visibility_extends_and_zero_releases() {
 fn queue_admin_errors() {
     let (mut e, mut log) = setup(Default::default());
     assert_eq!(
-        e.create_queue(&mut log, 1, "q", &Default::default()).map_err(|e| e.code),
+        e.create_queue(&mut log, 1, "q", &Default::default(), 0).map_err(|e| e.code),
         Err(ErrorCode::QUEUE_ALREADY_EXISTS)
     );
     assert_eq!(
-        e.create_queue(&mut log, 1, "9q", &Default::default()).map_err(|e| e.code),
+        e.create_queue(&mut log, 1, "9q", &Default::default(), 0).map_err(|e| e.code),
         Err(ErrorCode::INVALID_PARAMETER)
     );
     assert_eq!(e.send(&mut log, 1, "nope", 0, &[body("x")]).map_err(|e| e.code), Err(ErrorCode::QUEUE_NOT_FOUND));
@@ -214,7 +221,7 @@ fn list_queues_filters_and_orders_by_creation() {
     let mut e = engine();
     let mut log = MemLog::default();
     for (t, n) in [(3, "b-two"), (1, "a-one"), (2, "b-one")] {
-        e.create_queue(&mut log, t, n, &Default::default()).expect("create");
+        e.create_queue(&mut log, t, n, &Default::default(), 0).expect("create");
     }
     let (total, page) = e.list_queues("b-", "", 10);
     assert_eq!(total, 2);
@@ -249,7 +256,7 @@ fn retention_drops_old_messages() {
     let (mut e, mut log) = setup(QueueAttributesUpdate { msg_retention_seconds: Some(60), ..Default::default() });
     e.send(&mut log, 1_000, "q", 0, &[body("old")]).expect("send");
     e.send(&mut log, 30_000, "q", 0, &[body("new")]).expect("send");
-    e.tick(61_000);
+    e.tick(&mut log, 61_000);
     let info = e.queue_info(61_000, "q").expect("info");
     assert_eq!(info.active_msg_num, 1);
     assert_eq!(info.min_msg_time_ms, 30_000);
@@ -263,7 +270,7 @@ fn deleted_messages_are_kept_for_rewind_seconds() {
     let d = recv(&mut e, &mut log, 1_000, 1);
     e.delete(&mut log, 1_000, "q", &[d[0].head.receipt_handle]).expect("delete");
     assert_eq!(e.queue_info(1_000, "q").expect("info").rewind_msg_num, 1);
-    e.tick(61_000);
+    e.tick(&mut log, 61_000);
     assert_eq!(e.queue_info(61_000, "q").expect("info").rewind_msg_num, 0);
 }
 
@@ -392,12 +399,12 @@ proptest! {
                 Op::Advance { ms, tick } => {
                     now += ms;
                     if tick {
-                        e.tick(now);
+                        e.tick(&mut log, now);
                     }
                 }
                 Op::Restart => {
                     let mut r = replayed(&log);
-                    r.tick(now);
+                    r.tick(&mut log, now);
                     prop_assert_eq!(r.queue_info(now, "q"), e.queue_info(now, "q"));
                     e = r;
                 }
@@ -405,8 +412,8 @@ proptest! {
                     let pos = log.data.len() as u64 * u64::from(frac) / 255;
                     let (catalog, cut) = compact(&mut e, &mut log, pos);
                     let mut r = replayed_from(&log, Some(&catalog), cut);
-                    r.tick(now);
-                    e.tick(now);
+                    r.tick(&mut log, now);
+                    e.tick(&mut log, now);
                     prop_assert_eq!(r.queue_info(now, "q"), e.queue_info(now, "q"));
                     e = r;
                 }
@@ -415,7 +422,7 @@ proptest! {
         // Nothing lost: far enough in the future every lease and delay has
         // ended, and every sent, undeleted message is received exactly once.
         now += 60_000;
-        e.tick(now);
+        e.tick(&mut log, now);
         let mut remaining: HashSet<u64> = sent.difference(&deleted).copied().collect();
         loop {
             let got = recv(&mut e, &mut log, now, 16);
@@ -426,4 +433,340 @@ proptest! {
         }
         prop_assert!(remaining.is_empty(), "lost messages: {:?}", remaining);
     }
+}
+
+// ---- issue 5: dead letters, transfers, redrive, rewind, inspection, transactions ----
+
+/// Two shards, each an engine with its own log, and the transfers between them.
+struct Cluster {
+    shards: Vec<(ShardEngine, MemLog)>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mk = |shard| {
+            let cfg = EngineConfig {
+                shard,
+                shard_count: 2,
+                secret: [9; 16],
+                default_flush: FlushPolicy::Sync,
+                queues_max: 100,
+            };
+            (ShardEngine::new(cfg), MemLog::default())
+        };
+        Cluster { shards: vec![mk(0), mk(1)] }
+    }
+
+    fn owner(name: &str) -> usize {
+        usize::from(cmq_protocol::names::shard_for(name, 2))
+    }
+
+    fn at(&mut self, name: &str) -> (&mut ShardEngine, &mut MemLog) {
+        let (e, l) = &mut self.shards[Self::owner(name)];
+        (e, l)
+    }
+
+    fn create(&mut self, name: &str, u: QueueAttributesUpdate) {
+        let (e, l) = self.at(name);
+        e.create_queue(l, 1_000, name, &u, 0).expect("create");
+    }
+
+    /// Runs timers on both shards and moves transfers until nothing moves.
+    fn settle(&mut self, now: u64) {
+        for _ in 0..10 {
+            let mut moved = false;
+            for s in 0..2 {
+                let (e, l) = &mut self.shards[s];
+                e.tick(l, now);
+                let low = e.transfer_low_watermark();
+                let outs = e.transfers_to_send(now);
+                let ins: Vec<InTransfer> = outs
+                    .iter()
+                    .map(|t| InTransfer {
+                        src_shard: s as u16,
+                        id: t.id,
+                        kind: t.kind,
+                        dst_queue: t.dst_queue.clone(),
+                        body: Bytes::copy_from_slice(l.bytes(t.body_pos, t.body_len)),
+                        origin: Bytes::copy_from_slice(l.bytes(t.body_pos + u64::from(t.body_len), t.suffix_len)),
+                        dequeue_count: t.dequeue_count,
+                        low_watermark: low,
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                for t in &ins {
+                    moved = true;
+                    let dst = usize::from(cmq_protocol::names::shard_for(&t.dst_queue, 2));
+                    let (de, dl) = &mut self.shards[dst];
+                    results.push((t.id, de.accept_transfer(dl, now, t).map_err(|e| e.code)));
+                }
+                let (e, l) = &mut self.shards[s];
+                e.transfer_results(l, now, &results);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn recv(
+        &mut self,
+        name: &str,
+        now: u64,
+        max: usize,
+    ) -> Vec<(Delivery, Vec<u8>, Option<cmq_protocol::MessageOrigin>)> {
+        let (e, l) = self.at(name);
+        e.receive(l, now, name, max, Some(0))
+            .expect("receive")
+            .deliveries()
+            .into_iter()
+            .map(|d| {
+                let body = l.bytes(d.body_pos, d.body_len).to_vec();
+                let origin = d.origin.then(|| {
+                    let raw = crate::engine::suffix::origin_bytes(&*l, d.body_pos, d.body_len).expect("origin");
+                    crate::engine::suffix::decode_origin(raw).expect("decodes")
+                });
+                (d, body, origin)
+            })
+            .collect()
+    }
+
+    fn info(&mut self, name: &str, now: u64) -> cmq_protocol::QueueInfo {
+        let (e, _) = self.at(name);
+        e.queue_info(now, name).expect("info")
+    }
+
+    /// Every shard restarts from its own log.
+    fn restart(&mut self) {
+        for (e, l) in self.shards.iter_mut() {
+            let shard = e.shard();
+            let cfg = EngineConfig {
+                shard,
+                shard_count: 2,
+                secret: [9; 16],
+                default_flush: FlushPolicy::Sync,
+                queues_max: 100,
+            };
+            let mut fresh = ShardEngine::new(cfg);
+            for (pos, rtype, payload) in l.iter() {
+                fresh.replay(pos, rtype, payload).expect("replay");
+            }
+            *e = fresh;
+        }
+    }
+}
+
+/// Two queue names owned by different shards (so moves cross shards).
+fn names_on_both_shards() -> (String, String) {
+    let a = (0..).map(|i| format!("src{i}")).find(|n| Cluster::owner(n) == 0).expect("name");
+    let b = (0..).map(|i| format!("dlq{i}")).find(|n| Cluster::owner(n) == 1).expect("name");
+    (a, b)
+}
+
+fn dlq_policy(dlq: &str, max_receive: u32) -> QueueAttributesUpdate {
+    QueueAttributesUpdate {
+        visibility_timeout: Some(1),
+        dead_letter_queue: Some(dlq.to_owned()),
+        max_receive_count: Some(max_receive),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn poison_message_moves_after_exactly_max_receive_count_across_shards() {
+    let (src, dlq) = names_on_both_shards();
+    let mut c = Cluster::new();
+    c.create(&dlq, Default::default());
+    c.create(&src, dlq_policy(&dlq, 3));
+    let (e, l) = c.at(&src);
+    let id = e.send(l, 1_000, &src, 0, &[body("poison")]).expect("send")[0];
+    let mut now = 1_000;
+    for n in 1..=3 {
+        c.settle(now);
+        let got = c.recv(&src, now, 1);
+        assert_eq!(got.len(), 1, "receive {n}");
+        assert_eq!(got[0].0.head.dequeue_count, n);
+        now += 1_000;
+    }
+    c.settle(now);
+    assert!(c.recv(&src, now, 1).is_empty(), "not delivered a 4th time from the source");
+    let info = c.info(&src, now);
+    assert_eq!(info.active_msg_num + info.inactive_msg_num, 0);
+    let got = c.recv(&dlq, now, 1);
+    assert_eq!(got.len(), 1);
+    let (d, b, origin) = &got[0];
+    assert_eq!(b, b"poison");
+    assert_eq!(d.head.dequeue_count, 4, "kept its dequeue count (3) and was received once more");
+    let origin = origin.as_ref().expect("origin");
+    assert_eq!(origin.source_queue, src);
+    assert_eq!(origin.original_msg_id, id);
+    assert_eq!(origin.first_enqueue_time_ms, 1_000);
+}
+
+#[test]
+fn dead_letter_moves_survive_restart_in_exactly_one_queue() {
+    let (src, dlq) = names_on_both_shards();
+    let mut c = Cluster::new();
+    c.create(&dlq, Default::default());
+    c.create(&src, dlq_policy(&dlq, 1));
+    let (e, l) = c.at(&src);
+    e.send(l, 1_000, &src, 0, &[body("a"), body("b")]).expect("send");
+    c.settle(1_000);
+    assert_eq!(c.recv(&src, 1_000, 2).len(), 2);
+    // Leases end; the source logs TransferOut but the destination never got it.
+    let (e, l) = c.at(&src);
+    e.tick(l, 2_000);
+    assert_eq!(e.queue_info(2_000, &src).expect("info").inactive_msg_num, 0);
+    c.restart();
+    c.settle(2_000);
+    let got = c.recv(&dlq, 2_000, 16);
+    assert_eq!(got.len(), 2, "the outbox was resent after the restart");
+    // A duplicate delivery of the same transfer is filtered.
+    c.restart();
+    c.settle(3_000);
+    assert_eq!(c.info(&dlq, 3_000).inactive_msg_num, 2);
+    assert_eq!(c.info(&dlq, 3_000).active_msg_num, 0, "no duplicate after a second restart");
+    assert_eq!(c.info(&src, 3_000).active_msg_num, 0);
+}
+
+#[test]
+fn max_time_to_live_moves_unconsumed_messages() {
+    let (src, dlq) = names_on_both_shards();
+    let mut c = Cluster::new();
+    c.create(&dlq, Default::default());
+    let ttl = QueueAttributesUpdate {
+        dead_letter_queue: Some(dlq.clone()),
+        max_time_to_live: Some(300),
+        ..Default::default()
+    };
+    c.create(&src, ttl);
+    let (e, l) = c.at(&src);
+    e.send(l, 1_000, &src, 0, &[body("old")]).expect("send");
+    c.settle(300_999);
+    assert_eq!(c.info(&src, 300_999).active_msg_num, 1);
+    c.settle(301_000);
+    c.settle(302_000);
+    assert_eq!(c.info(&src, 302_000).active_msg_num, 0);
+    assert_eq!(c.info(&dlq, 302_000).active_msg_num, 1);
+}
+
+#[test]
+fn redrive_moves_messages_back_to_their_source_at_the_rate() {
+    let (src, dlq) = names_on_both_shards();
+    let mut c = Cluster::new();
+    c.create(&dlq, Default::default());
+    c.create(&src, dlq_policy(&dlq, 1));
+    let (e, l) = c.at(&src);
+    let bodies: Vec<Bytes> = (0..10).map(|i| body(&format!("m{i}"))).collect();
+    e.send(l, 1_000, &src, 0, &bodies).expect("send");
+    c.settle(1_000);
+    assert_eq!(c.recv(&src, 1_000, 16).len(), 10);
+    c.settle(2_000);
+    assert_eq!(c.info(&dlq, 2_000).active_msg_num, 10);
+    let (e, l) = c.at(&dlq);
+    let info = e.start_redrive(l, 2_000, &dlq, "", 5).expect("start");
+    assert_eq!(info.state, cmq_protocol::RedriveState::Running);
+    let id = info.id;
+    c.settle(2_000);
+    c.settle(3_000);
+    let (e, _) = c.at(&dlq);
+    let moved = e.list_redrives()[0].moved;
+    assert!((4..=6).contains(&moved), "about 5 per second, moved {moved}");
+    c.restart();
+    for t in 4..8 {
+        c.settle(t * 1_000);
+    }
+    let (e, _) = c.at(&dlq);
+    let r = e.list_redrives().into_iter().find(|r| r.id == id).expect("task");
+    assert_eq!((r.state, r.moved, r.remaining), (cmq_protocol::RedriveState::Done, 10, 0));
+    let back = c.recv(&src, 8_000, 16);
+    assert_eq!(back.len(), 10, "every message back in its source queue, none twice");
+    assert!(back.iter().all(|(d, _, o)| d.head.dequeue_count == 1 && o.is_some()), "counts restart, origin kept");
+}
+
+#[test]
+fn rewind_redelivers_deleted_messages_in_order() {
+    let upd = QueueAttributesUpdate { rewind_seconds: Some(3600), ..Default::default() };
+    let (mut e, mut log) = setup(upd);
+    e.send(&mut log, 1_000, "q", 0, &[body("a")]).expect("send");
+    e.send(&mut log, 2_000, "q", 0, &[body("b")]).expect("send");
+    e.send(&mut log, 3_000, "q", 0, &[body("c")]).expect("send");
+    let got = recv(&mut e, &mut log, 4_000, 16);
+    let handles: Vec<_> = got.iter().map(|d| d.head.receipt_handle).collect();
+    e.delete(&mut log, 4_000, "q", &handles).expect("delete");
+    assert_eq!(e.queue_info(4_000, "q").expect("info").rewind_msg_num, 3);
+    assert_eq!(e.rewind(&mut log, 5_000, "q", 2_000).expect("rewind"), 2);
+    let again = recv(&mut e, &mut log, 5_000, 16);
+    let bodies: Vec<&[u8]> = again.iter().map(|d| log.bytes(d.body_pos, d.body_len)).collect();
+    assert_eq!(bodies, [b"b".as_slice(), b"c"], "messages since the rewind time, in enqueue order");
+    assert_eq!(e.queue_info(5_000, "q").expect("info").rewind_msg_num, 1);
+    let err = e.rewind(&mut log, 5_000_000, "q", 1_000).expect_err("out of window");
+    assert_eq!(err.code, ErrorCode::INVALID_PARAMETER);
+    assert!(e.rewind(&mut log, 5_000, "q", 6_000).is_err(), "future");
+}
+
+#[test]
+fn peek_changes_nothing_and_query_reports_states() {
+    let (mut e, mut log) = setup(QueueAttributesUpdate { visibility_timeout: Some(30), ..Default::default() });
+    let ids = e.send(&mut log, 1_000, "q", 0, &[body("a"), body("b")]).expect("send");
+    e.send(&mut log, 1_000, "q", 60, &[body("later")]).expect("send");
+    let d = recv(&mut e, &mut log, 1_000, 1);
+    let before = e.queue_info(1_500, "q").expect("info");
+    let log_len = log.records.len();
+    let page = e.peek(&log, "q", 0, 10, true).expect("peek");
+    assert_eq!(page.messages.len(), 3);
+    assert_eq!(page.messages[0].state, MessageState::InFlight);
+    assert_eq!(page.messages[0].next_visible_time_ms, 31_000);
+    assert_eq!(page.messages[1].state, MessageState::Ready);
+    assert_eq!(&page.messages[2].body[..], b"later");
+    assert_eq!(page.messages[2].state, MessageState::Delayed);
+    assert_eq!(e.queue_info(1_500, "q").expect("info"), before, "peek changed counts");
+    assert_eq!(log.records.len(), log_len, "peek logged something");
+    let paged = e.peek(&log, "q", 0, 2, false).expect("peek");
+    assert_eq!(paged.messages.len(), 2);
+    let rest = e.peek(&log, "q", paged.next_cursor, 2, false).expect("peek");
+    assert_eq!((rest.messages.len(), rest.next_cursor), (1, 0));
+    assert!(
+        e.delete(&mut log, 1_500, "q", &[d[0].head.receipt_handle]).expect("delete")[0].is_ok(),
+        "handle still valid"
+    );
+    let st = e.query_message(&log, "q", ids[1]).expect("query");
+    assert_eq!(st.state, MessageState::Ready);
+    let gone = e.query_message(&log, "q", ids[0]).expect("query");
+    assert_eq!(gone.state, MessageState::Gone);
+    assert_eq!(e.purge(&mut log, 2_000, "q").expect("purge"), 2);
+    assert_eq!(e.query_message(&log, "q", ids[1]).expect("query").state, MessageState::Purged);
+    let info = e.queue_info(2_000, "q").expect("info");
+    assert_eq!((info.active_msg_num, info.delay_msg_num), (0, 0));
+    assert_eq!(replayed(&log).queue_info(2_000, "q").expect("info"), info, "purge is durable");
+}
+
+#[test]
+fn transactions_commit_rollback_and_check_then_default() {
+    let upd = QueueAttributesUpdate { first_query_interval: Some(5), max_query_count: Some(2), ..Default::default() };
+    let (mut e, mut log) = setup(upd);
+    let g = "producers";
+    let keep = e.send_half(&mut log, 1_000, "q", g, &body("keep")).expect("half");
+    let drop = e.send_half(&mut log, 1_000, "q", g, &body("drop")).expect("half");
+    let forgotten = e.send_half(&mut log, 1_000, "q", g, &body("forgotten")).expect("half");
+    assert!(recv(&mut e, &mut log, 1_000, 16).is_empty(), "half messages are invisible");
+    e.end_transaction(&mut log, 2_000, "q", keep, true).expect("commit");
+    e.end_transaction(&mut log, 2_000, "q", drop, false).expect("rollback");
+    let err = e.end_transaction(&mut log, 2_000, "q", drop, true).expect_err("already resolved");
+    assert_eq!(err.code, ErrorCode::MESSAGE_NOT_FOUND);
+    let got = recv(&mut e, &mut log, 2_000, 16);
+    assert_eq!(got.len(), 1);
+    assert_eq!(log.bytes(got[0].body_pos, got[0].body_len), b"keep");
+    // The forgotten one is checked at 6 s and 11 s, then rolled back (the default).
+    e.tick(&mut log, 6_000);
+    let checks = e.take_checks();
+    assert_eq!(checks.len(), 1);
+    assert_eq!((checks[0].msg_id, checks[0].count, checks[0].group.as_str()), (forgotten, 1, g));
+    let mut r = replayed(&log);
+    r.tick(&mut log, 11_000);
+    assert_eq!(r.take_checks()[0].count, 2, "check count survived the restart");
+    r.tick(&mut log, 16_000);
+    assert!(r.take_checks().is_empty());
+    assert_eq!(r.query_message(&log, "q", forgotten).expect("query").state, MessageState::RolledBack);
+    assert_eq!(r.queue_info(16_000, "q").expect("info").active_msg_num, 0, "committed one was received");
 }

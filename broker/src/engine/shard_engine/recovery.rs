@@ -1,0 +1,455 @@
+//! Replay, catalogs and log space: what the shard's storage needs from the
+//! engine to rebuild state after a restart and to delete old segments.
+
+use bytes::Bytes;
+use cmq_protocol::{MessageState, RedriveState};
+
+use super::ShardEngine;
+use crate::engine::catalog::{Catalog, CatalogQueue, CatalogRedrive};
+use crate::engine::error::EngineError;
+use crate::engine::fates::Fate;
+use crate::engine::log::Log;
+use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
+use crate::engine::queue::Queue;
+use crate::engine::record::{rtype, transfer_kind, BodySpan, Record, RecordError, RelocatedEntry};
+use crate::engine::redrive::Redrive;
+use crate::engine::suffix;
+use crate::engine::transfers::OutboxEntry;
+
+impl ShardEngine {
+    /// Installs a catalog before replay (see `catalog.rs`).
+    pub fn load_catalog(&mut self, c: &Catalog) {
+        self.catalog_pos = c.log_pos;
+        self.next_uid = self.next_uid.max(c.next_uid);
+        self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
+        self.outbox.next_id = self.outbox.next_id.max(c.next_transfer_id);
+        self.next_redrive = self.next_redrive.max(c.next_redrive);
+        for q in &c.queues {
+            self.apply_queue_created(q.uid, q.created_ms, q.create_seq, q.attrs.clone(), q.name.clone());
+            if let Some(queue) = self.queues.get_mut(&q.uid) {
+                queue.modified_ms = q.modified_ms;
+                queue.set_next_seq(q.next_seq);
+            }
+        }
+        for r in &c.redrives {
+            let cursor = self.queues.get(&r.uid).map_or(0, |q| q.iter().next().map_or(0, |(s, _)| s));
+            self.redrives.insert(
+                r.id,
+                Redrive {
+                    id: r.id,
+                    uid: r.uid,
+                    to: r.to.clone(),
+                    rate: r.rate,
+                    end_seq: r.end_seq,
+                    total: r.total,
+                    moved: r.moved,
+                    failed: r.failed,
+                    state: r.state,
+                    started_ms: r.started_ms,
+                    finished_ms: r.finished_ms,
+                    cursor,
+                    tokens: 0.0,
+                    refilled_ms: r.started_ms,
+                    next_scan_ms: 0,
+                    skipped: Default::default(),
+                },
+            );
+        }
+    }
+
+    /// A catalog of the current queues and redrives, valid for a log whose
+    /// every record before `log_pos` has been applied (the caller passes the
+    /// durable end).
+    pub fn catalog(&self, log_pos: u64) -> Catalog {
+        let mut queues: Vec<CatalogQueue> = self
+            .queues
+            .values()
+            .map(|q| CatalogQueue {
+                uid: q.uid,
+                name: q.name.clone(),
+                attrs: q.attrs.clone(),
+                created_ms: q.created_ms,
+                create_seq: q.create_seq,
+                modified_ms: q.modified_ms,
+                next_seq: q.next_seq(),
+            })
+            .collect();
+        queues.sort_by_key(|q| q.uid);
+        let redrives = self
+            .redrives
+            .values()
+            .map(|r| CatalogRedrive {
+                id: r.id,
+                uid: r.uid,
+                rate: r.rate,
+                end_seq: r.end_seq,
+                total: r.total,
+                moved: r.moved,
+                failed: r.failed,
+                state: r.state,
+                started_ms: r.started_ms,
+                finished_ms: r.finished_ms,
+                to: r.to.clone(),
+            })
+            .collect();
+        Catalog {
+            log_pos,
+            next_uid: self.next_uid,
+            next_msg_counter: self.next_msg_counter,
+            next_transfer_id: self.outbox.next_id,
+            next_redrive: self.next_redrive,
+            queues,
+            redrives,
+        }
+    }
+
+    /// The lowest log position anything live depends on: message bodies,
+    /// outbox entries, and transfer records the duplicate filter still needs.
+    /// With the catalog's position it bounds what the log keeps.
+    pub fn min_live_pos(&self) -> Option<u64> {
+        let queues = self.queues.values().filter_map(Queue::min_live_pos).min();
+        [queues, self.outbox.min_pos(), self.inbound.min_pos()].into_iter().flatten().min()
+    }
+
+    /// Approximate log bytes of live messages whose bodies lie below `pos`.
+    pub fn live_bytes_below(&self, pos: u64) -> u64 {
+        self.queues.values().map(|q| q.live_bytes_below(pos)).sum()
+    }
+
+    /// Compaction: copies up to `max` live messages whose bodies lie below
+    /// `pos` to the head of the log with their whole state (and what follows
+    /// their bodies), so the log below `pos` stops being needed. Returns how
+    /// many were copied. Outbox entries and transfer records are short-lived
+    /// and are waited for instead.
+    pub fn relocate_below(&mut self, log: &mut impl Log, pos: u64, max: usize) -> Result<usize, EngineError> {
+        let mut moved = 0;
+        let uids: Vec<u32> = self.queues.keys().copied().collect();
+        for uid in uids {
+            let Some(q) = self.queues.get(&uid) else { continue };
+            let durability = Self::data_durability(q.attrs.flush_policy);
+            for (seq, e) in q.below(pos, max - moved) {
+                let body = Bytes::copy_from_slice(log.read(e.body_pos, e.body_len)?);
+                let suffix = Bytes::copy_from_slice(suffix::suffix_of(log, &e)?);
+                let entry = RelocatedEntry {
+                    msg_id: e.msg_id,
+                    enqueue_ms: e.enqueue_ms,
+                    visible_at_ms: e.visible_at_ms,
+                    dequeue_count: e.dequeue_count,
+                    first_dequeue_rel: e.first_dequeue_rel,
+                    state: e.state as u8,
+                    flags: e.flags,
+                };
+                let rec = Record::Relocated { uid, seq, entry, body, suffix };
+                let (at, offset) = self.log_record(log, &rec, durability)?;
+                self.apply_relocated(uid, seq, entry, at + u64::from(offset), e.body_len);
+                moved += 1;
+            }
+            if moved >= max {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    fn apply_relocated(&mut self, uid: u32, seq: u64, r: RelocatedEntry, body_pos: u64, body_len: u32) {
+        let Some(state) = MsgState::from_u8(r.state) else { return };
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        let entry = Entry {
+            msg_id: r.msg_id,
+            body_pos,
+            enqueue_ms: r.enqueue_ms,
+            visible_at_ms: r.visible_at_ms,
+            body_len,
+            first_dequeue_rel: r.first_dequeue_rel,
+            dequeue_count: r.dequeue_count,
+            state,
+            flags: r.flags,
+        };
+        q.install(seq, entry);
+        self.register_wakeup(uid);
+        self.note_ready(uid);
+    }
+
+    /// Applies one record read back from the log at `pos`.
+    pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
+        let is_meta = matches!(
+            rtype,
+            rtype::QUEUE_CREATED
+                | rtype::QUEUE_UPDATED
+                | rtype::QUEUE_DELETED
+                | rtype::REDRIVE_STARTED
+                | rtype::REDRIVE_ENDED
+        );
+        if is_meta && pos < self.catalog_pos {
+            return Ok(());
+        }
+        // Counters that the catalog already includes must not count twice.
+        let counted = pos >= self.catalog_pos;
+        let span_pos = |s: &BodySpan| pos + u64::from(s.offset);
+        let suffix_of = |s: &BodySpan| &payload[(s.offset + s.len) as usize..];
+        match Record::decode(rtype, payload)? {
+            Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
+                self.apply_queue_created(uid, time_ms, create_seq, attrs, name)
+            }
+            Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
+            Record::QueueDeleted { uid, .. } => {
+                self.apply_queue_deleted(uid);
+            }
+            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies } => {
+                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies.into_iter(), pos)
+            }
+            Record::Received { uid, time_ms, visible_at_ms, seqs } => {
+                if let Some(q) = self.queues.get_mut(&uid) {
+                    q.apply_received(time_ms, visible_at_ms, &seqs);
+                    self.register_wakeup(uid);
+                }
+            }
+            Record::Deleted { uid, seqs } => {
+                if let Some(q) = self.queues.get_mut(&uid) {
+                    q.apply_deleted(&seqs);
+                }
+            }
+            Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
+            Record::Relocated { uid, seq, entry, body, .. } => {
+                self.apply_relocated(uid, seq, entry, span_pos(&body), body.len)
+            }
+            Record::Rewound { uid, start_ms, .. } => self.apply_rewound(uid, start_ms),
+            Record::Purged { uid, time_ms } => {
+                self.apply_purged(uid, time_ms);
+            }
+            Record::HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, .. } => {
+                self.apply_half_enqueued(uid, seq, msg_id, enqueue_ms, check_at_ms, span_pos(&body), body.len)
+            }
+            Record::TxChecked { uid, seq, count, next_ms } => {
+                if let Some(q) = self.queues.get_mut(&uid) {
+                    q.apply_tx_checked(seq, count, next_ms);
+                    self.register_wakeup(uid);
+                }
+            }
+            Record::TxEnded { uid, seq, commit, time_ms } => self.apply_tx_ended(uid, seq, commit, time_ms),
+            Record::TransferOut { id, kind, redrive, src_uid, src_seq, dequeue_count, dst_queue, body, .. } => {
+                let out = OutboxEntry {
+                    kind,
+                    redrive,
+                    src_uid,
+                    dst_queue,
+                    body_pos: span_pos(&body),
+                    body_len: body.len,
+                    suffix_len: suffix_of(&body).len() as u32,
+                    dequeue_count,
+                    next_send_ms: 0,
+                    attempts: 0,
+                };
+                self.apply_transfer_out(id, src_seq, out, pos, counted);
+            }
+            Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. } => {
+                let original = suffix::origin_msg_id(suffix_of(&body));
+                let entry = Entry {
+                    msg_id,
+                    body_pos: span_pos(&body),
+                    enqueue_ms,
+                    visible_at_ms: enqueue_ms,
+                    body_len: body.len,
+                    first_dequeue_rel: 0,
+                    dequeue_count,
+                    state: MsgState::Ready,
+                    flags: FLAG_ORIGIN,
+                };
+                self.apply_transfer_in(src_shard, id, uid, seq, entry, original, pos);
+            }
+            Record::TransferDone { ids } => {
+                for id in ids {
+                    self.outbox.entries.remove(&id);
+                }
+            }
+            Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms } => {
+                self.apply_transfer_returned(id, uid, seq, msg_id, enqueue_ms, counted)
+            }
+            Record::RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } => {
+                self.apply_redrive_started(id, uid, rate, end_seq, total, time_ms, to)
+            }
+            Record::RedriveEnded { id, state, time_ms } => self.apply_redrive_ended(id, state, time_ms),
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_rewound(&mut self, uid: u32, start_ms: u64) {
+        if let Some(q) = self.queues.get_mut(&uid) {
+            if q.apply_rewound(start_ms) > 0 || q.counts().ready > 0 {
+                self.note_ready(uid);
+            }
+        }
+    }
+
+    pub(super) fn apply_purged(&mut self, uid: u32, time_ms: u64) -> u64 {
+        let counter = self.next_msg_counter;
+        let Some(q) = self.queues.get_mut(&uid) else { return 0 };
+        q.purged = Some((time_ms, counter));
+        q.apply_purged()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_half_enqueued(
+        &mut self,
+        uid: u32,
+        seq: u64,
+        msg_id: u64,
+        enqueue_ms: u64,
+        check_at_ms: u64,
+        body_pos: u64,
+        body_len: u32,
+    ) {
+        self.bump_msg_counter(msg_id);
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        let entry = Entry {
+            msg_id,
+            body_pos,
+            enqueue_ms,
+            visible_at_ms: check_at_ms,
+            body_len,
+            first_dequeue_rel: 0,
+            dequeue_count: 0,
+            state: MsgState::Half,
+            flags: FLAG_GROUP,
+        };
+        q.install(seq, entry);
+        self.register_wakeup(uid);
+    }
+
+    pub(super) fn apply_tx_ended(&mut self, uid: u32, seq: u64, commit: bool, time_ms: u64) {
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        let msg_id = q.entry(seq).map(|e| e.msg_id);
+        if q.apply_tx_ended(seq, commit, time_ms) {
+            if commit {
+                self.note_ready(uid);
+            } else if let Some(id) = msg_id {
+                self.fates.record(id, Fate { uid, state: MessageState::RolledBack, time_ms });
+            }
+        }
+    }
+
+    /// A message leaves its queue for the outbox (one step: the record that
+    /// does this is the move's commit point).
+    pub(super) fn apply_transfer_out(&mut self, id: u64, src_seq: u64, out: OutboxEntry, pos: u64, counted: bool) {
+        self.outbox.next_id = self.outbox.next_id.max(id + 1);
+        let (src_uid, kind, redrive) = (out.src_uid, out.kind, out.redrive);
+        if let Some(q) = self.queues.get_mut(&src_uid) {
+            if let Some(e) = q.take(src_seq) {
+                let state =
+                    if kind == transfer_kind::REDRIVE { MessageState::Redriven } else { MessageState::DeadLettered };
+                self.fates.record(e.msg_id, Fate { uid: src_uid, state, time_ms: 0 });
+            }
+        }
+        if kind == transfer_kind::REDRIVE && counted {
+            if let Some(r) = self.redrives.get_mut(&redrive) {
+                r.moved += 1;
+            }
+        }
+        let _ = pos;
+        self.outbox.entries.insert(id, out);
+    }
+
+    /// A message arrives from another queue (deduplicated by source and id).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_transfer_in(
+        &mut self,
+        src_shard: u16,
+        id: u64,
+        uid: u32,
+        seq: u64,
+        entry: Entry,
+        original_msg_id: Option<u64>,
+        pos: u64,
+    ) {
+        self.inbound.insert(src_shard, id, pos);
+        self.bump_msg_counter(entry.msg_id);
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        q.install(seq, entry);
+        if let Some(orig) = original_msg_id {
+            q.note_origin(orig, seq);
+        }
+        self.note_ready(uid);
+    }
+
+    /// The destination refused for good: the message goes back to the queue it left.
+    pub(super) fn apply_transfer_returned(
+        &mut self,
+        id: u64,
+        uid: u32,
+        seq: u64,
+        msg_id: u64,
+        enqueue_ms: u64,
+        counted: bool,
+    ) {
+        let Some(out) = self.outbox.entries.remove(&id) else { return };
+        self.bump_msg_counter(msg_id);
+        if out.kind == transfer_kind::REDRIVE && counted {
+            if let Some(r) = self.redrives.get_mut(&out.redrive) {
+                r.failed += 1;
+                r.moved = r.moved.saturating_sub(1);
+            }
+        }
+        let Some(q) = self.queues.get_mut(&uid) else { return };
+        let entry = Entry {
+            msg_id,
+            body_pos: out.body_pos,
+            enqueue_ms,
+            visible_at_ms: enqueue_ms,
+            body_len: out.body_len,
+            first_dequeue_rel: 0,
+            dequeue_count: out.dequeue_count,
+            state: MsgState::Ready,
+            flags: if out.suffix_len > 0 { FLAG_ORIGIN } else { 0 },
+        };
+        q.install(seq, entry);
+        self.note_ready(uid);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_redrive_started(
+        &mut self,
+        id: u64,
+        uid: u32,
+        rate: u32,
+        end_seq: u64,
+        total: u64,
+        time_ms: u64,
+        to: String,
+    ) {
+        self.next_redrive = self.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
+        let cursor = self.queues.get(&uid).and_then(|q| q.iter().next().map(|(s, _)| s)).unwrap_or(0);
+        self.redrives.insert(
+            id,
+            Redrive {
+                id,
+                uid,
+                to,
+                rate,
+                end_seq,
+                total,
+                moved: 0,
+                failed: 0,
+                state: RedriveState::Running,
+                started_ms: time_ms,
+                finished_ms: 0,
+                cursor,
+                tokens: 0.0,
+                refilled_ms: time_ms,
+                next_scan_ms: 0,
+                skipped: Default::default(),
+            },
+        );
+    }
+
+    pub(super) fn apply_redrive_ended(&mut self, id: u64, state: u8, time_ms: u64) {
+        if let Some(r) = self.redrives.get_mut(&id) {
+            r.state = if state == 3 { RedriveState::Cancelled } else { RedriveState::Done };
+            r.finished_ms = time_ms;
+        }
+    }
+
+    pub(super) fn bump_msg_counter(&mut self, msg_id: u64) {
+        let counter = msg_id & ((1 << super::MSG_ID_SHARD_SHIFT) - 1);
+        self.next_msg_counter = self.next_msg_counter.max(counter + 1);
+    }
+}

@@ -1,0 +1,169 @@
+//! Requests that need other shards first: scatter a query to them, gather
+//! the answers, then answer the client or go on with the request.
+
+use cmq_protocol::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
+use cmq_protocol::names::shard_for;
+use cmq_protocol::*;
+
+use super::mailbox::{Answer, Query, ReplyTo, ShardMsg};
+use super::Shard;
+use crate::engine::ListedQueue;
+
+pub(super) enum GatherKind {
+    ListQueues {
+        offset: usize,
+        limit: usize,
+        total: u32,
+        items: Vec<ListedQueue>,
+    },
+    ListRedrives {
+        items: Vec<RedriveInfo>,
+    },
+    /// DeleteQueue waits to learn no queue uses this one as its dead-letter queue.
+    DeadLetterSources {
+        names: Vec<String>,
+        then: Request,
+    },
+    /// Create/SetQueueAttributes waits to learn the dead-letter queue exists.
+    QueueExists {
+        dlq: String,
+        exists: bool,
+        then: Request,
+    },
+}
+
+pub(super) struct Gather {
+    reply_to: ReplyTo,
+    request_id: u64,
+    parts_left: usize,
+    kind: GatherKind,
+}
+
+impl Shard {
+    /// Asks `shards` (this one included, answered in place) and continues
+    /// with `kind` when all have answered.
+    fn scatter(&mut self, to: ReplyTo, id: u64, query: Query, shards: Vec<u16>, kind: GatherKind, now: u64) {
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
+        for shard in shards {
+            if shard == self.id {
+                let answer = self.answer_query(query.clone());
+                self.gather_answer(gather, answer, now);
+            } else {
+                self.send_to(shard, ShardMsg::Query { from: self.id, gather, query: query.clone() });
+            }
+        }
+    }
+
+    fn all_shards(&self) -> Vec<u16> {
+        (0..self.shard_count()).collect()
+    }
+
+    pub(super) fn answer_query(&mut self, query: Query) -> Answer {
+        match query {
+            Query::Queues { prefix, contains, take } => {
+                let (total, items) = self.engine.list_queues(&prefix, &contains, take);
+                Answer::Queues { total, items }
+            }
+            Query::Redrives => Answer::Redrives(self.engine.list_redrives()),
+            Query::DeadLetterSources { name } => Answer::Names(self.engine.dead_letter_sources(&name)),
+            Query::QueueExists { name } => Answer::Exists(self.engine.queue_exists(&name)),
+        }
+    }
+
+    pub(super) fn gather_answer(&mut self, gather: u64, answer: Answer, now: u64) {
+        let Some(g) = self.gathers.get_mut(&gather) else { return };
+        match (&mut g.kind, answer) {
+            (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i }) => {
+                *total += t;
+                items.extend(i);
+            }
+            (GatherKind::ListRedrives { items }, Answer::Redrives(r)) => items.extend(r),
+            (GatherKind::DeadLetterSources { names, .. }, Answer::Names(n)) => names.extend(n),
+            (GatherKind::QueueExists { exists, .. }, Answer::Exists(e)) => *exists |= e,
+            _ => log::error!("shard {}: answer does not match its question (gather {gather})", self.id),
+        }
+        g.parts_left -= 1;
+        if g.parts_left > 0 {
+            return;
+        }
+        let Some(g) = self.gathers.remove(&gather) else { return };
+        let (to, id) = (g.reply_to, g.request_id);
+        match g.kind {
+            GatherKind::ListQueues { offset, limit, total, mut items } => {
+                items.sort_by_key(|q| (q.create_seq, q.created_ms, q.queue_id));
+                let queues = items
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|q| QueueSummary { queue_id: q.queue_id, queue: q.name })
+                    .collect();
+                self.reply_ok(to, id, &Response::ListQueues(ListQueuesOk { total, queues }));
+            }
+            GatherKind::ListRedrives { mut items } => {
+                items.sort_by_key(|r| (r.started_ms, r.id));
+                self.reply_ok(to, id, &Response::ListRedrives(ListRedrivesOk { redrives: items }));
+            }
+            GatherKind::DeadLetterSources { names, then } if names.is_empty() => self.route_to_owner(to, id, then, now),
+            GatherKind::DeadLetterSources { names, then } => {
+                let msg = format!(
+                    "queue is the dead-letter queue of {}; change their deadLetterQueueName first",
+                    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                );
+                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg);
+            }
+            GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
+            GatherKind::QueueExists { dlq, then, .. } => {
+                let msg = format!("deadLetterQueueName: queue {dlq:?} does not exist");
+                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_NOT_FOUND, &msg);
+            }
+        }
+    }
+
+    pub(super) fn start_list(&mut self, to: ReplyTo, id: u64, l: ListQueues, now: u64) {
+        let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
+        if limit > LIST_PAGE_MAX {
+            let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
+            return self.reply_err(to, Opcode::ListQueues as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+        }
+        let take = l.offset as usize + limit as usize;
+        let query = Query::Queues { prefix: l.prefix, contains: l.contains, take };
+        let kind =
+            GatherKind::ListQueues { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
+        self.scatter(to, id, query, self.all_shards(), kind, now);
+    }
+
+    pub(super) fn start_list_redrives(&mut self, to: ReplyTo, id: u64, now: u64) {
+        let kind = GatherKind::ListRedrives { items: Vec::new() };
+        self.scatter(to, id, Query::Redrives, self.all_shards(), kind, now);
+    }
+
+    /// Queue-management requests with cross-shard preconditions check them
+    /// first; returns the request back if it has none.
+    pub(super) fn precheck(&mut self, to: ReplyTo, id: u64, request: Request, now: u64) -> Option<Request> {
+        match &request {
+            Request::DeleteQueue(r) => {
+                let query = Query::DeadLetterSources { name: r.queue.clone() };
+                let kind = GatherKind::DeadLetterSources { names: Vec::new(), then: request };
+                self.scatter(to, id, query, self.all_shards(), kind, now);
+                None
+            }
+            Request::CreateQueue(CreateQueue { attributes, queue })
+            | Request::SetQueueAttributes(SetQueueAttributes { attributes, queue })
+                if attributes.dead_letter_queue.as_ref().is_some_and(|d| !d.is_empty() && d != queue) =>
+            {
+                let dlq = attributes.dead_letter_queue.clone().unwrap_or_default();
+                if names::validate_name("deadLetterQueueName", &dlq).is_err() {
+                    return Some(request); // the engine reports the bad name
+                }
+                let owner = shard_for(&dlq, self.shard_count());
+                let query = Query::QueueExists { name: dlq.clone() };
+                let kind = GatherKind::QueueExists { dlq, exists: false, then: request };
+                self.scatter(to, id, query, vec![owner], kind, now);
+                None
+            }
+            _ => Some(request),
+        }
+    }
+}

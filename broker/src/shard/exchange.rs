@@ -1,0 +1,142 @@
+//! Messages moving between queues on different shards (dead-lettering,
+//! redrive), and transaction checks pushed to checker connections.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use cmq_protocol::{Request, TransactionCheck};
+
+use super::mailbox::{ReplyTo, ShardMsg, TransferVerdicts};
+use super::Shard;
+use crate::engine::InTransfer;
+
+impl Shard {
+    /// Sends the outbox's due transfers: applied at once when the
+    /// destination queue is ours, otherwise staged for its shard until this
+    /// turn's records (the `TransferOut`s) are durable.
+    pub(super) fn send_transfers(&mut self, now: u64) {
+        let due = self.engine.transfers_to_send(now);
+        if due.is_empty() {
+            return;
+        }
+        let low_watermark = self.engine.transfer_low_watermark();
+        let mut local = Vec::new();
+        let mut remote: HashMap<u16, Vec<InTransfer>> = HashMap::new();
+        for t in due {
+            let read = |pos, len| self.log.read(pos, len).map(Bytes::copy_from_slice);
+            let (body, origin) =
+                match (read(t.body_pos, t.body_len), read(t.body_pos + u64::from(t.body_len), t.suffix_len)) {
+                    (Ok(b), Ok(o)) => (b, o),
+                    (Err(e), _) | (_, Err(e)) => {
+                        log::error!("shard {}: cannot read transfer {}: {}", self.id, t.id, e.message);
+                        continue;
+                    }
+                };
+            let it = InTransfer {
+                src_shard: self.id,
+                id: t.id,
+                kind: t.kind,
+                dst_queue: t.dst_queue,
+                body,
+                origin,
+                dequeue_count: t.dequeue_count,
+                low_watermark,
+            };
+            if t.dst_shard == self.id {
+                local.push(it);
+            } else {
+                remote.entry(t.dst_shard).or_default().push(it);
+            }
+        }
+        if !local.is_empty() {
+            let results: TransferVerdicts = local
+                .iter()
+                .map(|t| (t.id, self.engine.accept_transfer(&mut self.log, now, t).map_err(|e| e.code)))
+                .collect();
+            self.engine.transfer_results(&mut self.log, now, &results);
+        }
+        for (shard, ts) in remote {
+            self.turn_msgs.push((shard, ShardMsg::Transfers(ts)));
+        }
+    }
+
+    /// Applies transfers sent to our queues; the verdicts go back once the
+    /// `TransferIn` records are durable.
+    pub(super) fn receive_transfers(&mut self, ts: Vec<InTransfer>, now: u64) {
+        let mut by_src: HashMap<u16, TransferVerdicts> = HashMap::new();
+        for t in &ts {
+            let r = self.engine.accept_transfer(&mut self.log, now, t).map_err(|e| e.code);
+            by_src.entry(t.src_shard).or_default().push((t.id, r));
+        }
+        for (src, results) in by_src {
+            self.turn_msgs.push((src, ShardMsg::TransferResults { from: self.id, results }));
+        }
+    }
+
+    /// Verdicts on our transfers; tells the destination what it may forget
+    /// once the `TransferDone` records are durable.
+    pub(super) fn transfer_results(&mut self, from: u16, results: TransferVerdicts, now: u64) {
+        self.engine.transfer_results(&mut self.log, now, &results);
+        let below = self.engine.transfer_low_watermark();
+        self.turn_msgs.push((from, ShardMsg::TransferPrune { from: self.id, below }));
+    }
+
+    pub(super) fn add_checker(&mut self, group: String, reply_to: ReplyTo) {
+        let list = self.checkers.entry(group).or_default();
+        if !list.contains(&reply_to) {
+            list.push(reply_to);
+        }
+    }
+
+    /// Registers a connection as a checker on every shard.
+    pub(super) fn register_checker(&mut self, group: String, reply_to: ReplyTo) {
+        if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
+            conn.checker = true;
+        }
+        for shard in 0..self.shard_count() {
+            if shard != self.id {
+                self.send_to(shard, ShardMsg::CheckerRegistered { group: group.clone(), reply_to });
+            }
+        }
+        self.add_checker(group, reply_to);
+    }
+
+    /// Pushes due transaction checks to a checker of each message's group
+    /// (round robin); with no checker connected the check is only counted.
+    pub(super) fn push_checks(&mut self) {
+        for c in self.engine.take_checks() {
+            let Some(list) = self.checkers.get(&c.group).filter(|l| !l.is_empty()) else {
+                log::debug!("no checker for producer group {:?}; message {} waits", c.group, c.msg_id);
+                continue;
+            };
+            self.next_checker = self.next_checker.wrapping_add(1);
+            let to = list[self.next_checker % list.len()];
+            let body = match self.log.read(c.body_pos, c.body_len) {
+                Ok(b) => Bytes::copy_from_slice(b),
+                Err(e) => {
+                    log::error!("shard {}: cannot read half message {}: {}", self.id, c.msg_id, e.message);
+                    continue;
+                }
+            };
+            let check = Request::TransactionCheck(TransactionCheck {
+                queue: c.queue,
+                msg_id: c.msg_id,
+                producer_group: c.group,
+                check_count: c.count,
+                enqueue_time_ms: c.enqueue_ms,
+                body,
+            });
+            if to.shard == self.id {
+                if let Some(conn) = self.conns.get_mut(to.conn.token).filter(|x| x.gen == to.conn.gen) {
+                    check.encode_push(&mut conn.out);
+                    self.touch(to.conn);
+                }
+            } else {
+                let batch = &mut self.push_out[usize::from(to.shard)];
+                let start = batch.buf.len() as u32;
+                check.encode_push(&mut batch.buf);
+                batch.parts.push((to.conn, start, batch.buf.len() as u32));
+            }
+        }
+    }
+}
