@@ -201,6 +201,26 @@ impl RawConn {
         self.delete_message(queue, m.receipt_handle).ok();
     }
 
+    /// Reads replies until the one for `id`; panics if another arrives first.
+    #[track_caller]
+    pub fn read_reply(&mut self, id: u64) -> Reply {
+        let r = self.read().unwrap_or_else(|| panic!("connection closed while waiting for request {id}"));
+        assert_eq!(r.id(), id, "expected the reply to request {id} next, got {r:?}");
+        r
+    }
+
+    /// Asks for `queue`'s attributes and asserts that this is the next reply.
+    ///
+    /// Requests on one connection for one queue reach its owner shard in
+    /// order, so when this returns, every earlier request on this connection
+    /// for `queue` (a long-polling receive, say) has been registered there;
+    /// and a long poll answered early would show up here instead.
+    #[track_caller]
+    pub fn barrier(&mut self, queue: &str) -> QueueInfo {
+        let id = self.send(&Request::GetQueueAttributes(GetQueueAttributes { queue: queue.into() }));
+        expect_resp!(self.read_reply(id), GetQueueAttributes)
+    }
+
     // ---- raw bytes ------------------------------------------------------------
 
     /// Half-closes the connection: the broker sees end of input.
