@@ -172,6 +172,9 @@ fn many_pipelined_requests_are_each_answered_once() {
 const CLIENTS: usize = 100;
 const ROUNDS: usize = 20;
 
+/// What one client sent (bodies) and received (msg id, body).
+type ClientLog = (Vec<String>, Vec<(u64, String)>);
+
 /// 100 connections at once, each sending, receiving and deleting on four
 /// shared queues. Every message sent is received exactly once and deleted.
 fn hundred_connections(shards: u16) {
@@ -182,7 +185,7 @@ fn hundred_connections(shards: u16) {
         admin.create_queue(q);
     }
     let start = Barrier::new(CLIENTS);
-    let results: Vec<(Vec<String>, Vec<(u64, String)>)> = std::thread::scope(|s| {
+    let results: Vec<ClientLog> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CLIENTS)
             .map(|t| {
                 let (queues, start, addr) = (&queues, &start, broker.addr);
