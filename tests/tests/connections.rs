@@ -235,6 +235,108 @@ fn hundred_concurrent_connections_two_shards() {
     hundred_connections(2);
 }
 
+// ---- back-pressure --------------------------------------------------------------------------
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("cmqd's /proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// User + system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("cmqd's /proc stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// Bytes more than the broker could have buffered for one client if it kept reading.
+const HOG_LIMIT_BYTES: usize = 256 << 20;
+
+/// Pipelines GetQueueAttributes requests (each answered with several times its
+/// size) without reading answers until a write makes no progress for 500 ms,
+/// i.e. the broker stopped reading. Returns the connection, the bytes written
+/// and the size of one request.
+fn stall(broker: &Broker, queue: &str) -> (RawConn, usize, usize) {
+    use std::io::Write;
+    let mut hog = RawConn::open(broker.addr);
+    let one = request_frame(1, &Request::GetQueueAttributes(GetQueueAttributes { queue: queue.into() }));
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
+    hog.stream.set_write_timeout(Some(std::time::Duration::from_millis(500))).expect("timeout");
+    let mut written = 0usize;
+    while written < HOG_LIMIT_BYTES {
+        match hog.stream.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    (hog, written, one.len())
+}
+
+/// A client that pipelines requests and never reads the answers: the broker
+/// stops reading from it (so its writes block) instead of buffering answers
+/// without bound, and other clients are served meanwhile.
+#[test]
+fn a_client_that_stops_reading_is_paused_not_buffered() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut other = RawConn::open(broker.addr);
+    other.create_queue("bp");
+    let (_hog, written, _) = stall(&broker, "bp");
+    assert!(written < HOG_LIMIT_BYTES, "the broker kept reading {written} bytes from a client that reads nothing");
+    let rss = rss_kib(broker.pid());
+    assert!(rss < 128 * 1024, "cmqd holds {rss} KiB after a client stopped reading");
+    other.assert_round_trip("bp", "while another client is stalled");
+}
+
+/// While a client is paused by back-pressure, the broker has nothing to do
+/// until that client reads: it must sleep, not poll in a loop.
+#[test]
+fn a_paused_client_does_not_make_the_broker_spin() {
+    let broker = Broker::start(&["--shards", "1"]);
+    RawConn::open(broker.addr).create_queue("spin");
+    let (_hog, written, _) = stall(&broker, "spin");
+    assert!(written < HOG_LIMIT_BYTES);
+    // No event to wait for here: measure CPU use over a short quiet window.
+    let before = cpu_ticks(broker.pid());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let used = cpu_ticks(broker.pid()) - before;
+    // 500 ms is 50 ticks at the usual 100 Hz; a busy loop uses them all.
+    assert!(used <= 10, "cmqd used {used} clock ticks of CPU in 500 ms with only a paused client");
+}
+
+/// Once a paused client reads its answers, the broker resumes reading its
+/// requests: every complete request it wrote is answered.
+#[test]
+fn a_paused_client_is_fully_answered_once_it_reads() {
+    let broker = Broker::start(&["--shards", "1"]);
+    RawConn::open(broker.addr).create_queue("resume");
+    let (mut hog, written, one) = stall(&broker, "resume");
+    for i in 0..written / one {
+        let r = hog.read().unwrap_or_else(|| panic!("closed after {i} answers"));
+        assert!(r.id() == 1 && r.is_ok(), "answer {i}: {r:?}");
+    }
+}
+
+/// A burst of pipelined requests larger than the broker reads in one go
+/// (its fair share per loop turn), written at once and only then read back.
+#[test]
+fn a_pipelined_burst_larger_than_one_read_is_fully_answered() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut c = RawConn::open(broker.addr);
+    let n = 20_000usize;
+    let one = request_frame(7, &Request::Ping(Ping {}));
+    let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
+    c.write_raw(&burst);
+    for i in 0..n {
+        let r = c.read().unwrap_or_else(|| panic!("closed after {i} answers"));
+        assert!(r.id() == 7 && r.is_ok(), "answer {i}: {r:?}");
+    }
+    c.ping().ok();
+}
+
 // ---- connection limit -----------------------------------------------------------------------
 
 #[test]
