@@ -252,42 +252,51 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
-/// Bytes more than the broker could have buffered for one client if it kept reading.
-const HOG_LIMIT_BYTES: usize = 256 << 20;
+/// Messages of 1 MiB in the back-pressure queue: their answers (24 MiB) are far
+/// more than a connection's output bound (4 MiB) plus the socket buffers.
+const BIG_MSGS: usize = 24;
+/// Receives the stalled client pipelines (more than there are messages).
+const HOG_RECEIVES: u64 = 32;
 
-/// Pipelines GetQueueAttributes requests (each answered with several times its
-/// size) without reading answers until a write makes no progress for 500 ms,
-/// i.e. the broker stopped reading. Returns the connection, the bytes written
-/// and the size of one request.
-fn stall(broker: &Broker, queue: &str) -> (RawConn, usize, usize) {
-    use std::io::Write;
-    let mut hog = RawConn::open(broker.addr);
-    let one = request_frame(1, &Request::GetQueueAttributes(GetQueueAttributes { queue: queue.into() }));
-    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
-    hog.stream.set_write_timeout(Some(std::time::Duration::from_millis(500))).expect("timeout");
-    let mut written = 0usize;
-    while written < HOG_LIMIT_BYTES {
-        match hog.stream.write(&chunk) {
-            Ok(n) => written += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-            Err(e) => panic!("write: {e}"),
-        }
+/// Fills queue "big" with 1 MiB messages, then opens a client that pipelines
+/// receives for all of them in one write and reads nothing. Returns the hog and
+/// a bystander on the same (only) shard, once the broker has read the hog's
+/// requests: the hog's bytes were in the socket before the bystander's ping was
+/// sent, so by the time the ping is answered the hog's turn has run.
+fn stalled_hog(broker: &Broker) -> (RawConn, RawConn) {
+    let mut other = RawConn::open(broker.addr);
+    other.create_queue_attrs("big", QueueAttributesUpdate { max_msg_size: Some(1 << 20), ..Default::default() });
+    for i in 0..BIG_MSGS {
+        other.send_ok("big", vec![i as u8; 1 << 20]);
     }
-    (hog, written, one.len())
+    let mut hog = RawConn::open(broker.addr);
+    let mut bytes = Vec::new();
+    for id in 1..=HOG_RECEIVES {
+        let req = Request::ReceiveMessage(ReceiveMessage { queue: "big".into(), polling_wait_seconds: Some(0) });
+        bytes.extend(request_frame(id, &req));
+    }
+    hog.write_raw(&bytes);
+    other.ping().ok();
+    (hog, other)
 }
 
 /// A client that pipelines requests and never reads the answers: the broker
-/// stops reading from it (so its writes block) instead of buffering answers
-/// without bound, and other clients are served meanwhile.
+/// stops executing its requests once their answers pile up, instead of
+/// buffering answers without bound, and serves other clients meanwhile.
 #[test]
 fn a_client_that_stops_reading_is_paused_not_buffered() {
     let broker = Broker::start(&["--shards", "1"]);
-    let mut other = RawConn::open(broker.addr);
-    other.create_queue("bp");
-    let (_hog, written, _) = stall(&broker, "bp");
-    assert!(written < HOG_LIMIT_BYTES, "the broker kept reading {written} bytes from a client that reads nothing");
+    let (_hog, mut other) = stalled_hog(&broker);
+    let info = other.queue_info("big");
+    assert!(
+        info.inactive_msg_num < BIG_MSGS as u64 && info.active_msg_num > 0,
+        "the broker executed {} of the stalled client's receives ({} MiB of answers nobody reads)",
+        info.inactive_msg_num,
+        info.inactive_msg_num
+    );
     let rss = rss_kib(broker.pid());
-    assert!(rss < 128 * 1024, "cmqd holds {rss} KiB after a client stopped reading");
+    assert!(rss < 256 * 1024, "cmqd holds {rss} KiB");
+    other.create_queue("bp");
     other.assert_round_trip("bp", "while another client is stalled");
 }
 
@@ -296,28 +305,36 @@ fn a_client_that_stops_reading_is_paused_not_buffered() {
 #[test]
 fn a_paused_client_does_not_make_the_broker_spin() {
     let broker = Broker::start(&["--shards", "1"]);
-    RawConn::open(broker.addr).create_queue("spin");
-    let (_hog, written, _) = stall(&broker, "spin");
-    assert!(written < HOG_LIMIT_BYTES);
+    let (_hog, mut other) = stalled_hog(&broker);
+    assert!(other.queue_info("big").active_msg_num > 0, "the hog is paused, not done");
     // No event to wait for here: measure CPU use over a short quiet window.
     let before = cpu_ticks(broker.pid());
     std::thread::sleep(std::time::Duration::from_millis(500));
     let used = cpu_ticks(broker.pid()) - before;
-    // 500 ms is 50 ticks at the usual 100 Hz; a busy loop uses them all.
+    // 500 ms is 50 ticks at the usual 100 Hz; a busy loop uses most of them.
     assert!(used <= 10, "cmqd used {used} clock ticks of CPU in 500 ms with only a paused client");
 }
 
-/// Once a paused client reads its answers, the broker resumes reading its
-/// requests: every complete request it wrote is answered.
+/// Once a paused client reads, the broker resumes: every request is answered,
+/// in order, and every message is delivered once.
 #[test]
 fn a_paused_client_is_fully_answered_once_it_reads() {
     let broker = Broker::start(&["--shards", "1"]);
-    RawConn::open(broker.addr).create_queue("resume");
-    let (mut hog, written, one) = stall(&broker, "resume");
-    for i in 0..written / one {
-        let r = hog.read().unwrap_or_else(|| panic!("closed after {i} answers"));
-        assert!(r.id() == 1 && r.is_ok(), "answer {i}: {r:?}");
+    let (mut hog, mut other) = stalled_hog(&broker);
+    let mut bodies = Vec::new();
+    for id in 1..=HOG_RECEIVES {
+        let r = hog.read_reply(id);
+        if id as usize <= BIG_MSGS {
+            let Response::ReceiveMessage(m) = r.ok() else { panic!("wrong response type") };
+            assert_eq!(m.body.len(), 1 << 20);
+            bodies.push(m.body[0]);
+        } else {
+            r.expect_err(ErrorCode::NO_MESSAGE);
+        }
     }
+    assert_eq!(bodies, (0..BIG_MSGS as u8).collect::<Vec<_>>());
+    let info = other.queue_info("big");
+    assert_eq!((info.active_msg_num, info.inactive_msg_num), (0, BIG_MSGS as u64));
 }
 
 /// A burst of pipelined requests larger than the broker reads in one go

@@ -328,7 +328,7 @@ fn delay_longer_than_retention_is_invalid() {
 
 #[test]
 fn receive_uses_the_queues_polling_wait_by_default() {
-    let broker = Broker::start(&["--shards", "2"]);
+    let broker = Broker::start(&["--shards", "1"]);
     let mut waiter = RawConn::open(broker.addr);
     let mut sender = RawConn::open(broker.addr);
     waiter.create_queue_attrs("pw", QueueAttributesUpdate { polling_wait_seconds: Some(10), ..Default::default() });
