@@ -74,9 +74,14 @@ impl Broker {
 
     /// SIGTERM, then wait for exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(rustix::process::Signal::TERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT, ...), then waits for exit.
+    pub fn stop_with(&mut self, signal: rustix::process::Signal) -> ExitStatus {
         let mut c = self.child.take().expect("broker is running");
         if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process(pid, signal);
         }
         c.wait().expect("wait for cmqd")
     }

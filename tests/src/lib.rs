@@ -3,7 +3,9 @@
 //! connection for tests that need to send bytes no client library would.
 
 pub mod broker;
+pub mod ops;
 pub mod raw;
 
 pub use broker::Broker;
-pub use raw::RawConn;
+pub use ops::{bodies, name_on_shard, names_on_shard, raw_frame, request_frame};
+pub use raw::{RawConn, Reply};

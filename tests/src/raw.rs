@@ -91,6 +91,9 @@ impl RawConn {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    panic!("cmqd sent nothing and did not close the connection within {READ_TIMEOUT:?}")
+                }
                 Err(e) => panic!("read from cmqd: {e}"),
             }
         }
