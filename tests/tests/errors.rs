@@ -27,8 +27,11 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::QUEUE_NOT_FOUND, "errors::queue_not_found_*, long_poll::deleting_a_queue_ends_its_long_polls"),
     (ErrorCode::TOO_MANY_QUEUES, "errors::too_many_queues_*, errors::max_queues_*"),
     (ErrorCode::QUEUE_ALREADY_EXISTS, "errors::queue_already_exists, queue_admin::create_existing_queue_*"),
+    (ErrorCode::QUEUE_IN_USE, "dead_letter::deleting_a_dead_letter_target_is_refused"),
+    (ErrorCode::MESSAGE_NOT_FOUND, "inspection::query_*, transactions::*"),
+    (ErrorCode::REDRIVE_NOT_FOUND, "redrive::cancel_unknown_redrive_*"),
     (ErrorCode::INTERNAL, "not provoked: no way to make the core fail from outside"),
-    (ErrorCode::STORAGE_UNAVAILABLE, "not produced: the log is in memory in this issue"),
+    (ErrorCode::STORAGE_UNAVAILABLE, "disk::* (ENOSPC through --fault-file)"),
     (ErrorCode::SHUTTING_DOWN, "shutdown::long_poll_gets_shutting_down_*"),
     (ErrorCode::TOO_MANY_CONNECTIONS, "connections::too_many_connections_*"),
     (ErrorCode::NO_MESSAGE, "errors::no_message_is_7000, long_poll::long_poll_times_out_with_no_message"),
@@ -293,7 +296,7 @@ fn unknown_opcode_leaves_the_connection_usable() {
     let broker = Broker::start(&["--shards", "2"]);
     let mut c = RawConn::open(broker.addr);
     c.create_queue("q");
-    for (id, op) in [(500u64, 0x7777u16), (501, 0x0000), (502, 0xffff), (503, 0x0207)] {
+    for (id, op) in [(500u64, 0x7777u16), (501, 0x0000), (502, 0xffff), (503, 0x020F)] {
         c.write_raw(&raw_frame(op, 0, id, b"whatever"));
         let e = c.read_reply(id).expect_err(ErrorCode::UNKNOWN_OPCODE);
         assert!(e.message.contains(&format!("{op:#06x}")), "the message names the opcode: {:?}", e.message);

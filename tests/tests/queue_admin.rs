@@ -15,6 +15,10 @@ fn all_attrs() -> QueueAttributesUpdate {
         msg_retention_seconds: Some(3600),
         rewind_seconds: Some(600),
         flush_policy: Some(FlushPolicy::Async),
+        first_query_interval: Some(20),
+        max_query_count: Some(7),
+        transaction_default: Some(TxDefault::Commit),
+        ..Default::default()
     }
 }
 
@@ -64,6 +68,12 @@ fn create_queue_with_every_attribute() {
             msg_retention_seconds: 3600,
             rewind_seconds: 600,
             flush_policy: FlushPolicy::Async,
+            dead_letter_queue: String::new(),
+            max_receive_count: 0,
+            max_time_to_live: 0,
+            first_query_interval: 20,
+            max_query_count: 7,
+            transaction_default: TxDefault::Commit,
         }
     );
     // Each attribute alone, the others keeping their defaults.
