@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod raw;
+pub mod wal_files;
 
 pub use broker::Broker;
 pub use raw::RawConn;
