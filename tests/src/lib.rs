@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod ops;
 pub mod raw;
+pub mod wal_files;
 
 pub use broker::Broker;
 pub use ops::{bodies, name_on_shard, names_on_shard, raw_frame, request_frame};
