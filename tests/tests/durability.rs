@@ -60,6 +60,8 @@ fn queue_attributes_and_queue_deletion_survive_kill9() {
         msg_retention_seconds: Some(3600),
         rewind_seconds: Some(60),
         flush_policy: Some(FlushPolicy::Async),
+        max_query_count: Some(9),
+        ..Default::default()
     };
     let created_id = c.create_queue("attrs", &attrs).expect("create");
     // A later change is a separate record (QueueUpdated): it must survive too.
