@@ -24,7 +24,8 @@ impl Log for NullLog {
 }
 
 fn engine() -> (ShardEngine, NullLog) {
-    let cfg = EngineConfig { shard: 0, shard_count: 1, secret: [1; 16], default_flush: FlushPolicy::Async, queues_max: 10 };
+    let cfg =
+        EngineConfig { shard: 0, shard_count: 1, secret: [1; 16], default_flush: FlushPolicy::Async, queues_max: 10 };
     let mut e = ShardEngine::new(cfg);
     let mut log = NullLog::default();
     e.create_queue(&mut log, 1, "q", &QueueAttributesUpdate::default(), 1).expect("create");

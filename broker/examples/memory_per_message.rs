@@ -35,7 +35,8 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
-    let cfg = EngineConfig { shard: 0, shard_count: 1, secret: [1; 16], default_flush: FlushPolicy::Async, queues_max: 10 };
+    let cfg =
+        EngineConfig { shard: 0, shard_count: 1, secret: [1; 16], default_flush: FlushPolicy::Async, queues_max: 10 };
     let mut e = ShardEngine::new(cfg);
     let mut log = NullLog::default();
     let attrs = QueueAttributesUpdate { max_msg_heap_num: Some(1_000_000_000), ..Default::default() };

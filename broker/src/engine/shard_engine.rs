@@ -161,6 +161,11 @@ impl ShardEngine {
         self.cfg.shard
     }
 
+    /// An empty engine with the same configuration (to rebuild from the log).
+    pub fn fresh(&self) -> ShardEngine {
+        ShardEngine::new(self.cfg.clone())
+    }
+
     pub fn queue_count(&self) -> usize {
         self.queues.len()
     }

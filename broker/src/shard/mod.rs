@@ -124,6 +124,9 @@ pub struct Shard {
     /// Testing only (`--fault-drop-one-in`): acknowledge every Nth send without storing it.
     fault_drop_one_in: u64,
     fault_sends: u64,
+    /// A log batch failed: the engine holds changes the log does not, and is
+    /// rebuilt from the log once the log is writable again.
+    engine_suspect: bool,
 }
 
 impl Shard {
@@ -174,6 +177,7 @@ impl Shard {
             compacting: false,
             fault_drop_one_in,
             fault_sends: 0,
+            engine_suspect: false,
         };
         shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
@@ -564,7 +568,9 @@ impl Shard {
     fn housekeep(&mut self, now: u64) {
         if now >= self.next_housekeep_ms {
             self.next_housekeep_ms = now + HOUSEKEEP_EVERY_MS;
-            self.log.try_recover(now);
+            if self.log.try_recover(now) && self.engine_suspect {
+                self.rebuild_engine();
+            }
             if !self.compacting {
                 self.compacting = self.log.housekeep(&mut self.engine);
             }
@@ -642,6 +648,7 @@ impl Shard {
                 // unknown; the log refuses writes until it recovers.
                 log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
                 self.fail_unreleased();
+                self.engine_suspect = true;
             }
             if let Some(turn) = self.tracker.completed(batch) {
                 self.release(turn);
@@ -659,6 +666,33 @@ impl Shard {
         // never applied); replies to other shards' clients are lost with the
         // outcome unknown, as for local ones.
         self.staged.clear();
+    }
+
+    /// After a failed log batch, once the log is writable again: the engine
+    /// is rebuilt from what the log holds, so state that never reached the
+    /// disk (and log positions about to be reused) is forgotten. Waiting
+    /// receives are answered: they would otherwise wait on the old engine.
+    fn rebuild_engine(&mut self) {
+        let mut fresh = self.engine.fresh();
+        match self.log.replay_into(&mut fresh) {
+            Ok(()) => {
+                log::warn!("shard {}: rebuilt queue state from the log after a storage error", self.id);
+                self.engine = fresh;
+                self.engine_suspect = false;
+                let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
+                for (_, w) in waits {
+                    let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+                    let msg = "the broker recovered from a storage error; receive again";
+                    self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::STORAGE_UNAVAILABLE, msg);
+                }
+            }
+            Err(e) => {
+                // The log cannot be read back: serving from a state that does
+                // not match it would hand out wrong messages. Stop instead.
+                log::error!("shard {}: cannot rebuild state from the log: {e:#}; cmqd must restart", self.id);
+                std::process::abort();
+            }
+        }
     }
 
     /// Lets out everything produced in turns up to `turn`.

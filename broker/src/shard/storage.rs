@@ -46,31 +46,36 @@ impl ShardLog {
         flush_interval_ms: u64,
         engine: &mut ShardEngine,
     ) -> anyhow::Result<(ShardLog, RecoveryReport)> {
-        use anyhow::Context;
         let (wal, report) = Wal::open(dir, cfg)?;
-        let catalog_path = dir.join(CATALOG_FILE);
-        let mut catalog_pos = 0;
-        match std::fs::read(&catalog_path) {
-            Ok(bytes) => {
-                let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", catalog_path.display()))?;
-                catalog_pos = c.log_pos;
-                engine.load_catalog(&c);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", catalog_path.display())),
-        }
-        wal.replay(LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
-            .map_err(|e| anyhow::anyhow!("replaying {}: {e}", dir.display()))?;
-        let log = ShardLog {
+        let mut log = ShardLog {
             wal,
             dir: dir.to_owned(),
             sync_pending: false,
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
-            catalog_pos,
+            catalog_pos: 0,
         };
+        log.replay_into(engine)?;
         Ok((log, report))
+    }
+
+    /// Rebuilds `engine` (fresh) from the catalog and the log.
+    pub fn replay_into(&mut self, engine: &mut ShardEngine) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let catalog_path = self.dir.join(CATALOG_FILE);
+        match std::fs::read(&catalog_path) {
+            Ok(bytes) => {
+                let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", catalog_path.display()))?;
+                self.catalog_pos = c.log_pos;
+                engine.load_catalog(&c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", catalog_path.display())),
+        }
+        self.wal
+            .replay(LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
+            .map_err(|e| anyhow::anyhow!("replaying {}: {e}", self.dir.display()))
     }
 
     pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
@@ -138,14 +143,18 @@ impl ShardLog {
         self.wal.in_flight() == 0 && !self.wal.has_pending()
     }
 
-    /// After a write failure: tries to resume writing (at most once a second).
-    pub fn try_recover(&mut self, now_ms: u64) {
+    /// After a write failure: tries to resume writing (at most once a
+    /// second). Returns true when it just became writable again.
+    pub fn try_recover(&mut self, now_ms: u64) -> bool {
         if !self.wal.is_failed() || now_ms < self.next_recover_ms || !self.is_idle() {
-            return;
+            return false;
         }
         self.next_recover_ms = now_ms + RECOVER_EVERY_MS;
         match self.wal.try_recover() {
-            Ok(()) => log::info!("log {} writable again", self.dir.display()),
+            Ok(()) => {
+                log::info!("log {} writable again", self.dir.display());
+                return true;
+            }
             Err(WalError::Lost { .. }) => {
                 // Written data vanished from the page cache: only a restart
                 // (replay from disk) gives a state we can trust.
@@ -154,6 +163,7 @@ impl ShardLog {
             }
             Err(e) => log::debug!("log {} still unavailable: {e}", self.dir.display()),
         }
+        false
     }
 
     /// Housekeeping, called about once a second: release segments nothing
