@@ -57,7 +57,7 @@ mod error;
 mod ops;
 
 pub use client::{Client, Ticket};
-pub use connection::{Connection, ConnectionStats, Reply, CLIENT_NAME};
+pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
 
 /// The wire protocol this client speaks, for building requests by hand.

@@ -125,6 +125,11 @@ impl Peer {
         self.write_raw(&out);
     }
 
+    /// Sends `req` as a PUSH frame (request id 0).
+    pub fn push(&mut self, req: &Request) {
+        self.write_raw(&push_frame(req));
+    }
+
     /// Best effort: the client may already have gone, which some tests intend.
     pub fn write_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
@@ -136,6 +141,25 @@ pub fn response_frame(id: u64, resp: &Response) -> Vec<u8> {
     let mut out = Vec::new();
     resp.encode_frame(id, &mut out);
     out
+}
+
+/// A push frame as bytes.
+pub fn push_frame(req: &Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    req.encode_push(&mut out);
+    out
+}
+
+/// A TransactionCheck push for `msg_id`.
+pub fn check(queue: &str, msg_id: u64, group: &str) -> Request {
+    Request::TransactionCheck(TransactionCheck {
+        queue: queue.into(),
+        msg_id,
+        producer_group: group.into(),
+        check_count: 1,
+        enqueue_time_ms: 1_700_000_000_000,
+        body: Bytes::from_static(b"half"),
+    })
 }
 
 fn now_ms() -> u64 {
