@@ -47,6 +47,11 @@
 //! # }
 //! ```
 //!
+//! The broker may push frames nobody asked for (transaction checks, to
+//! registered checkers). [`Connection::recv`] never returns them as replies:
+//! it queues them for [`Connection::take_pushes`]; [`Connection::recv_event`]
+//! returns replies and pushes in arrival order.
+//!
 //! Errors the broker reports arrive as [`ClientError::Server`] with the
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
 //! an error.
@@ -63,8 +68,11 @@ pub use error::ClientError;
 /// The wire protocol this client speaks, for building requests by hand.
 pub use cmq_protocol as protocol;
 pub use cmq_protocol::{
-    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, ChangeMessageVisibility, ChangeMessageVisibilityOk,
-    CreateQueue, DeleteMessage, DeleteQueue, ErrorCode, FlushPolicy, GetQueueAttributes, HandshakeOk, ItemResult,
-    ListQueues, ListQueuesOk, Ping, QueueAttributes, QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle,
-    ReceiveMessage, ReceivedMessage, Request, Response, SendMessage, SetQueueAttributes,
+    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, CancelRedrive, ChangeMessageVisibility,
+    ChangeMessageVisibilityOk, CreateQueue, DeleteMessage, DeleteQueue, EndTransaction, ErrorCode, FlushPolicy,
+    GetQueueAttributes, HandshakeOk, ItemResult, ListQueues, ListQueuesOk, ListRedrives, MessageOrigin, MessageState,
+    MessageStatus, PeekMessages, PeekMessagesOk, PeekedMessage, Ping, PurgeQueue, QueryMessage, QueueAttributes,
+    QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle, ReceiveMessage, ReceivedMessage, RedriveInfo,
+    RedriveState, RegisterChecker, Request, Response, RewindQueue, Route, SendMessage, SendTransactionMessage,
+    SetQueueAttributes, StartRedrive, TransactionCheck, TxDefault,
 };
