@@ -10,6 +10,8 @@
 //!   requests, flush them with one write, and read responses (in whatever
 //!   order the broker finishes them) many frames per read. This is what the
 //!   load generator uses.
+//! * [`TransactionChecker`]: a connection registered as a producer group's
+//!   transaction checker, answering the broker's checks with a callback.
 //!
 //! ```no_run
 //! use cmq_client::{Client, QueueAttributesUpdate};
@@ -56,11 +58,15 @@
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
 //! an error.
 
+mod checker;
 mod client;
 mod connection;
 mod error;
 mod ops;
 
+pub use checker::{
+    CheckOutcome, CheckerStats, CheckerStopper, CheckerThread, TransactionChecker, CHECKER_HEARTBEAT_DEFAULT,
+};
 pub use client::{Client, Ticket};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
