@@ -72,7 +72,8 @@ impl CheckerStopper {
     }
 }
 
-/// What a checker has done so far.
+/// What a checker has done. Every check ends up in exactly one of
+/// `committed`, `rolled_back`, `undecided` and `refused`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckerStats {
     /// TransactionCheck pushes received.
@@ -81,7 +82,8 @@ pub struct CheckerStats {
     pub committed: u64,
     /// Rollbacks the broker accepted.
     pub rolled_back: u64,
-    /// Checks the callback had no answer for (nothing was sent).
+    /// Checks not answered: the callback returned `None`, or the checker was
+    /// stopped before the answer went out.
     pub undecided: u64,
     /// EndTransaction requests the broker refused (e.g. MESSAGE_NOT_FOUND:
     /// the producer resolved it meanwhile, or the default was applied).
@@ -220,6 +222,8 @@ impl TransactionChecker {
             stats.checks += 1;
             let decision = decide(&check);
             if self.stopper.is_stopped() {
+                // Stopped by (or during) the callback: nothing is sent.
+                stats.undecided += 1;
                 return Ok(stats);
             }
             let result = match decision {

@@ -131,7 +131,7 @@ fn stopping_from_inside_the_callback_ends_run_without_answering() {
             Some(true)
         })
         .expect("stopped");
-    assert_eq!((stats.checks, stats.committed), (1, 0));
+    assert_eq!((stats.checks, stats.committed, stats.undecided), (1, 0, 1));
     assert_eq!(ended_rx.recv().expect("server saw the end"), None, "no EndTransaction after stop");
     assert!(checker.stopper().is_stopped());
     assert!(checker.run(|_| None).is_ok(), "a stopped checker stays stopped");
