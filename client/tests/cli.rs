@@ -32,7 +32,10 @@ fn cmq_with_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("spawn cmq");
     let mut pipe = child.stdin.take().expect("stdin piped");
-    pipe.write_all(stdin.as_bytes()).expect("write stdin");
+    // A command that exits without reading its input (a refusal) closes the pipe first.
+    if let Err(e) = pipe.write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
     drop(pipe);
     child.wait_with_output().expect("cmq finished")
 }
