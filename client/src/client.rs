@@ -4,7 +4,9 @@
 //! reaches the wrong shard, paying a cross-CPU wakeup (~65 µs here) per hop.
 //! So the client keeps one connection per shard, opened lazily with a
 //! `shard_hint`, and sends each queue's requests to the connection of
-//! `names::shard_for(queue, shard_count)`.
+//! `names::shard_for(queue, shard_count)`. Where a request goes is the
+//! protocol's decision, [`Request::route`]: a queue's shard, a shard named by
+//! an id (a redrive id carries its shard in its top bits), or any shard.
 //!
 //! Requests go out as [`Ticket`]s: submit several (to any mix of queues),
 //! [`Client::flush`] once, then [`Client::wait`] for each in any order.
@@ -18,9 +20,9 @@ use std::time::Duration;
 
 use cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX;
 use cmq_protocol::names::shard_for;
-use cmq_protocol::{HandshakeOk, Request, Response};
+use cmq_protocol::{HandshakeOk, Request, Response, Route};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Push};
 use crate::error::ClientError;
 
 /// A submitted request, to be redeemed with [`Client::wait`].
@@ -118,6 +120,28 @@ impl Client {
         shard_for(queue, self.shard_count())
     }
 
+    /// The shard whose connection carries `req`, per [`Request::route`].
+    /// Requests for any shard use an open connection, preferring the first
+    /// one's; a shard number beyond the broker's count (an id minted before
+    /// it was restarted with fewer shards) is sent the same way, and the
+    /// broker answers for it.
+    pub fn shard_for_request(&self, req: &Request) -> u16 {
+        match req.route() {
+            Route::Queue(queue) => self.shard_of(queue),
+            Route::Shard(shard) if shard < self.shard_count() => shard,
+            Route::Shard(_) | Route::Any => self.any_open_shard(),
+        }
+    }
+
+    /// Removes and returns the pushes the broker sent on this client's
+    /// connections, oldest first per connection. A `Client` only receives
+    /// pushes if a `RegisterChecker` went through it; a checker wants its
+    /// own connection ([`crate::TransactionChecker`]), since a `Client` closes
+    /// and reopens connections (and with them the registration) on errors.
+    pub fn take_pushes(&mut self) -> Vec<Push> {
+        self.slots.iter_mut().filter_map(|s| s.conn.as_mut()).flat_map(Connection::take_pushes).collect()
+    }
+
     /// Changes the timeout for connections opened from now on and for every
     /// wait; `None` waits forever.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
@@ -131,10 +155,7 @@ impl Client {
     /// Queues `req` on its shard's connection (opening it if needed). Nothing
     /// is sent until [`Client::flush`] or a [`Client::wait`] on that connection.
     pub fn submit(&mut self, req: &Request) -> Result<Ticket, ClientError> {
-        let shard = match routing_key(req) {
-            Some(queue) => self.shard_of(queue),
-            None => self.any_open_shard(),
-        };
+        let shard = self.shard_for_request(req);
         self.open(shard)?;
         let slot = &mut self.slots[usize::from(shard)];
         let Some(conn) = slot.conn.as_mut() else {
@@ -246,14 +267,6 @@ impl std::fmt::Debug for Client {
             .field("shard_count", &self.slots.len())
             .field("open", &self.slots.iter().filter(|s| s.conn.is_some()).count())
             .finish()
-    }
-}
-
-/// The queue a request is about, which decides its shard.
-fn routing_key(req: &Request) -> Option<&str> {
-    match req.route() {
-        cmq_protocol::Route::Queue(q) => Some(q),
-        _ => None,
     }
 }
 

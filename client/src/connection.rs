@@ -6,8 +6,17 @@
 //! only encodes, [`Connection::flush`] writes everything queued at once, and
 //! [`Connection::recv`] decodes as many frames as one read returned before
 //! reading again.
+//!
+//! The broker may also send frames of its own, flagged PUSH (request id 0,
+//! never an answer): today only `TransactionCheck`, to a connection that
+//! registered as a transaction checker. They are kept apart from replies so
+//! that request/response matching never sees them: [`Connection::recv`]
+//! queues every push it reads past and returns only replies, to be collected
+//! with [`Connection::take_pushes`]; [`Connection::recv_event`] returns
+//! replies and pushes alike, in arrival order, and may wait for a push with
+//! no request in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -16,7 +25,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame::{self, FrameHeader};
 use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response};
+use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response, TransactionCheck};
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
 
@@ -46,11 +55,51 @@ pub struct ConnectionStats {
     /// `write` calls (a flush may take several for a large buffer).
     pub writes: u64,
     pub frames_sent: u64,
+    /// Every frame read, pushes included.
     pub frames_received: u64,
+    /// Push frames read (a subset of `frames_received`).
+    pub pushes_received: u64,
 }
 
 /// What [`Connection::recv`] yields: a request id and that request's outcome.
 pub type Reply = (u64, Result<Response, ClientError>);
+
+/// A frame the broker sent on its own (PUSH flag), not in answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Push {
+    /// "Is this half message committed?" Sent to connections registered as
+    /// the producer group's checker; answer with an `EndTransaction` request
+    /// (or not at all, to be asked again later). See `TransactionChecker`.
+    TransactionCheck(TransactionCheck),
+    /// A push this client cannot decode: an opcode it does not know (a newer
+    /// broker) or a payload that does not parse. Frames are self-delimiting,
+    /// so the connection stays usable; the caller may log and ignore it.
+    Unrecognised { opcode: u16, payload: Bytes, reason: String },
+}
+
+/// What [`Connection::recv_event`] yields.
+#[derive(Debug)]
+pub enum Event {
+    /// The answer to a request, as [`Connection::recv`] returns it.
+    Reply(Reply),
+    /// A frame the broker pushed.
+    Push(Push),
+}
+
+/// Closes a connection from another thread, waking a blocked
+/// [`Connection::recv`] or [`Connection::recv_event`] (which then fails with
+/// `Disconnected`). Obtained from [`Connection::closer`].
+#[derive(Debug)]
+pub struct Closer(TcpStream);
+
+impl Closer {
+    /// Shuts the socket down in both directions. Idempotent; errors (the
+    /// socket already closed) are ignored.
+    pub fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
 
 /// A single connection, handshake done. Not thread-safe by design: one
 /// owner drives it, which is what keeps it allocation- and lock-free.
@@ -67,6 +116,8 @@ pub struct Connection {
     next_id: u64,
     /// Request id -> opcode of every request sent and not yet answered.
     in_flight: HashMap<u64, u16, BuildHasherDefault<IdHasher>>,
+    /// Pushes read by `recv` while looking for a reply, oldest first.
+    pushes: VecDeque<Push>,
     read_timeout: Option<Duration>,
     /// Set after any error that leaves the byte stream in an unknown state.
     broken: bool,
@@ -102,6 +153,7 @@ impl Connection {
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             next_id: 1,
             in_flight: HashMap::with_capacity_and_hasher(IN_FLIGHT_CAPACITY, Default::default()),
+            pushes: VecDeque::new(),
             read_timeout: timeout,
             broken: false,
             stats: ConnectionStats::default(),
@@ -245,7 +297,47 @@ impl Connection {
     /// error frame). Flushes queued requests before blocking, so a forgotten
     /// `flush` cannot deadlock. With nothing in flight and nothing buffered
     /// it fails at once with `InvalidInput` instead of blocking forever.
+    ///
+    /// Push frames read on the way are queued, never returned here: collect
+    /// them with [`Connection::take_pushes`] (or [`Connection::recv_event`]).
     pub fn recv(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            match self.next_frame(false)? {
+                Event::Reply(reply) => return Ok(reply),
+                Event::Push(push) => self.pushes.push_back(push),
+            }
+        }
+    }
+
+    /// Returns the next reply or push, in arrival order (pushes queued by an
+    /// earlier [`Connection::recv`] first). Unlike `recv` it blocks even with
+    /// nothing in flight, since a push may come at any time: bound the wait
+    /// with [`Connection::set_read_timeout`] (a timeout is not fatal).
+    pub fn recv_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(push) = self.pushes.pop_front() {
+            return Ok(Event::Push(push));
+        }
+        self.next_frame(true)
+    }
+
+    /// Removes and returns the pushes `recv` has queued, oldest first.
+    pub fn take_pushes(&mut self) -> Vec<Push> {
+        self.pushes.drain(..).collect()
+    }
+
+    /// Pushes queued by `recv` and not yet taken.
+    pub fn queued_pushes(&self) -> usize {
+        self.pushes.len()
+    }
+
+    /// A handle that closes this connection from another thread.
+    pub fn closer(&self) -> Result<Closer, ClientError> {
+        Ok(Closer(self.stream.try_clone()?))
+    }
+
+    /// The next frame, decoded; reads when none is buffered. `idle_ok`: a
+    /// read may wait with no request in flight (for a push).
+    fn next_frame(&mut self, idle_ok: bool) -> Result<Event, ClientError> {
         if self.broken {
             return Err(ClientError::Disconnected);
         }
@@ -256,18 +348,18 @@ impl Connection {
                     self.stats.frames_received += 1;
                     return self.complete(header, payload);
                 }
-                Ok(None) => self.fill()?,
+                Ok(None) => self.fill(idle_ok)?,
                 Err(e) => return Err(self.fail(e.into())),
             }
         }
     }
 
     /// Reads once, appending whatever arrived (often many frames).
-    fn fill(&mut self) -> Result<(), ClientError> {
+    fn fill(&mut self, idle_ok: bool) -> Result<(), ClientError> {
         if !self.out.is_empty() {
             self.flush()?;
         }
-        if self.in_flight.is_empty() {
+        if self.in_flight.is_empty() && !idle_ok {
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "recv() with no request in flight would wait forever",
@@ -288,8 +380,20 @@ impl Connection {
         }
     }
 
-    fn complete(&mut self, header: FrameHeader, payload: Bytes) -> Result<Reply, ClientError> {
+    fn complete(&mut self, header: FrameHeader, payload: Bytes) -> Result<Event, ClientError> {
         let id = header.request_id;
+        if header.is_push() {
+            // A push that also claims to be a response cannot be told apart
+            // from a reply reliably: the stream is not to be trusted.
+            if header.is_response() || header.is_error() {
+                return Err(self.fail(ClientError::Protocol(format!(
+                    "frame flagged both PUSH and RESPONSE/ERROR (opcode {:#06x}, flags {:#04x})",
+                    header.opcode, header.flags
+                ))));
+            }
+            self.stats.pushes_received += 1;
+            return Ok(Event::Push(decode_push(header.opcode, payload)));
+        }
         if !header.is_response() {
             return Err(self.fail(ClientError::Protocol(format!(
                 "server sent a frame without the RESPONSE flag (opcode {:#06x}, request id {id})",
@@ -323,7 +427,7 @@ impl Connection {
             Response::decode(header.opcode, payload)
                 .map_err(|e| ClientError::Protocol(format!("undecodable {} response: {e}", opcode_name(asked))))
         };
-        Ok((id, result))
+        Ok(Event::Reply((id, result)))
     }
 
     fn fail(&mut self, err: ClientError) -> ClientError {
@@ -341,6 +445,7 @@ impl std::fmt::Debug for Connection {
             .field("shard_id", &self.handshake.shard_id)
             .field("shard_count", &self.handshake.shard_count)
             .field("in_flight", &self.in_flight.len())
+            .field("queued_pushes", &self.pushes.len())
             .field("broken", &self.broken)
             .finish()
     }
@@ -369,6 +474,19 @@ fn refused_handshake(e: ClientError) -> ClientError {
         ClientError::Server { code, message } => ClientError::Handshake { code: Some(code), message },
         ClientError::Protocol(message) => ClientError::Handshake { code: None, message },
         other => other,
+    }
+}
+
+fn decode_push(opcode: u16, payload: Bytes) -> Push {
+    let unrecognised = |payload, reason| Push::Unrecognised { opcode, payload, reason };
+    match Opcode::from_u16(opcode) {
+        Some(Opcode::TransactionCheck) => match Request::decode(opcode, payload.clone()) {
+            Ok(Request::TransactionCheck(check)) => Push::TransactionCheck(check),
+            Ok(other) => unrecognised(payload, format!("decoded as {}", other.opcode().name())),
+            Err(e) => unrecognised(payload, format!("undecodable TransactionCheck: {e}")),
+        },
+        Some(op) => unrecognised(payload, format!("{} is not an operation the broker pushes", op.name())),
+        None => unrecognised(payload, format!("unknown opcode {opcode:#06x}")),
     }
 }
 

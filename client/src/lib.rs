@@ -10,6 +10,8 @@
 //!   requests, flush them with one write, and read responses (in whatever
 //!   order the broker finishes them) many frames per read. This is what the
 //!   load generator uses.
+//! * [`TransactionChecker`]: a connection registered as a producer group's
+//!   transaction checker, answering the broker's checks with a callback.
 //!
 //! ```no_run
 //! use cmq_client::{Client, QueueAttributesUpdate};
@@ -47,24 +49,36 @@
 //! # }
 //! ```
 //!
+//! The broker may push frames nobody asked for (transaction checks, to
+//! registered checkers). [`Connection::recv`] never returns them as replies:
+//! it queues them for [`Connection::take_pushes`]; [`Connection::recv_event`]
+//! returns replies and pushes in arrival order.
+//!
 //! Errors the broker reports arrive as [`ClientError::Server`] with the
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
 //! an error.
 
+mod checker;
 mod client;
 mod connection;
 mod error;
 mod ops;
 
+pub use checker::{
+    CheckOutcome, CheckerStats, CheckerStopper, CheckerThread, TransactionChecker, CHECKER_HEARTBEAT_DEFAULT,
+};
 pub use client::{Client, Ticket};
-pub use connection::{Connection, ConnectionStats, Reply, CLIENT_NAME};
+pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
 
 /// The wire protocol this client speaks, for building requests by hand.
 pub use cmq_protocol as protocol;
 pub use cmq_protocol::{
-    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, ChangeMessageVisibility, ChangeMessageVisibilityOk,
-    CreateQueue, DeleteMessage, DeleteQueue, ErrorCode, FlushPolicy, GetQueueAttributes, HandshakeOk, ItemResult,
-    ListQueues, ListQueuesOk, Ping, QueueAttributes, QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle,
-    ReceiveMessage, ReceivedMessage, Request, Response, SendMessage, SetQueueAttributes,
+    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, CancelRedrive, ChangeMessageVisibility,
+    ChangeMessageVisibilityOk, CreateQueue, DeleteMessage, DeleteQueue, EndTransaction, ErrorCode, FlushPolicy,
+    GetQueueAttributes, HandshakeOk, ItemResult, ListQueues, ListQueuesOk, ListRedrives, MessageOrigin, MessageState,
+    MessageStatus, PeekMessages, PeekMessagesOk, PeekedMessage, Ping, PurgeQueue, QueryMessage, QueueAttributes,
+    QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle, ReceiveMessage, ReceivedMessage, RedriveInfo,
+    RedriveState, RegisterChecker, Request, Response, RewindQueue, Route, SendMessage, SendTransactionMessage,
+    SetQueueAttributes, StartRedrive, TransactionCheck, TxDefault,
 };

@@ -1,11 +1,13 @@
 //! One blocking method per broker operation.
 
 use bytes::Bytes;
+use cmq_protocol::limits::PEEK_MSGS_MAX;
 use cmq_protocol::{
-    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, ChangeMessageVisibility, ChangeMessageVisibilityOk,
-    CreateQueue, DeleteMessage, DeleteQueue, ErrorCode, GetQueueAttributes, ItemResult, ListQueues, ListQueuesOk, Ping,
-    QueueAttributesUpdate, QueueInfo, ReceiptHandle, ReceiveMessage, ReceivedMessage, Request, Response, SendMessage,
-    SetQueueAttributes,
+    BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, CancelRedrive, ChangeMessageVisibility,
+    ChangeMessageVisibilityOk, CreateQueue, DeleteMessage, DeleteQueue, EndTransaction, ErrorCode, GetQueueAttributes,
+    ItemResult, ListQueues, ListQueuesOk, ListRedrives, MessageStatus, PeekMessages, PeekMessagesOk, Ping, PurgeQueue,
+    QueryMessage, QueueAttributesUpdate, QueueInfo, ReceiptHandle, ReceiveMessage, ReceivedMessage, RedriveInfo,
+    Request, Response, RewindQueue, SendMessage, SendTransactionMessage, SetQueueAttributes, StartRedrive,
 };
 
 use crate::client::Client;
@@ -171,6 +173,107 @@ impl Client {
             visibility_timeout,
         });
         expect!(self.call(&req)?, ChangeMessageVisibility)
+    }
+
+    /// Makes the messages enqueued at or after `start_consume_time_ms` (Unix
+    /// milliseconds) receivable again in enqueue order, deleted ones still
+    /// within the queue's rewindSeconds included. Returns how many deleted
+    /// messages came back.
+    pub fn rewind_queue(&mut self, queue: &str, start_consume_time_ms: u64) -> Result<u64, ClientError> {
+        let req = Request::RewindQueue(RewindQueue { queue: queue.to_owned(), start_consume_time_ms });
+        expect!(self.call(&req)?, RewindQueue).map(|ok| ok.rewound)
+    }
+
+    /// One page of a non-destructive look at the queue, in enqueue order:
+    /// up to `max` (1..=100) messages after `cursor` (0: from the oldest).
+    /// Pass `next_cursor` back for the next page; it is 0 after the last.
+    /// Bodies are sent only if `include_body`; `body_len` is always set.
+    pub fn peek_messages(
+        &mut self,
+        queue: &str,
+        cursor: u64,
+        max: u16,
+        include_body: bool,
+    ) -> Result<PeekMessagesOk, ClientError> {
+        let req = Request::PeekMessages(PeekMessages { queue: queue.to_owned(), cursor, max, include_body });
+        let page = expect!(self.call(&req)?, PeekMessages)?;
+        if page.messages.len() > usize::from(max).min(PEEK_MSGS_MAX) {
+            return Err(ClientError::Protocol(format!("peeked at most {max}, got {}", page.messages.len())));
+        }
+        // A cursor that does not move would make every paging loop spin forever.
+        if page.next_cursor != 0 && page.next_cursor == cursor {
+            return Err(ClientError::Protocol(format!("peek cursor {cursor} did not advance")));
+        }
+        Ok(page)
+    }
+
+    /// The state of one message by id: where it is now (ready, in flight
+    /// until when, deleted, dead-lettered…) and its history. An unknown id is
+    /// a `Server` error with `MESSAGE_NOT_FOUND`.
+    pub fn query_message(&mut self, queue: &str, msg_id: u64) -> Result<MessageStatus, ClientError> {
+        let req = Request::QueryMessage(QueryMessage { queue: queue.to_owned(), msg_id });
+        expect!(self.call(&req)?, QueryMessage)
+    }
+
+    /// Drops every message of the queue, durably; returns how many.
+    pub fn purge_queue(&mut self, queue: &str) -> Result<u64, ClientError> {
+        let req = Request::PurgeQueue(PurgeQueue { queue: queue.to_owned() });
+        expect!(self.call(&req)?, PurgeQueue).map(|ok| ok.purged)
+    }
+
+    /// Stores a half message for `producer_group`: durable but invisible
+    /// until [`Client::end_transaction`] commits it. Returns its msgId. If
+    /// neither commit nor rollback arrives within the queue's
+    /// firstQueryInterval, the broker asks the group's checker
+    /// ([`crate::TransactionChecker`]).
+    pub fn send_transaction_message(
+        &mut self,
+        queue: &str,
+        producer_group: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let req = Request::SendTransactionMessage(SendTransactionMessage {
+            queue: queue.to_owned(),
+            producer_group: producer_group.to_owned(),
+            body: body.into(),
+        });
+        expect!(self.call(&req)?, SendTransactionMessage).map(|ok| ok.msg_id)
+    }
+
+    /// Commits (the message becomes receivable) or rolls back (it is
+    /// discarded) a half message.
+    pub fn end_transaction(&mut self, queue: &str, msg_id: u64, commit: bool) -> Result<(), ClientError> {
+        let req = Request::EndTransaction(EndTransaction { queue: queue.to_owned(), msg_id, commit });
+        expect!(self.call(&req)?, EndTransaction).map(drop)
+    }
+
+    /// Starts moving the messages of `dead_letter_queue` back to the queues
+    /// they came from (or all to `to`), at most `rate_per_second` a second
+    /// (0: as fast as possible), as a broker background task. Returns the
+    /// task; its id names it to [`Client::cancel_redrive`].
+    pub fn start_redrive(
+        &mut self,
+        dead_letter_queue: &str,
+        to: Option<&str>,
+        rate_per_second: u32,
+    ) -> Result<RedriveInfo, ClientError> {
+        let req = Request::StartRedrive(StartRedrive {
+            dead_letter_queue: dead_letter_queue.to_owned(),
+            to: to.unwrap_or_default().to_owned(),
+            rate_per_second,
+        });
+        expect!(self.call(&req)?, StartRedrive)
+    }
+
+    /// Every redrive task the broker knows (all shards), running or finished.
+    pub fn list_redrives(&mut self) -> Result<Vec<RedriveInfo>, ClientError> {
+        expect!(self.call(&Request::ListRedrives(ListRedrives {}))?, ListRedrives).map(|ok| ok.redrives)
+    }
+
+    /// Stops a redrive task (messages moved so far stay moved); returns its
+    /// final state. Sent to the shard that runs it, which its id names.
+    pub fn cancel_redrive(&mut self, id: u64) -> Result<RedriveInfo, ClientError> {
+        expect!(self.call(&Request::CancelRedrive(CancelRedrive { id }))?, CancelRedrive)
     }
 
     /// Round trip to the shard serving any open connection.

@@ -218,3 +218,176 @@ fn waits_on_receives_allow_for_the_polling_wait() {
     let err = c.ping().expect_err("300 ms > 100 ms timeout");
     assert!(err.is_timeout(), "{err:?}");
 }
+
+fn dead_letter_setup(c: &mut Client, queue: &str, dlq: &str) {
+    c.create_queue(dlq, &QueueAttributesUpdate::default()).expect("create dlq");
+    let policy =
+        QueueAttributesUpdate { dead_letter_queue: Some(dlq.into()), max_receive_count: Some(1), ..Default::default() };
+    c.create_queue(queue, &policy).expect("create source");
+}
+
+/// Receives every message of `queue` once and makes it visible again, so
+/// that the next receive moves it to the dead-letter queue (maxReceiveCount 1).
+fn exhaust_receives(c: &mut Client, queue: &str) {
+    for m in c.receive_batch(queue, 16, Some(0)).expect("receive") {
+        c.change_visibility(queue, m.receipt_handle, 0).expect("make visible");
+    }
+    assert_eq!(c.receive(queue, Some(0)).expect("receive"), None, "all moved to the dead-letter queue");
+}
+
+#[test]
+fn dead_lettered_messages_carry_their_origin() {
+    let broker = FakeBroker::start(2, honour_hint);
+    let mut c = client(broker.addr());
+    dead_letter_setup(&mut c, "orders", "orders-dlq");
+    let info = c.queue_info("orders").expect("info");
+    assert_eq!(info.attributes.dead_letter_queue, "orders-dlq");
+    assert_eq!((info.attributes.max_receive_count, info.attributes.max_time_to_live), (1, 0));
+    let before = support::now_ms();
+    let id = c.send("orders", "poison", 0).expect("send");
+    exhaust_receives(&mut c, "orders");
+
+    let m = c.receive("orders-dlq", Some(0)).expect("receive").expect("dead-lettered");
+    assert_eq!((m.msg_id, &m.body[..]), (id, &b"poison"[..]));
+    let origin = m.origin.expect("origin");
+    assert_eq!((origin.source_queue.as_str(), origin.original_msg_id), ("orders", id));
+    assert!(origin.first_enqueue_time_ms >= before);
+
+    let err = c.delete_queue("orders-dlq").expect_err("in use");
+    assert_eq!(err.code(), Some(ErrorCode::QUEUE_IN_USE));
+    let clear = QueueAttributesUpdate { dead_letter_queue: Some(String::new()), ..Default::default() };
+    let info = c.set_queue_attributes("orders", &clear).expect("clear policy");
+    assert!(!info.attributes.has_dead_letter());
+    c.delete_queue("orders-dlq").expect("no longer in use");
+}
+
+#[test]
+fn rewind_peek_query_and_purge() {
+    let broker = FakeBroker::start(1, honour_hint);
+    let mut c = client(broker.addr());
+    c.create_queue("q", &QueueAttributesUpdate::default()).expect("create");
+    let start = support::now_ms();
+    let ids = c.send_batch("q", &[Bytes::from("a"), Bytes::from("bb"), Bytes::from("ccc")], 0).expect("send");
+    let m = c.receive("q", Some(0)).expect("receive").expect("a");
+    c.delete_message("q", m.receipt_handle).expect("delete");
+    let leased = c.receive("q", Some(0)).expect("receive").expect("bb");
+
+    // Two pages through the cursor; without bodies only their length comes back.
+    let first = c.peek_messages("q", 0, 2, false).expect("peek");
+    assert_eq!(first.messages.iter().map(|m| m.msg_id).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(first.messages[0].state, MessageState::Deleted);
+    assert_eq!(first.messages[1].state, MessageState::InFlight);
+    assert_eq!(first.messages[1].next_visible_time_ms, leased.next_visible_time_ms);
+    assert!(first.messages.iter().all(|m| m.body.is_empty()));
+    assert_eq!(first.messages[1].body_len, 2);
+    assert_ne!(first.next_cursor, 0);
+    let second = c.peek_messages("q", first.next_cursor, 2, true).expect("peek");
+    assert_eq!(second.messages.iter().map(|m| &m.body[..]).collect::<Vec<_>>(), [b"ccc"]);
+    assert_eq!(second.next_cursor, 0);
+    let err = c.peek_messages("q", 0, 0, false).expect_err("max 0");
+    assert_eq!(err.code(), Some(ErrorCode::INVALID_PARAMETER));
+
+    let status = c.query_message("q", ids[0]).expect("query");
+    assert_eq!((status.msg_id, status.state), (ids[0], MessageState::Deleted));
+    assert!(status.state_time_ms >= start);
+    assert_eq!(c.rewind_queue("q", start).expect("rewind"), 1);
+    assert_eq!(c.query_message("q", ids[0]).expect("query").state, MessageState::Ready);
+    assert_eq!(c.receive("q", Some(0)).expect("receive").map(|m| m.msg_id), Some(ids[0]), "enqueue order");
+
+    assert_eq!(c.purge_queue("q").expect("purge"), 3);
+    assert_eq!(c.query_message("q", ids[2]).expect("query").state, MessageState::Purged);
+    assert_eq!(c.receive("q", Some(0)).expect("receive"), None);
+    let err = c.query_message("q", 12345).expect_err("unknown id");
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_NOT_FOUND));
+}
+
+#[test]
+fn transaction_messages_commit_and_roll_back() {
+    let broker = FakeBroker::start(2, honour_hint);
+    let mut c = client(broker.addr());
+    c.create_queue("tx", &QueueAttributesUpdate::default()).expect("create");
+    let keep = c.send_transaction_message("tx", "producers", "keep").expect("half");
+    let drop = c.send_transaction_message("tx", "producers", "drop").expect("half");
+    assert_eq!(c.receive("tx", Some(0)).expect("receive"), None, "half messages are invisible");
+    assert_eq!(c.query_message("tx", keep).expect("query").state, MessageState::Half);
+    c.end_transaction("tx", keep, true).expect("commit");
+    c.end_transaction("tx", drop, false).expect("roll back");
+    assert_eq!(c.receive("tx", Some(0)).expect("receive").map(|m| m.msg_id), Some(keep));
+    assert_eq!(c.query_message("tx", drop).expect("query").state, MessageState::RolledBack);
+    let err = c.end_transaction("tx", drop, true).expect_err("already resolved");
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_NOT_FOUND));
+    assert_eq!(broker.state.lock().expect("lock").ended, [(keep, true), (drop, false)]);
+}
+
+#[test]
+fn redrives_start_list_and_cancel_on_the_shard_their_id_names() {
+    const SHARDS: u16 = 4;
+    let broker = FakeBroker::start(SHARDS, honour_hint);
+    let mut c = client(broker.addr());
+    dead_letter_setup(&mut c, "src", "graveyard");
+    c.create_queue("elsewhere", &QueueAttributesUpdate::default()).expect("create");
+    c.send_batch("src", &[Bytes::from("1"), Bytes::from("2"), Bytes::from("3")], 0).expect("send");
+    exhaust_receives(&mut c, "src");
+
+    let task = c.start_redrive("graveyard", None, 1).expect("start");
+    assert_eq!((task.state, task.remaining, task.rate_per_second), (RedriveState::Running, 3, 1));
+    assert_eq!(task.to, "");
+    let dlq_shard = shard_for("graveyard", SHARDS);
+    assert_ne!(dlq_shard, c.server_info().shard_id, "not the first connection's shard");
+    assert_eq!(task.id >> 48, u64::from(dlq_shard));
+    // Every listing moves one message in the fake.
+    let listed = c.list_redrives().expect("list");
+    assert_eq!((listed[0].id, listed[0].moved, listed[0].remaining), (task.id, 1, 2));
+    let cancelled = c.cancel_redrive(task.id).expect("cancel");
+    assert_eq!((cancelled.state, cancelled.moved), (RedriveState::Cancelled, 1));
+    assert_eq!(
+        c.receive("src", Some(0)).expect("receive").and_then(|m| m.origin).map(|o| o.source_queue).as_deref(),
+        Some("src")
+    );
+
+    let routed = broker.state.lock().expect("lock").routed.clone();
+    let cancel = routed.iter().find(|r| r.op == Opcode::CancelRedrive).expect("cancel routed");
+    assert_eq!(cancel.to_shard, Some(dlq_shard));
+    assert_eq!((cancel.hint, cancel.shard), (Some(dlq_shard), dlq_shard), "sent to the shard the id names");
+
+    let all = c.start_redrive("graveyard", Some("elsewhere"), 0).expect("start");
+    assert_eq!(all.remaining, 2);
+    let done = c.list_redrives().expect("list").into_iter().find(|t| t.id == all.id).expect("listed");
+    assert_eq!((done.state, done.moved, done.remaining, done.to.as_str()), (RedriveState::Done, 2, 0, "elsewhere"));
+    assert_eq!(c.receive_batch("elsewhere", 16, Some(0)).expect("receive").len(), 2);
+
+    let err = c.cancel_redrive((1 << 48) | 999).expect_err("unknown");
+    assert_eq!(err.code(), Some(ErrorCode::REDRIVE_NOT_FOUND));
+}
+
+#[test]
+fn requests_are_routed_as_the_protocol_says() {
+    let broker = FakeBroker::start(4, honour_hint);
+    let c = client(broker.addr());
+    let cancel = |shard: u64| Request::CancelRedrive(CancelRedrive { id: (shard << 48) | 7 });
+    assert_eq!(c.shard_for_request(&cancel(3)), 3);
+    assert_eq!(c.shard_for_request(&cancel(0)), 0);
+    // A shard the broker does not have (fewer shards since the id was minted): any connection.
+    assert_eq!(c.shard_for_request(&cancel(9)), c.server_info().shard_id);
+    let send = Request::SendMessage(SendMessage { queue: "q7".into(), delay_seconds: 0, body: Bytes::new() });
+    assert_eq!(c.shard_for_request(&send), shard_for("q7", 4));
+    assert_eq!(c.shard_for_request(&Request::ListRedrives(ListRedrives {})), c.server_info().shard_id);
+}
+
+#[test]
+fn pushes_reaching_a_client_are_kept_for_take_pushes() {
+    let broker = FakeBroker::start(2, honour_hint);
+    let mut c = client(broker.addr());
+    c.create_queue("tx", &QueueAttributesUpdate::default()).expect("create");
+    let id = c.send_transaction_message("tx", "grp", "x").expect("half");
+    c.call(&Request::RegisterChecker(RegisterChecker { producer_group: "grp".into() })).expect("register");
+    assert_eq!(broker.ask_checkers(), 1);
+    let mut pushes = Vec::new();
+    support::wait_until("the push", || {
+        c.ping().expect("ping");
+        pushes.extend(c.take_pushes());
+        !pushes.is_empty()
+    });
+    let [cmq_client::Push::TransactionCheck(check)] = &pushes[..] else { panic!("{pushes:?}") };
+    assert_eq!((check.msg_id, check.queue.as_str(), check.check_count), (id, "tx", 1));
+}

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmq_client::{ClientError, Connection};
+use cmq_client::{ClientError, Connection, Event, Push};
+use cmq_protocol::frame;
 use cmq_protocol::*;
 use support::{response_frame, FakeServer, CLIENT_TIMEOUT};
 
@@ -297,4 +298,170 @@ fn recv_flushes_what_was_submitted() {
     let id = conn.submit(&ping());
     assert!(conn.has_unflushed());
     assert_eq!(conn.recv().expect("healthy").0, id);
+}
+
+fn check_push(msg_id: u64) -> Push {
+    let Request::TransactionCheck(c) = support::check("q", msg_id, "g") else { unreachable!() };
+    Push::TransactionCheck(c)
+}
+
+#[test]
+fn a_push_between_two_replies_is_queued_and_replies_keep_their_ids() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        let (b, _) = peer.read_request().expect("b");
+        // One write: reply b, a push, reply a, another push. The pushes carry
+        // request id 0 and would be "a response nobody asked for" if mistaken.
+        let mut all = response_frame(b, &Response::ListQueues(ListQueuesOk { total: 2, queues: vec![] }));
+        all.extend(support::push_frame(&support::check("q", 7, "g")));
+        all.extend(response_frame(a, &Response::Ping(Empty {})));
+        all.extend(support::push_frame(&support::check("q", 8, "g")));
+        peer.write_raw(&all);
+        let (c, _) = peer.read_request().expect("c");
+        peer.respond(c, &Response::Ping(Empty {}));
+    });
+    let mut conn = connect(&server);
+    let a = conn.submit(&ping());
+    let b = conn.submit(&Request::ListQueues(ListQueues::default()));
+    let (id, result) = conn.recv().expect("healthy");
+    assert_eq!(id, b);
+    assert!(matches!(result, Ok(Response::ListQueues(l)) if l.total == 2));
+    let (id, result) = conn.recv().expect("healthy");
+    assert_eq!(id, a);
+    assert!(matches!(result, Ok(Response::Ping(_))));
+    // The second push is buffered behind the last reply; a later recv reads past it.
+    let c = conn.submit(&ping());
+    assert_eq!(conn.recv().expect("healthy").0, c);
+    assert_eq!(conn.queued_pushes(), 2);
+    assert_eq!(conn.take_pushes(), [check_push(7), check_push(8)]);
+    assert!(conn.take_pushes().is_empty());
+    assert_eq!(conn.stats().pushes_received, 2);
+    assert!(!conn.is_broken());
+}
+
+#[test]
+fn recv_event_interleaves_replies_and_pushes_in_arrival_order() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        let (b, _) = peer.read_request().expect("b");
+        peer.respond(a, &Response::Ping(Empty {}));
+        peer.push(&support::check("q", 1, "g"));
+        peer.respond(b, &Response::Ping(Empty {}));
+        peer.push(&support::check("q", 2, "g"));
+        peer.read_request();
+    });
+    let mut conn = connect(&server);
+    let a = conn.submit(&ping());
+    let b = conn.submit(&ping());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        match conn.recv_event().expect("healthy") {
+            Event::Reply((id, result)) => {
+                assert!(result.is_ok());
+                seen.push(format!(
+                    "reply {}",
+                    if id == a {
+                        "a"
+                    } else if id == b {
+                        "b"
+                    } else {
+                        "?"
+                    }
+                ));
+            }
+            Event::Push(Push::TransactionCheck(c)) => seen.push(format!("check {}", c.msg_id)),
+            Event::Push(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, ["reply a", "check 1", "reply b", "check 2"]);
+    // The last push arrived with nothing in flight: recv_event waited for it
+    // where recv refuses to wait.
+    assert_eq!(conn.in_flight(), 0);
+}
+
+#[test]
+fn recv_event_returns_pushes_queued_by_recv_first() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        peer.push(&support::check("q", 5, "g"));
+        peer.respond(a, &Response::Ping(Empty {}));
+        peer.push(&support::check("q", 6, "g"));
+        peer.read_request();
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    assert!(conn.recv().expect("reply").1.is_ok());
+    assert!(matches!(conn.recv_event().expect("push"), Event::Push(p) if p == check_push(5)));
+    assert!(matches!(conn.recv_event().expect("push"), Event::Push(p) if p == check_push(6)));
+    // Nothing in flight and nothing pushed: recv still refuses to wait.
+    let err = conn.recv().expect_err("nothing to wait for");
+    assert!(matches!(&err, ClientError::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err:?}");
+}
+
+#[test]
+fn unknown_or_malformed_pushes_are_surfaced_not_fatal() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        // An opcode this client does not know, flagged PUSH.
+        let mut unknown = Vec::new();
+        let start = frame::begin(&mut unknown, 0x0999, frame::FLAG_PUSH, 0);
+        unknown.extend_from_slice(b"future");
+        frame::end(&mut unknown, start);
+        // A TransactionCheck whose payload is cut short.
+        let mut short = Vec::new();
+        let start = frame::begin(&mut short, Opcode::TransactionCheck as u16, frame::FLAG_PUSH, 0);
+        short.extend_from_slice(&[1, 0]);
+        frame::end(&mut short, start);
+        peer.write_raw(&[unknown, short].concat());
+        peer.respond(a, &Response::Ping(Empty {}));
+    });
+    let mut conn = connect(&server);
+    let a = conn.submit(&ping());
+    assert_eq!(conn.recv().expect("healthy").0, a);
+    let pushes = conn.take_pushes();
+    assert!(
+        matches!(&pushes[..], [
+            Push::Unrecognised { opcode: 0x0999, payload, .. },
+            Push::Unrecognised { opcode: 0x0213, reason, .. },
+        ] if &payload[..] == b"future" && reason.contains("TransactionCheck")),
+        "{pushes:?}"
+    );
+    assert!(!conn.is_broken());
+}
+
+#[test]
+fn a_push_flagged_as_a_response_breaks_the_connection() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        let (a, _) = peer.read_request().expect("a");
+        let mut bad = Vec::new();
+        let start = frame::begin(&mut bad, Opcode::Ping as u16, frame::FLAG_PUSH | frame::FLAG_RESPONSE, a);
+        frame::end(&mut bad, start);
+        peer.write_raw(&bad);
+        peer.read_request();
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    assert!(matches!(conn.recv(), Err(ClientError::Protocol(_))));
+    assert!(conn.is_broken());
+}
+
+#[test]
+fn a_closer_wakes_a_blocked_recv_event_from_another_thread() {
+    let server = FakeServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        peer.read_request(); // until the client closes
+    });
+    let mut conn = Connection::connect(server.addr(), None).expect("connect without timeout");
+    let closer = conn.closer().expect("closer");
+    let waiter = std::thread::spawn(move || conn.recv_event().map(|_| ()));
+    // Whether the waiter is already blocked or not yet reading, it sees the close.
+    closer.close();
+    closer.close(); // idempotent
+    let result = waiter.join().expect("no panic");
+    assert!(matches!(result, Err(ClientError::Disconnected)), "{result:?}");
 }

@@ -9,6 +9,8 @@ mod args;
 mod commands;
 #[path = "cmq/render.rs"]
 mod render;
+#[path = "cmq/time.rs"]
+mod time;
 
 use std::io::Write;
 use std::process::ExitCode;

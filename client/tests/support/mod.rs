@@ -5,7 +5,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame;
+use cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT;
 use cmq_protocol::*;
 
 /// How long a server thread waits on a silent client before giving up, so a
@@ -125,6 +126,11 @@ impl Peer {
         self.write_raw(&out);
     }
 
+    /// Sends `req` as a PUSH frame (request id 0).
+    pub fn push(&mut self, req: &Request) {
+        self.write_raw(&push_frame(req));
+    }
+
     /// Best effort: the client may already have gone, which some tests intend.
     pub fn write_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
@@ -138,20 +144,58 @@ pub fn response_frame(id: u64, resp: &Response) -> Vec<u8> {
     out
 }
 
-fn now_ms() -> u64 {
+/// A push frame as bytes.
+pub fn push_frame(req: &Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    req.encode_push(&mut out);
+    out
+}
+
+/// A TransactionCheck push for `msg_id`.
+pub fn check(queue: &str, msg_id: u64, group: &str) -> Request {
+    Request::TransactionCheck(TransactionCheck {
+        queue: queue.into(),
+        msg_id,
+        producer_group: group.into(),
+        check_count: 1,
+        enqueue_time_ms: 1_700_000_000_000,
+        body: Bytes::from_static(b"half"),
+    })
+}
+
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Polls `cond` until it holds or `CLIENT_TIMEOUT` passes; panics naming `what`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A working in-memory broker: enough of the semantics for client and CLI
-/// tests (no long polling: an empty queue answers NO_MESSAGE at once).
+/// tests. No long polling (an empty queue answers NO_MESSAGE at once),
+/// visibility timeouts and delays are real, dead-lettering is by
+/// maxReceiveCount only, transaction checks are pushed when the test calls
+/// [`FakeBroker::ask_checkers`], and a running redrive moves `rate` messages
+/// (all if 0) each time redrives are listed.
 #[derive(Default)]
 pub struct BrokerState {
+    shard_count: u16,
     queues: Vec<FakeQueue>,
     next_queue_id: u64,
     next_msg_id: u64,
     next_handle: u128,
-    /// Every queue request as it arrived.
+    next_conn: u64,
+    /// Every request with a queue or shard route, as it arrived.
     pub routed: Vec<Routed>,
+    /// Every EndTransaction accepted: (msgId, commit).
+    pub ended: Vec<(u64, bool)>,
+    checkers: Vec<CheckerConn>,
+    redrives: Vec<FakeRedrive>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,13 +205,31 @@ pub struct Routed {
     /// The shard the broker said serves the connection.
     pub shard: u16,
     pub op: Opcode,
+    /// The queue of a queue-routed request, else empty.
     pub queue: String,
+    /// The shard a shard-routed request (CancelRedrive) names.
+    pub to_shard: Option<u16>,
+}
+
+/// One connection as the fake broker sees it.
+struct ConnCtx {
+    id: u64,
+    hint: Option<u16>,
+    shard: u16,
+    /// Replies and pushes (from other connections' threads) share it.
+    writer: Arc<Mutex<TcpStream>>,
+}
+
+struct CheckerConn {
+    conn: u64,
+    group: String,
+    writer: Arc<Mutex<TcpStream>>,
 }
 
 struct FakeQueue {
     info: QueueInfo,
-    ready: VecDeque<Stored>,
-    leased: HashMap<ReceiptHandle, Stored>,
+    /// Every message ever enqueued, in enqueue order, with its state.
+    messages: Vec<Stored>,
 }
 
 #[derive(Clone)]
@@ -177,6 +239,50 @@ struct Stored {
     enqueue_ms: u64,
     first_dequeue_ms: u64,
     dequeues: u32,
+    state: MessageState,
+    handle: Option<ReceiptHandle>,
+    /// In flight or delayed: when it becomes receivable.
+    next_visible_ms: u64,
+    state_ms: u64,
+    detail: String,
+    origin: Option<MessageOrigin>,
+    /// Half messages: the producer group and how often it was asked.
+    group: String,
+    checks: u32,
+}
+
+impl Stored {
+    fn new(id: u64, body: Bytes, now: u64) -> Stored {
+        Stored {
+            id,
+            body,
+            enqueue_ms: now,
+            first_dequeue_ms: 0,
+            dequeues: 0,
+            state: MessageState::Ready,
+            handle: None,
+            next_visible_ms: 0,
+            state_ms: 0,
+            detail: String::new(),
+            origin: None,
+            group: String::new(),
+            checks: 0,
+        }
+    }
+
+    /// In flight and delayed messages whose time has come count as ready.
+    fn state_at(&self, now: u64) -> MessageState {
+        match self.state {
+            MessageState::InFlight | MessageState::Delayed if self.next_visible_ms <= now => MessageState::Ready,
+            s => s,
+        }
+    }
+}
+
+struct FakeRedrive {
+    info: RedriveInfo,
+    /// Message ids still to move, oldest first.
+    pending: VecDeque<u64>,
 }
 
 pub struct FakeBroker {
@@ -188,7 +294,12 @@ impl FakeBroker {
     /// `shard_of_hint` decides which shard the broker claims to serve a
     /// connection from, given the client's hint.
     pub fn start(shard_count: u16, shard_of_hint: fn(Option<u16>) -> u16) -> FakeBroker {
-        let state = Arc::new(Mutex::new(BrokerState { next_msg_id: 1 << 56, next_handle: 1000, ..Default::default() }));
+        let state = Arc::new(Mutex::new(BrokerState {
+            shard_count,
+            next_msg_id: 1 << 56,
+            next_handle: 1000,
+            ..Default::default()
+        }));
         let shared = state.clone();
         let server = FakeServer::start(move |mut peer| {
             // The wake-up connection made when the server is dropped sends nothing.
@@ -202,14 +313,24 @@ impl FakeBroker {
                 frame_bytes_max: 0,
             };
             peer.respond(id, &Response::Handshake(ok));
+            let writer = Arc::new(Mutex::new(peer.stream.try_clone().expect("clone stream")));
+            let conn = {
+                let mut state = shared.lock().expect("state lock");
+                state.next_conn += 1;
+                ConnCtx { id: state.next_conn, hint: hello.shard_hint, shard, writer: writer.clone() }
+            };
             while let Some((id, req)) = peer.read_request() {
                 let opcode = req.opcode();
-                let result = shared.lock().expect("state lock").handle(hello.shard_hint, shard, req);
+                let result = shared.lock().expect("state lock").handle(&conn, req);
+                let mut out = Vec::new();
                 match result {
-                    Ok(resp) => peer.respond(id, &resp),
-                    Err((code, message)) => peer.respond_error(id, opcode, code, &message),
+                    Ok(resp) => resp.encode_frame(id, &mut out),
+                    Err((code, message)) => ErrorBody::new(code, message).encode_frame(opcode as u16, id, &mut out),
                 }
+                let _ = writer.lock().expect("writer lock").write_all(&out);
             }
+            // A checker's registration ends with its connection.
+            shared.lock().expect("state lock").checkers.retain(|c| c.conn != conn.id);
         });
         FakeBroker { server, state }
     }
@@ -217,51 +338,86 @@ impl FakeBroker {
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
+
+    /// Pushes a TransactionCheck for every half message to a checker
+    /// registered for its producer group, as if firstQueryInterval had
+    /// passed. Returns how many checks were pushed.
+    pub fn ask_checkers(&self) -> usize {
+        let mut state = self.state.lock().expect("state lock");
+        let state = &mut *state;
+        let mut pushed = 0;
+        for q in &mut state.queues {
+            for m in q.messages.iter_mut().filter(|m| m.state == MessageState::Half) {
+                let Some(checker) = state.checkers.iter().find(|c| c.group == m.group) else { continue };
+                m.checks += 1;
+                let check = Request::TransactionCheck(TransactionCheck {
+                    queue: q.info.queue.clone(),
+                    msg_id: m.id,
+                    producer_group: m.group.clone(),
+                    check_count: m.checks,
+                    enqueue_time_ms: m.enqueue_ms,
+                    body: m.body.clone(),
+                });
+                let _ = checker.writer.lock().expect("writer lock").write_all(&push_frame(&check));
+                pushed += 1;
+            }
+        }
+        pushed
+    }
+
+    /// Producer groups with a registered checker connection.
+    pub fn checker_groups(&self) -> Vec<String> {
+        self.state.lock().expect("state lock").checkers.iter().map(|c| c.group.clone()).collect()
+    }
+
+    /// The state of message `msg_id` in `queue`, if it exists.
+    pub fn message_state(&self, queue: &str, msg_id: u64) -> Option<MessageState> {
+        let mut state = self.state.lock().expect("state lock");
+        let q = state.queue(queue).ok()?;
+        q.messages.iter().find(|m| m.id == msg_id).map(|m| m.state_at(now_ms()))
+    }
 }
 
-type Outcome = Result<Response, (ErrorCode, String)>;
+type Failure = (ErrorCode, String);
+type Outcome = Result<Response, Failure>;
+
+fn invalid(message: impl Into<String>) -> Failure {
+    (ErrorCode::INVALID_PARAMETER, message.into())
+}
 
 impl BrokerState {
-    fn queue(&mut self, name: &str) -> Result<&mut FakeQueue, (ErrorCode, String)> {
+    fn queue(&mut self, name: &str) -> Result<&mut FakeQueue, Failure> {
         self.queues
             .iter_mut()
             .find(|q| q.info.queue == name)
             .ok_or_else(|| (ErrorCode::QUEUE_NOT_FOUND, format!("queue {name:?} does not exist")))
     }
 
-    fn handle(&mut self, hint: Option<u16>, shard: u16, req: Request) -> Outcome {
-        let queue_name = match req.route() {
-            cmq_protocol::Route::Queue(q) => Some(q.to_owned()),
-            _ => None,
+    fn exists(&self, name: &str) -> bool {
+        self.queues.iter().any(|q| q.info.queue == name)
+    }
+
+    fn handle(&mut self, conn: &ConnCtx, req: Request) -> Outcome {
+        let (queue, to_shard) = match req.route() {
+            Route::Queue(q) => (Some(q.to_owned()), None),
+            Route::Shard(s) => (Some(String::new()), Some(s)),
+            Route::Any => (None, None),
         };
-        if let Some(queue) = queue_name {
-            self.routed.push(Routed { hint, shard, op: req.opcode(), queue });
+        if let Some(queue) = queue {
+            self.routed.push(Routed { hint: conn.hint, shard: conn.shard, op: req.opcode(), queue, to_shard });
         }
         let now = now_ms();
         match req {
-            Request::Handshake(_) => Err((ErrorCode::INVALID_PARAMETER, "second handshake".into())),
+            Request::Handshake(_) => Err(invalid("second handshake")),
             Request::Ping(_) => Ok(Response::Ping(Empty {})),
-            Request::RewindQueue(_)
-            | Request::PeekMessages(_)
-            | Request::QueryMessage(_)
-            | Request::PurgeQueue(_)
-            | Request::SendTransactionMessage(_)
-            | Request::EndTransaction(_)
-            | Request::RegisterChecker(_)
-            | Request::TransactionCheck(_)
-            | Request::StartRedrive(_)
-            | Request::ListRedrives(_)
-            | Request::CancelRedrive(_) => {
-                Err((ErrorCode::UNKNOWN_OPCODE, "the fake server does not implement this".into()))
-            }
             Request::CreateQueue(r) => {
-                names::validate_name("queueName", &r.queue).map_err(|m| (ErrorCode::INVALID_PARAMETER, m))?;
-                if self.queue(&r.queue).is_ok() {
+                names::validate_name("queueName", &r.queue).map_err(invalid)?;
+                if self.exists(&r.queue) {
                     return Err((ErrorCode::QUEUE_ALREADY_EXISTS, format!("queue {:?} exists", r.queue)));
                 }
-                let attributes = QueueAttributes::defaults(FlushPolicy::Sync)
-                    .updated(&r.attributes)
-                    .map_err(|m| (ErrorCode::INVALID_PARAMETER, m))?;
+                let attributes =
+                    QueueAttributes::defaults(FlushPolicy::Sync).updated(&r.attributes).map_err(invalid)?;
+                self.check_dead_letter_target(&r.queue, &attributes)?;
                 self.next_queue_id += 1;
                 let info = QueueInfo {
                     queue_id: self.next_queue_id,
@@ -269,14 +425,20 @@ impl BrokerState {
                     attributes,
                     create_time_ms: now,
                     last_modify_time_ms: now,
-                    shard,
+                    shard: conn.shard,
                     ..Default::default()
                 };
-                self.queues.push(FakeQueue { info, ready: VecDeque::new(), leased: HashMap::new() });
+                self.queues.push(FakeQueue { info, messages: Vec::new() });
                 Ok(Response::CreateQueue(CreateQueueOk { queue_id: self.next_queue_id }))
             }
             Request::DeleteQueue(r) => {
                 self.queue(&r.queue)?;
+                if let Some(user) = self.queues.iter().find(|q| q.info.attributes.dead_letter_queue == r.queue) {
+                    return Err((
+                        ErrorCode::QUEUE_IN_USE,
+                        format!("queue {:?} is the dead-letter queue of {:?}", r.queue, user.info.queue),
+                    ));
+                }
                 self.queues.retain(|q| q.info.queue != r.queue);
                 Ok(Response::DeleteQueue(Empty {}))
             }
@@ -298,24 +460,37 @@ impl BrokerState {
             Request::GetQueueAttributes(r) => {
                 let q = self.queue(&r.queue)?;
                 let mut info = q.info.clone();
-                info.active_msg_num = q.ready.len() as u64;
-                info.inactive_msg_num = q.leased.len() as u64;
-                info.min_msg_time_ms = q.ready.iter().map(|m| m.enqueue_ms).min().unwrap_or(0);
+                for m in &q.messages {
+                    match m.state_at(now) {
+                        MessageState::Ready => info.active_msg_num += 1,
+                        MessageState::InFlight => info.inactive_msg_num += 1,
+                        MessageState::Delayed => info.delay_msg_num += 1,
+                        MessageState::Deleted => info.rewind_msg_num += 1,
+                        _ => continue,
+                    }
+                    if m.state != MessageState::Deleted
+                        && (info.min_msg_time_ms == 0 || m.enqueue_ms < info.min_msg_time_ms)
+                    {
+                        info.min_msg_time_ms = m.enqueue_ms;
+                    }
+                }
                 Ok(Response::GetQueueAttributes(info))
             }
             Request::SetQueueAttributes(r) => {
                 let q = self.queue(&r.queue)?;
-                q.info.attributes =
-                    q.info.attributes.updated(&r.attributes).map_err(|m| (ErrorCode::INVALID_PARAMETER, m))?;
+                let attributes = q.info.attributes.updated(&r.attributes).map_err(invalid)?;
+                self.check_dead_letter_target(&r.queue, &attributes)?;
+                let q = self.queue(&r.queue)?;
+                q.info.attributes = attributes;
                 q.info.last_modify_time_ms = now;
                 Ok(Response::SetQueueAttributes(q.info.clone()))
             }
             Request::SendMessage(r) => {
-                let id = self.enqueue(&r.queue, vec![r.body], now)?;
+                let id = self.enqueue(&r.queue, vec![r.body], r.delay_seconds, now)?;
                 Ok(Response::SendMessage(SendMessageOk { msg_id: id[0] }))
             }
             Request::BatchSendMessage(r) => {
-                let msg_ids = self.enqueue(&r.queue, r.bodies, now)?;
+                let msg_ids = self.enqueue(&r.queue, r.bodies, r.delay_seconds, now)?;
                 Ok(Response::BatchSendMessage(BatchSendMessageOk { msg_ids }))
             }
             Request::ReceiveMessage(r) => {
@@ -328,7 +503,7 @@ impl BrokerState {
             }
             Request::DeleteMessage(r) => {
                 let q = self.queue(&r.queue)?;
-                q.leased.remove(&r.receipt_handle).ok_or(invalid_handle())?;
+                delete(q, r.receipt_handle, now).ok_or_else(invalid_handle)?;
                 Ok(Response::DeleteMessage(Empty {}))
             }
             Request::BatchDeleteMessage(r) => {
@@ -336,8 +511,8 @@ impl BrokerState {
                 let results = r
                     .receipt_handles
                     .iter()
-                    .map(|h| match q.leased.remove(h) {
-                        Some(_) => ItemResult { code: 0, message: String::new() },
+                    .map(|h| match delete(q, *h, now) {
+                        Some(()) => ItemResult { code: 0, message: String::new() },
                         None => ItemResult {
                             code: ErrorCode::RECEIPT_HANDLE_INVALID.0,
                             message: "handle invalid or expired".into(),
@@ -348,18 +523,186 @@ impl BrokerState {
             }
             Request::ChangeMessageVisibility(r) => {
                 let q = self.queue(&r.queue)?;
-                if !q.leased.contains_key(&r.receipt_handle) {
-                    return Err(invalid_handle());
-                }
+                let m = leased(q, r.receipt_handle, now).ok_or_else(invalid_handle)?;
+                m.next_visible_ms = now + u64::from(r.visibility_timeout) * 1000;
                 Ok(Response::ChangeMessageVisibility(ChangeMessageVisibilityOk {
                     receipt_handle: r.receipt_handle,
-                    next_visible_time_ms: now + u64::from(r.visibility_timeout) * 1000,
+                    next_visible_time_ms: m.next_visible_ms,
                 }))
+            }
+            Request::RewindQueue(r) => {
+                if r.start_consume_time_ms > now {
+                    return Err(invalid("startConsumeTime: in the future"));
+                }
+                let q = self.queue(&r.queue)?;
+                let mut rewound = 0;
+                for m in q.messages.iter_mut().filter(|m| m.enqueue_ms >= r.start_consume_time_ms) {
+                    match m.state {
+                        MessageState::Deleted => rewound += 1,
+                        MessageState::InFlight => {}
+                        _ => continue,
+                    }
+                    m.state = MessageState::Ready;
+                    m.handle = None;
+                }
+                Ok(Response::RewindQueue(RewindQueueOk { rewound }))
+            }
+            Request::PeekMessages(r) => {
+                if r.max == 0 || usize::from(r.max) > limits::PEEK_MSGS_MAX {
+                    return Err(invalid(format!("max: {} is out of range 1..=100", r.max)));
+                }
+                let q = self.queue(&r.queue)?;
+                let peekable = |m: &Stored| {
+                    matches!(
+                        m.state,
+                        MessageState::Ready
+                            | MessageState::Delayed
+                            | MessageState::InFlight
+                            | MessageState::Half
+                            | MessageState::Deleted
+                    )
+                };
+                // The cursor is a position in the queue's history.
+                let start = r.cursor as usize;
+                let mut messages = Vec::new();
+                let mut next_cursor = 0;
+                for (i, m) in q.messages.iter().enumerate().skip(start).filter(|(_, m)| peekable(m)) {
+                    if messages.len() == usize::from(r.max) {
+                        next_cursor = i as u64;
+                        break;
+                    }
+                    messages.push(PeekedMessage {
+                        msg_id: m.id,
+                        state: m.state_at(now),
+                        enqueue_time_ms: m.enqueue_ms,
+                        first_dequeue_time_ms: m.first_dequeue_ms,
+                        dequeue_count: m.dequeues,
+                        next_visible_time_ms: if m.state_at(now) == MessageState::Ready {
+                            0
+                        } else {
+                            m.next_visible_ms
+                        },
+                        body_len: m.body.len() as u32,
+                        body: if r.include_body { m.body.clone() } else { Bytes::new() },
+                        origin: m.origin.clone(),
+                    });
+                }
+                Ok(Response::PeekMessages(PeekMessagesOk { messages, next_cursor }))
+            }
+            Request::QueryMessage(r) => {
+                let q = self.queue(&r.queue)?;
+                let m = q.messages.iter().find(|m| m.id == r.msg_id).ok_or_else(|| {
+                    (ErrorCode::MESSAGE_NOT_FOUND, format!("no message {} in queue {:?}", r.msg_id, r.queue))
+                })?;
+                Ok(Response::QueryMessage(MessageStatus {
+                    msg_id: m.id,
+                    state: m.state_at(now),
+                    enqueue_time_ms: m.enqueue_ms,
+                    first_dequeue_time_ms: m.first_dequeue_ms,
+                    dequeue_count: m.dequeues,
+                    next_visible_time_ms: m.next_visible_ms,
+                    state_time_ms: m.state_ms,
+                    detail: m.detail.clone(),
+                    origin: m.origin.clone(),
+                }))
+            }
+            Request::PurgeQueue(r) => {
+                let q = self.queue(&r.queue)?;
+                let mut purged = 0;
+                for m in &mut q.messages {
+                    if matches!(
+                        m.state,
+                        MessageState::Ready | MessageState::Delayed | MessageState::InFlight | MessageState::Half
+                    ) {
+                        m.state = MessageState::Purged;
+                        m.state_ms = now;
+                        m.handle = None;
+                        purged += 1;
+                    }
+                }
+                Ok(Response::PurgeQueue(PurgeQueueOk { purged }))
+            }
+            Request::SendTransactionMessage(r) => {
+                names::validate_name("producerGroup", &r.producer_group).map_err(invalid)?;
+                let id = self.enqueue(&r.queue, vec![r.body], 0, now)?[0];
+                let q = self.queue(&r.queue)?;
+                let m = q.messages.last_mut().expect("just enqueued");
+                m.state = MessageState::Half;
+                m.group = r.producer_group;
+                Ok(Response::SendTransactionMessage(SendMessageOk { msg_id: id }))
+            }
+            Request::EndTransaction(r) => {
+                let q = self.queue(&r.queue)?;
+                let m = q.messages.iter_mut().find(|m| m.id == r.msg_id && m.state == MessageState::Half).ok_or_else(
+                    || (ErrorCode::MESSAGE_NOT_FOUND, format!("no half message {} in queue {:?}", r.msg_id, r.queue)),
+                )?;
+                m.state = if r.commit { MessageState::Ready } else { MessageState::RolledBack };
+                m.state_ms = now;
+                self.ended.push((r.msg_id, r.commit));
+                Ok(Response::EndTransaction(Empty {}))
+            }
+            Request::RegisterChecker(r) => {
+                names::validate_name("producerGroup", &r.producer_group).map_err(invalid)?;
+                self.checkers.push(CheckerConn { conn: conn.id, group: r.producer_group, writer: conn.writer.clone() });
+                Ok(Response::RegisterChecker(Empty {}))
+            }
+            Request::TransactionCheck(_) => Err(invalid("TransactionCheck is pushed by the broker, not sent to it")),
+            Request::StartRedrive(r) => {
+                let dlq = self.queue(&r.dead_letter_queue)?;
+                let pending: VecDeque<u64> =
+                    dlq.messages.iter().filter(|m| m.state_at(now) == MessageState::Ready).map(|m| m.id).collect();
+                if !r.to.is_empty() {
+                    self.queue(&r.to)?;
+                }
+                let shard = names::shard_for(&r.dead_letter_queue, self.shard_count);
+                let id = (u64::from(shard) << REDRIVE_ID_SHARD_SHIFT) | (self.redrives.len() as u64 + 1);
+                let info = RedriveInfo {
+                    id,
+                    dead_letter_queue: r.dead_letter_queue,
+                    to: r.to,
+                    rate_per_second: r.rate_per_second,
+                    state: if pending.is_empty() { RedriveState::Done } else { RedriveState::Running },
+                    moved: 0,
+                    remaining: pending.len() as u64,
+                    failed: 0,
+                    started_ms: now,
+                    finished_ms: if pending.is_empty() { now } else { 0 },
+                    note: String::new(),
+                };
+                self.redrives.push(FakeRedrive { info: info.clone(), pending });
+                Ok(Response::StartRedrive(info))
+            }
+            Request::ListRedrives(_) => {
+                self.advance_redrives(now);
+                let redrives = self.redrives.iter().map(|r| r.info.clone()).collect();
+                Ok(Response::ListRedrives(ListRedrivesOk { redrives }))
+            }
+            Request::CancelRedrive(r) => {
+                let task = self
+                    .redrives
+                    .iter_mut()
+                    .find(|t| t.info.id == r.id)
+                    .ok_or_else(|| (ErrorCode::REDRIVE_NOT_FOUND, format!("no redrive task {}", r.id)))?;
+                if task.info.state == RedriveState::Running {
+                    task.info.state = RedriveState::Cancelled;
+                    task.info.finished_ms = now;
+                }
+                Ok(Response::CancelRedrive(task.info.clone()))
             }
         }
     }
 
-    fn enqueue(&mut self, queue: &str, bodies: Vec<Bytes>, now: u64) -> Result<Vec<u64>, (ErrorCode, String)> {
+    fn check_dead_letter_target(&self, queue: &str, a: &QueueAttributes) -> Result<(), Failure> {
+        if a.dead_letter_queue == queue {
+            return Err(invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
+        }
+        if a.has_dead_letter() && !self.exists(&a.dead_letter_queue) {
+            return Err((ErrorCode::QUEUE_NOT_FOUND, format!("queue {:?} does not exist", a.dead_letter_queue)));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, queue: &str, bodies: Vec<Bytes>, delay: u32, now: u64) -> Result<Vec<u64>, Failure> {
         if bodies.is_empty() || bodies.len() > limits::BATCH_MSGS_MAX {
             return Err((ErrorCode::BATCH_TOO_LARGE, format!("{} messages", bodies.len())));
         }
@@ -369,43 +712,138 @@ impl BrokerState {
         let mut ids = Vec::new();
         for (i, body) in bodies.into_iter().enumerate() {
             let id = first + i as u64;
-            q.ready.push_back(Stored { id, body, enqueue_ms: now, first_dequeue_ms: 0, dequeues: 0 });
+            let mut m = Stored::new(id, body, now);
+            if delay > 0 {
+                m.state = MessageState::Delayed;
+                m.next_visible_ms = now + u64::from(delay) * 1000;
+            }
+            q.messages.push(m);
             ids.push(id);
         }
         Ok(ids)
     }
 
-    fn dequeue(&mut self, queue: &str, max: usize, now: u64) -> Result<Vec<ReceivedMessage>, (ErrorCode, String)> {
+    /// Hands out up to `max` receivable messages; one received
+    /// maxReceiveCount times already goes to the dead-letter queue instead.
+    fn dequeue(&mut self, queue: &str, max: usize, now: u64) -> Result<Vec<ReceivedMessage>, Failure> {
+        let a = self.queue(queue)?.info.attributes.clone();
+        let dlq = (a.has_dead_letter() && a.max_receive_count > 0 && self.exists(&a.dead_letter_queue))
+            .then_some(a.dead_letter_queue);
         let mut handle = self.next_handle;
         let q = self.queue(queue)?;
         let mut out = Vec::new();
-        while out.len() < max {
-            let Some(mut m) = q.ready.pop_front() else { break };
+        let mut dead = Vec::new();
+        for m in &mut q.messages {
+            if out.len() == max {
+                break;
+            }
+            if m.state_at(now) != MessageState::Ready {
+                continue;
+            }
+            if let Some(dlq) = dlq.as_ref().filter(|_| m.dequeues >= a.max_receive_count) {
+                let mut moved = m.clone();
+                moved.origin = Some(m.origin.clone().unwrap_or(MessageOrigin {
+                    source_queue: queue.to_owned(),
+                    original_msg_id: m.id,
+                    first_enqueue_time_ms: m.enqueue_ms,
+                }));
+                moved.state = MessageState::Ready;
+                moved.handle = None;
+                moved.enqueue_ms = now;
+                dead.push(moved);
+                m.state = MessageState::DeadLettered;
+                m.state_ms = now;
+                m.detail = dlq.clone();
+                m.handle = None;
+                continue;
+            }
+            handle += 1;
             m.dequeues += 1;
             if m.first_dequeue_ms == 0 {
                 m.first_dequeue_ms = now;
             }
-            handle += 1;
+            m.state = MessageState::InFlight;
+            m.handle = Some(ReceiptHandle(handle));
+            m.next_visible_ms = now + u64::from(a.visibility_timeout) * 1000;
             out.push(ReceivedMessage {
-                origin: None,
                 msg_id: m.id,
                 receipt_handle: ReceiptHandle(handle),
                 enqueue_time_ms: m.enqueue_ms,
                 first_dequeue_time_ms: m.first_dequeue_ms,
-                next_visible_time_ms: now + u64::from(q.info.attributes.visibility_timeout) * 1000,
+                next_visible_time_ms: m.next_visible_ms,
                 dequeue_count: m.dequeues,
                 body: m.body.clone(),
+                origin: m.origin.clone(),
             });
-            q.leased.insert(ReceiptHandle(handle), m);
         }
         self.next_handle = handle;
+        if let Some(dlq) = dlq {
+            self.queue(&dlq)?.messages.extend(dead);
+        }
         if out.is_empty() {
             return Err((ErrorCode::NO_MESSAGE, "no message".into()));
         }
         Ok(out)
     }
+
+    /// Moves `rate_per_second` messages (all if 0) of every running redrive.
+    fn advance_redrives(&mut self, now: u64) {
+        for t in 0..self.redrives.len() {
+            if self.redrives[t].info.state != RedriveState::Running {
+                continue;
+            }
+            let rate = self.redrives[t].info.rate_per_second;
+            let step = if rate == 0 { usize::MAX } else { rate as usize };
+            for _ in 0..step {
+                let Some(id) = self.redrives[t].pending.pop_front() else { break };
+                let info = &self.redrives[t].info;
+                let (dlq_name, to) = (info.dead_letter_queue.clone(), info.to.clone());
+                let Ok(dlq) = self.queue(&dlq_name) else { break };
+                let Some(m) = dlq.messages.iter_mut().find(|m| m.id == id && m.state == MessageState::Ready) else {
+                    continue;
+                };
+                let target = if to.is_empty() { m.origin.as_ref().map(|o| o.source_queue.clone()) } else { Some(to) };
+                // The receive count starts over: kept, a source queue's maxReceiveCount
+                // would send the message straight back.
+                let moved =
+                    Stored { state: MessageState::Ready, enqueue_ms: now, handle: None, dequeues: 0, ..m.clone() };
+                let target = target.filter(|t| self.exists(t));
+                let task = &mut self.redrives[t].info;
+                task.remaining -= 1;
+                let Some(target) = target else {
+                    task.failed += 1;
+                    continue;
+                };
+                task.moved += 1;
+                let dlq = self.queue(&dlq_name).expect("checked above");
+                let m = dlq.messages.iter_mut().find(|m| m.id == id).expect("found above");
+                m.state = MessageState::Redriven;
+                m.state_ms = now;
+                m.detail = target.clone();
+                self.queue(&target).expect("exists").messages.push(moved);
+            }
+            let task = &mut self.redrives[t];
+            if task.pending.is_empty() {
+                task.info.state = RedriveState::Done;
+                task.info.finished_ms = now;
+            }
+        }
+    }
 }
 
-fn invalid_handle() -> (ErrorCode, String) {
+/// The in-flight message `handle` leases, if it is still valid.
+fn leased(q: &mut FakeQueue, handle: ReceiptHandle, now: u64) -> Option<&mut Stored> {
+    q.messages.iter_mut().find(|m| m.handle == Some(handle) && m.state_at(now) == MessageState::InFlight)
+}
+
+fn delete(q: &mut FakeQueue, handle: ReceiptHandle, now: u64) -> Option<()> {
+    let m = leased(q, handle, now)?;
+    m.state = MessageState::Deleted;
+    m.state_ms = now;
+    m.handle = None;
+    Some(())
+}
+
+fn invalid_handle() -> Failure {
     (ErrorCode::RECEIPT_HANDLE_INVALID, "handle invalid or expired".into())
 }

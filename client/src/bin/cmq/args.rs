@@ -1,13 +1,20 @@
 //! Command-line syntax. Help texts are built from the protocol's constants
 //! so ranges and defaults shown cannot drift from what the broker enforces.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use cmq_client::protocol::limits::{BATCH_MSGS_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, POLLING_WAIT_SECONDS_MAX};
-use cmq_client::protocol::queue_attributes::{
-    AttrRange, MAX_MSG_HEAP_NUM, MAX_MSG_SIZE, MSG_RETENTION_SECONDS, POLLING_WAIT_SECONDS, REWIND_SECONDS,
-    VISIBILITY_TIMEOUT,
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use cmq_client::protocol::limits::{
+    BATCH_MSGS_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, PEEK_MSGS_MAX, POLLING_WAIT_SECONDS_MAX,
 };
-use cmq_client::{FlushPolicy, QueueAttributesUpdate, ReceiptHandle};
+use cmq_client::protocol::queue_attributes::{
+    AttrRange, FIRST_QUERY_INTERVAL, MAX_MSG_HEAP_NUM, MAX_MSG_SIZE, MAX_QUERY_COUNT, MAX_RECEIVE_COUNT,
+    MAX_TIME_TO_LIVE, MSG_RETENTION_SECONDS, POLLING_WAIT_SECONDS, REWIND_SECONDS, VISIBILITY_TIMEOUT,
+};
+use cmq_client::{FlushPolicy, QueueAttributesUpdate, ReceiptHandle, TxDefault};
+
+use crate::time::{now_ms, parse_time, TIME_FORMATS};
+
+/// Messages `peek` shows when given neither --max nor --all.
+pub const PEEK_DEFAULT: u32 = 20;
 
 /// Global flags sort after each subcommand's own in its help.
 const GLOBAL_ORDER: usize = 1000;
@@ -86,6 +93,9 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         attrs: QueueAttrArgs,
+        /// Remove the dead-letter policy (deadLetterQueueName, maxReceiveCount, maxTimeToLive)
+        #[arg(long, group = "QueueAttrArgs", conflicts_with_all = ["dead_letter_queue", "max_receive_count", "max_time_to_live"])]
+        no_dead_letter: bool,
     },
 
     /// Send one message and print its msgId
@@ -154,8 +164,147 @@ pub enum Command {
         seconds: u32,
     },
 
+    /// Show messages without receiving them: ready, delayed, in flight, half (transaction) and deleted but
+    /// rewindable, oldest first (--json: an array); changes nothing
+    #[command(after_help = "Columns: msgId, state, times received, enqueue time, next visible time (in flight: \
+                            when the lease expires; delayed: when it becomes ready), body size in bytes; FROM \
+                            (source queue of dead-lettered messages) and BODY when there are any / when asked.")]
+    Peek {
+        /// Queue name
+        name: String,
+        #[arg(
+            long,
+            value_name = "N",
+            conflicts_with = "all",
+            value_parser = clap::value_parser!(u32).range(1..),
+            help = format!(
+                "Show at most N messages, fetched {PEEK_MSGS_MAX} a request [default: {PEEK_DEFAULT}]"
+            )
+        )]
+        max: Option<u32>,
+        /// Show every message, paging through the queue
+        #[arg(long)]
+        all: bool,
+        /// Show the bodies too (non-UTF-8 bytes as \xNN, control characters escaped)
+        #[arg(long)]
+        body: bool,
+    },
+
+    /// Show one message's state by msgId: ready, delayed, in flight until when, deleted, dead-lettered, expired…
+    Message {
+        /// Queue name
+        name: String,
+        /// Message id (from send or receive)
+        msg_id: u64,
+    },
+
+    /// Make the messages enqueued since --since receivable again, oldest first, deleted ones still within the
+    /// queue's rewindSeconds included; prints how many deleted messages came back
+    #[command(after_help = "Messages received again keep their msgIds; deleted ones get new receipt handles.")]
+    Rewind {
+        /// Queue name
+        name: String,
+        #[arg(
+            long,
+            value_name = "TIME",
+            allow_hyphen_values = true,
+            value_parser = since_parser,
+            help = format!("Rewind to this time: {TIME_FORMATS}")
+        )]
+        since: u64,
+    },
+
+    /// Drop every message of a queue, durably, and print how many; asks first unless --yes
+    Purge {
+        /// Queue name
+        name: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+
+    /// Send a transaction (half) message: stored but invisible until committed; prints its msgId
+    #[command(after_help = "Resolve it with `cmq commit` or `cmq rollback`. Unresolved after the queue's \
+                            firstQueryInterval, the broker asks the group's checker (`cmq tx-checker`), up to \
+                            maxQueryCount times, then applies the queue's transactionDefault.")]
+    SendTx {
+        /// Queue name
+        name: String,
+        /// Message body (UTF-8 text)
+        body: String,
+        /// Producer group whose checker the broker asks about it
+        #[arg(long, value_name = "GROUP")]
+        group: String,
+    },
+
+    /// Commit a transaction message: it becomes receivable
+    Commit {
+        /// Queue name
+        name: String,
+        /// Message id from send-tx
+        msg_id: u64,
+    },
+
+    /// Roll back a transaction message: it is discarded
+    Rollback {
+        /// Queue name
+        name: String,
+        /// Message id from send-tx
+        msg_id: u64,
+    },
+
+    /// Answer the broker's transaction checks for a producer group until interrupted, printing each
+    /// check and the answer (--json: one object a line)
+    #[command(group(ArgGroup::new("decision").required(true).args(["commit", "rollback", "ask"])))]
+    TxChecker {
+        /// Producer group to answer for
+        #[arg(long, value_name = "GROUP")]
+        group: String,
+        /// Commit every message asked about
+        #[arg(long)]
+        commit: bool,
+        /// Roll back every message asked about
+        #[arg(long)]
+        rollback: bool,
+        /// Ask for each message: one answer a line on stdin (c/commit, r/rollback, s/skip; end of input stops)
+        #[arg(long)]
+        ask: bool,
+    },
+
+    /// Start moving a dead-letter queue's messages back to their source queues (or to --to) in the
+    /// background; prints the task id and state
+    Redrive {
+        /// The dead-letter queue to empty
+        dead_letter_queue: String,
+        /// Send every message to this queue instead of back where it came from
+        #[arg(long, value_name = "QUEUE")]
+        to: Option<String>,
+        /// Move at most N messages a second (0: as fast as possible)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rate: u32,
+    },
+
+    /// List redrive tasks (or one) with what they moved and what remains (--json: an array)
+    RedriveStatus {
+        /// Only this task
+        id: Option<u64>,
+        /// Refresh every second until every task shown is done or cancelled
+        #[arg(long)]
+        watch: bool,
+    },
+
+    /// Cancel a running redrive task (messages moved so far stay moved); prints its id and state
+    RedriveCancel {
+        /// Task id from redrive or redrive-status
+        id: u64,
+    },
+
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
+}
+
+fn since_parser(s: &str) -> Result<u64, String> {
+    parse_time(s, now_ms())
 }
 
 /// Queue attributes; each omitted flag keeps the current value (set-queue)
@@ -200,6 +349,59 @@ pub struct QueueAttrArgs {
     /// broker's flush interval (flushPolicy) [default: the broker's --flush setting]
     #[arg(long, value_enum, value_name = "POLICY")]
     pub flush: Option<FlushArg>,
+
+    /// Move messages that are received too often (--max-receive-count) or stay unconsumed too long
+    /// (--max-time-to-live) to this queue (deadLetterQueueName) [default: none]
+    #[arg(long, value_name = "DLQ")]
+    pub dead_letter_queue: Option<String>,
+
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "max_time_to_live",
+        help = format!(
+            "Dead-letter a message after N receives without a delete ({}: {}-{}); replaces a --max-time-to-live \
+             policy [default: none]",
+            MAX_RECEIVE_COUNT.name, MAX_RECEIVE_COUNT.min, MAX_RECEIVE_COUNT.max
+        )
+    )]
+    pub max_receive_count: Option<u32>,
+
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        help = format!(
+            "Dead-letter a message unconsumed this long ({}: {}-{}s, below msgRetentionSeconds); replaces a \
+             --max-receive-count policy [default: none]",
+            MAX_TIME_TO_LIVE.name, MAX_TIME_TO_LIVE.min, MAX_TIME_TO_LIVE.max
+        )
+    )]
+    pub max_time_to_live: Option<u32>,
+
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        help = attr_help("Transaction messages: wait before first asking the producer's checker", "s", &FIRST_QUERY_INTERVAL)
+    )]
+    pub first_query_interval: Option<u32>,
+
+    #[arg(
+        long,
+        value_name = "N",
+        help = attr_help("Transaction messages: checks before applying --transaction-default", "", &MAX_QUERY_COUNT)
+    )]
+    pub max_query_count: Option<u32>,
+
+    /// Transaction messages: what happens to one still unresolved after --max-query-count checks
+    /// (transactionDefault) [default: rollback]
+    #[arg(long, value_enum, value_name = "DECISION")]
+    pub transaction_default: Option<TxDefaultArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TxDefaultArg {
+    Commit,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -221,7 +423,15 @@ impl QueueAttrArgs {
                 FlushArg::Sync => FlushPolicy::Sync,
                 FlushArg::Async => FlushPolicy::Async,
             }),
-            ..Default::default()
+            dead_letter_queue: self.dead_letter_queue.clone(),
+            max_receive_count: self.max_receive_count,
+            max_time_to_live: self.max_time_to_live,
+            first_query_interval: self.first_query_interval,
+            max_query_count: self.max_query_count,
+            transaction_default: self.transaction_default.map(|d| match d {
+                TxDefaultArg::Commit => TxDefault::Commit,
+                TxDefaultArg::Rollback => TxDefault::Rollback,
+            }),
         }
     }
 }
@@ -246,6 +456,45 @@ mod tests {
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(Cli::try_parse_from(["cmq", "set-queue", "q", "--visibility-timeout", "5"]).is_ok());
         assert!(Cli::try_parse_from(["cmq", "create-queue", "q"]).is_ok());
+    }
+
+    #[test]
+    fn no_dead_letter_alone_is_an_attribute_change_and_conflicts_with_a_policy() {
+        let cli = Cli::try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter"]).expect("enough on its own");
+        assert!(matches!(cli.command, Command::SetQueue { no_dead_letter: true, .. }));
+        assert!(Cli::try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter", "--dead-letter-queue", "d"]).is_err());
+        assert!(Cli::try_parse_from(["cmq", "create-queue", "q", "--no-dead-letter"]).is_err(), "set-queue only");
+        let both = ["cmq", "create-queue", "q", "--dead-letter-queue", "d", "--max-receive-count", "3"];
+        assert!(Cli::try_parse_from(both).is_ok());
+        let both = [&both[..], &["--max-time-to-live", "300"]].concat();
+        assert!(Cli::try_parse_from(both).is_err(), "one limit or the other");
+    }
+
+    #[test]
+    fn since_takes_relative_times_that_look_like_flags() {
+        let cli = Cli::try_parse_from(["cmq", "rewind", "q", "--since", "-10m"]).expect("relative");
+        let Command::Rewind { since, .. } = cli.command else { panic!("{:?}", cli.command) };
+        let now = now_ms();
+        assert!((now - 601_000..=now - 599_000).contains(&since), "{since}");
+        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "1795600800"]).is_ok());
+        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "2026-11-25T10:00:00Z"]).is_ok());
+        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["cmq", "rewind", "q"]).is_err(), "--since is required");
+    }
+
+    #[test]
+    fn tx_checker_needs_exactly_one_decision() {
+        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit"]).is_ok());
+        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g"]).is_err());
+        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit", "--ask"]).is_err());
+    }
+
+    #[test]
+    fn peek_max_and_all_exclude_each_other() {
+        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--max", "500", "--body"]).is_ok());
+        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--all"]).is_ok());
+        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--all", "--max", "5"]).is_err());
+        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--max", "0"]).is_err());
     }
 
     #[test]

@@ -1,18 +1,29 @@
 //! Runs one subcommand against the broker.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use cmq_client::protocol::limits::BATCH_MSGS_MAX;
-use cmq_client::{BatchSendMessage, Client, ClientError, ReceivedMessage, Request, Response, Ticket};
+use cmq_client::protocol::limits::{BATCH_MSGS_MAX, PEEK_MSGS_MAX};
+use cmq_client::{
+    BatchSendMessage, CheckOutcome, CheckerStopper, Client, ClientError, ErrorCode, ReceivedMessage, RedriveInfo,
+    RedriveState, Request, Response, Ticket, TransactionCheck, TransactionChecker,
+};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::args::{Cli, Command};
-use crate::render::{body_text, queue_info_table, secs, time_cell, MessageJson, QueueInfoJson, QueueListJson};
+use crate::args::{Cli, Command, PEEK_DEFAULT};
+use crate::render::{
+    body_text, check_line, client_error_name, decision_text, message_status_table, origin_note, peek_header, peek_row,
+    queue_info_table, redrive_table, redrive_target, secs, time_cell, CheckJson, ErrorJson, MessageJson,
+    MessageStatusJson, PeekedJson, QueueInfoJson, QueueListJson, RedriveJson,
+};
+use crate::time::utc;
+
+/// How often `redrive-status --watch` asks again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// send-batch keeps this many requests in flight: enough to hide the round
 /// trip (pipelining is worth ~100x on loopback), few enough to bound memory.
@@ -54,6 +65,19 @@ impl Out {
 
 pub fn run(cli: &Cli) -> Result<()> {
     let timeout = (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout));
+    // Refused before touching the broker: nobody could answer the question.
+    if matches!(cli.command, Command::Purge { yes: false, .. }) && !io::stdin().is_terminal() {
+        bail!("refusing to purge without --yes: stdin is not a terminal to confirm on");
+    }
+    if let Command::TxChecker { group, commit, rollback, ask } = &cli.command {
+        let mode = match (commit, rollback, ask) {
+            (true, _, _) => Mode::Commit,
+            (_, true, _) => Mode::Rollback,
+            _ => Mode::Ask,
+        };
+        debug_assert!(*ask || *commit || *rollback, "clap requires one");
+        return tx_checker(cli, timeout, group, mode);
+    }
     let mut client = Client::connect_with_timeout(cli.server.as_str(), timeout)
         .with_context(|| format!("cannot connect to {}", cli.server))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
@@ -93,8 +117,12 @@ pub fn run(cli: &Cli) -> Result<()> {
             let info = c.queue_info(name)?;
             print_queue_info(&mut out, &info)?;
         }
-        Command::SetQueue { name, attrs } => {
-            let info = c.set_queue_attributes(name, &attrs.to_update())?;
+        Command::SetQueue { name, attrs, no_dead_letter } => {
+            let mut update = attrs.to_update();
+            if *no_dead_letter {
+                update.dead_letter_queue = Some(String::new());
+            }
+            let info = c.set_queue_attributes(name, &update)?;
             print_queue_info(&mut out, &info)?;
         }
         Command::Send { name, body, delay } => {
@@ -122,6 +150,75 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.line(time_cell(ok.next_visible_time_ms))?;
             }
         }
+        Command::Peek { name, max, all, body } => {
+            let limit = if *all { u64::MAX } else { u64::from(max.unwrap_or(PEEK_DEFAULT)) };
+            peek(c, &mut out, name, limit, *body)?;
+        }
+        Command::Message { name, msg_id } => {
+            let status = c.query_message(name, *msg_id)?;
+            if out.json {
+                out.json(&MessageStatusJson::from(&status))?;
+            } else {
+                write!(out.stdout, "{}", message_status_table(&status)).context("writing output")?;
+            }
+        }
+        Command::Rewind { name, since } => {
+            let rewound = c.rewind_queue(name, *since)?;
+            if out.json {
+                out.json(&json!({ "rewound": rewound, "startConsumeTime": secs(*since) }))?;
+            } else {
+                out.line(rewound)?;
+                eprintln!(
+                    "{rewound} deleted messages are receivable again; every message of {name} enqueued since {} will be \
+                     received again, oldest first",
+                    utc(secs(*since))
+                );
+            }
+        }
+        Command::Purge { name, yes } => {
+            if !yes {
+                confirm_purge(c, name)?;
+            }
+            let purged = c.purge_queue(name)?;
+            if out.json {
+                out.json(&json!({ "purged": purged }))?;
+            } else {
+                out.line(purged)?;
+            }
+        }
+        Command::SendTx { name, body, group } => {
+            let id = c.send_transaction_message(name, group, body.clone())?;
+            if out.json {
+                out.json(&json!({ "msgId": id.to_string() }))?;
+            } else {
+                out.line(id)?;
+            }
+        }
+        Command::Commit { name, msg_id } | Command::Rollback { name, msg_id } => {
+            let commit = matches!(cli.command, Command::Commit { .. });
+            c.end_transaction(name, *msg_id, commit)?;
+            out.done()?;
+        }
+        Command::Redrive { dead_letter_queue, to, rate } => {
+            let task = c.start_redrive(dead_letter_queue, to.as_deref(), *rate)?;
+            print_redrive(&mut out, &task)?;
+            if !out.json && task.state == RedriveState::Running {
+                let rate = if task.rate_per_second == 0 { "no rate limit".to_owned() } else { format!("{rate}/s") };
+                eprintln!(
+                    "moving {} messages from {} to {} ({rate}); follow with: cmq redrive-status {} --watch",
+                    task.remaining,
+                    task.dead_letter_queue,
+                    redrive_target(&task),
+                    task.id
+                );
+            }
+        }
+        Command::RedriveStatus { id, watch } => redrive_status(c, &mut out, *id, *watch)?,
+        Command::RedriveCancel { id } => {
+            let task = c.cancel_redrive(*id)?;
+            print_redrive(&mut out, &task)?;
+        }
+        Command::TxChecker { .. } => unreachable!("handled before connecting"),
         Command::Ping => {
             let started = Instant::now();
             c.ping()?;
@@ -286,6 +383,11 @@ fn receive(client: &mut Client, out: &mut Out, queue: &str, wait: Option<u32>, m
     } else {
         for m in &messages {
             out.line(body_text(&m.body))?;
+            // stdout stays one body a line for scripts; where a dead-lettered
+            // message came from is for the person watching.
+            if let Some(origin) = &m.origin {
+                eprintln!("{}", origin_note(m.msg_id, origin));
+            }
         }
     }
     out.flush()?;
@@ -313,4 +415,186 @@ fn receive(client: &mut Client, out: &mut Out, queue: &str, wait: Option<u32>, m
         .into());
     }
     Ok(())
+}
+
+/// Pages through the queue, printing each page as it arrives: a queue can
+/// be far longer than is sensible to hold.
+fn peek(client: &mut Client, out: &mut Out, queue: &str, limit: u64, with_body: bool) -> Result<()> {
+    let mut shown: u64 = 0;
+    let mut cursor = 0;
+    if out.json {
+        write!(out.stdout, "[").context("writing output")?;
+    } else {
+        out.line(peek_header(with_body))?;
+    }
+    loop {
+        let want = (limit - shown).min(PEEK_MSGS_MAX as u64) as u16;
+        let page = client.peek_messages(queue, cursor, want, with_body)?;
+        for m in &page.messages {
+            if out.json {
+                if shown > 0 {
+                    write!(out.stdout, ",").context("writing output")?;
+                }
+                serde_json::to_writer(&mut out.stdout, &PeekedJson::new(m, with_body)).context("writing output")?;
+            } else {
+                out.line(peek_row(m, with_body))?;
+            }
+            shown += 1;
+        }
+        cursor = page.next_cursor;
+        if cursor == 0 || shown >= limit {
+            break;
+        }
+    }
+    if out.json {
+        writeln!(out.stdout, "]").context("writing output")?;
+    }
+    if cursor != 0 {
+        eprintln!("{shown} messages shown, more follow: --max N or --all for more");
+    } else if shown == 0 {
+        eprintln!("no messages");
+    }
+    Ok(())
+}
+
+/// Asks on the terminal, showing what would go.
+fn confirm_purge(client: &mut Client, queue: &str) -> Result<()> {
+    let info = client.queue_info(queue)?;
+    eprint!(
+        "Purge every message of queue {queue} ({} ready, {} in flight, {} delayed)? This cannot be undone. [y/N] ",
+        info.active_msg_num, info.inactive_msg_num, info.delay_msg_num
+    );
+    let mut answer = String::new();
+    io::stdin().lock().read_line(&mut answer).context("reading the answer")?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        bail!("not purged");
+    }
+    Ok(())
+}
+
+fn print_redrive(out: &mut Out, task: &RedriveInfo) -> Result<()> {
+    if out.json {
+        out.json(&RedriveJson::from(task))
+    } else {
+        out.line(format_args!("{} {}", task.id, task.state.as_str()))
+    }
+}
+
+/// One listing, or with `watch` a new one every second until no task shown
+/// is running. On a terminal each listing replaces the last; otherwise a
+/// listing is printed only when it differs from the previous one.
+fn redrive_status(client: &mut Client, out: &mut Out, id: Option<u64>, watch: bool) -> Result<()> {
+    let redraw = watch && !out.json && out.stdout.is_terminal();
+    let mut last = None;
+    loop {
+        let mut tasks = client.list_redrives()?;
+        if let Some(id) = id {
+            tasks.retain(|t| t.id == id);
+            if tasks.is_empty() {
+                let message = format!("no redrive task with id {id}");
+                return Err(ClientError::Server { code: ErrorCode::REDRIVE_NOT_FOUND, message }.into());
+            }
+        }
+        let text = if out.json {
+            let all: Vec<RedriveJson> = tasks.iter().map(RedriveJson::from).collect();
+            format!("{}\n", serde_json::to_string(&all).context("encoding JSON")?)
+        } else if tasks.is_empty() {
+            String::new()
+        } else {
+            redrive_table(&tasks)
+        };
+        if last.as_ref() != Some(&text) {
+            if redraw {
+                // Home and clear: the new table replaces the old one.
+                write!(out.stdout, "\x1b[H\x1b[2J").context("writing output")?;
+            }
+            write!(out.stdout, "{text}").context("writing output")?;
+            out.flush()?;
+            if tasks.is_empty() && !out.json {
+                eprintln!("no redrive tasks");
+            }
+            last = Some(text);
+        }
+        if !watch || tasks.iter().all(|t| t.state != RedriveState::Running) {
+            return Ok(());
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Commit,
+    Rollback,
+    Ask,
+}
+
+/// Registers as the group's checker and answers until interrupted (or, with
+/// --ask, until stdin ends).
+fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
+    let mut checker = TransactionChecker::connect_with_timeout(cli.server.as_str(), group, timeout)
+        .with_context(|| format!("cannot register as the checker of {group} on {}", cli.server))?;
+    let what = match mode {
+        Mode::Commit => "committing every message asked about",
+        Mode::Rollback => "rolling back every message asked about",
+        Mode::Ask => "asking about each message",
+    };
+    eprintln!("answering transaction checks for group {group} on {}, {what}; Ctrl-C stops", cli.server);
+    let stopper = checker.stopper();
+    let mut stdin = io::stdin().lock();
+    let mut stdout = io::stdout().lock();
+    let json = cli.json;
+    let decide = |check: &TransactionCheck| match mode {
+        Mode::Commit => Some(true),
+        Mode::Rollback => Some(false),
+        Mode::Ask => ask(&mut stdin, check, &stopper),
+    };
+    let report = |o: &CheckOutcome<'_>| {
+        let written = if json {
+            let error = o.result.as_ref().err().map(|e| ErrorJson {
+                code: e.code().map(|c| c.0),
+                name: client_error_name(e),
+                message: e.to_string(),
+            });
+            serde_json::to_writer(&mut stdout, &CheckJson::new(o.check, o.decision, error))
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(stdout))
+        } else {
+            let refused = o.result.as_ref().err().map(|e| format!(" (refused: {e})")).unwrap_or_default();
+            writeln!(stdout, "{} -> {}{refused}", check_line(o.check), decision_text(o.decision))
+        };
+        // Nobody is reading any more: stop rather than answer unseen.
+        if written.and_then(|()| stdout.flush()).is_err() {
+            stopper.stop();
+        }
+    };
+    let stats = checker.run_with_report(decide, report)?;
+    eprintln!(
+        "stopped after {} checks: {} committed, {} rolled back, {} unanswered, {} refused",
+        stats.checks, stats.committed, stats.rolled_back, stats.undecided, stats.refused
+    );
+    Ok(())
+}
+
+/// One question per check on stderr, one answer per line on stdin; the end
+/// of stdin stops the checker.
+fn ask(stdin: &mut io::StdinLock<'_>, check: &TransactionCheck, stopper: &CheckerStopper) -> Option<bool> {
+    eprintln!("{}", check_line(check));
+    loop {
+        eprint!("commit, rollback or skip (ask again later)? [c/r/s] ");
+        let mut line = String::new();
+        match stdin.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                eprintln!();
+                stopper.stop();
+                return None;
+            }
+            Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
+                "c" | "commit" => return Some(true),
+                "r" | "rollback" => return Some(false),
+                "s" | "skip" | "" => return None,
+                other => eprintln!("{other:?}: answer c, r or s"),
+            },
+        }
+    }
 }

@@ -1,0 +1,205 @@
+//! `TransactionChecker` against the fake broker and scripted servers.
+
+mod support;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cmq_client::{CheckerStats, Client, ClientError, TransactionChecker};
+use cmq_protocol::*;
+use support::{FakeBroker, FakeServer, CLIENT_TIMEOUT};
+
+fn checker(addr: std::net::SocketAddr, group: &str) -> TransactionChecker {
+    TransactionChecker::connect_with_timeout(addr, group, Some(CLIENT_TIMEOUT)).expect("register")
+}
+
+/// Serves the handshake and a RegisterChecker, like a broker would.
+fn accept_checker(peer: &mut support::Peer) -> String {
+    peer.accept_handshake(1, 0);
+    let (id, req) = peer.read_request().expect("RegisterChecker");
+    let Request::RegisterChecker(r) = req else { panic!("first request was {:?}", req.opcode()) };
+    peer.respond(id, &Response::RegisterChecker(Empty {}));
+    r.producer_group
+}
+
+#[test]
+fn a_spawned_checker_commits_rolls_back_and_leaves_undecided_ones_alone() {
+    let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
+    let mut producer = Client::connect_with_timeout(broker.addr(), Some(CLIENT_TIMEOUT)).expect("connect");
+    producer.create_queue("tx", &QueueAttributesUpdate::default()).expect("create");
+    let yes = producer.send_transaction_message("tx", "shop", "yes").expect("half");
+    let no = producer.send_transaction_message("tx", "shop", "no").expect("half");
+    let maybe = producer.send_transaction_message("tx", "shop", "maybe").expect("half");
+    let other_group = producer.send_transaction_message("tx", "other", "yes").expect("half");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let thread = checker(broker.addr(), "shop").spawn({
+        let seen = seen.clone();
+        move |check| {
+            seen.lock().expect("lock").push((check.msg_id, check.producer_group.clone(), check.check_count));
+            match &check.body[..] {
+                b"yes" => Some(true),
+                b"no" => Some(false),
+                _ => None,
+            }
+        }
+    });
+    assert_eq!(broker.checker_groups(), ["shop"]);
+    assert_eq!(broker.ask_checkers(), 3, "only the registered group's half messages");
+    support::wait_until("two EndTransactions", || broker.state.lock().expect("lock").ended.len() == 2);
+    assert_eq!(broker.state.lock().expect("lock").ended, [(yes, true), (no, false)]);
+    assert_eq!(broker.message_state("tx", yes), Some(MessageState::Ready));
+    assert_eq!(broker.message_state("tx", no), Some(MessageState::RolledBack));
+    assert_eq!(broker.message_state("tx", maybe), Some(MessageState::Half));
+    assert_eq!(broker.message_state("tx", other_group), Some(MessageState::Half));
+
+    // Asked again, the undecided one comes back with a higher count.
+    assert_eq!(broker.ask_checkers(), 1);
+    support::wait_until("the second check", || seen.lock().expect("lock").len() == 4);
+    assert_eq!(seen.lock().expect("lock")[3], (maybe, "shop".to_owned(), 2));
+
+    let stats = thread.stop().expect("stopped cleanly");
+    assert_eq!(
+        stats,
+        CheckerStats { checks: 4, committed: 1, rolled_back: 1, undecided: 2, refused: 0, ignored_pushes: 0 }
+    );
+    support::wait_until("the registration to end", || broker.checker_groups().is_empty());
+}
+
+#[test]
+fn refusals_are_reported_and_checks_pushed_during_a_reply_wait_are_not_lost() {
+    let (groups_tx, groups_rx) = mpsc::channel();
+    let groups_tx = Mutex::new(groups_tx);
+    let server = FakeServer::start(move |mut peer| {
+        let _ = groups_tx.lock().expect("lock").send(accept_checker(&mut peer));
+        // Two checks back to back: the second arrives while the checker waits
+        // for the answer to its first EndTransaction.
+        // A push of a kind this client does not know is skipped.
+        let mut unknown = Vec::new();
+        let start = frame::begin(&mut unknown, 0x0999, frame::FLAG_PUSH, 0);
+        frame::end(&mut unknown, start);
+        peer.push(&support::check("q", 1, "g"));
+        peer.write_raw(&unknown);
+        peer.push(&support::check("q", 2, "g"));
+        let (id, req) = peer.read_request().expect("EndTransaction 1");
+        assert!(matches!(req, Request::EndTransaction(EndTransaction { msg_id: 1, commit: true, .. })), "{req:?}");
+        peer.respond_error(id, Opcode::EndTransaction, ErrorCode::MESSAGE_NOT_FOUND, "already resolved");
+        let (id, req) = peer.read_request().expect("EndTransaction 2");
+        assert!(matches!(req, Request::EndTransaction(EndTransaction { msg_id: 2, .. })), "{req:?}");
+        peer.respond(id, &Response::EndTransaction(Empty {}));
+        peer.read_request(); // until the client goes
+    });
+    let mut checker = checker(server.addr(), "g");
+    assert_eq!(groups_rx.recv().expect("registered"), "g");
+    let stopper = checker.stopper();
+    let mut outcomes = Vec::new();
+    let stats = checker
+        .run_with_report(
+            |_| Some(true),
+            |outcome| {
+                outcomes.push((
+                    outcome.check.msg_id,
+                    outcome.decision,
+                    outcome.result.as_ref().err().and_then(ClientError::code),
+                ));
+                if outcomes.len() == 2 {
+                    stopper.stop();
+                }
+            },
+        )
+        .expect("stopped");
+    assert_eq!(outcomes, [(1, Some(true), Some(ErrorCode::MESSAGE_NOT_FOUND)), (2, Some(true), None)]);
+    assert_eq!((stats.checks, stats.committed, stats.refused, stats.ignored_pushes), (2, 1, 1, 1));
+}
+
+#[test]
+fn stopping_from_inside_the_callback_ends_run_without_answering() {
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let ended_tx = Mutex::new(ended_tx);
+    let server = FakeServer::start(move |mut peer| {
+        accept_checker(&mut peer);
+        peer.push(&support::check("q", 1, "g"));
+        // Anything but the connection closing would be a request.
+        let _ = ended_tx.lock().expect("lock").send(peer.read_request().map(|(_, r)| r.opcode()));
+    });
+    let mut checker = checker(server.addr(), "g");
+    let stopper = checker.stopper();
+    let stats = checker
+        .run(|_| {
+            stopper.stop();
+            Some(true)
+        })
+        .expect("stopped");
+    assert_eq!((stats.checks, stats.committed, stats.undecided), (1, 0, 1));
+    assert_eq!(ended_rx.recv().expect("server saw the end"), None, "no EndTransaction after stop");
+    assert!(checker.stopper().is_stopped());
+    assert!(checker.run(|_| None).is_ok(), "a stopped checker stays stopped");
+}
+
+#[test]
+fn a_refused_registration_fails_connect() {
+    let broker = FakeBroker::start(1, |_| 0);
+    let err = TransactionChecker::connect_with_timeout(broker.addr(), "9 not a name", Some(CLIENT_TIMEOUT))
+        .expect_err("invalid group");
+    assert_eq!(err.code(), Some(ErrorCode::INVALID_PARAMETER), "{err:?}");
+}
+
+#[test]
+fn the_broker_going_away_ends_run_with_an_error() {
+    let server = FakeServer::start(|mut peer| {
+        accept_checker(&mut peer);
+        // Dropping the peer closes the connection.
+    });
+    let err = checker(server.addr(), "g").run(|_| Some(true)).expect_err("disconnected");
+    assert!(matches!(err, ClientError::Disconnected), "{err:?}");
+}
+
+#[test]
+fn heartbeats_keep_a_live_broker_and_detect_a_silent_one() {
+    // Answers pings: the checker stays up through several idle intervals.
+    let (pings_tx, pings_rx) = mpsc::channel();
+    let pings_tx = Mutex::new(pings_tx);
+    let server = FakeServer::start(move |mut peer| {
+        accept_checker(&mut peer);
+        while let Some((id, req)) = peer.read_request() {
+            assert_eq!(req.opcode(), Opcode::Ping);
+            peer.respond(id, &Response::Ping(Empty {}));
+            let _ = pings_tx.lock().expect("lock").send(());
+        }
+    });
+    let mut live = checker(server.addr(), "g");
+    live.set_heartbeat(Duration::from_millis(20));
+    let thread = live.spawn(|_| None);
+    for _ in 0..3 {
+        pings_rx.recv_timeout(CLIENT_TIMEOUT).expect("a heartbeat ping");
+    }
+    assert!(!thread.is_finished());
+    thread.stop().expect("still healthy when stopped");
+
+    // Never answers: run ends with a timeout after one interval plus the reply timeout.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let server = FakeServer::start(move |mut peer| {
+        accept_checker(&mut peer);
+        peer.read_request().expect("the ping");
+        let _ = release_rx.lock().expect("lock").recv();
+    });
+    let mut silent = TransactionChecker::connect_with_timeout(server.addr(), "g", Some(Duration::from_millis(100)))
+        .expect("register");
+    silent.set_heartbeat(Duration::from_millis(20));
+    let started = Instant::now();
+    let err = silent.run(|_| None).expect_err("silent broker");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(started.elapsed() < CLIENT_TIMEOUT);
+    drop(release_tx);
+}
+
+#[test]
+fn dropping_the_thread_handle_stops_the_checker() {
+    let broker = FakeBroker::start(1, |_| 0);
+    let thread = checker(broker.addr(), "g").spawn(|_| None);
+    assert_eq!(broker.checker_groups(), ["g"]);
+    drop(thread);
+    support::wait_until("the registration to end", || broker.checker_groups().is_empty());
+}
