@@ -189,7 +189,7 @@ fn build_log(dir: &std::path::Path, data_bytes: u64, empty_after: usize) -> u64 
     while wal.end().0 - start < data_bytes {
         wal.append(1, &[&rec]).expect("append");
         n += 1;
-        if n % 4096 == 0 {
+        if n.is_multiple_of(4096) {
             wal.submit(false);
         }
     }
