@@ -56,14 +56,46 @@ pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).open(path)
 }
 
-/// True when the fault-injection file exists: writes and preallocation then
-/// fail with ENOSPC.
-pub(crate) fn fault_active(fault_file: &Option<PathBuf>) -> bool {
-    fault_file.as_deref().is_some_and(Path::exists)
+/// What the fault-injection file (a test hook, `WalConfig::fault_file`)
+/// currently simulates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Fault {
+    /// No file: no fault.
+    None,
+    /// The file exists (any content but `eio`): a full disk. Creating a
+    /// segment fails with ENOSPC; writes into preallocated segments still
+    /// succeed, as they do on a real full disk.
+    Full,
+    /// The file holds `eio`: a failing device. Every write, fdatasync and
+    /// segment creation fails with EIO.
+    Eio,
+    /// The file holds `eio-create`: only segment creation fails, with EIO.
+    EioCreate,
+}
+
+pub(crate) fn fault(fault_file: &Option<PathBuf>) -> Fault {
+    let Some(path) = fault_file.as_deref() else { return Fault::None };
+    match std::fs::read(path) {
+        Ok(b) if b.trim_ascii() == b"eio" => Fault::Eio,
+        Ok(b) if b.trim_ascii() == b"eio-create" => Fault::EioCreate,
+        Ok(_) => Fault::Full,
+        Err(_) => Fault::None,
+    }
 }
 
 pub(crate) fn no_space() -> io::Error {
     io::Error::from(rustix::io::Errno::NOSPC)
+}
+
+pub(crate) fn eio() -> io::Error {
+    io::Error::from(rustix::io::Errno::IO)
+}
+
+/// True for the errors of a full disk or an exhausted quota: nothing was
+/// written, and the same call succeeds once space returns.
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    e.raw_os_error()
+        .is_some_and(|c| c == rustix::io::Errno::NOSPC.raw_os_error() || c == rustix::io::Errno::DQUOT.raw_os_error())
 }
 
 /// How a new segment's space is reserved.
@@ -84,8 +116,10 @@ pub(crate) fn create_segment(
     reserve: Reserve,
     fault_file: &Option<PathBuf>,
 ) -> io::Result<File> {
-    if fault_active(fault_file) {
-        return Err(no_space());
+    match fault(fault_file) {
+        Fault::None => {}
+        Fault::Full => return Err(no_space()),
+        Fault::Eio | Fault::EioCreate => return Err(eio()),
     }
     let tmp = tmp_path(dir, base);
     let result = (|| {
