@@ -745,6 +745,41 @@ fn corruption_in_an_older_segment_fails_open_and_repair_keeps_the_rest() -> Res 
     Ok(())
 }
 
+/// The zero checks read only what the file system reports as data: a
+/// stray byte written into a never-written (unwritten, preallocated) part
+/// of a segment must still be found, in an older segment's tail and far
+/// out in an empty segment after the newest one.
+#[test]
+fn stray_bytes_in_preallocated_space_are_found() -> Res {
+    let (d, _, files) = three_segments()?;
+    let len = std::fs::metadata(&files[0])?.len();
+    write_at(&files[0], len - 1, b"\x01")?;
+    let e = Wal::open(d.path(), cfg(Backend::Thread)).err().ok_or("opened")?;
+    assert!(matches!(&e, WalError::Corrupt { path, .. } if *path == files[0]), "{e}");
+    write_at(&files[0], len - 1, b"\x00")?;
+    Wal::open(d.path(), cfg(Backend::Thread))?;
+
+    // An empty segment after the newest data segment, with one byte past
+    // the torn window: it becomes the newest data segment, and corrupt.
+    let (d, _) = small_log(3)?;
+    let (mut wal, _) = Wal::open(d.path(), cfg(Backend::Thread))?;
+    let big = body(0, 10 << 20);
+    wal.append(1, &[&big])?;
+    wal.append(1, &[&big])?; // past half fill: the next segment is prepared
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    drop(wal);
+    let files = seg_files(d.path())?;
+    assert_eq!(files.len(), 2, "the prepared segment exists");
+    let at = SEGMENT_HEADER_BYTES + cmq_broker::storage::TORN_WINDOW_BYTES + (1 << 20);
+    write_at(&files[1], at, b"\x07")?;
+    let e = Wal::open(d.path(), cfg(Backend::Thread)).err().ok_or("opened")?;
+    assert!(matches!(&e, WalError::Corrupt { path, .. } if *path == files[1]), "{e}");
+    Ok(())
+}
+
 #[test]
 fn missing_middle_segment_is_an_error_unless_repair() -> Res {
     let (d, pos, files) = three_segments()?;

@@ -87,6 +87,19 @@
 //! 5. Empty segments after the newest data segment are segments prepared
 //!    ahead of time and are kept.
 //!
+//! The zero checks (the end-of-data rule, rules 3 and 4, which segment is
+//! the newest data segment, and repair's search for the next valid
+//! record) read only the ranges that `lseek(SEEK_DATA / SEEK_HOLE)`
+//! reports as data; the rest of a segment is a hole, or an unwritten
+//! preallocated extent, and reads as zeros by definition, so skipping it
+//! changes no outcome. That makes `open` cost proportional to the data,
+//! not to the preallocated capacity. On ext4 an unwritten extent is a
+//! hole until written, and a page written into it counts as data as soon
+//! as it is in the page cache; after a crash, blocks whose write never
+//! completed read as zeros and are reported as holes. A file system
+//! without `SEEK_DATA` reports all of the file as data (and an unexpected
+//! `lseek` error is treated the same way): the full read of before.
+//!
 //! # Write path
 //!
 //! Appends are copied into an in-memory batch. [`Wal::submit`] seals it and,
@@ -178,8 +191,8 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// never holds less than one of them plus change.
 pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX;
 
-/// Largest allowed segment: the open-time scan maps and reads whole
-/// segments, and release works in whole segments.
+/// Largest allowed segment: the open-time scan maps whole segments, and
+/// release works in whole segments.
 pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// Most bytes that may be written but not yet covered by a completed

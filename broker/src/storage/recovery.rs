@@ -1,13 +1,14 @@
 //! The open-time scan: verifies every segment, applies the torn-tail rule,
 //! repairs on request. See the recovery rules in `mod.rs`.
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::format::{
-    decode_segment_header, encode_padding, encode_segment_header, nonzero_end, parse_slot, resync, Slot,
+    decode_segment_header, encode_padding, encode_segment_header, nonzero_end_in, parse_slot, resync_in, Slot,
 };
-use super::segment::{create_segment, list_segments, open_rw, segment_path, Reserve, Segment};
+use super::segment::{create_segment, data_ranges, list_segments, open_rw, segment_path, Reserve, Segment};
 use super::wal::{LogPos, SkippedRange, TornTail, WalConfig};
 use super::{WalError, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES};
 
@@ -49,7 +50,15 @@ impl Scan {
     }
 }
 
-fn scan(buf: &[u8]) -> Scan {
+/// Where the file system says a segment may hold non-zero bytes (after
+/// its header); the tail checks read only these ranges.
+fn seg_data(seg: &Segment) -> Vec<Range<usize>> {
+    data_ranges(&seg.file, SEGMENT_HEADER_BYTES, seg.capacity)
+}
+
+/// Verifies the records of one segment image; `data` are its data ranges
+/// (zero elsewhere).
+fn scan(buf: &[u8], data: &[Range<usize>]) -> Scan {
     let mut off = HDR;
     let mut records = 0;
     loop {
@@ -58,9 +67,11 @@ fn scan(buf: &[u8]) -> Scan {
                 records += 1;
                 off = next;
             }
-            Slot::End => return Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end(buf, off) },
+            Slot::End => {
+                return Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end_in(buf, off, data) }
+            }
             Slot::Bad(why) => {
-                return Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end(buf, off) }
+                return Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end_in(buf, off, data) }
             }
         }
     }
@@ -99,11 +110,12 @@ enum Fix {
     Zero { off: usize, end: usize },
 }
 
-/// Plans the repair of one segment image from its first bad offset on.
-fn plan_repair(buf: &[u8], mut off: usize) -> Vec<Fix> {
+/// Plans the repair of one segment image (zero outside `data`) from its
+/// first bad offset on.
+fn plan_repair(buf: &[u8], mut off: usize, data: &[Range<usize>]) -> Vec<Fix> {
     let mut fixes = Vec::new();
     loop {
-        match resync(buf, off + REC_HDR) {
+        match resync_in(buf, off + REC_HDR, data) {
             Some(next) => {
                 fixes.push(Fix::Pad { off, len: next - off });
                 // Continue with the valid records from there.
@@ -111,14 +123,14 @@ fn plan_repair(buf: &[u8], mut off: usize) -> Vec<Fix> {
                 loop {
                     match parse_slot(buf, o, true) {
                         Slot::Record { next, .. } => o = next,
-                        Slot::End if nonzero_end(buf, o) == o => return fixes,
+                        Slot::End if nonzero_end_in(buf, o, data) == o => return fixes,
                         Slot::End | Slot::Bad(_) => break,
                     }
                 }
                 off = o;
             }
             None => {
-                let end = nonzero_end(buf, off);
+                let end = nonzero_end_in(buf, off, data);
                 if end > off {
                     fixes.push(Fix::Zero { off, end });
                 }
@@ -233,7 +245,8 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
     for s in &mut segs {
         s.map.set_stable(s.capacity);
     }
-    let mut scans: Vec<Scan> = segs.iter().map(|s| scan(s.map.stable_bytes())).collect();
+    let mut data: Vec<Vec<Range<usize>>> = segs.iter().map(seg_data).collect();
+    let mut scans: Vec<Scan> = segs.iter().zip(&data).map(|(s, d)| scan(s.map.stable_bytes(), d)).collect();
     let newest = scans.iter().rposition(Scan::has_data).unwrap_or(0);
     let mut torn_tail = None;
 
@@ -250,7 +263,7 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
         let fixes = if torn {
             vec![Fix::Zero { off: valid_end, end: garbage_end }]
         } else {
-            plan_repair(segs[i].map.stable_bytes(), valid_end)
+            plan_repair(segs[i].map.stable_bytes(), valid_end, &data[i])
         };
         let seg = &mut segs[i];
         // Writing below the stable end needs `&mut` on the map (see mmap.rs).
@@ -278,8 +291,10 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
         }
         seg.file.sync_data().map_err(|e| WalError::io("fdatasync recovered segment", &seg.path, e))?;
         seg.map.set_stable(seg.capacity);
-        // Re-verify what was written, so a failed fix cannot pass silently.
-        let again = scan(segs[i].map.stable_bytes());
+        // Re-verify what was written, so a failed fix cannot pass silently
+        // (the fixes may have turned holes into data: ask again).
+        data[i] = seg_data(&segs[i]);
+        let again = scan(segs[i].map.stable_bytes(), &data[i]);
         if !again.clean() {
             return Err(corrupt(&segs[i].path, again.valid_end as u64, again.reason()));
         }
@@ -334,7 +349,8 @@ mod tests {
         img.resize(256, 0);
         img[HDR + 9] ^= 0x55; // damage "one"
         img[200] = 7; // garbage after the end
-        let fixes = plan_repair(&img, HDR);
+        let all_data = [Range { start: 0, end: img.len() }];
+        let fixes = plan_repair(&img, HDR, &all_data);
         assert!(matches!(fixes[0], Fix::Pad { off, len: 12 } if off == HDR));
         assert!(matches!(fixes[1], Fix::Zero { end: 201, .. }));
         assert_eq!(fixes.len(), 2);
