@@ -236,10 +236,11 @@ fn evict(dir: &std::path::Path) {
 }
 
 /// `WAL_OPEN=1 cargo bench -p cmq-broker --bench wal`: start-up cost.
-/// Median wall time of `Wal::open` and of the `replay` that follows, over
-/// a few runs, warm (pages cached) and cold (the log's pages evicted).
+/// Median wall time of `Wal::open` and of the `replay` that follows, and
+/// of `Wal::open_replay` (both in one pass), over a few runs, warm (pages
+/// cached) and cold (the log's pages evicted).
 fn open_times() {
-    const RUNS: usize = 7;
+    const RUNS: usize = 15;
     let cases: [(&str, u64, usize); 4] = [
         ("1 segment, 0 B data", 0, 0),
         ("1 segment, 1 MiB data", 1 << 20, 0),
@@ -250,7 +251,7 @@ fn open_times() {
         let d = tempfile::tempdir().expect("tempdir");
         let records = build_log(d.path(), data, empty);
         for cold in [false, true] {
-            let (mut open_ms, mut replay_ms) = (Vec::new(), Vec::new());
+            let (mut open_ms, mut replay_ms, mut fused_ms) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..RUNS {
                 if cold {
                     evict(d.path());
@@ -268,16 +269,31 @@ fn open_times() {
                 .expect("replay");
                 replay_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 assert_eq!(bytes as u64, records * 1024);
+                drop(wal);
+                if cold {
+                    evict(d.path());
+                }
+                let t = std::time::Instant::now();
+                let mut bytes = 0usize;
+                let (wal, _) = Wal::open_replay(d.path(), WalConfig::default(), LogPos(0), |_, _, b| {
+                    bytes += b.len();
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .expect("open_replay");
+                fused_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(bytes as u64, records * 1024);
+                drop(wal);
             }
             let med = |v: &mut Vec<f64>| {
                 v.sort_by(|a, b| a.total_cmp(b));
                 v[v.len() / 2]
             };
             println!(
-                "{name:24} {:4}  open {:8.2} ms  replay {:7.2} ms  ({records} records)",
+                "{name:24} {:4}  open {:7.2} ms + replay {:6.2} ms  | open_replay {:7.2} ms  ({records} records)",
                 if cold { "cold" } else { "warm" },
                 med(&mut open_ms),
                 med(&mut replay_ms),
+                med(&mut fused_ms),
             );
         }
     }

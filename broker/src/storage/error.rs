@@ -93,7 +93,7 @@ impl WalError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError<E> {
     #[error(transparent)]
-    Wal(WalError),
+    Wal(#[from] WalError),
     #[error("replay callback failed: {0}")]
     Callback(E),
 }

@@ -54,7 +54,7 @@
 //! [`Wal::append`] returns the position of the payload (record start + 9);
 //! that is the position [`Wal::read`] takes.
 //!
-//! # Recovery rules (applied by [`Wal::open`])
+//! # Recovery rules (applied by [`Wal::open`] and [`Wal::open_replay`])
 //!
 //! 1. Segments are listed by name and must be contiguous (`next.base ==
 //!    base + capacity`); every header and every record CRC is verified.
@@ -99,6 +99,13 @@
 //! completed read as zeros and are reported as holes. A file system
 //! without `SEEK_DATA` reports all of the file as data (and an unexpected
 //! `lseek` error is treated the same way): the full read of before.
+//!
+//! [`Wal::open_replay`] hands each record to the caller right after the
+//! open-time scan verified its CRC, so start-up reads and checks every
+//! byte once instead of twice (`open`, then `replay`). Only records that
+//! every outcome of these rules keeps are delivered: the scan of a segment
+//! stops at its first bad record, and what follows a repaired range is
+//! delivered after the repair, from the re-verifying rescan.
 //!
 //! # Write path
 //!

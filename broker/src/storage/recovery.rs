@@ -7,10 +7,11 @@ use std::path::Path;
 
 use super::format::{
     decode_segment_header, encode_padding, encode_segment_header, nonzero_end_in, parse_slot, resync_in, Slot,
+    RTYPE_PADDING,
 };
 use super::segment::{create_segment, data_ranges, list_segments, open_rw, segment_path, Reserve, Segment};
 use super::wal::{LogPos, SkippedRange, TornTail, WalConfig};
-use super::{WalError, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES};
+use super::{ReplayError, WalError, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES};
 
 const HDR: usize = SEGMENT_HEADER_BYTES as usize;
 const REC_HDR: usize = RECORD_HEADER_BYTES as usize;
@@ -41,10 +42,6 @@ impl Scan {
         self.bad.is_none() && self.nonzero_end == self.valid_end
     }
 
-    fn has_data(&self) -> bool {
-        self.valid_end > HDR || self.nonzero_end > self.valid_end
-    }
-
     fn reason(&self) -> &'static str {
         self.bad.unwrap_or("non-zero bytes after the end of data")
     }
@@ -57,24 +54,31 @@ fn seg_data(seg: &Segment) -> Vec<Range<usize>> {
 }
 
 /// Verifies the records of one segment image; `data` are its data ranges
-/// (zero elsewhere).
-fn scan(buf: &[u8], data: &[Range<usize>]) -> Scan {
+/// (zero elsewhere). Each record is passed to `sink(offset, rtype,
+/// payload)` right after its CRC verified, in order, so that replay needs
+/// no second pass; the scan stops at the first bad record.
+fn scan<E>(
+    buf: &[u8],
+    data: &[Range<usize>],
+    mut sink: impl FnMut(usize, u8, &[u8]) -> Result<(), E>,
+) -> Result<Scan, E> {
     let mut off = HDR;
     let mut records = 0;
-    loop {
+    Ok(loop {
         match parse_slot(buf, off, true) {
-            Slot::Record { next, .. } => {
+            Slot::Record { rtype, payload, next } => {
+                sink(off, rtype, &buf[payload])?;
                 records += 1;
                 off = next;
             }
             Slot::End => {
-                return Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end_in(buf, off, data) }
+                break Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end_in(buf, off, data) }
             }
             Slot::Bad(why) => {
-                return Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end_in(buf, off, data) }
+                break Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end_in(buf, off, data) }
             }
         }
-    }
+    })
 }
 
 fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> WalError {
@@ -207,7 +211,19 @@ fn open_segment(dir: &Path, base: u64, cfg: &WalConfig, skipped: &mut Vec<Skippe
     Segment::new(base, capacity, path.clone(), file).map_err(|e| WalError::io("map segment", &path, e))
 }
 
-pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError> {
+/// Applies the recovery rules to the log in `dir` and passes every
+/// record that starts at or after position `from` (padding excepted) to
+/// `deliver`, in log order, as soon as it verified: each byte is read and
+/// checked once. Only records that every outcome keeps are delivered (the
+/// scan stops at the first bad record; what follows a repaired range comes
+/// after the repair). When this fails, records may have been delivered
+/// already.
+pub(crate) fn recover<E>(
+    dir: &Path,
+    cfg: &WalConfig,
+    from: u64,
+    mut deliver: impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+) -> Result<Recovered, ReplayError<E>> {
     let bases = list_segments(dir).map_err(|e| WalError::io("list segments", dir, e))?;
     let mut skipped = Vec::new();
     let mut filled_gaps = Vec::new();
@@ -220,11 +236,12 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
                     &segment_path(dir, base),
                     0,
                     format!("segment overlaps {} (which ends at {expected})", prev.path.display()),
-                ));
+                )
+                .into());
             }
             if base > expected {
                 if !cfg.repair || base - expected < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES {
-                    return Err(WalError::Gap { dir: dir.to_path_buf(), from: expected, to: base });
+                    return Err(WalError::Gap { dir: dir.to_path_buf(), from: expected, to: base }.into());
                 }
                 log::warn!(
                     "repair: log positions {expected}..{base} are missing in {}; filling with an empty segment",
@@ -246,19 +263,40 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
         s.map.set_stable(s.capacity);
     }
     let mut data: Vec<Vec<Range<usize>>> = segs.iter().map(seg_data).collect();
-    let mut scans: Vec<Scan> = segs.iter().zip(&data).map(|(s, d)| scan(s.map.stable_bytes(), d)).collect();
-    let newest = scans.iter().rposition(Scan::has_data).unwrap_or(0);
+    // The newest data segment: the last one holding any non-zero byte.
+    let newest = segs.iter().zip(&data).rposition(|(s, d)| nonzero_end_in(s.map.stable_bytes(), HDR, d) > HDR);
+    let newest = newest.unwrap_or(0);
     let mut torn_tail = None;
+    let mut scans = Vec::with_capacity(segs.len());
 
     for i in 0..segs.len() {
-        if scans[i].clean() {
+        let base = segs[i].base;
+        // Replay from the first record at or after `from`; on a rescan
+        // after a repair, from the first record not delivered yet.
+        fn sink<E>(
+            deliver: &mut impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+            base: u64,
+            from: u64,
+            deliver_from: usize,
+        ) -> impl FnMut(usize, u8, &[u8]) -> Result<(), ReplayError<E>> + '_ {
+            move |off, rtype, payload| {
+                if off >= deliver_from && base + off as u64 >= from && rtype != RTYPE_PADDING {
+                    deliver(LogPos(base + (off + REC_HDR) as u64), rtype, payload).map_err(ReplayError::Callback)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+        let first = scan(segs[i].map.stable_bytes(), &data[i], sink(&mut deliver, base, from, 0))?;
+        if first.clean() {
+            scans.push(first);
             continue;
         }
-        let (valid_end, garbage_end) = (scans[i].valid_end, scans[i].nonzero_end);
-        let reason = scans[i].reason();
+        let (valid_end, garbage_end) = (first.valid_end, first.nonzero_end);
+        let reason = first.reason();
         let torn = i == newest && (garbage_end as u64) <= valid_end as u64 + TORN_WINDOW_BYTES;
         if !torn && !cfg.repair {
-            return Err(corrupt(&segs[i].path, valid_end as u64, reason));
+            return Err(corrupt(&segs[i].path, valid_end as u64, reason).into());
         }
         let fixes = if torn {
             vec![Fix::Zero { off: valid_end, end: garbage_end }]
@@ -291,14 +329,15 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
         }
         seg.file.sync_data().map_err(|e| WalError::io("fdatasync recovered segment", &seg.path, e))?;
         seg.map.set_stable(seg.capacity);
-        // Re-verify what was written, so a failed fix cannot pass silently
-        // (the fixes may have turned holes into data: ask again).
+        // Re-verify the whole segment, so a failed fix cannot pass silently
+        // (the fixes may have turned holes into data: ask again), and
+        // deliver the records after the first bad one.
         data[i] = seg_data(&segs[i]);
-        let again = scan(segs[i].map.stable_bytes(), &data[i]);
+        let again = scan(segs[i].map.stable_bytes(), &data[i], sink(&mut deliver, base, from, valid_end))?;
         if !again.clean() {
-            return Err(corrupt(&segs[i].path, again.valid_end as u64, again.reason()));
+            return Err(corrupt(&segs[i].path, again.valid_end as u64, again.reason()).into());
         }
-        scans[i] = again;
+        scans.push(again);
     }
 
     if let Some(seg) = segs.get(newest) {

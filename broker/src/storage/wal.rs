@@ -292,6 +292,27 @@ impl Wal {
     /// Opens (creating if missing) the log in `dir`, verifies it and
     /// truncates a torn tail. See the recovery rules in `mod.rs`.
     pub fn open(dir: &Path, cfg: WalConfig) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_replay(dir, cfg, LogPos(0), |_, _, _| Ok::<(), std::convert::Infallible>(())).map_err(|e| match e {
+            ReplayError::Wal(e) => e,
+            ReplayError::Callback(never) => match never {},
+        })
+    }
+
+    /// `open` followed by `replay(from, f)`, in one pass: every record is
+    /// delivered right after the open-time scan verified it, so each byte
+    /// of the log is read and CRC-checked once at start-up (`replay`
+    /// afterwards would read and check everything a second time). The
+    /// records and their order are exactly those of `replay(from, f)` on
+    /// the opened log. Only records that recovery keeps are delivered (the
+    /// scan stops at the first bad record, torn or not). If this fails,
+    /// some records may have been delivered already: discard what `f`
+    /// built.
+    pub fn open_replay<E>(
+        dir: &Path,
+        cfg: WalConfig,
+        from: LogPos,
+        f: impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+    ) -> Result<(Wal, RecoveryReport), ReplayError<E>> {
         validate(&cfg)?;
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| WalError::io("create WAL directory", dir, e))?;
@@ -299,7 +320,7 @@ impl Wal {
                 sync_dir(parent).map_err(|e| WalError::io("fsync directory", parent, e))?;
             }
         }
-        let rec = recover(dir, &cfg)?;
+        let rec = recover(dir, &cfg, from.0, f)?;
         let mut segs: VecDeque<Segment> = rec.segs.into();
         if segs.is_empty() {
             let path = segment_path(dir, 0);
@@ -359,7 +380,9 @@ impl Wal {
 
     /// Calls `f(payload position, rtype, payload)` for every record that
     /// starts at or after `from`, in log order, including records not yet
-    /// written. Padding records are skipped. CRCs are verified again.
+    /// written. Padding records are skipped. CRCs are verified again; at
+    /// start-up, [`Wal::open_replay`] delivers the same records from the
+    /// open-time scan instead, reading and checking everything once.
     pub fn replay<E>(
         &self,
         from: LogPos,
