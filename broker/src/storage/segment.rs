@@ -144,8 +144,9 @@ pub(crate) fn create_segment(
 /// The ranges of `file[from..len)` that may hold non-zero bytes, from the
 /// file system's `SEEK_DATA` / `SEEK_HOLE`: everything outside them reads as
 /// zero. On ext4 (measured here, kernel 6.18) unwritten preallocated
-/// extents are holes, while pages written into them are data as soon as
-/// they are in the page cache, before any writeback. A file system without
+/// extents are holes, while their pages in the page cache are data: written
+/// ones before any writeback, and also ones only read (cached zeros, which
+/// claims more than the truth and is harmless). A file system without
 /// support reports one data range up to the end of the file, and an
 /// unexpected error is answered the same way: the result never claims less
 /// data than there is; at worst it costs the full read of a plain scan.
