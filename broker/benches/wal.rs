@@ -2,6 +2,7 @@
 //! fdatasync), 64 B and 1 KiB records, io_uring vs flusher-thread backend;
 //! plus the hot-path read. Run: `cargo bench -p cmq-broker --bench wal`.
 //! Figures are records/s (criterion's "thrpt", elements per second).
+//! `WAL_AB=1` and `WAL_OPEN=1` select the two hand-rolled modes below.
 
 use std::time::Duration;
 
@@ -176,9 +177,135 @@ fn ab() {
     }
 }
 
+/// Makes a log of one default-size segment holding about `data_bytes` of
+/// 1 KiB records (all durable), followed by `empty_after` empty segments
+/// (as the housekeeper prepares them). Returns the number of records.
+fn build_log(dir: &std::path::Path, data_bytes: u64, empty_after: usize) -> u64 {
+    let (mut wal, _) = Wal::open(dir, WalConfig::default()).expect("open WAL");
+    let start = wal.end().0;
+    let rec = vec![0xa5u8; 1024];
+    let mut n = 0u64;
+    let mut out = Vec::new();
+    while wal.end().0 - start < data_bytes {
+        wal.append(1, &[&rec]).expect("append");
+        n += 1;
+        if n.is_multiple_of(4096) {
+            wal.submit(false);
+        }
+    }
+    commit(&mut wal, &mut out);
+    let stats = wal.segment_stats();
+    let cap = stats[0].capacity;
+    assert!(wal.end().0 < cap, "the data must fit one segment");
+    drop(wal);
+    // Past half fill the WAL prepared the next segment: remove it, so that
+    // each case holds exactly the segments it names.
+    for s in &stats[1..] {
+        std::fs::remove_file(dir.join(format!("{:020}.log", s.base.0))).expect("remove prepared segment");
+    }
+    // Empty segments exactly as `create_segment` writes them: fallocated,
+    // 32-byte header (magic, version 1, base, capacity, CRC32C).
+    for k in 1..=empty_after as u64 {
+        let base = k * cap;
+        let path = dir.join(format!("{base:020}.log"));
+        let f = std::fs::File::create(&path).expect("create segment");
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, cap).expect("fallocate");
+        let mut h = Vec::with_capacity(32);
+        h.extend_from_slice(b"cmq-wal\n");
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&base.to_le_bytes());
+        h.extend_from_slice(&cap.to_le_bytes());
+        let crc = crc32c::crc32c(&h);
+        h.extend_from_slice(&crc.to_le_bytes());
+        std::os::unix::fs::FileExt::write_all_at(&f, &h, 0).expect("header");
+        f.sync_all().expect("fsync");
+    }
+    n
+}
+
+/// Drops the page cache of every file in `dir` (they are all synced), so
+/// the next open reads from the disk: a cold start without dropping the
+/// whole machine's cache.
+fn evict(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        if let Ok(f) = std::fs::File::open(e.path()) {
+            let _ = f.sync_all();
+            let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+        }
+    }
+}
+
+/// `WAL_OPEN=1 cargo bench -p cmq-broker --bench wal`: start-up cost.
+/// Median wall time of `Wal::open` and of the `replay` that follows, and
+/// of `Wal::open_replay` (both in one pass), over a few runs, warm (pages
+/// cached) and cold (the log's pages evicted).
+fn open_times() {
+    const RUNS: usize = 15;
+    let cases: [(&str, u64, usize); 4] = [
+        ("1 segment, 0 B data", 0, 0),
+        ("1 segment, 1 MiB data", 1 << 20, 0),
+        ("1 segment, 60 MiB data", 60 << 20, 0),
+        ("4 empty segments", 0, 3),
+    ];
+    for (name, data, empty) in cases {
+        let d = tempfile::tempdir().expect("tempdir");
+        let records = build_log(d.path(), data, empty);
+        for cold in [false, true] {
+            let (mut open_ms, mut replay_ms, mut fused_ms) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                if cold {
+                    evict(d.path());
+                }
+                let t = std::time::Instant::now();
+                let (wal, rep) = Wal::open(d.path(), WalConfig::default()).expect("open");
+                open_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(rep.records, records);
+                let t = std::time::Instant::now();
+                let mut bytes = 0usize;
+                wal.replay(LogPos(0), |_, _, b| {
+                    bytes += b.len();
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .expect("replay");
+                replay_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(bytes as u64, records * 1024);
+                drop(wal);
+                if cold {
+                    evict(d.path());
+                }
+                let t = std::time::Instant::now();
+                let mut bytes = 0usize;
+                let (wal, _) = Wal::open_replay(d.path(), WalConfig::default(), LogPos(0), |_, _, b| {
+                    bytes += b.len();
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .expect("open_replay");
+                fused_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(bytes as u64, records * 1024);
+                drop(wal);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            println!(
+                "{name:24} {:4}  open {:7.2} ms + replay {:6.2} ms  | open_replay {:7.2} ms  ({records} records)",
+                if cold { "cold" } else { "warm" },
+                med(&mut open_ms),
+                med(&mut replay_ms),
+                med(&mut fused_ms),
+            );
+        }
+    }
+}
+
 fn main() {
     if std::env::var_os("WAL_AB").is_some() {
         ab();
+        return;
+    }
+    if std::env::var_os("WAL_OPEN").is_some() {
+        open_times();
         return;
     }
     benches();

@@ -12,6 +12,19 @@ pub enum WalError {
         #[source]
         source: io::Error,
     },
+    /// The disk is full: the next segment cannot be created. Nothing was
+    /// written and nothing is lost; the WAL stays writable. [`Normal`]
+    /// appends get this once they reach the reserve at the end of the
+    /// newest segment, [`Reserve`] appends once the reserve is used up too.
+    /// Appends resume by themselves as soon as a segment can be created
+    /// (retried in the background, see `NO_SPACE_RETRY_MS`).
+    ///
+    /// [`Normal`]: super::AppendClass::Normal
+    /// [`Reserve`]: super::AppendClass::Reserve
+    #[error(
+        "WAL out of disk space: no room for a new segment (nothing was written; writes resume when space returns)"
+    )]
+    NoSpace,
     /// An earlier write, fsync or segment creation failed; the WAL refuses
     /// writes until [`super::Wal::try_recover`] succeeds.
     #[error("WAL is unavailable after an earlier write, fsync or segment creation failure")]
@@ -63,9 +76,16 @@ impl WalError {
         WalError::Io { op, path: path.into(), source }
     }
 
-    /// True when the underlying cause is a full disk (real or injected).
+    /// True when the cause is a full disk (real or injected): either
+    /// [`WalError::NoSpace`] (nothing written, the WAL stays writable) or a
+    /// write that failed with ENOSPC / EDQUOT (the WAL is failed; see
+    /// [`super::Wal::is_failed`]).
     pub fn is_no_space(&self) -> bool {
-        matches!(self, WalError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+        match self {
+            WalError::NoSpace => true,
+            WalError::Io { source, .. } => super::segment::is_full(source),
+            _ => false,
+        }
     }
 }
 
@@ -73,7 +93,7 @@ impl WalError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError<E> {
     #[error(transparent)]
-    Wal(WalError),
+    Wal(#[from] WalError),
     #[error("replay callback failed: {0}")]
     Callback(E),
 }

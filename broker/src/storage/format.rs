@@ -153,10 +153,41 @@ pub(crate) fn nonzero_end(buf: &[u8], from: usize) -> usize {
     from
 }
 
-/// First offset in `from..` holding a verifying record, if any.
+/// First offset in `from..` holding a verifying record, if any. The
+/// reference for [`resync_in`], which recovery uses.
+#[cfg(test)]
 pub(crate) fn resync(seg: &[u8], from: usize) -> Option<usize> {
     let last = seg.len().checked_sub(REC_HDR)?;
     (from..=last).find(|&o| matches!(parse_slot(seg, o, true), Slot::Record { .. }))
+}
+
+/// [`nonzero_end`] for a `buf` known to be zero outside `data` (sorted,
+/// disjoint ranges, as the file system reports them): reads only those.
+pub(crate) fn nonzero_end_in(buf: &[u8], from: usize, data: &[Range<usize>]) -> usize {
+    for r in data.iter().rev() {
+        if r.end <= from {
+            break;
+        }
+        let (lo, hi) = (r.start.max(from), r.end.min(buf.len()));
+        if lo < hi {
+            let end = nonzero_end(&buf[..hi], lo);
+            if end > lo {
+                return end;
+            }
+        }
+    }
+    from
+}
+
+/// [`resync`] for a `seg` known to be zero outside `data`: a record starts
+/// with a non-zero length field, so only offsets whose 4-byte length field
+/// touches a data range can hold one.
+pub(crate) fn resync_in(seg: &[u8], from: usize, data: &[Range<usize>]) -> Option<usize> {
+    let last = seg.len().checked_sub(REC_HDR)?;
+    data.iter().find_map(|r| {
+        let (lo, hi) = (r.start.saturating_sub(3).max(from), r.end.min(last + 1));
+        (lo..hi).find(|&o| matches!(parse_slot(seg, o, true), Slot::Record { .. }))
+    })
 }
 
 #[cfg(test)]
@@ -229,6 +260,46 @@ mod tests {
                 img[byte] ^= 1 << bit;
                 assert!(!matches!(parse_slot(&img, HDR, true), Slot::Record { .. }), "flip {byte}.{bit}");
             }
+        }
+    }
+
+    /// Zeroes `img` outside `data`, as a file system reporting those
+    /// ranges guarantees.
+    fn only_in(img: &mut [u8], data: &[Range<usize>]) {
+        let mut prev = 0;
+        for r in data {
+            img[prev..r.start].fill(0);
+            prev = r.end;
+        }
+        let len = img.len();
+        img[prev.min(len)..].fill(0);
+    }
+
+    fn ranges(cuts: &[usize], len: usize) -> Vec<Range<usize>> {
+        let mut c: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.chunks_exact(2).map(|p| p[0]..p[1]).filter(|r| !r.is_empty()).collect()
+    }
+
+    proptest::proptest! {
+        /// Reading only the data ranges finds what a full read finds.
+        #[test]
+        fn data_range_scans_match_full_scans(
+            recs in proptest::collection::vec((1u8..=255, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)), 0..12),
+            junk in proptest::collection::vec((0usize..600, 1u8..=255), 0..6),
+            cuts in proptest::collection::vec(0usize..601, 0..8),
+            from in 0usize..600,
+        ) {
+            let recs: Vec<(u8, &[u8])> = recs.iter().map(|(t, p)| (*t, &p[..])).collect();
+            let mut img = image(&recs, 600);
+            for (at, b) in junk {
+                img[at] = b;
+            }
+            let data = ranges(&cuts, img.len());
+            only_in(&mut img, &data);
+            proptest::prop_assert_eq!(nonzero_end_in(&img, from, &data), nonzero_end(&img, from));
+            proptest::prop_assert_eq!(resync_in(&img, from, &data), resync(&img, from));
         }
     }
 

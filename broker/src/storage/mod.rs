@@ -54,7 +54,7 @@
 //! [`Wal::append`] returns the position of the payload (record start + 9);
 //! that is the position [`Wal::read`] takes.
 //!
-//! # Recovery rules (applied by [`Wal::open`])
+//! # Recovery rules (applied by [`Wal::open`] and [`Wal::open_replay`])
 //!
 //! 1. Segments are listed by name and must be contiguous (`next.base ==
 //!    base + capacity`); every header and every record CRC is verified.
@@ -87,6 +87,28 @@
 //! 5. Empty segments after the newest data segment are segments prepared
 //!    ahead of time and are kept.
 //!
+//! The zero checks (the end-of-data rule, rules 3 and 4, which segment is
+//! the newest data segment, and repair's search for the next valid
+//! record) read only the ranges that `lseek(SEEK_DATA / SEEK_HOLE)`
+//! reports as data; the rest of a segment is a hole, or an unwritten
+//! preallocated extent, and reads as zeros by definition, so skipping it
+//! changes no outcome. That makes `open` cost proportional to the data,
+//! not to the preallocated capacity. Measured on ext4 (kernel 6.18): an
+//! unwritten (fallocated) extent is a hole, except for its pages in the
+//! page cache, which count as data whether written (dirty, before any
+//! writeback) or only read (cached zeros: more than the truth, which only
+//! costs reading them); after a crash, blocks whose write never completed
+//! read as zeros and are holes. A file system without `SEEK_DATA` reports
+//! all of the file as data (and an unexpected `lseek` error is treated
+//! the same way): the full read of before.
+//!
+//! [`Wal::open_replay`] hands each record to the caller right after the
+//! open-time scan verified its CRC, so start-up reads and checks every
+//! byte once instead of twice (`open`, then `replay`). Only records that
+//! every outcome of these rules keeps are delivered: the scan of a segment
+//! stops at its first bad record, and what follows a repaired range is
+//! delivered after the repair, from the re-verifying rescan.
+//!
 //! # Write path
 //!
 //! Appends are copied into an in-memory batch. [`Wal::submit`] seals it and,
@@ -101,9 +123,40 @@
 //! when the flight completes. Completion is signalled on an eventfd the
 //! shard registers in its mio `Poll`. New segments are created, and
 //! released ones deleted, by a per-shard housekeeper thread.
-//! After a write, fsync or segment-creation error the WAL refuses all
-//! writes (the PostgreSQL fsync lesson) until [`Wal::try_recover`] has
-//! re-validated the tail.
+//! After a write or fsync error, or a segment creation failing for any
+//! other reason than a full disk, the WAL refuses all writes (the
+//! PostgreSQL fsync lesson) until [`Wal::try_recover`] has re-validated the
+//! tail.
+//!
+//! # Full disk
+//!
+//! Segments are preallocated, so a full disk cannot fail a write into an
+//! existing segment; it fails the creation of the next one (fallocate,
+//! file creation or rename with ENOSPC / EDQUOT). That failure writes
+//! nothing and loses nothing, so it does not fail the WAL:
+//!
+//! * Appends have a class ([`AppendClass`]). `Normal` appends (new data)
+//!   stop [`SEGMENT_RESERVE_BYTES`] short of the end of the last segment on
+//!   disk; `Reserve` appends (the broker's deletes, receives and visibility
+//!   changes: small, and they lead to space being freed) may fill it. In
+//!   the normal case the next segment is already prepared when the active
+//!   one fills, and `Normal` appends fill the active one to its end: the
+//!   reserve costs no space until the disk is actually full.
+//! * When an append needs a new segment and it cannot be created because
+//!   the disk is full, the append fails with [`WalError::NoSpace`] and adds
+//!   nothing; the WAL stays writable and readable, batches already
+//!   appended complete normally. `Normal` appends meet this first (at the
+//!   reserve), `Reserve` appends only once the reserve is used up.
+//! * The housekeeper starts preparing the next segment when the active
+//!   one is half full, so a full disk is usually noticed half a segment
+//!   before it matters. From then on the creation is retried by the
+//!   housekeeper (never blocking the shard's loop) at most every
+//!   [`NO_SPACE_RETRY_MS`] while appends need it, and at once after
+//!   [`Wal::release_before`] freed a segment (queued behind the deletions,
+//!   so it sees their space). As soon as a segment exists, appends resume;
+//!   no operator action and no `try_recover` is needed.
+//! * A write or fdatasync that fails (with ENOSPC, EIO or anything else)
+//!   is not this case: it fails the WAL as described above.
 
 mod error;
 mod format;
@@ -120,7 +173,9 @@ mod wal;
 pub use error::{ReplayError, WalError};
 pub use lock::{DataDirLock, LockError};
 pub use manifest::{Manifest, ManifestError};
-pub use wal::{Backend, BatchId, LogPos, RecoveryReport, SegmentInfo, SkippedRange, TornTail, Wal, WalConfig};
+pub use wal::{
+    AppendClass, Backend, BatchId, LogPos, RecoveryReport, SegmentInfo, SkippedRange, TornTail, Wal, WalConfig,
+};
 
 /// Bytes of the segment header at file offset 0.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
@@ -145,8 +200,8 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// never holds less than one of them plus change.
 pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX;
 
-/// Largest allowed segment: the open-time scan maps and reads whole
-/// segments, and release works in whole segments.
+/// Largest allowed segment: the open-time scan maps whole segments, and
+/// release works in whole segments.
 pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// Most bytes that may be written but not yet covered by a completed
@@ -160,7 +215,29 @@ pub const TORN_WINDOW_BYTES: u64 = 32 << 20;
 /// completions are in order by construction.
 pub const FLIGHTS_MAX: usize = 1;
 
+/// Room at the end of the newest segment that only
+/// [`AppendClass::Reserve`] appends may use, so that consumers can still
+/// receive and delete messages (which is how space comes back) when the
+/// disk is too full for another segment. Sized to receive and delete, one
+/// at a time, every message of a full default segment of 1 KiB messages:
+/// about 62,400 `Enqueued` records of 1,075 bytes fit in 64 MiB, and a
+/// `Received` (39 bytes) plus a `Deleted` (23 bytes) record per message
+/// take 62 x 62,400 = 3.7 MiB. While the next segment is already prepared
+/// (the normal case) the reserve is not held back at all: it only stops
+/// `Normal` appends in the last segment on disk, so it costs no space.
+pub const SEGMENT_RESERVE_BYTES: u64 = 4 << 20;
+
+/// While the disk is full, creation of the next segment is retried (by the
+/// housekeeper thread, never on the shard's loop) at most this often, so a
+/// full disk is not hammered with fallocate calls; a `release_before` that
+/// frees a segment retries at once.
+pub const NO_SPACE_RETRY_MS: u64 = 100;
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+// The reserve is a small slice of any segment, and a record of the
+// maximum size still fits in a segment in front of it.
+const _: () = assert!(SEGMENT_RESERVE_BYTES * 8 <= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_RESERVE_BYTES <= SEGMENT_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX < SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(TORN_WINDOW_BYTES >= RECORD_BYTES_MAX);

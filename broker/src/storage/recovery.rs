@@ -1,15 +1,17 @@
 //! The open-time scan: verifies every segment, applies the torn-tail rule,
 //! repairs on request. See the recovery rules in `mod.rs`.
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::format::{
-    decode_segment_header, encode_padding, encode_segment_header, nonzero_end, parse_slot, resync, Slot,
+    decode_segment_header, encode_padding, encode_segment_header, nonzero_end_in, parse_slot, resync_in, Slot,
+    RTYPE_PADDING,
 };
-use super::segment::{create_segment, list_segments, open_rw, segment_path, Reserve, Segment};
+use super::segment::{create_segment, data_ranges, list_segments, open_rw, segment_path, Reserve, Segment};
 use super::wal::{LogPos, SkippedRange, TornTail, WalConfig};
-use super::{WalError, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES};
+use super::{ReplayError, WalError, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES};
 
 const HDR: usize = SEGMENT_HEADER_BYTES as usize;
 const REC_HDR: usize = RECORD_HEADER_BYTES as usize;
@@ -40,30 +42,43 @@ impl Scan {
         self.bad.is_none() && self.nonzero_end == self.valid_end
     }
 
-    fn has_data(&self) -> bool {
-        self.valid_end > HDR || self.nonzero_end > self.valid_end
-    }
-
     fn reason(&self) -> &'static str {
         self.bad.unwrap_or("non-zero bytes after the end of data")
     }
 }
 
-fn scan(buf: &[u8]) -> Scan {
+/// Where the file system says a segment may hold non-zero bytes (after
+/// its header); the tail checks read only these ranges.
+fn seg_data(seg: &Segment) -> Vec<Range<usize>> {
+    data_ranges(&seg.file, SEGMENT_HEADER_BYTES, seg.capacity)
+}
+
+/// Verifies the records of one segment image; `data` are its data ranges
+/// (zero elsewhere). Each record is passed to `sink(offset, rtype,
+/// payload)` right after its CRC verified, in order, so that replay needs
+/// no second pass; the scan stops at the first bad record.
+fn scan<E>(
+    buf: &[u8],
+    data: &[Range<usize>],
+    mut sink: impl FnMut(usize, u8, &[u8]) -> Result<(), E>,
+) -> Result<Scan, E> {
     let mut off = HDR;
     let mut records = 0;
-    loop {
+    Ok(loop {
         match parse_slot(buf, off, true) {
-            Slot::Record { next, .. } => {
+            Slot::Record { rtype, payload, next } => {
+                sink(off, rtype, &buf[payload])?;
                 records += 1;
                 off = next;
             }
-            Slot::End => return Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end(buf, off) },
+            Slot::End => {
+                break Scan { records, valid_end: off, bad: None, nonzero_end: nonzero_end_in(buf, off, data) }
+            }
             Slot::Bad(why) => {
-                return Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end(buf, off) }
+                break Scan { records, valid_end: off, bad: Some(why), nonzero_end: nonzero_end_in(buf, off, data) }
             }
         }
-    }
+    })
 }
 
 fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> WalError {
@@ -99,11 +114,12 @@ enum Fix {
     Zero { off: usize, end: usize },
 }
 
-/// Plans the repair of one segment image from its first bad offset on.
-fn plan_repair(buf: &[u8], mut off: usize) -> Vec<Fix> {
+/// Plans the repair of one segment image (zero outside `data`) from its
+/// first bad offset on.
+fn plan_repair(buf: &[u8], mut off: usize, data: &[Range<usize>]) -> Vec<Fix> {
     let mut fixes = Vec::new();
     loop {
-        match resync(buf, off + REC_HDR) {
+        match resync_in(buf, off + REC_HDR, data) {
             Some(next) => {
                 fixes.push(Fix::Pad { off, len: next - off });
                 // Continue with the valid records from there.
@@ -111,14 +127,14 @@ fn plan_repair(buf: &[u8], mut off: usize) -> Vec<Fix> {
                 loop {
                     match parse_slot(buf, o, true) {
                         Slot::Record { next, .. } => o = next,
-                        Slot::End if nonzero_end(buf, o) == o => return fixes,
+                        Slot::End if nonzero_end_in(buf, o, data) == o => return fixes,
                         Slot::End | Slot::Bad(_) => break,
                     }
                 }
                 off = o;
             }
             None => {
-                let end = nonzero_end(buf, off);
+                let end = nonzero_end_in(buf, off, data);
                 if end > off {
                     fixes.push(Fix::Zero { off, end });
                 }
@@ -195,7 +211,19 @@ fn open_segment(dir: &Path, base: u64, cfg: &WalConfig, skipped: &mut Vec<Skippe
     Segment::new(base, capacity, path.clone(), file).map_err(|e| WalError::io("map segment", &path, e))
 }
 
-pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError> {
+/// Applies the recovery rules to the log in `dir` and passes every
+/// record that starts at or after position `from` (padding excepted) to
+/// `deliver`, in log order, as soon as it verified: each byte is read and
+/// checked once. Only records that every outcome keeps are delivered (the
+/// scan stops at the first bad record; what follows a repaired range comes
+/// after the repair). When this fails, records may have been delivered
+/// already.
+pub(crate) fn recover<E>(
+    dir: &Path,
+    cfg: &WalConfig,
+    from: u64,
+    mut deliver: impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+) -> Result<Recovered, ReplayError<E>> {
     let bases = list_segments(dir).map_err(|e| WalError::io("list segments", dir, e))?;
     let mut skipped = Vec::new();
     let mut filled_gaps = Vec::new();
@@ -208,11 +236,12 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
                     &segment_path(dir, base),
                     0,
                     format!("segment overlaps {} (which ends at {expected})", prev.path.display()),
-                ));
+                )
+                .into());
             }
             if base > expected {
                 if !cfg.repair || base - expected < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES {
-                    return Err(WalError::Gap { dir: dir.to_path_buf(), from: expected, to: base });
+                    return Err(WalError::Gap { dir: dir.to_path_buf(), from: expected, to: base }.into());
                 }
                 log::warn!(
                     "repair: log positions {expected}..{base} are missing in {}; filling with an empty segment",
@@ -233,24 +262,46 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
     for s in &mut segs {
         s.map.set_stable(s.capacity);
     }
-    let mut scans: Vec<Scan> = segs.iter().map(|s| scan(s.map.stable_bytes())).collect();
-    let newest = scans.iter().rposition(Scan::has_data).unwrap_or(0);
+    let mut data: Vec<Vec<Range<usize>>> = segs.iter().map(seg_data).collect();
+    // The newest data segment: the last one holding any non-zero byte.
+    let newest = segs.iter().zip(&data).rposition(|(s, d)| nonzero_end_in(s.map.stable_bytes(), HDR, d) > HDR);
+    let newest = newest.unwrap_or(0);
     let mut torn_tail = None;
+    let mut scans = Vec::with_capacity(segs.len());
 
     for i in 0..segs.len() {
-        if scans[i].clean() {
+        let base = segs[i].base;
+        // Replay from the first record at or after `from`; on a rescan
+        // after a repair, from the first record not delivered yet.
+        fn sink<E>(
+            deliver: &mut impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+            base: u64,
+            from: u64,
+            deliver_from: usize,
+        ) -> impl FnMut(usize, u8, &[u8]) -> Result<(), ReplayError<E>> + '_ {
+            move |off, rtype, payload| {
+                if off >= deliver_from && base + off as u64 >= from && rtype != RTYPE_PADDING {
+                    deliver(LogPos(base + (off + REC_HDR) as u64), rtype, payload).map_err(ReplayError::Callback)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+        let first = scan(segs[i].map.stable_bytes(), &data[i], sink(&mut deliver, base, from, 0))?;
+        if first.clean() {
+            scans.push(first);
             continue;
         }
-        let (valid_end, garbage_end) = (scans[i].valid_end, scans[i].nonzero_end);
-        let reason = scans[i].reason();
+        let (valid_end, garbage_end) = (first.valid_end, first.nonzero_end);
+        let reason = first.reason();
         let torn = i == newest && (garbage_end as u64) <= valid_end as u64 + TORN_WINDOW_BYTES;
         if !torn && !cfg.repair {
-            return Err(corrupt(&segs[i].path, valid_end as u64, reason));
+            return Err(corrupt(&segs[i].path, valid_end as u64, reason).into());
         }
         let fixes = if torn {
             vec![Fix::Zero { off: valid_end, end: garbage_end }]
         } else {
-            plan_repair(segs[i].map.stable_bytes(), valid_end)
+            plan_repair(segs[i].map.stable_bytes(), valid_end, &data[i])
         };
         let seg = &mut segs[i];
         // Writing below the stable end needs `&mut` on the map (see mmap.rs).
@@ -278,12 +329,15 @@ pub(crate) fn recover(dir: &Path, cfg: &WalConfig) -> Result<Recovered, WalError
         }
         seg.file.sync_data().map_err(|e| WalError::io("fdatasync recovered segment", &seg.path, e))?;
         seg.map.set_stable(seg.capacity);
-        // Re-verify what was written, so a failed fix cannot pass silently.
-        let again = scan(segs[i].map.stable_bytes());
+        // Re-verify the whole segment, so a failed fix cannot pass silently
+        // (the fixes may have turned holes into data: ask again), and
+        // deliver the records after the first bad one.
+        data[i] = seg_data(&segs[i]);
+        let again = scan(segs[i].map.stable_bytes(), &data[i], sink(&mut deliver, base, from, valid_end))?;
         if !again.clean() {
-            return Err(corrupt(&segs[i].path, again.valid_end as u64, again.reason()));
+            return Err(corrupt(&segs[i].path, again.valid_end as u64, again.reason()).into());
         }
-        scans[i] = again;
+        scans.push(again);
     }
 
     if let Some(seg) = segs.get(newest) {
@@ -334,7 +388,8 @@ mod tests {
         img.resize(256, 0);
         img[HDR + 9] ^= 0x55; // damage "one"
         img[200] = 7; // garbage after the end
-        let fixes = plan_repair(&img, HDR);
+        let all_data = [Range { start: 0, end: img.len() }];
+        let fixes = plan_repair(&img, HDR, &all_data);
         assert!(matches!(fixes[0], Fix::Pad { off, len: 12 } if off == HDR));
         assert!(matches!(fixes[1], Fix::Zero { end: 201, .. }));
         assert_eq!(fixes.len(), 2);

@@ -17,11 +17,11 @@ use super::format::{encode_record, parse_slot, record_bytes, Slot, RTYPE_PADDING
 use super::housekeeper::{Housekeeper, Prepared};
 use super::io::{Engine, FlightResult, Flusher, IoFailure, Notifier, Op};
 use super::recovery::{recover, write_zeros};
-use super::segment::{create_segment, fault_active, no_space, segment_path, sync_dir, Reserve, Segment};
+use super::segment::{create_segment, eio, fault, is_full, segment_path, sync_dir, Fault, Reserve, Segment};
 use super::uring::Uring;
 use super::{
-    RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
-    SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES,
+    NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, TORN_WINDOW_BYTES,
 };
 
 /// Batch buffers kept for reuse, so steady-state appends do not allocate.
@@ -54,6 +54,21 @@ pub struct LogPos(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BatchId(pub u64);
 
+/// Whether an append may use the reserve at the end of the newest segment
+/// (see [`SEGMENT_RESERVE_BYTES`] and the "Full disk" section in `mod.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppendClass {
+    /// New data. Stops [`SEGMENT_RESERVE_BYTES`] short of the end of the
+    /// last segment on disk; when it needs a new segment and the disk is
+    /// full, the append fails with [`WalError::NoSpace`].
+    #[default]
+    Normal,
+    /// Small records that lead to space being freed (deletes, receives,
+    /// visibility changes): may fill the reserve, and get
+    /// [`WalError::NoSpace`] only once it is used up.
+    Reserve,
+}
+
 /// Which I/O backend runs the flights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -72,9 +87,13 @@ pub struct WalConfig {
     pub backend: Backend,
     /// Skip damaged records and missing segments instead of failing open.
     pub repair: bool,
-    /// Fault injection for tests: while this file exists, writes and
-    /// segment preallocation fail with ENOSPC. Checked when a flight starts,
-    /// when a segment is created and in `try_recover`.
+    /// Fault injection for tests. While this file exists the disk behaves
+    /// as if full: creating a segment fails with ENOSPC (writes into
+    /// preallocated segments still succeed, as on a real full disk). If it
+    /// holds `eio`, every write, fdatasync and segment creation fails with
+    /// EIO instead; `eio-create`: only segment creation fails, with EIO.
+    /// Checked when a flight starts, when a segment is created and in
+    /// `try_recover`.
     pub fault_file: Option<PathBuf>,
 }
 
@@ -168,8 +187,11 @@ struct Flight {
 #[derive(PartialEq, Eq)]
 enum Prep {
     Idle,
+    /// The housekeeper is creating the next segment (at most one request
+    /// is outstanding).
     Requested,
-    /// The last background creation failed; the roll retries synchronously.
+    /// The last background creation failed for another reason than a full
+    /// disk; the roll retries synchronously.
     Failed,
 }
 
@@ -215,6 +237,12 @@ pub struct Wal {
     notifier: Arc<Notifier>,
     keeper: Housekeeper,
     prep: Prep,
+    /// Set while the disk is full (the last attempt to create the next
+    /// segment failed with ENOSPC): the earliest time of the next attempt.
+    /// Appends that need a new segment then fail with `NoSpace` at once.
+    full_retry_at: Option<Instant>,
+    /// Segment creations asked of the housekeeper (for tests).
+    prepare_requests: u64,
     pool: Vec<Vec<u8>>,
 }
 
@@ -264,6 +292,27 @@ impl Wal {
     /// Opens (creating if missing) the log in `dir`, verifies it and
     /// truncates a torn tail. See the recovery rules in `mod.rs`.
     pub fn open(dir: &Path, cfg: WalConfig) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_replay(dir, cfg, LogPos(0), |_, _, _| Ok::<(), std::convert::Infallible>(())).map_err(|e| match e {
+            ReplayError::Wal(e) => e,
+            ReplayError::Callback(never) => match never {},
+        })
+    }
+
+    /// `open` followed by `replay(from, f)`, in one pass: every record is
+    /// delivered right after the open-time scan verified it, so each byte
+    /// of the log is read and CRC-checked once at start-up (`replay`
+    /// afterwards would read and check everything a second time). The
+    /// records and their order are exactly those of `replay(from, f)` on
+    /// the opened log. Only records that recovery keeps are delivered (the
+    /// scan stops at the first bad record, torn or not). If this fails,
+    /// some records may have been delivered already: discard what `f`
+    /// built.
+    pub fn open_replay<E>(
+        dir: &Path,
+        cfg: WalConfig,
+        from: LogPos,
+        f: impl FnMut(LogPos, u8, &[u8]) -> Result<(), E>,
+    ) -> Result<(Wal, RecoveryReport), ReplayError<E>> {
         validate(&cfg)?;
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| WalError::io("create WAL directory", dir, e))?;
@@ -271,7 +320,7 @@ impl Wal {
                 sync_dir(parent).map_err(|e| WalError::io("fsync directory", parent, e))?;
             }
         }
-        let rec = recover(dir, &cfg)?;
+        let rec = recover(dir, &cfg, from.0, f)?;
         let mut segs: VecDeque<Segment> = rec.segs.into();
         if segs.is_empty() {
             let path = segment_path(dir, 0);
@@ -322,6 +371,8 @@ impl Wal {
             notifier,
             keeper,
             prep: Prep::Idle,
+            full_retry_at: None,
+            prepare_requests: 0,
             pool: Vec::new(),
         };
         Ok((wal, report))
@@ -329,7 +380,9 @@ impl Wal {
 
     /// Calls `f(payload position, rtype, payload)` for every record that
     /// starts at or after `from`, in log order, including records not yet
-    /// written. Padding records are skipped. CRCs are verified again.
+    /// written. Padding records are skipped. CRCs are verified again; at
+    /// start-up, [`Wal::open_replay`] delivers the same records from the
+    /// open-time scan instead, reading and checking everything once.
     pub fn replay<E>(
         &self,
         from: LogPos,
@@ -378,8 +431,19 @@ impl Wal {
 
     /// Adds one record (`parts` concatenated) to the current batch and
     /// returns the position of its payload. Nothing is written until
-    /// `submit`.
+    /// `submit`. Same as `append_class(.., AppendClass::Normal)`.
     pub fn append(&mut self, rtype: u8, parts: &[&[u8]]) -> Result<LogPos, WalError> {
+        self.append_class(rtype, parts, AppendClass::Normal)
+    }
+
+    /// Adds one record of the given class (see [`AppendClass`]).
+    ///
+    /// Errors: `Unavailable` after a write failure (until `try_recover`),
+    /// `NoSpace` when the record needs a segment that the full disk has no
+    /// room for (nothing is added; the WAL stays writable and appends
+    /// resume by themselves once a segment can be created), and the
+    /// argument errors `ReservedType` and `RecordTooLarge`.
+    pub fn append_class(&mut self, rtype: u8, parts: &[&[u8]], class: AppendClass) -> Result<LogPos, WalError> {
         if self.failed {
             return Err(WalError::Unavailable);
         }
@@ -391,7 +455,9 @@ impl Wal {
             return Err(WalError::RecordTooLarge { len: payload, max: RECORD_PAYLOAD_MAX_BYTES });
         }
         let rec = record_bytes(payload);
-        if self.end + rec > self.segs[self.active].end() {
+        // A loop only to step over a segment too small for the record (a
+        // repair filler); a new segment always has room for it.
+        while self.end + rec > self.append_limit(class) {
             self.roll()?;
         }
         let start = self.end;
@@ -583,10 +649,20 @@ impl Wal {
         self.failed
     }
 
+    /// True while the disk is full: the next segment could not be created
+    /// at the last attempt, so `Normal` appends get `NoSpace` once they
+    /// reach the reserve. Clears by itself when a segment is created.
+    pub fn is_out_of_space(&self) -> bool {
+        self.full_retry_at.is_some()
+    }
+
     /// Deletes (in the background) every segment lying entirely below
     /// `pos`, oldest first; never the active segment or one still being
-    /// written.
+    /// written. While the disk is full, a release that frees a segment
+    /// retries creating the next one at once (the housekeeper runs that
+    /// after the deletions, so it sees the space they free).
     pub fn release_before(&mut self, pos: LogPos) {
+        let mut freed = false;
         while self.active > 0 {
             let Some(front) = self.segs.front() else { break };
             if front.end() > pos.0 || front.end() > self.written_end {
@@ -598,7 +674,12 @@ impl Wal {
                 // The map and file close here; the unlink happens on the
                 // housekeeper thread, in order.
                 self.keeper.delete(seg.path.clone());
+                freed = true;
             }
+        }
+        if freed && self.full_retry_at.is_some() {
+            self.full_retry_at = Some(Instant::now());
+            self.retry_if_due();
         }
     }
 
@@ -641,14 +722,23 @@ impl Wal {
         if self.has_pending() {
             return Err(WalError::Busy("records are pending; submit them first"));
         }
-        if fault_active(&self.cfg.fault_file) {
-            return Err(WalError::io("write", &self.segs[self.active].path, no_space()));
+        if fault(&self.cfg.fault_file) == Fault::Eio {
+            return Err(WalError::io("write", &self.segs[self.active].path, eio()));
         }
-        if self.prep == Prep::Failed && self.active + 1 == self.segs.len() {
+        if self.prep == Prep::Failed && self.active + 1 == self.segs.len() && self.full_retry_at.is_none() {
             // The failure was (or may be) the next segment's creation: make
-            // sure appends can continue before declaring success.
-            let seg = self.create_next_now(self.next_base())?;
-            self.segs.push_back(seg);
+            // sure appends can continue before declaring success. A full
+            // disk is no reason to stay failed: that is the NoSpace state.
+            let base = self.next_base();
+            match create_segment(&self.dir, base, self.cfg.segment_bytes, Reserve::Preallocate, &self.cfg.fault_file) {
+                Ok(file) => {
+                    let seg = self.map_new(base, self.cfg.segment_bytes, file)?;
+                    self.segs.push_back(seg);
+                    self.prep = Prep::Idle;
+                }
+                Err(e) if is_full(&e) => self.enter_full(base, &e),
+                Err(e) => return Err(WalError::io("create segment", segment_path(&self.dir, base), e)),
+            }
         }
         let (d, w) = (self.durable_end, self.written_end);
         let h = self.high_water.max(w);
@@ -759,9 +849,9 @@ impl Wal {
     fn start_waiting(&mut self) {
         debug_assert!(self.flight.is_none());
         let Some(w) = self.waiting.take() else { return };
-        if fault_active(&self.cfg.fault_file) {
+        if fault(&self.cfg.fault_file) == Fault::Eio {
             let path = self.segs[self.active].path.clone();
-            self.push_ready(w.id, Err(WalError::io("write", path, no_space())));
+            self.push_ready(w.id, Err(WalError::io("write", path, eio())));
             self.fail();
             return;
         }
@@ -863,19 +953,23 @@ impl Wal {
         }
     }
 
+    /// Where appends of `class` must stop in the active segment: its end,
+    /// or for `Normal` appends in the last segment on disk, the start of
+    /// the reserve.
+    fn append_limit(&self, class: AppendClass) -> u64 {
+        let seg = &self.segs[self.active];
+        if class == AppendClass::Normal && self.active + 1 == self.segs.len() {
+            seg.end() - SEGMENT_RESERVE_BYTES.min(seg.capacity)
+        } else {
+            seg.end()
+        }
+    }
+
     /// Moves appends to the next segment (prepared in the background if
     /// all went well).
     fn roll(&mut self) -> Result<(), WalError> {
         if self.active + 1 == self.segs.len() {
-            let seg = match self.obtain_next() {
-                Ok(seg) => seg,
-                Err(e) => {
-                    log::error!("WAL cannot create its next segment: {e}; refusing writes until recovered");
-                    self.fail();
-                    return Err(e);
-                }
-            };
-            self.segs.push_back(seg);
+            self.add_next()?;
         }
         self.segs[self.active].data_end = self.end;
         self.active += 1;
@@ -888,40 +982,145 @@ impl Wal {
         self.segs.back().map_or(0, Segment::end)
     }
 
-    fn obtain_next(&mut self) -> Result<Segment, WalError> {
-        let base = self.next_base();
-        let cap = self.cfg.segment_bytes;
-        if self.prep == Prep::Idle {
-            self.keeper.prepare(base, cap);
-            self.prep = Prep::Requested;
-        }
-        if self.prep == Prep::Requested {
-            let got = self.keeper.wait_prepared();
-            self.prep = Prep::Idle;
-            if let Some(Prepared { base: b, result: Ok(file) }) = got {
-                if b == base {
-                    return self.map_new(base, cap, file);
+    /// Adds the segment after the last one, waiting for the background
+    /// preparation if it runs. A full disk gives `NoSpace` and leaves the
+    /// WAL writable; while the disk is full this never blocks (it collects
+    /// or starts a background attempt). Any other failure fails the WAL.
+    fn add_next(&mut self) -> Result<(), WalError> {
+        let segs = self.segs.len();
+        if self.full_retry_at.is_some() {
+            if self.prep == Prep::Requested {
+                if let Some(p) = self.keeper.try_prepared() {
+                    self.prep = Prep::Idle;
+                    self.take_prepared(p)?;
                 }
             }
+            if self.segs.len() == segs {
+                self.retry_if_due();
+                return Err(WalError::NoSpace);
+            }
+            return Ok(());
         }
-        // The background attempt failed (maybe while the disk was full):
-        // try once more here before giving up.
-        self.create_next_now(base)
-    }
-
-    fn create_next_now(&mut self, base: u64) -> Result<Segment, WalError> {
-        let cap = self.cfg.segment_bytes;
+        let base = self.next_base();
+        if self.prep == Prep::Idle {
+            self.request_prepare();
+        }
+        if self.prep == Prep::Requested {
+            self.prep = Prep::Idle;
+            if let Some(p) = self.keeper.wait_prepared() {
+                self.take_prepared(p)?;
+            }
+            if self.segs.len() > segs {
+                return Ok(());
+            }
+            if self.full_retry_at.is_some() {
+                return Err(WalError::NoSpace);
+            }
+        }
+        // The background attempt failed for another reason: try once more
+        // here before giving up.
         let path = segment_path(&self.dir, base);
-        match create_segment(&self.dir, base, cap, Reserve::Preallocate, &self.cfg.fault_file) {
+        match create_segment(&self.dir, base, self.cfg.segment_bytes, Reserve::Preallocate, &self.cfg.fault_file) {
             Ok(file) => {
                 self.prep = Prep::Idle;
-                self.map_new(base, cap, file)
+                let seg = self.map_new(base, self.cfg.segment_bytes, file).inspect_err(|_| self.fail())?;
+                self.segs.push_back(seg);
+                Ok(())
+            }
+            Err(e) if is_full(&e) => {
+                self.prep = Prep::Idle;
+                self.enter_full(base, &e);
+                Err(WalError::NoSpace)
             }
             Err(e) => {
                 self.prep = Prep::Failed;
-                Err(WalError::io("create segment", &path, e))
+                log::error!(
+                    "WAL cannot create its next segment {}: {e}; refusing writes until recovered",
+                    path.display()
+                );
+                self.fail();
+                Err(WalError::io("create segment", path, e))
             }
         }
+    }
+
+    /// Takes the housekeeper's answer to a preparation request: adds the
+    /// segment, or records why there is none. Errors only if mapping the
+    /// new segment failed (which fails the WAL).
+    fn take_prepared(&mut self, p: Prepared) -> Result<(), WalError> {
+        let base = self.next_base();
+        match p.result {
+            Ok(file) if p.base == base => match self.map_new(base, self.cfg.segment_bytes, file) {
+                Ok(seg) => {
+                    self.segs.push_back(seg);
+                    if self.full_retry_at.take().is_some() {
+                        log::warn!("WAL in {}: disk space is back, new data is accepted again", self.dir.display());
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    log::error!("WAL cannot map its new segment: {e}; refusing writes until recovered");
+                    self.prep = Prep::Failed;
+                    self.fail();
+                    Err(e)
+                }
+            },
+            Ok(_) => {
+                // Unreachable by construction (one request at a time,
+                // segments only added here and in `add_next`); a file at a
+                // stale base would break the contiguity check at the next
+                // open, so remove it.
+                debug_assert!(false, "prepared segment at a stale base");
+                self.keeper.delete(segment_path(&self.dir, p.base));
+                Ok(())
+            }
+            Err(e) if is_full(&e) => {
+                self.enter_full(p.base, &e);
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("WAL could not prepare segment {}: {e}", segment_path(&self.dir, p.base).display());
+                self.prep = Prep::Failed;
+                Ok(())
+            }
+        }
+    }
+
+    /// Notes that the disk is full (a segment creation failed with ENOSPC).
+    fn enter_full(&mut self, base: u64, e: &io::Error) {
+        if self.full_retry_at.is_none() {
+            log::warn!(
+                "WAL in {}: disk full, cannot create segment {}: {e}; new data is refused (NoSpace) once the \
+                 reserve is reached, deletes and receives use the reserve; retrying every {NO_SPACE_RETRY_MS} ms",
+                self.dir.display(),
+                segment_path(&self.dir, base).display()
+            );
+            self.full_retry_at = Some(Instant::now() + Duration::from_millis(NO_SPACE_RETRY_MS));
+        }
+    }
+
+    /// While the disk is full: asks the housekeeper to try creating the
+    /// next segment again, if no attempt is running and the last one is at
+    /// least `NO_SPACE_RETRY_MS` old (or space was freed since).
+    fn retry_if_due(&mut self) {
+        let Some(at) = self.full_retry_at else { return };
+        if self.prep == Prep::Requested || self.active + 1 < self.segs.len() {
+            return;
+        }
+        let now = Instant::now();
+        if now < at {
+            return;
+        }
+        self.request_prepare();
+        self.full_retry_at = Some(now + Duration::from_millis(NO_SPACE_RETRY_MS));
+    }
+
+    /// Asks the housekeeper to create the segment after the last one.
+    fn request_prepare(&mut self) {
+        debug_assert!(self.prep != Prep::Requested, "one preparation at a time");
+        self.keeper.prepare(self.next_base(), self.cfg.segment_bytes);
+        self.prep = Prep::Requested;
+        self.prepare_requests += 1;
     }
 
     fn map_new(&self, base: u64, cap: u64, file: File) -> Result<Segment, WalError> {
@@ -938,44 +1137,24 @@ impl Wal {
             Prep::Requested => {
                 if let Some(p) = self.keeper.try_prepared() {
                     self.prep = Prep::Idle;
-                    let base = self.next_base();
-                    match p.result {
-                        Ok(file) if p.base == base => match self.map_new(base, self.cfg.segment_bytes, file) {
-                            Ok(seg) => self.segs.push_back(seg),
-                            Err(e) => {
-                                log::warn!("WAL segment preparation failed: {e}");
-                                self.prep = Prep::Failed;
-                            }
-                        },
-                        Ok(_) => {
-                            // Unreachable by construction (one request at a
-                            // time, segments only added here and in a roll);
-                            // a file at a stale base would break the
-                            // contiguity check at the next open, so remove it.
-                            debug_assert!(false, "prepared segment at a stale base");
-                            self.keeper.delete(segment_path(&self.dir, p.base));
-                        }
-                        Err(e) => {
-                            log::warn!(
-                                "WAL could not prepare segment {}: {e}",
-                                segment_path(&self.dir, p.base).display()
-                            );
-                            self.prep = Prep::Failed;
-                        }
-                    }
+                    // A mapping failure has failed the WAL; the next append
+                    // reports it.
+                    let _ = self.take_prepared(p);
                 }
             }
-            Prep::Idle => {
+            Prep::Idle | Prep::Failed => {
                 if self.active + 1 == self.segs.len() {
                     let a = &self.segs[self.active];
                     let (num, den) = PREPARE_AT_FILL;
                     if (self.end - a.base) * den > a.capacity * num {
-                        self.keeper.prepare(a.end(), self.cfg.segment_bytes);
-                        self.prep = Prep::Requested;
+                        if self.full_retry_at.is_some() {
+                            self.retry_if_due();
+                        } else if self.prep == Prep::Idle {
+                            self.request_prepare();
+                        }
                     }
                 }
             }
-            Prep::Failed => {}
         }
     }
 }
@@ -1006,5 +1185,36 @@ mod tests {
     fn wal_can_move_to_its_shard_thread() {
         fn is_send<T: Send>() {}
         is_send::<Wal>();
+    }
+
+    /// While the disk is full, appends that hit NoSpace in a tight loop ask
+    /// for a segment creation at most once per NO_SPACE_RETRY_MS.
+    #[test]
+    fn full_disk_retries_are_rate_limited() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let fault = d.path().join("FAULT");
+        let cfg = WalConfig {
+            segment_bytes: SEGMENT_BYTES_MIN,
+            backend: Backend::Thread,
+            fault_file: Some(fault.clone()),
+            ..WalConfig::default()
+        };
+        let (mut wal, _) = Wal::open(&d.path().join("wal"), cfg)?;
+        std::fs::write(&fault, b"")?;
+        let big = vec![1u8; 1 << 20];
+        while wal.append(1, &[&big]).is_ok() {}
+        assert!(wal.is_out_of_space());
+        let before = wal.prepare_requests;
+        let t = Instant::now();
+        let mut refused = 0u64;
+        while t.elapsed() < Duration::from_millis(5 * NO_SPACE_RETRY_MS) {
+            assert!(matches!(wal.append(1, &[&big]), Err(WalError::NoSpace)));
+            refused += 1;
+        }
+        let asked = wal.prepare_requests - before;
+        let most = (t.elapsed().as_millis() as u64).div_ceil(NO_SPACE_RETRY_MS) + 1;
+        assert!(asked >= 2 && asked <= most, "{asked} creation attempts for {refused} refused appends");
+        assert!(refused > 100 * asked);
+        Ok(())
     }
 }
