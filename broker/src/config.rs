@@ -78,7 +78,8 @@ pub struct Flags {
     /// Start even if the log is corrupt, skipping unreadable records (each one is logged).
     #[arg(long)]
     pub repair: bool,
-    /// Testing only: while this file exists, log writes fail as if the disk were full.
+    /// Testing only: while this file exists the log behaves as if the disk were full
+    /// (put `eio` in it for a failing device).
     #[arg(long, hide = true, value_name = "FILE")]
     pub fault_file: Option<PathBuf>,
     /// Testing only: acknowledge the send carrying every Nth message without storing it

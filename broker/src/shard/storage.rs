@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use cmq_protocol::ErrorCode;
 use mio::{Registry, Token};
 
+use crate::engine::record::rtype;
 use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
-use crate::storage::{LogPos, RecoveryReport, Wal, WalConfig, WalError};
+use crate::storage::{AppendClass, LogPos, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
 
 /// File holding the shard's latest catalog snapshot.
 const CATALOG_FILE: &str = "catalog";
@@ -46,33 +47,30 @@ impl ShardLog {
         flush_interval_ms: u64,
         engine: &mut ShardEngine,
     ) -> anyhow::Result<(ShardLog, RecoveryReport)> {
-        let (wal, report) = Wal::open(dir, cfg)?;
-        let mut log = ShardLog {
+        // The catalog first: replay skips the queue records it covers.
+        let catalog_pos = load_catalog(dir, engine)?;
+        // Replay from the open-time scan: the log is read and verified once.
+        let (wal, report) =
+            Wal::open_replay(dir, cfg, LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
+                .map_err(|e| match e {
+                    ReplayError::Wal(e) => anyhow::Error::new(e),
+                    ReplayError::Callback(e) => anyhow::anyhow!("replaying {}: {e}", dir.display()),
+                })?;
+        let log = ShardLog {
             wal,
             dir: dir.to_owned(),
             sync_pending: false,
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
-            catalog_pos: 0,
+            catalog_pos,
         };
-        log.replay_into(engine)?;
         Ok((log, report))
     }
 
     /// Rebuilds `engine` (fresh) from the catalog and the log.
     pub fn replay_into(&mut self, engine: &mut ShardEngine) -> anyhow::Result<()> {
-        use anyhow::Context;
-        let catalog_path = self.dir.join(CATALOG_FILE);
-        match std::fs::read(&catalog_path) {
-            Ok(bytes) => {
-                let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", catalog_path.display()))?;
-                self.catalog_pos = c.log_pos;
-                engine.load_catalog(&c);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", catalog_path.display())),
-        }
+        self.catalog_pos = load_catalog(&self.dir, engine)?;
         self.wal
             .replay(LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
             .map_err(|e| anyhow::anyhow!("replaying {}: {e}", self.dir.display()))
@@ -231,15 +229,46 @@ impl ShardLog {
     }
 }
 
+/// Loads the shard's catalog into `engine`, if there is one; returns its log position.
+fn load_catalog(dir: &Path, engine: &mut ShardEngine) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let path = dir.join(CATALOG_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            engine.load_catalog(&c);
+            Ok(c.log_pos)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 impl Log for ShardLog {
     fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
-        match self.wal.append(rtype, parts) {
+        // Records that free space (or must not stop while the disk is full:
+        // consumers draining it) may use the log's reserve.
+        let class = match rtype {
+            rtype::RECEIVED
+            | rtype::DELETED
+            | rtype::VISIBILITY_CHANGED
+            | rtype::QUEUE_DELETED
+            | rtype::PURGED
+            | rtype::TRANSFER_DONE => AppendClass::Reserve,
+            _ => AppendClass::Normal,
+        };
+        match self.wal.append_class(rtype, parts, class) {
             Ok(pos) => {
                 if durability == Durability::Synced {
                     self.sync_pending = true;
                 }
                 Ok(pos.0)
             }
+            Err(WalError::NoSpace) => Err(EngineError::new(
+                ErrorCode::STORAGE_UNAVAILABLE,
+                "storage unavailable: disk full; new data is refused until space is freed \
+                 (receives and deletes still work)",
+            )),
             Err(e) => Err(EngineError::new(ErrorCode::STORAGE_UNAVAILABLE, format!("storage unavailable: {e}"))),
         }
     }
