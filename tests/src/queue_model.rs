@@ -176,6 +176,34 @@ impl RawConn {
         self.call(Request::CancelRedrive(CancelRedrive { id }))
     }
 
+    #[track_caller]
+    pub fn cancel_redrive_ok(&mut self, id: u64) -> RedriveInfo {
+        expect_ok!(self.cancel_redrive(id), CancelRedrive)
+    }
+
+    /// Sends `n` messages (bodies `{tag}-{i}`) to `queue`, which must have
+    /// maxReceiveCount 1, and receives each once without deleting it: when
+    /// the leases end they all go to the dead-letter queue. Returns the ids.
+    #[track_caller]
+    pub fn send_and_poison(&mut self, queue: &str, n: usize, tag: &str) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+            let bodies = chunk.iter().map(|i| Bytes::from(format!("{tag}-{i}"))).collect();
+            ids.extend(self.batch_send_ok(queue, 0, bodies));
+        }
+        let mut received = 0;
+        while received < n {
+            match self.batch_receive(queue, 16, Some(1)) {
+                Reply::Ok(_, Response::BatchReceiveMessage(b)) => {
+                    assert!(b.messages.iter().all(|m| m.dequeue_count == 1), "received twice");
+                    received += b.messages.len();
+                }
+                r => panic!("receiving {n} from {queue} (got {received}): {r:?}"),
+            }
+        }
+        ids
+    }
+
     // ---- draining -------------------------------------------------------------------
 
     /// Receives and deletes until `n` messages came out of `queue` or `within`
