@@ -33,17 +33,17 @@ pub fn now_ms() -> u64 {
 }
 
 /// Calls `probe` every `POLL_EVERY` until it returns `Some`, or panics after
-/// `within` saying what did not happen (and the last value it saw). For
+/// `within` saying what did not happen (and the last state it saw, as `Err` text). For
 /// events driven by the broker's own timers (lease ends, moves, checks),
 /// which a client cannot otherwise wait on.
 #[track_caller]
-pub fn poll_until<T, S: std::fmt::Debug>(within: Duration, what: &str, mut probe: impl FnMut() -> Result<T, S>) -> T {
+pub fn poll_until<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     const POLL_EVERY: Duration = Duration::from_millis(50);
     let deadline = Instant::now() + within;
     loop {
         match probe() {
             Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => panic!("not within {within:?}: {what}; last seen: {last:?}"),
+            Err(last) if Instant::now() >= deadline => panic!("not within {within:?}: {what}; last seen: {last}"),
             Err(_) => std::thread::sleep(POLL_EVERY),
         }
     }

@@ -34,7 +34,7 @@ fn fill_dlq(c: &mut RawConn, dlq: &str, sources: &[&str], per_source: usize) -> 
         if info.active_msg_num == total {
             Ok(())
         } else {
-            Err(info)
+            Err(format!("{info:?}"))
         }
     });
     for src in sources {
@@ -50,7 +50,7 @@ fn wait_finished(c: &mut RawConn, id: u64, within: Duration) -> RedriveInfo {
     poll_until(within, "the redrive finishes", || {
         let r = c.redrive_info(id);
         if r.state == RedriveState::Running {
-            Err(r)
+            Err(format!("{r:?}"))
         } else {
             Ok(r)
         }
@@ -107,7 +107,7 @@ fn a_redrive_at_100_per_second_moves_1000_back_surviving_kill9_midway() {
         if r.moved >= 350 {
             Ok(r)
         } else {
-            Err(r)
+            Err(format!("{r:?}"))
         }
     });
     let elapsed = t0.elapsed();
@@ -185,7 +185,7 @@ fn redrive_to_a_missing_queue_leaves_the_messages_in_the_dlq() {
         if info.active_msg_num == 10 {
             Ok(info)
         } else {
-            Err(info)
+            Err(format!("{info:?}"))
         }
     });
     assert_eq!(backlog(&info), 10);
@@ -207,7 +207,7 @@ fn cancel_redrive_leaves_the_rest_in_the_dlq() {
         if r.moved >= 5 {
             Ok(())
         } else {
-            Err(r)
+            Err(format!("{r:?}"))
         }
     });
     let cancelled = c.cancel_redrive_ok(r.id);
@@ -223,7 +223,7 @@ fn cancel_redrive_leaves_the_rest_in_the_dlq() {
         if n == (moved, 60 - moved) {
             Ok(())
         } else {
-            Err(n)
+            Err(format!("{n:?}"))
         }
     });
     // At 10/s a task still running would move ~12 more in this time.
