@@ -214,7 +214,8 @@ impl RawConn {
         let deadline = Instant::now() + within;
         let mut out = Vec::with_capacity(n);
         while out.len() < n && Instant::now() < deadline {
-            let got = match self.batch_receive(queue, 16, Some(1)) {
+            let max = (n - out.len()).min(16) as u16;
+            let got = match self.batch_receive(queue, max, Some(1)) {
                 Reply::Ok(_, Response::BatchReceiveMessage(b)) => b.messages,
                 r if r.code() == ErrorCode::NO_MESSAGE => continue,
                 r => panic!("batch receive from {queue}: {r:?}"),
