@@ -216,3 +216,24 @@ fn checks_resume_after_kill9() {
     let mut c = RawConn::open(broker.addr);
     assert_eq!(c.receive_ok(&q, Some(5)).msg_id, id);
 }
+
+#[test]
+fn when_a_checker_disconnects_the_next_check_goes_to_the_one_still_registered() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let q = name_on_shard("orders", 0, SHARDS);
+    let mut c = RawConn::open(broker.addr);
+    c.create_queue_attrs(&q, tx_queue(1, 10, TxDefault::Rollback));
+    // The first checker is on the other shard than the queue, and leaves after one check.
+    let mut first = PushConn::open(broker.addr, Some(1));
+    first.register_checker("billing").ok();
+    let id = c.send_tx_ok(&q, "billing", "x");
+    let check = first.next_check(Duration::from_secs(5)).expect("first check");
+    assert_eq!((check.msg_id, check.check_count), (id, 1));
+    drop(first);
+    let mut second = PushConn::open(broker.addr, Some(1));
+    second.register_checker("billing").ok();
+    let check = second.next_check(Duration::from_secs(5)).expect("the next check reaches the live checker");
+    assert_eq!((check.msg_id, check.check_count), (id, 2), "no check was sent to the closed connection");
+    second.end_tx(&q, id, false).ok();
+    assert_eq!(c.query_ok(&q, id).state, MessageState::RolledBack);
+}
