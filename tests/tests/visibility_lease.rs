@@ -1,5 +1,5 @@
 //! ChangeMessageVisibility as a lease heartbeat, against a real cmqd: a
-//! consumer that keeps extending a 1 s lease every ~0.5 s holds the message
+//! consumer that keeps extending a 1 s lease every ~0.4 s holds the message
 //! for several seconds while another consumer long-polls for it in vain;
 //! once the heartbeats stop, the other consumer gets it within a lease.
 //!
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cmq_integration_tests::{now_ms, Broker, RawConn, Reply};
 use cmq_protocol::*;
 
-const HEARTBEAT: Duration = Duration::from_millis(500);
+const HEARTBEAT: Duration = Duration::from_millis(400);
 const HOLD: Duration = Duration::from_secs(4);
 
 #[test]
