@@ -29,7 +29,7 @@
 //! 12 TxChecked         uid u32, seq u64, count u32, next_ms u64
 //! 13 TxEnded           uid u32, seq u64, commit u8, time_ms u64
 //! 14 TransferOut       id u64, kind u8, redrive u64, src_uid u32, src_seq u64, dequeue_count u32,
-//!                      dst_queue str, data (body + origin)
+//!                      time_ms u64, dst_queue str, data (body + origin)
 //! 15 TransferIn        src_shard u16, id u64, uid u32, seq u64, msg_id u64, enqueue_ms u64,
 //!                      dequeue_count u32, data (body + origin)
 //! 16 TransferDone      [id u64]
@@ -196,6 +196,7 @@ pub enum Record<B> {
         src_uid: u32,
         src_seq: u64,
         dequeue_count: u32,
+        time_ms: u64,
         dst_queue: String,
         body: B,
         suffix: Bytes,
@@ -339,13 +340,25 @@ impl Record<Bytes> {
                 w.put_u64(*check_at_ms);
                 (body, suffix)
             }
-            Record::TransferOut { id, kind, redrive, src_uid, src_seq, dequeue_count, dst_queue, body, suffix } => {
+            Record::TransferOut {
+                id,
+                kind,
+                redrive,
+                src_uid,
+                src_seq,
+                dequeue_count,
+                time_ms,
+                dst_queue,
+                body,
+                suffix,
+            } => {
                 w.put_u64(*id);
                 w.put_u8(*kind);
                 w.put_u64(*redrive);
                 w.put_u32(*src_uid);
                 w.put_u64(*src_seq);
                 w.put_u32(*dequeue_count);
+                w.put_u64(*time_ms);
                 w.put_str(dst_queue);
                 (body, suffix)
             }
@@ -611,6 +624,7 @@ fn decode_with(rtype: u8, c: &mut Cursor<'_>) -> DecodeResult<Record<BodySpan>> 
             src_uid: c.u32("src_uid")?,
             src_seq: c.u64("src_seq")?,
             dequeue_count: c.u32("dequeue_count")?,
+            time_ms: c.u64("time")?,
             dst_queue: c.str("dst_queue")?,
             body: c.data("data")?,
             suffix: none(),
@@ -758,6 +772,7 @@ mod tests {
                     src_uid: u[0],
                     src_seq: n[2],
                     dequeue_count: u[1],
+                    time_ms: n[1] ^ n[2],
                     dst_queue,
                     body,
                     suffix

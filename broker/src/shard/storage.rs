@@ -51,11 +51,12 @@ impl ShardLog {
         let catalog_pos = load_catalog(dir, engine)?;
         // Replay from the open-time scan: the log is read and verified once.
         let (wal, report) =
-            Wal::open_replay(dir, cfg, LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
-                .map_err(|e| match e {
+            Wal::open_replay(dir, cfg, LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload)).map_err(
+                |e| match e {
                     ReplayError::Wal(e) => anyhow::Error::new(e),
                     ReplayError::Callback(e) => anyhow::anyhow!("replaying {}: {e}", dir.display()),
-                })?;
+                },
+            )?;
         let log = ShardLog {
             wal,
             dir: dir.to_owned(),

@@ -104,6 +104,7 @@ impl ShardEngine {
             src_uid: uid,
             src_seq: seq,
             dequeue_count: e.dequeue_count,
+            time_ms: now_ms,
             dst_queue: dst_queue.to_owned(),
             body,
             suffix: origin.clone(),
@@ -121,7 +122,8 @@ impl ShardEngine {
             next_send_ms: now_ms,
             attempts: 0,
         };
-        self.apply_transfer_out(id, seq, out, pos, true);
+        let original = suffix::origin_msg_id(&origin);
+        self.apply_transfer_out(id, seq, out, original, now_ms, true);
         Ok(())
     }
 
@@ -382,8 +384,10 @@ impl ShardEngine {
                     .filter(|(_, e)| matches!(e.state, MsgState::Ready | MsgState::InFlight | MsgState::Delayed))
                     .count() as u64
             });
+            // Done only once every move is confirmed: a refused one comes back.
+            let unconfirmed = self.outbox.entries.values().any(|e| e.redrive == id);
             let Some(r) = self.redrives.get_mut(&id) else { return };
-            if left <= r.skipped.len() as u64 {
+            if left <= r.skipped.len() as u64 && !unconfirmed {
                 self.finish_redrive(log, now_ms, id, 2);
             } else {
                 r.cursor = 0;

@@ -227,7 +227,18 @@ impl ShardEngine {
                 }
             }
             Record::TxEnded { uid, seq, commit, time_ms } => self.apply_tx_ended(uid, seq, commit, time_ms),
-            Record::TransferOut { id, kind, redrive, src_uid, src_seq, dequeue_count, dst_queue, body, .. } => {
+            Record::TransferOut {
+                id,
+                kind,
+                redrive,
+                src_uid,
+                src_seq,
+                dequeue_count,
+                time_ms,
+                dst_queue,
+                body,
+                ..
+            } => {
                 let out = OutboxEntry {
                     kind,
                     redrive,
@@ -240,7 +251,8 @@ impl ShardEngine {
                     next_send_ms: 0,
                     attempts: 0,
                 };
-                self.apply_transfer_out(id, src_seq, out, pos, counted);
+                let original = suffix::origin_msg_id(suffix_of(&body));
+                self.apply_transfer_out(id, src_seq, out, original, time_ms, counted);
             }
             Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. } => {
                 let original = suffix::origin_msg_id(suffix_of(&body));
@@ -329,15 +341,26 @@ impl ShardEngine {
     }
 
     /// A message leaves its queue for the outbox (one step: the record that
-    /// does this is the move's commit point).
-    pub(super) fn apply_transfer_out(&mut self, id: u64, src_seq: u64, out: OutboxEntry, pos: u64, counted: bool) {
+    /// does this is the move's commit point). Its fate is recorded under its
+    /// original id (the one clients know).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_transfer_out(
+        &mut self,
+        id: u64,
+        src_seq: u64,
+        out: OutboxEntry,
+        original_msg_id: Option<u64>,
+        time_ms: u64,
+        counted: bool,
+    ) {
         self.outbox.next_id = self.outbox.next_id.max(id + 1);
         let (src_uid, kind, redrive) = (out.src_uid, out.kind, out.redrive);
         if let Some(q) = self.queues.get_mut(&src_uid) {
             if let Some(e) = q.take(src_seq) {
                 let state =
                     if kind == transfer_kind::REDRIVE { MessageState::Redriven } else { MessageState::DeadLettered };
-                self.fates.record(e.msg_id, Fate { uid: src_uid, state, time_ms: 0 });
+                let known_id = original_msg_id.unwrap_or(e.msg_id);
+                self.fates.record(known_id, Fate { uid: src_uid, state, time_ms });
             }
         }
         if kind == transfer_kind::REDRIVE && counted {
@@ -345,7 +368,6 @@ impl ShardEngine {
                 r.moved += 1;
             }
         }
-        let _ = pos;
         self.outbox.entries.insert(id, out);
     }
 
