@@ -199,7 +199,10 @@ impl Workers {
         self.handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| Outcome { broken: Some("a worker thread panicked".into()), ..Outcome::default() })
+                h.join().unwrap_or_else(|_| Outcome {
+                    broken: Some("a worker thread panicked".into()),
+                    ..Outcome::default()
+                })
             })
             .collect()
     }
@@ -226,8 +229,7 @@ fn spawn_producers(
     let budgets = budget.map(|b| split_budget(b, opts.producers));
     let rate = opts.rate.map(|r| r / opts.producers as f64);
     for (i, (shard, names)) in plan.into_iter().enumerate() {
-        let spec =
-            ProducerSpec { index: i as u32, shard, queues: names, budget: budgets.as_ref().map(|b| b[i]), rate };
+        let spec = ProducerSpec { index: i as u32, shard, queues: names, budget: budgets.as_ref().map(|b| b[i]), rate };
         let run = run.clone();
         workers.spawn(format!("producer-{i}"), move |c| worker::run_producer(spec, shape, run, c))?;
     }
@@ -250,6 +252,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         size: opts.size,
         wait_s: opts.wait,
         verify: opts.verify,
+        backlog_max: opts.backlog_max_n(),
     };
     let mut outcomes: Vec<(bool, Outcome)> = Vec::new(); // (is producer, outcome)
 
@@ -423,11 +426,14 @@ fn monitor(
                     m.counts = Snapshot::take(&workers.counters).since(&s0);
                     m.broker_cpu_s = broker_cpu().zip(b0).map(|(b1, b0)| b1 - b0);
                     m.loadgen_cpu_s = self_cpu().zip(l0).map(|(l1, l0)| l1 - l0);
-                    let drain = opts.verify && has_consumers && !accounted && !everyone_gone;
+                    let drain = opts.verify && has_consumers && !accounted && !drained_empty && !everyone_gone;
                     run.set_phase(if drain { Phase::Drain } else { Phase::Stop });
                     if drain {
                         drain_since = Some(now);
-                        eprintln!("draining: {} messages unaccounted for", run.acked_total.load(Relaxed).saturating_sub(run.first_deliveries.load(Relaxed)));
+                        eprintln!(
+                            "draining: {} messages unaccounted for",
+                            run.acked_total.load(Relaxed).saturating_sub(run.first_deliveries.load(Relaxed))
+                        );
                     }
                 }
             }

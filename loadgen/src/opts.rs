@@ -114,6 +114,14 @@ pub struct Opts {
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
 
+    /// Cycle mode: producers pause while more than this many acknowledged
+    /// messages wait unreceived, so the run measures a steady state instead
+    /// of a growing queue (and end-to-end latency stays meaningful); 0 = no
+    /// limit [default: 16 x consumers x pipeline x batch, at least 1000: enough
+    /// that consumers never find the queues empty].
+    #[arg(long, value_name = "N")]
+    pub backlog_max: Option<u64>,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -168,12 +176,18 @@ impl Opts {
             return Err("--consumers must be at least 1 in consume and cycle mode".into());
         }
         if self.wait > cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX {
-            return Err(format!("--wait must be 0-{} (got {})", cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX, self.wait));
+            return Err(format!(
+                "--wait must be 0-{} (got {})",
+                cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX,
+                self.wait
+            ));
         }
         if !(1..=43_200).contains(&self.visibility_timeout) {
             return Err(format!("--visibility-timeout must be 1-43200 (got {})", self.visibility_timeout));
         }
-        for (name, v) in [("--duration", self.duration), ("--warmup", self.warmup), ("--drain-timeout", Some(self.drain_timeout))] {
+        for (name, v) in
+            [("--duration", self.duration), ("--warmup", self.warmup), ("--drain-timeout", Some(self.drain_timeout))]
+        {
             if let Some(v) = v {
                 if !v.is_finite() || v < 0.0 {
                     return Err(format!("{name} must be a non-negative number of seconds (got {v})"));
@@ -188,9 +202,7 @@ impl Opts {
         if self.messages == Some(0) {
             return Err("--messages must be at least 1".into());
         }
-        if let Err(e) = cmq_protocol::names::validate_name("--queue-prefix", &format!("{}-0", self.queue_prefix)) {
-            return Err(e);
-        }
+        cmq_protocol::names::validate_name("--queue-prefix", &format!("{}-0", self.queue_prefix))?;
         Ok(())
     }
 
@@ -204,6 +216,13 @@ impl Opts {
 
     pub fn warmup_s(&self) -> f64 {
         self.warmup.unwrap_or(if self.duration_s().is_some() { 1.0 } else { 0.0 })
+    }
+
+    pub fn backlog_max_n(&self) -> u64 {
+        if self.mode != Mode::Cycle {
+            return 0;
+        }
+        self.backlog_max.unwrap_or_else(|| (16 * self.consumers * self.pipeline * self.batch).max(1000) as u64)
     }
 
     pub fn preload_n(&self) -> u64 {

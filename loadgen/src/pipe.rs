@@ -222,10 +222,7 @@ impl Pipe for RawPipe {
                 return Ok(None);
             }
             let wait = deadline - now;
-            let timeout = rustix::event::Timespec {
-                tv_sec: wait.as_secs() as _,
-                tv_nsec: wait.subsec_nanos() as _,
-            };
+            let timeout = rustix::event::Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
             let mut flags = rustix::event::PollFlags::IN;
             if !self.out.is_empty() {
                 flags |= rustix::event::PollFlags::OUT;

@@ -72,6 +72,11 @@ impl Run {
         self.phase.store(p as u8, Relaxed);
     }
 
+    /// Acknowledged messages not yet delivered once.
+    pub fn backlog(&self) -> u64 {
+        self.acked_total.load(Relaxed).saturating_sub(self.first_deliveries.load(Relaxed))
+    }
+
     /// Nanoseconds since the run began; comparable across threads.
     pub fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64

@@ -49,9 +49,10 @@ impl AckSet {
     }
 
     fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.bits.iter().enumerate().flat_map(|(w, &bits)| {
-            (0..64u64).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u64 * 64 + b)
-        })
+        self.bits
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &bits)| (0..64u64).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u64 * 64 + b))
     }
 }
 

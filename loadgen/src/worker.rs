@@ -33,6 +33,9 @@ use crate::verify::{AckSet, Delivery, FOREIGN};
 /// (on top of the receive wait): a broker that takes longer is stuck.
 const WIND_DOWN: Duration = Duration::from_secs(15);
 
+/// How long a producer with nothing in flight sleeps while the backlog is full.
+const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
+
 /// What every worker needs to know about the run's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -42,6 +45,8 @@ pub struct Shape {
     pub size: usize,
     pub wait_s: u32,
     pub verify: bool,
+    /// Producers pause while this many acknowledged messages are unreceived (0: never).
+    pub backlog_max: u64,
 }
 
 /// What a thread hands back when it ends.
@@ -120,7 +125,8 @@ struct SendPending {
 pub fn run_producer(spec: ProducerSpec, shape: Shape, run: Arc<Run>, counters: Arc<Counters>) -> Outcome {
     let mut out = Outcome { acks: shape.verify.then(AckSet::default), ..Outcome::default() };
     let result = if spec.rate.is_some() {
-        RawPipe::connect(shape.server, spec.shard).map(|mut p| produce(&mut p, &spec, &shape, &run, &counters, &mut out))
+        RawPipe::connect(shape.server, spec.shard)
+            .map(|mut p| produce(&mut p, &spec, &shape, &run, &counters, &mut out))
     } else {
         pipe::connect(shape.server, spec.shard).map(|mut c| produce(&mut c, &spec, &shape, &run, &counters, &mut out))
     };
@@ -155,7 +161,13 @@ fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run,
     let schedule = spec.rate.map(|r| Schedule::new(run.now_ns(), r, shape.batch));
     loop {
         let sending = run.phase() <= Phase::Measure && budget > 0;
-        if sending {
+        if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
+            // Consumers are behind: let them catch up before sending more.
+            if pipe.in_flight() == 0 {
+                std::thread::sleep(BACKLOG_PAUSE);
+                continue;
+            }
+        } else if sending {
             let now_ns = run.now_ns();
             let due = schedule.map_or(u64::MAX, |s| s.due_by(now_ns));
             while pipe.in_flight() < shape.pipeline && budget > 0 && next_k < due {
@@ -244,7 +256,10 @@ pub struct ConsumerSpec {
 enum RecvPending {
     Receive,
     /// Deliveries `rec_start..rec_start + count` of the log (with --verify).
-    Delete { rec_start: usize, count: usize },
+    Delete {
+        rec_start: usize,
+        count: usize,
+    },
 }
 
 struct QueueReqs {
@@ -387,11 +402,8 @@ fn consume<P: Pipe>(pipe: &mut P, spec: &ConsumerSpec, shape: &Shape, run: &Run,
 /// Books a receive's messages: counts, end-to-end latency, the verify log.
 fn on_delivery(msgs: &[ReceivedMessage], shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
     let now_ns = run.now_ns();
-    let recv_ms = if shape.verify {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-    } else {
-        0
-    };
+    let recv_ms =
+        if shape.verify { SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) } else { 0 };
     let mut firsts = 0;
     if let Ok(mut h) = c.hists.lock() {
         for m in msgs {

@@ -104,8 +104,25 @@ fn open_loop_single_message_requests_complete() {
     let (out, r) = loadgen(
         &broker,
         &[
-            "--mode", "cycle", "--flush", "async", "--rate", "4000", "--duration", "1", "--warmup", "0.2",
-            "--batch", "1", "--pipeline", "8", "--producers", "2", "--consumers", "2", "--verify",
+            "--mode",
+            "cycle",
+            "--flush",
+            "async",
+            "--rate",
+            "4000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--batch",
+            "1",
+            "--pipeline",
+            "8",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--verify",
         ],
     );
     let why = describe(&out, &r);
