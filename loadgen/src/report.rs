@@ -249,6 +249,9 @@ impl Report {
         } else {
             let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}: {}", thousands(*v as f64))).collect();
             println!("  {:<14} {} (whole run)", "errors", list.join(", "));
+            if self.errors.contains_key(&crate::stats::ErrKey::Other("stalled")) {
+                println!("  {:<14} answers that arrived only after a Ping nudged the idle connection", "(stalled)");
+            }
         }
         if let (Some(s), Some(p)) = (self.m.broker_cpu_s, self.cpu_pct(self.m.broker_cpu_s)) {
             println!("  {:<14} {s:.2} s ({p:.1}% of one core)", "broker CPU");

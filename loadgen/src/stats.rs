@@ -179,7 +179,9 @@ impl Snapshot {
 pub enum ErrKey {
     /// A broker error code.
     Code(u16),
-    /// Not from the broker: "disconnected", "timeout", "io", "protocol", "handshake".
+    /// Not from the broker: "disconnected", "timeout", "io", "protocol",
+    /// "handshake"; "stalled" is an answer that came only after a Ping
+    /// nudged an idle connection (the broker missed a wake-up).
     Other(&'static str),
 }
 

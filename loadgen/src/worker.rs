@@ -33,6 +33,11 @@ use crate::verify::{AckSet, Delivery, FOREIGN};
 /// (on top of the receive wait): a broker that takes longer is stuck.
 const WIND_DOWN: Duration = Duration::from_secs(15);
 
+/// A producer that has stopped sending and heard nothing for this long sends
+/// a Ping: a broker that only answers when new input arrives (a missed
+/// wake-up) then releases the held answers, which are counted as "stalled".
+const NUDGE_AFTER: Duration = Duration::from_secs(2);
+
 /// How long a producer with nothing in flight sleeps while the backlog is full.
 const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
 
@@ -159,6 +164,9 @@ fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run,
     let mut next_k: u64 = 0;
     let mut wind_down: Option<Instant> = None;
     let schedule = spec.rate.map(|r| Schedule::new(run.now_ns(), r, shape.batch));
+    let mut last_answer = Instant::now();
+    // Requests up to this id were in flight when the nudge went out.
+    let mut nudged_below: Option<u64> = None;
     loop {
         let sending = run.phase() <= Phase::Measure && budget > 0;
         if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
@@ -202,6 +210,11 @@ fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run,
                 return;
             }
             let deadline = *wind_down.get_or_insert_with(|| Instant::now() + WIND_DOWN);
+            if nudged_below.is_none() && last_answer.elapsed() >= NUDGE_AFTER {
+                let id = pipe.submit(&Request::Ping(cmq_protocol::Ping {}));
+                nudged_below = Some(id);
+                pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0 });
+            }
             if Instant::now() >= deadline {
                 out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
                 out.broken = Some(format!("producer {}: {} sends unanswered at the end", spec.index, pending.len()));
@@ -219,8 +232,15 @@ fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run,
             Err(e) => return out.broke(c, e, &format!("producer {}", spec.index)),
         };
         let (id, result) = reply;
+        last_answer = Instant::now();
         let Some(p) = pending.remove(&id) else { continue };
+        if let Some(nudge) = nudged_below {
+            if id < nudge {
+                *out.errors.entry(ErrKey::Other("stalled")).or_default() += 1;
+            }
+        }
         let acked = match result {
+            Ok(Response::Ping(_)) => continue,
             Ok(Response::SendMessage(_)) => p.count == 1,
             Ok(Response::BatchSendMessage(ok)) => ok.msg_ids.len() == usize::from(p.count),
             Ok(_) => false,
