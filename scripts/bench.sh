@@ -13,6 +13,8 @@
 #   BENCH_DOC       the document to rewrite             [docs/BENCHMARKS.md]
 #   BENCH_DIR       where results and broker data go (must be a real disk,
 #                   not tmpfs, or fsync costs nothing)  [target/bench]
+#   BENCH_RESULTS   an earlier run's results directory: skip building and
+#                   running, only rewrite the table from it
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -33,15 +35,21 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 command -v python3 >/dev/null || { log "python3 is needed to read the JSON reports"; exit 1; }
 
-log "building release binaries"
-cargo build --release --locked --bins
-
-RESULTS=$BENCH_DIR/results-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RESULTS"
+REPORT_ONLY=
+if [[ -n "${BENCH_RESULTS:-}" ]]; then
+    RESULTS=$BENCH_RESULTS
+    REPORT_ONLY=1
+    [[ -s "$RESULTS/scenarios" ]] || { log "$RESULTS has no scenarios file"; exit 1; }
+else
+    log "building release binaries"
+    cargo build --release --locked --bins
+    RESULTS=$BENCH_DIR/results-$(date +%Y%m%d-%H%M%S)
+    mkdir -p "$RESULTS"
+fi
 log "results in $RESULTS"
 
 # ---- criterion micro-benchmarks -------------------------------------------
-if [[ "${BENCH_CRITERION:-1}" != 0 ]]; then
+if [[ -z "$REPORT_ONLY" && "${BENCH_CRITERION:-1}" != 0 ]]; then
     if grep -qs '^\[\[bench\]\]' ./*/Cargo.toml || compgen -G "*/benches/*.rs" >/dev/null; then
         log "criterion benchmarks"
         cargo bench --workspace --locked -- --noplot 2>&1 | tee "$RESULTS/criterion.txt" >&2
@@ -136,6 +144,7 @@ PIPELINED=(--pipeline 64 --batch 16 --producers 2 --consumers 2)
 PLAIN=(--pipeline 1 --batch 1 --producers 8 --consumers 8)
 
 for size in $SIZES; do
+    [[ -n "$REPORT_ONLY" ]] && break
     run_scenario "cycle/sync/pipelined" "$size" --mode cycle --flush sync "${PIPELINED[@]}"
     run_scenario "cycle/async/pipelined" "$size" --mode cycle --flush async "${PIPELINED[@]}"
     run_scenario "cycle/sync/plain" "$size" --mode cycle --flush sync "${PLAIN[@]}"
@@ -156,6 +165,9 @@ if [[ ! -s "$RESULTS/scenarios" ]]; then
 fi
 
 # ---- the fsync time the sync open-loop target is measured against -----------
+if [[ -s "$RESULTS/fsync_us" ]]; then
+    FSYNC_US=$(cat "$RESULTS/fsync_us")
+else
 FSYNC_US=$(python3 - "$BENCH_DIR" <<'EOF'
 import os, sys, time
 path = os.path.join(sys.argv[1], "fsync-probe")
@@ -175,15 +187,22 @@ times.sort()
 print(int(times[len(times) // 2] * 1e6))
 EOF
 )
+echo "$FSYNC_US" >"$RESULTS/fsync_us"
+fi
 log "4 KiB overwrite + fdatasync: median $FSYNC_US µs"
 
 # ---- the table ----------------------------------------------------------------
 mkdir -p "$(dirname "$DOC")"
-python3 - "$RESULTS" "$DOC" "$FSYNC_US" "$DURATION" "$WARMUP" "$RUNS" <<'EOF'
+python3 - "$RESULTS" "$DOC" "$FSYNC_US" <<'EOF'
 import glob, json, os, platform, re, statistics, subprocess, sys, time
 
-results, doc, fsync_us, duration, warmup, runs = sys.argv[1:7]
+results, doc, fsync_us = sys.argv[1:4]
 fsync_us = int(fsync_us)
+first = json.load(open(sorted(glob.glob(f"{results}/*-run*.json"))[0]))
+duration = first["config"]["duration"]
+warmup = first["config"]["warmup"]
+runs = max(len(glob.glob(f"{results}/{line.split('|')[2].strip()}-run*.json")) for line in open(f"{results}/scenarios"))
+when_epoch = os.path.getmtime(f"{results}/scenarios")
 
 def cpu_model():
     try:
@@ -222,6 +241,15 @@ for line in open(os.path.join(results, "scenarios")):
     reports.sort(key=lambda r: r["msgs_per_s"])
     med = reports[(len(reports) - 1) // 2]
     all_rates = ", ".join(fmt_int(r["msgs_per_s"]) for r in reports)
+    errs = {}
+    for r in reports:
+        for code, n in r["errors"].items():
+            ename = r.get("error_names", {}).get(code, code)
+            errs[ename] = errs.get(ename, 0) + n
+    broken_runs = sum(1 for r in reports if r.get("broken"))
+    notes = ", ".join(f"{k}: {v:,}" for k, v in sorted(errs.items())) or "none"
+    if broken_runs:
+        notes += f"; {broken_runs} run(s) with a stuck connection"
     lost = sum((r["lost"] or 0) for r in reports)
     dup = sum((r["duplicated"] or 0) for r in reports)
     target, check = TARGETS.get(name, ("", None))
@@ -239,7 +267,7 @@ for line in open(os.path.join(results, "scenarios")):
     if med.get("open_loop_rate"):
         rate_label += f" (offered {fmt_int(med['open_loop_rate'])})"
     rows.append(
-        "| {name} | {size} B | {rate} | {all} | {ap50} / {ap99} | {ep50} / {ep99} | {bcpu} | {lcpu} | {lost} / {dup} | {verdict} |".format(
+        "| {name} | {size} B | {rate} | {all} | {ap50} / {ap99} | {ep50} / {ep99} | {bcpu} | {lcpu} | {lost} / {dup} | {notes} | {verdict} |".format(
             name=name,
             size=size,
             rate=rate_label,
@@ -252,6 +280,7 @@ for line in open(os.path.join(results, "scenarios")):
             lcpu=f"{med['loadgen_cpu_pct']:.0f}%" if med.get("loadgen_cpu_pct") is not None else "-",
             lost=lost,
             dup=dup,
+            notes=notes,
             verdict=verdict,
         )
     )
@@ -259,7 +288,7 @@ for line in open(os.path.join(results, "scenarios")):
 
 kernel = platform.release()
 nproc = os.cpu_count()
-when = time.strftime("%Y-%m-%d %H:%M %Z")
+when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(when_epoch))
 try:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 except OSError:
@@ -267,15 +296,16 @@ except OSError:
 
 table = f"""<!-- bench:begin -->
 <!-- Generated by scripts/bench.sh (make bench); edits between the markers are overwritten. -->
-Measured {when} at commit `{rev}` on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
+Measured {when} (tree at commit `{rev}` when the table was written) on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
 load generator on the same machine. Each scenario: {runs} runs of {duration} s after {warmup} s of warm-up, a fresh
 `cmqd` (release build, default flags, data dir on disk) per run, `--verify` on. The table shows the median run
 (by msgs/s) and every run's msgs/s. msgs/s is completed cycles/s: messages sent, received and deleted. CPU is
 percent of one core over the measured interval (200% = both vCPUs). A 4 KiB overwrite + fdatasync took a median
-of {fsync_us} µs during this run.
+of {fsync_us} µs during this run. Errors: broker error codes, plus "stalled" (answers the broker sent only after
+the load generator nudged an idle connection with a Ping) and "timeout" (requests never answered).
 
-| Scenario | Body | Median msgs/s | All runs | Send-ack p50 / p99 | End-to-end p50 / p99 | Broker CPU | Loadgen CPU | Lost / dup (all runs) | Target (64 B) |
-| --- | --- | ---: | --- | --- | --- | ---: | ---: | --- | --- |
+| Scenario | Body | Median msgs/s | All runs | Send-ack p50 / p99 | End-to-end p50 / p99 | Broker CPU | Loadgen CPU | Lost / dup (all runs) | Errors (all runs) | Target (64 B) |
+| --- | --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | --- |
 """ + "\n".join(rows) + """
 
 Commands (per run, with a fresh broker; `--server` is that broker's address):

@@ -418,7 +418,11 @@ fn monitor(
                     _ if everyone_gone => true,
                     (Some(d), _) => now - t0 >= d,
                     (None, Mode::Produce) => producers_done,
-                    (None, _) => accounted || check_empty(admin),
+                    // Consume N: N deliveries (any body, so --reuse backlogs count), or nothing left.
+                    (None, Mode::Consume) => {
+                        Snapshot::take(&workers.counters).received >= opts.messages.unwrap_or(0) || check_empty(admin)
+                    }
+                    (None, Mode::Cycle) => accounted || check_empty(admin),
                 };
                 if done {
                     let (t0, s0, b0, l0) = start.take().expect("measuring has a start");

@@ -90,8 +90,9 @@ pub struct Opts {
     #[arg(long)]
     pub reuse: bool,
 
-    /// Total messages to send (cycle, produce); the run ends when they are
-    /// done (cycle: deleted). Conflicts with --duration.
+    /// Messages per run: produce sends N, cycle sends N and ends when all are
+    /// received, consume ends after N deliveries (or when the queues are
+    /// empty). Conflicts with --duration.
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     pub messages: Option<u64>,
 
