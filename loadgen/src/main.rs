@@ -358,8 +358,10 @@ fn monitor(
 
     let mut m = Measured::default();
     let mut start: Option<(Instant, Snapshot, Option<f64>, Option<f64>)> = None;
+    let mut machine_start = None;
     if run.phase() == Phase::Measure {
         start = Some((begin, Snapshot::default(), broker_cpu(), self_cpu()));
+        machine_start = stats::machine_busy_seconds();
     }
     let mut step = Hists::new();
     let mut second = Hists::new();
@@ -410,6 +412,7 @@ fn monitor(
                 if now - begin >= warmup || everyone_gone {
                     run.set_phase(Phase::Measure);
                     start = Some((now, Snapshot::take(&workers.counters), broker_cpu(), self_cpu()));
+                    machine_start = stats::machine_busy_seconds();
                 }
             }
             Phase::Measure => {
@@ -430,6 +433,7 @@ fn monitor(
                     m.counts = Snapshot::take(&workers.counters).since(&s0);
                     m.broker_cpu_s = broker_cpu().zip(b0).map(|(b1, b0)| b1 - b0);
                     m.loadgen_cpu_s = self_cpu().zip(l0).map(|(l1, l0)| l1 - l0);
+                    m.machine_cpu_s = stats::machine_busy_seconds().zip(machine_start).map(|(b, a)| b - a);
                     let drain = opts.verify && has_consumers && !accounted && !drained_empty && !everyone_gone;
                     run.set_phase(if drain { Phase::Drain } else { Phase::Stop });
                     if drain {

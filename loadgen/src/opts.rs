@@ -35,7 +35,10 @@ time it was due) to its answer, one sample per request; e2e is from the send
 time carried in each body to the consumer receiving it, one sample per message.
 Rates and latencies cover the measured interval only (after --warmup, until
 --duration ends or the last of --messages completes); error counts and
---verify cover the whole run.
+--verify cover the whole run. Errors are keyed by broker error code, or by
+disconnected/timeout/io/protocol; \"stalled\" counts answers that arrived only
+after the load generator pinged a connection that had gone quiet with requests
+in flight (a broker that missed a wake-up).
 
 Exit status: 0 success; 1 the run could not start (connect, queue setup) or
 bad options; 2 --verify found lost or duplicated messages; 3 a connection

@@ -21,6 +21,8 @@ pub struct Measured {
     pub hists: Hists,
     pub broker_cpu_s: Option<f64>,
     pub loadgen_cpu_s: Option<f64>,
+    /// Busy CPU seconds of the whole machine (all processes) over the interval.
+    pub machine_cpu_s: Option<f64>,
     /// Acknowledged sends over the whole run (preload included).
     pub acked_total: u64,
     /// Seconds spent draining after the measured interval (--verify).
@@ -218,6 +220,14 @@ impl Report {
         s.filter(|_| self.m.secs > 0.0).map(|s| (s / self.m.secs * 1000.0).round() / 10.0)
     }
 
+    /// Busy CPU not spent by the broker (when known) or the load generator:
+    /// other load that competed for the machine during the measurement.
+    fn other_cpu_s(&self) -> Option<f64> {
+        let machine = self.m.machine_cpu_s?;
+        let ours = self.m.loadgen_cpu_s? + self.m.broker_cpu_s.unwrap_or(0.0);
+        Some((machine - ours).max(0.0))
+    }
+
     pub fn exit_code(&self) -> u8 {
         if self.verdict.as_ref().is_some_and(|v| v.lost > 0 || v.duplicated > 0) {
             2
@@ -258,6 +268,9 @@ impl Report {
         }
         if let (Some(s), Some(p)) = (self.m.loadgen_cpu_s, self.cpu_pct(self.m.loadgen_cpu_s)) {
             println!("  {:<14} {s:.2} s ({p:.1}% of one core)", "loadgen CPU");
+        }
+        if let (Some(s), Some(p)) = (self.other_cpu_s(), self.cpu_pct(self.other_cpu_s())) {
+            println!("  {:<14} {s:.2} s ({p:.1}% of one core; other processes on this machine)", "other CPU");
         }
         if let Some(v) = &self.verdict {
             println!(
@@ -325,6 +338,8 @@ impl Report {
             "broker_cpu_pct": self.cpu_pct(self.m.broker_cpu_s),
             "loadgen_cpu_s": self.m.loadgen_cpu_s,
             "loadgen_cpu_pct": self.cpu_pct(self.m.loadgen_cpu_s),
+            "machine_cpu_pct": self.cpu_pct(self.m.machine_cpu_s),
+            "other_cpu_pct": self.cpu_pct(self.other_cpu_s()),
             "open_loop_rate": self.open_loop_rate,
             "broken": self.broken,
         })

@@ -223,6 +223,24 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     parse_stat_cpu_ticks(&stat).map(|ticks| ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// CPU seconds the whole machine has spent busy (every CPU, all processes),
+/// from the first line of /proc/stat: everything but idle and iowait.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat_busy_ticks(stat.lines().next()?).map(|t| t as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Busy ticks of a `cpu  user nice system idle iowait irq softirq steal ...` line.
+pub fn parse_proc_stat_busy_ticks(line: &str) -> Option<u64> {
+    let mut fields = line.split_ascii_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = v[..] else { return None };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
 /// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command
 /// name (field 2) may contain spaces and parentheses, so fields are counted
 /// from the last ')'.
@@ -245,6 +263,9 @@ mod tests {
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
         assert!(cpu_seconds("self").is_some());
+        assert_eq!(parse_proc_stat_busy_ticks("cpu  10 1 5 1000 7 2 3 4 0 0"), Some(25));
+        assert_eq!(parse_proc_stat_busy_ticks("cpu0 10 1 5 1000 7 2 3 4 0 0"), None);
+        assert!(machine_busy_seconds().is_some());
     }
 
     #[test]
