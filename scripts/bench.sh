@@ -166,6 +166,9 @@ for size in $SIZES; do
             rate=$((max / 2))
             run_scenario "open-loop/$flush/half-max" "$size" --mode cycle --flush "$flush" "${PIPELINED[@]}" \
                 --rate "$rate"
+        elif [[ -z "$ONLY" || "open-loop/$flush/half-max" == *"$ONLY"* ]]; then
+            echo "open-loop/$flush/half-max|$size|not run: cycle/$flush/pipelined measured a median of 0 msgs/s" \
+                >>"$RESULTS/skipped"
         fi
     done
 done
@@ -310,6 +313,12 @@ for line in open(os.path.join(results, "scenarios")):
         )
     )
     rows_cmds.append(f"- {name}, {size} B: `{cmd}`")
+
+skipped_file = os.path.join(results, "skipped")
+if os.path.exists(skipped_file):
+    for line in open(skipped_file):
+        name, size, why = line.strip().split("|", 2)
+        rows.append(f"| {name} | {size} B | - | {why} |" + " - |" * 9)
 
 kernel = platform.release()
 nproc = os.cpu_count()

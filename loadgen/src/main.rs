@@ -335,6 +335,30 @@ fn run_nonce() -> u32 {
     (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
+/// Latency samples on their way from the threads to the report.
+struct Samples {
+    /// Just taken from the threads.
+    step: Hists,
+    /// Since the last progress line.
+    second: Hists,
+    /// The measured interval.
+    total: Hists,
+}
+
+impl Samples {
+    /// Takes every thread's samples, counting them for `phase` (only the
+    /// measured phase's go into the report). A pass over every histogram's
+    /// buckets, so done once per progress line and right before phase changes.
+    fn gather(&mut self, workers: &Workers, phase: Phase) {
+        workers.collect(&mut self.step);
+        if phase == Phase::Measure {
+            let _ = self.total.send_ack.add(&self.step.send_ack);
+            let _ = self.total.e2e.add(&self.step.e2e);
+        }
+        self.second.absorb(&mut self.step);
+    }
+}
+
 /// Drives the run's phases, prints progress, and returns the measured interval.
 fn monitor(
     opts: &Opts,
@@ -363,9 +387,7 @@ fn monitor(
         start = Some((begin, Snapshot::default(), broker_cpu(), self_cpu()));
         machine_start = stats::machine_busy_seconds();
     }
-    let mut step = Hists::new();
-    let mut second = Hists::new();
-    let mut total = Hists::new();
+    let mut samples = Samples { step: Hists::new(), second: Hists::new(), total: Hists::new() };
     let mut last_progress = begin;
     let mut last_snap = Snapshot::default();
     let mut drain_since: Option<Instant> = None;
@@ -375,18 +397,15 @@ fn monitor(
     loop {
         std::thread::sleep(TICK);
         let now = Instant::now();
-        workers.collect(&mut step);
         let phase = run.phase();
-        if phase == Phase::Measure {
-            let _ = total.send_ack.add(&step.send_ack);
-            let _ = total.e2e.add(&step.e2e);
-        }
-        second.absorb(&mut step);
+        // Moving samples costs a pass over every histogram's buckets, so it
+        // happens once per progress line and right before each phase change.
         if now - last_progress >= PROGRESS_EVERY {
+            samples.gather(workers, phase);
             let snap = Snapshot::take(&workers.counters);
-            report::progress(now - begin, phase, &snap.since(&last_snap), now - last_progress, &second);
-            second.send_ack.reset();
-            second.e2e.reset();
+            report::progress(now - begin, phase, &snap.since(&last_snap), now - last_progress, &samples.second);
+            samples.second.send_ack.reset();
+            samples.second.e2e.reset();
             last_snap = snap;
             last_progress = now;
         }
@@ -410,6 +429,7 @@ fn monitor(
         match phase {
             Phase::Warmup => {
                 if now - begin >= warmup || everyone_gone {
+                    samples.gather(workers, phase);
                     run.set_phase(Phase::Measure);
                     start = Some((now, Snapshot::take(&workers.counters), broker_cpu(), self_cpu()));
                     machine_start = stats::machine_busy_seconds();
@@ -428,6 +448,7 @@ fn monitor(
                     (None, Mode::Cycle) => accounted || check_empty(admin),
                 };
                 if done {
+                    samples.gather(workers, phase);
                     let (t0, s0, b0, l0) = start.take().expect("measuring has a start");
                     m.secs = (now - t0).as_secs_f64();
                     m.counts = Snapshot::take(&workers.counters).since(&s0);
@@ -456,8 +477,7 @@ fn monitor(
             Phase::Stop => break,
         }
     }
-    workers.collect(&mut step);
-    m.hists = total;
+    m.hists = samples.total;
     m.acked_total = run.acked_total.load(Relaxed);
     m.wall_secs = begin.elapsed().as_secs_f64();
     Ok(m)
