@@ -1,0 +1,450 @@
+//! Producer and consumer threads.
+//!
+//! Each thread owns one pipelined connection to the shard that owns its
+//! queues and keeps `pipeline` requests in flight on it. New requests are
+//! submitted as answers come in and go out together with the next read
+//! (the connection flushes before it blocks), so a window's worth of
+//! requests usually costs one write and its answers one read.
+//!
+//! Hot-path cost per message: a 24-byte header write into a reused arena
+//! and a refcount for its `Bytes` (producers); a header parse and, with
+//! `--verify`, a 32-byte log entry (consumers). Requests are built once per
+//! queue and refilled in place.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cmq_client::{ClientError, ErrorCode, ReceiptHandle, Request, Response};
+use cmq_protocol::{BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, DeleteMessage, ReceiveMessage};
+use cmq_protocol::{ReceivedMessage, SendMessage};
+
+use crate::body::{self, BodyArena};
+use crate::pipe::{self, Pipe, RawPipe};
+use crate::schedule::Schedule;
+use crate::stats::{Counters, ErrKey, ErrorCounts, Phase, Run};
+use crate::verify::{AckSet, Delivery, FOREIGN};
+
+/// How long a thread keeps collecting answers after it stopped sending
+/// (on top of the receive wait): a broker that takes longer is stuck.
+const WIND_DOWN: Duration = Duration::from_secs(15);
+
+/// A producer that has stopped sending and heard nothing for this long sends
+/// a Ping: a broker that only answers when new input arrives (a missed
+/// wake-up) then releases the held answers, which are counted as "stalled".
+const NUDGE_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a producer with nothing in flight sleeps while the backlog is full.
+const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
+
+/// What every worker needs to know about the run's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub server: SocketAddr,
+    pub pipeline: usize,
+    pub batch: usize,
+    pub size: usize,
+    pub wait_s: u32,
+    pub verify: bool,
+    /// Producers pause while this many acknowledged messages are unreceived (0: never).
+    pub backlog_max: u64,
+}
+
+/// What a thread hands back when it ends.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub errors: ErrorCounts,
+    /// Producers with `--verify`: acknowledged counters.
+    pub acks: Option<AckSet>,
+    /// Consumers with `--verify`: every delivery.
+    pub deliveries: Vec<Delivery>,
+    /// Why the thread ended early (its connection broke), if it did.
+    pub broken: Option<String>,
+}
+
+impl Outcome {
+    fn error(&mut self, counters: &Counters, e: &ClientError) {
+        *self.errors.entry(ErrKey::of(e)).or_default() += 1;
+        counters.errors.fetch_add(1, Relaxed);
+    }
+
+    fn item_error(&mut self, counters: &Counters, code: u16) {
+        *self.errors.entry(ErrKey::Code(code)).or_default() += 1;
+        counters.errors.fetch_add(1, Relaxed);
+    }
+
+    fn broke(&mut self, counters: &Counters, e: ClientError, what: &str) {
+        self.error(counters, &e);
+        self.broken = Some(format!("{what}: {e}"));
+    }
+}
+
+/// Request ids are sequential and ours: one multiply spreads them.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+fn id_map<V>(capacity: usize) -> IdMap<V> {
+    HashMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+/// One producer: its index (part of every message id), the shard it talks
+/// to, its queues, how many messages it may send, and its pace.
+pub struct ProducerSpec {
+    pub index: u32,
+    pub shard: u16,
+    pub queues: Vec<String>,
+    /// `None`: until the run says stop.
+    pub budget: Option<u64>,
+    /// Open loop (`--rate`): messages/s this producer offers. Its schedule
+    /// starts once its connection is up.
+    pub rate: Option<f64>,
+}
+
+struct SendPending {
+    /// When the request was submitted, or was due (open loop).
+    t0_ns: u64,
+    seq_start: u64,
+    count: u16,
+}
+
+pub fn run_producer(spec: ProducerSpec, shape: Shape, run: Arc<Run>, counters: Arc<Counters>) -> Outcome {
+    let mut out = Outcome { acks: shape.verify.then(AckSet::default), ..Outcome::default() };
+    let result = if spec.rate.is_some() {
+        RawPipe::connect(shape.server, spec.shard)
+            .map(|mut p| produce(&mut p, &spec, &shape, &run, &counters, &mut out))
+    } else {
+        pipe::connect(shape.server, spec.shard).map(|mut c| produce(&mut c, &spec, &shape, &run, &counters, &mut out))
+    };
+    if let Err(e) = result {
+        out.broke(&counters, e, &format!("producer {} could not connect", spec.index));
+    }
+    run.producers_done.fetch_add(1, Relaxed);
+    out
+}
+
+fn send_template(queue: &str, batch: usize) -> Request {
+    if batch == 1 {
+        Request::SendMessage(SendMessage { queue: queue.to_owned(), delay_seconds: 0, body: Bytes::new() })
+    } else {
+        Request::BatchSendMessage(BatchSendMessage {
+            queue: queue.to_owned(),
+            delay_seconds: 0,
+            bodies: Vec::with_capacity(batch),
+        })
+    }
+}
+
+fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
+    let mut templates: Vec<Request> = spec.queues.iter().map(|q| send_template(q, shape.batch)).collect();
+    let mut next_queue = 0;
+    let mut arena = BodyArena::new(shape.size, run.nonce);
+    let mut pending: IdMap<SendPending> = id_map(shape.pipeline * 2);
+    let mut seq: u64 = 0;
+    let mut budget = spec.budget.unwrap_or(u64::MAX);
+    let mut next_k: u64 = 0;
+    let mut wind_down: Option<Instant> = None;
+    let schedule = spec.rate.map(|r| Schedule::new(run.now_ns(), r, shape.batch));
+    let mut last_answer = Instant::now();
+    // Requests up to this id were in flight when the nudge went out.
+    let mut nudged_below: Option<u64> = None;
+    loop {
+        let sending = run.phase() <= Phase::Measure && budget > 0;
+        if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
+            // Consumers are behind: let them catch up before sending more.
+            if pipe.in_flight() == 0 {
+                std::thread::sleep(BACKLOG_PAUSE);
+                continue;
+            }
+        } else if sending {
+            let now_ns = run.now_ns();
+            let due = schedule.map_or(u64::MAX, |s| s.due_by(now_ns));
+            while pipe.in_flight() < shape.pipeline && budget > 0 && next_k < due {
+                let t0_ns = schedule.map_or(now_ns, |s| s.due_ns(next_k));
+                let n = budget.min(shape.batch as u64) as usize;
+                let req = &mut templates[next_queue];
+                next_queue = (next_queue + 1) % spec.queues.len();
+                arena.prepare(n);
+                match req {
+                    Request::SendMessage(r) => r.body = arena.body(body::message_id(spec.index, seq), t0_ns),
+                    Request::BatchSendMessage(r) => {
+                        for i in 0..n as u64 {
+                            r.bodies.push(arena.body(body::message_id(spec.index, seq + i), t0_ns));
+                        }
+                    }
+                    _ => unreachable!("send templates are sends"),
+                }
+                let id = pipe.submit(req);
+                // Drop the bodies now that they are encoded, so the arena reclaims its buffer.
+                match req {
+                    Request::SendMessage(r) => r.body = Bytes::new(),
+                    Request::BatchSendMessage(r) => r.bodies.clear(),
+                    _ => {}
+                }
+                pending.insert(id, SendPending { t0_ns, seq_start: seq, count: n as u16 });
+                seq += n as u64;
+                budget -= n as u64;
+                next_k += 1;
+            }
+        } else {
+            if pipe.in_flight() == 0 {
+                return;
+            }
+            let deadline = *wind_down.get_or_insert_with(|| Instant::now() + WIND_DOWN);
+            if nudged_below.is_none() && last_answer.elapsed() >= NUDGE_AFTER {
+                let id = pipe.submit(&Request::Ping(cmq_protocol::Ping {}));
+                nudged_below = Some(id);
+                pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0 });
+            }
+            if Instant::now() >= deadline {
+                out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
+                out.broken = Some(format!("producer {}: {} sends unanswered at the end", spec.index, pending.len()));
+                return;
+            }
+        }
+        // Open loop: wake for the next due request unless the window is full.
+        let deadline = match schedule {
+            Some(s) if sending && pipe.in_flight() < shape.pipeline => Some(run.instant_at(s.due_ns(next_k))),
+            _ => None,
+        };
+        let reply = match pipe.next(deadline) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => continue,
+            Err(e) => return out.broke(c, e, &format!("producer {}", spec.index)),
+        };
+        let (id, result) = reply;
+        last_answer = Instant::now();
+        let Some(p) = pending.remove(&id) else { continue };
+        if let Some(nudge) = nudged_below {
+            if id < nudge {
+                *out.errors.entry(ErrKey::Other("stalled")).or_default() += 1;
+            }
+        }
+        let acked = match result {
+            Ok(Response::Ping(_)) => continue,
+            Ok(Response::SendMessage(_)) => p.count == 1,
+            Ok(Response::BatchSendMessage(ok)) => ok.msg_ids.len() == usize::from(p.count),
+            Ok(_) => false,
+            Err(e) => {
+                out.error(c, &e);
+                continue;
+            }
+        };
+        if !acked {
+            out.error(c, &ClientError::Protocol(String::new()));
+            continue;
+        }
+        let now_ns = run.now_ns();
+        let n = u64::from(p.count);
+        c.sent.fetch_add(n, Relaxed);
+        run.acked_total.fetch_add(n, Relaxed);
+        if let Some(acks) = out.acks.as_mut() {
+            acks.mark(p.seq_start, n);
+        }
+        if let Ok(mut h) = c.hists.lock() {
+            h.send_ack.saturating_record(now_ns.saturating_sub(p.t0_ns).max(1));
+        }
+    }
+}
+
+/// One consumer: the shard it talks to and its queues.
+pub struct ConsumerSpec {
+    pub index: u32,
+    pub shard: u16,
+    pub queues: Vec<String>,
+}
+
+enum RecvPending {
+    Receive,
+    /// Deliveries `rec_start..rec_start + count` of the log (with --verify).
+    Delete {
+        rec_start: usize,
+        count: usize,
+    },
+}
+
+struct QueueReqs {
+    receive: Request,
+    delete: Request,
+}
+
+fn consumer_templates(queue: &str, shape: &Shape) -> QueueReqs {
+    let wait = Some(shape.wait_s);
+    if shape.batch == 1 {
+        QueueReqs {
+            receive: Request::ReceiveMessage(ReceiveMessage { queue: queue.to_owned(), polling_wait_seconds: wait }),
+            delete: Request::DeleteMessage(DeleteMessage {
+                queue: queue.to_owned(),
+                receipt_handle: ReceiptHandle::default(),
+            }),
+        }
+    } else {
+        QueueReqs {
+            receive: Request::BatchReceiveMessage(BatchReceiveMessage {
+                queue: queue.to_owned(),
+                max_messages: shape.batch as u16,
+                polling_wait_seconds: wait,
+            }),
+            delete: Request::BatchDeleteMessage(BatchDeleteMessage {
+                queue: queue.to_owned(),
+                receipt_handles: Vec::with_capacity(shape.batch),
+            }),
+        }
+    }
+}
+
+pub fn run_consumer(spec: ConsumerSpec, shape: Shape, run: Arc<Run>, counters: Arc<Counters>) -> Outcome {
+    let mut out = Outcome::default();
+    match pipe::connect(shape.server, spec.shard) {
+        Ok(mut conn) => consume(&mut conn, &spec, &shape, &run, &counters, &mut out),
+        Err(e) => out.broke(&counters, e, &format!("consumer {} could not connect", spec.index)),
+    }
+    out
+}
+
+fn consume<P: Pipe>(pipe: &mut P, spec: &ConsumerSpec, shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
+    let mut reqs: Vec<QueueReqs> = spec.queues.iter().map(|q| consumer_templates(q, shape)).collect();
+    let mut pending: IdMap<(usize, RecvPending)> = id_map(shape.pipeline * 2);
+    let mut next_queue = 0;
+    let mut wind_down: Option<Instant> = None;
+    loop {
+        let receiving = run.phase() < Phase::Stop;
+        if receiving {
+            while pipe.in_flight() < shape.pipeline {
+                let q = next_queue;
+                next_queue = (next_queue + 1) % reqs.len();
+                let id = pipe.submit(&reqs[q].receive);
+                pending.insert(id, (q, RecvPending::Receive));
+            }
+        } else {
+            if pipe.in_flight() == 0 {
+                return;
+            }
+            let deadline = *wind_down
+                .get_or_insert_with(|| Instant::now() + WIND_DOWN + Duration::from_secs(u64::from(shape.wait_s)));
+            if Instant::now() >= deadline {
+                out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
+                out.broken = Some(format!("consumer {}: {} requests unanswered at the end", spec.index, pending.len()));
+                return;
+            }
+        }
+        let (id, result) = match pipe.next(None) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => continue,
+            Err(e) => return out.broke(c, e, &format!("consumer {}", spec.index)),
+        };
+        let Some((q, what)) = pending.remove(&id) else { continue };
+        match what {
+            RecvPending::Receive => {
+                let delivered: &[ReceivedMessage] = match &result {
+                    Ok(Response::ReceiveMessage(m)) => std::slice::from_ref(m),
+                    Ok(Response::BatchReceiveMessage(ok)) => &ok.messages,
+                    Ok(_) => {
+                        out.error(c, &ClientError::Protocol(String::new()));
+                        &[]
+                    }
+                    Err(ClientError::Server { code, .. }) if *code == ErrorCode::NO_MESSAGE => {
+                        c.empty_receives.fetch_add(1, Relaxed);
+                        &[]
+                    }
+                    Err(e) => {
+                        out.error(c, e);
+                        &[]
+                    }
+                };
+                if delivered.is_empty() {
+                    continue;
+                }
+                let rec_start = out.deliveries.len();
+                on_delivery(delivered, shape, run, c, out);
+                let del = &mut reqs[q].delete;
+                match del {
+                    Request::DeleteMessage(r) => r.receipt_handle = delivered[0].receipt_handle,
+                    Request::BatchDeleteMessage(r) => {
+                        r.receipt_handles.clear();
+                        r.receipt_handles.extend(delivered.iter().map(|m| m.receipt_handle));
+                    }
+                    _ => unreachable!("delete templates are deletes"),
+                }
+                let count = delivered.len();
+                let id = pipe.submit(del);
+                pending.insert(id, (q, RecvPending::Delete { rec_start, count }));
+            }
+            RecvPending::Delete { rec_start, count } => {
+                let mut ok_items = 0u64;
+                match result {
+                    Ok(Response::DeleteMessage(_)) => {
+                        ok_items = 1;
+                        if let Some(d) = out.deliveries.get_mut(rec_start) {
+                            d.deleted = true;
+                        }
+                    }
+                    Ok(Response::BatchDeleteMessage(ok)) => {
+                        for (i, item) in ok.results.iter().enumerate().take(count) {
+                            if item.code == 0 {
+                                ok_items += 1;
+                                if let Some(d) = out.deliveries.get_mut(rec_start + i) {
+                                    d.deleted = true;
+                                }
+                            } else {
+                                out.item_error(c, item.code);
+                            }
+                        }
+                    }
+                    Ok(_) => out.error(c, &ClientError::Protocol(String::new())),
+                    Err(e) => out.error(c, &e),
+                }
+                c.deleted.fetch_add(ok_items, Relaxed);
+            }
+        }
+    }
+}
+
+/// Books a receive's messages: counts, end-to-end latency, the verify log.
+fn on_delivery(msgs: &[ReceivedMessage], shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
+    let now_ns = run.now_ns();
+    let recv_ms =
+        if shape.verify { SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) } else { 0 };
+    let mut firsts = 0;
+    if let Ok(mut h) = c.hists.lock() {
+        for m in msgs {
+            let ours = body::parse(&m.body).filter(|h| h.nonce == run.nonce);
+            if let Some(head) = ours {
+                h.e2e.saturating_record(now_ns.saturating_sub(head.sent_ns).max(1));
+                if m.dequeue_count == 1 {
+                    firsts += 1;
+                }
+            }
+            if shape.verify {
+                out.deliveries.push(Delivery {
+                    id: ours.map_or(FOREIGN, |h| h.id),
+                    recv_ms,
+                    lease_end_ms: m.next_visible_time_ms,
+                    dequeue_count: m.dequeue_count,
+                    deleted: false,
+                });
+            }
+        }
+    }
+    c.received.fetch_add(msgs.len() as u64, Relaxed);
+    run.first_deliveries.fetch_add(firsts, Relaxed);
+}
