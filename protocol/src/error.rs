@@ -76,6 +76,16 @@ error_codes! {
     MESSAGE_NOT_FOUND = 4480, "message not found";
     /// No redrive task with that id.
     REDRIVE_NOT_FOUND = 4490, "redrive not found";
+    /// No topic by that name.
+    TOPIC_NOT_FOUND = 4500, "topic not found";
+    /// A topic by that name exists already.
+    TOPIC_ALREADY_EXISTS = 4510, "topic already exists";
+    /// No subscription by that name on the topic.
+    SUBSCRIPTION_NOT_FOUND = 4520, "subscription not found";
+    /// A subscription by that name exists on the topic already.
+    SUBSCRIPTION_ALREADY_EXISTS = 4530, "subscription already exists";
+    /// The broker's topic limit, or the topic's subscription limit, is reached.
+    TOO_MANY_TOPICS = 4540, "too many topics or subscriptions";
     /// An unexpected server-side failure.
     INTERNAL = 6000, "internal error";
     /// The write-ahead log cannot accept writes (disk full or I/O error); reads and deletes may still work.

@@ -13,6 +13,7 @@ pub mod names;
 pub mod ops;
 pub mod queue_admin;
 pub mod queue_attributes;
+pub mod topics;
 pub mod transactions;
 pub mod wire;
 
@@ -29,4 +30,5 @@ pub use messages::*;
 pub use ops::{ErrorBody, Opcode, Request, Response, Route};
 pub use queue_admin::*;
 pub use queue_attributes::{FlushPolicy, QueueAttributes, QueueAttributesUpdate, TxDefault};
+pub use topics::*;
 pub use transactions::*;

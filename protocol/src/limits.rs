@@ -31,6 +31,15 @@ pub const STRING_BYTES_MAX: usize = 4096;
 /// Items in one page of a list response (ListQueues `limit`).
 pub const LIST_PAGE_MAX: u32 = 1000;
 
+/// Tags one published message may carry (CMQ: 5).
+pub const TOPIC_TAGS_MAX: usize = 5;
+
+/// Filter tags or binding keys one subscription may have (CMQ: 5).
+pub const TOPIC_FILTERS_MAX: usize = 5;
+
+/// Longest subscription endpoint (a URL).
+pub const URL_BYTES_MAX: usize = 2048;
+
 /// Messages one PeekMessages answer may carry.
 pub const PEEK_MSGS_MAX: usize = 100;
 

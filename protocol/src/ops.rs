@@ -13,6 +13,7 @@ use crate::inspection::*;
 use crate::limits::STRING_BYTES_MAX;
 use crate::messages::*;
 use crate::queue_admin::*;
+use crate::topics::*;
 use crate::transactions::*;
 use crate::wire::{Reader, Wire};
 
@@ -150,6 +151,19 @@ ops! {
     0x0300 StartRedrive(StartRedrive) -> RedriveInfo;
     0x0301 ListRedrives(ListRedrives) -> ListRedrivesOk;
     0x0302 CancelRedrive(CancelRedrive) -> RedriveInfo;
+    0x0400 CreateTopic(CreateTopic) -> CreateTopicOk;
+    0x0401 DeleteTopic(DeleteTopic) -> Empty;
+    0x0402 ListTopics(ListTopics) -> ListTopicsOk;
+    0x0403 GetTopicAttributes(GetTopicAttributes) -> TopicInfo;
+    0x0404 SetTopicAttributes(SetTopicAttributes) -> TopicInfo;
+    0x0410 PublishMessage(PublishMessage) -> PublishMessageOk;
+    0x0411 BatchPublishMessage(BatchPublishMessage) -> BatchPublishMessageOk;
+    0x0420 Subscribe(Subscribe) -> SubscribeOk;
+    0x0421 Unsubscribe(Unsubscribe) -> Empty;
+    0x0422 ListSubscriptions(ListSubscriptions) -> ListSubscriptionsOk;
+    0x0423 GetSubscriptionAttributes(GetSubscriptionAttributes) -> SubscriptionInfo;
+    0x0424 SetSubscriptionAttributes(SetSubscriptionAttributes) -> SubscriptionInfo;
+    0x0425 ClearSubscriptionFilterTags(ClearSubscriptionFilterTags) -> Empty;
 }
 
 crate::wire_struct! {
@@ -189,7 +203,7 @@ impl ErrorBody {
 /// Where a request must be executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// On the shard that owns this queue (`names::shard_for`).
+    /// On the shard that owns this queue or topic (`names::shard_for`).
     Queue(&'a str),
     /// On this shard (ids that carry their shard, like redrive ids).
     Shard(u16),
@@ -209,6 +223,7 @@ impl Request {
             | Request::Ping(_)
             | Request::ListQueues(_)
             | Request::ListRedrives(_)
+            | Request::ListTopics(_)
             | Request::RegisterChecker(_)
             | Request::TransactionCheck(_) => Route::Any,
             Request::CancelRedrive(r) => Route::Shard((r.id >> REDRIVE_ID_SHARD_SHIFT) as u16),
@@ -230,6 +245,18 @@ impl Request {
             Request::SendTransactionMessage(r) => Route::Queue(&r.queue),
             Request::EndTransaction(r) => Route::Queue(&r.queue),
             Request::StartRedrive(r) => Route::Queue(&r.dead_letter_queue),
+            Request::CreateTopic(r) => Route::Queue(&r.topic),
+            Request::DeleteTopic(r) => Route::Queue(&r.topic),
+            Request::GetTopicAttributes(r) => Route::Queue(&r.topic),
+            Request::SetTopicAttributes(r) => Route::Queue(&r.topic),
+            Request::PublishMessage(r) => Route::Queue(&r.topic),
+            Request::BatchPublishMessage(r) => Route::Queue(&r.topic),
+            Request::Subscribe(r) => Route::Queue(&r.topic),
+            Request::Unsubscribe(r) => Route::Queue(&r.topic),
+            Request::ListSubscriptions(r) => Route::Queue(&r.topic),
+            Request::GetSubscriptionAttributes(r) => Route::Queue(&r.topic),
+            Request::SetSubscriptionAttributes(r) => Route::Queue(&r.topic),
+            Request::ClearSubscriptionFilterTags(r) => Route::Queue(&r.topic),
         }
     }
 

@@ -244,9 +244,24 @@ impl Shard {
             | Request::Ping(_)
             | Request::ListQueues(_)
             | Request::ListRedrives(_)
+            | Request::ListTopics(_)
             | Request::RegisterChecker(_)
             | Request::TransactionCheck(_) => {
                 return self.execute_anywhere(to, id, request, now);
+            }
+            Request::CreateTopic(_)
+            | Request::DeleteTopic(_)
+            | Request::GetTopicAttributes(_)
+            | Request::SetTopicAttributes(_)
+            | Request::PublishMessage(_)
+            | Request::BatchPublishMessage(_)
+            | Request::Subscribe(_)
+            | Request::Unsubscribe(_)
+            | Request::ListSubscriptions(_)
+            | Request::GetSubscriptionAttributes(_)
+            | Request::SetSubscriptionAttributes(_)
+            | Request::ClearSubscriptionFilterTags(_) => {
+                Err(EngineError::new(ErrorCode::INTERNAL, "topics are not available in this build yet"))
             }
         };
         match result {

@@ -689,6 +689,7 @@ impl BrokerState {
                 }
                 Ok(Response::CancelRedrive(task.info.clone()))
             }
+            _ => Err((ErrorCode::UNKNOWN_OPCODE, "the fake broker does not implement topics".into())),
         }
     }
 
