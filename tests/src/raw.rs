@@ -19,6 +19,8 @@ pub struct RawConn {
 
 /// A decoded response frame.
 #[derive(Debug)]
+// Test harness: replies are short-lived; boxing would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ok(u64, Response),
     Err(u64, ErrorBody),
