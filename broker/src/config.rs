@@ -23,6 +23,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// Queues across all shards.
     pub const MAX_QUEUES: usize = 100_000;
+    /// Topics across all shards.
+    pub const MAX_TOPICS: usize = 10_000;
+    /// Threads sending HTTP pushes, per shard.
+    pub const PUSH_WORKERS: usize = 4;
     pub const IO_BACKEND: &str = "auto";
 }
 
@@ -30,6 +34,7 @@ pub mod defaults {
 const SHARDS_MAX: usize = 256;
 const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
 const CONNECTIONS_MAX: usize = 1_000_000;
+const PUSH_WORKERS_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -72,6 +77,15 @@ pub struct Flags {
     /// Maximum queues on this broker; more are refused with TOO_MANY_QUEUES [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_queues: Option<usize>,
+    /// Maximum topics on this broker; more are refused with TOO_MANY_TOPICS [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_topics: Option<usize>,
+    /// Threads per shard sending HTTP pushes for topic subscriptions [default: 4].
+    #[arg(long, value_name = "N")]
+    pub push_workers: Option<usize>,
+    /// Testing only: multiply HTTP push retry intervals by this factor (e.g. 0.001).
+    #[arg(long, hide = true, value_name = "FACTOR")]
+    pub push_retry_scale: Option<f64>,
     /// How the write-ahead log does I/O [default: auto].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io_backend: Option<IoBackend>,
@@ -100,6 +114,8 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_queues: Option<usize>,
+    max_topics: Option<usize>,
+    push_workers: Option<usize>,
     io_backend: Option<IoBackend>,
 }
 
@@ -114,6 +130,9 @@ pub struct Config {
     pub segment_bytes: u64,
     pub max_connections: usize,
     pub max_queues: usize,
+    pub max_topics: usize,
+    pub push_workers: usize,
+    pub push_retry_scale: f64,
     pub io_backend: IoBackend,
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
@@ -140,6 +159,9 @@ impl Config {
             segment_bytes: flags.segment_bytes.or(file.segment_bytes).unwrap_or(defaults::SEGMENT_BYTES),
             max_connections: flags.max_connections.or(file.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
             max_queues: flags.max_queues.or(file.max_queues).unwrap_or(defaults::MAX_QUEUES),
+            max_topics: flags.max_topics.or(file.max_topics).unwrap_or(defaults::MAX_TOPICS),
+            push_workers: flags.push_workers.or(file.push_workers).unwrap_or(defaults::PUSH_WORKERS),
+            push_retry_scale: flags.push_retry_scale.unwrap_or(1.0),
             io_backend: flags.io_backend.or(file.io_backend).unwrap_or(IoBackend::Auto),
             repair: flags.repair,
             fault_file: flags.fault_file,
@@ -161,6 +183,15 @@ impl Config {
         }
         if self.max_queues == 0 {
             bail!("--max-queues: must be at least 1");
+        }
+        if self.max_topics == 0 {
+            bail!("--max-topics: must be at least 1");
+        }
+        if self.push_workers == 0 || self.push_workers > PUSH_WORKERS_MAX {
+            bail!("--push-workers: {} is out of range 1..={PUSH_WORKERS_MAX}", self.push_workers);
+        }
+        if !(self.push_retry_scale > 0.0 && self.push_retry_scale <= 1.0) {
+            bail!("--push-retry-scale: must be in (0, 1]");
         }
         Ok(())
     }

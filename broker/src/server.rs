@@ -154,6 +154,7 @@ fn open_shard(
         default_flush: cfg.flush,
         // The broker-wide limit is enforced by the shards (Shared::queue_count).
         queues_max: usize::MAX,
+        push_retry_scale: cfg.push_retry_scale,
     });
     let wal_cfg = WalConfig {
         segment_bytes: cfg.segment_bytes,

@@ -9,6 +9,11 @@
 //! | count u32 | count × (uid u32, created_ms u64, create_seq u64, modified_ms u64, next_seq u64, attrs, name str16)
 //! | count u32 | count × redrive (id u64, uid u32, rate u32, end_seq u64, total u64, moved u64,
 //!                               failed u64, state u8, started_ms u64, finished_ms u64, to str16)
+//! | count u32 | count × topic (uid u32, created_ms u64, create_seq u64, modified_ms u64,
+//!                            max_msg_size u32, retention_s u32, filter_type u8, next_sid u32, name str16,
+//!                            count u16 × subscription (sid u32, created_ms u64, modified_ms u64, name str16,
+//!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
+//!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
 //! | crc32c u32 of everything before it
 //! ```
 
@@ -16,8 +21,12 @@ use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
 use cmq_protocol::{QueueAttributes, RedriveState};
 
+use crate::engine::record::SubscriptionDef;
+
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
 const VERSION: u32 = 1;
+
+use cmq_protocol::limits::NAME_CHARS_MAX;
 
 /// Queues one catalog may hold (a shard's queue limit is far below this).
 const CATALOG_QUEUES_MAX: u32 = 10_000_000;
@@ -50,6 +59,28 @@ pub struct CatalogRedrive {
     pub to: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogSubscription {
+    pub sid: u32,
+    pub created_ms: u64,
+    pub modified_ms: u64,
+    pub def: SubscriptionDef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogTopic {
+    pub uid: u32,
+    pub name: String,
+    pub created_ms: u64,
+    pub create_seq: u64,
+    pub modified_ms: u64,
+    pub max_msg_size: u32,
+    pub retention_s: u32,
+    pub filter_type: u8,
+    pub next_sid: u32,
+    pub subscriptions: Vec<CatalogSubscription>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Catalog {
     /// Every queue-management record before this log position is reflected here.
@@ -60,6 +91,7 @@ pub struct Catalog {
     pub next_redrive: u64,
     pub queues: Vec<CatalogQueue>,
     pub redrives: Vec<CatalogRedrive>,
+    pub topics: Vec<CatalogTopic>,
 }
 
 impl Catalog {
@@ -95,6 +127,33 @@ impl Catalog {
             w.put_u64(r.started_ms);
             w.put_u64(r.finished_ms);
             w.put_str(&r.to);
+        }
+        w.put_u32(self.topics.len() as u32);
+        for t in &self.topics {
+            w.put_u32(t.uid);
+            w.put_u64(t.created_ms);
+            w.put_u64(t.create_seq);
+            w.put_u64(t.modified_ms);
+            w.put_u32(t.max_msg_size);
+            w.put_u32(t.retention_s);
+            w.put_u8(t.filter_type);
+            w.put_u32(t.next_sid);
+            w.put_str(&t.name);
+            w.put_count(t.subscriptions.len());
+            for s in &t.subscriptions {
+                w.put_u32(s.sid);
+                w.put_u64(s.created_ms);
+                w.put_u64(s.modified_ms);
+                w.put_str(&s.def.name);
+                w.put_u8(s.def.protocol);
+                w.put_str(&s.def.endpoint);
+                w.put_u8(s.def.strategy);
+                w.put_u8(s.def.format);
+                put_strs(&mut w, &s.def.filter_tags);
+                put_strs(&mut w, &s.def.binding_keys);
+                w.put_str(&s.def.dead_letter_queue);
+                w.extend_from_slice(&s.def.secret);
+            }
         }
         let crc = crc32c::crc32c(&w);
         w.put_u32(crc);
@@ -157,9 +216,69 @@ impl Catalog {
                 to: r.string("to", cmq_protocol::limits::NAME_CHARS_MAX).map_err(e)?,
             });
         }
+        let count = r.u32("topic count").map_err(e)?;
+        if count > CATALOG_QUEUES_MAX {
+            return Err(format!("catalog claims {count} topics"));
+        }
+        let mut topics = Vec::with_capacity((count as usize).min(r.remaining() / 40));
+        for _ in 0..count {
+            let uid = r.u32("uid").map_err(e)?;
+            let created_ms = r.u64("created_ms").map_err(e)?;
+            let create_seq = r.u64("create_seq").map_err(e)?;
+            let modified_ms = r.u64("modified_ms").map_err(e)?;
+            let max_msg_size = r.u32("max_msg_size").map_err(e)?;
+            let retention_s = r.u32("retention_s").map_err(e)?;
+            let filter_type = r.u8("filter_type").map_err(e)?;
+            let next_sid = r.u32("next_sid").map_err(e)?;
+            let name = r.string("name", NAME_CHARS_MAX).map_err(e)?;
+            let n = r.count("subscriptions", usize::from(u16::MAX)).map_err(e)?;
+            let mut subscriptions = Vec::with_capacity(n);
+            for _ in 0..n {
+                subscriptions.push(CatalogSubscription {
+                    sid: r.u32("sid").map_err(e)?,
+                    created_ms: r.u64("created_ms").map_err(e)?,
+                    modified_ms: r.u64("modified_ms").map_err(e)?,
+                    def: SubscriptionDef {
+                        name: r.string("name", NAME_CHARS_MAX).map_err(e)?,
+                        protocol: r.u8("protocol").map_err(e)?,
+                        endpoint: r.string("endpoint", cmq_protocol::limits::URL_BYTES_MAX).map_err(e)?,
+                        strategy: r.u8("strategy").map_err(e)?,
+                        format: r.u8("format").map_err(e)?,
+                        filter_tags: get_strs(&mut r).map_err(e)?,
+                        binding_keys: get_strs(&mut r).map_err(e)?,
+                        dead_letter_queue: r.string("dlq", NAME_CHARS_MAX).map_err(e)?,
+                        secret: r.u128("secret").map_err(e)?.to_le_bytes(),
+                    },
+                });
+            }
+            topics.push(CatalogTopic {
+                uid,
+                name,
+                created_ms,
+                create_seq,
+                modified_ms,
+                max_msg_size,
+                retention_s,
+                filter_type,
+                next_sid,
+                subscriptions,
+            });
+        }
         r.finish().map_err(e)?;
-        Ok(Catalog { log_pos, next_uid, next_msg_counter, next_transfer_id, next_redrive, queues, redrives })
+        Ok(Catalog { log_pos, next_uid, next_msg_counter, next_transfer_id, next_redrive, queues, redrives, topics })
     }
+}
+
+fn put_strs(w: &mut Vec<u8>, v: &[String]) {
+    w.put_count(v.len());
+    for s in v {
+        w.put_str(s);
+    }
+}
+
+fn get_strs(r: &mut Reader) -> Result<Vec<String>, cmq_protocol::DecodeError> {
+    let n = r.count("strings", usize::from(u16::MAX))?;
+    (0..n).map(|_| r.string("string", NAME_CHARS_MAX)).collect()
 }
 
 #[cfg(test)]
@@ -186,6 +305,33 @@ mod tests {
                 started_ms: 5,
                 finished_ms: 0,
                 to: String::new(),
+            }],
+            topics: vec![CatalogTopic {
+                uid: 5,
+                name: "news".into(),
+                created_ms: 3,
+                create_seq: 10,
+                modified_ms: 4,
+                max_msg_size: 4096,
+                retention_s: 600,
+                filter_type: 2,
+                next_sid: 3,
+                subscriptions: vec![CatalogSubscription {
+                    sid: 2,
+                    created_ms: 6,
+                    modified_ms: 7,
+                    def: SubscriptionDef {
+                        name: "s".into(),
+                        protocol: 2,
+                        endpoint: "http://127.0.0.1:1/x".into(),
+                        strategy: 1,
+                        format: 1,
+                        filter_tags: vec![],
+                        binding_keys: vec!["order.*".into()],
+                        dead_letter_queue: String::new(),
+                        secret: [7; 16],
+                    },
+                }],
             }],
             queues: vec![CatalogQueue {
                 uid: 3,

@@ -13,6 +13,7 @@ pub mod redrive;
 pub mod shard_engine;
 pub mod suffix;
 pub mod timers;
+pub mod topic;
 pub mod transfers;
 
 pub use catalog::Catalog;

@@ -36,6 +36,20 @@
 //! 17 TransferReturned  id u64, uid u32, seq u64, msg_id u64, enqueue_ms u64
 //! 18 RedriveStarted    id u64, uid u32, rate u32, end_seq u64, total u64, time_ms u64, to str
 //! 19 RedriveEnded      id u64, state u8, time_ms u64
+//! 20 TopicCreated      uid u32, time_ms u64, create_seq u64, max_msg_size u32, retention_s u32,
+//!                      filter_type u8, name str
+//! 21 TopicUpdated      uid u32, time_ms u64, max_msg_size u32
+//! 22 TopicDeleted      uid u32, time_ms u64
+//! 23 Subscribed        uid u32, sid u32, time_ms u64, name str, protocol u8, endpoint str,
+//!                      strategy u8, format u8, [filter tag str], [binding key str],
+//!                      dead_letter_queue str, secret 16 bytes
+//! 24 SubscriptionUpdated uid u32, sid u32, time_ms u64, strategy u8, format u8,
+//!                      [filter tag str], [binding key str]
+//! 25 Unsubscribed      uid u32, sid u32, time_ms u64
+//! 26 Published         uid u32, first_msg_id u64, first_transfer u64, time_ms u64, [tag str],
+//!                      routing_key str, [target sid u32], count u16, count × (len u32, body)
+//! 27 PushRetry         [id u64, attempt u32, next_ms u64]
+//! 28 PushGaveUp        id u64, time_ms u64
 //! ```
 //!
 //! `Relocated` is written by compaction: a live message from an old segment
@@ -73,6 +87,15 @@ pub mod rtype {
     pub const TRANSFER_RETURNED: u8 = 17;
     pub const REDRIVE_STARTED: u8 = 18;
     pub const REDRIVE_ENDED: u8 = 19;
+    pub const TOPIC_CREATED: u8 = 20;
+    pub const TOPIC_UPDATED: u8 = 21;
+    pub const TOPIC_DELETED: u8 = 22;
+    pub const SUBSCRIBED: u8 = 23;
+    pub const SUBSCRIPTION_UPDATED: u8 = 24;
+    pub const UNSUBSCRIBED: u8 = 25;
+    pub const PUBLISHED: u8 = 26;
+    pub const PUSH_RETRY: u8 = 27;
+    pub const PUSH_GAVE_UP: u8 = 28;
 }
 
 /// Where a body sits inside a payload (replay path): offset from the start
@@ -105,6 +128,24 @@ pub struct RelocatedEntry {
 pub mod transfer_kind {
     pub const DEAD_LETTER: u8 = 1;
     pub const REDRIVE: u8 = 2;
+    /// A published message on its way to a queue subscription.
+    pub const PUBLISH: u8 = 3;
+    /// A published message on its way to an HTTP subscription (never sent between shards).
+    pub const PUSH: u8 = 4;
+}
+
+/// A subscription's definition as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionDef {
+    pub name: String,
+    pub protocol: u8,
+    pub endpoint: String,
+    pub strategy: u8,
+    pub format: u8,
+    pub filter_tags: Vec<String>,
+    pub binding_keys: Vec<String>,
+    pub dead_letter_queue: String,
+    pub secret: [u8; 16],
 }
 
 /// A record. `B` is the body representation: `Bytes` when written live,
@@ -236,6 +277,61 @@ pub enum Record<B> {
         state: u8,
         time_ms: u64,
     },
+    TopicCreated {
+        uid: u32,
+        time_ms: u64,
+        create_seq: u64,
+        max_msg_size: u32,
+        retention_s: u32,
+        filter_type: u8,
+        name: String,
+    },
+    TopicUpdated {
+        uid: u32,
+        time_ms: u64,
+        max_msg_size: u32,
+    },
+    TopicDeleted {
+        uid: u32,
+        time_ms: u64,
+    },
+    Subscribed {
+        uid: u32,
+        sid: u32,
+        time_ms: u64,
+        def: SubscriptionDef,
+    },
+    SubscriptionUpdated {
+        uid: u32,
+        sid: u32,
+        time_ms: u64,
+        strategy: u8,
+        format: u8,
+        filter_tags: Vec<String>,
+        binding_keys: Vec<String>,
+    },
+    Unsubscribed {
+        uid: u32,
+        sid: u32,
+        time_ms: u64,
+    },
+    Published {
+        uid: u32,
+        first_msg_id: u64,
+        first_transfer: u64,
+        time_ms: u64,
+        tags: Vec<String>,
+        routing_key: String,
+        targets: Vec<u32>,
+        bodies: Vec<B>,
+    },
+    PushRetry {
+        entries: Vec<(u64, u32, u64)>,
+    },
+    PushGaveUp {
+        id: u64,
+        time_ms: u64,
+    },
 }
 
 /// Bytes before the first body's length prefix in an `Enqueued` payload.
@@ -276,6 +372,15 @@ impl<B> Record<B> {
             Record::TransferReturned { .. } => TRANSFER_RETURNED,
             Record::RedriveStarted { .. } => REDRIVE_STARTED,
             Record::RedriveEnded { .. } => REDRIVE_ENDED,
+            Record::TopicCreated { .. } => TOPIC_CREATED,
+            Record::TopicUpdated { .. } => TOPIC_UPDATED,
+            Record::TopicDeleted { .. } => TOPIC_DELETED,
+            Record::Subscribed { .. } => SUBSCRIBED,
+            Record::SubscriptionUpdated { .. } => SUBSCRIPTION_UPDATED,
+            Record::Unsubscribed { .. } => UNSUBSCRIBED,
+            Record::Published { .. } => PUBLISHED,
+            Record::PushRetry { .. } => PUSH_RETRY,
+            Record::PushGaveUp { .. } => PUSH_GAVE_UP,
         }
     }
 }
@@ -319,6 +424,31 @@ impl Record<Bytes> {
                     parts.push(body);
                 }
                 return (emit(&parts), ENQUEUED_HEADER_BYTES + 4);
+            }
+            Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies } => {
+                w.put_u32(*uid);
+                w.put_u64(*first_msg_id);
+                w.put_u64(*first_transfer);
+                w.put_u64(*time_ms);
+                put_strs(w, tags);
+                w.put_str(routing_key);
+                w.put_count(targets.len());
+                for t in targets {
+                    w.put_u32(*t);
+                }
+                w.put_count(bodies.len());
+                let header_end = w.len();
+                for body in bodies {
+                    w.put_u32(body.len() as u32);
+                }
+                let (header, lens) = w.split_at(header_end);
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * bodies.len());
+                parts.push(header);
+                for (len, body) in lens.chunks_exact(4).zip(bodies) {
+                    parts.push(len);
+                    parts.push(body);
+                }
+                return (emit(&parts), header_end as u32 + 4);
             }
             Record::Relocated { uid, seq, entry, body, suffix } => {
                 w.put_u32(*uid);
@@ -455,12 +585,78 @@ impl Record<Bytes> {
                 w.put_u8(*state);
                 w.put_u64(*time_ms);
             }
+            Record::TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } => {
+                w.put_u32(*uid);
+                w.put_u64(*time_ms);
+                w.put_u64(*create_seq);
+                w.put_u32(*max_msg_size);
+                w.put_u32(*retention_s);
+                w.put_u8(*filter_type);
+                w.put_str(name);
+            }
+            Record::TopicUpdated { uid, time_ms, max_msg_size } => {
+                w.put_u32(*uid);
+                w.put_u64(*time_ms);
+                w.put_u32(*max_msg_size);
+            }
+            Record::TopicDeleted { uid, time_ms } => {
+                w.put_u32(*uid);
+                w.put_u64(*time_ms);
+            }
+            Record::Subscribed { uid, sid, time_ms, def } => {
+                w.put_u32(*uid);
+                w.put_u32(*sid);
+                w.put_u64(*time_ms);
+                w.put_str(&def.name);
+                w.put_u8(def.protocol);
+                w.put_str(&def.endpoint);
+                w.put_u8(def.strategy);
+                w.put_u8(def.format);
+                put_strs(w, &def.filter_tags);
+                put_strs(w, &def.binding_keys);
+                w.put_str(&def.dead_letter_queue);
+                w.extend_from_slice(&def.secret);
+            }
+            Record::SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } => {
+                w.put_u32(*uid);
+                w.put_u32(*sid);
+                w.put_u64(*time_ms);
+                w.put_u8(*strategy);
+                w.put_u8(*format);
+                put_strs(w, filter_tags);
+                put_strs(w, binding_keys);
+            }
+            Record::Unsubscribed { uid, sid, time_ms } => {
+                w.put_u32(*uid);
+                w.put_u32(*sid);
+                w.put_u64(*time_ms);
+            }
+            Record::PushRetry { entries } => {
+                w.put_count(entries.len());
+                for (id, attempt, next) in entries {
+                    w.put_u64(*id);
+                    w.put_u32(*attempt);
+                    w.put_u64(*next);
+                }
+            }
+            Record::PushGaveUp { id, time_ms } => {
+                w.put_u64(*id);
+                w.put_u64(*time_ms);
+            }
             Record::Enqueued { .. }
+            | Record::Published { .. }
             | Record::Relocated { .. }
             | Record::HalfEnqueued { .. }
             | Record::TransferOut { .. }
             | Record::TransferIn { .. } => unreachable!("records with bodies are encoded as gathered parts"),
         }
+    }
+}
+
+fn put_strs(w: &mut Vec<u8>, v: &[String]) {
+    w.put_count(v.len());
+    for s in v {
+        w.put_str(s);
     }
 }
 
@@ -509,6 +705,20 @@ impl<'a> Cursor<'a> {
         let n = usize::from(self.u16(what)?);
         std::str::from_utf8(self.take(n, what)?).map(str::to_owned).map_err(|_| what)
     }
+    fn strs(&mut self, what: &'static str) -> DecodeResult<Vec<String>> {
+        let n = usize::from(self.u16(what)?);
+        if n * 2 > self.p.len() - self.pos {
+            return Err(what);
+        }
+        (0..n).map(|_| self.str(what)).collect()
+    }
+    fn u32s(&mut self, what: &'static str) -> DecodeResult<Vec<u32>> {
+        let n = usize::from(self.u16(what)?);
+        if n * 4 > self.p.len() - self.pos {
+            return Err(what);
+        }
+        (0..n).map(|_| self.u32(what)).collect()
+    }
     fn u64s(&mut self, what: &'static str) -> DecodeResult<Vec<u64>> {
         let n = usize::from(self.u16(what)?).min(RECORD_SEQS_MAX);
         if n * 8 > self.p.len() - self.pos {
@@ -548,6 +758,9 @@ impl Record<BodySpan> {
         let fail = |reason: &str| RecordError { rtype, reason: reason.to_owned() };
         if rtype == rtype::ENQUEUED {
             return decode_enqueued(payload).map_err(fail);
+        }
+        if rtype == rtype::PUBLISHED {
+            return decode_published(payload).map_err(fail);
         }
         let mut c = Cursor { p: payload, pos: 0 };
         let rec = decode_with(rtype, &mut c).map_err(fail)?;
@@ -658,8 +871,79 @@ fn decode_with(rtype: u8, c: &mut Cursor<'_>) -> DecodeResult<Record<BodySpan>> 
             to: c.str("to")?,
         },
         REDRIVE_ENDED => Record::RedriveEnded { id: c.u64("id")?, state: c.u8("state")?, time_ms: c.u64("time")? },
+        TOPIC_CREATED => Record::TopicCreated {
+            uid: c.u32("uid")?,
+            time_ms: c.u64("time")?,
+            create_seq: c.u64("create_seq")?,
+            max_msg_size: c.u32("max_msg_size")?,
+            retention_s: c.u32("retention")?,
+            filter_type: c.u8("filter_type")?,
+            name: c.str("name")?,
+        },
+        TOPIC_UPDATED => {
+            Record::TopicUpdated { uid: c.u32("uid")?, time_ms: c.u64("time")?, max_msg_size: c.u32("max_msg_size")? }
+        }
+        TOPIC_DELETED => Record::TopicDeleted { uid: c.u32("uid")?, time_ms: c.u64("time")? },
+        SUBSCRIBED => Record::Subscribed {
+            uid: c.u32("uid")?,
+            sid: c.u32("sid")?,
+            time_ms: c.u64("time")?,
+            def: SubscriptionDef {
+                name: c.str("name")?,
+                protocol: c.u8("protocol")?,
+                endpoint: c.str("endpoint")?,
+                strategy: c.u8("strategy")?,
+                format: c.u8("format")?,
+                filter_tags: c.strs("filter tags")?,
+                binding_keys: c.strs("binding keys")?,
+                dead_letter_queue: c.str("dead letter queue")?,
+                secret: c.take(16, "secret")?.try_into().map_err(|_| "secret")?,
+            },
+        },
+        SUBSCRIPTION_UPDATED => Record::SubscriptionUpdated {
+            uid: c.u32("uid")?,
+            sid: c.u32("sid")?,
+            time_ms: c.u64("time")?,
+            strategy: c.u8("strategy")?,
+            format: c.u8("format")?,
+            filter_tags: c.strs("filter tags")?,
+            binding_keys: c.strs("binding keys")?,
+        },
+        UNSUBSCRIBED => Record::Unsubscribed { uid: c.u32("uid")?, sid: c.u32("sid")?, time_ms: c.u64("time")? },
+        PUSH_RETRY => {
+            let n = usize::from(c.u16("entries")?);
+            if n * 20 > c.p.len() - c.pos {
+                return Err("entries");
+            }
+            let entries = (0..n)
+                .map(|_| Ok((c.u64("id")?, c.u32("attempt")?, c.u64("next")?)))
+                .collect::<DecodeResult<Vec<_>>>()?;
+            Record::PushRetry { entries }
+        }
+        PUSH_GAVE_UP => Record::PushGaveUp { id: c.u64("id")?, time_ms: c.u64("time")? },
         _ => return Err("unknown record type"),
     })
+}
+
+fn decode_published(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
+    let mut c = Cursor { p, pos: 0 };
+    let uid = c.u32("uid")?;
+    let first_msg_id = c.u64("first_msg_id")?;
+    let first_transfer = c.u64("first_transfer")?;
+    let time_ms = c.u64("time")?;
+    let tags = c.strs("tags")?;
+    let routing_key = c.str("routing key")?;
+    let targets = c.u32s("targets")?;
+    let count = usize::from(c.u16("count")?);
+    let mut bodies = Vec::with_capacity(count.min(cmq_protocol::limits::BATCH_MSGS_MAX));
+    for _ in 0..count {
+        let len = c.u32("body length")?;
+        let offset = c.pos as u32;
+        c.take(len as usize, "body")?;
+        bodies.push(BodySpan { offset, len });
+    }
+    c.finish()?;
+    Ok(Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies })
 }
 
 fn decode_enqueued(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
@@ -691,6 +975,10 @@ mod tests {
         let mut scratch = Vec::new();
         let (payload, offset) = rec.encode(&mut scratch, |parts| parts.concat());
         (rec.rtype(), payload, offset)
+    }
+
+    fn strs() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec("[a-z.*#]{0,12}", 0..5)
     }
 
     fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
@@ -838,9 +1126,9 @@ mod tests {
             let back = Record::decode(rtype, &payload).expect("decodes");
             prop_assert_eq!(back.rtype(), rtype);
             match (&rec, &back) {
-                (Record::Enqueued { bodies, .. }, Record::Enqueued { bodies: spans, .. }) => {
-                    let expected: Vec<_> = body_spans(bodies.iter().map(|b| b.len() as u32)).collect();
-                    prop_assert_eq!(&expected, spans);
+                (Record::Published { bodies, .. }, Record::Published { bodies: spans, .. })
+                | (Record::Enqueued { bodies, .. }, Record::Enqueued { bodies: spans, .. }) => {
+                    prop_assert_eq!(spans.first().map(|s| s.offset), bodies.first().map(|_| offset));
                     for (b, s) in bodies.iter().zip(spans) {
                         prop_assert_eq!(&payload[s.offset as usize..(s.offset + s.len) as usize], &b[..]);
                     }

@@ -32,9 +32,11 @@ use crate::engine::transfers::{Inbound, Outbox};
 mod dead_letter;
 mod inspection;
 mod recovery;
+mod topics;
 mod transactions;
 
 pub use dead_letter::{InTransfer, OutTransfer};
+pub use topics::{OutPush, PushResult};
 pub use transactions::CheckDue;
 
 /// How often retention is enforced on every queue.
@@ -58,6 +60,8 @@ pub struct EngineConfig {
     pub default_flush: FlushPolicy,
     /// Queues this shard may hold (TOO_MANY_QUEUES beyond).
     pub queues_max: usize,
+    /// Multiplies HTTP push retry intervals (1.0 in production; tests shrink them).
+    pub push_retry_scale: f64,
 }
 
 /// A message handed to a consumer; its body is read from the log at
@@ -127,6 +131,8 @@ pub struct ShardEngine {
     fates: Fates,
     /// Queues with parked dead-letter moves or due checks.
     pending_work: Vec<u32>,
+    topics: HashMap<u32, crate::engine::topic::Topic>,
+    topic_by_name: HashMap<String, u32>,
 }
 
 impl ShardEngine {
@@ -154,6 +160,8 @@ impl ShardEngine {
             checks: Vec::new(),
             fates: Fates::default(),
             pending_work: Vec::new(),
+            topics: HashMap::new(),
+            topic_by_name: HashMap::new(),
         }
     }
 
@@ -697,9 +705,17 @@ impl ShardEngine {
         if now_ms >= self.next_retention_sweep_ms {
             self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
             self.sweep_retention(now_ms);
+            self.sweep_topics(log, now_ms);
         }
         self.run_pending_work(log, now_ms);
         self.run_redrives(log, now_ms);
+    }
+
+    /// Once a second: topic deliveries past their topic's retention.
+    fn sweep_topics(&mut self, log: &mut impl Log, now_ms: u64) {
+        if !self.topics.is_empty() {
+            self.expire_topic_deliveries(log, now_ms);
+        }
     }
 
     fn sweep_retention(&mut self, now_ms: u64) {
@@ -715,6 +731,15 @@ impl ShardEngine {
             q.collect_ttl_expired(now_ms, DEAD_LETTER_PER_TURN_MAX);
             if !q.dead_letter_due.is_empty() {
                 self.pending_work.push(*uid);
+            }
+        }
+    }
+
+    /// Removes confirmed outbox entries, counting topic deliveries.
+    fn apply_transfer_done(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(e) = self.outbox.entries.remove(id) {
+                self.topic_delivery_done(&e, true);
             }
         }
     }

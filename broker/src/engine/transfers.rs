@@ -11,6 +11,7 @@
 //! the lowest id it still has pending and they forget everything below.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// How long the source waits for a confirmation before sending again.
 pub const TRANSFER_RESEND_MS: u64 = 5_000;
@@ -18,10 +19,22 @@ pub const TRANSFER_RESEND_MS: u64 = 5_000;
 /// Longest wait between attempts after temporary refusals (destination full, busy).
 pub const TRANSFER_BACKOFF_MAX_MS: u64 = 60_000;
 
+/// What an HTTP push (or the JSON push body) needs to know about the
+/// published message; shared by every delivery of one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishMeta {
+    pub topic: String,
+    pub msg_id: u64,
+    pub tags: Vec<String>,
+    pub routing_key: String,
+    pub publish_ms: u64,
+}
+
 /// One message on its way out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub kind: u8,
+    /// Redrive: the task id. Topic deliveries: (topic uid << 32) | subscription id.
     pub redrive: u64,
     /// The queue the message left (it goes back there if the destination refuses for good).
     pub src_uid: u32,
@@ -33,6 +46,14 @@ pub struct OutboxEntry {
     pub dequeue_count: u32,
     pub next_send_ms: u64,
     pub attempts: u32,
+    /// Topic deliveries: the published message.
+    pub publish: Option<Arc<PublishMeta>>,
+    pub created_ms: u64,
+}
+
+/// The `redrive` field of a topic delivery.
+pub fn topic_target(topic_uid: u32, sid: u32) -> u64 {
+    (u64::from(topic_uid) << 32) | u64::from(sid)
 }
 
 #[derive(Debug, Default)]
@@ -51,12 +72,13 @@ impl Outbox {
         self.entries.values().map(|e| e.body_pos).min()
     }
 
-    /// Entries due for (re)sending at `now_ms`; marks them sent.
-    pub fn due(&mut self, now_ms: u64) -> Vec<(u64, OutboxEntry)> {
+    /// Entries of the given kinds due for (re)sending at `now_ms`; marks
+    /// them sent (next attempt `resend_ms` later unless answered).
+    pub fn due(&mut self, now_ms: u64, kinds: &[u8], resend_ms: u64) -> Vec<(u64, OutboxEntry)> {
         let mut out = Vec::new();
         for (id, e) in self.entries.iter_mut() {
-            if e.next_send_ms <= now_ms {
-                e.next_send_ms = now_ms + TRANSFER_RESEND_MS;
+            if e.next_send_ms <= now_ms && kinds.contains(&e.kind) {
+                e.next_send_ms = now_ms + resend_ms;
                 out.push((*id, e.clone()));
             }
         }
@@ -127,6 +149,8 @@ mod tests {
             dequeue_count: 0,
             next_send_ms: 0,
             attempts: 0,
+            publish: None,
+            created_ms: 0,
         }
     }
 
@@ -138,9 +162,10 @@ mod tests {
         o.entries.insert(5, entry(50));
         assert_eq!(o.low_watermark(), 3);
         assert_eq!(o.min_pos(), Some(50));
-        assert_eq!(o.due(0).len(), 2);
-        assert!(o.due(1).is_empty(), "just sent");
-        assert_eq!(o.due(TRANSFER_RESEND_MS).len(), 2, "resent when unconfirmed");
+        assert_eq!(o.due(0, &[1], TRANSFER_RESEND_MS).len(), 2);
+        assert!(o.due(1, &[1], TRANSFER_RESEND_MS).is_empty(), "just sent");
+        assert!(o.due(TRANSFER_RESEND_MS, &[2], TRANSFER_RESEND_MS).is_empty(), "other kind");
+        assert_eq!(o.due(TRANSFER_RESEND_MS, &[1], TRANSFER_RESEND_MS).len(), 2, "resent when unconfirmed");
         o.retry_later(3, 10_000);
         assert!(o.entries[&3].next_send_ms > 10_000);
         for _ in 0..20 {

@@ -121,17 +121,21 @@ impl ShardEngine {
             dequeue_count: e.dequeue_count,
             next_send_ms: now_ms,
             attempts: 0,
+            publish: None,
+            created_ms: now_ms,
         };
         let original = suffix::origin_msg_id(&origin);
         self.apply_transfer_out(id, seq, out, original, now_ms, true);
         Ok(())
     }
 
-    /// Transfers due for (re)sending now.
+    /// Transfers due for (re)sending now (moves between queues, and
+    /// published messages for queue subscriptions).
     pub fn transfers_to_send(&mut self, now_ms: u64) -> Vec<OutTransfer> {
         let shards = self.cfg.shard_count;
+        let kinds = [transfer_kind::DEAD_LETTER, transfer_kind::REDRIVE, transfer_kind::PUBLISH];
         self.outbox
-            .due(now_ms)
+            .due(now_ms, &kinds, crate::engine::transfers::TRANSFER_RESEND_MS)
             .into_iter()
             .map(|(id, e)| OutTransfer {
                 id,
@@ -168,23 +172,30 @@ impl ShardEngine {
         }
         // Losing this record only means sending again; the destination filters duplicates.
         match self.log_record(log, &Record::TransferDone { ids: done.clone() }, Durability::Written) {
-            Ok(_) => {
-                for id in done {
-                    self.outbox.entries.remove(&id);
-                }
-            }
+            Ok(_) => self.apply_transfer_done(&done),
             Err(e) => log::warn!("cannot log finished transfers: {}", e.message),
         }
     }
 
     fn transfer_return(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
         let Some(out) = self.outbox.entries.get(&id) else { return };
+        if out.kind == transfer_kind::PUBLISH {
+            // A queue subscription whose queue is gone: the delivery is dropped.
+            log::warn!("queue {:?} of a subscription does not exist: delivery {id} dropped", out.dst_queue);
+            let rec = Record::PushGaveUp { id, time_ms: now_ms };
+            if self.log_record(log, &rec, Durability::Written).is_ok() {
+                if let Some(e) = self.outbox.entries.remove(&id) {
+                    self.topic_delivery_done(&e, false);
+                }
+            }
+            return;
+        }
         let uid = out.src_uid;
         let Some(q) = self.queues.get(&uid) else {
             // The queue it came from is gone too: nothing can take it.
             log::warn!("dropping a message whose destination {:?} and source queue are both gone", out.dst_queue);
             if self.log_record(log, &Record::TransferDone { ids: vec![id] }, Durability::Written).is_ok() {
-                self.outbox.entries.remove(&id);
+                self.apply_transfer_done(&[id]);
             }
             return;
         };
@@ -235,7 +246,8 @@ impl ShardEngine {
             first_dequeue_rel: 0,
             dequeue_count,
             state: MsgState::Ready,
-            flags: FLAG_ORIGIN,
+            // Topic deliveries are new messages; moved ones keep their origin.
+            flags: if t.origin.is_empty() { 0 } else { FLAG_ORIGIN },
         };
         self.apply_transfer_in(t.src_shard, t.id, uid, seq, entry, suffix::origin_msg_id(&t.origin), pos);
         Ok(())

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use cmq_protocol::{MessageState, RedriveState};
 
 use super::ShardEngine;
-use crate::engine::catalog::{Catalog, CatalogQueue, CatalogRedrive};
+use crate::engine::catalog::{Catalog, CatalogQueue, CatalogRedrive, CatalogSubscription, CatalogTopic};
 use crate::engine::error::EngineError;
 use crate::engine::fates::Fate;
 use crate::engine::log::Log;
@@ -29,6 +29,27 @@ impl ShardEngine {
             if let Some(queue) = self.queues.get_mut(&q.uid) {
                 queue.modified_ms = q.modified_ms;
                 queue.set_next_seq(q.next_seq);
+            }
+        }
+        for t in &c.topics {
+            self.apply_topic_created(
+                t.uid,
+                t.created_ms,
+                t.create_seq,
+                t.max_msg_size,
+                t.retention_s,
+                t.filter_type,
+                t.name.clone(),
+            );
+            for s in &t.subscriptions {
+                self.apply_subscribed(t.uid, s.sid, s.created_ms, s.def.clone());
+                if let Some(sub) = self.topics.get_mut(&t.uid).and_then(|x| x.subscription_by_sid(s.sid)) {
+                    sub.modified_ms = s.modified_ms;
+                }
+            }
+            if let Some(topic) = self.topics.get_mut(&t.uid) {
+                topic.modified_ms = t.modified_ms;
+                topic.next_sid = topic.next_sid.max(t.next_sid);
             }
         }
         for r in &c.redrives {
@@ -92,7 +113,34 @@ impl ShardEngine {
                 to: r.to.clone(),
             })
             .collect();
+        let mut topics: Vec<CatalogTopic> = self
+            .topics
+            .values()
+            .map(|t| CatalogTopic {
+                uid: t.uid,
+                name: t.name.clone(),
+                created_ms: t.created_ms,
+                create_seq: t.create_seq,
+                modified_ms: t.modified_ms,
+                max_msg_size: t.max_msg_size,
+                retention_s: t.retention_s,
+                filter_type: t.filter_type.as_u8(),
+                next_sid: t.next_sid,
+                subscriptions: t
+                    .subscriptions
+                    .iter()
+                    .map(|s| CatalogSubscription {
+                        sid: s.sid,
+                        created_ms: s.created_ms,
+                        modified_ms: s.modified_ms,
+                        def: s.def.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        topics.sort_by_key(|t| t.uid);
         Catalog {
+            topics,
             log_pos,
             next_uid: self.next_uid,
             next_msg_counter: self.next_msg_counter,
@@ -179,6 +227,12 @@ impl ShardEngine {
                 | rtype::QUEUE_DELETED
                 | rtype::REDRIVE_STARTED
                 | rtype::REDRIVE_ENDED
+                | rtype::TOPIC_CREATED
+                | rtype::TOPIC_UPDATED
+                | rtype::TOPIC_DELETED
+                | rtype::SUBSCRIBED
+                | rtype::SUBSCRIPTION_UPDATED
+                | rtype::UNSUBSCRIBED
         );
         if is_meta && pos < self.catalog_pos {
             return Ok(());
@@ -250,12 +304,15 @@ impl ShardEngine {
                     dequeue_count,
                     next_send_ms: 0,
                     attempts: 0,
+                    publish: None,
+                    created_ms: time_ms,
                 };
                 let original = suffix::origin_msg_id(suffix_of(&body));
                 self.apply_transfer_out(id, src_seq, out, original, time_ms, counted);
             }
             Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. } => {
-                let original = suffix::origin_msg_id(suffix_of(&body));
+                let origin = suffix_of(&body);
+                let original = suffix::origin_msg_id(origin);
                 let entry = Entry {
                     msg_id,
                     body_pos: span_pos(&body),
@@ -265,15 +322,11 @@ impl ShardEngine {
                     first_dequeue_rel: 0,
                     dequeue_count,
                     state: MsgState::Ready,
-                    flags: FLAG_ORIGIN,
+                    flags: if origin.is_empty() { 0 } else { FLAG_ORIGIN },
                 };
                 self.apply_transfer_in(src_shard, id, uid, seq, entry, original, pos);
             }
-            Record::TransferDone { ids } => {
-                for id in ids {
-                    self.outbox.entries.remove(&id);
-                }
-            }
+            Record::TransferDone { ids } => self.apply_transfer_done(&ids),
             Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms } => {
                 self.apply_transfer_returned(id, uid, seq, msg_id, enqueue_ms, counted)
             }
@@ -281,6 +334,22 @@ impl ShardEngine {
                 self.apply_redrive_started(id, uid, rate, end_seq, total, time_ms, to)
             }
             Record::RedriveEnded { id, state, time_ms } => self.apply_redrive_ended(id, state, time_ms),
+            Record::TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } => {
+                self.apply_topic_created(uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name)
+            }
+            Record::TopicUpdated { uid, time_ms, max_msg_size } => self.apply_topic_updated(uid, time_ms, max_msg_size),
+            Record::TopicDeleted { uid, .. } => self.apply_topic_deleted(uid),
+            Record::Subscribed { uid, sid, time_ms, def } => self.apply_subscribed(uid, sid, time_ms, def),
+            Record::SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } => {
+                self.apply_subscription_updated(uid, sid, time_ms, strategy, format, filter_tags, binding_keys)
+            }
+            Record::Unsubscribed { uid, sid, .. } => self.apply_unsubscribed(uid, sid),
+            Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies } => {
+                let spans: Vec<(u64, u32)> = bodies.iter().map(|b| (span_pos(b), b.len)).collect();
+                self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans)
+            }
+            Record::PushRetry { entries } => self.apply_push_retry(&entries),
+            Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),
         }
         Ok(())
     }

@@ -1,0 +1,729 @@
+//! The topic model: topics, subscriptions, publishing, and the deliveries
+//! that fan a published message out to queues (as transfers, like
+//! dead-lettering) and HTTP endpoints (as pushes with retry state).
+//!
+//! A publish is one `Published` record naming the subscriptions that matched
+//! at publish time; applying it creates one outbox entry per (message,
+//! subscription), so after a crash every acknowledged publish still reaches
+//! every subscription it matched.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cmq_protocol::limits::BATCH_MSGS_MAX;
+use cmq_protocol::names::validate_name;
+use cmq_protocol::topics::{TOPIC_MAX_MSG_SIZE, TOPIC_MSG_RETENTION_SECONDS};
+use cmq_protocol::*;
+
+use super::ShardEngine;
+use crate::engine::error::EngineError;
+use crate::engine::filter;
+use crate::engine::log::{Durability, Log};
+use crate::engine::record::{transfer_kind, Record, SubscriptionDef};
+use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
+use crate::engine::transfers::{topic_target, OutboxEntry, PublishMeta};
+use crate::engine::ListedQueue;
+
+/// How long a push handed to the pusher may take before it is handed out again.
+const PUSH_IN_FLIGHT_MS: u64 = 60_000;
+
+/// An HTTP push the shard should hand to its push pool.
+#[derive(Debug, Clone)]
+pub struct OutPush {
+    pub id: u64,
+    pub url: String,
+    pub subscription: String,
+    pub format: NotifyContentFormat,
+    pub secret: [u8; 16],
+    pub body_pos: u64,
+    pub body_len: u32,
+    pub meta: Arc<PublishMeta>,
+    pub attempt: u32,
+}
+
+/// What became of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushResult {
+    Delivered,
+    Failed(String),
+}
+
+fn topic_not_found(name: &str) -> EngineError {
+    EngineError::new(ErrorCode::TOPIC_NOT_FOUND, format!("topic {name:?} does not exist"))
+}
+
+fn subscription_not_found(topic: &str, name: &str) -> EngineError {
+    EngineError::new(
+        ErrorCode::SUBSCRIPTION_NOT_FOUND,
+        format!("topic {topic:?} has no subscription {name:?}"),
+    )
+}
+
+fn invalid(e: String) -> EngineError {
+    EngineError::invalid(e)
+}
+
+fn filter_type(t: &Topic) -> filter::FilterType {
+    match t.filter_type {
+        FilterType::Tag => filter::FilterType::Tag,
+        FilterType::RoutingKey => filter::FilterType::RoutingKey,
+    }
+}
+
+impl ShardEngine {
+    fn topic_uid(&self, name: &str) -> Result<u32, EngineError> {
+        self.topic_by_name.get(name).copied().ok_or_else(|| topic_not_found(name))
+    }
+
+    fn topic_durability(&self) -> Durability {
+        Self::data_durability(self.cfg.default_flush)
+    }
+
+    // ---- topics -------------------------------------------------------------
+
+    pub fn create_topic(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        u: &TopicAttributesUpdate,
+        create_seq: u64,
+    ) -> Result<u64, EngineError> {
+        validate_name("topicName", name).map_err(invalid)?;
+        if self.topic_by_name.contains_key(name) {
+            return Err(EngineError::new(ErrorCode::TOPIC_ALREADY_EXISTS, format!("topic {name:?} already exists")));
+        }
+        let max_msg_size = TOPIC_MAX_MSG_SIZE
+            .check(u.max_msg_size.map_or(TOPIC_MAX_MSG_SIZE.default, u64::from))
+            .map_err(invalid)? as u32;
+        let retention_s = TOPIC_MSG_RETENTION_SECONDS
+            .check(u.msg_retention_seconds.map_or(TOPIC_MSG_RETENTION_SECONDS.default, u64::from))
+            .map_err(invalid)? as u32;
+        let filter_type = u.filter_type.unwrap_or_default().as_u8();
+        let uid = self.next_uid;
+        let rec = Record::TopicCreated {
+            uid,
+            time_ms: now_ms,
+            create_seq,
+            max_msg_size,
+            retention_s,
+            filter_type,
+            name: name.to_owned(),
+        };
+        self.log_record(log, &rec, Durability::Synced)?;
+        self.apply_topic_created(uid, now_ms, create_seq, max_msg_size, retention_s, filter_type, name.to_owned());
+        Ok(self.queue_id(uid))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_topic_created(
+        &mut self,
+        uid: u32,
+        time_ms: u64,
+        create_seq: u64,
+        max_msg_size: u32,
+        retention_s: u32,
+        filter_type: u8,
+        name: String,
+    ) {
+        self.next_uid = self.next_uid.max(uid + 1);
+        if self.topics.contains_key(&uid) {
+            return;
+        }
+        self.topic_by_name.insert(name.clone(), uid);
+        self.topics.insert(
+            uid,
+            Topic {
+                uid,
+                name,
+                max_msg_size,
+                retention_s,
+                filter_type: FilterType::from_u8(filter_type).unwrap_or_default(),
+                created_ms: time_ms,
+                modified_ms: time_ms,
+                create_seq,
+                subscriptions: Vec::new(),
+                next_sid: 1,
+            },
+        );
+    }
+
+    /// Deletes a topic, its subscriptions and their pending deliveries.
+    pub fn delete_topic(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<(), EngineError> {
+        let uid = self.topic_uid(name)?;
+        self.log_record(log, &Record::TopicDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.apply_topic_deleted(uid);
+        Ok(())
+    }
+
+    pub(super) fn apply_topic_deleted(&mut self, uid: u32) {
+        if let Some(t) = self.topics.remove(&uid) {
+            self.topic_by_name.remove(&t.name);
+            self.outbox.entries.retain(|_, e| !is_topic_delivery(e) || (e.redrive >> 32) as u32 != uid);
+        }
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn topic_exists(&self, name: &str) -> bool {
+        self.topic_by_name.contains_key(name)
+    }
+
+    pub fn max_topic_create_seq(&self) -> u64 {
+        self.topics.values().map(|t| t.create_seq).max().unwrap_or(0)
+    }
+
+    pub fn list_topics(&self, prefix: &str, contains: &str, take: usize) -> (u32, Vec<ListedQueue>) {
+        let mut matching: Vec<ListedQueue> = self
+            .topics
+            .values()
+            .filter(|t| t.name.starts_with(prefix) && t.name.contains(contains))
+            .map(|t| ListedQueue {
+                create_seq: t.create_seq,
+                created_ms: t.created_ms,
+                queue_id: self.queue_id(t.uid),
+                name: t.name.clone(),
+            })
+            .collect();
+        let total = matching.len() as u32;
+        matching.sort_by_key(|l| (l.create_seq, l.created_ms, l.queue_id));
+        matching.truncate(take);
+        (total, matching)
+    }
+
+    pub fn topic_info(&self, name: &str) -> Result<TopicInfo, EngineError> {
+        let t = &self.topics[&self.topic_uid(name)?];
+        Ok(TopicInfo {
+            topic_id: self.queue_id(t.uid),
+            topic: t.name.clone(),
+            max_msg_size: t.max_msg_size,
+            msg_retention_seconds: t.retention_s,
+            filter_type: t.filter_type,
+            create_time_ms: t.created_ms,
+            last_modify_time_ms: t.modified_ms,
+            msg_count: t.pending(),
+            subscription_count: t.subscriptions.len() as u32,
+            shard: self.cfg.shard,
+        })
+    }
+
+    pub fn set_topic_attributes(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        max_msg_size: Option<u32>,
+    ) -> Result<TopicInfo, EngineError> {
+        let uid = self.topic_uid(name)?;
+        if let Some(size) = max_msg_size {
+            let size = TOPIC_MAX_MSG_SIZE.check(u64::from(size)).map_err(invalid)? as u32;
+            self.log_record(log, &Record::TopicUpdated { uid, time_ms: now_ms, max_msg_size: size }, Durability::Synced)?;
+            self.apply_topic_updated(uid, now_ms, size);
+        }
+        self.topic_info(name)
+    }
+
+    pub(super) fn apply_topic_updated(&mut self, uid: u32, time_ms: u64, max_msg_size: u32) {
+        if let Some(t) = self.topics.get_mut(&uid) {
+            t.max_msg_size = max_msg_size;
+            t.modified_ms = time_ms;
+        }
+    }
+
+    // ---- subscriptions --------------------------------------------------------
+
+    /// Subscribes; `secret` signs the pushes of HTTP subscriptions.
+    pub fn subscribe(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        r: &Subscribe,
+        secret: [u8; 16],
+    ) -> Result<SubscribeOk, EngineError> {
+        let uid = self.topic_uid(&r.topic)?;
+        validate_name("subscriptionName", &r.subscription).map_err(invalid)?;
+        let t = &self.topics[&uid];
+        if t.subscription(&r.subscription).is_some() {
+            return Err(EngineError::new(
+                ErrorCode::SUBSCRIPTION_ALREADY_EXISTS,
+                format!("topic {:?} already has a subscription {:?}", r.topic, r.subscription),
+            ));
+        }
+        if t.subscriptions.len() >= SUBSCRIPTIONS_PER_TOPIC_MAX {
+            return Err(EngineError::new(
+                ErrorCode::TOO_MANY_TOPICS,
+                format!("topic {:?} already has {SUBSCRIPTIONS_PER_TOPIC_MAX} subscriptions", r.topic),
+            ));
+        }
+        validate_endpoint(r.protocol, &r.endpoint)?;
+        filter::validate_tags("filterTag", &r.filter_tags.0).map_err(invalid)?;
+        filter::validate_binding_keys("bindingKey", &r.binding_keys.0).map_err(invalid)?;
+        if !r.dead_letter_queue.is_empty() {
+            validate_name("deadLetterQueueName", &r.dead_letter_queue).map_err(invalid)?;
+        }
+        let sid = t.next_sid;
+        let def = SubscriptionDef {
+            name: r.subscription.clone(),
+            protocol: r.protocol.as_u8(),
+            endpoint: r.endpoint.clone(),
+            strategy: r.notify_strategy.as_u8(),
+            format: r.notify_content_format.as_u8(),
+            filter_tags: r.filter_tags.0.clone(),
+            binding_keys: r.binding_keys.0.clone(),
+            dead_letter_queue: r.dead_letter_queue.clone(),
+            secret,
+        };
+        let rec = Record::Subscribed { uid, sid, time_ms: now_ms, def: def.clone() };
+        self.log_record(log, &rec, Durability::Synced)?;
+        self.apply_subscribed(uid, sid, now_ms, def);
+        let push_secret = if r.protocol == SubscriptionProtocol::Queue { String::new() } else { hex(&secret) };
+        Ok(SubscribeOk { subscription_id: subscription_id(uid, sid), push_secret })
+    }
+
+    pub(super) fn apply_subscribed(&mut self, uid: u32, sid: u32, time_ms: u64, def: SubscriptionDef) {
+        let Some(t) = self.topics.get_mut(&uid) else { return };
+        t.next_sid = t.next_sid.max(sid + 1);
+        if t.subscription_by_sid(sid).is_some() {
+            return;
+        }
+        t.subscriptions.push(Subscription {
+            sid,
+            def,
+            created_ms: time_ms,
+            modified_ms: time_ms,
+            pending: 0,
+            delivered: 0,
+            dropped: 0,
+        });
+    }
+
+    /// Removes a subscription and drops its pending deliveries.
+    pub fn unsubscribe(&mut self, log: &mut impl Log, now_ms: u64, topic: &str, name: &str) -> Result<(), EngineError> {
+        let uid = self.topic_uid(topic)?;
+        let sid = self.topics[&uid].subscription(name).ok_or_else(|| subscription_not_found(topic, name))?.sid;
+        self.log_record(log, &Record::Unsubscribed { uid, sid, time_ms: now_ms }, Durability::Synced)?;
+        self.apply_unsubscribed(uid, sid);
+        Ok(())
+    }
+
+    pub(super) fn apply_unsubscribed(&mut self, uid: u32, sid: u32) {
+        if let Some(t) = self.topics.get_mut(&uid) {
+            t.subscriptions.retain(|s| s.sid != sid);
+        }
+        let target = topic_target(uid, sid);
+        self.outbox.entries.retain(|_, e| !is_topic_delivery(e) || e.redrive != target);
+    }
+
+    pub fn list_subscriptions(
+        &self,
+        topic: &str,
+        contains: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<ListSubscriptionsOk, EngineError> {
+        let limit = if limit == 0 { cmq_protocol::limits::LIST_PAGE_DEFAULT } else { limit };
+        if limit > cmq_protocol::limits::LIST_PAGE_MAX {
+            return Err(invalid(format!("limit: {limit} exceeds {}", cmq_protocol::limits::LIST_PAGE_MAX)));
+        }
+        let uid = self.topic_uid(topic)?;
+        let t = &self.topics[&uid];
+        let matching: Vec<&Subscription> = t.subscriptions.iter().filter(|s| s.def.name.contains(contains)).collect();
+        let subscriptions = matching
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(|s| SubscriptionSummary {
+                subscription_id: subscription_id(uid, s.sid),
+                subscription: s.def.name.clone(),
+                protocol: s.protocol(),
+                endpoint: s.def.endpoint.clone(),
+            })
+            .collect();
+        Ok(ListSubscriptionsOk { total: matching.len() as u32, subscriptions })
+    }
+
+    pub fn subscription_info(&self, topic: &str, name: &str) -> Result<SubscriptionInfo, EngineError> {
+        let uid = self.topic_uid(topic)?;
+        let s = self.topics[&uid].subscription(name).ok_or_else(|| subscription_not_found(topic, name))?;
+        Ok(SubscriptionInfo {
+            subscription_id: subscription_id(uid, s.sid),
+            topic: topic.to_owned(),
+            subscription: s.def.name.clone(),
+            protocol: s.protocol(),
+            endpoint: s.def.endpoint.clone(),
+            notify_strategy: s.strategy(),
+            notify_content_format: s.format(),
+            filter_tags: StrList(s.def.filter_tags.clone()),
+            binding_keys: StrList(s.def.binding_keys.clone()),
+            dead_letter_queue: s.def.dead_letter_queue.clone(),
+            push_secret: if s.is_queue() { String::new() } else { hex(&s.def.secret) },
+            create_time_ms: s.created_ms,
+            last_modify_time_ms: s.modified_ms,
+            msg_count: s.pending,
+            delivered: s.delivered,
+            dropped: s.dropped,
+        })
+    }
+
+    /// Lists that are given replace the stored ones.
+    pub fn set_subscription_attributes(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        r: &SetSubscriptionAttributes,
+    ) -> Result<SubscriptionInfo, EngineError> {
+        let uid = self.topic_uid(&r.topic)?;
+        let s = self.topics[&uid]
+            .subscription(&r.subscription)
+            .ok_or_else(|| subscription_not_found(&r.topic, &r.subscription))?;
+        let filter_tags = r.filter_tags.as_ref().map_or_else(|| s.def.filter_tags.clone(), |l| l.0.clone());
+        let binding_keys = r.binding_keys.as_ref().map_or_else(|| s.def.binding_keys.clone(), |l| l.0.clone());
+        filter::validate_tags("filterTag", &filter_tags).map_err(invalid)?;
+        filter::validate_binding_keys("bindingKey", &binding_keys).map_err(invalid)?;
+        let rec = Record::SubscriptionUpdated {
+            uid,
+            sid: s.sid,
+            time_ms: now_ms,
+            strategy: r.notify_strategy.map_or(s.def.strategy, NotifyStrategy::as_u8),
+            format: r.notify_content_format.map_or(s.def.format, NotifyContentFormat::as_u8),
+            filter_tags,
+            binding_keys,
+        };
+        self.log_record(log, &rec, Durability::Synced)?;
+        if let Record::SubscriptionUpdated { sid, strategy, format, filter_tags, binding_keys, .. } = rec {
+            self.apply_subscription_updated(uid, sid, now_ms, strategy, format, filter_tags, binding_keys);
+        }
+        self.subscription_info(&r.topic, &r.subscription)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_subscription_updated(
+        &mut self,
+        uid: u32,
+        sid: u32,
+        time_ms: u64,
+        strategy: u8,
+        format: u8,
+        filter_tags: Vec<String>,
+        binding_keys: Vec<String>,
+    ) {
+        if let Some(s) = self.topics.get_mut(&uid).and_then(|t| t.subscription_by_sid(sid)) {
+            s.def.strategy = strategy;
+            s.def.format = format;
+            s.def.filter_tags = filter_tags;
+            s.def.binding_keys = binding_keys;
+            s.modified_ms = time_ms;
+        }
+    }
+
+    // ---- publishing -----------------------------------------------------------
+
+    /// Publishes bodies sharing tags and a routing key; returns their ids.
+    /// Acknowledged = logged with the subscriptions it matched, so every one of
+    /// them will get it, across crashes.
+    pub fn publish(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        topic: &str,
+        bodies: &[Bytes],
+        tags: &[String],
+        routing_key: &str,
+    ) -> Result<Vec<u64>, EngineError> {
+        if bodies.is_empty() || bodies.len() > BATCH_MSGS_MAX {
+            return Err(EngineError::new(
+                ErrorCode::BATCH_TOO_LARGE,
+                format!("msgBody: a batch holds 1-{BATCH_MSGS_MAX} messages, got {}", bodies.len()),
+            ));
+        }
+        let uid = self.topic_uid(topic)?;
+        let t = &self.topics[&uid];
+        for (i, b) in bodies.iter().enumerate() {
+            if b.is_empty() {
+                return Err(invalid(format!("msgBody[{i}]: must not be empty")));
+            }
+            if b.len() > t.max_msg_size as usize {
+                return Err(EngineError::new(
+                    ErrorCode::MESSAGE_TOO_LARGE,
+                    format!("msgBody[{i}]: {} bytes exceeds the topic's maxMsgSize {}", b.len(), t.max_msg_size),
+                ));
+            }
+        }
+        filter::validate_tags("msgTag", tags).map_err(invalid)?;
+        filter::validate_routing_key("routingKey", routing_key).map_err(invalid)?;
+        let ft = filter_type(t);
+        let targets: Vec<u32> = t
+            .subscriptions
+            .iter()
+            .filter(|s| filter::subscription_matches(ft, &s.def.filter_tags, &s.def.binding_keys, tags, routing_key))
+            .map(|s| s.sid)
+            .collect();
+        let durability = self.topic_durability();
+        let first_msg_id = self.alloc_msg_ids(bodies.len() as u64);
+        let first_transfer = self.outbox.next_id;
+        let rec = Record::Published {
+            uid,
+            first_msg_id,
+            first_transfer,
+            time_ms: now_ms,
+            tags: tags.to_vec(),
+            routing_key: routing_key.to_owned(),
+            targets,
+            bodies: bodies.to_vec(),
+        };
+        let (pos, first_offset) = self.log_record(log, &rec, durability)?;
+        let mut offset = u64::from(first_offset);
+        let spans: Vec<(u64, u32)> = bodies
+            .iter()
+            .map(|b| {
+                let at = (pos + offset, b.len() as u32);
+                offset += b.len() as u64 + 4;
+                at
+            })
+            .collect();
+        if let Record::Published { tags, routing_key, targets, .. } = rec {
+            self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
+        }
+        Ok((0..bodies.len() as u64).map(|i| first_msg_id + i).collect())
+    }
+
+    /// One outbox entry per (body, target), ids `first_transfer..` in that order.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_published(
+        &mut self,
+        uid: u32,
+        first_msg_id: u64,
+        first_transfer: u64,
+        time_ms: u64,
+        tags: Vec<String>,
+        routing_key: String,
+        targets: &[u32],
+        bodies: &[(u64, u32)],
+    ) {
+        self.bump_msg_counter(first_msg_id + bodies.len().saturating_sub(1) as u64);
+        let n = (bodies.len() * targets.len()) as u64;
+        self.outbox.next_id = self.outbox.next_id.max(first_transfer + n);
+        let Some(t) = self.topics.get_mut(&uid) else { return };
+        let topic = t.name.clone();
+        for (i, (body_pos, body_len)) in bodies.iter().enumerate() {
+            let meta = Arc::new(PublishMeta {
+                topic: topic.clone(),
+                msg_id: first_msg_id + i as u64,
+                tags: tags.clone(),
+                routing_key: routing_key.clone(),
+                publish_ms: time_ms,
+            });
+            for (j, sid) in targets.iter().enumerate() {
+                let Some(s) = t.subscription_by_sid(*sid) else { continue };
+                s.pending += 1;
+                let (kind, dst_queue) = if s.is_queue() {
+                    (transfer_kind::PUBLISH, s.def.endpoint.clone())
+                } else {
+                    (transfer_kind::PUSH, String::new())
+                };
+                let id = first_transfer + (i * targets.len() + j) as u64;
+                self.outbox.entries.insert(
+                    id,
+                    OutboxEntry {
+                        kind,
+                        redrive: topic_target(uid, *sid),
+                        src_uid: uid,
+                        dst_queue,
+                        body_pos: *body_pos,
+                        body_len: *body_len,
+                        suffix_len: 0,
+                        dequeue_count: 0,
+                        next_send_ms: 0,
+                        attempts: 0,
+                        publish: Some(meta.clone()),
+                        created_ms: time_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A topic delivery left the outbox: count it on its subscription.
+    pub(super) fn topic_delivery_done(&mut self, e: &OutboxEntry, delivered: bool) {
+        if !is_topic_delivery(e) {
+            return;
+        }
+        let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
+        if let Some(s) = self.topics.get_mut(&uid).and_then(|t| t.subscription_by_sid(sid)) {
+            s.pending = s.pending.saturating_sub(1);
+            if delivered {
+                s.delivered += 1;
+            } else {
+                s.dropped += 1;
+            }
+        }
+    }
+
+    // ---- HTTP pushes ----------------------------------------------------------
+
+    /// Pushes due now; marks them handed out.
+    pub fn pushes_to_send(&mut self, now_ms: u64) -> Vec<OutPush> {
+        let due = self.outbox.due(now_ms, &[transfer_kind::PUSH], PUSH_IN_FLIGHT_MS);
+        due.into_iter()
+            .filter_map(|(id, e)| {
+                let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
+                let s = self.topics.get(&uid)?.subscriptions.iter().find(|s| s.sid == sid)?;
+                Some(OutPush {
+                    id,
+                    url: s.def.endpoint.clone(),
+                    subscription: s.def.name.clone(),
+                    format: s.format(),
+                    secret: s.def.secret,
+                    body_pos: e.body_pos,
+                    body_len: e.body_len,
+                    meta: e.publish.clone()?,
+                    attempt: e.attempts,
+                })
+            })
+            .collect()
+    }
+
+    /// Outcomes of pushes. Delivered: done. Failed: retried on the
+    /// subscription's schedule (logged, so a restart keeps it), or given up on.
+    pub fn push_results(&mut self, log: &mut impl Log, now_ms: u64, results: &[(u64, PushResult)]) {
+        let mut done = Vec::new();
+        let mut retries = Vec::new();
+        for (id, r) in results {
+            let Some(e) = self.outbox.entries.get(id) else { continue };
+            match r {
+                PushResult::Delivered => done.push(*id),
+                PushResult::Failed(reason) => {
+                    let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
+                    let strategy = self
+                        .topics
+                        .get(&uid)
+                        .and_then(|t| t.subscriptions.iter().find(|s| s.sid == sid))
+                        .map(Subscription::strategy)
+                        .unwrap_or_default();
+                    let attempt = e.attempts + 1;
+                    match crate::push::next_retry(strategy, attempt, *id, self.cfg.push_retry_scale) {
+                        Some(delay) => {
+                            log::debug!("push {id} failed ({reason}); retry {attempt} in {delay:?}");
+                            retries.push((*id, attempt, now_ms + delay.as_millis() as u64));
+                        }
+                        None => {
+                            log::warn!("push {id} to subscription {uid}/{sid} failed {attempt} times ({reason}); giving up");
+                            self.give_up_delivery(log, now_ms, *id);
+                        }
+                    }
+                }
+            }
+        }
+        if !retries.is_empty() {
+            match self.log_record(log, &Record::PushRetry { entries: retries.clone() }, Durability::Written) {
+                Ok(_) => self.apply_push_retry(&retries),
+                Err(e) => log::warn!("cannot log push retries: {}", e.message),
+            }
+        }
+        if !done.is_empty() {
+            if let Err(e) = self.log_record(log, &Record::TransferDone { ids: done.clone() }, Durability::Written) {
+                log::warn!("cannot log delivered pushes: {}", e.message);
+                return;
+            }
+            self.apply_transfer_done(&done);
+        }
+    }
+
+    pub(super) fn apply_push_retry(&mut self, entries: &[(u64, u32, u64)]) {
+        for (id, attempt, next_ms) in entries {
+            if let Some(e) = self.outbox.entries.get_mut(id) {
+                e.attempts = *attempt;
+                e.next_send_ms = *next_ms;
+            }
+        }
+    }
+
+    /// Retries are over (or the topic's retention passed): an HTTP delivery
+    /// goes to the subscription's dead-letter queue if it has one, anything
+    /// else is dropped and counted.
+    fn give_up_delivery(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
+        match self.log_record(log, &Record::PushGaveUp { id, time_ms: now_ms }, Durability::Written) {
+            Ok(_) => self.apply_push_gave_up(id, now_ms),
+            Err(e) => log::warn!("cannot log a dropped delivery: {}", e.message),
+        }
+    }
+
+    pub(super) fn apply_push_gave_up(&mut self, id: u64, time_ms: u64) {
+        let Some(e) = self.outbox.entries.get(&id) else { return };
+        let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
+        let dlq = self
+            .topics
+            .get(&uid)
+            .and_then(|t| t.subscriptions.iter().find(|s| s.sid == sid))
+            .map(|s| s.def.dead_letter_queue.clone())
+            .unwrap_or_default();
+        if e.kind == transfer_kind::PUSH && !dlq.is_empty() {
+            if let Some(e) = self.outbox.entries.get_mut(&id) {
+                e.kind = transfer_kind::PUBLISH;
+                e.dst_queue = dlq;
+                e.next_send_ms = time_ms;
+                e.attempts = 0;
+            }
+            return;
+        }
+        if let Some(e) = self.outbox.entries.remove(&id) {
+            self.topic_delivery_done(&e, false);
+        }
+    }
+
+    /// Deliveries older than their topic's msgRetentionSeconds are given up.
+    pub(super) fn expire_topic_deliveries(&mut self, log: &mut impl Log, now_ms: u64) {
+        let expired: Vec<u64> = self
+            .outbox
+            .entries
+            .iter()
+            .filter(|(_, e)| is_topic_delivery(e))
+            .filter(|(_, e)| {
+                let retention = self.topics.get(&e.src_uid).map_or(0, |t| u64::from(t.retention_s) * 1000);
+                e.created_ms + retention <= now_ms
+            })
+            .map(|(id, _)| *id)
+            .take(crate::engine::redrive::REDRIVE_UNLIMITED_PER_TURN as usize)
+            .collect();
+        for id in expired {
+            log::warn!("delivery {id} passed its topic's msgRetentionSeconds; giving up");
+            self.give_up_delivery(log, now_ms, id);
+        }
+    }
+
+    /// Deliveries pending per shard (for metrics and tests).
+    pub fn pending_deliveries(&self) -> usize {
+        self.outbox.entries.values().filter(|e| is_topic_delivery(e)).count()
+    }
+}
+
+pub(super) fn is_topic_delivery(e: &OutboxEntry) -> bool {
+    e.publish.is_some()
+}
+
+fn subscription_id(uid: u32, sid: u32) -> u64 {
+    topic_target(uid, sid)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate_endpoint(protocol: SubscriptionProtocol, endpoint: &str) -> Result<(), EngineError> {
+    match protocol {
+        SubscriptionProtocol::Queue => validate_name("endpoint", endpoint).map_err(invalid),
+        SubscriptionProtocol::Http | SubscriptionProtocol::Https => {
+            let scheme = if protocol == SubscriptionProtocol::Http { "http://" } else { "https://" };
+            let lower = endpoint.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(invalid(format!("endpoint: {endpoint:?} must be an {scheme} URL")));
+            }
+            if endpoint.len() > cmq_protocol::limits::URL_BYTES_MAX || endpoint.chars().any(|c| c.is_whitespace()) {
+                return Err(invalid("endpoint: not a valid URL".to_owned()));
+            }
+            Ok(())
+        }
+    }
+}
