@@ -58,6 +58,7 @@ impl Server {
             peers: handles,
             conn_count: AtomicUsize::new(0),
             queue_count: AtomicUsize::new(0),
+            topic_count: AtomicUsize::new(0),
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
@@ -154,7 +155,6 @@ fn open_shard(
         default_flush: cfg.flush,
         // The broker-wide limit is enforced by the shards (Shared::queue_count).
         queues_max: usize::MAX,
-        push_retry_scale: cfg.push_retry_scale,
     });
     let wal_cfg = WalConfig {
         segment_bytes: cfg.segment_bytes,
@@ -181,7 +181,9 @@ fn open_shard(
         report.backend
     );
     shared.queue_count.fetch_add(engine.queue_count(), Ordering::SeqCst);
-    shared.next_create_seq.fetch_max(engine.max_create_seq() + 1, Ordering::SeqCst);
+    shared.topic_count.fetch_add(engine.topic_count(), Ordering::SeqCst);
+    let max_seq = engine.max_create_seq().max(engine.max_topic_create_seq());
+    shared.next_create_seq.fetch_max(max_seq + 1, Ordering::SeqCst);
     let listener = mio::net::TcpListener::from_std(listener);
     Shard::new(id as u16, poll, listener, engine, log, shared, inbox).with_context(|| format!("starting shard {id}"))
 }

@@ -39,6 +39,22 @@ impl ReceiptKeys {
         ReceiptHandle((u128::from(seq) << 64) | (u128::from(dequeue_count) << 32) | u128::from(tag))
     }
 
+    /// 128 bits for a subscription's push-signing key: SipHash of the broker
+    /// secret over (domain, topic uid, subscription id, creation time), twice.
+    pub fn derive_secret(&self, topic_uid: u32, sid: u32, time_ms: u64) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = SipHasher13::new_with_key(&self.secret);
+            h.write(b"cmq push secret");
+            h.write_u32(topic_uid);
+            h.write_u32(sid);
+            h.write_u64(time_ms);
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        out
+    }
+
     /// The (seq, dequeue_count) a handle names, if it was issued for this queue.
     pub fn open(&self, uid: u32, handle: ReceiptHandle) -> Option<(u64, u32)> {
         let seq = (handle.0 >> 64) as u64;

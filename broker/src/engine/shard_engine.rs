@@ -60,8 +60,6 @@ pub struct EngineConfig {
     pub default_flush: FlushPolicy,
     /// Queues this shard may hold (TOO_MANY_QUEUES beyond).
     pub queues_max: usize,
-    /// Multiplies HTTP push retry intervals (1.0 in production; tests shrink them).
-    pub push_retry_scale: f64,
 }
 
 /// A message handed to a consumer; its body is read from the log at

@@ -16,6 +16,12 @@ pub(super) enum GatherKind {
         total: u32,
         items: Vec<ListedQueue>,
     },
+    ListTopics {
+        offset: usize,
+        limit: usize,
+        total: u32,
+        items: Vec<ListedQueue>,
+    },
     ListRedrives {
         items: Vec<RedriveInfo>,
     },
@@ -67,6 +73,10 @@ impl Shard {
                 Answer::Queues { total, items }
             }
             Query::Redrives => Answer::Redrives(self.engine.list_redrives()),
+            Query::Topics { prefix, contains, take } => {
+                let (total, items) = self.engine.list_topics(&prefix, &contains, take);
+                Answer::Queues { total, items }
+            }
             Query::DeadLetterSources { name } => Answer::Names(self.engine.dead_letter_sources(&name)),
             Query::QueueExists { name } => Answer::Exists(self.engine.queue_exists(&name)),
         }
@@ -75,7 +85,8 @@ impl Shard {
     pub(super) fn gather_answer(&mut self, gather: u64, answer: Answer, now: u64) {
         let Some(g) = self.gathers.get_mut(&gather) else { return };
         match (&mut g.kind, answer) {
-            (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i }) => {
+            (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i })
+            | (GatherKind::ListTopics { total, items, .. }, Answer::Queues { total: t, items: i }) => {
                 *total += t;
                 items.extend(i);
             }
@@ -101,6 +112,16 @@ impl Shard {
                     .collect();
                 self.reply_ok(to, id, &Response::ListQueues(ListQueuesOk { total, queues }));
             }
+            GatherKind::ListTopics { offset, limit, total, mut items } => {
+                items.sort_by_key(|q| (q.create_seq, q.created_ms, q.queue_id));
+                let topics = items
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|q| TopicSummary { topic_id: q.queue_id, topic: q.name })
+                    .collect();
+                self.reply_ok(to, id, &Response::ListTopics(ListTopicsOk { total, topics }));
+            }
             GatherKind::ListRedrives { mut items } => {
                 items.sort_by_key(|r| (r.started_ms, r.id));
                 self.reply_ok(to, id, &Response::ListRedrives(ListRedrivesOk { redrives: items }));
@@ -115,7 +136,8 @@ impl Shard {
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
             GatherKind::QueueExists { dlq, then, .. } => {
-                let msg = format!("deadLetterQueueName: queue {dlq:?} does not exist");
+                let field = if matches!(then, Request::Subscribe(_)) { "endpoint" } else { "deadLetterQueueName" };
+                let msg = format!("{field}: queue {dlq:?} does not exist");
                 self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_NOT_FOUND, &msg);
             }
         }
@@ -131,6 +153,19 @@ impl Shard {
         let query = Query::Queues { prefix: l.prefix, contains: l.contains, take };
         let kind =
             GatherKind::ListQueues { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
+        self.scatter(to, id, query, self.all_shards(), kind, now);
+    }
+
+    pub(super) fn start_list_topics(&mut self, to: ReplyTo, id: u64, l: ListTopics, now: u64) {
+        let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
+        if limit > LIST_PAGE_MAX {
+            let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
+            return self.reply_err(to, Opcode::ListTopics as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+        }
+        let take = l.offset as usize + limit as usize;
+        let query = Query::Topics { prefix: l.prefix, contains: l.contains, take };
+        let kind =
+            GatherKind::ListTopics { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
         self.scatter(to, id, query, self.all_shards(), kind, now);
     }
 
@@ -160,6 +195,23 @@ impl Shard {
                 let owner = shard_for(&dlq, self.shard_count());
                 let query = Query::QueueExists { name: dlq.clone() };
                 let kind = GatherKind::QueueExists { dlq, exists: false, then: request };
+                self.scatter(to, id, query, vec![owner], kind, now);
+                None
+            }
+            // A queue subscription's queue (or an HTTP subscription's
+            // dead-letter queue) must exist.
+            Request::Subscribe(r) if r.protocol == SubscriptionProtocol::Queue || !r.dead_letter_queue.is_empty() => {
+                let queue = if r.protocol == SubscriptionProtocol::Queue {
+                    r.endpoint.clone()
+                } else {
+                    r.dead_letter_queue.clone()
+                };
+                if names::validate_name("endpoint", &queue).is_err() {
+                    return Some(request); // the engine reports the bad name
+                }
+                let owner = shard_for(&queue, self.shard_count());
+                let query = Query::QueueExists { name: queue.clone() };
+                let kind = GatherKind::QueueExists { dlq: queue, exists: false, then: request };
                 self.scatter(to, id, query, vec![owner], kind, now);
                 None
             }

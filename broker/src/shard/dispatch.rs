@@ -139,6 +139,7 @@ impl Shard {
             }
             Request::Ping(_) => self.reply_ok(to, id, &Response::Ping(Empty {})),
             Request::ListQueues(l) => self.start_list(to, id, l, now),
+            Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
             Request::RegisterChecker(r) => {
                 if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
@@ -249,19 +250,49 @@ impl Shard {
             | Request::TransactionCheck(_) => {
                 return self.execute_anywhere(to, id, request, now);
             }
-            Request::CreateTopic(_)
-            | Request::DeleteTopic(_)
-            | Request::GetTopicAttributes(_)
-            | Request::SetTopicAttributes(_)
-            | Request::PublishMessage(_)
-            | Request::BatchPublishMessage(_)
-            | Request::Subscribe(_)
-            | Request::Unsubscribe(_)
-            | Request::ListSubscriptions(_)
-            | Request::GetSubscriptionAttributes(_)
-            | Request::SetSubscriptionAttributes(_)
-            | Request::ClearSubscriptionFilterTags(_) => {
-                Err(EngineError::new(ErrorCode::INTERNAL, "topics are not available in this build yet"))
+            Request::CreateTopic(r) => self.create_topic(now, &r),
+            Request::DeleteTopic(r) => self.engine.delete_topic(&mut self.log, now, &r.topic).map(|()| {
+                self.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
+                Response::DeleteTopic(Empty {})
+            }),
+            Request::GetTopicAttributes(r) => self.engine.topic_info(&r.topic).map(Response::GetTopicAttributes),
+            Request::SetTopicAttributes(r) => self
+                .engine
+                .set_topic_attributes(&mut self.log, now, &r.topic, r.max_msg_size)
+                .map(Response::SetTopicAttributes),
+            Request::PublishMessage(r) => self
+                .engine
+                .publish(&mut self.log, now, &r.topic, std::slice::from_ref(&r.body), &r.tags.0, &r.routing_key)
+                .map(|ids| Response::PublishMessage(PublishMessageOk { msg_id: ids[0] })),
+            Request::BatchPublishMessage(r) => self
+                .engine
+                .publish(&mut self.log, now, &r.topic, &r.bodies, &r.tags.0, &r.routing_key)
+                .map(|msg_ids| Response::BatchPublishMessage(BatchPublishMessageOk { msg_ids })),
+            Request::Subscribe(r) => self.engine.subscribe(&mut self.log, now, &r).map(Response::Subscribe),
+            Request::Unsubscribe(r) => self
+                .engine
+                .unsubscribe(&mut self.log, now, &r.topic, &r.subscription)
+                .map(|()| Response::Unsubscribe(Empty {})),
+            Request::ListSubscriptions(r) => self
+                .engine
+                .list_subscriptions(&r.topic, &r.contains, r.offset, r.limit)
+                .map(Response::ListSubscriptions),
+            Request::GetSubscriptionAttributes(r) => {
+                self.engine.subscription_info(&r.topic, &r.subscription).map(Response::GetSubscriptionAttributes)
+            }
+            Request::SetSubscriptionAttributes(r) => {
+                self.engine.set_subscription_attributes(&mut self.log, now, &r).map(Response::SetSubscriptionAttributes)
+            }
+            Request::ClearSubscriptionFilterTags(r) => {
+                let clear = SetSubscriptionAttributes {
+                    topic: r.topic,
+                    subscription: r.subscription,
+                    filter_tags: Some(StrList::default()),
+                    ..Default::default()
+                };
+                self.engine
+                    .set_subscription_attributes(&mut self.log, now, &clear)
+                    .map(|_| Response::ClearSubscriptionFilterTags(Empty {}))
             }
         };
         match result {
@@ -294,6 +325,28 @@ impl Shard {
             self.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
         }
         created.map(|queue_id| Response::CreateQueue(CreateQueueOk { queue_id }))
+    }
+
+    /// CreateTopic within the broker-wide topic limit.
+    fn create_topic(&mut self, now: u64, r: &CreateTopic) -> Result<Response, EngineError> {
+        let max = self.shared.cfg.max_topics;
+        if self.shared.topic_count.fetch_add(1, Ordering::SeqCst) >= max {
+            self.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
+            if self.engine.topic_exists(&r.topic) {
+                let msg = format!("topic {:?} already exists", r.topic);
+                return Err(EngineError::new(ErrorCode::TOPIC_ALREADY_EXISTS, msg));
+            }
+            return Err(EngineError::new(
+                ErrorCode::TOO_MANY_TOPICS,
+                format!("the broker holds its limit of {max} topics"),
+            ));
+        }
+        let seq = self.shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
+        let created = self.engine.create_topic(&mut self.log, now, &r.topic, &r.attributes, seq);
+        if created.is_err() {
+            self.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        created.map(|topic_id| Response::CreateTopic(CreateTopicOk { topic_id }))
     }
 
     fn delete_queue(&mut self, now: u64, queue: &str) -> Result<Response, EngineError> {

@@ -71,6 +71,8 @@ pub enum Query {
     Queues { prefix: String, contains: String, take: usize },
     /// ListRedrives: your redrive tasks.
     Redrives,
+    /// ListTopics: your topics matching the filters, the first `take` in creation order.
+    Topics { prefix: String, contains: String, take: usize },
     /// DeleteQueue: your queues whose dead-letter queue is `name`.
     DeadLetterSources { name: String },
     /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?
@@ -136,6 +138,11 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// Wakes this shard's event loop (for threads that produce work for it).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     pub fn new(tx: Sender<ShardMsg>, waker: Arc<Waker>, sleeping: Arc<AtomicBool>) -> ShardHandle {
         ShardHandle { tx, waker, sleeping }
     }

@@ -61,6 +61,8 @@ pub struct Shared {
     pub conn_count: AtomicUsize,
     /// Queues on the whole broker (for `--max-queues`).
     pub queue_count: AtomicUsize,
+    /// Topics on the whole broker (for `--max-topics`).
+    pub topic_count: AtomicUsize,
     /// Broker-wide creation order of queues (ListQueues sorts by it).
     pub next_create_seq: AtomicU64,
     pub shutdown: AtomicBool,

@@ -770,3 +770,174 @@ fn transactions_commit_rollback_and_check_then_default() {
     assert_eq!(r.query_message(&log, "q", forgotten).expect("query").state, MessageState::RolledBack);
     assert_eq!(r.queue_info(16_000, "q").expect("info").active_msg_num, 0, "committed one was received");
 }
+
+// ---- issue 6: topics ----------------------------------------------------------
+
+fn subscribe_queue(c: &mut Cluster, topic: &str, name: &str, queue: &str, tags: &[&str], keys: &[&str]) {
+    let req = cmq_protocol::Subscribe {
+        topic: topic.into(),
+        subscription: name.into(),
+        protocol: cmq_protocol::SubscriptionProtocol::Queue,
+        endpoint: queue.into(),
+        filter_tags: cmq_protocol::StrList(tags.iter().map(|s| s.to_string()).collect()),
+        binding_keys: cmq_protocol::StrList(keys.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    };
+    let (e, l) = c.at(topic);
+    e.subscribe(l, 1_000, &req).expect("subscribe");
+}
+
+fn publish(c: &mut Cluster, topic: &str, body: &str, tags: &[&str], key: &str) -> u64 {
+    let tags: Vec<String> = tags.iter().map(|s| s.to_string()).collect();
+    let (e, l) = c.at(topic);
+    e.publish(l, 1_000, topic, &[Bytes::copy_from_slice(body.as_bytes())], &tags, key).expect("publish")[0]
+}
+
+fn bodies_in(c: &mut Cluster, queue: &str) -> Vec<String> {
+    let mut out: Vec<String> =
+        c.recv(queue, 1_000, 16).into_iter().map(|(_, b, _)| String::from_utf8_lossy(&b).into_owned()).collect();
+    out.sort();
+    out
+}
+
+fn create_topic(c: &mut Cluster, name: &str, ft: cmq_protocol::FilterType) {
+    let (e, l) = c.at(name);
+    let u = cmq_protocol::TopicAttributesUpdate { filter_type: Some(ft), ..Default::default() };
+    e.create_topic(l, 1_000, name, &u, 0).expect("create topic");
+}
+
+#[test]
+fn tag_topic_delivers_to_exactly_the_matching_queues_on_both_shards() {
+    let mut c = Cluster::new();
+    let (qa, qb) = names_on_both_shards();
+    c.create(&qa, Default::default());
+    c.create(&qb, Default::default());
+    c.create("qall", Default::default());
+    create_topic(&mut c, "events", cmq_protocol::FilterType::Tag);
+    subscribe_queue(&mut c, "events", "on-a", &qa, &["a"], &[]);
+    subscribe_queue(&mut c, "events", "on-b", &qb, &["b"], &[]);
+    subscribe_queue(&mut c, "events", "all", "qall", &[], &[]);
+    publish(&mut c, "events", "m-a", &["a"], "");
+    publish(&mut c, "events", "m-ab", &["a", "b"], "");
+    publish(&mut c, "events", "m-none", &[], "");
+    c.settle(1_000);
+    assert_eq!(bodies_in(&mut c, &qa), ["m-a", "m-ab"]);
+    assert_eq!(bodies_in(&mut c, &qb), ["m-ab"]);
+    assert_eq!(bodies_in(&mut c, "qall"), ["m-a", "m-ab", "m-none"]);
+    let (e, _) = c.at("events");
+    let info = e.subscription_info("events", "on-a").expect("info");
+    assert_eq!((info.msg_count, info.delivered), (0, 2));
+}
+
+#[test]
+fn routing_key_topic_routes_by_binding_keys() {
+    let mut c = Cluster::new();
+    for q in ["created", "orders", "audit"] {
+        c.create(q, Default::default());
+    }
+    create_topic(&mut c, "bus", cmq_protocol::FilterType::RoutingKey);
+    subscribe_queue(&mut c, "bus", "s1", "created", &[], &["order.created"]);
+    subscribe_queue(&mut c, "bus", "s2", "orders", &[], &["order.*"]);
+    subscribe_queue(&mut c, "bus", "s3", "audit", &[], &["audit.#"]);
+    publish(&mut c, "bus", "1", &[], "order.created");
+    publish(&mut c, "bus", "2", &[], "order.paid");
+    publish(&mut c, "bus", "3", &[], "audit.login.failed");
+    publish(&mut c, "bus", "4", &[], "audit");
+    publish(&mut c, "bus", "5", &[], "");
+    c.settle(1_000);
+    assert_eq!(bodies_in(&mut c, "created"), ["1"]);
+    assert_eq!(bodies_in(&mut c, "orders"), ["1", "2"]);
+    assert_eq!(bodies_in(&mut c, "audit"), ["3"], "# is one or more words");
+}
+
+#[test]
+fn acknowledged_publishes_reach_every_subscription_after_a_crash() {
+    let mut c = Cluster::new();
+    let (qa, qb) = names_on_both_shards();
+    c.create(&qa, Default::default());
+    c.create(&qb, Default::default());
+    create_topic(&mut c, "t", cmq_protocol::FilterType::Tag);
+    subscribe_queue(&mut c, "t", "a", &qa, &[], &[]);
+    subscribe_queue(&mut c, "t", "b", &qb, &[], &[]);
+    for i in 0..20 {
+        publish(&mut c, "t", &format!("m{i:02}"), &[], "");
+    }
+    // Crash before anything was delivered; then again after a partial delivery.
+    c.restart();
+    c.settle(1_000);
+    c.restart();
+    c.settle(2_000);
+    let expected: Vec<String> = (0..16).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(bodies_in(&mut c, &qa), expected);
+    assert_eq!(c.info(&qa, 2_000).active_msg_num, 4, "the rest is there too, and nothing twice");
+    assert_eq!(c.info(&qb, 2_000).active_msg_num + c.info(&qb, 2_000).inactive_msg_num, 20);
+    let (e, _) = c.at("t");
+    assert_eq!(e.topic_info("t").expect("info").msg_count, 0);
+}
+
+#[test]
+fn unsubscribe_and_topic_deletion_stop_delivery_and_reclaim_pending() {
+    let mut c = Cluster::new();
+    c.create("q1", Default::default());
+    create_topic(&mut c, "t", cmq_protocol::FilterType::Tag);
+    subscribe_queue(&mut c, "t", "s", "q1", &[], &[]);
+    publish(&mut c, "t", "pending", &[], "");
+    let (e, l) = c.at("t");
+    assert_eq!(e.pending_deliveries(), 1);
+    e.unsubscribe(l, 1_000, "t", "s").expect("unsubscribe");
+    assert_eq!(e.pending_deliveries(), 0, "pending deliveries of a deleted subscription are reclaimed");
+    publish(&mut c, "t", "after", &[], "");
+    c.settle(1_000);
+    assert!(bodies_in(&mut c, "q1").is_empty());
+    subscribe_queue(&mut c, "t", "s2", "q1", &[], &[]);
+    publish(&mut c, "t", "x", &[], "");
+    let (e, l) = c.at("t");
+    e.delete_topic(l, 1_000, "t").expect("delete");
+    assert_eq!(e.pending_deliveries(), 0);
+    c.restart();
+    let (e, _) = c.at("t");
+    assert_eq!(e.pending_deliveries(), 0, "still reclaimed after a restart");
+    assert!(e.topic_info("t").is_err());
+}
+
+#[test]
+fn http_pushes_retry_on_schedule_survive_restart_then_dead_letter() {
+    let mut c = Cluster::new();
+    c.create("pushdlq", Default::default());
+    create_topic(&mut c, "hooks", cmq_protocol::FilterType::Tag);
+    let req = cmq_protocol::Subscribe {
+        topic: "hooks".into(),
+        subscription: "web".into(),
+        protocol: cmq_protocol::SubscriptionProtocol::Http,
+        endpoint: "http://127.0.0.1:1/hook".into(),
+        dead_letter_queue: "pushdlq".into(),
+        ..Default::default()
+    };
+    let (e, l) = c.at("hooks");
+    let ok = e.subscribe(l, 1_000, &req).expect("subscribe");
+    assert_eq!(ok.push_secret.len(), 32, "hex of 16 bytes");
+    publish(&mut c, "hooks", "evt", &[], "");
+    let schedule = |_: cmq_protocol::NotifyStrategy, attempt: u32, _: u64| {
+        (attempt <= 2).then(|| std::time::Duration::from_millis(100 * u64::from(attempt)))
+    };
+    let (e, l) = c.at("hooks");
+    let pushes = e.pushes_to_send(1_000);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].url, "http://127.0.0.1:1/hook");
+    assert!(e.pushes_to_send(1_000).is_empty(), "handed out once");
+    let id = pushes[0].id;
+    e.push_results(l, 1_000, &[(id, PushResult::Failed("503".into()))], schedule);
+    assert!(e.pushes_to_send(1_050).is_empty(), "not before its retry time");
+    c.restart();
+    let (e, l) = c.at("hooks");
+    assert_eq!(e.pushes_to_send(1_050).len(), 0, "retry time survived the restart");
+    let again = e.pushes_to_send(1_100);
+    assert_eq!((again.len(), again[0].attempt), (1, 1));
+    e.push_results(l, 1_100, &[(id, PushResult::Failed("timeout".into()))], schedule);
+    let third = e.pushes_to_send(1_300);
+    e.push_results(l, 1_300, &[(third[0].id, PushResult::Failed("500".into()))], schedule);
+    c.settle(1_300);
+    assert_eq!(bodies_in(&mut c, "pushdlq"), ["evt"], "gave up after the schedule, into the dead-letter queue");
+    let (e, _) = c.at("hooks");
+    assert_eq!(e.subscription_info("hooks", "web").expect("info").msg_count, 0);
+}

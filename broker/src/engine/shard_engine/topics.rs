@@ -53,10 +53,7 @@ fn topic_not_found(name: &str) -> EngineError {
 }
 
 fn subscription_not_found(topic: &str, name: &str) -> EngineError {
-    EngineError::new(
-        ErrorCode::SUBSCRIPTION_NOT_FOUND,
-        format!("topic {topic:?} has no subscription {name:?}"),
-    )
+    EngineError::new(ErrorCode::SUBSCRIPTION_NOT_FOUND, format!("topic {topic:?} has no subscription {name:?}"))
 }
 
 fn invalid(e: String) -> EngineError {
@@ -219,7 +216,11 @@ impl ShardEngine {
         let uid = self.topic_uid(name)?;
         if let Some(size) = max_msg_size {
             let size = TOPIC_MAX_MSG_SIZE.check(u64::from(size)).map_err(invalid)? as u32;
-            self.log_record(log, &Record::TopicUpdated { uid, time_ms: now_ms, max_msg_size: size }, Durability::Synced)?;
+            self.log_record(
+                log,
+                &Record::TopicUpdated { uid, time_ms: now_ms, max_msg_size: size },
+                Durability::Synced,
+            )?;
             self.apply_topic_updated(uid, now_ms, size);
         }
         self.topic_info(name)
@@ -234,14 +235,9 @@ impl ShardEngine {
 
     // ---- subscriptions --------------------------------------------------------
 
-    /// Subscribes; `secret` signs the pushes of HTTP subscriptions.
-    pub fn subscribe(
-        &mut self,
-        log: &mut impl Log,
-        now_ms: u64,
-        r: &Subscribe,
-        secret: [u8; 16],
-    ) -> Result<SubscribeOk, EngineError> {
+    /// Subscribes. HTTP subscriptions get a key their pushes are signed
+    /// with, derived from the broker's secret (unguessable without it).
+    pub fn subscribe(&mut self, log: &mut impl Log, now_ms: u64, r: &Subscribe) -> Result<SubscribeOk, EngineError> {
         let uid = self.topic_uid(&r.topic)?;
         validate_name("subscriptionName", &r.subscription).map_err(invalid)?;
         let t = &self.topics[&uid];
@@ -264,6 +260,7 @@ impl ShardEngine {
             validate_name("deadLetterQueueName", &r.dead_letter_queue).map_err(invalid)?;
         }
         let sid = t.next_sid;
+        let secret = self.keys.derive_secret(uid, sid, now_ms);
         let def = SubscriptionDef {
             name: r.subscription.clone(),
             protocol: r.protocol.as_u8(),
@@ -585,9 +582,16 @@ impl ShardEngine {
             .collect()
     }
 
-    /// Outcomes of pushes. Delivered: done. Failed: retried on the
-    /// subscription's schedule (logged, so a restart keeps it), or given up on.
-    pub fn push_results(&mut self, log: &mut impl Log, now_ms: u64, results: &[(u64, PushResult)]) {
+    /// Outcomes of pushes. Delivered: done. Failed: retried after
+    /// `schedule(strategy, attempt, id)` (logged, so a restart keeps it), or
+    /// given up on when the schedule says no more.
+    pub fn push_results(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        results: &[(u64, PushResult)],
+        schedule: impl Fn(NotifyStrategy, u32, u64) -> Option<std::time::Duration>,
+    ) {
         let mut done = Vec::new();
         let mut retries = Vec::new();
         for (id, r) in results {
@@ -603,13 +607,15 @@ impl ShardEngine {
                         .map(Subscription::strategy)
                         .unwrap_or_default();
                     let attempt = e.attempts + 1;
-                    match crate::push::next_retry(strategy, attempt, *id, self.cfg.push_retry_scale) {
+                    match schedule(strategy, attempt, *id) {
                         Some(delay) => {
                             log::debug!("push {id} failed ({reason}); retry {attempt} in {delay:?}");
                             retries.push((*id, attempt, now_ms + delay.as_millis() as u64));
                         }
                         None => {
-                            log::warn!("push {id} to subscription {uid}/{sid} failed {attempt} times ({reason}); giving up");
+                            log::warn!(
+                                "push {id} to subscription {uid}/{sid} failed {attempt} times ({reason}); giving up"
+                            );
                             self.give_up_delivery(log, now_ms, *id);
                         }
                     }
