@@ -1101,6 +1101,77 @@ mod tests {
                 state,
                 time_ms
             }),
+            (any::<u32>(), any::<[u64; 2]>(), any::<[u32; 2]>(), any::<u8>(), "[a-z]{1,20}").prop_map(
+                |(uid, n, m, filter_type, name)| Record::TopicCreated {
+                    uid,
+                    time_ms: n[0],
+                    create_seq: n[1],
+                    max_msg_size: m[0],
+                    retention_s: m[1],
+                    filter_type,
+                    name
+                }
+            ),
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(uid, time_ms, max_msg_size)| Record::TopicUpdated {
+                uid,
+                time_ms,
+                max_msg_size
+            }),
+            (any::<u32>(), any::<u64>()).prop_map(|(uid, time_ms)| Record::TopicDeleted { uid, time_ms }),
+            (any::<[u32; 2]>(), any::<u64>(), "[a-z]{1,10}", "[a-z:/.]{0,30}", strs(), strs(), any::<[u8; 16]>())
+                .prop_map(|(u, time_ms, name, endpoint, filter_tags, binding_keys, secret)| Record::Subscribed {
+                    uid: u[0],
+                    sid: u[1],
+                    time_ms,
+                    def: SubscriptionDef {
+                        name,
+                        protocol: 2,
+                        endpoint,
+                        strategy: 1,
+                        format: 2,
+                        filter_tags,
+                        binding_keys,
+                        dead_letter_queue: "dlq".into(),
+                        secret
+                    }
+                }),
+            (any::<[u32; 2]>(), any::<u64>(), strs(), strs()).prop_map(|(u, time_ms, filter_tags, binding_keys)| {
+                Record::SubscriptionUpdated {
+                    uid: u[0],
+                    sid: u[1],
+                    time_ms,
+                    strategy: 2,
+                    format: 1,
+                    filter_tags,
+                    binding_keys,
+                }
+            }),
+            (any::<[u32; 2]>(), any::<u64>()).prop_map(|(u, time_ms)| Record::Unsubscribed {
+                uid: u[0],
+                sid: u[1],
+                time_ms
+            }),
+            (
+                any::<u32>(),
+                any::<[u64; 3]>(),
+                strs(),
+                "[a-z.]{0,20}",
+                proptest::collection::vec(any::<u32>(), 0..6),
+                proptest::collection::vec(bytes(40), 0..17)
+            )
+                .prop_map(|(uid, n, tags, routing_key, targets, bodies)| Record::Published {
+                    uid,
+                    first_msg_id: n[0],
+                    first_transfer: n[1],
+                    time_ms: n[2],
+                    tags,
+                    routing_key,
+                    targets,
+                    bodies
+                }),
+            proptest::collection::vec(any::<(u64, u32, u64)>(), 0..10)
+                .prop_map(|entries| Record::PushRetry { entries }),
+            (any::<u64>(), any::<u64>()).prop_map(|(id, time_ms)| Record::PushGaveUp { id, time_ms }),
         ]
     }
 
