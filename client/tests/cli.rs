@@ -2,60 +2,16 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
-
-use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use cmq_client::Client;
 use cmq_protocol::{MessageState, Opcode, QueueAttributesUpdate};
 use serde_json::Value;
+use support::cli::{cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput};
 use support::{wait_until, FakeBroker, CLIENT_TIMEOUT};
-
-fn cmq(addr: SocketAddr, args: &[&str]) -> Output {
-    cmq_with_stdin(addr, args, "")
-}
-
-fn cmq_with_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmq"))
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(["--timeout", "5"])
-        .args(args)
-        .env_remove("CMQ_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cmq");
-    let mut pipe = child.stdin.take().expect("stdin piped");
-    // A command that exits without reading its input (a refusal) closes the pipe first.
-    if let Err(e) = pipe.write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    drop(pipe);
-    child.wait_with_output().expect("cmq finished")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "exit {:?}, stderr: {}", o.status.code(), stderr(&o));
-    stdout(&o)
-}
-
-fn json(o: Output) -> Value {
-    serde_json::from_str(&ok(o)).expect("stdout is one JSON document")
-}
 
 fn broker_with_queue(name: &str) -> FakeBroker {
     let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
@@ -455,16 +411,6 @@ fn receive_shows_where_a_dead_lettered_message_came_from() {
     ok(cmq(addr, &["send", "src", "fresh"]));
     let got = json(cmq(addr, &["--json", "receive", "src"]));
     assert!(got[0].get("sourceQueue").is_none(), "no origin keys on ordinary messages: {got}");
-}
-
-trait CloneOutput {
-    fn clone_output(&self) -> Output;
-}
-
-impl CloneOutput for Output {
-    fn clone_output(&self) -> Output {
-        Output { status: self.status, stdout: self.stdout.clone(), stderr: self.stderr.clone() }
-    }
 }
 
 #[test]
