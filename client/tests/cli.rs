@@ -249,7 +249,7 @@ fn help_documents_every_flag() {
         String::from_utf8(out.stdout).expect("utf-8")
     };
     let top = help(&["--help"]);
-    for flag in ["--server", "CMQ_SERVER", "127.0.0.1:7700", "--json", "--timeout"] {
+    for flag in ["--server", "CMQ_SERVER", "127.0.0.1:7700", "--json", "--timeout", "cmq subscribe events orders"] {
         assert!(top.contains(flag), "top-level help lacks {flag}");
     }
     let attrs = [
@@ -288,6 +288,62 @@ fn help_documents_every_flag() {
         ("redrive", &["--to", "--rate", "[default: 0]"]),
         ("redrive-status", &["[ID]", "--watch"]),
         ("redrive-cancel", &["<ID>"]),
+        (
+            "create-topic",
+            &[
+                "--filter-type",
+                "tag",
+                "routing-key",
+                "[default: tag]",
+                "--max-msg-size",
+                "(maxMsgSize: 1024-1048576 bytes) [default: 65536]",
+                "--msg-retention-seconds",
+                "(msgRetentionSeconds: 60-86400s) [default: 86400]",
+            ],
+        ),
+        ("delete-topic", &["<NAME>"]),
+        ("list-topics", &["--prefix", "--contains", "--offset", "--limit"]),
+        ("topic-info", &["<NAME>"]),
+        ("set-topic", &["--max-msg-size", "1024-1048576"]),
+        ("publish", &["--tag", "--routing-key", "up to 5", "16 words"]),
+        ("publish-batch", &["--tag", "--routing-key", "16 per request"]),
+        (
+            "subscribe",
+            &[
+                "--queue",
+                "--http",
+                "--tag",
+                "--binding-key",
+                "'*' matches exactly one word, '#' one or more",
+                "--notify-strategy",
+                "backoff",
+                "exponential",
+                "[default: exponential]",
+                "--format",
+                "json",
+                "simplified",
+                "[default: simplified for --queue, json for --http]",
+                "--dead-letter-queue",
+                "X-CMQ-Signature",
+                "HMAC-SHA256",
+            ],
+        ),
+        ("unsubscribe", &["<TOPIC>", "<NAME>"]),
+        ("list-subscriptions", &["--contains", "--offset", "--limit"]),
+        ("subscription-info", &["<TOPIC>", "<NAME>"]),
+        (
+            "set-subscription",
+            &[
+                "--tag",
+                "--clear-tags",
+                "--binding-key",
+                "--clear-binding-keys",
+                "--notify-strategy",
+                "--format",
+                "[default: unchanged]",
+            ],
+        ),
+        ("clear-filter-tags", &["<TOPIC>", "<NAME>"]),
         ("ping", &[]),
     ];
     for (sub, flags) in cases {
