@@ -13,6 +13,9 @@
 //! * [`TransactionChecker`]: a connection registered as a producer group's
 //!   transaction checker, answering the broker's checks with a callback.
 //!
+//! Topic, publish and subscription operations are `Client` methods too,
+//! routed by the topic's name; [`SubscribeBuilder`] builds subscriptions.
+//!
 //! ```no_run
 //! use cmq_client::{Client, QueueAttributesUpdate};
 //!
@@ -24,6 +27,24 @@
 //!     println!("{}", String::from_utf8_lossy(&msg.body));
 //!     client.delete_message("orders", msg.receipt_handle)?;
 //! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Topics fan one publish out to every matching subscription, each
+//! delivering into a queue or POSTing to an HTTP endpoint:
+//!
+//! ```no_run
+//! use cmq_client::{Client, FilterType, Subscribe, SubscribeBuilder, TopicAttributesUpdate, NO_TAGS};
+//!
+//! # fn main() -> Result<(), cmq_client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7700")?;
+//! let routing = TopicAttributesUpdate { filter_type: Some(FilterType::RoutingKey), ..Default::default() };
+//! client.create_topic("events", &routing)?;
+//! client.subscribe(&Subscribe::to_queue("events", "orders", "orders").with_binding_keys(&["order.*"]))?;
+//! let hook = client.subscribe(&Subscribe::to_http("events", "audit", "https://example.com/hook"))?;
+//! println!("pushes are signed with {}", hook.push_secret);
+//! client.publish("events", "order 42 paid", NO_TAGS, "order.paid")?;
 //! # Ok(())
 //! # }
 //! ```
@@ -62,7 +83,9 @@ mod checker;
 mod client;
 mod connection;
 mod error;
+#[macro_use]
 mod ops;
+mod topics;
 
 pub use checker::{
     CheckOutcome, CheckerStats, CheckerStopper, CheckerThread, TransactionChecker, CHECKER_HEARTBEAT_DEFAULT,
@@ -70,6 +93,7 @@ pub use checker::{
 pub use client::{Client, Ticket};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
+pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.
 pub use cmq_protocol as protocol;
@@ -81,4 +105,11 @@ pub use cmq_protocol::{
     QueueAttributesUpdate, QueueInfo, QueueSummary, ReceiptHandle, ReceiveMessage, ReceivedMessage, RedriveInfo,
     RedriveState, RegisterChecker, Request, Response, RewindQueue, Route, SendMessage, SendTransactionMessage,
     SetQueueAttributes, StartRedrive, TransactionCheck, TxDefault,
+};
+pub use cmq_protocol::{
+    BatchPublishMessage, ClearSubscriptionFilterTags, CreateTopic, DeleteTopic, FilterType, GetSubscriptionAttributes,
+    GetTopicAttributes, ListSubscriptions, ListSubscriptionsOk, ListTopics, ListTopicsOk, NotifyContentFormat,
+    NotifyStrategy, PublishMessage, SetSubscriptionAttributes, SetTopicAttributes, StrList, Subscribe, SubscribeOk,
+    SubscriptionInfo, SubscriptionProtocol, SubscriptionSummary, TopicAttributesUpdate, TopicInfo, TopicSummary,
+    Unsubscribe,
 };

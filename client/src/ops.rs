@@ -15,7 +15,8 @@ use crate::error::ClientError;
 
 /// Unwraps the expected response variant. The connection already checks
 /// that a response's opcode matches its request's, so a mismatch here would
-/// be a bug in this crate, reported rather than panicked on.
+/// be a bug in this crate, reported rather than panicked on. Visible to the
+/// modules declared after `ops` in lib.rs (`#[macro_use]`).
 macro_rules! expect {
     ($resp:expr, $variant:ident) => {
         match $resp {

@@ -2,60 +2,16 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
-
-use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use cmq_client::Client;
 use cmq_protocol::{MessageState, Opcode, QueueAttributesUpdate};
 use serde_json::Value;
+use support::cli::{cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput};
 use support::{wait_until, FakeBroker, CLIENT_TIMEOUT};
-
-fn cmq(addr: SocketAddr, args: &[&str]) -> Output {
-    cmq_with_stdin(addr, args, "")
-}
-
-fn cmq_with_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmq"))
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(["--timeout", "5"])
-        .args(args)
-        .env_remove("CMQ_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cmq");
-    let mut pipe = child.stdin.take().expect("stdin piped");
-    // A command that exits without reading its input (a refusal) closes the pipe first.
-    if let Err(e) = pipe.write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    drop(pipe);
-    child.wait_with_output().expect("cmq finished")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "exit {:?}, stderr: {}", o.status.code(), stderr(&o));
-    stdout(&o)
-}
-
-fn json(o: Output) -> Value {
-    serde_json::from_str(&ok(o)).expect("stdout is one JSON document")
-}
 
 fn broker_with_queue(name: &str) -> FakeBroker {
     let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
@@ -293,7 +249,7 @@ fn help_documents_every_flag() {
         String::from_utf8(out.stdout).expect("utf-8")
     };
     let top = help(&["--help"]);
-    for flag in ["--server", "CMQ_SERVER", "127.0.0.1:7700", "--json", "--timeout"] {
+    for flag in ["--server", "CMQ_SERVER", "127.0.0.1:7700", "--json", "--timeout", "cmq subscribe events orders"] {
         assert!(top.contains(flag), "top-level help lacks {flag}");
     }
     let attrs = [
@@ -332,6 +288,62 @@ fn help_documents_every_flag() {
         ("redrive", &["--to", "--rate", "[default: 0]"]),
         ("redrive-status", &["[ID]", "--watch"]),
         ("redrive-cancel", &["<ID>"]),
+        (
+            "create-topic",
+            &[
+                "--filter-type",
+                "tag",
+                "routing-key",
+                "[default: tag]",
+                "--max-msg-size",
+                "(maxMsgSize: 1024-1048576 bytes) [default: 65536]",
+                "--msg-retention-seconds",
+                "(msgRetentionSeconds: 60-86400s) [default: 86400]",
+            ],
+        ),
+        ("delete-topic", &["<NAME>"]),
+        ("list-topics", &["--prefix", "--contains", "--offset", "--limit"]),
+        ("topic-info", &["<NAME>"]),
+        ("set-topic", &["--max-msg-size", "1024-1048576"]),
+        ("publish", &["--tag", "--routing-key", "up to 5", "16 words"]),
+        ("publish-batch", &["--tag", "--routing-key", "16 per request"]),
+        (
+            "subscribe",
+            &[
+                "--queue",
+                "--http",
+                "--tag",
+                "--binding-key",
+                "'*' matches exactly one word, '#' one or more",
+                "--notify-strategy",
+                "backoff",
+                "exponential",
+                "[default: exponential]",
+                "--format",
+                "json",
+                "simplified",
+                "[default: simplified for --queue, json for --http]",
+                "--dead-letter-queue",
+                "X-CMQ-Signature",
+                "HMAC-SHA256",
+            ],
+        ),
+        ("unsubscribe", &["<TOPIC>", "<NAME>"]),
+        ("list-subscriptions", &["--contains", "--offset", "--limit"]),
+        ("subscription-info", &["<TOPIC>", "<NAME>"]),
+        (
+            "set-subscription",
+            &[
+                "--tag",
+                "--clear-tags",
+                "--binding-key",
+                "--clear-binding-keys",
+                "--notify-strategy",
+                "--format",
+                "[default: unchanged]",
+            ],
+        ),
+        ("clear-filter-tags", &["<TOPIC>", "<NAME>"]),
         ("ping", &[]),
     ];
     for (sub, flags) in cases {
@@ -455,16 +467,6 @@ fn receive_shows_where_a_dead_lettered_message_came_from() {
     ok(cmq(addr, &["send", "src", "fresh"]));
     let got = json(cmq(addr, &["--json", "receive", "src"]));
     assert!(got[0].get("sourceQueue").is_none(), "no origin keys on ordinary messages: {got}");
-}
-
-trait CloneOutput {
-    fn clone_output(&self) -> Output;
-}
-
-impl CloneOutput for Output {
-    fn clone_output(&self) -> Output {
-        Output { status: self.status, stdout: self.stdout.clone(), stderr: self.stderr.clone() }
-    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -85,11 +87,18 @@ impl Peer {
 
     /// The next request, or None when the client closed the connection.
     pub fn read_request(&mut self) -> Option<(u64, Request)> {
+        let (id, _, req) = self.read_frame()?;
+        Some((id, req.expect("client sent a decodable request")))
+    }
+
+    /// The next frame's request id, opcode and decoded request (or why it
+    /// does not decode, which a broker answers like any refusal), or None
+    /// when the client closed the connection.
+    pub fn read_frame(&mut self) -> Option<(u64, u16, Result<Request, DecodeError>)> {
         loop {
             if let Some(total) = frame::check(&self.buf).expect("client sent a valid length") {
                 let (header, payload) = frame::split(&mut self.buf, total);
-                let req = Request::decode(header.opcode, payload).expect("client sent a decodable request");
-                return Some((header.request_id, req));
+                return Some((header.request_id, header.opcode, Request::decode(header.opcode, payload)));
             }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
@@ -196,6 +205,25 @@ pub struct BrokerState {
     pub ended: Vec<(u64, bool)>,
     checkers: Vec<CheckerConn>,
     redrives: Vec<FakeRedrive>,
+    topics: Vec<FakeTopic>,
+    next_topic_id: u64,
+    next_subscription_id: u64,
+    /// Every HTTP push the fake would have made (it makes none), in publish order.
+    pub pushed: Vec<FakePush>,
+}
+
+/// A topic; deliveries happen during the publish, so nothing is ever pending.
+struct FakeTopic {
+    info: TopicInfo,
+    subscriptions: Vec<SubscriptionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakePush {
+    pub subscription: String,
+    pub url: String,
+    pub msg_id: u64,
+    pub body: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,13 +347,15 @@ impl FakeBroker {
                 state.next_conn += 1;
                 ConnCtx { id: state.next_conn, hint: hello.shard_hint, shard, writer: writer.clone() }
             };
-            while let Some((id, req)) = peer.read_request() {
-                let opcode = req.opcode();
-                let result = shared.lock().expect("state lock").handle(&conn, req);
+            while let Some((id, opcode, req)) = peer.read_frame() {
+                // As the broker: a well-delimited frame that does not decode is answered, not fatal.
+                let result = req
+                    .map_err(|e| (e.code(), e.to_string()))
+                    .and_then(|req| shared.lock().expect("state lock").handle(&conn, req));
                 let mut out = Vec::new();
                 match result {
                     Ok(resp) => resp.encode_frame(id, &mut out),
-                    Err((code, message)) => ErrorBody::new(code, message).encode_frame(opcode as u16, id, &mut out),
+                    Err((code, message)) => ErrorBody::new(code, message).encode_frame(opcode, id, &mut out),
                 }
                 let _ = writer.lock().expect("writer lock").write_all(&out);
             }
@@ -689,8 +719,215 @@ impl BrokerState {
                 }
                 Ok(Response::CancelRedrive(task.info.clone()))
             }
-            _ => Err((ErrorCode::UNKNOWN_OPCODE, "the fake broker does not implement topics".into())),
+            Request::CreateTopic(r) => {
+                names::validate_name("topicName", &r.topic).map_err(invalid)?;
+                if self.topics.iter().any(|t| t.info.topic == r.topic) {
+                    return Err((ErrorCode::TOPIC_ALREADY_EXISTS, format!("topic {:?} exists", r.topic)));
+                }
+                let a = &r.attributes;
+                let max_msg_size = in_range(&topics::TOPIC_MAX_MSG_SIZE, a.max_msg_size)?;
+                let retention = in_range(&topics::TOPIC_MSG_RETENTION_SECONDS, a.msg_retention_seconds)?;
+                self.next_topic_id += 1;
+                let info = TopicInfo {
+                    topic_id: self.next_topic_id,
+                    topic: r.topic,
+                    max_msg_size,
+                    msg_retention_seconds: retention,
+                    filter_type: a.filter_type.unwrap_or_default(),
+                    create_time_ms: now,
+                    last_modify_time_ms: now,
+                    msg_count: 0,
+                    subscription_count: 0,
+                    shard: conn.shard,
+                };
+                self.topics.push(FakeTopic { info, subscriptions: Vec::new() });
+                Ok(Response::CreateTopic(CreateTopicOk { topic_id: self.next_topic_id }))
+            }
+            Request::DeleteTopic(r) => {
+                self.topic(&r.topic)?;
+                self.topics.retain(|t| t.info.topic != r.topic);
+                Ok(Response::DeleteTopic(Empty {}))
+            }
+            Request::ListTopics(r) => {
+                let matching: Vec<_> = self
+                    .topics
+                    .iter()
+                    .filter(|t| t.info.topic.starts_with(&r.prefix) && t.info.topic.contains(&r.contains))
+                    .collect();
+                let topics = page(&matching, r.offset, r.limit)
+                    .map(|t| TopicSummary { topic_id: t.info.topic_id, topic: t.info.topic.clone() })
+                    .collect();
+                Ok(Response::ListTopics(ListTopicsOk { total: matching.len() as u32, topics }))
+            }
+            Request::GetTopicAttributes(r) => Ok(Response::GetTopicAttributes(self.topic(&r.topic)?.info())),
+            Request::SetTopicAttributes(r) => {
+                let t = self.topic(&r.topic)?;
+                if let Some(size) = r.max_msg_size {
+                    t.info.max_msg_size = in_range(&topics::TOPIC_MAX_MSG_SIZE, Some(size))?;
+                }
+                t.info.last_modify_time_ms = now;
+                Ok(Response::SetTopicAttributes(t.info()))
+            }
+            Request::PublishMessage(r) => {
+                let ids = self.publish(&r.topic, vec![r.body], &r.tags.0, &r.routing_key, now)?;
+                Ok(Response::PublishMessage(PublishMessageOk { msg_id: ids[0] }))
+            }
+            Request::BatchPublishMessage(r) => {
+                let msg_ids = self.publish(&r.topic, r.bodies, &r.tags.0, &r.routing_key, now)?;
+                Ok(Response::BatchPublishMessage(BatchPublishMessageOk { msg_ids }))
+            }
+            Request::Subscribe(r) => {
+                names::validate_name("subscriptionName", &r.subscription).map_err(invalid)?;
+                let scheme = match r.protocol {
+                    SubscriptionProtocol::Queue => {
+                        self.queue(&r.endpoint)?;
+                        ""
+                    }
+                    SubscriptionProtocol::Http => "http://",
+                    SubscriptionProtocol::Https => "https://",
+                };
+                if !r.endpoint.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) {
+                    return Err(invalid(format!("endpoint: {:?} is not an {scheme} URL", r.endpoint)));
+                }
+                check_filters(&r.filter_tags.0, &r.binding_keys.0)?;
+                if !r.dead_letter_queue.is_empty() {
+                    self.queue(&r.dead_letter_queue)?;
+                }
+                self.next_subscription_id += 1;
+                let id = self.next_subscription_id;
+                let push_secret = if r.protocol == SubscriptionProtocol::Queue {
+                    String::new()
+                } else {
+                    format!("{:016x}", id.wrapping_mul(0x9e37_79b9_7f4a_7c15)).repeat(4)
+                };
+                let t = self.topic(&r.topic)?;
+                if t.subscriptions.iter().any(|s| s.subscription == r.subscription) {
+                    return Err((
+                        ErrorCode::SUBSCRIPTION_ALREADY_EXISTS,
+                        format!("subscription {:?} exists on topic {:?}", r.subscription, r.topic),
+                    ));
+                }
+                t.subscriptions.push(SubscriptionInfo {
+                    subscription_id: id,
+                    topic: r.topic,
+                    subscription: r.subscription,
+                    protocol: r.protocol,
+                    endpoint: r.endpoint,
+                    notify_strategy: r.notify_strategy,
+                    notify_content_format: r.notify_content_format,
+                    filter_tags: r.filter_tags,
+                    binding_keys: r.binding_keys,
+                    dead_letter_queue: r.dead_letter_queue,
+                    push_secret: push_secret.clone(),
+                    create_time_ms: now,
+                    last_modify_time_ms: now,
+                    ..Default::default()
+                });
+                Ok(Response::Subscribe(SubscribeOk { subscription_id: id, push_secret }))
+            }
+            Request::Unsubscribe(r) => {
+                let t = self.topic(&r.topic)?;
+                subscription(t, &r.subscription)?;
+                t.subscriptions.retain(|s| s.subscription != r.subscription);
+                Ok(Response::Unsubscribe(Empty {}))
+            }
+            Request::ListSubscriptions(r) => {
+                let t = self.topic(&r.topic)?;
+                let matching: Vec<_> =
+                    t.subscriptions.iter().filter(|s| s.subscription.contains(&r.contains)).collect();
+                let subscriptions = page(&matching, r.offset, r.limit)
+                    .map(|s| SubscriptionSummary {
+                        subscription_id: s.subscription_id,
+                        subscription: s.subscription.clone(),
+                        protocol: s.protocol,
+                        endpoint: s.endpoint.clone(),
+                    })
+                    .collect();
+                Ok(Response::ListSubscriptions(ListSubscriptionsOk { total: matching.len() as u32, subscriptions }))
+            }
+            Request::GetSubscriptionAttributes(r) => {
+                let t = self.topic(&r.topic)?;
+                Ok(Response::GetSubscriptionAttributes(subscription(t, &r.subscription)?.clone()))
+            }
+            Request::SetSubscriptionAttributes(r) => {
+                let t = self.topic(&r.topic)?;
+                let s = subscription(t, &r.subscription)?;
+                let tags = r.filter_tags.unwrap_or_else(|| s.filter_tags.clone());
+                let keys = r.binding_keys.unwrap_or_else(|| s.binding_keys.clone());
+                check_filters(&tags.0, &keys.0)?;
+                s.filter_tags = tags;
+                s.binding_keys = keys;
+                s.notify_strategy = r.notify_strategy.unwrap_or(s.notify_strategy);
+                s.notify_content_format = r.notify_content_format.unwrap_or(s.notify_content_format);
+                s.last_modify_time_ms = now;
+                Ok(Response::SetSubscriptionAttributes(s.clone()))
+            }
+            Request::ClearSubscriptionFilterTags(r) => {
+                let t = self.topic(&r.topic)?;
+                let s = subscription(t, &r.subscription)?;
+                s.filter_tags = StrList::default();
+                s.last_modify_time_ms = now;
+                Ok(Response::ClearSubscriptionFilterTags(Empty {}))
+            }
         }
+    }
+
+    fn topic(&mut self, name: &str) -> Result<&mut FakeTopic, Failure> {
+        self.topics
+            .iter_mut()
+            .find(|t| t.info.topic == name)
+            .ok_or_else(|| (ErrorCode::TOPIC_NOT_FOUND, format!("topic {name:?} does not exist")))
+    }
+
+    /// Checks and fans out at once: every matching queue subscription gets
+    /// the bodies enqueued (skipped if its queue is gone), every matching
+    /// HTTP one is recorded in `pushed`.
+    fn publish(
+        &mut self,
+        topic: &str,
+        bodies: Vec<Bytes>,
+        tags: &[String],
+        routing_key: &str,
+        now: u64,
+    ) -> Result<Vec<u64>, Failure> {
+        if bodies.is_empty() || bodies.len() > limits::BATCH_MSGS_MAX {
+            return Err((ErrorCode::BATCH_TOO_LARGE, format!("{} messages", bodies.len())));
+        }
+        let max = self.topic(topic)?.info.max_msg_size as usize;
+        if let Some(b) = bodies.iter().find(|b| b.is_empty() || b.len() > max) {
+            return Err((ErrorCode::MESSAGE_TOO_LARGE, format!("msgBody: {} bytes, 1-{max} allowed", b.len())));
+        }
+        if let Some(t) = tags.iter().find(|t| t.is_empty() || t.chars().count() > TAG_CHARS_MAX) {
+            return Err(invalid(format!("msgTag: {t:?} must be 1-{TAG_CHARS_MAX} characters")));
+        }
+        if routing_key.split('.').count() > ROUTING_WORDS_MAX {
+            return Err(invalid(format!("routingKey: more than {ROUTING_WORDS_MAX} words")));
+        }
+        let first = self.next_msg_id;
+        self.next_msg_id += bodies.len() as u64;
+        let ids: Vec<u64> = (first..self.next_msg_id).collect();
+        let t = self.topics.iter_mut().find(|t| t.info.topic == topic).expect("checked above");
+        let filter = t.info.filter_type;
+        let mut into_queues = Vec::new();
+        for s in t.subscriptions.iter_mut().filter(|s| matches(filter, s, tags, routing_key)) {
+            s.delivered += bodies.len() as u64;
+            for (id, body) in ids.iter().zip(&bodies) {
+                if s.protocol == SubscriptionProtocol::Queue {
+                    into_queues.push((s.endpoint.clone(), body.clone()));
+                } else {
+                    self.pushed.push(FakePush {
+                        subscription: s.subscription.clone(),
+                        url: s.endpoint.clone(),
+                        msg_id: *id,
+                        body: body.clone(),
+                    });
+                }
+            }
+        }
+        for (queue, body) in into_queues {
+            let _ = self.enqueue(&queue, vec![body], 0, now);
+        }
+        Ok(ids)
     }
 
     fn check_dead_letter_target(&self, queue: &str, a: &QueueAttributes) -> Result<(), Failure> {
@@ -829,6 +1066,70 @@ impl BrokerState {
                 task.info.finished_ms = now;
             }
         }
+    }
+}
+
+/// CMQ: a message tag or filter tag is at most 16 characters.
+const TAG_CHARS_MAX: usize = 16;
+
+/// CMQ: a routing or binding key has at most 16 dot-separated words.
+const ROUTING_WORDS_MAX: usize = 16;
+
+impl FakeTopic {
+    fn info(&self) -> TopicInfo {
+        TopicInfo { subscription_count: self.subscriptions.len() as u32, ..self.info.clone() }
+    }
+}
+
+fn subscription<'a>(t: &'a mut FakeTopic, name: &str) -> Result<&'a mut SubscriptionInfo, Failure> {
+    let topic = &t.info.topic;
+    t.subscriptions
+        .iter_mut()
+        .find(|s| s.subscription == name)
+        .ok_or_else(|| (ErrorCode::SUBSCRIPTION_NOT_FOUND, format!("no subscription {name:?} on topic {topic:?}")))
+}
+
+/// `value`, or the range's default when absent, if within the range.
+fn in_range(range: &queue_attributes::AttrRange, value: Option<u32>) -> Result<u32, Failure> {
+    let v = range.check(value.map_or(range.default, u64::from)).map_err(invalid)?;
+    Ok(v as u32)
+}
+
+fn check_filters(tags: &[String], keys: &[String]) -> Result<(), Failure> {
+    if let Some(t) = tags.iter().find(|t| t.is_empty() || t.chars().count() > TAG_CHARS_MAX) {
+        return Err(invalid(format!("filterTag: {t:?} must be 1-{TAG_CHARS_MAX} characters")));
+    }
+    if let Some(k) = keys.iter().find(|k| k.is_empty() || k.split('.').count() > ROUTING_WORDS_MAX) {
+        return Err(invalid(format!("bindingKey: {k:?} must be 1-{ROUTING_WORDS_MAX} words")));
+    }
+    Ok(())
+}
+
+/// One page of a listing; `limit` 0 is the default page.
+fn page<'a, T>(items: &'a [&'a T], offset: u32, limit: u32) -> impl Iterator<Item = &'a T> {
+    let limit = if limit == 0 { limits::LIST_PAGE_DEFAULT } else { limit } as usize;
+    items.iter().copied().skip(offset as usize).take(limit)
+}
+
+/// CMQ §8, naively: no filter tags takes everything, else the tags must
+/// meet; a binding key matches word by word, `*` one word, `#` one or more.
+fn matches(filter: FilterType, s: &SubscriptionInfo, tags: &[String], routing_key: &str) -> bool {
+    match filter {
+        FilterType::Tag => s.filter_tags.0.is_empty() || s.filter_tags.0.iter().any(|t| tags.contains(t)),
+        FilterType::RoutingKey => {
+            let key: Vec<&str> = routing_key.split('.').collect();
+            !routing_key.is_empty()
+                && s.binding_keys.0.iter().any(|b| words_match(&b.split('.').collect::<Vec<_>>(), &key))
+        }
+    }
+}
+
+fn words_match(binding: &[&str], key: &[&str]) -> bool {
+    match binding.split_first() {
+        None => key.is_empty(),
+        Some((&"#", rest)) => (1..=key.len()).any(|n| words_match(rest, &key[n..])),
+        Some((&"*", rest)) => !key.is_empty() && words_match(rest, &key[1..]),
+        Some((word, rest)) => key.first() == Some(word) && words_match(rest, &key[1..]),
     }
 }
 

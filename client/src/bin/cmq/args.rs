@@ -5,11 +5,16 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use cmq_client::protocol::limits::{
     BATCH_MSGS_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, PEEK_MSGS_MAX, POLLING_WAIT_SECONDS_MAX,
 };
+use cmq_client::protocol::limits::{TOPIC_FILTERS_MAX, TOPIC_TAGS_MAX};
 use cmq_client::protocol::queue_attributes::{
     AttrRange, FIRST_QUERY_INTERVAL, MAX_MSG_HEAP_NUM, MAX_MSG_SIZE, MAX_QUERY_COUNT, MAX_RECEIVE_COUNT,
     MAX_TIME_TO_LIVE, MSG_RETENTION_SECONDS, POLLING_WAIT_SECONDS, REWIND_SECONDS, VISIBILITY_TIMEOUT,
 };
-use cmq_client::{FlushPolicy, QueueAttributesUpdate, ReceiptHandle, TxDefault};
+use cmq_client::protocol::topics::{TOPIC_MAX_MSG_SIZE, TOPIC_MSG_RETENTION_SECONDS};
+use cmq_client::{
+    FilterType, FlushPolicy, NotifyContentFormat, NotifyStrategy, QueueAttributesUpdate, ReceiptHandle,
+    TopicAttributesUpdate, TxDefault,
+};
 
 use crate::time::{now_ms, parse_time, TIME_FORMATS};
 
@@ -26,7 +31,14 @@ const GLOBAL_ORDER: usize = 1000;
     about = "Command-line client for the cmq message-queue broker",
     after_help = "Exit status: 0 on success (also when a receive finds no message), 1 when the broker refuses a \
                   request or cannot be reached (stderr: \"error: <code> <NAME>: <message>\"), 2 on a usage error.\n\
-                  Message and queue ids and receipt handles are decimal strings; times are Unix seconds."
+                  Message, queue, topic and subscription ids and receipt handles are decimal strings; times are \
+                  Unix seconds.\n\n\
+                  Topics: a publish reaches every subscription whose filter matches, each getting its own copy, \
+                  delivered into a queue or POSTed to a URL. For example:\n  \
+                  cmq create-topic events --filter-type routing-key\n  \
+                  cmq subscribe events orders --queue orders --binding-key 'order.*'\n  \
+                  cmq subscribe events audit --http https://example.com/hook --binding-key 'audit.#'\n  \
+                  cmq publish events 'order 42 paid' --routing-key order.paid"
 )]
 pub struct Cli {
     /// Broker address
@@ -299,8 +311,316 @@ pub enum Command {
         id: u64,
     },
 
+    /// Create a topic and print its id; omitted attributes take the broker's defaults
+    #[command(after_help = "filterType and msgRetentionSeconds cannot change after creation; maxMsgSize can \
+                            (set-topic).")]
+    CreateTopic {
+        /// Topic name: 1-64 letters, digits, '-' or '_', starting with a letter
+        name: String,
+        /// How subscriptions select messages (filterType): tag = the message's tags against each
+        /// subscription's filter tags, routing-key = its routing key against binding keys [default: tag]
+        #[arg(long, value_enum, value_name = "TYPE")]
+        filter_type: Option<FilterTypeArg>,
+        #[arg(long, value_name = "BYTES", help = attr_help("Largest message body", " bytes", &TOPIC_MAX_MSG_SIZE))]
+        max_msg_size: Option<u32>,
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            help = attr_help("How long a message is kept for delivery", "s", &TOPIC_MSG_RETENTION_SECONDS)
+        )]
+        msg_retention_seconds: Option<u32>,
+    },
+
+    /// Delete a topic and all its subscriptions; deliveries still pending are dropped
+    DeleteTopic {
+        /// Topic name
+        name: String,
+    },
+
+    /// List topic names in creation order (with --json: totalCount and topicList with ids)
+    ListTopics {
+        /// Only topics whose name starts with this
+        #[arg(long, default_value = "", hide_default_value = true)]
+        prefix: String,
+        /// Only topics whose name contains this
+        #[arg(long, default_value = "", hide_default_value = true)]
+        contains: String,
+        /// Skip this many matching topics
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        #[arg(
+            long,
+            default_value_t = 0,
+            help = format!("Topics per page, at most {LIST_PAGE_MAX}; 0 asks for the broker's default ({LIST_PAGE_DEFAULT})")
+        )]
+        limit: u32,
+    },
+
+    /// Show a topic's attributes, subscription count and pending deliveries (CMQ attribute names)
+    TopicInfo {
+        /// Topic name
+        name: String,
+    },
+
+    /// Change a topic's maxMsgSize (the only attribute that can change) and show the result
+    SetTopic {
+        /// Topic name
+        name: String,
+        #[arg(
+            long,
+            value_name = "BYTES",
+            help = format!(
+                "Largest message body ({}: {}-{} bytes)",
+                TOPIC_MAX_MSG_SIZE.name, TOPIC_MAX_MSG_SIZE.min, TOPIC_MAX_MSG_SIZE.max
+            )
+        )]
+        max_msg_size: u32,
+    },
+
+    /// Publish one message to a topic and print its msgId; it reaches every subscription whose filter matches
+    /// (none matching: it is dropped)
+    Publish {
+        /// Topic name
+        topic: String,
+        /// Message body (UTF-8 text)
+        body: String,
+        #[command(flatten)]
+        select: PublishArgs,
+    },
+
+    #[command(about = format!(
+        "Publish one message per stdin line, {BATCH_MSGS_MAX} per request, all with the same tags and routing key, \
+         printing one msgId per line (--json: an array); empty lines are skipped"
+    ))]
+    PublishBatch {
+        /// Topic name
+        topic: String,
+        #[command(flatten)]
+        select: PublishArgs,
+    },
+
+    /// Subscribe to a topic: deliver matching messages into a queue or POST them to a URL; prints the
+    /// subscription id, and for --http the secret pushes are signed with
+    #[command(
+        group(ArgGroup::new("endpoint").required(true).args(["queue", "http"])),
+        after_help = format!(
+            "Each HTTP push carries the header {PUSH_SIGNATURE_HEADER}: the HMAC-SHA256 of the request body, \
+             keyed with the subscription's push secret (also shown by subscription-info); see the broker's \
+             documentation on HTTP push (docs/) for the exact format and how to verify it."
+        )
+    )]
+    Subscribe {
+        /// Topic name
+        topic: String,
+        /// Subscription name, unique within the topic: 1-64 letters, digits, '-' or '_', starting with a letter
+        name: String,
+        /// Deliver into this queue of the broker (each message gets a new msgId there)
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// POST each message to this http:// or https:// URL
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
+        #[command(flatten)]
+        filters: FilterArgs,
+        #[command(flatten)]
+        push: PushArgs,
+        /// HTTP: put pushes that exhaust their retries into this queue instead of dropping them
+        /// (deadLetterQueueName) [default: none]
+        #[arg(long, value_name = "QUEUE", requires = "http", conflicts_with = "queue")]
+        dead_letter_queue: Option<String>,
+    },
+
+    /// Remove a subscription; deliveries still pending for it are dropped
+    Unsubscribe {
+        /// Topic name
+        topic: String,
+        /// Subscription name
+        name: String,
+    },
+
+    /// List a topic's subscriptions: name, protocol, endpoint (with --json: totalCount and subscriptionList
+    /// with ids)
+    ListSubscriptions {
+        /// Topic name
+        topic: String,
+        /// Only subscriptions whose name contains this
+        #[arg(long, default_value = "", hide_default_value = true)]
+        contains: String,
+        /// Skip this many matching subscriptions
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        #[arg(
+            long,
+            default_value_t = 0,
+            help = format!(
+                "Subscriptions per page, at most {LIST_PAGE_MAX}; 0 asks for the broker's default ({LIST_PAGE_DEFAULT})"
+            )
+        )]
+        limit: u32,
+    },
+
+    /// Show a subscription's settings, push secret and delivery counts (CMQ attribute names)
+    SubscriptionInfo {
+        /// Topic name
+        topic: String,
+        /// Subscription name
+        name: String,
+    },
+
+    /// Change a subscription (at least one setting) and show the result; a list given replaces the stored one,
+    /// settings not given are kept
+    #[command(
+        group(ArgGroup::new("change").required(true).multiple(true)
+            .args(["tags", "clear_tags", "binding_keys", "clear_binding_keys", "notify_strategy", "format"])),
+        mut_arg("tags", |a| a.help(format!(
+            "Receive only messages carrying one of these tags (filterTag; repeatable, up to {TOPIC_FILTERS_MAX}); \
+             replaces the stored tags [default: unchanged]"
+        ))),
+        mut_arg("binding_keys", |a| a.help(format!(
+            "Receive messages whose routing key matches one of these (bindingKey; repeatable, up to \
+             {TOPIC_FILTERS_MAX}; '*' one word, '#' one or more); replaces the stored keys [default: unchanged]"
+        ))),
+        mut_arg("notify_strategy", |a| a.help("HTTP: how failed pushes are retried (notifyStrategy) [default: unchanged]")),
+        mut_arg("format", |a| a.help("What a delivery carries (notifyContentFormat) [default: unchanged]")),
+    )]
+    SetSubscription {
+        /// Topic name
+        topic: String,
+        /// Subscription name
+        name: String,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// Remove every filter tag: the subscription then receives every message of a tag topic
+        #[arg(long, conflicts_with = "tags")]
+        clear_tags: bool,
+        /// Remove every binding key: the subscription then receives nothing from a routing-key topic
+        #[arg(long, conflicts_with = "binding_keys")]
+        clear_binding_keys: bool,
+        #[command(flatten)]
+        push: PushArgs,
+    },
+
+    /// Remove every filter tag of a subscription: it then receives every message of its tag topic
+    ClearFilterTags {
+        /// Topic name
+        topic: String,
+        /// Subscription name
+        name: String,
+    },
+
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
+}
+
+/// The header that carries an HTTP push's signature.
+pub const PUSH_SIGNATURE_HEADER: &str = "X-CMQ-Signature";
+
+/// What selects a published message's subscriptions.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[arg(
+        long = "tag",
+        value_name = "TAG",
+        help = format!(
+            "Tag the message (repeatable, up to {TOPIC_TAGS_MAX} tags of up to 16 characters); on a tag topic it \
+             reaches subscriptions without filter tags and those with a tag in common [default: none]"
+        )
+    )]
+    pub tags: Vec<String>,
+    /// Routing key: dot-separated words, up to 64 bytes and 16 words; on a routing-key topic it reaches
+    /// subscriptions with a matching binding key [default: none, which matches no binding key]
+    #[arg(long, value_name = "KEY", default_value = "", hide_default_value = true)]
+    pub routing_key: String,
+}
+
+/// A subscription's filters; for set-subscription, a flag given replaces the stored list.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    #[arg(
+        long = "tag",
+        value_name = "TAG",
+        help = format!(
+            "Receive only messages carrying one of these tags (filterTag; repeatable, up to {TOPIC_FILTERS_MAX} of \
+             up to 16 characters; tag topics) [default: none, which receives every message]"
+        )
+    )]
+    pub tags: Vec<String>,
+    #[arg(
+        long = "binding-key",
+        value_name = "KEY",
+        help = format!(
+            "Receive messages whose routing key matches one of these (bindingKey; repeatable, up to {TOPIC_FILTERS_MAX}; \
+             routing-key topics): dot-separated words, '*' matches exactly one word, '#' one or more \
+             [default: none, which receives nothing]"
+        )
+    )]
+    pub binding_keys: Vec<String>,
+}
+
+/// How messages are pushed to HTTP endpoints.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// HTTP: how failed pushes are retried (notifyStrategy) [default: exponential]
+    #[arg(long, value_enum, value_name = "STRATEGY")]
+    pub notify_strategy: Option<NotifyArg>,
+    /// What a delivery carries (notifyContentFormat) [default: simplified for --queue, json for --http]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatArg>,
+}
+
+impl PushArgs {
+    pub fn notify_strategy(&self) -> Option<NotifyStrategy> {
+        self.notify_strategy.map(|n| match n {
+            NotifyArg::Backoff => NotifyStrategy::BackoffRetry,
+            NotifyArg::Exponential => NotifyStrategy::ExponentialDecayRetry,
+        })
+    }
+
+    pub fn format(&self) -> Option<NotifyContentFormat> {
+        self.format.map(|f| match f {
+            FormatArg::Json => NotifyContentFormat::Json,
+            FormatArg::Simplified => NotifyContentFormat::Simplified,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FilterTypeArg {
+    /// Message tags against filter tags (filterType 1)
+    Tag,
+    /// The routing key against binding keys (filterType 2)
+    RoutingKey,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NotifyArg {
+    /// BACKOFF_RETRY: 3 retries at random 10-20 s intervals, then dropped (or dead-lettered)
+    Backoff,
+    /// EXPONENTIAL_DECAY_RETRY: retries 1, 2, 4 … s apart, capped at 512 s, for up to a day
+    Exponential,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// JSON: a document with the body and its metadata
+    Json,
+    /// SIMPLIFIED: the raw body
+    Simplified,
+}
+
+pub fn topic_update(
+    filter_type: Option<FilterTypeArg>,
+    max_msg_size: Option<u32>,
+    msg_retention_seconds: Option<u32>,
+) -> TopicAttributesUpdate {
+    TopicAttributesUpdate {
+        max_msg_size,
+        msg_retention_seconds,
+        filter_type: filter_type.map(|f| match f {
+            FilterTypeArg::Tag => FilterType::Tag,
+            FilterTypeArg::RoutingKey => FilterType::RoutingKey,
+        }),
+    }
 }
 
 fn since_parser(s: &str) -> Result<u64, String> {
@@ -503,6 +823,56 @@ mod tests {
         let Command::Delete { receipt, .. } = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!(receipt, ReceiptHandle(u128::MAX));
         assert!(Cli::try_parse_from(["cmq", "delete", "q", "12ab"]).is_err());
+    }
+
+    #[test]
+    fn subscribe_needs_exactly_one_endpoint_and_dead_letters_only_pushes() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cmq", "subscribe", "t", "s"], args].concat());
+        assert!(parse(&["--queue", "q"]).is_ok());
+        assert!(parse(&["--http", "http://h/"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--queue", "q", "--http", "http://h/"]).is_err());
+        assert!(parse(&["--http", "http://h/", "--dead-letter-queue", "d"]).is_ok());
+        assert!(parse(&["--queue", "q", "--dead-letter-queue", "d"]).is_err(), "queue deliveries are not pushed");
+        let cli = parse(&["--queue", "q", "--tag", "a", "--tag", "b", "--binding-key", "x.*", "--format", "json"])
+            .expect("repeatable filters");
+        let Command::Subscribe { filters, push, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(
+            (filters.tags, filters.binding_keys),
+            (vec!["a".to_owned(), "b".to_owned()], vec!["x.*".to_owned()])
+        );
+        assert_eq!((push.format(), push.notify_strategy()), (Some(NotifyContentFormat::Json), None));
+        let cli = parse(&["--http", "h", "--notify-strategy", "backoff"]).expect("strategy");
+        let Command::Subscribe { push, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(push.notify_strategy(), Some(NotifyStrategy::BackoffRetry));
+        assert!(parse(&["--queue", "q", "--notify-strategy", "forever"]).is_err());
+    }
+
+    #[test]
+    fn set_subscription_needs_a_change_and_clearing_excludes_a_list() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cmq", "set-subscription", "t", "s"], args].concat());
+        let err = parse(&[]).expect_err("nothing to change");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        for change in [&["--tag", "a"][..], &["--clear-tags"], &["--binding-key", "k"], &["--clear-binding-keys"]] {
+            assert!(parse(change).is_ok(), "{change:?}");
+        }
+        assert!(parse(&["--format", "simplified", "--notify-strategy", "exponential"]).is_ok());
+        assert!(parse(&["--tag", "a", "--clear-tags"]).is_err());
+        assert!(parse(&["--binding-key", "a", "--clear-binding-keys"]).is_err());
+        assert!(parse(&["--tag", "a", "--clear-binding-keys"]).is_ok());
+    }
+
+    #[test]
+    fn topic_commands_parse() {
+        let cli = Cli::try_parse_from(["cmq", "create-topic", "t", "--filter-type", "routing-key"]).expect("create");
+        let Command::CreateTopic { filter_type, max_msg_size, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(topic_update(filter_type, max_msg_size, None).filter_type, Some(FilterType::RoutingKey));
+        assert!(Cli::try_parse_from(["cmq", "create-topic", "t", "--filter-type", "tags"]).is_err());
+        assert!(Cli::try_parse_from(["cmq", "set-topic", "t"]).is_err(), "--max-msg-size is required");
+        let cli = Cli::try_parse_from(["cmq", "publish", "t", "--tag", "a", "body", "--tag", "b"]).expect("publish");
+        let Command::Publish { body, select, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!((body.as_str(), select.tags.len(), select.routing_key.as_str()), ("body", 2, ""));
+        assert!(Cli::try_parse_from(["cmq", "publish-batch", "t", "--routing-key", "a.b"]).is_ok());
     }
 
     #[test]

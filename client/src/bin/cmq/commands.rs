@@ -8,24 +8,26 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use cmq_client::protocol::limits::{BATCH_MSGS_MAX, PEEK_MSGS_MAX};
 use cmq_client::{
-    BatchSendMessage, CheckOutcome, CheckerStopper, Client, ClientError, ErrorCode, ReceivedMessage, RedriveInfo,
-    RedriveState, Request, Response, Ticket, TransactionCheck, TransactionChecker,
+    str_list, BatchPublishMessage, BatchSendMessage, CheckOutcome, CheckerStopper, Client, ClientError, ErrorCode,
+    ReceivedMessage, RedriveInfo, RedriveState, Request, Response, SetSubscriptionAttributes, Subscribe,
+    SubscribeBuilder, SubscriptionInfo, Ticket, TopicInfo, TransactionCheck, TransactionChecker,
 };
 use serde::Serialize;
 use serde_json::json;
 
-use crate::args::{Cli, Command, PEEK_DEFAULT};
+use crate::args::{topic_update, Cli, Command, PEEK_DEFAULT, PUSH_SIGNATURE_HEADER};
 use crate::render::{
     body_text, check_line, client_error_name, decision_text, message_status_table, origin_note, peek_header, peek_row,
-    queue_info_table, redrive_table, redrive_target, secs, time_cell, CheckJson, ErrorJson, MessageJson,
-    MessageStatusJson, PeekedJson, QueueInfoJson, QueueListJson, RedriveJson,
+    queue_info_table, redrive_table, redrive_target, secs, subscription_info_table, subscription_table, time_cell,
+    topic_info_table, CheckJson, ErrorJson, MessageJson, MessageStatusJson, PeekedJson, QueueInfoJson, QueueListJson,
+    RedriveJson, SubscriptionInfoJson, SubscriptionListJson, TopicInfoJson, TopicListJson,
 };
 use crate::time::utc;
 
 /// How often `redrive-status --watch` asks again.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// send-batch keeps this many requests in flight: enough to hide the round
+/// send-batch and publish-batch keep this many requests in flight: enough to hide the round
 /// trip (pipelining is worth ~100x on loopback), few enough to bound memory.
 const SEND_WINDOW_REQUESTS: usize = 32;
 
@@ -103,14 +105,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 for q in &page.queues {
                     out.line(&q.queue)?;
                 }
-                let shown_to = u64::from(*offset) + page.queues.len() as u64;
-                if shown_to < u64::from(page.total) {
-                    eprintln!(
-                        "{} of {} matching queues shown; --offset {shown_to} for more",
-                        page.queues.len(),
-                        page.total
-                    );
-                }
+                more_note(page.queues.len(), *offset, page.total, "queues");
             }
         }
         Command::QueueInfo { name } => {
@@ -133,7 +128,12 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.line(id)?;
             }
         }
-        Command::SendBatch { name, delay } => send_batch(c, &mut out, name, *delay)?,
+        Command::SendBatch { name, delay } => {
+            let delay_seconds = *delay;
+            batch_lines(c, &mut out, "sent", |bodies| {
+                Request::BatchSendMessage(BatchSendMessage { queue: name.clone(), delay_seconds, bodies })
+            })?;
+        }
         Command::Receive { name, wait, max, delete } => receive(c, &mut out, name, *wait, *max, *delete)?,
         Command::Delete { name, receipt } => {
             c.delete_message(name, *receipt)?;
@@ -218,6 +218,127 @@ pub fn run(cli: &Cli) -> Result<()> {
             let task = c.cancel_redrive(*id)?;
             print_redrive(&mut out, &task)?;
         }
+        Command::CreateTopic { name, filter_type, max_msg_size, msg_retention_seconds } => {
+            let id = c.create_topic(name, &topic_update(*filter_type, *max_msg_size, *msg_retention_seconds))?;
+            if out.json {
+                out.json(&json!({ "topicId": id.to_string() }))?;
+            } else {
+                out.line(id)?;
+            }
+        }
+        Command::DeleteTopic { name } => {
+            c.delete_topic(name)?;
+            out.done()?;
+        }
+        Command::ListTopics { prefix, contains, offset, limit } => {
+            let page = c.list_topics(prefix, contains, *offset, *limit)?;
+            if out.json {
+                out.json(&TopicListJson::from(&page))?;
+            } else {
+                for t in &page.topics {
+                    out.line(&t.topic)?;
+                }
+                more_note(page.topics.len(), *offset, page.total, "topics");
+            }
+        }
+        Command::TopicInfo { name } => {
+            let info = c.topic_info(name)?;
+            print_topic_info(&mut out, &info)?;
+        }
+        Command::SetTopic { name, max_msg_size } => {
+            let info = c.set_topic_attributes(name, *max_msg_size)?;
+            print_topic_info(&mut out, &info)?;
+        }
+        Command::Publish { topic, body, select } => {
+            let id = c.publish(topic, body.clone(), &select.tags, &select.routing_key)?;
+            if out.json {
+                out.json(&json!({ "msgId": id.to_string() }))?;
+            } else {
+                out.line(id)?;
+            }
+        }
+        Command::PublishBatch { topic, select } => {
+            let tags = str_list(&select.tags);
+            batch_lines(c, &mut out, "published", |bodies| {
+                Request::BatchPublishMessage(BatchPublishMessage {
+                    topic: topic.clone(),
+                    bodies,
+                    tags: tags.clone(),
+                    routing_key: select.routing_key.clone(),
+                })
+            })?;
+        }
+        Command::Subscribe { topic, name, queue, http, filters, push, dead_letter_queue } => {
+            let mut sub = match (queue, http) {
+                (Some(queue), _) => Subscribe::to_queue(topic, name, queue),
+                (None, Some(url)) => Subscribe::to_http(topic, name, url),
+                (None, None) => unreachable!("clap requires --queue or --http"),
+            };
+            sub = sub.with_filter_tags(&filters.tags).with_binding_keys(&filters.binding_keys);
+            if let Some(strategy) = push.notify_strategy() {
+                sub = sub.with_notify_strategy(strategy);
+            }
+            if let Some(format) = push.format() {
+                sub = sub.with_format(format);
+            }
+            if let Some(dlq) = dead_letter_queue {
+                sub = sub.with_dead_letter_queue(dlq);
+            }
+            let ok = c.subscribe(&sub)?;
+            if out.json {
+                out.json(&json!({ "subscriptionId": ok.subscription_id.to_string(), "pushSecret": ok.push_secret }))?;
+            } else {
+                out.line(ok.subscription_id)?;
+                if !ok.push_secret.is_empty() {
+                    out.line(&ok.push_secret)?;
+                }
+            }
+            if !ok.push_secret.is_empty() {
+                eprintln!(
+                    "pushes to {} carry the header {PUSH_SIGNATURE_HEADER}: the HMAC-SHA256 of the request body keyed \
+                     with the push secret (shown above, and by `cmq subscription-info {topic} {name}`); see the \
+                     broker's documentation on HTTP push (docs/) for how to verify it",
+                    sub.endpoint
+                );
+            }
+        }
+        Command::Unsubscribe { topic, name } => {
+            c.unsubscribe(topic, name)?;
+            out.done()?;
+        }
+        Command::ListSubscriptions { topic, contains, offset, limit } => {
+            let page = c.list_subscriptions(topic, contains, *offset, *limit)?;
+            if out.json {
+                out.json(&SubscriptionListJson::from(&page))?;
+            } else {
+                if !page.subscriptions.is_empty() {
+                    write!(out.stdout, "{}", subscription_table(&page)).context("writing output")?;
+                }
+                more_note(page.subscriptions.len(), *offset, page.total, "subscriptions");
+            }
+        }
+        Command::SubscriptionInfo { topic, name } => {
+            let info = c.subscription_info(topic, name)?;
+            print_subscription_info(&mut out, &info)?;
+        }
+        Command::SetSubscription { topic, name, filters, clear_tags, clear_binding_keys, push } => {
+            // A list given replaces the stored one; a --clear flag gives the empty list.
+            let list = |given: &[String], clear: bool| (clear || !given.is_empty()).then(|| str_list(given));
+            let update = SetSubscriptionAttributes {
+                topic: topic.clone(),
+                subscription: name.clone(),
+                notify_strategy: push.notify_strategy(),
+                notify_content_format: push.format(),
+                filter_tags: list(&filters.tags, *clear_tags),
+                binding_keys: list(&filters.binding_keys, *clear_binding_keys),
+            };
+            let info = c.set_subscription_attributes(&update)?;
+            print_subscription_info(&mut out, &info)?;
+        }
+        Command::ClearFilterTags { topic, name } => {
+            c.clear_subscription_filter_tags(topic, name)?;
+            out.done()?;
+        }
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
         Command::Ping => {
             let started = Instant::now();
@@ -243,6 +364,30 @@ pub fn run(cli: &Cli) -> Result<()> {
     out.flush()
 }
 
+/// On stderr, when a listing page is not the last.
+fn more_note(shown: usize, offset: u32, total: u32, what: &str) {
+    let shown_to = u64::from(offset) + shown as u64;
+    if shown_to < u64::from(total) {
+        eprintln!("{shown} of {total} matching {what} shown; --offset {shown_to} for more");
+    }
+}
+
+fn print_topic_info(out: &mut Out, info: &TopicInfo) -> Result<()> {
+    if out.json {
+        out.json(&TopicInfoJson::from(info))
+    } else {
+        write!(out.stdout, "{}", topic_info_table(info)).context("writing output")
+    }
+}
+
+fn print_subscription_info(out: &mut Out, info: &SubscriptionInfo) -> Result<()> {
+    if out.json {
+        out.json(&SubscriptionInfoJson::from(info))
+    } else {
+        write!(out.stdout, "{}", subscription_info_table(info)).context("writing output")
+    }
+}
+
 fn print_queue_info(out: &mut Out, info: &cmq_client::QueueInfo) -> Result<()> {
     if out.json {
         out.json(&QueueInfoJson::from(info))
@@ -251,10 +396,16 @@ fn print_queue_info(out: &mut Out, info: &cmq_client::QueueInfo) -> Result<()> {
     }
 }
 
-/// Sends stdin, one message per line, keeping a window of batch requests in
-/// flight. Ids are printed in input order as batches complete, so after a
-/// failure the output covers exactly the lines known to be sent.
-fn send_batch(client: &mut Client, out: &mut Out, queue: &str, delay_seconds: u32) -> Result<()> {
+/// Sends stdin, one message per line, as batch requests made by `request`
+/// (send-batch, publish-batch), keeping a window of them in flight. Ids are
+/// printed in input order as batches complete, so after a failure the output
+/// covers exactly the lines known to be `verb` (sent, published).
+fn batch_lines(
+    client: &mut Client,
+    out: &mut Out,
+    verb: &str,
+    mut request: impl FnMut(Vec<Bytes>) -> Request,
+) -> Result<()> {
     let mut stdin = io::stdin().lock();
     let mut window = SendWindow::default();
     let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH_MSGS_MAX);
@@ -272,11 +423,11 @@ fn send_batch(client: &mut Client, out: &mut Out, queue: &str, delay_seconds: u3
             }
             batch.push(Bytes::copy_from_slice(body));
             if batch.len() == BATCH_MSGS_MAX {
-                window.submit(client, out, queue, delay_seconds, std::mem::take(&mut batch))?;
+                window.submit(client, out, request(std::mem::take(&mut batch)))?;
             }
         }
         if !batch.is_empty() {
-            window.submit(client, out, queue, delay_seconds, std::mem::take(&mut batch))?;
+            window.submit(client, out, request(std::mem::take(&mut batch)))?;
         }
         while !window.pending.is_empty() {
             window.complete_oldest(client, out)?;
@@ -286,8 +437,8 @@ fn send_batch(client: &mut Client, out: &mut Out, queue: &str, delay_seconds: u3
     if let Err(e) = result {
         if window.confirmed > 0 || !window.pending.is_empty() {
             eprintln!(
-                "note: {} messages were sent (the first non-empty lines, ids printed); {} more were in flight \
-                 and may or may not have been sent",
+                "note: {} messages were {verb} (the first non-empty lines, ids printed); {} more were in flight \
+                 and may or may not have been {verb}",
                 window.confirmed,
                 window.pending.iter().map(|p| p.count).sum::<usize>()
             );
@@ -316,17 +467,13 @@ struct PendingBatch {
 }
 
 impl SendWindow {
-    fn submit(
-        &mut self,
-        client: &mut Client,
-        out: &mut Out,
-        queue: &str,
-        delay: u32,
-        bodies: Vec<Bytes>,
-    ) -> Result<()> {
-        let count = bodies.len();
-        let bytes = bodies.iter().map(Bytes::len).sum();
-        let req = Request::BatchSendMessage(BatchSendMessage { queue: queue.to_owned(), delay_seconds: delay, bodies });
+    /// `req` is a BatchSendMessage or a BatchPublishMessage.
+    fn submit(&mut self, client: &mut Client, out: &mut Out, req: Request) -> Result<()> {
+        let (count, bytes) = match &req {
+            Request::BatchSendMessage(r) => (r.bodies.len(), r.bodies.iter().map(Bytes::len).sum()),
+            Request::BatchPublishMessage(r) => (r.bodies.len(), r.bodies.iter().map(Bytes::len).sum()),
+            other => unreachable!("not a batch of messages: {:?}", other.opcode()),
+        };
         let ticket = client.submit(&req)?;
         self.pending.push_back(PendingBatch { ticket, count, bytes });
         self.bytes += bytes;
@@ -340,6 +487,7 @@ impl SendWindow {
         let Some(oldest) = self.pending.front() else { return Ok(()) };
         let ids = match client.wait(oldest.ticket)? {
             Response::BatchSendMessage(ok) if ok.msg_ids.len() == oldest.count => ok.msg_ids,
+            Response::BatchPublishMessage(ok) if ok.msg_ids.len() == oldest.count => ok.msg_ids,
             other => {
                 return Err(ClientError::Protocol(format!(
                     "batch of {} answered with {:?}",

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use cmq_client::{
-    ClientError, ListQueuesOk, MessageOrigin, MessageState, MessageStatus, PeekedMessage, QueueInfo, ReceivedMessage,
-    RedriveInfo, TransactionCheck,
+    ClientError, ListQueuesOk, ListSubscriptionsOk, ListTopicsOk, MessageOrigin, MessageState, MessageStatus,
+    PeekedMessage, QueueInfo, ReceivedMessage, RedriveInfo, SubscriptionInfo, TopicInfo, TransactionCheck,
 };
 use serde::Serialize;
 
@@ -168,6 +168,196 @@ impl<'a> From<&'a ListQueuesOk> for QueueListJson<'a> {
                 .collect(),
         }
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicInfoJson<'a> {
+    topic_name: &'a str,
+    topic_id: String,
+    max_msg_size: u32,
+    msg_retention_seconds: u32,
+    /// CMQ's number: 1 tags, 2 routing key.
+    filter_type: u8,
+    filter_type_name: &'static str,
+    create_time: u64,
+    last_modify_time: u64,
+    msg_count: u64,
+    subscription_count: u32,
+    shard: u16,
+}
+
+impl<'a> From<&'a TopicInfo> for TopicInfoJson<'a> {
+    fn from(t: &'a TopicInfo) -> Self {
+        TopicInfoJson {
+            topic_name: &t.topic,
+            topic_id: t.topic_id.to_string(),
+            max_msg_size: t.max_msg_size,
+            msg_retention_seconds: t.msg_retention_seconds,
+            filter_type: t.filter_type.as_u8(),
+            filter_type_name: t.filter_type.as_str(),
+            create_time: secs(t.create_time_ms),
+            last_modify_time: secs(t.last_modify_time_ms),
+            msg_count: t.msg_count,
+            subscription_count: t.subscription_count,
+            shard: t.shard,
+        }
+    }
+}
+
+/// The same names and order as the JSON.
+pub fn topic_info_table(t: &TopicInfo) -> String {
+    let rows = [
+        ("topicName", t.topic.clone()),
+        ("topicId", t.topic_id.to_string()),
+        ("maxMsgSize", t.max_msg_size.to_string()),
+        ("msgRetentionSeconds", t.msg_retention_seconds.to_string()),
+        ("filterType", t.filter_type.as_u8().to_string()),
+        ("filterTypeName", t.filter_type.as_str().to_owned()),
+        ("createTime", time_cell(t.create_time_ms)),
+        ("lastModifyTime", time_cell(t.last_modify_time_ms)),
+        ("msgCount", t.msg_count.to_string()),
+        ("subscriptionCount", t.subscription_count.to_string()),
+        ("shard", t.shard.to_string()),
+    ];
+    key_value_table(&rows)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicListJson<'a> {
+    total_count: u32,
+    topic_list: Vec<TopicSummaryJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicSummaryJson<'a> {
+    topic_id: String,
+    topic_name: &'a str,
+}
+
+impl<'a> From<&'a ListTopicsOk> for TopicListJson<'a> {
+    fn from(l: &'a ListTopicsOk) -> Self {
+        TopicListJson {
+            total_count: l.total,
+            topic_list: l
+                .topics
+                .iter()
+                .map(|t| TopicSummaryJson { topic_id: t.topic_id.to_string(), topic_name: &t.topic })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionListJson<'a> {
+    total_count: u32,
+    subscription_list: Vec<SubscriptionSummaryJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionSummaryJson<'a> {
+    subscription_id: String,
+    subscription_name: &'a str,
+    protocol: &'static str,
+    endpoint: &'a str,
+}
+
+impl<'a> From<&'a ListSubscriptionsOk> for SubscriptionListJson<'a> {
+    fn from(l: &'a ListSubscriptionsOk) -> Self {
+        SubscriptionListJson {
+            total_count: l.total,
+            subscription_list: l
+                .subscriptions
+                .iter()
+                .map(|s| SubscriptionSummaryJson {
+                    subscription_id: s.subscription_id.to_string(),
+                    subscription_name: &s.subscription,
+                    protocol: s.protocol.as_str(),
+                    endpoint: &s.endpoint,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn subscription_table(l: &ListSubscriptionsOk) -> String {
+    let rows: Vec<Vec<String>> = l
+        .subscriptions
+        .iter()
+        .map(|s| vec![s.subscription.clone(), s.protocol.as_str().to_owned(), s.endpoint.clone()])
+        .collect();
+    table(&["NAME", "PROTOCOL", "ENDPOINT"], &rows)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionInfoJson<'a> {
+    subscription_name: &'a str,
+    subscription_id: String,
+    topic_name: &'a str,
+    protocol: &'static str,
+    endpoint: &'a str,
+    notify_strategy: &'static str,
+    notify_content_format: &'static str,
+    filter_tag: &'a [String],
+    binding_key: &'a [String],
+    dead_letter_queue_name: &'a str,
+    push_secret: &'a str,
+    create_time: u64,
+    last_modify_time: u64,
+    msg_count: u64,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl<'a> From<&'a SubscriptionInfo> for SubscriptionInfoJson<'a> {
+    fn from(s: &'a SubscriptionInfo) -> Self {
+        SubscriptionInfoJson {
+            subscription_name: &s.subscription,
+            subscription_id: s.subscription_id.to_string(),
+            topic_name: &s.topic,
+            protocol: s.protocol.as_str(),
+            endpoint: &s.endpoint,
+            notify_strategy: s.notify_strategy.as_str(),
+            notify_content_format: s.notify_content_format.as_str(),
+            filter_tag: &s.filter_tags.0,
+            binding_key: &s.binding_keys.0,
+            dead_letter_queue_name: &s.dead_letter_queue,
+            push_secret: &s.push_secret,
+            create_time: secs(s.create_time_ms),
+            last_modify_time: secs(s.last_modify_time_ms),
+            msg_count: s.msg_count,
+            delivered: s.delivered,
+            dropped: s.dropped,
+        }
+    }
+}
+
+/// The same names and order as the JSON; lists comma-separated.
+pub fn subscription_info_table(s: &SubscriptionInfo) -> String {
+    let rows = [
+        ("subscriptionName", s.subscription.clone()),
+        ("subscriptionId", s.subscription_id.to_string()),
+        ("topicName", s.topic.clone()),
+        ("protocol", s.protocol.as_str().to_owned()),
+        ("endpoint", s.endpoint.clone()),
+        ("notifyStrategy", s.notify_strategy.as_str().to_owned()),
+        ("notifyContentFormat", s.notify_content_format.as_str().to_owned()),
+        ("filterTag", s.filter_tags.0.join(", ")),
+        ("bindingKey", s.binding_keys.0.join(", ")),
+        ("deadLetterQueueName", s.dead_letter_queue.clone()),
+        ("pushSecret", s.push_secret.clone()),
+        ("createTime", time_cell(s.create_time_ms)),
+        ("lastModifyTime", time_cell(s.last_modify_time_ms)),
+        ("msgCount", s.msg_count.to_string()),
+        ("delivered", s.delivered.to_string()),
+        ("dropped", s.dropped.to_string()),
+    ];
+    key_value_table(&rows)
 }
 
 #[derive(Serialize)]
