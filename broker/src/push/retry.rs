@@ -92,7 +92,7 @@ pub fn next_retry(strategy: NotifyStrategy, attempt: u32, task_id: u64) -> Optio
 
 /// [`next_retry`] with every interval multiplied by `time_scale` (tests run
 /// whole schedules in milliseconds with, say, 0.001; production uses 1.0).
-/// Scaled intervals are rounded down to whole microseconds.
+/// Scaled intervals are rounded to the nearest microsecond.
 pub fn next_retry_scaled(strategy: NotifyStrategy, attempt: u32, task_id: u64, time_scale: f64) -> Option<Duration> {
     if attempt == 0 {
         // Nothing failed yet: deliver now.
@@ -132,7 +132,7 @@ fn scale(d: Duration, time_scale: f64) -> Duration {
     if !time_scale.is_finite() || time_scale <= 0.0 {
         return Duration::ZERO;
     }
-    let us = (d.as_micros() as f64 * time_scale).floor();
+    let us = (d.as_micros() as f64 * time_scale).round();
     Duration::from_micros(us.min(u64::MAX as f64) as u64)
 }
 
@@ -206,6 +206,8 @@ mod tests {
         assert_eq!(next_retry_scaled(e, 177, 0, 0.001), None);
         assert_eq!(next_retry_scaled(e, 3, 0, 1.0), Some(Duration::from_secs(4)));
         assert_eq!(next_retry_scaled(e, 3, 0, 0.0), Some(Duration::ZERO));
+        // Rounded, not truncated: 10,486,000 us x 0.7 is 7,340,199.999999999 in floating point.
+        assert_eq!(scale(Duration::from_millis(10_486), 0.7), Duration::from_micros(7_340_200));
         for id in 0..100 {
             let full = next_retry(NotifyStrategy::BackoffRetry, 2, id).unwrap();
             let small = next_retry_scaled(NotifyStrategy::BackoffRetry, 2, id, 0.001).unwrap();
