@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cmq_broker::push::{
     build_task, next_retry_scaled, verify, NotifyContentFormat, NotifyStrategy, PushConfig, PushHandle, PushMessage,
-    PushOutcome, PushPool, PushRequest, PushTask, HTTPS_UNSUPPORTED, RESPONSE_BODY_BYTES_MAX,
+    PushOutcome, PushPool, PushRequest, PushTask, RESPONSE_BODY_BYTES_MAX,
 };
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll, Token, Waker};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Longest any test waits for an event that should come.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
@@ -65,6 +67,26 @@ struct Server {
 
 impl Server {
     fn start(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
+        Server::start_with(None, handler)
+    }
+
+    /// An https server presenting [`LEAF_PEM`] (issued by [`CA_PEM`]).
+    fn start_tls(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
+        let cert = CertificateDer::from_pem_slice(LEAF_PEM.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(LEAF_KEY_PEM.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        Server::start_with(Some(Arc::new(config)), handler)
+    }
+
+    fn start_with(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().unwrap();
         let (req_tx, requests) = crossbeam_channel::unbounded();
@@ -89,10 +111,23 @@ impl Server {
                     let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
                     max_open.fetch_max(now_open, Ordering::SeqCst);
                     streams.lock().unwrap().push(stream.try_clone().unwrap());
-                    let (handler, req_tx, release_rx, open, closed_tx) =
-                        (handler.clone(), req_tx.clone(), release_rx.clone(), open.clone(), closed_tx.clone());
+                    let (handler, req_tx, release_rx, open, closed_tx, tls) = (
+                        handler.clone(),
+                        req_tx.clone(),
+                        release_rx.clone(),
+                        open.clone(),
+                        closed_tx.clone(),
+                        tls.clone(),
+                    );
                     std::thread::spawn(move || {
-                        serve_conn(conn, &stream, &*handler, &req_tx, &release_rx);
+                        match tls {
+                            None => serve_conn(conn, &mut &stream, &*handler, &req_tx, &release_rx),
+                            Some(cfg) => {
+                                let tls = rustls::ServerConnection::new(cfg).unwrap();
+                                let mut s = rustls::StreamOwned::new(tls, &stream);
+                                serve_conn(conn, &mut s, &*handler, &req_tx, &release_rx);
+                            }
+                        }
                         // The test keeps clones of every stream: close explicitly.
                         let _ = stream.shutdown(Shutdown::Both);
                         open.fetch_sub(1, Ordering::SeqCst);
@@ -132,7 +167,7 @@ impl Drop for Server {
     }
 }
 
-fn serve_conn(conn: usize, mut s: &TcpStream, handler: &Handler, tx: &Sender<Req>, release: &Receiver<()>) {
+fn serve_conn<S: Read + Write>(conn: usize, s: &mut S, handler: &Handler, tx: &Sender<Req>, release: &Receiver<()>) {
     let mut buf = Vec::new();
     loop {
         let Some(req) = read_request(conn, s, &mut buf) else { return };
@@ -140,16 +175,16 @@ fn serve_conn(conn: usize, mut s: &TcpStream, handler: &Handler, tx: &Sender<Req
         let _ = tx.send(req);
         match reply {
             Reply::Raw(bytes) => {
-                if s.write_all(&bytes).is_err() {
+                if s.write_all(&bytes).and_then(|()| s.flush()).is_err() {
                     return;
                 }
             }
             Reply::RawThenClose(bytes) => {
-                let _ = s.write_all(&bytes);
+                let _ = s.write_all(&bytes).and_then(|()| s.flush());
                 return;
             }
             Reply::HoldThen200 => {
-                if release.recv().is_err() || s.write_all(&ok200()).is_err() {
+                if release.recv().is_err() || s.write_all(&ok200()).and_then(|()| s.flush()).is_err() {
                     return;
                 }
             }
@@ -162,7 +197,7 @@ fn serve_conn(conn: usize, mut s: &TcpStream, handler: &Handler, tx: &Sender<Req
     }
 }
 
-fn read_request(conn: usize, mut s: &TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
+fn read_request<S: Read>(conn: usize, s: &mut S, buf: &mut Vec<u8>) -> Option<Req> {
     let mut chunk = [0u8; 4096];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -193,6 +228,42 @@ fn read_request(conn: usize, mut s: &TcpStream, buf: &mut Vec<u8>) -> Option<Req
 fn ok200() -> Vec<u8> {
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
 }
+
+/// A test CA (EC P-256, valid 2000-2125) and a server certificate it issued
+/// for 127.0.0.1 and localhost, made with `openssl ca`.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBajCCARCgAwIBAgICEAAwCgYIKoZIzj0EAwIwGzEZMBcGA1UEAwwQY21xIHB1
+c2ggdGVzdCBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTI2MDEwMTAwMDAwMFowGzEZ
+MBcGA1UEAwwQY21xIHB1c2ggdGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEH
+A0IABPo4hXr3ThhIiyE/eavtWBpapkDkGYXPesxQ8hRxASQRaRCmu3uipQhWwtFn
+6I3oYKA/NJdDrybzbDqcGfSmJDGjQjBAMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0P
+AQH/BAQDAgEGMB0GA1UdDgQWBBQxC6N9lOkMa/6DAiP1u/C2C9Qz0zAKBggqhkjO
+PQQDAgNIADBFAiEA+s/YyJpoa4MSlYtZ1A+Vts6MAe8PxT2TbrNh28I8sgECIH3r
+usrA7/k9LcrWREV3ZaTAs/ojRN3a+hWmPQEr0ev+
+-----END CERTIFICATE-----
+";
+
+const LEAF_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBtDCCAVqgAwIBAgICEAEwCgYIKoZIzj0EAwIwGzEZMBcGA1UEAwwQY21xIHB1
+c2ggdGVzdCBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTI2MDEwMTAwMDAwMFowFDES
+MBAGA1UEAwwJMTI3LjAuMC4xMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEtjxx
+QmedAdNGCX08ImFNvUEcJV/CXwybDfepXg7Trv8sHKRujrAZWwtN5ygpPWxzSKHq
+wev8nanrAWynkZ2ZiaOBkjCBjzAMBgNVHRMBAf8EAjAAMA4GA1UdDwEB/wQEAwIH
+gDATBgNVHSUEDDAKBggrBgEFBQcDATAaBgNVHREEEzARhwR/AAABgglsb2NhbGhv
+c3QwHQYDVR0OBBYEFCpmkoORxgDLMTSv4puFKNXvFeMOMB8GA1UdIwQYMBaAFDEL
+o32U6Qxr/oMCI/W78LYL1DPTMAoGCCqGSM49BAMCA0gAMEUCIQC/1rEQOABqUhtT
+lCxE4z6D80YtL/0/GoIfffHwn7w7CAIgFiwc6+7+a4dmJWCJWTq1A/0b5KoZQqGj
+FShG68kFxSg=
+-----END CERTIFICATE-----
+";
+
+/// The server certificate's key: a test key, used nowhere else.
+const LEAF_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQguSRVIdmpGEYTr/Q/
+0POtSC6VSneBfj6M7w/eh0aWwIWhRANCAAS2PHFCZ50B00YJfTwiYU29QRwlX8Jf
+DJsN96leDtOu/ywcpG6OsBlbC03nKCk9bHNIoerB6/ydqesBbKeRnZmJ
+-----END PRIVATE KEY-----
+";
 
 // ---- the pool side -------------------------------------------------------------
 
@@ -381,6 +452,13 @@ fn a_silent_endpoint_times_out() {
     assert!(retryable);
     assert!(reason.contains("timed out"), "{reason}");
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+
+    // A TLS handshake that never gets an answer is bounded by the same budget.
+    let mut t = task(2, &format!("https://127.0.0.1:{}/", server.addr.port()));
+    t.timeout = Duration::from_millis(300);
+    let o = h.push(t);
+    let (_, reason, retryable) = failed(&o);
+    assert!(retryable && reason.contains("TLS handshake") && reason.contains("timed out"), "{reason}");
 }
 
 #[test]
@@ -395,8 +473,6 @@ fn refused_connections_and_bad_urls() {
     assert!(retryable, "{reason}");
     assert!(reason.contains("connecting"), "{reason}");
 
-    let o = h.push(task(2, "https://127.0.0.1:1/"));
-    assert_eq!(failed(&o), (None, HTTPS_UNSUPPORTED, false));
     let o = h.push(task(3, "ftp://x/"));
     let (_, reason, retryable) = failed(&o);
     assert!(!retryable && reason.contains("invalid endpoint URL"), "{reason}");
@@ -643,4 +719,45 @@ fn retry_schedules_against_a_failing_endpoint() {
         assert!(start.elapsed() >= waited);
     }
     assert_eq!(server.accepted(), 1, "every retry reused the connection");
+}
+
+#[test]
+fn https_push_to_a_receiver_behind_a_private_ca() {
+    let server = Server::start_tls(|_| Reply::Raw(ok200()));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, CA_PEM).unwrap();
+    let mut h = Harness::new(PushConfig { tls_ca_file: Some(ca.to_str().unwrap().to_string()), ..cfg() });
+    let url = format!("https://127.0.0.1:{}/secure", server.addr.port());
+    for id in 0..3 {
+        assert_eq!(h.push(task(id, &url)), PushOutcome::Delivered { status: 200 });
+    }
+    let got = server.next_request();
+    assert_eq!((got.path.as_str(), got.body.as_slice()), ("/secure", &b"hello"[..]));
+    assert_eq!(server.accepted(), 1, "one TLS connection, kept alive");
+}
+
+#[test]
+fn https_with_an_untrusted_certificate_fails_and_may_be_retried() {
+    let server = Server::start_tls(|_| Reply::Raw(ok200()));
+    let mut h = Harness::new(cfg());
+    let o = h.push(task(1, &format!("https://127.0.0.1:{}/", server.addr.port())));
+    let (status, reason, retryable) = failed(&o);
+    assert_eq!(status, None);
+    assert!(retryable);
+    assert!(reason.contains("TLS handshake") && reason.contains("certificate"), "{reason}");
+}
+
+#[test]
+fn a_bad_ca_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificates here\n").unwrap();
+    for path in [empty, dir.path().join("missing.pem")] {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let cfg = PushConfig { tls_ca_file: Some(path.to_str().unwrap().to_string()), ..cfg() };
+        let err = PushPool::new(cfg, vec![waker]).err().expect("refused");
+        assert!(err.to_string().contains("tls_ca_file"), "{err}");
+    }
 }

@@ -21,7 +21,9 @@
 //! pushes in flight and at most that many connections (default 4); further
 //! pushes to it wait in its own queue while other endpoints keep flowing.
 //! Connections are kept alive and reused (HTTP/1.1, one request at a time);
-//! an idle one is closed after `idle_keep_ms`. A kept connection that turns
+//! an idle one is closed after `idle_keep_ms`. `https://` endpoints use TLS
+//! 1.2/1.3 (rustls) and trust Mozilla's root certificates (compiled in) plus
+//! those of `tls_ca_file`; the certificate must name the URL's host. A kept connection that turns
 //! out to be closed by the server before it answered is replaced by a fresh
 //! one and the push sent again once.
 //!
@@ -52,10 +54,10 @@
 //! `timeout`, default 15 s as in CMQ, covering connect, send and the answer),
 //! a refused or reset connection, or a malformed answer is a failure that the
 //! engine retries per the subscription's `notifyStrategy` (CMQ retries every
-//! non-2xx, 4xx included). Redirects are not followed. Failures that no retry
-//! can fix are marked not retryable: an invalid URL, a task whose headers
-//! could split the request, and `https://` endpoints, which this build does
-//! not support ("https endpoints are not supported in this build").
+//! non-2xx, 4xx included), and so is a failed TLS handshake (an expired or
+//! untrusted certificate can be fixed while retries last). Redirects are not
+//! followed. Only failures that no retry can fix are marked not retryable:
+//! an invalid URL, and a task whose headers could split the request.
 //!
 //! # Body formats (`notifyContentFormat`)
 //!
@@ -111,6 +113,7 @@ mod http;
 mod pool;
 mod retry;
 mod sign;
+mod tls;
 mod url;
 
 use std::time::Duration;
@@ -126,7 +129,7 @@ pub use http::{
     COALESCE_BODY_BYTES_MAX, INTERIM_RESPONSES_MAX, REQUEST_BODY_BYTES_MAX, REQUEST_HEAD_BYTES_MAX,
     RESPONSE_BODY_BYTES_MAX, RESPONSE_HEADERS_MAX, RESPONSE_HEAD_BYTES_MAX, USER_AGENT,
 };
-pub use pool::{PushHandle, PushPool, PushStats, HTTPS_UNSUPPORTED, IDLE_CONNS_MAX};
+pub use pool::{PushHandle, PushPool, PushStats, IDLE_CONNS_MAX};
 pub use retry::{
     next_retry, next_retry_scaled, retries_max, NotifyStrategy, BACKOFF_INTERVAL_MAX_MS, BACKOFF_INTERVAL_MIN_MS,
     BACKOFF_RETRIES_MAX, EXPONENTIAL_INTERVAL_CAP_S, EXPONENTIAL_RETRIES_MAX, EXPONENTIAL_SPAN_S,
@@ -179,6 +182,9 @@ pub struct PushConfig {
     pub idle_keep_ms: u64,
     /// Multiplies every retry interval (testing only: 0.001 runs a schedule in milliseconds).
     pub retry_time_scale: f64,
+    /// A PEM file of CA certificates trusted for https endpoints besides
+    /// Mozilla's roots (receivers behind a private CA).
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for PushConfig {
@@ -190,6 +196,7 @@ impl Default for PushConfig {
             connect_timeout_ms: CONNECT_TIMEOUT_DEFAULT_MS,
             idle_keep_ms: IDLE_KEEP_DEFAULT_MS,
             retry_time_scale: 1.0,
+            tls_ca_file: None,
         }
     }
 }
@@ -255,7 +262,7 @@ pub enum PushOutcome {
     Delivered { status: u16 },
     /// Anything else. `status` is the HTTP status when the endpoint answered
     /// one; `retryable` is false only when no retry can succeed (invalid URL
-    /// or headers, https in this build).
+    /// or headers).
     Failed { status: Option<u16>, reason: String, retryable: bool },
 }
 

@@ -11,8 +11,9 @@
 //! keep flowing.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -22,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
 use super::http::{self, Deadline, RESPONSE_HEAD_BYTES_MAX};
+use super::tls::{self, TlsStream};
 use super::url::{self, Endpoint, Scheme, Target};
 use super::{PushConfig, PushOutcome, PushTask};
 
@@ -29,17 +31,61 @@ use super::{PushConfig, PushOutcome, PushTask};
 /// connection is closed instead (each holds a file descriptor).
 pub const IDLE_CONNS_MAX: usize = 1024;
 
-/// The reason given for `https://` endpoints.
-pub const HTTPS_UNSUPPORTED: &str = "https endpoints are not supported in this build";
-
 struct Job {
     shard: usize,
     task: PushTask,
     target: Target,
 }
 
+/// A connection to an endpoint, plain or TLS, with deadline-bound socket I/O.
+enum Stream {
+    Plain(Deadline<TcpStream>),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(d) => &d.inner,
+            Stream::Tls(t) => &t.sock.inner,
+        }
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        match self {
+            Stream::Plain(d) => d.deadline = deadline,
+            Stream::Tls(t) => t.sock.deadline = deadline,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(d) => d.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(d) => d.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(d) => d.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     idle_since: Instant,
 }
 
@@ -105,6 +151,7 @@ pub struct PushStats {
 
 struct Inner {
     cfg: PushConfig,
+    tls: Arc<rustls::ClientConfig>,
     state: Mutex<State>,
     work: Condvar,
     shards: Vec<ShardQueue>,
@@ -129,6 +176,8 @@ impl PushPool {
     /// outcomes of its pushes are ready; there is one handle per waker.
     pub fn new(cfg: PushConfig, notify: Vec<Arc<Waker>>) -> io::Result<PushPool> {
         cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = tls::client_config(cfg.tls_ca_file.as_deref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let shards = notify
             .into_iter()
             .map(|waker| {
@@ -147,6 +196,7 @@ impl PushPool {
             work: Condvar::new(),
             shards,
             stats: PushStats::default(),
+            tls,
             cfg,
         });
         let mut pool = PushPool { inner: inner.clone(), workers: Vec::new() };
@@ -212,7 +262,7 @@ impl PushHandle {
     /// already has `queue_len` pushes outstanding (queued, in flight, or
     /// finished with the outcome not yet taken) or the pool is shutting
     /// down: the caller tries again later. A task that can never be sent
-    /// (bad URL, https without TLS) is accepted and fails at once with a
+    /// (invalid URL) is accepted and fails at once with a
     /// non-retryable outcome.
     pub fn submit(&self, task: PushTask) -> Result<(), PushTask> {
         let q = &self.inner.shards[self.shard];
@@ -221,13 +271,9 @@ impl PushHandle {
             return Err(task);
         }
         let target = match url::parse(&task.url) {
-            Ok(t) if t.endpoint.scheme == Scheme::Https => Err(HTTPS_UNSUPPORTED.to_string()),
-            Ok(t) => Ok(t),
-            Err(e) => Err(format!("invalid endpoint URL: {e}")),
-        };
-        let target = match target {
             Ok(t) => t,
-            Err(reason) => {
+            Err(e) => {
+                let reason = format!("invalid endpoint URL: {e}");
                 self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
                 q.push(task.id, PushOutcome::Failed { status: None, reason, retryable: false });
                 return Ok(());
@@ -272,7 +318,7 @@ impl PushHandle {
 
 /// What one exchange did with its connection.
 enum Attempt {
-    Done(PushOutcome, Option<TcpStream>),
+    Done(PushOutcome, Option<Stream>),
     /// A kept-alive connection was found closed before any answer: send again on a fresh one.
     Stale,
 }
@@ -289,7 +335,14 @@ impl Inner {
         let mut rbuf = vec![0u8; RESPONSE_HEAD_BYTES_MAX];
         while let Some((job, conn)) = self.next_job() {
             let key = job.target.endpoint.clone();
-            let (outcome, conn) = self.deliver(worker, &job, conn, &mut head, &mut rbuf);
+            let (outcome, conn) =
+                catch_unwind(AssertUnwindSafe(|| self.deliver(worker, &job, conn, &mut head, &mut rbuf)))
+                    .unwrap_or_else(|_| {
+                        // A bug, not the receiver's fault: report it and keep the worker.
+                        self.clear_active(worker);
+                        let reason = "internal error in the push client (see the log)".to_string();
+                        (PushOutcome::Failed { status: None, reason, retryable: true }, None)
+                    });
             match &outcome {
                 PushOutcome::Delivered { .. } => self.stats.delivered.fetch_add(1, Ordering::Relaxed),
                 PushOutcome::Failed { .. } => self.stats.failed.fetch_add(1, Ordering::Relaxed),
@@ -348,7 +401,7 @@ impl Inner {
     }
 
     /// A push of `key` finished: keep its connection, schedule the endpoint again.
-    fn finish(&self, key: Endpoint, conn: Option<TcpStream>) {
+    fn finish(&self, key: Endpoint, conn: Option<Stream>) {
         let limit = self.cfg.endpoint_concurrency;
         let mut st = self.lock();
         let st = &mut *st;
@@ -384,7 +437,7 @@ impl Inner {
         mut conn: Option<Conn>,
         head: &mut Vec<u8>,
         rbuf: &mut [u8],
-    ) -> (PushOutcome, Option<TcpStream>) {
+    ) -> (PushOutcome, Option<Stream>) {
         let task = &job.task;
         if let Err(reason) = http::request_head(&job.target, task, head) {
             return (PushOutcome::Failed { status: None, reason, retryable: false }, None);
@@ -393,26 +446,29 @@ impl Inner {
         let deadline = Instant::now() + task.timeout;
         loop {
             let reused = match conn.take() {
-                Some(c) if c.idle_since.elapsed() < self.cfg.idle_keep() && still_open(&c.stream) => Some(c.stream),
+                Some(c) if c.idle_since.elapsed() < self.cfg.idle_keep() && still_open(c.stream.tcp()) => {
+                    Some(c.stream)
+                }
                 _ => None,
             };
             let was_reused = reused.is_some();
             let stream = match reused {
-                Some(s) => {
+                Some(mut s) => {
                     self.stats.reuses.fetch_add(1, Ordering::Relaxed);
+                    s.set_deadline(deadline);
                     s
                 }
-                None => match self.connect(&job.target.endpoint, deadline) {
+                None => match self.connect(worker, &job.target.endpoint, deadline) {
                     Ok(s) => s,
                     Err(reason) => return (PushOutcome::Failed { status: None, reason, retryable: true }, None),
                 },
             };
-            if !self.set_active(worker, &stream) {
+            if !self.set_active(worker, stream.tcp()) {
                 let reason = "push pool shutting down".to_string();
                 return (PushOutcome::Failed { status: None, reason, retryable: true }, None);
             }
             head.truncate(head_len);
-            let attempt = exchange(stream, deadline, head, &task.body, rbuf, was_reused);
+            let attempt = exchange(stream, head, &task.body, rbuf, was_reused);
             self.clear_active(worker);
             match attempt {
                 Attempt::Done(outcome, conn) => return (outcome, conn),
@@ -424,7 +480,24 @@ impl Inner {
         }
     }
 
-    fn connect(&self, ep: &Endpoint, deadline: Instant) -> Result<TcpStream, String> {
+    /// A new connection to `ep` (TLS set up for https), within `deadline`.
+    fn connect(&self, worker: usize, ep: &Endpoint, deadline: Instant) -> Result<Stream, String> {
+        let tcp = self.connect_tcp(ep, deadline)?;
+        match ep.scheme {
+            Scheme::Http => Ok(Stream::Plain(Deadline { inner: tcp, deadline })),
+            Scheme::Https => {
+                // The handshake is I/O that shutdown must be able to cut short too.
+                if !self.set_active(worker, &tcp) {
+                    return Err("push pool shutting down".into());
+                }
+                let tls = tls::handshake(&self.tls, &ep.host, tcp, deadline);
+                self.clear_active(worker);
+                Ok(Stream::Tls(Box::new(tls?)))
+            }
+        }
+    }
+
+    fn connect_tcp(&self, ep: &Endpoint, deadline: Instant) -> Result<TcpStream, String> {
         let addrs = (ep.host.as_str(), ep.port).to_socket_addrs().map_err(|e| format!("resolving {ep}: {e}"))?;
         let mut last = format!("resolving {ep}: no addresses");
         for addr in addrs {
@@ -461,15 +534,7 @@ impl Inner {
 }
 
 /// Writes the request and reads the answer within `deadline`.
-fn exchange(
-    stream: TcpStream,
-    deadline: Instant,
-    head: &mut Vec<u8>,
-    body: &[u8],
-    rbuf: &mut [u8],
-    reused: bool,
-) -> Attempt {
-    let mut s = Deadline { inner: stream, deadline };
+fn exchange(mut s: Stream, head: &mut Vec<u8>, body: &[u8], rbuf: &mut [u8], reused: bool) -> Attempt {
     if let Err(e) = http::write_request(&mut s, head, body) {
         if reused && !http::is_timeout(&e) {
             return Attempt::Stale;
@@ -483,7 +548,7 @@ fn exchange(
     }
     match http::read_response(&mut s, rbuf) {
         Ok(resp) => {
-            let conn = resp.reusable.then_some(s.inner);
+            let conn = resp.reusable.then_some(s);
             let outcome = if (200..300).contains(&resp.status) {
                 PushOutcome::Delivered { status: resp.status }
             } else {
