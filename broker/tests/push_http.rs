@@ -761,3 +761,40 @@ fn a_bad_ca_file_is_refused_at_start() {
         assert!(err.to_string().contains("tls_ca_file"), "{err}");
     }
 }
+
+/// Pushes per second to one fast local receiver (4 workers, 4 connections).
+/// A measurement, not a check: `cargo test --release --test push_http -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_against_a_local_receiver() {
+    const PUSHES: u64 = 50_000;
+    let server = Server::start(|_| Reply::Raw(ok200()));
+    let mut h = Harness::new(cfg());
+    let url = server.url("/");
+    let body = Bytes::from(vec![b'x'; 256]);
+    let start = Instant::now();
+    let (mut next, mut done) = (0u64, 0u64);
+    let mut out = Vec::new();
+    while done < PUSHES {
+        while next < PUSHES {
+            let t = PushTask { id: next, url: url.clone(), body: body.clone(), ..task(next, &url) };
+            if h.handle.submit(t).is_err() {
+                break;
+            }
+            next += 1;
+        }
+        h.handle.take_outcomes(&mut out);
+        if out.is_empty() {
+            h.poll.poll(&mut h.events, Some(EVENT_WAIT)).unwrap();
+        }
+        assert!(out.iter().all(|(_, o)| o.is_delivered()));
+        done += out.len() as u64;
+        out.clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{PUSHES} pushes of 256 B in {secs:.2} s: {:.0}/s over {} connections",
+        PUSHES as f64 / secs,
+        server.accepted()
+    );
+}

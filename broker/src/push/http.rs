@@ -388,38 +388,43 @@ pub struct Deadline<S> {
     pub deadline: Instant,
 }
 
-/// Streams whose blocking operations can be given a timeout.
+/// Streams whose blocking reads and writes can be given a timeout.
 pub trait SetTimeouts {
-    fn set_timeouts(&self, timeout: Duration) -> io::Result<()>;
+    fn set_read_timeout_to(&self, timeout: Duration) -> io::Result<()>;
+    fn set_write_timeout_to(&self, timeout: Duration) -> io::Result<()>;
 }
 
 impl SetTimeouts for std::net::TcpStream {
-    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
+    fn set_read_timeout_to(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+
+    fn set_write_timeout_to(&self, timeout: Duration) -> io::Result<()> {
         self.set_write_timeout(Some(timeout))
     }
 }
 
-impl<S: SetTimeouts> Deadline<S> {
-    fn arm(&self) -> io::Result<()> {
+impl<S> Deadline<S> {
+    /// Time left, or a timeout error when none is.
+    fn left(&self) -> io::Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "push timed out"));
         }
-        self.inner.set_timeouts(left)
+        Ok(left)
     }
 }
 
 impl<S: SetTimeouts + Read> Read for Deadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm()?;
+        self.inner.set_read_timeout_to(self.left()?)?;
         self.inner.read(buf).map_err(as_timeout)
     }
 }
 
 impl<S: SetTimeouts + Write> Write for Deadline<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm()?;
+        self.inner.set_write_timeout_to(self.left()?)?;
         self.inner.write(buf).map_err(as_timeout)
     }
 

@@ -11,8 +11,10 @@
 //! shard holds a [`PushHandle`]: [`PushHandle::submit`] never blocks (a full
 //! queue gives the task back), and [`PushHandle::take_outcomes`] collects the
 //! shard's results. Outcomes go to a bounded queue per shard and wake that
-//! shard's mio `Poll` through its `Waker`, at most once between two
-//! `take_outcomes` calls. One shared pool rather than one per shard: the
+//! shard's mio `Poll` through its `Waker` (the shard's existing inbox waker
+//! will do), at most once between two `take_outcomes` calls: so the shard
+//! calls `take_outcomes` on every loop turn (an atomic store and an empty
+//! channel check when there is nothing). One shared pool rather than one per shard: the
 //! thread count does not grow with shards (2 vCPUs), the per-endpoint bound
 //! protects a receiver however many shards own subscriptions pointing at it,
 //! and kept-alive connections are shared.
@@ -147,12 +149,14 @@ pub const ENDPOINT_CONCURRENCY_DEFAULT: usize = 4;
 /// Most pushes in flight, and connections, per endpoint.
 pub const ENDPOINT_CONCURRENCY_MAX: usize = 64;
 /// Pushes one shard may have outstanding by default (queued, in flight, or
-/// with the outcome not yet taken). At 15 s per timed-out push and 4
-/// workers, a full queue of dead endpoints drains in about 4 hours, so the
-/// engine must also hold back retries; the bound is on memory (bodies).
+/// with the outcome not yet taken). This bounds the memory of queued bodies
+/// (4096 x a 64 KiB message = 256 MiB at worst), not time: at 15 s per
+/// timed-out push and 4 workers, 4096 pushes to dead endpoints take hours,
+/// so the engine should submit pushes that are due, not its whole backlog.
 pub const PUSH_QUEUE_TASKS_DEFAULT: usize = 4096;
-/// Most pushes one shard may have outstanding.
-pub const PUSH_QUEUE_TASKS_MAX: usize = 1 << 20;
+/// Most pushes one shard may have outstanding (its outcome queue is
+/// allocated up front: about 3.5 MiB at this size).
+pub const PUSH_QUEUE_TASKS_MAX: usize = 65_536;
 /// Time to set up a TCP connection, by default.
 pub const CONNECT_TIMEOUT_DEFAULT_MS: u64 = 5_000;
 /// How long an unused kept-alive connection is kept, by default. Servers
@@ -269,5 +273,44 @@ pub enum PushOutcome {
 impl PushOutcome {
     pub fn is_delivered(&self) -> bool {
         matches!(self, PushOutcome::Delivered { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_toml() {
+        let d = PushConfig::default();
+        assert_eq!((d.workers, d.endpoint_concurrency, d.queue_len), (4, 4, 4096));
+        assert_eq!(d.validate(), Ok(()));
+        let c: PushConfig = toml::from_str("workers = 2\ntls_ca_file = \"/etc/ca.pem\"").unwrap();
+        assert_eq!(
+            c,
+            PushConfig { workers: 2, tls_ca_file: Some("/etc/ca.pem".into()), ..PushConfig::default() },
+            "absent fields take their defaults"
+        );
+        let fast: PushConfig = toml::from_str("retry_time_scale = 0.001").unwrap();
+        assert_eq!(fast.next_retry(NotifyStrategy::ExponentialDecayRetry, 3, 0), Some(Duration::from_millis(4)));
+    }
+
+    #[test]
+    fn config_bounds() {
+        let bad = [
+            PushConfig { workers: 0, ..PushConfig::default() },
+            PushConfig { workers: PUSH_WORKERS_MAX + 1, ..PushConfig::default() },
+            PushConfig { endpoint_concurrency: 0, ..PushConfig::default() },
+            PushConfig { endpoint_concurrency: ENDPOINT_CONCURRENCY_MAX + 1, ..PushConfig::default() },
+            PushConfig { queue_len: 0, ..PushConfig::default() },
+            PushConfig { queue_len: PUSH_QUEUE_TASKS_MAX + 1, ..PushConfig::default() },
+            PushConfig { connect_timeout_ms: 0, ..PushConfig::default() },
+            PushConfig { retry_time_scale: 0.0, ..PushConfig::default() },
+            PushConfig { retry_time_scale: 2.0, ..PushConfig::default() },
+            PushConfig { retry_time_scale: f64::NAN, ..PushConfig::default() },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 }
