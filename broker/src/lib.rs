@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod push;
 pub mod server;
 pub mod shard;
 pub mod storage;
