@@ -13,9 +13,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, IoBackend};
 use crate::engine::{EngineConfig, ShardEngine};
+use crate::push::{PushConfig, PushHandle, PushPool};
 use crate::shard::mailbox::{self, Inbox, ShardMsg};
 use crate::shard::storage::ShardLog;
-use crate::shard::{Shard, Shared};
+use crate::shard::{Shard, ShardParts, Shared};
 use crate::storage::{Backend, DataDirLock, Manifest, WalConfig};
 
 /// Pending connections the kernel queues per listener.
@@ -28,6 +29,7 @@ pub struct Server {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     pub local_addr: SocketAddr,
+    push: Option<PushPool>,
     _lock: DataDirLock,
 }
 
@@ -63,6 +65,11 @@ impl Server {
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
         });
+        let push_cfg =
+            PushConfig { workers: cfg.push_workers, retry_time_scale: cfg.push_retry_scale, ..PushConfig::default() };
+        push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
+        let push = PushPool::new(push_cfg, shared.peers.iter().map(|p| p.waker()).collect())
+            .context("starting the HTTP push pool")?;
         // Two phases: every shard recovers its log, then (only if all did)
         // they all start serving, so broker-wide counters are complete
         // before the first request.
@@ -75,9 +82,10 @@ impl Server {
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             go.push(go_tx);
             let secret = manifest.secret;
+            let pusher = push.handle(id);
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || match open_shard(id, poll, inbox, listener, shared, secret) {
+                .spawn(move || match open_shard(id, poll, inbox, listener, shared, secret, pusher) {
                     Ok(shard) => {
                         let _ = ready.send((id, Ok(())));
                         if go_rx.recv() == Ok(true) {
@@ -109,7 +117,7 @@ impl Server {
         for g in &go {
             let _ = g.send(ok);
         }
-        let server = Server { shared, threads, local_addr, _lock: lock };
+        let server = Server { shared, threads, local_addr, push: Some(push), _lock: lock };
         if let Some(e) = failure {
             server.join();
             return Err(e);
@@ -127,12 +135,16 @@ impl Server {
         }
     }
 
-    /// Waits for every shard thread to exit.
-    pub fn join(self) {
-        for t in self.threads {
+    /// Waits for every shard thread to exit, then stops the push workers
+    /// (undelivered pushes stay in the shards' logs).
+    pub fn join(mut self) {
+        for t in std::mem::take(&mut self.threads) {
             if t.join().is_err() {
                 log::error!("a shard thread panicked");
             }
+        }
+        if let Some(p) = self.push.take() {
+            p.shutdown();
         }
     }
 }
@@ -145,6 +157,7 @@ fn open_shard(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     secret: [u8; 16],
+    push: PushHandle,
 ) -> anyhow::Result<Shard> {
     let cfg = &shared.cfg;
     let started = Instant::now();
@@ -185,7 +198,8 @@ fn open_shard(
     let max_seq = engine.max_create_seq().max(engine.max_topic_create_seq());
     shared.next_create_seq.fetch_max(max_seq + 1, Ordering::SeqCst);
     let listener = mio::net::TcpListener::from_std(listener);
-    Shard::new(id as u16, poll, listener, engine, log, shared, inbox).with_context(|| format!("starting shard {id}"))
+    let parts = ShardParts { poll, listener, engine, log, inbox, push };
+    Shard::new(id as u16, parts, shared).with_context(|| format!("starting shard {id}"))
 }
 
 /// One listening socket per shard on the same address (SO_REUSEPORT): the

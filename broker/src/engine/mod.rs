@@ -21,5 +21,6 @@ pub use catalog::Catalog;
 pub use error::EngineError;
 pub use log::{Durability, Log, MemLog};
 pub use shard_engine::{
-    CheckDue, Delivery, EngineConfig, InTransfer, ListedQueue, OutTransfer, ReceiveOutcome, ShardEngine,
+    CheckDue, Delivery, EngineConfig, InTransfer, ListedQueue, OutPush, OutTransfer, PushResult, ReceiveOutcome,
+    ShardEngine,
 };

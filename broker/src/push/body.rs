@@ -9,36 +9,7 @@ use serde::Serialize;
 use super::sign::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::PushTask;
 
-/// How a push body is laid out (CMQ `notifyContentFormat`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum NotifyContentFormat {
-    /// A JSON object with the body and its metadata (CMQ's default for http endpoints).
-    #[default]
-    Json,
-    /// The raw message body.
-    Simplified,
-}
-
-impl NotifyContentFormat {
-    /// The CMQ spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotifyContentFormat::Json => "JSON",
-            NotifyContentFormat::Simplified => "SIMPLIFIED",
-        }
-    }
-
-    /// Parses the CMQ spelling (case-insensitive).
-    pub fn parse(s: &str) -> Option<NotifyContentFormat> {
-        if s.eq_ignore_ascii_case("JSON") {
-            Some(NotifyContentFormat::Json)
-        } else if s.eq_ignore_ascii_case("SIMPLIFIED") {
-            Some(NotifyContentFormat::Simplified)
-        } else {
-            None
-        }
-    }
-}
+pub use cmq_protocol::NotifyContentFormat;
 
 /// Content type of JSON pushes. CMQ documents `text/plain` for its JSON
 /// pushes; we keep it so receivers written for CMQ work unchanged.
@@ -224,9 +195,9 @@ mod tests {
     #[test]
     fn names() {
         for f in [NotifyContentFormat::Json, NotifyContentFormat::Simplified] {
-            assert_eq!(NotifyContentFormat::parse(f.as_str()), Some(f));
-            assert_eq!(NotifyContentFormat::parse(&f.as_str().to_lowercase()), Some(f));
+            assert_eq!(f.as_str().parse::<NotifyContentFormat>().ok(), Some(f));
+            assert_eq!(f.as_str().to_lowercase().parse::<NotifyContentFormat>().ok(), Some(f));
         }
-        assert_eq!(NotifyContentFormat::parse("XML"), None);
+        assert_eq!("XML".parse::<NotifyContentFormat>().ok(), None);
     }
 }

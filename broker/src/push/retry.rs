@@ -8,36 +8,7 @@
 
 use std::time::Duration;
 
-/// How failed pushes are retried (CMQ `notifyStrategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum NotifyStrategy {
-    /// `BACKOFF_RETRY`: 3 retries at random 10-20 s intervals, then dropped.
-    BackoffRetry,
-    /// `EXPONENTIAL_DECAY_RETRY` (CMQ's default): 1, 2, 4 … s capped at 512 s, 176 retries (just under a day).
-    #[default]
-    ExponentialDecayRetry,
-}
-
-impl NotifyStrategy {
-    /// The CMQ spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotifyStrategy::BackoffRetry => "BACKOFF_RETRY",
-            NotifyStrategy::ExponentialDecayRetry => "EXPONENTIAL_DECAY_RETRY",
-        }
-    }
-
-    /// Parses the CMQ spelling (case-insensitive).
-    pub fn parse(s: &str) -> Option<NotifyStrategy> {
-        if s.eq_ignore_ascii_case("BACKOFF_RETRY") {
-            Some(NotifyStrategy::BackoffRetry)
-        } else if s.eq_ignore_ascii_case("EXPONENTIAL_DECAY_RETRY") {
-            Some(NotifyStrategy::ExponentialDecayRetry)
-        } else {
-            None
-        }
-    }
-}
+pub use cmq_protocol::NotifyStrategy;
 
 /// BACKOFF_RETRY: retries after the first attempt (CMQ: 3).
 pub const BACKOFF_RETRIES_MAX: u32 = 3;
@@ -219,10 +190,10 @@ mod tests {
     #[test]
     fn names() {
         for s in [NotifyStrategy::BackoffRetry, NotifyStrategy::ExponentialDecayRetry] {
-            assert_eq!(NotifyStrategy::parse(s.as_str()), Some(s));
-            assert_eq!(NotifyStrategy::parse(&s.as_str().to_lowercase()), Some(s));
+            assert_eq!(s.as_str().parse::<NotifyStrategy>().ok(), Some(s));
+            assert_eq!(s.as_str().to_lowercase().parse::<NotifyStrategy>().ok(), Some(s));
         }
-        assert_eq!(NotifyStrategy::parse("NOPE"), None);
+        assert_eq!("NOPE".parse::<NotifyStrategy>().ok(), None);
         assert_eq!(NotifyStrategy::default(), NotifyStrategy::ExponentialDecayRetry);
         assert_eq!(retries_max(NotifyStrategy::BackoffRetry), 3);
         assert_eq!(retries_max(NotifyStrategy::ExponentialDecayRetry), 176);

@@ -3,12 +3,24 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use cmq_protocol::{Request, TransactionCheck};
+
+use crate::engine::PushResult;
+use crate::push::{build_task, PushMessage, PushOutcome, PushRequest};
 
 use super::mailbox::{ReplyTo, ShardMsg, TransferVerdicts};
 use super::Shard;
 use crate::engine::InTransfer;
+
+/// How long one push attempt may take (CMQ: 15 s).
+const PUSH_TIMEOUT_MS: u64 = 15_000;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 impl Shard {
     /// Sends the outbox's due transfers: applied at once when the
@@ -79,6 +91,63 @@ impl Shard {
         self.engine.transfer_results(&mut self.log, now, &results);
         let below = self.engine.transfer_low_watermark();
         self.turn_msgs.push((from, ShardMsg::TransferPrune { from: self.id, below }));
+    }
+
+    /// Hands due HTTP pushes to the push pool; a full pool leaves them for later.
+    pub(super) fn send_pushes(&mut self, now: u64) {
+        for p in self.engine.pushes_to_send(now) {
+            let body = match self.log.read(p.body_pos, p.body_len) {
+                Ok(b) => Bytes::copy_from_slice(b),
+                Err(e) => {
+                    log::error!("shard {}: cannot read pushed message {}: {}", self.id, p.meta.msg_id, e.message);
+                    continue;
+                }
+            };
+            let secret = hex(&p.secret);
+            let msg = PushMessage {
+                topic_owner: "cmq",
+                topic: &p.meta.topic,
+                subscription: &p.subscription,
+                msg_id: p.meta.msg_id,
+                body,
+                tags: &p.meta.tags,
+                routing_key: &p.meta.routing_key,
+                publish_time_ms: p.meta.publish_ms,
+            };
+            let req = PushRequest {
+                id: p.id,
+                url: &p.url,
+                format: p.format,
+                secret: secret.as_bytes(),
+                timestamp_s: now / 1000,
+                timeout: Duration::from_millis(PUSH_TIMEOUT_MS),
+            };
+            if self.push.submit(build_task(&req, &msg)).is_err() {
+                // The pool is full: the delivery waits in the outbox.
+                self.engine.push_not_sent(p.id, now);
+            }
+        }
+    }
+
+    /// Outcomes of pushes, logged by the engine (retry times survive restarts).
+    pub(super) fn collect_push_outcomes(&mut self, now: u64) {
+        let mut outcomes = Vec::new();
+        self.push.take_outcomes(&mut outcomes);
+        if outcomes.is_empty() {
+            return;
+        }
+        let results: Vec<(u64, PushResult)> = outcomes
+            .into_iter()
+            .map(|(id, o)| match o {
+                PushOutcome::Delivered { .. } => (id, PushResult::Delivered),
+                PushOutcome::Failed { reason, retryable: true, .. } => (id, PushResult::Failed(reason)),
+                PushOutcome::Failed { reason, retryable: false, .. } => (id, PushResult::Rejected(reason)),
+            })
+            .collect();
+        let scale = self.shared.cfg.push_retry_scale;
+        self.engine.push_results(&mut self.log, now, &results, |strategy, attempt, id| {
+            crate::push::next_retry_scaled(strategy, attempt, id, scale)
+        });
     }
 
     pub(super) fn add_checker(&mut self, group: String, reply_to: ReplyTo) {

@@ -129,18 +129,24 @@ pub struct Shard {
     /// A log batch failed: the engine holds changes the log does not, and is
     /// rebuilt from the log once the log is writable again.
     engine_suspect: bool,
+    /// This shard's queue in the broker's HTTP push pool.
+    push: crate::push::PushHandle,
+}
+
+/// What a shard is built from (its own event loop, listener, recovered
+/// engine and log, inbox, and push queue).
+pub struct ShardParts {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub engine: ShardEngine,
+    pub log: ShardLog,
+    pub inbox: Inbox,
+    pub push: crate::push::PushHandle,
 }
 
 impl Shard {
-    pub fn new(
-        id: u16,
-        poll: Poll,
-        listener: TcpListener,
-        engine: ShardEngine,
-        log: ShardLog,
-        shared: Arc<Shared>,
-        inbox: Inbox,
-    ) -> io::Result<Shard> {
+    pub fn new(id: u16, parts: ShardParts, shared: Arc<Shared>) -> io::Result<Shard> {
+        let ShardParts { poll, listener, engine, log, inbox, push } = parts;
         let peers = shared.cfg.shards;
         let fault_drop_one_in = shared.cfg.fault_drop_one_in;
         let mut shard = Shard {
@@ -180,6 +186,7 @@ impl Shard {
             fault_drop_one_in,
             fault_sends: 0,
             engine_suspect: false,
+            push,
         };
         shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
@@ -549,6 +556,8 @@ impl Shard {
         self.serve_waiters(now);
         self.send_transfers(now);
         self.push_checks();
+        self.collect_push_outcomes(now);
+        self.send_pushes(now);
     }
 
     /// A connection is gone: its long polls and checker registrations go too.

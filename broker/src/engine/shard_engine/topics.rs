@@ -27,6 +27,9 @@ use crate::engine::ListedQueue;
 /// How long a push handed to the pusher may take before it is handed out again.
 const PUSH_IN_FLIGHT_MS: u64 = 60_000;
 
+/// When the push pool is full, how long a delivery waits before trying again.
+const PUSH_POOL_FULL_RETRY_MS: u64 = 100;
+
 /// An HTTP push the shard should hand to its push pool.
 #[derive(Debug, Clone)]
 pub struct OutPush {
@@ -45,7 +48,10 @@ pub struct OutPush {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
     Delivered,
+    /// Worth retrying (any non-2xx answer, timeouts, refused connections).
     Failed(String),
+    /// No retry can succeed (an invalid URL): given up at once.
+    Rejected(String),
 }
 
 fn topic_not_found(name: &str) -> EngineError {
@@ -598,6 +604,10 @@ impl ShardEngine {
             let Some(e) = self.outbox.entries.get(id) else { continue };
             match r {
                 PushResult::Delivered => done.push(*id),
+                PushResult::Rejected(reason) => {
+                    log::warn!("push {id} rejected ({reason}); giving up");
+                    self.give_up_delivery(log, now_ms, *id);
+                }
                 PushResult::Failed(reason) => {
                     let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
                     let strategy = self
@@ -634,6 +644,13 @@ impl ShardEngine {
                 return;
             }
             self.apply_transfer_done(&done);
+        }
+    }
+
+    /// The push pool was full: try again shortly (not an attempt).
+    pub fn push_not_sent(&mut self, id: u64, now_ms: u64) {
+        if let Some(e) = self.outbox.entries.get_mut(&id) {
+            e.next_send_ms = now_ms + PUSH_POOL_FULL_RETRY_MS;
         }
     }
 

@@ -404,9 +404,9 @@ pub enum Command {
     #[command(
         group(ArgGroup::new("endpoint").required(true).args(["queue", "http"])),
         after_help = format!(
-            "Each HTTP push carries the header {PUSH_SIGNATURE_HEADER}: the HMAC-SHA256 of the request body, \
-             keyed with the subscription's push secret (also shown by subscription-info); see the broker's \
-             documentation on HTTP push (docs/) for the exact format and how to verify it."
+            "Each HTTP push carries X-CMQ-Timestamp and {PUSH_SIGNATURE_HEADER}: sha256= the hex HMAC-SHA256, \
+             keyed with the subscription's push secret as text (also shown by subscription-info), of the \
+             timestamp, '.', and the request body. docs/HTTP_PUSH.md has the format and how to verify it."
         )
     )]
     Subscribe {

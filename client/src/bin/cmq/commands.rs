@@ -295,9 +295,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             }
             if !ok.push_secret.is_empty() {
                 eprintln!(
-                    "pushes to {} carry the header {PUSH_SIGNATURE_HEADER}: the HMAC-SHA256 of the request body keyed \
-                     with the push secret (shown above, and by `cmq subscription-info {topic} {name}`); see the \
-                     broker's documentation on HTTP push (docs/) for how to verify it",
+                    "pushes to {} carry X-CMQ-Timestamp and {PUSH_SIGNATURE_HEADER}: sha256= the hex HMAC-SHA256, keyed \
+                     with the push secret's text (shown above, and by `cmq subscription-info {topic} {name}`), of \
+                     the timestamp, '.', and the request body; see docs/HTTP_PUSH.md",
                     sub.endpoint
                 );
             }
