@@ -2,7 +2,8 @@
 //! fdatasync), 64 B and 1 KiB records, io_uring vs flusher-thread backend;
 //! plus the hot-path read. Run: `cargo bench -p cmq-broker --bench wal`.
 //! Figures are records/s (criterion's "thrpt", elements per second).
-//! `WAL_AB=1` and `WAL_OPEN=1` select the two hand-rolled modes below.
+//! `WAL_AB=1`, `WAL_LAT=1` and `WAL_OPEN=1` select the hand-rolled modes
+//! below.
 
 use std::time::Duration;
 
@@ -177,6 +178,112 @@ fn ab() {
     }
 }
 
+/// Process CPU time of every thread (io_uring's io-wq workers included),
+/// in nanoseconds, from /proc/self/task/*/schedstat (first field).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// One case of `lat()`: `records` records of `LAT_RECORD_BYTES` per batch,
+/// submitted with `sync`; with `behind_sync`, the measured (async) batch
+/// is submitted right after a one-record sync batch, so it meets a running
+/// fdatasync.
+struct LatCase {
+    name: &'static str,
+    records: usize,
+    sync: bool,
+    behind_sync: bool,
+    iters_per_round: usize,
+}
+
+const LAT_RECORD_BYTES: usize = 64;
+
+/// `WAL_LAT=1 cargo bench -p cmq-broker --bench wal`: latency from
+/// `submit` to the batch's completion, measured one batch at a time (the
+/// "plain" case: nothing else in flight): an async batch completes when
+/// its bytes are written to the OS, a sync one when they are fdatasync'd.
+/// Appends are not timed; CPU per record counts everything (appends,
+/// submit, every thread of the process). The two backends run
+/// interleaved in short alternating rounds so that the disk's slow phases
+/// hit both alike.
+fn lat() {
+    const ROUNDS: usize = 20;
+    let cases = [
+        LatCase { name: "submit->written", records: 1, sync: false, behind_sync: false, iters_per_round: 1000 },
+        LatCase { name: "submit->written", records: 64, sync: false, behind_sync: false, iters_per_round: 1000 },
+        LatCase { name: "submit->durable", records: 1, sync: true, behind_sync: false, iters_per_round: 100 },
+        LatCase { name: "submit->durable", records: 64, sync: true, behind_sync: false, iters_per_round: 100 },
+        LatCase { name: "written, behind fsync", records: 1, sync: false, behind_sync: true, iters_per_round: 100 },
+    ];
+    let rec = vec![0x5au8; LAT_RECORD_BYTES];
+    for case in cases {
+        let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+        let backends = [Backend::IoUring, Backend::Thread];
+        let mut wals: Vec<Wal> = Vec::new();
+        for (d, b) in dirs.iter().zip(backends) {
+            match open(d.path(), b) {
+                Some(w) => wals.push(w),
+                None => return,
+            }
+        }
+        let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut cpu = [0u64; 2];
+        let mut records = [0u64; 2];
+        let mut out = Vec::new();
+        for round in 0..ROUNDS {
+            for k in 0..2 {
+                let which = if round % 2 == 0 { k } else { 1 - k };
+                let wal = &mut wals[which];
+                let c0 = cpu_ns();
+                for _ in 0..case.iters_per_round {
+                    if case.behind_sync {
+                        wal.append(1, &[&rec]).expect("append");
+                        wal.submit(true);
+                        records[which] += 1;
+                    }
+                    for _ in 0..case.records {
+                        wal.append(1, &[&rec]).expect("append");
+                    }
+                    records[which] += case.records as u64;
+                    let t = std::time::Instant::now();
+                    wal.submit(case.sync).expect("a batch");
+                    // The measured batch is the last one submitted, and
+                    // completions come in id order.
+                    assert!(wal.wait(&mut out, Some(Duration::from_secs(30))));
+                    lat[which].push(t.elapsed().as_secs_f64() * 1e6);
+                    for (_, r) in out.drain(..) {
+                        r.expect("batch failed");
+                    }
+                    if wal.segment_stats().len() > SEGMENTS_KEPT {
+                        let end = wal.end();
+                        wal.release_before(end);
+                    }
+                }
+                cpu[which] += cpu_ns() - c0;
+            }
+        }
+        for (k, b) in ["io_uring", "thread"].iter().enumerate() {
+            let v = &mut lat[k];
+            v.sort_by(|a, b| a.total_cmp(b));
+            let pct = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+            println!(
+                "{:22} {:2} x {LAT_RECORD_BYTES} B  {b:9} p50 {:8.1} us  p90 {:8.1} us  p99 {:8.1} us  cpu {:6.2} us/record",
+                case.name,
+                case.records,
+                pct(50),
+                pct(90),
+                pct(99),
+                cpu[k] as f64 / 1e3 / records[k] as f64,
+            );
+        }
+    }
+}
+
 /// Makes a log of one default-size segment holding about `data_bytes` of
 /// 1 KiB records (all durable), followed by `empty_after` empty segments
 /// (as the housekeeper prepares them). Returns the number of records.
@@ -302,6 +409,10 @@ fn open_times() {
 fn main() {
     if std::env::var_os("WAL_AB").is_some() {
         ab();
+        return;
+    }
+    if std::env::var_os("WAL_LAT").is_some() {
+        lat();
         return;
     }
     if std::env::var_os("WAL_OPEN").is_some() {

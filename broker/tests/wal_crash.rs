@@ -3,15 +3,21 @@
 //! at an arbitrary position at or after the last durable one: zeroed,
 //! truncated, or with garbage in the torn window), reopening replays
 //! exactly a prefix of what was appended, and that prefix holds every
-//! record that was durable (acknowledged) before the crash; `open_replay`
-//! delivers the same records as `open` + `replay`.
+//! record below `durable_end` before the crash; `open_replay` delivers the
+//! same records as `open` + `replay`. Along the way: `written_end` and
+//! `durable_end` never go back, `durable_end <= written_end <= end`, every
+//! batch reported complete has its end written (async) or durable (sync),
+//! and after a wait everything submitted is written.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cmq_broker::storage::{Backend, LogPos, Wal, WalConfig, WalError, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES};
+use cmq_broker::storage::{
+    Backend, BatchId, LogPos, Progress, Wal, WalConfig, WalError, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -95,6 +101,13 @@ fn crash(dir: &Path, at: u64, end: u64, how: Cut) -> std::io::Result<()> {
     Ok(())
 }
 
+fn check_progress(before: Progress, now: Progress, end: LogPos) -> Result<(), TestCaseError> {
+    prop_assert!(now.written_end >= before.written_end, "written_end went back: {:?} -> {:?}", before, now);
+    prop_assert!(now.durable_end >= before.durable_end, "durable_end went back: {:?} -> {:?}", before, now);
+    prop_assert!(now.durable_end <= now.written_end && now.written_end <= end, "{:?}, end {:?}", now, end);
+    Ok(())
+}
+
 fn run(backend: Backend, steps: Vec<Step>, cut_frac: f64, how: Cut) -> Result<(), TestCaseError> {
     let d = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let cfg = WalConfig { segment_bytes: SEGMENT_BYTES_MIN, backend, ..WalConfig::default() };
@@ -105,6 +118,9 @@ fn run(backend: Backend, steps: Vec<Step>, cut_frac: f64, how: Cut) -> Result<()
     };
     let mut appended: Vec<(LogPos, u8, Vec<u8>)> = Vec::new();
     let mut out = Vec::new();
+    // Submitted batches: end and kind (a joined batch grows).
+    let mut batches: HashMap<BatchId, (LogPos, bool)> = HashMap::new();
+    let mut last = wal.progress();
     for s in steps {
         match s {
             Step::Append(t, n) => {
@@ -114,16 +130,31 @@ fn run(backend: Backend, steps: Vec<Step>, cut_frac: f64, how: Cut) -> Result<()
                 appended.push((p, t, data));
             }
             Step::Submit(sync) => {
-                wal.submit(sync);
+                if let Some(id) = wal.submit(sync) {
+                    let e = batches.entry(id).or_insert((wal.end(), sync));
+                    *e = (wal.end(), e.1 || sync);
+                }
             }
-            Step::Poll => wal.poll_completions(&mut out),
+            Step::Poll => {
+                let p = wal.poll_completions(&mut out);
+                prop_assert_eq!(p, wal.progress());
+            }
             Step::Wait => {
-                wal.wait(&mut out, Some(Duration::from_secs(30)));
+                prop_assert!(wal.wait(&mut out, Some(Duration::from_secs(30))));
+                if !wal.has_pending() {
+                    prop_assert_eq!(wal.written_end(), wal.end(), "a wait leaves nothing submitted unwritten");
+                }
             }
         }
-    }
-    for (_, r) in out.drain(..) {
-        prop_assert!(r.is_ok(), "a batch failed: {:?}", r);
+        let now = wal.progress();
+        check_progress(last, now, wal.end())?;
+        last = now;
+        for (id, r) in out.drain(..) {
+            prop_assert!(r.is_ok(), "a batch failed: {:?}", r);
+            let (end, sync) = batches.remove(&id).ok_or_else(|| TestCaseError::fail("unknown batch completed"))?;
+            let reached = if sync { now.durable_end } else { now.written_end };
+            prop_assert!(reached >= end, "batch {:?} (sync {}) reported at {:?}, its end is {:?}", id, sync, now, end);
+        }
     }
     let durable = wal.durable_end().0;
     let end = wal.end().0;

@@ -1,7 +1,8 @@
-//! WAL tests on real files: segment rolls, group commit, replay, torn
-//! tails, corruption, repair, release, injected and real ENOSPC, the
-//! completion token, the data-directory lock across kill -9. Every test
-//! that does I/O runs on both backends.
+//! WAL tests on real files: inline writes, segment rolls, group commit,
+//! the torn-window and segment rules, replay, torn tails, corruption,
+//! repair, release, injected EIO and real ENOSPC, the completion token,
+//! the data-directory lock across kill -9. Every test that does I/O runs
+//! on both backends.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use cmq_broker::storage::{
     AppendClass, Backend, BatchId, DataDirLock, LockError, LogPos, Wal, WalConfig, WalError, NO_SPACE_RETRY_MS,
-    RECORD_HEADER_BYTES, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES,
+    RECORD_HEADER_BYTES, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, SYNC_AHEAD_BYTES,
+    TORN_WINDOW_BYTES,
 };
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -112,8 +114,12 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    inline_writes_are_visible_before_any_fsync,
+    torn_window_and_segment_rule_hold,
+    eio_fails_the_wal_behind_a_running_fsync_and_on_fsync,
     append_read_replay_across_rolls,
     group_commit_completes_in_order,
+    fsyncs_coalesce,
     fsync_only_batch,
     completion_token_fires_in_mio,
     release_deletes_only_whole_segments,
@@ -125,6 +131,190 @@ both_backends!(
 );
 
 // ------------------------------------------------------------------ tests
+
+/// `submit` writes on the calling thread: the bytes are in the file (seen
+/// through another descriptor, i.e. the page cache) and async batches are
+/// complete when it returns, before any fdatasync; a later open replays
+/// them.
+fn inline_writes_are_visible_before_any_fsync(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    let durable = wal.durable_end();
+    let mut recs = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..200u64 {
+        let data = body(i, 500);
+        recs.push((wal.append(1 + (i % 3) as u8, &[&data])?, data));
+        if i % 10 == 9 {
+            let before = wal.written_end();
+            ids.push(wal.submit(false).ok_or("no batch")?);
+            assert!(wal.written_end() > before);
+            assert_eq!(wal.written_end(), wal.end(), "written when submit returns");
+        }
+    }
+    assert_eq!(wal.sync_count(), 0);
+    assert_eq!(wal.durable_end(), durable);
+    // Complete without any wakeup or wait.
+    let mut out = Vec::new();
+    let p = wal.poll_completions(&mut out);
+    assert_eq!(out.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    out.into_iter().try_for_each(|(_, r)| r)?;
+    assert_eq!(p.written_end, wal.end());
+    assert_eq!(p.durable_end, durable);
+    assert_eq!(wal.in_flight(), 0);
+    for (p, data) in &recs {
+        assert_eq!(wal.read(*p, data.len() as u32)?, &data[..]);
+    }
+    let got = replay_all(&wal)?;
+    assert_eq!(got.iter().map(|(p, _, b)| (*p, b.clone())).collect::<Vec<_>>(), recs);
+    let seg = std::fs::File::open(&seg_files(d.path())?[0])?;
+    for (p, data) in &recs {
+        let mut buf = vec![0u8; data.len()];
+        seg.read_exact_at(&mut buf, p.0)?;
+        assert_eq!(&buf, data, "not in the file at {}", p.0);
+    }
+    // A sync batch now covers all of it with one fdatasync.
+    wal.append(1, &[b"last"])?;
+    wal.submit(true).ok_or("no batch")?;
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    assert_eq!(wal.sync_count(), 1);
+    assert_eq!(wal.durable_end(), wal.end());
+    drop(wal);
+    let (wal, rep) = Wal::open(d.path(), cfg(b))?;
+    assert_eq!(rep.records, 201);
+    assert_eq!(replay_all(&wal)?.len(), 201);
+    Ok(())
+}
+
+/// Checks the two write rules from outside: at most TORN_WINDOW_BYTES
+/// written but not durable, and no byte written into a segment while an
+/// older one holds bytes that are not durable. Also the ends' order.
+fn check_write_rules(wal: &Wal) {
+    let (w, dur, end) = (wal.written_end().0, wal.durable_end().0, wal.end().0);
+    assert!(dur <= w && w <= end, "durable {dur} written {w} end {end}");
+    let stats = wal.segment_stats();
+    let seg_of = |pos: u64| stats.iter().rposition(|s| s.base.0 < pos);
+    for (i, s) in stats.iter().enumerate() {
+        if s.base.0 + s.capacity < w {
+            let data_end = s.base.0 + s.len;
+            assert!(dur >= data_end, "segment {i} holds unsynced bytes ({dur}..{data_end}) while {w} is written");
+        }
+    }
+    if seg_of(w) == seg_of(dur.max(1)) {
+        assert!(w - dur <= TORN_WINDOW_BYTES, "{} bytes written but not durable", w - dur);
+    }
+}
+
+fn torn_window_and_segment_rule_hold(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    // Segments of three windows, so a window fits without a roll.
+    let c = WalConfig { segment_bytes: 3 * TORN_WINDOW_BYTES, ..cfg(b) };
+    let Some(mut wal) = open(d.path(), c)? else { return Ok(()) };
+    let mb = 1usize << 20;
+    // Async only, nothing collected: the WAL starts an fdatasync by itself
+    // at SYNC_AHEAD_BYTES, and holds writes back at the window.
+    let n = (TORN_WINDOW_BYTES as usize / mb) + 8;
+    for i in 0..n {
+        wal.append(1, &[&body(i as u64, mb)])?;
+        wal.submit(false).ok_or("no batch")?;
+        check_write_rules(&wal);
+        let outstanding = (i as u64 + 1) * (mb as u64 + RECORD_HEADER_BYTES);
+        assert_eq!(wal.sync_count(), u64::from(outstanding >= SYNC_AHEAD_BYTES), "after {outstanding} bytes");
+    }
+    assert!(wal.written_end() < wal.end(), "the window held nothing back");
+    assert!(wal.written_end().0 - wal.durable_end().0 <= TORN_WINDOW_BYTES);
+    // Collecting the fdatasync lets the rest out.
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    assert_eq!(wal.written_end(), wal.end());
+    check_write_rules(&wal);
+
+    // Across two rolls, collecting now and then.
+    let mut pos = Vec::new();
+    for i in 0..(7 * TORN_WINDOW_BYTES as usize / mb) {
+        pos.push(wal.append(2, &[&body(i as u64, mb)])?);
+        wal.submit(i % 5 == 0).ok_or("no batch")?;
+        check_write_rules(&wal);
+        if i % 3 == 0 {
+            let mut out = Vec::new();
+            wal.poll_completions(&mut out);
+            out.into_iter().try_for_each(|(_, r)| r)?;
+            check_write_rules(&wal);
+        }
+    }
+    assert!(wal.segment_stats().len() >= 3);
+    wal.submit(true);
+    for (_, r) in wait_all(&mut wal) {
+        r?;
+    }
+    check_write_rules(&wal);
+    assert_eq!(wal.durable_end(), wal.end());
+    for (i, p) in pos.iter().enumerate().step_by(17) {
+        assert_eq!(wal.read(*p, mb as u32)?, &body(i as u64, mb)[..]);
+    }
+    Ok(())
+}
+
+/// Fail-stop on injected EIO, reported through the completions: a batch
+/// whose inline write fails while an earlier sync batch's fdatasync runs
+/// (that one still completes, its fdatasync started before the fault),
+/// then, after recovery, a failed fdatasync.
+fn eio_fails_the_wal_behind_a_running_fsync_and_on_fsync(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let fault = d.path().join("FAULT");
+    let c = WalConfig { fault_file: Some(fault.clone()), ..cfg(b) };
+    let Some(mut wal) = open(&d.path().join("wal"), c.clone())? else { return Ok(()) };
+    let a = wal.append(1, &[b"synced before the fault"])?;
+    let a_id = wal.submit(true).ok_or("no batch")?;
+    std::fs::write(&fault, b"eio")?;
+    let written = wal.written_end();
+    let lost = wal.append(1, &[b"never written"])?;
+    let b_id = wal.submit(false).ok_or("no batch")?;
+    assert!(wal.is_failed());
+    assert_eq!(wal.written_end(), written, "nothing written");
+    let done = wait_all(&mut wal);
+    assert_eq!(done.len(), 2);
+    assert!(matches!(done[0], (id, Ok(()))  if id == a_id), "{done:?}");
+    assert!(matches!(&done[1], (id, Err(WalError::Io { op: "write", .. })) if *id == b_id), "{done:?}");
+    assert_eq!(wal.durable_end(), written);
+    assert!(matches!(wal.append(1, &[b"x"]), Err(WalError::Unavailable)));
+    assert_eq!(wal.submit(true), None);
+    assert!(wal.try_recover().is_err(), "recovered under the fault");
+    std::fs::remove_file(&fault)?;
+    wal.try_recover()?;
+    assert_eq!(wal.end(), written);
+    assert_eq!(wal.durable_end(), written);
+
+    // Written (async, acknowledged), then the fdatasync fails.
+    let p = wal.append(1, &[b"written, then the fsync fails"])?;
+    assert_eq!(p, lost, "appends resume where the failed write began");
+    let w_id = wal.submit(false).ok_or("no batch")?;
+    let done = wait_all(&mut wal);
+    assert!(matches!(done.as_slice(), [(id, Ok(()))] if *id == w_id), "{done:?}");
+    let written = wal.written_end();
+    std::fs::write(&fault, b"eio")?;
+    let s_id = wal.submit(true).ok_or("no fsync-only batch")?;
+    let done = wait_all(&mut wal);
+    assert!(matches!(done.as_slice(), [(id, Err(WalError::Io { op: "fdatasync", .. }))] if *id == s_id), "{done:?}");
+    assert!(wal.is_failed());
+    assert_eq!(wal.written_end(), written, "written_end never goes back");
+    assert!(wal.durable_end() < written);
+    assert_eq!(wal.read(p, 5)?, b"writt", "written data stays readable");
+    std::fs::remove_file(&fault)?;
+    wal.try_recover()?;
+    // Recovery re-validated and synced the written tail: nothing is lost.
+    assert_eq!(wal.end(), written);
+    assert_eq!(wal.durable_end(), written);
+    drop(wal);
+    let (wal, rep) = Wal::open(&d.path().join("wal"), c)?;
+    assert!(rep.torn_tail.is_none());
+    let got: Vec<(LogPos, Vec<u8>)> = replay_all(&wal)?.into_iter().map(|(p, _, b)| (p, b)).collect();
+    assert_eq!(got, vec![(a, b"synced before the fault".to_vec()), (p, b"written, then the fsync fails".to_vec())]);
+    Ok(())
+}
 
 fn append_read_replay_across_rolls(b: Backend) -> Res {
     let d = tempfile::tempdir()?;
@@ -218,24 +408,30 @@ fn group_commit_completes_in_order(b: Backend) -> Res {
     assert!(wal.has_pending());
     let first = wal.submit(true).ok_or("nothing submitted")?;
     assert!(!wal.has_pending());
-    // While the first flight runs, later submits merge into one waiting
-    // batch (the same id comes back) — the group commit.
+    assert_eq!(wal.written_end(), wal.end(), "written inline");
+    // While the first fdatasync runs, later sync submits are written at
+    // once and join one batch waiting for the next fdatasync (the same id
+    // comes back) — the group commit.
     let mut ids = vec![first];
     for round in 0..50u64 {
         for i in 0..10 {
             wal.append(3, &[&body(round * 10 + i, 1024)])?;
         }
         let id = wal.submit(true).ok_or("nothing submitted")?;
+        assert_eq!(wal.written_end(), wal.end(), "a write never waits for a running fdatasync");
         if ids.last() != Some(&id) {
             ids.push(id);
         }
         let mut out = Vec::new();
-        wal.poll_completions(&mut out);
+        let p = wal.poll_completions(&mut out);
+        assert_eq!(p, wal.progress());
         for (done, r) in out {
             r?;
             assert_eq!(done, ids.remove(0), "completions out of order");
         }
-        assert!(wal.in_flight() <= 2);
+        // At most: the batch the running fdatasync covers, the one
+        // waiting for the next, and the running fdatasync.
+        assert!(wal.in_flight() <= 3, "{}", wal.in_flight());
     }
     let rest: Vec<BatchId> = wait_all(&mut wal).into_iter().map(|(id, r)| r.map(|()| id)).collect::<Result<_, _>>()?;
     assert_eq!(rest, ids);
@@ -246,6 +442,31 @@ fn group_commit_completes_in_order(b: Backend) -> Res {
     let (wal, rep) = Wal::open(d.path(), cfg(b))?;
     assert_eq!(rep.records, 1500);
     assert_eq!(replay_all(&wal)?.len(), 1500);
+    Ok(())
+}
+
+/// Sync submits while an fdatasync runs start none of their own: the next
+/// one, started when the running one completes, covers all of them.
+fn fsyncs_coalesce(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    wal.append(1, &[b"first"])?;
+    wal.submit(true).ok_or("no batch")?;
+    assert_eq!(wal.sync_count(), 1);
+    let mut last = LogPos(0);
+    for i in 0..100u64 {
+        last = wal.append(1, &[&body(i, 100)])?;
+        // No poll: the first fdatasync is not collected yet, finished or not.
+        wal.submit(true).ok_or("no batch")?;
+    }
+    assert_eq!(wal.sync_count(), 1, "a second fdatasync started while one ran");
+    assert_eq!(wal.written_end(), wal.end());
+    let done = wait_all(&mut wal);
+    assert_eq!(done.len(), 2, "the first batch, then one joined by every later submit");
+    done.into_iter().try_for_each(|(_, r)| r)?;
+    assert_eq!(wal.sync_count(), 2);
+    assert_eq!(wal.durable_end(), wal.end());
+    assert_eq!(wal.read(last, 100)?, &body(99, 100)[..]);
     Ok(())
 }
 

@@ -1,12 +1,13 @@
-//! The two I/O backends behind one small interface. A *flight* is a list of
-//! [`Op`]s executed strictly in order, stopping at the first failure; its
-//! completion is signalled on an eventfd that the shard registers in its
-//! mio `Poll`.
+//! The two fdatasync backends behind one small interface. Writes are done
+//! inline by the WAL (a buffered `pwrite` on the shard's thread); only the
+//! `fdatasync`, which blocks for a disk round trip, runs elsewhere: on a
+//! per-WAL flusher thread or as an io_uring entry. At most [`FLIGHTS_MAX`]
+//! runs at a time; its completion is signalled on an eventfd that the
+//! shard registers in its mio `Poll`.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,62 +18,7 @@ use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use super::uring::Uring;
 use super::FLIGHTS_MAX;
 
-/// One step of a flight. The `Arc`s keep the file and the bytes alive for
-/// as long as the backend (or the kernel, for io_uring) may use them.
-#[derive(Clone)]
-pub(crate) enum Op {
-    Write {
-        seg_base: u64,
-        file: Arc<File>,
-        /// File offset of `buf[start]`.
-        off: u64,
-        buf: Arc<Vec<u8>>,
-        start: usize,
-        end: usize,
-    },
-    Sync {
-        seg_base: u64,
-        file: Arc<File>,
-    },
-}
-
-impl Op {
-    pub(crate) fn seg_base(&self) -> u64 {
-        match self {
-            Op::Write { seg_base, .. } | Op::Sync { seg_base, .. } => *seg_base,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Op::Write { .. } => "write",
-            Op::Sync { .. } => "fdatasync",
-        }
-    }
-}
-
-/// The first op of a flight that failed, and why.
-#[derive(Debug)]
-pub(crate) struct IoFailure {
-    pub op_index: usize,
-    pub error: io::Error,
-}
-
-pub(crate) type FlightResult = Result<(), IoFailure>;
-
-/// Runs ops synchronously on the calling thread (the flusher thread).
-pub(crate) fn run_ops(ops: &[Op]) -> FlightResult {
-    for (op_index, op) in ops.iter().enumerate() {
-        let r = match op {
-            Op::Write { file, off, buf, start, end, .. } => file.write_all_at(&buf[*start..*end], *off),
-            Op::Sync { file, .. } => file.sync_data(),
-        };
-        r.map_err(|error| IoFailure { op_index, error })?;
-    }
-    Ok(())
-}
-
-/// A non-blocking eventfd: written once per completed flight.
+/// A non-blocking eventfd: written once per completed fdatasync.
 pub(crate) struct Notifier {
     fd: OwnedFd,
 }
@@ -112,25 +58,23 @@ impl Notifier {
     }
 }
 
-/// The thread backend: one flusher thread per WAL running pwrite +
-/// fdatasync, one flight at a time.
+/// The thread backend: one flusher thread per WAL running fdatasync, one
+/// at a time.
 pub(crate) struct Flusher {
-    jobs: Option<Sender<Vec<Op>>>,
-    done: Receiver<FlightResult>,
+    jobs: Option<Sender<Arc<File>>>,
+    done: Receiver<io::Result<()>>,
     thread: Option<JoinHandle<()>>,
     busy: bool,
 }
 
 impl Flusher {
     pub(crate) fn spawn(notifier: Arc<Notifier>) -> io::Result<Self> {
-        let (jobs_tx, jobs_rx) = bounded::<Vec<Op>>(FLIGHTS_MAX);
-        let (done_tx, done_rx) = bounded::<FlightResult>(FLIGHTS_MAX);
+        let (jobs_tx, jobs_rx) = bounded::<Arc<File>>(FLIGHTS_MAX);
+        let (done_tx, done_rx) = bounded::<io::Result<()>>(FLIGHTS_MAX);
         let thread = std::thread::Builder::new().name("cmq-wal-flush".into()).spawn(move || {
-            for ops in jobs_rx {
-                let r = run_ops(&ops);
-                // Release the buffers before reporting, so the WAL can
-                // take them back for reuse.
-                drop(ops);
+            for file in jobs_rx {
+                let r = file.sync_data();
+                drop(file);
                 if done_tx.send(r).is_err() {
                     return;
                 }
@@ -140,15 +84,15 @@ impl Flusher {
         Ok(Flusher { jobs: Some(jobs_tx), done: done_rx, thread: Some(thread), busy: false })
     }
 
-    fn start(&mut self, ops: Vec<Op>) -> FlightResult {
-        let tx =
-            self.jobs.as_ref().ok_or_else(|| IoFailure { op_index: 0, error: io::Error::other("flusher stopped") })?;
-        tx.send(ops).map_err(|_| IoFailure { op_index: 0, error: io::Error::other("flusher thread exited") })?;
+    fn start(&mut self, file: Arc<File>) -> io::Result<()> {
+        debug_assert!(!self.busy, "one fdatasync at a time");
+        let tx = self.jobs.as_ref().ok_or_else(|| io::Error::other("flusher stopped"))?;
+        tx.send(file).map_err(|_| io::Error::other("flusher thread exited"))?;
         self.busy = true;
         Ok(())
     }
 
-    fn poll(&mut self) -> Option<FlightResult> {
+    fn poll(&mut self) -> Option<io::Result<()>> {
         match self.done.try_recv() {
             Ok(r) => {
                 self.busy = false;
@@ -157,7 +101,7 @@ impl Flusher {
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => self.busy.then(|| {
                 self.busy = false;
-                Err(IoFailure { op_index: 0, error: io::Error::other("flusher thread exited") })
+                Err(io::Error::other("flusher thread exited"))
             }),
         }
     }
@@ -179,16 +123,17 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    /// Starts a flight. An immediate error means nothing was started.
-    pub(crate) fn start(&mut self, ops: Vec<Op>) -> FlightResult {
+    /// Starts an fdatasync of `file`. An immediate error means nothing was
+    /// started.
+    pub(crate) fn start_sync(&mut self, file: Arc<File>) -> io::Result<()> {
         match self {
-            Engine::Uring(u) => u.start(ops),
-            Engine::Thread(t) => t.start(ops),
+            Engine::Uring(u) => u.start_sync(file),
+            Engine::Thread(t) => t.start(file),
         }
     }
 
-    /// The running flight's result, if it has finished. Cheap.
-    pub(crate) fn poll(&mut self) -> Option<FlightResult> {
+    /// The running fdatasync's result, if it has finished. Cheap.
+    pub(crate) fn poll(&mut self) -> Option<io::Result<()>> {
         match self {
             Engine::Uring(u) => u.poll(),
             Engine::Thread(t) => t.poll(),

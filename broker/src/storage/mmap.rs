@@ -34,6 +34,7 @@ impl SegmentMap {
         self.stable = usize::try_from(end).unwrap_or(usize::MAX).min(self.raw.len());
     }
 
+    #[cfg(test)]
     pub(crate) fn stable(&self) -> usize {
         self.stable
     }

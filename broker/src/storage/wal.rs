@@ -1,5 +1,5 @@
-//! The WAL proper: appends, group-commit flights, reads, replay, release,
-//! failure handling.
+//! The WAL proper: appends, inline writes, group-committed fdatasyncs,
+//! reads, replay, release, failure handling.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,13 +15,14 @@ use mio::{Interest, Registry, Token};
 use super::error::{ReplayError, WalError};
 use super::format::{encode_record, parse_slot, record_bytes, Slot, RTYPE_PADDING};
 use super::housekeeper::{Housekeeper, Prepared};
-use super::io::{Engine, FlightResult, Flusher, IoFailure, Notifier, Op};
+use super::io::{Engine, Flusher, Notifier};
 use super::recovery::{recover, write_zeros};
 use super::segment::{create_segment, eio, fault, is_full, segment_path, sync_dir, Fault, Reserve, Segment};
 use super::uring::Uring;
 use super::{
-    NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, TORN_WINDOW_BYTES,
+    BATCHES_MAX, NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, SYNC_AHEAD_BYTES,
+    TORN_WINDOW_BYTES,
 };
 
 /// Batch buffers kept for reuse, so steady-state appends do not allocate.
@@ -69,7 +70,7 @@ pub enum AppendClass {
     Reserve,
 }
 
-/// Which I/O backend runs the flights.
+/// Which backend runs the fdatasyncs (writes are always inline).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The faster backend on this machine (see `AUTO_ORDER`: the flusher
@@ -92,8 +93,8 @@ pub struct WalConfig {
     /// preallocated segments still succeed, as on a real full disk). If it
     /// holds `eio`, every write, fdatasync and segment creation fails with
     /// EIO instead; `eio-create`: only segment creation fails, with EIO.
-    /// Checked when a flight starts, when a segment is created and in
-    /// `try_recover`.
+    /// Checked before each write and each fdatasync, when a segment is
+    /// created and in `try_recover`.
     pub fault_file: Option<PathBuf>,
 }
 
@@ -147,12 +148,16 @@ pub struct RecoveryReport {
     pub backend_note: Option<String>,
 }
 
-/// Appended bytes not yet handed to the I/O backend; one per touched segment.
+/// Appended bytes of one segment that are not written yet, entirely or in
+/// part. Readable (and replayable) from here until the whole chunk is
+/// written, then from the segment map.
 struct Chunk {
     seg_base: u64,
     file: Arc<File>,
     start: u64,
     buf: Vec<u8>,
+    /// Bytes of `buf` already written (always a record boundary).
+    written: usize,
 }
 
 impl Chunk {
@@ -161,27 +166,33 @@ impl Chunk {
     }
 }
 
-/// Bytes of a running flight, readable until it completes.
-struct FlightChunk {
-    start: u64,
-    buf: Arc<Vec<u8>>,
-}
-
-/// The sealed batch waiting for the I/O slot. Later submits join it.
-struct Waiting {
+/// A submitted batch whose completion has not been reported yet. It
+/// completes when `written_end` (async) or `durable_end` (sync) reaches
+/// its end.
+struct Batch {
     id: u64,
     end: u64,
     sync: bool,
 }
 
-struct Flight {
-    id: u64,
-    end: u64,
-    chunks: Vec<FlightChunk>,
-    /// Position the flight's last fdatasync covers, if it has one.
-    synced_to: Option<u64>,
-    /// (segment base, op name) per op, to name the file in an error.
-    ops: Vec<(u64, &'static str)>,
+/// The running fdatasync.
+struct Syncing {
+    seg_base: u64,
+    /// `written_end` and `written_bytes` when it started: what it makes
+    /// durable.
+    to: u64,
+    bytes_to: u64,
+}
+
+/// Progress of the log, as returned by [`Wal::poll_completions`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every byte below is written to the OS (page cache): see
+    /// [`Wal::written_end`].
+    pub written_end: LogPos,
+    /// Every byte below is covered by a completed fdatasync: see
+    /// [`Wal::durable_end`].
+    pub durable_end: LogPos,
 }
 
 #[derive(PartialEq, Eq)]
@@ -195,13 +206,6 @@ enum Prep {
     Failed,
 }
 
-/// Written-but-not-synced bytes, by the ops issued so far.
-struct Unsynced {
-    seg_base: u64,
-    file: Arc<File>,
-    bytes: u64,
-}
-
 pub struct Wal {
     dir: PathBuf,
     cfg: WalConfig,
@@ -211,27 +215,43 @@ pub struct Wal {
     active: usize,
     /// Next append position.
     end: u64,
-    /// End of the bytes sealed by `submit` (waiting or issued).
+    /// End of the bytes sealed by `submit` (written, or waiting to be).
     sealed_end: u64,
     /// Sealed position up to which a sync was asked for.
     sync_asked_to: u64,
-    /// End of the bytes handed to flights.
-    issued_end: u64,
-    /// End of the bytes whose flight completed (readable through the maps).
+    /// End of the bytes written by a `pwrite` that returned (a record
+    /// boundary); readable through the segment maps.
     written_end: u64,
     /// End of the bytes covered by a completed fdatasync.
     durable_end: u64,
-    /// Highest position ever handed to a flight (what a failure may have
-    /// left on disk).
+    /// Highest position a write was ever attempted up to (what a failure
+    /// may have left on disk).
     high_water: u64,
-    unsynced: Option<Unsynced>,
+    /// Bytes written since open, and how many of them a completed
+    /// fdatasync covers. Their difference is what the torn window limits
+    /// (positions also skip the unused tail of a segment at a roll).
+    written_bytes: u64,
+    durable_bytes: u64,
+    /// The segment of the last write. Every written-but-not-durable byte
+    /// lies in it: nothing is written into another segment until an
+    /// fdatasync has covered everything written before.
+    last_written: Option<(u64, Arc<File>)>,
+    syncing: Option<Syncing>,
+    syncs_started: u64,
+    /// Sealed bytes wait for an fdatasync before they may be written (the
+    /// torn window is full, or they go into the next segment).
+    blocked: bool,
+    /// Appended bytes not written yet (sealed or not), in log order.
     pending: VecDeque<Chunk>,
-    waiting: Option<Waiting>,
-    flight: Option<Flight>,
-    /// Completions to report, in id order.
-    ready: VecDeque<(BatchId, Result<(), WalError>)>,
+    /// Submitted batches not reported yet, in id order.
+    batches: VecDeque<Batch>,
     next_id: u64,
     failed: bool,
+    /// Why the WAL failed, for the first batch that cannot complete.
+    fail_error: Option<WalError>,
+    /// A batch has been reported failed since the failure: later ones fail
+    /// too (completions never go back to `Ok` before `try_recover`).
+    fail_reported: bool,
     engine: Engine,
     backend: Backend,
     notifier: Arc<Notifier>,
@@ -355,17 +375,21 @@ impl Wal {
             end,
             sealed_end: end,
             sync_asked_to: end,
-            issued_end: end,
             written_end: end,
             durable_end: end,
             high_water: end,
-            unsynced: None,
+            written_bytes: 0,
+            durable_bytes: 0,
+            last_written: None,
+            syncing: None,
+            syncs_started: 0,
+            blocked: false,
             pending: VecDeque::new(),
-            waiting: None,
-            flight: None,
-            ready: VecDeque::new(),
+            batches: VecDeque::new(),
             next_id: 1,
             failed: false,
+            fail_error: None,
+            fail_reported: false,
             engine,
             backend,
             notifier,
@@ -417,14 +441,10 @@ impl Wal {
             }
             deliver(seg.base, seg.map.stable_bytes(), SEGMENT_HEADER_BYTES as usize, &seg.path)?;
         }
+        // The written part of a chunk was delivered from its segment map.
         let mem = Path::new("<in-memory batch>");
-        if let Some(fl) = &self.flight {
-            for c in &fl.chunks {
-                deliver(c.start, &c.buf, 0, mem)?;
-            }
-        }
         for c in &self.pending {
-            deliver(c.start, &c.buf, 0, mem)?;
+            deliver(c.start, &c.buf, c.written, mem)?;
         }
         Ok(())
     }
@@ -469,6 +489,7 @@ impl Wal {
                 file: seg.file.clone(),
                 start,
                 buf: self.pool.pop().unwrap_or_else(|| Vec::with_capacity(BUFFER_INITIAL_BYTES)),
+                written: 0,
             };
             self.pending.push_back(chunk);
         }
@@ -481,7 +502,7 @@ impl Wal {
     }
 
     /// Reads `len` bytes at `pos` (normally a payload returned by `append`)
-    /// from the unsubmitted batch, the running flight or the segment map.
+    /// from the segment map once written, from the in-memory batch before.
     /// No system call, no allocation.
     pub fn read(&self, pos: LogPos, len: u32) -> Result<&[u8], WalError> {
         let (p, n) = (pos.0, u64::from(len));
@@ -490,15 +511,10 @@ impl Wal {
         if e > self.end {
             return Err(oor("beyond the end of the log"));
         }
-        if p >= self.written_end {
+        if e > self.written_end {
             fn slice(p: u64, len: u32, start: u64, buf: &[u8]) -> Option<&[u8]> {
                 let off = usize::try_from(p.checked_sub(start)?).ok()?;
                 buf.get(off..off.checked_add(len as usize)?)
-            }
-            if let Some(fl) = &self.flight {
-                if let Some(s) = fl.chunks.iter().find_map(|c| slice(p, len, c.start, &c.buf)) {
-                    return Ok(s);
-                }
             }
             return self
                 .pending
@@ -511,16 +527,23 @@ impl Wal {
         seg.map.slice(p - seg.base, n).ok_or_else(|| oor("spans the end of a segment or of written data"))
     }
 
-    /// Seals everything appended so far into a batch and starts writing it
-    /// if no flight is running; `sync` asks for an fdatasync after it.
+    /// Seals everything appended so far into a batch and writes it at once,
+    /// on the calling thread (a buffered `pwrite` per touched segment: a
+    /// copy into the page cache); `sync` asks for an fdatasync covering it,
+    /// which runs in the background (see "Write path" in `mod.rs`).
     ///
-    /// Returns None when there is nothing to do (nothing appended, and no
-    /// unsynced data if `sync`). If a batch is already waiting for the
-    /// running flight, the new records join it and its id is returned
-    /// again (its `sync` becomes true if either asked). With nothing
-    /// appended but unsynced data outstanding, `sync` makes an fsync-only
-    /// batch. After a failure, the batch completes with
-    /// `WalError::Unavailable`.
+    /// Returns None when there is nothing to do (nothing appended, and
+    /// nothing unsynced if `sync`). With nothing appended but unsynced data
+    /// outstanding, `sync` makes an fsync-only batch. The batch completes
+    /// (see [`Wal::poll_completions`]) when its bytes are written (async)
+    /// or durable (sync); an async batch written here is complete as soon
+    /// as this returns. When the previous batch of the same kind still
+    /// waits for work that has not started (a write held back by the torn
+    /// window or a segment change, or an fdatasync not started yet), the
+    /// new records join it and its id is returned again: they complete
+    /// together, at no cost to either. A write error fails the WAL (see
+    /// `try_recover`) and the batch completes with it; after a failure,
+    /// batches complete with `WalError::Unavailable`.
     pub fn submit(&mut self, sync: bool) -> Option<BatchId> {
         let new_data = self.end > self.sealed_end;
         if self.failed {
@@ -529,39 +552,26 @@ impl Wal {
             }
             self.sealed_end = self.end;
             self.recycle_pending();
-            let id = self.take_id();
-            self.push_ready(id, Err(WalError::Unavailable));
-            return Some(BatchId(id));
+            return Some(self.add_batch(sync));
         }
-        let need_sync = sync && self.sync_asked_to < self.end;
+        let need_sync = sync && self.sync_asked_to.max(self.durable_end) < self.end;
         if !new_data && !need_sync {
             return None;
         }
+        let id = self.add_batch(sync);
         self.sealed_end = self.end;
         if sync {
             self.sync_asked_to = self.end;
         }
-        let id = match &mut self.waiting {
-            Some(w) => {
-                w.end = self.end;
-                w.sync |= sync;
-                w.id
-            }
-            None => {
-                let id = self.take_id();
-                self.waiting = Some(Waiting { id, end: self.end, sync });
-                id
-            }
-        };
-        if self.flight.is_none() {
-            self.start_waiting();
-        }
-        Some(BatchId(id))
+        self.write_sealed();
+        self.maybe_start_sync();
+        Some(id)
     }
 
-    /// Batches submitted whose completion has not been reported yet.
+    /// Submitted batches whose completion has not been reported yet, plus
+    /// one while an fdatasync runs: 0 means nothing is going on.
     pub fn in_flight(&self) -> usize {
-        usize::from(self.flight.is_some()) + usize::from(self.waiting.is_some()) + self.ready.len()
+        self.batches.len() + usize::from(self.syncing.is_some())
     }
 
     /// True when records were appended but not yet submitted.
@@ -574,8 +584,8 @@ impl Wal {
         self.pending.iter().map(|c| c.end().saturating_sub(c.start.max(self.sealed_end))).sum()
     }
 
-    /// Registers the completion eventfd (readable when a flight finished).
-    /// Edge-triggered is fine: `poll_completions` resets it.
+    /// Registers the completion eventfd (readable when an fdatasync
+    /// finished). Edge-triggered is fine: `poll_completions` resets it.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(&mut SourceFd(&self.notifier.raw_fd()), token, Interest::READABLE)
     }
@@ -584,32 +594,44 @@ impl Wal {
         registry.deregister(&mut SourceFd(&self.notifier.raw_fd()))
     }
 
-    /// Appends finished batches to `out`, in id order, and starts the
-    /// waiting batch if the I/O slot freed up. Cheap when nothing finished.
-    pub fn poll_completions(&mut self, out: &mut Vec<(BatchId, Result<(), WalError>)>) {
-        if self.flight.is_some() {
+    /// Collects a finished fdatasync (advancing `durable_end`, writing what
+    /// waited for it, and starting the next one if anything needs it), then
+    /// appends the batches that completed to `out`, in id order, and
+    /// returns the log's progress. Call it every loop turn and after
+    /// `submit`: async batches written inline are complete at once, and no
+    /// wakeup comes for them. Cheap when no fdatasync runs (no system
+    /// call).
+    pub fn poll_completions(&mut self, out: &mut Vec<(BatchId, Result<(), WalError>)>) -> Progress {
+        if self.syncing.is_some() {
             self.notifier.drain();
             if let Some(r) = self.engine.poll() {
-                self.finish_flight(r);
-                if !self.failed {
-                    self.start_waiting();
-                }
+                self.finish_sync(r);
             }
         }
         if self.prep == Prep::Requested {
             self.maybe_prepare_next();
         }
-        let limit = self.flight.as_ref().map_or(u64::MAX, |f| f.id);
-        while self.ready.front().is_some_and(|(id, _)| id.0 < limit) {
-            if let Some(c) = self.ready.pop_front() {
-                out.push(c);
-            }
+        while let Some(b) = self.batches.front() {
+            let done = self.written_end >= b.end && (!b.sync || self.durable_end >= b.end);
+            let r = if done && !self.fail_reported {
+                Ok(())
+            } else if self.failed && self.syncing.is_none() {
+                // Nothing more will complete: what is left failed.
+                self.fail_reported = true;
+                Err(self.fail_error.take().unwrap_or(WalError::Unavailable))
+            } else {
+                break;
+            };
+            out.push((BatchId(b.id), r));
+            self.batches.pop_front();
         }
+        self.progress()
     }
 
-    /// Blocks until every submitted batch has completed or `timeout`
-    /// passes; returns whether all completed. For shutdown, tests and
-    /// benchmarks; the event loop uses `register` + `poll_completions`.
+    /// Blocks until every submitted batch has completed (and no fdatasync
+    /// runs) or `timeout` passes; returns whether all completed. For
+    /// shutdown, tests and benchmarks; the event loop uses `register` +
+    /// `poll_completions`.
     pub fn wait(&mut self, out: &mut Vec<(BatchId, Result<(), WalError>)>, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -633,9 +655,33 @@ impl Wal {
         LogPos(self.end)
     }
 
-    /// Everything below this survived a completed fdatasync.
+    /// Every byte below this has been written to the OS (a `pwrite`
+    /// returned): acknowledgements of async data up to here may go out.
+    /// Advances inside `submit` (and in `poll_completions`, for writes that
+    /// waited for an fdatasync), always to a record boundary; never goes
+    /// back. It does not limit reads or replay: appended records are
+    /// readable at once.
+    pub fn written_end(&self) -> LogPos {
+        LogPos(self.written_end)
+    }
+
+    /// Every byte below this is covered by a completed fdatasync:
+    /// acknowledgements of sync data up to here may go out, and a crash
+    /// loses nothing below it. Advances when `poll_completions` collects a
+    /// finished fdatasync; never goes back; never passes `written_end`.
     pub fn durable_end(&self) -> LogPos {
         LogPos(self.durable_end)
+    }
+
+    /// fdatasyncs started since open (for metrics and tests: with group
+    /// commit, far fewer than sync batches under load).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs_started
+    }
+
+    /// Both ends at once.
+    pub fn progress(&self) -> Progress {
+        Progress { written_end: LogPos(self.written_end), durable_end: LogPos(self.durable_end) }
     }
 
     /// The backend in use.
@@ -709,15 +755,18 @@ impl Wal {
     /// After a failure: re-validates the unsynced-but-written tail, makes
     /// it durable, erases what failed batches may have left on disk and
     /// resumes appends at the end of the last successfully written batch.
-    /// Nothing whose batch completed `Ok` is lost. Needs no flight running
-    /// and nothing pending (`Busy` otherwise); keeps failing while the
-    /// fault (or the full disk) persists.
+    /// Resumes at `written_end` (a record boundary), so nothing whose batch
+    /// completed `Ok`, and nothing below `durable_end`, is lost; records of
+    /// a failed batch below `written_end` stay (as after a crash there).
+    /// Needs every completion collected (`in_flight() == 0`) and nothing
+    /// pending (`Busy` otherwise); keeps failing while the fault (or the
+    /// full disk) persists.
     pub fn try_recover(&mut self) -> Result<(), WalError> {
         if !self.failed {
             return Ok(());
         }
-        if self.flight.is_some() || self.waiting.is_some() {
-            return Err(WalError::Busy("a flight is still running; poll completions first"));
+        if self.in_flight() > 0 {
+            return Err(WalError::Busy("completions are outstanding; poll completions first"));
         }
         if self.has_pending() {
             return Err(WalError::Busy("records are pending; submit them first"));
@@ -774,33 +823,53 @@ impl Wal {
         self.end = w;
         self.sealed_end = w;
         self.sync_asked_to = w;
-        self.issued_end = w;
         self.durable_end = w;
         self.high_water = w;
-        self.unsynced = None;
+        self.durable_bytes = self.written_bytes;
+        self.last_written = None;
+        self.blocked = false;
         self.recycle_pending();
         self.failed = false;
+        self.fail_error = None;
+        self.fail_reported = false;
         Ok(())
     }
 
-    fn take_id(&mut self) -> u64 {
+    /// Adds a batch ending at the current end, or extends the last one
+    /// when that costs it nothing (see `submit`). Called before the new
+    /// bytes are written.
+    fn add_batch(&mut self, sync: bool) -> BatchId {
+        let full = self.batches.len() >= BATCHES_MAX;
+        let (written, durable) = (self.written_end, self.durable_end);
+        let syncing_to = self.syncing.as_ref().map(|s| s.to);
+        if let Some(last) = self.batches.back_mut() {
+            // Whether everything the last batch still needs is yet to start.
+            let unstarted = if last.sync {
+                last.end > durable && syncing_to.is_none_or(|to| last.end > to)
+            } else {
+                last.end > written
+            };
+            if !self.failed && unstarted && (last.sync == sync || full) {
+                last.end = self.end;
+                last.sync |= sync;
+                return BatchId(last.id);
+            }
+        }
         let id = self.next_id;
         self.next_id += 1;
-        id
+        self.batches.push_back(Batch { id, end: self.end, sync });
+        BatchId(id)
     }
 
-    fn push_ready(&mut self, id: u64, r: Result<(), WalError>) {
-        let at = self.ready.partition_point(|(i, _)| i.0 < id);
-        self.ready.insert(at, (BatchId(id), r));
-    }
-
-    /// Enters the failed state: the waiting batch and everything after it
-    /// will complete with `Unavailable`.
-    fn fail(&mut self) {
-        self.failed = true;
-        if let Some(w) = self.waiting.take() {
-            self.push_ready(w.id, Err(WalError::Unavailable));
+    /// Enters the failed state: unwritten appends are dropped, no write or
+    /// fdatasync starts any more, and once a running fdatasync finished,
+    /// every batch that has not completed fails (the first with `error`).
+    fn fail(&mut self, error: WalError) {
+        if !self.failed {
+            self.failed = true;
+            self.fail_error = Some(error);
         }
+        self.blocked = false;
         self.recycle_pending();
     }
 
@@ -817,140 +886,129 @@ impl Wal {
         }
     }
 
-    /// Removes the pending bytes below `end` (a record boundary).
-    fn take_pending_upto(&mut self, end: u64) -> Vec<Chunk> {
-        let mut chunks = Vec::new();
-        while let Some(c) = self.pending.front_mut() {
-            if c.end() <= end {
-                if let Some(c) = self.pending.pop_front() {
-                    chunks.push(c);
+    /// Writes the sealed bytes, in order, as far as two rules allow: at
+    /// most `TORN_WINDOW_BYTES` written but not durable, and nothing
+    /// written into a segment while an older one holds bytes that are not
+    /// durable. What they hold back is written when the fdatasync that
+    /// frees it completes (`finish_sync`); `blocked` makes sure one starts.
+    fn write_sealed(&mut self) {
+        self.blocked = false;
+        let mut fault_checked = false;
+        while !self.failed {
+            let Some(c) = self.pending.front() else { break };
+            let from = c.start + c.written as u64;
+            let to = c.end().min(self.sealed_end);
+            if from >= to {
+                break;
+            }
+            let unsynced = self.written_bytes - self.durable_bytes;
+            if unsynced > 0 && self.last_written.as_ref().is_some_and(|l| l.0 != c.seg_base) {
+                self.blocked = true;
+                break;
+            }
+            let room = TORN_WINDOW_BYTES - unsynced;
+            let n = whole_records_within(&c.buf[c.written..(to - c.start) as usize], room);
+            if n == 0 {
+                self.blocked = true;
+                break;
+            }
+            let (seg_base, file) = (c.seg_base, c.file.clone());
+            if !fault_checked {
+                fault_checked = true;
+                if fault(&self.cfg.fault_file) == Fault::Eio {
+                    self.write_failed(seg_base, eio());
+                    break;
                 }
-            } else if c.start < end {
-                let keep = (end - c.start) as usize;
-                let mut tail = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(BUFFER_INITIAL_BYTES));
-                tail.extend_from_slice(&c.buf[keep..]);
-                c.buf.truncate(keep);
-                chunks.push(Chunk {
-                    seg_base: c.seg_base,
-                    file: c.file.clone(),
-                    start: c.start,
-                    buf: std::mem::replace(&mut c.buf, tail),
-                });
-                c.start = end;
-                break;
-            } else {
+            }
+            let end = from + n as u64;
+            self.high_water = self.high_water.max(end);
+            if let Err(e) = file.write_all_at(&c.buf[c.written..c.written + n], from - seg_base) {
+                self.write_failed(seg_base, e);
                 break;
             }
-        }
-        chunks
-    }
-
-    /// Starts the waiting batch as a flight (the I/O slot is free).
-    fn start_waiting(&mut self) {
-        debug_assert!(self.flight.is_none());
-        let Some(w) = self.waiting.take() else { return };
-        if fault(&self.cfg.fault_file) == Fault::Eio {
-            let path = self.segs[self.active].path.clone();
-            self.push_ready(w.id, Err(WalError::io("write", path, eio())));
-            self.fail();
-            return;
-        }
-        let chunks = self.take_pending_upto(w.end);
-        let mut ops = Vec::with_capacity(2 * chunks.len() + 2);
-        let mut desc = Vec::with_capacity(ops.capacity());
-        let mut flight_chunks = Vec::with_capacity(chunks.len());
-        let mut pos = self.issued_end;
-        let mut synced_to = None;
-        let mut sync_op = |unsynced: Unsynced, pos: u64, ops: &mut Vec<Op>| {
-            ops.push(Op::Sync { seg_base: unsynced.seg_base, file: unsynced.file });
-            synced_to = Some(pos);
-        };
-        for c in chunks {
-            // Before writing into another segment, make the old one
-            // durable: only the newest data segment may hold a torn tail.
-            if let Some(u) = self.unsynced.take_if(|u| u.seg_base != c.seg_base) {
-                sync_op(u, pos, &mut ops);
+            self.written_end = end;
+            self.written_bytes += n as u64;
+            if self.last_written.as_ref().is_none_or(|l| l.0 != seg_base) {
+                self.last_written = Some((seg_base, file));
             }
-            let buf = Arc::new(c.buf);
-            let len = buf.len();
-            let mut s = 0;
-            while s < len {
-                let used = self.unsynced.as_ref().map_or(0, |u| u.bytes);
-                let room = TORN_WINDOW_BYTES - used;
-                if room == 0 {
-                    if let Some(u) = self.unsynced.take() {
-                        sync_op(u, pos, &mut ops);
+            if let Some(seg) = self.segs.iter_mut().rev().find(|s| s.base == seg_base) {
+                seg.map.set_stable(end - seg_base);
+            }
+            if let Some(c) = self.pending.front_mut() {
+                c.written += n;
+                if c.written == c.buf.len() {
+                    if let Some(c) = self.pending.pop_front() {
+                        self.recycle(c.buf);
                     }
-                    continue;
                 }
-                let n = room.min((len - s) as u64) as usize;
-                ops.push(Op::Write {
-                    seg_base: c.seg_base,
-                    file: c.file.clone(),
-                    off: c.start - c.seg_base + s as u64,
-                    buf: buf.clone(),
-                    start: s,
-                    end: s + n,
-                });
-                s += n;
-                pos = c.start + s as u64;
-                self.unsynced = Some(Unsynced { seg_base: c.seg_base, file: c.file.clone(), bytes: used + n as u64 });
-            }
-            flight_chunks.push(FlightChunk { start: c.start, buf });
-        }
-        if w.sync {
-            if let Some(u) = self.unsynced.take() {
-                sync_op(u, pos, &mut ops);
             }
         }
-        desc.extend(ops.iter().map(|o| (o.seg_base(), o.name())));
-        self.issued_end = w.end;
-        self.high_water = self.high_water.max(w.end);
-        if ops.is_empty() {
-            // An fsync-only batch with everything already synced.
-            self.push_ready(w.id, Ok(()));
-            return;
-        }
-        self.flight = Some(Flight { id: w.id, end: w.end, chunks: flight_chunks, synced_to, ops: desc });
-        if let Err(f) = self.engine.start(ops) {
-            self.finish_flight(Err(f));
+        // Everything sealed is written: so is every position below the
+        // sealed end. (They differ only when a roll moved the end past the
+        // unused tail of a segment and the next header without a record
+        // following yet; those bytes are zeros and a durable header.)
+        let unwritten = self.pending.front().is_some_and(|c| c.start + (c.written as u64) < self.sealed_end);
+        if !self.failed && !unwritten {
+            self.written_end = self.written_end.max(self.sealed_end);
         }
     }
 
-    fn finish_flight(&mut self, r: FlightResult) {
-        let Some(fl) = self.flight.take() else { return };
+    fn write_failed(&mut self, seg_base: u64, e: io::Error) {
+        let path = segment_path(&self.dir, seg_base);
+        log::error!("WAL write failed on {}: {e}; refusing writes until recovered", path.display());
+        self.fail(WalError::io("write", path, e));
+    }
+
+    /// Starts an fdatasync of the segment holding the written-but-not-
+    /// durable bytes, when none runs and something needs it: a sync batch,
+    /// a write held back by the rules, or `SYNC_AHEAD_BYTES` outstanding
+    /// (so that async writes rarely meet a full window). It covers
+    /// everything written so far; what is written while it runs waits for
+    /// the next one (group commit).
+    fn maybe_start_sync(&mut self) {
+        if self.failed || self.syncing.is_some() {
+            return;
+        }
+        let unsynced = self.written_bytes - self.durable_bytes;
+        let last = self.last_written.clone();
+        let Some((seg_base, file)) = last.filter(|_| unsynced > 0) else {
+            // Every byte written is durable; positions up to `written_end`
+            // that no write covered (see `write_sealed`) hold none.
+            self.durable_end = self.written_end;
+            return;
+        };
+        let asked = self.sync_asked_to > self.durable_end;
+        if !(asked || self.blocked || unsynced >= SYNC_AHEAD_BYTES) {
+            return;
+        }
+        let started = if fault(&self.cfg.fault_file) == Fault::Eio { Err(eio()) } else { self.engine.start_sync(file) };
+        match started {
+            Ok(()) => {
+                self.syncs_started += 1;
+                self.syncing = Some(Syncing { seg_base, to: self.written_end, bytes_to: self.written_bytes });
+            }
+            Err(e) => self.sync_failed(seg_base, e),
+        }
+    }
+
+    /// The running fdatasync finished with `r`.
+    fn finish_sync(&mut self, r: io::Result<()>) {
+        let Some(s) = self.syncing.take() else { return };
         match r {
             Ok(()) => {
-                self.written_end = fl.end;
-                if let Some(s) = fl.synced_to {
-                    self.durable_end = self.durable_end.max(s);
-                }
-                let w = self.written_end;
-                for seg in self.segs.iter_mut().rev() {
-                    if seg.base >= w {
-                        continue;
-                    }
-                    let stable = (w - seg.base).min(seg.capacity);
-                    if stable as usize <= seg.map.stable() {
-                        break;
-                    }
-                    seg.map.set_stable(stable);
-                }
-                self.push_ready(fl.id, Ok(()));
+                self.durable_end = self.durable_end.max(s.to);
+                self.durable_bytes = self.durable_bytes.max(s.bytes_to);
+                self.write_sealed();
+                self.maybe_start_sync();
             }
-            Err(IoFailure { op_index, error }) => {
-                let (base, op) = fl.ops.get(op_index).copied().unwrap_or((self.segs[self.active].base, "write"));
-                let path = segment_path(&self.dir, base);
-                log::error!("WAL {op} failed on {}: {error}; refusing writes until recovered", path.display());
-                self.push_ready(fl.id, Err(WalError::io(op, path, error)));
-                self.fail();
-            }
+            Err(e) => self.sync_failed(s.seg_base, e),
         }
-        for c in fl.chunks {
-            if let Ok(buf) = Arc::try_unwrap(c.buf) {
-                self.recycle(buf);
-            }
-        }
+    }
+
+    fn sync_failed(&mut self, seg_base: u64, e: io::Error) {
+        let path = segment_path(&self.dir, seg_base);
+        log::error!("WAL fdatasync failed on {}: {e}; refusing writes until recovered", path.display());
+        self.fail(WalError::io("fdatasync", path, e));
     }
 
     /// Where appends of `class` must stop in the active segment: its end,
@@ -1023,7 +1081,9 @@ impl Wal {
         match create_segment(&self.dir, base, self.cfg.segment_bytes, Reserve::Preallocate, &self.cfg.fault_file) {
             Ok(file) => {
                 self.prep = Prep::Idle;
-                let seg = self.map_new(base, self.cfg.segment_bytes, file).inspect_err(|_| self.fail())?;
+                let seg = self
+                    .map_new(base, self.cfg.segment_bytes, file)
+                    .inspect_err(|_| self.fail(WalError::Unavailable))?;
                 self.segs.push_back(seg);
                 Ok(())
             }
@@ -1038,7 +1098,7 @@ impl Wal {
                     "WAL cannot create its next segment {}: {e}; refusing writes until recovered",
                     path.display()
                 );
-                self.fail();
+                self.fail(WalError::Unavailable);
                 Err(WalError::io("create segment", path, e))
             }
         }
@@ -1061,7 +1121,7 @@ impl Wal {
                 Err(e) => {
                     log::error!("WAL cannot map its new segment: {e}; refusing writes until recovered");
                     self.prep = Prep::Failed;
-                    self.fail();
+                    self.fail(WalError::Unavailable);
                     Err(e)
                 }
             },
@@ -1157,6 +1217,26 @@ impl Wal {
             }
         }
     }
+}
+
+/// Bytes of the longest run of whole records at the start of `buf` (back
+/// to back, as appended) that fits in `room`.
+fn whole_records_within(buf: &[u8], room: u64) -> usize {
+    if buf.len() as u64 <= room {
+        return buf.len();
+    }
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    let mut off = 0;
+    while let Some(len) = buf.get(off..off + 4) {
+        // The length field counts the type byte and the payload.
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let next = off + RECORD_HEADER_BYTES as usize - 1 + len;
+        if next > room {
+            break;
+        }
+        off = next;
+    }
+    off
 }
 
 /// Checks that `seg[lo..hi)` (global positions, record-aligned) still holds
