@@ -5,12 +5,12 @@
 //!
 //! ```text
 //! magic b"cmq-cat\n" | version u32 = 1 | log_pos u64 | next_uid u32 | next_msg_counter u64
-//! | next_transfer_id u64 | next_redrive u64
+//! | next_transfer_id u64 | next_redrive u64 | next_sid u32
 //! | count u32 | count × (uid u32, created_ms u64, create_seq u64, modified_ms u64, next_seq u64, attrs, name str16)
 //! | count u32 | count × redrive (id u64, uid u32, rate u32, end_seq u64, total u64, moved u64,
 //!                               failed u64, state u8, started_ms u64, finished_ms u64, to str16)
 //! | count u32 | count × topic (uid u32, created_ms u64, create_seq u64, modified_ms u64,
-//!                            max_msg_size u32, retention_s u32, filter_type u8, next_sid u32, name str16,
+//!                            max_msg_size u32, retention_s u32, filter_type u8, name str16,
 //!                            count u16 × subscription (sid u32, created_ms u64, modified_ms u64, name str16,
 //!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
@@ -77,7 +77,6 @@ pub struct CatalogTopic {
     pub max_msg_size: u32,
     pub retention_s: u32,
     pub filter_type: u8,
-    pub next_sid: u32,
     pub subscriptions: Vec<CatalogSubscription>,
 }
 
@@ -89,6 +88,7 @@ pub struct Catalog {
     pub next_msg_counter: u64,
     pub next_transfer_id: u64,
     pub next_redrive: u64,
+    pub next_sid: u32,
     pub queues: Vec<CatalogQueue>,
     pub redrives: Vec<CatalogRedrive>,
     pub topics: Vec<CatalogTopic>,
@@ -104,6 +104,7 @@ impl Catalog {
         w.put_u64(self.next_msg_counter);
         w.put_u64(self.next_transfer_id);
         w.put_u64(self.next_redrive);
+        w.put_u32(self.next_sid);
         w.put_u32(self.queues.len() as u32);
         for q in &self.queues {
             w.put_u32(q.uid);
@@ -137,7 +138,6 @@ impl Catalog {
             w.put_u32(t.max_msg_size);
             w.put_u32(t.retention_s);
             w.put_u8(t.filter_type);
-            w.put_u32(t.next_sid);
             w.put_str(&t.name);
             w.put_count(t.subscriptions.len());
             for s in &t.subscriptions {
@@ -180,6 +180,7 @@ impl Catalog {
         let next_msg_counter = r.u64("next_msg_counter").map_err(e)?;
         let next_transfer_id = r.u64("next_transfer_id").map_err(e)?;
         let next_redrive = r.u64("next_redrive").map_err(e)?;
+        let next_sid = r.u32("next_sid").map_err(e)?;
         let count = r.u32("count").map_err(e)?;
         if count > CATALOG_QUEUES_MAX {
             return Err(format!("catalog claims {count} queues"));
@@ -229,7 +230,6 @@ impl Catalog {
             let max_msg_size = r.u32("max_msg_size").map_err(e)?;
             let retention_s = r.u32("retention_s").map_err(e)?;
             let filter_type = r.u8("filter_type").map_err(e)?;
-            let next_sid = r.u32("next_sid").map_err(e)?;
             let name = r.string("name", NAME_CHARS_MAX).map_err(e)?;
             let n = r.count("subscriptions", usize::from(u16::MAX)).map_err(e)?;
             let mut subscriptions = Vec::with_capacity(n);
@@ -260,12 +260,21 @@ impl Catalog {
                 max_msg_size,
                 retention_s,
                 filter_type,
-                next_sid,
                 subscriptions,
             });
         }
         r.finish().map_err(e)?;
-        Ok(Catalog { log_pos, next_uid, next_msg_counter, next_transfer_id, next_redrive, queues, redrives, topics })
+        Ok(Catalog {
+            log_pos,
+            next_uid,
+            next_msg_counter,
+            next_transfer_id,
+            next_redrive,
+            next_sid,
+            queues,
+            redrives,
+            topics,
+        })
     }
 }
 
@@ -293,6 +302,7 @@ mod tests {
             next_msg_counter: 12345,
             next_transfer_id: 99,
             next_redrive: 4,
+            next_sid: 3,
             redrives: vec![CatalogRedrive {
                 id: 3,
                 uid: 3,
@@ -315,7 +325,6 @@ mod tests {
                 max_msg_size: 4096,
                 retention_s: 600,
                 filter_type: 2,
-                next_sid: 3,
                 subscriptions: vec![CatalogSubscription {
                     sid: 2,
                     created_ms: 6,

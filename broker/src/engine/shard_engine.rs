@@ -105,6 +105,9 @@ pub struct ShardEngine {
     queues: HashMap<u32, Queue>,
     by_name: HashMap<String, u32>,
     next_uid: u32,
+    /// Subscription ids, shard-wide so that `(shard, sid)` names a
+    /// subscription broker-wide (CMQ's `subscriptionId`).
+    next_sid: u32,
     next_msg_counter: u64,
     wakeups: BinaryHeap<Reverse<(u64, u32)>>,
     waiters: HashMap<u64, Waiter>,
@@ -141,6 +144,7 @@ impl ShardEngine {
             queues: HashMap::new(),
             by_name: HashMap::new(),
             next_uid: 1,
+            next_sid: 1,
             next_msg_counter: 1,
             wakeups: BinaryHeap::new(),
             waiters: HashMap::new(),
@@ -178,6 +182,10 @@ impl ShardEngine {
 
     fn queue_id(&self, uid: u32) -> u64 {
         (u64::from(self.cfg.shard) << 32) | u64::from(uid)
+    }
+
+    fn subscription_id(&self, sid: u32) -> u64 {
+        (u64::from(self.cfg.shard) << 32) | u64::from(sid)
     }
 
     fn lookup(&self, name: &str) -> Result<u32, EngineError> {

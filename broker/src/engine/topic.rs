@@ -48,7 +48,6 @@ pub struct Topic {
     pub modified_ms: u64,
     pub create_seq: u64,
     pub subscriptions: Vec<Subscription>,
-    pub next_sid: u32,
 }
 
 impl Topic {

@@ -21,6 +21,7 @@ impl ShardEngine {
     pub fn load_catalog(&mut self, c: &Catalog) {
         self.catalog_pos = c.log_pos;
         self.next_uid = self.next_uid.max(c.next_uid);
+        self.next_sid = self.next_sid.max(c.next_sid);
         self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
         self.outbox.next_id = self.outbox.next_id.max(c.next_transfer_id);
         self.next_redrive = self.next_redrive.max(c.next_redrive);
@@ -49,7 +50,6 @@ impl ShardEngine {
             }
             if let Some(topic) = self.topics.get_mut(&t.uid) {
                 topic.modified_ms = t.modified_ms;
-                topic.next_sid = topic.next_sid.max(t.next_sid);
             }
         }
         for r in &c.redrives {
@@ -125,7 +125,6 @@ impl ShardEngine {
                 max_msg_size: t.max_msg_size,
                 retention_s: t.retention_s,
                 filter_type: t.filter_type.as_u8(),
-                next_sid: t.next_sid,
                 subscriptions: t
                     .subscriptions
                     .iter()
@@ -146,6 +145,7 @@ impl ShardEngine {
             next_msg_counter: self.next_msg_counter,
             next_transfer_id: self.outbox.next_id,
             next_redrive: self.next_redrive,
+            next_sid: self.next_sid,
             queues,
             redrives,
         }

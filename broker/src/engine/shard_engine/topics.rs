@@ -146,7 +146,6 @@ impl ShardEngine {
                 modified_ms: time_ms,
                 create_seq,
                 subscriptions: Vec::new(),
-                next_sid: 1,
             },
         );
     }
@@ -265,7 +264,7 @@ impl ShardEngine {
         if !r.dead_letter_queue.is_empty() {
             validate_name("deadLetterQueueName", &r.dead_letter_queue).map_err(invalid)?;
         }
-        let sid = t.next_sid;
+        let sid = self.next_sid;
         let secret = self.keys.derive_secret(uid, sid, now_ms);
         let def = SubscriptionDef {
             name: r.subscription.clone(),
@@ -282,12 +281,12 @@ impl ShardEngine {
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_subscribed(uid, sid, now_ms, def);
         let push_secret = if r.protocol == SubscriptionProtocol::Queue { String::new() } else { hex(&secret) };
-        Ok(SubscribeOk { subscription_id: subscription_id(uid, sid), push_secret })
+        Ok(SubscribeOk { subscription_id: self.subscription_id(sid), push_secret })
     }
 
     pub(super) fn apply_subscribed(&mut self, uid: u32, sid: u32, time_ms: u64, def: SubscriptionDef) {
+        self.next_sid = self.next_sid.max(sid + 1);
         let Some(t) = self.topics.get_mut(&uid) else { return };
-        t.next_sid = t.next_sid.max(sid + 1);
         if t.subscription_by_sid(sid).is_some() {
             return;
         }
@@ -338,7 +337,7 @@ impl ShardEngine {
             .skip(offset as usize)
             .take(limit as usize)
             .map(|s| SubscriptionSummary {
-                subscription_id: subscription_id(uid, s.sid),
+                subscription_id: self.subscription_id(s.sid),
                 subscription: s.def.name.clone(),
                 protocol: s.protocol(),
                 endpoint: s.def.endpoint.clone(),
@@ -351,7 +350,7 @@ impl ShardEngine {
         let uid = self.topic_uid(topic)?;
         let s = self.topics[&uid].subscription(name).ok_or_else(|| subscription_not_found(topic, name))?;
         Ok(SubscriptionInfo {
-            subscription_id: subscription_id(uid, s.sid),
+            subscription_id: self.subscription_id(s.sid),
             topic: topic.to_owned(),
             subscription: s.def.name.clone(),
             protocol: s.protocol(),
@@ -724,10 +723,6 @@ impl ShardEngine {
 
 pub(super) fn is_topic_delivery(e: &OutboxEntry) -> bool {
     e.publish.is_some()
-}
-
-fn subscription_id(uid: u32, sid: u32) -> u64 {
-    topic_target(uid, sid)
 }
 
 fn hex(bytes: &[u8]) -> String {
