@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const BODY_BYTES_MAX: usize = 4 << 20;
 
 /// One request the sink received (and answered with `status`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpRequest {
     pub method: String,
     /// Path and query, as on the request line.
@@ -46,6 +46,19 @@ impl HttpRequest {
 
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+}
+
+impl std::fmt::Debug for HttpRequest {
+    /// Compact: the body as (lossy) text, so failure messages stay readable.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("request", &format_args!("{} {} {}", self.method, self.target, self.version))
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("conn", &self.conn)
+            .field("status", &self.status)
+            .finish()
     }
 }
 
