@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cmq_client::{SubscribeBuilder, NO_TAGS};
+use cmq_client::{str_list, SubscribeBuilder, NO_TAGS};
 use cmq_integration_tests::{name_on_shard, names_on_shard, Broker};
 use cmq_protocol::names::shard_for;
-use cmq_protocol::{FilterType, Subscribe, TopicAttributesUpdate};
+use cmq_protocol::{FilterType, SetSubscriptionAttributes, Subscribe, TopicAttributesUpdate};
 use topic_util::*;
 
 const SHARDS: u16 = 2;
@@ -83,13 +83,23 @@ fn tag_filters_deliver_to_exactly_the_matching_queues() {
         assert_eq!((i.delivered, i.msg_count, i.dropped), (n, 0, 0), "{sub}: {i:?}");
     }
 
-    // Clearing the filter tags makes a subscription take everything, as §5.4 says.
+    // Clearing the filter tags makes a subscription take everything, and a
+    // new filter tag list replaces the old one (§5.4).
     c.clear_subscription_filter_tags("tags", "sa").unwrap();
-    c.publish("tags", "after-clear", NO_TAGS, "").unwrap();
-    expect_exactly(&mut c, "tags", "qa", &["after-clear"]);
-    expect_exactly(&mut c, "tags", "qb", &[] as &[&str]);
-    expect_exactly(&mut c, "tags", "qab", &[] as &[&str]);
-    expect_exactly(&mut c, "tags", "qall", &["after-clear"]);
+    let update = SetSubscriptionAttributes {
+        topic: "tags".into(),
+        subscription: "sb".into(),
+        filter_tags: Some(str_list(&["c"])),
+        ..Default::default()
+    };
+    assert_eq!(c.set_subscription_attributes(&update).unwrap().filter_tags.0, ["c"]);
+    c.publish("tags", "after-untagged", NO_TAGS, "").unwrap();
+    c.publish("tags", "after-b", &["b"], "").unwrap();
+    c.publish("tags", "after-c", &["c"], "").unwrap();
+    expect_exactly(&mut c, "tags", "qa", &["after-untagged", "after-b", "after-c"]);
+    expect_exactly(&mut c, "tags", "qb", &["after-c"]);
+    expect_exactly(&mut c, "tags", "qab", &["after-b"]);
+    expect_exactly(&mut c, "tags", "qall", &["after-untagged", "after-b", "after-c"]);
 }
 
 #[test]

@@ -148,6 +148,29 @@ fn deleting_a_topic_stops_delivery_and_reclaims_pending_deliveries() {
     assert_eq!((held(&mut c, &blocked), held(&mut c, &open)), (0, 0));
 }
 
+/// Subscription ids name one subscription broker-wide (CMQ's
+/// `subscriptionId`), like topic ids do: subscriptions of topics owned by
+/// different shards must not share one.
+#[test]
+fn subscription_ids_are_unique_across_shards() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut c = client(&b);
+    let mut topic_ids = Vec::new();
+    let mut sub_ids = Vec::new();
+    for shard in 0..SHARDS {
+        let topic = name_on_shard("ids-", shard, SHARDS);
+        topic_ids.push(c.create_topic(&topic, &TopicAttributesUpdate::default()).unwrap());
+        for s in ["x", "y"] {
+            let id = c.subscribe(&Subscribe::to_http(&topic, s, "http://127.0.0.1:9/")).unwrap().subscription_id;
+            assert_eq!(c.subscription_info(&topic, s).unwrap().subscription_id, id);
+            sub_ids.push((topic.clone(), s, id));
+        }
+    }
+    assert_ne!(topic_ids[0], topic_ids[1], "topic ids are unique");
+    let distinct: std::collections::BTreeSet<u64> = sub_ids.iter().map(|(_, _, id)| *id).collect();
+    assert_eq!(distinct.len(), sub_ids.len(), "subscription ids must be unique broker-wide: {sub_ids:?}");
+}
+
 // ---- errors -------------------------------------------------------------------
 
 #[test]
