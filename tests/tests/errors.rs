@@ -12,7 +12,11 @@ use cmq_protocol::*;
 
 /// Where each code in `ErrorCode::ALL` is provoked, or why it cannot be from the core.
 const COVERAGE: &[(ErrorCode, &str)] = &[
-    (ErrorCode::INVALID_PARAMETER, "errors::invalid_parameter_*, queue_admin::create_queue_names_follow_cmq_rules"),
+    (
+        ErrorCode::INVALID_PARAMETER,
+        "errors::invalid_parameter_*, queue_admin::create_queue_names_follow_cmq_rules, \
+         topics::invalid_tags_routing_keys_and_bodies_are_refused",
+    ),
     (ErrorCode::BATCH_TOO_LARGE, "errors::batch_too_large_*"),
     (ErrorCode::FRAME_TOO_LARGE, "errors::frame_too_large_*, malformed::oversized_length_prefix_*"),
     (ErrorCode::UNSUPPORTED_VERSION, "errors::unsupported_version_*"),
@@ -20,16 +24,25 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::MALFORMED_FRAME, "errors::malformed_frame_*, malformed::*"),
     (ErrorCode::HANDSHAKE_REQUIRED, "errors::handshake_required_*"),
     (ErrorCode::AUTH_FAILED, "not produced: authentication is a later issue"),
-    (ErrorCode::MESSAGE_TOO_LARGE, "errors::message_too_large_*"),
+    (ErrorCode::MESSAGE_TOO_LARGE, "errors::message_too_large_*, topics::invalid_tags_routing_keys_and_bodies_*"),
     (ErrorCode::QUEUE_FULL, "errors::queue_full_*, queue_admin::set_queue_attributes_takes_effect"),
     (ErrorCode::BUSY, "not provoked: needs a full 16k-message shard inbox"),
     (ErrorCode::RECEIPT_HANDLE_INVALID, "messages::stale_receipt_handles_are_rejected, messages::batch_delete_*"),
-    (ErrorCode::QUEUE_NOT_FOUND, "errors::queue_not_found_*, long_poll::deleting_a_queue_ends_its_long_polls"),
+    (
+        ErrorCode::QUEUE_NOT_FOUND,
+        "errors::queue_not_found_*, long_poll::deleting_a_queue_ends_its_long_polls, \
+         topics::topic_and_subscription_errors_have_their_codes (subscribe to a missing queue)",
+    ),
     (ErrorCode::TOO_MANY_QUEUES, "errors::too_many_queues_*, errors::max_queues_*"),
     (ErrorCode::QUEUE_ALREADY_EXISTS, "errors::queue_already_exists, queue_admin::create_existing_queue_*"),
     (ErrorCode::QUEUE_IN_USE, "dead_letter::deleting_a_dead_letter_target_is_refused"),
     (ErrorCode::MESSAGE_NOT_FOUND, "inspection::query_*, transactions::*"),
     (ErrorCode::REDRIVE_NOT_FOUND, "redrive::cancel_unknown_redrive_*"),
+    (ErrorCode::TOPIC_NOT_FOUND, "topics::topic_and_subscription_errors_have_their_codes, topics::deleting_a_topic_*"),
+    (ErrorCode::TOPIC_ALREADY_EXISTS, "topics::topic_and_subscription_errors_*, topics::too_many_topics_*"),
+    (ErrorCode::SUBSCRIPTION_NOT_FOUND, "topics::topic_and_subscription_errors_*, topics::unsubscribe_stops_*"),
+    (ErrorCode::SUBSCRIPTION_ALREADY_EXISTS, "topics::topic_and_subscription_errors_have_their_codes"),
+    (ErrorCode::TOO_MANY_TOPICS, "topics::too_many_topics_and_subscriptions (--max-topics, 100 subscriptions)"),
     (ErrorCode::INTERNAL, "not provoked: no way to make the core fail from outside"),
     (ErrorCode::STORAGE_UNAVAILABLE, "disk::* (ENOSPC through --fault-file)"),
     (ErrorCode::SHUTTING_DOWN, "shutdown::long_poll_gets_shutting_down_*"),
