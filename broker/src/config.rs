@@ -80,7 +80,7 @@ pub struct Flags {
     /// Maximum topics on this broker; more are refused with TOO_MANY_TOPICS [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_topics: Option<usize>,
-    /// Threads per shard sending HTTP pushes for topic subscriptions [default: 4].
+    /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions [default: 4].
     #[arg(long, value_name = "N")]
     pub push_workers: Option<usize>,
     /// Testing only: multiply HTTP push retry intervals by this factor (e.g. 0.001).

@@ -356,6 +356,7 @@ fn json_push_is_delivered_with_cmq_headers_and_a_valid_signature() {
     let url = server.url("/hook?x=1");
     let req = PushRequest {
         id: 5,
+        request_id: "0-5-1",
         url: &url,
         format: NotifyContentFormat::Json,
         secret: b"s3cret",
@@ -407,6 +408,7 @@ fn simplified_push_carries_the_raw_body() {
     let url = server.url("/");
     let req = PushRequest {
         id: 1,
+        request_id: "0-1-1",
         url: &url,
         format: NotifyContentFormat::Simplified,
         secret: b"k",

@@ -388,8 +388,9 @@ crate::wire_struct! {
         pub last_modify_time_ms: u64,
         /// Deliveries pending for this subscription (CMQ msgCount).
         pub msg_count: u64,
+        /// Deliveries completed (queued or pushed). Kept across restarts.
         pub delivered: u64,
-        /// Pushes given up on (retries exhausted), since the broker started.
+        /// Pushes given up on (retries exhausted). Kept across restarts.
         pub dropped: u64,
     }
 }

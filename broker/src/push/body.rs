@@ -95,8 +95,10 @@ pub fn header_value(s: &str) -> String {
 /// Everything the engine needs to hand one push attempt to the pool.
 #[derive(Debug, Clone)]
 pub struct PushRequest<'a> {
-    /// Names this attempt (`x-cmq-request-id`) and its outcome; unique among tasks in flight.
+    /// Names the task's outcome; unique among this shard's tasks in flight.
     pub id: u64,
+    /// `x-cmq-request-id`: names this attempt for the receiver.
+    pub request_id: &'a str,
     pub url: &'a str,
     pub format: NotifyContentFormat,
     /// The subscription's push secret (HMAC key: the secret's bytes as given to the subscriber).
@@ -111,7 +113,7 @@ pub struct PushRequest<'a> {
 pub fn build_task(req: &PushRequest<'_>, msg: &PushMessage<'_>) -> PushTask {
     let (body, content_type) = render_body(req.format, msg);
     let mut headers = vec![
-        (REQUEST_ID_HEADER.to_string(), req.id.to_string()),
+        (REQUEST_ID_HEADER.to_string(), header_value(req.request_id)),
         (MESSAGE_ID_HEADER.to_string(), msg.msg_id.to_string()),
     ];
     if !msg.tags.is_empty() {
@@ -173,6 +175,7 @@ mod tests {
         let tags = vec!["a".to_string(), "b\r\nX-Evil: 1".to_string()];
         let req = PushRequest {
             id: 9,
+            request_id: "0-9-1",
             url: "http://127.0.0.1:1/hook",
             format: NotifyContentFormat::Json,
             secret: b"k",
@@ -181,7 +184,7 @@ mod tests {
         };
         let t = build_task(&req, &msg(&tags, b"x"));
         let h = |name: &str| t.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-        assert_eq!(h("x-cmq-request-id"), Some("9"));
+        assert_eq!(h("x-cmq-request-id"), Some("0-9-1"));
         assert_eq!(h("x-cmq-message-id"), Some("42"));
         assert_eq!(h("x-cmq-message-tag"), Some("a, bX-Evil: 1"));
         assert_eq!(h("X-CMQ-Timestamp"), Some("1700000000"));

@@ -38,7 +38,7 @@
 //! Content-Type: text/plain
 //! Content-Length: <n>
 //! Connection: keep-alive
-//! x-cmq-request-id: <id of this attempt>
+//! x-cmq-request-id: <shard>-<delivery>-<attempt>
 //! x-cmq-message-id: <msgId>
 //! x-cmq-message-tag: <tags joined by ", "; absent when the message has none>
 //! X-CMQ-Timestamp: <Unix seconds when the attempt was signed>
@@ -51,6 +51,11 @@
 //! are those of Tencent CMQ's documented push, so receivers written for CMQ
 //! keep working; the timestamp and signature headers are ours. Control
 //! characters in tags are removed from the tag header.
+//!
+//! `x-cmq-request-id` names one attempt: the shard, the delivery (one message
+//! to one subscription) and the attempt number, from 1. An attempt repeated
+//! because a broker crash lost its outcome carries the same id, so a receiver
+//! can recognise the repeat.
 //!
 //! A `2xx` answer is a delivery. Any other status, a timeout (the task's
 //! `timeout`, default 15 s as in CMQ, covering connect, send and the answer),

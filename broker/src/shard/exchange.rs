@@ -114,8 +114,10 @@ impl Shard {
                 routing_key: &p.meta.routing_key,
                 publish_time_ms: p.meta.publish_ms,
             };
+            let request_id = format!("{}-{}-{}", self.id, p.id, p.attempt + 1);
             let req = PushRequest {
                 id: p.id,
+                request_id: &request_id,
                 url: &p.url,
                 format: p.format,
                 secret: secret.as_bytes(),
