@@ -93,7 +93,8 @@ pub struct Flags {
     #[arg(long)]
     pub repair: bool,
     /// Testing only: while this file exists the log behaves as if the disk were full
-    /// (put `eio` in it for a failing device).
+    /// (put `eio` in it for a failing device, `eio-create` for failing segment creation,
+    /// `stall-sync` for an fdatasync that does not finish).
     #[arg(long, hide = true, value_name = "FILE")]
     pub fault_file: Option<PathBuf>,
     /// Testing only: acknowledge the send carrying every Nth message without storing it

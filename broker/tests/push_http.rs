@@ -370,7 +370,7 @@ fn json_push_is_delivered_with_cmq_headers_and_a_valid_signature() {
     assert_eq!(got.header("Host"), Some(server.addr.to_string().as_str()));
     assert_eq!(got.header("Content-Type"), Some("text/plain"));
     assert_eq!(got.header("Connection"), Some("keep-alive"));
-    assert_eq!(got.header("x-cmq-request-id"), Some("5"));
+    assert_eq!(got.header("x-cmq-request-id"), Some("0-5-1"));
     assert_eq!(got.header("x-cmq-message-id"), Some("77"));
     assert_eq!(got.header("x-cmq-message-tag"), Some("a, b"));
     let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();

@@ -63,9 +63,6 @@ fn tag_of(body: &[u8]) -> String {
 
 /// Sends `batches` batches of 16 big bodies, round-robin over `queues`,
 /// `window` requests in flight. Returns the highest message id per queue.
-///
-/// The disk tests use a window of 1: with more, cmqd currently stops
-/// answering (see `pipelined_big_batches_on_an_async_queue_are_all_answered`).
 fn produce(c: &mut Client, queues: &[String], batches: usize, prefix: &str) -> HashMap<String, u64> {
     produce_windowed(c, queues, batches, prefix, 1)
 }

@@ -71,6 +71,11 @@ pub struct Delivery {
     pub body_pos: u64,
     pub body_len: u32,
     pub origin: bool,
+    /// For a sync queue, the end of the message's body in the log: the
+    /// delivery must not be acknowledged before the log is durable up to
+    /// here (a consumer must never see a message a crash could take back).
+    /// 0 for async queues.
+    pub sync_end: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -497,6 +502,7 @@ impl ShardEngine {
         q.apply_received(now_ms, visible_at_ms, &seqs);
         self.register_wakeup(uid);
         let q = &self.queues[&uid];
+        let sync = q.attrs.flush_policy == FlushPolicy::Sync;
         Ok(seqs
             .iter()
             .filter_map(|&seq| {
@@ -513,6 +519,7 @@ impl ShardEngine {
                     body_pos: e.body_pos,
                     body_len: e.body_len,
                     origin: e.flags & FLAG_ORIGIN != 0,
+                    sync_end: if sync { e.body_pos + u64::from(e.body_len) } else { 0 },
                 })
             })
             .collect())

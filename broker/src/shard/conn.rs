@@ -1,11 +1,13 @@
 //! One client connection: buffers, reading frames, writing what may be
 //! released, and back-pressure.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
+
+use super::release::{HoldQueue, Need};
+use crate::storage::Progress;
 
 /// Read buffer growth step: one read syscall can bring in this many bytes of
 /// frames (many pipelined requests per syscall).
@@ -32,10 +34,13 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// Bytes at the front of `out` already written to the socket.
     pub written: usize,
-    /// Bytes at the front of `out` that may be written (their turn is durable).
+    /// Bytes at the front of `out` that may be written (what they depend on
+    /// is safe in the log).
     pub releasable: usize,
-    /// (turn, length of `out` at the end of that turn), not yet released.
-    pub holds: VecDeque<(u64, usize)>,
+    /// Ends (in `out`) of output waiting for the log, oldest first.
+    pub holds: HoldQueue<usize>,
+    /// On the shard's list of connections with holds.
+    pub waiting: bool,
     pub handshaken: bool,
     pub in_flight: usize,
     /// The socket may hold unread bytes (readiness is edge-triggered).
@@ -65,7 +70,8 @@ impl Conn {
             out: Vec::new(),
             written: 0,
             releasable: 0,
-            holds: VecDeque::new(),
+            holds: HoldQueue::default(),
+            waiting: false,
             handshaken: false,
             in_flight: 0,
             read_pending: true,
@@ -127,22 +133,31 @@ impl Conn {
         }
     }
 
-    /// Marks everything appended so far as produced by `turn`.
-    pub fn end_turn(&mut self, turn: u64) {
-        if self.holds.back().is_none_or(|&(_, end)| end < self.out.len()) {
-            self.holds.push_back((turn, self.out.len()));
+    /// Output appended since the last hold may go out once `need` is met
+    /// (and everything before it went out). Returns whether the connection
+    /// has output waiting for the log.
+    pub fn hold(&mut self, need: Need, progress: Progress) -> bool {
+        let end = self.out.len();
+        let held_to = self.holds.back().copied().unwrap_or(self.releasable);
+        if end > held_to {
+            if self.holds.is_empty() && need.is_met(progress) {
+                self.releasable = end;
+            } else if let Some(last) = self.holds.back_covering(need) {
+                *last = end;
+            } else {
+                self.holds.push(need, end);
+            }
         }
+        !self.holds.is_empty()
     }
 
-    /// Turns up to `turn` are durable: their bytes may go out.
-    pub fn release(&mut self, turn: u64) {
-        while let Some(&(t, end)) = self.holds.front() {
-            if t > turn {
-                break;
-            }
+    /// Lets out held output whose needs `progress` meets. Returns whether
+    /// output still waits.
+    pub fn release(&mut self, progress: Progress) -> bool {
+        while let Some(end) = self.holds.pop_met(progress) {
             self.releasable = end;
-            self.holds.pop_front();
         }
+        !self.holds.is_empty()
     }
 
     /// Appends bytes that need no durability wait (errors about the
@@ -169,8 +184,8 @@ impl Conn {
             // everything was written, which is the common case.
             self.out.drain(..self.written);
             self.releasable -= self.written;
-            for h in self.holds.iter_mut() {
-                h.1 -= self.written;
+            for end in self.holds.iter_mut() {
+                *end -= self.written;
             }
             self.written = 0;
         }

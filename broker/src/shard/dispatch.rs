@@ -161,6 +161,7 @@ impl Shard {
         if let Some(fake) = self.fault_drop(&request) {
             return self.reply_ok(to, id, &fake);
         }
+        let (end_before, sync_before) = (self.log.end(), self.log.sync_mark());
         let result: Result<Response, EngineError> = match request {
             Request::CreateQueue(r) => self.create_queue(now, &r),
             Request::DeleteQueue(r) => self.delete_queue(now, &r.queue),
@@ -295,6 +296,16 @@ impl Shard {
                     .map(|_| Response::ClearSubscriptionFilterTags(Empty {}))
             }
         };
+        // A request that logged records depends on them (durable if any
+        // was sync, else written); one that logged nothing may have read
+        // state that is not durable yet, and waits for all of it.
+        self.reply_dep = if self.log.sync_mark() > sync_before {
+            Some(self.log.sync_mark())
+        } else if self.log.end() > end_before {
+            Some(0)
+        } else {
+            None
+        };
         match result {
             Ok(resp) => self.reply_ok(to, id, &resp),
             Err(err) => self.reply_err(to, op, id, err.code, &err.message),
@@ -390,7 +401,10 @@ impl Shard {
         let op = if batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage } as u16;
         match self.engine.receive(&mut self.log, now, queue, max, wait) {
             Ok(ReceiveOutcome::Delivered(d)) => self.reply_deliveries(to, id, batch, &d),
-            Ok(ReceiveOutcome::Empty) => self.reply_err(to, op, id, ErrorCode::NO_MESSAGE, "no message"),
+            Ok(ReceiveOutcome::Empty) => {
+                self.reply_dep = Some(0);
+                self.reply_err(to, op, id, ErrorCode::NO_MESSAGE, "no message")
+            }
             Ok(ReceiveOutcome::Waiting(w)) => {
                 self.waits.insert(w, Wait { reply_to: to, request_id: id, batch });
             }
@@ -427,6 +441,8 @@ impl Shard {
     }
 
     fn reply_deliveries(&mut self, to: ReplyTo, id: u64, batch: bool, d: &[Delivery]) {
+        // A consumer sees only messages a crash cannot take back.
+        self.reply_dep = Some(d.iter().map(|d| d.sync_end).max().unwrap_or(0));
         let start = self.reply_start(to);
         let mut out = std::mem::take(self.reply_buf(to));
         reply::deliveries(&mut out, &self.log, id, batch, d);
@@ -457,12 +473,15 @@ impl Shard {
     }
 
     fn reply_done(&mut self, to: ReplyTo, start: usize) {
+        let need = self.reply_need();
         if to.shard == self.id {
+            self.hold_conn(to.conn, need);
             self.answered(to.conn);
         } else {
             let batch = &mut self.remote_out[usize::from(to.shard)];
             let end = batch.buf.len() as u32;
             batch.parts.push((to.conn, start as u32, end));
+            self.remote_need = self.remote_need.max(need);
         }
     }
 }

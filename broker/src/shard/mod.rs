@@ -6,18 +6,19 @@
 //! are batched for the owner); handle messages from other shards; run
 //! timers; then end the turn: send batched forwards, submit this turn's log
 //! records as one write (group commit), and release responses (and messages
-//! to other shards) whose records are durable. See docs/ARCHITECTURE.md.
+//! to other shards) whose log records are as safe as they need to be
+//! (`release.rs`). See docs/ARCHITECTURE.md.
 
 mod conn;
 mod coordination;
 mod dispatch;
 mod exchange;
 pub mod mailbox;
+mod release;
 mod reply;
 pub mod storage;
-mod turns;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ use crate::engine::ShardEngine;
 use conn::{Conn, CONN_IN_FLIGHT_MAX, READS_PER_TURN_MAX};
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
+use release::{HoldQueue, Need};
 use storage::ShardLog;
-use turns::TurnTracker;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -89,19 +90,26 @@ pub struct Shard {
     inbox: Inbox,
     clock: Clock,
     turn: u64,
-    tracker: TurnTracker,
     /// Local connections that got output this turn.
     touched: Vec<ConnRef>,
-    turn_touched: VecDeque<(u64, Vec<ConnRef>)>,
+    /// Local connections with output waiting for the log.
+    waiting: Vec<ConnRef>,
+    /// The log's progress as last seen (what held output is compared with).
+    progress: crate::storage::Progress,
+    /// What the next reply depends on being durable, when the code that
+    /// produced it knows (None: everything logged as sync so far).
+    reply_dep: Option<u64>,
     /// Replies for peers' connections produced this turn, per peer.
     remote_out: Vec<ReplyBatch>,
+    /// What this turn's replies in `remote_out` need.
+    remote_need: Need,
     /// Push frames for peers' connections produced this turn, per peer.
     push_out: Vec<ReplyBatch>,
-    /// Other messages to peers that must wait for this turn's records to be
-    /// durable (transfers, transfer verdicts).
+    /// Other messages to peers that must wait for this turn's records
+    /// (transfers, transfer verdicts).
     turn_msgs: Vec<(u16, ShardMsg)>,
-    /// Messages of earlier turns waiting for their turn to be durable.
-    staged: VecDeque<(u64, Vec<(u16, ShardMsg)>)>,
+    /// Messages to peers of earlier turns, waiting for the log.
+    staged: HoldQueue<Vec<(u16, ShardMsg)>>,
     /// Requests to forward at the end of this turn, per owner shard.
     forward_out: Vec<Vec<Forwarded>>,
     /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
@@ -161,13 +169,15 @@ impl Shard {
             inbox,
             clock: Clock::default(),
             turn: 0,
-            tracker: TurnTracker::default(),
             touched: Vec::new(),
-            turn_touched: VecDeque::new(),
+            waiting: Vec::new(),
+            progress: crate::storage::Progress::default(),
+            reply_dep: None,
             remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+            remote_need: Need::NONE,
             push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
             turn_msgs: Vec::new(),
-            staged: VecDeque::new(),
+            staged: HoldQueue::default(),
             forward_out: (0..peers).map(|_| Vec::new()).collect(),
             unsent: Vec::new(),
             waits: HashMap::new(),
@@ -188,6 +198,7 @@ impl Shard {
             engine_suspect: false,
             push,
         };
+        shard.progress = shard.log.progress();
         shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
             shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
@@ -514,10 +525,10 @@ impl Shard {
         }
     }
 
-    /// Frames computed by another shard for our connections. Replies are
-    /// already durable there. They join this turn's output so they stay
-    /// behind anything this connection is still waiting on (one ordered byte
-    /// stream per connection).
+    /// Frames computed by another shard for our connections, released there
+    /// once what they depend on was safe. They still queue behind anything
+    /// this connection is waiting on (one ordered byte stream per
+    /// connection).
     fn deliver_remote(&mut self, batch: ReplyBatch, replies: bool) {
         for (c, start, end) in batch.parts {
             let Some(conn) = self.conns.get_mut(c.token) else { continue };
@@ -529,6 +540,7 @@ impl Shard {
                 continue;
             };
             conn.out.extend_from_slice(frames);
+            self.hold_conn(c, Need::NONE);
             if replies {
                 self.answered(c);
             } else {
@@ -549,6 +561,7 @@ impl Shard {
         self.engine.tick(&mut self.log, now);
         for id in self.engine.expire_waiters(now) {
             if let Some(w) = self.waits.remove(&id) {
+                self.reply_dep = Some(0);
                 let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
                 self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::NO_MESSAGE, "no message");
             }
@@ -609,70 +622,129 @@ impl Shard {
         for (shard, msg) in std::mem::take(&mut self.unsent) {
             self.send_to(shard, msg);
         }
-        // Stage this turn's messages to peers until its records are durable.
-        let turn = self.turn;
+        // Output appended without a need of its own (pushes to checkers)
+        // waits for everything logged so far.
+        let everything = self.need_everything();
+        let touched = std::mem::take(&mut self.touched);
+        for c in &touched {
+            self.hold_conn(*c, everything);
+        }
+        // This turn's messages to peers wait for what they depend on.
+        let mut need = std::mem::replace(&mut self.remote_need, Need::NONE);
         let mut msgs = std::mem::take(&mut self.turn_msgs);
+        if !msgs.is_empty() {
+            need = need.max(everything);
+        }
         for peer in 0..self.remote_out.len() {
             if !self.remote_out[peer].parts.is_empty() {
                 msgs.push((peer as u16, ShardMsg::Replies(std::mem::take(&mut self.remote_out[peer]))));
             }
             if !self.push_out[peer].parts.is_empty() {
+                need = need.max(everything);
                 msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.push_out[peer]))));
             }
         }
         if !msgs.is_empty() {
-            self.staged.push_back((turn, msgs));
+            self.staged.push(need, msgs);
         }
-        let touched = std::mem::take(&mut self.touched);
-        for c in &touched {
-            if let Some(conn) = self.conns.get_mut(c.token) {
-                if conn.gen == c.gen {
-                    conn.end_turn(turn);
-                }
-            }
-        }
-        if !touched.is_empty() {
-            self.turn_touched.push_back((turn, touched));
-        }
-        // Group commit: everything this turn logged goes out as one batch.
-        let wrote = self.log.has_pending();
-        if let Some(released) = self.tracker.end_turn(turn, wrote) {
-            self.release(released);
-        }
-        if wrote {
-            if let Some(batch) = self.log.submit(now) {
-                self.tracker.submitted(batch);
-            }
-        }
+        // Group commit: everything this turn logged goes out as one write.
+        self.log.submit(now);
         self.log.periodic_sync(now);
         self.poll_log();
+        for c in touched {
+            if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen && x.written < x.releasable) {
+                self.write_conn(c.token);
+            }
+        }
     }
 
+    /// Collects log completions and lets out what they made safe.
     fn poll_log(&mut self) {
         let mut done = Vec::new();
         self.log.poll_completions(&mut done);
         for (batch, result) in done {
             if let Err(e) = result {
-                // The batch's responses were computed but their records are
-                // not durable: they must not be acknowledged. Closing the
-                // connections that wait on them tells clients the outcome is
-                // unknown; the log refuses writes until it recovers.
+                // Output that depends on records of this batch must not go
+                // out. Closing the connections that wait on the log tells
+                // clients the outcome is unknown; the log refuses writes
+                // until it recovers.
                 log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
                 self.fail_unreleased();
                 self.engine_suspect = true;
             }
-            if let Some(turn) = self.tracker.completed(batch) {
-                self.release(turn);
+        }
+        self.progress = self.log.progress();
+        self.release_ready();
+    }
+
+    /// Lets out held output whose needs the log's progress meets.
+    fn release_ready(&mut self) {
+        let p = self.progress;
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let c = self.waiting[i];
+            let still = match self.conns.get_mut(c.token) {
+                Some(conn) if conn.gen == c.gen => {
+                    let before = conn.releasable;
+                    let still = conn.release(p);
+                    conn.waiting = still;
+                    if conn.releasable != before {
+                        self.write_conn(c.token);
+                    }
+                    still
+                }
+                _ => false,
+            };
+            if still {
+                i += 1;
+            } else {
+                self.waiting.swap_remove(i);
+            }
+        }
+        while let Some(msgs) = self.staged.pop_met(p) {
+            for (peer, msg) in msgs {
+                self.send_to(peer, msg);
             }
         }
     }
 
+    /// Output just appended to local connection `c` may go out once `need` is met.
+    fn hold_conn(&mut self, c: ConnRef, need: Need) {
+        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        if conn.gen != c.gen {
+            return;
+        }
+        if conn.hold(need, self.progress) && !conn.waiting {
+            conn.waiting = true;
+            self.waiting.push(c);
+        }
+    }
+
+    /// A need covering every record logged so far (at its durability).
+    fn need_everything(&self) -> Need {
+        Need { written: self.log.end(), durable: self.log.sync_mark() }
+    }
+
+    /// What the reply being produced needs: everything logged so far
+    /// written, and durable as far as its own dependency (`reply_dep`,
+    /// set by the code that produced it) or, when unknown, everything
+    /// logged as sync so far.
+    fn reply_need(&mut self) -> Need {
+        let durable = match self.reply_dep.take() {
+            Some(pos) => {
+                self.log.require_durable(pos);
+                pos
+            }
+            None => self.log.sync_mark(),
+        };
+        Need { written: self.log.end(), durable }
+    }
+
     fn fail_unreleased(&mut self) {
-        let tokens: Vec<usize> = self.turn_touched.iter().flat_map(|(_, cs)| cs.iter().map(|c| c.token)).collect();
+        let tokens: Vec<usize> = self.waiting.drain(..).map(|c| c.token).collect();
         for t in tokens {
             self.close_conn(t);
         }
-        self.turn_touched.clear();
         // Transfers of the failed turns are resent from the outbox (or were
         // never applied); replies to other shards' clients are lost with the
         // outcome unknown, as for local ones.
@@ -687,6 +759,9 @@ impl Shard {
         let mut fresh = self.engine.fresh();
         match self.log.replay_into(&mut fresh) {
             Ok(()) => {
+                // Output produced from the old state since the failure may
+                // depend on records that were never written.
+                self.fail_unreleased();
                 log::warn!("shard {}: rebuilt queue state from the log after a storage error", self.id);
                 self.engine = fresh;
                 self.engine_suspect = false;
@@ -702,27 +777,6 @@ impl Shard {
                 // not match it would hand out wrong messages. Stop instead.
                 log::error!("shard {}: cannot rebuild state from the log: {e:#}; cmqd must restart", self.id);
                 std::process::abort();
-            }
-        }
-    }
-
-    /// Lets out everything produced in turns up to `turn`.
-    fn release(&mut self, turn: u64) {
-        while self.turn_touched.front().is_some_and(|(t, _)| *t <= turn) {
-            let Some((_, conns)) = self.turn_touched.pop_front() else { break };
-            for c in conns {
-                let Some(conn) = self.conns.get_mut(c.token) else { continue };
-                if conn.gen != c.gen {
-                    continue;
-                }
-                conn.release(turn);
-                self.write_conn(c.token);
-            }
-        }
-        while self.staged.front().is_some_and(|(t, _)| *t <= turn) {
-            let Some((_, msgs)) = self.staged.pop_front() else { break };
-            for (peer, msg) in msgs {
-                self.send_to(peer, msg);
             }
         }
     }
@@ -746,7 +800,7 @@ impl Shard {
 
     /// One step of draining; returns true when the shard may exit.
     fn drain_step(&mut self, now: u64) -> bool {
-        let idle = self.tracker.is_idle()
+        let idle = self.waiting.is_empty()
             && self.log.is_idle()
             && self.unsent.is_empty()
             && self.staged.is_empty()

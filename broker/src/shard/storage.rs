@@ -11,7 +11,7 @@ use mio::{Registry, Token};
 
 use crate::engine::record::rtype;
 use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
-use crate::storage::{AppendClass, LogPos, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
+use crate::storage::{AppendClass, LogPos, Progress, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
 
 /// File holding the shard's latest catalog snapshot.
 const CATALOG_FILE: &str = "catalog";
@@ -32,6 +32,9 @@ pub struct ShardLog {
     dir: PathBuf,
     /// A record that must be fdatasync'd was appended since the last submit.
     sync_pending: bool,
+    /// End of the last record that must be fdatasync'd before what
+    /// depends on it is acknowledged.
+    sync_mark: u64,
     /// Written-but-not-synced data exists since this time (async queues).
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
@@ -61,6 +64,7 @@ impl ShardLog {
             wal,
             dir: dir.to_owned(),
             sync_pending: false,
+            sync_mark: 0,
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
@@ -91,10 +95,39 @@ impl ShardLog {
         self.wal.has_pending()
     }
 
-    /// Seals this turn's records into a batch (one write, plus one
-    /// fdatasync if any of them needs it). Returns the batch id the turn's
-    /// responses wait for.
-    pub fn submit(&mut self, now_ms: u64) -> Option<u64> {
+    /// Next append position: output that reflects every record so far
+    /// needs this much written.
+    pub fn end(&self) -> u64 {
+        self.wal.end().0
+    }
+
+    /// End of the last record that must be durable before what depends on
+    /// it goes out.
+    pub fn sync_mark(&self) -> u64 {
+        self.sync_mark
+    }
+
+    /// Output depends on the log up to `pos` being durable (a sync queue's
+    /// message whose record was appended as async data, before the queue's
+    /// flush policy changed): make sure an fdatasync will cover it.
+    pub fn require_durable(&mut self, pos: u64) {
+        if pos > self.sync_mark {
+            self.sync_mark = pos;
+            self.sync_pending = true;
+        }
+    }
+
+    /// How far the log is written and durable.
+    pub fn progress(&self) -> Progress {
+        self.wal.progress()
+    }
+
+    /// Seals this turn's records into a batch and writes it (one write,
+    /// plus one fdatasync in the background if any of them needs it).
+    pub fn submit(&mut self, now_ms: u64) {
+        if !self.wal.has_pending() && !self.sync_pending {
+            return;
+        }
         let sync = self.sync_pending;
         self.sync_pending = false;
         if sync {
@@ -102,7 +135,7 @@ impl ShardLog {
         } else if self.wal.has_pending() && self.unsynced_since_ms.is_none() {
             self.unsynced_since_ms = Some(now_ms);
         }
-        self.wal.submit(sync).map(|b| b.0)
+        let _ = self.wal.submit(sync);
     }
 
     /// When async data written at `unsynced_since` must be fdatasync'd.
@@ -151,6 +184,9 @@ impl ShardLog {
         self.next_recover_ms = now_ms + RECOVER_EVERY_MS;
         match self.wal.try_recover() {
             Ok(()) => {
+                // Appends that were never written are gone; their positions
+                // will be reused.
+                self.sync_mark = self.sync_mark.min(self.wal.end().0);
                 log::info!("log {} writable again", self.dir.display());
                 return true;
             }
@@ -262,6 +298,7 @@ impl Log for ShardLog {
             Ok(pos) => {
                 if durability == Durability::Synced {
                     self.sync_pending = true;
+                    self.sync_mark = self.wal.end().0;
                 }
                 Ok(pos.0)
             }

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 
+use super::segment::{fault, Fault};
 use super::uring::Uring;
 use super::FLIGHTS_MAX;
 
@@ -68,11 +70,16 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn spawn(notifier: Arc<Notifier>) -> io::Result<Self> {
+    /// `fault_file`: the test hook of `segment::fault`; a `stall-sync`
+    /// fault holds each fdatasync back while it lasts.
+    pub(crate) fn spawn(notifier: Arc<Notifier>, fault_file: Option<PathBuf>) -> io::Result<Self> {
         let (jobs_tx, jobs_rx) = bounded::<Arc<File>>(FLIGHTS_MAX);
         let (done_tx, done_rx) = bounded::<io::Result<()>>(FLIGHTS_MAX);
         let thread = std::thread::Builder::new().name("cmq-wal-flush".into()).spawn(move || {
             for file in jobs_rx {
+                while fault(&fault_file) == Fault::StallSync {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let r = file.sync_data();
                 drop(file);
                 if done_tx.send(r).is_err() {

@@ -72,6 +72,9 @@ pub(crate) enum Fault {
     Eio,
     /// The file holds `eio-create`: only segment creation fails, with EIO.
     EioCreate,
+    /// The file holds `stall-sync`: a slow device. fdatasync on the thread
+    /// backend does not start until the file says otherwise; writes work.
+    StallSync,
 }
 
 pub(crate) fn fault(fault_file: &Option<PathBuf>) -> Fault {
@@ -79,6 +82,7 @@ pub(crate) fn fault(fault_file: &Option<PathBuf>) -> Fault {
     match std::fs::read(path) {
         Ok(b) if b.trim_ascii() == b"eio" => Fault::Eio,
         Ok(b) if b.trim_ascii() == b"eio-create" => Fault::EioCreate,
+        Ok(b) if b.trim_ascii() == b"stall-sync" => Fault::StallSync,
         Ok(_) => Fault::Full,
         Err(_) => Fault::None,
     }
@@ -118,7 +122,7 @@ pub(crate) fn create_segment(
     fault_file: &Option<PathBuf>,
 ) -> io::Result<File> {
     match fault(fault_file) {
-        Fault::None => {}
+        Fault::None | Fault::StallSync => {}
         Fault::Full => return Err(no_space()),
         Fault::Eio | Fault::EioCreate => return Err(eio()),
     }

@@ -277,9 +277,13 @@ fn validate(cfg: &WalConfig) -> Result<(), WalError> {
     Ok(())
 }
 
-fn make_engine(want: Backend, notifier: &Arc<Notifier>) -> Result<(Engine, Backend, Option<String>), WalError> {
+fn make_engine(
+    want: Backend,
+    notifier: &Arc<Notifier>,
+    fault_file: &Option<PathBuf>,
+) -> Result<(Engine, Backend, Option<String>), WalError> {
     let thread = || {
-        Flusher::spawn(notifier.clone())
+        Flusher::spawn(notifier.clone(), fault_file.clone())
             .map(Engine::Thread)
             .map_err(|e| WalError::io("spawn flusher thread", "cmq-wal-flush", e))
     };
@@ -293,7 +297,7 @@ fn make_engine(want: Backend, notifier: &Arc<Notifier>) -> Result<(Engine, Backe
             for b in AUTO_ORDER {
                 let r = match b {
                     Backend::IoUring => Uring::probe(notifier).map(|u| Engine::Uring(Box::new(u))),
-                    _ => Flusher::spawn(notifier.clone()).map(Engine::Thread),
+                    _ => Flusher::spawn(notifier.clone(), fault_file.clone()).map(Engine::Thread),
                 };
                 match r {
                     Ok(e) => {
@@ -354,7 +358,7 @@ impl Wal {
         let active = rec.newest.min(segs.len() - 1);
         let end = segs[active].data_end;
         let notifier = Arc::new(Notifier::new().map_err(|e| WalError::io("create eventfd", dir, e))?);
-        let (engine, backend, backend_note) = make_engine(cfg.backend, &notifier)?;
+        let (engine, backend, backend_note) = make_engine(cfg.backend, &notifier, &cfg.fault_file)?;
         let keeper = Housekeeper::spawn(dir, cfg.fault_file.clone())
             .map_err(|e| WalError::io("spawn housekeeper thread", dir, e))?;
         let report = RecoveryReport {
