@@ -133,7 +133,9 @@
 //! * nothing is written into a segment while an older one holds bytes
 //!   that are not durable (only the newest data segment may hold a torn
 //!   tail): at a segment roll, the first write into the new segment waits
-//!   for the fdatasync of the old one, about once per segment.
+//!   for the fdatasync of the old one, about once per segment. Near the
+//!   end of a segment the WAL syncs ahead sooner
+//!   ([`ROLL_SYNC_AHEAD_MIN_BYTES`]), so that wait is short.
 //!
 //! What is held back is written by [`Wal::poll_completions`] when that
 //! fdatasync completes. Progress is two positions: [`Wal::written_end`]
@@ -254,6 +256,14 @@ pub const FLIGHTS_MAX: usize = 1;
 /// other half is written, and writes rarely wait for a full window.
 pub const SYNC_AHEAD_BYTES: u64 = TORN_WINDOW_BYTES / 2;
 
+/// Near the end of a segment the WAL syncs ahead sooner: once the bytes
+/// not yet durable reach the room left in the segment (but at least this
+/// many), so that at the roll, where the first write into the next segment
+/// waits for the old one to be durable, little is left to sync. Costs a
+/// few extra fdatasyncs per segment, only for async data (sync data is
+/// synced at once anyway).
+pub const ROLL_SYNC_AHEAD_MIN_BYTES: u64 = 1 << 20;
+
 /// Submitted batches not yet reported. Past this, `submit` joins the last
 /// batch whatever its kind (an async batch may then wait for an
 /// fdatasync). Only reached when writes are held back for a long time
@@ -288,5 +298,6 @@ const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX < SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(TORN_WINDOW_BYTES >= RECORD_BYTES_MAX);
 const _: () = assert!(SYNC_AHEAD_BYTES > 0 && SYNC_AHEAD_BYTES < TORN_WINDOW_BYTES);
+const _: () = assert!(ROLL_SYNC_AHEAD_MIN_BYTES > 0 && ROLL_SYNC_AHEAD_MIN_BYTES <= SYNC_AHEAD_BYTES);
 // The length field stores 1 + payload length in a u32.
 const _: () = assert!((RECORD_PAYLOAD_MAX_BYTES as u64) < u32::MAX as u64);
