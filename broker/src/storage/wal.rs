@@ -38,12 +38,15 @@ const BUFFER_INITIAL_BYTES: usize = 64 << 10;
 const PREPARE_AT_FILL: (u64, u64) = (1, 2);
 
 /// The order in which `Auto` tries the backends. Measured on this machine
-/// (`WAL_AB=1 cargo bench -p cmq-broker --bench wal`, the two interleaved):
-/// equal medians within 1-4 %, the thread backend never slower and with
-/// a lower p99, because io_uring punts buffered writes and fsync to its
-/// io-wq kernel threads anyway (the same thread hop as our flusher) and
-/// wakes the loop once per completed entry. io_uring stays the fallback
-/// and can be chosen explicitly.
+/// when they ran whole flights (`WAL_AB=1`): equal medians within 1-4 %,
+/// the thread backend never slower and with a lower p99. Since writes are
+/// inline and the backends only run fdatasync (`WAL_LAT=1 cargo bench -p
+/// cmq-broker --bench wal`, the two interleaved, three runs): submit to
+/// durable within 2-4 % at the median (io_uring a few µs ahead, both ~130
+/// µs for one record), p99 and CPU per record mixed run to run. io_uring
+/// punts fdatasync to its io-wq kernel threads (the same thread hop as our
+/// flusher), so neither can win by much; the thread stays first, io_uring
+/// the fallback (and can be chosen explicitly).
 const AUTO_ORDER: [Backend; 2] = [Backend::Thread, Backend::IoUring];
 
 /// A position in the shard's log: a global byte offset (see `mod.rs`).
