@@ -212,6 +212,10 @@ struct LatSamples {
     /// `durable_end` for sync) passed it: what a position-based adapter
     /// sees.
     end: Vec<f64>,
+    /// The `submit` call itself: how long the caller's thread is busy.
+    call: Vec<f64>,
+    /// The same, for the calls that started an fdatasync.
+    call_syncing: Vec<f64>,
     cpu_ns: u64,
     records: u64,
 }
@@ -280,7 +284,13 @@ fn lat() {
                         }
                     };
                     let t = std::time::Instant::now();
+                    let syncs = wal.sync_count();
                     let id = wal.submit(case.sync).expect("a batch");
+                    let call = t.elapsed().as_secs_f64() * 1e6;
+                    r.call.push(call);
+                    if wal.sync_count() > syncs {
+                        r.call_syncing.push(call);
+                    }
                     let mut end_us = None;
                     let mut complete_us = None;
                     while complete_us.is_none() {
@@ -333,8 +343,15 @@ fn lat() {
             } else {
                 format!("{} B", case.record_bytes)
             };
+            let syncing = if r.call_syncing.is_empty() {
+                "-".to_string()
+            } else {
+                let n = r.call_syncing.len();
+                format!("{n} x p50 {:.1} p99 {:.1}", pct(&mut r.call_syncing, 50), pct(&mut r.call_syncing, 99))
+            };
             println!(
-                "{:22} {:2} x {size:6} {b:9} complete p50 {:8.1} p90 {:8.1} p99 {:8.1} us | end p50 {:8.1} p99 {:8.1} us | cpu {:6.2} us/record",
+                "{:22} {:2} x {size:6} {b:9} complete p50 {:8.1} p90 {:8.1} p99 {:8.1} us | end p50 {:8.1} p99 {:8.1} us | \
+                 cpu {:6.2} us/record | submit call p50 {:.1} p99 {:.1} us, starting an fsync: {syncing}",
                 case.name,
                 case.records,
                 pct(&mut r.complete, 50),
@@ -343,6 +360,8 @@ fn lat() {
                 pct(&mut r.end, 50),
                 pct(&mut r.end, 99),
                 r.cpu_ns as f64 / 1e3 / r.records as f64,
+                pct(&mut r.call, 50),
+                pct(&mut r.call, 99),
             );
         }
     }

@@ -149,9 +149,12 @@
 //! async batches need no signal: they are complete when `submit` returns.
 //! The write costs the shard's thread what it used to cost the flusher
 //! thread (measured with `WAL_LAT=1 cargo bench -p cmq-broker --bench
-//! wal`): a 64-byte record 0.3 µs, 64 of them 2 µs, a 1 MiB batch about
-//! 190 µs at the median with a tail of a few ms (page-cache allocation,
-//! and the roll rule above). New segments are created, and released ones
+//! wal`, the `submit` call alone): one 64-byte record 0.3 µs (p99 3 µs,
+//! also while an fdatasync runs); 64 of them (4.7 KB, a fresh page-cache
+//! page each time) 2 µs, p99 about 150 µs (not from our code: the 1-record
+//! case runs the same path; probably ext4's work on fresh pages of an
+//! unwritten extent right after an fdatasync, unverified); a 1 MiB batch
+//! about 0.2-0.3 ms, p99 about 1-2 ms. New segments are created, and released ones
 //! deleted, by a per-shard housekeeper thread.
 //!
 //! After a write or fsync error, or a segment creation failing for any
