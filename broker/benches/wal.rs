@@ -69,8 +69,8 @@ fn bench_commit(c: &mut Criterion) {
                 })
             });
 
-            // No fdatasync: what is left is the dispatch and wakeup path of
-            // the backend (plus the page-cache write).
+            // No fdatasync: the inline write into the page cache (the
+            // backend is not involved any more).
             g.bench_function(BenchmarkId::new(format!("{bname}/nosync_{GROUP_RECORDS}"), size), |b| {
                 b.iter(|| {
                     for _ in 0..GROUP_RECORDS {
@@ -189,19 +189,36 @@ fn cpu_ns() -> u64 {
         .sum()
 }
 
-/// One case of `lat()`: `records` records of `LAT_RECORD_BYTES` per batch,
+/// One case of `lat()`: `records` records of `record_bytes` per batch,
 /// submitted with `sync`; with `behind_sync`, the measured (async) batch
 /// is submitted right after a one-record sync batch, so it meets a running
 /// fdatasync.
 struct LatCase {
     name: &'static str,
     records: usize,
+    record_bytes: usize,
     sync: bool,
     behind_sync: bool,
     iters_per_round: usize,
 }
 
-const LAT_RECORD_BYTES: usize = 64;
+/// Latencies of one backend in one case, microseconds.
+#[derive(Default)]
+struct LatSamples {
+    /// Until `poll_completions` reported the batch (completions come in id
+    /// order: what a batch-id adapter sees).
+    complete: Vec<f64>,
+    /// Until the end the batch needs (`written_end` for async,
+    /// `durable_end` for sync) passed it: what a position-based adapter
+    /// sees.
+    end: Vec<f64>,
+    /// The `submit` call itself: how long the caller's thread is busy.
+    call: Vec<f64>,
+    /// The same, for the calls that started an fdatasync.
+    call_syncing: Vec<f64>,
+    cpu_ns: u64,
+    records: u64,
+}
 
 /// `WAL_LAT=1 cargo bench -p cmq-broker --bench wal`: latency from
 /// `submit` to the batch's completion, measured one batch at a time (the
@@ -213,15 +230,24 @@ const LAT_RECORD_BYTES: usize = 64;
 /// hit both alike.
 fn lat() {
     const ROUNDS: usize = 20;
+    let case = |name, records, record_bytes, sync, behind_sync, iters_per_round| LatCase {
+        name,
+        records,
+        record_bytes,
+        sync,
+        behind_sync,
+        iters_per_round,
+    };
     let cases = [
-        LatCase { name: "submit->written", records: 1, sync: false, behind_sync: false, iters_per_round: 1000 },
-        LatCase { name: "submit->written", records: 64, sync: false, behind_sync: false, iters_per_round: 1000 },
-        LatCase { name: "submit->durable", records: 1, sync: true, behind_sync: false, iters_per_round: 100 },
-        LatCase { name: "submit->durable", records: 64, sync: true, behind_sync: false, iters_per_round: 100 },
-        LatCase { name: "written, behind fsync", records: 1, sync: false, behind_sync: true, iters_per_round: 100 },
+        case("submit->written", 1, 64, false, false, 1000),
+        case("submit->written", 64, 64, false, false, 1000),
+        case("submit->durable", 1, 64, true, false, 100),
+        case("submit->durable", 64, 64, true, false, 100),
+        case("written, behind fsync", 1, 64, false, true, 100),
+        case("submit->written", 16, 64 << 10, false, false, 20),
     ];
-    let rec = vec![0x5au8; LAT_RECORD_BYTES];
     for case in cases {
+        let rec = vec![0x5au8; case.record_bytes];
         let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
         let backends = [Backend::IoUring, Backend::Thread];
         let mut wals: Vec<Wal> = Vec::new();
@@ -231,54 +257,111 @@ fn lat() {
                 None => return,
             }
         }
-        let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        let mut cpu = [0u64; 2];
-        let mut records = [0u64; 2];
+        let mut res = [LatSamples::default(), LatSamples::default()];
         let mut out = Vec::new();
         for round in 0..ROUNDS {
             for k in 0..2 {
                 let which = if round % 2 == 0 { k } else { 1 - k };
                 let wal = &mut wals[which];
+                let r = &mut res[which];
                 let c0 = cpu_ns();
                 for _ in 0..case.iters_per_round {
                     if case.behind_sync {
                         wal.append(1, &[&rec]).expect("append");
                         wal.submit(true);
-                        records[which] += 1;
+                        r.records += 1;
                     }
                     for _ in 0..case.records {
                         wal.append(1, &[&rec]).expect("append");
                     }
-                    records[which] += case.records as u64;
+                    r.records += case.records as u64;
+                    let target = wal.end();
+                    let reached = |wal: &Wal| {
+                        if case.sync {
+                            wal.durable_end() >= target
+                        } else {
+                            wal.written_end() >= target
+                        }
+                    };
                     let t = std::time::Instant::now();
-                    wal.submit(case.sync).expect("a batch");
-                    // The measured batch is the last one submitted, and
-                    // completions come in id order.
+                    let syncs = wal.sync_count();
+                    let id = wal.submit(case.sync).expect("a batch");
+                    let call = t.elapsed().as_secs_f64() * 1e6;
+                    r.call.push(call);
+                    if wal.sync_count() > syncs {
+                        r.call_syncing.push(call);
+                    }
+                    let mut end_us = None;
+                    let mut complete_us = None;
+                    while complete_us.is_none() {
+                        wal.poll_completions(&mut out);
+                        let us = t.elapsed().as_secs_f64() * 1e6;
+                        if end_us.is_none() && reached(wal) {
+                            end_us = Some(us);
+                        }
+                        for (i, res) in out.drain(..) {
+                            res.expect("batch failed");
+                            if i == id {
+                                complete_us = Some(us);
+                            }
+                        }
+                        if complete_us.is_none() {
+                            // Returns when everything is done, at the latest
+                            // when the measured batch (the last) completes.
+                            assert!(wal.wait(&mut out, Some(Duration::from_secs(30))));
+                            let us = t.elapsed().as_secs_f64() * 1e6;
+                            end_us = end_us.or(Some(us));
+                            complete_us = Some(us);
+                            for (_, res) in out.drain(..) {
+                                res.expect("batch failed");
+                            }
+                        }
+                    }
+                    r.complete.extend(complete_us);
+                    r.end.extend(end_us);
+                    // The next iteration starts with nothing in flight.
                     assert!(wal.wait(&mut out, Some(Duration::from_secs(30))));
-                    lat[which].push(t.elapsed().as_secs_f64() * 1e6);
-                    for (_, r) in out.drain(..) {
-                        r.expect("batch failed");
+                    for (_, res) in out.drain(..) {
+                        res.expect("batch failed");
                     }
                     if wal.segment_stats().len() > SEGMENTS_KEPT {
                         let end = wal.end();
                         wal.release_before(end);
                     }
                 }
-                cpu[which] += cpu_ns() - c0;
+                r.cpu_ns += cpu_ns() - c0;
             }
         }
         for (k, b) in ["io_uring", "thread"].iter().enumerate() {
-            let v = &mut lat[k];
-            v.sort_by(|a, b| a.total_cmp(b));
-            let pct = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+            let r = &mut res[k];
+            let pct = |v: &mut Vec<f64>, p: usize| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[(v.len() * p / 100).min(v.len() - 1)]
+            };
+            let size = if case.record_bytes >= 1024 {
+                format!("{} KiB", case.record_bytes >> 10)
+            } else {
+                format!("{} B", case.record_bytes)
+            };
+            let syncing = if r.call_syncing.is_empty() {
+                "-".to_string()
+            } else {
+                let n = r.call_syncing.len();
+                format!("{n} x p50 {:.1} p99 {:.1}", pct(&mut r.call_syncing, 50), pct(&mut r.call_syncing, 99))
+            };
             println!(
-                "{:22} {:2} x {LAT_RECORD_BYTES} B  {b:9} p50 {:8.1} us  p90 {:8.1} us  p99 {:8.1} us  cpu {:6.2} us/record",
+                "{:22} {:2} x {size:6} {b:9} complete p50 {:8.1} p90 {:8.1} p99 {:8.1} us | end p50 {:8.1} p99 {:8.1} us | \
+                 cpu {:6.2} us/record | submit call p50 {:.1} p99 {:.1} us, starting an fsync: {syncing}",
                 case.name,
                 case.records,
-                pct(50),
-                pct(90),
-                pct(99),
-                cpu[k] as f64 / 1e3 / records[k] as f64,
+                pct(&mut r.complete, 50),
+                pct(&mut r.complete, 90),
+                pct(&mut r.complete, 99),
+                pct(&mut r.end, 50),
+                pct(&mut r.end, 99),
+                r.cpu_ns as f64 / 1e3 / r.records as f64,
+                pct(&mut r.call, 50),
+                pct(&mut r.call, 99),
             );
         }
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cmq_broker::storage::{
     AppendClass, Backend, BatchId, DataDirLock, LockError, LogPos, Wal, WalConfig, WalError, NO_SPACE_RETRY_MS,
-    RECORD_HEADER_BYTES, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, SYNC_AHEAD_BYTES,
-    TORN_WINDOW_BYTES,
+    RECORD_HEADER_BYTES, ROLL_SYNC_AHEAD_MIN_BYTES, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES,
+    SYNC_AHEAD_BYTES, TORN_WINDOW_BYTES,
 };
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -116,6 +116,7 @@ macro_rules! both_backends {
 both_backends!(
     inline_writes_are_visible_before_any_fsync,
     torn_window_and_segment_rule_hold,
+    async_data_is_synced_ahead_of_a_roll,
     eio_fails_the_wal_behind_a_running_fsync_and_on_fsync,
     append_read_replay_across_rolls,
     group_commit_completes_in_order,
@@ -255,6 +256,35 @@ fn torn_window_and_segment_rule_hold(b: Backend) -> Res {
     for (i, p) in pos.iter().enumerate().step_by(17) {
         assert_eq!(wal.read(*p, mb as u32)?, &body(i as u64, mb)[..]);
     }
+    Ok(())
+}
+
+/// Async data only: the WAL syncs ahead by itself, sooner as the segment
+/// fills, so a roll (whose first write waits for the old segment to be
+/// durable) finds little left to sync.
+fn async_data_is_synced_ahead_of_a_roll(b: Backend) -> Res {
+    let d = tempfile::tempdir()?;
+    let Some(mut wal) = open(d.path(), cfg(b))? else { return Ok(()) };
+    let rec = 256usize << 10;
+    for i in 0..400u64 {
+        wal.append(1, &[&body(i, rec)])?;
+        wal.submit(false).ok_or("no batch")?;
+        // Nothing runs after a wait: whatever is outstanding did not call
+        // for a sync.
+        for (_, r) in wait_all(&mut wal) {
+            r?;
+        }
+        check_write_rules(&wal);
+        let (w, dur) = (wal.written_end().0, wal.durable_end().0);
+        let stats = wal.segment_stats();
+        let seg = stats.iter().rfind(|s| s.base.0 < w).ok_or("no segment")?;
+        let left = seg.base.0 + seg.capacity - w;
+        let ahead_at = SYNC_AHEAD_BYTES.min(left.max(ROLL_SYNC_AHEAD_MIN_BYTES));
+        assert!(w - dur < ahead_at, "{} bytes outstanding, {left} left in the segment", w - dur);
+    }
+    assert!(wal.end().0 > 2 * SEGMENT_BYTES_MIN, "fewer than two rolls");
+    // A handful of fdatasyncs per segment, not one per batch.
+    assert!(wal.sync_count() < 60, "{} fdatasyncs for 400 async batches", wal.sync_count());
     Ok(())
 }
 

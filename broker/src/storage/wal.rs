@@ -20,9 +20,9 @@ use super::recovery::{recover, write_zeros};
 use super::segment::{create_segment, eio, fault, is_full, segment_path, sync_dir, Fault, Reserve, Segment};
 use super::uring::Uring;
 use super::{
-    BATCHES_MAX, NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES, SYNC_AHEAD_BYTES,
-    TORN_WINDOW_BYTES,
+    BATCHES_MAX, NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, ROLL_SYNC_AHEAD_MIN_BYTES,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES,
+    SYNC_AHEAD_BYTES, TORN_WINDOW_BYTES,
 };
 
 /// Batch buffers kept for reuse, so steady-state appends do not allocate.
@@ -38,12 +38,15 @@ const BUFFER_INITIAL_BYTES: usize = 64 << 10;
 const PREPARE_AT_FILL: (u64, u64) = (1, 2);
 
 /// The order in which `Auto` tries the backends. Measured on this machine
-/// (`WAL_AB=1 cargo bench -p cmq-broker --bench wal`, the two interleaved):
-/// equal medians within 1-4 %, the thread backend never slower and with
-/// a lower p99, because io_uring punts buffered writes and fsync to its
-/// io-wq kernel threads anyway (the same thread hop as our flusher) and
-/// wakes the loop once per completed entry. io_uring stays the fallback
-/// and can be chosen explicitly.
+/// when they ran whole flights (`WAL_AB=1`): equal medians within 1-4 %,
+/// the thread backend never slower and with a lower p99. Since writes are
+/// inline and the backends only run fdatasync (`WAL_LAT=1 cargo bench -p
+/// cmq-broker --bench wal`, the two interleaved, three runs): submit to
+/// durable within 2-4 % at the median (io_uring a few µs ahead, both ~130
+/// µs for one record), p99 and CPU per record mixed run to run. io_uring
+/// punts fdatasync to its io-wq kernel threads (the same thread hop as our
+/// flusher), so neither can win by much; the thread stays first, io_uring
+/// the fallback (and can be chosen explicitly).
 const AUTO_ORDER: [Backend; 2] = [Backend::Thread, Backend::IoUring];
 
 /// A position in the shard's log: a global byte offset (see `mod.rs`).
@@ -175,6 +178,15 @@ struct Batch {
     sync: bool,
 }
 
+/// The segment written last.
+#[derive(Clone)]
+struct LastWritten {
+    seg_base: u64,
+    /// Its end position (base + capacity).
+    seg_end: u64,
+    file: Arc<File>,
+}
+
 /// The running fdatasync.
 struct Syncing {
     seg_base: u64,
@@ -235,7 +247,7 @@ pub struct Wal {
     /// The segment of the last write. Every written-but-not-durable byte
     /// lies in it: nothing is written into another segment until an
     /// fdatasync has covered everything written before.
-    last_written: Option<(u64, Arc<File>)>,
+    last_written: Option<LastWritten>,
     syncing: Option<Syncing>,
     syncs_started: u64,
     /// Sealed bytes wait for an fdatasync before they may be written (the
@@ -906,7 +918,7 @@ impl Wal {
                 break;
             }
             let unsynced = self.written_bytes - self.durable_bytes;
-            if unsynced > 0 && self.last_written.as_ref().is_some_and(|l| l.0 != c.seg_base) {
+            if unsynced > 0 && self.last_written.as_ref().is_some_and(|l| l.seg_base != c.seg_base) {
                 self.blocked = true;
                 break;
             }
@@ -916,7 +928,7 @@ impl Wal {
                 self.blocked = true;
                 break;
             }
-            let (seg_base, file) = (c.seg_base, c.file.clone());
+            let seg_base = c.seg_base;
             if !fault_checked {
                 fault_checked = true;
                 if fault(&self.cfg.fault_file) == Fault::Eio {
@@ -926,17 +938,18 @@ impl Wal {
             }
             let end = from + n as u64;
             self.high_water = self.high_water.max(end);
-            if let Err(e) = file.write_all_at(&c.buf[c.written..c.written + n], from - seg_base) {
+            if let Err(e) = c.file.write_all_at(&c.buf[c.written..c.written + n], from - seg_base) {
                 self.write_failed(seg_base, e);
                 break;
             }
             self.written_end = end;
             self.written_bytes += n as u64;
-            if self.last_written.as_ref().is_none_or(|l| l.0 != seg_base) {
-                self.last_written = Some((seg_base, file));
-            }
             if let Some(seg) = self.segs.iter_mut().rev().find(|s| s.base == seg_base) {
                 seg.map.set_stable(end - seg_base);
+                if self.last_written.as_ref().is_none_or(|l| l.seg_base != seg_base) {
+                    let file = seg.file.clone();
+                    self.last_written = Some(LastWritten { seg_base, seg_end: seg.end(), file });
+                }
             }
             if let Some(c) = self.pending.front_mut() {
                 c.written += n;
@@ -966,7 +979,8 @@ impl Wal {
     /// Starts an fdatasync of the segment holding the written-but-not-
     /// durable bytes, when none runs and something needs it: a sync batch,
     /// a write held back by the rules, or `SYNC_AHEAD_BYTES` outstanding
-    /// (so that async writes rarely meet a full window). It covers
+    /// (so that async writes rarely meet a full window; sooner near the
+    /// end of the segment, see `ROLL_SYNC_AHEAD_MIN_BYTES`). It covers
     /// everything written so far; what is written while it runs waits for
     /// the next one (group commit).
     fn maybe_start_sync(&mut self) {
@@ -975,14 +989,16 @@ impl Wal {
         }
         let unsynced = self.written_bytes - self.durable_bytes;
         let last = self.last_written.clone();
-        let Some((seg_base, file)) = last.filter(|_| unsynced > 0) else {
+        let Some(LastWritten { seg_base, seg_end, file }) = last.filter(|_| unsynced > 0) else {
             // Every byte written is durable; positions up to `written_end`
             // that no write covered (see `write_sealed`) hold none.
             self.durable_end = self.written_end;
             return;
         };
         let asked = self.sync_asked_to > self.durable_end;
-        if !(asked || self.blocked || unsynced >= SYNC_AHEAD_BYTES) {
+        let seg_left = seg_end.saturating_sub(self.written_end);
+        let ahead_at = SYNC_AHEAD_BYTES.min(seg_left.max(ROLL_SYNC_AHEAD_MIN_BYTES));
+        if !(asked || self.blocked || unsynced >= ahead_at) {
             return;
         }
         let started = if fault(&self.cfg.fault_file) == Fault::Eio { Err(eio()) } else { self.engine.start_sync(file) };
