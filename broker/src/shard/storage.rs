@@ -163,7 +163,11 @@ impl ShardLog {
     /// Batches that finished since the last call, in order.
     pub fn poll_completions(&mut self, out: &mut Vec<(u64, Result<(), String>)>) {
         let mut done = Vec::new();
-        self.wal.poll_completions(&mut done);
+        let progress = self.wal.poll_completions(&mut done);
+        if progress.durable_end >= self.wal.end() {
+            // Everything is durable already (the WAL syncs ahead on its own).
+            self.unsynced_since_ms = None;
+        }
         out.extend(done.into_iter().map(|(id, r)| (id.0, r.map_err(|e| e.to_string()))));
     }
 
