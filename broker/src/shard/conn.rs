@@ -1,7 +1,7 @@
 //! One client connection: buffers, reading frames, writing what may be
 //! released, and back-pressure.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
@@ -102,33 +102,22 @@ impl Conn {
         if self.rbuf.capacity() - len < room {
             self.rbuf.reserve(room);
         }
-        let cap = self.rbuf.capacity();
-        // Initialise the spare room instead of reading into uninitialised
-        // memory (no unsafe); the memset is small next to the syscall.
-        self.rbuf.resize(cap, 0);
+        let spare = self.rbuf.capacity() - len;
         loop {
-            match self.stream.read(&mut self.rbuf[len..]) {
-                Ok(0) => {
-                    self.rbuf.truncate(len);
-                    return Ok(false);
-                }
+            match read_into_spare(&self.stream, &mut self.rbuf) {
+                Ok(0) => return Ok(false),
                 Ok(n) => {
-                    self.rbuf.truncate(len + n);
-                    if len + n < cap && !self.peer_closed {
+                    if n < spare && !self.peer_closed {
                         self.read_pending = false;
                     }
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(len);
                     self.read_pending = false;
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.rbuf.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -198,5 +187,52 @@ impl Conn {
 
     pub fn forwarded_shards(&self) -> impl Iterator<Item = u16> + '_ {
         (0..256u16).filter(|s| self.forwarded_to[usize::from(s / 64)] & (1 << (s % 64)) != 0)
+    }
+}
+
+/// One `recv` into the spare capacity of `buf`, which grows by what was
+/// read. Reading into uninitialised memory saves zeroing up to a read
+/// chunk per call, which profiling showed as about a tenth of the shard's
+/// CPU with one small request per read.
+fn read_into_spare(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let len = buf.len();
+    let ((filled, _), _) = rustix::net::recv(stream, buf.spare_capacity_mut(), rustix::net::RecvFlags::empty())?;
+    let n = filled.len();
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity
+    // (`filled` is exactly that prefix), so `len + n` bytes are initialised
+    // and within capacity.
+    unsafe { buf.set_len(len + n) };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The bytes that `read_into_spare` makes visible are exactly the bytes
+    /// sent, across reads that reuse and grow the buffer.
+    #[test]
+    fn reads_into_spare_capacity_keep_exactly_what_was_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut tx = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (rx, _) = listener.accept().expect("accept");
+        let rx = TcpStream::from_std(rx);
+        let mut buf = BytesMut::with_capacity(8);
+        buf.extend_from_slice(b"ab");
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&sent).expect("send");
+        drop(tx);
+        loop {
+            buf.reserve(4096);
+            match read_into_spare(&rx, &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        assert_eq!(&buf[..2], b"ab");
+        assert_eq!(&buf[2..], &sent[..]);
     }
 }
