@@ -49,6 +49,8 @@ struct Slot {
     agent: Agent,
     /// When the job wants to be stepped at the latest, answers or not.
     deadline: Option<Instant>,
+    /// The job waits for another job's progress: step it on every wake-up.
+    paused: bool,
     /// Registered for writability: submitted bytes the socket would not take.
     out_armed: bool,
 }
@@ -75,7 +77,7 @@ pub fn drive(jobs: Vec<Job>, shape: Shape, run: Arc<Run>, c: Arc<Counters>) -> V
             continue;
         }
         let agent = job.start(&shape, &run);
-        slots.push(Some(Slot { pipe, agent, deadline: None, out_armed: false }));
+        slots.push(Some(Slot { pipe, agent, deadline: None, paused: false, out_armed: false }));
     }
     let mut lp = Loop { epfd, slots, run, c, finished };
     lp.run();
@@ -118,7 +120,8 @@ impl Loop {
                 next_sweep = now + SWEEP;
             }
             for (i, &done) in serviced.iter().enumerate() {
-                let due = self.slots[i].as_ref().is_some_and(|s| sweep || s.deadline.is_some_and(|d| d <= now));
+                let due =
+                    self.slots[i].as_ref().is_some_and(|s| sweep || s.paused || s.deadline.is_some_and(|d| d <= now));
                 if due && !done {
                     self.turn(i, false);
                 }
@@ -136,33 +139,35 @@ impl Loop {
         if readable {
             result = slot.pipe.read_some();
         }
-        let mut answered = false;
-        let step = loop {
-            if result.is_err() {
-                break Step::Done;
-            }
+        let mut last = None;
+        while result.is_ok() {
             match slot.pipe.take_frame() {
                 Ok(Some(reply)) => {
-                    answered = true;
                     slot.agent.answer(&mut slot.pipe, reply, run, c);
-                    match slot.agent.step(&mut slot.pipe, run, c) {
-                        Step::Done => break Step::Done,
-                        wait => slot.deadline = step_deadline(wait),
+                    let step = slot.agent.step(&mut slot.pipe, run, c);
+                    last = Some(step);
+                    if step == Step::Done {
+                        break;
                     }
                 }
-                Ok(None) if answered => break Step::Wait(slot.deadline),
-                Ok(None) => break slot.agent.step(&mut slot.pipe, run, c),
+                Ok(None) => {
+                    if last.is_none() {
+                        last = Some(slot.agent.step(&mut slot.pipe, run, c));
+                    }
+                    break;
+                }
                 Err(e) => result = Err(e),
             }
-        };
+        }
         if let Err(e) = result {
             slot.agent.broke(c, e);
             return self.retire(i);
         }
-        if step == Step::Done {
-            return self.retire(i);
-        }
-        slot.deadline = step_deadline(step);
+        (slot.deadline, slot.paused) = match last {
+            Some(Step::Wait(d)) => (d, false),
+            Some(Step::Paused(d)) => (Some(d), true),
+            Some(Step::Done) | None => return self.retire(i),
+        };
         if slot.pipe.wants_write() {
             if let Err(e) = slot.pipe.write_some() {
                 slot.agent.broke(c, e);
@@ -196,13 +201,6 @@ impl Loop {
                 self.retire(i);
             }
         }
-    }
-}
-
-fn step_deadline(step: Step) -> Option<Instant> {
-    match step {
-        Step::Wait(d) => d,
-        Step::Done => None,
     }
 }
 

@@ -39,7 +39,8 @@ const WIND_DOWN: Duration = Duration::from_secs(15);
 /// wake-up) then releases the held answers, which are counted as "stalled".
 const NUDGE_AFTER: Duration = Duration::from_secs(2);
 
-/// How long a producer with nothing in flight sleeps while the backlog is full.
+/// How long a producer with nothing in flight waits while the backlog is full,
+/// unless the event loop wakes for something else first (it then looks again).
 const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
 
 /// What every worker needs to know about the run's shape.
@@ -180,6 +181,10 @@ pub enum Step {
     /// Look at me again when an answer arrives, or at this instant at the
     /// latest (`None`: the loop's own sweep, a coarse interval, is enough).
     Wait(Option<Instant>),
+    /// Nothing in flight and waiting for something another job changes (the
+    /// backlog to shrink): look at me on every wake-up, and at this instant
+    /// at the latest.
+    Paused(Instant),
     /// Finished: nothing left in flight, or given up. The connection can go.
     Done,
 }
@@ -290,7 +295,7 @@ impl Producer {
         if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
             // Consumers are behind: let them catch up before sending more.
             if pipe.in_flight() == 0 {
-                return Step::Wait(Some(Instant::now() + BACKLOG_PAUSE));
+                return Step::Paused(Instant::now() + BACKLOG_PAUSE);
             }
         } else if sending {
             let now_ns = run.now_ns();
