@@ -149,7 +149,7 @@ fn consume_mode_drains_a_preloaded_backlog() {
 #[test]
 fn plain_mode_is_the_same_load_on_one_event_loop_or_a_thread_per_connection() {
     // --pipeline 1 --batch 1 over 4 + 4 connections, driven by one event
-    // loop (the default), two, or one thread per connection (--threads 0):
+    // loop, two (the default), or one thread per connection (--threads 0):
     // every message completes its cycle either way.
     let broker = Broker::start(&["--shards", "2", "--flush", "async"]);
     for threads in ["1", "2", "0"] {
