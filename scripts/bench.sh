@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make bench: criterion micro-benchmarks, then the cmq-loadgen matrix of
-# issue 4, each scenario BENCH_RUNS times against a fresh cmqd; rewrites the
-# table between the bench markers in docs/BENCHMARKS.md with the medians.
+# issue 4, each scenario BENCH_RUNS times against a fresh cmqd, then two
+# scenarios at scale (issue 3: disk reclamation after producing and consuming
+# several GiB; restart time with 10 million queued messages); rewrites the
+# tables between the bench markers in docs/BENCHMARKS.md.
 #
 # Settings (environment):
 #   BENCH_DURATION  measured seconds per run            [10]
@@ -10,6 +12,11 @@
 #   BENCH_SIZES     body sizes in bytes                 ["64 1024"]
 #   BENCH_ONLY      run only scenarios whose name contains this (e.g. "sync/plain")
 #   BENCH_CRITERION 0 skips the criterion benchmarks    [1]
+#   BENCH_SCALE     0 skips the two at-scale scenarios   [1]
+#   BENCH_RECLAIM_BYTES  disk reclamation: bytes of 1 KiB bodies produced,
+#                   then consumed                       [4294967296]
+#   BENCH_RECLAIM_WAIT   seconds to wait for the log to shrink afterwards [180]
+#   BENCH_RESTART_MESSAGES  restart: 64-byte messages queued [10000000]
 #   BENCH_DOC       the document to rewrite             [docs/BENCHMARKS.md]
 #   BENCH_DIR       where results and broker data go (must be a real disk,
 #                   not tmpfs, or fsync costs nothing)  [target/bench]
@@ -24,6 +31,10 @@ WARMUP=${BENCH_WARMUP:-2}
 RUNS=${BENCH_RUNS:-3}
 SIZES=${BENCH_SIZES:-64 1024}
 ONLY=${BENCH_ONLY:-}
+SCALE=${BENCH_SCALE:-1}
+RECLAIM_BYTES=${BENCH_RECLAIM_BYTES:-4294967296}
+RECLAIM_WAIT=${BENCH_RECLAIM_WAIT:-180}
+RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-10000000}
 DOC=${BENCH_DOC:-docs/BENCHMARKS.md}
 BENCH_DIR=${BENCH_DIR:-$ROOT/target/bench}
 CMQD=$ROOT/target/release/cmqd
@@ -39,7 +50,8 @@ REPORT_ONLY=
 if [[ -n "${BENCH_RESULTS:-}" ]]; then
     RESULTS=$BENCH_RESULTS
     REPORT_ONLY=1
-    [[ -s "$RESULTS/scenarios" ]] || { log "$RESULTS has no scenarios file"; exit 1; }
+    [[ -s "$RESULTS/scenarios" || -s "$RESULTS/reclaim-disk.json" || -s "$RESULTS/restart.json" ]] ||
+        { log "$RESULTS has no results"; exit 1; }
 else
     log "building release binaries"
     cargo build --release --locked --bins
@@ -152,7 +164,10 @@ EOF
 
 # ---- the matrix (issue 4) ---------------------------------------------------
 PIPELINED=(--pipeline 64 --batch 16 --producers 2 --consumers 2)
-PLAIN=(--pipeline 1 --batch 1 --producers 8 --consumers 8)
+# One event-loop thread drives the 16 plain connections: with one request in
+# flight on each, answers trickle in and one loop collects them with the
+# fewest wake-ups (see "Load generator cost" in docs/BENCHMARKS.md).
+PLAIN=(--pipeline 1 --batch 1 --producers 8 --consumers 8 --threads 1)
 
 for size in $SIZES; do
     [[ -n "$REPORT_ONLY" ]] && break
@@ -173,7 +188,208 @@ for size in $SIZES; do
     done
 done
 
-if [[ ! -s "$RESULTS/scenarios" ]]; then
+# ---- at scale (issue 3): disk reclamation and restart time ---------------------
+# Disk use per shard: the broker's write-ahead-log segments, shard-K/*.log.
+# log_usage DATA_DIR prints one JSON object: {"K": [segments, bytes, allocated bytes], ...}.
+log_usage() {
+    python3 - "$1" <<'EOF'
+import glob, json, os, sys
+out = {}
+for shard_dir in sorted(glob.glob(os.path.join(sys.argv[1], "shard-*"))):
+    k = shard_dir.rsplit("-", 1)[1]
+    segs = size = alloc = 0
+    for f in glob.glob(os.path.join(shard_dir, "*.log")):
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:
+            continue  # released while we looked
+        segs += 1
+        size += st.st_size
+        alloc += st.st_blocks * 512
+    out[k] = [segs, size, alloc]
+print(json.dumps(out))
+EOF
+}
+
+wants() { [[ -z "$ONLY" || "$1" == *"$ONLY"* ]]; }
+
+# Produce RECLAIM_BYTES of 1 KiB bodies (async) into one queue per shard,
+# consume and delete them all, then watch the log shrink back: housekeeping
+# releases whole segments about once a second.
+run_reclaim() {
+    local msgs=$((RECLAIM_BYTES / 1024))
+    start_broker
+    local data=$BROKER_DIR/data
+    rm -f "$RESULTS/reclaim.consumed"
+    # Samples the log's size every 0.25 s from start to end; after the
+    # consumers finish, waits until every shard is down to two segments (the
+    # live one and one prepared ahead), or the size has not changed for 20 s,
+    # or RECLAIM_WAIT seconds have passed.
+    python3 - "$data" "$RESULTS" "$RECLAIM_WAIT" <<'EOF' &
+import glob, json, os, sys, time
+data, results, wait_max = sys.argv[1], sys.argv[2], float(sys.argv[3])
+samples = open(os.path.join(results, "reclaim.samples"), "w")
+def usage():
+    out = {}
+    for shard_dir in sorted(glob.glob(os.path.join(data, "shard-*"))):
+        segs = size = 0
+        for f in glob.glob(os.path.join(shard_dir, "*.log")):
+            try:
+                size += os.stat(f).st_size
+                segs += 1
+            except FileNotFoundError:
+                pass
+        out[shard_dir.rsplit("-", 1)[1]] = [segs, size]
+    return out
+peak = {}
+consumed_at = None
+reached = False
+last_change, last_total = time.time(), None
+while True:
+    now = time.time()
+    u = usage()
+    samples.write(f"{now:.3f} {json.dumps(u)}\n")
+    for k, (segs, size) in u.items():
+        p = peak.setdefault(k, [0, 0])
+        p[0], p[1] = max(p[0], segs), max(p[1], size)
+    total = sum(size for _, size in u.values())
+    if total != last_total:
+        last_change, last_total = now, total
+    if not os.path.isdir(data):
+        break  # the broker's directory is gone: the script ended early
+    marker = os.path.join(results, "reclaim.consumed")
+    if consumed_at is None and os.path.exists(marker):
+        consumed_at = float(open(marker).read().strip() or now)
+    if consumed_at is not None:
+        reached = all(segs <= 2 for segs, _ in u.values())
+        if reached or now - last_change >= 20 or now - consumed_at >= wait_max:
+            break
+    time.sleep(0.25)
+consumed_at = consumed_at or now
+# reclaim_s: from the last delete's answer until the log was as small as it got.
+json.dump({"peak": peak, "final": u, "reached_two_segments": reached,
+           "reclaim_s": round(max(0.0, (now if reached else last_change) - consumed_at), 2),
+           "watched_s": round(now - consumed_at, 2)},
+          open(os.path.join(results, "reclaim-disk.json"), "w"))
+EOF
+    local watcher=$!
+    log "disk reclamation: producing $msgs 1 KiB messages (async)"
+    local common=(--server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size 1024 --flush async --batch 16
+        --pipeline 64 --queue-prefix reclaim)
+    local rc=0
+    "$LOADGEN" "${common[@]}" --mode produce --producers 2 --messages "$msgs" \
+        --json "$RESULTS/reclaim-produce.json" >"$RESULTS/reclaim-produce.txt" 2>"$RESULTS/reclaim-produce.progress" ||
+        rc=$?
+    [[ $rc == 0 ]] || log "producing exited $rc; see $RESULTS/reclaim-produce.progress"
+    log "disk reclamation: log after producing: $(log_usage "$data")"
+    log "disk reclamation: consuming and deleting them"
+    rc=0
+    "$LOADGEN" "${common[@]}" --mode consume --reuse --preload 0 --consumers 2 --messages "$msgs" \
+        --json "$RESULTS/reclaim-consume.json" >"$RESULTS/reclaim-consume.txt" 2>"$RESULTS/reclaim-consume.progress" ||
+        rc=$?
+    [[ $rc == 0 ]] || log "consuming exited $rc; see $RESULTS/reclaim-consume.progress"
+    date +%s.%N >"$RESULTS/reclaim.consumed"
+    log "disk reclamation: waiting for housekeeping to release segments (up to $RECLAIM_WAIT s)"
+    wait "$watcher" || true
+    cat "$RESULTS/reclaim-produce.txt" "$RESULTS/reclaim-consume.txt" >&2
+    log "disk reclamation: $(cat "$RESULTS/reclaim-disk.json" 2>/dev/null)"
+    stop_broker "$RESULTS/reclaim.cmqd.log"
+}
+
+# Produce RESTART_MESSAGES 64-byte messages (async, batch 16, pipelined),
+# stop cmqd with SIGTERM, start it again on the same data and time it from
+# spawn to "cmqd listening on"; then its memory and the queues' counts.
+run_restart() {
+    start_broker
+    local data=$BROKER_DIR/data
+    local rss_empty
+    rss_empty=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$BROKER_PID/status")
+    log "restart: producing $RESTART_MESSAGES 64-byte messages (async)"
+    local rc=0
+    "$LOADGEN" --server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size 64 --flush async --batch 16 --pipeline 64 \
+        --producers 2 --queue-prefix restart --mode produce --messages "$RESTART_MESSAGES" \
+        --json "$RESULTS/restart-produce.json" >"$RESULTS/restart-produce.txt" \
+        2>"$RESULTS/restart-produce.progress" || rc=$?
+    [[ $rc == 0 ]] || log "producing exited $rc; see $RESULTS/restart-produce.progress"
+    cat "$RESULTS/restart-produce.txt" >&2
+    local rss_before
+    rss_before=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$BROKER_PID/status")
+    log_usage "$data" >"$RESULTS/restart-disk.json"
+    log "restart: SIGTERM; log on disk: $(cat "$RESULTS/restart-disk.json")"
+    local t0 t1
+    t0=$(date +%s.%N)
+    kill "$BROKER_PID"
+    wait "$BROKER_PID" 2>/dev/null || true
+    t1=$(date +%s.%N)
+    BROKER_PID=
+    cp "$BROKER_DIR/stderr" "$RESULTS/restart-first.cmqd.log"
+    python3 - "$CMQD" "$ROOT/target/release/cmq" "$data" "$RESULTS" "$rss_empty" "$rss_before" "$t0" "$t1" <<'EOF'
+import json, os, re, subprocess, sys, threading, time
+cmqd, cmq, data, results = sys.argv[1:5]
+rss_empty, rss_before = int(sys.argv[5] or 0), int(sys.argv[6] or 0)
+stop_s = float(sys.argv[8]) - float(sys.argv[7])
+log_path = os.path.join(results, "restart.cmqd.log")
+stderr = open(log_path, "w")
+t0 = time.monotonic()
+p = subprocess.Popen([cmqd, "--listen", "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE, stderr=stderr, text=True)
+addr = None
+for line in p.stdout:
+    if line.startswith("cmqd listening on "):
+        addr = line.split("cmqd listening on ", 1)[1].strip()
+        break
+listen_s = time.monotonic() - t0
+threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+
+def status(field):
+    for line in open(f"/proc/{p.pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+out = {"listen_s": round(listen_s, 3), "stop_s": round(stop_s, 3), "rss_empty": rss_empty, "rss_before_stop": rss_before}
+if addr is None:
+    out["error"] = f"cmqd exited ({p.wait()}) without listening; see {log_path}"
+else:
+    out["rss_at_listen"] = status("VmRSS")
+    time.sleep(2)
+    out["rss"] = status("VmRSS")
+    out["rss_anon"] = status("RssAnon")
+    out["rss_file"] = status("RssFile")
+    out["rss_peak"] = status("VmHWM")
+    produced = json.load(open(os.path.join(results, "restart-produce.json")))
+    out["acked"] = produced.get("acked_total")
+    queued = 0
+    for q in produced.get("queues", []):
+        r = subprocess.run([cmq, "--json", "--server", addr, "queue-info", q], capture_output=True, text=True)
+        try:
+            info = json.loads(r.stdout)
+            queued += int(info.get("activeMsgNum", 0)) + int(info.get("inactiveMsgNum", 0)) + int(info.get("delayMsgNum", 0))
+        except (ValueError, AttributeError):
+            out.setdefault("queue_info_errors", []).append(r.stdout + r.stderr)
+    out["queued_after"] = queued
+    p.terminate()
+    p.wait()
+stderr.close()
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+out["recovered"] = []
+for line in open(log_path):
+    m = re.search(r"shard (\d+): recovered (\d+) records from (\d+) segments in ([\d.]+)(ns|µs|us|ms|s)\b", line)
+    if m:
+        out["recovered"].append({"shard": int(m[1]), "records": int(m[2]), "segments": int(m[3]),
+                                 "secs": round(float(m[4]) * units[m[5]], 3)})
+json.dump(out, open(os.path.join(results, "restart.json"), "w"))
+print(json.dumps(out), file=sys.stderr)
+EOF
+    rm -rf "$BROKER_DIR"
+    BROKER_DIR=
+}
+
+if [[ -z "$REPORT_ONLY" && "$SCALE" != 0 ]]; then
+    wants "disk-reclaim" && run_reclaim
+    wants "restart" && run_restart
+fi
+
+if [[ ! -s "$RESULTS/scenarios" && ! -s "$RESULTS/reclaim-disk.json" && ! -s "$RESULTS/restart.json" ]]; then
     log "no scenario ran (BENCH_ONLY=$ONLY?)"
     exit 1
 fi
@@ -212,11 +428,17 @@ import glob, json, os, platform, re, statistics, subprocess, sys, time
 
 results, doc, fsync_us = sys.argv[1:4]
 fsync_us = int(fsync_us)
-first = json.load(open(sorted(glob.glob(f"{results}/*-run*.json"))[0]))
-duration = first["config"]["duration"]
-warmup = first["config"]["warmup"]
-runs = max(len(glob.glob(f"{results}/{line.split('|')[2].strip()}-run*.json")) for line in open(f"{results}/scenarios"))
-when_epoch = os.path.getmtime(f"{results}/scenarios")
+scenarios_file = os.path.join(results, "scenarios")
+have_matrix = os.path.exists(scenarios_file)
+if have_matrix:
+    first = json.load(open(sorted(glob.glob(f"{results}/*-run*.json"))[0]))
+    duration = first["config"]["duration"]
+    warmup = first["config"]["warmup"]
+    runs = max(len(glob.glob(f"{results}/{line.split('|')[2].strip()}-run*.json")) for line in open(scenarios_file))
+    when_epoch = os.path.getmtime(scenarios_file)
+else:
+    duration = warmup = runs = 0
+    when_epoch = max(os.path.getmtime(f) for f in glob.glob(f"{results}/*.json"))
 
 def cpu_model():
     try:
@@ -250,7 +472,7 @@ TARGETS = {
 rows = []
 rows_cmds = []
 disk_total = [0, 0]
-for line in open(os.path.join(results, "scenarios")):
+for line in open(scenarios_file) if have_matrix else []:
     name, size, slug = line.strip().split("|")
     reports = [json.load(open(f)) for f in sorted(glob.glob(f"{results}/{slug}-run*.json"))]
     reports.sort(key=lambda r: r["msgs_per_s"])
@@ -337,10 +559,80 @@ if disk_total[1] and disk_total[0] < disk_total[1] * 24:
     )
     rows = [r.replace("| met: ", "| met only without durability: ") for r in rows]
 
-table = f"""<!-- bench:begin -->
-<!-- Generated by scripts/bench.sh (make bench); edits between the markers are overwritten. -->
-Measured {when} (tree at commit `{rev}` when the table was written) on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
-load generator on the same machine. Each scenario: {runs} runs of {duration} s after {warmup} s of warm-up, a fresh
+def fmt_bytes(b):
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= div:
+            return f"{b / div:.2f} {unit}" if unit == "GiB" else f"{b / div:.0f} {unit}"
+    return f"{b} B"
+
+def fmt_s(v):
+    return "-" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:.1f} s")
+
+def load(name):
+    path = os.path.join(results, name)
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
+
+def per_shard(usage):
+    return "; ".join(
+        f"shard {k}: {fmt_bytes(v[1])} ({v[0]} segment{'s' if v[0] != 1 else ''})" for k, v in sorted(usage.items())
+    )
+
+scale = []
+disk = load("reclaim-disk.json")
+if disk is not None:
+    prod, cons = load("reclaim-produce.json") or {}, load("reclaim-consume.json") or {}
+    acked, deleted = prod.get("acked_total", 0), cons.get("deleted", 0)
+    size = (prod.get("config") or {}).get("size", 1024)
+    verdict = ("met" if disk["reached_two_segments"] else "**missed**") + ": at most 2 segments per shard"
+    if disk["reached_two_segments"]:
+        verdict += f", {fmt_s(disk['reclaim_s'])} after the last delete was answered"
+    else:
+        verdict += f" (still as shown {fmt_s(disk['watched_s'])} after the last delete)"
+    if deleted < acked:
+        verdict += f"; only {deleted:,} of {acked:,} deleted"
+    scale.append(f"""**Disk reclamation at scale.** One fresh `cmqd` (default 64 MiB segments); {acked:,} messages of
+{size} B ({fmt_bytes(acked * size)} of bodies), async flush, produced into one queue per shard by 2 producers
+(`--batch 16 --pipeline 64`), then received and deleted by 2 consumers; the shards' `*.log` files were sampled every
+0.25 s throughout, and after the last delete until every shard was down to two segments (the live one and one
+prepared ahead), or stopped shrinking for 20 s.
+
+| Produced | Produce msgs/s | Consume msgs/s | Peak log on disk | Log on disk at the end | Result |
+| ---: | ---: | ---: | --- | --- | --- |
+| {acked:,} | {fmt_int(prod.get("msgs_per_s", 0))} | {fmt_int(cons.get("msgs_per_s", 0))} | {per_shard(disk["peak"])} | {per_shard(disk["final"])} | {verdict} |
+""")
+rs = load("restart.json")
+if rs is not None:
+    prod = load("restart-produce.json") or {}
+    acked = prod.get("acked_total", 0)
+    on_disk = load("restart-disk.json") or {}
+    log_bytes = sum(v[1] for v in on_disk.values())
+    rec = "; ".join(f"shard {r['shard']}: {r['records']:,} records, {r['segments']} segment{'s' if r['segments'] != 1 else ''} in {fmt_s(r['secs'])}"
+                    for r in sorted(rs.get("recovered", []), key=lambda r: r["shard"])) or "-"
+    if "error" in rs:
+        scale.append(f"**Restart with {acked:,} queued messages**: {rs['error']}\n")
+    else:
+        rss, anon = rs.get("rss") or 0, rs.get("rss_anon") or 0
+        per_msg = f"{rss / acked:.0f} B ({anon / acked:.0f} B anonymous)" if acked else "-"
+        queued = rs.get("queued_after")
+        check = "" if queued == acked else f" **{queued:,} queued after the restart, {acked:,} acknowledged**"
+        scale.append(f"""**Restart with {acked:,} queued messages.** One fresh `cmqd`; {acked:,} messages of 64 B, async
+flush, produced by 2 producers (`--batch 16 --pipeline 64`) into one queue per shard and left there; `cmqd`
+stopped with SIGTERM and started again on the same data. Start-up is timed from spawn until it prints `cmqd
+listening on`; recovery as each shard's log line reports it. Memory: the restarted `cmqd`'s RSS 2 s after it
+listens (its empty RSS before producing: {fmt_bytes(rs.get("rss_empty") or 0)}; before the stop:
+{fmt_bytes(rs.get("rss_before_stop") or 0)}; peak during recovery: {fmt_bytes(rs.get("rss_peak") or 0)}).{check}
+
+| Queued | Log on disk | SIGTERM to exit | Spawn to listening | Recovery (cmqd log) | RSS after restart (anonymous) | RSS per queued msg |
+| ---: | ---: | ---: | ---: | --- | ---: | ---: |
+| {acked:,} | {fmt_bytes(log_bytes)} | {fmt_s(rs.get("stop_s"))} | {fmt_s(rs.get("listen_s"))} | {rec} | {fmt_bytes(rss)} ({fmt_bytes(anon)}) | {per_msg} |
+""")
+
+matrix = ""
+if have_matrix:
+    matrix = f"""**The matrix (issue 4).** Each scenario: {runs} runs of {duration} s after {warmup} s of warm-up, a fresh
 `cmqd` (release build, default flags, data dir on disk) per run, `--verify` on. The table shows the median run
 (by msgs/s) and every run's msgs/s. msgs/s is completed cycles/s: messages sent, received and deleted. CPU is
 percent of one core over the measured interval (200% = both vCPUs). A 4 KiB overwrite + fdatasync took a median
@@ -356,7 +648,12 @@ well above 0% means the figures were taken on a shared, noisy machine.
 
 Commands (per run, with a fresh broker; `--server` is that broker's address):
 
-""" + "\n".join(rows_cmds) + """
+""" + "\n".join(rows_cmds) + "\n"
+
+table = f"""<!-- bench:begin -->
+<!-- Generated by scripts/bench.sh (make bench); edits between the markers are overwritten. -->
+Measured {when} (tree at commit `{rev}` when the table was written) on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
+load generator on the same machine.""" + "".join("\n\n" + part.strip("\n") for part in [matrix, *scale] if part) + """
 <!-- bench:end -->"""
 
 if os.path.exists(doc):

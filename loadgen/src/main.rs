@@ -3,6 +3,7 @@
 //! `docs/BENCHMARKS.md`.
 
 mod body;
+mod driver;
 mod opts;
 mod pipe;
 mod report;
@@ -26,7 +27,7 @@ use crate::opts::{Flush, Mode, Opts};
 use crate::report::{Measured, Report};
 use crate::stats::{Counters, ErrorCounts, Hists, Phase, Run, Snapshot};
 use crate::verify::{AckSet, Delivery};
-use crate::worker::{ConsumerSpec, Outcome, ProducerSpec, Shape};
+use crate::worker::{ConsumerSpec, Finished, Job, Outcome, ProducerSpec, Shape};
 
 /// How often the monitor looks at the run (phase changes, completion).
 const TICK: Duration = Duration::from_millis(50);
@@ -80,11 +81,12 @@ pub fn pick_queue_names(prefix: &str, n: usize, shards: u16) -> anyhow::Result<V
     Ok(out)
 }
 
-/// Splits `threads` workers over the queues: worker t serves the shard
-/// `t % shards-with-queues`, and the queues of one shard are divided among
-/// that shard's workers (shared when there are more workers than queues).
+/// Splits `n` workers (producers or consumers, one connection each) over the
+/// queues: worker t serves the shard `t % shards-with-queues`, and the queues
+/// of one shard are divided among that shard's workers (shared when there are
+/// more workers than queues).
 /// Every worker's queues live on one shard, so its connection needs no hop.
-pub fn assign(threads: usize, queues: &[(String, u16)]) -> Vec<(u16, Vec<String>)> {
+pub fn assign(n: usize, queues: &[(String, u16)]) -> Vec<(u16, Vec<String>)> {
     let mut by_shard: Vec<(u16, Vec<String>)> = Vec::new();
     for (name, shard) in queues {
         match by_shard.iter_mut().find(|(s, _)| s == shard) {
@@ -96,20 +98,20 @@ pub fn assign(threads: usize, queues: &[(String, u16)]) -> Vec<(u16, Vec<String>
     if groups == 0 {
         return Vec::new();
     }
-    if threads < groups {
+    if n < groups {
         // Fewer workers than shards: each takes whole shards; its connection
         // goes to the first, and the broker forwards the rest.
-        return (0..threads)
+        return (0..n)
             .map(|t| {
-                let mine: Vec<&(u16, Vec<String>)> = by_shard.iter().skip(t).step_by(threads).collect();
-                (mine[0].0, mine.iter().flat_map(|(_, n)| n.iter().cloned()).collect())
+                let mine: Vec<&(u16, Vec<String>)> = by_shard.iter().skip(t).step_by(n).collect();
+                (mine[0].0, mine.iter().flat_map(|(_, names)| names.iter().cloned()).collect())
             })
             .collect();
     }
-    (0..threads)
+    (0..n)
         .map(|t| {
             let (shard, names) = &by_shard[t % groups];
-            let workers = threads / groups + usize::from(t % groups < threads % groups);
+            let workers = n / groups + usize::from(t % groups < n % groups);
             let k = t / groups;
             let mine: Vec<String> = if names.len() >= workers {
                 names.iter().skip(k).step_by(workers).cloned().collect()
@@ -173,38 +175,52 @@ fn queues_empty(admin: &mut Client, names: &[(String, u16)]) -> Result<bool, Cli
     Ok(true)
 }
 
+/// The event-loop threads of a run, each driving its share of the connections.
 struct Workers {
-    handles: Vec<JoinHandle<Outcome>>,
+    handles: Vec<JoinHandle<Vec<Finished>>>,
+    /// One set per thread.
     counters: Vec<Arc<Counters>>,
 }
 
 impl Workers {
-    fn new() -> Workers {
-        Workers { handles: Vec::new(), counters: Vec::new() }
-    }
-
-    fn spawn(&mut self, name: String, f: impl FnOnce(Arc<Counters>) -> Outcome + Send + 'static) -> anyhow::Result<()> {
-        let c = Arc::new(Counters::new());
-        self.counters.push(c.clone());
-        let h = std::thread::Builder::new().name(name).spawn(move || f(c)).context("spawning a worker thread")?;
-        self.handles.push(h);
-        Ok(())
+    /// Spreads `jobs` round-robin over `threads` event loops (0: one per job)
+    /// and starts them.
+    fn start(jobs: Vec<Job>, threads: usize, shape: Shape, run: &Arc<Run>) -> anyhow::Result<Workers> {
+        let n = if threads == 0 { jobs.len() } else { threads.min(jobs.len()) };
+        let mut shares: Vec<Vec<Job>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, job) in jobs.into_iter().enumerate() {
+            shares[i % n].push(job);
+        }
+        let mut w = Workers { handles: Vec::new(), counters: Vec::new() };
+        for (t, share) in shares.into_iter().enumerate() {
+            let c = Arc::new(Counters::new());
+            w.counters.push(c.clone());
+            let run = run.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || driver::drive(share, shape, run, c))
+                .context("spawning an event-loop thread")?;
+            w.handles.push(h);
+        }
+        Ok(w)
     }
 
     fn all_finished(&self) -> bool {
         self.handles.iter().all(JoinHandle::is_finished)
     }
 
-    fn join(self) -> Vec<Outcome> {
-        self.handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| Outcome {
-                    broken: Some("a worker thread panicked".into()),
-                    ..Outcome::default()
-                })
-            })
-            .collect()
+    fn join(self) -> Vec<Finished> {
+        let mut all = Vec::new();
+        for h in self.handles {
+            match h.join() {
+                Ok(f) => all.extend(f),
+                Err(_) => all.push(Finished {
+                    producer: None,
+                    out: Outcome { broken: Some("an event-loop thread panicked".into()), ..Outcome::default() },
+                }),
+            }
+        }
+        all
     }
 
     /// Moves every thread's latency samples into `into`.
@@ -217,23 +233,30 @@ impl Workers {
     }
 }
 
-fn spawn_producers(
-    workers: &mut Workers,
-    opts: &Opts,
-    shape: Shape,
-    run: &Arc<Run>,
-    queues: &[(String, u16)],
-    budget: Option<u64>,
-) -> anyhow::Result<()> {
+fn producer_jobs(opts: &Opts, queues: &[(String, u16)], budget: Option<u64>) -> Vec<Job> {
     let plan = assign(opts.producers, queues);
     let budgets = budget.map(|b| split_budget(b, opts.producers));
     let rate = opts.rate.map(|r| r / opts.producers as f64);
-    for (i, (shard, names)) in plan.into_iter().enumerate() {
-        let spec = ProducerSpec { index: i as u32, shard, queues: names, budget: budgets.as_ref().map(|b| b[i]), rate };
-        let run = run.clone();
-        workers.spawn(format!("producer-{i}"), move |c| worker::run_producer(spec, shape, run, c))?;
-    }
-    Ok(())
+    plan.into_iter()
+        .enumerate()
+        .map(|(i, (shard, names))| {
+            Job::Produce(ProducerSpec {
+                index: i as u32,
+                shard,
+                queues: names,
+                budget: budgets.as_ref().map(|b| b[i]),
+                rate,
+            })
+        })
+        .collect()
+}
+
+fn consumer_jobs(consumers: usize, queues: &[(String, u16)]) -> Vec<Job> {
+    assign(consumers, queues)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (shard, names))| Job::Consume(ConsumerSpec { index: i as u32, shard, queues: names }))
+        .collect()
 }
 
 fn run(opts: Opts) -> anyhow::Result<ExitCode> {
@@ -254,22 +277,20 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         verify: opts.verify,
         backlog_max: opts.backlog_max_n(),
     };
-    let mut outcomes: Vec<(bool, Outcome)> = Vec::new(); // (is producer, outcome)
+    let mut outcomes: Vec<Finished> = Vec::new();
 
     // Consume mode: fill the queues first, unmeasured, at full speed.
     let mut preloaded = 0;
     if opts.mode == Mode::Consume && opts.preload_n() > 0 {
         let t = Instant::now();
         let pre_run = Arc::new(Run::new(nonce, Phase::Measure));
-        let mut pre = Workers::new();
         let pre_shape = Shape { pipeline: opts.pipeline.max(8), ..shape };
         let mut pre_opts = opts.clone();
         pre_opts.rate = None;
         pre_opts.producers = opts.producers.max(1);
-        spawn_producers(&mut pre, &pre_opts, pre_shape, &pre_run, &queues, Some(opts.preload_n()))?;
-        for o in pre.join() {
-            outcomes.push((true, o));
-        }
+        let jobs = producer_jobs(&pre_opts, &queues, Some(opts.preload_n()));
+        let pre = Workers::start(jobs, opts.threads, pre_shape, &pre_run)?;
+        outcomes.extend(pre.join());
         preloaded = pre_run.acked_total.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("preloaded {preloaded} messages in {:.1} s", t.elapsed().as_secs_f64());
     }
@@ -278,38 +299,36 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let run = Arc::new(Run::new(nonce, if warmup.is_zero() { Phase::Measure } else { Phase::Warmup }));
     let spawned_at = Instant::now();
     run.acked_total.store(preloaded, std::sync::atomic::Ordering::Relaxed);
-    let mut workers = Workers::new();
     let producers = if opts.mode == Mode::Consume { 0 } else { opts.producers };
+    let mut jobs = Vec::new();
     if producers > 0 {
-        let budget = opts.messages;
-        spawn_producers(&mut workers, &opts, shape, &run, &queues, budget)?;
+        jobs.extend(producer_jobs(&opts, &queues, opts.messages));
     }
     let consumers = if opts.mode == Mode::Produce { 0 } else { opts.consumers };
-    for (i, (shard, names)) in assign(consumers, &queues).into_iter().enumerate() {
-        let spec = ConsumerSpec { index: i as u32, shard, queues: names };
-        let run = run.clone();
-        workers.spawn(format!("consumer-{i}"), move |c| worker::run_consumer(spec, shape, run, c))?;
-    }
+    jobs.extend(consumer_jobs(consumers, &queues));
+    let workers = Workers::start(jobs, opts.threads, shape, &run)?;
 
     let measured = monitor(&opts, &run, &workers, &mut admin, &queues, producers, spawned_at)?;
-    let n_producers = producers;
-    for (i, o) in workers.join().into_iter().enumerate() {
-        outcomes.push((i < n_producers, o));
-    }
+    outcomes.extend(workers.join());
 
     // Merge what the threads kept.
     let mut errors = ErrorCounts::new();
     let mut acks: Vec<AckSet> = Vec::new();
     let mut deliveries: Vec<Delivery> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
-    // Producer indices restart at 0 for the main run; preload producers and
-    // main producers never coexist (consume mode has no main producers).
-    for (is_producer, o) in outcomes {
+    // acks[p] is producer p's set. Producer indices restart at 0 for the main
+    // run; preload producers and main producers never coexist (consume mode
+    // has no main producers).
+    for Finished { producer, out: o } in outcomes {
         for (k, v) in o.errors {
             *errors.entry(k).or_default() += v;
         }
-        if is_producer {
-            acks.push(o.acks.unwrap_or_default());
+        if let Some(p) = producer {
+            let p = p as usize;
+            if acks.len() <= p {
+                acks.resize_with(p + 1, AckSet::default);
+            }
+            acks[p] = o.acks.unwrap_or_default();
         }
         deliveries.extend(o.deliveries);
         broken.extend(o.broken);

@@ -63,13 +63,22 @@ pub struct Opts {
     #[arg(long, default_value = "loadgen", value_name = "NAME")]
     pub queue_prefix: String,
 
-    /// Producer threads, each with its own connection to its queues' shard.
+    /// Producers, each with its own connection to its queues' shard.
     #[arg(long, default_value_t = 2, value_name = "P")]
     pub producers: usize,
 
-    /// Consumer threads, each with its own connection to its queues' shard.
+    /// Consumers, each with its own connection to its queues' shard.
     #[arg(long, default_value_t = 2, value_name = "C")]
     pub consumers: usize,
+
+    /// Threads that drive the connections, each an event loop over its share
+    /// of them; 0 = one thread per connection. Changes only what the load
+    /// generator costs, not the load: connections and requests in flight stay
+    /// as --producers, --consumers and --pipeline say. With --pipeline 1 one
+    /// thread costs least (each wake-up collects every answer that came
+    /// meanwhile); with deep pipelines two refill their windows sooner.
+    #[arg(long, default_value_t = 2, value_name = "T")]
+    pub threads: usize,
 
     /// Requests in flight per connection (with --rate: at most this many).
     #[arg(long, default_value_t = 32, value_name = "D")]

@@ -1,72 +1,34 @@
-//! A pipelined request stream: the client library's `Connection`, or (for
-//! open-loop producers) `RawPipe`, a non-blocking socket that can wait for
-//! answers until a precise deadline.
+//! `RawPipe`: one pipelined connection on a non-blocking socket, driven by
+//! the event loop in `driver.rs` (which owns many of them per thread).
 //!
-//! Why two: `Connection` waits in a blocking `read` bounded by SO_RCVTIMEO,
-//! which Linux rounds up to whole scheduler ticks — measured here, any
-//! timeout below a few ms became 8 ms. An open-loop producer must wake at
-//! each request's due time, so it polls a non-blocking socket with `ppoll`
-//! (nanosecond timeout) instead. Closed-loop threads only need a coarse
-//! timeout (to notice the end of the run) and use `Connection`.
+//! Requests are encoded into an outgoing buffer by `submit` and written by
+//! `write_some` as far as the socket takes them; `read_some` appends what the
+//! socket holds and `take_frame` decodes one whole answer at a time. Nothing
+//! here blocks except `next`, which waits with a nanosecond-precise deadline
+//! (`ppoll`) and is used for the handshake before a connection joins a loop.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use cmq_client::{ClientError, Connection, Reply};
+use cmq_client::{ClientError, Reply};
 use cmq_protocol::frame;
 use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use cmq_protocol::{ErrorBody, Handshake, Opcode, Request, Response};
 
-/// How long a closed-loop thread blocks in one read before it looks at the
-/// run's phase again (the kernel rounds this up to its tick).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
 /// Bytes read per syscall: a full window of answers fits in one read.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-pub trait Pipe {
-    /// Queues a request; it goes out with the next flush or wait.
-    fn submit(&mut self, req: &Request) -> u64;
-    /// Requests submitted and not yet answered.
-    fn in_flight(&self) -> usize;
-    /// The next answer, waiting until `deadline` at most (`None`: the pipe's
-    /// own polling interval). `Ok(None)` when the wait ended without one.
-    /// Sends everything submitted before blocking.
-    fn next(&mut self, deadline: Option<Instant>) -> Result<Option<Reply>, ClientError>;
-}
+/// An outgoing buffer that grew past this (a burst of large batches) is
+/// released once written instead of pinning that memory.
+const OUT_RETAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-impl Pipe for Connection {
-    fn submit(&mut self, req: &Request) -> u64 {
-        Connection::submit(self, req)
-    }
+/// How long connecting and the handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-    fn in_flight(&self) -> usize {
-        Connection::in_flight(self)
-    }
-
-    fn next(&mut self, _deadline: Option<Instant>) -> Result<Option<Reply>, ClientError> {
-        if Connection::in_flight(self) == 0 {
-            return Ok(None);
-        }
-        match self.recv() {
-            Ok(reply) => Ok(Some(reply)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Opens a client-library connection for a closed-loop thread.
-pub fn connect(server: SocketAddr, shard: u16) -> Result<Connection, ClientError> {
-    let mut conn = Connection::connect_with_timeout(server, Some(shard), Some(Duration::from_secs(10)))?;
-    conn.set_read_timeout(Some(POLL_INTERVAL))?;
-    Ok(conn)
-}
-
-/// A non-blocking pipelined connection with deadline-precise waits.
+/// A non-blocking pipelined connection.
 pub struct RawPipe {
     stream: TcpStream,
     out: Vec<u8>,
@@ -79,8 +41,9 @@ pub struct RawPipe {
 }
 
 impl RawPipe {
+    /// Connects and handshakes (blocking, up to 10 s), asking for `shard`.
     pub fn connect(server: SocketAddr, shard: u16) -> Result<RawPipe, ClientError> {
-        let stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+        let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         let mut pipe = RawPipe {
@@ -95,9 +58,9 @@ impl RawPipe {
         let mut hello = Handshake::new(cmq_client::CLIENT_NAME);
         hello.shard_hint = Some(shard);
         let id = pipe.submit(&Request::Handshake(hello));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
-            match pipe.next(Some(deadline))? {
+            match pipe.next(deadline)? {
                 Some((got, Ok(Response::Handshake(ok)))) if got == id => {
                     if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&ok.version) {
                         return Err(ClientError::Handshake {
@@ -121,14 +84,40 @@ impl RawPipe {
         }
     }
 
+    /// Queues a request; it goes out with the next `write_some`.
+    pub fn submit(&mut self, req: &Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        req.encode_frame(id, &mut self.out);
+        self.in_flight.push((id, req.opcode() as u16));
+        id
+    }
+
+    /// Requests submitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether submitted bytes are still waiting to be written.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
     fn fail(&mut self, e: ClientError) -> ClientError {
         self.broken = true;
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         e
     }
 
-    /// Writes as much of `out` as the socket takes without blocking.
-    fn write_some(&mut self) -> Result<(), ClientError> {
+    /// Writes as much of what was submitted as the socket takes without blocking.
+    pub fn write_some(&mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
         let mut written = 0;
         while written < self.out.len() {
             match self.stream.write(&self.out[written..]) {
@@ -139,12 +128,22 @@ impl RawPipe {
                 Err(e) => return Err(self.fail(disconnected(e))),
             }
         }
-        self.out.drain(..written);
+        if written == self.out.len() {
+            self.out.clear();
+            if self.out.capacity() > OUT_RETAIN_BYTES_MAX {
+                self.out = Vec::with_capacity(READ_CHUNK_BYTES);
+            }
+        } else {
+            self.out.drain(..written);
+        }
         Ok(())
     }
 
-    /// Reads whatever is there without blocking; false if nothing was.
-    fn read_some(&mut self) -> Result<bool, ClientError> {
+    /// Reads once whatever is there without blocking; false if nothing was.
+    pub fn read_some(&mut self) -> Result<bool, ClientError> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
         loop {
             match self.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(self.fail(ClientError::Disconnected)),
@@ -159,8 +158,10 @@ impl RawPipe {
         }
     }
 
-    /// A buffered whole frame, decoded, if there is one.
-    fn take_frame(&mut self) -> Result<Option<Reply>, ClientError> {
+    /// A buffered whole answer, decoded, if there is one. The outer error is
+    /// about the connection (framing, an answer nobody asked for) and breaks
+    /// it; the inner result is the request's own outcome.
+    pub fn take_frame(&mut self) -> Result<Option<Reply>, ClientError> {
         let total = match frame::check(&self.inbuf) {
             Ok(Some(total)) => total,
             Ok(None) => return Ok(None),
@@ -187,31 +188,15 @@ impl RawPipe {
         };
         Ok(Some((id, result)))
     }
-}
 
-impl Pipe for RawPipe {
-    fn submit(&mut self, req: &Request) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        req.encode_frame(id, &mut self.out);
-        self.in_flight.push((id, req.opcode() as u16));
-        id
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    fn next(&mut self, deadline: Option<Instant>) -> Result<Option<Reply>, ClientError> {
-        if self.broken {
-            return Err(ClientError::Disconnected);
-        }
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + POLL_INTERVAL);
+    /// The next answer, waiting until `deadline` at most; `Ok(None)` when
+    /// the wait ended without one. Writes everything submitted first.
+    pub fn next(&mut self, deadline: Instant) -> Result<Option<Reply>, ClientError> {
         loop {
             if let Some(reply) = self.take_frame()? {
                 return Ok(Some(reply));
             }
-            if !self.out.is_empty() {
+            if self.wants_write() {
                 self.write_some()?;
             }
             if self.read_some()? {
@@ -221,20 +206,21 @@ impl Pipe for RawPipe {
             if now >= deadline {
                 return Ok(None);
             }
-            let wait = deadline - now;
-            let timeout = rustix::event::Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
             let mut flags = rustix::event::PollFlags::IN;
-            if !self.out.is_empty() {
+            if self.wants_write() {
                 flags |= rustix::event::PollFlags::OUT;
             }
             let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.stream.as_fd(), flags)];
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
+            match rustix::event::poll(&mut fds, Some(&timespec(deadline - now))) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(self.fail(ClientError::Io(e.into()))),
             }
         }
     }
+}
+
+pub fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
 }
 
 fn disconnected(e: io::Error) -> ClientError {

@@ -1,10 +1,12 @@
-//! Producer and consumer threads.
+//! Producers and consumers: state machines that the event loop
+//! (`driver.rs`) steps, one per connection.
 //!
-//! Each thread owns one pipelined connection to the shard that owns its
-//! queues and keeps `pipeline` requests in flight on it. New requests are
-//! submitted as answers come in and go out together with the next read
-//! (the connection flushes before it blocks), so a window's worth of
-//! requests usually costs one write and its answers one read.
+//! Each owns one pipelined connection to the shard that owns its queues and
+//! keeps `pipeline` requests in flight on it. `step` submits what may go out
+//! now and says when it next wants to be looked at; `answer` books one
+//! answer. The loop calls `step` after every answer, so a window is refilled
+//! as answers come in, and writes what was submitted once per wake-up: a
+//! window's worth of requests usually costs one write and its answers one read.
 //!
 //! Hot-path cost per message: a 24-byte header write into a reused arena
 //! and a refcount for its `Bytes` (producers); a header parse and, with
@@ -15,16 +17,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cmq_client::{ClientError, ErrorCode, ReceiptHandle, Request, Response};
+use cmq_client::{ClientError, ErrorCode, ReceiptHandle, Reply, Request, Response};
 use cmq_protocol::{BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, DeleteMessage, ReceiveMessage};
 use cmq_protocol::{ReceivedMessage, SendMessage};
 
 use crate::body::{self, BodyArena};
-use crate::pipe::{self, Pipe, RawPipe};
+use crate::pipe::RawPipe;
 use crate::schedule::Schedule;
 use crate::stats::{Counters, ErrKey, ErrorCounts, Phase, Run};
 use crate::verify::{AckSet, Delivery, FOREIGN};
@@ -38,7 +39,8 @@ const WIND_DOWN: Duration = Duration::from_secs(15);
 /// wake-up) then releases the held answers, which are counted as "stalled".
 const NUDGE_AFTER: Duration = Duration::from_secs(2);
 
-/// How long a producer with nothing in flight sleeps while the backlog is full.
+/// How long a producer with nothing in flight waits while the backlog is full,
+/// unless the event loop wakes for something else first (it then looks again).
 const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
 
 /// What every worker needs to know about the run's shape.
@@ -120,26 +122,118 @@ pub struct ProducerSpec {
     pub rate: Option<f64>,
 }
 
+/// One consumer: the shard it talks to and its queues.
+pub struct ConsumerSpec {
+    pub index: u32,
+    pub shard: u16,
+    pub queues: Vec<String>,
+}
+
+/// A connection's job, before it connects.
+pub enum Job {
+    Produce(ProducerSpec),
+    Consume(ConsumerSpec),
+}
+
+impl Job {
+    pub fn shard(&self) -> u16 {
+        match self {
+            Job::Produce(s) => s.shard,
+            Job::Consume(s) => s.shard,
+        }
+    }
+
+    /// Starts the job on its freshly connected pipe.
+    pub fn start(self, shape: &Shape, run: &Run) -> Agent {
+        match self {
+            Job::Produce(spec) => Agent::Producer(Box::new(Producer::new(spec, shape, run))),
+            Job::Consume(spec) => Agent::Consumer(Box::new(Consumer::new(spec, shape))),
+        }
+    }
+
+    /// The outcome of a job whose connection could not be opened.
+    pub fn failed(self, run: &Run, c: &Counters, e: ClientError) -> Finished {
+        let mut out = Outcome::default();
+        match self {
+            Job::Produce(spec) => {
+                out.broke(c, e, &format!("producer {} could not connect", spec.index));
+                run.producers_done.fetch_add(1, Relaxed);
+                Finished { producer: Some(spec.index), out }
+            }
+            Job::Consume(spec) => {
+                out.broke(c, e, &format!("consumer {} could not connect", spec.index));
+                Finished { producer: None, out }
+            }
+        }
+    }
+}
+
+/// What a finished job hands back.
+pub struct Finished {
+    /// The producer's index, or `None` for a consumer.
+    pub producer: Option<u32>,
+    pub out: Outcome,
+}
+
+/// What a job wants after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Look at me again when an answer arrives, or at this instant at the
+    /// latest (`None`: the loop's own sweep, a coarse interval, is enough).
+    Wait(Option<Instant>),
+    /// Nothing in flight and waiting for something another job changes (the
+    /// backlog to shrink): look at me on every wake-up, and at this instant
+    /// at the latest.
+    Paused(Instant),
+    /// Finished: nothing left in flight, or given up. The connection can go.
+    Done,
+}
+
+/// A running job. Boxed: the loop keeps a small vector of them.
+pub enum Agent {
+    Producer(Box<Producer>),
+    Consumer(Box<Consumer>),
+}
+
+impl Agent {
+    pub fn step(&mut self, pipe: &mut RawPipe, run: &Run, c: &Counters) -> Step {
+        match self {
+            Agent::Producer(p) => p.step(pipe, run, c),
+            Agent::Consumer(k) => k.step(pipe, run, c),
+        }
+    }
+
+    pub fn answer(&mut self, pipe: &mut RawPipe, reply: Reply, run: &Run, c: &Counters) {
+        match self {
+            Agent::Producer(p) => p.answer(reply, run, c),
+            Agent::Consumer(k) => k.answer(pipe, reply, run, c),
+        }
+    }
+
+    /// The connection broke: the job ends here.
+    pub fn broke(&mut self, c: &Counters, e: ClientError) {
+        match self {
+            Agent::Producer(p) => p.out.broke(c, e, &format!("producer {}", p.spec.index)),
+            Agent::Consumer(k) => k.out.broke(c, e, &format!("consumer {}", k.spec.index)),
+        }
+    }
+
+    pub fn finish(self, run: &Run) -> Finished {
+        match self {
+            Agent::Producer(p) => {
+                run.producers_done.fetch_add(1, Relaxed);
+                Finished { producer: Some(p.spec.index), out: p.out }
+            }
+            Agent::Consumer(k) => Finished { producer: None, out: k.out },
+        }
+    }
+}
+
 struct SendPending {
     /// When the request was submitted, or was due (open loop).
     t0_ns: u64,
     seq_start: u64,
     count: u16,
-}
-
-pub fn run_producer(spec: ProducerSpec, shape: Shape, run: Arc<Run>, counters: Arc<Counters>) -> Outcome {
-    let mut out = Outcome { acks: shape.verify.then(AckSet::default), ..Outcome::default() };
-    let result = if spec.rate.is_some() {
-        RawPipe::connect(shape.server, spec.shard)
-            .map(|mut p| produce(&mut p, &spec, &shape, &run, &counters, &mut out))
-    } else {
-        pipe::connect(shape.server, spec.shard).map(|mut c| produce(&mut c, &spec, &shape, &run, &counters, &mut out))
-    };
-    if let Err(e) = result {
-        out.broke(&counters, e, &format!("producer {} could not connect", spec.index));
-    }
-    run.producers_done.fetch_add(1, Relaxed);
-    out
 }
 
 fn send_template(queue: &str, batch: usize) -> Request {
@@ -154,41 +248,71 @@ fn send_template(queue: &str, batch: usize) -> Request {
     }
 }
 
-fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
-    let mut templates: Vec<Request> = spec.queues.iter().map(|q| send_template(q, shape.batch)).collect();
-    let mut next_queue = 0;
-    let mut arena = BodyArena::new(shape.size, run.nonce);
-    let mut pending: IdMap<SendPending> = id_map(shape.pipeline * 2);
-    let mut seq: u64 = 0;
-    let mut budget = spec.budget.unwrap_or(u64::MAX);
-    let mut next_k: u64 = 0;
-    let mut wind_down: Option<Instant> = None;
-    let schedule = spec.rate.map(|r| Schedule::new(run.now_ns(), r, shape.batch));
-    let mut last_answer = Instant::now();
-    // Requests up to this id were in flight when the nudge went out.
-    let mut nudged_below: Option<u64> = None;
-    loop {
-        let sending = run.phase() <= Phase::Measure && budget > 0;
+pub struct Producer {
+    spec: ProducerSpec,
+    shape: Shape,
+    out: Outcome,
+    templates: Vec<Request>,
+    next_queue: usize,
+    arena: BodyArena,
+    pending: IdMap<SendPending>,
+    /// Counter of the next message (part of its id).
+    seq: u64,
+    /// Messages this producer may still send.
+    budget: u64,
+    /// Index of the next request in the open-loop schedule.
+    next_k: u64,
+    schedule: Option<Schedule>,
+    wind_down: Option<Instant>,
+    last_answer: Instant,
+    /// Requests up to this id were in flight when the nudge went out.
+    nudged_below: Option<u64>,
+}
+
+impl Producer {
+    fn new(spec: ProducerSpec, shape: &Shape, run: &Run) -> Producer {
+        Producer {
+            templates: spec.queues.iter().map(|q| send_template(q, shape.batch)).collect(),
+            next_queue: 0,
+            arena: BodyArena::new(shape.size, run.nonce),
+            pending: id_map(shape.pipeline * 2),
+            seq: 0,
+            budget: spec.budget.unwrap_or(u64::MAX),
+            next_k: 0,
+            schedule: spec.rate.map(|r| Schedule::new(run.now_ns(), r, shape.batch)),
+            wind_down: None,
+            last_answer: Instant::now(),
+            nudged_below: None,
+            shape: *shape,
+            out: Outcome { acks: shape.verify.then(AckSet::default), ..Outcome::default() },
+            spec,
+        }
+    }
+
+    fn step(&mut self, pipe: &mut RawPipe, run: &Run, c: &Counters) -> Step {
+        let shape = &self.shape;
+        let sending = run.phase() <= Phase::Measure && self.budget > 0;
         if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
             // Consumers are behind: let them catch up before sending more.
             if pipe.in_flight() == 0 {
-                std::thread::sleep(BACKLOG_PAUSE);
-                continue;
+                return Step::Paused(Instant::now() + BACKLOG_PAUSE);
             }
         } else if sending {
             let now_ns = run.now_ns();
-            let due = schedule.map_or(u64::MAX, |s| s.due_by(now_ns));
-            while pipe.in_flight() < shape.pipeline && budget > 0 && next_k < due {
-                let t0_ns = schedule.map_or(now_ns, |s| s.due_ns(next_k));
-                let n = budget.min(shape.batch as u64) as usize;
-                let req = &mut templates[next_queue];
-                next_queue = (next_queue + 1) % spec.queues.len();
-                arena.prepare(n);
+            let due = self.schedule.map_or(u64::MAX, |s| s.due_by(now_ns));
+            while pipe.in_flight() < shape.pipeline && self.budget > 0 && self.next_k < due {
+                let t0_ns = self.schedule.map_or(now_ns, |s| s.due_ns(self.next_k));
+                let n = self.budget.min(shape.batch as u64) as usize;
+                let req = &mut self.templates[self.next_queue];
+                self.next_queue = (self.next_queue + 1) % self.spec.queues.len();
+                self.arena.prepare(n);
                 match req {
-                    Request::SendMessage(r) => r.body = arena.body(body::message_id(spec.index, seq), t0_ns),
+                    Request::SendMessage(r) => {
+                        r.body = self.arena.body(body::message_id(self.spec.index, self.seq), t0_ns)
+                    }
                     Request::BatchSendMessage(r) => {
                         for i in 0..n as u64 {
-                            r.bodies.push(arena.body(body::message_id(spec.index, seq + i), t0_ns));
+                            r.bodies.push(self.arena.body(body::message_id(self.spec.index, self.seq + i), t0_ns));
                         }
                     }
                     _ => unreachable!("send templates are sends"),
@@ -200,77 +324,66 @@ fn produce<P: Pipe>(pipe: &mut P, spec: &ProducerSpec, shape: &Shape, run: &Run,
                     Request::BatchSendMessage(r) => r.bodies.clear(),
                     _ => {}
                 }
-                pending.insert(id, SendPending { t0_ns, seq_start: seq, count: n as u16 });
-                seq += n as u64;
-                budget -= n as u64;
-                next_k += 1;
+                self.pending.insert(id, SendPending { t0_ns, seq_start: self.seq, count: n as u16 });
+                self.seq += n as u64;
+                self.budget -= n as u64;
+                self.next_k += 1;
             }
         } else {
             if pipe.in_flight() == 0 {
-                return;
+                return Step::Done;
             }
-            let deadline = *wind_down.get_or_insert_with(|| Instant::now() + WIND_DOWN);
-            if nudged_below.is_none() && last_answer.elapsed() >= NUDGE_AFTER {
+            let deadline = *self.wind_down.get_or_insert_with(|| Instant::now() + WIND_DOWN);
+            if self.nudged_below.is_none() && self.last_answer.elapsed() >= NUDGE_AFTER {
                 let id = pipe.submit(&Request::Ping(cmq_protocol::Ping {}));
-                nudged_below = Some(id);
-                pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0 });
+                self.nudged_below = Some(id);
+                self.pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0 });
             }
             if Instant::now() >= deadline {
-                out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
-                out.broken = Some(format!("producer {}: {} sends unanswered at the end", spec.index, pending.len()));
-                return;
+                self.out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
+                self.out.broken =
+                    Some(format!("producer {}: {} sends unanswered at the end", self.spec.index, self.pending.len()));
+                return Step::Done;
             }
         }
         // Open loop: wake for the next due request unless the window is full.
-        let deadline = match schedule {
-            Some(s) if sending && pipe.in_flight() < shape.pipeline => Some(run.instant_at(s.due_ns(next_k))),
-            _ => None,
-        };
-        let reply = match pipe.next(deadline) {
-            Ok(Some(reply)) => reply,
-            Ok(None) => continue,
-            Err(e) => return out.broke(c, e, &format!("producer {}", spec.index)),
-        };
-        let (id, result) = reply;
-        last_answer = Instant::now();
-        let Some(p) = pending.remove(&id) else { continue };
-        if let Some(nudge) = nudged_below {
+        match self.schedule {
+            Some(s) if sending && pipe.in_flight() < shape.pipeline => {
+                Step::Wait(Some(run.instant_at(s.due_ns(self.next_k))))
+            }
+            _ => Step::Wait(None),
+        }
+    }
+
+    fn answer(&mut self, (id, result): Reply, run: &Run, c: &Counters) {
+        self.last_answer = Instant::now();
+        let Some(p) = self.pending.remove(&id) else { return };
+        if let Some(nudge) = self.nudged_below {
             if id < nudge {
-                *out.errors.entry(ErrKey::Other("stalled")).or_default() += 1;
+                *self.out.errors.entry(ErrKey::Other("stalled")).or_default() += 1;
             }
         }
         let acked = match result {
-            Ok(Response::Ping(_)) => continue,
+            Ok(Response::Ping(_)) => return,
             Ok(Response::SendMessage(_)) => p.count == 1,
             Ok(Response::BatchSendMessage(ok)) => ok.msg_ids.len() == usize::from(p.count),
             Ok(_) => false,
-            Err(e) => {
-                out.error(c, &e);
-                continue;
-            }
+            Err(e) => return self.out.error(c, &e),
         };
         if !acked {
-            out.error(c, &ClientError::Protocol(String::new()));
-            continue;
+            return self.out.error(c, &ClientError::Protocol(String::new()));
         }
         let now_ns = run.now_ns();
         let n = u64::from(p.count);
         c.sent.fetch_add(n, Relaxed);
         run.acked_total.fetch_add(n, Relaxed);
-        if let Some(acks) = out.acks.as_mut() {
+        if let Some(acks) = self.out.acks.as_mut() {
             acks.mark(p.seq_start, n);
         }
         if let Ok(mut h) = c.hists.lock() {
             h.send_ack.saturating_record(now_ns.saturating_sub(p.t0_ns).max(1));
         }
     }
-}
-
-/// One consumer: the shard it talks to and its queues.
-pub struct ConsumerSpec {
-    pub index: u32,
-    pub shard: u16,
-    pub queues: Vec<String>,
 }
 
 enum RecvPending {
@@ -312,47 +425,59 @@ fn consumer_templates(queue: &str, shape: &Shape) -> QueueReqs {
     }
 }
 
-pub fn run_consumer(spec: ConsumerSpec, shape: Shape, run: Arc<Run>, counters: Arc<Counters>) -> Outcome {
-    let mut out = Outcome::default();
-    match pipe::connect(shape.server, spec.shard) {
-        Ok(mut conn) => consume(&mut conn, &spec, &shape, &run, &counters, &mut out),
-        Err(e) => out.broke(&counters, e, &format!("consumer {} could not connect", spec.index)),
-    }
-    out
+pub struct Consumer {
+    spec: ConsumerSpec,
+    shape: Shape,
+    out: Outcome,
+    reqs: Vec<QueueReqs>,
+    pending: IdMap<(usize, RecvPending)>,
+    next_queue: usize,
+    wind_down: Option<Instant>,
 }
 
-fn consume<P: Pipe>(pipe: &mut P, spec: &ConsumerSpec, shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
-    let mut reqs: Vec<QueueReqs> = spec.queues.iter().map(|q| consumer_templates(q, shape)).collect();
-    let mut pending: IdMap<(usize, RecvPending)> = id_map(shape.pipeline * 2);
-    let mut next_queue = 0;
-    let mut wind_down: Option<Instant> = None;
-    loop {
-        let receiving = run.phase() < Phase::Stop;
-        if receiving {
-            while pipe.in_flight() < shape.pipeline {
-                let q = next_queue;
-                next_queue = (next_queue + 1) % reqs.len();
-                let id = pipe.submit(&reqs[q].receive);
-                pending.insert(id, (q, RecvPending::Receive));
+impl Consumer {
+    fn new(spec: ConsumerSpec, shape: &Shape) -> Consumer {
+        Consumer {
+            reqs: spec.queues.iter().map(|q| consumer_templates(q, shape)).collect(),
+            pending: id_map(shape.pipeline * 2),
+            next_queue: 0,
+            wind_down: None,
+            shape: *shape,
+            out: Outcome::default(),
+            spec,
+        }
+    }
+
+    fn step(&mut self, pipe: &mut RawPipe, run: &Run, c: &Counters) -> Step {
+        if run.phase() < Phase::Stop {
+            while pipe.in_flight() < self.shape.pipeline {
+                let q = self.next_queue;
+                self.next_queue = (self.next_queue + 1) % self.reqs.len();
+                let id = pipe.submit(&self.reqs[q].receive);
+                self.pending.insert(id, (q, RecvPending::Receive));
             }
         } else {
             if pipe.in_flight() == 0 {
-                return;
+                return Step::Done;
             }
-            let deadline = *wind_down
-                .get_or_insert_with(|| Instant::now() + WIND_DOWN + Duration::from_secs(u64::from(shape.wait_s)));
+            let wait = Duration::from_secs(u64::from(self.shape.wait_s));
+            let deadline = *self.wind_down.get_or_insert_with(|| Instant::now() + WIND_DOWN + wait);
             if Instant::now() >= deadline {
-                out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
-                out.broken = Some(format!("consumer {}: {} requests unanswered at the end", spec.index, pending.len()));
-                return;
+                self.out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
+                self.out.broken = Some(format!(
+                    "consumer {}: {} requests unanswered at the end",
+                    self.spec.index,
+                    self.pending.len()
+                ));
+                return Step::Done;
             }
         }
-        let (id, result) = match pipe.next(None) {
-            Ok(Some(reply)) => reply,
-            Ok(None) => continue,
-            Err(e) => return out.broke(c, e, &format!("consumer {}", spec.index)),
-        };
-        let Some((q, what)) = pending.remove(&id) else { continue };
+        Step::Wait(None)
+    }
+
+    fn answer(&mut self, pipe: &mut RawPipe, (id, result): Reply, run: &Run, c: &Counters) {
+        let Some((q, what)) = self.pending.remove(&id) else { return };
+        let out = &mut self.out;
         match what {
             RecvPending::Receive => {
                 let delivered: &[ReceivedMessage] = match &result {
@@ -372,11 +497,11 @@ fn consume<P: Pipe>(pipe: &mut P, spec: &ConsumerSpec, shape: &Shape, run: &Run,
                     }
                 };
                 if delivered.is_empty() {
-                    continue;
+                    return;
                 }
                 let rec_start = out.deliveries.len();
-                on_delivery(delivered, shape, run, c, out);
-                let del = &mut reqs[q].delete;
+                on_delivery(delivered, &self.shape, run, c, out);
+                let del = &mut self.reqs[q].delete;
                 match del {
                     Request::DeleteMessage(r) => r.receipt_handle = delivered[0].receipt_handle,
                     Request::BatchDeleteMessage(r) => {
@@ -387,7 +512,7 @@ fn consume<P: Pipe>(pipe: &mut P, spec: &ConsumerSpec, shape: &Shape, run: &Run,
                 }
                 let count = delivered.len();
                 let id = pipe.submit(del);
-                pending.insert(id, (q, RecvPending::Delete { rec_start, count }));
+                self.pending.insert(id, (q, RecvPending::Delete { rec_start, count }));
             }
             RecvPending::Delete { rec_start, count } => {
                 let mut ok_items = 0u64;

@@ -146,6 +146,44 @@ fn consume_mode_drains_a_preloaded_backlog() {
     assert_eq!(num(&r, "deleted"), 5000.0, "{why}");
 }
 
+#[test]
+fn plain_mode_is_the_same_load_on_one_event_loop_or_a_thread_per_connection() {
+    // --pipeline 1 --batch 1 over 4 + 4 connections, driven by one event
+    // loop, two (the default), or one thread per connection (--threads 0):
+    // every message completes its cycle either way.
+    let broker = Broker::start(&["--shards", "2", "--flush", "async"]);
+    for threads in ["1", "2", "0"] {
+        let (out, r) = loadgen(
+            &broker,
+            &[
+                "--mode",
+                "cycle",
+                "--flush",
+                "async",
+                "--messages",
+                "3000",
+                "--pipeline",
+                "1",
+                "--batch",
+                "1",
+                "--producers",
+                "4",
+                "--consumers",
+                "4",
+                "--threads",
+                threads,
+                "--verify",
+            ],
+        );
+        let why = format!("--threads {threads}: {}", describe(&out, &r));
+        assert!(out.status.success(), "{why}");
+        assert_eq!(num(&r, "lost"), 0.0, "{why}");
+        assert_eq!(num(&r, "duplicated"), 0.0, "{why}");
+        assert_eq!(num(&r, "deleted"), 3000.0, "{why}");
+        assert_eq!(r["config"]["threads"].as_u64(), Some(threads.parse().unwrap()), "{why}");
+    }
+}
+
 /// Needs cmqd's hidden `--fault-drop-one-in N` (acknowledge every Nth send
 /// without enqueueing it). Until the broker has that flag, cmqd refuses to
 /// start and this test fails in `Broker::start`.
