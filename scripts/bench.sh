@@ -64,7 +64,7 @@ log "results in $RESULTS"
 if [[ -z "$REPORT_ONLY" && "${BENCH_CRITERION:-1}" != 0 ]]; then
     if grep -qs '^\[\[bench\]\]' ./*/Cargo.toml || compgen -G "*/benches/*.rs" >/dev/null; then
         log "criterion benchmarks"
-        cargo bench --workspace --locked -- --noplot 2>&1 | tee "$RESULTS/criterion.txt" >&2
+        cargo bench --workspace --bench '*' --locked -- --noplot 2>&1 | tee "$RESULTS/criterion.txt" >&2
     else
         log "no criterion benchmarks in the workspace yet; skipped"
     fi

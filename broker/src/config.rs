@@ -39,7 +39,7 @@ const PUSH_WORKERS_MAX: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IoBackend {
-    /// io_uring if this kernel allows it, else a flusher thread.
+    /// The flusher thread (measured at least as fast here), else io_uring.
     Auto,
     IoUring,
     Thread,
