@@ -733,9 +733,9 @@ impl Wal {
             if let Some(seg) = self.segs.pop_front() {
                 self.active -= 1;
                 log::debug!("releasing WAL segment {}", seg.path.display());
-                // The map and file close here; the unlink happens on the
-                // housekeeper thread, in order.
-                self.keeper.delete(seg.path.clone());
+                // Unmapped, closed and unlinked on the housekeeper thread,
+                // in order: unmapping stalls the caller for milliseconds.
+                self.keeper.release(seg);
                 freed = true;
             }
         }
