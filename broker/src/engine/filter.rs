@@ -265,3 +265,416 @@ fn check_key(field: Field<'_>, key: &str, bytes_max: usize) -> Result<(), String
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The obvious exponential definition of §8's word matching.
+    fn naive_words(pat: &[&str], text: &[&str]) -> bool {
+        match pat.split_first() {
+            None => text.is_empty(),
+            Some((&"#", rest)) => (1..=text.len()).any(|k| naive_words(rest, &text[k..])),
+            Some((&"*", rest)) => !text.is_empty() && naive_words(rest, &text[1..]),
+            Some((w, rest)) => text.first() == Some(w) && naive_words(rest, &text[1..]),
+        }
+    }
+
+    fn naive(binding: &str, routing: &str) -> bool {
+        if routing.is_empty() {
+            return false;
+        }
+        let pat: Vec<&str> = binding.split('.').collect();
+        let text: Vec<&str> = routing.split('.').collect();
+        naive_words(&pat, &text)
+    }
+
+    /// Both the public function (with its shortcuts) and the general
+    /// algorithm, checked against the reference.
+    fn check(binding: &str, routing: &str, expected: bool) {
+        assert_eq!(naive(binding, routing), expected, "reference: {binding:?} vs {routing:?}");
+        assert_eq!(binding_matches(binding, routing), expected, "{binding:?} vs {routing:?}");
+        if !routing.is_empty() {
+            let general = match_words(binding.as_bytes(), routing.as_bytes(), &mut 0);
+            assert_eq!(general, expected, "general algorithm: {binding:?} vs {routing:?}");
+        }
+    }
+
+    #[test]
+    fn tag_rules() {
+        // (filter tags, message tags, delivered)
+        let table: &[(&[&str], &[&str], bool)] = &[
+            // Rule 1: no filter tags takes everything.
+            (&[], &[], true),
+            (&[], &["a"], true),
+            (&[], &["a", "b", "c", "d", "e"], true),
+            // Rule 2: a non-empty intersection.
+            (&["a"], &["a"], true),
+            (&["a"], &["b", "a"], true),
+            (&["a", "b"], &["b"], true),
+            (&["a", "b"], &["c", "b", "x"], true),
+            (&["a", "a"], &["a"], true),
+            (&["a"], &["b"], false),
+            (&["a", "b"], &["c", "d", "e"], false),
+            // Rule 3: filter tags and an untagged message.
+            (&["a"], &[], false),
+            (&["a", "b", "c", "d", "e"], &[], false),
+            // Exact comparison: case, whitespace, prefixes, non-ASCII.
+            (&["A"], &["a"], false),
+            (&["Order"], &["order"], false),
+            (&["a "], &["a"], false),
+            (&["ab"], &["a"], false),
+            (&["a"], &["ab"], false),
+            (&["é"], &["e"], false),
+            (&["é"], &["é"], true),
+            (&["标签"], &["标签"], true),
+        ];
+        for &(filter, msg, expected) in table {
+            assert_eq!(tags_match(&strings(filter), &strings(msg)), expected, "filter {filter:?}, msg {msg:?}");
+        }
+    }
+
+    #[test]
+    fn routing_key_rules() {
+        // (binding key, routing key, matched)
+        let table: &[(&str, &str, bool)] = &[
+            // Literal keys.
+            ("order.created", "order.created", true),
+            ("order.created", "order.deleted", false),
+            ("order.created", "order", false),
+            ("order.created", "order.created.x", false),
+            ("order", "order", true),
+            ("order", "orders", false),
+            ("order", "order.created", false),
+            // Case-sensitive.
+            ("Order.created", "order.created", false),
+            ("order.created", "order.Created", false),
+            // `*`: exactly one word.
+            ("order.*", "order.created", true),
+            ("order.*", "order.deleted", true),
+            ("order.*", "order", false),
+            ("order.*", "order.created.eu", false),
+            ("order.*", "audit.created", false),
+            ("*.created", "order.created", true),
+            ("*.created", "created", false),
+            ("*.created", "a.b.created", false),
+            ("*", "a", true),
+            ("*", "a.b", false),
+            ("*.*", "a.b", true),
+            ("*.*", "a", false),
+            ("*.*", "a.b.c", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.c", false),
+            ("a.*.c", "a.b.b.c", false),
+            // `#`: one or more words (not zero).
+            ("audit.#", "audit.login", true),
+            ("audit.#", "audit.login.failed.eu", true),
+            ("audit.#", "audit", false),
+            ("audit.#", "order.audit", false),
+            ("audit.#", "auditx.login", false),
+            ("#", "a", true),
+            ("#", "a.b.c", true),
+            ("#.created", "order.created", true),
+            ("#.created", "a.b.order.created", true),
+            ("#.created", "created", false),
+            ("#.created", "order.created.x", false),
+            ("a.#.z", "a.b.z", true),
+            ("a.#.z", "a.b.c.d.z", true),
+            ("a.#.z", "a.z", false),
+            ("a.#.z", "a.b.z.q", false),
+            ("a.#.z", "a.z.z", true),
+            ("a.#.z", "a.z.z.z", true),
+            // Several `#`: each takes at least one word.
+            ("#.#", "a", false),
+            ("#.#", "a.b", true),
+            ("#.#", "a.b.c.d", true),
+            ("#.#.#", "a.b", false),
+            ("#.#.#", "a.b.c", true),
+            ("a.#.b.#.c", "a.x.b.y.c", true),
+            ("a.#.b.#.c", "a.b.b.c", false),
+            ("a.#.b.#.c", "a.b.b.b.c", true),
+            ("a.#.b.#.c", "a.x.b.c", false),
+            ("#.a.#", "a", false),
+            ("#.a.#", "x.a", false),
+            ("#.a.#", "x.a.y", true),
+            ("#.a.#", "a.a.a", true),
+            ("#.a.#", "b.b.a.b.b", true),
+            // `*` and `#` together.
+            ("*.#", "a", false),
+            ("*.#", "a.b", true),
+            ("#.*", "a.b.c", true),
+            ("#.*.x", "a.b.x", true),
+            ("#.*.x", "a.x", false),
+            ("*.#.*", "a.b.c", true),
+            ("*.#.*", "a.b", false),
+            // Wildcard characters inside a word are literal.
+            ("a*b", "a*b", true),
+            ("a*b", "axb", false),
+            ("a*b", "ab", false),
+            ("a#", "a#", true),
+            ("a#", "ab", false),
+            ("**", "ab", false),
+            ("**", "**", true),
+            ("##", "a", false),
+            ("##", "##", true),
+            ("order.*d", "order.created", false),
+            // A routing word `*` or `#` is an ordinary word.
+            ("a.*", "a.*", true),
+            ("a.#", "a.#", true),
+            ("a.b", "a.*", false),
+            // Empty routing key: no binding matches, not even `#`.
+            ("#", "", false),
+            ("*", "", false),
+            ("", "", false),
+            ("a", "", false),
+            // Empty binding key (refused by validation).
+            ("", "a", false),
+            ("", "a.b", false),
+            // Empty words (refused by validation): words like any other.
+            ("a..b", "a..b", true),
+            ("a.*.b", "a..b", true),
+            ("a.#", "a.", true),
+            ("a.", "a", false),
+            ("a", "a.", false),
+            (".a", "a", false),
+            ("*", ".", false),
+            ("*.*", ".", true),
+        ];
+        for &(binding, routing, expected) in table {
+            check(binding, routing, expected);
+        }
+    }
+
+    #[test]
+    fn sixteen_words() {
+        let words: Vec<String> = (0..16).map(|i| format!("w{i}")).collect();
+        let key = words.join(".");
+        assert_eq!(key.bytes().filter(|&b| b == b'.').count(), ROUTING_KEY_DOTS_MAX);
+        assert!(validate_routing_key("routingKey", &key).is_ok());
+        check(&key, &key, true);
+        check("#", &key, true);
+        check("w0.#", &key, true);
+        check("#.w15", &key, true);
+        check("w0.#.w15", &key, true);
+        check("#.w7.#", &key, true);
+        check(&["*"; 16].join("."), &key, true);
+        check(&["*"; 15].join("."), &key, false);
+        check(&["*"; 17].join("."), &key, false);
+        check(&["#"; 16].join("."), &key, true);
+        check(&["#"; 17].join("."), &key, false);
+        check(&format!("{}.#", ["*"; 15].join(".")), &key, true);
+        check(&format!("{}.#", ["*"; 16].join(".")), &key, false);
+        check(&words[..15].join("."), &key, false);
+    }
+
+    /// `#.#.#.#.#.#.#.#.x` against a 16-word key without `x` (and variants)
+    /// must not explore the exponential number of ways to split the key:
+    /// the loop runs at most (routing words + 1) × (binding words + 1) times.
+    #[test]
+    fn pathological_bindings_take_bounded_work() {
+        let cases = [
+            (format!("{}.x", ["#"; 8].join(".")), ["a"; 16].join("."), false),
+            (format!("{}.x", ["#"; 8].join(".")), format!("{}.x", ["a"; 15].join(".")), true),
+            (format!("{}.x", ["#"; 15].join(".")), ["a"; 16].join("."), false),
+            (format!("{}.x", ["#.a"; 7].join(".")), ["a"; 16].join("."), false),
+            (format!("{}.x", ["*.#"; 7].join(".")), ["a"; 16].join("."), false),
+            // Far beyond the API's limits: still polynomial.
+            (format!("{}.x", ["#"; 100].join(".")), ["a"; 1000].join("."), false),
+            (format!("{}.b", ["#.a"; 50].join(".")), ["a"; 1000].join("."), false),
+            (format!("{}.a", ["#.a"; 50].join(".")), ["a"; 1000].join("."), true),
+        ];
+        for (binding, routing, expected) in cases {
+            let mut steps = 0;
+            assert_eq!(match_words(binding.as_bytes(), routing.as_bytes(), &mut steps), expected, "{binding}");
+            let p_words = binding.split('.').count() as u64;
+            let t_words = routing.split('.').count() as u64;
+            let bound = (p_words + 1) * (t_words + 1);
+            assert!(steps <= bound, "{binding} vs {t_words} words: {steps} steps > {bound}");
+        }
+        // The one the brief names, pinned, so a regression to backtracking
+        // over every `#` shows up as a changed count, not a slow test.
+        let mut steps = 0;
+        let (binding, routing) = ("#.#.#.#.#.#.#.#.x", ["a"; 16].join("."));
+        assert!(!match_words(binding.as_bytes(), routing.as_bytes(), &mut steps));
+        assert!(steps <= 10 * 17, "{steps}");
+        assert!(!naive(binding, &routing), "the reference agrees (C(15,7) = 6435 splits)");
+    }
+
+    #[test]
+    fn subscriptions() {
+        let none: &[String] = &[];
+        let tags = strings(&["a", "b"]);
+        let bindings = strings(&["order.created", "audit.#"]);
+        let tag = FilterType::Tag;
+        let rk = FilterType::RoutingKey;
+        // Tag topics: binding keys and routing keys play no part.
+        assert!(subscription_matches(tag, none, none, none, ""));
+        assert!(subscription_matches(tag, none, &bindings, &tags, "x.y"));
+        assert!(subscription_matches(tag, &strings(&["b"]), none, &tags, ""));
+        assert!(!subscription_matches(tag, &strings(&["c"]), &bindings, &tags, "order.created"));
+        assert!(!subscription_matches(tag, &strings(&["c"]), none, none, ""));
+        // Routing-key topics: tags play no part; no binding keys, nothing.
+        assert!(!subscription_matches(rk, none, none, none, "order.created"));
+        assert!(!subscription_matches(rk, none, none, &tags, "order.created"));
+        assert!(subscription_matches(rk, none, &bindings, none, "order.created"));
+        assert!(subscription_matches(rk, &strings(&["zz"]), &bindings, &tags, "audit.login"));
+        assert!(!subscription_matches(rk, none, &bindings, none, "order.deleted"));
+        assert!(!subscription_matches(rk, none, &bindings, none, "audit"));
+        assert!(!subscription_matches(rk, none, &bindings, &tags, ""));
+        assert!(!subscription_matches(rk, none, &strings(&["#"]), none, ""));
+        assert!(subscription_matches(rk, none, &strings(&["x", "y", "#"]), none, "z"));
+    }
+
+    #[test]
+    fn filter_type_values() {
+        assert_eq!(FilterType::from_u8(1), Some(FilterType::Tag));
+        assert_eq!(FilterType::from_u8(2), Some(FilterType::RoutingKey));
+        for v in [0, 3, 255] {
+            assert_eq!(FilterType::from_u8(v), None);
+        }
+        for t in [FilterType::Tag, FilterType::RoutingKey] {
+            assert_eq!(FilterType::from_u8(t.as_u8()), Some(t));
+        }
+        assert_eq!(FilterType::default(), FilterType::Tag);
+    }
+
+    #[test]
+    fn tag_validation() {
+        assert!(validate_tags("msgTag", &[]).is_ok());
+        assert!(validate_tags("msgTag", &strings(&["a", "b", "c", "d", "e"])).is_ok());
+        assert!(validate_tags("msgTag", &strings(&["a", "a"])).is_ok(), "duplicates are harmless");
+        assert!(validate_tags("msgTag", &["x".repeat(TAG_CHARS_MAX)]).is_ok());
+        assert!(validate_tags("msgTag", &["é".repeat(TAG_CHARS_MAX)]).is_ok(), "characters, not bytes");
+        assert!(validate_tags("msgTag", &strings(&["with space", "a.b", "*", "#"])).is_ok());
+
+        let err = validate_tags("msgTag", &strings(&["a", "b", "c", "d", "e", "f"])).unwrap_err();
+        assert_eq!(err, "msgTag: at most 5 tags (got 6)");
+        let err = validate_tags("filterTag", &["a".into(), "x".repeat(TAG_CHARS_MAX + 1)]).unwrap_err();
+        assert_eq!(err, "filterTag.2: must be 1-16 characters long (got 17)");
+        let err = validate_tags("msgTag", &strings(&[""])).unwrap_err();
+        assert_eq!(err, "msgTag.1: must be 1-16 characters long (got 0)");
+        let err = validate_tags("msgTag", &strings(&["a", "b", "c\n"])).unwrap_err();
+        assert!(err.starts_with("msgTag.3: character '\\n' is not allowed"), "{err}");
+        assert!(validate_tags("msgTag", &strings(&["\0"])).is_err());
+        assert!(validate_tags("msgTag", &strings(&["a\u{7f}"])).is_err());
+    }
+
+    #[test]
+    fn routing_key_validation() {
+        let ok = |k: &str| validate_routing_key("routingKey", k);
+        assert!(ok("").is_ok(), "empty means no routing key");
+        assert!(ok("order").is_ok());
+        assert!(ok("order.created.eu-west_1").is_ok());
+        assert!(ok("a*b.#.*.!~").is_ok(), "wildcard characters are ordinary in a routing key");
+        assert!(ok(&"a".repeat(ROUTING_KEY_BYTES_MAX)).is_ok());
+        assert!(ok(&["a"; 16].join(".")).is_ok());
+
+        assert_eq!(ok(&"a".repeat(65)).unwrap_err(), "routingKey: at most 64 bytes (got 65)");
+        assert_eq!(ok(&["a"; 17].join(".")).unwrap_err(), "routingKey: at most 15 dots (16 words) (got 16)");
+        for bad in ["a.", ".a", "a..b", ".", "a.b."] {
+            let err = ok(bad).unwrap_err();
+            assert!(err.starts_with("routingKey: empty word"), "{bad:?}: {err}");
+        }
+        for bad in ["a b", "a\tb", "é", "a\u{0}", " a"] {
+            let err = ok(bad).unwrap_err();
+            assert!(err.starts_with("routingKey: character"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn binding_key_validation() {
+        let ok = |keys: &[&str]| validate_binding_keys("bindingKey", &strings(keys));
+        assert!(ok(&[]).is_ok(), "no binding keys (the subscription then receives nothing)");
+        assert!(ok(&["order.created", "order.*", "audit.#", "#", "*.*"]).is_ok());
+        assert!(ok(&["a*b", "##", "a.#.z", "#.#"]).is_ok());
+        assert!(ok(&[&"a".repeat(BINDING_KEY_BYTES_MAX)]).is_ok());
+        assert!(ok(&[&["#"; 16].join(".")]).is_ok());
+
+        assert_eq!(ok(&["a"; 6]).unwrap_err(), "bindingKey: at most 5 binding keys (got 6)");
+        assert_eq!(ok(&["a", ""]).unwrap_err(), "bindingKey.2: must not be empty");
+        assert_eq!(ok(&[&"a".repeat(65)]).unwrap_err(), "bindingKey.1: at most 64 bytes (got 65)");
+        assert_eq!(
+            ok(&["a", "b", &["*"; 17].join(".")]).unwrap_err(),
+            "bindingKey.3: at most 15 dots (16 words) (got 16)"
+        );
+        assert!(ok(&["a.", "b"]).unwrap_err().starts_with("bindingKey.1: empty word"));
+        assert!(ok(&["a..#"]).unwrap_err().starts_with("bindingKey.1: empty word"));
+        assert!(ok(&["a", "a b"]).unwrap_err().starts_with("bindingKey.2: character ' '"));
+    }
+
+    /// Keys of 1-8 words over a tiny alphabet, so that random pairs match often.
+    fn routing_key() -> impl Strategy<Value = String> {
+        let word = prop_oneof![6 => "[abc]", 1 => Just("ab".to_string()), 1 => "[*#]"];
+        proptest::collection::vec(word, 1..=8).prop_map(|w| w.join("."))
+    }
+
+    fn binding_key() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            4 => "[abc]",
+            2 => Just("*".to_string()),
+            2 => Just("#".to_string()),
+            1 => Just("a*".to_string()),
+        ];
+        proptest::collection::vec(word, 1..=8).prop_map(|w| w.join("."))
+    }
+
+    /// A binding key made from a routing key, so that most of them match:
+    /// some words become `*`, some runs of words become one `#`, and now and
+    /// then a word is changed or dropped.
+    fn derived_pair() -> impl Strategy<Value = (String, String)> {
+        proptest::collection::vec(("[abc]", 0..10u8), 1..=12).prop_map(|words| {
+            let routing: Vec<&str> = words.iter().map(|(w, _)| w.as_str()).collect();
+            let mut binding: Vec<&str> = Vec::new();
+            for (w, roll) in &words {
+                match roll {
+                    0 | 1 => binding.push("*"),
+                    2 | 3 if binding.last() == Some(&"#") => {}
+                    2 | 3 => binding.push("#"),
+                    4 => binding.push("c"),
+                    5 if words.len() > 1 => {}
+                    _ => binding.push(w),
+                }
+            }
+            (binding.join("."), routing.join("."))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn binding_matches_equals_the_reference(binding in binding_key(), routing in routing_key()) {
+            prop_assert_eq!(binding_matches(&binding, &routing), naive(&binding, &routing));
+            let general = match_words(binding.as_bytes(), routing.as_bytes(), &mut 0);
+            prop_assert_eq!(general, naive(&binding, &routing));
+        }
+
+        #[test]
+        fn derived_bindings_equal_the_reference((binding, routing) in derived_pair()) {
+            prop_assert_eq!(binding_matches(&binding, &routing), naive(&binding, &routing));
+        }
+
+        /// Anything at all, empty words and empty keys included.
+        #[test]
+        fn arbitrary_keys_equal_the_reference(binding in "[ab.*#]{0,12}", routing in "[ab.*#]{0,12}") {
+            prop_assert_eq!(binding_matches(&binding, &routing), naive(&binding, &routing));
+        }
+
+        #[test]
+        fn tags_match_equals_set_intersection(
+            filter in proptest::collection::vec("[abcdA]", 0..=5),
+            msg in proptest::collection::vec("[abcdA]", 0..=5),
+        ) {
+            let f: HashSet<&String> = filter.iter().collect();
+            let m: HashSet<&String> = msg.iter().collect();
+            let expected = f.is_empty() || !f.is_disjoint(&m);
+            prop_assert_eq!(tags_match(&filter, &msg), expected);
+        }
+    }
+}
