@@ -9,13 +9,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::segment::{create_segment, sync_dir, Reserve, Segment};
-
-/// Queued jobs. Deletions come in bursts from `release_before`; a full
-/// queue makes the caller wait briefly rather than grow without bound.
-const JOBS_MAX: usize = 64;
 
 enum Job {
     Prepare {
@@ -42,7 +38,12 @@ pub(crate) struct Housekeeper {
 
 impl Housekeeper {
     pub(crate) fn spawn(dir: &Path, fault_file: Option<PathBuf>) -> io::Result<Self> {
-        let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_MAX);
+        // Unbounded: deletions come in bursts from `release_before` (one per
+        // released segment, each an unmap of tens of milliseconds), and the
+        // shard's loop must never wait for them. The queue is bounded by
+        // the number of segment files, and the WAL keeps at most one
+        // preparation outstanding.
+        let (jobs_tx, jobs_rx) = unbounded::<Job>();
         // The WAL keeps at most one preparation outstanding.
         let (prep_tx, prep_rx) = bounded::<Prepared>(1);
         let dir = dir.to_path_buf();
