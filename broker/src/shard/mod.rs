@@ -660,18 +660,14 @@ impl Shard {
 
     /// Collects log completions and lets out what they made safe.
     fn poll_log(&mut self) {
-        let mut done = Vec::new();
-        self.log.poll_completions(&mut done);
-        for (batch, result) in done {
-            if let Err(e) = result {
-                // Output that depends on records of this batch must not go
-                // out. Closing the connections that wait on the log tells
-                // clients the outcome is unknown; the log refuses writes
-                // until it recovers.
-                log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
-                self.fail_unreleased();
-                self.engine_suspect = true;
-            }
+        if let Some((batch, e)) = self.log.poll_failure() {
+            // Output that depends on records of this batch must not go
+            // out. Closing the connections that wait on the log tells
+            // clients the outcome is unknown; the log refuses writes
+            // until it recovers.
+            log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
+            self.fail_unreleased();
+            self.engine_suspect = true;
         }
         self.progress = self.log.progress();
         self.release_ready();

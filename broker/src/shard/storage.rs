@@ -11,7 +11,7 @@ use mio::{Registry, Token};
 
 use crate::engine::record::rtype;
 use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
-use crate::storage::{AppendClass, LogPos, Progress, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
+use crate::storage::{AppendClass, BatchId, LogPos, Progress, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
 
 /// File holding the shard's latest catalog snapshot.
 const CATALOG_FILE: &str = "catalog";
@@ -40,6 +40,8 @@ pub struct ShardLog {
     flush_interval_ms: u64,
     next_recover_ms: u64,
     catalog_pos: u64,
+    /// Reused by `poll_failure` (called every loop turn).
+    completions: Vec<(BatchId, Result<(), WalError>)>,
 }
 
 impl ShardLog {
@@ -69,6 +71,7 @@ impl ShardLog {
             flush_interval_ms,
             next_recover_ms: 0,
             catalog_pos,
+            completions: Vec::new(),
         };
         Ok((log, report))
     }
@@ -160,15 +163,18 @@ impl ShardLog {
         self.wal.wait(&mut done, Some(timeout))
     }
 
-    /// Batches that finished since the last call, in order.
-    pub fn poll_completions(&mut self, out: &mut Vec<(u64, Result<(), String>)>) {
-        let mut done = Vec::new();
-        let progress = self.wal.poll_completions(&mut done);
+    /// Collects the batches that finished since the last call; returns the
+    /// first that failed (its id and why), if any. What succeeded needs no
+    /// answer: output is released from `progress()`.
+    pub fn poll_failure(&mut self) -> Option<(u64, String)> {
+        let progress = self.wal.poll_completions(&mut self.completions);
         if progress.durable_end >= self.wal.end() {
             // Everything is durable already (the WAL syncs ahead on its own).
             self.unsynced_since_ms = None;
         }
-        out.extend(done.into_iter().map(|(id, r)| (id.0, r.map_err(|e| e.to_string()))));
+        let failed = self.completions.iter().find_map(|(id, r)| r.as_ref().err().map(|e| (id.0, e.to_string())));
+        self.completions.clear();
+        failed
     }
 
     pub fn is_failed(&self) -> bool {
