@@ -2,8 +2,10 @@
 
 pub mod clock;
 pub mod config;
+pub mod consensus;
 pub mod engine;
 pub mod push;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod storage;
