@@ -364,9 +364,12 @@ impl Replica {
         let mut sync = false;
         for e in rd.take_entries() {
             sync |= e.get_context().first().is_some_and(|f| f & FLAG_SYNC != 0);
-            if self.write_entry(&e, log, applier, out)? {
+            if self.write_entry(&e, log, out)? {
                 ack = Some((e.term, e.index));
             }
+        }
+        if self.truncated_applied {
+            self.rebuild(log, applier)?;
         }
         if let Some(hs) = rd.hs() {
             self.write_hard_state(hs, log)?;
@@ -395,13 +398,7 @@ impl Replica {
 
     /// Writes an entry raft-rs handed over, unless it is our own proposal
     /// (already in the log). Returns whether it wrote one from a leader.
-    fn write_entry<R: RawLog>(
-        &mut self,
-        e: &Entry,
-        log: &mut EntryLog<R>,
-        applier: &mut impl Applier,
-        out: &mut Outbox,
-    ) -> Result<bool, ReplicaError> {
+    fn write_entry<R: RawLog>(&mut self, e: &Entry, log: &mut EntryLog<R>, out: &mut Outbox) -> Result<bool, ReplicaError> {
         let index = e.index;
         let last = self.node.store().index.last_index();
         if index <= last {
@@ -445,9 +442,6 @@ impl Replica {
         let store = self.node.mut_store();
         store.index.push(index, IndexedEntry { term: e.term, header_pos, end_pos: log.raw.end() })?;
         store.cache.put(index, CachedEntry { kind, data: e.data.clone(), positions });
-        if self.truncated_applied {
-            self.rebuild(log, applier)?;
-        }
         Ok(true)
     }
 
@@ -495,7 +489,14 @@ impl Replica {
             return Ok(());
         }
         let Some(ie) = store.index.get(index) else {
-            return Err(apply_err("the entry is not in the log".into()));
+            let ix = &store.index;
+            return Err(apply_err(format!(
+                "the entry is not in the log (it holds {}..={}, applied {}, commit {})",
+                ix.first_index(),
+                ix.last_index(),
+                self.applied,
+                self.node.raft.raft_log.committed
+            )));
         };
         let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
             .map_err(|e| apply_err(format!("entry header: {e}")))?;
@@ -565,7 +566,9 @@ impl Replica {
     fn rebuild<R: RawLog>(&mut self, log: &mut EntryLog<R>, applier: &mut impl Applier) -> Result<(), ReplicaError> {
         self.truncated_applied = false;
         applier.reset();
-        let commit = self.node.raft.raft_log.committed;
+        // What raft-rs knows committed may run past what this replica has
+        // written so far; the rest is applied as raft-rs hands it over.
+        let commit = self.node.raft.raft_log.committed.min(self.node.raft.raft_log.applied);
         let first = self.node.store().index.first_index();
         for i in first..=commit {
             self.apply_entry(i, &log.raw, applier)?;

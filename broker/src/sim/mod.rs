@@ -30,7 +30,8 @@ pub use log::SimLog;
 const TICK_MS: u64 = 10;
 /// An async fdatasync is due at most this long after the write.
 const FLUSH_INTERVAL_MS: u64 = 50;
-const QUEUE: &str = "q";
+/// The simulated queues: one sync, one async.
+const QUEUES: [(&str, FlushPolicy); 2] = [("q", FlushPolicy::Sync), ("qa", FlushPolicy::Async)];
 /// Visibility timeout of the simulated queue (virtual seconds).
 const VISIBILITY_S: u32 = 3;
 /// A replica's state fingerprint is recomputed at most this often.
@@ -48,6 +49,10 @@ pub struct SimOptions {
     pub crash_per_mille: u32,
     pub partition_per_mille: u32,
     pub drop_per_mille: u32,
+    /// Crashes may lose power (unsynced data lost) rather than only kill
+    /// the process. Acknowledged async messages survive process crashes
+    /// only, so they are checked in runs without power loss.
+    pub power_loss: bool,
 }
 
 impl Default for SimOptions {
@@ -59,6 +64,7 @@ impl Default for SimOptions {
             crash_per_mille: 2,
             partition_per_mille: 3,
             drop_per_mille: 20,
+            power_loss: true,
         }
     }
 }
@@ -100,6 +106,8 @@ impl Applier for EngineApplier<'_> {
 
 /// A reply held until the log is safe enough.
 struct Held {
+    /// Log positions that must be written on a majority, and committed.
+    written: u64,
     durable: u64,
     client: usize,
     reply: Reply,
@@ -107,17 +115,25 @@ struct Held {
 
 #[derive(Debug, Clone)]
 enum Reply {
-    Sent { body: Bytes, msg_id: u64 },
-    Received { issued_ms: u64, msgs: Vec<(u64, ReceiptHandle, Bytes)> },
+    Sent { queue: usize, body: Bytes, msg_id: u64 },
+    Received { issued_ms: u64, msgs: Vec<(usize, u64, ReceiptHandle, Bytes)> },
     Deleted { msg_id: u64 },
     Failed,
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Send(Bytes),
-    Receive,
-    Delete(u64, ReceiptHandle),
+    Send(usize, Bytes),
+    Receive(usize),
+    Delete(usize, u64, ReceiptHandle),
+}
+
+impl Op {
+    fn queue(&self) -> usize {
+        match self {
+            Op::Send(q, _) | Op::Receive(q) | Op::Delete(q, ..) => *q,
+        }
+    }
 }
 
 struct Client {
@@ -125,8 +141,8 @@ struct Client {
     node: u64,
     /// Its one outstanding request (and the time it was issued).
     busy: Option<(Op, u64)>,
-    /// Messages it received and has not deleted yet.
-    to_delete: VecDeque<(u64, ReceiptHandle)>,
+    /// Messages it received and has not deleted yet: (queue, id, handle).
+    to_delete: VecDeque<(usize, u64, ReceiptHandle)>,
     next_body: u64,
     /// Next time it may issue a request.
     ready_at: u64,
@@ -177,6 +193,8 @@ struct Sim {
 #[derive(Default)]
 struct Ledger {
     acked: BTreeMap<Bytes, u64>,
+    /// Acknowledged sends to the async queue (a subset of `acked`).
+    acked_async: BTreeSet<Bytes>,
     unknown: BTreeSet<Bytes>,
     /// Deleted message id -> when the delete was acknowledged.
     deleted: BTreeMap<u64, u64>,
@@ -355,7 +373,7 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
-        let power_loss = self.rng.random_bool(0.5);
+        let power_loss = self.opts.power_loss && self.rng.random_bool(0.5);
         let keep = self.rng.random_range(0..4);
         let down_for = self.rng.random_range(20..800);
         let n = &mut self.nodes[i];
@@ -536,17 +554,18 @@ impl Sim {
 
     fn pick_op(&mut self, c: usize) -> Op {
         let roll = self.rng.random_range(0..10);
+        let q = self.rng.random_range(0..QUEUES.len());
         let cl = &mut self.clients[c];
         if roll < 3 {
-            if let Some((id, h)) = cl.to_delete.pop_front() {
-                return Op::Delete(id, h);
+            if let Some((q, id, h)) = cl.to_delete.pop_front() {
+                return Op::Delete(q, id, h);
             }
         }
         if roll < 6 {
             cl.next_body += 1;
-            return Op::Send(Bytes::from(format!("c{c}-m{}", cl.next_body)));
+            return Op::Send(q, Bytes::from(format!("c{c}-m{}", cl.next_body)));
         }
-        Op::Receive
+        Op::Receive(q)
     }
 
     fn issue(&mut self, c: usize, op: Op) {
@@ -561,8 +580,8 @@ impl Sim {
             let cl = &mut self.clients[c];
             cl.node = next;
             cl.ready_at = self.now + 5;
-            if let Op::Delete(id, h) = op {
-                cl.to_delete.push_front((id, h));
+            if let Op::Delete(q, id, h) = op {
+                cl.to_delete.push_front((q, id, h));
             }
             return;
         }
@@ -581,13 +600,17 @@ impl Sim {
             } else {
                 execute(&mut n.engine, &mut n.log, now, &op, issued)
             };
+            let op = op.clone();
             if matches!(reply, Reply::Failed) {
                 self.clients[c].busy = None;
                 self.clients[c].ready_at = now + 3;
                 continue;
             }
-            // Everything logged so far committed: the reply may reflect any of it.
-            n.held.push(Held { durable: n.log.raw.end(), client: c, reply });
+            // The reply may reflect anything logged so far: all of it
+            // written on a majority, and committed if the queue is sync.
+            let end = n.log.raw.end();
+            let durable = if QUEUES[op.queue()].1 == FlushPolicy::Sync { end } else { 0 };
+            n.held.push(Held { written: end, durable, client: c, reply });
         }
     }
 
@@ -595,10 +618,10 @@ impl Sim {
     fn release(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let Some(r) = n.replica.as_ref() else { return };
-        let (_, committed) = r.release_positions(&n.log.raw);
+        let (written, committed) = r.release_positions(&n.log.raw);
         let mut k = 0;
         while k < n.held.len() {
-            if n.held[k].durable > committed {
+            if n.held[k].durable > committed || n.held[k].written > written {
                 k += 1;
                 continue;
             }
@@ -607,13 +630,16 @@ impl Sim {
             self.clients[h.client].busy = None;
             self.clients[h.client].ready_at = now + 1;
             match h.reply {
-                Reply::Sent { body, msg_id } => {
+                Reply::Sent { queue, body, msg_id } => {
                     self.ledger.unknown.remove(&body);
+                    if QUEUES[queue].1 == FlushPolicy::Async {
+                        self.ledger.acked_async.insert(body.clone());
+                    }
                     self.ledger.acked.insert(body, msg_id);
                     self.report.acked_sends += 1;
                 }
                 Reply::Received { issued_ms, msgs } => {
-                    for (id, handle, body) in msgs {
+                    for (q, id, handle, body) in msgs {
                         if let Some(at) = self.ledger.deleted.get(&id) {
                             if *at < issued_ms {
                                 let what =
@@ -624,7 +650,7 @@ impl Sim {
                             }
                         }
                         self.ledger.seen.insert(id, body);
-                        self.clients[h.client].to_delete.push_back((id, handle));
+                        self.clients[h.client].to_delete.push_back((q, id, handle));
                     }
                 }
                 Reply::Deleted { msg_id } => {
@@ -637,15 +663,26 @@ impl Sim {
     }
 
     fn create_queue(&mut self) -> Result<(), SimFailure> {
+        for (k, (name, flush)) in QUEUES.iter().enumerate() {
+            self.create_one(name, *flush, k as u64 + 1)?;
+        }
+        Ok(())
+    }
+
+    fn create_one(&mut self, name: &str, flush: FlushPolicy, seq: u64) -> Result<(), SimFailure> {
         for _ in 0..5_000 {
             self.step(false)?;
             let Some(i) = self.nodes.iter().position(|n| n.replica.as_ref().is_some_and(|r| r.is_leader())) else {
                 continue;
             };
             let now = self.now;
-            let update = QueueAttributesUpdate { visibility_timeout: Some(VISIBILITY_S), ..Default::default() };
+            let update = QueueAttributesUpdate {
+                visibility_timeout: Some(VISIBILITY_S),
+                flush_policy: Some(flush),
+                ..Default::default()
+            };
             let n = &mut self.nodes[i];
-            match n.engine.create_queue(&mut n.log, now, QUEUE, &update, 1) {
+            match n.engine.create_queue(&mut n.log, now, name, &update, seq) {
                 Ok(_) => {}
                 Err(e) if e.code == ErrorCode::QUEUE_ALREADY_EXISTS => return Ok(()),
                 Err(e) => return Err(self.fail(format!("create queue: {e}"))),
@@ -653,7 +690,7 @@ impl Sim {
             // Wait until it commits.
             for _ in 0..2_000 {
                 self.step(false)?;
-                if self.nodes.iter().all(|n| n.engine.queue(QUEUE).is_some()) {
+                if self.nodes.iter().all(|n| n.engine.queue(name).is_some()) {
                     return Ok(());
                 }
             }
@@ -722,20 +759,21 @@ impl Sim {
         self.now += u64::from(VISIBILITY_S) * 1000 + 1;
         let now = self.now;
         let mut drained: BTreeMap<u64, Bytes> = BTreeMap::new();
-        loop {
-            let n = &mut self.nodes[i];
-            n.engine.tick(&mut n.log, now);
-            let out = n.engine.receive(&mut n.log, now, QUEUE, 16, None);
-            let ds = match out {
-                Ok(ReceiveOutcome::Delivered(ds)) => ds,
-                Ok(_) => break,
-                Err(e) => return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("drain: {e}") }),
-            };
-            for d in ds {
-                let body = Bytes::copy_from_slice(n.log.read_body(d.body_pos, d.body_len));
-                if drained.insert(d.head.msg_id, body).is_some() {
-                    let what = format!("message {} delivered twice while draining", d.head.msg_id);
-                    return Err(SimFailure { seed: self.seed, at_ms: now, what });
+        for (name, _) in QUEUES {
+            loop {
+                let n = &mut self.nodes[i];
+                n.engine.tick(&mut n.log, now);
+                let ds = match n.engine.receive(&mut n.log, now, name, 16, None) {
+                    Ok(ReceiveOutcome::Delivered(ds)) => ds,
+                    Ok(_) => break,
+                    Err(e) => return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("drain: {e}") }),
+                };
+                for d in ds {
+                    let body = Bytes::copy_from_slice(n.log.read_body(d.body_pos, d.body_len));
+                    if drained.insert(d.head.msg_id, body).is_some() {
+                        let what = format!("message {} delivered twice while draining", d.head.msg_id);
+                        return Err(SimFailure { seed: self.seed, at_ms: now, what });
+                    }
                 }
             }
         }
@@ -744,12 +782,15 @@ impl Sim {
                 if drained.contains_key(id) {
                     return Err(self.fail(format!("message {id} came back after its delete was acknowledged")));
                 }
-            } else if drained.get(id) != Some(body) && !self.ledger.maybe_deleted.contains(id) {
+            } else if drained.get(id) != Some(body)
+                && !self.ledger.maybe_deleted.contains(id)
+                && !(self.opts.power_loss && self.ledger.acked_async.contains(body))
+            {
                 let where_: Vec<String> = self
                     .nodes
                     .iter()
                     .map(|n| {
-                        let q = n.engine.queue(QUEUE);
+                        let q = n.engine.queue(QUEUES[0].0);
                         let e = q.and_then(|q| q.find_msg_id(*id).and_then(|s| q.entry(s).map(|e| (s, *e))));
                         format!("node {}: {e:?}", n.id)
                     })
@@ -830,29 +871,28 @@ impl Sim {
 
 /// Runs one client request on the leader's engine.
 fn execute(engine: &mut ShardEngine, log: &mut EntryLog<SimLog>, now: u64, op: &Op, issued: u64) -> Reply {
+    let queue = op.queue();
+    let name = QUEUES[queue].0;
     match op {
-        Op::Send(body) => match engine.send(log, now, QUEUE, 0, std::slice::from_ref(body)) {
-            Ok(ids) => Reply::Sent { body: body.clone(), msg_id: ids[0] },
+        Op::Send(_, body) => match engine.send(log, now, name, 0, std::slice::from_ref(body)) {
+            Ok(ids) => Reply::Sent { queue, body: body.clone(), msg_id: ids[0] },
             Err(_) => Reply::Failed,
         },
-        Op::Receive => match engine.receive(log, now, QUEUE, 4, None) {
+        Op::Receive(_) => match engine.receive(log, now, name, 4, None) {
             Ok(ReceiveOutcome::Delivered(ds)) => Reply::Received {
                 issued_ms: issued,
                 msgs: ds
                     .iter()
                     .map(|d| {
-                        (
-                            d.head.msg_id,
-                            d.head.receipt_handle,
-                            Bytes::copy_from_slice(log.read_body(d.body_pos, d.body_len)),
-                        )
+                        let body = Bytes::copy_from_slice(log.read_body(d.body_pos, d.body_len));
+                        (queue, d.head.msg_id, d.head.receipt_handle, body)
                     })
                     .collect(),
             },
             Ok(_) => Reply::Received { issued_ms: issued, msgs: Vec::new() },
             Err(_) => Reply::Failed,
         },
-        Op::Delete(id, h) => match engine.delete(log, now, QUEUE, &[*h]) {
+        Op::Delete(_, id, h) => match engine.delete(log, now, name, &[*h]) {
             Ok(rs) if rs.first().is_some_and(|r| r.is_ok()) => Reply::Deleted { msg_id: *id },
             _ => Reply::Failed,
         },
@@ -908,10 +948,10 @@ fn rebuild(n: &mut Node) -> Result<(), String> {
 
 fn fail_op(ledger: &mut Ledger, op: &Op) {
     match op {
-        Op::Send(body) if !ledger.acked.contains_key(body) => {
+        Op::Send(_, body) if !ledger.acked.contains_key(body) => {
             ledger.unknown.insert(body.clone());
         }
-        Op::Delete(id, _) => {
+        Op::Delete(_, id, _) => {
             ledger.maybe_deleted.insert(*id);
         }
         _ => {}
