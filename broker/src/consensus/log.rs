@@ -78,11 +78,17 @@ pub struct EntryLog<R> {
     writable: bool,
     /// Whether entry data is kept for Raft to carry (not in solo mode).
     replicate: bool,
+    /// Where the last record that belongs to an entry ends. Output that
+    /// reflects everything logged waits for this, not for the log's end:
+    /// hard state and durable marks after it are never part of an entry,
+    /// so a commit would never reach past them.
+    entries_end: u64,
 }
 
 impl<R: RawLog> EntryLog<R> {
     pub fn new(raw: R, replicate: bool) -> EntryLog<R> {
-        EntryLog { raw, open: None, writable: !replicate, replicate }
+        let entries_end = raw.end();
+        EntryLog { raw, open: None, writable: !replicate, replicate, entries_end }
     }
 
     pub fn set_writable(&mut self, writable: bool) {
@@ -97,6 +103,16 @@ impl<R: RawLog> EntryLog<R> {
     /// requests past `ENTRY_BYTES_SOFT_MAX`).
     pub fn open_bytes(&self) -> usize {
         self.open.as_ref().map_or(0, |o| o.data.len() + 8 * o.positions.len())
+    }
+
+    /// Where the entries logged so far (the open one included) end.
+    pub fn entries_end(&self) -> u64 {
+        self.entries_end
+    }
+
+    /// An entry was written up to `end` (by the replica, not the engine).
+    pub fn note_entry_end(&mut self, end: u64) {
+        self.entries_end = self.entries_end.max(end);
     }
 
     pub fn has_open(&self) -> bool {
@@ -123,6 +139,7 @@ impl<R: RawLog> EntryLog<R> {
     /// Removes a sealed entry Raft refused (this node stopped leading).
     pub fn discard(&mut self, open: OpenEntry) {
         self.raw.discard_from(open.start);
+        self.entries_end = self.entries_end.min(open.start);
     }
 }
 
@@ -144,6 +161,7 @@ impl<R: RawLog> Log for EntryLog<R> {
             });
         }
         let pos = self.raw.append(rt, parts, durability)?;
+        self.entries_end = self.raw.end();
         let Some(open) = self.open.as_mut() else { unreachable!("opened above") };
         open.positions.push(pos);
         open.sync |= durability == Durability::Synced;

@@ -48,7 +48,19 @@ pub struct ReplicaConfig {
     pub append_bytes_max: u64,
     /// Append messages in flight per follower.
     pub inflight_max: usize,
+    /// The machine restarted since this replica last ran (power loss or
+    /// reboot): entries it had written but not fdatasync'd may be gone,
+    /// among them entries acknowledged to async clients as written on a
+    /// majority. It neither votes nor campaigns until a leader has
+    /// committed an entry of its own term here (every entry before that is
+    /// then committed, so durable on a majority), or until
+    /// `ABSTAIN_ELECTIONS_MAX` election timeouts pass without one (then a
+    /// majority restarted, and async writes are not promised to survive).
+    pub rebooted: bool,
 }
+
+/// Election timeouts a rebooted replica abstains for at most.
+pub const ABSTAIN_ELECTIONS_MAX: u64 = 5;
 
 impl ReplicaConfig {
     pub fn new(id: u64) -> ReplicaConfig {
@@ -59,6 +71,7 @@ impl ReplicaConfig {
             heartbeat_ticks: 2,
             append_bytes_max: 1 << 20,
             inflight_max: 1024,
+            rebooted: false,
         }
     }
 }
@@ -139,6 +152,8 @@ pub struct Replica {
     ticks: u64,
     /// An entry this replica had applied was replaced: rebuild the engine.
     truncated_applied: bool,
+    /// Ticks left before a rebooted replica votes again anyway (0: it votes).
+    abstain_ticks: u64,
 }
 
 impl Replica {
@@ -171,6 +186,7 @@ impl Replica {
             read_asked_at_tick: 0,
             ticks: 0,
             truncated_applied: false,
+            abstain_ticks: if cfg.rebooted { ABSTAIN_ELECTIONS_MAX * cfg.election_ticks as u64 } else { 0 },
         })
     }
 
@@ -230,9 +246,23 @@ impl Replica {
         v
     }
 
+    /// Whether this replica stays out of elections (see `ReplicaConfig::rebooted`).
+    pub fn abstaining(&self) -> bool {
+        self.abstain_ticks > 0
+    }
+
     pub fn tick(&mut self) {
         self.ticks += 1;
-        self.node.tick();
+        if self.abstain_ticks > 0 {
+            // No campaign: a rebooted replica might lack entries a majority
+            // acknowledged as written. It still follows a leader.
+            self.abstain_ticks -= 1;
+            if self.abstain_ticks == 0 {
+                log::warn!("replica {}: no leader reached it after a restart of its machine; voting again", self.id);
+            }
+        } else {
+            self.node.tick();
+        }
         if self.read_confirmed < self.read_asked && self.ticks >= self.read_asked_at_tick + READ_RETRY_TICKS {
             // The round was dropped (no leader known): ask again; a later
             // round confirms every read before it.
@@ -256,6 +286,11 @@ impl Replica {
                     return Ok(());
                 }
             }
+        }
+        if self.abstain_ticks > 0
+            && matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
+        {
+            return Ok(());
         }
         match self.node.step(msg) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
@@ -338,6 +373,7 @@ impl Replica {
             self.handle_ready(log, applier, out)?;
         }
         self.confirm_reads();
+        self.maybe_stop_abstaining();
         let keep_from = self.node.store().index.first_index();
         let applied = self.node.raft.raft_log.applied;
         self.node.mut_store().cache.trim(applied, keep_from);
@@ -439,6 +475,7 @@ impl Replica {
                 positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?)
             }
         }
+        log.note_entry_end(log.raw.end());
         let store = self.node.mut_store();
         store.index.push(index, IndexedEntry { term: e.term, header_pos, end_pos: log.raw.end() })?;
         store.cache.put(index, CachedEntry { kind, data: e.data.clone(), positions });
@@ -616,6 +653,19 @@ impl Replica {
         Ok(())
     }
 
+    /// A leader committed an entry of its own term here: everything before
+    /// it is committed, so this replica's vote can no longer lose an entry
+    /// acknowledged as written on a majority.
+    fn maybe_stop_abstaining(&mut self) {
+        if self.abstain_ticks == 0 || self.node.raft.leader_id == 0 {
+            return;
+        }
+        let log = &self.node.raft.raft_log;
+        if log.term(log.committed).ok() == Some(self.node.raft.term) {
+            self.abstain_ticks = 0;
+        }
+    }
+
     fn on_read_state(&mut self, rs: ReadState) {
         let Ok(seq) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { return };
         self.read_states.push_back((u64::from_le_bytes(seq), rs.index));
@@ -652,6 +702,20 @@ impl Replica {
         let term = self.node.raft.term;
         let quorum_end = if store.index.term(quorum) == Some(term) { store.index.end_pos(quorum) } else { 0 };
         (quorum_end.max(committed_end), committed_end)
+    }
+
+    /// A one-line description of raft-rs's view, for diagnostics.
+    pub fn debug_state(&self) -> String {
+        let l = &self.node.raft.raft_log;
+        format!(
+            "state {:?} leader {} persisted {} committed {} applied(raft) {} pending readies {:?}",
+            self.node.raft.state,
+            self.node.raft.leader_id,
+            l.persisted,
+            l.committed,
+            l.applied,
+            self.pending.iter().map(|p| (p.number, p.end, p.durable)).collect::<Vec<_>>()
+        )
     }
 
     /// Asks raft-rs to hand leadership to `to`.

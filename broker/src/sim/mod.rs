@@ -117,7 +117,7 @@ struct Held {
 enum Reply {
     Sent { queue: usize, body: Bytes, msg_id: u64 },
     Received { issued_ms: u64, msgs: Vec<(usize, u64, ReceiptHandle, Bytes)> },
-    Deleted { msg_id: u64 },
+    Deleted { queue: usize, msg_id: u64 },
     Failed,
 }
 
@@ -159,6 +159,8 @@ struct Node {
     inbox: Vec<(usize, Op, u64)>,
     sync: Option<(u64, u64)>,
     restart_at: u64,
+    /// The last crash lost power (the restart is a reboot).
+    rebooted: bool,
     /// (applied index, digest, when computed).
     last_digest: Option<(u64, u64, u64)>,
     /// Committed entries up to here were checked.
@@ -188,13 +190,20 @@ struct Sim {
     /// Every index any replica saw committed, with its term.
     committed: BTreeMap<u64, u64>,
     report: SimReport,
+    /// Clients stop issuing requests (the run is settling).
+    quiet: bool,
 }
 
 #[derive(Default)]
 struct Ledger {
     acked: BTreeMap<Bytes, u64>,
-    /// Acknowledged sends to the async queue (a subset of `acked`).
-    acked_async: BTreeSet<Bytes>,
+    /// Acknowledged sends to the async queue (a subset of `acked`), with
+    /// when they were acknowledged.
+    acked_async: BTreeMap<Bytes, u64>,
+    /// Deletes acknowledged on the async queue, by message id.
+    deleted_async: BTreeSet<u64>,
+    /// Power losses: (when, node).
+    power_losses: Vec<(u64, u64)>,
     unknown: BTreeSet<Bytes>,
     /// Deleted message id -> when the delete was acknowledged.
     deleted: BTreeMap<u64, u64>,
@@ -202,6 +211,18 @@ struct Ledger {
     maybe_deleted: BTreeSet<u64>,
     /// Every body ever received, by message id.
     seen: BTreeMap<u64, Bytes>,
+}
+
+impl Ledger {
+    /// Two different nodes lost power within a flush interval (and an
+    /// fdatasync's time) of each other: unsynced writes on a majority may
+    /// be gone together.
+    fn majority_lost_power(&self) -> bool {
+        let window = 2 * FLUSH_INTERVAL_MS + 10;
+        self.power_losses.iter().any(|(t1, n1)| {
+            self.power_losses.iter().any(|(t2, n2)| n1 != n2 && t2 >= t1 && t2 - t1 <= window)
+        })
+    }
 }
 
 fn engine_config() -> EngineConfig {
@@ -231,6 +252,7 @@ impl Sim {
             ledger: Ledger::default(),
             committed: BTreeMap::new(),
             report: SimReport::default(),
+            quiet: false,
             opts,
         };
         for id in 1..=sim.opts.nodes {
@@ -244,6 +266,7 @@ impl Sim {
                 inbox: Vec::new(),
                 sync: None,
                 restart_at: 0,
+                rebooted: false,
                 last_digest: None,
                 checked_to: 0,
             };
@@ -357,6 +380,7 @@ impl Sim {
         cfg.election_ticks_max = Some(pinned + 1);
         cfg.inflight_max = 64;
         cfg.append_bytes_max = 64 * 1024;
+        cfg.rebooted = self.nodes[i].rebooted;
         let replica = Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
         let n = &mut self.nodes[i];
         n.engine = engine;
@@ -374,12 +398,16 @@ impl Sim {
 
     fn crash(&mut self, i: usize) {
         let power_loss = self.opts.power_loss && self.rng.random_bool(0.5);
+        if power_loss {
+            self.ledger.power_losses.push((self.now, self.nodes[i].id));
+        }
         let keep = self.rng.random_range(0..4);
         let down_for = self.rng.random_range(20..800);
         let n = &mut self.nodes[i];
         n.up = false;
         n.replica = None;
         n.log.raw.crash(power_loss, keep);
+        n.rebooted = power_loss;
         n.restart_at = self.now + down_for;
         for h in std::mem::take(&mut n.held) {
             fail_reply(&mut self.ledger, &h.reply);
@@ -543,6 +571,9 @@ impl Sim {
     // ---- clients ------------------------------------------------------------
 
     fn clients_act(&mut self) {
+        if self.quiet {
+            return;
+        }
         for c in 0..self.clients.len() {
             if self.clients[c].busy.is_some() || self.now < self.clients[c].ready_at {
                 continue;
@@ -608,7 +639,7 @@ impl Sim {
             }
             // The reply may reflect anything logged so far: all of it
             // written on a majority, and committed if the queue is sync.
-            let end = n.log.raw.end();
+            let end = n.log.entries_end();
             let durable = if QUEUES[op.queue()].1 == FlushPolicy::Sync { end } else { 0 };
             n.held.push(Held { written: end, durable, client: c, reply });
         }
@@ -633,14 +664,15 @@ impl Sim {
                 Reply::Sent { queue, body, msg_id } => {
                     self.ledger.unknown.remove(&body);
                     if QUEUES[queue].1 == FlushPolicy::Async {
-                        self.ledger.acked_async.insert(body.clone());
+                        self.ledger.acked_async.insert(body.clone(), now);
                     }
                     self.ledger.acked.insert(body, msg_id);
                     self.report.acked_sends += 1;
                 }
                 Reply::Received { issued_ms, msgs } => {
                     for (q, id, handle, body) in msgs {
-                        if let Some(at) = self.ledger.deleted.get(&id) {
+                        let lossy = QUEUES[q].1 == FlushPolicy::Async && self.ledger.majority_lost_power();
+                        if let Some(at) = self.ledger.deleted.get(&id).filter(|_| !lossy) {
                             if *at < issued_ms {
                                 let what =
                                     format!("message {id} received after its delete was acknowledged at {at} ms");
@@ -653,7 +685,10 @@ impl Sim {
                         self.clients[h.client].to_delete.push_back((q, id, handle));
                     }
                 }
-                Reply::Deleted { msg_id } => {
+                Reply::Deleted { queue, msg_id } => {
+                    if QUEUES[queue].1 == FlushPolicy::Async {
+                        self.ledger.deleted_async.insert(msg_id);
+                    }
                     self.ledger.deleted.entry(msg_id).or_insert(now);
                     self.report.acked_deletes += 1;
                 }
@@ -706,9 +741,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].restart_at = self.nodes[i].restart_at.min(self.now);
         }
-        for c in &mut self.clients {
-            c.ready_at = u64::MAX;
-        }
+        self.quiet = true;
         for _ in 0..20_000 {
             self.step(false)?;
             if self.converged() && self.clients.iter().all(|c| c.busy.is_none()) {
@@ -716,6 +749,23 @@ impl Sim {
             }
         }
         self.opts.drop_per_mille = drop;
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+            let busy: Vec<_> = self.clients.iter().map(|c| (c.node, c.busy.clone())).collect();
+            let held: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let r = n.replica.as_ref();
+                    (
+                        n.id,
+                        n.held.len(),
+                        r.map(|r| (r.is_leader(), r.abstaining(), r.term(), r.follower_progress(), r.debug_state())),
+                        (n.log.raw.written_end(), n.log.raw.durable_end(), n.sync),
+                    )
+                })
+                .collect();
+            eprintln!("settled at {} ms: clients {busy:?}; held {held:?}", self.now);
+        }
         if !self.converged() {
             let state: Vec<String> = self
                 .nodes
@@ -778,14 +828,20 @@ impl Sim {
             }
         }
         for (body, id) in &self.ledger.acked {
+            // An async acknowledgement (sends and deletes alike) promises
+            // the entry is written on a majority: only power losses of two
+            // nodes before their flush may take it back.
+            let async_lossy = self.ledger.acked_async.contains_key(body) && self.ledger.majority_lost_power();
             if self.ledger.deleted.contains_key(id) {
-                if drained.contains_key(id) {
-                    return Err(self.fail(format!("message {id} came back after its delete was acknowledged")));
+                if let Some(got) = drained.get(id).filter(|_| !async_lossy) {
+                    return Err(self.fail(format!(
+                        "message {id} ({body:?}, async: {:?}) came back as {got:?} after its delete was acknowledged at {} ms; power losses {:?}",
+                        self.ledger.acked_async.get(body),
+                        self.ledger.deleted[id],
+                        self.ledger.power_losses
+                    )));
                 }
-            } else if drained.get(id) != Some(body)
-                && !self.ledger.maybe_deleted.contains(id)
-                && !(self.opts.power_loss && self.ledger.acked_async.contains(body))
-            {
+            } else if drained.get(id) != Some(body) && !self.ledger.maybe_deleted.contains(id) && !async_lossy {
                 let where_: Vec<String> = self
                     .nodes
                     .iter()
@@ -893,7 +949,7 @@ fn execute(engine: &mut ShardEngine, log: &mut EntryLog<SimLog>, now: u64, op: &
             Err(_) => Reply::Failed,
         },
         Op::Delete(_, id, h) => match engine.delete(log, now, name, &[*h]) {
-            Ok(rs) if rs.first().is_some_and(|r| r.is_ok()) => Reply::Deleted { msg_id: *id },
+            Ok(rs) if rs.first().is_some_and(|r| r.is_ok()) => Reply::Deleted { queue, msg_id: *id },
             _ => Reply::Failed,
         },
     }
@@ -963,7 +1019,7 @@ fn fail_reply(ledger: &mut Ledger, reply: &Reply) {
         Reply::Sent { body, .. } if !ledger.acked.contains_key(body) => {
             ledger.unknown.insert(body.clone());
         }
-        Reply::Deleted { msg_id } => {
+        Reply::Deleted { msg_id, .. } => {
             ledger.maybe_deleted.insert(*msg_id);
         }
         _ => {}
