@@ -64,6 +64,7 @@ impl Server {
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            client_addr: local_addr.to_string(),
         });
         let push_cfg =
             PushConfig { workers: cfg.push_workers, retry_time_scale: cfg.push_retry_scale, ..PushConfig::default() };
