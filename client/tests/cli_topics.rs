@@ -329,3 +329,28 @@ fn subscriptions_are_listed_shown_changed_and_removed() {
     assert_eq!(json(cmq(addr, &["--json", "list-subscriptions", "t"]))["totalCount"], 1);
     assert_eq!(json(cmq(addr, &["--json", "topic-info", "t"]))["subscriptionCount"], 1);
 }
+
+/// A push given up on and moved to the subscription's dead-letter queue was
+/// not delivered: subscription-info counts it in neither delivered nor dropped.
+#[test]
+fn a_dead_lettered_push_is_not_counted_as_delivered() {
+    // Retries 1000x faster than real: BACKOFF_RETRY's 3 retries take tens of ms.
+    let broker = Broker::start(&["--shards", "2", "--push-retry-scale", "0.001"]);
+    let addr = broker.addr;
+    let sink = HttpSink::always(500);
+    ok(cmq(addr, &["create-topic", "t"]));
+    ok(cmq(addr, &["create-queue", "dead"]));
+    let url = sink.url("/failing");
+    let hook =
+        ["subscribe", "t", "hook", "--http", &url, "--notify-strategy", "backoff", "--dead-letter-queue", "dead"];
+    ok(cmq(addr, &hook));
+    ok(cmq(addr, &["publish", "t", "doomed"]));
+    assert_eq!(receive_n(addr, "dead", 1), "doomed\n", "moved to the dead-letter queue after its retries");
+    let mut info = Value::Null;
+    wait_until("the move to be confirmed", || {
+        info = json(cmq(addr, &["--json", "subscription-info", "t", "hook"]));
+        info["msgCount"] == 0
+    });
+    assert_eq!((info["delivered"].as_u64(), info["dropped"].as_u64()), (Some(0), Some(0)), "{info}");
+    assert_eq!(sink.drain().len(), 4, "1 attempt + 3 retries, all answered 500");
+}

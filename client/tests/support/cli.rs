@@ -13,6 +13,16 @@ pub fn cmq(addr: SocketAddr, args: &[&str]) -> Output {
     cmq_with_stdin(addr, args, "")
 }
 
+/// Runs `cmq ARGS` as they are (no --server, no $CMQ_SERVER), stdin empty.
+pub fn cmq_bare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmq"))
+        .args(args)
+        .env_remove("CMQ_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cmq")
+}
+
 /// Runs `cmq` with `stdin` on its standard input.
 pub fn cmq_with_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
     cmq_with_bytes(addr, args, stdin.as_bytes())

@@ -28,7 +28,11 @@ pub struct ScriptedServer {
 impl ScriptedServer {
     /// Serves every accepted connection on its own thread with `script`.
     pub fn start(script: impl Fn(Peer) + Send + Sync + 'static) -> ScriptedServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        ScriptedServer::start_on(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"), script)
+    }
+
+    /// As [`ScriptedServer::start`], on a listener the test bound itself.
+    pub fn start_on(listener: TcpListener, script: impl Fn(Peer) + Send + Sync + 'static) -> ScriptedServer {
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
         let script = Arc::new(script);

@@ -132,7 +132,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Receive { name, wait, max, delete, follow, print, base64 } => {
             let how = Receiving { wait: *wait, max: *max, delete: *delete, print, base64: *base64 };
             if *follow {
-                receive_follow(c, &mut out, name, &how)?;
+                // It ends only when nobody reads stdout any more: nothing left to flush.
+                return receive_follow(c, &mut out, name, &how);
             } else {
                 receive(c, &mut out, name, &how)?;
             }
