@@ -594,7 +594,7 @@ fn confirm_delete_queue(client: &mut Client, queue: &str) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let what = format!("{n} messages ({})", held_text(&info));
+    let what = format!("{n} message{} ({})", if n == 1 { "" } else { "s" }, held_text(&info));
     if !io::stdin().is_terminal() {
         bail!(
             "queue {queue} holds {what}: refusing to delete it without --force (stdin is not a terminal to \
