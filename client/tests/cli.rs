@@ -9,15 +9,9 @@ use std::process::Command;
 use bytes::Bytes;
 use cmq_protocol::{MessageState, Opcode, QueueAttributesUpdate};
 use serde_json::Value;
-use support::cli::{cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput, Running};
+use support::cli::{broker_with_queue, cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput, Running};
 use support::tap::Tap;
 use support::{broker, client, wait_until, Broker, EVENT_TIMEOUT};
-
-fn broker_with_queue(name: &str) -> Broker {
-    let broker = broker(2);
-    ok(cmq(broker.addr, &["create-queue", name]));
-    broker
-}
 
 #[test]
 fn create_queue_prints_the_id_and_queue_info_uses_cmq_names() {

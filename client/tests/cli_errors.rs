@@ -4,21 +4,13 @@
 mod support;
 
 use std::net::TcpListener;
-use std::sync::mpsc;
-use std::sync::Mutex;
 
 use cmq_protocol::{Empty, Opcode, Request, Response};
 use serde_json::Value;
-use support::cli::{cmq, cmq_bare, cmq_with_stdin, json, ok, stderr, stdout};
-use support::scripted::ScriptedServer;
+use support::cli::{broker_with_queue, cmq, cmq_bare, cmq_with_stdin, json, ok, stderr, stdout};
+use support::scripted::{silent_server, ScriptedServer};
 use support::tap::Tap;
-use support::{broker, client, wait_until, Broker};
-
-fn broker_with_queue(name: &str) -> Broker {
-    let broker = broker(2);
-    ok(cmq(broker.addr, &["create-queue", name]));
-    broker
-}
+use support::{broker, client, wait_until};
 
 #[test]
 fn deleting_a_queue_that_holds_messages_needs_force_without_a_terminal() {
@@ -47,13 +39,7 @@ fn deleting_a_queue_that_holds_messages_needs_force_without_a_terminal() {
 
 #[test]
 fn a_connect_timeout_says_what_happened() {
-    // Accepts, reads the handshake, never answers (not a cmqd, or a hung one).
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let server = ScriptedServer::start(move |mut peer| {
-        peer.read_request();
-        let _ = release_rx.lock().expect("lock").recv();
-    });
+    let (server, release_tx) = silent_server();
     let addr = server.addr().to_string();
     let out = cmq_bare(&["--server", &addr, "--timeout", "1", "ping"]);
     assert_eq!(out.status.code(), Some(1));

@@ -238,12 +238,7 @@ fn unsolicited_error_before_close_is_surfaced() {
 
 #[test]
 fn silent_server_during_handshake_times_out() {
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let server = ScriptedServer::start(move |mut peer| {
-        peer.read_request();
-        let _ = release_rx.lock().expect("lock").recv();
-    });
+    let (server, release_tx) = scripted::silent_server();
     let err = Connection::connect_with_timeout(server.addr(), None, Some(Duration::from_millis(50)))
         .expect_err("no handshake answer");
     assert!(err.is_timeout(), "{err:?}");

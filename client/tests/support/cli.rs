@@ -28,9 +28,9 @@ pub fn cmq_with_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
     cmq_with_bytes(addr, args, stdin.as_bytes())
 }
 
-/// Runs `cmq` with `stdin` (any bytes) on its standard input.
-pub fn cmq_with_bytes(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmq"))
+/// `cmq --server ADDR --timeout 5 ARGS`, every stdio piped, started.
+fn spawn(addr: SocketAddr, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cmq"))
         .arg("--server")
         .arg(addr.to_string())
         .args(["--timeout", "5"])
@@ -40,7 +40,12 @@ pub fn cmq_with_bytes(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn cmq");
+        .expect("spawn cmq")
+}
+
+/// Runs `cmq` with `stdin` (any bytes) on its standard input.
+pub fn cmq_with_bytes(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn(addr, args);
     let mut pipe = child.stdin.take().expect("stdin piped");
     // A command that exits without reading its input (a refusal) closes the pipe first.
     if let Err(e) = pipe.write_all(stdin) {
@@ -56,6 +61,13 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
+}
+
+/// A fresh cmqd (2 shards) with one queue called `name`.
+pub fn broker_with_queue(name: &str) -> super::Broker {
+    let broker = super::broker(2);
+    ok(cmq(broker.addr, &["create-queue", name]));
+    broker
 }
 
 /// Stdout of a command that must have succeeded.
@@ -89,17 +101,7 @@ pub struct Running {
 
 impl Running {
     pub fn start(addr: SocketAddr, args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cmq"))
-            .arg("--server")
-            .arg(addr.to_string())
-            .args(["--timeout", "5"])
-            .args(args)
-            .env_remove("CMQ_SERVER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cmq");
+        let mut child = spawn(addr, args);
         let stdout = lines(child.stdout.take().expect("stdout piped"));
         let stderr = lines(child.stderr.take().expect("stderr piped"));
         Running { child, stdout, stderr }

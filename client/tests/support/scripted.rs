@@ -7,7 +7,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -166,4 +167,16 @@ pub fn check(queue: &str, msg_id: u64, group: &str) -> Request {
         enqueue_time_ms: 1_700_000_000_000,
         body: Bytes::from_static(b"half"),
     })
+}
+
+/// A server that reads the handshake and never answers (not a cmqd, or a
+/// hung one) until the returned sender is dropped.
+pub fn silent_server() -> (ScriptedServer, Sender<()>) {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let server = ScriptedServer::start(move |mut peer| {
+        peer.read_request();
+        let _ = release_rx.lock().expect("lock").recv();
+    });
+    (server, release_tx)
 }
