@@ -14,19 +14,24 @@ pub struct IdHasher(u64);
 /// Fibonacci hashing's multiplier: 2^64 divided by the golden ratio, odd.
 const GOLDEN_RATIO_64: u64 = 0x9E37_79B9_7F4A_7C15;
 
+// `#[inline]`: called from other crates (the load generator) on every
+// lookup of a hot map; it was a local type there before it moved here.
 impl Hasher for IdHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 
     /// Only reached by keys that are not a single `u64`; kept correct (every
     /// byte mixed in) so that such keys still hash usefully.
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(GOLDEN_RATIO_64);
         }
     }
 
+    #[inline]
     fn write_u64(&mut self, v: u64) {
         self.0 = v.wrapping_mul(GOLDEN_RATIO_64);
     }
