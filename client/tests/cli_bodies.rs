@@ -59,6 +59,9 @@ fn inputs_larger_than_a_message_are_refused_before_sending() {
     assert!(err.contains("holds more than 1048576 bytes"), "{err}");
     let missing = cmq(broker.addr, &["send", "q", "--file", "/nonexistent/file"]);
     assert!(stderr(&missing).starts_with("error: cannot read /nonexistent/file"), "{}", stderr(&missing));
+    // Read before connecting: the file is the problem reported, not the broker.
+    let nowhere = support::cli::cmq_bare(&["--server", "127.0.0.1:1", "send", "q", "--file", "/nonexistent/file"]);
+    assert!(stderr(&nowhere).starts_with("error: cannot read /nonexistent/file"), "{}", stderr(&nowhere));
     let info = json(cmq(broker.addr, &["--json", "queue-info", "q"]));
     assert_eq!(info["activeMsgNum"], 0, "nothing was sent");
 }

@@ -72,6 +72,14 @@ pub fn run(cli: &Cli) -> Result<()> {
         debug_assert!(*ask || *commit || *rollback, "clap requires one");
         return tx_checker(cli, timeout, group, mode);
     }
+    // Read before connecting: a missing file or bad base64 is reported as
+    // such, and no connection idles while stdin is read.
+    let mut body = match &cli.command {
+        Command::Send { body, .. } | Command::SendTx { body, .. } | Command::Publish { body, .. } => {
+            Some(read_body(body)?)
+        }
+        _ => None,
+    };
     let mut client = Client::connect_with_timeout(cli.server.as_str(), timeout)
         .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
@@ -115,8 +123,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             let info = c.set_queue_attributes(name, &update)?;
             print_queue_info(&mut out, &info)?;
         }
-        Command::Send { name, body, delay } => {
-            let id = c.send(name, read_body(body)?, *delay)?;
+        Command::Send { name, delay, .. } => {
+            let id = c.send(name, body.take().unwrap_or_default(), *delay)?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
@@ -134,9 +142,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             if *follow {
                 // It ends only when nobody reads stdout any more: nothing left to flush.
                 return receive_follow(c, &mut out, name, &how);
-            } else {
-                receive(c, &mut out, name, &how)?;
             }
+            receive(c, &mut out, name, &how)?;
         }
         Command::Delete { name, receipt } => {
             c.delete_message(name, *receipt)?;
@@ -189,8 +196,8 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.line(purged)?;
             }
         }
-        Command::SendTx { name, body, group } => {
-            let id = c.send_transaction_message(name, group, read_body(body)?)?;
+        Command::SendTx { name, group, .. } => {
+            let id = c.send_transaction_message(name, group, body.take().unwrap_or_default())?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
@@ -248,8 +255,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             let info = c.set_topic_attributes(name, *max_msg_size)?;
             print_topic_info(&mut out, &info)?;
         }
-        Command::Publish { topic, body, select } => {
-            let id = c.publish(topic, read_body(body)?, &select.tags, &select.routing_key)?;
+        Command::Publish { topic, select, .. } => {
+            let id = c.publish(topic, body.take().unwrap_or_default(), &select.tags, &select.routing_key)?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
