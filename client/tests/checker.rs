@@ -65,11 +65,14 @@ fn a_spawned_checker_commits_rolls_back_and_leaves_undecided_ones_alone() {
     assert_eq!(state(&mut producer, other_group), MessageState::Half, "not this checker's group");
     let seen = seen.lock().expect("lock").clone();
     assert!(seen.iter().all(|(id, group, _)| group == "shop" && *id != other_group), "{seen:?}");
-    assert_eq!(seen.iter().filter(|(id, ..)| *id == yes || *id == no).count(), 2, "decided ones are not asked again");
 
+    // A check repeated before the answer to the previous one landed (a
+    // loaded machine) is answered again and refused as already resolved.
     let stats = thread.stop().expect("stopped cleanly");
-    assert_eq!((stats.committed, stats.rolled_back, stats.refused, stats.ignored_pushes), (1, 1, 0, 0), "{stats:?}");
-    assert!(stats.undecided >= 2 && stats.checks == 2 + stats.undecided, "{stats:?}");
+    assert!(stats.committed >= 1 && stats.rolled_back >= 1 && stats.undecided >= 2, "{stats:?}");
+    assert_eq!(stats.checks, stats.committed + stats.rolled_back + stats.undecided, "{stats:?}");
+    assert_eq!(stats.refused, stats.committed + stats.rolled_back - 2, "{stats:?}");
+    assert_eq!(stats.ignored_pushes, 0);
     wait_until("the checker's connection to close", || tap.open_connections() == 0);
     assert_eq!(producer.receive("tx", Some(0)).expect("receive").map(|m| m.msg_id), Some(yes));
 }
