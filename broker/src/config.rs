@@ -10,6 +10,11 @@ use clap::Parser;
 use cmq_protocol::FlushPolicy;
 use serde::Deserialize;
 
+use crate::push::{
+    PushConfig, ENDPOINT_CONCURRENCY_DEFAULT, ENDPOINT_CONCURRENCY_MAX, IDLE_KEEP_DEFAULT_MS, PUSH_WORKERS_DEFAULT,
+    PUSH_WORKERS_MAX,
+};
+
 /// Defaults, named so the help text, the TOML loader and the docs agree.
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:7700";
@@ -25,8 +30,12 @@ pub mod defaults {
     pub const MAX_QUEUES: usize = 100_000;
     /// Topics across all shards.
     pub const MAX_TOPICS: usize = 10_000;
-    /// Threads sending HTTP pushes, per shard.
-    pub const PUSH_WORKERS: usize = 4;
+    /// Threads sending HTTP pushes: one pool shared by every shard.
+    pub const PUSH_WORKERS: usize = super::PUSH_WORKERS_DEFAULT;
+    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port).
+    pub const PUSH_ENDPOINT_CONCURRENCY: usize = super::ENDPOINT_CONCURRENCY_DEFAULT;
+    /// How long an unused kept-alive push connection is kept (ms).
+    pub const PUSH_IDLE_KEEP_MS: u64 = super::IDLE_KEEP_DEFAULT_MS;
     pub const IO_BACKEND: &str = "auto";
 }
 
@@ -34,7 +43,9 @@ pub mod defaults {
 const SHARDS_MAX: usize = 256;
 const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
 const CONNECTIONS_MAX: usize = 1_000_000;
-const PUSH_WORKERS_MAX: usize = 64;
+/// An idle push connection is kept at most a day: past that it is a leak,
+/// not a cache (servers close idle connections after seconds to minutes).
+const PUSH_IDLE_KEEP_MS_MAX: u64 = 86_400_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -83,6 +94,17 @@ pub struct Flags {
     /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions [default: 4].
     #[arg(long, value_name = "N")]
     pub push_workers: Option<usize>,
+    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port); further pushes
+    /// to it wait their turn [default: 4].
+    #[arg(long, value_name = "N")]
+    pub push_endpoint_concurrency: Option<usize>,
+    /// Milliseconds an unused kept-alive push connection stays open for reuse [default: 15000].
+    #[arg(long, value_name = "MS")]
+    pub push_idle_keep_ms: Option<u64>,
+    /// PEM file of CA certificates trusted for https:// push endpoints, besides the built-in
+    /// Mozilla roots (receivers behind a private CA) [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub push_tls_ca_file: Option<PathBuf>,
     /// Testing only: multiply HTTP push retry intervals by this factor (e.g. 0.001).
     #[arg(long, hide = true, value_name = "FACTOR")]
     pub push_retry_scale: Option<f64>,
@@ -117,6 +139,9 @@ struct FileConfig {
     max_queues: Option<usize>,
     max_topics: Option<usize>,
     push_workers: Option<usize>,
+    push_endpoint_concurrency: Option<usize>,
+    push_idle_keep_ms: Option<u64>,
+    push_tls_ca_file: Option<PathBuf>,
     io_backend: Option<IoBackend>,
 }
 
@@ -133,6 +158,9 @@ pub struct Config {
     pub max_queues: usize,
     pub max_topics: usize,
     pub push_workers: usize,
+    pub push_endpoint_concurrency: usize,
+    pub push_idle_keep_ms: u64,
+    pub push_tls_ca_file: Option<PathBuf>,
     pub push_retry_scale: f64,
     pub io_backend: IoBackend,
     pub repair: bool,
@@ -162,6 +190,15 @@ impl Config {
             max_queues: flags.max_queues.or(file.max_queues).unwrap_or(defaults::MAX_QUEUES),
             max_topics: flags.max_topics.or(file.max_topics).unwrap_or(defaults::MAX_TOPICS),
             push_workers: flags.push_workers.or(file.push_workers).unwrap_or(defaults::PUSH_WORKERS),
+            push_endpoint_concurrency: flags
+                .push_endpoint_concurrency
+                .or(file.push_endpoint_concurrency)
+                .unwrap_or(defaults::PUSH_ENDPOINT_CONCURRENCY),
+            push_idle_keep_ms: flags
+                .push_idle_keep_ms
+                .or(file.push_idle_keep_ms)
+                .unwrap_or(defaults::PUSH_IDLE_KEEP_MS),
+            push_tls_ca_file: flags.push_tls_ca_file.or(file.push_tls_ca_file),
             push_retry_scale: flags.push_retry_scale.unwrap_or(1.0),
             io_backend: flags.io_backend.or(file.io_backend).unwrap_or(IoBackend::Auto),
             repair: flags.repair,
@@ -191,10 +228,38 @@ impl Config {
         if self.push_workers == 0 || self.push_workers > PUSH_WORKERS_MAX {
             bail!("--push-workers: {} is out of range 1..={PUSH_WORKERS_MAX}", self.push_workers);
         }
+        if self.push_endpoint_concurrency == 0 || self.push_endpoint_concurrency > ENDPOINT_CONCURRENCY_MAX {
+            bail!(
+                "--push-endpoint-concurrency: {} is out of range 1..={ENDPOINT_CONCURRENCY_MAX}",
+                self.push_endpoint_concurrency
+            );
+        }
+        if self.push_idle_keep_ms > PUSH_IDLE_KEEP_MS_MAX {
+            bail!("--push-idle-keep-ms: {} is out of range 0..={PUSH_IDLE_KEEP_MS_MAX}", self.push_idle_keep_ms);
+        }
+        if let Some(path) = &self.push_tls_ca_file {
+            if !path.is_file() {
+                bail!("--push-tls-ca-file: {} is not a readable file", path.display());
+            }
+        }
         if !(self.push_retry_scale > 0.0 && self.push_retry_scale <= 1.0) {
             bail!("--push-retry-scale: must be in (0, 1]");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The push pool's settings: what flags and file set, defaults for the rest.
+    pub fn push_config(&self) -> PushConfig {
+        PushConfig {
+            workers: self.push_workers,
+            endpoint_concurrency: self.push_endpoint_concurrency,
+            idle_keep_ms: self.push_idle_keep_ms,
+            tls_ca_file: self.push_tls_ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            retry_time_scale: self.push_retry_scale,
+            ..PushConfig::default()
+        }
     }
 }
 
@@ -230,6 +295,54 @@ mod tests {
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.flush, FlushPolicy::Async);
         assert_eq!(cfg.listen.port(), 9000);
+    }
+
+    #[test]
+    fn push_settings_come_from_flags_or_the_file_and_reach_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here: the pool parses it at start-up").expect("write");
+        let path = dir.path().join("cmqd.toml");
+        let toml = format!(
+            "push_endpoint_concurrency = 8\npush_idle_keep_ms = 2500\npush_tls_ca_file = {:?}\npush_workers = 2\n",
+            ca.display().to_string()
+        );
+        std::fs::write(&path, toml).expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--push-idle-keep-ms", "500"])).expect("valid");
+        let push = cfg.push_config();
+        assert_eq!((push.workers, push.endpoint_concurrency, push.idle_keep_ms), (2, 8, 500), "flag over file");
+        assert_eq!(push.tls_ca_file.as_deref(), ca.to_str());
+        assert_eq!(push.validate(), Ok(()));
+
+        let plain = Config::from_flags(flags(&[])).expect("defaults").push_config();
+        let defaults = PushConfig::default();
+        assert_eq!(
+            (plain.workers, plain.endpoint_concurrency, plain.idle_keep_ms, plain.tls_ca_file),
+            (defaults.workers, defaults.endpoint_concurrency, defaults.idle_keep_ms, None)
+        );
+    }
+
+    #[test]
+    fn push_settings_are_bounded() {
+        let max_workers = (PUSH_WORKERS_MAX + 1).to_string();
+        let max_conc = (ENDPOINT_CONCURRENCY_MAX + 1).to_string();
+        let keep = (PUSH_IDLE_KEEP_MS_MAX + 1).to_string();
+        let cases: [(&[&str], &str); 6] = [
+            (&["--push-workers", "0"], "--push-workers"),
+            (&["--push-workers", &max_workers], "--push-workers"),
+            (&["--push-endpoint-concurrency", "0"], "--push-endpoint-concurrency"),
+            (&["--push-endpoint-concurrency", &max_conc], "--push-endpoint-concurrency"),
+            (&["--push-idle-keep-ms", &keep], "--push-idle-keep-ms"),
+            (&["--push-tls-ca-file", "/nonexistent/ca.pem"], "--push-tls-ca-file"),
+        ];
+        for (args, named) in cases {
+            let err = Config::from_flags(flags(args)).expect_err("out of range");
+            assert!(err.to_string().starts_with(named), "{args:?}: {err}");
+        }
+        for ok in [&["--push-workers", &PUSH_WORKERS_MAX.to_string()][..], &["--push-idle-keep-ms", "0"]] {
+            assert!(Config::from_flags(flags(ok)).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,7 @@
 //! replies and pushes alike, in arrival order, and may wait for a push with
 //! no request in flight.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -28,6 +27,7 @@ use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response, TransactionCheck};
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
+use crate::id_hash::{id_map, IdMap};
 
 /// Bytes asked of the kernel per read. A full pipeline window of small
 /// responses (64 in flight x ~100 bytes) fits in one read; large bodies take
@@ -115,7 +115,7 @@ pub struct Connection {
     scratch: Box<[u8]>,
     next_id: u64,
     /// Request id -> opcode of every request sent and not yet answered.
-    in_flight: HashMap<u64, u16, BuildHasherDefault<IdHasher>>,
+    in_flight: IdMap<u16>,
     /// Pushes read by `recv` while looking for a reply, oldest first.
     pushes: VecDeque<Push>,
     read_timeout: Option<Duration>,
@@ -152,7 +152,7 @@ impl Connection {
             inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             next_id: 1,
-            in_flight: HashMap::with_capacity_and_hasher(IN_FLIGHT_CAPACITY, Default::default()),
+            in_flight: id_map(IN_FLIGHT_CAPACITY),
             pushes: VecDeque::new(),
             read_timeout: timeout,
             broken: false,
@@ -374,7 +374,13 @@ impl Connection {
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout_kind(e.kind()) => return Err(ClientError::Io(e)),
+                // The OS says "Resource temporarily unavailable (os error 11)";
+                // say what actually happened instead.
+                Err(e) if is_timeout_kind(e.kind()) => {
+                    let waited = self.read_timeout.map_or_else(|| "its timeout".to_owned(), seconds_text);
+                    let what = format!("timed out after {waited} waiting for an answer from {}", self.peer);
+                    return Err(ClientError::Io(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
                 Err(e) => return Err(self.fail(from_io(e))),
             }
         }
@@ -459,12 +465,25 @@ fn connect_any(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Tc
     for a in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&a, timeout) {
             Ok(s) => return Ok(s),
+            Err(e) if is_timeout_kind(e.kind()) => {
+                let what = format!("timed out after {} connecting to {a}", seconds_text(timeout));
+                last = Some(io::Error::new(io::ErrorKind::TimedOut, what));
+            }
             Err(e) => last = Some(e),
         }
     }
     Err(ClientError::Io(
         last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing")),
     ))
+}
+
+/// A timeout for people: whole seconds as "5 s", anything finer in ms.
+pub(crate) fn seconds_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// A server error during the handshake is a refused handshake; I/O errors
@@ -492,24 +511,4 @@ fn decode_push(opcode: u16, payload: Bytes) -> Push {
 
 fn opcode_name(op: u16) -> &'static str {
     Opcode::from_u16(op).map_or("unknown", Opcode::name)
-}
-
-/// Hashes request ids, which are sequential: one multiply spreads them over
-/// the whole word (hashbrown groups by the top bits) at a fraction of
-/// SipHash's cost, and ids are ours, not attacker-chosen.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
 }

@@ -36,7 +36,7 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::TOO_MANY_QUEUES, "errors::too_many_queues_*, errors::max_queues_*"),
     (ErrorCode::QUEUE_ALREADY_EXISTS, "errors::queue_already_exists, queue_admin::create_existing_queue_*"),
     (ErrorCode::QUEUE_IN_USE, "dead_letter::deleting_a_dead_letter_target_is_refused"),
-    (ErrorCode::MESSAGE_NOT_FOUND, "inspection::query_*, transactions::*"),
+    (ErrorCode::MESSAGE_NOT_FOUND, "transactions::*, inspection::* (EndTransaction of a resolved message)"),
     (ErrorCode::REDRIVE_NOT_FOUND, "redrive::cancel_unknown_redrive_*"),
     (ErrorCode::TOPIC_NOT_FOUND, "topics::topic_and_subscription_errors_have_their_codes, topics::deleting_a_topic_*"),
     (ErrorCode::TOPIC_ALREADY_EXISTS, "topics::topic_and_subscription_errors_*, topics::too_many_topics_*"),
