@@ -96,7 +96,7 @@ error_codes! {
     TOO_MANY_CONNECTIONS = 6003, "too many connections";
     /// In a cluster: this node does not lead the queue's shard. The message ends with
     /// `leader=<node id>@<client address>` when the leader is known (see PROTOCOL.md).
-    NOT_LEADER = 6004, "not the leader";
+    NOT_LEADER = 6005, "not the leader";
     /// Receive found no message within its polling wait.
     NO_MESSAGE = 7000, "no message";
 }
