@@ -64,6 +64,8 @@ impl Server {
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            buffer_bytes: AtomicUsize::new(0),
+            conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
         let push_cfg =
             PushConfig { workers: cfg.push_workers, retry_time_scale: cfg.push_retry_scale, ..PushConfig::default() };
