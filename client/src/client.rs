@@ -156,6 +156,11 @@ impl Client {
     /// is sent until [`Client::flush`] or a [`Client::wait`] on that connection.
     pub fn submit(&mut self, req: &Request) -> Result<Ticket, ClientError> {
         let shard = self.shard_for_request(req);
+        // A connection the broker closed while it sat idle (its idle
+        // deadline) is replaced now rather than failing this request.
+        if self.slots[usize::from(shard)].conn.as_mut().is_some_and(Connection::closed_while_idle) {
+            self.close(usize::from(shard));
+        }
         self.open(shard)?;
         let slot = &mut self.slots[usize::from(shard)];
         let Some(conn) = slot.conn.as_mut() else {
