@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX;
 use cmq_protocol::names::shard_for;
-use cmq_protocol::{HandshakeOk, Request, Response, Route};
+use cmq_protocol::{ErrorCode, HandshakeOk, Request, Response, Route};
 
 use crate::connection::{Connection, Push};
 use crate::error::ClientError;
@@ -227,10 +227,19 @@ impl Client {
         }
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer. If the broker closed the
+    /// connection for being idle just as the request went out (IDLE_TIMEOUT:
+    /// it closes only a connection with nothing unread, so the request was
+    /// not run), it is sent once more on a new connection.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let ticket = self.submit(req)?;
-        self.wait(ticket)
+        match self.wait(ticket) {
+            Err(ClientError::Server { code, .. }) if code == ErrorCode::IDLE_TIMEOUT => {
+                let ticket = self.submit(req)?;
+                self.wait(ticket)
+            }
+            other => other,
+        }
     }
 
     fn any_open_shard(&self) -> u16 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cmq_client::Client;
-use cmq_integration_tests::{raise_fd_limit, Broker, MemoryWatch, RawConn, Reply};
+use cmq_integration_tests::{name_on_shard, raise_fd_limit, request_frame, Broker, MemoryWatch, RawConn, Reply};
 use cmq_protocol::frame::{self, FrameHeader};
 use cmq_protocol::limits::{FRAME_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX};
 use cmq_protocol::*;
@@ -322,6 +322,36 @@ fn a_client_that_does_not_read_cannot_make_memory_grow_past_the_bound() {
     assert_memory_bounded("a reader that does not read 512 MiB of answers", watch.peak_anon(), &watch);
     wait_for_log(&broker, "as a slow consumer");
     normal_client_works(&broker, "after-unread");
+}
+
+/// Requests forwarded to another shard are answered there in bounded
+/// steps. 100 pipelined PeekMessages of 8 MiB each, sent in one write on a
+/// connection served by shard 0 for a queue on shard 1 and never read, used
+/// to make shard 1 build 800 MiB of answers in one turn (and shard 0 then
+/// hold them all); now shard 1 answers a few per turn and shard 0 closes the
+/// connection once it holds more than its output bound.
+#[test]
+fn forwarded_requests_cannot_make_the_owner_build_unbounded_answers() {
+    const PEEKS: usize = 100;
+    let budget = BUDGET.to_string();
+    let broker = Broker::start(&["--shards", "2", "--buffer-budget-bytes", &budget]);
+    let watch = MemoryWatch::start(broker.pid(), u64::MAX);
+    let queue = name_on_shard("forwarded", 1, 2);
+    let mut admin = RawConn::open_on_shard(broker.addr, 1);
+    let attrs = QueueAttributesUpdate { max_msg_size: Some(MSG_BYTES_MAX_FOR_TEST), ..Default::default() };
+    admin.create_queue_attrs(&queue, attrs);
+    let body = Bytes::from(vec![7u8; MSG_BYTES_MAX_FOR_TEST as usize]);
+    admin.batch_send_ok(&queue, 0, vec![body; 8]);
+    let mut stalled = RawConn::open_on_shard(broker.addr, 0);
+    let peek = Request::PeekMessages(PeekMessages { queue: queue.clone(), cursor: 0, max: 8, include_body: true });
+    let frames: Vec<u8> = (0..PEEKS as u64).flat_map(|id| request_frame(100 + id, &peek)).collect();
+    stalled.write_raw(&frames);
+    wait_for_log(&broker, "as a slow consumer");
+    let answers = stalled.read_until_closed();
+    assert!(answers.len() < PEEKS, "{} answers", answers.len());
+    assert_memory_bounded("100 forwarded 8 MiB answers nobody reads", watch.peak_anon(), &watch);
+    admin.ping().ok();
+    normal_client_works(&broker, "after-forwarded");
 }
 
 /// Output the client could take but does not (its socket stays full) for

@@ -70,6 +70,17 @@ const BUDGET_RETRY_MS: u64 = 10;
 /// How often a shard over the buffer budget looks for slow consumers to shed.
 const SHED_CHECK_EVERY_MS: u64 = 100;
 
+/// Over budget, a connection is shed only if its output made no progress
+/// for this long: a client busy reading a 16 MiB answer is not a slow consumer.
+const SHED_STALLED_MS: u64 = 1000;
+
+/// Answer bytes a shard produces for other shards' connections, by running
+/// requests they forwarded, in one turn or still held for the log. Past it
+/// the rest of the forwarded requests wait for a later turn: one write of
+/// thousands of pipelined PeekMessages (16 MiB answers each) must not make
+/// the owner build gigabytes of answers at once. Two maximum-size responses.
+const FORWARDED_REPLY_BYTES_MAX: usize = 2 * cmq_protocol::limits::FRAME_BYTES_MAX as usize;
+
 /// State every shard shares: configuration, peers, broker-wide counters.
 pub struct Shared {
     pub cfg: Config,
@@ -134,6 +145,12 @@ pub struct Shard {
     forward_out: Vec<Vec<Forwarded>>,
     /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
     unsent: Vec<(u16, ShardMsg)>,
+    /// Forwarded requests put off by FORWARDED_REPLY_BYTES_MAX, in arrival order.
+    deferred: std::collections::VecDeque<Forwarded>,
+    /// Answer bytes for peers produced this turn by forwarded requests.
+    forwarded_reply_bytes: usize,
+    /// Answer bytes for peers in `staged` (waiting for the log).
+    staged_reply_bytes: usize,
     waits: HashMap<u64, Wait>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
@@ -266,6 +283,9 @@ impl Shard {
             staged: HoldQueue::default(),
             forward_out: (0..peers).map(|_| Vec::new()).collect(),
             unsent: Vec::new(),
+            deferred: std::collections::VecDeque::new(),
+            forwarded_reply_bytes: 0,
+            staged_reply_bytes: 0,
             waits: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 1,
@@ -359,6 +379,11 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        // Deferred forwarded requests go on next turn, unless they wait for
+        // answers held for the log (whose completion wakes the loop).
+        if !self.deferred.is_empty() && self.staged_reply_bytes < FORWARDED_REPLY_BYTES_MAX {
             return Some(Duration::ZERO);
         }
         let mut deadline = self.engine.next_deadline(now).unwrap_or(u64::MAX).min(self.next_housekeep_ms);
@@ -747,6 +772,11 @@ impl Shard {
             _ => &counters.slow_consumer_closes,
         });
         let peer = self.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
+        match code {
+            Some(code) => self.fail_conn(token, 0, code, &message),
+            None => self.close_conn(token),
+        }
+        // Logged once the close is under way (tests wait for this line).
         if let Some(skipped) = self.limits.log[kind as usize].allow(self.limits.now_ms) {
             let text =
                 format!("shard {}: closed connection from {peer:?}: {message} ({skipped} more not logged)", self.id);
@@ -754,10 +784,6 @@ impl Shard {
                 Expired::Idle => log::info!("{text}"),
                 _ => log::warn!("{text}"),
             }
-        }
-        match code {
-            Some(code) => self.fail_conn(token, 0, code, &message),
-            None => self.close_conn(token),
         }
     }
 
@@ -796,14 +822,16 @@ impl Shard {
     }
 
     /// Over budget: shed connections with more than OUT_BYTES_HIGH of
-    /// releasable output they are not taking, largest first, until this
-    /// shard has given back the excess (or has no such connection).
+    /// releasable output they have not taken any of for SHED_STALLED_MS,
+    /// largest first, until this shard has given back the excess (or has no
+    /// such connection).
     fn shed_for_budget(&mut self) {
         let excess = self.shared.buffer_bytes.load(Ordering::Relaxed).saturating_sub(self.budget_limit());
+        let stalled_since = self.limits.now_ms.saturating_sub(SHED_STALLED_MS);
         let mut stuck: Vec<(usize, ConnRef)> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.shed && c.releasable - c.written > OUT_BYTES_HIGH)
+            .filter(|(_, c)| !c.shed && c.releasable - c.written > OUT_BYTES_HIGH && c.wrote_ms <= stalled_since)
             .map(|(t, c)| (c.out.capacity(), ConnRef { token: t, gen: c.gen }))
             .collect();
         stuck.sort_unstable_by_key(|(bytes, _)| Reverse(*bytes));
@@ -926,13 +954,10 @@ impl Shard {
     // ---- messages from other shards ---------------------------------------
 
     fn drain_inbox(&mut self, now: u64) {
+        self.run_deferred(now);
         while let Ok(msg) = self.inbox.rx.try_recv() {
             match msg {
-                ShardMsg::Requests(reqs) => {
-                    for f in reqs {
-                        self.execute(f.reply_to, f.request_id, f.request, now);
-                    }
-                }
+                ShardMsg::Requests(reqs) => self.run_forwarded(reqs, now),
                 ShardMsg::Replies(batch) => self.deliver_remote(batch, true),
                 ShardMsg::Push(batch) => self.deliver_remote(batch, false),
                 ShardMsg::Handover(h) => self.accept_handover(*h),
@@ -953,6 +978,40 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Runs requests other shards forwarded, in order, until the answers they
+    /// produced for peers reach FORWARDED_REPLY_BYTES_MAX; the rest wait.
+    fn run_forwarded(&mut self, reqs: Vec<Forwarded>, now: u64) {
+        if !self.deferred.is_empty() {
+            self.deferred.extend(reqs);
+            return;
+        }
+        let mut reqs = reqs.into_iter();
+        while !self.forwarded_replies_full() {
+            let Some(f) = reqs.next() else { return };
+            self.run_one_forwarded(f, now);
+        }
+        self.deferred.extend(reqs);
+    }
+
+    fn run_deferred(&mut self, now: u64) {
+        while !self.forwarded_replies_full() {
+            let Some(f) = self.deferred.pop_front() else { return };
+            self.run_one_forwarded(f, now);
+        }
+    }
+
+    fn run_one_forwarded(&mut self, f: Forwarded, now: u64) {
+        let peer = usize::from(f.reply_to.shard);
+        let before = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
+        self.execute(f.reply_to, f.request_id, f.request, now);
+        let after = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
+        self.forwarded_reply_bytes += after.saturating_sub(before);
+    }
+
+    fn forwarded_replies_full(&self) -> bool {
+        self.forwarded_reply_bytes + self.staged_reply_bytes >= FORWARDED_REPLY_BYTES_MAX
     }
 
     /// Frames computed by another shard for our connections, released there
@@ -1016,6 +1075,9 @@ impl Shard {
         for list in self.checkers.values_mut() {
             list.retain(|r| *r != reply_to);
         }
+        if !self.deferred.is_empty() {
+            self.deferred.retain(|f| f.reply_to != reply_to);
+        }
         self.checkers.retain(|_, l| !l.is_empty());
     }
 
@@ -1078,8 +1140,10 @@ impl Shard {
             }
         }
         if !msgs.is_empty() {
+            self.staged_reply_bytes += reply_bytes(&msgs);
             self.staged.push(need, msgs);
         }
+        self.forwarded_reply_bytes = 0;
         // Group commit: everything this turn logged goes out as one write.
         self.log.submit(now);
         self.log.periodic_sync(now);
@@ -1131,6 +1195,7 @@ impl Shard {
             }
         }
         while let Some(msgs) = self.staged.pop_met(p) {
+            self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {
                 self.send_to(peer, msg);
             }
@@ -1181,6 +1246,7 @@ impl Shard {
         // never applied); replies to other shards' clients are lost with the
         // outcome unknown, as for local ones.
         self.staged.clear();
+        self.staged_reply_bytes = 0;
     }
 
     /// After a failed log batch, once the log is writable again: the engine
@@ -1236,6 +1302,7 @@ impl Shard {
             && self.log.is_idle()
             && self.unsent.is_empty()
             && self.staged.is_empty()
+            && self.deferred.is_empty()
             && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);
         if idle && !self.reported_drained {
             self.reported_drained = true;
@@ -1265,6 +1332,11 @@ impl Shard {
         }
         false
     }
+}
+
+/// Answer bytes in a list of messages to peers (for FORWARDED_REPLY_BYTES_MAX).
+fn reply_bytes(msgs: &[(u16, ShardMsg)]) -> usize {
+    msgs.iter().map(|(_, m)| if let ShardMsg::Replies(b) = m { b.buf.len() } else { 0 }).sum()
 }
 
 /// Bytes needed to complete the frame at the front of `buf` (for sizing the next read).
