@@ -101,6 +101,8 @@ pub struct ConnCounters {
     /// per-connection bound, making no progress in time, or shed to bring
     /// the broker back under its buffer budget.
     pub slow_consumer_closes: AtomicU64,
+    /// Connections refused at accept because `--max-connections` were open.
+    pub connections_refused: AtomicU64,
     /// Reads put off because the buffer budget was used up (the connection
     /// waits until memory frees).
     pub budget_read_waits: AtomicU64,

@@ -133,7 +133,8 @@ impl Conn {
         Conn {
             stream,
             gen,
-            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            // Allocated by the first read: a socket that sends nothing holds no buffer.
+            rbuf: BytesMut::new(),
             out: Vec::new(),
             written: 0,
             releasable: 0,

@@ -213,8 +213,9 @@ enum Refusal {
     Idle,
     SlowConsumer,
     BudgetWait,
+    TooManyConnections,
 }
-const LOG_KINDS: usize = 6;
+const LOG_KINDS: usize = 7;
 
 impl ConnLimits {
     fn new(cfg: &Config) -> ConnLimits {
@@ -422,7 +423,10 @@ impl Shard {
             if count >= self.shared.cfg.max_connections {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 refuse(stream, self.shared.cfg.max_connections);
-                log::warn!("refused connection from {peer}: {count} connections open");
+                ConnCounters::bump(&self.counters().connections_refused);
+                if let Some(skipped) = self.limits.log[Refusal::TooManyConnections as usize].allow(self.limits.now_ms) {
+                    log::warn!("refused connection from {peer}: {count} connections open ({skipped} more not logged)");
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -1388,4 +1392,29 @@ fn refuse(mut stream: mio::net::TcpStream, limit: usize) {
         &format!("connection limit of {limit} reached"),
     );
     let _ = stream.write(&out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(total: u32, opcode: Option<Opcode>) -> Vec<u8> {
+        let mut b = (total - frame::LENGTH_PREFIX_BYTES as u32).to_le_bytes().to_vec();
+        if let Some(op) = opcode {
+            b.extend_from_slice(&(op as u16).to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn handshake_limit_applies_before_the_handshake_and_to_handshake_frames() {
+        let max = HANDSHAKE_FRAME_BYTES_MAX;
+        assert_eq!(over_handshake_limit(&prefix(max, None), false), None, "at the limit");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, None), false), Some(u64::from(max) + 1));
+        assert_eq!(over_handshake_limit(&[0xff, 0xff, 0xff], false), None, "prefix not in yet");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, None), true), None, "opcode not in yet");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, Some(Opcode::SendMessage)), true), None);
+        let big = cmq_protocol::limits::FRAME_BYTES_MAX;
+        assert_eq!(over_handshake_limit(&prefix(big, Some(Opcode::Handshake)), true), Some(u64::from(big)));
+    }
 }
