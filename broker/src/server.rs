@@ -64,6 +64,8 @@ impl Server {
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            buffer_bytes: AtomicUsize::new(0),
+            conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
