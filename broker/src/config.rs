@@ -37,6 +37,17 @@ pub mod defaults {
     /// How long an unused kept-alive push connection is kept (ms).
     pub const PUSH_IDLE_KEEP_MS: u64 = super::IDLE_KEEP_DEFAULT_MS;
     pub const IO_BACKEND: &str = "auto";
+    /// A connection must complete its handshake within this (ms).
+    pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+    /// A connection with nothing in flight and nothing to send is closed after this (ms).
+    pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// A request frame must arrive whole, and pending output make progress, within this (ms).
+    pub const FRAME_TIMEOUT_MS: u64 = 30_000;
+    /// Default connection-buffer budget: this fraction (1/N) of the memory
+    /// the broker may use (RAM, or the cgroup's limit if lower).
+    pub const BUFFER_BUDGET_RAM_DIVISOR: u64 = 4;
+    /// Budget used when the memory size cannot be read.
+    pub const BUFFER_BUDGET_FALLBACK_BYTES: u64 = 1024 * 1024 * 1024;
 }
 
 /// Bounds on settings, checked at start-up.
@@ -46,6 +57,16 @@ const CONNECTIONS_MAX: usize = 1_000_000;
 /// An idle push connection is kept at most a day: past that it is a leak,
 /// not a cache (servers close idle connections after seconds to minutes).
 const PUSH_IDLE_KEEP_MS_MAX: u64 = 86_400_000;
+/// Deadlines shorter than this would close healthy connections on a busy
+/// machine (they are checked on a 250 ms tick).
+const DEADLINE_MS_MIN: u64 = 500;
+/// Longest handshake and frame deadline: one hour.
+const DEADLINE_MS_MAX: u64 = 3_600_000;
+/// Longest idle deadline: one week.
+const IDLE_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// The smallest budget that still lets one maximum-size request in and one
+/// maximum-size response out.
+pub const BUFFER_BUDGET_BYTES_MIN: u64 = 2 * cmq_protocol::limits::FRAME_BYTES_MAX as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -123,6 +144,27 @@ pub struct Flags {
     /// (proves that cmq-loadgen --verify catches a broker that loses messages).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_drop_one_in: Option<u64>,
+    /// Broker-wide memory for connection buffers: partial request frames and unsent
+    /// responses. Past it the broker stops reading the connections assembling the largest
+    /// frames until memory frees, and closes the connections that hold the most unsent output
+    /// without reading it [default: 1/4 of RAM or of the cgroup memory limit; at least
+    /// 33685504 (two maximum-size frames)].
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_budget_bytes: Option<u64>,
+    /// A connection that has not completed its handshake within this many milliseconds is closed
+    /// (HANDSHAKE_TIMEOUT) [default: 10000; range 500..=3600000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// A connection with no request in flight, no long poll waiting and nothing unsent for this
+    /// many milliseconds is closed (IDLE_TIMEOUT); 0 = never [default: 300000; range 0 or
+    /// 500..=604800000].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request frame must arrive whole within this many milliseconds of its first byte
+    /// (else FRAME_TIMEOUT), and unsent responses must make progress within it (else the
+    /// connection is closed as a slow consumer) [default: 30000; range 500..=3600000].
+    #[arg(long, value_name = "MS")]
+    pub frame_timeout_ms: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -143,6 +185,10 @@ struct FileConfig {
     push_idle_keep_ms: Option<u64>,
     push_tls_ca_file: Option<PathBuf>,
     io_backend: Option<IoBackend>,
+    buffer_budget_bytes: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
 }
 
 /// The effective, validated configuration.
@@ -166,6 +212,11 @@ pub struct Config {
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
     pub fault_drop_one_in: u64,
+    pub buffer_budget_bytes: u64,
+    pub handshake_timeout_ms: u64,
+    /// 0 = connections are never closed for being idle.
+    pub idle_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
 }
 
 impl Config {
@@ -204,6 +255,16 @@ impl Config {
             repair: flags.repair,
             fault_file: flags.fault_file,
             fault_drop_one_in: flags.fault_drop_one_in.unwrap_or(0),
+            buffer_budget_bytes: flags
+                .buffer_budget_bytes
+                .or(file.buffer_budget_bytes)
+                .unwrap_or_else(default_buffer_budget_bytes),
+            handshake_timeout_ms: flags
+                .handshake_timeout_ms
+                .or(file.handshake_timeout_ms)
+                .unwrap_or(defaults::HANDSHAKE_TIMEOUT_MS),
+            idle_timeout_ms: flags.idle_timeout_ms.or(file.idle_timeout_ms).unwrap_or(defaults::IDLE_TIMEOUT_MS),
+            frame_timeout_ms: flags.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(defaults::FRAME_TIMEOUT_MS),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -245,6 +306,29 @@ impl Config {
         if !(self.push_retry_scale > 0.0 && self.push_retry_scale <= 1.0) {
             bail!("--push-retry-scale: must be in (0, 1]");
         }
+        self.validate_connection_limits()
+    }
+
+    fn validate_connection_limits(&self) -> anyhow::Result<()> {
+        if self.buffer_budget_bytes < BUFFER_BUDGET_BYTES_MIN {
+            bail!(
+                "--buffer-budget-bytes: {} is below the minimum of {BUFFER_BUDGET_BYTES_MIN}",
+                self.buffer_budget_bytes
+            );
+        }
+        let deadline = DEADLINE_MS_MIN..=DEADLINE_MS_MAX;
+        if !deadline.contains(&self.handshake_timeout_ms) {
+            bail!("--handshake-timeout-ms: {} is out of range {deadline:?}", self.handshake_timeout_ms);
+        }
+        if !deadline.contains(&self.frame_timeout_ms) {
+            bail!("--frame-timeout-ms: {} is out of range {deadline:?}", self.frame_timeout_ms);
+        }
+        if self.idle_timeout_ms != 0 && !(DEADLINE_MS_MIN..=IDLE_TIMEOUT_MS_MAX).contains(&self.idle_timeout_ms) {
+            bail!(
+                "--idle-timeout-ms: {} is out of range: 0 (never) or {DEADLINE_MS_MIN}..={IDLE_TIMEOUT_MS_MAX}",
+                self.idle_timeout_ms
+            );
+        }
         Ok(())
     }
 }
@@ -260,6 +344,31 @@ impl Config {
             retry_time_scale: self.push_retry_scale,
             ..PushConfig::default()
         }
+    }
+}
+
+/// 1/4 of the memory this process may use: RAM (`MemTotal` in
+/// /proc/meminfo), or the cgroup v2 memory limit if that is lower.
+fn default_buffer_budget_bytes() -> u64 {
+    let ram = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_total_bytes(&t));
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let usable = match (ram, cgroup) {
+        (Some(r), Some(c)) => r.min(c),
+        (Some(m), None) | (None, Some(m)) => m,
+        (None, None) => return defaults::BUFFER_BUDGET_FALLBACK_BYTES,
+    };
+    (usable / defaults::BUFFER_BUDGET_RAM_DIVISOR).max(BUFFER_BUDGET_BYTES_MIN)
+}
+
+/// `MemTotal` from the text of /proc/meminfo, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
     }
 }
 
@@ -356,5 +465,44 @@ mod tests {
         std::fs::write(&path, "shardz = 3\n").expect("write");
         let err = Config::from_flags(flags(&["--config", path.to_str().expect("utf8")])).expect_err("unknown key");
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_flags_file_keys_and_ranges() {
+        let cfg = Config::from_flags(flags(&[])).expect("valid");
+        assert_eq!(cfg.handshake_timeout_ms, defaults::HANDSHAKE_TIMEOUT_MS);
+        assert_eq!(cfg.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS);
+        assert_eq!(cfg.frame_timeout_ms, defaults::FRAME_TIMEOUT_MS);
+        assert!(cfg.buffer_budget_bytes >= BUFFER_BUDGET_BYTES_MIN);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmqd.toml");
+        let text = "buffer_budget_bytes = 67108864\nhandshake_timeout_ms = 1000\nidle_timeout_ms = 0\n";
+        std::fs::write(&path, text).expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--frame-timeout-ms", "2000"])).expect("valid");
+        assert_eq!(cfg.buffer_budget_bytes, 64 << 20);
+        assert_eq!((cfg.handshake_timeout_ms, cfg.idle_timeout_ms, cfg.frame_timeout_ms), (1000, 0, 2000));
+        let min = BUFFER_BUDGET_BYTES_MIN.to_string();
+        let below = (BUFFER_BUDGET_BYTES_MIN - 1).to_string();
+        assert!(Config::from_flags(flags(&["--buffer-budget-bytes", &min])).is_ok());
+        for (flag, bad) in [
+            ("--buffer-budget-bytes", below.as_str()),
+            ("--handshake-timeout-ms", "499"),
+            ("--handshake-timeout-ms", "3600001"),
+            ("--frame-timeout-ms", "0"),
+            ("--idle-timeout-ms", "499"),
+        ] {
+            let err = Config::from_flags(flags(&[flag, bad])).expect_err(bad);
+            assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
+        }
+        assert!(Config::from_flags(flags(&["--handshake-timeout-ms", "500"])).is_ok());
+    }
+
+    #[test]
+    fn mem_total_is_read_from_meminfo() {
+        let text = "MemTotal:       24576000 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total_bytes(text), Some(24_576_000 * 1024));
+        assert_eq!(mem_total_bytes("MemFree: 5 kB\n"), None);
+        assert_eq!(mem_total_bytes("MemTotal: x kB\n"), None);
     }
 }

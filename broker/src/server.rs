@@ -65,6 +65,8 @@ impl Server {
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
             client_addr: local_addr.to_string(),
+            buffer_bytes: AtomicUsize::new(0),
+            conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame::{self, FrameHeader};
@@ -38,6 +38,11 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// released after flushing instead of pinning that memory for the
 /// connection's lifetime.
 const OUT_RETAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Silence after which a connection with nothing in flight checks, before
+/// its next request, whether the broker closed it meanwhile (the broker's
+/// idle deadline is at least 500 ms; see [`Connection::closed_while_idle`]).
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(250);
 
 /// Outstanding requests a connection expects to hold at once before its
 /// in-flight table has to grow; sized for a load generator's window.
@@ -122,6 +127,8 @@ pub struct Connection {
     /// Set after any error that leaves the byte stream in an unknown state.
     broken: bool,
     stats: ConnectionStats,
+    /// The last write or read that moved bytes.
+    last_io: Instant,
 }
 
 impl Connection {
@@ -157,6 +164,7 @@ impl Connection {
             read_timeout: timeout,
             broken: false,
             stats: ConnectionStats::default(),
+            last_io: Instant::now(),
         };
         conn.handshake(shard_hint)?;
         Ok(conn)
@@ -282,6 +290,9 @@ impl Connection {
                 Err(e) => return Err(self.fail(from_io(e))),
             }
         }
+        if written > 0 {
+            self.last_io = Instant::now();
+        }
         self.out.clear();
         if self.out.capacity() > OUT_RETAIN_BYTES_MAX {
             self.out = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -318,6 +329,56 @@ impl Connection {
             return Ok(Event::Push(push));
         }
         self.next_frame(true)
+    }
+
+    /// Whether the broker closed this connection while nothing was in
+    /// flight on it (its idle deadline, a restart): checked without
+    /// blocking, and only after [`IDLE_CHECK_AFTER`] of silence, so a busy
+    /// connection pays nothing. A closed connection is marked broken, so
+    /// its owner can reconnect before sending instead of losing the next
+    /// request to the closed socket. Pushes that arrived meanwhile are
+    /// queued as `recv` would queue them.
+    pub fn closed_while_idle(&mut self) -> bool {
+        if self.broken {
+            return true;
+        }
+        if !self.in_flight.is_empty() || !self.out.is_empty() || self.last_io.elapsed() < IDLE_CHECK_AFTER {
+            return false;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut closed = false;
+        loop {
+            match self.stream.read(&mut self.scratch) {
+                Ok(0) => closed = true,
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&self.scratch[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => closed = true,
+            }
+            break;
+        }
+        if self.stream.set_nonblocking(false).is_err() {
+            closed = true;
+        }
+        // With nothing in flight the only frames that can have arrived are
+        // pushes and an error about the connection sent just before a close.
+        while let Ok(Some(total)) = frame::check(&self.inbuf) {
+            let (header, payload) = frame::split(&mut self.inbuf, total);
+            match self.complete(header, payload) {
+                Ok(Event::Push(push)) => self.pushes.push_back(push),
+                Ok(Event::Reply(_)) | Err(_) => closed = true,
+            }
+        }
+        if closed {
+            let _ = self.fail(ClientError::Disconnected);
+        }
+        self.last_io = Instant::now();
+        closed
     }
 
     /// Removes and returns the pushes `recv` has queued, oldest first.
@@ -370,6 +431,7 @@ impl Connection {
                 Ok(0) => return Err(self.fail(ClientError::Disconnected)),
                 Ok(n) => {
                     self.stats.reads += 1;
+                    self.last_io = Instant::now();
                     self.inbuf.extend_from_slice(&self.scratch[..n]);
                     return Ok(());
                 }

@@ -466,3 +466,30 @@ fn pushes_reaching_a_client_are_kept_for_take_pushes() {
     let [cmq_client::Push::TransactionCheck(check)] = &pushes[..] else { panic!("{pushes:?}") };
     assert_eq!((check.msg_id, check.queue.as_str(), check.check_count), (id, "tx", 1));
 }
+
+/// A request that crosses the broker's idle close (the broker answers the
+/// connection with IDLE_TIMEOUT, request id 0, and closes it without reading
+/// the request) is sent again on a new connection: the caller sees its answer.
+#[test]
+fn a_request_that_meets_an_idle_close_is_sent_again_on_a_new_connection() {
+    let connections = AtomicUsize::new(0);
+    let pings = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = pings.clone();
+    let server = support::scripted::ScriptedServer::start(move |mut peer| {
+        let nth = connections.fetch_add(1, Ordering::SeqCst);
+        peer.accept_handshake(1, 0);
+        while let Some((id, _)) = peer.read_request() {
+            if nth == 0 {
+                let mut out = Vec::new();
+                ErrorBody::new(ErrorCode::IDLE_TIMEOUT, "idle for 500 ms").encode_frame(0, 0, &mut out);
+                peer.write_raw(&out);
+                return;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            peer.respond(id, &Response::Ping(Empty {}));
+        }
+    });
+    let mut c = client(server.addr());
+    c.ping().expect("answered on a second connection");
+    assert_eq!(pings.load(Ordering::SeqCst), 1, "run once");
+}

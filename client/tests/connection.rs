@@ -457,3 +457,48 @@ fn a_closer_wakes_a_blocked_recv_event_from_another_thread() {
     let result = waiter.join().expect("no panic");
     assert!(matches!(result, Err(ClientError::Disconnected)), "{result:?}");
 }
+
+// ---- a connection the broker closed while idle -------------------------------------
+
+/// The broker's idle deadline closes a connection with an IDLE_TIMEOUT frame
+/// (request id 0) and a FIN. An idle connection notices before its next
+/// request; a push that arrived while idle is kept, not taken for a close.
+#[test]
+fn a_connection_closed_while_idle_is_noticed_before_the_next_request() {
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let closed_tx = Mutex::new(closed_tx);
+    let server = ScriptedServer::start(move |mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("ping");
+        peer.respond(id, &Response::Ping(Empty {}));
+        peer.push(&support::scripted::check("q", 9, "g"));
+        let mut out = Vec::new();
+        ErrorBody::new(ErrorCode::IDLE_TIMEOUT, "idle for 500 ms").encode_frame(0, 0, &mut out);
+        peer.write_raw(&out);
+        let _ = closed_tx.lock().expect("lock").send(());
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    conn.recv().expect("healthy").1.expect("pong");
+    assert!(!conn.closed_while_idle(), "just used: not looked at");
+    closed_rx.recv().expect("server closed");
+    // The check runs only after a quarter second of silence.
+    support::wait_until("the close to be noticed", || conn.closed_while_idle());
+    assert!(conn.is_broken());
+    assert_eq!(conn.take_pushes(), vec![check_push(9)], "the push before the close is kept");
+}
+
+#[test]
+fn an_idle_connection_that_is_still_open_stays_usable() {
+    let server = ScriptedServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        while let Some((id, _)) = peer.read_request() {
+            peer.respond(id, &Response::Ping(Empty {}));
+        }
+    });
+    let mut conn = connect(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!conn.closed_while_idle());
+    conn.submit(&ping());
+    conn.recv().expect("healthy").1.expect("pong");
+}

@@ -18,11 +18,16 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
          topics::invalid_tags_routing_keys_and_bodies_are_refused",
     ),
     (ErrorCode::BATCH_TOO_LARGE, "errors::batch_too_large_*"),
-    (ErrorCode::FRAME_TOO_LARGE, "errors::frame_too_large_*, malformed::oversized_length_prefix_*"),
+    (
+        ErrorCode::FRAME_TOO_LARGE,
+        "errors::frame_too_large_*, malformed::oversized_length_prefix_*, conn_limits::maximum_size_frames_before_*",
+    ),
     (ErrorCode::UNSUPPORTED_VERSION, "errors::unsupported_version_*"),
     (ErrorCode::UNKNOWN_OPCODE, "errors::unknown_opcode_*, malformed::unknown_opcode_*"),
     (ErrorCode::MALFORMED_FRAME, "errors::malformed_frame_*, malformed::*"),
     (ErrorCode::HANDSHAKE_REQUIRED, "errors::handshake_required_*"),
+    (ErrorCode::HANDSHAKE_TIMEOUT, "conn_limits::a_partial_handshake_*, conn_limits::silent_connections_*"),
+    (ErrorCode::FRAME_TIMEOUT, "conn_limits::partial_frames_after_the_handshake_*"),
     (ErrorCode::AUTH_FAILED, "not produced: authentication is a later issue"),
     (ErrorCode::MESSAGE_TOO_LARGE, "errors::message_too_large_*, topics::invalid_tags_routing_keys_and_bodies_*"),
     (ErrorCode::QUEUE_FULL, "errors::queue_full_*, queue_admin::set_queue_attributes_takes_effect"),
@@ -47,6 +52,7 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::STORAGE_UNAVAILABLE, "disk::* (ENOSPC through --fault-file)"),
     (ErrorCode::SHUTTING_DOWN, "shutdown::long_poll_gets_shutting_down_*"),
     (ErrorCode::TOO_MANY_CONNECTIONS, "connections::too_many_connections_*"),
+    (ErrorCode::IDLE_TIMEOUT, "conn_limits::idle_connections_are_closed_*"),
     (ErrorCode::NO_MESSAGE, "errors::no_message_is_7000, long_poll::long_poll_times_out_with_no_message"),
 ];
 
