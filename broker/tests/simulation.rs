@@ -19,7 +19,7 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Odd seeds crash processes only (acknowledged async messages must
 /// survive), even seeds also cut power (only sync ones must).
 fn options(seed: u64) -> SimOptions {
-    SimOptions { power_loss: seed % 2 == 0, ..SimOptions::default() }
+    SimOptions { power_loss: seed.is_multiple_of(2), ..SimOptions::default() }
 }
 
 #[test]

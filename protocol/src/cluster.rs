@@ -142,7 +142,9 @@ crate::wire_struct! {
 pub fn not_leader_message(shard: u16, leader: Option<(u64, &str)>) -> String {
     match leader {
         Some((id, addr)) => format!("this node does not lead shard {shard}; leader={id}@{addr}"),
-        None => format!("this node does not lead shard {shard} and knows no leader yet (an election is under way); retry"),
+        None => {
+            format!("this node does not lead shard {shard} and knows no leader yet (an election is under way); retry")
+        }
     }
 }
 

@@ -434,7 +434,12 @@ impl Replica {
 
     /// Writes an entry raft-rs handed over, unless it is our own proposal
     /// (already in the log). Returns whether it wrote one from a leader.
-    fn write_entry<R: RawLog>(&mut self, e: &Entry, log: &mut EntryLog<R>, out: &mut Outbox) -> Result<bool, ReplicaError> {
+    fn write_entry<R: RawLog>(
+        &mut self,
+        e: &Entry,
+        log: &mut EntryLog<R>,
+        out: &mut Outbox,
+    ) -> Result<bool, ReplicaError> {
         let index = e.index;
         let last = self.node.store().index.last_index();
         if index <= last {

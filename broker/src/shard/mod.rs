@@ -961,7 +961,8 @@ impl Shard {
     /// The cluster as this node sees it. A single node is node 1 and leads
     /// every shard.
     fn cluster_map(&self) -> cmq_protocol::ClusterMap {
-        let me = cmq_protocol::ClusterNode { id: 1, client_addr: self.shared.client_addr.clone(), peer_addr: String::new() };
+        let me =
+            cmq_protocol::ClusterNode { id: 1, client_addr: self.shared.client_addr.clone(), peer_addr: String::new() };
         let leaders = (0..self.shard_count()).map(|_| cmq_protocol::ShardLeader { leader: 1, term: 1 }).collect();
         cmq_protocol::ClusterMap { node_id: 1, nodes: vec![me], leaders }
     }
@@ -971,7 +972,12 @@ impl Shard {
         let shards = map
             .leaders
             .iter()
-            .map(|l| cmq_protocol::ShardStatus { leader: l.leader, term: l.term, voters: vec![1], ..Default::default() })
+            .map(|l| cmq_protocol::ShardStatus {
+                leader: l.leader,
+                term: l.term,
+                voters: vec![1],
+                ..Default::default()
+            })
             .collect();
         cmq_protocol::ClusterStatusOk { map, shards }
     }
