@@ -52,6 +52,25 @@ pub const POLLING_WAIT_SECONDS_MAX: u32 = 30;
 /// Opaque authentication payload carried by the handshake.
 pub const AUTH_PAYLOAD_BYTES_MAX: usize = 4096;
 
+// ---- peer protocol (cluster nodes talking to each other, `peer.rs`) ----
+
+/// Largest peer frame (length prefix included). A Raft append carrying one
+/// entry made from the largest client batch (`FRAME_BYTES_MAX`), several such
+/// entries, or a snapshot chunk must fit; 64 MiB leaves room for a turn's
+/// worth of them. A larger length prefix is refused before any buffer grows.
+pub const PEER_FRAME_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Largest frame accepted before a peer has authenticated (Hello, Challenge,
+/// Proof, Refuse): a stranger can make a node buffer at most this much.
+pub const PEER_HANDSHAKE_FRAME_BYTES_MAX: u32 = 1024;
+
+/// Longest client address a node advertises in its Hello or Challenge
+/// (`host:port`; a DNS name may be long, but not longer than this).
+pub const PEER_ADDR_BYTES_MAX: usize = 256;
+
+/// Longest reason text in a Refuse frame.
+pub const PEER_REFUSE_MESSAGE_BYTES_MAX: usize = 512;
+
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(MSG_BYTES_LIMIT_MIN <= MSG_BYTES_MAX);
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
@@ -60,3 +79,11 @@ const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(PEEK_MSGS_MAX * 256 < FRAME_BYTES_MAX as usize);
 // A full-size list page of maximum-length names must fit in one frame.
 const _: () = assert!((LIST_PAGE_MAX as usize) * (NAME_CHARS_MAX + 16) < FRAME_BYTES_MAX as usize);
+// A Raft append carrying the largest client batch as one entry fits in one peer frame.
+const _: () = assert!(PEER_FRAME_BYTES_MAX >= 2 * FRAME_BYTES_MAX);
+// The largest Hello (fixed fields, an address of PEER_ADDR_BYTES_MAX, a nonce) and
+// the largest Refuse fit in a handshake frame (5 header bytes + payload).
+const _: () = assert!(5 + 2 + 8 + 2 + 2 + 2 + PEER_ADDR_BYTES_MAX + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 8 + 2 + PEER_ADDR_BYTES_MAX + 32 + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 2 + 2 + PEER_REFUSE_MESSAGE_BYTES_MAX <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(PEER_HANDSHAKE_FRAME_BYTES_MAX <= PEER_FRAME_BYTES_MAX);
