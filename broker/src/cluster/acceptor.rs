@@ -423,6 +423,12 @@ impl Pending {
         c: &Counters,
     ) -> Step {
         let frame = match frame {
+            Ok(PeerFrame::Auth(AuthFrame::Refuse(r))) => {
+                // The dialer found our Challenge wanting (most likely: it holds another key).
+                let (reason, remote) = (RefuseReason(r.reason).name(), self.remote);
+                log::warn!("peer acceptor: the dialer at {remote} refused this node: {reason}: {}", r.message);
+                return Step::Drop;
+            }
             Ok(PeerFrame::Auth(a)) => a,
             Ok(PeerFrame::Data(d)) => {
                 return self.refuse(

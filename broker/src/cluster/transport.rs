@@ -738,6 +738,12 @@ impl PeerLinks {
         self.by_node.get(&node).and_then(|s| self.slots[*s].as_ref()).is_some_and(|l| matches!(l.out.phase, Phase::Up))
     }
 
+    /// Bytes buffered for `node` and not yet written (0 for a non-peer):
+    /// lets the caller hold back work for a link that is backed up.
+    pub fn queued_bytes(&self, node: u64) -> usize {
+        self.by_node.get(&node).and_then(|s| self.slots[*s].as_ref()).map_or(0, |l| l.out.buf.queued())
+    }
+
     /// Where `node` serves clients, as its handshake said.
     pub fn peer_client_addr(&self, node: u64) -> Option<&str> {
         self.by_node.get(&node).and_then(|s| self.slots[*s].as_ref()).and_then(|l| l.client_addr.as_deref())
