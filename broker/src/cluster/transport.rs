@@ -350,19 +350,21 @@ impl PeerLinks {
     pub fn send(&mut self, to: u64, kind: DataKind, parts: &[&[u8]]) -> Result<(), SendError> {
         let payload: usize = parts.iter().map(|p| p.len()).sum();
         let buf = self.reserve(to, peer::frame_bytes(payload))?;
-        peer::put_frame(buf, kind.wire(), parts);
+        buf.push(&[&peer::header(kind.wire(), payload)]);
+        buf.push(parts);
         Ok(())
     }
 
     /// Buffers a WrittenAck (this node has written the log up to `index`).
     pub fn send_written_ack(&mut self, to: u64, term: u64, index: u64) -> Result<(), SendError> {
         let buf = self.reserve(to, peer::frame_bytes(peer::WRITTEN_ACK_BYTES))?;
-        peer::put_written_ack(buf, term, index);
+        let header = peer::header(PeerKind::WrittenAck, peer::WRITTEN_ACK_BYTES);
+        buf.push(&[&header, &peer::written_ack_payload(term, index)]);
         Ok(())
     }
 
     /// The output buffer of `to`'s link if a frame of `bytes` may be added.
-    fn reserve(&mut self, to: u64, bytes: usize) -> Result<&mut Vec<u8>, SendError> {
+    fn reserve(&mut self, to: u64, bytes: usize) -> Result<&mut OutBuf, SendError> {
         let slot = *self.by_node.get(&to).ok_or(SendError::UnknownPeer)?;
         let link = self.slots[slot].as_mut().ok_or(SendError::UnknownPeer)?;
         if !matches!(link.out.phase, Phase::Up) {
@@ -378,7 +380,7 @@ impl PeerLinks {
         }
         link.status.frames_sent += 1;
         link.status.bytes_sent += bytes as u64;
-        Ok(link.out.buf.tail())
+        Ok(&mut link.out.buf)
     }
 
     /// Writes what each link buffered: one write per peer (at the end of
@@ -393,7 +395,7 @@ impl PeerLinks {
                 continue;
             }
             let Some(stream) = link.out.stream.as_mut() else { continue };
-            if let Err(e) = link.out.buf.write_to(stream) {
+            if let Err(e) = link.out.buf.write_to(stream, now_ms) {
                 self.fail_outbound(slot, registry, now_ms, format!("write failed: {e}"));
             }
         }
@@ -525,7 +527,7 @@ impl PeerLinks {
         if let Some(s) = link.out.stream.as_ref() {
             s.set_nodelay(true)?;
         }
-        AuthFrame::Hello(hello.clone()).encode(link.out.buf.tail());
+        queue_auth(&mut link.out.buf, AuthFrame::Hello(hello.clone()));
         link.out.phase = Phase::AwaitChallenge(Box::new(hello));
         Ok(())
     }
@@ -569,7 +571,7 @@ impl PeerLinks {
             (PeerFrame::Auth(AuthFrame::Challenge(c)), Phase::AwaitChallenge(hello)) => {
                 match auth::answer_challenge(&key, hello, link.node_id, &c) {
                     Ok(proof) => {
-                        AuthFrame::Proof(proof).encode(link.out.buf.tail());
+                        queue_auth(&mut link.out.buf, AuthFrame::Proof(proof));
                         link.out.phase = Phase::Up;
                         link.out.backoff.reset();
                         link.status.connects += 1;
@@ -580,9 +582,9 @@ impl PeerLinks {
                     Err(refuse) => {
                         let reason = RefuseReason(refuse.reason).name();
                         let what = format!("refused the peer: {reason}: {}", refuse.message);
-                        AuthFrame::Refuse(refuse).encode(link.out.buf.tail());
+                        queue_auth(&mut link.out.buf, AuthFrame::Refuse(refuse));
                         if let Some(s) = link.out.stream.as_mut() {
-                            let _ = link.out.buf.write_to(s);
+                            let _ = link.out.buf.write_to(s, 0);
                         }
                         Err(what)
                     }
@@ -833,6 +835,13 @@ fn fill(inb: &mut Inbound) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Queues a handshake frame (rare: the small allocation does not matter).
+fn queue_auth(buf: &mut OutBuf, f: AuthFrame) {
+    let mut frame = Vec::new();
+    f.encode(&mut frame);
+    buf.push(&[&frame]);
 }
 
 fn kind_of(f: &PeerFrame) -> PeerKind {
