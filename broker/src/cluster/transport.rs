@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use cmq_protocol::limits::{PEER_FRAME_BYTES_MAX, PEER_HANDSHAKE_FRAME_BYTES_MAX};
@@ -63,7 +64,15 @@ pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
 /// How long a dial may take from `connect` to an answered challenge.
 pub const DIAL_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
+/// How long data this node sent may stay unacknowledged before the kernel
+/// drops the connection (`TCP_USER_TIMEOUT`). Without it a peer that
+/// vanished without a FIN or RST (power loss, a pulled cable) would keep
+/// its link "up" until TCP gives up after about 15 minutes; a live leader
+/// sends heartbeats far more often than this.
+pub const PEER_TCP_USER_TIMEOUT_MS: u64 = 20_000;
+
 const _: () = assert!(PEER_OUT_BYTES_MAX >= READ_CHUNK_BYTES);
+const _: () = assert!(PEER_TCP_USER_TIMEOUT_MS > DIAL_HANDSHAKE_TIMEOUT_MS);
 const _: () = assert!(PEER_OUT_BYTES_MAX <= PEER_FRAME_BYTES_MAX as usize);
 const _: () = assert!(RECONNECT_DELAY_MIN_MS <= RECONNECT_DELAY_MAX_MS);
 
@@ -414,7 +423,12 @@ impl PeerLinks {
     ) {
         let Some((slot, side)) = self.slot_of(event.token()) else { return };
         match side {
-            Side::Out => self.outbound_ready(slot, registry, now_ms),
+            Side::Out => {
+                // A WRITABLE edge only matters to `flush`; reading then would
+                // cost a syscall per edge on a busy link for nothing.
+                let read = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.outbound_ready(slot, registry, now_ms, read)
+            }
             Side::In => {
                 let Some(inb) = self.link(slot).and_then(|l| l.inbound.as_mut()) else { return };
                 inb.read_pending = true;
@@ -498,7 +512,7 @@ impl PeerLinks {
         link.note_error(shard, format!("{what} (next dial in {delay} ms)"));
     }
 
-    fn outbound_ready(&mut self, slot: usize, registry: &Registry, now_ms: u64) {
+    fn outbound_ready(&mut self, slot: usize, registry: &Registry, now_ms: u64, read: bool) {
         let Some(link) = self.link(slot) else { return };
         if let Phase::Connecting = link.out.phase {
             let Some(stream) = link.out.stream.as_ref() else { return };
@@ -516,6 +530,9 @@ impl PeerLinks {
                 }
             }
         }
+        if !read {
+            return;
+        }
         if let Err(what) = self.read_outbound(slot) {
             self.fail_outbound(slot, registry, now_ms, what);
         }
@@ -526,6 +543,7 @@ impl PeerLinks {
         let Some(link) = self.slots[slot].as_mut() else { return Ok(()) };
         if let Some(s) = link.out.stream.as_ref() {
             s.set_nodelay(true)?;
+            socket2::SockRef::from(s).set_tcp_user_timeout(Some(Duration::from_millis(PEER_TCP_USER_TIMEOUT_MS)))?;
         }
         queue_auth(&mut link.out.buf, AuthFrame::Hello(hello.clone()));
         link.out.phase = Phase::AwaitChallenge(Box::new(hello));
@@ -915,6 +933,34 @@ mod tests {
         let st = links.status();
         assert_eq!(st.len(), 1);
         assert_eq!((st[0].node_id, st[0].state, st[0].queued_bytes), (2, LinkState::Down, 0));
+    }
+
+    /// A dialled connection that answers gets TCP_NODELAY and the user
+    /// timeout before its Hello goes out.
+    #[test]
+    fn dialled_sockets_get_nodelay_and_a_user_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut links = PeerLinks::new(me(), 0, 0, &BTreeMap::from([(2, addr)])).expect("peers");
+        let mut poll = mio::Poll::new().expect("poll");
+        let mut events = mio::Events::with_capacity(8);
+        let mut deliver = |_: u64, _: DataFrame| {};
+        links.tick(poll.registry(), 1, &mut deliver);
+        let _accepted = listener.accept().expect("dialled");
+        while links.status()[0].state != LinkState::Handshaking {
+            poll.poll(&mut events, Some(Duration::from_secs(5))).expect("poll");
+            for ev in events.iter() {
+                links.handle_event(poll.registry(), ev, 1, &mut deliver);
+            }
+        }
+        let slot = links.by_node[&2];
+        let s = links.slots[slot].as_ref().and_then(|l| l.out.stream.as_ref()).expect("stream");
+        let sock = socket2::SockRef::from(s);
+        assert!(sock.nodelay().expect("nodelay"));
+        assert_eq!(
+            sock.tcp_user_timeout().expect("user timeout"),
+            Some(Duration::from_millis(PEER_TCP_USER_TIMEOUT_MS))
+        );
     }
 
     /// Bounded output: past PEER_OUT_BYTES_MAX a send is refused (not
