@@ -405,7 +405,7 @@ impl Pending {
             let room = ACCEPT_BUFFER_BYTES - self.rbuf.len();
             match self.stream.read(&mut chunk[..room]) {
                 Ok(0) => return Step::Drop,
-                Ok(n) if matches!(self.state, State::Closing) => debug_assert!(n > 0),
+                Ok(_) if matches!(self.state, State::Closing) => {} // refused: input is discarded
                 Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
