@@ -1,6 +1,7 @@
 //! cmqd: the cmq broker. See docs/ARCHITECTURE.md for the thread model and data flow.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod engine;

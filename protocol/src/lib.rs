@@ -12,6 +12,7 @@ pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod ops;
+pub mod peer;
 pub mod queue_admin;
 pub mod queue_attributes;
 pub mod topics;

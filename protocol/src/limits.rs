@@ -67,6 +67,24 @@ pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 16 * 1024;
 /// present `option<u16>` shard hint.
 pub const HANDSHAKE_ENCODED_BYTES_MAX: usize =
     16 + 2 + 2 + (2 + STRING_BYTES_MAX) + (2 + STRING_BYTES_MAX) + (4 + AUTH_PAYLOAD_BYTES_MAX) + 3;
+// ---- peer protocol (cluster nodes talking to each other, `peer.rs`) ----
+
+/// Largest peer frame (length prefix included). A Raft append carrying one
+/// entry made from the largest client batch (`FRAME_BYTES_MAX`), several such
+/// entries, or a snapshot chunk must fit; 64 MiB leaves room for a turn's
+/// worth of them. A larger length prefix is refused before any buffer grows.
+pub const PEER_FRAME_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Largest frame accepted before a peer has authenticated (Hello, Challenge,
+/// Proof, Refuse): a stranger can make a node buffer at most this much.
+pub const PEER_HANDSHAKE_FRAME_BYTES_MAX: u32 = 1024;
+
+/// Longest client address a node advertises in its Hello or Challenge
+/// (`host:port`; a DNS name may be long, but not longer than this).
+pub const PEER_ADDR_BYTES_MAX: usize = 256;
+
+/// Longest reason text in a Refuse frame.
+pub const PEER_REFUSE_MESSAGE_BYTES_MAX: usize = 512;
 
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
 // Every legal handshake passes the pre-handshake limit, which is far below a request's.
@@ -108,3 +126,11 @@ mod tests {
         assert!(out.len() <= HANDSHAKE_FRAME_BYTES_MAX as usize);
     }
 }
+// A Raft append carrying the largest client batch as one entry fits in one peer frame.
+const _: () = assert!(PEER_FRAME_BYTES_MAX >= 2 * FRAME_BYTES_MAX);
+// The largest Hello (fixed fields, an address of PEER_ADDR_BYTES_MAX, a nonce) and
+// the largest Refuse fit in a handshake frame (5 header bytes + payload).
+const _: () = assert!(5 + 2 + 8 + 2 + 2 + 2 + PEER_ADDR_BYTES_MAX + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 8 + 2 + PEER_ADDR_BYTES_MAX + 32 + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 2 + 2 + PEER_REFUSE_MESSAGE_BYTES_MAX <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(PEER_HANDSHAKE_FRAME_BYTES_MAX <= PEER_FRAME_BYTES_MAX);

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod http_sink;
 pub mod ops;
 pub mod process;
+pub mod proxy;
 pub mod queue_model;
 pub mod raw;
 pub mod wal_files;
