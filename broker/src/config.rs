@@ -165,6 +165,24 @@ pub struct Flags {
     /// connection is closed as a slow consumer) [default: 30000; range 500..=3600000].
     #[arg(long, value_name = "MS")]
     pub frame_timeout_ms: Option<u64>,
+    /// This node's id in a cluster (1..=2^63) [default: 1]. Shard k of every node forms Raft group k.
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Address the other nodes of the cluster connect to (required with --peers).
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The other nodes of the cluster, as ID=PEER_ADDR pairs separated by commas
+    /// (e.g. 2=127.0.0.1:7802,3=127.0.0.1:7803). Without it cmqd runs as a single node.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peers: Option<String>,
+    /// File holding the cluster key every node shares (at least 16 bytes; not readable by
+    /// group or others). Nodes prove they hold it to each other before exchanging anything.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Milliseconds per Raft tick: heartbeats every 2 ticks, elections after 10 to 20 silent
+    /// ticks [default: 50; range 10..=1000].
+    #[arg(long, value_name = "MS")]
+    pub raft_tick_ms: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -189,6 +207,135 @@ struct FileConfig {
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     frame_timeout_ms: Option<u64>,
+    node_id: Option<u64>,
+    peer_listen: Option<SocketAddr>,
+    peers: Option<String>,
+    cluster_key_file: Option<PathBuf>,
+    raft_tick_ms: Option<u64>,
+}
+
+/// Where a node of the cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub id: u64,
+    pub peer_addr: SocketAddr,
+}
+
+/// Running as one node of a replicated cluster.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub peer_listen: SocketAddr,
+    /// The other nodes (not this one), by id.
+    pub peers: Vec<PeerSpec>,
+    pub key: Vec<u8>,
+    pub raft_tick_ms: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("peer_listen", &self.peer_listen)
+            .field("peers", &self.peers)
+            .field("key", &"<secret>")
+            .field("raft_tick_ms", &self.raft_tick_ms)
+            .finish()
+    }
+}
+
+/// A cluster key shorter than this is refused (guessable).
+pub const CLUSTER_KEY_BYTES_MIN: usize = 16;
+/// A longer key file is surely the wrong file.
+pub const CLUSTER_KEY_BYTES_MAX: usize = 4096;
+const RAFT_TICK_MS_MIN: u64 = 10;
+const RAFT_TICK_MS_MAX: u64 = 1000;
+const RAFT_TICK_MS_DEFAULT: u64 = 50;
+
+/// The cluster settings as given, before they are checked.
+struct ClusterFlags {
+    peer_listen: Option<SocketAddr>,
+    peers: Option<String>,
+    key_file: Option<PathBuf>,
+    raft_tick_ms: Option<u64>,
+}
+
+impl ClusterFlags {
+    /// None without `--peers` (a single node); every other cluster setting
+    /// is then refused, so a typo cannot silently start a lone node.
+    fn resolve(self, node_id: u64) -> anyhow::Result<Option<ClusterConfig>> {
+        if node_id == 0 || node_id > i64::MAX as u64 {
+            bail!("--node-id: {node_id} is out of range 1..=9223372036854775807");
+        }
+        let Some(peers) = self.peers else {
+            if self.peer_listen.is_some() || self.key_file.is_some() {
+                bail!("--peer-listen and --cluster-key-file need --peers (the other nodes of the cluster)");
+            }
+            return Ok(None);
+        };
+        let peers = parse_peers(&peers)?;
+        if peers.iter().any(|p| p.id == node_id) {
+            bail!("--peers lists this node's own id {node_id}");
+        }
+        let Some(peer_listen) = self.peer_listen else {
+            bail!("--peers needs --peer-listen (where the other nodes reach this one)");
+        };
+        let Some(key_file) = self.key_file else {
+            bail!("--peers needs --cluster-key-file (the key every node of the cluster shares)");
+        };
+        let key = read_cluster_key(&key_file)?;
+        let raft_tick_ms = self.raft_tick_ms.unwrap_or(RAFT_TICK_MS_DEFAULT);
+        if !(RAFT_TICK_MS_MIN..=RAFT_TICK_MS_MAX).contains(&raft_tick_ms) {
+            bail!("--raft-tick-ms: {raft_tick_ms} is out of range {RAFT_TICK_MS_MIN}..={RAFT_TICK_MS_MAX}");
+        }
+        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms }))
+    }
+}
+
+/// Parses `2=127.0.0.1:7802,3=127.0.0.1:7803`.
+pub fn parse_peers(text: &str) -> anyhow::Result<Vec<PeerSpec>> {
+    let mut out: Vec<PeerSpec> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = part.split_once('=') else {
+            bail!("--peers: {part:?} is not ID=ADDR");
+        };
+        let id: u64 = id.trim().parse().map_err(|_| anyhow::anyhow!("--peers: node id {id:?} is not a number"))?;
+        if id == 0 || id > i64::MAX as u64 {
+            bail!("--peers: node id {id} is out of range 1..=9223372036854775807");
+        }
+        let peer_addr: SocketAddr =
+            addr.trim().parse().map_err(|_| anyhow::anyhow!("--peers: {addr:?} is not an IP:PORT address"))?;
+        if out.iter().any(|p| p.id == id) {
+            bail!("--peers: node {id} is listed twice");
+        }
+        out.push(PeerSpec { id, peer_addr });
+    }
+    if out.len() + 1 > cmq_protocol::limits::CLUSTER_NODES_MAX {
+        bail!("--peers: at most {} nodes in a cluster", cmq_protocol::limits::CLUSTER_NODES_MAX);
+    }
+    Ok(out)
+}
+
+/// Reads the cluster key: refused if short, huge, or readable by others.
+pub fn read_cluster_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading cluster key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "cluster key file {} is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    if meta.len() > CLUSTER_KEY_BYTES_MAX as u64 {
+        bail!("cluster key file {} is larger than {CLUSTER_KEY_BYTES_MAX} bytes", path.display());
+    }
+    let raw = std::fs::read(path).with_context(|| format!("reading cluster key file {}", path.display()))?;
+    let key = raw.trim_ascii().to_vec();
+    if key.len() < CLUSTER_KEY_BYTES_MIN {
+        bail!("cluster key in {} is shorter than {CLUSTER_KEY_BYTES_MIN} bytes", path.display());
+    }
+    Ok(key)
 }
 
 /// The effective, validated configuration.
@@ -217,6 +364,10 @@ pub struct Config {
     /// 0 = connections are never closed for being idle.
     pub idle_timeout_ms: u64,
     pub frame_timeout_ms: u64,
+    /// This node's id (1 when it runs alone).
+    pub node_id: u64,
+    /// Set when cmqd runs as one node of a cluster (`--peers`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -265,9 +416,18 @@ impl Config {
                 .unwrap_or(defaults::HANDSHAKE_TIMEOUT_MS),
             idle_timeout_ms: flags.idle_timeout_ms.or(file.idle_timeout_ms).unwrap_or(defaults::IDLE_TIMEOUT_MS),
             frame_timeout_ms: flags.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(defaults::FRAME_TIMEOUT_MS),
+            node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            cluster: None,
         };
         cfg.validate()?;
-        Ok(cfg)
+        let cluster = ClusterFlags {
+            peer_listen: flags.peer_listen.or(file.peer_listen),
+            peers: flags.peers.or(file.peers),
+            key_file: flags.cluster_key_file.or(file.cluster_key_file),
+            raft_tick_ms: flags.raft_tick_ms.or(file.raft_tick_ms),
+        };
+        let cluster = cluster.resolve(cfg.node_id)?;
+        Ok(Config { cluster, ..cfg })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -383,6 +543,47 @@ mod tests {
 
     fn flags(args: &[&str]) -> Flags {
         Flags::parse_from(std::iter::once("cmqd").chain(args.iter().copied()))
+    }
+
+    fn key_file(mode: u32, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("cluster.key");
+        std::fs::write(&p, content).expect("write key");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        (dir, p)
+    }
+
+    #[test]
+    fn peers_parse_and_bad_lists_are_refused() {
+        let p = parse_peers("2=127.0.0.1:7802, 3=127.0.0.1:7803").expect("valid");
+        assert_eq!(p.iter().map(|p| p.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(p[1].peer_addr.to_string(), "127.0.0.1:7803");
+        for bad in ["2", "x=127.0.0.1:1", "0=127.0.0.1:1", "2=nowhere", "2=127.0.0.1:1,2=127.0.0.1:2"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (2..=17).map(|i| format!("{i}=127.0.0.1:{i}")).collect();
+        assert!(parse_peers(&many.join(",")).is_err(), "more nodes than CLUSTER_NODES_MAX");
+    }
+
+    #[test]
+    fn cluster_settings_need_each_other_and_a_private_key() {
+        let (_d, key) = key_file(0o600, b"0123456789abcdef0123\n");
+        let k = key.to_str().expect("utf-8");
+        let base = ["--node-id", "1", "--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802"];
+        let ok = Config::from_flags(flags(&[&base[..], &["--cluster-key-file", k]].concat())).expect("valid");
+        let c = ok.cluster.expect("a cluster");
+        assert_eq!((c.node_id, c.peers.len(), c.key.len(), c.raft_tick_ms), (1, 1, 20, 50));
+        assert!(Config::from_flags(flags(&base)).is_err(), "no key file");
+        assert!(Config::from_flags(flags(&["--peer-listen", "127.0.0.1:7801"])).is_err(), "no --peers");
+        assert!(Config::from_flags(flags(&["--peers", "2=127.0.0.1:7802", "--cluster-key-file", k])).is_err());
+        let own = ["--node-id", "2", "--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802"];
+        assert!(Config::from_flags(flags(&[&own[..], &["--cluster-key-file", k]].concat())).is_err(), "own id");
+        let (_d2, open_key) = key_file(0o644, b"0123456789abcdef0123");
+        assert!(read_cluster_key(&open_key).is_err(), "readable by others");
+        let (_d3, short) = key_file(0o600, b"short");
+        assert!(read_cluster_key(&short).is_err(), "too short");
+        assert!(Config::from_flags(flags(&[])).expect("single node").cluster.is_none());
     }
 
     #[test]

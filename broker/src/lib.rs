@@ -3,8 +3,10 @@
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod consensus;
 pub mod engine;
 pub mod push;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod storage;

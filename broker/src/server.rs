@@ -64,6 +64,7 @@ impl Server {
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            client_addr: local_addr.to_string(),
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
         });

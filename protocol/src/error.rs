@@ -101,6 +101,9 @@ error_codes! {
     SHUTTING_DOWN = 6002, "server shutting down";
     /// The broker's connection limit is reached; sent once, then the connection is closed.
     TOO_MANY_CONNECTIONS = 6003, "too many connections";
+    /// In a cluster: this node does not lead the queue's shard. The message ends with
+    /// `leader=<node id>@<client address>` when the leader is known (see PROTOCOL.md).
+    NOT_LEADER = 6005, "not the leader";
     /// The connection was idle (nothing in flight, nothing unsent) for longer than the broker's
     /// idle deadline (`--idle-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
     IDLE_TIMEOUT = 6004, "idle timeout";

@@ -13,8 +13,10 @@ use bytes::Bytes;
 use crate::limits::{AUTH_PAYLOAD_BYTES_MAX, STRING_BYTES_MAX};
 
 /// Protocol versions this build speaks.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+/// Version 2 added the cluster map to `HandshakeOk` and the idempotency key
+/// to sends; version 1 is no longer spoken.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
 crate::wire_struct! {
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -45,6 +47,8 @@ crate::wire_struct! {
         pub shard_id: u16,
         /// The largest frame the server accepts.
         pub frame_bytes_max: u32,
+        /// Who leads each shard, and where the nodes are (see `cluster.rs`).
+        pub cluster: crate::cluster::ClusterMap,
     }
 }
 

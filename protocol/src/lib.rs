@@ -2,6 +2,7 @@
 //! error codes and limits. No I/O: the broker and the client drive sockets
 //! themselves. `PROTOCOL.md` documents every byte.
 
+pub mod cluster;
 pub mod dead_letter;
 pub mod error;
 pub mod frame;
@@ -23,6 +24,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::*;
 pub use dead_letter::*;
 pub use error::{DecodeError, ErrorCode};
 pub use handshake::{Handshake, HandshakeOk};

@@ -98,6 +98,12 @@ const _: () = assert!(PEEK_MSGS_MAX * 256 < FRAME_BYTES_MAX as usize);
 // A full-size list page of maximum-length names must fit in one frame.
 const _: () = assert!((LIST_PAGE_MAX as usize) * (NAME_CHARS_MAX + 16) < FRAME_BYTES_MAX as usize);
 
+/// Shards a broker may run (`cmqd --shards`); shard ids fit in a u16 with room.
+pub const SHARDS_MAX: usize = 256;
+
+/// Nodes in one cluster (a Raft group larger than a handful only costs
+/// latency; CMQ runs three replicas).
+pub const CLUSTER_NODES_MAX: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use crate::cluster::*;
 use crate::dead_letter::*;
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{self, FLAG_ERROR, FLAG_RESPONSE};
@@ -164,6 +165,11 @@ ops! {
     0x0423 GetSubscriptionAttributes(GetSubscriptionAttributes) -> SubscriptionInfo;
     0x0424 SetSubscriptionAttributes(SetSubscriptionAttributes) -> SubscriptionInfo;
     0x0425 ClearSubscriptionFilterTags(ClearSubscriptionFilterTags) -> Empty;
+    0x0500 GetClusterMap(GetClusterMap) -> ClusterMap;
+    0x0501 ClusterStatus(ClusterStatus) -> ClusterStatusOk;
+    0x0502 TransferLeader(TransferLeader) -> Empty;
+    0x0503 AddNode(AddNode) -> Empty;
+    0x0504 RemoveNode(RemoveNode) -> Empty;
 }
 
 crate::wire_struct! {
@@ -225,7 +231,12 @@ impl Request {
             | Request::ListRedrives(_)
             | Request::ListTopics(_)
             | Request::RegisterChecker(_)
-            | Request::TransactionCheck(_) => Route::Any,
+            | Request::TransactionCheck(_)
+            | Request::GetClusterMap(_)
+            | Request::ClusterStatus(_)
+            | Request::TransferLeader(_)
+            | Request::AddNode(_)
+            | Request::RemoveNode(_) => Route::Any,
             Request::CancelRedrive(r) => Route::Shard((r.id >> REDRIVE_ID_SHARD_SHIFT) as u16),
             Request::CreateQueue(r) => Route::Queue(&r.queue),
             Request::DeleteQueue(r) => Route::Queue(&r.queue),

@@ -53,6 +53,7 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::SHUTTING_DOWN, "shutdown::long_poll_gets_shutting_down_*"),
     (ErrorCode::TOO_MANY_CONNECTIONS, "connections::too_many_connections_*"),
     (ErrorCode::IDLE_TIMEOUT, "conn_limits::idle_connections_are_closed_*"),
+    (ErrorCode::NOT_LEADER, "cluster::a_follower_answers_not_leader_*"),
     (ErrorCode::NO_MESSAGE, "errors::no_message_is_7000, long_poll::long_poll_times_out_with_no_message"),
 ];
 

@@ -30,6 +30,7 @@ use crate::engine::redrive::Redrive;
 use crate::engine::transfers::{Inbound, Outbox};
 
 mod dead_letter;
+mod digest;
 mod inspection;
 mod recovery;
 mod topics;
@@ -722,6 +723,34 @@ impl ShardEngine {
         }
         self.run_pending_work(log, now_ms);
         self.run_redrives(log, now_ms);
+    }
+
+    /// A follower's timers: what follows from the clock alone (leases
+    /// ending, delays passing, retention) advances; nothing is logged. The
+    /// moves and checks that follow (dead letters, transaction checks,
+    /// redrives) are the leader's: they stay parked until this replica leads.
+    pub fn tick_passive(&mut self, now_ms: u64) {
+        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+            if d > now_ms {
+                break;
+            }
+            self.wakeups.pop();
+            let Some(q) = self.queues.get_mut(&uid) else { continue };
+            if q.wakeup_registered != Some(d) {
+                continue;
+            }
+            q.wakeup_registered = None;
+            q.expire(now_ms);
+            self.note_work(uid);
+            self.register_wakeup(uid);
+        }
+        if now_ms >= self.next_retention_sweep_ms {
+            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+            self.sweep_retention(now_ms);
+        }
+        // Parked work waits for leadership; keep one mention per queue.
+        self.pending_work.sort_unstable();
+        self.pending_work.dedup();
     }
 
     /// Once a second: topic deliveries past their topic's retention.

@@ -142,6 +142,19 @@ impl Shard {
                 self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg)
             }
             Request::Ping(_) => self.reply_ok(to, id, &Response::Ping(Empty {})),
+            Request::GetClusterMap(_) => {
+                let map = self.cluster_map();
+                self.reply_ok(to, id, &Response::GetClusterMap(map))
+            }
+            Request::ClusterStatus(_) => {
+                let status = self.cluster_status();
+                self.reply_ok(to, id, &Response::ClusterStatus(status))
+            }
+            Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
+                let op = request.opcode() as u16;
+                let msg = "this broker runs as a single node (no --peers): there is no cluster to change";
+                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg)
+            }
             Request::ListQueues(l) => self.start_list(to, id, l, now),
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
@@ -252,7 +265,12 @@ impl Shard {
             | Request::ListRedrives(_)
             | Request::ListTopics(_)
             | Request::RegisterChecker(_)
-            | Request::TransactionCheck(_) => {
+            | Request::TransactionCheck(_)
+            | Request::GetClusterMap(_)
+            | Request::ClusterStatus(_)
+            | Request::TransferLeader(_)
+            | Request::AddNode(_)
+            | Request::RemoveNode(_) => {
                 return self.execute_anywhere(to, id, request, now);
             }
             Request::CreateTopic(r) => self.create_topic(now, &r),

@@ -95,6 +95,8 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Shards that finished draining during shutdown.
     pub drained: AtomicUsize,
+    /// Where clients reach this node (the bound listen address).
+    pub client_addr: String,
     /// Connection-buffer bytes the shards hold, broker-wide (against
     /// `cfg.buffer_budget_bytes`; see `budget.rs`).
     pub buffer_bytes: AtomicUsize,
@@ -952,7 +954,32 @@ impl Shard {
             shard_count: self.shard_count(),
             shard_id: self.id,
             frame_bytes_max: cmq_protocol::limits::FRAME_BYTES_MAX,
+            cluster: self.cluster_map(),
         })
+    }
+
+    /// The cluster as this node sees it. A single node is node 1 and leads
+    /// every shard.
+    fn cluster_map(&self) -> cmq_protocol::ClusterMap {
+        let me =
+            cmq_protocol::ClusterNode { id: 1, client_addr: self.shared.client_addr.clone(), peer_addr: String::new() };
+        let leaders = (0..self.shard_count()).map(|_| cmq_protocol::ShardLeader { leader: 1, term: 1 }).collect();
+        cmq_protocol::ClusterMap { node_id: 1, nodes: vec![me], leaders }
+    }
+
+    fn cluster_status(&self) -> cmq_protocol::ClusterStatusOk {
+        let map = self.cluster_map();
+        let shards = map
+            .leaders
+            .iter()
+            .map(|l| cmq_protocol::ShardStatus {
+                leader: l.leader,
+                term: l.term,
+                voters: vec![1],
+                ..Default::default()
+            })
+            .collect();
+        cmq_protocol::ClusterStatusOk { map, shards }
     }
 
     // ---- messages from other shards ---------------------------------------

@@ -110,11 +110,12 @@ impl Peer {
         let (id, req) = self.read_request().expect("a handshake");
         let Request::Handshake(hello) = req else { panic!("first frame was {:?}", req.opcode()) };
         let ok = HandshakeOk {
-            version: 1,
+            version: cmq_protocol::handshake::PROTOCOL_VERSION_MAX,
             server: "fake-cmqd/0".into(),
             shard_count,
             shard_id,
             frame_bytes_max: limits::FRAME_BYTES_MAX,
+            cluster: Default::default(),
         };
         self.respond(id, &Response::Handshake(ok));
         hello

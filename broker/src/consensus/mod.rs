@@ -1,0 +1,20 @@
+//! Consensus: each shard's Raft group (tikv/raft-rs), behind our own types
+//! so the shard loop, the engine and the tests never name the crate's.
+//! See docs/REPLICATION.md for the design.
+//!
+//! * `records.rs`: the log records of this layer (entry headers, hard state, configuration);
+//! * `entry.rs`: entry data as Raft carries it, the entry index, the entry cache;
+//! * `log.rs`: the log interface this layer needs, and the engine's `Log` that groups a turn's records into an entry;
+//! * `store.rs`: raft-rs's `Storage`, answered from memory;
+//! * `replica.rs`: one replica: `RawNode` plus the Ready loop that ties it to the log and the engine.
+
+pub mod entry;
+pub mod log;
+mod logger;
+pub mod records;
+pub mod replica;
+pub mod scan;
+pub mod store;
+
+pub use self::log::{EntryLog, LogFailure, RawLog};
+pub use replica::{Applier, Event, Outbox, Replica, ReplicaConfig, ReplicaError};

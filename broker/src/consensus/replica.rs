@@ -1,0 +1,783 @@
+//! One replica of one Raft group: raft-rs's `RawNode` plus what ties it to
+//! the log and the engine. Sans-IO: the shard loop (or the simulator)
+//! feeds it messages, ticks and log progress, and it tells the caller what
+//! to send; it writes to the log and applies to the engine through the
+//! [`RawLog`] and [`Applier`] it is handed.
+//!
+//! The order of one `Ready` follows raft-rs's async-ready protocol and the
+//! Raft thesis: a leader's messages go out at once (so followers write
+//! while the leader's fdatasync runs); entries and hard state are appended
+//! to the log; committed entries are applied; messages that depend on the
+//! log (a follower's append responses, votes) are held until the log is
+//! durable past what the `Ready` wrote, and only then is raft-rs told the
+//! `Ready` was persisted.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::{RawNode, ReadState, StateRole};
+
+use super::entry::{self, CachedEntry, IndexedEntry};
+use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
+use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, FLAG_SYNC};
+use super::store::RaftStore;
+use crate::engine::Durability;
+
+/// Where committed entries go: the engine.
+pub trait Applier {
+    /// Applies one engine record of a committed entry, found at `pos` in the local log.
+    fn apply(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), String>;
+    /// Forgets everything applied since the durable base (catalog), before
+    /// the log's committed entries are applied again.
+    fn reset(&mut self);
+}
+
+/// Settings of one replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    /// Ticks without a leader's heartbeat before an election (randomised
+    /// in `[election_ticks, 2 * election_ticks)` unless `election_ticks_max` is set).
+    pub election_ticks: usize,
+    /// Exclusive upper bound of the randomised election timeout; the
+    /// simulator sets `election_ticks + 1` to make it deterministic.
+    pub election_ticks_max: Option<usize>,
+    pub heartbeat_ticks: usize,
+    /// Bytes of entries per append message.
+    pub append_bytes_max: u64,
+    /// Append messages in flight per follower.
+    pub inflight_max: usize,
+    /// The machine restarted since this replica last ran (power loss or
+    /// reboot): entries it had written but not fdatasync'd may be gone,
+    /// among them entries acknowledged to async clients as written on a
+    /// majority. It neither votes nor campaigns until a leader has
+    /// committed an entry of its own term here (every entry before that is
+    /// then committed, so durable on a majority), or until
+    /// `ABSTAIN_ELECTIONS_MAX` election timeouts pass without one (then a
+    /// majority restarted, and async writes are not promised to survive).
+    pub rebooted: bool,
+}
+
+/// Election timeouts a rebooted replica abstains for at most.
+pub const ABSTAIN_ELECTIONS_MAX: u64 = 5;
+
+impl ReplicaConfig {
+    pub fn new(id: u64) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            election_ticks: 10,
+            election_ticks_max: None,
+            heartbeat_ticks: 2,
+            append_bytes_max: 1 << 20,
+            inflight_max: 1024,
+            rebooted: false,
+        }
+    }
+}
+
+/// What changed that the caller must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This replica leads now and has applied every entry of its log: it
+    /// may serve.
+    BecameLeader,
+    /// This replica no longer leads: output it produced that is not yet
+    /// released may depend on entries a new leader will overwrite.
+    LostLeadership,
+    /// Entries from `from` on were replaced by a new leader's: output that
+    /// depends on them must not go out. The engine was rebuilt if it had
+    /// applied them.
+    Truncated { from: u64 },
+    /// The group's membership changed (committed).
+    ConfChanged { voters: Vec<u64>, learners: Vec<u64> },
+}
+
+/// What the caller must send or do after a call.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub messages: Vec<Message>,
+    /// `(to, term, index)`: this follower has written the leader's entries
+    /// up to `index` (in the OS, maybe not yet fdatasync'd).
+    pub written_acks: Vec<(u64, u64, u64)>,
+    pub events: Vec<Event>,
+}
+
+/// A `Ready` whose log writes may not yet be safe.
+struct PendingReady {
+    number: u64,
+    /// The log end after the ready's writes.
+    end: u64,
+    /// Whether raft-rs needs the writes durable (entries, vote or term);
+    /// otherwise written is enough.
+    durable: bool,
+    messages: Vec<Message>,
+    /// A written-ack to send once the entries are written: `(leader, term, index)`.
+    ack: Option<(u64, u64, u64)>,
+}
+
+/// Why a replica cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("log: {0}")]
+    Log(#[from] LogFailure),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("applying entry {index}: {msg}")]
+    Apply { index: u64, msg: String },
+    #[error("log index: {0}")]
+    Index(#[from] entry::IndexError),
+}
+
+/// How long an unconfirmed read waits before its ReadIndex round is
+/// repeated (raft-rs drops a round when no leader is known), in ticks.
+const READ_RETRY_TICKS: u64 = 4;
+
+pub struct Replica {
+    node: RawNode<RaftStore>,
+    id: u64,
+    /// The engine reflects every entry up to here (a leader's own entries
+    /// as it produced them, a follower's as they committed).
+    applied: u64,
+    /// Followers' written-acks in the current term: node -> index.
+    acks: BTreeMap<u64, u64>,
+    pending: VecDeque<PendingReady>,
+    leading: bool,
+    /// ReadIndex rounds: the last sequence asked for, the last confirmed,
+    /// and rounds waiting for their index to be applied.
+    read_asked: u64,
+    read_confirmed: u64,
+    read_states: VecDeque<(u64, u64)>,
+    read_asked_at_tick: u64,
+    ticks: u64,
+    /// An entry this replica had applied was replaced: rebuild the engine.
+    truncated_applied: bool,
+    /// Ticks left before a rebooted replica votes again anyway (0: it votes).
+    abstain_ticks: u64,
+}
+
+impl Replica {
+    /// A replica over `store` (already filled from the log), whose engine
+    /// has applied entries up to `applied`.
+    pub fn new(cfg: &ReplicaConfig, store: RaftStore, applied: u64) -> Result<Replica, ReplicaError> {
+        let mut rc = raft::Config::new(cfg.id);
+        rc.election_tick = cfg.election_ticks;
+        rc.heartbeat_tick = cfg.heartbeat_ticks;
+        rc.min_election_tick = cfg.election_ticks;
+        rc.max_election_tick = cfg.election_ticks_max.unwrap_or(2 * cfg.election_ticks);
+        rc.applied = applied;
+        rc.max_size_per_msg = cfg.append_bytes_max;
+        rc.max_inflight_msgs = cfg.inflight_max;
+        rc.check_quorum = true;
+        rc.pre_vote = true;
+        rc.validate()?;
+        let logger = super::logger::logger(cfg.id);
+        let node = RawNode::new(&rc, store, &logger)?;
+        Ok(Replica {
+            node,
+            id: cfg.id,
+            applied,
+            acks: BTreeMap::new(),
+            pending: VecDeque::new(),
+            leading: false,
+            read_asked: 0,
+            read_confirmed: 0,
+            read_states: VecDeque::new(),
+            read_asked_at_tick: 0,
+            ticks: 0,
+            truncated_applied: false,
+            abstain_ticks: if cfg.rebooted { ABSTAIN_ELECTIONS_MAX * cfg.election_ticks as u64 } else { 0 },
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Leads and has applied its whole log (may take requests).
+    pub fn is_leader(&self) -> bool {
+        self.leading
+    }
+
+    /// The node this replica believes leads (0: none known).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.node.store().index.last_index()
+    }
+
+    pub fn store(&self) -> &RaftStore {
+        self.node.store()
+    }
+
+    /// A leadership transfer is under way: raft-rs drops proposals meanwhile.
+    pub fn transferring(&self) -> bool {
+        self.node.raft.lead_transferee.is_some()
+    }
+
+    pub fn voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Per follower (leader only): `(node, matched index)`.
+    pub fn follower_progress(&self) -> Vec<(u64, u64)> {
+        if !self.leading {
+            return Vec::new();
+        }
+        let mut v: Vec<(u64, u64)> =
+            self.node.raft.prs().iter().filter(|(id, _)| **id != self.id).map(|(id, p)| (*id, p.matched)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether this replica stays out of elections (see `ReplicaConfig::rebooted`).
+    pub fn abstaining(&self) -> bool {
+        self.abstain_ticks > 0
+    }
+
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        if self.abstain_ticks > 0 {
+            // No campaign: a rebooted replica might lack entries a majority
+            // acknowledged as written. It still follows a leader.
+            self.abstain_ticks -= 1;
+            if self.abstain_ticks == 0 {
+                log::warn!("replica {}: no leader reached it after a restart of its machine; voting again", self.id);
+            }
+        } else {
+            self.node.tick();
+        }
+        if self.read_confirmed < self.read_asked && self.ticks >= self.read_asked_at_tick + READ_RETRY_TICKS {
+            // The round was dropped (no leader known): ask again; a later
+            // round confirms every read before it.
+            self.read_index();
+        }
+    }
+
+    /// Hands raft-rs a message from a peer. Entries that do not parse are
+    /// refused before raft-rs sees them, so a faulty peer cannot make this
+    /// replica write garbage.
+    pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
+        for e in msg.get_entries() {
+            if e.get_entry_type() == EntryType::EntryNormal {
+                if let Err(err) = entry::count_records(e.get_data()) {
+                    log::warn!(
+                        "replica {}: dropped a message from {} with a bad entry {}: {err}",
+                        self.id,
+                        msg.from,
+                        e.index
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if self.abstain_ticks > 0
+            && matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
+        {
+            return Ok(());
+        }
+        match self.node.step(msg) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A follower wrote our entries up to `index` in `term`.
+    pub fn on_written_ack(&mut self, from: u64, term: u64, index: u64) {
+        if self.leading && term == self.term() {
+            let e = self.acks.entry(from).or_insert(0);
+            *e = (*e).max(index);
+        }
+    }
+
+    /// Starts a ReadIndex round; returns its sequence number. Output that
+    /// reflects reads done before this call may go once
+    /// [`read_confirmed`](Self::read_confirmed) reaches it.
+    pub fn read_index(&mut self) -> u64 {
+        self.read_asked += 1;
+        self.read_asked_at_tick = self.ticks;
+        self.node.read_index(self.read_asked.to_le_bytes().to_vec());
+        self.read_asked
+    }
+
+    /// Every read done before ReadIndex round `n` may be answered, for
+    /// every `n` up to this.
+    pub fn read_confirmed(&self) -> u64 {
+        self.read_confirmed
+    }
+
+    /// Proposes this turn's open entry. Returns false if Raft refused it
+    /// (not leader, or a leadership transfer): the entry is discarded from
+    /// the log and the engine must be rebuilt.
+    pub fn propose<R: RawLog>(&mut self, log: &mut EntryLog<R>) -> bool {
+        let Some(mut open) = log.take_open() else { return true };
+        let context = if open.sync { vec![FLAG_SYNC] } else { Vec::new() };
+        let before = self.node.raft.raft_log.last_index();
+        if !self.leading || self.node.propose(context, std::mem::take(&mut open.data)).is_err() {
+            log.discard(open);
+            return false;
+        }
+        let index = self.node.raft.raft_log.last_index();
+        let term = self.node.raft.term;
+        debug_assert_eq!(index, before + 1, "one proposal, one entry");
+        // raft-rs turned the data into `Bytes`: share it, no copy.
+        let data = self.node.raft.raft_log.unstable_entries().last().map(|e| e.data.clone()).unwrap_or_default();
+        open.data_len = data.len();
+        log.finish(&open, term, index);
+        self.record_own_entry(index, term, &open, data, log.raw.end());
+        self.applied = index;
+        true
+    }
+
+    fn record_own_entry(&mut self, index: u64, term: u64, open: &OpenEntry, data: bytes::Bytes, end_pos: u64) {
+        let store = self.node.mut_store();
+        let e = IndexedEntry { term, header_pos: open.header_pos, end_pos };
+        if let Err(err) = store.index.push(index, e) {
+            // Raft assigned the index after our last one: a mismatch is a bug.
+            panic!("entry index out of step with raft: {err}");
+        }
+        store.cache.put(index, CachedEntry { kind: EntryKind::Normal, data, positions: open.positions.clone() });
+    }
+
+    /// Handles every `Ready` raft-rs has, and releases what the log's
+    /// progress made safe. Call after `step`, `tick`, `propose`,
+    /// `read_index`, and whenever the log's written or durable end moves.
+    pub fn pump<R: RawLog>(
+        &mut self,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        loop {
+            self.release_persisted(&log.raw, out);
+            self.fetch_wanted(&log.raw)?;
+            if !self.node.has_ready() {
+                break;
+            }
+            self.handle_ready(log, applier, out)?;
+        }
+        self.confirm_reads();
+        self.maybe_stop_abstaining();
+        let keep_from = self.node.store().index.first_index();
+        let applied = self.node.raft.raft_log.applied;
+        self.node.mut_store().cache.trim(applied, keep_from);
+        Ok(())
+    }
+
+    fn handle_ready<R: RawLog>(
+        &mut self,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        let mut rd = self.node.ready();
+        let mut became_leader = false;
+        if let Some(ss) = rd.ss() {
+            let now_leader = ss.raft_state == StateRole::Leader;
+            if self.leading && !now_leader {
+                self.step_down(log, out);
+            }
+            became_leader = now_leader && !self.leading;
+        }
+        out.messages.extend(rd.take_messages());
+        let mut ack = None;
+        let mut sync = false;
+        for e in rd.take_entries() {
+            sync |= e.get_context().first().is_some_and(|f| f & FLAG_SYNC != 0);
+            if self.write_entry(&e, log, out)? {
+                ack = Some((e.term, e.index));
+            }
+        }
+        if self.truncated_applied {
+            self.rebuild(log, applier)?;
+        }
+        if let Some(hs) = rd.hs() {
+            self.write_hard_state(hs, log)?;
+        }
+        let durable = rd.must_sync();
+        if durable && (sync || rd.hs().is_some_and(|h| h.vote != 0 || h.term != 0)) {
+            // A vote or term change, or a sync queue's data: fdatasync now,
+            // not within the flush interval.
+            log.raw.require_sync();
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs);
+        }
+        self.apply_committed(rd.take_committed_entries(), log, applier, out)?;
+        let messages = rd.take_persisted_messages();
+        let number = rd.number();
+        self.node.advance_append_async(rd);
+        let leader = self.node.raft.leader_id;
+        let ack = ack.filter(|_| !self.leading && leader != 0).map(|(term, index)| (leader, term, index));
+        self.pending.push_back(PendingReady { number, end: log.raw.end(), durable, messages, ack });
+        if became_leader {
+            self.take_lead(log, applier, out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an entry raft-rs handed over, unless it is our own proposal
+    /// (already in the log). Returns whether it wrote one from a leader.
+    fn write_entry<R: RawLog>(
+        &mut self,
+        e: &Entry,
+        log: &mut EntryLog<R>,
+        out: &mut Outbox,
+    ) -> Result<bool, ReplicaError> {
+        let index = e.index;
+        let last = self.node.store().index.last_index();
+        if index <= last {
+            if self.node.store().index.term(index) == Some(e.term) {
+                return Ok(false);
+            }
+            out.events.push(Event::Truncated { from: index });
+            if index <= self.applied {
+                self.truncated_applied = true;
+            }
+        }
+        let kind = match e.get_entry_type() {
+            EntryType::EntryNormal => EntryKind::Normal,
+            EntryType::EntryConfChangeV2 => EntryKind::ConfChange,
+            EntryType::EntryConfChange => {
+                return Err(ReplicaError::Apply { index, msg: "version 1 configuration changes are not used".into() })
+            }
+        };
+        let data = e.get_data();
+        let records = match kind {
+            EntryKind::Normal => {
+                entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?
+            }
+            EntryKind::ConfChange => 1,
+        };
+        let flags = e.get_context().first().copied().unwrap_or(0) & FLAG_SYNC;
+        let header = EntryHeader { term: e.term, index, kind, flags, records, data_len: data.len() as u32 };
+        let header_pos = log.raw.append(rtype::ENTRY, &[&header.encode()], Durability::Written)?;
+        let mut positions = Vec::with_capacity(records as usize);
+        match kind {
+            EntryKind::Normal => {
+                for r in entry::records(data) {
+                    let (rt, payload) = r.map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?;
+                    positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
+                }
+            }
+            EntryKind::ConfChange => {
+                positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?)
+            }
+        }
+        log.note_entry_end(log.raw.end());
+        let store = self.node.mut_store();
+        store.index.push(index, IndexedEntry { term: e.term, header_pos, end_pos: log.raw.end() })?;
+        store.cache.put(index, CachedEntry { kind, data: e.data.clone(), positions });
+        Ok(true)
+    }
+
+    fn write_hard_state<R: RawLog>(&mut self, hs: &HardState, log: &mut EntryLog<R>) -> Result<(), ReplicaError> {
+        let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
+        log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        self.node.mut_store().hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn apply_committed<R: RawLog>(
+        &mut self,
+        entries: Vec<Entry>,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        for e in &entries {
+            match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => self.apply_conf_change(e, log, out)?,
+                _ if e.index <= self.applied => {}
+                _ => {
+                    self.apply_entry(e.index, &log.raw, applier)?;
+                    self.applied = e.index;
+                }
+            }
+        }
+        self.node.advance_apply_to(last);
+        Ok(())
+    }
+
+    /// Applies one entry's engine records with their local positions.
+    fn apply_entry(&self, index: u64, raw: &impl RawLog, applier: &mut impl Applier) -> Result<(), ReplicaError> {
+        let apply_err = |msg: String| ReplicaError::Apply { index, msg };
+        let store = self.node.store();
+        if let Some(c) = store.cache.get(index) {
+            if c.kind == EntryKind::ConfChange {
+                return Ok(());
+            }
+            for (r, pos) in entry::records(&c.data).zip(&c.positions) {
+                let (rt, payload) = r.map_err(|e| apply_err(e.to_string()))?;
+                applier.apply(*pos, rt, payload).map_err(apply_err)?;
+            }
+            return Ok(());
+        }
+        let Some(ie) = store.index.get(index) else {
+            let ix = &store.index;
+            return Err(apply_err(format!(
+                "the entry is not in the log (it holds {}..={}, applied {}, commit {})",
+                ix.first_index(),
+                ix.last_index(),
+                self.applied,
+                self.node.raft.raft_log.committed
+            )));
+        };
+        let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
+            .map_err(|e| apply_err(format!("entry header: {e}")))?;
+        if header.kind == EntryKind::ConfChange || header.records == 0 {
+            return Ok(());
+        }
+        let first = first_record_pos(raw, ie.header_pos)?;
+        let mut failed = None;
+        raw.read_records(first, header.records, &mut |pos, rt, payload| {
+            if failed.is_none() {
+                failed = applier.apply(pos, rt, payload).err();
+            }
+        })?;
+        failed.map_or(Ok(()), |m| Err(apply_err(m)))
+    }
+
+    fn apply_conf_change<R: RawLog>(
+        &mut self,
+        e: &Entry,
+        log: &mut EntryLog<R>,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        let cc = match ConfChangeV2::parse_from_bytes(e.get_data()) {
+            Ok(cc) => cc,
+            Err(err) => {
+                return Err(ReplicaError::Apply { index: e.index, msg: format!("configuration change: {err}") })
+            }
+        };
+        let cs = self.node.apply_conf_change(&cc)?;
+        let rec = conf_record(&cs);
+        log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
+        log.raw.require_sync();
+        out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone() });
+        self.node.mut_store().conf_state = cs;
+        Ok(())
+    }
+
+    /// A new leader applies the rest of its log (Raft commits it in the new
+    /// term) before it serves, so the requests it takes see all of it.
+    fn take_lead<R: RawLog>(
+        &mut self,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        let last = self.node.store().index.last_index();
+        for i in self.applied + 1..=last {
+            self.apply_entry(i, &log.raw, applier)?;
+            self.applied = i;
+        }
+        self.leading = true;
+        self.acks.clear();
+        log.set_writable(true);
+        out.events.push(Event::BecameLeader);
+        Ok(())
+    }
+
+    fn step_down<R: RawLog>(&mut self, log: &mut EntryLog<R>, out: &mut Outbox) {
+        self.leading = false;
+        self.acks.clear();
+        log.set_writable(false);
+        out.events.push(Event::LostLeadership);
+    }
+
+    /// The engine had applied entries a new leader replaced: start over
+    /// from the durable base and apply what is committed.
+    fn rebuild<R: RawLog>(&mut self, log: &mut EntryLog<R>, applier: &mut impl Applier) -> Result<(), ReplicaError> {
+        self.truncated_applied = false;
+        applier.reset();
+        // What raft-rs knows committed may run past what this replica has
+        // written so far; the rest is applied as raft-rs hands it over.
+        let commit = self.node.raft.raft_log.committed.min(self.node.raft.raft_log.applied);
+        let first = self.node.store().index.first_index();
+        for i in first..=commit {
+            self.apply_entry(i, &log.raw, applier)?;
+        }
+        self.applied = commit.max(first - 1);
+        Ok(())
+    }
+
+    /// Sends what waited for the log and tells raft-rs which readies are
+    /// safe.
+    fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
+        let (written, durable) = (raw.written_end(), raw.durable_end());
+        while let Some(p) = self.pending.front() {
+            if p.end > written {
+                break;
+            }
+            if let Some((leader, term, index)) = p.ack {
+                out.written_acks.push((leader, term, index));
+            }
+            if p.durable && p.end > durable {
+                // The written-ack went; the rest waits for the fdatasync.
+                if let Some(p) = self.pending.front_mut() {
+                    p.ack = None;
+                }
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else { break };
+            out.messages.extend(p.messages);
+            self.node.on_persist_ready(p.number);
+        }
+    }
+
+    /// Reads entries a lagging follower needs into the cache (raft-rs asked
+    /// for them and got `LogTemporarilyUnavailable`).
+    fn fetch_wanted(&mut self, raw: &impl RawLog) -> Result<(), ReplicaError> {
+        let Some((low, high, ctx)) = self.node.store().wanted.borrow_mut().take() else { return Ok(()) };
+        for i in low..high {
+            if self.node.store().cache.get(i).is_some() {
+                continue;
+            }
+            let Some(c) = read_entry(self.node.store(), i, raw)? else { break };
+            self.node.mut_store().cache.put_fetched(i, c);
+        }
+        self.node.on_entries_fetched(ctx);
+        Ok(())
+    }
+
+    /// A leader committed an entry of its own term here: everything before
+    /// it is committed, so this replica's vote can no longer lose an entry
+    /// acknowledged as written on a majority.
+    fn maybe_stop_abstaining(&mut self) {
+        if self.abstain_ticks == 0 || self.node.raft.leader_id == 0 {
+            return;
+        }
+        let log = &self.node.raft.raft_log;
+        if log.term(log.committed).ok() == Some(self.node.raft.term) {
+            self.abstain_ticks = 0;
+        }
+    }
+
+    fn on_read_state(&mut self, rs: ReadState) {
+        let Ok(seq) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { return };
+        self.read_states.push_back((u64::from_le_bytes(seq), rs.index));
+    }
+
+    fn confirm_reads(&mut self) {
+        while let Some(&(seq, index)) = self.read_states.front() {
+            if index > self.applied {
+                break;
+            }
+            self.read_confirmed = self.read_confirmed.max(seq);
+            self.read_states.pop_front();
+        }
+    }
+
+    /// Log positions output may wait for: `(written on a majority, committed)`.
+    /// Written counts only entries of the current term (Raft's commit rule:
+    /// only those are sure to be in every future leader's log).
+    pub fn release_positions(&self, raw: &impl RawLog) -> (u64, u64) {
+        let store = self.node.store();
+        let commit = self.node.raft.raft_log.committed.min(store.index.last_index());
+        let committed_end = store.index.end_pos(commit);
+        if !self.leading {
+            return (committed_end, committed_end);
+        }
+        let own = store.index.index_ending_by(raw.written_end());
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let mut written: Vec<u64> = voters
+            .iter()
+            .map(|id| if id == self.id { own } else { self.acks.get(&id).copied().unwrap_or(0) })
+            .collect();
+        written.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = written.get(written.len() / 2).copied().unwrap_or(0);
+        let term = self.node.raft.term;
+        let quorum_end = if store.index.term(quorum) == Some(term) { store.index.end_pos(quorum) } else { 0 };
+        (quorum_end.max(committed_end), committed_end)
+    }
+
+    /// A one-line description of raft-rs's view, for diagnostics.
+    pub fn debug_state(&self) -> String {
+        let l = &self.node.raft.raft_log;
+        format!(
+            "state {:?} leader {} persisted {} committed {} applied(raft) {} pending readies {:?}",
+            self.node.raft.state,
+            self.node.raft.leader_id,
+            l.persisted,
+            l.committed,
+            l.applied,
+            self.pending.iter().map(|p| (p.number, p.end, p.durable)).collect::<Vec<_>>()
+        )
+    }
+
+    /// Asks raft-rs to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    /// Proposes a membership change (one node at a time).
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ReplicaError> {
+        self.node.propose_conf_change(Vec::new(), cc)?;
+        Ok(())
+    }
+
+    /// Messages are addressed by node id; encode for the wire.
+    pub fn encode(msg: &Message) -> Vec<u8> {
+        msg.write_to_bytes().unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Message> {
+        let m = Message::parse_from_bytes(bytes).ok()?;
+        (m.get_msg_type() != MessageType::MsgHup).then_some(m)
+    }
+}
+
+/// Position of the first record after an entry's header.
+fn first_record_pos(raw: &impl RawLog, header_pos: u64) -> Result<u64, LogFailure> {
+    let mut next = None;
+    raw.read_records(header_pos, 2, &mut |pos, _, _| next = Some(pos))?;
+    next.filter(|p| *p != header_pos).ok_or_else(|| LogFailure("entry header without records".into()))
+}
+
+/// Reads entry `index` back from the log as Raft carries it.
+fn read_entry(store: &RaftStore, index: u64, raw: &impl RawLog) -> Result<Option<CachedEntry>, ReplicaError> {
+    let Some(ie) = store.index.get(index) else { return Ok(None) };
+    let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
+        .map_err(|e| ReplicaError::Apply { index, msg: format!("entry header: {e}") })?;
+    let mut data = bytes::BytesMut::with_capacity(header.data_len as usize);
+    let mut positions = Vec::with_capacity(header.records as usize);
+    if header.records > 0 {
+        let first = first_record_pos(raw, ie.header_pos)?;
+        raw.read_records(first, header.records, &mut |pos, rt, payload| {
+            positions.push(pos);
+            match header.kind {
+                EntryKind::Normal => entry::push_record(&mut data, rt, &[payload]),
+                EntryKind::ConfChange => data.extend_from_slice(payload),
+            }
+        })?;
+    }
+    Ok(Some(CachedEntry { kind: header.kind, data: data.freeze(), positions }))
+}
+
+fn conf_record(cs: &ConfState) -> ConfStateRecord {
+    ConfStateRecord {
+        voters: cs.voters.clone(),
+        learners: cs.learners.clone(),
+        voters_outgoing: cs.voters_outgoing.clone(),
+        learners_next: cs.learners_next.clone(),
+        auto_leave: cs.auto_leave,
+    }
+}

@@ -1,0 +1,170 @@
+//! Reading a replica's state back from its log at start-up: which entries
+//! it holds (index, term, where), its last hard state and configuration.
+//! The caller feeds every record in log order; engine records are applied
+//! later, entry by entry, up to the commit index.
+
+use super::entry::{EntryIndex, IndexedEntry};
+use super::records::{rtype, ConfStateRecord, EntryHeader, HardStateRecord};
+
+/// What the log says about the replica.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub index: EntryIndex,
+    pub hard_state: HardStateRecord,
+    pub conf: Option<ConfStateRecord>,
+    /// Engine records found outside any entry: a log written before
+    /// entries existed (applied as they are, solo only).
+    pub loose_records: u64,
+}
+
+/// A log that contradicts itself.
+#[derive(Debug, thiserror::Error)]
+#[error("log position {pos}: {msg}")]
+pub struct ScanError {
+    pub pos: u64,
+    pub msg: String,
+}
+
+/// The entry whose records are being read.
+struct Current {
+    index: u64,
+    header: EntryHeader,
+    header_pos: u64,
+    left: u32,
+    end: u64,
+}
+
+pub struct LogScanner {
+    out: Scanned,
+    current: Option<Current>,
+    seen_entry: bool,
+}
+
+impl Default for LogScanner {
+    fn default() -> Self {
+        LogScanner {
+            out: Scanned { index: EntryIndex::starting_after(0, 0, 0), ..Default::default() },
+            current: None,
+            seen_entry: false,
+        }
+    }
+}
+
+impl LogScanner {
+    /// A log whose entries start after a snapshot (or a released prefix).
+    pub fn starting_after(index: u64, term: u64, end_pos: u64) -> LogScanner {
+        LogScanner {
+            out: Scanned { index: EntryIndex::starting_after(index, term, end_pos), ..Default::default() },
+            current: None,
+            seen_entry: index > 0,
+        }
+    }
+
+    /// One record: its payload position, the position just past it, its
+    /// type and payload.
+    pub fn record(&mut self, pos: u64, end: u64, rt: u8, payload: &[u8]) -> Result<(), ScanError> {
+        let err = |msg: String| ScanError { pos, msg };
+        match rt {
+            rtype::ENTRY => {
+                let header = EntryHeader::decode(payload).map_err(|e| err(format!("entry header: {e}")))?;
+                // An entry still missing records was torn by a crash and
+                // never acknowledged: the log went on after it.
+                self.current = None;
+                self.seen_entry = true;
+                let c = Current { index: header.index, header, header_pos: pos, left: header.records, end };
+                if c.left == 0 {
+                    self.close(c).map_err(err)?;
+                } else {
+                    self.current = Some(c);
+                }
+            }
+            rtype::HARD_STATE => {
+                self.out.hard_state = HardStateRecord::decode(payload).map_err(|e| err(format!("hard state: {e}")))?;
+            }
+            rtype::CONF_STATE => {
+                self.out.conf = Some(ConfStateRecord::decode(payload).map_err(|e| err(format!("configuration: {e}")))?);
+            }
+            _ => {
+                let Some(mut c) = self.current.take() else {
+                    if self.seen_entry && rt < rtype::FIRST {
+                        return Err(err(format!("engine record (type {rt}) outside any entry")));
+                    }
+                    if rt < rtype::FIRST {
+                        self.out.loose_records += 1;
+                    }
+                    return Ok(());
+                };
+                c.left -= 1;
+                c.end = end;
+                if c.left == 0 {
+                    self.close(c).map_err(err)?;
+                } else {
+                    self.current = Some(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, c: Current) -> Result<(), String> {
+        let e = IndexedEntry { term: c.header.term, header_pos: c.header_pos, end_pos: c.end };
+        self.out.index.push(c.index, e).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub fn finish(self) -> Scanned {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::records::EntryKind;
+
+    fn header(term: u64, index: u64, records: u32) -> Vec<u8> {
+        EntryHeader { term, index, kind: EntryKind::Normal, flags: 0, records, data_len: 0 }.encode().to_vec()
+    }
+
+    #[test]
+    fn entries_truncations_and_torn_entries() {
+        let mut s = LogScanner::default();
+        let mut pos = 0;
+        let mut feed = |s: &mut LogScanner, rt: u8, p: &[u8]| {
+            pos += 100;
+            s.record(pos, pos + 50, rt, p)
+        };
+        feed(&mut s, rtype::ENTRY, &header(1, 1, 2)).unwrap();
+        feed(&mut s, 4, b"a").unwrap();
+        feed(&mut s, 4, b"b").unwrap();
+        feed(&mut s, rtype::ENTRY, &header(1, 2, 0)).unwrap();
+        feed(&mut s, rtype::HARD_STATE, &HardStateRecord { term: 1, vote: 1, commit: 2 }.encode()).unwrap();
+        // Entry 3 torn after one of its two records; the log went on.
+        feed(&mut s, rtype::ENTRY, &header(1, 3, 2)).unwrap();
+        feed(&mut s, 4, b"c").unwrap();
+        // A new leader's entry 2 replaces 2 and everything after.
+        feed(&mut s, rtype::ENTRY, &header(2, 2, 1)).unwrap();
+        feed(&mut s, 4, b"d").unwrap();
+        let out = s.finish();
+        assert_eq!(out.index.last_index(), 2);
+        assert_eq!(out.index.term(2), Some(2));
+        assert_eq!(out.index.get(1).unwrap().end_pos, 350);
+        assert_eq!(out.hard_state.commit, 2);
+        assert_eq!(out.loose_records, 0);
+    }
+
+    #[test]
+    fn engine_records_outside_entries_are_legacy_only_before_the_first_entry() {
+        let mut s = LogScanner::default();
+        s.record(9, 20, 4, b"x").unwrap();
+        s.record(29, 40, rtype::ENTRY, &header(1, 1, 0)).unwrap();
+        assert!(s.record(49, 60, 4, b"y").is_err());
+        assert_eq!(s.finish().loose_records, 1);
+    }
+
+    #[test]
+    fn a_gap_in_indices_is_an_error() {
+        let mut s = LogScanner::default();
+        s.record(9, 40, rtype::ENTRY, &header(1, 1, 0)).unwrap();
+        assert!(s.record(49, 80, rtype::ENTRY, &header(1, 3, 0)).is_err());
+    }
+}
