@@ -3,7 +3,6 @@
 //! fdatasync of async data, recovery at start-up (catalog + replay), and
 //! log-space housekeeping (releasing segments, compaction, catalogs).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cmq_protocol::ErrorCode;
@@ -27,6 +26,18 @@ const COMPACT_LIVE_FRACTION_DENOM: u64 = 4;
 /// How often a failed log retries recovery.
 const RECOVER_EVERY_MS: u64 = 1000;
 
+/// The catalog snapshot on its way to disk. It is taken by `housekeep`
+/// (which has the engine) at the log's end, handed to the WAL's
+/// housekeeper thread by `submit` once every record before that position
+/// is written (the housekeeper makes them durable, then writes the file),
+/// and counts only once the WAL reports it durable: segments below a
+/// catalog's position are released only after that.
+enum CatalogWrite {
+    Idle,
+    Ready(Box<Catalog>),
+    Writing,
+}
+
 pub struct ShardLog {
     wal: Wal,
     dir: PathBuf,
@@ -39,7 +50,9 @@ pub struct ShardLog {
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
     next_recover_ms: u64,
+    /// Position of the last catalog known durable on disk.
     catalog_pos: u64,
+    catalog_write: CatalogWrite,
     /// Reused by `poll_failure` (called every loop turn).
     completions: Vec<(BatchId, Result<(), WalError>)>,
 }
@@ -71,6 +84,7 @@ impl ShardLog {
             flush_interval_ms,
             next_recover_ms: 0,
             catalog_pos,
+            catalog_write: CatalogWrite::Idle,
             completions: Vec::new(),
         };
         Ok((log, report))
@@ -128,17 +142,51 @@ impl ShardLog {
     /// Seals this turn's records into a batch and writes it (one write,
     /// plus one fdatasync in the background if any of them needs it).
     pub fn submit(&mut self, now_ms: u64) {
-        if !self.wal.has_pending() && !self.sync_pending {
-            return;
+        if self.wal.has_pending() || self.sync_pending {
+            let sync = self.sync_pending;
+            self.sync_pending = false;
+            let _ = self.wal.submit(sync);
         }
-        let sync = self.sync_pending;
-        self.sync_pending = false;
-        if sync {
-            self.unsynced_since_ms = None;
-        } else if self.wal.has_pending() && self.unsynced_since_ms.is_none() {
+        // Anything written and not durable (async records, or a durable
+        // mark the WAL wrote) is fdatasync'd within the flush interval.
+        if self.unsynced_since_ms.is_none() && self.wal.durable_end() < self.wal.records_end() && !self.wal.is_failed()
+        {
             self.unsynced_since_ms = Some(now_ms);
         }
-        let _ = self.wal.submit(sync);
+        self.send_catalog();
+    }
+
+    /// Hands a catalog snapshot to the WAL's housekeeper once every record
+    /// before its position is written.
+    fn send_catalog(&mut self) {
+        let CatalogWrite::Ready(c) = &self.catalog_write else { return };
+        if self.wal.written_end().0 < c.log_pos {
+            return;
+        }
+        let CatalogWrite::Ready(c) = std::mem::replace(&mut self.catalog_write, CatalogWrite::Writing) else {
+            return;
+        };
+        let pos = LogPos(c.log_pos);
+        if let Err(e) = self.wal.checkpoint(CATALOG_FILE, pos, Box::new(move || c.encode())) {
+            log::warn!("cannot write catalog in {}: {e}", self.dir.display());
+            self.catalog_write = CatalogWrite::Idle;
+        }
+    }
+
+    /// Takes the outcome of a catalog write: from now on, segments below
+    /// its position may be released.
+    fn collect_catalog(&mut self) {
+        match self.wal.poll_checkpoint() {
+            Some(Ok(pos)) => {
+                self.catalog_pos = self.catalog_pos.max(pos.0);
+                self.catalog_write = CatalogWrite::Idle;
+            }
+            Some(Err(e)) => {
+                log::warn!("cannot write catalog in {}: {e}", self.dir.display());
+                self.catalog_write = CatalogWrite::Idle;
+            }
+            None => {}
+        }
     }
 
     /// When async data written at `unsynced_since` must be fdatasync'd.
@@ -160,7 +208,7 @@ impl ShardLog {
         self.unsynced_since_ms = None;
         let _ = self.wal.submit(true);
         let mut done = Vec::new();
-        self.wal.wait(&mut done, Some(timeout))
+        self.wal.wait(&mut done, Some(timeout)) && self.wal.durable_end() >= self.wal.records_end()
     }
 
     /// Collects the batches that finished since the last call; returns the
@@ -168,7 +216,7 @@ impl ShardLog {
     /// answer: output is released from `progress()`.
     pub fn poll_failure(&mut self) -> Option<(u64, String)> {
         let progress = self.wal.poll_completions(&mut self.completions);
-        if progress.durable_end >= self.wal.end() {
+        if progress.durable_end >= self.wal.records_end() {
             // Everything is durable already (the WAL syncs ahead on its own).
             self.unsynced_since_ms = None;
         }
@@ -195,8 +243,11 @@ impl ShardLog {
         match self.wal.try_recover() {
             Ok(()) => {
                 // Appends that were never written are gone; their positions
-                // will be reused.
+                // will be reused, so a catalog taken after them is void.
                 self.sync_mark = self.sync_mark.min(self.wal.end().0);
+                if matches!(self.catalog_write, CatalogWrite::Ready(_)) {
+                    self.catalog_write = CatalogWrite::Idle;
+                }
                 log::info!("log {} writable again", self.dir.display());
                 return true;
             }
@@ -216,6 +267,7 @@ impl ShardLog {
     /// and compact the oldest segment when it is mostly garbage.
     /// Returns whether compaction should continue next turn.
     pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
+        self.collect_catalog();
         let stats = self.wal.segment_stats();
         let Some(oldest) = stats.first() else { return false };
         let oldest_end = oldest.base.0 + oldest.capacity;
@@ -226,16 +278,12 @@ impl ShardLog {
             return false;
         }
         let head_moved_on = self.wal.end().0 >= oldest_end;
-        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && self.is_idle() {
-            // Only queue-management records keep the oldest segment: snapshot them.
+        let idle = matches!(self.catalog_write, CatalogWrite::Idle);
+        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && idle && !self.is_failed() {
+            // Only queue-management records keep the oldest segment:
+            // snapshot them (written off the loop; released once durable).
             let pos = self.wal.end().0;
-            match self.write_catalog(&engine.catalog(pos)) {
-                Ok(()) => {
-                    self.catalog_pos = pos;
-                    self.wal.release_before(LogPos(live.min(pos)));
-                }
-                Err(e) => log::warn!("cannot write catalog in {}: {e}", self.dir.display()),
-            }
+            self.catalog_write = CatalogWrite::Ready(Box::new(engine.catalog(pos)));
             return false;
         }
         // Live messages keep the oldest segment: copy them forward if they are few.
@@ -259,16 +307,6 @@ impl ShardLog {
                 false
             }
         }
-    }
-
-    fn write_catalog(&self, c: &Catalog) -> std::io::Result<()> {
-        let path = self.dir.join(CATALOG_FILE);
-        let tmp = self.dir.join(format!("{CATALOG_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&c.encode())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -314,8 +352,8 @@ impl Log for ShardLog {
             }
             Err(WalError::NoSpace) => Err(EngineError::new(
                 ErrorCode::STORAGE_UNAVAILABLE,
-                "storage unavailable: disk full; new data is refused until space is freed \
-                 (receives and deletes still work)",
+                "storage unavailable: disk full; new data is refused until consumers delete messages or \
+                 space is freed on the disk (receives and deletes still work); retry later",
             )),
             Err(e) => Err(EngineError::new(ErrorCode::STORAGE_UNAVAILABLE, format!("storage unavailable: {e}"))),
         }

@@ -196,6 +196,7 @@
 //! * A write or fdatasync that fails (with ENOSPC, EIO or anything else)
 //!   is not this case: it fails the WAL as described above.
 
+mod checkpoint;
 mod error;
 mod format;
 mod housekeeper;
@@ -216,16 +217,25 @@ pub use wal::{
     WalConfig,
 };
 
+use cmq_protocol::limits::{BATCH_MSGS_MAX, MSG_BYTES_MAX};
+
 /// Bytes of the segment header at file offset 0.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
 
-/// Bytes of a record header: length (4), CRC32C (4), type (1).
-pub const RECORD_HEADER_BYTES: u64 = 9;
+/// Bytes of a record header: length (4), type (1), payload CRC (4), header
+/// CRC (4).
+pub const RECORD_HEADER_BYTES: u64 = 13;
 
-/// Largest record payload. The engine's largest record is a batch of 16
-/// message bodies of up to 1 MiB each plus their headers, which fits in
-/// 17 MiB with room to spare.
-pub const RECORD_PAYLOAD_MAX_BYTES: u32 = 17 << 20;
+/// Room for everything of an engine record but its message bodies: per-body
+/// lengths and record fields, the tags and routing key of a publish, and up
+/// to 65,535 matched subscription ids (4 bytes each, 256 KiB) of one
+/// `Published` record; twice that for headroom.
+pub const RECORD_OVERHEAD_MAX_BYTES: u32 = 512 << 10;
+
+/// Largest record payload: the engine's largest record is a batch of
+/// `BATCH_MSGS_MAX` message bodies of up to `MSG_BYTES_MAX` each (16 MiB)
+/// plus their headers. An append beyond it fails with `RecordTooLarge`.
+pub const RECORD_PAYLOAD_MAX_BYTES: u32 = BATCH_MSGS_MAX as u32 * MSG_BYTES_MAX + RECORD_OVERHEAD_MAX_BYTES;
 
 /// Largest record on disk, header included.
 pub const RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES as u64;
@@ -235,19 +245,28 @@ pub const RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES
 /// a segment frees space in reasonable steps.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 
-/// Smallest allowed segment: two records of the maximum size, so a segment
-/// never holds less than one of them plus change.
-pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX;
+/// Room kept free at the end of every segment for durable marks: data
+/// records stop this short of a segment's end, so the marks that claim
+/// them always fit behind them (two at most follow the last data record
+/// of a segment; see "Durable marks" in the module docs).
+pub const SEGMENT_MARK_ROOM_BYTES: u64 = 2 * format::DURABLE_MARK_BYTES;
+
+/// Smallest allowed segment: the largest record (a record never spans
+/// segments) behind the header, plus the mark room, rounded up to whole
+/// MiB (17 MiB).
+pub const SEGMENT_BYTES_MIN: u64 = 17 << 20;
 
 /// Largest allowed segment: the open-time scan maps whole segments, and
 /// release works in whole segments.
 pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// Most bytes that may be written but not yet covered by a completed
-/// fdatasync at any moment; see recovery rule 3. Larger than any single
-/// record so that the common one-write-per-batch case needs no extra sync,
-/// small enough that the torn-tail rule still detects real damage.
-pub const TORN_WINDOW_BYTES: u64 = 32 << 20;
+/// fdatasync at any moment, except for one record larger than this,
+/// which is written alone (nothing else unsynced before or after it); see
+/// the recovery rules. Bounds what a power loss can leave half-written,
+/// and so how far beyond a bad record the recovery scan accepts garbage
+/// as a torn write.
+pub const TORN_WINDOW_BYTES: u64 = 8 << 20;
 
 /// fdatasyncs running at once. One is enough: while it runs, what is
 /// written meanwhile waits for the next one, which covers all of it
@@ -276,17 +295,18 @@ pub const ROLL_SYNC_AHEAD_MIN_BYTES: u64 = 1 << 20;
 /// async batches: one batch per loop turn at most.
 pub const BATCHES_MAX: usize = 1024;
 
-/// Room at the end of the newest segment that only
-/// [`AppendClass::Reserve`] appends may use, so that consumers can still
-/// receive and delete messages (which is how space comes back) when the
-/// disk is too full for another segment. Sized to receive and delete, one
-/// at a time, every message of a full default segment of 1 KiB messages:
-/// about 62,400 `Enqueued` records of 1,075 bytes fit in 64 MiB, and a
-/// `Received` (39 bytes) plus a `Deleted` (23 bytes) record per message
-/// take 62 x 62,400 = 3.7 MiB. While the next segment is already prepared
-/// (the normal case) the reserve is not held back at all: it only stops
-/// `Normal` appends in the last segment on disk, so it costs no space.
-pub const SEGMENT_RESERVE_BYTES: u64 = 4 << 20;
+/// Size of the spare segment file each log keeps preallocated (the
+/// emergency allowance): when the disk is too full for a new segment, the
+/// spare becomes the next segment, and only [`AppendClass::Reserve`]
+/// records (receives, deletes, visibility changes: what leads to space
+/// being freed) may go into it while it is the last segment. Sized to
+/// receive and delete, one at a time, every message of a full default
+/// segment of 1 KiB messages: about 62,400 `Enqueued` records of 1,079
+/// bytes fit in 64 MiB, and a `Received` (43 bytes) plus a `Deleted` (27
+/// bytes) record per message take 70 x 62,400 = 4.2 MiB; segments are
+/// released as soon as their messages are deleted, so this is rarely used
+/// up.
+pub const SPARE_SEGMENT_BYTES: u64 = 5 << 20;
 
 /// While the disk is full, creation of the next segment is retried (by the
 /// housekeeper thread, never on the shard's loop) at most this often, so a
@@ -294,15 +314,25 @@ pub const SEGMENT_RESERVE_BYTES: u64 = 4 << 20;
 /// frees a segment retries at once.
 pub const NO_SPACE_RETRY_MS: u64 = 100;
 
+/// Space a checkpoint file (the shard's catalog) keeps preallocated for its
+/// next version, at least: twice the last version's size, and never less
+/// than this. Writing the catalog is what lets segments be released, so a
+/// full disk must not stop it.
+pub const CHECKPOINT_RESERVE_MIN_BYTES: u64 = 64 << 10;
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
-// The reserve is a small slice of any segment, and a record of the
-// maximum size still fits in a segment in front of it.
-const _: () = assert!(SEGMENT_RESERVE_BYTES * 8 <= SEGMENT_BYTES_MIN);
-const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_RESERVE_BYTES <= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_MARK_ROOM_BYTES <= SEGMENT_BYTES_MIN);
+// The minimum is no larger than it needs to be (less than 1 MiB of slack).
+const _: () =
+    assert!(SEGMENT_BYTES_MIN - (SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_MARK_ROOM_BYTES) < 1 << 20);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
-const _: () = assert!(RECORD_BYTES_MAX < SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(TORN_WINDOW_BYTES >= RECORD_BYTES_MAX);
+// The torn window covers only part of the smallest segment.
+const _: () = assert!(TORN_WINDOW_BYTES < SEGMENT_BYTES_MIN / 2);
 const _: () = assert!(SYNC_AHEAD_BYTES > 0 && SYNC_AHEAD_BYTES < TORN_WINDOW_BYTES);
 const _: () = assert!(ROLL_SYNC_AHEAD_MIN_BYTES > 0 && ROLL_SYNC_AHEAD_MIN_BYTES <= SYNC_AHEAD_BYTES);
-// The length field stores 1 + payload length in a u32.
-const _: () = assert!((RECORD_PAYLOAD_MAX_BYTES as u64) < u32::MAX as u64);
+// The spare is a small emergency segment (segments that small are told
+// apart from normal ones by their size) with room for many small records.
+const _: () = assert!(SPARE_SEGMENT_BYTES < SEGMENT_BYTES_MIN);
+const _: () = assert!(SPARE_SEGMENT_BYTES >= SEGMENT_HEADER_BYTES + SEGMENT_MARK_ROOM_BYTES + (1 << 20));
+// The length field stores the whole record length in a u32.
+const _: () = assert!(RECORD_BYTES_MAX < u32::MAX as u64);
