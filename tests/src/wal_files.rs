@@ -265,3 +265,36 @@ fn pump(src: Option<Box<dyn Read + Send>>, into: Arc<Mutex<String>>) -> std::thr
         }
     })
 }
+
+/// A tmpfs mounted for one test (a small, really full disk); unmounted on
+/// drop. The tests run as root: a mount that fails is a test failure with
+/// the reason, never a silent pass.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB at `path` (created if missing).
+    pub fn mount(path: &Path, size_mib: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount(8) to make a {size_mib} MiB tmpfs (this test needs it): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a {size_mib} MiB tmpfs at {} (this test needs root or CAP_SYS_ADMIN): {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
