@@ -79,7 +79,7 @@ pub struct Flags {
     /// Longest time async-flush data waits for its fdatasync, in milliseconds, 1..=60000 [default: 50].
     #[arg(long, value_name = "MS")]
     pub flush_interval_ms: Option<u64>,
-    /// Write-ahead-log segment size in bytes, 17825792 (17 MiB)..=4294967296 (4 GiB): a segment holds at
+    /// Write-ahead-log segment size in bytes, 17825792..=4294967296 (17 MiB..=4 GiB): a segment holds at
     /// least one record of the largest size (a batch of 16 bodies of 1 MiB) [default: 67108864 (64 MiB)].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
@@ -104,12 +104,13 @@ pub struct Flags {
     /// How the write-ahead log does I/O [default: auto].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io_backend: Option<IoBackend>,
-    /// Start even if the log is corrupt, skipping unreadable records (each one is logged).
+    /// Start even if the log is corrupt: skip exactly the damaged records (each one is logged, and its
+    /// bytes are saved in the shard's quarantine/ directory first) and keep every valid record.
     #[arg(long)]
     pub repair: bool,
     /// Testing only: while this file exists the log behaves as if the disk were full
     /// (put `eio` in it for a failing device, `eio-create` for failing segment creation,
-    /// `stall-sync` for an fdatasync that does not finish).
+    /// `eio-sync` for a failing fdatasync, `stall-sync` for an fdatasync that does not finish).
     #[arg(long, hide = true, value_name = "FILE")]
     pub fault_file: Option<PathBuf>,
     /// Testing only: acknowledge the send carrying every Nth message without storing it
@@ -266,7 +267,7 @@ mod tests {
         for range in [
             format!("1..={SHARDS_MAX}"),
             format!("1..={FLUSH_INTERVAL_MS_MAX}"),
-            format!("{SEGMENT_BYTES_MIN} (17 MiB)..={SEGMENT_BYTES_MAX} (4 GiB)"),
+            format!("{SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} (17 MiB..=4 GiB)"),
             format!("1..={CONNECTIONS_MAX}"),
             format!("1..={QUEUES_MAX}"),
             format!("1..={TOPICS_MAX}"),

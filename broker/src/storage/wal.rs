@@ -963,8 +963,10 @@ impl Wal {
         if self.has_pending() {
             return Err(WalError::Busy("records are pending; submit them first"));
         }
-        if fault(&self.cfg.fault_file) == Fault::Eio {
-            return Err(WalError::io("write", &self.segs[self.active].path, eio()));
+        match fault(&self.cfg.fault_file) {
+            Fault::Eio => return Err(WalError::io("write", &self.segs[self.active].path, eio())),
+            Fault::EioSync => return Err(WalError::io("fdatasync", &self.segs[self.active].path, eio())),
+            _ => {}
         }
         if self.prep == Prep::Failed && self.active + 1 == self.segs.len() && self.full_retry_at.is_none() {
             // The failure was (or may be) the next segment's creation: make
