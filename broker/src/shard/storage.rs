@@ -363,3 +363,111 @@ impl Log for ShardLog {
         ShardLog::read(self, pos, len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use cmq_protocol::{FlushPolicy, QueueAttributesUpdate};
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::storage::{Backend, SEGMENT_BYTES_MIN};
+
+    type Res = Result<(), Box<dyn std::error::Error>>;
+
+    fn engine() -> ShardEngine {
+        ShardEngine::new(EngineConfig {
+            shard: 0,
+            shard_count: 1,
+            secret: [7; 16],
+            default_flush: FlushPolicy::Async,
+            queues_max: 100,
+        })
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Runs housekeeping until `done` holds (the catalog is written on the
+    /// housekeeper thread, so its outcome arrives later).
+    fn housekeep_until(log: &mut ShardLog, e: &mut ShardEngine, done: impl Fn(&ShardLog) -> bool) -> Res {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(log) {
+            if Instant::now() > deadline {
+                return Err("housekeeping did not get there".into());
+            }
+            log.housekeep(e);
+            log.submit(10);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// The catalog is written off the loop, and the segments below its
+    /// position are released only once it is durable: a catalog write that
+    /// fails releases nothing, and a restart then still finds every queue.
+    #[test]
+    fn segments_are_released_only_after_the_catalog_is_durable() -> Res {
+        let d = tempfile::tempdir()?;
+        let fault = d.path().join("FAULT");
+        let dir = d.path().join("shard-0");
+        let cfg = WalConfig {
+            segment_bytes: SEGMENT_BYTES_MIN,
+            backend: Backend::Thread,
+            repair: false,
+            fault_file: Some(fault.clone()),
+        };
+        let mut e = engine();
+        let (mut log, _) = ShardLog::open(&dir, cfg.clone(), 50, &mut e)?;
+        let attrs = QueueAttributesUpdate::default();
+        e.create_queue(&mut log, 1, "keep", &attrs, 1).map_err(|e| e.message)?;
+        e.create_queue(&mut log, 1, "filler", &attrs, 2).map_err(|e| e.message)?;
+        let batch = vec![Bytes::from(vec![b'x'; 64 << 10]); 16];
+        for _ in 0..40 {
+            e.send(&mut log, 2, "filler", 0, &batch).map_err(|e| e.message)?;
+            log.submit(2);
+            assert!(log.sync_and_wait(Duration::from_secs(30)));
+        }
+        e.delete_queue(&mut log, 3, "filler").map_err(|e| e.message)?;
+        log.submit(3);
+        assert!(log.sync_and_wait(Duration::from_secs(30)));
+        let first = segment_files(&dir).first().cloned().ok_or("no segment")?;
+        assert!(segment_files(&dir).len() >= 3);
+
+        // Only "keep"'s creation holds the first segment: a catalog is due.
+        // Its write fails: nothing is released.
+        std::fs::write(&fault, b"eio")?;
+        assert!(!log.housekeep(&mut e));
+        assert!(matches!(log.catalog_write, CatalogWrite::Ready(_)));
+        log.submit(4);
+        assert!(matches!(log.catalog_write, CatalogWrite::Writing), "the catalog went to the housekeeper");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(log.catalog_write, CatalogWrite::Idle) {
+            assert!(Instant::now() < deadline, "the catalog write never finished");
+            log.collect_catalog();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.housekeep(&mut e);
+        assert_eq!(log.catalog_pos, 0);
+        assert!(first.exists(), "a segment was released although its catalog was never written");
+        assert!(!dir.join(CATALOG_FILE).exists());
+
+        // The fault gone, the catalog is written, then the segments go.
+        std::fs::remove_file(&fault)?;
+        housekeep_until(&mut log, &mut e, |l| l.catalog_pos > 0)?;
+        assert!(dir.join(CATALOG_FILE).exists());
+        housekeep_until(&mut log, &mut e, |_| !first.exists())?;
+        drop(log);
+        let mut again = engine();
+        let (_log, _) = ShardLog::open(&dir, cfg, 50, &mut again)?;
+        assert_eq!(again.queue_count(), 1, "the catalog kept the queue whose creation was released");
+        Ok(())
+    }
+}
