@@ -1,7 +1,8 @@
-//! Per-shard write-ahead log: segments, group commit, recovery; plus the
-//! data-directory manifest and lock.
+//! Per-shard write-ahead log: segments, group commit, durable marks,
+//! recovery (torn write versus corruption), the spare segment for a full
+//! disk, checkpoint files; plus the data-directory manifest and lock.
 //!
-//! # On-disk format (format version 1)
+//! # On-disk format (format version 2)
 //!
 //! A shard's log lives in `<data-dir>/shard-<k>/` as a sequence of segment
 //! files. A log position ([`LogPos`]) is a global byte offset: position `p`
@@ -14,9 +15,10 @@
 //! * Name: the base position, zero-padded to 20 decimal digits, plus `.log`
 //!   (`00000000000000000000.log`), so `ls` sorts them in log order.
 //! * Capacity: the file length, fixed at creation (`segment_bytes` then;
-//!   segments created under an older configuration keep their size). The
-//!   next segment's base is always `base + capacity`, so a missing file shows
-//!   up as a gap between one segment's end and the next one's base.
+//!   segments created under an older configuration keep their size, and
+//!   an adopted spare has [`SPARE_SEGMENT_BYTES`]). The next segment's base
+//!   is always `base + capacity`, so a missing file shows up as a gap
+//!   between one segment's end and the next one's base.
 //! * Created as `<name>.log.tmp`, preallocated with `fallocate` to its full
 //!   capacity (so an `fdatasync` after a write into it has no file-size
 //!   metadata to commit), header written, `fsync`ed, renamed to its final
@@ -27,64 +29,122 @@
 //!   | offset | size | field |
 //!   | ---: | ---: | --- |
 //!   | 0 | 8 | magic `b"cmq-wal\n"` |
-//!   | 8 | 4 | format version, u32 = 1 |
+//!   | 8 | 4 | format version, u32 = 2 |
 //!   | 12 | 8 | base position, u64 (must equal the file name) |
 //!   | 20 | 8 | capacity in bytes, u64 (the file length at creation) |
 //!   | 28 | 4 | CRC32C of bytes 0..28 |
 //!
+//!   A segment of another format version is refused with
+//!   [`WalError::Format`] (never "repaired"); the manifest's version 2
+//!   refuses an older data directory before that.
 //! * Records follow from file offset 32, packed back to back with no
 //!   alignment or padding between them. A record never spans segments: when
 //!   a record does not fit in the rest of a segment, the log continues at
 //!   the next segment's first record, and the rest of the old segment stays
-//!   zero.
+//!   zero. Records of the engine stop [`SEGMENT_MARK_ROOM_BYTES`] short of a
+//!   segment's end, so that the durable marks that follow them always fit.
 //! * End of data: the first record slot whose length field is 0, or fewer
-//!   than 9 bytes left in the segment. Every byte from there to the end of
+//!   than 13 bytes left in the segment. Every byte from there to the end of
 //!   the segment is zero (preallocated space), except in the torn tail
 //!   described under recovery.
 //!
-//! ## Record framing (9-byte header + payload), integers little-endian
+//! ## Record framing (13-byte header + payload), integers little-endian
 //!
 //! | offset | size | field |
 //! | ---: | ---: | --- |
-//! | 0 | 4 | `len`, u32 = 1 + payload length (the type byte plus the payload); never 0, so a zero length means end of data; at most 1 + [`RECORD_PAYLOAD_MAX_BYTES`] |
-//! | 4 | 4 | `crc`, u32 = CRC32C (Castagnoli) of bytes 0..4 (the `len` field as stored) followed by bytes 8..8+len (type and payload) |
-//! | 8 | 1 | `rtype`: 0 is a padding record written by `repair` over damaged bytes and is never delivered; 1..=255 belong to the engine |
-//! | 9 | len-1 | payload, opaque to the WAL |
+//! | 0 | 4 | `len`, u32 = the whole record, header included (13 + payload length); never 0, so a zero length means end of data; at most [`RECORD_BYTES_MAX`] |
+//! | 4 | 1 | `rtype`: 0 is the WAL's own (padding, durable marks), never delivered; 1..=255 belong to the engine |
+//! | 5 | 4 | `payload_crc`, u32 = CRC32C (Castagnoli) of the payload |
+//! | 9 | 4 | `header_crc`, u32 = CRC32C of the record's log position (u64, little-endian) followed by bytes 0..9 |
+//! | 13 | len-13 | payload, opaque to the WAL (for `rtype` 0: see below) |
 //!
-//! [`Wal::append`] returns the position of the payload (record start + 9);
-//! that is the position [`Wal::read`] takes.
+//! The header CRC binds a record to its position: a record image found
+//! anywhere else (stale bytes, a log record inside a message body) does not
+//! verify there. It also makes the search for the next record after damage
+//! cheap and reliable: a candidate costs a 17-byte CRC, and only a verifying
+//! header leads to the payload CRC. [`Wal::append`] returns the position of
+//! the payload (record start + 13); that is the position [`Wal::read`]
+//! takes.
+//!
+//! WAL records (`rtype` 0) have a kind in their first payload byte:
+//!
+//! * kind 0, padding: all-zero payload; written by repair over damaged
+//!   bytes.
+//! * kind 1, durable mark: payload `[1, durable: u64]`, 22 bytes with the
+//!   header: every byte of the log below `durable` had been covered by a
+//!   completed `fdatasync` when the mark was appended.
+//!
+//! ## Durable marks
+//!
+//! After a crash, recovery must tell a torn write (bytes that were written
+//! but never durable: dropped silently) from damage to durable data (never
+//! dropped silently). The log records where durability stood:
+//!
+//! * When an `fdatasync` completes and it covered engine records that no
+//!   mark claims yet, the WAL appends a mark claiming the new synced end
+//!   and writes it at once (in [`Wal::poll_completions`], before returning;
+//!   records appended but not submitted yet are written with it). If
+//!   records appended this turn are pending at a `submit`, the mark goes at
+//!   the end of that write instead.
+//! * [`Wal::durable_end`], which sync acknowledgements wait for, advances
+//!   only once such a mark is written: no acknowledgement of sync data ever
+//!   goes out before a mark claiming it is in the page cache. After kill -9
+//!   (the page cache survives) every acknowledged byte lies below a claim
+//!   found in the log. After a power loss the last mark may be lost with
+//!   the other unsynced bytes; the claims then lag by at most the last
+//!   `fdatasync` (the next one would have covered the mark).
+//! * Marks cost one small write per `fdatasync` and 22 bytes of log; a mark
+//!   alone asks for no `fdatasync` (`submit(true)` with only marks unsynced
+//!   does nothing). On the Raft log of issue 11 the same claim is what a
+//!   follower reports as persisted.
 //!
 //! # Recovery rules (applied by [`Wal::open`] and [`Wal::open_replay`])
 //!
 //! 1. Segments are listed by name and must be contiguous (`next.base ==
-//!    base + capacity`); every header and every record CRC is verified.
-//!    A gap is an error naming the missing range; with `repair` the gap is
-//!    filled with an empty sparse segment and reported.
+//!    base + capacity`); every header and every record (both CRCs) is
+//!    verified. A gap is an error naming the missing range; with `repair`
+//!    the gap is filled with an empty sparse segment and reported.
 //! 2. A segment file shorter than its header's capacity (someone truncated
 //!    it) is read as if zero-extended and is extended back with `fallocate`.
 //! 3. The *newest data segment* is the last one holding any non-zero byte
-//!    after its header. In it, the first bad record (CRC mismatch, a length
-//!    running past the segment, an impossible length, or non-zero bytes
-//!    after the zero end marker) at offset `X` ends the log **if every byte
-//!    from `X + TORN_WINDOW_BYTES` to the end of the segment is zero**. The
-//!    bytes from `X` to the last non-zero byte are zeroed and `fdatasync`ed,
-//!    a `log::warn!` names the segment, the offset and the byte count, and
-//!    [`RecoveryReport::torn_tail`] says the same.
-//!    Why that window is enough: the writer never lets more than
-//!    [`TORN_WINDOW_BYTES`] be written-but-not-`fdatasync`ed (a write that
-//!    would pass it waits for an `fdatasync` to complete), and it writes
-//!    nothing into a new segment until every byte of the old one is
-//!    durable, so everything a crash can leave half-written lies in one
-//!    segment, within that window after the last durable byte, which is
-//!    at or before `X`.
+//!    after its header. In it, the first bad record (a CRC mismatch, an
+//!    impossible length, a length running past the segment, or non-zero
+//!    bytes after the zero end marker) at offset `X` is a **torn write**
+//!    if both hold:
+//!    * no durable mark in the valid records after `X` (found by the same
+//!      search repair uses) claims a position beyond `X`: otherwise `X`
+//!      was durable before the mark was written, and its damage is not a
+//!      crash artifact; and
+//!    * every non-zero byte lies within `max(TORN_WINDOW_BYTES, L)` of
+//!      `X`, where `L` is the length of the record at `X` if its header
+//!      verifies, else [`RECORD_BYTES_MAX`]: the writer never lets more
+//!      than [`TORN_WINDOW_BYTES`] be written but not synced, except for
+//!      one larger record written alone (see "Write path"), and it writes
+//!      nothing into a new segment until every byte of the old one is
+//!      durable, so everything a crash can leave half-written lies in one
+//!      segment, in that span after the last durable byte, which is at or
+//!      before `X`.
+//!
+//!    A torn tail is dropped: the bytes from `X` to the last non-zero byte
+//!    are zeroed and `fdatasync`ed (valid records among them are unsynced
+//!    writes that a power loss kept out of order: nothing claims them), a
+//!    `log::warn!` names the segment, the offset and the byte count, and
+//!    [`RecoveryReport::torn_tail`] says the same. After kill -9 nothing is
+//!    torn except a write the kill cut short, which was never acknowledged.
 //! 4. Anything else is corruption: a bad record or non-zero garbage in an
-//!    older segment, or garbage in the newest data segment reaching past the
-//!    window. `open` fails with [`WalError::Corrupt`] naming the file and
-//!    offset. With `repair`, the damaged bytes are skipped by scanning forward
-//!    (from 9 bytes past the bad record) for the next record whose length
-//!    is possible and whose CRC verifies; the skipped range is overwritten
-//!    with padding records (or zeroed if no valid record follows), so the
-//!    next open is clean; every skip is in [`RecoveryReport::skipped`].
+//!    older segment (all of it was durable), or in the newest data segment
+//!    damage that a mark shows was durable, or that reaches past the span
+//!    above. `open` fails with [`WalError::Corrupt`], naming the file, the
+//!    offset of the damaged record and `--repair`. With `repair`, exactly
+//!    the damaged records are skipped: the next valid record is the one
+//!    right after the damaged one when its header verifies (its length is
+//!    known), else the first offset at least a header further whose
+//!    record verifies; the skipped range is first saved to
+//!    `quarantine/<segment file>@<file offset>` in the log's directory
+//!    (fsync'd, listed in [`RecoveryReport::quarantined`]), then
+//!    overwritten with padding records (or zeroed if no valid record
+//!    follows), so the next open is clean; every valid record after it is
+//!    kept, and every skip is in [`RecoveryReport::skipped`].
 //! 5. Empty segments after the newest data segment are segments prepared
 //!    ahead of time and are kept.
 //!
@@ -128,8 +188,10 @@
 //!
 //! * at most [`TORN_WINDOW_BYTES`] may be written but not durable (rule 3
 //!   above): a write that would pass it is held back (whole records at a
-//!   time) until an fdatasync completes; to make that rare, the WAL starts
-//!   one by itself once [`SYNC_AHEAD_BYTES`] are outstanding;
+//!   time) until an fdatasync completes; a single record larger than the
+//!   window is written alone, once nothing else is unsynced, and nothing
+//!   follows it until it is durable. To make waiting rare, the WAL starts
+//!   an fdatasync by itself once [`SYNC_AHEAD_BYTES`] are outstanding;
 //! * nothing is written into a segment while an older one holds bytes
 //!   that are not durable (only the newest data segment may hold a torn
 //!   tail): at a segment roll, the first write into the new segment waits
@@ -141,8 +203,9 @@
 //! fdatasync completes. Progress is two positions: [`Wal::written_end`]
 //! (every byte below is in the OS: async acknowledgements may go out;
 //! advances inside `submit`) and [`Wal::durable_end`] (every byte below is
-//! fdatasync'd: sync acknowledgements may go out, a crash loses nothing
-//! below it; advances when `poll_completions` collects an fdatasync). Both
+//! fdatasync'd and claimed by a written durable mark: sync
+//! acknowledgements may go out, a crash loses nothing below it; advances
+//! when `poll_completions` collects an fdatasync and writes its mark). Both
 //! only grow. Submitted batches complete in id order when their end is
 //! written (async) or durable (sync); completion of an fdatasync is
 //! signalled on an eventfd the shard registers in its mio `Poll`, while
@@ -154,47 +217,70 @@
 //! page each time) 2 µs, p99 about 150 µs (not from our code: the 1-record
 //! case runs the same path; probably ext4's work on fresh pages of an
 //! unwritten extent right after an fdatasync, unverified); a 1 MiB batch
-//! about 0.2-0.3 ms, p99 about 1-2 ms. New segments are created, and released ones
-//! unmapped and deleted, by a per-shard housekeeper thread (an unmap of a
-//! 64 MiB segment with resident pages took about 20 ms on the shard's loop).
+//! about 0.2-0.3 ms, p99 about 1-2 ms. New segments are created, and
+//! released ones unmapped and deleted, by a per-shard housekeeper thread
+//! (an unmap of a 64 MiB segment with resident pages took about 20 ms on
+//! the shard's loop); so are checkpoints (below).
 //!
 //! After a write or fsync error, or a segment creation failing for any
 //! other reason than a full disk, the WAL refuses all writes (the
 //! PostgreSQL fsync lesson) until [`Wal::try_recover`] has re-validated the
-//! tail. Appended bytes not yet written are dropped; once a running
-//! fdatasync has finished, every batch that has not completed fails (the
-//! first with the error, later ones with [`WalError::Unavailable`]), and
-//! recovery resumes at `written_end`.
+//! tail (it re-reads what was written but not synced, checks it, writes it
+//! again and fdatasyncs it; it keeps failing while the fault lasts).
+//! Appended bytes not yet written are dropped; once a running fdatasync
+//! has finished, every batch that has not completed fails (the first with
+//! the error, later ones with [`WalError::Unavailable`]), and recovery
+//! resumes at `written_end`. Nothing is acknowledged that an fdatasync did
+//! not cover: a sync batch whose fdatasync failed fails.
 //!
 //! # Full disk
 //!
 //! Segments are preallocated, so a full disk cannot fail a write into an
 //! existing segment; it fails the creation of the next one (fallocate,
 //! file creation or rename with ENOSPC / EDQUOT). That failure writes
-//! nothing and loses nothing, so it does not fail the WAL:
+//! nothing and loses nothing, so it does not fail the WAL. Recovery from it
+//! never depends on a whole free segment appearing:
 //!
+//! * Each log keeps a **spare segment**: `spare-segment` in its
+//!   directory, [`SPARE_SEGMENT_BYTES`] preallocated (created at open,
+//!   before the first segment, and renewed by the housekeeper before it
+//!   creates any other segment, so a shard on a shared disk keeps its own
+//!   emergency allowance). When the next segment cannot be created for
+//!   lack of space, the housekeeper turns the spare into it instead
+//!   (header, fsync, rename: no new space needed): an *emergency segment*,
+//!   recognised by its size (smaller than [`SEGMENT_BYTES_MIN`]).
 //! * Appends have a class ([`AppendClass`]). `Normal` appends (new data)
-//!   stop [`SEGMENT_RESERVE_BYTES`] short of the end of the last segment on
-//!   disk; `Reserve` appends (the broker's deletes, receives and visibility
-//!   changes: small, and they lead to space being freed) may fill it. In
-//!   the normal case the next segment is already prepared when the active
-//!   one fills, and `Normal` appends fill the active one to its end: the
-//!   reserve costs no space until the disk is actually full.
-//! * When an append needs a new segment and it cannot be created because
-//!   the disk is full, the append fails with [`WalError::NoSpace`] and adds
-//!   nothing; the WAL stays writable and readable, batches already
-//!   appended complete normally. `Normal` appends meet this first (at the
-//!   reserve), `Reserve` appends only once the reserve is used up.
-//! * The housekeeper starts preparing the next segment when the active
-//!   one is half full, so a full disk is usually noticed half a segment
-//!   before it matters. From then on the creation is retried by the
-//!   housekeeper (never blocking the shard's loop) at most every
-//!   [`NO_SPACE_RETRY_MS`] while appends need it, and at once after
-//!   [`Wal::release_before`] freed a segment (queued behind the deletions,
-//!   so it sees their space). As soon as a segment exists, appends resume;
-//!   no operator action and no `try_recover` is needed.
+//!   fill the last normal segment and never go into an emergency segment
+//!   while it is the last one: they get [`WalError::NoSpace`] and add
+//!   nothing. `Reserve` appends (the broker's deletes, receives and
+//!   visibility changes: small, and they lead to space being freed) go on
+//!   in the emergency segment, and get `NoSpace` only once it is full and
+//!   no further spare can be made. The WAL stays writable and readable;
+//!   batches already appended complete normally.
+//! * The head of the log has moved into the emergency segment, so every
+//!   older segment, including the one that filled up, can be released as
+//!   soon as its messages are deleted (the shard's housekeeping, about once
+//!   a second, writes a catalog and releases them). A release retries the
+//!   creation of the next segment at once (queued behind the deletions, so
+//!   it sees their space); otherwise it is retried by the housekeeper at
+//!   most every [`NO_SPACE_RETRY_MS`] while appends need it. As soon as a
+//!   segment exists, `Normal` appends resume; no operator action, restart
+//!   or `try_recover` is needed, whatever the number of shards sharing the
+//!   disk. A restart on a full disk finds the emergency segment (and the
+//!   spare, if one was made) and goes on the same way.
 //! * A write or fdatasync that fails (with ENOSPC, EIO or anything else)
 //!   is not this case: it fails the WAL as described above.
+//!
+//! # Checkpoints
+//!
+//! [`Wal::checkpoint`] writes a file beside the log (the shard's catalog:
+//! `engine/catalog.rs`) on the housekeeper thread, never on the shard's
+//! loop: the housekeeper first fdatasyncs the log up to the checkpoint's
+//! position (so the file never claims records a crash could lose), then
+//! writes `<name>.next` (kept preallocated, so a full disk does not stop
+//! it), fsyncs it, renames it over `<name>` and fsyncs the directory.
+//! [`Wal::poll_checkpoint`] reports the outcome; only then may the caller
+//! release segments below the checkpoint's position.
 
 mod checkpoint;
 mod error;
