@@ -34,8 +34,16 @@ const RECOVER_EVERY_MS: u64 = 1000;
 /// catalog's position are released only after that.
 enum CatalogWrite {
     Idle,
-    Ready(Box<Catalog>),
-    Writing,
+    /// Taken; `live` is the lowest position live data needed then (it only
+    /// grows: new data goes to the head), the bound for the release that
+    /// follows the write.
+    Ready {
+        catalog: Box<Catalog>,
+        live: u64,
+    },
+    Writing {
+        live: u64,
+    },
 }
 
 pub struct ShardLog {
@@ -159,11 +167,12 @@ impl ShardLog {
     /// Hands a catalog snapshot to the WAL's housekeeper once every record
     /// before its position is written.
     fn send_catalog(&mut self) {
-        let CatalogWrite::Ready(c) = &self.catalog_write else { return };
-        if self.wal.written_end().0 < c.log_pos {
+        let CatalogWrite::Ready { catalog, live } = &self.catalog_write else { return };
+        if self.wal.written_end().0 < catalog.log_pos {
             return;
         }
-        let CatalogWrite::Ready(c) = std::mem::replace(&mut self.catalog_write, CatalogWrite::Writing) else {
+        let writing = CatalogWrite::Writing { live: *live };
+        let CatalogWrite::Ready { catalog: c, .. } = std::mem::replace(&mut self.catalog_write, writing) else {
             return;
         };
         let pos = LogPos(c.log_pos);
@@ -174,12 +183,16 @@ impl ShardLog {
     }
 
     /// Takes the outcome of a catalog write: from now on, segments below
-    /// its position may be released.
+    /// its position may be released, and those that nothing else needs are,
+    /// at once (on a full disk, the space they free is what new data waits
+    /// for).
     fn collect_catalog(&mut self) {
+        let CatalogWrite::Writing { live } = self.catalog_write else { return };
         match self.wal.poll_checkpoint() {
             Some(Ok(pos)) => {
                 self.catalog_pos = self.catalog_pos.max(pos.0);
                 self.catalog_write = CatalogWrite::Idle;
+                self.wal.release_before(LogPos(live.min(self.catalog_pos)));
             }
             Some(Err(e)) => {
                 log::warn!("cannot write catalog in {}: {e}", self.dir.display());
@@ -216,6 +229,7 @@ impl ShardLog {
     /// answer: output is released from `progress()`.
     pub fn poll_failure(&mut self) -> Option<(u64, String)> {
         let progress = self.wal.poll_completions(&mut self.completions);
+        self.collect_catalog();
         if progress.durable_end >= self.wal.records_end() {
             // Everything is durable already (the WAL syncs ahead on its own).
             self.unsynced_since_ms = None;
@@ -245,7 +259,7 @@ impl ShardLog {
                 // Appends that were never written are gone; their positions
                 // will be reused, so a catalog taken after them is void.
                 self.sync_mark = self.sync_mark.min(self.wal.end().0);
-                if matches!(self.catalog_write, CatalogWrite::Ready(_)) {
+                if matches!(self.catalog_write, CatalogWrite::Ready { .. }) {
                     self.catalog_write = CatalogWrite::Idle;
                 }
                 log::info!("log {} writable again", self.dir.display());
@@ -273,6 +287,12 @@ impl ShardLog {
         let oldest_end = oldest.base.0 + oldest.capacity;
         let live = engine.min_live_pos().unwrap_or(u64::MAX);
         let bound = live.min(self.catalog_pos);
+        log::debug!(
+            "log {}: oldest segment ends at {oldest_end}, live data from {live}, catalog at {}, head at {}",
+            self.dir.display(),
+            self.catalog_pos,
+            self.wal.end().0
+        );
         if bound >= oldest_end {
             self.wal.release_before(LogPos(bound));
             return false;
@@ -283,7 +303,7 @@ impl ShardLog {
             // Only queue-management records keep the oldest segment:
             // snapshot them (written off the loop; released once durable).
             let pos = self.wal.end().0;
-            self.catalog_write = CatalogWrite::Ready(Box::new(engine.catalog(pos)));
+            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live };
             return false;
         }
         // Live messages keep the oldest segment: copy them forward if they are few.
@@ -445,9 +465,9 @@ mod tests {
         // Its write fails: nothing is released.
         std::fs::write(&fault, b"eio")?;
         assert!(!log.housekeep(&mut e));
-        assert!(matches!(log.catalog_write, CatalogWrite::Ready(_)));
+        assert!(matches!(log.catalog_write, CatalogWrite::Ready { .. }));
         log.submit(4);
-        assert!(matches!(log.catalog_write, CatalogWrite::Writing), "the catalog went to the housekeeper");
+        assert!(matches!(log.catalog_write, CatalogWrite::Writing { .. }), "the catalog went to the housekeeper");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(log.catalog_write, CatalogWrite::Idle) {
             assert!(Instant::now() < deadline, "the catalog write never finished");

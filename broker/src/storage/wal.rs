@@ -388,12 +388,13 @@ impl Wal {
             }
         }
         let rec = recover(dir, &cfg, from.0, f)?;
+        let mut segs: VecDeque<Segment> = rec.segs.into();
+        return_unused_spare(dir, &mut segs, rec.newest)?;
         // The emergency allowance comes first, before the first segment; on
         // a full disk the housekeeper keeps trying (with every preparation).
         if let Err(e) = ensure_spare(dir, &cfg.fault_file) {
             log::warn!("WAL in {}: cannot create the spare segment: {e}; retrying as space allows", dir.display());
         }
-        let mut segs: VecDeque<Segment> = rec.segs.into();
         if segs.is_empty() {
             let path = segment_path(dir, 0);
             let file = create_segment(dir, 0, cfg.segment_bytes, Reserve::Preallocate, &cfg.fault_file)
@@ -865,6 +866,15 @@ impl Wal {
             }
             if let Some(seg) = self.segs.pop_front() {
                 self.active -= 1;
+                if self.last_written.as_ref().is_some_and(|l| l.seg_base == seg.base) {
+                    // Its unsynced bytes (every unsynced byte lies in it) are
+                    // dead; holding its file would keep a deleted file's space
+                    // allocated, which a full disk needs back.
+                    self.last_written = None;
+                    self.durable_bytes = self.written_bytes;
+                    self.synced_end = self.synced_end.max(seg.end().min(self.written_end));
+                    self.note_durability();
+                }
                 log::debug!("releasing WAL segment {}", seg.path.display());
                 // Unmapped, closed and unlinked on the housekeeper thread,
                 // in order: unmapping stalls the caller for milliseconds.
@@ -1251,14 +1261,30 @@ impl Wal {
 
     /// Where appends of `class` must stop in the active segment: short of
     /// the mark room at its end, or for `Normal` appends in an emergency
-    /// segment that is the last one, at its start.
+    /// segment, at its start (new data never goes into one: it rolls on to
+    /// the next normal segment, so the emergency segment can be released
+    /// as soon as the records in it are dead).
     fn append_limit(&self, class: AppendClass) -> u64 {
         let seg = &self.segs[self.active];
-        if class == AppendClass::Normal && seg.emergency && self.active + 1 == self.segs.len() {
+        if class == AppendClass::Normal && seg.emergency {
             seg.base + SEGMENT_HEADER_BYTES
         } else {
             seg.end() - SEGMENT_MARK_ROOM_BYTES.min(seg.capacity)
         }
+    }
+
+    /// Once a normal segment follows the emergency segment holding the
+    /// head, moves the head into it, appends or not: the emergency segment
+    /// then holds no head and is released (and its space given back) as
+    /// soon as its records are dead, even on a shard nobody writes to.
+    fn leave_emergency(&mut self) {
+        let next = self.active + 1;
+        if self.failed || !self.segs[self.active].emergency || self.segs.get(next).is_none_or(|s| s.emergency) {
+            return;
+        }
+        self.segs[self.active].data_end = self.end;
+        self.active = next;
+        self.end = self.segs[next].base + SEGMENT_HEADER_BYTES;
     }
 
     /// Moves appends to the next segment (prepared in the background if
@@ -1451,7 +1477,9 @@ impl Wal {
                     self.prep = Prep::Idle;
                     // A mapping failure has failed the WAL; the next append
                     // reports it.
-                    let _ = self.take_prepared(p);
+                    if self.take_prepared(p).is_ok() {
+                        self.leave_emergency();
+                    }
                 }
             }
             Prep::Idle | Prep::Failed => {
@@ -1470,6 +1498,28 @@ impl Wal {
             }
         }
     }
+}
+
+/// An emergency segment that was prepared ahead of the newest data segment
+/// and never written to (the process stopped first) goes back to being the
+/// spare, or is deleted if there is a spare already: otherwise a restart on
+/// a full disk would hold two emergency allowances, and a head left in the
+/// full segment before it could never leave it.
+fn return_unused_spare(dir: &Path, segs: &mut VecDeque<Segment>, newest: usize) -> Result<(), WalError> {
+    while segs.len() > newest + 1 {
+        let Some(last) = segs.back() else { break };
+        if !last.emergency || last.data_end > last.base + SEGMENT_HEADER_BYTES {
+            break;
+        }
+        let Some(seg) = segs.pop_back() else { break };
+        let path = seg.path.clone();
+        drop(seg);
+        let spare = dir.join(super::segment::SPARE_NAME);
+        let r = if spare.exists() { std::fs::remove_file(&path) } else { std::fs::rename(&path, &spare) };
+        r.and_then(|()| sync_dir(dir)).map_err(|e| WalError::io("return an unused emergency segment", &path, e))?;
+        log::info!("WAL in {}: unused emergency segment {} is the spare again", dir.display(), path.display());
+    }
+    Ok(())
 }
 
 /// Bytes of the longest run of whole records at the start of `buf` (back
