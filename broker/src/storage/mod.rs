@@ -250,24 +250,31 @@
 //!   (header, fsync, rename: no new space needed): an *emergency segment*,
 //!   recognised by its size (smaller than [`SEGMENT_BYTES_MIN`]).
 //! * Appends have a class ([`AppendClass`]). `Normal` appends (new data)
-//!   fill the last normal segment and never go into an emergency segment
-//!   while it is the last one: they get [`WalError::NoSpace`] and add
-//!   nothing. `Reserve` appends (the broker's deletes, receives and
-//!   visibility changes: small, and they lead to space being freed) go on
-//!   in the emergency segment, and get `NoSpace` only once it is full and
-//!   no further spare can be made. The WAL stays writable and readable;
-//!   batches already appended complete normally.
+//!   fill the last normal segment and never go into an emergency segment:
+//!   they get [`WalError::NoSpace`] and add nothing. `Reserve` appends (the
+//!   broker's deletes, receives and visibility changes: small, and they
+//!   lead to space being freed) go on in the emergency segment, and get
+//!   `NoSpace` only once it is full and no further spare can be made. The
+//!   WAL stays writable and readable; batches already appended complete
+//!   normally.
 //! * The head of the log has moved into the emergency segment, so every
 //!   older segment, including the one that filled up, can be released as
 //!   soon as its messages are deleted (the shard's housekeeping, about once
-//!   a second, writes a catalog and releases them). A release retries the
-//!   creation of the next segment at once (queued behind the deletions, so
-//!   it sees their space); otherwise it is retried by the housekeeper at
-//!   most every [`NO_SPACE_RETRY_MS`] while appends need it. As soon as a
-//!   segment exists, `Normal` appends resume; no operator action, restart
-//!   or `try_recover` is needed, whatever the number of shards sharing the
-//!   disk. A restart on a full disk finds the emergency segment (and the
-//!   spare, if one was made) and goes on the same way.
+//!   a second, takes a catalog; the segments go as soon as it is durable).
+//!   A release retries the creation of the next segment at once (queued
+//!   behind the deletions, so it sees their space); otherwise it is retried
+//!   by the housekeeper at most every [`NO_SPACE_RETRY_MS`] while appends
+//!   need it. As soon as a normal segment exists, the head moves into it
+//!   (appends or not), so the emergency segment is released in turn and
+//!   its space, too, goes back to the disk, and `Normal` appends resume; no
+//!   operator action, restart or `try_recover` is needed. Shards sharing
+//!   the disk recover one after the other as each gives its emergency
+//!   segment back. A released segment's file is never held open (its
+//!   space would stay allocated).
+//! * A restart on a full disk finds the emergency segment and goes on the
+//!   same way; an emergency segment prepared ahead of the head and never
+//!   written to becomes the spare again (or is deleted if a spare exists),
+//!   so a shard never holds two allowances.
 //! * A write or fdatasync that fails (with ENOSPC, EIO or anything else)
 //!   is not this case: it fails the WAL as described above.
 //!
