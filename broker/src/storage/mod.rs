@@ -41,8 +41,9 @@
 //!   alignment or padding between them. A record never spans segments: when
 //!   a record does not fit in the rest of a segment, the log continues at
 //!   the next segment's first record, and the rest of the old segment stays
-//!   zero. Records of the engine stop [`SEGMENT_MARK_ROOM_BYTES`] short of a
-//!   segment's end, so that the durable marks that follow them always fit.
+//!   zero. Records of the engine stop [`SEGMENT_MARK_ROOM_BYTES`] (88) short
+//!   of a segment's end, so that the durable marks that follow them always
+//!   fit.
 //! * End of data: the first record slot whose length field is 0, or fewer
 //!   than 13 bytes left in the segment. Every byte from there to the end of
 //!   the segment is zero (preallocated space), except in the torn tail
@@ -340,9 +341,9 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 
 /// Room kept free at the end of every segment for durable marks: data
 /// records stop this short of a segment's end, so the marks that claim
-/// them always fit behind them (two at most follow the last data record
-/// of a segment; see "Durable marks" in the module docs).
-pub const SEGMENT_MARK_ROOM_BYTES: u64 = 2 * format::DURABLE_MARK_BYTES;
+/// them always fit behind them (at most three follow the last data record
+/// of a segment, see `Wal::append_mark`; one more for margin).
+pub const SEGMENT_MARK_ROOM_BYTES: u64 = 4 * format::DURABLE_MARK_BYTES;
 
 /// Smallest allowed segment: the largest record (a record never spans
 /// segments) behind the header, plus the mark room, rounded up to whole

@@ -584,11 +584,19 @@ impl Wal {
         !self.failed && self.data_end.min(self.synced_end) > self.claim_appended
     }
 
-    /// Appends a durable mark claiming `synced_end` (not written yet).
-    /// Data records leave `SEGMENT_MARK_ROOM_BYTES` at the end of every
-    /// segment, so a mark always fits in the active one.
+    /// Appends a durable mark claiming `synced_end` (not written yet), or
+    /// raises the claim of the last mark if it is the last record and not
+    /// written yet (so a stalled write never piles marks up). Data records
+    /// leave `SEGMENT_MARK_ROOM_BYTES` at the end of every segment, so a
+    /// mark always fits in the active one: at most three follow the last
+    /// data record of a segment (one written with it, one for the
+    /// fdatasync running when it was written, one for the next, which
+    /// covers it).
     fn append_mark(&mut self) {
         let claim = self.synced_end;
+        if self.raise_unwritten_mark(claim) {
+            return;
+        }
         let start = self.end;
         if start + DURABLE_MARK_BYTES > self.segs[self.active].end() {
             debug_assert!(false, "no room for a durable mark at {start}");
@@ -603,6 +611,22 @@ impl Wal {
         self.end += DURABLE_MARK_BYTES;
         self.claim_appended = claim;
         self.marks.push_back(PendingMark { end: self.end, claim });
+    }
+
+    /// Re-encodes the last record, when it is a mark not written yet, with
+    /// a higher claim. Returns whether it did.
+    fn raise_unwritten_mark(&mut self, claim: u64) -> bool {
+        let end = self.end;
+        let Some(m) = self.marks.back_mut().filter(|m| m.end == end && m.end > self.written_end) else {
+            return false;
+        };
+        let Some(c) = self.pending.back_mut().filter(|c| c.end() == end) else { return false };
+        let at = c.buf.len() - DURABLE_MARK_BYTES as usize;
+        c.buf.truncate(at);
+        encode_durable_mark(&mut c.buf, end - DURABLE_MARK_BYTES, claim);
+        m.claim = claim;
+        self.claim_appended = claim;
+        true
     }
 
     /// After a completed fdatasync: writes a mark claiming it right away
@@ -859,6 +883,7 @@ impl Wal {
     /// after the deletions, so it sees the space they free).
     pub fn release_before(&mut self, pos: LogPos) {
         let mut freed = false;
+        let mut released_last_written = false;
         while self.active > 0 {
             let Some(front) = self.segs.front() else { break };
             if front.end() > pos.0 || front.end() > self.written_end {
@@ -874,6 +899,7 @@ impl Wal {
                     self.durable_bytes = self.written_bytes;
                     self.synced_end = self.synced_end.max(seg.end().min(self.written_end));
                     self.note_durability();
+                    released_last_written = true;
                 }
                 log::debug!("releasing WAL segment {}", seg.path.display());
                 // Unmapped, closed and unlinked on the housekeeper thread,
@@ -881,6 +907,11 @@ impl Wal {
                 self.keeper.release(seg);
                 freed = true;
             }
+        }
+        if released_last_written && self.blocked {
+            // What waited for that segment to be durable may go now.
+            self.write_sealed();
+            self.maybe_start_sync();
         }
         if freed && self.full_retry_at.is_some() {
             self.full_retry_at = Some(Instant::now());
