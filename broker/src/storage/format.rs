@@ -94,7 +94,11 @@ pub(crate) fn record_bytes(payload_len: u64) -> u64 {
 /// position: a record image copied to another position (stale bytes of a
 /// reused area, a log record inside a message body) does not verify there.
 fn header_crc(pos: u64, head: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&pos.to_le_bytes()), head)
+    // One pass over 17 bytes on the stack: two calls cost twice the setup.
+    let mut b = [0u8; 8 + HEADER_CRC_AT];
+    b[..8].copy_from_slice(&pos.to_le_bytes());
+    b[8..].copy_from_slice(&head[..HEADER_CRC_AT]);
+    crc32c::crc32c(&b)
 }
 
 /// Appends one framed record, to be stored at log position `pos`, to
