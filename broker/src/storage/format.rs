@@ -265,7 +265,9 @@ pub(crate) fn nonzero_end_in(buf: &[u8], from: usize, data: &[Range<usize>]) -> 
 /// and a 17-byte header CRC; only a verifying header leads to the payload
 /// CRC, so a search through any bytes stays linear.
 pub(crate) fn resync_in(seg: &[u8], base: u64, from: usize, data: &[Range<usize>]) -> Option<usize> {
-    let last = seg.len().checked_sub(REC_HDR)?;
+    // Nor can one start after the last non-zero byte: a data range may be
+    // mostly zeros (cached pages of a preallocated segment count as data).
+    let last = seg.len().checked_sub(REC_HDR)?.min(nonzero_end_in(seg, from, data));
     data.iter().find_map(|r| {
         let (lo, hi) = (r.start.saturating_sub(3).max(from), r.end.min(last + 1));
         (lo..hi).find(|&o| matches!(parse_slot(seg, base, o, true), Slot::Record { .. }))
