@@ -635,7 +635,7 @@ listens (its empty RSS before producing: {fmt_bytes(rs.get("rss_empty") or 0)}; 
 
 matrix = ""
 if have_matrix:
-    matrix = f"""**The matrix (issue 4).** Each scenario: {runs} runs of {duration} s after {warmup} s of warm-up, a fresh
+    matrix = f"""**The matrix.** Each scenario: {runs} runs of {duration} s after {warmup} s of warm-up, a fresh
 `cmqd` (release build, default flags, data dir on disk) per run, `--verify` on. The table shows the median run
 (by msgs/s) and every run's msgs/s. msgs/s is completed cycles/s: messages sent, received and deleted. CPU is
 percent of one core over the measured interval (200% = both vCPUs). A 4 KiB overwrite + fdatasync took a median

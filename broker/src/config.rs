@@ -10,6 +10,11 @@ use clap::Parser;
 use cmq_protocol::FlushPolicy;
 use serde::Deserialize;
 
+use crate::push::{
+    PushConfig, ENDPOINT_CONCURRENCY_DEFAULT, ENDPOINT_CONCURRENCY_MAX, IDLE_KEEP_DEFAULT_MS, PUSH_WORKERS_DEFAULT,
+    PUSH_WORKERS_MAX,
+};
+
 /// Defaults, named so the help text, the TOML loader and the docs agree.
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:7700";
@@ -25,9 +30,24 @@ pub mod defaults {
     pub const MAX_QUEUES: usize = 100_000;
     /// Topics across all shards.
     pub const MAX_TOPICS: usize = 10_000;
-    /// Threads sending HTTP pushes, per shard.
-    pub const PUSH_WORKERS: usize = 4;
+    /// Threads sending HTTP pushes: one pool shared by every shard.
+    pub const PUSH_WORKERS: usize = super::PUSH_WORKERS_DEFAULT;
+    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port).
+    pub const PUSH_ENDPOINT_CONCURRENCY: usize = super::ENDPOINT_CONCURRENCY_DEFAULT;
+    /// How long an unused kept-alive push connection is kept (ms).
+    pub const PUSH_IDLE_KEEP_MS: u64 = super::IDLE_KEEP_DEFAULT_MS;
     pub const IO_BACKEND: &str = "auto";
+    /// A connection must complete its handshake within this (ms).
+    pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+    /// A connection with nothing in flight and nothing to send is closed after this (ms).
+    pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// A request frame must arrive whole, and pending output make progress, within this (ms).
+    pub const FRAME_TIMEOUT_MS: u64 = 30_000;
+    /// Default connection-buffer budget: this fraction (1/N) of the memory
+    /// the broker may use (RAM, or the cgroup's limit if lower).
+    pub const BUFFER_BUDGET_RAM_DIVISOR: u64 = 4;
+    /// Budget used when the memory size cannot be read.
+    pub const BUFFER_BUDGET_FALLBACK_BYTES: u64 = 1024 * 1024 * 1024;
 }
 
 /// Bounds on settings, checked at start-up before anything is written to
@@ -36,7 +56,6 @@ pub mod defaults {
 pub const SHARDS_MAX: usize = 256;
 pub const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
 pub const CONNECTIONS_MAX: usize = 1_000_000;
-pub const PUSH_WORKERS_MAX: usize = 64;
 /// Queues a broker may be configured for: a shard's catalog holds at most
 /// 10 million (`engine/catalog.rs`).
 pub const QUEUES_MAX: usize = 10_000_000;
@@ -46,6 +65,19 @@ pub const TOPICS_MAX: usize = 10_000_000;
 /// least one record of the largest size).
 pub const SEGMENT_BYTES_MIN: u64 = crate::storage::SEGMENT_BYTES_MIN;
 pub const SEGMENT_BYTES_MAX: u64 = crate::storage::SEGMENT_BYTES_MAX;
+/// An idle push connection is kept at most a day: past that it is a leak,
+/// not a cache (servers close idle connections after seconds to minutes).
+const PUSH_IDLE_KEEP_MS_MAX: u64 = 86_400_000;
+/// Deadlines shorter than this would close healthy connections on a busy
+/// machine (they are checked on a 250 ms tick).
+const DEADLINE_MS_MIN: u64 = 500;
+/// Longest handshake and frame deadline: one hour.
+const DEADLINE_MS_MAX: u64 = 3_600_000;
+/// Longest idle deadline: one week.
+const IDLE_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// The smallest budget that still lets one maximum-size request in and one
+/// maximum-size response out.
+pub const BUFFER_BUDGET_BYTES_MIN: u64 = 2 * cmq_protocol::limits::FRAME_BYTES_MAX as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -95,9 +127,21 @@ pub struct Flags {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_topics: Option<usize>,
-    /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions, 1..=64 [default: 4].
+    /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions, 1..=256 [default: 4].
     #[arg(long, value_name = "N")]
     pub push_workers: Option<usize>,
+    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port), 1..=64; further
+    /// pushes to it wait their turn [default: 4].
+    #[arg(long, value_name = "N")]
+    pub push_endpoint_concurrency: Option<usize>,
+    /// Milliseconds an unused kept-alive push connection stays open for reuse, 0..=86400000
+    /// [default: 15000].
+    #[arg(long, value_name = "MS")]
+    pub push_idle_keep_ms: Option<u64>,
+    /// PEM file of CA certificates trusted for https:// push endpoints, besides the built-in
+    /// Mozilla roots (receivers behind a private CA) [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub push_tls_ca_file: Option<PathBuf>,
     /// Testing only: multiply HTTP push retry intervals by this factor (e.g. 0.001).
     #[arg(long, hide = true, value_name = "FACTOR")]
     pub push_retry_scale: Option<f64>,
@@ -117,6 +161,27 @@ pub struct Flags {
     /// (proves that cmq-loadgen --verify catches a broker that loses messages).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_drop_one_in: Option<u64>,
+    /// Broker-wide memory for connection buffers: partial request frames and unsent
+    /// responses. Past it the broker stops reading the connections assembling the largest
+    /// frames until memory frees, and closes the connections that hold the most unsent output
+    /// without reading it [default: 1/4 of RAM or of the cgroup memory limit; at least
+    /// 33685504 (two maximum-size frames)].
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_budget_bytes: Option<u64>,
+    /// A connection that has not completed its handshake within this many milliseconds is closed
+    /// (HANDSHAKE_TIMEOUT) [default: 10000; range 500..=3600000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// A connection with no request in flight, no long poll waiting and nothing unsent for this
+    /// many milliseconds is closed (IDLE_TIMEOUT); 0 = never [default: 300000; range 0 or
+    /// 500..=604800000].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request frame must arrive whole within this many milliseconds of its first byte
+    /// (else FRAME_TIMEOUT), and unsent responses must make progress within it (else the
+    /// connection is closed as a slow consumer) [default: 30000; range 500..=3600000].
+    #[arg(long, value_name = "MS")]
+    pub frame_timeout_ms: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -133,7 +198,14 @@ struct FileConfig {
     max_queues: Option<usize>,
     max_topics: Option<usize>,
     push_workers: Option<usize>,
+    push_endpoint_concurrency: Option<usize>,
+    push_idle_keep_ms: Option<u64>,
+    push_tls_ca_file: Option<PathBuf>,
     io_backend: Option<IoBackend>,
+    buffer_budget_bytes: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
 }
 
 /// The effective, validated configuration.
@@ -149,11 +221,19 @@ pub struct Config {
     pub max_queues: usize,
     pub max_topics: usize,
     pub push_workers: usize,
+    pub push_endpoint_concurrency: usize,
+    pub push_idle_keep_ms: u64,
+    pub push_tls_ca_file: Option<PathBuf>,
     pub push_retry_scale: f64,
     pub io_backend: IoBackend,
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
     pub fault_drop_one_in: u64,
+    pub buffer_budget_bytes: u64,
+    pub handshake_timeout_ms: u64,
+    /// 0 = connections are never closed for being idle.
+    pub idle_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
 }
 
 impl Config {
@@ -178,11 +258,30 @@ impl Config {
             max_queues: flags.max_queues.or(file.max_queues).unwrap_or(defaults::MAX_QUEUES),
             max_topics: flags.max_topics.or(file.max_topics).unwrap_or(defaults::MAX_TOPICS),
             push_workers: flags.push_workers.or(file.push_workers).unwrap_or(defaults::PUSH_WORKERS),
+            push_endpoint_concurrency: flags
+                .push_endpoint_concurrency
+                .or(file.push_endpoint_concurrency)
+                .unwrap_or(defaults::PUSH_ENDPOINT_CONCURRENCY),
+            push_idle_keep_ms: flags
+                .push_idle_keep_ms
+                .or(file.push_idle_keep_ms)
+                .unwrap_or(defaults::PUSH_IDLE_KEEP_MS),
+            push_tls_ca_file: flags.push_tls_ca_file.or(file.push_tls_ca_file),
             push_retry_scale: flags.push_retry_scale.unwrap_or(1.0),
             io_backend: flags.io_backend.or(file.io_backend).unwrap_or(IoBackend::Auto),
             repair: flags.repair,
             fault_file: flags.fault_file,
             fault_drop_one_in: flags.fault_drop_one_in.unwrap_or(0),
+            buffer_budget_bytes: flags
+                .buffer_budget_bytes
+                .or(file.buffer_budget_bytes)
+                .unwrap_or_else(default_buffer_budget_bytes),
+            handshake_timeout_ms: flags
+                .handshake_timeout_ms
+                .or(file.handshake_timeout_ms)
+                .unwrap_or(defaults::HANDSHAKE_TIMEOUT_MS),
+            idle_timeout_ms: flags.idle_timeout_ms.or(file.idle_timeout_ms).unwrap_or(defaults::IDLE_TIMEOUT_MS),
+            frame_timeout_ms: flags.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(defaults::FRAME_TIMEOUT_MS),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -217,10 +316,86 @@ impl Config {
         if self.push_workers == 0 || self.push_workers > PUSH_WORKERS_MAX {
             bail!("--push-workers: {} is out of range 1..={PUSH_WORKERS_MAX}", self.push_workers);
         }
+        if self.push_endpoint_concurrency == 0 || self.push_endpoint_concurrency > ENDPOINT_CONCURRENCY_MAX {
+            bail!(
+                "--push-endpoint-concurrency: {} is out of range 1..={ENDPOINT_CONCURRENCY_MAX}",
+                self.push_endpoint_concurrency
+            );
+        }
+        if self.push_idle_keep_ms > PUSH_IDLE_KEEP_MS_MAX {
+            bail!("--push-idle-keep-ms: {} is out of range 0..={PUSH_IDLE_KEEP_MS_MAX}", self.push_idle_keep_ms);
+        }
+        if let Some(path) = &self.push_tls_ca_file {
+            if !path.is_file() {
+                bail!("--push-tls-ca-file: {} is not a readable file", path.display());
+            }
+        }
         if !(self.push_retry_scale > 0.0 && self.push_retry_scale <= 1.0) {
             bail!("--push-retry-scale: must be in (0, 1]");
         }
+        self.validate_connection_limits()
+    }
+
+    fn validate_connection_limits(&self) -> anyhow::Result<()> {
+        if self.buffer_budget_bytes < BUFFER_BUDGET_BYTES_MIN {
+            bail!(
+                "--buffer-budget-bytes: {} is below the minimum of {BUFFER_BUDGET_BYTES_MIN}",
+                self.buffer_budget_bytes
+            );
+        }
+        let deadline = DEADLINE_MS_MIN..=DEADLINE_MS_MAX;
+        if !deadline.contains(&self.handshake_timeout_ms) {
+            bail!("--handshake-timeout-ms: {} is out of range {deadline:?}", self.handshake_timeout_ms);
+        }
+        if !deadline.contains(&self.frame_timeout_ms) {
+            bail!("--frame-timeout-ms: {} is out of range {deadline:?}", self.frame_timeout_ms);
+        }
+        if self.idle_timeout_ms != 0 && !(DEADLINE_MS_MIN..=IDLE_TIMEOUT_MS_MAX).contains(&self.idle_timeout_ms) {
+            bail!(
+                "--idle-timeout-ms: {} is out of range: 0 (never) or {DEADLINE_MS_MIN}..={IDLE_TIMEOUT_MS_MAX}",
+                self.idle_timeout_ms
+            );
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The push pool's settings: what flags and file set, defaults for the rest.
+    pub fn push_config(&self) -> PushConfig {
+        PushConfig {
+            workers: self.push_workers,
+            endpoint_concurrency: self.push_endpoint_concurrency,
+            idle_keep_ms: self.push_idle_keep_ms,
+            tls_ca_file: self.push_tls_ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            retry_time_scale: self.push_retry_scale,
+            ..PushConfig::default()
+        }
+    }
+}
+
+/// 1/4 of the memory this process may use: RAM (`MemTotal` in
+/// /proc/meminfo), or the cgroup v2 memory limit if that is lower.
+fn default_buffer_budget_bytes() -> u64 {
+    let ram = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_total_bytes(&t));
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let usable = match (ram, cgroup) {
+        (Some(r), Some(c)) => r.min(c),
+        (Some(m), None) | (None, Some(m)) => m,
+        (None, None) => return defaults::BUFFER_BUDGET_FALLBACK_BYTES,
+    };
+    (usable / defaults::BUFFER_BUDGET_RAM_DIVISOR).max(BUFFER_BUDGET_BYTES_MIN)
+}
+
+/// `MemTotal` from the text of /proc/meminfo, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
     }
 }
 
@@ -293,7 +468,7 @@ mod tests {
             ("--max-connections", "1000000", "0", "1000001"),
             ("--max-queues", "10000000", "0", "10000001"),
             ("--max-topics", "10000000", "0", "10000001"),
-            ("--push-workers", "64", "0", "65"),
+            ("--push-workers", "256", "0", "257"),
         ];
         for (flag, ok, low, high) in cases {
             Config::from_flags(flags(&[flag, ok])).unwrap_or_else(|e| panic!("{flag} {ok} refused: {e}"));
@@ -301,6 +476,54 @@ mod tests {
                 let err = Config::from_flags(flags(&[flag, bad])).expect_err("out of range");
                 assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
             }
+        }
+    }
+
+    #[test]
+    fn push_settings_come_from_flags_or_the_file_and_reach_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here: the pool parses it at start-up").expect("write");
+        let path = dir.path().join("cmqd.toml");
+        let toml = format!(
+            "push_endpoint_concurrency = 8\npush_idle_keep_ms = 2500\npush_tls_ca_file = {:?}\npush_workers = 2\n",
+            ca.display().to_string()
+        );
+        std::fs::write(&path, toml).expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--push-idle-keep-ms", "500"])).expect("valid");
+        let push = cfg.push_config();
+        assert_eq!((push.workers, push.endpoint_concurrency, push.idle_keep_ms), (2, 8, 500), "flag over file");
+        assert_eq!(push.tls_ca_file.as_deref(), ca.to_str());
+        assert_eq!(push.validate(), Ok(()));
+
+        let plain = Config::from_flags(flags(&[])).expect("defaults").push_config();
+        let defaults = PushConfig::default();
+        assert_eq!(
+            (plain.workers, plain.endpoint_concurrency, plain.idle_keep_ms, plain.tls_ca_file),
+            (defaults.workers, defaults.endpoint_concurrency, defaults.idle_keep_ms, None)
+        );
+    }
+
+    #[test]
+    fn push_settings_are_bounded() {
+        let max_workers = (PUSH_WORKERS_MAX + 1).to_string();
+        let max_conc = (ENDPOINT_CONCURRENCY_MAX + 1).to_string();
+        let keep = (PUSH_IDLE_KEEP_MS_MAX + 1).to_string();
+        let cases: [(&[&str], &str); 6] = [
+            (&["--push-workers", "0"], "--push-workers"),
+            (&["--push-workers", &max_workers], "--push-workers"),
+            (&["--push-endpoint-concurrency", "0"], "--push-endpoint-concurrency"),
+            (&["--push-endpoint-concurrency", &max_conc], "--push-endpoint-concurrency"),
+            (&["--push-idle-keep-ms", &keep], "--push-idle-keep-ms"),
+            (&["--push-tls-ca-file", "/nonexistent/ca.pem"], "--push-tls-ca-file"),
+        ];
+        for (args, named) in cases {
+            let err = Config::from_flags(flags(args)).expect_err("out of range");
+            assert!(err.to_string().starts_with(named), "{args:?}: {err}");
+        }
+        for ok in [&["--push-workers", &PUSH_WORKERS_MAX.to_string()][..], &["--push-idle-keep-ms", "0"]] {
+            assert!(Config::from_flags(flags(ok)).is_ok(), "{ok:?}");
         }
     }
 
@@ -315,5 +538,44 @@ mod tests {
         std::fs::write(&path, "shardz = 3\n").expect("write");
         let err = Config::from_flags(flags(&["--config", path.to_str().expect("utf8")])).expect_err("unknown key");
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_flags_file_keys_and_ranges() {
+        let cfg = Config::from_flags(flags(&[])).expect("valid");
+        assert_eq!(cfg.handshake_timeout_ms, defaults::HANDSHAKE_TIMEOUT_MS);
+        assert_eq!(cfg.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS);
+        assert_eq!(cfg.frame_timeout_ms, defaults::FRAME_TIMEOUT_MS);
+        assert!(cfg.buffer_budget_bytes >= BUFFER_BUDGET_BYTES_MIN);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmqd.toml");
+        let text = "buffer_budget_bytes = 67108864\nhandshake_timeout_ms = 1000\nidle_timeout_ms = 0\n";
+        std::fs::write(&path, text).expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--frame-timeout-ms", "2000"])).expect("valid");
+        assert_eq!(cfg.buffer_budget_bytes, 64 << 20);
+        assert_eq!((cfg.handshake_timeout_ms, cfg.idle_timeout_ms, cfg.frame_timeout_ms), (1000, 0, 2000));
+        let min = BUFFER_BUDGET_BYTES_MIN.to_string();
+        let below = (BUFFER_BUDGET_BYTES_MIN - 1).to_string();
+        assert!(Config::from_flags(flags(&["--buffer-budget-bytes", &min])).is_ok());
+        for (flag, bad) in [
+            ("--buffer-budget-bytes", below.as_str()),
+            ("--handshake-timeout-ms", "499"),
+            ("--handshake-timeout-ms", "3600001"),
+            ("--frame-timeout-ms", "0"),
+            ("--idle-timeout-ms", "499"),
+        ] {
+            let err = Config::from_flags(flags(&[flag, bad])).expect_err(bad);
+            assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
+        }
+        assert!(Config::from_flags(flags(&["--handshake-timeout-ms", "500"])).is_ok());
+    }
+
+    #[test]
+    fn mem_total_is_read_from_meminfo() {
+        let text = "MemTotal:       24576000 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total_bytes(text), Some(24_576_000 * 1024));
+        assert_eq!(mem_total_bytes("MemFree: 5 kB\n"), None);
+        assert_eq!(mem_total_bytes("MemTotal: x kB\n"), None);
     }
 }

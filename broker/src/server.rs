@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, IoBackend};
 use crate::engine::{EngineConfig, ShardEngine};
-use crate::push::{PushConfig, PushHandle, PushPool};
+use crate::push::{PushHandle, PushPool};
 use crate::shard::mailbox::{self, Inbox, ShardMsg};
 use crate::shard::storage::ShardLog;
 use crate::shard::{Shard, ShardParts, Shared};
@@ -64,9 +64,10 @@ impl Server {
             next_create_seq: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            buffer_bytes: AtomicUsize::new(0),
+            conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
-        let push_cfg =
-            PushConfig { workers: cfg.push_workers, retry_time_scale: cfg.push_retry_scale, ..PushConfig::default() };
+        let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
         let push = PushPool::new(push_cfg, shared.peers.iter().map(|p| p.waker()).collect())
             .context("starting the HTTP push pool")?;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use cmq_protocol::limits::POLLING_WAIT_SECONDS_MAX;
 use cmq_protocol::names::shard_for;
-use cmq_protocol::{HandshakeOk, Request, Response, Route};
+use cmq_protocol::{ErrorCode, HandshakeOk, Request, Response, Route};
 
 use crate::connection::{Connection, Push};
 use crate::error::ClientError;
@@ -156,6 +156,11 @@ impl Client {
     /// is sent until [`Client::flush`] or a [`Client::wait`] on that connection.
     pub fn submit(&mut self, req: &Request) -> Result<Ticket, ClientError> {
         let shard = self.shard_for_request(req);
+        // A connection the broker closed while it sat idle (its idle
+        // deadline) is replaced now rather than failing this request.
+        if self.slots[usize::from(shard)].conn.as_mut().is_some_and(Connection::closed_while_idle) {
+            self.close(usize::from(shard));
+        }
         self.open(shard)?;
         let slot = &mut self.slots[usize::from(shard)];
         let Some(conn) = slot.conn.as_mut() else {
@@ -222,10 +227,19 @@ impl Client {
         }
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer. If the broker closed the
+    /// connection for being idle just as the request went out (IDLE_TIMEOUT:
+    /// it closes only a connection with nothing unread, so the request was
+    /// not run), it is sent once more on a new connection.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let ticket = self.submit(req)?;
-        self.wait(ticket)
+        match self.wait(ticket) {
+            Err(ClientError::Server { code, .. }) if code == ErrorCode::IDLE_TIMEOUT => {
+                let ticket = self.submit(req)?;
+                self.wait(ticket)
+            }
+            other => other,
+        }
     }
 
     fn any_open_shard(&self) -> u16 {

@@ -16,11 +16,10 @@
 //! replies and pushes alike, in arrival order, and may wait for a push with
 //! no request in flight.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame::{self, FrameHeader};
@@ -28,6 +27,7 @@ use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response, TransactionCheck};
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
+use crate::id_hash::{id_map, IdMap};
 
 /// Bytes asked of the kernel per read. A full pipeline window of small
 /// responses (64 in flight x ~100 bytes) fits in one read; large bodies take
@@ -38,6 +38,11 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// released after flushing instead of pinning that memory for the
 /// connection's lifetime.
 const OUT_RETAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Silence after which a connection with nothing in flight checks, before
+/// its next request, whether the broker closed it meanwhile (the broker's
+/// idle deadline is at least 500 ms; see [`Connection::closed_while_idle`]).
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(250);
 
 /// Outstanding requests a connection expects to hold at once before its
 /// in-flight table has to grow; sized for a load generator's window.
@@ -115,13 +120,15 @@ pub struct Connection {
     scratch: Box<[u8]>,
     next_id: u64,
     /// Request id -> opcode of every request sent and not yet answered.
-    in_flight: HashMap<u64, u16, BuildHasherDefault<IdHasher>>,
+    in_flight: IdMap<u16>,
     /// Pushes read by `recv` while looking for a reply, oldest first.
     pushes: VecDeque<Push>,
     read_timeout: Option<Duration>,
     /// Set after any error that leaves the byte stream in an unknown state.
     broken: bool,
     stats: ConnectionStats,
+    /// The last write or read that moved bytes.
+    last_io: Instant,
 }
 
 impl Connection {
@@ -152,11 +159,12 @@ impl Connection {
             inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             next_id: 1,
-            in_flight: HashMap::with_capacity_and_hasher(IN_FLIGHT_CAPACITY, Default::default()),
+            in_flight: id_map(IN_FLIGHT_CAPACITY),
             pushes: VecDeque::new(),
             read_timeout: timeout,
             broken: false,
             stats: ConnectionStats::default(),
+            last_io: Instant::now(),
         };
         conn.handshake(shard_hint)?;
         Ok(conn)
@@ -282,6 +290,9 @@ impl Connection {
                 Err(e) => return Err(self.fail(from_io(e))),
             }
         }
+        if written > 0 {
+            self.last_io = Instant::now();
+        }
         self.out.clear();
         if self.out.capacity() > OUT_RETAIN_BYTES_MAX {
             self.out = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -318,6 +329,56 @@ impl Connection {
             return Ok(Event::Push(push));
         }
         self.next_frame(true)
+    }
+
+    /// Whether the broker closed this connection while nothing was in
+    /// flight on it (its idle deadline, a restart): checked without
+    /// blocking, and only after [`IDLE_CHECK_AFTER`] of silence, so a busy
+    /// connection pays nothing. A closed connection is marked broken, so
+    /// its owner can reconnect before sending instead of losing the next
+    /// request to the closed socket. Pushes that arrived meanwhile are
+    /// queued as `recv` would queue them.
+    pub fn closed_while_idle(&mut self) -> bool {
+        if self.broken {
+            return true;
+        }
+        if !self.in_flight.is_empty() || !self.out.is_empty() || self.last_io.elapsed() < IDLE_CHECK_AFTER {
+            return false;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut closed = false;
+        loop {
+            match self.stream.read(&mut self.scratch) {
+                Ok(0) => closed = true,
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&self.scratch[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => closed = true,
+            }
+            break;
+        }
+        if self.stream.set_nonblocking(false).is_err() {
+            closed = true;
+        }
+        // With nothing in flight the only frames that can have arrived are
+        // pushes and an error about the connection sent just before a close.
+        while let Ok(Some(total)) = frame::check(&self.inbuf) {
+            let (header, payload) = frame::split(&mut self.inbuf, total);
+            match self.complete(header, payload) {
+                Ok(Event::Push(push)) => self.pushes.push_back(push),
+                Ok(Event::Reply(_)) | Err(_) => closed = true,
+            }
+        }
+        if closed {
+            let _ = self.fail(ClientError::Disconnected);
+        }
+        self.last_io = Instant::now();
+        closed
     }
 
     /// Removes and returns the pushes `recv` has queued, oldest first.
@@ -370,11 +431,18 @@ impl Connection {
                 Ok(0) => return Err(self.fail(ClientError::Disconnected)),
                 Ok(n) => {
                     self.stats.reads += 1;
+                    self.last_io = Instant::now();
                     self.inbuf.extend_from_slice(&self.scratch[..n]);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout_kind(e.kind()) => return Err(ClientError::Io(e)),
+                // The OS says "Resource temporarily unavailable (os error 11)";
+                // say what actually happened instead.
+                Err(e) if is_timeout_kind(e.kind()) => {
+                    let waited = self.read_timeout.map_or_else(|| "its timeout".to_owned(), seconds_text);
+                    let what = format!("timed out after {waited} waiting for an answer from {}", self.peer);
+                    return Err(ClientError::Io(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
                 Err(e) => return Err(self.fail(from_io(e))),
             }
         }
@@ -459,12 +527,25 @@ fn connect_any(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Tc
     for a in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&a, timeout) {
             Ok(s) => return Ok(s),
+            Err(e) if is_timeout_kind(e.kind()) => {
+                let what = format!("timed out after {} connecting to {a}", seconds_text(timeout));
+                last = Some(io::Error::new(io::ErrorKind::TimedOut, what));
+            }
             Err(e) => last = Some(e),
         }
     }
     Err(ClientError::Io(
         last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing")),
     ))
+}
+
+/// A timeout for people: whole seconds as "5 s", anything finer in ms.
+pub(crate) fn seconds_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// A server error during the handshake is a refused handshake; I/O errors
@@ -492,24 +573,4 @@ fn decode_push(opcode: u16, payload: Bytes) -> Push {
 
 fn opcode_name(op: u16) -> &'static str {
     Opcode::from_u16(op).map_or("unknown", Opcode::name)
-}
-
-/// Hashes request ids, which are sequential: one multiply spreads them over
-/// the whole word (hashbrown groups by the top bits) at a fraction of
-/// SipHash's cost, and ids are ours, not attacker-chosen.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
 }

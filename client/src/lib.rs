@@ -83,6 +83,7 @@ mod checker;
 mod client;
 mod connection;
 mod error;
+mod id_hash;
 #[macro_use]
 mod ops;
 mod topics;
@@ -93,6 +94,7 @@ pub use checker::{
 pub use client::{Client, Ticket};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
+pub use id_hash::{id_map, IdHasher, IdMap};
 pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.

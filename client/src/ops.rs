@@ -209,8 +209,9 @@ impl Client {
     }
 
     /// The state of one message by id: where it is now (ready, in flight
-    /// until when, deleted, dead-lettered…) and its history. An unknown id is
-    /// a `Server` error with `MESSAGE_NOT_FOUND`.
+    /// until when, deleted, dead-lettered…) and its history. An id the queue
+    /// cannot account for (deleted and no longer retained, another queue's,
+    /// never issued) is state `Gone`, one answer for all of them.
     pub fn query_message(&mut self, queue: &str, msg_id: u64) -> Result<MessageStatus, ClientError> {
         let req = Request::QueryMessage(QueryMessage { queue: queue.to_owned(), msg_id });
         expect!(self.call(&req)?, QueryMessage)

@@ -1,32 +1,26 @@
-//! The `cmq` binary end to end against the fake broker.
+//! The `cmq` binary end to end against the real cmqd.
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Command;
 
 use bytes::Bytes;
-use cmq_client::Client;
 use cmq_protocol::{MessageState, Opcode, QueueAttributesUpdate};
 use serde_json::Value;
-use support::cli::{cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput};
-use support::{wait_until, FakeBroker, CLIENT_TIMEOUT};
-
-fn broker_with_queue(name: &str) -> FakeBroker {
-    let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
-    ok(cmq(broker.addr(), &["create-queue", name]));
-    broker
-}
+use support::cli::{broker_with_queue, cmq, cmq_with_stdin, json, ok, stderr, stdout, CloneOutput, Running};
+use support::tap::Tap;
+use support::{broker, client, wait_until, Broker, EVENT_TIMEOUT};
 
 #[test]
 fn create_queue_prints_the_id_and_queue_info_uses_cmq_names() {
-    let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
-    let id = ok(cmq(broker.addr(), &["create-queue", "jobs", "--visibility-timeout", "60", "--flush", "async"]));
+    let broker = broker(2);
+    let id = ok(cmq(broker.addr, &["create-queue", "jobs", "--visibility-timeout", "60", "--flush", "async"]));
     let id = id.trim();
     assert!(id.parse::<u64>().is_ok(), "{id:?}");
 
-    let info = json(cmq(broker.addr(), &["--json", "queue-info", "jobs"]));
+    let info = json(cmq(broker.addr, &["--json", "queue-info", "jobs"]));
     let expected_keys = [
         "queueName",
         "queueId",
@@ -66,7 +60,7 @@ fn create_queue_prints_the_id_and_queue_info_uses_cmq_names() {
     let created = info["createTime"].as_u64().expect("number");
     assert!((1_600_000_000..4_000_000_000).contains(&created), "{created}");
 
-    let table = ok(cmq(broker.addr(), &["queue-info", "jobs"]));
+    let table = ok(cmq(broker.addr, &["queue-info", "jobs"]));
     assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["visibilityTimeout", "60"]), "{table}");
     assert!(table.contains("UTC"), "{table}");
 }
@@ -74,7 +68,7 @@ fn create_queue_prints_the_id_and_queue_info_uses_cmq_names() {
 #[test]
 fn send_receive_delete_round_trip() {
     let broker = broker_with_queue("q");
-    let addr = broker.addr();
+    let addr = broker.addr;
     let msg_id = ok(cmq(addr, &["send", "q", "hello world"]));
     let sent = json(cmq(addr, &["--json", "send", "q", "second", "--delay", "0"]));
     assert!(sent["msgId"].as_str().is_some_and(|s| s.parse::<u64>().is_ok()), "{sent}");
@@ -107,23 +101,23 @@ fn send_receive_delete_round_trip() {
 #[test]
 fn an_empty_queue_exits_zero_with_no_message_on_stderr() {
     let broker = broker_with_queue("empty");
-    let out = cmq(broker.addr(), &["receive", "empty", "--wait", "0"]);
+    let out = cmq(broker.addr, &["receive", "empty", "--wait", "0"]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "");
     assert_eq!(stderr(&out).trim(), "no message");
-    let out = cmq(broker.addr(), &["--json", "receive", "empty", "--max", "16"]);
+    let out = cmq(broker.addr, &["--json", "receive", "empty", "--max", "16"]);
     assert_eq!(json(out), serde_json::json!([]));
 }
 
 #[test]
 fn server_errors_exit_one_with_code_name_and_message() {
-    let broker = FakeBroker::start(1, |_| 0);
-    let out = cmq(broker.addr(), &["queue-info", "x"]);
+    let broker = broker(1);
+    let out = cmq(broker.addr, &["queue-info", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "error: 4440 QUEUE_NOT_FOUND: queue \"x\" does not exist\n");
     assert_eq!(stdout(&out), "");
 
-    let out = cmq(broker.addr(), &["--json", "delete-queue", "x"]);
+    let out = cmq(broker.addr, &["--json", "delete-queue", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let body: Value = serde_json::from_str(&stdout(&out)).expect("error JSON on stdout");
     assert_eq!(
@@ -141,8 +135,7 @@ fn connection_refused_names_the_address() {
     let out = cmq(addr, &["ping"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.starts_with(&format!("error: cannot connect to {addr}: ")), "{err}");
-    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert_eq!(err, format!("error: cannot connect to {addr}: connection refused (is cmqd running?)\n"));
 
     let out = cmq(addr, &["--json", "ping"]);
     let body: Value = serde_json::from_str(&stdout(&out)).expect("error JSON");
@@ -153,92 +146,91 @@ fn connection_refused_names_the_address() {
 #[test]
 fn send_batch_sends_sixteen_per_request_in_line_order() {
     let broker = broker_with_queue("bulk");
+    let tap = Tap::start(broker.addr);
     let lines: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
     let input = format!("{}\n\r\n\n", lines.join("\r\n")); // CRLF, and empty lines to skip
-    let ids = ok(cmq_with_stdin(broker.addr(), &["send-batch", "bulk"], &input));
+    let ids = ok(cmq_with_stdin(tap.addr, &["send-batch", "bulk"], &input));
     let ids: Vec<u64> = ids.lines().map(|l| l.parse().expect("msgId")).collect();
     assert_eq!(ids.len(), 40);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in line order");
+    assert_eq!(tap.count(Opcode::BatchSendMessage), 3, "16 + 16 + 8");
 
-    let state = broker.state.lock().expect("lock");
-    let batches = state.routed.iter().filter(|r| r.op == Opcode::BatchSendMessage).count();
-    assert_eq!(batches, 3, "16 + 16 + 8");
-    drop(state);
-
-    let got = json(cmq(broker.addr(), &["--json", "receive", "bulk", "--max", "16"]));
+    let got = json(cmq(broker.addr, &["--json", "receive", "bulk", "--max", "16"]));
     let bodies: Vec<&str> = got.as_array().expect("array").iter().map(|m| m["msgBody"].as_str().expect("s")).collect();
     assert_eq!(bodies, lines[..16].iter().map(String::as_str).collect::<Vec<_>>());
 
-    let ids = json(cmq_with_stdin(broker.addr(), &["--json", "send-batch", "bulk"], "x\ny\n"));
+    let ids = json(cmq_with_stdin(broker.addr, &["--json", "send-batch", "bulk"], "x\ny\n"));
     assert_eq!(ids.as_array().map(Vec::len), Some(2));
 }
 
 #[test]
 fn receive_delete_removes_what_it_printed() {
     let broker = broker_with_queue("work");
-    ok(cmq_with_stdin(broker.addr(), &["send-batch", "work"], "a\nb\nc\nd\ne\nf\n"));
-    let printed = ok(cmq(broker.addr(), &["receive", "work", "--max", "5", "--delete"]));
+    ok(cmq_with_stdin(broker.addr, &["send-batch", "work"], "a\nb\nc\nd\ne\nf\n"));
+    let printed = ok(cmq(broker.addr, &["receive", "work", "--max", "5", "--delete"]));
     assert_eq!(printed, "a\nb\nc\nd\ne\n");
-    let info = json(cmq(broker.addr(), &["--json", "queue-info", "work"]));
+    let info = json(cmq(broker.addr, &["--json", "queue-info", "work"]));
     assert_eq!((info["activeMsgNum"].as_u64(), info["inactiveMsgNum"].as_u64()), (Some(1), Some(0)));
-    assert_eq!(ok(cmq(broker.addr(), &["receive", "work", "--delete"])), "f\n");
-    let info = json(cmq(broker.addr(), &["--json", "queue-info", "work"]));
+    assert_eq!(ok(cmq(broker.addr, &["receive", "work", "--delete"])), "f\n");
+    let info = json(cmq(broker.addr, &["--json", "queue-info", "work"]));
     assert_eq!(info["inactiveMsgNum"].as_u64(), Some(0));
 }
 
 #[test]
 fn binary_bodies_are_escaped_not_fatal() {
     let broker = broker_with_queue("bin");
-    let mut c = Client::connect_with_timeout(broker.addr(), Some(CLIENT_TIMEOUT)).expect("connect");
+    let mut c = client(broker.addr);
     c.send("bin", Bytes::from_static(b"ok\xff\x00end"), 0).expect("send");
     c.send("bin", Bytes::from_static(b"\xc3("), 0).expect("send");
-    assert_eq!(ok(cmq(broker.addr(), &["receive", "bin"])), "ok\\xFF\0end\n");
-    let got = json(cmq(broker.addr(), &["--json", "receive", "bin"]));
+    assert_eq!(ok(cmq(broker.addr, &["receive", "bin"])), "ok\\xFF\\x00end\n");
+    let got = json(cmq(broker.addr, &["--json", "receive", "bin"]));
     assert_eq!(got[0]["msgBody"], "\\xC3(");
 }
 
 #[test]
 fn set_queue_changes_attributes_and_requires_one() {
     let broker = broker_with_queue("cfg");
-    let info = json(cmq(broker.addr(), &["--json", "set-queue", "cfg", "--polling-wait-seconds", "7"]));
+    let info = json(cmq(broker.addr, &["--json", "set-queue", "cfg", "--polling-wait-seconds", "7"]));
     assert_eq!(info["pollingWaitSeconds"], 7);
-    let out = cmq(broker.addr(), &["set-queue", "cfg"]);
+    let out = cmq(broker.addr, &["set-queue", "cfg"]);
     assert_eq!(out.status.code(), Some(2), "usage error");
-    let out = cmq(broker.addr(), &["set-queue", "cfg", "--visibility-timeout", "0"]);
+    let out = cmq(broker.addr, &["set-queue", "cfg", "--visibility-timeout", "0"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).starts_with("error: 4000 INVALID_PARAMETER: visibilityTimeout"), "{}", stderr(&out));
 }
 
 #[test]
 fn list_queues_filters_and_pages() {
-    let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
-    let mut c = Client::connect_with_timeout(broker.addr(), Some(CLIENT_TIMEOUT)).expect("connect");
+    let broker = broker(2);
+    let mut c = client(broker.addr);
     for name in ["alpha", "alpine", "beta"] {
         c.create_queue(name, &QueueAttributesUpdate::default()).expect("create");
     }
-    assert_eq!(ok(cmq(broker.addr(), &["list-queues", "--prefix", "al"])), "alpha\nalpine\n");
-    let page = json(cmq(broker.addr(), &["--json", "list-queues", "--offset", "1", "--limit", "1"]));
+    assert_eq!(ok(cmq(broker.addr, &["list-queues", "--prefix", "al"])), "alpha\nalpine\n");
+    let page = json(cmq(broker.addr, &["--json", "list-queues", "--offset", "1", "--limit", "1"]));
     assert_eq!(page["totalCount"], 3);
     assert_eq!(page["queueList"][0]["queueName"], "alpine");
     assert!(page["queueList"][0]["queueId"].is_string());
-    let out = cmq(broker.addr(), &["list-queues", "--limit", "2"]);
+    let out = cmq(broker.addr, &["list-queues", "--limit", "2"]);
     assert_eq!(stdout(&out), "alpha\nalpine\n");
     assert!(stderr(&out).contains("2 of 3"), "{}", stderr(&out));
 }
 
 #[test]
 fn ping_and_the_server_environment_variable() {
-    let broker = FakeBroker::start(3, |hint| hint.unwrap_or(1));
+    let broker = broker(3);
     let out = Command::new(env!("CARGO_BIN_EXE_cmq"))
         .args(["--json", "ping"])
-        .env("CMQ_SERVER", broker.addr().to_string())
+        .env("CMQ_SERVER", broker.addr.to_string())
         .output()
         .expect("run cmq");
     assert!(out.status.success(), "{}", stderr(&out));
     let pong: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!((pong["shardCount"].as_u64(), pong["shardId"].as_u64()), (Some(3), Some(1)));
-    assert_eq!(pong["server"], "fake-cmqd/0");
-    assert!(ok(cmq(broker.addr(), &["ping"])).starts_with("pong from fake-cmqd/0"));
+    assert_eq!(pong["shardCount"].as_u64(), Some(3));
+    assert!(pong["shardId"].as_u64().is_some_and(|s| s < 3), "{pong}");
+    let server = pong["server"].as_str().expect("server name");
+    assert!(server.starts_with("cmqd/"), "{server}");
+    assert!(ok(cmq(broker.addr, &["ping"])).starts_with(&format!("pong from {server} (protocol v")));
 }
 
 #[test]
@@ -272,15 +264,16 @@ fn help_documents_every_flag() {
         ("create-queue", &attrs),
         ("set-queue", &set_attrs),
         ("list-queues", &["--prefix", "--contains", "--offset", "--limit"]),
-        ("send", &["--delay"]),
-        ("send-batch", &["--delay"]),
-        ("receive", &["--wait", "--max", "--delete"]),
+        ("send", &["--delay", "--file", "--base64", "stdin"]),
+        ("send-batch", &["--delay", "--base64"]),
+        ("receive", &["--wait", "--max", "--delete", "--follow", "--print", "--base64", "exactly one message"]),
         ("delete", &["<RECEIPT>"]),
         ("change-visibility", &["<RECEIPT>", "<SECONDS>"]),
         ("peek", &["--max", "--all", "--body", "[default: 20]", "lease expires"]),
         ("message", &["<MSG_ID>"]),
         ("rewind", &["--since", "Unix seconds", "RFC 3339", "2026-11-25T10:00:00Z", "-10m", "-2h"]),
         ("purge", &["--yes"]),
+        ("delete-queue", &["--force"]),
         ("send-tx", &["--group"]),
         ("commit", &["<MSG_ID>"]),
         ("rollback", &["<MSG_ID>"]),
@@ -302,6 +295,7 @@ fn help_documents_every_flag() {
             ],
         ),
         ("delete-topic", &["<NAME>"]),
+        ("publish", &["--file", "--base64"]),
         ("list-topics", &["--prefix", "--contains", "--offset", "--limit"]),
         ("topic-info", &["<NAME>"]),
         ("set-topic", &["--max-msg-size", "1024-1048576"]),
@@ -373,19 +367,11 @@ fn help_documents_every_flag() {
     assert!(create.contains("(maxQueryCount: 1-1000) [default: 5]"), "transaction default shown");
 }
 
-fn client(broker: &FakeBroker) -> Client {
-    Client::connect_with_timeout(broker.addr(), Some(CLIENT_TIMEOUT)).expect("connect")
-}
-
-fn requests(broker: &FakeBroker, op: Opcode) -> usize {
-    broker.state.lock().expect("lock").routed.iter().filter(|r| r.op == op).count()
-}
-
 /// A queue `src` whose messages go to `dlq` after one receive, holding
 /// `bodies` already moved there.
-fn broker_with_dead_letters(bodies: &[&str]) -> (FakeBroker, Vec<u64>) {
-    let broker = FakeBroker::start(2, |hint| hint.unwrap_or(0));
-    let mut c = client(&broker);
+fn broker_with_dead_letters(bodies: &[&str]) -> (Broker, Vec<u64>) {
+    let broker = broker(2);
+    let mut c = client(broker.addr);
     c.create_queue("dlq", &QueueAttributesUpdate::default()).expect("create");
     let policy = QueueAttributesUpdate {
         dead_letter_queue: Some("dlq".into()),
@@ -399,13 +385,16 @@ fn broker_with_dead_letters(bodies: &[&str]) -> (FakeBroker, Vec<u64>) {
         c.change_visibility("src", m.receipt_handle, 0).expect("visible again");
     }
     assert_eq!(c.receive("src", Some(0)).expect("receive"), None, "moved on this receive");
+    wait_until("the moves to the dead-letter queue", || {
+        c.queue_info("dlq").expect("info").active_msg_num == bodies.len() as u64
+    });
     (broker, ids)
 }
 
 #[test]
 fn dead_letter_and_transaction_attributes_on_create_set_and_info() {
     let broker = broker_with_queue("dlq");
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq(
         addr,
         &[
@@ -451,7 +440,7 @@ fn dead_letter_and_transaction_attributes_on_create_set_and_info() {
 #[test]
 fn receive_shows_where_a_dead_lettered_message_came_from() {
     let (broker, ids) = broker_with_dead_letters(&["poison", "also poison"]);
-    let addr = broker.addr();
+    let addr = broker.addr;
     let out = cmq(addr, &["receive", "dlq"]);
     assert_eq!(ok(out.clone_output()), "poison\n", "stdout stays bodies only");
     let note = stderr(&out);
@@ -472,7 +461,7 @@ fn receive_shows_where_a_dead_lettered_message_came_from() {
 #[test]
 fn peek_pages_through_the_queue_and_changes_nothing() {
     let broker = broker_with_queue("q");
-    let addr = broker.addr();
+    let addr = broker.addr;
     let lines: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
     ok(cmq_with_stdin(addr, &["send-batch", "q"], &lines.join("\n")));
     let leased = json(cmq(addr, &["--json", "receive", "q"]));
@@ -487,9 +476,9 @@ fn peek_pages_through_the_queue_and_changes_nothing() {
     assert!(rows[1].contains("in-flight") && rows[2].contains("ready"), "{table}");
     assert!(stderr(&out).contains("more follow"), "{}", stderr(&out));
 
-    let before = requests(&broker, Opcode::PeekMessages);
-    let all = json(cmq(addr, &["--json", "peek", "q", "--all", "--body"]));
-    assert_eq!(requests(&broker, Opcode::PeekMessages) - before, 3, "100 + 100 + 50");
+    let tap = Tap::start(addr);
+    let all = json(cmq(tap.addr, &["--json", "peek", "q", "--all", "--body"]));
+    assert_eq!(tap.count(Opcode::PeekMessages), 3, "100 + 100 + 50");
     let all = all.as_array().expect("array");
     assert_eq!(all.len(), 250);
     assert_eq!(all[0]["state"], "in-flight");
@@ -507,34 +496,61 @@ fn peek_pages_through_the_queue_and_changes_nothing() {
 
     assert_eq!(json(cmq(addr, &["--json", "queue-info", "q"])), info_before, "peek changed nothing");
     let empty = broker_with_queue("e");
-    let out = cmq(empty.addr(), &["--json", "peek", "e"]);
+    let out = cmq(empty.addr, &["--json", "peek", "e"]);
     assert_eq!(json(out.clone_output()), serde_json::json!([]));
     assert!(stderr(&out).contains("no messages"));
 }
 
 #[test]
 fn message_shows_one_messages_state() {
-    let broker = broker_with_queue("q");
-    let addr = broker.addr();
+    let broker = broker(2);
+    let addr = broker.addr;
+    ok(cmq(addr, &["create-queue", "q", "--rewind-seconds", "600"]));
     let id = ok(cmq(addr, &["send", "q", "x"])).trim().to_owned();
     ok(cmq(addr, &["receive", "q", "--delete"]));
     let table = ok(cmq(addr, &["message", "q", &id]));
     assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["state", "deleted"]), "{table}");
-    assert!(table.contains("stateTime") && table.contains("UTC"), "{table}");
+    assert!(table.contains("enqueueTime") && table.contains("UTC"), "{table}");
     let status = json(cmq(addr, &["--json", "message", "q", &id]));
     assert_eq!((status["msgId"].as_str(), status["state"].as_str()), (Some(id.as_str()), Some("deleted")));
     assert_eq!(status["dequeueCount"], 1);
-    assert!(status["stateTime"].as_u64().is_some_and(|t| t > 1_600_000_000));
+    assert!(status["enqueueTime"].as_u64().is_some_and(|t| t > 1_600_000_000));
+}
 
-    let out = cmq(addr, &["message", "q", "42"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).starts_with("error: 4480 MESSAGE_NOT_FOUND"), "{}", stderr(&out));
+/// An id of another queue, on this queue's shard or another, and an id
+/// never issued: one answer shape, the one a forgotten delete gets.
+#[test]
+fn message_answers_the_same_for_another_queues_id_as_for_an_unknown_one() {
+    let broker = broker(2);
+    let addr = broker.addr;
+    let [q, same_shard] = &names_on_shard("q", 0, 2)[..] else { unreachable!() };
+    let other_shard = &names_on_shard("other", 1, 1)[0];
+    for name in [q, same_shard, other_shard] {
+        ok(cmq(addr, &["create-queue", name]));
+    }
+    let ids = [
+        ok(cmq(addr, &["send", same_shard, "x"])).trim().to_owned(),
+        ok(cmq(addr, &["send", other_shard, "y"])).trim().to_owned(),
+        "42".to_owned(),
+    ];
+    let answers: Vec<Value> = ids.iter().map(|id| json(cmq(addr, &["--json", "message", q, id]))).collect();
+    for (answer, id) in answers.iter().zip(&ids) {
+        let mut shape = answer.clone();
+        assert_eq!(shape["msgId"].as_str(), Some(id.as_str()));
+        shape["msgId"] = Value::Null;
+        let mut first = answers[0].clone();
+        first["msgId"] = Value::Null;
+        assert_eq!(shape, first, "the same answer for {id} as for {}", ids[0]);
+    }
+    assert_eq!(answers[2]["state"], "gone");
+    assert!(answers[2]["detail"].as_str().is_some_and(|d| d.contains("never sent to it")), "{}", answers[2]);
 }
 
 #[test]
 fn rewind_takes_relative_absolute_and_unix_times() {
-    let broker = broker_with_queue("q");
-    let addr = broker.addr();
+    let broker = broker(2);
+    let addr = broker.addr;
+    ok(cmq(addr, &["create-queue", "q", "--rewind-seconds", "7200"]));
     ok(cmq_with_stdin(addr, &["send-batch", "q"], "a\nb\n"));
     assert_eq!(ok(cmq(addr, &["receive", "q", "--max", "2", "--delete"])), "a\nb\n");
 
@@ -547,8 +563,15 @@ fn rewind_takes_relative_absolute_and_unix_times() {
     let res = json(cmq(addr, &["--json", "rewind", "q", "--since", &an_hour_ago]));
     assert_eq!(res["rewound"], 0);
     assert_eq!(res["startConsumeTime"].as_u64(), an_hour_ago.parse().ok());
-    let res = json(cmq(addr, &["--json", "rewind", "q", "--since=2020-01-01T08:00:00+08:00"]));
-    assert_eq!(res["startConsumeTime"], 1_577_836_800);
+    // Beyond rewindSeconds the broker refuses, saying how far back the time parsed to.
+    let out = cmq(addr, &["--json", "rewind", "q", "--since=2020-01-01T08:00:00+08:00"]);
+    let message = json_error(&out);
+    let ago: u64 = message
+        .strip_prefix("startConsumeTime: ")
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(ago.abs_diff(support::now_ms() / 1000 - 1_577_836_800) < 60, "2020-01-01T00:00:00Z: {message}");
 
     let out = cmq(addr, &["rewind", "q", "--since", "2099-01-01T00:00:00Z"]);
     assert!(stderr(&out).starts_with("error: 4000 INVALID_PARAMETER"), "the broker judges: {}", stderr(&out));
@@ -560,13 +583,14 @@ fn rewind_takes_relative_absolute_and_unix_times() {
 #[test]
 fn purge_asks_and_refuses_to_guess_without_a_terminal() {
     let broker = broker_with_queue("q");
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq_with_stdin(addr, &["send-batch", "q"], "a\nb\nc\n"));
     // The tests' stdin is a pipe: there is nobody to ask.
-    let out = cmq_with_stdin(addr, &["purge", "q"], "y\n");
+    let tap = Tap::start(addr);
+    let out = cmq_with_stdin(tap.addr, &["purge", "q"], "y\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
-    assert_eq!(requests(&broker, Opcode::PurgeQueue), 0);
+    assert_eq!(tap.count(Opcode::PurgeQueue), 0);
 
     assert_eq!(ok(cmq(addr, &["purge", "q", "--yes"])), "3\n");
     assert_eq!(json(cmq(addr, &["--json", "purge", "q", "-y"])), serde_json::json!({ "purged": 0 }));
@@ -577,7 +601,7 @@ fn purge_asks_and_refuses_to_guess_without_a_terminal() {
 #[test]
 fn transaction_messages_commit_and_roll_back() {
     let broker = broker_with_queue("tx");
-    let addr = broker.addr();
+    let addr = broker.addr;
     let keep: u64 = ok(cmq(addr, &["send-tx", "tx", "keep", "--group", "shop"])).trim().parse().expect("msgId");
     let sent = json(cmq(addr, &["--json", "send-tx", "tx", "drop", "--group", "shop"]));
     let drop = sent["msgId"].as_str().expect("msgId string").to_owned();
@@ -586,66 +610,64 @@ fn transaction_messages_commit_and_roll_back() {
     assert_eq!(ok(cmq(addr, &["commit", "tx", &keep.to_string()])), "");
     assert_eq!(json(cmq(addr, &["--json", "rollback", "tx", &drop])), serde_json::json!({}));
     assert_eq!(ok(cmq(addr, &["receive", "tx"])), "keep\n");
-    assert_eq!(broker.message_state("tx", drop.parse().expect("id")), Some(MessageState::RolledBack));
+    assert_eq!(json(cmq(addr, &["--json", "message", "tx", &drop]))["state"], "rolled-back");
     let out = cmq(addr, &["commit", "tx", &drop]);
     assert!(stderr(&out).starts_with("error: 4480 MESSAGE_NOT_FOUND"), "{}", stderr(&out));
     let out = cmq(addr, &["send-tx", "tx", "x"]);
     assert_eq!(out.status.code(), Some(2), "--group is required");
 }
 
-fn spawn_cmq(addr: SocketAddr, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cmq"))
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(["--timeout", "5"])
-        .args(args)
-        .env_remove("CMQ_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cmq")
+/// `n` queue names that shard `shard` of 2 owns.
+fn names_on_shard(prefix: &str, shard: u16, n: usize) -> Vec<String> {
+    (0..).map(|i| format!("{prefix}{i}")).filter(|q| cmq_protocol::names::shard_for(q, 2) == shard).take(n).collect()
+}
+
+/// A queue whose unresolved half messages are checked after one second.
+fn broker_with_tx_queue() -> Broker {
+    let broker = broker(2);
+    ok(cmq(broker.addr, &["create-queue", "tx", "--first-query-interval", "1", "--max-query-count", "1000"]));
+    broker
 }
 
 #[test]
 fn tx_checker_commits_what_it_is_asked_about() {
-    let broker = broker_with_queue("tx");
-    let mut child = spawn_cmq(broker.addr(), &["tx-checker", "--group", "shop", "--commit"]);
-    wait_until("the checker to register", || broker.checker_groups() == ["shop"]);
-    let mut c = client(&broker);
+    let broker = broker_with_tx_queue();
+    let checker = Running::start(broker.addr, &["tx-checker", "--group", "shop", "--commit"]);
+    checker.stderr_with("answering transaction checks for group shop", EVENT_TIMEOUT);
+    let mut c = client(broker.addr);
     let id = c.send_transaction_message("tx", "shop", "order 1").expect("half");
-    assert_eq!(broker.ask_checkers(), 1);
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("one line per check");
+    let line = checker.line(EVENT_TIMEOUT);
     assert!(line.starts_with(&format!("msgId {id} in queue tx (group shop, check 1, enqueued ")), "{line}");
-    assert!(line.trim_end().ends_with("body \"order 1\" -> commit"), "{line}");
-    assert_eq!(broker.state.lock().expect("lock").ended, [(id, true)]);
-    assert_eq!(c.receive("tx", Some(0)).expect("receive").map(|m| m.msg_id), Some(id));
-    child.kill().expect("kill");
-    let out = child.wait_with_output().expect("exited");
-    assert!(stderr(&out).contains("answering transaction checks for group shop"), "{}", stderr(&out));
+    assert!(line.ends_with("body \"order 1\" -> commit"), "{line}");
+    let mut got = None;
+    wait_until("the committed message", || {
+        got = c.receive("tx", Some(1)).expect("receive");
+        got.is_some()
+    });
+    assert_eq!(got.map(|m| m.msg_id), Some(id));
 }
 
 #[test]
 fn tx_checker_ask_reads_one_answer_a_line_and_stops_at_the_end_of_input() {
-    let broker = broker_with_queue("tx");
-    let mut child = spawn_cmq(broker.addr(), &["--json", "tx-checker", "--group", "shop", "--ask"]);
-    wait_until("the checker to register", || broker.checker_groups() == ["shop"]);
-    let mut c = client(&broker);
+    let broker = broker_with_tx_queue();
+    let mut checker = Running::start(broker.addr, &["--json", "tx-checker", "--group", "shop", "--ask"]);
+    checker.stderr_with("answering transaction checks for group shop", EVENT_TIMEOUT);
+    let mut stdin = checker.child.stdin.take().expect("stdin piped");
+    let mut c = client(broker.addr);
+    // Roll back the first; the second gets a bad answer, is asked again, and skipped.
     let first = c.send_transaction_message("tx", "shop", "one").expect("half");
+    checker.stderr_with(&format!("msgId {first} in queue tx"), EVENT_TIMEOUT);
+    stdin.write_all(b"r\n").expect("answer");
     let second = c.send_transaction_message("tx", "shop", "two").expect("half");
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    // Roll back the first; the second gets a bad answer, asked again, skipped.
-    stdin.write_all(b"r\nmaybe\ns\n").expect("answers");
+    checker.stderr_with(&format!("msgId {second} in queue tx"), EVENT_TIMEOUT);
+    stdin.write_all(b"maybe\n").expect("answer");
+    checker.stderr_with("\"maybe\": answer c, r or s", EVENT_TIMEOUT);
+    stdin.write_all(b"s\n").expect("answer");
+    // Asked again about the second, the checker finds its input ended and stops.
     drop(stdin);
-    assert_eq!(broker.ask_checkers(), 2);
-    wait_until("the rollback", || broker.state.lock().expect("lock").ended == [(first, false)]);
-    // Asked again, the checker finds its input ended and stops.
-    assert_eq!(broker.ask_checkers(), 1);
-    let out = child.wait_with_output().expect("exits");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let (status, out, err) = checker.finish();
+    assert!(status.success(), "{err:?}");
+    let lines: Vec<Value> = out.iter().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         (lines[0]["msgId"].as_str(), lines[0]["decision"].as_str()),
@@ -654,45 +676,50 @@ fn tx_checker_ask_reads_one_answer_a_line_and_stops_at_the_end_of_input() {
     assert_eq!((lines[1]["msgId"].as_str(), lines[1]["decision"].as_str()), (Some(&*second.to_string()), Some("none")));
     assert_eq!((lines[0]["queueName"].as_str(), lines[0]["msgBody"].as_str()), (Some("tx"), Some("one")));
     assert_eq!(lines[0]["error"], Value::Null);
-    let err = stderr(&out);
-    assert!(err.contains("\"maybe\": answer c, r or s"), "{err}");
-    assert!(err.contains("stopped after 3 checks: 0 committed, 1 rolled back, 2 unanswered, 0 refused"), "{err}");
-    assert_eq!(broker.message_state("tx", second), Some(MessageState::Half));
+    let summary = err.last().expect("a summary");
+    assert!(summary.contains("0 committed, 1 rolled back") && summary.contains("0 refused"), "{summary}");
+    assert_eq!(c.query_message("tx", first).expect("query").state, MessageState::RolledBack);
+    assert_eq!(c.query_message("tx", second).expect("query").state, MessageState::Half);
 }
 
 #[test]
 fn redrive_status_and_cancel() {
-    let (broker, _) = broker_with_dead_letters(&["a", "b", "c"]);
-    let addr = broker.addr();
-    let started = ok(cmq(addr, &["redrive", "dlq", "--rate", "1"]));
-    let [id, state] = started.split_whitespace().collect::<Vec<_>>()[..] else { panic!("{started}") };
-    assert_eq!(state, "running");
+    let bodies: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
+    let (broker, _) = broker_with_dead_letters(&bodies.iter().map(String::as_str).collect::<Vec<_>>());
+    let addr = broker.addr;
+    let out = cmq(addr, &["redrive", "dlq", "--rate", "1"]);
+    let id = ok(out.clone_output()).trim().to_owned();
+    assert!(id.parse::<u64>().is_ok(), "the id alone, for task=$(cmq redrive ...): {id:?}");
+    let note = stderr(&out);
+    assert!(note.starts_with(&format!("redrive {id} running: moving 16 messages from dlq")), "{note}");
 
-    // Each listing moves one message in the fake.
     let table = ok(cmq(addr, &["redrive-status"]));
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows[0], ["ID", "DLQ", "TO", "STATE", "MOVED", "REMAINING", "FAILED"]);
-    assert_eq!(rows[1], [id, "dlq", "(source", "queues)", "running", "1", "2", "0"]);
-    let one = json(cmq(addr, &["--json", "redrive-status", id]));
-    assert_eq!(one[0]["redriveId"], id);
-    assert_eq!((one[0]["moved"].as_u64(), one[0]["remaining"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(rows[0], ["ID", "DLQ", "TO", "STATE", "MOVED", "REMAINING", "FAILED", "NOTE"]);
+    assert_eq!(rows[1][..5], [id.as_str(), "dlq", "(source", "queues)", "running"]);
+    let one = json(cmq(addr, &["--json", "redrive-status", &id]));
+    assert_eq!(one[0]["redriveId"], id.as_str());
     assert_eq!((one[0]["to"].as_str(), one[0]["ratePerSecond"].as_u64()), (Some(""), Some(1)));
 
-    assert_eq!(ok(cmq(addr, &["redrive-cancel", id])), format!("{id} cancelled\n"));
-    let cancelled = json(cmq(addr, &["--json", "redrive-cancel", id]));
-    assert_eq!((cancelled["state"].as_str(), cancelled["moved"].as_u64()), (Some("cancelled"), Some(2)));
+    assert_eq!(ok(cmq(addr, &["redrive-cancel", &id])), format!("{id} cancelled\n"));
+    let cancelled = json(cmq(addr, &["--json", "redrive-cancel", &id]));
+    let moved = cancelled["moved"].as_u64().expect("moved");
+    assert!(cancelled["state"] == "cancelled" && moved < 16, "at 1/s, not all 16 by now: {cancelled}");
     let out = cmq(addr, &["redrive-status", "12345"]);
     assert!(stderr(&out).starts_with("error: 4490 REDRIVE_NOT_FOUND"), "{}", stderr(&out));
     let out = cmq(addr, &["redrive-cancel", "12345"]);
     assert!(stderr(&out).starts_with("error: 4490 REDRIVE_NOT_FOUND"), "{}", stderr(&out));
-    assert_eq!(ok(cmq(addr, &["receive", "src", "--max", "16"])), "a\nb\n");
+    let mut c = client(addr);
+    wait_until("the moved ones in src", || c.queue_info("src").expect("info").active_msg_num == moved);
+    let info = c.queue_info("dlq").expect("info");
+    assert_eq!(info.active_msg_num, 16 - moved, "the rest stay in the dead-letter queue");
 }
 
 #[test]
 fn redrive_status_watch_follows_a_task_until_it_is_done() {
     let (broker, _) = broker_with_dead_letters(&["a", "b"]);
-    let addr = broker.addr();
-    let none = cmq(broker_with_queue("unused").addr(), &["redrive-status", "--watch"]);
+    let addr = broker.addr;
+    let none = cmq(broker_with_queue("unused").addr, &["redrive-status", "--watch"]);
     assert_eq!((ok(none.clone_output()), stderr(&none)), (String::new(), "no redrive tasks\n".to_owned()));
     ok(cmq(addr, &["create-queue", "dlq-copy"]));
     let task = json(cmq(addr, &["--json", "redrive", "dlq", "--to", "dlq-copy", "--rate", "1"]));
@@ -704,7 +731,8 @@ fn redrive_status_watch_follows_a_task_until_it_is_done() {
     // Not a terminal: each listing that differs from the last, one after the other.
     let states: Vec<&str> =
         text.lines().filter(|l| l.starts_with(id)).map(|l| l.split_whitespace().nth(3).expect("state")).collect();
-    assert_eq!(states, ["running", "done"], "{text}");
+    assert_eq!(states.last(), Some(&"done"), "{text}");
+    assert!(states[..states.len() - 1].iter().all(|s| *s == "running"), "{text}");
     assert!(!text.contains('\x1b'), "no screen control codes into a pipe");
     let lines: Vec<Value> = ok(cmq(addr, &["--json", "redrive-status", "--watch"]))
         .lines()
@@ -713,4 +741,33 @@ fn redrive_status_watch_follows_a_task_until_it_is_done() {
     assert_eq!(lines.len(), 1, "nothing running: one listing");
     assert_eq!((lines[0][0]["moved"].as_u64(), lines[0][0]["to"].as_str()), (Some(2), Some("dlq-copy")));
     assert_eq!(ok(cmq(addr, &["receive", "dlq-copy", "--max", "16"])), "a\nb\n");
+}
+
+#[test]
+fn a_redrive_to_a_missing_queue_is_refused_and_a_failed_one_says_why() {
+    let (broker, _) = broker_with_dead_letters(&["a", "b"]);
+    let addr = broker.addr;
+    let tap = Tap::start(addr);
+    let out = cmq(tap.addr, &["redrive", "dlq", "--to", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "error: 4440 QUEUE_NOT_FOUND: to: queue \"nowhere\" does not exist\n");
+    assert_eq!(ok(cmq(addr, &["redrive-status"])), "", "no task started");
+
+    // Back to the source queue, which no longer exists: the task fails, and says why.
+    ok(cmq(addr, &["set-queue", "src", "--no-dead-letter"]));
+    ok(cmq(addr, &["delete-queue", "src", "--force"]));
+    let id = ok(cmq(addr, &["redrive", "dlq"])).trim().to_owned();
+    let table = ok(cmq(addr, &["redrive-status", &id, "--watch"]));
+    let last = table.lines().last().expect("a row");
+    let note = "2 messages could not be moved (queue \"src\" does not exist); they stay in the dead-letter queue";
+    assert!(last.starts_with(&id) && last.contains(" done ") && last.ends_with(note), "{table}");
+    let task = json(cmq(addr, &["--json", "redrive-status", &id]));
+    assert_eq!((task[0]["failed"].as_u64(), task[0]["note"].as_str()), (Some(2), Some(note)));
+}
+
+/// The message of a failure printed with --json.
+fn json_error(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    let body: Value = serde_json::from_str(&stdout(out)).expect("error JSON");
+    body["message"].as_str().expect("message").to_owned()
 }

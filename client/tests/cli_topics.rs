@@ -1,14 +1,17 @@
-//! The `cmq` topic, publish and subscription commands against the fake broker.
+//! The `cmq` topic, publish and subscription commands against the real cmqd.
 
 mod support;
+
+use std::net::SocketAddr;
 
 use cmq_protocol::Opcode;
 use serde_json::{json as j, Value};
 use support::cli::{cmq, cmq_with_stdin, json, ok, stderr, stdout};
-use support::FakeBroker;
+use support::tap::Tap;
+use support::{wait_until, Broker, HttpSink, EVENT_TIMEOUT};
 
-fn broker() -> FakeBroker {
-    FakeBroker::start(2, |hint| hint.unwrap_or(0))
+fn broker() -> Broker {
+    support::broker(2)
 }
 
 fn keys(v: &Value) -> Vec<&str> {
@@ -22,8 +25,16 @@ fn sorted(mut v: Vec<&str>) -> Vec<&str> {
     v
 }
 
-fn requests(broker: &FakeBroker, op: Opcode) -> usize {
-    broker.state.lock().expect("lock").routed.iter().filter(|r| r.op == op).count()
+/// Receives (and deletes) from `queue` until `n` lines arrived (topic
+/// deliveries reach queues in the background); then checks nothing more waits.
+fn receive_n(addr: SocketAddr, queue: &str, n: usize) -> String {
+    let mut text = String::new();
+    wait_until(&format!("{n} messages in {queue}"), || {
+        text.push_str(&ok(cmq(addr, &["receive", queue, "--max", "16", "--wait", "1", "--delete"])));
+        text.lines().count() >= n
+    });
+    assert_eq!(stderr(&cmq(addr, &["receive", queue])).trim(), "no message", "more than {n} in {queue}: {text}");
+    text
 }
 
 /// Stderr of a command the broker refused (exit 1).
@@ -35,7 +46,7 @@ fn refusal(o: std::process::Output) -> String {
 #[test]
 fn topic_info_uses_cmq_names_and_numbers() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     let id = ok(cmq(addr, &["create-topic", "events", "--filter-type", "routing-key", "--max-msg-size", "2048"]));
     let id = id.trim();
     assert!(id.parse::<u64>().is_ok(), "{id:?}");
@@ -84,7 +95,7 @@ fn topic_info_uses_cmq_names_and_numbers() {
 #[test]
 fn list_topics_filters_and_pages_and_delete_topic_removes_one() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     for name in ["alpha", "alpine", "beta"] {
         ok(cmq(addr, &["create-topic", name]));
     }
@@ -113,7 +124,7 @@ fn list_topics_filters_and_pages_and_delete_topic_removes_one() {
 #[test]
 fn publish_reaches_the_queues_whose_tags_match() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq(addr, &["create-topic", "news"]));
     for q in ["qa", "qb", "qall"] {
         ok(cmq(addr, &["create-queue", q]));
@@ -128,10 +139,9 @@ fn publish_reaches_the_queues_whose_tags_match() {
     assert!(sent["msgId"].as_str().is_some_and(|s| s.parse::<u64>().is_ok()), "{sent}");
     ok(cmq(addr, &["publish", "news", "untagged"]));
 
-    let receive = |q: &str| ok(cmq(addr, &["receive", q, "--max", "16", "--delete"]));
-    assert_eq!(receive("qa"), "just a\na and c\n");
-    assert_eq!(receive("qb"), "a and c\n");
-    assert_eq!(receive("qall"), "just a\na and c\nuntagged\n");
+    assert_eq!(receive_n(addr, "qa", 2), "just a\na and c\n");
+    assert_eq!(receive_n(addr, "qb", 1), "a and c\n");
+    assert_eq!(receive_n(addr, "qall", 3), "just a\na and c\nuntagged\n");
 
     let err = refusal(cmq(addr, &["publish", "news", "x", "--tag", "seventeen-chars-x"]));
     assert!(err.starts_with("error: 4000 INVALID_PARAMETER: msgTag"), "the broker judges: {err}");
@@ -145,7 +155,7 @@ fn publish_reaches_the_queues_whose_tags_match() {
 #[test]
 fn publish_batch_sends_sixteen_per_request_with_one_routing_key() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq(addr, &["create-topic", "events", "--filter-type", "routing-key"]));
     ok(cmq(addr, &["create-queue", "orders"]));
     ok(cmq(addr, &["create-queue", "audit"]));
@@ -154,28 +164,27 @@ fn publish_batch_sends_sixteen_per_request_with_one_routing_key() {
 
     let lines: Vec<String> = (0..40).map(|i| format!("paid {i}")).collect();
     let input = format!("{}\n\r\n\n", lines.join("\r\n"));
-    let ids = ok(cmq_with_stdin(addr, &["publish-batch", "events", "--routing-key", "order.paid"], &input));
+    let tap = Tap::start(addr);
+    let ids = ok(cmq_with_stdin(tap.addr, &["publish-batch", "events", "--routing-key", "order.paid"], &input));
     let ids: Vec<u64> = ids.lines().map(|l| l.parse().expect("msgId")).collect();
     assert_eq!(ids.len(), 40);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in line order");
-    assert_eq!(requests(&broker, Opcode::BatchPublishMessage), 3, "16 + 16 + 8");
+    assert_eq!(tap.count(Opcode::BatchPublishMessage), 3, "16 + 16 + 8");
 
-    let got = json(cmq(addr, &["--json", "receive", "orders", "--max", "16"]));
-    let bodies: Vec<&str> = got.as_array().expect("array").iter().map(|m| m["msgBody"].as_str().expect("s")).collect();
-    assert_eq!(bodies, lines[..16].iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(stderr(&cmq(addr, &["receive", "audit"])).trim(), "no message");
+    let want = format!("{}\n", lines.join("\n"));
+    assert_eq!(receive_n(addr, "orders", 40), want, "in publish order");
 
     let ids =
         json(cmq_with_stdin(addr, &["--json", "publish-batch", "events", "--routing-key", "audit.a.b"], "x\ny\n"));
     assert_eq!(ids.as_array().map(Vec::len), Some(2));
     assert!(ids[0].is_string());
-    assert_eq!(ok(cmq(addr, &["receive", "audit", "--max", "16"])), "x\ny\n");
+    assert_eq!(receive_n(addr, "audit", 2), "x\ny\n", "only the audit.# ones");
 }
 
 #[test]
 fn subscribing_an_http_endpoint_prints_the_push_secret_and_how_pushes_are_signed() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq(addr, &["create-topic", "t"]));
     ok(cmq(addr, &["create-queue", "dead"]));
     let out = cmq(addr, &["subscribe", "t", "hook", "--http", "https://example.com/in", "--dead-letter-queue", "dead"]);
@@ -206,12 +215,12 @@ fn subscribing_an_http_endpoint_prints_the_push_secret_and_how_pushes_are_signed
     assert!(!stderr(&out).contains("X-CMQ-Signature"));
     assert_eq!(ok(cmq(addr, &["subscribe", "t", "into-q2", "--queue", "q"])).lines().count(), 1, "just the id");
 
+    let sink = HttpSink::always(200);
+    ok(cmq(addr, &["subscribe", "t", "local", "--http", &sink.url("/in"), "--format", "simplified"]));
     ok(cmq(addr, &["publish", "t", "ping"]));
-    let pushed = broker.state.lock().expect("lock").pushed.clone();
-    assert_eq!(
-        pushed.iter().map(|p| p.url.as_str()).collect::<Vec<_>>(),
-        ["https://example.com/in", "http://127.0.0.1:9/"]
-    );
+    let push = sink.next(EVENT_TIMEOUT, "the push");
+    assert_eq!((push.method.as_str(), push.target.as_str(), &push.body[..]), ("POST", "/in", &b"ping"[..]));
+    assert!(push.header("X-CMQ-Signature").is_some_and(|s| s.starts_with("sha256=")), "{push:?}");
 
     let err = refusal(cmq(addr, &["subscribe", "t", "hook", "--queue", "q"]));
     assert!(err.starts_with("error: 4530 SUBSCRIPTION_ALREADY_EXISTS"), "{err}");
@@ -225,7 +234,7 @@ fn subscribing_an_http_endpoint_prints_the_push_secret_and_how_pushes_are_signed
 #[test]
 fn subscriptions_are_listed_shown_changed_and_removed() {
     let broker = broker();
-    let addr = broker.addr();
+    let addr = broker.addr;
     ok(cmq(addr, &["create-topic", "t"]));
     ok(cmq(addr, &["create-queue", "inbox"]));
     ok(cmq(addr, &["subscribe", "t", "to-inbox", "--queue", "inbox", "--tag", "x", "--tag", "y"]));
@@ -306,11 +315,11 @@ fn subscriptions_are_listed_shown_changed_and_removed() {
     assert_eq!(json(cmq(addr, &["--json", "clear-filter-tags", "t", "to-inbox"])), j!({}));
     assert_eq!(json(cmq(addr, &["--json", "subscription-info", "t", "to-inbox"]))["filterTag"], j!([]));
     ok(cmq(addr, &["publish", "t", "for everyone", "--tag", "x"]));
-    assert_eq!(ok(cmq(addr, &["receive", "inbox", "--max", "16"])), "for everyone\n");
+    assert_eq!(receive_n(addr, "inbox", 1), "for everyone\n", "the first publish matched nothing in inbox");
 
     assert_eq!(ok(cmq(addr, &["unsubscribe", "t", "to-hook"])), "");
     let err = refusal(cmq(addr, &["subscription-info", "t", "to-hook"]));
-    assert_eq!(err, "error: 4520 SUBSCRIPTION_NOT_FOUND: no subscription \"to-hook\" on topic \"t\"\n");
+    assert_eq!(err, "error: 4520 SUBSCRIPTION_NOT_FOUND: topic \"t\" has no subscription \"to-hook\"\n");
     for args in [&["unsubscribe", "t", "to-hook"][..], &["clear-filter-tags", "t", "to-hook"]] {
         assert!(refusal(cmq(addr, args)).starts_with("error: 4520 SUBSCRIPTION_NOT_FOUND"), "{args:?}");
     }
@@ -319,4 +328,29 @@ fn subscriptions_are_listed_shown_changed_and_removed() {
     assert_eq!(body["name"], "SUBSCRIPTION_NOT_FOUND");
     assert_eq!(json(cmq(addr, &["--json", "list-subscriptions", "t"]))["totalCount"], 1);
     assert_eq!(json(cmq(addr, &["--json", "topic-info", "t"]))["subscriptionCount"], 1);
+}
+
+/// A push given up on and moved to the subscription's dead-letter queue was
+/// not delivered: subscription-info counts it in neither delivered nor dropped.
+#[test]
+fn a_dead_lettered_push_is_not_counted_as_delivered() {
+    // Retries 1000x faster than real: BACKOFF_RETRY's 3 retries take tens of ms.
+    let broker = Broker::start(&["--shards", "2", "--push-retry-scale", "0.001"]);
+    let addr = broker.addr;
+    let sink = HttpSink::always(500);
+    ok(cmq(addr, &["create-topic", "t"]));
+    ok(cmq(addr, &["create-queue", "dead"]));
+    let url = sink.url("/failing");
+    let hook =
+        ["subscribe", "t", "hook", "--http", &url, "--notify-strategy", "backoff", "--dead-letter-queue", "dead"];
+    ok(cmq(addr, &hook));
+    ok(cmq(addr, &["publish", "t", "doomed"]));
+    assert_eq!(receive_n(addr, "dead", 1), "doomed\n", "moved to the dead-letter queue after its retries");
+    let mut info = Value::Null;
+    wait_until("the move to be confirmed", || {
+        info = json(cmq(addr, &["--json", "subscription-info", "t", "hook"]));
+        info["msgCount"] == 0
+    });
+    assert_eq!((info["delivered"].as_u64(), info["dropped"].as_u64()), (Some(0), Some(0)), "{info}");
+    assert_eq!(sink.drain().len(), 4, "1 attempt + 3 retries, all answered 500");
 }

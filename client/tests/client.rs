@@ -1,4 +1,5 @@
-//! `Client` against the fake broker and scripted servers, over real sockets.
+//! `Client` against the real cmqd, and against scripted servers where a test
+//! needs one that misbehaves, over real sockets.
 
 mod support;
 
@@ -11,21 +12,13 @@ use bytes::Bytes;
 use cmq_client::{Client, ClientError};
 use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
-use support::{FakeBroker, FakeServer, CLIENT_TIMEOUT};
-
-fn client(addr: std::net::SocketAddr) -> Client {
-    Client::connect_with_timeout(addr, Some(CLIENT_TIMEOUT)).expect("connect")
-}
-
-/// The broker serves each connection from the shard it asks for.
-fn honour_hint(hint: Option<u16>) -> u16 {
-    hint.unwrap_or(0)
-}
+use support::scripted::ScriptedServer;
+use support::{broker, client, wait_until};
 
 #[test]
 fn every_operation_round_trips() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     c.ping().expect("ping");
 
     let update = QueueAttributesUpdate { visibility_timeout: Some(45), ..Default::default() };
@@ -64,8 +57,8 @@ fn every_operation_round_trips() {
 
 #[test]
 fn no_message_is_none_not_an_error() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     c.create_queue("empty", &QueueAttributesUpdate::default()).expect("create");
     assert_eq!(c.receive("empty", Some(0)).expect("not an error"), None);
     assert!(c.receive_batch("empty", 16, Some(0)).expect("not an error").is_empty());
@@ -73,8 +66,8 @@ fn no_message_is_none_not_an_error() {
 
 #[test]
 fn server_errors_carry_code_and_message() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     let err = c.queue_info("nope").expect_err("no such queue");
     assert_eq!(err.code(), Some(ErrorCode::QUEUE_NOT_FOUND));
     assert_eq!(err.to_string(), "4440 QUEUE_NOT_FOUND: queue \"nope\" does not exist");
@@ -82,24 +75,35 @@ fn server_errors_carry_code_and_message() {
     c.ping().expect("still connected");
 }
 
+/// Frames each shard's connection has sent so far.
+fn sent_per_shard(c: &Client) -> Vec<u64> {
+    (0..c.shard_count()).map(|s| c.connection(s).map_or(0, |conn| conn.stats().frames_sent)).collect()
+}
+
 #[test]
 fn queue_requests_go_to_the_owning_shard() {
     const SHARDS: u16 = 4;
-    let broker = FakeBroker::start(SHARDS, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(SHARDS);
+    let mut c = client(broker.addr);
     assert_eq!(c.shard_count(), SHARDS);
     let names: Vec<String> = (0..24).map(|i| format!("queue-{i}")).collect();
     for name in &names {
+        let owner = shard_for(name, SHARDS);
+        let before = sent_per_shard(&c);
         c.create_queue(name, &QueueAttributesUpdate::default()).expect("create");
         c.send(name, "x", 0).expect("send");
         assert_eq!(c.receive(name, Some(0)).expect("receive").map(|m| m.body), Some(Bytes::from("x")));
+        assert_eq!(c.queue_info(name).expect("info").shard, owner, "the broker keeps {name} where the client thinks");
+        let after = sent_per_shard(&c);
+        for shard in 0..SHARDS {
+            let sent = after[usize::from(shard)] - before.get(usize::from(shard)).copied().unwrap_or(0);
+            // A connection opened just now also sent its handshake.
+            let handshake = u64::from(before[usize::from(shard)] == 0 && sent > 0);
+            let want = if shard == owner { 4 } else { 0 };
+            assert_eq!(sent - handshake, want, "{name}: shard {shard} (owner {owner}) sent {sent}");
+        }
     }
-    let routed = broker.state.lock().expect("lock").routed.clone();
-    assert_eq!(routed.len(), names.len() * 3);
-    for r in &routed {
-        assert_eq!(r.shard, shard_for(&r.queue, SHARDS), "{r:?}");
-    }
-    // Every shard got traffic, over at most one connection each.
+    // Every shard got traffic, over one connection each, served by that shard.
     for shard in 0..SHARDS {
         let conn = c.connection(shard).expect("a connection per shard");
         assert_eq!(conn.shard_id(), shard);
@@ -107,26 +111,40 @@ fn queue_requests_go_to_the_owning_shard() {
 }
 
 #[test]
-fn hints_the_broker_ignores_still_work() {
-    // The broker serves every connection from shard 0 whatever was asked;
-    // it forwards, so the client must simply keep going.
-    let broker = FakeBroker::start(4, |_| 0);
-    let mut c = client(broker.addr());
+fn hints_a_broker_ignores_still_work() {
+    // A broker that serves every connection from shard 0, whatever was
+    // asked (cmqd honours hints; an older or proxied one may not): the
+    // client must simply keep going, since a broker forwards.
+    let hints = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let seen = hints.clone();
+    let server = ScriptedServer::start(move |mut peer| {
+        let hello = peer.accept_handshake(4, 0);
+        seen.lock().expect("lock").push(hello.shard_hint);
+        while let Some((id, req)) = peer.read_request() {
+            let resp = match req {
+                Request::CreateQueue(_) => Response::CreateQueue(CreateQueueOk { queue_id: 1 }),
+                Request::SendMessage(_) => Response::SendMessage(SendMessageOk { msg_id: 7 }),
+                other => panic!("unexpected {:?}", other.opcode()),
+            };
+            peer.respond(id, &resp);
+        }
+    });
+    let mut c = client(server.addr());
     for i in 0..8 {
         let name = format!("q{i}");
         c.create_queue(&name, &QueueAttributesUpdate::default()).expect("create");
-        c.send(&name, "x", 0).expect("send");
+        assert_eq!(c.send(&name, "x", 0).expect("send"), 7);
     }
-    let routed = broker.state.lock().expect("lock").routed.clone();
-    assert!(routed.iter().all(|r| r.shard == 0));
-    assert!(routed.iter().any(|r| r.hint.is_some_and(|h| h != 0)), "client did ask for other shards");
+    let hints = hints.lock().expect("lock").clone();
+    assert!(hints.iter().any(|h| h.is_some_and(|h| h != 0)), "client did ask for other shards: {hints:?}");
+    assert!(hints.len() <= 4, "one connection per shard at most: {hints:?}");
 }
 
 #[test]
 fn a_long_poll_does_not_hold_up_a_later_answer() {
     let (answered_tx, answered_rx) = mpsc::channel::<()>();
     let answered_rx = Mutex::new(answered_rx);
-    let server = FakeServer::start(move |mut peer| {
+    let server = ScriptedServer::start(move |mut peer| {
         peer.accept_handshake(1, 0);
         let (receive_id, _) = peer.read_request().expect("receive");
         let (ping_id, _) = peer.read_request().expect("ping");
@@ -148,7 +166,7 @@ fn a_long_poll_does_not_hold_up_a_later_answer() {
 
 #[test]
 fn answers_for_other_tickets_are_stashed_until_waited_for() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let ids: Vec<u64> = (0..3).map(|_| peer.read_request().expect("request").0).collect();
         for (i, id) in ids.iter().enumerate().rev() {
@@ -170,8 +188,8 @@ fn answers_for_other_tickets_are_stashed_until_waited_for() {
 
 #[test]
 fn waiting_twice_for_a_ticket_is_refused() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     let t = c.submit(&Request::Ping(Ping {})).expect("submit");
     c.wait(t).expect("first wait");
     let err = c.wait(t).expect_err("second wait");
@@ -182,7 +200,7 @@ fn waiting_twice_for_a_ticket_is_refused() {
 #[test]
 fn a_dropped_connection_fails_its_tickets_and_the_next_call_reconnects() {
     let connections = AtomicUsize::new(0);
-    let server = FakeServer::start(move |mut peer| {
+    let server = ScriptedServer::start(move |mut peer| {
         let n = connections.fetch_add(1, Ordering::SeqCst);
         peer.accept_handshake(1, 0);
         if n == 0 {
@@ -202,7 +220,7 @@ fn a_dropped_connection_fails_its_tickets_and_the_next_call_reconnects() {
 #[test]
 fn waits_on_receives_allow_for_the_polling_wait() {
     // The only test that sleeps: what it checks is the passing of time.
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         while let Some((id, req)) = peer.read_request() {
             std::thread::sleep(Duration::from_millis(300));
@@ -227,18 +245,24 @@ fn dead_letter_setup(c: &mut Client, queue: &str, dlq: &str) {
 }
 
 /// Receives every message of `queue` once and makes it visible again, so
-/// that the next receive moves it to the dead-letter queue (maxReceiveCount 1).
+/// that the next receive moves it to the dead-letter queue (maxReceiveCount
+/// 1); returns once they are all there (the move crosses shards).
 fn exhaust_receives(c: &mut Client, queue: &str) {
-    for m in c.receive_batch(queue, 16, Some(0)).expect("receive") {
+    let got = c.receive_batch(queue, 16, Some(0)).expect("receive");
+    for m in &got {
         c.change_visibility(queue, m.receipt_handle, 0).expect("make visible");
     }
     assert_eq!(c.receive(queue, Some(0)).expect("receive"), None, "all moved to the dead-letter queue");
+    let dlq = c.queue_info(queue).expect("info").attributes.dead_letter_queue;
+    wait_until("the dead-lettered messages to arrive", || {
+        c.queue_info(&dlq).expect("info").active_msg_num == got.len() as u64
+    });
 }
 
 #[test]
 fn dead_lettered_messages_carry_their_origin() {
-    let broker = FakeBroker::start(2, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(2);
+    let mut c = client(broker.addr);
     dead_letter_setup(&mut c, "orders", "orders-dlq");
     let info = c.queue_info("orders").expect("info");
     assert_eq!(info.attributes.dead_letter_queue, "orders-dlq");
@@ -263,9 +287,10 @@ fn dead_lettered_messages_carry_their_origin() {
 
 #[test]
 fn rewind_peek_query_and_purge() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
-    c.create_queue("q", &QueueAttributesUpdate::default()).expect("create");
+    let broker = broker(1);
+    let mut c = client(broker.addr);
+    let keep = QueueAttributesUpdate { rewind_seconds: Some(600), ..Default::default() };
+    c.create_queue("q", &keep).expect("create");
     let start = support::now_ms();
     let ids = c.send_batch("q", &[Bytes::from("a"), Bytes::from("bb"), Bytes::from("ccc")], 0).expect("send");
     let m = c.receive("q", Some(0)).expect("receive").expect("a");
@@ -289,7 +314,8 @@ fn rewind_peek_query_and_purge() {
 
     let status = c.query_message("q", ids[0]).expect("query");
     assert_eq!((status.msg_id, status.state), (ids[0], MessageState::Deleted));
-    assert!(status.state_time_ms >= start);
+    assert_eq!(status.dequeue_count, 1);
+    assert!(status.enqueue_time_ms >= start);
     assert_eq!(c.rewind_queue("q", start).expect("rewind"), 1);
     assert_eq!(c.query_message("q", ids[0]).expect("query").state, MessageState::Ready);
     assert_eq!(c.receive("q", Some(0)).expect("receive").map(|m| m.msg_id), Some(ids[0]), "enqueue order");
@@ -297,14 +323,14 @@ fn rewind_peek_query_and_purge() {
     assert_eq!(c.purge_queue("q").expect("purge"), 3);
     assert_eq!(c.query_message("q", ids[2]).expect("query").state, MessageState::Purged);
     assert_eq!(c.receive("q", Some(0)).expect("receive"), None);
-    let err = c.query_message("q", 12345).expect_err("unknown id");
-    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_NOT_FOUND));
+    let unknown = c.query_message("q", 12345).expect("an answer, not an error");
+    assert_eq!((unknown.msg_id, unknown.state), (12345, MessageState::Gone));
 }
 
 #[test]
 fn transaction_messages_commit_and_roll_back() {
-    let broker = FakeBroker::start(2, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(2);
+    let mut c = client(broker.addr);
     c.create_queue("tx", &QueueAttributesUpdate::default()).expect("create");
     let keep = c.send_transaction_message("tx", "producers", "keep").expect("half");
     let drop = c.send_transaction_message("tx", "producers", "drop").expect("half");
@@ -316,58 +342,106 @@ fn transaction_messages_commit_and_roll_back() {
     assert_eq!(c.query_message("tx", drop).expect("query").state, MessageState::RolledBack);
     let err = c.end_transaction("tx", drop, true).expect_err("already resolved");
     assert_eq!(err.code(), Some(ErrorCode::MESSAGE_NOT_FOUND));
-    assert_eq!(broker.state.lock().expect("lock").ended, [(keep, true), (drop, false)]);
+    let err = c.end_transaction("tx", keep, false).expect_err("already committed");
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_NOT_FOUND));
 }
 
 #[test]
 fn redrives_start_list_and_cancel_on_the_shard_their_id_names() {
     const SHARDS: u16 = 4;
-    let broker = FakeBroker::start(SHARDS, honour_hint);
-    let mut c = client(broker.addr());
-    dead_letter_setup(&mut c, "src", "graveyard");
+    let broker = broker(SHARDS);
+    let mut c = client(broker.addr);
+    // The first connection's shard is wherever the broker put it; pick a
+    // dead-letter queue on another one, so the id must steer the cancel.
+    let home = c.server_info().shard_id;
+    let dlq = (0..).map(|i| format!("graveyard-{i}")).find(|n| shard_for(n, SHARDS) != home).expect("a name");
+    let dlq_shard = shard_for(&dlq, SHARDS);
+    dead_letter_setup(&mut c, "src", &dlq);
     c.create_queue("elsewhere", &QueueAttributesUpdate::default()).expect("create");
-    c.send_batch("src", &[Bytes::from("1"), Bytes::from("2"), Bytes::from("3")], 0).expect("send");
+    let bodies: Vec<Bytes> = (0..10).map(|i| Bytes::from(i.to_string())).collect();
+    c.send_batch("src", &bodies, 0).expect("send");
     exhaust_receives(&mut c, "src");
 
-    let task = c.start_redrive("graveyard", None, 1).expect("start");
-    assert_eq!((task.state, task.remaining, task.rate_per_second), (RedriveState::Running, 3, 1));
+    // One message a second: most are still there when it is cancelled.
+    let task = c.start_redrive(&dlq, None, 1).expect("start");
+    assert_eq!((task.state, task.remaining, task.rate_per_second), (RedriveState::Running, 10, 1));
     assert_eq!(task.to, "");
-    let dlq_shard = shard_for("graveyard", SHARDS);
-    assert_ne!(dlq_shard, c.server_info().shard_id, "not the first connection's shard");
-    assert_eq!(task.id >> 48, u64::from(dlq_shard));
-    // Every listing moves one message in the fake.
+    assert_eq!(task.id >> 48, u64::from(dlq_shard), "the id names the dead-letter queue's shard");
     let listed = c.list_redrives().expect("list");
-    assert_eq!((listed[0].id, listed[0].moved, listed[0].remaining), (task.id, 1, 2));
+    assert_eq!((listed.len(), listed[0].id, listed[0].state), (1, task.id, RedriveState::Running));
+    let sent_before = c.connection(dlq_shard).map_or(0, |conn| conn.stats().frames_sent);
     let cancelled = c.cancel_redrive(task.id).expect("cancel");
-    assert_eq!((cancelled.state, cancelled.moved), (RedriveState::Cancelled, 1));
-    assert_eq!(
-        c.receive("src", Some(0)).expect("receive").and_then(|m| m.origin).map(|o| o.source_queue).as_deref(),
-        Some("src")
-    );
+    let sent_after = c.connection(dlq_shard).expect("the id's shard's connection").stats().frames_sent;
+    assert!(sent_after > sent_before, "the cancel went to shard {dlq_shard}, the one its id names");
+    assert_eq!(cancelled.state, RedriveState::Cancelled);
+    assert!(cancelled.moved < 10, "at 1/s it cannot have moved all 10 by now: {cancelled:?}");
+    // Moves already under way finish; nothing more follows.
+    wait_until("the moved messages to reach src", || {
+        c.queue_info("src").expect("info").active_msg_num == cancelled.moved
+    });
+    let moved = c.receive_batch("src", 16, Some(0)).expect("receive");
+    assert_eq!(moved.len() as u64, cancelled.moved, "what it says it moved is back in src");
+    assert!(moved.iter().all(|m| m.origin.as_ref().is_some_and(|o| o.source_queue == "src")));
 
-    let routed = broker.state.lock().expect("lock").routed.clone();
-    let cancel = routed.iter().find(|r| r.op == Opcode::CancelRedrive).expect("cancel routed");
-    assert_eq!(cancel.to_shard, Some(dlq_shard));
-    assert_eq!((cancel.hint, cancel.shard), (Some(dlq_shard), dlq_shard), "sent to the shard the id names");
-
-    let all = c.start_redrive("graveyard", Some("elsewhere"), 0).expect("start");
-    assert_eq!(all.remaining, 2);
-    let done = c.list_redrives().expect("list").into_iter().find(|t| t.id == all.id).expect("listed");
-    assert_eq!((done.state, done.moved, done.remaining, done.to.as_str()), (RedriveState::Done, 2, 0, "elsewhere"));
-    assert_eq!(c.receive_batch("elsewhere", 16, Some(0)).expect("receive").len(), 2);
+    let all = c.start_redrive(&dlq, Some("elsewhere"), 0).expect("start");
+    let left = 10 - cancelled.moved;
+    assert_eq!(all.remaining, left);
+    let mut done = None;
+    wait_until("the unlimited redrive to finish", || {
+        done = c.list_redrives().expect("list").into_iter().find(|t| t.id == all.id && t.state == RedriveState::Done);
+        done.is_some()
+    });
+    let done = done.expect("done");
+    assert_eq!((done.moved, done.remaining, done.failed, done.to.as_str()), (left, 0, 0, "elsewhere"));
+    assert_eq!(done.note, "", "nothing failed");
+    assert_eq!(c.receive_batch("elsewhere", 16, Some(0)).expect("receive").len() as u64, left);
 
     let err = c.cancel_redrive((1 << 48) | 999).expect_err("unknown");
     assert_eq!(err.code(), Some(ErrorCode::REDRIVE_NOT_FOUND));
 }
 
 #[test]
+fn a_redrive_to_a_missing_queue_is_refused_and_a_failed_one_says_why() {
+    let broker = broker(2);
+    let mut c = client(broker.addr);
+    dead_letter_setup(&mut c, "src", "dlq");
+    c.send_batch("src", &[Bytes::from("1"), Bytes::from("2")], 0).expect("send");
+    exhaust_receives(&mut c, "src");
+
+    let err = c.start_redrive("dlq", Some("nowhere"), 0).expect_err("refused up front");
+    assert_eq!(err.code(), Some(ErrorCode::QUEUE_NOT_FOUND));
+    assert_eq!(err.to_string(), "4440 QUEUE_NOT_FOUND: to: queue \"nowhere\" does not exist");
+    assert!(c.list_redrives().expect("list").is_empty(), "no task was started");
+
+    // The source queue goes away after the messages left it: back where
+    // they came from is nowhere, and the task's status says so.
+    let clear = QueueAttributesUpdate { dead_letter_queue: Some(String::new()), ..Default::default() };
+    c.set_queue_attributes("src", &clear).expect("clear policy");
+    c.delete_queue("src").expect("delete source");
+    let task = c.start_redrive("dlq", None, 0).expect("start");
+    let mut finished = None;
+    wait_until("the redrive to finish", || {
+        finished =
+            c.list_redrives().expect("list").into_iter().find(|t| t.id == task.id && t.state != RedriveState::Running);
+        finished.is_some()
+    });
+    let t = finished.expect("finished");
+    assert_eq!((t.state, t.moved, t.failed), (RedriveState::Done, 0, 2), "{t:?}");
+    assert_eq!(
+        t.note,
+        "2 messages could not be moved (queue \"src\" does not exist); they stay in the dead-letter queue"
+    );
+    assert_eq!(c.queue_info("dlq").expect("info").active_msg_num, 2, "still in the dead-letter queue");
+}
+
+#[test]
 fn requests_are_routed_as_the_protocol_says() {
-    let broker = FakeBroker::start(4, honour_hint);
-    let c = client(broker.addr());
+    let broker = broker(4);
+    let c = client(broker.addr);
     let cancel = |shard: u64| Request::CancelRedrive(CancelRedrive { id: (shard << 48) | 7 });
     assert_eq!(c.shard_for_request(&cancel(3)), 3);
     assert_eq!(c.shard_for_request(&cancel(0)), 0);
-    // A shard the broker does not have (fewer shards since the id was minted): any connection.
+    // A shard the broker does not have (fewer shards since the id was minted): the first connection.
     assert_eq!(c.shard_for_request(&cancel(9)), c.server_info().shard_id);
     let send = Request::SendMessage(SendMessage { queue: "q7".into(), delay_seconds: 0, body: Bytes::new() });
     assert_eq!(c.shard_for_request(&send), shard_for("q7", 4));
@@ -376,18 +450,46 @@ fn requests_are_routed_as_the_protocol_says() {
 
 #[test]
 fn pushes_reaching_a_client_are_kept_for_take_pushes() {
-    let broker = FakeBroker::start(2, honour_hint);
-    let mut c = client(broker.addr());
-    c.create_queue("tx", &QueueAttributesUpdate::default()).expect("create");
-    let id = c.send_transaction_message("tx", "grp", "x").expect("half");
+    let broker = broker(2);
+    let mut c = client(broker.addr);
+    // The broker asks the group's checker a second after the half message.
+    let check_soon = QueueAttributesUpdate { first_query_interval: Some(1), ..Default::default() };
+    c.create_queue("tx", &check_soon).expect("create");
     c.call(&Request::RegisterChecker(RegisterChecker { producer_group: "grp".into() })).expect("register");
-    assert_eq!(broker.ask_checkers(), 1);
+    let id = c.send_transaction_message("tx", "grp", "x").expect("half");
     let mut pushes = Vec::new();
-    support::wait_until("the push", || {
+    wait_until("the push", || {
         c.ping().expect("ping");
         pushes.extend(c.take_pushes());
         !pushes.is_empty()
     });
     let [cmq_client::Push::TransactionCheck(check)] = &pushes[..] else { panic!("{pushes:?}") };
     assert_eq!((check.msg_id, check.queue.as_str(), check.check_count), (id, "tx", 1));
+}
+
+/// A request that crosses the broker's idle close (the broker answers the
+/// connection with IDLE_TIMEOUT, request id 0, and closes it without reading
+/// the request) is sent again on a new connection: the caller sees its answer.
+#[test]
+fn a_request_that_meets_an_idle_close_is_sent_again_on_a_new_connection() {
+    let connections = AtomicUsize::new(0);
+    let pings = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = pings.clone();
+    let server = support::scripted::ScriptedServer::start(move |mut peer| {
+        let nth = connections.fetch_add(1, Ordering::SeqCst);
+        peer.accept_handshake(1, 0);
+        while let Some((id, _)) = peer.read_request() {
+            if nth == 0 {
+                let mut out = Vec::new();
+                ErrorBody::new(ErrorCode::IDLE_TIMEOUT, "idle for 500 ms").encode_frame(0, 0, &mut out);
+                peer.write_raw(&out);
+                return;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            peer.respond(id, &Response::Ping(Empty {}));
+        }
+    });
+    let mut c = client(server.addr());
+    c.ping().expect("answered on a second connection");
+    assert_eq!(pings.load(Ordering::SeqCst), 1, "run once");
 }

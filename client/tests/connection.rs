@@ -1,4 +1,6 @@
-//! `Connection` against a scripted fake server over real loopback sockets.
+//! `Connection` over real loopback sockets: against the real cmqd, and
+//! against a scripted server where a test needs exact control of what the
+//! server sends (answers out of order, frames cut or garbled, silence).
 
 mod support;
 
@@ -9,10 +11,11 @@ use std::time::Duration;
 use cmq_client::{ClientError, Connection, Event, Push};
 use cmq_protocol::frame;
 use cmq_protocol::*;
-use support::{response_frame, FakeServer, CLIENT_TIMEOUT};
+use support::scripted::{self, response_frame, ScriptedServer};
+use support::{broker, CLIENT_TIMEOUT};
 
-fn connect(server: &FakeServer) -> Connection {
-    Connection::connect_with_timeout(server.addr(), None, Some(CLIENT_TIMEOUT)).expect("connect to fake server")
+fn connect(server: &ScriptedServer) -> Connection {
+    Connection::connect_with_timeout(server.addr(), None, Some(CLIENT_TIMEOUT)).expect("connect to scripted server")
 }
 
 fn ping() -> Request {
@@ -21,23 +24,27 @@ fn ping() -> Request {
 
 #[test]
 fn handshake_sends_hint_and_reports_the_shard() {
+    let broker = broker(4);
+    for hint in 0..4 {
+        let conn = Connection::connect_with_timeout(broker.addr, Some(hint), Some(CLIENT_TIMEOUT)).expect("connect");
+        assert_eq!((conn.shard_count(), conn.shard_id()), (4, hint), "cmqd serves the hinted shard");
+        assert!(conn.handshake_info().server.starts_with("cmqd/"), "{:?}", conn.handshake_info());
+    }
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let server = FakeServer::start(move |mut peer| {
+    let server = ScriptedServer::start(move |mut peer| {
         let hello = peer.accept_handshake(8, 3);
         let _ = tx.lock().expect("lock").send(hello);
     });
-    let conn = Connection::connect_with_timeout(server.addr(), Some(3), Some(CLIENT_TIMEOUT)).expect("connect");
+    Connection::connect_with_timeout(server.addr(), Some(3), Some(CLIENT_TIMEOUT)).expect("connect");
     let hello = rx.recv().expect("server saw a handshake");
     assert_eq!(hello.shard_hint, Some(3));
     assert!(hello.client.starts_with("cmq-client/"), "{}", hello.client);
-    assert_eq!((conn.shard_count(), conn.shard_id()), (8, 3));
-    assert_eq!(conn.handshake_info().server, "fake-cmqd/0");
 }
 
 #[test]
 fn out_of_order_responses_are_matched_by_id() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let reqs: Vec<_> = (0..3).map(|_| peer.read_request().expect("request")).collect();
         // Answer last-first, each with the response type its request asked for.
@@ -78,7 +85,7 @@ fn out_of_order_responses_are_matched_by_id() {
 #[test]
 fn many_pipelined_requests_go_out_in_one_write_and_come_back_in_few_reads() {
     const N: usize = 1000;
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         // Read every request before answering any: the client must not be
         // waiting for an answer before sending the next request.
@@ -111,14 +118,8 @@ fn many_pipelined_requests_go_out_in_one_write_and_come_back_in_few_reads() {
 
 #[test]
 fn error_frame_becomes_server_error_and_connection_stays_usable() {
-    let server = FakeServer::start(|mut peer| {
-        peer.accept_handshake(1, 0);
-        let (id, _) = peer.read_request().expect("request");
-        peer.respond_error(id, Opcode::GetQueueAttributes, ErrorCode::QUEUE_NOT_FOUND, "queue \"x\" does not exist");
-        let (id, _) = peer.read_request().expect("request");
-        peer.respond(id, &Response::Ping(Empty {}));
-    });
-    let mut conn = connect(&server);
+    let broker = broker(1);
+    let mut conn = Connection::connect_with_timeout(broker.addr, None, Some(CLIENT_TIMEOUT)).expect("connect");
     let id = conn.submit(&Request::GetQueueAttributes(GetQueueAttributes { queue: "x".into() }));
     let (got, result) = conn.recv().expect("healthy");
     assert_eq!(got, id);
@@ -135,7 +136,7 @@ fn error_frame_becomes_server_error_and_connection_stays_usable() {
 fn server_closing_mid_frame_is_disconnected_at_every_cut() {
     let frame = response_frame(1, &Response::ListQueues(ListQueuesOk { total: 1, queues: vec![] }));
     for cut in [0, 1, 4, 15, 16, frame.len() - 1] {
-        let server = FakeServer::start(move |mut peer| {
+        let server = ScriptedServer::start(move |mut peer| {
             peer.accept_handshake(1, 0);
             let (id, _) = peer.read_request().expect("request");
             let mut partial = response_frame(id, &Response::ListQueues(ListQueuesOk { total: 1, queues: vec![] }));
@@ -155,7 +156,7 @@ fn server_closing_mid_frame_is_disconnected_at_every_cut() {
 
 #[test]
 fn impossible_frame_length_is_a_protocol_error() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         peer.read_request();
         peer.write_raw(&u32::MAX.to_le_bytes());
@@ -171,7 +172,7 @@ fn impossible_frame_length_is_a_protocol_error() {
 
 #[test]
 fn undecodable_or_mismatched_payloads_fail_only_their_request() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
         let (b, _) = peer.read_request().expect("b");
@@ -200,7 +201,7 @@ fn undecodable_or_mismatched_payloads_fail_only_their_request() {
 
 #[test]
 fn response_to_a_request_never_sent_breaks_the_connection() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (id, _) = peer.read_request().expect("request");
         peer.respond(id + 100, &Response::Ping(Empty {}));
@@ -214,7 +215,7 @@ fn response_to_a_request_never_sent_breaks_the_connection() {
 
 #[test]
 fn refused_handshake_reports_the_code() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         let (id, _) = peer.read_request().expect("handshake");
         peer.respond_error(id, Opcode::Handshake, ErrorCode::UNSUPPORTED_VERSION, "this server speaks 7..=9");
     });
@@ -227,7 +228,7 @@ fn refused_handshake_reports_the_code() {
 #[test]
 fn unsolicited_error_before_close_is_surfaced() {
     // A full broker answers the connection itself, not the handshake's id.
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.read_request();
         peer.respond_error(0, Opcode::Handshake, ErrorCode::TOO_MANY_CONNECTIONS, "limit 2 reached");
     });
@@ -237,15 +238,13 @@ fn unsolicited_error_before_close_is_surfaced() {
 
 #[test]
 fn silent_server_during_handshake_times_out() {
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let server = FakeServer::start(move |mut peer| {
-        peer.read_request();
-        let _ = release_rx.lock().expect("lock").recv();
-    });
+    let (server, release_tx) = scripted::silent_server();
     let err = Connection::connect_with_timeout(server.addr(), None, Some(Duration::from_millis(50)))
         .expect_err("no handshake answer");
     assert!(err.is_timeout(), "{err:?}");
+    // What happened, not the OS's "Resource temporarily unavailable (os error 11)".
+    let text = err.to_string();
+    assert_eq!(text, format!("timed out after 50 ms waiting for an answer from {}", server.addr()));
     drop(release_tx);
 }
 
@@ -253,7 +252,7 @@ fn silent_server_during_handshake_times_out() {
 fn read_timeout_leaves_the_connection_usable() {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = Arc::new(Mutex::new(go_rx));
-    let server = FakeServer::start(move |mut peer| {
+    let server = ScriptedServer::start(move |mut peer| {
         peer.accept_handshake(1, 0);
         let (id, _) = peer.read_request().expect("request");
         // Send half the answer, then the rest only once the client timed out.
@@ -277,11 +276,8 @@ fn read_timeout_leaves_the_connection_usable() {
 
 #[test]
 fn recv_with_nothing_in_flight_fails_instead_of_blocking() {
-    let server = FakeServer::start(|mut peer| {
-        peer.accept_handshake(1, 0);
-        peer.read_request();
-    });
-    let mut conn = Connection::connect(server.addr(), None).expect("connect without timeout");
+    let broker = broker(1);
+    let mut conn = Connection::connect(broker.addr, None).expect("connect without timeout");
     let err = conn.recv().expect_err("nothing to wait for");
     assert!(matches!(&err, ClientError::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err:?}");
     assert!(!conn.is_broken());
@@ -289,34 +285,30 @@ fn recv_with_nothing_in_flight_fails_instead_of_blocking() {
 
 #[test]
 fn recv_flushes_what_was_submitted() {
-    let server = FakeServer::start(|mut peer| {
-        peer.accept_handshake(1, 0);
-        let (id, _) = peer.read_request().expect("request");
-        peer.respond(id, &Response::Ping(Empty {}));
-    });
-    let mut conn = connect(&server);
+    let broker = broker(1);
+    let mut conn = Connection::connect_with_timeout(broker.addr, None, Some(CLIENT_TIMEOUT)).expect("connect");
     let id = conn.submit(&ping());
     assert!(conn.has_unflushed());
     assert_eq!(conn.recv().expect("healthy").0, id);
 }
 
 fn check_push(msg_id: u64) -> Push {
-    let Request::TransactionCheck(c) = support::check("q", msg_id, "g") else { unreachable!() };
+    let Request::TransactionCheck(c) = scripted::check("q", msg_id, "g") else { unreachable!() };
     Push::TransactionCheck(c)
 }
 
 #[test]
 fn a_push_between_two_replies_is_queued_and_replies_keep_their_ids() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
         let (b, _) = peer.read_request().expect("b");
         // One write: reply b, a push, reply a, another push. The pushes carry
         // request id 0 and would be "a response nobody asked for" if mistaken.
         let mut all = response_frame(b, &Response::ListQueues(ListQueuesOk { total: 2, queues: vec![] }));
-        all.extend(support::push_frame(&support::check("q", 7, "g")));
+        all.extend(scripted::push_frame(&scripted::check("q", 7, "g")));
         all.extend(response_frame(a, &Response::Ping(Empty {})));
-        all.extend(support::push_frame(&support::check("q", 8, "g")));
+        all.extend(scripted::push_frame(&scripted::check("q", 8, "g")));
         peer.write_raw(&all);
         let (c, _) = peer.read_request().expect("c");
         peer.respond(c, &Response::Ping(Empty {}));
@@ -342,14 +334,14 @@ fn a_push_between_two_replies_is_queued_and_replies_keep_their_ids() {
 
 #[test]
 fn recv_event_interleaves_replies_and_pushes_in_arrival_order() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
         let (b, _) = peer.read_request().expect("b");
         peer.respond(a, &Response::Ping(Empty {}));
-        peer.push(&support::check("q", 1, "g"));
+        peer.push(&scripted::check("q", 1, "g"));
         peer.respond(b, &Response::Ping(Empty {}));
-        peer.push(&support::check("q", 2, "g"));
+        peer.push(&scripted::check("q", 2, "g"));
         peer.read_request();
     });
     let mut conn = connect(&server);
@@ -383,12 +375,12 @@ fn recv_event_interleaves_replies_and_pushes_in_arrival_order() {
 
 #[test]
 fn recv_event_returns_pushes_queued_by_recv_first() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
-        peer.push(&support::check("q", 5, "g"));
+        peer.push(&scripted::check("q", 5, "g"));
         peer.respond(a, &Response::Ping(Empty {}));
-        peer.push(&support::check("q", 6, "g"));
+        peer.push(&scripted::check("q", 6, "g"));
         peer.read_request();
     });
     let mut conn = connect(&server);
@@ -403,7 +395,7 @@ fn recv_event_returns_pushes_queued_by_recv_first() {
 
 #[test]
 fn unknown_or_malformed_pushes_are_surfaced_not_fatal() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
         // An opcode this client does not know, flagged PUSH.
@@ -435,7 +427,7 @@ fn unknown_or_malformed_pushes_are_surfaced_not_fatal() {
 
 #[test]
 fn a_push_flagged_as_a_response_breaks_the_connection() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         let (a, _) = peer.read_request().expect("a");
         let mut bad = Vec::new();
@@ -452,7 +444,7 @@ fn a_push_flagged_as_a_response_breaks_the_connection() {
 
 #[test]
 fn a_closer_wakes_a_blocked_recv_event_from_another_thread() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         peer.read_request(); // until the client closes
     });
@@ -464,4 +456,49 @@ fn a_closer_wakes_a_blocked_recv_event_from_another_thread() {
     closer.close(); // idempotent
     let result = waiter.join().expect("no panic");
     assert!(matches!(result, Err(ClientError::Disconnected)), "{result:?}");
+}
+
+// ---- a connection the broker closed while idle -------------------------------------
+
+/// The broker's idle deadline closes a connection with an IDLE_TIMEOUT frame
+/// (request id 0) and a FIN. An idle connection notices before its next
+/// request; a push that arrived while idle is kept, not taken for a close.
+#[test]
+fn a_connection_closed_while_idle_is_noticed_before_the_next_request() {
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let closed_tx = Mutex::new(closed_tx);
+    let server = ScriptedServer::start(move |mut peer| {
+        peer.accept_handshake(1, 0);
+        let (id, _) = peer.read_request().expect("ping");
+        peer.respond(id, &Response::Ping(Empty {}));
+        peer.push(&support::scripted::check("q", 9, "g"));
+        let mut out = Vec::new();
+        ErrorBody::new(ErrorCode::IDLE_TIMEOUT, "idle for 500 ms").encode_frame(0, 0, &mut out);
+        peer.write_raw(&out);
+        let _ = closed_tx.lock().expect("lock").send(());
+    });
+    let mut conn = connect(&server);
+    conn.submit(&ping());
+    conn.recv().expect("healthy").1.expect("pong");
+    assert!(!conn.closed_while_idle(), "just used: not looked at");
+    closed_rx.recv().expect("server closed");
+    // The check runs only after a quarter second of silence.
+    support::wait_until("the close to be noticed", || conn.closed_while_idle());
+    assert!(conn.is_broken());
+    assert_eq!(conn.take_pushes(), vec![check_push(9)], "the push before the close is kept");
+}
+
+#[test]
+fn an_idle_connection_that_is_still_open_stays_usable() {
+    let server = ScriptedServer::start(|mut peer| {
+        peer.accept_handshake(1, 0);
+        while let Some((id, _)) = peer.read_request() {
+            peer.respond(id, &Response::Ping(Empty {}));
+        }
+    });
+    let mut conn = connect(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!conn.closed_while_idle());
+    conn.submit(&ping());
+    conn.recv().expect("healthy").1.expect("pong");
 }

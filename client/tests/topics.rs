@@ -1,4 +1,5 @@
-//! The topic operations of `Client` against the fake broker and scripted servers.
+//! The topic operations of `Client` against the real cmqd (and a scripted
+//! server where a test needs a broker that answers wrongly).
 
 mod support;
 
@@ -6,33 +7,27 @@ use bytes::Bytes;
 use cmq_client::{Client, ClientError, SubscribeBuilder, NO_TAGS};
 use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
-use support::{FakeBroker, FakeServer, CLIENT_TIMEOUT};
-
-fn client(addr: std::net::SocketAddr) -> Client {
-    Client::connect_with_timeout(addr, Some(CLIENT_TIMEOUT)).expect("connect")
-}
-
-fn honour_hint(hint: Option<u16>) -> u16 {
-    hint.unwrap_or(0)
-}
+use support::scripted::ScriptedServer;
+use support::{broker, client, wait_until, HttpSink, EVENT_TIMEOUT};
 
 fn queue(c: &mut Client, name: &str) {
     c.create_queue(name, &QueueAttributesUpdate::default()).expect("create queue");
 }
 
-/// Bodies of every message waiting in `queue`, received and deleted.
-fn drain(c: &mut Client, queue: &str) -> Vec<String> {
+/// Bodies of the next `n` messages to reach `queue` (deliveries from a
+/// topic arrive in the background), received and deleted; then checks that
+/// no other is waiting.
+fn drain(c: &mut Client, queue: &str, n: usize) -> Vec<String> {
     let mut bodies = Vec::new();
-    loop {
-        let got = c.receive_batch(queue, 16, Some(0)).expect("receive");
-        if got.is_empty() {
-            return bodies;
-        }
-        for m in got {
+    wait_until(&format!("{n} messages in {queue}"), || {
+        for m in c.receive_batch(queue, 16, Some(1)).expect("receive") {
             bodies.push(String::from_utf8(m.body.to_vec()).expect("utf-8"));
             c.delete_message(queue, m.receipt_handle).expect("delete");
         }
-    }
+        bodies.len() >= n
+    });
+    assert!(c.receive(queue, Some(0)).expect("receive").is_none(), "more than {n} in {queue}: {bodies:?}");
+    bodies
 }
 
 fn code(err: ClientError) -> ErrorCode {
@@ -41,8 +36,8 @@ fn code(err: ClientError) -> ErrorCode {
 
 #[test]
 fn topic_administration_round_trips() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     let attrs = TopicAttributesUpdate {
         max_msg_size: Some(4096),
         msg_retention_seconds: Some(3600),
@@ -83,8 +78,8 @@ fn topic_administration_round_trips() {
 
 #[test]
 fn publishing_to_a_tag_topic_reaches_the_matching_queues() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     for q in ["qa", "qb", "qall"] {
         queue(&mut c, q);
     }
@@ -105,16 +100,16 @@ fn publishing_to_a_tag_topic_reaches_the_matching_queues() {
     assert_eq!(ids.len(), 2);
     assert!(ids[0] > two && ids[1] > ids[0]);
 
-    assert_eq!(drain(&mut c, "qa"), ["tagged a", "batch 1", "batch 2"]);
-    assert_eq!(drain(&mut c, "qb"), ["tagged a b", "batch 1", "batch 2"]);
-    assert_eq!(drain(&mut c, "qall"), ["tagged a", "tagged a b", "untagged", "batch 1", "batch 2"]);
+    assert_eq!(drain(&mut c, "qa", 3), ["tagged a", "batch 1", "batch 2"]);
+    assert_eq!(drain(&mut c, "qb", 3), ["tagged a b", "batch 1", "batch 2"]);
+    assert_eq!(drain(&mut c, "qall", 5), ["tagged a", "tagged a b", "untagged", "batch 1", "batch 2"]);
     assert_eq!(c.topic_info("news").expect("info").subscription_count, 3);
 }
 
 #[test]
 fn publishing_with_a_routing_key_reaches_the_matching_bindings() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     let attrs = TopicAttributesUpdate { filter_type: Some(FilterType::RoutingKey), ..Default::default() };
     c.create_topic("events", &attrs).expect("create");
     for (sub, key) in [("created", "order.created"), ("orders", "order.*"), ("audit", "audit.#")] {
@@ -125,20 +120,22 @@ fn publishing_with_a_routing_key_reaches_the_matching_bindings() {
     c.publish("events", "2", NO_TAGS, "order.paid").expect("publish");
     c.publish_batch("events", &[Bytes::from("3"), Bytes::from("4")], NO_TAGS, "audit.login.failed").expect("batch");
     c.publish("events", "5", NO_TAGS, "").expect("no routing key reaches nobody");
-    assert_eq!(drain(&mut c, "created"), ["1"]);
-    assert_eq!(drain(&mut c, "orders"), ["1", "2"]);
-    assert_eq!(drain(&mut c, "audit"), ["3", "4"]);
+    assert_eq!(drain(&mut c, "created", 1), ["1"]);
+    assert_eq!(drain(&mut c, "orders", 2), ["1", "2"]);
+    assert_eq!(drain(&mut c, "audit", 2), ["3", "4"]);
 }
 
 #[test]
 fn subscriptions_list_show_change_and_go() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     queue(&mut c, "inbox");
     queue(&mut c, "dead");
     c.create_topic("t", &TopicAttributesUpdate::default()).expect("create");
     let q = c.subscribe(&Subscribe::to_queue("t", "to-queue", "inbox").with_filter_tags(&["x", "y"])).expect("sub");
-    let hook = Subscribe::to_http("t", "to-hook", "https://example.com/hook")
+    let sink = HttpSink::always(200);
+    let hook_url = sink.url("/hook");
+    let hook = Subscribe::to_http("t", "to-hook", &hook_url)
         .with_notify_strategy(NotifyStrategy::BackoffRetry)
         .with_dead_letter_queue("dead");
     let h = c.subscribe(&hook).expect("subscribe http");
@@ -161,7 +158,7 @@ fn subscriptions_list_show_change_and_go() {
         rows,
         [
             (q.subscription_id, "to-queue", SubscriptionProtocol::Queue, "inbox"),
-            (h.subscription_id, "to-hook", SubscriptionProtocol::Https, "https://example.com/hook"),
+            (h.subscription_id, "to-hook", SubscriptionProtocol::Http, hook_url.as_str()),
         ]
     );
     let page = c.list_subscriptions("t", "hook", 0, 0).expect("contains");
@@ -170,7 +167,7 @@ fn subscriptions_list_show_change_and_go() {
 
     let info = c.subscription_info("t", "to-hook").expect("info");
     assert_eq!((info.topic.as_str(), info.subscription.as_str()), ("t", "to-hook"));
-    assert_eq!((info.protocol, info.notify_strategy), (SubscriptionProtocol::Https, NotifyStrategy::BackoffRetry));
+    assert_eq!((info.protocol, info.notify_strategy), (SubscriptionProtocol::Http, NotifyStrategy::BackoffRetry));
     assert_eq!((info.dead_letter_queue.as_str(), info.push_secret.as_str()), ("dead", h.push_secret.as_str()));
     assert_eq!(info.notify_content_format, NotifyContentFormat::Json);
 
@@ -199,14 +196,19 @@ fn subscriptions_list_show_change_and_go() {
     );
 
     c.publish("t", "not for z", &["x"], "").expect("publish");
-    assert!(drain(&mut c, "inbox").is_empty());
     c.clear_subscription_filter_tags("t", "to-queue").expect("clear");
     assert!(c.subscription_info("t", "to-queue").expect("info").filter_tags.0.is_empty());
     c.publish("t", "for all", &["x"], "").expect("publish");
-    assert_eq!(drain(&mut c, "inbox"), ["for all"]);
+    assert_eq!(drain(&mut c, "inbox", 1), ["for all"], "the first publish matched nothing in inbox");
     assert_eq!(c.subscription_info("t", "to-queue").expect("info").delivered, 1);
-    let pushed = broker.state.lock().expect("lock").pushed.clone();
-    assert_eq!(pushed.iter().map(|p| &p.body[..]).collect::<Vec<_>>(), [&b"not for z"[..], b"for all"]);
+    // The HTTP subscription has no filter: both were pushed to it.
+    let pushed: Vec<String> = (0..2)
+        .map(|_| {
+            let r = sink.next(EVENT_TIMEOUT, "a push");
+            serde_json::from_slice::<serde_json::Value>(&r.body).expect("JSON push")["msgBody"].to_string()
+        })
+        .collect();
+    assert_eq!(pushed, ["\"not for z\"", "\"for all\""]);
 
     c.unsubscribe("t", "to-hook").expect("unsubscribe");
     for err in [
@@ -222,12 +224,14 @@ fn subscriptions_list_show_change_and_go() {
 #[test]
 fn topic_requests_go_to_the_topics_shard() {
     const SHARDS: u16 = 4;
-    let broker = FakeBroker::start(SHARDS, honour_hint);
-    let mut c = client(broker.addr());
+    let broker = broker(SHARDS);
+    let mut c = client(broker.addr);
     let topics: Vec<String> = (0..12).map(|i| format!("topic-{i}")).collect();
     for t in &topics {
         // The queue it feeds lives wherever its own name puts it.
         queue(&mut c, &format!("{t}-q"));
+        let owner = usize::from(shard_for(t, SHARDS));
+        let before = sent_per_shard(&c);
         c.create_topic(t, &TopicAttributesUpdate::default()).expect("create");
         c.subscribe(&Subscribe::to_queue(t, "s", &format!("{t}-q"))).expect("subscribe");
         c.publish(t, "x", NO_TAGS, "").expect("publish");
@@ -245,21 +249,25 @@ fn topic_requests_go_to_the_topics_shard() {
         c.set_topic_attributes(t, 1024).expect("set");
         c.unsubscribe(t, "s").expect("unsubscribe");
         c.delete_topic(t).expect("delete");
+        let after = sent_per_shard(&c);
+        for (shard, (a, b)) in after.iter().zip(&before).enumerate() {
+            // A connection opened just now also sent its handshake.
+            let sent = a - b - u64::from(*b == 0 && a > b);
+            assert_eq!(sent, if shard == owner { 12 } else { 0 }, "{t} (shard {owner}): shard {shard} sent {sent}");
+        }
     }
     c.list_topics("", "", 0, 0).expect("list topics: any shard");
-    let routed = broker.state.lock().expect("lock").routed.clone();
-    let topic_ops: Vec<_> = routed.iter().filter(|r| (r.op as u16) >= 0x0400).collect();
-    assert_eq!(topic_ops.len(), topics.len() * 12, "ListTopics is not routed");
-    for r in topic_ops {
-        assert_eq!(r.shard, shard_for(&r.queue, SHARDS), "{r:?}");
-        assert!(topics.contains(&r.queue), "{r:?}");
-    }
+}
+
+/// Frames each shard's connection has sent so far.
+fn sent_per_shard(c: &Client) -> Vec<u64> {
+    (0..c.shard_count()).map(|s| c.connection(s).map_or(0, |conn| conn.stats().frames_sent)).collect()
 }
 
 #[test]
-fn limits_the_decoder_enforces_come_back_as_errors_on_a_usable_connection() {
-    let broker = FakeBroker::start(1, honour_hint);
-    let mut c = client(broker.addr());
+fn limits_come_back_as_errors_on_a_usable_connection() {
+    let broker = broker(1);
+    let mut c = client(broker.addr);
     c.create_topic("t", &TopicAttributesUpdate::default()).expect("create");
     let six = ["a", "b", "c", "d", "e", "f"];
     let err = c.publish("t", "x", &six, "").expect_err("six tags");
@@ -268,7 +276,9 @@ fn limits_the_decoder_enforces_come_back_as_errors_on_a_usable_connection() {
     assert_eq!(code(err), ErrorCode::INVALID_PARAMETER);
     let bodies: Vec<Bytes> = (0..17).map(|i| Bytes::from(format!("{i}"))).collect();
     assert_eq!(code(c.publish_batch("t", &bodies, NO_TAGS, "").expect_err("17")), ErrorCode::BATCH_TOO_LARGE);
-    assert_eq!(code(c.publish("t", "", NO_TAGS, "").expect_err("empty")), ErrorCode::MESSAGE_TOO_LARGE);
+    assert_eq!(code(c.publish("t", "", NO_TAGS, "").expect_err("empty")), ErrorCode::INVALID_PARAMETER);
+    let too_big = Bytes::from(vec![b'x'; 65_537]);
+    assert_eq!(code(c.publish("t", too_big, NO_TAGS, "").expect_err("over maxMsgSize")), ErrorCode::MESSAGE_TOO_LARGE);
     let err = c.subscribe(&Subscribe::to_http("t", "s", "https://h/").with_filter_tags(&six)).expect_err("six");
     assert_eq!(code(err), ErrorCode::INVALID_PARAMETER);
     c.publish("t", "fine", &["a"], "").expect("still connected");
@@ -276,7 +286,7 @@ fn limits_the_decoder_enforces_come_back_as_errors_on_a_usable_connection() {
 
 #[test]
 fn a_batch_answered_with_the_wrong_number_of_ids_is_a_protocol_error() {
-    let server = FakeServer::start(|mut peer| {
+    let server = ScriptedServer::start(|mut peer| {
         peer.accept_handshake(1, 0);
         while let Some((id, req)) = peer.read_request() {
             assert!(matches!(req, Request::BatchPublishMessage(_)), "{req:?}");

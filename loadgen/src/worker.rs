@@ -13,14 +13,12 @@
 //! `--verify`, a 32-byte log entry (consumers). Requests are built once per
 //! queue and refilled in place.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cmq_client::{ClientError, ErrorCode, ReceiptHandle, Reply, Request, Response};
+use cmq_client::{id_map, ClientError, ErrorCode, IdMap, ReceiptHandle, Reply, Request, Response};
 use cmq_protocol::{BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, DeleteMessage, ReceiveMessage};
 use cmq_protocol::{ReceivedMessage, SendMessage};
 
@@ -83,30 +81,6 @@ impl Outcome {
         self.error(counters, &e);
         self.broken = Some(format!("{what}: {e}"));
     }
-}
-
-/// Request ids are sequential and ours: one multiply spreads them.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
-fn id_map<V>(capacity: usize) -> IdMap<V> {
-    HashMap::with_capacity_and_hasher(capacity, Default::default())
 }
 
 /// One producer: its index (part of every message id), the shard it talks

@@ -44,7 +44,8 @@ error_codes! {
     INVALID_PARAMETER = 4000, "invalid parameter";
     /// A batch has more than `BATCH_MSGS_MAX` items, or none.
     BATCH_TOO_LARGE = 4001, "batch size out of range";
-    /// A frame's length prefix exceeds `FRAME_BYTES_MAX`. The connection is closed after this error.
+    /// A frame's length prefix exceeds `FRAME_BYTES_MAX`, or `HANDSHAKE_FRAME_BYTES_MAX` before the
+    /// handshake completes or for a Handshake frame. The connection is closed after this error.
     FRAME_TOO_LARGE = 4002, "frame too large";
     /// No protocol version in common; the message lists what the server speaks.
     UNSUPPORTED_VERSION = 4003, "unsupported protocol version";
@@ -54,6 +55,12 @@ error_codes! {
     MALFORMED_FRAME = 4005, "malformed frame";
     /// A request arrived before the handshake completed.
     HANDSHAKE_REQUIRED = 4006, "handshake required";
+    /// The handshake did not complete within the broker's handshake deadline
+    /// (`--handshake-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
+    HANDSHAKE_TIMEOUT = 4007, "handshake timeout";
+    /// A request frame was not received whole within the broker's frame deadline
+    /// (`--frame-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
+    FRAME_TIMEOUT = 4008, "frame timeout";
     /// Authentication failed (reserved for the authentication issue).
     AUTH_FAILED = 4100, "authentication failed";
     /// The body is larger than the queue's `maxMsgSize` (or `MSG_BYTES_MAX`), or empty.
@@ -94,6 +101,9 @@ error_codes! {
     SHUTTING_DOWN = 6002, "server shutting down";
     /// The broker's connection limit is reached; sent once, then the connection is closed.
     TOO_MANY_CONNECTIONS = 6003, "too many connections";
+    /// The connection was idle (nothing in flight, nothing unsent) for longer than the broker's
+    /// idle deadline (`--idle-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
+    IDLE_TIMEOUT = 6004, "idle timeout";
     /// Receive found no message within its polling wait.
     NO_MESSAGE = 7000, "no message";
 }

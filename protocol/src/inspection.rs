@@ -25,7 +25,8 @@ pub enum MessageState {
     DeadLettered,
     /// Dropped after msgRetentionSeconds.
     Expired,
-    /// Deleted and no longer retained.
+    /// Not in the queue as far as it can tell: deleted and no longer
+    /// retained, another queue's message, or an id never issued.
     Gone,
     /// Dropped by PurgeQueue.
     Purged,

@@ -52,7 +52,26 @@ pub const POLLING_WAIT_SECONDS_MAX: u32 = 30;
 /// Opaque authentication payload carried by the handshake.
 pub const AUTH_PAYLOAD_BYTES_MAX: usize = 4096;
 
+/// Largest frame (header included) a connection may send before its
+/// handshake completes, and the largest Handshake frame at any time. A
+/// connection that has not proved it speaks the protocol gets no more buffer
+/// than this: a larger length prefix is refused with FRAME_TOO_LARGE and the
+/// connection closed. Sized for the largest legal Handshake (every string and
+/// the authentication payload at their limits: 12,319 bytes), which leaves
+/// room for a challenge-response payload (a key id, two 32-byte nonces, a
+/// timestamp and a 32-byte MAC are about 150 bytes).
+pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 16 * 1024;
+
+/// The largest Handshake frame the field limits allow: header, two u16
+/// versions, two strings and the auth payload at their limits, and a
+/// present `option<u16>` shard hint.
+pub const HANDSHAKE_ENCODED_BYTES_MAX: usize =
+    16 + 2 + 2 + (2 + STRING_BYTES_MAX) + (2 + STRING_BYTES_MAX) + (4 + AUTH_PAYLOAD_BYTES_MAX) + 3;
+
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
+// Every legal handshake passes the pre-handshake limit, which is far below a request's.
+const _: () = assert!(HANDSHAKE_ENCODED_BYTES_MAX <= HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(HANDSHAKE_FRAME_BYTES_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(MSG_BYTES_LIMIT_MIN <= MSG_BYTES_MAX);
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 // A full peek page with bodies must fit in a frame only if bodies are small;
@@ -60,3 +79,26 @@ const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(PEEK_MSGS_MAX * 256 < FRAME_BYTES_MAX as usize);
 // A full-size list page of maximum-length names must fit in one frame.
 const _: () = assert!((LIST_PAGE_MAX as usize) * (NAME_CHARS_MAX + 16) < FRAME_BYTES_MAX as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Handshake, Request};
+
+    /// The pre-handshake limit is computed from the field limits: a handshake
+    /// with every field at its limit encodes to exactly that size, which fits.
+    #[test]
+    fn largest_legal_handshake_fits_the_pre_handshake_limit() {
+        let hs = Handshake {
+            client: "c".repeat(STRING_BYTES_MAX),
+            auth_method: "m".repeat(STRING_BYTES_MAX),
+            auth_payload: bytes::Bytes::from(vec![7u8; AUTH_PAYLOAD_BYTES_MAX]),
+            shard_hint: Some(u16::MAX),
+            ..Handshake::new("x")
+        };
+        let mut out = Vec::new();
+        Request::Handshake(hs).encode_frame(1, &mut out);
+        assert_eq!(out.len(), HANDSHAKE_ENCODED_BYTES_MAX);
+        assert!(out.len() <= HANDSHAKE_FRAME_BYTES_MAX as usize);
+    }
+}

@@ -388,9 +388,12 @@ crate::wire_struct! {
         pub last_modify_time_ms: u64,
         /// Deliveries pending for this subscription (CMQ msgCount).
         pub msg_count: u64,
-        /// Deliveries completed (queued or pushed). Kept across restarts.
+        /// Deliveries completed: into the queue, or accepted (2xx) by the
+        /// endpoint; a push moved to the dead-letter queue is not one. Kept
+        /// across restarts.
         pub delivered: u64,
-        /// Pushes given up on (retries exhausted). Kept across restarts.
+        /// Deliveries given up on and discarded (retries exhausted, no
+        /// dead-letter queue to move them to). Kept across restarts.
         pub dropped: u64,
     }
 }

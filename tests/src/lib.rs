@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod http_sink;
 pub mod ops;
+pub mod process;
 pub mod queue_model;
 pub mod raw;
 pub mod wal_files;
@@ -12,5 +13,6 @@ pub mod wal_files;
 pub use broker::Broker;
 pub use http_sink::{refused_url, HttpRequest, HttpSink};
 pub use ops::{bodies, name_on_shard, names_on_shard, raw_frame, request_frame};
+pub use process::{memory, raise_fd_limit, Memory, MemoryWatch};
 pub use queue_model::{backlog, dead_letter_after, now_ms, poll_until, Frame, PushConn};
 pub use raw::{RawConn, Reply};

@@ -167,6 +167,9 @@ fn redrive_to_a_named_queue_leaves_later_arrivals_alone() {
     c.receive(&dlq, Some(0)).expect_err(ErrorCode::NO_MESSAGE);
 }
 
+/// A redrive to a queue that does not exist is refused up front; one whose
+/// messages' source queue is gone moves nothing, leaves them in the DLQ with
+/// their ids, and says why in its status.
 #[test]
 fn redrive_to_a_missing_queue_leaves_the_messages_in_the_dlq() {
     let broker = Broker::start(&["--shards", "2"]);
@@ -176,20 +179,28 @@ fn redrive_to_a_missing_queue_leaves_the_messages_in_the_dlq() {
     let ids = fill_dlq(&mut c, &dlq, &[&src], 10);
     let nowhere = name_on_shard("nowhere", 0, SHARDS);
 
-    let r = c.start_redrive_ok(&dlq, &nowhere, 0);
+    let e = c.start_redrive(&dlq, &nowhere, 0).expect_err(ErrorCode::QUEUE_NOT_FOUND);
+    assert_eq!(e.message, format!("to: queue {nowhere:?} does not exist"));
+    assert_eq!(c.queue_info(&dlq).active_msg_num, 10, "nothing moved");
+
+    c.delete_queue(&src).ok();
+    let r = c.start_redrive_ok(&dlq, "", 0);
     let done = wait_finished(&mut c, r.id, Duration::from_secs(15));
     assert_eq!(done.state, RedriveState::Done);
     // The task reports Done once every message has left the DLQ, which can be
     // before the refusals come back (then it shows moved 10, failed 0 for a
     // moment): wait for the final counts.
-    poll_until(Duration::from_secs(10), "the refusals are counted as failed", || {
+    let r = poll_until(Duration::from_secs(10), "the refusals are counted as failed", || {
         let r = c.redrive_info(r.id);
         if (r.moved, r.failed) == (0, 10) {
-            Ok(())
+            Ok(r)
         } else {
             Err(format!("{r:?}"))
         }
     });
+    let why =
+        format!("10 messages could not be moved (queue {src:?} does not exist); they stay in the dead-letter queue");
+    assert_eq!(r.note, why);
     let info = poll_until(Duration::from_secs(10), "refused messages are back in the DLQ", || {
         let info = c.queue_info(&dlq);
         if info.active_msg_num == 10 {

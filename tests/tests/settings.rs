@@ -26,7 +26,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ("--max-connections", "0", "1..=1000000"),
     ("--max-queues", "10000001", "1..=10000000"),
     ("--max-topics", "0", "1..=10000000"),
-    ("--push-workers", "65", "1..=64"),
+    ("--push-workers", "257", "1..=256"),
     ("--flush", "sometimes", "--flush"),
 ];
 

@@ -34,7 +34,15 @@ pub struct Redrive {
     pub next_scan_ms: u64,
     /// Messages with nowhere to go (no origin, no `to`): left in place, counted in `failed` once.
     pub skipped: std::collections::HashSet<u64>,
+    /// Why the latest message counted in `failed` could not be moved, for
+    /// the task's status. Rebuilt by replaying the log; a task restored from
+    /// a catalog checkpoint keeps its count but says why only in general.
+    pub failure: String,
 }
+
+/// What a task's status says when messages failed for a reason no longer known.
+pub const FAILURE_REASON_UNKNOWN: &str =
+    "their destination queue does not exist, or they have no source queue to go back to";
 
 impl Redrive {
     /// How many messages may move now; refills the token bucket.
@@ -80,8 +88,18 @@ impl Redrive {
             failed: self.failed,
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
-            note: String::new(),
+            note: self.note(),
         }
+    }
+
+    /// Empty while every message moved; else how many did not, and why.
+    fn note(&self) -> String {
+        if self.failed == 0 {
+            return String::new();
+        }
+        let why = if self.failure.is_empty() { FAILURE_REASON_UNKNOWN } else { &self.failure };
+        let what = if self.failed == 1 { "1 message" } else { &format!("{} messages", self.failed) };
+        format!("{what} could not be moved ({why}); they stay in the dead-letter queue")
     }
 }
 
@@ -107,6 +125,7 @@ mod tests {
             refilled_ms: 0,
             next_scan_ms: 0,
             skipped: Default::default(),
+            failure: String::new(),
         }
     }
 
@@ -118,5 +137,22 @@ mod tests {
         t.spend(10);
         assert_eq!(t.budget(60_000), 100, "at most one second banked");
         assert_eq!(task(0).budget(0), REDRIVE_UNLIMITED_PER_TURN);
+    }
+
+    #[test]
+    fn a_task_that_failed_says_why_in_its_status() {
+        let mut t = task(0);
+        assert_eq!(t.info("dlq", 0).note, "", "nothing failed");
+        t.failed = 1;
+        assert_eq!(
+            t.info("dlq", 0).note,
+            format!("1 message could not be moved ({FAILURE_REASON_UNKNOWN}); they stay in the dead-letter queue")
+        );
+        t.failed = 3;
+        t.failure = "queue \"gone\" does not exist".into();
+        assert_eq!(
+            t.info("dlq", 0).note,
+            "3 messages could not be moved (queue \"gone\" does not exist); they stay in the dead-letter queue"
+        );
     }
 }

@@ -177,7 +177,9 @@ const _: () = assert!(PUSH_QUEUE_TASKS_DEFAULT <= PUSH_QUEUE_TASKS_MAX);
 // Every endpoint at its limit keeps all its connections idle: the pool-wide cap must allow a few.
 const _: () = assert!(IDLE_CONNS_MAX >= 4 * ENDPOINT_CONCURRENCY_MAX);
 
-/// Push pool settings (`[push]` in the config file; every field optional).
+/// Push pool settings. cmqd sets `workers`, `endpoint_concurrency`,
+/// `idle_keep_ms` and `tls_ca_file` from its `push_*` flags and config-file
+/// keys (`Config::push_config`); the rest keep their defaults.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct PushConfig {

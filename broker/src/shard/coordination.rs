@@ -136,7 +136,11 @@ impl Shard {
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
             GatherKind::QueueExists { dlq, then, .. } => {
-                let field = if matches!(then, Request::Subscribe(_)) { "endpoint" } else { "deadLetterQueueName" };
+                let field = match then {
+                    Request::Subscribe(_) => "endpoint",
+                    Request::StartRedrive(_) => "to",
+                    _ => "deadLetterQueueName",
+                };
                 let msg = format!("{field}: queue {dlq:?} does not exist");
                 self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_NOT_FOUND, &msg);
             }
@@ -212,6 +216,18 @@ impl Shard {
                 let owner = shard_for(&queue, self.shard_count());
                 let query = Query::QueueExists { name: queue.clone() };
                 let kind = GatherKind::QueueExists { dlq: queue, exists: false, then: request };
+                self.scatter(to, id, query, vec![owner], kind, now);
+                None
+            }
+            // A redrive to a queue that does not exist is refused up front,
+            // not discovered message by message.
+            Request::StartRedrive(r) if !r.to.is_empty() => {
+                if names::validate_name("to", &r.to).is_err() {
+                    return Some(request); // the engine reports the bad name
+                }
+                let owner = shard_for(&r.to, self.shard_count());
+                let query = Query::QueueExists { name: r.to.clone() };
+                let kind = GatherKind::QueueExists { dlq: r.to.clone(), exists: false, then: request };
                 self.scatter(to, id, query, vec![owner], kind, now);
                 None
             }

@@ -88,12 +88,15 @@ impl Shard {
         reply::ok(&mut conn.out, header.request_id, &resp);
         conn.release_all_now();
         self.write_conn(me.token);
+        // From now on the frame, output and idle deadlines apply.
+        self.arm_deadline(me);
     }
 
     /// Moves the connection (and any bytes it already sent) to the shard it asked for.
     fn hand_over(&mut self, me: ConnRef, target: u16, request_id: u64, version: u16) {
         let Some(mut conn) = self.conns.try_remove(me.token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.uncharge(&conn);
         let h = Handover { stream: conn.stream, pending: conn.rbuf, handshake_request_id: request_id, version };
         if let Err(ShardMsg::Handover(h)) = self.shared.peers[usize::from(target)].send(ShardMsg::Handover(Box::new(h)))
         {
@@ -107,6 +110,7 @@ impl Shard {
                     conn.release_all_now();
                 }
                 self.write_conn(me.token);
+                self.recharge(me.token);
                 self.read_again.push(me);
             }
         }
@@ -469,7 +473,8 @@ impl Shard {
     fn reply_buf(&mut self, to: ReplyTo) -> &mut Vec<u8> {
         if to.shard == self.id {
             match self.conns.get_mut(to.conn.token) {
-                Some(conn) if conn.gen == to.conn.gen => &mut conn.out,
+                // A connection over its output bound (shed) gets no more answers.
+                Some(conn) if conn.gen == to.conn.gen && !conn.shed => &mut conn.out,
                 _ => {
                     self.scratch.clear();
                     &mut self.scratch

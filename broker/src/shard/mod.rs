@@ -9,6 +9,7 @@
 //! to other shards) whose log records are as safe as they need to be
 //! (`release.rs`). See docs/ARCHITECTURE.md.
 
+mod budget;
 mod conn;
 mod coordination;
 mod dispatch;
@@ -17,12 +18,14 @@ pub mod mailbox;
 mod release;
 mod reply;
 pub mod storage;
+mod wheel;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cmq_protocol::frame::{self, FrameError};
 use cmq_protocol::{ErrorCode, Opcode};
@@ -33,7 +36,12 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ShardEngine;
-use conn::{Conn, CONN_IN_FLIGHT_MAX, READS_PER_TURN_MAX};
+pub use budget::ConnCounters;
+use budget::{Budget, LogLimiter};
+use cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX;
+use conn::{
+    Conn, Deadlines, Expired, ReadRoom, CONN_IN_FLIGHT_MAX, CONN_OUT_BYTES_MAX, OUT_BYTES_HIGH, READS_PER_TURN_MAX,
+};
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
@@ -55,6 +63,24 @@ const SHUTDOWN_SYNC_MS: u64 = 5_000;
 /// How often log space is checked for release and compaction.
 const HOUSEKEEP_EVERY_MS: u64 = 1000;
 
+/// How often a shard waiting for buffer budget (freed by other shards,
+/// which do not signal it) looks again.
+const BUDGET_RETRY_MS: u64 = 10;
+
+/// How often a shard over the buffer budget looks for slow consumers to shed.
+const SHED_CHECK_EVERY_MS: u64 = 100;
+
+/// Over budget, a connection is shed only if its output made no progress
+/// for this long: a client busy reading a 16 MiB answer is not a slow consumer.
+const SHED_STALLED_MS: u64 = 1000;
+
+/// Answer bytes a shard produces for other shards' connections, by running
+/// requests they forwarded, in one turn or still held for the log. Past it
+/// the rest of the forwarded requests wait for a later turn: one write of
+/// thousands of pipelined PeekMessages (16 MiB answers each) must not make
+/// the owner build gigabytes of answers at once. Two maximum-size responses.
+const FORWARDED_REPLY_BYTES_MAX: usize = 2 * cmq_protocol::limits::FRAME_BYTES_MAX as usize;
+
 /// State every shard shares: configuration, peers, broker-wide counters.
 pub struct Shared {
     pub cfg: Config,
@@ -69,6 +95,11 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Shards that finished draining during shutdown.
     pub drained: AtomicUsize,
+    /// Connection-buffer bytes the shards hold, broker-wide (against
+    /// `cfg.buffer_budget_bytes`; see `budget.rs`).
+    pub buffer_bytes: AtomicUsize,
+    /// Refusals and closes by connection limits and deadlines, per shard.
+    pub conn_counters: Vec<ConnCounters>,
 }
 
 /// A long-polling receive waiting on this shard's engine.
@@ -114,6 +145,12 @@ pub struct Shard {
     forward_out: Vec<Vec<Forwarded>>,
     /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
     unsent: Vec<(u16, ShardMsg)>,
+    /// Forwarded requests put off by FORWARDED_REPLY_BYTES_MAX, in arrival order.
+    deferred: std::collections::VecDeque<Forwarded>,
+    /// Answer bytes for peers produced this turn by forwarded requests.
+    forwarded_reply_bytes: usize,
+    /// Answer bytes for peers in `staged` (waiting for the log).
+    staged_reply_bytes: usize,
     waits: HashMap<u64, Wait>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
@@ -139,6 +176,72 @@ pub struct Shard {
     engine_suspect: bool,
     /// This shard's queue in the broker's HTTP push pool.
     push: crate::push::PushHandle,
+    /// Connection limits: deadlines, the clock they run on, the buffer budget.
+    limits: ConnLimits,
+}
+
+/// This shard's side of the connection limits (docs/ARCHITECTURE.md,
+/// "Connection limits and deadlines").
+struct ConnLimits {
+    deadlines: Deadlines,
+    /// Connection times are on a monotonic clock (a wall-clock step must not
+    /// close every connection): milliseconds since `started`, from 1.
+    started: Instant,
+    now_ms: u64,
+    wheel: wheel::Wheel,
+    expired: Vec<(ConnRef, u64)>,
+    budget: Budget,
+    /// Connections waiting for budget to grow their read buffer, smallest
+    /// partial frame first (those holding the largest wait longest).
+    starved: BinaryHeap<Reverse<(usize, usize, u32)>>,
+    /// The one connection per shard that may finish its frame beyond the
+    /// budget, so that a budget used up by partial frames cannot stop every
+    /// one of them from completing.
+    overdraft: Option<ConnRef>,
+    /// Connections over their output bound, closed at the end of the turn.
+    shed: Vec<ConnRef>,
+    next_shed_check_ms: u64,
+    log: [LogLimiter; LOG_KINDS],
+}
+
+/// Kinds of connection refusals logged (rate-limited) separately.
+#[derive(Clone, Copy)]
+enum Refusal {
+    HandshakeFrameTooLarge,
+    HandshakeTimeout,
+    FrameTimeout,
+    Idle,
+    SlowConsumer,
+    BudgetWait,
+    TooManyConnections,
+}
+const LOG_KINDS: usize = 7;
+
+impl ConnLimits {
+    fn new(cfg: &Config) -> ConnLimits {
+        ConnLimits {
+            deadlines: Deadlines {
+                handshake_ms: cfg.handshake_timeout_ms,
+                idle_ms: cfg.idle_timeout_ms,
+                frame_ms: cfg.frame_timeout_ms,
+            },
+            started: Instant::now(),
+            now_ms: 1,
+            wheel: wheel::Wheel::new(1),
+            expired: Vec::new(),
+            budget: Budget::new(usize::try_from(cfg.buffer_budget_bytes).unwrap_or(usize::MAX)),
+            starved: BinaryHeap::new(),
+            overdraft: None,
+            shed: Vec::new(),
+            next_shed_check_ms: 0,
+            log: Default::default(),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        self.now_ms
+    }
 }
 
 /// What a shard is built from (its own event loop, listener, recovered
@@ -157,6 +260,7 @@ impl Shard {
         let ShardParts { poll, listener, engine, log, inbox, push } = parts;
         let peers = shared.cfg.shards;
         let fault_drop_one_in = shared.cfg.fault_drop_one_in;
+        let limits = ConnLimits::new(&shared.cfg);
         let mut shard = Shard {
             id,
             poll,
@@ -180,6 +284,9 @@ impl Shard {
             staged: HoldQueue::default(),
             forward_out: (0..peers).map(|_| Vec::new()).collect(),
             unsent: Vec::new(),
+            deferred: std::collections::VecDeque::new(),
+            forwarded_reply_bytes: 0,
+            staged_reply_bytes: 0,
             waits: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 1,
@@ -196,6 +303,7 @@ impl Shard {
             fault_drop_one_in,
             fault_sends: 0,
             engine_suspect: false,
+            limits,
             push,
         };
         shard.progress = shard.log.progress();
@@ -229,6 +337,7 @@ impl Shard {
             }
             self.turn += 1;
             let now = self.clock.now_ms();
+            let conn_now = self.limits.tick();
             if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
                 self.begin_drain(now);
             }
@@ -258,6 +367,9 @@ impl Shard {
             }
             self.drain_inbox(now);
             self.run_timers(now);
+            self.run_conn_deadlines(conn_now);
+            self.resume_starved();
+            self.close_shed();
             self.housekeep(now);
             self.end_turn(now);
             if self.draining && self.drain_step(now) {
@@ -267,7 +379,12 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting {
+        if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        // Deferred forwarded requests go on next turn, unless they wait for
+        // answers held for the log (whose completion wakes the loop).
+        if !self.deferred.is_empty() && self.staged_reply_bytes < FORWARDED_REPLY_BYTES_MAX {
             return Some(Duration::ZERO);
         }
         let mut deadline = self.engine.next_deadline(now).unwrap_or(u64::MAX).min(self.next_housekeep_ms);
@@ -277,7 +394,15 @@ impl Shard {
         if let Some(d) = self.log.periodic_sync_due() {
             deadline = deadline.min(d);
         }
-        Some(Duration::from_millis(deadline.saturating_sub(now)))
+        let mut wait = deadline.saturating_sub(now);
+        // Connection deadlines run on their own (monotonic) clock.
+        if let Some(t) = self.limits.wheel.next_due() {
+            wait = wait.min(t.saturating_sub(self.limits.now_ms));
+        }
+        if !self.limits.starved.is_empty() {
+            wait = wait.min(BUDGET_RETRY_MS);
+        }
+        Some(Duration::from_millis(wait))
     }
 
     // ---- connections ------------------------------------------------------
@@ -298,7 +423,10 @@ impl Shard {
             if count >= self.shared.cfg.max_connections {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 refuse(stream, self.shared.cfg.max_connections);
-                log::warn!("refused connection from {peer}: {count} connections open");
+                ConnCounters::bump(&self.counters().connections_refused);
+                if let Some(skipped) = self.limits.log[Refusal::TooManyConnections as usize].allow(self.limits.now_ms) {
+                    log::warn!("refused connection from {peer}: {count} connections open ({skipped} more not logged)");
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -317,17 +445,24 @@ impl Shard {
             self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        let mut conn = Conn::new(stream, self.next_gen);
+        let mut conn = Conn::new(stream, self.next_gen, self.limits.now_ms);
         conn.handshaken = handshaken;
         entry.insert(conn);
-        Some(ConnRef { token, gen: self.next_gen })
+        let me = ConnRef { token, gen: self.next_gen };
+        self.arm_deadline(me);
+        self.recharge(token);
+        Some(me)
     }
 
     fn close_conn(&mut self, token: usize) {
         let Some(mut conn) = self.conns.try_remove(token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
+        self.uncharge(&conn);
         let reply_to = ReplyTo { shard: self.id, conn: ConnRef { token, gen: conn.gen } };
+        if self.limits.overdraft == Some(reply_to.conn) {
+            self.limits.overdraft = None;
+        }
         self.forget_conn(reply_to);
         let tell: Vec<u16> = if conn.checker {
             (0..self.shard_count()).filter(|s| *s != self.id).collect()
@@ -340,28 +475,51 @@ impl Shard {
     }
 
     /// Reads and handles frames until the socket is drained, the connection
-    /// is paused by back-pressure, or it has had its fair share this turn.
+    /// is paused by back-pressure, or it has had its fair share this turn;
+    /// then charges what its buffers hold to the budget.
     fn read_conn(&mut self, token: usize, now: u64) {
-        let Some(gen) = self.conns.get(token).map(|c| c.gen) else { return };
-        let me = ConnRef { token, gen };
+        self.read_frames(token, now);
+        self.recharge(token);
+    }
+
+    fn read_frames(&mut self, token: usize, now: u64) {
+        let Some(conn) = self.conns.get(token) else { return };
+        if conn.starved {
+            // Resumed by resume_starved when the budget has room.
+            return;
+        }
+        let me = ConnRef { token, gen: conn.gen };
         loop {
             // Handle every complete frame already buffered.
+            let mut completed = false;
             loop {
                 let Some(conn) = self.conns.get_mut(token) else { return };
-                if conn.closing {
+                if conn.closing || conn.shed {
                     return;
                 }
                 if conn.read_paused() {
                     // Resumed by write_conn or a reply once it drains; no
-                    // polling meanwhile.
+                    // polling meanwhile. The frame deadline runs only while
+                    // the broker is reading.
+                    conn.partial_since_ms = 0;
                     return;
                 }
                 match frame::check(&conn.rbuf) {
                     Ok(Some(total)) => {
                         let (header, payload) = frame::split(&mut conn.rbuf, total);
+                        completed = true;
+                        let handshake_sized = !conn.handshaken || header.opcode == Opcode::Handshake as u16;
+                        if handshake_sized && total > HANDSHAKE_FRAME_BYTES_MAX as usize {
+                            return self.refuse_handshake_frame(token, total as u64);
+                        }
                         self.handle_frame(me, header, payload, now);
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Some(total) = over_handshake_limit(&conn.rbuf, conn.handshaken) {
+                            return self.refuse_handshake_frame(token, total);
+                        }
+                        break;
+                    }
                     Err(e) => {
                         let code = match e {
                             FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
@@ -372,6 +530,7 @@ impl Shard {
                     }
                 }
             }
+            self.note_partial_frame(me, completed);
             let turn = self.turn;
             let Some(conn) = self.conns.get_mut(token) else { return };
             if !conn.read_pending {
@@ -387,9 +546,18 @@ impl Shard {
                 return;
             }
             conn.reads += 1;
-            let want = pending_frame_len(&conn.rbuf);
-            match conn.fill(want) {
-                Ok(true) => {}
+            match conn.read_room(pending_frame_len(&conn.rbuf)) {
+                ReadRoom::Chunk => conn.reserve_chunk(),
+                ReadRoom::Ready => {}
+                ReadRoom::Grow(capacity) => {
+                    if !self.grow_read_buffer(me, capacity) {
+                        return;
+                    }
+                }
+            }
+            let Some(conn) = self.conns.get_mut(token) else { return };
+            match conn.fill() {
+                Ok(true) => conn.active_ms = self.limits.now_ms,
                 Ok(false) => {
                     // End of input: the client is done sending. Answer nothing more and close.
                     self.close_conn(token);
@@ -404,6 +572,287 @@ impl Shard {
         }
     }
 
+    /// After handling the complete frames: an incomplete one left at the
+    /// front of the buffer has until its first byte plus the frame deadline
+    /// to arrive whole.
+    fn note_partial_frame(&mut self, me: ConnRef, completed: bool) {
+        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        if completed && self.limits.overdraft == Some(me) {
+            // The frame allowed past the budget is in: another may go.
+            self.limits.overdraft = None;
+        }
+        if conn.rbuf.is_empty() {
+            conn.partial_since_ms = 0;
+        } else if completed || conn.partial_since_ms == 0 {
+            conn.partial_since_ms = self.limits.now_ms;
+            self.arm_deadline(me);
+        }
+    }
+
+    /// Before the handshake nothing larger than a handshake is buffered;
+    /// a Handshake frame is held to that size at any time.
+    fn refuse_handshake_frame(&mut self, token: usize, total: u64) {
+        ConnCounters::bump(&self.counters().handshake_frames_too_large);
+        let peer = self.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
+        if let Some(skipped) = self.limits.log[Refusal::HandshakeFrameTooLarge as usize].allow(self.limits.now_ms) {
+            log::warn!(
+                "shard {}: refused a {total}-byte frame from {peer:?} before or as its handshake \
+                 (limit {HANDSHAKE_FRAME_BYTES_MAX}); connection closed ({skipped} more not logged)",
+                self.id
+            );
+        }
+        let msg = format!(
+            "frame of {total} bytes exceeds the {HANDSHAKE_FRAME_BYTES_MAX}-byte limit for a handshake \
+             (and for any frame before the handshake completes)"
+        );
+        self.fail_conn(token, 0, ErrorCode::FRAME_TOO_LARGE, &msg);
+    }
+
+    /// Room to read more of a frame larger than a read chunk: grows the
+    /// buffer if the budget allows, else parks the connection (it is not
+    /// read until resume_starved finds room). Returns whether to read.
+    fn grow_read_buffer(&mut self, me: ConnRef, capacity: usize) -> bool {
+        let Some(conn) = self.conns.get(me.token) else { return false };
+        let extra = capacity.saturating_sub(conn.rbuf.capacity());
+        let buffered = conn.rbuf.len();
+        if self.take_for_read(me, extra) {
+            if let Some(conn) = self.conns.get_mut(me.token) {
+                conn.charged += extra;
+                conn.grow_to(capacity);
+            }
+            return true;
+        }
+        let Some(conn) = self.conns.get_mut(me.token) else { return false };
+        conn.starved = true;
+        let want = pending_frame_len(&conn.rbuf);
+        self.limits.starved.push(Reverse((buffered, me.token, me.gen)));
+        ConnCounters::bump(&self.counters().budget_read_waits);
+        if let Some(skipped) = self.limits.log[Refusal::BudgetWait as usize].allow(self.limits.now_ms) {
+            log::warn!(
+                "shard {}: connection buffer budget ({} bytes) used up; a connection with {buffered} of a \
+                 {want}-byte frame waits for memory ({skipped} more waits not logged)",
+                self.id,
+                self.shared.cfg.buffer_budget_bytes
+            );
+        }
+        false
+    }
+
+    /// Takes `extra` bytes of budget for connection `me`'s read buffer. When
+    /// the budget is used up, one connection per shard may still finish its
+    /// frame (the overdraft), so partial frames filling the budget cannot
+    /// keep every one of them from completing.
+    fn take_for_read(&mut self, me: ConnRef, extra: usize) -> bool {
+        let total = &self.shared.buffer_bytes;
+        if self.limits.budget.try_take(total, extra) {
+            return true;
+        }
+        let held =
+            self.limits.overdraft.is_some_and(|o| o != me && self.conns.get(o.token).is_some_and(|c| c.gen == o.gen));
+        if held {
+            return false;
+        }
+        self.limits.overdraft = Some(me);
+        self.limits.budget.adjust(total, 0, extra);
+        true
+    }
+
+    /// Connections waiting for budget read again, smallest partial frame
+    /// first, as far as the budget (or the free overdraft) allows.
+    fn resume_starved(&mut self) {
+        while let Some(&Reverse((_, token, gen))) = self.limits.starved.peek() {
+            let me = ConnRef { token, gen };
+            let Some(conn) = self.conns.get(token).filter(|c| c.gen == gen && c.starved) else {
+                self.limits.starved.pop();
+                continue;
+            };
+            if let ReadRoom::Grow(capacity) = conn.read_room(pending_frame_len(&conn.rbuf)) {
+                let extra = capacity.saturating_sub(conn.rbuf.capacity());
+                if !self.take_for_read(me, extra) {
+                    return;
+                }
+                if let Some(conn) = self.conns.get_mut(token) {
+                    conn.charged += extra;
+                    conn.grow_to(capacity);
+                }
+            }
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.starved = false;
+            }
+            self.limits.starved.pop();
+            self.read_again.push(me);
+        }
+    }
+
+    /// Charges the budget with what connection `token`'s buffers hold now.
+    fn recharge(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else { return };
+        let now = conn.buffer_bytes();
+        if now != conn.charged {
+            self.limits.budget.adjust(&self.shared.buffer_bytes, conn.charged, now);
+            conn.charged = now;
+            self.publish_buffer_bytes();
+        }
+    }
+
+    fn uncharge(&mut self, conn: &Conn) {
+        self.limits.budget.adjust(&self.shared.buffer_bytes, conn.charged, 0);
+        self.publish_buffer_bytes();
+    }
+
+    fn publish_buffer_bytes(&self) {
+        self.counters().buffer_bytes.store(self.limits.budget.used() as u64, Ordering::Relaxed);
+    }
+
+    fn counters(&self) -> &ConnCounters {
+        &self.shared.conn_counters[usize::from(self.id)]
+    }
+
+    /// Files connection `c`'s current deadline in the timer wheel, unless an
+    /// entry at or before it is filed already.
+    fn arm_deadline(&mut self, c: ConnRef) {
+        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        let at = next_check(conn, &self.limits);
+        if self.limits.wheel.slot_time(at) < conn.timer_at {
+            conn.timer_at = self.limits.wheel.insert(at, c);
+        }
+    }
+
+    /// Connections whose wheel entry came due: each closes if it missed its
+    /// deadline, and otherwise is filed again at its current one.
+    fn run_conn_deadlines(&mut self, now: u64) {
+        if self.limits.wheel.next_due().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut due = std::mem::take(&mut self.limits.expired);
+        self.limits.wheel.expire(now, &mut due);
+        for (c, at) in due.drain(..) {
+            let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen && x.timer_at == at) else {
+                // Closed, or superseded by an earlier entry.
+                continue;
+            };
+            conn.timer_at = u64::MAX;
+            match conn.deadline(&self.limits.deadlines) {
+                Some((t, why)) if t <= now => {
+                    self.expire_conn(c.token, why);
+                    continue;
+                }
+                _ => {}
+            }
+            if conn.is_idle() {
+                conn.release_idle_buffers();
+                self.recharge(c.token);
+            }
+            self.arm_deadline(c);
+        }
+        self.limits.expired = due;
+    }
+
+    /// Closes a connection that missed a deadline, saying why where it can.
+    fn expire_conn(&mut self, token: usize, why: Expired) {
+        let d = self.limits.deadlines;
+        let (kind, code, message) = match why {
+            Expired::Handshake => (
+                Refusal::HandshakeTimeout,
+                Some(ErrorCode::HANDSHAKE_TIMEOUT),
+                format!("no handshake within {} ms", d.handshake_ms),
+            ),
+            Expired::Frame => (
+                Refusal::FrameTimeout,
+                Some(ErrorCode::FRAME_TIMEOUT),
+                format!("a request frame did not arrive whole within {} ms", d.frame_ms),
+            ),
+            Expired::Idle => (Refusal::Idle, Some(ErrorCode::IDLE_TIMEOUT), format!("idle for {} ms", d.idle_ms)),
+            // Output the client does not take cannot carry an error either.
+            Expired::Output => {
+                (Refusal::SlowConsumer, None, format!("unsent output made no progress for {} ms", d.frame_ms))
+            }
+        };
+        let counters = self.counters();
+        ConnCounters::bump(match kind {
+            Refusal::HandshakeTimeout => &counters.handshake_timeouts,
+            Refusal::FrameTimeout => &counters.frame_timeouts,
+            Refusal::Idle => &counters.idle_timeouts,
+            _ => &counters.slow_consumer_closes,
+        });
+        let peer = self.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
+        match code {
+            Some(code) => self.fail_conn(token, 0, code, &message),
+            None => self.close_conn(token),
+        }
+        // Logged once the close is under way (tests wait for this line).
+        if let Some(skipped) = self.limits.log[kind as usize].allow(self.limits.now_ms) {
+            let text =
+                format!("shard {}: closed connection from {peer:?}: {message} ({skipped} more not logged)", self.id);
+            match why {
+                Expired::Idle => log::info!("{text}"),
+                _ => log::warn!("{text}"),
+            }
+        }
+    }
+
+    /// Output appended for local connection `c` took it past its bound:
+    /// its further answers are dropped and it closes at the end of the turn.
+    fn shed_conn(&mut self, c: ConnRef) {
+        if let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen && !x.shed) {
+            conn.shed = true;
+            self.limits.shed.push(c);
+        }
+    }
+
+    /// Closes the connections shed this turn, and, while the broker is over
+    /// its buffer budget, those holding the most output they do not take.
+    fn close_shed(&mut self) {
+        let now = self.limits.now_ms;
+        if now >= self.limits.next_shed_check_ms && self.limits.budget.is_over(&self.shared.buffer_bytes) {
+            self.limits.next_shed_check_ms = now + SHED_CHECK_EVERY_MS;
+            self.shed_for_budget();
+        }
+        for c in std::mem::take(&mut self.limits.shed) {
+            let Some(conn) = self.conns.get(c.token).filter(|x| x.gen == c.gen) else { continue };
+            let unsent = conn.unsent();
+            let peer = conn.stream.peer_addr().ok();
+            ConnCounters::bump(&self.counters().slow_consumer_closes);
+            if let Some(skipped) = self.limits.log[Refusal::SlowConsumer as usize].allow(now) {
+                log::warn!(
+                    "shard {}: closed connection from {peer:?} as a slow consumer: {unsent} bytes unsent \
+                     (per-connection bound {CONN_OUT_BYTES_MAX}, buffer budget {}) ({skipped} more not logged)",
+                    self.id,
+                    self.shared.cfg.buffer_budget_bytes
+                );
+            }
+            self.close_conn(c.token);
+        }
+    }
+
+    /// Over budget: shed connections with more than OUT_BYTES_HIGH of
+    /// releasable output they have not taken any of for SHED_STALLED_MS,
+    /// largest first, until this shard has given back the excess (or has no
+    /// such connection).
+    fn shed_for_budget(&mut self) {
+        let excess = self.shared.buffer_bytes.load(Ordering::Relaxed).saturating_sub(self.budget_limit());
+        let stalled_since = self.limits.now_ms.saturating_sub(SHED_STALLED_MS);
+        let mut stuck: Vec<(usize, ConnRef)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.shed && c.releasable - c.written > OUT_BYTES_HIGH && c.wrote_ms <= stalled_since)
+            .map(|(t, c)| (c.out.capacity(), ConnRef { token: t, gen: c.gen }))
+            .collect();
+        stuck.sort_unstable_by_key(|(bytes, _)| Reverse(*bytes));
+        let mut freed = 0;
+        for (bytes, c) in stuck {
+            if freed >= excess {
+                break;
+            }
+            freed += bytes;
+            self.shed_conn(c);
+        }
+    }
+
+    fn budget_limit(&self) -> usize {
+        usize::try_from(self.shared.cfg.buffer_budget_bytes).unwrap_or(usize::MAX)
+    }
+
     /// A paused connection whose output or in-flight count dropped reads again.
     fn maybe_resume(&mut self, c: ConnRef) {
         if let Some(conn) = self.conns.get(c.token) {
@@ -413,30 +862,42 @@ impl Shard {
         }
     }
 
-    /// Sends a final error frame (not waiting for any flush) and closes the
-    /// connection once it is written.
+    /// Sends a final error frame and closes the connection once it is
+    /// written. Answers still waiting for the log keep waiting: the error
+    /// goes out after them, never ahead of their durability.
     fn fail_conn(&mut self, token: usize, request_id: u64, code: ErrorCode, message: &str) {
         let Some(conn) = self.conns.get_mut(token) else { return };
         reply::err(&mut conn.out, 0, request_id, code, message);
-        conn.release_all_now();
         conn.closing = true;
         conn.rbuf.clear();
+        conn.partial_since_ms = 0;
+        if conn.holds.is_empty() {
+            conn.release_all_now();
+        } else {
+            let gen = conn.gen;
+            self.hold_conn(ConnRef { token, gen }, Need::NONE);
+        }
         self.write_conn(token);
     }
 
     fn write_conn(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else { return };
         let was_paused = conn.read_paused();
-        match conn.flush() {
+        let gen = conn.gen;
+        match conn.flush(self.limits.now_ms) {
             Ok(done) => {
                 if done && conn.closing && conn.releasable == conn.out.len() {
                     self.close_conn(token);
                     return;
                 }
+                if !done {
+                    // The client is not taking its output: the stall deadline runs.
+                    self.arm_deadline(ConnRef { token, gen });
+                }
                 if was_paused {
-                    let gen = conn.gen;
                     self.maybe_resume(ConnRef { token, gen });
                 }
+                self.recharge(token);
             }
             Err(e) => {
                 log::debug!("shard {}: connection write error: {e}", self.id);
@@ -480,6 +941,7 @@ impl Shard {
             conn.release_all_now();
         }
         self.write_conn(me.token);
+        self.recharge(me.token);
         self.read_again.push(me);
     }
 
@@ -496,13 +958,10 @@ impl Shard {
     // ---- messages from other shards ---------------------------------------
 
     fn drain_inbox(&mut self, now: u64) {
+        self.run_deferred(now);
         while let Ok(msg) = self.inbox.rx.try_recv() {
             match msg {
-                ShardMsg::Requests(reqs) => {
-                    for f in reqs {
-                        self.execute(f.reply_to, f.request_id, f.request, now);
-                    }
-                }
+                ShardMsg::Requests(reqs) => self.run_forwarded(reqs, now),
                 ShardMsg::Replies(batch) => self.deliver_remote(batch, true),
                 ShardMsg::Push(batch) => self.deliver_remote(batch, false),
                 ShardMsg::Handover(h) => self.accept_handover(*h),
@@ -525,6 +984,40 @@ impl Shard {
         }
     }
 
+    /// Runs requests other shards forwarded, in order, until the answers they
+    /// produced for peers reach FORWARDED_REPLY_BYTES_MAX; the rest wait.
+    fn run_forwarded(&mut self, reqs: Vec<Forwarded>, now: u64) {
+        if !self.deferred.is_empty() {
+            self.deferred.extend(reqs);
+            return;
+        }
+        let mut reqs = reqs.into_iter();
+        while !self.forwarded_replies_full() {
+            let Some(f) = reqs.next() else { return };
+            self.run_one_forwarded(f, now);
+        }
+        self.deferred.extend(reqs);
+    }
+
+    fn run_deferred(&mut self, now: u64) {
+        while !self.forwarded_replies_full() {
+            let Some(f) = self.deferred.pop_front() else { return };
+            self.run_one_forwarded(f, now);
+        }
+    }
+
+    fn run_one_forwarded(&mut self, f: Forwarded, now: u64) {
+        let peer = usize::from(f.reply_to.shard);
+        let before = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
+        self.execute(f.reply_to, f.request_id, f.request, now);
+        let after = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
+        self.forwarded_reply_bytes += after.saturating_sub(before);
+    }
+
+    fn forwarded_replies_full(&self) -> bool {
+        self.forwarded_reply_bytes + self.staged_reply_bytes >= FORWARDED_REPLY_BYTES_MAX
+    }
+
     /// Frames computed by another shard for our connections, released there
     /// once what they depend on was safe. They still queue behind anything
     /// this connection is waiting on (one ordered byte stream per
@@ -539,6 +1032,9 @@ impl Shard {
                 log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
                 continue;
             };
+            if conn.shed {
+                continue;
+            }
             conn.out.extend_from_slice(frames);
             self.hold_conn(c, Need::NONE);
             if replies {
@@ -582,6 +1078,9 @@ impl Shard {
         }
         for list in self.checkers.values_mut() {
             list.retain(|r| *r != reply_to);
+        }
+        if !self.deferred.is_empty() {
+            self.deferred.retain(|f| f.reply_to != reply_to);
         }
         self.checkers.retain(|_, l| !l.is_empty());
     }
@@ -645,8 +1144,10 @@ impl Shard {
             }
         }
         if !msgs.is_empty() {
+            self.staged_reply_bytes += reply_bytes(&msgs);
             self.staged.push(need, msgs);
         }
+        self.forwarded_reply_bytes = 0;
         // Group commit: everything this turn logged goes out as one write.
         self.log.submit(now);
         self.log.periodic_sync(now);
@@ -698,6 +1199,7 @@ impl Shard {
             }
         }
         while let Some(msgs) = self.staged.pop_met(p) {
+            self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {
                 self.send_to(peer, msg);
             }
@@ -713,6 +1215,9 @@ impl Shard {
         if conn.hold(need, self.progress) && !conn.waiting {
             conn.waiting = true;
             self.waiting.push(c);
+        }
+        if conn.unsent() > CONN_OUT_BYTES_MAX {
+            self.shed_conn(c);
         }
     }
 
@@ -745,6 +1250,7 @@ impl Shard {
         // never applied); replies to other shards' clients are lost with the
         // outcome unknown, as for local ones.
         self.staged.clear();
+        self.staged_reply_bytes = 0;
     }
 
     /// After a failed log batch, once the log is writable again: the engine
@@ -800,6 +1306,7 @@ impl Shard {
             && self.log.is_idle()
             && self.unsent.is_empty()
             && self.staged.is_empty()
+            && self.deferred.is_empty()
             && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);
         if idle && !self.reported_drained {
             self.reported_drained = true;
@@ -831,6 +1338,11 @@ impl Shard {
     }
 }
 
+/// Answer bytes in a list of messages to peers (for FORWARDED_REPLY_BYTES_MAX).
+fn reply_bytes(msgs: &[(u16, ShardMsg)]) -> usize {
+    msgs.iter().map(|(_, m)| if let ShardMsg::Replies(b) = m { b.buf.len() } else { 0 }).sum()
+}
+
 /// Bytes needed to complete the frame at the front of `buf` (for sizing the next read).
 fn pending_frame_len(buf: &[u8]) -> usize {
     if buf.len() < frame::LENGTH_PREFIX_BYTES {
@@ -838,6 +1350,34 @@ fn pending_frame_len(buf: &[u8]) -> usize {
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     len.saturating_add(frame::LENGTH_PREFIX_BYTES).min(cmq_protocol::limits::FRAME_BYTES_MAX as usize)
+}
+
+/// The length of the frame at the front of `buf` if it is over the
+/// handshake limit and the limit applies: before the handshake, or when the
+/// frame is a Handshake (known once its opcode has arrived).
+fn over_handshake_limit(buf: &[u8], handshaken: bool) -> Option<u64> {
+    if buf.len() < frame::LENGTH_PREFIX_BYTES {
+        return None;
+    }
+    let total = u64::from(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]])) + frame::LENGTH_PREFIX_BYTES as u64;
+    if total <= u64::from(HANDSHAKE_FRAME_BYTES_MAX) {
+        return None;
+    }
+    let is_handshake = buf.len() >= 6 && u16::from_le_bytes([buf[4], buf[5]]) == Opcode::Handshake as u16;
+    (!handshaken || is_handshake).then_some(total)
+}
+
+/// When connection `conn`'s deadlines must next be looked at: its earliest
+/// deadline, or, with none running (requests in flight), after at most the
+/// idle deadline (it cannot become idle and expire sooner) or the wheel's span.
+fn next_check(conn: &Conn, limits: &ConnLimits) -> u64 {
+    match conn.deadline(&limits.deadlines) {
+        Some((t, _)) => t,
+        None => {
+            let idle = limits.deadlines.idle_ms;
+            limits.now_ms + if idle == 0 { wheel::WHEEL_SPAN_MS } else { idle.min(wheel::WHEEL_SPAN_MS) }
+        }
+    }
 }
 
 /// Best effort: tell a client it is over the connection limit, then drop it.
@@ -852,4 +1392,29 @@ fn refuse(mut stream: mio::net::TcpStream, limit: usize) {
         &format!("connection limit of {limit} reached"),
     );
     let _ = stream.write(&out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(total: u32, opcode: Option<Opcode>) -> Vec<u8> {
+        let mut b = (total - frame::LENGTH_PREFIX_BYTES as u32).to_le_bytes().to_vec();
+        if let Some(op) = opcode {
+            b.extend_from_slice(&(op as u16).to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn handshake_limit_applies_before_the_handshake_and_to_handshake_frames() {
+        let max = HANDSHAKE_FRAME_BYTES_MAX;
+        assert_eq!(over_handshake_limit(&prefix(max, None), false), None, "at the limit");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, None), false), Some(u64::from(max) + 1));
+        assert_eq!(over_handshake_limit(&[0xff, 0xff, 0xff], false), None, "prefix not in yet");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, None), true), None, "opcode not in yet");
+        assert_eq!(over_handshake_limit(&prefix(max + 1, Some(Opcode::SendMessage)), true), None);
+        let big = cmq_protocol::limits::FRAME_BYTES_MAX;
+        assert_eq!(over_handshake_limit(&prefix(big, Some(Opcode::Handshake)), true), Some(u64::from(big)));
+    }
 }

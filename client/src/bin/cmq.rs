@@ -5,6 +5,10 @@
 // modules live in `src/bin/cmq/`.
 #[path = "cmq/args.rs"]
 mod args;
+#[path = "cmq/batch.rs"]
+mod batch;
+#[path = "cmq/body.rs"]
+mod body;
 #[path = "cmq/commands.rs"]
 mod commands;
 #[path = "cmq/render.rs"]
@@ -15,13 +19,12 @@ mod time;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use cmq_client::ClientError;
 
 use crate::render::{client_error_name, ErrorJson};
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = args::parse();
     match commands::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

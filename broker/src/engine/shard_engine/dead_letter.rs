@@ -14,6 +14,10 @@ use crate::engine::record::{transfer_kind, Record};
 use crate::engine::suffix;
 use crate::engine::transfers::OutboxEntry;
 
+/// Why a redrive without `to` leaves a message where it is.
+const NO_SOURCE_QUEUE: &str = "it came into the dead-letter queue from no other queue, so it has no source \
+                               queue to go back to; redrive it with a destination queue";
+
 /// A transfer the shard must send to the destination queue's shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutTransfer {
@@ -370,6 +374,7 @@ impl ShardEngine {
                         if let Some(r) = self.redrives.get_mut(&id) {
                             if r.skipped.insert(*seq) {
                                 r.failed += 1;
+                                r.failure = NO_SOURCE_QUEUE.to_owned();
                             }
                         }
                         continue;

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use cmq_protocol::limits::{FRAME_BYTES_MAX, PEEK_MSGS_MAX};
-use cmq_protocol::{ErrorCode, MessageState, MessageStatus, PeekMessagesOk, PeekedMessage};
+use cmq_protocol::{MessageState, MessageStatus, PeekMessagesOk, PeekedMessage};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
@@ -24,6 +24,9 @@ fn state_of(e: &Entry) -> MessageState {
         MsgState::Removed => MessageState::Gone,
     }
 }
+
+/// QueryMessage's detail for an id the queue cannot account for.
+pub const GONE_DETAIL: &str = "not in this queue: deleted and no longer retained, or never sent to it";
 
 impl ShardEngine {
     /// Makes messages enqueued at or after `start_ms` receivable again
@@ -156,13 +159,10 @@ impl ShardEngine {
                 return Ok(gone(MessageState::Purged, time, "purged (or removed before the purge)".into()));
             }
         }
-        if ours && counter < self.next_msg_counter {
-            return Ok(gone(
-                MessageState::Gone,
-                0,
-                "not in the queue: deleted and no longer retained, or never sent to this queue".into(),
-            ));
-        }
-        Err(EngineError::new(ErrorCode::MESSAGE_NOT_FOUND, format!("no message {msg_id} in queue {name:?}")))
+        // Whether the id is another queue's (on this shard or another) or
+        // was never issued, the answer has one shape: a queue can no more
+        // tell those apart from a delete it no longer remembers than a
+        // client should learn other queues' ids from it.
+        Ok(gone(MessageState::Gone, 0, GONE_DETAIL.into()))
     }
 }

@@ -73,6 +73,7 @@ impl ShardEngine {
                     refilled_ms: r.started_ms,
                     next_scan_ms: 0,
                     skipped: Default::default(),
+                    failure: String::new(),
                 },
             );
         }
@@ -478,6 +479,7 @@ impl ShardEngine {
             if let Some(r) = self.redrives.get_mut(&out.redrive) {
                 r.failed += 1;
                 r.moved = r.moved.saturating_sub(1);
+                r.failure = format!("queue {:?} does not exist", out.dst_queue);
             }
         }
         let Some(q) = self.queues.get_mut(&uid) else { return };
@@ -528,6 +530,7 @@ impl ShardEngine {
                 refilled_ms: time_ms,
                 next_scan_ms: 0,
                 skipped: Default::default(),
+                failure: String::new(),
             },
         );
     }

@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use cmq_protocol::{ErrorCode, FlushPolicy, MessageState, QueueAttributesUpdate, ReceiptHandle};
+use cmq_protocol::{ErrorCode, FlushPolicy, MessageState, MessageStatus, QueueAttributesUpdate, ReceiptHandle};
 use proptest::prelude::*;
 
 use super::*;
@@ -741,6 +741,33 @@ fn peek_changes_nothing_and_query_reports_states() {
     assert_eq!(replayed(&log).queue_info(2_000, "q").expect("info"), info, "purge is durable");
 }
 
+/// An id of another queue of this shard, of another shard, or never issued:
+/// one answer, the same as for a delete the queue no longer remembers.
+#[test]
+fn query_answers_ids_the_queue_cannot_account_for_in_one_shape() {
+    let (mut e, mut log) = setup(Default::default());
+    e.create_queue(&mut log, 1_000, "other", &Default::default(), 0).expect("create");
+    let here = e.send(&mut log, 1_000, "q", 0, &[body("here")]).expect("send")[0];
+    let elsewhere = e.send(&mut log, 1_000, "other", 0, &[body("elsewhere")]).expect("send")[0];
+    let d = recv(&mut e, &mut log, 1_000, 1);
+    assert!(e.delete(&mut log, 1_000, "q", &[d[0].head.receipt_handle]).expect("delete")[0].is_ok());
+    let other_shard: u64 = 5; // shard 0 (top bits 0), counter 5
+    let never_issued = here + 1_000;
+    let answers: Vec<MessageStatus> = [here, elsewhere, other_shard, never_issued, u64::MAX]
+        .iter()
+        .map(|id| e.query_message(&log, "q", *id).expect("an answer, not an error"))
+        .collect();
+    for (a, id) in answers.iter().zip([here, elsewhere, other_shard, never_issued, u64::MAX]) {
+        let want = MessageStatus {
+            msg_id: id,
+            state: MessageState::Gone,
+            detail: inspection::GONE_DETAIL.into(),
+            ..Default::default()
+        };
+        assert_eq!(*a, want, "msg id {id:#x}");
+    }
+}
+
 #[test]
 fn transactions_commit_rollback_and_check_then_default() {
     let upd = QueueAttributesUpdate { first_query_interval: Some(5), max_query_count: Some(2), ..Default::default() };
@@ -939,5 +966,11 @@ fn http_pushes_retry_on_schedule_survive_restart_then_dead_letter() {
     c.settle(1_300);
     assert_eq!(bodies_in(&mut c, "pushdlq"), ["evt"], "gave up after the schedule, into the dead-letter queue");
     let (e, _) = c.at("hooks");
-    assert_eq!(e.subscription_info("hooks", "web").expect("info").msg_count, 0);
+    let info = e.subscription_info("hooks", "web").expect("info");
+    // Given up on and moved to the dead-letter queue: neither delivered nor dropped.
+    assert_eq!((info.msg_count, info.delivered, info.dropped), (0, 0, 0), "{info:?}");
+    c.restart();
+    let (e, _) = c.at("hooks");
+    let info = e.subscription_info("hooks", "web").expect("info");
+    assert_eq!((info.msg_count, info.delivered, info.dropped), (0, 0, 0), "replayed the same: {info:?}");
 }

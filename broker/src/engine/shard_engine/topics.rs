@@ -555,10 +555,13 @@ impl ShardEngine {
         let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
         if let Some(s) = self.topics.get_mut(&uid).and_then(|t| t.subscription_by_sid(sid)) {
             s.pending = s.pending.saturating_sub(1);
-            if delivered {
-                s.delivered += 1;
-            } else {
-                s.dropped += 1;
+            // An HTTP subscription's delivery that ends as a queue transfer
+            // was given up on and moved to its dead-letter queue: not delivered.
+            let dead_lettered = !s.is_queue() && e.kind == transfer_kind::PUBLISH;
+            match (delivered, dead_lettered) {
+                (true, false) => s.delivered += 1,
+                (true, true) => {}
+                (false, _) => s.dropped += 1,
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Command-line syntax. Help texts are built from the protocol's constants
 //! so ranges and defaults shown cannot drift from what the broker enforces.
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cmq_client::protocol::limits::{
     BATCH_MSGS_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, PEEK_MSGS_MAX, POLLING_WAIT_SECONDS_MAX,
 };
@@ -24,6 +26,9 @@ pub const PEEK_DEFAULT: u32 = 20;
 /// Global flags sort after each subcommand's own in its help.
 const GLOBAL_ORDER: usize = 1000;
 
+/// The port cmqd listens on by default, used when --server names only a host.
+pub const DEFAULT_PORT: u16 = 7700;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cmq",
@@ -41,8 +46,16 @@ const GLOBAL_ORDER: usize = 1000;
                   cmq publish events 'order 42 paid' --routing-key order.paid"
 )]
 pub struct Cli {
-    /// Broker address
-    #[arg(long, global = true, display_order = GLOBAL_ORDER, env = "CMQ_SERVER", default_value = "127.0.0.1:7700", value_name = "HOST:PORT")]
+    /// Broker address; a host without a port means port 7700
+    #[arg(
+        long,
+        global = true,
+        display_order = GLOBAL_ORDER,
+        env = "CMQ_SERVER",
+        default_value = "127.0.0.1:7700",
+        value_name = "HOST[:PORT]",
+        value_parser = server_address
+    )]
     pub server: String,
 
     /// Print machine-readable JSON on stdout; failures print {"code","name","message"}
@@ -50,7 +63,14 @@ pub struct Cli {
     pub json: bool,
 
     /// Seconds to wait for the broker to connect or answer, on top of any receive polling wait (0: forever)
-    #[arg(long, global = true, display_order = GLOBAL_ORDER, default_value_t = 10, value_name = "SECONDS")]
+    #[arg(
+        long,
+        global = true,
+        display_order = GLOBAL_ORDER,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        value_parser = whole_u64
+    )]
     pub timeout: u64,
 
     #[command(subcommand)]
@@ -67,10 +87,13 @@ pub enum Command {
         attrs: QueueAttrArgs,
     },
 
-    /// Delete a queue and every message in it
+    /// Delete a queue and every message in it; asks first if it holds messages, unless --force
     DeleteQueue {
         /// Queue name
         name: String,
+        /// Delete even if the queue holds messages, without asking (required when stdin is not a terminal)
+        #[arg(long, short = 'f')]
+        force: bool,
     },
 
     /// List queue names in creation order (with --json: totalCount and queueList with ids)
@@ -111,11 +134,14 @@ pub enum Command {
     },
 
     /// Send one message and print its msgId
+    #[command(after_help = "The body is the argument's text, all of stdin (BODY is -) or all of a file (--file), \
+                            byte for byte, trailing newline included: one message either way. With --base64 that \
+                            input is base64 and the decoded bytes are sent (binary bodies).")]
     Send {
         /// Queue name
         name: String,
-        /// Message body (UTF-8 text)
-        body: String,
+        #[command(flatten)]
+        body: BodyArgs,
         /// Seconds before the message becomes receivable
         #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         delay: u32,
@@ -131,10 +157,18 @@ pub enum Command {
         /// Seconds before the messages become receivable
         #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         delay: u32,
+        /// Each line is base64: send the bytes it decodes to
+        #[arg(long)]
+        base64: bool,
     },
 
-    /// Receive messages and print each body on its own line (--json: an array of messages);
+    /// Receive messages and print each on its own line (--json: an array of messages);
     /// prints "no message" on stderr and exits 0 if none arrived
+    #[command(after_help = "Plain output is one message a line: the fields of --print, tab-separated. A body keeps \
+                            its text except that \\ becomes \\\\, newline \\n, carriage return \\r, tab \\t, and \
+                            other control characters and bytes that are not UTF-8 \\xNN, so a line is always exactly \
+                            one message; --base64 prints the exact bytes instead. With --delete a message is deleted \
+                            only after it has been printed.")]
     Receive {
         /// Queue name
         name: String,
@@ -156,6 +190,17 @@ pub enum Command {
         /// Delete the received messages after printing them
         #[arg(long)]
         delete: bool,
+        /// Keep receiving until interrupted (Ctrl-C), printing each message as it arrives (--json: one object
+        /// a line); long-polls --wait seconds at a time [default wait: 30]
+        #[arg(long)]
+        follow: bool,
+        /// What to print for each message, comma-separated, as tab-separated columns: body, id (msgId),
+        /// handle (receipt handle, for delete and change-visibility); --json prints every field
+        #[arg(long, value_enum, value_name = "FIELD,...", value_delimiter = ',', default_value = "body")]
+        print: Vec<PrintField>,
+        /// Print bodies base64-encoded: the exact bytes, binary-safe (with --json: msgBody is base64)
+        #[arg(long)]
+        base64: bool,
     },
 
     /// Delete a received message
@@ -207,6 +252,7 @@ pub enum Command {
         /// Queue name
         name: String,
         /// Message id (from send or receive)
+        #[arg(value_parser = whole_u64)]
         msg_id: u64,
     },
 
@@ -238,12 +284,13 @@ pub enum Command {
     /// Send a transaction (half) message: stored but invisible until committed; prints its msgId
     #[command(after_help = "Resolve it with `cmq commit` or `cmq rollback`. Unresolved after the queue's \
                             firstQueryInterval, the broker asks the group's checker (`cmq tx-checker`), up to \
-                            maxQueryCount times, then applies the queue's transactionDefault.")]
+                            maxQueryCount times, then applies the queue's transactionDefault. The body is given as \
+                            for `cmq send`.")]
     SendTx {
         /// Queue name
         name: String,
-        /// Message body (UTF-8 text)
-        body: String,
+        #[command(flatten)]
+        body: BodyArgs,
         /// Producer group whose checker the broker asks about it
         #[arg(long, value_name = "GROUP")]
         group: String,
@@ -254,6 +301,7 @@ pub enum Command {
         /// Queue name
         name: String,
         /// Message id from send-tx
+        #[arg(value_parser = whole_u64)]
         msg_id: u64,
     },
 
@@ -262,6 +310,7 @@ pub enum Command {
         /// Queue name
         name: String,
         /// Message id from send-tx
+        #[arg(value_parser = whole_u64)]
         msg_id: u64,
     },
 
@@ -299,6 +348,7 @@ pub enum Command {
     /// List redrive tasks (or one) with what they moved and what remains (--json: an array)
     RedriveStatus {
         /// Only this task
+        #[arg(value_parser = whole_u64)]
         id: Option<u64>,
         /// Refresh every second until every task shown is done or cancelled
         #[arg(long)]
@@ -308,6 +358,7 @@ pub enum Command {
     /// Cancel a running redrive task (messages moved so far stay moved); prints its id and state
     RedriveCancel {
         /// Task id from redrive or redrive-status
+        #[arg(value_parser = whole_u64)]
         id: u64,
     },
 
@@ -379,11 +430,13 @@ pub enum Command {
 
     /// Publish one message to a topic and print its msgId; it reaches every subscription whose filter matches
     /// (none matching: it is dropped)
+    #[command(after_help = "The body is given as for `cmq send`: text, - for all of stdin, or --file, optionally \
+                            --base64.")]
     Publish {
         /// Topic name
         topic: String,
-        /// Message body (UTF-8 text)
-        body: String,
+        #[command(flatten)]
+        body: BodyArgs,
         #[command(flatten)]
         select: PublishArgs,
     },
@@ -397,6 +450,9 @@ pub enum Command {
         topic: String,
         #[command(flatten)]
         select: PublishArgs,
+        /// Each line is base64: publish the bytes it decodes to
+        #[arg(long)]
+        base64: bool,
     },
 
     /// Subscribe to a topic: deliver matching messages into a queue or POST them to a URL; prints the
@@ -510,6 +566,31 @@ pub enum Command {
 
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
+}
+
+/// Where a message body comes from: the argument, stdin or a file.
+#[derive(Debug, Args)]
+pub struct BodyArgs {
+    /// Message body as text; - reads all of stdin as one message
+    #[arg(value_name = "BODY", required_unless_present = "file")]
+    pub body: Option<String>,
+    /// Read the body from this file: all of it is one message
+    #[arg(long, value_name = "PATH", conflicts_with = "body")]
+    pub file: Option<PathBuf>,
+    /// The body given (argument, stdin or file) is base64 (line breaks ignored): send the bytes it decodes to
+    #[arg(long)]
+    pub base64: bool,
+}
+
+/// What `receive` prints for each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrintField {
+    /// The message body
+    Body,
+    /// The msgId
+    Id,
+    /// The receipt handle
+    Handle,
 }
 
 /// The header that carries an HTTP push's signature.
@@ -627,11 +708,91 @@ fn since_parser(s: &str) -> Result<u64, String> {
     parse_time(s, now_ms())
 }
 
+/// The command line's grammar, with every value allowed to look like a
+/// negative number: `--delay -5` then reaches the value's parser, which says
+/// what range it takes, instead of clap suggesting `-- -5`.
+pub fn command() -> clap::Command {
+    let negative_ok = |a: clap::Arg| {
+        if a.get_action().takes_values() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    };
+    Cli::command().mut_args(negative_ok).mut_subcommands(move |sub| sub.mut_args(negative_ok))
+}
+
+/// Parses the process's arguments (exits with a usage error, status 2, on bad ones).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command()).exit())
+}
+
+/// Parses `args` (the program name first), for tests.
+#[cfg(test)]
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+}
+
+/// A u64 with a range error for negative numbers (clap's own says only
+/// "invalid digit").
+fn whole_u64(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| match s.strip_prefix('-').map(|d| d.bytes().all(|b| b.is_ascii_digit())) {
+        Some(true) => format!("{s} is not in 0..={}", u64::MAX),
+        _ => format!("{s} is not a whole number"),
+    })
+}
+
+/// `HOST[:PORT]` to `HOST:PORT`, the port defaulting to 7700. IPv6 literals
+/// may come bare (`::1`) or bracketed (`[::1]`, `[::1]:7701`).
+pub fn server_address(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("[{s}]:{DEFAULT_PORT}"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or_else(|| format!("{s:?}: no closing ]"))?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{s:?}: {v6:?} is not an IPv6 address"));
+        }
+        match after {
+            "" => (&s[..v6.len() + 2], None),
+            _ => (
+                &s[..v6.len() + 2],
+                Some(after.strip_prefix(':').ok_or_else(|| format!("{s:?}: expected :PORT after ]"))?),
+            ),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} names no host"));
+    }
+    match port {
+        None => Ok(format!("{host}:{DEFAULT_PORT}")),
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(format!("{host}:{port}")),
+            _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
+        },
+    }
+}
+
 /// Queue attributes; each omitted flag keeps the current value (set-queue)
 /// or takes the broker's default (create-queue).
 #[derive(Debug, Args)]
 pub struct QueueAttrArgs {
-    #[arg(long, value_name = "N", help = attr_help("Most messages the queue may hold", "", &MAX_MSG_HEAP_NUM))]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = whole_u64,
+        help = attr_help("Most messages the queue may hold", "", &MAX_MSG_HEAP_NUM)
+    )]
     pub max_msg_heap_num: Option<u64>,
 
     #[arg(
@@ -763,71 +924,70 @@ fn attr_help(what: &str, unit: &str, range: &AttrRange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn definitions_are_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
     fn set_queue_requires_an_attribute() {
-        let err = Cli::try_parse_from(["cmq", "set-queue", "q"]).expect_err("no attribute given");
+        let err = try_parse_from(["cmq", "set-queue", "q"]).expect_err("no attribute given");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-        assert!(Cli::try_parse_from(["cmq", "set-queue", "q", "--visibility-timeout", "5"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "create-queue", "q"]).is_ok());
+        assert!(try_parse_from(["cmq", "set-queue", "q", "--visibility-timeout", "5"]).is_ok());
+        assert!(try_parse_from(["cmq", "create-queue", "q"]).is_ok());
     }
 
     #[test]
     fn no_dead_letter_alone_is_an_attribute_change_and_conflicts_with_a_policy() {
-        let cli = Cli::try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter"]).expect("enough on its own");
+        let cli = try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter"]).expect("enough on its own");
         assert!(matches!(cli.command, Command::SetQueue { no_dead_letter: true, .. }));
-        assert!(Cli::try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter", "--dead-letter-queue", "d"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "create-queue", "q", "--no-dead-letter"]).is_err(), "set-queue only");
+        assert!(try_parse_from(["cmq", "set-queue", "q", "--no-dead-letter", "--dead-letter-queue", "d"]).is_err());
+        assert!(try_parse_from(["cmq", "create-queue", "q", "--no-dead-letter"]).is_err(), "set-queue only");
         let both = ["cmq", "create-queue", "q", "--dead-letter-queue", "d", "--max-receive-count", "3"];
-        assert!(Cli::try_parse_from(both).is_ok());
+        assert!(try_parse_from(both).is_ok());
         let both = [&both[..], &["--max-time-to-live", "300"]].concat();
-        assert!(Cli::try_parse_from(both).is_err(), "one limit or the other");
+        assert!(try_parse_from(both).is_err(), "one limit or the other");
     }
 
     #[test]
     fn since_takes_relative_times_that_look_like_flags() {
-        let cli = Cli::try_parse_from(["cmq", "rewind", "q", "--since", "-10m"]).expect("relative");
+        let cli = try_parse_from(["cmq", "rewind", "q", "--since", "-10m"]).expect("relative");
         let Command::Rewind { since, .. } = cli.command else { panic!("{:?}", cli.command) };
         let now = now_ms();
         assert!((now - 601_000..=now - 599_000).contains(&since), "{since}");
-        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "1795600800"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "2026-11-25T10:00:00Z"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "rewind", "q", "--since", "soon"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "rewind", "q"]).is_err(), "--since is required");
+        assert!(try_parse_from(["cmq", "rewind", "q", "--since", "1795600800"]).is_ok());
+        assert!(try_parse_from(["cmq", "rewind", "q", "--since", "2026-11-25T10:00:00Z"]).is_ok());
+        assert!(try_parse_from(["cmq", "rewind", "q", "--since", "soon"]).is_err());
+        assert!(try_parse_from(["cmq", "rewind", "q"]).is_err(), "--since is required");
     }
 
     #[test]
     fn tx_checker_needs_exactly_one_decision() {
-        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit", "--ask"]).is_err());
+        assert!(try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit"]).is_ok());
+        assert!(try_parse_from(["cmq", "tx-checker", "--group", "g"]).is_err());
+        assert!(try_parse_from(["cmq", "tx-checker", "--group", "g", "--commit", "--ask"]).is_err());
     }
 
     #[test]
     fn peek_max_and_all_exclude_each_other() {
-        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--max", "500", "--body"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--all"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--all", "--max", "5"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "peek", "q", "--max", "0"]).is_err());
+        assert!(try_parse_from(["cmq", "peek", "q", "--max", "500", "--body"]).is_ok());
+        assert!(try_parse_from(["cmq", "peek", "q", "--all"]).is_ok());
+        assert!(try_parse_from(["cmq", "peek", "q", "--all", "--max", "5"]).is_err());
+        assert!(try_parse_from(["cmq", "peek", "q", "--max", "0"]).is_err());
     }
 
     #[test]
     fn receipt_handles_parse_as_decimal() {
-        let cli = Cli::try_parse_from(["cmq", "delete", "q", "340282366920938463463374607431768211455"]).expect("u128");
+        let cli = try_parse_from(["cmq", "delete", "q", "340282366920938463463374607431768211455"]).expect("u128");
         let Command::Delete { receipt, .. } = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!(receipt, ReceiptHandle(u128::MAX));
-        assert!(Cli::try_parse_from(["cmq", "delete", "q", "12ab"]).is_err());
+        assert!(try_parse_from(["cmq", "delete", "q", "12ab"]).is_err());
     }
 
     #[test]
     fn subscribe_needs_exactly_one_endpoint_and_dead_letters_only_pushes() {
-        let parse = |args: &[&str]| Cli::try_parse_from([&["cmq", "subscribe", "t", "s"], args].concat());
+        let parse = |args: &[&str]| try_parse_from([&["cmq", "subscribe", "t", "s"], args].concat());
         assert!(parse(&["--queue", "q"]).is_ok());
         assert!(parse(&["--http", "http://h/"]).is_ok());
         assert!(parse(&[]).is_err());
@@ -850,7 +1010,7 @@ mod tests {
 
     #[test]
     fn set_subscription_needs_a_change_and_clearing_excludes_a_list() {
-        let parse = |args: &[&str]| Cli::try_parse_from([&["cmq", "set-subscription", "t", "s"], args].concat());
+        let parse = |args: &[&str]| try_parse_from([&["cmq", "set-subscription", "t", "s"], args].concat());
         let err = parse(&[]).expect_err("nothing to change");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         for change in [&["--tag", "a"][..], &["--clear-tags"], &["--binding-key", "k"], &["--clear-binding-keys"]] {
@@ -864,22 +1024,84 @@ mod tests {
 
     #[test]
     fn topic_commands_parse() {
-        let cli = Cli::try_parse_from(["cmq", "create-topic", "t", "--filter-type", "routing-key"]).expect("create");
+        let cli = try_parse_from(["cmq", "create-topic", "t", "--filter-type", "routing-key"]).expect("create");
         let Command::CreateTopic { filter_type, max_msg_size, .. } = cli.command else { panic!("{:?}", cli.command) };
         assert_eq!(topic_update(filter_type, max_msg_size, None).filter_type, Some(FilterType::RoutingKey));
-        assert!(Cli::try_parse_from(["cmq", "create-topic", "t", "--filter-type", "tags"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "set-topic", "t"]).is_err(), "--max-msg-size is required");
-        let cli = Cli::try_parse_from(["cmq", "publish", "t", "--tag", "a", "body", "--tag", "b"]).expect("publish");
+        assert!(try_parse_from(["cmq", "create-topic", "t", "--filter-type", "tags"]).is_err());
+        assert!(try_parse_from(["cmq", "set-topic", "t"]).is_err(), "--max-msg-size is required");
+        let cli = try_parse_from(["cmq", "publish", "t", "--tag", "a", "body", "--tag", "b"]).expect("publish");
         let Command::Publish { body, select, .. } = cli.command else { panic!("{:?}", cli.command) };
-        assert_eq!((body.as_str(), select.tags.len(), select.routing_key.as_str()), ("body", 2, ""));
-        assert!(Cli::try_parse_from(["cmq", "publish-batch", "t", "--routing-key", "a.b"]).is_ok());
+        assert_eq!((body.body.as_deref(), select.tags.len(), select.routing_key.as_str()), (Some("body"), 2, ""));
+        assert!(try_parse_from(["cmq", "publish-batch", "t", "--routing-key", "a.b"]).is_ok());
     }
 
     #[test]
     fn receive_bounds_come_from_the_protocol() {
-        assert!(Cli::try_parse_from(["cmq", "receive", "q", "--max", "16", "--wait", "30"]).is_ok());
-        assert!(Cli::try_parse_from(["cmq", "receive", "q", "--max", "17"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "receive", "q", "--max", "0"]).is_err());
-        assert!(Cli::try_parse_from(["cmq", "receive", "q", "--wait", "31"]).is_err());
+        assert!(try_parse_from(["cmq", "receive", "q", "--max", "16", "--wait", "30"]).is_ok());
+        assert!(try_parse_from(["cmq", "receive", "q", "--max", "17"]).is_err());
+        assert!(try_parse_from(["cmq", "receive", "q", "--max", "0"]).is_err());
+        assert!(try_parse_from(["cmq", "receive", "q", "--wait", "31"]).is_err());
+    }
+
+    #[test]
+    fn a_server_without_a_port_uses_7700() {
+        assert_eq!(server_address("cmq.internal").as_deref(), Ok("cmq.internal:7700"));
+        assert_eq!(server_address("10.0.0.5:7800").as_deref(), Ok("10.0.0.5:7800"));
+        assert_eq!(server_address("::1").as_deref(), Ok("[::1]:7700"));
+        assert_eq!(server_address("[::1]").as_deref(), Ok("[::1]:7700"));
+        assert_eq!(server_address("[fe80::1]:7701").as_deref(), Ok("[fe80::1]:7701"));
+        for bad in ["", ":7700", "host:", "host:0", "host:70000", "host:x", "[::1", "[nope]:1", "[::1]7700"] {
+            assert!(server_address(bad).is_err(), "{bad:?}");
+        }
+        let cli = try_parse_from(["cmq", "--server", "broker-1", "ping"]).expect("host only");
+        assert_eq!(cli.server, "broker-1:7700");
+    }
+
+    #[test]
+    fn negative_numbers_get_a_range_error_not_a_usage_tip() {
+        let cases: [&[&str]; 7] = [
+            &["receive", "q", "--wait", "-5"],
+            &["send", "q", "x", "--delay", "-5"],
+            &["message", "q", "-5"],
+            &["change-visibility", "q", "1", "-5"],
+            &["create-queue", "q", "--max-msg-heap-num", "-1"],
+            &["--timeout", "-1", "ping"],
+            &["redrive-cancel", "-3"],
+        ];
+        for args in cases {
+            let err = try_parse_from([&["cmq"][..], args].concat()).expect_err("negative");
+            let text = err.to_string();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{args:?}: {text}");
+            assert!(text.contains("is not in 0..="), "{args:?}: {text}");
+            assert!(!text.contains("-- -"), "{args:?}: {text}");
+        }
+        assert!(try_parse_from(["cmq", "rewind", "q", "--since", "-5m"]).is_ok(), "relative times still work");
+        let cli = try_parse_from(["cmq", "send", "q", "-5"]).expect("a body may look like a number");
+        let Command::Send { body, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(body.body.as_deref(), Some("-5"));
+    }
+
+    #[test]
+    fn a_body_comes_from_exactly_one_place() {
+        assert!(try_parse_from(["cmq", "send", "q", "text"]).is_ok());
+        assert!(try_parse_from(["cmq", "send", "q", "-"]).is_ok(), "stdin");
+        assert!(try_parse_from(["cmq", "send", "q", "--file", "f.json"]).is_ok());
+        assert!(try_parse_from(["cmq", "send", "q", "--file", "f", "--base64"]).is_ok());
+        assert!(try_parse_from(["cmq", "send", "q"]).is_err(), "no body");
+        assert!(try_parse_from(["cmq", "send", "q", "text", "--file", "f"]).is_err(), "two bodies");
+        assert!(try_parse_from(["cmq", "send-tx", "q", "-", "--group", "g"]).is_ok());
+        assert!(try_parse_from(["cmq", "publish", "t", "--file", "f", "--tag", "a"]).is_ok());
+    }
+
+    #[test]
+    fn receive_prints_chosen_fields_and_follows() {
+        let cli = try_parse_from(["cmq", "receive", "q", "--print", "id,handle,body", "--follow", "--delete"])
+            .expect("fields");
+        let Command::Receive { print, follow, delete, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!((print, follow, delete), (vec![PrintField::Id, PrintField::Handle, PrintField::Body], true, true));
+        let cli = try_parse_from(["cmq", "receive", "q"]).expect("defaults");
+        let Command::Receive { print, .. } = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(print, [PrintField::Body]);
+        assert!(try_parse_from(["cmq", "receive", "q", "--print", "secret"]).is_err());
     }
 }

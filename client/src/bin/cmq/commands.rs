@@ -1,23 +1,23 @@
 //! Runs one subcommand against the broker.
 
-use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use cmq_client::protocol::limits::{BATCH_MSGS_MAX, PEEK_MSGS_MAX};
+use cmq_client::protocol::limits::{PEEK_MSGS_MAX, POLLING_WAIT_SECONDS_MAX};
 use cmq_client::{
     str_list, BatchPublishMessage, BatchSendMessage, CheckOutcome, CheckerStopper, Client, ClientError, ErrorCode,
-    ReceivedMessage, RedriveInfo, RedriveState, Request, Response, SetSubscriptionAttributes, Subscribe,
-    SubscribeBuilder, SubscriptionInfo, Ticket, TopicInfo, TransactionCheck, TransactionChecker,
+    QueueInfo, ReceivedMessage, RedriveInfo, RedriveState, Request, SetSubscriptionAttributes, Subscribe,
+    SubscribeBuilder, SubscriptionInfo, TopicInfo, TransactionCheck, TransactionChecker,
 };
 use serde::Serialize;
 use serde_json::json;
 
-use crate::args::{topic_update, Cli, Command, PEEK_DEFAULT, PUSH_SIGNATURE_HEADER};
+use crate::args::{topic_update, Cli, Command, PrintField, PEEK_DEFAULT, PUSH_SIGNATURE_HEADER};
+use crate::batch::batch_lines;
+use crate::body::{encode_base64, line_text, read_body};
 use crate::render::{
-    body_text, check_line, client_error_name, decision_text, message_status_table, origin_note, peek_header, peek_row,
+    check_line, client_error_name, decision_text, message_status_table, origin_note, peek_header, peek_row,
     queue_info_table, redrive_table, redrive_target, secs, subscription_info_table, subscription_table, time_cell,
     topic_info_table, CheckJson, ErrorJson, MessageJson, MessageStatusJson, PeekedJson, QueueInfoJson, QueueListJson,
     RedriveJson, SubscriptionInfoJson, SubscriptionListJson, TopicInfoJson, TopicListJson,
@@ -27,27 +27,19 @@ use crate::time::utc;
 /// How often `redrive-status --watch` asks again.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// send-batch and publish-batch keep this many requests in flight: enough to hide the round
-/// trip (pipelining is worth ~100x on loopback), few enough to bound memory.
-const SEND_WINDOW_REQUESTS: usize = 32;
-
-/// ... and at most this many body bytes, so that neither side ever blocks
-/// writing while the other is blocked writing too (socket buffers are a few MiB).
-const SEND_WINDOW_BYTES: usize = 2 * 1024 * 1024;
-
 /// Where results go: one JSON document or human text on stdout.
-struct Out {
-    json: bool,
-    stdout: io::StdoutLock<'static>,
+pub struct Out {
+    pub json: bool,
+    pub stdout: io::StdoutLock<'static>,
 }
 
 impl Out {
-    fn json(&mut self, value: &impl Serialize) -> Result<()> {
+    pub fn json(&mut self, value: &impl Serialize) -> Result<()> {
         serde_json::to_writer(&mut self.stdout, value).context("writing output")?;
         writeln!(self.stdout).context("writing output")
     }
 
-    fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
+    pub fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
         writeln!(self.stdout, "{text}").context("writing output")
     }
 
@@ -60,7 +52,7 @@ impl Out {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    pub fn flush(&mut self) -> Result<()> {
         self.stdout.flush().context("writing output")
     }
 }
@@ -80,8 +72,16 @@ pub fn run(cli: &Cli) -> Result<()> {
         debug_assert!(*ask || *commit || *rollback, "clap requires one");
         return tx_checker(cli, timeout, group, mode);
     }
+    // Read before connecting: a missing file or bad base64 is reported as
+    // such, and no connection idles while stdin is read.
+    let mut body = match &cli.command {
+        Command::Send { body, .. } | Command::SendTx { body, .. } | Command::Publish { body, .. } => {
+            Some(read_body(body)?)
+        }
+        _ => None,
+    };
     let mut client = Client::connect_with_timeout(cli.server.as_str(), timeout)
-        .with_context(|| format!("cannot connect to {}", cli.server))?;
+        .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
     let c = &mut client;
     match &cli.command {
@@ -93,7 +93,10 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.line(id)?;
             }
         }
-        Command::DeleteQueue { name } => {
+        Command::DeleteQueue { name, force } => {
+            if !force {
+                confirm_delete_queue(c, name)?;
+            }
             c.delete_queue(name)?;
             out.done()?;
         }
@@ -120,21 +123,28 @@ pub fn run(cli: &Cli) -> Result<()> {
             let info = c.set_queue_attributes(name, &update)?;
             print_queue_info(&mut out, &info)?;
         }
-        Command::Send { name, body, delay } => {
-            let id = c.send(name, body.clone(), *delay)?;
+        Command::Send { name, delay, .. } => {
+            let id = c.send(name, body.take().unwrap_or_default(), *delay)?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
                 out.line(id)?;
             }
         }
-        Command::SendBatch { name, delay } => {
+        Command::SendBatch { name, delay, base64 } => {
             let delay_seconds = *delay;
-            batch_lines(c, &mut out, "sent", |bodies| {
+            batch_lines(c, &mut out, "sent", *base64, |bodies| {
                 Request::BatchSendMessage(BatchSendMessage { queue: name.clone(), delay_seconds, bodies })
             })?;
         }
-        Command::Receive { name, wait, max, delete } => receive(c, &mut out, name, *wait, *max, *delete)?,
+        Command::Receive { name, wait, max, delete, follow, print, base64 } => {
+            let how = Receiving { wait: *wait, max: *max, delete: *delete, print, base64: *base64 };
+            if *follow {
+                // It ends only when nobody reads stdout any more: nothing left to flush.
+                return receive_follow(c, &mut out, name, &how);
+            }
+            receive(c, &mut out, name, &how)?;
+        }
         Command::Delete { name, receipt } => {
             c.delete_message(name, *receipt)?;
             out.done()?;
@@ -186,8 +196,8 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.line(purged)?;
             }
         }
-        Command::SendTx { name, body, group } => {
-            let id = c.send_transaction_message(name, group, body.clone())?;
+        Command::SendTx { name, group, .. } => {
+            let id = c.send_transaction_message(name, group, body.take().unwrap_or_default())?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
@@ -201,16 +211,12 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Redrive { dead_letter_queue, to, rate } => {
             let task = c.start_redrive(dead_letter_queue, to.as_deref(), *rate)?;
-            print_redrive(&mut out, &task)?;
-            if !out.json && task.state == RedriveState::Running {
-                let rate = if task.rate_per_second == 0 { "no rate limit".to_owned() } else { format!("{rate}/s") };
-                eprintln!(
-                    "moving {} messages from {} to {} ({rate}); follow with: cmq redrive-status {} --watch",
-                    task.remaining,
-                    task.dead_letter_queue,
-                    redrive_target(&task),
-                    task.id
-                );
+            // Like create-queue and send, plain output is the new id alone, for `task=$(cmq redrive …)`.
+            if out.json {
+                out.json(&RedriveJson::from(&task))?;
+            } else {
+                out.line(task.id)?;
+                eprintln!("{}", redrive_started_note(&task));
             }
         }
         Command::RedriveStatus { id, watch } => redrive_status(c, &mut out, *id, *watch)?,
@@ -249,17 +255,17 @@ pub fn run(cli: &Cli) -> Result<()> {
             let info = c.set_topic_attributes(name, *max_msg_size)?;
             print_topic_info(&mut out, &info)?;
         }
-        Command::Publish { topic, body, select } => {
-            let id = c.publish(topic, body.clone(), &select.tags, &select.routing_key)?;
+        Command::Publish { topic, select, .. } => {
+            let id = c.publish(topic, body.take().unwrap_or_default(), &select.tags, &select.routing_key)?;
             if out.json {
                 out.json(&json!({ "msgId": id.to_string() }))?;
             } else {
                 out.line(id)?;
             }
         }
-        Command::PublishBatch { topic, select } => {
+        Command::PublishBatch { topic, select, base64 } => {
             let tags = str_list(&select.tags);
-            batch_lines(c, &mut out, "published", |bodies| {
+            batch_lines(c, &mut out, "published", *base64, |bodies| {
                 Request::BatchPublishMessage(BatchPublishMessage {
                     topic: topic.clone(),
                     bodies,
@@ -396,116 +402,46 @@ fn print_queue_info(out: &mut Out, info: &cmq_client::QueueInfo) -> Result<()> {
     }
 }
 
-/// Sends stdin, one message per line, as batch requests made by `request`
-/// (send-batch, publish-batch), keeping a window of them in flight. Ids are
-/// printed in input order as batches complete, so after a failure the output
-/// covers exactly the lines known to be `verb` (sent, published).
-fn batch_lines(
-    client: &mut Client,
-    out: &mut Out,
-    verb: &str,
-    mut request: impl FnMut(Vec<Bytes>) -> Request,
-) -> Result<()> {
-    let mut stdin = io::stdin().lock();
-    let mut window = SendWindow::default();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH_MSGS_MAX);
-    let mut line = Vec::new();
-    let result = (|| -> Result<()> {
-        loop {
-            line.clear();
-            if stdin.read_until(b'\n', &mut line).context("reading stdin")? == 0 {
-                break;
-            }
-            let body = line.strip_suffix(b"\n").unwrap_or(&line);
-            let body = body.strip_suffix(b"\r").unwrap_or(body);
-            if body.is_empty() {
-                continue;
-            }
-            batch.push(Bytes::copy_from_slice(body));
-            if batch.len() == BATCH_MSGS_MAX {
-                window.submit(client, out, request(std::mem::take(&mut batch)))?;
-            }
-        }
-        if !batch.is_empty() {
-            window.submit(client, out, request(std::mem::take(&mut batch)))?;
-        }
-        while !window.pending.is_empty() {
-            window.complete_oldest(client, out)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        if window.confirmed > 0 || !window.pending.is_empty() {
-            eprintln!(
-                "note: {} messages were {verb} (the first non-empty lines, ids printed); {} more were in flight \
-                 and may or may not have been {verb}",
-                window.confirmed,
-                window.pending.iter().map(|p| p.count).sum::<usize>()
-            );
-        }
-        return Err(e);
-    }
-    if out.json {
-        out.json(&window.ids.iter().map(u64::to_string).collect::<Vec<_>>())?;
-    }
-    Ok(())
+/// How `receive` receives and prints.
+struct Receiving<'a> {
+    wait: Option<u32>,
+    max: u16,
+    delete: bool,
+    print: &'a [PrintField],
+    base64: bool,
 }
 
-#[derive(Default)]
-struct SendWindow {
-    pending: VecDeque<PendingBatch>,
-    bytes: usize,
-    confirmed: usize,
-    /// Collected only for --json, which prints one array at the end.
-    ids: Vec<u64>,
-}
-
-struct PendingBatch {
-    ticket: Ticket,
-    count: usize,
-    bytes: usize,
-}
-
-impl SendWindow {
-    /// `req` is a BatchSendMessage or a BatchPublishMessage.
-    fn submit(&mut self, client: &mut Client, out: &mut Out, req: Request) -> Result<()> {
-        let (count, bytes) = match &req {
-            Request::BatchSendMessage(r) => (r.bodies.len(), r.bodies.iter().map(Bytes::len).sum()),
-            Request::BatchPublishMessage(r) => (r.bodies.len(), r.bodies.iter().map(Bytes::len).sum()),
-            other => unreachable!("not a batch of messages: {:?}", other.opcode()),
-        };
-        let ticket = client.submit(&req)?;
-        self.pending.push_back(PendingBatch { ticket, count, bytes });
-        self.bytes += bytes;
-        while self.pending.len() >= SEND_WINDOW_REQUESTS || self.bytes > SEND_WINDOW_BYTES {
-            self.complete_oldest(client, out)?;
-        }
-        Ok(())
-    }
-
-    fn complete_oldest(&mut self, client: &mut Client, out: &mut Out) -> Result<()> {
-        let Some(oldest) = self.pending.front() else { return Ok(()) };
-        let ids = match client.wait(oldest.ticket)? {
-            Response::BatchSendMessage(ok) if ok.msg_ids.len() == oldest.count => ok.msg_ids,
-            Response::BatchPublishMessage(ok) if ok.msg_ids.len() == oldest.count => ok.msg_ids,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "batch of {} answered with {:?}",
-                    oldest.count,
-                    other.opcode()
-                ))
-                .into())
-            }
-        };
-        self.bytes -= oldest.bytes;
-        self.confirmed += oldest.count;
-        self.pending.pop_front();
-        if out.json {
-            self.ids.extend_from_slice(&ids);
+impl Receiving<'_> {
+    fn once(&self, client: &mut Client, queue: &str, wait: Option<u32>) -> Result<Vec<ReceivedMessage>> {
+        Ok(if self.max <= 1 {
+            client.receive(queue, wait)?.into_iter().collect()
         } else {
-            for id in ids {
-                out.line(id)?;
-            }
+            client.receive_batch(queue, self.max, wait)?
+        })
+    }
+
+    /// One message as one line: the --print fields, tab-separated (no field
+    /// contains a tab: bodies are escaped or base64).
+    fn line(&self, m: &ReceivedMessage) -> String {
+        let field = |f: &PrintField| match f {
+            PrintField::Body if self.base64 => encode_base64(&m.body),
+            PrintField::Body => line_text(&m.body).into_owned(),
+            PrintField::Id => m.msg_id.to_string(),
+            PrintField::Handle => m.receipt_handle.to_string(),
+        };
+        self.print.iter().map(field).collect::<Vec<_>>().join("\t")
+    }
+
+    fn json<'m>(&self, m: &'m ReceivedMessage) -> MessageJson<'m> {
+        MessageJson::new(m, self.base64)
+    }
+
+    /// Prints one message (plain output; the JSON shapes differ per mode).
+    /// Where a dead-lettered message came from is for the person watching.
+    fn print_plain(&self, out: &mut Out, m: &ReceivedMessage) -> Result<()> {
+        out.line(self.line(m))?;
+        if let Some(origin) = &m.origin {
+            eprintln!("{}", origin_note(m.msg_id, origin));
         }
         Ok(())
     }
@@ -513,12 +449,8 @@ impl SendWindow {
 
 /// Prints before deleting, and deletes only after the output is flushed: a
 /// message must never be deleted without having been shown.
-fn receive(client: &mut Client, out: &mut Out, queue: &str, wait: Option<u32>, max: u16, delete: bool) -> Result<()> {
-    let messages: Vec<ReceivedMessage> = if max <= 1 {
-        client.receive(queue, wait)?.into_iter().collect()
-    } else {
-        client.receive_batch(queue, max, wait)?
-    };
+fn receive(client: &mut Client, out: &mut Out, queue: &str, how: &Receiving<'_>) -> Result<()> {
+    let messages = how.once(client, queue, how.wait)?;
     if messages.is_empty() {
         eprintln!("no message");
         if out.json {
@@ -527,22 +459,58 @@ fn receive(client: &mut Client, out: &mut Out, queue: &str, wait: Option<u32>, m
         return Ok(());
     }
     if out.json {
-        out.json(&messages.iter().map(MessageJson::from).collect::<Vec<_>>())?;
+        out.json(&messages.iter().map(|m| how.json(m)).collect::<Vec<_>>())?;
     } else {
         for m in &messages {
-            out.line(body_text(&m.body))?;
-            // stdout stays one body a line for scripts; where a dead-lettered
-            // message came from is for the person watching.
-            if let Some(origin) = &m.origin {
-                eprintln!("{}", origin_note(m.msg_id, origin));
-            }
+            how.print_plain(out, m)?;
         }
     }
     out.flush()?;
-    if !delete {
-        return Ok(());
+    if how.delete {
+        delete_received(client, queue, &messages)?;
     }
-    if let [only] = &messages[..] {
+    Ok(())
+}
+
+/// `receive --follow`: long-polls again and again, printing (and with
+/// --delete deleting) each batch as it comes, until interrupted or until
+/// nobody reads stdout any more. A message interrupted between being
+/// printed and deleted comes back after its visibility timeout: at least
+/// once, never lost.
+fn receive_follow(client: &mut Client, out: &mut Out, queue: &str, how: &Receiving<'_>) -> Result<()> {
+    let wait = Some(how.wait.unwrap_or(POLLING_WAIT_SECONDS_MAX));
+    loop {
+        let messages = how.once(client, queue, wait)?;
+        let printed = messages.iter().try_for_each(|m| match out.json {
+            true => out.json(&how.json(m)),
+            false => how.print_plain(out, m),
+        });
+        match printed.and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if is_broken_pipe(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if !how.delete || messages.is_empty() {
+            continue;
+        }
+        // A failed delete (the lease ran out first) means the message comes
+        // back later: worth a warning, not the end of the stream.
+        if let Err(e) = delete_received(client, queue, &messages) {
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Server { .. }) => eprintln!("warning: {e:#}"),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+/// The reader of our stdout went away (`cmq receive --follow | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+fn delete_received(client: &mut Client, queue: &str, messages: &[ReceivedMessage]) -> Result<()> {
+    if let [only] = messages {
         client.delete_message(queue, only.receipt_handle)?;
         return Ok(());
     }
@@ -608,16 +576,87 @@ fn peek(client: &mut Client, out: &mut Out, queue: &str, limit: u64, with_body: 
 /// Asks on the terminal, showing what would go.
 fn confirm_purge(client: &mut Client, queue: &str) -> Result<()> {
     let info = client.queue_info(queue)?;
-    eprint!(
-        "Purge every message of queue {queue} ({} ready, {} in flight, {} delayed)? This cannot be undone. [y/N] ",
-        info.active_msg_num, info.inactive_msg_num, info.delay_msg_num
-    );
-    let mut answer = String::new();
-    io::stdin().lock().read_line(&mut answer).context("reading the answer")?;
-    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+    let question = format!("Purge every message of queue {queue} ({})? This cannot be undone.", held_text(&info));
+    if !ask_yes(&question)? {
         bail!("not purged");
     }
     Ok(())
+}
+
+/// Messages a queue-info shows as held: ready, in flight, delayed.
+fn held(info: &QueueInfo) -> u64 {
+    info.active_msg_num + info.inactive_msg_num + info.delay_msg_num
+}
+
+fn held_text(info: &QueueInfo) -> String {
+    format!("{} ready, {} in flight, {} delayed", info.active_msg_num, info.inactive_msg_num, info.delay_msg_num)
+}
+
+/// An empty queue goes without asking. One that holds messages is deleted
+/// only after a yes on the terminal; without a terminal there is nobody to
+/// ask, and --force is the way to say it is meant (as purge's --yes).
+fn confirm_delete_queue(client: &mut Client, queue: &str) -> Result<()> {
+    let info = client.queue_info(queue)?;
+    let n = held(&info);
+    if n == 0 {
+        return Ok(());
+    }
+    let what = format!("{n} message{} ({})", if n == 1 { "" } else { "s" }, held_text(&info));
+    if !io::stdin().is_terminal() {
+        bail!(
+            "queue {queue} holds {what}: refusing to delete it without --force (stdin is not a terminal to \
+             confirm on)"
+        );
+    }
+    if !ask_yes(&format!("Delete queue {queue} and the {what} it holds? This cannot be undone."))? {
+        bail!("not deleted");
+    }
+    Ok(())
+}
+
+/// `question [y/N] ` on stderr; true for y or yes on stdin.
+fn ask_yes(question: &str) -> Result<bool> {
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    io::stdin().lock().read_line(&mut answer).context("reading the answer")?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+/// Why `cmq` could not reach the broker, in words: "timed out after 10 s
+/// connecting to HOST:PORT (is cmqd running?)" rather than the OS's
+/// "Resource temporarily unavailable (os error 11)". Stays a `ClientError`
+/// so that --json still names the failure (TIMEOUT, CONNECTION_REFUSED).
+pub fn connect_failed(e: ClientError, server: &str, timeout: Option<Duration>) -> anyhow::Error {
+    let (kind, text) = match &e {
+        e if e.is_timeout() => {
+            let after = timeout.map_or_else(|| "waiting".to_owned(), |t| format!("after {} s", t.as_secs()));
+            (io::ErrorKind::TimedOut, format!("timed out {after} connecting to {server} (is cmqd running?)"))
+        }
+        ClientError::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => (
+            io::ErrorKind::ConnectionRefused,
+            format!("cannot connect to {server}: connection refused (is cmqd running?)"),
+        ),
+        ClientError::Io(io) => (io.kind(), format!("cannot connect to {server}: {io}")),
+        _ => return anyhow::Error::new(e).context(format!("cannot connect to {server}")),
+    };
+    ClientError::Io(io::Error::new(kind, text)).into()
+}
+
+/// What `cmq redrive` says on stderr about the task it started.
+fn redrive_started_note(task: &RedriveInfo) -> String {
+    if task.state != RedriveState::Running {
+        return format!("redrive {} {}: nothing to move from {}", task.id, task.state.as_str(), task.dead_letter_queue);
+    }
+    let rate =
+        if task.rate_per_second == 0 { "no rate limit".to_owned() } else { format!("{}/s", task.rate_per_second) };
+    format!(
+        "redrive {} running: moving {} messages from {} to {} ({rate}); follow with: cmq redrive-status {} --watch",
+        task.id,
+        task.remaining,
+        task.dead_letter_queue,
+        redrive_target(task),
+        task.id
+    )
 }
 
 fn print_redrive(out: &mut Out, task: &RedriveInfo) -> Result<()> {
@@ -680,8 +719,13 @@ enum Mode {
 /// Registers as the group's checker and answers until interrupted (or, with
 /// --ask, until stdin ends).
 fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
-    let mut checker = TransactionChecker::connect_with_timeout(cli.server.as_str(), group, timeout)
-        .with_context(|| format!("cannot register as the checker of {group} on {}", cli.server))?;
+    let mut checker =
+        TransactionChecker::connect_with_timeout(cli.server.as_str(), group, timeout).map_err(|e| match e {
+            e @ ClientError::Server { .. } => {
+                anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
+            }
+            e => connect_failed(e, &cli.server, timeout),
+        })?;
     let what = match mode {
         Mode::Commit => "committing every message asked about",
         Mode::Rollback => "rolling back every message asked about",

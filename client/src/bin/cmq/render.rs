@@ -404,12 +404,13 @@ pub fn origin_note(msg_id: u64, o: &MessageOrigin) -> String {
     )
 }
 
-impl<'a> From<&'a ReceivedMessage> for MessageJson<'a> {
-    fn from(m: &'a ReceivedMessage) -> Self {
+impl<'a> MessageJson<'a> {
+    /// `base64`: msgBody carries the body's exact bytes in base64 instead of as text.
+    pub fn new(m: &'a ReceivedMessage, base64: bool) -> Self {
         MessageJson {
             msg_id: m.msg_id.to_string(),
             receipt_handle: m.receipt_handle.to_string(),
-            msg_body: body_text(&m.body),
+            msg_body: if base64 { Cow::Owned(crate::body::encode_base64(&m.body)) } else { body_text(&m.body) },
             enqueue_time: secs(m.enqueue_time_ms),
             first_dequeue_time: secs(m.first_dequeue_time_ms),
             next_visible_time: secs(m.next_visible_time_ms),
@@ -598,8 +599,10 @@ pub fn redrive_target(r: &RedriveInfo) -> &str {
     }
 }
 
+/// One row per task; NOTE (last, so a long one does not push the others
+/// apart) says why messages could not be moved, if any could not.
 pub fn redrive_table(tasks: &[RedriveInfo]) -> String {
-    let headers = ["ID", "DLQ", "TO", "STATE", "MOVED", "REMAINING", "FAILED"];
+    let headers = ["ID", "DLQ", "TO", "STATE", "MOVED", "REMAINING", "FAILED", "NOTE"];
     let rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|r| {
@@ -611,6 +614,7 @@ pub fn redrive_table(tasks: &[RedriveInfo]) -> String {
                 r.moved.to_string(),
                 r.remaining.to_string(),
                 r.failed.to_string(),
+                r.note.clone(),
             ]
         })
         .collect();
@@ -720,23 +724,10 @@ fn date_cell(ms: u64) -> String {
     }
 }
 
-/// A body on one table line: as [`body_text`], with control characters
-/// (newlines, tabs…) escaped so they cannot break the row.
+/// A body on one table line: escaped as `receive` prints it, so control
+/// characters (newlines, tabs…) cannot break the row and nothing is ambiguous.
 pub fn cell_text(body: &[u8]) -> String {
-    let text = body_text(body);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    crate::body::line_text(body).into_owned()
 }
 
 /// Unix seconds plus a readable UTC date; 0 (CMQ's "none") stays bare.
@@ -760,7 +751,7 @@ mod tests {
 
     #[test]
     fn table_cells_cannot_break_rows() {
-        assert_eq!(cell_text(b"a\nb\tc\x01\xff"), "a\\nb\\tc\\x01\\xFF");
+        assert_eq!(cell_text(b"a\nb\tc\x01\xff\\"), "a\\nb\\tc\\x01\\xFF\\\\");
         let t = table(&["ID", "BODY"], &[vec!["1".into(), "x".into()], vec!["12345".into(), "y z".into()]]);
         assert_eq!(t, "ID     BODY\n1      x\n12345  y z\n");
     }
