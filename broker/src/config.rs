@@ -50,10 +50,21 @@ pub mod defaults {
     pub const BUFFER_BUDGET_FALLBACK_BYTES: u64 = 1024 * 1024 * 1024;
 }
 
-/// Bounds on settings, checked at start-up.
-const SHARDS_MAX: usize = 256;
-const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
-const CONNECTIONS_MAX: usize = 1_000_000;
+/// Bounds on settings, checked at start-up before anything is written to
+/// disk (`Config::validate`); `cmqd --help` and the README state them (a
+/// test keeps the help text in step).
+pub const SHARDS_MAX: usize = 256;
+pub const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
+pub const CONNECTIONS_MAX: usize = 1_000_000;
+/// Queues a broker may be configured for: a shard's catalog holds at most
+/// 10 million (`engine/catalog.rs`).
+pub const QUEUES_MAX: usize = 10_000_000;
+/// Topics a broker may be configured for (same bound as queues).
+pub const TOPICS_MAX: usize = 10_000_000;
+/// Write-ahead-log segment sizes (see `storage/mod.rs`: a segment holds at
+/// least one record of the largest size).
+pub const SEGMENT_BYTES_MIN: u64 = crate::storage::SEGMENT_BYTES_MIN;
+pub const SEGMENT_BYTES_MAX: u64 = crate::storage::SEGMENT_BYTES_MAX;
 /// An idle push connection is kept at most a day: past that it is a leak,
 /// not a cache (servers close idle connections after seconds to minutes).
 const PUSH_IDLE_KEEP_MS_MAX: u64 = 86_400_000;
@@ -90,36 +101,41 @@ pub struct Flags {
     /// Directory for the write-ahead log and manifest [default: ./data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Event-loop threads; each owns the queues whose name hashes to it [default: number of CPUs].
-    /// Fixed for the life of a data directory.
+    /// Event-loop threads; each owns the queues whose name hashes to it, 1..=256 [default: number of
+    /// CPUs]. Fixed for the life of a data directory.
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// Default flush policy of new queues: sync (fdatasync before acknowledging) or async [default: sync].
     #[arg(long, value_name = "POLICY")]
     pub flush: Option<String>,
-    /// Longest time async-flush data waits for its fdatasync, in milliseconds [default: 50].
+    /// Longest time async-flush data waits for its fdatasync, in milliseconds, 1..=60000 [default: 50].
     #[arg(long, value_name = "MS")]
     pub flush_interval_ms: Option<u64>,
-    /// Write-ahead-log segment size in bytes [default: 67108864 (64 MiB)].
+    /// Write-ahead-log segment size in bytes, 17825792..=4294967296 (17 MiB..=4 GiB): a segment holds at
+    /// least one record of the largest size (a batch of 16 bodies of 1 MiB) [default: 67108864 (64 MiB)].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
-    /// Maximum open client connections; more are refused with TOO_MANY_CONNECTIONS [default: 10000].
+    /// Maximum open client connections, 1..=1000000; more are refused with TOO_MANY_CONNECTIONS
+    /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Maximum queues on this broker; more are refused with TOO_MANY_QUEUES [default: 100000].
+    /// Maximum queues on this broker, 1..=10000000; more are refused with TOO_MANY_QUEUES
+    /// [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_queues: Option<usize>,
-    /// Maximum topics on this broker; more are refused with TOO_MANY_TOPICS [default: 10000].
+    /// Maximum topics on this broker, 1..=10000000; more are refused with TOO_MANY_TOPICS
+    /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_topics: Option<usize>,
-    /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions [default: 4].
+    /// Threads (shared by all shards) sending HTTP pushes for topic subscriptions, 1..=256 [default: 4].
     #[arg(long, value_name = "N")]
     pub push_workers: Option<usize>,
-    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port); further pushes
-    /// to it wait their turn [default: 4].
+    /// HTTP pushes in flight, and connections, per endpoint (scheme, host, port), 1..=64; further
+    /// pushes to it wait their turn [default: 4].
     #[arg(long, value_name = "N")]
     pub push_endpoint_concurrency: Option<usize>,
-    /// Milliseconds an unused kept-alive push connection stays open for reuse [default: 15000].
+    /// Milliseconds an unused kept-alive push connection stays open for reuse, 0..=86400000
+    /// [default: 15000].
     #[arg(long, value_name = "MS")]
     pub push_idle_keep_ms: Option<u64>,
     /// PEM file of CA certificates trusted for https:// push endpoints, besides the built-in
@@ -132,12 +148,13 @@ pub struct Flags {
     /// How the write-ahead log does I/O [default: auto].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io_backend: Option<IoBackend>,
-    /// Start even if the log is corrupt, skipping unreadable records (each one is logged).
+    /// Start even if the log is corrupt: skip exactly the damaged records (each one is logged, and its
+    /// bytes are saved in the shard's quarantine/ directory first) and keep every valid record.
     #[arg(long)]
     pub repair: bool,
     /// Testing only: while this file exists the log behaves as if the disk were full
     /// (put `eio` in it for a failing device, `eio-create` for failing segment creation,
-    /// `stall-sync` for an fdatasync that does not finish).
+    /// `eio-sync` for a failing fdatasync, `stall-sync` for an fdatasync that does not finish).
     #[arg(long, hide = true, value_name = "FILE")]
     pub fault_file: Option<PathBuf>,
     /// Testing only: acknowledge the send carrying every Nth message without storing it
@@ -440,11 +457,21 @@ impl Config {
         if self.max_connections == 0 || self.max_connections > CONNECTIONS_MAX {
             bail!("--max-connections: {} is out of range 1..={CONNECTIONS_MAX}", self.max_connections);
         }
-        if self.max_queues == 0 {
-            bail!("--max-queues: must be at least 1");
+        if self.max_queues == 0 || self.max_queues > QUEUES_MAX {
+            bail!("--max-queues: {} is out of range 1..={QUEUES_MAX}", self.max_queues);
         }
-        if self.max_topics == 0 {
-            bail!("--max-topics: must be at least 1");
+        if self.max_topics == 0 || self.max_topics > TOPICS_MAX {
+            bail!("--max-topics: {} is out of range 1..={TOPICS_MAX}", self.max_topics);
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            bail!(
+                "--segment-bytes: {} is out of range {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} (17 MiB..=4 GiB: a \
+                 segment holds at least one record of the largest size)",
+                self.segment_bytes
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("--data-dir: must not be empty");
         }
         if self.push_workers == 0 || self.push_workers > PUSH_WORKERS_MAX {
             bail!("--push-workers: {} is out of range 1..={PUSH_WORKERS_MAX}", self.push_workers);
@@ -605,6 +632,52 @@ mod tests {
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.flush, FlushPolicy::Async);
         assert_eq!(cfg.listen.port(), 9000);
+    }
+
+    /// The ranges `--help` states are the ones `validate` enforces.
+    #[test]
+    fn help_states_every_range() {
+        use clap::CommandFactory;
+        let help = Flags::command().render_long_help().to_string().replace('\n', " ");
+        let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for range in [
+            format!("1..={SHARDS_MAX}"),
+            format!("1..={FLUSH_INTERVAL_MS_MAX}"),
+            format!("{SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} (17 MiB..=4 GiB)"),
+            format!("1..={CONNECTIONS_MAX}"),
+            format!("1..={QUEUES_MAX}"),
+            format!("1..={TOPICS_MAX}"),
+            format!("1..={PUSH_WORKERS_MAX}"),
+        ] {
+            assert!(help.contains(&range), "--help does not state {range}:\n{help}");
+        }
+        assert_eq!(SEGMENT_BYTES_MIN, 17 << 20);
+        assert_eq!(SEGMENT_BYTES_MAX, 4 << 30);
+    }
+
+    #[test]
+    fn every_setting_is_checked_at_its_bounds() {
+        let seg_min = SEGMENT_BYTES_MIN.to_string();
+        let seg_max = SEGMENT_BYTES_MAX.to_string();
+        let below = (SEGMENT_BYTES_MIN - 1).to_string();
+        let above = (SEGMENT_BYTES_MAX + 1).to_string();
+        let cases: [(&str, &str, &str, &str); 8] = [
+            ("--shards", "1", "0", "257"),
+            ("--flush-interval-ms", "60000", "0", "60001"),
+            ("--segment-bytes", &seg_min, &below, &above),
+            ("--segment-bytes", &seg_max, "4194304", "0"),
+            ("--max-connections", "1000000", "0", "1000001"),
+            ("--max-queues", "10000000", "0", "10000001"),
+            ("--max-topics", "10000000", "0", "10000001"),
+            ("--push-workers", "256", "0", "257"),
+        ];
+        for (flag, ok, low, high) in cases {
+            Config::from_flags(flags(&[flag, ok])).unwrap_or_else(|e| panic!("{flag} {ok} refused: {e}"));
+            for bad in [low, high] {
+                let err = Config::from_flags(flags(&[flag, bad])).expect_err("out of range");
+                assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -17,15 +17,21 @@ use crate::broker::cmqd_path;
 
 /// Bytes of the segment header at file offset 0.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
-/// Record header: len u32, crc32c u32, type u8.
-pub const RECORD_HEADER_BYTES: u64 = 9;
-/// The broker's smallest `--segment-bytes`: the header plus two records of
-/// the largest size (9 + 17 MiB each), about 34 MiB.
-pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * (RECORD_HEADER_BYTES + (17 << 20));
+/// Record header (format 2): len u32 (the whole record), type u8, payload
+/// CRC32C u32, header CRC32C u32 (bound to the record's log position).
+pub const RECORD_HEADER_BYTES: u64 = 13;
+/// The broker's smallest `--segment-bytes`: 17 MiB (one record of the
+/// largest size, 16.5 MiB, plus its header and the segment's).
+pub const SEGMENT_BYTES_MIN: u64 = 17 << 20;
+/// The spare segment each shard keeps for a full disk (`spare-segment`).
+pub const SPARE_SEGMENT_BYTES: u64 = 5 << 20;
+/// Where `--repair` saves the bytes it cuts, in a shard's directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
-/// Record types the engine writes (`broker/src/engine/record.rs`).
+/// Record types (`broker/src/engine/record.rs`; 0 is the WAL's own).
 pub mod rtype {
-    pub const PADDING: u8 = 0;
+    /// Padding written by repair, and durable marks.
+    pub const WAL: u8 = 0;
     pub const QUEUE_CREATED: u8 = 1;
     pub const ENQUEUED: u8 = 4;
     pub const RECEIVED: u8 = 5;
@@ -56,7 +62,7 @@ pub fn segments(shard_dir: &Path) -> Vec<PathBuf> {
 pub struct RecordLoc {
     /// File offset of the record header.
     pub offset: u64,
-    /// The stored length field: 1 (type byte) + payload length.
+    /// The stored length field: the whole record, header included.
     pub len: u32,
     pub rtype: u8,
 }
@@ -64,7 +70,7 @@ pub struct RecordLoc {
 impl RecordLoc {
     /// One past the record's last byte (file offset).
     pub fn end(&self) -> u64 {
-        self.offset + 8 + u64::from(self.len)
+        self.offset + u64::from(self.len)
     }
 
     /// File offset of the payload.
@@ -73,26 +79,31 @@ impl RecordLoc {
     }
 
     pub fn payload_len(&self) -> usize {
-        self.len as usize - 1
+        self.len as usize - RECORD_HEADER_BYTES as usize
     }
 }
 
 /// Walks the record chain of a segment from offset 32 by length fields
 /// (checksums are not verified): stops at a zero length or a length that
-/// runs past the file.
+/// is impossible or runs past the file.
 pub fn records(path: &Path) -> Vec<RecordLoc> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut out = Vec::new();
     let mut off = SEGMENT_HEADER_BYTES as usize;
     while off + RECORD_HEADER_BYTES as usize <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes"));
-        if len == 0 || off + 8 + len as usize > bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len < RECORD_HEADER_BYTES as usize || off + len > bytes.len() {
             break;
         }
-        out.push(RecordLoc { offset: off as u64, len, rtype: bytes[off + 8] });
-        off += 8 + len as usize;
+        out.push(RecordLoc { offset: off as u64, len: len as u32, rtype: bytes[off + 4] });
+        off += len;
     }
     out
+}
+
+/// The records of `recs` that the engine wrote (the WAL's own left out).
+pub fn data_records(recs: &[RecordLoc]) -> Vec<RecordLoc> {
+    recs.iter().copied().filter(|r| r.rtype != rtype::WAL).collect()
 }
 
 /// The newest segment holding at least one record, with its records.
@@ -253,4 +264,37 @@ fn pump(src: Option<Box<dyn Read + Send>>, into: Arc<Mutex<String>>) -> std::thr
             }
         }
     })
+}
+
+/// A tmpfs mounted for one test (a small, really full disk); unmounted on
+/// drop. The tests run as root: a mount that fails is a test failure with
+/// the reason, never a silent pass.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB at `path` (created if missing).
+    pub fn mount(path: &Path, size_mib: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount(8) to make a {size_mib} MiB tmpfs (this test needs it): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a {size_mib} MiB tmpfs at {} (this test needs root or CAP_SYS_ADMIN): {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
 }

@@ -397,7 +397,7 @@ fn acknowledged_sends_and_deletes_survive_random_kill9() {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
 
-    // The smallest segments (about 34 MiB), so the log rolls during the run.
+    // The smallest segments (17 MiB), so the log rolls during the run.
     let seg = SEGMENT_BYTES_MIN.to_string();
     let mut b = Broker::start(&["--shards", &SHARDS.to_string(), "--flush", "sync", "--segment-bytes", &seg]);
     let mut queues: Vec<String> = Vec::new();

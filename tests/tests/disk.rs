@@ -1,8 +1,10 @@
 //! Disk behaviour of the write-ahead log on the real cmqd: a full disk
 //! (through the hidden `--fault-file`) fails only writes, with
-//! STORAGE_UNAVAILABLE, and loses nothing; consumed data is given back
-//! (segments released); a few old live messages do not pin an old segment
-//! (compaction moves them, state and all).
+//! STORAGE_UNAVAILABLE, and loses nothing; a really full disk (a small
+//! tmpfs) recovers as soon as consumers delete, for any shard count, with
+//! or without a restart; consumed data is given back (segments released);
+//! a few old live messages do not pin an old segment (compaction moves
+//! them, state and all).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use cmq_client::{
     BatchSendMessage, Client, ClientError, ErrorCode, QueueAttributesUpdate, ReceivedMessage, Request, Response,
 };
-use cmq_integration_tests::wal_files::{log_usage, segments, shard_dir, LogUsage, SEGMENT_BYTES_MIN};
+use cmq_integration_tests::wal_files::{log_usage, segments, shard_dir, LogUsage, Tmpfs, SEGMENT_BYTES_MIN};
 use cmq_integration_tests::Broker;
 use cmq_protocol::names::shard_for;
 
@@ -481,4 +483,149 @@ fn pipelined_big_batches_on_an_async_queue_are_all_answered() {
     c.create_queue("bulk", &lease(600)).expect("create");
     produce_windowed(&mut c, &queues, 24, "p", 2);
     assert_eq!(c.queue_info("bulk").expect("info").active_msg_num, 24 * 16);
+}
+
+/// How long sends may take to resume once everything is deleted. The log
+/// releases segments about once a second; this only bounds a hang.
+const RESUME_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sends 1 MiB batches to every queue in turn until each is refused with
+/// STORAGE_UNAVAILABLE; returns the tags acknowledged and the refusal.
+fn fill_until_refused(c: &mut Client, queues: &[String], prefix: &str, fs_mib: u64) -> (BTreeSet<String>, String) {
+    let mut acked = BTreeSet::new();
+    let mut refused: BTreeSet<&String> = BTreeSet::new();
+    for batch in 0..2 * fs_mib as usize {
+        let q = &queues[batch % queues.len()];
+        if refused.contains(q) {
+            continue;
+        }
+        let tags: Vec<String> = (0..16).map(|i| format!("{prefix}-{batch:04}-{i:02}")).collect();
+        let bodies: Vec<Bytes> = tags.iter().map(|t| big_body(t)).collect();
+        match c.send_batch(q, &bodies, 0) {
+            Ok(_) => acked.extend(tags),
+            Err(e) if is_unavailable(&e) => {
+                refused.insert(q);
+                if refused.len() == queues.len() {
+                    return (acked, e.to_string());
+                }
+            }
+            Err(e) => panic!("send to {q} on a full disk failed with the wrong error: {e}"),
+        }
+    }
+    panic!("{} MiB acknowledged on a {fs_mib} MiB file system without a refusal", acked.len() / 16);
+}
+
+/// Receives and deletes everything; returns the tags seen.
+fn delete_everything(c: &mut Client, queues: &[String]) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for q in queues {
+        loop {
+            let got = c.receive_batch(q, 16, Some(0)).unwrap_or_else(|e| panic!("receive on a full disk: {e}"));
+            if got.is_empty() {
+                break;
+            }
+            let handles: Vec<_> = got.iter().map(|m| m.receipt_handle).collect();
+            for r in c.delete_batch(q, &handles).unwrap_or_else(|e| panic!("delete on a full disk: {e}")) {
+                assert_eq!(r.code, 0, "delete on a full disk failed: {}", r.message);
+            }
+            for m in got {
+                assert_eq!(m.body, big_body(&tag_of(&m.body)), "body damaged: {}", tag_of(&m.body));
+                seen.insert(tag_of(&m.body));
+            }
+        }
+    }
+    seen
+}
+
+/// Retries a 1 MiB batch send on every queue until each succeeds; returns
+/// how long that took.
+fn await_sends(c: &mut Client, queues: &[String], prefix: &str) -> Duration {
+    let start = Instant::now();
+    for q in queues {
+        let bodies: Vec<Bytes> = (0..16).map(|i| big_body(&format!("{prefix}-{q}-{i:02}"))).collect();
+        loop {
+            match c.send_batch(q, &bodies, 0) {
+                Ok(_) => break,
+                Err(e) if is_unavailable(&e) && start.elapsed() < RESUME_DEADLINE => std::thread::sleep(POLL_INTERVAL),
+                Err(e) => {
+                    panic!("sends to {q} still fail {:.1?} after every message was deleted: {e}", start.elapsed())
+                }
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// Issue 9, case 3: `shards` shards at the minimum segment size fill a
+/// `fs_mib` MiB file system; once consumers have received and deleted
+/// everything, sends resume on every shard, with no restart, and again
+/// after a restart on the full disk.
+fn full_disk_recovers(shards: u16, fs_mib: u64) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let fs = Tmpfs::mount(&tmp.path().join("fs"), fs_mib).unwrap_or_else(|e| panic!("{e}"));
+    let data = fs.path.join("data");
+    let seg = SEGMENT_BYTES_MIN.to_string();
+    let n = shards.to_string();
+    let args = ["--shards", &n, "--segment-bytes", &seg, "--flush", "async"];
+    let mut b = Broker::start_in(&data, &args);
+    let mut c = connect(&b);
+    let queues = names_on_shards("full", shards, 1);
+    for q in &queues {
+        c.create_queue(q, &lease(600)).expect("create");
+    }
+    let what = format!("{shards} shards, {fs_mib} MiB");
+
+    // Without a restart.
+    let (acked, refusal) = fill_until_refused(&mut c, &queues, "a", fs_mib);
+    assert!(refusal.contains("until consumers delete messages"), "the refusal does not say what helps: {refusal}");
+    let seen = delete_everything(&mut c, &queues);
+    assert_eq!(seen, acked, "{what}: deleted messages differ from those acknowledged");
+    let resumed = await_sends(&mut c, &queues, "after-a");
+    eprintln!(
+        "full disk, {what}: {} MiB acknowledged; sends resumed {resumed:.1?} after the deletes",
+        acked.len() / 16
+    );
+
+    // With a restart on the full disk.
+    let (acked, _) = fill_until_refused(&mut c, &queues, "b", fs_mib);
+    drop(c);
+    b.kill9();
+    b.restart();
+    let mut c = connect(&b);
+    let seen = delete_everything(&mut c, &queues);
+    let resent = queues.iter().flat_map(|q| (0..16).map(move |i| format!("after-a-{q}-{i:02}")));
+    let expected: BTreeSet<String> = acked.iter().cloned().chain(resent).collect();
+    assert_eq!(seen, expected, "{what}: after a restart on the full disk, the messages differ from those acknowledged");
+    let resumed = await_sends(&mut c, &queues, "after-b");
+    eprintln!("full disk, {what}: after kill -9 and a restart on the full disk, sends resumed {resumed:.1?}");
+    drop(c);
+    b.kill9();
+    b.restart();
+    let mut c = connect(&b);
+    for q in &queues {
+        let info = c.queue_info(q).expect("info");
+        assert_eq!(info.active_msg_num, 16, "{what}: {q} after the last restart: {info:?}");
+    }
+}
+
+/// The issue's measurement: two shards at the minimum segment size on a
+/// 96 MiB file system.
+#[test]
+fn a_really_full_disk_recovers_when_consumers_delete_two_shards() {
+    full_disk_recovers(2, 96);
+}
+
+/// Each shard has room for one segment only: the one that fills up holds
+/// the log's head, so without the spare segment it could never be released
+/// (this is the case that never recovered before).
+#[test]
+fn a_really_full_disk_recovers_when_each_shard_has_one_segment() {
+    full_disk_recovers(2, 50);
+}
+
+/// More shards than whole segments fit: they recover one after the other,
+/// as each gives back its spare's worth.
+#[test]
+fn a_really_full_disk_recovers_with_four_shards() {
+    full_disk_recovers(4, 96);
 }

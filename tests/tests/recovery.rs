@@ -1,22 +1,25 @@
-//! Recovery from damaged logs: a torn last record is dropped (and logged),
-//! corruption elsewhere stops start-up with the file and offset named, and
-//! `--repair` starts anyway, keeping every undamaged message.
+//! Recovery from damaged logs: a torn last record (written, never
+//! acknowledged as durable) is dropped (and logged), damage to acknowledged
+//! data stops start-up with the file and offset named, and `--repair`
+//! starts anyway, keeping every undamaged message.
 //!
 //! Each test writes real records through cmqd, kills it with SIGKILL, damages
 //! the segment file found by walking the record chain from offset 32, and
-//! starts cmqd again on it.
+//! starts cmqd again on it. `corruption.rs` flips bytes at random offsets.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cmq_client::{Client, QueueAttributesUpdate};
+use cmq_integration_tests::raw::RawConn;
 use cmq_integration_tests::wal_files::{
-    byte_at, enqueued_bodies, newest_data_segment, overwrite, read_payload, records, rtype, run_cmqd_expecting_refusal,
-    segments, shard_dir, RecordLoc, SEGMENT_BYTES_MIN,
+    byte_at, data_records, enqueued_bodies, newest_data_segment, overwrite, read_payload, records, rtype,
+    run_cmqd_expecting_refusal, segments, shard_dir, RecordLoc, SEGMENT_BYTES_MIN,
 };
 use cmq_integration_tests::Broker;
+use cmq_protocol::{Request, SendMessage};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,24 +48,49 @@ fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Writes ten small messages on one shard, kills cmqd, applies `damage` to
-/// the last record of the newest segment, restarts, and checks that exactly
-/// the last message is gone and the torn tail was logged.
+/// Data records in the newest segment of `dir`.
+fn data_record_count(dir: &Path) -> usize {
+    newest_data_segment(dir).map_or(0, |(_, recs)| data_records(&recs).len())
+}
+
+/// Writes nine small messages on one shard (acknowledged: fdatasync'd),
+/// then a tenth while fdatasync is stalled: written to the file, never
+/// acknowledged, exactly what a crash may leave torn. Kills cmqd, applies
+/// `damage` to that last record, restarts, and checks that exactly it is
+/// gone and the torn tail was logged.
 fn torn_tail_case(what: &str, damage: impl Fn(&Path, &RecordLoc)) {
     const N: usize = 10;
-    let mut b = Broker::start(&["--shards", "1", "--flush", "sync"]);
+    let faults = tempfile::tempdir().expect("temp dir");
+    let fault = faults.path().join("fault");
+    let fault_arg = fault.to_str().expect("utf-8 path");
+    let mut b = Broker::start(&["--shards", "1", "--flush", "sync", "--fault-file", fault_arg]);
     let mut c = connect(&b);
     c.create_queue("torn", &long_lease()).expect("create");
     let names: Vec<String> = (0..N).map(|i| format!("torn-{i:02} {}", "x".repeat(100 + i))).collect();
-    for n in &names {
+    for n in &names[..N - 1] {
         c.send("torn", n.clone(), 0).expect("send");
+    }
+    let dir = shard_dir(&b.data_dir, 0);
+    let before = data_record_count(&dir);
+    std::fs::write(&fault, b"stall-sync").expect("stall fdatasync");
+    let mut raw = RawConn::open(b.addr);
+    let last_body = Bytes::from(names[N - 1].clone());
+    raw.send(&Request::SendMessage(SendMessage { queue: "torn".into(), delay_seconds: 0, body: last_body }));
+    // The record is written at the end of the loop turn; its fdatasync
+    // never completes, so it is never acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while data_record_count(&dir) == before {
+        assert!(Instant::now() < deadline, "{what}: the unacknowledged send was never written");
+        std::thread::sleep(Duration::from_millis(10));
     }
     drop(c);
     b.kill9();
+    std::fs::remove_file(&fault).expect("remove fault file");
 
-    let (seg, recs) = newest_data_segment(&shard_dir(&b.data_dir, 0)).expect("a segment with records");
-    let last = *recs.last().expect("records");
+    let (seg, recs) = newest_data_segment(&dir).expect("a segment with records");
+    let last = *data_records(&recs).last().expect("records");
     assert_eq!(last.rtype, rtype::ENQUEUED, "last record is not the last send: {recs:?}");
+    assert_eq!(recs.last(), Some(&last), "nothing follows the unacknowledged record: {recs:?}");
     let bodies = enqueued_bodies(&read_payload(&seg, &last));
     assert_eq!(bodies, vec![names[N - 1].as_bytes().to_vec()], "last record does not hold the last message");
     damage(&seg, &last);
@@ -106,6 +134,31 @@ fn torn_write_garbled_byte_in_last_record_is_dropped_and_logged() {
     });
 }
 
+/// The same damage to a last record that was acknowledged (fdatasync'd,
+/// and the durable mark written after it says so) is not a torn write: it
+/// is corruption, and cmqd refuses to start rather than drop it.
+#[test]
+fn damage_to_an_acknowledged_last_record_is_corruption_not_a_torn_tail() {
+    let args = ["--shards", "1", "--flush", "sync"];
+    let mut b = Broker::start(&args);
+    let mut c = connect(&b);
+    c.create_queue("acked", &long_lease()).expect("create");
+    for i in 0..10 {
+        c.send("acked", format!("acked-{i:02} {}", "y".repeat(100)), 0).expect("send");
+    }
+    drop(c);
+    b.kill9();
+    let (seg, recs) = newest_data_segment(&shard_dir(&b.data_dir, 0)).expect("a segment with records");
+    let last = *data_records(&recs).last().expect("records");
+    assert_eq!(last.rtype, rtype::ENQUEUED);
+    let at = last.offset + (last.end() - last.offset) / 2;
+    overwrite(&seg, at, &[byte_at(&seg, at) ^ 0x5a]);
+    let r = run_cmqd_expecting_refusal(&b.data_dir, &args, Duration::from_secs(30));
+    assert!(!r.started, "cmqd dropped an acknowledged message as a torn tail; its log:\n{}", r.stderr);
+    let named = format!("{} at file offset {}", seg.display(), last.offset);
+    assert!(r.stderr.contains(&named) && r.stderr.contains("--repair"), "refusal lacks {named:?}:\n{}", r.stderr);
+}
+
 /// A 64 KiB body starting with its tag.
 fn big_body(tag: &str) -> Bytes {
     let mut v = format!("{tag}|").into_bytes();
@@ -123,7 +176,7 @@ fn tag_of(body: &[u8]) -> String {
 fn corruption_in_the_middle_refuses_start_and_repair_keeps_the_rest() {
     // Two segments of data, so damage in the first one is not a torn tail
     // (only the newest data segment may have one).
-    const BATCHES: usize = 44; // 16 × 64 KiB each: 44 MiB, more than one 34 MiB segment
+    const BATCHES: usize = 30; // 16 × 64 KiB each: 30 MiB, more than one 17 MiB segment
     let seg_bytes = SEGMENT_BYTES_MIN.to_string();
     let args = ["--shards", "1", "--segment-bytes", &seg_bytes, "--flush", "async"];
     let mut b = Broker::start(&args);
@@ -157,7 +210,7 @@ fn corruption_in_the_middle_refuses_start_and_repair_keeps_the_rest() {
     assert!(r.status.is_some_and(|s| !s.success()), "cmqd did not exit with an error: {:?}", r.status);
     let named = format!("{} at file offset {}", seg0.display(), victim.offset);
     assert!(r.stderr.contains(&named), "refusal does not name {named:?}:\n{}", r.stderr);
-    assert!(r.stderr.contains("repair"), "refusal does not point at --repair:\n{}", r.stderr);
+    assert!(r.stderr.contains("--repair"), "refusal does not point at --repair:\n{}", r.stderr);
 
     // With --repair: starts, reports the skip, keeps every undamaged message.
     let mut repair_args = args.to_vec();

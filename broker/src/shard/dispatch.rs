@@ -459,6 +459,14 @@ impl Shard {
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
         let start = self.reply_start(to);
         reply::err(self.reply_buf(to), op, id, code, msg);
+        if code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed() {
+            // A failed log writes nothing more, so nothing logged after the
+            // failure would ever let this refusal out; it states nothing
+            // about queue state and depends on no record.
+            self.reply_dep = None;
+            self.reply_done_with(to, start, crate::shard::release::Need::NONE);
+            return;
+        }
         self.reply_done(to, start);
     }
 
@@ -497,6 +505,10 @@ impl Shard {
 
     fn reply_done(&mut self, to: ReplyTo, start: usize) {
         let need = self.reply_need();
+        self.reply_done_with(to, start, need);
+    }
+
+    fn reply_done_with(&mut self, to: ReplyTo, start: usize, need: crate::shard::release::Need) {
         if to.shard == self.id {
             self.hold_conn(to.conn, need);
             self.answered(to.conn);

@@ -3,7 +3,6 @@
 //! fdatasync of async data, recovery at start-up (catalog + replay), and
 //! log-space housekeeping (releasing segments, compaction, catalogs).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cmq_protocol::ErrorCode;
@@ -27,6 +26,26 @@ const COMPACT_LIVE_FRACTION_DENOM: u64 = 4;
 /// How often a failed log retries recovery.
 const RECOVER_EVERY_MS: u64 = 1000;
 
+/// The catalog snapshot on its way to disk. It is taken by `housekeep`
+/// (which has the engine) at the log's end, handed to the WAL's
+/// housekeeper thread by `submit` once every record before that position
+/// is written (the housekeeper makes them durable, then writes the file),
+/// and counts only once the WAL reports it durable: segments below a
+/// catalog's position are released only after that.
+enum CatalogWrite {
+    Idle,
+    /// Taken; `live` is the lowest position live data needed then (it only
+    /// grows: new data goes to the head), the bound for the release that
+    /// follows the write.
+    Ready {
+        catalog: Box<Catalog>,
+        live: u64,
+    },
+    Writing {
+        live: u64,
+    },
+}
+
 pub struct ShardLog {
     wal: Wal,
     dir: PathBuf,
@@ -39,7 +58,9 @@ pub struct ShardLog {
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
     next_recover_ms: u64,
+    /// Position of the last catalog known durable on disk.
     catalog_pos: u64,
+    catalog_write: CatalogWrite,
     /// Reused by `poll_failure` (called every loop turn).
     completions: Vec<(BatchId, Result<(), WalError>)>,
 }
@@ -71,6 +92,7 @@ impl ShardLog {
             flush_interval_ms,
             next_recover_ms: 0,
             catalog_pos,
+            catalog_write: CatalogWrite::Idle,
             completions: Vec::new(),
         };
         Ok((log, report))
@@ -128,17 +150,56 @@ impl ShardLog {
     /// Seals this turn's records into a batch and writes it (one write,
     /// plus one fdatasync in the background if any of them needs it).
     pub fn submit(&mut self, now_ms: u64) {
-        if !self.wal.has_pending() && !self.sync_pending {
-            return;
+        if self.wal.has_pending() || self.sync_pending {
+            let sync = self.sync_pending;
+            self.sync_pending = false;
+            let _ = self.wal.submit(sync);
         }
-        let sync = self.sync_pending;
-        self.sync_pending = false;
-        if sync {
-            self.unsynced_since_ms = None;
-        } else if self.wal.has_pending() && self.unsynced_since_ms.is_none() {
+        // Anything written and not durable (async records, or a durable
+        // mark the WAL wrote) is fdatasync'd within the flush interval.
+        if self.unsynced_since_ms.is_none() && self.wal.durable_end() < self.wal.records_end() && !self.wal.is_failed()
+        {
             self.unsynced_since_ms = Some(now_ms);
         }
-        let _ = self.wal.submit(sync);
+        self.send_catalog();
+    }
+
+    /// Hands a catalog snapshot to the WAL's housekeeper once every record
+    /// before its position is written.
+    fn send_catalog(&mut self) {
+        let CatalogWrite::Ready { catalog, live } = &self.catalog_write else { return };
+        if self.wal.written_end().0 < catalog.log_pos {
+            return;
+        }
+        let writing = CatalogWrite::Writing { live: *live };
+        let CatalogWrite::Ready { catalog: c, .. } = std::mem::replace(&mut self.catalog_write, writing) else {
+            return;
+        };
+        let pos = LogPos(c.log_pos);
+        if let Err(e) = self.wal.checkpoint(CATALOG_FILE, pos, Box::new(move || c.encode())) {
+            log::warn!("cannot write catalog in {}: {e}", self.dir.display());
+            self.catalog_write = CatalogWrite::Idle;
+        }
+    }
+
+    /// Takes the outcome of a catalog write: from now on, segments below
+    /// its position may be released, and those that nothing else needs are,
+    /// at once (on a full disk, the space they free is what new data waits
+    /// for).
+    fn collect_catalog(&mut self) {
+        let CatalogWrite::Writing { live } = self.catalog_write else { return };
+        match self.wal.poll_checkpoint() {
+            Some(Ok(pos)) => {
+                self.catalog_pos = self.catalog_pos.max(pos.0);
+                self.catalog_write = CatalogWrite::Idle;
+                self.wal.release_before(LogPos(live.min(self.catalog_pos)));
+            }
+            Some(Err(e)) => {
+                log::warn!("cannot write catalog in {}: {e}", self.dir.display());
+                self.catalog_write = CatalogWrite::Idle;
+            }
+            None => {}
+        }
     }
 
     /// When async data written at `unsynced_since` must be fdatasync'd.
@@ -160,7 +221,7 @@ impl ShardLog {
         self.unsynced_since_ms = None;
         let _ = self.wal.submit(true);
         let mut done = Vec::new();
-        self.wal.wait(&mut done, Some(timeout))
+        self.wal.wait(&mut done, Some(timeout)) && self.wal.durable_end() >= self.wal.records_end()
     }
 
     /// Collects the batches that finished since the last call; returns the
@@ -168,7 +229,8 @@ impl ShardLog {
     /// answer: output is released from `progress()`.
     pub fn poll_failure(&mut self) -> Option<(u64, String)> {
         let progress = self.wal.poll_completions(&mut self.completions);
-        if progress.durable_end >= self.wal.end() {
+        self.collect_catalog();
+        if progress.durable_end >= self.wal.records_end() {
             // Everything is durable already (the WAL syncs ahead on its own).
             self.unsynced_since_ms = None;
         }
@@ -195,8 +257,11 @@ impl ShardLog {
         match self.wal.try_recover() {
             Ok(()) => {
                 // Appends that were never written are gone; their positions
-                // will be reused.
+                // will be reused, so a catalog taken after them is void.
                 self.sync_mark = self.sync_mark.min(self.wal.end().0);
+                if matches!(self.catalog_write, CatalogWrite::Ready { .. }) {
+                    self.catalog_write = CatalogWrite::Idle;
+                }
                 log::info!("log {} writable again", self.dir.display());
                 return true;
             }
@@ -216,26 +281,29 @@ impl ShardLog {
     /// and compact the oldest segment when it is mostly garbage.
     /// Returns whether compaction should continue next turn.
     pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
+        self.collect_catalog();
         let stats = self.wal.segment_stats();
         let Some(oldest) = stats.first() else { return false };
         let oldest_end = oldest.base.0 + oldest.capacity;
         let live = engine.min_live_pos().unwrap_or(u64::MAX);
         let bound = live.min(self.catalog_pos);
+        log::debug!(
+            "log {}: oldest segment ends at {oldest_end}, live data from {live}, catalog at {}, head at {}",
+            self.dir.display(),
+            self.catalog_pos,
+            self.wal.end().0
+        );
         if bound >= oldest_end {
             self.wal.release_before(LogPos(bound));
             return false;
         }
         let head_moved_on = self.wal.end().0 >= oldest_end;
-        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && self.is_idle() {
-            // Only queue-management records keep the oldest segment: snapshot them.
+        let idle = matches!(self.catalog_write, CatalogWrite::Idle);
+        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && idle && !self.is_failed() {
+            // Only queue-management records keep the oldest segment:
+            // snapshot them (written off the loop; released once durable).
             let pos = self.wal.end().0;
-            match self.write_catalog(&engine.catalog(pos)) {
-                Ok(()) => {
-                    self.catalog_pos = pos;
-                    self.wal.release_before(LogPos(live.min(pos)));
-                }
-                Err(e) => log::warn!("cannot write catalog in {}: {e}", self.dir.display()),
-            }
+            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live };
             return false;
         }
         // Live messages keep the oldest segment: copy them forward if they are few.
@@ -259,16 +327,6 @@ impl ShardLog {
                 false
             }
         }
-    }
-
-    fn write_catalog(&self, c: &Catalog) -> std::io::Result<()> {
-        let path = self.dir.join(CATALOG_FILE);
-        let tmp = self.dir.join(format!("{CATALOG_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&c.encode())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -314,8 +372,8 @@ impl Log for ShardLog {
             }
             Err(WalError::NoSpace) => Err(EngineError::new(
                 ErrorCode::STORAGE_UNAVAILABLE,
-                "storage unavailable: disk full; new data is refused until space is freed \
-                 (receives and deletes still work)",
+                "storage unavailable: disk full; new data is refused until consumers delete messages or \
+                 space is freed on the disk (receives and deletes still work); retry later",
             )),
             Err(e) => Err(EngineError::new(ErrorCode::STORAGE_UNAVAILABLE, format!("storage unavailable: {e}"))),
         }
@@ -323,5 +381,113 @@ impl Log for ShardLog {
 
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
         ShardLog::read(self, pos, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use cmq_protocol::{FlushPolicy, QueueAttributesUpdate};
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::storage::{Backend, SEGMENT_BYTES_MIN};
+
+    type Res = Result<(), Box<dyn std::error::Error>>;
+
+    fn engine() -> ShardEngine {
+        ShardEngine::new(EngineConfig {
+            shard: 0,
+            shard_count: 1,
+            secret: [7; 16],
+            default_flush: FlushPolicy::Async,
+            queues_max: 100,
+        })
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Runs housekeeping until `done` holds (the catalog is written on the
+    /// housekeeper thread, so its outcome arrives later).
+    fn housekeep_until(log: &mut ShardLog, e: &mut ShardEngine, done: impl Fn(&ShardLog) -> bool) -> Res {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(log) {
+            if Instant::now() > deadline {
+                return Err("housekeeping did not get there".into());
+            }
+            log.housekeep(e);
+            log.submit(10);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// The catalog is written off the loop, and the segments below its
+    /// position are released only once it is durable: a catalog write that
+    /// fails releases nothing, and a restart then still finds every queue.
+    #[test]
+    fn segments_are_released_only_after_the_catalog_is_durable() -> Res {
+        let d = tempfile::tempdir()?;
+        let fault = d.path().join("FAULT");
+        let dir = d.path().join("shard-0");
+        let cfg = WalConfig {
+            segment_bytes: SEGMENT_BYTES_MIN,
+            backend: Backend::Thread,
+            repair: false,
+            fault_file: Some(fault.clone()),
+        };
+        let mut e = engine();
+        let (mut log, _) = ShardLog::open(&dir, cfg.clone(), 50, &mut e)?;
+        let attrs = QueueAttributesUpdate::default();
+        e.create_queue(&mut log, 1, "keep", &attrs, 1).map_err(|e| e.message)?;
+        e.create_queue(&mut log, 1, "filler", &attrs, 2).map_err(|e| e.message)?;
+        let batch = vec![Bytes::from(vec![b'x'; 64 << 10]); 16];
+        for _ in 0..40 {
+            e.send(&mut log, 2, "filler", 0, &batch).map_err(|e| e.message)?;
+            log.submit(2);
+            assert!(log.sync_and_wait(Duration::from_secs(30)));
+        }
+        e.delete_queue(&mut log, 3, "filler").map_err(|e| e.message)?;
+        log.submit(3);
+        assert!(log.sync_and_wait(Duration::from_secs(30)));
+        let first = segment_files(&dir).first().cloned().ok_or("no segment")?;
+        assert!(segment_files(&dir).len() >= 3);
+
+        // Only "keep"'s creation holds the first segment: a catalog is due.
+        // Its write fails: nothing is released.
+        std::fs::write(&fault, b"eio")?;
+        assert!(!log.housekeep(&mut e));
+        assert!(matches!(log.catalog_write, CatalogWrite::Ready { .. }));
+        log.submit(4);
+        assert!(matches!(log.catalog_write, CatalogWrite::Writing { .. }), "the catalog went to the housekeeper");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(log.catalog_write, CatalogWrite::Idle) {
+            assert!(Instant::now() < deadline, "the catalog write never finished");
+            log.collect_catalog();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.housekeep(&mut e);
+        assert_eq!(log.catalog_pos, 0);
+        assert!(first.exists(), "a segment was released although its catalog was never written");
+        assert!(!dir.join(CATALOG_FILE).exists());
+
+        // The fault gone, the catalog is written, then the segments go.
+        std::fs::remove_file(&fault)?;
+        housekeep_until(&mut log, &mut e, |l| l.catalog_pos > 0)?;
+        assert!(dir.join(CATALOG_FILE).exists());
+        housekeep_until(&mut log, &mut e, |_| !first.exists())?;
+        drop(log);
+        let mut again = engine();
+        let (_log, _) = ShardLog::open(&dir, cfg, 50, &mut again)?;
+        assert_eq!(again.queue_count(), 1, "the catalog kept the queue whose creation was released");
+        Ok(())
     }
 }

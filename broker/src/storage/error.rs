@@ -14,10 +14,11 @@ pub enum WalError {
     },
     /// The disk is full: the next segment cannot be created. Nothing was
     /// written and nothing is lost; the WAL stays writable. [`Normal`]
-    /// appends get this once they reach the reserve at the end of the
-    /// newest segment, [`Reserve`] appends once the reserve is used up too.
-    /// Appends resume by themselves as soon as a segment can be created
-    /// (retried in the background, see `NO_SPACE_RETRY_MS`).
+    /// appends get this once the last normal segment is full, [`Reserve`]
+    /// appends once the spare segment is used up too. Appends resume by
+    /// themselves as soon as a segment can be created (retried in the
+    /// background, see `NO_SPACE_RETRY_MS`, and at once when a segment is
+    /// released).
     ///
     /// [`Normal`]: super::AppendClass::Normal
     /// [`Reserve`]: super::AppendClass::Reserve
@@ -31,15 +32,23 @@ pub enum WalError {
     Unavailable,
     /// A record or header failed verification outside the torn-tail rule.
     #[error(
-        "WAL corruption in {} at file offset {offset}: {reason} \
-         (open with repair to skip damaged records)",
+        "WAL corruption in {} at file offset {offset}: {reason}. Start cmqd with --repair to skip exactly \
+         the damaged records and keep every valid record after them (the bytes cut are saved in the \
+         log directory's quarantine/ first)",
         path.display()
     )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
+    /// A segment of another on-disk format version: never repaired.
+    #[error(
+        "WAL segment {} has on-disk format version {found}, this cmqd reads version {supported} only; \
+         there is no conversion: start this cmqd on a new data directory",
+        path.display()
+    )]
+    Format { path: PathBuf, found: u32, supported: u32 },
     /// Segment files are missing between two log positions.
     #[error(
         "WAL segments missing in {}: no file holds log positions {from}..{to} \
-         (open with repair to continue without them)",
+         (start cmqd with --repair to continue without them)",
         dir.display()
     )]
     Gap { dir: PathBuf, from: u64, to: u64 },

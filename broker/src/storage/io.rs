@@ -16,7 +16,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 
-use super::segment::{fault, Fault};
+use super::segment::{eio, fault, Fault};
 use super::uring::Uring;
 use super::FLIGHTS_MAX;
 
@@ -71,7 +71,8 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     /// `fault_file`: the test hook of `segment::fault`; a `stall-sync`
-    /// fault holds each fdatasync back while it lasts.
+    /// fault holds each fdatasync back while it lasts, an `eio-sync` fault
+    /// fails it.
     pub(crate) fn spawn(notifier: Arc<Notifier>, fault_file: Option<PathBuf>) -> io::Result<Self> {
         let (jobs_tx, jobs_rx) = bounded::<Arc<File>>(FLIGHTS_MAX);
         let (done_tx, done_rx) = bounded::<io::Result<()>>(FLIGHTS_MAX);
@@ -80,7 +81,9 @@ impl Flusher {
                 while fault(&fault_file) == Fault::StallSync {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                let r = file.sync_data();
+                // `eio-sync`: the device fails the writeback, as a real
+                // fdatasync reports it: after the fact, from this thread.
+                let r = if fault(&fault_file) == Fault::EioSync { Err(eio()) } else { file.sync_data() };
                 drop(file);
                 if done_tx.send(r).is_err() {
                     return;

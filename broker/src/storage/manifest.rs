@@ -4,7 +4,7 @@
 //! File `<data-dir>/MANIFEST`, UTF-8 text, one `key value` per line:
 //!
 //! ```text
-//! cmq-manifest 1
+//! cmq-manifest 2
 //! shards 4
 //! secret 0123456789abcdef0123456789abcdef
 //! crc 1a2b3c4d
@@ -12,6 +12,12 @@
 //!
 //! `crc` is the CRC32C (hex) of every byte before the `crc` line. Written
 //! atomically: `MANIFEST.tmp`, fsync, rename, fsync the directory.
+//!
+//! The format version is that of the whole data directory: version 2 has
+//! the write-ahead log of segment format 2 (position-bound record headers
+//! and durable marks). A directory of another version is refused with
+//! [`ManifestError::Version`]; there is no conversion (no deployed data
+//! predates version 2).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -19,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 const FILE_NAME: &str = "MANIFEST";
 const TMP_NAME: &str = "MANIFEST.tmp";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const MAGIC_KEY: &str = "cmq-manifest";
 /// A manifest is a few lines; anything bigger is not ours.
 const MANIFEST_BYTES_MAX: u64 = 4096;
@@ -46,6 +52,12 @@ pub enum ManifestError {
     ShardMismatch { dir: PathBuf, found: u32, wanted: u32 },
     #[error("shard count {0} is outside 1..={SHARDS_MAX}")]
     BadShardCount(u32),
+    #[error(
+        "data directory {} has format version {found}; this cmqd reads version {FORMAT_VERSION} only and \
+         cannot convert it: start cmqd on a new data directory",
+        dir.display()
+    )]
+    Version { dir: PathBuf, found: u32 },
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -91,6 +103,9 @@ impl Manifest {
                 let mut text = String::new();
                 f.take(MANIFEST_BYTES_MAX).read_to_string(&mut text).map_err(io_err)?;
                 let m = Self::parse(&text).map_err(|why| ManifestError::Invalid { path: path.clone(), why })?;
+                if m.version != FORMAT_VERSION {
+                    return Err(ManifestError::Version { dir: data_dir.to_path_buf(), found: m.version });
+                }
                 if m.shards != shards {
                     return Err(ManifestError::ShardMismatch {
                         dir: data_dir.to_path_buf(),
@@ -146,9 +161,6 @@ impl Manifest {
             }
         }
         let version = version.ok_or("missing or bad format version")?;
-        if version != FORMAT_VERSION {
-            return Err(format!("format version {version} is not supported (this cmqd reads {FORMAT_VERSION})"));
-        }
         Ok(Manifest {
             version,
             shards: shards.ok_or("missing or bad shard count")?,
@@ -181,6 +193,17 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("created with 4 shards") && msg.contains("configured with 8"), "{msg}");
         assert!(matches!(Manifest::load_or_create(d.path(), 0), Err(ManifestError::BadShardCount(0))));
+        Ok(())
+    }
+
+    #[test]
+    fn another_format_version_is_refused_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let old = Manifest { version: 1, shards: 2, secret: [1; SECRET_BYTES] };
+        old.write(d.path())?;
+        let err = Manifest::load_or_create(d.path(), 2).err().ok_or("accepted format 1")?;
+        assert!(matches!(err, ManifestError::Version { found: 1, .. }), "{err}");
+        assert!(err.to_string().contains("new data directory"), "{err}");
         Ok(())
     }
 

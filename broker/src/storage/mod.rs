@@ -1,7 +1,8 @@
-//! Per-shard write-ahead log: segments, group commit, recovery; plus the
-//! data-directory manifest and lock.
+//! Per-shard write-ahead log: segments, group commit, durable marks,
+//! recovery (torn write versus corruption), the spare segment for a full
+//! disk, checkpoint files; plus the data-directory manifest and lock.
 //!
-//! # On-disk format (format version 1)
+//! # On-disk format (format version 2)
 //!
 //! A shard's log lives in `<data-dir>/shard-<k>/` as a sequence of segment
 //! files. A log position ([`LogPos`]) is a global byte offset: position `p`
@@ -14,9 +15,10 @@
 //! * Name: the base position, zero-padded to 20 decimal digits, plus `.log`
 //!   (`00000000000000000000.log`), so `ls` sorts them in log order.
 //! * Capacity: the file length, fixed at creation (`segment_bytes` then;
-//!   segments created under an older configuration keep their size). The
-//!   next segment's base is always `base + capacity`, so a missing file shows
-//!   up as a gap between one segment's end and the next one's base.
+//!   segments created under an older configuration keep their size, and
+//!   an adopted spare has [`SPARE_SEGMENT_BYTES`]). The next segment's base
+//!   is always `base + capacity`, so a missing file shows up as a gap
+//!   between one segment's end and the next one's base.
 //! * Created as `<name>.log.tmp`, preallocated with `fallocate` to its full
 //!   capacity (so an `fdatasync` after a write into it has no file-size
 //!   metadata to commit), header written, `fsync`ed, renamed to its final
@@ -27,64 +29,123 @@
 //!   | offset | size | field |
 //!   | ---: | ---: | --- |
 //!   | 0 | 8 | magic `b"cmq-wal\n"` |
-//!   | 8 | 4 | format version, u32 = 1 |
+//!   | 8 | 4 | format version, u32 = 2 |
 //!   | 12 | 8 | base position, u64 (must equal the file name) |
 //!   | 20 | 8 | capacity in bytes, u64 (the file length at creation) |
 //!   | 28 | 4 | CRC32C of bytes 0..28 |
 //!
+//!   A segment of another format version is refused with
+//!   [`WalError::Format`] (never "repaired"); the manifest's version 2
+//!   refuses an older data directory before that.
 //! * Records follow from file offset 32, packed back to back with no
 //!   alignment or padding between them. A record never spans segments: when
 //!   a record does not fit in the rest of a segment, the log continues at
 //!   the next segment's first record, and the rest of the old segment stays
-//!   zero.
+//!   zero. Records of the engine stop [`SEGMENT_MARK_ROOM_BYTES`] (88) short
+//!   of a segment's end, so that the durable marks that follow them always
+//!   fit.
 //! * End of data: the first record slot whose length field is 0, or fewer
-//!   than 9 bytes left in the segment. Every byte from there to the end of
+//!   than 13 bytes left in the segment. Every byte from there to the end of
 //!   the segment is zero (preallocated space), except in the torn tail
 //!   described under recovery.
 //!
-//! ## Record framing (9-byte header + payload), integers little-endian
+//! ## Record framing (13-byte header + payload), integers little-endian
 //!
 //! | offset | size | field |
 //! | ---: | ---: | --- |
-//! | 0 | 4 | `len`, u32 = 1 + payload length (the type byte plus the payload); never 0, so a zero length means end of data; at most 1 + [`RECORD_PAYLOAD_MAX_BYTES`] |
-//! | 4 | 4 | `crc`, u32 = CRC32C (Castagnoli) of bytes 0..4 (the `len` field as stored) followed by bytes 8..8+len (type and payload) |
-//! | 8 | 1 | `rtype`: 0 is a padding record written by `repair` over damaged bytes and is never delivered; 1..=255 belong to the engine |
-//! | 9 | len-1 | payload, opaque to the WAL |
+//! | 0 | 4 | `len`, u32 = the whole record, header included (13 + payload length); never 0, so a zero length means end of data; at most [`RECORD_BYTES_MAX`] |
+//! | 4 | 1 | `rtype`: 0 is the WAL's own (padding, durable marks), never delivered; 1..=255 belong to the engine |
+//! | 5 | 4 | `payload_crc`, u32 = CRC32C (Castagnoli) of the payload |
+//! | 9 | 4 | `header_crc`, u32 = CRC32C of the record's log position (u64, little-endian) followed by bytes 0..9 |
+//! | 13 | len-13 | payload, opaque to the WAL (for `rtype` 0: see below) |
 //!
-//! [`Wal::append`] returns the position of the payload (record start + 9);
-//! that is the position [`Wal::read`] takes.
+//! The header CRC binds a record to its position: a record image found
+//! anywhere else (stale bytes, a log record inside a message body) does not
+//! verify there. It also makes the search for the next record after damage
+//! cheap and reliable: a candidate costs a 17-byte CRC, and only a verifying
+//! header leads to the payload CRC. [`Wal::append`] returns the position of
+//! the payload (record start + 13); that is the position [`Wal::read`]
+//! takes.
+//!
+//! WAL records (`rtype` 0) have a kind in their first payload byte:
+//!
+//! * kind 0, padding: all-zero payload; written by repair over damaged
+//!   bytes.
+//! * kind 1, durable mark: payload `[1, durable: u64]`, 22 bytes with the
+//!   header: every byte of the log below `durable` had been covered by a
+//!   completed `fdatasync` when the mark was appended.
+//!
+//! ## Durable marks
+//!
+//! After a crash, recovery must tell a torn write (bytes that were written
+//! but never durable: dropped silently) from damage to durable data (never
+//! dropped silently). The log records where durability stood:
+//!
+//! * When an `fdatasync` completes and it covered engine records that no
+//!   mark claims yet, the WAL appends a mark claiming the new synced end
+//!   and writes it at once (in [`Wal::poll_completions`], before returning;
+//!   records appended but not submitted yet are written with it). If
+//!   records appended this turn are pending at a `submit`, the mark goes at
+//!   the end of that write instead.
+//! * [`Wal::durable_end`], which sync acknowledgements wait for, advances
+//!   only once such a mark is written: no acknowledgement of sync data ever
+//!   goes out before a mark claiming it is in the page cache. After kill -9
+//!   (the page cache survives) every acknowledged byte lies below a claim
+//!   found in the log. After a power loss the last mark may be lost with
+//!   the other unsynced bytes; the claims then lag by at most the last
+//!   `fdatasync` (the next one would have covered the mark).
+//! * Marks cost one small write per `fdatasync` and 22 bytes of log; a mark
+//!   alone asks for no `fdatasync` (`submit(true)` with only marks unsynced
+//!   does nothing). On the Raft log of issue 11 the same claim is what a
+//!   follower reports as persisted.
 //!
 //! # Recovery rules (applied by [`Wal::open`] and [`Wal::open_replay`])
 //!
 //! 1. Segments are listed by name and must be contiguous (`next.base ==
-//!    base + capacity`); every header and every record CRC is verified.
-//!    A gap is an error naming the missing range; with `repair` the gap is
-//!    filled with an empty sparse segment and reported.
+//!    base + capacity`); every header and every record (both CRCs) is
+//!    verified. A gap is an error naming the missing range; with `repair`
+//!    the gap is filled with an empty sparse segment and reported.
 //! 2. A segment file shorter than its header's capacity (someone truncated
 //!    it) is read as if zero-extended and is extended back with `fallocate`.
 //! 3. The *newest data segment* is the last one holding any non-zero byte
-//!    after its header. In it, the first bad record (CRC mismatch, a length
-//!    running past the segment, an impossible length, or non-zero bytes
-//!    after the zero end marker) at offset `X` ends the log **if every byte
-//!    from `X + TORN_WINDOW_BYTES` to the end of the segment is zero**. The
-//!    bytes from `X` to the last non-zero byte are zeroed and `fdatasync`ed,
-//!    a `log::warn!` names the segment, the offset and the byte count, and
-//!    [`RecoveryReport::torn_tail`] says the same.
-//!    Why that window is enough: the writer never lets more than
-//!    [`TORN_WINDOW_BYTES`] be written-but-not-`fdatasync`ed (a write that
-//!    would pass it waits for an `fdatasync` to complete), and it writes
-//!    nothing into a new segment until every byte of the old one is
-//!    durable, so everything a crash can leave half-written lies in one
-//!    segment, within that window after the last durable byte, which is
-//!    at or before `X`.
+//!    after its header. In it, the first bad record (a CRC mismatch, an
+//!    impossible length, a length running past the segment, or non-zero
+//!    bytes after the zero end marker) at offset `X` is a **torn write**
+//!    if both hold:
+//!    * no durable mark in the valid records after `X` (found by the same
+//!      search repair uses) claims a position beyond `X`: otherwise `X`
+//!      was durable before the mark was written, and its damage is not a
+//!      crash artifact; and
+//!    * every non-zero byte lies within `max(TORN_WINDOW_BYTES, L)` of
+//!      `X`, where `L` is the length of the record at `X` if its header
+//!      verifies, else [`RECORD_BYTES_MAX`]: the writer never lets more
+//!      than [`TORN_WINDOW_BYTES`] be written but not synced, except for
+//!      one larger record written alone (see "Write path"), and it writes
+//!      nothing into a new segment until every byte of the old one is
+//!      durable, so everything a crash can leave half-written lies in one
+//!      segment, in that span after the last durable byte, which is at or
+//!      before `X`.
+//!
+//!    A torn tail is dropped: the bytes from `X` to the last non-zero byte
+//!    are zeroed and `fdatasync`ed (valid records among them are unsynced
+//!    writes that a power loss kept out of order: nothing claims them), a
+//!    `log::warn!` names the segment, the offset and the byte count, and
+//!    [`RecoveryReport::torn_tail`] says the same. After kill -9 nothing is
+//!    torn except a write the kill cut short, which was never acknowledged.
 //! 4. Anything else is corruption: a bad record or non-zero garbage in an
-//!    older segment, or garbage in the newest data segment reaching past the
-//!    window. `open` fails with [`WalError::Corrupt`] naming the file and
-//!    offset. With `repair`, the damaged bytes are skipped by scanning forward
-//!    (from 9 bytes past the bad record) for the next record whose length
-//!    is possible and whose CRC verifies; the skipped range is overwritten
-//!    with padding records (or zeroed if no valid record follows), so the
-//!    next open is clean; every skip is in [`RecoveryReport::skipped`].
+//!    older segment (all of it was durable), or in the newest data segment
+//!    damage that a mark shows was durable, or that reaches past the span
+//!    above. `open` fails with [`WalError::Corrupt`], naming the file, the
+//!    offset of the damaged record and `--repair`. With `repair`, exactly
+//!    the damaged records are skipped: the next valid record is the one
+//!    right after the damaged one when its header verifies (its length is
+//!    known), else the first offset at least a header further whose
+//!    record verifies; the skipped range is first saved to
+//!    `quarantine/<segment file>@<file offset>` in the log's directory
+//!    (fsync'd, listed in [`RecoveryReport::quarantined`]), then
+//!    overwritten with padding records (or zeroed if no valid record
+//!    follows), so the next open is clean; every valid record after it is
+//!    kept, and every skip is in [`RecoveryReport::skipped`].
 //! 5. Empty segments after the newest data segment are segments prepared
 //!    ahead of time and are kept.
 //!
@@ -128,8 +189,10 @@
 //!
 //! * at most [`TORN_WINDOW_BYTES`] may be written but not durable (rule 3
 //!   above): a write that would pass it is held back (whole records at a
-//!   time) until an fdatasync completes; to make that rare, the WAL starts
-//!   one by itself once [`SYNC_AHEAD_BYTES`] are outstanding;
+//!   time) until an fdatasync completes; a single record larger than the
+//!   window is written alone, once nothing else is unsynced, and nothing
+//!   follows it until it is durable. To make waiting rare, the WAL starts
+//!   an fdatasync by itself once [`SYNC_AHEAD_BYTES`] are outstanding;
 //! * nothing is written into a segment while an older one holds bytes
 //!   that are not durable (only the newest data segment may hold a torn
 //!   tail): at a segment roll, the first write into the new segment waits
@@ -141,8 +204,9 @@
 //! fdatasync completes. Progress is two positions: [`Wal::written_end`]
 //! (every byte below is in the OS: async acknowledgements may go out;
 //! advances inside `submit`) and [`Wal::durable_end`] (every byte below is
-//! fdatasync'd: sync acknowledgements may go out, a crash loses nothing
-//! below it; advances when `poll_completions` collects an fdatasync). Both
+//! fdatasync'd and claimed by a written durable mark: sync
+//! acknowledgements may go out, a crash loses nothing below it; advances
+//! when `poll_completions` collects an fdatasync and writes its mark). Both
 //! only grow. Submitted batches complete in id order when their end is
 //! written (async) or durable (sync); completion of an fdatasync is
 //! signalled on an eventfd the shard registers in its mio `Poll`, while
@@ -154,48 +218,79 @@
 //! page each time) 2 µs, p99 about 150 µs (not from our code: the 1-record
 //! case runs the same path; probably ext4's work on fresh pages of an
 //! unwritten extent right after an fdatasync, unverified); a 1 MiB batch
-//! about 0.2-0.3 ms, p99 about 1-2 ms. New segments are created, and released ones
-//! unmapped and deleted, by a per-shard housekeeper thread (an unmap of a
-//! 64 MiB segment with resident pages took about 20 ms on the shard's loop).
+//! about 0.2-0.3 ms, p99 about 1-2 ms. New segments are created, and
+//! released ones unmapped and deleted, by a per-shard housekeeper thread
+//! (an unmap of a 64 MiB segment with resident pages took about 20 ms on
+//! the shard's loop); so are checkpoints (below).
 //!
 //! After a write or fsync error, or a segment creation failing for any
 //! other reason than a full disk, the WAL refuses all writes (the
 //! PostgreSQL fsync lesson) until [`Wal::try_recover`] has re-validated the
-//! tail. Appended bytes not yet written are dropped; once a running
-//! fdatasync has finished, every batch that has not completed fails (the
-//! first with the error, later ones with [`WalError::Unavailable`]), and
-//! recovery resumes at `written_end`.
+//! tail (it re-reads what was written but not synced, checks it, writes it
+//! again and fdatasyncs it; it keeps failing while the fault lasts).
+//! Appended bytes not yet written are dropped; once a running fdatasync
+//! has finished, every batch that has not completed fails (the first with
+//! the error, later ones with [`WalError::Unavailable`]), and recovery
+//! resumes at `written_end`. Nothing is acknowledged that an fdatasync did
+//! not cover: a sync batch whose fdatasync failed fails.
 //!
 //! # Full disk
 //!
 //! Segments are preallocated, so a full disk cannot fail a write into an
 //! existing segment; it fails the creation of the next one (fallocate,
 //! file creation or rename with ENOSPC / EDQUOT). That failure writes
-//! nothing and loses nothing, so it does not fail the WAL:
+//! nothing and loses nothing, so it does not fail the WAL. Recovery from it
+//! never depends on a whole free segment appearing:
 //!
+//! * Each log keeps a **spare segment**: `spare-segment` in its
+//!   directory, [`SPARE_SEGMENT_BYTES`] preallocated (created at open,
+//!   before the first segment, and renewed by the housekeeper before it
+//!   creates any other segment, so a shard on a shared disk keeps its own
+//!   emergency allowance). When the next segment cannot be created for
+//!   lack of space, the housekeeper turns the spare into it instead
+//!   (header, fsync, rename: no new space needed): an *emergency segment*,
+//!   recognised by its size (smaller than [`SEGMENT_BYTES_MIN`]).
 //! * Appends have a class ([`AppendClass`]). `Normal` appends (new data)
-//!   stop [`SEGMENT_RESERVE_BYTES`] short of the end of the last segment on
-//!   disk; `Reserve` appends (the broker's deletes, receives and visibility
-//!   changes: small, and they lead to space being freed) may fill it. In
-//!   the normal case the next segment is already prepared when the active
-//!   one fills, and `Normal` appends fill the active one to its end: the
-//!   reserve costs no space until the disk is actually full.
-//! * When an append needs a new segment and it cannot be created because
-//!   the disk is full, the append fails with [`WalError::NoSpace`] and adds
-//!   nothing; the WAL stays writable and readable, batches already
-//!   appended complete normally. `Normal` appends meet this first (at the
-//!   reserve), `Reserve` appends only once the reserve is used up.
-//! * The housekeeper starts preparing the next segment when the active
-//!   one is half full, so a full disk is usually noticed half a segment
-//!   before it matters. From then on the creation is retried by the
-//!   housekeeper (never blocking the shard's loop) at most every
-//!   [`NO_SPACE_RETRY_MS`] while appends need it, and at once after
-//!   [`Wal::release_before`] freed a segment (queued behind the deletions,
-//!   so it sees their space). As soon as a segment exists, appends resume;
-//!   no operator action and no `try_recover` is needed.
+//!   fill the last normal segment and never go into an emergency segment:
+//!   they get [`WalError::NoSpace`] and add nothing. `Reserve` appends (the
+//!   broker's deletes, receives and visibility changes: small, and they
+//!   lead to space being freed) go on in the emergency segment, and get
+//!   `NoSpace` only once it is full and no further spare can be made. The
+//!   WAL stays writable and readable; batches already appended complete
+//!   normally.
+//! * The head of the log has moved into the emergency segment, so every
+//!   older segment, including the one that filled up, can be released as
+//!   soon as its messages are deleted (the shard's housekeeping, about once
+//!   a second, takes a catalog; the segments go as soon as it is durable).
+//!   A release retries the creation of the next segment at once (queued
+//!   behind the deletions, so it sees their space); otherwise it is retried
+//!   by the housekeeper at most every [`NO_SPACE_RETRY_MS`] while appends
+//!   need it. As soon as a normal segment exists, the head moves into it
+//!   (appends or not), so the emergency segment is released in turn and
+//!   its space, too, goes back to the disk, and `Normal` appends resume; no
+//!   operator action, restart or `try_recover` is needed. Shards sharing
+//!   the disk recover one after the other as each gives its emergency
+//!   segment back. A released segment's file is never held open (its
+//!   space would stay allocated).
+//! * A restart on a full disk finds the emergency segment and goes on the
+//!   same way; an emergency segment prepared ahead of the head and never
+//!   written to becomes the spare again (or is deleted if a spare exists),
+//!   so a shard never holds two allowances.
 //! * A write or fdatasync that fails (with ENOSPC, EIO or anything else)
 //!   is not this case: it fails the WAL as described above.
+//!
+//! # Checkpoints
+//!
+//! [`Wal::checkpoint`] writes a file beside the log (the shard's catalog:
+//! `engine/catalog.rs`) on the housekeeper thread, never on the shard's
+//! loop: the housekeeper first fdatasyncs the log up to the checkpoint's
+//! position (so the file never claims records a crash could lose), then
+//! writes `<name>.next` (kept preallocated, so a full disk does not stop
+//! it), fsyncs it, renames it over `<name>` and fsyncs the directory.
+//! [`Wal::poll_checkpoint`] reports the outcome; only then may the caller
+//! release segments below the checkpoint's position.
 
+mod checkpoint;
 mod error;
 mod format;
 mod housekeeper;
@@ -216,16 +311,25 @@ pub use wal::{
     WalConfig,
 };
 
+use cmq_protocol::limits::{BATCH_MSGS_MAX, MSG_BYTES_MAX};
+
 /// Bytes of the segment header at file offset 0.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
 
-/// Bytes of a record header: length (4), CRC32C (4), type (1).
-pub const RECORD_HEADER_BYTES: u64 = 9;
+/// Bytes of a record header: length (4), type (1), payload CRC (4), header
+/// CRC (4).
+pub const RECORD_HEADER_BYTES: u64 = 13;
 
-/// Largest record payload. The engine's largest record is a batch of 16
-/// message bodies of up to 1 MiB each plus their headers, which fits in
-/// 17 MiB with room to spare.
-pub const RECORD_PAYLOAD_MAX_BYTES: u32 = 17 << 20;
+/// Room for everything of an engine record but its message bodies: per-body
+/// lengths and record fields, the tags and routing key of a publish, and up
+/// to 65,535 matched subscription ids (4 bytes each, 256 KiB) of one
+/// `Published` record; twice that for headroom.
+pub const RECORD_OVERHEAD_MAX_BYTES: u32 = 512 << 10;
+
+/// Largest record payload: the engine's largest record is a batch of
+/// `BATCH_MSGS_MAX` message bodies of up to `MSG_BYTES_MAX` each (16 MiB)
+/// plus their headers. An append beyond it fails with `RecordTooLarge`.
+pub const RECORD_PAYLOAD_MAX_BYTES: u32 = BATCH_MSGS_MAX as u32 * MSG_BYTES_MAX + RECORD_OVERHEAD_MAX_BYTES;
 
 /// Largest record on disk, header included.
 pub const RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES as u64;
@@ -235,19 +339,28 @@ pub const RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES
 /// a segment frees space in reasonable steps.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 
-/// Smallest allowed segment: two records of the maximum size, so a segment
-/// never holds less than one of them plus change.
-pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX;
+/// Room kept free at the end of every segment for durable marks: data
+/// records stop this short of a segment's end, so the marks that claim
+/// them always fit behind them (at most three follow the last data record
+/// of a segment, see `Wal::append_mark`; one more for margin).
+pub const SEGMENT_MARK_ROOM_BYTES: u64 = 4 * format::DURABLE_MARK_BYTES;
+
+/// Smallest allowed segment: the largest record (a record never spans
+/// segments) behind the header, plus the mark room, rounded up to whole
+/// MiB (17 MiB).
+pub const SEGMENT_BYTES_MIN: u64 = 17 << 20;
 
 /// Largest allowed segment: the open-time scan maps whole segments, and
 /// release works in whole segments.
 pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// Most bytes that may be written but not yet covered by a completed
-/// fdatasync at any moment; see recovery rule 3. Larger than any single
-/// record so that the common one-write-per-batch case needs no extra sync,
-/// small enough that the torn-tail rule still detects real damage.
-pub const TORN_WINDOW_BYTES: u64 = 32 << 20;
+/// fdatasync at any moment, except for one record larger than this,
+/// which is written alone (nothing else unsynced before or after it); see
+/// the recovery rules. Bounds what a power loss can leave half-written,
+/// and so how far beyond a bad record the recovery scan accepts garbage
+/// as a torn write.
+pub const TORN_WINDOW_BYTES: u64 = 8 << 20;
 
 /// fdatasyncs running at once. One is enough: while it runs, what is
 /// written meanwhile waits for the next one, which covers all of it
@@ -276,17 +389,18 @@ pub const ROLL_SYNC_AHEAD_MIN_BYTES: u64 = 1 << 20;
 /// async batches: one batch per loop turn at most.
 pub const BATCHES_MAX: usize = 1024;
 
-/// Room at the end of the newest segment that only
-/// [`AppendClass::Reserve`] appends may use, so that consumers can still
-/// receive and delete messages (which is how space comes back) when the
-/// disk is too full for another segment. Sized to receive and delete, one
-/// at a time, every message of a full default segment of 1 KiB messages:
-/// about 62,400 `Enqueued` records of 1,075 bytes fit in 64 MiB, and a
-/// `Received` (39 bytes) plus a `Deleted` (23 bytes) record per message
-/// take 62 x 62,400 = 3.7 MiB. While the next segment is already prepared
-/// (the normal case) the reserve is not held back at all: it only stops
-/// `Normal` appends in the last segment on disk, so it costs no space.
-pub const SEGMENT_RESERVE_BYTES: u64 = 4 << 20;
+/// Size of the spare segment file each log keeps preallocated (the
+/// emergency allowance): when the disk is too full for a new segment, the
+/// spare becomes the next segment, and only [`AppendClass::Reserve`]
+/// records (receives, deletes, visibility changes: what leads to space
+/// being freed) may go into it while it is the last segment. Sized to
+/// receive and delete, one at a time, every message of a full default
+/// segment of 1 KiB messages: about 62,400 `Enqueued` records of 1,079
+/// bytes fit in 64 MiB, and a `Received` (43 bytes) plus a `Deleted` (27
+/// bytes) record per message take 70 x 62,400 = 4.2 MiB; segments are
+/// released as soon as their messages are deleted, so this is rarely used
+/// up.
+pub const SPARE_SEGMENT_BYTES: u64 = 5 << 20;
 
 /// While the disk is full, creation of the next segment is retried (by the
 /// housekeeper thread, never on the shard's loop) at most this often, so a
@@ -294,15 +408,25 @@ pub const SEGMENT_RESERVE_BYTES: u64 = 4 << 20;
 /// frees a segment retries at once.
 pub const NO_SPACE_RETRY_MS: u64 = 100;
 
+/// Space a checkpoint file (the shard's catalog) keeps preallocated for its
+/// next version, at least: twice the last version's size, and never less
+/// than this. Writing the catalog is what lets segments be released, so a
+/// full disk must not stop it.
+pub const CHECKPOINT_RESERVE_MIN_BYTES: u64 = 64 << 10;
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
-// The reserve is a small slice of any segment, and a record of the
-// maximum size still fits in a segment in front of it.
-const _: () = assert!(SEGMENT_RESERVE_BYTES * 8 <= SEGMENT_BYTES_MIN);
-const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_RESERVE_BYTES <= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_MARK_ROOM_BYTES <= SEGMENT_BYTES_MIN);
+// The minimum is no larger than it needs to be (less than 1 MiB of slack).
+const _: () =
+    assert!(SEGMENT_BYTES_MIN - (SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX + SEGMENT_MARK_ROOM_BYTES) < 1 << 20);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
-const _: () = assert!(RECORD_BYTES_MAX < SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(TORN_WINDOW_BYTES >= RECORD_BYTES_MAX);
+// The torn window covers only part of the smallest segment.
+const _: () = assert!(TORN_WINDOW_BYTES < SEGMENT_BYTES_MIN / 2);
 const _: () = assert!(SYNC_AHEAD_BYTES > 0 && SYNC_AHEAD_BYTES < TORN_WINDOW_BYTES);
 const _: () = assert!(ROLL_SYNC_AHEAD_MIN_BYTES > 0 && ROLL_SYNC_AHEAD_MIN_BYTES <= SYNC_AHEAD_BYTES);
-// The length field stores 1 + payload length in a u32.
-const _: () = assert!((RECORD_PAYLOAD_MAX_BYTES as u64) < u32::MAX as u64);
+// The spare is a small emergency segment (segments that small are told
+// apart from normal ones by their size) with room for many small records.
+const _: () = assert!(SPARE_SEGMENT_BYTES < SEGMENT_BYTES_MIN);
+const _: () = assert!(SPARE_SEGMENT_BYTES >= SEGMENT_HEADER_BYTES + SEGMENT_MARK_ROOM_BYTES + (1 << 20));
+// The length field stores the whole record length in a u32.
+const _: () = assert!(RECORD_BYTES_MAX < u32::MAX as u64);

@@ -13,6 +13,10 @@ use super::mmap::SegmentMap;
 const NAME_DIGITS: usize = 20;
 const SUFFIX: &str = ".log";
 const TMP_SUFFIX: &str = ".log.tmp";
+/// The spare segment file (see `SPARE_SEGMENT_BYTES`): no `.log` suffix,
+/// so it is not part of the log until adopted.
+pub(crate) const SPARE_NAME: &str = "spare-segment";
+const SPARE_TMP_NAME: &str = "spare-segment.tmp";
 
 pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:0NAME_DIGITS$}{SUFFIX}"))
@@ -70,6 +74,9 @@ pub(crate) enum Fault {
     /// The file holds `eio`: a failing device. Every write, fdatasync and
     /// segment creation fails with EIO.
     Eio,
+    /// The file holds `eio-sync`: writes succeed, every fdatasync fails with
+    /// EIO (a device whose writeback fails: the PostgreSQL fsync case).
+    EioSync,
     /// The file holds `eio-create`: only segment creation fails, with EIO.
     EioCreate,
     /// The file holds `stall-sync`: a slow device. fdatasync on the thread
@@ -82,6 +89,7 @@ pub(crate) fn fault(fault_file: &Option<PathBuf>) -> Fault {
     match std::fs::read(path) {
         Ok(b) if b.trim_ascii() == b"eio" => Fault::Eio,
         Ok(b) if b.trim_ascii() == b"eio-create" => Fault::EioCreate,
+        Ok(b) if b.trim_ascii() == b"eio-sync" => Fault::EioSync,
         Ok(b) if b.trim_ascii() == b"stall-sync" => Fault::StallSync,
         Ok(_) => Fault::Full,
         Err(_) => Fault::None,
@@ -122,7 +130,7 @@ pub(crate) fn create_segment(
     fault_file: &Option<PathBuf>,
 ) -> io::Result<File> {
     match fault(fault_file) {
-        Fault::None | Fault::StallSync => {}
+        Fault::None | Fault::StallSync | Fault::EioSync => {}
         Fault::Full => return Err(no_space()),
         Fault::Eio | Fault::EioCreate => return Err(eio()),
     }
@@ -143,6 +151,51 @@ pub(crate) fn create_segment(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes sure the spare segment file exists (preallocated, all zero),
+/// creating it durably if not: temp file, fallocate, fsync, rename, fsync
+/// the directory. Fails like a segment creation on a full disk.
+pub(crate) fn ensure_spare(dir: &Path, fault_file: &Option<PathBuf>) -> io::Result<()> {
+    let path = dir.join(SPARE_NAME);
+    if path.exists() {
+        return Ok(());
+    }
+    match fault(fault_file) {
+        Fault::None | Fault::StallSync | Fault::EioSync => {}
+        Fault::Full => return Err(no_space()),
+        Fault::Eio | Fault::EioCreate => return Err(eio()),
+    }
+    let tmp = dir.join(SPARE_TMP_NAME);
+    let result = (|| {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, super::SPARE_SEGMENT_BYTES)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Turns the spare file into the segment at `base`: header, fsync, rename,
+/// fsync the directory. No new space is needed. Returns the file and its
+/// capacity, or None when there is no spare.
+pub(crate) fn adopt_spare(dir: &Path, base: u64) -> io::Result<Option<(File, u64)>> {
+    let spare = dir.join(SPARE_NAME);
+    let f = match open_rw(&spare) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let capacity = f.metadata()?.len();
+    f.write_all_at(&encode_segment_header(base, capacity), 0)?;
+    f.sync_all()?;
+    std::fs::rename(&spare, segment_path(dir, base))?;
+    sync_dir(dir)?;
+    Ok(Some((f, capacity)))
 }
 
 /// The ranges of `file[from..len)` that may hold non-zero bytes, from the
@@ -193,12 +246,17 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub file: Arc<File>,
     pub map: SegmentMap,
+    /// An adopted spare (smaller than any normal segment): while it is the
+    /// last segment, only `Reserve` appends may use it.
+    pub emergency: bool,
 }
 
 impl Segment {
     pub(crate) fn new(base: u64, capacity: u64, path: PathBuf, file: File) -> io::Result<Self> {
         let map = SegmentMap::map(&file, capacity)?;
-        Ok(Segment { base, capacity, data_end: base + super::SEGMENT_HEADER_BYTES, path, file: Arc::new(file), map })
+        let emergency = capacity < super::SEGMENT_BYTES_MIN;
+        let data_end = base + super::SEGMENT_HEADER_BYTES;
+        Ok(Segment { base, capacity, data_end, path, file: Arc::new(file), map, emergency })
     }
 
     pub(crate) fn end(&self) -> u64 {

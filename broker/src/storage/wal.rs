@@ -13,15 +13,19 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::error::{ReplayError, WalError};
-use super::format::{encode_record, parse_slot, record_bytes, Slot, RTYPE_PADDING};
-use super::housekeeper::{Housekeeper, Prepared};
+use super::format::{
+    encode_durable_mark, encode_record, parse_slot, record_bytes, Slot, DURABLE_MARK_BYTES, RTYPE_WAL,
+};
+use super::housekeeper::{Encode, Housekeeper, Prepared};
 use super::io::{Engine, Flusher, Notifier};
 use super::recovery::{recover, write_zeros};
-use super::segment::{create_segment, eio, fault, is_full, segment_path, sync_dir, Fault, Reserve, Segment};
+use super::segment::{
+    create_segment, eio, ensure_spare, fault, is_full, segment_path, sync_dir, Fault, Reserve, Segment,
+};
 use super::uring::Uring;
 use super::{
     BATCHES_MAX, NO_SPACE_RETRY_MS, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES, ROLL_SYNC_AHEAD_MIN_BYTES,
-    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_RESERVE_BYTES,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_MARK_ROOM_BYTES,
     SYNC_AHEAD_BYTES, TORN_WINDOW_BYTES,
 };
 
@@ -58,18 +62,18 @@ pub struct LogPos(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BatchId(pub u64);
 
-/// Whether an append may use the reserve at the end of the newest segment
-/// (see [`SEGMENT_RESERVE_BYTES`] and the "Full disk" section in `mod.rs`).
+/// Whether an append may use the emergency segment (the adopted spare; see
+/// [`super::SPARE_SEGMENT_BYTES`] and the "Full disk" section in `mod.rs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AppendClass {
-    /// New data. Stops [`SEGMENT_RESERVE_BYTES`] short of the end of the
-    /// last segment on disk; when it needs a new segment and the disk is
-    /// full, the append fails with [`WalError::NoSpace`].
+    /// New data. When it needs a new segment and the disk is full, the
+    /// append fails with [`WalError::NoSpace`]; it never goes into an
+    /// emergency segment while that is the last one.
     #[default]
     Normal,
     /// Small records that lead to space being freed (deletes, receives,
-    /// visibility changes): may fill the reserve, and get
-    /// [`WalError::NoSpace`] only once it is used up.
+    /// visibility changes): may fill the emergency segment, and get
+    /// [`WalError::NoSpace`] only once that is used up too.
     Reserve,
 }
 
@@ -92,12 +96,15 @@ pub struct WalConfig {
     /// Skip damaged records and missing segments instead of failing open.
     pub repair: bool,
     /// Fault injection for tests. While this file exists the disk behaves
-    /// as if full: creating a segment fails with ENOSPC (writes into
-    /// preallocated segments still succeed, as on a real full disk). If it
-    /// holds `eio`, every write, fdatasync and segment creation fails with
-    /// EIO instead; `eio-create`: only segment creation fails, with EIO.
-    /// Checked before each write and each fdatasync, when a segment is
-    /// created and in `try_recover`.
+    /// as if full: creating a segment (or the spare, or a checkpoint that
+    /// outgrew its reserve) fails with ENOSPC (writes into preallocated
+    /// segments still succeed, as on a real full disk). If it holds `eio`,
+    /// every write, fdatasync, segment creation and checkpoint fails with
+    /// EIO instead; `eio-create`: only segment creation fails, with EIO;
+    /// `eio-sync`: only fdatasync fails, with EIO; `stall-sync`: fdatasync
+    /// (thread backend) does not start while it says so. Checked before
+    /// each write and each fdatasync, when a segment is created and in
+    /// `try_recover`.
     pub fault_file: Option<PathBuf>,
 }
 
@@ -137,12 +144,17 @@ pub struct SkippedRange {
 #[derive(Clone, Debug)]
 pub struct RecoveryReport {
     pub segments: usize,
-    /// Records that verified (padding included).
+    /// Records that verified (the WAL's own padding and marks excluded).
     pub records: u64,
     pub end: LogPos,
+    /// The highest position a durable mark in the log claims (see
+    /// "Durable marks" in `mod.rs`).
+    pub durable_claim: LogPos,
     pub torn_tail: Option<TornTail>,
     /// Damaged ranges skipped by `repair`.
     pub skipped: Vec<SkippedRange>,
+    /// Files holding the bytes `repair` cut out (one per skipped range).
+    pub quarantined: Vec<PathBuf>,
     /// Missing position ranges that `repair` filled with empty segments.
     pub filled_gaps: Vec<(LogPos, LogPos)>,
     /// The backend in use (never `Auto`).
@@ -196,6 +208,13 @@ struct Syncing {
     bytes_to: u64,
 }
 
+/// A durable mark appended but not yet written.
+struct PendingMark {
+    /// Its end position: written once `written_end` reaches it.
+    end: u64,
+    claim: u64,
+}
+
 /// Progress of the log, as returned by [`Wal::poll_completions`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -235,7 +254,17 @@ pub struct Wal {
     /// boundary); readable through the segment maps.
     written_end: u64,
     /// End of the bytes covered by a completed fdatasync.
+    synced_end: u64,
+    /// What `durable_end()` reports: `synced_end`, once a written durable
+    /// mark claims every data record below it (see `note_durability`).
     durable_end: u64,
+    /// End of the last record appended through `append` (marks excluded).
+    data_end: u64,
+    /// Highest claim of a durable mark appended, and of one written.
+    claim_appended: u64,
+    claim_written: u64,
+    /// Marks appended and not yet written, in log order.
+    marks: VecDeque<PendingMark>,
     /// Highest position a write was ever attempted up to (what a failure
     /// may have left on disk).
     high_water: u64,
@@ -275,6 +304,8 @@ pub struct Wal {
     full_retry_at: Option<Instant>,
     /// Segment creations asked of the housekeeper (for tests).
     prepare_requests: u64,
+    /// The file name of the checkpoint the housekeeper is writing.
+    checkpointing: Option<String>,
     pool: Vec<Vec<u8>>,
 }
 
@@ -358,6 +389,12 @@ impl Wal {
         }
         let rec = recover(dir, &cfg, from.0, f)?;
         let mut segs: VecDeque<Segment> = rec.segs.into();
+        return_unused_spare(dir, &mut segs, rec.newest)?;
+        // The emergency allowance comes first, before the first segment; on
+        // a full disk the housekeeper keeps trying (with every preparation).
+        if let Err(e) = ensure_spare(dir, &cfg.fault_file) {
+            log::warn!("WAL in {}: cannot create the spare segment: {e}; retrying as space allows", dir.display());
+        }
         if segs.is_empty() {
             let path = segment_path(dir, 0);
             let file = create_segment(dir, 0, cfg.segment_bytes, Reserve::Preallocate, &cfg.fault_file)
@@ -369,6 +406,9 @@ impl Wal {
         }
         let active = rec.newest.min(segs.len() - 1);
         let end = segs[active].data_end;
+        // Everything found is durable now. If no data record follows the
+        // last mark, claiming `end` needs no new mark.
+        let claim = if rec.data_end <= rec.claim { end } else { rec.claim };
         let notifier = Arc::new(Notifier::new().map_err(|e| WalError::io("create eventfd", dir, e))?);
         let (engine, backend, backend_note) = make_engine(cfg.backend, &notifier, &cfg.fault_file)?;
         let keeper = Housekeeper::spawn(dir, cfg.fault_file.clone())
@@ -377,8 +417,10 @@ impl Wal {
             segments: segs.len(),
             records: rec.records,
             end: LogPos(end),
+            durable_claim: LogPos(rec.claim),
             torn_tail: rec.torn_tail,
             skipped: rec.skipped,
+            quarantined: rec.quarantined,
             filled_gaps: rec.filled_gaps,
             backend,
             backend_note,
@@ -392,7 +434,15 @@ impl Wal {
             sealed_end: end,
             sync_asked_to: end,
             written_end: end,
+            // Recovery made everything found durable; no acknowledgement of
+            // this process depends on it. What no mark claims yet (records
+            // after the last mark) is claimed by the first write.
+            synced_end: end,
             durable_end: end,
+            data_end: rec.data_end,
+            claim_appended: claim,
+            claim_written: claim,
+            marks: VecDeque::new(),
             high_water: end,
             written_bytes: 0,
             durable_bytes: 0,
@@ -413,6 +463,7 @@ impl Wal {
             prep: Prep::Idle,
             full_retry_at: None,
             prepare_requests: 0,
+            checkpointing: None,
             pool: Vec::new(),
         };
         Ok((wal, report))
@@ -432,16 +483,16 @@ impl Wal {
             let mut off = first;
             loop {
                 let verify = base + off as u64 >= from.0;
-                match parse_slot(bytes, off, verify) {
+                match parse_slot(bytes, base, off, verify) {
                     Slot::Record { rtype, payload, next } => {
-                        if verify && rtype != RTYPE_PADDING {
+                        if verify && rtype != RTYPE_WAL {
                             f(LogPos(base + payload.start as u64), rtype, &bytes[payload])
                                 .map_err(ReplayError::Callback)?;
                         }
                         off = next;
                     }
                     Slot::End => return Ok(()),
-                    Slot::Bad(why) => {
+                    Slot::Bad { why, .. } => {
                         return Err(ReplayError::Wal(WalError::Corrupt {
                             path: path.to_path_buf(),
                             offset: off as u64,
@@ -483,7 +534,7 @@ impl Wal {
         if self.failed {
             return Err(WalError::Unavailable);
         }
-        if rtype == RTYPE_PADDING {
+        if rtype == RTYPE_WAL {
             return Err(WalError::ReservedType);
         }
         let payload: u64 = parts.iter().map(|p| p.len() as u64).sum();
@@ -494,8 +545,19 @@ impl Wal {
         // A loop only to step over a segment too small for the record (a
         // repair filler); a new segment always has room for it.
         while self.end + rec > self.append_limit(class) {
-            self.roll()?;
+            self.roll(class)?;
         }
+        let start = self.end;
+        encode_record(self.chunk_at_end(), start, rtype, parts, payload as u32);
+        self.end += rec;
+        self.data_end = self.end;
+        self.maybe_prepare_next();
+        Ok(LogPos(start + RECORD_HEADER_BYTES))
+    }
+
+    /// The buffer of the pending chunk that ends at `end` in the active
+    /// segment (a new one if there is none), to append a record to.
+    fn chunk_at_end(&mut self) -> &mut Vec<u8> {
         let start = self.end;
         let seg = &self.segs[self.active];
         let extend = self.pending.back().is_some_and(|c| c.seg_base == seg.base && c.end() == start);
@@ -509,12 +571,86 @@ impl Wal {
             };
             self.pending.push_back(chunk);
         }
-        if let Some(c) = self.pending.back_mut() {
-            encode_record(&mut c.buf, rtype, parts, payload as u32);
+        match self.pending.back_mut() {
+            Some(c) => &mut c.buf,
+            // Unreachable: a chunk was pushed just above if none matched.
+            None => unreachable!("a pending chunk exists"),
         }
-        self.end += rec;
-        self.maybe_prepare_next();
-        Ok(LogPos(start + RECORD_HEADER_BYTES))
+    }
+
+    /// True when a durable mark should be appended: a data record below
+    /// the synced end is not yet claimed by any mark.
+    fn mark_due(&self) -> bool {
+        !self.failed && self.data_end.min(self.synced_end) > self.claim_appended
+    }
+
+    /// Appends a durable mark claiming `synced_end` (not written yet), or
+    /// raises the claim of the last mark if it is the last record and not
+    /// written yet (so a stalled write never piles marks up). Data records
+    /// leave `SEGMENT_MARK_ROOM_BYTES` at the end of every segment, so a
+    /// mark always fits in the active one: at most three follow the last
+    /// data record of a segment (one written with it, one for the
+    /// fdatasync running when it was written, one for the next, which
+    /// covers it).
+    fn append_mark(&mut self) {
+        let claim = self.synced_end;
+        if self.raise_unwritten_mark(claim) {
+            return;
+        }
+        let start = self.end;
+        if start + DURABLE_MARK_BYTES > self.segs[self.active].end() {
+            debug_assert!(false, "no room for a durable mark at {start}");
+            // Acknowledgements must not wait forever: expose without a mark.
+            log::error!("WAL in {}: no room for a durable mark at {start}", self.dir.display());
+            self.claim_appended = claim;
+            self.claim_written = self.claim_written.max(claim);
+            self.note_durability();
+            return;
+        }
+        encode_durable_mark(self.chunk_at_end(), start, claim);
+        self.end += DURABLE_MARK_BYTES;
+        self.claim_appended = claim;
+        self.marks.push_back(PendingMark { end: self.end, claim });
+    }
+
+    /// Re-encodes the last record, when it is a mark not written yet, with
+    /// a higher claim. Returns whether it did.
+    fn raise_unwritten_mark(&mut self, claim: u64) -> bool {
+        let end = self.end;
+        let Some(m) = self.marks.back_mut().filter(|m| m.end == end && m.end > self.written_end) else {
+            return false;
+        };
+        let Some(c) = self.pending.back_mut().filter(|c| c.end() == end) else { return false };
+        let at = c.buf.len() - DURABLE_MARK_BYTES as usize;
+        c.buf.truncate(at);
+        encode_durable_mark(&mut c.buf, end - DURABLE_MARK_BYTES, claim);
+        m.claim = claim;
+        self.claim_appended = claim;
+        true
+    }
+
+    /// After a completed fdatasync: writes a mark claiming it right away
+    /// (with whatever was appended before it), so that acknowledgements
+    /// that wait for this fdatasync find their claim in the page cache
+    /// before they go out; see "Durable marks" in `mod.rs`.
+    fn mark_now(&mut self) {
+        if !self.mark_due() {
+            return;
+        }
+        self.append_mark();
+        self.sealed_end = self.end;
+        self.write_sealed();
+    }
+
+    /// Moves the reported durable end up to what the written marks allow:
+    /// `synced_end` if every data record below it is claimed by a written
+    /// mark, the last written claim otherwise. Never goes back.
+    fn note_durability(&mut self) {
+        // A failed log writes nothing, marks included: what an fdatasync
+        // started before the failure covered is durable all the same.
+        let unclaimed = !self.failed && self.data_end.min(self.synced_end) > self.claim_written;
+        let exposed = if unclaimed { self.claim_written } else { self.synced_end };
+        self.durable_end = self.durable_end.max(exposed);
     }
 
     /// Reads `len` bytes at `pos` (normally a payload returned by `append`)
@@ -570,9 +706,14 @@ impl Wal {
             self.recycle_pending();
             return Some(self.add_batch(sync));
         }
-        let need_sync = sync && self.sync_asked_to.max(self.durable_end) < self.end;
+        // Only records need syncing; a durable mark alone does not (the
+        // next fdatasync covers it, or recovery does).
+        let need_sync = sync && self.sync_asked_to.max(self.synced_end) < self.data_end;
         if !new_data && !need_sync {
             return None;
+        }
+        if self.mark_due() {
+            self.append_mark();
         }
         let id = self.add_batch(sync);
         self.sealed_end = self.end;
@@ -681,12 +822,29 @@ impl Wal {
         LogPos(self.written_end)
     }
 
-    /// Every byte below this is covered by a completed fdatasync:
-    /// acknowledgements of sync data up to here may go out, and a crash
-    /// loses nothing below it. Advances when `poll_completions` collects a
-    /// finished fdatasync; never goes back; never passes `written_end`.
+    /// Every byte below this is covered by a completed fdatasync, and a
+    /// durable mark claiming it is written (see "Durable marks" in
+    /// `mod.rs`): acknowledgements of sync data up to here may go out, a
+    /// crash loses nothing below it, and damage below it is corruption,
+    /// never a torn write. Advances when `poll_completions` collects a
+    /// finished fdatasync (which writes the mark at once); never goes back;
+    /// never passes `written_end`.
     pub fn durable_end(&self) -> LogPos {
         LogPos(self.durable_end)
+    }
+
+    /// End of the last record appended through `append`: `end()` less the
+    /// durable marks the WAL appended after it.
+    pub fn records_end(&self) -> LogPos {
+        LogPos(self.data_end)
+    }
+
+    /// Every byte below this is covered by a completed fdatasync (whether
+    /// or not a durable mark claims it yet): what the torn window is
+    /// measured from. For tests and metrics; acknowledgements use
+    /// [`Wal::durable_end`].
+    pub fn synced_end(&self) -> LogPos {
+        LogPos(self.synced_end)
     }
 
     /// fdatasyncs started since open (for metrics and tests: with group
@@ -725,6 +883,7 @@ impl Wal {
     /// after the deletions, so it sees the space they free).
     pub fn release_before(&mut self, pos: LogPos) {
         let mut freed = false;
+        let mut released_last_written = false;
         while self.active > 0 {
             let Some(front) = self.segs.front() else { break };
             if front.end() > pos.0 || front.end() > self.written_end {
@@ -732,6 +891,16 @@ impl Wal {
             }
             if let Some(seg) = self.segs.pop_front() {
                 self.active -= 1;
+                if self.last_written.as_ref().is_some_and(|l| l.seg_base == seg.base) {
+                    // Its unsynced bytes (every unsynced byte lies in it) are
+                    // dead; holding its file would keep a deleted file's space
+                    // allocated, which a full disk needs back.
+                    self.last_written = None;
+                    self.durable_bytes = self.written_bytes;
+                    self.synced_end = self.synced_end.max(seg.end().min(self.written_end));
+                    self.note_durability();
+                    released_last_written = true;
+                }
                 log::debug!("releasing WAL segment {}", seg.path.display());
                 // Unmapped, closed and unlinked on the housekeeper thread,
                 // in order: unmapping stalls the caller for milliseconds.
@@ -739,10 +908,58 @@ impl Wal {
                 freed = true;
             }
         }
+        if released_last_written && self.blocked {
+            // What waited for that segment to be durable may go now.
+            self.write_sealed();
+            self.maybe_start_sync();
+        }
         if freed && self.full_retry_at.is_some() {
             self.full_retry_at = Some(Instant::now());
-            self.retry_if_due();
+            self.retry_if_due(self.may_adopt(AppendClass::Normal));
         }
+    }
+
+    /// Writes the checkpoint file `name` (a snapshot of the caller's state
+    /// at log position `pos`, encoded by `encode`) on the housekeeper
+    /// thread, atomically and durably, once the log is durable up to `pos`
+    /// (the housekeeper fdatasyncs it first if needed): after a crash, the
+    /// file never claims records the log lost. Its space is kept
+    /// preallocated, so a full disk does not stop it (see `checkpoint.rs`).
+    /// Collect the outcome with [`Wal::poll_checkpoint`]; only then may
+    /// segments below `pos` be released on its strength.
+    ///
+    /// Errors: `Busy` while another checkpoint runs or while `pos` is not
+    /// written yet (submit first), `Unavailable` after a failure.
+    pub fn checkpoint(&mut self, name: &str, pos: LogPos, encode: Encode) -> Result<(), WalError> {
+        if self.failed {
+            return Err(WalError::Unavailable);
+        }
+        if self.checkpointing.is_some() {
+            return Err(WalError::Busy("a checkpoint is being written"));
+        }
+        if pos.0 > self.written_end {
+            return Err(WalError::Busy("the checkpoint's position is not written yet"));
+        }
+        // Every written byte that is not durable lies in the last written
+        // segment (see `write_sealed`): syncing it covers `pos`.
+        let sync = (self.synced_end < pos.0).then(|| self.last_written.as_ref().map(|l| l.file.clone())).flatten();
+        self.keeper.checkpoint(name.to_owned(), pos.0, encode, sync);
+        self.checkpointing = Some(name.to_owned());
+        Ok(())
+    }
+
+    /// The outcome of the checkpoint being written, once it is known: the
+    /// position it covers (durable now), or why it failed (the previous
+    /// version is still in place). None while it runs, or if none runs.
+    pub fn poll_checkpoint(&mut self) -> Option<Result<LogPos, WalError>> {
+        self.checkpointing.as_ref()?;
+        let done = self.keeper.try_checkpoint()?;
+        let name = self.checkpointing.take().unwrap_or_default();
+        Some(
+            done.result
+                .map(|()| LogPos(done.pos))
+                .map_err(|e| WalError::io("write checkpoint", self.dir.join(name), e)),
+        )
     }
 
     /// Live segments, oldest first.
@@ -787,8 +1004,10 @@ impl Wal {
         if self.has_pending() {
             return Err(WalError::Busy("records are pending; submit them first"));
         }
-        if fault(&self.cfg.fault_file) == Fault::Eio {
-            return Err(WalError::io("write", &self.segs[self.active].path, eio()));
+        match fault(&self.cfg.fault_file) {
+            Fault::Eio => return Err(WalError::io("write", &self.segs[self.active].path, eio())),
+            Fault::EioSync => return Err(WalError::io("fdatasync", &self.segs[self.active].path, eio())),
+            _ => {}
         }
         if self.prep == Prep::Failed && self.active + 1 == self.segs.len() && self.full_retry_at.is_none() {
             // The failure was (or may be) the next segment's creation: make
@@ -805,7 +1024,7 @@ impl Wal {
                 Err(e) => return Err(WalError::io("create segment", segment_path(&self.dir, base), e)),
             }
         }
-        let (d, w) = (self.durable_end, self.written_end);
+        let (d, w) = (self.synced_end, self.written_end);
         let h = self.high_water.max(w);
         for i in 0..self.segs.len() {
             let seg_data_end = if i == self.active { self.end } else { self.segs[i].data_end };
@@ -839,7 +1058,12 @@ impl Wal {
         self.end = w;
         self.sealed_end = w;
         self.sync_asked_to = w;
+        // Re-validated and synced above. No acknowledgement is waiting on
+        // it (failed batches fail); the next write carries a mark for it.
+        self.synced_end = w;
         self.durable_end = w;
+        self.data_end = self.data_end.min(w);
+        self.claim_appended = self.claim_written;
         self.high_water = w;
         self.durable_bytes = self.written_bytes;
         self.last_written = None;
@@ -856,7 +1080,7 @@ impl Wal {
     /// bytes are written.
     fn add_batch(&mut self, sync: bool) -> BatchId {
         let full = self.batches.len() >= BATCHES_MAX;
-        let (written, durable) = (self.written_end, self.durable_end);
+        let (written, durable) = (self.written_end, self.synced_end);
         let syncing_to = self.syncing.as_ref().map(|s| s.to);
         if let Some(last) = self.batches.back_mut() {
             // Whether everything the last batch still needs is yet to start.
@@ -887,6 +1111,9 @@ impl Wal {
         }
         self.blocked = false;
         self.recycle_pending();
+        // Records and marks not written are dropped.
+        self.marks.clear();
+        self.data_end = self.data_end.min(self.written_end);
     }
 
     fn recycle_pending(&mut self) {
@@ -922,8 +1149,14 @@ impl Wal {
                 self.blocked = true;
                 break;
             }
-            let room = TORN_WINDOW_BYTES - unsynced;
-            let n = whole_records_within(&c.buf[c.written..(to - c.start) as usize], room);
+            let sealed = &c.buf[c.written..(to - c.start) as usize];
+            let mut n = whole_records_within(sealed, TORN_WINDOW_BYTES.saturating_sub(unsynced));
+            if n == 0 && unsynced == 0 {
+                // A record larger than the window goes out alone: nothing
+                // else is unsynced before it, and nothing is written after
+                // it until it is durable (the window is then overfull).
+                n = first_record_len(sealed);
+            }
             if n == 0 {
                 self.blocked = true;
                 break;
@@ -944,6 +1177,7 @@ impl Wal {
             }
             self.written_end = end;
             self.written_bytes += n as u64;
+            self.marks_written();
             if let Some(seg) = self.segs.iter_mut().rev().find(|s| s.base == seg_base) {
                 seg.map.set_stable(end - seg_base);
                 if self.last_written.as_ref().is_none_or(|l| l.seg_base != seg_base) {
@@ -970,6 +1204,22 @@ impl Wal {
         }
     }
 
+    /// Takes note of the durable marks the last write covered.
+    fn marks_written(&mut self) {
+        let mut any = false;
+        while let Some(m) = self.marks.front() {
+            if m.end > self.written_end {
+                break;
+            }
+            self.claim_written = self.claim_written.max(m.claim);
+            self.marks.pop_front();
+            any = true;
+        }
+        if any {
+            self.note_durability();
+        }
+    }
+
     fn write_failed(&mut self, seg_base: u64, e: io::Error) {
         let path = segment_path(&self.dir, seg_base);
         log::error!("WAL write failed on {}: {e}; refusing writes until recovered", path.display());
@@ -992,16 +1242,23 @@ impl Wal {
         let Some(LastWritten { seg_base, seg_end, file }) = last.filter(|_| unsynced > 0) else {
             // Every byte written is durable; positions up to `written_end`
             // that no write covered (see `write_sealed`) hold none.
-            self.durable_end = self.written_end;
+            self.synced_end = self.written_end;
+            self.note_durability();
             return;
         };
-        let asked = self.sync_asked_to > self.durable_end;
+        let asked = self.sync_asked_to > self.synced_end;
         let seg_left = seg_end.saturating_sub(self.written_end);
         let ahead_at = SYNC_AHEAD_BYTES.min(seg_left.max(ROLL_SYNC_AHEAD_MIN_BYTES));
         if !(asked || self.blocked || unsynced >= ahead_at) {
             return;
         }
-        let started = if fault(&self.cfg.fault_file) == Fault::Eio { Err(eio()) } else { self.engine.start_sync(file) };
+        // The thread backend fails `eio-sync` itself, after the fact.
+        let failing = match fault(&self.cfg.fault_file) {
+            Fault::Eio => true,
+            Fault::EioSync => self.backend == Backend::IoUring,
+            _ => false,
+        };
+        let started = if failing { Err(eio()) } else { self.engine.start_sync(file) };
         match started {
             Ok(()) => {
                 self.syncs_started += 1;
@@ -1016,9 +1273,11 @@ impl Wal {
         let Some(s) = self.syncing.take() else { return };
         match r {
             Ok(()) => {
-                self.durable_end = self.durable_end.max(s.to);
+                self.synced_end = self.synced_end.max(s.to);
                 self.durable_bytes = self.durable_bytes.max(s.bytes_to);
                 self.write_sealed();
+                self.mark_now();
+                self.note_durability();
                 self.maybe_start_sync();
             }
             Err(e) => self.sync_failed(s.seg_base, e),
@@ -1031,23 +1290,39 @@ impl Wal {
         self.fail(WalError::io("fdatasync", path, e));
     }
 
-    /// Where appends of `class` must stop in the active segment: its end,
-    /// or for `Normal` appends in the last segment on disk, the start of
-    /// the reserve.
+    /// Where appends of `class` must stop in the active segment: short of
+    /// the mark room at its end, or for `Normal` appends in an emergency
+    /// segment, at its start (new data never goes into one: it rolls on to
+    /// the next normal segment, so the emergency segment can be released
+    /// as soon as the records in it are dead).
     fn append_limit(&self, class: AppendClass) -> u64 {
         let seg = &self.segs[self.active];
-        if class == AppendClass::Normal && self.active + 1 == self.segs.len() {
-            seg.end() - SEGMENT_RESERVE_BYTES.min(seg.capacity)
+        if class == AppendClass::Normal && seg.emergency {
+            seg.base + SEGMENT_HEADER_BYTES
         } else {
-            seg.end()
+            seg.end() - SEGMENT_MARK_ROOM_BYTES.min(seg.capacity)
         }
+    }
+
+    /// Once a normal segment follows the emergency segment holding the
+    /// head, moves the head into it, appends or not: the emergency segment
+    /// then holds no head and is released (and its space given back) as
+    /// soon as its records are dead, even on a shard nobody writes to.
+    fn leave_emergency(&mut self) {
+        let next = self.active + 1;
+        if self.failed || !self.segs[self.active].emergency || self.segs.get(next).is_none_or(|s| s.emergency) {
+            return;
+        }
+        self.segs[self.active].data_end = self.end;
+        self.active = next;
+        self.end = self.segs[next].base + SEGMENT_HEADER_BYTES;
     }
 
     /// Moves appends to the next segment (prepared in the background if
     /// all went well).
-    fn roll(&mut self) -> Result<(), WalError> {
+    fn roll(&mut self, class: AppendClass) -> Result<(), WalError> {
         if self.active + 1 == self.segs.len() {
-            self.add_next()?;
+            self.add_next(class)?;
         }
         self.segs[self.active].data_end = self.end;
         self.active += 1;
@@ -1060,11 +1335,20 @@ impl Wal {
         self.segs.back().map_or(0, Segment::end)
     }
 
+    /// Whether a preparation may adopt the spare on a full disk: not while
+    /// the last segment is an emergency one already, unless a `Reserve`
+    /// append has used it up (records that free space may chain spares;
+    /// new data never takes space from them).
+    fn may_adopt(&self, class: AppendClass) -> bool {
+        class == AppendClass::Reserve || !self.segs.back().is_some_and(|s| s.emergency)
+    }
+
     /// Adds the segment after the last one, waiting for the background
     /// preparation if it runs. A full disk gives `NoSpace` and leaves the
     /// WAL writable; while the disk is full this never blocks (it collects
     /// or starts a background attempt). Any other failure fails the WAL.
-    fn add_next(&mut self) -> Result<(), WalError> {
+    fn add_next(&mut self, class: AppendClass) -> Result<(), WalError> {
+        let adopt = self.may_adopt(class);
         let segs = self.segs.len();
         if self.full_retry_at.is_some() {
             if self.prep == Prep::Requested {
@@ -1074,14 +1358,14 @@ impl Wal {
                 }
             }
             if self.segs.len() == segs {
-                self.retry_if_due();
+                self.retry_if_due(adopt);
                 return Err(WalError::NoSpace);
             }
             return Ok(());
         }
         let base = self.next_base();
         if self.prep == Prep::Idle {
-            self.request_prepare();
+            self.request_prepare(adopt);
         }
         if self.prep == Prep::Requested {
             self.prep = Prep::Idle;
@@ -1125,15 +1409,18 @@ impl Wal {
     }
 
     /// Takes the housekeeper's answer to a preparation request: adds the
-    /// segment, or records why there is none. Errors only if mapping the
-    /// new segment failed (which fails the WAL).
+    /// segment (a normal one, or the adopted spare on a full disk), or
+    /// records why there is none. Errors only if mapping the new segment
+    /// failed (which fails the WAL).
     fn take_prepared(&mut self, p: Prepared) -> Result<(), WalError> {
         let base = self.next_base();
         match p.result {
-            Ok(file) if p.base == base => match self.map_new(base, self.cfg.segment_bytes, file) {
+            Ok(new) if p.base == base => match self.map_new(base, new.capacity, new.file) {
                 Ok(seg) => {
                     self.segs.push_back(seg);
-                    if self.full_retry_at.take().is_some() {
+                    if p.disk_full {
+                        self.enter_full(base, &super::segment::no_space());
+                    } else if self.full_retry_at.take().is_some() {
                         log::warn!("WAL in {}: disk space is back, new data is accepted again", self.dir.display());
                     }
                     Ok(())
@@ -1171,7 +1458,8 @@ impl Wal {
         if self.full_retry_at.is_none() {
             log::warn!(
                 "WAL in {}: disk full, cannot create segment {}: {e}; new data is refused (NoSpace) once the \
-                 reserve is reached, deletes and receives use the reserve; retrying every {NO_SPACE_RETRY_MS} ms",
+                 last segment is full, deletes and receives go on in the spare segment; retrying every \
+                 {NO_SPACE_RETRY_MS} ms",
                 self.dir.display(),
                 segment_path(&self.dir, base).display()
             );
@@ -1182,7 +1470,7 @@ impl Wal {
     /// While the disk is full: asks the housekeeper to try creating the
     /// next segment again, if no attempt is running and the last one is at
     /// least `NO_SPACE_RETRY_MS` old (or space was freed since).
-    fn retry_if_due(&mut self) {
+    fn retry_if_due(&mut self, adopt: bool) {
         let Some(at) = self.full_retry_at else { return };
         if self.prep == Prep::Requested || self.active + 1 < self.segs.len() {
             return;
@@ -1191,14 +1479,15 @@ impl Wal {
         if now < at {
             return;
         }
-        self.request_prepare();
+        self.request_prepare(adopt);
         self.full_retry_at = Some(now + Duration::from_millis(NO_SPACE_RETRY_MS));
     }
 
-    /// Asks the housekeeper to create the segment after the last one.
-    fn request_prepare(&mut self) {
+    /// Asks the housekeeper to create the segment after the last one
+    /// (`adopt`: or, on a full disk, to turn the spare into it).
+    fn request_prepare(&mut self, adopt: bool) {
         debug_assert!(self.prep != Prep::Requested, "one preparation at a time");
-        self.keeper.prepare(self.next_base(), self.cfg.segment_bytes);
+        self.keeper.prepare(self.next_base(), self.cfg.segment_bytes, adopt);
         self.prep = Prep::Requested;
         self.prepare_requests += 1;
     }
@@ -1219,7 +1508,9 @@ impl Wal {
                     self.prep = Prep::Idle;
                     // A mapping failure has failed the WAL; the next append
                     // reports it.
-                    let _ = self.take_prepared(p);
+                    if self.take_prepared(p).is_ok() {
+                        self.leave_emergency();
+                    }
                 }
             }
             Prep::Idle | Prep::Failed => {
@@ -1227,16 +1518,39 @@ impl Wal {
                     let a = &self.segs[self.active];
                     let (num, den) = PREPARE_AT_FILL;
                     if (self.end - a.base) * den > a.capacity * num {
+                        let adopt = self.may_adopt(AppendClass::Normal);
                         if self.full_retry_at.is_some() {
-                            self.retry_if_due();
+                            self.retry_if_due(adopt);
                         } else if self.prep == Prep::Idle {
-                            self.request_prepare();
+                            self.request_prepare(adopt);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// An emergency segment that was prepared ahead of the newest data segment
+/// and never written to (the process stopped first) goes back to being the
+/// spare, or is deleted if there is a spare already: otherwise a restart on
+/// a full disk would hold two emergency allowances, and a head left in the
+/// full segment before it could never leave it.
+fn return_unused_spare(dir: &Path, segs: &mut VecDeque<Segment>, newest: usize) -> Result<(), WalError> {
+    while segs.len() > newest + 1 {
+        let Some(last) = segs.back() else { break };
+        if !last.emergency || last.data_end > last.base + SEGMENT_HEADER_BYTES {
+            break;
+        }
+        let Some(seg) = segs.pop_back() else { break };
+        let path = seg.path.clone();
+        drop(seg);
+        let spare = dir.join(super::segment::SPARE_NAME);
+        let r = if spare.exists() { std::fs::remove_file(&path) } else { std::fs::rename(&path, &spare) };
+        r.and_then(|()| sync_dir(dir)).map_err(|e| WalError::io("return an unused emergency segment", &path, e))?;
+        log::info!("WAL in {}: unused emergency segment {} is the spare again", dir.display(), path.display());
+    }
+    Ok(())
 }
 
 /// Bytes of the longest run of whole records at the start of `buf` (back
@@ -1247,16 +1561,21 @@ fn whole_records_within(buf: &[u8], room: u64) -> usize {
     }
     let room = usize::try_from(room).unwrap_or(usize::MAX);
     let mut off = 0;
-    while let Some(len) = buf.get(off..off + 4) {
-        // The length field counts the type byte and the payload.
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let next = off + RECORD_HEADER_BYTES as usize - 1 + len;
-        if next > room {
+    while off < buf.len() {
+        let next = off + first_record_len(&buf[off..]);
+        if next > room || next == off {
             break;
         }
         off = next;
     }
     off
+}
+
+/// Bytes of the first record of `buf` (its length field counts the whole
+/// record), at most `buf.len()`.
+fn first_record_len(buf: &[u8]) -> usize {
+    let Some(len) = buf.get(0..4) else { return 0 };
+    (u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize).min(buf.len())
 }
 
 /// Checks that `seg[lo..hi)` (global positions, record-aligned) still holds
@@ -1269,9 +1588,9 @@ fn revalidate(seg: &mut Segment, lo: u64, hi: u64) -> Result<(), WalError> {
     seg.file.read_exact_at(&mut buf, lo - seg.base).map_err(|e| WalError::io("re-read written data", &seg.path, e))?;
     let mut off = 0;
     while off < buf.len() {
-        match parse_slot(&buf, off, true) {
+        match parse_slot(&buf, lo, off, true) {
             Slot::Record { next, .. } => off = next,
-            Slot::End | Slot::Bad(_) => return Err(lost(lo - seg.base + off as u64)),
+            Slot::End | Slot::Bad { .. } => return Err(lost(lo - seg.base + off as u64)),
         }
     }
     seg.file.write_all_at(&buf, lo - seg.base).map_err(|e| WalError::io("rewrite written data", &seg.path, e))
