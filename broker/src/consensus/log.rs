@@ -37,9 +37,6 @@ pub trait RawLog {
     fn reserve(&mut self, rtype: u8, len: usize, durability: Durability) -> Result<u64, LogFailure>;
     /// Overwrites the payload of a record appended since the last submit.
     fn patch(&mut self, pos: u64, payload: &[u8]);
-    /// Drops every record appended since the last submit from the one
-    /// starting at `end` on (so that `end()` is `end` again).
-    fn discard_from(&mut self, end: u64);
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], LogFailure>;
     /// Calls `f(position, rtype, payload)` for `count` records, the first
     /// of which has its payload at `pos`.
@@ -57,8 +54,6 @@ pub trait RawLog {
 /// The entry being built this loop turn.
 #[derive(Debug)]
 pub struct OpenEntry {
-    /// `end()` before the header: where a discarded entry rolls back to.
-    pub start: u64,
     pub header_pos: u64,
     /// The records as Raft carries them (empty in solo mode).
     pub data: Vec<u8>,
@@ -136,10 +131,19 @@ impl<R: RawLog> EntryLog<R> {
         self.raw.patch(open.header_pos, &header.encode());
     }
 
-    /// Removes a sealed entry Raft refused (this node stopped leading).
-    pub fn discard(&mut self, open: OpenEntry) {
-        self.raw.discard_from(open.start);
-        self.entries_end = self.entries_end.min(open.start);
+    /// Marks a sealed entry Raft refused (this node stopped leading) void:
+    /// its records stay in the log (positions never move) but are never
+    /// part of the Raft log nor applied at recovery.
+    pub fn void(&mut self, open: OpenEntry) {
+        let header = EntryHeader {
+            term: 0,
+            index: 0,
+            kind: EntryKind::Void,
+            flags: 0,
+            records: open.positions.len() as u32,
+            data_len: 0,
+        };
+        self.raw.patch(open.header_pos, &header.encode());
     }
 }
 
@@ -149,16 +153,9 @@ impl<R: RawLog> Log for EntryLog<R> {
             return Err(EngineError::new(ErrorCode::NOT_LEADER, "this node does not lead the queue's shard"));
         }
         if self.open.is_none() {
-            let start = self.raw.end();
             let header_pos = self.raw.reserve(rtype::ENTRY, EntryHeader::PAYLOAD_BYTES, Durability::Written)?;
-            self.open = Some(OpenEntry {
-                start,
-                header_pos,
-                data: Vec::new(),
-                positions: Vec::new(),
-                sync: false,
-                data_len: 0,
-            });
+            self.open =
+                Some(OpenEntry { header_pos, data: Vec::new(), positions: Vec::new(), sync: false, data_len: 0 });
         }
         let pos = self.raw.append(rt, parts, durability)?;
         self.entries_end = self.raw.end();

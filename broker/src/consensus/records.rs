@@ -10,7 +10,8 @@
 //!
 //! Payload layouts (little-endian):
 //! ```text
-//! 240 Entry        term u64, index u64, kind u8, flags u8, records u32, data_len u32
+//! 240 Entry        term u64, index u64, kind u8 (0 normal, 1 configuration change, 2 void),
+//!                  flags u8 (1: sync), records u32, data_len u32
 //! 241 HardState    term u64, vote u64, commit u64
 //! 242 ConfState    voters [u64], learners [u64], voters_outgoing [u64], learners_next [u64], auto_leave u8
 //! 243 ConfChange   the raft-rs ConfChangeV2 protobuf, as proposed
@@ -45,6 +46,9 @@ pub enum EntryKind {
     Normal = 0,
     /// One `ConfChange` record.
     ConfChange = 1,
+    /// Records Raft refused (this node stopped leading before it could
+    /// propose them): never part of the Raft log, never applied.
+    Void = 2,
 }
 
 impl EntryKind {
@@ -52,6 +56,7 @@ impl EntryKind {
         match v {
             0 => Ok(EntryKind::Normal),
             1 => Ok(EntryKind::ConfChange),
+            2 => Ok(EntryKind::Void),
             _ => Err(DecodeError::Invalid("entry kind")),
         }
     }
@@ -104,7 +109,7 @@ impl EntryHeader {
         if h.records > ENTRY_RECORDS_MAX {
             return Err(DecodeError::Invalid("entry record count"));
         }
-        if h.index == 0 {
+        if h.index == 0 && h.kind != EntryKind::Void {
             return Err(DecodeError::Invalid("entry index 0"));
         }
         Ok(h)
@@ -207,6 +212,8 @@ mod tests {
         assert!(EntryHeader::decode(&b).is_err(), "unknown kind");
         let b = EntryHeader { term: 1, index: 0, kind: EntryKind::Normal, flags: 0, records: 0, data_len: 0 }.encode();
         assert!(EntryHeader::decode(&b).is_err(), "index 0");
+        let v = EntryHeader { term: 0, index: 0, kind: EntryKind::Void, flags: 0, records: 3, data_len: 0 };
+        assert_eq!(EntryHeader::decode(&v.encode()).unwrap(), v, "a void entry has no index");
     }
 
     #[test]

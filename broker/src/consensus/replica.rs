@@ -20,6 +20,7 @@ use raft::{RawNode, ReadState, StateRole};
 
 use super::entry::{self, CachedEntry, IndexedEntry};
 use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
+use super::readback;
 use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, FLAG_SYNC};
 use super::store::RaftStore;
 use crate::engine::Durability;
@@ -323,14 +324,14 @@ impl Replica {
     }
 
     /// Proposes this turn's open entry. Returns false if Raft refused it
-    /// (not leader, or a leadership transfer): the entry is discarded from
+    /// (not leader, or a leadership transfer): the entry is made void in
     /// the log and the engine must be rebuilt.
     pub fn propose<R: RawLog>(&mut self, log: &mut EntryLog<R>) -> bool {
         let Some(mut open) = log.take_open() else { return true };
         let context = if open.sync { vec![FLAG_SYNC] } else { Vec::new() };
         let before = self.node.raft.raft_log.last_index();
         if !self.leading || self.node.propose(context, std::mem::take(&mut open.data)).is_err() {
-            log.discard(open);
+            log.void(open);
             return false;
         }
         let index = self.node.raft.raft_log.last_index();
@@ -460,24 +461,19 @@ impl Replica {
         };
         let data = e.get_data();
         let records = match kind {
-            EntryKind::Normal => {
-                entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?
-            }
             EntryKind::ConfChange => 1,
+            _ => entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?,
         };
         let flags = e.get_context().first().copied().unwrap_or(0) & FLAG_SYNC;
         let header = EntryHeader { term: e.term, index, kind, flags, records, data_len: data.len() as u32 };
         let header_pos = log.raw.append(rtype::ENTRY, &[&header.encode()], Durability::Written)?;
         let mut positions = Vec::with_capacity(records as usize);
-        match kind {
-            EntryKind::Normal => {
-                for r in entry::records(data) {
-                    let (rt, payload) = r.map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?;
-                    positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
-                }
-            }
-            EntryKind::ConfChange => {
-                positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?)
+        if kind == EntryKind::ConfChange {
+            positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?);
+        } else {
+            for r in entry::records(data) {
+                let (rt, payload) = r.map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?;
+                positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
             }
         }
         log.note_entry_end(log.raw.end());
@@ -518,41 +514,9 @@ impl Replica {
 
     /// Applies one entry's engine records with their local positions.
     fn apply_entry(&self, index: u64, raw: &impl RawLog, applier: &mut impl Applier) -> Result<(), ReplicaError> {
-        let apply_err = |msg: String| ReplicaError::Apply { index, msg };
         let store = self.node.store();
-        if let Some(c) = store.cache.get(index) {
-            if c.kind == EntryKind::ConfChange {
-                return Ok(());
-            }
-            for (r, pos) in entry::records(&c.data).zip(&c.positions) {
-                let (rt, payload) = r.map_err(|e| apply_err(e.to_string()))?;
-                applier.apply(*pos, rt, payload).map_err(apply_err)?;
-            }
-            return Ok(());
-        }
-        let Some(ie) = store.index.get(index) else {
-            let ix = &store.index;
-            return Err(apply_err(format!(
-                "the entry is not in the log (it holds {}..={}, applied {}, commit {})",
-                ix.first_index(),
-                ix.last_index(),
-                self.applied,
-                self.node.raft.raft_log.committed
-            )));
-        };
-        let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
-            .map_err(|e| apply_err(format!("entry header: {e}")))?;
-        if header.kind == EntryKind::ConfChange || header.records == 0 {
-            return Ok(());
-        }
-        let first = first_record_pos(raw, ie.header_pos)?;
-        let mut failed = None;
-        raw.read_records(first, header.records, &mut |pos, rt, payload| {
-            if failed.is_none() {
-                failed = applier.apply(pos, rt, payload).err();
-            }
-        })?;
-        failed.map_or(Ok(()), |m| Err(apply_err(m)))
+        readback::apply_entry(&store.index, index, store.cache.get(index), raw, applier)
+            .map_err(|e| ReplicaError::Apply { index: e.index, msg: e.msg })
     }
 
     fn apply_conf_change<R: RawLog>(
@@ -651,7 +615,8 @@ impl Replica {
             if self.node.store().cache.get(i).is_some() {
                 continue;
             }
-            let Some(c) = read_entry(self.node.store(), i, raw)? else { break };
+            let c = readback::read_entry(&self.node.store().index, i, raw)
+                .map_err(|e| ReplicaError::Apply { index: e.index, msg: e.msg })?;
             self.node.mut_store().cache.put_fetched(i, c);
         }
         self.node.on_entries_fetched(ctx);
@@ -743,33 +708,6 @@ impl Replica {
         let m = Message::parse_from_bytes(bytes).ok()?;
         (m.get_msg_type() != MessageType::MsgHup).then_some(m)
     }
-}
-
-/// Position of the first record after an entry's header.
-fn first_record_pos(raw: &impl RawLog, header_pos: u64) -> Result<u64, LogFailure> {
-    let mut next = None;
-    raw.read_records(header_pos, 2, &mut |pos, _, _| next = Some(pos))?;
-    next.filter(|p| *p != header_pos).ok_or_else(|| LogFailure("entry header without records".into()))
-}
-
-/// Reads entry `index` back from the log as Raft carries it.
-fn read_entry(store: &RaftStore, index: u64, raw: &impl RawLog) -> Result<Option<CachedEntry>, ReplicaError> {
-    let Some(ie) = store.index.get(index) else { return Ok(None) };
-    let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
-        .map_err(|e| ReplicaError::Apply { index, msg: format!("entry header: {e}") })?;
-    let mut data = bytes::BytesMut::with_capacity(header.data_len as usize);
-    let mut positions = Vec::with_capacity(header.records as usize);
-    if header.records > 0 {
-        let first = first_record_pos(raw, ie.header_pos)?;
-        raw.read_records(first, header.records, &mut |pos, rt, payload| {
-            positions.push(pos);
-            match header.kind {
-                EntryKind::Normal => entry::push_record(&mut data, rt, &[payload]),
-                EntryKind::ConfChange => data.extend_from_slice(payload),
-            }
-        })?;
-    }
-    Ok(Some(CachedEntry { kind: header.kind, data: data.freeze(), positions }))
 }
 
 fn conf_record(cs: &ConfState) -> ConfStateRecord {

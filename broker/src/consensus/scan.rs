@@ -34,6 +34,12 @@ struct Current {
     end: u64,
 }
 
+impl Current {
+    fn void(&self) -> bool {
+        self.header.kind == super::records::EntryKind::Void
+    }
+}
+
 pub struct LogScanner {
     out: Scanned,
     current: Option<Current>,
@@ -107,6 +113,9 @@ impl LogScanner {
     }
 
     fn close(&mut self, c: Current) -> Result<(), String> {
+        if c.void() {
+            return Ok(());
+        }
         let e = IndexedEntry { term: c.header.term, header_pos: c.header_pos, end_pos: c.end };
         self.out.index.push(c.index, e).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -159,6 +168,21 @@ mod tests {
         s.record(29, 40, rtype::ENTRY, &header(1, 1, 0)).unwrap();
         assert!(s.record(49, 60, 4, b"y").is_err());
         assert_eq!(s.finish().loose_records, 1);
+    }
+
+    #[test]
+    fn void_entries_and_their_records_are_skipped() {
+        let mut s = LogScanner::default();
+        s.record(9, 40, rtype::ENTRY, &header(1, 1, 1)).unwrap();
+        s.record(49, 60, 4, b"a").unwrap();
+        let void = EntryHeader { term: 0, index: 0, kind: EntryKind::Void, flags: 0, records: 2, data_len: 0 };
+        s.record(69, 90, rtype::ENTRY, &void.encode()).unwrap();
+        s.record(99, 110, 4, b"b").unwrap();
+        s.record(119, 130, 4, b"c").unwrap();
+        s.record(139, 160, rtype::ENTRY, &header(1, 2, 0)).unwrap();
+        let out = s.finish();
+        assert_eq!(out.index.last_index(), 2);
+        assert_eq!(out.index.get(2).unwrap().header_pos, 139);
     }
 
     #[test]
