@@ -15,7 +15,7 @@ use crate::config::{Config, IoBackend};
 use crate::engine::{EngineConfig, ShardEngine};
 use crate::push::{PushHandle, PushPool};
 use crate::shard::mailbox::{self, Inbox, ShardMsg};
-use crate::shard::storage::ShardLog;
+use crate::shard::storage::{Mode, ShardLog};
 use crate::shard::{Shard, ShardParts, Shared};
 use crate::storage::{Backend, DataDirLock, Manifest, WalConfig};
 
@@ -182,7 +182,7 @@ fn open_shard(
         fault_file: cfg.fault_file.clone(),
     };
     let dir = cfg.data_dir.join(format!("shard-{id}"));
-    let (log, report) = ShardLog::open(&dir, wal_cfg, cfg.flush_interval_ms, &mut engine)?;
+    let (log, report, _scanned) = ShardLog::open(&dir, wal_cfg, cfg.flush_interval_ms, &mut engine, Mode::Solo)?;
     if let Some(note) = &report.backend_note {
         log::info!("shard {id}: {note}");
     }

@@ -7,6 +7,8 @@
 //! and term the entry gets. Until the turn's write batch is submitted, a
 //! sealed entry Raft refused can still be discarded.
 
+use std::collections::VecDeque;
+
 use cmq_protocol::ErrorCode;
 
 use super::entry::push_record;
@@ -78,12 +80,15 @@ pub struct EntryLog<R> {
     /// hard state and durable marks after it are never part of an entry,
     /// so a commit would never reach past them.
     entries_end: u64,
+    /// Where each entry still in the log starts and ends, oldest first, so
+    /// that releasing old segments never cuts an entry from its header.
+    extents: VecDeque<(u64, u64)>,
 }
 
 impl<R: RawLog> EntryLog<R> {
     pub fn new(raw: R, replicate: bool) -> EntryLog<R> {
         let entries_end = raw.end();
-        EntryLog { raw, open: None, writable: !replicate, replicate, entries_end }
+        EntryLog { raw, open: None, writable: !replicate, replicate, entries_end, extents: VecDeque::new() }
     }
 
     pub fn set_writable(&mut self, writable: bool) {
@@ -105,9 +110,37 @@ impl<R: RawLog> EntryLog<R> {
         self.entries_end
     }
 
-    /// An entry was written up to `end` (by the replica, not the engine).
-    pub fn note_entry_end(&mut self, end: u64) {
+    /// The log dropped what was not written after a storage error: forget
+    /// the open entry and any end past what the log still holds.
+    pub fn reset_after_recovery(&mut self) {
+        self.open = None;
+        self.entries_end = self.entries_end.min(self.raw.end());
+    }
+
+    /// An entry was written from its header at `header_pos` up to `end`
+    /// (by the replica, or found in the log at start-up).
+    pub fn note_entry(&mut self, header_pos: u64, end: u64) {
         self.entries_end = self.entries_end.max(end);
+        if self.extents.back().is_none_or(|(h, _)| *h < header_pos) {
+            self.extents.push_back((header_pos, end));
+        }
+    }
+
+    /// Where the entry holding log position `pos` starts (its header), or
+    /// `pos` when no entry holds it: the log may be released below this.
+    pub fn entry_start(&self, pos: u64) -> u64 {
+        let n = self.extents.partition_point(|(h, _)| *h <= pos);
+        match n.checked_sub(1).and_then(|i| self.extents.get(i)) {
+            Some((h, end)) if pos < *end => *h,
+            _ => pos,
+        }
+    }
+
+    /// Forgets entries whose header lies below `pos` (released).
+    pub fn forget_below(&mut self, pos: u64) {
+        while self.extents.front().is_some_and(|(h, _)| *h < pos) {
+            self.extents.pop_front();
+        }
     }
 
     pub fn has_open(&self) -> bool {
@@ -118,17 +151,20 @@ impl<R: RawLog> EntryLog<R> {
         self.open.take()
     }
 
-    /// Fills in the header of a sealed entry once Raft assigned it a place.
-    pub fn finish(&mut self, open: &OpenEntry, term: u64, index: u64) {
+    /// Fills in the header of a sealed entry once Raft assigned it a place
+    /// (`prev_term`: the term of entry `index - 1`).
+    pub fn finish(&mut self, open: &OpenEntry, term: u64, index: u64, prev_term: u64) {
         let header = EntryHeader {
             term,
             index,
+            prev_term,
             kind: EntryKind::Normal,
             flags: if open.sync { FLAG_SYNC } else { 0 },
             records: open.positions.len() as u32,
             data_len: open.data_len as u32,
         };
         self.raw.patch(open.header_pos, &header.encode());
+        self.note_entry(open.header_pos, self.entries_end);
     }
 
     /// Marks a sealed entry Raft refused (this node stopped leading) void:
@@ -138,6 +174,7 @@ impl<R: RawLog> EntryLog<R> {
         let header = EntryHeader {
             term: 0,
             index: 0,
+            prev_term: 0,
             kind: EntryKind::Void,
             flags: 0,
             records: open.positions.len() as u32,

@@ -340,7 +340,8 @@ impl Replica {
         // raft-rs turned the data into `Bytes`: share it, no copy.
         let data = self.node.raft.raft_log.unstable_entries().last().map(|e| e.data.clone()).unwrap_or_default();
         open.data_len = data.len();
-        log.finish(&open, term, index);
+        let prev_term = self.node.raft.raft_log.term(index - 1).unwrap_or(0);
+        log.finish(&open, term, index, prev_term);
         self.record_own_entry(index, term, &open, data, log.raw.end());
         self.applied = index;
         true
@@ -465,7 +466,9 @@ impl Replica {
             _ => entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?,
         };
         let flags = e.get_context().first().copied().unwrap_or(0) & FLAG_SYNC;
-        let header = EntryHeader { term: e.term, index, kind, flags, records, data_len: data.len() as u32 };
+        let prev_term = self.node.store().index.term(index - 1).unwrap_or(0);
+        let data_len = data.len() as u32;
+        let header = EntryHeader { term: e.term, index, prev_term, kind, flags, records, data_len };
         let header_pos = log.raw.append(rtype::ENTRY, &[&header.encode()], Durability::Written)?;
         let mut positions = Vec::with_capacity(records as usize);
         if kind == EntryKind::ConfChange {
@@ -476,7 +479,7 @@ impl Replica {
                 positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
             }
         }
-        log.note_entry_end(log.raw.end());
+        log.note_entry(header_pos, log.raw.end());
         let store = self.node.mut_store();
         store.index.push(index, IndexedEntry { term: e.term, header_pos, end_pos: log.raw.end() })?;
         store.cache.put(index, CachedEntry { kind, data: e.data.clone(), positions });

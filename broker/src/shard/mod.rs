@@ -1286,7 +1286,7 @@ impl Shard {
     /// receives are answered: they would otherwise wait on the old engine.
     fn rebuild_engine(&mut self) {
         let mut fresh = self.engine.fresh();
-        match self.log.replay_into(&mut fresh) {
+        match self.log.replay_into(&mut fresh, None) {
             Ok(()) => {
                 // Output produced from the old state since the failure may
                 // depend on records that were never written.
