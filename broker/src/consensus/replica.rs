@@ -275,7 +275,10 @@ impl Replica {
     /// refused before raft-rs sees them, so a faulty peer cannot make this
     /// replica write garbage.
     pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
-        for e in msg.get_entries() {
+        // Only appends carry log entries (a ReadIndex request carries its
+        // context in an entry too).
+        let appends = msg.get_msg_type() == MessageType::MsgAppend;
+        for e in msg.get_entries().iter().filter(|_| appends) {
             if e.get_entry_type() == EntryType::EntryNormal {
                 if let Err(err) = entry::count_records(e.get_data()) {
                     log::warn!(
@@ -315,6 +318,17 @@ impl Replica {
         self.read_asked_at_tick = self.ticks;
         self.node.read_index(self.read_asked.to_le_bytes().to_vec());
         self.read_asked
+    }
+
+    /// The last ReadIndex round started.
+    pub fn read_asked(&self) -> u64 {
+        self.read_asked
+    }
+
+    /// Tells raft-rs a message to `to` could not be sent (its link is full):
+    /// it probes the peer instead of streaming to it.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
     }
 
     /// Every read done before ReadIndex round `n` may be answered, for
@@ -572,7 +586,11 @@ impl Replica {
 
     /// The engine had applied entries a new leader replaced: start over
     /// from the durable base and apply what is committed.
-    fn rebuild<R: RawLog>(&mut self, log: &mut EntryLog<R>, applier: &mut impl Applier) -> Result<(), ReplicaError> {
+    pub fn rebuild<R: RawLog>(
+        &mut self,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+    ) -> Result<(), ReplicaError> {
         self.truncated_applied = false;
         applier.reset();
         // What raft-rs knows committed may run past what this replica has

@@ -47,6 +47,10 @@ pub struct LogScanner {
     /// An entry was indexed: a later gap in indices is an error, not a
     /// released prefix.
     indexed_any: bool,
+    /// A single node's log: records are applied as they come (entries only
+    /// number them), so a record `--repair` cut out of an entry, or an
+    /// entry header it cut, is no reason to refuse the rest.
+    tolerant: bool,
 }
 
 impl Default for LogScanner {
@@ -56,6 +60,7 @@ impl Default for LogScanner {
             current: None,
             seen_entry: false,
             indexed_any: false,
+            tolerant: false,
         }
     }
 }
@@ -68,7 +73,13 @@ impl LogScanner {
             current: None,
             seen_entry: index > 0,
             indexed_any: index > 0,
+            tolerant: false,
         }
+    }
+
+    /// For a single node's log (see `tolerant`).
+    pub fn tolerant() -> LogScanner {
+        LogScanner { tolerant: true, ..LogScanner::default() }
     }
 
     /// One record: its payload position, the position just past it, its
@@ -97,7 +108,7 @@ impl LogScanner {
             }
             _ => {
                 let Some(mut c) = self.current.take() else {
-                    if self.seen_entry && rt < rtype::FIRST {
+                    if self.seen_entry && rt < rtype::FIRST && !self.tolerant {
                         return Err(err(format!("engine record (type {rt}) outside any entry")));
                     }
                     // Before the first header: the tail of an entry whose
@@ -125,8 +136,10 @@ impl LogScanner {
         if c.void() {
             return Ok(());
         }
-        if !self.indexed_any && self.out.index.last_index() + 1 < c.index {
-            // The log's older segments were released: it starts here.
+        let gap = self.out.index.last_index() + 1 < c.index;
+        if gap && (!self.indexed_any || self.tolerant) {
+            // The log's older segments were released (or, alone, repair
+            // cut an entry header): the index starts again here.
             self.out.index = EntryIndex::starting_after(c.index - 1, c.header.prev_term, c.header_pos);
         }
         self.indexed_any = true;

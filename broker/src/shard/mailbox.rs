@@ -106,17 +106,34 @@ pub enum ShardMsg {
         answer: Answer,
     },
     /// Messages moving into queues owned by the receiving shard.
-    Transfers(Vec<InTransfer>),
-    /// The destination's verdicts on transfers from the receiving shard.
+    /// `from_node`: the node whose source shard sent them when they came
+    /// from another node (its verdicts go back there); 0 from this node.
+    Transfers {
+        from_node: u64,
+        ts: Vec<InTransfer>,
+    },
+    /// The destination's verdicts on transfers from the receiving shard
+    /// (`from_node`: as for `Transfers`).
     TransferResults {
         from: u16,
+        from_node: u64,
         results: Vec<(u64, Result<(), ErrorCode>)>,
     },
     /// Shard `from` has no transfer pending below `below`.
     TransferPrune {
         from: u16,
+        from_node: u64,
         below: u64,
     },
+    /// To shard `to` of node `node`, over this shard's peer link (staged
+    /// with the turn's other messages: it waits for the log like them).
+    Remote {
+        node: u64,
+        to: u16,
+        msg: Box<ShardMsg>,
+    },
+    /// An authenticated connection from the same shard of another node.
+    PeerConn(Box<crate::cluster::acceptor::AuthenticatedStream>),
     /// A connection answers transaction checks for `group`.
     CheckerRegistered {
         group: String,

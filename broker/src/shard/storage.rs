@@ -168,6 +168,29 @@ impl Applier for EngineApplier<'_> {
     }
 }
 
+/// The shard's applier: starting over reloads the shard's catalog (the
+/// log's records before it are skipped by replay).
+pub struct ShardApplier<'a> {
+    pub engine: &'a mut ShardEngine,
+    pub dir: &'a Path,
+}
+
+impl Applier for ShardApplier<'_> {
+    fn apply(&mut self, pos: u64, rt: u8, payload: &[u8]) -> Result<(), String> {
+        self.engine.replay(pos, rt, payload).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        *self.engine = self.engine.fresh();
+        if let Err(e) = load_catalog(self.dir, self.engine) {
+            // The catalog was readable at start-up; failing now means the
+            // disk is failing: do not serve from a state missing queues.
+            log::error!("reloading the catalog in {}: {e:#}; cmqd must restart", self.dir.display());
+            std::process::abort();
+        }
+    }
+}
+
 pub struct ShardLog {
     log: EntryLog<WalLog>,
     mode: Mode,
@@ -201,11 +224,17 @@ impl ShardLog {
     ) -> anyhow::Result<(ShardLog, RecoveryReport, Scanned)> {
         // The catalog first: replay skips the queue records it covers.
         let catalog_pos = load_catalog(dir, engine)?;
-        // The open-time scan reads and verifies the log once; it finds the
-        // entries. Applying them reads them back from the segment maps.
-        let mut scanner = LogScanner::default();
+        // The open-time scan reads and verifies the log once and finds the
+        // entries. Alone, every record is applied as it is read (entries
+        // only number the turns); in a group only committed entries are,
+        // read back once the scan knows the commit index.
+        let mut scanner = if mode == Mode::Solo { LogScanner::tolerant() } else { LogScanner::default() };
         let (wal, report) = Wal::open_replay(dir, cfg, LogPos(0), |pos, rt, payload| {
-            scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload).map_err(|e| e.to_string())
+            scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload).map_err(|e| e.to_string())?;
+            if mode == Mode::Solo && rt < crtype::FIRST {
+                engine.replay(pos.0, rt, payload).map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
         })
         .map_err(|e| match e {
             ReplayError::Wal(e) => anyhow::Error::new(e),
@@ -231,18 +260,11 @@ impl ShardLog {
                 log.log.note_entry(e.header_pos, e.end_pos);
             }
         }
-        let upto = log.replay_upto(&scanned);
-        log.apply_entries(&scanned.index, upto, engine)?;
-        Ok((log, report, scanned))
-    }
-
-    /// Which entries a (re)start applies: all of them alone, the committed
-    /// ones in a group.
-    fn replay_upto(&self, scanned: &Scanned) -> u64 {
-        match self.mode {
-            Mode::Solo => scanned.index.last_index(),
-            Mode::Replicated => scanned.hard_state.commit.min(scanned.index.last_index()),
+        if mode == Mode::Replicated {
+            let upto = scanned.hard_state.commit.min(scanned.index.last_index());
+            log.apply_entries(&scanned.index, upto, engine)?;
         }
+        Ok((log, report, scanned))
     }
 
     /// Applies entries `first..=upto` of `index` to `engine`.
@@ -259,24 +281,21 @@ impl ShardLog {
         match index {
             Some((ix, upto)) => self.apply_entries(ix, upto, engine),
             None => {
-                let mut scanner = LogScanner::default();
-                let mut failed = None;
+                // Alone: every record in log order, as at start-up.
+                let mut scanner = LogScanner::tolerant();
                 self.log
                     .raw
                     .wal
                     .replay(LogPos(0), |pos, rt, payload| {
-                        if let Err(e) = scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload) {
-                            failed.get_or_insert(e.to_string());
+                        scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload).map_err(|e| e.to_string())?;
+                        if rt < crtype::FIRST {
+                            engine.replay(pos.0, rt, payload).map_err(|e| e.to_string())?;
                         }
                         Ok::<(), String>(())
                     })
-                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.dir.display()))?;
-                if let Some(e) = failed {
-                    anyhow::bail!("reading {}: {e}", self.dir.display());
-                }
-                let scanned = scanner.finish();
-                self.next_index = scanned.index.last_index() + 1;
-                self.apply_entries(&scanned.index, scanned.index.last_index(), engine)
+                    .map_err(|e| anyhow::anyhow!("replaying {}: {e}", self.dir.display()))?;
+                self.next_index = scanner.finish().index.last_index() + 1;
+                Ok(())
             }
         }
     }
@@ -284,6 +303,14 @@ impl ShardLog {
     /// The engine's log (entries, the WAL under them).
     pub fn entries(&mut self) -> &mut EntryLog<WalLog> {
         &mut self.log
+    }
+
+    pub fn entries_ref(&self) -> &EntryLog<WalLog> {
+        &self.log
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn mode(&self) -> Mode {
