@@ -38,8 +38,6 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     pub local_addr: SocketAddr,
     push: Option<PushPool>,
-    /// In a cluster: the `--peer-listen` acceptor.
-    acceptor: Option<PeerAcceptor>,
     _lock: DataDirLock,
 }
 
@@ -77,6 +75,7 @@ impl Server {
             client_addr: local_addr.to_string(),
             leaders: (0..n).map(|_| (AtomicU64::new(cfg.node_id), AtomicU64::new(1))).collect(),
             nodes: std::sync::Mutex::new(initial_nodes(&cfg, &local_addr)),
+            acceptor: std::sync::OnceLock::new(),
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
@@ -88,10 +87,10 @@ impl Server {
         // unsynced writes: its replicas stay out of elections until caught up.
         let rebooted = cfg.cluster.is_some() && machine_restarted(&cfg.data_dir)?;
         // Peer connections go to shards whose mailboxes exist already.
-        let acceptor = match &cfg.cluster {
-            Some(c) => Some(start_acceptor(c, &shared)?),
-            None => None,
-        };
+        if let Some(c) = &cfg.cluster {
+            let a = start_acceptor(c, &shared)?;
+            let _ = shared.acceptor.set(a);
+        }
         // Two phases: every shard recovers its log, then (only if all did)
         // they all start serving, so broker-wide counters are complete
         // before the first request.
@@ -143,7 +142,7 @@ impl Server {
         for g in &go {
             let _ = g.send(ok);
         }
-        let server = Server { shared, threads, local_addr, push: Some(push), acceptor, _lock: lock };
+        let server = Server { shared, threads, local_addr, push: Some(push), _lock: lock };
         if let Some(e) = failure {
             server.join();
             return Err(e);
@@ -172,9 +171,6 @@ impl Server {
         if let Some(p) = self.push.take() {
             p.shutdown();
         }
-        if let Some(a) = self.acceptor.take() {
-            a.shutdown();
-        }
     }
 }
 
@@ -182,9 +178,10 @@ impl Server {
 fn start_acceptor(c: &ClusterConfig, shared: &Arc<Shared>) -> anyhow::Result<PeerAcceptor> {
     let identity = node_identity(c, shared);
     let members = c.peers.iter().map(|p| p.id).collect();
-    let to_shards = shared.clone();
+    // The shards' inboxes, not `shared` (which holds the acceptor: no cycle).
+    let to_shards = shared.peers.clone();
     let handoff = move |shard: u16, stream: AuthenticatedStream| {
-        if let Some(h) = to_shards.peers.get(usize::from(shard)) {
+        if let Some(h) = to_shards.get(usize::from(shard)) {
             if h.send(ShardMsg::PeerConn(Box::new(stream))).is_err() {
                 log::warn!("shard {shard}'s inbox is full: a peer connection was dropped (it reconnects)");
             }

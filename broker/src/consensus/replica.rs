@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::{RawNode, ReadState, StateRole};
 
 use super::entry::{self, CachedEntry, IndexedEntry};
@@ -90,8 +92,9 @@ pub enum Event {
     /// depends on them must not go out. The engine was rebuilt if it had
     /// applied them.
     Truncated { from: u64 },
-    /// The group's membership changed (committed).
-    ConfChanged { voters: Vec<u64>, learners: Vec<u64> },
+    /// The group's membership changed (committed); `added`: a node that
+    /// joined and where its peers reach it.
+    ConfChanged { voters: Vec<u64>, learners: Vec<u64>, added: Option<(u64, String)> },
 }
 
 /// What the caller must send or do after a call.
@@ -128,6 +131,22 @@ pub enum ReplicaError {
     Apply { index: u64, msg: String },
     #[error("log index: {0}")]
     Index(#[from] entry::IndexError),
+    #[error("{0}")]
+    Busy(String),
+}
+
+impl ReplicaError {
+    /// The error code and message a client gets.
+    pub fn into_code(self) -> (cmq_protocol::ErrorCode, String) {
+        use cmq_protocol::ErrorCode;
+        match self {
+            ReplicaError::Busy(m) => (ErrorCode::BUSY, m),
+            ReplicaError::Raft(raft::Error::ProposalDropped) => {
+                (ErrorCode::NOT_LEADER, "this node stopped leading the shard; retry".into())
+            }
+            e => (ErrorCode::INTERNAL, e.to_string()),
+        }
+    }
 }
 
 /// How long an unconfirmed read waits before its ReadIndex round is
@@ -552,7 +571,12 @@ impl Replica {
         let rec = conf_record(&cs);
         log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
         log.raw.require_sync();
-        out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone() });
+        let added = cc
+            .get_changes()
+            .iter()
+            .find(|c| c.get_change_type() == ConfChangeType::AddNode)
+            .map(|c| (c.node_id, String::from_utf8_lossy(cc.get_context()).into_owned()));
+        out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone(), added });
         self.node.mut_store().conf_state = cs;
         Ok(())
     }
@@ -714,8 +738,25 @@ impl Replica {
         self.node.transfer_leader(to);
     }
 
-    /// Proposes a membership change (one node at a time).
-    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ReplicaError> {
+    /// Proposes adding node `id` as a voter; its peers reach it at
+    /// `peer_addr` (carried in the change, so every replica learns it).
+    pub fn propose_add_node(&mut self, id: u64, peer_addr: &str) -> Result<(), ReplicaError> {
+        self.propose_change(ConfChangeType::AddNode, id, peer_addr.as_bytes().to_vec())
+    }
+
+    pub fn propose_remove_node(&mut self, id: u64) -> Result<(), ReplicaError> {
+        self.propose_change(ConfChangeType::RemoveNode, id, Vec::new())
+    }
+
+    /// One node at a time: raft-rs refuses a change while another is pending.
+    fn propose_change(&mut self, kind: ConfChangeType, id: u64, context: Vec<u8>) -> Result<(), ReplicaError> {
+        if self.node.raft.has_pending_conf() {
+            return Err(ReplicaError::Busy("a membership change is still in progress; retry when it is done".into()));
+        }
+        let single = ConfChangeSingle { change_type: kind, node_id: id, ..Default::default() };
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.set_context(context.into());
         self.node.propose_conf_change(Vec::new(), cc)?;
         Ok(())
     }

@@ -146,14 +146,9 @@ impl Shard {
                 let map = self.cluster_map();
                 self.reply_ok(to, id, &Response::GetClusterMap(map))
             }
-            Request::ClusterStatus(_) => {
-                let status = self.cluster_status();
-                self.reply_ok(to, id, &Response::ClusterStatus(status))
-            }
+            Request::ClusterStatus(_) => self.start_cluster_status(to, id, now),
             Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
-                let op = request.opcode() as u16;
-                let msg = "this broker runs as a single node (no --peers): there is no cluster to change";
-                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg)
+                self.start_membership(to, id, request, now)
             }
             Request::ListQueues(l) => self.start_list(to, id, l, now),
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),

@@ -77,15 +77,33 @@ pub enum Query {
     DeadLetterSources { name: String },
     /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?
     QueueExists { name: String },
+    /// ClusterStatus: your replica's state.
+    ReplicaStatus,
+    /// TransferLeader, AddNode, RemoveNode: if you lead your group, do it.
+    Membership(Membership),
+}
+
+/// A change a group's leader carries out (see `replication.rs`).
+#[derive(Debug, Clone)]
+pub enum Membership {
+    TransferLeader { to: u64 },
+    AddNode { id: u64, peer_addr: std::net::SocketAddr },
+    RemoveNode { id: u64 },
 }
 
 /// An answer to a [`Query`].
 #[derive(Debug)]
 pub enum Answer {
-    Queues { total: u32, items: Vec<ListedQueue> },
+    Queues {
+        total: u32,
+        items: Vec<ListedQueue>,
+    },
     Redrives(Vec<RedriveInfo>),
     Names(Vec<String>),
     Exists(bool),
+    Status(u16, cmq_protocol::ShardStatus),
+    /// A membership change: done (or not this shard's to do), or why not.
+    Done(Result<(), (ErrorCode, String)>),
 }
 
 pub enum ShardMsg {
@@ -148,6 +166,7 @@ pub enum ShardMsg {
 }
 
 /// The sending side of one shard's inbox.
+#[derive(Clone)]
 pub struct ShardHandle {
     tx: Sender<ShardMsg>,
     waker: Arc<Waker>,

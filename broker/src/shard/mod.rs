@@ -109,6 +109,8 @@ pub struct Shared {
     pub leaders: Vec<(AtomicU64, AtomicU64)>,
     /// The cluster's nodes: id -> (client address once known, peer address).
     pub nodes: std::sync::Mutex<std::collections::BTreeMap<u64, (String, String)>>,
+    /// In a cluster: the peer listener (it admits the group's members).
+    pub acceptor: std::sync::OnceLock<crate::cluster::PeerAcceptor>,
 }
 
 impl Shared {
@@ -126,6 +128,31 @@ impl Shared {
                 n.0 = client_addr.to_owned();
             }
         }
+    }
+
+    /// A node joined: where its peers reach it.
+    pub fn learn_peer_addr(&self, id: u64, peer_addr: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.entry(id).or_insert_with(|| (String::new(), String::new())).1 = peer_addr.to_owned();
+    }
+
+    /// The group's voters changed: nodes no longer in it are forgotten, and
+    /// the peer listener admits exactly the others.
+    pub fn set_members(&self, voters: &[u64]) {
+        let me = self.cfg.node_id;
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.retain(|id, _| *id == me || voters.contains(id));
+        }
+        if let Some(a) = self.acceptor.get() {
+            a.set_members(voters.iter().copied().filter(|v| *v != me).collect());
+        }
+    }
+
+    /// Where this node's peers (`voters` but `me`) listen, as far as known.
+    pub fn peer_addrs(&self, voters: &[u64], me: u64) -> std::collections::BTreeMap<u64, std::net::SocketAddr> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        voters.iter().filter(|v| **v != me).filter_map(|v| Some((*v, nodes.get(v)?.1.parse().ok()?))).collect()
     }
 
     /// The cluster map as this node sees it.
@@ -1024,22 +1051,6 @@ impl Shard {
 
     fn cluster_map(&self) -> cmq_protocol::ClusterMap {
         self.shared.cluster_map()
-    }
-
-    /// This shard's part of `ClusterStatus` (alone: node 1 leads, term 1).
-    fn cluster_status(&self) -> cmq_protocol::ClusterStatusOk {
-        let map = self.cluster_map();
-        let me = self.repl_status();
-        let shards = map
-            .leaders
-            .iter()
-            .enumerate()
-            .map(|(k, l)| match &me {
-                Some(s) if k == usize::from(self.id) => s.clone(),
-                _ => cmq_protocol::ShardStatus { leader: l.leader, term: l.term, ..Default::default() },
-            })
-            .collect();
-        cmq_protocol::ClusterStatusOk { map, shards }
     }
 
     // ---- messages from other shards ---------------------------------------

@@ -22,7 +22,7 @@ use cmq_protocol::{ErrorCode, Opcode};
 use mio::event::Event as MioEvent;
 use mio::Token;
 
-use super::mailbox::{Answer, Query, ShardMsg};
+use super::mailbox::{Answer, Membership, Query, ShardMsg};
 use super::release;
 use super::storage::ShardApplier;
 use super::{Shard, Wait};
@@ -50,6 +50,10 @@ pub struct Replication {
     /// Scatter/gather questions waiting for a ReadIndex round: (round,
     /// asking shard, gather, question).
     parked: Vec<(u64, u16, u64, Query)>,
+    /// Membership changes asked this turn, carried out once the turn's own
+    /// entry is proposed (a configuration change is an entry of its own;
+    /// it must come after the turn's, never in the middle of it).
+    membership: Vec<(u16, u64, Membership)>,
     /// Where the shard's catalog lives (the applier reloads it).
     dir: PathBuf,
 }
@@ -65,6 +69,7 @@ impl Replication {
             frames: Vec::new(),
             read_wanted: false,
             parked: Vec::new(),
+            membership: Vec::new(),
             dir,
         }
     }
@@ -165,6 +170,14 @@ impl Shard {
         if std::mem::take(&mut r.read_wanted) || !r.parked.is_empty() {
             r.replica.read_index();
         }
+        // No entry is half built now: a catalog due may be taken, and
+        // membership changes proposed.
+        self.log.capture_catalog(&self.engine, r.replica.applied());
+        let now = self.clock.now_ms();
+        for (from, gather, m) in std::mem::take(&mut r.membership) {
+            let answer = Answer::Done(self.membership(m));
+            self.deliver_answer(from, gather, answer, now);
+        }
         self.repl_pump();
     }
 
@@ -191,6 +204,7 @@ impl Shard {
             let _ = r.links.send_written_ack(to, term, index);
         }
         r.links.flush(self.poll.registry(), now);
+        self.log.set_committed_index(r.replica.commit_index());
         for e in out.events {
             self.repl_event(e);
         }
@@ -209,8 +223,11 @@ impl Shard {
                 self.fail_unreleased();
                 self.end_waits(ErrorCode::NOT_LEADER);
             }
-            Event::Truncated { .. } => self.fail_unreleased(),
-            Event::ConfChanged { .. } => {}
+            Event::Truncated { .. } => {
+                self.fail_unreleased();
+                self.log.drop_pending_catalog();
+            }
+            Event::ConfChanged { voters, added, .. } => self.conf_changed(&voters, added),
         }
         self.publish_leader();
     }
@@ -277,7 +294,13 @@ impl Shard {
     /// ReadIndex round confirms this replica's state is current (a follower
     /// too: raft-rs forwards the round to the leader).
     pub(super) fn take_query(&mut self, from: u16, gather: u64, query: Query, now: u64) {
-        let Some(r) = self.repl.as_deref_mut() else {
+        if let (Query::Membership(m), Some(r)) = (&query, self.repl.as_deref_mut()) {
+            r.membership.push((from, gather, m.clone()));
+            return;
+        }
+        let status = matches!(query, Query::ReplicaStatus | Query::Membership(_));
+        let Some(r) = self.repl.as_deref_mut().filter(|_| !status) else {
+            // Alone, or a status question (what this replica knows now).
             let answer = self.answer_query(query);
             return self.deliver_answer(from, gather, answer, now);
         };
@@ -317,6 +340,47 @@ impl Shard {
         }
     }
 
+    /// A membership change this shard carries out if it leads its group
+    /// (a shard another node leads is that node's to change: Ok).
+    pub(super) fn membership(&mut self, m: Membership) -> Result<(), (ErrorCode, String)> {
+        let Some(r) = self.repl.as_deref_mut() else { return Ok(()) };
+        if !r.replica.is_leader() {
+            return Ok(());
+        }
+        let voters = r.replica.voters();
+        let proposed = match m {
+            Membership::TransferLeader { to } if !voters.contains(&to) => {
+                return Err((
+                    ErrorCode::INVALID_PARAMETER,
+                    format!("to: node {to} is not a voter of shard {}", self.id),
+                ));
+            }
+            Membership::TransferLeader { to } => {
+                r.replica.transfer_leader(to);
+                Ok(())
+            }
+            Membership::AddNode { id, .. } if voters.contains(&id) => Ok(()),
+            Membership::AddNode { id, peer_addr } => r.replica.propose_add_node(id, &peer_addr.to_string()),
+            Membership::RemoveNode { id } if !voters.contains(&id) => Ok(()),
+            Membership::RemoveNode { id } => r.replica.propose_remove_node(id),
+        };
+        proposed.map_err(|e| e.into_code())
+    }
+
+    /// A membership change committed: links, the acceptor and the map follow.
+    fn conf_changed(&mut self, voters: &[u64], added: Option<(u64, String)>) {
+        if let Some((id, peer_addr)) = added {
+            self.shared.learn_peer_addr(id, &peer_addr);
+        }
+        self.shared.set_members(voters);
+        let Some(r) = self.repl.as_deref_mut() else { return };
+        let peers = self.shared.peer_addrs(voters, r.node_id);
+        let now = self.clock.now_ms();
+        if let Err(e) = r.links.set_peers(self.poll.registry(), &peers, now) {
+            log::error!("shard {}: cannot follow the new membership {voters:?}: {e}", self.id);
+        }
+    }
+
     /// An authenticated connection from another node's shard of this group.
     pub(super) fn add_peer_conn(&mut self, stream: crate::cluster::acceptor::AuthenticatedStream) {
         let Some(r) = self.repl.as_deref_mut() else { return };
@@ -344,7 +408,23 @@ impl Shard {
         self.log.set_consensus_floor(floor);
     }
 
-    pub(super) fn repl_status(&self) -> Option<cmq_protocol::ShardStatus> {
+    /// This shard's replica state for ClusterStatus (alone: node 1 leads
+    /// in term 1, everything it holds is committed).
+    pub(super) fn shard_status(&self) -> cmq_protocol::ShardStatus {
+        let digest = self.engine.digest();
+        match self.repl_status() {
+            Some(s) => cmq_protocol::ShardStatus { digest, ..s },
+            None => cmq_protocol::ShardStatus {
+                leader: self.shared.cfg.node_id,
+                term: 1,
+                voters: vec![self.shared.cfg.node_id],
+                digest,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn repl_status(&self) -> Option<cmq_protocol::ShardStatus> {
         let r = self.repl.as_deref()?;
         let rep = &r.replica;
         let followers = rep
@@ -360,6 +440,7 @@ impl Shard {
             last_index: rep.last_index(),
             voters: rep.voters(),
             followers,
+            digest: 0,
         })
     }
 }

@@ -38,12 +38,20 @@ const RECOVER_EVERY_MS: u64 = 1000;
 /// catalog's position are released only after that.
 enum CatalogWrite {
     Idle,
+    /// In a group: wanted, to be taken at the end of the turn, once the
+    /// turn's entry is proposed (never with an entry half built).
+    Due {
+        live: u64,
+    },
     /// Taken; `live` is the lowest position live data needed then (it only
     /// grows: new data goes to the head), the bound for the release that
-    /// follows the write.
+    /// follows the write. In a group it reflects entries up to `gate` and
+    /// is written only once they are committed: a restart must never start
+    /// from state a new leader could replace.
     Ready {
         catalog: Box<Catalog>,
         live: u64,
+        gate: u64,
     },
     Writing {
         live: u64,
@@ -199,6 +207,8 @@ pub struct ShardLog {
     dir: PathBuf,
     /// See `set_consensus_floor`.
     consensus_floor: u64,
+    /// See `set_committed_index` (alone: everything).
+    committed_index: u64,
     /// Written-but-not-synced data exists since this time (async queues).
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
@@ -248,6 +258,7 @@ impl ShardLog {
             mode,
             dir: dir.to_owned(),
             consensus_floor: u64::MAX,
+            committed_index: if mode == Mode::Solo { u64::MAX } else { 0 },
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
@@ -407,8 +418,8 @@ impl ShardLog {
     /// Hands a catalog snapshot to the WAL's housekeeper once every record
     /// before its position is written.
     fn send_catalog(&mut self) {
-        let CatalogWrite::Ready { catalog, live } = &self.catalog_write else { return };
-        if self.wal().written_end().0 < catalog.log_pos {
+        let CatalogWrite::Ready { catalog, live, gate } = &self.catalog_write else { return };
+        if self.wal().written_end().0 < catalog.log_pos || self.committed_index < *gate {
             return;
         }
         let writing = CatalogWrite::Writing { live: *live };
@@ -538,7 +549,7 @@ impl ShardLog {
             self.catalog_pos,
             self.wal().end().0
         );
-        if self.log.entry_start(bound).min(self.consensus_floor) >= oldest_end {
+        if self.release_floor(bound) >= oldest_end {
             self.release_below(bound);
             return false;
         }
@@ -547,8 +558,13 @@ impl ShardLog {
         if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && idle && !self.is_failed() {
             // Only queue-management records keep the oldest segment:
             // snapshot them (written off the loop; released once durable).
-            let pos = self.wal().end().0;
-            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live };
+            self.catalog_write = match self.mode {
+                Mode::Solo => {
+                    let pos = self.wal().end().0;
+                    CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: 0 }
+                }
+                Mode::Replicated => CatalogWrite::Due { live },
+            };
             return false;
         }
         // Live messages keep the oldest segment: copy them forward if they are few.
@@ -566,10 +582,45 @@ impl ShardLog {
     /// its header into the next segment, and a restart reads entries from
     /// their header), nor what the consensus layer still needs.
     fn release_below(&mut self, bound: u64) {
-        let to = self.log.entry_start(bound).min(self.consensus_floor);
+        let to = self.release_floor(bound);
         self.wal_mut().release_before(LogPos(to));
         let first = self.wal().segment_stats().first().map_or(to, |s| s.base.0);
         self.log.forget_below(first);
+    }
+
+    /// In a group, after the turn's entry is proposed: takes a catalog that
+    /// `housekeep` found due; it reflects the entries up to `applied` and is
+    /// written once they are committed (`set_committed_index`).
+    pub fn capture_catalog(&mut self, engine: &ShardEngine, applied: u64) {
+        if let CatalogWrite::Due { live } = self.catalog_write {
+            let pos = self.wal().end().0;
+            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: applied };
+        }
+    }
+
+    /// In a group: entries up to `index` are committed.
+    pub fn set_committed_index(&mut self, index: u64) {
+        self.committed_index = index;
+    }
+
+    /// In a group: entries this replica applied were replaced; a catalog
+    /// taken from them must not be written.
+    pub fn drop_pending_catalog(&mut self) {
+        if matches!(self.catalog_write, CatalogWrite::Due { .. } | CatalogWrite::Ready { .. }) {
+            self.catalog_write = CatalogWrite::Idle;
+        }
+    }
+
+    /// How far the log may be released below `bound`. Alone, replay takes
+    /// every record as it comes, so an entry's header may go with its
+    /// segment while records of the entry stay. In a group entries are the
+    /// unit: the header of any entry with a record at or after `bound`
+    /// stays, and so does what Raft still needs.
+    fn release_floor(&self, bound: u64) -> u64 {
+        match self.mode {
+            Mode::Solo => bound,
+            Mode::Replicated => self.log.entry_start(bound).min(self.consensus_floor),
+        }
     }
 
     /// The lowest log position the consensus layer needs kept (entries a
