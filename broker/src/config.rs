@@ -10,6 +10,7 @@ use clap::Parser;
 use cmq_protocol::FlushPolicy;
 use serde::Deserialize;
 
+use crate::cluster::auth::{ClusterKey, CLUSTER_KEY_BYTES_MAX};
 use crate::push::{
     PushConfig, ENDPOINT_CONCURRENCY_DEFAULT, ENDPOINT_CONCURRENCY_MAX, IDLE_KEEP_DEFAULT_MS, PUSH_WORKERS_DEFAULT,
     PUSH_WORKERS_MAX,
@@ -239,32 +240,16 @@ pub struct PeerSpec {
 }
 
 /// Running as one node of a replicated cluster.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: u64,
     pub peer_listen: SocketAddr,
     /// The other nodes (not this one), by id.
     pub peers: Vec<PeerSpec>,
-    pub key: Vec<u8>,
+    /// (Its `Debug` shows no key bytes.)
+    pub key: ClusterKey,
     pub raft_tick_ms: u64,
 }
-
-impl std::fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterConfig")
-            .field("node_id", &self.node_id)
-            .field("peer_listen", &self.peer_listen)
-            .field("peers", &self.peers)
-            .field("key", &"<secret>")
-            .field("raft_tick_ms", &self.raft_tick_ms)
-            .finish()
-    }
-}
-
-/// A cluster key shorter than this is refused (guessable).
-pub const CLUSTER_KEY_BYTES_MIN: usize = 16;
-/// A longer key file is surely the wrong file.
-pub const CLUSTER_KEY_BYTES_MAX: usize = 4096;
 const RAFT_TICK_MS_MIN: u64 = 10;
 const RAFT_TICK_MS_MAX: u64 = 1000;
 const RAFT_TICK_MS_DEFAULT: u64 = 50;
@@ -334,7 +319,7 @@ pub fn parse_peers(text: &str) -> anyhow::Result<Vec<PeerSpec>> {
 }
 
 /// Reads the cluster key: refused if short, huge, or readable by others.
-pub fn read_cluster_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn read_cluster_key(path: &Path) -> anyhow::Result<ClusterKey> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| format!("reading cluster key file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -348,11 +333,7 @@ pub fn read_cluster_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         bail!("cluster key file {} is larger than {CLUSTER_KEY_BYTES_MAX} bytes", path.display());
     }
     let raw = std::fs::read(path).with_context(|| format!("reading cluster key file {}", path.display()))?;
-    let key = raw.trim_ascii().to_vec();
-    if key.len() < CLUSTER_KEY_BYTES_MIN {
-        bail!("cluster key in {} is shorter than {CLUSTER_KEY_BYTES_MIN} bytes", path.display());
-    }
-    Ok(key)
+    ClusterKey::from_file_contents(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// The effective, validated configuration.
@@ -600,7 +581,7 @@ mod tests {
         let base = ["--node-id", "1", "--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802"];
         let ok = Config::from_flags(flags(&[&base[..], &["--cluster-key-file", k]].concat())).expect("valid");
         let c = ok.cluster.expect("a cluster");
-        assert_eq!((c.node_id, c.peers.len(), c.key.len(), c.raft_tick_ms), (1, 1, 20, 50));
+        assert_eq!((c.node_id, c.peers.len(), c.raft_tick_ms), (1, 1, 50));
         assert!(Config::from_flags(flags(&base)).is_err(), "no key file");
         assert!(Config::from_flags(flags(&["--peer-listen", "127.0.0.1:7801"])).is_err(), "no --peers");
         assert!(Config::from_flags(flags(&["--peers", "2=127.0.0.1:7802", "--cluster-key-file", k])).is_err());

@@ -2,6 +2,7 @@
 //! threads (each recovers its own log in parallel), shutdown.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -9,13 +10,20 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use mio::{Poll, Waker};
+use raft::eraftpb::{ConfState, HardState};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, IoBackend};
+use crate::cluster::{AcceptorConfig, AuthenticatedStream, NodeIdentity, PeerAcceptor, PeerLinks};
+use crate::config::{ClusterConfig, Config, IoBackend};
+use crate::consensus::readback;
+use crate::consensus::scan::Scanned;
+use crate::consensus::store::RaftStore;
+use crate::consensus::{Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ShardEngine};
 use crate::push::{PushHandle, PushPool};
 use crate::shard::mailbox::{self, Inbox, ShardMsg};
-use crate::shard::storage::ShardLog;
+use crate::shard::replication::{Replication, PEER_TOKEN_BASE};
+use crate::shard::storage::{Mode, ShardLog};
 use crate::shard::{Shard, ShardParts, Shared};
 use crate::storage::{Backend, DataDirLock, Manifest, WalConfig};
 
@@ -65,6 +73,9 @@ impl Server {
             shutdown: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
             client_addr: local_addr.to_string(),
+            leaders: (0..n).map(|_| (AtomicU64::new(cfg.node_id), AtomicU64::new(1))).collect(),
+            nodes: std::sync::Mutex::new(initial_nodes(&cfg, &local_addr)),
+            acceptor: std::sync::OnceLock::new(),
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
         });
@@ -72,6 +83,14 @@ impl Server {
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
         let push = PushPool::new(push_cfg, shared.peers.iter().map(|p| p.waker()).collect())
             .context("starting the HTTP push pool")?;
+        // A machine that restarted since the last run may have lost
+        // unsynced writes: its replicas stay out of elections until caught up.
+        let rebooted = cfg.cluster.is_some() && machine_restarted(&cfg.data_dir)?;
+        // Peer connections go to shards whose mailboxes exist already.
+        if let Some(c) = &cfg.cluster {
+            let a = start_acceptor(c, &shared)?;
+            let _ = shared.acceptor.set(a);
+        }
         // Two phases: every shard recovers its log, then (only if all did)
         // they all start serving, so broker-wide counters are complete
         // before the first request.
@@ -83,11 +102,15 @@ impl Server {
             let ready = ready_tx.clone();
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             go.push(go_tx);
-            let secret = manifest.secret;
+            // Receipt handles must verify on whichever replica leads next.
+            let secret = match &cfg.cluster {
+                Some(c) => c.key.derive(b"cmq-receipt-v1")[..16].try_into().unwrap_or(manifest.secret),
+                None => manifest.secret,
+            };
             let pusher = push.handle(id);
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || match open_shard(id, poll, inbox, listener, shared, secret, pusher) {
+                .spawn(move || match open_shard(id, poll, inbox, listener, shared, Boot { secret, rebooted }, pusher) {
                     Ok(shard) => {
                         let _ = ready.send((id, Ok(())));
                         if go_rx.recv() == Ok(true) {
@@ -151,6 +174,73 @@ impl Server {
     }
 }
 
+/// Binds `--peer-listen`; authenticated connections go to their shard.
+fn start_acceptor(c: &ClusterConfig, shared: &Arc<Shared>) -> anyhow::Result<PeerAcceptor> {
+    let identity = node_identity(c, shared);
+    let members = c.peers.iter().map(|p| p.id).collect();
+    // The shards' inboxes, not `shared` (which holds the acceptor: no cycle).
+    let to_shards = shared.peers.clone();
+    let handoff = move |shard: u16, stream: AuthenticatedStream| {
+        if let Some(h) = to_shards.get(usize::from(shard)) {
+            if h.send(ShardMsg::PeerConn(Box::new(stream))).is_err() {
+                log::warn!("shard {shard}'s inbox is full: a peer connection was dropped (it reconnects)");
+            }
+        }
+    };
+    let acceptor = PeerAcceptor::bind(c.peer_listen, AcceptorConfig::new(identity, members), handoff)
+        .with_context(|| format!("binding the peer listener {}", c.peer_listen))?;
+    log::info!("node {}: peers connect to {}", c.node_id, acceptor.local_addr());
+    Ok(acceptor)
+}
+
+fn node_identity(c: &ClusterConfig, shared: &Shared) -> NodeIdentity {
+    NodeIdentity {
+        node_id: c.node_id,
+        shard_count: shared.cfg.shards as u16,
+        client_addr: shared.client_addr.clone(),
+        key: c.key.clone(),
+    }
+}
+
+/// Compares the kernel's boot id with the one recorded at the last start
+/// (and records the current one): a different one means the machine
+/// restarted, so writes that were not fdatasync'd may be gone.
+fn machine_restarted(data_dir: &Path) -> anyhow::Result<bool> {
+    let now = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let path = data_dir.join("BOOT_ID");
+    let before = std::fs::read_to_string(&path).ok();
+    if before.as_deref() != Some(now.as_str()) {
+        let tmp = data_dir.join("BOOT_ID.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, now.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+    }
+    // No record yet: a new data directory, nothing written to lose.
+    Ok(before.is_some_and(|b| b != now))
+}
+
+/// The nodes as configured: this one (its client address known) and its
+/// peers (client addresses learned when their links come up).
+fn initial_nodes(cfg: &Config, local: &SocketAddr) -> std::collections::BTreeMap<u64, (String, String)> {
+    let mut nodes = std::collections::BTreeMap::new();
+    let my_peer = cfg.cluster.as_ref().map(|c| c.peer_listen.to_string()).unwrap_or_default();
+    nodes.insert(cfg.node_id, (local.to_string(), my_peer));
+    for p in cfg.cluster.iter().flat_map(|c| c.peers.iter()) {
+        nodes.insert(p.id, (String::new(), p.peer_addr.to_string()));
+    }
+    nodes
+}
+
+/// What every shard starts with besides its own parts.
+struct Boot {
+    /// The receipt-handle key.
+    secret: [u8; 16],
+    /// The machine restarted since the last run (see `machine_restarted`).
+    rebooted: bool,
+}
+
 /// Recovers one shard's log into a fresh engine and builds the shard.
 fn open_shard(
     id: usize,
@@ -158,9 +248,10 @@ fn open_shard(
     inbox: Inbox,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    secret: [u8; 16],
+    boot: Boot,
     push: PushHandle,
 ) -> anyhow::Result<Shard> {
+    let Boot { secret, rebooted } = boot;
     let cfg = &shared.cfg;
     let started = Instant::now();
     let mut engine = ShardEngine::new(EngineConfig {
@@ -182,7 +273,12 @@ fn open_shard(
         fault_file: cfg.fault_file.clone(),
     };
     let dir = cfg.data_dir.join(format!("shard-{id}"));
-    let (log, report) = ShardLog::open(&dir, wal_cfg, cfg.flush_interval_ms, &mut engine)?;
+    let mode = if cfg.cluster.is_some() { Mode::Replicated } else { Mode::Solo };
+    let (log, report, scanned) = ShardLog::open(&dir, wal_cfg, cfg.flush_interval_ms, &mut engine, mode)?;
+    let repl = match &cfg.cluster {
+        Some(c) => Some(Box::new(open_replication(id as u16, c, &shared, scanned, &log, rebooted)?)),
+        None => None,
+    };
     if let Some(note) = &report.backend_note {
         log::info!("shard {id}: {note}");
     }
@@ -200,8 +296,49 @@ fn open_shard(
     let max_seq = engine.max_create_seq().max(engine.max_topic_create_seq());
     shared.next_create_seq.fetch_max(max_seq + 1, Ordering::SeqCst);
     let listener = mio::net::TcpListener::from_std(listener);
-    let parts = ShardParts { poll, listener, engine, log, inbox, push };
+    let parts = ShardParts { poll, listener, engine, log, inbox, push, repl };
     Shard::new(id as u16, parts, shared).with_context(|| format!("starting shard {id}"))
+}
+
+/// Shard `id`'s replica of Raft group `id`, from what its log holds: the
+/// committed entries are applied already; the rest go to raft-rs's cache.
+fn open_replication(
+    id: u16,
+    c: &ClusterConfig,
+    shared: &Arc<Shared>,
+    scanned: Scanned,
+    log: &ShardLog,
+    rebooted: bool,
+) -> anyhow::Result<Replication> {
+    let last = scanned.index.last_index();
+    let commit = scanned.hard_state.commit.min(last);
+    let hs = HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
+    let mut voters: Vec<u64> = c.peers.iter().map(|p| p.id).chain(std::iter::once(c.node_id)).collect();
+    voters.sort_unstable();
+    let cs = match scanned.conf {
+        Some(rec) => ConfState {
+            voters: rec.voters,
+            learners: rec.learners,
+            voters_outgoing: rec.voters_outgoing,
+            learners_next: rec.learners_next,
+            auto_leave: rec.auto_leave,
+            ..Default::default()
+        },
+        None => ConfState { voters, ..Default::default() },
+    };
+    let mut store = RaftStore::new(scanned.index, hs, cs);
+    for i in commit + 1..=last {
+        let e = readback::read_entry(&store.index, i, &log.entries_ref().raw)
+            .map_err(|e| anyhow!("shard {id}: reading entry {}: {}", e.index, e.msg))?;
+        store.cache.put(i, e);
+    }
+    let mut rc = ReplicaConfig::new(c.node_id);
+    rc.rebooted = rebooted;
+    let replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
+    let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
+        .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;
+    Ok(Replication::new(replica, links, c.node_id, c.raft_tick_ms, log.dir().to_owned()))
 }
 
 /// One listening socket per shard on the same address (SO_REUSEPORT): the

@@ -96,6 +96,10 @@ crate::wire_struct! {
         /// Only when the answering node leads the shard.
         #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::prelude::any::<FollowerProgress>(), 0..4)"))]
         pub followers: Vec<FollowerProgress> = list(CLUSTER_NODES_MAX),
+        /// A fingerprint of the shard's replicated state on this node (queues,
+        /// messages, not log positions): replicas that applied the same entries
+        /// report the same value.
+        pub digest: u64,
     }
 }
 

@@ -104,6 +104,15 @@ pub const SHARDS_MAX: usize = 256;
 /// Nodes in one cluster (a Raft group larger than a handful only costs
 /// latency; CMQ runs three replicas).
 pub const CLUSTER_NODES_MAX: usize = 16;
+// A Raft append carrying the largest client batch as one entry fits in one peer frame.
+const _: () = assert!(PEER_FRAME_BYTES_MAX >= 2 * FRAME_BYTES_MAX);
+// The largest Hello (fixed fields, an address of PEER_ADDR_BYTES_MAX, a nonce) and
+// the largest Refuse fit in a handshake frame (5 header bytes + payload).
+const _: () = assert!(5 + 2 + 8 + 2 + 2 + 2 + PEER_ADDR_BYTES_MAX + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 8 + 2 + PEER_ADDR_BYTES_MAX + 32 + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(5 + 2 + 2 + PEER_REFUSE_MESSAGE_BYTES_MAX <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
+const _: () = assert!(PEER_HANDSHAKE_FRAME_BYTES_MAX <= PEER_FRAME_BYTES_MAX);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,11 +135,3 @@ mod tests {
         assert!(out.len() <= HANDSHAKE_FRAME_BYTES_MAX as usize);
     }
 }
-// A Raft append carrying the largest client batch as one entry fits in one peer frame.
-const _: () = assert!(PEER_FRAME_BYTES_MAX >= 2 * FRAME_BYTES_MAX);
-// The largest Hello (fixed fields, an address of PEER_ADDR_BYTES_MAX, a nonce) and
-// the largest Refuse fit in a handshake frame (5 header bytes + payload).
-const _: () = assert!(5 + 2 + 8 + 2 + 2 + 2 + PEER_ADDR_BYTES_MAX + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
-const _: () = assert!(5 + 8 + 2 + PEER_ADDR_BYTES_MAX + 32 + 32 <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
-const _: () = assert!(5 + 2 + 2 + PEER_REFUSE_MESSAGE_BYTES_MAX <= PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
-const _: () = assert!(PEER_HANDSHAKE_FRAME_BYTES_MAX <= PEER_FRAME_BYTES_MAX);

@@ -64,6 +64,13 @@ impl ClusterKey {
         ClusterKey::new(contents.trim_ascii())
     }
 
+    /// A key for another purpose, derived from the cluster key (HMAC with
+    /// a label of its own), e.g. the receipt-handle key every replica must
+    /// share so a handle issued by one leader is valid at the next.
+    pub fn derive(&self, label: &[u8]) -> [u8; MAC_BYTES] {
+        self.tag(label, &[])
+    }
+
     fn mac(&self, label: &[u8], transcript: &[u8]) -> HmacSha256 {
         // HMAC takes keys of any length (long keys are hashed first), so this cannot fail.
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");

@@ -230,6 +230,26 @@ impl EntryIndex {
         }
     }
 
+    /// Where the entry holding log position `pos` starts (its header), so
+    /// that releasing the log below it keeps the header of every entry
+    /// with a record at or after `pos`. `pos` itself when no entry holds it.
+    pub fn entry_start(&self, pos: u64) -> u64 {
+        let n = self.entries.partition_point(|e| e.header_pos <= pos);
+        match n.checked_sub(1).and_then(|i| self.entries.get(i)) {
+            Some(e) if pos < e.end_pos => e.header_pos,
+            _ => pos,
+        }
+    }
+
+    /// Forgets the entries whose header lies below `pos` (their segment
+    /// was released).
+    pub fn forget_below(&mut self, pos: u64) {
+        let n = self.entries.partition_point(|e| e.header_pos < pos) as u64;
+        if n > 0 {
+            self.compact_to(self.first + n);
+        }
+    }
+
     /// The lowest log position any retained entry occupies.
     pub fn min_pos(&self) -> Option<u64> {
         self.entries.front().map(|e| e.header_pos)
@@ -373,6 +393,21 @@ mod tests {
         ix.compact_to(10);
         assert_eq!((ix.first_index(), ix.last_index()), (10, 9));
         assert_eq!(ix.term(9), Some(2), "the last compacted entry's term is kept");
+    }
+
+    #[test]
+    fn entry_start_keeps_the_header_of_an_entry_cut_by_a_segment_end() {
+        let mut ix = EntryIndex::starting_after(0, 0, 0);
+        ix.push(1, IndexedEntry { term: 1, header_pos: 100, end_pos: 300 }).unwrap();
+        ix.push(2, IndexedEntry { term: 1, header_pos: 400, end_pos: 900 }).unwrap();
+        assert_eq!(ix.entry_start(250), 100);
+        assert_eq!(ix.entry_start(100), 100);
+        assert_eq!(ix.entry_start(350), 350, "between entries");
+        assert_eq!(ix.entry_start(50), 50);
+        assert_eq!(ix.entry_start(5000), 5000);
+        ix.forget_below(400);
+        assert_eq!((ix.first_index(), ix.last_index()), (2, 2));
+        assert_eq!(ix.term(1), Some(1));
     }
 
     #[test]

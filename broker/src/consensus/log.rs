@@ -7,6 +7,8 @@
 //! and term the entry gets. Until the turn's write batch is submitted, a
 //! sealed entry Raft refused can still be discarded.
 
+use std::collections::VecDeque;
+
 use cmq_protocol::ErrorCode;
 
 use super::entry::push_record;
@@ -37,9 +39,6 @@ pub trait RawLog {
     fn reserve(&mut self, rtype: u8, len: usize, durability: Durability) -> Result<u64, LogFailure>;
     /// Overwrites the payload of a record appended since the last submit.
     fn patch(&mut self, pos: u64, payload: &[u8]);
-    /// Drops every record appended since the last submit from the one
-    /// starting at `end` on (so that `end()` is `end` again).
-    fn discard_from(&mut self, end: u64);
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], LogFailure>;
     /// Calls `f(position, rtype, payload)` for `count` records, the first
     /// of which has its payload at `pos`.
@@ -57,8 +56,6 @@ pub trait RawLog {
 /// The entry being built this loop turn.
 #[derive(Debug)]
 pub struct OpenEntry {
-    /// `end()` before the header: where a discarded entry rolls back to.
-    pub start: u64,
     pub header_pos: u64,
     /// The records as Raft carries them (empty in solo mode).
     pub data: Vec<u8>,
@@ -83,12 +80,15 @@ pub struct EntryLog<R> {
     /// hard state and durable marks after it are never part of an entry,
     /// so a commit would never reach past them.
     entries_end: u64,
+    /// Where each entry still in the log starts and ends, oldest first, so
+    /// that releasing old segments never cuts an entry from its header.
+    extents: VecDeque<(u64, u64)>,
 }
 
 impl<R: RawLog> EntryLog<R> {
     pub fn new(raw: R, replicate: bool) -> EntryLog<R> {
         let entries_end = raw.end();
-        EntryLog { raw, open: None, writable: !replicate, replicate, entries_end }
+        EntryLog { raw, open: None, writable: !replicate, replicate, entries_end, extents: VecDeque::new() }
     }
 
     pub fn set_writable(&mut self, writable: bool) {
@@ -110,9 +110,37 @@ impl<R: RawLog> EntryLog<R> {
         self.entries_end
     }
 
-    /// An entry was written up to `end` (by the replica, not the engine).
-    pub fn note_entry_end(&mut self, end: u64) {
+    /// The log dropped what was not written after a storage error: forget
+    /// the open entry and any end past what the log still holds.
+    pub fn reset_after_recovery(&mut self) {
+        self.open = None;
+        self.entries_end = self.entries_end.min(self.raw.end());
+    }
+
+    /// An entry was written from its header at `header_pos` up to `end`
+    /// (by the replica, or found in the log at start-up).
+    pub fn note_entry(&mut self, header_pos: u64, end: u64) {
         self.entries_end = self.entries_end.max(end);
+        if self.extents.back().is_none_or(|(h, _)| *h < header_pos) {
+            self.extents.push_back((header_pos, end));
+        }
+    }
+
+    /// Where the entry holding log position `pos` starts (its header), or
+    /// `pos` when no entry holds it: the log may be released below this.
+    pub fn entry_start(&self, pos: u64) -> u64 {
+        let n = self.extents.partition_point(|(h, _)| *h <= pos);
+        match n.checked_sub(1).and_then(|i| self.extents.get(i)) {
+            Some((h, end)) if pos < *end => *h,
+            _ => pos,
+        }
+    }
+
+    /// Forgets entries whose header lies below `pos` (released).
+    pub fn forget_below(&mut self, pos: u64) {
+        while self.extents.front().is_some_and(|(h, _)| *h < pos) {
+            self.extents.pop_front();
+        }
     }
 
     pub fn has_open(&self) -> bool {
@@ -123,23 +151,36 @@ impl<R: RawLog> EntryLog<R> {
         self.open.take()
     }
 
-    /// Fills in the header of a sealed entry once Raft assigned it a place.
-    pub fn finish(&mut self, open: &OpenEntry, term: u64, index: u64) {
+    /// Fills in the header of a sealed entry once Raft assigned it a place
+    /// (`prev_term`: the term of entry `index - 1`).
+    pub fn finish(&mut self, open: &OpenEntry, term: u64, index: u64, prev_term: u64) {
         let header = EntryHeader {
             term,
             index,
+            prev_term,
             kind: EntryKind::Normal,
             flags: if open.sync { FLAG_SYNC } else { 0 },
             records: open.positions.len() as u32,
             data_len: open.data_len as u32,
         };
         self.raw.patch(open.header_pos, &header.encode());
+        self.note_entry(open.header_pos, self.entries_end);
     }
 
-    /// Removes a sealed entry Raft refused (this node stopped leading).
-    pub fn discard(&mut self, open: OpenEntry) {
-        self.raw.discard_from(open.start);
-        self.entries_end = self.entries_end.min(open.start);
+    /// Marks a sealed entry Raft refused (this node stopped leading) void:
+    /// its records stay in the log (positions never move) but are never
+    /// part of the Raft log nor applied at recovery.
+    pub fn void(&mut self, open: OpenEntry) {
+        let header = EntryHeader {
+            term: 0,
+            index: 0,
+            prev_term: 0,
+            kind: EntryKind::Void,
+            flags: 0,
+            records: open.positions.len() as u32,
+            data_len: 0,
+        };
+        self.raw.patch(open.header_pos, &header.encode());
     }
 }
 
@@ -149,16 +190,9 @@ impl<R: RawLog> Log for EntryLog<R> {
             return Err(EngineError::new(ErrorCode::NOT_LEADER, "this node does not lead the queue's shard"));
         }
         if self.open.is_none() {
-            let start = self.raw.end();
             let header_pos = self.raw.reserve(rtype::ENTRY, EntryHeader::PAYLOAD_BYTES, Durability::Written)?;
-            self.open = Some(OpenEntry {
-                start,
-                header_pos,
-                data: Vec::new(),
-                positions: Vec::new(),
-                sync: false,
-                data_len: 0,
-            });
+            self.open =
+                Some(OpenEntry { header_pos, data: Vec::new(), positions: Vec::new(), sync: false, data_len: 0 });
         }
         let pos = self.raw.append(rt, parts, durability)?;
         self.entries_end = self.raw.end();

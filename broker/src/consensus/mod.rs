@@ -11,6 +11,7 @@
 pub mod entry;
 pub mod log;
 mod logger;
+pub mod readback;
 pub mod records;
 pub mod replica;
 pub mod scan;

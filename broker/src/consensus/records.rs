@@ -10,7 +10,8 @@
 //!
 //! Payload layouts (little-endian):
 //! ```text
-//! 240 Entry        term u64, index u64, kind u8, flags u8, records u32, data_len u32
+//! 240 Entry        term u64, index u64, prev_term u64, kind u8 (0 normal, 1 configuration
+//!                  change, 2 void), flags u8 (1: sync), records u32, data_len u32
 //! 241 HardState    term u64, vote u64, commit u64
 //! 242 ConfState    voters [u64], learners [u64], voters_outgoing [u64], learners_next [u64], auto_leave u8
 //! 243 ConfChange   the raft-rs ConfChangeV2 protobuf, as proposed
@@ -45,6 +46,9 @@ pub enum EntryKind {
     Normal = 0,
     /// One `ConfChange` record.
     ConfChange = 1,
+    /// Records Raft refused (this node stopped leading before it could
+    /// propose them): never part of the Raft log, never applied.
+    Void = 2,
 }
 
 impl EntryKind {
@@ -52,6 +56,7 @@ impl EntryKind {
         match v {
             0 => Ok(EntryKind::Normal),
             1 => Ok(EntryKind::ConfChange),
+            2 => Ok(EntryKind::Void),
             _ => Err(DecodeError::Invalid("entry kind")),
         }
     }
@@ -68,6 +73,10 @@ pub const FLAG_SYNC: u8 = 1;
 pub struct EntryHeader {
     pub term: u64,
     pub index: u64,
+    /// The term of entry `index - 1`: a log whose older segments were
+    /// released still knows where it starts (Raft matches logs by the
+    /// index and term of the entry before).
+    pub prev_term: u64,
     pub kind: EntryKind,
     pub flags: u8,
     /// Records that follow the header and belong to the entry.
@@ -77,16 +86,17 @@ pub struct EntryHeader {
 }
 
 impl EntryHeader {
-    pub const PAYLOAD_BYTES: usize = 8 + 8 + 1 + 1 + 4 + 4;
+    pub const PAYLOAD_BYTES: usize = 8 + 8 + 8 + 1 + 1 + 4 + 4;
 
     pub fn encode(&self) -> [u8; Self::PAYLOAD_BYTES] {
         let mut out = [0u8; Self::PAYLOAD_BYTES];
         out[0..8].copy_from_slice(&self.term.to_le_bytes());
         out[8..16].copy_from_slice(&self.index.to_le_bytes());
-        out[16] = self.kind as u8;
-        out[17] = self.flags;
-        out[18..22].copy_from_slice(&self.records.to_le_bytes());
-        out[22..26].copy_from_slice(&self.data_len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.prev_term.to_le_bytes());
+        out[24] = self.kind as u8;
+        out[25] = self.flags;
+        out[26..30].copy_from_slice(&self.records.to_le_bytes());
+        out[30..34].copy_from_slice(&self.data_len.to_le_bytes());
         out
     }
 
@@ -95,6 +105,7 @@ impl EntryHeader {
         let h = EntryHeader {
             term: r.u64("term")?,
             index: r.u64("index")?,
+            prev_term: r.u64("prev_term")?,
             kind: EntryKind::from_u8(r.u8("kind")?)?,
             flags: r.u8("flags")?,
             records: r.u32("records")?,
@@ -104,7 +115,7 @@ impl EntryHeader {
         if h.records > ENTRY_RECORDS_MAX {
             return Err(DecodeError::Invalid("entry record count"));
         }
-        if h.index == 0 {
+        if h.index == 0 && h.kind != EntryKind::Void {
             return Err(DecodeError::Invalid("entry index 0"));
         }
         Ok(h)
@@ -185,14 +196,25 @@ mod tests {
 
     #[test]
     fn entry_header_round_trip_and_golden_bytes() {
-        let h =
-            EntryHeader { term: 3, index: 0x0102, kind: EntryKind::Normal, flags: FLAG_SYNC, records: 2, data_len: 40 };
+        let h = EntryHeader {
+            term: 3,
+            index: 0x0102,
+            prev_term: 2,
+            kind: EntryKind::Normal,
+            flags: FLAG_SYNC,
+            records: 2,
+            data_len: 40,
+        };
         let b = h.encode();
-        assert_eq!(
-            b,
-            [3, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 40, 0, 0, 0],
-            "term, index, kind, flags, records, data_len little-endian"
-        );
+        let golden: [u8; 34] = [
+            3, 0, 0, 0, 0, 0, 0, 0, // term
+            2, 1, 0, 0, 0, 0, 0, 0, // index
+            2, 0, 0, 0, 0, 0, 0, 0, // prev_term
+            0, 1, // kind, flags
+            2, 0, 0, 0, // records
+            40, 0, 0, 0, // data_len
+        ];
+        assert_eq!(b, golden);
         assert_eq!(EntryHeader::decode(&b).unwrap(), h);
         for cut in 0..b.len() {
             assert!(EntryHeader::decode(&b[..cut]).is_err(), "truncated at {cut}");
@@ -202,11 +224,17 @@ mod tests {
     #[test]
     fn entry_header_rejects_impossible_values() {
         let mut b =
-            EntryHeader { term: 1, index: 1, kind: EntryKind::Normal, flags: 0, records: 0, data_len: 0 }.encode();
-        b[16] = 9;
+            EntryHeader { term: 1, index: 1, prev_term: 0, kind: EntryKind::Normal, flags: 0, records: 0, data_len: 0 }
+                .encode();
+        b[24] = 9;
         assert!(EntryHeader::decode(&b).is_err(), "unknown kind");
-        let b = EntryHeader { term: 1, index: 0, kind: EntryKind::Normal, flags: 0, records: 0, data_len: 0 }.encode();
+        let b =
+            EntryHeader { term: 1, index: 0, prev_term: 0, kind: EntryKind::Normal, flags: 0, records: 0, data_len: 0 }
+                .encode();
         assert!(EntryHeader::decode(&b).is_err(), "index 0");
+        let v =
+            EntryHeader { term: 0, index: 0, prev_term: 0, kind: EntryKind::Void, flags: 0, records: 3, data_len: 0 };
+        assert_eq!(EntryHeader::decode(&v.encode()).unwrap(), v, "a void entry has no index");
     }
 
     #[test]

@@ -15,11 +15,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::{RawNode, ReadState, StateRole};
 
 use super::entry::{self, CachedEntry, IndexedEntry};
 use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
+use super::readback;
 use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, FLAG_SYNC};
 use super::store::RaftStore;
 use crate::engine::Durability;
@@ -89,8 +92,9 @@ pub enum Event {
     /// depends on them must not go out. The engine was rebuilt if it had
     /// applied them.
     Truncated { from: u64 },
-    /// The group's membership changed (committed).
-    ConfChanged { voters: Vec<u64>, learners: Vec<u64> },
+    /// The group's membership changed (committed); `added`: a node that
+    /// joined and where its peers reach it.
+    ConfChanged { voters: Vec<u64>, learners: Vec<u64>, added: Option<(u64, String)> },
 }
 
 /// What the caller must send or do after a call.
@@ -127,6 +131,22 @@ pub enum ReplicaError {
     Apply { index: u64, msg: String },
     #[error("log index: {0}")]
     Index(#[from] entry::IndexError),
+    #[error("{0}")]
+    Busy(String),
+}
+
+impl ReplicaError {
+    /// The error code and message a client gets.
+    pub fn into_code(self) -> (cmq_protocol::ErrorCode, String) {
+        use cmq_protocol::ErrorCode;
+        match self {
+            ReplicaError::Busy(m) => (ErrorCode::BUSY, m),
+            ReplicaError::Raft(raft::Error::ProposalDropped) => {
+                (ErrorCode::NOT_LEADER, "this node stopped leading the shard; retry".into())
+            }
+            e => (ErrorCode::INTERNAL, e.to_string()),
+        }
+    }
 }
 
 /// How long an unconfirmed read waits before its ReadIndex round is
@@ -274,7 +294,10 @@ impl Replica {
     /// refused before raft-rs sees them, so a faulty peer cannot make this
     /// replica write garbage.
     pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
-        for e in msg.get_entries() {
+        // Only appends carry log entries (a ReadIndex request carries its
+        // context in an entry too).
+        let appends = msg.get_msg_type() == MessageType::MsgAppend;
+        for e in msg.get_entries().iter().filter(|_| appends) {
             if e.get_entry_type() == EntryType::EntryNormal {
                 if let Err(err) = entry::count_records(e.get_data()) {
                     log::warn!(
@@ -316,6 +339,17 @@ impl Replica {
         self.read_asked
     }
 
+    /// The last ReadIndex round started.
+    pub fn read_asked(&self) -> u64 {
+        self.read_asked
+    }
+
+    /// Tells raft-rs a message to `to` could not be sent (its link is full):
+    /// it probes the peer instead of streaming to it.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
+    }
+
     /// Every read done before ReadIndex round `n` may be answered, for
     /// every `n` up to this.
     pub fn read_confirmed(&self) -> u64 {
@@ -323,14 +357,14 @@ impl Replica {
     }
 
     /// Proposes this turn's open entry. Returns false if Raft refused it
-    /// (not leader, or a leadership transfer): the entry is discarded from
+    /// (not leader, or a leadership transfer): the entry is made void in
     /// the log and the engine must be rebuilt.
     pub fn propose<R: RawLog>(&mut self, log: &mut EntryLog<R>) -> bool {
         let Some(mut open) = log.take_open() else { return true };
         let context = if open.sync { vec![FLAG_SYNC] } else { Vec::new() };
         let before = self.node.raft.raft_log.last_index();
         if !self.leading || self.node.propose(context, std::mem::take(&mut open.data)).is_err() {
-            log.discard(open);
+            log.void(open);
             return false;
         }
         let index = self.node.raft.raft_log.last_index();
@@ -339,7 +373,8 @@ impl Replica {
         // raft-rs turned the data into `Bytes`: share it, no copy.
         let data = self.node.raft.raft_log.unstable_entries().last().map(|e| e.data.clone()).unwrap_or_default();
         open.data_len = data.len();
-        log.finish(&open, term, index);
+        let prev_term = self.node.raft.raft_log.term(index - 1).unwrap_or(0);
+        log.finish(&open, term, index, prev_term);
         self.record_own_entry(index, term, &open, data, log.raw.end());
         self.applied = index;
         true
@@ -460,27 +495,24 @@ impl Replica {
         };
         let data = e.get_data();
         let records = match kind {
-            EntryKind::Normal => {
-                entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?
-            }
             EntryKind::ConfChange => 1,
+            _ => entry::count_records(data).map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?,
         };
         let flags = e.get_context().first().copied().unwrap_or(0) & FLAG_SYNC;
-        let header = EntryHeader { term: e.term, index, kind, flags, records, data_len: data.len() as u32 };
+        let prev_term = self.node.store().index.term(index - 1).unwrap_or(0);
+        let data_len = data.len() as u32;
+        let header = EntryHeader { term: e.term, index, prev_term, kind, flags, records, data_len };
         let header_pos = log.raw.append(rtype::ENTRY, &[&header.encode()], Durability::Written)?;
         let mut positions = Vec::with_capacity(records as usize);
-        match kind {
-            EntryKind::Normal => {
-                for r in entry::records(data) {
-                    let (rt, payload) = r.map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?;
-                    positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
-                }
-            }
-            EntryKind::ConfChange => {
-                positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?)
+        if kind == EntryKind::ConfChange {
+            positions.push(log.raw.append(rtype::CONF_CHANGE, &[data], Durability::Written)?);
+        } else {
+            for r in entry::records(data) {
+                let (rt, payload) = r.map_err(|err| ReplicaError::Apply { index, msg: err.to_string() })?;
+                positions.push(log.raw.append(rt, &[payload], Durability::Written)?);
             }
         }
-        log.note_entry_end(log.raw.end());
+        log.note_entry(header_pos, log.raw.end());
         let store = self.node.mut_store();
         store.index.push(index, IndexedEntry { term: e.term, header_pos, end_pos: log.raw.end() })?;
         store.cache.put(index, CachedEntry { kind, data: e.data.clone(), positions });
@@ -518,41 +550,9 @@ impl Replica {
 
     /// Applies one entry's engine records with their local positions.
     fn apply_entry(&self, index: u64, raw: &impl RawLog, applier: &mut impl Applier) -> Result<(), ReplicaError> {
-        let apply_err = |msg: String| ReplicaError::Apply { index, msg };
         let store = self.node.store();
-        if let Some(c) = store.cache.get(index) {
-            if c.kind == EntryKind::ConfChange {
-                return Ok(());
-            }
-            for (r, pos) in entry::records(&c.data).zip(&c.positions) {
-                let (rt, payload) = r.map_err(|e| apply_err(e.to_string()))?;
-                applier.apply(*pos, rt, payload).map_err(apply_err)?;
-            }
-            return Ok(());
-        }
-        let Some(ie) = store.index.get(index) else {
-            let ix = &store.index;
-            return Err(apply_err(format!(
-                "the entry is not in the log (it holds {}..={}, applied {}, commit {})",
-                ix.first_index(),
-                ix.last_index(),
-                self.applied,
-                self.node.raft.raft_log.committed
-            )));
-        };
-        let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
-            .map_err(|e| apply_err(format!("entry header: {e}")))?;
-        if header.kind == EntryKind::ConfChange || header.records == 0 {
-            return Ok(());
-        }
-        let first = first_record_pos(raw, ie.header_pos)?;
-        let mut failed = None;
-        raw.read_records(first, header.records, &mut |pos, rt, payload| {
-            if failed.is_none() {
-                failed = applier.apply(pos, rt, payload).err();
-            }
-        })?;
-        failed.map_or(Ok(()), |m| Err(apply_err(m)))
+        readback::apply_entry(&store.index, index, store.cache.get(index), raw, applier)
+            .map_err(|e| ReplicaError::Apply { index: e.index, msg: e.msg })
     }
 
     fn apply_conf_change<R: RawLog>(
@@ -571,7 +571,12 @@ impl Replica {
         let rec = conf_record(&cs);
         log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
         log.raw.require_sync();
-        out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone() });
+        let added = cc
+            .get_changes()
+            .iter()
+            .find(|c| c.get_change_type() == ConfChangeType::AddNode)
+            .map(|c| (c.node_id, String::from_utf8_lossy(cc.get_context()).into_owned()));
+        out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone(), added });
         self.node.mut_store().conf_state = cs;
         Ok(())
     }
@@ -605,7 +610,11 @@ impl Replica {
 
     /// The engine had applied entries a new leader replaced: start over
     /// from the durable base and apply what is committed.
-    fn rebuild<R: RawLog>(&mut self, log: &mut EntryLog<R>, applier: &mut impl Applier) -> Result<(), ReplicaError> {
+    pub fn rebuild<R: RawLog>(
+        &mut self,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+    ) -> Result<(), ReplicaError> {
         self.truncated_applied = false;
         applier.reset();
         // What raft-rs knows committed may run past what this replica has
@@ -651,7 +660,8 @@ impl Replica {
             if self.node.store().cache.get(i).is_some() {
                 continue;
             }
-            let Some(c) = read_entry(self.node.store(), i, raw)? else { break };
+            let c = readback::read_entry(&self.node.store().index, i, raw)
+                .map_err(|e| ReplicaError::Apply { index: e.index, msg: e.msg })?;
             self.node.mut_store().cache.put_fetched(i, c);
         }
         self.node.on_entries_fetched(ctx);
@@ -728,8 +738,25 @@ impl Replica {
         self.node.transfer_leader(to);
     }
 
-    /// Proposes a membership change (one node at a time).
-    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ReplicaError> {
+    /// Proposes adding node `id` as a voter; its peers reach it at
+    /// `peer_addr` (carried in the change, so every replica learns it).
+    pub fn propose_add_node(&mut self, id: u64, peer_addr: &str) -> Result<(), ReplicaError> {
+        self.propose_change(ConfChangeType::AddNode, id, peer_addr.as_bytes().to_vec())
+    }
+
+    pub fn propose_remove_node(&mut self, id: u64) -> Result<(), ReplicaError> {
+        self.propose_change(ConfChangeType::RemoveNode, id, Vec::new())
+    }
+
+    /// One node at a time: raft-rs refuses a change while another is pending.
+    fn propose_change(&mut self, kind: ConfChangeType, id: u64, context: Vec<u8>) -> Result<(), ReplicaError> {
+        if self.node.raft.has_pending_conf() {
+            return Err(ReplicaError::Busy("a membership change is still in progress; retry when it is done".into()));
+        }
+        let single = ConfChangeSingle { change_type: kind, node_id: id, ..Default::default() };
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.set_context(context.into());
         self.node.propose_conf_change(Vec::new(), cc)?;
         Ok(())
     }
@@ -743,33 +770,6 @@ impl Replica {
         let m = Message::parse_from_bytes(bytes).ok()?;
         (m.get_msg_type() != MessageType::MsgHup).then_some(m)
     }
-}
-
-/// Position of the first record after an entry's header.
-fn first_record_pos(raw: &impl RawLog, header_pos: u64) -> Result<u64, LogFailure> {
-    let mut next = None;
-    raw.read_records(header_pos, 2, &mut |pos, _, _| next = Some(pos))?;
-    next.filter(|p| *p != header_pos).ok_or_else(|| LogFailure("entry header without records".into()))
-}
-
-/// Reads entry `index` back from the log as Raft carries it.
-fn read_entry(store: &RaftStore, index: u64, raw: &impl RawLog) -> Result<Option<CachedEntry>, ReplicaError> {
-    let Some(ie) = store.index.get(index) else { return Ok(None) };
-    let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32)?)
-        .map_err(|e| ReplicaError::Apply { index, msg: format!("entry header: {e}") })?;
-    let mut data = bytes::BytesMut::with_capacity(header.data_len as usize);
-    let mut positions = Vec::with_capacity(header.records as usize);
-    if header.records > 0 {
-        let first = first_record_pos(raw, ie.header_pos)?;
-        raw.read_records(first, header.records, &mut |pos, rt, payload| {
-            positions.push(pos);
-            match header.kind {
-                EntryKind::Normal => entry::push_record(&mut data, rt, &[payload]),
-                EntryKind::ConfChange => data.extend_from_slice(payload),
-            }
-        })?;
-    }
-    Ok(Some(CachedEntry { kind: header.kind, data: data.freeze(), positions }))
 }
 
 fn conf_record(cs: &ConfState) -> ConfStateRecord {

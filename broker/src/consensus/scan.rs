@@ -12,8 +12,8 @@ pub struct Scanned {
     pub index: EntryIndex,
     pub hard_state: HardStateRecord,
     pub conf: Option<ConfStateRecord>,
-    /// Engine records found outside any entry: a log written before
-    /// entries existed (applied as they are, solo only).
+    /// Engine records before the first entry header: the tail of an entry
+    /// whose header was released with its segment. Never applied.
     pub loose_records: u64,
 }
 
@@ -34,10 +34,23 @@ struct Current {
     end: u64,
 }
 
+impl Current {
+    fn void(&self) -> bool {
+        self.header.kind == super::records::EntryKind::Void
+    }
+}
+
 pub struct LogScanner {
     out: Scanned,
     current: Option<Current>,
     seen_entry: bool,
+    /// An entry was indexed: a later gap in indices is an error, not a
+    /// released prefix.
+    indexed_any: bool,
+    /// A single node's log: records are applied as they come (entries only
+    /// number them), so a record `--repair` cut out of an entry, or an
+    /// entry header it cut, is no reason to refuse the rest.
+    tolerant: bool,
 }
 
 impl Default for LogScanner {
@@ -46,6 +59,8 @@ impl Default for LogScanner {
             out: Scanned { index: EntryIndex::starting_after(0, 0, 0), ..Default::default() },
             current: None,
             seen_entry: false,
+            indexed_any: false,
+            tolerant: false,
         }
     }
 }
@@ -57,7 +72,14 @@ impl LogScanner {
             out: Scanned { index: EntryIndex::starting_after(index, term, end_pos), ..Default::default() },
             current: None,
             seen_entry: index > 0,
+            indexed_any: index > 0,
+            tolerant: false,
         }
+    }
+
+    /// For a single node's log (see `tolerant`).
+    pub fn tolerant() -> LogScanner {
+        LogScanner { tolerant: true, ..LogScanner::default() }
     }
 
     /// One record: its payload position, the position just past it, its
@@ -86,9 +108,13 @@ impl LogScanner {
             }
             _ => {
                 let Some(mut c) = self.current.take() else {
-                    if self.seen_entry && rt < rtype::FIRST {
+                    if self.seen_entry && rt < rtype::FIRST && !self.tolerant {
                         return Err(err(format!("engine record (type {rt}) outside any entry")));
                     }
+                    // Before the first header: the tail of an entry whose
+                    // header was in a released segment (never needed:
+                    // segments are released only below the header of the
+                    // entry holding the oldest live record).
                     if rt < rtype::FIRST {
                         self.out.loose_records += 1;
                     }
@@ -107,6 +133,16 @@ impl LogScanner {
     }
 
     fn close(&mut self, c: Current) -> Result<(), String> {
+        if c.void() {
+            return Ok(());
+        }
+        let gap = self.out.index.last_index() + 1 < c.index;
+        if gap && (!self.indexed_any || self.tolerant) {
+            // The log's older segments were released (or, alone, repair
+            // cut an entry header): the index starts again here.
+            self.out.index = EntryIndex::starting_after(c.index - 1, c.header.prev_term, c.header_pos);
+        }
+        self.indexed_any = true;
         let e = IndexedEntry { term: c.header.term, header_pos: c.header_pos, end_pos: c.end };
         self.out.index.push(c.index, e).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -122,7 +158,9 @@ mod tests {
     use crate::consensus::records::EntryKind;
 
     fn header(term: u64, index: u64, records: u32) -> Vec<u8> {
-        EntryHeader { term, index, kind: EntryKind::Normal, flags: 0, records, data_len: 0 }.encode().to_vec()
+        EntryHeader { term, index, prev_term: 0, kind: EntryKind::Normal, flags: 0, records, data_len: 0 }
+            .encode()
+            .to_vec()
     }
 
     #[test]
@@ -159,6 +197,43 @@ mod tests {
         s.record(29, 40, rtype::ENTRY, &header(1, 1, 0)).unwrap();
         assert!(s.record(49, 60, 4, b"y").is_err());
         assert_eq!(s.finish().loose_records, 1);
+    }
+
+    #[test]
+    fn void_entries_and_their_records_are_skipped() {
+        let mut s = LogScanner::default();
+        s.record(9, 40, rtype::ENTRY, &header(1, 1, 1)).unwrap();
+        s.record(49, 60, 4, b"a").unwrap();
+        let void =
+            EntryHeader { term: 0, index: 0, prev_term: 0, kind: EntryKind::Void, flags: 0, records: 2, data_len: 0 };
+        s.record(69, 90, rtype::ENTRY, &void.encode()).unwrap();
+        s.record(99, 110, 4, b"b").unwrap();
+        s.record(119, 130, 4, b"c").unwrap();
+        s.record(139, 160, rtype::ENTRY, &header(1, 2, 0)).unwrap();
+        let out = s.finish();
+        assert_eq!(out.index.last_index(), 2);
+        assert_eq!(out.index.get(2).unwrap().header_pos, 139);
+    }
+
+    #[test]
+    fn a_log_whose_start_was_released_starts_at_its_first_entry() {
+        let mut s = LogScanner::default();
+        s.record(9, 20, 4, b"tail of entry 33").unwrap();
+        let h = EntryHeader {
+            term: 2,
+            index: 34,
+            prev_term: 1,
+            kind: EntryKind::Normal,
+            flags: 0,
+            records: 0,
+            data_len: 0,
+        };
+        s.record(29, 60, rtype::ENTRY, &h.encode()).unwrap();
+        s.record(69, 100, rtype::ENTRY, &header(2, 35, 0)).unwrap();
+        let out = s.finish();
+        assert_eq!((out.index.first_index(), out.index.last_index()), (34, 35));
+        assert_eq!(out.index.term(33), Some(1));
+        assert_eq!(out.loose_records, 1);
     }
 
     #[test]

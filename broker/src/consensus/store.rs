@@ -45,8 +45,8 @@ impl RaftStore {
 
     fn entry(&self, index: u64, c: &CachedEntry) -> Option<Entry> {
         let entry_type = match c.kind {
-            EntryKind::Normal => EntryType::EntryNormal,
             EntryKind::ConfChange => EntryType::EntryConfChangeV2,
+            EntryKind::Normal | EntryKind::Void => EntryType::EntryNormal,
         };
         Some(Entry { index, term: self.index.term(index)?, entry_type, data: c.data.clone(), ..Default::default() })
     }

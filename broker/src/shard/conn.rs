@@ -6,8 +6,7 @@ use std::io::{self, Write};
 use bytes::BytesMut;
 use mio::net::TcpStream;
 
-use super::release::{HoldQueue, Need};
-use crate::storage::Progress;
+use super::release::{HoldQueue, Need, Progress};
 
 /// Read buffer growth step: one read syscall can bring in this many bytes of
 /// frames (many pipelined requests per syscall). A frame up to this size is

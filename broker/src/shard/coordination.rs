@@ -5,7 +5,7 @@ use cmq_protocol::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
 
-use super::mailbox::{Answer, Query, ReplyTo, ShardMsg};
+use super::mailbox::{Answer, Membership, Query, ReplyTo, ShardMsg};
 use super::Shard;
 use crate::engine::ListedQueue;
 
@@ -36,6 +36,15 @@ pub(super) enum GatherKind {
         exists: bool,
         then: Request,
     },
+    /// ClusterStatus: every shard's replica state on this node.
+    ClusterStatus {
+        shards: Vec<(u16, ShardStatus)>,
+    },
+    /// A membership change on the shards this node leads: the first refusal.
+    Membership {
+        op: u16,
+        refusal: Option<(ErrorCode, String)>,
+    },
 }
 
 pub(super) struct Gather {
@@ -54,8 +63,8 @@ impl Shard {
         self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
         for shard in shards {
             if shard == self.id {
-                let answer = self.answer_query(query.clone());
-                self.gather_answer(gather, answer, now);
+                // In a group this waits for a ReadIndex round like the others.
+                self.take_query(self.id, gather, query.clone(), now);
             } else {
                 self.send_to(shard, ShardMsg::Query { from: self.id, gather, query: query.clone() });
             }
@@ -79,6 +88,8 @@ impl Shard {
             }
             Query::DeadLetterSources { name } => Answer::Names(self.engine.dead_letter_sources(&name)),
             Query::QueueExists { name } => Answer::Exists(self.engine.queue_exists(&name)),
+            Query::ReplicaStatus => Answer::Status(self.id, self.shard_status()),
+            Query::Membership(m) => Answer::Done(self.membership(m)),
         }
     }
 
@@ -93,6 +104,12 @@ impl Shard {
             (GatherKind::ListRedrives { items }, Answer::Redrives(r)) => items.extend(r),
             (GatherKind::DeadLetterSources { names, .. }, Answer::Names(n)) => names.extend(n),
             (GatherKind::QueueExists { exists, .. }, Answer::Exists(e)) => *exists |= e,
+            (GatherKind::ClusterStatus { shards }, Answer::Status(k, st)) => shards.push((k, st)),
+            (GatherKind::Membership { refusal, .. }, Answer::Done(r)) => {
+                if let Err(e) = r {
+                    refusal.get_or_insert(e);
+                }
+            }
             _ => log::error!("shard {}: answer does not match its question (gather {gather})", self.id),
         }
         g.parts_left -= 1;
@@ -135,6 +152,22 @@ impl Shard {
                 self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg);
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
+            GatherKind::Membership { op, refusal: Some((code, msg)) } => self.reply_err(to, op, id, code, &msg),
+            GatherKind::Membership { op, refusal: None } => {
+                let empty = Empty {};
+                let resp = match Opcode::from_u16(op) {
+                    Some(Opcode::TransferLeader) => Response::TransferLeader(empty),
+                    Some(Opcode::AddNode) => Response::AddNode(empty),
+                    _ => Response::RemoveNode(empty),
+                };
+                self.reply_ok(to, id, &resp);
+            }
+            GatherKind::ClusterStatus { mut shards } => {
+                shards.sort_by_key(|(k, _)| *k);
+                let map = self.shared.cluster_map();
+                let shards = shards.into_iter().map(|(_, st)| st).collect();
+                self.reply_ok(to, id, &Response::ClusterStatus(ClusterStatusOk { map, shards }));
+            }
             GatherKind::QueueExists { dlq, then, .. } => {
                 let field = match then {
                     Request::Subscribe(_) => "endpoint",
@@ -171,6 +204,46 @@ impl Shard {
         let kind =
             GatherKind::ListTopics { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
         self.scatter(to, id, query, self.all_shards(), kind, now);
+    }
+
+    /// TransferLeader, AddNode, RemoveNode: every shard this node leads
+    /// (or the one named) carries it out.
+    pub(super) fn start_membership(&mut self, to: ReplyTo, id: u64, request: Request, now: u64) {
+        let op = request.opcode() as u16;
+        if self.repl.is_none() {
+            let msg = "this broker runs as a single node (no --peers): there is no cluster to change";
+            return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg);
+        }
+        let (m, shards) = match request {
+            Request::TransferLeader(t) => {
+                let shards = match t.shard {
+                    Some(k) if k >= self.shard_count() => {
+                        let msg = format!("shard: {k} is not below the shard count {}", self.shard_count());
+                        return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg);
+                    }
+                    Some(k) => vec![k],
+                    None => self.all_shards(),
+                };
+                (Membership::TransferLeader { to: t.to }, shards)
+            }
+            Request::AddNode(a) => match a.peer_addr.parse() {
+                Ok(peer_addr) if a.id != 0 => (Membership::AddNode { id: a.id, peer_addr }, self.all_shards()),
+                _ => {
+                    let msg =
+                        format!("id {} / peer_addr {:?}: a node id (1..) and an IP:PORT are needed", a.id, a.peer_addr);
+                    return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg);
+                }
+            },
+            Request::RemoveNode(r) => (Membership::RemoveNode { id: r.id }, self.all_shards()),
+            _ => return,
+        };
+        let kind = GatherKind::Membership { op, refusal: None };
+        self.scatter(to, id, Query::Membership(m), shards, kind, now);
+    }
+
+    pub(super) fn start_cluster_status(&mut self, to: ReplyTo, id: u64, now: u64) {
+        let kind = GatherKind::ClusterStatus { shards: Vec::new() };
+        self.scatter(to, id, Query::ReplicaStatus, self.all_shards(), kind, now);
     }
 
     pub(super) fn start_list_redrives(&mut self, to: ReplyTo, id: u64, now: u64) {

@@ -146,14 +146,9 @@ impl Shard {
                 let map = self.cluster_map();
                 self.reply_ok(to, id, &Response::GetClusterMap(map))
             }
-            Request::ClusterStatus(_) => {
-                let status = self.cluster_status();
-                self.reply_ok(to, id, &Response::ClusterStatus(status))
-            }
+            Request::ClusterStatus(_) => self.start_cluster_status(to, id, now),
             Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
-                let op = request.opcode() as u16;
-                let msg = "this broker runs as a single node (no --peers): there is no cluster to change";
-                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg)
+                self.start_membership(to, id, request, now)
             }
             Request::ListQueues(l) => self.start_list(to, id, l, now),
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
@@ -175,6 +170,11 @@ impl Shard {
     /// Runs a request against this shard's engine (this shard owns the queue).
     pub(super) fn execute(&mut self, to: ReplyTo, id: u64, request: Request, now: u64) {
         let op = request.opcode() as u16;
+        if !self.may_serve() && request.route() != Route::Any {
+            // Nothing ran: the client may send it to the leader.
+            let msg = self.not_leader_message();
+            return self.reply_err(to, op, id, ErrorCode::NOT_LEADER, &msg);
+        }
         if let Some(fake) = self.fault_drop(&request) {
             return self.reply_ok(to, id, &fake);
         }
@@ -459,6 +459,13 @@ impl Shard {
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
         let start = self.reply_start(to);
         reply::err(self.reply_buf(to), op, id, code, msg);
+        if code == ErrorCode::NOT_LEADER {
+            // Says nothing about queue state and depends on no record: it
+            // must not wait for a log (or a leadership) this replica lacks.
+            self.reply_dep = None;
+            self.reply_done_with(to, start, crate::shard::release::Need::NONE);
+            return;
+        }
         if code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed() {
             // A failed log writes nothing more, so nothing logged after the
             // failure would ever let this refusal out; it states nothing

@@ -68,29 +68,38 @@ impl Shard {
             self.engine.transfer_results(&mut self.log, now, &results);
         }
         for (shard, ts) in remote {
-            self.turn_msgs.push((shard, ShardMsg::Transfers(ts)));
+            self.turn_msgs.push((shard, ShardMsg::Transfers { from_node: 0, ts }));
         }
     }
 
     /// Applies transfers sent to our queues; the verdicts go back once the
     /// `TransferIn` records are durable.
-    pub(super) fn receive_transfers(&mut self, ts: Vec<InTransfer>, now: u64) {
+    /// (`from_node`: where the source shard is, 0 for this node.)
+    pub(super) fn receive_transfers(&mut self, from_node: u64, ts: Vec<InTransfer>, now: u64) {
         let mut by_src: HashMap<u16, TransferVerdicts> = HashMap::new();
         for t in &ts {
             let r = self.engine.accept_transfer(&mut self.log, now, t).map_err(|e| e.code);
             by_src.entry(t.src_shard).or_default().push((t.id, r));
         }
         for (src, results) in by_src {
-            self.turn_msgs.push((src, ShardMsg::TransferResults { from: self.id, results }));
+            let msg = ShardMsg::TransferResults { from: self.id, from_node: 0, results };
+            self.stage_to(from_node, src, msg);
         }
     }
 
     /// Verdicts on our transfers; tells the destination what it may forget
     /// once the `TransferDone` records are durable.
-    pub(super) fn transfer_results(&mut self, from: u16, results: TransferVerdicts, now: u64) {
+    pub(super) fn transfer_results(&mut self, from: u16, from_node: u64, results: TransferVerdicts, now: u64) {
         self.engine.transfer_results(&mut self.log, now, &results);
         let below = self.engine.transfer_low_watermark();
-        self.turn_msgs.push((from, ShardMsg::TransferPrune { from: self.id, below }));
+        self.stage_to(from_node, from, ShardMsg::TransferPrune { from: self.id, from_node: 0, below });
+    }
+
+    /// Stages `msg` for shard `to` of node `node` (0: this node) with the
+    /// turn's other messages: it goes once this turn's records are safe.
+    fn stage_to(&mut self, node: u64, to: u16, msg: ShardMsg) {
+        let msg = if node == 0 { msg } else { ShardMsg::Remote { node, to, msg: Box::new(msg) } };
+        self.turn_msgs.push((to, msg));
     }
 
     /// Hands due HTTP pushes to the push pool; a full pool leaves them for later.

@@ -77,15 +77,33 @@ pub enum Query {
     DeadLetterSources { name: String },
     /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?
     QueueExists { name: String },
+    /// ClusterStatus: your replica's state.
+    ReplicaStatus,
+    /// TransferLeader, AddNode, RemoveNode: if you lead your group, do it.
+    Membership(Membership),
+}
+
+/// A change a group's leader carries out (see `replication.rs`).
+#[derive(Debug, Clone)]
+pub enum Membership {
+    TransferLeader { to: u64 },
+    AddNode { id: u64, peer_addr: std::net::SocketAddr },
+    RemoveNode { id: u64 },
 }
 
 /// An answer to a [`Query`].
 #[derive(Debug)]
 pub enum Answer {
-    Queues { total: u32, items: Vec<ListedQueue> },
+    Queues {
+        total: u32,
+        items: Vec<ListedQueue>,
+    },
     Redrives(Vec<RedriveInfo>),
     Names(Vec<String>),
     Exists(bool),
+    Status(u16, cmq_protocol::ShardStatus),
+    /// A membership change: done (or not this shard's to do), or why not.
+    Done(Result<(), (ErrorCode, String)>),
 }
 
 pub enum ShardMsg {
@@ -106,17 +124,34 @@ pub enum ShardMsg {
         answer: Answer,
     },
     /// Messages moving into queues owned by the receiving shard.
-    Transfers(Vec<InTransfer>),
-    /// The destination's verdicts on transfers from the receiving shard.
+    /// `from_node`: the node whose source shard sent them when they came
+    /// from another node (its verdicts go back there); 0 from this node.
+    Transfers {
+        from_node: u64,
+        ts: Vec<InTransfer>,
+    },
+    /// The destination's verdicts on transfers from the receiving shard
+    /// (`from_node`: as for `Transfers`).
     TransferResults {
         from: u16,
+        from_node: u64,
         results: Vec<(u64, Result<(), ErrorCode>)>,
     },
     /// Shard `from` has no transfer pending below `below`.
     TransferPrune {
         from: u16,
+        from_node: u64,
         below: u64,
     },
+    /// To shard `to` of node `node`, over this shard's peer link (staged
+    /// with the turn's other messages: it waits for the log like them).
+    Remote {
+        node: u64,
+        to: u16,
+        msg: Box<ShardMsg>,
+    },
+    /// An authenticated connection from the same shard of another node.
+    PeerConn(Box<crate::cluster::acceptor::AuthenticatedStream>),
     /// A connection answers transaction checks for `group`.
     CheckerRegistered {
         group: String,
@@ -131,6 +166,7 @@ pub enum ShardMsg {
 }
 
 /// The sending side of one shard's inbox.
+#[derive(Clone)]
 pub struct ShardHandle {
     tx: Sender<ShardMsg>,
     waker: Arc<Waker>,

@@ -14,8 +14,10 @@ mod conn;
 mod coordination;
 mod dispatch;
 mod exchange;
+mod forward;
 pub mod mailbox;
 mod release;
+pub mod replication;
 mod reply;
 pub mod storage;
 mod wheel;
@@ -102,6 +104,74 @@ pub struct Shared {
     pub buffer_bytes: AtomicUsize,
     /// Refusals and closes by connection limits and deadlines, per shard.
     pub conn_counters: Vec<ConnCounters>,
+    /// Per shard: the node this node believes leads it, and the term
+    /// (alone: this node, term 1). Written by each shard when it changes.
+    pub leaders: Vec<(AtomicU64, AtomicU64)>,
+    /// The cluster's nodes: id -> (client address once known, peer address).
+    pub nodes: std::sync::Mutex<std::collections::BTreeMap<u64, (String, String)>>,
+    /// In a cluster: the peer listener (it admits the group's members).
+    pub acceptor: std::sync::OnceLock<crate::cluster::PeerAcceptor>,
+}
+
+impl Shared {
+    /// Where clients reach node `id`, if known.
+    pub fn node_client_addr(&self, id: u64) -> Option<String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(&id).map(|(c, _)| c.clone()).filter(|c| !c.is_empty())
+    }
+
+    /// A peer told us where it serves clients.
+    pub fn learn_node_addr(&self, id: u64, client_addr: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get_mut(&id) {
+            if n.0 != client_addr {
+                n.0 = client_addr.to_owned();
+            }
+        }
+    }
+
+    /// A node joined: where its peers reach it.
+    pub fn learn_peer_addr(&self, id: u64, peer_addr: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.entry(id).or_insert_with(|| (String::new(), String::new())).1 = peer_addr.to_owned();
+    }
+
+    /// The group's voters changed: nodes no longer in it are forgotten, and
+    /// the peer listener admits exactly the others.
+    pub fn set_members(&self, voters: &[u64]) {
+        let me = self.cfg.node_id;
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.retain(|id, _| *id == me || voters.contains(id));
+        }
+        if let Some(a) = self.acceptor.get() {
+            a.set_members(voters.iter().copied().filter(|v| *v != me).collect());
+        }
+    }
+
+    /// Where this node's peers (`voters` but `me`) listen, as far as known.
+    pub fn peer_addrs(&self, voters: &[u64], me: u64) -> std::collections::BTreeMap<u64, std::net::SocketAddr> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        voters.iter().filter(|v| **v != me).filter_map(|v| Some((*v, nodes.get(v)?.1.parse().ok()?))).collect()
+    }
+
+    /// The cluster map as this node sees it.
+    pub fn cluster_map(&self) -> cmq_protocol::ClusterMap {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes = nodes
+            .iter()
+            .map(|(id, (c, p))| cmq_protocol::ClusterNode { id: *id, client_addr: c.clone(), peer_addr: p.clone() })
+            .collect();
+        let leaders = self
+            .leaders
+            .iter()
+            .map(|(l, t)| cmq_protocol::ShardLeader {
+                leader: l.load(Ordering::Relaxed),
+                term: t.load(Ordering::Relaxed),
+            })
+            .collect();
+        cmq_protocol::ClusterMap { node_id: self.cfg.node_id, nodes, leaders }
+    }
 }
 
 /// A long-polling receive waiting on this shard's engine.
@@ -113,6 +183,10 @@ struct Wait {
 
 pub struct Shard {
     id: u16,
+    /// This shard's part of its Raft group (None: a single node).
+    repl: Option<Box<replication::Replication>>,
+    /// Frames other nodes' shards forwarded this turn (see `forward.rs`).
+    forwarded: Vec<(u64, bytes::Bytes)>,
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
@@ -128,7 +202,7 @@ pub struct Shard {
     /// Local connections with output waiting for the log.
     waiting: Vec<ConnRef>,
     /// The log's progress as last seen (what held output is compared with).
-    progress: crate::storage::Progress,
+    progress: release::Progress,
     /// What the next reply depends on being durable, when the code that
     /// produced it knows (None: everything logged as sync so far).
     reply_dep: Option<u64>,
@@ -255,16 +329,20 @@ pub struct ShardParts {
     pub log: ShardLog,
     pub inbox: Inbox,
     pub push: crate::push::PushHandle,
+    /// In a cluster: the shard's replica and peer links.
+    pub repl: Option<Box<replication::Replication>>,
 }
 
 impl Shard {
     pub fn new(id: u16, parts: ShardParts, shared: Arc<Shared>) -> io::Result<Shard> {
-        let ShardParts { poll, listener, engine, log, inbox, push } = parts;
+        let ShardParts { poll, listener, engine, log, inbox, push, repl } = parts;
         let peers = shared.cfg.shards;
         let fault_drop_one_in = shared.cfg.fault_drop_one_in;
         let limits = ConnLimits::new(&shared.cfg);
         let mut shard = Shard {
             id,
+            repl,
+            forwarded: Vec::new(),
             poll,
             listener: Some(listener),
             conns: Slab::new(),
@@ -277,7 +355,7 @@ impl Shard {
             turn: 0,
             touched: Vec::new(),
             waiting: Vec::new(),
-            progress: crate::storage::Progress::default(),
+            progress: release::Progress::default(),
             reply_dep: None,
             remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
             remote_need: Need::NONE,
@@ -308,7 +386,8 @@ impl Shard {
             limits,
             push,
         };
-        shard.progress = shard.log.progress();
+        shard.progress = release::Progress::solo(shard.log.progress());
+        shard.publish_leader();
         shard.log.register(shard.poll.registry(), STORAGE)?;
         if let Some(l) = shard.listener.as_mut() {
             shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
@@ -348,6 +427,7 @@ impl Shard {
                     LISTENER => self.accept(),
                     STORAGE => self.poll_log(),
                     WAKER => {}
+                    t if self.owns_peer_token(t) => self.peer_event(ev, now),
                     Token(t) => {
                         if ev.is_writable() {
                             self.write_conn(t);
@@ -367,6 +447,8 @@ impl Shard {
                     self.read_conn(c.token, now);
                 }
             }
+            self.repl_receive(now);
+            self.take_forwarded(now);
             self.drain_inbox(now);
             self.run_timers(now);
             self.run_conn_deadlines(conn_now);
@@ -394,6 +476,9 @@ impl Shard {
             deadline = deadline.min(now + 10);
         }
         if let Some(d) = self.log.periodic_sync_due() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.repl_deadline() {
             deadline = deadline.min(d);
         }
         let mut wait = deadline.saturating_sub(now);
@@ -495,6 +580,12 @@ impl Shard {
             // Handle every complete frame already buffered.
             let mut completed = false;
             loop {
+                if self.entry_full() {
+                    // This turn's entry is as large as a replica sends at
+                    // once: the rest waits for the next turn.
+                    self.read_again.push(me);
+                    return;
+                }
                 let Some(conn) = self.conns.get_mut(token) else { return };
                 if conn.closing || conn.shed {
                     return;
@@ -958,28 +1049,8 @@ impl Shard {
         })
     }
 
-    /// The cluster as this node sees it. A single node is node 1 and leads
-    /// every shard.
     fn cluster_map(&self) -> cmq_protocol::ClusterMap {
-        let me =
-            cmq_protocol::ClusterNode { id: 1, client_addr: self.shared.client_addr.clone(), peer_addr: String::new() };
-        let leaders = (0..self.shard_count()).map(|_| cmq_protocol::ShardLeader { leader: 1, term: 1 }).collect();
-        cmq_protocol::ClusterMap { node_id: 1, nodes: vec![me], leaders }
-    }
-
-    fn cluster_status(&self) -> cmq_protocol::ClusterStatusOk {
-        let map = self.cluster_map();
-        let shards = map
-            .leaders
-            .iter()
-            .map(|l| cmq_protocol::ShardStatus {
-                leader: l.leader,
-                term: l.term,
-                voters: vec![1],
-                ..Default::default()
-            })
-            .collect();
-        cmq_protocol::ClusterStatusOk { map, shards }
+        self.shared.cluster_map()
     }
 
     // ---- messages from other shards ---------------------------------------
@@ -992,14 +1063,14 @@ impl Shard {
                 ShardMsg::Replies(batch) => self.deliver_remote(batch, true),
                 ShardMsg::Push(batch) => self.deliver_remote(batch, false),
                 ShardMsg::Handover(h) => self.accept_handover(*h),
-                ShardMsg::Query { from, gather, query } => {
-                    let answer = self.answer_query(query);
-                    self.send_to(from, ShardMsg::Answer { gather, answer });
-                }
+                ShardMsg::Query { from, gather, query } => self.take_query(from, gather, query, now),
                 ShardMsg::Answer { gather, answer } => self.gather_answer(gather, answer, now),
-                ShardMsg::Transfers(ts) => self.receive_transfers(ts, now),
-                ShardMsg::TransferResults { from, results } => self.transfer_results(from, results, now),
-                ShardMsg::TransferPrune { from, below } => self.engine.prune_inbound(from, below),
+                m
+                @ (ShardMsg::Transfers { .. } | ShardMsg::TransferResults { .. } | ShardMsg::TransferPrune { .. }) => {
+                    self.handle_transfer_msg(m, now)
+                }
+                ShardMsg::Remote { node, to, msg } => self.send_to_node(node, to, *msg),
+                ShardMsg::PeerConn(stream) => self.add_peer_conn(*stream),
                 ShardMsg::CheckerRegistered { group, reply_to } => self.add_checker(group, reply_to),
                 ShardMsg::ConnClosed { reply_to } => self.forget_conn(reply_to),
                 ShardMsg::Shutdown => {
@@ -1042,7 +1113,7 @@ impl Shard {
     }
 
     fn forwarded_replies_full(&self) -> bool {
-        self.forwarded_reply_bytes + self.staged_reply_bytes >= FORWARDED_REPLY_BYTES_MAX
+        self.forwarded_reply_bytes + self.staged_reply_bytes >= FORWARDED_REPLY_BYTES_MAX || self.entry_full()
     }
 
     /// Frames computed by another shard for our connections, released there
@@ -1081,6 +1152,12 @@ impl Shard {
     // ---- timers -------------------------------------------------------------
 
     fn run_timers(&mut self, now: u64) {
+        if !self.may_serve() {
+            // A follower's clock moves leases and delays; the moves and
+            // checks they lead to are the leader's to log.
+            self.engine.tick_passive(now);
+            return;
+        }
         self.engine.tick(&mut self.log, now);
         for id in self.engine.expire_waiters(now) {
             if let Some(w) = self.waits.remove(&id) {
@@ -1121,12 +1198,14 @@ impl Shard {
             if self.log.try_recover(now) && self.engine_suspect {
                 self.rebuild_engine();
             }
+            self.set_consensus_floor();
             if !self.compacting {
-                self.compacting = self.log.housekeep(&mut self.engine);
+                self.compacting = self.log.housekeep(&mut self.engine) && self.may_serve();
             }
         }
         if self.compacting {
-            self.compacting = self.log.compact_step(&mut self.engine);
+            // In a group, relocated messages are proposed like any record.
+            self.compacting = self.may_serve() && self.log.compact_step(&mut self.engine);
         }
     }
 
@@ -1175,10 +1254,13 @@ impl Shard {
             self.staged.push(need, msgs);
         }
         self.forwarded_reply_bytes = 0;
+        // In a group the turn's records become one proposed entry.
+        self.repl_before_submit();
         // Group commit: everything this turn logged goes out as one write.
         self.log.submit(now);
         self.log.periodic_sync(now);
         self.poll_log();
+        self.repl_after_submit();
         for c in touched {
             if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen && x.written < x.releasable) {
                 self.write_conn(c.token);
@@ -1197,7 +1279,12 @@ impl Shard {
             self.fail_unreleased();
             self.engine_suspect = true;
         }
-        self.progress = self.log.progress();
+        if self.repl.is_some() && !self.log.entries_ref().has_open() {
+            // Completions let Raft's readies go on (never with an entry
+            // half built: its records would interleave with Raft's writes).
+            self.repl_pump();
+        }
+        self.progress = self.group_progress().unwrap_or_else(|| release::Progress::solo(self.log.progress()));
         self.release_ready();
     }
 
@@ -1228,7 +1315,10 @@ impl Shard {
         while let Some(msgs) = self.staged.pop_met(p) {
             self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {
-                self.send_to(peer, msg);
+                match msg {
+                    ShardMsg::Remote { node, to, msg } => self.send_to_node(node, to, *msg),
+                    msg => self.send_to(peer, msg),
+                }
             }
         }
     }
@@ -1250,22 +1340,26 @@ impl Shard {
 
     /// A need covering every record logged so far (at its durability).
     fn need_everything(&self) -> Need {
-        Need { written: self.log.end(), durable: self.log.sync_mark() }
+        Need { written: self.log.end(), durable: self.log.sync_mark(), read: 0 }
     }
 
     /// What the reply being produced needs: everything logged so far
     /// written, and durable as far as its own dependency (`reply_dep`,
     /// set by the code that produced it) or, when unknown, everything
     /// logged as sync so far.
+    ///
+    /// In a group, a reply that logged nothing (it read state) also waits
+    /// for a ReadIndex round: state this replica holds is current only
+    /// while it still leads.
     fn reply_need(&mut self) -> Need {
-        let durable = match self.reply_dep.take() {
+        let (durable, read) = match self.reply_dep.take() {
             Some(pos) => {
                 self.log.require_durable(pos);
-                pos
+                (pos, 0)
             }
-            None => self.log.sync_mark(),
+            None => (self.log.sync_mark(), self.read_need()),
         };
-        Need { written: self.log.end(), durable }
+        Need { written: self.log.end(), durable, read }
     }
 
     fn fail_unreleased(&mut self) {
@@ -1286,7 +1380,7 @@ impl Shard {
     /// receives are answered: they would otherwise wait on the old engine.
     fn rebuild_engine(&mut self) {
         let mut fresh = self.engine.fresh();
-        match self.log.replay_into(&mut fresh) {
+        match self.log.replay_into(&mut fresh, None) {
             Ok(()) => {
                 // Output produced from the old state since the failure may
                 // depend on records that were never written.

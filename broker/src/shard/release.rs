@@ -13,10 +13,32 @@
 //! as soon as its record is written even when a sync send of the same turn
 //! still waits for its fdatasync, and a receive of a message that is long
 //! durable does not wait for someone else's fdatasync.
+//!
+//! In a cluster the same two positions mean more (see
+//! docs/REPLICATION.md): "written" is written on a majority of the group
+//! (in the current term), "durable" is committed (fdatasync'd on a
+//! majority). A third need, `read`, makes output that changed nothing (a
+//! read) wait for a ReadIndex round proving this replica still leads.
 
 use std::collections::VecDeque;
 
-use crate::storage::Progress;
+/// How far the log is safe, as output compares it with its needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Alone: written to the OS. In a group: written on a majority.
+    pub written_end: u64,
+    /// Alone: covered by a completed fdatasync. In a group: committed.
+    pub durable_end: u64,
+    /// ReadIndex rounds confirmed up to here (alone: all of them).
+    pub read_confirmed: u64,
+}
+
+impl Progress {
+    /// A single node's progress: what its own log reports.
+    pub fn solo(p: crate::storage::Progress) -> Progress {
+        Progress { written_end: p.written_end.0, durable_end: p.durable_end.0, read_confirmed: u64::MAX }
+    }
+}
 
 /// Log positions that must be written, and durable, before output may go out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,23 +47,29 @@ pub struct Need {
     pub written: u64,
     /// Every byte below this must be covered by a completed fdatasync.
     pub durable: u64,
+    /// ReadIndex round that must be confirmed (0: none).
+    pub read: u64,
 }
 
 impl Need {
     /// Depends on nothing (output computed from durable state elsewhere).
-    pub const NONE: Need = Need { written: 0, durable: 0 };
+    pub const NONE: Need = Need { written: 0, durable: 0, read: 0 };
 
     pub fn max(self, other: Need) -> Need {
-        Need { written: self.written.max(other.written), durable: self.durable.max(other.durable) }
+        Need {
+            written: self.written.max(other.written),
+            durable: self.durable.max(other.durable),
+            read: self.read.max(other.read),
+        }
     }
 
     /// Whether meeting `self` also meets `other`.
     pub fn covers(self, other: Need) -> bool {
-        self.written >= other.written && self.durable >= other.durable
+        self.written >= other.written && self.durable >= other.durable && self.read >= other.read
     }
 
     pub fn is_met(self, p: Progress) -> bool {
-        p.written_end.0 >= self.written && p.durable_end.0 >= self.durable
+        p.written_end >= self.written && p.durable_end >= self.durable && p.read_confirmed >= self.read
     }
 }
 
@@ -99,14 +127,21 @@ impl<T> HoldQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::LogPos;
 
     fn progress(written: u64, durable: u64) -> Progress {
-        Progress { written_end: LogPos(written), durable_end: LogPos(durable) }
+        Progress { written_end: written, durable_end: durable, read_confirmed: u64::MAX }
     }
 
     fn need(written: u64, durable: u64) -> Need {
-        Need { written, durable }
+        Need { written, durable, read: 0 }
+    }
+
+    #[test]
+    fn a_read_waits_for_its_round() {
+        let n = Need { read: 3, ..need(10, 0) };
+        assert!(!n.is_met(Progress { read_confirmed: 2, ..progress(10, 10) }));
+        assert!(n.is_met(Progress { read_confirmed: 3, ..progress(10, 10) }));
+        assert!(!n.covers(need(10, 0).max(Need { read: 4, ..Need::NONE })));
     }
 
     #[test]

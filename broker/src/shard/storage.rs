@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use cmq_protocol::ErrorCode;
 use mio::{Registry, Token};
 
+use crate::consensus::entry::EntryIndex;
+use crate::consensus::records::rtype as crtype;
+use crate::consensus::scan::{LogScanner, Scanned};
+use crate::consensus::{Applier, EntryLog, LogFailure, RawLog};
 use crate::engine::record::rtype;
 use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
 use crate::storage::{AppendClass, BatchId, LogPos, Progress, RecoveryReport, ReplayError, Wal, WalConfig, WalError};
@@ -34,26 +38,177 @@ const RECOVER_EVERY_MS: u64 = 1000;
 /// catalog's position are released only after that.
 enum CatalogWrite {
     Idle,
+    /// In a group: wanted, to be taken at the end of the turn, once the
+    /// turn's entry is proposed (never with an entry half built).
+    Due {
+        live: u64,
+    },
     /// Taken; `live` is the lowest position live data needed then (it only
     /// grows: new data goes to the head), the bound for the release that
-    /// follows the write.
+    /// follows the write. In a group it reflects entries up to `gate` and
+    /// is written only once they are committed: a restart must never start
+    /// from state a new leader could replace.
     Ready {
         catalog: Box<Catalog>,
         live: u64,
+        gate: u64,
     },
     Writing {
         live: u64,
     },
 }
 
-pub struct ShardLog {
+/// The WAL as the consensus layer sees it: which records may use the full
+/// disk's reserve, which need an fdatasync before they are acknowledged,
+/// and storage errors as engine errors.
+pub struct WalLog {
     wal: Wal,
-    dir: PathBuf,
     /// A record that must be fdatasync'd was appended since the last submit.
     sync_pending: bool,
     /// End of the last record that must be fdatasync'd before what
     /// depends on it is acknowledged.
     sync_mark: u64,
+}
+
+/// Records that free space, or must not stop while the disk is full
+/// (consumers draining it; the small records of the consensus layer), may
+/// use the log's reserve.
+fn append_class(rt: u8) -> AppendClass {
+    match rt {
+        rtype::RECEIVED
+        | rtype::DELETED
+        | rtype::VISIBILITY_CHANGED
+        | rtype::QUEUE_DELETED
+        | rtype::PURGED
+        | rtype::TRANSFER_DONE
+        | crtype::ENTRY
+        | crtype::HARD_STATE
+        | crtype::CONF_STATE => AppendClass::Reserve,
+        _ => AppendClass::Normal,
+    }
+}
+
+fn storage_error(e: WalError) -> LogFailure {
+    match e {
+        WalError::NoSpace => LogFailure(
+            "storage unavailable: disk full; new data is refused until consumers delete messages or \
+             space is freed on the disk (receives and deletes still work); retry later"
+                .into(),
+        ),
+        e => LogFailure(format!("storage unavailable: {e}")),
+    }
+}
+
+impl RawLog for WalLog {
+    fn append(&mut self, rt: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, LogFailure> {
+        let pos = self.wal.append_class(rt, parts, append_class(rt)).map_err(storage_error)?;
+        if durability == Durability::Synced {
+            self.sync_pending = true;
+            self.sync_mark = self.wal.end().0;
+        }
+        Ok(pos.0)
+    }
+
+    fn reserve(&mut self, rt: u8, len: usize, durability: Durability) -> Result<u64, LogFailure> {
+        let pos = self.wal.reserve(rt, len, append_class(rt)).map_err(storage_error)?;
+        if durability == Durability::Synced {
+            self.sync_pending = true;
+            self.sync_mark = self.wal.end().0;
+        }
+        Ok(pos.0)
+    }
+
+    fn patch(&mut self, pos: u64, payload: &[u8]) {
+        if let Err(e) = self.wal.patch(LogPos(pos), payload) {
+            // Only ever the header reserved this turn: a mismatch is a bug,
+            // and writing the unfilled header would make the log unreadable.
+            panic!("patching the entry header at {pos}: {e}");
+        }
+    }
+
+    fn read(&self, pos: u64, len: u32) -> Result<&[u8], LogFailure> {
+        self.wal.read(LogPos(pos), len).map_err(|e| LogFailure(e.to_string()))
+    }
+
+    fn read_records(&self, pos: u64, count: u32, f: &mut dyn FnMut(u64, u8, &[u8])) -> Result<(), LogFailure> {
+        self.wal
+            .read_records(LogPos(pos), count, &mut |p, rt, payload| f(p.0, rt, payload))
+            .map_err(|e| LogFailure(e.to_string()))
+    }
+
+    fn end(&self) -> u64 {
+        self.wal.end().0
+    }
+
+    fn written_end(&self) -> u64 {
+        self.wal.written_end().0
+    }
+
+    fn durable_end(&self) -> u64 {
+        self.wal.durable_end().0
+    }
+
+    fn require_sync(&mut self) {
+        self.sync_pending = true;
+        self.sync_mark = self.sync_mark.max(self.wal.end().0);
+    }
+}
+
+/// How the shard's entries get their index and term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A single node: the shard numbers its own entries (term 1).
+    Solo,
+    /// A replica of a Raft group: Raft numbers them.
+    Replicated,
+}
+
+/// Applies records read back from the log to the engine.
+pub struct EngineApplier<'a>(pub &'a mut ShardEngine);
+
+impl Applier for EngineApplier<'_> {
+    fn apply(&mut self, pos: u64, rt: u8, payload: &[u8]) -> Result<(), String> {
+        self.0.replay(pos, rt, payload).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        *self.0 = self.0.fresh();
+    }
+}
+
+/// The shard's applier: starting over reloads the shard's catalog (the
+/// log's records before it are skipped by replay).
+pub struct ShardApplier<'a> {
+    pub engine: &'a mut ShardEngine,
+    pub dir: &'a Path,
+}
+
+impl Applier for ShardApplier<'_> {
+    fn apply(&mut self, pos: u64, rt: u8, payload: &[u8]) -> Result<(), String> {
+        self.engine.replay(pos, rt, payload).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        *self.engine = self.engine.fresh();
+        if let Err(e) = load_catalog(self.dir, self.engine) {
+            // The catalog was readable at start-up; failing now means the
+            // disk is failing: do not serve from a state missing queues.
+            log::error!("reloading the catalog in {}: {e:#}; cmqd must restart", self.dir.display());
+            std::process::abort();
+        }
+    }
+}
+
+pub struct ShardLog {
+    log: EntryLog<WalLog>,
+    mode: Mode,
+    /// Solo: the index the next entry gets.
+    next_index: u64,
+    dir: PathBuf,
+    /// See `set_consensus_floor`.
+    consensus_floor: u64,
+    /// See `set_committed_index` (alone: everything).
+    committed_index: u64,
     /// Written-but-not-synced data exists since this time (async queues).
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
@@ -66,28 +221,44 @@ pub struct ShardLog {
 }
 
 impl ShardLog {
-    /// Opens the shard's log directory and replays it into `engine`.
+    /// Opens the shard's log directory and replays it into `engine`: every
+    /// entry the log holds (solo), or the committed ones (replicated; the
+    /// rest are Raft's to commit or replace). Returns what the log says
+    /// about the consensus state too.
     pub fn open(
         dir: &Path,
         cfg: WalConfig,
         flush_interval_ms: u64,
         engine: &mut ShardEngine,
-    ) -> anyhow::Result<(ShardLog, RecoveryReport)> {
+        mode: Mode,
+    ) -> anyhow::Result<(ShardLog, RecoveryReport, Scanned)> {
         // The catalog first: replay skips the queue records it covers.
         let catalog_pos = load_catalog(dir, engine)?;
-        // Replay from the open-time scan: the log is read and verified once.
-        let (wal, report) =
-            Wal::open_replay(dir, cfg, LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload)).map_err(
-                |e| match e {
-                    ReplayError::Wal(e) => anyhow::Error::new(e),
-                    ReplayError::Callback(e) => anyhow::anyhow!("replaying {}: {e}", dir.display()),
-                },
-            )?;
-        let log = ShardLog {
-            wal,
+        // The open-time scan reads and verifies the log once and finds the
+        // entries. Alone, every record is applied as it is read (entries
+        // only number the turns); in a group only committed entries are,
+        // read back once the scan knows the commit index.
+        let mut scanner = if mode == Mode::Solo { LogScanner::tolerant() } else { LogScanner::default() };
+        let (wal, report) = Wal::open_replay(dir, cfg, LogPos(0), |pos, rt, payload| {
+            scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload).map_err(|e| e.to_string())?;
+            if mode == Mode::Solo && rt < crtype::FIRST {
+                engine.replay(pos.0, rt, payload).map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })
+        .map_err(|e| match e {
+            ReplayError::Wal(e) => anyhow::Error::new(e),
+            ReplayError::Callback(e) => anyhow::anyhow!("reading {}: {e}", dir.display()),
+        })?;
+        let scanned = scanner.finish();
+        let raw = WalLog { wal, sync_pending: false, sync_mark: 0 };
+        let mut log = ShardLog {
+            next_index: scanned.index.last_index() + 1,
+            log: EntryLog::new(raw, mode == Mode::Replicated),
+            mode,
             dir: dir.to_owned(),
-            sync_pending: false,
-            sync_mark: 0,
+            consensus_floor: u64::MAX,
+            committed_index: if mode == Mode::Solo { u64::MAX } else { 0 },
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
@@ -95,69 +266,149 @@ impl ShardLog {
             catalog_write: CatalogWrite::Idle,
             completions: Vec::new(),
         };
-        Ok((log, report))
+        for i in scanned.index.first_index()..=scanned.index.last_index() {
+            if let Some(e) = scanned.index.get(i) {
+                log.log.note_entry(e.header_pos, e.end_pos);
+            }
+        }
+        if mode == Mode::Replicated {
+            let upto = scanned.hard_state.commit.min(scanned.index.last_index());
+            log.apply_entries(&scanned.index, upto, engine)?;
+        }
+        Ok((log, report, scanned))
     }
 
-    /// Rebuilds `engine` (fresh) from the catalog and the log.
-    pub fn replay_into(&mut self, engine: &mut ShardEngine) -> anyhow::Result<()> {
-        self.catalog_pos = load_catalog(&self.dir, engine)?;
-        self.wal
-            .replay(LogPos(0), |pos, rtype, payload| engine.replay(pos.0, rtype, payload))
+    /// Applies entries `first..=upto` of `index` to `engine`.
+    pub fn apply_entries(&self, index: &EntryIndex, upto: u64, engine: &mut ShardEngine) -> anyhow::Result<()> {
+        let from = index.first_index();
+        crate::consensus::readback::apply_range(index, from, upto, &self.log.raw, &mut EngineApplier(engine))
             .map_err(|e| anyhow::anyhow!("replaying {}: {e}", self.dir.display()))
     }
 
+    /// Rebuilds `engine` (fresh) from the catalog and the log's entries up
+    /// to `upto` (solo: all of them).
+    pub fn replay_into(&mut self, engine: &mut ShardEngine, index: Option<(&EntryIndex, u64)>) -> anyhow::Result<()> {
+        self.catalog_pos = load_catalog(&self.dir, engine)?;
+        match index {
+            Some((ix, upto)) => self.apply_entries(ix, upto, engine),
+            None => {
+                // Alone: every record in log order, as at start-up.
+                let mut scanner = LogScanner::tolerant();
+                self.log
+                    .raw
+                    .wal
+                    .replay(LogPos(0), |pos, rt, payload| {
+                        scanner.record(pos.0, pos.0 + payload.len() as u64, rt, payload).map_err(|e| e.to_string())?;
+                        if rt < crtype::FIRST {
+                            engine.replay(pos.0, rt, payload).map_err(|e| e.to_string())?;
+                        }
+                        Ok::<(), String>(())
+                    })
+                    .map_err(|e| anyhow::anyhow!("replaying {}: {e}", self.dir.display()))?;
+                self.next_index = scanner.finish().index.last_index() + 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// The engine's log (entries, the WAL under them).
+    pub fn entries(&mut self) -> &mut EntryLog<WalLog> {
+        &mut self.log
+    }
+
+    pub fn entries_ref(&self) -> &EntryLog<WalLog> {
+        &self.log
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Solo, before the turn's write: the turn's records become entry
+    /// `next_index` (term 1). Replicated, Raft assigns entries (the shard
+    /// proposes them before it submits).
+    fn seal_solo(&mut self) {
+        if self.mode != Mode::Solo {
+            return;
+        }
+        if let Some(open) = self.log.take_open() {
+            let prev_term = u64::from(self.next_index > 1);
+            self.log.finish(&open, 1, self.next_index, prev_term);
+            self.next_index += 1;
+        }
+    }
+
+    fn wal(&self) -> &Wal {
+        &self.log.raw.wal
+    }
+
+    fn wal_mut(&mut self) -> &mut Wal {
+        &mut self.log.raw.wal
+    }
+
     pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
-        self.wal.register(registry, token)
+        self.wal_mut().register(registry, token)
     }
 
     /// The bytes of a body written at `pos`.
     pub fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
-        self.wal.read(LogPos(pos), len).map_err(|e| EngineError::new(ErrorCode::INTERNAL, e.to_string()))
+        self.wal().read(LogPos(pos), len).map_err(|e| EngineError::new(ErrorCode::INTERNAL, e.to_string()))
     }
 
     /// Whether records were appended since the last submit.
     pub fn has_pending(&self) -> bool {
-        self.wal.has_pending()
+        self.wal().has_pending()
     }
 
-    /// Next append position: output that reflects every record so far
-    /// needs this much written.
+    /// Where the records logged so far end (the open entry included):
+    /// output that reflects every record so far needs this much written
+    /// (never the log's own end: hard state and durable marks after the
+    /// last entry are not part of any entry a commit could reach).
     pub fn end(&self) -> u64 {
-        self.wal.end().0
+        self.log.entries_end()
     }
 
     /// End of the last record that must be durable before what depends on
     /// it goes out.
     pub fn sync_mark(&self) -> u64 {
-        self.sync_mark
+        self.log.raw.sync_mark
     }
 
     /// Output depends on the log up to `pos` being durable (a sync queue's
     /// message whose record was appended as async data, before the queue's
     /// flush policy changed): make sure an fdatasync will cover it.
     pub fn require_durable(&mut self, pos: u64) {
-        if pos > self.sync_mark {
-            self.sync_mark = pos;
-            self.sync_pending = true;
+        let raw = &mut self.log.raw;
+        if pos > raw.sync_mark {
+            raw.sync_mark = pos;
+            raw.sync_pending = true;
         }
     }
 
     /// How far the log is written and durable.
     pub fn progress(&self) -> Progress {
-        self.wal.progress()
+        self.wal().progress()
     }
 
     /// Seals this turn's records into a batch and writes it (one write,
     /// plus one fdatasync in the background if any of them needs it).
     pub fn submit(&mut self, now_ms: u64) {
-        if self.wal.has_pending() || self.sync_pending {
-            let sync = self.sync_pending;
-            self.sync_pending = false;
-            let _ = self.wal.submit(sync);
+        self.seal_solo();
+        let raw = &mut self.log.raw;
+        if raw.wal.has_pending() || raw.sync_pending {
+            let sync = raw.sync_pending;
+            raw.sync_pending = false;
+            let _ = raw.wal.submit(sync);
         }
         // Anything written and not durable (async records, or a durable
         // mark the WAL wrote) is fdatasync'd within the flush interval.
-        if self.unsynced_since_ms.is_none() && self.wal.durable_end() < self.wal.records_end() && !self.wal.is_failed()
+        if self.unsynced_since_ms.is_none()
+            && self.wal().durable_end() < self.wal().records_end()
+            && !self.wal().is_failed()
         {
             self.unsynced_since_ms = Some(now_ms);
         }
@@ -167,8 +418,8 @@ impl ShardLog {
     /// Hands a catalog snapshot to the WAL's housekeeper once every record
     /// before its position is written.
     fn send_catalog(&mut self) {
-        let CatalogWrite::Ready { catalog, live } = &self.catalog_write else { return };
-        if self.wal.written_end().0 < catalog.log_pos {
+        let CatalogWrite::Ready { catalog, live, gate } = &self.catalog_write else { return };
+        if self.wal().written_end().0 < catalog.log_pos || self.committed_index < *gate {
             return;
         }
         let writing = CatalogWrite::Writing { live: *live };
@@ -176,7 +427,7 @@ impl ShardLog {
             return;
         };
         let pos = LogPos(c.log_pos);
-        if let Err(e) = self.wal.checkpoint(CATALOG_FILE, pos, Box::new(move || c.encode())) {
+        if let Err(e) = self.wal_mut().checkpoint(CATALOG_FILE, pos, Box::new(move || c.encode())) {
             log::warn!("cannot write catalog in {}: {e}", self.dir.display());
             self.catalog_write = CatalogWrite::Idle;
         }
@@ -188,11 +439,12 @@ impl ShardLog {
     /// for).
     fn collect_catalog(&mut self) {
         let CatalogWrite::Writing { live } = self.catalog_write else { return };
-        match self.wal.poll_checkpoint() {
+        match self.wal_mut().poll_checkpoint() {
             Some(Ok(pos)) => {
                 self.catalog_pos = self.catalog_pos.max(pos.0);
                 self.catalog_write = CatalogWrite::Idle;
-                self.wal.release_before(LogPos(live.min(self.catalog_pos)));
+                let bound = live.min(self.catalog_pos);
+                self.release_below(bound);
             }
             Some(Err(e)) => {
                 log::warn!("cannot write catalog in {}: {e}", self.dir.display());
@@ -210,27 +462,29 @@ impl ShardLog {
     /// fdatasyncs async data once it has waited the flush interval.
     pub fn periodic_sync(&mut self, now_ms: u64) {
         if self.periodic_sync_due().is_some_and(|d| d <= now_ms) {
+            self.seal_solo();
             self.unsynced_since_ms = None;
-            let _ = self.wal.submit(true);
+            let _ = self.wal_mut().submit(true);
         }
     }
 
     /// Shutdown: fdatasyncs everything written so far and waits (bounded)
     /// for it. Returns whether the log is fully durable.
     pub fn sync_and_wait(&mut self, timeout: std::time::Duration) -> bool {
+        self.seal_solo();
         self.unsynced_since_ms = None;
-        let _ = self.wal.submit(true);
+        let _ = self.wal_mut().submit(true);
         let mut done = Vec::new();
-        self.wal.wait(&mut done, Some(timeout)) && self.wal.durable_end() >= self.wal.records_end()
+        self.wal_mut().wait(&mut done, Some(timeout)) && self.wal().durable_end() >= self.wal().records_end()
     }
 
     /// Collects the batches that finished since the last call; returns the
     /// first that failed (its id and why), if any. What succeeded needs no
     /// answer: output is released from `progress()`.
     pub fn poll_failure(&mut self) -> Option<(u64, String)> {
-        let progress = self.wal.poll_completions(&mut self.completions);
+        let progress = self.log.raw.wal.poll_completions(&mut self.completions);
         self.collect_catalog();
-        if progress.durable_end >= self.wal.records_end() {
+        if progress.durable_end >= self.wal().records_end() {
             // Everything is durable already (the WAL syncs ahead on its own).
             self.unsynced_since_ms = None;
         }
@@ -240,25 +494,27 @@ impl ShardLog {
     }
 
     pub fn is_failed(&self) -> bool {
-        self.wal.is_failed()
+        self.wal().is_failed()
     }
 
     pub fn is_idle(&self) -> bool {
-        self.wal.in_flight() == 0 && !self.wal.has_pending()
+        self.wal().in_flight() == 0 && !self.wal().has_pending()
     }
 
     /// After a write failure: tries to resume writing (at most once a
     /// second). Returns true when it just became writable again.
     pub fn try_recover(&mut self, now_ms: u64) -> bool {
-        if !self.wal.is_failed() || now_ms < self.next_recover_ms || !self.is_idle() {
+        if !self.wal().is_failed() || now_ms < self.next_recover_ms || !self.is_idle() {
             return false;
         }
         self.next_recover_ms = now_ms + RECOVER_EVERY_MS;
-        match self.wal.try_recover() {
+        match self.wal_mut().try_recover() {
             Ok(()) => {
                 // Appends that were never written are gone; their positions
                 // will be reused, so a catalog taken after them is void.
-                self.sync_mark = self.sync_mark.min(self.wal.end().0);
+                let end = self.wal().end().0;
+                self.log.raw.sync_mark = self.log.raw.sync_mark.min(end);
+                self.log.reset_after_recovery();
                 if matches!(self.catalog_write, CatalogWrite::Ready { .. }) {
                     self.catalog_write = CatalogWrite::Idle;
                 }
@@ -282,7 +538,7 @@ impl ShardLog {
     /// Returns whether compaction should continue next turn.
     pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
         self.collect_catalog();
-        let stats = self.wal.segment_stats();
+        let stats = self.wal().segment_stats();
         let Some(oldest) = stats.first() else { return false };
         let oldest_end = oldest.base.0 + oldest.capacity;
         let live = engine.min_live_pos().unwrap_or(u64::MAX);
@@ -291,19 +547,24 @@ impl ShardLog {
             "log {}: oldest segment ends at {oldest_end}, live data from {live}, catalog at {}, head at {}",
             self.dir.display(),
             self.catalog_pos,
-            self.wal.end().0
+            self.wal().end().0
         );
-        if bound >= oldest_end {
-            self.wal.release_before(LogPos(bound));
+        if self.release_floor(bound) >= oldest_end {
+            self.release_below(bound);
             return false;
         }
-        let head_moved_on = self.wal.end().0 >= oldest_end;
+        let head_moved_on = self.wal().end().0 >= oldest_end;
         let idle = matches!(self.catalog_write, CatalogWrite::Idle);
         if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && idle && !self.is_failed() {
             // Only queue-management records keep the oldest segment:
             // snapshot them (written off the loop; released once durable).
-            let pos = self.wal.end().0;
-            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live };
+            self.catalog_write = match self.mode {
+                Mode::Solo => {
+                    let pos = self.wal().end().0;
+                    CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: 0 }
+                }
+                Mode::Replicated => CatalogWrite::Due { live },
+            };
             return false;
         }
         // Live messages keep the oldest segment: copy them forward if they are few.
@@ -316,11 +577,63 @@ impl ShardLog {
         false
     }
 
+    /// Releases whole segments below `bound`, but never the header of an
+    /// entry with a record at or after it (an entry's records may follow
+    /// its header into the next segment, and a restart reads entries from
+    /// their header), nor what the consensus layer still needs.
+    fn release_below(&mut self, bound: u64) {
+        let to = self.release_floor(bound);
+        self.wal_mut().release_before(LogPos(to));
+        let first = self.wal().segment_stats().first().map_or(to, |s| s.base.0);
+        self.log.forget_below(first);
+    }
+
+    /// In a group, after the turn's entry is proposed: takes a catalog that
+    /// `housekeep` found due; it reflects the entries up to `applied` and is
+    /// written once they are committed (`set_committed_index`).
+    pub fn capture_catalog(&mut self, engine: &ShardEngine, applied: u64) {
+        if let CatalogWrite::Due { live } = self.catalog_write {
+            let pos = self.wal().end().0;
+            self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: applied };
+        }
+    }
+
+    /// In a group: entries up to `index` are committed.
+    pub fn set_committed_index(&mut self, index: u64) {
+        self.committed_index = index;
+    }
+
+    /// In a group: entries this replica applied were replaced; a catalog
+    /// taken from them must not be written.
+    pub fn drop_pending_catalog(&mut self) {
+        if matches!(self.catalog_write, CatalogWrite::Due { .. } | CatalogWrite::Ready { .. }) {
+            self.catalog_write = CatalogWrite::Idle;
+        }
+    }
+
+    /// How far the log may be released below `bound`. Alone, replay takes
+    /// every record as it comes, so an entry's header may go with its
+    /// segment while records of the entry stay. In a group entries are the
+    /// unit: the header of any entry with a record at or after `bound`
+    /// stays, and so does what Raft still needs.
+    fn release_floor(&self, bound: u64) -> u64 {
+        match self.mode {
+            Mode::Solo => bound,
+            Mode::Replicated => self.log.entry_start(bound).min(self.consensus_floor),
+        }
+    }
+
+    /// The lowest log position the consensus layer needs kept (entries a
+    /// follower may still fetch). Solo: none.
+    pub fn set_consensus_floor(&mut self, pos: u64) {
+        self.consensus_floor = pos;
+    }
+
     /// One bounded step of compaction of the oldest segment.
     pub fn compact_step(&mut self, engine: &mut ShardEngine) -> bool {
-        let Some(oldest) = self.wal.segment_stats().first().copied() else { return false };
+        let Some(oldest) = self.wal().segment_stats().first().copied() else { return false };
         let end = oldest.base.0 + oldest.capacity;
-        match engine.relocate_below(self, end, RELOCATE_PER_TURN_MAX) {
+        match engine.relocate_below(&mut self.log, end, RELOCATE_PER_TURN_MAX) {
             Ok(n) => n == RELOCATE_PER_TURN_MAX,
             Err(e) => {
                 log::warn!("compaction of {} stopped: {}", self.dir.display(), e.message);
@@ -330,7 +643,7 @@ impl ShardLog {
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.wal.disk_bytes()
+        self.wal().disk_bytes()
     }
 }
 
@@ -350,33 +663,8 @@ fn load_catalog(dir: &Path, engine: &mut ShardEngine) -> anyhow::Result<u64> {
 }
 
 impl Log for ShardLog {
-    fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
-        // Records that free space (or must not stop while the disk is full:
-        // consumers draining it) may use the log's reserve.
-        let class = match rtype {
-            rtype::RECEIVED
-            | rtype::DELETED
-            | rtype::VISIBILITY_CHANGED
-            | rtype::QUEUE_DELETED
-            | rtype::PURGED
-            | rtype::TRANSFER_DONE => AppendClass::Reserve,
-            _ => AppendClass::Normal,
-        };
-        match self.wal.append_class(rtype, parts, class) {
-            Ok(pos) => {
-                if durability == Durability::Synced {
-                    self.sync_pending = true;
-                    self.sync_mark = self.wal.end().0;
-                }
-                Ok(pos.0)
-            }
-            Err(WalError::NoSpace) => Err(EngineError::new(
-                ErrorCode::STORAGE_UNAVAILABLE,
-                "storage unavailable: disk full; new data is refused until consumers delete messages or \
-                 space is freed on the disk (receives and deletes still work); retry later",
-            )),
-            Err(e) => Err(EngineError::new(ErrorCode::STORAGE_UNAVAILABLE, format!("storage unavailable: {e}"))),
-        }
+    fn append(&mut self, rt: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
+        self.log.append(rt, parts, durability)
     }
 
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
@@ -445,7 +733,7 @@ mod tests {
             fault_file: Some(fault.clone()),
         };
         let mut e = engine();
-        let (mut log, _) = ShardLog::open(&dir, cfg.clone(), 50, &mut e)?;
+        let (mut log, _, _) = ShardLog::open(&dir, cfg.clone(), 50, &mut e, Mode::Solo)?;
         let attrs = QueueAttributesUpdate::default();
         e.create_queue(&mut log, 1, "keep", &attrs, 1).map_err(|e| e.message)?;
         e.create_queue(&mut log, 1, "filler", &attrs, 2).map_err(|e| e.message)?;
@@ -486,7 +774,7 @@ mod tests {
         housekeep_until(&mut log, &mut e, |_| !first.exists())?;
         drop(log);
         let mut again = engine();
-        let (_log, _) = ShardLog::open(&dir, cfg, 50, &mut again)?;
+        let (_log, _, _) = ShardLog::open(&dir, cfg, 50, &mut again, Mode::Solo)?;
         assert_eq!(again.queue_count(), 1, "the catalog kept the queue whose creation was released");
         Ok(())
     }

@@ -128,13 +128,6 @@ impl RawLog for SimLog {
         self.recs[i].payload.copy_from_slice(payload);
     }
 
-    fn discard_from(&mut self, end: u64) {
-        assert!(end >= self.written_end, "discard of submitted records");
-        let n = self.recs.partition_point(|r| r.start < end);
-        self.recs.truncate(n);
-        self.end = end;
-    }
-
     fn read(&self, pos: u64, len: u32) -> Result<&[u8], LogFailure> {
         let r = self.containing(pos).ok_or_else(|| LogFailure(format!("no record at {pos}")))?;
         let off = (pos - r.pos()) as usize;

@@ -976,24 +976,7 @@ impl ReadBody for EntryLog<SimLog> {
 }
 
 fn read_cached(store: &RaftStore, index: u64, raw: &SimLog) -> Option<CachedEntry> {
-    use crate::consensus::records::{EntryHeader, EntryKind};
-    let ie = store.index.get(index)?;
-    let header = EntryHeader::decode(raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32).ok()?).ok()?;
-    let mut data = Vec::new();
-    let mut positions = Vec::new();
-    let mut skip_header = true;
-    raw.read_records(ie.header_pos, header.records + 1, &mut |pos, rt, payload| {
-        if std::mem::take(&mut skip_header) {
-            return;
-        }
-        positions.push(pos);
-        match header.kind {
-            EntryKind::Normal => crate::consensus::entry::push_record(&mut data, rt, &[payload]),
-            EntryKind::ConfChange => data.extend_from_slice(payload),
-        }
-    })
-    .ok()?;
-    Some(CachedEntry { kind: header.kind, data: Bytes::from(data), positions })
+    crate::consensus::readback::read_entry(&store.index, index, raw).ok()
 }
 
 /// The engine had effects Raft refused: rebuild it from the log's committed entries.

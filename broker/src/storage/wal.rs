@@ -284,6 +284,9 @@ pub struct Wal {
     blocked: bool,
     /// Appended bytes not written yet (sealed or not), in log order.
     pending: VecDeque<Chunk>,
+    /// Start of a record reserved by `reserve` and not yet filled by
+    /// `patch`: nothing is sealed or written past it until it is.
+    reserved: Option<u64>,
     /// Submitted batches not reported yet, in id order.
     batches: VecDeque<Batch>,
     next_id: u64,
@@ -432,6 +435,7 @@ impl Wal {
             active,
             end,
             sealed_end: end,
+            reserved: None,
             sync_asked_to: end,
             written_end: end,
             // Recovery made everything found durable; no acknowledgement of
@@ -555,6 +559,94 @@ impl Wal {
         Ok(LogPos(start + RECORD_HEADER_BYTES))
     }
 
+    /// Appends a record of `len` zero bytes whose content is filled in by
+    /// [`patch`](Self::patch) before the next `submit` (a header whose
+    /// fields are known only after the records that follow it). Until
+    /// then nothing is sealed or written at or past it.
+    pub fn reserve(&mut self, rtype: u8, len: usize, class: AppendClass) -> Result<LogPos, WalError> {
+        let pos = self.append_class(rtype, &[&vec![0u8; len]], class)?;
+        self.reserved = Some(pos.0 - RECORD_HEADER_BYTES);
+        Ok(pos)
+    }
+
+    /// Replaces the payload of the reserved record at `pos` (same length).
+    pub fn patch(&mut self, pos: LogPos, payload: &[u8]) -> Result<(), WalError> {
+        let start = pos.0.checked_sub(RECORD_HEADER_BYTES).ok_or(WalError::OutOfRange {
+            pos: pos.0,
+            len: payload.len() as u64,
+            why: "not a record",
+        })?;
+        let oor = |why| WalError::OutOfRange { pos: pos.0, len: payload.len() as u64, why };
+        if self.reserved != Some(start) {
+            return Err(oor("not the reserved record"));
+        }
+        let c = self.pending.iter_mut().find(|c| c.start <= start && start < c.end()).ok_or(oor("not pending"))?;
+        let off = usize::try_from(start - c.start).map_err(|_| oor("offset"))?;
+        let total = RECORD_HEADER_BYTES as usize + payload.len();
+        let old = c.buf.get(off..off + total).ok_or(oor("past the batch"))?;
+        if u32::from_le_bytes([old[0], old[1], old[2], old[3]]) as usize != total {
+            return Err(oor("length differs from the reservation"));
+        }
+        let rtype = old[4];
+        let mut rec = Vec::with_capacity(total);
+        encode_record(&mut rec, start, rtype, &[payload], payload.len() as u32);
+        c.buf[off..off + total].copy_from_slice(&rec);
+        self.reserved = None;
+        Ok(())
+    }
+
+    /// Calls `f(position, rtype, payload)` for `count` records from the one
+    /// whose payload is at `pos`, in log order, across segment ends; the
+    /// WAL's own records (durable marks, padding) are skipped and not
+    /// counted. Reads the segment maps and the unwritten batch: no system
+    /// call.
+    pub fn read_records(&self, pos: LogPos, count: u32, f: &mut dyn FnMut(LogPos, u8, &[u8])) -> Result<(), WalError> {
+        let mut start = pos.0.checked_sub(RECORD_HEADER_BYTES).ok_or(WalError::OutOfRange {
+            pos: pos.0,
+            len: 0,
+            why: "not a record",
+        })?;
+        let mut left = count;
+        while left > 0 {
+            match self.record_at(start) {
+                Some((rtype, payload, next)) => {
+                    if rtype != RTYPE_WAL {
+                        f(LogPos(start + RECORD_HEADER_BYTES), rtype, payload);
+                        left -= 1;
+                    }
+                    start = next;
+                }
+                None => {
+                    // End of a segment's data: the log goes on at the next one.
+                    let i = self.segs.partition_point(|s| s.base <= start);
+                    let next = self.segs.get(i).filter(|s| s.base < self.end).ok_or(WalError::OutOfRange {
+                        pos: start,
+                        len: 0,
+                        why: "the log ends before the records asked for",
+                    })?;
+                    start = next.base + SEGMENT_HEADER_BYTES;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record starting at `start`: its type, payload and where the
+    /// next one starts; None where the segment's data ends.
+    fn record_at(&self, start: u64) -> Option<(u8, &[u8], u64)> {
+        if start + RECORD_HEADER_BYTES > self.end {
+            return None;
+        }
+        let head = self.read(LogPos(start), RECORD_HEADER_BYTES as u32).ok()?;
+        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        if len < RECORD_HEADER_BYTES {
+            return None;
+        }
+        let rtype = head[4];
+        let payload = self.read(LogPos(start + RECORD_HEADER_BYTES), (len - RECORD_HEADER_BYTES) as u32).ok()?;
+        Some((rtype, payload, start + len))
+    }
+
     /// The buffer of the pending chunk that ends at `end` in the active
     /// segment (a new one if there is none), to append a record to.
     fn chunk_at_end(&mut self) -> &mut Vec<u8> {
@@ -634,7 +726,9 @@ impl Wal {
     /// that wait for this fdatasync find their claim in the page cache
     /// before they go out; see "Durable marks" in `mod.rs`.
     fn mark_now(&mut self) {
-        if !self.mark_due() {
+        if !self.mark_due() || self.reserved.is_some() {
+            // A reserved record is waiting for its content: the mark goes
+            // out with the next submit instead.
             return;
         }
         self.append_mark();
@@ -697,6 +791,8 @@ impl Wal {
     /// `try_recover`) and the batch completes with it; after a failure,
     /// batches complete with `WalError::Unavailable`.
     pub fn submit(&mut self, sync: bool) -> Option<BatchId> {
+        // A reserved record still zero would be written as garbage.
+        assert!(self.reserved.is_none(), "submit with a reserved record not yet patched");
         let new_data = self.end > self.sealed_end;
         if self.failed {
             if !new_data {
@@ -1634,6 +1730,40 @@ mod tests {
         let most = (t.elapsed().as_millis() as u64).div_ceil(NO_SPACE_RETRY_MS) + 1;
         assert!(asked >= 2 && asked <= most, "{asked} creation attempts for {refused} refused appends");
         assert!(refused > 100 * asked);
+        Ok(())
+    }
+
+    /// A reserved record is filled in before the batch is written; records
+    /// read back across a segment end come in order, marks skipped.
+    #[test]
+    fn reserved_records_are_patched_and_records_read_back_across_segments() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let cfg = WalConfig { segment_bytes: SEGMENT_BYTES_MIN, backend: Backend::Thread, ..WalConfig::default() };
+        let (mut wal, _) = Wal::open(&d.path().join("wal"), cfg)?;
+        let head = wal.reserve(240, 8, AppendClass::Normal)?;
+        assert!(wal.patch(LogPos(head.0 + 1), &[0; 8]).is_err(), "only the reserved record");
+        // Enough records to cross into a second segment.
+        let body = vec![7u8; 1 << 20];
+        let mut positions = vec![head];
+        for i in 0..20u8 {
+            positions.push(wal.append(i + 1, &[&[i], &body])?);
+        }
+        assert!(wal.patch(head, &[0; 9]).is_err(), "length must match");
+        wal.patch(head, &42u64.to_le_bytes())?;
+        assert!(wal.patch(head, &[0; 8]).is_err(), "already filled");
+        let id = wal.submit(true).expect("a batch");
+        let mut done = Vec::new();
+        assert!(wal.wait(&mut done, Some(Duration::from_secs(10))));
+        assert!(done.iter().any(|(b, r)| *b == id && r.is_ok()));
+        assert!(wal.segment_stats().len() >= 2, "the records span segments");
+        let mut seen = Vec::new();
+        wal.read_records(head, 21, &mut |pos, rt, payload| seen.push((pos, rt, payload[0], payload.len())))?;
+        assert_eq!(seen.len(), 21);
+        assert_eq!(seen[0], (head, 240, 42, 8));
+        for (i, (pos, rt, first, len)) in seen.iter().skip(1).enumerate() {
+            assert_eq!((*pos, *rt, *first as usize, *len), (positions[i + 1], i as u8 + 1, i, body.len() + 1));
+        }
+        assert!(wal.read_records(head, 100, &mut |_, _, _| {}).is_err(), "past the end");
         Ok(())
     }
 }
