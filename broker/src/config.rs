@@ -201,6 +201,11 @@ pub struct Flags {
     /// ticks [default: 50; range 10..=1000].
     #[arg(long, value_name = "MS")]
     pub raft_tick_ms: Option<u64>,
+    /// Join a running cluster (with an empty data directory): start knowing no members and
+    /// wait to be added (`cmq cluster add-node`); the leader then sends this node a snapshot.
+    /// Ignored once the node holds a log.
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -230,6 +235,7 @@ struct FileConfig {
     peers: Option<String>,
     cluster_key_file: Option<PathBuf>,
     raft_tick_ms: Option<u64>,
+    join: Option<bool>,
 }
 
 /// Where a node of the cluster is.
@@ -249,6 +255,8 @@ pub struct ClusterConfig {
     /// (Its `Debug` shows no key bytes.)
     pub key: ClusterKey,
     pub raft_tick_ms: u64,
+    /// Started with `--join`: no members until a leader's snapshot says.
+    pub join: bool,
 }
 const RAFT_TICK_MS_MIN: u64 = 10;
 const RAFT_TICK_MS_MAX: u64 = 1000;
@@ -260,6 +268,7 @@ struct ClusterFlags {
     peers: Option<String>,
     key_file: Option<PathBuf>,
     raft_tick_ms: Option<u64>,
+    join: bool,
 }
 
 impl ClusterFlags {
@@ -270,8 +279,8 @@ impl ClusterFlags {
             bail!("--node-id: {node_id} is out of range 1..=9223372036854775807");
         }
         let Some(peers) = self.peers else {
-            if self.peer_listen.is_some() || self.key_file.is_some() {
-                bail!("--peer-listen and --cluster-key-file need --peers (the other nodes of the cluster)");
+            if self.peer_listen.is_some() || self.key_file.is_some() || self.join {
+                bail!("--peer-listen, --cluster-key-file and --join need --peers (the other nodes of the cluster)");
             }
             return Ok(None);
         };
@@ -290,7 +299,7 @@ impl ClusterFlags {
         if !(RAFT_TICK_MS_MIN..=RAFT_TICK_MS_MAX).contains(&raft_tick_ms) {
             bail!("--raft-tick-ms: {raft_tick_ms} is out of range {RAFT_TICK_MS_MIN}..={RAFT_TICK_MS_MAX}");
         }
-        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms }))
+        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms, join: self.join }))
     }
 }
 
@@ -423,6 +432,7 @@ impl Config {
             peers: flags.peers.or(file.peers),
             key_file: flags.cluster_key_file.or(file.cluster_key_file),
             raft_tick_ms: flags.raft_tick_ms.or(file.raft_tick_ms),
+            join: flags.join || file.join.unwrap_or(false),
         };
         let cluster = cluster.resolve(cfg.node_id)?;
         Ok(Config { cluster, ..cfg })

@@ -324,9 +324,14 @@ fn open_replication(
             auto_leave: rec.auto_leave,
             ..Default::default()
         },
+        // A node joining a running group starts knowing no members: it
+        // learns them from the leader's snapshot, and never campaigns.
+        None if c.join => ConfState::default(),
         None => ConfState { voters, ..Default::default() },
     };
+    let base = scanned.snapshot;
     let mut store = RaftStore::new(scanned.index, hs, cs);
+    store.snapshot_for_empty_logs = true;
     for i in commit + 1..=last {
         let e = readback::read_entry(&store.index, i, &log.entries_ref().raw)
             .map_err(|e| anyhow!("shard {id}: reading entry {}: {}", e.index, e.msg))?;
@@ -334,7 +339,9 @@ fn open_replication(
     }
     let mut rc = ReplicaConfig::new(c.node_id);
     rc.rebooted = rebooted;
-    let replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    let mut replica =
+        Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    replica.set_snapshot_base(base);
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
     let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
         .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;

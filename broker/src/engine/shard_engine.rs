@@ -125,6 +125,10 @@ pub struct ShardEngine {
     /// Queue-management records before this log position are already in
     /// the loaded catalog and are skipped by replay.
     catalog_pos: u64,
+    /// A snapshot's catalog reflects entries up to this one, which are
+    /// still to be applied: until then every queue-management record is
+    /// already in the catalog (see `load_snapshot_catalog`).
+    catalog_entry: Option<u64>,
     /// Messages leaving this shard's queues for other queues.
     outbox: Outbox,
     /// Transfers this shard received (duplicate filter).
@@ -160,6 +164,7 @@ impl ShardEngine {
             next_retention_sweep_ms: 0,
             scratch: Vec::with_capacity(256),
             catalog_pos: 0,
+            catalog_entry: None,
             outbox: Outbox { next_id: 1, ..Default::default() },
             inbound: Inbound::default(),
             transfers_done: Vec::new(),

@@ -219,6 +219,36 @@ impl ShardEngine {
         self.note_ready(uid);
     }
 
+    /// Installs a snapshot's catalog (taken on another replica) before the
+    /// entries after the snapshot are applied. The catalog reflects every
+    /// entry up to `catalog_entry`; those after `snapshot_end` (the local
+    /// position where the snapshot's record ends) are applied here later,
+    /// so their queue-management records and counters are skipped until
+    /// entry `catalog_entry` is (`entry_applied`).
+    pub fn load_snapshot_catalog(&mut self, c: &Catalog, catalog_entry: u64, snapshot_index: u64, snapshot_end: u64) {
+        self.load_catalog(c);
+        if catalog_entry > snapshot_index {
+            self.catalog_pos = u64::MAX;
+            self.catalog_entry = Some(catalog_entry);
+        } else {
+            self.catalog_pos = snapshot_end;
+        }
+    }
+
+    /// Entry `index` is applied; it ends at `end_pos` in the local log.
+    pub fn entry_applied(&mut self, index: u64, end_pos: u64) {
+        if self.catalog_entry.is_some_and(|e| index >= e) {
+            self.catalog_pos = end_pos;
+            self.catalog_entry = None;
+        }
+    }
+
+    /// A snapshot's catalog is ahead of the entries applied: a catalog
+    /// taken now would be inconsistent.
+    pub fn catalog_pending(&self) -> bool {
+        self.catalog_entry.is_some()
+    }
+
     /// Applies one record read back from the log at `pos`.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
         let is_meta = matches!(
