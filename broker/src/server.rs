@@ -339,8 +339,7 @@ fn open_replication(
     }
     let mut rc = ReplicaConfig::new(c.node_id);
     rc.rebooted = rebooted;
-    let mut replica =
-        Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    let mut replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
     replica.set_snapshot_base(base);
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
     let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)

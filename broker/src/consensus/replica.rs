@@ -591,6 +591,10 @@ impl Replica {
                     self.apply_conf_change(e, log, out)?;
                     let end = self.node.store().index.end_pos(e.index);
                     applier.entry_applied(e.index, end);
+                    // Reads wait for the applied index to reach the commit
+                    // index they were confirmed at: a configuration change
+                    // counts (an idle group would otherwise never answer one).
+                    self.applied = self.applied.max(e.index);
                 }
                 _ if e.index <= self.applied => {}
                 _ => {
@@ -720,7 +724,10 @@ impl Replica {
     /// for them and got `LogTemporarilyUnavailable`).
     fn fetch_wanted(&mut self, raw: &impl RawLog) -> Result<(), ReplicaError> {
         let Some((low, high, ctx)) = self.node.store().wanted.borrow_mut().take() else { return Ok(()) };
-        for i in low..high {
+        // Entries released since raft-rs asked are not fetched: asked again,
+        // it finds them compacted and sends a snapshot instead.
+        let first = self.node.store().index.first_index();
+        for i in low.max(first)..high {
             if self.node.store().cache.get(i).is_some() {
                 continue;
             }
@@ -818,6 +825,12 @@ impl Replica {
         log::info!("replica {}: installed a snapshot at entry {index} (term {term})", self.id);
         out.events.push(Event::SnapshotInstalled { index });
         Ok(())
+    }
+
+    /// The log below `pos` was released: entries whose header was there
+    /// are gone (a follower that needs them gets a snapshot).
+    pub fn forget_entries_below(&mut self, pos: u64) {
+        self.node.mut_store().index.forget_below(pos);
     }
 
     /// Whether raft-rs asked for a snapshot to send (a follower needs

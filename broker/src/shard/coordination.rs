@@ -152,8 +152,15 @@ impl Shard {
                 self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg);
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
-            GatherKind::Membership { op, refusal: Some((code, msg)) } => self.reply_err(to, op, id, code, &msg),
+            GatherKind::Membership { op, refusal: Some((code, msg)) } => {
+                self.reply_dep = Some(0);
+                self.reply_err(to, op, id, code, &msg)
+            }
             GatherKind::Membership { op, refusal: None } => {
+                // The change was proposed (or the transfer started): that is
+                // the answer, not a read of state, so no ReadIndex round
+                // (a leader handing over leadership would never finish one).
+                self.reply_dep = Some(0);
                 let empty = Empty {};
                 let resp = match Opcode::from_u16(op) {
                     Some(Opcode::TransferLeader) => Response::TransferLeader(empty),

@@ -115,6 +115,8 @@ impl Shard {
     /// Step 1: peers' frames, link timers, Raft's clock.
     pub(super) fn repl_receive(&mut self, now: u64) {
         let Some(r) = self.repl.as_deref_mut() else { return };
+        // Raft must never be handed an entry whose segment was released.
+        r.replica.forget_entries_below(self.log.first_pos());
         let frames = &mut r.frames;
         r.links.tick(self.poll.registry(), now, &mut |from, f| frames.push((from, f)));
         for (from, frame) in std::mem::take(&mut r.frames) {
@@ -203,6 +205,7 @@ impl Shard {
     /// Handles every `Ready` and acts on what it says.
     pub(super) fn repl_pump(&mut self) {
         let Some(r) = self.repl.as_deref_mut() else { return };
+        r.replica.forget_entries_below(self.log.first_pos());
         let mut out = Outbox::default();
         let mut applier = ShardApplier { engine: &mut self.engine, dir: &r.dir };
         if let Err(e) = r.replica.pump(self.log.entries(), &mut applier, &mut out) {

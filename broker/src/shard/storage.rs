@@ -686,6 +686,11 @@ impl ShardLog {
         }
     }
 
+    /// Where the oldest segment still held starts: everything below was released.
+    pub fn first_pos(&self) -> u64 {
+        self.wal().first_segment_base().0
+    }
+
     pub fn disk_bytes(&self) -> u64 {
         self.wal().disk_bytes()
     }

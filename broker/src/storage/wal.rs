@@ -1059,6 +1059,11 @@ impl Wal {
     }
 
     /// Live segments, oldest first.
+    /// Where the oldest segment held starts (everything below was released).
+    pub fn first_segment_base(&self) -> LogPos {
+        LogPos(self.segs.front().map_or(0, |s| s.base))
+    }
+
     pub fn segment_stats(&self) -> Vec<SegmentInfo> {
         self.segs
             .iter()
