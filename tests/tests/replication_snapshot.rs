@@ -203,7 +203,7 @@ fn try_drain(c: &mut Client, n: usize) -> Result<usize, ClientError> {
         if got.is_empty() {
             break;
         }
-        let handles: Vec<_> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+        let handles: Vec<_> = got.iter().map(|m| m.receipt_handle).collect();
         let results = c.delete_batch(QUEUE, &handles)?;
         assert!(results.iter().all(|r| r.code == 0), "every delete succeeds: {results:?}");
         done += handles.len();
