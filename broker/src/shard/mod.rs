@@ -1276,6 +1276,13 @@ impl Shard {
             // clients the outcome is unknown; the log refuses writes
             // until it recovers.
             log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
+            if self.repl.is_some() {
+                // A replica whose log dropped written entries cannot tell
+                // Raft which of them it still holds: start over from the
+                // disk (the group serves meanwhile, and catches it up).
+                log::error!("shard {}: a replica's log failed; cmqd must restart", self.id);
+                std::process::abort();
+            }
             self.fail_unreleased();
             self.engine_suspect = true;
         }
