@@ -1,4 +1,4 @@
-//! A shard as one replica of its Raft group (see docs/REPLICATION.md).
+//! A shard as one replica of its Raft group (see docs/ARCHITECTURE.md ("Replication")).
 //!
 //! Everything of group `k` runs on shard `k`'s thread: its `Replica`
 //! (raft-rs plus the entry handling), its links to shard `k` of the other
