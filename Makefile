@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: all build run test test-only lint fmt bench install clean
+.PHONY: all build run cluster test test-only lint fmt bench install clean
 
 all: build
 
@@ -17,6 +17,10 @@ build:
 run: build
 	@echo "cmq CLI: $(CURDIR)/$(RELEASE_BIN)/cmq  (export PATH=\"$(CURDIR)/$(RELEASE_BIN):\$$PATH\")"
 	$(RELEASE_BIN)/cmqd
+
+## cluster: start three nodes on 127.0.0.1:7701-7703 (data in ./data/node{1,2,3}); Ctrl-C stops them
+cluster: build
+	scripts/cluster.sh
 
 ## test: lint, then every unit, property and integration test
 test: lint test-only
