@@ -20,6 +20,7 @@ mod release;
 pub mod replication;
 mod reply;
 pub mod storage;
+mod turns;
 mod wheel;
 
 use std::cmp::Reverse;
@@ -254,6 +255,8 @@ pub struct Shard {
     push: crate::push::PushHandle,
     /// Connection limits: deadlines, the clock they run on, the buffer budget.
     limits: ConnLimits,
+    /// How long each loop turn took (`turns.rs`).
+    turn_times: turns::TurnTimes,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -385,6 +388,7 @@ impl Shard {
             engine_suspect: false,
             limits,
             push,
+            turn_times: turns::TurnTimes::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -409,6 +413,7 @@ impl Shard {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
+            let turn_start = Instant::now();
             self.inbox.awake();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -456,7 +461,9 @@ impl Shard {
             self.close_shed();
             self.housekeep(now);
             self.end_turn(now);
+            self.turn_times.record(self.id, turn_start);
             if self.draining && self.drain_step(now) {
+                log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
             }
         }
