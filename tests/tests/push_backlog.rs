@@ -8,11 +8,11 @@
 //! as long as the backlog. Now it hands the pool what it has room for and
 //! stops; while the pool is full it looks again every 100 ms at the cost
 //! of one comparison. The test measures cmqd's CPU time (from /proc) over
-//! a quiet window, once with the backlog built by publishing and once right
-//! after a restart (when every pending push is due at once), and asserts
-//! it stays well under a third of a core: a resource figure with a wide
-//! margin, not a timing. It prints the shard's loop-turn summary (p50,
-//! p99, max) logged at shutdown.
+//! a quiet window, once with the backlog built by publishing and once
+//! after a restart (when every pending push is due at once, and the pool
+//! has been filled again), and asserts it stays under a tenth of a core: a
+//! resource figure with a wide margin, not a timing. It prints the shard's
+//! loop-turn summary (p50, p99, max) logged at shutdown.
 //!
 //! `CMQ_PUSH_BACKLOG=100000` runs it with the 100,000 pushes (the
 //! default is 20,000, to keep the suite fast); with `CMQD_BIN` pointing at
@@ -35,9 +35,14 @@ const BACKLOG_DEFAULT: usize = 20_000;
 const BODIES_PER_PUBLISH: usize = 16;
 /// The quiet window CPU time is measured over.
 const WINDOW: Duration = Duration::from_secs(3);
-/// Most CPU time cmqd may use in the window: a third of a core. Redoing
-/// the backlog every 100 ms keeps a whole core busy.
-const CPU_IN_WINDOW_MAX: Duration = Duration::from_secs(1);
+/// Most CPU time cmqd may use in the window: a tenth of a core. Redoing
+/// the backlog every 100 ms keeps a whole core busy (600 ms in the window
+/// even when the machine is so loaded that cmqd gets a fifth of a core);
+/// a full pool costs next to nothing (about 20 ms, debug build).
+const CPU_IN_WINDOW_MAX: Duration = Duration::from_millis(300);
+/// After a restart the shard first fills the pool (4,096 pushes built
+/// once, the legitimate work); the window starts after that.
+const REFILL: Duration = Duration::from_secs(2);
 
 /// An HTTP endpoint that accepts connections and never answers (every push
 /// to it waits for its full timeout).
@@ -117,6 +122,7 @@ fn pushes_to_a_dead_endpoint_cost_nothing_while_the_pool_is_full() {
     // After a restart every pending push is due at once.
     b.kill9();
     b.restart();
+    std::thread::sleep(REFILL);
     let restarted = cpu_over_window(&b);
     let status = b.terminate();
     eprintln!("after a restart: cmqd used {restarted:?} of CPU in {WINDOW:?}");

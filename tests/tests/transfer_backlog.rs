@@ -79,7 +79,7 @@ fn seventy_thousand_transfers_confirmed_at_once_survive_a_restart() {
     c.set_queue_attributes(&queue, &room).expect("give the queue room");
     poll_until(MOVE_WITHIN, "the backlog to reach the queue", || match c.topic_info(&topic) {
         Ok(i) if i.msg_count == 0 => Ok(()),
-        Ok(i) => Err(format!("{} deliveries pending", i.msg_count)),
+        Ok(i) => Err(format!("{} deliveries pending, the queue holds {}", i.msg_count, held(&mut c, &queue))),
         Err(e) => Err(e.to_string()),
     });
     assert_eq!(held(&mut c, &queue), DELIVERIES + 1, "every delivery arrived once");

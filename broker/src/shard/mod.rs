@@ -257,6 +257,8 @@ pub struct Shard {
     limits: ConnLimits,
     /// How long each loop turn took (`turns.rs`).
     turn_times: turns::TurnTimes,
+    /// Transfers received beyond a turn's budget (`exchange.rs`).
+    transfers_in: exchange::TransfersIn,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -389,6 +391,7 @@ impl Shard {
             limits,
             push,
             turn_times: turns::TurnTimes::default(),
+            transfers_in: exchange::TransfersIn::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -462,6 +465,7 @@ impl Shard {
             self.housekeep(now);
             self.end_turn(now);
             self.turn_times.record(self.id, turn_start);
+            turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
             if self.draining && self.drain_step(now) {
                 log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
@@ -471,6 +475,9 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        if self.transfers_in.is_waiting() {
             return Some(Duration::ZERO);
         }
         // Deferred forwarded requests go on next turn, unless they wait for
@@ -1133,7 +1140,7 @@ impl Shard {
             if conn.gen != c.gen {
                 continue;
             }
-            let Some(frames) = batch.buf.get(start as usize..end as usize) else {
+            let Some(frames) = batch.buf.get(start..end) else {
                 log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
                 continue;
             };
@@ -1160,6 +1167,7 @@ impl Shard {
 
     fn run_timers(&mut self, now: u64) {
         if !self.may_serve() {
+            self.apply_transfers_in(now);
             // A follower's clock moves leases and delays; the moves and
             // checks they lead to are the leader's to log.
             self.engine.tick_passive(now);

@@ -96,6 +96,14 @@ impl TurnTimes {
     }
 }
 
+/// Testing only (`--fault-panic-after-turns N`): shard 0 panics at the end
+/// of its Nth turn, as a bug would; cmqd must then exit (see `main.rs`).
+pub fn fault_panic(shard: u16, turn: u64, panic_at: u64) {
+    if shard == 0 && panic_at != 0 && turn == panic_at {
+        panic!("shard 0: fault injected by --fault-panic-after-turns {panic_at}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
