@@ -162,6 +162,10 @@ pub struct Flags {
     /// (proves that cmq-loadgen --verify catches a broker that loses messages).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_drop_one_in: Option<u64>,
+    /// Testing only: shard 0 panics on its Nth event-loop turn (proves that a panicked
+    /// shard ends the process, so a supervisor restarts it).
+    #[arg(long, hide = true, value_name = "N")]
+    pub fault_panic_after_turns: Option<u64>,
     /// Broker-wide memory for connection buffers: partial request frames and unsent
     /// responses. Past it the broker stops reading the connections assembling the largest
     /// frames until memory frees, and closes the connections that hold the most unsent output
@@ -366,6 +370,8 @@ pub struct Config {
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
     pub fault_drop_one_in: u64,
+    /// Testing only: shard 0 panics on this loop turn (0 = never).
+    pub fault_panic_after_turns: u64,
     pub buffer_budget_bytes: u64,
     pub handshake_timeout_ms: u64,
     /// 0 = connections are never closed for being idle.
@@ -413,6 +419,7 @@ impl Config {
             repair: flags.repair,
             fault_file: flags.fault_file,
             fault_drop_one_in: flags.fault_drop_one_in.unwrap_or(0),
+            fault_panic_after_turns: flags.fault_panic_after_turns.unwrap_or(0),
             buffer_budget_bytes: flags
                 .buffer_budget_bytes
                 .or(file.buffer_budget_bytes)

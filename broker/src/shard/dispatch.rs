@@ -521,8 +521,8 @@ impl Shard {
             self.answered(to.conn);
         } else {
             let batch = &mut self.remote_out[usize::from(to.shard)];
-            let end = batch.buf.len() as u32;
-            batch.parts.push((to.conn, start as u32, end));
+            let end = batch.buf.len();
+            batch.parts.push((to.conn, start, end));
             self.remote_need = self.remote_need.max(need);
         }
     }

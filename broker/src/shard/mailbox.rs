@@ -48,8 +48,9 @@ pub struct Forwarded {
 #[derive(Default)]
 pub struct ReplyBatch {
     pub buf: Vec<u8>,
-    /// Connection and the byte range of `buf` holding its frames.
-    pub parts: Vec<(ConnRef, u32, u32)>,
+    /// Connection and the byte range of `buf` holding its frames (usize:
+    /// a batch is not limited to 4 GiB by a silent truncation).
+    pub parts: Vec<(ConnRef, usize, usize)>,
 }
 
 /// A connection whose handshake asked for another shard.

@@ -20,6 +20,7 @@ mod release;
 pub mod replication;
 mod reply;
 pub mod storage;
+mod turns;
 mod wheel;
 
 use std::cmp::Reverse;
@@ -254,6 +255,10 @@ pub struct Shard {
     push: crate::push::PushHandle,
     /// Connection limits: deadlines, the clock they run on, the buffer budget.
     limits: ConnLimits,
+    /// How long each loop turn took (`turns.rs`).
+    turn_times: turns::TurnTimes,
+    /// Transfers received beyond a turn's budget (`exchange.rs`).
+    transfers_in: exchange::TransfersIn,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -385,6 +390,8 @@ impl Shard {
             engine_suspect: false,
             limits,
             push,
+            turn_times: turns::TurnTimes::default(),
+            transfers_in: exchange::TransfersIn::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -409,6 +416,7 @@ impl Shard {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
+            let turn_start = Instant::now();
             self.inbox.awake();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -456,7 +464,10 @@ impl Shard {
             self.close_shed();
             self.housekeep(now);
             self.end_turn(now);
+            self.turn_times.record(self.id, turn_start);
+            turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
             if self.draining && self.drain_step(now) {
+                log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
             }
         }
@@ -464,6 +475,9 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        if self.transfers_in.is_waiting() {
             return Some(Duration::ZERO);
         }
         // Deferred forwarded requests go on next turn, unless they wait for
@@ -1126,7 +1140,7 @@ impl Shard {
             if conn.gen != c.gen {
                 continue;
             }
-            let Some(frames) = batch.buf.get(start as usize..end as usize) else {
+            let Some(frames) = batch.buf.get(start..end) else {
                 log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
                 continue;
             };
@@ -1153,6 +1167,7 @@ impl Shard {
 
     fn run_timers(&mut self, now: u64) {
         if !self.may_serve() {
+            self.apply_transfers_in(now);
             // A follower's clock moves leases and delays; the moves and
             // checks they lead to are the leader's to log.
             self.engine.tick_passive(now);

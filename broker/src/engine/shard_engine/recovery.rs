@@ -249,8 +249,17 @@ impl ShardEngine {
         self.catalog_entry.is_some()
     }
 
-    /// Applies one record read back from the log at `pos`.
+    /// Applies one record read back from the log at `pos`. Positions must
+    /// grow, and a record from the catalog's position on must name a queue
+    /// or topic that exists (before it, records of queues deleted before
+    /// the catalog are expected, and skipped): either failing means the log
+    /// and the engine disagree, and recovery stops rather than guess.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
+        if pos <= self.last_log_pos {
+            let reason = format!("log position {pos} after {}: positions must grow", self.last_log_pos);
+            return Err(RecordError { rtype, reason });
+        }
+        self.last_log_pos = pos;
         let is_meta = matches!(
             rtype,
             rtype::QUEUE_CREATED
@@ -272,7 +281,11 @@ impl ShardEngine {
         let counted = pos >= self.catalog_pos;
         let span_pos = |s: &BodySpan| pos + u64::from(s.offset);
         let suffix_of = |s: &BodySpan| &payload[(s.offset + s.len) as usize..];
-        match Record::decode(rtype, payload)? {
+        let rec = Record::decode(rtype, payload)?;
+        if pos >= self.catalog_pos {
+            self.check_known(&rec).map_err(|reason| RecordError { rtype, reason })?;
+        }
+        match rec {
             Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
                 self.apply_queue_created(uid, time_ms, create_seq, attrs, name)
             }
@@ -385,6 +398,47 @@ impl ShardEngine {
         Ok(())
     }
 
+    /// Whether the queue or topic `rec` changes exists.
+    fn check_known(&self, rec: &Record<BodySpan>) -> Result<(), String> {
+        let (what, uid, known) = match *rec {
+            Record::QueueUpdated { uid, .. }
+            | Record::QueueDeleted { uid, .. }
+            | Record::Enqueued { uid, .. }
+            | Record::Received { uid, .. }
+            | Record::Deleted { uid, .. }
+            | Record::VisibilityChanged { uid, .. }
+            | Record::Relocated { uid, .. }
+            | Record::Rewound { uid, .. }
+            | Record::Purged { uid, .. }
+            | Record::HalfEnqueued { uid, .. }
+            | Record::TxChecked { uid, .. }
+            | Record::TxEnded { uid, .. }
+            | Record::TransferOut { src_uid: uid, .. }
+            | Record::TransferIn { uid, .. }
+            | Record::TransferReturned { uid, .. }
+            | Record::RedriveStarted { uid, .. } => ("queue", uid, self.queues.contains_key(&uid)),
+            Record::TopicUpdated { uid, .. }
+            | Record::TopicDeleted { uid, .. }
+            | Record::Subscribed { uid, .. }
+            | Record::SubscriptionUpdated { uid, .. }
+            | Record::Unsubscribed { uid, .. }
+            | Record::Published { uid, .. } => ("topic", uid, self.topics.contains_key(&uid)),
+            // Creations, and records about transfers and redrives, which
+            // may outlive what they name once older segments are released.
+            Record::QueueCreated { .. }
+            | Record::TopicCreated { .. }
+            | Record::TransferDone { .. }
+            | Record::RedriveEnded { .. }
+            | Record::PushRetry { .. }
+            | Record::PushGaveUp { .. } => return Ok(()),
+        };
+        if known {
+            Ok(())
+        } else {
+            Err(format!("{what} uid {uid} is unknown (never created, or deleted earlier in the log)"))
+        }
+    }
+
     pub(super) fn apply_rewound(&mut self, uid: u32, start_ms: u64) {
         if let Some(q) = self.queues.get_mut(&uid) {
             if q.apply_rewound(start_ms) > 0 || q.counts().ready > 0 {
@@ -468,7 +522,7 @@ impl ShardEngine {
                 r.moved += 1;
             }
         }
-        self.outbox.entries.insert(id, out);
+        self.outbox.insert(id, out);
     }
 
     /// A message arrives from another queue (deduplicated by source and id).
@@ -503,7 +557,7 @@ impl ShardEngine {
         enqueue_ms: u64,
         counted: bool,
     ) {
-        let Some(out) = self.outbox.entries.remove(&id) else { return };
+        let Some(out) = self.outbox.remove(id) else { return };
         self.bump_msg_counter(msg_id);
         if out.kind == transfer_kind::REDRIVE && counted {
             if let Some(r) = self.redrives.get_mut(&out.redrive) {
