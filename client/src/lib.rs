@@ -86,15 +86,22 @@ mod error;
 mod id_hash;
 #[macro_use]
 mod ops;
+mod cluster;
+pub mod retry;
+pub mod routes;
+pub mod seeds;
 mod topics;
 
 pub use checker::{
     CheckOutcome, CheckerStats, CheckerStopper, CheckerThread, TransactionChecker, CHECKER_HEARTBEAT_DEFAULT,
 };
 pub use client::{Client, Ticket};
+pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, CHANGE_RESEND_AFTER};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
+pub use ops::{IdempotencyKey, SendOptions};
+pub use seeds::ToSeeds;
 pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.
@@ -114,4 +121,8 @@ pub use cmq_protocol::{
     NotifyStrategy, PublishMessage, SetSubscriptionAttributes, SetTopicAttributes, StrList, Subscribe, SubscribeOk,
     SubscriptionInfo, SubscriptionProtocol, SubscriptionSummary, TopicAttributesUpdate, TopicInfo, TopicSummary,
     Unsubscribe,
+};
+pub use cmq_protocol::{
+    AddNode, ClusterMap, ClusterNode, ClusterStatus, ClusterStatusOk, FollowerProgress, GetClusterMap, RemoveNode,
+    ShardLeader, ShardStatus, TransferLeader,
 };

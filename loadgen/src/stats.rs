@@ -194,6 +194,7 @@ impl ErrKey {
             ClientError::Io(_) => ErrKey::Other("io"),
             ClientError::Protocol(_) => ErrKey::Other("protocol"),
             ClientError::Handshake { .. } => ErrKey::Other("handshake"),
+            ClientError::OutcomeUnknown { .. } => ErrKey::Other(crate::worker::OUTCOME_UNKNOWN),
         }
     }
 
