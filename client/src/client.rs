@@ -194,7 +194,7 @@ impl Client {
         match req.route() {
             Route::Queue(queue) => (self.shard_of(queue), true),
             Route::Shard(shard) if shard < self.shard_count() => (shard, true),
-            Route::Shard(_) | Route::Any => (self.any_open_shard(), false),
+            Route::Shard(_) | Route::Any => (self.any_shard(), false),
         }
     }
 
@@ -240,7 +240,9 @@ impl Client {
         // deadline) is replaced now rather than failing this request; so is
         // one to a node that no longer leads the shard.
         let stale = self.slots[i].conn.as_mut().is_some_and(Connection::closed_while_idle);
-        let moved = routed && self.leader_moved(shard);
+        // Requests for any shard go to a leader too: a follower answers
+        // only after asking the leader (a ReadIndex round), one hop more.
+        let moved = self.leader_moved(shard);
         if stale || moved {
             self.close(i);
         }
@@ -456,11 +458,26 @@ impl Client {
         slot.conn.is_some() && leader != 0 && slot.node != leader && slot.idle()
     }
 
-    fn any_open_shard(&self) -> u16 {
-        if self.slots[usize::from(self.home)].conn.is_some() {
+    /// The shard whose connection serves requests for any shard: the
+    /// first connection's, unless no leader is known for it while one is
+    /// for another shard; among those, one already connected to its leader.
+    fn any_shard(&self) -> u16 {
+        let led = |k: u16| self.routes.leader(k) != 0;
+        let at_leader = |k: u16| {
+            let s = &self.slots[usize::from(k)];
+            s.conn.is_some() && led(k) && s.node == self.routes.leader(k)
+        };
+        let shards = 0..self.shard_count();
+        if at_leader(self.home) {
             return self.home;
         }
-        self.slots.iter().position(|s| s.conn.is_some()).map_or(self.home, |i| i as u16)
+        if let Some(k) = shards.clone().find(|k| at_leader(*k)) {
+            return k;
+        }
+        if led(self.home) || self.slots[usize::from(self.home)].conn.is_some() && !shards.clone().any(led) {
+            return self.home;
+        }
+        shards.clone().find(|k| led(*k)).unwrap_or(self.home)
     }
 
     /// Opens `shard`'s connection if it has none: to the shard's leader if

@@ -150,7 +150,10 @@ impl Client {
         let status = if addrs.is_empty() {
             Err("its client address is not known yet".to_owned())
         } else {
-            ask(&addrs, self.timeout(), &Request::ClusterStatus(ClusterStatus {}))
+            // On a shard it leads, if any: a follower shard answers only
+            // after a ReadIndex round with its leader.
+            let hint = (0..self.shard_count()).find(|k| self.leader_of(*k) == id);
+            ask(&addrs, hint, self.timeout(), &Request::ClusterStatus(ClusterStatus {}))
                 .and_then(|r| expect!(r, ClusterStatus))
                 .map_err(|e| e.to_string())
         };
@@ -257,8 +260,8 @@ impl Client {
 
 /// One request on a connection of its own to the first of `addrs` that
 /// answers; the wait for the answer is bounded like a connect.
-fn ask(addrs: &[String], timeout: Option<Duration>, req: &Request) -> Result<Response, ClientError> {
-    let mut conn = connect_first(addrs, None, timeout)?;
+fn ask(addrs: &[String], hint: Option<u16>, timeout: Option<Duration>, req: &Request) -> Result<Response, ClientError> {
+    let mut conn = connect_first(addrs, hint, timeout)?;
     conn.set_read_timeout(Some(node_connect_timeout(timeout)))?;
     let id = conn.submit(req);
     let (got, result) = conn.recv()?;

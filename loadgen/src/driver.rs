@@ -195,7 +195,7 @@ impl Loop {
         if let Err(e) = result {
             // The node went away (or broke the stream): book what was in
             // flight, and find the shard's leader again.
-            slot.agent.lost(c, &e);
+            slot.agent.lost(run, c, &e);
             router.lost(slot.shard, pipe.node());
             return self.disconnect(i);
         }
@@ -207,7 +207,7 @@ impl Loop {
         };
         if pipe.wants_write() {
             if let Err(e) = pipe.write_some() {
-                slot.agent.lost(c, &e);
+                slot.agent.lost(run, c, &e);
                 router.lost(slot.shard, pipe.node());
                 return self.disconnect(i);
             }

@@ -429,7 +429,9 @@ fn monitor(
         }
 
         let producers_done = run.producers_done.load(Relaxed) >= producers;
-        let accounted = producers_done && run.first_deliveries.load(Relaxed) >= run.acked_total.load(Relaxed);
+        let accounted = producers_done
+            && !run.uncertain.load(Relaxed)
+            && run.first_deliveries.load(Relaxed) >= run.acked_total.load(Relaxed);
         // Once producers are done, an empty broker means nothing more will arrive.
         let mut check_empty = |admin: &mut Client| -> bool {
             if drained_empty {

@@ -213,10 +213,10 @@ impl Agent {
 
     /// The connection was lost: what was in flight is booked as such, and
     /// the job carries on once reconnected.
-    pub fn lost(&mut self, c: &Counters, e: &ClientError) {
+    pub fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
         match self {
-            Agent::Producer(p) => p.lost(c, e),
-            Agent::Consumer(k) => k.lost(c, e),
+            Agent::Producer(p) => p.lost(run, c, e),
+            Agent::Consumer(k) => k.lost(run, c, e),
         }
     }
 
@@ -408,10 +408,13 @@ impl Producer {
         self.pending.insert(id, p);
     }
 
-    fn lost(&mut self, c: &Counters, e: &ClientError) {
+    fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
         self.out.error(c, e);
         let sends = self.pending.values().filter(|p| p.count > 0).count() as u64;
         self.out.note(OUTCOME_UNKNOWN, sends);
+        if sends > 0 {
+            run.uncertain.store(true, Relaxed);
+        }
         self.pending.clear();
         self.nudged_below = None;
         self.rerouting = false;
@@ -579,10 +582,13 @@ impl Consumer {
         self.pending.insert(id, (q, RecvPending::Delete { rec_start, count, handles }));
     }
 
-    fn lost(&mut self, c: &Counters, e: &ClientError) {
+    fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
         self.out.error(c, e);
         let deletes = self.pending.values().filter(|p| matches!(p.1, RecvPending::Delete { .. })).count() as u64;
         self.out.note(OUTCOME_UNKNOWN, deletes);
+        if deletes < self.pending.len() as u64 {
+            run.uncertain.store(true, Relaxed);
+        }
         self.pending.clear();
         self.rerouting = false;
     }
