@@ -88,8 +88,10 @@ impl Slot {
 
 /// How one attempt of [`Client::call`] failed.
 enum Failure {
-    /// Not sent, or refused without being run: sending again is safe.
-    /// `backoff`: nothing better is known yet; wait and look again first.
+    /// Not sent: no node to send it to could be reached.
+    Unreachable(ClientError),
+    /// Refused without being run: sending again is safe. `backoff`:
+    /// nothing better is known yet; wait and look again first.
     NotApplied { err: ClientError, backoff: bool },
     /// Sent to `node`, then the connection was lost or timed out.
     Lost { err: ClientError, node: u64 },
@@ -355,6 +357,12 @@ impl Client {
             let (err, wait) = match self.attempt(route(self), req) {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::Final(e)) => return Err(annotated(e, lost_on)),
+                // One node that is gone: reported at once, as it is.
+                Err(Failure::Unreachable(err)) if !self.routes.has_alternatives() => return Err(err),
+                Err(Failure::Lost { err, .. }) if !self.routes.has_alternatives() && retry::safe_to_repeat(req) => {
+                    return Err(err)
+                }
+                Err(Failure::Unreachable(err)) => (err, true),
                 Err(Failure::Lost { err, node }) if !retry::safe_to_repeat(req) => {
                     return Err(ClientError::OutcomeUnknown { op: req.opcode().name(), node, cause: Box::new(err) });
                 }
@@ -380,7 +388,11 @@ impl Client {
 
     /// One attempt of [`Client::call`].
     fn attempt(&mut self, route: (u16, bool), req: &Request) -> Result<Response, Failure> {
-        let ticket = self.submit_at(route, req).map_err(|err| Failure::NotApplied { err, backoff: true })?;
+        let ticket = self.submit_at(route, req).map_err(|err| match err {
+            // A node that refuses the handshake (full, another version) says so.
+            ClientError::Handshake { .. } => Failure::Final(err),
+            err => Failure::Unreachable(err),
+        })?;
         let node = self.slots[usize::from(ticket.shard)].node;
         let err = match self.wait(ticket) {
             Ok(resp) => return Ok(resp),

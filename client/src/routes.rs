@@ -67,6 +67,12 @@ impl Routes {
         &self.seeds
     }
 
+    /// Whether there is another node to turn to when one fails: the map
+    /// names more than one, or more than one seed was given.
+    pub fn has_alternatives(&self) -> bool {
+        self.nodes.len() > 1 || self.seeds.len() > 1
+    }
+
     /// The node believed to lead `shard`, 0 when none is known.
     pub fn leader(&self, shard: u16) -> u64 {
         self.leaders.get(usize::from(shard)).map_or(0, |l| l.leader)

@@ -252,3 +252,31 @@ fn a_send_whose_connection_is_lost_is_not_repeated_even_on_another_node() {
     assert!(matches!(err, ClientError::OutcomeUnknown { node: 1, .. }), "{err:?}");
     assert_eq!((sends1.load(Ordering::SeqCst), seen2.sends.load(Ordering::SeqCst)), (1, 0));
 }
+
+#[test]
+fn a_read_whose_connection_is_lost_is_asked_again() {
+    // Node 1 leads and hangs up on the first GetQueueAttributes only.
+    let (cluster, mut ls) = Cluster::new(2, 1);
+    let l2 = ls.pop().expect("listener");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let map = cluster.clone();
+    let _n1 = ScriptedServer::start_on(ls.pop().expect("listener"), move |mut peer| {
+        peer.accept_handshake_in(1, 0, map.as_seen_by(1));
+        while let Some((rid, req)) = peer.read_request() {
+            match req {
+                Request::GetQueueAttributes(r) => {
+                    if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    peer.respond(rid, &Response::GetQueueAttributes(QueueInfo { queue: r.queue, ..Default::default() }));
+                }
+                _ => peer.respond(rid, &Response::Ping(Empty {})),
+            }
+        }
+    });
+    let (_n2, _) = node(&cluster, 2, l2, |_| OnSend::Serve);
+    let mut c = connect(&cluster.addr(1));
+    assert_eq!(c.queue_info("q").expect("asked again").queue, "q");
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+}
