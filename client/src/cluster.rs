@@ -136,7 +136,8 @@ impl Client {
         }
         let nodes: Vec<NodeStatus> = map.nodes.iter().map(|n| self.node_status(n.id)).collect();
         if nodes.iter().all(|n| n.status.is_err()) {
-            let why: Vec<String> = nodes.iter().filter_map(|n| Some(format!("node {}: {}", n.id, n.status.as_ref().err()?))).collect();
+            let why: Vec<String> =
+                nodes.iter().filter_map(|n| Some(format!("node {}: {}", n.id, n.status.as_ref().err()?))).collect();
             let msg = format!("no node answered ClusterStatus ({})", why.join("; "));
             return Err(ClientError::Io(io::Error::new(io::ErrorKind::NotConnected, msg)));
         }
@@ -192,7 +193,8 @@ impl Client {
     }
 
     fn change_membership(&mut self, req: &Request, id: u64, member: bool) -> Result<(), ClientError> {
-        let what = if member { format!("node {id} to join every shard") } else { format!("node {id} to leave every shard") };
+        let what =
+            if member { format!("node {id} to join every shard") } else { format!("node {id} to leave every shard") };
         let done = |c: &mut Client| Ok(c.membership_pending(id, member)?.is_empty());
         let send = |c: &mut Client| {
             // One request per leader: a node carries it out for every shard it leads.
@@ -270,4 +272,3 @@ fn ask(addrs: &[String], hint: Option<u16>, timeout: Option<Duration>, req: &Req
     }
     result
 }
-

@@ -42,7 +42,9 @@ pub enum ClientError {
     /// by itself, since a second attempt could apply it twice (a send would
     /// store the message twice); the caller decides, for example by
     /// checking with a read. `cause` is what happened to the connection.
-    #[error("outcome unknown: {cause} (node {node}) after the {op} request was sent; it may or may not have been applied")]
+    #[error(
+        "outcome unknown: {cause} (node {node}) after the {op} request was sent; it may or may not have been applied"
+    )]
     OutcomeUnknown { op: &'static str, node: u64, cause: Box<ClientError> },
 }
 

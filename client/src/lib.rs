@@ -107,6 +107,10 @@ pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 /// The wire protocol this client speaks, for building requests by hand.
 pub use cmq_protocol as protocol;
 pub use cmq_protocol::{
+    AddNode, ClusterMap, ClusterNode, ClusterStatus, ClusterStatusOk, FollowerProgress, GetClusterMap, RemoveNode,
+    ShardLeader, ShardStatus, TransferLeader,
+};
+pub use cmq_protocol::{
     BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, CancelRedrive, ChangeMessageVisibility,
     ChangeMessageVisibilityOk, CreateQueue, DeleteMessage, DeleteQueue, EndTransaction, ErrorCode, FlushPolicy,
     GetQueueAttributes, HandshakeOk, ItemResult, ListQueues, ListQueuesOk, ListRedrives, MessageOrigin, MessageState,
@@ -121,8 +125,4 @@ pub use cmq_protocol::{
     NotifyStrategy, PublishMessage, SetSubscriptionAttributes, SetTopicAttributes, StrList, Subscribe, SubscribeOk,
     SubscriptionInfo, SubscriptionProtocol, SubscriptionSummary, TopicAttributesUpdate, TopicInfo, TopicSummary,
     Unsubscribe,
-};
-pub use cmq_protocol::{
-    AddNode, ClusterMap, ClusterNode, ClusterStatus, ClusterStatusOk, FollowerProgress, GetClusterMap, RemoveNode,
-    ShardLeader, ShardStatus, TransferLeader,
 };

@@ -117,9 +117,11 @@ pub(crate) fn connect_first<A: AsRef<str>>(
         match resolve(addr).and_then(|a| Connection::connect_within(&a[..], shard_hint, within, timeout)) {
             Ok(conn) => return Ok(conn),
             // Refusals every node of a cluster would repeat.
-            Err(e @ ClientError::Handshake { code: Some(ErrorCode::UNSUPPORTED_VERSION | ErrorCode::AUTH_FAILED), .. }) => {
-                return Err(e)
-            }
+            Err(
+                e @ ClientError::Handshake {
+                    code: Some(ErrorCode::UNSUPPORTED_VERSION | ErrorCode::AUTH_FAILED), ..
+                },
+            ) => return Err(e),
             Err(e) => failures.push((addr.to_owned(), e)),
         }
     }
@@ -129,7 +131,10 @@ pub(crate) fn connect_first<A: AsRef<str>>(
 fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     if addrs.is_empty() {
-        return Err(ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing"))));
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to nothing"),
+        )));
     }
     Ok(addrs)
 }
@@ -181,7 +186,9 @@ mod tests {
     #[test]
     fn one_failure_is_kept_as_is_and_several_are_listed() {
         let refused = || ClientError::Io(io::ErrorKind::ConnectionRefused.into());
-        assert!(matches!(combined(vec![("a:1".into(), refused())]), ClientError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused));
+        assert!(
+            matches!(combined(vec![("a:1".into(), refused())]), ClientError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+        );
         let both = combined(vec![("a:1".into(), refused()), ("b:2".into(), refused())]);
         let text = both.to_string();
         assert!(text.contains("a:1") && text.contains("b:2"), "{text}");

@@ -269,7 +269,10 @@ fn a_read_whose_connection_is_lost_is_asked_again() {
                     if counted.fetch_add(1, Ordering::SeqCst) == 0 {
                         return;
                     }
-                    peer.respond(rid, &Response::GetQueueAttributes(QueueInfo { queue: r.queue, ..Default::default() }));
+                    peer.respond(
+                        rid,
+                        &Response::GetQueueAttributes(QueueInfo { queue: r.queue, ..Default::default() }),
+                    );
                 }
                 _ => peer.respond(rid, &Response::Ping(Empty {})),
             }

@@ -31,9 +31,9 @@ use rustix::fd::OwnedFd;
 
 use crate::pipe::{timespec, RawPipe};
 use crate::route::Router;
-use cmq_client::routes::Learned;
 use crate::stats::{Counters, Run};
 use crate::worker::{Agent, Finished, Job, Shape, Step};
+use cmq_client::routes::Learned;
 
 /// How often every job is stepped even without answers or a deadline of its
 /// own: how quickly jobs notice a phase change (stop, drain) when idle.
@@ -174,7 +174,9 @@ impl Loop {
                 Ok(Some(reply)) => {
                     slot.agent.answer(pipe, reply, run, c);
                     match slot.agent.take_not_leader() {
-                        Some(msg) => slot.back_off = router.not_leader(slot.shard, pipe.node(), &msg) == Learned::NoLeader,
+                        Some(msg) => {
+                            slot.back_off = router.not_leader(slot.shard, pipe.node(), &msg) == Learned::NoLeader
+                        }
                         None => slot.reconnects = 0,
                     }
                     let step = slot.agent.step(pipe, run, c);

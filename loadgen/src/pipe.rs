@@ -60,7 +60,8 @@ impl RawPipe {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Io(io::Error::new(io::ErrorKind::NotFound, "no address to connect to"))))
+        Err(last
+            .unwrap_or_else(|| ClientError::Io(io::Error::new(io::ErrorKind::NotFound, "no address to connect to"))))
     }
 
     /// Connects and handshakes (blocking, up to `within`), asking for `shard`.

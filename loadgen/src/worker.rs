@@ -390,7 +390,9 @@ impl Producer {
         let req = &mut self.templates[p.queue];
         self.arena.prepare(n);
         match req {
-            Request::SendMessage(r) => r.body = self.arena.body(body::message_id(self.spec.index, p.seq_start), p.t0_ns),
+            Request::SendMessage(r) => {
+                r.body = self.arena.body(body::message_id(self.spec.index, p.seq_start), p.t0_ns)
+            }
             Request::BatchSendMessage(r) => {
                 for i in 0..n as u64 {
                     r.bodies.push(self.arena.body(body::message_id(self.spec.index, p.seq_start + i), p.t0_ns));
@@ -568,7 +570,14 @@ impl Consumer {
         Step::Wait(None)
     }
 
-    fn submit_delete(&mut self, pipe: &mut RawPipe, q: usize, rec_start: usize, count: usize, handles: Vec<ReceiptHandle>) {
+    fn submit_delete(
+        &mut self,
+        pipe: &mut RawPipe,
+        q: usize,
+        rec_start: usize,
+        count: usize,
+        handles: Vec<ReceiptHandle>,
+    ) {
         let del = &mut self.reqs[q].delete;
         match del {
             Request::DeleteMessage(r) => r.receipt_handle = handles[0],

@@ -42,9 +42,7 @@ impl Cluster {
         let peer_ports: Vec<u16> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port())
             .collect();
-        let nodes = (1..=3u64)
-            .map(|id| start_node(dir.path(), &key, id, &peer_ports))
-            .collect();
+        let nodes = (1..=3u64).map(|id| start_node(dir.path(), &key, id, &peer_ports)).collect();
         let cluster = Cluster { nodes, _dir: dir };
         cluster.wait_for_leaders(&[]);
         cluster
@@ -66,10 +64,16 @@ impl Cluster {
             let view = Client::connect_with_timeout(self.seeds().as_str(), Some(CLIENT_TIMEOUT))
                 .and_then(|mut c| c.cluster_status());
             match view {
-                Ok(v) if (0..SHARDS).all(|k| v.shard(k).is_some_and(|s| s.status.leader != 0 && !dead.contains(&s.status.leader))) => {
+                Ok(v)
+                    if (0..SHARDS).all(|k| {
+                        v.shard(k).is_some_and(|s| s.status.leader != 0 && !dead.contains(&s.status.leader))
+                    }) =>
+                {
                     return v
                 }
-                Ok(v) => last = format!("{:?}", (0..SHARDS).map(|k| v.shard(k).map(|s| s.status.leader)).collect::<Vec<_>>()),
+                Ok(v) => {
+                    last = format!("{:?}", (0..SHARDS).map(|k| v.shard(k).map(|s| s.status.leader)).collect::<Vec<_>>())
+                }
                 Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -79,10 +83,8 @@ impl Cluster {
 }
 
 fn start_node(dir: &Path, key: &Path, id: u64, peer_ports: &[u16]) -> Broker {
-    let peers: Vec<String> = (1..=3u64)
-        .filter(|p| *p != id)
-        .map(|p| format!("{p}=127.0.0.1:{}", peer_ports[p as usize - 1]))
-        .collect();
+    let peers: Vec<String> =
+        (1..=3u64).filter(|p| *p != id).map(|p| format!("{p}=127.0.0.1:{}", peer_ports[p as usize - 1])).collect();
     let args = [
         "--node-id".to_owned(),
         id.to_string(),
@@ -141,7 +143,8 @@ fn the_client_and_cli_follow_leaders_through_a_leader_kill() {
     let queues = queue_per_shard();
     // A dead first seed costs nothing but a refused connect.
     let dead = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let mut c = Client::connect_with_timeout(format!("{dead},{seeds}").as_str(), Some(CLIENT_TIMEOUT)).expect("connect");
+    let mut c =
+        Client::connect_with_timeout(format!("{dead},{seeds}").as_str(), Some(CLIENT_TIMEOUT)).expect("connect");
     assert_eq!(c.shard_count(), SHARDS);
 
     // Acknowledged sends per queue (the ledger), and sends of unknown outcome.

@@ -172,7 +172,13 @@ impl From<&ClusterView> for StatusJson {
             .map(|n| NodeJson {
                 id: n.id,
                 client_addr: n.client_addr.clone(),
-                peer_addr: view.map.nodes.iter().find(|m| m.id == n.id).map(|m| m.peer_addr.clone()).unwrap_or_default(),
+                peer_addr: view
+                    .map
+                    .nodes
+                    .iter()
+                    .find(|m| m.id == n.id)
+                    .map(|m| m.peer_addr.clone())
+                    .unwrap_or_default(),
                 error: n.status.as_ref().err().cloned(),
             })
             .collect();
