@@ -410,6 +410,8 @@ impl Client {
             }
             // Closed for idleness before the request was read: it was not run.
             ErrorCode::IDLE_TIMEOUT => Err(Failure::NotApplied { err, backoff: false }),
+            // Refused unrun for now (a full inbox, a change in progress).
+            ErrorCode::BUSY => Err(Failure::NotApplied { err, backoff: true }),
             ErrorCode::SHUTTING_DOWN => {
                 self.routes.mark_down(node, Instant::now());
                 if ticket.routed {

@@ -5,7 +5,14 @@
 //! * [`Client`]: blocking and convenient, one method per operation. It is
 //!   shard-aware: it learns the broker's shard count in the handshake and
 //!   keeps one connection per shard (opened on first use), sending each
-//!   queue's requests straight to the shard that owns it.
+//!   queue's requests straight to the shard that owns it. In a cluster it
+//!   is leader-aware too: it connects from a list of seed addresses
+//!   ([`ToSeeds`]: `"host:port,host:port,..."`), learns the cluster map
+//!   from the handshake, sends each shard's requests to the node that
+//!   leads it, and follows the leader when it moves ([`retry`] says what
+//!   is sent again and for how long). Cluster operations:
+//!   [`Client::cluster_status`], [`Client::transfer_leader`],
+//!   [`Client::add_node`], [`Client::remove_node`].
 //! * [`Connection`]: one socket, driven by hand for throughput. Submit many
 //!   requests, flush them with one write, and read responses (in whatever
 //!   order the broker finishes them) many frames per read. This is what the
@@ -77,7 +84,25 @@
 //!
 //! Errors the broker reports arrive as [`ClientError::Server`] with the
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
-//! an error.
+//! an error. A request that changes state and lost its connection after it
+//! was sent is [`ClientError::OutcomeUnknown`]: it may or may not have been
+//! applied, and the client does not guess by sending it again.
+//!
+//! ```no_run
+//! use cmq_client::Client;
+//!
+//! # fn main() -> Result<(), cmq_client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703")?;
+//! client.send("orders", "hello", 0)?; // to the leader of the shard that owns "orders"
+//! let view = client.cluster_status()?;
+//! for k in 0..view.shard_count() {
+//!     if let Some(shard) = view.shard(k) {
+//!         println!("shard {k}: led by node {} in term {}", shard.status.leader, shard.status.term);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod checker;
 mod client;

@@ -6,8 +6,9 @@
 //! * it was never sent (no node accepted the connection);
 //! * the broker answered `NOT_LEADER` (the node that refused does not lead
 //!   the shard and ran nothing), `SHUTTING_DOWN` (the node takes no new
-//!   requests) or `IDLE_TIMEOUT` (the node closed the connection without
-//!   reading the request);
+//!   requests), `BUSY` (a full inbox, or a membership change still in
+//!   progress: nothing ran) or `IDLE_TIMEOUT` (the node closed the
+//!   connection without reading the request);
 //! * its connection was lost after it was sent, and the request is safe to
 //!   repeat ([`safe_to_repeat`]). Otherwise the caller gets
 //!   [`crate::ClientError::OutcomeUnknown`]: a send, publish or queue

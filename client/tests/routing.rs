@@ -283,3 +283,33 @@ fn a_read_whose_connection_is_lost_is_asked_again() {
     assert_eq!(c.queue_info("q").expect("asked again").queue, "q");
     assert_eq!(asked.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_repeated_delete_that_finds_its_handle_spent_says_the_lost_attempt_may_have_done_it() {
+    // Node 1 leads; it hangs up on the first delete (having applied it, say)
+    // and answers the second as a spent handle.
+    let (cluster, mut ls) = Cluster::new(2, 1);
+    let l2 = ls.pop().expect("listener");
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let counted = deletes.clone();
+    let map = cluster.clone();
+    let _n1 = ScriptedServer::start_on(ls.pop().expect("listener"), move |mut peer| {
+        peer.accept_handshake_in(1, 0, map.as_seen_by(1));
+        while let Some((rid, req)) = peer.read_request() {
+            match req {
+                Request::DeleteMessage(_) if counted.fetch_add(1, Ordering::SeqCst) == 0 => return,
+                Request::DeleteMessage(_) => {
+                    let msg = "receipt handle is invalid";
+                    peer.respond_error(rid, Opcode::DeleteMessage, ErrorCode::RECEIPT_HANDLE_INVALID, msg);
+                }
+                _ => peer.respond(rid, &Response::Ping(Empty {})),
+            }
+        }
+    });
+    let (_n2, _) = node(&cluster, 2, l2, |_| OnSend::Serve);
+    let mut c = connect(&cluster.addr(1));
+    let err = c.delete_message("q", ReceiptHandle(7)).expect_err("spent");
+    assert_eq!(err.code(), Some(ErrorCode::RECEIPT_HANDLE_INVALID));
+    assert!(err.to_string().contains("an earlier attempt was sent to node 1"), "{err}");
+    assert_eq!(deletes.load(Ordering::SeqCst), 2, "repeated once");
+}
