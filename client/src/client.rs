@@ -412,6 +412,8 @@ impl Client {
             ErrorCode::IDLE_TIMEOUT => Err(Failure::NotApplied { err, backoff: false }),
             // Refused unrun for now (a full inbox, a change in progress).
             ErrorCode::BUSY => Err(Failure::NotApplied { err, backoff: true }),
+            // Stopping: another node may serve; a single node is just gone.
+            ErrorCode::SHUTTING_DOWN if !self.routes.has_alternatives() => Err(Failure::Final(err)),
             ErrorCode::SHUTTING_DOWN => {
                 self.routes.mark_down(node, Instant::now());
                 if ticket.routed {

@@ -18,8 +18,8 @@
 //!   keyed sends are not repeated either (see [`crate::SendOptions`]).
 //!
 //! Against a single node (one seed, a map of one), a node that cannot be
-//! reached or lost the connection is reported at once: there is nowhere
-//! else to go, and the caller knows best when to try again.
+//! reached, lost the connection or is shutting down is reported at once:
+//! there is nowhere else to go, and the caller knows best when to try again.
 //!
 //! A read that timed out is not repeated: the node is slow or stopped, and
 //! the caller's timeout says how long it was willing to wait. The shard's
