@@ -3,8 +3,9 @@
 //!
 //! A node answers `ClusterStatus` with its own view: only a shard's leader
 //! knows how far each follower has the log. [`Client::cluster_status`]
-//! therefore asks every node and keeps each answer; [`ClusterView::shard`]
-//! reads a shard from its leader's answer.
+//! therefore asks every node (at most `CLUSTER_NODES_MAX`, one short-lived
+//! connection each) and keeps each answer; [`ClusterView::shard`] reads a
+//! shard from its leader's answer.
 //!
 //! A node carries out `TransferLeader`, `AddNode` and `RemoveNode` for the
 //! shards it leads, and answers "done" for the others (their leaders'
@@ -97,10 +98,14 @@ impl ClusterView {
             .iter()
             .filter_map(|n| Some((n.id, n.status.as_ref().ok()?.shards.get(usize::from(k))?)))
             .collect();
+        // A deposed leader cut off from the others may still believe it
+        // leads, in an older term: the latest term's claim wins.
+        let by_term = |(id, st): &&(u64, &ShardStatus)| (st.term, std::cmp::Reverse(*id));
         let (by, st) = answers
             .iter()
-            .find(|(id, st)| st.leader == *id)
-            .or_else(|| answers.iter().max_by_key(|(id, st)| (st.term, std::cmp::Reverse(*id))))
+            .filter(|(id, st)| st.leader == *id)
+            .max_by_key(by_term)
+            .or_else(|| answers.iter().max_by_key(by_term))
             .copied()?;
         let followers = if st.leader == by {
             st.followers
@@ -162,7 +167,7 @@ impl Client {
     }
 
     /// Makes node `to` the leader of `shard`, and waits (within the retry
-    /// deadline) until the cluster map shows it.
+    /// deadline) until node `to` reports leading it.
     pub fn transfer_leader(&mut self, shard: u16, to: u64) -> Result<(), ClientError> {
         let req = Request::TransferLeader(TransferLeader { shard: Some(shard), to });
         if shard >= self.shard_count() {
@@ -271,4 +276,56 @@ fn ask(addrs: &[String], hint: Option<u16>, timeout: Option<Duration>, req: &Req
         return Err(ClientError::Protocol(format!("answer to request {got}, asked {id}")));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmq_protocol::FollowerProgress;
+
+    fn answer(id: u64, leader: u64, term: u64, applied: u64, digest: u64) -> NodeStatus {
+        let st = ShardStatus {
+            leader,
+            term,
+            commit: applied,
+            applied,
+            last_index: 10,
+            voters: vec![1, 2, 3],
+            followers: vec![FollowerProgress { node: 9, matched: 7 }],
+            digest,
+        };
+        NodeStatus {
+            id,
+            client_addr: String::new(),
+            status: Ok(ClusterStatusOk { map: ClusterMap::default(), shards: vec![st] }),
+        }
+    }
+
+    fn view(nodes: Vec<NodeStatus>) -> ClusterView {
+        let map = ClusterMap { leaders: vec![Default::default()], ..Default::default() };
+        ClusterView { map, nodes }
+    }
+
+    #[test]
+    fn a_shard_is_read_from_its_leader_of_the_latest_term() {
+        // Node 1 was deposed in term 3 but has not heard; node 2 leads term 4.
+        let v = view(vec![answer(1, 1, 3, 9, 5), answer(2, 2, 4, 10, 6), answer(3, 2, 4, 10, 6)]);
+        let s = v.shard(0).expect("shard 0");
+        assert_eq!((s.reported_by, s.status.term), (2, 4));
+        assert_eq!(s.followers, vec![FollowerLag { node: 9, matched: 7, lag: 3 }]);
+        assert_eq!(s.replicas.len(), 3);
+        assert!(s.digests_agree(), "node 1 is behind, not different");
+        assert!(v.shard(1).is_none());
+    }
+
+    #[test]
+    fn without_the_leader_the_latest_term_reports_and_digests_are_compared() {
+        let mut down = answer(2, 2, 4, 10, 6);
+        down.status = Err("refused".into());
+        let v = view(vec![answer(1, 2, 4, 10, 6), down, answer(3, 2, 4, 10, 7)]);
+        let s = v.shard(0).expect("shard 0");
+        assert_eq!(s.reported_by, 1, "the lowest id among the latest term's answers");
+        assert!(s.followers.is_empty(), "only a leader knows its followers");
+        assert!(!s.digests_agree(), "node 3 applied as far and differs");
+    }
 }
