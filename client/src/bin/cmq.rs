@@ -9,6 +9,8 @@ mod args;
 mod batch;
 #[path = "cmq/body.rs"]
 mod body;
+#[path = "cmq/cluster.rs"]
+mod cluster;
 #[path = "cmq/commands.rs"]
 mod commands;
 #[path = "cmq/render.rs"]
