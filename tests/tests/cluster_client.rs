@@ -303,7 +303,6 @@ fn voters(seeds: &str) -> Vec<Vec<u64>> {
 }
 
 #[test]
-#[ignore = "cmqd stops answering most requests once RemoveNode of a dead node commits (reported); run with --ignored"]
 fn a_dead_node_is_replaced_through_the_cli() {
     let mut cluster = Cluster::start();
     let seeds = cluster.seeds();
