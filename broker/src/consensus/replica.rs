@@ -702,16 +702,7 @@ impl Replica {
     pub fn release_positions(&self, raw: &impl RawLog) -> (u64, u64) {
         let store = self.node.store();
         let commit = self.node.raft.raft_log.committed.min(store.index.last_index());
-        let mut committed_end = store.index.end_pos(commit);
-        if commit == store.index.last_index() {
-            // Past the last entry the log holds only this replica's own
-            // records (hard state after a commit moved, conf state,
-            // truncations). Once every entry is committed they are as safe
-            // as they get when fdatasync'd here; without this, a reply made
-            // while the group is idle (its need is the log's end) waits for
-            // an entry that never comes.
-            committed_end = committed_end.max(raw.durable_end());
-        }
+        let committed_end = store.index.end_pos(commit);
         if !self.leading {
             return (committed_end, committed_end);
         }
