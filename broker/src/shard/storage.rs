@@ -373,9 +373,13 @@ impl ShardLog {
     }
 
     /// End of the last record that must be durable before what depends on
-    /// it goes out.
+    /// it goes out. Never past the entries (`end`): in a group, "durable"
+    /// means committed, and records the consensus layer writes between
+    /// entries (hard state, configuration) are never part of an entry a
+    /// commit could reach; output waiting for them would wait for the next
+    /// entry.
     pub fn sync_mark(&self) -> u64 {
-        self.log.raw.sync_mark
+        self.log.raw.sync_mark.min(self.end())
     }
 
     /// Output depends on the log up to `pos` being durable (a sync queue's
