@@ -246,6 +246,17 @@ impl Cluster {
         self.nodes[i].child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.as_ref().expect("the cluster's directory").path().join(format!("node{}", i + 1))
+    }
+
+    /// Disk space node `i`'s data directory takes (allocated blocks, so a
+    /// preallocated segment counts in full and a sparse one does not).
+    pub fn disk_bytes(&self, i: usize) -> u64 {
+        dir_bytes(&self.data_dir(i))
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.nodes[i].log_path.clone()
     }
@@ -460,6 +471,20 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Disk space a directory tree takes (allocated blocks).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0, // removed while we looked
+        })
+        .sum()
 }
 
 fn local(port: u16) -> SocketAddr {

@@ -32,6 +32,11 @@ impl Workload {
     /// Creates a queue on every shard for every policy of `flushes` (named
     /// after `prefix`), and starts the load on them.
     pub fn start(c: &Cluster, prefix: &str, flushes: &[FlushPolicy]) -> Workload {
+        Workload::start_with(c, prefix, flushes, |_| {})
+    }
+
+    /// As [`Workload::start`], with the load's shape changed by `shape`.
+    pub fn start_with(c: &Cluster, prefix: &str, flushes: &[FlushPolicy], shape: impl FnOnce(&mut LoadSpec)) -> Workload {
         let mut queues = Vec::new();
         for shard in 0..c.shards {
             for f in flushes {
@@ -45,7 +50,8 @@ impl Workload {
                 queues.push(q);
             }
         }
-        let spec = LoadSpec::new(&queues, c.shards);
+        let mut spec = LoadSpec::new(&queues, c.shards);
+        shape(&mut spec);
         let ledger = Arc::new(Ledger::new());
         let load = Load::start(&c.client_addrs(), &ledger, &spec);
         Workload { queues, ledger, spec, load: Some(load) }
