@@ -16,9 +16,10 @@
 //!   receive that was asked for after the delete was acknowledged;
 //! * nothing was delivered that nobody sent, and no body became two messages;
 //! * no two acknowledged receives leased one message with the same dequeue
-//!   count (an acknowledged receive whose lease record was lost);
-//! and counts redeliveries (a message delivered again after its visibility
-//! timeout) separately: they are allowed.
+//!   count (an acknowledged receive whose lease record was lost).
+//!
+//! Redeliveries (a message delivered again after its visibility timeout)
+//! are counted separately: they are allowed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

@@ -36,7 +36,12 @@ impl Workload {
     }
 
     /// As [`Workload::start`], with the load's shape changed by `shape`.
-    pub fn start_with(c: &Cluster, prefix: &str, flushes: &[FlushPolicy], shape: impl FnOnce(&mut LoadSpec)) -> Workload {
+    pub fn start_with(
+        c: &Cluster,
+        prefix: &str,
+        flushes: &[FlushPolicy],
+        shape: impl FnOnce(&mut LoadSpec),
+    ) -> Workload {
         let mut queues = Vec::new();
         for shard in 0..c.shards {
             for f in flushes {

@@ -19,10 +19,14 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_serves() {
     let old = c.wait_leader(shard, Duration::from_secs(10), |_| true);
     c.isolate(old);
     let cut_at = Instant::now();
-    // Clients on the minority side: producers that stay on the old leader.
+    // Clients on the minority side: a producer and a consumer per queue that
+    // stay on the old leader. A send it acknowledged would show below; a
+    // receive or delete it acknowledged would come back in the drain (a
+    // double lease, or a resurrected message).
     let mut minority = Load::empty();
     for q in w.queues.iter().filter(|q| c.shard_of(q) == shard) {
         minority.producer(Router::pinned(c.client_addrs(), shard, old), q, &w.ledger, &w.spec);
+        minority.consumer(Router::pinned(c.client_addrs(), shard, old), q, &w.ledger);
     }
 
     let new = c.wait_leader(shard, Duration::from_secs(10), |i| i != old);

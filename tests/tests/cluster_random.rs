@@ -62,11 +62,11 @@ enum Fault {
     KillAll,
 }
 
-fn pick(rng: &mut Rng, nodes: usize) -> Fault {
+fn pick(rng: &mut Rng, nodes: usize, shards: u16) -> Fault {
     let n = rng.below(nodes as u64) as usize;
     match rng.below(20) {
         0..=3 => Fault::Kill(n),
-        4..=7 => Fault::KillLeader(rng.below(2) as u16),
+        4..=7 => Fault::KillLeader(rng.below(shards.into()) as u16),
         8..=10 => Fault::Pause(n),
         11..=14 => Fault::Isolate(n),
         15..=16 => Fault::CutPair(n, (n + 1 + rng.below(nodes as u64 - 1) as usize) % nodes),
@@ -101,7 +101,7 @@ fn a_random_schedule_of_kills_pauses_and_partitions_loses_nothing() {
     let mut step = 0;
     while Instant::now() < end {
         step += 1;
-        let fault = pick(&mut rng, c.len());
+        let fault = pick(&mut rng, c.len(), c.shards);
         let hold = rng.millis(100, 2500);
         let acked = w.ledger.acked_count();
         let t = Instant::now();

@@ -40,9 +40,8 @@ fn a_follower_down_while_much_is_written_catches_up_by_snapshot_with_bounded_dis
     });
     w.wait_acks(64, Duration::from_secs(30));
     // A node that leads no shard (3 nodes, 2 shards: there is one).
-    let follower = (0..c.len())
-        .find(|&i| (0..c.shards).all(|s| c.leader_of(s) != Some(i)))
-        .expect("a node that leads nothing");
+    let follower =
+        (0..c.len()).find(|&i| (0..c.shards).all(|s| c.leader_of(s) != Some(i))).expect("a node that leads nothing");
     c.kill9(follower);
 
     let peak = DiskWatch::start(&c);
