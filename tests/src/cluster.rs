@@ -309,6 +309,19 @@ impl Cluster {
         assert!(exited.is_empty(), "nodes exited on their own: {exited:?}");
     }
 
+    /// Panics if a node logged a panic (a shard thread that died leaves the
+    /// process running but that shard deaf, which a test might not notice).
+    #[track_caller]
+    pub fn assert_no_panics(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+            if let Some(at) = log.find("panicked at") {
+                let excerpt: String = log[at..].lines().take(4).collect::<Vec<_>>().join("\n");
+                panic!("node {} panicked: {excerpt}", i + 1);
+            }
+        }
+    }
+
     /// SIGSTOP: the process stays, its sockets stay open, nothing runs.
     pub fn pause(&mut self, i: usize) {
         self.nodes[i].signal(rustix::process::Signal::STOP);

@@ -86,8 +86,9 @@ impl Workload {
 
     /// The end of a test, with every node up: stop the load, heal every
     /// link, wait until the replicas agree (equal digests per shard), drain
-    /// every queue, check the ledger, and compare digests again after the
-    /// drain. Returns the ledger's report (already asserted).
+    /// every queue, check the ledger, compare digests again after the
+    /// drain, and check that no node logged a panic. Returns the ledger's
+    /// report (already asserted).
     pub fn finish(mut self, c: &Cluster) -> Report {
         self.stop();
         c.heal();
@@ -99,6 +100,7 @@ impl Workload {
         assert!(report.acked > 0, "the load acknowledged nothing");
         let after = c.wait_converged(CONVERGE_TIMEOUT);
         eprintln!("digests after the drain {after:x?}");
+        c.assert_no_panics();
         report
     }
 }

@@ -110,6 +110,7 @@ fn a_random_schedule_of_kills_pauses_and_partitions_loses_nothing() {
             c.wait_leader(s, RECOVERY_TIMEOUT, |_| true);
         }
         c.assert_running();
+        c.assert_no_panics();
         eprintln!(
             "step {step}: {fault:?} for {hold:?}, recovered after {:?}; {} sends acknowledged meanwhile",
             t.elapsed(),
