@@ -3,17 +3,27 @@
 //! connection for tests that need to send bytes no client library would.
 
 pub mod broker;
+pub mod cluster;
 pub mod http_sink;
+pub mod ledger;
+pub mod load;
+pub mod node_conn;
 pub mod ops;
 pub mod process;
 pub mod proxy;
 pub mod queue_model;
 pub mod raw;
 pub mod wal_files;
+pub mod workload;
 
 pub use broker::Broker;
+pub use cluster::{Cluster, ClusterSpec};
 pub use http_sink::{refused_url, HttpRequest, HttpSink};
+pub use ledger::{Ledger, Report};
+pub use load::{drain, Load, LoadSpec, Router};
+pub use node_conn::NodeConn;
 pub use ops::{bodies, name_on_shard, names_on_shard, raw_frame, request_frame};
 pub use process::{memory, raise_fd_limit, Memory, MemoryWatch};
 pub use queue_model::{backlog, dead_letter_after, now_ms, poll_until, Frame, PushConn};
 pub use raw::{RawConn, Reply};
+pub use workload::Workload;

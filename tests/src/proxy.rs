@@ -217,7 +217,10 @@ fn connect_and_pump(client: TcpStream, shared: Arc<Shared>) {
         }
     }
     let Ok(server) = TcpStream::connect_timeout(&shared.target, CONNECT_TIMEOUT) else {
+        // The target is down: the client sees its connection end at once (as
+        // it would without the proxy), not an open one that never answers.
         closed.store(true, Ordering::SeqCst);
+        let _ = client.shutdown(Shutdown::Both);
         return;
     };
     let _ = server.set_nodelay(true);
@@ -413,6 +416,16 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(300), "both directions delayed: {:?}", t.elapsed());
         p.heal();
         assert_eq!(round_trip(&mut c, b"fast"), b"fast");
+    }
+
+    #[test]
+    fn a_target_that_is_down_ends_the_connection_at_once() {
+        let down = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let p = Proxy::start(down);
+        let mut c = TcpStream::connect(p.addr()).expect("the proxy accepts");
+        let t = Instant::now();
+        assert!(ended(&mut c), "closed, as a refused connection would be");
+        assert!(t.elapsed() < Duration::from_secs(2), "closed at once, not after a timeout: {:?}", t.elapsed());
     }
 
     #[test]

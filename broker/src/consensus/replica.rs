@@ -410,7 +410,12 @@ impl Replica {
         let Some(mut open) = log.take_open() else { return true };
         let context = if open.sync { vec![FLAG_SYNC] } else { Vec::new() };
         let before = self.node.raft.raft_log.last_index();
-        if !self.leading || self.node.propose(context, std::mem::take(&mut open.data)).is_err() {
+        // `leading` follows the readies; a message stepped in this turn may
+        // have deposed raft-rs already, and a follower's raft-rs forwards a
+        // proposal to the leader instead of appending it (no entry here,
+        // and the records would be committed behind this replica's back).
+        let still_leader = self.node.raft.state == StateRole::Leader;
+        if !self.leading || !still_leader || self.node.propose(context, std::mem::take(&mut open.data)).is_err() {
             log.void(open);
             return false;
         }
