@@ -1,13 +1,10 @@
-//! Snapshots and membership (issue 11): a node added to a running group
-//! catches up from the leader's snapshot plus the log after it; a dead node
-//! is replaced; a follower that was down while far more than the leader
-//! keeps for it was written catches up by snapshot, and disk use on every
-//! node stays bounded by the live data, not by what was written.
+//! Membership (issue 11): a node added to a running group with `--join`
+//! catches up from the leader's snapshot plus the log after it, a dead node
+//! is removed, and the joined node holds everything (it serves every
+//! undeleted message once it leads). The lagging-follower snapshot case is
+//! `cluster_snapshot.rs`.
 //!
-//! Real `cmqd` processes on loopback, one shard each (one Raft group), with
-//! the minimum segment size so that log space is released quickly.
-//! `CMQ_SNAPSHOT_TEST_MIB` sets how much the lagging-follower test writes
-//! (default 256; 1024 for the long run the issue asks for behind a flag).
+//! Real `cmqd` processes on loopback, one shard each (one Raft group).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -161,31 +158,6 @@ fn call_ok(addr: SocketAddr, req: Request) {
     })
 }
 
-/// Runs `f` against the current leader, reconnecting when leadership moves
-/// (the old leader closes its connections; an election under load on two
-/// cores is possible at any time). Not a ledger: a retried send may be
-/// applied twice, which these tests do not count.
-fn on_leader<T>(
-    nodes: &[Node],
-    live: &[u64],
-    c: &mut Client,
-    mut f: impl FnMut(&mut Client) -> Result<T, ClientError>,
-) -> T {
-    let deadline = Instant::now() + CONVERGE_DEADLINE;
-    loop {
-        match f(c) {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline && (e.code().is_none() || e.code() == Some(ErrorCode::NOT_LEADER)) => {
-                eprintln!("retrying on the leader after: {e}");
-                if let Ok(n) = connect(leader(nodes, live).broker.addr) {
-                    *c = n;
-                }
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 fn sync_queue() -> QueueAttributesUpdate {
     QueueAttributesUpdate { visibility_timeout: Some(600), flush_policy: Some(FlushPolicy::Sync), ..Default::default() }
 }
@@ -209,18 +181,6 @@ fn try_drain(c: &mut Client, n: usize) -> Result<usize, ClientError> {
         done += handles.len();
     }
     Ok(done)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let m = match e.metadata() {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
-    }
-    total
 }
 
 #[test]
@@ -276,57 +236,4 @@ fn a_joining_node_catches_up_by_snapshot_and_replaces_a_dead_one() {
     let l = leader(&nodes, &rest).broker.addr;
     let mut c = connect(l).expect("connect to the new leader");
     assert_eq!(drain(&mut c, 10_000), 400 - 100 + 80, "every undeleted message survives");
-}
-
-#[test]
-fn a_follower_down_while_much_is_written_catches_up_by_snapshot_with_bounded_disk() {
-    let mib: u64 = std::env::var("CMQ_SNAPSHOT_TEST_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let key = key_file(tmp.path());
-    let mut nodes = start_cluster(tmp.path(), &key);
-    let l = leader(&nodes, &[1, 2, 3]).broker.addr;
-    let mut c = connect(l).expect("connect to the leader");
-    c.create_queue(QUEUE, &sync_queue()).expect("create queue");
-    converged(&nodes, &[1, 2, 3]);
-    let down = nodes.iter().position(|n| n.broker.addr != l).expect("a follower");
-    nodes[down].broker.kill9();
-
-    // Write `mib` MiB in 64 KiB bodies, consuming as we go: live data stays small.
-    let up: Vec<u64> = nodes.iter().map(|n| n.id).filter(|i| *i != nodes[down].id).collect();
-    let body = Bytes::from(vec![0x5au8; 64 << 10]);
-    for _ in 0..mib {
-        // 16 bodies of 64 KiB: 1 MiB per batch.
-        on_leader(&nodes, &up, &mut c, |c| c.send_batch(QUEUE, &vec![body.clone(); 16], 0));
-        on_leader(&nodes, &up, &mut c, |c| try_drain(c, 16));
-    }
-    on_leader(&nodes, &up, &mut c, |c| c.send_batch(QUEUE, &[Bytes::from_static(b"last")], 0));
-    let l = leader(&nodes, &up).broker.addr;
-    // The leader released its log behind the dead follower.
-    let bound = 6 * SEGMENT_BYTES + (8 << 20);
-    wait_for("the leader to release old segments", || {
-        (dir_bytes(&nodes.iter().find(|n| n.broker.addr == l).expect("leader").broker.data_dir) < bound).then_some(())
-    });
-
-    nodes[down].broker.restart();
-    converged(&nodes, &[1, 2, 3]);
-    assert!(nodes[down].broker.stderr().contains("installed a snapshot"), "the follower caught up by snapshot");
-    for n in &nodes {
-        let used = dir_bytes(&n.broker.data_dir);
-        assert!(used < bound, "node {} uses {used} bytes after {mib} MiB written (bound {bound})", n.id);
-    }
-    // The caught-up follower serves the last message once it leads.
-    let leader_id = nodes.iter().find(|n| n.broker.addr == l).map(|n| n.id).expect("leader");
-    let to = nodes[down].id;
-    call_ok(l, Request::TransferLeader(cmq_client::protocol::TransferLeader { shard: None, to }));
-    let moved = wait_for("leadership to move", || {
-        let l2 = leader(&nodes, &[1, 2, 3]);
-        (l2.id != leader_id).then_some(l2.id)
-    });
-    let l2 = nodes.iter().find(|n| n.id == moved).expect("new leader");
-    let mut c = connect(l2.broker.addr).expect("connect to the new leader");
-    let mut seen_last = false;
-    while let Some(m) = on_leader(&nodes, &[1, 2, 3], &mut c, |c| c.receive(QUEUE, Some(0))) {
-        seen_last |= &m.body[..] == b"last";
-    }
-    assert!(seen_last, "the last message sent is served after the snapshot");
 }
