@@ -209,7 +209,10 @@ fn a_joining_node_catches_up_by_snapshot_and_replaces_a_dead_one() {
     let live = [1, 2, 3, 4];
     let digest = converged(&nodes, &live);
     let n4 = &nodes[3];
-    assert!(n4.broker.stderr().contains("installed a snapshot"), "node 4 started from a snapshot");
+    // (Its log is read by another thread: the line may trail the status.)
+    wait_for("node 4's log to show it started from a snapshot", || {
+        n4.broker.stderr().contains("installed a snapshot").then_some(())
+    });
     assert_eq!(status(n4.broker.addr).expect("status").shards[0].voters, vec![1, 2, 3, 4]);
     assert_ne!(digest, 0);
 
