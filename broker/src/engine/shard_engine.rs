@@ -133,8 +133,6 @@ pub struct ShardEngine {
     outbox: Outbox,
     /// Transfers this shard received (duplicate filter).
     inbound: Inbound,
-    /// Confirmed transfers whose `TransferDone` is still to be logged.
-    transfers_done: Vec<u64>,
     /// The push pool was full: due pushes wait until then (or an outcome).
     pushes_paused_until: u64,
     /// Position of the last record logged or replayed (positions only grow).
@@ -171,7 +169,6 @@ impl ShardEngine {
             catalog_entry: None,
             outbox: Outbox::starting_at(1),
             inbound: Inbound::default(),
-            transfers_done: Vec::new(),
             pushes_paused_until: 0,
             last_log_pos: 0,
             redrives: BTreeMap::new(),
@@ -860,7 +857,7 @@ impl ShardEngine {
     pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
         let wake = self.wakeups.peek().map(|r| r.0 .0);
         let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
-        let work = (!self.pending_work.is_empty() || !self.transfers_done.is_empty()).then_some(now_ms);
+        let work = (!self.pending_work.is_empty()).then_some(now_ms);
         let redrive = self.redrives.values().map(|r| r.next_due(now_ms)).min().filter(|d| *d != u64::MAX);
         let transfers = self.outbox.next_due(Lane::Transfer);
         // While the push pool is full, due pushes wait for it (or for an
