@@ -100,7 +100,7 @@ trap stop_broker EXIT
 start_broker() {
     BROKER_DIR=$(mktemp -d "$BENCH_DIR/cmqd.XXXXXX")
     : >"$BROKER_DIR/stdout"
-    "$CMQD" --listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
+    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
     BROKER_PID=$!
     BROKER_ADDR=
     for _ in $(seq 200); do
@@ -334,7 +334,7 @@ stop_s = float(sys.argv[8]) - float(sys.argv[7])
 log_path = os.path.join(results, "restart.cmqd.log")
 stderr = open(log_path, "w")
 t0 = time.monotonic()
-p = subprocess.Popen([cmqd, "--listen", "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE, stderr=stderr, text=True)
+p = subprocess.Popen([cmqd, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE, stderr=stderr, text=True)
 addr = None
 for line in p.stdout:
     if line.startswith("cmqd listening on "):

@@ -5,6 +5,8 @@ pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod push;
 pub mod server;
 pub mod shard;

@@ -3,6 +3,7 @@
 //! connection for tests that need to send bytes no client library would.
 
 pub mod broker;
+pub mod http;
 pub mod http_sink;
 pub mod ops;
 pub mod process;

@@ -136,6 +136,7 @@ impl Shard {
             if self.push.submit(build_task(&req, &msg)).is_err() {
                 // The pool is full: the delivery waits in the outbox.
                 self.engine.push_not_sent(p.id, now);
+                self.metrics.pushes_deferred += 1;
             }
         }
     }
@@ -147,6 +148,7 @@ impl Shard {
         if outcomes.is_empty() {
             return;
         }
+        self.count_pushes(&outcomes);
         let results: Vec<(u64, PushResult)> = outcomes
             .into_iter()
             .map(|(id, o)| match o {

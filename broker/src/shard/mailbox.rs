@@ -163,6 +163,12 @@ pub enum ShardMsg {
     },
     /// Stop accepting work, finish what is in flight, exit.
     Shutdown,
+    /// The HTTP thread asks for this shard's metrics (`metrics::snapshot`).
+    Stats(crate::metrics::snapshot::StatsRequest),
+    /// Testing only (`--fault-http-hooks`): block the event loop this long.
+    Stall {
+        ms: u64,
+    },
 }
 
 /// The sending side of one shard's inbox.

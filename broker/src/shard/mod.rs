@@ -19,6 +19,7 @@ pub mod mailbox;
 mod release;
 pub mod replication;
 mod reply;
+mod stats;
 pub mod storage;
 mod wheel;
 
@@ -38,6 +39,7 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ShardEngine;
+use crate::metrics::shard::TurnReport;
 pub use budget::ConnCounters;
 use budget::{Budget, LogLimiter};
 use cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX;
@@ -47,6 +49,7 @@ use conn::{
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
+pub use stats::STALL_MS_MAX;
 use storage::ShardLog;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -254,6 +257,8 @@ pub struct Shard {
     push: crate::push::PushHandle,
     /// Connection limits: deadlines, the clock they run on, the buffer budget.
     limits: ConnLimits,
+    /// Answers, latency and loop turns, counted on this thread (`stats.rs`).
+    metrics: crate::metrics::shard::ShardMetrics<Need>,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -385,6 +390,7 @@ impl Shard {
             engine_suspect: false,
             limits,
             push,
+            metrics: Default::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -417,6 +423,7 @@ impl Shard {
                 }
             }
             self.turn += 1;
+            self.metrics.begin_turn(self.turn);
             let now = self.clock.now_ms();
             let conn_now = self.limits.tick();
             if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
@@ -456,6 +463,10 @@ impl Shard {
             self.close_shed();
             self.housekeep(now);
             self.end_turn(now);
+            if let Some(slow) = self.metrics.end_turn() {
+                let report = TurnReport { events: events.iter().count(), connections: self.conns.len() };
+                self.metrics.log_slow_turn(self.id, slow, report);
+            }
             if self.draining && self.drain_step(now) {
                 return;
             }
@@ -1078,6 +1089,8 @@ impl Shard {
                         self.begin_drain(now);
                     }
                 }
+                ShardMsg::Stats(req) => self.answer_stats(req, now),
+                ShardMsg::Stall { ms } => self.stall(ms),
             }
         }
     }
@@ -1312,6 +1325,7 @@ impl Shard {
                 self.waiting.swap_remove(i);
             }
         }
+        self.time_released();
         while let Some(msgs) = self.staged.pop_met(p) {
             self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {

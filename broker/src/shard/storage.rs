@@ -645,6 +645,11 @@ impl ShardLog {
     pub fn disk_bytes(&self) -> u64 {
         self.wal().disk_bytes()
     }
+
+    /// The WAL's counters, live segments, and whether it failed (for metrics).
+    pub fn wal_report(&self) -> (&crate::metrics::wal::WalStats, usize, bool) {
+        (self.wal().stats(), self.wal().segment_stats().len(), self.wal().is_failed())
+    }
 }
 
 /// Loads the shard's catalog into `engine`, if there is one; returns its log position.
