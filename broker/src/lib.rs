@@ -7,6 +7,7 @@ pub mod consensus;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod push;
 pub mod server;
 pub mod shard;

@@ -61,9 +61,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         println!("cmqd http on {http}");
     }
     println!("cmqd listening on {}", server.local_addr);
+    cmq_broker::notify::notify("READY=1");
     if let Some(sig) = signals.forever().next() {
         log::info!("received signal {sig}; shutting down");
     }
+    cmq_broker::notify::notify("STOPPING=1");
     server.shutdown();
     server.join();
     log::info!("cmqd stopped");
