@@ -693,6 +693,7 @@ mod tests {
             format!("1..={QUEUES_MAX}"),
             format!("1..={TOPICS_MAX}"),
             format!("1..={PUSH_WORKERS_MAX}"),
+            format!("0..={METRICS_TOP_QUEUES_MAX}"),
         ] {
             assert!(help.contains(&range), "--help does not state {range}:\n{help}");
         }

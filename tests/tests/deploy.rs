@@ -67,7 +67,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     while let Some(at) = text[i..].find("cmq_") {
         let start = i + at;
         let word_start = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let end = start + text[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len() - start);
+        let end = start
+            + text[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len() - start);
         if word_start {
             out.insert(text[start..end].to_owned());
         }
@@ -110,7 +111,8 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
     assert!(dash["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(dash["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40), "a stable uid for imports");
     assert!(dash["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
-    let vars: Vec<&str> = dash["templating"]["list"].as_array().expect("variables").iter().filter_map(|v| v["name"].as_str()).collect();
+    let vars: Vec<&str> =
+        dash["templating"]["list"].as_array().expect("variables").iter().filter_map(|v| v["name"].as_str()).collect();
     assert!(vars.contains(&"datasource"), "the data source is chosen at import: {vars:?}");
     let panels = dash["panels"].as_array().expect("panels");
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").filter_map(|p| p["title"].as_str()).collect();
@@ -148,8 +150,11 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
 #[test]
 fn the_metrics_doc_lists_exactly_the_exported_families() {
     let exported = exported();
-    let families: BTreeSet<String> =
-        exported.iter().filter(|n| !n.ends_with("_bucket") && !n.ends_with("_sum") && !n.ends_with("_count")).cloned().collect();
+    let families: BTreeSet<String> = exported
+        .iter()
+        .filter(|n| !n.ends_with("_bucket") && !n.ends_with("_sum") && !n.ends_with("_count"))
+        .cloned()
+        .collect();
     let doc = read("docs/METRICS.md");
     let listed: BTreeSet<String> = doc
         .lines()

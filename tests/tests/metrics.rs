@@ -247,3 +247,110 @@ fn the_http_port_can_be_turned_off_and_logs_can_be_json() {
     }
     assert!(lines.iter().any(|l| l["msg"].as_str().is_some_and(|m| m.contains("listening on"))));
 }
+
+/// A free loopback port (bound, then released for cmqd to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn readyz_waits_for_every_shard_to_have_a_leader_in_a_cluster() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = tmp.path().join("cluster.key");
+    std::fs::write(&key, b"readyz-test-cluster-key-0123456789").expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let key = key.to_str().expect("utf-8").to_owned();
+    let ports = [free_port(), free_port()];
+    let node = |id: usize| -> Vec<String> {
+        let other = 1 - (id - 1);
+        [
+            "--shards",
+            "2",
+            "--node-id",
+            &id.to_string(),
+            "--peer-listen",
+            &format!("127.0.0.1:{}", ports[id - 1]),
+            "--peers",
+            &format!("{}=127.0.0.1:{}", other + 1, ports[other]),
+            "--cluster-key-file",
+            &key,
+            "--raft-tick-ms",
+            "20",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args1 = node(1);
+    let first = Broker::start(&args1.iter().map(String::as_str).collect::<Vec<_>>());
+    // Alone, node 1 is half of its groups: no leader, not ready.
+    let alone = http::get(http_addr(&first), "/readyz");
+    assert_eq!(alone.status, 503, "{}", alone.body);
+    let j = alone.json();
+    assert_eq!((j["clustered"].as_bool(), j["status"].as_str()), (Some(true), Some("not_ready")));
+    assert_eq!(j["shards"][0]["leader"].as_u64(), Some(0), "{j}");
+    assert_eq!(http::get(http_addr(&first), "/healthz").status, 200, "alive, though not ready");
+
+    let args2 = node(2);
+    let second = Broker::start(&args2.iter().map(String::as_str).collect::<Vec<_>>());
+    for b in [&first, &second] {
+        let ready = poll_until(Duration::from_secs(15), "/readyz once the groups elect leaders", || {
+            let r = http::get(http_addr(b), "/readyz");
+            if r.status == 200 {
+                Ok(r.json())
+            } else {
+                Err(r.body)
+            }
+        });
+        for k in 0..2 {
+            let leader = ready["shards"][k]["leader"].as_u64().unwrap_or(0);
+            assert!(leader == 1 || leader == 2, "shard {k}: {ready}");
+        }
+        let m = Metrics::scrape(http_addr(b));
+        assert!(m.value("cmq_shard_term", &[("shard", "0")]) >= 1.0);
+    }
+}
+
+/// `cmq` built next to cmqd.
+fn cmq(broker: &Broker, args: &[&str]) -> std::process::Output {
+    let bin = cmq_integration_tests::broker::cmqd_path().with_file_name("cmq");
+    let out =
+        std::process::Command::new(bin).args(["--server", &broker.addr_string()]).args(args).output().expect("run cmq");
+    assert!(out.status.success(), "cmq {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn cmq_stats_and_top_show_what_the_metrics_endpoint_shows_without_http() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let mut c = RawConn::open(broker.addr);
+    create(&mut c, "jobs");
+    for i in 0..4 {
+        send(&mut c, "jobs", &format!("j{i}"));
+    }
+    // Over the protocol: one answer from every shard.
+    let Response::GetStats(s) = c.call(Request::GetStats(GetStats { top_queues: 5 })).ok() else { panic!() };
+    assert_eq!(s.shards.len(), 2);
+    let jobs = s.queues.iter().find(|q| q.queue == "jobs").expect("jobs is named");
+    assert_eq!((jobs.active, jobs.sent), (4, 4));
+    assert_eq!(s.queues.last().map(|q| q.queue.as_str()), Some("_other"));
+    let too_many = c.call(Request::GetStats(GetStats { top_queues: 1001 }));
+    assert_eq!(too_many.code(), ErrorCode::INVALID_PARAMETER);
+
+    // `cmq stats --json` agrees with /metrics.
+    let out = cmq(&broker, &["--json", "stats", "--top", "5"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let q = j["queues"].as_array().expect("queues").iter().find(|q| q["queue"] == "jobs").expect("jobs").clone();
+    let m = Metrics::scrape(http_addr(&broker));
+    assert_eq!(q["sent"].as_f64(), Some(m.value("cmq_messages_sent_total", &[("queue", "jobs")])));
+    assert_eq!(q["active"].as_f64(), Some(m.value("cmq_queue_messages", &[("queue", "jobs"), ("state", "active")])));
+    assert_eq!(j["shards"].as_array().map(Vec::len), Some(2));
+    assert!(j["shards"][0]["send_p99_us"].is_u64() || j["shards"][1]["send_p99_us"].is_u64(), "{j}");
+
+    // `cmq top` refreshes (here twice, not on a terminal: no screen clearing).
+    let out = cmq(&broker, &["top", "--interval", "1", "--iterations", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("SHARD").count(), 2, "{text}");
+    assert!(text.contains("jobs") && text.contains("SENT/s") && text.contains("FSYNC p99"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no escape codes when stdout is not a terminal");
+}

@@ -147,7 +147,7 @@ async fn handle(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
     // No route reads a body.
     let (parts, _body) = req.into_parts();
     match ctx.router.route(&parts) {
-        Err(reply) => reply,
+        Err(reply) => *reply,
         Ok(Endpoint::Metrics) => scrape::metrics(ctx, &parts).await,
         Ok(Endpoint::Healthz) => health::healthz(ctx).await,
         Ok(Endpoint::Readyz) => health::readyz(ctx).await,

@@ -87,9 +87,9 @@ impl Router {
 
     /// The endpoint for this request, or the error reply (404 unknown
     /// path, 405 wrong method, or the authenticator's refusal).
-    pub fn route(&self, req: &Parts) -> Result<Endpoint, Reply> {
+    pub fn route(&self, req: &Parts) -> Result<Endpoint, Box<Reply>> {
         let Some(route) = self.routes.iter().find(|r| r.path == req.uri.path()) else {
-            return Err(text(StatusCode::NOT_FOUND, "not found\n"));
+            return Err(Box::new(text(StatusCode::NOT_FOUND, "not found\n")));
         };
         if !route.methods.contains(&req.method) {
             let allow: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
@@ -97,10 +97,10 @@ impl Router {
             if let Ok(v) = allow.join(", ").parse() {
                 reply.headers_mut().insert(header::ALLOW, v);
             }
-            return Err(reply);
+            return Err(Box::new(reply));
         }
         if route.access == Access::Authenticated {
-            self.auth.authenticate(req).map_err(|d| text(d.status, &format!("{}\n", d.message)))?;
+            self.auth.authenticate(req).map_err(|d| Box::new(text(d.status, &format!("{}\n", d.message))))?;
         }
         Ok(route.endpoint)
     }

@@ -10,6 +10,9 @@
 /// 16.8 s; in records, 16.8 million.
 pub const BOUNDED: usize = 25;
 
+// GetStats sends these counts as they are.
+const _: () = assert!(BOUNDED + 1 == cmq_protocol::STATS_HISTOGRAM_BUCKETS);
+
 /// Counts of values by power-of-two bucket, their sum and their count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Histogram {
@@ -64,6 +67,12 @@ impl Histogram {
             self.counts[..BOUNDED].iter().enumerate().map(|(i, c)| ((1u64 << i) as f64 * unit, *c)).collect();
         out.push((f64::INFINITY, self.counts[BOUNDED]));
         out
+    }
+
+    /// Counts by bucket (not cumulative), the overflow bucket last: the
+    /// layout of GetStats' histograms (`STATS_HISTOGRAM_BUCKETS`).
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts.to_vec()
     }
 
     /// An upper bound on the `q` quantile (0..=1): the bound of the bucket

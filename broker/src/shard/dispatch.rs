@@ -153,6 +153,7 @@ impl Shard {
             Request::ListQueues(l) => self.start_list(to, id, l, now),
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
+            Request::GetStats(g) => self.start_stats(to, id, g.top_queues, now),
             Request::RegisterChecker(r) => {
                 if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
                     return self.reply_err(to, Opcode::RegisterChecker as u16, id, ErrorCode::INVALID_PARAMETER, &e);
@@ -270,7 +271,8 @@ impl Shard {
             | Request::ClusterStatus(_)
             | Request::TransferLeader(_)
             | Request::AddNode(_)
-            | Request::RemoveNode(_) => {
+            | Request::RemoveNode(_)
+            | Request::GetStats(_) => {
                 return self.execute_anywhere(to, id, request, now);
             }
             Request::CreateTopic(r) => self.create_topic(now, &r),

@@ -104,6 +104,8 @@ pub enum Answer {
     Status(u16, cmq_protocol::ShardStatus),
     /// A membership change: done (or not this shard's to do), or why not.
     Done(Result<(), (ErrorCode, String)>),
+    /// GetStats: one shard's metrics.
+    Stats(Box<crate::metrics::snapshot::ShardSnapshot>),
 }
 
 pub enum ShardMsg {

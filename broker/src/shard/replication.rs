@@ -208,6 +208,7 @@ impl Shard {
         for e in out.events {
             self.repl_event(e);
         }
+        self.publish_leader_if_changed();
         self.answer_parked();
     }
 

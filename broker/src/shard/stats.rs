@@ -2,13 +2,16 @@
 //! timing them when the log lets them out, and answering the HTTP
 //! thread's request for a snapshot (`ShardMsg::Stats`) from this thread.
 
-use cmq_protocol::ErrorCode;
+use std::sync::atomic::Ordering;
 
+use cmq_protocol::{ErrorCode, GetStatsOk, QueueStats, Response, ShardStats};
+
+use super::mailbox::ReplyTo;
 use super::release::Need;
 use super::Shard;
 use crate::metrics::latency::KINDS;
 use crate::metrics::queues::{QueueSample, QueueTable};
-use crate::metrics::snapshot::{ShardSnapshot, StatsRequest, WalSnapshot};
+use crate::metrics::snapshot::{BrokerSnapshot, ShardSnapshot, StatsRequest, WalSnapshot};
 
 /// Longest a test may stall a shard's loop (`ShardMsg::Stall`).
 pub const STALL_MS_MAX: u64 = 60_000;
@@ -102,9 +105,67 @@ impl Shard {
         out
     }
 
+    /// GetStats, once every shard answered: the same merge as /metrics.
+    pub(super) fn finish_stats(&mut self, to: ReplyTo, id: u64, top: usize, shards: Vec<ShardSnapshot>) {
+        let merged = BrokerSnapshot::merge(shards, top);
+        let shards = merged.shards.iter().map(|s| self.shard_stats(s)).collect();
+        let q = &merged.queues;
+        let queues = q.top.iter().chain(std::iter::once(&q.other)).map(queue_stats).collect();
+        let ok = GetStatsOk { node_id: self.shared.cfg.node_id, shards, queues, other_queues: q.other_queues };
+        self.reply_ok(to, id, &Response::GetStats(ok));
+    }
+
+    fn shard_stats(&self, s: &ShardSnapshot) -> ShardStats {
+        let leader = self.shared.leaders.get(usize::from(s.shard)).map_or(0, |(l, _)| l.load(Ordering::Relaxed));
+        let errors = s.answers.iter().filter(|(_, code, _)| *code != 0).map(|(_, _, n)| n).sum();
+        ShardStats {
+            shard: s.shard,
+            leader,
+            turns: s.turns,
+            longest_turn_us: s.longest_turn_us,
+            connections: s.connections,
+            inbox_depth: s.inbox_depth,
+            answers: s.answers.iter().map(|(_, _, n)| n).sum(),
+            errors,
+            wal_bytes: s.wal.bytes,
+            wal_records: s.wal.records,
+            fsyncs: s.wal.syncs,
+            wal_disk_bytes: s.wal.disk_bytes,
+            send_us: s.latency_us[0].counts(),
+            receive_us: s.latency_us[1].counts(),
+            delete_us: s.latency_us[2].counts(),
+            fsync_us: s.wal.sync_us.counts(),
+        }
+    }
+
+    /// A follower learns its group's leader (and term) from the leader's
+    /// messages, with no event of its own: publish it when it changes, so
+    /// /readyz, the cluster map and NOT_LEADER answers name it.
+    pub(super) fn publish_leader_if_changed(&self) {
+        let Some(r) = self.repl.as_deref() else { return };
+        let (leader, term) = &self.shared.leaders[usize::from(self.id)];
+        if leader.load(Ordering::Relaxed) != r.replica.leader_id() || term.load(Ordering::Relaxed) != r.replica.term() {
+            self.publish_leader();
+        }
+    }
+
     /// Testing only (`--fault-http-hooks`): blocks this shard's loop.
     pub(super) fn stall(&self, ms: u64) {
         log::warn!(target: "cmq::shard", "shard {}: stalling the event loop for {ms} ms (test hook)", self.id);
         std::thread::sleep(std::time::Duration::from_millis(ms.min(STALL_MS_MAX)));
+    }
+}
+
+fn queue_stats(q: &QueueSample) -> QueueStats {
+    QueueStats {
+        queue: q.name.clone(),
+        active: q.active,
+        inactive: q.inactive,
+        delayed: q.delayed,
+        oldest_ms: q.oldest_ms,
+        sent: q.totals.sent,
+        received: q.totals.received,
+        deleted: q.totals.deleted,
+        dead_lettered: q.totals.dead_lettered,
     }
 }

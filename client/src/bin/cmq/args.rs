@@ -566,6 +566,12 @@ pub enum Command {
 
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
+
+    /// Show the broker's metrics once: per shard and per queue totals, p99 latencies (--json for scripts)
+    Stats(crate::top::StatsArgs),
+
+    /// Live view of the broker, refreshed every --interval seconds: rates, depth, in flight, p99, fsync time
+    Top(crate::top::TopArgs),
 }
 
 /// Where a message body comes from: the argument, stdin or a file.

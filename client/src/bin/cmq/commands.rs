@@ -346,6 +346,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             out.done()?;
         }
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
+        Command::Stats(a) => crate::top::stats(c, &mut out, a)?,
+        Command::Top(a) => crate::top::top(c, &mut out, a)?,
         Command::Ping => {
             let started = Instant::now();
             c.ping()?;
