@@ -354,3 +354,44 @@ fn cmq_stats_and_top_show_what_the_metrics_endpoint_shows_without_http() {
     assert!(text.contains("jobs") && text.contains("SENT/s") && text.contains("FSYNC p99"), "{text}");
     assert!(!text.contains('\u{1b}'), "no escape codes when stdout is not a terminal");
 }
+
+#[test]
+fn the_http_port_bounds_connections_and_header_size() {
+    use std::io::{Read, Write};
+    const HTTP_CONNECTIONS_MAX: usize = 64; // broker/src/http/mod.rs
+    let broker = Broker::start(&["--shards", "1"]);
+    let web = http_addr(&broker);
+    // Headers past HTTP_BUF_BYTES_MAX (16 KiB) are refused, not buffered.
+    let big = "x".repeat(20 * 1024);
+    let r = http::request(web, "GET", "/healthz", &[("X-Big", &big)]);
+    assert_eq!(r.status, 431, "{r:?}");
+
+    // HTTP_CONNECTIONS_MAX idle connections hold every slot: the next is closed at once.
+    let held: Vec<std::net::TcpStream> =
+        (0..HTTP_CONNECTIONS_MAX).map(|_| std::net::TcpStream::connect(web).expect("connect")).collect();
+    poll_until(Duration::from_secs(5), "a connection past the limit is closed unanswered", || {
+        let mut s = std::net::TcpStream::connect(web).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(0) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            other => Err(format!("{other:?}: {}", String::from_utf8_lossy(&buf))),
+        }
+    });
+    drop(held);
+    poll_until(Duration::from_secs(5), "slots free again once the idle connections close", || {
+        let mut s = std::net::TcpStream::connect(web).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
