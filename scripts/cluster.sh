@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a three-node cmq cluster on 127.0.0.1 for trying it out (`make cluster`):
-# clients on 7701-7703, peers on 7801-7803, data in ./data/node{1,2,3},
+# clients on 7701-7703, peers on 7801-7803, metrics/health on 7781-7783,
+# data in ./data/node{1,2,3},
 # logs in ./data/node{1,2,3}.log. Ctrl-C stops all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ for n in 1 2 3; do
     for m in 1 2 3; do
         [ "$m" = "$n" ] || peers="${peers:+$peers,}$m=127.0.0.1:780$m"
     done
-    "$BIN" --node-id "$n" --listen "127.0.0.1:770$n" --peer-listen "127.0.0.1:780$n" \
+    "$BIN" --node-id "$n" --listen "127.0.0.1:770$n" --peer-listen "127.0.0.1:780$n" --http-listen "127.0.0.1:778$n" \
         --peers "$peers" --cluster-key-file "$KEY" --data-dir "$DATA/node$n" \
         >"$DATA/node$n.log" 2>&1 &
     pids+=($!)

@@ -38,6 +38,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     pub local_addr: SocketAddr,
     push: Option<PushPool>,
+    /// The HTTP port (metrics, health), unless `--http-listen off`.
+    http: Option<crate::http::HttpServer>,
     _lock: DataDirLock,
 }
 
@@ -45,6 +47,7 @@ impl Server {
     /// Locks the data directory, binds the listeners, and starts one thread
     /// per shard; returns once every shard has recovered its log.
     pub fn start(cfg: Config) -> anyhow::Result<Server> {
+        let process_start = crate::metrics::process::ProcessStart::now();
         let n = cfg.shards;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
@@ -142,12 +145,28 @@ impl Server {
         for g in &go {
             let _ = g.send(ok);
         }
-        let server = Server { shared, threads, local_addr, push: Some(push), _lock: lock };
+        let mut server = Server { shared, threads, local_addr, push: Some(push), http: None, _lock: lock };
         if let Some(e) = failure {
             server.join();
             return Err(e);
         }
+        // Serving: the HTTP port opens once every shard has recovered.
+        if let Some(addr) = server.shared.cfg.http_listen {
+            match crate::http::HttpServer::start(addr, server.shared.clone(), process_start) {
+                Ok(h) => server.http = Some(h),
+                Err(e) => {
+                    server.shutdown();
+                    server.join();
+                    return Err(e);
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// Where the HTTP port listens (None with `--http-listen off`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
     }
 
     /// Asks every shard to stop accepting work and finish what is in flight.
@@ -170,6 +189,10 @@ impl Server {
         }
         if let Some(p) = self.push.take() {
             p.shutdown();
+        }
+        // Last: /readyz says "shutting down" while the shards drain.
+        if let Some(h) = self.http.take() {
+            h.stop();
         }
     }
 }

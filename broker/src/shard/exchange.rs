@@ -239,6 +239,7 @@ impl Shard {
                 for rest in due.by_ref() {
                     self.engine.push_not_sent(rest.id, now);
                 }
+                self.metrics.pushes_deferred += 1;
             }
         }
     }
@@ -250,6 +251,7 @@ impl Shard {
         if outcomes.is_empty() {
             return;
         }
+        self.count_pushes(&outcomes);
         let results: Vec<(u64, PushResult)> = outcomes
             .into_iter()
             .map(|(id, o)| match o {

@@ -19,6 +19,7 @@ pub mod mailbox;
 mod release;
 pub mod replication;
 mod reply;
+mod stats;
 pub mod storage;
 mod turns;
 mod wheel;
@@ -39,6 +40,7 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ShardEngine;
+use crate::metrics::shard::TurnReport;
 pub use budget::ConnCounters;
 use budget::{Budget, LogLimiter};
 use cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX;
@@ -48,6 +50,7 @@ use conn::{
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
+pub use stats::STALL_MS_MAX;
 use storage::ShardLog;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -259,6 +262,8 @@ pub struct Shard {
     turn_times: turns::TurnTimes,
     /// Transfers received beyond a turn's budget (`exchange.rs`).
     transfers_in: exchange::TransfersIn,
+    /// Answers, latency and loop turns, counted on this thread (`stats.rs`).
+    metrics: crate::metrics::shard::ShardMetrics<Need>,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -392,6 +397,7 @@ impl Shard {
             push,
             turn_times: turns::TurnTimes::default(),
             transfers_in: exchange::TransfersIn::default(),
+            metrics: Default::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -425,6 +431,7 @@ impl Shard {
                 }
             }
             self.turn += 1;
+            self.metrics.begin_turn(self.turn);
             let now = self.clock.now_ms();
             let conn_now = self.limits.tick();
             if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
@@ -466,6 +473,10 @@ impl Shard {
             self.end_turn(now);
             self.turn_times.record(self.id, turn_start);
             turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
+            if let Some(slow) = self.metrics.end_turn() {
+                let report = TurnReport { events: events.iter().count(), connections: self.conns.len() };
+                self.metrics.log_slow_turn(self.id, slow, report);
+            }
             if self.draining && self.drain_step(now) {
                 log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
@@ -1092,6 +1103,8 @@ impl Shard {
                         self.begin_drain(now);
                     }
                 }
+                ShardMsg::Stats(req) => self.answer_stats(req, now),
+                ShardMsg::Stall { ms } => self.stall(ms),
             }
         }
     }
@@ -1334,6 +1347,7 @@ impl Shard {
                 self.waiting.swap_remove(i);
             }
         }
+        self.time_released();
         while let Some(msgs) = self.staged.pop_met(p) {
             self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {

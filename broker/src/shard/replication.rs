@@ -75,8 +75,6 @@ pub struct Replication {
     membership: Vec<(u16, u64, Membership)>,
     /// Where the shard's catalog lives (the applier reloads it).
     dir: PathBuf,
-    /// The leader and term last published to the cluster map.
-    published: (u64, u64),
 }
 
 impl Replication {
@@ -92,7 +90,6 @@ impl Replication {
             parked: Vec::new(),
             membership: Vec::new(),
             dir,
-            published: (0, 0),
         }
     }
 
@@ -241,12 +238,7 @@ impl Shard {
         for e in out.events {
             self.repl_event(e);
         }
-        let Some(r) = self.repl.as_deref() else { return };
-        if r.published != (r.replica.leader_id(), r.replica.term()) {
-            // A follower learns of a new leader from its messages, not
-            // from an event of its own: the map handshakes give must follow.
-            self.publish_leader();
-        }
+        self.publish_leader_if_changed();
         self.answer_parked();
     }
 
@@ -277,9 +269,8 @@ impl Shard {
 
     /// Tells the other shards (and so the handshakes they answer) who
     /// leads this shard.
-    pub(super) fn publish_leader(&mut self) {
-        let Some(r) = self.repl.as_deref_mut() else { return };
-        r.published = (r.replica.leader_id(), r.replica.term());
+    pub(super) fn publish_leader(&self) {
+        let Some(r) = self.repl.as_deref() else { return };
         let slot = &self.shared.leaders[usize::from(self.id)];
         slot.0.store(r.replica.leader_id(), Ordering::Relaxed);
         slot.1.store(r.replica.term(), Ordering::Relaxed);

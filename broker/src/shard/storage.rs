@@ -694,6 +694,11 @@ impl ShardLog {
     pub fn disk_bytes(&self) -> u64 {
         self.wal().disk_bytes()
     }
+
+    /// The WAL's counters, live segments, and whether it failed (for metrics).
+    pub fn wal_report(&self) -> (&crate::metrics::wal::WalStats, usize, bool) {
+        (self.wal().stats(), self.wal().segment_stats().len(), self.wal().is_failed())
+    }
 }
 
 /// The catalog file's bytes and the entry it reflects everything up to,

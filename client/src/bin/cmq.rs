@@ -17,6 +17,8 @@ mod commands;
 mod render;
 #[path = "cmq/time.rs"]
 mod time;
+#[path = "cmq/top.rs"]
+mod top;
 
 use std::io::Write;
 use std::process::ExitCode;

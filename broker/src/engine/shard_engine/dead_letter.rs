@@ -64,10 +64,17 @@ impl ShardEngine {
                 }
                 continue;
             }
-            if let Err(e) = self.transfer_out(log, now_ms, uid, seq, transfer_kind::DEAD_LETTER, 0, &dlq) {
-                log::warn!("queue {name:?}: cannot dead-letter a message: {}", e.message);
-                if let Some(q) = self.queues.get_mut(&uid) {
-                    q.unpark(seq);
+            match self.transfer_out(log, now_ms, uid, seq, transfer_kind::DEAD_LETTER, 0, &dlq) {
+                Ok(_) => {
+                    if let Some(q) = self.queues.get_mut(&uid) {
+                        q.totals.dead_lettered += 1;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("queue {name:?}: cannot dead-letter a message: {}", e.message);
+                    if let Some(q) = self.queues.get_mut(&uid) {
+                        q.unpark(seq);
+                    }
                 }
             }
         }

@@ -568,6 +568,12 @@ pub enum Command {
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
 
+    /// Show the broker's metrics once: per shard and per queue totals, p99 latencies (--json for scripts)
+    Stats(crate::top::StatsArgs),
+
+    /// Live view of the broker, refreshed every --interval seconds: rates, depth, in flight, p99, fsync time
+    Top(crate::top::TopArgs),
+
     /// A cluster's nodes and Raft groups: status, leadership transfer, membership
     #[command(after_help = "Every shard is a Raft group with a replica on each node; its leader runs its requests. \
                             --server may list several nodes: the first that answers is asked, and each node for \

@@ -347,6 +347,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Cluster { command } => crate::cluster::run(c, &mut out, command)?,
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
+        Command::Stats(a) => crate::top::stats(c, &mut out, a)?,
+        Command::Top(a) => crate::top::top(c, &mut out, a)?,
         Command::Ping => {
             let started = Instant::now();
             c.ping()?;
