@@ -7,12 +7,14 @@
 //! only to have the pool refuse it: a core kept busy, and every loop turn
 //! as long as the backlog. Now it hands the pool what it has room for and
 //! stops; while the pool is full it looks again every 100 ms at the cost
-//! of one comparison. The test measures cmqd's CPU time (from /proc) over
-//! a quiet window, once with the backlog built by publishing and once
-//! after a restart (when every pending push is due at once, and the pool
-//! has been filled again), and asserts it stays under a tenth of a core: a
-//! resource figure with a wide margin, not a timing. It prints the shard's
-//! loop-turn summary (p50, p99, max) logged at shutdown.
+//! of one comparison. The test reads cmqd's CPU time (from /proc) second
+//! by second, once with the backlog built by publishing and once after a
+//! restart (when every pending push is due at once), and asserts that cmqd
+//! goes quiet (a second in which it uses under a tenth of a core) once it
+//! has filled the pool, the legitimate work: a resource figure with a wide
+//! margin, not a timing (a loaded machine only makes the filling take
+//! longer). Before the fix it never went quiet. The test prints the
+//! shard's loop-turn summary (p50, p99, max) logged at shutdown.
 //!
 //! `CMQ_PUSH_BACKLOG=100000` runs it with the 100,000 pushes (the
 //! default is 20,000, to keep the suite fast); with `CMQD_BIN` pointing at
@@ -22,7 +24,7 @@ mod topic_util;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cmq_client::{Client, SubscribeBuilder};
@@ -33,16 +35,15 @@ use topic_util::*;
 /// Pending pushes by default (`CMQ_PUSH_BACKLOG` overrides).
 const BACKLOG_DEFAULT: usize = 20_000;
 const BODIES_PER_PUBLISH: usize = 16;
-/// The quiet window CPU time is measured over.
-const WINDOW: Duration = Duration::from_secs(3);
-/// Most CPU time cmqd may use in the window: a tenth of a core. Redoing
-/// the backlog every 100 ms keeps a whole core busy (600 ms in the window
-/// even when the machine is so loaded that cmqd gets a fifth of a core);
-/// a full pool costs next to nothing (about 20 ms, debug build).
-const CPU_IN_WINDOW_MAX: Duration = Duration::from_millis(300);
-/// After a restart the shard first fills the pool (4,096 pushes built
-/// once, the legitimate work); the window starts after that.
-const REFILL: Duration = Duration::from_secs(2);
+/// CPU time is read over windows this long.
+const WINDOW: Duration = Duration::from_secs(1);
+/// A quiet window: cmqd used less CPU than this (a tenth of a core).
+/// Redoing the backlog every 100 ms keeps a core busy; a full pool costs
+/// next to nothing (about 3 ms a second, debug build).
+const QUIET_CPU_MAX: Duration = Duration::from_millis(100);
+/// How long cmqd may take to fill the pool (4,096 pushes built once, the
+/// legitimate work) and go quiet, on a loaded machine.
+const QUIET_WITHIN: Duration = Duration::from_secs(30);
 
 /// An HTTP endpoint that accepts connections and never answers (every push
 /// to it waits for its full timeout).
@@ -74,10 +75,25 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((fields[11] + fields[12]) * 10)
 }
 
-fn cpu_over_window(b: &Broker) -> Duration {
-    let before = cpu_time(b.pid());
-    std::thread::sleep(WINDOW);
-    cpu_time(b.pid()) - before
+/// CPU time cmqd used in each one-second window until one is quiet (or
+/// [`QUIET_WITHIN`] passed); the last is the quiet one if any was.
+fn windows_until_quiet(b: &Broker) -> Vec<Duration> {
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < QUIET_WITHIN {
+        let before = cpu_time(b.pid());
+        std::thread::sleep(WINDOW);
+        let used = cpu_time(b.pid()) - before;
+        seen.push(used);
+        if used < QUIET_CPU_MAX {
+            break;
+        }
+    }
+    seen
+}
+
+fn quiet(windows: &[Duration]) -> bool {
+    windows.last().is_some_and(|w| *w < QUIET_CPU_MAX)
 }
 
 fn publish(c: &mut Client, topic: &str, messages: usize) {
@@ -116,18 +132,17 @@ fn pushes_to_a_dead_endpoint_cost_nothing_while_the_pool_is_full() {
     publish(&mut c, "dead-pushes", backlog);
     let pending = c.topic_info("dead-pushes").expect("topic info").msg_count;
     assert_eq!(pending, backlog as u64, "nothing can have been delivered");
-    let running = cpu_over_window(&b);
-    eprintln!("{backlog} pushes pending: cmqd used {running:?} of CPU in {WINDOW:?}");
+    let running = windows_until_quiet(&b);
+    eprintln!("{backlog} pushes pending: cmqd's CPU time per second until quiet: {running:?}");
 
     // After a restart every pending push is due at once.
     b.kill9();
     b.restart();
-    std::thread::sleep(REFILL);
-    let restarted = cpu_over_window(&b);
+    let restarted = windows_until_quiet(&b);
     let status = b.terminate();
-    eprintln!("after a restart: cmqd used {restarted:?} of CPU in {WINDOW:?}");
+    eprintln!("after a restart: cmqd's CPU time per second until quiet: {restarted:?}");
     eprintln!("{}", turn_summary(&b.stderr()));
     assert!(status.success(), "cmqd stopped cleanly: {status:?}");
-    assert!(running < CPU_IN_WINDOW_MAX, "a full push pool cost {running:?} of CPU in {WINDOW:?}");
-    assert!(restarted < CPU_IN_WINDOW_MAX, "after a restart: {restarted:?} of CPU in {WINDOW:?}");
+    assert!(quiet(&running), "with the pool full cmqd never went quiet: {running:?} of CPU a second");
+    assert!(quiet(&restarted), "after a restart cmqd never went quiet: {restarted:?} of CPU a second");
 }
