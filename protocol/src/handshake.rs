@@ -13,8 +13,9 @@ use bytes::Bytes;
 use crate::limits::{AUTH_PAYLOAD_BYTES_MAX, STRING_BYTES_MAX};
 
 /// Protocol versions this build speaks.
-/// Version 2 added the cluster map to `HandshakeOk` and the idempotency key
-/// to sends; version 1 is no longer spoken.
+/// Version 2 added the cluster map to `HandshakeOk` and the cluster
+/// operations; version 1 is no longer spoken. (Sends carry no idempotency
+/// key yet: that is still to come.)
 pub const PROTOCOL_VERSION_MIN: u16 = 2;
 pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
