@@ -4,8 +4,10 @@
 CARGO ?= cargo
 RELEASE_BIN := target/release
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
+# Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run test test-only lint fmt bench install clean
+.PHONY: all build run cluster test test-only tools lint fmt bench install clean package package-test
 
 all: build
 
@@ -18,10 +20,14 @@ run: build
 	@echo "cmq CLI: $(CURDIR)/$(RELEASE_BIN)/cmq  (export PATH=\"$(CURDIR)/$(RELEASE_BIN):\$$PATH\")"
 	$(RELEASE_BIN)/cmqd
 
+## cluster: start three nodes on 127.0.0.1:7701-7703 (data in ./data/node{1,2,3}); Ctrl-C stops them
+cluster: build
+	scripts/cluster.sh
+
 ## test: lint, then every unit, property and integration test
 test: lint test-only
 
-test-only:
+test-only: tools
 	$(CARGO) build --locked --bins
 ifneq ($(NEXTEST),)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
@@ -29,6 +35,30 @@ ifneq ($(NEXTEST),)
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
+
+## tools: what the deploy/ tests need (promtool, systemd-analyze), from
+## Debian's packages when missing; fails loudly if they cannot be installed
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    $(APT_INSTALL) prometheus; } || { echo "error: cannot install promtool (apt-get install prometheus)" >&2; exit 1; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	    echo "installing systemd-analyze (Debian package systemd)"; \
+	    $(APT_INSTALL) systemd; } || { echo "error: cannot install systemd-analyze (apt-get install systemd)" >&2; exit 1; }
+	@command -v promtool >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1
+
+## package: the Debian package (cmqd, cmq, cmq-loadgen, the systemd unit,
+## a default config, docs) in target/debian/, built with cargo-deb
+package:
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install --locked cargo-deb
+	$(CARGO) build --release --locked --bins
+	mkdir -p target/help
+	for p in cmqd cmq cmq-loadgen; do $(RELEASE_BIN)/$$p --help > target/help/$$p.txt; done
+	$(CARGO) deb --no-build --locked -p cmq-broker
+
+## package-test: install the package into a scratch root and run it
+package-test: package
+	deploy/package-test.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:

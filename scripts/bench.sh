@@ -17,6 +17,9 @@
 #                   then consumed                       [4294967296]
 #   BENCH_RECLAIM_WAIT   seconds to wait for the log to shrink afterwards [180]
 #   BENCH_RESTART_MESSAGES  restart: 64-byte messages queued [10000000]
+#   BENCH_METRICS_AB 0 skips the metrics-cost A/B (scripts/metrics-ab.sh:
+#                   pipelined runs with and without /metrics scraped every
+#                   second; its own block in the document) [1]
 #   BENCH_DOC       the document to rewrite             [docs/BENCHMARKS.md]
 #   BENCH_DIR       where results and broker data go (must be a real disk,
 #                   not tmpfs, or fsync costs nothing)  [target/bench]
@@ -100,7 +103,7 @@ trap stop_broker EXIT
 start_broker() {
     BROKER_DIR=$(mktemp -d "$BENCH_DIR/cmqd.XXXXXX")
     : >"$BROKER_DIR/stdout"
-    "$CMQD" --listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
+    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
     BROKER_PID=$!
     BROKER_ADDR=
     for _ in $(seq 200); do
@@ -334,7 +337,7 @@ stop_s = float(sys.argv[8]) - float(sys.argv[7])
 log_path = os.path.join(results, "restart.cmqd.log")
 stderr = open(log_path, "w")
 t0 = time.monotonic()
-p = subprocess.Popen([cmqd, "--listen", "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE, stderr=stderr, text=True)
+p = subprocess.Popen([cmqd, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE, stderr=stderr, text=True)
 addr = None
 for line in p.stdout:
     if line.startswith("cmqd listening on "):
@@ -671,3 +674,9 @@ else:
 open(doc, "w").write(text)
 print(f"[bench] wrote {doc}", file=sys.stderr)
 EOF
+
+# ---- what metrics cost (issue 13) ------------------------------------------
+if [[ -z "$REPORT_ONLY" && "${BENCH_METRICS_AB:-1}" != 0 ]]; then
+    log "metrics cost: pipelined runs with and without /metrics scraped every second"
+    RUNS=$RUNS DURATION=$DURATION AB_DOC=$DOC CMQD=$CMQD LOADGEN=$LOADGEN scripts/metrics-ab.sh | tee "$RESULTS/metrics-ab.txt" >&2
+fi

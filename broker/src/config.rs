@@ -49,6 +49,10 @@ pub mod defaults {
     pub const BUFFER_BUDGET_RAM_DIVISOR: u64 = 4;
     /// Budget used when the memory size cannot be read.
     pub const BUFFER_BUDGET_FALLBACK_BYTES: u64 = 1024 * 1024 * 1024;
+    /// The HTTP port: metrics, health checks.
+    pub const HTTP_LISTEN: &str = "127.0.0.1:7780";
+    /// Queues named in per-queue metrics (the deepest); the rest are summed.
+    pub const METRICS_TOP_QUEUES: usize = 100;
 }
 
 /// Bounds on settings, checked at start-up before anything is written to
@@ -74,6 +78,8 @@ const PUSH_IDLE_KEEP_MS_MAX: u64 = 86_400_000;
 const DEADLINE_MS_MIN: u64 = 500;
 /// Longest handshake and frame deadline: one hour.
 const DEADLINE_MS_MAX: u64 = 3_600_000;
+/// Most queues per-queue metrics name (cardinality bound of a scrape).
+pub const METRICS_TOP_QUEUES_MAX: usize = crate::metrics::queues::TOP_QUEUES_MAX;
 /// Longest idle deadline: one week.
 const IDLE_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3_600_000;
 /// The smallest budget that still lets one maximum-size request in and one
@@ -162,6 +168,10 @@ pub struct Flags {
     /// (proves that cmq-loadgen --verify catches a broker that loses messages).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_drop_one_in: Option<u64>,
+    /// Testing only: shard 0 panics on its Nth event-loop turn (proves that a panicked
+    /// shard ends the process, so a supervisor restarts it).
+    #[arg(long, hide = true, value_name = "N")]
+    pub fault_panic_after_turns: Option<u64>,
     /// Broker-wide memory for connection buffers: partial request frames and unsent
     /// responses. Past it the broker stops reading the connections assembling the largest
     /// frames until memory frees, and closes the connections that hold the most unsent output
@@ -201,6 +211,48 @@ pub struct Flags {
     /// ticks [default: 50; range 10..=1000].
     #[arg(long, value_name = "MS")]
     pub raft_tick_ms: Option<u64>,
+    /// Join a running cluster (with an empty data directory): start knowing no members and
+    /// wait to be added (`cmq cluster add-node`); the leader then sends this node a snapshot.
+    /// Ignored once the node holds a log.
+    #[arg(long)]
+    pub join: bool,
+    /// Address of the HTTP port serving /metrics (Prometheus), /healthz and /readyz, or `off`
+    /// [default: 127.0.0.1:7780].
+    #[arg(long, value_name = "ADDR|off")]
+    pub http_listen: Option<String>,
+    /// Queues named in per-queue metrics: the N deepest; the others are summed under
+    /// queue="_other", so a scrape stays small with any number of queues, 0..=1000 [default: 100].
+    #[arg(long, value_name = "N")]
+    pub metrics_top_queues: Option<usize>,
+    /// Log line format: text, or json (one object per line: ts, level, target, msg) [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Testing only: serve POST /debug/stall?shard=K&ms=M on the HTTP port (blocks a shard's loop).
+    #[arg(long, hide = true)]
+    pub fault_http_hooks: bool,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// `[time level target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`.
+    Json,
+}
+
+/// `--http-listen`: an address, or `off` (no HTTP port).
+pub fn parse_http_listen(text: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    let addr = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--http-listen: {text:?} is not an IP:PORT address or `off`"))?;
+    Ok(Some(addr))
 }
 
 /// The config file: the same settings as the flags.
@@ -230,6 +282,10 @@ struct FileConfig {
     peers: Option<String>,
     cluster_key_file: Option<PathBuf>,
     raft_tick_ms: Option<u64>,
+    join: Option<bool>,
+    http_listen: Option<String>,
+    metrics_top_queues: Option<usize>,
+    log_format: Option<LogFormat>,
 }
 
 /// Where a node of the cluster is.
@@ -249,6 +305,8 @@ pub struct ClusterConfig {
     /// (Its `Debug` shows no key bytes.)
     pub key: ClusterKey,
     pub raft_tick_ms: u64,
+    /// Started with `--join`: no members until a leader's snapshot says.
+    pub join: bool,
 }
 const RAFT_TICK_MS_MIN: u64 = 10;
 const RAFT_TICK_MS_MAX: u64 = 1000;
@@ -260,6 +318,7 @@ struct ClusterFlags {
     peers: Option<String>,
     key_file: Option<PathBuf>,
     raft_tick_ms: Option<u64>,
+    join: bool,
 }
 
 impl ClusterFlags {
@@ -270,8 +329,8 @@ impl ClusterFlags {
             bail!("--node-id: {node_id} is out of range 1..=9223372036854775807");
         }
         let Some(peers) = self.peers else {
-            if self.peer_listen.is_some() || self.key_file.is_some() {
-                bail!("--peer-listen and --cluster-key-file need --peers (the other nodes of the cluster)");
+            if self.peer_listen.is_some() || self.key_file.is_some() || self.join {
+                bail!("--peer-listen, --cluster-key-file and --join need --peers (the other nodes of the cluster)");
             }
             return Ok(None);
         };
@@ -290,7 +349,7 @@ impl ClusterFlags {
         if !(RAFT_TICK_MS_MIN..=RAFT_TICK_MS_MAX).contains(&raft_tick_ms) {
             bail!("--raft-tick-ms: {raft_tick_ms} is out of range {RAFT_TICK_MS_MIN}..={RAFT_TICK_MS_MAX}");
         }
-        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms }))
+        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms, join: self.join }))
     }
 }
 
@@ -357,6 +416,8 @@ pub struct Config {
     pub repair: bool,
     pub fault_file: Option<PathBuf>,
     pub fault_drop_one_in: u64,
+    /// Testing only: shard 0 panics on this loop turn (0 = never).
+    pub fault_panic_after_turns: u64,
     pub buffer_budget_bytes: u64,
     pub handshake_timeout_ms: u64,
     /// 0 = connections are never closed for being idle.
@@ -366,6 +427,12 @@ pub struct Config {
     pub node_id: u64,
     /// Set when cmqd runs as one node of a cluster (`--peers`).
     pub cluster: Option<ClusterConfig>,
+    /// None: no HTTP port (`--http-listen off`).
+    pub http_listen: Option<SocketAddr>,
+    pub metrics_top_queues: usize,
+    pub log_format: LogFormat,
+    /// Testing only: the HTTP port's fault hooks.
+    pub fault_http_hooks: bool,
 }
 
 impl Config {
@@ -404,6 +471,7 @@ impl Config {
             repair: flags.repair,
             fault_file: flags.fault_file,
             fault_drop_one_in: flags.fault_drop_one_in.unwrap_or(0),
+            fault_panic_after_turns: flags.fault_panic_after_turns.unwrap_or(0),
             buffer_budget_bytes: flags
                 .buffer_budget_bytes
                 .or(file.buffer_budget_bytes)
@@ -416,6 +484,15 @@ impl Config {
             frame_timeout_ms: flags.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(defaults::FRAME_TIMEOUT_MS),
             node_id: flags.node_id.or(file.node_id).unwrap_or(1),
             cluster: None,
+            http_listen: parse_http_listen(
+                flags.http_listen.as_deref().or(file.http_listen.as_deref()).unwrap_or(defaults::HTTP_LISTEN),
+            )?,
+            metrics_top_queues: flags
+                .metrics_top_queues
+                .or(file.metrics_top_queues)
+                .unwrap_or(defaults::METRICS_TOP_QUEUES),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            fault_http_hooks: flags.fault_http_hooks,
         };
         cfg.validate()?;
         let cluster = ClusterFlags {
@@ -423,6 +500,7 @@ impl Config {
             peers: flags.peers.or(file.peers),
             key_file: flags.cluster_key_file.or(file.cluster_key_file),
             raft_tick_ms: flags.raft_tick_ms.or(file.raft_tick_ms),
+            join: flags.join || file.join.unwrap_or(false),
         };
         let cluster = cluster.resolve(cfg.node_id)?;
         Ok(Config { cluster, ..cfg })
@@ -473,6 +551,9 @@ impl Config {
         }
         if !(self.push_retry_scale > 0.0 && self.push_retry_scale <= 1.0) {
             bail!("--push-retry-scale: must be in (0, 1]");
+        }
+        if self.metrics_top_queues > METRICS_TOP_QUEUES_MAX {
+            bail!("--metrics-top-queues: {} is out of range 0..={METRICS_TOP_QUEUES_MAX}", self.metrics_top_queues);
         }
         self.validate_connection_limits()
     }
@@ -629,6 +710,7 @@ mod tests {
             format!("1..={QUEUES_MAX}"),
             format!("1..={TOPICS_MAX}"),
             format!("1..={PUSH_WORKERS_MAX}"),
+            format!("0..={METRICS_TOP_QUEUES_MAX}"),
         ] {
             assert!(help.contains(&range), "--help does not state {range}:\n{help}");
         }
@@ -751,6 +833,28 @@ mod tests {
             assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
         }
         assert!(Config::from_flags(flags(&["--handshake-timeout-ms", "500"])).is_ok());
+    }
+
+    #[test]
+    fn http_and_log_settings_have_defaults_flags_file_keys_and_bounds() {
+        let cfg = Config::from_flags(flags(&[])).expect("valid");
+        assert_eq!(cfg.http_listen.map(|a| a.to_string()).as_deref(), Some(defaults::HTTP_LISTEN));
+        assert_eq!((cfg.metrics_top_queues, cfg.log_format), (defaults::METRICS_TOP_QUEUES, LogFormat::Text));
+        let off = Config::from_flags(flags(&["--http-listen", "off"])).expect("off");
+        assert_eq!(off.http_listen, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmqd.toml");
+        let text = "http_listen = \"127.0.0.1:9100\"\nmetrics_top_queues = 7\nlog_format = \"json\"\n";
+        std::fs::write(&path, text).expect("write");
+        let p = path.to_str().expect("utf8");
+        let cfg = Config::from_flags(flags(&["--config", p, "--metrics-top-queues", "1000"])).expect("valid");
+        assert_eq!(cfg.http_listen.map(|a| a.port()), Some(9100));
+        assert_eq!((cfg.metrics_top_queues, cfg.log_format), (METRICS_TOP_QUEUES_MAX, LogFormat::Json));
+        for (flag, bad) in [("--http-listen", "nowhere"), ("--metrics-top-queues", "1001")] {
+            let err = Config::from_flags(flags(&[flag, bad])).expect_err(bad);
+            assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
+        }
+        assert!(Config::from_flags(flags(&["--metrics-top-queues", "0"])).is_ok());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     pub local_addr: SocketAddr,
     push: Option<PushPool>,
+    /// The HTTP port (metrics, health), unless `--http-listen off`.
+    http: Option<crate::http::HttpServer>,
     _lock: DataDirLock,
 }
 
@@ -45,6 +47,7 @@ impl Server {
     /// Locks the data directory, binds the listeners, and starts one thread
     /// per shard; returns once every shard has recovered its log.
     pub fn start(cfg: Config) -> anyhow::Result<Server> {
+        let process_start = crate::metrics::process::ProcessStart::now();
         let n = cfg.shards;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
@@ -142,12 +145,28 @@ impl Server {
         for g in &go {
             let _ = g.send(ok);
         }
-        let server = Server { shared, threads, local_addr, push: Some(push), _lock: lock };
+        let mut server = Server { shared, threads, local_addr, push: Some(push), http: None, _lock: lock };
         if let Some(e) = failure {
             server.join();
             return Err(e);
         }
+        // Serving: the HTTP port opens once every shard has recovered.
+        if let Some(addr) = server.shared.cfg.http_listen {
+            match crate::http::HttpServer::start(addr, server.shared.clone(), process_start) {
+                Ok(h) => server.http = Some(h),
+                Err(e) => {
+                    server.shutdown();
+                    server.join();
+                    return Err(e);
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// Where the HTTP port listens (None with `--http-listen off`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
     }
 
     /// Asks every shard to stop accepting work and finish what is in flight.
@@ -170,6 +189,10 @@ impl Server {
         }
         if let Some(p) = self.push.take() {
             p.shutdown();
+        }
+        // Last: /readyz says "shutting down" while the shards drain.
+        if let Some(h) = self.http.take() {
+            h.stop();
         }
     }
 }
@@ -324,9 +347,14 @@ fn open_replication(
             auto_leave: rec.auto_leave,
             ..Default::default()
         },
+        // A node joining a running group starts knowing no members: it
+        // learns them from the leader's snapshot, and never campaigns.
+        None if c.join => ConfState::default(),
         None => ConfState { voters, ..Default::default() },
     };
+    let base = scanned.snapshot;
     let mut store = RaftStore::new(scanned.index, hs, cs);
+    store.snapshot_for_empty_logs = true;
     for i in commit + 1..=last {
         let e = readback::read_entry(&store.index, i, &log.entries_ref().raw)
             .map_err(|e| anyhow!("shard {id}: reading entry {}: {}", e.index, e.msg))?;
@@ -334,7 +362,8 @@ fn open_replication(
     }
     let mut rc = ReplicaConfig::new(c.node_id);
     rc.rebooted = rebooted;
-    let replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    let mut replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
+    replica.set_snapshot_base(base);
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
     let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
         .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;

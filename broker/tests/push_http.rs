@@ -628,17 +628,19 @@ fn per_endpoint_concurrency_is_bounded_and_other_endpoints_keep_flowing() {
 fn the_queue_is_bounded_per_shard() {
     let server = Server::start(|_| Reply::HoldThen200);
     let mut h = Harness::new(PushConfig { workers: 1, queue_len: 3, ..cfg() });
+    assert_eq!(h.handle.room(), 3);
     for id in 0..3 {
         h.handle.submit(task(id, &server.url("/"))).unwrap();
     }
     let refused = h.handle.submit(task(3, &server.url("/"))).expect_err("queue full");
     assert_eq!(refused.id, 3, "the task comes back");
-    assert_eq!(h.handle.outstanding(), 3);
+    assert_eq!((h.handle.outstanding(), h.handle.room()), (3, 0), "no room: the shard builds no task");
     // Finished but not yet taken still counts: room comes back with take_outcomes.
     server.next_request();
     server.release.send(()).unwrap();
     let first = h.outcomes(1);
     assert_eq!(first[0].0, 0);
+    assert_eq!(h.handle.room(), 1);
     h.handle.submit(refused).expect("room again");
     for _ in 0..3 {
         server.release.send(()).unwrap();

@@ -26,7 +26,6 @@
 //! ```
 
 use std::io;
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -36,6 +35,7 @@ use cmq_protocol::{EndTransaction, Ping, RegisterChecker, Request, Response, Tra
 
 use crate::connection::{Closer, Connection, Event, Push};
 use crate::error::ClientError;
+use crate::seeds::{connect_first, ToSeeds};
 
 /// How long a checker's connection may be silent before it pings the broker
 /// to find out whether it is still there.
@@ -106,19 +106,19 @@ pub struct CheckOutcome<'a> {
 impl TransactionChecker {
     /// Connects and registers as `producer_group`'s checker, without
     /// timeouts on the connect and the registration.
-    pub fn connect(addr: impl ToSocketAddrs, producer_group: &str) -> Result<TransactionChecker, ClientError> {
-        TransactionChecker::connect_with_timeout(addr, producer_group, None)
+    pub fn connect(seeds: impl ToSeeds, producer_group: &str) -> Result<TransactionChecker, ClientError> {
+        TransactionChecker::connect_with_timeout(seeds, producer_group, None)
     }
 
     /// Connects and registers; `timeout` bounds the connect, the
     /// registration and later every wait for an answer (EndTransaction,
     /// heartbeat). Waiting for checks is unbounded: silence is normal.
     pub fn connect_with_timeout(
-        addr: impl ToSocketAddrs,
+        seeds: impl ToSeeds,
         producer_group: &str,
         timeout: Option<Duration>,
     ) -> Result<TransactionChecker, ClientError> {
-        let mut conn = Connection::connect_with_timeout(addr, None, timeout)?;
+        let mut conn = connect_first(&seeds.to_seeds()?, None, timeout)?;
         let id = conn.submit(&Request::RegisterChecker(RegisterChecker { producer_group: producer_group.to_owned() }));
         let (got, result) = conn.recv()?;
         match result? {

@@ -145,13 +145,38 @@ impl Connection {
         shard_hint: Option<u16>,
         timeout: Option<Duration>,
     ) -> Result<Connection, ClientError> {
+        let mut conn = Connection::open(addr, timeout)?;
+        conn.handshake(shard_hint)?;
+        Ok(conn)
+    }
+
+    /// Connects and handshakes within `within` (the TCP connect per
+    /// address, and every read and write of the handshake), then bounds
+    /// reads and writes by `timeout`. For trying one node of several: a
+    /// stopped node must not hold the caller for its whole timeout.
+    pub fn connect_within(
+        addr: impl ToSocketAddrs,
+        shard_hint: Option<u16>,
+        within: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<Connection, ClientError> {
+        let mut conn = Connection::open(addr, Some(within))?;
+        conn.handshake(shard_hint)?;
+        conn.stream.set_write_timeout(timeout)?;
+        conn.set_read_timeout(timeout)?;
+        Ok(conn)
+    }
+
+    /// A connected socket, not yet handshaken, with `timeout` on the
+    /// connect and on reads and writes.
+    fn open(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Connection, ClientError> {
         let stream = connect_any(addr, timeout)?;
         // Requests are already batched by `flush`; Nagle would only add latency.
         stream.set_nodelay(true)?;
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
         let peer = stream.peer_addr()?;
-        let mut conn = Connection {
+        Ok(Connection {
             stream,
             peer,
             handshake: HandshakeOk::default(),
@@ -165,9 +190,7 @@ impl Connection {
             broken: false,
             stats: ConnectionStats::default(),
             last_io: Instant::now(),
-        };
-        conn.handshake(shard_hint)?;
-        Ok(conn)
+        })
     }
 
     fn handshake(&mut self, shard_hint: Option<u16>) -> Result<(), ClientError> {

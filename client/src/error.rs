@@ -35,6 +35,17 @@ pub enum ClientError {
     /// The broker refused the handshake or answered it with something else.
     #[error("handshake failed: {}", HandshakeText(code, message))]
     Handshake { code: Option<ErrorCode>, message: String },
+
+    /// A request that changes state was sent, then its connection was lost
+    /// (or timed out) before the answer came: it may or may not have been
+    /// applied. [`crate::Client::call`] does not send such a request again
+    /// by itself, since a second attempt could apply it twice (a send would
+    /// store the message twice); the caller decides, for example by
+    /// checking with a read. `cause` is what happened to the connection.
+    #[error(
+        "outcome unknown: {cause} (node {node}) after the {op} request was sent; it may or may not have been applied"
+    )]
+    OutcomeUnknown { op: &'static str, node: u64, cause: Box<ClientError> },
 }
 
 impl ClientError {
@@ -51,7 +62,17 @@ impl ClientError {
     /// still intact (a partly received frame stays buffered), unlike after
     /// any other I/O error.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, ClientError::Io(e) if is_timeout_kind(e.kind()))
+        match self {
+            ClientError::Io(e) => is_timeout_kind(e.kind()),
+            ClientError::OutcomeUnknown { cause, .. } => cause.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// True when the broker did not (yet) run the request and another node
+    /// leads its shard; [`crate::Client::call`] follows it by itself.
+    pub fn is_not_leader(&self) -> bool {
+        self.code() == Some(ErrorCode::NOT_LEADER)
     }
 }
 

@@ -5,7 +5,14 @@
 //! * [`Client`]: blocking and convenient, one method per operation. It is
 //!   shard-aware: it learns the broker's shard count in the handshake and
 //!   keeps one connection per shard (opened on first use), sending each
-//!   queue's requests straight to the shard that owns it.
+//!   queue's requests straight to the shard that owns it. In a cluster it
+//!   is leader-aware too: it connects from a list of seed addresses
+//!   ([`ToSeeds`]: `"host:port,host:port,..."`), learns the cluster map
+//!   from the handshake, sends each shard's requests to the node that
+//!   leads it, and follows the leader when it moves ([`retry`] says what
+//!   is sent again and for how long). Cluster operations:
+//!   [`Client::cluster_status`], [`Client::transfer_leader`],
+//!   [`Client::add_node`], [`Client::remove_node`].
 //! * [`Connection`]: one socket, driven by hand for throughput. Submit many
 //!   requests, flush them with one write, and read responses (in whatever
 //!   order the broker finishes them) many frames per read. This is what the
@@ -77,7 +84,25 @@
 //!
 //! Errors the broker reports arrive as [`ClientError::Server`] with the
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
-//! an error.
+//! an error. A request that changes state and lost its connection after it
+//! was sent is [`ClientError::OutcomeUnknown`]: it may or may not have been
+//! applied, and the client does not guess by sending it again.
+//!
+//! ```no_run
+//! use cmq_client::Client;
+//!
+//! # fn main() -> Result<(), cmq_client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703")?;
+//! client.send("orders", "hello", 0)?; // to the leader of the shard that owns "orders"
+//! let view = client.cluster_status()?;
+//! for k in 0..view.shard_count() {
+//!     if let Some(shard) = view.shard(k) {
+//!         println!("shard {k}: led by node {} in term {}", shard.status.leader, shard.status.term);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod checker;
 mod client;
@@ -86,19 +111,30 @@ mod error;
 mod id_hash;
 #[macro_use]
 mod ops;
+mod cluster;
+pub mod retry;
+pub mod routes;
+pub mod seeds;
 mod topics;
 
 pub use checker::{
     CheckOutcome, CheckerStats, CheckerStopper, CheckerThread, TransactionChecker, CHECKER_HEARTBEAT_DEFAULT,
 };
 pub use client::{Client, Ticket};
+pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, CHANGE_RESEND_AFTER};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
+pub use ops::{IdempotencyKey, SendOptions};
+pub use seeds::ToSeeds;
 pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.
 pub use cmq_protocol as protocol;
+pub use cmq_protocol::{
+    AddNode, ClusterMap, ClusterNode, ClusterStatus, ClusterStatusOk, FollowerProgress, GetClusterMap, RemoveNode,
+    ShardLeader, ShardStatus, TransferLeader,
+};
 pub use cmq_protocol::{
     BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, CancelRedrive, ChangeMessageVisibility,
     ChangeMessageVisibilityOk, CreateQueue, DeleteMessage, DeleteQueue, EndTransaction, ErrorCode, FlushPolicy,

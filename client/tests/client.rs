@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -197,24 +197,57 @@ fn waiting_twice_for_a_ticket_is_refused() {
     c.ping().expect("client unaffected");
 }
 
-#[test]
-fn a_dropped_connection_fails_its_tickets_and_the_next_call_reconnects() {
-    let connections = AtomicUsize::new(0);
+/// The first two Pings and every send are read and then the connection is
+/// dropped without an answer; later Pings are answered.
+fn dropping_server() -> (ScriptedServer, Arc<AtomicUsize>) {
+    let pings = Arc::new(AtomicUsize::new(0));
+    let sends = Arc::new(AtomicUsize::new(0));
+    let seen = sends.clone();
     let server = ScriptedServer::start(move |mut peer| {
-        let n = connections.fetch_add(1, Ordering::SeqCst);
         peer.accept_handshake(1, 0);
-        if n == 0 {
-            peer.read_request(); // then hang up without answering
-            return;
-        }
-        while let Some((id, _)) = peer.read_request() {
+        while let Some((id, req)) = peer.read_request() {
+            let drop_it = match req {
+                Request::Ping(_) => pings.fetch_add(1, Ordering::SeqCst) < 2,
+                _ => {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    true
+                }
+            };
+            if drop_it {
+                return;
+            }
             peer.respond(id, &Response::Ping(Empty {}));
         }
     });
+    (server, sends)
+}
+
+#[test]
+fn a_dropped_connection_fails_its_tickets_and_the_next_call_reconnects() {
+    let (server, sends) = dropping_server();
     let mut c = client(server.addr());
-    let err = c.ping().expect_err("first connection hangs up");
+    let t = c.submit(&Request::Ping(Ping {})).expect("submit");
+    let err = c.wait(t).expect_err("the connection hangs up");
+    assert!(matches!(err, ClientError::Disconnected), "tickets are not retried: {err:?}");
+
+    // One node and nowhere else to go: the loss is reported as it is...
+    let err = c.ping().expect_err("the second drop");
     assert!(matches!(err, ClientError::Disconnected), "{err:?}");
+    // ...and the next call reconnects.
     c.ping().expect("reconnected");
+
+    // A send may have been stored before the connection went: not repeated.
+    let err = c.send("q", "body", 0).expect_err("dropped");
+    match &err {
+        ClientError::OutcomeUnknown { op, cause, .. } => {
+            assert_eq!(*op, "SendMessage");
+            assert!(matches!(**cause, ClientError::Disconnected), "{cause:?}");
+        }
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    assert!(err.to_string().contains("may or may not have been applied"), "{err}");
+    assert_eq!(sends.load(Ordering::SeqCst), 1, "sent once, never repeated");
+    c.ping().expect("the client carries on");
 }
 
 #[test]

@@ -30,8 +30,10 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 
 use crate::pipe::{timespec, RawPipe};
+use crate::route::Router;
 use crate::stats::{Counters, Run};
 use crate::worker::{Agent, Finished, Job, Shape, Step};
+use cmq_client::routes::Learned;
 
 /// How often every job is stepped even without answers or a deadline of its
 /// own: how quickly jobs notice a phase change (stop, drain) when idle.
@@ -45,8 +47,17 @@ const EVENTS_MAX: usize = 256;
 const PRECISE_BELOW: Duration = Duration::from_millis(2);
 
 struct Slot {
-    pipe: RawPipe,
+    /// None while reconnecting (to the shard's new leader).
+    pipe: Option<RawPipe>,
+    shard: u16,
     agent: Agent,
+    /// Failed reconnects (and reroutes to no known leader) since the last
+    /// good answer, and since when there is no connection.
+    reconnects: u32,
+    /// The last reroute found no leader named (an election): back off
+    /// before connecting again.
+    back_off: bool,
+    unconnected_since: Option<Instant>,
     /// When the job wants to be stepped at the latest, answers or not.
     deadline: Option<Instant>,
     /// The job waits for another job's progress: step it on every wake-up.
@@ -55,9 +66,14 @@ struct Slot {
     out_armed: bool,
 }
 
+/// How long a job may go without a connection (its shard's leader
+/// unreachable, no other node naming a new one) before it gives up. An
+/// election takes about a second; this allows for several.
+pub const RECONNECT_GIVE_UP: Duration = Duration::from_secs(30);
+
 /// Runs `jobs` to completion on the calling thread, each on its own
-/// connection, and returns what each one hands back.
-pub fn drive(jobs: Vec<Job>, shape: Shape, run: Arc<Run>, c: Arc<Counters>) -> Vec<Finished> {
+/// connection to its shard's leader, and returns what each one hands back.
+pub fn drive(jobs: Vec<Job>, shape: Shape, router: Arc<Router>, run: Arc<Run>, c: Arc<Counters>) -> Vec<Finished> {
     let mut finished = Vec::with_capacity(jobs.len());
     let epfd = match epoll::create(CreateFlags::CLOEXEC) {
         Ok(fd) => fd,
@@ -65,7 +81,8 @@ pub fn drive(jobs: Vec<Job>, shape: Shape, run: Arc<Run>, c: Arc<Counters>) -> V
     };
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let pipe = match RawPipe::connect(shape.server, job.shard()) {
+        let shard = job.shard();
+        let pipe = match router.connect(shard) {
             Ok(pipe) => pipe,
             Err(e) => {
                 finished.push(job.failed(&run, &c, e));
@@ -77,9 +94,19 @@ pub fn drive(jobs: Vec<Job>, shape: Shape, run: Arc<Run>, c: Arc<Counters>) -> V
             continue;
         }
         let agent = job.start(&shape, &run);
-        slots.push(Some(Slot { pipe, agent, deadline: None, paused: false, out_armed: false }));
+        slots.push(Some(Slot {
+            pipe: Some(pipe),
+            shard,
+            agent,
+            reconnects: 0,
+            back_off: false,
+            unconnected_since: None,
+            deadline: None,
+            paused: false,
+            out_armed: false,
+        }));
     }
-    let mut lp = Loop { epfd, slots, run, c, finished };
+    let mut lp = Loop { epfd, slots, router, run, c, finished };
     lp.run();
     lp.finished
 }
@@ -87,6 +114,7 @@ pub fn drive(jobs: Vec<Job>, shape: Shape, run: Arc<Run>, c: Arc<Counters>) -> V
 struct Loop {
     epfd: OwnedFd,
     slots: Vec<Option<Slot>>,
+    router: Arc<Router>,
     run: Arc<Run>,
     c: Arc<Counters>,
     finished: Vec<Finished>,
@@ -134,25 +162,32 @@ impl Loop {
     /// when woken without answers, and writes what it submitted.
     fn turn(&mut self, i: usize, readable: bool) {
         let Some(slot) = self.slots[i].as_mut() else { return };
-        let (run, c) = (&*self.run, &*self.c);
+        let (run, c, router) = (&*self.run, &*self.c, &*self.router);
+        let Some(pipe) = slot.pipe.as_mut() else { return self.reconnect(i) };
         let mut result = Ok(false);
         if readable {
-            result = slot.pipe.read_some();
+            result = pipe.read_some();
         }
         let mut last = None;
         while result.is_ok() {
-            match slot.pipe.take_frame() {
+            match pipe.take_frame() {
                 Ok(Some(reply)) => {
-                    slot.agent.answer(&mut slot.pipe, reply, run, c);
-                    let step = slot.agent.step(&mut slot.pipe, run, c);
+                    slot.agent.answer(pipe, reply, run, c);
+                    match slot.agent.take_not_leader() {
+                        Some(msg) => {
+                            slot.back_off = router.not_leader(slot.shard, pipe.node(), &msg) == Learned::NoLeader
+                        }
+                        None => slot.reconnects = 0,
+                    }
+                    let step = slot.agent.step(pipe, run, c);
                     last = Some(step);
-                    if step == Step::Done {
+                    if matches!(step, Step::Done | Step::Reroute) {
                         break;
                     }
                 }
                 Ok(None) => {
                     if last.is_none() {
-                        last = Some(slot.agent.step(&mut slot.pipe, run, c));
+                        last = Some(slot.agent.step(pipe, run, c));
                     }
                     break;
                 }
@@ -160,24 +195,29 @@ impl Loop {
             }
         }
         if let Err(e) = result {
-            slot.agent.broke(c, e);
-            return self.retire(i);
+            // The node went away (or broke the stream): book what was in
+            // flight, and find the shard's leader again.
+            slot.agent.lost(run, c, &e);
+            router.lost(slot.shard, pipe.node());
+            return self.disconnect(i);
         }
         (slot.deadline, slot.paused) = match last {
             Some(Step::Wait(d)) => (d, false),
             Some(Step::Paused(d)) => (Some(d), true),
+            Some(Step::Reroute) => return self.disconnect(i),
             Some(Step::Done) | None => return self.retire(i),
         };
-        if slot.pipe.wants_write() {
-            if let Err(e) = slot.pipe.write_some() {
-                slot.agent.broke(c, e);
-                return self.retire(i);
+        if pipe.wants_write() {
+            if let Err(e) = pipe.write_some() {
+                slot.agent.lost(run, c, &e);
+                router.lost(slot.shard, pipe.node());
+                return self.disconnect(i);
             }
         }
-        let want_out = slot.pipe.wants_write();
+        let want_out = pipe.wants_write();
         if want_out != slot.out_armed {
             let flags = if want_out { EventFlags::IN | EventFlags::OUT } else { EventFlags::IN };
-            if let Err(e) = epoll::modify(&self.epfd, slot.pipe.fd(), EventData::new_u64(i as u64), flags) {
+            if let Err(e) = epoll::modify(&self.epfd, pipe.fd(), EventData::new_u64(i as u64), flags) {
                 slot.agent.broke(c, ClientError::Io(e.into()));
                 return self.retire(i);
             }
@@ -185,10 +225,65 @@ impl Loop {
         }
     }
 
+    /// Closes slot `i`'s connection and connects again, to its shard's
+    /// leader as the router now knows it.
+    fn disconnect(&mut self, i: usize) {
+        let Some(slot) = self.slots[i].as_mut() else { return };
+        if let Some(pipe) = slot.pipe.take() {
+            let _ = epoll::delete(&self.epfd, pipe.fd());
+        }
+        (slot.out_armed, slot.deadline, slot.paused) = (false, None, false);
+        slot.unconnected_since.get_or_insert_with(Instant::now);
+        if std::mem::take(&mut slot.back_off) {
+            // No leader known yet: give the election time.
+            slot.deadline = Some(Instant::now() + cmq_client::retry::backoff(slot.reconnects));
+            slot.reconnects += 1;
+            return;
+        }
+        self.reconnect(i);
+    }
+
+    /// A job without a connection: connect when due (backing off after
+    /// failures), give up after [`RECONNECT_GIVE_UP`], or end if there is
+    /// nothing left to do.
+    fn reconnect(&mut self, i: usize) {
+        let Some(slot) = self.slots[i].as_mut() else { return };
+        if slot.agent.done_without_connection(&self.run) {
+            return self.retire(i);
+        }
+        let now = Instant::now();
+        if slot.deadline.is_some_and(|d| now < d) {
+            return;
+        }
+        match self.router.connect(slot.shard) {
+            Ok(pipe) => {
+                if let Err(e) = epoll::add(&self.epfd, pipe.fd(), EventData::new_u64(i as u64), EventFlags::IN) {
+                    slot.agent.broke(&self.c, ClientError::Io(e.into()));
+                    return self.retire(i);
+                }
+                slot.pipe = Some(pipe);
+                slot.agent.connected();
+                // Stepped by the loop right away (not from here: a node that
+                // refuses again must not recurse).
+                (slot.unconnected_since, slot.deadline, slot.paused) = (None, Some(now), false);
+            }
+            Err(e) if slot.unconnected_since.is_some_and(|t| now - t >= RECONNECT_GIVE_UP) => {
+                slot.agent.broke(&self.c, e);
+                self.retire(i);
+            }
+            Err(_) => {
+                slot.deadline = Some(now + cmq_client::retry::backoff(slot.reconnects));
+                slot.reconnects += 1;
+            }
+        }
+    }
+
     /// Ends slot `i`'s job and closes its connection.
     fn retire(&mut self, i: usize) {
         if let Some(slot) = self.slots[i].take() {
-            let _ = epoll::delete(&self.epfd, slot.pipe.fd());
+            if let Some(pipe) = &slot.pipe {
+                let _ = epoll::delete(&self.epfd, pipe.fd());
+            }
             self.finished.push(slot.agent.finish(&self.run));
         }
     }

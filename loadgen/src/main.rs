@@ -7,24 +7,25 @@ mod driver;
 mod opts;
 mod pipe;
 mod report;
+mod route;
 mod schedule;
 mod stats;
 mod verify;
 mod worker;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::Parser;
-use cmq_client::{Client, ClientError, ErrorCode, FlushPolicy, QueueAttributesUpdate};
+use cmq_client::{Client, ClientError, ErrorCode, FlushPolicy, QueueAttributesUpdate, ToSeeds};
 use cmq_protocol::names::shard_for;
 
 use crate::opts::{Flush, Mode, Opts};
 use crate::report::{Measured, Report};
+use crate::route::Router;
 use crate::stats::{Counters, ErrorCounts, Hists, Phase, Run, Snapshot};
 use crate::verify::{AckSet, Delivery};
 use crate::worker::{ConsumerSpec, Finished, Job, Outcome, ProducerSpec, Shape};
@@ -129,14 +130,6 @@ pub fn split_budget(total: u64, parts: usize) -> Vec<u64> {
     (0..parts as u64).map(|i| total / parts_u + u64::from(i < total % parts_u)).collect()
 }
 
-fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    server
-        .to_socket_addrs()
-        .with_context(|| format!("--server {server}"))?
-        .next()
-        .ok_or_else(|| anyhow!("--server {server} resolves to no address"))
-}
-
 fn setup_queues(admin: &mut Client, opts: &Opts, names: &[(String, u16)]) -> anyhow::Result<()> {
     let attrs = QueueAttributesUpdate {
         visibility_timeout: Some(opts.visibility_timeout),
@@ -185,7 +178,13 @@ struct Workers {
 impl Workers {
     /// Spreads `jobs` round-robin over `threads` event loops (0: one per job)
     /// and starts them.
-    fn start(jobs: Vec<Job>, threads: usize, shape: Shape, run: &Arc<Run>) -> anyhow::Result<Workers> {
+    fn start(
+        jobs: Vec<Job>,
+        threads: usize,
+        shape: Shape,
+        router: &Arc<Router>,
+        run: &Arc<Run>,
+    ) -> anyhow::Result<Workers> {
         let n = if threads == 0 { jobs.len() } else { threads.min(jobs.len()) };
         let mut shares: Vec<Vec<Job>> = (0..n).map(|_| Vec::new()).collect();
         for (i, job) in jobs.into_iter().enumerate() {
@@ -195,10 +194,10 @@ impl Workers {
         for (t, share) in shares.into_iter().enumerate() {
             let c = Arc::new(Counters::new());
             w.counters.push(c.clone());
-            let run = run.clone();
+            let (run, router) = (run.clone(), router.clone());
             let h = std::thread::Builder::new()
                 .name(format!("loadgen-{t}"))
-                .spawn(move || driver::drive(share, shape, run, c))
+                .spawn(move || driver::drive(share, shape, router, run, c))
                 .context("spawning an event-loop thread")?;
             w.handles.push(h);
         }
@@ -260,16 +259,16 @@ fn consumer_jobs(consumers: usize, queues: &[(String, u16)]) -> Vec<Job> {
 }
 
 fn run(opts: Opts) -> anyhow::Result<ExitCode> {
-    let server = resolve(&opts.server)?;
-    let mut admin = Client::connect_with_timeout(server, Some(Duration::from_secs(10)))
-        .with_context(|| format!("connecting to {server}"))?;
+    let seeds = opts.server.to_seeds().with_context(|| format!("--server {}", opts.server))?;
+    let mut admin = Client::connect_with_timeout(&seeds[..], Some(Duration::from_secs(10)))
+        .with_context(|| format!("connecting to {}", opts.server))?;
     let shards = admin.shard_count();
+    let router = Arc::new(Router::new(seeds, shards, &admin.known_cluster()));
     let n_queues = if opts.queues == 0 { usize::from(shards) } else { opts.queues };
     let queues = pick_queue_names(&opts.queue_prefix, n_queues, shards)?;
     setup_queues(&mut admin, &opts, &queues)?;
     let nonce = run_nonce();
     let shape = Shape {
-        server,
         pipeline: opts.pipeline,
         batch: opts.batch,
         size: opts.size,
@@ -289,7 +288,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         pre_opts.rate = None;
         pre_opts.producers = opts.producers.max(1);
         let jobs = producer_jobs(&pre_opts, &queues, Some(opts.preload_n()));
-        let pre = Workers::start(jobs, opts.threads, pre_shape, &pre_run)?;
+        let pre = Workers::start(jobs, opts.threads, pre_shape, &router, &pre_run)?;
         outcomes.extend(pre.join());
         preloaded = pre_run.acked_total.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("preloaded {preloaded} messages in {:.1} s", t.elapsed().as_secs_f64());
@@ -306,7 +305,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     }
     let consumers = if opts.mode == Mode::Produce { 0 } else { opts.consumers };
     jobs.extend(consumer_jobs(consumers, &queues));
-    let workers = Workers::start(jobs, opts.threads, shape, &run)?;
+    let workers = Workers::start(jobs, opts.threads, shape, &router, &run)?;
 
     let measured = monitor(&opts, &run, &workers, &mut admin, &queues, producers, spawned_at)?;
     outcomes.extend(workers.join());
@@ -430,7 +429,9 @@ fn monitor(
         }
 
         let producers_done = run.producers_done.load(Relaxed) >= producers;
-        let accounted = producers_done && run.first_deliveries.load(Relaxed) >= run.acked_total.load(Relaxed);
+        let accounted = producers_done
+            && !run.uncertain.load(Relaxed)
+            && run.first_deliveries.load(Relaxed) >= run.acked_total.load(Relaxed);
         // Once producers are done, an empty broker means nothing more will arrive.
         let mut check_empty = |admin: &mut Client| -> bool {
             if drained_empty {

@@ -49,8 +49,11 @@ pub struct Opts {
     #[arg(long, value_enum, default_value_t = Mode::Cycle)]
     pub mode: Mode,
 
-    /// Broker address (host:port).
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    /// Broker address (host:port), or several nodes of a cluster
+    /// comma-separated: the first that answers tells where the rest are,
+    /// and each shard's connections go to the node that leads it (following
+    /// the leader when it moves).
+    #[arg(long, default_value = "127.0.0.1:7700", value_name = "HOST:PORT[,...]")]
     pub server: String,
 
     /// Queues to spread the load over; 0 = one per broker shard. Names are

@@ -8,7 +8,7 @@
 //! (`ppoll`) and is used for the handshake before a connection joins a loop.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use cmq_client::{ClientError, Reply};
 use cmq_protocol::frame;
 use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use cmq_protocol::{ErrorBody, Handshake, Opcode, Request, Response};
+use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response};
 
 /// Bytes read per syscall: a full window of answers fits in one read.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -25,12 +25,12 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// released once written instead of pinning that memory.
 const OUT_RETAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// How long connecting and the handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A non-blocking pipelined connection.
 pub struct RawPipe {
     stream: TcpStream,
+    peer: SocketAddr,
+    /// What the node said in the handshake (its id and cluster map).
+    hello: HandshakeOk,
     out: Vec<u8>,
     inbuf: BytesMut,
     scratch: Box<[u8]>,
@@ -41,13 +41,38 @@ pub struct RawPipe {
 }
 
 impl RawPipe {
-    /// Connects and handshakes (blocking, up to 10 s), asking for `shard`.
-    pub fn connect(server: SocketAddr, shard: u16) -> Result<RawPipe, ClientError> {
-        let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
+    /// Connects to the first of `addrs` that answers, asking for `shard`;
+    /// each address gets `within` for the connect and the handshake.
+    pub fn connect_first(addrs: &[String], shard: u16, within: Duration) -> Result<RawPipe, ClientError> {
+        let mut last = None;
+        for addr in addrs {
+            let resolved = match addr.to_socket_addrs() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(ClientError::Io(e));
+                    continue;
+                }
+            };
+            for a in resolved {
+                match RawPipe::connect(a, shard, within) {
+                    Ok(pipe) => return Ok(pipe),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| ClientError::Io(io::Error::new(io::ErrorKind::NotFound, "no address to connect to"))))
+    }
+
+    /// Connects and handshakes (blocking, up to `within`), asking for `shard`.
+    pub fn connect(server: SocketAddr, shard: u16, within: Duration) -> Result<RawPipe, ClientError> {
+        let stream = TcpStream::connect_timeout(&server, within)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         let mut pipe = RawPipe {
             stream,
+            peer: server,
+            hello: HandshakeOk::default(),
             out: Vec::with_capacity(READ_CHUNK_BYTES),
             inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
@@ -58,7 +83,7 @@ impl RawPipe {
         let mut hello = Handshake::new(cmq_client::CLIENT_NAME);
         hello.shard_hint = Some(shard);
         let id = pipe.submit(&Request::Handshake(hello));
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + within;
         loop {
             match pipe.next(deadline)? {
                 Some((got, Ok(Response::Handshake(ok)))) if got == id => {
@@ -68,6 +93,7 @@ impl RawPipe {
                             message: format!("server chose protocol version {}", ok.version),
                         });
                     }
+                    pipe.hello = ok;
                     return Ok(pipe);
                 }
                 Some((_, Err(ClientError::Server { code, message }))) => {
@@ -82,6 +108,20 @@ impl RawPipe {
                 None => {}
             }
         }
+    }
+
+    /// The node this pipe reached (0 for a broker that gives no id).
+    pub fn node(&self) -> u64 {
+        self.hello.cluster.node_id
+    }
+
+    /// The cluster map the node sent in the handshake.
+    pub fn cluster(&self) -> &cmq_protocol::ClusterMap {
+        &self.hello.cluster
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// Queues a request; it goes out with the next `write_some`.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -45,6 +45,13 @@ pub struct Run {
     pub first_deliveries: AtomicU64,
     /// Producer threads that have finished.
     pub producers_done: AtomicUsize,
+    /// A send's or a receive's answer was lost with its connection (a
+    /// leader died): first deliveries may then include messages never
+    /// acknowledged, and messages leased by a lost receive come back only
+    /// after their visibility timeout, so counting deliveries no longer
+    /// tells when every acknowledged message was delivered. The run then
+    /// drains until its queues are empty instead.
+    pub uncertain: AtomicBool,
 }
 
 impl Run {
@@ -56,6 +63,7 @@ impl Run {
             acked_total: AtomicU64::new(0),
             first_deliveries: AtomicU64::new(0),
             producers_done: AtomicUsize::new(0),
+            uncertain: AtomicBool::new(false),
         }
     }
 
@@ -194,6 +202,7 @@ impl ErrKey {
             ClientError::Io(_) => ErrKey::Other("io"),
             ClientError::Protocol(_) => ErrKey::Other("protocol"),
             ClientError::Handshake { .. } => ErrKey::Other("handshake"),
+            ClientError::OutcomeUnknown { .. } => ErrKey::Other(crate::worker::OUTCOME_UNKNOWN),
         }
     }
 

@@ -13,7 +13,7 @@
 //! `--verify`, a 32-byte log entry (consumers). Requests are built once per
 //! queue and refilled in place.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +44,6 @@ const BACKLOG_PAUSE: Duration = Duration::from_micros(200);
 /// What every worker needs to know about the run's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
-    pub server: SocketAddr,
     pub pipeline: usize,
     pub batch: usize,
     pub size: usize,
@@ -75,6 +74,12 @@ impl Outcome {
     fn item_error(&mut self, counters: &Counters, code: u16) {
         *self.errors.entry(ErrKey::Code(code)).or_default() += 1;
         counters.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Files an event that is not a failure of the run (a request resent
+    /// to a new leader) with the errors, without counting it as one.
+    fn note(&mut self, key: &'static str, n: u64) {
+        *self.errors.entry(ErrKey::Other(key)).or_default() += n;
     }
 
     fn broke(&mut self, counters: &Counters, e: ClientError, what: &str) {
@@ -161,7 +166,21 @@ pub enum Step {
     Paused(Instant),
     /// Finished: nothing left in flight, or given up. The connection can go.
     Done,
+    /// Nothing in flight, and the connection's node does not lead the
+    /// shard: connect to the leader and carry on there.
+    Reroute,
 }
+
+/// Requests refused with `NOT_LEADER` and sent again on the leader's
+/// connection (filed with the errors, not counted as failures).
+pub const REROUTED: &str = "not leader, resent";
+
+/// Requests whose connection was lost with the answer outstanding: sends
+/// that may or may not be stored (not counted as acknowledged; if they
+/// were stored, --verify counts their deliveries as unacknowledged) and
+/// deletes that may or may not have happened (the message comes back
+/// after its lease if not).
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown (connection lost)";
 
 /// A running job. Boxed: the loop keeps a small vector of them.
 pub enum Agent {
@@ -184,6 +203,39 @@ impl Agent {
         }
     }
 
+    /// The latest `NOT_LEADER` message an answer brought, for the router.
+    pub fn take_not_leader(&mut self) -> Option<String> {
+        match self {
+            Agent::Producer(p) => p.not_leader.take(),
+            Agent::Consumer(k) => k.not_leader.take(),
+        }
+    }
+
+    /// The connection was lost: what was in flight is booked as such, and
+    /// the job carries on once reconnected.
+    pub fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
+        match self {
+            Agent::Producer(p) => p.lost(run, c, e),
+            Agent::Consumer(k) => k.lost(run, c, e),
+        }
+    }
+
+    /// A new connection (to the shard's leader, as far as known) is up.
+    pub fn connected(&mut self) {
+        match self {
+            Agent::Producer(p) => p.rerouting = false,
+            Agent::Consumer(k) => k.rerouting = false,
+        }
+    }
+
+    /// Whether the job, without a connection, has nothing left to do.
+    pub fn done_without_connection(&self, run: &Run) -> bool {
+        match self {
+            Agent::Producer(p) => run.phase() >= Phase::Stop || (p.budget == 0 && p.resend.is_empty()),
+            Agent::Consumer(_) => run.phase() >= Phase::Stop,
+        }
+    }
+
     /// The connection broke: the job ends here.
     pub fn broke(&mut self, c: &Counters, e: ClientError) {
         match self {
@@ -203,11 +255,14 @@ impl Agent {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct SendPending {
     /// When the request was submitted, or was due (open loop).
     t0_ns: u64,
     seq_start: u64,
     count: u16,
+    /// Index of its queue in the producer's list.
+    queue: usize,
 }
 
 fn send_template(queue: &str, batch: usize) -> Request {
@@ -241,6 +296,12 @@ pub struct Producer {
     last_answer: Instant,
     /// Requests up to this id were in flight when the nudge went out.
     nudged_below: Option<u64>,
+    /// Sends refused with `NOT_LEADER`, to go out again (same messages).
+    resend: VecDeque<SendPending>,
+    /// The connection's node does not lead the shard: send nothing more
+    /// on it; reconnect once it has nothing in flight.
+    rerouting: bool,
+    not_leader: Option<String>,
 }
 
 impl Producer {
@@ -257,6 +318,9 @@ impl Producer {
             wind_down: None,
             last_answer: Instant::now(),
             nudged_below: None,
+            resend: VecDeque::new(),
+            rerouting: false,
+            not_leader: None,
             shape: *shape,
             out: Outcome { acks: shape.verify.then(AckSet::default), ..Outcome::default() },
             spec,
@@ -264,7 +328,16 @@ impl Producer {
     }
 
     fn step(&mut self, pipe: &mut RawPipe, run: &Run, c: &Counters) -> Step {
-        let shape = &self.shape;
+        if self.rerouting {
+            return if pipe.in_flight() == 0 { Step::Reroute } else { Step::Wait(None) };
+        }
+        if run.phase() < Phase::Stop {
+            while pipe.in_flight() < self.shape.pipeline {
+                let Some(p) = self.resend.pop_front() else { break };
+                self.submit_send(pipe, p);
+            }
+        }
+        let shape = self.shape;
         let sending = run.phase() <= Phase::Measure && self.budget > 0;
         if sending && shape.backlog_max > 0 && run.backlog() > shape.backlog_max {
             // Consumers are behind: let them catch up before sending more.
@@ -276,31 +349,12 @@ impl Producer {
             let due = self.schedule.map_or(u64::MAX, |s| s.due_by(now_ns));
             while pipe.in_flight() < shape.pipeline && self.budget > 0 && self.next_k < due {
                 let t0_ns = self.schedule.map_or(now_ns, |s| s.due_ns(self.next_k));
-                let n = self.budget.min(shape.batch as u64) as usize;
-                let req = &mut self.templates[self.next_queue];
+                let n = self.budget.min(shape.batch as u64);
+                let queue = self.next_queue;
                 self.next_queue = (self.next_queue + 1) % self.spec.queues.len();
-                self.arena.prepare(n);
-                match req {
-                    Request::SendMessage(r) => {
-                        r.body = self.arena.body(body::message_id(self.spec.index, self.seq), t0_ns)
-                    }
-                    Request::BatchSendMessage(r) => {
-                        for i in 0..n as u64 {
-                            r.bodies.push(self.arena.body(body::message_id(self.spec.index, self.seq + i), t0_ns));
-                        }
-                    }
-                    _ => unreachable!("send templates are sends"),
-                }
-                let id = pipe.submit(req);
-                // Drop the bodies now that they are encoded, so the arena reclaims its buffer.
-                match req {
-                    Request::SendMessage(r) => r.body = Bytes::new(),
-                    Request::BatchSendMessage(r) => r.bodies.clear(),
-                    _ => {}
-                }
-                self.pending.insert(id, SendPending { t0_ns, seq_start: self.seq, count: n as u16 });
-                self.seq += n as u64;
-                self.budget -= n as u64;
+                self.submit_send(pipe, SendPending { t0_ns, seq_start: self.seq, count: n as u16, queue });
+                self.seq += n;
+                self.budget -= n;
                 self.next_k += 1;
             }
         } else {
@@ -311,7 +365,7 @@ impl Producer {
             if self.nudged_below.is_none() && self.last_answer.elapsed() >= NUDGE_AFTER {
                 let id = pipe.submit(&Request::Ping(cmq_protocol::Ping {}));
                 self.nudged_below = Some(id);
-                self.pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0 });
+                self.pending.insert(id, SendPending { t0_ns: 0, seq_start: 0, count: 0, queue: 0 });
             }
             if Instant::now() >= deadline {
                 self.out.error(c, &ClientError::Io(std::io::ErrorKind::TimedOut.into()));
@@ -329,9 +383,60 @@ impl Producer {
         }
     }
 
+    /// Encodes the messages `p` names (their bodies are a function of their
+    /// counters and due time, so a resend carries the same messages).
+    fn submit_send(&mut self, pipe: &mut RawPipe, p: SendPending) {
+        let n = usize::from(p.count);
+        let req = &mut self.templates[p.queue];
+        self.arena.prepare(n);
+        match req {
+            Request::SendMessage(r) => {
+                r.body = self.arena.body(body::message_id(self.spec.index, p.seq_start), p.t0_ns)
+            }
+            Request::BatchSendMessage(r) => {
+                for i in 0..n as u64 {
+                    r.bodies.push(self.arena.body(body::message_id(self.spec.index, p.seq_start + i), p.t0_ns));
+                }
+            }
+            _ => unreachable!("send templates are sends"),
+        }
+        let id = pipe.submit(req);
+        // Drop the bodies now that they are encoded, so the arena reclaims its buffer.
+        match req {
+            Request::SendMessage(r) => r.body = Bytes::new(),
+            Request::BatchSendMessage(r) => r.bodies.clear(),
+            _ => {}
+        }
+        self.pending.insert(id, p);
+    }
+
+    fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
+        self.out.error(c, e);
+        let sends = self.pending.values().filter(|p| p.count > 0).count() as u64;
+        self.out.note(OUTCOME_UNKNOWN, sends);
+        if sends > 0 {
+            run.uncertain.store(true, Relaxed);
+        }
+        self.pending.clear();
+        self.nudged_below = None;
+        self.rerouting = false;
+    }
+
     fn answer(&mut self, (id, result): Reply, run: &Run, c: &Counters) {
         self.last_answer = Instant::now();
         let Some(p) = self.pending.remove(&id) else { return };
+        if let Err(ClientError::Server { code, message }) = &result {
+            if *code == ErrorCode::NOT_LEADER {
+                // Not run: the same messages go to the leader.
+                if p.count > 0 {
+                    self.resend.push_back(p);
+                    self.out.note(REROUTED, 1);
+                }
+                self.not_leader = Some(message.clone());
+                self.rerouting = true;
+                return;
+            }
+        }
         if let Some(nudge) = self.nudged_below {
             if id < nudge {
                 *self.out.errors.entry(ErrKey::Other("stalled")).or_default() += 1;
@@ -362,10 +467,13 @@ impl Producer {
 
 enum RecvPending {
     Receive,
-    /// Deliveries `rec_start..rec_start + count` of the log (with --verify).
+    /// Deliveries `rec_start..rec_start + count` of the log (with --verify),
+    /// and their handles (to delete them again on the leader after a
+    /// `NOT_LEADER`).
     Delete {
         rec_start: usize,
         count: usize,
+        handles: Vec<ReceiptHandle>,
     },
 }
 
@@ -407,6 +515,10 @@ pub struct Consumer {
     pending: IdMap<(usize, RecvPending)>,
     next_queue: usize,
     wind_down: Option<Instant>,
+    /// Deletes refused with `NOT_LEADER`: (queue, log start, count, handles).
+    redelete: VecDeque<(usize, usize, usize, Vec<ReceiptHandle>)>,
+    rerouting: bool,
+    not_leader: Option<String>,
 }
 
 impl Consumer {
@@ -416,6 +528,9 @@ impl Consumer {
             pending: id_map(shape.pipeline * 2),
             next_queue: 0,
             wind_down: None,
+            redelete: VecDeque::new(),
+            rerouting: false,
+            not_leader: None,
             shape: *shape,
             out: Outcome::default(),
             spec,
@@ -423,7 +538,13 @@ impl Consumer {
     }
 
     fn step(&mut self, pipe: &mut RawPipe, run: &Run, c: &Counters) -> Step {
+        if self.rerouting && run.phase() < Phase::Stop {
+            return if pipe.in_flight() == 0 { Step::Reroute } else { Step::Wait(None) };
+        }
         if run.phase() < Phase::Stop {
+            while let Some((q, rec_start, count, handles)) = self.redelete.pop_front() {
+                self.submit_delete(pipe, q, rec_start, count, handles);
+            }
             while pipe.in_flight() < self.shape.pipeline {
                 let q = self.next_queue;
                 self.next_queue = (self.next_queue + 1) % self.reqs.len();
@@ -449,8 +570,52 @@ impl Consumer {
         Step::Wait(None)
     }
 
+    fn submit_delete(
+        &mut self,
+        pipe: &mut RawPipe,
+        q: usize,
+        rec_start: usize,
+        count: usize,
+        handles: Vec<ReceiptHandle>,
+    ) {
+        let del = &mut self.reqs[q].delete;
+        match del {
+            Request::DeleteMessage(r) => r.receipt_handle = handles[0],
+            Request::BatchDeleteMessage(r) => {
+                r.receipt_handles.clear();
+                r.receipt_handles.extend_from_slice(&handles);
+            }
+            _ => unreachable!("delete templates are deletes"),
+        }
+        let id = pipe.submit(del);
+        self.pending.insert(id, (q, RecvPending::Delete { rec_start, count, handles }));
+    }
+
+    fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
+        self.out.error(c, e);
+        let deletes = self.pending.values().filter(|p| matches!(p.1, RecvPending::Delete { .. })).count() as u64;
+        self.out.note(OUTCOME_UNKNOWN, deletes);
+        if deletes < self.pending.len() as u64 {
+            run.uncertain.store(true, Relaxed);
+        }
+        self.pending.clear();
+        self.rerouting = false;
+    }
+
     fn answer(&mut self, pipe: &mut RawPipe, (id, result): Reply, run: &Run, c: &Counters) {
         let Some((q, what)) = self.pending.remove(&id) else { return };
+        if let Err(ClientError::Server { code, message }) = &result {
+            if *code == ErrorCode::NOT_LEADER {
+                // Not run: receives are asked again, deletes made again, on the leader.
+                if let RecvPending::Delete { rec_start, count, handles } = what {
+                    self.redelete.push_back((q, rec_start, count, handles));
+                    self.out.note(REROUTED, 1);
+                }
+                self.not_leader = Some(message.clone());
+                self.rerouting = true;
+                return;
+            }
+        }
         let out = &mut self.out;
         match what {
             RecvPending::Receive => {
@@ -475,20 +640,10 @@ impl Consumer {
                 }
                 let rec_start = out.deliveries.len();
                 on_delivery(delivered, &self.shape, run, c, out);
-                let del = &mut self.reqs[q].delete;
-                match del {
-                    Request::DeleteMessage(r) => r.receipt_handle = delivered[0].receipt_handle,
-                    Request::BatchDeleteMessage(r) => {
-                        r.receipt_handles.clear();
-                        r.receipt_handles.extend(delivered.iter().map(|m| m.receipt_handle));
-                    }
-                    _ => unreachable!("delete templates are deletes"),
-                }
-                let count = delivered.len();
-                let id = pipe.submit(del);
-                self.pending.insert(id, (q, RecvPending::Delete { rec_start, count }));
+                let handles: Vec<ReceiptHandle> = delivered.iter().map(|m| m.receipt_handle).collect();
+                self.submit_delete(pipe, q, rec_start, delivered.len(), handles);
             }
-            RecvPending::Delete { rec_start, count } => {
+            RecvPending::Delete { rec_start, count, .. } => {
                 let mut ok_items = 0u64;
                 match result {
                     Ok(Response::DeleteMessage(_)) => {

@@ -14,6 +14,7 @@ use crate::inspection::*;
 use crate::limits::STRING_BYTES_MAX;
 use crate::messages::*;
 use crate::queue_admin::*;
+use crate::stats::*;
 use crate::topics::*;
 use crate::transactions::*;
 use crate::wire::{Reader, Wire};
@@ -170,6 +171,8 @@ ops! {
     0x0502 TransferLeader(TransferLeader) -> Empty;
     0x0503 AddNode(AddNode) -> Empty;
     0x0504 RemoveNode(RemoveNode) -> Empty;
+    /// The broker's metrics (`cmq top`, `cmq stats`).
+    0x0600 GetStats(GetStats) -> GetStatsOk;
 }
 
 crate::wire_struct! {
@@ -236,7 +239,8 @@ impl Request {
             | Request::ClusterStatus(_)
             | Request::TransferLeader(_)
             | Request::AddNode(_)
-            | Request::RemoveNode(_) => Route::Any,
+            | Request::RemoveNode(_)
+            | Request::GetStats(_) => Route::Any,
             Request::CancelRedrive(r) => Route::Shard((r.id >> REDRIVE_ID_SHARD_SHIFT) as u16),
             Request::CreateQueue(r) => Route::Queue(&r.queue),
             Request::DeleteQueue(r) => Route::Queue(&r.queue),

@@ -28,6 +28,9 @@ pub fn cmqd_path() -> PathBuf {
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The HTTP port (metrics, health): an ephemeral one unless the test
+    /// passed `--http-listen` itself; None with `--http-listen off`.
+    pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
@@ -47,8 +50,8 @@ impl Broker {
     /// Starts cmqd on an existing data directory (for restart tests).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, stderr) = spawn(data_dir, &args);
-        Broker { child: Some(child), addr, data_dir: data_dir.to_owned(), _tmp: None, args, stderr }
+        let (child, (addr, http_addr), stderr) = spawn(data_dir, &args);
+        Broker { child: Some(child), addr, http_addr, data_dir: data_dir.to_owned(), _tmp: None, args, stderr }
     }
 
     pub fn addr_string(&self) -> String {
@@ -90,9 +93,11 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let (child, addr, stderr) = spawn(&self.data_dir, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (child, (addr, http_addr), stderr) =
+            spawn(&self.data_dir, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         self.child = Some(child);
         self.addr = addr;
+        self.http_addr = http_addr;
         self.stderr = stderr;
     }
 }
@@ -103,12 +108,19 @@ impl Drop for Broker {
     }
 }
 
-fn spawn(data_dir: &Path, args: &[String]) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+/// The client and HTTP addresses a started cmqd printed.
+type Addrs = (SocketAddr, Option<SocketAddr>);
+
+fn spawn(data_dir: &Path, args: &[String]) -> (Child, Addrs, Arc<Mutex<String>>) {
+    // Tests run in parallel: each broker's HTTP port is ephemeral too.
+    let http: &[&str] =
+        if args.iter().any(|a| a.starts_with("--http-listen")) { &[] } else { &["--http-listen", "127.0.0.1:0"] };
     let mut child = Command::new(cmqd_path())
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(data_dir)
+        .args(http)
         .args(args)
         .env("RUST_LOG", std::env::var("CMQD_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
@@ -136,9 +148,14 @@ fn spawn(data_dir: &Path, args: &[String]) -> (Child, SocketAddr, Arc<Mutex<Stri
     std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
         let mut line = String::new();
+        // cmqd prints its HTTP port (if any) before the client address.
+        let mut http = None;
         while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if let Some(addr) = line.trim().strip_prefix("cmqd http on ") {
+                http = addr.parse::<SocketAddr>().ok();
+            }
             if let Some(addr) = line.trim().strip_prefix("cmqd listening on ") {
-                let _ = tx.send(addr.parse::<SocketAddr>());
+                let _ = tx.send(addr.parse::<SocketAddr>().map(|a| (a, http)));
             }
             line.clear();
         }

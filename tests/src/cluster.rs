@@ -189,6 +189,9 @@ impl Cluster {
                 let mut args: Vec<String> = vec![
                     "--node-id".into(),
                     (i + 1).to_string(),
+                    // Three nodes on one machine: no fixed HTTP port.
+                    "--http-listen".into(),
+                    "127.0.0.1:0".into(),
                     "--listen".into(),
                     client[i].to_string(),
                     "--peer-listen".into(),

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod http;
 pub mod http_sink;
 pub mod ledger;
 pub mod load;

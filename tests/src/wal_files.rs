@@ -211,6 +211,7 @@ pub fn run_cmqd_expecting_refusal(data_dir: &Path, args: &[&str], timeout: Durat
     let mut child = Command::new(cmqd_path())
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .args(["--http-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)

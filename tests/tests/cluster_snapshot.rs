@@ -28,8 +28,6 @@ const DISK_MAX: u64 = 2 * 5 * 17 * 1024 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[test]
-#[ignore = "needs snapshots (the lead's snap branch, 03ac9c7, not in main yet): without them a leader keeps its \
-            whole log for the dead follower, so disk use is not bounded and catch-up is by log replay"]
 fn a_follower_down_while_much_is_written_catches_up_by_snapshot_with_bounded_disk() {
     let mib = std::env::var("CMQ_CLUSTER_SNAPSHOT_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_MIB);
     let mut c = Cluster::start(&ClusterSpec::default());

@@ -11,7 +11,7 @@
 //!   frames that arrive on the connections handed to it.
 //!
 //! The wire format is `cmq_protocol::peer` (PROTOCOL.md, "Peer protocol").
-//! See docs/REPLICATION.md for how replication uses it.
+//! See docs/ARCHITECTURE.md ("Replication") for how replication uses it.
 
 pub mod acceptor;
 pub mod auth;

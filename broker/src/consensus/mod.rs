@@ -1,6 +1,6 @@
 //! Consensus: each shard's Raft group (tikv/raft-rs), behind our own types
 //! so the shard loop, the engine and the tests never name the crate's.
-//! See docs/REPLICATION.md for the design.
+//! See docs/ARCHITECTURE.md ("Replication") for the design.
 //!
 //! * `records.rs`: the log records of this layer (entry headers, hard state, configuration);
 //! * `entry.rs`: entry data as Raft carries it, the entry index, the entry cache;

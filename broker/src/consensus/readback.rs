@@ -60,6 +60,18 @@ pub fn apply_entry(
     raw: &impl RawLog,
     applier: &mut impl Applier,
 ) -> Result<(), ReadbackError> {
+    apply_records(index, i, cached, raw, applier)?;
+    applier.entry_applied(i, index.end_pos(i));
+    Ok(())
+}
+
+fn apply_records(
+    index: &EntryIndex,
+    i: u64,
+    cached: Option<&CachedEntry>,
+    raw: &impl RawLog,
+    applier: &mut impl Applier,
+) -> Result<(), ReadbackError> {
     if let Some(c) = cached {
         return apply_cached(i, c, applier);
     }

@@ -17,23 +17,47 @@ use std::collections::{BTreeMap, VecDeque};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    Snapshot,
 };
-use raft::{RawNode, ReadState, StateRole};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 
-use super::entry::{self, CachedEntry, IndexedEntry};
+use super::entry::{self, CachedEntry, EntryIndex, IndexedEntry};
 use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
 use super::readback;
-use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, FLAG_SYNC};
-use super::store::RaftStore;
+use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, SnapshotRecord, FLAG_SYNC};
+use super::scan::SnapshotBase;
+use super::store::{PreparedSnapshot, RaftStore};
 use crate::engine::Durability;
 
 /// Where committed entries go: the engine.
 pub trait Applier {
     /// Applies one engine record of a committed entry, found at `pos` in the local log.
     fn apply(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), String>;
-    /// Forgets everything applied since the durable base (catalog), before
-    /// the log's committed entries are applied again.
-    fn reset(&mut self);
+    /// Forgets everything applied since the durable base (the catalog, or
+    /// `snapshot` when it is newer), before the log's committed entries are
+    /// applied again.
+    fn reset(&mut self, snapshot: Option<&SnapshotBase>);
+    /// Replaces the state with a snapshot's (see [`SnapshotRecord`]).
+    fn install_snapshot(&mut self, _snapshot: &SnapshotBase) -> Result<(), String> {
+        Err("this replica cannot install snapshots".into())
+    }
+    /// Every record of entry `index` is applied; the entry ends at `end_pos`.
+    fn entry_applied(&mut self, _index: u64, _end_pos: u64) {}
+}
+
+/// The data of a snapshot as Raft carries it: `catalog_index u64`, then a
+/// catalog file's bytes (see `SnapshotRecord`).
+pub fn encode_snapshot_data(catalog_index: u64, catalog: &[u8]) -> bytes::Bytes {
+    let mut v = Vec::with_capacity(8 + catalog.len());
+    v.extend_from_slice(&catalog_index.to_le_bytes());
+    v.extend_from_slice(catalog);
+    bytes::Bytes::from(v)
+}
+
+/// `(catalog_index, catalog)` of a snapshot's data.
+pub fn decode_snapshot_data(data: &bytes::Bytes) -> Option<(u64, bytes::Bytes)> {
+    let head: [u8; 8] = data.get(..8)?.try_into().ok()?;
+    Some((u64::from_le_bytes(head), data.slice(8..)))
 }
 
 /// Settings of one replica.
@@ -95,6 +119,8 @@ pub enum Event {
     /// The group's membership changed (committed); `added`: a node that
     /// joined and where its peers reach it.
     ConfChanged { voters: Vec<u64>, learners: Vec<u64>, added: Option<(u64, String)> },
+    /// A leader's snapshot replaced this replica's state and log up to `index`.
+    SnapshotInstalled { index: u64 },
 }
 
 /// What the caller must send or do after a call.
@@ -174,6 +200,12 @@ pub struct Replica {
     truncated_applied: bool,
     /// Ticks left before a rebooted replica votes again anyway (0: it votes).
     abstain_ticks: u64,
+    /// The last snapshot installed in the log (the base a rebuild starts
+    /// from when it is newer than the catalog file).
+    base: Option<SnapshotBase>,
+    /// A snapshot raft-rs has not yet counted as applied (it may be once
+    /// its record is durable).
+    snapshot_unapplied: Option<u64>,
 }
 
 impl Replica {
@@ -207,7 +239,18 @@ impl Replica {
             ticks: 0,
             truncated_applied: false,
             abstain_ticks: if cfg.rebooted { ABSTAIN_ELECTIONS_MAX * cfg.election_ticks as u64 } else { 0 },
+            base: None,
+            snapshot_unapplied: None,
         })
+    }
+
+    /// The snapshot the log starts from, found at start-up.
+    pub fn set_snapshot_base(&mut self, base: Option<SnapshotBase>) {
+        self.base = base;
+    }
+
+    pub fn snapshot_base(&self) -> Option<&SnapshotBase> {
+        self.base.as_ref()
     }
 
     pub fn id(&self) -> u64 {
@@ -309,6 +352,10 @@ impl Replica {
                     return Ok(());
                 }
             }
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot && !snapshot_acceptable(msg.get_snapshot()) {
+            log::warn!("replica {}: dropped a snapshot from {} that does not decode", self.id, msg.from);
+            return Ok(());
         }
         if self.abstain_ticks > 0
             && matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
@@ -436,6 +483,10 @@ impl Replica {
             became_leader = now_leader && !self.leading;
         }
         out.messages.extend(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.install_snapshot(&snap, log, applier, out)?;
+        }
         let mut ack = None;
         let mut sync = false;
         for e in rd.take_entries() {
@@ -541,7 +592,15 @@ impl Replica {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
         for e in &entries {
             match e.get_entry_type() {
-                EntryType::EntryConfChangeV2 => self.apply_conf_change(e, log, out)?,
+                EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(e, log, out)?;
+                    let end = self.node.store().index.end_pos(e.index);
+                    applier.entry_applied(e.index, end);
+                    // Reads wait for the applied index to reach the commit
+                    // index they were confirmed at: a configuration change
+                    // counts (an idle group would otherwise never answer one).
+                    self.applied = self.applied.max(e.index);
+                }
                 _ if e.index <= self.applied => {}
                 _ => {
                     self.apply_entry(e.index, &log.raw, applier)?;
@@ -621,7 +680,7 @@ impl Replica {
         applier: &mut impl Applier,
     ) -> Result<(), ReplicaError> {
         self.truncated_applied = false;
-        applier.reset();
+        applier.reset(self.base.as_ref());
         // What raft-rs knows committed may run past what this replica has
         // written so far; the rest is applied as raft-rs hands it over.
         let commit = self.node.raft.raft_log.committed.min(self.node.raft.raft_log.applied);
@@ -655,13 +714,25 @@ impl Replica {
             out.messages.extend(p.messages);
             self.node.on_persist_ready(p.number);
         }
+        if let Some(index) = self.snapshot_unapplied {
+            let l = &self.node.raft.raft_log;
+            if l.persisted >= index && l.committed >= index {
+                if l.applied < index {
+                    self.node.advance_apply_to(index);
+                }
+                self.snapshot_unapplied = None;
+            }
+        }
     }
 
     /// Reads entries a lagging follower needs into the cache (raft-rs asked
     /// for them and got `LogTemporarilyUnavailable`).
     fn fetch_wanted(&mut self, raw: &impl RawLog) -> Result<(), ReplicaError> {
         let Some((low, high, ctx)) = self.node.store().wanted.borrow_mut().take() else { return Ok(()) };
-        for i in low..high {
+        // Entries released since raft-rs asked are not fetched: asked again,
+        // it finds them compacted and sends a snapshot instead.
+        let first = self.node.store().index.first_index();
+        for i in low.max(first)..high {
             if self.node.store().cache.get(i).is_some() {
                 continue;
             }
@@ -724,6 +795,89 @@ impl Replica {
         (quorum_end.max(committed_end), committed_end)
     }
 
+    /// A leader's snapshot: the log restarts after it and the engine takes
+    /// its state (see [`SnapshotRecord`]). Written before the entries of the
+    /// same `Ready`, fdatasync'd before raft-rs hears it is persisted.
+    fn install_snapshot<R: RawLog>(
+        &mut self,
+        snap: &Snapshot,
+        log: &mut EntryLog<R>,
+        applier: &mut impl Applier,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let bad = |msg: &str| ReplicaError::Apply { index, msg: format!("snapshot: {msg}") };
+        let (catalog_index, catalog) = decode_snapshot_data(&snap.data).ok_or_else(|| bad("data too short"))?;
+        let conf = conf_record(meta.get_conf_state());
+        let record = SnapshotRecord { index, term, catalog_index, conf, catalog };
+        let pos = log.raw.append(rtype::SNAPSHOT, &[&record.encode_head(), &record.catalog], Durability::Written)?;
+        log.raw.require_sync();
+        let end = log.raw.end();
+        log.note_entry(pos, end);
+        let base = SnapshotBase { pos, end, record };
+        applier.install_snapshot(&base).map_err(|e| bad(&e))?;
+        let store = self.node.mut_store();
+        store.index = EntryIndex::starting_after(index, term, end);
+        store.cache.clear();
+        store.conf_state = meta.get_conf_state().clone();
+        store.hard_state.commit = store.hard_state.commit.max(index);
+        store.snapshot = None;
+        self.base = Some(base);
+        self.applied = index;
+        self.truncated_applied = false;
+        self.snapshot_unapplied = Some(index);
+        log::info!("replica {}: installed a snapshot at entry {index} (term {term})", self.id);
+        out.events.push(Event::SnapshotInstalled { index });
+        Ok(())
+    }
+
+    /// The log below `pos` was released: entries whose header was there
+    /// are gone (a follower that needs them gets a snapshot).
+    pub fn forget_entries_below(&mut self, pos: u64) {
+        self.node.mut_store().index.forget_below(pos);
+    }
+
+    /// Whether raft-rs asked for a snapshot to send (a follower needs
+    /// entries this log no longer holds, or its log is empty). Clears the
+    /// request.
+    pub fn take_snapshot_wanted(&mut self) -> bool {
+        self.node.store().snapshot_wanted.borrow_mut().take().is_some()
+    }
+
+    /// Offers raft-rs a snapshot built from the catalog file (`catalog`,
+    /// which reflects every entry up to `catalog_index`): the state just
+    /// before the first entry this log holds. raft-rs sends it on its next
+    /// try. Returns the snapshot's index.
+    pub fn offer_snapshot(&mut self, catalog_index: u64, catalog: &[u8]) -> Result<u64, String> {
+        let store = self.node.store();
+        let first = store.index.first_index();
+        // A log that still starts at entry 1 offers entry 1: a group's
+        // first entry is its first leader's empty entry.
+        let index = (first - 1).max(1);
+        let empty = |e: &IndexedEntry| e.end_pos == e.header_pos + EntryHeader::PAYLOAD_BYTES as u64;
+        if index == first && !store.index.get(1).is_some_and(empty) {
+            return Err("entry 1 is not an empty entry".into());
+        }
+        if catalog_index + 1 < first {
+            return Err(format!("the catalog reflects entries up to {catalog_index}, the log starts at {first}"));
+        }
+        if index > self.commit_index() {
+            return Err(format!("entry {index} is not committed yet"));
+        }
+        let term = store.index.term(index).ok_or_else(|| format!("the term of entry {index} is unknown"))?;
+        let conf = store.conf_state.clone();
+        let data = encode_snapshot_data(catalog_index, catalog);
+        self.node.mut_store().snapshot = Some(PreparedSnapshot { index, term, conf, data });
+        Ok(index)
+    }
+
+    /// A snapshot message to `to` went out (or could not).
+    pub fn report_snapshot(&mut self, to: u64, sent: bool) {
+        let status = if sent { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(to, status);
+    }
+
     /// A one-line description of raft-rs's view, for diagnostics.
     pub fn debug_state(&self) -> String {
         let l = &self.node.raft.raft_log;
@@ -775,6 +929,12 @@ impl Replica {
         let m = Message::parse_from_bytes(bytes).ok()?;
         (m.get_msg_type() != MessageType::MsgHup).then_some(m)
     }
+}
+
+/// A snapshot whose data decodes (its catalog is checked where it is
+/// installed; this keeps a garbled one from reaching raft-rs at all).
+fn snapshot_acceptable(snap: &Snapshot) -> bool {
+    decode_snapshot_data(&snap.data).is_some_and(|(_, c)| crate::engine::Catalog::decode(&c).is_ok())
 }
 
 fn conf_record(cs: &ConfState) -> ConfStateRecord {

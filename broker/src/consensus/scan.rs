@@ -4,7 +4,17 @@
 //! later, entry by entry, up to the commit index.
 
 use super::entry::{EntryIndex, IndexedEntry};
-use super::records::{rtype, ConfStateRecord, EntryHeader, HardStateRecord};
+use super::records::{rtype, ConfStateRecord, EntryHeader, HardStateRecord, SnapshotRecord};
+
+/// The last snapshot installed in the log: where its record lies, and what
+/// it says.
+#[derive(Debug, Clone)]
+pub struct SnapshotBase {
+    /// Where the snapshot record's payload starts and where it ends.
+    pub pos: u64,
+    pub end: u64,
+    pub record: SnapshotRecord,
+}
 
 /// What the log says about the replica.
 #[derive(Debug, Default)]
@@ -15,6 +25,8 @@ pub struct Scanned {
     /// Engine records before the first entry header: the tail of an entry
     /// whose header was released with its segment. Never applied.
     pub loose_records: u64,
+    /// The last snapshot installed: every entry before it is forgotten.
+    pub snapshot: Option<SnapshotBase>,
 }
 
 /// A log that contradicts itself.
@@ -105,6 +117,18 @@ impl LogScanner {
             }
             rtype::CONF_STATE => {
                 self.out.conf = Some(ConfStateRecord::decode(payload).map_err(|e| err(format!("configuration: {e}")))?);
+            }
+            rtype::SNAPSHOT => {
+                let rec = SnapshotRecord::decode(payload).map_err(|e| err(format!("snapshot: {e}")))?;
+                // The group's state at `rec.index` replaces everything
+                // before: the entries after it follow this record.
+                self.current = None;
+                self.seen_entry = true;
+                self.indexed_any = true;
+                self.out.index = EntryIndex::starting_after(rec.index, rec.term, end);
+                self.out.conf = Some(rec.conf.clone());
+                self.out.hard_state.commit = self.out.hard_state.commit.max(rec.index);
+                self.out.snapshot = Some(SnapshotBase { pos, end, record: rec });
             }
             _ => {
                 let Some(mut c) = self.current.take() else {
@@ -234,6 +258,29 @@ mod tests {
         assert_eq!((out.index.first_index(), out.index.last_index()), (34, 35));
         assert_eq!(out.index.term(33), Some(1));
         assert_eq!(out.loose_records, 1);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_entries_before_it() {
+        let mut s = LogScanner::default();
+        s.record(9, 40, rtype::ENTRY, &header(1, 1, 1)).unwrap();
+        s.record(49, 60, 4, b"a").unwrap();
+        let rec = SnapshotRecord {
+            index: 7,
+            term: 3,
+            catalog_index: 9,
+            conf: ConfStateRecord { voters: vec![1, 2, 4], ..Default::default() },
+            catalog: bytes::Bytes::new(),
+        };
+        s.record(69, 100, rtype::SNAPSHOT, &rec.encode_head()).unwrap();
+        s.record(109, 130, rtype::ENTRY, &header(3, 8, 0)).unwrap();
+        let out = s.finish();
+        assert_eq!((out.index.first_index(), out.index.last_index()), (8, 8));
+        assert_eq!(out.index.term(7), Some(3));
+        assert_eq!(out.index.end_pos(7), 100);
+        assert_eq!(out.conf.unwrap().voters, vec![1, 2, 4]);
+        assert_eq!(out.hard_state.commit, 7);
+        assert_eq!(out.snapshot.unwrap().record.catalog_index, 9);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct RaftStore {
     pub wanted: RefCell<Option<(u64, u64, GetEntriesContext)>>,
     /// A follower needs a snapshot at or above this index.
     pub snapshot_wanted: RefCell<Option<u64>>,
+    /// A follower whose log is empty gets a snapshot rather than entry 1:
+    /// only a snapshot carries the group's configuration, and a node that
+    /// joins with an empty configuration learns it no other way.
+    pub snapshot_for_empty_logs: bool,
 }
 
 impl RaftStore {
@@ -73,6 +77,10 @@ impl Storage for RaftStore {
         }
         if high > self.index.last_index() + 1 {
             return unavailable();
+        }
+        // Only raft-rs's sends to a follower may fetch asynchronously.
+        if self.snapshot_for_empty_logs && low <= 1 && context.can_async() {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(1024));
@@ -125,7 +133,7 @@ impl Storage for RaftStore {
                 Ok(snap)
             }
             _ => {
-                *self.snapshot_wanted.borrow_mut() = Some(request_index);
+                *self.snapshot_wanted.borrow_mut() = Some(request_index.max(1));
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
             }
         }

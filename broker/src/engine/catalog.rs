@@ -31,6 +31,16 @@ use cmq_protocol::limits::NAME_CHARS_MAX;
 /// Queues one catalog may hold (a shard's queue limit is far below this).
 const CATALOG_QUEUES_MAX: u32 = 10_000_000;
 
+// Every count and length the catalog encodes fits its field: u32 counts of
+// queues and topics (bounded by the broker's limits), a u16 count of a
+// topic's subscriptions, u16 lengths of names, URLs and tags (validated
+// when created).
+const _: () = assert!(crate::config::QUEUES_MAX <= CATALOG_QUEUES_MAX as usize);
+const _: () = assert!(crate::config::TOPICS_MAX <= u32::MAX as usize);
+const _: () = assert!(crate::engine::topic::SUBSCRIPTIONS_PER_TOPIC_MAX <= u16::MAX as usize);
+const _: () = assert!(cmq_protocol::limits::URL_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(NAME_CHARS_MAX <= u16::MAX as usize);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogQueue {
     pub uid: u32,

@@ -59,6 +59,20 @@ impl Counts {
     }
 }
 
+/// Messages that went through a queue, for metrics: counted as their
+/// records are applied (so replay at start-up counts what the log still
+/// holds, and the totals never fall behind what clients were told).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Enqueued: sent, published to it, or moved in.
+    pub sent: u64,
+    /// Deliveries (a message received twice counts twice).
+    pub received: u64,
+    pub deleted: u64,
+    /// Moved to the dead-letter queue.
+    pub dead_lettered: u64,
+}
+
 /// Stale entries the origin map may hold before it is pruned.
 const ORIGINS_SLACK: usize = 1024;
 
@@ -97,6 +111,8 @@ pub struct Queue {
     /// The last purge: (time, the shard's message counter then): ids below
     /// it that are no longer here were purged (or left earlier).
     pub purged: Option<(u64, u64)>,
+    /// Messages through this queue (metrics).
+    pub totals: QueueTotals,
 }
 
 impl Queue {
@@ -122,6 +138,7 @@ impl Queue {
             expired_total: 0,
             origins: HashMap::new(),
             purged: None,
+            totals: QueueTotals::default(),
         }
     }
 
@@ -200,6 +217,7 @@ impl Queue {
                 flags: 0,
             };
             self.install(first_seq + i as u64, entry);
+            self.totals.sent += 1;
         }
     }
 
@@ -558,6 +576,7 @@ impl Queue {
             e.visible_at_ms = visible_at_ms;
             self.counts.moved(old, MsgState::InFlight);
             self.timers.push(visible_at_ms, seq);
+            self.totals.received += 1;
         }
     }
 
@@ -586,6 +605,7 @@ impl Queue {
             if old == MsgState::Deleted {
                 continue;
             }
+            self.totals.deleted += 1;
             if self.attrs.rewind_seconds > 0 {
                 e.state = MsgState::Deleted;
                 let enq = e.enqueue_ms;

@@ -337,8 +337,18 @@ pub enum Record<B> {
 /// Bytes before the first body's length prefix in an `Enqueued` payload.
 const ENQUEUED_HEADER_BYTES: u32 = 4 + 8 + 8 + 8 + 8 + 2;
 
-/// Most sequence numbers (or ids) one record may carry.
-const RECORD_SEQS_MAX: usize = u16::MAX as usize;
+/// Most items a counted list of a record can hold: its count is a u16.
+/// Encoding more is an error (never a truncated count: a record whose
+/// count disagrees with its items cannot be read back).
+pub const RECORD_ITEMS_MAX: usize = u16::MAX as usize;
+
+/// Most ids (`TransferDone`) or entries (`PushRetry`) one record carries;
+/// producers split longer lists into several records. 4096 ids are 32 KiB
+/// (`PushRetry`: 80 KiB), far below the largest record.
+pub const RECORD_IDS_MAX: usize = 4096;
+
+const _: () = assert!(RECORD_IDS_MAX <= RECORD_ITEMS_MAX);
+const _: () = assert!(2 + RECORD_IDS_MAX * 20 <= crate::storage::RECORD_PAYLOAD_MAX_BYTES as usize);
 
 /// Why a logged payload could not be decoded. At recovery this is corruption
 /// that the log's checksum did not catch, or a record from a newer version.
@@ -400,8 +410,12 @@ impl Record<Bytes> {
     /// `scratch`, bodies are referenced, not copied. Calls `emit` with the
     /// parts in order (the log copies them once, into its write buffer), and
     /// returns what `emit` returns and the offset of the (first) body in the
-    /// payload.
-    pub fn encode<R>(&self, scratch: &mut Vec<u8>, emit: impl FnOnce(&[&[u8]]) -> R) -> (R, u32) {
+    /// payload. Every count and length is checked against its field's
+    /// width: a record that cannot be encoded faithfully is an error, and
+    /// `emit` is not called.
+    pub fn encode<R>(&self, scratch: &mut Vec<u8>, emit: impl FnOnce(&[&[u8]]) -> R) -> Result<(R, u32), RecordError> {
+        let rtype = self.rtype();
+        let fail = |what: &str| RecordError { rtype, reason: format!("{what} does not fit its field") };
         scratch.clear();
         let w = scratch;
         let (body, suffix): (&Bytes, &Bytes) = match self {
@@ -411,10 +425,10 @@ impl Record<Bytes> {
                 w.put_u64(*first_msg_id);
                 w.put_u64(*enqueue_ms);
                 w.put_u64(*visible_at_ms);
-                w.put_count(bodies.len());
+                put_count(w, bodies.len()).map_err(|_| fail("body count"))?;
                 let header_end = w.len();
                 for body in bodies {
-                    w.put_u32(body.len() as u32);
+                    put_len32(w, body.len()).map_err(|_| fail("body length"))?;
                 }
                 let (header, lens) = w.split_at(header_end);
                 let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * bodies.len());
@@ -423,24 +437,25 @@ impl Record<Bytes> {
                     parts.push(len);
                     parts.push(body);
                 }
-                return (emit(&parts), ENQUEUED_HEADER_BYTES + 4);
+                return Ok((emit(&parts), ENQUEUED_HEADER_BYTES + 4));
             }
             Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies } => {
                 w.put_u32(*uid);
                 w.put_u64(*first_msg_id);
                 w.put_u64(*first_transfer);
                 w.put_u64(*time_ms);
-                put_strs(w, tags);
-                w.put_str(routing_key);
-                w.put_count(targets.len());
+                put_strs(w, tags).map_err(|_| fail("tags"))?;
+                put_str(w, routing_key).map_err(|_| fail("routing key"))?;
+                put_count(w, targets.len()).map_err(|_| fail("target count"))?;
                 for t in targets {
                     w.put_u32(*t);
                 }
-                w.put_count(bodies.len());
+                put_count(w, bodies.len()).map_err(|_| fail("body count"))?;
                 let header_end = w.len();
                 for body in bodies {
-                    w.put_u32(body.len() as u32);
+                    put_len32(w, body.len()).map_err(|_| fail("body length"))?;
                 }
+                let first_body = u32::try_from(header_end + 4).map_err(|_| fail("header"))?;
                 let (header, lens) = w.split_at(header_end);
                 let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * bodies.len());
                 parts.push(header);
@@ -448,7 +463,7 @@ impl Record<Bytes> {
                     parts.push(len);
                     parts.push(body);
                 }
-                return (emit(&parts), header_end as u32 + 4);
+                return Ok((emit(&parts), first_body));
             }
             Record::Relocated { uid, seq, entry, body, suffix } => {
                 w.put_u32(*uid);
@@ -489,7 +504,7 @@ impl Record<Bytes> {
                 w.put_u64(*src_seq);
                 w.put_u32(*dequeue_count);
                 w.put_u64(*time_ms);
-                w.put_str(dst_queue);
+                put_str(w, dst_queue).map_err(|_| fail("destination queue"))?;
                 (body, suffix)
             }
             Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, suffix } => {
@@ -503,24 +518,25 @@ impl Record<Bytes> {
                 (body, suffix)
             }
             _ => {
-                self.encode_fixed(w);
-                return (emit(&[w.as_slice()]), 0);
+                self.encode_fixed(w).map_err(fail)?;
+                return Ok((emit(&[w.as_slice()]), 0));
             }
         };
-        w.put_u32(body.len() as u32);
-        w.put_u32((body.len() + suffix.len()) as u32);
-        let offset = w.len() as u32;
-        (emit(&[w.as_slice(), body, suffix]), offset)
+        put_len32(w, body.len()).map_err(|_| fail("body length"))?;
+        put_len32(w, body.len() + suffix.len()).map_err(|_| fail("data length"))?;
+        let offset = u32::try_from(w.len()).map_err(|_| fail("header"))?;
+        Ok((emit(&[w.as_slice(), body, suffix]), offset))
     }
 
-    fn encode_fixed(&self, w: &mut Vec<u8>) {
+    /// Records without bodies; the error names the field that did not fit.
+    fn encode_fixed(&self, w: &mut Vec<u8>) -> Result<(), &'static str> {
         match self {
             Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
                 w.put_u32(*uid);
                 w.put_u64(*time_ms);
                 w.put_u64(*create_seq);
                 attrs.encode(w);
-                w.put_str(name);
+                put_str(w, name).map_err(|_| "name")?;
             }
             Record::QueueUpdated { uid, time_ms, attrs } => {
                 w.put_u32(*uid);
@@ -535,11 +551,11 @@ impl Record<Bytes> {
                 w.put_u32(*uid);
                 w.put_u64(*time_ms);
                 w.put_u64(*visible_at_ms);
-                put_u64s(w, seqs);
+                put_u64s(w, seqs).map_err(|_| "sequence numbers")?;
             }
             Record::Deleted { uid, seqs } => {
                 w.put_u32(*uid);
-                put_u64s(w, seqs);
+                put_u64s(w, seqs).map_err(|_| "sequence numbers")?;
             }
             Record::VisibilityChanged { uid, seq, visible_at_ms } => {
                 w.put_u32(*uid);
@@ -563,7 +579,7 @@ impl Record<Bytes> {
                 w.put_bool(*commit);
                 w.put_u64(*time_ms);
             }
-            Record::TransferDone { ids } => put_u64s(w, ids),
+            Record::TransferDone { ids } => put_u64s(w, ids).map_err(|_| "ids")?,
             Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms } => {
                 w.put_u64(*id);
                 w.put_u32(*uid);
@@ -578,7 +594,7 @@ impl Record<Bytes> {
                 w.put_u64(*end_seq);
                 w.put_u64(*total);
                 w.put_u64(*time_ms);
-                w.put_str(to);
+                put_str(w, to).map_err(|_| "to")?;
             }
             Record::RedriveEnded { id, state, time_ms } => {
                 w.put_u64(*id);
@@ -592,7 +608,7 @@ impl Record<Bytes> {
                 w.put_u32(*max_msg_size);
                 w.put_u32(*retention_s);
                 w.put_u8(*filter_type);
-                w.put_str(name);
+                put_str(w, name).map_err(|_| "name")?;
             }
             Record::TopicUpdated { uid, time_ms, max_msg_size } => {
                 w.put_u32(*uid);
@@ -607,14 +623,14 @@ impl Record<Bytes> {
                 w.put_u32(*uid);
                 w.put_u32(*sid);
                 w.put_u64(*time_ms);
-                w.put_str(&def.name);
+                put_str(w, &def.name).map_err(|_| "name")?;
                 w.put_u8(def.protocol);
-                w.put_str(&def.endpoint);
+                put_str(w, &def.endpoint).map_err(|_| "endpoint")?;
                 w.put_u8(def.strategy);
                 w.put_u8(def.format);
-                put_strs(w, &def.filter_tags);
-                put_strs(w, &def.binding_keys);
-                w.put_str(&def.dead_letter_queue);
+                put_strs(w, &def.filter_tags).map_err(|_| "filter tags")?;
+                put_strs(w, &def.binding_keys).map_err(|_| "binding keys")?;
+                put_str(w, &def.dead_letter_queue).map_err(|_| "dead-letter queue")?;
                 w.extend_from_slice(&def.secret);
             }
             Record::SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } => {
@@ -623,8 +639,8 @@ impl Record<Bytes> {
                 w.put_u64(*time_ms);
                 w.put_u8(*strategy);
                 w.put_u8(*format);
-                put_strs(w, filter_tags);
-                put_strs(w, binding_keys);
+                put_strs(w, filter_tags).map_err(|_| "filter tags")?;
+                put_strs(w, binding_keys).map_err(|_| "binding keys")?;
             }
             Record::Unsubscribed { uid, sid, time_ms } => {
                 w.put_u32(*uid);
@@ -632,7 +648,7 @@ impl Record<Bytes> {
                 w.put_u64(*time_ms);
             }
             Record::PushRetry { entries } => {
-                w.put_count(entries.len());
+                put_count(w, entries.len()).map_err(|_| "entries")?;
                 for (id, attempt, next) in entries {
                     w.put_u64(*id);
                     w.put_u32(*attempt);
@@ -650,21 +666,43 @@ impl Record<Bytes> {
             | Record::TransferOut { .. }
             | Record::TransferIn { .. } => unreachable!("records with bodies are encoded as gathered parts"),
         }
+        Ok(())
     }
 }
 
-fn put_strs(w: &mut Vec<u8>, v: &[String]) {
-    w.put_count(v.len());
-    for s in v {
-        w.put_str(s);
-    }
+/// A field that does not fit its width (the caller names it).
+struct TooLong;
+
+/// A u16 item count.
+fn put_count(w: &mut Vec<u8>, n: usize) -> Result<(), TooLong> {
+    w.put_u16(u16::try_from(n).map_err(|_| TooLong)?);
+    Ok(())
 }
 
-fn put_u64s(w: &mut Vec<u8>, v: &[u64]) {
-    w.put_count(v.len());
+/// A u32 byte length.
+fn put_len32(w: &mut Vec<u8>, n: usize) -> Result<(), TooLong> {
+    w.put_u32(u32::try_from(n).map_err(|_| TooLong)?);
+    Ok(())
+}
+
+/// A u16-length string, whole (the protocol's `put_str` would cut it).
+fn put_str(w: &mut Vec<u8>, v: &str) -> Result<(), TooLong> {
+    put_count(w, v.len())?;
+    w.extend_from_slice(v.as_bytes());
+    Ok(())
+}
+
+fn put_strs(w: &mut Vec<u8>, v: &[String]) -> Result<(), TooLong> {
+    put_count(w, v.len())?;
+    v.iter().try_for_each(|s| put_str(w, s))
+}
+
+fn put_u64s(w: &mut Vec<u8>, v: &[u64]) -> Result<(), TooLong> {
+    put_count(w, v.len())?;
     for s in v {
         w.put_u64(*s);
     }
+    Ok(())
 }
 
 /// A cursor over a payload slice; every read is bounds-checked.
@@ -720,7 +758,7 @@ impl<'a> Cursor<'a> {
         (0..n).map(|_| self.u32(what)).collect()
     }
     fn u64s(&mut self, what: &'static str) -> DecodeResult<Vec<u64>> {
-        let n = usize::from(self.u16(what)?).min(RECORD_SEQS_MAX);
+        let n = usize::from(self.u16(what)?).min(RECORD_ITEMS_MAX);
         if n * 8 > self.p.len() - self.pos {
             return Err(what);
         }
@@ -733,7 +771,7 @@ impl<'a> Cursor<'a> {
         if body_len > data_len {
             return Err(what);
         }
-        let offset = self.pos as u32;
+        let offset = u32::try_from(self.pos).map_err(|_| what)?;
         self.take(data_len as usize, what)?;
         Ok(BodySpan { offset, len: body_len })
     }
@@ -748,6 +786,122 @@ impl<'a> Cursor<'a> {
             Ok(())
         } else {
             Err("trailing bytes")
+        }
+    }
+}
+
+impl Record<Bytes> {
+    /// Whether `payload` (this record's encoding, first body at `offset`)
+    /// decodes back to this record: every field equal, every body and
+    /// suffix at its place. The engine checks each record it logs this way
+    /// in debug and test builds, so an encoding that loses information
+    /// fails where it is written, not at the next start.
+    pub fn check_decodes_to(&self, payload: &[u8], offset: u32) -> Result<(), String> {
+        let back = Record::decode(self.rtype(), payload).map_err(|e| e.to_string())?;
+        let at = |s: &BodySpan| payload.get(s.offset as usize..s.offset as usize + s.len as usize);
+        let same_bodies = |bodies: &[Bytes], spans: &[BodySpan]| {
+            bodies.len() == spans.len() && bodies.iter().zip(spans).all(|(b, s)| at(s) == Some(&b[..]))
+        };
+        // A single body followed by its suffix, ending the payload.
+        let same_data = |body: &Bytes, suffix: &Bytes, span: &BodySpan| {
+            span.offset == offset
+                && at(span) == Some(&body[..])
+                && payload.get((span.offset + span.len) as usize..) == Some(&suffix[..])
+        };
+        let same = match (self, &back) {
+            (
+                Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies },
+                Record::Enqueued {
+                    uid: u,
+                    first_seq: q,
+                    first_msg_id: m,
+                    enqueue_ms: t,
+                    visible_at_ms: v,
+                    bodies: spans,
+                },
+            ) => {
+                (uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms) == (u, q, m, t, v)
+                    && same_bodies(bodies, spans)
+                    && spans.first().is_none_or(|s| s.offset == offset)
+            }
+            (
+                Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies },
+                Record::Published {
+                    uid: u,
+                    first_msg_id: m,
+                    first_transfer: f,
+                    time_ms: t,
+                    tags: g,
+                    routing_key: k,
+                    targets: x,
+                    bodies: spans,
+                },
+            ) => {
+                (uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets) == (u, m, f, t, g, k, x)
+                    && same_bodies(bodies, spans)
+                    && spans.first().is_none_or(|s| s.offset == offset)
+            }
+            (
+                Record::Relocated { uid, seq, entry, body, suffix },
+                Record::Relocated { uid: u, seq: q, entry: e, body: span, .. },
+            ) => (uid, seq, entry) == (u, q, e) && same_data(body, suffix, span),
+            (
+                Record::HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, suffix },
+                Record::HalfEnqueued { uid: u, seq: q, msg_id: m, enqueue_ms: t, check_at_ms: c, body: span, .. },
+            ) => (uid, seq, msg_id, enqueue_ms, check_at_ms) == (u, q, m, t, c) && same_data(body, suffix, span),
+            (
+                Record::TransferOut {
+                    id,
+                    kind,
+                    redrive,
+                    src_uid,
+                    src_seq,
+                    dequeue_count,
+                    time_ms,
+                    dst_queue,
+                    body,
+                    suffix,
+                },
+                Record::TransferOut {
+                    id: i,
+                    kind: k,
+                    redrive: r,
+                    src_uid: su,
+                    src_seq: sq,
+                    dequeue_count: d,
+                    time_ms: t,
+                    dst_queue: q,
+                    body: span,
+                    ..
+                },
+            ) => {
+                (id, kind, redrive, src_uid, src_seq, dequeue_count, time_ms, dst_queue) == (i, k, r, su, sq, d, t, q)
+                    && same_data(body, suffix, span)
+            }
+            (
+                Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, suffix },
+                Record::TransferIn {
+                    src_shard: s,
+                    id: i,
+                    uid: u,
+                    seq: q,
+                    msg_id: m,
+                    enqueue_ms: t,
+                    dequeue_count: d,
+                    body: span,
+                    ..
+                },
+            ) => {
+                (src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count) == (s, i, u, q, m, t, d)
+                    && same_data(body, suffix, span)
+            }
+            // Records without bodies print the same whatever their body type.
+            _ => offset == 0 && format!("{self:?}") == format!("{back:?}"),
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(format!("record type {} decodes to a different record: {back:?}", self.rtype()))
         }
     }
 }
@@ -938,7 +1092,7 @@ fn decode_published(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
     let mut bodies = Vec::with_capacity(count.min(cmq_protocol::limits::BATCH_MSGS_MAX));
     for _ in 0..count {
         let len = c.u32("body length")?;
-        let offset = c.pos as u32;
+        let offset = u32::try_from(c.pos).map_err(|_| "body offset")?;
         c.take(len as usize, "body")?;
         bodies.push(BodySpan { offset, len });
     }
@@ -957,7 +1111,7 @@ fn decode_enqueued(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
     let mut bodies = Vec::with_capacity(count.min(cmq_protocol::limits::BATCH_MSGS_MAX));
     for _ in 0..count {
         let len = c.u32("body length")?;
-        let offset = c.pos as u32;
+        let offset = u32::try_from(c.pos).map_err(|_| "body offset")?;
         c.take(len as usize, "body")?;
         bodies.push(BodySpan { offset, len });
     }
@@ -973,8 +1127,77 @@ mod tests {
 
     fn flatten(rec: &Record<Bytes>) -> (u8, Vec<u8>, u32) {
         let mut scratch = Vec::new();
-        let (payload, offset) = rec.encode(&mut scratch, |parts| parts.concat());
+        let (payload, offset) = rec.encode(&mut scratch, |parts| parts.concat()).expect("encodes");
         (rec.rtype(), payload, offset)
+    }
+
+    #[test]
+    fn counts_and_lengths_past_their_field_are_errors_not_truncations() {
+        let mut scratch = Vec::new();
+        let mut emitted = false;
+        let ids = Record::TransferDone { ids: vec![7; RECORD_ITEMS_MAX + 1] };
+        let e = ids.encode(&mut scratch, |_| emitted = true).expect_err("65,536 ids");
+        assert!(!emitted, "nothing reaches the log");
+        assert_eq!(e.rtype, rtype::TRANSFER_DONE);
+        let at_limit = Record::TransferDone { ids: vec![7; RECORD_ITEMS_MAX] };
+        let (payload, offset) = at_limit.encode(&mut scratch, |p| p.concat()).expect("65,535 ids");
+        assert_eq!(at_limit.check_decodes_to(&payload, offset), Ok(()));
+        let retries = Record::PushRetry { entries: vec![(1, 2, 3); RECORD_ITEMS_MAX + 1] };
+        assert!(retries.encode(&mut scratch, |_| ()).is_err());
+        let long = "q".repeat(usize::from(u16::MAX) + 1);
+        let out = Record::TransferOut {
+            id: 1,
+            kind: transfer_kind::DEAD_LETTER,
+            redrive: 0,
+            src_uid: 1,
+            src_seq: 1,
+            dequeue_count: 0,
+            time_ms: 0,
+            dst_queue: long.clone(),
+            body: Bytes::from_static(b"b"),
+            suffix: Bytes::new(),
+        };
+        assert!(out.encode(&mut scratch, |_| ()).is_err(), "a string longer than its u16 length");
+        let tags = Record::SubscriptionUpdated {
+            uid: 1,
+            sid: 1,
+            time_ms: 0,
+            strategy: 1,
+            format: 1,
+            filter_tags: vec![long],
+            binding_keys: Vec::new(),
+        };
+        assert!(tags.encode(&mut scratch, |_| ()).is_err());
+        let bodies = Record::Enqueued {
+            uid: 1,
+            first_seq: 1,
+            first_msg_id: 1,
+            enqueue_ms: 0,
+            visible_at_ms: 0,
+            bodies: vec![Bytes::new(); RECORD_ITEMS_MAX + 1],
+        };
+        assert!(bodies.encode(&mut scratch, |_| ()).is_err());
+    }
+
+    #[test]
+    fn a_payload_of_another_record_does_not_check() {
+        let a = Record::<Bytes>::TransferDone { ids: vec![1, 2] };
+        let b = Record::<Bytes>::TransferDone { ids: vec![1, 3] };
+        let (_, payload, offset) = flatten(&b);
+        assert!(a.check_decodes_to(&payload, offset).is_err());
+        assert_eq!(b.check_decodes_to(&payload, offset), Ok(()));
+        let body = |b: &'static [u8]| Record::<Bytes>::HalfEnqueued {
+            uid: 1,
+            seq: 2,
+            msg_id: 3,
+            enqueue_ms: 4,
+            check_at_ms: 5,
+            body: Bytes::from_static(b),
+            suffix: Bytes::from_static(b"group"),
+        };
+        let (_, payload, offset) = flatten(&body(b"one"));
+        assert_eq!(body(b"one").check_decodes_to(&payload, offset), Ok(()));
+        assert!(body(b"two").check_decodes_to(&payload, offset).is_err(), "same length, other bytes");
     }
 
     fn strs() -> impl Strategy<Value = Vec<String>> {
@@ -1194,6 +1417,7 @@ mod tests {
         #[test]
         fn records_round_trip(rec in records()) {
             let (rtype, payload, offset) = flatten(&rec);
+            prop_assert_eq!(rec.check_decodes_to(&payload, offset), Ok(()));
             let back = Record::decode(rtype, &payload).expect("decodes");
             prop_assert_eq!(back.rtype(), rtype);
             match (&rec, &back) {

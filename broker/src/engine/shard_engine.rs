@@ -27,7 +27,7 @@ use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
 use crate::engine::record::{body_spans, BodySpan, Record};
 use crate::engine::redrive::Redrive;
-use crate::engine::transfers::{Inbound, Outbox};
+use crate::engine::transfers::{Inbound, Lane, Outbox};
 
 mod dead_letter;
 mod digest;
@@ -125,12 +125,18 @@ pub struct ShardEngine {
     /// Queue-management records before this log position are already in
     /// the loaded catalog and are skipped by replay.
     catalog_pos: u64,
+    /// A snapshot's catalog reflects entries up to this one, which are
+    /// still to be applied: until then every queue-management record is
+    /// already in the catalog (see `load_snapshot_catalog`).
+    catalog_entry: Option<u64>,
     /// Messages leaving this shard's queues for other queues.
     outbox: Outbox,
     /// Transfers this shard received (duplicate filter).
     inbound: Inbound,
-    /// Confirmed transfers whose `TransferDone` is still to be logged.
-    transfers_done: Vec<u64>,
+    /// The push pool was full: due pushes wait until then (or an outcome).
+    pushes_paused_until: u64,
+    /// Position of the last record logged or replayed (positions only grow).
+    last_log_pos: u64,
     redrives: BTreeMap<u64, Redrive>,
     next_redrive: u64,
     /// Transaction checks the shard should push to checkers.
@@ -160,9 +166,11 @@ impl ShardEngine {
             next_retention_sweep_ms: 0,
             scratch: Vec::with_capacity(256),
             catalog_pos: 0,
-            outbox: Outbox { next_id: 1, ..Default::default() },
+            catalog_entry: None,
+            outbox: Outbox::starting_at(1),
             inbound: Inbound::default(),
-            transfers_done: Vec::new(),
+            pushes_paused_until: 0,
+            last_log_pos: 0,
             redrives: BTreeMap::new(),
             next_redrive: 1,
             checks: Vec::new(),
@@ -204,15 +212,54 @@ impl ShardEngine {
     }
 
     /// Appends a record; returns the log position of its payload and the
-    /// offset of its (first) body within the payload.
+    /// offset of its (first) body within the payload. A record that cannot
+    /// be encoded faithfully (a count or length past its field) is refused
+    /// before anything is written: producers split long lists, so this is a
+    /// bug, answered with INTERNAL rather than with a record replay cannot
+    /// read. In debug and test builds every record is decoded again and
+    /// compared with what was meant.
     fn log_record(
         &mut self,
         log: &mut impl Log,
         rec: &Record<Bytes>,
         durability: Durability,
     ) -> Result<(u64, u32), EngineError> {
-        let (pos, offset) = rec.encode(&mut self.scratch, |parts| log.append(rec.rtype(), parts, durability));
-        Ok((pos?, offset))
+        let rtype = rec.rtype();
+        let mut image = Vec::new();
+        let (pos, offset) = rec
+            .encode(&mut self.scratch, |parts| {
+                if cfg!(debug_assertions) {
+                    image = parts.concat();
+                }
+                log.append(rtype, parts, durability)
+            })
+            .map_err(|e| {
+                log::error!("shard {}: refusing to log a record: {e}", self.cfg.shard);
+                EngineError::new(ErrorCode::INTERNAL, format!("cannot log the change: {e}"))
+            })?;
+        if cfg!(debug_assertions) {
+            if let Err(e) = rec.check_decodes_to(&image, offset) {
+                panic!("a logged record does not decode to itself: {e}");
+            }
+        }
+        let pos = pos?;
+        self.note_log_pos(pos);
+        Ok((pos, offset))
+    }
+
+    /// Log positions only grow: a record at or below the last one seen
+    /// means the engine and its log disagree (state built from records the
+    /// log no longer holds). Serving on would hand out wrong messages; the
+    /// panic ends the process (see `main.rs`) and recovery rebuilds from
+    /// the log.
+    fn note_log_pos(&mut self, pos: u64) {
+        assert!(
+            pos > self.last_log_pos,
+            "shard {}: log position {pos} after {}: the log went backwards under the engine",
+            self.cfg.shard,
+            self.last_log_pos
+        );
+        self.last_log_pos = pos;
     }
 
     fn data_durability(policy: FlushPolicy) -> Durability {
@@ -780,7 +827,7 @@ impl ShardEngine {
     /// Removes confirmed outbox entries, counting topic deliveries.
     fn apply_transfer_done(&mut self, ids: &[u64]) {
         for id in ids {
-            if let Some(e) = self.outbox.entries.remove(id) {
+            if let Some(e) = self.outbox.remove(*id) {
                 self.topic_delivery_done(&e, true);
             }
         }
@@ -810,12 +857,13 @@ impl ShardEngine {
     pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
         let wake = self.wakeups.peek().map(|r| r.0 .0);
         let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
-        let work = (!self.pending_work.is_empty() || !self.transfers_done.is_empty()).then_some(now_ms);
+        let work = (!self.pending_work.is_empty()).then_some(now_ms);
         let redrive = self.redrives.values().map(|r| r.next_due(now_ms)).min().filter(|d| *d != u64::MAX);
-        [wake, wait, work, redrive, self.outbox.next_due(), Some(self.next_retention_sweep_ms)]
-            .into_iter()
-            .flatten()
-            .min()
+        let transfers = self.outbox.next_due(Lane::Transfer);
+        // While the push pool is full, due pushes wait for it (or for an
+        // outcome, which wakes the loop), not for the clock.
+        let pushes = self.outbox.next_due(Lane::Push).map(|d| d.max(self.pushes_paused_until));
+        [wake, wait, work, redrive, transfers, pushes, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
     }
 
     /// For tests and metrics: a queue by name.

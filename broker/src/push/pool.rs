@@ -310,6 +310,14 @@ impl PushHandle {
         q.outstanding.fetch_sub(out.len() - before, Ordering::AcqRel);
     }
 
+    /// How many more pushes `submit` takes now. Only this shard adds to
+    /// its count (and only `take_outcomes` lowers it), so that many submits
+    /// succeed unless the pool stops: the shard builds no task the pool
+    /// would refuse.
+    pub fn room(&self) -> usize {
+        self.inner.cfg.queue_len.saturating_sub(self.outstanding())
+    }
+
     /// Pushes of this shard submitted and not yet taken back as outcomes.
     pub fn outstanding(&self) -> usize {
         self.inner.shards[self.shard].outstanding.load(Ordering::Acquire)
@@ -339,6 +347,7 @@ impl Inner {
                 catch_unwind(AssertUnwindSafe(|| self.deliver(worker, &job, conn, &mut head, &mut rbuf)))
                     .unwrap_or_else(|_| {
                         // A bug, not the receiver's fault: report it and keep the worker.
+                        // (Only where panics unwind: cmqd itself aborts on any panic.)
                         self.clear_active(worker);
                         let reason = "internal error in the push client (see the log)".to_string();
                         (PushOutcome::Failed { status: None, reason, retryable: true }, None)

@@ -40,6 +40,11 @@ pub(super) enum GatherKind {
     ClusterStatus {
         shards: Vec<(u16, ShardStatus)>,
     },
+    /// GetStats: every shard's metrics; `top` queues are named.
+    Stats {
+        top: usize,
+        shards: Vec<crate::metrics::snapshot::ShardSnapshot>,
+    },
     /// A membership change on the shards this node leads: the first refusal.
     Membership {
         op: u16,
@@ -105,6 +110,7 @@ impl Shard {
             (GatherKind::DeadLetterSources { names, .. }, Answer::Names(n)) => names.extend(n),
             (GatherKind::QueueExists { exists, .. }, Answer::Exists(e)) => *exists |= e,
             (GatherKind::ClusterStatus { shards }, Answer::Status(k, st)) => shards.push((k, st)),
+            (GatherKind::Stats { shards, .. }, Answer::Stats(s)) => shards.push(*s),
             (GatherKind::Membership { refusal, .. }, Answer::Done(r)) => {
                 if let Err(e) = r {
                     refusal.get_or_insert(e);
@@ -152,8 +158,15 @@ impl Shard {
                 self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg);
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
-            GatherKind::Membership { op, refusal: Some((code, msg)) } => self.reply_err(to, op, id, code, &msg),
+            GatherKind::Membership { op, refusal: Some((code, msg)) } => {
+                self.reply_dep = Some(0);
+                self.reply_err(to, op, id, code, &msg)
+            }
             GatherKind::Membership { op, refusal: None } => {
+                // The change was proposed (or the transfer started): that is
+                // the answer, not a read of state, so no ReadIndex round
+                // (a leader handing over leadership would never finish one).
+                self.reply_dep = Some(0);
                 let empty = Empty {};
                 let resp = match Opcode::from_u16(op) {
                     Some(Opcode::TransferLeader) => Response::TransferLeader(empty),
@@ -162,6 +175,7 @@ impl Shard {
                 };
                 self.reply_ok(to, id, &resp);
             }
+            GatherKind::Stats { top, shards } => self.finish_stats(to, id, top, shards),
             GatherKind::ClusterStatus { mut shards } => {
                 shards.sort_by_key(|(k, _)| *k);
                 let map = self.shared.cluster_map();
@@ -244,6 +258,36 @@ impl Shard {
     pub(super) fn start_cluster_status(&mut self, to: ReplyTo, id: u64, now: u64) {
         let kind = GatherKind::ClusterStatus { shards: Vec::new() };
         self.scatter(to, id, Query::ReplicaStatus, self.all_shards(), kind, now);
+    }
+
+    /// GetStats: every shard (this one too) is asked through its inbox, as
+    /// the HTTP port asks, and answers into this shard's inbox.
+    pub(super) fn start_stats(&mut self, to: ReplyTo, id: u64, top: u16, now: u64) {
+        use crate::metrics::snapshot::StatsRequest;
+        let top = usize::from(top);
+        if top > STATS_QUEUES_MAX {
+            let msg = format!("top_queues: {top} exceeds {STATS_QUEUES_MAX}");
+            return self.reply_err(to, Opcode::GetStats as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+        }
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let n = usize::from(self.shard_count());
+        let kind = GatherKind::Stats { top, shards: Vec::with_capacity(n) };
+        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: n, kind });
+        for shard in 0..self.shard_count() {
+            let me = self.shared.peers[usize::from(self.id)].clone();
+            let reply = Box::new(move |s| {
+                if me.send(ShardMsg::Answer { gather, answer: Answer::Stats(Box::new(s)) }).is_err() {
+                    log::warn!(target: "cmq::shard", "a GetStats answer was dropped: the asking shard's inbox is full");
+                }
+            });
+            let req = StatsRequest { top_queues: Some(top), reply };
+            if shard == self.id {
+                self.answer_stats(req, now);
+            } else {
+                self.send_to(shard, ShardMsg::Stats(req));
+            }
+        }
     }
 
     pub(super) fn start_list_redrives(&mut self, to: ReplyTo, id: u64, now: u64) {

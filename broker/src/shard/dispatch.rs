@@ -153,6 +153,7 @@ impl Shard {
             Request::ListQueues(l) => self.start_list(to, id, l, now),
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
+            Request::GetStats(g) => self.start_stats(to, id, g.top_queues, now),
             Request::RegisterChecker(r) => {
                 if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
                     return self.reply_err(to, Opcode::RegisterChecker as u16, id, ErrorCode::INVALID_PARAMETER, &e);
@@ -270,7 +271,8 @@ impl Shard {
             | Request::ClusterStatus(_)
             | Request::TransferLeader(_)
             | Request::AddNode(_)
-            | Request::RemoveNode(_) => {
+            | Request::RemoveNode(_)
+            | Request::GetStats(_) => {
                 return self.execute_anywhere(to, id, request, now);
             }
             Request::CreateTopic(r) => self.create_topic(now, &r),
@@ -453,28 +455,30 @@ impl Shard {
     pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response) {
         let start = self.reply_start(to);
         reply::ok(self.reply_buf(to), id, resp);
-        self.reply_done(to, start);
+        let need = self.reply_done(to, start);
+        self.count_answer(resp.opcode() as u16, ErrorCode(0), need);
     }
 
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
         let start = self.reply_start(to);
         reply::err(self.reply_buf(to), op, id, code, msg);
-        if code == ErrorCode::NOT_LEADER {
+        let need = if code == ErrorCode::NOT_LEADER {
             // Says nothing about queue state and depends on no record: it
             // must not wait for a log (or a leadership) this replica lacks.
             self.reply_dep = None;
             self.reply_done_with(to, start, crate::shard::release::Need::NONE);
-            return;
-        }
-        if code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed() {
+            crate::shard::release::Need::NONE
+        } else if code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed() {
             // A failed log writes nothing more, so nothing logged after the
             // failure would ever let this refusal out; it states nothing
             // about queue state and depends on no record.
             self.reply_dep = None;
             self.reply_done_with(to, start, crate::shard::release::Need::NONE);
-            return;
-        }
-        self.reply_done(to, start);
+            crate::shard::release::Need::NONE
+        } else {
+            self.reply_done(to, start)
+        };
+        self.count_answer(op, code, need);
     }
 
     fn reply_deliveries(&mut self, to: ReplyTo, id: u64, batch: bool, d: &[Delivery]) {
@@ -484,7 +488,9 @@ impl Shard {
         let mut out = std::mem::take(self.reply_buf(to));
         reply::deliveries(&mut out, &self.log, id, batch, d);
         *self.reply_buf(to) = out;
-        self.reply_done(to, start);
+        let need = self.reply_done(to, start);
+        let op = if batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+        self.count_answer(op as u16, ErrorCode(0), need);
     }
 
     /// Where the reply to `to` starts in its buffer.
@@ -510,9 +516,10 @@ impl Shard {
         }
     }
 
-    fn reply_done(&mut self, to: ReplyTo, start: usize) {
+    fn reply_done(&mut self, to: ReplyTo, start: usize) -> crate::shard::release::Need {
         let need = self.reply_need();
         self.reply_done_with(to, start, need);
+        need
     }
 
     fn reply_done_with(&mut self, to: ReplyTo, start: usize, need: crate::shard::release::Need) {
@@ -521,8 +528,8 @@ impl Shard {
             self.answered(to.conn);
         } else {
             let batch = &mut self.remote_out[usize::from(to.shard)];
-            let end = batch.buf.len() as u32;
-            batch.parts.push((to.conn, start as u32, end));
+            let end = batch.buf.len();
+            batch.parts.push((to.conn, start, end));
             self.remote_need = self.remote_need.max(need);
         }
     }

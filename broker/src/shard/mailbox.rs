@@ -48,8 +48,9 @@ pub struct Forwarded {
 #[derive(Default)]
 pub struct ReplyBatch {
     pub buf: Vec<u8>,
-    /// Connection and the byte range of `buf` holding its frames.
-    pub parts: Vec<(ConnRef, u32, u32)>,
+    /// Connection and the byte range of `buf` holding its frames (usize:
+    /// a batch is not limited to 4 GiB by a silent truncation).
+    pub parts: Vec<(ConnRef, usize, usize)>,
 }
 
 /// A connection whose handshake asked for another shard.
@@ -104,6 +105,8 @@ pub enum Answer {
     Status(u16, cmq_protocol::ShardStatus),
     /// A membership change: done (or not this shard's to do), or why not.
     Done(Result<(), (ErrorCode, String)>),
+    /// GetStats: one shard's metrics.
+    Stats(Box<crate::metrics::snapshot::ShardSnapshot>),
 }
 
 pub enum ShardMsg {
@@ -163,6 +166,12 @@ pub enum ShardMsg {
     },
     /// Stop accepting work, finish what is in flight, exit.
     Shutdown,
+    /// The HTTP thread asks for this shard's metrics (`metrics::snapshot`).
+    Stats(crate::metrics::snapshot::StatsRequest),
+    /// Testing only (`--fault-http-hooks`): block the event loop this long.
+    Stall {
+        ms: u64,
+    },
 }
 
 /// The sending side of one shard's inbox.

@@ -19,7 +19,9 @@ pub mod mailbox;
 mod release;
 pub mod replication;
 mod reply;
+mod stats;
 pub mod storage;
+mod turns;
 mod wheel;
 
 use std::cmp::Reverse;
@@ -38,6 +40,7 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ShardEngine;
+use crate::metrics::shard::TurnReport;
 pub use budget::ConnCounters;
 use budget::{Budget, LogLimiter};
 use cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX;
@@ -47,6 +50,7 @@ use conn::{
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
+pub use stats::STALL_MS_MAX;
 use storage::ShardLog;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -254,6 +258,12 @@ pub struct Shard {
     push: crate::push::PushHandle,
     /// Connection limits: deadlines, the clock they run on, the buffer budget.
     limits: ConnLimits,
+    /// How long each loop turn took (`turns.rs`).
+    turn_times: turns::TurnTimes,
+    /// Transfers received beyond a turn's budget (`exchange.rs`).
+    transfers_in: exchange::TransfersIn,
+    /// Answers, latency and loop turns, counted on this thread (`stats.rs`).
+    metrics: crate::metrics::shard::ShardMetrics<Need>,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -385,6 +395,9 @@ impl Shard {
             engine_suspect: false,
             limits,
             push,
+            turn_times: turns::TurnTimes::default(),
+            transfers_in: exchange::TransfersIn::default(),
+            metrics: Default::default(),
         };
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
@@ -409,6 +422,7 @@ impl Shard {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
+            let turn_start = Instant::now();
             self.inbox.awake();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -417,6 +431,7 @@ impl Shard {
                 }
             }
             self.turn += 1;
+            self.metrics.begin_turn(self.turn);
             let now = self.clock.now_ms();
             let conn_now = self.limits.tick();
             if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
@@ -456,7 +471,14 @@ impl Shard {
             self.close_shed();
             self.housekeep(now);
             self.end_turn(now);
+            self.turn_times.record(self.id, turn_start);
+            turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
+            if let Some(slow) = self.metrics.end_turn() {
+                let report = TurnReport { events: events.iter().count(), connections: self.conns.len() };
+                self.metrics.log_slow_turn(self.id, slow, report);
+            }
             if self.draining && self.drain_step(now) {
+                log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
             }
         }
@@ -464,6 +486,9 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        if self.transfers_in.is_waiting() {
             return Some(Duration::ZERO);
         }
         // Deferred forwarded requests go on next turn, unless they wait for
@@ -1078,6 +1103,8 @@ impl Shard {
                         self.begin_drain(now);
                     }
                 }
+                ShardMsg::Stats(req) => self.answer_stats(req, now),
+                ShardMsg::Stall { ms } => self.stall(ms),
             }
         }
     }
@@ -1126,7 +1153,7 @@ impl Shard {
             if conn.gen != c.gen {
                 continue;
             }
-            let Some(frames) = batch.buf.get(start as usize..end as usize) else {
+            let Some(frames) = batch.buf.get(start..end) else {
                 log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
                 continue;
             };
@@ -1153,6 +1180,7 @@ impl Shard {
 
     fn run_timers(&mut self, now: u64) {
         if !self.may_serve() {
+            self.apply_transfers_in(now);
             // A follower's clock moves leases and delays; the moves and
             // checks they lead to are the leader's to log.
             self.engine.tick_passive(now);
@@ -1276,6 +1304,13 @@ impl Shard {
             // clients the outcome is unknown; the log refuses writes
             // until it recovers.
             log::error!("shard {}: log batch {batch} failed: {e}; failing connections awaiting it", self.id);
+            if self.repl.is_some() {
+                // A replica whose log dropped written entries cannot tell
+                // Raft which of them it still holds: start over from the
+                // disk (the group serves meanwhile, and catches it up).
+                log::error!("shard {}: a replica's log failed; cmqd must restart", self.id);
+                std::process::abort();
+            }
             self.fail_unreleased();
             self.engine_suspect = true;
         }
@@ -1312,6 +1347,7 @@ impl Shard {
                 self.waiting.swap_remove(i);
             }
         }
+        self.time_released();
         while let Some(msgs) = self.staged.pop_met(p) {
             self.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {

@@ -15,7 +15,7 @@
 //! durable does not wait for someone else's fdatasync.
 //!
 //! In a cluster the same two positions mean more (see
-//! docs/REPLICATION.md): "written" is written on a majority of the group
+//! docs/ARCHITECTURE.md ("Replication")): "written" is written on a majority of the group
 //! (in the current term), "durable" is committed (fdatasync'd on a
 //! majority). A third need, `read`, makes output that changed nothing (a
 //! read) wait for a ReadIndex round proving this replica still leads.

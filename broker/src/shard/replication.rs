@@ -1,4 +1,4 @@
-//! A shard as one replica of its Raft group (see docs/REPLICATION.md).
+//! A shard as one replica of its Raft group (see docs/ARCHITECTURE.md ("Replication")).
 //!
 //! Everything of group `k` runs on shard `k`'s thread: its `Replica`
 //! (raft-rs plus the entry handling), its links to shard `k` of the other
@@ -21,6 +21,7 @@ use cmq_protocol::peer::DataFrame;
 use cmq_protocol::{ErrorCode, Opcode};
 use mio::event::Event as MioEvent;
 use mio::Token;
+use raft::eraftpb::MessageType;
 
 use super::mailbox::{Answer, Membership, Query, ShardMsg};
 use super::release;
@@ -33,6 +34,24 @@ use crate::consensus::{Event, Outbox, Replica};
 /// Tokens of a shard's peer links: far from connection tokens (slab
 /// indices) and below the listener, waker and storage tokens.
 pub const PEER_TOKEN_BASE: usize = usize::MAX - 1024;
+
+/// How far (in log segments) a follower may fall behind before the leader
+/// stops keeping the log for it; it then catches up from a snapshot. A
+/// follower restarting or briefly cut off catches up from the log; one
+/// down for long does not hold the leader's disk space.
+pub const FOLLOWER_LAG_SEGMENTS_MAX: u64 = 2;
+
+/// Offers raft-rs a snapshot for a follower that needs one (built from the
+/// catalog file; see docs/ARCHITECTURE.md, "Snapshots").
+fn offer_snapshot(shard: u16, r: &mut Replication) {
+    let made = super::storage::catalog_for_snapshot(&r.dir, &r.replica.store().index)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|(catalog_index, catalog)| r.replica.offer_snapshot(catalog_index, &catalog));
+    match made {
+        Ok(index) => log::info!("shard {shard}: offering a snapshot at entry {index}"),
+        Err(e) => log::warn!("shard {shard}: cannot offer a snapshot yet: {e}"),
+    }
+}
 
 /// A shard's part of its Raft group.
 pub struct Replication {
@@ -96,6 +115,8 @@ impl Shard {
     /// Step 1: peers' frames, link timers, Raft's clock.
     pub(super) fn repl_receive(&mut self, now: u64) {
         let Some(r) = self.repl.as_deref_mut() else { return };
+        // Raft must never be handed an entry whose segment was released.
+        r.replica.forget_entries_below(self.log.first_pos());
         let frames = &mut r.frames;
         r.links.tick(self.poll.registry(), now, &mut |from, f| frames.push((from, f)));
         for (from, frame) in std::mem::take(&mut r.frames) {
@@ -184,6 +205,7 @@ impl Shard {
     /// Handles every `Ready` and acts on what it says.
     pub(super) fn repl_pump(&mut self) {
         let Some(r) = self.repl.as_deref_mut() else { return };
+        r.replica.forget_entries_below(self.log.first_pos());
         let mut out = Outbox::default();
         let mut applier = ShardApplier { engine: &mut self.engine, dir: &r.dir };
         if let Err(e) = r.replica.pump(self.log.entries(), &mut applier, &mut out) {
@@ -196,9 +218,17 @@ impl Shard {
         let now = self.clock.now_ms();
         for m in &out.messages {
             let bytes = Replica::encode(m);
-            if let Err(SendError::Full | SendError::TooLarge) = r.links.send(m.to, DataKind::Raft, &[&bytes]) {
+            let sent = r.links.send(m.to, DataKind::Raft, &[&bytes]);
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // The snapshot is the message itself: once it is on its way
+                // raft-rs may probe again (a lost one is simply re-sent).
+                r.replica.report_snapshot(m.to, sent.is_ok());
+            } else if let Err(SendError::Full | SendError::TooLarge) = sent {
                 r.replica.report_unreachable(m.to);
             }
+        }
+        if r.replica.take_snapshot_wanted() {
+            offer_snapshot(self.id, r);
         }
         for (to, term, index) in out.written_acks {
             let _ = r.links.send_written_ack(to, term, index);
@@ -208,6 +238,7 @@ impl Shard {
         for e in out.events {
             self.repl_event(e);
         }
+        self.publish_leader_if_changed();
         self.answer_parked();
     }
 
@@ -228,6 +259,10 @@ impl Shard {
                 self.log.drop_pending_catalog();
             }
             Event::ConfChanged { voters, added, .. } => self.conf_changed(&voters, added),
+            Event::SnapshotInstalled { .. } => {
+                self.fail_unreleased();
+                self.log.drop_pending_catalog();
+            }
         }
         self.publish_leader();
     }
@@ -397,10 +432,15 @@ impl Shard {
         let Some(r) = self.repl.as_deref() else { return };
         let rep = &r.replica;
         let ix = &rep.store().index;
+        let last_end = ix.end_pos(ix.last_index());
+        let lag_max = FOLLOWER_LAG_SEGMENTS_MAX * self.shared.cfg.segment_bytes;
         let needed_from = rep
             .follower_progress()
             .into_iter()
             .map(|(_, matched)| matched + 1)
+            // A follower too far behind gets a snapshot instead: the log
+            // is not kept for it (disk use stays bounded while it is down).
+            .filter(|i| ix.get(*i).is_none_or(|e| last_end - e.header_pos <= lag_max))
             .chain(std::iter::once(rep.applied().min(rep.commit_index()) + 1))
             .min()
             .unwrap_or(u64::MAX);

@@ -10,7 +10,7 @@ use mio::{Registry, Token};
 
 use crate::consensus::entry::EntryIndex;
 use crate::consensus::records::rtype as crtype;
-use crate::consensus::scan::{LogScanner, Scanned};
+use crate::consensus::scan::{LogScanner, Scanned, SnapshotBase};
 use crate::consensus::{Applier, EntryLog, LogFailure, RawLog};
 use crate::engine::record::rtype;
 use crate::engine::{Catalog, Durability, EngineError, Log, ShardEngine};
@@ -83,7 +83,8 @@ fn append_class(rt: u8) -> AppendClass {
         | rtype::TRANSFER_DONE
         | crtype::ENTRY
         | crtype::HARD_STATE
-        | crtype::CONF_STATE => AppendClass::Reserve,
+        | crtype::CONF_STATE
+        | crtype::SNAPSHOT => AppendClass::Reserve,
         _ => AppendClass::Normal,
     }
 }
@@ -171,8 +172,12 @@ impl Applier for EngineApplier<'_> {
         self.0.replay(pos, rt, payload).map_err(|e| e.to_string())
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self, _snapshot: Option<&SnapshotBase>) {
         *self.0 = self.0.fresh();
+    }
+
+    fn entry_applied(&mut self, index: u64, end_pos: u64) {
+        self.0.entry_applied(index, end_pos);
     }
 }
 
@@ -188,15 +193,40 @@ impl Applier for ShardApplier<'_> {
         self.engine.replay(pos, rt, payload).map_err(|e| e.to_string())
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self, snapshot: Option<&SnapshotBase>) {
         *self.engine = self.engine.fresh();
-        if let Err(e) = load_catalog(self.dir, self.engine) {
+        let loaded = load_catalog(self.dir, self.engine).and_then(|file_pos| match snapshot {
+            Some(b) if b.pos > file_pos => {
+                *self.engine = self.engine.fresh();
+                load_snapshot(self.engine, b)
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = loaded {
             // The catalog was readable at start-up; failing now means the
             // disk is failing: do not serve from a state missing queues.
             log::error!("reloading the catalog in {}: {e:#}; cmqd must restart", self.dir.display());
             std::process::abort();
         }
     }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotBase) -> Result<(), String> {
+        let mut fresh = self.engine.fresh();
+        load_snapshot(&mut fresh, snapshot).map_err(|e| format!("{e:#}"))?;
+        *self.engine = fresh;
+        Ok(())
+    }
+
+    fn entry_applied(&mut self, index: u64, end_pos: u64) {
+        self.engine.entry_applied(index, end_pos);
+    }
+}
+
+/// Loads a snapshot's catalog into a fresh engine.
+fn load_snapshot(engine: &mut ShardEngine, b: &SnapshotBase) -> anyhow::Result<()> {
+    let c = Catalog::decode(&b.record.catalog).map_err(|e| anyhow::anyhow!("the snapshot's catalog: {e}"))?;
+    engine.load_snapshot_catalog(&c, b.record.catalog_index, b.record.index, b.end);
+    Ok(())
 }
 
 pub struct ShardLog {
@@ -270,6 +300,12 @@ impl ShardLog {
             if let Some(e) = scanned.index.get(i) {
                 log.log.note_entry(e.header_pos, e.end_pos);
             }
+        }
+        if let Some(b) = scanned.snapshot.as_ref().filter(|b| b.pos > catalog_pos) {
+            // A snapshot installed after the catalog file was written: it is
+            // the base the entries after it apply to.
+            *engine = engine.fresh();
+            load_snapshot(engine, b).map_err(|e| anyhow::anyhow!("{}: {e:#}", dir.display()))?;
         }
         if mode == Mode::Replicated {
             let upto = scanned.hard_state.commit.min(scanned.index.last_index());
@@ -596,6 +632,10 @@ impl ShardLog {
     /// `housekeep` found due; it reflects the entries up to `applied` and is
     /// written once they are committed (`set_committed_index`).
     pub fn capture_catalog(&mut self, engine: &ShardEngine, applied: u64) {
+        if engine.catalog_pending() {
+            // A snapshot's catalog is ahead of what is applied: wait.
+            return;
+        }
         if let CatalogWrite::Due { live } = self.catalog_write {
             let pos = self.wal().end().0;
             self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: applied };
@@ -646,8 +686,32 @@ impl ShardLog {
         }
     }
 
+    /// Where the oldest segment still held starts: everything below was released.
+    pub fn first_pos(&self) -> u64 {
+        self.wal().first_segment_base().0
+    }
+
     pub fn disk_bytes(&self) -> u64 {
         self.wal().disk_bytes()
+    }
+
+    /// The WAL's counters, live segments, and whether it failed (for metrics).
+    pub fn wal_report(&self) -> (&crate::metrics::wal::WalStats, usize, bool) {
+        (self.wal().stats(), self.wal().segment_stats().len(), self.wal().is_failed())
+    }
+}
+
+/// The catalog file's bytes and the entry it reflects everything up to,
+/// for a snapshot a follower gets (none yet: an empty catalog at entry 0).
+pub fn catalog_for_snapshot(dir: &Path, index: &EntryIndex) -> anyhow::Result<(u64, Vec<u8>)> {
+    let path = dir.join(CATALOG_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok((index.index_ending_by(c.log_pos), bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, Catalog::default().encode())),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
 }
 

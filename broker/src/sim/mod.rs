@@ -99,7 +99,8 @@ impl Applier for EngineApplier<'_> {
         self.0.replay(pos, rtype, payload).map_err(|e| e.to_string())
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self, _snapshot: Option<&crate::consensus::scan::SnapshotBase>) {
+        // The simulated logs are never released, so never start from a snapshot.
         *self.0 = self.0.fresh();
     }
 }
@@ -484,6 +485,7 @@ impl Sim {
                 Event::LostLeadership => 2,
                 Event::Truncated { from } => 3 ^ from.rotate_left(8),
                 Event::ConfChanged { .. } => 4,
+                Event::SnapshotInstalled { index } => 5 ^ index.rotate_left(8),
             });
             match e {
                 Event::BecameLeader => self.report.elections += 1,
@@ -491,7 +493,7 @@ impl Sim {
                     let n = &mut self.nodes[i];
                     fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
                 }
-                Event::ConfChanged { .. } => {}
+                Event::ConfChanged { .. } | Event::SnapshotInstalled { .. } => {}
             }
         }
     }

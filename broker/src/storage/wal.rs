@@ -279,6 +279,8 @@ pub struct Wal {
     last_written: Option<LastWritten>,
     syncing: Option<Syncing>,
     syncs_started: u64,
+    /// Records, bytes and fdatasyncs since open, for metrics.
+    stats: crate::metrics::wal::WalStats,
     /// Sealed bytes wait for an fdatasync before they may be written (the
     /// torn window is full, or they go into the next segment).
     blocked: bool,
@@ -453,6 +455,7 @@ impl Wal {
             last_written: None,
             syncing: None,
             syncs_started: 0,
+            stats: Default::default(),
             blocked: false,
             pending: VecDeque::new(),
             batches: VecDeque::new(),
@@ -554,6 +557,7 @@ impl Wal {
         let start = self.end;
         encode_record(self.chunk_at_end(), start, rtype, parts, payload as u32);
         self.end += rec;
+        self.stats.appended(rec);
         self.data_end = self.end;
         self.maybe_prepare_next();
         Ok(LogPos(start + RECORD_HEADER_BYTES))
@@ -949,6 +953,11 @@ impl Wal {
         self.syncs_started
     }
 
+    /// Records, bytes and fdatasyncs since open (for metrics).
+    pub fn stats(&self) -> &crate::metrics::wal::WalStats {
+        &self.stats
+    }
+
     /// Both ends at once.
     pub fn progress(&self) -> Progress {
         Progress { written_end: LogPos(self.written_end), durable_end: LogPos(self.durable_end) }
@@ -1059,6 +1068,11 @@ impl Wal {
     }
 
     /// Live segments, oldest first.
+    /// Where the oldest segment held starts (everything below was released).
+    pub fn first_segment_base(&self) -> LogPos {
+        LogPos(self.segs.front().map_or(0, |s| s.base))
+    }
+
     pub fn segment_stats(&self) -> Vec<SegmentInfo> {
         self.segs
             .iter()
@@ -1358,6 +1372,7 @@ impl Wal {
         match started {
             Ok(()) => {
                 self.syncs_started += 1;
+                self.stats.sync_started();
                 self.syncing = Some(Syncing { seg_base, to: self.written_end, bytes_to: self.written_bytes });
             }
             Err(e) => self.sync_failed(seg_base, e),
@@ -1369,6 +1384,7 @@ impl Wal {
         let Some(s) = self.syncing.take() else { return };
         match r {
             Ok(()) => {
+                self.stats.sync_finished(&self.dir);
                 self.synced_end = self.synced_end.max(s.to);
                 self.durable_bytes = self.durable_bytes.max(s.bytes_to);
                 self.write_sealed();
@@ -1376,7 +1392,10 @@ impl Wal {
                 self.note_durability();
                 self.maybe_start_sync();
             }
-            Err(e) => self.sync_failed(s.seg_base, e),
+            Err(e) => {
+                self.stats.sync_failed();
+                self.sync_failed(s.seg_base, e)
+            }
         }
     }
 

@@ -9,12 +9,16 @@ mod args;
 mod batch;
 #[path = "cmq/body.rs"]
 mod body;
+#[path = "cmq/cluster.rs"]
+mod cluster;
 #[path = "cmq/commands.rs"]
 mod commands;
 #[path = "cmq/render.rs"]
 mod render;
 #[path = "cmq/time.rs"]
 mod time;
+#[path = "cmq/top.rs"]
+mod top;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -107,6 +107,11 @@ impl Peer {
 
     /// Reads the handshake and accepts it; returns what the client sent.
     pub fn accept_handshake(&mut self, shard_count: u16, shard_id: u16) -> Handshake {
+        self.accept_handshake_in(shard_count, shard_id, ClusterMap::default())
+    }
+
+    /// As [`Peer::accept_handshake`], answering as a node of `cluster`.
+    pub fn accept_handshake_in(&mut self, shard_count: u16, shard_id: u16, cluster: ClusterMap) -> Handshake {
         let (id, req) = self.read_request().expect("a handshake");
         let Request::Handshake(hello) = req else { panic!("first frame was {:?}", req.opcode()) };
         let ok = HandshakeOk {
@@ -115,7 +120,7 @@ impl Peer {
             shard_count,
             shard_id,
             frame_bytes_max: limits::FRAME_BYTES_MAX,
-            cluster: Default::default(),
+            cluster,
         };
         self.respond(id, &Response::Handshake(ok));
         hello

@@ -10,9 +10,9 @@ use super::ShardEngine;
 use crate::engine::error::EngineError;
 use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState, FLAG_ORIGIN};
-use crate::engine::record::{transfer_kind, Record};
+use crate::engine::record::{transfer_kind, Record, RECORD_IDS_MAX};
 use crate::engine::suffix;
-use crate::engine::transfers::OutboxEntry;
+use crate::engine::transfers::{Lane, OutboxEntry, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS};
 
 /// Why a redrive without `to` leaves a message where it is.
 const NO_SOURCE_QUEUE: &str = "it came into the dead-letter queue from no other queue, so it has no source \
@@ -64,10 +64,17 @@ impl ShardEngine {
                 }
                 continue;
             }
-            if let Err(e) = self.transfer_out(log, now_ms, uid, seq, transfer_kind::DEAD_LETTER, 0, &dlq) {
-                log::warn!("queue {name:?}: cannot dead-letter a message: {}", e.message);
-                if let Some(q) = self.queues.get_mut(&uid) {
-                    q.unpark(seq);
+            match self.transfer_out(log, now_ms, uid, seq, transfer_kind::DEAD_LETTER, 0, &dlq) {
+                Ok(_) => {
+                    if let Some(q) = self.queues.get_mut(&uid) {
+                        q.totals.dead_lettered += 1;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("queue {name:?}: cannot dead-letter a message: {}", e.message);
+                    if let Some(q) = self.queues.get_mut(&uid) {
+                        q.unpark(seq);
+                    }
                 }
             }
         }
@@ -134,12 +141,13 @@ impl ShardEngine {
     }
 
     /// Transfers due for (re)sending now (moves between queues, and
-    /// published messages for queue subscriptions).
+    /// published messages for queue subscriptions), at most
+    /// `OUTBOX_DUE_PER_TURN_MAX` (and its byte bound): the rest stay due
+    /// for the next turn.
     pub fn transfers_to_send(&mut self, now_ms: u64) -> Vec<OutTransfer> {
         let shards = self.cfg.shard_count;
-        let kinds = [transfer_kind::DEAD_LETTER, transfer_kind::REDRIVE, transfer_kind::PUBLISH];
         self.outbox
-            .due(now_ms, &kinds, crate::engine::transfers::TRANSFER_RESEND_MS)
+            .take_due(now_ms, Lane::Transfer, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS)
             .into_iter()
             .map(|(id, e)| OutTransfer {
                 id,
@@ -165,30 +173,38 @@ impl ShardEngine {
         let mut done = Vec::new();
         for (id, result) in results {
             match result {
-                Ok(()) if self.outbox.entries.contains_key(id) => done.push(*id),
+                Ok(()) if self.outbox.contains(*id) => done.push(*id),
                 Ok(()) => {}
                 Err(code) if *code == ErrorCode::QUEUE_NOT_FOUND => self.transfer_return(log, now_ms, *id),
                 Err(_) => self.outbox.retry_later(*id, now_ms),
             }
         }
-        if done.is_empty() {
-            return;
-        }
         // Losing this record only means sending again; the destination filters duplicates.
-        match self.log_record(log, &Record::TransferDone { ids: done.clone() }, Durability::Written) {
-            Ok(_) => self.apply_transfer_done(&done),
-            Err(e) => log::warn!("cannot log finished transfers: {}", e.message),
+        self.log_transfers_done(log, &done);
+    }
+
+    /// Logs and applies `TransferDone` for `ids`, in records of at most
+    /// `RECORD_IDS_MAX` ids (a turn may confirm any number of transfers).
+    pub(super) fn log_transfers_done(&mut self, log: &mut impl Log, ids: &[u64]) {
+        for chunk in ids.chunks(RECORD_IDS_MAX) {
+            match self.log_record(log, &Record::TransferDone { ids: chunk.to_vec() }, Durability::Written) {
+                Ok(_) => self.apply_transfer_done(chunk),
+                Err(e) => {
+                    log::warn!("cannot log finished transfers: {}", e.message);
+                    return;
+                }
+            }
         }
     }
 
     fn transfer_return(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
-        let Some(out) = self.outbox.entries.get(&id) else { return };
+        let Some(out) = self.outbox.get(id) else { return };
         if out.kind == transfer_kind::PUBLISH {
             // A queue subscription whose queue is gone: the delivery is dropped.
             log::warn!("queue {:?} of a subscription does not exist: delivery {id} dropped", out.dst_queue);
             let rec = Record::PushGaveUp { id, time_ms: now_ms };
             if self.log_record(log, &rec, Durability::Written).is_ok() {
-                if let Some(e) = self.outbox.entries.remove(&id) {
+                if let Some(e) = self.outbox.remove(id) {
                     self.topic_delivery_done(&e, false);
                 }
             }
@@ -402,7 +418,7 @@ impl ShardEngine {
                     .count() as u64
             });
             // Done only once every move is confirmed: a refused one comes back.
-            let unconfirmed = self.outbox.entries.values().any(|e| e.redrive == id);
+            let unconfirmed = self.outbox.has_redrive(id);
             let Some(r) = self.redrives.get_mut(&id) else { return };
             if left <= r.skipped.len() as u64 && !unconfirmed {
                 self.finish_redrive(log, now_ms, id, 2);

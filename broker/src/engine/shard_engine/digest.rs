@@ -43,9 +43,7 @@ impl ShardEngine {
                 h.write_u8(e.flags);
             }
         }
-        let mut out: Vec<u64> = self.outbox.entries.keys().copied().collect();
-        out.sort_unstable();
-        for id in out {
+        for id in self.outbox.ids() {
             h.write_u64(id);
         }
         h.write_u64(self.next_msg_counter);

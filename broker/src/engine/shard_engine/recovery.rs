@@ -219,8 +219,47 @@ impl ShardEngine {
         self.note_ready(uid);
     }
 
-    /// Applies one record read back from the log at `pos`.
+    /// Installs a snapshot's catalog (taken on another replica) before the
+    /// entries after the snapshot are applied. The catalog reflects every
+    /// entry up to `catalog_entry`; those after `snapshot_end` (the local
+    /// position where the snapshot's record ends) are applied here later,
+    /// so their queue-management records and counters are skipped until
+    /// entry `catalog_entry` is (`entry_applied`).
+    pub fn load_snapshot_catalog(&mut self, c: &Catalog, catalog_entry: u64, snapshot_index: u64, snapshot_end: u64) {
+        self.load_catalog(c);
+        if catalog_entry > snapshot_index {
+            self.catalog_pos = u64::MAX;
+            self.catalog_entry = Some(catalog_entry);
+        } else {
+            self.catalog_pos = snapshot_end;
+        }
+    }
+
+    /// Entry `index` is applied; it ends at `end_pos` in the local log.
+    pub fn entry_applied(&mut self, index: u64, end_pos: u64) {
+        if self.catalog_entry.is_some_and(|e| index >= e) {
+            self.catalog_pos = end_pos;
+            self.catalog_entry = None;
+        }
+    }
+
+    /// A snapshot's catalog is ahead of the entries applied: a catalog
+    /// taken now would be inconsistent.
+    pub fn catalog_pending(&self) -> bool {
+        self.catalog_entry.is_some()
+    }
+
+    /// Applies one record read back from the log at `pos`. Positions must
+    /// grow, and a record from the catalog's position on must name a queue
+    /// or topic that exists (before it, records of queues deleted before
+    /// the catalog are expected, and skipped): either failing means the log
+    /// and the engine disagree, and recovery stops rather than guess.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
+        if pos <= self.last_log_pos {
+            let reason = format!("log position {pos} after {}: positions must grow", self.last_log_pos);
+            return Err(RecordError { rtype, reason });
+        }
+        self.last_log_pos = pos;
         let is_meta = matches!(
             rtype,
             rtype::QUEUE_CREATED
@@ -242,7 +281,11 @@ impl ShardEngine {
         let counted = pos >= self.catalog_pos;
         let span_pos = |s: &BodySpan| pos + u64::from(s.offset);
         let suffix_of = |s: &BodySpan| &payload[(s.offset + s.len) as usize..];
-        match Record::decode(rtype, payload)? {
+        let rec = Record::decode(rtype, payload)?;
+        if pos >= self.catalog_pos {
+            self.check_known(&rec).map_err(|reason| RecordError { rtype, reason })?;
+        }
+        match rec {
             Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
                 self.apply_queue_created(uid, time_ms, create_seq, attrs, name)
             }
@@ -355,6 +398,47 @@ impl ShardEngine {
         Ok(())
     }
 
+    /// Whether the queue or topic `rec` changes exists.
+    fn check_known(&self, rec: &Record<BodySpan>) -> Result<(), String> {
+        let (what, uid, known) = match *rec {
+            Record::QueueUpdated { uid, .. }
+            | Record::QueueDeleted { uid, .. }
+            | Record::Enqueued { uid, .. }
+            | Record::Received { uid, .. }
+            | Record::Deleted { uid, .. }
+            | Record::VisibilityChanged { uid, .. }
+            | Record::Relocated { uid, .. }
+            | Record::Rewound { uid, .. }
+            | Record::Purged { uid, .. }
+            | Record::HalfEnqueued { uid, .. }
+            | Record::TxChecked { uid, .. }
+            | Record::TxEnded { uid, .. }
+            | Record::TransferOut { src_uid: uid, .. }
+            | Record::TransferIn { uid, .. }
+            | Record::TransferReturned { uid, .. }
+            | Record::RedriveStarted { uid, .. } => ("queue", uid, self.queues.contains_key(&uid)),
+            Record::TopicUpdated { uid, .. }
+            | Record::TopicDeleted { uid, .. }
+            | Record::Subscribed { uid, .. }
+            | Record::SubscriptionUpdated { uid, .. }
+            | Record::Unsubscribed { uid, .. }
+            | Record::Published { uid, .. } => ("topic", uid, self.topics.contains_key(&uid)),
+            // Creations, and records about transfers and redrives, which
+            // may outlive what they name once older segments are released.
+            Record::QueueCreated { .. }
+            | Record::TopicCreated { .. }
+            | Record::TransferDone { .. }
+            | Record::RedriveEnded { .. }
+            | Record::PushRetry { .. }
+            | Record::PushGaveUp { .. } => return Ok(()),
+        };
+        if known {
+            Ok(())
+        } else {
+            Err(format!("{what} uid {uid} is unknown (never created, or deleted earlier in the log)"))
+        }
+    }
+
     pub(super) fn apply_rewound(&mut self, uid: u32, start_ms: u64) {
         if let Some(q) = self.queues.get_mut(&uid) {
             if q.apply_rewound(start_ms) > 0 || q.counts().ready > 0 {
@@ -438,7 +522,7 @@ impl ShardEngine {
                 r.moved += 1;
             }
         }
-        self.outbox.entries.insert(id, out);
+        self.outbox.insert(id, out);
     }
 
     /// A message arrives from another queue (deduplicated by source and id).
@@ -473,7 +557,7 @@ impl ShardEngine {
         enqueue_ms: u64,
         counted: bool,
     ) {
-        let Some(out) = self.outbox.entries.remove(&id) else { return };
+        let Some(out) = self.outbox.remove(id) else { return };
         self.bump_msg_counter(msg_id);
         if out.kind == transfer_kind::REDRIVE && counted {
             if let Some(r) = self.redrives.get_mut(&out.redrive) {

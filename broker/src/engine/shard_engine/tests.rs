@@ -948,20 +948,20 @@ fn http_pushes_retry_on_schedule_survive_restart_then_dead_letter() {
         (attempt <= 2).then(|| std::time::Duration::from_millis(100 * u64::from(attempt)))
     };
     let (e, l) = c.at("hooks");
-    let pushes = e.pushes_to_send(1_000);
+    let pushes = e.pushes_to_send(1_000, usize::MAX);
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].url, "http://127.0.0.1:1/hook");
-    assert!(e.pushes_to_send(1_000).is_empty(), "handed out once");
+    assert!(e.pushes_to_send(1_000, usize::MAX).is_empty(), "handed out once");
     let id = pushes[0].id;
     e.push_results(l, 1_000, &[(id, PushResult::Failed("503".into()))], schedule);
-    assert!(e.pushes_to_send(1_050).is_empty(), "not before its retry time");
+    assert!(e.pushes_to_send(1_050, usize::MAX).is_empty(), "not before its retry time");
     c.restart();
     let (e, l) = c.at("hooks");
-    assert_eq!(e.pushes_to_send(1_050).len(), 0, "retry time survived the restart");
-    let again = e.pushes_to_send(1_100);
+    assert_eq!(e.pushes_to_send(1_050, usize::MAX).len(), 0, "retry time survived the restart");
+    let again = e.pushes_to_send(1_100, usize::MAX);
     assert_eq!((again.len(), again[0].attempt), (1, 1));
     e.push_results(l, 1_100, &[(id, PushResult::Failed("timeout".into()))], schedule);
-    let third = e.pushes_to_send(1_300);
+    let third = e.pushes_to_send(1_300, usize::MAX);
     e.push_results(l, 1_300, &[(third[0].id, PushResult::Failed("500".into()))], schedule);
     c.settle(1_300);
     assert_eq!(bodies_in(&mut c, "pushdlq"), ["evt"], "gave up after the schedule, into the dead-letter queue");
@@ -973,4 +973,148 @@ fn http_pushes_retry_on_schedule_survive_restart_then_dead_letter() {
     let (e, _) = c.at("hooks");
     let info = e.subscription_info("hooks", "web").expect("info");
     assert_eq!((info.msg_count, info.delivered, info.dropped), (0, 0, 0), "replayed the same: {info:?}");
+}
+
+// ---- issue 9: records that always read back, bounded work per turn ------------
+
+/// Topic `t` with `subs` subscriptions (queue `dst`, or an HTTP endpoint),
+/// and `publishes` batch publishes of 16 bodies: `subs * publishes * 16`
+/// pending deliveries.
+fn backlog(e: &mut ShardEngine, log: &mut MemLog, http: bool, subs: usize, publishes: usize) {
+    e.create_topic(log, 1_000, "t", &Default::default(), 0).expect("create topic");
+    for i in 0..subs {
+        let (protocol, endpoint) = if http {
+            (cmq_protocol::SubscriptionProtocol::Http, "http://127.0.0.1:1/hook".to_owned())
+        } else {
+            (cmq_protocol::SubscriptionProtocol::Queue, "dst".to_owned())
+        };
+        let req = cmq_protocol::Subscribe {
+            topic: "t".into(),
+            subscription: format!("s{i}"),
+            protocol,
+            endpoint,
+            ..Default::default()
+        };
+        e.subscribe(log, 1_000, &req).expect("subscribe");
+    }
+    let bodies: Vec<Bytes> = (0..16).map(|i| body(&format!("m{i}"))).collect();
+    for _ in 0..publishes {
+        e.publish(log, 1_000, "t", &bodies, &[], "").expect("publish");
+    }
+}
+
+/// Ids each record of type `rtype` in the log carries.
+fn list_lengths(log: &MemLog, rtype: u8) -> Vec<usize> {
+    log.iter()
+        .filter(|(_, t, _)| *t == rtype)
+        .map(|(_, t, p)| match Record::decode(t, p).expect("decodes") {
+            Record::TransferDone { ids } => ids.len(),
+            Record::PushRetry { entries } => entries.len(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn seventy_thousand_confirmations_at_once_are_logged_in_records_that_read_back() {
+    let mut e = engine();
+    let mut log = MemLog::default();
+    backlog(&mut e, &mut log, false, 50, 88);
+    assert_eq!(e.pending_deliveries(), 70_400);
+    // Every verdict of the backlog arrives in one turn (a restart made all due).
+    let verdicts: Vec<(u64, Result<(), ErrorCode>)> = (1..=70_400).map(|id| (id, Ok(()))).collect();
+    e.transfer_results(&mut log, 2_000, &verdicts);
+    assert_eq!(e.pending_deliveries(), 0);
+    let records = list_lengths(&log, crate::engine::record::rtype::TRANSFER_DONE);
+    assert_eq!(records.iter().sum::<usize>(), 70_400, "every confirmation logged");
+    assert!(records.iter().all(|n| *n <= crate::engine::record::RECORD_IDS_MAX), "{records:?}");
+    let back = replayed(&log);
+    assert_eq!(back.pending_deliveries(), 0, "the log reads back: nothing pending after a restart");
+    assert_eq!(back.topic_info("t").expect("info").msg_count, 0);
+}
+
+#[test]
+fn due_transfers_are_handed_out_a_bounded_batch_per_turn() {
+    let mut e = engine();
+    let mut log = MemLog::default();
+    backlog(&mut e, &mut log, false, 10, 20);
+    let bound = crate::engine::transfers::OUTBOX_DUE_PER_TURN_MAX;
+    let mut sent = 0;
+    for turn in 0.. {
+        let batch = e.transfers_to_send(2_000).len();
+        assert!(batch <= bound, "turn {turn}: {batch}");
+        if batch == 0 {
+            break;
+        }
+        sent += batch;
+        if sent < 3_200 {
+            assert!(e.next_deadline(2_000).is_some_and(|d| d <= 2_000), "the rest stay due for the next turn");
+        }
+    }
+    assert_eq!(sent, 3_200, "each pending delivery sent once");
+}
+
+#[test]
+fn a_full_push_pool_pauses_pushes_instead_of_touching_each() {
+    let mut e = engine();
+    let mut log = MemLog::default();
+    backlog(&mut e, &mut log, true, 1, 400);
+    e.tick(&mut log, 2_000);
+    assert!(e.next_deadline(2_000).is_some_and(|d| d <= 2_000), "6,400 pushes due");
+    let first = e.pushes_to_send(2_000, 100);
+    assert_eq!(first.len(), 100, "no more than the pool has room for");
+    e.push_pool_full(2_000);
+    assert_eq!(e.next_deadline(2_000), Some(2_000 + topics::PUSH_POOL_FULL_RETRY_MS), "due pushes wait for the pool");
+    let rest = e.pushes_to_send(2_100, usize::MAX);
+    assert_eq!(rest.len(), crate::engine::transfers::OUTBOX_DUE_PER_TURN_MAX, "bounded per turn");
+    // A whole pool's worth of failures comes back in one turn.
+    let failed: Vec<(u64, PushResult)> =
+        first.iter().chain(&rest).map(|p| (p.id, PushResult::Failed("timeout".into()))).collect();
+    let schedule = |_: cmq_protocol::NotifyStrategy, _: u32, _: u64| Some(std::time::Duration::from_secs(5));
+    e.push_results(&mut log, 2_200, &failed, schedule);
+    let records = list_lengths(&log, crate::engine::record::rtype::PUSH_RETRY);
+    assert_eq!(records.iter().sum::<usize>(), failed.len());
+    assert!(records.iter().all(|n| *n <= crate::engine::record::RECORD_IDS_MAX));
+    assert_eq!(replayed(&log).pending_deliveries(), 6_400);
+}
+
+#[test]
+fn replay_refuses_unknown_queues_and_positions_that_do_not_grow() {
+    let (mut e, mut log) = setup(Default::default());
+    e.send(&mut log, 2_000, "q", 0, &[body("a")]).expect("send");
+    let records: Vec<(u64, u8, Vec<u8>)> = log.iter().map(|(p, t, b)| (p, t, b.to_vec())).collect();
+    let (create, send) = (&records[0], &records[1]);
+    let err = engine().replay(send.0, send.1, &send.2).expect_err("a send to a queue never created");
+    assert!(err.reason.contains("queue uid 1 is unknown"), "{err}");
+    let mut twice = engine();
+    twice.replay(create.0, create.1, &create.2).expect("create");
+    twice.replay(send.0, send.1, &send.2).expect("send");
+    let err = twice.replay(send.0, send.1, &send.2).expect_err("the same position again");
+    assert!(err.reason.contains("positions must grow"), "{err}");
+    // Before a catalog's position, records of queues deleted before it are expected.
+    let mut catalogued = engine();
+    catalogued.load_catalog(&Catalog { log_pos: send.0 + 1, ..Default::default() });
+    catalogued.replay(send.0, send.1, &send.2).expect("a deleted queue's send before the catalog");
+}
+
+/// A log whose positions go backwards (a bug the engine must not serve through).
+struct Backwards(MemLog);
+
+impl Log for Backwards {
+    fn append(&mut self, rtype: u8, parts: &[&[u8]], durability: Durability) -> Result<u64, EngineError> {
+        self.0.append(rtype, parts, durability).map(|_| 9)
+    }
+
+    fn read(&self, pos: u64, len: u32) -> Result<&[u8], EngineError> {
+        self.0.read(pos, len)
+    }
+}
+
+#[test]
+#[should_panic(expected = "the log went backwards")]
+fn a_log_position_that_does_not_grow_stops_the_engine() {
+    let mut e = engine();
+    let mut log = Backwards(MemLog::default());
+    e.create_queue(&mut log, 1_000, "a", &Default::default(), 0).expect("create");
+    let _ = e.create_queue(&mut log, 1_000, "b", &Default::default(), 1);
 }

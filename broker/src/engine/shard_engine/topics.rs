@@ -19,16 +19,16 @@ use super::ShardEngine;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
 use crate::engine::log::{Durability, Log};
-use crate::engine::record::{transfer_kind, Record, SubscriptionDef};
+use crate::engine::record::{transfer_kind, Record, SubscriptionDef, RECORD_IDS_MAX};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
-use crate::engine::transfers::{topic_target, OutboxEntry, PublishMeta};
+use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
 use crate::engine::ListedQueue;
 
 /// How long a push handed to the pusher may take before it is handed out again.
 const PUSH_IN_FLIGHT_MS: u64 = 60_000;
 
 /// When the push pool is full, how long a delivery waits before trying again.
-const PUSH_POOL_FULL_RETRY_MS: u64 = 100;
+pub(super) const PUSH_POOL_FULL_RETRY_MS: u64 = 100;
 
 /// An HTTP push the shard should hand to its push pool.
 #[derive(Debug, Clone)]
@@ -161,7 +161,9 @@ impl ShardEngine {
     pub(super) fn apply_topic_deleted(&mut self, uid: u32) {
         if let Some(t) = self.topics.remove(&uid) {
             self.topic_by_name.remove(&t.name);
-            self.outbox.entries.retain(|_, e| !is_topic_delivery(e) || (e.redrive >> 32) as u32 != uid);
+            for id in self.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
+                self.outbox.remove(id);
+            }
         }
     }
 
@@ -315,7 +317,9 @@ impl ShardEngine {
             t.subscriptions.retain(|s| s.sid != sid);
         }
         let target = topic_target(uid, sid);
-        self.outbox.entries.retain(|_, e| !is_topic_delivery(e) || e.redrive != target);
+        for id in self.outbox.deliveries_in(target..=target) {
+            self.outbox.remove(id);
+        }
     }
 
     pub fn list_subscriptions(
@@ -526,7 +530,7 @@ impl ShardEngine {
                     (transfer_kind::PUSH, String::new())
                 };
                 let id = first_transfer + (i * targets.len() + j) as u64;
-                self.outbox.entries.insert(
+                self.outbox.insert(
                     id,
                     OutboxEntry {
                         kind,
@@ -568,9 +572,11 @@ impl ShardEngine {
 
     // ---- HTTP pushes ----------------------------------------------------------
 
-    /// Pushes due now; marks them handed out.
-    pub fn pushes_to_send(&mut self, now_ms: u64) -> Vec<OutPush> {
-        let due = self.outbox.due(now_ms, &[transfer_kind::PUSH], PUSH_IN_FLIGHT_MS);
+    /// Up to `max` pushes due now (the room the push pool has, at most
+    /// `OUTBOX_DUE_PER_TURN_MAX` and its byte bound); marks them handed out.
+    pub fn pushes_to_send(&mut self, now_ms: u64, max: usize) -> Vec<OutPush> {
+        self.pushes_paused_until = 0;
+        let due = self.outbox.take_due(now_ms, Lane::Push, max, PUSH_IN_FLIGHT_MS);
         due.into_iter()
             .filter_map(|(id, e)| {
                 let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
@@ -603,7 +609,7 @@ impl ShardEngine {
         let mut done = Vec::new();
         let mut retries = Vec::new();
         for (id, r) in results {
-            let Some(e) = self.outbox.entries.get(id) else { continue };
+            let Some(e) = self.outbox.get(*id) else { continue };
             match r {
                 PushResult::Delivered => done.push(*id),
                 PushResult::Rejected(reason) => {
@@ -634,34 +640,37 @@ impl ShardEngine {
                 }
             }
         }
-        if !retries.is_empty() {
-            match self.log_record(log, &Record::PushRetry { entries: retries.clone() }, Durability::Written) {
-                Ok(_) => self.apply_push_retry(&retries),
+        // Records of at most RECORD_IDS_MAX entries: one turn may take
+        // every outcome of a full pool.
+        for chunk in retries.chunks(RECORD_IDS_MAX) {
+            match self.log_record(log, &Record::PushRetry { entries: chunk.to_vec() }, Durability::Written) {
+                Ok(_) => self.apply_push_retry(chunk),
                 Err(e) => log::warn!("cannot log push retries: {}", e.message),
             }
         }
-        if !done.is_empty() {
-            if let Err(e) = self.log_record(log, &Record::TransferDone { ids: done.clone() }, Durability::Written) {
-                log::warn!("cannot log delivered pushes: {}", e.message);
-                return;
-            }
-            self.apply_transfer_done(&done);
-        }
+        self.log_transfers_done(log, &done);
     }
 
-    /// The push pool was full: try again shortly (not an attempt).
+    /// The push pool had no room for this push after all: it is due again
+    /// (not an attempt), once the pool has room.
     pub fn push_not_sent(&mut self, id: u64, now_ms: u64) {
-        if let Some(e) = self.outbox.entries.get_mut(&id) {
-            e.next_send_ms = now_ms + PUSH_POOL_FULL_RETRY_MS;
-        }
+        self.outbox.send_at(id, now_ms);
+        self.push_pool_full(now_ms);
+    }
+
+    /// The push pool is full: due pushes wait until an outcome frees room
+    /// (it wakes the loop) or `PUSH_POOL_FULL_RETRY_MS` pass; nothing is
+    /// done per push meanwhile.
+    pub fn push_pool_full(&mut self, now_ms: u64) {
+        self.pushes_paused_until = now_ms + PUSH_POOL_FULL_RETRY_MS;
     }
 
     pub(super) fn apply_push_retry(&mut self, entries: &[(u64, u32, u64)]) {
         for (id, attempt, next_ms) in entries {
-            if let Some(e) = self.outbox.entries.get_mut(id) {
+            self.outbox.update(*id, |e| {
                 e.attempts = *attempt;
                 e.next_send_ms = *next_ms;
-            }
+            });
         }
     }
 
@@ -676,7 +685,7 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_push_gave_up(&mut self, id: u64, time_ms: u64) {
-        let Some(e) = self.outbox.entries.get(&id) else { return };
+        let Some(e) = self.outbox.get(id) else { return };
         let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
         let dlq = self
             .topics
@@ -685,33 +694,39 @@ impl ShardEngine {
             .map(|s| s.def.dead_letter_queue.clone())
             .unwrap_or_default();
         if e.kind == transfer_kind::PUSH && !dlq.is_empty() {
-            if let Some(e) = self.outbox.entries.get_mut(&id) {
+            self.outbox.update(id, |e| {
                 e.kind = transfer_kind::PUBLISH;
                 e.dst_queue = dlq;
                 e.next_send_ms = time_ms;
                 e.attempts = 0;
-            }
+            });
             return;
         }
-        if let Some(e) = self.outbox.entries.remove(&id) {
+        if let Some(e) = self.outbox.remove(id) {
             self.topic_delivery_done(&e, false);
         }
     }
 
     /// Deliveries older than their topic's msgRetentionSeconds are given up.
+    /// Only the expired ones are visited (topic by topic in uid order,
+    /// subscription by subscription, oldest first), at most
+    /// `REDRIVE_UNLIMITED_PER_TURN` a sweep.
     pub(super) fn expire_topic_deliveries(&mut self, log: &mut impl Log, now_ms: u64) {
-        let expired: Vec<u64> = self
-            .outbox
-            .entries
-            .iter()
-            .filter(|(_, e)| is_topic_delivery(e))
-            .filter(|(_, e)| {
-                let retention = self.topics.get(&e.src_uid).map_or(0, |t| u64::from(t.retention_s) * 1000);
-                e.created_ms + retention <= now_ms
-            })
-            .map(|(id, _)| *id)
-            .take(crate::engine::redrive::REDRIVE_UNLIMITED_PER_TURN as usize)
-            .collect();
+        let max = crate::engine::redrive::REDRIVE_UNLIMITED_PER_TURN as usize;
+        let mut uids: Vec<u32> = self.topics.keys().copied().collect();
+        uids.sort_unstable();
+        let mut expired = Vec::new();
+        for uid in uids {
+            let t = &self.topics[&uid];
+            let Some(cutoff) = now_ms.checked_sub(u64::from(t.retention_s) * 1000) else { continue };
+            for s in &t.subscriptions {
+                let left = max - expired.len();
+                expired.extend(self.outbox.deliveries_to(topic_target(uid, s.sid), cutoff, left));
+            }
+            if expired.len() >= max {
+                break;
+            }
+        }
         for id in expired {
             log::warn!("delivery {id} passed its topic's msgRetentionSeconds; giving up");
             self.give_up_delivery(log, now_ms, id);
@@ -720,7 +735,7 @@ impl ShardEngine {
 
     /// Deliveries pending per shard (for metrics and tests).
     pub fn pending_deliveries(&self) -> usize {
-        self.outbox.entries.values().filter(|e| is_topic_delivery(e)).count()
+        self.outbox.deliveries()
     }
 }
 

@@ -46,15 +46,16 @@ pub const DEFAULT_PORT: u16 = 7700;
                   cmq publish events 'order 42 paid' --routing-key order.paid"
 )]
 pub struct Cli {
-    /// Broker address; a host without a port means port 7700
+    /// Broker address, or several nodes of a cluster comma-separated (tried in order; the rest of the cluster is
+    /// learned from the first that answers); a host without a port means port 7700
     #[arg(
         long,
         global = true,
         display_order = GLOBAL_ORDER,
         env = "CMQ_SERVER",
         default_value = "127.0.0.1:7700",
-        value_name = "HOST[:PORT]",
-        value_parser = server_address
+        value_name = "HOST[:PORT][,...]",
+        value_parser = server_list
     )]
     pub server: String,
 
@@ -566,6 +567,80 @@ pub enum Command {
 
     /// Check that the broker answers, and show its name, shard count and round-trip time
     Ping,
+
+    /// Show the broker's metrics once: per shard and per queue totals, p99 latencies (--json for scripts)
+    Stats(crate::top::StatsArgs),
+
+    /// Live view of the broker, refreshed every --interval seconds: rates, depth, in flight, p99, fsync time
+    Top(crate::top::TopArgs),
+
+    /// A cluster's nodes and Raft groups: status, leadership transfer, membership
+    #[command(after_help = "Every shard is a Raft group with a replica on each node; its leader runs its requests. \
+                            --server may list several nodes: the first that answers is asked, and each node for \
+                            its own view (only a shard's leader knows its followers' lag).")]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `cmq cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the nodes, and each shard's leader, term, commit index, followers' lag and state digest
+    /// (--json: every node's full answer)
+    Status,
+
+    /// Make a node the leader of a shard, and wait until the cluster map shows it
+    TransferLeader {
+        /// The shard (0 .. shard count - 1)
+        #[arg(long, value_name = "N")]
+        shard: u16,
+        /// The node to lead it (a voter of the shard's group)
+        #[arg(long, value_name = "NODE", value_parser = node_id)]
+        to: u64,
+    },
+
+    /// Add a node to every shard's group, and wait until every shard's leader counts it; the node
+    /// (started with --peers naming the others) catches up by itself
+    AddNode {
+        /// The new node's id (its --node-id)
+        #[arg(long, value_name = "N", value_parser = node_id)]
+        id: u64,
+        /// Where the other nodes reach it (its --peer-listen)
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: String,
+    },
+
+    /// Remove a node from every shard's group, and wait until no shard's leader counts it
+    RemoveNode {
+        /// The node's id
+        #[arg(long, value_name = "N", value_parser = node_id)]
+        id: u64,
+    },
+}
+
+/// A node id: 1 or more (0 means "no node" on the wire).
+fn node_id(s: &str) -> Result<u64, String> {
+    match whole_u64(s)? {
+        0 => Err("node ids start at 1".to_owned()),
+        id => Ok(id),
+    }
+}
+
+/// `--server`: one address or several, comma-separated, each as
+/// [`server_address`] reads it.
+pub fn server_list(s: &str) -> Result<String, String> {
+    let list: Result<Vec<String>, String> = s
+        .split(',')
+        .map(str::trim)
+        .map(|a| if a.is_empty() { Err(format!("{s:?}: an empty address in the list")) } else { server_address(a) })
+        .collect();
+    let list = list?;
+    if list.len() > cmq_client::seeds::SEEDS_MAX {
+        return Err(format!("{} addresses; at most {}", list.len(), cmq_client::seeds::SEEDS_MAX));
+    }
+    Ok(list.join(","))
 }
 
 /// Where a message body comes from: the argument, stdin or a file.
@@ -1050,6 +1125,9 @@ mod tests {
         assert_eq!(server_address("::1").as_deref(), Ok("[::1]:7700"));
         assert_eq!(server_address("[::1]").as_deref(), Ok("[::1]:7700"));
         assert_eq!(server_address("[fe80::1]:7701").as_deref(), Ok("[fe80::1]:7701"));
+        assert_eq!(server_list("a, b:7702,[::1]").as_deref(), Ok("a:7700,b:7702,[::1]:7700"));
+        assert!(server_list("a,,b").is_err());
+        assert!(server_list(&vec!["h"; cmq_client::seeds::SEEDS_MAX + 1].join(",")).is_err());
         for bad in ["", ":7700", "host:", "host:0", "host:70000", "host:x", "[::1", "[nope]:1", "[::1]7700"] {
             assert!(server_address(bad).is_err(), "{bad:?}");
         }

@@ -45,7 +45,7 @@ impl Out {
 
     /// Commands with nothing to report print `{}` in JSON mode, so a JSON
     /// consumer always gets a document.
-    fn done(&mut self) -> Result<()> {
+    pub fn done(&mut self) -> Result<()> {
         if self.json {
             self.json(&json!({}))?;
         }
@@ -345,7 +345,10 @@ pub fn run(cli: &Cli) -> Result<()> {
             c.clear_subscription_filter_tags(topic, name)?;
             out.done()?;
         }
+        Command::Cluster { command } => crate::cluster::run(c, &mut out, command)?,
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
+        Command::Stats(a) => crate::top::stats(c, &mut out, a)?,
+        Command::Top(a) => crate::top::top(c, &mut out, a)?,
         Command::Ping => {
             let started = Instant::now();
             c.ping()?;
@@ -628,6 +631,8 @@ fn ask_yes(question: &str) -> Result<bool> {
 /// so that --json still names the failure (TIMEOUT, CONNECTION_REFUSED).
 pub fn connect_failed(e: ClientError, server: &str, timeout: Option<Duration>) -> anyhow::Error {
     let (kind, text) = match &e {
+        // Several seeds: the client's error lists what each one did.
+        ClientError::Io(io) if server.contains(',') => (io.kind(), format!("{io} (is cmqd running?)")),
         e if e.is_timeout() => {
             let after = timeout.map_or_else(|| "waiting".to_owned(), |t| format!("after {} s", t.as_secs()));
             (io::ErrorKind::TimedOut, format!("timed out {after} connecting to {server} (is cmqd running?)"))

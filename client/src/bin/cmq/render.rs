@@ -692,6 +692,7 @@ pub fn client_error_name(e: &ClientError) -> &'static str {
         ClientError::Io(_) => "IO_ERROR",
         ClientError::Protocol(_) => "PROTOCOL_ERROR",
         ClientError::Disconnected => "DISCONNECTED",
+        ClientError::OutcomeUnknown { .. } => "OUTCOME_UNKNOWN",
     }
 }
 

@@ -1,0 +1,172 @@
+//! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`.
+//!
+//! hyper serves it on a current-thread tokio runtime on a thread of its own
+//! (`cmq-http`), never on a shard's event loop: the shards stay free of any
+//! runtime and are reached only through their inboxes (`bridge.rs`). HTTP
+//! is not the hot path; what it may cost is bounded: at most
+//! [`HTTP_CONNECTIONS_MAX`] connections, headers within
+//! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], one round of
+//! questions to the shards at a time.
+
+mod bridge;
+pub mod health;
+pub mod router;
+pub mod scrape;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+
+use crate::metrics::process::ProcessStart;
+use crate::shard::Shared;
+pub use bridge::ShardBridge;
+use router::{AllowAll, Endpoint, Reply, Router};
+
+/// HTTP connections served at once; more are closed at accept (scrapers
+/// and probes need a handful).
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+
+/// A request's headers must arrive within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head hyper buffers (our routes need no more).
+pub const HTTP_BUF_BYTES_MAX: usize = 16 * 1024;
+
+/// What the handlers share.
+pub struct HttpContext {
+    pub shared: Arc<Shared>,
+    pub bridge: ShardBridge,
+    pub start: ProcessStart,
+    pub router: Router,
+}
+
+/// The running HTTP port.
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` (an error here stops cmqd at start) and starts serving.
+    pub fn start(addr: SocketAddr, shared: Arc<Shared>, start: ProcessStart) -> anyhow::Result<HttpServer> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the HTTP port --http-listen {addr} (use `off` to disable it)"))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the HTTP runtime")?;
+        let router = Router::new(shared.cfg.fault_http_hooks, Arc::new(AllowAll));
+        let bridge = ShardBridge::new(shared.peers.clone());
+        let ctx = Arc::new(HttpContext { shared, bridge, start, router });
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("cmq-http".into())
+            .spawn(move || runtime.block_on(accept_loop(listener, ctx, stopped)))
+            .context("spawning the HTTP thread")?;
+        Ok(HttpServer { local_addr, stop, thread: Some(thread) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, drops open connections, joins the thread.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!(target: "cmq::http", "the HTTP thread panicked");
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: std::net::TcpListener, ctx: Arc<HttpContext>, mut stopped: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!(target: "cmq::http", "HTTP port unusable: {e}");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        log::debug!(target: "cmq::http", "refused HTTP connection from {peer}: {HTTP_CONNECTIONS_MAX} open");
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, ctx).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and the like: try again shortly rather than spin.
+                    log::warn!(target: "cmq::http", "HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) {
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HTTP_BUF_BYTES_MAX)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        log::debug!(target: "cmq::http", "HTTP connection ended: {e}");
+    }
+}
+
+async fn handle(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
+    // No route reads a body.
+    let (parts, _body) = req.into_parts();
+    match ctx.router.route(&parts) {
+        Err(reply) => *reply,
+        Ok(Endpoint::Metrics) => scrape::metrics(ctx, &parts).await,
+        Ok(Endpoint::Healthz) => health::healthz(ctx).await,
+        Ok(Endpoint::Readyz) => health::readyz(ctx).await,
+        Ok(Endpoint::DebugStall) => debug_stall(ctx, parts.uri.query().unwrap_or("")),
+    }
+}
+
+/// `POST /debug/stall?shard=K&ms=M` (testing only).
+fn debug_stall(ctx: &HttpContext, query: &str) -> Reply {
+    let param = |name: &str| -> Option<u64> {
+        let (_, v) = query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name)?;
+        v.parse().ok()
+    };
+    let (Some(shard), Some(ms)) = (param("shard"), param("ms")) else {
+        return router::text(StatusCode::BAD_REQUEST, "shard=K&ms=M required\n");
+    };
+    let ms = ms.min(crate::shard::STALL_MS_MAX);
+    if !ctx.bridge.stall(shard as usize, ms) {
+        return router::text(StatusCode::BAD_REQUEST, "no such shard, or its inbox is full\n");
+    }
+    router::text(StatusCode::OK, "stalling\n")
+}
