@@ -12,6 +12,9 @@
 //! Each node's stderr (its log) goes to `node<ID>.log` in the cluster's
 //! temporary directory; when a test panics the harness prints the tail of
 //! every log (`CMQ_CLUSTER_KEEP=1` keeps the directory and prints its path).
+//! `CMQ_CLUSTER_ON_STUCK=<program>` runs that program with the nodes' pids
+//! when they fail to converge, before they are killed (to attach gdb, or
+//! take `ss` of their sockets).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -260,6 +263,19 @@ impl Cluster {
         dir_bytes(&self.data_dir(i))
     }
 
+    /// Where node `i`'s log of `shard` starts now: the position of its
+    /// oldest segment (segment files are named after their first position),
+    /// 0 until it released one.
+    pub fn log_start(&self, i: usize, shard: u16) -> u64 {
+        let dir = self.data_dir(i).join(format!("shard-{shard}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".log")?.parse::<u64>().ok())
+            .min()
+            .unwrap_or(0)
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.nodes[i].log_path.clone()
     }
@@ -430,6 +446,10 @@ impl Cluster {
                 return digests;
             }
             if Instant::now() >= deadline {
+                if let Ok(cmd) = std::env::var("CMQ_CLUSTER_ON_STUCK") {
+                    let pids: Vec<String> = (0..self.len()).map(|i| self.pid(i).to_string()).collect();
+                    let _ = std::process::Command::new(cmd).args(&pids).status();
+                }
                 panic!("the nodes did not converge within {timeout:?}:\n{}", describe(&st));
             }
             std::thread::sleep(POLL_EVERY);
