@@ -4,7 +4,8 @@
 #   idle:    nobody reads the HTTP port,
 #   scraped: GET /metrics every second during the run,
 # and optionally a third binary without metrics (BASE=/path/to/cmqd).
-# Prints each run and the median of each variant.
+# Prints each run (messages/s, and the broker's CPU per message, which a
+# busy shared machine disturbs less than throughput) and the medians.
 #
 #   scripts/metrics-ab.sh                      # target/release binaries
 #   RUNS=3 DURATION=8 BASE=/tmp/cmqd-base scripts/metrics-ab.sh
@@ -27,7 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# run VARIANT BINARY: one loadgen run against a fresh broker; prints msgs/s.
+# run VARIANT BINARY: one loadgen run against a fresh broker; prints
+# "msgs/s broker-CPU-µs-per-message".
 run() {
     local variant=$1 bin=$2 dir
     dir=$(mktemp -d "$WORK/$variant.XXXX")
@@ -54,27 +56,30 @@ PY
         SCRAPER=$!
     fi
     # shellcheck disable=SC2086
-    "$LOADGEN" --server "$addr" --duration "$DURATION" --warmup 2 --json "$dir/report.json" $SCENARIO >/dev/null 2>&1
+    "$LOADGEN" --server "$addr" --server-pid "$PID" --duration "$DURATION" --warmup 2 --json "$dir/report.json" $SCENARIO >/dev/null 2>&1
     [[ -n "$SCRAPER" ]] && { kill "$SCRAPER"; wait "$SCRAPER" 2>/dev/null || true; SCRAPER=; }
     kill -TERM "$PID"; wait "$PID" || true; PID=
-    python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_s"]))' "$dir/report.json"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(r["msgs_per_s"]), round(1e6 * r["broker_cpu_s"] / max(r["deleted"], 1), 2))' "$dir/report.json"
 }
 
 variants=(idle scraped)
 [[ -n "${BASE:-}" ]] && variants=(base idle scraped)
-declare -A results
+declare -A results cpu
 for r in $(seq "$RUNS"); do
     for v in "${variants[@]}"; do
         bin=$CMQD
         [[ "$v" == base ]] && bin=$BASE
-        rate=$(run "$v" "$bin")
+        read -r rate us < <(run "$v" "$bin")
         results[$v]+="$rate "
-        echo "run $r $v: $rate msgs/s"
+        cpu[$v]+="$us "
+        echo "run $r $v: $rate msgs/s, $us µs broker CPU per message"
     done
 done
+median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
 summary=
 for v in "${variants[@]}"; do
-    line="$v median: $(python3 -c 'import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:]))))' ${results[$v]}) msgs/s (${results[$v]% })"
+    # shellcheck disable=SC2086
+    line="$v: median $(median ${results[$v]} | cut -d. -f1) msgs/s (${results[$v]% }), median $(median ${cpu[$v]}) µs broker CPU per message (${cpu[$v]% })"
     echo "$line"
     summary+="- $line"$'\n'
 done
