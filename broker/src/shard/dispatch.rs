@@ -141,10 +141,10 @@ impl Shard {
                 let msg = "the handshake is already done";
                 self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg)
             }
-            Request::Ping(_) => self.reply_ok(to, id, &Response::Ping(Empty {})),
+            Request::Ping(_) => self.reply_ok_about_node(to, id, &Response::Ping(Empty {})),
             Request::GetClusterMap(_) => {
                 let map = self.cluster_map();
-                self.reply_ok(to, id, &Response::GetClusterMap(map))
+                self.reply_ok_about_node(to, id, &Response::GetClusterMap(map))
             }
             Request::ClusterStatus(_) => self.start_cluster_status(to, id, now),
             Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
@@ -457,6 +457,19 @@ impl Shard {
         reply::ok(self.reply_buf(to), id, resp);
         let need = self.reply_done(to, start);
         self.count_answer(resp.opcode() as u16, ErrorCode(0), need);
+    }
+
+    /// A reply about this node itself (Ping, the cluster map, its replicas'
+    /// status): it states nothing about replicated queue state, so it waits
+    /// for no record and no ReadIndex round. A node cut off from its group
+    /// still answers it (a health check pings; an operator asks the
+    /// partitioned node what it sees).
+    pub(super) fn reply_ok_about_node(&mut self, to: ReplyTo, id: u64, resp: &Response) {
+        let start = self.reply_start(to);
+        reply::ok(self.reply_buf(to), id, resp);
+        self.reply_dep = None;
+        self.reply_done_with(to, start, crate::shard::release::Need::NONE);
+        self.count_answer(resp.opcode() as u16, ErrorCode(0), crate::shard::release::Need::NONE);
     }
 
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
