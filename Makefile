@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster test test-only tools lint fmt bench install clean package package-test
+.PHONY: all build run cluster test test-only sim tools lint fmt bench install clean package package-test
 
 all: build
 
@@ -35,6 +35,14 @@ ifneq ($(NEXTEST),)
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
+	$(MAKE) sim package-test
+
+## sim: the deterministic simulator over SIM_SEEDS seeds (release build:
+## about 30 ms a seed per core); `make sim SIM_SEEDS=100000` for a long run,
+## CMQ_SIM_SEED=<seed> to replay one
+SIM_SEEDS ?= 2000
+sim:
+	CMQ_SIM_SEEDS=$(SIM_SEEDS) $(CARGO) test --release --locked -p cmq-broker --test simulation -- --nocapture
 
 ## tools: what the deploy/ tests need (promtool, systemd-analyze), from
 ## Debian's packages when missing; fails loudly if they cannot be installed

@@ -6,6 +6,7 @@
 //! `CMQ_SIM_FROM=<seed>` where they start (default: a seed from the clock,
 //! printed, so every CI run explores new seeds).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use cmq_broker::sim::{run, SimOptions};
@@ -33,31 +34,82 @@ fn seeds_hold_every_invariant() {
     let from = env_u64("CMQ_SIM_FROM").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() * 1000)
     });
-    println!("simulating seeds {from}..{} (replay one with CMQ_SIM_SEED=<seed>)", from + n);
+    // Seeds are independent: one thread per core, seed k on thread k % threads.
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get() as u64).clamp(1, n.max(1));
+    println!("simulating seeds {from}..{} on {threads} threads (replay one with CMQ_SIM_SEED=<seed>)", from + n);
     let started = Instant::now();
-    let mut totals = (0usize, 0usize, 0u64, 0u64);
-    for seed in from..from + n {
-        match run(seed, &options(seed)) {
-            Ok(r) => {
-                totals.0 += r.acked_sends;
-                totals.1 += r.acked_deletes;
-                totals.2 += r.crashes;
-                totals.3 += r.elections;
-            }
-            Err(e) => {
-                panic!("{e}\nreplay: CMQ_SIM_SEED={seed} cargo test -p cmq-broker --test simulation -- --nocapture")
-            }
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<Totals, (u64, String)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let failed = &failed;
+                scope.spawn(move || run_seeds((from + t..from + n).step_by(threads as usize), failed))
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut totals = Totals::default();
+    // Of the failures found, the lowest seed (threads stop at the first failure anywhere).
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => totals.add(&t),
+            Err(f) => failures.push(f),
         }
+    }
+    failures.sort();
+    if let Some((seed, e)) = failures.into_iter().next() {
+        panic!("{e}\nreplay: CMQ_SIM_SEED={seed} cargo test -p cmq-broker --test simulation -- --nocapture")
     }
     println!(
         "{n} seeds in {:.1?}: {} acknowledged sends, {} acknowledged deletes, {} crashes, {} elections",
         started.elapsed(),
-        totals.0,
-        totals.1,
-        totals.2,
-        totals.3
+        totals.sends,
+        totals.deletes,
+        totals.crashes,
+        totals.elections
     );
-    assert!(totals.0 > 0 && totals.1 > 0, "the clients got work done");
+    assert!(totals.sends > 0 && totals.deletes > 0, "the clients got work done");
+}
+
+#[derive(Default)]
+struct Totals {
+    sends: usize,
+    deletes: usize,
+    crashes: u64,
+    elections: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.sends += o.sends;
+        self.deletes += o.deletes;
+        self.crashes += o.crashes;
+        self.elections += o.elections;
+    }
+}
+
+/// Runs `seeds` until one fails (or another thread's did).
+fn run_seeds(seeds: impl Iterator<Item = u64>, failed: &AtomicBool) -> Result<Totals, (u64, String)> {
+    let mut totals = Totals::default();
+    for seed in seeds {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        match run(seed, &options(seed)) {
+            Ok(r) => totals.add(&Totals {
+                sends: r.acked_sends,
+                deletes: r.acked_deletes,
+                crashes: r.crashes,
+                elections: r.elections,
+            }),
+            Err(e) => {
+                failed.store(true, Ordering::Relaxed);
+                return Err((seed, e.to_string()));
+            }
+        }
+    }
+    Ok(totals)
 }
 
 #[test]
