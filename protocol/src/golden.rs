@@ -69,32 +69,65 @@ fn frame(opcode: u16, flags: u8, request_id: u64, payload: &[u8]) -> Vec<u8> {
     P::default().u32(12 + payload.len() as u32).u16(opcode).u8(flags).u8(0).u64(request_id).raw(payload).0
 }
 
+/// A request or a success response, as the golden checks see it.
+trait Frame: PartialEq + std::fmt::Debug + Sized {
+    /// The header flags §1 gives it: 0 for a request, 1 for a response.
+    const FLAGS: u8;
+    fn op(&self) -> Opcode;
+    fn encode_frame(&self, out: &mut Vec<u8>);
+    fn decode(opcode: u16, payload: Bytes) -> Result<Self, DecodeError>;
+}
+
+impl Frame for Request {
+    const FLAGS: u8 = 0;
+    fn op(&self) -> Opcode {
+        self.opcode()
+    }
+    fn encode_frame(&self, out: &mut Vec<u8>) {
+        Request::encode_frame(self, ID, out)
+    }
+    fn decode(opcode: u16, payload: Bytes) -> Result<Self, DecodeError> {
+        Request::decode(opcode, payload)
+    }
+}
+
+impl Frame for Response {
+    const FLAGS: u8 = 1;
+    fn op(&self) -> Opcode {
+        self.opcode()
+    }
+    fn encode_frame(&self, out: &mut Vec<u8>) {
+        Response::encode_frame(self, ID, out)
+    }
+    fn decode(opcode: u16, payload: Bytes) -> Result<Self, DecodeError> {
+        Response::decode(opcode, payload)
+    }
+}
+
+/// The opcodes checked so far, requests (flags 0) and responses (flags 1).
 #[derive(Default)]
 struct Golden {
-    requests: BTreeSet<u16>,
-    responses: BTreeSet<u16>,
+    seen: [BTreeSet<u16>; 2],
 }
 
 impl Golden {
-    fn request(&mut self, opcode: u16, req: Request, payload: P) {
-        let name = req.opcode().name();
-        assert_eq!(req.opcode() as u16, opcode, "{name}: opcode");
+    /// The encoder writes exactly the frame of `payload`, and the payload decodes to `value`.
+    fn check<F: Frame>(&mut self, opcode: u16, value: F, payload: P) {
+        let what = format!("{} (flags {})", value.op().name(), F::FLAGS);
+        assert_eq!(value.op() as u16, opcode, "{what}: opcode");
         let mut out = Vec::new();
-        req.encode_frame(ID, &mut out);
-        assert_eq!(out, frame(opcode, 0, ID, &payload.0), "{name} request bytes");
-        assert_eq!(Request::decode(opcode, Bytes::from(payload.0)), Ok(req), "{name} request decodes");
-        self.requests.insert(opcode);
+        value.encode_frame(&mut out);
+        assert_eq!(out, frame(opcode, F::FLAGS, ID, &payload.0), "{what}: bytes");
+        assert_eq!(F::decode(opcode, Bytes::from(payload.0)), Ok(value), "{what}: decodes");
+        self.seen[usize::from(F::FLAGS)].insert(opcode);
     }
 
-    /// A success response: flags 1 (RESPONSE).
+    fn request(&mut self, opcode: u16, req: Request, payload: P) {
+        self.check(opcode, req, payload)
+    }
+
     fn response(&mut self, opcode: u16, resp: Response, payload: P) {
-        let name = resp.opcode().name();
-        assert_eq!(resp.opcode() as u16, opcode, "{name}: opcode");
-        let mut out = Vec::new();
-        resp.encode_frame(ID, &mut out);
-        assert_eq!(out, frame(opcode, 1, ID, &payload.0), "{name} response bytes");
-        assert_eq!(Response::decode(opcode, Bytes::from(payload.0)), Ok(resp), "{name} response decodes");
-        self.responses.insert(opcode);
+        self.check(opcode, resp, payload)
     }
 
     /// A request and an empty success response.
@@ -571,8 +604,8 @@ fn every_opcode_matches_protocol_md_byte_for_byte() {
     subscriptions(&mut g);
     cluster(&mut g);
     let all: BTreeSet<u16> = Opcode::ALL.iter().map(|o| *o as u16).collect();
-    assert_eq!(g.requests, all, "every opcode has a golden request");
-    assert_eq!(g.responses, all, "every opcode has a golden response");
+    assert_eq!(g.seen[0], all, "every opcode has a golden request");
+    assert_eq!(g.seen[1], all, "every opcode has a golden response");
 }
 
 #[test]

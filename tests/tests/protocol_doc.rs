@@ -60,6 +60,13 @@ impl Wire {
         (h, ErrorBody::decode_payload(payload).expect("error body").code())
     }
 
+    /// The next frame is error `want` answering (`opcode`, `request_id`).
+    fn expect_error(&mut self, want: ErrorCode, opcode: u16, request_id: u64) {
+        let (h, code) = self.error();
+        assert_eq!(code, want);
+        assert_eq!((h.opcode, h.request_id), (opcode, request_id), "{want:?}");
+    }
+
     fn assert_closed(&mut self) {
         assert!(self.frame().is_none(), "the broker closed the connection");
     }
@@ -74,9 +81,7 @@ fn handshake_required_answers_the_first_frame_with_its_opcode_and_id() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut w = Wire::connect(&broker);
     w.send(&request_frame(42, &Request::ListQueues(ListQueues::default())));
-    let (h, code) = w.error();
-    assert_eq!(code, ErrorCode::HANDSHAKE_REQUIRED);
-    assert_eq!((h.opcode, h.request_id), (Opcode::ListQueues as u16, 42));
+    w.expect_error(ErrorCode::HANDSHAKE_REQUIRED, Opcode::ListQueues as u16, 42);
     w.assert_closed();
 }
 
@@ -93,9 +98,7 @@ fn failed_handshakes_carry_the_handshake_opcode() {
     for (frame, want) in cases {
         let mut w = Wire::connect(&broker);
         w.send(&frame);
-        let (h, code) = w.error();
-        assert_eq!(code, want);
-        assert_eq!((h.opcode, h.request_id), (Opcode::Handshake as u16, 7), "{want:?}");
+        w.expect_error(want, Opcode::Handshake as u16, 7);
         w.assert_closed();
     }
 }
@@ -120,9 +123,7 @@ fn a_second_handshake_is_refused_and_the_connection_stays_usable() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut w = Wire::handshaken(&broker);
     w.send(&request_frame(9, &Request::Handshake(Handshake::new("again"))));
-    let (h, code) = w.error();
-    assert_eq!(code, ErrorCode::INVALID_PARAMETER);
-    assert_eq!((h.opcode, h.request_id), (Opcode::Handshake as u16, 9));
+    w.expect_error(ErrorCode::INVALID_PARAMETER, Opcode::Handshake as u16, 9);
     w.send(&ping(10));
     let (h, _) = w.frame().expect("the ping is answered");
     assert_eq!((h.flags, h.request_id), (1, 10));
@@ -133,9 +134,7 @@ fn a_client_frame_flagged_response_is_answered_with_its_opcode_then_closed() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut w = Wire::handshaken(&broker);
     w.send(&raw_frame(Opcode::Ping as u16, frame::FLAG_RESPONSE, 5, &[]));
-    let (h, code) = w.error();
-    assert_eq!(code, ErrorCode::MALFORMED_FRAME);
-    assert_eq!((h.opcode, h.request_id), (Opcode::Ping as u16, 5));
+    w.expect_error(ErrorCode::MALFORMED_FRAME, Opcode::Ping as u16, 5);
     w.assert_closed();
 }
 
@@ -145,9 +144,7 @@ fn connection_errors_carry_opcode_0_and_request_id_0() {
     let mut w = Wire::handshaken(&broker);
     // A length prefix of 11 cannot hold a header.
     w.send(&11u32.to_le_bytes());
-    let (h, code) = w.error();
-    assert_eq!(code, ErrorCode::MALFORMED_FRAME);
-    assert_eq!((h.opcode, h.request_id), (0, 0));
+    w.expect_error(ErrorCode::MALFORMED_FRAME, 0, 0);
     w.assert_closed();
 }
 
@@ -177,7 +174,5 @@ fn an_unknown_opcode_error_carries_the_request_opcode() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut w = Wire::handshaken(&broker);
     w.send(&raw_frame(0x7777, 0, 3, b""));
-    let (h, code) = w.error();
-    assert_eq!(code, ErrorCode::UNKNOWN_OPCODE);
-    assert_eq!((h.opcode, h.request_id), (0x7777, 3));
+    w.expect_error(ErrorCode::UNKNOWN_OPCODE, 0x7777, 3);
 }
