@@ -176,3 +176,33 @@ fn an_unknown_opcode_error_carries_the_request_opcode() {
     w.send(&raw_frame(0x7777, 0, 3, b""));
     w.expect_error(ErrorCode::UNKNOWN_OPCODE, 0x7777, 3);
 }
+
+/// §1's list of which decode failure gets which code; the connection stays open after each.
+#[test]
+fn decode_failures_get_the_documented_codes() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut w = Wire::handshaken(&broker);
+    let peek = |include_body: u8| {
+        let mut p = vec![1, 0, b'q'];
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend_from_slice(&1u16.to_le_bytes());
+        p.push(include_body);
+        p
+    };
+    let check = request_frame(0, &Request::TransactionCheck(TransactionCheck::default()));
+    let cases: [(u16, Vec<u8>, ErrorCode); 5] = [
+        (Opcode::PeekMessages as u16, peek(2), ErrorCode::INVALID_PARAMETER),
+        (Opcode::DeleteQueue as u16, vec![2, 0, 0xff, 0xfe], ErrorCode::INVALID_PARAMETER),
+        (Opcode::PeekMessages as u16, [peek(1), vec![0]].concat(), ErrorCode::MALFORMED_FRAME),
+        (Opcode::DeleteQueue as u16, vec![9, 0, b'q'], ErrorCode::MALFORMED_FRAME),
+        (Opcode::TransactionCheck as u16, check[frame::HEADER_BYTES..].to_vec(), ErrorCode::UNKNOWN_OPCODE),
+    ];
+    for (i, (opcode, payload, want)) in cases.into_iter().enumerate() {
+        let id = 100 + i as u64;
+        w.send(&raw_frame(opcode, 0, id, &payload));
+        w.expect_error(want, opcode, id);
+    }
+    w.send(&ping(200));
+    let (h, _) = w.frame().expect("still open");
+    assert_eq!((h.flags, h.request_id), (1, 200));
+}
