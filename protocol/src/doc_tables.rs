@@ -35,26 +35,12 @@ fn number(cell: &str) -> u64 {
 
 #[test]
 fn error_code_table_matches_the_code() {
-    let doc: BTreeMap<u64, &str> = rows("## 3. Errors").iter().map(|r| (number(r[0]), r[1])).collect();
-    let code: BTreeMap<u64, &str> = ErrorCode::ALL.iter().map(|c| (u64::from(c.0), c.name())).collect();
-    for (value, name) in &code {
-        assert_eq!(doc.get(value), Some(name), "PROTOCOL.md §3 lacks or misnames code {value} {name}");
-    }
-    for (value, name) in &doc {
-        assert_eq!(code.get(value), Some(name), "PROTOCOL.md §3 lists {value} {name}, which the code does not have");
-    }
+    same_table("## 3. Errors", ErrorCode::ALL.iter().map(|c| (u64::from(c.0), c.name().to_owned())).collect());
 }
 
 #[test]
 fn opcode_table_matches_the_code() {
-    let doc: BTreeMap<u64, &str> = rows("## 5. Operations").iter().map(|r| (number(r[0]), r[1])).collect();
-    let code: BTreeMap<u64, &str> = Opcode::ALL.iter().map(|o| (*o as u64, o.name())).collect();
-    for (value, name) in &code {
-        assert_eq!(doc.get(value), Some(name), "PROTOCOL.md §5 lacks or misnames opcode {value:#06x} {name}");
-    }
-    for (value, name) in &doc {
-        assert_eq!(code.get(value), Some(name), "PROTOCOL.md §5 lists {value:#06x} {name}, which the code lacks");
-    }
+    same_table("## 5. Operations", Opcode::ALL.iter().map(|o| (*o as u64, o.name().to_owned())).collect());
 }
 
 /// A limit's value as the table writes it: `1,048,576`, `16 × 1 MiB + 64 KiB
@@ -102,4 +88,23 @@ fn limit_tables_match_the_code() {
 fn the_title_names_the_version_spoken() {
     let title = DOC.lines().next().expect("a title");
     assert!(title.ends_with(&format!("version {}", crate::handshake::PROTOCOL_VERSION_MAX)), "{title}");
+}
+
+/// Both directions of one table against the code's `(value, name)` pairs.
+fn same_table(heading: &str, code: BTreeMap<u64, String>) {
+    let doc: BTreeMap<u64, String> = rows(heading).iter().map(|r| (number(r[0]), r[1].to_owned())).collect();
+    assert_eq!(doc, code, "PROTOCOL.md's table under {heading:?} (left) against the code (right)");
+}
+
+#[test]
+fn peer_kind_and_refuse_tables_match_the_code() {
+    use crate::peer::{PeerKind, RefuseReason};
+    let kinds = PeerKind::ALL.iter().map(|k| (*k as u64, format!("{k:?}"))).collect();
+    same_table("### Frames", kinds);
+    let reasons = (0..=u16::MAX)
+        .map(RefuseReason)
+        .filter(|r| r.name() != "UNKNOWN")
+        .map(|r| (u64::from(r.0), r.name().to_owned()))
+        .collect();
+    same_table("### Authentication handshake", reasons);
 }
