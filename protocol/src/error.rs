@@ -53,7 +53,8 @@ error_codes! {
     UNKNOWN_OPCODE = 4004, "unknown opcode";
     /// The frame is well delimited but its payload does not decode.
     MALFORMED_FRAME = 4005, "malformed frame";
-    /// A request arrived before the handshake completed.
+    /// A request arrived before the handshake completed; the error carries that
+    /// frame's opcode and request id, and the connection is closed.
     HANDSHAKE_REQUIRED = 4006, "handshake required";
     /// The handshake did not complete within the broker's handshake deadline
     /// (`--handshake-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
@@ -61,7 +62,8 @@ error_codes! {
     /// A request frame was not received whole within the broker's frame deadline
     /// (`--frame-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
     FRAME_TIMEOUT = 4008, "frame timeout";
-    /// Authentication failed (reserved for the authentication issue).
+    /// Authentication failed: today any Handshake whose `auth_method` is not empty
+    /// (no method is supported yet). The connection is closed after this error.
     AUTH_FAILED = 4100, "authentication failed";
     /// The body is larger than the queue's `maxMsgSize` (or `MSG_BYTES_MAX`), or empty.
     MESSAGE_TOO_LARGE = 4400, "message too large";

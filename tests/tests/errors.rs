@@ -28,7 +28,7 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::HANDSHAKE_REQUIRED, "errors::handshake_required_*"),
     (ErrorCode::HANDSHAKE_TIMEOUT, "conn_limits::a_partial_handshake_*, conn_limits::silent_connections_*"),
     (ErrorCode::FRAME_TIMEOUT, "conn_limits::partial_frames_after_the_handshake_*"),
-    (ErrorCode::AUTH_FAILED, "not produced: authentication is a later issue"),
+    (ErrorCode::AUTH_FAILED, "protocol_doc::a_non_empty_auth_method_is_refused_not_ignored"),
     (ErrorCode::MESSAGE_TOO_LARGE, "errors::message_too_large_*, topics::invalid_tags_routing_keys_and_bodies_*"),
     (ErrorCode::QUEUE_FULL, "errors::queue_full_*, queue_admin::set_queue_attributes_takes_effect"),
     (ErrorCode::BUSY, "not provoked: needs a full 16k-message shard inbox"),

@@ -14,8 +14,9 @@ use crate::engine::{Delivery, EngineError, ReceiveOutcome};
 impl Shard {
     pub(super) fn handle_frame(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes, now: u64) {
         if header.is_response() || header.is_push() {
-            return self.fail_conn(
+            return self.fail_conn_answering(
                 me.token,
+                header.opcode,
                 header.request_id,
                 ErrorCode::MALFORMED_FRAME,
                 "clients send requests only",
@@ -56,19 +57,33 @@ impl Shard {
 
     fn handshake(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes) {
         if header.opcode != Opcode::Handshake as u16 {
-            return self.fail_conn(
+            return self.fail_conn_answering(
                 me.token,
+                header.opcode,
                 header.request_id,
                 ErrorCode::HANDSHAKE_REQUIRED,
                 "the first frame on a connection must be a Handshake",
             );
         }
-        let hs = match Request::decode(header.opcode, payload) {
+        let op = header.opcode;
+        let hs = match Request::decode(op, payload) {
             Ok(Request::Handshake(h)) => h,
             Ok(_) | Err(_) => {
-                return self.fail_conn(me.token, header.request_id, ErrorCode::MALFORMED_FRAME, "malformed handshake")
+                return self.fail_conn_answering(
+                    me.token,
+                    op,
+                    header.request_id,
+                    ErrorCode::MALFORMED_FRAME,
+                    "malformed handshake",
+                )
             }
         };
+        if !hs.auth_method.is_empty() {
+            // Refused rather than ignored: credentials must never be silently dropped.
+            let msg =
+                format!("auth_method {:?} is not supported: this broker accepts only \"\" (anonymous)", hs.auth_method);
+            return self.fail_conn_answering(me.token, op, header.request_id, ErrorCode::AUTH_FAILED, &msg);
+        }
         let Some(version) = hs.negotiate() else {
             let msg = format!(
                 "client speaks versions {}..={}, server speaks {}..={}",
@@ -77,7 +92,7 @@ impl Shard {
                 handshake::PROTOCOL_VERSION_MIN,
                 handshake::PROTOCOL_VERSION_MAX
             );
-            return self.fail_conn(me.token, header.request_id, ErrorCode::UNSUPPORTED_VERSION, &msg);
+            return self.fail_conn_answering(me.token, op, header.request_id, ErrorCode::UNSUPPORTED_VERSION, &msg);
         };
         if let Some(target) = hs.shard_hint.filter(|s| *s != self.id && *s < self.shard_count()) {
             return self.hand_over(me, target, header.request_id, version);
