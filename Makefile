@@ -37,12 +37,12 @@ else
 endif
 	$(MAKE) sim package-test
 
-## sim: the deterministic simulator over SIM_SEEDS seeds (release build:
-## about 30 ms a seed per core); `make sim SIM_SEEDS=100000` for a long run,
-## CMQ_SIM_SEED=<seed> to replay one
+## sim: the deterministic simulator over SIM_SEEDS seeds from a release
+## build (the same profile as the binaries, so nothing is built twice);
+## `make sim SIM_SEEDS=100000` for a long run; a failure prints how to replay it
 SIM_SEEDS ?= 2000
 sim:
-	CMQ_SIM_SEEDS=$(SIM_SEEDS) $(CARGO) test --release --locked -p cmq-broker --test simulation -- --nocapture
+	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS)
 
 ## tools: what the deploy/ tests need (promtool, systemd-analyze), from
 ## Debian's packages when missing; fails loudly if they cannot be installed
