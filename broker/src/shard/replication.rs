@@ -135,6 +135,7 @@ impl Shard {
                 DataFrame::WrittenAck { term, index } => r.replica.on_written_ack(from, term, index),
                 DataFrame::Forward(bytes) => self.forwarded.push((from, bytes)),
                 DataFrame::SnapshotChunk(_) => {}
+                DataFrame::Abstaining => r.replica.on_peer_abstaining(from),
             }
         }
         while now >= r.next_tick_ms {
@@ -229,6 +230,9 @@ impl Shard {
         }
         if r.replica.take_snapshot_wanted() {
             offer_snapshot(self.id, r);
+        }
+        for to in out.abstaining_to {
+            let _ = r.links.send_abstaining(to);
         }
         for (to, term, index) in out.written_acks {
             let _ = r.links.send_written_ack(to, term, index);

@@ -10,6 +10,7 @@
 //! election timeout) is pinned per node from the seed.
 
 mod log;
+pub mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -172,6 +173,7 @@ struct Node {
 enum Wire {
     Raft(Vec<u8>),
     WrittenAck { term: u64, index: u64 },
+    Abstaining,
 }
 
 struct Sim {
@@ -343,6 +345,7 @@ impl Sim {
     fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
         let id = self.nodes[i].id;
         let voters: Vec<u64> = (1..=self.opts.nodes).collect();
+        self.nodes[i].log.raw.recover();
         let mut scanner = LogScanner::default();
         for (pos, end, rt, payload) in self.nodes[i].log.raw.records() {
             scanner.record(pos, end, rt, payload).map_err(|e| self.fail(format!("node {id}: scan: {e}")))?;
@@ -511,6 +514,9 @@ impl Sim {
         for (to, term, index) in out.written_acks {
             self.send(from, to, Wire::WrittenAck { term, index });
         }
+        for to in out.abstaining_to {
+            self.send(from, to, Wire::Abstaining);
+        }
     }
 
     fn send(&mut self, from: u64, to: u64, w: Wire) {
@@ -548,6 +554,7 @@ impl Sim {
                     }
                 }
                 Wire::WrittenAck { term, index } => r.on_written_ack(from, term, index),
+                Wire::Abstaining => r.on_peer_abstaining(from),
             }
         }
         Ok(())
