@@ -40,7 +40,7 @@ endif
 ## sim: the deterministic simulator over SIM_SEEDS seeds from a release
 ## build (the same profile as the binaries, so nothing is built twice);
 ## `make sim SIM_SEEDS=100000` for a long run; a failure prints how to replay it
-SIM_SEEDS ?= 2000
+SIM_SEEDS ?= 3000
 sim:
 	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS)
 
