@@ -39,10 +39,17 @@ log "results in $RESULTS"
 
 PIDS=()
 ADDRS=
+RUN_DIR=
+# Stops the brokers and deletes their data (a run writes gigabytes); the
+# logs stay with the results.
 stop_all() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     PIDS=()
+    if [[ -n $RUN_DIR ]]; then
+        find "$RUN_DIR" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+        RUN_DIR=
+    fi
 }
 trap stop_all EXIT
 
@@ -63,6 +70,7 @@ wait_listening() { # FILE PID
 start_single() {
     local d
     d=$(mktemp -d "$RESULTS/single.XXXXXX")
+    RUN_DIR=$d
     "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$d/data" >"$d/node.out" 2>"$d/node.err" &
     PIDS=($!)
     wait_listening "$d/node.out" "${PIDS[0]}"
@@ -72,6 +80,7 @@ start_single() {
 start_cluster() {
     local d key n m peers
     d=$(mktemp -d "$RESULTS/cluster.XXXXXX")
+    RUN_DIR=$d
     key=$d/cluster.key
     (umask 077 && head -c 32 /dev/urandom | base64 >"$key")
     local client=() peer=()

@@ -753,18 +753,17 @@ impl Replica {
     /// safe.
     fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
         let (written, durable) = (raw.written_end(), raw.durable_end());
+        // Written-acks go as soon as a ready is written, also behind an
+        // earlier one that waits for its fdatasync: async writers wait on
+        // them, and must not wait for the flush interval (only the latest
+        // is sent; it covers the ones before it).
+        let acks = self.pending.iter_mut().take_while(|p| p.end <= written).filter_map(|p| p.ack.take());
+        if let Some(ack) = acks.last() {
+            out.written_acks.push(ack);
+        }
         while let Some(p) = self.pending.front() {
-            if p.end > written {
-                break;
-            }
-            if let Some((leader, term, index)) = p.ack {
-                out.written_acks.push((leader, term, index));
-            }
-            if p.durable && p.end > durable {
-                // The written-ack went; the rest waits for the fdatasync.
-                if let Some(p) = self.pending.front_mut() {
-                    p.ack = None;
-                }
+            if p.end > written || (p.durable && p.end > durable) {
+                // The rest waits for the write, or for the fdatasync.
                 break;
             }
             let Some(p) = self.pending.pop_front() else { break };
