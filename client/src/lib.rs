@@ -67,7 +67,7 @@
 //! let mut tickets = Vec::new();
 //! for i in 0..64 {
 //!     let body = format!("message {i}").into();
-//!     tickets.push(client.submit(&Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 0, body }))?);
+//!     tickets.push(client.submit(&Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 0, body, ..Default::default() }))?);
 //! }
 //! client.flush()?;
 //! for t in tickets {
@@ -109,6 +109,7 @@ mod client;
 mod connection;
 mod error;
 mod id_hash;
+pub mod idempotency;
 #[macro_use]
 mod ops;
 mod cluster;

@@ -190,7 +190,9 @@ fn idempotency_keys_are_bounded_and_canonical() {
         out.extend_from_slice(&key);
         Request::decode(Opcode::SendMessage as u16, Bytes::from(out))
     };
-    let Ok(Request::SendMessage(ok)) = send(vec![7; IDEMPOTENCY_KEY_BYTES_MAX]) else { panic!("a key at the limit decodes") };
+    let Ok(Request::SendMessage(ok)) = send(vec![7; IDEMPOTENCY_KEY_BYTES_MAX]) else {
+        panic!("a key at the limit decodes")
+    };
     assert_eq!(ok.idempotency_key.len(), IDEMPOTENCY_KEY_BYTES_MAX);
     let err = send(vec![7; IDEMPOTENCY_KEY_BYTES_MAX + 1]).expect_err("one byte over the limit");
     assert_eq!(err.code(), ErrorCode::INVALID_PARAMETER);
@@ -199,7 +201,8 @@ fn idempotency_keys_are_bounded_and_canonical() {
     assert_eq!(send(Vec::new()), Err(DecodeError::Invalid("idempotency_key")));
     // An empty present key list likewise; more keys than a batch holds is refused.
     let mut out = Vec::new();
-    BatchSendMessage { queue: "q".into(), bodies: vec![Bytes::from_static(b"b")], ..Default::default() }.encode(&mut out);
+    BatchSendMessage { queue: "q".into(), bodies: vec![Bytes::from_static(b"b")], ..Default::default() }
+        .encode(&mut out);
     let mut empty = out.clone();
     empty.extend_from_slice(&[0, 0]);
     assert_eq!(
