@@ -86,7 +86,10 @@
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
 //! an error. A request that changes state and lost its connection after it
 //! was sent is [`ClientError::OutcomeUnknown`]: it may or may not have been
-//! applied, and the client does not guess by sending it again.
+//! applied, and the client does not guess by sending it again. Sends and
+//! publishes are the exception in a cluster: each message carries an
+//! idempotency key ([`idempotency`]), so the client sends them again (to the
+//! new leader) and the broker stores each message once.
 //!
 //! ```no_run
 //! use cmq_client::Client;
