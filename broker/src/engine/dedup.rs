@@ -127,7 +127,12 @@ pub enum KeyFate {
 /// Decides the fate of each message of a batch with `keys` (empty: none of
 /// them has a key; else one per message, an empty key meaning none) against
 /// `window` at `now_ms`. A key repeated inside the batch is stored once.
+/// Without any key, nothing to decide: empty (and nothing allocated, so a
+/// keyless send costs what it did before keys existed).
 pub fn plan(window: &DedupWindow, keys: &[Bytes], count: usize, now_ms: u64) -> Vec<KeyFate> {
+    if keys.iter().all(|k| k.is_empty()) {
+        return Vec::new();
+    }
     let mut fates = Vec::with_capacity(count);
     let mut stored = 0;
     for i in 0..count {
@@ -147,6 +152,9 @@ pub fn plan(window: &DedupWindow, keys: &[Bytes], count: usize, now_ms: u64) -> 
 
 /// The bodies to store and their keys (none when no stored one has a key).
 pub fn fresh(fates: &[KeyFate], bodies: &[Bytes], keys: &[Bytes]) -> (Vec<Bytes>, Vec<Bytes>) {
+    if fates.is_empty() {
+        return (bodies.to_vec(), Vec::new());
+    }
     let stored = fates.iter().enumerate().filter(|(_, f)| matches!(f, KeyFate::Store(_))).map(|(i, _)| i);
     let fresh: Vec<Bytes> = stored.clone().map(|i| bodies[i].clone()).collect();
     let fresh_keys: Vec<Bytes> = stored.filter_map(|i| keys.get(i).cloned()).collect();
@@ -154,9 +162,12 @@ pub fn fresh(fates: &[KeyFate], bodies: &[Bytes], keys: &[Bytes]) -> (Vec<Bytes>
     (fresh, if keyed { fresh_keys } else { Vec::new() })
 }
 
-/// The ids to answer with, given the fates and the first id of the stored
-/// messages (consecutive from it).
-pub fn answer(fates: &[KeyFate], first_msg_id: u64) -> Vec<u64> {
+/// The ids to answer the `count` messages with, given the fates (empty:
+/// all stored) and the first id of the stored messages (consecutive from it).
+pub fn answer(fates: &[KeyFate], count: usize, first_msg_id: u64) -> Vec<u64> {
+    if fates.is_empty() {
+        return (0..count as u64).map(|i| first_msg_id + i).collect();
+    }
     let mut ids: Vec<u64> = Vec::with_capacity(fates.len());
     for f in fates {
         let id = match *f {
@@ -263,8 +274,10 @@ mod tests {
                 KeyFate::Store(3)
             ]
         );
-        assert_eq!(answer(&fates, 10), [10, 500, 11, 10, 12, 13]);
-        // No keys at all: everything is stored.
-        assert_eq!(plan(&w, &[], 2, 1), [KeyFate::Store(0), KeyFate::Store(1)]);
+        assert_eq!(answer(&fates, fates.len(), 10), [10, 500, 11, 10, 12, 13]);
+        // No keys at all (or only empty ones): everything is stored.
+        assert!(plan(&w, &[], 2, 1).is_empty());
+        assert!(plan(&w, &[Bytes::new(), Bytes::new()], 2, 1).is_empty());
+        assert_eq!(answer(&[], 3, 7), [7, 8, 9]);
     }
 }

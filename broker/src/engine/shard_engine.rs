@@ -456,11 +456,12 @@ impl ShardEngine {
         keys: &[Bytes],
     ) -> Result<Vec<u64>, EngineError> {
         check_batch(bodies, keys)?;
+        let n = bodies.len();
         let q = self.queue_mut(name)?;
         let fates = dedup::plan(&q.dedup, keys, bodies.len(), now_ms);
         let (fresh, fresh_keys) = dedup::fresh(&fates, bodies, keys);
         if fresh.is_empty() {
-            return Ok(dedup::answer(&fates, 0));
+            return Ok(dedup::answer(&fates, n, 0));
         }
         q.check_send(&fresh, delay_seconds)?;
         let uid = q.uid;
@@ -482,7 +483,7 @@ impl ShardEngine {
         let Record::Enqueued { bodies, keys, .. } = &rec else { unreachable!("built above") };
         let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
         self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos, keys);
-        Ok(dedup::answer(&fates, first_msg_id))
+        Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
     /// Applies an `Enqueued` record; `keys` go into the queue's dedup

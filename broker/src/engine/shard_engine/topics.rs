@@ -456,12 +456,13 @@ impl ShardEngine {
         routing_key: &str,
     ) -> Result<Vec<u64>, EngineError> {
         super::check_batch(bodies, keys)?;
+        let n = bodies.len();
         let uid = self.topic_uid(topic)?;
         let t = &self.topics[&uid];
         let fates = dedup::plan(&t.dedup, keys, bodies.len(), now_ms);
         let (fresh, fresh_keys) = dedup::fresh(&fates, bodies, keys);
         if fresh.is_empty() {
-            return Ok(dedup::answer(&fates, 0));
+            return Ok(dedup::answer(&fates, n, 0));
         }
         let bodies = &fresh[..];
         for (i, b) in bodies.iter().enumerate() {
@@ -512,7 +513,7 @@ impl ShardEngine {
             self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
             self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
         }
-        Ok(dedup::answer(&fates, first_msg_id))
+        Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
     /// Puts a `Published` record's keys into its topic's dedup window.
