@@ -359,6 +359,11 @@ pub const RECORD_IDS_MAX: usize = 4096;
 
 const _: () = assert!(RECORD_IDS_MAX <= RECORD_ITEMS_MAX);
 const _: () = assert!(2 + RECORD_IDS_MAX * 20 <= crate::storage::RECORD_PAYLOAD_MAX_BYTES as usize);
+// A full batch's keys fit easily in the room a record has beside its bodies.
+const _: () = assert!(
+    2 + cmq_protocol::limits::BATCH_MSGS_MAX * (1 + cmq_protocol::limits::IDEMPOTENCY_KEY_BYTES_MAX)
+        <= crate::storage::RECORD_OVERHEAD_MAX_BYTES as usize / 64
+);
 
 /// Why a logged payload could not be decoded. At recovery this is corruption
 /// that the log's checksum did not catch, or a record from a newer version.
