@@ -15,7 +15,7 @@
 //!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
 //! | count u32 | count × dedup window (owner u8: 1 queue, 2 topic, uid u32,
-//!                                   count u32 × (msg_id u64, time_ms u64, key_len u8, key))
+//!                                   count u32 × (key digest u128, msg_id u64, time_ms u64))
 //! | crc32c u32 of everything before it
 //! ```
 //!
@@ -29,9 +29,8 @@ use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
 use cmq_protocol::{QueueAttributes, RedriveState};
 
-use crate::engine::dedup::{Seen, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
+use crate::engine::dedup::{KeyDigest, Seen, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
 use crate::engine::record::SubscriptionDef;
-use cmq_protocol::limits::IDEMPOTENCY_KEY_BYTES_MAX;
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
 const VERSION: u32 = 2;
@@ -115,7 +114,7 @@ pub enum DedupOwner {
 pub struct CatalogDedup {
     pub owner: DedupOwner,
     pub uid: u32,
-    pub entries: Vec<(Bytes, Seen)>,
+    pub entries: Vec<(KeyDigest, Seen)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -201,10 +200,9 @@ impl Catalog {
             w.put_u32(d.uid);
             w.put_u32(d.entries.len() as u32);
             for (key, seen) in &d.entries {
+                w.put_u128(*key);
                 w.put_u64(seen.msg_id);
                 w.put_u64(seen.time_ms);
-                w.put_u8(key.len() as u8);
-                w.extend_from_slice(key);
             }
         }
         let crc = crc32c::crc32c(&w);
@@ -352,12 +350,12 @@ fn decode_dedup(r: &mut Reader) -> Result<Vec<CatalogDedup>, String> {
         if n > IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
             return Err(format!("a dedup window of {n} keys passes the limit {IDEMPOTENCY_KEYS_PER_QUEUE_MAX}"));
         }
-        let mut entries = Vec::with_capacity(n.min(r.remaining() / 17));
+        let mut entries = Vec::with_capacity(n.min(r.remaining() / 32));
         for _ in 0..n {
+            let key = r.u128("key digest").map_err(e)?;
             let msg_id = r.u64("msg_id").map_err(e)?;
             let time_ms = r.u64("time_ms").map_err(e)?;
-            let key = r.short_bytes("key", IDEMPOTENCY_KEY_BYTES_MAX).map_err(e)?;
-            entries.push((Bytes::copy_from_slice(&key), Seen { msg_id, time_ms }));
+            entries.push((key, Seen { msg_id, time_ms }));
         }
         windows.push(CatalogDedup { owner, uid, entries });
     }
@@ -432,8 +430,8 @@ mod tests {
                 owner: DedupOwner::Queue,
                 uid: 3,
                 entries: vec![
-                    (Bytes::from_static(b"k1"), Seen { msg_id: 40, time_ms: 9 }),
-                    (Bytes::from(vec![0xab; IDEMPOTENCY_KEY_BYTES_MAX]), Seen { msg_id: 41, time_ms: 10 }),
+                    (crate::engine::dedup::digest(b"k1"), Seen { msg_id: 40, time_ms: 9 }),
+                    (u128::MAX, Seen { msg_id: 41, time_ms: 10 }),
                 ],
             }],
             queues: vec![CatalogQueue {

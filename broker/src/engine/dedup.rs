@@ -19,8 +19,10 @@
 //! hold the same state.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher;
 
 use bytes::Bytes;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// How long after a message was stored its key still deduplicates: 5
 /// minutes, as SQS FIFO queues' deduplication interval. A client retries
@@ -30,10 +32,25 @@ pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Keys remembered per queue (or topic). Under sustained keyed load the
 /// window covers the last this-many messages when that is shorter than
 /// `DEDUP_WINDOW_MS`: 65,536 keys are 0.65 s of one queue at 100,000
-/// messages/s, 65 s at 1,000/s. Memory: about 150 bytes per 16-byte key
-/// (10 MB per queue at the limit); the catalog stores each key in 17 bytes
-/// plus the key.
+/// messages/s, 65 s at 1,000/s. Memory: about 64 bytes per key (4 MiB per
+/// queue at the limit); the catalog stores each in 32 bytes.
 pub const IDEMPOTENCY_KEYS_PER_QUEUE_MAX: usize = 65_536;
+
+/// A key as the window holds it: its 128-bit SipHash-1-3 under fixed keys.
+/// Fixed-size and inline, so the window allocates nothing per key and a
+/// lookup touches no key bytes on the heap; the same on every replica (the
+/// hash keys are constants), so it may go into the catalog. Two keys
+/// collide with probability about 2⁻¹²⁸ per pair; finding a collision on
+/// purpose takes about 2⁶⁴ work, and would only let a sender deduplicate
+/// its own messages against a key it already knows.
+pub type KeyDigest = u128;
+
+/// The digest of a (non-empty) idempotency key.
+pub fn digest(key: &[u8]) -> KeyDigest {
+    let mut h = SipHasher13::new_with_keys(0x636d_715f_6964_656d, 0x6b65_795f_7631_0000);
+    h.write(key);
+    h.finish128().as_u128()
+}
 
 /// What a window remembers about one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +62,14 @@ pub struct Seen {
 /// The keys of one queue or topic, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
-    by_key: HashMap<Bytes, Seen>,
-    /// The same keys in the order their records were applied.
-    order: VecDeque<Bytes>,
+    by_key: HashMap<KeyDigest, Seen>,
+    /// The same keys with their times, in the order their records were
+    /// applied (the time here spares a map lookup when evicting).
+    order: VecDeque<(KeyDigest, u64)>,
+}
+
+fn expired(time_ms: u64, now_ms: u64) -> bool {
+    time_ms.saturating_add(DEDUP_WINDOW_MS) <= now_ms
 }
 
 impl DedupWindow {
@@ -59,58 +81,47 @@ impl DedupWindow {
         self.order.is_empty()
     }
 
-    /// The id stored under `key`, if its entry is still within the window
-    /// at `now_ms`. An empty key is no key.
-    pub fn lookup(&self, key: &[u8], now_ms: u64) -> Option<u64> {
-        if key.is_empty() {
-            return None;
-        }
-        self.by_key.get(key).filter(|s| s.time_ms.saturating_add(DEDUP_WINDOW_MS) > now_ms).map(|s| s.msg_id)
+    /// The id stored under the key with digest `key`, if its entry is
+    /// still within the window at `now_ms`.
+    pub fn lookup(&self, key: KeyDigest, now_ms: u64) -> Option<u64> {
+        self.by_key.get(&key).filter(|s| !expired(s.time_ms, now_ms)).map(|s| s.msg_id)
     }
 
     /// Remembers that `msg_id` was stored under `key` at `time_ms` (the
     /// record's time), first dropping entries that expired by then from
     /// the front and the oldest beyond the count limit. A key already
     /// present (an expired entry still held) moves to the back with its
-    /// new message. The key is copied: it is a slice of a request frame or
-    /// of a log read buffer, which it must not keep alive.
-    pub fn insert(&mut self, key: &[u8], msg_id: u64, time_ms: u64) {
-        if key.is_empty() {
-            return;
-        }
-        if self.by_key.contains_key(key) {
-            if let Some(at) = self.order.iter().position(|k| k[..] == *key) {
+    /// new message.
+    pub fn insert(&mut self, key: KeyDigest, msg_id: u64, time_ms: u64) {
+        if self.by_key.contains_key(&key) {
+            if let Some(at) = self.order.iter().position(|(k, _)| *k == key) {
                 self.order.remove(at);
             }
         }
-        while let Some(front) = self.order.front() {
-            let expired = self.by_key.get(front).is_none_or(|s| s.time_ms.saturating_add(DEDUP_WINDOW_MS) <= time_ms);
-            if !expired && self.order.len() < IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
+        while let Some(&(front, t)) = self.order.front() {
+            if !expired(t, time_ms) && self.order.len() < IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
                 break;
             }
-            if let Some(old) = self.order.pop_front() {
-                self.by_key.remove(&old);
-            }
+            self.order.pop_front();
+            self.by_key.remove(&front);
         }
-        let key = Bytes::copy_from_slice(key);
-        self.by_key.insert(key.clone(), Seen { msg_id, time_ms });
-        self.order.push_back(key);
+        self.by_key.insert(key, Seen { msg_id, time_ms });
+        self.order.push_back((key, time_ms));
     }
 
     /// Every entry, oldest first (for the catalog).
-    pub fn entries(&self) -> impl Iterator<Item = (&Bytes, Seen)> + '_ {
-        self.order.iter().filter_map(|k| self.by_key.get(k).map(|s| (k, *s)))
+    pub fn entries(&self) -> impl Iterator<Item = (KeyDigest, Seen)> + '_ {
+        self.order.iter().filter_map(|(k, _)| self.by_key.get(k).map(|s| (*k, *s)))
     }
 
     /// Puts back an entry read from a catalog, after the ones restored
     /// before it, evicting nothing: the catalog holds a window as it was.
-    pub fn restore(&mut self, key: &[u8], seen: Seen) {
-        if key.is_empty() || self.by_key.contains_key(key) || self.order.len() >= IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
+    pub fn restore(&mut self, key: KeyDigest, seen: Seen) {
+        if self.by_key.contains_key(&key) || self.order.len() >= IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
             return;
         }
-        let key = Bytes::copy_from_slice(key);
-        self.by_key.insert(key.clone(), seen);
-        self.order.push_back(key);
+        self.by_key.insert(key, seen);
+        self.order.push_back((key, seen.time_ms));
     }
 }
 
@@ -133,17 +144,26 @@ pub fn plan(window: &DedupWindow, keys: &[Bytes], count: usize, now_ms: u64) -> 
     if keys.iter().all(|k| k.is_empty()) {
         return Vec::new();
     }
+    let digests: Vec<Option<KeyDigest>> = keys.iter().map(|k| (!k.is_empty()).then(|| digest(k))).collect();
     let mut fates = Vec::with_capacity(count);
     let mut stored = 0;
     for i in 0..count {
-        let key = keys.get(i).map_or(&[][..], |k| &k[..]);
-        let fate = if let Some(id) = window.lookup(key, now_ms) {
-            KeyFate::Known(id)
-        } else if let Some(j) = (!key.is_empty()).then(|| keys[..i].iter().position(|k| k[..] == *key)).flatten() {
-            KeyFate::SameAs(j)
-        } else {
-            stored += 1;
-            KeyFate::Store(stored - 1)
+        let d = digests.get(i).copied().flatten();
+        let fate = match d {
+            Some(d) => match window.lookup(d, now_ms) {
+                Some(id) => KeyFate::Known(id),
+                None => match digests[..i].iter().position(|e| *e == Some(d)) {
+                    Some(j) => KeyFate::SameAs(j),
+                    None => {
+                        stored += 1;
+                        KeyFate::Store(stored - 1)
+                    }
+                },
+            },
+            None => {
+                stored += 1;
+                KeyFate::Store(stored - 1)
+            }
         };
         fates.push(fate);
     }
@@ -180,87 +200,101 @@ pub fn answer(fates: &[KeyFate], count: usize, first_msg_id: u64) -> Vec<u64> {
     ids
 }
 
+/// Puts the keys of a batch stored from `first_msg_id` at `time_ms` into
+/// `window` (empty keys: none).
+pub fn remember(window: &mut DedupWindow, keys: &[Bytes], first_msg_id: u64, time_ms: u64) {
+    for (i, key) in keys.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+        window.insert(digest(key), first_msg_id + i as u64, time_ms);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(i: u64) -> Vec<u8> {
-        i.to_le_bytes().to_vec()
+    fn key(i: u64) -> KeyDigest {
+        digest(&i.to_le_bytes())
+    }
+
+    fn k(s: &str) -> KeyDigest {
+        digest(s.as_bytes())
+    }
+
+    #[test]
+    fn digests_are_fixed_and_distinct() {
+        assert_eq!(digest(b"k"), digest(b"k"), "the same on every replica and run");
+        assert_ne!(digest(b"k"), digest(b"k\0"));
+        assert_ne!(digest(b"a"), digest(b"b"));
     }
 
     #[test]
     fn a_key_deduplicates_until_the_window_ends() {
         let mut w = DedupWindow::default();
-        w.insert(b"k", 7, 1000);
-        assert_eq!(w.lookup(b"k", 1000), Some(7));
-        assert_eq!(w.lookup(b"k", 1000 + DEDUP_WINDOW_MS - 1), Some(7));
-        assert_eq!(w.lookup(b"k", 1000 + DEDUP_WINDOW_MS), None, "the window is half-open");
-        assert_eq!(w.lookup(b"other", 1000), None);
-        assert_eq!(w.lookup(b"", 1000), None, "an empty key is no key");
+        w.insert(k("k"), 7, 1000);
+        assert_eq!(w.lookup(k("k"), 1000), Some(7));
+        assert_eq!(w.lookup(k("k"), 1000 + DEDUP_WINDOW_MS - 1), Some(7));
+        assert_eq!(w.lookup(k("k"), 1000 + DEDUP_WINDOW_MS), None, "the window is half-open");
+        assert_eq!(w.lookup(k("other"), 1000), None);
     }
 
     #[test]
     fn expired_entries_leave_when_a_later_record_arrives() {
         let mut w = DedupWindow::default();
-        w.insert(b"a", 1, 0);
-        w.insert(b"b", 2, 10);
-        w.insert(b"c", 3, DEDUP_WINDOW_MS);
+        w.insert(k("a"), 1, 0);
+        w.insert(k("b"), 2, 10);
+        w.insert(k("c"), 3, DEDUP_WINDOW_MS);
         // "a" expired exactly at the new record's time; "b" has 10 ms left.
-        assert_eq!(w.entries().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(), [b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(w.entries().map(|(d, _)| d).collect::<Vec<_>>(), [k("b"), k("c")]);
     }
 
     #[test]
     fn the_oldest_key_is_evicted_at_the_count_limit() {
         let mut w = DedupWindow::default();
         for i in 0..IDEMPOTENCY_KEYS_PER_QUEUE_MAX as u64 {
-            w.insert(&key(i), i, 5);
+            w.insert(key(i), i, 5);
         }
         assert_eq!(w.len(), IDEMPOTENCY_KEYS_PER_QUEUE_MAX);
-        assert_eq!(w.lookup(&key(0), 5), Some(0), "at the limit nothing is evicted yet");
-        w.insert(&key(u64::MAX), 99, 5);
+        assert_eq!(w.lookup(key(0), 5), Some(0), "at the limit nothing is evicted yet");
+        w.insert(key(u64::MAX), 99, 5);
         assert_eq!(w.len(), IDEMPOTENCY_KEYS_PER_QUEUE_MAX);
-        assert_eq!(w.lookup(&key(0), 5), None, "one past the limit evicts the oldest");
-        assert_eq!(w.lookup(&key(1), 5), Some(1));
-        assert_eq!(w.lookup(&key(u64::MAX), 5), Some(99));
+        assert_eq!(w.lookup(key(0), 5), None, "one past the limit evicts the oldest");
+        assert_eq!(w.lookup(key(1), 5), Some(1));
+        assert_eq!(w.lookup(key(u64::MAX), 5), Some(99));
     }
 
     #[test]
     fn a_reused_expired_key_moves_to_the_back() {
         let mut w = DedupWindow::default();
-        w.insert(b"a", 1, 0);
-        w.insert(b"b", 2, 1);
-        // "a" expired but is still held (the front is evicted first, and it
-        // is "a" itself here): storing it again gives it its new message.
-        w.insert(b"a", 3, DEDUP_WINDOW_MS + 5);
-        assert_eq!(w.lookup(b"a", DEDUP_WINDOW_MS + 5), Some(3));
+        w.insert(k("a"), 1, 0);
+        w.insert(k("b"), 2, 1);
+        w.insert(k("a"), 3, DEDUP_WINDOW_MS + 5);
+        assert_eq!(w.lookup(k("a"), DEDUP_WINDOW_MS + 5), Some(3));
         assert_eq!(w.len(), 1, "b expired too");
-        let order: Vec<_> = w.entries().map(|(k, s)| (k.to_vec(), s.msg_id)).collect();
-        assert_eq!(order, [(b"a".to_vec(), 3)]);
+        let order: Vec<_> = w.entries().map(|(d, s)| (d, s.msg_id)).collect();
+        assert_eq!(order, [(k("a"), 3)]);
     }
 
     #[test]
     fn restore_rebuilds_the_same_window() {
         let mut w = DedupWindow::default();
         for i in 0..100u64 {
-            w.insert(&key(i % 40), i, i * 10_000);
+            w.insert(key(i % 40), i, i * 10_000);
         }
         let mut back = DedupWindow::default();
-        for (k, s) in w.entries() {
-            back.restore(k, s);
+        for (d, s) in w.entries() {
+            back.restore(d, s);
         }
-        let a: Vec<_> = w.entries().map(|(k, s)| (k.clone(), s)).collect();
-        let b: Vec<_> = back.entries().map(|(k, s)| (k.clone(), s)).collect();
-        assert_eq!(a, b);
+        assert_eq!(w.entries().collect::<Vec<_>>(), back.entries().collect::<Vec<_>>());
         // And both evolve alike.
-        w.insert(b"new", 1, 10_000_000);
-        back.insert(b"new", 1, 10_000_000);
-        assert_eq!(w.entries().count(), back.entries().count());
+        w.insert(k("new"), 1, 10_000_000);
+        back.insert(k("new"), 1, 10_000_000);
+        assert_eq!(w.entries().collect::<Vec<_>>(), back.entries().collect::<Vec<_>>());
     }
 
     #[test]
     fn a_batch_stores_each_new_key_once() {
         let mut w = DedupWindow::default();
-        w.insert(b"old", 500, 0);
+        w.insert(k("old"), 500, 0);
         let keys: Vec<Bytes> = ["a", "old", "", "a", "b", ""].iter().map(|s| Bytes::from(s.as_bytes())).collect();
         let fates = plan(&w, &keys, keys.len(), 1);
         assert_eq!(

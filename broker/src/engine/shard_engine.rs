@@ -504,9 +504,7 @@ impl ShardEngine {
         let Some(q) = self.queues.get_mut(&uid) else {
             return;
         };
-        for (i, key) in keys.iter().enumerate() {
-            q.dedup.insert(key, first_msg_id + i as u64, enqueue_ms);
-        }
+        dedup::remember(&mut q.dedup, keys, first_msg_id, enqueue_ms);
         q.apply_enqueued(
             first_seq,
             first_msg_id,

@@ -43,7 +43,7 @@ impl ShardEngine {
                 h.write_u8(e.flags);
             }
             for (key, seen) in q.dedup.entries() {
-                h.write(key);
+                h.write_u128(key);
                 h.write_u64(seen.msg_id);
                 h.write_u64(seen.time_ms);
             }

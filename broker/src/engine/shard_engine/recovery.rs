@@ -61,7 +61,7 @@ impl ShardEngine {
             };
             if let Some(w) = window {
                 for (key, seen) in &d.entries {
-                    w.restore(key, *seen);
+                    w.restore(*key, *seen);
                 }
             }
         }
@@ -158,11 +158,7 @@ impl ShardEngine {
             .map(|q| (DedupOwner::Queue, q.uid, &q.dedup))
             .chain(self.topics.values().map(|t| (DedupOwner::Topic, t.uid, &t.dedup)))
             .filter(|(_, _, w)| !w.is_empty())
-            .map(|(owner, uid, w)| CatalogDedup {
-                owner,
-                uid,
-                entries: w.entries().map(|(k, s)| (k.clone(), s)).collect(),
-            })
+            .map(|(owner, uid, w)| CatalogDedup { owner, uid, entries: w.entries().collect() })
             .collect();
         dedup.sort_by_key(|d| (d.owner, d.uid));
         Catalog {

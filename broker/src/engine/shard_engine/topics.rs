@@ -519,9 +519,7 @@ impl ShardEngine {
     /// Puts a `Published` record's keys into its topic's dedup window.
     pub(super) fn remember_published_keys(&mut self, uid: u32, first_msg_id: u64, time_ms: u64, keys: &[Bytes]) {
         let Some(t) = self.topics.get_mut(&uid) else { return };
-        for (i, key) in keys.iter().enumerate() {
-            t.dedup.insert(key, first_msg_id + i as u64, time_ms);
-        }
+        dedup::remember(&mut t.dedup, keys, first_msg_id, time_ms);
     }
 
     /// One outbox entry per (body, target), ids `first_transfer..` in that order.
