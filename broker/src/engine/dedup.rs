@@ -93,11 +93,6 @@ impl DedupWindow {
     /// present (an expired entry still held) moves to the back with its
     /// new message.
     pub fn insert(&mut self, key: KeyDigest, msg_id: u64, time_ms: u64) {
-        if self.by_key.contains_key(&key) {
-            if let Some(at) = self.order.iter().position(|(k, _)| *k == key) {
-                self.order.remove(at);
-            }
-        }
         while let Some(&(front, t)) = self.order.front() {
             if !expired(t, time_ms) && self.order.len() < IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
                 break;
@@ -105,7 +100,14 @@ impl DedupWindow {
             self.order.pop_front();
             self.by_key.remove(&front);
         }
-        self.by_key.insert(key, Seen { msg_id, time_ms });
+        // One probe of the map for the common case, a new key; a key still
+        // held (rare: its entry expired but is not at the front) leaves its
+        // old place in the order.
+        if self.by_key.insert(key, Seen { msg_id, time_ms }).is_some() {
+            if let Some(at) = self.order.iter().position(|(k, _)| *k == key) {
+                self.order.remove(at);
+            }
+        }
         self.order.push_back((key, time_ms));
     }
 
