@@ -18,8 +18,10 @@
 //! window: a leader answering a duplicate logs nothing, and its followers
 //! hold the same state.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -52,6 +54,60 @@ pub fn digest(key: &[u8]) -> KeyDigest {
     h.finish128().as_u128()
 }
 
+/// The hasher of a window's map. A digest is already uniform, so one
+/// folded multiply (foldhash's core) spreads it, about ten times cheaper
+/// than SipHash; the seeds, random per process, keep a sender who knows
+/// the (fixed) digest function from aiming its keys at one bucket. Only
+/// lookups use it: the map is never iterated, so its order reaches nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct DigestState {
+    seeds: (u64, u64),
+}
+
+impl Default for DigestState {
+    fn default() -> DigestState {
+        static SEEDS: OnceLock<(u64, u64)> = OnceLock::new();
+        let seeds = *SEEDS.get_or_init(|| {
+            let r = RandomState::new();
+            (r.hash_one(0x5eed_u64), r.hash_one(0x5eed_0001_u64))
+        });
+        DigestState { seeds }
+    }
+}
+
+impl BuildHasher for DigestState {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher { seeds: self.seeds, hash: 0 }
+    }
+}
+
+pub struct DigestHasher {
+    seeds: (u64, u64),
+    hash: u64,
+}
+
+impl Hasher for DigestHasher {
+    fn write_u128(&mut self, v: u128) {
+        let full = u128::from(v as u64 ^ self.seeds.0) * u128::from((v >> 64) as u64 ^ self.seeds.1);
+        self.hash ^= full as u64 ^ (full >> 64) as u64;
+    }
+
+    /// Not used by the window (digests hash through `write_u128`); correct
+    /// for any input all the same.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut v = [0u8; 16];
+            v[..chunk.len()].copy_from_slice(chunk);
+            self.write_u128(u128::from_le_bytes(v).rotate_left(self.hash as u32 & 127));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// What a window remembers about one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
@@ -62,7 +118,7 @@ pub struct Seen {
 /// The keys of one queue or topic, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
-    by_key: HashMap<KeyDigest, Seen>,
+    by_key: HashMap<KeyDigest, Seen, DigestState>,
     /// The same keys with their times, in the order their records were
     /// applied (the time here spares a map lookup when evicting).
     order: VecDeque<(KeyDigest, u64)>,
@@ -220,6 +276,13 @@ mod tests {
 
     fn k(s: &str) -> KeyDigest {
         digest(s.as_bytes())
+    }
+
+    #[test]
+    fn the_map_hasher_spreads_digests() {
+        let st = DigestState::default();
+        let buckets: std::collections::HashSet<u64> = (0..4096u64).map(|i| st.hash_one(key(i)) & 4095).collect();
+        assert!(buckets.len() > 2000, "{} of 4096 buckets used", buckets.len());
     }
 
     #[test]
