@@ -335,7 +335,8 @@ impl Client {
     /// election under way are retried within [`Client::set_retry_deadline`]
     /// and [`RETRY_ATTEMPTS_MAX`] attempts, as [`crate::retry`] describes.
     /// A request that changes state and lost its connection after it was
-    /// sent is not repeated: that is [`ClientError::OutcomeUnknown`].
+    /// sent is not repeated, unless it is a send or publish whose messages
+    /// all carry idempotency keys: that is [`ClientError::OutcomeUnknown`].
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         self.call_at(|c| c.route(req), req)
     }
@@ -357,8 +358,15 @@ impl Client {
             let (err, wait) = match self.attempt(route(self), req) {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::Final(e)) => return Err(annotated(e, lost_on)),
-                // One node that is gone: reported at once, as it is.
+                // One node that is gone: reported at once, as it is; a keyed
+                // send whose answer was lost or late may have been stored.
                 Err(Failure::Unreachable(err)) if !self.routes.has_alternatives() => return Err(err),
+                Err(Failure::Lost { err, node }) if retry::keyed_send(req) && !self.routes.has_alternatives() => {
+                    return Err(ClientError::OutcomeUnknown { op: req.opcode().name(), node, cause: Box::new(err) });
+                }
+                Err(Failure::Lost { err, node }) if retry::keyed_send(req) && err.is_timeout() => {
+                    return Err(ClientError::OutcomeUnknown { op: req.opcode().name(), node, cause: Box::new(err) });
+                }
                 Err(Failure::Lost { err, .. }) if !self.routes.has_alternatives() && retry::safe_to_repeat(req) => {
                     return Err(err)
                 }

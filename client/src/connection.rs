@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame::{self, FrameHeader};
-use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use cmq_protocol::handshake::{IDEMPOTENCY_KEYS_VERSION, PROTOCOL_VERSION_MAX};
 use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response, TransactionCheck};
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
@@ -195,6 +195,9 @@ impl Connection {
 
     fn handshake(&mut self, shard_hint: Option<u16>) -> Result<(), ClientError> {
         let mut hello = Handshake::new(CLIENT_NAME);
+        // This client's sends carry idempotency keys: an older server must
+        // refuse the connection, not each send.
+        hello.version_min = IDEMPOTENCY_KEYS_VERSION;
         hello.shard_hint = shard_hint;
         let id = self.submit(&Request::Handshake(hello));
         let (got, result) = self.recv().map_err(refused_handshake)?;
@@ -208,12 +211,12 @@ impl Connection {
                 });
             }
         };
-        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&ok.version) {
+        if !(IDEMPOTENCY_KEYS_VERSION..=PROTOCOL_VERSION_MAX).contains(&ok.version) {
             self.broken = true;
             return Err(ClientError::Handshake {
                 code: None,
                 message: format!(
-                    "server chose protocol version {}, this client speaks {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}",
+                    "server chose protocol version {}, this client speaks {IDEMPOTENCY_KEYS_VERSION}..={PROTOCOL_VERSION_MAX}",
                     ok.version
                 ),
             });

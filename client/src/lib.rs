@@ -67,7 +67,7 @@
 //! let mut tickets = Vec::new();
 //! for i in 0..64 {
 //!     let body = format!("message {i}").into();
-//!     tickets.push(client.submit(&Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 0, body }))?);
+//!     tickets.push(client.submit(&Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 0, body, ..Default::default() }))?);
 //! }
 //! client.flush()?;
 //! for t in tickets {
@@ -86,7 +86,10 @@
 //! protocol's [`ErrorCode`]; a receive that finds nothing is `Ok(None)`, not
 //! an error. A request that changes state and lost its connection after it
 //! was sent is [`ClientError::OutcomeUnknown`]: it may or may not have been
-//! applied, and the client does not guess by sending it again.
+//! applied, and the client does not guess by sending it again. Sends and
+//! publishes are the exception in a cluster: each message carries an
+//! idempotency key ([`idempotency`]), so the client sends them again (to the
+//! new leader) and the broker stores each message once.
 //!
 //! ```no_run
 //! use cmq_client::Client;
@@ -109,6 +112,7 @@ mod client;
 mod connection;
 mod error;
 mod id_hash;
+pub mod idempotency;
 #[macro_use]
 mod ops;
 mod cluster;

@@ -12,6 +12,7 @@ use cmq_protocol::{
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::idempotency::random_keys;
 
 /// Unwraps the expected response variant. The connection already checks
 /// that a response's opcode matches its request's, so a mismatch here would
@@ -80,14 +81,20 @@ impl Client {
         self.send_with(queue, body, &SendOptions { delay_seconds, ..SendOptions::default() })
     }
 
-    /// [`Client::send`] with options. A send that loses its connection
-    /// after it went out fails with [`ClientError::OutcomeUnknown`]; see
-    /// [`SendOptions::idempotency_key`] for what a key will change.
+    /// [`Client::send`] with options. The send carries an idempotency key
+    /// (yours, or a fresh random one), so in a cluster a send whose answer
+    /// was lost, or that met a leader change, is sent again and stored
+    /// once. Against a single node a lost answer is
+    /// [`ClientError::OutcomeUnknown`]: sending again with the same
+    /// [`SendOptions::idempotency_key`] within the broker's dedup window is
+    /// then safe, and answers with the first send's id if it was stored.
     pub fn send_with(&mut self, queue: &str, body: impl Into<Bytes>, opts: &SendOptions) -> Result<u64, ClientError> {
+        let key = opts.idempotency_key.unwrap_or_else(IdempotencyKey::random);
         let req = Request::SendMessage(SendMessage {
             queue: queue.to_owned(),
             delay_seconds: opts.delay_seconds,
             body: body.into(),
+            idempotency_key: key.to_bytes(),
         });
         expect!(self.call(&req)?, SendMessage).map(|ok| ok.msg_id)
     }
@@ -95,11 +102,13 @@ impl Client {
     /// Sends up to `limits::BATCH_MSGS_MAX` messages in one request, all or
     /// none; returns their ids in order. Larger batches are refused by the
     /// broker (BATCH_TOO_LARGE), not split: splitting would lose all-or-none.
+    /// Each message carries a fresh idempotency key, as [`Client::send_with`].
     pub fn send_batch(&mut self, queue: &str, bodies: &[Bytes], delay_seconds: u32) -> Result<Vec<u64>, ClientError> {
         let req = Request::BatchSendMessage(BatchSendMessage {
             queue: queue.to_owned(),
             delay_seconds,
             bodies: bodies.to_vec(),
+            idempotency_keys: random_keys(bodies.len()),
         });
         let ids = expect!(self.call(&req)?, BatchSendMessage)?.msg_ids;
         if ids.len() != bodies.len() {
@@ -296,7 +305,7 @@ impl Client {
 }
 
 /// A key the sender chooses per message, so that a send repeated after a
-/// lost answer is stored once.
+/// lost answer is stored once (16 bytes on the wire, little-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct IdempotencyKey(pub u128);
 
@@ -305,12 +314,11 @@ pub struct IdempotencyKey(pub u128);
 pub struct SendOptions {
     /// Seconds before the message becomes receivable.
     pub delay_seconds: u32,
-    /// The hook for idempotent sends. Not on the wire yet: protocol version
-    /// 2's `SendMessage` has no field for it and the broker keeps no dedup
-    /// window, so today the key is not sent and a keyed send is treated
-    /// like any other (not repeated after a lost answer). Once the protocol
-    /// carries it, a keyed send becomes safe to repeat
-    /// (`retry::safe_to_repeat`) within the broker's dedup window.
+    /// The send's idempotency key; `None`: a fresh random one. Choose your
+    /// own to repeat a send yourself (after [`ClientError::OutcomeUnknown`],
+    /// or after a restart of your program): within the broker's dedup
+    /// window (5 minutes) the repeat stores nothing and answers with the
+    /// first send's message id.
     pub idempotency_key: Option<IdempotencyKey>,
 }
 

@@ -10,16 +10,20 @@
 //!   progress: nothing ran) or `IDLE_TIMEOUT` (the node closed the
 //!   connection without reading the request);
 //! * its connection was lost after it was sent, and the request is safe to
-//!   repeat ([`safe_to_repeat`]). Otherwise the caller gets
-//!   [`crate::ClientError::OutcomeUnknown`]: a send, publish or queue
-//!   creation repeated after a lost answer could be applied twice. A send
-//!   carrying an idempotency key would be safe to repeat once the broker
-//!   deduplicates by it; the protocol has no field for the key yet, so
-//!   keyed sends are not repeated either (see [`crate::SendOptions`]).
+//!   repeat ([`safe_to_repeat`]): reads, receives, deletes, and sends and
+//!   publishes whose every message carries an idempotency key
+//!   ([`keyed_send`]; the client's own always do), which the broker stores
+//!   once however often they arrive within its dedup window. Otherwise the
+//!   caller gets [`crate::ClientError::OutcomeUnknown`]: a keyless send, a
+//!   queue creation, a purge repeated after a lost answer could be applied
+//!   twice.
 //!
 //! Against a single node (one seed, a map of one), a node that cannot be
 //! reached, lost the connection or is shutting down is reported at once:
 //! there is nowhere else to go, and the caller knows best when to try again.
+//! A keyed send lost that way, or one whose answer timed out, is
+//! [`crate::ClientError::OutcomeUnknown`]: the caller may repeat it with the
+//! same key ([`crate::SendOptions::idempotency_key`]) to learn its id.
 //!
 //! A read that timed out is not repeated: the node is slow or stopped, and
 //! the caller's timeout says how long it was willing to wait. The shard's
@@ -74,9 +78,31 @@ pub fn backoff(n: u32) -> Duration {
 ///   node that is already a member or removing one that is not: the same
 ///   outcome however often applied.
 ///
-/// Everything else (sends, publishes, creating or deleting queues, topics
-/// and subscriptions, purges, rewinds, redrives, transactions) is not.
+/// * Sends and publishes whose every message carries an idempotency key
+///   ([`keyed_send`]).
+///
+/// Everything else (keyless sends and publishes, creating or deleting
+/// queues, topics and subscriptions, purges, rewinds, redrives,
+/// transactions) is not.
 pub fn safe_to_repeat(req: &Request) -> bool {
+    keyed_send(req) || is_idempotent_op(req)
+}
+
+/// Whether `req` is a send or publish each of whose messages carries an
+/// idempotency key: repeated, it is stored once (within the broker's dedup
+/// window) and answered with the first attempt's ids.
+pub fn keyed_send(req: &Request) -> bool {
+    let all_keyed = |keys: &[bytes::Bytes], n: usize| keys.len() == n && keys.iter().all(|k| !k.is_empty());
+    match req {
+        Request::SendMessage(r) => !r.idempotency_key.is_empty(),
+        Request::PublishMessage(r) => !r.idempotency_key.is_empty(),
+        Request::BatchSendMessage(r) => all_keyed(&r.idempotency_keys, r.bodies.len()),
+        Request::BatchPublishMessage(r) => all_keyed(&r.idempotency_keys, r.bodies.len()),
+        _ => false,
+    }
+}
+
+fn is_idempotent_op(req: &Request) -> bool {
     matches!(
         req,
         Request::Ping(_)
@@ -110,7 +136,7 @@ pub fn safe_to_repeat(req: &Request) -> bool {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use cmq_protocol::{DeleteMessage, Ping, PurgeQueue, SendMessage};
+    use cmq_protocol::{BatchSendMessage, DeleteMessage, Ping, PurgeQueue, SendMessage};
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
@@ -122,8 +148,34 @@ mod tests {
     }
 
     #[test]
+    fn keyed_sends_are_safe_to_repeat_only_when_every_message_is_keyed() {
+        let key = Bytes::from_static(b"k");
+        let send = |k: &Bytes| {
+            Request::SendMessage(SendMessage { queue: "q".into(), idempotency_key: k.clone(), ..Default::default() })
+        };
+        assert!(safe_to_repeat(&send(&key)));
+        assert!(!safe_to_repeat(&send(&Bytes::new())));
+        let batch = |keys: Vec<Bytes>| {
+            Request::BatchSendMessage(BatchSendMessage {
+                queue: "q".into(),
+                bodies: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                idempotency_keys: keys,
+                ..Default::default()
+            })
+        };
+        assert!(safe_to_repeat(&batch(vec![key.clone(), key.clone()])));
+        assert!(!safe_to_repeat(&batch(vec![key.clone(), Bytes::new()])), "one message without a key");
+        assert!(!safe_to_repeat(&batch(Vec::new())));
+    }
+
+    #[test]
     fn sends_and_purges_are_never_repeated_blind() {
-        let send = Request::SendMessage(SendMessage { queue: "q".into(), delay_seconds: 0, body: Bytes::new() });
+        let send = Request::SendMessage(SendMessage {
+            queue: "q".into(),
+            delay_seconds: 0,
+            body: Bytes::new(),
+            ..Default::default()
+        });
         assert!(!safe_to_repeat(&send));
         assert!(!safe_to_repeat(&Request::PurgeQueue(PurgeQueue { queue: "q".into() })));
         assert!(safe_to_repeat(&Request::Ping(Ping {})));

@@ -14,6 +14,8 @@ use cmq_protocol::{
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::idempotency::random_keys;
+use crate::ops::IdempotencyKey;
 
 /// No tags, for `publish(topic, body, NO_TAGS, "")` (an empty `&[]` leaves
 /// the tag type to guess).
@@ -86,6 +88,7 @@ impl Client {
             body: body.into(),
             tags: str_list(tags),
             routing_key: routing_key.to_owned(),
+            idempotency_key: IdempotencyKey::random().to_bytes(),
         });
         expect!(self.call(&req)?, PublishMessage).map(|ok| ok.msg_id)
     }
@@ -105,6 +108,7 @@ impl Client {
             bodies: bodies.to_vec(),
             tags: str_list(tags),
             routing_key: routing_key.to_owned(),
+            idempotency_keys: random_keys(bodies.len()),
         });
         let ids = expect!(self.call(&req)?, BatchPublishMessage)?.msg_ids;
         if ids.len() != bodies.len() {

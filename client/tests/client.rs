@@ -476,7 +476,12 @@ fn requests_are_routed_as_the_protocol_says() {
     assert_eq!(c.shard_for_request(&cancel(0)), 0);
     // A shard the broker does not have (fewer shards since the id was minted): the first connection.
     assert_eq!(c.shard_for_request(&cancel(9)), c.server_info().shard_id);
-    let send = Request::SendMessage(SendMessage { queue: "q7".into(), delay_seconds: 0, body: Bytes::new() });
+    let send = Request::SendMessage(SendMessage {
+        queue: "q7".into(),
+        delay_seconds: 0,
+        body: Bytes::new(),
+        ..Default::default()
+    });
     assert_eq!(c.shard_for_request(&send), shard_for("q7", 4));
     assert_eq!(c.shard_for_request(&Request::ListRedrives(ListRedrives {})), c.server_info().shard_id);
 }

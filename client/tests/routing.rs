@@ -229,7 +229,7 @@ fn dead_and_silent_seeds_are_skipped() {
 }
 
 #[test]
-fn a_send_whose_connection_is_lost_is_not_repeated_even_on_another_node() {
+fn a_keyless_send_whose_connection_is_lost_is_not_repeated_even_on_another_node() {
     // Node 1 leads and hangs up on every send; node 2 would serve.
     let (cluster, mut ls) = Cluster::new(2, 1);
     let l2 = ls.pop().expect("listener");
@@ -248,9 +248,45 @@ fn a_send_whose_connection_is_lost_is_not_repeated_even_on_another_node() {
     });
     let (_n2, seen2) = node(&cluster, 2, l2, |_| OnSend::Serve);
     let mut c = connect(&cluster.addr(1));
-    let err = c.send("q", "a", 0).expect_err("lost");
+    // Without an idempotency key (as a version 2 client sends).
+    let keyless = Request::SendMessage(SendMessage { queue: "q".into(), body: "a".into(), ..Default::default() });
+    let err = c.call(&keyless).expect_err("lost");
     assert!(matches!(err, ClientError::OutcomeUnknown { node: 1, .. }), "{err:?}");
     assert_eq!((sends1.load(Ordering::SeqCst), seen2.sends.load(Ordering::SeqCst)), (1, 0));
+}
+
+#[test]
+fn a_keyed_send_whose_connection_is_lost_is_sent_again_with_the_same_key() {
+    // Node 1 leads; it hangs up on the first send (having stored it, say)
+    // and answers the second as the broker answers a repeated key.
+    let (cluster, mut ls) = Cluster::new(2, 1);
+    let l2 = ls.pop().expect("listener");
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    let map = cluster.clone();
+    let _n1 = ScriptedServer::start_on(ls.pop().expect("listener"), move |mut peer| {
+        peer.accept_handshake_in(1, 0, map.as_seen_by(1));
+        while let Some((rid, req)) = peer.read_request() {
+            match req {
+                Request::SendMessage(r) => {
+                    let mut k = seen.lock().expect("keys");
+                    k.push(r.idempotency_key);
+                    if k.len() == 1 {
+                        return;
+                    }
+                    peer.respond(rid, &Response::SendMessage(SendMessageOk { msg_id: 42 }));
+                }
+                _ => peer.respond(rid, &Response::Ping(Empty {})),
+            }
+        }
+    });
+    let (_n2, _) = node(&cluster, 2, l2, |_| OnSend::Serve);
+    let mut c = connect(&cluster.addr(1));
+    assert_eq!(c.send("q", "a", 0).expect("sent again"), 42);
+    let keys = keys.lock().expect("keys");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].len(), 16, "the client's own key");
+    assert_eq!(keys[0], keys[1], "the repeat carries the same key");
 }
 
 #[test]

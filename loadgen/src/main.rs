@@ -275,6 +275,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         wait_s: opts.wait,
         verify: opts.verify,
         backlog_max: opts.backlog_max_n(),
+        keys: !opts.no_idempotency_keys,
     };
     let mut outcomes: Vec<Finished> = Vec::new();
 

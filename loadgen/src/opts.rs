@@ -96,6 +96,12 @@ pub struct Opts {
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub size: usize,
 
+    /// Send without idempotency keys (protocol version 2's sends). By
+    /// default every message carries a fresh 16-byte key, as the client
+    /// library's sends do; this flag measures what the keys cost.
+    #[arg(long)]
+    pub no_idempotency_keys: bool,
+
     /// Flush policy of the queues this run creates: sync or async.
     #[arg(long, value_enum, default_value_t = Flush::Sync)]
     pub flush: Flush,

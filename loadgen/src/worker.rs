@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cmq_client::{id_map, ClientError, ErrorCode, IdMap, ReceiptHandle, Reply, Request, Response};
+use cmq_client::idempotency::random_keys;
+use cmq_client::{id_map, ClientError, ErrorCode, IdMap, IdempotencyKey, ReceiptHandle, Reply, Request, Response};
 use cmq_protocol::{BatchDeleteMessage, BatchReceiveMessage, BatchSendMessage, DeleteMessage, ReceiveMessage};
 use cmq_protocol::{ReceivedMessage, SendMessage};
 
@@ -51,6 +52,8 @@ pub struct Shape {
     pub verify: bool,
     /// Producers pause while this many acknowledged messages are unreceived (0: never).
     pub backlog_max: u64,
+    /// Every message carries a fresh idempotency key (`--no-idempotency-keys`: none).
+    pub keys: bool,
 }
 
 /// What a thread hands back when it ends.
@@ -267,12 +270,18 @@ struct SendPending {
 
 fn send_template(queue: &str, batch: usize) -> Request {
     if batch == 1 {
-        Request::SendMessage(SendMessage { queue: queue.to_owned(), delay_seconds: 0, body: Bytes::new() })
+        Request::SendMessage(SendMessage {
+            queue: queue.to_owned(),
+            delay_seconds: 0,
+            body: Bytes::new(),
+            ..Default::default()
+        })
     } else {
         Request::BatchSendMessage(BatchSendMessage {
             queue: queue.to_owned(),
             delay_seconds: 0,
             bodies: Vec::with_capacity(batch),
+            ..Default::default()
         })
     }
 }
@@ -391,11 +400,17 @@ impl Producer {
         self.arena.prepare(n);
         match req {
             Request::SendMessage(r) => {
-                r.body = self.arena.body(body::message_id(self.spec.index, p.seq_start), p.t0_ns)
+                r.body = self.arena.body(body::message_id(self.spec.index, p.seq_start), p.t0_ns);
+                if self.shape.keys {
+                    r.idempotency_key = IdempotencyKey::random().to_bytes();
+                }
             }
             Request::BatchSendMessage(r) => {
                 for i in 0..n as u64 {
                     r.bodies.push(self.arena.body(body::message_id(self.spec.index, p.seq_start + i), p.t0_ns));
+                }
+                if self.shape.keys {
+                    r.idempotency_keys = random_keys(n);
                 }
             }
             _ => unreachable!("send templates are sends"),

@@ -11,6 +11,7 @@ fn batch_send(size: usize) -> Request {
         queue: "bench-queue".into(),
         delay_seconds: 0,
         bodies: (0..16).map(|_| Bytes::from(vec![b'x'; size])).collect(),
+        ..Default::default()
     })
 }
 

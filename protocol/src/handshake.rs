@@ -14,10 +14,17 @@ use crate::limits::{AUTH_PAYLOAD_BYTES_MAX, STRING_BYTES_MAX};
 
 /// Protocol versions this build speaks.
 /// Version 2 added the cluster map to `HandshakeOk` and the cluster
-/// operations; version 1 is no longer spoken. (Sends carry no idempotency
-/// key yet: that is still to come.)
+/// operations; version 1 is no longer spoken. Version 3 added the optional
+/// trailing idempotency key(s) of SendMessage, BatchSendMessage,
+/// PublishMessage and BatchPublishMessage; a version 2 frame is a version 3
+/// frame without them, so a server speaks both.
 pub const PROTOCOL_VERSION_MIN: u16 = 2;
-pub const PROTOCOL_VERSION_MAX: u16 = 2;
+pub const PROTOCOL_VERSION_MAX: u16 = 3;
+
+/// The first version whose sends may carry idempotency keys. A client that
+/// sends keys proposes no lower version, so an older server refuses the
+/// handshake (UNSUPPORTED_VERSION) instead of each keyed send.
+pub const IDEMPOTENCY_KEYS_VERSION: u16 = 3;
 
 crate::wire_struct! {
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -22,6 +22,14 @@ pub const FRAME_OVERHEAD_BYTES_MAX: u32 = 64 * 1024;
 /// prefix is refused before any buffer is grown for it.
 pub const FRAME_BYTES_MAX: u32 = BATCH_MSGS_MAX as u32 * MSG_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX;
 
+/// Longest idempotency key a send or publish may carry (bytes). A client's
+/// default key is 16 random bytes; 64 leaves room for a UUID in text or a
+/// hash of the sender's own message id, and keeps the broker's dedup
+/// windows small (`IDEMPOTENCY_KEYS_PER_QUEUE_MAX` keys of at most this
+/// size per queue). A longer key is refused with INVALID_PARAMETER. The
+/// key's length travels in a u8.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
+
 /// Queue, topic and subscription names: 1..=64 characters (CMQ).
 pub const NAME_CHARS_MAX: usize = 64;
 
@@ -87,6 +95,9 @@ pub const PEER_ADDR_BYTES_MAX: usize = 256;
 pub const PEER_REFUSE_MESSAGE_BYTES_MAX: usize = 512;
 
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX <= u8::MAX as usize);
+// A full batch's keys fit in the framing overhead allowed beside the bodies.
+const _: () = assert!(BATCH_MSGS_MAX * (1 + IDEMPOTENCY_KEY_BYTES_MAX) + 2 < FRAME_OVERHEAD_BYTES_MAX as usize / 4);
 // Every legal handshake passes the pre-handshake limit, which is far below a request's.
 const _: () = assert!(HANDSHAKE_ENCODED_BYTES_MAX <= HANDSHAKE_FRAME_BYTES_MAX as usize);
 const _: () = assert!(HANDSHAKE_FRAME_BYTES_MAX < FRAME_BYTES_MAX);

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use crate::inspection::MessageOrigin;
-use crate::limits::{BATCH_MSGS_MAX, MSG_BYTES_MAX, NAME_CHARS_MAX, STRING_BYTES_MAX};
+use crate::limits::{BATCH_MSGS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, MSG_BYTES_MAX, NAME_CHARS_MAX, STRING_BYTES_MAX};
 use crate::wire::{Reader, Wire, Writer};
 use crate::DecodeError;
 
@@ -47,6 +47,9 @@ impl Wire for ReceiptHandle {
 
 crate::wire_struct! {
     /// Send one message; it becomes receivable after `delay_seconds`.
+    /// With a non-empty `idempotency_key`, a send repeated with the same key
+    /// within the queue's dedup window is answered with the first send's
+    /// message id and stores nothing (protocol version 3; see PROTOCOL.md).
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     pub struct SendMessage {
         #[cfg_attr(test, proptest(strategy = "crate::testing::name()"))]
@@ -54,6 +57,8 @@ crate::wire_struct! {
         pub delay_seconds: u32,
         #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
         pub body: Bytes = bytes(MSG_BYTES_MAX as usize),
+        #[cfg_attr(test, proptest(strategy = "crate::testing::key()"))]
+        pub idempotency_key: Bytes = key(IDEMPOTENCY_KEY_BYTES_MAX),
     }
 }
 
@@ -66,6 +71,8 @@ crate::wire_struct! {
 
 crate::wire_struct! {
     /// Send 1..=16 messages sharing one delay; all or none are accepted.
+    /// `idempotency_keys` is empty (no keys) or holds one key per body
+    /// (an empty key: that message has none).
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     pub struct BatchSendMessage {
         #[cfg_attr(test, proptest(strategy = "crate::testing::name()"))]
@@ -73,6 +80,8 @@ crate::wire_struct! {
         pub delay_seconds: u32,
         #[cfg_attr(test, proptest(strategy = "crate::testing::bodies()"))]
         pub bodies: Vec<Bytes> = bytes_list(BATCH_MSGS_MAX, MSG_BYTES_MAX as usize),
+        #[cfg_attr(test, proptest(strategy = "crate::testing::keys()"))]
+        pub idempotency_keys: Vec<Bytes> = keys(BATCH_MSGS_MAX, IDEMPOTENCY_KEY_BYTES_MAX),
     }
 }
 

@@ -22,3 +22,16 @@ pub fn bodies() -> impl Strategy<Value = Vec<Bytes>> {
 pub fn small_vec<T: Arbitrary>(max: usize) -> impl Strategy<Value = Vec<T>> {
     proptest::collection::vec(any::<T>(), 0..=max)
 }
+
+/// An idempotency key: none, or 1..=IDEMPOTENCY_KEY_BYTES_MAX bytes.
+pub fn key() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        proptest::collection::vec(any::<u8>(), 1..=crate::limits::IDEMPOTENCY_KEY_BYTES_MAX).prop_map(Bytes::from),
+    ]
+}
+
+/// A batch's keys: none, or 1..=16 keys of which some may be empty.
+pub fn keys() -> impl Strategy<Value = Vec<Bytes>> {
+    proptest::collection::vec(bytes(crate::limits::IDEMPOTENCY_KEY_BYTES_MAX + 1), 0..=crate::limits::BATCH_MSGS_MAX)
+}

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use crate::frame::{self, FLAG_ERROR};
 use crate::ops::{arb_request, arb_response};
+use crate::wire::Wire;
 use crate::*;
 
 fn decode_one(bytes: &[u8]) -> (frame::FrameHeader, Bytes) {
@@ -47,14 +48,21 @@ proptest! {
     }
 
     /// Cutting a payload anywhere is a decode error, never a panic and never
-    /// a different valid message.
+    /// a different valid message, with one exception by design: a cut just
+    /// before a trailing idempotency key section is the same request
+    /// without keys (a version 2 frame). Frames are length-delimited, so
+    /// such a cut never comes from a short read.
     #[test]
     fn every_truncation_is_an_error(req in arb_request()) {
         let mut out = Vec::new();
         req.encode_frame(1, &mut out);
         let payload = Bytes::copy_from_slice(&out[frame::HEADER_BYTES..]);
+        let keyless = without_keys(&req);
         for cut in 0..payload.len() {
-            prop_assert!(Request::decode(req.opcode() as u16, payload.slice(..cut)).is_err(), "cut {}", cut);
+            match Request::decode(req.opcode() as u16, payload.slice(..cut)) {
+                Err(_) => {}
+                Ok(got) => prop_assert!(keyless.as_ref() == Some(&got) && got != req, "cut {}", cut),
+            }
         }
     }
 
@@ -92,10 +100,27 @@ proptest! {
     }
 }
 
+/// `req` with its idempotency keys taken off, if it can carry any.
+fn without_keys(req: &Request) -> Option<Request> {
+    let mut r = req.clone();
+    match &mut r {
+        Request::SendMessage(m) => m.idempotency_key = Bytes::new(),
+        Request::BatchSendMessage(m) => m.idempotency_keys.clear(),
+        Request::PublishMessage(m) => m.idempotency_key = Bytes::new(),
+        Request::BatchPublishMessage(m) => m.idempotency_keys.clear(),
+        _ => return None,
+    }
+    Some(r)
+}
+
 #[test]
 fn golden_send_message_frame() {
-    let req =
-        Request::SendMessage(SendMessage { queue: "q1".into(), delay_seconds: 5, body: Bytes::from_static(b"hi") });
+    let req = Request::SendMessage(SendMessage {
+        queue: "q1".into(),
+        delay_seconds: 5,
+        body: Bytes::from_static(b"hi"),
+        ..Default::default()
+    });
     let mut out = Vec::new();
     req.encode_frame(7, &mut out);
     #[rustfmt::skip]
@@ -109,6 +134,85 @@ fn golden_send_message_frame() {
         2, 0, 0, 0, b'h', b'i', // body
     ];
     assert_eq!(out, expected);
+}
+
+#[test]
+fn golden_keyed_send_message_frame() {
+    let req = Request::SendMessage(SendMessage {
+        queue: "q1".into(),
+        delay_seconds: 5,
+        body: Bytes::from_static(b"hi"),
+        idempotency_key: Bytes::from_static(b"k1"),
+    });
+    let mut out = Vec::new();
+    req.encode_frame(7, &mut out);
+    #[rustfmt::skip]
+    let expected = [
+        29, 0, 0, 0,            // length: 12 header bytes + 17 payload bytes
+        0x00, 0x02,             // opcode 0x0200 SendMessage
+        0, 0,                   // flags, reserved
+        7, 0, 0, 0, 0, 0, 0, 0, // request id
+        2, 0, b'q', b'1',       // queue
+        5, 0, 0, 0,             // delay_seconds
+        2, 0, 0, 0, b'h', b'i', // body
+        2, b'k', b'1',          // idempotency key (absent when empty)
+    ];
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn golden_keyed_batch_send_frame() {
+    let req = Request::BatchSendMessage(BatchSendMessage {
+        queue: "q".into(),
+        delay_seconds: 0,
+        bodies: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        idempotency_keys: vec![Bytes::from_static(b"x"), Bytes::new()],
+    });
+    let mut out = Vec::new();
+    req.encode_frame(1, &mut out);
+    #[rustfmt::skip]
+    let payload = [
+        1, 0, b'q',                          // queue
+        0, 0, 0, 0,                          // delay_seconds
+        2, 0, 1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b', // bodies
+        2, 0, 1, b'x', 0,                    // keys: "x", none
+    ];
+    assert_eq!(&out[frame::HEADER_BYTES..], payload);
+}
+
+#[test]
+fn idempotency_keys_are_bounded_and_canonical() {
+    use crate::limits::IDEMPOTENCY_KEY_BYTES_MAX;
+    let send = |key: Vec<u8>| {
+        let mut out = Vec::new();
+        SendMessage { queue: "q".into(), body: Bytes::from_static(b"b"), ..Default::default() }.encode(&mut out);
+        out.push(key.len() as u8);
+        out.extend_from_slice(&key);
+        Request::decode(Opcode::SendMessage as u16, Bytes::from(out))
+    };
+    let Ok(Request::SendMessage(ok)) = send(vec![7; IDEMPOTENCY_KEY_BYTES_MAX]) else {
+        panic!("a key at the limit decodes")
+    };
+    assert_eq!(ok.idempotency_key.len(), IDEMPOTENCY_KEY_BYTES_MAX);
+    let err = send(vec![7; IDEMPOTENCY_KEY_BYTES_MAX + 1]).expect_err("one byte over the limit");
+    assert_eq!(err.code(), ErrorCode::INVALID_PARAMETER);
+    assert_eq!(err, DecodeError::TooLong { field: "idempotency_key", got: 65, max: 64 });
+    // A present empty key would be a second way to say "no key".
+    assert_eq!(send(Vec::new()), Err(DecodeError::Invalid("idempotency_key")));
+    // An empty present key list likewise; more keys than a batch holds is refused.
+    let mut out = Vec::new();
+    BatchSendMessage { queue: "q".into(), bodies: vec![Bytes::from_static(b"b")], ..Default::default() }
+        .encode(&mut out);
+    let mut empty = out.clone();
+    empty.extend_from_slice(&[0, 0]);
+    assert_eq!(
+        Request::decode(Opcode::BatchSendMessage as u16, Bytes::from(empty)),
+        Err(DecodeError::Invalid("idempotency_keys"))
+    );
+    out.extend_from_slice(&[17, 0]);
+    out.extend_from_slice(&[0; 17]);
+    let err = Request::decode(Opcode::BatchSendMessage as u16, Bytes::from(out)).expect_err("17 keys");
+    assert_eq!(err.code(), ErrorCode::INVALID_PARAMETER);
 }
 
 #[test]

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use crate::limits::{
-    BATCH_MSGS_MAX, LIST_PAGE_MAX, MSG_BYTES_MAX, NAME_CHARS_MAX, STRING_BYTES_MAX, TOPIC_FILTERS_MAX, TOPIC_TAGS_MAX,
-    URL_BYTES_MAX,
+    BATCH_MSGS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, LIST_PAGE_MAX, MSG_BYTES_MAX, NAME_CHARS_MAX, STRING_BYTES_MAX,
+    TOPIC_FILTERS_MAX, TOPIC_TAGS_MAX, URL_BYTES_MAX,
 };
 use crate::queue_attributes::AttrRange;
 use crate::wire::{Reader, Wire, Writer};
@@ -249,6 +249,9 @@ crate::wire_struct! {
         pub tags: StrList,
         #[cfg_attr(test, proptest(strategy = "crate::testing::text()"))]
         pub routing_key: String = string(NAME_CHARS_MAX),
+        /// As SendMessage's: deduplicated per topic (protocol version 3).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::key()"))]
+        pub idempotency_key: Bytes = key(IDEMPOTENCY_KEY_BYTES_MAX),
     }
 }
 
@@ -270,6 +273,9 @@ crate::wire_struct! {
         pub tags: StrList,
         #[cfg_attr(test, proptest(strategy = "crate::testing::text()"))]
         pub routing_key: String = string(NAME_CHARS_MAX),
+        /// As BatchSendMessage's: none, or one per body.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::keys()"))]
+        pub idempotency_keys: Vec<Bytes> = keys(BATCH_MSGS_MAX, IDEMPOTENCY_KEY_BYTES_MAX),
     }
 }
 

@@ -100,6 +100,21 @@ impl Reader {
         Ok(out)
     }
 
+    /// A `u8`-prefixed byte string of at most `max` bytes, sliced without
+    /// copying (idempotency keys).
+    pub fn short_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let len = usize::from(self.u8(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong { field, got: len, max });
+        }
+        if self.remaining() < len {
+            return Err(DecodeError::Truncated(field));
+        }
+        let out = self.buf.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(out)
+    }
+
     /// A `u16` item count, checked against `max` and against the bytes left
     /// (every item takes at least one byte) before the caller allocates.
     pub fn count(&mut self, field: &'static str, max: usize) -> Result<usize, DecodeError> {
@@ -238,10 +253,68 @@ pub fn decode_list<T: Wire>(r: &mut Reader, field: &'static str, max: usize) -> 
     Ok(out)
 }
 
+/// An optional idempotency key at the end of a payload (protocol version
+/// 3): absent (no bytes at all) when empty, else `len u8` (1..=max) and the
+/// key. Absent is how a version 2 client's frame ends, so old frames decode
+/// unchanged; a present length of 0 would be a second encoding of "none"
+/// and is refused.
+pub fn encode_trailing_key(key: &Bytes, w: &mut Vec<u8>) {
+    if !key.is_empty() {
+        debug_assert!(key.len() <= u8::MAX as usize);
+        w.put_u8(key.len() as u8);
+        w.extend_from_slice(key);
+    }
+}
+
+pub fn decode_trailing_key(r: &mut Reader, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(Bytes::new());
+    }
+    let key = r.short_bytes(field, max)?;
+    if key.is_empty() {
+        return Err(DecodeError::Invalid(field));
+    }
+    Ok(key)
+}
+
+/// An optional list of keys at the end of a payload, one per message of a
+/// batch: absent when the list is empty, else `count u16` (1..=items) and
+/// `count × (len u8, key)`, where a length of 0 means that message has no
+/// key. The broker checks that the count matches the batch.
+pub fn encode_trailing_keys(keys: &[Bytes], w: &mut Vec<u8>) {
+    if !keys.is_empty() {
+        w.put_count(keys.len());
+        for key in keys {
+            debug_assert!(key.len() <= u8::MAX as usize);
+            w.put_u8(key.len() as u8);
+            w.extend_from_slice(key);
+        }
+    }
+}
+
+pub fn decode_trailing_keys(
+    r: &mut Reader,
+    field: &'static str,
+    items: usize,
+    max: usize,
+) -> Result<Vec<Bytes>, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(Vec::new());
+    }
+    let n = r.count(field, items)?;
+    if n == 0 {
+        return Err(DecodeError::Invalid(field));
+    }
+    (0..n).map(|_| r.short_bytes(field, max)).collect()
+}
+
 /// Declares a struct whose wire form is its fields in order. A field may name
 /// a codec: `= list(MAX)` for a counted list, `= string(MAX)` for a string
 /// with a tighter limit than the default, `= bytes(MAX)` for a byte string,
-/// `= bytes_list(ITEMS, BYTES)` for a list of byte strings.
+/// `= bytes_list(ITEMS, BYTES)` for a list of byte strings,
+/// `= key(BYTES)` for an optional trailing idempotency key and
+/// `= keys(ITEMS, BYTES)` for an optional trailing list of them (see
+/// [`encode_trailing_key`]; these must be a struct's last field).
 #[macro_export]
 macro_rules! wire_struct {
     (
@@ -280,10 +353,16 @@ macro_rules! wire_struct {
         $crate::wire::Writer::put_count($w, $v.len());
         for item in $v.iter() { $crate::wire::Writer::put_bytes($w, item); }
     }};
+    (@encode $w:ident, $v:expr, key) => { $crate::wire::encode_trailing_key(&$v, $w) };
+    (@encode $w:ident, $v:expr, keys) => { $crate::wire::encode_trailing_keys(&$v, $w) };
     (@decode $r:ident, $ty:ty, $f:expr) => { <$ty as $crate::wire::Wire>::decode($r, $f)? };
     (@decode $r:ident, $ty:ty, $f:expr, list($max:expr)) => { $crate::wire::decode_list($r, $f, $max)? };
     (@decode $r:ident, $ty:ty, $f:expr, string($max:expr)) => { $r.string($f, $max)? };
     (@decode $r:ident, $ty:ty, $f:expr, bytes($max:expr)) => { $r.bytes($f, $max)? };
+    (@decode $r:ident, $ty:ty, $f:expr, key($max:expr)) => { $crate::wire::decode_trailing_key($r, $f, $max)? };
+    (@decode $r:ident, $ty:ty, $f:expr, keys($items:expr, $max:expr)) => {
+        $crate::wire::decode_trailing_keys($r, $f, $items, $max)?
+    };
     (@decode $r:ident, $ty:ty, $f:expr, bytes_list($items:expr, $max:expr)) => {{
         let n = $r.count($f, $items)?;
         let mut out = Vec::with_capacity(n);

@@ -256,12 +256,14 @@ impl Producer {
                     queue: self.queue.clone(),
                     delay_seconds: 0,
                     body: bodies[0].clone(),
+                    ..Default::default()
                 })
             } else {
                 Request::BatchSendMessage(BatchSendMessage {
                     queue: self.queue.clone(),
                     delay_seconds: 0,
                     bodies: bodies.clone(),
+                    ..Default::default()
                 })
             };
             let Some(conn) = self.router.conn() else { return false };

@@ -120,7 +120,12 @@ impl RawConn {
     // ---- messages -----------------------------------------------------------
 
     pub fn send_message(&mut self, queue: &str, delay_seconds: u32, body: impl Into<Bytes>) -> Reply {
-        self.call(Request::SendMessage(SendMessage { queue: queue.into(), delay_seconds, body: body.into() }))
+        self.call(Request::SendMessage(SendMessage {
+            queue: queue.into(),
+            delay_seconds,
+            body: body.into(),
+            ..Default::default()
+        }))
     }
 
     /// Sends one message with no delay; returns its id.
@@ -130,7 +135,12 @@ impl RawConn {
     }
 
     pub fn batch_send(&mut self, queue: &str, delay_seconds: u32, bodies: Vec<Bytes>) -> Reply {
-        self.call(Request::BatchSendMessage(BatchSendMessage { queue: queue.into(), delay_seconds, bodies }))
+        self.call(Request::BatchSendMessage(BatchSendMessage {
+            queue: queue.into(),
+            delay_seconds,
+            bodies,
+            ..Default::default()
+        }))
     }
 
     #[track_caller]

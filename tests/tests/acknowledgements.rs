@@ -30,6 +30,7 @@ fn send(queue: &str, body: &'static str) -> Request {
         queue: queue.into(),
         delay_seconds: 0,
         body: Bytes::from_static(body.as_bytes()),
+        ..Default::default()
     })
 }
 

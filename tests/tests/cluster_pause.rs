@@ -35,7 +35,12 @@ fn a_paused_leader_steps_down_and_acknowledges_nothing_once_deposed() {
     for i in 0..STALE_SENDS {
         let body = Bytes::from(format!("{queue}|stale|{i}|"));
         w.ledger.attempt(&queue, std::slice::from_ref(&body));
-        let req = Request::SendMessage(SendMessage { queue: queue.clone(), delay_seconds: 0, body: body.clone() });
+        let req = Request::SendMessage(SendMessage {
+            queue: queue.clone(),
+            delay_seconds: 0,
+            body: body.clone(),
+            ..Default::default()
+        });
         let id = stale.send(&req).expect("the kernel buffers requests for a stopped process");
         sent.push((id, body));
     }

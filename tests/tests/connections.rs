@@ -45,7 +45,12 @@ fn requests_sent_with_the_handshake_survive_the_handover() {
         bytes.extend(request_frame(2, &Request::CreateQueue(CreateQueue { queue: q.clone(), ..Default::default() })));
         bytes.extend(request_frame(
             3,
-            &Request::SendMessage(SendMessage { queue: q.clone(), delay_seconds: 0, body: Bytes::from("early") }),
+            &Request::SendMessage(SendMessage {
+                queue: q.clone(),
+                delay_seconds: 0,
+                body: Bytes::from("early"),
+                ..Default::default()
+            }),
         ));
         c.write_raw(&bytes);
         let Response::Handshake(ok) = c.read_reply(1).ok() else { panic!("wrong response type") };
@@ -82,8 +87,24 @@ fn out_of_order_completion(conn_shard: u16, queue_shard: u16) {
     let mut bytes = Vec::new();
     let reqs = [
         (101, Request::ReceiveMessage(ReceiveMessage { queue: polled.clone(), polling_wait_seconds: Some(10) })),
-        (102, Request::SendMessage(SendMessage { queue: other.clone(), delay_seconds: 0, body: "to other".into() })),
-        (103, Request::SendMessage(SendMessage { queue: polled.clone(), delay_seconds: 0, body: "to polled".into() })),
+        (
+            102,
+            Request::SendMessage(SendMessage {
+                queue: other.clone(),
+                delay_seconds: 0,
+                body: "to other".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            103,
+            Request::SendMessage(SendMessage {
+                queue: polled.clone(),
+                delay_seconds: 0,
+                body: "to polled".into(),
+                ..Default::default()
+            }),
+        ),
     ];
     for (id, r) in &reqs {
         bytes.extend(request_frame(*id, r));
@@ -126,11 +147,13 @@ fn many_pipelined_requests_are_each_answered_once() {
                 queue: local.clone(),
                 delay_seconds: 0,
                 body: format!("l{i}").into(),
+                ..Default::default()
             }),
             1 => Request::SendMessage(SendMessage {
                 queue: remote.clone(),
                 delay_seconds: 0,
                 body: format!("r{i}").into(),
+                ..Default::default()
             }),
             _ => Request::Ping(Ping {}),
         };

@@ -62,7 +62,12 @@ fn produce(c: &mut Client) -> BTreeSet<u32> {
     while next < MESSAGES {
         let mut tickets = Vec::new();
         for i in next..(next + WINDOW).min(MESSAGES) {
-            let req = Request::SendMessage(SendMessage { queue: QUEUE.into(), delay_seconds: 0, body: body(i) });
+            let req = Request::SendMessage(SendMessage {
+                queue: QUEUE.into(),
+                delay_seconds: 0,
+                body: body(i),
+                ..Default::default()
+            });
             tickets.push((i, c.submit(&req).expect("submit")));
         }
         next += tickets.len() as u32;

@@ -218,7 +218,12 @@ fn step(c: &mut Client, rng: &mut StdRng, sh: &Shared, epoch: u64) -> bool {
         let q = rng.random_range(0..sh.queues.len());
         let body = body_of(id, rng.random_range(0..BODY_PAD_MAX));
         sh.ledger.lock().expect("ledger").attempted.insert(id);
-        let req = Request::SendMessage(SendMessage { queue: sh.queues[q].clone(), delay_seconds: 0, body });
+        let req = Request::SendMessage(SendMessage {
+            queue: sh.queues[q].clone(),
+            delay_seconds: 0,
+            body,
+            ..Default::default()
+        });
         match c.submit(&req) {
             Ok(t) => tickets.push((id, q, t)),
             Err(_) => {

@@ -83,7 +83,12 @@ fn produce_windowed(
         for b in next..(next + window).min(batches) {
             let q = &queues[b % queues.len()];
             let bodies = (0..16).map(|i| big_body(&format!("{prefix}-{b:04}-{i:02}"))).collect();
-            let req = Request::BatchSendMessage(BatchSendMessage { queue: q.clone(), delay_seconds: 0, bodies });
+            let req = Request::BatchSendMessage(BatchSendMessage {
+                queue: q.clone(),
+                delay_seconds: 0,
+                bodies,
+                ..Default::default()
+            });
             tickets.push((q.clone(), c.submit(&req).expect("submit")));
         }
         next += tickets.len();

@@ -339,6 +339,7 @@ fn malformed_frame_leaves_the_connection_usable() {
             queue: "q".into(),
             delay_seconds: 0,
             body: Bytes::from_static(b"0123456789"),
+            ..Default::default()
         }),
     );
     let payload = full.split_off(16);

@@ -184,6 +184,7 @@ fn truncated_frame_then_disconnect() {
             queue: ok.conns[0].1.clone(),
             delay_seconds: 0,
             body: vec![7u8; 1000].into(),
+            ..Default::default()
         }),
     );
     for (round, cut) in [3usize, 7, 15, 16, 17, 100, frame.len() - 1].into_iter().cycle().take(10).enumerate() {

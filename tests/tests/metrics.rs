@@ -18,6 +18,7 @@ fn send(c: &mut RawConn, queue: &str, body: &str) {
         queue: queue.into(),
         delay_seconds: 0,
         body: Bytes::from(body.to_owned()),
+        ..Default::default()
     }))
     .ok();
 }
@@ -47,9 +48,20 @@ fn counters_and_gauges_move_by_exactly_what_was_done() {
         send(&mut c, "orders", &format!("m{i}"));
     }
     let bodies = vec![Bytes::from("b1"), Bytes::from("b2")];
-    c.call(Request::BatchSendMessage(BatchSendMessage { queue: "orders".into(), delay_seconds: 0, bodies })).ok();
-    c.call(Request::SendMessage(SendMessage { queue: "orders".into(), delay_seconds: 60, body: Bytes::from("later") }))
-        .ok();
+    c.call(Request::BatchSendMessage(BatchSendMessage {
+        queue: "orders".into(),
+        delay_seconds: 0,
+        bodies,
+        ..Default::default()
+    }))
+    .ok();
+    c.call(Request::SendMessage(SendMessage {
+        queue: "orders".into(),
+        delay_seconds: 60,
+        body: Bytes::from("later"),
+        ..Default::default()
+    }))
+    .ok();
     let got = match c.call(Request::BatchReceiveMessage(BatchReceiveMessage {
         queue: "orders".into(),
         max_messages: 3,
@@ -63,8 +75,12 @@ fn counters_and_gauges_move_by_exactly_what_was_done() {
         let del = DeleteMessage { queue: "orders".into(), receipt_handle: m.receipt_handle };
         c.call(Request::DeleteMessage(del)).ok();
     }
-    let missing =
-        c.call(Request::SendMessage(SendMessage { queue: "nope".into(), delay_seconds: 0, body: "x".into() }));
+    let missing = c.call(Request::SendMessage(SendMessage {
+        queue: "nope".into(),
+        delay_seconds: 0,
+        body: "x".into(),
+        ..Default::default()
+    }));
     assert_eq!(missing.code(), ErrorCode::QUEUE_NOT_FOUND);
 
     let after = Metrics::scrape(web);

@@ -106,6 +106,7 @@ fn publish(c: &mut Client, topic: &str, messages: usize) {
                 bodies,
                 tags: Default::default(),
                 routing_key: String::new(),
+                ..Default::default()
             });
             c.submit(&req).expect("submit publish")
         })

@@ -75,7 +75,12 @@ fn torn_tail_case(what: &str, damage: impl Fn(&Path, &RecordLoc)) {
     std::fs::write(&fault, b"stall-sync").expect("stall fdatasync");
     let mut raw = RawConn::open(b.addr);
     let last_body = Bytes::from(names[N - 1].clone());
-    raw.send(&Request::SendMessage(SendMessage { queue: "torn".into(), delay_seconds: 0, body: last_body }));
+    raw.send(&Request::SendMessage(SendMessage {
+        queue: "torn".into(),
+        delay_seconds: 0,
+        body: last_body,
+        ..Default::default()
+    }));
     // The record is written at the end of the loop turn; its fdatasync
     // never completes, so it is never acknowledged.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -7,7 +7,13 @@ fn create_send_receive_delete() {
     let broker = Broker::start(&["--shards", "2"]);
     let mut c = RawConn::open(broker.addr);
     c.call(Request::CreateQueue(CreateQueue { queue: "q1".into(), attributes: Default::default() })).ok();
-    c.call(Request::SendMessage(SendMessage { queue: "q1".into(), delay_seconds: 0, body: Bytes::from("hello") })).ok();
+    c.call(Request::SendMessage(SendMessage {
+        queue: "q1".into(),
+        delay_seconds: 0,
+        body: Bytes::from("hello"),
+        ..Default::default()
+    }))
+    .ok();
     let Response::ReceiveMessage(m) =
         c.call(Request::ReceiveMessage(ReceiveMessage { queue: "q1".into(), polling_wait_seconds: None })).ok()
     else {

@@ -47,6 +47,7 @@ impl Publish {
                 body: Bytes::from(self.bodies[0].clone()),
                 tags,
                 routing_key: String::new(),
+                ..Default::default()
             })
         } else {
             Request::BatchPublishMessage(BatchPublishMessage {
@@ -54,6 +55,7 @@ impl Publish {
                 bodies: self.bodies.iter().map(|b| Bytes::from(b.clone())).collect(),
                 tags,
                 routing_key: String::new(),
+                ..Default::default()
             })
         }
     }

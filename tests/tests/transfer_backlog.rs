@@ -41,6 +41,7 @@ fn publish_all(c: &mut cmq_client::Client, topic: &str) {
                 bodies,
                 tags: Default::default(),
                 routing_key: String::new(),
+                ..Default::default()
             });
             c.submit(&req).expect("submit publish")
         })

@@ -14,17 +14,29 @@
 //!                            count u16 × subscription (sid u32, created_ms u64, modified_ms u64, name str16,
 //!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
+//! | count u32 | count × dedup window (owner u8: 1 queue, 2 topic, uid u32,
+//!                                   count u32 × (key digest u128, msg_id u64, time_ms u64))
 //! | crc32c u32 of everything before it
 //! ```
+//!
+//! The dedup windows (`dedup.rs`: each queue's and topic's recent
+//! idempotency keys, oldest first) came with version 2; a version 1 catalog
+//! has none and is still read. The keys of the `Enqueued` and `Published`
+//! records before `log_pos` are in these windows, so the segments holding
+//! those records can go and a snapshot carries the windows to a follower.
 
 use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
 use cmq_protocol::{QueueAttributes, RedriveState};
 
+use crate::engine::dedup::{KeyDigest, Seen, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
 use crate::engine::record::SubscriptionDef;
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+
+/// The first version with dedup windows.
+const VERSION_DEDUP: u32 = 2;
 
 use cmq_protocol::limits::NAME_CHARS_MAX;
 
@@ -90,6 +102,21 @@ pub struct CatalogTopic {
     pub subscriptions: Vec<CatalogSubscription>,
 }
 
+/// Whose dedup window an entry list is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DedupOwner {
+    Queue = 1,
+    Topic = 2,
+}
+
+/// One queue's or topic's dedup window, oldest entry first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogDedup {
+    pub owner: DedupOwner,
+    pub uid: u32,
+    pub entries: Vec<(KeyDigest, Seen)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Catalog {
     /// Every queue-management record before this log position is reflected here.
@@ -102,6 +129,8 @@ pub struct Catalog {
     pub queues: Vec<CatalogQueue>,
     pub redrives: Vec<CatalogRedrive>,
     pub topics: Vec<CatalogTopic>,
+    /// Windows that hold at least one key, by (owner, uid).
+    pub dedup: Vec<CatalogDedup>,
 }
 
 impl Catalog {
@@ -165,6 +194,17 @@ impl Catalog {
                 w.extend_from_slice(&s.def.secret);
             }
         }
+        w.put_u32(self.dedup.len() as u32);
+        for d in &self.dedup {
+            w.put_u8(d.owner as u8);
+            w.put_u32(d.uid);
+            w.put_u32(d.entries.len() as u32);
+            for (key, seen) in &d.entries {
+                w.put_u128(*key);
+                w.put_u64(seen.msg_id);
+                w.put_u64(seen.time_ms);
+            }
+        }
         let crc = crc32c::crc32c(&w);
         w.put_u32(crc);
         w
@@ -182,8 +222,8 @@ impl Catalog {
         let mut r = Reader::new(Bytes::copy_from_slice(&body[MAGIC.len()..]));
         let e = |e: cmq_protocol::DecodeError| e.to_string();
         let version = r.u32("version").map_err(e)?;
-        if version != VERSION {
-            return Err(format!("catalog format version {version}, this build reads {VERSION}"));
+        if !(1..=VERSION).contains(&version) {
+            return Err(format!("catalog format version {version}, this build reads 1..={VERSION}"));
         }
         let log_pos = r.u64("log_pos").map_err(e)?;
         let next_uid = r.u32("next_uid").map_err(e)?;
@@ -273,8 +313,10 @@ impl Catalog {
                 subscriptions,
             });
         }
+        let dedup = if version >= VERSION_DEDUP { decode_dedup(&mut r)? } else { Vec::new() };
         r.finish().map_err(e)?;
         Ok(Catalog {
+            dedup,
             log_pos,
             next_uid,
             next_msg_counter,
@@ -286,6 +328,38 @@ impl Catalog {
             topics,
         })
     }
+}
+
+/// The dedup section; every count and length is checked against its limit
+/// and the bytes left before anything is allocated.
+fn decode_dedup(r: &mut Reader) -> Result<Vec<CatalogDedup>, String> {
+    let e = |e: cmq_protocol::DecodeError| e.to_string();
+    let count = r.u32("dedup count").map_err(e)?;
+    if u64::from(count) > 2 * u64::from(CATALOG_QUEUES_MAX) {
+        return Err(format!("catalog claims {count} dedup windows"));
+    }
+    let mut windows = Vec::with_capacity((count as usize).min(r.remaining() / 9));
+    for _ in 0..count {
+        let owner = match r.u8("dedup owner").map_err(e)? {
+            1 => DedupOwner::Queue,
+            2 => DedupOwner::Topic,
+            o => return Err(format!("dedup window owner {o} is neither a queue (1) nor a topic (2)")),
+        };
+        let uid = r.u32("uid").map_err(e)?;
+        let n = r.u32("dedup entries").map_err(e)? as usize;
+        if n > IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
+            return Err(format!("a dedup window of {n} keys passes the limit {IDEMPOTENCY_KEYS_PER_QUEUE_MAX}"));
+        }
+        let mut entries = Vec::with_capacity(n.min(r.remaining() / 32));
+        for _ in 0..n {
+            let key = r.u128("key digest").map_err(e)?;
+            let msg_id = r.u64("msg_id").map_err(e)?;
+            let time_ms = r.u64("time_ms").map_err(e)?;
+            entries.push((key, Seen { msg_id, time_ms }));
+        }
+        windows.push(CatalogDedup { owner, uid, entries });
+    }
+    Ok(windows)
 }
 
 fn put_strs(w: &mut Vec<u8>, v: &[String]) {
@@ -352,6 +426,14 @@ mod tests {
                     },
                 }],
             }],
+            dedup: vec![CatalogDedup {
+                owner: DedupOwner::Queue,
+                uid: 3,
+                entries: vec![
+                    (crate::engine::dedup::digest(b"k1"), Seen { msg_id: 40, time_ms: 9 }),
+                    (u128::MAX, Seen { msg_id: 41, time_ms: 10 }),
+                ],
+            }],
             queues: vec![CatalogQueue {
                 uid: 3,
                 name: "orders".into(),
@@ -377,5 +459,19 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Catalog::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    /// A catalog written before dedup windows existed (version 1: the same
+    /// bytes without the dedup section) is still read, with no windows.
+    #[test]
+    fn a_version_1_catalog_reads_without_windows() {
+        let c = Catalog { dedup: Vec::new(), ..sample() };
+        let v2 = c.encode();
+        // Drop the trailing (empty) dedup count and the checksum, then restamp.
+        let mut v1 = v2[..v2.len() - 8].to_vec();
+        v1[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.put_u32(crc);
+        assert_eq!(Catalog::decode(&v1), Ok(c));
     }
 }

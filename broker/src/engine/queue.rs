@@ -15,6 +15,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use bytes::Bytes;
 use cmq_protocol::{ErrorCode, QueueAttributes, ReceiptHandle};
 
+use crate::engine::dedup::DedupWindow;
 use crate::engine::error::EngineError;
 use crate::engine::message_index::{Entry, MessageIndex, MsgState};
 use crate::engine::receipt::ReceiptKeys;
@@ -113,6 +114,8 @@ pub struct Queue {
     pub purged: Option<(u64, u64)>,
     /// Messages through this queue (metrics).
     pub totals: QueueTotals,
+    /// Recent idempotency keys of sends (`dedup.rs`).
+    pub dedup: DedupWindow,
 }
 
 impl Queue {
@@ -139,6 +142,7 @@ impl Queue {
             origins: HashMap::new(),
             purged: None,
             totals: QueueTotals::default(),
+            dedup: DedupWindow::default(),
         }
     }
 

@@ -17,7 +17,7 @@
 //!  2 QueueUpdated      uid u32, time_ms u64, attrs
 //!  3 QueueDeleted      uid u32, time_ms u64
 //!  4 Enqueued          uid u32, first_seq u64, first_msg_id u64, enqueue_ms u64,
-//!                      visible_at_ms u64, count u16, count × (len u32, body)
+//!                      visible_at_ms u64, count u16, count × (len u32, body), [keys]
 //!  5 Received          uid u32, time_ms u64, visible_at_ms u64, [seq u64]
 //!  6 Deleted           uid u32, [seq u64]
 //!  7 VisibilityChanged uid u32, seq u64, visible_at_ms u64
@@ -47,10 +47,16 @@
 //!                      [filter tag str], [binding key str]
 //! 25 Unsubscribed      uid u32, sid u32, time_ms u64
 //! 26 Published         uid u32, first_msg_id u64, first_transfer u64, time_ms u64, [tag str],
-//!                      routing_key str, [target sid u32], count u16, count × (len u32, body)
+//!                      routing_key str, [target sid u32], count u16, count × (len u32, body), [keys]
 //! 27 PushRetry         [id u64, attempt u32, next_ms u64]
 //! 28 PushGaveUp        id u64, time_ms u64
 //! ```
+//!
+//! `[keys]` is the messages' idempotency keys (`engine/dedup.rs`): absent
+//! (the payload ends after the last body) when none of them has one, else
+//! `count u16` equal to the body count and `count × (len u8, key)`, a
+//! length of 0 meaning that message has none. Records written before keys
+//! existed read as keyless; bodies stay where they were.
 //!
 //! `Relocated` is written by compaction: a live message from an old segment
 //! copied to the head with its whole current state, so the old segment can
@@ -177,6 +183,8 @@ pub enum Record<B> {
         enqueue_ms: u64,
         visible_at_ms: u64,
         bodies: Vec<B>,
+        /// Empty, or one idempotency key per body (empty: none).
+        keys: Vec<Bytes>,
     },
     Received {
         uid: u32,
@@ -324,6 +332,8 @@ pub enum Record<B> {
         routing_key: String,
         targets: Vec<u32>,
         bodies: Vec<B>,
+        /// Empty, or one idempotency key per body (empty: none).
+        keys: Vec<Bytes>,
     },
     PushRetry {
         entries: Vec<(u64, u32, u64)>,
@@ -349,6 +359,11 @@ pub const RECORD_IDS_MAX: usize = 4096;
 
 const _: () = assert!(RECORD_IDS_MAX <= RECORD_ITEMS_MAX);
 const _: () = assert!(2 + RECORD_IDS_MAX * 20 <= crate::storage::RECORD_PAYLOAD_MAX_BYTES as usize);
+// A full batch's keys fit easily in the room a record has beside its bodies.
+const _: () = assert!(
+    2 + cmq_protocol::limits::BATCH_MSGS_MAX * (1 + cmq_protocol::limits::IDEMPOTENCY_KEY_BYTES_MAX)
+        <= crate::storage::RECORD_OVERHEAD_MAX_BYTES as usize / 64
+);
 
 /// Why a logged payload could not be decoded. At recovery this is corruption
 /// that the log's checksum did not catch, or a record from a newer version.
@@ -419,7 +434,7 @@ impl Record<Bytes> {
         scratch.clear();
         let w = scratch;
         let (body, suffix): (&Bytes, &Bytes) = match self {
-            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies } => {
+            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys } => {
                 w.put_u32(*uid);
                 w.put_u64(*first_seq);
                 w.put_u64(*first_msg_id);
@@ -430,16 +445,30 @@ impl Record<Bytes> {
                 for body in bodies {
                     put_len32(w, body.len()).map_err(|_| fail("body length"))?;
                 }
-                let (header, lens) = w.split_at(header_end);
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * bodies.len());
+                let lens_end = w.len();
+                put_keys(w, keys, bodies.len()).map_err(|_| fail("idempotency keys"))?;
+                let (header, rest) = w.split_at(header_end);
+                let (lens, key_bytes) = rest.split_at(lens_end - header_end);
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * bodies.len());
                 parts.push(header);
                 for (len, body) in lens.chunks_exact(4).zip(bodies) {
                     parts.push(len);
                     parts.push(body);
                 }
+                parts.push(key_bytes);
                 return Ok((emit(&parts), ENQUEUED_HEADER_BYTES + 4));
             }
-            Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies } => {
+            Record::Published {
+                uid,
+                first_msg_id,
+                first_transfer,
+                time_ms,
+                tags,
+                routing_key,
+                targets,
+                bodies,
+                keys,
+            } => {
                 w.put_u32(*uid);
                 w.put_u64(*first_msg_id);
                 w.put_u64(*first_transfer);
@@ -455,14 +484,18 @@ impl Record<Bytes> {
                 for body in bodies {
                     put_len32(w, body.len()).map_err(|_| fail("body length"))?;
                 }
+                let lens_end = w.len();
+                put_keys(w, keys, bodies.len()).map_err(|_| fail("idempotency keys"))?;
                 let first_body = u32::try_from(header_end + 4).map_err(|_| fail("header"))?;
-                let (header, lens) = w.split_at(header_end);
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * bodies.len());
+                let (header, rest) = w.split_at(header_end);
+                let (lens, key_bytes) = rest.split_at(lens_end - header_end);
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * bodies.len());
                 parts.push(header);
                 for (len, body) in lens.chunks_exact(4).zip(bodies) {
                     parts.push(len);
                     parts.push(body);
                 }
+                parts.push(key_bytes);
                 return Ok((emit(&parts), first_body));
             }
             Record::Relocated { uid, seq, entry, body, suffix } => {
@@ -697,6 +730,23 @@ fn put_strs(w: &mut Vec<u8>, v: &[String]) -> Result<(), TooLong> {
     v.iter().try_for_each(|s| put_str(w, s))
 }
 
+/// A batch's idempotency keys: nothing when no message has one, else a
+/// count equal to the body count and each key with a u8 length.
+fn put_keys(w: &mut Vec<u8>, keys: &[Bytes], bodies: usize) -> Result<(), TooLong> {
+    if keys.iter().all(|k| k.is_empty()) {
+        return Ok(());
+    }
+    if keys.len() != bodies {
+        return Err(TooLong);
+    }
+    put_count(w, keys.len())?;
+    for k in keys {
+        w.put_u8(u8::try_from(k.len()).map_err(|_| TooLong)?);
+        w.extend_from_slice(k);
+    }
+    Ok(())
+}
+
 fn put_u64s(w: &mut Vec<u8>, v: &[u64]) -> Result<(), TooLong> {
     put_count(w, v.len())?;
     for s in v {
@@ -775,6 +825,21 @@ impl<'a> Cursor<'a> {
         self.take(data_len as usize, what)?;
         Ok(BodySpan { offset, len: body_len })
     }
+    /// The optional keys after a batch's bodies (see the module comment).
+    fn keys(&mut self, bodies: usize) -> DecodeResult<Vec<Bytes>> {
+        if self.pos == self.p.len() {
+            return Ok(Vec::new());
+        }
+        if usize::from(self.u16("key count")?) != bodies || bodies == 0 {
+            return Err("key count");
+        }
+        (0..bodies)
+            .map(|_| {
+                let n = usize::from(self.u8("key length")?);
+                self.take(n, "key").map(Bytes::copy_from_slice)
+            })
+            .collect()
+    }
     fn attrs(&mut self) -> DecodeResult<QueueAttributes> {
         let mut r = Reader::new(Bytes::copy_from_slice(&self.p[self.pos..]));
         let a = QueueAttributes::decode(&mut r, "attrs").map_err(|_| "attrs")?;
@@ -802,6 +867,14 @@ impl Record<Bytes> {
         let same_bodies = |bodies: &[Bytes], spans: &[BodySpan]| {
             bodies.len() == spans.len() && bodies.iter().zip(spans).all(|(b, s)| at(s) == Some(&b[..]))
         };
+        // Keys all empty are logged as none.
+        let same_keys = |meant: &[Bytes], back: &[Bytes]| {
+            if meant.iter().all(|k| k.is_empty()) {
+                back.is_empty()
+            } else {
+                meant == back
+            }
+        };
         // A single body followed by its suffix, ending the payload.
         let same_data = |body: &Bytes, suffix: &Bytes, span: &BodySpan| {
             span.offset == offset
@@ -810,7 +883,7 @@ impl Record<Bytes> {
         };
         let same = match (self, &back) {
             (
-                Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies },
+                Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys },
                 Record::Enqueued {
                     uid: u,
                     first_seq: q,
@@ -818,14 +891,26 @@ impl Record<Bytes> {
                     enqueue_ms: t,
                     visible_at_ms: v,
                     bodies: spans,
+                    keys: k,
                 },
             ) => {
                 (uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms) == (u, q, m, t, v)
+                    && same_keys(keys, k)
                     && same_bodies(bodies, spans)
                     && spans.first().is_none_or(|s| s.offset == offset)
             }
             (
-                Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies },
+                Record::Published {
+                    uid,
+                    first_msg_id,
+                    first_transfer,
+                    time_ms,
+                    tags,
+                    routing_key,
+                    targets,
+                    bodies,
+                    keys,
+                },
                 Record::Published {
                     uid: u,
                     first_msg_id: m,
@@ -835,9 +920,11 @@ impl Record<Bytes> {
                     routing_key: k,
                     targets: x,
                     bodies: spans,
+                    keys: y,
                 },
             ) => {
                 (uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets) == (u, m, f, t, g, k, x)
+                    && same_keys(keys, y)
                     && same_bodies(bodies, spans)
                     && spans.first().is_none_or(|s| s.offset == offset)
             }
@@ -1096,8 +1183,9 @@ fn decode_published(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
         c.take(len as usize, "body")?;
         bodies.push(BodySpan { offset, len });
     }
+    let keys = c.keys(bodies.len())?;
     c.finish()?;
-    Ok(Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies })
+    Ok(Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies, keys })
 }
 
 fn decode_enqueued(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
@@ -1115,8 +1203,9 @@ fn decode_enqueued(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
         c.take(len as usize, "body")?;
         bodies.push(BodySpan { offset, len });
     }
+    let keys = c.keys(bodies.len())?;
     c.finish()?;
-    Ok(Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies })
+    Ok(Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys })
 }
 
 #[cfg(test)]
@@ -1175,6 +1264,7 @@ mod tests {
             enqueue_ms: 0,
             visible_at_ms: 0,
             bodies: vec![Bytes::new(); RECORD_ITEMS_MAX + 1],
+            keys: Vec::new(),
         };
         assert!(bodies.encode(&mut scratch, |_| ()).is_err());
     }
@@ -1208,9 +1298,29 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
     }
 
+    /// Bodies and their keys: none, or one per body (some empty).
+    fn keyed_bodies() -> impl Strategy<Value = (Vec<Bytes>, Vec<Bytes>)> {
+        proptest::collection::vec((bytes(40), bytes(65)), 0..17).prop_flat_map(|pairs| {
+            let (bodies, keys): (Vec<Bytes>, Vec<Bytes>) = pairs.into_iter().unzip();
+            prop_oneof![Just((bodies.clone(), Vec::new())), Just((bodies, keys))]
+        })
+    }
+
+    /// `rec` as it reads back with its keys dropped, when it has any.
+    fn without_keys(rec: &Record<Bytes>) -> Option<Record<Bytes>> {
+        let mut r = rec.clone();
+        match &mut r {
+            Record::Enqueued { keys, .. } | Record::Published { keys, .. } if keys.iter().any(|k| !k.is_empty()) => {
+                keys.clear()
+            }
+            _ => return None,
+        }
+        Some(r)
+    }
+
     fn records() -> impl Strategy<Value = Record<Bytes>> {
         let seqs = proptest::collection::vec(any::<u64>(), 0..20);
-        let bodies = proptest::collection::vec(bytes(40), 0..17);
+        let bodies = keyed_bodies();
         prop_oneof![
             (any::<u32>(), any::<u64>(), "[a-z][a-z0-9]{0,63}").prop_map(|(uid, t, name)| Record::QueueCreated {
                 uid,
@@ -1225,13 +1335,14 @@ mod tests {
                 attrs: QueueAttributes::defaults(FlushPolicy::Sync)
             }),
             (any::<u32>(), any::<u64>()).prop_map(|(uid, t)| Record::QueueDeleted { uid, time_ms: t }),
-            (any::<u32>(), any::<[u64; 4]>(), bodies).prop_map(|(uid, n, bodies)| Record::Enqueued {
+            (any::<u32>(), any::<[u64; 4]>(), bodies).prop_map(|(uid, n, (bodies, keys))| Record::Enqueued {
                 uid,
                 first_seq: n[0],
                 first_msg_id: n[1],
                 enqueue_ms: n[2],
                 visible_at_ms: n[3],
-                bodies
+                bodies,
+                keys
             }),
             (any::<u32>(), any::<u64>(), any::<u64>(), seqs.clone()).prop_map(|(uid, t, v, seqs)| Record::Received {
                 uid,
@@ -1380,9 +1491,9 @@ mod tests {
                 strs(),
                 "[a-z.]{0,20}",
                 proptest::collection::vec(any::<u32>(), 0..6),
-                proptest::collection::vec(bytes(40), 0..17)
+                keyed_bodies()
             )
-                .prop_map(|(uid, n, tags, routing_key, targets, bodies)| Record::Published {
+                .prop_map(|(uid, n, tags, routing_key, targets, (bodies, keys))| Record::Published {
                     uid,
                     first_msg_id: n[0],
                     first_transfer: n[1],
@@ -1390,7 +1501,8 @@ mod tests {
                     tags,
                     routing_key,
                     targets,
-                    bodies
+                    bodies,
+                    keys
                 }),
             proptest::collection::vec(any::<(u64, u32, u64)>(), 0..10)
                 .prop_map(|entries| Record::PushRetry { entries }),
@@ -1441,11 +1553,16 @@ mod tests {
             }
         }
 
+        /// Every cut is an error, except one by design: just before a
+        /// batch's keys it reads as the keyless record (the log frames
+        /// each record with its length and checksum, so such a cut is never
+        /// read back).
         #[test]
         fn truncated_records_are_errors(rec in records()) {
             let (rtype, payload, _) = flatten(&rec);
+            let keyless = without_keys(&rec).map(|r| flatten(&r).1.len());
             for cut in 0..payload.len() {
-                prop_assert!(Record::decode(rtype, &payload[..cut]).is_err());
+                prop_assert!(Record::decode(rtype, &payload[..cut]).is_err() || keyless == Some(cut), "cut {}", cut);
             }
         }
 

@@ -19,6 +19,7 @@ use cmq_protocol::{
 
 use std::collections::BTreeMap;
 
+use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::fates::{Fate, Fates};
 use crate::engine::log::{Durability, Log};
@@ -51,6 +52,25 @@ pub const MSG_ID_SHARD_SHIFT: u32 = 56;
 
 /// Messages dead-lettered per queue per loop turn, so a burst never stalls the shard.
 const DEAD_LETTER_PER_TURN_MAX: usize = 1024;
+
+/// A send or publish batch's shape: 1..=BATCH_MSGS_MAX bodies, and no keys
+/// or one per body.
+pub(crate) fn check_batch(bodies: &[Bytes], keys: &[Bytes]) -> Result<(), EngineError> {
+    if bodies.is_empty() || bodies.len() > BATCH_MSGS_MAX {
+        return Err(EngineError::new(
+            ErrorCode::BATCH_TOO_LARGE,
+            format!("msgBody: a batch holds 1-{BATCH_MSGS_MAX} messages, got {}", bodies.len()),
+        ));
+    }
+    if !keys.is_empty() && keys.len() != bodies.len() {
+        return Err(EngineError::invalid(format!(
+            "idempotencyKeys: {} keys for {} messages (none, or one per message)",
+            keys.len(),
+            bodies.len()
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -418,19 +438,37 @@ impl ShardEngine {
         delay_seconds: u32,
         bodies: &[Bytes],
     ) -> Result<Vec<u64>, EngineError> {
-        if bodies.is_empty() || bodies.len() > BATCH_MSGS_MAX {
-            return Err(EngineError::new(
-                ErrorCode::BATCH_TOO_LARGE,
-                format!("msgBody: a batch holds 1-{BATCH_MSGS_MAX} messages, got {}", bodies.len()),
-            ));
-        }
+        self.send_keyed(log, now_ms, name, delay_seconds, bodies, &[])
+    }
+
+    /// [`ShardEngine::send`] with idempotency keys. `keys` is empty or holds one idempotency key per body (empty: none):
+    /// a body whose key the queue's dedup window holds, or that repeats an
+    /// earlier key of the batch, is answered with that message's id and
+    /// not stored (`dedup.rs`). When every body is such a repeat, nothing
+    /// is logged.
+    pub fn send_keyed(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        delay_seconds: u32,
+        bodies: &[Bytes],
+        keys: &[Bytes],
+    ) -> Result<Vec<u64>, EngineError> {
+        check_batch(bodies, keys)?;
+        let n = bodies.len();
         let q = self.queue_mut(name)?;
-        q.check_send(bodies, delay_seconds)?;
+        let fates = dedup::plan(&q.dedup, keys, bodies.len(), now_ms);
+        let (fresh, fresh_keys) = dedup::fresh(&fates, bodies, keys);
+        if fresh.is_empty() {
+            return Ok(dedup::answer(&fates, n, 0));
+        }
+        q.check_send(&fresh, delay_seconds)?;
         let uid = q.uid;
         let first_seq = q.next_seq();
         let durability = Self::data_durability(q.attrs.flush_policy);
         let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
-        self.next_msg_counter += bodies.len() as u64;
+        self.next_msg_counter += fresh.len() as u64;
         let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
         let rec = Record::Enqueued {
             uid,
@@ -438,14 +476,18 @@ impl ShardEngine {
             first_msg_id,
             enqueue_ms: now_ms,
             visible_at_ms,
-            bodies: bodies.to_vec(),
+            bodies: fresh,
+            keys: fresh_keys,
         };
         let (pos, _) = self.log_record(log, &rec, durability)?;
+        let Record::Enqueued { bodies, keys, .. } = &rec else { unreachable!("built above") };
         let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
-        self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos);
-        Ok((0..bodies.len() as u64).map(|i| first_msg_id + i).collect())
+        self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos, keys);
+        Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
+    /// Applies an `Enqueued` record; `keys` go into the queue's dedup
+    /// window (pass none for a record the loaded catalog already reflects).
     #[allow(clippy::too_many_arguments)]
     fn apply_enqueued(
         &mut self,
@@ -456,11 +498,13 @@ impl ShardEngine {
         visible_at_ms: u64,
         spans: impl Iterator<Item = BodySpan>,
         pos: u64,
+        keys: &[Bytes],
     ) {
         let mut n = 0;
         let Some(q) = self.queues.get_mut(&uid) else {
             return;
         };
+        dedup::remember(&mut q.dedup, keys, first_msg_id, enqueue_ms);
         q.apply_enqueued(
             first_seq,
             first_msg_id,
@@ -888,3 +932,6 @@ impl ReceiveOutcome {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dedup_tests;

@@ -4,6 +4,7 @@
 
 use cmq_protocol::{FilterType, NotifyContentFormat, NotifyStrategy, SubscriptionProtocol};
 
+use crate::engine::dedup::DedupWindow;
 use crate::engine::record::SubscriptionDef;
 
 /// Subscriptions one topic may have.
@@ -48,6 +49,8 @@ pub struct Topic {
     pub modified_ms: u64,
     pub create_seq: u64,
     pub subscriptions: Vec<Subscription>,
+    /// Recent idempotency keys of publishes (`dedup.rs`).
+    pub dedup: DedupWindow,
 }
 
 impl Topic {

@@ -203,13 +203,15 @@ impl Shard {
                 .engine
                 .set_queue_attributes(&mut self.log, now, &r.queue, &r.attributes)
                 .map(Response::SetQueueAttributes),
-            Request::SendMessage(r) => self
-                .engine
-                .send(&mut self.log, now, &r.queue, r.delay_seconds, std::slice::from_ref(&r.body))
-                .map(|ids| Response::SendMessage(SendMessageOk { msg_id: ids[0] })),
+            Request::SendMessage(r) => {
+                let (body, key) = (std::slice::from_ref(&r.body), std::slice::from_ref(&r.idempotency_key));
+                self.engine
+                    .send_keyed(&mut self.log, now, &r.queue, r.delay_seconds, body, key)
+                    .map(|ids| Response::SendMessage(SendMessageOk { msg_id: ids[0] }))
+            }
             Request::BatchSendMessage(r) => self
                 .engine
-                .send(&mut self.log, now, &r.queue, r.delay_seconds, &r.bodies)
+                .send_keyed(&mut self.log, now, &r.queue, r.delay_seconds, &r.bodies, &r.idempotency_keys)
                 .map(|msg_ids| Response::BatchSendMessage(BatchSendMessageOk { msg_ids })),
             Request::ReceiveMessage(r) => {
                 return self.receive(to, id, false, &r.queue, 1, r.polling_wait_seconds, now);
@@ -300,13 +302,15 @@ impl Shard {
                 .engine
                 .set_topic_attributes(&mut self.log, now, &r.topic, r.max_msg_size)
                 .map(Response::SetTopicAttributes),
-            Request::PublishMessage(r) => self
-                .engine
-                .publish(&mut self.log, now, &r.topic, std::slice::from_ref(&r.body), &r.tags.0, &r.routing_key)
-                .map(|ids| Response::PublishMessage(PublishMessageOk { msg_id: ids[0] })),
+            Request::PublishMessage(r) => {
+                let (body, key) = (std::slice::from_ref(&r.body), std::slice::from_ref(&r.idempotency_key));
+                self.engine
+                    .publish_keyed(&mut self.log, now, &r.topic, body, key, &r.tags.0, &r.routing_key)
+                    .map(|ids| Response::PublishMessage(PublishMessageOk { msg_id: ids[0] }))
+            }
             Request::BatchPublishMessage(r) => self
                 .engine
-                .publish(&mut self.log, now, &r.topic, &r.bodies, &r.tags.0, &r.routing_key)
+                .publish_keyed(&mut self.log, now, &r.topic, &r.bodies, &r.idempotency_keys, &r.tags.0, &r.routing_key)
                 .map(|msg_ids| Response::BatchPublishMessage(BatchPublishMessageOk { msg_ids })),
             Request::Subscribe(r) => self.engine.subscribe(&mut self.log, now, &r).map(Response::Subscribe),
             Request::Unsubscribe(r) => self

@@ -3,8 +3,8 @@
 //!
 //! It covers what the log determines and nothing local: queues (name,
 //! attributes, counters) and every message's id, times, dequeue count,
-//! body length and whether it is live, deleted-but-rewindable or half; the
-//! outbox. Not covered: log positions (each replica's own), and states
+//! body length and whether it is live, deleted-but-rewindable or half;
+//! each queue's dedup window (keys, ids and times, in order); the outbox. Not covered: log positions (each replica's own), and states
 //! that follow from the clock alone (ready vs. in flight vs. delayed are
 //! all "live" with their `visible_at_ms`), so replicas compare equal
 //! whatever their clocks say.
@@ -41,6 +41,11 @@ impl ShardEngine {
                 h.write_u32(e.first_dequeue_rel);
                 h.write_u8(state);
                 h.write_u8(e.flags);
+            }
+            for (key, seen) in q.dedup.entries() {
+                h.write_u128(key);
+                h.write_u64(seen.msg_id);
+                h.write_u64(seen.time_ms);
             }
         }
         for id in self.outbox.ids() {

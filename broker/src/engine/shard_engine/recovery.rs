@@ -5,7 +5,9 @@ use bytes::Bytes;
 use cmq_protocol::{MessageState, RedriveState};
 
 use super::ShardEngine;
-use crate::engine::catalog::{Catalog, CatalogQueue, CatalogRedrive, CatalogSubscription, CatalogTopic};
+use crate::engine::catalog::{
+    Catalog, CatalogDedup, CatalogQueue, CatalogRedrive, CatalogSubscription, CatalogTopic, DedupOwner,
+};
 use crate::engine::error::EngineError;
 use crate::engine::fates::Fate;
 use crate::engine::log::Log;
@@ -50,6 +52,17 @@ impl ShardEngine {
             }
             if let Some(topic) = self.topics.get_mut(&t.uid) {
                 topic.modified_ms = t.modified_ms;
+            }
+        }
+        for d in &c.dedup {
+            let window = match d.owner {
+                DedupOwner::Queue => self.queues.get_mut(&d.uid).map(|q| &mut q.dedup),
+                DedupOwner::Topic => self.topics.get_mut(&d.uid).map(|t| &mut t.dedup),
+            };
+            if let Some(w) = window {
+                for (key, seen) in &d.entries {
+                    w.restore(*key, *seen);
+                }
             }
         }
         for r in &c.redrives {
@@ -139,7 +152,17 @@ impl ShardEngine {
             })
             .collect();
         topics.sort_by_key(|t| t.uid);
+        let mut dedup: Vec<CatalogDedup> = self
+            .queues
+            .values()
+            .map(|q| (DedupOwner::Queue, q.uid, &q.dedup))
+            .chain(self.topics.values().map(|t| (DedupOwner::Topic, t.uid, &t.dedup)))
+            .filter(|(_, _, w)| !w.is_empty())
+            .map(|(owner, uid, w)| CatalogDedup { owner, uid, entries: w.entries().collect() })
+            .collect();
+        dedup.sort_by_key(|d| (d.owner, d.uid));
         Catalog {
+            dedup,
             topics,
             log_pos,
             next_uid: self.next_uid,
@@ -293,8 +316,11 @@ impl ShardEngine {
             Record::QueueDeleted { uid, .. } => {
                 self.apply_queue_deleted(uid);
             }
-            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies } => {
-                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies.into_iter(), pos)
+            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys } => {
+                // Keys of records the catalog reflects are in its windows already.
+                let keys = if counted { &keys[..] } else { &[] };
+                let spans = bodies.into_iter();
+                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, spans, pos, keys)
             }
             Record::Received { uid, time_ms, visible_at_ms, seqs } => {
                 if let Some(q) = self.queues.get_mut(&uid) {
@@ -388,9 +414,22 @@ impl ShardEngine {
                 self.apply_subscription_updated(uid, sid, time_ms, strategy, format, filter_tags, binding_keys)
             }
             Record::Unsubscribed { uid, sid, .. } => self.apply_unsubscribed(uid, sid),
-            Record::Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, bodies } => {
+            Record::Published {
+                uid,
+                first_msg_id,
+                first_transfer,
+                time_ms,
+                tags,
+                routing_key,
+                targets,
+                bodies,
+                keys,
+            } => {
                 let spans: Vec<(u64, u32)> = bodies.iter().map(|b| (span_pos(b), b.len)).collect();
-                self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans)
+                self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans);
+                if counted {
+                    self.remember_published_keys(uid, first_msg_id, time_ms, &keys);
+                }
             }
             Record::PushRetry { entries } => self.apply_push_retry(&entries),
             Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),

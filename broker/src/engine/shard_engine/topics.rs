@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cmq_protocol::limits::BATCH_MSGS_MAX;
 use cmq_protocol::names::validate_name;
 use cmq_protocol::topics::{TOPIC_MAX_MSG_SIZE, TOPIC_MSG_RETENTION_SECONDS};
 use cmq_protocol::*;
 
 use super::ShardEngine;
+use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
 use crate::engine::log::{Durability, Log};
@@ -146,6 +146,7 @@ impl ShardEngine {
                 modified_ms: time_ms,
                 create_seq,
                 subscriptions: Vec::new(),
+                dedup: Default::default(),
             },
         );
     }
@@ -438,14 +439,32 @@ impl ShardEngine {
         tags: &[String],
         routing_key: &str,
     ) -> Result<Vec<u64>, EngineError> {
-        if bodies.is_empty() || bodies.len() > BATCH_MSGS_MAX {
-            return Err(EngineError::new(
-                ErrorCode::BATCH_TOO_LARGE,
-                format!("msgBody: a batch holds 1-{BATCH_MSGS_MAX} messages, got {}", bodies.len()),
-            ));
-        }
+        self.publish_keyed(log, now_ms, topic, bodies, &[], tags, routing_key)
+    }
+
+    /// [`ShardEngine::publish`] with idempotency keys (none, or one per
+    /// body), deduplicated per topic as sends are per queue (`dedup.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_keyed(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        topic: &str,
+        bodies: &[Bytes],
+        keys: &[Bytes],
+        tags: &[String],
+        routing_key: &str,
+    ) -> Result<Vec<u64>, EngineError> {
+        super::check_batch(bodies, keys)?;
+        let n = bodies.len();
         let uid = self.topic_uid(topic)?;
         let t = &self.topics[&uid];
+        let fates = dedup::plan(&t.dedup, keys, bodies.len(), now_ms);
+        let (fresh, fresh_keys) = dedup::fresh(&fates, bodies, keys);
+        if fresh.is_empty() {
+            return Ok(dedup::answer(&fates, n, 0));
+        }
+        let bodies = &fresh[..];
         for (i, b) in bodies.iter().enumerate() {
             if b.is_empty() {
                 return Err(invalid(format!("msgBody[{i}]: must not be empty")));
@@ -478,6 +497,7 @@ impl ShardEngine {
             routing_key: routing_key.to_owned(),
             targets,
             bodies: bodies.to_vec(),
+            keys: fresh_keys,
         };
         let (pos, first_offset) = self.log_record(log, &rec, durability)?;
         let mut offset = u64::from(first_offset);
@@ -489,10 +509,17 @@ impl ShardEngine {
                 at
             })
             .collect();
-        if let Record::Published { tags, routing_key, targets, .. } = rec {
+        if let Record::Published { tags, routing_key, targets, keys, .. } = rec {
             self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
+            self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
         }
-        Ok((0..bodies.len() as u64).map(|i| first_msg_id + i).collect())
+        Ok(dedup::answer(&fates, n, first_msg_id))
+    }
+
+    /// Puts a `Published` record's keys into its topic's dedup window.
+    pub(super) fn remember_published_keys(&mut self, uid: u32, first_msg_id: u64, time_ms: u64, keys: &[Bytes]) {
+        let Some(t) = self.topics.get_mut(&uid) else { return };
+        dedup::remember(&mut t.dedup, keys, first_msg_id, time_ms);
     }
 
     /// One outbox entry per (body, target), ids `first_transfer..` in that order.

@@ -4,6 +4,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cmq_client::idempotency::random_keys;
 use cmq_client::protocol::limits::{PEEK_MSGS_MAX, POLLING_WAIT_SECONDS_MAX};
 use cmq_client::{
     str_list, BatchPublishMessage, BatchSendMessage, CheckOutcome, CheckerStopper, Client, ClientError, ErrorCode,
@@ -134,7 +135,13 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::SendBatch { name, delay, base64 } => {
             let delay_seconds = *delay;
             batch_lines(c, &mut out, "sent", *base64, |bodies| {
-                Request::BatchSendMessage(BatchSendMessage { queue: name.clone(), delay_seconds, bodies })
+                let idempotency_keys = random_keys(bodies.len());
+                Request::BatchSendMessage(BatchSendMessage {
+                    queue: name.clone(),
+                    delay_seconds,
+                    bodies,
+                    idempotency_keys,
+                })
             })?;
         }
         Command::Receive { name, wait, max, delete, follow, print, base64 } => {
@@ -268,6 +275,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             batch_lines(c, &mut out, "published", *base64, |bodies| {
                 Request::BatchPublishMessage(BatchPublishMessage {
                     topic: topic.clone(),
+                    idempotency_keys: random_keys(bodies.len()),
                     bodies,
                     tags: tags.clone(),
                     routing_key: select.routing_key.clone(),
