@@ -330,6 +330,16 @@ impl Client {
         }
     }
 
+    /// Whether sends carry idempotency keys when the caller gave none: in
+    /// a cluster (several nodes known, or several seeds), where a send that
+    /// met a leader change is sent again. A single node never repeats a
+    /// send, and a key costs the broker a dedup-window insert per message
+    /// (about half of pipelined single-node throughput, docs/ARCHITECTURE.md
+    /// "Idempotent sends"), so there sends carry only keys the caller chose.
+    pub(crate) fn keys_by_default(&self) -> bool {
+        self.routes.has_alternatives()
+    }
+
     /// Sends one request and waits for its answer, following the shard's
     /// leader: a `NOT_LEADER` answer, a node that cannot be reached, an
     /// election under way are retried within [`Client::set_retry_deadline`]

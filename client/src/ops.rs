@@ -82,19 +82,19 @@ impl Client {
     }
 
     /// [`Client::send`] with options. The send carries an idempotency key
-    /// (yours, or a fresh random one), so in a cluster a send whose answer
-    /// was lost, or that met a leader change, is sent again and stored
-    /// once. Against a single node a lost answer is
+    /// (yours, or in a cluster a fresh random one), so in a cluster a send
+    /// whose answer was lost, or that met a leader change, is sent again
+    /// and stored once. Against a single node a lost answer is
     /// [`ClientError::OutcomeUnknown`]: sending again with the same
     /// [`SendOptions::idempotency_key`] within the broker's dedup window is
     /// then safe, and answers with the first send's id if it was stored.
     pub fn send_with(&mut self, queue: &str, body: impl Into<Bytes>, opts: &SendOptions) -> Result<u64, ClientError> {
-        let key = opts.idempotency_key.unwrap_or_else(IdempotencyKey::random);
+        let key = opts.idempotency_key.or_else(|| self.keys_by_default().then(IdempotencyKey::random));
         let req = Request::SendMessage(SendMessage {
             queue: queue.to_owned(),
             delay_seconds: opts.delay_seconds,
             body: body.into(),
-            idempotency_key: key.to_bytes(),
+            idempotency_key: key.map(|k| k.to_bytes()).unwrap_or_default(),
         });
         expect!(self.call(&req)?, SendMessage).map(|ok| ok.msg_id)
     }
@@ -102,13 +102,14 @@ impl Client {
     /// Sends up to `limits::BATCH_MSGS_MAX` messages in one request, all or
     /// none; returns their ids in order. Larger batches are refused by the
     /// broker (BATCH_TOO_LARGE), not split: splitting would lose all-or-none.
-    /// Each message carries a fresh idempotency key, as [`Client::send_with`].
+    /// In a cluster each message carries a fresh idempotency key, as
+    /// [`Client::send_with`].
     pub fn send_batch(&mut self, queue: &str, bodies: &[Bytes], delay_seconds: u32) -> Result<Vec<u64>, ClientError> {
         let req = Request::BatchSendMessage(BatchSendMessage {
             queue: queue.to_owned(),
             delay_seconds,
             bodies: bodies.to_vec(),
-            idempotency_keys: random_keys(bodies.len()),
+            idempotency_keys: if self.keys_by_default() { random_keys(bodies.len()) } else { Vec::new() },
         });
         let ids = expect!(self.call(&req)?, BatchSendMessage)?.msg_ids;
         if ids.len() != bodies.len() {

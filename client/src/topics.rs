@@ -88,7 +88,7 @@ impl Client {
             body: body.into(),
             tags: str_list(tags),
             routing_key: routing_key.to_owned(),
-            idempotency_key: IdempotencyKey::random().to_bytes(),
+            idempotency_key: if self.keys_by_default() { IdempotencyKey::random().to_bytes() } else { Bytes::new() },
         });
         expect!(self.call(&req)?, PublishMessage).map(|ok| ok.msg_id)
     }
@@ -108,7 +108,7 @@ impl Client {
             bodies: bodies.to_vec(),
             tags: str_list(tags),
             routing_key: routing_key.to_owned(),
-            idempotency_keys: random_keys(bodies.len()),
+            idempotency_keys: if self.keys_by_default() { random_keys(bodies.len()) } else { Vec::new() },
         });
         let ids = expect!(self.call(&req)?, BatchPublishMessage)?.msg_ids;
         if ids.len() != bodies.len() {

@@ -263,7 +263,14 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let mut admin = Client::connect_with_timeout(&seeds[..], Some(Duration::from_secs(10)))
         .with_context(|| format!("connecting to {}", opts.server))?;
     let shards = admin.shard_count();
-    let router = Arc::new(Router::new(seeds, shards, &admin.known_cluster()));
+    let cluster = admin.known_cluster();
+    // Keys where the client library sends them by default: in a cluster.
+    let keys = match (opts.idempotency_keys, opts.no_idempotency_keys) {
+        (_, true) => false,
+        (true, _) => true,
+        _ => cluster.nodes.len() > 1 || seeds.len() > 1,
+    };
+    let router = Arc::new(Router::new(seeds, shards, &cluster));
     let n_queues = if opts.queues == 0 { usize::from(shards) } else { opts.queues };
     let queues = pick_queue_names(&opts.queue_prefix, n_queues, shards)?;
     setup_queues(&mut admin, &opts, &queues)?;
@@ -275,7 +282,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         wait_s: opts.wait,
         verify: opts.verify,
         backlog_max: opts.backlog_max_n(),
-        keys: !opts.no_idempotency_keys,
+        keys,
     };
     let mut outcomes: Vec<Finished> = Vec::new();
 

@@ -97,10 +97,17 @@ pub struct Opts {
     pub size: usize,
 
     /// Send without idempotency keys (protocol version 2's sends). By
-    /// default every message carries a fresh 16-byte key, as the client
-    /// library's sends do; this flag measures what the keys cost.
-    #[arg(long)]
+    /// default, against a cluster (several seeds or nodes), every message
+    /// carries a fresh 16-byte key, as the client library's sends do, and
+    /// against a single node none; this flag and --idempotency-keys
+    /// measure what the keys cost.
+    #[arg(long, conflicts_with = "idempotency_keys")]
     pub no_idempotency_keys: bool,
+
+    /// Every message carries a fresh 16-byte idempotency key, also against
+    /// a single node.
+    #[arg(long)]
+    pub idempotency_keys: bool,
 
     /// Flush policy of the queues this run creates: sync or async.
     #[arg(long, value_enum, default_value_t = Flush::Sync)]
