@@ -7,6 +7,11 @@ pub fn text() -> impl Strategy<Value = String> {
     ".{0,24}"
 }
 
+/// Text that fits a 64-byte field (`text()` can reach 96 bytes in UTF-8).
+pub fn ascii_text() -> impl Strategy<Value = String> {
+    "[ -~]{0,24}"
+}
+
 pub fn name() -> impl Strategy<Value = String> {
     "[a-zA-Z][a-zA-Z0-9_-]{0,63}"
 }
