@@ -81,6 +81,7 @@ impl Server {
             acceptor: std::sync::OnceLock::new(),
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
+            auth: Default::default(),
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
@@ -139,6 +140,13 @@ impl Server {
                     failure.get_or_insert(anyhow!("a shard thread exited during start-up"));
                     break;
                 }
+            }
+        }
+        if failure.is_none() {
+            // Shard 0 published its recovered keys before reporting ready.
+            let have_keys = !shared.auth.keys.table().is_empty() || cfg.init_admin_key.is_some();
+            if let Err(e) = crate::auth::startup_check(&cfg, have_keys) {
+                failure = Some(e);
             }
         }
         let ok = failure.is_none();

@@ -68,6 +68,10 @@ error_codes! {
     /// The connection's key has no policy statement allowing this action on this resource (or one
     /// denies it). The message names both.
     ACCESS_DENIED = 4101, "access denied";
+    /// No key by that name.
+    KEY_NOT_FOUND = 4102, "key not found";
+    /// A key by that name exists already.
+    KEY_ALREADY_EXISTS = 4103, "key already exists";
     /// The body is larger than the queue's `maxMsgSize` (or `MSG_BYTES_MAX`), or empty.
     MESSAGE_TOO_LARGE = 4400, "message too large";
     /// The queue holds `maxMsgHeapNum` messages; sends are refused until some are deleted.

@@ -27,8 +27,8 @@ mod testing;
 mod tests;
 
 pub use auth::{
-    AuthChallenge, AuthChallengeOk, Authenticate, AuthenticateOk, CreateKey, DeleteKey, GetPolicy, GetPolicyOk, KeySecret,
-    KeySummary, ListKeys, ListKeysOk, RotateKey, SetPolicy, WhoAmI, WhoAmIOk,
+    AuthChallenge, AuthChallengeOk, Authenticate, AuthenticateOk, CreateKey, DeleteKey, GetPolicy, GetPolicyOk,
+    KeySecret, KeySummary, ListKeys, ListKeysOk, RotateKey, SetPolicy, WhoAmI, WhoAmIOk,
 };
 pub use cluster::*;
 pub use dead_letter::*;

@@ -14,8 +14,11 @@
 //!                            count u16 × subscription (sid u32, created_ms u64, modified_ms u64, name str16,
 //!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
+//! | count u32 | count × key (name str16, secret_id str16, count u16 × secret_key str16, policy str16,
+//!                          created_ms u64, modified_ms u64)          (version 2 on; shard 0 only)
 //! | crc32c u32 of everything before it
 //! ```
+//! Version 1 catalogs (no key section) are still read.
 
 use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
@@ -24,7 +27,10 @@ use cmq_protocol::{QueueAttributes, RedriveState};
 use crate::engine::record::SubscriptionDef;
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+
+/// The oldest catalog version this build reads (1: no keys section).
+const VERSION_MIN: u32 = 1;
 
 use cmq_protocol::limits::NAME_CHARS_MAX;
 
@@ -102,6 +108,8 @@ pub struct Catalog {
     pub queues: Vec<CatalogQueue>,
     pub redrives: Vec<CatalogRedrive>,
     pub topics: Vec<CatalogTopic>,
+    /// Authentication keys (shard 0), in name order.
+    pub keys: Vec<crate::engine::keys::KeyDef>,
 }
 
 impl Catalog {
@@ -165,6 +173,15 @@ impl Catalog {
                 w.extend_from_slice(&s.def.secret);
             }
         }
+        w.put_u32(self.keys.len() as u32);
+        for k in &self.keys {
+            w.put_str(&k.name);
+            w.put_str(&k.secret_id);
+            put_strs(&mut w, &k.secrets);
+            w.put_str(&k.policy);
+            w.put_u64(k.created_ms);
+            w.put_u64(k.modified_ms);
+        }
         let crc = crc32c::crc32c(&w);
         w.put_u32(crc);
         w
@@ -182,8 +199,8 @@ impl Catalog {
         let mut r = Reader::new(Bytes::copy_from_slice(&body[MAGIC.len()..]));
         let e = |e: cmq_protocol::DecodeError| e.to_string();
         let version = r.u32("version").map_err(e)?;
-        if version != VERSION {
-            return Err(format!("catalog format version {version}, this build reads {VERSION}"));
+        if !(VERSION_MIN..=VERSION).contains(&version) {
+            return Err(format!("catalog format version {version}, this build reads {VERSION_MIN} to {VERSION}"));
         }
         let log_pos = r.u64("log_pos").map_err(e)?;
         let next_uid = r.u32("next_uid").map_err(e)?;
@@ -273,8 +290,10 @@ impl Catalog {
                 subscriptions,
             });
         }
+        let keys = if version >= 2 { decode_keys(&mut r).map_err(e)? } else { Vec::new() };
         r.finish().map_err(e)?;
         Ok(Catalog {
+            keys,
             log_pos,
             next_uid,
             next_msg_counter,
@@ -286,6 +305,26 @@ impl Catalog {
             topics,
         })
     }
+}
+
+fn decode_keys(r: &mut Reader) -> Result<Vec<crate::engine::keys::KeyDef>, cmq_protocol::DecodeError> {
+    use cmq_protocol::auth::{KEYS_MAX, POLICY_BYTES_MAX, SECRET_ID_BYTES_MAX};
+    let count = r.u32("key count")? as usize;
+    if count > KEYS_MAX {
+        return Err(cmq_protocol::DecodeError::TooMany { field: "keys", got: count, max: KEYS_MAX });
+    }
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        keys.push(crate::engine::keys::KeyDef {
+            name: r.string("key name", NAME_CHARS_MAX)?,
+            secret_id: r.string("secret id", SECRET_ID_BYTES_MAX)?,
+            secrets: get_strs(r)?,
+            policy: r.string("policy", POLICY_BYTES_MAX)?,
+            created_ms: r.u64("created_ms")?,
+            modified_ms: r.u64("modified_ms")?,
+        });
+    }
+    Ok(keys)
 }
 
 fn put_strs(w: &mut Vec<u8>, v: &[String]) {
@@ -307,6 +346,14 @@ mod tests {
 
     fn sample() -> Catalog {
         Catalog {
+            keys: vec![crate::engine::keys::KeyDef {
+                name: "admin".into(),
+                secret_id: "AKIDabc".into(),
+                secrets: vec!["old".into(), "new".into()],
+                policy: crate::auth::policy::ADMIN_POLICY.into(),
+                created_ms: 1,
+                modified_ms: 2,
+            }],
             log_pos: 1 << 30,
             next_uid: 7,
             next_msg_counter: 12345,

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod error;
 pub mod fates;
 pub mod filter;
+pub mod keys;
 pub mod log;
 pub mod message_index;
 pub mod queue;

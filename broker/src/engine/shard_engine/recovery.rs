@@ -52,6 +52,9 @@ impl ShardEngine {
                 topic.modified_ms = t.modified_ms;
             }
         }
+        for k in &c.keys {
+            self.keys_store.put(k.clone());
+        }
         for r in &c.redrives {
             let cursor = self.queues.get(&r.uid).map_or(0, |q| q.iter().next().map_or(0, |(s, _)| s));
             self.redrives.insert(
@@ -149,6 +152,7 @@ impl ShardEngine {
             next_sid: self.next_sid,
             queues,
             redrives,
+            keys: self.keys_store.iter().cloned().collect(),
         }
     }
 
@@ -273,6 +277,8 @@ impl ShardEngine {
                 | rtype::SUBSCRIBED
                 | rtype::SUBSCRIPTION_UPDATED
                 | rtype::UNSUBSCRIBED
+                | rtype::KEY_PUT
+                | rtype::KEY_DELETED
         );
         if is_meta && pos < self.catalog_pos {
             return Ok(());
@@ -394,6 +400,8 @@ impl ShardEngine {
             }
             Record::PushRetry { entries } => self.apply_push_retry(&entries),
             Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),
+            Record::KeyPut { key, .. } => self.keys_store.put(key),
+            Record::KeyDeleted { name, .. } => self.keys_store.delete(&name),
         }
         Ok(())
     }
@@ -430,7 +438,9 @@ impl ShardEngine {
             | Record::TransferDone { .. }
             | Record::RedriveEnded { .. }
             | Record::PushRetry { .. }
-            | Record::PushGaveUp { .. } => return Ok(()),
+            | Record::PushGaveUp { .. }
+            | Record::KeyPut { .. }
+            | Record::KeyDeleted { .. } => return Ok(()),
         };
         if known {
             Ok(())
