@@ -118,7 +118,7 @@ impl TransactionChecker {
         producer_group: &str,
         timeout: Option<Duration>,
     ) -> Result<TransactionChecker, ClientError> {
-        let mut conn = connect_first(&seeds.to_seeds()?, None, timeout)?;
+        let mut conn = connect_first(&seeds.to_seeds()?, None, timeout, None)?;
         let id = conn.submit(&Request::RegisterChecker(RegisterChecker { producer_group: producer_group.to_owned() }));
         let (got, result) = conn.recv()?;
         match result? {

@@ -268,7 +268,7 @@ impl Client {
 /// One request on a connection of its own to the first of `addrs` that
 /// answers; the wait for the answer is bounded like a connect.
 fn ask(addrs: &[String], hint: Option<u16>, timeout: Option<Duration>, req: &Request) -> Result<Response, ClientError> {
-    let mut conn = connect_first(addrs, hint, timeout)?;
+    let mut conn = connect_first(addrs, hint, timeout, None)?;
     conn.set_read_timeout(Some(node_connect_timeout(timeout)))?;
     let id = conn.submit(req);
     let (got, result) = conn.recv()?;

@@ -107,11 +107,13 @@
 mod checker;
 mod client;
 mod connection;
+pub mod credentials;
 mod error;
 mod id_hash;
 #[macro_use]
 mod ops;
 mod cluster;
+mod keys;
 pub mod retry;
 pub mod routes;
 pub mod seeds;
@@ -123,6 +125,7 @@ pub use checker::{
 pub use client::{Client, Ticket};
 pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, CHANGE_RESEND_AFTER};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
+pub use credentials::Credentials;
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
 pub use ops::{IdempotencyKey, SendOptions};

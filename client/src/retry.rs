@@ -103,6 +103,10 @@ pub fn safe_to_repeat(req: &Request) -> bool {
             | Request::TransferLeader(_)
             | Request::AddNode(_)
             | Request::RemoveNode(_)
+            | Request::ListKeys(_)
+            | Request::GetPolicy(_)
+            | Request::SetPolicy(_)
+            | Request::WhoAmI(_)
     )
 }
 

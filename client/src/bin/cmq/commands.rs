@@ -80,7 +80,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut client = Client::connect_with_timeout(cli.server.as_str(), timeout)
+    let mut client = Client::connect_as(cli.server.as_str(), timeout, cli.creds.resolve()?)
         .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
     let c = &mut client;
@@ -346,6 +346,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             out.done()?;
         }
         Command::Cluster { command } => crate::cluster::run(c, &mut out, command)?,
+        Command::Key { command } => crate::keys::run_key(c, &mut out, command)?,
+        Command::Policy { command } => crate::keys::run_policy(c, &mut out, command)?,
+        Command::Whoami => crate::keys::whoami(c, &mut out)?,
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
         Command::Stats(a) => crate::top::stats(c, &mut out, a)?,
         Command::Top(a) => crate::top::top(c, &mut out, a)?,
