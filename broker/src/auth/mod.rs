@@ -97,11 +97,30 @@ pub struct Auth {
     pub backoff: backoff::Backoff,
     /// Failed authentication attempts (`cmq_auth_failures_total`).
     pub failures: AtomicU64,
+    /// Set once `--init-admin-key` is settled (the key made and its file
+    /// written, or nothing to do), so start-up reports ready only then.
+    admin_key_settled: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
 impl Auth {
     pub fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn admin_key_settled(&self) {
+        *self.admin_key_settled.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.admin_key_settled.1.notify_all();
+    }
+
+    /// Waits up to `timeout` for `--init-admin-key` to settle; false if it did not.
+    pub fn wait_admin_key(&self, timeout: std::time::Duration) -> bool {
+        let guard = self.admin_key_settled.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .admin_key_settled
+            .1
+            .wait_timeout_while(guard, timeout, |settled| !*settled)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
     }
 }
 

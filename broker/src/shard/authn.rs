@@ -58,7 +58,11 @@ impl Shard {
         if let Some(ip) = self.peer_ip(me) {
             let wait = self.shared.auth.backoff.wait_ms(ip, self.limits.now_ms);
             if wait > 0 {
-                return self.auth_failed(me, op, id, &format!("too many failed attempts; retry in {wait} ms"));
+                // Refused unchecked, without lengthening the wait: a client
+                // retrying on a timer gets in once the wait is over.
+                self.shared.auth.count_failure();
+                let msg = format!("too many failed attempts from this address; retry in {wait} ms");
+                return self.fail_conn(me.token, id, ErrorCode::AUTH_FAILED, &msg);
             }
         }
         let nonce = match crate::auth::secrets::nonce() {
@@ -282,6 +286,11 @@ impl Shard {
             return;
         }
         self.admin_key_pending = false;
+        self.make_admin_key(now);
+        self.shared.auth.admin_key_settled();
+    }
+
+    fn make_admin_key(&mut self, now: u64) {
         let Some(path) = self.shared.cfg.init_admin_key.clone() else { return };
         if !self.engine.keys().is_empty() {
             log::info!("--init-admin-key: the broker has keys already; {} left alone", path.display());
