@@ -120,9 +120,19 @@ impl Shard {
     /// Refuses an attempt: logged with the peer address (never a secret),
     /// counted, the address slowed down, the connection closed.
     pub(super) fn auth_failed(&mut self, me: ConnRef, op: u16, id: u64, why: &str) {
+        self.refuse(me, op, id, why, true)
+    }
+
+    /// `slow_down`: the attempt could have been a guess (a MAC or a nonce
+    /// was involved); a plain anonymous handshake refused is not, and does
+    /// not hold up the address's next, authenticated, attempt.
+    fn refuse(&mut self, me: ConnRef, op: u16, id: u64, why: &str, slow_down: bool) {
         self.shared.auth.count_failure();
         let ip = self.peer_ip(me);
-        let wait = ip.map_or(0, |ip| self.shared.auth.backoff.failed(ip, self.limits.now_ms));
+        let wait = match ip {
+            Some(ip) if slow_down => self.shared.auth.backoff.failed(ip, self.limits.now_ms),
+            _ => 0,
+        };
         let who = ip.map_or_else(|| "unknown address".to_owned(), |ip| ip.to_string());
         log::warn!("authentication failed from {who}: {why} (next attempt from there in {wait} ms)");
         let _ = op; // fail_conn answers with opcode 0, like every error that closes a connection
@@ -148,7 +158,7 @@ impl Shard {
         match refusal {
             None => true,
             Some(why) => {
-                self.auth_failed(me, op, id, &why);
+                self.refuse(me, op, id, &why, !auth_method.is_empty());
                 false
             }
         }
