@@ -40,6 +40,8 @@ fn rotation_keeps_both_secrets_until_the_old_one_is_deleted() {
     let b = AdminBroker::start(&[]);
     let mut a = admin(&b);
     let old = a.create_key("app", ALL).expect("create");
+    assert_eq!(a.create_key("app", ALL).err().and_then(|e| e.code()), Some(ErrorCode::KEY_ALREADY_EXISTS));
+    assert_eq!(a.rotate_key("nope").err().and_then(|e| e.code()), Some(ErrorCode::KEY_NOT_FOUND));
     let new = a.rotate_key("app").expect("rotate");
     assert_eq!(new.secret_id, old.secret_id, "same SecretId, second SecretKey");
     assert_ne!(new.secret_key, old.secret_key);
