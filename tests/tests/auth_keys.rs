@@ -50,7 +50,7 @@ fn rotation_keeps_both_secrets_until_the_old_one_is_deleted() {
     connect(&b, &new.secret_id, &new.secret_key).expect("new works");
     assert!(a.rotate_key("app").is_err(), "one rotation at a time");
     a.delete_key("app", true).expect("retire the old secret");
-    let err = connect(&b, &old.secret_id, &old.secret_key).err().expect("old refused");
+    let Err(err) = connect(&b, &old.secret_id, &old.secret_key) else { panic!("old refused") };
     assert_eq!(err.code(), Some(ErrorCode::AUTH_FAILED));
     // The refusal put this address in its backoff: the next attempt waits it out.
     connect_after_backoff(&b, &new.secret_id, &new.secret_key).expect("new still works");
@@ -84,7 +84,7 @@ fn deleting_a_key_closes_its_connections_and_policy_changes_reach_open_ones() {
     assert!(started.elapsed() < Duration::from_secs(1), "closed within a second: {:?}", started.elapsed());
     busy.send(&Request::Ping(Ping {}));
     busy.expect_closed();
-    let refused = connect(&b, &k.secret_id, &k.secret_key).err().expect("a deleted key is refused");
+    let Err(refused) = connect(&b, &k.secret_id, &k.secret_key) else { panic!("a deleted key is refused") };
     assert_eq!(refused.code(), Some(ErrorCode::AUTH_FAILED));
     a.ping().expect("the admin is unaffected");
 }
