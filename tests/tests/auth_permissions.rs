@@ -165,3 +165,42 @@ fn lists_show_only_what_the_caller_may_see() {
     assert_eq!(a.list_queues("", "", 0, 0).expect("admin").total, 5, "the admin sees everything");
     assert_eq!(a.list_keys().expect("admin keys").len(), 2);
 }
+
+/// A subscription's push secret is shown by GetSubscriptionAttributes (and
+/// SetSubscriptionAttributes) only to keys allowed cmq:GetSubscriptionSecret
+/// on its topic, whichever shard owns the topic.
+#[test]
+fn push_secrets_need_their_own_action() {
+    let b = AdminBroker::start(&["--shards", "2"]);
+    let mut a = admin(&b);
+    let topics = ["events-a", "events-b", "events-c", "events-d"];
+    for t in topics {
+        a.create_topic(t, &Default::default()).expect("topic");
+        let sub = Subscribe {
+            topic: t.into(),
+            subscription: "hook".into(),
+            protocol: SubscriptionProtocol::Http,
+            endpoint: "http://127.0.0.1:9/hook".into(),
+            ..Default::default()
+        };
+        assert!(!a.subscribe(&sub).expect("subscribe").push_secret.is_empty());
+    }
+    let reader = policy(&[("allow", &["cmq:GetSubscriptionAttributes"], &["topic/*"])]);
+    let k = a.create_key("reader", &reader).expect("key");
+    let creds = Credentials::new(&k.secret_id, &k.secret_key);
+    let mut r = Client::connect_as(b.addr(), Some(Duration::from_secs(10)), Some(creds)).expect("reader connects");
+    for t in topics {
+        let info = r.subscription_info(t, "hook").expect("info");
+        assert_eq!(info.push_secret, "", "{t}: no secret without cmq:GetSubscriptionSecret");
+        assert!(!a.subscription_info(t, "hook").expect("admin").push_secret.is_empty(), "{t}: admin sees it");
+    }
+    let with_secret = policy(&[(
+        "allow",
+        &["cmq:GetSubscriptionAttributes", "cmq:GetSubscriptionSecret"],
+        &["topic/events-a", "topic/events-b"],
+    )]);
+    a.set_policy("reader", &with_secret).expect("policy");
+    for t in &topics[..2] {
+        assert!(!r.subscription_info(t, "hook").expect("info").push_secret.is_empty(), "{t}: allowed now");
+    }
+}

@@ -59,6 +59,7 @@ pub const ACTIONS: &[&str] = &[
     "cmq:RotateKey",
     "cmq:SetPolicy",
     "cmq:GetPolicy",
+    "cmq:GetSubscriptionSecret",
 ];
 
 const _: () = assert!(ACTIONS.len() <= 64);
@@ -81,6 +82,10 @@ impl Action {
     pub const LIST_REDRIVES: Action = Action(20);
     pub const LIST_TOPIC: Action = Action(24);
     pub const LIST_KEYS: Action = Action(41);
+    /// Seeing a subscription's push secret in GetSubscriptionAttributes and
+    /// SetSubscriptionAttributes answers (Subscribe's answer always has it:
+    /// the subscriber needs it to verify pushes).
+    pub const GET_SUBSCRIPTION_SECRET: Action = Action(46);
 }
 
 /// What an action is about.
@@ -183,6 +188,7 @@ mod tests {
         assert_eq!(Action::LIST_REDRIVES.name(), "cmq:ListRedrives");
         assert_eq!(Action::LIST_TOPIC.name(), "cmq:ListTopic");
         assert_eq!(Action::LIST_KEYS.name(), "cmq:ListKeys");
+        assert_eq!(Action::GET_SUBSCRIPTION_SECRET.name(), "cmq:GetSubscriptionSecret");
     }
 
     /// Every client operation maps to an action whose name is the

@@ -16,7 +16,7 @@ use cmq_protocol::*;
 
 use super::mailbox::{ConnRef, ReplyTo};
 use super::{reply, Shard};
-use crate::auth::actions::{need, Action, Need};
+use crate::auth::actions::{need, Action, Need, Resource};
 use crate::auth::session::Session;
 use crate::auth::table::{KeyTable, Principal};
 
@@ -197,6 +197,50 @@ impl Shard {
         reply::err(&mut conn.out, header.opcode, header.request_id, ErrorCode::ACCESS_DENIED, &msg);
         self.touch(me);
         false
+    }
+
+    /// A SubscriptionInfo answer for a local connection whose key may not
+    /// see push secrets on its topic, with the secret blanked (None: send
+    /// `resp` as it is). Cheap for every other answer: one variant test.
+    pub(super) fn redacted(&mut self, to: ReplyTo, resp: &Response) -> Option<Response> {
+        let info = match resp {
+            Response::GetSubscriptionAttributes(i) | Response::SetSubscriptionAttributes(i) => i,
+            _ => return None,
+        };
+        if info.push_secret.is_empty() || self.may_see_secret(to.conn, &info.topic) {
+            return None;
+        }
+        let blank = SubscriptionInfo { push_secret: String::new(), ..info.clone() };
+        Some(match resp {
+            Response::GetSubscriptionAttributes(_) => Response::GetSubscriptionAttributes(blank),
+            _ => Response::SetSubscriptionAttributes(blank),
+        })
+    }
+
+    /// `redacted` for an answer another shard encoded (one frame).
+    pub(super) fn redacted_frame(&mut self, c: ConnRef, frame: &[u8]) -> Option<Vec<u8>> {
+        const SUB_OPS: [u16; 2] = [Opcode::GetSubscriptionAttributes as u16, Opcode::SetSubscriptionAttributes as u16];
+        let header = frame.get(..cmq_protocol::frame::HEADER_BYTES)?;
+        let opcode = u16::from_le_bytes([header[4], header[5]]);
+        if !SUB_OPS.contains(&opcode) || header[6] & cmq_protocol::frame::FLAG_ERROR != 0 {
+            return None;
+        }
+        let request_id = u64::from_le_bytes(header[8..16].try_into().ok()?);
+        let payload = Bytes::copy_from_slice(&frame[cmq_protocol::frame::HEADER_BYTES..]);
+        let resp = Response::decode(opcode, payload).ok()?;
+        let to = ReplyTo { shard: self.id, conn: c };
+        let blank = self.redacted(to, &resp)?;
+        let mut out = Vec::with_capacity(frame.len());
+        blank.encode_frame(request_id, &mut out);
+        Some(out)
+    }
+
+    fn may_see_secret(&mut self, c: ConnRef, topic: &str) -> bool {
+        if !self.shared.cfg.auth.enforces() {
+            return true;
+        }
+        let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen) else { return true };
+        conn.session.as_mut().is_none_or(|s| s.allows(Action::GET_SUBSCRIPTION_SECRET, Resource::Topic(topic)))
     }
 
     /// The key lists are filtered for (None: sees everything).

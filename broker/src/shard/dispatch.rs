@@ -502,6 +502,11 @@ impl Shard {
     // ---- replies ------------------------------------------------------------
 
     pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response) {
+        if to.shard == self.id {
+            if let Some(blank) = self.redacted(to, resp) {
+                return self.reply_ok(to, id, &blank);
+            }
+        }
         let start = self.reply_start(to);
         reply::ok(self.reply_buf(to), id, resp);
         let need = self.reply_done(to, start);

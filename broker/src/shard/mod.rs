@@ -1179,6 +1179,17 @@ impl Shard {
             if conn.shed {
                 continue;
             }
+            if replies && conn.session.is_some() {
+                if let Some(blank) = self.redacted_frame(c, frames) {
+                    if let Some(conn) = self.conns.get_mut(c.token) {
+                        conn.out.extend_from_slice(&blank);
+                    }
+                    self.hold_conn(c, Need::NONE);
+                    self.answered(c);
+                    continue;
+                }
+            }
+            let Some(conn) = self.conns.get_mut(c.token) else { continue };
             conn.out.extend_from_slice(frames);
             self.hold_conn(c, Need::NONE);
             if replies {
