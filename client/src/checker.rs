@@ -118,7 +118,18 @@ impl TransactionChecker {
         producer_group: &str,
         timeout: Option<Duration>,
     ) -> Result<TransactionChecker, ClientError> {
-        let mut conn = connect_first(&seeds.to_seeds()?, None, timeout, None)?;
+        TransactionChecker::connect_as(seeds, producer_group, timeout, None)
+    }
+
+    /// [`TransactionChecker::connect_with_timeout`], authenticated with
+    /// `credentials` (None: anonymously).
+    pub fn connect_as(
+        seeds: impl ToSeeds,
+        producer_group: &str,
+        timeout: Option<Duration>,
+        credentials: Option<&crate::Credentials>,
+    ) -> Result<TransactionChecker, ClientError> {
+        let mut conn = connect_first(&seeds.to_seeds()?, None, timeout, credentials)?;
         let id = conn.submit(&Request::RegisterChecker(RegisterChecker { producer_group: producer_group.to_owned() }));
         let (got, result) = conn.recv()?;
         match result? {

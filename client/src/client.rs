@@ -229,6 +229,11 @@ impl Client {
         self.timeout = timeout;
     }
 
+    /// The key this client authenticates with (None: anonymous).
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }

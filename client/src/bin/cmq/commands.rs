@@ -728,12 +728,14 @@ enum Mode {
 /// --ask, until stdin ends).
 fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
     let mut checker =
-        TransactionChecker::connect_with_timeout(cli.server.as_str(), group, timeout).map_err(|e| match e {
-            e @ ClientError::Server { .. } => {
-                anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
-            }
-            e => connect_failed(e, &cli.server, timeout),
-        })?;
+        TransactionChecker::connect_as(cli.server.as_str(), group, timeout, cli.creds.resolve()?.as_ref()).map_err(
+            |e| match e {
+                e @ ClientError::Server { .. } => {
+                    anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
+                }
+                e => connect_failed(e, &cli.server, timeout),
+            },
+        )?;
     let what = match mode {
         Mode::Commit => "committing every message asked about",
         Mode::Rollback => "rolling back every message asked about",
