@@ -71,6 +71,11 @@ impl KeyStore {
         self.keys.values().any(|k| k.secret_id == secret_id)
     }
 
+    /// A store that replaces one at `version`: its own version starts past it.
+    pub fn start_after(&mut self, version: u64) {
+        self.version = self.version.max(version + 1);
+    }
+
     /// Applies `KeyPut`: the key's whole new state.
     pub fn put(&mut self, key: KeyDef) {
         self.keys.insert(key.name.clone(), key);

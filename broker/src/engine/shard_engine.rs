@@ -191,7 +191,11 @@ impl ShardEngine {
 
     /// An empty engine with the same configuration (to rebuild from the log).
     pub fn fresh(&self) -> ShardEngine {
-        ShardEngine::new(self.cfg.clone())
+        let mut e = ShardEngine::new(self.cfg.clone());
+        // Shard 0 republishes its keys when their version moves: a replaced
+        // engine (rebuild, snapshot) must never look unchanged to it.
+        e.keys_store.start_after(self.keys_store.version());
+        e
     }
 
     pub fn queue_count(&self) -> usize {

@@ -1156,4 +1156,5 @@ fn keys_survive_replay_and_catalogs() {
     let r = replayed_from(&log, Some(&catalog), end);
     assert_eq!(keys(&r), want, "the catalog alone holds them");
     assert_eq!(e.get_policy("nope").expect_err("missing").code, ErrorCode::KEY_NOT_FOUND);
+    assert!(e.fresh().keys().version() > e.keys().version(), "a replaced engine is republished");
 }
