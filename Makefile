@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster test test-only tools lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench test test-only sim tools lint fmt bench install clean package package-test
 
 all: build
 
@@ -35,6 +35,14 @@ ifneq ($(NEXTEST),)
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
+	$(MAKE) sim package-test
+
+## sim: the deterministic simulator over SIM_SEEDS seeds from a release
+## build (the same profile as the binaries, so nothing is built twice);
+## `make sim SIM_SEEDS=100000` for a long run; a failure prints how to replay it
+SIM_SEEDS ?= 3000
+sim:
+	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS)
 
 ## tools: what the deploy/ tests need (promtool, systemd-analyze), from
 ## Debian's packages when missing; fails loudly if they cannot be installed
@@ -67,6 +75,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## cluster-bench: replicated (three local nodes) against single-node
+## throughput and latency; rewrites its block of docs/BENCHMARKS.md
+cluster-bench:
+	scripts/cluster-bench.sh
 
 ## bench: criterion micro-benchmarks and cmq-loadgen scenarios; rewrites docs/BENCHMARKS.md
 bench:

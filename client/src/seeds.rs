@@ -129,7 +129,7 @@ pub(crate) fn connect_first<A: AsRef<str>>(
     Err(combined(failures))
 }
 
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
+pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     if addrs.is_empty() {
         return Err(ClientError::Io(io::Error::new(

@@ -53,7 +53,8 @@ error_codes! {
     UNKNOWN_OPCODE = 4004, "unknown opcode";
     /// The frame is well delimited but its payload does not decode.
     MALFORMED_FRAME = 4005, "malformed frame";
-    /// A request arrived before the handshake completed.
+    /// A request arrived before the handshake completed; the error carries that
+    /// frame's opcode and request id, and the connection is closed.
     HANDSHAKE_REQUIRED = 4006, "handshake required";
     /// The handshake did not complete within the broker's handshake deadline
     /// (`--handshake-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.

@@ -3,8 +3,8 @@
 //! The client proposes a range of protocol versions; the server picks the
 //! highest one both speak or answers UNSUPPORTED_VERSION. The layout of this
 //! frame is frozen across versions so that negotiation itself always works.
-//! `auth_method`/`auth_payload` carry credentials for the authentication issue
-//! (empty method = anonymous). `shard_hint` asks the server to serve this
+//! `auth_method`/`auth_payload` will carry credentials; today only the empty
+//! method (anonymous) is accepted, any other gets AUTH_FAILED. `shard_hint` asks the server to serve this
 //! connection from that shard, so a shard-aware client can open one
 //! connection per shard and send each request straight to the queue's owner.
 

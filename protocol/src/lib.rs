@@ -22,6 +22,10 @@ pub mod transactions;
 pub mod wire;
 
 #[cfg(test)]
+mod doc_tables;
+#[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;

@@ -84,10 +84,14 @@ pub enum PeerKind {
     SnapshotChunk = 0x12,
     /// A cross-shard message for a group whose leader is on the receiving node.
     Forward = 0x13,
+    /// The sender's replica restarted after its machine did and abstains
+    /// from elections (it may lack entries acknowledged as written); no
+    /// payload. See `Replica::on_peer_abstaining`.
+    Abstaining = 0x14,
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 8] = [
+    pub const ALL: [PeerKind; 9] = [
         PeerKind::Hello,
         PeerKind::Challenge,
         PeerKind::Proof,
@@ -96,6 +100,7 @@ impl PeerKind {
         PeerKind::WrittenAck,
         PeerKind::SnapshotChunk,
         PeerKind::Forward,
+        PeerKind::Abstaining,
     ];
 
     pub fn from_u8(v: u8) -> Option<PeerKind> {
@@ -311,6 +316,7 @@ pub enum DataFrame {
     WrittenAck { term: u64, index: u64 },
     SnapshotChunk(Bytes),
     Forward(Bytes),
+    Abstaining,
 }
 
 /// Any peer frame.
@@ -338,6 +344,10 @@ impl PeerFrame {
             }
             PeerKind::SnapshotChunk => PeerFrame::Data(DataFrame::SnapshotChunk(payload)),
             PeerKind::Forward => PeerFrame::Data(DataFrame::Forward(payload)),
+            PeerKind::Abstaining => {
+                Reader::new(payload).finish()?;
+                PeerFrame::Data(DataFrame::Abstaining)
+            }
         })
     }
 
@@ -382,6 +392,7 @@ impl DataFrame {
             DataFrame::WrittenAck { .. } => PeerKind::WrittenAck,
             DataFrame::SnapshotChunk(_) => PeerKind::SnapshotChunk,
             DataFrame::Forward(_) => PeerKind::Forward,
+            DataFrame::Abstaining => PeerKind::Abstaining,
         }
     }
 
@@ -392,6 +403,7 @@ impl DataFrame {
                 put_frame(out, self.kind(), &[b])
             }
             DataFrame::WrittenAck { term, index } => put_written_ack(out, *term, *index),
+            DataFrame::Abstaining => put_header(out, PeerKind::Abstaining, 0),
         }
     }
 }
@@ -500,7 +512,7 @@ mod tests {
             assert_eq!(PeerKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(PeerKind::from_u8(0), None);
-        assert_eq!(PeerKind::from_u8(0x14), None);
+        assert_eq!(PeerKind::from_u8(0x15), None);
     }
 
     /// Every prefix of every frame is "incomplete", never an error or a frame;

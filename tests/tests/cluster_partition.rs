@@ -80,10 +80,6 @@ fn wait_not_leader(c: &Cluster, node: usize, shard: u16, queue: &str) {
 /// replicated state: Ping, the cluster map and its own ClusterStatus (an
 /// operator asks the partitioned node what it sees; a health check pings).
 #[test]
-#[ignore = "fails: on a node cut off from its group, Ping, GetClusterMap and ClusterStatus are never answered. \
-            Shard::reply_need gives every reply that logged nothing a ReadIndex need (read_need), and no round \
-            confirms without a leader; these replies state nothing about queue state and could go out with \
-            Need::NONE, as NOT_LEADER does (shard/dispatch.rs, shard/coordination.rs)"]
 fn a_cut_off_node_still_answers_ping_map_and_status() {
     let c = Cluster::start(&ClusterSpec::default());
     let leader = c.wait_leader(0, Duration::from_secs(10), |_| true);

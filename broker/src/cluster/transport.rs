@@ -372,6 +372,13 @@ impl PeerLinks {
         Ok(())
     }
 
+    /// Buffers an Abstaining announcement (this replica's machine restarted).
+    pub fn send_abstaining(&mut self, to: u64) -> Result<(), SendError> {
+        let buf = self.reserve(to, peer::frame_bytes(0))?;
+        buf.push(&[&peer::header(PeerKind::Abstaining, 0)]);
+        Ok(())
+    }
+
     /// The output buffer of `to`'s link if a frame of `bytes` may be added.
     fn reserve(&mut self, to: u64, bytes: usize) -> Result<&mut OutBuf, SendError> {
         let slot = *self.by_node.get(&to).ok_or(SendError::UnknownPeer)?;

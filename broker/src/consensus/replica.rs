@@ -80,14 +80,28 @@ pub struct ReplicaConfig {
     /// among them entries acknowledged to async clients as written on a
     /// majority. It neither votes nor campaigns until a leader has
     /// committed an entry of its own term here (every entry before that is
-    /// then committed, so durable on a majority), or until
-    /// `ABSTAIN_ELECTIONS_MAX` election timeouts pass without one (then a
-    /// majority restarted, and async writes are not promised to survive).
+    /// then committed, so durable on a majority), or until it hears that
+    /// a majority of the voters (itself included) abstain (a majority's
+    /// machines restarted: async writes are not promised to survive that),
+    /// or, as a last resort, after `ABSTAIN_ELECTIONS_MAX` election timeouts.
     pub rebooted: bool,
 }
 
-/// Election timeouts a rebooted replica abstains for at most.
-pub const ABSTAIN_ELECTIONS_MAX: u64 = 5;
+/// Election timeouts a rebooted replica abstains for at most, when no
+/// leader reaches it and no majority of abstaining peers is heard: the
+/// escape for a group that would otherwise stay without a leader (a
+/// rebooted replica and one that is down for good). Long, because ending it
+/// early is what loses async writes: a peer that holds them may merely be
+/// cut off for a while (the simulator found a partition plus one power
+/// loss doing exactly that with the earlier bound of 5).
+pub const ABSTAIN_ELECTIONS_MAX: u64 = 60;
+
+/// Ticks between an abstaining replica's `Abstaining` announcements.
+pub const ABSTAIN_ANNOUNCE_TICKS: u64 = 3;
+
+/// How long (ticks) a peer's announcement counts: two announcements, so
+/// one lost frame does not make it forgotten.
+const ABSTAIN_HEARD_TICKS: u64 = 2 * ABSTAIN_ANNOUNCE_TICKS + 1;
 
 impl ReplicaConfig {
     pub fn new(id: u64) -> ReplicaConfig {
@@ -130,6 +144,8 @@ pub struct Outbox {
     /// `(to, term, index)`: this follower has written the leader's entries
     /// up to `index` (in the OS, maybe not yet fdatasync'd).
     pub written_acks: Vec<(u64, u64, u64)>,
+    /// Peers to tell that this replica abstains from elections.
+    pub abstaining_to: Vec<u64>,
     pub events: Vec<Event>,
 }
 
@@ -200,6 +216,10 @@ pub struct Replica {
     truncated_applied: bool,
     /// Ticks left before a rebooted replica votes again anyway (0: it votes).
     abstain_ticks: u64,
+    /// Abstaining peers heard from: node -> the tick of the last announcement.
+    abstaining_peers: BTreeMap<u64, u64>,
+    /// An announcement of this replica's abstention is due.
+    announce_abstaining: bool,
     /// The last snapshot installed in the log (the base a rebuild starts
     /// from when it is newer than the catalog file).
     base: Option<SnapshotBase>,
@@ -239,6 +259,8 @@ impl Replica {
             ticks: 0,
             truncated_applied: false,
             abstain_ticks: if cfg.rebooted { ABSTAIN_ELECTIONS_MAX * cfg.election_ticks as u64 } else { 0 },
+            abstaining_peers: BTreeMap::new(),
+            announce_abstaining: cfg.rebooted,
             base: None,
             snapshot_unapplied: None,
         })
@@ -323,6 +345,7 @@ impl Replica {
             if self.abstain_ticks == 0 {
                 log::warn!("replica {}: no leader reached it after a restart of its machine; voting again", self.id);
             }
+            self.announce_abstaining |= self.ticks.is_multiple_of(ABSTAIN_ANNOUNCE_TICKS);
         } else {
             self.node.tick();
         }
@@ -365,6 +388,37 @@ impl Replica {
         match self.node.step(msg) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Peer `from` announced that it abstains (its machine restarted). When
+    /// the abstaining replicas heard from, this one included, are a
+    /// majority of the voters, a majority's machines restarted: no leader
+    /// can be elected while they abstain, and async writes are not promised
+    /// to survive that, so this replica votes again.
+    pub fn on_peer_abstaining(&mut self, from: u64) {
+        if self.abstain_ticks == 0 {
+            return;
+        }
+        self.abstaining_peers.insert(from, self.ticks);
+        self.stop_abstaining_if_a_majority_does();
+    }
+
+    fn stop_abstaining_if_a_majority_does(&mut self) {
+        let voters = self.voters();
+        let heard = |id: &u64| self.abstaining_peers.get(id).is_some_and(|t| self.ticks <= t + ABSTAIN_HEARD_TICKS);
+        let abstaining = voters.iter().filter(|id| **id == self.id || heard(id)).count();
+        if abstaining > voters.len() / 2 {
+            if voters.len() > 1 {
+                log::warn!(
+                    "replica {}: {abstaining} of {} voters restarted after their machines did; voting again \
+                     (async writes acknowledged but not on disk may be lost)",
+                    self.id,
+                    voters.len()
+                );
+            }
+            self.abstain_ticks = 0;
+            self.abstaining_peers.clear();
         }
     }
 
@@ -461,6 +515,9 @@ impl Replica {
         }
         self.confirm_reads();
         self.maybe_stop_abstaining();
+        if std::mem::take(&mut self.announce_abstaining) && self.abstain_ticks > 0 {
+            out.abstaining_to.extend(self.voters().into_iter().filter(|id| *id != self.id));
+        }
         let keep_from = self.node.store().index.first_index();
         let applied = self.node.raft.raft_log.applied;
         self.node.mut_store().cache.trim(applied, keep_from);
@@ -696,18 +753,17 @@ impl Replica {
     /// safe.
     fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
         let (written, durable) = (raw.written_end(), raw.durable_end());
+        // Written-acks go as soon as a ready is written, also behind an
+        // earlier one that waits for its fdatasync: async writers wait on
+        // them, and must not wait for the flush interval (only the latest
+        // is sent; it covers the ones before it).
+        let acks = self.pending.iter_mut().take_while(|p| p.end <= written).filter_map(|p| p.ack.take());
+        if let Some(ack) = acks.last() {
+            out.written_acks.push(ack);
+        }
         while let Some(p) = self.pending.front() {
-            if p.end > written {
-                break;
-            }
-            if let Some((leader, term, index)) = p.ack {
-                out.written_acks.push((leader, term, index));
-            }
-            if p.durable && p.end > durable {
-                // The written-ack went; the rest waits for the fdatasync.
-                if let Some(p) = self.pending.front_mut() {
-                    p.ack = None;
-                }
+            if p.end > written || (p.durable && p.end > durable) {
+                // The rest waits for the write, or for the fdatasync.
                 break;
             }
             let Some(p) = self.pending.pop_front() else { break };
@@ -748,7 +804,12 @@ impl Replica {
     /// it is committed, so this replica's vote can no longer lose an entry
     /// acknowledged as written on a majority.
     fn maybe_stop_abstaining(&mut self) {
-        if self.abstain_ticks == 0 || self.node.raft.leader_id == 0 {
+        if self.abstain_ticks == 0 {
+            return;
+        }
+        if self.node.raft.leader_id == 0 {
+            // A group of one (itself) is its own majority.
+            self.stop_abstaining_if_a_majority_does();
             return;
         }
         let log = &self.node.raft.raft_log;
@@ -944,5 +1005,59 @@ fn conf_record(cs: &ConfState) -> ConfStateRecord {
         voters_outgoing: cs.voters_outgoing.clone(),
         learners_next: cs.learners_next.clone(),
         auto_leave: cs.auto_leave,
+    }
+}
+
+#[cfg(test)]
+mod abstain_tests {
+    use raft::eraftpb::{ConfState, HardState};
+
+    use super::*;
+    use crate::consensus::scan::LogScanner;
+
+    /// Replica 1 of {1, 2, 3}, restarted after its machine did.
+    fn rebooted() -> Replica {
+        let scanned = LogScanner::default().finish();
+        let cs = ConfState { voters: vec![1, 2, 3], ..Default::default() };
+        let store = RaftStore::new(scanned.index, HardState::default(), cs);
+        let mut cfg = ReplicaConfig::new(1);
+        cfg.rebooted = true;
+        Replica::new(&cfg, store, 0).expect("a replica")
+    }
+
+    #[test]
+    fn a_rebooted_replica_votes_again_once_a_majority_of_voters_abstains() {
+        let mut r = rebooted();
+        // Ten election timeouts without a leader: a peer holding entries
+        // this replica lost may only be cut off, so it keeps abstaining.
+        for _ in 0..10 * ReplicaConfig::new(1).election_ticks {
+            r.tick();
+        }
+        assert!(r.abstaining());
+        r.on_peer_abstaining(2);
+        assert!(!r.abstaining(), "two of three voters restarted: a majority abstaining elects no one");
+    }
+
+    #[test]
+    fn a_rebooted_replica_votes_again_after_the_last_resort_bound() {
+        let mut r = rebooted();
+        let bound = ABSTAIN_ELECTIONS_MAX * ReplicaConfig::new(1).election_ticks as u64;
+        for _ in 1..bound {
+            r.tick();
+        }
+        assert!(r.abstaining());
+        r.tick();
+        assert!(!r.abstaining());
+    }
+
+    #[test]
+    fn a_replica_that_did_not_reboot_ignores_announcements() {
+        let scanned = LogScanner::default().finish();
+        let cs = ConfState { voters: vec![1, 2, 3], ..Default::default() };
+        let store = RaftStore::new(scanned.index, HardState::default(), cs);
+        let mut r = Replica::new(&ReplicaConfig::new(1), store, 0).expect("a replica");
+        r.on_peer_abstaining(2);
+        assert!(!r.abstaining());
+        assert!(r.abstaining_peers.is_empty());
     }
 }

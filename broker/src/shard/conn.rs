@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use bytes::BytesMut;
+use cmq_protocol::limits::SHARDS_MAX;
 use mio::net::TcpStream;
 
 use super::release::{HoldQueue, Need, Progress};
@@ -15,9 +16,14 @@ use super::release::{HoldQueue, Need, Progress};
 /// buffer budget first.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Words of a bitset with one bit per possible shard.
+const SHARD_BITSET_WORDS: usize = SHARDS_MAX.div_ceil(64);
+
 /// Unwritten response bytes above which the connection stops reading
 /// requests: a client that does not read its responses cannot make the
-/// broker buffer without bound. It resumes below half of this.
+/// broker buffer without bound. It resumes once back at or below it
+/// (checked before each request frame, so answers to requests already read
+/// may go past it).
 pub const OUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
 /// Unsent output one connection may hold at all. Requests already in flight
@@ -99,7 +105,7 @@ pub struct Conn {
     pub closing: bool,
     /// Peer shards this connection forwarded requests to (bit per shard),
     /// told when the connection closes so they drop its long polls.
-    pub forwarded_to: [u64; 4],
+    pub forwarded_to: [u64; SHARD_BITSET_WORDS],
     /// The last loop turn that appended output (dedupes the turn's touched list).
     pub touched_turn: u64,
     /// The peer closed its side (seen in a readiness event): read to the end.
@@ -149,7 +155,7 @@ impl Conn {
             in_flight: 0,
             read_pending: true,
             closing: false,
-            forwarded_to: [0; 4],
+            forwarded_to: [0; SHARD_BITSET_WORDS],
             touched_turn: 0,
             peer_closed: false,
             reads: 0,
@@ -365,7 +371,7 @@ impl Conn {
     }
 
     pub fn forwarded_shards(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..256u16).filter(|s| self.forwarded_to[usize::from(s / 64)] & (1 << (s % 64)) != 0)
+        (0..SHARDS_MAX as u16).filter(|s| self.forwarded_to[usize::from(s / 64)] & (1 << (s % 64)) != 0)
     }
 }
 

@@ -186,7 +186,7 @@ impl Shard {
                 shards.sort_by_key(|(k, _)| *k);
                 let map = self.shared.cluster_map();
                 let shards = shards.into_iter().map(|(_, st)| st).collect();
-                self.reply_ok(to, id, &Response::ClusterStatus(ClusterStatusOk { map, shards }));
+                self.reply_ok_about_node(to, id, &Response::ClusterStatus(ClusterStatusOk { map, shards }));
             }
             GatherKind::QueueExists { dlq, then, .. } => {
                 let field = match then {

@@ -14,8 +14,9 @@ use crate::engine::{Delivery, EngineError, ReceiveOutcome};
 impl Shard {
     pub(super) fn handle_frame(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes, now: u64) {
         if header.is_response() || header.is_push() {
-            return self.fail_conn(
+            return self.fail_conn_answering(
                 me.token,
+                header.opcode,
                 header.request_id,
                 ErrorCode::MALFORMED_FRAME,
                 "clients send requests only",
@@ -63,17 +64,25 @@ impl Shard {
 
     fn handshake(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes) {
         if header.opcode != Opcode::Handshake as u16 {
-            return self.fail_conn(
+            return self.fail_conn_answering(
                 me.token,
+                header.opcode,
                 header.request_id,
                 ErrorCode::HANDSHAKE_REQUIRED,
                 "the first frame on a connection must be a Handshake",
             );
         }
-        let hs = match Request::decode(header.opcode, payload) {
+        let op = header.opcode;
+        let hs = match Request::decode(op, payload) {
             Ok(Request::Handshake(h)) => h,
             Ok(_) | Err(_) => {
-                return self.fail_conn(me.token, header.request_id, ErrorCode::MALFORMED_FRAME, "malformed handshake")
+                return self.fail_conn_answering(
+                    me.token,
+                    op,
+                    header.request_id,
+                    ErrorCode::MALFORMED_FRAME,
+                    "malformed handshake",
+                )
             }
         };
         let Some(version) = hs.negotiate() else {
@@ -84,7 +93,7 @@ impl Shard {
                 handshake::PROTOCOL_VERSION_MIN,
                 handshake::PROTOCOL_VERSION_MAX
             );
-            return self.fail_conn(me.token, header.request_id, ErrorCode::UNSUPPORTED_VERSION, &msg);
+            return self.fail_conn_answering(me.token, op, header.request_id, ErrorCode::UNSUPPORTED_VERSION, &msg);
         };
         if !self.admit(me, header.request_id, &hs.auth_method) {
             return;
@@ -158,10 +167,10 @@ impl Shard {
                 let msg = "the handshake is already done";
                 self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg)
             }
-            Request::Ping(_) => self.reply_ok(to, id, &Response::Ping(Empty {})),
+            Request::Ping(_) => self.reply_ok_about_node(to, id, &Response::Ping(Empty {})),
             Request::GetClusterMap(_) => {
                 let map = self.cluster_map();
-                self.reply_ok(to, id, &Response::GetClusterMap(map))
+                self.reply_ok_about_node(to, id, &Response::GetClusterMap(map))
             }
             Request::ClusterStatus(_) => self.start_cluster_status(to, id, now),
             Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
@@ -511,6 +520,19 @@ impl Shard {
         reply::ok(self.reply_buf(to), id, resp);
         let need = self.reply_done(to, start);
         self.count_answer(resp.opcode() as u16, ErrorCode(0), need);
+    }
+
+    /// A reply about this node itself (Ping, the cluster map, its replicas'
+    /// status): it states nothing about replicated queue state, so it waits
+    /// for no record and no ReadIndex round. A node cut off from its group
+    /// still answers it (a health check pings; an operator asks the
+    /// partitioned node what it sees).
+    pub(super) fn reply_ok_about_node(&mut self, to: ReplyTo, id: u64, resp: &Response) {
+        let start = self.reply_start(to);
+        reply::ok(self.reply_buf(to), id, resp);
+        self.reply_dep = None;
+        self.reply_done_with(to, start, crate::shard::release::Need::NONE);
+        self.count_answer(resp.opcode() as u16, ErrorCode(0), crate::shard::release::Need::NONE);
     }
 
     pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {

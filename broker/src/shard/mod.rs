@@ -1002,8 +1002,22 @@ impl Shard {
     /// written. Answers still waiting for the log keep waiting: the error
     /// goes out after them, never ahead of their durability.
     fn fail_conn(&mut self, token: usize, request_id: u64, code: ErrorCode, message: &str) {
+        self.fail_conn_answering(token, 0, request_id, code, message)
+    }
+
+    /// As [`Shard::fail_conn`], for an error that answers one frame: it
+    /// carries that frame's opcode (PROTOCOL.md §3), so a client can tell
+    /// "your Handshake failed" from "the connection failed".
+    pub(super) fn fail_conn_answering(
+        &mut self,
+        token: usize,
+        opcode: u16,
+        request_id: u64,
+        code: ErrorCode,
+        message: &str,
+    ) {
         let Some(conn) = self.conns.get_mut(token) else { return };
-        reply::err(&mut conn.out, 0, request_id, code, message);
+        reply::err(&mut conn.out, opcode, request_id, code, message);
         conn.closing = true;
         conn.rbuf.clear();
         conn.partial_since_ms = 0;

@@ -135,6 +135,7 @@ impl Shard {
                 DataFrame::WrittenAck { term, index } => r.replica.on_written_ack(from, term, index),
                 DataFrame::Forward(bytes) => self.forwarded.push((from, bytes)),
                 DataFrame::SnapshotChunk(_) => {}
+                DataFrame::Abstaining => r.replica.on_peer_abstaining(from),
             }
         }
         while now >= r.next_tick_ms {
@@ -229,6 +230,9 @@ impl Shard {
         }
         if r.replica.take_snapshot_wanted() {
             offer_snapshot(self.id, r);
+        }
+        for to in out.abstaining_to {
+            let _ = r.links.send_abstaining(to);
         }
         for (to, term, index) in out.written_acks {
             let _ = r.links.send_written_ack(to, term, index);
@@ -434,13 +438,18 @@ impl Shard {
         let ix = &rep.store().index;
         let last_end = ix.end_pos(ix.last_index());
         let lag_max = FOLLOWER_LAG_SEGMENTS_MAX * self.shared.cfg.segment_bytes;
+        let first = ix.first_index();
         let needed_from = rep
             .follower_progress()
             .into_iter()
-            .map(|(_, matched)| matched + 1)
-            // A follower too far behind gets a snapshot instead: the log
-            // is not kept for it (disk use stays bounded while it is down).
-            .filter(|i| ix.get(*i).is_none_or(|e| last_end - e.header_pos <= lag_max))
+            // A new leader knows no follower's match yet (0): keep what is
+            // retained until it learns it, rather than releasing it all and
+            // forcing every follower onto a snapshot.
+            .map(|(_, matched)| if matched == 0 { first } else { matched + 1 })
+            // A follower too far behind, or behind what was released
+            // already, gets a snapshot instead: the log is not kept for it
+            // (disk use stays bounded while it is down).
+            .filter(|i| *i >= first && ix.get(*i).is_none_or(|e| last_end - e.header_pos <= lag_max))
             .chain(std::iter::once(rep.applied().min(rep.commit_index()) + 1))
             .min()
             .unwrap_or(u64::MAX);

@@ -63,6 +63,18 @@ impl SimLog {
         self.durable_end = self.durable_end.max(target);
     }
 
+    /// Start-up recovery: what a crashed process left written (in the page
+    /// cache) becomes durable before the replica starts, as
+    /// `storage/recovery.rs` fdatasyncs the newest segment. Raft-rs treats
+    /// every entry found in the log as persisted, so a restarted node
+    /// must not report entries a power loss could still take back.
+    pub fn recover(&mut self) {
+        self.written_end = self.end;
+        self.durable_end = self.end;
+        self.sync_wanted = false;
+        self.unsynced_since = None;
+    }
+
     /// A crash: the process dies (`power_loss` false: the OS keeps what
     /// was written) or the machine loses power (only durable data stays,
     /// plus a prefix of the rest chosen by `keep_unsynced`, in records).

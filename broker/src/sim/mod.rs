@@ -10,6 +10,7 @@
 //! election timeout) is pinned per node from the seed.
 
 mod log;
+pub mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -172,6 +173,7 @@ struct Node {
 enum Wire {
     Raft(Vec<u8>),
     WrittenAck { term: u64, index: u64 },
+    Abstaining,
 }
 
 struct Sim {
@@ -195,24 +197,28 @@ struct Sim {
     quiet: bool,
 }
 
+/// A message as the ledger knows it: (queue, message id). Ids are unique
+/// per shard only among committed entries: an async send whose
+/// acknowledgement two power losses took back frees its id for a later
+/// send, possibly to the other queue.
+type MsgKey = (usize, u64);
+
 #[derive(Default)]
 struct Ledger {
-    acked: BTreeMap<Bytes, u64>,
+    acked: BTreeMap<Bytes, MsgKey>,
     /// Acknowledged sends to the async queue (a subset of `acked`), with
     /// when they were acknowledged.
     acked_async: BTreeMap<Bytes, u64>,
-    /// Deletes acknowledged on the async queue, by message id.
-    deleted_async: BTreeSet<u64>,
     /// Power losses: (when, node).
     power_losses: Vec<(u64, u64)>,
     /// A node lost power while another that had lost power was still down
     /// or not yet back in step with a leader.
     double_power_loss: bool,
     unknown: BTreeSet<Bytes>,
-    /// Deleted message id -> when the delete was acknowledged.
-    deleted: BTreeMap<u64, u64>,
+    /// Deleted message -> when the delete was acknowledged.
+    deleted: BTreeMap<MsgKey, u64>,
     /// Deletes whose outcome is unknown (the reply was lost).
-    maybe_deleted: BTreeSet<u64>,
+    maybe_deleted: BTreeSet<MsgKey>,
     /// Every body ever received, by message id.
     seen: BTreeMap<u64, Bytes>,
 }
@@ -339,6 +345,7 @@ impl Sim {
     fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
         let id = self.nodes[i].id;
         let voters: Vec<u64> = (1..=self.opts.nodes).collect();
+        self.nodes[i].log.raw.recover();
         let mut scanner = LogScanner::default();
         for (pos, end, rt, payload) in self.nodes[i].log.raw.records() {
             scanner.record(pos, end, rt, payload).map_err(|e| self.fail(format!("node {id}: scan: {e}")))?;
@@ -507,6 +514,9 @@ impl Sim {
         for (to, term, index) in out.written_acks {
             self.send(from, to, Wire::WrittenAck { term, index });
         }
+        for to in out.abstaining_to {
+            self.send(from, to, Wire::Abstaining);
+        }
     }
 
     fn send(&mut self, from: u64, to: u64, w: Wire) {
@@ -544,6 +554,7 @@ impl Sim {
                     }
                 }
                 Wire::WrittenAck { term, index } => r.on_written_ack(from, term, index),
+                Wire::Abstaining => r.on_peer_abstaining(from),
             }
         }
         Ok(())
@@ -676,13 +687,13 @@ impl Sim {
                     if QUEUES[queue].1 == FlushPolicy::Async {
                         self.ledger.acked_async.insert(body.clone(), now);
                     }
-                    self.ledger.acked.insert(body, msg_id);
+                    self.ledger.acked.insert(body, (queue, msg_id));
                     self.report.acked_sends += 1;
                 }
                 Reply::Received { issued_ms, msgs } => {
                     for (q, id, handle, body) in msgs {
                         let lossy = QUEUES[q].1 == FlushPolicy::Async && self.ledger.majority_lost_power();
-                        if let Some(at) = self.ledger.deleted.get(&id).filter(|_| !lossy) {
+                        if let Some(at) = self.ledger.deleted.get(&(q, id)).filter(|_| !lossy) {
                             if *at < issued_ms {
                                 let what = format!(
                                     "message {id} (queue {}) received at {now} ms (asked at {issued_ms} ms) after its delete was acknowledged at {at} ms; power losses {:?}",
@@ -698,10 +709,7 @@ impl Sim {
                     }
                 }
                 Reply::Deleted { queue, msg_id } => {
-                    if QUEUES[queue].1 == FlushPolicy::Async {
-                        self.ledger.deleted_async.insert(msg_id);
-                    }
-                    self.ledger.deleted.entry(msg_id).or_insert(now);
+                    self.ledger.deleted.entry((queue, msg_id)).or_insert(now);
                     self.report.acked_deletes += 1;
                 }
                 Reply::Failed => {}
@@ -820,8 +828,8 @@ impl Sim {
         // Leases of earlier receives end; then take everything once.
         self.now += u64::from(VISIBILITY_S) * 1000 + 1;
         let now = self.now;
-        let mut drained: BTreeMap<u64, Bytes> = BTreeMap::new();
-        for (name, _) in QUEUES {
+        let mut drained: BTreeMap<MsgKey, Bytes> = BTreeMap::new();
+        for (q, (name, _)) in QUEUES.iter().enumerate() {
             loop {
                 let n = &mut self.nodes[i];
                 n.engine.tick(&mut n.log, now);
@@ -832,45 +840,46 @@ impl Sim {
                 };
                 for d in ds {
                     let body = Bytes::copy_from_slice(n.log.read_body(d.body_pos, d.body_len));
-                    if drained.insert(d.head.msg_id, body).is_some() {
+                    if drained.insert((q, d.head.msg_id), body).is_some() {
                         let what = format!("message {} delivered twice while draining", d.head.msg_id);
                         return Err(SimFailure { seed: self.seed, at_ms: now, what });
                     }
                 }
             }
         }
-        for (body, id) in &self.ledger.acked {
+        for (body, key) in &self.ledger.acked {
+            let (q, id) = key;
             // An async acknowledgement (sends and deletes alike) promises
             // the entry is written on a majority: only power losses of two
             // nodes before their flush may take it back.
             let async_lossy = self.ledger.acked_async.contains_key(body) && self.ledger.majority_lost_power();
-            if self.ledger.deleted.contains_key(id) {
-                if let Some(got) = drained.get(id).filter(|_| !async_lossy) {
+            if self.ledger.deleted.contains_key(key) {
+                if let Some(got) = drained.get(key).filter(|_| !async_lossy) {
                     return Err(self.fail(format!(
                         "message {id} ({body:?}, async: {:?}) came back as {got:?} after its delete was acknowledged at {} ms; power losses {:?}",
                         self.ledger.acked_async.get(body),
-                        self.ledger.deleted[id],
+                        self.ledger.deleted[key],
                         self.ledger.power_losses
                     )));
                 }
-            } else if drained.get(id) != Some(body) && !self.ledger.maybe_deleted.contains(id) && !async_lossy {
+            } else if drained.get(key) != Some(body) && !self.ledger.maybe_deleted.contains(key) && !async_lossy {
                 let where_: Vec<String> = self
                     .nodes
                     .iter()
                     .map(|n| {
-                        let q = n.engine.queue(QUEUES[0].0);
+                        let q = n.engine.queue(QUEUES[*q].0);
                         let e = q.and_then(|q| q.find_msg_id(*id).and_then(|s| q.entry(s).map(|e| (s, *e))));
                         format!("node {}: {e:?}", n.id)
                     })
                     .collect();
                 return Err(self.fail(format!(
                     "acknowledged message {id} ({body:?}) lost; held as {where_:?}; drained {:?}",
-                    drained.get(id)
+                    drained.get(key)
                 )));
             }
         }
         let known: BTreeSet<&Bytes> = self.ledger.acked.keys().chain(self.ledger.unknown.iter()).collect();
-        for (id, body) in &drained {
+        for ((_, id), body) in &drained {
             if !known.contains(body) {
                 return Err(self.fail(format!("message {id} ({body:?}) was never sent")));
             }
@@ -1002,8 +1011,8 @@ fn fail_op(ledger: &mut Ledger, op: &Op) {
         Op::Send(_, body) if !ledger.acked.contains_key(body) => {
             ledger.unknown.insert(body.clone());
         }
-        Op::Delete(_, id, _) => {
-            ledger.maybe_deleted.insert(*id);
+        Op::Delete(q, id, _) => {
+            ledger.maybe_deleted.insert((*q, *id));
         }
         _ => {}
     }
@@ -1014,8 +1023,8 @@ fn fail_reply(ledger: &mut Ledger, reply: &Reply) {
         Reply::Sent { body, .. } if !ledger.acked.contains_key(body) => {
             ledger.unknown.insert(body.clone());
         }
-        Reply::Deleted { msg_id, .. } => {
-            ledger.maybe_deleted.insert(*msg_id);
+        Reply::Deleted { queue, msg_id } => {
+            ledger.maybe_deleted.insert((*queue, *msg_id));
         }
         _ => {}
     }

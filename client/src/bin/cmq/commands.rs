@@ -743,15 +743,17 @@ fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> 
     };
     eprintln!("answering transaction checks for group {group} on {}, {what}; Ctrl-C stops", cli.server);
     let stopper = checker.stopper();
-    let mut stdin = io::stdin().lock();
-    let mut stdout = io::stdout().lock();
+    // Locked per check, not for the whole run: the checker may serve
+    // several nodes from several threads (one callback at a time).
+    let (stdin, stdout) = (io::stdin(), io::stdout());
     let json = cli.json;
     let decide = |check: &TransactionCheck| match mode {
         Mode::Commit => Some(true),
         Mode::Rollback => Some(false),
-        Mode::Ask => ask(&mut stdin, check, &stopper),
+        Mode::Ask => ask(&mut stdin.lock(), check, &stopper),
     };
     let report = |o: &CheckOutcome<'_>| {
+        let mut stdout = stdout.lock();
         let written = if json {
             let error = o.result.as_ref().err().map(|e| ErrorJson {
                 code: e.code().map(|c| c.0),
