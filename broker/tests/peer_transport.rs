@@ -498,6 +498,7 @@ fn three_nodes_exchange_every_kind_in_order_and_intact() {
                 let seq = next.entry(from).or_default();
                 match f {
                     DataFrame::WrittenAck { term, index } => assert_eq!((term, index), (k as u64, *seq)),
+                    DataFrame::Abstaining => panic!("node {} shard {k}: no Abstaining frame was sent", n.id),
                     DataFrame::Raft(b) | DataFrame::SnapshotChunk(b) | DataFrame::Forward(b) => {
                         assert_eq!(parse(&b), (from, k as u16, *seq), "node {} shard {k}", n.id);
                         assert_eq!(b.len(), 18 + len_of(*seq));
