@@ -62,14 +62,14 @@ impl Shard {
                 // retrying on a timer gets in once the wait is over.
                 self.shared.auth.count_failure();
                 let msg = format!("too many failed attempts from this address; retry in {wait} ms");
-                return self.fail_conn(me.token, id, ErrorCode::AUTH_FAILED, &msg);
+                return self.fail_conn_answering(me.token, op, id, ErrorCode::AUTH_FAILED, &msg);
             }
         }
         let nonce = match crate::auth::secrets::nonce() {
             Ok(n) => n,
             Err(e) => {
                 log::error!("shard {}: the OS random number generator failed: {e}", self.id);
-                return self.fail_conn(me.token, id, ErrorCode::INTERNAL, "no random nonce available");
+                return self.fail_conn_answering(me.token, op, id, ErrorCode::INTERNAL, "no random nonce available");
             }
         };
         let Some(conn) = self.conns.get_mut(me.token) else { return };
@@ -135,8 +135,8 @@ impl Shard {
         };
         let who = ip.map_or_else(|| "unknown address".to_owned(), |ip| ip.to_string());
         log::warn!("authentication failed from {who}: {why} (next attempt from there in {wait} ms)");
-        let _ = op; // fail_conn answers with opcode 0, like every error that closes a connection
-        self.fail_conn(me.token, id, ErrorCode::AUTH_FAILED, why);
+        // It answers a frame, so it carries that frame's opcode (PROTOCOL.md §3).
+        self.fail_conn_answering(me.token, op, id, ErrorCode::AUTH_FAILED, why);
     }
 
     /// Whether the handshake may go on given how the connection
@@ -184,7 +184,7 @@ impl Shard {
                 Some(p) => session.refresh(p.clone(), version),
                 None => {
                     let msg = "this connection's key was deleted";
-                    self.fail_conn(me.token, header.request_id, ErrorCode::AUTH_FAILED, msg);
+                    self.fail_conn_answering(me.token, header.opcode, header.request_id, ErrorCode::AUTH_FAILED, msg);
                     return false;
                 }
             }
