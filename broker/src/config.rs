@@ -230,6 +230,19 @@ pub struct Flags {
     /// Testing only: serve POST /debug/stall?shard=K&ms=M on the HTTP port (blocks a shard's loop).
     #[arg(long, hide = true)]
     pub fault_http_hooks: bool,
+    /// Client authentication: `required` (every connection authenticates with a SecretId/SecretKey;
+    /// permissions enforced), `optional` (anonymous connections get every permission, authenticated
+    /// ones their policy), `off` (nothing enforced). Not given: required once any key exists; with no
+    /// keys anonymous clients are served on a loopback --listen address only (see --allow-anonymous).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth: Option<crate::auth::AuthMode>,
+    /// Create an administrator key (policy: every action on every resource) if the broker has no
+    /// keys, and write it to FILE (mode 0600, credentials format: secret_id = "...", secret_key = "...").
+    #[arg(long, value_name = "FILE")]
+    pub init_admin_key: Option<PathBuf>,
+    /// Serve anonymous clients on a non-loopback --listen address with no keys (protected mode off).
+    #[arg(long)]
+    pub allow_anonymous: bool,
 }
 
 /// How log lines are written (`--log-format`).
@@ -286,6 +299,9 @@ struct FileConfig {
     http_listen: Option<String>,
     metrics_top_queues: Option<usize>,
     log_format: Option<LogFormat>,
+    auth: Option<crate::auth::AuthMode>,
+    init_admin_key: Option<PathBuf>,
+    allow_anonymous: Option<bool>,
 }
 
 /// Where a node of the cluster is.
@@ -433,6 +449,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Testing only: the HTTP port's fault hooks.
     pub fault_http_hooks: bool,
+    /// `--auth` (Auto when not given).
+    pub auth: crate::auth::AuthMode,
+    pub init_admin_key: Option<PathBuf>,
+    pub allow_anonymous: bool,
 }
 
 impl Config {
@@ -493,6 +513,9 @@ impl Config {
                 .unwrap_or(defaults::METRICS_TOP_QUEUES),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             fault_http_hooks: flags.fault_http_hooks,
+            auth: flags.auth.or(file.auth).unwrap_or_default(),
+            init_admin_key: flags.init_admin_key.or(file.init_admin_key),
+            allow_anonymous: flags.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
         cfg.validate()?;
         let cluster = ClusterFlags {

@@ -1,5 +1,6 @@
 //! cmqd: the cmq broker. See docs/ARCHITECTURE.md for the thread model and data flow.
 
+pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;

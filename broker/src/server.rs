@@ -32,6 +32,10 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX - 2);
 
+/// How long start-up waits for shard 0 to make the `--init-admin-key` key
+/// (one loop turn and a file write; generous for a loaded machine).
+const ADMIN_KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running broker.
 pub struct Server {
     shared: Arc<Shared>,
@@ -81,6 +85,7 @@ impl Server {
             acceptor: std::sync::OnceLock::new(),
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
+            auth: Default::default(),
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
@@ -141,6 +146,13 @@ impl Server {
                 }
             }
         }
+        if failure.is_none() {
+            // Shard 0 published its recovered keys before reporting ready.
+            let have_keys = !shared.auth.keys.table().is_empty() || cfg.init_admin_key.is_some();
+            if let Err(e) = crate::auth::startup_check(&cfg, have_keys) {
+                failure = Some(e);
+            }
+        }
         let ok = failure.is_none();
         for g in &go {
             let _ = g.send(ok);
@@ -149,6 +161,15 @@ impl Server {
         if let Some(e) = failure {
             server.join();
             return Err(e);
+        }
+        // A single node makes its --init-admin-key on its first turn: report
+        // ready (and the key file present) only after. A cluster node makes
+        // it only once its shard 0 leads, which may take an election.
+        if server.shared.cfg.init_admin_key.is_some()
+            && server.shared.cfg.cluster.is_none()
+            && !server.shared.auth.wait_admin_key(ADMIN_KEY_WAIT)
+        {
+            log::warn!("--init-admin-key: not done after {ADMIN_KEY_WAIT:?}; serving anyway");
         }
         // Serving: the HTTP port opens once every shard has recovered.
         if let Some(addr) = server.shared.cfg.http_listen {

@@ -128,13 +128,24 @@ impl TransactionChecker {
         producer_group: &str,
         timeout: Option<Duration>,
     ) -> Result<TransactionChecker, ClientError> {
-        let first = register(connect_first(&seeds.to_seeds()?, None, timeout)?, producer_group)?;
+        TransactionChecker::connect_as(seeds, producer_group, timeout, None)
+    }
+
+    /// [`TransactionChecker::connect_with_timeout`], authenticated with
+    /// `credentials` (None: anonymously) on every node.
+    pub fn connect_as(
+        seeds: impl ToSeeds,
+        producer_group: &str,
+        timeout: Option<Duration>,
+        credentials: Option<&crate::Credentials>,
+    ) -> Result<TransactionChecker, ClientError> {
+        let first = register(connect_first(&seeds.to_seeds()?, None, timeout, credentials)?, producer_group)?;
         let mut conns = vec![first];
         // A node down now is skipped: its shards are led elsewhere; when it
         // is back, a reconnect registers there too.
         for addr in other_nodes(&conns[0]) {
             let within = node_connect_timeout(timeout);
-            let conn = resolve(&addr).and_then(|a| Connection::connect_within(&a[..], None, within, timeout));
+            let conn = resolve(&addr).and_then(|a| Connection::connect_as(&a[..], None, within, timeout, credentials));
             if let Ok(conn) = conn {
                 conns.push(register(conn, producer_group)?);
             }
@@ -204,10 +215,8 @@ impl TransactionChecker {
         let stopper = &self.stopper;
         let (last, rest) = self.conns.split_last_mut().expect("at least the seed's connection");
         let results: Vec<Result<CheckerStats, ClientError>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = rest
-                .iter_mut()
-                .map(|conn| scope.spawn(|| serve_link(conn, stopper, wait, &callbacks)))
-                .collect();
+            let threads: Vec<_> =
+                rest.iter_mut().map(|conn| scope.spawn(|| serve_link(conn, stopper, wait, &callbacks))).collect();
             let mut results = vec![serve_link(last, stopper, wait, &callbacks)];
             results.extend(threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
             results
@@ -247,7 +256,11 @@ fn register(mut conn: Connection, group: &str) -> Result<Connection, ClientError
 /// Client addresses of the cluster's other nodes, from the handshake.
 fn other_nodes(conn: &Connection) -> Vec<String> {
     let map = &conn.handshake_info().cluster;
-    map.nodes.iter().filter(|n| n.id != map.node_id && !n.client_addr.is_empty()).map(|n| n.client_addr.clone()).collect()
+    map.nodes
+        .iter()
+        .filter(|n| n.id != map.node_id && !n.client_addr.is_empty())
+        .map(|n| n.client_addr.clone())
+        .collect()
 }
 
 /// How long a link waits: silence before a heartbeat, and for an answer.

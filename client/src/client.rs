@@ -36,6 +36,7 @@ use cmq_protocol::names::shard_for;
 use cmq_protocol::{ClusterMap, ErrorCode, GetClusterMap, HandshakeOk, Request, Response, Route};
 
 use crate::connection::{Connection, Push};
+use crate::credentials::Credentials;
 use crate::error::ClientError;
 use crate::retry::{self, RETRY_ATTEMPTS_MAX, RETRY_DEADLINE_DEFAULT};
 use crate::routes::Routes;
@@ -110,6 +111,8 @@ pub struct Client {
     /// Indexed by shard id.
     slots: Vec<Slot>,
     next_generation: u64,
+    /// The key every connection authenticates with (None: anonymous).
+    credentials: Option<Credentials>,
 }
 
 impl Client {
@@ -124,8 +127,18 @@ impl Client {
     /// may additionally take as long as its polling wait. Each seed gets at
     /// most `seeds::NODE_CONNECT_TIMEOUT_MAX` before the next is tried.
     pub fn connect_with_timeout(seeds: impl ToSeeds, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        Client::connect_as(seeds, timeout, None)
+    }
+
+    /// [`Client::connect_with_timeout`], every connection authenticated with
+    /// `credentials` (None: anonymous).
+    pub fn connect_as(
+        seeds: impl ToSeeds,
+        timeout: Option<Duration>,
+        credentials: Option<Credentials>,
+    ) -> Result<Client, ClientError> {
         let seeds = seeds.to_seeds()?;
-        let first = connect_first(&seeds, None, timeout)?;
+        let first = connect_first(&seeds, None, timeout, credentials.as_ref())?;
         let info = first.handshake_info().clone();
         let shard_count = info.shard_count.max(1);
         // A broker reporting an impossible shard id still gets used: requests
@@ -139,6 +152,7 @@ impl Client {
             home,
             slots: (0..shard_count).map(|_| Slot::default()).collect(),
             next_generation: 1,
+            credentials,
         };
         client.install(home, first);
         Ok(client)
@@ -213,6 +227,11 @@ impl Client {
     /// wait; `None` waits forever.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// The key this client authenticates with (None: anonymous).
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
     }
 
     pub fn timeout(&self) -> Option<Duration> {
@@ -459,7 +478,9 @@ impl Client {
                 return;
             }
         }
-        if let Ok(conn) = connect_first(&self.routes.any_node(Instant::now()), None, self.timeout) {
+        if let Ok(conn) =
+            connect_first(&self.routes.any_node(Instant::now()), None, self.timeout, self.credentials.as_ref())
+        {
             self.routes.learn_map(&conn.handshake_info().cluster, Some(conn.peer_addr()));
         }
     }
@@ -523,9 +544,9 @@ impl Client {
         let leader = self.routes.leader(shard);
         let at_leader = if leader == 0 { Vec::new() } else { self.routes.addrs_of(leader) };
         let conn = if at_leader.is_empty() {
-            connect_first(&self.routes.any_node(Instant::now()), Some(shard), self.timeout)?
+            connect_first(&self.routes.any_node(Instant::now()), Some(shard), self.timeout, self.credentials.as_ref())?
         } else {
-            connect_first(&at_leader, Some(shard), self.timeout).inspect_err(|_| {
+            connect_first(&at_leader, Some(shard), self.timeout, self.credentials.as_ref()).inspect_err(|_| {
                 // Ask the others next: their replicas know who leads now.
                 self.routes.mark_down(leader, Instant::now());
                 self.routes.forget_leader(shard);

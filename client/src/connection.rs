@@ -22,9 +22,15 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use cmq_protocol::auth;
 use cmq_protocol::frame::{self, FrameHeader};
 use cmq_protocol::handshake::{IDEMPOTENCY_KEYS_VERSION, PROTOCOL_VERSION_MAX};
-use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response, TransactionCheck};
+use cmq_protocol::{
+    AuthChallenge, Authenticate, ErrorBody, ErrorCode, Handshake, HandshakeOk, Opcode, Request, Response,
+    TransactionCheck,
+};
+
+use crate::credentials::Credentials;
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
 use crate::id_hash::{id_map, IdMap};
@@ -129,6 +135,8 @@ pub struct Connection {
     stats: ConnectionStats,
     /// The last write or read that moved bytes.
     last_io: Instant,
+    /// The key this connection authenticated as.
+    key_name: Option<String>,
 }
 
 impl Connection {
@@ -160,7 +168,24 @@ impl Connection {
         within: Duration,
         timeout: Option<Duration>,
     ) -> Result<Connection, ClientError> {
+        Connection::connect_as(addr, shard_hint, within, timeout, None)
+    }
+
+    /// [`Connection::connect_within`], authenticating with `credentials`
+    /// first (None: anonymously). Fails with `Handshake { code: AUTH_FAILED }`
+    /// if the broker refuses the key, and also if the broker cannot prove it
+    /// holds the key (it is not the broker the key belongs to).
+    pub fn connect_as(
+        addr: impl ToSocketAddrs,
+        shard_hint: Option<u16>,
+        within: Duration,
+        timeout: Option<Duration>,
+        credentials: Option<&Credentials>,
+    ) -> Result<Connection, ClientError> {
         let mut conn = Connection::open(addr, Some(within))?;
+        if let Some(c) = credentials {
+            conn.authenticate(c)?;
+        }
         conn.handshake(shard_hint)?;
         conn.stream.set_write_timeout(timeout)?;
         conn.set_read_timeout(timeout)?;
@@ -190,7 +215,63 @@ impl Connection {
             broken: false,
             stats: ConnectionStats::default(),
             last_io: Instant::now(),
+            key_name: None,
         })
+    }
+
+    /// The challenge-response of PROTOCOL.md, "Authentication": the
+    /// SecretKey never leaves this process; the broker's answer must carry
+    /// its own MAC over the same transcript.
+    fn authenticate(&mut self, c: &Credentials) -> Result<(), ClientError> {
+        let failed = |this: &mut Connection, message: String| {
+            this.broken = true;
+            ClientError::Handshake { code: Some(ErrorCode::AUTH_FAILED), message }
+        };
+        let server_nonce = match self.ask(Request::AuthChallenge(AuthChallenge {}))? {
+            Response::AuthChallenge(ok) if ok.server_nonce.len() == auth::AUTH_NONCE_BYTES => ok.server_nonce,
+            other => return Err(failed(self, format!("unexpected answer to AuthChallenge: {other:?}"))),
+        };
+        let mut client_nonce = [0u8; auth::AUTH_NONCE_BYTES];
+        getrandom::fill(&mut client_nonce).map_err(|e| failed(self, format!("no random nonce: {e}")))?;
+        let timestamp_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, timestamp_ms, b"");
+        let mac = auth::mac(c.secret_key.as_bytes(), auth::CLIENT_MAC_LABEL, &t);
+        let req = Authenticate {
+            secret_id: c.secret_id.clone(),
+            client_nonce: Bytes::copy_from_slice(&client_nonce),
+            timestamp_ms,
+            mac: Bytes::copy_from_slice(&mac),
+        };
+        match self.ask(Request::Authenticate(req))? {
+            Response::Authenticate(ok)
+                if auth::verify(c.secret_key.as_bytes(), auth::SERVER_MAC_LABEL, &t, &ok.server_mac) =>
+            {
+                self.key_name = Some(ok.key_name);
+                Ok(())
+            }
+            Response::Authenticate(_) => {
+                Err(failed(self, "the broker could not prove it holds this key (wrong server?)".into()))
+            }
+            other => Err(failed(self, format!("unexpected answer to Authenticate: {}", other.opcode().name()))),
+        }
+    }
+
+    /// One request before the handshake, and its answer.
+    fn ask(&mut self, req: Request) -> Result<Response, ClientError> {
+        let id = self.submit(&req);
+        let (got, result) = self.recv().map_err(refused_handshake)?;
+        let resp = result.map_err(refused_handshake)?;
+        if got != id {
+            self.broken = true;
+            return Err(ClientError::Handshake { code: None, message: format!("answer to request {got}, asked {id}") });
+        }
+        Ok(resp)
+    }
+
+    /// The key this connection authenticated as (None: anonymous).
+    pub fn key_name(&self) -> Option<&str> {
+        self.key_name.as_deref()
     }
 
     fn handshake(&mut self, shard_hint: Option<u16>) -> Result<(), ClientError> {
@@ -199,6 +280,9 @@ impl Connection {
         // refuse the connection, not each send.
         hello.version_min = IDEMPOTENCY_KEYS_VERSION;
         hello.shard_hint = shard_hint;
+        if self.key_name.is_some() {
+            hello.auth_method = auth::AUTH_METHOD_V1.to_owned();
+        }
         let id = self.submit(&Request::Handshake(hello));
         let (got, result) = self.recv().map_err(refused_handshake)?;
         let ok = match result.map_err(refused_handshake)? {

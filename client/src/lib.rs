@@ -110,12 +110,14 @@
 mod checker;
 mod client;
 mod connection;
+pub mod credentials;
 mod error;
 mod id_hash;
 pub mod idempotency;
 #[macro_use]
 mod ops;
 mod cluster;
+mod keys;
 pub mod retry;
 pub mod routes;
 pub mod seeds;
@@ -127,6 +129,7 @@ pub use checker::{
 pub use client::{Client, Ticket};
 pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, CHANGE_RESEND_AFTER};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
+pub use credentials::Credentials;
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
 pub use ops::{IdempotencyKey, SendOptions};

@@ -129,6 +129,10 @@ fn is_idempotent_op(req: &Request) -> bool {
             | Request::TransferLeader(_)
             | Request::AddNode(_)
             | Request::RemoveNode(_)
+            | Request::ListKeys(_)
+            | Request::GetPolicy(_)
+            | Request::SetPolicy(_)
+            | Request::WhoAmI(_)
     )
 }
 

@@ -109,12 +109,13 @@ pub(crate) fn connect_first<A: AsRef<str>>(
     addrs: &[A],
     shard_hint: Option<u16>,
     timeout: Option<Duration>,
+    credentials: Option<&crate::Credentials>,
 ) -> Result<Connection, ClientError> {
     let within = node_connect_timeout(timeout);
     let mut failures: Vec<(String, ClientError)> = Vec::new();
     for addr in addrs {
         let addr = addr.as_ref();
-        match resolve(addr).and_then(|a| Connection::connect_within(&a[..], shard_hint, within, timeout)) {
+        match resolve(addr).and_then(|a| Connection::connect_as(&a[..], shard_hint, within, timeout, credentials)) {
             Ok(conn) => return Ok(conn),
             // Refusals every node of a cluster would repeat.
             Err(

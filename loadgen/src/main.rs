@@ -260,7 +260,16 @@ fn consumer_jobs(consumers: usize, queues: &[(String, u16)]) -> Vec<Job> {
 
 fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let seeds = opts.server.to_seeds().with_context(|| format!("--server {}", opts.server))?;
-    let mut admin = Client::connect_with_timeout(&seeds[..], Some(Duration::from_secs(10)))
+    let creds = cmq_client::Credentials::resolve(
+        opts.secret_id.as_deref(),
+        opts.secret_key.as_deref(),
+        opts.credentials.as_deref(),
+        None,
+    )?;
+    if let Some(c) = &creds {
+        pipe::use_credentials(c.clone());
+    }
+    let mut admin = Client::connect_as(&seeds[..], Some(Duration::from_secs(10)), creds)
         .with_context(|| format!("connecting to {}", opts.server))?;
     let shards = admin.shard_count();
     let cluster = admin.known_cluster();

@@ -56,6 +56,21 @@ pub struct Opts {
     #[arg(long, default_value = "127.0.0.1:7700", value_name = "HOST:PORT[,...]")]
     pub server: String,
 
+    /// SecretId to authenticate every connection with (with --secret-key; else
+    /// $CMQ_SECRET_ID/$CMQ_SECRET_KEY, else --credentials, else
+    /// ~/.config/cmq/credentials if it exists; none: anonymous).
+    #[arg(long, value_name = "AKID...")]
+    pub secret_id: Option<String>,
+
+    /// SecretKey of --secret-id.
+    #[arg(long, value_name = "KEY")]
+    pub secret_key: Option<String>,
+
+    /// Credentials file (secret_id = "...", secret_key = "..."; refused if
+    /// group or others may read it).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<std::path::PathBuf>,
+
     /// Queues to spread the load over; 0 = one per broker shard. Names are
     /// PREFIX-K, chosen so that the queues spread evenly over the shards.
     #[arg(long, default_value_t = 0, value_name = "N")]

@@ -25,6 +25,13 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// released once written instead of pinning that memory.
 const OUT_RETAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// The key every pipe authenticates with (set once by `main`; none: anonymous).
+static CREDENTIALS: std::sync::OnceLock<cmq_client::Credentials> = std::sync::OnceLock::new();
+
+pub fn use_credentials(c: cmq_client::Credentials) {
+    let _ = CREDENTIALS.set(c);
+}
+
 /// A non-blocking pipelined connection.
 pub struct RawPipe {
     stream: TcpStream,
@@ -80,10 +87,14 @@ impl RawPipe {
             in_flight: Vec::with_capacity(1024),
             broken: false,
         };
+        let deadline = Instant::now() + within;
         let mut hello = Handshake::new(cmq_client::CLIENT_NAME);
         hello.shard_hint = Some(shard);
+        if let Some(c) = CREDENTIALS.get() {
+            pipe.authenticate(c, deadline)?;
+            hello.auth_method = cmq_protocol::auth::AUTH_METHOD_V1.to_owned();
+        }
         let id = pipe.submit(&Request::Handshake(hello));
-        let deadline = Instant::now() + within;
         loop {
             match pipe.next(deadline)? {
                 Some((got, Ok(Response::Handshake(ok)))) if got == id => {
@@ -104,6 +115,54 @@ impl RawPipe {
                 }
                 None if Instant::now() >= deadline => {
                     return Err(ClientError::Io(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")))
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The challenge-response of PROTOCOL.md §4 "Authentication", checking the broker's proof.
+    fn authenticate(&mut self, c: &cmq_client::Credentials, deadline: Instant) -> Result<(), ClientError> {
+        use cmq_protocol::auth;
+        let refused =
+            |message: String| ClientError::Handshake { code: Some(cmq_protocol::ErrorCode::AUTH_FAILED), message };
+        let server_nonce = match self.ask(Request::AuthChallenge(cmq_protocol::AuthChallenge {}), deadline)? {
+            Response::AuthChallenge(ok) => ok.server_nonce,
+            other => return Err(refused(format!("AuthChallenge answered {}", other.opcode().name()))),
+        };
+        let mut client_nonce = [0u8; auth::AUTH_NONCE_BYTES];
+        getrandom::fill(&mut client_nonce).map_err(|e| refused(format!("no random nonce: {e}")))?;
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, ts, b"");
+        let mac = auth::mac(c.secret_key.as_bytes(), auth::CLIENT_MAC_LABEL, &t);
+        let req = cmq_protocol::Authenticate {
+            secret_id: c.secret_id.clone(),
+            client_nonce: bytes::Bytes::copy_from_slice(&client_nonce),
+            timestamp_ms: ts,
+            mac: bytes::Bytes::copy_from_slice(&mac),
+        };
+        match self.ask(Request::Authenticate(req), deadline)? {
+            Response::Authenticate(ok)
+                if auth::verify(c.secret_key.as_bytes(), auth::SERVER_MAC_LABEL, &t, &ok.server_mac) =>
+            {
+                Ok(())
+            }
+            _ => Err(refused("the broker could not prove it holds this key".into())),
+        }
+    }
+
+    /// One request before the handshake, and its answer (blocking up to `deadline`).
+    fn ask(&mut self, req: Request, deadline: Instant) -> Result<Response, ClientError> {
+        let id = self.submit(&req);
+        loop {
+            match self.next(deadline)? {
+                Some((got, Ok(resp))) if got == id => return Ok(resp),
+                Some((_, Err(ClientError::Server { code, message }))) => {
+                    return Err(ClientError::Handshake { code: Some(code), message })
+                }
+                Some(_) => return Err(ClientError::Handshake { code: None, message: "unexpected answer".into() }),
+                None if Instant::now() >= deadline => {
+                    return Err(ClientError::Io(io::Error::new(io::ErrorKind::TimedOut, "authentication timed out")))
                 }
                 None => {}
             }

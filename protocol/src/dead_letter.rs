@@ -51,7 +51,7 @@ crate::wire_struct! {
         #[cfg_attr(test, proptest(strategy = "crate::testing::name()"))]
         pub dead_letter_queue: String = string(NAME_CHARS_MAX),
         /// Empty: each message goes back to its source queue.
-        #[cfg_attr(test, proptest(strategy = "crate::testing::text()"))]
+        #[cfg_attr(test, proptest(strategy = "crate::testing::ascii_text()"))]
         pub to: String = string(NAME_CHARS_MAX),
         pub rate_per_second: u32,
     }
@@ -63,7 +63,7 @@ crate::wire_struct! {
         pub id: u64,
         #[cfg_attr(test, proptest(strategy = "crate::testing::name()"))]
         pub dead_letter_queue: String = string(NAME_CHARS_MAX),
-        #[cfg_attr(test, proptest(strategy = "crate::testing::text()"))]
+        #[cfg_attr(test, proptest(strategy = "crate::testing::ascii_text()"))]
         pub to: String = string(NAME_CHARS_MAX),
         pub rate_per_second: u32,
         pub state: RedriveState,

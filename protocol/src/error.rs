@@ -62,9 +62,17 @@ error_codes! {
     /// A request frame was not received whole within the broker's frame deadline
     /// (`--frame-timeout-ms`). Sent with opcode 0 and request id 0; the connection is closed.
     FRAME_TIMEOUT = 4008, "frame timeout";
-    /// Authentication failed: today any Handshake whose `auth_method` is not empty
-    /// (no method is supported yet). The connection is closed after this error.
+    /// Authentication failed: unknown SecretId, wrong SecretKey (bad MAC), a stale timestamp, a
+    /// replayed or out-of-order attempt, an anonymous handshake where `--auth required`, or an address
+    /// in its failure backoff. The connection is closed after this error.
     AUTH_FAILED = 4100, "authentication failed";
+    /// The connection's key has no policy statement allowing this action on this resource (or one
+    /// denies it). The message names both.
+    ACCESS_DENIED = 4101, "access denied";
+    /// No key by that name.
+    KEY_NOT_FOUND = 4102, "key not found";
+    /// A key by that name exists already.
+    KEY_ALREADY_EXISTS = 4103, "key already exists";
     /// The body is larger than the queue's `maxMsgSize` (or `MSG_BYTES_MAX`), or empty.
     MESSAGE_TOO_LARGE = 4400, "message too large";
     /// The queue holds `maxMsgHeapNum` messages; sends are refused until some are deleted.

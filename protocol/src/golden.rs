@@ -595,10 +595,55 @@ fn cluster(g: &mut Golden) {
     g.response(0x0600, Response::GetStats(ok), p);
 }
 
+fn auth(g: &mut Golden) {
+    g.request(0x0003, Request::AuthChallenge(AuthChallenge {}), P::default());
+    let ok = AuthChallengeOk { server_nonce: Bytes::from(vec![1; 32]) };
+    g.response(0x0003, Response::AuthChallenge(ok), P::default().bytes(&[1; 32]));
+    let auth = Authenticate {
+        secret_id: "AKIDx".into(),
+        client_nonce: Bytes::from(vec![2; 32]),
+        timestamp_ms: 7,
+        mac: Bytes::from(vec![3; 32]),
+    };
+    let p = P::default().str("AKIDx").bytes(&[2; 32]).u64(7).bytes(&[3; 32]);
+    g.request(0x0004, Request::Authenticate(auth), p);
+    let ok = AuthenticateOk { key_name: "k".into(), server_mac: Bytes::from(vec![4; 32]) };
+    g.response(0x0004, Response::Authenticate(ok), P::default().str("k").bytes(&[4; 32]));
+}
+
+fn key_secret() -> (KeySecret, P) {
+    let secret = KeySecret { name: "k".into(), secret_id: "AKIDx".into(), secret_key: "sk".into() };
+    (secret, P::default().str("k").str("AKIDx").str("sk"))
+}
+
+fn keys(g: &mut Golden) {
+    let create = CreateKey { name: "k".into(), policy: "{}".into() };
+    g.request(0x0700, Request::CreateKey(create), P::default().str("k").str("{}"));
+    let (secret, p) = key_secret();
+    g.response(0x0700, Response::CreateKey(secret), p);
+    g.request(0x0701, Request::ListKeys(ListKeys {}), P::default());
+    let summary = KeySummary { name: "k".into(), secret_id: "AKIDx".into(), secrets: 2, created_ms: 5, modified_ms: 6 };
+    let p = P::default().count(1).str("k").str("AKIDx").u8(2).u64(5).u64(6);
+    g.response(0x0701, Response::ListKeys(ListKeysOk { keys: vec![summary] }), p);
+    let delete = DeleteKey { name: "k".into(), old_secret_only: true };
+    g.empty_answer(0x0702, Request::DeleteKey(delete), P::default().str("k").u8(1));
+    g.request(0x0703, Request::RotateKey(RotateKey { name: "k".into() }), P::default().str("k"));
+    let (secret, p) = key_secret();
+    g.response(0x0703, Response::RotateKey(secret), p);
+    let set = SetPolicy { name: "k".into(), policy: "{}".into() };
+    g.empty_answer(0x0704, Request::SetPolicy(set), P::default().str("k").str("{}"));
+    g.request(0x0705, Request::GetPolicy(GetPolicy { name: "k".into() }), P::default().str("k"));
+    g.response(0x0705, Response::GetPolicy(GetPolicyOk { policy: "{}".into() }), P::default().str("{}"));
+    g.request(0x0706, Request::WhoAmI(WhoAmI {}), P::default());
+    let ok = WhoAmIOk { key_name: "k".into(), secret_id: "AKIDx".into(), auth_mode: "required".into() };
+    g.response(0x0706, Response::WhoAmI(ok), P::default().str("k").str("AKIDx").str("required"));
+}
+
 #[test]
 fn every_opcode_matches_protocol_md_byte_for_byte() {
     let mut g = Golden::default();
     handshake(&mut g);
+    auth(&mut g);
     queue_admin(&mut g);
     messages(&mut g);
     inspection(&mut g);
@@ -607,6 +652,7 @@ fn every_opcode_matches_protocol_md_byte_for_byte() {
     topics(&mut g);
     subscriptions(&mut g);
     cluster(&mut g);
+    keys(&mut g);
     let all: BTreeSet<u16> = Opcode::ALL.iter().map(|o| *o as u16).collect();
     assert_eq!(g.seen[0], all, "every opcode has a golden request");
     assert_eq!(g.seen[1], all, "every opcode has a golden response");

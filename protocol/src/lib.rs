@@ -2,6 +2,7 @@
 //! error codes and limits. No I/O: the broker and the client drive sockets
 //! themselves. `PROTOCOL.md` documents every byte.
 
+pub mod auth;
 pub mod cluster;
 pub mod dead_letter;
 pub mod error;
@@ -29,6 +30,10 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{
+    AuthChallenge, AuthChallengeOk, Authenticate, AuthenticateOk, CreateKey, DeleteKey, GetPolicy, GetPolicyOk,
+    KeySecret, KeySummary, ListKeys, ListKeysOk, RotateKey, SetPolicy, WhoAmI, WhoAmIOk,
+};
 pub use cluster::*;
 pub use dead_letter::*;
 pub use error::{DecodeError, ErrorCode};

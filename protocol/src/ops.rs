@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use crate::auth::*;
 use crate::cluster::*;
 use crate::dead_letter::*;
 use crate::error::{DecodeError, ErrorCode};
@@ -129,6 +130,10 @@ ops! {
     /// Must be the first frame on a connection.
     0x0001 Handshake(Handshake) -> HandshakeOk;
     0x0002 Ping(Ping) -> Empty;
+    /// Before the handshake: a fresh server nonce (PROTOCOL.md, "Authentication").
+    0x0003 AuthChallenge(AuthChallenge) -> AuthChallengeOk;
+    /// Before the handshake, after AuthChallenge: proves the SecretKey, gets the server's proof.
+    0x0004 Authenticate(Authenticate) -> AuthenticateOk;
     0x0100 CreateQueue(CreateQueue) -> CreateQueueOk;
     0x0101 DeleteQueue(DeleteQueue) -> Empty;
     0x0102 ListQueues(ListQueues) -> ListQueuesOk;
@@ -173,6 +178,14 @@ ops! {
     0x0504 RemoveNode(RemoveNode) -> Empty;
     /// The broker's metrics (`cmq top`, `cmq stats`).
     0x0600 GetStats(GetStats) -> GetStatsOk;
+    /// Key management (run by shard 0, whose log holds the keys).
+    0x0700 CreateKey(CreateKey) -> KeySecret;
+    0x0701 ListKeys(ListKeys) -> ListKeysOk;
+    0x0702 DeleteKey(DeleteKey) -> Empty;
+    0x0703 RotateKey(RotateKey) -> KeySecret;
+    0x0704 SetPolicy(SetPolicy) -> Empty;
+    0x0705 GetPolicy(GetPolicy) -> GetPolicyOk;
+    0x0706 WhoAmI(WhoAmI) -> WhoAmIOk;
 }
 
 crate::wire_struct! {
@@ -240,7 +253,17 @@ impl Request {
             | Request::TransferLeader(_)
             | Request::AddNode(_)
             | Request::RemoveNode(_)
-            | Request::GetStats(_) => Route::Any,
+            | Request::GetStats(_)
+            | Request::AuthChallenge(_)
+            | Request::Authenticate(_)
+            | Request::WhoAmI(_) => Route::Any,
+            // Keys live in shard 0's log (so they replicate with its group).
+            Request::CreateKey(_)
+            | Request::ListKeys(_)
+            | Request::DeleteKey(_)
+            | Request::RotateKey(_)
+            | Request::SetPolicy(_)
+            | Request::GetPolicy(_) => Route::Shard(0),
             Request::CancelRedrive(r) => Route::Shard((r.id >> REDRIVE_ID_SHARD_SHIFT) as u16),
             Request::CreateQueue(r) => Route::Queue(&r.queue),
             Request::DeleteQueue(r) => Route::Queue(&r.queue),

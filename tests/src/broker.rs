@@ -115,9 +115,10 @@ fn spawn(data_dir: &Path, args: &[String]) -> (Child, Addrs, Arc<Mutex<String>>)
     // Tests run in parallel: each broker's HTTP port is ephemeral too.
     let http: &[&str] =
         if args.iter().any(|a| a.starts_with("--http-listen")) { &[] } else { &["--http-listen", "127.0.0.1:0"] };
+    // A test may listen elsewhere (protected mode); by default an ephemeral loopback port.
+    let listen: &[&str] = if args.iter().any(|a| a == "--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
     let mut child = Command::new(cmqd_path())
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+        .args(listen)
         .arg("--data-dir")
         .arg(data_dir)
         .args(http)

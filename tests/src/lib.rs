@@ -2,6 +2,7 @@
 //! ephemeral port with a temporary data directory, and a raw protocol
 //! connection for tests that need to send bytes no client library would.
 
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod raw;
 pub mod wal_files;
 pub mod workload;
 
+pub use auth::AdminBroker;
 pub use broker::Broker;
 pub use cluster::{Cluster, ClusterSpec};
 pub use http_sink::{refused_url, HttpRequest, HttpSink};

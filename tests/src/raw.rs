@@ -49,7 +49,11 @@ impl Reply {
 impl RawConn {
     /// Connects without a handshake.
     pub fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawConn::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Wraps a connected socket (no handshake).
+    pub fn from_stream(stream: TcpStream) -> RawConn {
         stream.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         RawConn { stream, buf: BytesMut::new(), next_id: 1 }

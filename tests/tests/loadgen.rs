@@ -200,3 +200,26 @@ fn verify_catches_a_broker_that_drops_messages() {
     assert!(lost <= 20000.0 / 100.0 + 16.0, "about 1 in 100 lost, not more: {why}");
     assert_eq!(out.status.code(), Some(2), "--verify failures exit with status 2: {why}");
 }
+
+/// With a key (a credentials file), every connection of the run
+/// authenticates; without one, a broker that requires keys refuses the run.
+#[test]
+fn an_authenticated_run_completes_and_an_anonymous_one_is_refused() {
+    let b = cmq_integration_tests::AdminBroker::start(&["--shards", "2"]);
+    let creds = b.creds_file.to_str().expect("utf-8");
+    let args = ["--mode", "cycle", "--messages", "2000", "--producers", "2", "--consumers", "2", "--verify"];
+    let (out, r) = loadgen(&b.broker, &[&args[..], &["--credentials", creds]].concat());
+    let why = describe(&out, &r);
+    assert!(out.status.success(), "{why}");
+    assert_eq!(num(&r, "deleted"), 2000.0, "{why}");
+    assert_eq!(num(&r, "lost"), 0.0, "{why}");
+    let anonymous = Command::new(loadgen_path())
+        .args(["--server", &b.broker.addr_string(), "--messages", "10"])
+        .env_remove("CMQ_SECRET_ID")
+        .env_remove("CMQ_SECRET_KEY")
+        .env("HOME", b.creds_file.parent().expect("dir"))
+        .output()
+        .expect("run cmq-loadgen");
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("AUTH_FAILED"), "{anonymous:?}");
+}

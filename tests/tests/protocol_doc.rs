@@ -104,6 +104,30 @@ fn failed_handshakes_carry_the_handshake_opcode() {
 }
 
 #[test]
+fn failed_authentication_carries_the_opcode_it_answers() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let replayed = Authenticate {
+        secret_id: "AKIDx".into(),
+        client_nonce: Bytes::from(vec![2; 32]),
+        timestamp_ms: 1,
+        mac: Bytes::from(vec![3; 32]),
+    };
+    // The second AuthChallenge first: a failure puts the address in its
+    // backoff, which refuses AuthChallenge (not Authenticate) for a while.
+    let mut w = Wire::connect(&broker);
+    w.send(&request_frame(5, &Request::AuthChallenge(AuthChallenge {})));
+    let (h, _) = w.frame().expect("a server nonce");
+    assert_eq!((h.flags, h.opcode, h.request_id), (1, Opcode::AuthChallenge as u16, 5));
+    w.send(&request_frame(6, &Request::AuthChallenge(AuthChallenge {})));
+    w.expect_error(ErrorCode::AUTH_FAILED, Opcode::AuthChallenge as u16, 6);
+    w.assert_closed();
+    let mut w = Wire::connect(&broker);
+    w.send(&request_frame(8, &Request::Authenticate(replayed)));
+    w.expect_error(ErrorCode::AUTH_FAILED, Opcode::Authenticate as u16, 8);
+    w.assert_closed();
+}
+
+#[test]
 fn a_non_empty_auth_method_is_refused_not_ignored() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut w = Wire::connect(&broker);

@@ -16,14 +16,17 @@
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
 //! | count u32 | count × dedup window (owner u8: 1 queue, 2 topic, uid u32,
 //!                                   count u32 × (key digest u128, msg_id u64, time_ms u64))
+//! | count u32 | count × key (name str16, secret_id str16, count u16 × secret_key str16, policy str16,
+//!                          created_ms u64, modified_ms u64)          (shard 0 only)
 //! | crc32c u32 of everything before it
 //! ```
 //!
-//! The dedup windows (`dedup.rs`: each queue's and topic's recent
-//! idempotency keys, oldest first) came with version 2; a version 1 catalog
-//! has none and is still read. The keys of the `Enqueued` and `Published`
-//! records before `log_pos` are in these windows, so the segments holding
-//! those records can go and a snapshot carries the windows to a follower.
+//! Version 2 added the dedup windows and the keys; a version 1 catalog has
+//! neither and is still read. The dedup windows (`dedup.rs`: each queue's
+//! and topic's recent idempotency keys, oldest first) hold the keys of the
+//! `Enqueued` and `Published` records before `log_pos`, so the segments
+//! holding those records can go and a snapshot carries the windows to a
+//! follower.
 
 use bytes::Bytes;
 use cmq_protocol::wire::{Reader, Wire, Writer};
@@ -35,8 +38,8 @@ use crate::engine::record::SubscriptionDef;
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
 const VERSION: u32 = 2;
 
-/// The first version with dedup windows.
-const VERSION_DEDUP: u32 = 2;
+/// The oldest catalog version this build reads (1: no keys section).
+const VERSION_MIN: u32 = 1;
 
 use cmq_protocol::limits::NAME_CHARS_MAX;
 
@@ -131,6 +134,8 @@ pub struct Catalog {
     pub topics: Vec<CatalogTopic>,
     /// Windows that hold at least one key, by (owner, uid).
     pub dedup: Vec<CatalogDedup>,
+    /// Authentication keys (shard 0), in name order.
+    pub keys: Vec<crate::engine::keys::KeyDef>,
 }
 
 impl Catalog {
@@ -205,6 +210,15 @@ impl Catalog {
                 w.put_u64(seen.time_ms);
             }
         }
+        w.put_u32(self.keys.len() as u32);
+        for k in &self.keys {
+            w.put_str(&k.name);
+            w.put_str(&k.secret_id);
+            put_strs(&mut w, &k.secrets);
+            w.put_str(&k.policy);
+            w.put_u64(k.created_ms);
+            w.put_u64(k.modified_ms);
+        }
         let crc = crc32c::crc32c(&w);
         w.put_u32(crc);
         w
@@ -222,8 +236,8 @@ impl Catalog {
         let mut r = Reader::new(Bytes::copy_from_slice(&body[MAGIC.len()..]));
         let e = |e: cmq_protocol::DecodeError| e.to_string();
         let version = r.u32("version").map_err(e)?;
-        if !(1..=VERSION).contains(&version) {
-            return Err(format!("catalog format version {version}, this build reads 1..={VERSION}"));
+        if !(VERSION_MIN..=VERSION).contains(&version) {
+            return Err(format!("catalog format version {version}, this build reads {VERSION_MIN} to {VERSION}"));
         }
         let log_pos = r.u64("log_pos").map_err(e)?;
         let next_uid = r.u32("next_uid").map_err(e)?;
@@ -313,10 +327,12 @@ impl Catalog {
                 subscriptions,
             });
         }
-        let dedup = if version >= VERSION_DEDUP { decode_dedup(&mut r)? } else { Vec::new() };
+        let (dedup, keys) =
+            if version >= 2 { (decode_dedup(&mut r)?, decode_keys(&mut r).map_err(e)?) } else { (Vec::new(), Vec::new()) };
         r.finish().map_err(e)?;
         Ok(Catalog {
             dedup,
+            keys,
             log_pos,
             next_uid,
             next_msg_counter,
@@ -362,6 +378,27 @@ fn decode_dedup(r: &mut Reader) -> Result<Vec<CatalogDedup>, String> {
     Ok(windows)
 }
 
+/// The keys section (shard 0's authentication keys).
+fn decode_keys(r: &mut Reader) -> Result<Vec<crate::engine::keys::KeyDef>, cmq_protocol::DecodeError> {
+    use cmq_protocol::auth::{KEYS_MAX, POLICY_BYTES_MAX, SECRET_ID_BYTES_MAX};
+    let count = r.u32("key count")? as usize;
+    if count > KEYS_MAX {
+        return Err(cmq_protocol::DecodeError::TooMany { field: "keys", got: count, max: KEYS_MAX });
+    }
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        keys.push(crate::engine::keys::KeyDef {
+            name: r.string("key name", NAME_CHARS_MAX)?,
+            secret_id: r.string("secret id", SECRET_ID_BYTES_MAX)?,
+            secrets: get_strs(r)?,
+            policy: r.string("policy", POLICY_BYTES_MAX)?,
+            created_ms: r.u64("created_ms")?,
+            modified_ms: r.u64("modified_ms")?,
+        });
+    }
+    Ok(keys)
+}
+
 fn put_strs(w: &mut Vec<u8>, v: &[String]) {
     w.put_count(v.len());
     for s in v {
@@ -381,6 +418,14 @@ mod tests {
 
     fn sample() -> Catalog {
         Catalog {
+            keys: vec![crate::engine::keys::KeyDef {
+                name: "admin".into(),
+                secret_id: "AKIDabc".into(),
+                secrets: vec!["old".into(), "new".into()],
+                policy: crate::auth::policy::ADMIN_POLICY.into(),
+                created_ms: 1,
+                modified_ms: 2,
+            }],
             log_pos: 1 << 30,
             next_uid: 7,
             next_msg_counter: 12345,
@@ -465,10 +510,10 @@ mod tests {
     /// bytes without the dedup section) is still read, with no windows.
     #[test]
     fn a_version_1_catalog_reads_without_windows() {
-        let c = Catalog { dedup: Vec::new(), ..sample() };
+        let c = Catalog { dedup: Vec::new(), keys: Vec::new(), ..sample() };
         let v2 = c.encode();
-        // Drop the trailing (empty) dedup count and the checksum, then restamp.
-        let mut v1 = v2[..v2.len() - 8].to_vec();
+        // Drop the trailing (empty) dedup and key counts and the checksum, then restamp.
+        let mut v1 = v2[..v2.len() - 12].to_vec();
         v1[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
         let crc = crc32c::crc32c(&v1);
         v1.put_u32(crc);

@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod error;
 pub mod fates;
 pub mod filter;
+pub mod keys;
 pub mod log;
 pub mod message_index;
 pub mod queue;

@@ -50,6 +50,9 @@
 //!                      routing_key str, [target sid u32], count u16, count × (len u32, body), [keys]
 //! 27 PushRetry         [id u64, attempt u32, next_ms u64]
 //! 28 PushGaveUp        id u64, time_ms u64
+//! 40 KeyPut            time_ms u64, name str, secret_id str, [secret_key str], policy str,
+//!                      created_ms u64, modified_ms u64 (the key's whole state; shard 0 only)
+//! 41 KeyDeleted        time_ms u64, name str
 //! ```
 //!
 //! `[keys]` is the messages' idempotency keys (`engine/dedup.rs`): absent
@@ -102,6 +105,10 @@ pub mod rtype {
     pub const PUBLISHED: u8 = 26;
     pub const PUSH_RETRY: u8 = 27;
     pub const PUSH_GAVE_UP: u8 = 28;
+    // Authentication keys (shard 0): numbered apart from the rest so
+    // records other work adds meanwhile do not collide.
+    pub const KEY_PUT: u8 = 40;
+    pub const KEY_DELETED: u8 = 41;
 }
 
 /// Where a body sits inside a payload (replay path): offset from the start
@@ -342,6 +349,14 @@ pub enum Record<B> {
         id: u64,
         time_ms: u64,
     },
+    KeyPut {
+        time_ms: u64,
+        key: crate::engine::keys::KeyDef,
+    },
+    KeyDeleted {
+        time_ms: u64,
+        name: String,
+    },
 }
 
 /// Bytes before the first body's length prefix in an `Enqueued` payload.
@@ -406,6 +421,8 @@ impl<B> Record<B> {
             Record::Published { .. } => PUBLISHED,
             Record::PushRetry { .. } => PUSH_RETRY,
             Record::PushGaveUp { .. } => PUSH_GAVE_UP,
+            Record::KeyPut { .. } => KEY_PUT,
+            Record::KeyDeleted { .. } => KEY_DELETED,
         }
     }
 }
@@ -691,6 +708,19 @@ impl Record<Bytes> {
             Record::PushGaveUp { id, time_ms } => {
                 w.put_u64(*id);
                 w.put_u64(*time_ms);
+            }
+            Record::KeyPut { time_ms, key } => {
+                w.put_u64(*time_ms);
+                put_str(w, &key.name).map_err(|_| "name")?;
+                put_str(w, &key.secret_id).map_err(|_| "secret id")?;
+                put_strs(w, &key.secrets).map_err(|_| "secrets")?;
+                put_str(w, &key.policy).map_err(|_| "policy")?;
+                w.put_u64(key.created_ms);
+                w.put_u64(key.modified_ms);
+            }
+            Record::KeyDeleted { time_ms, name } => {
+                w.put_u64(*time_ms);
+                put_str(w, name).map_err(|_| "name")?;
             }
             Record::Enqueued { .. }
             | Record::Published { .. }
@@ -1151,6 +1181,18 @@ fn decode_with(rtype: u8, c: &mut Cursor<'_>) -> DecodeResult<Record<BodySpan>> 
             binding_keys: c.strs("binding keys")?,
         },
         UNSUBSCRIBED => Record::Unsubscribed { uid: c.u32("uid")?, sid: c.u32("sid")?, time_ms: c.u64("time")? },
+        KEY_PUT => Record::KeyPut {
+            time_ms: c.u64("time")?,
+            key: crate::engine::keys::KeyDef {
+                name: c.str("name")?,
+                secret_id: c.str("secret id")?,
+                secrets: c.strs("secrets")?,
+                policy: c.str("policy")?,
+                created_ms: c.u64("created")?,
+                modified_ms: c.u64("modified")?,
+            },
+        },
+        KEY_DELETED => Record::KeyDeleted { time_ms: c.u64("time")?, name: c.str("name")? },
         PUSH_RETRY => {
             let n = usize::from(c.u16("entries")?);
             if n * 20 > c.p.len() - c.pos {
@@ -1507,6 +1549,20 @@ mod tests {
             proptest::collection::vec(any::<(u64, u32, u64)>(), 0..10)
                 .prop_map(|entries| Record::PushRetry { entries }),
             (any::<u64>(), any::<u64>()).prop_map(|(id, time_ms)| Record::PushGaveUp { id, time_ms }),
+            (any::<[u64; 3]>(), "[a-z]{1,10}", "AKID[a-z]{0,32}", strs(), "[ -~]{0,200}").prop_map(
+                |(n, name, secret_id, secrets, policy)| Record::KeyPut {
+                    time_ms: n[0],
+                    key: crate::engine::keys::KeyDef {
+                        name,
+                        secret_id,
+                        secrets,
+                        policy,
+                        created_ms: n[1],
+                        modified_ms: n[2]
+                    }
+                }
+            ),
+            (any::<u64>(), "[a-z]{1,10}").prop_map(|(time_ms, name)| Record::KeyDeleted { time_ms, name }),
         ]
     }
 

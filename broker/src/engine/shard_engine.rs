@@ -33,6 +33,7 @@ use crate::engine::transfers::{Inbound, Lane, Outbox};
 mod dead_letter;
 mod digest;
 mod inspection;
+mod keys;
 mod recovery;
 mod topics;
 mod transactions;
@@ -166,6 +167,8 @@ pub struct ShardEngine {
     pending_work: Vec<u32>,
     topics: HashMap<u32, crate::engine::topic::Topic>,
     topic_by_name: HashMap<String, u32>,
+    /// Authentication keys (shard 0 only; see `engine/keys.rs`).
+    keys_store: crate::engine::keys::KeyStore,
 }
 
 impl ShardEngine {
@@ -198,6 +201,7 @@ impl ShardEngine {
             pending_work: Vec::new(),
             topics: HashMap::new(),
             topic_by_name: HashMap::new(),
+            keys_store: Default::default(),
         }
     }
 
@@ -207,7 +211,11 @@ impl ShardEngine {
 
     /// An empty engine with the same configuration (to rebuild from the log).
     pub fn fresh(&self) -> ShardEngine {
-        ShardEngine::new(self.cfg.clone())
+        let mut e = ShardEngine::new(self.cfg.clone());
+        // Shard 0 republishes its keys when their version moves: a replaced
+        // engine (rebuild, snapshot) must never look unchanged to it.
+        e.keys_store.start_after(self.keys_store.version());
+        e
     }
 
     pub fn queue_count(&self) -> usize {
@@ -409,11 +417,18 @@ impl ShardEngine {
 
     /// Queues matching the filters: the total count and the first `take` in
     /// creation order (a caller merging shards asks each for offset+limit).
-    pub fn list_queues(&self, prefix: &str, contains: &str, take: usize) -> (u32, Vec<ListedQueue>) {
+    /// Queues matching the filter that `visible` lets through (the caller's permissions).
+    pub fn list_queues(
+        &self,
+        prefix: &str,
+        contains: &str,
+        take: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> (u32, Vec<ListedQueue>) {
         let mut matching: Vec<ListedQueue> = self
             .queues
             .values()
-            .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains))
+            .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains) && visible(&q.name))
             .map(|q| ListedQueue {
                 create_seq: q.create_seq,
                 created_ms: q.created_ms,

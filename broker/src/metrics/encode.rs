@@ -84,6 +84,7 @@ families! {
     BUFFER_BYTES = "cmq_connection_buffer_bytes" Gauge ["shard"] "Bytes the shard's connection buffers hold (against --buffer-budget-bytes).";
     QUEUES = "cmq_queues" Gauge [] "Queues on this broker.";
     TOPICS = "cmq_topics" Gauge [] "Topics on this broker.";
+    AUTH_FAILURES = "cmq_auth_failures" Counter [] "Client authentication attempts refused (AUTH_FAILED): unknown SecretId, wrong signature, stale timestamp, replay, anonymous where authentication is required, or an address in its backoff.";
     QUEUES_OTHER = "cmq_queues_in_other" Gauge [] "Queues summed in the queue=\"_other\" series (past --metrics-top-queues).";
     QUEUE_MESSAGES = "cmq_queue_messages" Gauge ["queue", "state"] "Messages in a queue by state: active (ready), inactive (received, in flight), delayed.";
     QUEUE_OLDEST = "cmq_queue_oldest_message_age_seconds" Gauge ["queue"] "Age of the queue's oldest unconsumed message (0 if none).";
@@ -125,6 +126,8 @@ pub struct Scrape {
     pub leaders: Vec<(u64, u64)>,
     pub queues: u64,
     pub topics: u64,
+    /// Refused authentication attempts since start.
+    pub auth_failures: u64,
     pub process: ProcessSample,
     pub disk: DiskSample,
     /// Unix ms of the scrape (for ages).
@@ -305,6 +308,7 @@ impl Scrape {
         let t = &self.broker.queues;
         w.gauges(&QUEUES, [(vec![], self.queues as f64)])?;
         w.gauges(&TOPICS, [(vec![], self.topics as f64)])?;
+        w.counters(&AUTH_FAILURES, [(vec![], self.auth_failures)])?;
         w.gauges(&QUEUES_OTHER, [(vec![], t.other_queues as f64)])?;
         let all: Vec<&QueueSample> = t.top.iter().chain(std::iter::once(&t.other)).collect();
         let q = |s: &QueueSample| vec![("queue", s.name.clone())];

@@ -131,6 +131,12 @@ pub struct Conn {
     pub shed: bool,
     /// Slot time of this connection's earliest entry in the shard's timer wheel.
     pub timer_at: u64,
+    /// An AuthChallenge was answered (one per connection).
+    pub auth_challenged: bool,
+    /// The server nonce of that challenge, until an Authenticate uses it up.
+    pub auth_nonce: Option<Box<[u8; cmq_protocol::auth::AUTH_NONCE_BYTES]>>,
+    /// The key this connection authenticated with (None: anonymous).
+    pub session: Option<Box<crate::auth::session::Session>>,
 }
 
 impl Conn {
@@ -163,6 +169,9 @@ impl Conn {
             starved: false,
             shed: false,
             timer_at: u64::MAX,
+            auth_challenged: false,
+            auth_nonce: None,
+            session: None,
         }
     }
 

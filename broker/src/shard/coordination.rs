@@ -5,8 +5,10 @@ use cmq_protocol::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
 
+use super::authn::visible;
 use super::mailbox::{Answer, Membership, Query, ReplyTo, ShardMsg};
 use super::Shard;
+use crate::auth::actions::Action;
 use crate::engine::ListedQueue;
 
 pub(super) enum GatherKind {
@@ -82,13 +84,15 @@ impl Shard {
 
     pub(super) fn answer_query(&mut self, query: Query) -> Answer {
         match query {
-            Query::Queues { prefix, contains, take } => {
-                let (total, items) = self.engine.list_queues(&prefix, &contains, take);
+            Query::Queues { prefix, contains, take, viewer } => {
+                let see = |name: &str| visible(&viewer, Action::LIST_QUEUE, "queue", name);
+                let (total, items) = self.engine.list_queues(&prefix, &contains, take, see);
                 Answer::Queues { total, items }
             }
             Query::Redrives => Answer::Redrives(self.engine.list_redrives()),
-            Query::Topics { prefix, contains, take } => {
-                let (total, items) = self.engine.list_topics(&prefix, &contains, take);
+            Query::Topics { prefix, contains, take, viewer } => {
+                let see = |name: &str| visible(&viewer, Action::LIST_TOPIC, "topic", name);
+                let (total, items) = self.engine.list_topics(&prefix, &contains, take, see);
                 Answer::Queues { total, items }
             }
             Query::DeadLetterSources { name } => Answer::Names(self.engine.dead_letter_sources(&name)),
@@ -146,6 +150,8 @@ impl Shard {
                 self.reply_ok(to, id, &Response::ListTopics(ListTopicsOk { total, topics }));
             }
             GatherKind::ListRedrives { mut items } => {
+                let viewer = self.viewer(to);
+                items.retain(|r| visible(&viewer, Action::LIST_REDRIVES, "queue", &r.dead_letter_queue));
                 items.sort_by_key(|r| (r.started_ms, r.id));
                 self.reply_ok(to, id, &Response::ListRedrives(ListRedrivesOk { redrives: items }));
             }
@@ -201,7 +207,8 @@ impl Shard {
             return self.reply_err(to, Opcode::ListQueues as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
         }
         let take = l.offset as usize + limit as usize;
-        let query = Query::Queues { prefix: l.prefix, contains: l.contains, take };
+        let viewer = self.viewer(to);
+        let query = Query::Queues { prefix: l.prefix, contains: l.contains, take, viewer };
         let kind =
             GatherKind::ListQueues { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
         self.scatter(to, id, query, self.all_shards(), kind, now);
@@ -214,7 +221,8 @@ impl Shard {
             return self.reply_err(to, Opcode::ListTopics as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
         }
         let take = l.offset as usize + limit as usize;
-        let query = Query::Topics { prefix: l.prefix, contains: l.contains, take };
+        let viewer = self.viewer(to);
+        let query = Query::Topics { prefix: l.prefix, contains: l.contains, take, viewer };
         let kind =
             GatherKind::ListTopics { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
         self.scatter(to, id, query, self.all_shards(), kind, now);

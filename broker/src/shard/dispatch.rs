@@ -24,6 +24,9 @@ impl Shard {
         }
         let Some(conn) = self.conns.get_mut(me.token) else { return };
         if !conn.handshaken {
+            if self.pre_handshake(me, header, payload.clone(), now) {
+                return;
+            }
             return self.handshake(me, header, payload);
         }
         let request = match Request::decode(header.opcode, payload) {
@@ -44,6 +47,10 @@ impl Shard {
                 return self.touch(me);
             }
         };
+        if !self.permitted(me, &header, &request) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(me.token) else { return };
         conn.in_flight += 1;
         let reply_to = ReplyTo { shard: self.id, conn: me };
         if self.draining {
@@ -78,12 +85,6 @@ impl Shard {
                 )
             }
         };
-        if !hs.auth_method.is_empty() {
-            // Refused rather than ignored: credentials must never be silently dropped.
-            let msg =
-                format!("auth_method {:?} is not supported: this broker accepts only \"\" (anonymous)", hs.auth_method);
-            return self.fail_conn_answering(me.token, op, header.request_id, ErrorCode::AUTH_FAILED, &msg);
-        }
         let Some(version) = hs.negotiate() else {
             let msg = format!(
                 "client speaks versions {}..={}, server speaks {}..={}",
@@ -94,6 +95,9 @@ impl Shard {
             );
             return self.fail_conn_answering(me.token, op, header.request_id, ErrorCode::UNSUPPORTED_VERSION, &msg);
         };
+        if !self.admit(me, header.request_id, &hs.auth_method) {
+            return;
+        }
         if let Some(target) = hs.shard_hint.filter(|s| *s != self.id && *s < self.shard_count()) {
             return self.hand_over(me, target, header.request_id, version);
         }
@@ -112,7 +116,13 @@ impl Shard {
         let Some(mut conn) = self.conns.try_remove(me.token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.uncharge(&conn);
-        let h = Handover { stream: conn.stream, pending: conn.rbuf, handshake_request_id: request_id, version };
+        let h = Handover {
+            stream: conn.stream,
+            pending: conn.rbuf,
+            handshake_request_id: request_id,
+            version,
+            session: conn.session,
+        };
         if let Err(ShardMsg::Handover(h)) = self.shared.peers[usize::from(target)].send(ShardMsg::Handover(Box::new(h)))
         {
             // Keep serving it here rather than drop it.
@@ -120,6 +130,7 @@ impl Shard {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 let resp = self.handshake_ok(version);
                 if let Some(conn) = self.conns.get_mut(me.token) {
+                    conn.session = h.session;
                     conn.rbuf = h.pending;
                     reply::ok(&mut conn.out, request_id, &resp);
                     conn.release_all_now();
@@ -169,6 +180,19 @@ impl Shard {
             Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
             Request::GetStats(g) => self.start_stats(to, id, g.top_queues, now),
+            Request::AuthChallenge(_) | Request::Authenticate(_) => {
+                let op = request_op(&request);
+                let msg = "authentication comes before the handshake";
+                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg)
+            }
+            Request::WhoAmI(_) => {
+                let me = self.who_am_i(to);
+                self.reply_ok(to, id, &Response::WhoAmI(me))
+            }
+            Request::ListKeys(_) => {
+                let keys = self.list_keys(to);
+                self.reply_ok(to, id, &Response::ListKeys(keys))
+            }
             Request::RegisterChecker(r) => {
                 if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
                     return self.reply_err(to, Opcode::RegisterChecker as u16, id, ErrorCode::INVALID_PARAMETER, &e);
@@ -289,9 +313,28 @@ impl Shard {
             | Request::TransferLeader(_)
             | Request::AddNode(_)
             | Request::RemoveNode(_)
-            | Request::GetStats(_) => {
+            | Request::GetStats(_)
+            | Request::AuthChallenge(_)
+            | Request::Authenticate(_)
+            | Request::WhoAmI(_)
+            | Request::ListKeys(_) => {
                 return self.execute_anywhere(to, id, request, now);
             }
+            Request::CreateKey(r) => crate::auth::secrets::new_key_pair()
+                .map_err(|e| EngineError::new(ErrorCode::INTERNAL, format!("no random key available: {e}")))
+                .and_then(|(sid, key)| self.engine.create_key(&mut self.log, now, &r, sid, key))
+                .map(Response::CreateKey),
+            Request::RotateKey(r) => crate::auth::secrets::new_secret_key()
+                .map_err(|e| EngineError::new(ErrorCode::INTERNAL, format!("no random key available: {e}")))
+                .and_then(|key| self.engine.rotate_key(&mut self.log, now, &r.name, key))
+                .map(Response::RotateKey),
+            Request::DeleteKey(r) => {
+                self.engine.delete_key(&mut self.log, now, &r).map(|()| Response::DeleteKey(Empty {}))
+            }
+            Request::SetPolicy(r) => {
+                self.engine.set_policy(&mut self.log, now, &r).map(|()| Response::SetPolicy(Empty {}))
+            }
+            Request::GetPolicy(r) => self.engine.get_policy(&r.name).map(Response::GetPolicy),
             Request::CreateTopic(r) => self.create_topic(now, &r),
             Request::DeleteTopic(r) => self.engine.delete_topic(&mut self.log, now, &r.topic).map(|()| {
                 self.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
@@ -472,6 +515,11 @@ impl Shard {
     // ---- replies ------------------------------------------------------------
 
     pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response) {
+        if to.shard == self.id {
+            if let Some(blank) = self.redacted(to, resp) {
+                return self.reply_ok(to, id, &blank);
+            }
+        }
         let start = self.reply_start(to);
         reply::ok(self.reply_buf(to), id, resp);
         let need = self.reply_done(to, start);
@@ -565,4 +613,8 @@ impl Shard {
             self.remote_need = self.remote_need.max(need);
         }
     }
+}
+
+fn request_op(r: &Request) -> u16 {
+    r.opcode() as u16
 }

@@ -60,6 +60,8 @@ pub struct Handover {
     pub pending: bytes::BytesMut,
     pub handshake_request_id: u64,
     pub version: u16,
+    /// The key the connection authenticated with (None: anonymous).
+    pub session: Option<Box<crate::auth::session::Session>>,
 }
 
 /// Destination verdicts on transfers, by transfer id.
@@ -69,11 +71,11 @@ pub type TransferVerdicts = Vec<(u64, Result<(), ErrorCode>)>;
 #[derive(Debug, Clone)]
 pub enum Query {
     /// ListQueues: your queues matching the filters, the first `take` in creation order.
-    Queues { prefix: String, contains: String, take: usize },
+    Queues { prefix: String, contains: String, take: usize, viewer: super::authn::Viewer },
     /// ListRedrives: your redrive tasks.
     Redrives,
     /// ListTopics: your topics matching the filters, the first `take` in creation order.
-    Topics { prefix: String, contains: String, take: usize },
+    Topics { prefix: String, contains: String, take: usize, viewer: super::authn::Viewer },
     /// DeleteQueue: your queues whose dead-letter queue is `name`.
     DeadLetterSources { name: String },
     /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?

@@ -9,6 +9,7 @@
 //! to other shards) whose log records are as safe as they need to be
 //! (`release.rs`). See docs/ARCHITECTURE.md.
 
+mod authn;
 mod budget;
 mod conn;
 mod coordination;
@@ -115,6 +116,8 @@ pub struct Shared {
     pub nodes: std::sync::Mutex<std::collections::BTreeMap<u64, (String, String)>>,
     /// In a cluster: the peer listener (it admits the group's members).
     pub acceptor: std::sync::OnceLock<crate::cluster::PeerAcceptor>,
+    /// Client keys (published by shard 0), failure backoff and counts.
+    pub auth: crate::auth::Auth,
 }
 
 impl Shared {
@@ -264,6 +267,12 @@ pub struct Shard {
     transfers_in: exchange::TransfersIn,
     /// Answers, latency and loop turns, counted on this thread (`stats.rs`).
     metrics: crate::metrics::shard::ShardMetrics<Need>,
+    /// Shard 0: the key store version last published (`authn.rs`).
+    keys_published: u64,
+    /// The key table version this shard last swept its connections for.
+    keys_swept: u64,
+    /// Shard 0: `--init-admin-key` still to do.
+    admin_key_pending: bool,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -398,7 +407,13 @@ impl Shard {
             turn_times: turns::TurnTimes::default(),
             transfers_in: exchange::TransfersIn::default(),
             metrics: Default::default(),
+            keys_published: 0,
+            keys_swept: 0,
+            admin_key_pending: false,
         };
+        shard.admin_key_pending = shard.shared.cfg.init_admin_key.is_some();
+        // Shard 0's recovered keys are published before any shard serves.
+        shard.publish_keys();
         shard.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
         shard.log.register(shard.poll.registry(), STORAGE)?;
@@ -470,6 +485,9 @@ impl Shard {
             self.resume_starved();
             self.close_shed();
             self.housekeep(now);
+            self.init_admin_key(now);
+            self.publish_keys();
+            self.sweep_sessions();
             self.end_turn(now);
             self.turn_times.record(self.id, turn_start);
             turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
@@ -1068,6 +1086,7 @@ impl Shard {
         let Some(me) = self.add_conn(h.stream, true) else { return };
         let resp = self.handshake_ok(h.version);
         if let Some(conn) = self.conns.get_mut(me.token) {
+            conn.session = h.session;
             conn.rbuf = h.pending;
             reply::ok(&mut conn.out, h.handshake_request_id, &resp);
             conn.release_all_now();
@@ -1174,6 +1193,17 @@ impl Shard {
             if conn.shed {
                 continue;
             }
+            if replies && conn.session.is_some() {
+                if let Some(blank) = self.redacted_frame(c, frames) {
+                    if let Some(conn) = self.conns.get_mut(c.token) {
+                        conn.out.extend_from_slice(&blank);
+                    }
+                    self.hold_conn(c, Need::NONE);
+                    self.answered(c);
+                    continue;
+                }
+            }
+            let Some(conn) = self.conns.get_mut(c.token) else { continue };
             conn.out.extend_from_slice(frames);
             self.hold_conn(c, Need::NONE);
             if replies {

@@ -13,6 +13,8 @@ mod body;
 mod cluster;
 #[path = "cmq/commands.rs"]
 mod commands;
+#[path = "cmq/keys.rs"]
+mod keys;
 #[path = "cmq/render.rs"]
 mod render;
 #[path = "cmq/time.rs"]

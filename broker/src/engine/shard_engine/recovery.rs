@@ -65,6 +65,9 @@ impl ShardEngine {
                 }
             }
         }
+        for k in &c.keys {
+            self.keys_store.put(k.clone());
+        }
         for r in &c.redrives {
             let cursor = self.queues.get(&r.uid).map_or(0, |q| q.iter().next().map_or(0, |(s, _)| s));
             self.redrives.insert(
@@ -172,6 +175,7 @@ impl ShardEngine {
             next_sid: self.next_sid,
             queues,
             redrives,
+            keys: self.keys_store.iter().cloned().collect(),
         }
     }
 
@@ -296,6 +300,8 @@ impl ShardEngine {
                 | rtype::SUBSCRIBED
                 | rtype::SUBSCRIPTION_UPDATED
                 | rtype::UNSUBSCRIBED
+                | rtype::KEY_PUT
+                | rtype::KEY_DELETED
         );
         if is_meta && pos < self.catalog_pos {
             return Ok(());
@@ -433,6 +439,8 @@ impl ShardEngine {
             }
             Record::PushRetry { entries } => self.apply_push_retry(&entries),
             Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),
+            Record::KeyPut { key, .. } => self.keys_store.put(key),
+            Record::KeyDeleted { name, .. } => self.keys_store.delete(&name),
         }
         Ok(())
     }
@@ -469,7 +477,9 @@ impl ShardEngine {
             | Record::TransferDone { .. }
             | Record::RedriveEnded { .. }
             | Record::PushRetry { .. }
-            | Record::PushGaveUp { .. } => return Ok(()),
+            | Record::PushGaveUp { .. }
+            | Record::KeyPut { .. }
+            | Record::KeyDeleted { .. } => return Ok(()),
         };
         if known {
             Ok(())

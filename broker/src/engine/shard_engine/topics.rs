@@ -180,11 +180,18 @@ impl ShardEngine {
         self.topics.values().map(|t| t.create_seq).max().unwrap_or(0)
     }
 
-    pub fn list_topics(&self, prefix: &str, contains: &str, take: usize) -> (u32, Vec<ListedQueue>) {
+    /// Topics matching the filter that `visible` lets through (the caller's permissions).
+    pub fn list_topics(
+        &self,
+        prefix: &str,
+        contains: &str,
+        take: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> (u32, Vec<ListedQueue>) {
         let mut matching: Vec<ListedQueue> = self
             .topics
             .values()
-            .filter(|t| t.name.starts_with(prefix) && t.name.contains(contains))
+            .filter(|t| t.name.starts_with(prefix) && t.name.contains(contains) && visible(&t.name))
             .map(|t| ListedQueue {
                 create_seq: t.create_seq,
                 created_ms: t.created_ms,

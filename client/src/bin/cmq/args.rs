@@ -74,6 +74,9 @@ pub struct Cli {
     )]
     pub timeout: u64,
 
+    #[command(flatten)]
+    pub creds: crate::keys::CredentialArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -582,6 +585,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+
+    /// Keys (SecretId/SecretKey) and their lifecycle: create, list, delete, rotate
+    Key {
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
+
+    /// A key's permissions: a CAM policy document (docs/SECURITY.md)
+    Policy {
+        #[command(subcommand)]
+        command: crate::keys::PolicyCommand,
+    },
+
+    /// Show which key this client authenticates as, and the broker's authentication mode
+    Whoami,
 }
 
 /// `cmq cluster ...`

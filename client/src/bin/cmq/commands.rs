@@ -81,7 +81,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut client = Client::connect_with_timeout(cli.server.as_str(), timeout)
+    let mut client = Client::connect_as(cli.server.as_str(), timeout, cli.creds.resolve()?)
         .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
     let c = &mut client;
@@ -354,6 +354,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             out.done()?;
         }
         Command::Cluster { command } => crate::cluster::run(c, &mut out, command)?,
+        Command::Key { command } => crate::keys::run_key(c, &mut out, command)?,
+        Command::Policy { command } => crate::keys::run_policy(c, &mut out, command)?,
+        Command::Whoami => crate::keys::whoami(c, &mut out)?,
         Command::TxChecker { .. } => unreachable!("handled before connecting"),
         Command::Stats(a) => crate::top::stats(c, &mut out, a)?,
         Command::Top(a) => crate::top::top(c, &mut out, a)?,
@@ -733,12 +736,14 @@ enum Mode {
 /// --ask, until stdin ends).
 fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
     let mut checker =
-        TransactionChecker::connect_with_timeout(cli.server.as_str(), group, timeout).map_err(|e| match e {
-            e @ ClientError::Server { .. } => {
-                anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
-            }
-            e => connect_failed(e, &cli.server, timeout),
-        })?;
+        TransactionChecker::connect_as(cli.server.as_str(), group, timeout, cli.creds.resolve()?.as_ref()).map_err(
+            |e| match e {
+                e @ ClientError::Server { .. } => {
+                    anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
+                }
+                e => connect_failed(e, &cli.server, timeout),
+            },
+        )?;
     let what = match mode {
         Mode::Commit => "committing every message asked about",
         Mode::Rollback => "rolling back every message asked about",
