@@ -191,9 +191,13 @@ try:
 except Exception:
     pass
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-lines.append(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (tree at `{commit}`) on {os.cpu_count()} vCPUs ({cpu}); "
+load = open("/proc/loadavg").read().split()[:3]
+lines.append(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (tree at `{commit}`) on {os.cpu_count()} vCPUs ({cpu}), "
+             f"load average {' / '.join(load)} when written (1 / 5 / 15 min: anything near the vCPU count means other work shared them); "
              f"every broker process and the load generator on the same machine. {runs} runs of {dur} s after {warm} s of "
-             "warm-up per row, single node and cluster alternating run by run; the median run (by msgs/s) is shown.")
+             "warm-up per row, single node and cluster alternating run by run; the median run (by msgs/s) is shown. "
+             "Against the cluster the load generator sends idempotency keys (as the client library does there); "
+             "against the single node it does not.")
 lines.append("")
 lines.append("| Setup | Median msgs/s | All runs | Send-ack p50 / p99 | Lost / dup |")
 lines.append("| --- | ---: | --- | --- | --- |")

@@ -363,7 +363,8 @@ fn queue_admin(g: &mut Golden) {
 /// Sends and publishes without idempotency keys (version 2's layout, still
 /// valid in version 3); the keyed layouts have golden tests of their own.
 fn messages(g: &mut Golden) {
-    let send = SendMessage { queue: "q".into(), delay_seconds: 5, body: Bytes::from_static(b"hi"), ..Default::default() };
+    let send =
+        SendMessage { queue: "q".into(), delay_seconds: 5, body: Bytes::from_static(b"hi"), ..Default::default() };
     g.request(0x0200, Request::SendMessage(send), P::default().str("q").u32(5).bytes(b"hi"));
     g.response(0x0200, Response::SendMessage(SendMessageOk { msg_id: 9 }), P::default().u64(9));
     let bodies = vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")];

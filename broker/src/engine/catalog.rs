@@ -327,8 +327,11 @@ impl Catalog {
                 subscriptions,
             });
         }
-        let (dedup, keys) =
-            if version >= 2 { (decode_dedup(&mut r)?, decode_keys(&mut r).map_err(e)?) } else { (Vec::new(), Vec::new()) };
+        let (dedup, keys) = if version >= 2 {
+            (decode_dedup(&mut r)?, decode_keys(&mut r).map_err(e)?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         r.finish().map_err(e)?;
         Ok(Catalog {
             dedup,
