@@ -191,9 +191,9 @@ try:
 except Exception:
     pass
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-load = open("/proc/loadavg").read().split()[:3]
+loadavg = open("/proc/loadavg").read().split()[:3]
 lines.append(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (tree at `{commit}`) on {os.cpu_count()} vCPUs ({cpu}), "
-             f"load average {' / '.join(load)} when written (1 / 5 / 15 min: anything near the vCPU count means other work shared them); "
+             f"load average {' / '.join(loadavg)} when written (1 / 5 / 15 min: anything near the vCPU count means other work shared them); "
              f"every broker process and the load generator on the same machine. {runs} runs of {dur} s after {warm} s of "
              "warm-up per row, single node and cluster alternating run by run; the median run (by msgs/s) is shown. "
              "Against the cluster the load generator sends idempotency keys (as the client library does there); "
