@@ -112,7 +112,10 @@ fn leader<'a>(nodes: &'a [Node], live: &[u64]) -> &'a Node {
             .map(|n| status(n.broker.addr).map_or(0, |s| s.shards[0].leader))
             .collect();
         let l = leaders[0];
-        (l != 0 && leaders.iter().all(|x| *x == l)).then_some(l)
+        // Each node reports its own view at once (ClusterStatus waits for no
+        // ReadIndex round), so just after a kill they may all still name the
+        // dead leader: only a live one counts.
+        (live.contains(&l) && leaders.iter().all(|x| *x == l)).then_some(l)
     });
     nodes.iter().find(|n| n.id == id).expect("the leader is one of ours")
 }

@@ -143,7 +143,12 @@ fn consume_mode_drains_a_preloaded_backlog() {
     assert!(out.status.success(), "{why}");
     assert_eq!(num(&r, "lost"), 0.0, "{why}");
     assert_eq!(num(&r, "duplicated"), 0.0, "{why}");
-    assert_eq!(num(&r, "deleted"), 5000.0, "{why}");
+    // Every preloaded message was delivered once. (Not `deleted`: that
+    // counts deletes answered inside the measured window, which closes at
+    // the 5,000th delivery; on a busy machine the last batches' deletes are
+    // answered after it, flaking at 4,804.)
+    assert_eq!(num(&r, "received"), 5000.0, "{why}");
+    assert_eq!(num(&r, "delivered_unique"), 5000.0, "{why}");
 }
 
 #[test]
