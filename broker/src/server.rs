@@ -381,6 +381,14 @@ fn open_replication(
             .map_err(|e| anyhow!("shard {id}: reading entry {}: {}", e.index, e.msg))?;
         store.cache.put(i, e);
     }
+    // A replica still abstaining when its process stopped abstains again:
+    // a crash before it was back in step must not make a rebooted
+    // machine's replica a voter (the boot id is already recorded by then).
+    let marker = log.dir().join(crate::shard::replication::ABSTAIN_MARKER);
+    let rebooted = rebooted || marker.exists();
+    if rebooted {
+        write_synced(&marker).with_context(|| format!("shard {id}: writing {}", marker.display()))?;
+    }
     let mut rc = ReplicaConfig::new(c.node_id);
     rc.rebooted = rebooted;
     let mut replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
@@ -388,7 +396,16 @@ fn open_replication(
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
     let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
         .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;
-    Ok(Replication::new(replica, links, c.node_id, c.raft_tick_ms, log.dir().to_owned()))
+    let mut repl = Replication::new(replica, links, c.node_id, c.raft_tick_ms, log.dir().to_owned());
+    repl.abstain_marker = rebooted.then_some(marker);
+    Ok(repl)
+}
+
+/// Creates an empty file and makes it and its name durable.
+fn write_synced(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// One listening socket per shard on the same address (SO_REUSEPORT): the

@@ -75,7 +75,14 @@ pub struct Replication {
     membership: Vec<(u16, u64, Membership)>,
     /// Where the shard's catalog lives (the applier reloads it).
     dir: PathBuf,
+    /// While the replica abstains after its machine restarted: the file
+    /// that says so across a process restart (removed once it votes).
+    pub abstain_marker: Option<PathBuf>,
 }
+
+/// The file in a shard's directory whose presence makes its replica
+/// abstain at start-up, as after a machine restart (see `server.rs`).
+pub const ABSTAIN_MARKER: &str = "ABSTAINING";
 
 impl Replication {
     pub fn new(replica: Replica, links: PeerLinks, node_id: u64, tick_ms: u64, dir: PathBuf) -> Replication {
@@ -90,6 +97,7 @@ impl Replication {
             parked: Vec::new(),
             membership: Vec::new(),
             dir,
+            abstain_marker: None,
         }
     }
 
@@ -215,6 +223,15 @@ impl Shard {
             // recovers from the log.
             log::error!("shard {}: replication failed: {e}; cmqd must restart", self.id);
             std::process::abort();
+        }
+        if !r.replica.abstaining() {
+            if let Some(marker) = r.abstain_marker.take() {
+                // Left in place if this fails: the next start abstains once
+                // more, which is safe.
+                if let Err(e) = std::fs::remove_file(&marker) {
+                    log::warn!("shard {}: cannot remove {}: {e}", self.id, marker.display());
+                }
+            }
         }
         let now = self.clock.now_ms();
         for m in &out.messages {

@@ -420,10 +420,13 @@ impl Sim {
         let keep = self.rng.random_range(0..4);
         let down_for = self.rng.random_range(20..800);
         let n = &mut self.nodes[i];
+        // Abstention outlives a process crash (server.rs keeps a marker file
+        // in the shard's directory until the replica votes again).
+        let still_abstaining = n.rebooted && n.replica.as_ref().is_some_and(Replica::abstaining);
         n.up = false;
         n.replica = None;
         n.log.raw.crash(power_loss, keep);
-        n.rebooted = power_loss;
+        n.rebooted = power_loss || still_abstaining;
         n.restart_at = self.now + down_for;
         for h in std::mem::take(&mut n.held) {
             fail_reply(&mut self.ledger, &h.reply);
