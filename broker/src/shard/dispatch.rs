@@ -8,7 +8,9 @@ use cmq_protocol::names::shard_for;
 use cmq_protocol::*;
 
 use super::mailbox::{ConnRef, Forwarded, Handover, ReplyTo, ShardMsg};
-use super::{reply, Shard, Wait};
+use super::release::Need;
+use super::reply::{self, ReplyDep};
+use super::{Shard, Wait};
 use crate::engine::{Delivery, EngineError, ReceiveOutcome};
 
 impl Shard {
@@ -55,7 +57,14 @@ impl Shard {
         let reply_to = ReplyTo { shard: self.id, conn: me };
         if self.draining {
             let op = request.opcode() as u16;
-            return self.reply_err(reply_to, op, header.request_id, ErrorCode::SHUTTING_DOWN, "server shutting down");
+            return self.reply_err(
+                reply_to,
+                op,
+                header.request_id,
+                ErrorCode::SHUTTING_DOWN,
+                "server shutting down",
+                ReplyDep::Read,
+            );
         }
         if let Some(request) = self.precheck(reply_to, header.request_id, request, now) {
             self.route_to_owner(reply_to, header.request_id, request, now);
@@ -165,7 +174,7 @@ impl Shard {
         match request {
             Request::Handshake(_) => {
                 let msg = "the handshake is already done";
-                self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg)
+                self.reply_err(to, Opcode::Handshake as u16, id, ErrorCode::INVALID_PARAMETER, msg, ReplyDep::Read)
             }
             Request::Ping(_) => self.reply_ok_about_node(to, id, &Response::Ping(Empty {})),
             Request::GetClusterMap(_) => {
@@ -183,26 +192,33 @@ impl Shard {
             Request::AuthChallenge(_) | Request::Authenticate(_) => {
                 let op = request_op(&request);
                 let msg = "authentication comes before the handshake";
-                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg)
+                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg, ReplyDep::Read)
             }
             Request::WhoAmI(_) => {
                 let me = self.who_am_i(to);
-                self.reply_ok(to, id, &Response::WhoAmI(me))
+                self.reply_ok(to, id, &Response::WhoAmI(me), ReplyDep::Read)
             }
             Request::ListKeys(_) => {
                 let keys = self.list_keys(to);
-                self.reply_ok(to, id, &Response::ListKeys(keys))
+                self.reply_ok(to, id, &Response::ListKeys(keys), ReplyDep::Read)
             }
             Request::RegisterChecker(r) => {
                 if let Err(e) = names::validate_name("producerGroup", &r.producer_group) {
-                    return self.reply_err(to, Opcode::RegisterChecker as u16, id, ErrorCode::INVALID_PARAMETER, &e);
+                    return self.reply_err(
+                        to,
+                        Opcode::RegisterChecker as u16,
+                        id,
+                        ErrorCode::INVALID_PARAMETER,
+                        &e,
+                        ReplyDep::Read,
+                    );
                 }
                 self.register_checker(r.producer_group, to);
-                self.reply_ok(to, id, &Response::RegisterChecker(Empty {}));
+                self.reply_ok(to, id, &Response::RegisterChecker(Empty {}), ReplyDep::Read);
             }
             other => {
                 let op = other.opcode() as u16;
-                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, "not a client request")
+                self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, "not a client request", ReplyDep::Read)
             }
         }
     }
@@ -213,15 +229,16 @@ impl Shard {
         if !self.may_serve() && request.route() != Route::Any {
             // Nothing ran: the client may send it to the leader.
             let msg = self.not_leader_message();
-            return self.reply_err(to, op, id, ErrorCode::NOT_LEADER, &msg);
+            return self.reply_err(to, op, id, ErrorCode::NOT_LEADER, &msg, ReplyDep::Now);
         }
         if let Some(fake) = self.fault_drop(&request) {
-            return self.reply_ok(to, id, &fake);
+            return self.reply_ok(to, id, &fake, ReplyDep::Read);
         }
         let (end_before, sync_before) = (self.log.end(), self.log.sync_mark());
+        let mut orphans = Vec::new();
         let result: Result<Response, EngineError> = match request {
             Request::CreateQueue(r) => self.create_queue(now, &r),
-            Request::DeleteQueue(r) => self.delete_queue(now, &r.queue),
+            Request::DeleteQueue(r) => self.delete_queue(now, &r.queue, &mut orphans),
             Request::GetQueueAttributes(r) => self.engine.queue_info(now, &r.queue).map(Response::GetQueueAttributes),
             Request::SetQueueAttributes(r) => self
                 .engine
@@ -385,19 +402,21 @@ impl Shard {
         // A request that logged records depends on them (durable if any
         // was sync, else written); one that logged nothing may have read
         // state that is not durable yet, and waits for all of it.
-        self.reply_dep = if self.log.sync_mark() > sync_before {
-            Some(self.log.sync_mark())
+        let dep = if self.log.sync_mark() > sync_before {
+            ReplyDep::Logged(self.log.sync_mark())
         } else if self.log.end() > end_before {
-            Some(0)
+            ReplyDep::Logged(0)
         } else {
-            None
+            ReplyDep::Read
         };
         match result {
-            Ok(resp) => self.reply_ok(to, id, &resp),
-            Err(err) => self.reply_err(to, op, id, err.code, &err.message),
+            Ok(resp) => self.reply_ok(to, id, &resp, dep),
+            Err(err) => self.reply_err(to, op, id, err.code, &err.message, dep),
         }
-        for (to, op, id, code, msg) in std::mem::take(&mut self.pending_errors) {
-            self.reply_err(to, op, id, code, &msg);
+        // Long polls on a deleted queue end after the delete is answered.
+        for (wait, msg) in orphans {
+            let op = wait.opcode();
+            self.reply_err(wait.reply_to, op, wait.request_id, ErrorCode::QUEUE_NOT_FOUND, &msg, ReplyDep::Read);
         }
         self.serve_waiters(now);
     }
@@ -446,14 +465,19 @@ impl Shard {
         created.map(|topic_id| Response::CreateTopic(CreateTopicOk { topic_id }))
     }
 
-    fn delete_queue(&mut self, now: u64, queue: &str) -> Result<Response, EngineError> {
-        let orphans = self.engine.delete_queue(&mut self.log, now, queue)?;
+    /// DeleteQueue; the long polls that waited on the queue go to `orphans`
+    /// (with what to tell them), to be answered after the delete itself.
+    fn delete_queue(
+        &mut self,
+        now: u64,
+        queue: &str,
+        orphans: &mut Vec<(Wait, String)>,
+    ) -> Result<Response, EngineError> {
+        let ids = self.engine.delete_queue(&mut self.log, now, queue)?;
         self.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
-        for w in orphans {
+        for w in ids {
             if let Some(wait) = self.waits.remove(&w) {
-                let msg = format!("queue {queue:?} was deleted");
-                let op = if wait.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                self.pending_errors.push((wait.reply_to, op as u16, wait.request_id, ErrorCode::QUEUE_NOT_FOUND, msg));
+                orphans.push((wait, format!("queue {queue:?} was deleted")));
             }
         }
         Ok(Response::DeleteQueue(Empty {}))
@@ -488,13 +512,12 @@ impl Shard {
         match self.engine.receive(&mut self.log, now, queue, max, wait) {
             Ok(ReceiveOutcome::Delivered(d)) => self.reply_deliveries(to, id, batch, &d),
             Ok(ReceiveOutcome::Empty) => {
-                self.reply_dep = Some(0);
-                self.reply_err(to, op, id, ErrorCode::NO_MESSAGE, "no message")
+                self.reply_err(to, op, id, ErrorCode::NO_MESSAGE, "no message", ReplyDep::Logged(0))
             }
             Ok(ReceiveOutcome::Waiting(w)) => {
                 self.waits.insert(w, Wait { reply_to: to, request_id: id, batch });
             }
-            Err(e) => self.reply_err(to, op, id, e.code, &e.message),
+            Err(e) => self.reply_err(to, op, id, e.code, &e.message, ReplyDep::Read),
         }
     }
 
@@ -505,8 +528,8 @@ impl Shard {
             match result {
                 Ok(d) => self.reply_deliveries(wait.reply_to, wait.request_id, wait.batch, &d),
                 Err(e) => {
-                    let op = if wait.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                    self.reply_err(wait.reply_to, op as u16, wait.request_id, e.code, &e.message)
+                    let op = wait.opcode();
+                    self.reply_err(wait.reply_to, op, wait.request_id, e.code, &e.message, ReplyDep::Read)
                 }
             }
         }
@@ -514,15 +537,15 @@ impl Shard {
 
     // ---- replies ------------------------------------------------------------
 
-    pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response) {
+    pub(super) fn reply_ok(&mut self, to: ReplyTo, id: u64, resp: &Response, dep: ReplyDep) {
         if to.shard == self.id {
             if let Some(blank) = self.redacted(to, resp) {
-                return self.reply_ok(to, id, &blank);
+                return self.reply_ok(to, id, &blank, dep);
             }
         }
         let start = self.reply_start(to);
         reply::ok(self.reply_buf(to), id, resp);
-        let need = self.reply_done(to, start);
+        let need = self.reply_done(to, start, dep);
         self.count_answer(resp.opcode() as u16, ErrorCode(0), need);
     }
 
@@ -534,41 +557,34 @@ impl Shard {
     pub(super) fn reply_ok_about_node(&mut self, to: ReplyTo, id: u64, resp: &Response) {
         let start = self.reply_start(to);
         reply::ok(self.reply_buf(to), id, resp);
-        self.reply_dep = None;
-        self.reply_done_with(to, start, crate::shard::release::Need::NONE);
-        self.count_answer(resp.opcode() as u16, ErrorCode(0), crate::shard::release::Need::NONE);
+        let need = self.reply_done(to, start, ReplyDep::Now);
+        self.count_answer(resp.opcode() as u16, ErrorCode(0), need);
     }
 
-    pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str) {
+    pub(super) fn reply_err(&mut self, to: ReplyTo, op: u16, id: u64, code: ErrorCode, msg: &str, dep: ReplyDep) {
         let start = self.reply_start(to);
         reply::err(self.reply_buf(to), op, id, code, msg);
-        let need = if code == ErrorCode::NOT_LEADER {
-            // Says nothing about queue state and depends on no record: it
-            // must not wait for a log (or a leadership) this replica lacks.
-            self.reply_dep = None;
-            self.reply_done_with(to, start, crate::shard::release::Need::NONE);
-            crate::shard::release::Need::NONE
-        } else if code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed() {
-            // A failed log writes nothing more, so nothing logged after the
-            // failure would ever let this refusal out; it states nothing
-            // about queue state and depends on no record.
-            self.reply_dep = None;
-            self.reply_done_with(to, start, crate::shard::release::Need::NONE);
-            crate::shard::release::Need::NONE
+        // NOT_LEADER says nothing about queue state and depends on no
+        // record: it must not wait for a log (or a leadership) this replica
+        // lacks. A failed log writes nothing more, so nothing logged after
+        // the failure would ever let a STORAGE_UNAVAILABLE out.
+        let dep = if code == ErrorCode::NOT_LEADER || (code == ErrorCode::STORAGE_UNAVAILABLE && self.log.is_failed()) {
+            ReplyDep::Now
         } else {
-            self.reply_done(to, start)
+            dep
         };
+        let need = self.reply_done(to, start, dep);
         self.count_answer(op, code, need);
     }
 
     fn reply_deliveries(&mut self, to: ReplyTo, id: u64, batch: bool, d: &[Delivery]) {
         // A consumer sees only messages a crash cannot take back.
-        self.reply_dep = Some(d.iter().map(|d| d.sync_end).max().unwrap_or(0));
+        let dep = ReplyDep::Logged(d.iter().map(|d| d.sync_end).max().unwrap_or(0));
         let start = self.reply_start(to);
         let mut out = std::mem::take(self.reply_buf(to));
         reply::deliveries(&mut out, &self.log, id, batch, d);
         *self.reply_buf(to) = out;
-        let need = self.reply_done(to, start);
+        let need = self.reply_done(to, start, dep);
         let op = if batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
         self.count_answer(op as u16, ErrorCode(0), need);
     }
@@ -596,13 +612,8 @@ impl Shard {
         }
     }
 
-    fn reply_done(&mut self, to: ReplyTo, start: usize) -> crate::shard::release::Need {
-        let need = self.reply_need();
-        self.reply_done_with(to, start, need);
-        need
-    }
-
-    fn reply_done_with(&mut self, to: ReplyTo, start: usize, need: crate::shard::release::Need) {
+    fn reply_done(&mut self, to: ReplyTo, start: usize, dep: ReplyDep) -> Need {
+        let need = self.need_for(dep);
         if to.shard == self.id {
             self.hold_conn(to.conn, need);
             self.answered(to.conn);
@@ -612,6 +623,7 @@ impl Shard {
             batch.parts.push((to.conn, start, end));
             self.remote_need = self.remote_need.max(need);
         }
+        need
     }
 }
 

@@ -51,6 +51,7 @@ use conn::{
 use coordination::Gather;
 use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
+use reply::ReplyDep;
 pub use stats::STALL_MS_MAX;
 use storage::ShardLog;
 
@@ -188,6 +189,14 @@ struct Wait {
     batch: bool,
 }
 
+impl Wait {
+    /// The opcode its answer carries.
+    fn opcode(&self) -> u16 {
+        let op = if self.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
+        op as u16
+    }
+}
+
 pub struct Shard {
     id: u16,
     /// This shard's part of its Raft group (None: a single node).
@@ -210,9 +219,6 @@ pub struct Shard {
     waiting: Vec<ConnRef>,
     /// The log's progress as last seen (what held output is compared with).
     progress: release::Progress,
-    /// What the next reply depends on being durable, when the code that
-    /// produced it knows (None: everything logged as sync so far).
-    reply_dep: Option<u64>,
     /// Replies for peers' connections produced this turn, per peer.
     remote_out: Vec<ReplyBatch>,
     /// What this turn's replies in `remote_out` need.
@@ -243,8 +249,6 @@ pub struct Shard {
     /// Connections with unread input left over (fairness limit, or resumed after back-pressure).
     read_again: Vec<ConnRef>,
     scratch: Vec<u8>,
-    /// Error replies decided inside an engine call, sent right after it.
-    pending_errors: Vec<(ReplyTo, u16, u64, ErrorCode, String)>,
     draining: bool,
     drain_deadline_ms: u64,
     reported_drained: bool,
@@ -375,7 +379,6 @@ impl Shard {
             touched: Vec::new(),
             waiting: Vec::new(),
             progress: release::Progress::default(),
-            reply_dep: None,
             remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
             remote_need: Need::NONE,
             push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
@@ -393,7 +396,6 @@ impl Shard {
             next_checker: 0,
             read_again: Vec::new(),
             scratch: Vec::with_capacity(64 * 1024),
-            pending_errors: Vec::new(),
             draining: false,
             drain_deadline_ms: 0,
             reported_drained: false,
@@ -1233,9 +1235,8 @@ impl Shard {
         self.engine.tick(&mut self.log, now);
         for id in self.engine.expire_waiters(now) {
             if let Some(w) = self.waits.remove(&id) {
-                self.reply_dep = Some(0);
-                let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::NO_MESSAGE, "no message");
+                let (op, dep) = (w.opcode(), ReplyDep::Logged(0));
+                self.reply_err(w.reply_to, op, w.request_id, ErrorCode::NO_MESSAGE, "no message", dep);
             }
         }
         self.serve_waiters(now);
@@ -1291,7 +1292,14 @@ impl Shard {
             if let Err(ShardMsg::Requests(reqs)) = self.shared.peers[owner].send(ShardMsg::Requests(reqs)) {
                 for f in reqs {
                     let op = f.request.opcode() as u16;
-                    self.reply_err(f.reply_to, op, f.request_id, ErrorCode::BUSY, "shard inbox full; retry");
+                    self.reply_err(
+                        f.reply_to,
+                        op,
+                        f.request_id,
+                        ErrorCode::BUSY,
+                        "shard inbox full; retry",
+                        ReplyDep::Read,
+                    );
                 }
             }
         }
@@ -1423,21 +1431,17 @@ impl Shard {
         Need { written: self.log.end(), durable: self.log.sync_mark(), read: 0 }
     }
 
-    /// What the reply being produced needs: everything logged so far
-    /// written, and durable as far as its own dependency (`reply_dep`,
-    /// set by the code that produced it) or, when unknown, everything
-    /// logged as sync so far.
-    ///
-    /// In a group, a reply that logged nothing (it read state) also waits
-    /// for a ReadIndex round: state this replica holds is current only
-    /// while it still leads.
-    fn reply_need(&mut self) -> Need {
-        let (durable, read) = match self.reply_dep.take() {
-            Some(pos) => {
+    /// What a reply that depends on `dep` needs: everything logged so far
+    /// written (output leaves each connection in order), and durable as
+    /// far as `dep` says.
+    fn need_for(&mut self, dep: ReplyDep) -> Need {
+        let (durable, read) = match dep {
+            ReplyDep::Now => return Need::NONE,
+            ReplyDep::Logged(pos) => {
                 self.log.require_durable(pos);
                 (pos, 0)
             }
-            None => (self.log.sync_mark(), self.read_need()),
+            ReplyDep::Read => (self.log.sync_mark(), self.read_need()),
         };
         Need { written: self.log.end(), durable, read }
     }
@@ -1472,7 +1476,14 @@ impl Shard {
                 for (_, w) in waits {
                     let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
                     let msg = "the broker recovered from a storage error; receive again";
-                    self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::STORAGE_UNAVAILABLE, msg);
+                    self.reply_err(
+                        w.reply_to,
+                        opcode as u16,
+                        w.request_id,
+                        ErrorCode::STORAGE_UNAVAILABLE,
+                        msg,
+                        ReplyDep::Read,
+                    );
                 }
             }
             Err(e) => {
@@ -1497,7 +1508,14 @@ impl Shard {
         for (id, w) in waits {
             self.engine.cancel_waiter(id);
             let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-            self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::SHUTTING_DOWN, "server shutting down");
+            self.reply_err(
+                w.reply_to,
+                opcode as u16,
+                w.request_id,
+                ErrorCode::SHUTTING_DOWN,
+                "server shutting down",
+                ReplyDep::Read,
+            );
         }
     }
 

@@ -25,6 +25,7 @@ use raft::eraftpb::MessageType;
 
 use super::mailbox::{Answer, Membership, Query, ShardMsg};
 use super::release;
+use super::reply::ReplyDep;
 use super::storage::ShardApplier;
 use super::{Shard, Wait};
 use crate::cluster::transport::{DataKind, PeerLinks, SendError};
@@ -341,8 +342,7 @@ impl Shard {
             self.engine.cancel_waiter(id);
             let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
             let msg = if code == ErrorCode::NOT_LEADER { self.not_leader_message() } else { code.description().into() };
-            self.reply_dep = Some(0);
-            self.reply_err(w.reply_to, opcode as u16, w.request_id, code, &msg);
+            self.reply_err(w.reply_to, opcode as u16, w.request_id, code, &msg, ReplyDep::Logged(0));
         }
     }
 

@@ -8,6 +8,23 @@ use cmq_protocol::{ErrorBody, ErrorCode, Opcode, Response};
 use crate::engine::{suffix, Delivery};
 use crate::shard::storage::ShardLog;
 
+/// What a reply depends on before it may leave. Whoever sends a reply
+/// says which (`Shard::reply_ok` and friends take it as a value); the shard
+/// turns it into a [`Need`](super::release::Need) against the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyDep {
+    /// Nothing: the reply states nothing about replicated queue state and
+    /// depends on no record (about this node, NOT_LEADER, a failed log).
+    Now,
+    /// Records the request logged: all of them written, and the log
+    /// durable up to this position (0: none of them was sync).
+    Logged(u64),
+    /// State the request read: everything logged so far, at its own
+    /// durability, and in a group a ReadIndex round (the state is current
+    /// only while this replica still leads).
+    Read,
+}
+
 /// Appends a success response frame.
 pub fn ok(out: &mut Vec<u8>, request_id: u64, resp: &Response) {
     resp.encode_frame(request_id, out);

@@ -8,6 +8,7 @@ use cmq_protocol::{ErrorCode, GetStatsOk, QueueStats, Response, ShardStats};
 
 use super::mailbox::ReplyTo;
 use super::release::Need;
+use super::reply::ReplyDep;
 use super::Shard;
 use crate::metrics::latency::KINDS;
 use crate::metrics::queues::{QueueSample, QueueTable};
@@ -112,7 +113,7 @@ impl Shard {
         let q = &merged.queues;
         let queues = q.top.iter().chain(std::iter::once(&q.other)).map(queue_stats).collect();
         let ok = GetStatsOk { node_id: self.shared.cfg.node_id, shards, queues, other_queues: q.other_queues };
-        self.reply_ok(to, id, &Response::GetStats(ok));
+        self.reply_ok(to, id, &Response::GetStats(ok), ReplyDep::Read);
     }
 
     fn shard_stats(&self, s: &ShardSnapshot) -> ShardStats {
