@@ -16,6 +16,7 @@ mod coordination;
 mod dispatch;
 mod exchange;
 mod forward;
+mod handlers;
 pub mod mailbox;
 mod release;
 pub mod replication;
