@@ -302,20 +302,6 @@ impl Shard {
         self.answer(to, op, id, handled);
         self.serve_waiters(now);
     }
-
-    /// Answers long polls that messages arrived for.
-    pub(super) fn serve_waiters(&mut self, now: u64) {
-        for (w, result) in self.engine.serve_waiters(&mut self.log, now) {
-            let Some(wait) = self.waits.remove(&w) else { continue };
-            match result {
-                Ok(d) => self.reply_deliveries(wait.reply_to, wait.request_id, wait.batch, &d),
-                Err(e) => {
-                    let op = wait.opcode();
-                    self.reply_err(wait.reply_to, op, wait.request_id, e.code, &e.message, ReplyDep::Read)
-                }
-            }
-        }
-    }
 }
 
 fn request_op(r: &Request) -> u16 {

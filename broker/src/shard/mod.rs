@@ -24,6 +24,7 @@ mod reply;
 mod stats;
 pub mod storage;
 mod turns;
+mod waits;
 mod wheel;
 
 use std::cmp::Reverse;
@@ -183,21 +184,6 @@ impl Shared {
     }
 }
 
-/// A long-polling receive waiting on this shard's engine.
-struct Wait {
-    reply_to: ReplyTo,
-    request_id: u64,
-    batch: bool,
-}
-
-impl Wait {
-    /// The opcode its answer carries.
-    fn opcode(&self) -> u16 {
-        let op = if self.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-        op as u16
-    }
-}
-
 pub struct Shard {
     id: u16,
     /// This shard's part of its Raft group (None: a single node).
@@ -241,7 +227,6 @@ pub struct Shard {
     forwarded_reply_bytes: usize,
     /// Answer bytes for peers in `staged` (waiting for the log).
     staged_reply_bytes: usize,
-    waits: HashMap<u64, Wait>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
     /// Connections (on any shard) answering transaction checks, per producer group.
@@ -390,7 +375,6 @@ impl Shard {
             deferred: std::collections::VecDeque::new(),
             forwarded_reply_bytes: 0,
             staged_reply_bytes: 0,
-            waits: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 1,
             checkers: HashMap::new(),
@@ -1234,12 +1218,7 @@ impl Shard {
             return;
         }
         self.engine.tick(&mut self.log, now);
-        for id in self.engine.expire_waiters(now) {
-            if let Some(w) = self.waits.remove(&id) {
-                let (op, dep) = (w.opcode(), ReplyDep::Logged(0));
-                self.reply_err(w.reply_to, op, w.request_id, ErrorCode::NO_MESSAGE, "no message", dep);
-            }
-        }
+        self.expire_waiters(now);
         self.serve_waiters(now);
         self.send_transfers(now);
         self.push_checks();
@@ -1249,11 +1228,7 @@ impl Shard {
 
     /// A connection is gone: its long polls and checker registrations go too.
     fn forget_conn(&mut self, reply_to: ReplyTo) {
-        let ids: Vec<u64> = self.waits.iter().filter(|(_, w)| w.reply_to == reply_to).map(|(id, _)| *id).collect();
-        for id in ids {
-            self.waits.remove(&id);
-            self.engine.cancel_waiter(id);
-        }
+        self.cancel_waits_of(reply_to);
         for list in self.checkers.values_mut() {
             list.retain(|r| *r != reply_to);
         }
@@ -1471,21 +1446,10 @@ impl Shard {
                 // depend on records that were never written.
                 self.fail_unreleased();
                 log::warn!("shard {}: rebuilt queue state from the log after a storage error", self.id);
-                self.engine = fresh;
                 self.engine_suspect = false;
-                let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
-                for (_, w) in waits {
-                    let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                    let msg = "the broker recovered from a storage error; receive again";
-                    self.reply_err(
-                        w.reply_to,
-                        opcode as u16,
-                        w.request_id,
-                        ErrorCode::STORAGE_UNAVAILABLE,
-                        msg,
-                        ReplyDep::Read,
-                    );
-                }
+                let waits = std::mem::replace(&mut self.engine, fresh).take_waiters();
+                let msg = "the broker recovered from a storage error; receive again";
+                self.end_waits(waits, ErrorCode::STORAGE_UNAVAILABLE, msg, ReplyDep::Read);
             }
             Err(e) => {
                 // The log cannot be read back: serving from a state that does
@@ -1505,19 +1469,8 @@ impl Shard {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
-        for (id, w) in waits {
-            self.engine.cancel_waiter(id);
-            let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-            self.reply_err(
-                w.reply_to,
-                opcode as u16,
-                w.request_id,
-                ErrorCode::SHUTTING_DOWN,
-                "server shutting down",
-                ReplyDep::Read,
-            );
-        }
+        let waits = self.engine.take_waiters();
+        self.end_waits(waits, ErrorCode::SHUTTING_DOWN, "server shutting down", ReplyDep::Read);
     }
 
     /// One step of draining; returns true when the shard may exit.

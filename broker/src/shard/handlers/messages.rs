@@ -7,7 +7,8 @@ use super::Handled;
 use crate::engine::{EngineError, ReceiveOutcome};
 use crate::shard::mailbox::ReplyTo;
 use crate::shard::reply::ReplyDep;
-use crate::shard::{Shard, Wait};
+use crate::shard::waits::tag;
+use crate::shard::Shard;
 
 impl Shard {
     pub(in crate::shard) fn send_message(&mut self, now: u64, r: &SendMessage) -> Handled {
@@ -30,15 +31,13 @@ impl Shard {
     /// A receive (`batch`: BatchReceiveMessage) of up to `max` messages, or
     /// a long poll of request `id` of `to` waiting for them.
     pub(in crate::shard) fn receive(&mut self, to: ReplyTo, id: u64, batch: bool, r: Receive<'_>, now: u64) -> Handled {
-        match self.engine.receive(&mut self.log, now, r.queue, r.max, r.polling_wait_seconds) {
+        let tag = tag(to, id, batch);
+        match self.engine.receive_for(&mut self.log, now, r.queue, r.max, r.polling_wait_seconds, tag) {
             Ok(ReceiveOutcome::Delivered(items)) => Handled::Deliveries { batch, items },
             Ok(ReceiveOutcome::Empty) => {
                 Handled::Reply(Err(EngineError::new(ErrorCode::NO_MESSAGE, "no message")), ReplyDep::Logged(0))
             }
-            Ok(ReceiveOutcome::Waiting(w)) => {
-                self.waits.insert(w, Wait { reply_to: to, request_id: id, batch });
-                Handled::Parked
-            }
+            Ok(ReceiveOutcome::Waiting(_)) => Handled::Parked,
             Err(e) => Handled::Reply(Err(e), ReplyDep::Read),
         }
     }

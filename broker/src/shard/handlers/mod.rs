@@ -18,8 +18,8 @@ pub(super) use messages::Receive;
 
 use super::mailbox::ReplyTo;
 use super::reply::ReplyDep;
-use super::{Shard, Wait};
-use crate::engine::{Delivery, EngineError};
+use super::Shard;
+use crate::engine::{Delivery, EngineError, WaiterTag};
 
 /// What a handler did with its request: the reply and what it depends on.
 pub(super) enum Handled {
@@ -32,7 +32,7 @@ pub(super) enum Handled {
     Parked,
     /// DeleteQueue succeeded (answered once `dep` is met); then the long
     /// polls that waited on the queue end with `QUEUE_NOT_FOUND`.
-    QueueDeleted { dep: ReplyDep, orphans: Vec<Wait>, message: String },
+    QueueDeleted { dep: ReplyDep, orphans: Vec<WaiterTag>, message: String },
 }
 
 impl Shard {
@@ -61,10 +61,7 @@ impl Shard {
             Handled::Parked => {}
             Handled::QueueDeleted { dep, orphans, message } => {
                 self.reply_ok(to, id, &Response::DeleteQueue(cmq_protocol::Empty {}), dep);
-                for w in orphans {
-                    let op = w.opcode();
-                    self.reply_err(w.reply_to, op, w.request_id, ErrorCode::QUEUE_NOT_FOUND, &message, ReplyDep::Read);
-                }
+                self.end_waits(orphans, ErrorCode::QUEUE_NOT_FOUND, &message, ReplyDep::Read);
             }
         }
     }

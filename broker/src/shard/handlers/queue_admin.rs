@@ -42,8 +42,7 @@ impl Shard {
         });
         match handled {
             Handled::Reply(Ok(_), dep) => {
-                let orphans = ids.into_iter().filter_map(|w| self.waits.remove(&w)).collect();
-                Handled::QueueDeleted { dep, orphans, message: format!("queue {:?} was deleted", r.queue) }
+                Handled::QueueDeleted { dep, orphans: ids, message: format!("queue {:?} was deleted", r.queue) }
             }
             other => other,
         }
