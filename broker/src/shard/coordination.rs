@@ -127,7 +127,13 @@ impl Shard {
         if g.parts_left > 0 {
             return;
         }
-        let Some(g) = self.gathers.remove(&gather) else { return };
+        if let Some(g) = self.gathers.remove(&gather) {
+            self.finish_gather(g, now);
+        }
+    }
+
+    /// Every shard answered: answer the client, or go on with the request.
+    fn finish_gather(&mut self, g: Gather, now: u64) {
         let (to, id) = (g.reply_to, g.request_id);
         match g.kind {
             GatherKind::ListQueues { offset, limit, total, mut items } => {

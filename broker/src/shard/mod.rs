@@ -439,31 +439,7 @@ impl Shard {
             if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
                 self.begin_drain(now);
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    STORAGE => self.poll_log(),
-                    WAKER => {}
-                    t if self.owns_peer_token(t) => self.peer_event(ev, now),
-                    Token(t) => {
-                        if ev.is_writable() {
-                            self.write_conn(t);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            if let Some(c) = self.conns.get_mut(t) {
-                                c.read_pending = true;
-                                c.peer_closed |= ev.is_read_closed() || ev.is_error();
-                            }
-                            self.read_conn(t, now);
-                        }
-                    }
-                }
-            }
-            for c in std::mem::take(&mut self.read_again) {
-                if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen) {
-                    self.read_conn(c.token, now);
-                }
-            }
+            self.handle_events(&events, now);
             self.repl_receive(now);
             self.take_forwarded(now);
             self.drain_inbox(now);
@@ -485,6 +461,36 @@ impl Shard {
             if self.draining && self.drain_step(now) {
                 log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
+            }
+        }
+    }
+
+    /// Readiness events: accepts, log completions, peer links, and
+    /// connections' reads and writes (then those with input left over).
+    fn handle_events(&mut self, events: &Events, now: u64) {
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(),
+                STORAGE => self.poll_log(),
+                WAKER => {}
+                t if self.owns_peer_token(t) => self.peer_event(ev, now),
+                Token(t) => {
+                    if ev.is_writable() {
+                        self.write_conn(t);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if let Some(c) = self.conns.get_mut(t) {
+                            c.read_pending = true;
+                            c.peer_closed |= ev.is_read_closed() || ev.is_error();
+                        }
+                        self.read_conn(t, now);
+                    }
+                }
+            }
+        }
+        for c in std::mem::take(&mut self.read_again) {
+            if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen) {
+                self.read_conn(c.token, now);
             }
         }
     }
@@ -607,90 +613,110 @@ impl Shard {
         }
         let me = ConnRef { token, gen: conn.gen };
         loop {
-            // Handle every complete frame already buffered.
-            let mut completed = false;
-            loop {
-                if self.entry_full() {
-                    // This turn's entry is as large as a replica sends at
-                    // once: the rest waits for the next turn.
-                    self.read_again.push(me);
-                    return;
-                }
-                let Some(conn) = self.conns.get_mut(token) else { return };
-                if conn.closing || conn.shed {
-                    return;
-                }
-                if conn.read_paused() {
-                    // Resumed by write_conn or a reply once it drains; no
-                    // polling meanwhile. The frame deadline runs only while
-                    // the broker is reading.
-                    conn.partial_since_ms = 0;
-                    return;
-                }
-                match frame::check(&conn.rbuf) {
-                    Ok(Some(total)) => {
-                        let (header, payload) = frame::split(&mut conn.rbuf, total);
-                        completed = true;
-                        let handshake_sized = !conn.handshaken || header.opcode == Opcode::Handshake as u16;
-                        if handshake_sized && total > HANDSHAKE_FRAME_BYTES_MAX as usize {
-                            return self.refuse_handshake_frame(token, total as u64);
-                        }
-                        self.handle_frame(me, header, payload, now);
-                    }
-                    Ok(None) => {
-                        if let Some(total) = over_handshake_limit(&conn.rbuf, conn.handshaken) {
-                            return self.refuse_handshake_frame(token, total);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        let code = match e {
-                            FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
-                            FrameError::TooShort(_) => ErrorCode::MALFORMED_FRAME,
-                        };
-                        self.fail_conn(token, 0, code, &e.to_string());
-                        return;
-                    }
-                }
-            }
+            let Some(completed) = self.handle_buffered(me, now) else { return };
             self.note_partial_frame(me, completed);
-            let turn = self.turn;
-            let Some(conn) = self.conns.get_mut(token) else { return };
-            if !conn.read_pending {
+            if !self.read_more(me) {
                 return;
             }
-            if conn.reads_turn != turn {
-                conn.reads_turn = turn;
-                conn.reads = 0;
-            }
-            if conn.reads >= READS_PER_TURN_MAX {
-                // Fair share used: the rest waits for the next turn.
+        }
+    }
+
+    /// Handles every complete frame already buffered. Returns whether any
+    /// was, or None when the connection must not be read further now.
+    fn handle_buffered(&mut self, me: ConnRef, now: u64) -> Option<bool> {
+        let token = me.token;
+        let mut completed = false;
+        loop {
+            if self.entry_full() {
+                // This turn's entry is as large as a replica sends at
+                // once: the rest waits for the next turn.
                 self.read_again.push(me);
-                return;
+                return None;
             }
-            conn.reads += 1;
-            match conn.read_room(pending_frame_len(&conn.rbuf)) {
-                ReadRoom::Chunk => conn.reserve_chunk(),
-                ReadRoom::Ready => {}
-                ReadRoom::Grow(capacity) => {
-                    if !self.grow_read_buffer(me, capacity) {
-                        return;
+            let conn = self.conns.get_mut(token)?;
+            if conn.closing || conn.shed {
+                return None;
+            }
+            if conn.read_paused() {
+                // Resumed by write_conn or a reply once it drains; no
+                // polling meanwhile. The frame deadline runs only while
+                // the broker is reading.
+                conn.partial_since_ms = 0;
+                return None;
+            }
+            match frame::check(&conn.rbuf) {
+                Ok(Some(total)) => {
+                    let (header, payload) = frame::split(&mut conn.rbuf, total);
+                    completed = true;
+                    let handshake_sized = !conn.handshaken || header.opcode == Opcode::Handshake as u16;
+                    if handshake_sized && total > HANDSHAKE_FRAME_BYTES_MAX as usize {
+                        self.refuse_handshake_frame(token, total as u64);
+                        return None;
                     }
+                    self.handle_frame(me, header, payload, now);
                 }
-            }
-            let Some(conn) = self.conns.get_mut(token) else { return };
-            match conn.fill() {
-                Ok(true) => conn.active_ms = self.limits.now_ms,
-                Ok(false) => {
-                    // End of input: the client is done sending. Answer nothing more and close.
-                    self.close_conn(token);
-                    return;
+                Ok(None) => {
+                    if let Some(total) = over_handshake_limit(&conn.rbuf, conn.handshaken) {
+                        self.refuse_handshake_frame(token, total);
+                        return None;
+                    }
+                    return Some(completed);
                 }
                 Err(e) => {
-                    log::debug!("shard {}: connection read error: {e}", self.id);
-                    self.close_conn(token);
-                    return;
+                    let code = match e {
+                        FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
+                        FrameError::TooShort(_) => ErrorCode::MALFORMED_FRAME,
+                    };
+                    self.fail_conn(token, 0, code, &e.to_string());
+                    return None;
                 }
+            }
+        }
+    }
+
+    /// Reads more input into connection `me`'s buffer, within its fair
+    /// share of reads this turn and the buffer budget. Returns whether
+    /// there may be frames to handle.
+    fn read_more(&mut self, me: ConnRef) -> bool {
+        let (token, turn) = (me.token, self.turn);
+        let Some(conn) = self.conns.get_mut(token) else { return false };
+        if !conn.read_pending {
+            return false;
+        }
+        if conn.reads_turn != turn {
+            conn.reads_turn = turn;
+            conn.reads = 0;
+        }
+        if conn.reads >= READS_PER_TURN_MAX {
+            // Fair share used: the rest waits for the next turn.
+            self.read_again.push(me);
+            return false;
+        }
+        conn.reads += 1;
+        match conn.read_room(pending_frame_len(&conn.rbuf)) {
+            ReadRoom::Chunk => conn.reserve_chunk(),
+            ReadRoom::Ready => {}
+            ReadRoom::Grow(capacity) => {
+                if !self.grow_read_buffer(me, capacity) {
+                    return false;
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(token) else { return false };
+        match conn.fill() {
+            Ok(true) => {
+                conn.active_ms = self.limits.now_ms;
+                true
+            }
+            Ok(false) => {
+                // End of input: the client is done sending. Answer nothing more and close.
+                self.close_conn(token);
+                false
+            }
+            Err(e) => {
+                log::debug!("shard {}: connection read error: {e}", self.id);
+                self.close_conn(token);
+                false
             }
         }
     }
