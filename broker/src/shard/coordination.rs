@@ -66,9 +66,9 @@ impl Shard {
     /// Asks `shards` (this one included, answered in place) and continues
     /// with `kind` when all have answered.
     fn scatter(&mut self, to: ReplyTo, id: u64, query: Query, shards: Vec<u16>, kind: GatherKind, now: u64) {
-        let gather = self.next_gather;
-        self.next_gather += 1;
-        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
+        let gather = self.coord.next_gather;
+        self.coord.next_gather += 1;
+        self.coord.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
         for shard in shards {
             if shard == self.id {
                 // In a group this waits for a ReadIndex round like the others.
@@ -104,7 +104,7 @@ impl Shard {
     }
 
     pub(super) fn gather_answer(&mut self, gather: u64, answer: Answer, now: u64) {
-        let Some(g) = self.gathers.get_mut(&gather) else { return };
+        let Some(g) = self.coord.gathers.get_mut(&gather) else { return };
         match (&mut g.kind, answer) {
             (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i })
             | (GatherKind::ListTopics { total, items, .. }, Answer::Queues { total: t, items: i }) => {
@@ -127,7 +127,7 @@ impl Shard {
         if g.parts_left > 0 {
             return;
         }
-        if let Some(g) = self.gathers.remove(&gather) {
+        if let Some(g) = self.coord.gathers.remove(&gather) {
             self.finish_gather(g, now);
         }
     }
@@ -296,11 +296,11 @@ impl Shard {
             let msg = format!("top_queues: {top} exceeds {STATS_QUEUES_MAX}");
             return self.reply_err(to, Opcode::GetStats as u16, id, ErrorCode::INVALID_PARAMETER, &msg, ReplyDep::Read);
         }
-        let gather = self.next_gather;
-        self.next_gather += 1;
+        let gather = self.coord.next_gather;
+        self.coord.next_gather += 1;
         let n = usize::from(self.shard_count());
         let kind = GatherKind::Stats { top, shards: Vec::with_capacity(n) };
-        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: n, kind });
+        self.coord.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: n, kind });
         for shard in 0..self.shard_count() {
             let me = self.shared.peers[usize::from(self.id)].clone();
             let reply = Box::new(move |s| {
@@ -378,4 +378,10 @@ impl Shard {
             _ => Some(request),
         }
     }
+}
+
+/// Scatter/gather requests under way, by number.
+pub(super) struct Coordination {
+    pub(super) gathers: std::collections::HashMap<u64, Gather>,
+    pub(super) next_gather: u64,
 }

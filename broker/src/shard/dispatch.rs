@@ -23,7 +23,7 @@ impl Shard {
                 "clients send requests only",
             );
         }
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         if !conn.handshaken {
             if self.pre_handshake(me, header, payload.clone(), now) {
                 return;
@@ -51,10 +51,10 @@ impl Shard {
         if !self.permitted(me, &header, &request) {
             return;
         }
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         conn.in_flight += 1;
         let reply_to = ReplyTo { shard: self.id, conn: me };
-        if self.draining {
+        if self.drain.draining {
             let op = request.opcode() as u16;
             return self.reply_err(
                 reply_to,
@@ -110,7 +110,7 @@ impl Shard {
             return self.hand_over(me, target, header.request_id, version);
         }
         let resp = self.handshake_ok(version);
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         conn.handshaken = true;
         reply::ok(&mut conn.out, header.request_id, &resp);
         conn.release_all_now();
@@ -121,7 +121,7 @@ impl Shard {
 
     /// Moves the connection (and any bytes it already sent) to the shard it asked for.
     fn hand_over(&mut self, me: ConnRef, target: u16, request_id: u64, version: u16) {
-        let Some(mut conn) = self.conns.try_remove(me.token) else { return };
+        let Some(mut conn) = self.clients.conns.try_remove(me.token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.uncharge(&conn);
         let h = Handover {
@@ -137,7 +137,7 @@ impl Shard {
             if let Some(me) = self.add_conn(h.stream, true) {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
                 let resp = self.handshake_ok(version);
-                if let Some(conn) = self.conns.get_mut(me.token) {
+                if let Some(conn) = self.clients.conns.get_mut(me.token) {
                     conn.session = h.session;
                     conn.rbuf = h.pending;
                     reply::ok(&mut conn.out, request_id, &resp);
@@ -145,7 +145,7 @@ impl Shard {
                 }
                 self.write_conn(me.token);
                 self.recharge(me.token);
-                self.read_again.push(me);
+                self.clients.read_again.push(me);
             }
         }
     }
@@ -161,10 +161,10 @@ impl Shard {
         if owner == self.id {
             self.execute(reply_to, request_id, request, now);
         } else {
-            if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
+            if let Some(conn) = self.clients.conns.get_mut(reply_to.conn.token) {
                 conn.mark_forwarded(owner);
             }
-            self.forward_out[usize::from(owner)].push(Forwarded { reply_to, request_id, request });
+            self.cross.forward_out[usize::from(owner)].push(Forwarded { reply_to, request_id, request });
         }
     }
 

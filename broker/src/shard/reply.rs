@@ -132,16 +132,16 @@ impl Shard {
     /// A reply for a connection that has gone goes to a scratch buffer.
     fn reply_buf(&mut self, to: ReplyTo) -> &mut Vec<u8> {
         if to.shard == self.id {
-            match self.conns.get_mut(to.conn.token) {
+            match self.clients.conns.get_mut(to.conn.token) {
                 // A connection over its output bound (shed) gets no more answers.
                 Some(conn) if conn.gen == to.conn.gen && !conn.shed => &mut conn.out,
                 _ => {
-                    self.scratch.clear();
-                    &mut self.scratch
+                    self.clients.scratch.clear();
+                    &mut self.clients.scratch
                 }
             }
         } else {
-            &mut self.remote_out[usize::from(to.shard)].buf
+            &mut self.cross.remote_out[usize::from(to.shard)].buf
         }
     }
 
@@ -151,10 +151,10 @@ impl Shard {
             self.hold_conn(to.conn, need);
             self.answered(to.conn);
         } else {
-            let batch = &mut self.remote_out[usize::from(to.shard)];
+            let batch = &mut self.cross.remote_out[usize::from(to.shard)];
             let end = batch.buf.len();
             batch.parts.push((to.conn, start, end));
-            self.remote_need = self.remote_need.max(need);
+            self.cross.remote_need = self.cross.remote_need.max(need);
         }
         need
     }

@@ -84,7 +84,7 @@ impl Shard {
     /// Testing only (`--fault-drop-one-in N`): the send carrying every Nth
     /// message is acknowledged with made-up ids and not stored.
     pub(in crate::shard) fn fault_drop(&mut self, request: &Request) -> Option<Response> {
-        if self.fault_drop_one_in == 0 {
+        if self.faults.fault_drop_one_in == 0 {
             return None;
         }
         let n = match request {
@@ -92,12 +92,12 @@ impl Shard {
             Request::BatchSendMessage(r) => r.bodies.len() as u64,
             _ => return None,
         };
-        let before = self.fault_sends / self.fault_drop_one_in;
-        self.fault_sends += n;
-        if self.fault_sends / self.fault_drop_one_in == before {
+        let before = self.faults.fault_sends / self.faults.fault_drop_one_in;
+        self.faults.fault_sends += n;
+        if self.faults.fault_sends / self.faults.fault_drop_one_in == before {
             return None;
         }
-        let fake = u64::MAX - self.fault_sends;
+        let fake = u64::MAX - self.faults.fault_sends;
         Some(match request {
             Request::SendMessage(_) => Response::SendMessage(SendMessageOk { msg_id: fake }),
             _ => Response::BatchSendMessage(BatchSendMessageOk { msg_ids: (0..n).map(|i| fake - i).collect() }),
@@ -110,4 +110,11 @@ pub(in crate::shard) struct Receive<'a> {
     pub queue: &'a str,
     pub max: usize,
     pub polling_wait_seconds: Option<u32>,
+}
+
+/// Testing only (`--fault-drop-one-in`): acknowledge every Nth send without storing it.
+pub(in crate::shard) struct FaultDrop {
+    /// Testing only (`--fault-drop-one-in`): acknowledge every Nth send without storing it.
+    pub(in crate::shard) fault_drop_one_in: u64,
+    pub(in crate::shard) fault_sends: u64,
 }

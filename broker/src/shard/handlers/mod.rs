@@ -7,7 +7,7 @@
 mod dead_letter;
 mod inspection;
 mod keys;
-mod messages;
+pub(super) mod messages;
 mod queue_admin;
 mod topics;
 mod transactions;
