@@ -1374,8 +1374,6 @@ impl Shard {
             }
         }
     }
-
-    // ---- shutdown -----------------------------------------------------------
 }
 
 /// Bytes needed to complete the frame at the front of `buf` (for sizing the next read).
