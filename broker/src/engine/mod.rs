@@ -24,5 +24,5 @@ pub use error::EngineError;
 pub use log::{Durability, Log, MemLog};
 pub use shard_engine::{
     CheckDue, Delivery, EngineConfig, InTransfer, ListedQueue, OutPush, OutTransfer, PushResult, ReceiveOutcome,
-    ShardEngine,
+    ShardEngine, WaiterTag,
 };

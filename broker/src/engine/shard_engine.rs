@@ -111,9 +111,24 @@ pub enum ReceiveOutcome {
     Empty,
 }
 
+/// Whom a long poll answers, in the caller's terms: the engine keeps it
+/// with the waiter and hands it back when the waiter is served, expires or
+/// ends, so that each waiter lives in one place. The engine never reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaiterTag {
+    /// The shard that holds the receiving connection.
+    pub shard: u16,
+    /// The caller's name for that connection (slot and generation).
+    pub conn: (usize, u32),
+    pub request_id: u64,
+    /// A BatchReceiveMessage (else a ReceiveMessage).
+    pub batch: bool,
+}
+
 struct Waiter {
     uid: u32,
     max: usize,
+    tag: WaiterTag,
 }
 
 /// A queue as it appears in a listing, with what is needed to merge pages
@@ -348,13 +363,13 @@ impl ShardEngine {
 
     /// Deletes a queue; returns the waiters that were waiting on it, which the
     /// caller answers with QUEUE_NOT_FOUND.
-    pub fn delete_queue(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<Vec<u64>, EngineError> {
+    pub fn delete_queue(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<Vec<WaiterTag>, EngineError> {
         let uid = self.lookup(name)?;
         self.log_record(log, &Record::QueueDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
         Ok(self.apply_queue_deleted(uid))
     }
 
-    fn apply_queue_deleted(&mut self, uid: u32) -> Vec<u64> {
+    fn apply_queue_deleted(&mut self, uid: u32) -> Vec<WaiterTag> {
         let Some(q) = self.queues.remove(&uid) else {
             return Vec::new();
         };
@@ -362,7 +377,7 @@ impl ShardEngine {
         for r in self.redrives.values_mut().filter(|r| r.uid == uid) {
             r.state = cmq_protocol::RedriveState::Cancelled;
         }
-        q.waiters.iter().filter(|id| self.waiters.remove(id).is_some()).copied().collect()
+        q.waiters.iter().filter_map(|id| self.waiters.remove(id)).map(|w| w.tag).collect()
     }
 
     pub fn set_queue_attributes(
@@ -539,7 +554,8 @@ impl ShardEngine {
         }
     }
 
-    /// Receives up to `max` messages, or registers a long-poll waiter.
+    /// Receives up to `max` messages, or registers a long-poll waiter
+    /// (with a blank tag: see [`receive_for`](Self::receive_for)).
     pub fn receive(
         &mut self,
         log: &mut impl Log,
@@ -547,6 +563,20 @@ impl ShardEngine {
         name: &str,
         max: usize,
         polling_wait_seconds: Option<u32>,
+    ) -> Result<ReceiveOutcome, EngineError> {
+        self.receive_for(log, now_ms, name, max, polling_wait_seconds, WaiterTag::default())
+    }
+
+    /// Receives up to `max` messages, or registers a long-poll waiter that
+    /// answers `tag`.
+    pub fn receive_for(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+        name: &str,
+        max: usize,
+        polling_wait_seconds: Option<u32>,
+        tag: WaiterTag,
     ) -> Result<ReceiveOutcome, EngineError> {
         if max == 0 || max > BATCH_MSGS_MAX {
             return Err(EngineError::new(
@@ -576,7 +606,7 @@ impl ShardEngine {
         let id = self.next_waiter_id;
         self.next_waiter_id += 1;
         q.waiters.push_back(id);
-        self.waiters.insert(id, Waiter { uid, max });
+        self.waiters.insert(id, Waiter { uid, max, tag });
         self.waiter_deadlines.push(Reverse((now_ms + u64::from(wait) * 1000, id)));
         Ok(ReceiveOutcome::Waiting(id))
     }
@@ -731,8 +761,13 @@ impl ShardEngine {
 
     /// Hands ready messages to waiting receivers (call after every batch of
     /// operations and after [`tick`](Self::tick)). Returns each served waiter
-    /// with its deliveries or the error its receive hit.
-    pub fn serve_waiters(&mut self, log: &mut impl Log, now_ms: u64) -> Vec<(u64, Result<Vec<Delivery>, EngineError>)> {
+    /// (id and tag) with its deliveries or the error its receive hit.
+    #[allow(clippy::type_complexity)]
+    pub fn serve_waiters(
+        &mut self,
+        log: &mut impl Log,
+        now_ms: u64,
+    ) -> Vec<(u64, WaiterTag, Result<Vec<Delivery>, EngineError>)> {
         let mut served = Vec::new();
         for uid in std::mem::take(&mut self.to_serve) {
             while let Some(q) = self.queues.get_mut(&uid) {
@@ -759,7 +794,7 @@ impl ShardEngine {
                         }
                         break;
                     }
-                    result => served.push((id, result)),
+                    result => served.push((id, w.tag, result)),
                 }
             }
         }
@@ -767,7 +802,7 @@ impl ShardEngine {
     }
 
     /// Waiters whose polling wait ended with nothing to deliver.
-    pub fn expire_waiters(&mut self, now_ms: u64) -> Vec<u64> {
+    pub fn expire_waiters(&mut self, now_ms: u64) -> Vec<(u64, WaiterTag)> {
         let mut expired = Vec::new();
         while let Some(Reverse((deadline, id))) = self.waiter_deadlines.peek().copied() {
             if deadline > now_ms {
@@ -775,18 +810,32 @@ impl ShardEngine {
             }
             self.waiter_deadlines.pop();
             if let Some(w) = self.waiters.remove(&id) {
-                expired.push(id);
+                expired.push((id, w.tag));
                 self.compact_waiter_ids(w.uid);
             }
         }
         expired
     }
 
-    /// Forgets a waiter whose connection went away.
-    pub fn cancel_waiter(&mut self, id: u64) {
-        if let Some(w) = self.waiters.remove(&id) {
-            self.compact_waiter_ids(w.uid);
+    /// Forgets the waiters whose tag `gone` picks (their connection went away).
+    pub fn cancel_waiters(&mut self, gone: impl Fn(&WaiterTag) -> bool) {
+        let mut ids: Vec<u64> = self.waiters.iter().filter(|(_, w)| gone(&w.tag)).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(w) = self.waiters.remove(&id) {
+                self.compact_waiter_ids(w.uid);
+            }
         }
+    }
+
+    /// Ends every waiter (this engine stops serving them), oldest first.
+    pub fn take_waiters(&mut self) -> Vec<WaiterTag> {
+        let mut all: Vec<(u64, Waiter)> = self.waiters.drain().collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        for w in &all {
+            self.compact_waiter_ids(w.1.uid);
+        }
+        all.into_iter().map(|(_, w)| w.tag).collect()
     }
 
     fn compact_waiter_ids(&mut self, uid: u32) {

@@ -46,12 +46,12 @@ impl Shard {
     }
 
     fn peer_ip(&self, me: ConnRef) -> Option<std::net::IpAddr> {
-        self.conns.get(me.token)?.stream.peer_addr().ok().map(|a| a.ip())
+        self.clients.conns.get(me.token)?.stream.peer_addr().ok().map(|a| a.ip())
     }
 
     fn challenge(&mut self, me: ConnRef, id: u64) {
         let op = Opcode::AuthChallenge as u16;
-        let Some(conn) = self.conns.get(me.token) else { return };
+        let Some(conn) = self.clients.conns.get(me.token) else { return };
         if conn.auth_challenged {
             return self.auth_failed(me, op, id, "one AuthChallenge per connection");
         }
@@ -72,7 +72,7 @@ impl Shard {
                 return self.fail_conn_answering(me.token, op, id, ErrorCode::INTERNAL, "no random nonce available");
             }
         };
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         conn.auth_challenged = true;
         conn.auth_nonce = Some(Box::new(nonce));
         let resp = Response::AuthChallenge(AuthChallengeOk { server_nonce: Bytes::copy_from_slice(&nonce) });
@@ -85,7 +85,7 @@ impl Shard {
         let op = Opcode::Authenticate as u16;
         // The nonce is used up by this attempt, whatever its outcome: a
         // second Authenticate on the connection (a replay) finds none.
-        let Some(server_nonce) = self.conns.get_mut(me.token).and_then(|c| c.auth_nonce.take()) else {
+        let Some(server_nonce) = self.clients.conns.get_mut(me.token).and_then(|c| c.auth_nonce.take()) else {
             return self.auth_failed(me, op, id, "Authenticate without a fresh AuthChallenge");
         };
         if a.client_nonce.len() != AUTH_NONCE_BYTES || a.mac.len() != AUTH_MAC_BYTES {
@@ -110,7 +110,7 @@ impl Shard {
         }
         let server_mac = Bytes::copy_from_slice(&wire::mac(&secret, SERVER_MAC_LABEL, &t));
         let resp = Response::Authenticate(AuthenticateOk { key_name: principal.name.clone(), server_mac });
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         conn.session = Some(Box::new(Session::new(principal, version)));
         reply::ok(&mut conn.out, id, &resp);
         conn.release_all_now();
@@ -143,7 +143,7 @@ impl Shard {
     /// authenticated (`auth_method`); refuses it otherwise.
     pub(super) fn admit(&mut self, me: ConnRef, id: u64, auth_method: &str) -> bool {
         let op = Opcode::Handshake as u16;
-        let Some(conn) = self.conns.get(me.token) else { return false };
+        let Some(conn) = self.clients.conns.get(me.token) else { return false };
         let authenticated = conn.session.is_some();
         let refusal = match auth_method {
             AUTH_METHOD_V1 if authenticated => None,
@@ -176,7 +176,7 @@ impl Shard {
             return true;
         }
         let version = self.shared.auth.keys.version();
-        let Some(conn) = self.conns.get_mut(me.token) else { return false };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return false };
         let Some(session) = conn.session.as_mut() else { return true };
         if session.version != version {
             let table = self.shared.auth.keys.table();
@@ -239,7 +239,7 @@ impl Shard {
         if !self.shared.cfg.auth.enforces() {
             return true;
         }
-        let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen) else { return true };
+        let Some(conn) = self.clients.conns.get_mut(c.token).filter(|x| x.gen == c.gen) else { return true };
         conn.session.as_mut().is_none_or(|s| s.allows(Action::GET_SUBSCRIPTION_SECRET, Resource::Topic(topic)))
     }
 
@@ -248,12 +248,13 @@ impl Shard {
         if to.shard != self.id || !self.shared.cfg.auth.enforces() {
             return None;
         }
-        let conn = self.conns.get(to.conn.token).filter(|c| c.gen == to.conn.gen)?;
+        let conn = self.clients.conns.get(to.conn.token).filter(|c| c.gen == to.conn.gen)?;
         conn.session.as_ref().map(|s| s.principal.clone())
     }
 
     pub(super) fn who_am_i(&self, to: ReplyTo) -> WhoAmIOk {
-        let session = self.conns.get(to.conn.token).filter(|c| c.gen == to.conn.gen).and_then(|c| c.session.as_ref());
+        let session =
+            self.clients.conns.get(to.conn.token).filter(|c| c.gen == to.conn.gen).and_then(|c| c.session.as_ref());
         let mode = self.shared.cfg.auth;
         let auth_mode = if mode == crate::auth::AuthMode::Auto {
             if self.admits_anonymous() {
@@ -294,10 +295,10 @@ impl Shard {
     /// Shard 0: publishes its keys when they changed, and wakes every shard
     /// so open connections follow within a turn.
     pub(super) fn publish_keys(&mut self) {
-        if self.id != 0 || self.engine.keys().version() == self.keys_published {
+        if self.id != 0 || self.engine.keys().version() == self.keys.keys_published {
             return;
         }
-        self.keys_published = self.engine.keys().version();
+        self.keys.keys_published = self.engine.keys().version();
         self.shared.auth.keys.publish(KeyTable::build(self.engine.keys().iter()));
         for (k, p) in self.shared.peers.iter().enumerate() {
             if k != usize::from(self.id) {
@@ -310,13 +311,14 @@ impl Shard {
     /// is gone, and anonymous ones once anonymous clients are no longer served.
     pub(super) fn sweep_sessions(&mut self) {
         let version = self.shared.auth.keys.version();
-        if version == self.keys_swept {
+        if version == self.keys.keys_swept {
             return;
         }
-        self.keys_swept = version;
+        self.keys.keys_swept = version;
         let table = self.shared.auth.keys.table();
         let anonymous_ok = self.shared.cfg.auth.admits_anonymous(!table.is_empty());
         let doomed: Vec<(usize, &'static str)> = self
+            .clients
             .conns
             .iter()
             .filter(|(_, c)| c.handshaken && !c.closing)
@@ -336,10 +338,10 @@ impl Shard {
     /// `--init-admin-key FILE` (shard 0, once it may write): creates the
     /// administrator key if there is none and writes it to FILE.
     pub(super) fn init_admin_key(&mut self, now: u64) {
-        if self.id != 0 || !self.admin_key_pending || !self.may_serve() {
+        if self.id != 0 || !self.keys.admin_key_pending || !self.may_serve() {
             return;
         }
-        self.admin_key_pending = false;
+        self.keys.admin_key_pending = false;
         self.make_admin_key(now);
         self.shared.auth.admin_key_settled();
     }
@@ -367,4 +369,14 @@ impl Shard {
         }
         self.publish_keys();
     }
+}
+
+/// Keys: publishing shard 0's, sweeping sessions whose key went away.
+pub(super) struct KeySync {
+    /// Shard 0: the key store version last published (`authn.rs`).
+    pub(super) keys_published: u64,
+    /// The key table version this shard last swept its connections for.
+    pub(super) keys_swept: u64,
+    /// Shard 0: `--init-admin-key` still to do.
+    pub(super) admin_key_pending: bool,
 }

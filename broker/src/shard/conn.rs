@@ -390,6 +390,19 @@ fn read_into_spare(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> 
     Ok(n)
 }
 
+/// The shard's client connections: the listener, the open connections,
+/// and those to write or read again this turn.
+pub(super) struct Clients {
+    pub(super) listener: Option<mio::net::TcpListener>,
+    pub(super) conns: slab::Slab<Conn>,
+    pub(super) next_gen: u32,
+    /// Local connections that got output this turn.
+    pub(super) touched: Vec<super::mailbox::ConnRef>,
+    /// Connections with unread input left over (fairness limit, or resumed after back-pressure).
+    pub(super) read_again: Vec<super::mailbox::ConnRef>,
+    pub(super) scratch: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use cmq_protocol::*;
 
 use super::authn::visible;
 use super::mailbox::{Answer, Membership, Query, ReplyTo, ShardMsg};
+use super::reply::ReplyDep;
 use super::Shard;
 use crate::auth::actions::Action;
 use crate::engine::ListedQueue;
@@ -65,9 +66,9 @@ impl Shard {
     /// Asks `shards` (this one included, answered in place) and continues
     /// with `kind` when all have answered.
     fn scatter(&mut self, to: ReplyTo, id: u64, query: Query, shards: Vec<u16>, kind: GatherKind, now: u64) {
-        let gather = self.next_gather;
-        self.next_gather += 1;
-        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
+        let gather = self.coord.next_gather;
+        self.coord.next_gather += 1;
+        self.coord.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: shards.len(), kind });
         for shard in shards {
             if shard == self.id {
                 // In a group this waits for a ReadIndex round like the others.
@@ -103,7 +104,7 @@ impl Shard {
     }
 
     pub(super) fn gather_answer(&mut self, gather: u64, answer: Answer, now: u64) {
-        let Some(g) = self.gathers.get_mut(&gather) else { return };
+        let Some(g) = self.coord.gathers.get_mut(&gather) else { return };
         match (&mut g.kind, answer) {
             (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i })
             | (GatherKind::ListTopics { total, items, .. }, Answer::Queues { total: t, items: i }) => {
@@ -126,7 +127,13 @@ impl Shard {
         if g.parts_left > 0 {
             return;
         }
-        let Some(g) = self.gathers.remove(&gather) else { return };
+        if let Some(g) = self.coord.gathers.remove(&gather) {
+            self.finish_gather(g, now);
+        }
+    }
+
+    /// Every shard answered: answer the client, or go on with the request.
+    fn finish_gather(&mut self, g: Gather, now: u64) {
         let (to, id) = (g.reply_to, g.request_id);
         match g.kind {
             GatherKind::ListQueues { offset, limit, total, mut items } => {
@@ -137,7 +144,7 @@ impl Shard {
                     .take(limit)
                     .map(|q| QueueSummary { queue_id: q.queue_id, queue: q.name })
                     .collect();
-                self.reply_ok(to, id, &Response::ListQueues(ListQueuesOk { total, queues }));
+                self.reply_ok(to, id, &Response::ListQueues(ListQueuesOk { total, queues }), ReplyDep::Read);
             }
             GatherKind::ListTopics { offset, limit, total, mut items } => {
                 items.sort_by_key(|q| (q.create_seq, q.created_ms, q.queue_id));
@@ -147,13 +154,13 @@ impl Shard {
                     .take(limit)
                     .map(|q| TopicSummary { topic_id: q.queue_id, topic: q.name })
                     .collect();
-                self.reply_ok(to, id, &Response::ListTopics(ListTopicsOk { total, topics }));
+                self.reply_ok(to, id, &Response::ListTopics(ListTopicsOk { total, topics }), ReplyDep::Read);
             }
             GatherKind::ListRedrives { mut items } => {
                 let viewer = self.viewer(to);
                 items.retain(|r| visible(&viewer, Action::LIST_REDRIVES, "queue", &r.dead_letter_queue));
                 items.sort_by_key(|r| (r.started_ms, r.id));
-                self.reply_ok(to, id, &Response::ListRedrives(ListRedrivesOk { redrives: items }));
+                self.reply_ok(to, id, &Response::ListRedrives(ListRedrivesOk { redrives: items }), ReplyDep::Read);
             }
             GatherKind::DeadLetterSources { names, then } if names.is_empty() => self.route_to_owner(to, id, then, now),
             GatherKind::DeadLetterSources { names, then } => {
@@ -161,25 +168,23 @@ impl Shard {
                     "queue is the dead-letter queue of {}; change their deadLetterQueueName first",
                     names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
                 );
-                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg);
+                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_IN_USE, &msg, ReplyDep::Read);
             }
             GatherKind::QueueExists { exists: true, then, .. } => self.route_to_owner(to, id, then, now),
             GatherKind::Membership { op, refusal: Some((code, msg)) } => {
-                self.reply_dep = Some(0);
-                self.reply_err(to, op, id, code, &msg)
+                self.reply_err(to, op, id, code, &msg, ReplyDep::Logged(0))
             }
             GatherKind::Membership { op, refusal: None } => {
                 // The change was proposed (or the transfer started): that is
                 // the answer, not a read of state, so no ReadIndex round
                 // (a leader handing over leadership would never finish one).
-                self.reply_dep = Some(0);
                 let empty = Empty {};
                 let resp = match Opcode::from_u16(op) {
                     Some(Opcode::TransferLeader) => Response::TransferLeader(empty),
                     Some(Opcode::AddNode) => Response::AddNode(empty),
                     _ => Response::RemoveNode(empty),
                 };
-                self.reply_ok(to, id, &resp);
+                self.reply_ok(to, id, &resp, ReplyDep::Logged(0));
             }
             GatherKind::Stats { top, shards } => self.finish_stats(to, id, top, shards),
             GatherKind::ClusterStatus { mut shards } => {
@@ -195,7 +200,7 @@ impl Shard {
                     _ => "deadLetterQueueName",
                 };
                 let msg = format!("{field}: queue {dlq:?} does not exist");
-                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_NOT_FOUND, &msg);
+                self.reply_err(to, then.opcode() as u16, id, ErrorCode::QUEUE_NOT_FOUND, &msg, ReplyDep::Read);
             }
         }
     }
@@ -204,7 +209,14 @@ impl Shard {
         let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
         if limit > LIST_PAGE_MAX {
             let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
-            return self.reply_err(to, Opcode::ListQueues as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+            return self.reply_err(
+                to,
+                Opcode::ListQueues as u16,
+                id,
+                ErrorCode::INVALID_PARAMETER,
+                &msg,
+                ReplyDep::Read,
+            );
         }
         let take = l.offset as usize + limit as usize;
         let viewer = self.viewer(to);
@@ -218,7 +230,14 @@ impl Shard {
         let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
         if limit > LIST_PAGE_MAX {
             let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
-            return self.reply_err(to, Opcode::ListTopics as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+            return self.reply_err(
+                to,
+                Opcode::ListTopics as u16,
+                id,
+                ErrorCode::INVALID_PARAMETER,
+                &msg,
+                ReplyDep::Read,
+            );
         }
         let take = l.offset as usize + limit as usize;
         let viewer = self.viewer(to);
@@ -234,14 +253,14 @@ impl Shard {
         let op = request.opcode() as u16;
         if self.repl.is_none() {
             let msg = "this broker runs as a single node (no --peers): there is no cluster to change";
-            return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg);
+            return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, msg, ReplyDep::Read);
         }
         let (m, shards) = match request {
             Request::TransferLeader(t) => {
                 let shards = match t.shard {
                     Some(k) if k >= self.shard_count() => {
                         let msg = format!("shard: {k} is not below the shard count {}", self.shard_count());
-                        return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg);
+                        return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg, ReplyDep::Read);
                     }
                     Some(k) => vec![k],
                     None => self.all_shards(),
@@ -253,7 +272,7 @@ impl Shard {
                 _ => {
                     let msg =
                         format!("id {} / peer_addr {:?}: a node id (1..) and an IP:PORT are needed", a.id, a.peer_addr);
-                    return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg);
+                    return self.reply_err(to, op, id, ErrorCode::INVALID_PARAMETER, &msg, ReplyDep::Read);
                 }
             },
             Request::RemoveNode(r) => (Membership::RemoveNode { id: r.id }, self.all_shards()),
@@ -275,13 +294,13 @@ impl Shard {
         let top = usize::from(top);
         if top > STATS_QUEUES_MAX {
             let msg = format!("top_queues: {top} exceeds {STATS_QUEUES_MAX}");
-            return self.reply_err(to, Opcode::GetStats as u16, id, ErrorCode::INVALID_PARAMETER, &msg);
+            return self.reply_err(to, Opcode::GetStats as u16, id, ErrorCode::INVALID_PARAMETER, &msg, ReplyDep::Read);
         }
-        let gather = self.next_gather;
-        self.next_gather += 1;
+        let gather = self.coord.next_gather;
+        self.coord.next_gather += 1;
         let n = usize::from(self.shard_count());
         let kind = GatherKind::Stats { top, shards: Vec::with_capacity(n) };
-        self.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: n, kind });
+        self.coord.gathers.insert(gather, Gather { reply_to: to, request_id: id, parts_left: n, kind });
         for shard in 0..self.shard_count() {
             let me = self.shared.peers[usize::from(self.id)].clone();
             let reply = Box::new(move |s| {
@@ -359,4 +378,10 @@ impl Shard {
             _ => Some(request),
         }
     }
+}
+
+/// Scatter/gather requests under way, by number.
+pub(super) struct Coordination {
+    pub(super) gathers: std::collections::HashMap<u64, Gather>,
+    pub(super) next_gather: u64,
 }

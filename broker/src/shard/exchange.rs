@@ -134,7 +134,7 @@ impl Shard {
             self.engine.transfer_results(&mut self.log, now, &results);
         }
         for (shard, ts) in remote {
-            self.turn_msgs.push((shard, ShardMsg::Transfers { from_node: 0, ts }));
+            self.cross.turn_msgs.push((shard, ShardMsg::Transfers { from_node: 0, ts }));
         }
     }
 
@@ -142,7 +142,7 @@ impl Shard {
     /// [`TRANSFERS_IN_PER_TURN_MAX`], the rest on the next turns.
     /// (`from_node`: where the source shard is, 0 for this node.)
     pub(super) fn receive_transfers(&mut self, from_node: u64, ts: Vec<InTransfer>, now: u64) {
-        self.transfers_in.waiting.push_back((from_node, ts));
+        self.exchange.transfers_in.waiting.push_back((from_node, ts));
         self.apply_transfers_in(now);
     }
 
@@ -150,15 +150,15 @@ impl Shard {
     /// budget (called on every turn while some wait). A replica that no
     /// longer serves drops them: their sources send them again.
     pub(super) fn apply_transfers_in(&mut self, now: u64) {
-        if !self.transfers_in.is_waiting() {
+        if !self.exchange.transfers_in.is_waiting() {
             return;
         }
         if !self.may_serve() {
-            let n: usize = self.transfers_in.waiting.drain(..).map(|(_, ts)| ts.len()).sum();
+            let n: usize = self.exchange.transfers_in.waiting.drain(..).map(|(_, ts)| ts.len()).sum();
             log::debug!("shard {}: not serving; {n} transfers dropped (their sources resend)", self.id);
             return;
         }
-        while let Some((from_node, ts)) = self.transfers_in.next_batch(self.turn) {
+        while let Some((from_node, ts)) = self.exchange.transfers_in.next_batch(self.turn) {
             self.accept_transfers(from_node, ts, now);
         }
     }
@@ -189,7 +189,7 @@ impl Shard {
     /// turn's other messages: it goes once this turn's records are safe.
     fn stage_to(&mut self, node: u64, to: u16, msg: ShardMsg) {
         let msg = if node == 0 { msg } else { ShardMsg::Remote { node, to, msg: Box::new(msg) } };
-        self.turn_msgs.push((to, msg));
+        self.cross.turn_msgs.push((to, msg));
     }
 
     /// Hands due HTTP pushes to the push pool, as many as it has room for
@@ -198,7 +198,7 @@ impl Shard {
     /// the due pushes wait for an outcome (which wakes the loop) or a short
     /// pause, not the next turn.
     pub(super) fn send_pushes(&mut self, now: u64) {
-        let room = self.push.room().min(PUSHES_PER_TURN_MAX);
+        let room = self.exchange.push.room().min(PUSHES_PER_TURN_MAX);
         if room == 0 {
             self.engine.push_pool_full(now);
             return;
@@ -233,7 +233,7 @@ impl Shard {
                 timestamp_s: now / 1000,
                 timeout: Duration::from_millis(PUSH_TIMEOUT_MS),
             };
-            if self.push.submit(build_task(&req, &msg)).is_err() {
+            if self.exchange.push.submit(build_task(&req, &msg)).is_err() {
                 // The pool is stopping (it had room): this and the rest wait in the outbox.
                 self.engine.push_not_sent(p.id, now);
                 for rest in due.by_ref() {
@@ -247,7 +247,7 @@ impl Shard {
     /// Outcomes of pushes, logged by the engine (retry times survive restarts).
     pub(super) fn collect_push_outcomes(&mut self, now: u64) {
         let mut outcomes = Vec::new();
-        self.push.take_outcomes(&mut outcomes);
+        self.exchange.push.take_outcomes(&mut outcomes);
         if outcomes.is_empty() {
             return;
         }
@@ -267,7 +267,7 @@ impl Shard {
     }
 
     pub(super) fn add_checker(&mut self, group: String, reply_to: ReplyTo) {
-        let list = self.checkers.entry(group).or_default();
+        let list = self.exchange.checkers.entry(group).or_default();
         if !list.contains(&reply_to) {
             list.push(reply_to);
         }
@@ -275,7 +275,7 @@ impl Shard {
 
     /// Registers a connection as a checker on every shard.
     pub(super) fn register_checker(&mut self, group: String, reply_to: ReplyTo) {
-        if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
+        if let Some(conn) = self.clients.conns.get_mut(reply_to.conn.token) {
             conn.checker = true;
         }
         for shard in 0..self.shard_count() {
@@ -290,12 +290,12 @@ impl Shard {
     /// (round robin); with no checker connected the check is only counted.
     pub(super) fn push_checks(&mut self) {
         for c in self.engine.take_checks() {
-            let Some(list) = self.checkers.get(&c.group).filter(|l| !l.is_empty()) else {
+            let Some(list) = self.exchange.checkers.get(&c.group).filter(|l| !l.is_empty()) else {
                 log::debug!("no checker for producer group {:?}; message {} waits", c.group, c.msg_id);
                 continue;
             };
-            self.next_checker = self.next_checker.wrapping_add(1);
-            let to = list[self.next_checker % list.len()];
+            self.exchange.next_checker = self.exchange.next_checker.wrapping_add(1);
+            let to = list[self.exchange.next_checker % list.len()];
             let body = match self.log.read(c.body_pos, c.body_len) {
                 Ok(b) => Bytes::copy_from_slice(b),
                 Err(e) => {
@@ -312,18 +312,30 @@ impl Shard {
                 body,
             });
             if to.shard == self.id {
-                if let Some(conn) = self.conns.get_mut(to.conn.token).filter(|x| x.gen == to.conn.gen) {
+                if let Some(conn) = self.clients.conns.get_mut(to.conn.token).filter(|x| x.gen == to.conn.gen) {
                     check.encode_push(&mut conn.out);
                     self.touch(to.conn);
                 }
             } else {
-                let batch = &mut self.push_out[usize::from(to.shard)];
+                let batch = &mut self.cross.push_out[usize::from(to.shard)];
                 let start = batch.buf.len();
                 check.encode_push(&mut batch.buf);
                 batch.parts.push((to.conn, start, batch.buf.len()));
             }
         }
     }
+}
+
+/// Messages between queues of different shards, transaction checkers,
+/// and HTTP pushes.
+pub(super) struct Exchange {
+    /// Connections (on any shard) answering transaction checks, per producer group.
+    pub(super) checkers: HashMap<String, Vec<ReplyTo>>,
+    pub(super) next_checker: usize,
+    /// This shard's queue in the broker's HTTP push pool.
+    pub(super) push: crate::push::PushHandle,
+    /// Transfers received beyond a turn's budget (`exchange.rs`).
+    pub(super) transfers_in: TransfersIn,
 }
 
 #[cfg(test)]

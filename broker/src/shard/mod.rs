@@ -13,16 +13,20 @@ mod authn;
 mod budget;
 mod conn;
 mod coordination;
+mod cross_shard;
 mod dispatch;
 mod exchange;
 mod forward;
+mod handlers;
 pub mod mailbox;
 mod release;
 pub mod replication;
 mod reply;
+mod shutdown;
 mod stats;
 pub mod storage;
 mod turns;
+mod waits;
 mod wheel;
 
 use std::cmp::Reverse;
@@ -48,9 +52,10 @@ use cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX;
 use conn::{
     Conn, Deadlines, Expired, ReadRoom, CONN_IN_FLIGHT_MAX, CONN_OUT_BYTES_MAX, OUT_BYTES_HIGH, READS_PER_TURN_MAX,
 };
-use coordination::Gather;
-use mailbox::{ConnRef, Forwarded, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
+use cross_shard::{reply_bytes, FORWARDED_REPLY_BYTES_MAX};
+use mailbox::{ConnRef, Inbox, ReplyBatch, ReplyTo, ShardHandle, ShardMsg};
 use release::{HoldQueue, Need};
+use reply::ReplyDep;
 pub use stats::STALL_MS_MAX;
 use storage::ShardLog;
 
@@ -60,12 +65,6 @@ pub const STORAGE: Token = Token(usize::MAX - 3);
 
 /// Readiness events handled per poll call.
 const EVENTS_MAX: usize = 1024;
-
-/// How long a shutting-down broker waits for in-flight work before exiting anyway.
-const SHUTDOWN_GRACE_MS: u64 = 10_000;
-
-/// How long shutdown waits for the final fdatasync.
-const SHUTDOWN_SYNC_MS: u64 = 5_000;
 
 /// How often log space is checked for release and compaction.
 const HOUSEKEEP_EVERY_MS: u64 = 1000;
@@ -80,13 +79,6 @@ const SHED_CHECK_EVERY_MS: u64 = 100;
 /// Over budget, a connection is shed only if its output made no progress
 /// for this long: a client busy reading a 16 MiB answer is not a slow consumer.
 const SHED_STALLED_MS: u64 = 1000;
-
-/// Answer bytes a shard produces for other shards' connections, by running
-/// requests they forwarded, in one turn or still held for the log. Past it
-/// the rest of the forwarded requests wait for a later turn: one write of
-/// thousands of pipelined PeekMessages (16 MiB answers each) must not make
-/// the owner build gigabytes of answers at once. Two maximum-size responses.
-const FORWARDED_REPLY_BYTES_MAX: usize = 2 * cmq_protocol::limits::FRAME_BYTES_MAX as usize;
 
 /// State every shard shares: configuration, peers, broker-wide counters.
 pub struct Shared {
@@ -181,98 +173,53 @@ impl Shared {
     }
 }
 
-/// A long-polling receive waiting on this shard's engine.
-struct Wait {
-    reply_to: ReplyTo,
-    request_id: u64,
-    batch: bool,
-}
-
+/// One shard's event loop, in parts with one job each: a change to how
+/// connections are read touches `clients` (`conn.rs`), to when answers may
+/// leave `durability` (`storage.rs`, `release.rs`), to work for other
+/// shards `cross` (`cross_shard.rs`), and so on.
 pub struct Shard {
     id: u16,
+    shared: Arc<Shared>,
+    poll: Poll,
+    clock: Clock,
+    turn: u64,
+    /// The queues this shard owns (I/O free: fed requests, records, time).
+    engine: ShardEngine,
+    /// The shard's log (group commit, fdatasync, log space).
+    log: ShardLog,
+    /// Durability and the log: what the log made safe, what output waits
+    /// for it, log-space upkeep (`storage.rs`, `release.rs`).
+    durability: storage::LogState,
+    /// Client connections: the listener, the open connections, those to
+    /// write or read again this turn (`conn.rs`).
+    clients: conn::Clients,
+    /// Connection limits: deadlines, the clock they run on, the buffer budget.
+    limits: ConnLimits,
+    /// Messages from the other shards of this node (`mailbox.rs`).
+    inbox: Inbox,
+    /// Cross-shard exchange: what goes to the other shards, and when
+    /// (`cross_shard.rs`).
+    cross: cross_shard::CrossShard,
+    /// Scatter/gather requests under way (`coordination.rs`).
+    coord: coordination::Coordination,
+    /// Messages between queues of different shards, transaction checkers,
+    /// HTTP pushes (`exchange.rs`).
+    exchange: exchange::Exchange,
     /// This shard's part of its Raft group (None: a single node).
     repl: Option<Box<replication::Replication>>,
     /// Frames other nodes' shards forwarded this turn (see `forward.rs`).
     forwarded: Vec<(u64, bytes::Bytes)>,
-    poll: Poll,
-    listener: Option<TcpListener>,
-    conns: Slab<Conn>,
-    next_gen: u32,
-    engine: ShardEngine,
-    log: ShardLog,
-    shared: Arc<Shared>,
-    inbox: Inbox,
-    clock: Clock,
-    turn: u64,
-    /// Local connections that got output this turn.
-    touched: Vec<ConnRef>,
-    /// Local connections with output waiting for the log.
-    waiting: Vec<ConnRef>,
-    /// The log's progress as last seen (what held output is compared with).
-    progress: release::Progress,
-    /// What the next reply depends on being durable, when the code that
-    /// produced it knows (None: everything logged as sync so far).
-    reply_dep: Option<u64>,
-    /// Replies for peers' connections produced this turn, per peer.
-    remote_out: Vec<ReplyBatch>,
-    /// What this turn's replies in `remote_out` need.
-    remote_need: Need,
-    /// Push frames for peers' connections produced this turn, per peer.
-    push_out: Vec<ReplyBatch>,
-    /// Other messages to peers that must wait for this turn's records
-    /// (transfers, transfer verdicts).
-    turn_msgs: Vec<(u16, ShardMsg)>,
-    /// Messages to peers of earlier turns, waiting for the log.
-    staged: HoldQueue<Vec<(u16, ShardMsg)>>,
-    /// Requests to forward at the end of this turn, per owner shard.
-    forward_out: Vec<Vec<Forwarded>>,
-    /// Messages a full peer inbox refused; retried every turn (replies must not be lost).
-    unsent: Vec<(u16, ShardMsg)>,
-    /// Forwarded requests put off by FORWARDED_REPLY_BYTES_MAX, in arrival order.
-    deferred: std::collections::VecDeque<Forwarded>,
-    /// Answer bytes for peers produced this turn by forwarded requests.
-    forwarded_reply_bytes: usize,
-    /// Answer bytes for peers in `staged` (waiting for the log).
-    staged_reply_bytes: usize,
-    waits: HashMap<u64, Wait>,
-    gathers: HashMap<u64, Gather>,
-    next_gather: u64,
-    /// Connections (on any shard) answering transaction checks, per producer group.
-    checkers: HashMap<String, Vec<ReplyTo>>,
-    next_checker: usize,
-    /// Connections with unread input left over (fairness limit, or resumed after back-pressure).
-    read_again: Vec<ConnRef>,
-    scratch: Vec<u8>,
-    /// Error replies decided inside an engine call, sent right after it.
-    pending_errors: Vec<(ReplyTo, u16, u64, ErrorCode, String)>,
-    draining: bool,
-    drain_deadline_ms: u64,
-    reported_drained: bool,
-    next_housekeep_ms: u64,
-    /// Compaction of the oldest log segment is under way (a bounded step per turn).
-    compacting: bool,
-    /// Testing only (`--fault-drop-one-in`): acknowledge every Nth send without storing it.
-    fault_drop_one_in: u64,
-    fault_sends: u64,
-    /// A log batch failed: the engine holds changes the log does not, and is
-    /// rebuilt from the log once the log is writable again.
-    engine_suspect: bool,
-    /// This shard's queue in the broker's HTTP push pool.
-    push: crate::push::PushHandle,
-    /// Connection limits: deadlines, the clock they run on, the buffer budget.
-    limits: ConnLimits,
+    /// Keys: publishing shard 0's, sweeping sessions whose key went (`authn.rs`).
+    keys: authn::KeySync,
+    /// Shutdown under way (`shutdown.rs`).
+    drain: shutdown::Drain,
     /// How long each loop turn took (`turns.rs`).
     turn_times: turns::TurnTimes,
-    /// Transfers received beyond a turn's budget (`exchange.rs`).
-    transfers_in: exchange::TransfersIn,
     /// Answers, latency and loop turns, counted on this thread (`stats.rs`).
     metrics: crate::metrics::shard::ShardMetrics<Need>,
-    /// Shard 0: the key store version last published (`authn.rs`).
-    keys_published: u64,
-    /// The key table version this shard last swept its connections for.
-    keys_swept: u64,
-    /// Shard 0: `--init-admin-key` still to do.
-    admin_key_pending: bool,
+    /// Testing only (`--fault-drop-one-in`): acknowledge every Nth send
+    /// without storing it.
+    faults: handlers::messages::FaultDrop,
 }
 
 /// This shard's side of the connection limits (docs/ARCHITECTURE.md,
@@ -363,61 +310,60 @@ impl Shard {
             repl,
             forwarded: Vec::new(),
             poll,
-            listener: Some(listener),
-            conns: Slab::new(),
-            next_gen: 0,
             engine,
             log,
             shared,
             inbox,
             clock: Clock::default(),
             turn: 0,
-            touched: Vec::new(),
-            waiting: Vec::new(),
-            progress: release::Progress::default(),
-            reply_dep: None,
-            remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
-            remote_need: Need::NONE,
-            push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
-            turn_msgs: Vec::new(),
-            staged: HoldQueue::default(),
-            forward_out: (0..peers).map(|_| Vec::new()).collect(),
-            unsent: Vec::new(),
-            deferred: std::collections::VecDeque::new(),
-            forwarded_reply_bytes: 0,
-            staged_reply_bytes: 0,
-            waits: HashMap::new(),
-            gathers: HashMap::new(),
-            next_gather: 1,
-            checkers: HashMap::new(),
-            next_checker: 0,
-            read_again: Vec::new(),
-            scratch: Vec::with_capacity(64 * 1024),
-            pending_errors: Vec::new(),
-            draining: false,
-            drain_deadline_ms: 0,
-            reported_drained: false,
-            next_housekeep_ms: 0,
-            compacting: false,
-            fault_drop_one_in,
-            fault_sends: 0,
-            engine_suspect: false,
             limits,
-            push,
             turn_times: turns::TurnTimes::default(),
-            transfers_in: exchange::TransfersIn::default(),
             metrics: Default::default(),
-            keys_published: 0,
-            keys_swept: 0,
-            admin_key_pending: false,
+            cross: cross_shard::CrossShard {
+                remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+                remote_need: Need::NONE,
+                push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+                turn_msgs: Vec::new(),
+                staged: HoldQueue::default(),
+                forward_out: (0..peers).map(|_| Vec::new()).collect(),
+                unsent: Vec::new(),
+                deferred: std::collections::VecDeque::new(),
+                forwarded_reply_bytes: 0,
+                staged_reply_bytes: 0,
+            },
+            coord: coordination::Coordination { gathers: HashMap::new(), next_gather: 1 },
+            exchange: exchange::Exchange {
+                checkers: HashMap::new(),
+                next_checker: 0,
+                push,
+                transfers_in: exchange::TransfersIn::default(),
+            },
+            keys: authn::KeySync { keys_published: 0, keys_swept: 0, admin_key_pending: false },
+            drain: shutdown::Drain { draining: false, drain_deadline_ms: 0, reported_drained: false },
+            durability: storage::LogState {
+                progress: release::Progress::default(),
+                waiting: Vec::new(),
+                engine_suspect: false,
+                compacting: false,
+                next_housekeep_ms: 0,
+            },
+            clients: conn::Clients {
+                listener: Some(listener),
+                conns: Slab::new(),
+                next_gen: 0,
+                touched: Vec::new(),
+                read_again: Vec::new(),
+                scratch: Vec::with_capacity(64 * 1024),
+            },
+            faults: handlers::messages::FaultDrop { fault_drop_one_in, fault_sends: 0 },
         };
-        shard.admin_key_pending = shard.shared.cfg.init_admin_key.is_some();
+        shard.keys.admin_key_pending = shard.shared.cfg.init_admin_key.is_some();
         // Shard 0's recovered keys are published before any shard serves.
         shard.publish_keys();
-        shard.progress = release::Progress::solo(shard.log.progress());
+        shard.durability.progress = release::Progress::solo(shard.log.progress());
         shard.publish_leader();
         shard.log.register(shard.poll.registry(), STORAGE)?;
-        if let Some(l) = shard.listener.as_mut() {
+        if let Some(l) = shard.clients.listener.as_mut() {
             shard.poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
         Ok(shard)
@@ -449,34 +395,10 @@ impl Shard {
             self.metrics.begin_turn(self.turn);
             let now = self.clock.now_ms();
             let conn_now = self.limits.tick();
-            if self.shared.shutdown.load(Ordering::Relaxed) && !self.draining {
+            if self.shared.shutdown.load(Ordering::Relaxed) && !self.drain.draining {
                 self.begin_drain(now);
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    STORAGE => self.poll_log(),
-                    WAKER => {}
-                    t if self.owns_peer_token(t) => self.peer_event(ev, now),
-                    Token(t) => {
-                        if ev.is_writable() {
-                            self.write_conn(t);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            if let Some(c) = self.conns.get_mut(t) {
-                                c.read_pending = true;
-                                c.peer_closed |= ev.is_read_closed() || ev.is_error();
-                            }
-                            self.read_conn(t, now);
-                        }
-                    }
-                }
-            }
-            for c in std::mem::take(&mut self.read_again) {
-                if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen) {
-                    self.read_conn(c.token, now);
-                }
-            }
+            self.handle_events(&events, now);
             self.repl_receive(now);
             self.take_forwarded(now);
             self.drain_inbox(now);
@@ -492,30 +414,64 @@ impl Shard {
             self.turn_times.record(self.id, turn_start);
             turns::fault_panic(self.id, self.turn, self.shared.cfg.fault_panic_after_turns);
             if let Some(slow) = self.metrics.end_turn() {
-                let report = TurnReport { events: events.iter().count(), connections: self.conns.len() };
+                let report = TurnReport { events: events.iter().count(), connections: self.clients.conns.len() };
                 self.metrics.log_slow_turn(self.id, slow, report);
             }
-            if self.draining && self.drain_step(now) {
+            if self.drain.draining && self.drain_step(now) {
                 log::info!("shard {}: {}", self.id, self.turn_times.summary());
                 return;
             }
         }
     }
 
+    /// Readiness events: accepts, log completions, peer links, and
+    /// connections' reads and writes (then those with input left over).
+    fn handle_events(&mut self, events: &Events, now: u64) {
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(),
+                STORAGE => self.poll_log(),
+                WAKER => {}
+                t if self.owns_peer_token(t) => self.peer_event(ev, now),
+                Token(t) => {
+                    if ev.is_writable() {
+                        self.write_conn(t);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if let Some(c) = self.clients.conns.get_mut(t) {
+                            c.read_pending = true;
+                            c.peer_closed |= ev.is_read_closed() || ev.is_error();
+                        }
+                        self.read_conn(t, now);
+                    }
+                }
+            }
+        }
+        for c in std::mem::take(&mut self.clients.read_again) {
+            if self.clients.conns.get(c.token).is_some_and(|x| x.gen == c.gen) {
+                self.read_conn(c.token, now);
+            }
+        }
+    }
+
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.unsent.is_empty() || self.compacting || !self.limits.shed.is_empty() {
+        if !self.clients.read_again.is_empty()
+            || !self.cross.unsent.is_empty()
+            || self.durability.compacting
+            || !self.limits.shed.is_empty()
+        {
             return Some(Duration::ZERO);
         }
-        if self.transfers_in.is_waiting() {
+        if self.exchange.transfers_in.is_waiting() {
             return Some(Duration::ZERO);
         }
         // Deferred forwarded requests go on next turn, unless they wait for
         // answers held for the log (whose completion wakes the loop).
-        if !self.deferred.is_empty() && self.staged_reply_bytes < FORWARDED_REPLY_BYTES_MAX {
+        if !self.cross.deferred.is_empty() && self.cross.staged_reply_bytes < FORWARDED_REPLY_BYTES_MAX {
             return Some(Duration::ZERO);
         }
-        let mut deadline = self.engine.next_deadline(now).unwrap_or(u64::MAX).min(self.next_housekeep_ms);
-        if self.draining {
+        let mut deadline = self.engine.next_deadline(now).unwrap_or(u64::MAX).min(self.durability.next_housekeep_ms);
+        if self.drain.draining {
             deadline = deadline.min(now + 10);
         }
         if let Some(d) = self.log.periodic_sync_due() {
@@ -539,7 +495,7 @@ impl Shard {
 
     fn accept(&mut self) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.clients.listener.as_ref() else { return };
             let (stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -565,8 +521,8 @@ impl Shard {
     }
 
     fn add_conn(&mut self, mut stream: mio::net::TcpStream, handshaken: bool) -> Option<ConnRef> {
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let entry = self.conns.vacant_entry();
+        self.clients.next_gen = self.clients.next_gen.wrapping_add(1);
+        let entry = self.clients.conns.vacant_entry();
         let token = entry.key();
         if let Err(e) =
             self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
@@ -575,17 +531,17 @@ impl Shard {
             self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        let mut conn = Conn::new(stream, self.next_gen, self.limits.now_ms);
+        let mut conn = Conn::new(stream, self.clients.next_gen, self.limits.now_ms);
         conn.handshaken = handshaken;
         entry.insert(conn);
-        let me = ConnRef { token, gen: self.next_gen };
+        let me = ConnRef { token, gen: self.clients.next_gen };
         self.arm_deadline(me);
         self.recharge(token);
         Some(me)
     }
 
     fn close_conn(&mut self, token: usize) {
-        let Some(mut conn) = self.conns.try_remove(token) else { return };
+        let Some(mut conn) = self.clients.conns.try_remove(token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
         self.uncharge(&conn);
@@ -613,97 +569,117 @@ impl Shard {
     }
 
     fn read_frames(&mut self, token: usize, now: u64) {
-        let Some(conn) = self.conns.get(token) else { return };
+        let Some(conn) = self.clients.conns.get(token) else { return };
         if conn.starved {
             // Resumed by resume_starved when the budget has room.
             return;
         }
         let me = ConnRef { token, gen: conn.gen };
         loop {
-            // Handle every complete frame already buffered.
-            let mut completed = false;
-            loop {
-                if self.entry_full() {
-                    // This turn's entry is as large as a replica sends at
-                    // once: the rest waits for the next turn.
-                    self.read_again.push(me);
-                    return;
-                }
-                let Some(conn) = self.conns.get_mut(token) else { return };
-                if conn.closing || conn.shed {
-                    return;
-                }
-                if conn.read_paused() {
-                    // Resumed by write_conn or a reply once it drains; no
-                    // polling meanwhile. The frame deadline runs only while
-                    // the broker is reading.
-                    conn.partial_since_ms = 0;
-                    return;
-                }
-                match frame::check(&conn.rbuf) {
-                    Ok(Some(total)) => {
-                        let (header, payload) = frame::split(&mut conn.rbuf, total);
-                        completed = true;
-                        let handshake_sized = !conn.handshaken || header.opcode == Opcode::Handshake as u16;
-                        if handshake_sized && total > HANDSHAKE_FRAME_BYTES_MAX as usize {
-                            return self.refuse_handshake_frame(token, total as u64);
-                        }
-                        self.handle_frame(me, header, payload, now);
-                    }
-                    Ok(None) => {
-                        if let Some(total) = over_handshake_limit(&conn.rbuf, conn.handshaken) {
-                            return self.refuse_handshake_frame(token, total);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        let code = match e {
-                            FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
-                            FrameError::TooShort(_) => ErrorCode::MALFORMED_FRAME,
-                        };
-                        self.fail_conn(token, 0, code, &e.to_string());
-                        return;
-                    }
-                }
-            }
+            let Some(completed) = self.handle_buffered(me, now) else { return };
             self.note_partial_frame(me, completed);
-            let turn = self.turn;
-            let Some(conn) = self.conns.get_mut(token) else { return };
-            if !conn.read_pending {
+            if !self.read_more(me) {
                 return;
             }
-            if conn.reads_turn != turn {
-                conn.reads_turn = turn;
-                conn.reads = 0;
+        }
+    }
+
+    /// Handles every complete frame already buffered. Returns whether any
+    /// was, or None when the connection must not be read further now.
+    fn handle_buffered(&mut self, me: ConnRef, now: u64) -> Option<bool> {
+        let token = me.token;
+        let mut completed = false;
+        loop {
+            if self.entry_full() {
+                // This turn's entry is as large as a replica sends at
+                // once: the rest waits for the next turn.
+                self.clients.read_again.push(me);
+                return None;
             }
-            if conn.reads >= READS_PER_TURN_MAX {
-                // Fair share used: the rest waits for the next turn.
-                self.read_again.push(me);
-                return;
+            let conn = self.clients.conns.get_mut(token)?;
+            if conn.closing || conn.shed {
+                return None;
             }
-            conn.reads += 1;
-            match conn.read_room(pending_frame_len(&conn.rbuf)) {
-                ReadRoom::Chunk => conn.reserve_chunk(),
-                ReadRoom::Ready => {}
-                ReadRoom::Grow(capacity) => {
-                    if !self.grow_read_buffer(me, capacity) {
-                        return;
+            if conn.read_paused() {
+                // Resumed by write_conn or a reply once it drains; no
+                // polling meanwhile. The frame deadline runs only while
+                // the broker is reading.
+                conn.partial_since_ms = 0;
+                return None;
+            }
+            match frame::check(&conn.rbuf) {
+                Ok(Some(total)) => {
+                    let (header, payload) = frame::split(&mut conn.rbuf, total);
+                    completed = true;
+                    let handshake_sized = !conn.handshaken || header.opcode == Opcode::Handshake as u16;
+                    if handshake_sized && total > HANDSHAKE_FRAME_BYTES_MAX as usize {
+                        self.refuse_handshake_frame(token, total as u64);
+                        return None;
                     }
+                    self.handle_frame(me, header, payload, now);
                 }
-            }
-            let Some(conn) = self.conns.get_mut(token) else { return };
-            match conn.fill() {
-                Ok(true) => conn.active_ms = self.limits.now_ms,
-                Ok(false) => {
-                    // End of input: the client is done sending. Answer nothing more and close.
-                    self.close_conn(token);
-                    return;
+                Ok(None) => {
+                    if let Some(total) = over_handshake_limit(&conn.rbuf, conn.handshaken) {
+                        self.refuse_handshake_frame(token, total);
+                        return None;
+                    }
+                    return Some(completed);
                 }
                 Err(e) => {
-                    log::debug!("shard {}: connection read error: {e}", self.id);
-                    self.close_conn(token);
-                    return;
+                    let code = match e {
+                        FrameError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
+                        FrameError::TooShort(_) => ErrorCode::MALFORMED_FRAME,
+                    };
+                    self.fail_conn(token, 0, code, &e.to_string());
+                    return None;
                 }
+            }
+        }
+    }
+
+    /// Reads more input into connection `me`'s buffer, within its fair
+    /// share of reads this turn and the buffer budget. Returns whether
+    /// there may be frames to handle.
+    fn read_more(&mut self, me: ConnRef) -> bool {
+        let (token, turn) = (me.token, self.turn);
+        let Some(conn) = self.clients.conns.get_mut(token) else { return false };
+        if !conn.read_pending {
+            return false;
+        }
+        if conn.reads_turn != turn {
+            conn.reads_turn = turn;
+            conn.reads = 0;
+        }
+        if conn.reads >= READS_PER_TURN_MAX {
+            // Fair share used: the rest waits for the next turn.
+            self.clients.read_again.push(me);
+            return false;
+        }
+        conn.reads += 1;
+        match conn.read_room(pending_frame_len(&conn.rbuf)) {
+            ReadRoom::Chunk => conn.reserve_chunk(),
+            ReadRoom::Ready => {}
+            ReadRoom::Grow(capacity) => {
+                if !self.grow_read_buffer(me, capacity) {
+                    return false;
+                }
+            }
+        }
+        let Some(conn) = self.clients.conns.get_mut(token) else { return false };
+        match conn.fill() {
+            Ok(true) => {
+                conn.active_ms = self.limits.now_ms;
+                true
+            }
+            Ok(false) => {
+                // End of input: the client is done sending. Answer nothing more and close.
+                self.close_conn(token);
+                false
+            }
+            Err(e) => {
+                log::debug!("shard {}: connection read error: {e}", self.id);
+                self.close_conn(token);
+                false
             }
         }
     }
@@ -712,7 +688,7 @@ impl Shard {
     /// front of the buffer has until its first byte plus the frame deadline
     /// to arrive whole.
     fn note_partial_frame(&mut self, me: ConnRef, completed: bool) {
-        let Some(conn) = self.conns.get_mut(me.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
         if completed && self.limits.overdraft == Some(me) {
             // The frame allowed past the budget is in: another may go.
             self.limits.overdraft = None;
@@ -729,7 +705,7 @@ impl Shard {
     /// a Handshake frame is held to that size at any time.
     fn refuse_handshake_frame(&mut self, token: usize, total: u64) {
         ConnCounters::bump(&self.counters().handshake_frames_too_large);
-        let peer = self.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
+        let peer = self.clients.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
         if let Some(skipped) = self.limits.log[Refusal::HandshakeFrameTooLarge as usize].allow(self.limits.now_ms) {
             log::warn!(
                 "shard {}: refused a {total}-byte frame from {peer:?} before or as its handshake \
@@ -748,17 +724,17 @@ impl Shard {
     /// buffer if the budget allows, else parks the connection (it is not
     /// read until resume_starved finds room). Returns whether to read.
     fn grow_read_buffer(&mut self, me: ConnRef, capacity: usize) -> bool {
-        let Some(conn) = self.conns.get(me.token) else { return false };
+        let Some(conn) = self.clients.conns.get(me.token) else { return false };
         let extra = capacity.saturating_sub(conn.rbuf.capacity());
         let buffered = conn.rbuf.len();
         if self.take_for_read(me, extra) {
-            if let Some(conn) = self.conns.get_mut(me.token) {
+            if let Some(conn) = self.clients.conns.get_mut(me.token) {
                 conn.charged += extra;
                 conn.grow_to(capacity);
             }
             return true;
         }
-        let Some(conn) = self.conns.get_mut(me.token) else { return false };
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return false };
         conn.starved = true;
         let want = pending_frame_len(&conn.rbuf);
         self.limits.starved.push(Reverse((buffered, me.token, me.gen)));
@@ -783,8 +759,10 @@ impl Shard {
         if self.limits.budget.try_take(total, extra) {
             return true;
         }
-        let held =
-            self.limits.overdraft.is_some_and(|o| o != me && self.conns.get(o.token).is_some_and(|c| c.gen == o.gen));
+        let held = self
+            .limits
+            .overdraft
+            .is_some_and(|o| o != me && self.clients.conns.get(o.token).is_some_and(|c| c.gen == o.gen));
         if held {
             return false;
         }
@@ -798,7 +776,7 @@ impl Shard {
     fn resume_starved(&mut self) {
         while let Some(&Reverse((_, token, gen))) = self.limits.starved.peek() {
             let me = ConnRef { token, gen };
-            let Some(conn) = self.conns.get(token).filter(|c| c.gen == gen && c.starved) else {
+            let Some(conn) = self.clients.conns.get(token).filter(|c| c.gen == gen && c.starved) else {
                 self.limits.starved.pop();
                 continue;
             };
@@ -807,22 +785,22 @@ impl Shard {
                 if !self.take_for_read(me, extra) {
                     return;
                 }
-                if let Some(conn) = self.conns.get_mut(token) {
+                if let Some(conn) = self.clients.conns.get_mut(token) {
                     conn.charged += extra;
                     conn.grow_to(capacity);
                 }
             }
-            if let Some(conn) = self.conns.get_mut(token) {
+            if let Some(conn) = self.clients.conns.get_mut(token) {
                 conn.starved = false;
             }
             self.limits.starved.pop();
-            self.read_again.push(me);
+            self.clients.read_again.push(me);
         }
     }
 
     /// Charges the budget with what connection `token`'s buffers hold now.
     fn recharge(&mut self, token: usize) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(token) else { return };
         let now = conn.buffer_bytes();
         if now != conn.charged {
             self.limits.budget.adjust(&self.shared.buffer_bytes, conn.charged, now);
@@ -847,7 +825,7 @@ impl Shard {
     /// Files connection `c`'s current deadline in the timer wheel, unless an
     /// entry at or before it is filed already.
     fn arm_deadline(&mut self, c: ConnRef) {
-        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(c.token) else { return };
         let at = next_check(conn, &self.limits);
         if self.limits.wheel.slot_time(at) < conn.timer_at {
             conn.timer_at = self.limits.wheel.insert(at, c);
@@ -863,7 +841,7 @@ impl Shard {
         let mut due = std::mem::take(&mut self.limits.expired);
         self.limits.wheel.expire(now, &mut due);
         for (c, at) in due.drain(..) {
-            let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen && x.timer_at == at) else {
+            let Some(conn) = self.clients.conns.get_mut(c.token).filter(|x| x.gen == c.gen && x.timer_at == at) else {
                 // Closed, or superseded by an earlier entry.
                 continue;
             };
@@ -911,7 +889,7 @@ impl Shard {
             Refusal::Idle => &counters.idle_timeouts,
             _ => &counters.slow_consumer_closes,
         });
-        let peer = self.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
+        let peer = self.clients.conns.get(token).and_then(|c| c.stream.peer_addr().ok());
         match code {
             Some(code) => self.fail_conn(token, 0, code, &message),
             None => self.close_conn(token),
@@ -930,7 +908,7 @@ impl Shard {
     /// Output appended for local connection `c` took it past its bound:
     /// its further answers are dropped and it closes at the end of the turn.
     fn shed_conn(&mut self, c: ConnRef) {
-        if let Some(conn) = self.conns.get_mut(c.token).filter(|x| x.gen == c.gen && !x.shed) {
+        if let Some(conn) = self.clients.conns.get_mut(c.token).filter(|x| x.gen == c.gen && !x.shed) {
             conn.shed = true;
             self.limits.shed.push(c);
         }
@@ -945,7 +923,7 @@ impl Shard {
             self.shed_for_budget();
         }
         for c in std::mem::take(&mut self.limits.shed) {
-            let Some(conn) = self.conns.get(c.token).filter(|x| x.gen == c.gen) else { continue };
+            let Some(conn) = self.clients.conns.get(c.token).filter(|x| x.gen == c.gen) else { continue };
             let unsent = conn.unsent();
             let peer = conn.stream.peer_addr().ok();
             ConnCounters::bump(&self.counters().slow_consumer_closes);
@@ -969,6 +947,7 @@ impl Shard {
         let excess = self.shared.buffer_bytes.load(Ordering::Relaxed).saturating_sub(self.budget_limit());
         let stalled_since = self.limits.now_ms.saturating_sub(SHED_STALLED_MS);
         let mut stuck: Vec<(usize, ConnRef)> = self
+            .clients
             .conns
             .iter()
             .filter(|(_, c)| !c.shed && c.releasable - c.written > OUT_BYTES_HIGH && c.wrote_ms <= stalled_since)
@@ -991,9 +970,9 @@ impl Shard {
 
     /// A paused connection whose output or in-flight count dropped reads again.
     fn maybe_resume(&mut self, c: ConnRef) {
-        if let Some(conn) = self.conns.get(c.token) {
+        if let Some(conn) = self.clients.conns.get(c.token) {
             if conn.gen == c.gen && !conn.read_paused() && (conn.read_pending || !conn.rbuf.is_empty()) {
-                self.read_again.push(c);
+                self.clients.read_again.push(c);
             }
         }
     }
@@ -1016,7 +995,7 @@ impl Shard {
         code: ErrorCode,
         message: &str,
     ) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(token) else { return };
         reply::err(&mut conn.out, opcode, request_id, code, message);
         conn.closing = true;
         conn.rbuf.clear();
@@ -1031,7 +1010,7 @@ impl Shard {
     }
 
     fn write_conn(&mut self, token: usize) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(token) else { return };
         let was_paused = conn.read_paused();
         let gen = conn.gen;
         match conn.flush(self.limits.now_ms) {
@@ -1058,17 +1037,17 @@ impl Shard {
 
     /// Marks a local connection as having output in this turn.
     fn touch(&mut self, c: ConnRef) {
-        if let Some(conn) = self.conns.get_mut(c.token) {
+        if let Some(conn) = self.clients.conns.get_mut(c.token) {
             if conn.gen == c.gen && conn.touched_turn != self.turn {
                 conn.touched_turn = self.turn;
-                self.touched.push(c);
+                self.clients.touched.push(c);
             }
         }
     }
 
     /// One request of `c` was answered.
     fn answered(&mut self, c: ConnRef) {
-        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(c.token) else { return };
         if conn.gen != c.gen {
             return;
         }
@@ -1085,7 +1064,7 @@ impl Shard {
     fn accept_handover(&mut self, h: mailbox::Handover) {
         let Some(me) = self.add_conn(h.stream, true) else { return };
         let resp = self.handshake_ok(h.version);
-        if let Some(conn) = self.conns.get_mut(me.token) {
+        if let Some(conn) = self.clients.conns.get_mut(me.token) {
             conn.session = h.session;
             conn.rbuf = h.pending;
             reply::ok(&mut conn.out, h.handshake_request_id, &resp);
@@ -1093,7 +1072,7 @@ impl Shard {
         }
         self.write_conn(me.token);
         self.recharge(me.token);
-        self.read_again.push(me);
+        self.clients.read_again.push(me);
     }
 
     fn handshake_ok(&self, version: u16) -> cmq_protocol::Response {
@@ -1132,91 +1111,13 @@ impl Shard {
                 ShardMsg::CheckerRegistered { group, reply_to } => self.add_checker(group, reply_to),
                 ShardMsg::ConnClosed { reply_to } => self.forget_conn(reply_to),
                 ShardMsg::Shutdown => {
-                    if !self.draining {
+                    if !self.drain.draining {
                         self.begin_drain(now);
                     }
                 }
                 ShardMsg::Stats(req) => self.answer_stats(req, now),
                 ShardMsg::Stall { ms } => self.stall(ms),
             }
-        }
-    }
-
-    /// Runs requests other shards forwarded, in order, until the answers they
-    /// produced for peers reach FORWARDED_REPLY_BYTES_MAX; the rest wait.
-    fn run_forwarded(&mut self, reqs: Vec<Forwarded>, now: u64) {
-        if !self.deferred.is_empty() {
-            self.deferred.extend(reqs);
-            return;
-        }
-        let mut reqs = reqs.into_iter();
-        while !self.forwarded_replies_full() {
-            let Some(f) = reqs.next() else { return };
-            self.run_one_forwarded(f, now);
-        }
-        self.deferred.extend(reqs);
-    }
-
-    fn run_deferred(&mut self, now: u64) {
-        while !self.forwarded_replies_full() {
-            let Some(f) = self.deferred.pop_front() else { return };
-            self.run_one_forwarded(f, now);
-        }
-    }
-
-    fn run_one_forwarded(&mut self, f: Forwarded, now: u64) {
-        let peer = usize::from(f.reply_to.shard);
-        let before = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
-        self.execute(f.reply_to, f.request_id, f.request, now);
-        let after = self.remote_out.get(peer).map_or(0, |b| b.buf.len());
-        self.forwarded_reply_bytes += after.saturating_sub(before);
-    }
-
-    fn forwarded_replies_full(&self) -> bool {
-        self.forwarded_reply_bytes + self.staged_reply_bytes >= FORWARDED_REPLY_BYTES_MAX || self.entry_full()
-    }
-
-    /// Frames computed by another shard for our connections, released there
-    /// once what they depend on was safe. They still queue behind anything
-    /// this connection is waiting on (one ordered byte stream per
-    /// connection).
-    fn deliver_remote(&mut self, batch: ReplyBatch, replies: bool) {
-        for (c, start, end) in batch.parts {
-            let Some(conn) = self.conns.get_mut(c.token) else { continue };
-            if conn.gen != c.gen {
-                continue;
-            }
-            let Some(frames) = batch.buf.get(start..end) else {
-                log::error!("shard {}: malformed reply batch ({start}..{end})", self.id);
-                continue;
-            };
-            if conn.shed {
-                continue;
-            }
-            if replies && conn.session.is_some() {
-                if let Some(blank) = self.redacted_frame(c, frames) {
-                    if let Some(conn) = self.conns.get_mut(c.token) {
-                        conn.out.extend_from_slice(&blank);
-                    }
-                    self.hold_conn(c, Need::NONE);
-                    self.answered(c);
-                    continue;
-                }
-            }
-            let Some(conn) = self.conns.get_mut(c.token) else { continue };
-            conn.out.extend_from_slice(frames);
-            self.hold_conn(c, Need::NONE);
-            if replies {
-                self.answered(c);
-            } else {
-                self.touch(c);
-            }
-        }
-    }
-
-    fn send_to(&mut self, shard: u16, msg: ShardMsg) {
-        if let Err(msg) = self.shared.peers[usize::from(shard)].send(msg) {
-            self.unsent.push((shard, msg));
         }
     }
 
@@ -1231,13 +1132,7 @@ impl Shard {
             return;
         }
         self.engine.tick(&mut self.log, now);
-        for id in self.engine.expire_waiters(now) {
-            if let Some(w) = self.waits.remove(&id) {
-                self.reply_dep = Some(0);
-                let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::NO_MESSAGE, "no message");
-            }
-        }
+        self.expire_waiters(now);
         self.serve_waiters(now);
         self.send_transfers(now);
         self.push_checks();
@@ -1247,85 +1142,88 @@ impl Shard {
 
     /// A connection is gone: its long polls and checker registrations go too.
     fn forget_conn(&mut self, reply_to: ReplyTo) {
-        let ids: Vec<u64> = self.waits.iter().filter(|(_, w)| w.reply_to == reply_to).map(|(id, _)| *id).collect();
-        for id in ids {
-            self.waits.remove(&id);
-            self.engine.cancel_waiter(id);
-        }
-        for list in self.checkers.values_mut() {
+        self.cancel_waits_of(reply_to);
+        for list in self.exchange.checkers.values_mut() {
             list.retain(|r| *r != reply_to);
         }
-        if !self.deferred.is_empty() {
-            self.deferred.retain(|f| f.reply_to != reply_to);
+        if !self.cross.deferred.is_empty() {
+            self.cross.deferred.retain(|f| f.reply_to != reply_to);
         }
-        self.checkers.retain(|_, l| !l.is_empty());
+        self.exchange.checkers.retain(|_, l| !l.is_empty());
     }
 
     // ---- end of turn: forwards, group commit, release ----------------------
 
     /// Log-space housekeeping about once a second, and compaction steps.
     fn housekeep(&mut self, now: u64) {
-        if now >= self.next_housekeep_ms {
-            self.next_housekeep_ms = now + HOUSEKEEP_EVERY_MS;
-            if self.log.try_recover(now) && self.engine_suspect {
+        if now >= self.durability.next_housekeep_ms {
+            self.durability.next_housekeep_ms = now + HOUSEKEEP_EVERY_MS;
+            if self.log.try_recover(now) && self.durability.engine_suspect {
                 self.rebuild_engine();
             }
             self.set_consensus_floor();
-            if !self.compacting {
-                self.compacting = self.log.housekeep(&mut self.engine) && self.may_serve();
+            if !self.durability.compacting {
+                self.durability.compacting = self.log.housekeep(&mut self.engine) && self.may_serve();
             }
         }
-        if self.compacting {
+        if self.durability.compacting {
             // In a group, relocated messages are proposed like any record.
-            self.compacting = self.may_serve() && self.log.compact_step(&mut self.engine);
+            self.durability.compacting = self.may_serve() && self.log.compact_step(&mut self.engine);
         }
     }
 
     fn end_turn(&mut self, now: u64) {
         // Forward requests to their owners, one message per owner.
-        for owner in 0..self.forward_out.len() {
-            if self.forward_out[owner].is_empty() {
+        for owner in 0..self.cross.forward_out.len() {
+            if self.cross.forward_out[owner].is_empty() {
                 continue;
             }
-            let reqs = std::mem::take(&mut self.forward_out[owner]);
+            let reqs = std::mem::take(&mut self.cross.forward_out[owner]);
             if let Err(ShardMsg::Requests(reqs)) = self.shared.peers[owner].send(ShardMsg::Requests(reqs)) {
                 for f in reqs {
                     let op = f.request.opcode() as u16;
-                    self.reply_err(f.reply_to, op, f.request_id, ErrorCode::BUSY, "shard inbox full; retry");
+                    self.reply_err(
+                        f.reply_to,
+                        op,
+                        f.request_id,
+                        ErrorCode::BUSY,
+                        "shard inbox full; retry",
+                        ReplyDep::Read,
+                    );
                 }
             }
         }
         // Retry messages refused by full inboxes.
-        for (shard, msg) in std::mem::take(&mut self.unsent) {
+        for (shard, msg) in std::mem::take(&mut self.cross.unsent) {
             self.send_to(shard, msg);
         }
         // Output appended without a need of its own (pushes to checkers)
         // waits for everything logged so far.
         let everything = self.need_everything();
-        let touched = std::mem::take(&mut self.touched);
+        let touched = std::mem::take(&mut self.clients.touched);
         for c in &touched {
             self.hold_conn(*c, everything);
         }
         // This turn's messages to peers wait for what they depend on.
-        let mut need = std::mem::replace(&mut self.remote_need, Need::NONE);
-        let mut msgs = std::mem::take(&mut self.turn_msgs);
+        let mut need = std::mem::replace(&mut self.cross.remote_need, Need::NONE);
+        let mut msgs = std::mem::take(&mut self.cross.turn_msgs);
         if !msgs.is_empty() {
             need = need.max(everything);
         }
-        for peer in 0..self.remote_out.len() {
-            if !self.remote_out[peer].parts.is_empty() {
-                msgs.push((peer as u16, ShardMsg::Replies(std::mem::take(&mut self.remote_out[peer]))));
+        for peer in 0..self.cross.remote_out.len() {
+            if !self.cross.remote_out[peer].parts.is_empty() {
+                msgs.push((peer as u16, ShardMsg::Replies(std::mem::take(&mut self.cross.remote_out[peer]))));
             }
-            if !self.push_out[peer].parts.is_empty() {
+            if !self.cross.push_out[peer].parts.is_empty() {
                 need = need.max(everything);
-                msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.push_out[peer]))));
+                msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.cross.push_out[peer]))));
             }
         }
         if !msgs.is_empty() {
-            self.staged_reply_bytes += reply_bytes(&msgs);
-            self.staged.push(need, msgs);
+            self.cross.staged_reply_bytes += reply_bytes(&msgs);
+            self.cross.staged.push(need, msgs);
         }
-        self.forwarded_reply_bytes = 0;
+        self.cross.forwarded_reply_bytes = 0;
         // In a group the turn's records become one proposed entry.
         self.repl_before_submit();
         // Group commit: everything this turn logged goes out as one write.
@@ -1334,7 +1232,7 @@ impl Shard {
         self.poll_log();
         self.repl_after_submit();
         for c in touched {
-            if self.conns.get(c.token).is_some_and(|x| x.gen == c.gen && x.written < x.releasable) {
+            if self.clients.conns.get(c.token).is_some_and(|x| x.gen == c.gen && x.written < x.releasable) {
                 self.write_conn(c.token);
             }
         }
@@ -1356,24 +1254,25 @@ impl Shard {
                 std::process::abort();
             }
             self.fail_unreleased();
-            self.engine_suspect = true;
+            self.durability.engine_suspect = true;
         }
         if self.repl.is_some() && !self.log.entries_ref().has_open() {
             // Completions let Raft's readies go on (never with an entry
             // half built: its records would interleave with Raft's writes).
             self.repl_pump();
         }
-        self.progress = self.group_progress().unwrap_or_else(|| release::Progress::solo(self.log.progress()));
+        self.durability.progress =
+            self.group_progress().unwrap_or_else(|| release::Progress::solo(self.log.progress()));
         self.release_ready();
     }
 
     /// Lets out held output whose needs the log's progress meets.
     fn release_ready(&mut self) {
-        let p = self.progress;
+        let p = self.durability.progress;
         let mut i = 0;
-        while i < self.waiting.len() {
-            let c = self.waiting[i];
-            let still = match self.conns.get_mut(c.token) {
+        while i < self.durability.waiting.len() {
+            let c = self.durability.waiting[i];
+            let still = match self.clients.conns.get_mut(c.token) {
                 Some(conn) if conn.gen == c.gen => {
                     let before = conn.releasable;
                     let still = conn.release(p);
@@ -1388,12 +1287,12 @@ impl Shard {
             if still {
                 i += 1;
             } else {
-                self.waiting.swap_remove(i);
+                self.durability.waiting.swap_remove(i);
             }
         }
         self.time_released();
-        while let Some(msgs) = self.staged.pop_met(p) {
-            self.staged_reply_bytes -= reply_bytes(&msgs);
+        while let Some(msgs) = self.cross.staged.pop_met(p) {
+            self.cross.staged_reply_bytes -= reply_bytes(&msgs);
             for (peer, msg) in msgs {
                 match msg {
                     ShardMsg::Remote { node, to, msg } => self.send_to_node(node, to, *msg),
@@ -1405,13 +1304,13 @@ impl Shard {
 
     /// Output just appended to local connection `c` may go out once `need` is met.
     fn hold_conn(&mut self, c: ConnRef, need: Need) {
-        let Some(conn) = self.conns.get_mut(c.token) else { return };
+        let Some(conn) = self.clients.conns.get_mut(c.token) else { return };
         if conn.gen != c.gen {
             return;
         }
-        if conn.hold(need, self.progress) && !conn.waiting {
+        if conn.hold(need, self.durability.progress) && !conn.waiting {
             conn.waiting = true;
-            self.waiting.push(c);
+            self.durability.waiting.push(c);
         }
         if conn.unsent() > CONN_OUT_BYTES_MAX {
             self.shed_conn(c);
@@ -1423,35 +1322,31 @@ impl Shard {
         Need { written: self.log.end(), durable: self.log.sync_mark(), read: 0 }
     }
 
-    /// What the reply being produced needs: everything logged so far
-    /// written, and durable as far as its own dependency (`reply_dep`,
-    /// set by the code that produced it) or, when unknown, everything
-    /// logged as sync so far.
-    ///
-    /// In a group, a reply that logged nothing (it read state) also waits
-    /// for a ReadIndex round: state this replica holds is current only
-    /// while it still leads.
-    fn reply_need(&mut self) -> Need {
-        let (durable, read) = match self.reply_dep.take() {
-            Some(pos) => {
+    /// What a reply that depends on `dep` needs: everything logged so far
+    /// written (output leaves each connection in order), and durable as
+    /// far as `dep` says.
+    fn need_for(&mut self, dep: ReplyDep) -> Need {
+        let (durable, read) = match dep {
+            ReplyDep::Now => return Need::NONE,
+            ReplyDep::Logged(pos) => {
                 self.log.require_durable(pos);
                 (pos, 0)
             }
-            None => (self.log.sync_mark(), self.read_need()),
+            ReplyDep::Read => (self.log.sync_mark(), self.read_need()),
         };
         Need { written: self.log.end(), durable, read }
     }
 
     fn fail_unreleased(&mut self) {
-        let tokens: Vec<usize> = self.waiting.drain(..).map(|c| c.token).collect();
+        let tokens: Vec<usize> = self.durability.waiting.drain(..).map(|c| c.token).collect();
         for t in tokens {
             self.close_conn(t);
         }
         // Transfers of the failed turns are resent from the outbox (or were
         // never applied); replies to other shards' clients are lost with the
         // outcome unknown, as for local ones.
-        self.staged.clear();
-        self.staged_reply_bytes = 0;
+        self.cross.staged.clear();
+        self.cross.staged_reply_bytes = 0;
     }
 
     /// After a failed log batch, once the log is writable again: the engine
@@ -1466,14 +1361,10 @@ impl Shard {
                 // depend on records that were never written.
                 self.fail_unreleased();
                 log::warn!("shard {}: rebuilt queue state from the log after a storage error", self.id);
-                self.engine = fresh;
-                self.engine_suspect = false;
-                let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
-                for (_, w) in waits {
-                    let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-                    let msg = "the broker recovered from a storage error; receive again";
-                    self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::STORAGE_UNAVAILABLE, msg);
-                }
+                self.durability.engine_suspect = false;
+                let waits = std::mem::replace(&mut self.engine, fresh).take_waiters();
+                let msg = "the broker recovered from a storage error; receive again";
+                self.end_waits(waits, ErrorCode::STORAGE_UNAVAILABLE, msg, ReplyDep::Read);
             }
             Err(e) => {
                 // The log cannot be read back: serving from a state that does
@@ -1483,65 +1374,6 @@ impl Shard {
             }
         }
     }
-
-    // ---- shutdown -----------------------------------------------------------
-
-    fn begin_drain(&mut self, now: u64) {
-        log::info!("shard {}: shutting down: no new connections, finishing in-flight work", self.id);
-        self.draining = true;
-        self.drain_deadline_ms = now + SHUTDOWN_GRACE_MS;
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
-        let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
-        for (id, w) in waits {
-            self.engine.cancel_waiter(id);
-            let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-            self.reply_err(w.reply_to, opcode as u16, w.request_id, ErrorCode::SHUTTING_DOWN, "server shutting down");
-        }
-    }
-
-    /// One step of draining; returns true when the shard may exit.
-    fn drain_step(&mut self, now: u64) -> bool {
-        let idle = self.waiting.is_empty()
-            && self.log.is_idle()
-            && self.unsent.is_empty()
-            && self.staged.is_empty()
-            && self.deferred.is_empty()
-            && self.conns.iter().all(|(_, c)| c.written == c.out.len() || c.releasable == 0);
-        if idle && !self.reported_drained {
-            self.reported_drained = true;
-            self.shared.drained.fetch_add(1, Ordering::SeqCst);
-        }
-        let everyone = self.shared.drained.load(Ordering::SeqCst) >= self.shared.cfg.shards;
-        if everyone || now >= self.drain_deadline_ms {
-            // Every shard has sent what it had for our connections: take in
-            // the last of it, write it out, then close.
-            self.drain_inbox(now);
-            self.end_turn(now);
-            let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
-            for t in &tokens {
-                self.write_conn(*t);
-            }
-            // Async data too is made durable before exiting.
-            if !self.log.sync_and_wait(Duration::from_millis(SHUTDOWN_SYNC_MS)) {
-                log::warn!("shard {}: final fdatasync did not finish in time", self.id);
-            }
-            if !everyone {
-                log::warn!("shard {}: shutdown grace period over with work in flight", self.id);
-            }
-            for t in tokens {
-                self.close_conn(t);
-            }
-            return true;
-        }
-        false
-    }
-}
-
-/// Answer bytes in a list of messages to peers (for FORWARDED_REPLY_BYTES_MAX).
-fn reply_bytes(msgs: &[(u16, ShardMsg)]) -> usize {
-    msgs.iter().map(|(_, m)| if let ShardMsg::Replies(b) = m { b.buf.len() } else { 0 }).sum()
 }
 
 /// Bytes needed to complete the frame at the front of `buf` (for sizing the next read).

@@ -18,15 +18,16 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use cmq_protocol::peer::DataFrame;
-use cmq_protocol::{ErrorCode, Opcode};
+use cmq_protocol::ErrorCode;
 use mio::event::Event as MioEvent;
 use mio::Token;
 use raft::eraftpb::MessageType;
 
 use super::mailbox::{Answer, Membership, Query, ShardMsg};
 use super::release;
+use super::reply::ReplyDep;
 use super::storage::ShardApplier;
-use super::{Shard, Wait};
+use super::Shard;
 use crate::cluster::transport::{DataKind, PeerLinks, SendError};
 use crate::consensus::entry::ENTRY_BYTES_SOFT_MAX;
 use crate::consensus::{Event, Outbox, Replica};
@@ -273,7 +274,7 @@ impl Shard {
                 // leader replaces, or on reads no longer confirmed: its
                 // outcome is unknown. Long polls end: the new leader serves.
                 self.fail_unreleased();
-                self.end_waits(ErrorCode::NOT_LEADER);
+                self.end_waits_not_leader();
             }
             Event::Truncated { .. } => {
                 self.fail_unreleased();
@@ -325,7 +326,7 @@ impl Shard {
     /// committed entries; everything produced from it since is void.
     fn repl_rebuild(&mut self) {
         self.fail_unreleased();
-        self.end_waits(ErrorCode::NOT_LEADER);
+        self.end_waits_not_leader();
         let Some(r) = self.repl.as_deref_mut() else { return };
         let mut applier = ShardApplier { engine: &mut self.engine, dir: &r.dir };
         if let Err(e) = r.replica.rebuild(self.log.entries(), &mut applier) {
@@ -334,16 +335,11 @@ impl Shard {
         }
     }
 
-    /// Ends every long poll with `code` (this replica stopped serving them).
-    pub(super) fn end_waits(&mut self, code: ErrorCode) {
-        let waits: Vec<(u64, Wait)> = self.waits.drain().collect();
-        for (id, w) in waits {
-            self.engine.cancel_waiter(id);
-            let opcode = if w.batch { Opcode::BatchReceiveMessage } else { Opcode::ReceiveMessage };
-            let msg = if code == ErrorCode::NOT_LEADER { self.not_leader_message() } else { code.description().into() };
-            self.reply_dep = Some(0);
-            self.reply_err(w.reply_to, opcode as u16, w.request_id, code, &msg);
-        }
+    /// Ends every long poll with NOT_LEADER (this replica stopped serving them).
+    fn end_waits_not_leader(&mut self) {
+        let waits = self.engine.take_waiters();
+        let msg = self.not_leader_message();
+        self.end_waits(waits, ErrorCode::NOT_LEADER, &msg, ReplyDep::Logged(0));
     }
 
     /// A scatter/gather question: in a group it is answered once a

@@ -8,6 +8,7 @@ use cmq_protocol::{ErrorCode, GetStatsOk, QueueStats, Response, ShardStats};
 
 use super::mailbox::ReplyTo;
 use super::release::Need;
+use super::reply::ReplyDep;
 use super::Shard;
 use crate::metrics::latency::KINDS;
 use crate::metrics::queues::{QueueSample, QueueTable};
@@ -26,7 +27,7 @@ impl Shard {
     /// An answer to `op` was produced; it goes out once `need` is met.
     #[inline]
     pub(super) fn count_answer(&mut self, op: u16, code: ErrorCode, need: Need) {
-        let waits_for_sync = need.durable > self.progress.durable_end;
+        let waits_for_sync = need.durable > self.durability.progress.durable_end;
         self.metrics.answered(op, code, need, waits_for_sync);
     }
 
@@ -46,7 +47,7 @@ impl Shard {
     /// Times the answers the log's progress let out.
     pub(super) fn time_released(&mut self) {
         if self.metrics.latency.is_waiting() {
-            let p = self.progress;
+            let p = self.durability.progress;
             self.metrics.latency.release(std::time::Instant::now(), |n| n.is_met(p));
         }
     }
@@ -73,7 +74,7 @@ impl Shard {
             turn_us: self.metrics.turns.clone(),
             longest_turn_us: self.metrics.longest_turn_us(),
             inbox_depth: self.inbox.rx.len() as u64,
-            connections: self.conns.len() as u64,
+            connections: self.clients.conns.len() as u64,
             wal,
             queues: match req.top_queues {
                 Some(n) => QueueTable::select(self.queue_samples(now), n),
@@ -112,7 +113,7 @@ impl Shard {
         let q = &merged.queues;
         let queues = q.top.iter().chain(std::iter::once(&q.other)).map(queue_stats).collect();
         let ok = GetStatsOk { node_id: self.shared.cfg.node_id, shards, queues, other_queues: q.other_queues };
-        self.reply_ok(to, id, &Response::GetStats(ok));
+        self.reply_ok(to, id, &Response::GetStats(ok), ReplyDep::Read);
     }
 
     fn shard_stats(&self, s: &ShardSnapshot) -> ShardStats {

@@ -740,6 +740,21 @@ impl Log for ShardLog {
     }
 }
 
+/// The shard's view of its log: what the log made safe, the connections
+/// whose output waits for it (`release.rs`), and log-space upkeep.
+pub(super) struct LogState {
+    /// The log's progress as last seen (what held output is compared with).
+    pub(super) progress: super::release::Progress,
+    /// Local connections with output waiting for the log.
+    pub(super) waiting: Vec<super::mailbox::ConnRef>,
+    /// A log batch failed: the engine holds changes the log does not, and is
+    /// rebuilt from the log once the log is writable again.
+    pub(super) engine_suspect: bool,
+    /// Compaction of the oldest log segment is under way (a bounded step per turn).
+    pub(super) compacting: bool,
+    pub(super) next_housekeep_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

@@ -159,8 +159,8 @@ fn long_poll_waiter_is_served_by_send_and_times_out_otherwise() {
     let served = e.serve_waiters(&mut log, 2_500);
     assert_eq!(served.len(), 1);
     assert_eq!(served[0].0, w1, "oldest waiter first");
-    assert_eq!(e.expire_waiters(2_999), Vec::<u64>::new());
-    assert_eq!(e.expire_waiters(3_000), vec![w2]);
+    assert_eq!(e.expire_waiters(2_999), vec![]);
+    assert_eq!(e.expire_waiters(3_000), vec![(w2, Default::default())]);
 }
 
 #[test]
