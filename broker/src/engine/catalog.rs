@@ -415,6 +415,9 @@ fn get_strs(r: &mut Reader) -> Result<Vec<String>, cmq_protocol::DecodeError> {
 }
 
 #[cfg(test)]
+mod golden_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use cmq_protocol::FlushPolicy;

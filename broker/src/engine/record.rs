@@ -1251,6 +1251,9 @@ fn decode_enqueued(p: &[u8]) -> DecodeResult<Record<BodySpan>> {
 }
 
 #[cfg(test)]
+mod golden_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use cmq_protocol::FlushPolicy;
