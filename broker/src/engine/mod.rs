@@ -2,6 +2,7 @@
 //! time. No I/O happens here; the shard supplies a [`log::Log`] and the clock.
 
 pub mod catalog;
+pub mod codec;
 pub mod dedup;
 pub mod error;
 pub mod fates;

@@ -26,7 +26,7 @@ use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::FLAG_ORIGIN;
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
-use crate::engine::record::{body_spans, BodySpan, Record};
+use crate::engine::record::{body_spans, BodySpan, Deleted, Enqueued, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, VisibilityChanged};
 use crate::engine::redrive::Redrive;
 use crate::engine::transfers::{Inbound, Lane, Outbox};
 
@@ -323,7 +323,7 @@ impl ShardEngine {
         }
         let uid = self.next_uid;
         let rec =
-            Record::QueueCreated { uid, time_ms: now_ms, create_seq, attrs: attrs.clone(), name: name.to_owned() };
+            Record::QueueCreated(QueueCreated { uid, time_ms: now_ms, create_seq, attrs: attrs.clone(), name: name.to_owned() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_created(uid, now_ms, create_seq, attrs, name.to_owned());
         Ok(self.queue_id(uid))
@@ -350,7 +350,7 @@ impl ShardEngine {
     /// caller answers with QUEUE_NOT_FOUND.
     pub fn delete_queue(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<Vec<u64>, EngineError> {
         let uid = self.lookup(name)?;
-        self.log_record(log, &Record::QueueDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::QueueDeleted(QueueDeleted { uid, time_ms: now_ms }), Durability::Synced)?;
         Ok(self.apply_queue_deleted(uid))
     }
 
@@ -378,7 +378,7 @@ impl ShardEngine {
         if attrs.dead_letter_queue == name {
             return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
         }
-        let rec = Record::QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() };
+        let rec = Record::QueueUpdated(QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_updated(uid, now_ms, attrs);
         self.queue_info(now_ms, name)
@@ -485,7 +485,7 @@ impl ShardEngine {
         let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
         self.next_msg_counter += fresh.len() as u64;
         let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
-        let rec = Record::Enqueued {
+        let rec = Record::Enqueued(Enqueued {
             uid,
             first_seq,
             first_msg_id,
@@ -493,9 +493,9 @@ impl ShardEngine {
             visible_at_ms,
             bodies: fresh,
             keys: fresh_keys,
-        };
+        });
         let (pos, _) = self.log_record(log, &rec, durability)?;
-        let Record::Enqueued { bodies, keys, .. } = &rec else { unreachable!("built above") };
+        let Record::Enqueued(Enqueued { bodies, keys, .. }) = &rec else { unreachable!("built above") };
         let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
         self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos, keys);
         Ok(dedup::answer(&fates, n, first_msg_id))
@@ -597,14 +597,14 @@ impl ShardEngine {
             return Ok(Vec::new());
         }
         let visible_at_ms = now_ms + u64::from(q.attrs.visibility_timeout) * 1000;
-        let rec = Record::Received { uid, time_ms: now_ms, visible_at_ms, seqs };
+        let rec = Record::Received(Received { uid, time_ms: now_ms, visible_at_ms, seqs });
         if let Err(e) = self.log_record(log, &rec, Durability::Written) {
-            if let (Some(q), Record::Received { seqs, .. }) = (self.queues.get_mut(&uid), &rec) {
+            if let (Some(q), Record::Received(Received { seqs, .. })) = (self.queues.get_mut(&uid), &rec) {
                 q.unpick(seqs);
             }
             return Err(e);
         }
-        let Record::Received { seqs, .. } = rec else { unreachable!("built above") };
+        let Record::Received(Received { seqs, .. }) = rec else { unreachable!("built above") };
         let q = self.queues.get_mut(&uid).expect("queue looked up above");
         q.apply_received(now_ms, visible_at_ms, &seqs);
         self.register_wakeup(uid);
@@ -663,7 +663,7 @@ impl ShardEngine {
             .collect();
         if !seqs.is_empty() {
             let durability = Self::data_durability(q.attrs.flush_policy);
-            self.log_record(log, &Record::Deleted { uid, seqs: seqs.clone() }, durability)?;
+            self.log_record(log, &Record::Deleted(Deleted { uid, seqs: seqs.clone() }), durability)?;
             if let Some(q) = self.queues.get_mut(&uid) {
                 q.apply_deleted(&seqs);
             }
@@ -690,7 +690,7 @@ impl ShardEngine {
         let uid = self.lookup(name)?;
         let seq = self.queues[&uid].check_handle(&self.keys, handle, now_ms)?;
         let visible_at_ms = now_ms + u64::from(timeout_s) * 1000;
-        self.log_record(log, &Record::VisibilityChanged { uid, seq, visible_at_ms }, Durability::Written)?;
+        self.log_record(log, &Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }), Durability::Written)?;
         self.apply_visibility(uid, seq, visible_at_ms);
         if timeout_s == 0 {
             if let Some(q) = self.queues.get_mut(&uid) {

@@ -4,6 +4,7 @@
 //! keep reading.
 
 use super::*;
+use cmq_protocol::wire::Wire;
 use cmq_protocol::FlushPolicy;
 
 /// Expected bytes: little-endian integers, `str16` a u16 length then UTF-8.

@@ -10,7 +10,7 @@ use super::ShardEngine;
 use crate::engine::error::EngineError;
 use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState, FLAG_ORIGIN};
-use crate::engine::record::{transfer_kind, Record, RECORD_IDS_MAX};
+use crate::engine::record::{transfer_kind, PushGaveUp, RECORD_IDS_MAX, Record, RedriveEnded, RedriveStarted, TransferDone, TransferIn, TransferOut, TransferReturned};
 use crate::engine::suffix;
 use crate::engine::transfers::{Lane, OutboxEntry, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS};
 
@@ -108,7 +108,7 @@ impl ShardEngine {
         let body = Bytes::copy_from_slice(log.read(e.body_pos, e.body_len)?);
         let origin = suffix::encode_origin(&origin);
         let id = self.outbox.next_id;
-        let rec = Record::TransferOut {
+        let rec = Record::TransferOut(TransferOut {
             id,
             kind,
             redrive,
@@ -119,7 +119,7 @@ impl ShardEngine {
             dst_queue: dst_queue.to_owned(),
             body,
             suffix: origin.clone(),
-        };
+        });
         let (pos, offset) = self.log_record(log, &rec, Durability::Synced)?;
         let out = OutboxEntry {
             kind,
@@ -187,7 +187,7 @@ impl ShardEngine {
     /// `RECORD_IDS_MAX` ids (a turn may confirm any number of transfers).
     pub(super) fn log_transfers_done(&mut self, log: &mut impl Log, ids: &[u64]) {
         for chunk in ids.chunks(RECORD_IDS_MAX) {
-            match self.log_record(log, &Record::TransferDone { ids: chunk.to_vec() }, Durability::Written) {
+            match self.log_record(log, &Record::TransferDone(TransferDone { ids: chunk.to_vec() }), Durability::Written) {
                 Ok(_) => self.apply_transfer_done(chunk),
                 Err(e) => {
                     log::warn!("cannot log finished transfers: {}", e.message);
@@ -202,7 +202,7 @@ impl ShardEngine {
         if out.kind == transfer_kind::PUBLISH {
             // A queue subscription whose queue is gone: the delivery is dropped.
             log::warn!("queue {:?} of a subscription does not exist: delivery {id} dropped", out.dst_queue);
-            let rec = Record::PushGaveUp { id, time_ms: now_ms };
+            let rec = Record::PushGaveUp(PushGaveUp { id, time_ms: now_ms });
             if self.log_record(log, &rec, Durability::Written).is_ok() {
                 if let Some(e) = self.outbox.remove(id) {
                     self.topic_delivery_done(&e, false);
@@ -214,7 +214,7 @@ impl ShardEngine {
         let Some(q) = self.queues.get(&uid) else {
             // The queue it came from is gone too: nothing can take it.
             log::warn!("dropping a message whose destination {:?} and source queue are both gone", out.dst_queue);
-            if self.log_record(log, &Record::TransferDone { ids: vec![id] }, Durability::Written).is_ok() {
+            if self.log_record(log, &Record::TransferDone(TransferDone { ids: vec![id] }), Durability::Written).is_ok() {
                 self.apply_transfer_done(&[id]);
             }
             return;
@@ -223,7 +223,7 @@ impl ShardEngine {
         let seq = q.next_seq();
         let durability = Self::data_durability(q.attrs.flush_policy);
         let msg_id = self.alloc_msg_ids(1);
-        let rec = Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms: now_ms };
+        let rec = Record::TransferReturned(TransferReturned { id, uid, seq, msg_id, enqueue_ms: now_ms });
         if self.log_record(log, &rec, durability).is_ok() {
             self.apply_transfer_returned(id, uid, seq, msg_id, now_ms, true);
         }
@@ -245,7 +245,7 @@ impl ShardEngine {
         let msg_id = self.alloc_msg_ids(1);
         // A redriven message starts over; a dead-lettered one keeps its count.
         let dequeue_count = if t.kind == transfer_kind::REDRIVE { 0 } else { t.dequeue_count };
-        let rec = Record::TransferIn {
+        let rec = Record::TransferIn(TransferIn {
             src_shard: t.src_shard,
             id: t.id,
             uid,
@@ -255,7 +255,7 @@ impl ShardEngine {
             dequeue_count,
             body: t.body.clone(),
             suffix: t.origin.clone(),
-        };
+        });
         let (pos, offset) = self.log_record(log, &rec, durability)?;
         let entry = Entry {
             msg_id,
@@ -313,7 +313,7 @@ impl ShardEngine {
         let end_seq = q.next_seq();
         let total = q.counts().backlog();
         let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.next_redrive;
-        let rec = Record::RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() };
+        let rec = Record::RedriveStarted(RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_redrive_started(id, uid, rate, end_seq, total, now_ms, to.to_owned());
         self.redrive_info(id)
@@ -322,7 +322,7 @@ impl ShardEngine {
     pub fn cancel_redrive(&mut self, log: &mut impl Log, now_ms: u64, id: u64) -> Result<RedriveInfo, EngineError> {
         let r = self.redrives.get(&id).ok_or_else(|| redrive_not_found(id))?;
         if r.state == RedriveState::Running {
-            let rec = Record::RedriveEnded { id, state: 3, time_ms: now_ms };
+            let rec = Record::RedriveEnded(RedriveEnded { id, state: 3, time_ms: now_ms });
             self.log_record(log, &rec, Durability::Synced)?;
             self.apply_redrive_ended(id, 3, now_ms);
         }
@@ -431,7 +431,7 @@ impl ShardEngine {
     }
 
     fn finish_redrive(&mut self, log: &mut impl Log, now_ms: u64, id: u64, state: u8) {
-        let rec = Record::RedriveEnded { id, state, time_ms: now_ms };
+        let rec = Record::RedriveEnded(RedriveEnded { id, state, time_ms: now_ms });
         if self.log_record(log, &rec, Durability::Synced).is_ok() {
             self.apply_redrive_ended(id, state, now_ms);
         }

@@ -13,7 +13,7 @@ use crate::engine::fates::Fate;
 use crate::engine::log::Log;
 use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
 use crate::engine::queue::Queue;
-use crate::engine::record::{rtype, transfer_kind, BodySpan, Record, RecordError, RelocatedEntry};
+use crate::engine::record::{rtype, transfer_kind, BodySpan, Deleted, Enqueued, HalfEnqueued, KeyDeleted, KeyPut, Published, Purged, PushGaveUp, PushRetry, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, RecordError, RedriveEnded, RedriveStarted, Relocated, RelocatedEntry, Rewound, Subscribed, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated, TransferDone, TransferIn, TransferOut, TransferReturned, TxChecked, TxEnded, Unsubscribed, VisibilityChanged};
 use crate::engine::redrive::Redrive;
 use crate::engine::suffix;
 use crate::engine::transfers::OutboxEntry;
@@ -215,7 +215,7 @@ impl ShardEngine {
                     state: e.state as u8,
                     flags: e.flags,
                 };
-                let rec = Record::Relocated { uid, seq, entry, body, suffix };
+                let rec = Record::Relocated(Relocated { uid, seq, entry, body, suffix });
                 let (at, offset) = self.log_record(log, &rec, durability)?;
                 self.apply_relocated(uid, seq, entry, at + u64::from(offset), e.body_len);
                 moved += 1;
@@ -315,49 +315,49 @@ impl ShardEngine {
             self.check_known(&rec).map_err(|reason| RecordError { rtype, reason })?;
         }
         match rec {
-            Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
+            Record::QueueCreated(QueueCreated { uid, time_ms, create_seq, attrs, name }) => {
                 self.apply_queue_created(uid, time_ms, create_seq, attrs, name)
             }
-            Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
-            Record::QueueDeleted { uid, .. } => {
+            Record::QueueUpdated(QueueUpdated { uid, time_ms, attrs }) => self.apply_queue_updated(uid, time_ms, attrs),
+            Record::QueueDeleted(QueueDeleted { uid, .. }) => {
                 self.apply_queue_deleted(uid);
             }
-            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys } => {
+            Record::Enqueued(Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys }) => {
                 // Keys of records the catalog reflects are in its windows already.
                 let keys = if counted { &keys[..] } else { &[] };
                 let spans = bodies.into_iter();
                 self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, spans, pos, keys)
             }
-            Record::Received { uid, time_ms, visible_at_ms, seqs } => {
+            Record::Received(Received { uid, time_ms, visible_at_ms, seqs }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_received(time_ms, visible_at_ms, &seqs);
                     self.register_wakeup(uid);
                 }
             }
-            Record::Deleted { uid, seqs } => {
+            Record::Deleted(Deleted { uid, seqs }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_deleted(&seqs);
                 }
             }
-            Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
-            Record::Relocated { uid, seq, entry, body, .. } => {
+            Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }) => self.apply_visibility(uid, seq, visible_at_ms),
+            Record::Relocated(Relocated { uid, seq, entry, body, .. }) => {
                 self.apply_relocated(uid, seq, entry, span_pos(&body), body.len)
             }
-            Record::Rewound { uid, start_ms, .. } => self.apply_rewound(uid, start_ms),
-            Record::Purged { uid, time_ms } => {
+            Record::Rewound(Rewound { uid, start_ms, .. }) => self.apply_rewound(uid, start_ms),
+            Record::Purged(Purged { uid, time_ms }) => {
                 self.apply_purged(uid, time_ms);
             }
-            Record::HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, .. } => {
+            Record::HalfEnqueued(HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, .. }) => {
                 self.apply_half_enqueued(uid, seq, msg_id, enqueue_ms, check_at_ms, span_pos(&body), body.len)
             }
-            Record::TxChecked { uid, seq, count, next_ms } => {
+            Record::TxChecked(TxChecked { uid, seq, count, next_ms }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_tx_checked(seq, count, next_ms);
                     self.register_wakeup(uid);
                 }
             }
-            Record::TxEnded { uid, seq, commit, time_ms } => self.apply_tx_ended(uid, seq, commit, time_ms),
-            Record::TransferOut {
+            Record::TxEnded(TxEnded { uid, seq, commit, time_ms }) => self.apply_tx_ended(uid, seq, commit, time_ms),
+            Record::TransferOut(TransferOut {
                 id,
                 kind,
                 redrive,
@@ -368,7 +368,7 @@ impl ShardEngine {
                 dst_queue,
                 body,
                 ..
-            } => {
+            }) => {
                 let out = OutboxEntry {
                     kind,
                     redrive,
@@ -386,7 +386,7 @@ impl ShardEngine {
                 let original = suffix::origin_msg_id(suffix_of(&body));
                 self.apply_transfer_out(id, src_seq, out, original, time_ms, counted);
             }
-            Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. } => {
+            Record::TransferIn(TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. }) => {
                 let origin = suffix_of(&body);
                 let original = suffix::origin_msg_id(origin);
                 let entry = Entry {
@@ -402,25 +402,25 @@ impl ShardEngine {
                 };
                 self.apply_transfer_in(src_shard, id, uid, seq, entry, original, pos);
             }
-            Record::TransferDone { ids } => self.apply_transfer_done(&ids),
-            Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms } => {
+            Record::TransferDone(TransferDone { ids }) => self.apply_transfer_done(&ids),
+            Record::TransferReturned(TransferReturned { id, uid, seq, msg_id, enqueue_ms }) => {
                 self.apply_transfer_returned(id, uid, seq, msg_id, enqueue_ms, counted)
             }
-            Record::RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } => {
+            Record::RedriveStarted(RedriveStarted { id, uid, rate, end_seq, total, time_ms, to }) => {
                 self.apply_redrive_started(id, uid, rate, end_seq, total, time_ms, to)
             }
-            Record::RedriveEnded { id, state, time_ms } => self.apply_redrive_ended(id, state, time_ms),
-            Record::TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } => {
+            Record::RedriveEnded(RedriveEnded { id, state, time_ms }) => self.apply_redrive_ended(id, state, time_ms),
+            Record::TopicCreated(TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name }) => {
                 self.apply_topic_created(uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name)
             }
-            Record::TopicUpdated { uid, time_ms, max_msg_size } => self.apply_topic_updated(uid, time_ms, max_msg_size),
-            Record::TopicDeleted { uid, .. } => self.apply_topic_deleted(uid),
-            Record::Subscribed { uid, sid, time_ms, def } => self.apply_subscribed(uid, sid, time_ms, def),
-            Record::SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } => {
+            Record::TopicUpdated(TopicUpdated { uid, time_ms, max_msg_size }) => self.apply_topic_updated(uid, time_ms, max_msg_size),
+            Record::TopicDeleted(TopicDeleted { uid, .. }) => self.apply_topic_deleted(uid),
+            Record::Subscribed(Subscribed { uid, sid, time_ms, def }) => self.apply_subscribed(uid, sid, time_ms, def),
+            Record::SubscriptionUpdated(SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys }) => {
                 self.apply_subscription_updated(uid, sid, time_ms, strategy, format, filter_tags, binding_keys)
             }
-            Record::Unsubscribed { uid, sid, .. } => self.apply_unsubscribed(uid, sid),
-            Record::Published {
+            Record::Unsubscribed(Unsubscribed { uid, sid, .. }) => self.apply_unsubscribed(uid, sid),
+            Record::Published(Published {
                 uid,
                 first_msg_id,
                 first_transfer,
@@ -430,17 +430,17 @@ impl ShardEngine {
                 targets,
                 bodies,
                 keys,
-            } => {
+            }) => {
                 let spans: Vec<(u64, u32)> = bodies.iter().map(|b| (span_pos(b), b.len)).collect();
                 self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans);
                 if counted {
                     self.remember_published_keys(uid, first_msg_id, time_ms, &keys);
                 }
             }
-            Record::PushRetry { entries } => self.apply_push_retry(&entries),
-            Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),
-            Record::KeyPut { key, .. } => self.keys_store.put(key),
-            Record::KeyDeleted { name, .. } => self.keys_store.delete(&name),
+            Record::PushRetry(PushRetry { entries }) => self.apply_push_retry(&entries),
+            Record::PushGaveUp(PushGaveUp { id, time_ms }) => self.apply_push_gave_up(id, time_ms),
+            Record::KeyPut(KeyPut { key, .. }) => self.keys_store.put(key),
+            Record::KeyDeleted(KeyDeleted { name, .. }) => self.keys_store.delete(&name),
         }
         Ok(())
     }
@@ -448,38 +448,38 @@ impl ShardEngine {
     /// Whether the queue or topic `rec` changes exists.
     fn check_known(&self, rec: &Record<BodySpan>) -> Result<(), String> {
         let (what, uid, known) = match *rec {
-            Record::QueueUpdated { uid, .. }
-            | Record::QueueDeleted { uid, .. }
-            | Record::Enqueued { uid, .. }
-            | Record::Received { uid, .. }
-            | Record::Deleted { uid, .. }
-            | Record::VisibilityChanged { uid, .. }
-            | Record::Relocated { uid, .. }
-            | Record::Rewound { uid, .. }
-            | Record::Purged { uid, .. }
-            | Record::HalfEnqueued { uid, .. }
-            | Record::TxChecked { uid, .. }
-            | Record::TxEnded { uid, .. }
-            | Record::TransferOut { src_uid: uid, .. }
-            | Record::TransferIn { uid, .. }
-            | Record::TransferReturned { uid, .. }
-            | Record::RedriveStarted { uid, .. } => ("queue", uid, self.queues.contains_key(&uid)),
-            Record::TopicUpdated { uid, .. }
-            | Record::TopicDeleted { uid, .. }
-            | Record::Subscribed { uid, .. }
-            | Record::SubscriptionUpdated { uid, .. }
-            | Record::Unsubscribed { uid, .. }
-            | Record::Published { uid, .. } => ("topic", uid, self.topics.contains_key(&uid)),
+            Record::QueueUpdated(QueueUpdated { uid, .. })
+            | Record::QueueDeleted(QueueDeleted { uid, .. })
+            | Record::Enqueued(Enqueued { uid, .. })
+            | Record::Received(Received { uid, .. })
+            | Record::Deleted(Deleted { uid, .. })
+            | Record::VisibilityChanged(VisibilityChanged { uid, .. })
+            | Record::Relocated(Relocated { uid, .. })
+            | Record::Rewound(Rewound { uid, .. })
+            | Record::Purged(Purged { uid, .. })
+            | Record::HalfEnqueued(HalfEnqueued { uid, .. })
+            | Record::TxChecked(TxChecked { uid, .. })
+            | Record::TxEnded(TxEnded { uid, .. })
+            | Record::TransferOut(TransferOut { src_uid: uid, .. })
+            | Record::TransferIn(TransferIn { uid, .. })
+            | Record::TransferReturned(TransferReturned { uid, .. })
+            | Record::RedriveStarted(RedriveStarted { uid, .. }) => ("queue", uid, self.queues.contains_key(&uid)),
+            Record::TopicUpdated(TopicUpdated { uid, .. })
+            | Record::TopicDeleted(TopicDeleted { uid, .. })
+            | Record::Subscribed(Subscribed { uid, .. })
+            | Record::SubscriptionUpdated(SubscriptionUpdated { uid, .. })
+            | Record::Unsubscribed(Unsubscribed { uid, .. })
+            | Record::Published(Published { uid, .. }) => ("topic", uid, self.topics.contains_key(&uid)),
             // Creations, and records about transfers and redrives, which
             // may outlive what they name once older segments are released.
-            Record::QueueCreated { .. }
-            | Record::TopicCreated { .. }
-            | Record::TransferDone { .. }
-            | Record::RedriveEnded { .. }
-            | Record::PushRetry { .. }
-            | Record::PushGaveUp { .. }
-            | Record::KeyPut { .. }
-            | Record::KeyDeleted { .. } => return Ok(()),
+            Record::QueueCreated(QueueCreated { .. })
+            | Record::TopicCreated(TopicCreated { .. })
+            | Record::TransferDone(TransferDone { .. })
+            | Record::RedriveEnded(RedriveEnded { .. })
+            | Record::PushRetry(PushRetry { .. })
+            | Record::PushGaveUp(PushGaveUp { .. })
+            | Record::KeyPut(KeyPut { .. })
+            | Record::KeyDeleted(KeyDeleted { .. }) => return Ok(()),
         };
         if known {
             Ok(())

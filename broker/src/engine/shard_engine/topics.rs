@@ -19,7 +19,7 @@ use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
 use crate::engine::log::{Durability, Log};
-use crate::engine::record::{transfer_kind, Record, SubscriptionDef, RECORD_IDS_MAX};
+use crate::engine::record::{transfer_kind, Published, PushGaveUp, PushRetry, RECORD_IDS_MAX, Record, Subscribed, SubscriptionDef, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated, Unsubscribed};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
 use crate::engine::ListedQueue;
@@ -104,7 +104,7 @@ impl ShardEngine {
             .map_err(invalid)? as u32;
         let filter_type = u.filter_type.unwrap_or_default().as_u8();
         let uid = self.next_uid;
-        let rec = Record::TopicCreated {
+        let rec = Record::TopicCreated(TopicCreated {
             uid,
             time_ms: now_ms,
             create_seq,
@@ -112,7 +112,7 @@ impl ShardEngine {
             retention_s,
             filter_type,
             name: name.to_owned(),
-        };
+        });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_topic_created(uid, now_ms, create_seq, max_msg_size, retention_s, filter_type, name.to_owned());
         Ok(self.queue_id(uid))
@@ -154,7 +154,7 @@ impl ShardEngine {
     /// Deletes a topic, its subscriptions and their pending deliveries.
     pub fn delete_topic(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<(), EngineError> {
         let uid = self.topic_uid(name)?;
-        self.log_record(log, &Record::TopicDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::TopicDeleted(TopicDeleted { uid, time_ms: now_ms }), Durability::Synced)?;
         self.apply_topic_deleted(uid);
         Ok(())
     }
@@ -233,7 +233,7 @@ impl ShardEngine {
             let size = TOPIC_MAX_MSG_SIZE.check(u64::from(size)).map_err(invalid)? as u32;
             self.log_record(
                 log,
-                &Record::TopicUpdated { uid, time_ms: now_ms, max_msg_size: size },
+                &Record::TopicUpdated(TopicUpdated { uid, time_ms: now_ms, max_msg_size: size }),
                 Durability::Synced,
             )?;
             self.apply_topic_updated(uid, now_ms, size);
@@ -287,7 +287,7 @@ impl ShardEngine {
             dead_letter_queue: r.dead_letter_queue.clone(),
             secret,
         };
-        let rec = Record::Subscribed { uid, sid, time_ms: now_ms, def: def.clone() };
+        let rec = Record::Subscribed(Subscribed { uid, sid, time_ms: now_ms, def: def.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_subscribed(uid, sid, now_ms, def);
         let push_secret = if r.protocol == SubscriptionProtocol::Queue { String::new() } else { hex(&secret) };
@@ -315,7 +315,7 @@ impl ShardEngine {
     pub fn unsubscribe(&mut self, log: &mut impl Log, now_ms: u64, topic: &str, name: &str) -> Result<(), EngineError> {
         let uid = self.topic_uid(topic)?;
         let sid = self.topics[&uid].subscription(name).ok_or_else(|| subscription_not_found(topic, name))?.sid;
-        self.log_record(log, &Record::Unsubscribed { uid, sid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::Unsubscribed(Unsubscribed { uid, sid, time_ms: now_ms }), Durability::Synced)?;
         self.apply_unsubscribed(uid, sid);
         Ok(())
     }
@@ -396,7 +396,7 @@ impl ShardEngine {
         let binding_keys = r.binding_keys.as_ref().map_or_else(|| s.def.binding_keys.clone(), |l| l.0.clone());
         filter::validate_tags("filterTag", &filter_tags).map_err(invalid)?;
         filter::validate_binding_keys("bindingKey", &binding_keys).map_err(invalid)?;
-        let rec = Record::SubscriptionUpdated {
+        let rec = Record::SubscriptionUpdated(SubscriptionUpdated {
             uid,
             sid: s.sid,
             time_ms: now_ms,
@@ -404,9 +404,9 @@ impl ShardEngine {
             format: r.notify_content_format.map_or(s.def.format, NotifyContentFormat::as_u8),
             filter_tags,
             binding_keys,
-        };
+        });
         self.log_record(log, &rec, Durability::Synced)?;
-        if let Record::SubscriptionUpdated { sid, strategy, format, filter_tags, binding_keys, .. } = rec {
+        if let Record::SubscriptionUpdated(SubscriptionUpdated { sid, strategy, format, filter_tags, binding_keys, .. }) = rec {
             self.apply_subscription_updated(uid, sid, now_ms, strategy, format, filter_tags, binding_keys);
         }
         self.subscription_info(&r.topic, &r.subscription)
@@ -495,7 +495,7 @@ impl ShardEngine {
         let durability = self.topic_durability();
         let first_msg_id = self.alloc_msg_ids(bodies.len() as u64);
         let first_transfer = self.outbox.next_id;
-        let rec = Record::Published {
+        let rec = Record::Published(Published {
             uid,
             first_msg_id,
             first_transfer,
@@ -505,7 +505,7 @@ impl ShardEngine {
             targets,
             bodies: bodies.to_vec(),
             keys: fresh_keys,
-        };
+        });
         let (pos, first_offset) = self.log_record(log, &rec, durability)?;
         let mut offset = u64::from(first_offset);
         let spans: Vec<(u64, u32)> = bodies
@@ -516,7 +516,7 @@ impl ShardEngine {
                 at
             })
             .collect();
-        if let Record::Published { tags, routing_key, targets, keys, .. } = rec {
+        if let Record::Published(Published { tags, routing_key, targets, keys, .. }) = rec {
             self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
             self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
         }
@@ -677,7 +677,7 @@ impl ShardEngine {
         // Records of at most RECORD_IDS_MAX entries: one turn may take
         // every outcome of a full pool.
         for chunk in retries.chunks(RECORD_IDS_MAX) {
-            match self.log_record(log, &Record::PushRetry { entries: chunk.to_vec() }, Durability::Written) {
+            match self.log_record(log, &Record::PushRetry(PushRetry { entries: chunk.to_vec() }), Durability::Written) {
                 Ok(_) => self.apply_push_retry(chunk),
                 Err(e) => log::warn!("cannot log push retries: {}", e.message),
             }
@@ -712,7 +712,7 @@ impl ShardEngine {
     /// goes to the subscription's dead-letter queue if it has one, anything
     /// else is dropped and counted.
     fn give_up_delivery(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
-        match self.log_record(log, &Record::PushGaveUp { id, time_ms: now_ms }, Durability::Written) {
+        match self.log_record(log, &Record::PushGaveUp(PushGaveUp { id, time_ms: now_ms }), Durability::Written) {
             Ok(_) => self.apply_push_gave_up(id, now_ms),
             Err(e) => log::warn!("cannot log a dropped delivery: {}", e.message),
         }
