@@ -263,11 +263,7 @@ pub fn put_list<'r, T: LogValue>(out: &mut Out<'_, 'r>, items: &'r [T], field: &
 }
 
 /// A `u32`-counted list (the catalog's sections).
-pub fn put_list32<'r, T: LogValue>(
-    out: &mut Out<'_, 'r>,
-    items: &'r [T],
-    field: &'static str,
-) -> Result<(), TooLong> {
+pub fn put_list32<'r, T: LogValue>(out: &mut Out<'_, 'r>, items: &'r [T], field: &'static str) -> Result<(), TooLong> {
     out.put_len32(items.len(), field)?;
     items.iter().try_for_each(|item| item.put(out, field))
 }
@@ -281,7 +277,12 @@ fn check_fits(r: &LogReader<'_>, field: &'static str, n: usize, min_bytes: usize
 }
 
 /// A `u16` count of at most `max` items of at least `min_bytes` each.
-pub fn get_count(r: &mut LogReader<'_>, field: &'static str, max: usize, min_bytes: usize) -> Result<usize, DecodeError> {
+pub fn get_count(
+    r: &mut LogReader<'_>,
+    field: &'static str,
+    max: usize,
+    min_bytes: usize,
+) -> Result<usize, DecodeError> {
     let n = r.count(field, max)?;
     check_fits(r, field, n, min_bytes)?;
     Ok(n)

@@ -528,12 +528,37 @@ macro_rules! records {
             }
         }
 
-        impl Record<Bytes> {
-            fn put<'r>(&'r self, out: &mut Out<'_, 'r>) -> Result<(), TooLong> {
+        impl LogRecord for Record<Bytes> {
+            fn rtype(&self) -> u8 {
+                Record::rtype(self)
+            }
+            fn put_payload<'r>(&'r self, out: &mut Out<'_, 'r>) -> Result<(), TooLong> {
                 match self {
-                    $(Record::$variant(r) => r.put(out, stringify!($variant)),)*
+                    $(Record::$variant(r) => r.put_payload(out),)*
                 }
             }
+            fn to_record(&self) -> Record<Bytes> {
+                self.clone()
+            }
+        }
+
+        /// Each record struct, as written live (bodies as `Bytes`).
+        mod live {
+            use super::*;
+            type B = Bytes;
+            $(
+                impl LogRecord for $variant $(<$b>)? {
+                    fn rtype(&self) -> u8 {
+                        rtype::$code
+                    }
+                    fn put_payload<'r>(&'r self, out: &mut Out<'_, 'r>) -> Result<(), TooLong> {
+                        self.put(out, stringify!($variant))
+                    }
+                    fn to_record(&self) -> Record<Bytes> {
+                        Record::$variant(self.clone())
+                    }
+                }
+            )*
         }
 
         impl Record<BodySpan> {
@@ -599,26 +624,30 @@ pub fn body_spans(lens: impl Iterator<Item = u32>) -> impl Iterator<Item = BodyS
     })
 }
 
-impl Record<Bytes> {
+/// A record as written: a record struct, or a [`Record`] holding one.
+pub trait LogRecord {
+    /// Its type byte (`rtype`).
+    fn rtype(&self) -> u8;
+
+    /// Its payload, bodies referenced.
+    fn put_payload<'r>(&'r self, out: &mut Out<'_, 'r>) -> Result<(), TooLong>;
+
+    /// This record as a [`Record`].
+    fn to_record(&self) -> Record<Bytes>;
+
     /// Encodes the record's payload as gathered parts: fixed fields go into
     /// `scratch`, bodies are referenced, not copied. Calls `emit` with the
     /// parts in order (the log copies them once, into its write buffer), and
     /// returns what `emit` returns and the offset of the (first) body in the
-    /// payload (0 for a record without bodies). Every count and length is
+    /// payload (0 for a record without one). Every count and length is
     /// checked against its field's width: a record that cannot be encoded
     /// faithfully is an error, and `emit` is not called.
-    pub fn encode<R>(&self, scratch: &mut Vec<u8>, emit: impl FnOnce(&[&[u8]]) -> R) -> Result<(R, u32), RecordError> {
+    fn encode<R>(&self, scratch: &mut Vec<u8>, emit: impl FnOnce(&[&[u8]]) -> R) -> Result<(R, u32), RecordError> {
         let rtype = self.rtype();
         let mut out = Out::new(scratch);
-        self.put(&mut out)
+        self.put_payload(&mut out)
             .map_err(|TooLong(field)| RecordError { rtype, reason: format!("{field} does not fit its field") })?;
-        // With no bodies, a batch's first would have followed its length
-        // prefix at the end of the header.
-        let offset = match (out.first_hole(), self) {
-            (Some(at), _) => at,
-            (None, Record::Enqueued(_) | Record::Published(_)) => out.position() + 4,
-            (None, _) => 0,
-        };
+        let offset = out.first_hole().unwrap_or(0);
         let offset = u32::try_from(offset).map_err(|_| RecordError { rtype, reason: "header too long".into() })?;
         if out.is_flat() {
             let buf: &[u8] = out.buf();
@@ -626,34 +655,31 @@ impl Record<Bytes> {
         }
         Ok((emit(&out.parts()), offset))
     }
-}
 
-impl Record<Bytes> {
     /// Whether `payload` (this record's encoding, first body at `offset`)
     /// decodes back to this record: every field equal, every body and
     /// suffix at its place. The engine checks each record it logs this way
     /// in debug and test builds, so an encoding that loses information
     /// fails where it is written, not at the next start.
-    pub fn check_decodes_to(&self, payload: &[u8], offset: u32) -> Result<(), String> {
+    fn check_decodes_to(&self, payload: &[u8], offset: u32) -> Result<(), String> {
         let back = Record::decode(self.rtype(), payload).map_err(|e| e.to_string())?;
         let first_at = back.first_span().is_none_or(|s| s.offset == offset);
-        if first_at && back.resolve(payload).as_ref() == Some(&self.keys_normalized()) {
+        if first_at && back.resolve(payload) == Some(keys_normalized(self.to_record())) {
             Ok(())
         } else {
             Err(format!("record type {} decodes to a different record: {back:?}", self.rtype()))
         }
     }
+}
 
-    /// This record as it reads back: keys all empty are logged as none.
-    fn keys_normalized(&self) -> Record<Bytes> {
-        let mut rec = self.clone();
-        if let Record::Enqueued(Enqueued { keys, .. }) | Record::Published(Published { keys, .. }) = &mut rec {
-            if keys.iter().all(|k| k.is_empty()) {
-                keys.clear();
-            }
+/// `rec` as it reads back: keys all empty are logged as none.
+fn keys_normalized(mut rec: Record<Bytes>) -> Record<Bytes> {
+    if let Record::Enqueued(Enqueued { keys, .. }) | Record::Published(Published { keys, .. }) = &mut rec {
+        if keys.iter().all(|k| k.is_empty()) {
+            keys.clear();
         }
-        rec
     }
+    rec
 }
 
 impl Record<BodySpan> {
@@ -752,15 +778,17 @@ mod tests {
         let (_, payload, offset) = flatten(&b);
         assert!(a.check_decodes_to(&payload, offset).is_err());
         assert_eq!(b.check_decodes_to(&payload, offset), Ok(()));
-        let body = |b: &'static [u8]| Record::<Bytes>::HalfEnqueued(HalfEnqueued {
-            uid: 1,
-            seq: 2,
-            msg_id: 3,
-            enqueue_ms: 4,
-            check_at_ms: 5,
-            body: Bytes::from_static(b),
-            suffix: Bytes::from_static(b"group"),
-        });
+        let body = |b: &'static [u8]| {
+            Record::<Bytes>::HalfEnqueued(HalfEnqueued {
+                uid: 1,
+                seq: 2,
+                msg_id: 3,
+                enqueue_ms: 4,
+                check_at_ms: 5,
+                body: Bytes::from_static(b),
+                suffix: Bytes::from_static(b"group"),
+            })
+        };
         let (_, payload, offset) = flatten(&body(b"one"));
         assert_eq!(body(b"one").check_decodes_to(&payload, offset), Ok(()));
         assert!(body(b"two").check_decodes_to(&payload, offset).is_err(), "same length, other bytes");
@@ -786,7 +814,9 @@ mod tests {
     fn without_keys(rec: &Record<Bytes>) -> Option<Record<Bytes>> {
         let mut r = rec.clone();
         match &mut r {
-            Record::Enqueued(Enqueued { keys, .. }) | Record::Published(Published { keys, .. }) if keys.iter().any(|k| !k.is_empty()) => {
+            Record::Enqueued(Enqueued { keys, .. }) | Record::Published(Published { keys, .. })
+                if keys.iter().any(|k| !k.is_empty()) =>
+            {
                 keys.clear()
             }
             _ => return None,
@@ -798,13 +828,15 @@ mod tests {
         let seqs = proptest::collection::vec(any::<u64>(), 0..20);
         let bodies = keyed_bodies();
         prop_oneof![
-            (any::<u32>(), any::<u64>(), "[a-z][a-z0-9]{0,63}").prop_map(|(uid, t, name)| Record::QueueCreated(QueueCreated {
-                uid,
-                time_ms: t,
-                create_seq: t / 3,
-                attrs: QueueAttributes::defaults(FlushPolicy::Async),
-                name
-            })),
+            (any::<u32>(), any::<u64>(), "[a-z][a-z0-9]{0,63}").prop_map(|(uid, t, name)| Record::QueueCreated(
+                QueueCreated {
+                    uid,
+                    time_ms: t,
+                    create_seq: t / 3,
+                    attrs: QueueAttributes::defaults(FlushPolicy::Async),
+                    name
+                }
+            )),
             (any::<u32>(), any::<u64>()).prop_map(|(uid, t)| Record::QueueUpdated(QueueUpdated {
                 uid,
                 time_ms: t,
@@ -820,18 +852,11 @@ mod tests {
                 bodies,
                 keys
             })),
-            (any::<u32>(), any::<u64>(), any::<u64>(), seqs.clone()).prop_map(|(uid, t, v, seqs)| Record::Received(Received {
-                uid,
-                time_ms: t,
-                visible_at_ms: v,
-                seqs
-            })),
+            (any::<u32>(), any::<u64>(), any::<u64>(), seqs.clone())
+                .prop_map(|(uid, t, v, seqs)| Record::Received(Received { uid, time_ms: t, visible_at_ms: v, seqs })),
             (any::<u32>(), seqs.clone()).prop_map(|(uid, seqs)| Record::Deleted(Deleted { uid, seqs })),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(uid, seq, v)| Record::VisibilityChanged(VisibilityChanged {
-                uid,
-                seq,
-                visible_at_ms: v
-            })),
+            (any::<u32>(), any::<u64>(), any::<u64>())
+                .prop_map(|(uid, seq, v)| Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms: v })),
             (any::<u32>(), any::<[u64; 4]>(), any::<[u32; 2]>(), any::<[u8; 2]>(), bytes(40), bytes(20)).prop_map(
                 |(uid, n, c, sf, body, suffix)| Record::Relocated(Relocated {
                     uid,
@@ -856,7 +881,15 @@ mod tests {
             })),
             (any::<u32>(), any::<u64>()).prop_map(|(uid, time_ms)| Record::Purged(Purged { uid, time_ms })),
             (any::<u32>(), any::<[u64; 4]>(), bytes(40), bytes(20)).prop_map(|(uid, n, body, suffix)| {
-                Record::HalfEnqueued(HalfEnqueued { uid, seq: n[0], msg_id: n[1], enqueue_ms: n[2], check_at_ms: n[3], body, suffix })
+                Record::HalfEnqueued(HalfEnqueued {
+                    uid,
+                    seq: n[0],
+                    msg_id: n[1],
+                    enqueue_ms: n[2],
+                    check_at_ms: n[3],
+                    body,
+                    suffix,
+                })
             }),
             (any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>())
                 .prop_map(|(uid, seq, count, next_ms)| Record::TxChecked(TxChecked { uid, seq, count, next_ms })),
@@ -897,20 +930,11 @@ mod tests {
                 msg_id: n[2],
                 enqueue_ms: n[3]
             })),
-            (any::<[u64; 4]>(), any::<[u32; 2]>(), "[a-z]{0,20}").prop_map(|(n, u, to)| Record::RedriveStarted(RedriveStarted {
-                id: n[0],
-                uid: u[0],
-                rate: u[1],
-                end_seq: n[1],
-                total: n[2],
-                time_ms: n[3],
-                to
-            })),
-            (any::<u64>(), any::<u8>(), any::<u64>()).prop_map(|(id, state, time_ms)| Record::RedriveEnded(RedriveEnded {
-                id,
-                state,
-                time_ms
-            })),
+            (any::<[u64; 4]>(), any::<[u32; 2]>(), "[a-z]{0,20}").prop_map(|(n, u, to)| Record::RedriveStarted(
+                RedriveStarted { id: n[0], uid: u[0], rate: u[1], end_seq: n[1], total: n[2], time_ms: n[3], to }
+            )),
+            (any::<u64>(), any::<u8>(), any::<u64>())
+                .prop_map(|(id, state, time_ms)| Record::RedriveEnded(RedriveEnded { id, state, time_ms })),
             (any::<u32>(), any::<[u64; 2]>(), any::<[u32; 2]>(), any::<u8>(), "[a-z]{1,20}").prop_map(
                 |(uid, n, m, filter_type, name)| Record::TopicCreated(TopicCreated {
                     uid,
@@ -922,29 +946,29 @@ mod tests {
                     name
                 })
             ),
-            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(uid, time_ms, max_msg_size)| Record::TopicUpdated(TopicUpdated {
-                uid,
-                time_ms,
-                max_msg_size
-            })),
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(uid, time_ms, max_msg_size)| Record::TopicUpdated(
+                TopicUpdated { uid, time_ms, max_msg_size }
+            )),
             (any::<u32>(), any::<u64>()).prop_map(|(uid, time_ms)| Record::TopicDeleted(TopicDeleted { uid, time_ms })),
             (any::<[u32; 2]>(), any::<u64>(), "[a-z]{1,10}", "[a-z:/.]{0,30}", strs(), strs(), any::<[u8; 16]>())
-                .prop_map(|(u, time_ms, name, endpoint, filter_tags, binding_keys, secret)| Record::Subscribed(Subscribed {
-                    uid: u[0],
-                    sid: u[1],
-                    time_ms,
-                    def: SubscriptionDef {
-                        name,
-                        protocol: 2,
-                        endpoint,
-                        strategy: 1,
-                        format: 2,
-                        filter_tags,
-                        binding_keys,
-                        dead_letter_queue: "dlq".into(),
-                        secret
+                .prop_map(|(u, time_ms, name, endpoint, filter_tags, binding_keys, secret)| Record::Subscribed(
+                    Subscribed {
+                        uid: u[0],
+                        sid: u[1],
+                        time_ms,
+                        def: SubscriptionDef {
+                            name,
+                            protocol: 2,
+                            endpoint,
+                            strategy: 1,
+                            format: 2,
+                            filter_tags,
+                            binding_keys,
+                            dead_letter_queue: "dlq".into(),
+                            secret
+                        }
                     }
-                })),
+                )),
             (any::<[u32; 2]>(), any::<u64>(), strs(), strs()).prop_map(|(u, time_ms, filter_tags, binding_keys)| {
                 Record::SubscriptionUpdated(SubscriptionUpdated {
                     uid: u[0],
@@ -969,17 +993,19 @@ mod tests {
                 proptest::collection::vec(any::<u32>(), 0..6),
                 keyed_bodies()
             )
-                .prop_map(|(uid, n, tags, routing_key, targets, (bodies, keys))| Record::Published(Published {
-                    uid,
-                    first_msg_id: n[0],
-                    first_transfer: n[1],
-                    time_ms: n[2],
-                    tags,
-                    routing_key,
-                    targets,
-                    bodies,
-                    keys
-                })),
+                .prop_map(|(uid, n, tags, routing_key, targets, (bodies, keys))| Record::Published(
+                    Published {
+                        uid,
+                        first_msg_id: n[0],
+                        first_transfer: n[1],
+                        time_ms: n[2],
+                        tags,
+                        routing_key,
+                        targets,
+                        bodies,
+                        keys
+                    }
+                )),
             proptest::collection::vec(any::<(u64, u32, u64)>(), 0..10)
                 .prop_map(|entries| Record::PushRetry(PushRetry { entries })),
             (any::<u64>(), any::<u64>()).prop_map(|(id, time_ms)| Record::PushGaveUp(PushGaveUp { id, time_ms })),

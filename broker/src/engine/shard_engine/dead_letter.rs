@@ -10,7 +10,10 @@ use super::ShardEngine;
 use crate::engine::error::EngineError;
 use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState, FLAG_ORIGIN};
-use crate::engine::record::{transfer_kind, PushGaveUp, RECORD_IDS_MAX, Record, RedriveEnded, RedriveStarted, TransferDone, TransferIn, TransferOut, TransferReturned};
+use crate::engine::record::{
+    transfer_kind, PushGaveUp, Record, RedriveEnded, RedriveStarted, TransferDone, TransferIn, TransferOut,
+    TransferReturned, RECORD_IDS_MAX,
+};
 use crate::engine::suffix;
 use crate::engine::transfers::{Lane, OutboxEntry, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS};
 
@@ -108,7 +111,7 @@ impl ShardEngine {
         let body = Bytes::copy_from_slice(log.read(e.body_pos, e.body_len)?);
         let origin = suffix::encode_origin(&origin);
         let id = self.outbox.next_id;
-        let rec = Record::TransferOut(TransferOut {
+        let rec = TransferOut {
             id,
             kind,
             redrive,
@@ -119,7 +122,7 @@ impl ShardEngine {
             dst_queue: dst_queue.to_owned(),
             body,
             suffix: origin.clone(),
-        });
+        };
         let (pos, offset) = self.log_record(log, &rec, Durability::Synced)?;
         let out = OutboxEntry {
             kind,
@@ -136,7 +139,7 @@ impl ShardEngine {
             created_ms: now_ms,
         };
         let original = suffix::origin_msg_id(&origin);
-        self.apply_transfer_out(id, seq, out, original, now_ms, true);
+        self.apply_transfer_out(&rec, out, original, true);
         Ok(())
     }
 
@@ -187,7 +190,8 @@ impl ShardEngine {
     /// `RECORD_IDS_MAX` ids (a turn may confirm any number of transfers).
     pub(super) fn log_transfers_done(&mut self, log: &mut impl Log, ids: &[u64]) {
         for chunk in ids.chunks(RECORD_IDS_MAX) {
-            match self.log_record(log, &Record::TransferDone(TransferDone { ids: chunk.to_vec() }), Durability::Written) {
+            match self.log_record(log, &Record::TransferDone(TransferDone { ids: chunk.to_vec() }), Durability::Written)
+            {
                 Ok(_) => self.apply_transfer_done(chunk),
                 Err(e) => {
                     log::warn!("cannot log finished transfers: {}", e.message);
@@ -214,7 +218,8 @@ impl ShardEngine {
         let Some(q) = self.queues.get(&uid) else {
             // The queue it came from is gone too: nothing can take it.
             log::warn!("dropping a message whose destination {:?} and source queue are both gone", out.dst_queue);
-            if self.log_record(log, &Record::TransferDone(TransferDone { ids: vec![id] }), Durability::Written).is_ok() {
+            if self.log_record(log, &Record::TransferDone(TransferDone { ids: vec![id] }), Durability::Written).is_ok()
+            {
                 self.apply_transfer_done(&[id]);
             }
             return;
@@ -245,7 +250,7 @@ impl ShardEngine {
         let msg_id = self.alloc_msg_ids(1);
         // A redriven message starts over; a dead-lettered one keeps its count.
         let dequeue_count = if t.kind == transfer_kind::REDRIVE { 0 } else { t.dequeue_count };
-        let rec = Record::TransferIn(TransferIn {
+        let rec = TransferIn {
             src_shard: t.src_shard,
             id: t.id,
             uid,
@@ -255,7 +260,7 @@ impl ShardEngine {
             dequeue_count,
             body: t.body.clone(),
             suffix: t.origin.clone(),
-        });
+        };
         let (pos, offset) = self.log_record(log, &rec, durability)?;
         let entry = Entry {
             msg_id,
@@ -269,7 +274,7 @@ impl ShardEngine {
             // Topic deliveries are new messages; moved ones keep their origin.
             flags: if t.origin.is_empty() { 0 } else { FLAG_ORIGIN },
         };
-        self.apply_transfer_in(t.src_shard, t.id, uid, seq, entry, suffix::origin_msg_id(&t.origin), pos);
+        self.apply_transfer_in(&rec, entry, suffix::origin_msg_id(&t.origin), pos);
         Ok(())
     }
 
@@ -313,9 +318,9 @@ impl ShardEngine {
         let end_seq = q.next_seq();
         let total = q.counts().backlog();
         let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.next_redrive;
-        let rec = Record::RedriveStarted(RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() });
+        let rec = RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() };
         self.log_record(log, &rec, Durability::Synced)?;
-        self.apply_redrive_started(id, uid, rate, end_seq, total, now_ms, to.to_owned());
+        self.apply_redrive_started(rec);
         self.redrive_info(id)
     }
 

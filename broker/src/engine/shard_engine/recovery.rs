@@ -13,7 +13,12 @@ use crate::engine::fates::Fate;
 use crate::engine::log::Log;
 use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
 use crate::engine::queue::Queue;
-use crate::engine::record::{rtype, transfer_kind, BodySpan, Deleted, Enqueued, HalfEnqueued, KeyDeleted, KeyPut, Published, Purged, PushGaveUp, PushRetry, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, RecordError, RedriveEnded, RedriveStarted, Relocated, RelocatedEntry, Rewound, Subscribed, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated, TransferDone, TransferIn, TransferOut, TransferReturned, TxChecked, TxEnded, Unsubscribed, VisibilityChanged};
+use crate::engine::record::{
+    rtype, transfer_kind, BodySpan, Deleted, Enqueued, HalfEnqueued, KeyDeleted, KeyPut, Published, Purged, PushGaveUp,
+    PushRetry, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, RecordError, RedriveEnded, RedriveStarted,
+    Relocated, RelocatedEntry, Rewound, Subscribed, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated,
+    TransferDone, TransferIn, TransferOut, TransferReturned, TxChecked, TxEnded, Unsubscribed, VisibilityChanged,
+};
 use crate::engine::redrive::Redrive;
 use crate::engine::suffix;
 use crate::engine::transfers::OutboxEntry;
@@ -35,15 +40,15 @@ impl ShardEngine {
             }
         }
         for t in &c.topics {
-            self.apply_topic_created(
-                t.uid,
-                t.created_ms,
-                t.create_seq,
-                t.max_msg_size,
-                t.retention_s,
-                t.filter_type,
-                t.name.clone(),
-            );
+            self.apply_topic_created(TopicCreated {
+                uid: t.uid,
+                time_ms: t.created_ms,
+                create_seq: t.create_seq,
+                max_msg_size: t.max_msg_size,
+                retention_s: t.retention_s,
+                filter_type: t.filter_type,
+                name: t.name.clone(),
+            });
             for s in &t.subscriptions {
                 self.apply_subscribed(t.uid, s.sid, s.created_ms, s.def.clone());
                 if let Some(sub) = self.topics.get_mut(&t.uid).and_then(|x| x.subscription_by_sid(s.sid)) {
@@ -322,11 +327,10 @@ impl ShardEngine {
             Record::QueueDeleted(QueueDeleted { uid, .. }) => {
                 self.apply_queue_deleted(uid);
             }
-            Record::Enqueued(Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys }) => {
+            Record::Enqueued(e) => {
                 // Keys of records the catalog reflects are in its windows already.
-                let keys = if counted { &keys[..] } else { &[] };
-                let spans = bodies.into_iter();
-                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, spans, pos, keys)
+                let keys = if counted { &e.keys[..] } else { &[] };
+                self.apply_enqueued(&e, e.bodies.iter().copied(), pos, keys)
             }
             Record::Received(Received { uid, time_ms, visible_at_ms, seqs }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
@@ -339,7 +343,9 @@ impl ShardEngine {
                     q.apply_deleted(&seqs);
                 }
             }
-            Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }) => self.apply_visibility(uid, seq, visible_at_ms),
+            Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }) => {
+                self.apply_visibility(uid, seq, visible_at_ms)
+            }
             Record::Relocated(Relocated { uid, seq, entry, body, .. }) => {
                 self.apply_relocated(uid, seq, entry, span_pos(&body), body.len)
             }
@@ -347,9 +353,7 @@ impl ShardEngine {
             Record::Purged(Purged { uid, time_ms }) => {
                 self.apply_purged(uid, time_ms);
             }
-            Record::HalfEnqueued(HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, .. }) => {
-                self.apply_half_enqueued(uid, seq, msg_id, enqueue_ms, check_at_ms, span_pos(&body), body.len)
-            }
+            Record::HalfEnqueued(h) => self.apply_half_enqueued(&h, span_pos(&h.body), h.body.len),
             Record::TxChecked(TxChecked { uid, seq, count, next_ms }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_tx_checked(seq, count, next_ms);
@@ -357,82 +361,59 @@ impl ShardEngine {
                 }
             }
             Record::TxEnded(TxEnded { uid, seq, commit, time_ms }) => self.apply_tx_ended(uid, seq, commit, time_ms),
-            Record::TransferOut(TransferOut {
-                id,
-                kind,
-                redrive,
-                src_uid,
-                src_seq,
-                dequeue_count,
-                time_ms,
-                dst_queue,
-                body,
-                ..
-            }) => {
+            Record::TransferOut(t) => {
                 let out = OutboxEntry {
-                    kind,
-                    redrive,
-                    src_uid,
-                    dst_queue,
-                    body_pos: span_pos(&body),
-                    body_len: body.len,
-                    suffix_len: suffix_of(&body).len() as u32,
-                    dequeue_count,
+                    kind: t.kind,
+                    redrive: t.redrive,
+                    src_uid: t.src_uid,
+                    dst_queue: t.dst_queue.clone(),
+                    body_pos: span_pos(&t.body),
+                    body_len: t.body.len,
+                    suffix_len: suffix_of(&t.body).len() as u32,
+                    dequeue_count: t.dequeue_count,
                     next_send_ms: 0,
                     attempts: 0,
                     publish: None,
-                    created_ms: time_ms,
+                    created_ms: t.time_ms,
                 };
-                let original = suffix::origin_msg_id(suffix_of(&body));
-                self.apply_transfer_out(id, src_seq, out, original, time_ms, counted);
+                let original = suffix::origin_msg_id(suffix_of(&t.body));
+                self.apply_transfer_out(&t, out, original, counted);
             }
-            Record::TransferIn(TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. }) => {
-                let origin = suffix_of(&body);
+            Record::TransferIn(t) => {
+                let origin = suffix_of(&t.body);
                 let original = suffix::origin_msg_id(origin);
                 let entry = Entry {
-                    msg_id,
-                    body_pos: span_pos(&body),
-                    enqueue_ms,
-                    visible_at_ms: enqueue_ms,
-                    body_len: body.len,
+                    msg_id: t.msg_id,
+                    body_pos: span_pos(&t.body),
+                    enqueue_ms: t.enqueue_ms,
+                    visible_at_ms: t.enqueue_ms,
+                    body_len: t.body.len,
                     first_dequeue_rel: 0,
-                    dequeue_count,
+                    dequeue_count: t.dequeue_count,
                     state: MsgState::Ready,
                     flags: if origin.is_empty() { 0 } else { FLAG_ORIGIN },
                 };
-                self.apply_transfer_in(src_shard, id, uid, seq, entry, original, pos);
+                self.apply_transfer_in(&t, entry, original, pos);
             }
             Record::TransferDone(TransferDone { ids }) => self.apply_transfer_done(&ids),
             Record::TransferReturned(TransferReturned { id, uid, seq, msg_id, enqueue_ms }) => {
                 self.apply_transfer_returned(id, uid, seq, msg_id, enqueue_ms, counted)
             }
-            Record::RedriveStarted(RedriveStarted { id, uid, rate, end_seq, total, time_ms, to }) => {
-                self.apply_redrive_started(id, uid, rate, end_seq, total, time_ms, to)
-            }
+            Record::RedriveStarted(r) => self.apply_redrive_started(r),
             Record::RedriveEnded(RedriveEnded { id, state, time_ms }) => self.apply_redrive_ended(id, state, time_ms),
-            Record::TopicCreated(TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name }) => {
-                self.apply_topic_created(uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name)
+            Record::TopicCreated(t) => self.apply_topic_created(t),
+            Record::TopicUpdated(TopicUpdated { uid, time_ms, max_msg_size }) => {
+                self.apply_topic_updated(uid, time_ms, max_msg_size)
             }
-            Record::TopicUpdated(TopicUpdated { uid, time_ms, max_msg_size }) => self.apply_topic_updated(uid, time_ms, max_msg_size),
             Record::TopicDeleted(TopicDeleted { uid, .. }) => self.apply_topic_deleted(uid),
             Record::Subscribed(Subscribed { uid, sid, time_ms, def }) => self.apply_subscribed(uid, sid, time_ms, def),
-            Record::SubscriptionUpdated(SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys }) => {
-                self.apply_subscription_updated(uid, sid, time_ms, strategy, format, filter_tags, binding_keys)
-            }
+            Record::SubscriptionUpdated(u) => self.apply_subscription_updated(u),
             Record::Unsubscribed(Unsubscribed { uid, sid, .. }) => self.apply_unsubscribed(uid, sid),
-            Record::Published(Published {
-                uid,
-                first_msg_id,
-                first_transfer,
-                time_ms,
-                tags,
-                routing_key,
-                targets,
-                bodies,
-                keys,
-            }) => {
-                let spans: Vec<(u64, u32)> = bodies.iter().map(|b| (span_pos(b), b.len)).collect();
-                self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans);
+            Record::Published(mut p) => {
+                let spans: Vec<(u64, u32)> = p.bodies.iter().map(|b| (span_pos(b), b.len)).collect();
+                let (uid, first_msg_id, time_ms) = (p.uid, p.first_msg_id, p.time_ms);
+                let keys = std::mem::take(&mut p.keys);
+                self.apply_published(p, &spans);
                 if counted {
                     self.remember_published_keys(uid, first_msg_id, time_ms, &keys);
                 }
@@ -503,17 +484,8 @@ impl ShardEngine {
         q.apply_purged()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_half_enqueued(
-        &mut self,
-        uid: u32,
-        seq: u64,
-        msg_id: u64,
-        enqueue_ms: u64,
-        check_at_ms: u64,
-        body_pos: u64,
-        body_len: u32,
-    ) {
+    pub(super) fn apply_half_enqueued<B>(&mut self, rec: &HalfEnqueued<B>, body_pos: u64, body_len: u32) {
+        let HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, .. } = *rec;
         self.bump_msg_counter(msg_id);
         let Some(q) = self.queues.get_mut(&uid) else { return };
         let entry = Entry {
@@ -546,16 +518,14 @@ impl ShardEngine {
     /// A message leaves its queue for the outbox (one step: the record that
     /// does this is the move's commit point). Its fate is recorded under its
     /// original id (the one clients know).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_transfer_out(
+    pub(super) fn apply_transfer_out<B>(
         &mut self,
-        id: u64,
-        src_seq: u64,
+        rec: &TransferOut<B>,
         out: OutboxEntry,
         original_msg_id: Option<u64>,
-        time_ms: u64,
         counted: bool,
     ) {
+        let TransferOut { id, src_seq, time_ms, .. } = *rec;
         self.outbox.next_id = self.outbox.next_id.max(id + 1);
         let (src_uid, kind, redrive) = (out.src_uid, out.kind, out.redrive);
         if let Some(q) = self.queues.get_mut(&src_uid) {
@@ -575,17 +545,14 @@ impl ShardEngine {
     }
 
     /// A message arrives from another queue (deduplicated by source and id).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_transfer_in(
+    pub(super) fn apply_transfer_in<B>(
         &mut self,
-        src_shard: u16,
-        id: u64,
-        uid: u32,
-        seq: u64,
+        rec: &TransferIn<B>,
         entry: Entry,
         original_msg_id: Option<u64>,
         pos: u64,
     ) {
+        let TransferIn { src_shard, id, uid, seq, .. } = *rec;
         self.inbound.insert(src_shard, id, pos);
         self.bump_msg_counter(entry.msg_id);
         let Some(q) = self.queues.get_mut(&uid) else { return };
@@ -631,17 +598,8 @@ impl ShardEngine {
         self.note_ready(uid);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_redrive_started(
-        &mut self,
-        id: u64,
-        uid: u32,
-        rate: u32,
-        end_seq: u64,
-        total: u64,
-        time_ms: u64,
-        to: String,
-    ) {
+    pub(super) fn apply_redrive_started(&mut self, rec: RedriveStarted) {
+        let RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } = rec;
         self.next_redrive = self.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
         let cursor = self.queues.get(&uid).and_then(|q| q.iter().next().map(|(s, _)| s)).unwrap_or(0);
         self.redrives.insert(

@@ -5,9 +5,9 @@ use cmq_protocol::{ErrorCode, FlushPolicy, MessageState, MessageStatus, QueueAtt
 use proptest::prelude::*;
 
 use super::*;
-use crate::engine::record::{PushRetry, TransferDone};
 use crate::engine::catalog::Catalog;
 use crate::engine::log::MemLog;
+use crate::engine::record::{PushRetry, TransferDone};
 
 fn engine() -> ShardEngine {
     ShardEngine::new(EngineConfig {

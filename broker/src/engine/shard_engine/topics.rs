@@ -19,7 +19,10 @@ use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
 use crate::engine::log::{Durability, Log};
-use crate::engine::record::{transfer_kind, Published, PushGaveUp, PushRetry, RECORD_IDS_MAX, Record, Subscribed, SubscriptionDef, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated, Unsubscribed};
+use crate::engine::record::{
+    transfer_kind, Published, PushGaveUp, PushRetry, Record, Subscribed, SubscriptionDef, SubscriptionUpdated,
+    TopicCreated, TopicDeleted, TopicUpdated, Unsubscribed, RECORD_IDS_MAX,
+};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
 use crate::engine::ListedQueue;
@@ -104,7 +107,7 @@ impl ShardEngine {
             .map_err(invalid)? as u32;
         let filter_type = u.filter_type.unwrap_or_default().as_u8();
         let uid = self.next_uid;
-        let rec = Record::TopicCreated(TopicCreated {
+        let rec = TopicCreated {
             uid,
             time_ms: now_ms,
             create_seq,
@@ -112,23 +115,14 @@ impl ShardEngine {
             retention_s,
             filter_type,
             name: name.to_owned(),
-        });
+        };
         self.log_record(log, &rec, Durability::Synced)?;
-        self.apply_topic_created(uid, now_ms, create_seq, max_msg_size, retention_s, filter_type, name.to_owned());
+        self.apply_topic_created(rec);
         Ok(self.queue_id(uid))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_topic_created(
-        &mut self,
-        uid: u32,
-        time_ms: u64,
-        create_seq: u64,
-        max_msg_size: u32,
-        retention_s: u32,
-        filter_type: u8,
-        name: String,
-    ) {
+    pub(super) fn apply_topic_created(&mut self, rec: TopicCreated) {
+        let TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } = rec;
         self.next_uid = self.next_uid.max(uid + 1);
         if self.topics.contains_key(&uid) {
             return;
@@ -396,7 +390,7 @@ impl ShardEngine {
         let binding_keys = r.binding_keys.as_ref().map_or_else(|| s.def.binding_keys.clone(), |l| l.0.clone());
         filter::validate_tags("filterTag", &filter_tags).map_err(invalid)?;
         filter::validate_binding_keys("bindingKey", &binding_keys).map_err(invalid)?;
-        let rec = Record::SubscriptionUpdated(SubscriptionUpdated {
+        let rec = SubscriptionUpdated {
             uid,
             sid: s.sid,
             time_ms: now_ms,
@@ -404,25 +398,14 @@ impl ShardEngine {
             format: r.notify_content_format.map_or(s.def.format, NotifyContentFormat::as_u8),
             filter_tags,
             binding_keys,
-        });
+        };
         self.log_record(log, &rec, Durability::Synced)?;
-        if let Record::SubscriptionUpdated(SubscriptionUpdated { sid, strategy, format, filter_tags, binding_keys, .. }) = rec {
-            self.apply_subscription_updated(uid, sid, now_ms, strategy, format, filter_tags, binding_keys);
-        }
+        self.apply_subscription_updated(rec);
         self.subscription_info(&r.topic, &r.subscription)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_subscription_updated(
-        &mut self,
-        uid: u32,
-        sid: u32,
-        time_ms: u64,
-        strategy: u8,
-        format: u8,
-        filter_tags: Vec<String>,
-        binding_keys: Vec<String>,
-    ) {
+    pub(super) fn apply_subscription_updated(&mut self, rec: SubscriptionUpdated) {
+        let SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } = rec;
         if let Some(s) = self.topics.get_mut(&uid).and_then(|t| t.subscription_by_sid(sid)) {
             s.def.strategy = strategy;
             s.def.format = format;
@@ -495,7 +478,7 @@ impl ShardEngine {
         let durability = self.topic_durability();
         let first_msg_id = self.alloc_msg_ids(bodies.len() as u64);
         let first_transfer = self.outbox.next_id;
-        let rec = Record::Published(Published {
+        let mut rec = Published {
             uid,
             first_msg_id,
             first_transfer,
@@ -505,7 +488,7 @@ impl ShardEngine {
             targets,
             bodies: bodies.to_vec(),
             keys: fresh_keys,
-        });
+        };
         let (pos, first_offset) = self.log_record(log, &rec, durability)?;
         let mut offset = u64::from(first_offset);
         let spans: Vec<(u64, u32)> = bodies
@@ -516,10 +499,9 @@ impl ShardEngine {
                 at
             })
             .collect();
-        if let Record::Published(Published { tags, routing_key, targets, keys, .. }) = rec {
-            self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
-            self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
-        }
+        let keys = std::mem::take(&mut rec.keys);
+        self.apply_published(rec, &spans);
+        self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
         Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
@@ -530,18 +512,8 @@ impl ShardEngine {
     }
 
     /// One outbox entry per (body, target), ids `first_transfer..` in that order.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_published(
-        &mut self,
-        uid: u32,
-        first_msg_id: u64,
-        first_transfer: u64,
-        time_ms: u64,
-        tags: Vec<String>,
-        routing_key: String,
-        targets: &[u32],
-        bodies: &[(u64, u32)],
-    ) {
+    pub(super) fn apply_published<B>(&mut self, rec: Published<B>, bodies: &[(u64, u32)]) {
+        let Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, .. } = rec;
         self.bump_msg_counter(first_msg_id + bodies.len().saturating_sub(1) as u64);
         let n = (bodies.len() * targets.len()) as u64;
         self.outbox.next_id = self.outbox.next_id.max(first_transfer + n);

@@ -47,7 +47,7 @@ impl ShardEngine {
         let check_at_ms = now_ms + u64::from(q.attrs.first_query_interval) * 1000;
         let durability = Self::data_durability(q.attrs.flush_policy);
         let msg_id = self.alloc_msg_ids(1);
-        let rec = Record::HalfEnqueued(HalfEnqueued {
+        let rec = HalfEnqueued {
             uid,
             seq,
             msg_id,
@@ -55,9 +55,9 @@ impl ShardEngine {
             check_at_ms,
             body: body.clone(),
             suffix: suffix::encode_group(group),
-        });
+        };
         let (pos, offset) = self.log_record(log, &rec, durability)?;
-        self.apply_half_enqueued(uid, seq, msg_id, now_ms, check_at_ms, pos + u64::from(offset), body.len() as u32);
+        self.apply_half_enqueued(&rec, pos + u64::from(offset), body.len() as u32);
         Ok(msg_id)
     }
 
@@ -111,7 +111,10 @@ impl ShardEngine {
                     e.msg_id,
                     default.as_str()
                 );
-                if self.log_record(log, &Record::TxEnded(TxEnded { uid, seq, commit, time_ms: now_ms }), durability).is_ok() {
+                if self
+                    .log_record(log, &Record::TxEnded(TxEnded { uid, seq, commit, time_ms: now_ms }), durability)
+                    .is_ok()
+                {
                     self.apply_tx_ended(uid, seq, commit, now_ms);
                     continue;
                 }
