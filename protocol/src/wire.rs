@@ -275,6 +275,23 @@ pub fn decode_list<T: Wire>(r: &mut Reader, field: &'static str, max: usize) -> 
     Ok(out)
 }
 
+/// Decodes a `u16`-counted list of at most `max_items` strings of at most
+/// `max_bytes` each (tags, filter tags, binding keys; the broker's log
+/// records read their string lists with it too).
+pub fn decode_strs<B: AsRef<[u8]>>(
+    r: &mut Reader<B>,
+    field: &'static str,
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(field, max_items)?;
+    // Every string takes at least its two-byte length.
+    if n.saturating_mul(2) > r.remaining() {
+        return Err(DecodeError::Truncated(field));
+    }
+    (0..n).map(|_| r.string(field, max_bytes)).collect()
+}
+
 /// An optional idempotency key at the end of a payload (protocol version
 /// 3): absent (no bytes at all) when empty, else `len u8` (1..=max) and the
 /// key. Absent is how a version 2 client's frame ends, so old frames decode

@@ -245,26 +245,19 @@ pub fn put_str(out: &mut Out<'_, '_>, v: &str, field: &'static str) -> Result<()
     Ok(())
 }
 
-/// A `u16`-counted list of strings of at most `max_bytes` each.
-pub fn get_strs(
-    r: &mut LogReader<'_>,
-    field: &'static str,
-    max_items: usize,
-    max_bytes: usize,
-) -> Result<Vec<String>, DecodeError> {
-    let n = get_count(r, field, max_items, String::MIN_BYTES)?;
-    (0..n).map(|_| r.string(field, max_bytes)).collect()
-}
-
 /// A `u16`-counted list.
 pub fn put_list<'r, T: LogValue>(out: &mut Out<'_, 'r>, items: &'r [T], field: &'static str) -> Result<(), TooLong> {
     out.put_count(items.len(), field)?;
-    items.iter().try_for_each(|item| item.put(out, field))
+    put_items(out, items, field)
 }
 
 /// A `u32`-counted list (the catalog's sections).
 pub fn put_list32<'r, T: LogValue>(out: &mut Out<'_, 'r>, items: &'r [T], field: &'static str) -> Result<(), TooLong> {
     out.put_len32(items.len(), field)?;
+    put_items(out, items, field)
+}
+
+fn put_items<'r, T: LogValue>(out: &mut Out<'_, 'r>, items: &'r [T], field: &'static str) -> Result<(), TooLong> {
     items.iter().try_for_each(|item| item.put(out, field))
 }
 
@@ -291,7 +284,7 @@ pub fn get_count(
 /// A `u16`-counted list of at most `max` items.
 pub fn get_list<T: LogValue>(r: &mut LogReader<'_>, field: &'static str, max: usize) -> Result<Vec<T>, DecodeError> {
     let n = get_count(r, field, max, T::MIN_BYTES)?;
-    (0..n).map(|_| T::get(r, field)).collect()
+    get_items(r, field, n)
 }
 
 /// A `u32`-counted list of at most `max` items.
@@ -301,6 +294,10 @@ pub fn get_list32<T: LogValue>(r: &mut LogReader<'_>, field: &'static str, max: 
         return Err(DecodeError::TooMany { field, got: n, max });
     }
     check_fits(r, field, n, T::MIN_BYTES)?;
+    get_items(r, field, n)
+}
+
+fn get_items<T: LogValue>(r: &mut LogReader<'_>, field: &'static str, n: usize) -> Result<Vec<T>, DecodeError> {
     (0..n).map(|_| T::get(r, field)).collect()
 }
 
@@ -512,7 +509,7 @@ macro_rules! log_struct {
     };
     (@get $r:ident, $ty:ty, $f:ident, str($max:expr)) => { $r.string(stringify!($f), $max)? };
     (@get $r:ident, $ty:ty, $f:ident, strs($items:expr, $max:expr)) => {
-        $crate::engine::codec::get_strs($r, stringify!($f), $items, $max)?
+        cmq_protocol::wire::decode_strs($r, stringify!($f), $items, $max)?
     };
     (@get $r:ident, $ty:ty, $f:ident, list($max:expr)) => {
         $crate::engine::codec::get_list($r, stringify!($f), $max)?
@@ -536,6 +533,9 @@ macro_rules! log_struct {
     };
     (@resolve $s:ident, $p:ident, $f:ident $(, $codec:ident $(($($arg:tt)*))?)?) => { $s.$f.clone() };
 }
+
+#[cfg(test)]
+pub mod gold;
 
 #[cfg(test)]
 mod tests {

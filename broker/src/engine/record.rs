@@ -77,7 +77,7 @@ use cmq_protocol::limits::{NAME_CHARS_MAX, URL_BYTES_MAX};
 use cmq_protocol::QueueAttributes;
 
 pub use crate::engine::codec::BodySpan;
-use crate::engine::codec::{get_strs, put_list, put_str, LogReader, LogValue, Out, TooLong};
+use crate::engine::codec::{put_list, put_str, LogReader, LogValue, Out, TooLong};
 use crate::engine::keys::KeyDef;
 use crate::log_struct;
 
@@ -204,7 +204,7 @@ impl LogValue for KeyDef {
         Ok(KeyDef {
             name: r.string("key name", NAME_CHARS_MAX)?,
             secret_id: r.string("secret id", SECRET_ID_BYTES_MAX)?,
-            secrets: get_strs(r, "secrets", RECORD_ITEMS_MAX, NAME_CHARS_MAX)?,
+            secrets: cmq_protocol::wire::decode_strs(r, "secrets", RECORD_ITEMS_MAX, NAME_CHARS_MAX)?,
             policy: r.string("policy", POLICY_BYTES_MAX)?,
             created_ms: r.u64("created_ms")?,
             modified_ms: r.u64("modified_ms")?,

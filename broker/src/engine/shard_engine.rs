@@ -132,7 +132,9 @@ pub struct ListedQueue {
 pub struct ShardEngine {
     cfg: EngineConfig,
     keys: ReceiptKeys,
-    queues: HashMap<u32, Queue>,
+    /// By uid; ordered so that every walk over the queues (sweeps,
+    /// compaction, answers) goes in the same order on every replica.
+    queues: BTreeMap<u32, Queue>,
     by_name: HashMap<String, u32>,
     next_uid: u32,
     /// Subscription ids, shard-wide so that `(shard, sid)` names a
@@ -168,7 +170,8 @@ pub struct ShardEngine {
     fates: Fates,
     /// Queues with parked dead-letter moves or due checks.
     pending_work: Vec<u32>,
-    topics: HashMap<u32, crate::engine::topic::Topic>,
+    /// By uid, ordered like `queues`.
+    topics: BTreeMap<u32, crate::engine::topic::Topic>,
     topic_by_name: HashMap<String, u32>,
     /// Authentication keys (shard 0 only; see `engine/keys.rs`).
     keys_store: crate::engine::keys::KeyStore,
@@ -179,7 +182,7 @@ impl ShardEngine {
         ShardEngine {
             keys: ReceiptKeys::new(cfg.secret),
             cfg,
-            queues: HashMap::new(),
+            queues: BTreeMap::new(),
             by_name: HashMap::new(),
             next_uid: 1,
             next_sid: 1,
@@ -202,7 +205,7 @@ impl ShardEngine {
             checks: Vec::new(),
             fates: Fates::default(),
             pending_work: Vec::new(),
-            topics: HashMap::new(),
+            topics: BTreeMap::new(),
             topic_by_name: HashMap::new(),
             keys_store: Default::default(),
         }
@@ -423,8 +426,6 @@ impl ShardEngine {
         })
     }
 
-    /// Queues matching the filters: the total count and the first `take` in
-    /// creation order (a caller merging shards asks each for offset+limit).
     /// Queues matching the filter that `visible` lets through (the caller's permissions).
     pub fn list_queues(
         &self,
@@ -433,15 +434,26 @@ impl ShardEngine {
         take: usize,
         visible: impl Fn(&str) -> bool,
     ) -> (u32, Vec<ListedQueue>) {
-        let mut matching: Vec<ListedQueue> = self
-            .queues
-            .values()
-            .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains) && visible(&q.name))
-            .map(|q| ListedQueue {
-                create_seq: q.create_seq,
-                created_ms: q.created_ms,
-                queue_id: self.queue_id(q.uid),
-                name: q.name.clone(),
+        let all = self.queues.values().map(|q| (q.uid, q.name.as_str(), q.create_seq, q.created_ms));
+        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
+    }
+
+    /// The queues or topics `(uid, name, create_seq, created_ms)` whose
+    /// name `wanted` accepts: the total count and the first `take` in
+    /// creation order (a caller merging shards asks each for offset+limit).
+    fn listing<'a>(
+        &self,
+        all: impl Iterator<Item = (u32, &'a str, u64, u64)>,
+        wanted: impl Fn(&str) -> bool,
+        take: usize,
+    ) -> (u32, Vec<ListedQueue>) {
+        let mut matching: Vec<ListedQueue> = all
+            .filter(|(_, name, ..)| wanted(name))
+            .map(|(uid, name, create_seq, created_ms)| ListedQueue {
+                create_seq,
+                created_ms,
+                queue_id: self.queue_id(uid),
+                name: name.to_owned(),
             })
             .collect();
         let total = matching.len() as u32;
@@ -952,6 +964,8 @@ impl ReceiveOutcome {
     }
 }
 
+#[cfg(test)]
+mod order_tests;
 #[cfg(test)]
 mod tests;
 

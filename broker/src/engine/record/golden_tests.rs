@@ -4,47 +4,8 @@
 //! Logs already on disk and the bytes Raft peers exchange depend on these.
 
 use super::*;
-use cmq_protocol::wire::Wire;
+use crate::engine::codec::gold::Gold;
 use cmq_protocol::FlushPolicy;
-
-/// Expected bytes, built from the table: little-endian integers, `str` as
-/// a u16 length then UTF-8.
-#[derive(Default)]
-struct Gold(Vec<u8>);
-
-impl Gold {
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn raw(mut self, b: &[u8]) -> Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn str(self, s: &str) -> Self {
-        self.u16(s.len() as u16).raw(s.as_bytes())
-    }
-    /// The protocol's QueueAttributes encoding (its own golden tests pin it).
-    fn attrs(mut self, a: &QueueAttributes) -> Self {
-        a.encode(&mut self.0);
-        self
-    }
-    fn len(&self) -> u32 {
-        self.0.len() as u32
-    }
-}
 
 /// `rec` encodes to exactly `expected` with its first body at `offset`
 /// (0 for records without one), carries type byte `rtype`, and `expected`

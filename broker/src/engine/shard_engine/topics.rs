@@ -182,21 +182,8 @@ impl ShardEngine {
         take: usize,
         visible: impl Fn(&str) -> bool,
     ) -> (u32, Vec<ListedQueue>) {
-        let mut matching: Vec<ListedQueue> = self
-            .topics
-            .values()
-            .filter(|t| t.name.starts_with(prefix) && t.name.contains(contains) && visible(&t.name))
-            .map(|t| ListedQueue {
-                create_seq: t.create_seq,
-                created_ms: t.created_ms,
-                queue_id: self.queue_id(t.uid),
-                name: t.name.clone(),
-            })
-            .collect();
-        let total = matching.len() as u32;
-        matching.sort_by_key(|l| (l.create_seq, l.created_ms, l.queue_id));
-        matching.truncate(take);
-        (total, matching)
+        let all = self.topics.values().map(|t| (t.uid, t.name.as_str(), t.create_seq, t.created_ms));
+        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
     }
 
     pub fn topic_info(&self, name: &str) -> Result<TopicInfo, EngineError> {
