@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::fates::{Fate, Fates};
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::FLAG_ORIGIN;
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
@@ -30,14 +29,23 @@ use crate::engine::record::{
     body_spans, BodySpan, Deleted, Enqueued, LogRecord, QueueCreated, QueueDeleted, QueueUpdated, Received, Record,
     VisibilityChanged,
 };
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::redrive::Redrive;
-use crate::engine::transfers::{Inbound, Lane, Outbox};
+use crate::engine::transfers::Lane;
+use counters::Counters;
+use exchange::Exchange;
+use log_cursor::LogCursor;
+use schedule::Schedule;
 
+mod counters;
 mod dead_letter;
 mod digest;
+mod exchange;
 mod inspection;
 mod keys;
+mod log_cursor;
 mod recovery;
+mod schedule;
 mod topics;
 mod transactions;
 
@@ -136,45 +144,26 @@ pub struct ShardEngine {
     /// compaction, answers) goes in the same order on every replica.
     queues: BTreeMap<u32, Queue>,
     by_name: HashMap<String, u32>,
-    next_uid: u32,
-    /// Subscription ids, shard-wide so that `(shard, sid)` names a
-    /// subscription broker-wide (CMQ's `subscriptionId`).
-    next_sid: u32,
-    next_msg_counter: u64,
-    wakeups: BinaryHeap<Reverse<(u64, u32)>>,
+    /// By uid, ordered like `queues`.
+    topics: BTreeMap<u32, crate::engine::topic::Topic>,
+    topic_by_name: HashMap<String, u32>,
+    redrives: BTreeMap<u64, Redrive>,
+    /// Authentication keys (shard 0 only; see `engine/keys.rs`).
+    keys_store: crate::engine::keys::KeyStore,
+    /// Recent messages' fates (inspection).
+    fates: Fates,
+    /// Numbers for new queues, topics, subscriptions, messages, redrives.
+    counters: Counters,
+    /// Where the engine stands in its log.
+    log_cursor: LogCursor,
+    /// Messages leaving for other shards or endpoints, and those received.
+    exchange: Exchange,
+    /// Wakeups, sweeps and parked work.
+    schedule: Schedule,
     waiters: HashMap<u64, Waiter>,
     waiter_deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     next_waiter_id: u64,
     to_serve: Vec<u32>,
-    next_retention_sweep_ms: u64,
-    scratch: Vec<u8>,
-    /// Queue-management records before this log position are already in
-    /// the loaded catalog and are skipped by replay.
-    catalog_pos: u64,
-    /// A snapshot's catalog reflects entries up to this one, which are
-    /// still to be applied: until then every queue-management record is
-    /// already in the catalog (see `load_snapshot_catalog`).
-    catalog_entry: Option<u64>,
-    /// Messages leaving this shard's queues for other queues.
-    outbox: Outbox,
-    /// Transfers this shard received (duplicate filter).
-    inbound: Inbound,
-    /// The push pool was full: due pushes wait until then (or an outcome).
-    pushes_paused_until: u64,
-    /// Position of the last record logged or replayed (positions only grow).
-    last_log_pos: u64,
-    redrives: BTreeMap<u64, Redrive>,
-    next_redrive: u64,
-    /// Transaction checks the shard should push to checkers.
-    checks: Vec<CheckDue>,
-    fates: Fates,
-    /// Queues with parked dead-letter moves or due checks.
-    pending_work: Vec<u32>,
-    /// By uid, ordered like `queues`.
-    topics: BTreeMap<u32, crate::engine::topic::Topic>,
-    topic_by_name: HashMap<String, u32>,
-    /// Authentication keys (shard 0 only; see `engine/keys.rs`).
-    keys_store: crate::engine::keys::KeyStore,
 }
 
 impl ShardEngine {
@@ -184,30 +173,19 @@ impl ShardEngine {
             cfg,
             queues: BTreeMap::new(),
             by_name: HashMap::new(),
-            next_uid: 1,
-            next_sid: 1,
-            next_msg_counter: 1,
-            wakeups: BinaryHeap::new(),
+            topics: BTreeMap::new(),
+            topic_by_name: HashMap::new(),
+            redrives: BTreeMap::new(),
+            keys_store: Default::default(),
+            fates: Fates::default(),
+            counters: Counters::default(),
+            log_cursor: LogCursor { scratch: Vec::with_capacity(256), ..LogCursor::default() },
+            exchange: Exchange::default(),
+            schedule: Schedule::default(),
             waiters: HashMap::new(),
             waiter_deadlines: BinaryHeap::new(),
             next_waiter_id: 1,
             to_serve: Vec::new(),
-            next_retention_sweep_ms: 0,
-            scratch: Vec::with_capacity(256),
-            catalog_pos: 0,
-            catalog_entry: None,
-            outbox: Outbox::starting_at(1),
-            inbound: Inbound::default(),
-            pushes_paused_until: 0,
-            last_log_pos: 0,
-            redrives: BTreeMap::new(),
-            next_redrive: 1,
-            checks: Vec::new(),
-            fates: Fates::default(),
-            pending_work: Vec::new(),
-            topics: BTreeMap::new(),
-            topic_by_name: HashMap::new(),
-            keys_store: Default::default(),
         }
     }
 
@@ -261,7 +239,7 @@ impl ShardEngine {
         let rtype = rec.rtype();
         let mut image = Vec::new();
         let (pos, offset) = rec
-            .encode(&mut self.scratch, |parts| {
+            .encode(&mut self.log_cursor.scratch, |parts| {
                 if cfg!(debug_assertions) {
                     image = parts.concat();
                 }
@@ -288,12 +266,12 @@ impl ShardEngine {
     /// the log.
     fn note_log_pos(&mut self, pos: u64) {
         assert!(
-            pos > self.last_log_pos,
+            pos > self.log_cursor.last_log_pos,
             "shard {}: log position {pos} after {}: the log went backwards under the engine",
             self.cfg.shard,
-            self.last_log_pos
+            self.log_cursor.last_log_pos
         );
-        self.last_log_pos = pos;
+        self.log_cursor.last_log_pos = pos;
     }
 
     fn data_durability(policy: FlushPolicy) -> Durability {
@@ -327,7 +305,7 @@ impl ShardEngine {
         if attrs.dead_letter_queue == name {
             return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
         }
-        let uid = self.next_uid;
+        let uid = self.counters.next_uid;
         let rec = Record::QueueCreated(QueueCreated {
             uid,
             time_ms: now_ms,
@@ -341,7 +319,7 @@ impl ShardEngine {
     }
 
     fn apply_queue_created(&mut self, uid: u32, time_ms: u64, create_seq: u64, attrs: QueueAttributes, name: String) {
-        self.next_uid = self.next_uid.max(uid + 1);
+        self.counters.next_uid = self.counters.next_uid.max(uid + 1);
         if let Some(q) = self.queues.get_mut(&uid) {
             q.attrs = attrs;
             return;
@@ -502,8 +480,8 @@ impl ShardEngine {
         let uid = q.uid;
         let first_seq = q.next_seq();
         let durability = Self::data_durability(q.attrs.flush_policy);
-        let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
-        self.next_msg_counter += fresh.len() as u64;
+        let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.counters.next_msg_counter;
+        self.counters.next_msg_counter += fresh.len() as u64;
         let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
         let rec = Enqueued {
             uid,
@@ -546,7 +524,7 @@ impl ShardEngine {
             }),
         );
         let counter = (first_msg_id & ((1 << MSG_ID_SHARD_SHIFT) - 1)) + n;
-        self.next_msg_counter = self.next_msg_counter.max(counter);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(counter);
         if visible_at_ms > enqueue_ms {
             self.register_wakeup(uid);
         } else {
@@ -603,7 +581,7 @@ impl ShardEngine {
         };
         let seqs = q.pick_ready(max, now_ms);
         if !q.dead_letter_due.is_empty() || !q.checks_due.is_empty() {
-            self.pending_work.push(uid);
+            self.schedule.pending_work.push(uid);
         }
         let Some(q) = self.queues.get_mut(&uid) else {
             return Ok(Vec::new());
@@ -743,7 +721,7 @@ impl ShardEngine {
         if let Some(d) = q.next_deadline() {
             if q.wakeup_registered.is_none_or(|r| d < r) {
                 q.wakeup_registered = Some(d);
-                self.wakeups.push(Reverse((d, uid)));
+                self.schedule.wakeups.push(Reverse((d, uid)));
             }
         }
     }
@@ -759,7 +737,7 @@ impl ShardEngine {
                 let parked = !q.dead_letter_due.is_empty() || !q.checks_due.is_empty();
                 if q.counts().ready == 0 {
                     if parked {
-                        self.pending_work.push(uid);
+                        self.schedule.pending_work.push(uid);
                     }
                     break;
                 }
@@ -823,11 +801,11 @@ impl ShardEngine {
     /// Runs due timers: leases that ended, delays that passed, retention,
     /// dead-letter moves, transaction checks, redrive steps.
     pub fn tick(&mut self, log: &mut impl Log, now_ms: u64) {
-        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+        while let Some(Reverse((d, uid))) = self.schedule.wakeups.peek().copied() {
             if d > now_ms {
                 break;
             }
-            self.wakeups.pop();
+            self.schedule.wakeups.pop();
             let Some(q) = self.queues.get_mut(&uid) else {
                 continue;
             };
@@ -841,8 +819,8 @@ impl ShardEngine {
             self.note_work(uid);
             self.register_wakeup(uid);
         }
-        if now_ms >= self.next_retention_sweep_ms {
-            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+        if now_ms >= self.schedule.next_retention_sweep_ms {
+            self.schedule.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
             self.sweep_retention(now_ms);
             self.sweep_topics(log, now_ms);
         }
@@ -855,11 +833,11 @@ impl ShardEngine {
     /// moves and checks that follow (dead letters, transaction checks,
     /// redrives) are the leader's: they stay parked until this replica leads.
     pub fn tick_passive(&mut self, now_ms: u64) {
-        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+        while let Some(Reverse((d, uid))) = self.schedule.wakeups.peek().copied() {
             if d > now_ms {
                 break;
             }
-            self.wakeups.pop();
+            self.schedule.wakeups.pop();
             let Some(q) = self.queues.get_mut(&uid) else { continue };
             if q.wakeup_registered != Some(d) {
                 continue;
@@ -869,13 +847,13 @@ impl ShardEngine {
             self.note_work(uid);
             self.register_wakeup(uid);
         }
-        if now_ms >= self.next_retention_sweep_ms {
-            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+        if now_ms >= self.schedule.next_retention_sweep_ms {
+            self.schedule.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
             self.sweep_retention(now_ms);
         }
         // Parked work waits for leadership; keep one mention per queue.
-        self.pending_work.sort_unstable();
-        self.pending_work.dedup();
+        self.schedule.pending_work.sort_unstable();
+        self.schedule.pending_work.dedup();
     }
 
     /// Once a second: topic deliveries past their topic's retention.
@@ -897,7 +875,7 @@ impl ShardEngine {
             }
             q.collect_ttl_expired(now_ms, DEAD_LETTER_PER_TURN_MAX);
             if !q.dead_letter_due.is_empty() {
-                self.pending_work.push(*uid);
+                self.schedule.pending_work.push(*uid);
             }
         }
     }
@@ -905,7 +883,7 @@ impl ShardEngine {
     /// Removes confirmed outbox entries, counting topic deliveries.
     fn apply_transfer_done(&mut self, ids: &[u64]) {
         for id in ids {
-            if let Some(e) = self.outbox.remove(*id) {
+            if let Some(e) = self.exchange.outbox.remove(*id) {
                 self.topic_delivery_done(&e, true);
             }
         }
@@ -915,13 +893,13 @@ impl ShardEngine {
     /// and due checks are handled at the end of the turn's timers.
     fn note_work(&mut self, uid: u32) {
         if self.queues.get(&uid).is_some_and(|q| !q.dead_letter_due.is_empty() || !q.checks_due.is_empty()) {
-            self.pending_work.push(uid);
+            self.schedule.pending_work.push(uid);
         }
     }
 
     /// Parked dead-letter moves and due transaction checks, queue by queue.
     fn run_pending_work(&mut self, log: &mut impl Log, now_ms: u64) {
-        let mut uids = std::mem::take(&mut self.pending_work);
+        let mut uids = std::mem::take(&mut self.schedule.pending_work);
         uids.sort_unstable();
         uids.dedup();
         for uid in uids {
@@ -933,15 +911,18 @@ impl ShardEngine {
     /// The earliest time [`tick`](Self::tick), [`expire_waiters`](Self::expire_waiters)
     /// or the transfer outbox has work.
     pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
-        let wake = self.wakeups.peek().map(|r| r.0 .0);
+        let wake = self.schedule.wakeups.peek().map(|r| r.0 .0);
         let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
-        let work = (!self.pending_work.is_empty()).then_some(now_ms);
+        let work = (!self.schedule.pending_work.is_empty()).then_some(now_ms);
         let redrive = self.redrives.values().map(|r| r.next_due(now_ms)).min().filter(|d| *d != u64::MAX);
-        let transfers = self.outbox.next_due(Lane::Transfer);
+        let transfers = self.exchange.outbox.next_due(Lane::Transfer);
         // While the push pool is full, due pushes wait for it (or for an
         // outcome, which wakes the loop), not for the clock.
-        let pushes = self.outbox.next_due(Lane::Push).map(|d| d.max(self.pushes_paused_until));
-        [wake, wait, work, redrive, transfers, pushes, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
+        let pushes = self.exchange.outbox.next_due(Lane::Push).map(|d| d.max(self.exchange.pushes_paused_until));
+        [wake, wait, work, redrive, transfers, pushes, Some(self.schedule.next_retention_sweep_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// For tests and metrics: a queue by name.

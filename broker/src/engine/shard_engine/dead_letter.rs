@@ -8,12 +8,12 @@ use cmq_protocol::{ErrorCode, MessageOrigin, RedriveInfo, RedriveState};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState, FLAG_ORIGIN};
 use crate::engine::record::{
     transfer_kind, PushGaveUp, Record, RedriveEnded, RedriveStarted, TransferDone, TransferIn, TransferOut,
     TransferReturned, RECORD_IDS_MAX,
 };
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 use crate::engine::transfers::{Lane, OutboxEntry, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS};
 
@@ -110,7 +110,7 @@ impl ShardEngine {
         };
         let body = Bytes::copy_from_slice(log.read(e.body_pos, e.body_len)?);
         let origin = suffix::encode_origin(&origin);
-        let id = self.outbox.next_id;
+        let id = self.exchange.outbox.next_id;
         let rec = TransferOut {
             id,
             kind,
@@ -149,7 +149,8 @@ impl ShardEngine {
     /// for the next turn.
     pub fn transfers_to_send(&mut self, now_ms: u64) -> Vec<OutTransfer> {
         let shards = self.cfg.shard_count;
-        self.outbox
+        self.exchange
+            .outbox
             .take_due(now_ms, Lane::Transfer, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS)
             .into_iter()
             .map(|(id, e)| OutTransfer {
@@ -167,7 +168,7 @@ impl ShardEngine {
 
     /// The lowest transfer id this shard still has pending.
     pub fn transfer_low_watermark(&self) -> u64 {
-        self.outbox.low_watermark()
+        self.exchange.outbox.low_watermark()
     }
 
     /// Destinations' answers to our transfers. Ok: done. QUEUE_NOT_FOUND:
@@ -176,10 +177,10 @@ impl ShardEngine {
         let mut done = Vec::new();
         for (id, result) in results {
             match result {
-                Ok(()) if self.outbox.contains(*id) => done.push(*id),
+                Ok(()) if self.exchange.outbox.contains(*id) => done.push(*id),
                 Ok(()) => {}
                 Err(code) if *code == ErrorCode::QUEUE_NOT_FOUND => self.transfer_return(log, now_ms, *id),
-                Err(_) => self.outbox.retry_later(*id, now_ms),
+                Err(_) => self.exchange.outbox.retry_later(*id, now_ms),
             }
         }
         // Losing this record only means sending again; the destination filters duplicates.
@@ -202,13 +203,13 @@ impl ShardEngine {
     }
 
     fn transfer_return(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
-        let Some(out) = self.outbox.get(id) else { return };
+        let Some(out) = self.exchange.outbox.get(id) else { return };
         if out.kind == transfer_kind::PUBLISH {
             // A queue subscription whose queue is gone: the delivery is dropped.
             log::warn!("queue {:?} of a subscription does not exist: delivery {id} dropped", out.dst_queue);
             let rec = Record::PushGaveUp(PushGaveUp { id, time_ms: now_ms });
             if self.log_record(log, &rec, Durability::Written).is_ok() {
-                if let Some(e) = self.outbox.remove(id) {
+                if let Some(e) = self.exchange.outbox.remove(id) {
                     self.topic_delivery_done(&e, false);
                 }
             }
@@ -236,8 +237,8 @@ impl ShardEngine {
 
     /// The destination side: applies a transfer unless it already has.
     pub fn accept_transfer(&mut self, log: &mut impl Log, now_ms: u64, t: &InTransfer) -> Result<(), EngineError> {
-        self.inbound.prune(t.src_shard, t.low_watermark);
-        if self.inbound.contains(t.src_shard, t.id) {
+        self.exchange.inbound.prune(t.src_shard, t.low_watermark);
+        if self.exchange.inbound.contains(t.src_shard, t.id) {
             return Ok(());
         }
         let uid = self.lookup(&t.dst_queue)?;
@@ -280,12 +281,12 @@ impl ShardEngine {
 
     /// The source shard has nothing pending below `below`.
     pub fn prune_inbound(&mut self, src_shard: u16, below: u64) {
-        self.inbound.prune(src_shard, below);
+        self.exchange.inbound.prune(src_shard, below);
     }
 
     pub(super) fn alloc_msg_ids(&mut self, n: u64) -> u64 {
-        let id = (u64::from(self.cfg.shard) << super::MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
-        self.next_msg_counter += n;
+        let id = (u64::from(self.cfg.shard) << super::MSG_ID_SHARD_SHIFT) | self.counters.next_msg_counter;
+        self.counters.next_msg_counter += n;
         id
     }
 
@@ -317,7 +318,7 @@ impl ShardEngine {
         let q = &self.queues[&uid];
         let end_seq = q.next_seq();
         let total = q.counts().backlog();
-        let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.next_redrive;
+        let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.counters.next_redrive;
         let rec = RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() };
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_redrive_started(rec);
@@ -423,7 +424,7 @@ impl ShardEngine {
                     .count() as u64
             });
             // Done only once every move is confirmed: a refused one comes back.
-            let unconfirmed = self.outbox.has_redrive(id);
+            let unconfirmed = self.exchange.outbox.has_redrive(id);
             let Some(r) = self.redrives.get_mut(&id) else { return };
             if left <= r.skipped.len() as u64 && !unconfirmed {
                 self.finish_redrive(log, now_ms, id, 2);

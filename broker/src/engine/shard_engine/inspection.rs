@@ -6,9 +6,9 @@ use cmq_protocol::{MessageState, MessageStatus, PeekMessagesOk, PeekedMessage};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState};
 use crate::engine::record::{Purged, Record, Rewound};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 
 /// Body bytes one peek page may carry (the rest of the frame is headers).

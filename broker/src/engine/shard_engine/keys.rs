@@ -11,8 +11,8 @@ use super::ShardEngine;
 use crate::auth::policy::Policy;
 use crate::engine::error::EngineError;
 use crate::engine::keys::{KeyDef, KeyStore, KEY_SECRETS_MAX};
-use crate::engine::log::{Durability, Log};
 use crate::engine::record::{KeyDeleted, KeyPut, Record};
+use crate::engine::record_log::{Durability, Log};
 
 fn not_found(name: &str) -> EngineError {
     EngineError::new(ErrorCode::KEY_NOT_FOUND, format!("key {name:?} does not exist"))

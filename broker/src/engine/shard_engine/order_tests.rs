@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cmq_protocol::{FlushPolicy, QueueAttributesUpdate};
 
 use super::*;
-use crate::engine::log::MemLog;
+use crate::engine::record_log::MemLog;
 
 fn engine() -> ShardEngine {
     ShardEngine::new(EngineConfig {

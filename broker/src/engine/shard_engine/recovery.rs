@@ -10,7 +10,6 @@ use crate::engine::catalog::{
 };
 use crate::engine::error::EngineError;
 use crate::engine::fates::Fate;
-use crate::engine::log::Log;
 use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
 use crate::engine::queue::Queue;
 use crate::engine::record::{
@@ -19,6 +18,7 @@ use crate::engine::record::{
     Relocated, RelocatedEntry, Rewound, Subscribed, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated,
     TransferDone, TransferIn, TransferOut, TransferReturned, TxChecked, TxEnded, Unsubscribed, VisibilityChanged,
 };
+use crate::engine::record_log::Log;
 use crate::engine::redrive::Redrive;
 use crate::engine::suffix;
 use crate::engine::transfers::OutboxEntry;
@@ -26,12 +26,12 @@ use crate::engine::transfers::OutboxEntry;
 impl ShardEngine {
     /// Installs a catalog before replay (see `catalog.rs`).
     pub fn load_catalog(&mut self, c: &Catalog) {
-        self.catalog_pos = c.log_pos;
-        self.next_uid = self.next_uid.max(c.next_uid);
-        self.next_sid = self.next_sid.max(c.next_sid);
-        self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
-        self.outbox.next_id = self.outbox.next_id.max(c.next_transfer_id);
-        self.next_redrive = self.next_redrive.max(c.next_redrive);
+        self.log_cursor.catalog_pos = c.log_pos;
+        self.counters.next_uid = self.counters.next_uid.max(c.next_uid);
+        self.counters.next_sid = self.counters.next_sid.max(c.next_sid);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(c.next_msg_counter);
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(c.next_transfer_id);
+        self.counters.next_redrive = self.counters.next_redrive.max(c.next_redrive);
         for q in &c.queues {
             self.apply_queue_created(q.uid, q.created_ms, q.create_seq, q.attrs.clone(), q.name.clone());
             if let Some(queue) = self.queues.get_mut(&q.uid) {
@@ -173,11 +173,11 @@ impl ShardEngine {
             dedup,
             topics,
             log_pos,
-            next_uid: self.next_uid,
-            next_msg_counter: self.next_msg_counter,
-            next_transfer_id: self.outbox.next_id,
-            next_redrive: self.next_redrive,
-            next_sid: self.next_sid,
+            next_uid: self.counters.next_uid,
+            next_msg_counter: self.counters.next_msg_counter,
+            next_transfer_id: self.exchange.outbox.next_id,
+            next_redrive: self.counters.next_redrive,
+            next_sid: self.counters.next_sid,
             queues,
             redrives,
             keys: self.keys_store.iter().cloned().collect(),
@@ -189,7 +189,7 @@ impl ShardEngine {
     /// With the catalog's position it bounds what the log keeps.
     pub fn min_live_pos(&self) -> Option<u64> {
         let queues = self.queues.values().filter_map(Queue::min_live_pos).min();
-        [queues, self.outbox.min_pos(), self.inbound.min_pos()].into_iter().flatten().min()
+        [queues, self.exchange.outbox.min_pos(), self.exchange.inbound.min_pos()].into_iter().flatten().min()
     }
 
     /// Approximate log bytes of live messages whose bodies lie below `pos`.
@@ -260,25 +260,25 @@ impl ShardEngine {
     pub fn load_snapshot_catalog(&mut self, c: &Catalog, catalog_entry: u64, snapshot_index: u64, snapshot_end: u64) {
         self.load_catalog(c);
         if catalog_entry > snapshot_index {
-            self.catalog_pos = u64::MAX;
-            self.catalog_entry = Some(catalog_entry);
+            self.log_cursor.catalog_pos = u64::MAX;
+            self.log_cursor.catalog_entry = Some(catalog_entry);
         } else {
-            self.catalog_pos = snapshot_end;
+            self.log_cursor.catalog_pos = snapshot_end;
         }
     }
 
     /// Entry `index` is applied; it ends at `end_pos` in the local log.
     pub fn entry_applied(&mut self, index: u64, end_pos: u64) {
-        if self.catalog_entry.is_some_and(|e| index >= e) {
-            self.catalog_pos = end_pos;
-            self.catalog_entry = None;
+        if self.log_cursor.catalog_entry.is_some_and(|e| index >= e) {
+            self.log_cursor.catalog_pos = end_pos;
+            self.log_cursor.catalog_entry = None;
         }
     }
 
     /// A snapshot's catalog is ahead of the entries applied: a catalog
     /// taken now would be inconsistent.
     pub fn catalog_pending(&self) -> bool {
-        self.catalog_entry.is_some()
+        self.log_cursor.catalog_entry.is_some()
     }
 
     /// Applies one record read back from the log at `pos`. Positions must
@@ -287,11 +287,11 @@ impl ShardEngine {
     /// the catalog are expected, and skipped): either failing means the log
     /// and the engine disagree, and recovery stops rather than guess.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
-        if pos <= self.last_log_pos {
-            let reason = format!("log position {pos} after {}: positions must grow", self.last_log_pos);
+        if pos <= self.log_cursor.last_log_pos {
+            let reason = format!("log position {pos} after {}: positions must grow", self.log_cursor.last_log_pos);
             return Err(RecordError { rtype, reason });
         }
-        self.last_log_pos = pos;
+        self.log_cursor.last_log_pos = pos;
         let is_meta = matches!(
             rtype,
             rtype::QUEUE_CREATED
@@ -308,15 +308,15 @@ impl ShardEngine {
                 | rtype::KEY_PUT
                 | rtype::KEY_DELETED
         );
-        if is_meta && pos < self.catalog_pos {
+        if is_meta && pos < self.log_cursor.catalog_pos {
             return Ok(());
         }
         // Counters that the catalog already includes must not count twice.
-        let counted = pos >= self.catalog_pos;
+        let counted = pos >= self.log_cursor.catalog_pos;
         let span_pos = |s: &BodySpan| pos + u64::from(s.offset);
         let suffix_of = |s: &BodySpan| &payload[(s.offset + s.len) as usize..];
         let rec = Record::decode(rtype, payload)?;
-        if pos >= self.catalog_pos {
+        if pos >= self.log_cursor.catalog_pos {
             self.check_known(&rec).map_err(|reason| RecordError { rtype, reason })?;
         }
         match rec {
@@ -478,7 +478,7 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_purged(&mut self, uid: u32, time_ms: u64) -> u64 {
-        let counter = self.next_msg_counter;
+        let counter = self.counters.next_msg_counter;
         let Some(q) = self.queues.get_mut(&uid) else { return 0 };
         q.purged = Some((time_ms, counter));
         q.apply_purged()
@@ -526,7 +526,7 @@ impl ShardEngine {
         counted: bool,
     ) {
         let TransferOut { id, src_seq, time_ms, .. } = *rec;
-        self.outbox.next_id = self.outbox.next_id.max(id + 1);
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(id + 1);
         let (src_uid, kind, redrive) = (out.src_uid, out.kind, out.redrive);
         if let Some(q) = self.queues.get_mut(&src_uid) {
             if let Some(e) = q.take(src_seq) {
@@ -541,7 +541,7 @@ impl ShardEngine {
                 r.moved += 1;
             }
         }
-        self.outbox.insert(id, out);
+        self.exchange.outbox.insert(id, out);
     }
 
     /// A message arrives from another queue (deduplicated by source and id).
@@ -553,7 +553,7 @@ impl ShardEngine {
         pos: u64,
     ) {
         let TransferIn { src_shard, id, uid, seq, .. } = *rec;
-        self.inbound.insert(src_shard, id, pos);
+        self.exchange.inbound.insert(src_shard, id, pos);
         self.bump_msg_counter(entry.msg_id);
         let Some(q) = self.queues.get_mut(&uid) else { return };
         q.install(seq, entry);
@@ -573,7 +573,7 @@ impl ShardEngine {
         enqueue_ms: u64,
         counted: bool,
     ) {
-        let Some(out) = self.outbox.remove(id) else { return };
+        let Some(out) = self.exchange.outbox.remove(id) else { return };
         self.bump_msg_counter(msg_id);
         if out.kind == transfer_kind::REDRIVE && counted {
             if let Some(r) = self.redrives.get_mut(&out.redrive) {
@@ -600,7 +600,8 @@ impl ShardEngine {
 
     pub(super) fn apply_redrive_started(&mut self, rec: RedriveStarted) {
         let RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } = rec;
-        self.next_redrive = self.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
+        self.counters.next_redrive =
+            self.counters.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
         let cursor = self.queues.get(&uid).and_then(|q| q.iter().next().map(|(s, _)| s)).unwrap_or(0);
         self.redrives.insert(
             id,
@@ -635,6 +636,6 @@ impl ShardEngine {
 
     pub(super) fn bump_msg_counter(&mut self, msg_id: u64) {
         let counter = msg_id & ((1 << super::MSG_ID_SHARD_SHIFT) - 1);
-        self.next_msg_counter = self.next_msg_counter.max(counter + 1);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(counter + 1);
     }
 }

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::engine::catalog::Catalog;
-use crate::engine::log::MemLog;
 use crate::engine::record::{PushRetry, TransferDone};
+use crate::engine::record_log::MemLog;
 
 fn engine() -> ShardEngine {
     ShardEngine::new(EngineConfig {

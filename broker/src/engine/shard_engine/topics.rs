@@ -18,11 +18,11 @@ use super::ShardEngine;
 use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
-use crate::engine::log::{Durability, Log};
 use crate::engine::record::{
     transfer_kind, Published, PushGaveUp, PushRetry, Record, Subscribed, SubscriptionDef, SubscriptionUpdated,
     TopicCreated, TopicDeleted, TopicUpdated, Unsubscribed, RECORD_IDS_MAX,
 };
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
 use crate::engine::ListedQueue;
@@ -106,7 +106,7 @@ impl ShardEngine {
             .check(u.msg_retention_seconds.map_or(TOPIC_MSG_RETENTION_SECONDS.default, u64::from))
             .map_err(invalid)? as u32;
         let filter_type = u.filter_type.unwrap_or_default().as_u8();
-        let uid = self.next_uid;
+        let uid = self.counters.next_uid;
         let rec = TopicCreated {
             uid,
             time_ms: now_ms,
@@ -123,7 +123,7 @@ impl ShardEngine {
 
     pub(super) fn apply_topic_created(&mut self, rec: TopicCreated) {
         let TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } = rec;
-        self.next_uid = self.next_uid.max(uid + 1);
+        self.counters.next_uid = self.counters.next_uid.max(uid + 1);
         if self.topics.contains_key(&uid) {
             return;
         }
@@ -156,8 +156,8 @@ impl ShardEngine {
     pub(super) fn apply_topic_deleted(&mut self, uid: u32) {
         if let Some(t) = self.topics.remove(&uid) {
             self.topic_by_name.remove(&t.name);
-            for id in self.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
-                self.outbox.remove(id);
+            for id in self.exchange.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
+                self.exchange.outbox.remove(id);
             }
         }
     }
@@ -255,7 +255,7 @@ impl ShardEngine {
         if !r.dead_letter_queue.is_empty() {
             validate_name("deadLetterQueueName", &r.dead_letter_queue).map_err(invalid)?;
         }
-        let sid = self.next_sid;
+        let sid = self.counters.next_sid;
         let secret = self.keys.derive_secret(uid, sid, now_ms);
         let def = SubscriptionDef {
             name: r.subscription.clone(),
@@ -276,7 +276,7 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_subscribed(&mut self, uid: u32, sid: u32, time_ms: u64, def: SubscriptionDef) {
-        self.next_sid = self.next_sid.max(sid + 1);
+        self.counters.next_sid = self.counters.next_sid.max(sid + 1);
         let Some(t) = self.topics.get_mut(&uid) else { return };
         if t.subscription_by_sid(sid).is_some() {
             return;
@@ -306,8 +306,8 @@ impl ShardEngine {
             t.subscriptions.retain(|s| s.sid != sid);
         }
         let target = topic_target(uid, sid);
-        for id in self.outbox.deliveries_in(target..=target) {
-            self.outbox.remove(id);
+        for id in self.exchange.outbox.deliveries_in(target..=target) {
+            self.exchange.outbox.remove(id);
         }
     }
 
@@ -464,7 +464,7 @@ impl ShardEngine {
             .collect();
         let durability = self.topic_durability();
         let first_msg_id = self.alloc_msg_ids(bodies.len() as u64);
-        let first_transfer = self.outbox.next_id;
+        let first_transfer = self.exchange.outbox.next_id;
         let mut rec = Published {
             uid,
             first_msg_id,
@@ -503,7 +503,7 @@ impl ShardEngine {
         let Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, .. } = rec;
         self.bump_msg_counter(first_msg_id + bodies.len().saturating_sub(1) as u64);
         let n = (bodies.len() * targets.len()) as u64;
-        self.outbox.next_id = self.outbox.next_id.max(first_transfer + n);
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(first_transfer + n);
         let Some(t) = self.topics.get_mut(&uid) else { return };
         let topic = t.name.clone();
         for (i, (body_pos, body_len)) in bodies.iter().enumerate() {
@@ -523,7 +523,7 @@ impl ShardEngine {
                     (transfer_kind::PUSH, String::new())
                 };
                 let id = first_transfer + (i * targets.len() + j) as u64;
-                self.outbox.insert(
+                self.exchange.outbox.insert(
                     id,
                     OutboxEntry {
                         kind,
@@ -568,8 +568,8 @@ impl ShardEngine {
     /// Up to `max` pushes due now (the room the push pool has, at most
     /// `OUTBOX_DUE_PER_TURN_MAX` and its byte bound); marks them handed out.
     pub fn pushes_to_send(&mut self, now_ms: u64, max: usize) -> Vec<OutPush> {
-        self.pushes_paused_until = 0;
-        let due = self.outbox.take_due(now_ms, Lane::Push, max, PUSH_IN_FLIGHT_MS);
+        self.exchange.pushes_paused_until = 0;
+        let due = self.exchange.outbox.take_due(now_ms, Lane::Push, max, PUSH_IN_FLIGHT_MS);
         due.into_iter()
             .filter_map(|(id, e)| {
                 let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
@@ -602,7 +602,7 @@ impl ShardEngine {
         let mut done = Vec::new();
         let mut retries = Vec::new();
         for (id, r) in results {
-            let Some(e) = self.outbox.get(*id) else { continue };
+            let Some(e) = self.exchange.outbox.get(*id) else { continue };
             match r {
                 PushResult::Delivered => done.push(*id),
                 PushResult::Rejected(reason) => {
@@ -647,7 +647,7 @@ impl ShardEngine {
     /// The push pool had no room for this push after all: it is due again
     /// (not an attempt), once the pool has room.
     pub fn push_not_sent(&mut self, id: u64, now_ms: u64) {
-        self.outbox.send_at(id, now_ms);
+        self.exchange.outbox.send_at(id, now_ms);
         self.push_pool_full(now_ms);
     }
 
@@ -655,12 +655,12 @@ impl ShardEngine {
     /// (it wakes the loop) or `PUSH_POOL_FULL_RETRY_MS` pass; nothing is
     /// done per push meanwhile.
     pub fn push_pool_full(&mut self, now_ms: u64) {
-        self.pushes_paused_until = now_ms + PUSH_POOL_FULL_RETRY_MS;
+        self.exchange.pushes_paused_until = now_ms + PUSH_POOL_FULL_RETRY_MS;
     }
 
     pub(super) fn apply_push_retry(&mut self, entries: &[(u64, u32, u64)]) {
         for (id, attempt, next_ms) in entries {
-            self.outbox.update(*id, |e| {
+            self.exchange.outbox.update(*id, |e| {
                 e.attempts = *attempt;
                 e.next_send_ms = *next_ms;
             });
@@ -678,7 +678,7 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_push_gave_up(&mut self, id: u64, time_ms: u64) {
-        let Some(e) = self.outbox.get(id) else { return };
+        let Some(e) = self.exchange.outbox.get(id) else { return };
         let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
         let dlq = self
             .topics
@@ -687,7 +687,7 @@ impl ShardEngine {
             .map(|s| s.def.dead_letter_queue.clone())
             .unwrap_or_default();
         if e.kind == transfer_kind::PUSH && !dlq.is_empty() {
-            self.outbox.update(id, |e| {
+            self.exchange.outbox.update(id, |e| {
                 e.kind = transfer_kind::PUBLISH;
                 e.dst_queue = dlq;
                 e.next_send_ms = time_ms;
@@ -695,7 +695,7 @@ impl ShardEngine {
             });
             return;
         }
-        if let Some(e) = self.outbox.remove(id) {
+        if let Some(e) = self.exchange.outbox.remove(id) {
             self.topic_delivery_done(&e, false);
         }
     }
@@ -714,7 +714,7 @@ impl ShardEngine {
             let Some(cutoff) = now_ms.checked_sub(u64::from(t.retention_s) * 1000) else { continue };
             for s in &t.subscriptions {
                 let left = max - expired.len();
-                expired.extend(self.outbox.deliveries_to(topic_target(uid, s.sid), cutoff, left));
+                expired.extend(self.exchange.outbox.deliveries_to(topic_target(uid, s.sid), cutoff, left));
             }
             if expired.len() >= max {
                 break;
@@ -728,7 +728,7 @@ impl ShardEngine {
 
     /// Deliveries pending per shard (for metrics and tests).
     pub fn pending_deliveries(&self) -> usize {
-        self.outbox.deliveries()
+        self.exchange.outbox.deliveries()
     }
 }
 

@@ -9,9 +9,9 @@ use cmq_protocol::{ErrorCode, TxDefault};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::MsgState;
 use crate::engine::record::{HalfEnqueued, Record, TxChecked, TxEnded};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 
 /// A check the shard pushes to a checker of `group`.
@@ -127,7 +127,7 @@ impl ShardEngine {
                         q.apply_tx_checked(seq, count, next_ms);
                     }
                     match suffix::read_group(log, &e) {
-                        Ok(group) => self.checks.push(CheckDue {
+                        Ok(group) => self.schedule.checks.push(CheckDue {
                             queue: name.clone(),
                             msg_id: e.msg_id,
                             group,
@@ -151,6 +151,6 @@ impl ShardEngine {
 
     /// Checks to push to checkers, produced by the last ticks.
     pub fn take_checks(&mut self) -> Vec<CheckDue> {
-        std::mem::take(&mut self.checks)
+        std::mem::take(&mut self.schedule.checks)
     }
 }
