@@ -7,6 +7,13 @@
 //! (`Received`, `VisibilityChanged`): a message's dequeueCount drives
 //! dead-lettering and must not silently reset across a restart.
 //!
+//! Each record is a named struct (`Enqueued`, `TransferOut`, …) and
+//! [`Record`] has one variant per struct. The structs are declared with
+//! `log_struct!` (`engine/codec.rs`), which generates their encoder and
+//! decoder from the fields in order, so the table below is the fields of
+//! each struct in declaration order; `record/golden_tests.rs` pins every
+//! type's bytes, written from this table.
+//!
 //! Payload layouts (little-endian; `[T]` is a u16 count then the items;
 //! `str` is a u16 length then UTF-8; `data` is `body_len u32, data_len u32`
 //! then `data_len` bytes whose first `body_len` are the message body and the
