@@ -214,28 +214,27 @@ fn get_wire<T: Wire>(r: &mut LogReader<'_>, field: &'static str, max: usize) -> 
     Ok(v)
 }
 
-/// The protocol's encoding of the queue attributes.
-impl LogValue for QueueAttributes {
-    const MIN_BYTES: usize = 1;
-    fn put<'r>(&'r self, out: &mut Out<'_, 'r>, _: &'static str) -> Result<(), TooLong> {
-        self.encode(out.buf());
-        Ok(())
-    }
-    fn get(r: &mut LogReader<'_>, field: &'static str) -> Result<Self, DecodeError> {
-        get_wire(r, field, QUEUE_ATTRIBUTES_BYTES_MAX)
-    }
+/// Protocol values a record or the catalog embeds, in their `Wire`
+/// encoding, with the most bytes each takes.
+macro_rules! log_via_wire {
+    ($($t:ty, $max:expr;)*) => {$(
+        impl LogValue for $t {
+            const MIN_BYTES: usize = 1;
+            fn put<'r>(&'r self, out: &mut Out<'_, 'r>, _: &'static str) -> Result<(), TooLong> {
+                self.encode(out.buf());
+                Ok(())
+            }
+            fn get(r: &mut LogReader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+                get_wire(r, field, $max)
+            }
+        }
+    )*};
 }
 
-/// A redrive task's state: one byte, as in the protocol.
-impl LogValue for RedriveState {
-    const MIN_BYTES: usize = 1;
-    fn put<'r>(&'r self, out: &mut Out<'_, 'r>, _: &'static str) -> Result<(), TooLong> {
-        self.encode(out.buf());
-        Ok(())
-    }
-    fn get(r: &mut LogReader<'_>, field: &'static str) -> Result<Self, DecodeError> {
-        get_wire(r, field, 1)
-    }
+log_via_wire! {
+    QueueAttributes, QUEUE_ATTRIBUTES_BYTES_MAX;
+    // One byte.
+    RedriveState, 1;
 }
 
 /// A `u16`-length string, whole.
@@ -304,6 +303,7 @@ fn get_items<T: LogValue>(r: &mut LogReader<'_>, field: &'static str, n: usize) 
 /// A batch's bodies: `count u16`, then `count × (len u32, body)`.
 pub fn put_bodies<'r>(out: &mut Out<'_, 'r>, bodies: &'r [Bytes], field: &'static str) -> Result<(), TooLong> {
     out.put_count(bodies.len(), field)?;
+    out.holes.reserve(bodies.len());
     for body in bodies {
         out.put_len32(body.len(), field)?;
         out.body(body);
