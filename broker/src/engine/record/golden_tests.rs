@@ -72,6 +72,7 @@ fn enqueued_with_and_without_keys() {
         bodies: Vec::new(),
         keys: Vec::new(),
     });
+    // No body, so no body offset.
     check(4, empty, Gold::default().u32(2).u64(1).u64(1).u64(0).u64(0).u16(0), 0);
 }
 
