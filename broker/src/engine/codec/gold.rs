@@ -41,7 +41,8 @@ impl Gold {
         a.encode(&mut self.0);
         self
     }
-    pub fn len(&self) -> u32 {
+    /// Bytes so far (an offset in the payload being written).
+    pub fn offset(&self) -> u32 {
         self.0.len() as u32
     }
 }

@@ -56,7 +56,7 @@ fn enqueued_with_and_without_keys() {
         })
     };
     let header = Gold::default().u32(2).u64(10).u64(20).u64(30).u64(40).u16(2);
-    let first_body = header.len() + 4;
+    let first_body = header.offset() + 4;
     let keyless = header.u32(2).raw(b"ab").u32(0);
     check(4, rec(Vec::new()), Gold(keyless.0.clone()), first_body);
     // All keys empty is logged as none.
@@ -98,7 +98,7 @@ fn relocated() {
     };
     let rec = Record::Relocated(Relocated { uid: 4, seq: 10, entry, body: b(b"body"), suffix: b(b"sfx") });
     let head = Gold::default().u32(4).u64(10).u64(11).u64(12).u64(13).u32(14).u32(15).u8(2).u8(1).u32(4).u32(7);
-    let offset = head.len();
+    let offset = head.offset();
     check(8, rec, head.raw(b"body").raw(b"sfx"), offset);
 }
 
@@ -114,7 +114,7 @@ fn transaction_records() {
         suffix: b(b"grp"),
     });
     let head = Gold::default().u32(5).u64(1).u64(2).u64(3).u64(4).u32(4).u32(7);
-    let offset = head.len();
+    let offset = head.offset();
     check(11, rec, head.raw(b"half").raw(b"grp"), offset);
     let rec = Record::TxChecked(TxChecked { uid: 5, seq: 1, count: 3, next_ms: 99 });
     check(12, rec, Gold::default().u32(5).u64(1).u32(3).u64(99), 0);
@@ -139,7 +139,7 @@ fn transfer_records() {
         suffix: b(b"origin"),
     });
     let head = Gold::default().u64(1).u8(1).u64(2).u32(3).u64(4).u32(5).u64(6).str("dlq").u32(1).u32(7);
-    let offset = head.len();
+    let offset = head.offset();
     check(14, rec, head.raw(b"m").raw(b"origin"), offset);
     let rec = Record::TransferIn(TransferIn {
         src_shard: 3,
@@ -153,7 +153,7 @@ fn transfer_records() {
         suffix: Bytes::new(),
     });
     let head = Gold::default().u16(3).u64(1).u32(9).u64(8).u64(7).u64(6).u32(5).u32(2).u32(2);
-    let offset = head.len();
+    let offset = head.offset();
     check(15, rec, head.raw(b"xy"), offset);
     check(
         16,
@@ -267,7 +267,7 @@ fn published_with_and_without_keys() {
         })
     };
     let header = Gold::default().u32(1).u64(2).u64(3).u64(4).u16(1).str("t").str("a.b").u16(2).u32(7).u32(8).u16(2);
-    let first_body = header.len() + 4;
+    let first_body = header.offset() + 4;
     let keyless = header.u32(1).raw(b"p").u32(2).raw(b"qr");
     check(26, rec(Vec::new()), Gold(keyless.0.clone()), first_body);
     let keyed = keyless.u16(2).u8(0).u8(2).raw(b"kk");
