@@ -99,24 +99,6 @@ wire_enum! {
     }
 }
 
-/// A list of tags / filter tags / binding keys.
-fn put_strs(w: &mut Vec<u8>, v: &[String]) {
-    w.put_count(v.len());
-    for s in v {
-        w.put_str(s);
-    }
-}
-
-fn get_strs(
-    r: &mut Reader,
-    field: &'static str,
-    max_items: usize,
-    max_bytes: usize,
-) -> Result<Vec<String>, DecodeError> {
-    let n = r.count(field, max_items)?;
-    (0..n).map(|_| r.string(field, max_bytes)).collect()
-}
-
 /// Tags, filter tags or binding keys: at most TOPIC_FILTERS_MAX strings of
 /// at most 64 bytes on the wire (the broker applies CMQ's tighter rules).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -127,10 +109,10 @@ pub struct StrList(
 
 impl Wire for StrList {
     fn encode(&self, w: &mut Vec<u8>) {
-        put_strs(w, &self.0)
+        crate::wire::encode_list(&self.0, w)
     }
     fn decode(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
-        get_strs(r, field, TOPIC_FILTERS_MAX.max(TOPIC_TAGS_MAX), NAME_CHARS_MAX).map(StrList)
+        crate::wire::decode_strs(r, field, TOPIC_FILTERS_MAX.max(TOPIC_TAGS_MAX), NAME_CHARS_MAX).map(StrList)
     }
 }
 

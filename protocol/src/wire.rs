@@ -13,9 +13,11 @@ use crate::error::DecodeError;
 use crate::limits::STRING_BYTES_MAX;
 
 /// Reads a payload front to back. Byte strings are sliced out of the
-/// underlying `Bytes` without copying.
-pub struct Reader {
-    buf: Bytes,
+/// underlying `Bytes` without copying. `Reader<&[u8]>` reads a borrowed
+/// slice (log records read in place) with the same checks; it has no byte
+/// strings to slice out.
+pub struct Reader<B = Bytes> {
+    buf: B,
     pos: usize,
 }
 
@@ -24,8 +26,56 @@ impl Reader {
         Reader { buf, pos: 0 }
     }
 
+    /// A `u32`-prefixed byte string of at most `max` bytes, sliced without copying.
+    pub fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let len = self.u32(field)? as usize;
+        if len > max {
+            return Err(DecodeError::TooLong { field, got: len, max });
+        }
+        if self.remaining() < len {
+            return Err(DecodeError::Truncated(field));
+        }
+        let out = self.buf.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(out)
+    }
+
+    /// A `u8`-prefixed byte string of at most `max` bytes, sliced without
+    /// copying (idempotency keys).
+    pub fn short_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let len = usize::from(self.u8(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong { field, got: len, max });
+        }
+        if self.remaining() < len {
+            return Err(DecodeError::Truncated(field));
+        }
+        let out = self.buf.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(out)
+    }
+}
+
+impl<'a> Reader<&'a [u8]> {
+    /// A reader over a borrowed slice.
+    pub fn over(buf: &'a [u8]) -> Reader<&'a [u8]> {
+        Reader { buf, pos: 0 }
+    }
+}
+
+impl<B: AsRef<[u8]>> Reader<B> {
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.buf.as_ref().len() - self.pos
+    }
+
+    /// Bytes read so far (the offset of the next one).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The bytes not read yet, without reading them.
+    pub fn rest(&self) -> &[u8] {
+        &self.buf.as_ref()[self.pos..]
     }
 
     /// Fails unless the whole payload was consumed: trailing garbage is an
@@ -37,13 +87,14 @@ impl Reader {
         }
     }
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], DecodeError> {
+    /// The next `n` bytes, as they are.
+    pub fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::Truncated(field));
         }
         let start = self.pos;
         self.pos += n;
-        Ok(&self.buf[start..self.pos])
+        Ok(&self.buf.as_ref()[start..self.pos])
     }
 
     fn take_array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
@@ -84,35 +135,6 @@ impl Reader {
         }
         let raw = self.take(len, field)?;
         std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::Invalid(field))
-    }
-
-    /// A `u32`-prefixed byte string of at most `max` bytes, sliced without copying.
-    pub fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
-        let len = self.u32(field)? as usize;
-        if len > max {
-            return Err(DecodeError::TooLong { field, got: len, max });
-        }
-        if self.remaining() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let out = self.buf.slice(self.pos..self.pos + len);
-        self.pos += len;
-        Ok(out)
-    }
-
-    /// A `u8`-prefixed byte string of at most `max` bytes, sliced without
-    /// copying (idempotency keys).
-    pub fn short_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
-        let len = usize::from(self.u8(field)?);
-        if len > max {
-            return Err(DecodeError::TooLong { field, got: len, max });
-        }
-        if self.remaining() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let out = self.buf.slice(self.pos..self.pos + len);
-        self.pos += len;
-        Ok(out)
     }
 
     /// A `u16` item count, checked against `max` and against the bytes left
@@ -251,6 +273,23 @@ pub fn decode_list<T: Wire>(r: &mut Reader, field: &'static str, max: usize) -> 
         out.push(T::decode(r, field)?);
     }
     Ok(out)
+}
+
+/// Decodes a `u16`-counted list of at most `max_items` strings of at most
+/// `max_bytes` each (tags, filter tags, binding keys; the broker's log
+/// records read their string lists with it too).
+pub fn decode_strs<B: AsRef<[u8]>>(
+    r: &mut Reader<B>,
+    field: &'static str,
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(field, max_items)?;
+    // Every string takes at least its two-byte length.
+    if n.saturating_mul(2) > r.remaining() {
+        return Err(DecodeError::Truncated(field));
+    }
+    (0..n).map(|_| r.string(field, max_bytes)).collect()
 }
 
 /// An optional idempotency key at the end of a payload (protocol version

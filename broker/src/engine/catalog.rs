@@ -28,12 +28,15 @@
 //! holding those records can go and a snapshot carries the windows to a
 //! follower.
 
-use bytes::Bytes;
-use cmq_protocol::wire::{Reader, Wire, Writer};
-use cmq_protocol::{QueueAttributes, RedriveState};
+use cmq_protocol::auth::KEYS_MAX;
+use cmq_protocol::limits::NAME_CHARS_MAX;
+use cmq_protocol::{DecodeError, QueueAttributes, RedriveState};
 
+use crate::engine::codec::{get_list32, put_list32, LogReader, LogValue, Out, TooLong};
 use crate::engine::dedup::{KeyDigest, Seen, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
+use crate::engine::keys::KeyDef;
 use crate::engine::record::SubscriptionDef;
+use crate::log_struct;
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
 const VERSION: u32 = 2;
@@ -41,10 +44,11 @@ const VERSION: u32 = 2;
 /// The oldest catalog version this build reads (1: no keys section).
 const VERSION_MIN: u32 = 1;
 
-use cmq_protocol::limits::NAME_CHARS_MAX;
-
 /// Queues one catalog may hold (a shard's queue limit is far below this).
 const CATALOG_QUEUES_MAX: u32 = 10_000_000;
+
+/// Subscriptions one topic in a catalog may hold: their count is a u16.
+const CATALOG_SUBSCRIPTIONS_MAX: usize = u16::MAX as usize;
 
 // Every count and length the catalog encodes fits its field: u32 counts of
 // queues and topics (bounded by the broker's limits), a u16 count of a
@@ -52,57 +56,61 @@ const CATALOG_QUEUES_MAX: u32 = 10_000_000;
 // when created).
 const _: () = assert!(crate::config::QUEUES_MAX <= CATALOG_QUEUES_MAX as usize);
 const _: () = assert!(crate::config::TOPICS_MAX <= u32::MAX as usize);
-const _: () = assert!(crate::engine::topic::SUBSCRIPTIONS_PER_TOPIC_MAX <= u16::MAX as usize);
+const _: () = assert!(crate::engine::topic::SUBSCRIPTIONS_PER_TOPIC_MAX <= CATALOG_SUBSCRIPTIONS_MAX);
 const _: () = assert!(cmq_protocol::limits::URL_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(NAME_CHARS_MAX <= u16::MAX as usize);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogQueue {
-    pub uid: u32,
-    pub name: String,
-    pub attrs: QueueAttributes,
-    pub created_ms: u64,
-    pub create_seq: u64,
-    pub modified_ms: u64,
-    pub next_seq: u64,
+log_struct! {
+    pub struct CatalogQueue {
+        pub uid: u32,
+        pub created_ms: u64,
+        pub create_seq: u64,
+        pub modified_ms: u64,
+        pub next_seq: u64,
+        pub attrs: QueueAttributes,
+        pub name: String = str(NAME_CHARS_MAX),
+    }
 }
 
-/// A redrive task's bookkeeping (its progress is not in any message record
-/// once the records are compacted away).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogRedrive {
-    pub id: u64,
-    pub uid: u32,
-    pub rate: u32,
-    pub end_seq: u64,
-    pub total: u64,
-    pub moved: u64,
-    pub failed: u64,
-    pub state: RedriveState,
-    pub started_ms: u64,
-    pub finished_ms: u64,
-    pub to: String,
+log_struct! {
+    /// A redrive task's bookkeeping (its progress is not in any message record
+    /// once the records are compacted away).
+    pub struct CatalogRedrive {
+        pub id: u64,
+        pub uid: u32,
+        pub rate: u32,
+        pub end_seq: u64,
+        pub total: u64,
+        pub moved: u64,
+        pub failed: u64,
+        pub state: RedriveState,
+        pub started_ms: u64,
+        pub finished_ms: u64,
+        pub to: String = str(NAME_CHARS_MAX),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogSubscription {
-    pub sid: u32,
-    pub created_ms: u64,
-    pub modified_ms: u64,
-    pub def: SubscriptionDef,
+log_struct! {
+    pub struct CatalogSubscription {
+        pub sid: u32,
+        pub created_ms: u64,
+        pub modified_ms: u64,
+        pub def: SubscriptionDef,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogTopic {
-    pub uid: u32,
-    pub name: String,
-    pub created_ms: u64,
-    pub create_seq: u64,
-    pub modified_ms: u64,
-    pub max_msg_size: u32,
-    pub retention_s: u32,
-    pub filter_type: u8,
-    pub subscriptions: Vec<CatalogSubscription>,
+log_struct! {
+    pub struct CatalogTopic {
+        pub uid: u32,
+        pub created_ms: u64,
+        pub create_seq: u64,
+        pub modified_ms: u64,
+        pub max_msg_size: u32,
+        pub retention_s: u32,
+        pub filter_type: u8,
+        pub name: String = str(NAME_CHARS_MAX),
+        pub subscriptions: Vec<CatalogSubscription> = list(CATALOG_SUBSCRIPTIONS_MAX),
+    }
 }
 
 /// Whose dedup window an entry list is.
@@ -112,12 +120,42 @@ pub enum DedupOwner {
     Topic = 2,
 }
 
-/// One queue's or topic's dedup window, oldest entry first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogDedup {
-    pub owner: DedupOwner,
-    pub uid: u32,
-    pub entries: Vec<(KeyDigest, Seen)>,
+/// One byte: 1 a queue, 2 a topic.
+impl LogValue for DedupOwner {
+    const MIN_BYTES: usize = 1;
+    fn put<'r>(&'r self, out: &mut Out<'_, 'r>, _: &'static str) -> Result<(), TooLong> {
+        out.put_u8(*self as u8);
+        Ok(())
+    }
+    fn get(r: &mut LogReader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        match r.u8(field)? {
+            1 => Ok(DedupOwner::Queue),
+            2 => Ok(DedupOwner::Topic),
+            _ => Err(DecodeError::Invalid(field)),
+        }
+    }
+}
+
+/// A key's entry in a dedup window: the message id it was answered with
+/// and when.
+impl LogValue for Seen {
+    const MIN_BYTES: usize = 16;
+    fn put<'r>(&'r self, out: &mut Out<'_, 'r>, field: &'static str) -> Result<(), TooLong> {
+        self.msg_id.put(out, field)?;
+        self.time_ms.put(out, field)
+    }
+    fn get(r: &mut LogReader<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        Ok(Seen { msg_id: r.u64("msg_id")?, time_ms: r.u64("time_ms")? })
+    }
+}
+
+log_struct! {
+    /// One queue's or topic's dedup window, oldest entry first.
+    pub struct CatalogDedup {
+        pub owner: DedupOwner,
+        pub uid: u32,
+        pub entries: Vec<(KeyDigest, Seen)> = list32(IDEMPOTENCY_KEYS_PER_QUEUE_MAX),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -135,93 +173,37 @@ pub struct Catalog {
     /// Windows that hold at least one key, by (owner, uid).
     pub dedup: Vec<CatalogDedup>,
     /// Authentication keys (shard 0), in name order.
-    pub keys: Vec<crate::engine::keys::KeyDef>,
+    pub keys: Vec<KeyDef>,
 }
 
 impl Catalog {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::with_capacity(64 + self.queues.len() * 96);
-        w.extend_from_slice(MAGIC);
-        w.put_u32(VERSION);
-        w.put_u64(self.log_pos);
-        w.put_u32(self.next_uid);
-        w.put_u64(self.next_msg_counter);
-        w.put_u64(self.next_transfer_id);
-        w.put_u64(self.next_redrive);
-        w.put_u32(self.next_sid);
-        w.put_u32(self.queues.len() as u32);
-        for q in &self.queues {
-            w.put_u32(q.uid);
-            w.put_u64(q.created_ms);
-            w.put_u64(q.create_seq);
-            w.put_u64(q.modified_ms);
-            w.put_u64(q.next_seq);
-            q.attrs.encode(&mut w);
-            w.put_str(&q.name);
-        }
-        w.put_u32(self.redrives.len() as u32);
-        for r in &self.redrives {
-            w.put_u64(r.id);
-            w.put_u32(r.uid);
-            w.put_u32(r.rate);
-            w.put_u64(r.end_seq);
-            w.put_u64(r.total);
-            w.put_u64(r.moved);
-            w.put_u64(r.failed);
-            r.state.encode(&mut w);
-            w.put_u64(r.started_ms);
-            w.put_u64(r.finished_ms);
-            w.put_str(&r.to);
-        }
-        w.put_u32(self.topics.len() as u32);
-        for t in &self.topics {
-            w.put_u32(t.uid);
-            w.put_u64(t.created_ms);
-            w.put_u64(t.create_seq);
-            w.put_u64(t.modified_ms);
-            w.put_u32(t.max_msg_size);
-            w.put_u32(t.retention_s);
-            w.put_u8(t.filter_type);
-            w.put_str(&t.name);
-            w.put_count(t.subscriptions.len());
-            for s in &t.subscriptions {
-                w.put_u32(s.sid);
-                w.put_u64(s.created_ms);
-                w.put_u64(s.modified_ms);
-                w.put_str(&s.def.name);
-                w.put_u8(s.def.protocol);
-                w.put_str(&s.def.endpoint);
-                w.put_u8(s.def.strategy);
-                w.put_u8(s.def.format);
-                put_strs(&mut w, &s.def.filter_tags);
-                put_strs(&mut w, &s.def.binding_keys);
-                w.put_str(&s.def.dead_letter_queue);
-                w.extend_from_slice(&s.def.secret);
-            }
-        }
-        w.put_u32(self.dedup.len() as u32);
-        for d in &self.dedup {
-            w.put_u8(d.owner as u8);
-            w.put_u32(d.uid);
-            w.put_u32(d.entries.len() as u32);
-            for (key, seen) in &d.entries {
-                w.put_u128(*key);
-                w.put_u64(seen.msg_id);
-                w.put_u64(seen.time_ms);
-            }
-        }
-        w.put_u32(self.keys.len() as u32);
-        for k in &self.keys {
-            w.put_str(&k.name);
-            w.put_str(&k.secret_id);
-            put_strs(&mut w, &k.secrets);
-            w.put_str(&k.policy);
-            w.put_u64(k.created_ms);
-            w.put_u64(k.modified_ms);
+        let mut out = Out::new(&mut w);
+        // Every count and length is within its field's width by the
+        // broker's limits (the assertions above): this cannot fail.
+        if let Err(TooLong(field)) = self.put(&mut out) {
+            unreachable!("catalog field {field} is past its width, which the broker's limits rule out");
         }
         let crc = crc32c::crc32c(&w);
-        w.put_u32(crc);
+        w.extend_from_slice(&crc.to_le_bytes());
         w
+    }
+
+    fn put<'r>(&'r self, out: &mut Out<'_, 'r>) -> Result<(), TooLong> {
+        out.buf().extend_from_slice(MAGIC);
+        VERSION.put(out, "version")?;
+        self.log_pos.put(out, "log_pos")?;
+        self.next_uid.put(out, "next_uid")?;
+        self.next_msg_counter.put(out, "next_msg_counter")?;
+        self.next_transfer_id.put(out, "next_transfer_id")?;
+        self.next_redrive.put(out, "next_redrive")?;
+        self.next_sid.put(out, "next_sid")?;
+        put_list32(out, &self.queues, "queues")?;
+        put_list32(out, &self.redrives, "redrives")?;
+        put_list32(out, &self.topics, "topics")?;
+        put_list32(out, &self.dedup, "dedup windows")?;
+        put_list32(out, &self.keys, "keys")
     }
 
     pub fn decode(data: &[u8]) -> Result<Catalog, String> {
@@ -233,186 +215,42 @@ impl Catalog {
         if crc32c::crc32c(body) != stored {
             return Err("catalog checksum mismatch".into());
         }
-        let mut r = Reader::new(Bytes::copy_from_slice(&body[MAGIC.len()..]));
-        let e = |e: cmq_protocol::DecodeError| e.to_string();
-        let version = r.u32("version").map_err(e)?;
+        let mut r = LogReader::over(&body[MAGIC.len()..]);
+        let version = r.u32("version").map_err(|e| e.to_string())?;
         if !(VERSION_MIN..=VERSION).contains(&version) {
             return Err(format!("catalog format version {version}, this build reads {VERSION_MIN} to {VERSION}"));
         }
-        let log_pos = r.u64("log_pos").map_err(e)?;
-        let next_uid = r.u32("next_uid").map_err(e)?;
-        let next_msg_counter = r.u64("next_msg_counter").map_err(e)?;
-        let next_transfer_id = r.u64("next_transfer_id").map_err(e)?;
-        let next_redrive = r.u64("next_redrive").map_err(e)?;
-        let next_sid = r.u32("next_sid").map_err(e)?;
-        let count = r.u32("count").map_err(e)?;
-        if count > CATALOG_QUEUES_MAX {
-            return Err(format!("catalog claims {count} queues"));
-        }
-        let mut queues = Vec::with_capacity((count as usize).min(r.remaining() / 40));
-        for _ in 0..count {
-            queues.push(CatalogQueue {
-                uid: r.u32("uid").map_err(e)?,
-                created_ms: r.u64("created_ms").map_err(e)?,
-                create_seq: r.u64("create_seq").map_err(e)?,
-                modified_ms: r.u64("modified_ms").map_err(e)?,
-                next_seq: r.u64("next_seq").map_err(e)?,
-                attrs: QueueAttributes::decode(&mut r, "attrs").map_err(e)?,
-                name: r.string("name", cmq_protocol::limits::NAME_CHARS_MAX).map_err(e)?,
-            });
-        }
-        let count = r.u32("redrive count").map_err(e)?;
-        if count > CATALOG_QUEUES_MAX {
-            return Err(format!("catalog claims {count} redrives"));
-        }
-        let mut redrives = Vec::with_capacity((count as usize).min(r.remaining() / 60));
-        for _ in 0..count {
-            redrives.push(CatalogRedrive {
-                id: r.u64("id").map_err(e)?,
-                uid: r.u32("uid").map_err(e)?,
-                rate: r.u32("rate").map_err(e)?,
-                end_seq: r.u64("end_seq").map_err(e)?,
-                total: r.u64("total").map_err(e)?,
-                moved: r.u64("moved").map_err(e)?,
-                failed: r.u64("failed").map_err(e)?,
-                state: RedriveState::decode(&mut r, "state").map_err(e)?,
-                started_ms: r.u64("started_ms").map_err(e)?,
-                finished_ms: r.u64("finished_ms").map_err(e)?,
-                to: r.string("to", cmq_protocol::limits::NAME_CHARS_MAX).map_err(e)?,
-            });
-        }
-        let count = r.u32("topic count").map_err(e)?;
-        if count > CATALOG_QUEUES_MAX {
-            return Err(format!("catalog claims {count} topics"));
-        }
-        let mut topics = Vec::with_capacity((count as usize).min(r.remaining() / 40));
-        for _ in 0..count {
-            let uid = r.u32("uid").map_err(e)?;
-            let created_ms = r.u64("created_ms").map_err(e)?;
-            let create_seq = r.u64("create_seq").map_err(e)?;
-            let modified_ms = r.u64("modified_ms").map_err(e)?;
-            let max_msg_size = r.u32("max_msg_size").map_err(e)?;
-            let retention_s = r.u32("retention_s").map_err(e)?;
-            let filter_type = r.u8("filter_type").map_err(e)?;
-            let name = r.string("name", NAME_CHARS_MAX).map_err(e)?;
-            let n = r.count("subscriptions", usize::from(u16::MAX)).map_err(e)?;
-            let mut subscriptions = Vec::with_capacity(n);
-            for _ in 0..n {
-                subscriptions.push(CatalogSubscription {
-                    sid: r.u32("sid").map_err(e)?,
-                    created_ms: r.u64("created_ms").map_err(e)?,
-                    modified_ms: r.u64("modified_ms").map_err(e)?,
-                    def: SubscriptionDef {
-                        name: r.string("name", NAME_CHARS_MAX).map_err(e)?,
-                        protocol: r.u8("protocol").map_err(e)?,
-                        endpoint: r.string("endpoint", cmq_protocol::limits::URL_BYTES_MAX).map_err(e)?,
-                        strategy: r.u8("strategy").map_err(e)?,
-                        format: r.u8("format").map_err(e)?,
-                        filter_tags: get_strs(&mut r).map_err(e)?,
-                        binding_keys: get_strs(&mut r).map_err(e)?,
-                        dead_letter_queue: r.string("dlq", NAME_CHARS_MAX).map_err(e)?,
-                        secret: r.u128("secret").map_err(e)?.to_le_bytes(),
-                    },
-                });
-            }
-            topics.push(CatalogTopic {
-                uid,
-                name,
-                created_ms,
-                create_seq,
-                modified_ms,
-                max_msg_size,
-                retention_s,
-                filter_type,
-                subscriptions,
-            });
-        }
-        let (dedup, keys) = if version >= 2 {
-            (decode_dedup(&mut r)?, decode_keys(&mut r).map_err(e)?)
-        } else {
-            (Vec::new(), Vec::new())
+        Catalog::get(&mut r, version).map_err(|e| format!("catalog: {e}"))
+    }
+
+    /// Everything after the version.
+    fn get(r: &mut LogReader<'_>, version: u32) -> Result<Catalog, DecodeError> {
+        let queues_max = CATALOG_QUEUES_MAX as usize;
+        let mut c = Catalog {
+            log_pos: r.u64("log_pos")?,
+            next_uid: r.u32("next_uid")?,
+            next_msg_counter: r.u64("next_msg_counter")?,
+            next_transfer_id: r.u64("next_transfer_id")?,
+            next_redrive: r.u64("next_redrive")?,
+            next_sid: r.u32("next_sid")?,
+            queues: get_list32(r, "queues", queues_max)?,
+            redrives: get_list32(r, "redrives", queues_max)?,
+            topics: get_list32(r, "topics", queues_max)?,
+            dedup: Vec::new(),
+            keys: Vec::new(),
         };
-        r.finish().map_err(e)?;
-        Ok(Catalog {
-            dedup,
-            keys,
-            log_pos,
-            next_uid,
-            next_msg_counter,
-            next_transfer_id,
-            next_redrive,
-            next_sid,
-            queues,
-            redrives,
-            topics,
-        })
-    }
-}
-
-/// The dedup section; every count and length is checked against its limit
-/// and the bytes left before anything is allocated.
-fn decode_dedup(r: &mut Reader) -> Result<Vec<CatalogDedup>, String> {
-    let e = |e: cmq_protocol::DecodeError| e.to_string();
-    let count = r.u32("dedup count").map_err(e)?;
-    if u64::from(count) > 2 * u64::from(CATALOG_QUEUES_MAX) {
-        return Err(format!("catalog claims {count} dedup windows"));
-    }
-    let mut windows = Vec::with_capacity((count as usize).min(r.remaining() / 9));
-    for _ in 0..count {
-        let owner = match r.u8("dedup owner").map_err(e)? {
-            1 => DedupOwner::Queue,
-            2 => DedupOwner::Topic,
-            o => return Err(format!("dedup window owner {o} is neither a queue (1) nor a topic (2)")),
-        };
-        let uid = r.u32("uid").map_err(e)?;
-        let n = r.u32("dedup entries").map_err(e)? as usize;
-        if n > IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
-            return Err(format!("a dedup window of {n} keys passes the limit {IDEMPOTENCY_KEYS_PER_QUEUE_MAX}"));
+        // Version 1 ends here: no dedup windows, no keys.
+        if version >= 2 {
+            c.dedup = get_list32(r, "dedup windows", 2 * queues_max)?;
+            c.keys = get_list32(r, "keys", KEYS_MAX)?;
         }
-        let mut entries = Vec::with_capacity(n.min(r.remaining() / 32));
-        for _ in 0..n {
-            let key = r.u128("key digest").map_err(e)?;
-            let msg_id = r.u64("msg_id").map_err(e)?;
-            let time_ms = r.u64("time_ms").map_err(e)?;
-            entries.push((key, Seen { msg_id, time_ms }));
-        }
-        windows.push(CatalogDedup { owner, uid, entries });
-    }
-    Ok(windows)
-}
-
-/// The keys section (shard 0's authentication keys).
-fn decode_keys(r: &mut Reader) -> Result<Vec<crate::engine::keys::KeyDef>, cmq_protocol::DecodeError> {
-    use cmq_protocol::auth::{KEYS_MAX, POLICY_BYTES_MAX, SECRET_ID_BYTES_MAX};
-    let count = r.u32("key count")? as usize;
-    if count > KEYS_MAX {
-        return Err(cmq_protocol::DecodeError::TooMany { field: "keys", got: count, max: KEYS_MAX });
-    }
-    let mut keys = Vec::with_capacity(count);
-    for _ in 0..count {
-        keys.push(crate::engine::keys::KeyDef {
-            name: r.string("key name", NAME_CHARS_MAX)?,
-            secret_id: r.string("secret id", SECRET_ID_BYTES_MAX)?,
-            secrets: get_strs(r)?,
-            policy: r.string("policy", POLICY_BYTES_MAX)?,
-            created_ms: r.u64("created_ms")?,
-            modified_ms: r.u64("modified_ms")?,
-        });
-    }
-    Ok(keys)
-}
-
-fn put_strs(w: &mut Vec<u8>, v: &[String]) {
-    w.put_count(v.len());
-    for s in v {
-        w.put_str(s);
+        r.finish()?;
+        Ok(c)
     }
 }
 
-fn get_strs(r: &mut Reader) -> Result<Vec<String>, cmq_protocol::DecodeError> {
-    let n = r.count("strings", usize::from(u16::MAX))?;
-    (0..n).map(|_| r.string("string", NAME_CHARS_MAX)).collect()
-}
+#[cfg(test)]
+mod golden_tests;
 
 #[cfg(test)]
 mod tests {
@@ -519,7 +357,7 @@ mod tests {
         let mut v1 = v2[..v2.len() - 12].to_vec();
         v1[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
         let crc = crc32c::crc32c(&v1);
-        v1.put_u32(crc);
+        v1.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(Catalog::decode(&v1), Ok(c));
     }
 }

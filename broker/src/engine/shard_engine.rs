@@ -22,19 +22,30 @@ use std::collections::BTreeMap;
 use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::fates::{Fate, Fates};
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::FLAG_ORIGIN;
 use crate::engine::queue::{Counts, Queue};
 use crate::engine::receipt::ReceiptKeys;
-use crate::engine::record::{body_spans, BodySpan, Record};
+use crate::engine::record::{
+    body_spans, BodySpan, Deleted, Enqueued, LogRecord, QueueCreated, QueueDeleted, QueueUpdated, Received, Record,
+    VisibilityChanged,
+};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::redrive::Redrive;
-use crate::engine::transfers::{Inbound, Lane, Outbox};
+use crate::engine::transfers::Lane;
+use counters::Counters;
+use exchange::Exchange;
+use log_cursor::LogCursor;
+use schedule::Schedule;
 
+mod counters;
 mod dead_letter;
 mod digest;
+mod exchange;
 mod inspection;
 mod keys;
+mod log_cursor;
 mod recovery;
+mod schedule;
 mod topics;
 mod transactions;
 
@@ -144,46 +155,30 @@ pub struct ListedQueue {
 pub struct ShardEngine {
     cfg: EngineConfig,
     keys: ReceiptKeys,
-    queues: HashMap<u32, Queue>,
+    /// By uid; ordered so that every walk over the queues (sweeps,
+    /// compaction, answers) goes in the same order on every replica.
+    queues: BTreeMap<u32, Queue>,
     by_name: HashMap<String, u32>,
-    next_uid: u32,
-    /// Subscription ids, shard-wide so that `(shard, sid)` names a
-    /// subscription broker-wide (CMQ's `subscriptionId`).
-    next_sid: u32,
-    next_msg_counter: u64,
-    wakeups: BinaryHeap<Reverse<(u64, u32)>>,
+    /// By uid, ordered like `queues`.
+    topics: BTreeMap<u32, crate::engine::topic::Topic>,
+    topic_by_name: HashMap<String, u32>,
+    redrives: BTreeMap<u64, Redrive>,
+    /// Authentication keys (shard 0 only; see `engine/keys.rs`).
+    keys_store: crate::engine::keys::KeyStore,
+    /// Recent messages' fates (inspection).
+    fates: Fates,
+    /// Numbers for new queues, topics, subscriptions, messages, redrives.
+    counters: Counters,
+    /// Where the engine stands in its log.
+    log_cursor: LogCursor,
+    /// Messages leaving for other shards or endpoints, and those received.
+    exchange: Exchange,
+    /// Wakeups, sweeps and parked work.
+    schedule: Schedule,
     waiters: HashMap<u64, Waiter>,
     waiter_deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     next_waiter_id: u64,
     to_serve: Vec<u32>,
-    next_retention_sweep_ms: u64,
-    scratch: Vec<u8>,
-    /// Queue-management records before this log position are already in
-    /// the loaded catalog and are skipped by replay.
-    catalog_pos: u64,
-    /// A snapshot's catalog reflects entries up to this one, which are
-    /// still to be applied: until then every queue-management record is
-    /// already in the catalog (see `load_snapshot_catalog`).
-    catalog_entry: Option<u64>,
-    /// Messages leaving this shard's queues for other queues.
-    outbox: Outbox,
-    /// Transfers this shard received (duplicate filter).
-    inbound: Inbound,
-    /// The push pool was full: due pushes wait until then (or an outcome).
-    pushes_paused_until: u64,
-    /// Position of the last record logged or replayed (positions only grow).
-    last_log_pos: u64,
-    redrives: BTreeMap<u64, Redrive>,
-    next_redrive: u64,
-    /// Transaction checks the shard should push to checkers.
-    checks: Vec<CheckDue>,
-    fates: Fates,
-    /// Queues with parked dead-letter moves or due checks.
-    pending_work: Vec<u32>,
-    topics: HashMap<u32, crate::engine::topic::Topic>,
-    topic_by_name: HashMap<String, u32>,
-    /// Authentication keys (shard 0 only; see `engine/keys.rs`).
-    keys_store: crate::engine::keys::KeyStore,
 }
 
 impl ShardEngine {
@@ -191,32 +186,21 @@ impl ShardEngine {
         ShardEngine {
             keys: ReceiptKeys::new(cfg.secret),
             cfg,
-            queues: HashMap::new(),
+            queues: BTreeMap::new(),
             by_name: HashMap::new(),
-            next_uid: 1,
-            next_sid: 1,
-            next_msg_counter: 1,
-            wakeups: BinaryHeap::new(),
+            topics: BTreeMap::new(),
+            topic_by_name: HashMap::new(),
+            redrives: BTreeMap::new(),
+            keys_store: Default::default(),
+            fates: Fates::default(),
+            counters: Counters::default(),
+            log_cursor: LogCursor { scratch: Vec::with_capacity(256), ..LogCursor::default() },
+            exchange: Exchange::default(),
+            schedule: Schedule::default(),
             waiters: HashMap::new(),
             waiter_deadlines: BinaryHeap::new(),
             next_waiter_id: 1,
             to_serve: Vec::new(),
-            next_retention_sweep_ms: 0,
-            scratch: Vec::with_capacity(256),
-            catalog_pos: 0,
-            catalog_entry: None,
-            outbox: Outbox::starting_at(1),
-            inbound: Inbound::default(),
-            pushes_paused_until: 0,
-            last_log_pos: 0,
-            redrives: BTreeMap::new(),
-            next_redrive: 1,
-            checks: Vec::new(),
-            fates: Fates::default(),
-            pending_work: Vec::new(),
-            topics: HashMap::new(),
-            topic_by_name: HashMap::new(),
-            keys_store: Default::default(),
         }
     }
 
@@ -264,13 +248,13 @@ impl ShardEngine {
     fn log_record(
         &mut self,
         log: &mut impl Log,
-        rec: &Record<Bytes>,
+        rec: &impl LogRecord,
         durability: Durability,
     ) -> Result<(u64, u32), EngineError> {
         let rtype = rec.rtype();
         let mut image = Vec::new();
         let (pos, offset) = rec
-            .encode(&mut self.scratch, |parts| {
+            .encode(&mut self.log_cursor.scratch, |parts| {
                 if cfg!(debug_assertions) {
                     image = parts.concat();
                 }
@@ -297,12 +281,12 @@ impl ShardEngine {
     /// the log.
     fn note_log_pos(&mut self, pos: u64) {
         assert!(
-            pos > self.last_log_pos,
+            pos > self.log_cursor.last_log_pos,
             "shard {}: log position {pos} after {}: the log went backwards under the engine",
             self.cfg.shard,
-            self.last_log_pos
+            self.log_cursor.last_log_pos
         );
-        self.last_log_pos = pos;
+        self.log_cursor.last_log_pos = pos;
     }
 
     fn data_durability(policy: FlushPolicy) -> Durability {
@@ -336,16 +320,21 @@ impl ShardEngine {
         if attrs.dead_letter_queue == name {
             return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
         }
-        let uid = self.next_uid;
-        let rec =
-            Record::QueueCreated { uid, time_ms: now_ms, create_seq, attrs: attrs.clone(), name: name.to_owned() };
+        let uid = self.counters.next_uid;
+        let rec = Record::QueueCreated(QueueCreated {
+            uid,
+            time_ms: now_ms,
+            create_seq,
+            attrs: attrs.clone(),
+            name: name.to_owned(),
+        });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_created(uid, now_ms, create_seq, attrs, name.to_owned());
         Ok(self.queue_id(uid))
     }
 
     fn apply_queue_created(&mut self, uid: u32, time_ms: u64, create_seq: u64, attrs: QueueAttributes, name: String) {
-        self.next_uid = self.next_uid.max(uid + 1);
+        self.counters.next_uid = self.counters.next_uid.max(uid + 1);
         if let Some(q) = self.queues.get_mut(&uid) {
             q.attrs = attrs;
             return;
@@ -365,7 +354,7 @@ impl ShardEngine {
     /// caller answers with QUEUE_NOT_FOUND.
     pub fn delete_queue(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<Vec<WaiterTag>, EngineError> {
         let uid = self.lookup(name)?;
-        self.log_record(log, &Record::QueueDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::QueueDeleted(QueueDeleted { uid, time_ms: now_ms }), Durability::Synced)?;
         Ok(self.apply_queue_deleted(uid))
     }
 
@@ -393,7 +382,7 @@ impl ShardEngine {
         if attrs.dead_letter_queue == name {
             return Err(EngineError::invalid("deadLetterQueueName: a queue cannot be its own dead-letter queue"));
         }
-        let rec = Record::QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() };
+        let rec = Record::QueueUpdated(QueueUpdated { uid, time_ms: now_ms, attrs: attrs.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_queue_updated(uid, now_ms, attrs);
         self.queue_info(now_ms, name)
@@ -430,8 +419,6 @@ impl ShardEngine {
         })
     }
 
-    /// Queues matching the filters: the total count and the first `take` in
-    /// creation order (a caller merging shards asks each for offset+limit).
     /// Queues matching the filter that `visible` lets through (the caller's permissions).
     pub fn list_queues(
         &self,
@@ -440,15 +427,26 @@ impl ShardEngine {
         take: usize,
         visible: impl Fn(&str) -> bool,
     ) -> (u32, Vec<ListedQueue>) {
-        let mut matching: Vec<ListedQueue> = self
-            .queues
-            .values()
-            .filter(|q| q.name.starts_with(prefix) && q.name.contains(contains) && visible(&q.name))
-            .map(|q| ListedQueue {
-                create_seq: q.create_seq,
-                created_ms: q.created_ms,
-                queue_id: self.queue_id(q.uid),
-                name: q.name.clone(),
+        let all = self.queues.values().map(|q| (q.uid, q.name.as_str(), q.create_seq, q.created_ms));
+        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
+    }
+
+    /// The queues or topics `(uid, name, create_seq, created_ms)` whose
+    /// name `wanted` accepts: the total count and the first `take` in
+    /// creation order (a caller merging shards asks each for offset+limit).
+    fn listing<'a>(
+        &self,
+        all: impl Iterator<Item = (u32, &'a str, u64, u64)>,
+        wanted: impl Fn(&str) -> bool,
+        take: usize,
+    ) -> (u32, Vec<ListedQueue>) {
+        let mut matching: Vec<ListedQueue> = all
+            .filter(|(_, name, ..)| wanted(name))
+            .map(|(uid, name, create_seq, created_ms)| ListedQueue {
+                create_seq,
+                created_ms,
+                queue_id: self.queue_id(uid),
+                name: name.to_owned(),
             })
             .collect();
         let total = matching.len() as u32;
@@ -497,10 +495,10 @@ impl ShardEngine {
         let uid = q.uid;
         let first_seq = q.next_seq();
         let durability = Self::data_durability(q.attrs.flush_policy);
-        let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
-        self.next_msg_counter += fresh.len() as u64;
+        let first_msg_id = (u64::from(self.cfg.shard) << MSG_ID_SHARD_SHIFT) | self.counters.next_msg_counter;
+        self.counters.next_msg_counter += fresh.len() as u64;
         let visible_at_ms = now_ms + u64::from(delay_seconds) * 1000;
-        let rec = Record::Enqueued {
+        let rec = Enqueued {
             uid,
             first_seq,
             first_msg_id,
@@ -510,26 +508,21 @@ impl ShardEngine {
             keys: fresh_keys,
         };
         let (pos, _) = self.log_record(log, &rec, durability)?;
-        let Record::Enqueued { bodies, keys, .. } = &rec else { unreachable!("built above") };
-        let spans = body_spans(bodies.iter().map(|b| b.len() as u32));
-        self.apply_enqueued(uid, first_seq, first_msg_id, now_ms, visible_at_ms, spans, pos, keys);
+        let spans = body_spans(rec.bodies.iter().map(|b| b.len() as u32));
+        self.apply_enqueued(&rec, spans, pos, &rec.keys);
         Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
     /// Applies an `Enqueued` record; `keys` go into the queue's dedup
     /// window (pass none for a record the loaded catalog already reflects).
-    #[allow(clippy::too_many_arguments)]
-    fn apply_enqueued(
+    fn apply_enqueued<B>(
         &mut self,
-        uid: u32,
-        first_seq: u64,
-        first_msg_id: u64,
-        enqueue_ms: u64,
-        visible_at_ms: u64,
+        rec: &Enqueued<B>,
         spans: impl Iterator<Item = BodySpan>,
         pos: u64,
         keys: &[Bytes],
     ) {
+        let Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, .. } = *rec;
         let mut n = 0;
         let Some(q) = self.queues.get_mut(&uid) else {
             return;
@@ -546,7 +539,7 @@ impl ShardEngine {
             }),
         );
         let counter = (first_msg_id & ((1 << MSG_ID_SHARD_SHIFT) - 1)) + n;
-        self.next_msg_counter = self.next_msg_counter.max(counter);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(counter);
         if visible_at_ms > enqueue_ms {
             self.register_wakeup(uid);
         } else {
@@ -618,7 +611,7 @@ impl ShardEngine {
         };
         let seqs = q.pick_ready(max, now_ms);
         if !q.dead_letter_due.is_empty() || !q.checks_due.is_empty() {
-            self.pending_work.push(uid);
+            self.schedule.pending_work.push(uid);
         }
         let Some(q) = self.queues.get_mut(&uid) else {
             return Ok(Vec::new());
@@ -627,14 +620,14 @@ impl ShardEngine {
             return Ok(Vec::new());
         }
         let visible_at_ms = now_ms + u64::from(q.attrs.visibility_timeout) * 1000;
-        let rec = Record::Received { uid, time_ms: now_ms, visible_at_ms, seqs };
+        let rec = Record::Received(Received { uid, time_ms: now_ms, visible_at_ms, seqs });
         if let Err(e) = self.log_record(log, &rec, Durability::Written) {
-            if let (Some(q), Record::Received { seqs, .. }) = (self.queues.get_mut(&uid), &rec) {
+            if let (Some(q), Record::Received(Received { seqs, .. })) = (self.queues.get_mut(&uid), &rec) {
                 q.unpick(seqs);
             }
             return Err(e);
         }
-        let Record::Received { seqs, .. } = rec else { unreachable!("built above") };
+        let Record::Received(Received { seqs, .. }) = rec else { unreachable!("built above") };
         let q = self.queues.get_mut(&uid).expect("queue looked up above");
         q.apply_received(now_ms, visible_at_ms, &seqs);
         self.register_wakeup(uid);
@@ -693,7 +686,7 @@ impl ShardEngine {
             .collect();
         if !seqs.is_empty() {
             let durability = Self::data_durability(q.attrs.flush_policy);
-            self.log_record(log, &Record::Deleted { uid, seqs: seqs.clone() }, durability)?;
+            self.log_record(log, &Record::Deleted(Deleted { uid, seqs: seqs.clone() }), durability)?;
             if let Some(q) = self.queues.get_mut(&uid) {
                 q.apply_deleted(&seqs);
             }
@@ -720,7 +713,11 @@ impl ShardEngine {
         let uid = self.lookup(name)?;
         let seq = self.queues[&uid].check_handle(&self.keys, handle, now_ms)?;
         let visible_at_ms = now_ms + u64::from(timeout_s) * 1000;
-        self.log_record(log, &Record::VisibilityChanged { uid, seq, visible_at_ms }, Durability::Written)?;
+        self.log_record(
+            log,
+            &Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }),
+            Durability::Written,
+        )?;
         self.apply_visibility(uid, seq, visible_at_ms);
         if timeout_s == 0 {
             if let Some(q) = self.queues.get_mut(&uid) {
@@ -754,7 +751,7 @@ impl ShardEngine {
         if let Some(d) = q.next_deadline() {
             if q.wakeup_registered.is_none_or(|r| d < r) {
                 q.wakeup_registered = Some(d);
-                self.wakeups.push(Reverse((d, uid)));
+                self.schedule.wakeups.push(Reverse((d, uid)));
             }
         }
     }
@@ -775,7 +772,7 @@ impl ShardEngine {
                 let parked = !q.dead_letter_due.is_empty() || !q.checks_due.is_empty();
                 if q.counts().ready == 0 {
                     if parked {
-                        self.pending_work.push(uid);
+                        self.schedule.pending_work.push(uid);
                     }
                     break;
                 }
@@ -853,11 +850,11 @@ impl ShardEngine {
     /// Runs due timers: leases that ended, delays that passed, retention,
     /// dead-letter moves, transaction checks, redrive steps.
     pub fn tick(&mut self, log: &mut impl Log, now_ms: u64) {
-        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+        while let Some(Reverse((d, uid))) = self.schedule.wakeups.peek().copied() {
             if d > now_ms {
                 break;
             }
-            self.wakeups.pop();
+            self.schedule.wakeups.pop();
             let Some(q) = self.queues.get_mut(&uid) else {
                 continue;
             };
@@ -871,8 +868,8 @@ impl ShardEngine {
             self.note_work(uid);
             self.register_wakeup(uid);
         }
-        if now_ms >= self.next_retention_sweep_ms {
-            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+        if now_ms >= self.schedule.next_retention_sweep_ms {
+            self.schedule.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
             self.sweep_retention(now_ms);
             self.sweep_topics(log, now_ms);
         }
@@ -885,11 +882,11 @@ impl ShardEngine {
     /// moves and checks that follow (dead letters, transaction checks,
     /// redrives) are the leader's: they stay parked until this replica leads.
     pub fn tick_passive(&mut self, now_ms: u64) {
-        while let Some(Reverse((d, uid))) = self.wakeups.peek().copied() {
+        while let Some(Reverse((d, uid))) = self.schedule.wakeups.peek().copied() {
             if d > now_ms {
                 break;
             }
-            self.wakeups.pop();
+            self.schedule.wakeups.pop();
             let Some(q) = self.queues.get_mut(&uid) else { continue };
             if q.wakeup_registered != Some(d) {
                 continue;
@@ -899,13 +896,13 @@ impl ShardEngine {
             self.note_work(uid);
             self.register_wakeup(uid);
         }
-        if now_ms >= self.next_retention_sweep_ms {
-            self.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
+        if now_ms >= self.schedule.next_retention_sweep_ms {
+            self.schedule.next_retention_sweep_ms = now_ms + RETENTION_SWEEP_MS;
             self.sweep_retention(now_ms);
         }
         // Parked work waits for leadership; keep one mention per queue.
-        self.pending_work.sort_unstable();
-        self.pending_work.dedup();
+        self.schedule.pending_work.sort_unstable();
+        self.schedule.pending_work.dedup();
     }
 
     /// Once a second: topic deliveries past their topic's retention.
@@ -927,7 +924,7 @@ impl ShardEngine {
             }
             q.collect_ttl_expired(now_ms, DEAD_LETTER_PER_TURN_MAX);
             if !q.dead_letter_due.is_empty() {
-                self.pending_work.push(*uid);
+                self.schedule.pending_work.push(*uid);
             }
         }
     }
@@ -935,7 +932,7 @@ impl ShardEngine {
     /// Removes confirmed outbox entries, counting topic deliveries.
     fn apply_transfer_done(&mut self, ids: &[u64]) {
         for id in ids {
-            if let Some(e) = self.outbox.remove(*id) {
+            if let Some(e) = self.exchange.outbox.remove(*id) {
                 self.topic_delivery_done(&e, true);
             }
         }
@@ -945,13 +942,13 @@ impl ShardEngine {
     /// and due checks are handled at the end of the turn's timers.
     fn note_work(&mut self, uid: u32) {
         if self.queues.get(&uid).is_some_and(|q| !q.dead_letter_due.is_empty() || !q.checks_due.is_empty()) {
-            self.pending_work.push(uid);
+            self.schedule.pending_work.push(uid);
         }
     }
 
     /// Parked dead-letter moves and due transaction checks, queue by queue.
     fn run_pending_work(&mut self, log: &mut impl Log, now_ms: u64) {
-        let mut uids = std::mem::take(&mut self.pending_work);
+        let mut uids = std::mem::take(&mut self.schedule.pending_work);
         uids.sort_unstable();
         uids.dedup();
         for uid in uids {
@@ -963,15 +960,18 @@ impl ShardEngine {
     /// The earliest time [`tick`](Self::tick), [`expire_waiters`](Self::expire_waiters)
     /// or the transfer outbox has work.
     pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
-        let wake = self.wakeups.peek().map(|r| r.0 .0);
+        let wake = self.schedule.wakeups.peek().map(|r| r.0 .0);
         let wait = self.waiter_deadlines.peek().map(|r| r.0 .0);
-        let work = (!self.pending_work.is_empty()).then_some(now_ms);
+        let work = (!self.schedule.pending_work.is_empty()).then_some(now_ms);
         let redrive = self.redrives.values().map(|r| r.next_due(now_ms)).min().filter(|d| *d != u64::MAX);
-        let transfers = self.outbox.next_due(Lane::Transfer);
+        let transfers = self.exchange.outbox.next_due(Lane::Transfer);
         // While the push pool is full, due pushes wait for it (or for an
         // outcome, which wakes the loop), not for the clock.
-        let pushes = self.outbox.next_due(Lane::Push).map(|d| d.max(self.pushes_paused_until));
-        [wake, wait, work, redrive, transfers, pushes, Some(self.next_retention_sweep_ms)].into_iter().flatten().min()
+        let pushes = self.exchange.outbox.next_due(Lane::Push).map(|d| d.max(self.exchange.pushes_paused_until));
+        [wake, wait, work, redrive, transfers, pushes, Some(self.schedule.next_retention_sweep_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// For tests and metrics: a queue by name.
@@ -994,6 +994,8 @@ impl ReceiveOutcome {
     }
 }
 
+#[cfg(test)]
+mod order_tests;
 #[cfg(test)]
 mod tests;
 

@@ -8,8 +8,8 @@ use cmq_protocol::wire::{Reader, Wire, Writer};
 use cmq_protocol::{ErrorCode, MessageOrigin};
 
 use crate::engine::error::EngineError;
-use crate::engine::log::Log;
 use crate::engine::message_index::{Entry, FLAG_GROUP, FLAG_ORIGIN};
+use crate::engine::record_log::Log;
 
 /// Bytes of a `MessageOrigin` after its queue name: original id, first enqueue time.
 const ORIGIN_FIXED_BYTES: u32 = 16;

@@ -8,9 +8,12 @@ use cmq_protocol::{ErrorCode, MessageOrigin, RedriveInfo, RedriveState};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState, FLAG_ORIGIN};
-use crate::engine::record::{transfer_kind, Record, RECORD_IDS_MAX};
+use crate::engine::record::{
+    transfer_kind, PushGaveUp, Record, RedriveEnded, RedriveStarted, TransferDone, TransferIn, TransferOut,
+    TransferReturned, RECORD_IDS_MAX,
+};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 use crate::engine::transfers::{Lane, OutboxEntry, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS};
 
@@ -107,8 +110,8 @@ impl ShardEngine {
         };
         let body = Bytes::copy_from_slice(log.read(e.body_pos, e.body_len)?);
         let origin = suffix::encode_origin(&origin);
-        let id = self.outbox.next_id;
-        let rec = Record::TransferOut {
+        let id = self.exchange.outbox.next_id;
+        let rec = TransferOut {
             id,
             kind,
             redrive,
@@ -136,7 +139,7 @@ impl ShardEngine {
             created_ms: now_ms,
         };
         let original = suffix::origin_msg_id(&origin);
-        self.apply_transfer_out(id, seq, out, original, now_ms, true);
+        self.apply_transfer_out(&rec, out, original, true);
         Ok(())
     }
 
@@ -146,7 +149,8 @@ impl ShardEngine {
     /// for the next turn.
     pub fn transfers_to_send(&mut self, now_ms: u64) -> Vec<OutTransfer> {
         let shards = self.cfg.shard_count;
-        self.outbox
+        self.exchange
+            .outbox
             .take_due(now_ms, Lane::Transfer, OUTBOX_DUE_PER_TURN_MAX, TRANSFER_RESEND_MS)
             .into_iter()
             .map(|(id, e)| OutTransfer {
@@ -164,7 +168,7 @@ impl ShardEngine {
 
     /// The lowest transfer id this shard still has pending.
     pub fn transfer_low_watermark(&self) -> u64 {
-        self.outbox.low_watermark()
+        self.exchange.outbox.low_watermark()
     }
 
     /// Destinations' answers to our transfers. Ok: done. QUEUE_NOT_FOUND:
@@ -173,10 +177,10 @@ impl ShardEngine {
         let mut done = Vec::new();
         for (id, result) in results {
             match result {
-                Ok(()) if self.outbox.contains(*id) => done.push(*id),
+                Ok(()) if self.exchange.outbox.contains(*id) => done.push(*id),
                 Ok(()) => {}
                 Err(code) if *code == ErrorCode::QUEUE_NOT_FOUND => self.transfer_return(log, now_ms, *id),
-                Err(_) => self.outbox.retry_later(*id, now_ms),
+                Err(_) => self.exchange.outbox.retry_later(*id, now_ms),
             }
         }
         // Losing this record only means sending again; the destination filters duplicates.
@@ -187,7 +191,8 @@ impl ShardEngine {
     /// `RECORD_IDS_MAX` ids (a turn may confirm any number of transfers).
     pub(super) fn log_transfers_done(&mut self, log: &mut impl Log, ids: &[u64]) {
         for chunk in ids.chunks(RECORD_IDS_MAX) {
-            match self.log_record(log, &Record::TransferDone { ids: chunk.to_vec() }, Durability::Written) {
+            match self.log_record(log, &Record::TransferDone(TransferDone { ids: chunk.to_vec() }), Durability::Written)
+            {
                 Ok(_) => self.apply_transfer_done(chunk),
                 Err(e) => {
                     log::warn!("cannot log finished transfers: {}", e.message);
@@ -198,13 +203,13 @@ impl ShardEngine {
     }
 
     fn transfer_return(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
-        let Some(out) = self.outbox.get(id) else { return };
+        let Some(out) = self.exchange.outbox.get(id) else { return };
         if out.kind == transfer_kind::PUBLISH {
             // A queue subscription whose queue is gone: the delivery is dropped.
             log::warn!("queue {:?} of a subscription does not exist: delivery {id} dropped", out.dst_queue);
-            let rec = Record::PushGaveUp { id, time_ms: now_ms };
+            let rec = Record::PushGaveUp(PushGaveUp { id, time_ms: now_ms });
             if self.log_record(log, &rec, Durability::Written).is_ok() {
-                if let Some(e) = self.outbox.remove(id) {
+                if let Some(e) = self.exchange.outbox.remove(id) {
                     self.topic_delivery_done(&e, false);
                 }
             }
@@ -214,7 +219,8 @@ impl ShardEngine {
         let Some(q) = self.queues.get(&uid) else {
             // The queue it came from is gone too: nothing can take it.
             log::warn!("dropping a message whose destination {:?} and source queue are both gone", out.dst_queue);
-            if self.log_record(log, &Record::TransferDone { ids: vec![id] }, Durability::Written).is_ok() {
+            if self.log_record(log, &Record::TransferDone(TransferDone { ids: vec![id] }), Durability::Written).is_ok()
+            {
                 self.apply_transfer_done(&[id]);
             }
             return;
@@ -223,7 +229,7 @@ impl ShardEngine {
         let seq = q.next_seq();
         let durability = Self::data_durability(q.attrs.flush_policy);
         let msg_id = self.alloc_msg_ids(1);
-        let rec = Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms: now_ms };
+        let rec = Record::TransferReturned(TransferReturned { id, uid, seq, msg_id, enqueue_ms: now_ms });
         if self.log_record(log, &rec, durability).is_ok() {
             self.apply_transfer_returned(id, uid, seq, msg_id, now_ms, true);
         }
@@ -231,8 +237,8 @@ impl ShardEngine {
 
     /// The destination side: applies a transfer unless it already has.
     pub fn accept_transfer(&mut self, log: &mut impl Log, now_ms: u64, t: &InTransfer) -> Result<(), EngineError> {
-        self.inbound.prune(t.src_shard, t.low_watermark);
-        if self.inbound.contains(t.src_shard, t.id) {
+        self.exchange.inbound.prune(t.src_shard, t.low_watermark);
+        if self.exchange.inbound.contains(t.src_shard, t.id) {
             return Ok(());
         }
         let uid = self.lookup(&t.dst_queue)?;
@@ -245,7 +251,7 @@ impl ShardEngine {
         let msg_id = self.alloc_msg_ids(1);
         // A redriven message starts over; a dead-lettered one keeps its count.
         let dequeue_count = if t.kind == transfer_kind::REDRIVE { 0 } else { t.dequeue_count };
-        let rec = Record::TransferIn {
+        let rec = TransferIn {
             src_shard: t.src_shard,
             id: t.id,
             uid,
@@ -269,18 +275,18 @@ impl ShardEngine {
             // Topic deliveries are new messages; moved ones keep their origin.
             flags: if t.origin.is_empty() { 0 } else { FLAG_ORIGIN },
         };
-        self.apply_transfer_in(t.src_shard, t.id, uid, seq, entry, suffix::origin_msg_id(&t.origin), pos);
+        self.apply_transfer_in(&rec, entry, suffix::origin_msg_id(&t.origin), pos);
         Ok(())
     }
 
     /// The source shard has nothing pending below `below`.
     pub fn prune_inbound(&mut self, src_shard: u16, below: u64) {
-        self.inbound.prune(src_shard, below);
+        self.exchange.inbound.prune(src_shard, below);
     }
 
     pub(super) fn alloc_msg_ids(&mut self, n: u64) -> u64 {
-        let id = (u64::from(self.cfg.shard) << super::MSG_ID_SHARD_SHIFT) | self.next_msg_counter;
-        self.next_msg_counter += n;
+        let id = (u64::from(self.cfg.shard) << super::MSG_ID_SHARD_SHIFT) | self.counters.next_msg_counter;
+        self.counters.next_msg_counter += n;
         id
     }
 
@@ -312,17 +318,17 @@ impl ShardEngine {
         let q = &self.queues[&uid];
         let end_seq = q.next_seq();
         let total = q.counts().backlog();
-        let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.next_redrive;
-        let rec = Record::RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() };
+        let id = (u64::from(self.cfg.shard) << REDRIVE_ID_SHARD_SHIFT) | self.counters.next_redrive;
+        let rec = RedriveStarted { id, uid, rate, end_seq, total, time_ms: now_ms, to: to.to_owned() };
         self.log_record(log, &rec, Durability::Synced)?;
-        self.apply_redrive_started(id, uid, rate, end_seq, total, now_ms, to.to_owned());
+        self.apply_redrive_started(rec);
         self.redrive_info(id)
     }
 
     pub fn cancel_redrive(&mut self, log: &mut impl Log, now_ms: u64, id: u64) -> Result<RedriveInfo, EngineError> {
         let r = self.redrives.get(&id).ok_or_else(|| redrive_not_found(id))?;
         if r.state == RedriveState::Running {
-            let rec = Record::RedriveEnded { id, state: 3, time_ms: now_ms };
+            let rec = Record::RedriveEnded(RedriveEnded { id, state: 3, time_ms: now_ms });
             self.log_record(log, &rec, Durability::Synced)?;
             self.apply_redrive_ended(id, 3, now_ms);
         }
@@ -418,7 +424,7 @@ impl ShardEngine {
                     .count() as u64
             });
             // Done only once every move is confirmed: a refused one comes back.
-            let unconfirmed = self.outbox.has_redrive(id);
+            let unconfirmed = self.exchange.outbox.has_redrive(id);
             let Some(r) = self.redrives.get_mut(&id) else { return };
             if left <= r.skipped.len() as u64 && !unconfirmed {
                 self.finish_redrive(log, now_ms, id, 2);
@@ -431,7 +437,7 @@ impl ShardEngine {
     }
 
     fn finish_redrive(&mut self, log: &mut impl Log, now_ms: u64, id: u64, state: u8) {
-        let rec = Record::RedriveEnded { id, state, time_ms: now_ms };
+        let rec = Record::RedriveEnded(RedriveEnded { id, state, time_ms: now_ms });
         if self.log_record(log, &rec, Durability::Synced).is_ok() {
             self.apply_redrive_ended(id, state, now_ms);
         }

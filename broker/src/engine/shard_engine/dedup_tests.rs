@@ -7,7 +7,7 @@ use cmq_protocol::FlushPolicy;
 
 use super::*;
 use crate::engine::dedup::{DEDUP_WINDOW_MS, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
-use crate::engine::log::MemLog;
+use crate::engine::record_log::MemLog;
 use crate::engine::Catalog;
 
 fn engine() -> ShardEngine {

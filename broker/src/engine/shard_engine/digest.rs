@@ -48,10 +48,10 @@ impl ShardEngine {
                 h.write_u64(seen.time_ms);
             }
         }
-        for id in self.outbox.ids() {
+        for id in self.exchange.outbox.ids() {
             h.write_u64(id);
         }
-        h.write_u64(self.next_msg_counter);
+        h.write_u64(self.counters.next_msg_counter);
         h.finish()
     }
 }

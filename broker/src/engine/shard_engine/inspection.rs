@@ -6,9 +6,9 @@ use cmq_protocol::{MessageState, MessageStatus, PeekMessagesOk, PeekedMessage};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::{Entry, MsgState};
-use crate::engine::record::Record;
+use crate::engine::record::{Purged, Record, Rewound};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 
 /// Body bytes one peek page may carry (the rest of the frame is headers).
@@ -53,7 +53,7 @@ impl ShardEngine {
         }
         let durability = Self::data_durability(q.attrs.flush_policy);
         let before = q.counts().deleted;
-        self.log_record(log, &Record::Rewound { uid, time_ms: now_ms, start_ms }, durability)?;
+        self.log_record(log, &Record::Rewound(Rewound { uid, time_ms: now_ms, start_ms }), durability)?;
         self.apply_rewound(uid, start_ms);
         Ok(before - self.queues[&uid].counts().deleted)
     }
@@ -61,7 +61,7 @@ impl ShardEngine {
     /// Drops every message of the queue. Returns how many undeleted messages went.
     pub fn purge(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<u64, EngineError> {
         let uid = self.lookup(name)?;
-        self.log_record(log, &Record::Purged { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::Purged(Purged { uid, time_ms: now_ms }), Durability::Synced)?;
         Ok(self.apply_purged(uid, now_ms))
     }
 

@@ -11,8 +11,8 @@ use super::ShardEngine;
 use crate::auth::policy::Policy;
 use crate::engine::error::EngineError;
 use crate::engine::keys::{KeyDef, KeyStore, KEY_SECRETS_MAX};
-use crate::engine::log::{Durability, Log};
-use crate::engine::record::Record;
+use crate::engine::record::{KeyDeleted, KeyPut, Record};
+use crate::engine::record_log::{Durability, Log};
 
 fn not_found(name: &str) -> EngineError {
     EngineError::new(ErrorCode::KEY_NOT_FOUND, format!("key {name:?} does not exist"))
@@ -28,7 +28,7 @@ impl ShardEngine {
     }
 
     fn put_key(&mut self, log: &mut impl Log, now_ms: u64, key: KeyDef) -> Result<(), EngineError> {
-        let rec = Record::KeyPut { time_ms: now_ms, key: key.clone() };
+        let rec = Record::KeyPut(KeyPut { time_ms: now_ms, key: key.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.keys_store.put(key);
         Ok(())
@@ -99,7 +99,7 @@ impl ShardEngine {
             key.modified_ms = now_ms;
             return self.put_key(log, now_ms, key);
         }
-        let rec = Record::KeyDeleted { time_ms: now_ms, name: r.name.clone() };
+        let rec = Record::KeyDeleted(KeyDeleted { time_ms: now_ms, name: r.name.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.keys_store.delete(&r.name);
         Ok(())

@@ -10,10 +10,15 @@ use crate::engine::catalog::{
 };
 use crate::engine::error::EngineError;
 use crate::engine::fates::Fate;
-use crate::engine::log::Log;
 use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
 use crate::engine::queue::Queue;
-use crate::engine::record::{rtype, transfer_kind, BodySpan, Record, RecordError, RelocatedEntry};
+use crate::engine::record::{
+    rtype, transfer_kind, BodySpan, Deleted, Enqueued, HalfEnqueued, KeyDeleted, KeyPut, Published, Purged, PushGaveUp,
+    PushRetry, QueueCreated, QueueDeleted, QueueUpdated, Received, Record, RecordError, RedriveEnded, RedriveStarted,
+    Relocated, RelocatedEntry, Rewound, Subscribed, SubscriptionUpdated, TopicCreated, TopicDeleted, TopicUpdated,
+    TransferDone, TransferIn, TransferOut, TransferReturned, TxChecked, TxEnded, Unsubscribed, VisibilityChanged,
+};
+use crate::engine::record_log::Log;
 use crate::engine::redrive::Redrive;
 use crate::engine::suffix;
 use crate::engine::transfers::OutboxEntry;
@@ -21,12 +26,12 @@ use crate::engine::transfers::OutboxEntry;
 impl ShardEngine {
     /// Installs a catalog before replay (see `catalog.rs`).
     pub fn load_catalog(&mut self, c: &Catalog) {
-        self.catalog_pos = c.log_pos;
-        self.next_uid = self.next_uid.max(c.next_uid);
-        self.next_sid = self.next_sid.max(c.next_sid);
-        self.next_msg_counter = self.next_msg_counter.max(c.next_msg_counter);
-        self.outbox.next_id = self.outbox.next_id.max(c.next_transfer_id);
-        self.next_redrive = self.next_redrive.max(c.next_redrive);
+        self.log_cursor.catalog_pos = c.log_pos;
+        self.counters.next_uid = self.counters.next_uid.max(c.next_uid);
+        self.counters.next_sid = self.counters.next_sid.max(c.next_sid);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(c.next_msg_counter);
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(c.next_transfer_id);
+        self.counters.next_redrive = self.counters.next_redrive.max(c.next_redrive);
         for q in &c.queues {
             self.apply_queue_created(q.uid, q.created_ms, q.create_seq, q.attrs.clone(), q.name.clone());
             if let Some(queue) = self.queues.get_mut(&q.uid) {
@@ -35,15 +40,15 @@ impl ShardEngine {
             }
         }
         for t in &c.topics {
-            self.apply_topic_created(
-                t.uid,
-                t.created_ms,
-                t.create_seq,
-                t.max_msg_size,
-                t.retention_s,
-                t.filter_type,
-                t.name.clone(),
-            );
+            self.apply_topic_created(TopicCreated {
+                uid: t.uid,
+                time_ms: t.created_ms,
+                create_seq: t.create_seq,
+                max_msg_size: t.max_msg_size,
+                retention_s: t.retention_s,
+                filter_type: t.filter_type,
+                name: t.name.clone(),
+            });
             for s in &t.subscriptions {
                 self.apply_subscribed(t.uid, s.sid, s.created_ms, s.def.clone());
                 if let Some(sub) = self.topics.get_mut(&t.uid).and_then(|x| x.subscription_by_sid(s.sid)) {
@@ -168,11 +173,11 @@ impl ShardEngine {
             dedup,
             topics,
             log_pos,
-            next_uid: self.next_uid,
-            next_msg_counter: self.next_msg_counter,
-            next_transfer_id: self.outbox.next_id,
-            next_redrive: self.next_redrive,
-            next_sid: self.next_sid,
+            next_uid: self.counters.next_uid,
+            next_msg_counter: self.counters.next_msg_counter,
+            next_transfer_id: self.exchange.outbox.next_id,
+            next_redrive: self.counters.next_redrive,
+            next_sid: self.counters.next_sid,
             queues,
             redrives,
             keys: self.keys_store.iter().cloned().collect(),
@@ -184,7 +189,7 @@ impl ShardEngine {
     /// With the catalog's position it bounds what the log keeps.
     pub fn min_live_pos(&self) -> Option<u64> {
         let queues = self.queues.values().filter_map(Queue::min_live_pos).min();
-        [queues, self.outbox.min_pos(), self.inbound.min_pos()].into_iter().flatten().min()
+        [queues, self.exchange.outbox.min_pos(), self.exchange.inbound.min_pos()].into_iter().flatten().min()
     }
 
     /// Approximate log bytes of live messages whose bodies lie below `pos`.
@@ -215,7 +220,7 @@ impl ShardEngine {
                     state: e.state as u8,
                     flags: e.flags,
                 };
-                let rec = Record::Relocated { uid, seq, entry, body, suffix };
+                let rec = Record::Relocated(Relocated { uid, seq, entry, body, suffix });
                 let (at, offset) = self.log_record(log, &rec, durability)?;
                 self.apply_relocated(uid, seq, entry, at + u64::from(offset), e.body_len);
                 moved += 1;
@@ -255,25 +260,25 @@ impl ShardEngine {
     pub fn load_snapshot_catalog(&mut self, c: &Catalog, catalog_entry: u64, snapshot_index: u64, snapshot_end: u64) {
         self.load_catalog(c);
         if catalog_entry > snapshot_index {
-            self.catalog_pos = u64::MAX;
-            self.catalog_entry = Some(catalog_entry);
+            self.log_cursor.catalog_pos = u64::MAX;
+            self.log_cursor.catalog_entry = Some(catalog_entry);
         } else {
-            self.catalog_pos = snapshot_end;
+            self.log_cursor.catalog_pos = snapshot_end;
         }
     }
 
     /// Entry `index` is applied; it ends at `end_pos` in the local log.
     pub fn entry_applied(&mut self, index: u64, end_pos: u64) {
-        if self.catalog_entry.is_some_and(|e| index >= e) {
-            self.catalog_pos = end_pos;
-            self.catalog_entry = None;
+        if self.log_cursor.catalog_entry.is_some_and(|e| index >= e) {
+            self.log_cursor.catalog_pos = end_pos;
+            self.log_cursor.catalog_entry = None;
         }
     }
 
     /// A snapshot's catalog is ahead of the entries applied: a catalog
     /// taken now would be inconsistent.
     pub fn catalog_pending(&self) -> bool {
-        self.catalog_entry.is_some()
+        self.log_cursor.catalog_entry.is_some()
     }
 
     /// Applies one record read back from the log at `pos`. Positions must
@@ -282,11 +287,11 @@ impl ShardEngine {
     /// the catalog are expected, and skipped): either failing means the log
     /// and the engine disagree, and recovery stops rather than guess.
     pub fn replay(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), RecordError> {
-        if pos <= self.last_log_pos {
-            let reason = format!("log position {pos} after {}: positions must grow", self.last_log_pos);
+        if pos <= self.log_cursor.last_log_pos {
+            let reason = format!("log position {pos} after {}: positions must grow", self.log_cursor.last_log_pos);
             return Err(RecordError { rtype, reason });
         }
-        self.last_log_pos = pos;
+        self.log_cursor.last_log_pos = pos;
         let is_meta = matches!(
             rtype,
             rtype::QUEUE_CREATED
@@ -303,144 +308,120 @@ impl ShardEngine {
                 | rtype::KEY_PUT
                 | rtype::KEY_DELETED
         );
-        if is_meta && pos < self.catalog_pos {
+        if is_meta && pos < self.log_cursor.catalog_pos {
             return Ok(());
         }
         // Counters that the catalog already includes must not count twice.
-        let counted = pos >= self.catalog_pos;
+        let counted = pos >= self.log_cursor.catalog_pos;
         let span_pos = |s: &BodySpan| pos + u64::from(s.offset);
         let suffix_of = |s: &BodySpan| &payload[(s.offset + s.len) as usize..];
         let rec = Record::decode(rtype, payload)?;
-        if pos >= self.catalog_pos {
+        if pos >= self.log_cursor.catalog_pos {
             self.check_known(&rec).map_err(|reason| RecordError { rtype, reason })?;
         }
         match rec {
-            Record::QueueCreated { uid, time_ms, create_seq, attrs, name } => {
+            Record::QueueCreated(QueueCreated { uid, time_ms, create_seq, attrs, name }) => {
                 self.apply_queue_created(uid, time_ms, create_seq, attrs, name)
             }
-            Record::QueueUpdated { uid, time_ms, attrs } => self.apply_queue_updated(uid, time_ms, attrs),
-            Record::QueueDeleted { uid, .. } => {
+            Record::QueueUpdated(QueueUpdated { uid, time_ms, attrs }) => self.apply_queue_updated(uid, time_ms, attrs),
+            Record::QueueDeleted(QueueDeleted { uid, .. }) => {
                 self.apply_queue_deleted(uid);
             }
-            Record::Enqueued { uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, bodies, keys } => {
+            Record::Enqueued(e) => {
                 // Keys of records the catalog reflects are in its windows already.
-                let keys = if counted { &keys[..] } else { &[] };
-                let spans = bodies.into_iter();
-                self.apply_enqueued(uid, first_seq, first_msg_id, enqueue_ms, visible_at_ms, spans, pos, keys)
+                let keys = if counted { &e.keys[..] } else { &[] };
+                self.apply_enqueued(&e, e.bodies.iter().copied(), pos, keys)
             }
-            Record::Received { uid, time_ms, visible_at_ms, seqs } => {
+            Record::Received(Received { uid, time_ms, visible_at_ms, seqs }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_received(time_ms, visible_at_ms, &seqs);
                     self.register_wakeup(uid);
                 }
             }
-            Record::Deleted { uid, seqs } => {
+            Record::Deleted(Deleted { uid, seqs }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_deleted(&seqs);
                 }
             }
-            Record::VisibilityChanged { uid, seq, visible_at_ms } => self.apply_visibility(uid, seq, visible_at_ms),
-            Record::Relocated { uid, seq, entry, body, .. } => {
+            Record::VisibilityChanged(VisibilityChanged { uid, seq, visible_at_ms }) => {
+                self.apply_visibility(uid, seq, visible_at_ms)
+            }
+            Record::Relocated(Relocated { uid, seq, entry, body, .. }) => {
                 self.apply_relocated(uid, seq, entry, span_pos(&body), body.len)
             }
-            Record::Rewound { uid, start_ms, .. } => self.apply_rewound(uid, start_ms),
-            Record::Purged { uid, time_ms } => {
+            Record::Rewound(Rewound { uid, start_ms, .. }) => self.apply_rewound(uid, start_ms),
+            Record::Purged(Purged { uid, time_ms }) => {
                 self.apply_purged(uid, time_ms);
             }
-            Record::HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, body, .. } => {
-                self.apply_half_enqueued(uid, seq, msg_id, enqueue_ms, check_at_ms, span_pos(&body), body.len)
-            }
-            Record::TxChecked { uid, seq, count, next_ms } => {
+            Record::HalfEnqueued(h) => self.apply_half_enqueued(&h, span_pos(&h.body), h.body.len),
+            Record::TxChecked(TxChecked { uid, seq, count, next_ms }) => {
                 if let Some(q) = self.queues.get_mut(&uid) {
                     q.apply_tx_checked(seq, count, next_ms);
                     self.register_wakeup(uid);
                 }
             }
-            Record::TxEnded { uid, seq, commit, time_ms } => self.apply_tx_ended(uid, seq, commit, time_ms),
-            Record::TransferOut {
-                id,
-                kind,
-                redrive,
-                src_uid,
-                src_seq,
-                dequeue_count,
-                time_ms,
-                dst_queue,
-                body,
-                ..
-            } => {
+            Record::TxEnded(TxEnded { uid, seq, commit, time_ms }) => self.apply_tx_ended(uid, seq, commit, time_ms),
+            Record::TransferOut(t) => {
                 let out = OutboxEntry {
-                    kind,
-                    redrive,
-                    src_uid,
-                    dst_queue,
-                    body_pos: span_pos(&body),
-                    body_len: body.len,
-                    suffix_len: suffix_of(&body).len() as u32,
-                    dequeue_count,
+                    kind: t.kind,
+                    redrive: t.redrive,
+                    src_uid: t.src_uid,
+                    dst_queue: t.dst_queue.clone(),
+                    body_pos: span_pos(&t.body),
+                    body_len: t.body.len,
+                    suffix_len: suffix_of(&t.body).len() as u32,
+                    dequeue_count: t.dequeue_count,
                     next_send_ms: 0,
                     attempts: 0,
                     publish: None,
-                    created_ms: time_ms,
+                    created_ms: t.time_ms,
                 };
-                let original = suffix::origin_msg_id(suffix_of(&body));
-                self.apply_transfer_out(id, src_seq, out, original, time_ms, counted);
+                let original = suffix::origin_msg_id(suffix_of(&t.body));
+                self.apply_transfer_out(&t, out, original, counted);
             }
-            Record::TransferIn { src_shard, id, uid, seq, msg_id, enqueue_ms, dequeue_count, body, .. } => {
-                let origin = suffix_of(&body);
+            Record::TransferIn(t) => {
+                let origin = suffix_of(&t.body);
                 let original = suffix::origin_msg_id(origin);
                 let entry = Entry {
-                    msg_id,
-                    body_pos: span_pos(&body),
-                    enqueue_ms,
-                    visible_at_ms: enqueue_ms,
-                    body_len: body.len,
+                    msg_id: t.msg_id,
+                    body_pos: span_pos(&t.body),
+                    enqueue_ms: t.enqueue_ms,
+                    visible_at_ms: t.enqueue_ms,
+                    body_len: t.body.len,
                     first_dequeue_rel: 0,
-                    dequeue_count,
+                    dequeue_count: t.dequeue_count,
                     state: MsgState::Ready,
                     flags: if origin.is_empty() { 0 } else { FLAG_ORIGIN },
                 };
-                self.apply_transfer_in(src_shard, id, uid, seq, entry, original, pos);
+                self.apply_transfer_in(&t, entry, original, pos);
             }
-            Record::TransferDone { ids } => self.apply_transfer_done(&ids),
-            Record::TransferReturned { id, uid, seq, msg_id, enqueue_ms } => {
+            Record::TransferDone(TransferDone { ids }) => self.apply_transfer_done(&ids),
+            Record::TransferReturned(TransferReturned { id, uid, seq, msg_id, enqueue_ms }) => {
                 self.apply_transfer_returned(id, uid, seq, msg_id, enqueue_ms, counted)
             }
-            Record::RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } => {
-                self.apply_redrive_started(id, uid, rate, end_seq, total, time_ms, to)
+            Record::RedriveStarted(r) => self.apply_redrive_started(r),
+            Record::RedriveEnded(RedriveEnded { id, state, time_ms }) => self.apply_redrive_ended(id, state, time_ms),
+            Record::TopicCreated(t) => self.apply_topic_created(t),
+            Record::TopicUpdated(TopicUpdated { uid, time_ms, max_msg_size }) => {
+                self.apply_topic_updated(uid, time_ms, max_msg_size)
             }
-            Record::RedriveEnded { id, state, time_ms } => self.apply_redrive_ended(id, state, time_ms),
-            Record::TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } => {
-                self.apply_topic_created(uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name)
-            }
-            Record::TopicUpdated { uid, time_ms, max_msg_size } => self.apply_topic_updated(uid, time_ms, max_msg_size),
-            Record::TopicDeleted { uid, .. } => self.apply_topic_deleted(uid),
-            Record::Subscribed { uid, sid, time_ms, def } => self.apply_subscribed(uid, sid, time_ms, def),
-            Record::SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } => {
-                self.apply_subscription_updated(uid, sid, time_ms, strategy, format, filter_tags, binding_keys)
-            }
-            Record::Unsubscribed { uid, sid, .. } => self.apply_unsubscribed(uid, sid),
-            Record::Published {
-                uid,
-                first_msg_id,
-                first_transfer,
-                time_ms,
-                tags,
-                routing_key,
-                targets,
-                bodies,
-                keys,
-            } => {
-                let spans: Vec<(u64, u32)> = bodies.iter().map(|b| (span_pos(b), b.len)).collect();
-                self.apply_published(uid, first_msg_id, first_transfer, time_ms, tags, routing_key, &targets, &spans);
+            Record::TopicDeleted(TopicDeleted { uid, .. }) => self.apply_topic_deleted(uid),
+            Record::Subscribed(Subscribed { uid, sid, time_ms, def }) => self.apply_subscribed(uid, sid, time_ms, def),
+            Record::SubscriptionUpdated(u) => self.apply_subscription_updated(u),
+            Record::Unsubscribed(Unsubscribed { uid, sid, .. }) => self.apply_unsubscribed(uid, sid),
+            Record::Published(mut p) => {
+                let spans: Vec<(u64, u32)> = p.bodies.iter().map(|b| (span_pos(b), b.len)).collect();
+                let (uid, first_msg_id, time_ms) = (p.uid, p.first_msg_id, p.time_ms);
+                let keys = std::mem::take(&mut p.keys);
+                self.apply_published(p, &spans);
                 if counted {
                     self.remember_published_keys(uid, first_msg_id, time_ms, &keys);
                 }
             }
-            Record::PushRetry { entries } => self.apply_push_retry(&entries),
-            Record::PushGaveUp { id, time_ms } => self.apply_push_gave_up(id, time_ms),
-            Record::KeyPut { key, .. } => self.keys_store.put(key),
-            Record::KeyDeleted { name, .. } => self.keys_store.delete(&name),
+            Record::PushRetry(PushRetry { entries }) => self.apply_push_retry(&entries),
+            Record::PushGaveUp(PushGaveUp { id, time_ms }) => self.apply_push_gave_up(id, time_ms),
+            Record::KeyPut(KeyPut { key, .. }) => self.keys_store.put(key),
+            Record::KeyDeleted(KeyDeleted { name, .. }) => self.keys_store.delete(&name),
         }
         Ok(())
     }
@@ -448,38 +429,38 @@ impl ShardEngine {
     /// Whether the queue or topic `rec` changes exists.
     fn check_known(&self, rec: &Record<BodySpan>) -> Result<(), String> {
         let (what, uid, known) = match *rec {
-            Record::QueueUpdated { uid, .. }
-            | Record::QueueDeleted { uid, .. }
-            | Record::Enqueued { uid, .. }
-            | Record::Received { uid, .. }
-            | Record::Deleted { uid, .. }
-            | Record::VisibilityChanged { uid, .. }
-            | Record::Relocated { uid, .. }
-            | Record::Rewound { uid, .. }
-            | Record::Purged { uid, .. }
-            | Record::HalfEnqueued { uid, .. }
-            | Record::TxChecked { uid, .. }
-            | Record::TxEnded { uid, .. }
-            | Record::TransferOut { src_uid: uid, .. }
-            | Record::TransferIn { uid, .. }
-            | Record::TransferReturned { uid, .. }
-            | Record::RedriveStarted { uid, .. } => ("queue", uid, self.queues.contains_key(&uid)),
-            Record::TopicUpdated { uid, .. }
-            | Record::TopicDeleted { uid, .. }
-            | Record::Subscribed { uid, .. }
-            | Record::SubscriptionUpdated { uid, .. }
-            | Record::Unsubscribed { uid, .. }
-            | Record::Published { uid, .. } => ("topic", uid, self.topics.contains_key(&uid)),
+            Record::QueueUpdated(QueueUpdated { uid, .. })
+            | Record::QueueDeleted(QueueDeleted { uid, .. })
+            | Record::Enqueued(Enqueued { uid, .. })
+            | Record::Received(Received { uid, .. })
+            | Record::Deleted(Deleted { uid, .. })
+            | Record::VisibilityChanged(VisibilityChanged { uid, .. })
+            | Record::Relocated(Relocated { uid, .. })
+            | Record::Rewound(Rewound { uid, .. })
+            | Record::Purged(Purged { uid, .. })
+            | Record::HalfEnqueued(HalfEnqueued { uid, .. })
+            | Record::TxChecked(TxChecked { uid, .. })
+            | Record::TxEnded(TxEnded { uid, .. })
+            | Record::TransferOut(TransferOut { src_uid: uid, .. })
+            | Record::TransferIn(TransferIn { uid, .. })
+            | Record::TransferReturned(TransferReturned { uid, .. })
+            | Record::RedriveStarted(RedriveStarted { uid, .. }) => ("queue", uid, self.queues.contains_key(&uid)),
+            Record::TopicUpdated(TopicUpdated { uid, .. })
+            | Record::TopicDeleted(TopicDeleted { uid, .. })
+            | Record::Subscribed(Subscribed { uid, .. })
+            | Record::SubscriptionUpdated(SubscriptionUpdated { uid, .. })
+            | Record::Unsubscribed(Unsubscribed { uid, .. })
+            | Record::Published(Published { uid, .. }) => ("topic", uid, self.topics.contains_key(&uid)),
             // Creations, and records about transfers and redrives, which
             // may outlive what they name once older segments are released.
-            Record::QueueCreated { .. }
-            | Record::TopicCreated { .. }
-            | Record::TransferDone { .. }
-            | Record::RedriveEnded { .. }
-            | Record::PushRetry { .. }
-            | Record::PushGaveUp { .. }
-            | Record::KeyPut { .. }
-            | Record::KeyDeleted { .. } => return Ok(()),
+            Record::QueueCreated(QueueCreated { .. })
+            | Record::TopicCreated(TopicCreated { .. })
+            | Record::TransferDone(TransferDone { .. })
+            | Record::RedriveEnded(RedriveEnded { .. })
+            | Record::PushRetry(PushRetry { .. })
+            | Record::PushGaveUp(PushGaveUp { .. })
+            | Record::KeyPut(KeyPut { .. })
+            | Record::KeyDeleted(KeyDeleted { .. }) => return Ok(()),
         };
         if known {
             Ok(())
@@ -497,23 +478,14 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_purged(&mut self, uid: u32, time_ms: u64) -> u64 {
-        let counter = self.next_msg_counter;
+        let counter = self.counters.next_msg_counter;
         let Some(q) = self.queues.get_mut(&uid) else { return 0 };
         q.purged = Some((time_ms, counter));
         q.apply_purged()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_half_enqueued(
-        &mut self,
-        uid: u32,
-        seq: u64,
-        msg_id: u64,
-        enqueue_ms: u64,
-        check_at_ms: u64,
-        body_pos: u64,
-        body_len: u32,
-    ) {
+    pub(super) fn apply_half_enqueued<B>(&mut self, rec: &HalfEnqueued<B>, body_pos: u64, body_len: u32) {
+        let HalfEnqueued { uid, seq, msg_id, enqueue_ms, check_at_ms, .. } = *rec;
         self.bump_msg_counter(msg_id);
         let Some(q) = self.queues.get_mut(&uid) else { return };
         let entry = Entry {
@@ -546,17 +518,15 @@ impl ShardEngine {
     /// A message leaves its queue for the outbox (one step: the record that
     /// does this is the move's commit point). Its fate is recorded under its
     /// original id (the one clients know).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_transfer_out(
+    pub(super) fn apply_transfer_out<B>(
         &mut self,
-        id: u64,
-        src_seq: u64,
+        rec: &TransferOut<B>,
         out: OutboxEntry,
         original_msg_id: Option<u64>,
-        time_ms: u64,
         counted: bool,
     ) {
-        self.outbox.next_id = self.outbox.next_id.max(id + 1);
+        let TransferOut { id, src_seq, time_ms, .. } = *rec;
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(id + 1);
         let (src_uid, kind, redrive) = (out.src_uid, out.kind, out.redrive);
         if let Some(q) = self.queues.get_mut(&src_uid) {
             if let Some(e) = q.take(src_seq) {
@@ -571,22 +541,19 @@ impl ShardEngine {
                 r.moved += 1;
             }
         }
-        self.outbox.insert(id, out);
+        self.exchange.outbox.insert(id, out);
     }
 
     /// A message arrives from another queue (deduplicated by source and id).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_transfer_in(
+    pub(super) fn apply_transfer_in<B>(
         &mut self,
-        src_shard: u16,
-        id: u64,
-        uid: u32,
-        seq: u64,
+        rec: &TransferIn<B>,
         entry: Entry,
         original_msg_id: Option<u64>,
         pos: u64,
     ) {
-        self.inbound.insert(src_shard, id, pos);
+        let TransferIn { src_shard, id, uid, seq, .. } = *rec;
+        self.exchange.inbound.insert(src_shard, id, pos);
         self.bump_msg_counter(entry.msg_id);
         let Some(q) = self.queues.get_mut(&uid) else { return };
         q.install(seq, entry);
@@ -606,7 +573,7 @@ impl ShardEngine {
         enqueue_ms: u64,
         counted: bool,
     ) {
-        let Some(out) = self.outbox.remove(id) else { return };
+        let Some(out) = self.exchange.outbox.remove(id) else { return };
         self.bump_msg_counter(msg_id);
         if out.kind == transfer_kind::REDRIVE && counted {
             if let Some(r) = self.redrives.get_mut(&out.redrive) {
@@ -631,18 +598,10 @@ impl ShardEngine {
         self.note_ready(uid);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_redrive_started(
-        &mut self,
-        id: u64,
-        uid: u32,
-        rate: u32,
-        end_seq: u64,
-        total: u64,
-        time_ms: u64,
-        to: String,
-    ) {
-        self.next_redrive = self.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
+    pub(super) fn apply_redrive_started(&mut self, rec: RedriveStarted) {
+        let RedriveStarted { id, uid, rate, end_seq, total, time_ms, to } = rec;
+        self.counters.next_redrive =
+            self.counters.next_redrive.max((id & ((1 << cmq_protocol::ops::REDRIVE_ID_SHARD_SHIFT) - 1)) + 1);
         let cursor = self.queues.get(&uid).and_then(|q| q.iter().next().map(|(s, _)| s)).unwrap_or(0);
         self.redrives.insert(
             id,
@@ -677,6 +636,6 @@ impl ShardEngine {
 
     pub(super) fn bump_msg_counter(&mut self, msg_id: u64) {
         let counter = msg_id & ((1 << super::MSG_ID_SHARD_SHIFT) - 1);
-        self.next_msg_counter = self.next_msg_counter.max(counter + 1);
+        self.counters.next_msg_counter = self.counters.next_msg_counter.max(counter + 1);
     }
 }

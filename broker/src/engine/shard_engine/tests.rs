@@ -6,7 +6,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::engine::catalog::Catalog;
-use crate::engine::log::MemLog;
+use crate::engine::record::{PushRetry, TransferDone};
+use crate::engine::record_log::MemLog;
 
 fn engine() -> ShardEngine {
     ShardEngine::new(EngineConfig {
@@ -1008,8 +1009,8 @@ fn list_lengths(log: &MemLog, rtype: u8) -> Vec<usize> {
     log.iter()
         .filter(|(_, t, _)| *t == rtype)
         .map(|(_, t, p)| match Record::decode(t, p).expect("decodes") {
-            Record::TransferDone { ids } => ids.len(),
-            Record::PushRetry { entries } => entries.len(),
+            Record::TransferDone(TransferDone { ids }) => ids.len(),
+            Record::PushRetry(PushRetry { entries }) => entries.len(),
             other => panic!("unexpected {other:?}"),
         })
         .collect()

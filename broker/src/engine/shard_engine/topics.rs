@@ -18,8 +18,11 @@ use super::ShardEngine;
 use crate::engine::dedup;
 use crate::engine::error::EngineError;
 use crate::engine::filter;
-use crate::engine::log::{Durability, Log};
-use crate::engine::record::{transfer_kind, Record, SubscriptionDef, RECORD_IDS_MAX};
+use crate::engine::record::{
+    transfer_kind, Published, PushGaveUp, PushRetry, Record, Subscribed, SubscriptionDef, SubscriptionUpdated,
+    TopicCreated, TopicDeleted, TopicUpdated, Unsubscribed, RECORD_IDS_MAX,
+};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
 use crate::engine::ListedQueue;
@@ -103,8 +106,8 @@ impl ShardEngine {
             .check(u.msg_retention_seconds.map_or(TOPIC_MSG_RETENTION_SECONDS.default, u64::from))
             .map_err(invalid)? as u32;
         let filter_type = u.filter_type.unwrap_or_default().as_u8();
-        let uid = self.next_uid;
-        let rec = Record::TopicCreated {
+        let uid = self.counters.next_uid;
+        let rec = TopicCreated {
             uid,
             time_ms: now_ms,
             create_seq,
@@ -114,22 +117,13 @@ impl ShardEngine {
             name: name.to_owned(),
         };
         self.log_record(log, &rec, Durability::Synced)?;
-        self.apply_topic_created(uid, now_ms, create_seq, max_msg_size, retention_s, filter_type, name.to_owned());
+        self.apply_topic_created(rec);
         Ok(self.queue_id(uid))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_topic_created(
-        &mut self,
-        uid: u32,
-        time_ms: u64,
-        create_seq: u64,
-        max_msg_size: u32,
-        retention_s: u32,
-        filter_type: u8,
-        name: String,
-    ) {
-        self.next_uid = self.next_uid.max(uid + 1);
+    pub(super) fn apply_topic_created(&mut self, rec: TopicCreated) {
+        let TopicCreated { uid, time_ms, create_seq, max_msg_size, retention_s, filter_type, name } = rec;
+        self.counters.next_uid = self.counters.next_uid.max(uid + 1);
         if self.topics.contains_key(&uid) {
             return;
         }
@@ -154,7 +148,7 @@ impl ShardEngine {
     /// Deletes a topic, its subscriptions and their pending deliveries.
     pub fn delete_topic(&mut self, log: &mut impl Log, now_ms: u64, name: &str) -> Result<(), EngineError> {
         let uid = self.topic_uid(name)?;
-        self.log_record(log, &Record::TopicDeleted { uid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::TopicDeleted(TopicDeleted { uid, time_ms: now_ms }), Durability::Synced)?;
         self.apply_topic_deleted(uid);
         Ok(())
     }
@@ -162,8 +156,8 @@ impl ShardEngine {
     pub(super) fn apply_topic_deleted(&mut self, uid: u32) {
         if let Some(t) = self.topics.remove(&uid) {
             self.topic_by_name.remove(&t.name);
-            for id in self.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
-                self.outbox.remove(id);
+            for id in self.exchange.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
+                self.exchange.outbox.remove(id);
             }
         }
     }
@@ -188,21 +182,8 @@ impl ShardEngine {
         take: usize,
         visible: impl Fn(&str) -> bool,
     ) -> (u32, Vec<ListedQueue>) {
-        let mut matching: Vec<ListedQueue> = self
-            .topics
-            .values()
-            .filter(|t| t.name.starts_with(prefix) && t.name.contains(contains) && visible(&t.name))
-            .map(|t| ListedQueue {
-                create_seq: t.create_seq,
-                created_ms: t.created_ms,
-                queue_id: self.queue_id(t.uid),
-                name: t.name.clone(),
-            })
-            .collect();
-        let total = matching.len() as u32;
-        matching.sort_by_key(|l| (l.create_seq, l.created_ms, l.queue_id));
-        matching.truncate(take);
-        (total, matching)
+        let all = self.topics.values().map(|t| (t.uid, t.name.as_str(), t.create_seq, t.created_ms));
+        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
     }
 
     pub fn topic_info(&self, name: &str) -> Result<TopicInfo, EngineError> {
@@ -233,7 +214,7 @@ impl ShardEngine {
             let size = TOPIC_MAX_MSG_SIZE.check(u64::from(size)).map_err(invalid)? as u32;
             self.log_record(
                 log,
-                &Record::TopicUpdated { uid, time_ms: now_ms, max_msg_size: size },
+                &Record::TopicUpdated(TopicUpdated { uid, time_ms: now_ms, max_msg_size: size }),
                 Durability::Synced,
             )?;
             self.apply_topic_updated(uid, now_ms, size);
@@ -274,7 +255,7 @@ impl ShardEngine {
         if !r.dead_letter_queue.is_empty() {
             validate_name("deadLetterQueueName", &r.dead_letter_queue).map_err(invalid)?;
         }
-        let sid = self.next_sid;
+        let sid = self.counters.next_sid;
         let secret = self.keys.derive_secret(uid, sid, now_ms);
         let def = SubscriptionDef {
             name: r.subscription.clone(),
@@ -287,7 +268,7 @@ impl ShardEngine {
             dead_letter_queue: r.dead_letter_queue.clone(),
             secret,
         };
-        let rec = Record::Subscribed { uid, sid, time_ms: now_ms, def: def.clone() };
+        let rec = Record::Subscribed(Subscribed { uid, sid, time_ms: now_ms, def: def.clone() });
         self.log_record(log, &rec, Durability::Synced)?;
         self.apply_subscribed(uid, sid, now_ms, def);
         let push_secret = if r.protocol == SubscriptionProtocol::Queue { String::new() } else { hex(&secret) };
@@ -295,7 +276,7 @@ impl ShardEngine {
     }
 
     pub(super) fn apply_subscribed(&mut self, uid: u32, sid: u32, time_ms: u64, def: SubscriptionDef) {
-        self.next_sid = self.next_sid.max(sid + 1);
+        self.counters.next_sid = self.counters.next_sid.max(sid + 1);
         let Some(t) = self.topics.get_mut(&uid) else { return };
         if t.subscription_by_sid(sid).is_some() {
             return;
@@ -315,7 +296,7 @@ impl ShardEngine {
     pub fn unsubscribe(&mut self, log: &mut impl Log, now_ms: u64, topic: &str, name: &str) -> Result<(), EngineError> {
         let uid = self.topic_uid(topic)?;
         let sid = self.topics[&uid].subscription(name).ok_or_else(|| subscription_not_found(topic, name))?.sid;
-        self.log_record(log, &Record::Unsubscribed { uid, sid, time_ms: now_ms }, Durability::Synced)?;
+        self.log_record(log, &Record::Unsubscribed(Unsubscribed { uid, sid, time_ms: now_ms }), Durability::Synced)?;
         self.apply_unsubscribed(uid, sid);
         Ok(())
     }
@@ -325,8 +306,8 @@ impl ShardEngine {
             t.subscriptions.retain(|s| s.sid != sid);
         }
         let target = topic_target(uid, sid);
-        for id in self.outbox.deliveries_in(target..=target) {
-            self.outbox.remove(id);
+        for id in self.exchange.outbox.deliveries_in(target..=target) {
+            self.exchange.outbox.remove(id);
         }
     }
 
@@ -396,7 +377,7 @@ impl ShardEngine {
         let binding_keys = r.binding_keys.as_ref().map_or_else(|| s.def.binding_keys.clone(), |l| l.0.clone());
         filter::validate_tags("filterTag", &filter_tags).map_err(invalid)?;
         filter::validate_binding_keys("bindingKey", &binding_keys).map_err(invalid)?;
-        let rec = Record::SubscriptionUpdated {
+        let rec = SubscriptionUpdated {
             uid,
             sid: s.sid,
             time_ms: now_ms,
@@ -406,23 +387,12 @@ impl ShardEngine {
             binding_keys,
         };
         self.log_record(log, &rec, Durability::Synced)?;
-        if let Record::SubscriptionUpdated { sid, strategy, format, filter_tags, binding_keys, .. } = rec {
-            self.apply_subscription_updated(uid, sid, now_ms, strategy, format, filter_tags, binding_keys);
-        }
+        self.apply_subscription_updated(rec);
         self.subscription_info(&r.topic, &r.subscription)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_subscription_updated(
-        &mut self,
-        uid: u32,
-        sid: u32,
-        time_ms: u64,
-        strategy: u8,
-        format: u8,
-        filter_tags: Vec<String>,
-        binding_keys: Vec<String>,
-    ) {
+    pub(super) fn apply_subscription_updated(&mut self, rec: SubscriptionUpdated) {
+        let SubscriptionUpdated { uid, sid, time_ms, strategy, format, filter_tags, binding_keys } = rec;
         if let Some(s) = self.topics.get_mut(&uid).and_then(|t| t.subscription_by_sid(sid)) {
             s.def.strategy = strategy;
             s.def.format = format;
@@ -494,8 +464,8 @@ impl ShardEngine {
             .collect();
         let durability = self.topic_durability();
         let first_msg_id = self.alloc_msg_ids(bodies.len() as u64);
-        let first_transfer = self.outbox.next_id;
-        let rec = Record::Published {
+        let first_transfer = self.exchange.outbox.next_id;
+        let mut rec = Published {
             uid,
             first_msg_id,
             first_transfer,
@@ -516,10 +486,9 @@ impl ShardEngine {
                 at
             })
             .collect();
-        if let Record::Published { tags, routing_key, targets, keys, .. } = rec {
-            self.apply_published(uid, first_msg_id, first_transfer, now_ms, tags, routing_key, &targets, &spans);
-            self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
-        }
+        let keys = std::mem::take(&mut rec.keys);
+        self.apply_published(rec, &spans);
+        self.remember_published_keys(uid, first_msg_id, now_ms, &keys);
         Ok(dedup::answer(&fates, n, first_msg_id))
     }
 
@@ -530,21 +499,11 @@ impl ShardEngine {
     }
 
     /// One outbox entry per (body, target), ids `first_transfer..` in that order.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_published(
-        &mut self,
-        uid: u32,
-        first_msg_id: u64,
-        first_transfer: u64,
-        time_ms: u64,
-        tags: Vec<String>,
-        routing_key: String,
-        targets: &[u32],
-        bodies: &[(u64, u32)],
-    ) {
+    pub(super) fn apply_published<B>(&mut self, rec: Published<B>, bodies: &[(u64, u32)]) {
+        let Published { uid, first_msg_id, first_transfer, time_ms, tags, routing_key, targets, .. } = rec;
         self.bump_msg_counter(first_msg_id + bodies.len().saturating_sub(1) as u64);
         let n = (bodies.len() * targets.len()) as u64;
-        self.outbox.next_id = self.outbox.next_id.max(first_transfer + n);
+        self.exchange.outbox.next_id = self.exchange.outbox.next_id.max(first_transfer + n);
         let Some(t) = self.topics.get_mut(&uid) else { return };
         let topic = t.name.clone();
         for (i, (body_pos, body_len)) in bodies.iter().enumerate() {
@@ -564,7 +523,7 @@ impl ShardEngine {
                     (transfer_kind::PUSH, String::new())
                 };
                 let id = first_transfer + (i * targets.len() + j) as u64;
-                self.outbox.insert(
+                self.exchange.outbox.insert(
                     id,
                     OutboxEntry {
                         kind,
@@ -609,8 +568,8 @@ impl ShardEngine {
     /// Up to `max` pushes due now (the room the push pool has, at most
     /// `OUTBOX_DUE_PER_TURN_MAX` and its byte bound); marks them handed out.
     pub fn pushes_to_send(&mut self, now_ms: u64, max: usize) -> Vec<OutPush> {
-        self.pushes_paused_until = 0;
-        let due = self.outbox.take_due(now_ms, Lane::Push, max, PUSH_IN_FLIGHT_MS);
+        self.exchange.pushes_paused_until = 0;
+        let due = self.exchange.outbox.take_due(now_ms, Lane::Push, max, PUSH_IN_FLIGHT_MS);
         due.into_iter()
             .filter_map(|(id, e)| {
                 let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
@@ -643,7 +602,7 @@ impl ShardEngine {
         let mut done = Vec::new();
         let mut retries = Vec::new();
         for (id, r) in results {
-            let Some(e) = self.outbox.get(*id) else { continue };
+            let Some(e) = self.exchange.outbox.get(*id) else { continue };
             match r {
                 PushResult::Delivered => done.push(*id),
                 PushResult::Rejected(reason) => {
@@ -677,7 +636,7 @@ impl ShardEngine {
         // Records of at most RECORD_IDS_MAX entries: one turn may take
         // every outcome of a full pool.
         for chunk in retries.chunks(RECORD_IDS_MAX) {
-            match self.log_record(log, &Record::PushRetry { entries: chunk.to_vec() }, Durability::Written) {
+            match self.log_record(log, &Record::PushRetry(PushRetry { entries: chunk.to_vec() }), Durability::Written) {
                 Ok(_) => self.apply_push_retry(chunk),
                 Err(e) => log::warn!("cannot log push retries: {}", e.message),
             }
@@ -688,7 +647,7 @@ impl ShardEngine {
     /// The push pool had no room for this push after all: it is due again
     /// (not an attempt), once the pool has room.
     pub fn push_not_sent(&mut self, id: u64, now_ms: u64) {
-        self.outbox.send_at(id, now_ms);
+        self.exchange.outbox.send_at(id, now_ms);
         self.push_pool_full(now_ms);
     }
 
@@ -696,12 +655,12 @@ impl ShardEngine {
     /// (it wakes the loop) or `PUSH_POOL_FULL_RETRY_MS` pass; nothing is
     /// done per push meanwhile.
     pub fn push_pool_full(&mut self, now_ms: u64) {
-        self.pushes_paused_until = now_ms + PUSH_POOL_FULL_RETRY_MS;
+        self.exchange.pushes_paused_until = now_ms + PUSH_POOL_FULL_RETRY_MS;
     }
 
     pub(super) fn apply_push_retry(&mut self, entries: &[(u64, u32, u64)]) {
         for (id, attempt, next_ms) in entries {
-            self.outbox.update(*id, |e| {
+            self.exchange.outbox.update(*id, |e| {
                 e.attempts = *attempt;
                 e.next_send_ms = *next_ms;
             });
@@ -712,14 +671,14 @@ impl ShardEngine {
     /// goes to the subscription's dead-letter queue if it has one, anything
     /// else is dropped and counted.
     fn give_up_delivery(&mut self, log: &mut impl Log, now_ms: u64, id: u64) {
-        match self.log_record(log, &Record::PushGaveUp { id, time_ms: now_ms }, Durability::Written) {
+        match self.log_record(log, &Record::PushGaveUp(PushGaveUp { id, time_ms: now_ms }), Durability::Written) {
             Ok(_) => self.apply_push_gave_up(id, now_ms),
             Err(e) => log::warn!("cannot log a dropped delivery: {}", e.message),
         }
     }
 
     pub(super) fn apply_push_gave_up(&mut self, id: u64, time_ms: u64) {
-        let Some(e) = self.outbox.get(id) else { return };
+        let Some(e) = self.exchange.outbox.get(id) else { return };
         let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
         let dlq = self
             .topics
@@ -728,7 +687,7 @@ impl ShardEngine {
             .map(|s| s.def.dead_letter_queue.clone())
             .unwrap_or_default();
         if e.kind == transfer_kind::PUSH && !dlq.is_empty() {
-            self.outbox.update(id, |e| {
+            self.exchange.outbox.update(id, |e| {
                 e.kind = transfer_kind::PUBLISH;
                 e.dst_queue = dlq;
                 e.next_send_ms = time_ms;
@@ -736,7 +695,7 @@ impl ShardEngine {
             });
             return;
         }
-        if let Some(e) = self.outbox.remove(id) {
+        if let Some(e) = self.exchange.outbox.remove(id) {
             self.topic_delivery_done(&e, false);
         }
     }
@@ -755,7 +714,7 @@ impl ShardEngine {
             let Some(cutoff) = now_ms.checked_sub(u64::from(t.retention_s) * 1000) else { continue };
             for s in &t.subscriptions {
                 let left = max - expired.len();
-                expired.extend(self.outbox.deliveries_to(topic_target(uid, s.sid), cutoff, left));
+                expired.extend(self.exchange.outbox.deliveries_to(topic_target(uid, s.sid), cutoff, left));
             }
             if expired.len() >= max {
                 break;
@@ -769,7 +728,7 @@ impl ShardEngine {
 
     /// Deliveries pending per shard (for metrics and tests).
     pub fn pending_deliveries(&self) -> usize {
-        self.outbox.deliveries()
+        self.exchange.outbox.deliveries()
     }
 }
 

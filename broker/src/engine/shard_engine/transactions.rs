@@ -9,9 +9,9 @@ use cmq_protocol::{ErrorCode, TxDefault};
 
 use super::ShardEngine;
 use crate::engine::error::EngineError;
-use crate::engine::log::{Durability, Log};
 use crate::engine::message_index::MsgState;
-use crate::engine::record::Record;
+use crate::engine::record::{HalfEnqueued, Record, TxChecked, TxEnded};
+use crate::engine::record_log::{Durability, Log};
 use crate::engine::suffix;
 
 /// A check the shard pushes to a checker of `group`.
@@ -47,7 +47,7 @@ impl ShardEngine {
         let check_at_ms = now_ms + u64::from(q.attrs.first_query_interval) * 1000;
         let durability = Self::data_durability(q.attrs.flush_policy);
         let msg_id = self.alloc_msg_ids(1);
-        let rec = Record::HalfEnqueued {
+        let rec = HalfEnqueued {
             uid,
             seq,
             msg_id,
@@ -57,7 +57,7 @@ impl ShardEngine {
             suffix: suffix::encode_group(group),
         };
         let (pos, offset) = self.log_record(log, &rec, durability)?;
-        self.apply_half_enqueued(uid, seq, msg_id, now_ms, check_at_ms, pos + u64::from(offset), body.len() as u32);
+        self.apply_half_enqueued(&rec, pos + u64::from(offset), body.len() as u32);
         Ok(msg_id)
     }
 
@@ -81,7 +81,7 @@ impl ShardEngine {
             },
         )?;
         let durability = Self::data_durability(q.attrs.flush_policy);
-        self.log_record(log, &Record::TxEnded { uid, seq, commit, time_ms: now_ms }, durability)?;
+        self.log_record(log, &Record::TxEnded(TxEnded { uid, seq, commit, time_ms: now_ms }), durability)?;
         self.apply_tx_ended(uid, seq, commit, now_ms);
         Ok(())
     }
@@ -111,20 +111,23 @@ impl ShardEngine {
                     e.msg_id,
                     default.as_str()
                 );
-                if self.log_record(log, &Record::TxEnded { uid, seq, commit, time_ms: now_ms }, durability).is_ok() {
+                if self
+                    .log_record(log, &Record::TxEnded(TxEnded { uid, seq, commit, time_ms: now_ms }), durability)
+                    .is_ok()
+                {
                     self.apply_tx_ended(uid, seq, commit, now_ms);
                     continue;
                 }
             } else {
                 let next_ms = now_ms + interval_ms;
                 // Losing this only means one more check after a crash.
-                let rec = Record::TxChecked { uid, seq, count, next_ms };
+                let rec = Record::TxChecked(TxChecked { uid, seq, count, next_ms });
                 if self.log_record(log, &rec, Durability::Written).is_ok() {
                     if let Some(q) = self.queues.get_mut(&uid) {
                         q.apply_tx_checked(seq, count, next_ms);
                     }
                     match suffix::read_group(log, &e) {
-                        Ok(group) => self.checks.push(CheckDue {
+                        Ok(group) => self.schedule.checks.push(CheckDue {
                             queue: name.clone(),
                             msg_id: e.msg_id,
                             group,
@@ -148,6 +151,6 @@ impl ShardEngine {
 
     /// Checks to push to checkers, produced by the last ticks.
     pub fn take_checks(&mut self) -> Vec<CheckDue> {
-        std::mem::take(&mut self.checks)
+        std::mem::take(&mut self.schedule.checks)
     }
 }
