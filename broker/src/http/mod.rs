@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::process::ProcessStart;
 use crate::shard::Shared;
-pub use bridge::ShardBridge;
+pub use bridge::{ShardBridge, Unanswered};
 use router::{AllowAll, Endpoint, Reply, Router};
 
 /// HTTP connections served at once; more are closed at accept (scrapers
@@ -47,6 +47,8 @@ pub struct HttpContext {
     pub bridge: ShardBridge,
     pub start: ProcessStart,
     pub router: Router,
+    /// The CMQ API 2.0 gateway (`/v2/index.php`).
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// The running HTTP port.
@@ -70,7 +72,7 @@ impl HttpServer {
             .context("starting the HTTP runtime")?;
         let router = Router::new(shared.cfg.fault_http_hooks, Arc::new(AllowAll));
         let bridge = ShardBridge::new(shared.peers.clone());
-        let ctx = Arc::new(HttpContext { shared, bridge, start, router });
+        let ctx = Arc::new(HttpContext { shared, bridge, start, router, gateway: Default::default() });
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("cmq-http".into())
@@ -144,10 +146,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) 
 }
 
 async fn handle(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
-    // No route reads a body.
-    let (parts, _body) = req.into_parts();
+    // Only the CMQ API reads a body.
+    let (parts, body) = req.into_parts();
     match ctx.router.route(&parts) {
         Err(reply) => *reply,
+        Ok(Endpoint::CmqApi) => crate::gateway::serve(ctx, parts, body).await,
         Ok(Endpoint::Metrics) => scrape::metrics(ctx, &parts).await,
         Ok(Endpoint::Healthz) => health::healthz(ctx).await,
         Ok(Endpoint::Readyz) => health::readyz(ctx).await,

@@ -153,7 +153,7 @@ impl Shard {
         if owner == self.id {
             self.execute(reply_to, request_id, request, now);
         } else {
-            if let Some(conn) = self.conns.get_mut(reply_to.conn.token) {
+            if let Some(conn) = self.conns.get_mut(reply_to.conn.token).filter(|_| reply_to.shard == self.id) {
                 conn.mark_forwarded(owner);
             }
             self.forward_out[usize::from(owner)].push(Forwarded { reply_to, request_id, request });
@@ -582,6 +582,9 @@ impl Shard {
     /// output, or this turn's batch for the peer that owns the connection.
     /// A reply for a connection that has gone goes to a scratch buffer.
     fn reply_buf(&mut self, to: ReplyTo) -> &mut Vec<u8> {
+        if to.shard == super::external::EXTERNAL_SHARD {
+            return self.external_buf();
+        }
         if to.shard == self.id {
             match self.conns.get_mut(to.conn.token) {
                 // A connection over its output bound (shed) gets no more answers.
@@ -603,7 +606,9 @@ impl Shard {
     }
 
     fn reply_done_with(&mut self, to: ReplyTo, start: usize, need: crate::shard::release::Need) {
-        if to.shard == self.id {
+        if to.shard == super::external::EXTERNAL_SHARD {
+            self.external_done(to, start, need);
+        } else if to.shard == self.id {
             self.hold_conn(to.conn, need);
             self.answered(to.conn);
         } else {

@@ -15,6 +15,7 @@ mod conn;
 mod coordination;
 mod dispatch;
 mod exchange;
+pub mod external;
 mod forward;
 pub mod mailbox;
 mod release;
@@ -118,6 +119,8 @@ pub struct Shared {
     pub acceptor: std::sync::OnceLock<crate::cluster::PeerAcceptor>,
     /// Client keys (published by shard 0), failure backoff and counts.
     pub auth: crate::auth::Auth,
+    /// Requests from the HTTP gateway awaiting their answers (`external.rs`).
+    pub external: external::Registry,
 }
 
 impl Shared {
@@ -219,6 +222,8 @@ pub struct Shard {
     remote_need: Need,
     /// Push frames for peers' connections produced this turn, per peer.
     push_out: Vec<ReplyBatch>,
+    /// Answers to external requests produced this turn (`external.rs`).
+    external_out: ReplyBatch,
     /// Other messages to peers that must wait for this turn's records
     /// (transfers, transfer verdicts).
     turn_msgs: Vec<(u16, ShardMsg)>,
@@ -379,6 +384,7 @@ impl Shard {
             remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
             remote_need: Need::NONE,
             push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+            external_out: ReplyBatch::default(),
             turn_msgs: Vec::new(),
             staged: HoldQueue::default(),
             forward_out: (0..peers).map(|_| Vec::new()).collect(),
@@ -1138,6 +1144,7 @@ impl Shard {
                 }
                 ShardMsg::Stats(req) => self.answer_stats(req, now),
                 ShardMsg::Stall { ms } => self.stall(ms),
+                ShardMsg::External(r) => self.take_external(r, now),
             }
         }
     }
@@ -1215,6 +1222,9 @@ impl Shard {
     }
 
     fn send_to(&mut self, shard: u16, msg: ShardMsg) {
+        if shard == external::EXTERNAL_SHARD {
+            return self.deliver_external(msg);
+        }
         if let Err(msg) = self.shared.peers[usize::from(shard)].send(msg) {
             self.unsent.push((shard, msg));
         }
@@ -1321,6 +1331,7 @@ impl Shard {
                 msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.push_out[peer]))));
             }
         }
+        msgs.extend(self.external_turn_msg());
         if !msgs.is_empty() {
             self.staged_reply_bytes += reply_bytes(&msgs);
             self.staged.push(need, msgs);
