@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster cluster-bench test test-only sim tools lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench test test-only sim tools sdk-venv lint fmt bench install clean package package-test
 
 all: build
 
@@ -27,7 +27,7 @@ cluster: build
 ## test: lint, then every unit, property and integration test
 test: lint test-only
 
-test-only: tools
+test-only: tools sdk-venv
 	$(CARGO) build --locked --bins
 ifneq ($(NEXTEST),)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
@@ -67,6 +67,14 @@ package:
 ## package-test: install the package into a scratch root and run it
 package-test: package
 	deploy/package-test.sh
+
+## sdk-venv: the real CMQ Python SDK (qcloud-cmq-sdk-py3 0.1, from PyPI) in
+## a virtual environment, for the gateway's conformance test (tests/tests/cmq_sdk.rs)
+SDK_VENV := .venv-cmq-sdk
+sdk-venv:
+	@test -x $(SDK_VENV)/bin/python && $(SDK_VENV)/bin/python -c 'import cmq.account' 2>/dev/null || { \
+	    echo "installing the CMQ Python SDK into $(SDK_VENV)"; \
+	    python3 -m venv $(SDK_VENV) && $(SDK_VENV)/bin/pip install -q qcloud-cmq-sdk-py3==0.1; }
 
 ## lint: formatting and clippy, warnings are errors
 lint:
