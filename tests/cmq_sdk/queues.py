@@ -10,6 +10,7 @@ Prints one line per check; exits non-zero at the first failure.
 """
 
 import sys
+import threading
 import time
 
 from cmq.account import Account
@@ -97,7 +98,25 @@ def messages(acc, q):
     check("long poll -> 7000 after the wait", e.code == 7000 and 1.8 <= waited < 6, (e.code, waited))
     e = error_of(q.batch_receive_message, 4, 1)
     check("BatchReceiveMessage empty -> 7000", e.code == 7000, e.code)
-    # A long poll answered by a send from another client.
+    # A parked long poll holds up nobody: another connection's send is
+    # served at once and answers the poll.
+    result = {}
+
+    def poll():
+        t0 = time.time()
+        m = account().get_queue("sdkq").receive_message(10)
+        result["poll"] = (m.msgBody, time.time() - t0)
+        account().get_queue("sdkq").delete_message(m.receiptHandle)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.5)  # let the poll park (if it has not, it still gets the message)
+    t0 = time.time()
+    q.send_message(Message("wake"))
+    sent_in = time.time() - t0
+    poller.join(15)
+    body, waited = result.get("poll", (None, None))
+    check("long poll answered by a send", body == "wake" and waited < 5 and sent_in < 2, (result, sent_in))
     # Batch send / receive / delete with one bad handle.
     ids = [x.msgId for x in q.batch_send_message([Message("b%d" % i) for i in range(3)])]
     got = q.batch_receive_message(16, 0)

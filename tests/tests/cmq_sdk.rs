@@ -33,6 +33,24 @@ const NO_SEND_POLICY: &str = r#"{"version":"2.0","statement":[
     {"effect":"allow","action":["cmq:*"],"resource":["*"]},
     {"effect":"deny","action":["cmq:SendMessage"],"resource":["*"]}]}"#;
 
+/// Runs an SDK script with these arguments; asserts it passed at least `checks` checks.
+fn run_sdk_script(name: &str, args: &[&str], checks: usize) {
+    let cwd = tempfile::tempdir().expect("tmp"); // the SDK writes its log file into the working directory
+    let out = Command::new(sdk_python())
+        .arg(script(name))
+        .args(args)
+        .current_dir(cwd.path())
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "SDK conformance ({name}) failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= checks, "{stdout}");
+}
+
 fn create_queue(c: &mut Client, name: &str) {
     let r = c.call(&Request::CreateQueue(CreateQueue { queue: name.into(), attributes: Default::default() }));
     assert!(matches!(r, Ok(Response::CreateQueue(_))), "{r:?}");
@@ -40,7 +58,6 @@ fn create_queue(c: &mut Client, name: &str) {
 
 #[test]
 fn python_sdk_queue_actions_conform() {
-    let python = sdk_python();
     let b = AdminBroker::start(&[]);
     let http = b.broker.http_addr.expect("HTTP port");
     let creds = Credentials::new(&b.secret_id, &b.secret_key);
@@ -52,20 +69,9 @@ fn python_sdk_queue_actions_conform() {
     let send = SendMessage { queue: "mixin".into(), body: Bytes::from_static(b"from-binary"), ..Default::default() };
     assert!(matches!(admin.call(&Request::SendMessage(send)), Ok(Response::SendMessage(_))));
 
-    let cwd = tempfile::tempdir().expect("tmp"); // the SDK writes its log file into the working directory
-    let out = Command::new(python)
-        .arg(script("queues.py"))
-        .args([&format!("http://{http}"), &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key])
-        .current_dir(cwd.path())
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "SDK conformance failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 40, "{stdout}");
+    let endpoint = format!("http://{http}");
+    let args = [endpoint.as_str(), &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key];
+    run_sdk_script("queues.py", &args, 40);
 
     // HTTP -> binary.
     let recv = ReceiveMessage { queue: "mixout".into(), polling_wait_seconds: Some(0) };
@@ -73,4 +79,11 @@ fn python_sdk_queue_actions_conform() {
         Ok(Response::ReceiveMessage(m)) => assert_eq!(&m.body[..], b"from-http"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn python_sdk_topic_and_subscription_actions_conform() {
+    let b = AdminBroker::start(&[]);
+    let endpoint = format!("http://{}", b.broker.http_addr.expect("HTTP port"));
+    run_sdk_script("topics.py", &[&endpoint, &b.secret_id, &b.secret_key], 25);
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cmq_protocol::limits::{BATCH_MSGS_MAX, POLLING_WAIT_SECONDS_MAX};
+use cmq_protocol::limits::{BATCH_MSGS_MAX, POLLING_WAIT_SECONDS_MAX, TOPIC_FILTERS_MAX, TOPIC_TAGS_MAX};
 use cmq_protocol::*;
 use serde_json::{json, Map, Value};
 
@@ -19,6 +19,10 @@ pub const ANSWER_WAIT_MARGIN: Duration = Duration::from_secs(8);
 /// `ListQueue`/`ListTopic` page size: default and largest (CMQ's).
 pub const LIST_LIMIT_DEFAULT: u64 = 20;
 pub const LIST_LIMIT_MAX: u64 = 50;
+
+/// `ListSubscriptionByTopic`: largest offset and page (CMQ's).
+pub const SUBSCRIPTION_OFFSET_MAX: u64 = 1000;
+pub const SUBSCRIPTION_LIMIT_MAX: u64 = 100;
 
 /// A request ready for the broker, and what its answer needs.
 pub struct Call {
@@ -59,6 +63,19 @@ pub const ACTIONS: &[&str] = &[
     "BatchReceiveMessage",
     "DeleteMessage",
     "BatchDeleteMessage",
+    "CreateTopic",
+    "DeleteTopic",
+    "ListTopic",
+    "GetTopicAttributes",
+    "SetTopicAttributes",
+    "PublishMessage",
+    "BatchPublishMessage",
+    "Subscribe",
+    "Unsubscribe",
+    "ListSubscriptionByTopic",
+    "GetSubscriptionAttributes",
+    "SetSubscriptionAttributes",
+    "ClearSubscriptionFilterTags",
 ];
 
 /// The canonical name of action `name` (any case), or the unknown-action error.
@@ -142,8 +159,110 @@ pub fn build(action: &str, p: &Params) -> Result<Call, ApiError> {
             let r = Request::BatchDeleteMessage(BatchDeleteMessage { queue: queue()?, receipt_handles });
             Ok(Call { request: r, wait_secs: 0, handles })
         }
+        other => topic_action(other, p),
+    }
+}
+
+/// Topic and subscription actions (spec §5.3, §5.4).
+fn topic_action(action: &str, p: &Params) -> Result<Call, ApiError> {
+    let topic = || p.required("topicName").map(str::to_owned);
+    let subscription = || p.required("subscriptionName").map(str::to_owned);
+    let tags = |name: &str| {
+        p.list(name, TOPIC_TAGS_MAX.max(TOPIC_FILTERS_MAX)).map(|v| StrList(v.into_iter().map(str::to_owned).collect()))
+    };
+    match action {
+        "CreateTopic" => {
+            let filter_type = match p.int("filterType", 1, 2)? {
+                None => None,
+                Some(1) => Some(FilterType::Tag),
+                Some(_) => Some(FilterType::RoutingKey),
+            };
+            let attributes = TopicAttributesUpdate {
+                max_msg_size: p.u32("maxMsgSize")?,
+                msg_retention_seconds: p.u32("msgRetentionSeconds")?,
+                filter_type,
+            };
+            Call::plain(Request::CreateTopic(CreateTopic { topic: topic()?, attributes }))
+        }
+        "DeleteTopic" => Call::plain(Request::DeleteTopic(DeleteTopic { topic: topic()? })),
+        "ListTopic" => {
+            let (offset, limit) = page(p)?;
+            let contains = p.get("searchWord").unwrap_or_default().to_owned();
+            Call::plain(Request::ListTopics(ListTopics { prefix: String::new(), contains, offset, limit }))
+        }
+        "GetTopicAttributes" => Call::plain(Request::GetTopicAttributes(GetTopicAttributes { topic: topic()? })),
+        "SetTopicAttributes" => Call::plain(Request::SetTopicAttributes(SetTopicAttributes {
+            topic: topic()?,
+            max_msg_size: p.u32("maxMsgSize")?,
+        })),
+        "PublishMessage" => Call::plain(Request::PublishMessage(PublishMessage {
+            topic: topic()?,
+            body: body(p.required("msgBody")?)?,
+            tags: tags("msgTag")?,
+            routing_key: p.get("routingKey").unwrap_or_default().to_owned(),
+            idempotency_key: Default::default(),
+        })),
+        "BatchPublishMessage" => {
+            let bodies = p.list("msgBody", BATCH_MSGS_MAX)?;
+            if bodies.is_empty() {
+                return Err(ApiError::param(module::MISSING_PARAMETER, "missing parameter msgBody.n"));
+            }
+            Call::plain(Request::BatchPublishMessage(BatchPublishMessage {
+                topic: topic()?,
+                bodies: bodies.into_iter().map(body).collect::<Result<_, _>>()?,
+                tags: tags("msgTag")?,
+                routing_key: p.get("routingKey").unwrap_or_default().to_owned(),
+                idempotency_keys: Vec::new(),
+            }))
+        }
+        "Subscribe" => Call::plain(Request::Subscribe(Subscribe {
+            topic: topic()?,
+            subscription: subscription()?,
+            protocol: choice(p.required("protocol")?)?,
+            endpoint: p.required("endpoint")?.to_owned(),
+            notify_strategy: p.get("notifyStrategy").map(choice).transpose()?.unwrap_or_default(),
+            notify_content_format: p.get("notifyContentFormat").map(choice).transpose()?.unwrap_or_default(),
+            filter_tags: tags("filterTag")?,
+            binding_keys: tags("bindingKey")?,
+            dead_letter_queue: String::new(),
+        })),
+        "Unsubscribe" => {
+            Call::plain(Request::Unsubscribe(Unsubscribe { topic: topic()?, subscription: subscription()? }))
+        }
+        "ListSubscriptionByTopic" => {
+            let offset = p.int("offset", 0, SUBSCRIPTION_OFFSET_MAX)?.unwrap_or(0) as u32;
+            let limit = p.int("limit", 0, SUBSCRIPTION_LIMIT_MAX)?.unwrap_or(LIST_LIMIT_DEFAULT) as u32;
+            let contains = p.get("searchWord").unwrap_or_default().to_owned();
+            Call::plain(Request::ListSubscriptions(ListSubscriptions { topic: topic()?, contains, offset, limit }))
+        }
+        "GetSubscriptionAttributes" => Call::plain(Request::GetSubscriptionAttributes(GetSubscriptionAttributes {
+            topic: topic()?,
+            subscription: subscription()?,
+        })),
+        "SetSubscriptionAttributes" => {
+            let present = |l: StrList| (!l.0.is_empty()).then_some(l);
+            Call::plain(Request::SetSubscriptionAttributes(SetSubscriptionAttributes {
+                topic: topic()?,
+                subscription: subscription()?,
+                notify_strategy: p.get("notifyStrategy").map(choice).transpose()?,
+                notify_content_format: p.get("notifyContentFormat").map(choice).transpose()?,
+                filter_tags: present(tags("filterTag")?),
+                binding_keys: present(tags("bindingKey")?),
+            }))
+        }
+        "ClearSubscriptionFilterTags" => {
+            Call::plain(Request::ClearSubscriptionFilterTags(ClearSubscriptionFilterTags {
+                topic: topic()?,
+                subscription: subscription()?,
+            }))
+        }
         other => Err(ApiError::param(module::UNKNOWN_ACTION, format!("action {other:?} is not supported"))),
     }
+}
+
+/// One of an enumeration's names (case-insensitive).
+fn choice<T: std::str::FromStr<Err = String>>(v: &str) -> Result<T, ApiError> {
+    v.parse().map_err(|e: String| ApiError::param(module::VALUE_ERROR, e))
 }
 
 fn body(s: &str) -> Result<bytes::Bytes, ApiError> {
@@ -204,6 +323,37 @@ pub fn answer(call: &Call, resp: Response) -> Result<Map<String, Value>, (ApiErr
             put(&mut m, "msgInfoList", Value::Array(list));
         }
         Response::BatchDeleteMessage(r) => return batch_delete(call, &r.results),
+        Response::CreateTopic(r) => put(&mut m, "topicId", json!(topic_id(r.topic_id))),
+        Response::ListTopics(r) => {
+            let list: Vec<Value> =
+                r.topics.iter().map(|t| json!({"topicId": topic_id(t.topic_id), "topicName": t.topic})).collect();
+            put(&mut m, "totalCount", json!(r.total));
+            put(&mut m, "topicList", Value::Array(list));
+        }
+        Response::GetTopicAttributes(t) => topic_info(&mut m, &t),
+        Response::PublishMessage(r) => put(&mut m, "msgId", json!(r.msg_id.to_string())),
+        Response::BatchPublishMessage(r) => {
+            let list: Vec<Value> = r.msg_ids.iter().map(|id| json!({"msgId": id.to_string()})).collect();
+            put(&mut m, "msgList", Value::Array(list));
+        }
+        Response::Subscribe(r) => put(&mut m, "subscriptionId", json!(subscription_id(r.subscription_id))),
+        Response::ListSubscriptions(r) => {
+            let list: Vec<Value> = r
+                .subscriptions
+                .iter()
+                .map(|s| {
+                    json!({
+                        "subscriptionId": subscription_id(s.subscription_id),
+                        "subscriptionName": s.subscription,
+                        "protocol": s.protocol.as_str(),
+                        "endpoint": s.endpoint,
+                    })
+                })
+                .collect();
+            put(&mut m, "totalCount", json!(r.total));
+            put(&mut m, "subscriptionList", Value::Array(list));
+        }
+        Response::GetSubscriptionAttributes(s) => subscription_info(&mut m, &s),
         _ => {}
     }
     Ok(m)
@@ -215,6 +365,60 @@ fn put(m: &mut Map<String, Value>, k: &str, v: Value) {
 
 fn queue_id(id: u64) -> String {
     format!("queue-{id}")
+}
+
+fn topic_id(id: u64) -> String {
+    format!("topic-{id}")
+}
+
+fn subscription_id(id: u64) -> String {
+    format!("subscription-{id}")
+}
+
+fn topic_info(m: &mut Map<String, Value>, t: &TopicInfo) {
+    extend(
+        m,
+        json!({
+            "topicId": topic_id(t.topic_id),
+            "topicName": t.topic,
+            "msgCount": t.msg_count,
+            "maxMsgSize": t.max_msg_size,
+            "msgRetentionSeconds": t.msg_retention_seconds,
+            "createTime": secs(t.create_time_ms),
+            "lastModifyTime": secs(t.last_modify_time_ms),
+            "filterType": t.filter_type.as_u8(),
+        }),
+    );
+}
+
+/// Both spellings the SDKs read: `protocol`/`protocal`, `filterTag`/`filterTags`.
+fn subscription_info(m: &mut Map<String, Value>, s: &SubscriptionInfo) {
+    extend(
+        m,
+        json!({
+            "subscriptionId": subscription_id(s.subscription_id),
+            "subscriptionName": s.subscription,
+            "topicName": s.topic,
+            "topicOwner": "",
+            "msgCount": s.msg_count,
+            "protocol": s.protocol.as_str(),
+            "protocal": s.protocol.as_str(),
+            "endpoint": s.endpoint,
+            "notifyStrategy": s.notify_strategy.as_str(),
+            "notifyContentFormat": s.notify_content_format.as_str(),
+            "createTime": secs(s.create_time_ms),
+            "lastModifyTime": secs(s.last_modify_time_ms),
+            "filterTag": s.filter_tags.0,
+            "filterTags": s.filter_tags.0,
+            "bindingKey": s.binding_keys.0,
+        }),
+    );
+}
+
+fn extend(m: &mut Map<String, Value>, fields: Value) {
+    if let Value::Object(f) = fields {
+        m.extend(f);
+    }
 }
 
 fn secs(ms: u64) -> u64 {
