@@ -9,6 +9,7 @@ The queue "mixin" holds one message sent over the binary protocol
 Prints one line per check; exits non-zero at the first failure.
 """
 
+import json
 import sys
 import threading
 import time
@@ -88,6 +89,14 @@ def messages(acc, q):
     check("redelivery after visibilityTimeout",
           (again.msgId, again.dequeueCount) == (m.msgId, 2) and again.receiptHandle != m.receiptHandle, str(again))
     check("stale handle -> 4430", error_of(q.delete_message, m.receiptHandle).code == 4430)
+    # ChangeMessageVisibility (spec 5.5, not in the SDK): the handle stays valid.
+    client = acc.get_client()
+    resp = client.request("ChangeMessageVisibility", {"queueName": "sdkq", "receiptHandle": again.receiptHandle,
+                                                       "visibilityTimeout": 60})
+    client.check_status(resp)
+    changed = json.loads(resp.data)
+    check("ChangeMessageVisibility", changed["receiptHandle"] == again.receiptHandle
+          and changed["nextVisibleTime"] >= time.time() + 50, changed)
     q.delete_message(again.receiptHandle)
     check("deleted twice -> 4430", error_of(q.delete_message, again.receiptHandle).code == 4430)
     check("malformed handle -> 4430", error_of(q.delete_message, "not-a-handle").code == 4430)

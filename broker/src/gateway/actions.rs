@@ -63,6 +63,7 @@ pub const ACTIONS: &[&str] = &[
     "BatchReceiveMessage",
     "DeleteMessage",
     "BatchDeleteMessage",
+    "ChangeMessageVisibility",
     "CreateTopic",
     "DeleteTopic",
     "ListTopic",
@@ -142,10 +143,7 @@ pub fn build(action: &str, p: &Params) -> Result<Call, ApiError> {
             Ok(Call { request: r, wait_secs: wait.unwrap_or(POLLING_WAIT_SECONDS_MAX), handles: Vec::new() })
         }
         "DeleteMessage" => {
-            let given = p.required("receiptHandle")?;
-            let receipt_handle = given
-                .parse()
-                .map_err(|e: String| ApiError::new(code::RECEIPT_HANDLE_INVALID, module::VALUE_ERROR, e))?;
+            let receipt_handle = handle(p.required("receiptHandle")?)?;
             Call::plain(Request::DeleteMessage(DeleteMessage { queue: queue()?, receipt_handle }))
         }
         "BatchDeleteMessage" => {
@@ -158,6 +156,17 @@ pub fn build(action: &str, p: &Params) -> Result<Call, ApiError> {
             let receipt_handles = parsed.into_iter().flatten().collect();
             let r = Request::BatchDeleteMessage(BatchDeleteMessage { queue: queue()?, receipt_handles });
             Ok(Call { request: r, wait_secs: 0, handles })
+        }
+        "ChangeMessageVisibility" => {
+            let receipt_handle = handle(p.required("receiptHandle")?)?;
+            let t = p.int("visibilityTimeout", 0, u64::from(u32::MAX))?;
+            let t =
+                t.ok_or_else(|| ApiError::param(module::MISSING_PARAMETER, "missing parameter visibilityTimeout"))?;
+            Call::plain(Request::ChangeMessageVisibility(ChangeMessageVisibility {
+                queue: queue()?,
+                receipt_handle,
+                visibility_timeout: t as u32,
+            }))
         }
         other => topic_action(other, p),
     }
@@ -265,6 +274,11 @@ fn choice<T: std::str::FromStr<Err = String>>(v: &str) -> Result<T, ApiError> {
     v.parse().map_err(|e: String| ApiError::param(module::VALUE_ERROR, e))
 }
 
+/// A receipt handle; a malformed one is an invalid handle (4430), as CMQ answers.
+fn handle(s: &str) -> Result<ReceiptHandle, ApiError> {
+    s.parse().map_err(|e: String| ApiError::new(code::RECEIPT_HANDLE_INVALID, module::VALUE_ERROR, e))
+}
+
 fn body(s: &str) -> Result<bytes::Bytes, ApiError> {
     if s.is_empty() {
         return Err(ApiError::param(module::OUT_OF_RANGE, "msgBody: empty"));
@@ -323,6 +337,10 @@ pub fn answer(call: &Call, resp: Response) -> Result<Map<String, Value>, (ApiErr
             put(&mut m, "msgInfoList", Value::Array(list));
         }
         Response::BatchDeleteMessage(r) => return batch_delete(call, &r.results),
+        Response::ChangeMessageVisibility(r) => {
+            put(&mut m, "receiptHandle", json!(r.receipt_handle.to_string()));
+            put(&mut m, "nextVisibleTime", json!(secs(r.next_visible_time_ms)));
+        }
         Response::CreateTopic(r) => put(&mut m, "topicId", json!(topic_id(r.topic_id))),
         Response::ListTopics(r) => {
             let list: Vec<Value> =
