@@ -24,6 +24,9 @@ pub const LIST_LIMIT_MAX: u64 = 50;
 pub const SUBSCRIPTION_OFFSET_MAX: u64 = 1000;
 pub const SUBSCRIPTION_LIMIT_MAX: u64 = 100;
 
+/// An action's JSON fields, or its error (with fields of its own: BatchDeleteMessage's `errorList`).
+pub type Answer = Result<Map<String, Value>, (ApiError, Map<String, Value>)>;
+
 /// A request ready for the broker, and what its answer needs.
 pub struct Call {
     pub request: Request,
@@ -39,7 +42,7 @@ impl Call {
     }
 
     /// BatchDeleteMessage where no handle parses: answered without the broker.
-    pub fn answer_here(&self) -> Option<Result<Map<String, Value>, (ApiError, Map<String, Value>)>> {
+    pub fn answer_here(&self) -> Option<Answer> {
         (!self.handles.is_empty() && self.handles.iter().all(|(_, sent)| !sent)).then(|| batch_delete(self, &[]))
     }
 
@@ -315,7 +318,7 @@ fn attributes(p: &Params) -> Result<QueueAttributesUpdate, ApiError> {
 
 /// The action's fields for a successful `resp`, or the error it amounts to
 /// (BatchDeleteMessage's partial failures).
-pub fn answer(call: &Call, resp: Response) -> Result<Map<String, Value>, (ApiError, Map<String, Value>)> {
+pub fn answer(call: &Call, resp: Response) -> Answer {
     let mut m = Map::new();
     match resp {
         Response::CreateQueue(r) => put(&mut m, "queueId", json!(queue_id(r.queue_id))),
@@ -489,7 +492,7 @@ fn received(msg: &ReceivedMessage) -> Map<String, Value> {
 
 /// 0 when every handle was deleted, else 6010 (some failed) or 6020 (all
 /// failed) with `errorList`, one entry per failed handle.
-fn batch_delete(call: &Call, results: &[ItemResult]) -> Result<Map<String, Value>, (ApiError, Map<String, Value>)> {
+fn batch_delete(call: &Call, results: &[ItemResult]) -> Answer {
     let mut sent = results.iter();
     let mut errors = Vec::new();
     for (handle, was_sent) in &call.handles {

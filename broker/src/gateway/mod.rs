@@ -68,11 +68,7 @@ pub async fn serve(ctx: &HttpContext, parts: Parts, body: Incoming) -> Reply {
     envelope(&request_id, outcome, extra)
 }
 
-async fn run(
-    ctx: &HttpContext,
-    parts: &Parts,
-    raw: &[u8],
-) -> Result<Map<String, Value>, (ApiError, Map<String, Value>)> {
+async fn run(ctx: &HttpContext, parts: &Parts, raw: &[u8]) -> actions::Answer {
     let bare = |e: ApiError| (e, Map::new());
     if parts.method != Method::GET && parts.method != Method::POST {
         return Err(bare(ApiError::param(module::METHOD, "only GET and POST are supported")));
@@ -165,7 +161,10 @@ fn authenticate(ctx: &HttpContext, parts: &Parts, p: &Params) -> Result<Caller, 
     let mut guard = ctx.gateway.replay.lock().unwrap_or_else(|e| e.into_inner());
     match guard.admit(secret_id, nonce, timestamp, now) {
         Ok(()) => Ok(Caller { principal: Some(principal), enforce: mode.enforces() }),
-        Err(Replay::Repeated) => Err(ApiError::auth("replayed request (SecretId, Nonce, Timestamp seen before)")),
+        Err(Replay::Repeated) => {
+            ctx.shared.auth.count_failure();
+            Err(ApiError::auth("replayed request (SecretId, Nonce, Timestamp seen before)"))
+        }
         Err(Replay::Full) => {
             Err(ApiError::broker(cmq_protocol::ErrorCode::BUSY, "too many recent requests to check for replays"))
         }

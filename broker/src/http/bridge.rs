@@ -105,7 +105,7 @@ impl ShardBridge {
             }
         }
         let _forget = Forget(registry, token);
-        let msg = ShardMsg::External(ExternalRequest { token, request });
+        let msg = ShardMsg::External(Box::new(ExternalRequest { token, request }));
         if self.shards.get(usize::from(shard)).is_none_or(|h| h.send(msg).is_err()) {
             return Err(Unanswered::Busy);
         }

@@ -1,4 +1,5 @@
-//! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`, and
+//! the CMQ API 2.0 at `/v2/index.php` (`crate::gateway`).
 //!
 //! hyper serves it on a current-thread tokio runtime on a thread of its own
 //! (`cmq-http`), never on a shard's event loop: the shards stay free of any

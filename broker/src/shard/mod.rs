@@ -1144,7 +1144,7 @@ impl Shard {
                 }
                 ShardMsg::Stats(req) => self.answer_stats(req, now),
                 ShardMsg::Stall { ms } => self.stall(ms),
-                ShardMsg::External(r) => self.take_external(r, now),
+                ShardMsg::External(r) => self.take_external(*r, now),
             }
         }
     }
