@@ -239,6 +239,9 @@ fn abuse_gets_documented_answers_and_others_are_still_served() {
     let limit = 4 * 1024 * 1024;
     let raw = format!("POST /v2/index.php HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", limit + 1);
     assert_eq!(exchange(http, raw.as_bytes()).0, 413);
+    let at_limit = format!("Action=ListQueue&pad={}", "p".repeat(limit - "Action=ListQueue&pad=".len()));
+    let (_, v) = post(http, &host, &at_limit);
+    assert_eq!(code(&v), 4000, "a body of exactly the limit is read (and lacks SecretId): {v}");
     let chunk = vec![b'a'; limit + 1];
     let mut raw =
         format!("POST /v2/index.php HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", chunk.len())
@@ -256,4 +259,36 @@ fn abuse_gets_documented_answers_and_others_are_still_served() {
     assert_eq!(status, 408);
     assert!(started.elapsed() >= Duration::from_secs(8), "{:?}", started.elapsed());
     assert_eq!(code(&call(&[("Action", "ListQueue")])), 0, "still serving");
+}
+
+/// An HTTP answer waits for what the binary answer waits for: sends
+/// acknowledged over HTTP to a sync queue survive kill -9.
+#[test]
+fn acknowledged_http_sends_survive_a_crash() {
+    let (mut b, http, s) = keyed();
+    let t = now_secs();
+    let (_, v) = post(http, &s.host, &s.body("POST", &[("Action", "CreateQueue"), ("queueName", "dq")], t, 1));
+    assert_eq!(code(&v), 0, "{v}");
+    let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let params = [("Action", "SendMessage"), ("queueName", "dq"), ("msgBody", body.as_str())];
+        let (_, v) = post(http, &s.host, &s.body("POST", &params, t, 10 + i as u64));
+        assert_eq!(code(&v), 0, "{v}");
+    }
+    b.broker.kill9();
+    b.broker.restart();
+    let http = b.broker.http_addr.expect("HTTP port");
+    let s = Signer { host: http.to_string(), ..s };
+    let mut got = Vec::new();
+    for nonce in [100, 101] {
+        let params =
+            [("Action", "BatchReceiveMessage"), ("queueName", "dq"), ("numOfMsg", "16"), ("pollingWaitSeconds", "0")];
+        let (_, v) = post(http, &s.host, &s.body("POST", &params, now_secs(), nonce));
+        assert_eq!(code(&v), 0, "{v}");
+        got.extend(
+            v["msgInfoList"].as_array().expect("list").iter().map(|m| m["msgBody"].as_str().expect("body").to_owned()),
+        );
+    }
+    got.sort_by_key(|b| b[1..].parse::<u32>().unwrap_or(u32::MAX));
+    assert_eq!(got, bodies);
 }

@@ -10,7 +10,7 @@ use cmq_protocol::*;
 use serde_json::{json, Map, Value};
 
 use super::errors::{code, module, ApiError};
-use super::params::Params;
+use super::params::{Params, LIST_ITEMS_MAX};
 
 /// How long the gateway waits for an answer beyond a request's polling
 /// wait (well within the SDK's own `pollingWaitSeconds + 10 s`).
@@ -117,7 +117,7 @@ pub fn build(action: &str, p: &Params) -> Result<Call, ApiError> {
             idempotency_key: Default::default(),
         })),
         "BatchSendMessage" => {
-            let bodies = p.list("msgBody", BATCH_MSGS_MAX)?;
+            let bodies = p.list("msgBody", LIST_ITEMS_MAX)?;
             if bodies.is_empty() {
                 return Err(ApiError::param(module::MISSING_PARAMETER, "missing parameter msgBody.n"));
             }
@@ -150,7 +150,7 @@ pub fn build(action: &str, p: &Params) -> Result<Call, ApiError> {
             Call::plain(Request::DeleteMessage(DeleteMessage { queue: queue()?, receipt_handle }))
         }
         "BatchDeleteMessage" => {
-            let given = p.list("receiptHandle", BATCH_MSGS_MAX)?;
+            let given = p.list("receiptHandle", LIST_ITEMS_MAX)?;
             if given.is_empty() {
                 return Err(ApiError::param(module::MISSING_PARAMETER, "missing parameter receiptHandle.n"));
             }
@@ -215,7 +215,7 @@ fn topic_action(action: &str, p: &Params) -> Result<Call, ApiError> {
             idempotency_key: Default::default(),
         })),
         "BatchPublishMessage" => {
-            let bodies = p.list("msgBody", BATCH_MSGS_MAX)?;
+            let bodies = p.list("msgBody", LIST_ITEMS_MAX)?;
             if bodies.is_empty() {
                 return Err(ApiError::param(module::MISSING_PARAMETER, "missing parameter msgBody.n"));
             }

@@ -98,9 +98,6 @@ impl Params {
             let Ok(i) = index.parse::<u64>() else {
                 return Err(ApiError::param(module::KEY_FORMAT, format!("{k}: the index is not a number")));
             };
-            if items.len() == max.max(LIST_ITEMS_MAX) * 2 {
-                return Err(ApiError::param(module::BATCH_SIZE, format!("{name}: more than {max} items")));
-            }
             items.push((i, v));
         }
         if !items.is_empty() && self.get(name).is_some() {
