@@ -27,13 +27,16 @@ pub const SUBSCRIPTION_LIMIT_MAX: u64 = 100;
 /// An action's JSON fields, or its error (with fields of its own: BatchDeleteMessage's `errorList`).
 pub type Answer = Result<Map<String, Value>, (ApiError, Map<String, Value>)>;
 
+/// Receipt handles as given, each with whether it parsed (and was sent).
+pub type Handles = Vec<(String, bool)>;
+
 /// A request ready for the broker, and what its answer needs.
 pub struct Call {
     pub request: Request,
     /// Seconds the broker may park it (long poll).
     pub wait_secs: u32,
     /// BatchDeleteMessage: every handle as given, and which were sent.
-    pub handles: Vec<(String, bool)>,
+    pub handles: Handles,
 }
 
 impl Call {
@@ -43,7 +46,8 @@ impl Call {
 
     /// BatchDeleteMessage where no handle parses: answered without the broker.
     pub fn answer_here(&self) -> Option<Answer> {
-        (!self.handles.is_empty() && self.handles.iter().all(|(_, sent)| !sent)).then(|| batch_delete(self, &[]))
+        (!self.handles.is_empty() && self.handles.iter().all(|(_, sent)| !sent))
+            .then(|| batch_delete(&self.handles, &[]))
     }
 
     /// How long to wait for the answer.
@@ -318,7 +322,8 @@ fn attributes(p: &Params) -> Result<QueueAttributesUpdate, ApiError> {
 
 /// The action's fields for a successful `resp`, or the error it amounts to
 /// (BatchDeleteMessage's partial failures).
-pub fn answer(call: &Call, resp: Response) -> Answer {
+/// `handles`: the call's (BatchDeleteMessage).
+pub fn answer(handles: &Handles, resp: Response) -> Answer {
     let mut m = Map::new();
     match resp {
         Response::CreateQueue(r) => put(&mut m, "queueId", json!(queue_id(r.queue_id))),
@@ -339,7 +344,7 @@ pub fn answer(call: &Call, resp: Response) -> Answer {
             let list: Vec<Value> = r.messages.iter().map(|msg| Value::Object(received(msg))).collect();
             put(&mut m, "msgInfoList", Value::Array(list));
         }
-        Response::BatchDeleteMessage(r) => return batch_delete(call, &r.results),
+        Response::BatchDeleteMessage(r) => return batch_delete(handles, &r.results),
         Response::ChangeMessageVisibility(r) => {
             put(&mut m, "receiptHandle", json!(r.receipt_handle.to_string()));
             put(&mut m, "nextVisibleTime", json!(secs(r.next_visible_time_ms)));
@@ -492,10 +497,10 @@ fn received(msg: &ReceivedMessage) -> Map<String, Value> {
 
 /// 0 when every handle was deleted, else 6010 (some failed) or 6020 (all
 /// failed) with `errorList`, one entry per failed handle.
-fn batch_delete(call: &Call, results: &[ItemResult]) -> Answer {
+fn batch_delete(handles: &Handles, results: &[ItemResult]) -> Answer {
     let mut sent = results.iter();
     let mut errors = Vec::new();
-    for (handle, was_sent) in &call.handles {
+    for (handle, was_sent) in handles {
         let failure = if *was_sent {
             match sent.next() {
                 Some(r) if r.code == 0 => None,
@@ -512,8 +517,8 @@ fn batch_delete(call: &Call, results: &[ItemResult]) -> Answer {
     if errors.is_empty() {
         return Ok(Map::new());
     }
-    let c = if errors.len() == call.handles.len() { code::BATCH_DELETE_FAILED } else { code::BATCH_DELETE_PARTIAL };
-    let text = format!("{} of {} receipt handles were not deleted", errors.len(), call.handles.len());
+    let c = if errors.len() == handles.len() { code::BATCH_DELETE_FAILED } else { code::BATCH_DELETE_PARTIAL };
+    let text = format!("{} of {} receipt handles were not deleted", errors.len(), handles.len());
     let mut m = Map::new();
     put(&mut m, "errorList", Value::Array(errors));
     Err((ApiError::new(c, module::BROKER, text), m))
@@ -565,15 +570,15 @@ mod tests {
         assert_eq!(b.receipt_handles, [ReceiptHandle(5), ReceiptHandle(6)]);
         let ok = ItemResult { code: 0, message: String::new() };
         let stale = ItemResult { code: 4430, message: "expired".into() };
-        let (e, m) = batch_delete(&c, &[ok.clone(), stale.clone()]).expect_err("partial");
+        let (e, m) = batch_delete(&c.handles, &[ok.clone(), stale.clone()]).expect_err("partial");
         assert_eq!(e.code, code::BATCH_DELETE_PARTIAL);
         let list = m["errorList"].as_array().expect("list");
         assert_eq!(list.len(), 2);
         assert_eq!((list[0]["receiptHandle"].as_str(), list[0]["code"].as_u64()), (Some("bad"), Some(4430)));
         assert_eq!((list[1]["receiptHandle"].as_str(), list[1]["code"].as_u64()), (Some("6"), Some(4430)));
-        let (e, _) = batch_delete(&c, &[stale.clone(), stale]).expect_err("all");
+        let (e, _) = batch_delete(&c.handles, &[stale.clone(), stale]).expect_err("all");
         assert_eq!(e.code, code::BATCH_DELETE_FAILED);
         let all = build("BatchDeleteMessage", &params("queueName=q&receiptHandle.1=5")).expect("builds");
-        assert!(batch_delete(&all, &[ok]).expect("all deleted").is_empty());
+        assert!(batch_delete(&all.handles, &[ok]).expect("all deleted").is_empty());
     }
 }

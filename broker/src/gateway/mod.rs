@@ -81,14 +81,14 @@ async fn run(ctx: &HttpContext, parts: &Parts, raw: &[u8]) -> actions::Answer {
     if let Some(answer) = call.answer_here() {
         return answer;
     }
-    let within = call.answer_within();
+    let (within, opcode) = (call.answer_within(), call.request.opcode() as u16);
     let frame = ctx
         .bridge
-        .execute(&ctx.shared.external, call.request.clone(), viewer, within)
+        .execute(&ctx.shared.external, call.request, viewer, within)
         .await
         .map_err(|e| bare(unanswered(e)))?;
-    match decode(call.request.opcode() as u16, frame) {
-        Ok(resp) => actions::answer(&call, resp),
+    match decode(opcode, frame) {
+        Ok(resp) => actions::answer(&call.handles, resp),
         Err(e) => Err(bare(e)),
     }
 }
