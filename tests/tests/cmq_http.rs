@@ -292,3 +292,44 @@ fn acknowledged_http_sends_survive_a_crash() {
     got.sort_by_key(|b| b[1..].parse::<u32>().unwrap_or(u32::MAX));
     assert_eq!(got, bodies);
 }
+
+/// ListQueue over HTTP shows what the key may see, as over the binary
+/// protocol (the shard filters for the HTTP caller's key).
+#[test]
+fn lists_are_filtered_for_the_callers_key() {
+    use cmq_client::{Client, Credentials};
+    use cmq_protocol::{CreateKey, Request, Response};
+    let (b, http, admin) = keyed();
+    let t = now_secs();
+    for (i, q) in ["a1", "a2", "b1"].iter().enumerate() {
+        let (_, v) =
+            post(http, &admin.host, &admin.body("POST", &[("Action", "CreateQueue"), ("queueName", q)], t, i as u64));
+        assert_eq!(code(&v), 0, "{v}");
+    }
+    let creds = Credentials::new(&b.secret_id, &b.secret_key);
+    let mut client = Client::connect_as(b.addr(), Some(READ_TIMEOUT), Some(creds)).expect("admin");
+    let policy =
+        r#"{"version":"2.0","statement":[{"effect":"allow","action":["cmq:ListQueue"],"resource":["queue/a*"]}]}"#;
+    let key = CreateKey { name: "lister".into(), policy: policy.into() };
+    let Ok(Response::CreateKey(k)) = client.call(&Request::CreateKey(key)) else { panic!("CreateKey") };
+    let lister = Signer { id: k.secret_id, key: k.secret_key, host: admin.host.clone(), sha256: true };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["queueList"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|q| q["queueName"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let (_, v) = post(http, &admin.host, &lister.body("POST", &[("Action", "ListQueue")], t, 1));
+    assert_eq!(
+        (code(&v), v["totalCount"].as_u64(), names(&v)),
+        (0, Some(2), vec!["a1".to_owned(), "a2".into()]),
+        "{v}"
+    );
+    let (_, v) = post(http, &admin.host, &admin.body("POST", &[("Action", "ListQueue")], t, 9));
+    assert_eq!((v["totalCount"].as_u64(), names(&v).len()), (Some(3), 3), "{v}");
+    let (_, v) =
+        post(http, &admin.host, &lister.body("POST", &[("Action", "GetQueueAttributes"), ("queueName", "a1")], t, 2));
+    assert_eq!(code(&v), 4101, "{v}");
+}
