@@ -198,6 +198,18 @@ fn abuse_gets_documented_answers_and_others_are_still_served() {
     };
     assert_eq!(code(&call(&[("Action", "CreateQueue"), ("queueName", "abq")])), 0);
 
+    // A keep-alive connection that then sits idle longer than a head may take.
+    let mut idle = TcpStream::connect(http).expect("connect");
+    idle.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    let request = |body: String| {
+        format!("POST /v2/index.php HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    idle.write_all(request(s.body("POST", &[("Action", "ListQueue")], t, 1)).as_bytes()).expect("send");
+    assert_eq!(read_reply(&mut idle).0, 200);
+    // A client whose request head never completes.
+    let mut partial = TcpStream::connect(http).expect("connect");
+    partial.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    partial.write_all(b"POST /v2/index.php HTTP/1.1\r\nHost: x\r\n").expect("send");
     // A slow client: its body never completes. Others are served meanwhile.
     let mut slow = TcpStream::connect(http).expect("connect");
     slow.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
@@ -259,6 +271,13 @@ fn abuse_gets_documented_answers_and_others_are_still_served() {
     assert_eq!(status, 408);
     assert!(started.elapsed() >= Duration::from_secs(8), "{:?}", started.elapsed());
     assert_eq!(code(&call(&[("Action", "ListQueue")])), 0, "still serving");
+    // The partial head is dropped (10 s after its first byte); the idle
+    // keep-alive connection still serves its next request.
+    let mut rest = Vec::new();
+    let _ = partial.read_to_end(&mut rest);
+    assert!(rest.is_empty() && started.elapsed() >= Duration::from_secs(9), "{rest:?} {:?}", started.elapsed());
+    idle.write_all(request(s.body("POST", &[("Action", "ListQueue")], t, 2)).as_bytes()).expect("send");
+    assert_eq!(read_reply(&mut idle).0, 200, "an idle keep-alive connection outlives the head timeout");
 }
 
 /// An HTTP answer waits for what the binary answer waits for: sends

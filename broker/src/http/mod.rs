@@ -6,10 +6,12 @@
 //! runtime and are reached only through their inboxes (`bridge.rs`). HTTP
 //! is not the hot path; what it may cost is bounded: at most
 //! [`HTTP_CONNECTIONS_MAX`] connections, headers within
-//! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], one round of
+//! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], idle keep-alive
+//! connections closed after `deadline::KEEP_ALIVE_IDLE_MAX`, one round of
 //! questions to the shards at a time.
 
 mod bridge;
+pub mod deadline;
 pub mod health;
 pub mod router;
 pub mod scrape;
@@ -36,7 +38,8 @@ use router::{AllowAll, Endpoint, Reply, Router};
 /// and probes need a handful).
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 
-/// A request's headers must arrive within this.
+/// A request's headers must arrive within this of their first byte (an
+/// idle keep-alive connection may wait `deadline::KEEP_ALIVE_IDLE_MAX`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head hyper buffers (our routes need no more).
@@ -132,15 +135,23 @@ async fn accept_loop(listener: std::net::TcpListener, ctx: Arc<HttpContext>, mut
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) {
+    // The head and idle deadlines are the socket wrapper's (`deadline.rs`), not hyper's.
+    let activity = Arc::new(deadline::Activity::default());
+    let io = deadline::Deadlines::new(stream, activity.clone(), HEADER_READ_TIMEOUT, deadline::KEEP_ALIVE_IDLE_MAX);
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        let serving = activity.serve();
+        async move {
+            let reply = handle(&ctx, req).await;
+            drop(serving);
+            Ok::<_, Infallible>(reply)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(HTTP_BUF_BYTES_MAX)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
         log::debug!(target: "cmq::http", "HTTP connection ended: {e}");
     }
