@@ -536,6 +536,10 @@ mod tests {
     fn action_names_match_case_insensitively() {
         assert_eq!(find("sendMessage").expect("found"), "SendMessage");
         assert_eq!(find("BATCHDELETEMESSAGE").expect("found"), "BatchDeleteMessage");
+        assert_eq!(
+            find("ClearSUbscriptionFIlterTags").expect("the Java SDK's spelling"),
+            "ClearSubscriptionFilterTags"
+        );
         assert_eq!(find("QueryQueueRoute").expect_err("unknown").module, module::UNKNOWN_ACTION);
     }
 
