@@ -29,6 +29,8 @@ use super::Shard;
 /// The pseudo shard id in the `ReplyTo` of an external request.
 pub const EXTERNAL_SHARD: u16 = u16::MAX;
 
+const _: () = assert!(EXTERNAL_SHARD as usize >= cmq_protocol::limits::SHARDS_MAX, "no real shard has this id");
+
 /// A request for a shard, answered to the registry's waiter `token`.
 pub struct ExternalRequest {
     pub token: u64,
