@@ -15,6 +15,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMQD=${CMQD:-$ROOT/target/release/cmqd}
 LOADGEN=${LOADGEN:-$ROOT/target/release/cmq-loadgen}
+CMQ=${CMQ:-$ROOT/target/release/cmq}
+# Queues in the broker whose scrape cost is measured (each adds series).
+SCRAPE_QUEUES=${SCRAPE_QUEUES:-200}
+SCRAPES=${SCRAPES:-200}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 SCENARIO=${SCENARIO:---mode cycle --flush async --pipeline 64 --batch 1 --producers 2 --consumers 2 --size 64}
@@ -75,6 +79,44 @@ for r in $(seq "$RUNS"); do
         echo "run $r $v: $rate msgs/s, $us µs broker CPU per message"
     done
 done
+# scrape_cost: the broker CPU one GET /metrics costs, measured directly
+# (process CPU before and after SCRAPES scrapes of a broker holding
+# SCRAPE_QUEUES queues with a message each). Throughput on a shared
+# machine varies by more than the 2% budget; this does not.
+scrape_cost() {
+    local dir
+    dir=$(mktemp -d "$WORK/scrape.XXXX")
+    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir/data" >"$dir/stdout" 2>"$dir/stderr" &
+    PID=$!
+    local addr= web=
+    for _ in $(seq 200); do
+        addr=$(sed -n 's/^cmqd listening on //p' "$dir/stdout")
+        web=$(sed -n 's/^cmqd http on //p' "$dir/stdout")
+        [[ -n "$addr" && -n "$web" ]] && break
+        sleep 0.05
+    done
+    for i in $(seq "$SCRAPE_QUEUES"); do
+        "$CMQ" --server "$addr" create-queue "q$i" >/dev/null
+        echo x | "$CMQ" --server "$addr" send "q$i" - >/dev/null
+    done
+    python3 - "$web" "$PID" "$SCRAPES" <<'PY'
+import os, sys, urllib.request
+web, pid, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+body = urllib.request.urlopen(f"http://{web}/metrics", timeout=5).read()
+before = cpu()
+for _ in range(n):
+    urllib.request.urlopen(f"http://{web}/metrics", timeout=5).read()
+per = (cpu() - before) / n
+lines = body.count(b"\n")
+print(f"{per * 1e3:.2f} ms broker CPU per scrape ({len(body)} bytes, {lines} lines), "
+      f"{per * 100:.3f}% of one core at one scrape a second")
+PY
+    kill -TERM "$PID"; wait "$PID" || true; PID=
+}
+
 median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
 summary=
 for v in "${variants[@]}"; do
@@ -83,6 +125,9 @@ for v in "${variants[@]}"; do
     echo "$line"
     summary+="- $line"$'\n'
 done
+scrape=$(scrape_cost)
+echo "scrape cost with $SCRAPE_QUEUES queues: $scrape"
+summary+="- scrape cost with $SCRAPE_QUEUES queues: $scrape"$'\n'
 if [[ -n "${AB_DOC:-}" ]]; then
     python3 - "$AB_DOC" "$SCENARIO" "$DURATION" "$summary" <<'PY'
 import os, sys, time
