@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster cluster-bench test test-only sim tools lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench test test-only sim tools sdk-venv lint fmt bench install clean package package-test
 
 all: build
 
@@ -27,7 +27,7 @@ cluster: build
 ## test: lint, then every unit, property and integration test
 test: lint test-only
 
-test-only: tools
+test-only: tools sdk-venv
 	$(CARGO) build --locked --bins
 ifneq ($(NEXTEST),)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
@@ -67,6 +67,24 @@ package:
 ## package-test: install the package into a scratch root and run it
 package-test: package
 	deploy/package-test.sh
+
+## sdk-venv: the real CMQ Python SDK (qcloud-cmq-sdk-py3 0.1, from PyPI) in
+## a virtual environment, for the gateway's conformance test (tests/tests/cmq_sdk.rs);
+## python3 and its venv module from Debian's packages when missing
+SDK_VENV ?= .venv-cmq-sdk
+SDK_PYTHON := $(SDK_VENV)/bin/python
+sdk-venv:
+	@command -v python3 >/dev/null 2>&1 || $(APT_INSTALL) python3
+	@test -x $(SDK_VENV)/bin/pip || python3 -m venv $(SDK_VENV) 2>/dev/null || \
+	    { rm -rf $(SDK_VENV); $(APT_INSTALL) python3-venv && python3 -m venv $(SDK_VENV); }
+	@$(SDK_PYTHON) -c 'import cmq' 2>/dev/null || { \
+	    echo "installing the CMQ Python SDK into $(SDK_VENV)"; \
+	    $(SDK_VENV)/bin/pip install -q qcloud-cmq-sdk-py3==0.1; }
+	@# The SDK's subscription.py imports mailcap, gone in Python 3.13; it never calls it: a stub.
+	@$(SDK_PYTHON) -c 'import mailcap' 2>/dev/null || \
+	    echo 'def subst(*args, **kwargs): raise NotImplementedError("mailcap")' \
+	    > "$$($(SDK_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailcap.py"
+	@$(SDK_PYTHON) -c 'import cmq.account, cmq.subscription'
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod engine;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod notify;

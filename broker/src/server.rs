@@ -86,6 +86,7 @@ impl Server {
             buffer_bytes: AtomicUsize::new(0),
             conn_counters: (0..n).map(|_| Default::default()).collect(),
             auth: Default::default(),
+            external: Default::default(),
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;

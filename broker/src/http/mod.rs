@@ -1,14 +1,17 @@
-//! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`, and
+//! the CMQ API 2.0 at `/v2/index.php` (`crate::gateway`).
 //!
 //! hyper serves it on a current-thread tokio runtime on a thread of its own
 //! (`cmq-http`), never on a shard's event loop: the shards stay free of any
 //! runtime and are reached only through their inboxes (`bridge.rs`). HTTP
 //! is not the hot path; what it may cost is bounded: at most
 //! [`HTTP_CONNECTIONS_MAX`] connections, headers within
-//! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], one round of
+//! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], idle keep-alive
+//! connections closed after `deadline::KEEP_ALIVE_IDLE_MAX`, one round of
 //! questions to the shards at a time.
 
 mod bridge;
+pub mod deadline;
 pub mod health;
 pub mod router;
 pub mod scrape;
@@ -28,14 +31,15 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::process::ProcessStart;
 use crate::shard::Shared;
-pub use bridge::ShardBridge;
+pub use bridge::{ShardBridge, Unanswered};
 use router::{AllowAll, Endpoint, Reply, Router};
 
 /// HTTP connections served at once; more are closed at accept (scrapers
 /// and probes need a handful).
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 
-/// A request's headers must arrive within this.
+/// A request's headers must arrive within this of their first byte (an
+/// idle keep-alive connection may wait `deadline::KEEP_ALIVE_IDLE_MAX`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head hyper buffers (our routes need no more).
@@ -47,6 +51,8 @@ pub struct HttpContext {
     pub bridge: ShardBridge,
     pub start: ProcessStart,
     pub router: Router,
+    /// The CMQ API 2.0 gateway (`/v2/index.php`).
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// The running HTTP port.
@@ -70,7 +76,7 @@ impl HttpServer {
             .context("starting the HTTP runtime")?;
         let router = Router::new(shared.cfg.fault_http_hooks, Arc::new(AllowAll));
         let bridge = ShardBridge::new(shared.peers.clone());
-        let ctx = Arc::new(HttpContext { shared, bridge, start, router });
+        let ctx = Arc::new(HttpContext { shared, bridge, start, router, gateway: Default::default() });
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("cmq-http".into())
@@ -129,25 +135,34 @@ async fn accept_loop(listener: std::net::TcpListener, ctx: Arc<HttpContext>, mut
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) {
+    // The head and idle deadlines are the socket wrapper's (`deadline.rs`), not hyper's.
+    let activity = Arc::new(deadline::Activity::default());
+    let io = deadline::Deadlines::new(stream, activity.clone(), HEADER_READ_TIMEOUT, deadline::KEEP_ALIVE_IDLE_MAX);
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        let serving = activity.serve();
+        async move {
+            let reply = handle(&ctx, req).await;
+            drop(serving);
+            Ok::<_, Infallible>(reply)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(HTTP_BUF_BYTES_MAX)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
         log::debug!(target: "cmq::http", "HTTP connection ended: {e}");
     }
 }
 
 async fn handle(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
-    // No route reads a body.
-    let (parts, _body) = req.into_parts();
+    // Only the CMQ API reads a body.
+    let (parts, body) = req.into_parts();
     match ctx.router.route(&parts) {
         Err(reply) => *reply,
+        Ok(Endpoint::CmqApi) => crate::gateway::serve(ctx, parts, body).await,
         Ok(Endpoint::Metrics) => scrape::metrics(ctx, &parts).await,
         Ok(Endpoint::Healthz) => health::healthz(ctx).await,
         Ok(Endpoint::Readyz) => health::readyz(ctx).await,

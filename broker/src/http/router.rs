@@ -21,6 +21,8 @@ pub enum Endpoint {
     Readyz,
     /// Testing only (`--fault-http-hooks`): block a shard's loop.
     DebugStall,
+    /// The CMQ API 2.0 (`crate::gateway`), which authenticates each request itself.
+    CmqApi,
 }
 
 /// Whether a route asks the [`Authenticator`].
@@ -60,6 +62,8 @@ struct Route {
 }
 
 const READ: &[Method] = &[Method::GET, Method::HEAD];
+const ANY: &[Method] =
+    &[Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD, Method::OPTIONS];
 
 pub struct Router {
     routes: Vec<Route>,
@@ -72,6 +76,14 @@ impl Router {
             Route { path: "/metrics", methods: READ, endpoint: Endpoint::Metrics, access: Access::Authenticated },
             Route { path: "/healthz", methods: READ, endpoint: Endpoint::Healthz, access: Access::Public },
             Route { path: "/readyz", methods: READ, endpoint: Endpoint::Readyz, access: Access::Public },
+            // Every method reaches the gateway: it answers the ones CMQ
+            // refuses with CMQ's error (4000, module 10410) in a 200.
+            Route {
+                path: crate::gateway::signature::API_PATH,
+                methods: ANY,
+                endpoint: Endpoint::CmqApi,
+                access: Access::Public,
+            },
         ];
         if test_hooks {
             let stall = Route {

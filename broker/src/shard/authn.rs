@@ -245,6 +245,9 @@ impl Shard {
 
     /// The key lists are filtered for (None: sees everything).
     pub(super) fn viewer(&self, to: ReplyTo) -> Viewer {
+        if to.shard == super::external::EXTERNAL_SHARD {
+            return self.external_viewer(to);
+        }
         if to.shard != self.id || !self.shared.cfg.auth.enforces() {
             return None;
         }

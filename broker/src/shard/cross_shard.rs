@@ -24,6 +24,8 @@ pub(super) struct CrossShard {
     pub(super) remote_need: Need,
     /// Push frames for peers' connections produced this turn, per peer.
     pub(super) push_out: Vec<ReplyBatch>,
+    /// Answers to external requests produced this turn (`external.rs`).
+    pub(super) external_out: ReplyBatch,
     /// Other messages to peers that must wait for this turn's records
     /// (transfers, transfer verdicts).
     pub(super) turn_msgs: Vec<(u16, ShardMsg)>,
@@ -116,6 +118,9 @@ impl Shard {
     }
 
     pub(super) fn send_to(&mut self, shard: u16, msg: ShardMsg) {
+        if shard == super::external::EXTERNAL_SHARD {
+            return self.deliver_external(msg);
+        }
         if let Err(msg) = self.shared.peers[usize::from(shard)].send(msg) {
             self.cross.unsent.push((shard, msg));
         }

@@ -161,7 +161,7 @@ impl Shard {
         if owner == self.id {
             self.execute(reply_to, request_id, request, now);
         } else {
-            if let Some(conn) = self.clients.conns.get_mut(reply_to.conn.token) {
+            if let Some(conn) = self.clients.conns.get_mut(reply_to.conn.token).filter(|_| reply_to.shard == self.id) {
                 conn.mark_forwarded(owner);
             }
             self.cross.forward_out[usize::from(owner)].push(Forwarded { reply_to, request_id, request });

@@ -170,6 +170,8 @@ pub enum ShardMsg {
     Shutdown,
     /// The HTTP thread asks for this shard's metrics (`metrics::snapshot`).
     Stats(crate::metrics::snapshot::StatsRequest),
+    /// A request from inside the broker (the HTTP gateway; `external.rs`).
+    External(Box<super::external::ExternalRequest>),
     /// Testing only (`--fault-http-hooks`): block the event loop this long.
     Stall {
         ms: u64,

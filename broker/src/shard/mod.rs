@@ -16,6 +16,7 @@ mod coordination;
 mod cross_shard;
 mod dispatch;
 mod exchange;
+pub mod external;
 mod forward;
 mod handlers;
 pub mod mailbox;
@@ -110,6 +111,8 @@ pub struct Shared {
     pub acceptor: std::sync::OnceLock<crate::cluster::PeerAcceptor>,
     /// Client keys (published by shard 0), failure backoff and counts.
     pub auth: crate::auth::Auth,
+    /// Requests from the HTTP gateway awaiting their answers (`external.rs`).
+    pub external: external::Registry,
 }
 
 impl Shared {
@@ -323,6 +326,7 @@ impl Shard {
                 remote_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
                 remote_need: Need::NONE,
                 push_out: (0..peers).map(|_| ReplyBatch::default()).collect(),
+                external_out: ReplyBatch::default(),
                 turn_msgs: Vec::new(),
                 staged: HoldQueue::default(),
                 forward_out: (0..peers).map(|_| Vec::new()).collect(),
@@ -1117,6 +1121,7 @@ impl Shard {
                 }
                 ShardMsg::Stats(req) => self.answer_stats(req, now),
                 ShardMsg::Stall { ms } => self.stall(ms),
+                ShardMsg::External(r) => self.take_external(*r, now),
             }
         }
     }
@@ -1219,6 +1224,7 @@ impl Shard {
                 msgs.push((peer as u16, ShardMsg::Push(std::mem::take(&mut self.cross.push_out[peer]))));
             }
         }
+        msgs.extend(self.external_turn_msg());
         if !msgs.is_empty() {
             self.cross.staged_reply_bytes += reply_bytes(&msgs);
             self.cross.staged.push(need, msgs);

@@ -131,6 +131,9 @@ impl Shard {
     /// output, or this turn's batch for the peer that owns the connection.
     /// A reply for a connection that has gone goes to a scratch buffer.
     fn reply_buf(&mut self, to: ReplyTo) -> &mut Vec<u8> {
+        if to.shard == super::external::EXTERNAL_SHARD {
+            return self.external_buf();
+        }
         if to.shard == self.id {
             match self.clients.conns.get_mut(to.conn.token) {
                 // A connection over its output bound (shed) gets no more answers.
@@ -147,7 +150,9 @@ impl Shard {
 
     fn reply_done(&mut self, to: ReplyTo, start: usize, dep: ReplyDep) -> Need {
         let need = self.need_for(dep);
-        if to.shard == self.id {
+        if to.shard == super::external::EXTERNAL_SHARD {
+            self.external_done(to, start, need);
+        } else if to.shard == self.id {
             self.hold_conn(to.conn, need);
             self.answered(to.conn);
         } else {
