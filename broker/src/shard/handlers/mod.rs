@@ -7,6 +7,7 @@
 mod dead_letter;
 mod inspection;
 mod keys;
+mod limit;
 pub(super) mod messages;
 mod queue_admin;
 mod topics;

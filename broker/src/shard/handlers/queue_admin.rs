@@ -2,32 +2,31 @@
 //! and a queue's attributes.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use cmq_protocol::*;
 
+use super::limit::Limit;
 use super::Handled;
-use crate::engine::EngineError;
 use crate::shard::Shard;
 
 impl Shard {
     /// CreateQueue within the broker-wide queue limit, numbered in broker-wide creation order.
     pub(in crate::shard) fn create_queue(&mut self, now: u64, r: &CreateQueue) -> Handled {
         self.logging(|s| {
-            let max = s.shared.cfg.max_queues;
-            if s.shared.queue_count.fetch_add(1, Ordering::SeqCst) >= max {
-                s.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
-                if s.engine.queue_exists(&r.queue) {
-                    let msg = format!("queue {:?} already exists", r.queue);
-                    return Err(EngineError::new(ErrorCode::QUEUE_ALREADY_EXISTS, msg));
-                }
-                let msg = format!("the broker holds its limit of {max} queues");
-                return Err(EngineError::new(ErrorCode::TOO_MANY_QUEUES, msg));
-            }
-            let seq = s.shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
-            let created = s.engine.create_queue(&mut s.log, now, &r.queue, &r.attributes, seq);
-            if created.is_err() {
-                s.shared.queue_count.fetch_sub(1, Ordering::SeqCst);
-            }
+            let shared = Arc::clone(&s.shared);
+            let limit = Limit {
+                count: &shared.queue_count,
+                max: shared.cfg.max_queues,
+                kind: "queue",
+                exists: ErrorCode::QUEUE_ALREADY_EXISTS,
+                too_many: ErrorCode::TOO_MANY_QUEUES,
+            };
+            let exists = s.engine.queue_exists(&r.queue);
+            let created = limit.create(&r.queue, exists, || {
+                let seq = shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
+                s.engine.create_queue(&mut s.log, now, &r.queue, &r.attributes, seq)
+            });
             created.map(|queue_id| Response::CreateQueue(CreateQueueOk { queue_id }))
         })
     }

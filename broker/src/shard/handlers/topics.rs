@@ -2,32 +2,31 @@
 //! (ListTopics asks every shard: `coordination.rs`).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use cmq_protocol::*;
 
+use super::limit::Limit;
 use super::Handled;
-use crate::engine::EngineError;
 use crate::shard::Shard;
 
 impl Shard {
     /// CreateTopic within the broker-wide topic limit.
     pub(in crate::shard) fn create_topic(&mut self, now: u64, r: &CreateTopic) -> Handled {
         self.logging(|s| {
-            let max = s.shared.cfg.max_topics;
-            if s.shared.topic_count.fetch_add(1, Ordering::SeqCst) >= max {
-                s.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
-                if s.engine.topic_exists(&r.topic) {
-                    let msg = format!("topic {:?} already exists", r.topic);
-                    return Err(EngineError::new(ErrorCode::TOPIC_ALREADY_EXISTS, msg));
-                }
-                let msg = format!("the broker holds its limit of {max} topics");
-                return Err(EngineError::new(ErrorCode::TOO_MANY_TOPICS, msg));
-            }
-            let seq = s.shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
-            let created = s.engine.create_topic(&mut s.log, now, &r.topic, &r.attributes, seq);
-            if created.is_err() {
-                s.shared.topic_count.fetch_sub(1, Ordering::SeqCst);
-            }
+            let shared = Arc::clone(&s.shared);
+            let limit = Limit {
+                count: &shared.topic_count,
+                max: shared.cfg.max_topics,
+                kind: "topic",
+                exists: ErrorCode::TOPIC_ALREADY_EXISTS,
+                too_many: ErrorCode::TOO_MANY_TOPICS,
+            };
+            let exists = s.engine.topic_exists(&r.topic);
+            let created = limit.create(&r.topic, exists, || {
+                let seq = shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
+                s.engine.create_topic(&mut s.log, now, &r.topic, &r.attributes, seq)
+            });
             created.map(|topic_id| Response::CreateTopic(CreateTopicOk { topic_id }))
         })
     }
