@@ -6,9 +6,62 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cmq_protocol::ErrorCode;
+use std::sync::Arc;
 
+use cmq_protocol::{ErrorCode, Response};
+
+use super::Handled;
 use crate::engine::EngineError;
+use crate::shard::{Shard, Shared};
+
+/// What is being created.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Queue,
+    Topic,
+}
+
+impl Kind {
+    fn limit(self, shared: &Shared) -> Limit<'_> {
+        match self {
+            Kind::Queue => Limit {
+                count: &shared.queue_count,
+                max: shared.cfg.max_queues,
+                kind: "queue",
+                exists: ErrorCode::QUEUE_ALREADY_EXISTS,
+                too_many: ErrorCode::TOO_MANY_QUEUES,
+            },
+            Kind::Topic => Limit {
+                count: &shared.topic_count,
+                max: shared.cfg.max_topics,
+                kind: "topic",
+                exists: ErrorCode::TOPIC_ALREADY_EXISTS,
+                too_many: ErrorCode::TOO_MANY_TOPICS,
+            },
+        }
+    }
+}
+
+impl Shard {
+    /// Creates queue or topic `name` within its broker-wide limit;
+    /// `create` gets the broker-wide creation sequence number.
+    pub(super) fn create_within(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        create: impl FnOnce(&mut Shard, u64) -> Result<Response, EngineError>,
+    ) -> Handled {
+        self.logging(|s| {
+            let shared = Arc::clone(&s.shared);
+            let exists = match kind {
+                Kind::Queue => s.engine.queue_exists(name),
+                Kind::Topic => s.engine.topic_exists(name),
+            };
+            kind.limit(&shared)
+                .create(name, exists, || create(s, shared.next_create_seq.fetch_add(1, Ordering::SeqCst)))
+        })
+    }
+}
 
 /// One kind of resource under a broker-wide limit.
 pub(super) struct Limit<'a> {

@@ -2,32 +2,19 @@
 //! and a queue's attributes.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use cmq_protocol::*;
 
-use super::limit::Limit;
+use super::limit::Kind;
 use super::Handled;
 use crate::shard::Shard;
 
 impl Shard {
     /// CreateQueue within the broker-wide queue limit, numbered in broker-wide creation order.
     pub(in crate::shard) fn create_queue(&mut self, now: u64, r: &CreateQueue) -> Handled {
-        self.logging(|s| {
-            let shared = Arc::clone(&s.shared);
-            let limit = Limit {
-                count: &shared.queue_count,
-                max: shared.cfg.max_queues,
-                kind: "queue",
-                exists: ErrorCode::QUEUE_ALREADY_EXISTS,
-                too_many: ErrorCode::TOO_MANY_QUEUES,
-            };
-            let exists = s.engine.queue_exists(&r.queue);
-            let created = limit.create(&r.queue, exists, || {
-                let seq = shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
-                s.engine.create_queue(&mut s.log, now, &r.queue, &r.attributes, seq)
-            });
-            created.map(|queue_id| Response::CreateQueue(CreateQueueOk { queue_id }))
+        self.create_within(Kind::Queue, &r.queue, |s, seq| {
+            let queue_id = s.engine.create_queue(&mut s.log, now, &r.queue, &r.attributes, seq)?;
+            Ok(Response::CreateQueue(CreateQueueOk { queue_id }))
         })
     }
 

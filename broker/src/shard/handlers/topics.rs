@@ -2,32 +2,19 @@
 //! (ListTopics asks every shard: `coordination.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use cmq_protocol::*;
 
-use super::limit::Limit;
+use super::limit::Kind;
 use super::Handled;
 use crate::shard::Shard;
 
 impl Shard {
     /// CreateTopic within the broker-wide topic limit.
     pub(in crate::shard) fn create_topic(&mut self, now: u64, r: &CreateTopic) -> Handled {
-        self.logging(|s| {
-            let shared = Arc::clone(&s.shared);
-            let limit = Limit {
-                count: &shared.topic_count,
-                max: shared.cfg.max_topics,
-                kind: "topic",
-                exists: ErrorCode::TOPIC_ALREADY_EXISTS,
-                too_many: ErrorCode::TOO_MANY_TOPICS,
-            };
-            let exists = s.engine.topic_exists(&r.topic);
-            let created = limit.create(&r.topic, exists, || {
-                let seq = shared.next_create_seq.fetch_add(1, Ordering::SeqCst);
-                s.engine.create_topic(&mut s.log, now, &r.topic, &r.attributes, seq)
-            });
-            created.map(|topic_id| Response::CreateTopic(CreateTopicOk { topic_id }))
+        self.create_within(Kind::Topic, &r.topic, |s, seq| {
+            let topic_id = s.engine.create_topic(&mut s.log, now, &r.topic, &r.attributes, seq)?;
+            Ok(Response::CreateTopic(CreateTopicOk { topic_id }))
         })
     }
 
