@@ -24,6 +24,6 @@ pub use catalog::Catalog;
 pub use error::EngineError;
 pub use record_log::{Durability, Log, MemLog};
 pub use shard_engine::{
-    CheckDue, Delivery, EngineConfig, InTransfer, ListedQueue, OutPush, OutTransfer, PushResult, ReceiveOutcome,
-    ShardEngine, WaiterTag,
+    CheckDue, Delivery, EngineConfig, InTransfer, Listed, ListedQueue, OutPush, OutTransfer, PushResult,
+    ReceiveOutcome, ShardEngine, WaiterTag,
 };

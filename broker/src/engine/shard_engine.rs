@@ -142,7 +142,14 @@ struct Waiter {
     tag: WaiterTag,
 }
 
-/// A queue as it appears in a listing, with what is needed to merge pages
+/// What a listing lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    Queues,
+    Topics,
+}
+
+/// A queue (or topic) as it appears in a listing, with what is needed to merge pages
 /// across shards in creation order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedQueue {
@@ -419,16 +426,28 @@ impl ShardEngine {
         })
     }
 
-    /// Queues matching the filter that `visible` lets through (the caller's permissions).
-    pub fn list_queues(
+    /// Queues or topics whose names start with `prefix` and contain
+    /// `contains` and that `visible` lets through (the caller's
+    /// permissions): the total count and the first `take` in creation order.
+    pub fn list(
         &self,
+        what: Listed,
         prefix: &str,
         contains: &str,
         take: usize,
         visible: impl Fn(&str) -> bool,
     ) -> (u32, Vec<ListedQueue>) {
-        let all = self.queues.values().map(|q| (q.uid, q.name.as_str(), q.create_seq, q.created_ms));
-        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
+        let wanted = |name: &str| name.starts_with(prefix) && name.contains(contains) && visible(name);
+        match what {
+            Listed::Queues => {
+                let all = self.queues.values().map(|q| (q.uid, q.name.as_str(), q.create_seq, q.created_ms));
+                self.listing(all, wanted, take)
+            }
+            Listed::Topics => {
+                let all = self.topics.values().map(|t| (t.uid, t.name.as_str(), t.create_seq, t.created_ms));
+                self.listing(all, wanted, take)
+            }
+        }
     }
 
     /// The queues or topics `(uid, name, create_seq, created_ms)` whose

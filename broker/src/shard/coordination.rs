@@ -10,16 +10,11 @@ use super::mailbox::{Answer, Membership, Query, ReplyTo, ShardMsg};
 use super::reply::ReplyDep;
 use super::Shard;
 use crate::auth::actions::Action;
-use crate::engine::ListedQueue;
+use crate::engine::{Listed, ListedQueue};
 
 pub(super) enum GatherKind {
-    ListQueues {
-        offset: usize,
-        limit: usize,
-        total: u32,
-        items: Vec<ListedQueue>,
-    },
-    ListTopics {
+    List {
+        what: Listed,
         offset: usize,
         limit: usize,
         total: u32,
@@ -55,6 +50,26 @@ pub(super) enum GatherKind {
     },
 }
 
+/// One page of a listing, as ListQueues and ListTopics ask for it.
+pub(super) struct ListPage {
+    pub prefix: String,
+    pub contains: String,
+    pub offset: u32,
+    pub limit: u32,
+}
+
+impl From<ListQueues> for ListPage {
+    fn from(l: ListQueues) -> ListPage {
+        ListPage { prefix: l.prefix, contains: l.contains, offset: l.offset, limit: l.limit }
+    }
+}
+
+impl From<ListTopics> for ListPage {
+    fn from(l: ListTopics) -> ListPage {
+        ListPage { prefix: l.prefix, contains: l.contains, offset: l.offset, limit: l.limit }
+    }
+}
+
 pub(super) struct Gather {
     reply_to: ReplyTo,
     request_id: u64,
@@ -85,17 +100,16 @@ impl Shard {
 
     pub(super) fn answer_query(&mut self, query: Query) -> Answer {
         match query {
-            Query::Queues { prefix, contains, take, viewer } => {
-                let see = |name: &str| visible(&viewer, Action::LIST_QUEUE, "queue", name);
-                let (total, items) = self.engine.list_queues(&prefix, &contains, take, see);
+            Query::List { what, prefix, contains, take, viewer } => {
+                let (action, kind) = match what {
+                    Listed::Queues => (Action::LIST_QUEUE, "queue"),
+                    Listed::Topics => (Action::LIST_TOPIC, "topic"),
+                };
+                let see = |name: &str| visible(&viewer, action, kind, name);
+                let (total, items) = self.engine.list(what, &prefix, &contains, take, see);
                 Answer::Queues { total, items }
             }
             Query::Redrives => Answer::Redrives(self.engine.list_redrives()),
-            Query::Topics { prefix, contains, take, viewer } => {
-                let see = |name: &str| visible(&viewer, Action::LIST_TOPIC, "topic", name);
-                let (total, items) = self.engine.list_topics(&prefix, &contains, take, see);
-                Answer::Queues { total, items }
-            }
             Query::DeadLetterSources { name } => Answer::Names(self.engine.dead_letter_sources(&name)),
             Query::QueueExists { name } => Answer::Exists(self.engine.queue_exists(&name)),
             Query::ReplicaStatus => Answer::Status(self.id, self.shard_status()),
@@ -106,8 +120,7 @@ impl Shard {
     pub(super) fn gather_answer(&mut self, gather: u64, answer: Answer, now: u64) {
         let Some(g) = self.coord.gathers.get_mut(&gather) else { return };
         match (&mut g.kind, answer) {
-            (GatherKind::ListQueues { total, items, .. }, Answer::Queues { total: t, items: i })
-            | (GatherKind::ListTopics { total, items, .. }, Answer::Queues { total: t, items: i }) => {
+            (GatherKind::List { total, items, .. }, Answer::Queues { total: t, items: i }) => {
                 *total += t;
                 items.extend(i);
             }
@@ -136,25 +149,20 @@ impl Shard {
     fn finish_gather(&mut self, g: Gather, now: u64) {
         let (to, id) = (g.reply_to, g.request_id);
         match g.kind {
-            GatherKind::ListQueues { offset, limit, total, mut items } => {
+            GatherKind::List { what, offset, limit, total, mut items } => {
                 items.sort_by_key(|q| (q.create_seq, q.created_ms, q.queue_id));
-                let queues = items
-                    .into_iter()
-                    .skip(offset)
-                    .take(limit)
-                    .map(|q| QueueSummary { queue_id: q.queue_id, queue: q.name })
-                    .collect();
-                self.reply_ok(to, id, &Response::ListQueues(ListQueuesOk { total, queues }), ReplyDep::Read);
-            }
-            GatherKind::ListTopics { offset, limit, total, mut items } => {
-                items.sort_by_key(|q| (q.create_seq, q.created_ms, q.queue_id));
-                let topics = items
-                    .into_iter()
-                    .skip(offset)
-                    .take(limit)
-                    .map(|q| TopicSummary { topic_id: q.queue_id, topic: q.name })
-                    .collect();
-                self.reply_ok(to, id, &Response::ListTopics(ListTopicsOk { total, topics }), ReplyDep::Read);
+                let page = items.into_iter().skip(offset).take(limit);
+                let response = match what {
+                    Listed::Queues => {
+                        let queues = page.map(|q| QueueSummary { queue_id: q.queue_id, queue: q.name }).collect();
+                        Response::ListQueues(ListQueuesOk { total, queues })
+                    }
+                    Listed::Topics => {
+                        let topics = page.map(|q| TopicSummary { topic_id: q.queue_id, topic: q.name }).collect();
+                        Response::ListTopics(ListTopicsOk { total, topics })
+                    }
+                };
+                self.reply_ok(to, id, &response, ReplyDep::Read);
             }
             GatherKind::ListRedrives { mut items } => {
                 let viewer = self.viewer(to);
@@ -205,45 +213,23 @@ impl Shard {
         }
     }
 
-    pub(super) fn start_list(&mut self, to: ReplyTo, id: u64, l: ListQueues, now: u64) {
-        let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
+    /// ListQueues, ListTopics: every shard lists its own; the pages merge
+    /// in creation order.
+    pub(super) fn start_list(&mut self, to: ReplyTo, id: u64, what: Listed, page: ListPage, now: u64) {
+        let limit = if page.limit == 0 { LIST_PAGE_DEFAULT } else { page.limit };
         if limit > LIST_PAGE_MAX {
+            let op = match what {
+                Listed::Queues => Opcode::ListQueues,
+                Listed::Topics => Opcode::ListTopics,
+            };
             let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
-            return self.reply_err(
-                to,
-                Opcode::ListQueues as u16,
-                id,
-                ErrorCode::INVALID_PARAMETER,
-                &msg,
-                ReplyDep::Read,
-            );
+            return self.reply_err(to, op as u16, id, ErrorCode::INVALID_PARAMETER, &msg, ReplyDep::Read);
         }
-        let take = l.offset as usize + limit as usize;
+        let take = page.offset as usize + limit as usize;
         let viewer = self.viewer(to);
-        let query = Query::Queues { prefix: l.prefix, contains: l.contains, take, viewer };
-        let kind =
-            GatherKind::ListQueues { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
-        self.scatter(to, id, query, self.all_shards(), kind, now);
-    }
-
-    pub(super) fn start_list_topics(&mut self, to: ReplyTo, id: u64, l: ListTopics, now: u64) {
-        let limit = if l.limit == 0 { LIST_PAGE_DEFAULT } else { l.limit };
-        if limit > LIST_PAGE_MAX {
-            let msg = format!("limit: {limit} exceeds {LIST_PAGE_MAX}");
-            return self.reply_err(
-                to,
-                Opcode::ListTopics as u16,
-                id,
-                ErrorCode::INVALID_PARAMETER,
-                &msg,
-                ReplyDep::Read,
-            );
-        }
-        let take = l.offset as usize + limit as usize;
-        let viewer = self.viewer(to);
-        let query = Query::Topics { prefix: l.prefix, contains: l.contains, take, viewer };
-        let kind =
-            GatherKind::ListTopics { offset: l.offset as usize, limit: limit as usize, total: 0, items: Vec::new() };
+        let query = Query::List { what, prefix: page.prefix, contains: page.contains, take, viewer };
+        let (offset, limit) = (page.offset as usize, limit as usize);
+        let kind = GatherKind::List { what, offset, limit, total: 0, items: Vec::new() };
         self.scatter(to, id, query, self.all_shards(), kind, now);
     }
 

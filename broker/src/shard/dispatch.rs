@@ -11,6 +11,7 @@ use super::handlers::Receive;
 use super::mailbox::{ConnRef, Forwarded, Handover, ReplyTo, ShardMsg};
 use super::reply::{self, ReplyDep};
 use super::Shard;
+use crate::engine::Listed;
 
 impl Shard {
     pub(super) fn handle_frame(&mut self, me: ConnRef, header: FrameHeader, payload: Bytes, now: u64) {
@@ -184,8 +185,8 @@ impl Shard {
             Request::TransferLeader(_) | Request::AddNode(_) | Request::RemoveNode(_) => {
                 self.start_membership(to, id, request, now)
             }
-            Request::ListQueues(l) => self.start_list(to, id, l, now),
-            Request::ListTopics(l) => self.start_list_topics(to, id, l, now),
+            Request::ListQueues(l) => self.start_list(to, id, Listed::Queues, l.into(), now),
+            Request::ListTopics(l) => self.start_list(to, id, Listed::Topics, l.into(), now),
             Request::ListRedrives(_) => self.start_list_redrives(to, id, now),
             Request::GetStats(g) => self.start_stats(to, id, g.top_queues, now),
             Request::AuthChallenge(_) | Request::Authenticate(_) => {

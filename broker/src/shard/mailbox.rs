@@ -70,12 +70,10 @@ pub type TransferVerdicts = Vec<(u64, Result<(), ErrorCode>)>;
 /// A question one shard asks others while coordinating a request.
 #[derive(Debug, Clone)]
 pub enum Query {
-    /// ListQueues: your queues matching the filters, the first `take` in creation order.
-    Queues { prefix: String, contains: String, take: usize, viewer: super::authn::Viewer },
+    /// ListQueues, ListTopics: yours matching the filters, the first `take` in creation order.
+    List { what: crate::engine::Listed, prefix: String, contains: String, take: usize, viewer: super::authn::Viewer },
     /// ListRedrives: your redrive tasks.
     Redrives,
-    /// ListTopics: your topics matching the filters, the first `take` in creation order.
-    Topics { prefix: String, contains: String, take: usize, viewer: super::authn::Viewer },
     /// DeleteQueue: your queues whose dead-letter queue is `name`.
     DeadLetterSources { name: String },
     /// Create/SetQueueAttributes with a dead-letter queue: does `name` exist?

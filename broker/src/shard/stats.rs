@@ -89,7 +89,7 @@ impl Shard {
 
     /// Every queue of this shard, with the numbers queue-info shows.
     fn queue_samples(&mut self, now: u64) -> Vec<QueueSample> {
-        let (_, listed) = self.engine.list_queues("", "", usize::MAX, |_| true);
+        let (_, listed) = self.engine.list(crate::engine::Listed::Queues, "", "", usize::MAX, |_| true);
         let mut out = Vec::with_capacity(listed.len());
         for l in listed {
             let Ok(info) = self.engine.queue_info(now, &l.name) else { continue };

@@ -224,10 +224,10 @@ fn list_queues_filters_and_orders_by_creation() {
     for (t, n) in [(3, "b-two"), (1, "a-one"), (2, "b-one")] {
         e.create_queue(&mut log, t, n, &Default::default(), 0).expect("create");
     }
-    let (total, page) = e.list_queues("b-", "", 10, |_| true);
+    let (total, page) = e.list(Listed::Queues, "b-", "", 10, |_| true);
     assert_eq!(total, 2);
     assert_eq!(page.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["b-one", "b-two"]);
-    let (total, page) = e.list_queues("", "one", 1, |_| true);
+    let (total, page) = e.list(Listed::Queues, "", "one", 1, |_| true);
     assert_eq!((total, page.len()), (2, 1));
     assert_eq!(page[0].name, "a-one");
 }

@@ -25,7 +25,6 @@ use crate::engine::record::{
 use crate::engine::record_log::{Durability, Log};
 use crate::engine::topic::{Subscription, Topic, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::engine::transfers::{topic_target, Lane, OutboxEntry, PublishMeta};
-use crate::engine::ListedQueue;
 
 /// How long a push handed to the pusher may take before it is handed out again.
 const PUSH_IN_FLIGHT_MS: u64 = 60_000;
@@ -172,18 +171,6 @@ impl ShardEngine {
 
     pub fn max_topic_create_seq(&self) -> u64 {
         self.topics.values().map(|t| t.create_seq).max().unwrap_or(0)
-    }
-
-    /// Topics matching the filter that `visible` lets through (the caller's permissions).
-    pub fn list_topics(
-        &self,
-        prefix: &str,
-        contains: &str,
-        take: usize,
-        visible: impl Fn(&str) -> bool,
-    ) -> (u32, Vec<ListedQueue>) {
-        let all = self.topics.values().map(|t| (t.uid, t.name.as_str(), t.create_seq, t.created_ms));
-        self.listing(all, |name| name.starts_with(prefix) && name.contains(contains) && visible(name), take)
     }
 
     pub fn topic_info(&self, name: &str) -> Result<TopicInfo, EngineError> {
