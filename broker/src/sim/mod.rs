@@ -9,6 +9,7 @@
 //! seeded generator, time is virtual, and raft-rs's only randomness (its
 //! election timeout) is pinned per node from the seed.
 
+mod disk;
 mod log;
 pub mod seeds;
 
@@ -23,8 +24,9 @@ use rand::{Rng, SeedableRng};
 use crate::consensus::entry::CachedEntry;
 use crate::consensus::scan::LogScanner;
 use crate::consensus::store::RaftStore;
-use crate::consensus::{Applier, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
+use crate::consensus::{readback, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ReceiveOutcome, ShardEngine};
+use disk::{Disk, SimApplier};
 pub use log::SimLog;
 
 /// Virtual milliseconds between raft ticks.
@@ -35,6 +37,9 @@ const FLUSH_INTERVAL_MS: u64 = 50;
 const QUEUES: [(&str, FlushPolicy); 2] = [("q", FlushPolicy::Sync), ("qa", FlushPolicy::Async)];
 /// Visibility timeout of the simulated queue (virtual seconds).
 const VISIBILITY_S: u32 = 3;
+/// Live message bodies are counted per 256 bytes of log (a node: 1 MiB),
+/// an eighth of a simulated segment.
+const SIM_POS_BUCKET_SHIFT: u32 = 8;
 /// A replica's state fingerprint is recomputed at most this often.
 const DIGEST_EVERY_MS: u64 = 20;
 
@@ -80,6 +85,10 @@ pub struct SimReport {
     pub crashes: u64,
     pub elections: u64,
     pub commit_index: u64,
+    /// Log segments released, catalogs written, snapshots installed.
+    pub releases: u64,
+    pub catalogs: u64,
+    pub snapshots: u64,
     /// A hash of everything that happened, to check that a replay is exact.
     pub trace: u64,
 }
@@ -91,19 +100,6 @@ pub struct SimFailure {
     pub seed: u64,
     pub at_ms: u64,
     pub what: String,
-}
-
-struct EngineApplier<'a>(&'a mut ShardEngine);
-
-impl Applier for EngineApplier<'_> {
-    fn apply(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), String> {
-        self.0.replay(pos, rtype, payload).map_err(|e| e.to_string())
-    }
-
-    fn reset(&mut self, _snapshot: Option<&crate::consensus::scan::SnapshotBase>) {
-        // The simulated logs are never released, so never start from a snapshot.
-        *self.0 = self.0.fresh();
-    }
 }
 
 /// A reply held until the log is safe enough.
@@ -154,6 +150,8 @@ struct Node {
     id: u64,
     up: bool,
     log: EntryLog<SimLog>,
+    /// The catalog file and log-space housekeeping.
+    disk: Disk,
     engine: ShardEngine,
     replica: Option<Replica>,
     held: Vec<Held>,
@@ -238,6 +236,9 @@ fn engine_config() -> EngineConfig {
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &SimOptions) -> Result<SimReport, SimFailure> {
+    // Live bodies are counted per bucket of this size: small enough for
+    // the simulated segments to be released.
+    crate::engine::message_index::set_pos_bucket_shift(SIM_POS_BUCKET_SHIFT);
     let mut sim = Sim::new(seed, opts.clone());
     sim.run()?;
     Ok(sim.report)
@@ -267,6 +268,7 @@ impl Sim {
                 id,
                 up: false,
                 log: EntryLog::new(SimLog::default(), true),
+                disk: Disk::default(),
                 engine: ShardEngine::new(engine_config()),
                 replica: None,
                 held: Vec::new(),
@@ -305,6 +307,8 @@ impl Sim {
         self.settle()?;
         self.drain()?;
         self.report.commit_index = self.committed.keys().next_back().copied().unwrap_or(0);
+        self.report.releases = self.nodes.iter().map(|n| n.disk.releases).sum();
+        self.report.catalogs = self.nodes.iter().map(|n| n.disk.catalogs).sum();
         Ok(())
     }
 
@@ -341,41 +345,56 @@ impl Sim {
 
     // ---- nodes --------------------------------------------------------------
 
-    /// Starts (or restarts) node `i` from what its log holds.
+    /// Starts (or restarts) node `i` from what its log and catalog hold,
+    /// as `ShardLog::open` and `server.rs`'s `open_replication` do.
     fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
         let id = self.nodes[i].id;
         let voters: Vec<u64> = (1..=self.opts.nodes).collect();
-        self.nodes[i].log.raw.recover();
+        let n = &mut self.nodes[i];
+        n.log.raw.recover();
         let mut scanner = LogScanner::default();
-        for (pos, end, rt, payload) in self.nodes[i].log.raw.records() {
-            scanner.record(pos, end, rt, payload).map_err(|e| self.fail(format!("node {id}: scan: {e}")))?;
+        let mut failure = None;
+        for (pos, end, rt, payload) in n.log.raw.records() {
+            if let Err(e) = scanner.record(pos, end, rt, payload) {
+                failure = Some(format!("node {id}: scan: {e}"));
+                break;
+            }
         }
         let scanned = scanner.finish();
+        let raw = std::mem::take(&mut n.log.raw);
+        n.log = EntryLog::new(raw, true);
+        let (first, last) = (scanned.index.first_index(), scanned.index.last_index());
+        for k in first..=last {
+            if let Some(e) = scanned.index.get(k) {
+                n.log.note_entry(e.header_pos, e.end_pos);
+            }
+        }
         let mut engine = ShardEngine::new(engine_config());
-        let last = scanned.index.last_index();
+        let file_pos = n.disk.load_catalog(&mut engine);
+        if let Some(b) = scanned.snapshot.as_ref().filter(|b| b.pos > file_pos) {
+            engine = engine.fresh();
+            if let Err(e) = disk::load_snapshot(&mut engine, b) {
+                failure.get_or_insert(format!("node {id}: {e}"));
+            }
+        }
         let commit = scanned.hard_state.commit.min(last);
+        let mut applier = SimApplier { engine: &mut engine, disk: &n.disk };
+        if let Err(e) = readback::apply_range(&scanned.index, first, commit, &n.log.raw, &mut applier) {
+            failure.get_or_insert(format!("node {id}: replay of entry {}: {}", e.index, e.msg));
+        }
         let hs =
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
         let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
+        let base = scanned.snapshot;
         let mut store = RaftStore::new(scanned.index, hs, cs);
-        // Apply what is committed; cache the rest for raft-rs.
-        let raw = &self.nodes[i].log.raw;
-        let mut failure = None;
-        for index in store.index.first_index()..=last {
-            let Some(c) = read_cached(&store, index, raw) else {
-                return Err(self.fail(format!("node {id}: entry {index} unreadable at start")));
-            };
-            if index <= commit {
-                let mut a = EngineApplier(&mut engine);
-                for (r, pos) in crate::consensus::entry::records(&c.data).zip(&c.positions) {
-                    if let Ok((rt, payload)) = r {
-                        if let Err(e) = a.apply(*pos, rt, payload) {
-                            failure.get_or_insert(format!("node {id}: replay of entry {index}: {e}"));
-                        }
-                    }
+        store.snapshot_for_empty_logs = true;
+        // Cache what is not committed yet for raft-rs.
+        for index in commit + 1..=last {
+            match read_cached(&store, index, &n.log.raw) {
+                Some(c) => store.cache.put(index, c),
+                None => {
+                    failure.get_or_insert(format!("node {id}: entry {index} unreadable at start"));
                 }
-            } else {
-                store.cache.put(index, c);
             }
         }
         if let Some(f) = failure {
@@ -389,7 +408,9 @@ impl Sim {
         cfg.inflight_max = 64;
         cfg.append_bytes_max = 64 * 1024;
         cfg.rebooted = self.nodes[i].rebooted;
-        let replica = Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
+        let mut replica =
+            Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
+        replica.set_snapshot_base(base);
         let n = &mut self.nodes[i];
         n.engine = engine;
         n.replica = Some(replica);
@@ -419,7 +440,9 @@ impl Sim {
         }
         let keep = self.rng.random_range(0..4);
         let down_for = self.rng.random_range(20..800);
+        let catalog_written = self.rng.random_bool(0.5);
         let n = &mut self.nodes[i];
+        n.disk.crash(&mut n.log.raw, catalog_written);
         // Abstention outlives a process crash (server.rs keeps a marker file
         // in the shard's directory until the replica votes again).
         let still_abstaining = n.rebooted && n.replica.as_ref().is_some_and(Replica::abstaining);
@@ -455,16 +478,22 @@ impl Sim {
     fn turn(&mut self, i: usize) -> Result<(), SimFailure> {
         self.execute_requests(i);
         let now = self.now;
+        let catalog_done_at = now + self.rng.random_range(1..20);
         let n = &mut self.nodes[i];
         let Some(replica) = n.replica.as_mut() else { return Ok(()) };
+        n.disk.collect(&mut n.log, replica, now);
+        n.disk.housekeep(&mut n.log, &mut n.engine, replica, now);
         if n.log.has_open() && !replica.propose(&mut n.log) {
             // Raft refused the turn's entry: its effects are gone; replay.
             fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
-            rebuild(n).map_err(|e| SimFailure { seed: self.seed, at_ms: now, what: e })?;
+            let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
+            if let Err(e) = replica.rebuild(&mut n.log, &mut applier) {
+                return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: rebuild: {e}", n.id) });
+            }
         }
+        n.disk.capture(&n.engine, replica.applied(), n.log.raw.end());
         let mut out = Outbox::default();
-        let mut applier = EngineApplier(&mut n.engine);
-        let Some(replica) = n.replica.as_mut() else { return Ok(()) };
+        let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
             return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
         }
@@ -474,6 +503,8 @@ impl Sim {
             let delay = self.rng.random_range(1..6);
             n.sync = Some((now + delay, target));
         }
+        n.disk.submit(n.log.raw.written_end(), replica.commit_index(), catalog_done_at);
+        let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         // What the write made safe (followers' acks).
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
             return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
@@ -481,6 +512,11 @@ impl Sim {
         if !n.up {
             return Ok(());
         }
+        if replica.take_snapshot_wanted() {
+            let offered = n.disk.offer_snapshot(replica);
+            self.trace(offered.map_or(0x0ff, |index| index.rotate_left(16)));
+        }
+        let n = &mut self.nodes[i];
         n.engine.tick_passive(now);
         self.handle_events(i, &out.events);
         self.send_out(i, out);
@@ -499,11 +535,18 @@ impl Sim {
             });
             match e {
                 Event::BecameLeader => self.report.elections += 1,
-                Event::LostLeadership | Event::Truncated { .. } => {
+                Event::LostLeadership => {
                     let n = &mut self.nodes[i];
                     fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
                 }
-                Event::ConfChanged { .. } | Event::SnapshotInstalled { .. } => {}
+                Event::Truncated { .. } | Event::SnapshotInstalled { .. } => {
+                    // Output may depend on replaced entries; a catalog taken from them must not be written.
+                    let n = &mut self.nodes[i];
+                    fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
+                    n.disk.drop_pending();
+                    self.report.snapshots += u64::from(matches!(e, Event::SnapshotInstalled { .. }));
+                }
+                Event::ConfChanged { .. } => {}
             }
         }
     }
@@ -512,7 +555,13 @@ impl Sim {
         let from = self.nodes[i].id;
         for m in out.messages {
             let to = m.to;
-            self.send(from, to, Wire::Raft(Replica::encode(&m)));
+            let sent = self.send(from, to, Wire::Raft(Replica::encode(&m)));
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                // As the shard does: finished once on the link (a lost one is re-sent).
+                if let Some(r) = self.nodes[i].replica.as_mut() {
+                    r.report_snapshot(to, sent);
+                }
+            }
         }
         for (to, term, index) in out.written_acks {
             self.send(from, to, Wire::WrittenAck { term, index });
@@ -522,13 +571,19 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: u64, to: u64, w: Wire) {
-        if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.opts.drop_per_mille {
-            return;
+    /// Puts a message on the network; false if its link is cut (a drop
+    /// on the way is not known to the sender).
+    fn send(&mut self, from: u64, to: u64, w: Wire) -> bool {
+        if self.cut.contains(&(from, to)) {
+            return false;
+        }
+        if self.rng.random_range(0..1000) < self.opts.drop_per_mille {
+            return true;
         }
         let delay = self.rng.random_range(1..8);
         self.net_seq += 1;
         self.net.insert((self.now + delay, self.net_seq), (from, to, w));
+        true
     }
 
     fn deliver(&mut self) -> Result<(), SimFailure> {
@@ -923,6 +978,11 @@ impl Sim {
             let stale =
                 self.nodes[i].last_digest.is_none_or(|(a, _, at)| a != applied && self.now >= at + DIGEST_EVERY_MS);
             if stale {
+                // Every live message's body is still in this replica's log
+                // (nothing released under it).
+                if let Some(what) = unreadable_body(&self.nodes[i]) {
+                    return Err(self.fail(format!("node {id}: {what}")));
+                }
                 let d = self.nodes[i].engine.digest();
                 self.nodes[i].last_digest = Some((applied, d, self.now));
             }
@@ -937,7 +997,10 @@ impl Sim {
                 let (Some(ra), Some(rb)) = (self.nodes[a].replica.as_ref(), self.nodes[b].replica.as_ref()) else {
                     continue;
                 };
-                if ia == ib && ia > 0 && ra.store().index.term(ia) == rb.store().index.term(ib) && da != db {
+                // A replica that installed a snapshot whose catalog is ahead
+                // of its applied entries holds no state another has.
+                let pending = self.nodes[a].engine.catalog_pending() || self.nodes[b].engine.catalog_pending();
+                if ia == ib && ia > 0 && ra.store().index.term(ia) == rb.store().index.term(ib) && da != db && !pending {
                     return Err(self.fail(format!(
                         "nodes {} and {} applied the same {ia} entries but differ",
                         self.nodes[a].id, self.nodes[b].id
@@ -993,20 +1056,17 @@ fn read_cached(store: &RaftStore, index: u64, raw: &SimLog) -> Option<CachedEntr
     crate::consensus::readback::read_entry(&store.index, index, raw).ok()
 }
 
-/// The engine had effects Raft refused: rebuild it from the log's committed entries.
-fn rebuild(n: &mut Node) -> Result<(), String> {
-    let mut engine = ShardEngine::new(engine_config());
-    let Some(r) = n.replica.as_ref() else { return Ok(()) };
-    let store = r.store();
-    for index in store.index.first_index()..=r.applied().min(store.index.last_index()) {
-        let c = read_cached(store, index, &n.log.raw).ok_or(format!("entry {index} unreadable"))?;
-        for (rec, pos) in crate::consensus::entry::records(&c.data).zip(&c.positions) {
-            let (rt, payload) = rec.map_err(|e| e.to_string())?;
-            engine.replay(*pos, rt, payload).map_err(|e| e.to_string())?;
+/// A live message of `n`'s engine whose body its log no longer holds.
+fn unreadable_body(n: &Node) -> Option<String> {
+    for (name, _) in QUEUES {
+        let Some(q) = n.engine.queue(name) else { continue };
+        for (seq, e) in q.iter() {
+            if let Err(err) = n.log.raw.read(e.body_pos, e.body_len) {
+                return Some(format!("message {} (queue {name}, seq {seq}) unreadable: {}", e.msg_id, err.0));
+            }
         }
     }
-    n.engine = engine;
-    Ok(())
+    None
 }
 
 fn fail_op(ledger: &mut Ledger, op: &Op) {

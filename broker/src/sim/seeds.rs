@@ -21,6 +21,9 @@ pub struct Totals {
     pub acked_deletes: usize,
     pub crashes: u64,
     pub elections: u64,
+    pub releases: u64,
+    pub catalogs: u64,
+    pub snapshots: u64,
 }
 
 impl Totals {
@@ -30,6 +33,9 @@ impl Totals {
         self.acked_deletes += o.acked_deletes;
         self.crashes += o.crashes;
         self.elections += o.elections;
+        self.releases += o.releases;
+        self.catalogs += o.catalogs;
+        self.snapshots += o.snapshots;
     }
 }
 
@@ -74,6 +80,9 @@ fn run_share(seeds: impl Iterator<Item = u64>, failed: &AtomicBool) -> Result<To
                 acked_deletes: r.acked_deletes,
                 crashes: r.crashes,
                 elections: r.elections,
+                releases: r.releases,
+                catalogs: r.catalogs,
+                snapshots: r.snapshots,
             }),
             Err(e) => {
                 failed.store(true, Ordering::Relaxed);
