@@ -5,7 +5,7 @@
 //! releases its logs exactly as a node does. Pure functions of positions:
 //! no I/O.
 
-use super::log::{EntryLog, RawLog};
+use super::log::{EntryLog, LogFailure, RawLog};
 use super::Replica;
 
 /// Compaction empties the oldest segment when it holds less live data than
@@ -18,7 +18,8 @@ pub const COMPACT_LIVE_FRACTION_DENOM: u64 = 4;
 /// follower does not have yet (it will be sent them), unless that follower
 /// is more than `lag_max` bytes of log behind, or behind what was released
 /// already: it gets a snapshot instead, so a node that is down does not
-/// hold the others' disks. `u64::MAX`: nothing.
+/// hold the others' disks; and the last durable hard-state and
+/// configuration records (`state_records.rs`). `u64::MAX`: nothing.
 pub fn consensus_floor(rep: &Replica, lag_max: u64) -> u64 {
     let ix = &rep.store().index;
     let last_end = ix.end_pos(ix.last_index());
@@ -34,7 +35,18 @@ pub fn consensus_floor(rep: &Replica, lag_max: u64) -> u64 {
         .chain(std::iter::once(rep.applied().min(rep.commit_index()) + 1))
         .min()
         .unwrap_or(u64::MAX);
-    ix.get(needed_from).map_or(u64::MAX, |e| e.header_pos)
+    let entries = ix.get(needed_from).map_or(u64::MAX, |e| e.header_pos);
+    entries.min(rep.state_records_floor())
+}
+
+/// Between turns: when the hard-state and configuration records hold the
+/// oldest segment (ending at `oldest_end`), writes them again at the head,
+/// so that they never keep the log from being released for long.
+pub fn keep_state_records<R: RawLog>(rep: &mut Replica, log: &mut EntryLog<R>, oldest_end: u64) -> Result<(), LogFailure> {
+    if rep.state_records_floor() < oldest_end {
+        rep.rewrite_state_records(log)?;
+    }
+    Ok(())
 }
 
 /// How far a replica's log may be released below `bound`: entries are the

@@ -26,6 +26,7 @@ use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
 use super::readback;
 use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, SnapshotRecord, FLAG_SYNC};
 use super::scan::SnapshotBase;
+use super::state_records::StateRecords;
 use super::store::{PreparedSnapshot, RaftStore};
 use crate::engine::Durability;
 
@@ -226,6 +227,8 @@ pub struct Replica {
     /// A snapshot raft-rs has not yet counted as applied (it may be once
     /// its record is durable).
     snapshot_unapplied: Option<u64>,
+    /// Where its hard-state and configuration records lie (a release keeps them).
+    state_records: StateRecords,
 }
 
 impl Replica {
@@ -263,6 +266,7 @@ impl Replica {
             announce_abstaining: cfg.rebooted,
             base: None,
             snapshot_unapplied: None,
+            state_records: StateRecords::default(),
         })
     }
 
@@ -273,6 +277,35 @@ impl Replica {
 
     pub fn snapshot_base(&self) -> Option<&SnapshotBase> {
         self.base.as_ref()
+    }
+
+    /// Where the hard-state and configuration records found at start-up lie.
+    pub fn set_state_records(&mut self, records: StateRecords) {
+        self.state_records = records;
+    }
+
+    /// The log must be kept from here: the last durable hard-state and
+    /// configuration records (see `state_records.rs`).
+    pub fn state_records_floor(&self) -> u64 {
+        self.state_records.floor()
+    }
+
+    /// Writes the hard state and configuration again at the log's head, so
+    /// the older records may be released once these are durable. Only
+    /// between turns: never inside an entry being built.
+    pub fn rewrite_state_records<R: RawLog>(&mut self, log: &mut EntryLog<R>) -> Result<(), LogFailure> {
+        if log.has_open() || self.state_records.rewrite_pending() {
+            return Ok(());
+        }
+        let hs = self.node.store().hard_state.clone();
+        let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
+        let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_hard_state(pos, log.raw.end());
+        let conf = conf_record(&self.node.store().conf_state);
+        let pos = log.raw.append(rtype::CONF_STATE, &[&conf.encode()], Durability::Written)?;
+        self.state_records.wrote_conf(pos, log.raw.end());
+        log.raw.require_sync();
+        Ok(())
     }
 
     pub fn id(&self) -> u64 {
@@ -634,7 +667,8 @@ impl Replica {
 
     fn write_hard_state<R: RawLog>(&mut self, hs: &HardState, log: &mut EntryLog<R>) -> Result<(), ReplicaError> {
         let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
-        log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_hard_state(pos, log.raw.end());
         self.node.mut_store().hard_state = hs.clone();
         Ok(())
     }
@@ -689,8 +723,19 @@ impl Replica {
             }
         };
         let cs = self.node.apply_conf_change(&cc)?;
+        if !cs.voters.contains(&self.id) && self.node.raft.state == StateRole::Leader {
+            // Removed while leading (it was elected after the change was
+            // proposed, or an operator removed the leader). raft-rs leaves
+            // such a leader leading and panics at its next commit
+            // (`maybe_commit` unwraps its own progress; the simulator hit it
+            // in seed 3 of a `run_seeds` batch, before relocations came out
+            // in a deterministic order): step down now; the voters elect another.
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+        }
         let rec = conf_record(&cs);
-        log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
+        let pos = log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_conf(pos, log.raw.end());
         log.raw.require_sync();
         let added = cc
             .get_changes()
@@ -753,6 +798,7 @@ impl Replica {
     /// safe.
     fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
         let (written, durable) = (raw.written_end(), raw.durable_end());
+        self.state_records.durable_to(durable);
         // Written-acks go as soon as a ready is written, also behind an
         // earlier one that waits for its fdatasync: async writers wait on
         // them, and must not wait for the flush interval (only the latest
@@ -875,6 +921,7 @@ impl Replica {
         let pos = log.raw.append(rtype::SNAPSHOT, &[&record.encode_head(), &record.catalog], Durability::Written)?;
         log.raw.require_sync();
         let end = log.raw.end();
+        self.state_records.wrote_conf(pos, end);
         log.note_entry(pos, end);
         let base = SnapshotBase { pos, end, record };
         applier.install_snapshot(&base).map_err(|e| bad(&e))?;

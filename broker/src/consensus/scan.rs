@@ -27,6 +27,10 @@ pub struct Scanned {
     pub loose_records: u64,
     /// The last snapshot installed: every entry before it is forgotten.
     pub snapshot: Option<SnapshotBase>,
+    /// Where the last hard-state record lies, and the last record carrying
+    /// the configuration (a configuration or snapshot record).
+    pub hard_state_pos: Option<u64>,
+    pub conf_pos: Option<u64>,
 }
 
 /// A log that contradicts itself.
@@ -114,9 +118,11 @@ impl LogScanner {
             }
             rtype::HARD_STATE => {
                 self.out.hard_state = HardStateRecord::decode(payload).map_err(|e| err(format!("hard state: {e}")))?;
+                self.out.hard_state_pos = Some(pos);
             }
             rtype::CONF_STATE => {
                 self.out.conf = Some(ConfStateRecord::decode(payload).map_err(|e| err(format!("configuration: {e}")))?);
+                self.out.conf_pos = Some(pos);
             }
             rtype::SNAPSHOT => {
                 let rec = SnapshotRecord::decode(payload).map_err(|e| err(format!("snapshot: {e}")))?;
@@ -127,6 +133,7 @@ impl LogScanner {
                 self.indexed_any = true;
                 self.out.index = EntryIndex::starting_after(rec.index, rec.term, end);
                 self.out.conf = Some(rec.conf.clone());
+                self.out.conf_pos = Some(pos);
                 self.out.hard_state.commit = self.out.hard_state.commit.max(rec.index);
                 self.out.snapshot = Some(SnapshotBase { pos, end, record: rec });
             }

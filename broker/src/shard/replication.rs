@@ -203,6 +203,11 @@ impl Shard {
         // No entry is half built now: a catalog due may be taken, and
         // membership changes proposed.
         self.log.capture_catalog(&self.engine, r.replica.applied());
+        let oldest_end = self.log.oldest_segment_end();
+        if let Err(e) = crate::consensus::release::keep_state_records(&mut r.replica, self.log.entries(), oldest_end) {
+            // Retried at the next turn; meanwhile the old records stay.
+            log::warn!("shard {}: cannot write the hard state and configuration again: {e}", self.id);
+        }
         let now = self.clock.now_ms();
         for (from, gather, m) in std::mem::take(&mut r.membership) {
             let answer = Answer::Done(self.membership(m));

@@ -693,6 +693,11 @@ impl ShardLog {
         }
     }
 
+    /// Where the oldest segment still held ends (0: no segment).
+    pub fn oldest_segment_end(&self) -> u64 {
+        self.wal().segment_stats().first().map_or(0, |s| s.base.0 + s.capacity)
+    }
+
     /// Where the oldest segment still held starts: everything below was released.
     pub fn first_pos(&self) -> u64 {
         self.wal().first_segment_base().0

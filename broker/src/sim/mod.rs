@@ -11,6 +11,7 @@
 
 mod disk;
 mod log;
+mod membership;
 pub mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -23,10 +24,12 @@ use rand::{Rng, SeedableRng};
 
 use crate::consensus::entry::CachedEntry;
 use crate::consensus::scan::LogScanner;
+use crate::consensus::state_records::StateRecords;
 use crate::consensus::store::RaftStore;
 use crate::consensus::{readback, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ReceiveOutcome, ShardEngine};
 use disk::{Disk, SimApplier};
+use membership::{Change, Proposal};
 pub use log::SimLog;
 
 /// Virtual milliseconds between raft ticks.
@@ -55,6 +58,9 @@ pub struct SimOptions {
     pub crash_per_mille: u32,
     pub partition_per_mille: u32,
     pub drop_per_mille: u32,
+    /// Every 50 virtual ms while no membership change is under way, the
+    /// chance that one starts (a new node added, then an old one removed).
+    pub membership_per_mille: u32,
     /// Crashes may lose power (unsynced data lost) rather than only kill
     /// the process. Acknowledged async messages survive process crashes
     /// only, so they are checked in runs without power loss.
@@ -70,6 +76,7 @@ impl Default for SimOptions {
             crash_per_mille: 2,
             partition_per_mille: 3,
             drop_per_mille: 20,
+            membership_per_mille: 25,
             power_loss: true,
         }
     }
@@ -89,6 +96,8 @@ pub struct SimReport {
     pub releases: u64,
     pub catalogs: u64,
     pub snapshots: u64,
+    /// Nodes removed from the group (each replaced by a new one).
+    pub removed: u64,
     /// A hash of everything that happened, to check that a replay is exact.
     pub trace: u64,
 }
@@ -165,6 +174,35 @@ struct Node {
     last_digest: Option<(u64, u64, u64)>,
     /// Committed entries up to here were checked.
     checked_to: u64,
+    /// Started empty to join a running group (knows no members).
+    joining: bool,
+    /// Removed from the group and stopped for good.
+    retired: bool,
+    /// A membership change to propose in its next turn (as leader).
+    proposal: Option<Proposal>,
+}
+
+impl Node {
+    fn new(id: u64, joining: bool) -> Node {
+        Node {
+            id,
+            up: false,
+            log: EntryLog::new(SimLog::default(), true),
+            disk: Disk::default(),
+            engine: ShardEngine::new(engine_config()),
+            replica: None,
+            held: Vec::new(),
+            inbox: Vec::new(),
+            sync: None,
+            restart_at: 0,
+            rebooted: false,
+            last_digest: None,
+            checked_to: 0,
+            joining,
+            retired: false,
+            proposal: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +231,9 @@ struct Sim {
     report: SimReport,
     /// Clients stop issuing requests (the run is settling).
     quiet: bool,
+    /// The membership change under way, and when to drive it next.
+    change: Change,
+    next_change_ms: u64,
 }
 
 /// A message as the ledger knows it: (queue, message id). Ids are unique
@@ -261,25 +302,12 @@ impl Sim {
             committed: BTreeMap::new(),
             report: SimReport::default(),
             quiet: false,
+            change: Change::Idle,
+            next_change_ms: 0,
             opts,
         };
         for id in 1..=sim.opts.nodes {
-            let node = Node {
-                id,
-                up: false,
-                log: EntryLog::new(SimLog::default(), true),
-                disk: Disk::default(),
-                engine: ShardEngine::new(engine_config()),
-                replica: None,
-                held: Vec::new(),
-                inbox: Vec::new(),
-                sync: None,
-                restart_at: 0,
-                rebooted: false,
-                last_digest: None,
-                checked_to: 0,
-            };
-            sim.nodes.push(node);
+            sim.nodes.push(Node::new(id, false));
         }
         for i in 0..sim.opts.clients {
             let node = sim.rng.random_range(1..=sim.opts.nodes);
@@ -309,6 +337,13 @@ impl Sim {
         self.report.commit_index = self.committed.keys().next_back().copied().unwrap_or(0);
         self.report.releases = self.nodes.iter().map(|n| n.disk.releases).sum();
         self.report.catalogs = self.nodes.iter().map(|n| n.disk.catalogs).sum();
+        if let Some(i) = self.leader() {
+            let voters = self.nodes[i].replica.as_ref().map(|r| r.voters()).unwrap_or_default();
+            let members: Vec<u64> = self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect();
+            if voters.iter().any(|v| !members.contains(v)) {
+                return Err(self.fail(format!("voters {voters:?} include a removed node (members {members:?})")));
+            }
+        }
         Ok(())
     }
 
@@ -320,6 +355,7 @@ impl Sim {
             self.inject_faults()?;
         }
         self.deliver()?;
+        self.drive_membership(faults);
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {
                 if self.now >= self.nodes[i].restart_at {
@@ -349,8 +385,9 @@ impl Sim {
     /// as `ShardLog::open` and `server.rs`'s `open_replication` do.
     fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
         let id = self.nodes[i].id;
-        let voters: Vec<u64> = (1..=self.opts.nodes).collect();
         let n = &mut self.nodes[i];
+        // A joining node knows no members: it learns them from the leader's snapshot.
+        let voters: Vec<u64> = if n.joining { Vec::new() } else { (1..=self.opts.nodes).collect() };
         n.log.raw.recover();
         let mut scanner = LogScanner::default();
         let mut failure = None;
@@ -386,6 +423,7 @@ impl Sim {
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
         let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
         let base = scanned.snapshot;
+        let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
         let mut store = RaftStore::new(scanned.index, hs, cs);
         store.snapshot_for_empty_logs = true;
         // Cache what is not committed yet for raft-rs.
@@ -411,6 +449,7 @@ impl Sim {
         let mut replica =
             Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
         replica.set_snapshot_base(base);
+        replica.set_state_records(state_records);
         let n = &mut self.nodes[i];
         n.engine = engine;
         n.replica = Some(replica);
@@ -432,7 +471,7 @@ impl Sim {
         // a power loss elsewhere (that machine still down, or back but not
         // yet in step with a leader) is outside the promise.
         let rebooting = |n: &Node| n.rebooted && (!n.up || n.replica.as_ref().is_some_and(|r| r.abstaining()));
-        let others = self.nodes.iter().enumerate().filter(|(k, _)| *k != i);
+        let others = self.nodes.iter().enumerate().filter(|(k, n)| *k != i && !n.retired);
         let overlaps = others.map(|(_, n)| n).any(|n| rebooting(n) || (power_loss && !n.up));
         self.ledger.double_power_loss |= overlaps;
         if power_loss {
@@ -492,6 +531,13 @@ impl Sim {
             }
         }
         n.disk.capture(&n.engine, replica.applied(), n.log.raw.end());
+        let oldest_end = n.log.raw.first_pos() + log::SEGMENT_BYTES;
+        if let Err(e) = crate::consensus::release::keep_state_records(replica, &mut n.log, oldest_end) {
+            return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
+        }
+        self.propose_change(i);
+        let n = &mut self.nodes[i];
+        let Some(replica) = n.replica.as_mut() else { return Ok(()) };
         let mut out = Outbox::default();
         let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
@@ -628,9 +674,10 @@ impl Sim {
             }
         }
         if self.cut.is_empty() && self.rng.random_range(0..1000) < self.opts.partition_per_mille {
-            let victim = self.rng.random_range(1..=self.opts.nodes);
+            let victim = self.random_member();
             let one_way = self.rng.random_bool(0.3);
-            for other in 1..=self.opts.nodes {
+            let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+            for other in ids {
                 if other != victim {
                     self.cut.insert((victim, other));
                     if !one_way {
@@ -686,7 +733,7 @@ impl Sim {
         if !leading {
             // NOT_LEADER (or no answer): follow the hint, else try another node.
             let hint = self.nodes[i].replica.as_ref().filter(|_| self.nodes[i].up).map_or(0, |r| r.leader_id());
-            let next = if hint != 0 && hint != target { hint } else { self.rng.random_range(1..=self.opts.nodes) };
+            let next = if hint != 0 && hint != target { hint } else { self.random_member() };
             let cl = &mut self.clients[c];
             cl.node = next;
             cl.ready_at = self.now + 5;
@@ -816,8 +863,8 @@ impl Sim {
     fn settle(&mut self) -> Result<(), SimFailure> {
         self.cut.clear();
         let drop = std::mem::replace(&mut self.opts.drop_per_mille, 0);
-        for i in 0..self.nodes.len() {
-            self.nodes[i].restart_at = self.nodes[i].restart_at.min(self.now);
+        for n in self.nodes.iter_mut().filter(|n| !n.retired) {
+            n.restart_at = n.restart_at.min(self.now);
         }
         self.quiet = true;
         for _ in 0..20_000 {
@@ -867,8 +914,9 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
+        let members = self.nodes.iter().filter(|n| !n.retired).count();
         let reps: Vec<&Replica> = self.nodes.iter().filter_map(|n| n.replica.as_ref().filter(|_| n.up)).collect();
-        if reps.len() != self.nodes.len() || !reps.iter().any(|r| r.is_leader()) {
+        if reps.len() != members || !reps.iter().any(|r| r.is_leader()) {
             return false;
         }
         let a = reps[0].applied();

@@ -24,6 +24,7 @@ pub struct Totals {
     pub releases: u64,
     pub catalogs: u64,
     pub snapshots: u64,
+    pub removed: u64,
 }
 
 impl Totals {
@@ -36,6 +37,7 @@ impl Totals {
         self.releases += o.releases;
         self.catalogs += o.catalogs;
         self.snapshots += o.snapshots;
+        self.removed += o.removed;
     }
 }
 
@@ -73,7 +75,14 @@ fn run_share(seeds: impl Iterator<Item = u64>, failed: &AtomicBool) -> Result<To
         if failed.load(Ordering::Relaxed) {
             break;
         }
-        match run(seed, &options_for(seed)) {
+        // A panic (in raft-rs, say) is reported with its seed (in a debug
+        // build: a release build aborts).
+        let ran = std::panic::catch_unwind(|| run(seed, &options_for(seed)));
+        let ran = ran.unwrap_or_else(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(SimFailure { seed, at_ms: 0, what: format!("panicked: {}", what.unwrap_or_default()) })
+        });
+        match ran {
             Ok(r) => totals.add(&Totals {
                 seeds: 1,
                 acked_sends: r.acked_sends,
@@ -83,6 +92,7 @@ fn run_share(seeds: impl Iterator<Item = u64>, failed: &AtomicBool) -> Result<To
                 releases: r.releases,
                 catalogs: r.catalogs,
                 snapshots: r.snapshots,
+                removed: r.removed,
             }),
             Err(e) => {
                 failed.store(true, Ordering::Relaxed);
