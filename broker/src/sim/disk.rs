@@ -39,6 +39,11 @@ pub struct Disk {
     /// Its position (counted only once durable).
     pub catalog_pos: u64,
     write: CatalogWrite,
+    /// Entries committed as of the last turn whose events were handled
+    /// (`ShardLog::set_committed_index`): raft-rs may count entries
+    /// committed in `step` that replace applied ones before the `Ready`
+    /// that says so is handled.
+    committed: u64,
     gated_release: GatedRelease,
     consensus_floor: u64,
     next_housekeep_ms: u64,
@@ -54,6 +59,7 @@ impl Default for Disk {
             catalog: None,
             catalog_pos: 0,
             write: CatalogWrite::Idle,
+            committed: 0,
             gated_release: GatedRelease::default(),
             consensus_floor: u64::MAX,
             next_housekeep_ms: 0,
@@ -74,6 +80,7 @@ impl Disk {
             }
         }
         self.write = CatalogWrite::Idle;
+        self.committed = 0;
         self.gated_release.void();
         self.consensus_floor = u64::MAX;
         self.next_housekeep_ms = 0;
@@ -120,7 +127,7 @@ impl Disk {
 
     /// One pass of the shared rule; returns whether to compact.
     fn plan(&mut self, log: &mut EntryLog<SimLog>, engine: &ShardEngine, replica: &mut Replica) -> bool {
-        if let Some(bound) = self.gated_release.take_due(replica.commit_index()) {
+        if let Some(bound) = self.gated_release.take_due(self.committed) {
             self.release_below(log, replica, bound);
         }
         let first = log.raw.first_pos();
@@ -165,9 +172,15 @@ impl Disk {
         }
     }
 
+    /// At the end of a turn, its events handled: entries up to `index` are committed.
+    pub fn set_committed(&mut self, index: u64) {
+        self.committed = index;
+    }
+
     /// After the turn's write: hands a taken catalog to the housekeeper once
     /// the log below it is written and what it reflects is committed.
-    pub fn submit(&mut self, written_end: u64, committed: u64, done_at: u64) {
+    pub fn submit(&mut self, written_end: u64, done_at: u64) {
+        let committed = self.committed;
         let due = |c: &Catalog, gate: u64| written_end >= c.log_pos && committed >= gate;
         if !matches!(&self.write, CatalogWrite::Ready { catalog, gate, .. } if due(catalog, *gate)) {
             return;

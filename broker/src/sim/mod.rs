@@ -549,7 +549,7 @@ impl Sim {
             let delay = self.rng.random_range(1..6);
             n.sync = Some((now + delay, target));
         }
-        n.disk.submit(n.log.raw.written_end(), replica.commit_index(), catalog_done_at);
+        n.disk.submit(n.log.raw.written_end(), catalog_done_at);
         let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         // What the write made safe (followers' acks).
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
@@ -565,6 +565,10 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.engine.tick_passive(now);
         self.handle_events(i, &out.events);
+        let n = &mut self.nodes[i];
+        if let Some(r) = n.replica.as_ref() {
+            n.disk.set_committed(r.commit_index());
+        }
         self.send_out(i, out);
         self.release(i);
         Ok(())
