@@ -1108,3 +1108,69 @@ mod abstain_tests {
         assert!(r.abstaining_peers.is_empty());
     }
 }
+
+#[cfg(test)]
+mod removal_tests {
+    use raft::eraftpb::{ConfState, HardState};
+
+    use super::*;
+    use crate::consensus::scan::LogScanner;
+    use crate::sim::SimLog;
+
+    struct NoEngine;
+
+    impl Applier for NoEngine {
+        fn apply(&mut self, _pos: u64, _rtype: u8, _payload: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn reset(&mut self, _snapshot: Option<&SnapshotBase>) {}
+    }
+
+    type Node = (Replica, EntryLog<SimLog>);
+
+    /// Replica `id` of the group {1, 2}, with an empty log.
+    fn node(id: u64) -> Node {
+        let cs = ConfState { voters: vec![1, 2], ..Default::default() };
+        let store = RaftStore::new(LogScanner::default().finish().index, HardState::default(), cs);
+        let replica = Replica::new(&ReplicaConfig::new(id), store, 0).expect("a replica");
+        (replica, EntryLog::new(SimLog::default(), true))
+    }
+
+    /// Rounds of: every replica handles its readies with its log written
+    /// and fdatasync'd at once, then its messages are delivered.
+    fn exchange(nodes: &mut [Node], rounds: usize) {
+        for _ in 0..rounds {
+            let mut messages = Vec::new();
+            for (r, log) in nodes.iter_mut() {
+                let mut out = Outbox::default();
+                r.pump(log, &mut NoEngine, &mut out).expect("pump");
+                log.raw.submit(0);
+                let synced = log.raw.start_sync();
+                log.raw.sync_done(synced);
+                r.pump(log, &mut NoEngine, &mut out).expect("pump");
+                messages.extend(out.messages);
+            }
+            for m in messages {
+                let to = usize::try_from(m.to - 1).expect("a node");
+                nodes[to].0.step(m).expect("step");
+            }
+        }
+    }
+
+    /// raft-rs leaves a leader that applies its own removal leading, and
+    /// panics at its next commit; the replica makes it step down.
+    #[test]
+    fn a_leader_that_applies_its_own_removal_steps_down() {
+        let mut nodes = vec![node(1), node(2)];
+        for _ in 0..40 {
+            nodes[0].0.tick();
+            exchange(&mut nodes, 1);
+        }
+        assert!(nodes[0].0.is_leader(), "node 1 campaigned first");
+        nodes[0].0.propose_remove_node(1).expect("proposed");
+        exchange(&mut nodes, 10);
+        assert_eq!(nodes[1].0.voters(), vec![2]);
+        assert!(!nodes[0].0.is_leader(), "a removed leader steps down");
+    }
+}
