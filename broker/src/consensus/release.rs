@@ -42,7 +42,11 @@ pub fn consensus_floor(rep: &Replica, lag_max: u64) -> u64 {
 /// Between turns: when the hard-state and configuration records hold the
 /// oldest segment (ending at `oldest_end`), writes them again at the head,
 /// so that they never keep the log from being released for long.
-pub fn keep_state_records<R: RawLog>(rep: &mut Replica, log: &mut EntryLog<R>, oldest_end: u64) -> Result<(), LogFailure> {
+pub fn keep_state_records<R: RawLog>(
+    rep: &mut Replica,
+    log: &mut EntryLog<R>,
+    oldest_end: u64,
+) -> Result<(), LogFailure> {
     if rep.state_records_floor() < oldest_end {
         rep.rewrite_state_records(log)?;
     }
@@ -85,10 +89,14 @@ pub struct LogSpace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Housekeeping {
     /// Release whole segments below `release_floor(bound)`.
-    Release { bound: u64 },
+    Release {
+        bound: u64,
+    },
     /// Only queue-management records keep the oldest segment: take a
     /// catalog (`live`: the bound for the release that follows its write).
-    Catalog { live: u64 },
+    Catalog {
+        live: u64,
+    },
     /// Live messages keep the oldest segment and are few: copy them forward.
     Compact,
     Nothing,

@@ -23,13 +23,23 @@ const RELOCATE_PER_TURN_MAX: usize = 8;
 enum CatalogWrite {
     Idle,
     /// Wanted: taken after the turn's entry is proposed.
-    Due { live: u64 },
+    Due {
+        live: u64,
+    },
     /// Taken; reflects entries up to `gate`, written once they are committed
     /// and the log up to its position is written.
-    Ready { catalog: Box<Catalog>, live: u64, gate: u64 },
+    Ready {
+        catalog: Box<Catalog>,
+        live: u64,
+        gate: u64,
+    },
     /// The housekeeper fdatasyncs the log up to the catalog's position and
     /// renames the file into place at `done_at`.
-    Writing { catalog: Box<Catalog>, live: u64, done_at: u64 },
+    Writing {
+        catalog: Box<Catalog>,
+        live: u64,
+        done_at: u64,
+    },
 }
 
 /// What a node keeps besides its log: the catalog file, and housekeeping.
@@ -102,13 +112,7 @@ impl Disk {
 
     /// Housekeeping (about every `HOUSEKEEP_EVERY_MS`), then a compaction
     /// step while one is under way: `shard/mod.rs`'s `housekeep`.
-    pub fn housekeep(
-        &mut self,
-        log: &mut EntryLog<SimLog>,
-        engine: &mut ShardEngine,
-        replica: &mut Replica,
-        now: u64,
-    ) {
+    pub fn housekeep(&mut self, log: &mut EntryLog<SimLog>, engine: &mut ShardEngine, replica: &mut Replica, now: u64) {
         let leading = replica.is_leader() && !replica.transferring();
         if now >= self.next_housekeep_ms {
             self.next_housekeep_ms = now + HOUSEKEEP_EVERY_MS;

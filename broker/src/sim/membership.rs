@@ -19,9 +19,13 @@ const RETRY_MS: u64 = 50;
 pub enum Change {
     Idle,
     /// Node `id` (new, empty) is being added.
-    Adding { id: u64 },
+    Adding {
+        id: u64,
+    },
     /// Node `id` is being removed.
-    Removing { id: u64 },
+    Removing {
+        id: u64,
+    },
 }
 
 /// A change for the leader to propose in its next turn.
