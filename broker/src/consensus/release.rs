@@ -47,7 +47,8 @@ pub fn keep_state_records<R: RawLog>(
     log: &mut EntryLog<R>,
     oldest_end: u64,
 ) -> Result<(), LogFailure> {
-    if rep.state_records_floor() < oldest_end {
+    // Only once the head has left that segment: a copy there would not help.
+    if rep.state_records_floor() < oldest_end && log.raw.end() >= oldest_end {
         rep.rewrite_state_records(log)?;
     }
     Ok(())

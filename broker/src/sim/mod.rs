@@ -847,9 +847,7 @@ impl Sim {
             let n = &mut self.nodes[i];
             match n.engine.create_queue(&mut n.log, now, name, &update, seq) {
                 Ok(_) => {}
-                // This leader created it before (maybe not yet committed,
-                // maybe replaced since): wait for every replica to have it.
-                Err(e) if e.code == ErrorCode::QUEUE_ALREADY_EXISTS => {}
+                Err(e) if e.code == ErrorCode::QUEUE_ALREADY_EXISTS => return Ok(()),
                 Err(e) => return Err(self.fail(format!("create queue: {e}"))),
             }
             // Wait until it commits.
