@@ -141,7 +141,11 @@ pub fn housekeeping(s: &LogSpace, floor: impl Fn(u64) -> u64, live_bytes_below: 
 /// gone from this replica's log, and a rebuild or restart here would lose
 /// it (seed 8 of the simulator, once it released logs). So the bound is
 /// held with the index applied when it was computed, and used once that
-/// index is committed; entries replaced meanwhile void it.
+/// index is committed; entries replaced meanwhile void it. Committed as a
+/// restart of this replica knows it (`Replica::durable_commit_index`): a
+/// restart applies entries only up to its last durable hard state, and an
+/// engine without the entry that superseded a released record would lack
+/// the message until the entry is applied again (seed 1796449737090).
 #[derive(Debug, Default)]
 pub struct GatedRelease {
     pending: Option<(u64, u64)>,

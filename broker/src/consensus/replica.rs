@@ -26,7 +26,7 @@ use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
 use super::readback;
 use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, SnapshotRecord, FLAG_SYNC};
 use super::scan::SnapshotBase;
-use super::state_records::StateRecords;
+use super::state_records::{DurableCommit, StateRecords};
 use super::store::{PreparedSnapshot, RaftStore};
 use crate::engine::Durability;
 
@@ -229,6 +229,8 @@ pub struct Replica {
     snapshot_unapplied: Option<u64>,
     /// Where its hard-state and configuration records lie (a release keeps them).
     state_records: StateRecords,
+    /// The commit index a restart would replay to.
+    durable_commit: DurableCommit,
 }
 
 impl Replica {
@@ -246,6 +248,7 @@ impl Replica {
         rc.check_quorum = true;
         rc.pre_vote = true;
         rc.validate()?;
+        let durable_commit = DurableCommit::found(store.hard_state.commit);
         let logger = super::logger::logger(cfg.id);
         let node = RawNode::new(&rc, store, &logger)?;
         Ok(Replica {
@@ -267,6 +270,7 @@ impl Replica {
             base: None,
             snapshot_unapplied: None,
             state_records: StateRecords::default(),
+            durable_commit,
         })
     }
 
@@ -301,6 +305,7 @@ impl Replica {
         let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
         let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
         self.state_records.wrote_hard_state(pos, log.raw.end());
+        self.durable_commit.wrote(log.raw.end(), hs.commit);
         let conf = conf_record(&self.node.store().conf_state);
         let pos = log.raw.append(rtype::CONF_STATE, &[&conf.encode()], Durability::Written)?;
         self.state_records.wrote_conf(pos, log.raw.end());
@@ -332,6 +337,14 @@ impl Replica {
 
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The commit index a restart would replay to (the last durable
+    /// hard-state record's; see `DurableCommit`): releases and catalogs
+    /// wait for what they reflect to be committed this far, not just
+    /// [`commit_index`](Self::commit_index).
+    pub fn durable_commit_index(&self) -> u64 {
+        self.durable_commit.index()
     }
 
     pub fn last_index(&self) -> u64 {
@@ -669,6 +682,7 @@ impl Replica {
         let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
         let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
         self.state_records.wrote_hard_state(pos, log.raw.end());
+        self.durable_commit.wrote(log.raw.end(), hs.commit);
         self.node.mut_store().hard_state = hs.clone();
         Ok(())
     }
@@ -805,6 +819,7 @@ impl Replica {
     fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
         let (written, durable) = (raw.written_end(), raw.durable_end());
         self.state_records.durable_to(durable);
+        self.durable_commit.durable_to(durable);
         // Written-acks go as soon as a ready is written, also behind an
         // earlier one that waits for its fdatasync: async writers wait on
         // them, and must not wait for the flush interval (only the latest
@@ -928,6 +943,8 @@ impl Replica {
         log.raw.require_sync();
         let end = log.raw.end();
         self.state_records.wrote_conf(pos, end);
+        // A restart counts entries up to the snapshot's index committed.
+        self.durable_commit.wrote(end, index);
         log.note_entry(pos, end);
         let base = SnapshotBase { pos, end, record };
         applier.install_snapshot(&base).map_err(|e| bad(&e))?;
@@ -1123,7 +1140,7 @@ mod removal_tests {
     use crate::consensus::scan::LogScanner;
     use crate::sim::SimLog;
 
-    struct NoEngine;
+    pub(super) struct NoEngine;
 
     impl Applier for NoEngine {
         fn apply(&mut self, _pos: u64, _rtype: u8, _payload: &[u8]) -> Result<(), String> {
@@ -1133,10 +1150,10 @@ mod removal_tests {
         fn reset(&mut self, _snapshot: Option<&SnapshotBase>) {}
     }
 
-    type Node = (Replica, EntryLog<SimLog>);
+    pub(super) type Node = (Replica, EntryLog<SimLog>);
 
     /// Replica `id` of the group {1, 2}, with an empty log.
-    fn node(id: u64) -> Node {
+    pub(super) fn node(id: u64) -> Node {
         let cs = ConfState { voters: vec![1, 2], ..Default::default() };
         let store = RaftStore::new(LogScanner::default().finish().index, HardState::default(), cs);
         let replica = Replica::new(&ReplicaConfig::new(id), store, 0).expect("a replica");
@@ -1145,22 +1162,30 @@ mod removal_tests {
 
     /// Rounds of: every replica handles its readies with its log written
     /// and fdatasync'd at once, then its messages are delivered.
-    fn exchange(nodes: &mut [Node], rounds: usize) {
+    pub(super) fn exchange(nodes: &mut [Node], rounds: usize) {
         for _ in 0..rounds {
-            let mut messages = Vec::new();
-            for (r, log) in nodes.iter_mut() {
-                let mut out = Outbox::default();
-                r.pump(log, &mut NoEngine, &mut out).expect("pump");
-                log.raw.submit(0);
+            exchange_syncing(nodes, &[true, true]);
+        }
+    }
+
+    /// One round of `exchange`, where node `k + 1` fdatasyncs its log only
+    /// if `sync[k]` (otherwise it is written: in the OS, not on disk).
+    pub(super) fn exchange_syncing(nodes: &mut [Node], sync: &[bool]) {
+        let mut messages = Vec::new();
+        for ((r, log), sync) in nodes.iter_mut().zip(sync) {
+            let mut out = Outbox::default();
+            r.pump(log, &mut NoEngine, &mut out).expect("pump");
+            log.raw.submit(0);
+            if *sync {
                 let synced = log.raw.start_sync();
                 log.raw.sync_done(synced);
-                r.pump(log, &mut NoEngine, &mut out).expect("pump");
-                messages.extend(out.messages);
             }
-            for m in messages {
-                let to = usize::try_from(m.to - 1).expect("a node");
-                nodes[to].0.step(m).expect("step");
-            }
+            r.pump(log, &mut NoEngine, &mut out).expect("pump");
+            messages.extend(out.messages);
+        }
+        for m in messages {
+            let to = usize::try_from(m.to - 1).expect("a node");
+            nodes[to].0.step(m).expect("step");
         }
     }
 
@@ -1178,5 +1203,77 @@ mod removal_tests {
         exchange(&mut nodes, 10);
         assert_eq!(nodes[1].0.voters(), vec![2]);
         assert!(!nodes[0].0.is_leader(), "a removed leader steps down");
+    }
+}
+
+#[cfg(test)]
+mod durable_commit_tests {
+    use super::removal_tests::{exchange, exchange_syncing, node, NoEngine};
+    use super::Outbox;
+    use crate::consensus::scan::LogScanner;
+    use crate::engine::{Durability, Log};
+
+    /// A follower learns that entries are committed in a hard state written
+    /// without an fdatasync of its own; a power loss takes it back, and the
+    /// restart applies entries only up to the commit index it finds. A
+    /// release or a catalog that relied on the entries after it would
+    /// leave the restarted engine without state those entries hold (seed
+    /// 1796449737090: two replicas differed after the same 186 entries),
+    /// so they count only `durable_commit_index`, which is exactly what a
+    /// restart finds.
+    #[test]
+    fn the_durable_commit_index_is_what_a_restart_after_a_power_loss_applies() {
+        let mut nodes = vec![node(1), node(2)];
+        for _ in 0..40 {
+            nodes[0].0.tick();
+            exchange(&mut nodes, 1);
+        }
+        assert!(nodes[0].0.is_leader(), "node 1 campaigned first");
+        let (leader, leader_log) = &mut nodes[0];
+        leader_log.append(1, &[b"a record"], Durability::Written).expect("appended");
+        assert!(leader.propose(leader_log));
+        let index = leader.last_index();
+        // Node 2 writes and fdatasyncs the entry; the leader commits it.
+        for _ in 0..10 {
+            exchange_syncing(&mut nodes, &[true, true]);
+            if nodes[0].0.commit_index() >= index {
+                break;
+            }
+        }
+        assert!(nodes[0].0.commit_index() >= index);
+        // Node 2 hears of the commit; that hard state is written, not yet durable.
+        for _ in 0..10 {
+            exchange_syncing(&mut nodes, &[true, false]);
+            if nodes[1].0.commit_index() >= index {
+                break;
+            }
+        }
+        let (follower, log) = &mut nodes[1];
+        assert!(follower.commit_index() >= index, "node 2 learned the commit");
+        follower.pump(log, &mut NoEngine, &mut Outbox::default()).expect("pump");
+        log.raw.submit(0);
+        assert_eq!(follower.store().hard_state.commit, follower.commit_index(), "the hard state is written");
+        let durable = follower.durable_commit_index();
+        assert!(durable < index, "its hard state is not durable yet");
+
+        let mut lost = log.raw.clone();
+        lost.crash(true, 0);
+        let mut scanner = LogScanner::default();
+        for (pos, end, rt, payload) in lost.records() {
+            scanner.record(pos, end, rt, payload).expect("scanned");
+        }
+        let scanned = scanner.finish();
+        assert!(scanned.index.last_index() >= index, "the entry itself was durable");
+        assert_eq!(
+            scanned.hard_state.commit.min(scanned.index.last_index()),
+            durable,
+            "a restart after a power loss applies up to the durable commit index, not further"
+        );
+
+        log.raw.submit(0);
+        let synced = log.raw.start_sync();
+        log.raw.sync_done(synced);
+        follower.pump(log, &mut NoEngine, &mut Outbox::default()).expect("pump");
+        assert_eq!(follower.durable_commit_index(), follower.commit_index(), "durable once fdatasync'd");
     }
 }

@@ -261,7 +261,8 @@ impl Shard {
             let _ = r.links.send_written_ack(to, term, index);
         }
         r.links.flush(self.poll.registry(), now);
-        self.log.set_committed_index(r.replica.commit_index());
+        // Releases and catalogs count only entries a restart would apply again.
+        self.log.set_committed_index(r.replica.durable_commit_index());
         for e in out.events {
             self.repl_event(e);
         }

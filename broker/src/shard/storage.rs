@@ -646,7 +646,8 @@ impl ShardLog {
         }
     }
 
-    /// In a group: entries up to `index` are committed.
+    /// In a group: entries up to `index` are committed, and a restart
+    /// would apply them (`Replica::durable_commit_index`).
     pub fn set_committed_index(&mut self, index: u64) {
         self.committed_index = index;
     }

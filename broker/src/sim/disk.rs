@@ -52,7 +52,8 @@ pub struct Disk {
     /// Entries committed as of the last turn whose events were handled
     /// (`ShardLog::set_committed_index`): raft-rs may count entries
     /// committed in `step` that replace applied ones before the `Ready`
-    /// that says so is handled.
+    /// that says so is handled. Durably committed: a restart applies them
+    /// (`Replica::durable_commit_index`).
     committed: u64,
     gated_release: GatedRelease,
     consensus_floor: u64,

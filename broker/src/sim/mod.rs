@@ -566,7 +566,7 @@ impl Sim {
         self.handle_events(i, &out.events);
         let n = &mut self.nodes[i];
         if let Some(r) = n.replica.as_ref() {
-            n.disk.set_committed(r.commit_index());
+            n.disk.set_committed(r.durable_commit_index());
         }
         self.send_out(i, out);
         self.release(i);
