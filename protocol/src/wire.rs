@@ -29,21 +29,18 @@ impl Reader {
     /// A `u32`-prefixed byte string of at most `max` bytes, sliced without copying.
     pub fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let len = self.u32(field)? as usize;
-        if len > max {
-            return Err(DecodeError::TooLong { field, got: len, max });
-        }
-        if self.remaining() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let out = self.buf.slice(self.pos..self.pos + len);
-        self.pos += len;
-        Ok(out)
+        self.slice_of(field, len, max)
     }
 
     /// A `u8`-prefixed byte string of at most `max` bytes, sliced without
     /// copying (idempotency keys).
     pub fn short_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let len = usize::from(self.u8(field)?);
+        self.slice_of(field, len, max)
+    }
+
+    /// The next `len` bytes (at most `max`), sliced without copying.
+    fn slice_of(&mut self, field: &'static str, len: usize, max: usize) -> Result<Bytes, DecodeError> {
         if len > max {
             return Err(DecodeError::TooLong { field, got: len, max });
         }

@@ -16,26 +16,10 @@ import time
 
 from cmq.account import Account
 from cmq.cmq_exception import CMQServerException
+from common import check, error_of
 from cmq.queue import Message, QueueMeta
 
 ENDPOINT, SECRET_ID, SECRET_KEY, LIMITED_ID, LIMITED_KEY = sys.argv[1:6]
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print("FAIL", name, detail, flush=True)
-        sys.exit(1)
-    print("ok", name, flush=True)
-
-
-def error_of(fn, *args):
-    """The CMQServerException fn raises (fails the run if it raises none)."""
-    try:
-        fn(*args)
-    except CMQServerException as e:
-        return e
-    print("FAIL expected a CMQ error from", fn.__name__, flush=True)
-    sys.exit(1)
 
 
 def account(secret_id=SECRET_ID, secret_key=SECRET_KEY, method="POST", sign="sha1"):

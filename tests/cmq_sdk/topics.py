@@ -13,6 +13,7 @@ import sys
 
 from cmq.account import Account
 from cmq.cmq_exception import CMQServerException
+from common import check, error_of
 from cmq.queue import QueueMeta
 from cmq.subscription import SubscriptionMeta
 from cmq.topic import Message, TopicMeta
@@ -21,22 +22,6 @@ ENDPOINT, SECRET_ID, SECRET_KEY = sys.argv[1:4]
 
 # Fan-out is asynchronous: receives long-poll for up to this long.
 DELIVERY_WAIT_SECONDS = 5
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print("FAIL", name, detail, flush=True)
-        sys.exit(1)
-    print("ok", name, flush=True)
-
-
-def error_of(fn, *args):
-    try:
-        fn(*args)
-    except CMQServerException as e:
-        return e
-    print("FAIL expected a CMQ error from", fn.__name__, flush=True)
-    sys.exit(1)
 
 
 acc = Account(ENDPOINT, SECRET_ID, SECRET_KEY)
