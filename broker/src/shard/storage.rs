@@ -578,10 +578,15 @@ impl ShardLog {
     /// Returns whether compaction should continue next turn.
     pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
         self.collect_catalog();
+        let live = engine.min_live_pos().unwrap_or(u64::MAX);
+        if live >= self.wal().end().0 {
+            // Everything in the head segment is dead: if its successor is
+            // ready, move on, so a catalog below lets the dead one go.
+            self.wal_mut().leave_dead_head();
+        }
         let stats = self.wal().segment_stats();
         let Some(oldest) = stats.first() else { return false };
         let oldest_end = oldest.base.0 + oldest.capacity;
-        let live = engine.min_live_pos().unwrap_or(u64::MAX);
         let bound = live.min(self.catalog_pos);
         log::debug!(
             "log {}: oldest segment ends at {oldest_end}, live data from {live}, catalog at {}, head at {}",

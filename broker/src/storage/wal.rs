@@ -1433,6 +1433,26 @@ impl Wal {
         self.end = self.segs[next].base + SEGMENT_HEADER_BYTES;
     }
 
+    /// Moves the head into the next segment when that one exists already
+    /// and the caller says nothing the log holds is needed any more (no
+    /// live data at or after the head: every record of the active segment
+    /// is dead). A segment filled past `PREPARE_AT_FILL` has its successor
+    /// prepared; if its consumers then drain it and nobody writes, the
+    /// head would stay in it, so neither it (all dead) could be released
+    /// nor the prepared one used: on a disk that shards share and that is
+    /// full, that space is what the other shards wait for. Returns whether
+    /// the head moved (the next `submit` writes the move).
+    pub fn leave_dead_head(&mut self) -> bool {
+        let next = self.active + 1;
+        if self.failed || self.reserved.is_some() || next >= self.segs.len() {
+            return false;
+        }
+        self.segs[self.active].data_end = self.end;
+        self.active = next;
+        self.end = self.segs[next].base + SEGMENT_HEADER_BYTES;
+        true
+    }
+
     /// Moves appends to the next segment (prepared in the background if
     /// all went well).
     fn roll(&mut self, class: AppendClass) -> Result<(), WalError> {
@@ -1749,6 +1769,45 @@ mod tests {
         let most = (t.elapsed().as_millis() as u64).div_ceil(NO_SPACE_RETRY_MS) + 1;
         assert!(asked >= 2 && asked <= most, "{asked} creation attempts for {refused} refused appends");
         assert!(refused > 100 * asked);
+        Ok(())
+    }
+
+    /// A drained segment whose successor was prepared gives the head to it
+    /// on request, and is then released whole (the 4-shard full-disk case
+    /// in tests/disk.rs waited forever on such a segment).
+    #[test]
+    fn a_dead_head_moves_into_the_prepared_segment_and_its_segment_goes() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let cfg = WalConfig { segment_bytes: SEGMENT_BYTES_MIN, backend: Backend::Thread, ..WalConfig::default() };
+        let (mut wal, _) = Wal::open(&d.path().join("wal"), cfg)?;
+        assert!(!wal.leave_dead_head(), "no next segment yet");
+        let body = vec![7u8; 1 << 20];
+        let (num, den) = PREPARE_AT_FILL;
+        for _ in 0..SEGMENT_BYTES_MIN * num / den / (1 << 20) + 1 {
+            wal.append(1, &[&body])?;
+        }
+        wal.submit(true).expect("a batch");
+        let mut done = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wal.segment_stats().len() < 2 {
+            assert!(Instant::now() < deadline, "the next segment was never prepared");
+            wal.wait(&mut done, Some(Duration::from_millis(10)));
+            wal.poll_completions(&mut done);
+        }
+        let first = wal.segment_stats()[0];
+        assert!(wal.end().0 < first.base.0 + first.capacity, "the head is still in the first segment");
+        assert!(wal.leave_dead_head());
+        assert_eq!(wal.end().0, first.base.0 + first.capacity + SEGMENT_HEADER_BYTES);
+        assert!(!wal.leave_dead_head(), "no segment after the new head");
+        wal.submit(true).expect("the move is written");
+        assert!(wal.wait(&mut done, Some(Duration::from_secs(10))));
+        wal.release_before(wal.end());
+        let left = wal.segment_stats();
+        assert_eq!(left.len(), 1, "the drained segment is released: {left:?}");
+        assert_eq!(left[0].base.0, first.base.0 + first.capacity);
+        // Appends go on in the new head segment.
+        let pos = wal.append(2, &[b"after"])?;
+        assert!(pos.0 > left[0].base.0);
         Ok(())
     }
 
