@@ -104,6 +104,8 @@ fn anonymous_console_manages_queues_and_messages_with_csrf() {
     let peeked = c.ok("GET", "/api/v1/queues/orders/messages?max=5", &[]);
     let m = &peeked["messages"][0];
     assert_eq!((m["bodyPreview"].as_str(), m["state"].as_str()), (Some("hello console"), Some("ready")), "{peeked}");
+    // PEEK_MAX (20) is the largest page.
+    assert_eq!(c.ok("GET", "/api/v1/queues/orders/messages?max=20", &[])["messages"].as_array().map(Vec::len), Some(1));
     c.refused("GET", "/api/v1/queues/orders/messages?max=21", &[], 400, "INVALID_PARAMETER");
 
     c.ok("PUT", "/api/v1/queues/orders", &[("visibilityTimeout", "60")]);
@@ -251,4 +253,41 @@ fn dead_letters_redrive_topics_overview_and_cluster() {
     let q = c.ok("GET", "/api/v1/queues/inbox", &[]);
     assert!(q["history"].as_array().is_some_and(|h| !h.is_empty()), "the queue's own history: {q}");
     assert_eq!(c.ok("GET", "/api/v1/cluster", &[])["clustered"], false);
+}
+
+/// `API_BODY_BYTES_MAX` (the gateway's 4 MiB).
+const API_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+#[test]
+fn pages_are_embedded_and_bodies_are_bounded() {
+    let b = Broker::start(&[]);
+    let http = http_of(&b);
+    let moved = send(http, "GET", "/console", &[], b"");
+    assert_eq!((moved.status, moved.header("location")), (301, Some("/console/")));
+    let page = send(http, "GET", "/console/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{:?}", page.headers);
+    assert!(page.header("content-security-policy").is_some_and(|p| p.contains("default-src 'self'")));
+    assert!(page.body.contains("/console/app.js"), "the page loads its script from the broker, no CDN");
+    let js = send(http, "GET", "/console/app.js", &[], b"");
+    assert!(js.status == 200 && js.body.contains("X-CSRF-Token"), "{}", js.status);
+    assert_eq!(send(http, "GET", "/console/style.css", &[], b"").status, 200);
+    assert_eq!(send(http, "GET", "/console/nope.js", &[], b"").status, 404);
+    assert_eq!(send(http, "POST", "/console/", &[], b"x").status, 405);
+
+    let mut c = Console::new(http);
+    c.ok("GET", "/api/v1/session", &[]);
+    // A body of exactly the limit is read (and refused for its content); one byte more is not read at all.
+    let mut headers =
+        vec![("Cookie", c.cookie.clone().expect("cookie")), ("X-CSRF-Token", c.csrf.clone().expect("csrf"))];
+    let at_limit = format!("queueName=big&msgBody={}", "x".repeat(API_BODY_BYTES_MAX - 22));
+    assert_eq!(at_limit.len(), API_BODY_BYTES_MAX);
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = send(http, "POST", "/api/v1/queues/big/messages", &h, at_limit.as_bytes());
+    assert_ne!(r.status, 413, "{}", r.body);
+    headers.push(("Content-Length", (API_BODY_BYTES_MAX + 1).to_string()));
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = send(http, "POST", "/api/v1/queues/big/messages", &h, b"");
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "BODY_TOO_LARGE");
 }

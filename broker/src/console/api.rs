@@ -173,6 +173,11 @@ async fn cluster(r: &Ctx<'_>) -> Answer {
     let Response::ClusterStatus(s) = r.run(Request::ClusterStatus(Default::default()), BROKER_WAIT).await? else {
         return Err(Failure::new(StatusCode::BAD_GATEWAY, "BAD_ANSWER", "not a ClusterStatus answer"));
     };
+    Ok(ok(&cluster_json(&s)))
+}
+
+/// Nodes, and per shard its leader and each follower's lag behind the leader's log.
+fn cluster_json(s: &cmq_protocol::ClusterStatusOk) -> Value {
     let nodes: Vec<Value> =
         s.map.nodes.iter().map(|n| json!({"id": n.id, "clientAddr": n.client_addr, "peerAddr": n.peer_addr})).collect();
     let shards: Vec<Value> = s
@@ -189,5 +194,33 @@ async fn cluster(r: &Ctx<'_>) -> Answer {
                    "lastIndex": g.last_index, "followers": lag})
         })
         .collect();
-    Ok(ok(&json!({"clustered": true, "nodeId": s.map.node_id, "nodes": nodes, "shards": shards})))
+    json!({"clustered": true, "nodeId": s.map.node_id, "nodes": nodes, "shards": shards})
+}
+
+#[cfg(test)]
+mod tests {
+    use cmq_protocol::*;
+
+    #[test]
+    fn cluster_status_shows_leaders_and_lag() {
+        let node = |id| ClusterNode { id, client_addr: format!("c{id}"), peer_addr: format!("p{id}") };
+        let shard = ShardStatus {
+            leader: 2,
+            term: 3,
+            commit: 90,
+            applied: 90,
+            last_index: 100,
+            followers: vec![FollowerProgress { node: 1, matched: 100 }, FollowerProgress { node: 3, matched: 60 }],
+            ..Default::default()
+        };
+        let s = ClusterStatusOk {
+            map: ClusterMap { node_id: 1, nodes: vec![node(1), node(2), node(3)], ..Default::default() },
+            shards: vec![shard],
+        };
+        let v = super::cluster_json(&s);
+        assert_eq!(v["nodes"][2]["peerAddr"], "p3");
+        assert_eq!(v["shards"][0]["leader"], 2);
+        assert_eq!(v["shards"][0]["followers"][0]["lag"], 0);
+        assert_eq!(v["shards"][0]["followers"][1]["lag"], 40);
+    }
 }

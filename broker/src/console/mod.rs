@@ -64,7 +64,7 @@ pub async fn serve(ctx: &HttpContext, parts: Parts, body: Incoming) -> Reply {
     let Some(rest) = path.strip_prefix(API_PREFIX) else {
         return assets::serve(&parts);
     };
-    let body = match read_body(body).await {
+    let body = match read_body(&parts, body).await {
         Ok(b) => b,
         Err(f) => return f.reply(),
     };
@@ -79,14 +79,19 @@ pub async fn serve(ctx: &HttpContext, parts: Parts, body: Incoming) -> Reply {
     }
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, Failure> {
+    let too_large = || {
+        let msg = format!("request body over {API_BODY_BYTES_MAX} bytes");
+        Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", msg)
+    };
+    // A declared length over the limit is refused before anything is read.
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > API_BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
     match tokio::time::timeout(API_BODY_READ_TIMEOUT, Limited::new(body, API_BODY_BYTES_MAX).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
-            format!("request body over {API_BODY_BYTES_MAX} bytes"),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(Failure::bad_request(format!("unreadable request body: {e}"))),
         Err(_) => Err(Failure::new(StatusCode::REQUEST_TIMEOUT, "BODY_TIMEOUT", "request body not received in time")),
     }
