@@ -291,3 +291,27 @@ fn pages_are_embedded_and_bodies_are_bounded() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "BODY_TOO_LARGE");
 }
+
+#[test]
+fn subscriptions_show_why_pushes_fail() {
+    let b = Broker::start(&["--push-retry-scale", "0.01"]);
+    let mut c = Console::new(http_of(&b));
+    c.ok("GET", "/api/v1/session", &[]);
+    c.ok("POST", "/api/v1/topics", &[("topicName", "alerts")]);
+    let url = cmq_integration_tests::refused_url("/hook");
+    let sub = [("subscriptionName", "pager"), ("protocol", "http"), ("endpoint", url.as_str())];
+    c.ok("POST", "/api/v1/topics/alerts/subscriptions", &sub);
+    let fresh = c.ok("GET", "/api/v1/topics/alerts/subscriptions", &[]);
+    assert_eq!(fresh["subscriptions"][0]["lastFailure"], Value::Null, "no push yet: {fresh}");
+    c.ok("POST", "/api/v1/topics/alerts/messages", &[("msgBody", "disk full")]);
+    let failure = poll_until(Duration::from_secs(15), "the failed push's reason", || {
+        let subs = c.ok("GET", "/api/v1/topics/alerts/subscriptions", &[]);
+        match &subs["subscriptions"][0]["lastFailure"] {
+            Value::Null => Err(subs.to_string()),
+            f => Ok(f.clone()),
+        }
+    });
+    let reason = failure["reason"].as_str().unwrap_or_default().to_ascii_lowercase();
+    assert!(reason.contains("refused") || reason.contains("connect"), "{failure}");
+    assert!(failure["count"].as_u64().is_some_and(|n| n >= 1), "{failure}");
+}

@@ -175,20 +175,17 @@ fn rate(before: u64, after: u64, a: &Sample, b: &Sample) -> f64 {
     after.saturating_sub(before) as f64 * 1000.0 / ms as f64
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn sample_forever(history: Arc<History>, bridge: ShardBridge) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut clock = crate::clock::Clock::default();
     loop {
         tick.tick().await;
         let answers = bridge.gather(Some(HISTORY_QUEUES_MAX), SAMPLE_EVERY).await;
         let missing = answers.iter().filter(|a| a.is_none()).count();
         let shards = answers.into_iter().flatten().map(|a| a.snapshot).collect();
         let snapshot = BrokerSnapshot::merge(shards, HISTORY_QUEUES_MAX);
-        history.push(Sample::of(&snapshot, missing, unix_ms()));
+        history.push(Sample::of(&snapshot, missing, clock.now_ms()));
     }
 }
 

@@ -260,12 +260,23 @@ async fn list_topics(r: &Ctx<'_>, p: &Params) -> Answer {
     Ok(ok(&json!({"total": l.total, "offset": offset, "topics": topics})))
 }
 
-/// A topic's subscriptions, each with its attributes and delivered/dropped counters.
+/// How long the subscription page waits for the shards' push failure tables.
+pub const PUSH_FAILURES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every shard's table of last push failures (a shard that does not answer in time is left out).
+async fn push_failures(r: &Ctx<'_>) -> Vec<crate::metrics::push_failures::PushFailures> {
+    let answers = r.ctx.bridge.gather(None, PUSH_FAILURES_WAIT).await;
+    answers.into_iter().flatten().map(|a| a.snapshot.push_failures).collect()
+}
+
+/// A topic's subscriptions, each with its attributes, delivered/dropped
+/// counters and last push failure.
 async fn subscriptions(r: &Ctx<'_>, topic: &str) -> Answer {
     let list = ListSubscriptions { topic: topic.to_owned(), contains: String::new(), offset: 0, limit: LIST_PAGE };
     let Response::ListSubscriptions(l) = r.run(Request::ListSubscriptions(list), BROKER_WAIT).await? else {
         return Err(unexpected());
     };
+    let failures = push_failures(r).await;
     let mut subs = Vec::new();
     for s in &l.subscriptions {
         let req = Request::GetSubscriptionAttributes(GetSubscriptionAttributes {
@@ -280,6 +291,10 @@ async fn subscriptions(r: &Ctx<'_>, topic: &str) -> Answer {
             .map_err(|(e, _)| Failure::param(e))?;
         m.insert("delivered".into(), json!(delivered));
         m.insert("dropped".into(), json!(dropped));
+        let failure = failures.iter().find_map(|f| f.get(topic, &s.subscription));
+        let failure =
+            failure.map(|f| json!({"reason": f.reason, "atMs": f.at_ms, "count": f.count, "rejected": f.rejected}));
+        m.insert("lastFailure".into(), failure.unwrap_or(Value::Null));
         subs.push(Value::Object(m));
     }
     Ok(ok(&json!({"total": l.total, "subscriptions": subs})))

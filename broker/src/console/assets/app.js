@@ -555,7 +555,7 @@ function pageTopic(name) {
   });
   setMain(h("h1", {}, h("a", { href: "#/topics", text: "Topics" }), " / ", name),
     h("h2", { text: "Subscriptions" }), h("table", { id: "subscriptions" }, h("thead", {}, h("tr", {},
-      ["Subscription", "Protocol", "Endpoint", "Tags", "Binding keys", "Pending", "Delivered", "Dropped", ""].map((t) => h("th", { text: t })))), rows),
+      ["Subscription", "Protocol", "Endpoint", "Tags", "Binding keys", "Pending", "Delivered", "Dropped", "Last push failure", ""].map((t) => h("th", { text: t })))), rows),
     h("h2", { text: "Subscribe" }), sub, h("h2", { text: "Publish a message" }), pub);
   async function load() {
     const r = await attempt(() => api("GET", `${path}/subscriptions`));
@@ -566,10 +566,12 @@ function pageTopic(name) {
       h("td", { text: (s.filterTag || []).join(", ") }), h("td", { text: (s.bindingKey || []).join(", ") }),
       h("td", { class: "num", text: fmt(s.msgCount) }), h("td", { class: "num sub-delivered", text: fmt(s.delivered) }),
       h("td", { class: "num", text: fmt(s.dropped) }),
+      h("td", { class: "failure", text: s.lastFailure ?
+        `${s.lastFailure.reason} (${s.lastFailure.count}×, ${new Date(s.lastFailure.atMs).toLocaleTimeString()}${s.lastFailure.rejected ? ", final" : ""})` : "–" }),
       h("td", {}, h("button", { class: "danger", text: "Unsubscribe", onclick: async () => {
         if (confirm(`Unsubscribe ${s.subscriptionName}?`) &&
           await attempt(() => api("DELETE", `${path}/subscriptions/${encodeURIComponent(s.subscriptionName)}`))) load();
-      } })))) : [h("tr", {}, h("td", { colspan: 9, class: "muted", text: "no subscriptions" }))]));
+      } })))) : [h("tr", {}, h("td", { colspan: 10, class: "muted", text: "no subscriptions" }))]));
   }
   every(3000, load);
 }
