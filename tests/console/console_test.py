@@ -5,6 +5,8 @@ not purge or delete queues, and a dead-letter queue `dlq` holding poisoned
 messages from `src`.
 
 Usage: console_test.py BASE_URL ADMIN_ID ADMIN_KEY LIMITED_ID LIMITED_KEY SCREENSHOT_DIR CHROMIUM
+                       REFUSED_URL ANONYMOUS_BASE_URL
+(REFUSED_URL: an endpoint nothing listens on; ANONYMOUS_BASE_URL: a broker with no keys.)
 Prints "ok <check>" per check and "all checks passed" at the end.
 """
 
@@ -14,7 +16,7 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-BASE, ADMIN_ID, ADMIN_KEY, LIMITED_ID, LIMITED_KEY, SHOTS, CHROMIUM = sys.argv[1:8]
+BASE, ADMIN_ID, ADMIN_KEY, LIMITED_ID, LIMITED_KEY, SHOTS, CHROMIUM, REFUSED_URL, ANON_BASE = sys.argv[1:10]
 TIMEOUT_MS = 15000
 
 
@@ -70,8 +72,11 @@ def main():
         expect(page.locator('tr[data-queue="console-q"]')).to_be_visible()
         page.fill("#queue-filter", "")
         expect(page.locator('tr[data-queue="src"]')).to_be_visible()
+        page.click('th[data-key="activeMsgNum"]')
+        page.click('th[data-key="activeMsgNum"]')
+        expect(page.locator("#queue-rows tr").first).to_have_attribute("data-queue", "dlq")
         shot(page, "queues")
-        ok("created a queue; the list filters by name")
+        ok("created a queue; the list filters by name and sorts by depth")
 
         page.click('tr[data-queue="console-q"] a')
         expect(page.locator("#q-active")).to_have_text("0")
@@ -123,12 +128,21 @@ def main():
         page.click("#publish-submit")
         expect(page.locator("#publish-result")).to_contain_text("published")
         expect(page.locator('tr[data-sub="to-queue"] .sub-delivered')).to_have_text("1")
+        page.fill("#sub-name", "hook")
+        page.select_option("#sub-protocol", "http")
+        page.fill("#sub-endpoint", REFUSED_URL)
+        page.click("#subscribe-submit")
+        expect(page.locator('tr[data-sub="hook"]')).to_be_visible()
+        page.fill("#publish-body", "to the hook")
+        page.click("#publish-submit")
+        expect(page.locator('tr[data-sub="hook"] td.failure')).to_contain_text(re.compile("refused|connect", re.I))
         shot(page, "topic")
         page.goto(f"{BASE}/console/#/queue/console-q")
-        expect(page.locator("#q-active")).to_have_text("1")
+        expect(page.locator("#q-active")).to_have_text("2")  # both publishes: that subscription filters nothing
         page.click("#peek")
         expect(page.locator("#peek-rows")).to_contain_text("published from the browser")
         ok("subscribed the queue to a topic; a published message arrived")
+        ok("an HTTP subscription's failed push shows its reason")
 
         page.goto(f"{BASE}/console/#/topics")
         expect(page.locator('tr[data-topic="console-t"]')).to_be_visible()
@@ -146,13 +160,25 @@ def main():
         expect(page.locator("#signin-form")).to_be_visible()
         sign_in(page, LIMITED_ID, LIMITED_KEY)
         page.goto(f"{BASE}/console/#/queue/console-q")
-        expect(page.locator("#q-active")).to_have_text("1")
+        expect(page.locator("#q-active")).to_have_text("2")
         page.click("#purge")
         expect(page.locator("#error-text")).to_contain_text("ACCESS_DENIED")
         expect(page.locator("#error-text")).to_contain_text(re.compile("cmq:PurgeQueue"))
-        expect(page.locator("#q-active")).to_have_text("1")
+        expect(page.locator("#q-active")).to_have_text("2")
         shot(page, "denied")
         ok("a key without cmq:PurgeQueue sees its purge refused")
+
+        anon = browser.new_page(viewport={"width": 1280, "height": 860})
+        anon.on("pageerror", lambda e: errors.append(str(e)))
+        anon.goto(f"{ANON_BASE}/console/#/queues")
+        expect(anon.locator("#notice")).to_contain_text("Anonymous access")
+        expect(anon.locator("#who")).to_have_text("anonymous")
+        expect(anon.locator("#signin-form")).to_have_count(0)
+        anon.fill("#new-queue-name", "anon-q")
+        anon.click("#create-queue-submit")
+        expect(anon.locator('tr[data-queue="anon-q"]')).to_be_visible()
+        shot(anon, "anonymous")
+        ok("a broker with no keys on loopback serves the console without sign-in, and says so")
 
         if errors:
             raise SystemExit(f"JavaScript errors: {errors}")

@@ -3,14 +3,16 @@
 //! `.venv-console`, driving Debian's `chromium`) signs in, creates a queue,
 //! sends, peeks and purges from the pages, starts and cancels a redrive,
 //! subscribes a queue to a topic and sees a published message arrive, and
-//! sees a limited key's purge refused. Screenshots of each page are left in
+//! sees a limited key's purge refused, an HTTP subscription's push failure
+//! reason, and a broker without keys serving the console without sign-in
+//! (and saying so). Screenshots of each page are left in
 //! target/console-screenshots/.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use cmq_integration_tests::{dead_letter_after, poll_until, AdminBroker, RawConn};
+use cmq_integration_tests::{dead_letter_after, poll_until, refused_url, AdminBroker, Broker, RawConn};
 use cmq_protocol::*;
 
 fn root() -> PathBuf {
@@ -57,6 +59,10 @@ fn console_pages_in_a_real_browser() {
         }
     });
 
+    // No keys, loopback: the console needs no sign-in there.
+    let anonymous = Broker::start(&[]);
+    let anonymous_base = format!("http://{}", anonymous.http_addr.expect("HTTP port"));
+
     let shots = root().join("target/console-screenshots");
     let base = format!("http://{http}");
     let out = Command::new(python())
@@ -64,6 +70,7 @@ fn console_pages_in_a_real_browser() {
         .args([&base, &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key])
         .arg(&shots)
         .arg(chromium())
+        .args([refused_url("/hook"), anonymous_base])
         .output()
         .expect("run the browser test");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,8 +79,10 @@ fn console_pages_in_a_real_browser() {
         "console browser test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 13, "{stdout}");
-    for page in ["signin", "overview", "queues", "queue", "deadletters", "topics", "topic", "cluster", "denied"] {
+    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 15, "{stdout}");
+    for page in
+        ["signin", "overview", "queues", "queue", "deadletters", "topics", "topic", "cluster", "denied", "anonymous"]
+    {
         assert!(shots.join(format!("{page}.png")).exists(), "screenshot of {page}");
     }
 }
