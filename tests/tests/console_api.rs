@@ -3,7 +3,8 @@
 //! access, permissions checked like the binary protocol's, and the queue,
 //! message, dead-letter, topic, overview and cluster endpoints.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use cmq_integration_tests::http::{send, HttpReply};
@@ -29,7 +30,10 @@ impl Console {
             body.append_pair(k, v);
         }
         let body = body.finish();
-        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded".to_owned())];
+        let mut headers = vec![
+            ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
+            ("X-Requested-With", "cmq-console".to_owned()),
+        ];
         if let Some(c) = &self.cookie {
             headers.push(("Cookie", c.clone()));
         }
@@ -140,6 +144,11 @@ fn keys_sign_in_and_are_held_to_their_policy() {
     c.refused("GET", "/api/v1/overview", &[], 401, "SIGN_IN_REQUIRED");
     c.refused("POST", "/api/v1/session", &[("secretId", &b.secret_id), ("secretKey", "wrong")], 401, "AUTH_FAILED");
     c.refused("POST", "/api/v1/session", &[("secretId", "AKIDnobody"), ("secretKey", "x")], 401, "AUTH_FAILED");
+
+    // Without X-Requested-With (what a cross-site form sends) a sign-in is refused.
+    let form = format!("secretId={}&secretKey={}", b.secret_id, b.secret_key);
+    let r = send(http_of(&b.broker), "POST", "/api/v1/session", &[], form.as_bytes());
+    assert_eq!((r.status, r.header("set-cookie")), (403, None), "{}", r.body);
 
     let s = c.sign_in(&b.secret_id, &b.secret_key);
     assert_eq!((s["anonymous"].as_bool(), s["key"]["name"].as_str()), (Some(false), Some("admin")), "{s}");
@@ -314,4 +323,31 @@ fn subscriptions_show_why_pushes_fail() {
     let reason = failure["reason"].as_str().unwrap_or_default().to_ascii_lowercase();
     assert!(reason.contains("refused") || reason.contains("connect"), "{failure}");
     assert!(failure["count"].as_u64().is_some_and(|n| n >= 1), "{failure}");
+}
+
+/// `GET /api/v1/session` with this Host header: whether it started an anonymous session.
+fn anonymous_session_for_host(http: SocketAddr, host: &str) -> bool {
+    let mut s = TcpStream::connect(http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let req = format!("GET /api/v1/session HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply.contains("\"anonymous\":true") && reply.to_ascii_lowercase().contains("set-cookie: cmq_session=")
+}
+
+#[test]
+fn anonymous_sessions_only_for_loopback_host_names() {
+    let b = Broker::start(&[]);
+    let http = http_of(&b);
+    let port = http.port();
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}"), "localhost".into()]
+    {
+        assert!(anonymous_session_for_host(http, &host), "{host}");
+    }
+    // A page whose name was rebound to 127.0.0.1 sends its own name.
+    for host in [format!("evil.example:{port}"), "10.0.0.1".into(), format!("127.0.0.1.evil.example:{port}")] {
+        assert!(!anonymous_session_for_host(http, &host), "{host}");
+    }
 }

@@ -10,7 +10,7 @@ use hyper::http::request::Parts;
 use hyper::{header, Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::caller::{anonymous_allowed, resolve, session_of, Caller};
+use super::caller::{anonymous_allowed, resolve, session_of, Caller, SIGN_IN_HEADER};
 use super::session::{same_secret, set_cookie, Holder};
 use super::{ok, ops, Failure};
 use crate::gateway::params::Params;
@@ -90,10 +90,15 @@ fn session(ctx: &HttpContext, parts: &Parts, body: &Bytes) -> Answer {
     match parts.method {
         Method::GET => match session_of(ctx, parts) {
             Some((_, s)) => Ok(ok(&describe(ctx, &s.holder, &s.csrf))),
-            None if anonymous_allowed(ctx) => start(ctx, Holder::Anonymous, ttl),
+            None if anonymous_allowed(ctx, parts) => start(ctx, Holder::Anonymous, ttl),
             None => Ok(ok(&json!({"signedIn": false, "anonymous": false}))),
         },
-        Method::POST => sign_in(ctx, body, ttl),
+        Method::POST if parts.headers.contains_key(SIGN_IN_HEADER) => sign_in(ctx, body, ttl),
+        Method::POST => Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "CSRF_TOKEN_INVALID",
+            "a sign-in must carry the X-Requested-With header",
+        )),
         Method::DELETE => {
             // Signing out needs the token too: another site must not end a session.
             resolve(ctx, parts)?;

@@ -41,14 +41,26 @@ impl Caller {
     }
 }
 
-/// Whether this broker serves the console without sign-in: where the
+/// Whether this request may use the console without sign-in: where the
 /// binary protocol serves anonymous clients, and only on a loopback HTTP
-/// address (or with `--allow-anonymous`).
-pub fn anonymous_allowed(ctx: &HttpContext) -> bool {
+/// address (or with `--allow-anonymous`). On loopback the request must also
+/// name a loopback host: a page whose own name was rebound to 127.0.0.1 (DNS
+/// rebinding) sends its own name and gets no anonymous session.
+pub fn anonymous_allowed(ctx: &HttpContext, parts: &Parts) -> bool {
     let cfg = &ctx.shared.cfg;
     let have_keys = !ctx.shared.auth.keys.table().is_empty();
     let local = cfg.http_listen.is_none_or(|a: SocketAddr| a.ip().is_loopback());
-    cfg.auth.admits_anonymous(have_keys) && (local || cfg.allow_anonymous)
+    cfg.auth.admits_anonymous(have_keys) && (cfg.allow_anonymous || (local && loopback_host(parts)))
+}
+
+/// Whether the Host header names this machine: `localhost` or a loopback address, any port.
+fn loopback_host(parts: &Parts) -> bool {
+    let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The live session this request's cookie names, with its id.
@@ -58,6 +70,10 @@ pub fn session_of(ctx: &HttpContext, parts: &Parts) -> Option<(String, Session)>
     let s = ctx.console.sessions.get(id, Instant::now())?;
     Some((id.to_owned(), s))
 }
+
+/// The header a sign-in must carry (a cross-site form cannot set it, so
+/// another site cannot sign a browser in with its own key).
+pub const SIGN_IN_HEADER: &str = "x-requested-with";
 
 /// The caller of a request that needs a session; state-changing methods
 /// must carry the session's CSRF token.
@@ -78,7 +94,7 @@ pub fn resolve(ctx: &HttpContext, parts: &Parts) -> Result<Caller, Failure> {
             let principal = principal.ok_or_else(|| unauthorized("the key of this session no longer exists"))?;
             Ok(Caller { principal: Some(principal), enforce })
         }
-        Holder::Anonymous if anonymous_allowed(ctx) => Ok(Caller { principal: None, enforce: false }),
+        Holder::Anonymous if anonymous_allowed(ctx, parts) => Ok(Caller { principal: None, enforce: false }),
         Holder::Anonymous => Err(unauthorized("anonymous access has ended (keys exist): sign in")),
     }
 }

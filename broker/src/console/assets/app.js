@@ -78,7 +78,7 @@ class ApiError extends Error {
 async function api(method, path, params) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
-  const init = { method, credentials: "same-origin", signal: ctl.signal, headers: {} };
+  const init = { method, credentials: "same-origin", signal: ctl.signal, headers: { "X-Requested-With": "cmq-console" } };
   let url = API + path;
   if (params && method === "GET") {
     url += "?" + new URLSearchParams(params).toString();
