@@ -189,7 +189,7 @@ fn sessions_expire() {
 
 #[test]
 fn dead_letters_redrive_topics_overview_and_cluster() {
-    let b = Broker::start(&[]);
+    let mut b = Broker::start(&[]);
     let mut raw = RawConn::open(b.addr);
     raw.create_queue("dlq");
     raw.create_queue_attrs("src", dead_letter_after("dlq", 1, 1));
@@ -262,6 +262,9 @@ fn dead_letters_redrive_topics_overview_and_cluster() {
     let q = c.ok("GET", "/api/v1/queues/inbox", &[]);
     assert!(q["history"].as_array().is_some_and(|h| !h.is_empty()), "the queue's own history: {q}");
     assert_eq!(c.ok("GET", "/api/v1/cluster", &[])["clustered"], false);
+    // The history sampler does not hold up a graceful shutdown.
+    drop(raw);
+    assert!(b.terminate().success(), "{}", b.stderr());
 }
 
 /// `API_BODY_BYTES_MAX` (the gateway's 4 MiB).
