@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster cluster-bench test test-only sim tools sdk-venv lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench test test-only sim tools sdk-venv console-venv lint fmt bench install clean package package-test
 
 all: build
 
@@ -27,7 +27,7 @@ cluster: build
 ## test: lint, then every unit, property and integration test
 test: lint test-only
 
-test-only: tools sdk-venv
+test-only: tools sdk-venv console-venv
 	$(CARGO) build --locked --bins
 ifneq ($(NEXTEST),)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
@@ -85,6 +85,21 @@ sdk-venv:
 	    echo 'def subst(*args, **kwargs): raise NotImplementedError("mailcap")' \
 	    > "$$($(SDK_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailcap.py"
 	@$(SDK_PYTHON) -c 'import cmq.account, cmq.subscription'
+
+## console-venv: the web console's browser test (tests/tests/console_browser.rs):
+## Debian's chromium when missing, and Playwright for Python from PyPI in a
+## virtual environment, driving that chromium (no browser download)
+CONSOLE_VENV ?= .venv-console
+console-venv:
+	@command -v python3 >/dev/null 2>&1 || $(APT_INSTALL) python3
+	@test -x /usr/bin/chromium || { echo "installing chromium (Debian package chromium)"; $(APT_INSTALL) chromium; } || \
+	    { echo "error: cannot install chromium (apt-get install chromium)" >&2; exit 1; }
+	@test -x $(CONSOLE_VENV)/bin/pip || python3 -m venv $(CONSOLE_VENV) 2>/dev/null || \
+	    { rm -rf $(CONSOLE_VENV); $(APT_INSTALL) python3-venv && python3 -m venv $(CONSOLE_VENV); }
+	@$(CONSOLE_VENV)/bin/python -c 'import playwright' 2>/dev/null || { \
+	    echo "installing Playwright for Python into $(CONSOLE_VENV)"; \
+	    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(CONSOLE_VENV)/bin/pip install -q playwright==1.65.3; }
+	@$(CONSOLE_VENV)/bin/python -c 'import playwright.sync_api'
 
 ## lint: formatting and clippy, warnings are errors
 lint:

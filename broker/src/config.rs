@@ -243,6 +243,9 @@ pub struct Flags {
     /// Serve anonymous clients on a non-loopback --listen address with no keys (protected mode off).
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Web console sign-ins expire this many seconds after they are made, 1..=604800 [default: 28800].
+    #[arg(long, value_name = "SECS")]
+    pub console_session_secs: Option<u64>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -453,6 +456,8 @@ pub struct Config {
     pub auth: crate::auth::AuthMode,
     pub init_admin_key: Option<PathBuf>,
     pub allow_anonymous: bool,
+    /// `--console-session-secs`: how long a web console sign-in lasts.
+    pub console_session_secs: u64,
 }
 
 impl Config {
@@ -516,6 +521,7 @@ impl Config {
             auth: flags.auth.or(file.auth).unwrap_or_default(),
             init_admin_key: flags.init_admin_key.or(file.init_admin_key),
             allow_anonymous: flags.allow_anonymous || file.allow_anonymous.unwrap_or(false),
+            console_session_secs: crate::console::session::ttl_secs(flags.console_session_secs)?,
         };
         cfg.validate()?;
         let cluster = ClusterFlags {

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod console;
 pub mod engine;
 pub mod gateway;
 pub mod http;

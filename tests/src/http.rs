@@ -33,14 +33,23 @@ pub fn get(addr: SocketAddr, path: &str) -> HttpReply {
 /// Sends one request and reads the reply (the body as sent: this client
 /// asks for no compression and cmqd sends `Content-Length` bodies).
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+    send(addr, method, path, headers, b"")
+}
+
+/// Like [`request`], with a body (sent with its `Content-Length`).
+pub fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
     let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).expect("connect to the HTTP port");
     s.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).expect("send request");
+    s.write_all(body).expect("send body");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read reply");
     parse(&raw)

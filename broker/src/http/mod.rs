@@ -53,6 +53,8 @@ pub struct HttpContext {
     pub router: Router,
     /// The CMQ API 2.0 gateway (`/v2/index.php`).
     pub gateway: crate::gateway::Gateway,
+    /// The web console's sessions and history (`/console/`, `/api/v1/`).
+    pub console: crate::console::Console,
 }
 
 /// The running HTTP port.
@@ -76,7 +78,14 @@ impl HttpServer {
             .context("starting the HTTP runtime")?;
         let router = Router::new(shared.cfg.fault_http_hooks, Arc::new(AllowAll));
         let bridge = ShardBridge::new(shared.peers.clone());
-        let ctx = Arc::new(HttpContext { shared, bridge, start, router, gateway: Default::default() });
+        let ctx = Arc::new(HttpContext {
+            shared,
+            bridge,
+            start,
+            router,
+            gateway: Default::default(),
+            console: Default::default(),
+        });
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("cmq-http".into())
@@ -163,6 +172,7 @@ async fn handle(ctx: &HttpContext, req: Request<Incoming>) -> Reply {
     match ctx.router.route(&parts) {
         Err(reply) => *reply,
         Ok(Endpoint::CmqApi) => crate::gateway::serve(ctx, parts, body).await,
+        Ok(Endpoint::Console) => crate::console::serve(ctx, parts, body).await,
         Ok(Endpoint::Metrics) => scrape::metrics(ctx, &parts).await,
         Ok(Endpoint::Healthz) => health::healthz(ctx).await,
         Ok(Endpoint::Readyz) => health::readyz(ctx).await,

@@ -23,6 +23,8 @@ pub enum Endpoint {
     DebugStall,
     /// The CMQ API 2.0 (`crate::gateway`), which authenticates each request itself.
     CmqApi,
+    /// The web console's pages and JSON API (`crate::console`), which authenticates itself.
+    Console,
 }
 
 /// Whether a route asks the [`Authenticator`].
@@ -100,6 +102,9 @@ impl Router {
     /// The endpoint for this request, or the error reply (404 unknown
     /// path, 405 wrong method, or the authenticator's refusal).
     pub fn route(&self, req: &Parts) -> Result<Endpoint, Box<Reply>> {
+        if crate::console::owns(req.uri.path()) {
+            return Ok(Endpoint::Console);
+        }
         let Some(route) = self.routes.iter().find(|r| r.path == req.uri.path()) else {
             return Err(Box::new(text(StatusCode::NOT_FOUND, "not found\n")));
         };

@@ -13,6 +13,7 @@ pub mod encode;
 pub mod histogram;
 pub mod latency;
 pub mod process;
+pub mod push_failures;
 pub mod queues;
 pub mod shard;
 pub mod snapshot;

@@ -44,6 +44,8 @@ pub struct ShardMetrics<N> {
     pub pushes: [u64; PUSH_RESULTS.len()],
     /// Pushes that waited in the outbox because the push pool was full.
     pub pushes_deferred: u64,
+    /// The last push failure of each subscription (the console shows them).
+    pub push_failures: super::push_failures::PushFailures,
 }
 
 /// Outcomes of an HTTP push: the endpoint answered 2xx; failed in a way a
@@ -67,6 +69,7 @@ impl<N: latency::Need> Default for ShardMetrics<N> {
             slow_not_logged: 0,
             pushes: [0; PUSH_RESULTS.len()],
             pushes_deferred: 0,
+            push_failures: Default::default(),
         }
     }
 }

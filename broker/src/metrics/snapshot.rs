@@ -31,6 +31,8 @@ pub struct ShardSnapshot {
     /// HTTP push outcomes by `shard::PUSH_RESULTS`.
     pub pushes: [u64; 3],
     pub pushes_deferred: u64,
+    /// The last push failure of each subscription (`push_failures.rs`).
+    pub push_failures: super::push_failures::PushFailures,
 }
 
 /// One shard's write-ahead log.

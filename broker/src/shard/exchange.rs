@@ -252,6 +252,7 @@ impl Shard {
             return;
         }
         self.count_pushes(&outcomes);
+        self.note_push_failures(&outcomes, now);
         let results: Vec<(u64, PushResult)> = outcomes
             .into_iter()
             .map(|(id, o)| match o {

@@ -44,6 +44,17 @@ impl Shard {
         }
     }
 
+    /// Each failed push's reason, under its subscription (before the
+    /// engine sees the outcome: a push given up on leaves the outbox).
+    pub(super) fn note_push_failures(&mut self, outcomes: &[(u64, crate::push::PushOutcome)], now: u64) {
+        for (id, o) in outcomes {
+            let crate::push::PushOutcome::Failed { reason, retryable, .. } = o else { continue };
+            if let Some((topic, sub)) = self.engine.push_subscription(*id) {
+                self.metrics.push_failures.record(topic, sub, reason, !retryable, now);
+            }
+        }
+    }
+
     /// Times the answers the log's progress let out.
     pub(super) fn time_released(&mut self) {
         if self.metrics.latency.is_waiting() {
@@ -83,6 +94,7 @@ impl Shard {
             topics: self.engine.topic_count() as u64,
             pushes: self.metrics.pushes,
             pushes_deferred: self.metrics.pushes_deferred,
+            push_failures: self.metrics.push_failures.clone(),
         };
         (req.reply)(snapshot);
     }

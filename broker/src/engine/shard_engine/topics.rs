@@ -165,6 +165,15 @@ impl ShardEngine {
         self.topics.len()
     }
 
+    /// The topic and subscription names of push `id` (an outbox entry), if it is still known.
+    pub fn push_subscription(&self, id: u64) -> Option<(&str, &str)> {
+        let e = self.exchange.outbox.get(id)?;
+        let (uid, sid) = ((e.redrive >> 32) as u32, e.redrive as u32);
+        let t = self.topics.get(&uid)?;
+        let s = t.subscriptions.iter().find(|s| s.sid == sid)?;
+        Some((t.name.as_str(), s.def.name.as_str()))
+    }
+
     pub fn topic_exists(&self, name: &str) -> bool {
         self.topic_by_name.contains_key(name)
     }

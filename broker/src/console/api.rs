@@ -1,0 +1,231 @@
+//! `/api/v1/...`: the route table, sign-in, the overview and the cluster.
+//! Queue, topic and dead-letter endpoints are in `ops`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cmq_protocol::frame::{FLAG_ERROR, HEADER_BYTES};
+use cmq_protocol::{ErrorBody, Request, Response};
+use hyper::http::request::Parts;
+use hyper::{header, Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::caller::{anonymous_allowed, resolve, session_of, Caller, SIGN_IN_HEADER};
+use super::session::{same_secret, set_cookie, Holder};
+use super::{ok, ops, Failure};
+use crate::gateway::params::Params;
+use crate::http::router::Reply;
+use crate::http::{HttpContext, Unanswered};
+
+/// How long an API request waits for the broker (no page hangs on a slow one).
+pub const BROKER_WAIT: Duration = Duration::from_secs(8);
+
+pub type Answer = Result<Reply, Failure>;
+
+/// Routes `segments` (the path after `/api/v1/`, decoded).
+pub async fn handle(ctx: &HttpContext, parts: &Parts, segments: &[String], body: &Bytes) -> Answer {
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if seg == ["session"] {
+        return session(ctx, parts, body);
+    }
+    let caller = resolve(ctx, parts)?;
+    let m = &parts.method;
+    let query = parts.uri.query().unwrap_or("").as_bytes();
+    let r = Ctx { ctx, caller: &caller };
+    match (m, seg.as_slice()) {
+        (&Method::GET, ["overview"]) => overview(&r).await,
+        (&Method::GET, ["cluster"]) => cluster(&r).await,
+        _ => ops::handle(&r, m, &seg, query, body).await,
+    }
+}
+
+/// What every endpoint works with.
+pub struct Ctx<'a> {
+    pub ctx: &'a HttpContext,
+    pub caller: &'a Caller,
+}
+
+impl Ctx<'_> {
+    /// Runs `request` on the shard that owns it, if the caller may.
+    pub async fn run(&self, request: Request, within: Duration) -> Result<Response, Failure> {
+        self.caller.permit(&request)?;
+        let opcode = request.opcode() as u16;
+        let ctx = self.ctx;
+        let frame = ctx
+            .bridge
+            .execute(&ctx.shared.external, request, self.caller.viewer(), within)
+            .await
+            .map_err(unanswered)?;
+        decode(opcode, frame)
+    }
+}
+
+fn unanswered(e: Unanswered) -> Failure {
+    let (code, msg) = match e {
+        Unanswered::Busy => ("BUSY", "the shard's inbox is full; retry"),
+        Unanswered::Dropped => ("SHUTTING_DOWN", "the broker is shutting down"),
+        Unanswered::TimedOut => ("TIMED_OUT", "no answer from the broker in time; the outcome is unknown"),
+    };
+    Failure::new(StatusCode::SERVICE_UNAVAILABLE, code, msg)
+}
+
+/// The answer frame: the response, or the broker's error.
+fn decode(opcode: u16, frame: Bytes) -> Result<Response, Failure> {
+    let bad = |what: String| Failure::new(StatusCode::BAD_GATEWAY, "BAD_ANSWER", format!("undecodable answer: {what}"));
+    if frame.len() < HEADER_BYTES {
+        return Err(bad("short frame".into()));
+    }
+    let payload = frame.slice(HEADER_BYTES..);
+    if frame[6] & FLAG_ERROR != 0 {
+        let e = ErrorBody::decode_payload(payload).map_err(|e| bad(e.to_string()))?;
+        return Err(Failure::broker(e.code(), e.message));
+    }
+    Response::decode(opcode, payload).map_err(|e| bad(e.to_string()))
+}
+
+/// `GET` (who am I; starts an anonymous session where allowed), `POST`
+/// (sign in with `secretId` and `secretKey`, form-encoded), `DELETE` (sign out).
+fn session(ctx: &HttpContext, parts: &Parts, body: &Bytes) -> Answer {
+    let ttl = ctx.shared.cfg.console_session_secs;
+    match parts.method {
+        Method::GET => match session_of(ctx, parts) {
+            Some((_, s)) => Ok(ok(&describe(ctx, &s.holder, &s.csrf))),
+            None if anonymous_allowed(ctx, parts) => start(ctx, Holder::Anonymous, ttl),
+            None => Ok(ok(&json!({"signedIn": false, "anonymous": false}))),
+        },
+        Method::POST if parts.headers.contains_key(SIGN_IN_HEADER) => sign_in(ctx, body, ttl),
+        Method::POST => Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "CSRF_TOKEN_INVALID",
+            "a sign-in must carry the X-Requested-With header",
+        )),
+        Method::DELETE => {
+            // Signing out needs the token too: another site must not end a session.
+            resolve(ctx, parts)?;
+            if let Some((id, _)) = session_of(ctx, parts) {
+                ctx.console.sessions.remove(&id);
+            }
+            let mut r = ok(&json!({"signedIn": false}));
+            insert_cookie(&mut r, &set_cookie("", 0));
+            Ok(r)
+        }
+        _ => Err(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "GET, POST or DELETE")),
+    }
+}
+
+fn sign_in(ctx: &HttpContext, body: &Bytes, ttl: u64) -> Answer {
+    let p = Params::parse(body).map_err(Failure::param)?;
+    let id = p.required("secretId").map_err(Failure::param)?;
+    let key = p.required("secretKey").map_err(Failure::param)?;
+    let table = ctx.shared.auth.keys.table();
+    let known = table.by_id.get(id).filter(|pr| pr.secrets.iter().any(|s| same_secret(s, key.as_bytes())));
+    if known.is_none() {
+        ctx.shared.auth.count_failure();
+        let msg = "unknown SecretId or wrong SecretKey";
+        return Err(Failure::broker(cmq_protocol::ErrorCode::AUTH_FAILED, msg.into()));
+    }
+    start(ctx, Holder::Key(id.to_owned()), ttl)
+}
+
+fn start(ctx: &HttpContext, holder: Holder, ttl: u64) -> Answer {
+    let made = ctx.console.sessions.create(holder, Duration::from_secs(ttl), Instant::now());
+    let (id, s) = made.map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
+    let mut r = ok(&describe(ctx, &s.holder, &s.csrf));
+    insert_cookie(&mut r, &set_cookie(&id, ttl));
+    Ok(r)
+}
+
+fn insert_cookie(r: &mut Reply, cookie: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+}
+
+fn describe(ctx: &HttpContext, holder: &Holder, csrf: &str) -> Value {
+    let (anonymous, key) = match holder {
+        Holder::Anonymous => (true, Value::Null),
+        Holder::Key(id) => {
+            let name = ctx.shared.auth.keys.table().by_id.get(id).map(|p| p.name.clone());
+            (false, json!({"secretId": id, "name": name}))
+        }
+    };
+    json!({"signedIn": true, "anonymous": anonymous, "key": key, "csrfToken": csrf,
+           "authMode": ctx.shared.cfg.auth.name()})
+}
+
+/// Health, per-shard load, rates and disk use, from the history ring.
+async fn overview(r: &Ctx<'_>) -> Answer {
+    r.caller.permit(&Request::GetStats(Default::default()))?;
+    let h = &r.ctx.console.history;
+    let latest = h.latest();
+    let shards = r.ctx.bridge.shard_count();
+    let healthy = latest.as_ref().is_some_and(|s| s.missing == 0);
+    Ok(ok(&json!({
+        "shards": shards,
+        "health": if latest.is_none() { "starting" } else if healthy { "ok" } else { "degraded" },
+        "clustered": r.ctx.shared.cfg.cluster.is_some(),
+        "nodeId": r.ctx.shared.cfg.node_id,
+        "sampleEveryMs": super::history::SAMPLE_EVERY.as_millis() as u64,
+        "history": h.broker_series(),
+    })))
+}
+
+/// Nodes, leaders and replication lag (`ClusterStatus`); `clustered: false` alone.
+async fn cluster(r: &Ctx<'_>) -> Answer {
+    if r.ctx.shared.cfg.cluster.is_none() {
+        return Ok(ok(&json!({"clustered": false, "nodeId": r.ctx.shared.cfg.node_id})));
+    }
+    let Response::ClusterStatus(s) = r.run(Request::ClusterStatus(Default::default()), BROKER_WAIT).await? else {
+        return Err(Failure::new(StatusCode::BAD_GATEWAY, "BAD_ANSWER", "not a ClusterStatus answer"));
+    };
+    Ok(ok(&cluster_json(&s)))
+}
+
+/// Nodes, and per shard its leader and each follower's lag behind the leader's log.
+fn cluster_json(s: &cmq_protocol::ClusterStatusOk) -> Value {
+    let nodes: Vec<Value> =
+        s.map.nodes.iter().map(|n| json!({"id": n.id, "clientAddr": n.client_addr, "peerAddr": n.peer_addr})).collect();
+    let shards: Vec<Value> = s
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let lag: Vec<Value> = g
+                .followers
+                .iter()
+                .map(|f| json!({"node": f.node, "matched": f.matched, "lag": g.last_index.saturating_sub(f.matched)}))
+                .collect();
+            json!({"shard": k, "leader": g.leader, "term": g.term, "commit": g.commit, "applied": g.applied,
+                   "lastIndex": g.last_index, "followers": lag})
+        })
+        .collect();
+    json!({"clustered": true, "nodeId": s.map.node_id, "nodes": nodes, "shards": shards})
+}
+
+#[cfg(test)]
+mod tests {
+    use cmq_protocol::*;
+
+    #[test]
+    fn cluster_status_shows_leaders_and_lag() {
+        let node = |id| ClusterNode { id, client_addr: format!("c{id}"), peer_addr: format!("p{id}") };
+        let shard = ShardStatus {
+            leader: 2,
+            term: 3,
+            commit: 90,
+            applied: 90,
+            last_index: 100,
+            followers: vec![FollowerProgress { node: 1, matched: 100 }, FollowerProgress { node: 3, matched: 60 }],
+            ..Default::default()
+        };
+        let s = ClusterStatusOk {
+            map: ClusterMap { node_id: 1, nodes: vec![node(1), node(2), node(3)], ..Default::default() },
+            shards: vec![shard],
+        };
+        let v = super::cluster_json(&s);
+        assert_eq!(v["nodes"][2]["peerAddr"], "p3");
+        assert_eq!(v["shards"][0]["leader"], 2);
+        assert_eq!(v["shards"][0]["followers"][0]["lag"], 0);
+        assert_eq!(v["shards"][0]["followers"][1]["lag"], 40);
+    }
+}
