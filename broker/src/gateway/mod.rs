@@ -134,9 +134,8 @@ async fn read_params<'a>(
     if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
         return Err(too_large());
     }
-    let charged = declared.map_or(BODY_BYTES_MAX, |n| n as usize).div_ceil(BODY_BUDGET_UNIT_BYTES).max(1);
     let read = async {
-        let room = budget.acquire_many(charged as u32).await.ok();
+        let room = budget.acquire_many(budget_permits(declared)).await.ok();
         (Limited::new(body, BODY_BYTES_MAX).collect().await, room)
     };
     match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
@@ -149,6 +148,13 @@ async fn read_params<'a>(
             Err(r)
         }
     }
+}
+
+/// Permits of the body budget a body of `declared` length takes (unknown:
+/// the largest allowed); at least one, so every body waits its turn.
+fn budget_permits(declared: Option<u64>) -> u32 {
+    let bytes = declared.map_or(BODY_BYTES_MAX, |n| (n as usize).min(BODY_BYTES_MAX));
+    bytes.div_ceil(BODY_BUDGET_UNIT_BYTES).max(1) as u32
 }
 
 fn too_large() -> Reply {
@@ -263,4 +269,25 @@ fn envelope(request_id: &str, outcome: Result<(), ApiError>, fields: Map<String,
     m.insert("requestId".into(), Value::from(request_id));
     m.extend(fields);
     router::json(StatusCode::OK, &Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_charged_to_the_budget_by_size() {
+        assert_eq!(budget_permits(Some(0)), 1);
+        assert_eq!(budget_permits(Some(1)), 1);
+        assert_eq!(budget_permits(Some(BODY_BUDGET_UNIT_BYTES as u64)), 1);
+        assert_eq!(budget_permits(Some(BODY_BUDGET_UNIT_BYTES as u64 + 1)), 2);
+        let largest = (BODY_BYTES_MAX / BODY_BUDGET_UNIT_BYTES) as u32;
+        assert_eq!(budget_permits(Some(BODY_BYTES_MAX as u64)), largest);
+        assert_eq!(budget_permits(None), largest, "unknown length: the largest");
+        // Every connection's largest body at once does not fit: the budget binds.
+        let all = crate::http::HTTP_CONNECTIONS_MAX * largest as usize;
+        assert!(all > BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES);
+        let gw = Gateway::default();
+        assert_eq!(gw.body_budget.available_permits(), BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES);
+    }
 }
