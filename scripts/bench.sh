@@ -537,6 +537,7 @@ for line in open(scenarios_file) if have_matrix else []:
     cmd = re.sub(r"--server \S+ ", "", cmd)
     cmd = re.sub(r"--server-pid \S+ ", "--server-pid PID ", cmd)
     cmd = re.sub(r"--json \S+ ", "--json FILE ", cmd)
+    cmd = re.sub(r"--http http://\S+ ", "--http http://HTTP_ADDR ", cmd)
     cmd = "cmq-loadgen " + cmd.split(" ", 1)[1] if " " in cmd else cmd
     rate_label = f"{fmt_int(med['msgs_per_s'])}"
     if med.get("open_loop_rate"):
