@@ -10,7 +10,8 @@
 #   BENCH_WARMUP    warm-up seconds per run             [2]
 #   BENCH_RUNS      runs per scenario (median reported) [3]
 #   BENCH_SIZES     body sizes in bytes                 ["64 1024"]
-#   BENCH_ONLY      run only scenarios whose name contains this (e.g. "sync/plain")
+#   BENCH_ONLY      run only scenarios whose name contains this (e.g. "sync/plain", "http/")
+#   BENCH_HTTP_CONNS  HTTP scenarios: producer and consumer connections each [32]
 #   BENCH_CRITERION 0 skips the criterion benchmarks    [1]
 #   BENCH_SCALE     0 skips the two at-scale scenarios   [1]
 #   BENCH_RECLAIM_BYTES  disk reclamation: bytes of 1 KiB bodies produced,
@@ -76,6 +77,7 @@ fi
 # ---- broker lifecycle -------------------------------------------------------
 BROKER_PID=
 BROKER_ADDR=
+HTTP_ADDR=
 BROKER_DIR=
 
 # Bytes the broker process caused to be written to storage so far (0 if unknown).
@@ -108,6 +110,7 @@ start_broker() {
     BROKER_ADDR=
     for _ in $(seq 200); do
         BROKER_ADDR=$(sed -n 's/^cmqd listening on //p' "$BROKER_DIR/stdout" || true)
+        HTTP_ADDR=$(sed -n 's/^cmqd http on //p' "$BROKER_DIR/stdout" || true)
         [[ -n "$BROKER_ADDR" ]] && return 0
         kill -0 "$BROKER_PID" 2>/dev/null || break
         sleep 0.05
@@ -136,9 +139,11 @@ run_scenario() {
         local json="$RESULTS/$slug-run$run.json"
         log "$name, $size-byte bodies, run $run/$RUNS"
         local rc=0
+        # @HTTP in the arguments: the CMQ API URL of this run's broker.
+        local args=("${@//@HTTP/http://$HTTP_ADDR}")
         "$LOADGEN" --server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size "$size" \
             --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout "$DRAIN_TIMEOUT" \
-            --json "$json" "$@" >"$RESULTS/$slug-run$run.txt" 2>"$RESULTS/$slug-run$run.progress" || rc=$?
+            --json "$json" "${args[@]}" >"$RESULTS/$slug-run$run.txt" 2>"$RESULTS/$slug-run$run.progress" || rc=$?
         # What reached the disk: a broker that acknowledges sync sends must have written them.
         broker_write_bytes >"$RESULTS/$slug-run$run.disk_bytes"
         stop_broker "$RESULTS/$slug-run$run.cmqd.log"
@@ -192,6 +197,19 @@ for size in $SIZES; do
                 >>"$RESULTS/skipped"
         fi
     done
+done
+
+# ---- the CMQ API 2.0 gateway (issue 14) ----------------------------------------
+# SendMessage / ReceiveMessage / DeleteMessage over keep-alive HTTP/1.1, one
+# request in flight on each of HTTP_CONNS + HTTP_CONNS connections (the SDKs'
+# way), every request signed (HmacSHA256; the broker has no keys here, so it
+# serves them anonymously: docs/BENCHMARKS.md has the keyed figures).
+HTTP_CONNS=${BENCH_HTTP_CONNS:-32}
+HTTP=(--http @HTTP --producers "$HTTP_CONNS" --consumers "$HTTP_CONNS" --threads 1 --wait 1)
+for size in $SIZES; do
+    [[ -n "$REPORT_ONLY" ]] && break
+    run_scenario "http/cycle/sync" "$size" --mode cycle --flush sync "${HTTP[@]}"
+    run_scenario "http/cycle/async" "$size" --mode cycle --flush async "${HTTP[@]}"
 done
 
 # ---- at scale (issue 3): disk reclamation and restart time ---------------------
@@ -468,6 +486,9 @@ TARGETS = {
     "cycle/async/pipelined": ("≥ 800,000 cycles/s", lambda r: r["msgs_per_s"] >= 800_000),
     "cycle/sync/plain": ("≥ 18,000 cycles/s", lambda r: r["msgs_per_s"] >= 18_000),
     "cycle/async/plain": ("≥ 80,000 cycles/s", lambda r: r["msgs_per_s"] >= 80_000),
+    # Issue 14: the CMQ API gateway, sync and async flush.
+    "http/cycle/sync": ("≥ 50,000 cycles/s", lambda r: r["msgs_per_s"] >= 50_000),
+    "http/cycle/async": ("≥ 50,000 cycles/s", lambda r: r["msgs_per_s"] >= 50_000),
     "open-loop/async/half-max": ("send-ack p99 < 1 ms", lambda r: r["send_ack_us"]["p99"] < 1000),
     "open-loop/sync/half-max": (
         f"send-ack p99 < 2 fsyncs ({fmt_us(2 * fsync_us)})",
@@ -516,6 +537,7 @@ for line in open(scenarios_file) if have_matrix else []:
     cmd = re.sub(r"--server \S+ ", "", cmd)
     cmd = re.sub(r"--server-pid \S+ ", "--server-pid PID ", cmd)
     cmd = re.sub(r"--json \S+ ", "--json FILE ", cmd)
+    cmd = re.sub(r"--http http://\S+ ", "--http http://HTTP_ADDR ", cmd)
     cmd = "cmq-loadgen " + cmd.split(" ", 1)[1] if " " in cmd else cmd
     rate_label = f"{fmt_int(med['msgs_per_s'])}"
     if med.get("open_loop_rate"):

@@ -4,6 +4,7 @@
 
 mod body;
 mod driver;
+mod http;
 mod opts;
 mod pipe;
 mod report;
@@ -44,7 +45,7 @@ const EMPTY_CHECK_EVERY: Duration = Duration::from_millis(250);
 const NAME_TRIES_MAX: usize = 1_000_000;
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
+    let opts = Opts::parse().effective();
     if let Err(e) = opts.validate() {
         eprintln!("cmq-loadgen: {e}");
         return ExitCode::from(1);
@@ -269,6 +270,14 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     if let Some(c) = &creds {
         pipe::use_credentials(c.clone());
     }
+    let http_target = match &opts.http {
+        Some(url) => {
+            let key = creds.as_ref().map(|c| (c.secret_id.as_str(), c.secret_key.as_str()));
+            let hash = if opts.sha1 { http::sign::Hash::Sha1 } else { http::sign::Hash::Sha256 };
+            Some(http::Target::parse(url, key, hash)?)
+        }
+        None => None,
+    };
     let mut admin = Client::connect_as(&seeds[..], Some(Duration::from_secs(10)), creds)
         .with_context(|| format!("connecting to {}", opts.server))?;
     let shards = admin.shard_count();
@@ -322,7 +331,13 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     }
     let consumers = if opts.mode == Mode::Produce { 0 } else { opts.consumers };
     jobs.extend(consumer_jobs(consumers, &queues));
-    let workers = Workers::start(jobs, opts.threads, shape, &router, &run)?;
+    let workers = match &http_target {
+        Some(target) => {
+            let (handles, counters) = http::start(jobs, opts.threads, shape, target, &run)?;
+            Workers { handles, counters }
+        }
+        None => Workers::start(jobs, opts.threads, shape, &router, &run)?,
+    };
 
     let measured = monitor(&opts, &run, &workers, &mut admin, &queues, producers, spawned_at)?;
     outcomes.extend(workers.join());

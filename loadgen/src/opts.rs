@@ -191,6 +191,21 @@ pub struct Opts {
     /// Long-poll seconds of each consumer receive (0-30).
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub wait: u32,
+
+    /// Drive the CMQ API 2.0 HTTP gateway at this URL (cmqd's --http-listen,
+    /// e.g. http://127.0.0.1:7780) instead of the binary protocol:
+    /// SendMessage / ReceiveMessage / DeleteMessage over keep-alive
+    /// connections, one per producer and consumer, one request in flight
+    /// each (--pipeline and --batch do not apply), every request signed
+    /// with the run's key (anonymous: a key the broker does not know).
+    /// Queues are still created over --server. Modes: cycle and produce;
+    /// --size at least 48 (the body header is sent as hex text).
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+
+    /// With --http: sign with HmacSHA1 instead of HmacSHA256.
+    #[arg(long, requires = "http")]
+    pub sha1: bool,
 }
 
 impl Opts {
@@ -246,8 +261,35 @@ impl Opts {
         if self.messages == Some(0) {
             return Err("--messages must be at least 1".into());
         }
+        if self.http.is_some() {
+            self.validate_http()?;
+        }
         cmq_protocol::names::validate_name("--queue-prefix", &format!("{}-0", self.queue_prefix))?;
         Ok(())
+    }
+
+    /// What --http cannot do.
+    fn validate_http(&self) -> Result<(), String> {
+        let min = crate::http::agent::TEXT_HEADER_CHARS;
+        if self.size < min {
+            return Err(format!("--size must be at least {min} with --http (got {})", self.size));
+        }
+        if self.mode == Mode::Consume {
+            return Err("--http supports --mode cycle and produce".into());
+        }
+        if self.rate.is_some() {
+            return Err("--rate is not supported with --http (closed loop only)".into());
+        }
+        Ok(())
+    }
+
+    /// With --http one message per request and one request in flight.
+    pub fn effective(mut self) -> Opts {
+        if self.http.is_some() {
+            self.batch = 1;
+            self.pipeline = 1;
+        }
+        self
     }
 
     pub fn duration_s(&self) -> Option<f64> {

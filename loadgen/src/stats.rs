@@ -191,6 +191,8 @@ pub enum ErrKey {
     /// "handshake"; "stalled" is an answer that came only after a Ping
     /// nudged an idle connection (the broker missed a wake-up).
     Other(&'static str),
+    /// A CMQ API 2.0 code (`--http`).
+    Cmq(i64),
 }
 
 impl ErrKey {
@@ -211,6 +213,7 @@ impl ErrKey {
         match self {
             ErrKey::Code(c) => c.to_string(),
             ErrKey::Other(s) => (*s).to_owned(),
+            ErrKey::Cmq(c) => format!("cmq-{c}"),
         }
     }
 }
@@ -220,6 +223,7 @@ impl fmt::Display for ErrKey {
         match self {
             ErrKey::Code(c) => write!(f, "{}", cmq_protocol::ErrorCode(*c)),
             ErrKey::Other(s) => f.write_str(s),
+            ErrKey::Cmq(c) => write!(f, "CMQ code {c}"),
         }
     }
 }

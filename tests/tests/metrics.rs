@@ -374,7 +374,7 @@ fn cmq_stats_and_top_show_what_the_metrics_endpoint_shows_without_http() {
 #[test]
 fn the_http_port_bounds_connections_and_header_size() {
     use std::io::{Read, Write};
-    const HTTP_CONNECTIONS_MAX: usize = 64; // broker/src/http/mod.rs
+    const HTTP_CONNECTIONS_MAX: usize = 1024; // broker/src/http/mod.rs
     let broker = Broker::start(&["--shards", "1"]);
     let web = http_addr(&broker);
     // Headers past HTTP_BUF_BYTES_MAX (16 KiB) are refused, not buffered.

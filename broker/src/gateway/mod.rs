@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{header, Method, StatusCode};
 use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::auth::actions::{need, Need};
 use crate::auth::table::Principal;
@@ -39,12 +40,36 @@ use signature::{Replay, ReplayGuard};
 /// A POST body must arrive whole within this (a slow client gets 408).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The gateway's state: the replay guard and the request id counter.
-#[derive(Default)]
+/// Bytes of request bodies held at once, over every connection: each of
+/// `HTTP_CONNECTIONS_MAX` connections may send [`BODY_BYTES_MAX`], and all
+/// of them at once would be GiBs. A request whose body does not fit waits
+/// (within [`BODY_READ_TIMEOUT`]) before it is read: back-pressure, not an
+/// error. Ordinary requests (a few hundred bytes) never notice it.
+pub const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// What one permit of the body budget stands for.
+const BODY_BUDGET_UNIT_BYTES: usize = 1024;
+
+const _: () = assert!(BODY_BYTES_MAX <= BODY_BUDGET_BYTES, "the largest body must fit the budget");
+const _: () = assert!(BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES <= tokio::sync::Semaphore::MAX_PERMITS);
+
+/// The gateway's state: the replay guard, the body budget and the request id counter.
 pub struct Gateway {
     replay: Mutex<ReplayGuard>,
     clock: Mutex<crate::clock::Clock>,
     next_request: AtomicU64,
+    body_budget: Semaphore,
+}
+
+impl Default for Gateway {
+    fn default() -> Gateway {
+        Gateway {
+            replay: Default::default(),
+            clock: Default::default(),
+            next_request: AtomicU64::new(0),
+            body_budget: Semaphore::new(BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES),
+        }
+    }
 }
 
 /// Who is calling: a key (held to its policy when `enforce`), or anonymous.
@@ -57,8 +82,9 @@ struct Caller {
 /// every CMQ-level outcome; 400/408/413 for a body that cannot be read.
 pub async fn serve(ctx: &HttpContext, parts: Parts, body: Incoming) -> Reply {
     let request_id = ctx.gateway.next_request.fetch_add(1, Ordering::Relaxed).to_string();
-    let raw = match read_params(&parts, body).await {
-        Ok(raw) => raw,
+    // Held until the reply is built: the body and what is decoded from it live that long.
+    let (raw, _room) = match read_params(&ctx.gateway.body_budget, &parts, body).await {
+        Ok(read) => read,
         Err(reply) => return reply,
     };
     let (outcome, extra) = match run(ctx, &parts, &raw).await {
@@ -93,25 +119,42 @@ async fn run(ctx: &HttpContext, parts: &Parts, raw: &[u8]) -> actions::Answer {
     }
 }
 
-/// The POST body or the GET query, within [`BODY_BYTES_MAX`] and [`BODY_READ_TIMEOUT`].
-async fn read_params(parts: &Parts, body: Incoming) -> Result<Bytes, Reply> {
+/// The POST body or the GET query, within [`BODY_BYTES_MAX`] and
+/// [`BODY_READ_TIMEOUT`], and its share of the body budget (a body of
+/// unknown length is charged the largest).
+async fn read_params<'a>(
+    budget: &'a Semaphore,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<(Bytes, Option<SemaphorePermit<'a>>), Reply> {
     if parts.method != Method::POST {
-        return Ok(Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes()));
+        return Ok((Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes()), None));
     }
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
         return Err(too_large());
     }
-    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, BODY_BYTES_MAX).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(router::text(StatusCode::BAD_REQUEST, &format!("unreadable request body: {e}\n"))),
+    let read = async {
+        let room = budget.acquire_many(budget_permits(declared)).await.ok();
+        (Limited::new(body, BODY_BYTES_MAX).collect().await, room)
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok((Ok(collected), room)) => Ok((collected.to_bytes(), room)),
+        Ok((Err(e), _)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok((Err(e), _)) => Err(router::text(StatusCode::BAD_REQUEST, &format!("unreadable request body: {e}\n"))),
         Err(_) => {
             let mut r = router::text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n");
             r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
             Err(r)
         }
     }
+}
+
+/// Permits of the body budget a body of `declared` length takes (unknown:
+/// the largest allowed); at least one, so every body waits its turn.
+fn budget_permits(declared: Option<u64>) -> u32 {
+    let bytes = declared.map_or(BODY_BYTES_MAX, |n| (n as usize).min(BODY_BYTES_MAX));
+    bytes.div_ceil(BODY_BUDGET_UNIT_BYTES).max(1) as u32
 }
 
 fn too_large() -> Reply {
@@ -226,4 +269,25 @@ fn envelope(request_id: &str, outcome: Result<(), ApiError>, fields: Map<String,
     m.insert("requestId".into(), Value::from(request_id));
     m.extend(fields);
     router::json(StatusCode::OK, &Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_charged_to_the_budget_by_size() {
+        assert_eq!(budget_permits(Some(0)), 1);
+        assert_eq!(budget_permits(Some(1)), 1);
+        assert_eq!(budget_permits(Some(BODY_BUDGET_UNIT_BYTES as u64)), 1);
+        assert_eq!(budget_permits(Some(BODY_BUDGET_UNIT_BYTES as u64 + 1)), 2);
+        let largest = (BODY_BYTES_MAX / BODY_BUDGET_UNIT_BYTES) as u32;
+        assert_eq!(budget_permits(Some(BODY_BYTES_MAX as u64)), largest);
+        assert_eq!(budget_permits(None), largest, "unknown length: the largest");
+        // Every connection's largest body at once does not fit: the budget binds.
+        let all = crate::http::HTTP_CONNECTIONS_MAX * largest as usize;
+        assert!(all > BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES);
+        let gw = Gateway::default();
+        assert_eq!(gw.body_budget.available_permits(), BODY_BUDGET_BYTES / BODY_BUDGET_UNIT_BYTES);
+    }
 }

@@ -4,7 +4,7 @@
 //! Also the replay guard: a (SecretId, Nonce, Timestamp) seen within the
 //! freshness window is refused.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
@@ -21,8 +21,12 @@ pub const TIMESTAMP_SKEW_SECS_MAX: u64 = 300;
 
 /// (SecretId, Nonce, Timestamp) triples remembered for the replay check. A
 /// request arriving while this many fresh ones are remembered is refused
-/// (4420, retry) rather than let through unchecked.
-pub const REPLAY_ENTRIES_MAX: usize = 200_000;
+/// (4420, retry) rather than let through unchecked. Each entry lives about
+/// [`TIMESTAMP_SKEW_SECS_MAX`] (clients send the current time), so this caps
+/// sustained signed traffic near 4,000,000 / 300 s = 13,000 requests/s; an
+/// entry is a 64-bit hash in a hash set, 10-18 bytes with the set's slack,
+/// so at most about 72 MB (docs/BENCHMARKS.md, "CMQ API gateway").
+pub const REPLAY_ENTRIES_MAX: usize = 4_000_000;
 
 /// Which HMAC: `HmacSHA256`, else (any other value or none) HMAC-SHA1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +138,24 @@ pub fn fresh(timestamp: u64, now: u64) -> bool {
     timestamp.abs_diff(now) <= TIMESTAMP_SKEW_SECS_MAX
 }
 
-/// Requests seen within the freshness window, oldest timestamp first, so
-/// expiry pops from the front.
-#[derive(Default)]
+/// Requests seen within the freshness window: per `Timestamp` second, a
+/// keyed 64-bit hash of each (SecretId, Nonce), so that an entry costs a
+/// hash-set slot instead of a string; expiry drops whole seconds from the
+/// front. Two different requests of the same second share a hash with
+/// probability about n^2 / 2^65 for n requests in that second (a refused
+/// request the client retries); the key is random per process, so nobody
+/// can craft a collision.
 pub struct ReplayGuard {
-    seen: BTreeSet<(u64, String, u64)>,
+    by_second: BTreeMap<u64, HashSet<u64>>,
+    entries: usize,
+    limit: usize,
+    hash_key: (u64, u64),
+}
+
+impl Default for ReplayGuard {
+    fn default() -> ReplayGuard {
+        ReplayGuard::with_limit(REPLAY_ENTRIES_MAX)
+    }
 }
 
 /// Why the replay guard refused.
@@ -149,21 +166,45 @@ pub enum Replay {
 }
 
 impl ReplayGuard {
+    /// A guard remembering at most `limit` requests.
+    pub fn with_limit(limit: usize) -> ReplayGuard {
+        ReplayGuard { by_second: BTreeMap::new(), entries: 0, limit, hash_key: (rand::random(), rand::random()) }
+    }
+
     /// Records a fresh request; refuses one seen before (or any when full).
     pub fn admit(&mut self, secret_id: &str, nonce: u64, timestamp: u64, now: u64) -> Result<(), Replay> {
         let horizon = now.saturating_sub(TIMESTAMP_SKEW_SECS_MAX);
-        while self.seen.first().is_some_and(|(t, _, _)| *t < horizon) {
-            self.seen.pop_first();
+        while let Some(entry) = self.by_second.first_entry().filter(|e| *e.key() < horizon) {
+            self.entries -= entry.remove().len();
         }
-        let key = (timestamp, secret_id.to_owned(), nonce);
-        if self.seen.contains(&key) {
+        let fingerprint = self.fingerprint(secret_id, nonce);
+        if self.by_second.get(&timestamp).is_some_and(|s| s.contains(&fingerprint)) {
             return Err(Replay::Repeated);
         }
-        if self.seen.len() >= REPLAY_ENTRIES_MAX {
+        if self.entries >= self.limit {
             return Err(Replay::Full);
         }
-        self.seen.insert(key);
+        self.by_second.entry(timestamp).or_default().insert(fingerprint);
+        self.entries += 1;
         Ok(())
+    }
+
+    /// Requests remembered.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    fn fingerprint(&self, secret_id: &str, nonce: u64) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.hash_key.0, self.hash_key.1);
+        h.write(secret_id.as_bytes());
+        h.write_u8(0xff); // no SecretId is a prefix of another's bytes plus the nonce
+        h.write_u64(nonce);
+        h.finish()
     }
 }
 
@@ -251,10 +292,18 @@ mod tests {
         g.admit("a", 2, 1000, 1000).expect("other nonce");
         g.admit("a", 1, 1001, 1000).expect("other timestamp");
         g.admit("z", 9, 1400, 1400).expect("later");
-        assert_eq!(g.seen.len(), 1, "entries older than the window are dropped");
-        for i in 0..REPLAY_ENTRIES_MAX as u64 - 1 {
-            g.admit("x", i, 1400, 1400).expect("room");
+        assert_eq!(g.len(), 1, "entries older than the window are dropped");
+        assert_eq!(g.admit("z", 9, 1400, 1400), Err(Replay::Repeated));
+        assert_eq!(g.limit, REPLAY_ENTRIES_MAX);
+        // At the limit: full until the window moves past the oldest second.
+        let mut g = ReplayGuard::with_limit(1000);
+        for i in 0..999 {
+            g.admit("x", i, 1400 + i % 3, 1400).expect("room");
         }
-        assert_eq!(g.admit("x", u64::MAX, 1400, 1400), Err(Replay::Full));
+        g.admit("x", 5000, 1401, 1400).expect("the last slot");
+        assert_eq!(g.admit("x", 5001, 1400, 1400), Err(Replay::Full));
+        assert_eq!(g.admit("x", 0, 1400, 1400), Err(Replay::Repeated), "a replay is still told apart");
+        g.admit("x", 5001, 1701, 1701).expect("second 1400 expired: room again");
+        assert_eq!(g.len(), 1000 - 333 + 1, "second 1400's 333 gone, one added");
     }
 }

@@ -83,7 +83,11 @@ impl ShardBridge {
     /// Runs `request` on the shard that owns its queue or topic (any shard
     /// for the rest, in turn) and awaits the answer frame, at most `within`.
     /// `viewer`: whom lists are filtered for. The waiter is forgotten when
-    /// this future ends, answered or not (a client that went away).
+    /// this future ends, answered or not. Unanswered (the HTTP client went
+    /// away, or the wait timed out), the shard is told as it is told of a
+    /// closed binary connection (`ShardMsg::ConnClosed`): a parked long
+    /// poll is released instead of being served a message nobody receives
+    /// (which would stay invisible until its visibility timeout).
     pub async fn execute(
         &self,
         registry: &Registry,
@@ -97,18 +101,14 @@ impl ShardBridge {
             Route::Shard(s) if s < n => s,
             _ => (self.next_any.fetch_add(1, Ordering::Relaxed) % usize::from(n.max(1))) as u16,
         };
+        let Some(handle) = self.shards.get(usize::from(shard)) else { return Err(Unanswered::Busy) };
         let (token, rx) = registry.register(viewer);
-        struct Forget<'a>(&'a Registry, u64);
-        impl Drop for Forget<'_> {
-            fn drop(&mut self) {
-                self.0.cancel(self.1);
-            }
-        }
-        let _forget = Forget(registry, token);
+        let mut forget = Forget { registry, token, sent_to: None };
         let msg = ShardMsg::External(Box::new(ExternalRequest { token, request }));
-        if self.shards.get(usize::from(shard)).is_none_or(|h| h.send(msg).is_err()) {
+        if handle.send(msg).is_err() {
             return Err(Unanswered::Busy);
         }
+        forget.sent_to = Some(handle);
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(_)) => Err(Unanswered::Dropped),
@@ -119,5 +119,31 @@ impl ShardBridge {
     /// Testing only: blocks shard `shard`'s loop for `ms`.
     pub fn stall(&self, shard: usize, ms: u64) -> bool {
         self.shards.get(shard).is_some_and(|h| h.send(ShardMsg::Stall { ms }).is_ok())
+    }
+}
+
+/// Forgets an external request's waiter when its future ends; tells the
+/// shard it was sent to when no answer had come (see `execute`).
+struct Forget<'a> {
+    registry: &'a Registry,
+    token: u64,
+    sent_to: Option<&'a ShardHandle>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        // The shard hears of it before the registry forgets the token, so
+        // anything that sees the waiter gone (a scrape's
+        // `cmq_http_requests_waiting`) knows the shard's inbox holds the news.
+        let Some(shard) = self.sent_to.filter(|_| self.registry.is_waiting(self.token)) else {
+            self.registry.cancel(self.token);
+            return;
+        };
+        let reply_to = crate::shard::external::reply_to(self.token);
+        if shard.send(ShardMsg::ConnClosed { reply_to }).is_err() {
+            // Inbox full: the long poll stays parked until its wait ends.
+            log::debug!(target: "cmq::http", "could not release abandoned request {}: shard inbox full", self.token);
+        }
+        self.registry.cancel(self.token);
     }
 }

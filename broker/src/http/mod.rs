@@ -1,10 +1,13 @@
 //! The HTTP port (`--http-listen`): `/metrics`, `/healthz`, `/readyz`, and
 //! the CMQ API 2.0 at `/v2/index.php` (`crate::gateway`).
 //!
-//! hyper serves it on a current-thread tokio runtime on a thread of its own
-//! (`cmq-http`), never on a shard's event loop: the shards stay free of any
-//! runtime and are reached only through their inboxes (`bridge.rs`). HTTP
-//! is not the hot path; what it may cost is bounded: at most
+//! hyper serves it on a tokio runtime of its own threads (`cmq-http`,
+//! [`http_worker_threads`] of them), never on a shard's event loop: the
+//! shards stay free of any runtime and are reached only through their
+//! inboxes (`bridge.rs`). With the CMQ API on it, this port carries
+//! messages: one thread parsing, signing and encoding every request saturated
+//! at a few thousand cycles/s while the shards idled (docs/BENCHMARKS.md).
+//! What it may cost is bounded: at most
 //! [`HTTP_CONNECTIONS_MAX`] connections, headers within
 //! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], idle keep-alive
 //! connections closed after `deadline::KEEP_ALIVE_IDLE_MAX`, one round of
@@ -34,9 +37,23 @@ use crate::shard::Shared;
 pub use bridge::{ShardBridge, Unanswered};
 use router::{AllowAll, Endpoint, Reply, Router};
 
-/// HTTP connections served at once; more are closed at accept (scrapers
-/// and probes need a handful).
-pub const HTTP_CONNECTIONS_MAX: usize = 64;
+/// HTTP connections served at once; more are closed at accept. Every CMQ
+/// SDK client keeps one keep-alive connection open, and with one request in
+/// flight on each, connections are what carries the gateway's load (about
+/// 50 are needed for 50,000 cycles/s here: docs/BENCHMARKS.md). An idle one
+/// costs a task and a small read buffer; bodies are bounded all together by
+/// `gateway::BODY_BUDGET_BYTES`, heads by [`HTTP_BUF_BYTES_MAX`] each.
+pub const HTTP_CONNECTIONS_MAX: usize = 1024;
+
+/// Most threads the HTTP runtime runs (one per CPU up to this): beyond a
+/// few, the shards, not HTTP parsing, are the limit, and each thread is
+/// one more to wake.
+pub const HTTP_WORKER_THREADS_MAX: usize = 4;
+
+/// Threads of the HTTP runtime on a machine with `cpus` CPUs.
+pub fn http_worker_threads(cpus: usize) -> usize {
+    cpus.clamp(1, HTTP_WORKER_THREADS_MAX)
+}
 
 /// A request's headers must arrive within this of their first byte (an
 /// idle keep-alive connection may wait `deadline::KEEP_ALIVE_IDLE_MAX`).
@@ -71,7 +88,10 @@ impl HttpServer {
             .with_context(|| format!("binding the HTTP port --http-listen {addr} (use `off` to disable it)"))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(http_worker_threads(cpus))
+            .thread_name("cmq-http")
             .enable_io()
             .enable_time()
             .build()
@@ -194,4 +214,18 @@ fn debug_stall(ctx: &HttpContext, query: &str) -> Reply {
         return router::text(StatusCode::BAD_REQUEST, "no such shard, or its inbox is full\n");
     }
     router::text(StatusCode::OK, "stalling\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_has_a_thread_per_cpu_up_to_the_limit() {
+        assert_eq!(http_worker_threads(0), 1);
+        assert_eq!(http_worker_threads(1), 1);
+        assert_eq!(http_worker_threads(2), 2);
+        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX), HTTP_WORKER_THREADS_MAX);
+        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX + 1), HTTP_WORKER_THREADS_MAX);
+    }
 }

@@ -105,6 +105,7 @@ families! {
     WAL_OLDEST = "cmq_wal_oldest_segment_age_seconds" Gauge ["shard"] "Age of the shard's oldest retained segment file.";
     DISK_FREE = "cmq_disk_free_bytes" Gauge [] "Free bytes (for unprivileged users) on the file system of the data directory.";
     DISK_SIZE = "cmq_disk_size_bytes" Gauge [] "Size of the file system of the data directory.";
+    HTTP_WAITING = "cmq_http_requests_waiting" Gauge [] "CMQ API (HTTP) requests waiting for the broker's answer, long polls included.";
 }
 
 /// Connection refusals and closes of one shard (`ConnCounters`), by reason.
@@ -128,6 +129,8 @@ pub struct Scrape {
     pub topics: u64,
     /// Refused authentication attempts since start.
     pub auth_failures: u64,
+    /// CMQ API requests awaiting their answer (`shard::external::Registry`).
+    pub http_waiting: u64,
     pub process: ProcessSample,
     pub disk: DiskSample,
     /// Unix ms of the scrape (for ages).
@@ -309,6 +312,7 @@ impl Scrape {
         w.gauges(&QUEUES, [(vec![], self.queues as f64)])?;
         w.gauges(&TOPICS, [(vec![], self.topics as f64)])?;
         w.counters(&AUTH_FAILURES, [(vec![], self.auth_failures)])?;
+        w.gauges(&HTTP_WAITING, [(vec![], self.http_waiting as f64)])?;
         w.gauges(&QUEUES_OTHER, [(vec![], t.other_queues as f64)])?;
         let all: Vec<&QueueSample> = t.top.iter().chain(std::iter::once(&t.other)).collect();
         let q = |s: &QueueSample| vec![("queue", s.name.clone())];

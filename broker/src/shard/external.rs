@@ -61,9 +61,15 @@ impl Registry {
         (token, rx)
     }
 
-    /// Forgets a waiter (its request ended or was never sent).
-    pub fn cancel(&self, token: u64) {
-        self.lock().remove(&token);
+    /// Forgets a waiter (its request ended or was never sent); true when
+    /// it was still waiting (no answer had come).
+    pub fn cancel(&self, token: u64) -> bool {
+        self.lock().remove(&token).is_some()
+    }
+
+    /// Whether waiter `token` still waits for its answer.
+    pub fn is_waiting(&self, token: u64) -> bool {
+        self.lock().contains_key(&token)
     }
 
     pub fn len(&self) -> usize {
@@ -89,7 +95,9 @@ impl Registry {
     }
 }
 
-fn reply_to(token: u64) -> ReplyTo {
+/// Whom the answer to waiter `token` goes to (what `ShardMsg::ConnClosed`
+/// names when the request is abandoned).
+pub fn reply_to(token: u64) -> ReplyTo {
     ReplyTo { shard: EXTERNAL_SHARD, conn: ConnRef { token: token as usize, gen: 0 } }
 }
 
