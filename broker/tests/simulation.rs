@@ -12,8 +12,10 @@ use std::time::Instant;
 use cmq_broker::sim::seeds::{options_for, run_seeds};
 use cmq_broker::sim::{run, SimOptions};
 
-/// A debug build takes about 0.3 s a seed; `make sim` runs thousands.
-const SEEDS_DEFAULT: u64 = 40;
+/// A debug build takes about 1.4 s a seed (releases, catalogs, snapshots
+/// and membership changes included), two seeds at once on 2 cores; `make
+/// sim` runs thousands.
+const SEEDS_DEFAULT: u64 = 24;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
