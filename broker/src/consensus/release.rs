@@ -39,6 +39,21 @@ pub fn consensus_floor(rep: &Replica, lag_max: u64) -> u64 {
     entries.min(rep.state_records_floor())
 }
 
+/// The last entry the engine's state reflects: the entries applied, and
+/// the turn's open entry if there is one (a leader's requests changed the
+/// engine already; it gets the index after the log's last when proposed).
+/// A release computed from that state waits for this index to commit
+/// ([`GatedRelease`]): held at the applied index alone, a delete in the open
+/// entry freed a body that was released once the entries before it
+/// committed, though the open entry itself might never be (seed 237).
+pub fn reflected_index<R: RawLog>(rep: &Replica, log: &EntryLog<R>) -> u64 {
+    if log.has_open() {
+        rep.applied().max(rep.last_index() + 1)
+    } else {
+        rep.applied()
+    }
+}
+
 /// Between turns: when the hard-state and configuration records hold the
 /// oldest segment (ending at `oldest_end`), writes them again at the head,
 /// so that they never keep the log from being released for long.
@@ -140,8 +155,10 @@ pub fn housekeeping(s: &LogSpace, floor: impl Fn(u64) -> u64, live_bytes_below: 
 /// message is live again in the group. Released then, its body would be
 /// gone from this replica's log, and a rebuild or restart here would lose
 /// it (seed 8 of the simulator, once it released logs). So the bound is
-/// held with the index applied when it was computed, and used once that
-/// index is committed; entries replaced meanwhile void it. Committed as a
+/// held with the index the engine reflected when it was computed
+/// ([`reflected_index`]: the turn's open entry included), and used once that
+/// index is committed; entries replaced meanwhile (or a turn's entry Raft
+/// refused) void it. Committed as a
 /// restart of this replica knows it (`Replica::durable_commit_index`): a
 /// restart applies entries only up to its last durable hard state, and an
 /// engine without the entry that superseded a released record would lack

@@ -332,6 +332,8 @@ impl Shard {
     /// committed entries; everything produced from it since is void.
     fn repl_rebuild(&mut self) {
         self.fail_unreleased();
+        // A release or catalog computed from the void entry's effects is void.
+        self.log.drop_pending_catalog();
         self.end_waits_not_leader();
         let Some(r) = self.repl.as_deref_mut() else { return };
         let mut applier = ShardApplier { engine: &mut self.engine, dir: &r.dir };
@@ -455,7 +457,9 @@ impl Shard {
         let Some(r) = self.repl.as_deref() else { return };
         let lag_max = FOLLOWER_LAG_SEGMENTS_MAX * self.shared.cfg.segment_bytes;
         let floor = crate::consensus::release::consensus_floor(&r.replica, lag_max);
-        self.log.set_consensus_floor(floor, r.replica.applied());
+        // The engine may reflect the turn's open entry too (seed 237).
+        let reflected = crate::consensus::release::reflected_index(&r.replica, self.log.entries());
+        self.log.set_consensus_floor(floor, reflected);
     }
 
     /// This shard's replica state for ClusterStatus (alone: node 1 leads

@@ -149,7 +149,7 @@ impl Disk {
         };
         let floor = self.consensus_floor;
         match housekeeping(&space, |b| release::release_floor(log, b, floor), |p| engine.live_bytes_below(p)) {
-            Housekeeping::Release { bound } => self.gated_release.hold(bound, replica.applied()),
+            Housekeeping::Release { bound } => self.gated_release.hold(bound, release::reflected_index(replica, log)),
             Housekeeping::Catalog { live } => self.write = CatalogWrite::Due { live },
             Housekeeping::Compact => return true,
             Housekeeping::Nothing => {}
@@ -164,6 +164,17 @@ impl Disk {
         let first = log.raw.first_pos();
         log.forget_below(first);
         replica.forget_entries_below(first);
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() && first > before {
+            let ix = &replica.store().index;
+            eprintln!(
+                "node {}: released below {first} (bound {bound}); log from entry {} ({:?}), applied {} commit {}",
+                replica.id(),
+                ix.first_index(),
+                ix.get(ix.first_index()).map(|e| e.header_pos),
+                replica.applied(),
+                self.committed
+            );
+        }
         self.releases += u64::from(first > before);
     }
 

@@ -180,6 +180,10 @@ struct Node {
     retired: bool,
     /// A membership change to propose in its next turn (as leader).
     proposal: Option<Proposal>,
+    /// After installing a snapshot, its state is the group's only from
+    /// here (see `Sim::snapshot_installed`); kept across crashes, as the
+    /// log it restarts from is the same.
+    complete_from: u64,
 }
 
 impl Node {
@@ -201,6 +205,7 @@ impl Node {
             joining,
             retired: false,
             proposal: None,
+            complete_from: 0,
         }
     }
 }
@@ -523,7 +528,9 @@ impl Sim {
         n.disk.housekeep(&mut n.log, &mut n.engine, replica, now);
         if n.log.has_open() && !replica.propose(&mut n.log) {
             // Raft refused the turn's entry: its effects are gone; replay.
+            // A release or catalog computed from them is void.
             fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
+            n.disk.drop_pending();
             let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
             if let Err(e) = replica.rebuild(&mut n.log, &mut applier) {
                 return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: rebuild: {e}", n.id) });
@@ -593,11 +600,34 @@ impl Sim {
                     let n = &mut self.nodes[i];
                     fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
                     n.disk.drop_pending();
-                    self.report.snapshots += u64::from(matches!(e, Event::SnapshotInstalled { .. }));
+                    if matches!(e, Event::SnapshotInstalled { .. }) {
+                        self.snapshot_installed(i);
+                    }
                 }
                 Event::ConfChanged { .. } => {}
             }
         }
+    }
+
+    /// Node `i` installed a snapshot: the catalog plus the entries its
+    /// leader kept. That leader released its log below a body once an entry
+    /// it applied had deleted the message, and that entry committed (up to
+    /// the group's commit index now); the entry that enqueued the message
+    /// is gone, so between the snapshot's index and that delete this node
+    /// lacks a message the others hold (seeds 237 and 1796451554426). No
+    /// client can see it: followers serve no reads (NOT_LEADER), and a
+    /// leader serves only once it has applied its whole log, which holds
+    /// every committed entry. So its state is compared from there on.
+    fn snapshot_installed(&mut self, i: usize) {
+        let committed = self.committed.keys().next_back().copied().unwrap_or(0);
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+            let r = self.nodes[i].replica.as_ref();
+            let base = r.and_then(|r| r.snapshot_base()).map(|b| (b.record.index, b.record.catalog_index, b.pos));
+            eprintln!("{} ms: node {} installed snapshot {base:?}; committed {committed}", self.now, self.nodes[i].id);
+        }
+        let n = &mut self.nodes[i];
+        n.complete_from = n.complete_from.max(committed);
+        self.report.snapshots += 1;
     }
 
     fn send_out(&mut self, i: usize, out: Outbox) {
@@ -1035,9 +1065,11 @@ impl Sim {
                     return Err(self.fail(format!("node {id}: {what}")));
                 }
                 // A replica that installed a snapshot whose catalog is ahead
-                // of its applied entries holds no state another has.
+                // of its applied entries, or that has not yet applied the
+                // entries its snapshot's release relied on, holds no state
+                // another has.
                 let d = self.nodes[i].engine.digest();
-                let pending = self.nodes[i].engine.catalog_pending();
+                let pending = self.nodes[i].engine.catalog_pending() || applied < self.nodes[i].complete_from;
                 self.nodes[i].last_digest = (!pending).then_some((applied, d, self.now));
             }
         }
@@ -1052,9 +1084,16 @@ impl Sim {
                     continue;
                 };
                 if ia == ib && ia > 0 && ra.store().index.term(ia) == rb.store().index.term(ib) && da != db {
+                    let (ea, eb) = (&self.nodes[a].engine, &self.nodes[b].engine);
                     return Err(self.fail(format!(
-                        "nodes {} and {} applied the same {ia} entries but differ",
-                        self.nodes[a].id, self.nodes[b].id
+                        "nodes {} and {} applied the same {ia} entries but differ (logs from entries {} and {}, snapshots at {:?} and {:?}): {}",
+                        self.nodes[a].id,
+                        self.nodes[b].id,
+                        ra.store().index.first_index(),
+                        rb.store().index.first_index(),
+                        ra.snapshot_base().map(|b| b.record.index),
+                        rb.snapshot_base().map(|b| b.record.index),
+                        state_difference(ea, eb)
                     )));
                 }
             }
@@ -1105,6 +1144,27 @@ impl ReadBody for EntryLog<SimLog> {
 
 fn read_cached(store: &RaftStore, index: u64, raw: &SimLog) -> Option<CachedEntry> {
     crate::consensus::readback::read_entry(&store.index, index, raw).ok()
+}
+
+/// Where two replicas' states differ (the first few messages each holds
+/// differently), to diagnose a divergence.
+fn state_difference(a: &ShardEngine, b: &ShardEngine) -> String {
+    let lines = |e: &ShardEngine| -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (name, _) in QUEUES {
+            let Some(q) = e.queue(name) else { continue };
+            out.insert(format!("{name}: next_seq {}", q.next_seq()));
+            for (seq, m) in q.iter() {
+                let state = (m.msg_id, m.enqueue_ms, m.visible_at_ms, m.dequeue_count, m.state, m.body_len);
+                out.insert(format!("{name} seq {seq}: (id, enqueued, visible, dequeues, state, len) {state:?}"));
+            }
+        }
+        out
+    };
+    let (la, lb) = (lines(a), lines(b));
+    let only_a: Vec<&String> = la.difference(&lb).take(6).collect();
+    let only_b: Vec<&String> = lb.difference(&la).take(6).collect();
+    format!("only the first: {only_a:?}; only the second: {only_b:?}")
 }
 
 /// A live message of `n`'s engine whose body its log no longer holds.
