@@ -427,6 +427,9 @@ impl Sim {
         let hs =
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
         let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+            eprintln!("{} ms: node {id} starts: voters {:?}, commit {commit}, log {first}..={last}", self.now, cs.voters);
+        }
         let base = scanned.snapshot;
         let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
         let mut store = RaftStore::new(scanned.index, hs, cs);
@@ -604,7 +607,11 @@ impl Sim {
                         self.snapshot_installed(i);
                     }
                 }
-                Event::ConfChanged { .. } => {}
+                Event::ConfChanged { voters, .. } => {
+                    if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+                        eprintln!("{} ms: node {}: voters {voters:?}", self.now, self.nodes[i].id);
+                    }
+                }
             }
         }
     }
