@@ -1003,6 +1003,21 @@ impl Replica {
         Ok(index)
     }
 
+    /// The catalog to offer a snapshot from: the catalog file's
+    /// (`(catalog_index, bytes)`, written at log position `file_pos`), or,
+    /// when the snapshot this replica installed is newer, that snapshot's
+    /// catalog, as a restart would load it. A node that joined by snapshot
+    /// has no catalog file until its housekeeping writes one, which a quiet
+    /// group never makes it do; the older file does not reach the entry its
+    /// log starts at, so as leader it could offer no snapshot, and a
+    /// follower or new node behind its log never caught up (seed 6582).
+    pub fn snapshot_catalog(&self, file: (u64, Vec<u8>), file_pos: u64) -> (u64, Vec<u8>) {
+        match self.base.as_ref().filter(|b| b.pos > file_pos) {
+            Some(b) => (b.record.catalog_index, b.record.catalog.to_vec()),
+            None => file,
+        }
+    }
+
     /// A snapshot message to `to` went out (or could not).
     pub fn report_snapshot(&mut self, to: u64, sent: bool) {
         let status = if sent { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
@@ -1093,6 +1108,19 @@ mod abstain_tests {
         let mut cfg = ReplicaConfig::new(1);
         cfg.rebooted = true;
         Replica::new(&cfg, store, 0).expect("a replica")
+    }
+
+    #[test]
+    fn a_snapshot_is_offered_from_the_newer_of_the_catalog_file_and_the_installed_snapshot() {
+        let mut r = rebooted();
+        let file = (0, b"file".to_vec());
+        assert_eq!(r.snapshot_catalog(file.clone(), 0), file, "no snapshot installed");
+        let conf = ConfStateRecord { voters: vec![1, 2, 3], ..Default::default() };
+        let catalog = bytes::Bytes::from_static(b"snap");
+        let record = SnapshotRecord { index: 112, term: 3, catalog_index: 115, conf, catalog };
+        r.set_snapshot_base(Some(SnapshotBase { pos: 500, end: 600, record }));
+        assert_eq!(r.snapshot_catalog(file.clone(), 0), (115, b"snap".to_vec()), "no catalog file since");
+        assert_eq!(r.snapshot_catalog((130, b"file".to_vec()), 900).0, 130, "a catalog file written since");
     }
 
     #[test]

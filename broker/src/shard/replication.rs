@@ -47,7 +47,11 @@ pub const FOLLOWER_LAG_SEGMENTS_MAX: u64 = 2;
 fn offer_snapshot(shard: u16, r: &mut Replication) {
     let made = super::storage::catalog_for_snapshot(&r.dir, &r.replica.store().index)
         .map_err(|e| format!("{e:#}"))
-        .and_then(|(catalog_index, catalog)| r.replica.offer_snapshot(catalog_index, &catalog));
+        .and_then(|(file, file_pos)| {
+            // Or the snapshot this node installed, when newer (seed 6582).
+            let (catalog_index, catalog) = r.replica.snapshot_catalog(file, file_pos);
+            r.replica.offer_snapshot(catalog_index, &catalog)
+        });
     match made {
         Ok(index) => log::info!("shard {shard}: offering a snapshot at entry {index}"),
         Err(e) => log::warn!("shard {shard}: cannot offer a snapshot yet: {e}"),

@@ -716,14 +716,14 @@ impl ShardLog {
 
 /// The catalog file's bytes and the entry it reflects everything up to,
 /// for a snapshot a follower gets (none yet: an empty catalog at entry 0).
-pub fn catalog_for_snapshot(dir: &Path, index: &EntryIndex) -> anyhow::Result<(u64, Vec<u8>)> {
+pub fn catalog_for_snapshot(dir: &Path, index: &EntryIndex) -> anyhow::Result<((u64, Vec<u8>), u64)> {
     let path = dir.join(CATALOG_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
             let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok((index.index_ending_by(c.log_pos), bytes))
+            Ok(((index.index_ending_by(c.log_pos), bytes), c.log_pos))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, Catalog::default().encode())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(((0, Catalog::default().encode()), 0)),
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
 }

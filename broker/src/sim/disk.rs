@@ -239,13 +239,15 @@ impl Disk {
     /// raft-rs asked for a snapshot to send: offer one built from the
     /// catalog file (`shard/storage.rs`: `catalog_for_snapshot`).
     pub fn offer_snapshot(&self, replica: &mut Replica) -> Result<u64, String> {
-        let (catalog_index, bytes) = match self.catalog.as_deref() {
+        let (file, file_pos) = match self.catalog.as_deref() {
             Some(b) => {
                 let c = Catalog::decode(b)?;
-                (replica.store().index.index_ending_by(c.log_pos), b.to_vec())
+                ((replica.store().index.index_ending_by(c.log_pos), b.to_vec()), c.log_pos)
             }
-            None => (0, Catalog::default().encode()),
+            None => ((0, Catalog::default().encode()), 0),
         };
+        // Or the snapshot this node installed, when newer (seed 6582).
+        let (catalog_index, bytes) = replica.snapshot_catalog(file, file_pos);
         replica.offer_snapshot(catalog_index, &bytes)
     }
 }

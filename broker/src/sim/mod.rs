@@ -428,7 +428,10 @@ impl Sim {
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
         let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
         if std::env::var("CMQ_SIM_DEBUG").is_ok() {
-            eprintln!("{} ms: node {id} starts: voters {:?}, commit {commit}, log {first}..={last}", self.now, cs.voters);
+            eprintln!(
+                "{} ms: node {id} starts: voters {:?}, commit {commit}, log {first}..={last}",
+                self.now, cs.voters
+            );
         }
         let base = scanned.snapshot;
         let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
@@ -569,6 +572,9 @@ impl Sim {
         }
         if replica.take_snapshot_wanted() {
             let offered = n.disk.offer_snapshot(replica);
+            if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+                eprintln!("{now} ms: node {} offers a snapshot: {offered:?}", n.id);
+            }
             self.trace(offered.map_or(0x0ff, |index| index.rotate_left(16)));
         }
         let n = &mut self.nodes[i];
