@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster cluster-bench test test-only sim tools sdk-venv console-venv lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench test test-only sim sim-explore tools sdk-venv console-venv lint fmt bench install clean package package-test
 
 all: build
 
@@ -37,11 +37,18 @@ else
 endif
 	$(MAKE) sim package-test
 
-## sim: the deterministic simulator over SIM_SEEDS seeds from a release
-## build (the same profile as the binaries, so nothing is built twice);
-## `make sim SIM_SEEDS=100000` for a long run; a failure prints how to replay it
+## sim: the deterministic simulator over a FIXED range of SIM_SEEDS seeds
+## from SIM_FROM, from a release build (the same profile as the binaries, so
+## nothing is built twice): `make test` fails only on a seed someone has seen
+## pass before; a failure prints how to replay it
 SIM_SEEDS ?= 3000
+SIM_FROM ?= 2000000
 sim:
+	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS) $(SIM_FROM)
+
+## sim-explore: bug hunting, SIM_SEEDS seeds from a start taken from the
+## clock (printed); `make sim-explore SIM_SEEDS=100000` for a long run
+sim-explore:
 	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS)
 
 ## tools: what the deploy/ tests need (promtool, systemd-analyze), from

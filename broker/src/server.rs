@@ -17,6 +17,7 @@ use crate::cluster::{AcceptorConfig, AuthenticatedStream, NodeIdentity, PeerAcce
 use crate::config::{ClusterConfig, Config, IoBackend};
 use crate::consensus::readback;
 use crate::consensus::scan::Scanned;
+use crate::consensus::state_records::StateRecords;
 use crate::consensus::store::RaftStore;
 use crate::consensus::{Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ShardEngine};
@@ -375,6 +376,7 @@ fn open_replication(
         None => ConfState { voters, ..Default::default() },
     };
     let base = scanned.snapshot;
+    let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
     let mut store = RaftStore::new(scanned.index, hs, cs);
     store.snapshot_for_empty_logs = true;
     for i in commit + 1..=last {
@@ -394,6 +396,7 @@ fn open_replication(
     rc.rebooted = rebooted;
     let mut replica = Replica::new(&rc, store, commit).map_err(|e| anyhow!("shard {id}: starting its replica: {e}"))?;
     replica.set_snapshot_base(base);
+    replica.set_state_records(state_records);
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
     let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
         .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;

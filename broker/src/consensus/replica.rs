@@ -26,6 +26,7 @@ use super::log::{EntryLog, LogFailure, OpenEntry, RawLog};
 use super::readback;
 use super::records::{rtype, ConfStateRecord, EntryHeader, EntryKind, HardStateRecord, SnapshotRecord, FLAG_SYNC};
 use super::scan::SnapshotBase;
+use super::state_records::{DurableCommit, StateRecords};
 use super::store::{PreparedSnapshot, RaftStore};
 use crate::engine::Durability;
 
@@ -226,6 +227,10 @@ pub struct Replica {
     /// A snapshot raft-rs has not yet counted as applied (it may be once
     /// its record is durable).
     snapshot_unapplied: Option<u64>,
+    /// Where its hard-state and configuration records lie (a release keeps them).
+    state_records: StateRecords,
+    /// The commit index a restart would replay to.
+    durable_commit: DurableCommit,
 }
 
 impl Replica {
@@ -243,6 +248,7 @@ impl Replica {
         rc.check_quorum = true;
         rc.pre_vote = true;
         rc.validate()?;
+        let durable_commit = DurableCommit::found(store.hard_state.commit);
         let logger = super::logger::logger(cfg.id);
         let node = RawNode::new(&rc, store, &logger)?;
         Ok(Replica {
@@ -263,6 +269,8 @@ impl Replica {
             announce_abstaining: cfg.rebooted,
             base: None,
             snapshot_unapplied: None,
+            state_records: StateRecords::default(),
+            durable_commit,
         })
     }
 
@@ -273,6 +281,36 @@ impl Replica {
 
     pub fn snapshot_base(&self) -> Option<&SnapshotBase> {
         self.base.as_ref()
+    }
+
+    /// Where the hard-state and configuration records found at start-up lie.
+    pub fn set_state_records(&mut self, records: StateRecords) {
+        self.state_records = records;
+    }
+
+    /// The log must be kept from here: the last durable hard-state and
+    /// configuration records (see `state_records.rs`).
+    pub fn state_records_floor(&self) -> u64 {
+        self.state_records.floor()
+    }
+
+    /// Writes the hard state and configuration again at the log's head, so
+    /// the older records may be released once these are durable. Only
+    /// between turns: never inside an entry being built.
+    pub fn rewrite_state_records<R: RawLog>(&mut self, log: &mut EntryLog<R>) -> Result<(), LogFailure> {
+        if log.has_open() || self.state_records.rewrite_pending() {
+            return Ok(());
+        }
+        let hs = self.node.store().hard_state.clone();
+        let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
+        let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_hard_state(pos, log.raw.end());
+        self.durable_commit.wrote(log.raw.end(), hs.commit);
+        let conf = conf_record(&self.node.store().conf_state);
+        let pos = log.raw.append(rtype::CONF_STATE, &[&conf.encode()], Durability::Written)?;
+        self.state_records.wrote_conf(pos, log.raw.end());
+        log.raw.require_sync();
+        Ok(())
     }
 
     pub fn id(&self) -> u64 {
@@ -299,6 +337,14 @@ impl Replica {
 
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The commit index a restart would replay to (the last durable
+    /// hard-state record's; see `DurableCommit`): releases and catalogs
+    /// wait for what they reflect to be committed this far, not just
+    /// [`commit_index`](Self::commit_index).
+    pub fn durable_commit_index(&self) -> u64 {
+        self.durable_commit.index()
     }
 
     pub fn last_index(&self) -> u64 {
@@ -634,7 +680,9 @@ impl Replica {
 
     fn write_hard_state<R: RawLog>(&mut self, hs: &HardState, log: &mut EntryLog<R>) -> Result<(), ReplicaError> {
         let rec = HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit };
-        log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        let pos = log.raw.append(rtype::HARD_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_hard_state(pos, log.raw.end());
+        self.durable_commit.wrote(log.raw.end(), hs.commit);
         self.node.mut_store().hard_state = hs.clone();
         Ok(())
     }
@@ -689,8 +737,19 @@ impl Replica {
             }
         };
         let cs = self.node.apply_conf_change(&cc)?;
+        if !cs.voters.contains(&self.id) && self.node.raft.state == StateRole::Leader {
+            // Removed while leading (it was elected after the change was
+            // proposed, or an operator removed the leader). raft-rs leaves
+            // such a leader leading and panics at its next commit
+            // (`maybe_commit` unwraps its own progress; the simulator hit it
+            // in seed 3 of a `run_seeds` batch, before relocations came out
+            // in a deterministic order): step down now; the voters elect another.
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+        }
         let rec = conf_record(&cs);
-        log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
+        let pos = log.raw.append(rtype::CONF_STATE, &[&rec.encode()], Durability::Written)?;
+        self.state_records.wrote_conf(pos, log.raw.end());
         log.raw.require_sync();
         let added = cc
             .get_changes()
@@ -698,7 +757,13 @@ impl Replica {
             .find(|c| c.get_change_type() == ConfChangeType::AddNode)
             .map(|c| (c.node_id, String::from_utf8_lossy(cc.get_context()).into_owned()));
         out.events.push(Event::ConfChanged { voters: rec.voters.clone(), learners: rec.learners.clone(), added });
-        self.node.mut_store().conf_state = cs;
+        let store = self.node.mut_store();
+        store.conf_state = cs;
+        // A snapshot prepared before carries the old configuration: a node
+        // just added is not in it and refuses it, and raft-rs would send it
+        // again forever (the simulator found a new node that never caught
+        // up: seed 1796448009008). The next one is built with this one.
+        store.snapshot = None;
         Ok(())
     }
 
@@ -753,6 +818,8 @@ impl Replica {
     /// safe.
     fn release_persisted(&mut self, raw: &impl RawLog, out: &mut Outbox) {
         let (written, durable) = (raw.written_end(), raw.durable_end());
+        self.state_records.durable_to(durable);
+        self.durable_commit.durable_to(durable);
         // Written-acks go as soon as a ready is written, also behind an
         // earlier one that waits for its fdatasync: async writers wait on
         // them, and must not wait for the flush interval (only the latest
@@ -875,6 +942,9 @@ impl Replica {
         let pos = log.raw.append(rtype::SNAPSHOT, &[&record.encode_head(), &record.catalog], Durability::Written)?;
         log.raw.require_sync();
         let end = log.raw.end();
+        self.state_records.wrote_conf(pos, end);
+        // A restart counts entries up to the snapshot's index committed.
+        self.durable_commit.wrote(end, index);
         log.note_entry(pos, end);
         let base = SnapshotBase { pos, end, record };
         applier.install_snapshot(&base).map_err(|e| bad(&e))?;
@@ -931,6 +1001,21 @@ impl Replica {
         let data = encode_snapshot_data(catalog_index, catalog);
         self.node.mut_store().snapshot = Some(PreparedSnapshot { index, term, conf, data });
         Ok(index)
+    }
+
+    /// The catalog to offer a snapshot from: the catalog file's
+    /// (`(catalog_index, bytes)`, written at log position `file_pos`), or,
+    /// when the snapshot this replica installed is newer, that snapshot's
+    /// catalog, as a restart would load it. A node that joined by snapshot
+    /// has no catalog file until its housekeeping writes one, which a quiet
+    /// group never makes it do; the older file does not reach the entry its
+    /// log starts at, so as leader it could offer no snapshot, and a
+    /// follower or new node behind its log never caught up (seed 6582).
+    pub fn snapshot_catalog(&self, file: (u64, Vec<u8>), file_pos: u64) -> (u64, Vec<u8>) {
+        match self.base.as_ref().filter(|b| b.pos > file_pos) {
+            Some(b) => (b.record.catalog_index, b.record.catalog.to_vec()),
+            None => file,
+        }
     }
 
     /// A snapshot message to `to` went out (or could not).
@@ -1026,6 +1111,19 @@ mod abstain_tests {
     }
 
     #[test]
+    fn a_snapshot_is_offered_from_the_newer_of_the_catalog_file_and_the_installed_snapshot() {
+        let mut r = rebooted();
+        let file = (0, b"file".to_vec());
+        assert_eq!(r.snapshot_catalog(file.clone(), 0), file, "no snapshot installed");
+        let conf = ConfStateRecord { voters: vec![1, 2, 3], ..Default::default() };
+        let catalog = bytes::Bytes::from_static(b"snap");
+        let record = SnapshotRecord { index: 112, term: 3, catalog_index: 115, conf, catalog };
+        r.set_snapshot_base(Some(SnapshotBase { pos: 500, end: 600, record }));
+        assert_eq!(r.snapshot_catalog(file.clone(), 0), (115, b"snap".to_vec()), "no catalog file since");
+        assert_eq!(r.snapshot_catalog((130, b"file".to_vec()), 900).0, 130, "a catalog file written since");
+    }
+
+    #[test]
     fn a_rebooted_replica_votes_again_once_a_majority_of_voters_abstains() {
         let mut r = rebooted();
         // Ten election timeouts without a leader: a peer holding entries
@@ -1059,5 +1157,151 @@ mod abstain_tests {
         r.on_peer_abstaining(2);
         assert!(!r.abstaining());
         assert!(r.abstaining_peers.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use raft::eraftpb::{ConfState, HardState};
+
+    use super::*;
+    use crate::consensus::scan::LogScanner;
+    use crate::sim::SimLog;
+
+    pub(super) struct NoEngine;
+
+    impl Applier for NoEngine {
+        fn apply(&mut self, _pos: u64, _rtype: u8, _payload: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn reset(&mut self, _snapshot: Option<&SnapshotBase>) {}
+    }
+
+    pub(super) type Node = (Replica, EntryLog<SimLog>);
+
+    /// Replica `id` of the group {1, 2}, with an empty log.
+    pub(super) fn node(id: u64) -> Node {
+        let cs = ConfState { voters: vec![1, 2], ..Default::default() };
+        let store = RaftStore::new(LogScanner::default().finish().index, HardState::default(), cs);
+        let replica = Replica::new(&ReplicaConfig::new(id), store, 0).expect("a replica");
+        (replica, EntryLog::new(SimLog::default(), true))
+    }
+
+    /// Rounds of: every replica handles its readies with its log written
+    /// and fdatasync'd at once, then its messages are delivered.
+    pub(super) fn exchange(nodes: &mut [Node], rounds: usize) {
+        for _ in 0..rounds {
+            exchange_syncing(nodes, &[true, true]);
+        }
+    }
+
+    /// One round of `exchange`, where node `k + 1` fdatasyncs its log only
+    /// if `sync[k]` (otherwise it is written: in the OS, not on disk).
+    pub(super) fn exchange_syncing(nodes: &mut [Node], sync: &[bool]) {
+        let mut messages = Vec::new();
+        for ((r, log), sync) in nodes.iter_mut().zip(sync) {
+            let mut out = Outbox::default();
+            r.pump(log, &mut NoEngine, &mut out).expect("pump");
+            log.raw.submit(0);
+            if *sync {
+                let synced = log.raw.start_sync();
+                log.raw.sync_done(synced);
+            }
+            r.pump(log, &mut NoEngine, &mut out).expect("pump");
+            messages.extend(out.messages);
+        }
+        for m in messages {
+            let to = usize::try_from(m.to - 1).expect("a node");
+            nodes[to].0.step(m).expect("step");
+        }
+    }
+
+    /// raft-rs leaves a leader that applies its own removal leading, and
+    /// panics at its next commit; the replica makes it step down.
+    #[test]
+    fn a_leader_that_applies_its_own_removal_steps_down() {
+        let mut nodes = vec![node(1), node(2)];
+        for _ in 0..40 {
+            nodes[0].0.tick();
+            exchange(&mut nodes, 1);
+        }
+        assert!(nodes[0].0.is_leader(), "node 1 campaigned first");
+        nodes[0].0.propose_remove_node(1).expect("proposed");
+        exchange(&mut nodes, 10);
+        assert_eq!(nodes[1].0.voters(), vec![2]);
+        assert!(!nodes[0].0.is_leader(), "a removed leader steps down");
+    }
+}
+
+#[cfg(test)]
+mod durable_commit_tests {
+    use super::removal_tests::{exchange, exchange_syncing, node, NoEngine};
+    use super::Outbox;
+    use crate::consensus::scan::LogScanner;
+    use crate::engine::{Durability, Log};
+
+    /// A follower learns that entries are committed in a hard state written
+    /// without an fdatasync of its own; a power loss takes it back, and the
+    /// restart applies entries only up to the commit index it finds. A
+    /// release or a catalog that relied on the entries after it would
+    /// leave the restarted engine without state those entries hold (seed
+    /// 1796449737090: two replicas differed after the same 186 entries),
+    /// so they count only `durable_commit_index`, which is exactly what a
+    /// restart finds.
+    #[test]
+    fn the_durable_commit_index_is_what_a_restart_after_a_power_loss_applies() {
+        let mut nodes = vec![node(1), node(2)];
+        for _ in 0..40 {
+            nodes[0].0.tick();
+            exchange(&mut nodes, 1);
+        }
+        assert!(nodes[0].0.is_leader(), "node 1 campaigned first");
+        let (leader, leader_log) = &mut nodes[0];
+        leader_log.append(1, &[b"a record"], Durability::Written).expect("appended");
+        assert!(leader.propose(leader_log));
+        let index = leader.last_index();
+        // Node 2 writes and fdatasyncs the entry; the leader commits it.
+        for _ in 0..10 {
+            exchange_syncing(&mut nodes, &[true, true]);
+            if nodes[0].0.commit_index() >= index {
+                break;
+            }
+        }
+        assert!(nodes[0].0.commit_index() >= index);
+        // Node 2 hears of the commit; that hard state is written, not yet durable.
+        for _ in 0..10 {
+            exchange_syncing(&mut nodes, &[true, false]);
+            if nodes[1].0.commit_index() >= index {
+                break;
+            }
+        }
+        let (follower, log) = &mut nodes[1];
+        assert!(follower.commit_index() >= index, "node 2 learned the commit");
+        follower.pump(log, &mut NoEngine, &mut Outbox::default()).expect("pump");
+        log.raw.submit(0);
+        assert_eq!(follower.store().hard_state.commit, follower.commit_index(), "the hard state is written");
+        let durable = follower.durable_commit_index();
+        assert!(durable < index, "its hard state is not durable yet");
+
+        let mut lost = log.raw.clone();
+        lost.crash(true, 0);
+        let mut scanner = LogScanner::default();
+        for (pos, end, rt, payload) in lost.records() {
+            scanner.record(pos, end, rt, payload).expect("scanned");
+        }
+        let scanned = scanner.finish();
+        assert!(scanned.index.last_index() >= index, "the entry itself was durable");
+        assert_eq!(
+            scanned.hard_state.commit.min(scanned.index.last_index()),
+            durable,
+            "a restart after a power loss applies up to the durable commit index, not further"
+        );
+
+        log.raw.submit(0);
+        let synced = log.raw.start_sync();
+        log.raw.sync_done(synced);
+        follower.pump(log, &mut NoEngine, &mut Outbox::default()).expect("pump");
+        assert_eq!(follower.durable_commit_index(), follower.commit_index(), "durable once fdatasync'd");
     }
 }

@@ -27,6 +27,10 @@ pub struct Scanned {
     pub loose_records: u64,
     /// The last snapshot installed: every entry before it is forgotten.
     pub snapshot: Option<SnapshotBase>,
+    /// Where the last hard-state record lies, and the last record carrying
+    /// the configuration (a configuration or snapshot record).
+    pub hard_state_pos: Option<u64>,
+    pub conf_pos: Option<u64>,
 }
 
 /// A log that contradicts itself.
@@ -59,6 +63,10 @@ pub struct LogScanner {
     /// An entry was indexed: a later gap in indices is an error, not a
     /// released prefix.
     indexed_any: bool,
+    /// The index restarted at the first entry after a released prefix (not
+    /// at a snapshot): entries it holds may be a stale suffix that a later
+    /// leader's entries, with lower indices, replaced.
+    after_released: bool,
     /// A single node's log: records are applied as they come (entries only
     /// number them), so a record `--repair` cut out of an entry, or an
     /// entry header it cut, is no reason to refuse the rest.
@@ -72,6 +80,7 @@ impl Default for LogScanner {
             current: None,
             seen_entry: false,
             indexed_any: false,
+            after_released: false,
             tolerant: false,
         }
     }
@@ -85,6 +94,7 @@ impl LogScanner {
             current: None,
             seen_entry: index > 0,
             indexed_any: index > 0,
+            after_released: false,
             tolerant: false,
         }
     }
@@ -114,9 +124,11 @@ impl LogScanner {
             }
             rtype::HARD_STATE => {
                 self.out.hard_state = HardStateRecord::decode(payload).map_err(|e| err(format!("hard state: {e}")))?;
+                self.out.hard_state_pos = Some(pos);
             }
             rtype::CONF_STATE => {
                 self.out.conf = Some(ConfStateRecord::decode(payload).map_err(|e| err(format!("configuration: {e}")))?);
+                self.out.conf_pos = Some(pos);
             }
             rtype::SNAPSHOT => {
                 let rec = SnapshotRecord::decode(payload).map_err(|e| err(format!("snapshot: {e}")))?;
@@ -125,8 +137,10 @@ impl LogScanner {
                 self.current = None;
                 self.seen_entry = true;
                 self.indexed_any = true;
+                self.after_released = false;
                 self.out.index = EntryIndex::starting_after(rec.index, rec.term, end);
                 self.out.conf = Some(rec.conf.clone());
+                self.out.conf_pos = Some(pos);
                 self.out.hard_state.commit = self.out.hard_state.commit.max(rec.index);
                 self.out.snapshot = Some(SnapshotBase { pos, end, record: rec });
             }
@@ -164,6 +178,14 @@ impl LogScanner {
         if gap && (!self.indexed_any || self.tolerant) {
             // The log's older segments were released (or, alone, repair
             // cut an entry header): the index starts again here.
+            self.out.index = EntryIndex::starting_after(c.index - 1, c.header.prev_term, c.header_pos);
+            self.after_released |= !self.indexed_any;
+        } else if self.after_released && c.index < self.out.index.first_index() {
+            // The first entries after the released prefix were a stale
+            // suffix (never committed) that this one, from a later leader,
+            // replaces with everything after it; the entries it follows
+            // were released (the simulator found a follower that could not
+            // restart: seed 1796447600045).
             self.out.index = EntryIndex::starting_after(c.index - 1, c.header.prev_term, c.header_pos);
         }
         self.indexed_any = true;
@@ -212,6 +234,23 @@ mod tests {
         assert_eq!(out.index.get(1).unwrap().end_pos, 350);
         assert_eq!(out.hard_state.commit, 2);
         assert_eq!(out.loose_records, 0);
+    }
+
+    #[test]
+    fn a_stale_suffix_after_a_released_prefix_is_replaced() {
+        // Entries 20 and 21 (term 1) were released; 22 (term 1) was not, and
+        // a term-2 leader's entries 20.. replaced it.
+        let mut s = LogScanner::default();
+        s.record(100, 150, rtype::ENTRY, &header(1, 22, 0)).unwrap();
+        s.record(200, 250, rtype::ENTRY, &header(2, 20, 0)).unwrap();
+        s.record(300, 350, rtype::ENTRY, &header(2, 21, 0)).unwrap();
+        let out = s.finish();
+        assert_eq!((out.index.first_index(), out.index.last_index()), (20, 21));
+        assert_eq!(out.index.term(20), Some(2));
+        // Without a released prefix, an entry below the first is an error.
+        let mut s = LogScanner::starting_after(21, 1, 50);
+        s.record(100, 150, rtype::ENTRY, &header(1, 22, 0)).unwrap();
+        assert!(s.record(200, 250, rtype::ENTRY, &header(2, 20, 0)).is_err());
     }
 
     #[test]

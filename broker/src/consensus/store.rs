@@ -78,8 +78,15 @@ impl Storage for RaftStore {
         if high > self.index.last_index() + 1 {
             return unavailable();
         }
-        // Only raft-rs's sends to a follower may fetch asynchronously.
-        if self.snapshot_for_empty_logs && low <= 1 && context.can_async() {
+        // Only raft-rs's sends to a follower may fetch asynchronously. Not
+        // before entry 1 is committed: no snapshot can be offered until then
+        // (the leader would wait for one forever), and no joining node can be
+        // a member yet (its addition commits entry 1 first), so a follower
+        // with an empty log is one of the group's first voters, which know
+        // the configuration (seed 1796451554568: the first leader's entry 1
+        // to both followers was lost, and the group never committed).
+        let committed = self.hard_state.commit >= 1;
+        if self.snapshot_for_empty_logs && low <= 1 && committed && context.can_async() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         let max = max_size.into().unwrap_or(u64::MAX);
@@ -178,6 +185,18 @@ mod tests {
         assert!(matches!(s.entries(2, 6, None, ctx), Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable))));
         assert_eq!(s.wanted.borrow().as_ref().map(|(l, h, _)| (*l, *h)), Some((2, 6)));
         assert!(s.entries(2, 6, None, GetEntriesContext::empty(false)).is_err());
+    }
+
+    #[test]
+    fn an_empty_log_gets_a_snapshot_only_once_entry_1_is_committed() {
+        let mut s = store_with(3);
+        s.snapshot_for_empty_logs = true;
+        let ctx = || GetEntriesContext::empty(true);
+        // Nothing committed: no snapshot could be offered; the first voters know the configuration.
+        assert_eq!(s.entries(1, 4, None, ctx()).unwrap().len(), 3);
+        s.hard_state.commit = 1;
+        assert!(matches!(s.entries(1, 4, None, ctx()), Err(raft::Error::Store(StorageError::Compacted))));
+        assert_eq!(s.entries(2, 4, None, ctx()).unwrap().len(), 2, "a log that is not empty gets entries");
     }
 
     #[test]

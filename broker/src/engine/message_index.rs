@@ -102,13 +102,27 @@ const _: () = assert!(std::mem::size_of::<Entry>() <= 48);
 /// never pay for it.
 const STRAGGLER_RING_MIN: usize = 4096;
 
-/// Log positions are counted in buckets of this many bytes to know which
-/// parts of the log still hold live bodies (segments are much larger).
-/// Tests use tiny buckets so that compaction can be checked on tiny logs.
+/// Log positions are counted in buckets of `1 << pos_bucket_shift()` bytes
+/// to know which parts of the log still hold live bodies (segments are much
+/// larger). Tests use tiny buckets so that compaction can be checked on
+/// tiny logs.
 #[cfg(not(test))]
 pub const POS_BUCKET_SHIFT: u32 = 20;
 #[cfg(test)]
 pub const POS_BUCKET_SHIFT: u32 = 3;
+
+static BUCKET_SHIFT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(POS_BUCKET_SHIFT);
+
+fn pos_bucket_shift() -> u32 {
+    BUCKET_SHIFT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Smaller buckets for the simulator, whose log segments are a few KiB (so
+/// that its logs are released). Process-wide: call it before any queue
+/// exists, always with the same value (cmqd never calls it).
+pub fn set_pos_bucket_shift(shift: u32) {
+    BUCKET_SHIFT.store(shift, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Log bytes a message costs besides its body (record header and fields),
 /// for compaction's estimate of live data.
@@ -219,13 +233,13 @@ impl MessageIndex {
     }
 
     fn count(&mut self, e: &Entry) {
-        let b = self.pos_buckets.entry(e.body_pos >> POS_BUCKET_SHIFT).or_insert((0, 0));
+        let b = self.pos_buckets.entry(e.body_pos >> pos_bucket_shift()).or_insert((0, 0));
         b.0 += 1;
         b.1 += u64::from(e.body_len) + RECORD_OVERHEAD_BYTES;
     }
 
     fn uncount(&mut self, e: &Entry) {
-        let bucket = e.body_pos >> POS_BUCKET_SHIFT;
+        let bucket = e.body_pos >> pos_bucket_shift();
         if let Some(b) = self.pos_buckets.get_mut(&bucket) {
             b.0 -= 1;
             b.1 -= u64::from(e.body_len) + RECORD_OVERHEAD_BYTES;
@@ -237,14 +251,14 @@ impl MessageIndex {
 
     /// Approximate log bytes of live messages whose bodies lie below `pos`.
     pub fn live_bytes_below(&self, pos: u64) -> u64 {
-        self.pos_buckets.range(..pos >> POS_BUCKET_SHIFT).map(|(_, b)| b.1).sum()
+        self.pos_buckets.range(..pos >> pos_bucket_shift()).map(|(_, b)| b.1).sum()
     }
 
     /// A log position at or below every live body of this queue (None if
     /// the queue is empty): the log before it can be released as far as
     /// this queue is concerned.
     pub fn min_live_pos(&self) -> Option<u64> {
-        self.pos_buckets.keys().next().map(|b| b << POS_BUCKET_SHIFT)
+        self.pos_buckets.keys().next().map(|b| b << pos_bucket_shift())
     }
 
     /// The sequence number of the live message with this (local) id.

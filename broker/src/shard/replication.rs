@@ -47,7 +47,11 @@ pub const FOLLOWER_LAG_SEGMENTS_MAX: u64 = 2;
 fn offer_snapshot(shard: u16, r: &mut Replication) {
     let made = super::storage::catalog_for_snapshot(&r.dir, &r.replica.store().index)
         .map_err(|e| format!("{e:#}"))
-        .and_then(|(catalog_index, catalog)| r.replica.offer_snapshot(catalog_index, &catalog));
+        .and_then(|(file, file_pos)| {
+            // Or the snapshot this node installed, when newer (seed 6582).
+            let (catalog_index, catalog) = r.replica.snapshot_catalog(file, file_pos);
+            r.replica.offer_snapshot(catalog_index, &catalog)
+        });
     match made {
         Ok(index) => log::info!("shard {shard}: offering a snapshot at entry {index}"),
         Err(e) => log::warn!("shard {shard}: cannot offer a snapshot yet: {e}"),
@@ -204,6 +208,11 @@ impl Shard {
         // No entry is half built now: a catalog due may be taken, and
         // membership changes proposed.
         self.log.capture_catalog(&self.engine, r.replica.applied());
+        let oldest_end = self.log.oldest_segment_end();
+        if let Err(e) = crate::consensus::release::keep_state_records(&mut r.replica, self.log.entries(), oldest_end) {
+            // Retried at the next turn; meanwhile the old records stay.
+            log::warn!("shard {}: cannot write the hard state and configuration again: {e}", self.id);
+        }
         let now = self.clock.now_ms();
         for (from, gather, m) in std::mem::take(&mut r.membership) {
             let answer = Answer::Done(self.membership(m));
@@ -256,7 +265,8 @@ impl Shard {
             let _ = r.links.send_written_ack(to, term, index);
         }
         r.links.flush(self.poll.registry(), now);
-        self.log.set_committed_index(r.replica.commit_index());
+        // Releases and catalogs count only entries a restart would apply again.
+        self.log.set_committed_index(r.replica.durable_commit_index());
         for e in out.events {
             self.repl_event(e);
         }
@@ -326,6 +336,8 @@ impl Shard {
     /// committed entries; everything produced from it since is void.
     fn repl_rebuild(&mut self) {
         self.fail_unreleased();
+        // A release or catalog computed from the void entry's effects is void.
+        self.log.drop_pending_catalog();
         self.end_waits_not_leader();
         let Some(r) = self.repl.as_deref_mut() else { return };
         let mut applier = ShardApplier { engine: &mut self.engine, dir: &r.dir };
@@ -447,27 +459,11 @@ impl Shard {
     /// follower does not have yet (it will be sent them).
     pub(super) fn set_consensus_floor(&mut self) {
         let Some(r) = self.repl.as_deref() else { return };
-        let rep = &r.replica;
-        let ix = &rep.store().index;
-        let last_end = ix.end_pos(ix.last_index());
         let lag_max = FOLLOWER_LAG_SEGMENTS_MAX * self.shared.cfg.segment_bytes;
-        let first = ix.first_index();
-        let needed_from = rep
-            .follower_progress()
-            .into_iter()
-            // A new leader knows no follower's match yet (0): keep what is
-            // retained until it learns it, rather than releasing it all and
-            // forcing every follower onto a snapshot.
-            .map(|(_, matched)| if matched == 0 { first } else { matched + 1 })
-            // A follower too far behind, or behind what was released
-            // already, gets a snapshot instead: the log is not kept for it
-            // (disk use stays bounded while it is down).
-            .filter(|i| *i >= first && ix.get(*i).is_none_or(|e| last_end - e.header_pos <= lag_max))
-            .chain(std::iter::once(rep.applied().min(rep.commit_index()) + 1))
-            .min()
-            .unwrap_or(u64::MAX);
-        let floor = ix.get(needed_from).map_or(u64::MAX, |e| e.header_pos);
-        self.log.set_consensus_floor(floor);
+        let floor = crate::consensus::release::consensus_floor(&r.replica, lag_max);
+        // The engine may reflect the turn's open entry too (seed 237).
+        let reflected = crate::consensus::release::reflected_index(&r.replica, self.log.entries());
+        self.log.set_consensus_floor(floor, reflected);
     }
 
     /// This shard's replica state for ClusterStatus (alone: node 1 leads

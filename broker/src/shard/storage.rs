@@ -10,6 +10,7 @@ use mio::{Registry, Token};
 
 use crate::consensus::entry::EntryIndex;
 use crate::consensus::records::rtype as crtype;
+use crate::consensus::release::{self, housekeeping, GatedRelease, Housekeeping, LogSpace};
 use crate::consensus::scan::{LogScanner, Scanned, SnapshotBase};
 use crate::consensus::{Applier, EntryLog, LogFailure, RawLog};
 use crate::engine::record::rtype;
@@ -21,11 +22,6 @@ const CATALOG_FILE: &str = "catalog";
 
 /// Messages compaction copies per loop turn, so it never stalls the shard.
 const RELOCATE_PER_TURN_MAX: usize = 1024;
-
-/// Compaction empties the oldest segment when it holds less live data than
-/// this fraction of its capacity (and there are newer segments). Keeps disk
-/// use within a few times the live data.
-const COMPACT_LIVE_FRACTION_DENOM: u64 = 4;
 
 /// How often a failed log retries recovery.
 const RECOVER_EVERY_MS: u64 = 1000;
@@ -239,6 +235,10 @@ pub struct ShardLog {
     consensus_floor: u64,
     /// See `set_committed_index` (alone: everything).
     committed_index: u64,
+    /// In a group: the entries the engine reflects (see `set_consensus_floor`).
+    applied_index: u64,
+    /// In a group: a release waiting for those entries to commit.
+    gated_release: GatedRelease,
     /// Written-but-not-synced data exists since this time (async queues).
     unsynced_since_ms: Option<u64>,
     flush_interval_ms: u64,
@@ -289,6 +289,8 @@ impl ShardLog {
             dir: dir.to_owned(),
             consensus_floor: u64::MAX,
             committed_index: if mode == Mode::Solo { u64::MAX } else { 0 },
+            applied_index: 0,
+            gated_release: GatedRelease::default(),
             unsynced_since_ms: None,
             flush_interval_ms,
             next_recover_ms: 0,
@@ -578,6 +580,9 @@ impl ShardLog {
     /// Returns whether compaction should continue next turn.
     pub fn housekeep(&mut self, engine: &mut ShardEngine) -> bool {
         self.collect_catalog();
+        if let Some(bound) = self.gated_release.take_due(self.committed_index) {
+            self.release_below(bound);
+        }
         let live = engine.min_live_pos().unwrap_or(u64::MAX);
         if live >= self.wal().end().0 {
             // Everything in the head segment is dead: if its successor is
@@ -586,38 +591,38 @@ impl ShardLog {
         }
         let stats = self.wal().segment_stats();
         let Some(oldest) = stats.first() else { return false };
-        let oldest_end = oldest.base.0 + oldest.capacity;
-        let bound = live.min(self.catalog_pos);
-        log::debug!(
-            "log {}: oldest segment ends at {oldest_end}, live data from {live}, catalog at {}, head at {}",
-            self.dir.display(),
-            self.catalog_pos,
-            self.wal().end().0
-        );
-        if self.release_floor(bound) >= oldest_end {
-            self.release_below(bound);
-            return false;
-        }
-        let head_moved_on = self.wal().end().0 >= oldest_end;
-        let idle = matches!(self.catalog_write, CatalogWrite::Idle);
-        if live >= oldest_end && self.catalog_pos < oldest_end && head_moved_on && idle && !self.is_failed() {
-            // Only queue-management records keep the oldest segment:
-            // snapshot them (written off the loop; released once durable).
-            self.catalog_write = match self.mode {
-                Mode::Solo => {
-                    let pos = self.wal().end().0;
-                    CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: 0 }
-                }
-                Mode::Replicated => CatalogWrite::Due { live },
-            };
-            return false;
-        }
-        // Live messages keep the oldest segment: copy them forward if they are few.
-        if stats.len() >= 3 && !self.is_failed() {
-            let live_bytes = engine.live_bytes_below(oldest_end);
-            if live_bytes < oldest.capacity / COMPACT_LIVE_FRACTION_DENOM {
-                return true;
+        let space = LogSpace {
+            oldest_end: oldest.base.0 + oldest.capacity,
+            oldest_capacity: oldest.capacity,
+            segments: stats.len(),
+            live,
+            unapplied_from: self.consensus_floor,
+            catalog_pos: self.catalog_pos,
+            head: self.wal().end().0,
+            catalog_idle: matches!(self.catalog_write, CatalogWrite::Idle),
+            failed: self.is_failed(),
+        };
+        log::debug!("log {}: {space:?}", self.dir.display());
+        match housekeeping(&space, |b| self.release_floor(b), |p| engine.live_bytes_below(p)) {
+            Housekeeping::Release { bound } => match self.mode {
+                Mode::Solo => self.release_below(bound),
+                // The bound may reflect entries not committed yet.
+                Mode::Replicated => self.gated_release.hold(bound, self.applied_index),
+            },
+            Housekeeping::Catalog { live } => {
+                // Only queue-management records keep the oldest segment:
+                // snapshot them (written off the loop; released once durable).
+                self.catalog_write = match self.mode {
+                    Mode::Solo => {
+                        let pos = self.wal().end().0;
+                        CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: 0 }
+                    }
+                    Mode::Replicated => CatalogWrite::Due { live },
+                };
             }
+            // Live messages keep the oldest segment: copy them forward.
+            Housekeeping::Compact => return true,
+            Housekeeping::Nothing => {}
         }
         false
     }
@@ -647,14 +652,16 @@ impl ShardLog {
         }
     }
 
-    /// In a group: entries up to `index` are committed.
+    /// In a group: entries up to `index` are committed, and a restart
+    /// would apply them (`Replica::durable_commit_index`).
     pub fn set_committed_index(&mut self, index: u64) {
         self.committed_index = index;
     }
 
     /// In a group: entries this replica applied were replaced; a catalog
-    /// taken from them must not be written.
+    /// taken from them must not be written, nor a release computed from them done.
     pub fn drop_pending_catalog(&mut self) {
+        self.gated_release.void();
         if matches!(self.catalog_write, CatalogWrite::Due { .. } | CatalogWrite::Ready { .. }) {
             self.catalog_write = CatalogWrite::Idle;
         }
@@ -668,14 +675,16 @@ impl ShardLog {
     fn release_floor(&self, bound: u64) -> u64 {
         match self.mode {
             Mode::Solo => bound,
-            Mode::Replicated => self.log.entry_start(bound).min(self.consensus_floor),
+            Mode::Replicated => release::release_floor(&self.log, bound, self.consensus_floor),
         }
     }
 
     /// The lowest log position the consensus layer needs kept (entries a
-    /// follower may still fetch). Solo: none.
-    pub fn set_consensus_floor(&mut self, pos: u64) {
+    /// follower may still fetch), and the entries the engine reflects
+    /// (`applied`: a release it allows waits for them to commit). Solo: none.
+    pub fn set_consensus_floor(&mut self, pos: u64, applied: u64) {
         self.consensus_floor = pos;
+        self.applied_index = applied;
     }
 
     /// One bounded step of compaction of the oldest segment.
@@ -689,6 +698,11 @@ impl ShardLog {
                 false
             }
         }
+    }
+
+    /// Where the oldest segment still held ends (0: no segment).
+    pub fn oldest_segment_end(&self) -> u64 {
+        self.wal().segment_stats().first().map_or(0, |s| s.base.0 + s.capacity)
     }
 
     /// Where the oldest segment still held starts: everything below was released.
@@ -708,14 +722,14 @@ impl ShardLog {
 
 /// The catalog file's bytes and the entry it reflects everything up to,
 /// for a snapshot a follower gets (none yet: an empty catalog at entry 0).
-pub fn catalog_for_snapshot(dir: &Path, index: &EntryIndex) -> anyhow::Result<(u64, Vec<u8>)> {
+pub fn catalog_for_snapshot(dir: &Path, index: &EntryIndex) -> anyhow::Result<((u64, Vec<u8>), u64)> {
     let path = dir.join(CATALOG_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
             let c = Catalog::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok((index.index_ending_by(c.log_pos), bytes))
+            Ok(((index.index_ending_by(c.log_pos), bytes), c.log_pos))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, Catalog::default().encode())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(((0, Catalog::default().encode()), 0)),
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
 }

@@ -1,7 +1,9 @@
 //! An in-memory log with the real WAL's position arithmetic and its
 //! durability states: appended (in the write batch), written (in the OS:
 //! survives a process crash), durable (fdatasync'd: survives power loss).
-//! A simulated crash keeps what its kind of crash keeps.
+//! A simulated crash keeps what its kind of crash keeps. Like the WAL it
+//! is cut into segments (small ones, so releases happen often), and a
+//! released prefix is gone for good.
 
 use crate::consensus::{LogFailure, RawLog};
 use crate::engine::Durability;
@@ -24,9 +26,16 @@ impl Rec {
     }
 }
 
+/// Bytes of log per simulated segment: small, so that housekeeping
+/// releases segments, writes catalogs and compacts many times a run.
+pub const SEGMENT_BYTES: u64 = 2048;
+
 #[derive(Debug, Clone, Default)]
 pub struct SimLog {
     recs: Vec<Rec>,
+    /// Where the oldest segment still held starts (a segment boundary):
+    /// everything below was released.
+    first: u64,
     end: u64,
     written_end: u64,
     durable_end: u64,
@@ -94,6 +103,29 @@ impl SimLog {
         self.durable_end = self.durable_end.min(self.end);
         self.sync_wanted = false;
         self.unsynced_since = None;
+    }
+
+    /// Deletes the whole segments below `pos` (as `Wal::release_before`):
+    /// their records are gone, across crashes too. Records whose payload
+    /// starts below the released boundary go with them.
+    pub fn release_before(&mut self, pos: u64) {
+        let to = pos.min(self.end) / SEGMENT_BYTES * SEGMENT_BYTES;
+        if to <= self.first {
+            return;
+        }
+        let n = self.recs.partition_point(|r| r.pos() < to);
+        self.recs.drain(..n);
+        self.first = to;
+    }
+
+    /// Where the oldest segment still held starts.
+    pub fn first_pos(&self) -> u64 {
+        self.first
+    }
+
+    /// Segments from the oldest held to the one the head is in.
+    pub fn segments(&self) -> usize {
+        ((self.end.max(self.first + 1) - 1 - self.first) / SEGMENT_BYTES + 1) as usize
     }
 
     /// Every record in log order: `(payload position, end, type, payload)`.

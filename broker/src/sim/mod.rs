@@ -9,7 +9,9 @@
 //! seeded generator, time is virtual, and raft-rs's only randomness (its
 //! election timeout) is pinned per node from the seed.
 
+mod disk;
 mod log;
+mod membership;
 pub mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -22,10 +24,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::consensus::entry::CachedEntry;
 use crate::consensus::scan::LogScanner;
+use crate::consensus::state_records::StateRecords;
 use crate::consensus::store::RaftStore;
-use crate::consensus::{Applier, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
+use crate::consensus::{readback, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ReceiveOutcome, ShardEngine};
+use disk::{Disk, SimApplier};
 pub use log::SimLog;
+use membership::{Change, Proposal};
 
 /// Virtual milliseconds between raft ticks.
 const TICK_MS: u64 = 10;
@@ -35,6 +40,9 @@ const FLUSH_INTERVAL_MS: u64 = 50;
 const QUEUES: [(&str, FlushPolicy); 2] = [("q", FlushPolicy::Sync), ("qa", FlushPolicy::Async)];
 /// Visibility timeout of the simulated queue (virtual seconds).
 const VISIBILITY_S: u32 = 3;
+/// Live message bodies are counted per 256 bytes of log (a node: 1 MiB),
+/// an eighth of a simulated segment.
+const SIM_POS_BUCKET_SHIFT: u32 = 8;
 /// A replica's state fingerprint is recomputed at most this often.
 const DIGEST_EVERY_MS: u64 = 20;
 
@@ -50,6 +58,9 @@ pub struct SimOptions {
     pub crash_per_mille: u32,
     pub partition_per_mille: u32,
     pub drop_per_mille: u32,
+    /// Every 50 virtual ms while no membership change is under way, the
+    /// chance that one starts (a new node added, then an old one removed).
+    pub membership_per_mille: u32,
     /// Crashes may lose power (unsynced data lost) rather than only kill
     /// the process. Acknowledged async messages survive process crashes
     /// only, so they are checked in runs without power loss.
@@ -65,6 +76,7 @@ impl Default for SimOptions {
             crash_per_mille: 2,
             partition_per_mille: 3,
             drop_per_mille: 20,
+            membership_per_mille: 25,
             power_loss: true,
         }
     }
@@ -80,6 +92,12 @@ pub struct SimReport {
     pub crashes: u64,
     pub elections: u64,
     pub commit_index: u64,
+    /// Log segments released, catalogs written, snapshots installed.
+    pub releases: u64,
+    pub catalogs: u64,
+    pub snapshots: u64,
+    /// Nodes removed from the group (each replaced by a new one).
+    pub removed: u64,
     /// A hash of everything that happened, to check that a replay is exact.
     pub trace: u64,
 }
@@ -91,19 +109,6 @@ pub struct SimFailure {
     pub seed: u64,
     pub at_ms: u64,
     pub what: String,
-}
-
-struct EngineApplier<'a>(&'a mut ShardEngine);
-
-impl Applier for EngineApplier<'_> {
-    fn apply(&mut self, pos: u64, rtype: u8, payload: &[u8]) -> Result<(), String> {
-        self.0.replay(pos, rtype, payload).map_err(|e| e.to_string())
-    }
-
-    fn reset(&mut self, _snapshot: Option<&crate::consensus::scan::SnapshotBase>) {
-        // The simulated logs are never released, so never start from a snapshot.
-        *self.0 = self.0.fresh();
-    }
 }
 
 /// A reply held until the log is safe enough.
@@ -154,6 +159,8 @@ struct Node {
     id: u64,
     up: bool,
     log: EntryLog<SimLog>,
+    /// The catalog file and log-space housekeeping.
+    disk: Disk,
     engine: ShardEngine,
     replica: Option<Replica>,
     held: Vec<Held>,
@@ -167,6 +174,40 @@ struct Node {
     last_digest: Option<(u64, u64, u64)>,
     /// Committed entries up to here were checked.
     checked_to: u64,
+    /// Started empty to join a running group (knows no members).
+    joining: bool,
+    /// Removed from the group and stopped for good.
+    retired: bool,
+    /// A membership change to propose in its next turn (as leader).
+    proposal: Option<Proposal>,
+    /// After installing a snapshot, its state is the group's only from
+    /// here (see `Sim::snapshot_installed`); kept across crashes, as the
+    /// log it restarts from is the same.
+    complete_from: u64,
+}
+
+impl Node {
+    fn new(id: u64, joining: bool) -> Node {
+        Node {
+            id,
+            up: false,
+            log: EntryLog::new(SimLog::default(), true),
+            disk: Disk::default(),
+            engine: ShardEngine::new(engine_config()),
+            replica: None,
+            held: Vec::new(),
+            inbox: Vec::new(),
+            sync: None,
+            restart_at: 0,
+            rebooted: false,
+            last_digest: None,
+            checked_to: 0,
+            joining,
+            retired: false,
+            proposal: None,
+            complete_from: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +236,9 @@ struct Sim {
     report: SimReport,
     /// Clients stop issuing requests (the run is settling).
     quiet: bool,
+    /// The membership change under way, and when to drive it next.
+    change: Change,
+    next_change_ms: u64,
 }
 
 /// A message as the ledger knows it: (queue, message id). Ids are unique
@@ -238,6 +282,9 @@ fn engine_config() -> EngineConfig {
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &SimOptions) -> Result<SimReport, SimFailure> {
+    // Live bodies are counted per bucket of this size: small enough for
+    // the simulated segments to be released.
+    crate::engine::message_index::set_pos_bucket_shift(SIM_POS_BUCKET_SHIFT);
     let mut sim = Sim::new(seed, opts.clone());
     sim.run()?;
     Ok(sim.report)
@@ -260,24 +307,12 @@ impl Sim {
             committed: BTreeMap::new(),
             report: SimReport::default(),
             quiet: false,
+            change: Change::Idle,
+            next_change_ms: 0,
             opts,
         };
         for id in 1..=sim.opts.nodes {
-            let node = Node {
-                id,
-                up: false,
-                log: EntryLog::new(SimLog::default(), true),
-                engine: ShardEngine::new(engine_config()),
-                replica: None,
-                held: Vec::new(),
-                inbox: Vec::new(),
-                sync: None,
-                restart_at: 0,
-                rebooted: false,
-                last_digest: None,
-                checked_to: 0,
-            };
-            sim.nodes.push(node);
+            sim.nodes.push(Node::new(id, false));
         }
         for i in 0..sim.opts.clients {
             let node = sim.rng.random_range(1..=sim.opts.nodes);
@@ -305,6 +340,15 @@ impl Sim {
         self.settle()?;
         self.drain()?;
         self.report.commit_index = self.committed.keys().next_back().copied().unwrap_or(0);
+        self.report.releases = self.nodes.iter().map(|n| n.disk.releases).sum();
+        self.report.catalogs = self.nodes.iter().map(|n| n.disk.catalogs).sum();
+        if let Some(i) = self.leader() {
+            let voters = self.nodes[i].replica.as_ref().map(|r| r.voters()).unwrap_or_default();
+            let members: Vec<u64> = self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect();
+            if voters.iter().any(|v| !members.contains(v)) {
+                return Err(self.fail(format!("voters {voters:?} include a removed node (members {members:?})")));
+            }
+        }
         Ok(())
     }
 
@@ -316,6 +360,7 @@ impl Sim {
             self.inject_faults()?;
         }
         self.deliver()?;
+        self.drive_membership(faults);
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {
                 if self.now >= self.nodes[i].restart_at {
@@ -341,41 +386,64 @@ impl Sim {
 
     // ---- nodes --------------------------------------------------------------
 
-    /// Starts (or restarts) node `i` from what its log holds.
+    /// Starts (or restarts) node `i` from what its log and catalog hold,
+    /// as `ShardLog::open` and `server.rs`'s `open_replication` do.
     fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
         let id = self.nodes[i].id;
-        let voters: Vec<u64> = (1..=self.opts.nodes).collect();
-        self.nodes[i].log.raw.recover();
+        let n = &mut self.nodes[i];
+        // A joining node knows no members: it learns them from the leader's snapshot.
+        let voters: Vec<u64> = if n.joining { Vec::new() } else { (1..=self.opts.nodes).collect() };
+        n.log.raw.recover();
         let mut scanner = LogScanner::default();
-        for (pos, end, rt, payload) in self.nodes[i].log.raw.records() {
-            scanner.record(pos, end, rt, payload).map_err(|e| self.fail(format!("node {id}: scan: {e}")))?;
+        let mut failure = None;
+        for (pos, end, rt, payload) in n.log.raw.records() {
+            if let Err(e) = scanner.record(pos, end, rt, payload) {
+                failure = Some(format!("node {id}: scan: {e}"));
+                break;
+            }
         }
         let scanned = scanner.finish();
+        let raw = std::mem::take(&mut n.log.raw);
+        n.log = EntryLog::new(raw, true);
+        let (first, last) = (scanned.index.first_index(), scanned.index.last_index());
+        for k in first..=last {
+            if let Some(e) = scanned.index.get(k) {
+                n.log.note_entry(e.header_pos, e.end_pos);
+            }
+        }
         let mut engine = ShardEngine::new(engine_config());
-        let last = scanned.index.last_index();
+        let file_pos = n.disk.load_catalog(&mut engine);
+        if let Some(b) = scanned.snapshot.as_ref().filter(|b| b.pos > file_pos) {
+            engine = engine.fresh();
+            if let Err(e) = disk::load_snapshot(&mut engine, b) {
+                failure.get_or_insert(format!("node {id}: {e}"));
+            }
+        }
         let commit = scanned.hard_state.commit.min(last);
+        let mut applier = SimApplier { engine: &mut engine, disk: &n.disk };
+        if let Err(e) = readback::apply_range(&scanned.index, first, commit, &n.log.raw, &mut applier) {
+            failure.get_or_insert(format!("node {id}: replay of entry {}: {}", e.index, e.msg));
+        }
         let hs =
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
         let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+            eprintln!(
+                "{} ms: node {id} starts: voters {:?}, commit {commit}, log {first}..={last}",
+                self.now, cs.voters
+            );
+        }
+        let base = scanned.snapshot;
+        let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
         let mut store = RaftStore::new(scanned.index, hs, cs);
-        // Apply what is committed; cache the rest for raft-rs.
-        let raw = &self.nodes[i].log.raw;
-        let mut failure = None;
-        for index in store.index.first_index()..=last {
-            let Some(c) = read_cached(&store, index, raw) else {
-                return Err(self.fail(format!("node {id}: entry {index} unreadable at start")));
-            };
-            if index <= commit {
-                let mut a = EngineApplier(&mut engine);
-                for (r, pos) in crate::consensus::entry::records(&c.data).zip(&c.positions) {
-                    if let Ok((rt, payload)) = r {
-                        if let Err(e) = a.apply(*pos, rt, payload) {
-                            failure.get_or_insert(format!("node {id}: replay of entry {index}: {e}"));
-                        }
-                    }
+        store.snapshot_for_empty_logs = true;
+        // Cache what is not committed yet for raft-rs.
+        for index in commit + 1..=last {
+            match read_cached(&store, index, &n.log.raw) {
+                Some(c) => store.cache.put(index, c),
+                None => {
+                    failure.get_or_insert(format!("node {id}: entry {index} unreadable at start"));
                 }
-            } else {
-                store.cache.put(index, c);
             }
         }
         if let Some(f) = failure {
@@ -389,7 +457,9 @@ impl Sim {
         cfg.inflight_max = 64;
         cfg.append_bytes_max = 64 * 1024;
         cfg.rebooted = self.nodes[i].rebooted;
-        let replica = Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
+        let mut replica = Replica::new(&cfg, store, commit).map_err(|e| self.fail(format!("node {id}: start: {e}")))?;
+        replica.set_snapshot_base(base);
+        replica.set_state_records(state_records);
         let n = &mut self.nodes[i];
         n.engine = engine;
         n.replica = Some(replica);
@@ -411,7 +481,7 @@ impl Sim {
         // a power loss elsewhere (that machine still down, or back but not
         // yet in step with a leader) is outside the promise.
         let rebooting = |n: &Node| n.rebooted && (!n.up || n.replica.as_ref().is_some_and(|r| r.abstaining()));
-        let others = self.nodes.iter().enumerate().filter(|(k, _)| *k != i);
+        let others = self.nodes.iter().enumerate().filter(|(k, n)| *k != i && !n.retired);
         let overlaps = others.map(|(_, n)| n).any(|n| rebooting(n) || (power_loss && !n.up));
         self.ledger.double_power_loss |= overlaps;
         if power_loss {
@@ -419,7 +489,9 @@ impl Sim {
         }
         let keep = self.rng.random_range(0..4);
         let down_for = self.rng.random_range(20..800);
+        let catalog_written = self.rng.random_bool(0.5);
         let n = &mut self.nodes[i];
+        n.disk.crash(&mut n.log.raw, catalog_written);
         // Abstention outlives a process crash (server.rs keeps a marker file
         // in the shard's directory until the replica votes again).
         let still_abstaining = n.rebooted && n.replica.as_ref().is_some_and(Replica::abstaining);
@@ -455,16 +527,31 @@ impl Sim {
     fn turn(&mut self, i: usize) -> Result<(), SimFailure> {
         self.execute_requests(i);
         let now = self.now;
+        let catalog_done_at = now + self.rng.random_range(1..20);
         let n = &mut self.nodes[i];
         let Some(replica) = n.replica.as_mut() else { return Ok(()) };
+        n.disk.collect(&mut n.log, replica, now);
+        n.disk.housekeep(&mut n.log, &mut n.engine, replica, now);
         if n.log.has_open() && !replica.propose(&mut n.log) {
             // Raft refused the turn's entry: its effects are gone; replay.
+            // A release or catalog computed from them is void.
             fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
-            rebuild(n).map_err(|e| SimFailure { seed: self.seed, at_ms: now, what: e })?;
+            n.disk.drop_pending();
+            let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
+            if let Err(e) = replica.rebuild(&mut n.log, &mut applier) {
+                return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: rebuild: {e}", n.id) });
+            }
         }
-        let mut out = Outbox::default();
-        let mut applier = EngineApplier(&mut n.engine);
+        n.disk.capture(&n.engine, replica.applied(), n.log.raw.end());
+        let oldest_end = n.log.raw.first_pos() + log::SEGMENT_BYTES;
+        if let Err(e) = crate::consensus::release::keep_state_records(replica, &mut n.log, oldest_end) {
+            return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
+        }
+        self.propose_change(i);
+        let n = &mut self.nodes[i];
         let Some(replica) = n.replica.as_mut() else { return Ok(()) };
+        let mut out = Outbox::default();
+        let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
             return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
         }
@@ -474,6 +561,8 @@ impl Sim {
             let delay = self.rng.random_range(1..6);
             n.sync = Some((now + delay, target));
         }
+        n.disk.submit(n.log.raw.written_end(), catalog_done_at);
+        let mut applier = SimApplier { engine: &mut n.engine, disk: &n.disk };
         // What the write made safe (followers' acks).
         if let Err(e) = replica.pump(&mut n.log, &mut applier, &mut out) {
             return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
@@ -481,8 +570,20 @@ impl Sim {
         if !n.up {
             return Ok(());
         }
+        if replica.take_snapshot_wanted() {
+            let offered = n.disk.offer_snapshot(replica);
+            if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+                eprintln!("{now} ms: node {} offers a snapshot: {offered:?}", n.id);
+            }
+            self.trace(offered.map_or(0x0ff, |index| index.rotate_left(16)));
+        }
+        let n = &mut self.nodes[i];
         n.engine.tick_passive(now);
         self.handle_events(i, &out.events);
+        let n = &mut self.nodes[i];
+        if let Some(r) = n.replica.as_ref() {
+            n.disk.set_committed(r.durable_commit_index());
+        }
         self.send_out(i, out);
         self.release(i);
         Ok(())
@@ -499,20 +600,60 @@ impl Sim {
             });
             match e {
                 Event::BecameLeader => self.report.elections += 1,
-                Event::LostLeadership | Event::Truncated { .. } => {
+                Event::LostLeadership => {
                     let n = &mut self.nodes[i];
                     fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
                 }
-                Event::ConfChanged { .. } | Event::SnapshotInstalled { .. } => {}
+                Event::Truncated { .. } | Event::SnapshotInstalled { .. } => {
+                    // Output may depend on replaced entries; a catalog taken from them must not be written.
+                    let n = &mut self.nodes[i];
+                    fail_all(&mut n.held, &mut self.ledger, &mut self.clients);
+                    n.disk.drop_pending();
+                    if matches!(e, Event::SnapshotInstalled { .. }) {
+                        self.snapshot_installed(i);
+                    }
+                }
+                Event::ConfChanged { voters, .. } => {
+                    if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+                        eprintln!("{} ms: node {}: voters {voters:?}", self.now, self.nodes[i].id);
+                    }
+                }
             }
         }
+    }
+
+    /// Node `i` installed a snapshot: the catalog plus the entries its
+    /// leader kept. That leader released its log below a body once an entry
+    /// it applied had deleted the message, and that entry committed (up to
+    /// the group's commit index now); the entry that enqueued the message
+    /// is gone, so between the snapshot's index and that delete this node
+    /// lacks a message the others hold (seeds 237 and 1796451554426). No
+    /// client can see it: followers serve no reads (NOT_LEADER), and a
+    /// leader serves only once it has applied its whole log, which holds
+    /// every committed entry. So its state is compared from there on.
+    fn snapshot_installed(&mut self, i: usize) {
+        let committed = self.committed.keys().next_back().copied().unwrap_or(0);
+        if std::env::var("CMQ_SIM_DEBUG").is_ok() {
+            let r = self.nodes[i].replica.as_ref();
+            let base = r.and_then(|r| r.snapshot_base()).map(|b| (b.record.index, b.record.catalog_index, b.pos));
+            eprintln!("{} ms: node {} installed snapshot {base:?}; committed {committed}", self.now, self.nodes[i].id);
+        }
+        let n = &mut self.nodes[i];
+        n.complete_from = n.complete_from.max(committed);
+        self.report.snapshots += 1;
     }
 
     fn send_out(&mut self, i: usize, out: Outbox) {
         let from = self.nodes[i].id;
         for m in out.messages {
             let to = m.to;
-            self.send(from, to, Wire::Raft(Replica::encode(&m)));
+            let sent = self.send(from, to, Wire::Raft(Replica::encode(&m)));
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                // As the shard does: finished once on the link (a lost one is re-sent).
+                if let Some(r) = self.nodes[i].replica.as_mut() {
+                    r.report_snapshot(to, sent);
+                }
+            }
         }
         for (to, term, index) in out.written_acks {
             self.send(from, to, Wire::WrittenAck { term, index });
@@ -522,13 +663,19 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: u64, to: u64, w: Wire) {
-        if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.opts.drop_per_mille {
-            return;
+    /// Puts a message on the network; false if its link is cut (a drop
+    /// on the way is not known to the sender).
+    fn send(&mut self, from: u64, to: u64, w: Wire) -> bool {
+        if self.cut.contains(&(from, to)) {
+            return false;
+        }
+        if self.rng.random_range(0..1000) < self.opts.drop_per_mille {
+            return true;
         }
         let delay = self.rng.random_range(1..8);
         self.net_seq += 1;
         self.net.insert((self.now + delay, self.net_seq), (from, to, w));
+        true
     }
 
     fn deliver(&mut self) -> Result<(), SimFailure> {
@@ -573,9 +720,10 @@ impl Sim {
             }
         }
         if self.cut.is_empty() && self.rng.random_range(0..1000) < self.opts.partition_per_mille {
-            let victim = self.rng.random_range(1..=self.opts.nodes);
+            let victim = self.random_member();
             let one_way = self.rng.random_bool(0.3);
-            for other in 1..=self.opts.nodes {
+            let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+            for other in ids {
                 if other != victim {
                     self.cut.insert((victim, other));
                     if !one_way {
@@ -631,7 +779,7 @@ impl Sim {
         if !leading {
             // NOT_LEADER (or no answer): follow the hint, else try another node.
             let hint = self.nodes[i].replica.as_ref().filter(|_| self.nodes[i].up).map_or(0, |r| r.leader_id());
-            let next = if hint != 0 && hint != target { hint } else { self.rng.random_range(1..=self.opts.nodes) };
+            let next = if hint != 0 && hint != target { hint } else { self.random_member() };
             let cl = &mut self.clients[c];
             cl.node = next;
             cl.ready_at = self.now + 5;
@@ -761,8 +909,8 @@ impl Sim {
     fn settle(&mut self) -> Result<(), SimFailure> {
         self.cut.clear();
         let drop = std::mem::replace(&mut self.opts.drop_per_mille, 0);
-        for i in 0..self.nodes.len() {
-            self.nodes[i].restart_at = self.nodes[i].restart_at.min(self.now);
+        for n in self.nodes.iter_mut().filter(|n| !n.retired) {
+            n.restart_at = n.restart_at.min(self.now);
         }
         self.quiet = true;
         for _ in 0..20_000 {
@@ -812,8 +960,9 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
+        let members = self.nodes.iter().filter(|n| !n.retired).count();
         let reps: Vec<&Replica> = self.nodes.iter().filter_map(|n| n.replica.as_ref().filter(|_| n.up)).collect();
-        if reps.len() != self.nodes.len() || !reps.iter().any(|r| r.is_leader()) {
+        if reps.len() != members || !reps.iter().any(|r| r.is_leader()) {
             return false;
         }
         let a = reps[0].applied();
@@ -923,8 +1072,18 @@ impl Sim {
             let stale =
                 self.nodes[i].last_digest.is_none_or(|(a, _, at)| a != applied && self.now >= at + DIGEST_EVERY_MS);
             if stale {
+                // Every live message's body is still in this replica's log
+                // (nothing released under it).
+                if let Some(what) = unreadable_body(&self.nodes[i]) {
+                    return Err(self.fail(format!("node {id}: {what}")));
+                }
+                // A replica that installed a snapshot whose catalog is ahead
+                // of its applied entries, or that has not yet applied the
+                // entries its snapshot's release relied on, holds no state
+                // another has.
                 let d = self.nodes[i].engine.digest();
-                self.nodes[i].last_digest = Some((applied, d, self.now));
+                let pending = self.nodes[i].engine.catalog_pending() || applied < self.nodes[i].complete_from;
+                self.nodes[i].last_digest = (!pending).then_some((applied, d, self.now));
             }
         }
         // Replicas that applied the same entries hold the same state.
@@ -938,9 +1097,16 @@ impl Sim {
                     continue;
                 };
                 if ia == ib && ia > 0 && ra.store().index.term(ia) == rb.store().index.term(ib) && da != db {
+                    let (ea, eb) = (&self.nodes[a].engine, &self.nodes[b].engine);
                     return Err(self.fail(format!(
-                        "nodes {} and {} applied the same {ia} entries but differ",
-                        self.nodes[a].id, self.nodes[b].id
+                        "nodes {} and {} applied the same {ia} entries but differ (logs from entries {} and {}, snapshots at {:?} and {:?}): {}",
+                        self.nodes[a].id,
+                        self.nodes[b].id,
+                        ra.store().index.first_index(),
+                        rb.store().index.first_index(),
+                        ra.snapshot_base().map(|b| b.record.index),
+                        rb.snapshot_base().map(|b| b.record.index),
+                        state_difference(ea, eb)
                     )));
                 }
             }
@@ -993,20 +1159,38 @@ fn read_cached(store: &RaftStore, index: u64, raw: &SimLog) -> Option<CachedEntr
     crate::consensus::readback::read_entry(&store.index, index, raw).ok()
 }
 
-/// The engine had effects Raft refused: rebuild it from the log's committed entries.
-fn rebuild(n: &mut Node) -> Result<(), String> {
-    let mut engine = ShardEngine::new(engine_config());
-    let Some(r) = n.replica.as_ref() else { return Ok(()) };
-    let store = r.store();
-    for index in store.index.first_index()..=r.applied().min(store.index.last_index()) {
-        let c = read_cached(store, index, &n.log.raw).ok_or(format!("entry {index} unreadable"))?;
-        for (rec, pos) in crate::consensus::entry::records(&c.data).zip(&c.positions) {
-            let (rt, payload) = rec.map_err(|e| e.to_string())?;
-            engine.replay(*pos, rt, payload).map_err(|e| e.to_string())?;
+/// Where two replicas' states differ (the first few messages each holds
+/// differently), to diagnose a divergence.
+fn state_difference(a: &ShardEngine, b: &ShardEngine) -> String {
+    let lines = |e: &ShardEngine| -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (name, _) in QUEUES {
+            let Some(q) = e.queue(name) else { continue };
+            out.insert(format!("{name}: next_seq {}", q.next_seq()));
+            for (seq, m) in q.iter() {
+                let state = (m.msg_id, m.enqueue_ms, m.visible_at_ms, m.dequeue_count, m.state, m.body_len);
+                out.insert(format!("{name} seq {seq}: (id, enqueued, visible, dequeues, state, len) {state:?}"));
+            }
+        }
+        out
+    };
+    let (la, lb) = (lines(a), lines(b));
+    let only_a: Vec<&String> = la.difference(&lb).take(6).collect();
+    let only_b: Vec<&String> = lb.difference(&la).take(6).collect();
+    format!("only the first: {only_a:?}; only the second: {only_b:?}")
+}
+
+/// A live message of `n`'s engine whose body its log no longer holds.
+fn unreadable_body(n: &Node) -> Option<String> {
+    for (name, _) in QUEUES {
+        let Some(q) = n.engine.queue(name) else { continue };
+        for (seq, e) in q.iter() {
+            if let Err(err) = n.log.raw.read(e.body_pos, e.body_len) {
+                return Some(format!("message {} (queue {name}, seq {seq}) unreadable: {}", e.msg_id, err.0));
+            }
         }
     }
-    n.engine = engine;
-    Ok(())
+    None
 }
 
 fn fail_op(ledger: &mut Ledger, op: &Op) {

@@ -21,6 +21,10 @@ pub struct Totals {
     pub acked_deletes: usize,
     pub crashes: u64,
     pub elections: u64,
+    pub releases: u64,
+    pub catalogs: u64,
+    pub snapshots: u64,
+    pub removed: u64,
 }
 
 impl Totals {
@@ -30,6 +34,10 @@ impl Totals {
         self.acked_deletes += o.acked_deletes;
         self.crashes += o.crashes;
         self.elections += o.elections;
+        self.releases += o.releases;
+        self.catalogs += o.catalogs;
+        self.snapshots += o.snapshots;
+        self.removed += o.removed;
     }
 }
 
@@ -67,13 +75,24 @@ fn run_share(seeds: impl Iterator<Item = u64>, failed: &AtomicBool) -> Result<To
         if failed.load(Ordering::Relaxed) {
             break;
         }
-        match run(seed, &options_for(seed)) {
+        // A panic (in raft-rs, say) is reported with its seed (in a debug
+        // build: a release build aborts).
+        let ran = std::panic::catch_unwind(|| run(seed, &options_for(seed)));
+        let ran = ran.unwrap_or_else(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(SimFailure { seed, at_ms: 0, what: format!("panicked: {}", what.unwrap_or_default()) })
+        });
+        match ran {
             Ok(r) => totals.add(&Totals {
                 seeds: 1,
                 acked_sends: r.acked_sends,
                 acked_deletes: r.acked_deletes,
                 crashes: r.crashes,
                 elections: r.elections,
+                releases: r.releases,
+                catalogs: r.catalogs,
+                snapshots: r.snapshots,
+                removed: r.removed,
             }),
             Err(e) => {
                 failed.store(true, Ordering::Relaxed);

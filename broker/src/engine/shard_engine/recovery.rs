@@ -204,7 +204,10 @@ impl ShardEngine {
     /// and are waited for instead.
     pub fn relocate_below(&mut self, log: &mut impl Log, pos: u64, max: usize) -> Result<usize, EngineError> {
         let mut moved = 0;
-        let uids: Vec<u32> = self.queues.keys().copied().collect();
+        // In queue order, not the map's: relocations are records (the
+        // simulator replays a seed exactly only if they come out the same).
+        let mut uids: Vec<u32> = self.queues.keys().copied().collect();
+        uids.sort_unstable();
         for uid in uids {
             let Some(q) = self.queues.get(&uid) else { continue };
             let durability = Self::data_durability(q.attrs.flush_policy);
