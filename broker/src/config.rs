@@ -243,6 +243,16 @@ pub struct Flags {
     /// Serve anonymous clients on a non-loopback --listen address with no keys (protected mode off).
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Serve TLS on the client port (TLS 1.3) and the HTTP port (HTTPS) with this PEM certificate
+    /// chain (leaf first); needs --tls-key. Clients connect with `cmq --tls [--ca-file FILE]`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -266,6 +276,20 @@ pub fn parse_http_listen(text: &str) -> anyhow::Result<Option<SocketAddr>> {
         .parse()
         .map_err(|_| anyhow::anyhow!("--http-listen: {text:?} is not an IP:PORT address or `off`"))?;
     Ok(Some(addr))
+}
+
+/// `--tls-cert` and `--tls-key` come together; `--tls-client-ca` needs them.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => bail!("--tls-client-ca needs --tls-cert and --tls-key"),
+        _ => bail!("--tls-cert and --tls-key must be given together"),
+    }
 }
 
 /// The config file: the same settings as the flags.
@@ -302,6 +326,9 @@ struct FileConfig {
     auth: Option<crate::auth::AuthMode>,
     init_admin_key: Option<PathBuf>,
     allow_anonymous: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Where a node of the cluster is.
@@ -453,6 +480,8 @@ pub struct Config {
     pub auth: crate::auth::AuthMode,
     pub init_admin_key: Option<PathBuf>,
     pub allow_anonymous: bool,
+    /// `--tls-cert/--tls-key/--tls-client-ca` (None: plaintext ports).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Config {
@@ -516,6 +545,11 @@ impl Config {
             auth: flags.auth.or(file.auth).unwrap_or_default(),
             init_admin_key: flags.init_admin_key.or(file.init_admin_key),
             allow_anonymous: flags.allow_anonymous || file.allow_anonymous.unwrap_or(false),
+            tls: tls_files(
+                flags.tls_cert.or(file.tls_cert),
+                flags.tls_key.or(file.tls_key),
+                flags.tls_client_ca.or(file.tls_client_ca),
+            )?,
         };
         cfg.validate()?;
         let cluster = ClusterFlags {

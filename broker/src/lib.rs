@@ -15,3 +15,4 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod storage;
+pub mod tls;

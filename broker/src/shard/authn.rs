@@ -97,7 +97,9 @@ impl Shard {
         }
         let table = self.shared.auth.keys.table();
         let version = self.shared.auth.keys.version();
-        let t = wire::transcript(&server_nonce[..], &a.client_nonce, &a.secret_id, a.timestamp_ms, b"");
+        let binding = self.clients.conns.get(me.token).and_then(|c| c.tls.as_ref()?.channel_binding());
+        let binding: &[u8] = binding.as_ref().map_or(&[], |b| &b[..]);
+        let t = wire::transcript(&server_nonce[..], &a.client_nonce, &a.secret_id, a.timestamp_ms, binding);
         // Unknown SecretId and wrong SecretKey get the same answer.
         let Some((principal, secret)) = table.by_id.get(&a.secret_id).and_then(|p| {
             let s: &Vec<u8> = p.secrets.iter().find(|s| wire::verify(s, CLIENT_MAC_LABEL, &t, &a.mac))?;

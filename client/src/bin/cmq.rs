@@ -21,6 +21,8 @@ mod render;
 mod time;
 #[path = "cmq/top.rs"]
 mod top;
+#[path = "cmq/tls.rs"]
+mod tls;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -81,7 +81,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut client = Client::connect_as(cli.server.as_str(), timeout, cli.creds.resolve()?)
+    let mut client = Client::connect_secure(cli.server.as_str(), timeout, cli.creds.resolve()?, cli.tls.resolve()?)
         .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
     let c = &mut client;
@@ -736,7 +736,14 @@ enum Mode {
 /// --ask, until stdin ends).
 fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
     let mut checker =
-        TransactionChecker::connect_as(cli.server.as_str(), group, timeout, cli.creds.resolve()?.as_ref()).map_err(
+        TransactionChecker::connect_secure(
+            cli.server.as_str(),
+            group,
+            timeout,
+            cli.creds.resolve()?.as_ref(),
+            cli.tls.resolve()?.as_ref(),
+        )
+        .map_err(
             |e| match e {
                 e @ ClientError::Server { .. } => {
                     anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
