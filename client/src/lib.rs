@@ -132,6 +132,8 @@ pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, 
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use credentials::Credentials;
 pub use tls::TlsOptions;
+/// The TLS library the client uses (its sessions appear in [`TlsOptions::handshake`]).
+pub use rustls;
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
 pub use ops::{IdempotencyKey, SendOptions};

@@ -80,8 +80,14 @@ impl TlsOptions {
         ServerName::try_from(host.to_owned()).map_err(|e| invalid(format!("server name {host:?}: {e}")))
     }
 
-    /// Runs the TLS handshake over `tcp` (blocking, within its timeouts).
-    pub(crate) fn open(&self, addr: &str, mut tcp: TcpStream) -> Result<TlsStream, ClientError> {
+    /// Runs the TLS handshake over `tcp` (blocking, within its timeouts)
+    /// with the broker at `addr` ("host:port", whose host is the name to
+    /// verify unless [`TlsOptions::with_server_name`] set one).
+    pub fn handshake(
+        &self,
+        addr: &str,
+        mut tcp: TcpStream,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
         let name = self.name_for(addr)?;
         let mut conn = ClientConnection::new(self.config.clone(), name).map_err(|e| invalid(format!("TLS: {e}")))?;
         while conn.is_handshaking() {
@@ -89,7 +95,11 @@ impl TlsOptions {
                 return Err(handshake_failed(addr, e));
             }
         }
-        Ok(TlsStream(Box::new(StreamOwned::new(conn, tcp))))
+        Ok(StreamOwned::new(conn, tcp))
+    }
+
+    pub(crate) fn open(&self, addr: &str, tcp: TcpStream) -> Result<TlsStream, ClientError> {
+        Ok(TlsStream(Box::new(self.handshake(addr, tcp)?)))
     }
 }
 
@@ -101,13 +111,8 @@ impl TlsStream {
         &self.0.sock
     }
 
-    /// RFC 9266 tls-exporter channel binding of this session.
     pub(crate) fn channel_binding(&self) -> Result<[u8; cmq_protocol::auth::TLS_EXPORTER_BYTES], ClientError> {
-        let out = [0u8; cmq_protocol::auth::TLS_EXPORTER_BYTES];
-        self.0
-            .conn
-            .export_keying_material(out, cmq_protocol::auth::TLS_EXPORTER_LABEL, None)
-            .map_err(|e| invalid(format!("TLS channel binding: {e}")))
+        channel_binding(&self.0.conn)
     }
 }
 
@@ -125,6 +130,14 @@ impl Write for TlsStream {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// RFC 9266 tls-exporter channel binding of a session, for the
+/// authentication transcript (protocol/PROTOCOL.md, "Authentication").
+pub fn channel_binding(conn: &ClientConnection) -> Result<[u8; cmq_protocol::auth::TLS_EXPORTER_BYTES], ClientError> {
+    let out = [0u8; cmq_protocol::auth::TLS_EXPORTER_BYTES];
+    conn.export_keying_material(out, cmq_protocol::auth::TLS_EXPORTER_LABEL, None)
+        .map_err(|e| invalid(format!("TLS channel binding: {e}")))
 }
 
 /// A failed TLS handshake, saying what probably went wrong.

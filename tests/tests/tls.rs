@@ -236,3 +236,41 @@ fn the_http_port_serves_https_with_the_same_certificate() {
     let _ = plain.read_to_end(&mut got);
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "plain HTTP must not be served");
 }
+
+/// `$CMQ_LOADGEN_BIN`, else `cmq-loadgen` next to cmqd (`cargo build --bins` builds both).
+fn loadgen_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("CMQ_LOADGEN_BIN") {
+        return p.into();
+    }
+    cmq_integration_tests::broker::cmqd_path().with_file_name("cmq-loadgen")
+}
+
+#[test]
+fn the_load_generator_runs_authenticated_over_tls_and_loses_nothing() {
+    let pki = TestPki::new();
+    let b = AdminBroker::start(&[&args(&pki.server_args())[..], &["--shards", "2"]].concat());
+    let dir = tempfile::tempdir().expect("tmp");
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(loadgen_path())
+        .args(["--server", &b.addr().to_string(), "--tls", "--ca-file"])
+        .arg(&pki.ca)
+        .arg("--credentials")
+        .arg(&b.creds_file)
+        .args(["--mode", "cycle", "--messages", "5000", "--producers", "2", "--consumers", "2", "--verify"])
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .expect("run cmq-loadgen");
+    let why = format!("{:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{why}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(r["deleted"].as_f64(), Some(5000.0), "{why}");
+    assert_eq!(r["lost"].as_f64(), Some(0.0), "{why}");
+    // Without --tls the same run is refused at once, with the reason.
+    let out = std::process::Command::new(loadgen_path())
+        .args(["--server", &b.addr().to_string(), "--messages", "10"])
+        .output()
+        .expect("run cmq-loadgen");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+}
