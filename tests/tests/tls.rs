@@ -264,8 +264,10 @@ fn the_load_generator_runs_authenticated_over_tls_and_loses_nothing() {
     let why = format!("{:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{why}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    assert_eq!(r["deleted"].as_f64(), Some(5000.0), "{why}");
+    // --verify: every acknowledged send was received, none twice.
+    assert_eq!(r["acked_total"].as_f64(), Some(5000.0), "{why}");
     assert_eq!(r["lost"].as_f64(), Some(0.0), "{why}");
+    assert_eq!(r["duplicated"].as_f64(), Some(0.0), "{why}");
     // Without --tls the same run is refused at once, with the reason.
     let out = std::process::Command::new(loadgen_path())
         .args(["--server", &b.addr().to_string(), "--messages", "10"])
