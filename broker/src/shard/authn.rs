@@ -20,6 +20,10 @@ use crate::auth::actions::{need, Action, Need, Resource};
 use crate::auth::session::Session;
 use crate::auth::table::{KeyTable, Principal};
 
+/// Why an authenticated connection is closed when the key table changes.
+const KEY_DELETED: &str = "this connection's key was deleted";
+const SECRET_RETIRED: &str = "the SecretKey this connection authenticated with was retired (key rotation)";
+
 /// Whom a list is filtered for: None = everything is visible.
 pub type Viewer = Option<Arc<Principal>>;
 
@@ -113,7 +117,7 @@ impl Shard {
         let server_mac = Bytes::copy_from_slice(&wire::mac(&secret, SERVER_MAC_LABEL, &t));
         let resp = Response::Authenticate(AuthenticateOk { key_name: principal.name.clone(), server_mac });
         let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
-        conn.session = Some(Box::new(Session::new(principal, version)));
+        conn.session = Some(Box::new(Session::new(principal, version, &secret)));
         reply::ok(&mut conn.out, id, &resp);
         conn.release_all_now();
         self.write_conn(me.token);
@@ -183,9 +187,9 @@ impl Shard {
         if session.version != version {
             let table = self.shared.auth.keys.table();
             match table.by_id.get(&session.principal.secret_id) {
-                Some(p) => session.refresh(p.clone(), version),
-                None => {
-                    let msg = "this connection's key was deleted";
+                Some(p) if session.secret_still_valid(p) => session.refresh(p.clone(), version),
+                found => {
+                    let msg = if found.is_some() { SECRET_RETIRED } else { KEY_DELETED };
                     self.fail_conn_answering(me.token, header.opcode, header.request_id, ErrorCode::AUTH_FAILED, msg);
                     return false;
                 }
@@ -313,7 +317,9 @@ impl Shard {
     }
 
     /// Every shard, when the key table changed: closes connections whose key
-    /// is gone, and anonymous ones once anonymous clients are no longer served.
+    /// is gone or whose SecretKey a rotation retired (`key delete
+    /// --old-secret`), and anonymous ones once anonymous clients are no
+    /// longer served.
     pub(super) fn sweep_sessions(&mut self) {
         let version = self.shared.auth.keys.version();
         if version == self.keys.keys_swept {
@@ -328,9 +334,11 @@ impl Shard {
             .iter()
             .filter(|(_, c)| c.handshaken && !c.closing)
             .filter_map(|(t, c)| match &c.session {
-                Some(s) if !table.by_id.contains_key(&s.principal.secret_id) => {
-                    Some((t, "this connection's key was deleted"))
-                }
+                Some(s) => match table.by_id.get(&s.principal.secret_id) {
+                    None => Some((t, KEY_DELETED)),
+                    Some(p) if !s.secret_still_valid(p) => Some((t, SECRET_RETIRED)),
+                    Some(_) => None,
+                },
                 None if !anonymous_ok => Some((t, "authentication is now required (a key was created)")),
                 _ => None,
             })
