@@ -253,6 +253,14 @@ pub struct Flags {
     /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Connections one key may have open at once, broker-wide (0: no limit); one more is refused
+    /// with TOO_MANY_KEY_CONNECTIONS when it authenticates.
+    #[arg(long, value_name = "N")]
+    pub key_connections_max: Option<u64>,
+    /// Requests one key may make per second, broker-wide over all its connections (0: no limit);
+    /// more in the same second are answered REQUEST_RATE_EXCEEDED.
+    #[arg(long, value_name = "N")]
+    pub key_requests_per_second: Option<u64>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -329,6 +337,8 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    key_connections_max: Option<u64>,
+    key_requests_per_second: Option<u64>,
 }
 
 /// Where a node of the cluster is.
@@ -482,6 +492,10 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// `--tls-cert/--tls-key/--tls-client-ca` (None: plaintext ports).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `--key-connections-max` (0: off).
+    pub key_connections_max: u64,
+    /// `--key-requests-per-second` (0: off).
+    pub key_requests_per_second: u64,
 }
 
 impl Config {
@@ -550,6 +564,8 @@ impl Config {
                 flags.tls_key.or(file.tls_key),
                 flags.tls_client_ca.or(file.tls_client_ca),
             )?,
+            key_connections_max: flags.key_connections_max.or(file.key_connections_max).unwrap_or(0),
+            key_requests_per_second: flags.key_requests_per_second.or(file.key_requests_per_second).unwrap_or(0),
         };
         cfg.validate()?;
         let cluster = ClusterFlags {

@@ -33,6 +33,8 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::KEY_NOT_FOUND, "auth_keys::rotation_keeps_both_secrets_*"),
     (ErrorCode::KEY_ALREADY_EXISTS, "auth_keys::rotation_keeps_both_secrets_*"),
     (ErrorCode::TLS_REQUIRED, "tls::plaintext_and_tls_ends_refuse_each_other_clearly"),
+    (ErrorCode::TOO_MANY_KEY_CONNECTIONS, "auth_limits::a_key_gets_at_most_its_connections_*"),
+    (ErrorCode::REQUEST_RATE_EXCEEDED, "auth_limits::a_key_over_its_request_rate_*"),
     (ErrorCode::MESSAGE_TOO_LARGE, "errors::message_too_large_*, topics::invalid_tags_routing_keys_and_bodies_*"),
     (ErrorCode::QUEUE_FULL, "errors::queue_full_*, queue_admin::set_queue_attributes_takes_effect"),
     (ErrorCode::BUSY, "not provoked: needs a full 16k-message shard inbox"),

@@ -51,19 +51,24 @@ pub struct Session {
     /// SHA-256 of the SecretKey this connection authenticated with (not the
     /// secret itself): once a rotation retires it, the connection is closed.
     secret_digest: [u8; 32],
+    /// Its place in the key's connection count and request windows
+    /// (`limits.rs`); None in unit tests.
+    pub slot: Option<super::limits::KeyConnection>,
 }
 
 impl Session {
     /// A session of `principal`, authenticated with `secret` (one of its SecretKeys).
     pub fn new(principal: Arc<Principal>, version: u64, secret: &[u8]) -> Session {
         let secret_digest = digest(secret);
-        Session { principal, version, broker: Line::default(), named: Default::default(), secret_digest }
+        Session { principal, version, broker: Line::default(), named: Default::default(), secret_digest, slot: None }
     }
 
     /// The key changed (a new table): forget every decision.
     pub fn refresh(&mut self, principal: Arc<Principal>, version: u64) {
-        let secret_digest = self.secret_digest;
-        *self = Session { principal, version, broker: Line::default(), named: Default::default(), secret_digest };
+        self.principal = principal;
+        self.version = version;
+        self.broker = Line::default();
+        self.named = Default::default();
     }
 
     /// Whether `key` (the session's key as the table has it now) still has

@@ -116,8 +116,15 @@ impl Shard {
         }
         let server_mac = Bytes::copy_from_slice(&wire::mac(&secret, SERVER_MAC_LABEL, &t));
         let resp = Response::Authenticate(AuthenticateOk { key_name: principal.name.clone(), server_mac });
+        let limit = self.shared.cfg.key_connections_max;
+        let Some(slot) = self.shared.auth.usage.open(&principal.secret_id, limit) else {
+            let msg = format!("key {:?} has its limit of {limit} connections open (--key-connections-max)", principal.name);
+            return self.fail_conn_answering(me.token, op, id, ErrorCode::TOO_MANY_KEY_CONNECTIONS, &msg);
+        };
+        let mut session = Session::new(principal, version, &secret);
+        session.slot = Some(slot);
         let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
-        conn.session = Some(Box::new(Session::new(principal, version, &secret)));
+        conn.session = Some(Box::new(session));
         reply::ok(&mut conn.out, id, &resp);
         conn.release_all_now();
         self.write_conn(me.token);
@@ -178,6 +185,9 @@ impl Shard {
     /// (having answered ACCESS_DENIED, or closed a connection whose key is
     /// gone) when the request must not run.
     pub(super) fn permitted(&mut self, me: ConnRef, header: &FrameHeader, request: &Request) -> bool {
+        if !self.within_key_rate(me, header) {
+            return false;
+        }
         if !self.shared.cfg.auth.enforces() {
             return true;
         }
@@ -201,6 +211,29 @@ impl Shard {
         }
         let msg = format!("key {:?} is not allowed {} on {}", session.principal.name, action.name(), resource.path());
         reply::err(&mut conn.out, header.opcode, header.request_id, ErrorCode::ACCESS_DENIED, &msg);
+        self.touch(me);
+        false
+    }
+
+    /// `--key-requests-per-second`: counts the request against its key's
+    /// window; one past the limit is answered REQUEST_RATE_EXCEEDED (the
+    /// connection stays open). Anonymous connections have no key to count.
+    fn within_key_rate(&mut self, me: ConnRef, header: &FrameHeader) -> bool {
+        let per_second = self.shared.cfg.key_requests_per_second;
+        if per_second == 0 {
+            return true;
+        }
+        let now_ms = self.limits.now_ms;
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return false };
+        let Some(session) = conn.session.as_ref() else { return true };
+        if session.slot.as_ref().is_none_or(|s| s.usage.admit(now_ms, per_second)) {
+            return true;
+        }
+        let msg = format!(
+            "key {:?} is over its limit of {per_second} requests per second (--key-requests-per-second); retry later",
+            session.principal.name
+        );
+        reply::err(&mut conn.out, header.opcode, header.request_id, ErrorCode::REQUEST_RATE_EXCEEDED, &msg);
         self.touch(me);
         false
     }
