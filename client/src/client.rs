@@ -497,9 +497,13 @@ impl Client {
                 return;
             }
         }
-        if let Ok(conn) =
-            connect_first(&self.routes.any_node(Instant::now()), None, self.timeout, self.credentials.as_ref(), self.tls.as_ref())
-        {
+        if let Ok(conn) = connect_first(
+            &self.routes.any_node(Instant::now()),
+            None,
+            self.timeout,
+            self.credentials.as_ref(),
+            self.tls.as_ref(),
+        ) {
             self.routes.learn_map(&conn.handshake_info().cluster, Some(conn.peer_addr()));
         }
     }
@@ -563,13 +567,20 @@ impl Client {
         let leader = self.routes.leader(shard);
         let at_leader = if leader == 0 { Vec::new() } else { self.routes.addrs_of(leader) };
         let conn = if at_leader.is_empty() {
-            connect_first(&self.routes.any_node(Instant::now()), Some(shard), self.timeout, self.credentials.as_ref(), self.tls.as_ref())?
+            connect_first(
+                &self.routes.any_node(Instant::now()),
+                Some(shard),
+                self.timeout,
+                self.credentials.as_ref(),
+                self.tls.as_ref(),
+            )?
         } else {
-            connect_first(&at_leader, Some(shard), self.timeout, self.credentials.as_ref(), self.tls.as_ref()).inspect_err(|_| {
-                // Ask the others next: their replicas know who leads now.
-                self.routes.mark_down(leader, Instant::now());
-                self.routes.forget_leader(shard);
-            })?
+            connect_first(&at_leader, Some(shard), self.timeout, self.credentials.as_ref(), self.tls.as_ref())
+                .inspect_err(|_| {
+                    // Ask the others next: their replicas know who leads now.
+                    self.routes.mark_down(leader, Instant::now());
+                    self.routes.forget_leader(shard);
+                })?
         };
         // If the broker served us from another shard than asked, keep the
         // connection anyway: it forwards, and asking again would not help.

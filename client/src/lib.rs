@@ -111,10 +111,10 @@ mod checker;
 mod client;
 mod connection;
 pub mod credentials;
-pub mod tls;
 mod error;
 mod id_hash;
 pub mod idempotency;
+pub mod tls;
 #[macro_use]
 mod ops;
 mod cluster;
@@ -131,13 +131,13 @@ pub use client::{Client, Ticket};
 pub use cluster::{ClusterView, FollowerLag, NodeStatus, ShardView, CHANGE_POLL, CHANGE_RESEND_AFTER};
 pub use connection::{Closer, Connection, ConnectionStats, Event, Push, Reply, CLIENT_NAME};
 pub use credentials::Credentials;
-pub use tls::TlsOptions;
-/// The TLS library the client uses (its sessions appear in [`TlsOptions::handshake`]).
-pub use rustls;
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
 pub use ops::{IdempotencyKey, SendOptions};
+/// The TLS library the client uses (its sessions appear in [`TlsOptions::handshake`]).
+pub use rustls;
 pub use seeds::ToSeeds;
+pub use tls::TlsOptions;
 pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.

@@ -117,7 +117,9 @@ pub(crate) fn connect_first<A: AsRef<str>>(
     for addr in addrs {
         let addr = addr.as_ref();
         let tls = tls.map(|t| (t, addr));
-        match resolve(addr).and_then(|a| Connection::connect_secure(&a[..], shard_hint, within, timeout, credentials, tls)) {
+        match resolve(addr)
+            .and_then(|a| Connection::connect_secure(&a[..], shard_hint, within, timeout, credentials, tls))
+        {
             Ok(conn) => return Ok(conn),
             // Refusals every node of a cluster would repeat.
             Err(

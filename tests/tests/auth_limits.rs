@@ -25,7 +25,8 @@ fn try_authenticate(b: &AdminBroker, id: &str, key: &str) -> (RawConn, ErrorCode
 #[test]
 fn a_key_gets_at_most_its_connections_and_gets_them_back_on_close() {
     let b = AdminBroker::start(&["--shards", "2", "--key-connections-max", "2"]);
-    let mut admin = Client::connect_as(b.addr(), T, Some(Credentials::new(&b.secret_id, &b.secret_key))).expect("admin");
+    let mut admin =
+        Client::connect_as(b.addr(), T, Some(Credentials::new(&b.secret_id, &b.secret_key))).expect("admin");
     let k = admin.create_key("app", ALL).expect("key");
     let first = RawConn::open_as(b.addr(), &k.secret_id, &k.secret_key);
     let _second = RawConn::open_as(b.addr(), &k.secret_id, &k.secret_key);
@@ -50,7 +51,8 @@ fn a_key_gets_at_most_its_connections_and_gets_them_back_on_close() {
 #[test]
 fn a_key_over_its_request_rate_is_refused_until_the_next_second() {
     let b = AdminBroker::start(&["--key-requests-per-second", "50"]);
-    let mut admin = Client::connect_as(b.addr(), T, Some(Credentials::new(&b.secret_id, &b.secret_key))).expect("admin");
+    let mut admin =
+        Client::connect_as(b.addr(), T, Some(Credentials::new(&b.secret_id, &b.secret_key))).expect("admin");
     let k = admin.create_key("app", ALL).expect("key");
     let mut c = RawConn::open_as(b.addr(), &k.secret_id, &k.secret_key);
     // 300 pipelined pings: at most 50 per one-second window pass (at most

@@ -64,12 +64,14 @@ fn the_rust_client_works_over_tls_on_every_shard() {
 fn plaintext_and_tls_ends_refuse_each_other_clearly() {
     let pki = TestPki::new();
     let tls = Broker::start(&args(&pki.server_args()));
-    let e = Client::connect_with_timeout(tls.addr, T).err().expect("plaintext client refused");
+    let Err(e) = Client::connect_with_timeout(tls.addr, T) else { panic!("plaintext client refused") };
     assert_eq!(e.code(), Some(ErrorCode::TLS_REQUIRED), "{e}");
     assert!(e.to_string().contains("TLS"), "{e}");
 
     let plain = Broker::start(&[]);
-    let e = Client::connect_secure(plain.addr, T, None, Some(trusting(&pki))).err().expect("TLS client refused");
+    let Err(e) = Client::connect_secure(plain.addr, T, None, Some(trusting(&pki))) else {
+        panic!("TLS client refused")
+    };
     assert!(matches!(e, ClientError::Handshake { .. }), "{e:?}");
     assert!(e.to_string().contains("is its port plaintext"), "{e}");
     // Both brokers still serve their own kind.
@@ -82,10 +84,10 @@ fn an_untrusted_or_misnamed_certificate_is_refused() {
     let pki = TestPki::new();
     let b = Broker::start(&args(&pki.server_args()));
     let other = TlsOptions::new(Some(&pki.other_ca), None).expect("options");
-    let e = Client::connect_secure(b.addr, T, None, Some(other)).err().expect("untrusted");
+    let Err(e) = Client::connect_secure(b.addr, T, None, Some(other)) else { panic!("untrusted") };
     assert!(e.to_string().contains("certificate"), "{e}");
     let misnamed = trusting(&pki).with_server_name("elsewhere.test").expect("name");
-    let e = Client::connect_secure(b.addr, T, None, Some(misnamed)).err().expect("wrong name");
+    let Err(e) = Client::connect_secure(b.addr, T, None, Some(misnamed)) else { panic!("wrong name") };
     assert!(e.to_string().contains("certificate"), "{e}");
 }
 

@@ -34,8 +34,7 @@ impl KeyUsage {
     pub fn admit(&self, now_ms: u64, per_second: u64) -> bool {
         let window = now_ms / 1000;
         let seen = self.window_s.load(Ordering::Relaxed);
-        if seen != window
-            && self.window_s.compare_exchange(seen, window, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        if seen != window && self.window_s.compare_exchange(seen, window, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             self.requests.store(0, Ordering::Relaxed);
         }

@@ -118,7 +118,8 @@ impl Shard {
         let resp = Response::Authenticate(AuthenticateOk { key_name: principal.name.clone(), server_mac });
         let limit = self.shared.cfg.key_connections_max;
         let Some(slot) = self.shared.auth.usage.open(&principal.secret_id, limit) else {
-            let msg = format!("key {:?} has its limit of {limit} connections open (--key-connections-max)", principal.name);
+            let msg =
+                format!("key {:?} has its limit of {limit} connections open (--key-connections-max)", principal.name);
             return self.fail_conn_answering(me.token, op, id, ErrorCode::TOO_MANY_KEY_CONNECTIONS, &msg);
         };
         let mut session = Session::new(principal, version, &secret);

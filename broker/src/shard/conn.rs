@@ -347,7 +347,8 @@ impl Conn {
     pub fn flush(&mut self, now_ms: u64) -> io::Result<bool> {
         let before = self.written;
         if let Some(tls) = self.tls.as_deref_mut() {
-            let (taken, done) = crate::tls::transport::flush(&self.stream, tls, &self.out[self.written..self.releasable])?;
+            let (taken, done) =
+                crate::tls::transport::flush(&self.stream, tls, &self.out[self.written..self.releasable])?;
             self.written += taken;
             if !done {
                 if self.written > before {

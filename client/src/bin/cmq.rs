@@ -19,10 +19,10 @@ mod keys;
 mod render;
 #[path = "cmq/time.rs"]
 mod time;
-#[path = "cmq/top.rs"]
-mod top;
 #[path = "cmq/tls.rs"]
 mod tls;
+#[path = "cmq/top.rs"]
+mod top;
 
 use std::io::Write;
 use std::process::ExitCode;
