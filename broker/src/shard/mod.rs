@@ -703,6 +703,7 @@ impl Shard {
             Err(e) if crate::tls::transport::is_plaintext_on_tls_port(&e) => {
                 // Answered in plaintext, so a plaintext client can say what went wrong.
                 conn.tls = None;
+                crate::tls::transport::discard_unread(&conn.stream);
                 let msg = "this port serves TLS only: connect with TLS (cmq --tls)";
                 self.fail_conn(token, 0, ErrorCode::TLS_REQUIRED, msg);
                 false

@@ -165,6 +165,19 @@ fn fatal(stream: &TcpStream, tls: &mut TlsSession, e: rustls::Error) -> io::Erro
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
+/// Bytes a client sent that would be read before its peeked first byte
+/// (a plaintext handshake, at most [`PLAINTEXT_DISCARD_BYTES`]) are taken
+/// off the socket before the connection is closed: closing with unread
+/// input makes the kernel reset the connection, and a reset can overtake
+/// the error frame the client should read.
+pub fn discard_unread(stream: &TcpStream) {
+    let mut sink = [0u8; PLAINTEXT_DISCARD_BYTES];
+    let _ = rustix::net::recv(stream, &mut sink, rustix::net::RecvFlags::DONTWAIT);
+}
+
+/// What [`discard_unread`] takes at most: a handshake frame's limit.
+pub const PLAINTEXT_DISCARD_BYTES: usize = cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX as usize;
+
 /// The first byte the client sent, without taking it from the socket
 /// (None: it closed without sending anything).
 fn first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
