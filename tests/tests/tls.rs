@@ -278,3 +278,42 @@ fn the_load_generator_runs_authenticated_over_tls_and_loses_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The real CMQ Python SDK (`make sdk-venv`) against the gateway over HTTPS:
+/// every queue action of tests/cmq_sdk/queues.py, trusting the test CA
+/// through `SSL_CERT_FILE` (the SDK uses Python's default TLS context).
+#[test]
+fn the_python_cmq_sdk_works_over_https() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned();
+    let python = root.join(".venv-cmq-sdk/bin/python");
+    assert!(python.exists(), "{} is missing: run `make sdk-venv` (make test does)", python.display());
+    let pki = TestPki::new();
+    let b = AdminBroker::start(&args(&pki.server_args()));
+    let creds = Credentials::new(&b.secret_id, &b.secret_key);
+    let mut admin = Client::connect_secure(b.addr(), T, Some(creds), Some(trusting(&pki))).expect("admin over TLS");
+    let policy = r#"{"version":"2.0","statement":[
+        {"effect":"allow","action":["cmq:*"],"resource":["*"]},
+        {"effect":"deny","action":["cmq:SendMessage"],"resource":["*"]}]}"#;
+    let limited = admin.create_key("nosend", policy).expect("key");
+    for q in ["mixin", "mixout"] {
+        admin.create_queue(q, &Default::default()).expect("queue");
+    }
+    admin.send("mixin", &b"from-binary"[..], 0).expect("send");
+    let endpoint = format!("https://{}", b.broker.http_addr.expect("HTTP port"));
+    let cwd = tempfile::tempdir().expect("tmp"); // the SDK writes its log file into the working directory
+    let out = std::process::Command::new(python)
+        .arg(root.join("tests/cmq_sdk/queues.py"))
+        .args([endpoint.as_str(), &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key])
+        .env("SSL_CERT_FILE", &pki.ca)
+        .current_dir(cwd.path())
+        .output()
+        .expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "SDK over HTTPS failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = admin.receive("mixout", Some(0)).expect("receive").expect("the SDK's message");
+    assert_eq!(&m.body[..], b"from-http");
+}
