@@ -14,6 +14,7 @@
 #   BENCH_HTTP_CONNS  HTTP scenarios: producer and consumer connections each [32]
 #   BENCH_CRITERION 0 skips the criterion benchmarks    [1]
 #   BENCH_SCALE     0 skips the two at-scale scenarios   [1]
+#   BENCH_SECURITY  0 skips the authenticated and TLS rows (issue 12) [1]
 #   BENCH_RECLAIM_BYTES  disk reclamation: bytes of 1 KiB bodies produced,
 #                   then consumed                       [4294967296]
 #   BENCH_RECLAIM_WAIT   seconds to wait for the log to shrink afterwards [180]
@@ -36,6 +37,12 @@ RUNS=${BENCH_RUNS:-3}
 SIZES=${BENCH_SIZES:-64 1024}
 ONLY=${BENCH_ONLY:-}
 SCALE=${BENCH_SCALE:-1}
+SECURITY=${BENCH_SECURITY:-1}
+# Extra cmqd and cmq-loadgen flags of the security rows; AUTH=1: the broker
+# makes an administrator key (--init-admin-key) and the load authenticates with it.
+BROKER_EXTRA=()
+LOADGEN_EXTRA=()
+AUTH=0
 RECLAIM_BYTES=${BENCH_RECLAIM_BYTES:-4294967296}
 RECLAIM_WAIT=${BENCH_RECLAIM_WAIT:-180}
 RESTART_MESSAGES=${BENCH_RESTART_MESSAGES:-10000000}
@@ -105,13 +112,17 @@ trap stop_broker EXIT
 start_broker() {
     BROKER_DIR=$(mktemp -d "$BENCH_DIR/cmqd.XXXXXX")
     : >"$BROKER_DIR/stdout"
-    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
+    local auth=()
+    [[ "$AUTH" == 1 ]] && auth=(--init-admin-key "$BROKER_DIR/admin.creds")
+    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" \
+        ${BROKER_EXTRA[@]+"${BROKER_EXTRA[@]}"} ${auth[@]+"${auth[@]}"} >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
     BROKER_PID=$!
     BROKER_ADDR=
     for _ in $(seq 200); do
         BROKER_ADDR=$(sed -n 's/^cmqd listening on //p' "$BROKER_DIR/stdout" || true)
         HTTP_ADDR=$(sed -n 's/^cmqd http on //p' "$BROKER_DIR/stdout" || true)
-        [[ -n "$BROKER_ADDR" ]] && return 0
+        # With AUTH the key file is written once the broker can write its log.
+        [[ -n "$BROKER_ADDR" && ( "$AUTH" != 1 || -s "$BROKER_DIR/admin.creds" ) ]] && return 0
         kill -0 "$BROKER_PID" 2>/dev/null || break
         sleep 0.05
     done
@@ -138,10 +149,12 @@ run_scenario() {
         start_broker
         local json="$RESULTS/$slug-run$run.json"
         log "$name, $size-byte bodies, run $run/$RUNS"
-        local rc=0
+        local rc=0 creds=()
+        [[ "$AUTH" == 1 ]] && creds=(--credentials "$BROKER_DIR/admin.creds")
         # @HTTP in the arguments: the CMQ API URL of this run's broker.
         local args=("${@//@HTTP/http://$HTTP_ADDR}")
         "$LOADGEN" --server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size "$size" \
+            ${LOADGEN_EXTRA[@]+"${LOADGEN_EXTRA[@]}"} ${creds[@]+"${creds[@]}"} \
             --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout "$DRAIN_TIMEOUT" \
             --json "$json" "${args[@]}" >"$RESULTS/$slug-run$run.txt" 2>"$RESULTS/$slug-run$run.progress" || rc=$?
         # What reached the disk: a broker that acknowledges sync sends must have written them.
@@ -211,6 +224,28 @@ for size in $SIZES; do
     run_scenario "http/cycle/sync" "$size" --mode cycle --flush sync "${HTTP[@]}"
     run_scenario "http/cycle/async" "$size" --mode cycle --flush async "${HTTP[@]}"
 done
+
+# ---- security (issue 12): what authentication and TLS cost --------------------
+# The async pipelined and plain rows again, with every connection
+# authenticated (and permission-checked), over TLS, and both; 64-byte bodies.
+# A throwaway self-signed certificate (not a CA: rustls refuses a CA
+# certificate as a server's) is made for the run.
+if [[ "$SECURITY" != 0 && -z "$REPORT_ONLY" ]]; then
+    TLS_DIR=$(mktemp -d "$BENCH_DIR/tls.XXXXXX")
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" \
+        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.pem" 2>/dev/null
+    TLS_BROKER=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
+    TLS_LOAD=(--tls --ca-file "$TLS_DIR/server.pem")
+    for variant in auth tls auth+tls; do
+        AUTH=0 BROKER_EXTRA=() LOADGEN_EXTRA=()
+        [[ "$variant" == *auth* ]] && AUTH=1
+        [[ "$variant" == *tls* ]] && BROKER_EXTRA=("${TLS_BROKER[@]}") LOADGEN_EXTRA=("${TLS_LOAD[@]}")
+        run_scenario "cycle/async/pipelined+$variant" 64 --mode cycle --flush async "${PIPELINED[@]}"
+        run_scenario "cycle/async/plain+$variant" 64 --mode cycle --flush async "${PLAIN[@]}" --threads 2
+    done
+    AUTH=0 BROKER_EXTRA=() LOADGEN_EXTRA=()
+fi
 
 # ---- at scale (issue 3): disk reclamation and restart time ---------------------
 # Disk use per shard: the broker's write-ahead-log segments, shard-K/*.log.

@@ -246,6 +246,24 @@ pub struct Flags {
     /// Web console sign-ins expire this many seconds after they are made, 1..=604800 [default: 28800].
     #[arg(long, value_name = "SECS")]
     pub console_session_secs: Option<u64>,
+    /// Serve TLS on the client port (TLS 1.3) and the HTTP port (HTTPS) with this PEM certificate
+    /// chain (leaf first); needs --tls-key. Clients connect with `cmq --tls [--ca-file FILE]`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Connections one key may have open at once, broker-wide (0: no limit); one more is refused
+    /// with TOO_MANY_KEY_CONNECTIONS when it authenticates.
+    #[arg(long, value_name = "N")]
+    pub key_connections_max: Option<u64>,
+    /// Requests one key may make per second, broker-wide over all its connections (0: no limit);
+    /// more in the same second are answered REQUEST_RATE_EXCEEDED.
+    #[arg(long, value_name = "N")]
+    pub key_requests_per_second: Option<u64>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -269,6 +287,20 @@ pub fn parse_http_listen(text: &str) -> anyhow::Result<Option<SocketAddr>> {
         .parse()
         .map_err(|_| anyhow::anyhow!("--http-listen: {text:?} is not an IP:PORT address or `off`"))?;
     Ok(Some(addr))
+}
+
+/// `--tls-cert` and `--tls-key` come together; `--tls-client-ca` needs them.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => bail!("--tls-client-ca needs --tls-cert and --tls-key"),
+        _ => bail!("--tls-cert and --tls-key must be given together"),
+    }
 }
 
 /// The config file: the same settings as the flags.
@@ -305,6 +337,11 @@ struct FileConfig {
     auth: Option<crate::auth::AuthMode>,
     init_admin_key: Option<PathBuf>,
     allow_anonymous: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    key_connections_max: Option<u64>,
+    key_requests_per_second: Option<u64>,
 }
 
 /// Where a node of the cluster is.
@@ -458,6 +495,12 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// `--console-session-secs`: how long a web console sign-in lasts.
     pub console_session_secs: u64,
+    /// `--tls-cert/--tls-key/--tls-client-ca` (None: plaintext ports).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `--key-connections-max` (0: off).
+    pub key_connections_max: u64,
+    /// `--key-requests-per-second` (0: off).
+    pub key_requests_per_second: u64,
 }
 
 impl Config {
@@ -522,6 +565,13 @@ impl Config {
             init_admin_key: flags.init_admin_key.or(file.init_admin_key),
             allow_anonymous: flags.allow_anonymous || file.allow_anonymous.unwrap_or(false),
             console_session_secs: crate::console::session::ttl_secs(flags.console_session_secs)?,
+            tls: tls_files(
+                flags.tls_cert.or(file.tls_cert),
+                flags.tls_key.or(file.tls_key),
+                flags.tls_client_ca.or(file.tls_client_ca),
+            )?,
+            key_connections_max: flags.key_connections_max.or(file.key_connections_max).unwrap_or(0),
+            key_requests_per_second: flags.key_requests_per_second.or(file.key_requests_per_second).unwrap_or(0),
         };
         cfg.validate()?;
         let cluster = ClusterFlags {

@@ -16,3 +16,4 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod storage;
+pub mod tls;

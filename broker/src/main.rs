@@ -75,8 +75,13 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     // Tests and scripts read the bound addresses (useful with port 0) from
     // stdout: the HTTP port's line comes first.
     if let Some(http) = server.http_addr() {
-        log::info!("HTTP port (metrics, health) on http://{http}/");
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        log::info!("HTTP port (metrics, health, CMQ API) on {scheme}://{http}/");
         println!("cmqd http on {http}");
+    }
+    if let Some(tls) = &cfg.tls {
+        let mtls = if tls.client_ca.is_some() { ", client certificates required" } else { "" };
+        log::info!("TLS on the client and HTTP ports with {}{mtls}", tls.cert.display());
     }
     println!("cmqd listening on {}", server.local_addr);
     cmq_broker::notify::notify("READY=1");

@@ -88,6 +88,7 @@ impl Server {
             conn_counters: (0..n).map(|_| Default::default()).collect(),
             auth: Default::default(),
             external: Default::default(),
+            tls: cfg.tls.as_ref().map(|f| f.load()).transpose()?,
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;

@@ -139,13 +139,26 @@ impl TransactionChecker {
         timeout: Option<Duration>,
         credentials: Option<&crate::Credentials>,
     ) -> Result<TransactionChecker, ClientError> {
-        let first = register(connect_first(&seeds.to_seeds()?, None, timeout, credentials)?, producer_group)?;
+        TransactionChecker::connect_secure(seeds, producer_group, timeout, credentials, None)
+    }
+
+    /// [`TransactionChecker::connect_as`], over TLS when `tls` is given.
+    pub fn connect_secure(
+        seeds: impl ToSeeds,
+        producer_group: &str,
+        timeout: Option<Duration>,
+        credentials: Option<&crate::Credentials>,
+        tls: Option<&crate::TlsOptions>,
+    ) -> Result<TransactionChecker, ClientError> {
+        let first = register(connect_first(&seeds.to_seeds()?, None, timeout, credentials, tls)?, producer_group)?;
         let mut conns = vec![first];
         // A node down now is skipped: its shards are led elsewhere; when it
         // is back, a reconnect registers there too.
         for addr in other_nodes(&conns[0]) {
             let within = node_connect_timeout(timeout);
-            let conn = resolve(&addr).and_then(|a| Connection::connect_as(&a[..], None, within, timeout, credentials));
+            let tls = tls.map(|t| (t, addr.as_str()));
+            let conn = resolve(&addr)
+                .and_then(|a| Connection::connect_secure(&a[..], None, within, timeout, credentials, tls));
             if let Ok(conn) = conn {
                 conns.push(register(conn, producer_group)?);
             }

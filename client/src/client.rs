@@ -113,6 +113,8 @@ pub struct Client {
     next_generation: u64,
     /// The key every connection authenticates with (None: anonymous).
     credentials: Option<Credentials>,
+    /// TLS settings of every connection (None: plaintext).
+    tls: Option<crate::TlsOptions>,
 }
 
 impl Client {
@@ -137,8 +139,19 @@ impl Client {
         timeout: Option<Duration>,
         credentials: Option<Credentials>,
     ) -> Result<Client, ClientError> {
+        Client::connect_secure(seeds, timeout, credentials, None)
+    }
+
+    /// [`Client::connect_as`], every connection over TLS when `tls` is
+    /// given (the broker's `--tls-cert`).
+    pub fn connect_secure(
+        seeds: impl ToSeeds,
+        timeout: Option<Duration>,
+        credentials: Option<Credentials>,
+        tls: Option<crate::TlsOptions>,
+    ) -> Result<Client, ClientError> {
         let seeds = seeds.to_seeds()?;
-        let first = connect_first(&seeds, None, timeout, credentials.as_ref())?;
+        let first = connect_first(&seeds, None, timeout, credentials.as_ref(), tls.as_ref())?;
         let info = first.handshake_info().clone();
         let shard_count = info.shard_count.max(1);
         // A broker reporting an impossible shard id still gets used: requests
@@ -153,6 +166,7 @@ impl Client {
             slots: (0..shard_count).map(|_| Slot::default()).collect(),
             next_generation: 1,
             credentials,
+            tls,
         };
         client.install(home, first);
         Ok(client)
@@ -232,6 +246,11 @@ impl Client {
     /// The key this client authenticates with (None: anonymous).
     pub fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_ref()
+    }
+
+    /// The TLS settings connections use (None: plaintext).
+    pub fn tls(&self) -> Option<&crate::TlsOptions> {
+        self.tls.as_ref()
     }
 
     pub fn timeout(&self) -> Option<Duration> {
@@ -478,9 +497,13 @@ impl Client {
                 return;
             }
         }
-        if let Ok(conn) =
-            connect_first(&self.routes.any_node(Instant::now()), None, self.timeout, self.credentials.as_ref())
-        {
+        if let Ok(conn) = connect_first(
+            &self.routes.any_node(Instant::now()),
+            None,
+            self.timeout,
+            self.credentials.as_ref(),
+            self.tls.as_ref(),
+        ) {
             self.routes.learn_map(&conn.handshake_info().cluster, Some(conn.peer_addr()));
         }
     }
@@ -544,13 +567,20 @@ impl Client {
         let leader = self.routes.leader(shard);
         let at_leader = if leader == 0 { Vec::new() } else { self.routes.addrs_of(leader) };
         let conn = if at_leader.is_empty() {
-            connect_first(&self.routes.any_node(Instant::now()), Some(shard), self.timeout, self.credentials.as_ref())?
+            connect_first(
+                &self.routes.any_node(Instant::now()),
+                Some(shard),
+                self.timeout,
+                self.credentials.as_ref(),
+                self.tls.as_ref(),
+            )?
         } else {
-            connect_first(&at_leader, Some(shard), self.timeout, self.credentials.as_ref()).inspect_err(|_| {
-                // Ask the others next: their replicas know who leads now.
-                self.routes.mark_down(leader, Instant::now());
-                self.routes.forget_leader(shard);
-            })?
+            connect_first(&at_leader, Some(shard), self.timeout, self.credentials.as_ref(), self.tls.as_ref())
+                .inspect_err(|_| {
+                    // Ask the others next: their replicas know who leads now.
+                    self.routes.mark_down(leader, Instant::now());
+                    self.routes.forget_leader(shard);
+                })?
         };
         // If the broker served us from another shard than asked, keep the
         // connection anyway: it forwards, and asking again would not help.

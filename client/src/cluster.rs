@@ -159,7 +159,7 @@ impl Client {
             // On a shard it leads, if any: a follower shard answers only
             // after a ReadIndex round with its leader.
             let hint = (0..self.shard_count()).find(|k| self.leader_of(*k) == id);
-            ask(&addrs, hint, self.timeout(), self.credentials(), &Request::ClusterStatus(ClusterStatus {}))
+            ask(&addrs, hint, self.timeout(), self.credentials(), self.tls(), &Request::ClusterStatus(ClusterStatus {}))
                 .and_then(|r| expect!(r, ClusterStatus))
                 .map_err(|e| e.to_string())
         };
@@ -272,9 +272,10 @@ fn ask(
     hint: Option<u16>,
     timeout: Option<Duration>,
     credentials: Option<&crate::Credentials>,
+    tls: Option<&crate::TlsOptions>,
     req: &Request,
 ) -> Result<Response, ClientError> {
-    let mut conn = connect_first(addrs, hint, timeout, credentials)?;
+    let mut conn = connect_first(addrs, hint, timeout, credentials, tls)?;
     conn.set_read_timeout(Some(node_connect_timeout(timeout)))?;
     let id = conn.submit(req);
     let (got, result) = conn.recv()?;

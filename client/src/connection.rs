@@ -31,6 +31,7 @@ use cmq_protocol::{
 };
 
 use crate::credentials::Credentials;
+use crate::tls::{TlsOptions, TlsStream};
 
 use crate::error::{from_io, is_timeout_kind, ClientError};
 use crate::id_hash::{id_map, IdMap};
@@ -115,7 +116,7 @@ impl Closer {
 /// A single connection, handshake done. Not thread-safe by design: one
 /// owner drives it, which is what keeps it allocation- and lock-free.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     handshake: HandshakeOk,
     out: Vec<u8>,
@@ -153,7 +154,7 @@ impl Connection {
         shard_hint: Option<u16>,
         timeout: Option<Duration>,
     ) -> Result<Connection, ClientError> {
-        let mut conn = Connection::open(addr, timeout)?;
+        let mut conn = Connection::open(addr, timeout, None)?;
         conn.handshake(shard_hint)?;
         Ok(conn)
     }
@@ -182,25 +183,47 @@ impl Connection {
         timeout: Option<Duration>,
         credentials: Option<&Credentials>,
     ) -> Result<Connection, ClientError> {
-        let mut conn = Connection::open(addr, Some(within))?;
+        Connection::connect_secure(addr, shard_hint, within, timeout, credentials, None)
+    }
+
+    /// [`Connection::connect_as`] over TLS when `tls` is given: the options
+    /// and the host name (of the address dialled) to verify the broker's
+    /// certificate for. Authentication then binds to the TLS session.
+    pub fn connect_secure(
+        addr: impl ToSocketAddrs,
+        shard_hint: Option<u16>,
+        within: Duration,
+        timeout: Option<Duration>,
+        credentials: Option<&Credentials>,
+        tls: Option<(&TlsOptions, &str)>,
+    ) -> Result<Connection, ClientError> {
+        let mut conn = Connection::open(addr, Some(within), tls)?;
         if let Some(c) = credentials {
             conn.authenticate(c)?;
         }
         conn.handshake(shard_hint)?;
-        conn.stream.set_write_timeout(timeout)?;
+        conn.stream.tcp().set_write_timeout(timeout)?;
         conn.set_read_timeout(timeout)?;
         Ok(conn)
     }
 
     /// A connected socket, not yet handshaken, with `timeout` on the
     /// connect and on reads and writes.
-    fn open(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Connection, ClientError> {
+    fn open(
+        addr: impl ToSocketAddrs,
+        timeout: Option<Duration>,
+        tls: Option<(&TlsOptions, &str)>,
+    ) -> Result<Connection, ClientError> {
         let stream = connect_any(addr, timeout)?;
         // Requests are already batched by `flush`; Nagle would only add latency.
         stream.set_nodelay(true)?;
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
         let peer = stream.peer_addr()?;
+        let stream = match tls {
+            Some((options, host)) => Stream::Tls(options.open(host, stream)?),
+            None => Stream::Plain(stream),
+        };
         Ok(Connection {
             stream,
             peer,
@@ -235,7 +258,11 @@ impl Connection {
         getrandom::fill(&mut client_nonce).map_err(|e| failed(self, format!("no random nonce: {e}")))?;
         let timestamp_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, timestamp_ms, b"");
+        let binding = match &self.stream {
+            Stream::Tls(s) => s.channel_binding()?.to_vec(),
+            Stream::Plain(_) => Vec::new(),
+        };
+        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, timestamp_ms, &binding);
         let mac = auth::mac(c.secret_key.as_bytes(), auth::CLIENT_MAC_LABEL, &t);
         let req = Authenticate {
             secret_id: c.secret_id.clone(),
@@ -356,7 +383,7 @@ impl Connection {
     /// break the connection. Cheap to call repeatedly with the same value.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         if timeout != self.read_timeout {
-            self.stream.set_read_timeout(timeout)?;
+            self.stream.tcp().set_read_timeout(timeout)?;
             self.read_timeout = timeout;
         }
         Ok(())
@@ -455,7 +482,7 @@ impl Connection {
         if !self.in_flight.is_empty() || !self.out.is_empty() || self.last_io.elapsed() < IDLE_CHECK_AFTER {
             return false;
         }
-        if self.stream.set_nonblocking(true).is_err() {
+        if self.stream.tcp().set_nonblocking(true).is_err() {
             return false;
         }
         let mut closed = false;
@@ -472,7 +499,7 @@ impl Connection {
             }
             break;
         }
-        if self.stream.set_nonblocking(false).is_err() {
+        if self.stream.tcp().set_nonblocking(false).is_err() {
             closed = true;
         }
         // With nothing in flight the only frames that can have arrived are
@@ -503,7 +530,7 @@ impl Connection {
 
     /// A handle that closes this connection from another thread.
     pub fn closer(&self) -> Result<Closer, ClientError> {
-        Ok(Closer(self.stream.try_clone()?))
+        Ok(Closer(self.stream.tcp().try_clone()?))
     }
 
     /// The next frame, decoded; reads when none is buffered. `idle_ok`: a
@@ -611,8 +638,53 @@ impl Connection {
     fn fail(&mut self, err: ClientError) -> ClientError {
         self.broken = true;
         // Closing now tells the broker at once instead of when we are dropped.
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
         err
+    }
+}
+
+/// The connection's byte stream: the socket, or a TLS session over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(TlsStream),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.tcp(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            // A broker closing without close_notify (after an error frame,
+            // a deleted key) is a close, as on a plaintext connection.
+            Stream::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
     }
 }
 

@@ -114,6 +114,7 @@ pub mod credentials;
 mod error;
 mod id_hash;
 pub mod idempotency;
+pub mod tls;
 #[macro_use]
 mod ops;
 mod cluster;
@@ -133,7 +134,10 @@ pub use credentials::Credentials;
 pub use error::ClientError;
 pub use id_hash::{id_map, IdHasher, IdMap};
 pub use ops::{IdempotencyKey, SendOptions};
+/// The TLS library the client uses (its sessions appear in [`TlsOptions::handshake`]).
+pub use rustls;
 pub use seeds::ToSeeds;
+pub use tls::TlsOptions;
 pub use topics::{str_list, SubscribeBuilder, NO_TAGS};
 
 /// The wire protocol this client speaks, for building requests by hand.

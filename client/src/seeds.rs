@@ -110,12 +110,16 @@ pub(crate) fn connect_first<A: AsRef<str>>(
     shard_hint: Option<u16>,
     timeout: Option<Duration>,
     credentials: Option<&crate::Credentials>,
+    tls: Option<&crate::TlsOptions>,
 ) -> Result<Connection, ClientError> {
     let within = node_connect_timeout(timeout);
     let mut failures: Vec<(String, ClientError)> = Vec::new();
     for addr in addrs {
         let addr = addr.as_ref();
-        match resolve(addr).and_then(|a| Connection::connect_as(&a[..], shard_hint, within, timeout, credentials)) {
+        let tls = tls.map(|t| (t, addr));
+        match resolve(addr)
+            .and_then(|a| Connection::connect_secure(&a[..], shard_hint, within, timeout, credentials, tls))
+        {
             Ok(conn) => return Ok(conn),
             // Refusals every node of a cluster would repeat.
             Err(

@@ -11,6 +11,7 @@ mod report;
 mod route;
 mod schedule;
 mod stats;
+mod transport;
 mod verify;
 mod worker;
 
@@ -278,7 +279,16 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut admin = Client::connect_as(&seeds[..], Some(Duration::from_secs(10)), creds)
+    let tls = if opts.tls || opts.ca_file.is_some() || opts.tls_cert.is_some() {
+        let client_cert = opts.tls_cert.as_deref().zip(opts.tls_key.as_deref());
+        Some(cmq_client::TlsOptions::new(opts.ca_file.as_deref(), client_cert)?)
+    } else {
+        None
+    };
+    if let Some(t) = &tls {
+        pipe::use_tls(t.clone());
+    }
+    let mut admin = Client::connect_secure(&seeds[..], Some(Duration::from_secs(10)), creds, tls)
         .with_context(|| format!("connecting to {}", opts.server))?;
     let shards = admin.shard_count();
     let cluster = admin.known_cluster();

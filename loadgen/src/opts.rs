@@ -71,6 +71,23 @@ pub struct Opts {
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<std::path::PathBuf>,
 
+    /// Connect over TLS 1.3 (the broker runs with --tls-cert), checking its
+    /// certificate against --ca-file, or Mozilla's root CAs without it.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// PEM file of the CA(s) to trust for the broker's certificate (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM chain) for a broker with --tls-client-ca; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Queues to spread the load over; 0 = one per broker shard. Names are
     /// PREFIX-K, chosen so that the queues spread evenly over the shards.
     #[arg(long, default_value_t = 0, value_name = "N")]

@@ -7,7 +7,7 @@
 //! here blocks except `next`, which waits with a nanosecond-precise deadline
 //! (`ppoll`) and is used for the handshake before a connection joins a loop.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ use cmq_client::{ClientError, Reply};
 use cmq_protocol::frame;
 use cmq_protocol::handshake::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use cmq_protocol::{ErrorBody, Handshake, HandshakeOk, Opcode, Request, Response};
+
+use crate::transport::Transport;
 
 /// Bytes read per syscall: a full window of answers fits in one read.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -32,9 +34,16 @@ pub fn use_credentials(c: cmq_client::Credentials) {
     let _ = CREDENTIALS.set(c);
 }
 
+/// TLS settings of every pipe (set once by `main`; none: plaintext).
+static TLS: std::sync::OnceLock<cmq_client::TlsOptions> = std::sync::OnceLock::new();
+
+pub fn use_tls(t: cmq_client::TlsOptions) {
+    let _ = TLS.set(t);
+}
+
 /// A non-blocking pipelined connection.
 pub struct RawPipe {
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     /// What the node said in the handshake (its id and cluster map).
     hello: HandshakeOk,
@@ -61,7 +70,7 @@ impl RawPipe {
                 }
             };
             for a in resolved {
-                match RawPipe::connect(a, shard, within) {
+                match RawPipe::connect(a, addr, shard, within) {
                     Ok(pipe) => return Ok(pipe),
                     Err(e) => last = Some(e),
                 }
@@ -71,11 +80,21 @@ impl RawPipe {
             .unwrap_or_else(|| ClientError::Io(io::Error::new(io::ErrorKind::NotFound, "no address to connect to"))))
     }
 
-    /// Connects and handshakes (blocking, up to `within`), asking for `shard`.
-    pub fn connect(server: SocketAddr, shard: u16, within: Duration) -> Result<RawPipe, ClientError> {
-        let stream = TcpStream::connect_timeout(&server, within)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
+    /// Connects and handshakes (blocking, up to `within`), asking for
+    /// `shard`; over TLS (`--tls`) the broker's certificate is checked for
+    /// the host of `addr`.
+    pub fn connect(server: SocketAddr, addr: &str, shard: u16, within: Duration) -> Result<RawPipe, ClientError> {
+        let tcp = TcpStream::connect_timeout(&server, within)?;
+        tcp.set_nodelay(true)?;
+        let stream = match TLS.get() {
+            Some(tls) => {
+                tcp.set_read_timeout(Some(within))?;
+                tcp.set_write_timeout(Some(within))?;
+                Transport::Tls(Box::new(tls.handshake(addr, tcp)?))
+            }
+            None => Transport::Plain(tcp),
+        };
+        stream.socket().set_nonblocking(true)?;
         let mut pipe = RawPipe {
             stream,
             peer: server,
@@ -133,7 +152,8 @@ impl RawPipe {
         let mut client_nonce = [0u8; auth::AUTH_NONCE_BYTES];
         getrandom::fill(&mut client_nonce).map_err(|e| refused(format!("no random nonce: {e}")))?;
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, ts, b"");
+        let binding = self.stream.channel_binding()?;
+        let t = auth::transcript(&server_nonce, &client_nonce, &c.secret_id, ts, &binding);
         let mac = auth::mac(c.secret_key.as_bytes(), auth::CLIENT_MAC_LABEL, &t);
         let req = cmq_protocol::Authenticate {
             secret_id: c.secret_id.clone(),
@@ -199,16 +219,16 @@ impl RawPipe {
 
     /// Whether submitted bytes are still waiting to be written.
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.stream.wants_write()
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
+        self.stream.socket().as_fd()
     }
 
     fn fail(&mut self, e: ClientError) -> ClientError {
         self.broken = true;
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.stream.socket().shutdown(std::net::Shutdown::Both);
         e
     }
 
@@ -217,16 +237,11 @@ impl RawPipe {
         if self.broken {
             return Err(ClientError::Disconnected);
         }
-        let mut written = 0;
-        while written < self.out.len() {
-            match self.stream.write(&self.out[written..]) {
-                Ok(0) => return Err(self.fail(ClientError::Disconnected)),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(self.fail(disconnected(e))),
-            }
-        }
+        let written = match self.stream.write_some(&self.out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WriteZero => return Err(self.fail(ClientError::Disconnected)),
+            Err(e) => return Err(self.fail(disconnected(e))),
+        };
         if written == self.out.len() {
             self.out.clear();
             if self.out.capacity() > OUT_RETAIN_BYTES_MAX {
@@ -244,7 +259,7 @@ impl RawPipe {
             return Err(ClientError::Disconnected);
         }
         loop {
-            match self.stream.read(&mut self.scratch) {
+            match self.stream.read_some(&mut self.scratch) {
                 Ok(0) => return Err(self.fail(ClientError::Disconnected)),
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&self.scratch[..n]);
@@ -309,7 +324,7 @@ impl RawPipe {
             if self.wants_write() {
                 flags |= rustix::event::PollFlags::OUT;
             }
-            let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.stream.as_fd(), flags)];
+            let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.stream.socket().as_fd(), flags)];
             match rustix::event::poll(&mut fds, Some(&timespec(deadline - now))) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(self.fail(ClientError::Io(e.into()))),

@@ -63,6 +63,18 @@ pub const AUTH_TIMESTAMP_SKEW_MS_MAX: u64 = 5 * 60 * 1000;
 /// Channel binding bytes longest accepted in a transcript (a TLS exporter is 32).
 pub const CHANNEL_BINDING_BYTES_MAX: usize = 64;
 
+/// The TLS channel binding of a transcript when the connection runs over
+/// TLS: RFC 9266 "tls-exporter", the TLS 1.3 exporter with this label and no
+/// context, [`TLS_EXPORTER_BYTES`] long. Both ends derive it from their own
+/// TLS session, so an Authenticate relayed through a TLS-terminating man in
+/// the middle does not verify on the broker's session.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// Length of the tls-exporter channel binding (RFC 9266).
+pub const TLS_EXPORTER_BYTES: usize = 32;
+
+const _: () = assert!(TLS_EXPORTER_BYTES <= CHANNEL_BINDING_BYTES_MAX);
+
 const _: () = assert!(POLICY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(SECRET_ID_PREFIX.len() + SECRET_ID_RANDOM_CHARS <= SECRET_ID_BYTES_MAX);
 const _: () = assert!(SECRET_KEY_CHARS <= SECRET_KEY_BYTES_MAX);

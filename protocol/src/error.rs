@@ -73,6 +73,15 @@ error_codes! {
     KEY_NOT_FOUND = 4102, "key not found";
     /// A key by that name exists already.
     KEY_ALREADY_EXISTS = 4103, "key already exists";
+    /// The port serves TLS only (`cmqd --tls-cert`) and the client spoke plaintext. Sent in
+    /// plaintext with opcode 0 and request id 0; the connection is closed.
+    TLS_REQUIRED = 4104, "TLS required";
+    /// The key already has `--key-connections-max` connections open on this broker. Answers the
+    /// Authenticate; the connection is closed.
+    TOO_MANY_KEY_CONNECTIONS = 4105, "too many connections for this key";
+    /// The connection's key is over `--key-requests-per-second` in this one-second window; the
+    /// request was not run. The connection stays open: retry later.
+    REQUEST_RATE_EXCEEDED = 4106, "request rate limit exceeded";
     /// The body is larger than the queue's `maxMsgSize` (or `MSG_BYTES_MAX`), or empty.
     MESSAGE_TOO_LARGE = 4400, "message too large";
     /// The queue holds `maxMsgHeapNum` messages; sends are refused until some are deleted.

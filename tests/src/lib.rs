@@ -15,6 +15,7 @@ pub mod process;
 pub mod proxy;
 pub mod queue_model;
 pub mod raw;
+pub mod tls;
 pub mod wal_files;
 pub mod workload;
 

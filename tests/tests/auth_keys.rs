@@ -53,8 +53,11 @@ fn rotation_keeps_both_secrets_until_the_old_one_is_deleted() {
     let Err(err) = connect(&b, &old.secret_id, &old.secret_key) else { panic!("old refused") };
     assert_eq!(err.code(), Some(ErrorCode::AUTH_FAILED));
     // The refusal put this address in its backoff: the next attempt waits it out.
-    connect_after_backoff(&b, &new.secret_id, &new.secret_key).expect("new still works");
-    on_old.ping().expect("a connection made with the old secret stays (the key lives on)");
+    let mut on_new = connect_after_backoff(&b, &new.secret_id, &new.secret_key).expect("new still works");
+    // The retired SecretKey's connections are closed; the new one's stay.
+    let Err(closed) = on_old.ping() else { panic!("a connection made with the retired secret must be closed") };
+    assert!(matches!(closed.code(), Some(ErrorCode::AUTH_FAILED) | None), "{closed}");
+    on_new.ping().expect("a connection made with the new secret stays");
 }
 
 #[test]

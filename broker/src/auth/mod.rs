@@ -5,10 +5,12 @@
 //! * `table`: the keys shard 0 publishes to every shard.
 //! * `session`: an authenticated connection's key and cached decisions.
 //! * `backoff`: per-address slow-down after failed attempts.
+//! * `limits`: per-key connection and request-rate limits.
 //! * `secrets`: SecretIds and SecretKeys from the OS CSPRNG, and the credentials file.
 
 pub mod actions;
 pub mod backoff;
+pub mod limits;
 pub mod policy;
 pub mod secrets;
 pub mod session;
@@ -97,6 +99,9 @@ pub struct Auth {
     pub backoff: backoff::Backoff,
     /// Failed authentication attempts (`cmq_auth_failures_total`).
     pub failures: AtomicU64,
+    /// Open connections and request counts per key (`--key-connections-max`,
+    /// `--key-requests-per-second`).
+    pub usage: limits::KeyUsageTable,
     /// Set once `--init-admin-key` is settled (the key made and its file
     /// written, or nothing to do), so start-up reports ready only then.
     admin_key_settled: (std::sync::Mutex<bool>, std::sync::Condvar),

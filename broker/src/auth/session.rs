@@ -13,6 +13,11 @@ use super::table::Principal;
 /// cache of that kind is cleared when full), never unbounded memory.
 pub const SESSION_CACHE_NAMES_MAX: usize = 1024;
 
+fn digest(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret).into()
+}
+
 /// Decisions for one resource: a bit per action (`Action` < 64).
 #[derive(Clone, Copy, Default)]
 struct Line {
@@ -43,16 +48,33 @@ pub struct Session {
     broker: Line,
     /// Queue, topic, key and group names.
     named: [HashMap<Box<str>, Line>; 4],
+    /// SHA-256 of the SecretKey this connection authenticated with (not the
+    /// secret itself): once a rotation retires it, the connection is closed.
+    secret_digest: [u8; 32],
+    /// Its place in the key's connection count and request windows
+    /// (`limits.rs`); None in unit tests.
+    pub slot: Option<super::limits::KeyConnection>,
 }
 
 impl Session {
-    pub fn new(principal: Arc<Principal>, version: u64) -> Session {
-        Session { principal, version, broker: Line::default(), named: Default::default() }
+    /// A session of `principal`, authenticated with `secret` (one of its SecretKeys).
+    pub fn new(principal: Arc<Principal>, version: u64, secret: &[u8]) -> Session {
+        let secret_digest = digest(secret);
+        Session { principal, version, broker: Line::default(), named: Default::default(), secret_digest, slot: None }
     }
 
     /// The key changed (a new table): forget every decision.
     pub fn refresh(&mut self, principal: Arc<Principal>, version: u64) {
-        *self = Session::new(principal, version);
+        self.principal = principal;
+        self.version = version;
+        self.broker = Line::default();
+        self.named = Default::default();
+    }
+
+    /// Whether `key` (the session's key as the table has it now) still has
+    /// the SecretKey this session authenticated with.
+    pub fn secret_still_valid(&self, key: &Principal) -> bool {
+        key.secrets.iter().any(|s| digest(s) == self.secret_digest)
     }
 
     /// Whether the key may take `action` on `resource` (cached).
@@ -109,7 +131,9 @@ mod tests {
                 r#"{"version":"2.0","statement":[{"effect":"allow","action":"cmq:SendMessage","resource":"queue/a*"}]}"#,
             ),
             1,
+            b"s",
         );
+        assert!(s.secret_still_valid(&s.principal.clone()));
         for _ in 0..2 {
             assert!(s.allows(send, Resource::Queue("ab")));
             assert!(!s.allows(purge, Resource::Queue("ab")));
@@ -118,6 +142,16 @@ mod tests {
             assert!(!s.allows(send, Resource::Broker));
         }
         s.refresh(principal(""), 2);
+        assert!(s.secret_still_valid(&principal("")), "refresh keeps the secret it authenticated with");
+        let rotated = Principal {
+            name: "k".into(),
+            secret_id: "AKIDx".into(),
+            secrets: vec![b"t".to_vec()],
+            policy: Policy::parse("").expect("policy"),
+            created_ms: 0,
+            modified_ms: 0,
+        };
+        assert!(!s.secret_still_valid(&rotated), "a retired SecretKey");
         assert!(!s.allows(send, Resource::Queue("ab")), "a new policy, not the cached decision");
         for i in 0..SESSION_CACHE_NAMES_MAX + 10 {
             assert!(!s.allows(send, Resource::Queue(&format!("q{i}"))));

@@ -97,6 +97,9 @@ pub fn cmq_code(ours: ErrorCode) -> u32 {
         ErrorCode::TOPIC_NOT_FOUND | ErrorCode::SUBSCRIPTION_NOT_FOUND => ErrorCode::QUEUE_NOT_FOUND,
         ErrorCode::TOPIC_ALREADY_EXISTS | ErrorCode::SUBSCRIPTION_ALREADY_EXISTS => ErrorCode::QUEUE_ALREADY_EXISTS,
         ErrorCode::TOO_MANY_TOPICS => ErrorCode::TOO_MANY_QUEUES,
+        // Binary-port conditions (TLS, per-key limits): the nearest CMQ meaning.
+        ErrorCode::TLS_REQUIRED => ErrorCode::INVALID_PARAMETER,
+        ErrorCode::TOO_MANY_KEY_CONNECTIONS | ErrorCode::REQUEST_RATE_EXCEEDED => ErrorCode::BUSY,
         ErrorCode::STORAGE_UNAVAILABLE
         | ErrorCode::SHUTTING_DOWN
         | ErrorCode::TOO_MANY_CONNECTIONS

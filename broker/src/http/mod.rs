@@ -167,6 +167,21 @@ async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) 
     // The head and idle deadlines are the socket wrapper's (`deadline.rs`), not hyper's.
     let activity = Arc::new(deadline::Activity::default());
     let io = deadline::Deadlines::new(stream, activity.clone(), HEADER_READ_TIMEOUT, deadline::KEEP_ALIVE_IDLE_MAX);
+    // HTTPS with the client port's certificate (`--tls-cert`); the TLS
+    // handshake reads through the deadlines too.
+    let Some(tls) = ctx.shared.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.http_port.clone())) else {
+        return serve_http(io, ctx, activity).await;
+    };
+    match tls.accept(io).await {
+        Ok(io) => serve_http(io, ctx, activity).await,
+        Err(e) => log::debug!(target: "cmq::http", "HTTPS handshake failed: {e}"),
+    }
+}
+
+async fn serve_http<I>(io: I, ctx: Arc<HttpContext>, activity: Arc<deadline::Activity>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         let serving = activity.serve();

@@ -20,6 +20,10 @@ use crate::auth::actions::{need, Action, Need, Resource};
 use crate::auth::session::Session;
 use crate::auth::table::{KeyTable, Principal};
 
+/// Why an authenticated connection is closed when the key table changes.
+const KEY_DELETED: &str = "this connection's key was deleted";
+const SECRET_RETIRED: &str = "the SecretKey this connection authenticated with was retired (key rotation)";
+
 /// Whom a list is filtered for: None = everything is visible.
 pub type Viewer = Option<Arc<Principal>>;
 
@@ -97,7 +101,9 @@ impl Shard {
         }
         let table = self.shared.auth.keys.table();
         let version = self.shared.auth.keys.version();
-        let t = wire::transcript(&server_nonce[..], &a.client_nonce, &a.secret_id, a.timestamp_ms, b"");
+        let binding = self.clients.conns.get(me.token).and_then(|c| c.tls.as_ref()?.channel_binding());
+        let binding: &[u8] = binding.as_ref().map_or(&[], |b| &b[..]);
+        let t = wire::transcript(&server_nonce[..], &a.client_nonce, &a.secret_id, a.timestamp_ms, binding);
         // Unknown SecretId and wrong SecretKey get the same answer.
         let Some((principal, secret)) = table.by_id.get(&a.secret_id).and_then(|p| {
             let s: &Vec<u8> = p.secrets.iter().find(|s| wire::verify(s, CLIENT_MAC_LABEL, &t, &a.mac))?;
@@ -110,8 +116,16 @@ impl Shard {
         }
         let server_mac = Bytes::copy_from_slice(&wire::mac(&secret, SERVER_MAC_LABEL, &t));
         let resp = Response::Authenticate(AuthenticateOk { key_name: principal.name.clone(), server_mac });
+        let limit = self.shared.cfg.key_connections_max;
+        let Some(slot) = self.shared.auth.usage.open(&principal.secret_id, limit) else {
+            let msg =
+                format!("key {:?} has its limit of {limit} connections open (--key-connections-max)", principal.name);
+            return self.fail_conn_answering(me.token, op, id, ErrorCode::TOO_MANY_KEY_CONNECTIONS, &msg);
+        };
+        let mut session = Session::new(principal, version, &secret);
+        session.slot = Some(slot);
         let Some(conn) = self.clients.conns.get_mut(me.token) else { return };
-        conn.session = Some(Box::new(Session::new(principal, version)));
+        conn.session = Some(Box::new(session));
         reply::ok(&mut conn.out, id, &resp);
         conn.release_all_now();
         self.write_conn(me.token);
@@ -172,6 +186,9 @@ impl Shard {
     /// (having answered ACCESS_DENIED, or closed a connection whose key is
     /// gone) when the request must not run.
     pub(super) fn permitted(&mut self, me: ConnRef, header: &FrameHeader, request: &Request) -> bool {
+        if !self.within_key_rate(me, header) {
+            return false;
+        }
         if !self.shared.cfg.auth.enforces() {
             return true;
         }
@@ -181,9 +198,9 @@ impl Shard {
         if session.version != version {
             let table = self.shared.auth.keys.table();
             match table.by_id.get(&session.principal.secret_id) {
-                Some(p) => session.refresh(p.clone(), version),
-                None => {
-                    let msg = "this connection's key was deleted";
+                Some(p) if session.secret_still_valid(p) => session.refresh(p.clone(), version),
+                found => {
+                    let msg = if found.is_some() { SECRET_RETIRED } else { KEY_DELETED };
                     self.fail_conn_answering(me.token, header.opcode, header.request_id, ErrorCode::AUTH_FAILED, msg);
                     return false;
                 }
@@ -195,6 +212,29 @@ impl Shard {
         }
         let msg = format!("key {:?} is not allowed {} on {}", session.principal.name, action.name(), resource.path());
         reply::err(&mut conn.out, header.opcode, header.request_id, ErrorCode::ACCESS_DENIED, &msg);
+        self.touch(me);
+        false
+    }
+
+    /// `--key-requests-per-second`: counts the request against its key's
+    /// window; one past the limit is answered REQUEST_RATE_EXCEEDED (the
+    /// connection stays open). Anonymous connections have no key to count.
+    fn within_key_rate(&mut self, me: ConnRef, header: &FrameHeader) -> bool {
+        let per_second = self.shared.cfg.key_requests_per_second;
+        if per_second == 0 {
+            return true;
+        }
+        let now_ms = self.limits.now_ms;
+        let Some(conn) = self.clients.conns.get_mut(me.token) else { return false };
+        let Some(session) = conn.session.as_ref() else { return true };
+        if session.slot.as_ref().is_none_or(|s| s.usage.admit(now_ms, per_second)) {
+            return true;
+        }
+        let msg = format!(
+            "key {:?} is over its limit of {per_second} requests per second (--key-requests-per-second); retry later",
+            session.principal.name
+        );
+        reply::err(&mut conn.out, header.opcode, header.request_id, ErrorCode::REQUEST_RATE_EXCEEDED, &msg);
         self.touch(me);
         false
     }
@@ -311,7 +351,9 @@ impl Shard {
     }
 
     /// Every shard, when the key table changed: closes connections whose key
-    /// is gone, and anonymous ones once anonymous clients are no longer served.
+    /// is gone or whose SecretKey a rotation retired (`key delete
+    /// --old-secret`), and anonymous ones once anonymous clients are no
+    /// longer served.
     pub(super) fn sweep_sessions(&mut self) {
         let version = self.shared.auth.keys.version();
         if version == self.keys.keys_swept {
@@ -326,9 +368,11 @@ impl Shard {
             .iter()
             .filter(|(_, c)| c.handshaken && !c.closing)
             .filter_map(|(t, c)| match &c.session {
-                Some(s) if !table.by_id.contains_key(&s.principal.secret_id) => {
-                    Some((t, "this connection's key was deleted"))
-                }
+                Some(s) => match table.by_id.get(&s.principal.secret_id) {
+                    None => Some((t, KEY_DELETED)),
+                    Some(p) if !s.secret_still_valid(p) => Some((t, SECRET_RETIRED)),
+                    Some(_) => None,
+                },
                 None if !anonymous_ok => Some((t, "authentication is now required (a key was created)")),
                 _ => None,
             })

@@ -8,6 +8,7 @@ use cmq_protocol::limits::SHARDS_MAX;
 use mio::net::TcpStream;
 
 use super::release::{HoldQueue, Need, Progress};
+use crate::tls::transport::Filled;
 
 /// Read buffer growth step: one read syscall can bring in this many bytes of
 /// frames (many pipelined requests per syscall). A frame up to this size is
@@ -137,6 +138,8 @@ pub struct Conn {
     pub auth_nonce: Option<Box<[u8; cmq_protocol::auth::AUTH_NONCE_BYTES]>>,
     /// The key this connection authenticated with (None: anonymous).
     pub session: Option<Box<crate::auth::session::Session>>,
+    /// The TLS session, on a TLS port (`--tls-cert`); None: plaintext.
+    pub tls: Option<Box<crate::tls::transport::TlsSession>>,
 }
 
 impl Conn {
@@ -172,6 +175,7 @@ impl Conn {
             auth_challenged: false,
             auth_nonce: None,
             session: None,
+            tls: None,
         }
     }
 
@@ -272,6 +276,17 @@ impl Conn {
     /// and the close together, and the close is only seen by reading on to
     /// the end).
     pub fn fill(&mut self) -> io::Result<bool> {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return match crate::tls::transport::fill(&self.stream, tls, &mut self.rbuf)? {
+                Filled::End => Ok(false),
+                Filled::More { drained } => {
+                    if drained {
+                        self.read_pending = false;
+                    }
+                    Ok(true)
+                }
+            };
+        }
         let spare = self.rbuf.capacity() - self.rbuf.len();
         loop {
             match read_into_spare(&self.stream, &mut self.rbuf) {
@@ -331,6 +346,18 @@ impl Conn {
     /// `now_ms` is when progress (or having nothing to write) is recorded.
     pub fn flush(&mut self, now_ms: u64) -> io::Result<bool> {
         let before = self.written;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            let (taken, done) =
+                crate::tls::transport::flush(&self.stream, tls, &self.out[self.written..self.releasable])?;
+            self.written += taken;
+            if !done {
+                if self.written > before {
+                    self.wrote_ms = now_ms;
+                    self.active_ms = now_ms;
+                }
+                return Ok(false);
+            }
+        }
         while self.written < self.releasable {
             match self.stream.write(&self.out[self.written..self.releasable]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -131,6 +131,7 @@ impl Shard {
             handshake_request_id: request_id,
             version,
             session: conn.session,
+            tls: conn.tls,
         };
         if let Err(ShardMsg::Handover(h)) = self.shared.peers[usize::from(target)].send(ShardMsg::Handover(Box::new(h)))
         {
@@ -140,6 +141,7 @@ impl Shard {
                 let resp = self.handshake_ok(version);
                 if let Some(conn) = self.clients.conns.get_mut(me.token) {
                     conn.session = h.session;
+                    conn.tls = h.tls;
                     conn.rbuf = h.pending;
                     reply::ok(&mut conn.out, request_id, &resp);
                     conn.release_all_now();

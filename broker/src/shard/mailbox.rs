@@ -62,6 +62,8 @@ pub struct Handover {
     pub version: u16,
     /// The key the connection authenticated with (None: anonymous).
     pub session: Option<Box<crate::auth::session::Session>>,
+    /// Its TLS session (None: plaintext), which moves with the socket.
+    pub tls: Option<Box<crate::tls::transport::TlsSession>>,
 }
 
 /// Destination verdicts on transfers, by transfer id.

@@ -113,6 +113,8 @@ pub struct Shared {
     pub auth: crate::auth::Auth,
     /// Requests from the HTTP gateway awaiting their answers (`external.rs`).
     pub external: external::Registry,
+    /// `--tls-cert`: the client and HTTP ports serve TLS with these.
+    pub tls: Option<crate::tls::TlsConfigs>,
 }
 
 impl Shared {
@@ -520,7 +522,9 @@ impl Shard {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            self.add_conn(stream, false);
+            if let Some(me) = self.add_conn(stream, false) {
+                self.start_tls(me);
+            }
         }
     }
 
@@ -542,6 +546,22 @@ impl Shard {
         self.arm_deadline(me);
         self.recharge(token);
         Some(me)
+    }
+
+    /// On a TLS port, a new connection starts with a TLS session.
+    fn start_tls(&mut self, me: ConnRef) {
+        let Some(tls) = &self.shared.tls else { return };
+        match crate::tls::transport::TlsSession::new(&tls.client_port) {
+            Ok(session) => {
+                if let Some(conn) = self.clients.conns.get_mut(me.token) {
+                    conn.tls = Some(Box::new(session));
+                }
+            }
+            Err(e) => {
+                log::warn!("shard {}: cannot start a TLS session: {e}", self.id);
+                self.close_conn(me.token);
+            }
+        }
     }
 
     fn close_conn(&mut self, token: usize) {
@@ -678,6 +698,14 @@ impl Shard {
             Ok(false) => {
                 // End of input: the client is done sending. Answer nothing more and close.
                 self.close_conn(token);
+                false
+            }
+            Err(e) if crate::tls::transport::is_plaintext_on_tls_port(&e) => {
+                // Answered in plaintext, so a plaintext client can say what went wrong.
+                conn.tls = None;
+                crate::tls::transport::discard_unread(&conn.stream);
+                let msg = "this port serves TLS only: connect with TLS (cmq --tls)";
+                self.fail_conn(token, 0, ErrorCode::TLS_REQUIRED, msg);
                 false
             }
             Err(e) => {
@@ -1070,6 +1098,7 @@ impl Shard {
         let resp = self.handshake_ok(h.version);
         if let Some(conn) = self.clients.conns.get_mut(me.token) {
             conn.session = h.session;
+            conn.tls = h.tls;
             conn.rbuf = h.pending;
             reply::ok(&mut conn.out, h.handshake_request_id, &resp);
             conn.release_all_now();

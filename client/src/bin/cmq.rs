@@ -19,6 +19,8 @@ mod keys;
 mod render;
 #[path = "cmq/time.rs"]
 mod time;
+#[path = "cmq/tls.rs"]
+mod tls;
 #[path = "cmq/top.rs"]
 mod top;
 

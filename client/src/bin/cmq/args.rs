@@ -77,6 +77,9 @@ pub struct Cli {
     #[command(flatten)]
     pub creds: crate::keys::CredentialArgs,
 
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }

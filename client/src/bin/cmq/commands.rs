@@ -81,7 +81,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut client = Client::connect_as(cli.server.as_str(), timeout, cli.creds.resolve()?)
+    let mut client = Client::connect_secure(cli.server.as_str(), timeout, cli.creds.resolve()?, cli.tls.resolve()?)
         .map_err(|e| connect_failed(e, &cli.server, timeout))?;
     let mut out = Out { json: cli.json, stdout: io::stdout().lock() };
     let c = &mut client;
@@ -735,15 +735,19 @@ enum Mode {
 /// Registers as the group's checker and answers until interrupted (or, with
 /// --ask, until stdin ends).
 fn tx_checker(cli: &Cli, timeout: Option<Duration>, group: &str, mode: Mode) -> Result<()> {
-    let mut checker =
-        TransactionChecker::connect_as(cli.server.as_str(), group, timeout, cli.creds.resolve()?.as_ref()).map_err(
-            |e| match e {
-                e @ ClientError::Server { .. } => {
-                    anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
-                }
-                e => connect_failed(e, &cli.server, timeout),
-            },
-        )?;
+    let mut checker = TransactionChecker::connect_secure(
+        cli.server.as_str(),
+        group,
+        timeout,
+        cli.creds.resolve()?.as_ref(),
+        cli.tls.resolve()?.as_ref(),
+    )
+    .map_err(|e| match e {
+        e @ ClientError::Server { .. } => {
+            anyhow::Error::new(e).context(format!("cannot register as the checker of {group}"))
+        }
+        e => connect_failed(e, &cli.server, timeout),
+    })?;
     let what = match mode {
         Mode::Commit => "committing every message asked about",
         Mode::Rollback => "rolling back every message asked about",
