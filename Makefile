@@ -42,7 +42,7 @@ endif
 ## nothing is built twice): `make test` fails only on a seed someone has seen
 ## pass before; a failure prints how to replay it
 SIM_SEEDS ?= 3000
-SIM_FROM ?= 2000000
+SIM_FROM ?= 1
 sim:
 	$(CARGO) run --release --locked -p cmq-broker --example simulate -- $(SIM_SEEDS) $(SIM_FROM)
 

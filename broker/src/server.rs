@@ -15,10 +15,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cluster::{AcceptorConfig, AuthenticatedStream, NodeIdentity, PeerAcceptor, PeerLinks};
 use crate::config::{ClusterConfig, Config, IoBackend};
-use crate::consensus::readback;
 use crate::consensus::scan::Scanned;
 use crate::consensus::state_records::StateRecords;
 use crate::consensus::store::RaftStore;
+use crate::consensus::{conf_replay, readback};
 use crate::consensus::{Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ShardEngine};
 use crate::push::{PushHandle, PushPool};
@@ -362,7 +362,7 @@ fn open_replication(
     let hs = HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
     let mut voters: Vec<u64> = c.peers.iter().map(|p| p.id).chain(std::iter::once(c.node_id)).collect();
     voters.sort_unstable();
-    let cs = match scanned.conf {
+    let mut cs = match scanned.conf {
         Some(rec) => ConfState {
             voters: rec.voters,
             learners: rec.learners,
@@ -376,6 +376,10 @@ fn open_replication(
         None if c.join => ConfState::default(),
         None => ConfState { voters, ..Default::default() },
     };
+    // The last record may predate a committed change (its record lost in a
+    // torn tail): the committed changes the log holds are applied again.
+    conf_replay::replay_conf_changes(&scanned.index, commit, &log.entries_ref().raw, &mut cs)
+        .map_err(|e| anyhow!("shard {id}: reading configuration change {}: {}", e.index, e.msg))?;
     let base = scanned.snapshot;
     let state_records = StateRecords::found(scanned.hard_state_pos, scanned.conf_pos);
     let mut store = RaftStore::new(scanned.index, hs, cs);

@@ -20,7 +20,7 @@ const SEEDS_DEFAULT: u64 = 24;
 /// Where they start by default.
 const FROM_DEFAULT: u64 = 1;
 /// Seeds that once found a bug, named in the commit that fixed it.
-const REGRESSIONS: [u64; 5] = [
+const REGRESSIONS: [u64; 7] = [
     // A joined node lacked a message: a leader's release was gated on the
     // entries applied, not on its turn's open entry that freed the body.
     237,
@@ -34,6 +34,10 @@ const REGRESSIONS: [u64; 5] = [
     // could offer no snapshot: a new node never caught up.
     6582,
     1001830,
+    // A restarted node lost a committed configuration change whose record
+    // was in a torn tail (its hard state already committed past it).
+    1491,
+    7002595,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

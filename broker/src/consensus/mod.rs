@@ -10,6 +10,7 @@
 //! * `release.rs`: how far a log may be released (the shard and the simulator share it);
 //! * `replica.rs`: one replica: `RawNode` plus the Ready loop that ties it to the log and the engine.
 
+pub mod conf_replay;
 pub mod entry;
 pub mod log;
 mod logger;

@@ -27,7 +27,7 @@ fn first_record_pos(raw: &impl RawLog, header_pos: u64) -> Result<u64, LogFailur
     next.filter(|p| *p != header_pos).ok_or_else(|| LogFailure("entry header without records".into()))
 }
 
-fn header(raw: &impl RawLog, index: u64, ie: &IndexedEntry) -> Result<EntryHeader, ReadbackError> {
+pub(super) fn header(raw: &impl RawLog, index: u64, ie: &IndexedEntry) -> Result<EntryHeader, ReadbackError> {
     let bytes = raw.read(ie.header_pos, EntryHeader::PAYLOAD_BYTES as u32).map_err(|e| err(index, e.0))?;
     EntryHeader::decode(bytes).map_err(|e| err(index, format!("header: {e}")))
 }

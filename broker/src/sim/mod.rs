@@ -26,7 +26,7 @@ use crate::consensus::entry::CachedEntry;
 use crate::consensus::scan::LogScanner;
 use crate::consensus::state_records::StateRecords;
 use crate::consensus::store::RaftStore;
-use crate::consensus::{readback, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
+use crate::consensus::{conf_replay, readback, EntryLog, Event, Outbox, RawLog, Replica, ReplicaConfig};
 use crate::engine::{EngineConfig, ReceiveOutcome, ShardEngine};
 use disk::{Disk, SimApplier};
 pub use log::SimLog;
@@ -426,7 +426,10 @@ impl Sim {
         }
         let hs =
             HardState { term: scanned.hard_state.term, vote: scanned.hard_state.vote, commit, ..Default::default() };
-        let cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
+        let mut cs = ConfState { voters: scanned.conf.map(|c| c.voters).unwrap_or(voters), ..Default::default() };
+        if let Err(e) = conf_replay::replay_conf_changes(&scanned.index, commit, &n.log.raw, &mut cs) {
+            failure.get_or_insert(format!("node {id}: configuration change {}: {}", e.index, e.msg));
+        }
         if std::env::var("CMQ_SIM_DEBUG").is_ok() {
             eprintln!(
                 "{} ms: node {id} starts: voters {:?}, commit {commit}, log {first}..={last}",
