@@ -230,6 +230,14 @@ fn the_http_port_serves_https_with_the_same_certificate() {
     let _ = s.s.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The console's session cookie is marked Secure over HTTPS.
+    let mut s = TlsRaw::connect(http, &pki, Some(b"http/1.1"));
+    s.s.write_all(b"GET /api/v1/session HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut reply = Vec::new();
+    let _ = s.s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    let cookie = reply.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap_or("");
+    assert!(cookie.contains("cmq_session=") && cookie.ends_with("; Secure"), "{reply}");
     // Plain HTTP on the HTTPS port gets no HTTP answer.
     let mut plain = TcpStream::connect(http).expect("connect");
     plain.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");

@@ -106,7 +106,7 @@ fn session(ctx: &HttpContext, parts: &Parts, body: &Bytes) -> Answer {
                 ctx.console.sessions.remove(&id);
             }
             let mut r = ok(&json!({"signedIn": false}));
-            insert_cookie(&mut r, &set_cookie("", 0));
+            insert_cookie(&mut r, &set_cookie("", 0, ctx.shared.tls.is_some()));
             Ok(r)
         }
         _ => Err(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "GET, POST or DELETE")),
@@ -131,7 +131,7 @@ fn start(ctx: &HttpContext, holder: Holder, ttl: u64) -> Answer {
     let made = ctx.console.sessions.create(holder, Duration::from_secs(ttl), Instant::now());
     let (id, s) = made.map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
     let mut r = ok(&describe(ctx, &s.holder, &s.csrf));
-    insert_cookie(&mut r, &set_cookie(&id, ttl));
+    insert_cookie(&mut r, &set_cookie(&id, ttl, ctx.shared.tls.is_some()));
     Ok(r)
 }
 

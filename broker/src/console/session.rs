@@ -108,8 +108,12 @@ pub fn cookie_id(cookie_header: &str) -> Option<&str> {
 }
 
 /// The `Set-Cookie` value for a session id (`ttl_secs` 0: delete it).
-pub fn set_cookie(id: &str, ttl_secs: u64) -> String {
-    format!("{COOKIE_NAME}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl_secs}")
+/// `secure` (the HTTP port serves HTTPS): the browser sends the cookie over
+/// HTTPS only, never to a plaintext service on another port of the same
+/// host (cookies are not scoped by port).
+pub fn set_cookie(id: &str, ttl_secs: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE_NAME}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl_secs}{secure}")
 }
 
 /// Compares two secrets in time that does not depend on where they differ.
@@ -139,8 +143,9 @@ mod tests {
     fn cookies_and_secrets() {
         assert_eq!(cookie_id("a=1; cmq_session=xyz; b=2"), Some("xyz"));
         assert_eq!(cookie_id("cmq_sessionx=1"), None);
-        let c = set_cookie("xyz", 60);
+        let c = set_cookie("xyz", 60, false);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Max-Age=60"));
+        assert!(!c.contains("Secure") && set_cookie("xyz", 60, true).ends_with("; Secure"));
         assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
         assert!(ttl_secs(Some(0)).is_err() && ttl_secs(Some(SESSION_SECS_MAX + 1)).is_err());
         assert_eq!(ttl_secs(None).expect("default"), SESSION_SECS_DEFAULT);
