@@ -16,14 +16,13 @@
 //! when they fail to converge, before they are killed (to attach gdb, or
 //! take `ss` of their sockets).
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cmq_protocol::names::shard_for;
@@ -31,6 +30,7 @@ use cmq_protocol::*;
 
 use crate::broker::cmqd_path;
 use crate::node_conn::NodeConn;
+use crate::ports::reserve_port;
 use crate::proxy::Proxy;
 use crate::raw::Reply;
 
@@ -50,29 +50,11 @@ const LOG_TAIL_LINES: usize = 40;
 /// The smallest segment cmqd accepts: keeps each node's disk use small.
 const SEGMENT_BYTES: &str = "17825792";
 
-/// Ports handed out by this process, never handed out twice.
-static PORTS_TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
 /// A random number from the standard library's randomly keyed hasher.
 pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());
     h.finish()
-}
-
-/// A free port below the kernel's ephemeral range (32768 and up), so no
-/// outgoing connection takes it while its node is down. Checked by binding.
-fn reserve_port() -> u16 {
-    let mut taken = PORTS_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    let taken = taken.get_or_insert_with(HashSet::new);
-    for _ in 0..10_000 {
-        let port = 20_000 + (random_u64() % 12_000) as u16;
-        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.insert(port);
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000");
 }
 
 /// How to start a cluster.

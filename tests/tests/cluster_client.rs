@@ -41,7 +41,7 @@ impl Cluster {
         std::fs::write(&key, b"cluster-client-test-key-0123456789").expect("key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
         // Reserved by binding and releasing: the peer list is needed up front.
-        let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..3).map(|_| cmq_integration_tests::reserve_port()).collect();
         let nodes = (1..=3u64).map(|id| start_node(dir.path(), &key, id, &peer_ports)).collect();
         let cluster = Cluster { nodes, peer_ports, key, _dir: dir };
         cluster.wait_for_leaders(&[]);
@@ -106,10 +106,6 @@ fn start_node_with(dir: &Path, key: &Path, id: u64, peer_port: u16, peers: &[(u6
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Broker::start_in(&dir.join(format!("node{id}")), &args)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// One queue name per shard: `names[k]` lives on shard k.
@@ -312,7 +308,7 @@ fn a_dead_node_is_replaced_through_the_cli() {
     assert!(voters(&seeds).iter().all(|v| v == &[1, 2]), "{:?}", voters(&seeds));
 
     // A fresh node 4 joins in its place.
-    let port4 = free_port();
+    let port4 = cmq_integration_tests::reserve_port();
     let peers = [(1, cluster.peer_ports[0]), (2, cluster.peer_ports[1])];
     let dir = cluster._dir.path().to_owned();
     cluster.nodes.push(start_node_with(&dir, &cluster.key, 4, port4, &peers));

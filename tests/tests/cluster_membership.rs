@@ -6,7 +6,7 @@
 //!
 //! Real `cmqd` processes on loopback, one shard each (one Raft group).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,6 @@ struct Node {
     id: u64,
     peer_addr: SocketAddr,
     broker: Broker,
-}
-
-/// A free loopback port (bound and released: the node binds it next).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
 }
 
 fn key_file(dir: &Path) -> String {
@@ -72,7 +67,7 @@ fn start_node(root: &Path, id: u64, peer_addr: SocketAddr, peers: &[(u64, Socket
 }
 
 fn start_cluster(root: &Path, key: &str) -> Vec<Node> {
-    let addrs: Vec<(u64, SocketAddr)> = (1..=3).map(|id| (id, free_addr())).collect();
+    let addrs: Vec<(u64, SocketAddr)> = (1..=3).map(|id| (id, cmq_integration_tests::reserve_addr())).collect();
     addrs.iter().map(|(id, a)| start_node(root, *id, *a, &addrs, key, false)).collect()
 }
 
@@ -204,7 +199,7 @@ fn a_joining_node_catches_up_by_snapshot_and_replaces_a_dead_one() {
 
     // Node 4 joins with an empty data directory and no members known.
     let peers: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.peer_addr)).collect();
-    let addr4 = free_addr();
+    let addr4 = cmq_integration_tests::reserve_addr();
     let mut all = peers.clone();
     all.push((4, addr4));
     nodes.push(start_node(tmp.path(), 4, addr4, &all, &key, true));

@@ -264,11 +264,6 @@ fn the_http_port_can_be_turned_off_and_logs_can_be_json() {
     assert!(lines.iter().any(|l| l["msg"].as_str().is_some_and(|m| m.contains("listening on"))));
 }
 
-/// A free loopback port (bound, then released for cmqd to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 #[test]
 fn readyz_waits_for_every_shard_to_have_a_leader_in_a_cluster() {
     use std::os::unix::fs::PermissionsExt;
@@ -277,7 +272,7 @@ fn readyz_waits_for_every_shard_to_have_a_leader_in_a_cluster() {
     std::fs::write(&key, b"readyz-test-cluster-key-0123456789").expect("key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let key = key.to_str().expect("utf-8").to_owned();
-    let ports = [free_port(), free_port()];
+    let ports = [cmq_integration_tests::reserve_port(), cmq_integration_tests::reserve_port()];
     let node = |id: usize| -> Vec<String> {
         let other = 1 - (id - 1);
         [
