@@ -20,7 +20,7 @@ const SEEDS_DEFAULT: u64 = 24;
 /// Where they start by default.
 const FROM_DEFAULT: u64 = 1;
 /// Seeds that once found a bug, named in the commit that fixed it.
-const REGRESSIONS: [u64; 7] = [
+const REGRESSIONS: [u64; 8] = [
     // A joined node lacked a message: a leader's release was gated on the
     // entries applied, not on its turn's open entry that freed the body.
     237,
@@ -38,6 +38,10 @@ const REGRESSIONS: [u64; 7] = [
     // was in a torn tail (its hard state already committed past it).
     1491,
     7002595,
+    // Once sends carried idempotency keys: a follower took its catalog at
+    // its log's end, past entries it had not applied; restarted, it skipped
+    // their keys (and would have skipped their queue-management records).
+    7,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -3,8 +3,8 @@
 //! Every send, batch send, publish and batch publish of this client carries
 //! a key per message (protocol version 3), so [`crate::Client::call`] may
 //! repeat it after a lost answer or a leader change: the broker stores a
-//! key's message once within its dedup window (5 minutes, at most 65,536
-//! keys per queue or topic; see `broker/src/engine/dedup.rs`) and answers a
+//! key's message once within its dedup window (5 minutes, at most 1,048,576
+//! keys per shard; see `broker/src/engine/dedup.rs`) and answers a
 //! repeat with the first message's id.
 //!
 //! A key is 16 bytes drawn from a pseudo-random sequence: SipHash, keyed by

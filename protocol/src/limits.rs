@@ -24,9 +24,9 @@ pub const FRAME_BYTES_MAX: u32 = BATCH_MSGS_MAX as u32 * MSG_BYTES_MAX + FRAME_O
 
 /// Longest idempotency key a send or publish may carry (bytes). A client's
 /// default key is 16 random bytes; 64 leaves room for a UUID in text or a
-/// hash of the sender's own message id, and keeps the broker's dedup
-/// windows small (`IDEMPOTENCY_KEYS_PER_QUEUE_MAX` keys of at most this
-/// size per queue). A longer key is refused with INVALID_PARAMETER. The
+/// hash of the sender's own message id. The broker keeps a 128-bit digest
+/// of each key, whatever its length (`IDEMPOTENCY_KEYS_PER_SHARD_MAX` of
+/// them per shard). A longer key is refused with INVALID_PARAMETER. The
 /// key's length travels in a u8.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
 

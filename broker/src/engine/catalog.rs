@@ -4,7 +4,7 @@
 //! be deleted once no live message needs them either.
 //!
 //! ```text
-//! magic b"cmq-cat\n" | version u32 = 1 | log_pos u64 | next_uid u32 | next_msg_counter u64
+//! magic b"cmq-cat\n" | version u32 = 3 | log_pos u64 | next_uid u32 | next_msg_counter u64
 //! | next_transfer_id u64 | next_redrive u64 | next_sid u32
 //! | count u32 | count × (uid u32, created_ms u64, create_seq u64, modified_ms u64, next_seq u64, attrs, name str16)
 //! | count u32 | count × redrive (id u64, uid u32, rate u32, end_seq u64, total u64, moved u64,
@@ -14,32 +14,39 @@
 //!                            count u16 × subscription (sid u32, created_ms u64, modified_ms u64, name str16,
 //!                            protocol u8, endpoint str16, strategy u8, format u8, [filter tag str16],
 //!                            [binding key str16], dead_letter_queue str16, secret 16 bytes))
-//! | count u32 | count × dedup window (owner u8: 1 queue, 2 topic, uid u32,
-//!                                   count u32 × (key digest u128, msg_id u64, time_ms u64))
+//! | count u32 | count × dedup key (owner u8: 1 queue, 2 topic, uid u32,
+//!                                key digest u128, msg_id u64, time_ms u64)   (the shard's order)
 //! | count u32 | count × key (name str16, secret_id str16, count u16 × secret_key str16, policy str16,
 //!                          created_ms u64, modified_ms u64)          (shard 0 only)
 //! | crc32c u32 of everything before it
 //! ```
 //!
 //! Version 2 added the dedup windows and the keys; a version 1 catalog has
-//! neither and is still read. The dedup windows (`dedup.rs`: each queue's
-//! and topic's recent idempotency keys, oldest first) hold the keys of the
-//! `Enqueued` and `Published` records before `log_pos`, so the segments
-//! holding those records can go and a snapshot carries the windows to a
-//! follower.
+//! neither and is still read. The dedup keys (`dedup.rs`: every queue's
+//! and topic's recent idempotency keys, in the shard's order, oldest
+//! first) are the keys of the `Enqueued` and `Published` records before
+//! `log_pos`, so the segments holding those records can go and a snapshot
+//! carries the windows to a follower in the order that decides which key
+//! goes next. Version 3 made that one list in the shard's order; version 2
+//! had one list per window (count u32 × (owner u8, uid u32, count u32 ×
+//! (key u128, msg_id u64, time_ms u64)), each oldest first), read back by
+//! merging them by time (the order within one millisecond across windows
+//! is not recorded there: replicas that upgrade from version 2 catalogs
+//! may evict same-millisecond keys in different orders until those expire).
 
 use cmq_protocol::auth::KEYS_MAX;
 use cmq_protocol::limits::NAME_CHARS_MAX;
 use cmq_protocol::{DecodeError, QueueAttributes, RedriveState};
 
 use crate::engine::codec::{get_list32, put_list32, LogReader, LogValue, Out, TooLong};
-use crate::engine::dedup::{KeyDigest, Seen, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
+pub use crate::engine::dedup::DedupOwner;
+use crate::engine::dedup::{KeyDigest, Seen, IDEMPOTENCY_KEYS_PER_SHARD_MAX};
 use crate::engine::keys::KeyDef;
 use crate::engine::record::SubscriptionDef;
 use crate::log_struct;
 
 const MAGIC: &[u8; 8] = b"cmq-cat\n";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// The oldest catalog version this build reads (1: no keys section).
 const VERSION_MIN: u32 = 1;
@@ -113,13 +120,6 @@ log_struct! {
     }
 }
 
-/// Whose dedup window an entry list is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DedupOwner {
-    Queue = 1,
-    Topic = 2,
-}
-
 /// One byte: 1 a queue, 2 a topic.
 impl LogValue for DedupOwner {
     const MIN_BYTES: usize = 1;
@@ -150,12 +150,38 @@ impl LogValue for Seen {
 }
 
 log_struct! {
-    /// One queue's or topic's dedup window, oldest entry first.
+    /// One key of a queue's or topic's dedup window.
     pub struct CatalogDedup {
         pub owner: DedupOwner,
         pub uid: u32,
-        pub entries: Vec<(KeyDigest, Seen)> = list32(IDEMPOTENCY_KEYS_PER_QUEUE_MAX),
+        pub key: KeyDigest,
+        pub seen: Seen,
     }
+}
+
+/// A version 2 catalog's keys per window (the limit of that time).
+const V2_KEYS_PER_WINDOW_MAX: usize = 65_536;
+
+log_struct! {
+    /// One queue's or topic's dedup window in a version 2 catalog, oldest first.
+    pub struct CatalogDedupV2 {
+        pub owner: DedupOwner,
+        pub uid: u32,
+        pub entries: Vec<(KeyDigest, Seen)> = list32(V2_KEYS_PER_WINDOW_MAX),
+    }
+}
+
+/// A version 2 catalog's windows as one list: merged by time, each
+/// window's keys in their order (a stable sort).
+fn merge_v2_windows(windows: Vec<CatalogDedupV2>) -> Vec<CatalogDedup> {
+    let mut keys: Vec<CatalogDedup> = windows
+        .into_iter()
+        .flat_map(|w| {
+            w.entries.into_iter().map(move |(key, seen)| CatalogDedup { owner: w.owner, uid: w.uid, key, seen })
+        })
+        .collect();
+    keys.sort_by_key(|k| k.seen.time_ms);
+    keys
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -170,7 +196,7 @@ pub struct Catalog {
     pub queues: Vec<CatalogQueue>,
     pub redrives: Vec<CatalogRedrive>,
     pub topics: Vec<CatalogTopic>,
-    /// Windows that hold at least one key, by (owner, uid).
+    /// The dedup windows' keys, in the shard's order, oldest first.
     pub dedup: Vec<CatalogDedup>,
     /// Authentication keys (shard 0), in name order.
     pub keys: Vec<KeyDef>,
@@ -202,7 +228,7 @@ impl Catalog {
         put_list32(out, &self.queues, "queues")?;
         put_list32(out, &self.redrives, "redrives")?;
         put_list32(out, &self.topics, "topics")?;
-        put_list32(out, &self.dedup, "dedup windows")?;
+        put_list32(out, &self.dedup, "dedup keys")?;
         put_list32(out, &self.keys, "keys")
     }
 
@@ -240,8 +266,12 @@ impl Catalog {
             keys: Vec::new(),
         };
         // Version 1 ends here: no dedup windows, no keys.
+        if version == 2 {
+            c.dedup = merge_v2_windows(get_list32(r, "dedup windows", 2 * queues_max)?);
+        } else if version >= 3 {
+            c.dedup = get_list32(r, "dedup keys", IDEMPOTENCY_KEYS_PER_SHARD_MAX)?;
+        }
         if version >= 2 {
-            c.dedup = get_list32(r, "dedup windows", 2 * queues_max)?;
             c.keys = get_list32(r, "keys", KEYS_MAX)?;
         }
         r.finish()?;
@@ -312,14 +342,20 @@ mod tests {
                     },
                 }],
             }],
-            dedup: vec![CatalogDedup {
-                owner: DedupOwner::Queue,
-                uid: 3,
-                entries: vec![
-                    (crate::engine::dedup::digest(b"k1"), Seen { msg_id: 40, time_ms: 9 }),
-                    (u128::MAX, Seen { msg_id: 41, time_ms: 10 }),
-                ],
-            }],
+            dedup: vec![
+                CatalogDedup {
+                    owner: DedupOwner::Queue,
+                    uid: 3,
+                    key: crate::engine::dedup::digest(b"k1"),
+                    seen: Seen { msg_id: 40, time_ms: 9 },
+                },
+                CatalogDedup {
+                    owner: DedupOwner::Topic,
+                    uid: 5,
+                    key: u128::MAX,
+                    seen: Seen { msg_id: 41, time_ms: 10 },
+                },
+            ],
             queues: vec![CatalogQueue {
                 uid: 3,
                 name: "orders".into(),

@@ -1,4 +1,4 @@
-//! Idempotent sends: the recent idempotency keys of one queue or topic.
+//! Idempotent sends: the recent idempotency keys of a shard's queues and topics.
 //!
 //! A send or publish may carry a key the client chose (protocol version 3).
 //! The first message stored under a key is remembered here with its id and
@@ -7,16 +7,21 @@
 //! answer to a send (its connection died, the leader changed) can repeat it
 //! and the message is stored once.
 //!
-//! An entry lasts [`DEDUP_WINDOW_MS`] after its message was stored, and at
-//! most [`IDEMPOTENCY_KEYS_PER_QUEUE_MAX`] keys are kept per queue or topic:
-//! a new key evicts the oldest past that count. Both bounds are decided by
-//! the times carried in the log records (the stored entry's time and the
-//! new record's time), never by a clock read while applying, and entries
-//! are kept in log order (a `VecDeque`, never a hash map's order), so every
-//! replica that applies the same records holds the same window, and so does
-//! a node that replays its log after a crash. Lookups never change the
-//! window: a leader answering a duplicate logs nothing, and its followers
-//! hold the same state.
+//! Each queue and topic has a [`DedupWindow`] (its keys, for lookups); the
+//! shard has one [`DedupOrder`]: every key of every window in the order its
+//! record was applied. An entry lasts [`DEDUP_WINDOW_MS`] after its message
+//! was stored, and the shard keeps at most
+//! [`IDEMPOTENCY_KEYS_PER_SHARD_MAX`] keys in all: a new key evicts the
+//! shard's oldest past that count, whichever queue holds it. So memory is
+//! bounded per shard however many queues there are, and a busy queue may
+//! use what quiet ones leave. Both bounds are decided by the times carried
+//! in the log records (the stored entry's time and the new record's time),
+//! never by a clock read while applying, and the order is the apply order
+//! (a `VecDeque`, never a hash map's order), so every replica that applies
+//! the same records holds the same keys, and so does a node that replays
+//! its log after a crash; a catalog stores the keys in that order.
+//! Lookups never change a window: a leader answering a duplicate logs
+//! nothing, and its followers hold the same state.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -31,12 +36,21 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 /// a lost send within its retry deadline (10 s by default), far inside.
 pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
 
-/// Keys remembered per queue (or topic). Under sustained keyed load the
-/// window covers the last this-many messages when that is shorter than
-/// `DEDUP_WINDOW_MS`: 65,536 keys are 0.65 s of one queue at 100,000
-/// messages/s, 65 s at 1,000/s. Memory: about 64 bytes per key (4 MiB per
-/// queue at the limit); the catalog stores each in 32 bytes.
-pub const IDEMPOTENCY_KEYS_PER_QUEUE_MAX: usize = 65_536;
+/// Keys remembered per shard, over all its queues and topics. Under
+/// sustained keyed load the window covers the shard's last this-many keyed
+/// messages when that is shorter than `DEDUP_WINDOW_MS`: 10 s at 100,000
+/// keyed messages/s on one shard, 17 minutes at 1,000/s. Memory: about 80
+/// bytes per key (a map entry in its queue's window, an entry in the
+/// shard's order), so at most about 80 MiB per shard; the catalog stores
+/// each key in 37 bytes.
+pub const IDEMPOTENCY_KEYS_PER_SHARD_MAX: usize = 1 << 20;
+
+/// Entries of the order whose key has left its window (its queue was
+/// deleted, or the key was stored again later) that may accumulate before
+/// the order is swept: at least this many, and at least as many as there
+/// are live keys, so a sweep (one pass over the order) costs O(1) per
+/// entry it removes and the order holds at most twice the live keys.
+const STALE_ENTRIES_SLACK: usize = 1024;
 
 /// A key as the window holds it: its 128-bit SipHash-1-3 under fixed keys.
 /// Fixed-size and inline, so the window allocates nothing per key and a
@@ -115,26 +129,31 @@ pub struct Seen {
     pub time_ms: u64,
 }
 
-/// The keys of one queue or topic, oldest first.
-#[derive(Debug, Clone, Default)]
-pub struct DedupWindow {
-    by_key: HashMap<KeyDigest, Seen, DigestState>,
-    /// The same keys with their times, in the order their records were
-    /// applied (the time here spares a map lookup when evicting).
-    order: VecDeque<(KeyDigest, u64)>,
+/// Whose window a key is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DedupOwner {
+    Queue = 1,
+    Topic = 2,
 }
 
 fn expired(time_ms: u64, now_ms: u64) -> bool {
     time_ms.saturating_add(DEDUP_WINDOW_MS) <= now_ms
 }
 
+/// The keys of one queue or topic. Which of them go, and when, is the
+/// shard's [`DedupOrder`]'s business.
+#[derive(Debug, Clone, Default)]
+pub struct DedupWindow {
+    by_key: HashMap<KeyDigest, Seen, DigestState>,
+}
+
 impl DedupWindow {
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.by_key.is_empty()
     }
 
     /// The id stored under the key with digest `key`, if its entry is
@@ -143,43 +162,157 @@ impl DedupWindow {
         self.by_key.get(&key).filter(|s| !expired(s.time_ms, now_ms)).map(|s| s.msg_id)
     }
 
-    /// Remembers that `msg_id` was stored under `key` at `time_ms` (the
-    /// record's time), first dropping entries that expired by then from
-    /// the front and the oldest beyond the count limit. A key already
-    /// present (an expired entry still held) moves to the back with its
-    /// new message.
-    pub fn insert(&mut self, key: KeyDigest, msg_id: u64, time_ms: u64) {
-        while let Some(&(front, t)) = self.order.front() {
-            if !expired(t, time_ms) && self.order.len() < IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
-                break;
-            }
-            self.order.pop_front();
-            self.by_key.remove(&front);
-        }
-        // One probe of the map for the common case, a new key; a key still
-        // held (rare: its entry expired but is not at the front) leaves its
-        // old place in the order.
-        if self.by_key.insert(key, Seen { msg_id, time_ms }).is_some() {
-            if let Some(at) = self.order.iter().position(|(k, _)| *k == key) {
-                self.order.remove(at);
-            }
-        }
-        self.order.push_back((key, time_ms));
+    /// The entry held for `key`, expired or not.
+    pub fn get(&self, key: KeyDigest) -> Option<Seen> {
+        self.by_key.get(&key).copied()
+    }
+}
+
+/// One key in the shard's order: whose window holds it, and the time of
+/// the entry it was stored with (the key is only 8-byte aligned, so an
+/// entry is 32 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderEntry {
+    pub owner: DedupOwner,
+    pub uid: u32,
+    key: [u64; 2],
+    pub time_ms: u64,
+}
+
+impl OrderEntry {
+    fn new(owner: DedupOwner, uid: u32, key: KeyDigest, time_ms: u64) -> OrderEntry {
+        OrderEntry { owner, uid, key: [key as u64, (key >> 64) as u64], time_ms }
     }
 
-    /// Every entry, oldest first (for the catalog).
-    pub fn entries(&self) -> impl Iterator<Item = (KeyDigest, Seen)> + '_ {
-        self.order.iter().filter_map(|(k, _)| self.by_key.get(k).map(|s| (*k, *s)))
+    pub fn key(&self) -> KeyDigest {
+        u128::from(self.key[0]) | (u128::from(self.key[1]) << 64)
+    }
+}
+
+/// Where the order finds the windows: the shard's queues and topics.
+pub trait Windows {
+    fn window(&self, owner: DedupOwner, uid: u32) -> Option<&DedupWindow>;
+}
+
+/// [`Windows`] that the order may change.
+pub trait WindowsMut: Windows {
+    fn window_mut(&mut self, owner: DedupOwner, uid: u32) -> Option<&mut DedupWindow>;
+}
+
+/// Every key of a shard's windows, in the order their records were
+/// applied. An entry is *live* while its window still holds its key with
+/// its time; the others (stale) are skipped and swept, so what the order
+/// decides depends only on the live entries, which a catalog carries.
+#[derive(Debug, Clone)]
+pub struct DedupOrder {
+    order: VecDeque<OrderEntry>,
+    /// Live entries: the keys held by all the shard's windows together.
+    live: usize,
+    /// [`IDEMPOTENCY_KEYS_PER_SHARD_MAX`]; smaller only in the simulator
+    /// and tests that drive a whole engine to the limit.
+    cap: usize,
+}
+
+impl Default for DedupOrder {
+    fn default() -> DedupOrder {
+        DedupOrder { order: VecDeque::new(), live: 0, cap: IDEMPOTENCY_KEYS_PER_SHARD_MAX }
+    }
+}
+
+impl DedupOrder {
+    /// An order that keeps at most `cap` keys: for the simulator and tests
+    /// that drive a whole engine past the limit (the limit itself is
+    /// tested here at its real value). cmqd always uses
+    /// [`IDEMPOTENCY_KEYS_PER_SHARD_MAX`]: every replica must use the same.
+    pub fn with_cap(cap: usize) -> DedupOrder {
+        DedupOrder { cap, ..DedupOrder::default() }
+    }
+
+    /// The most keys this order keeps.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Keys held by the shard's windows.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn is_live(windows: &impl Windows, e: &OrderEntry) -> bool {
+        windows.window(e.owner, e.uid).and_then(|w| w.get(e.key())).is_some_and(|s| s.time_ms == e.time_ms)
+    }
+
+    /// Remembers that `msg_id` was stored under `key` in `owner`'s window
+    /// at `time_ms` (the record's time), first dropping entries that
+    /// expired by then from the front and the oldest beyond the count
+    /// limit. A key its window still holds (expired, not yet dropped) gets
+    /// the new message, and its place at the back.
+    pub fn insert(&mut self, windows: &mut impl WindowsMut, owner: DedupOwner, uid: u32, key: KeyDigest, seen: Seen) {
+        self.make_room(windows, seen.time_ms);
+        let Some(window) = windows.window_mut(owner, uid) else { return };
+        if window.by_key.insert(key, seen).is_none() {
+            self.live += 1;
+        }
+        self.order.push_back(OrderEntry::new(owner, uid, key, seen.time_ms));
+        self.sweep_if_stale(windows);
+    }
+
+    /// Drops stale entries from the front, then live ones that expired by
+    /// `now_ms` or leave room for one more key under the limit.
+    fn make_room(&mut self, windows: &mut impl WindowsMut, now_ms: u64) {
+        while let Some(front) = self.order.front().copied() {
+            if Self::is_live(windows, &front) {
+                if !expired(front.time_ms, now_ms) && self.live < self.cap {
+                    break;
+                }
+                if let Some(w) = windows.window_mut(front.owner, front.uid) {
+                    w.by_key.remove(&front.key());
+                }
+                self.live -= 1;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    fn sweep_if_stale(&mut self, windows: &impl Windows) {
+        let stale = self.order.len() - self.live;
+        if stale > self.live.max(STALE_ENTRIES_SLACK) {
+            self.order.retain(|e| Self::is_live(windows, e));
+        }
+    }
+
+    /// A window holding `keys` keys is gone (its queue or topic was
+    /// deleted); its entries in the order are stale from now on.
+    pub fn window_dropped(&mut self, keys: usize) {
+        self.live -= keys.min(self.live);
+    }
+
+    /// Every live entry with what its window holds, oldest first (for the
+    /// catalog and the replica digest).
+    pub fn entries<'w>(&'w self, windows: &'w impl Windows) -> impl Iterator<Item = (OrderEntry, Seen)> + 'w {
+        self.order.iter().filter_map(|e| {
+            let seen = windows.window(e.owner, e.uid)?.get(e.key())?;
+            (seen.time_ms == e.time_ms).then_some((*e, seen))
+        })
     }
 
     /// Puts back an entry read from a catalog, after the ones restored
-    /// before it, evicting nothing: the catalog holds a window as it was.
-    pub fn restore(&mut self, key: KeyDigest, seen: Seen) {
-        if self.by_key.contains_key(&key) || self.order.len() >= IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
+    /// before it, evicting nothing: the catalog holds the keys as they were.
+    pub fn restore(&mut self, windows: &mut impl WindowsMut, owner: DedupOwner, uid: u32, key: KeyDigest, seen: Seen) {
+        if self.live >= self.cap {
             return;
         }
-        self.by_key.insert(key, seen);
-        self.order.push_back((key, seen.time_ms));
+        let Some(window) = windows.window_mut(owner, uid) else { return };
+        if window.by_key.contains_key(&key) {
+            return;
+        }
+        window.by_key.insert(key, seen);
+        self.live += 1;
+        self.order.push_back(OrderEntry::new(owner, uid, key, seen.time_ms));
     }
 }
 
@@ -259,10 +392,17 @@ pub fn answer(fates: &[KeyFate], count: usize, first_msg_id: u64) -> Vec<u64> {
 }
 
 /// Puts the keys of a batch stored from `first_msg_id` at `time_ms` into
-/// `window` (empty keys: none).
-pub fn remember(window: &mut DedupWindow, keys: &[Bytes], first_msg_id: u64, time_ms: u64) {
+/// `owner`'s window (empty keys: none).
+pub fn remember(
+    order: &mut DedupOrder,
+    windows: &mut impl WindowsMut,
+    (owner, uid): (DedupOwner, u32),
+    keys: &[Bytes],
+    first_msg_id: u64,
+    time_ms: u64,
+) {
     for (i, key) in keys.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
-        window.insert(digest(key), first_msg_id + i as u64, time_ms);
+        order.insert(windows, owner, uid, digest(key), Seen { msg_id: first_msg_id + i as u64, time_ms });
     }
 }
 
@@ -292,76 +432,180 @@ mod tests {
         assert_ne!(digest(b"a"), digest(b"b"));
     }
 
+    /// Two queues' windows and a topic's, as the engine's maps hold them.
+    #[derive(Default)]
+    struct Shard {
+        windows: std::collections::BTreeMap<(DedupOwner, u32), DedupWindow>,
+        order: DedupOrder,
+    }
+
+    const Q1: (DedupOwner, u32) = (DedupOwner::Queue, 1);
+    const Q2: (DedupOwner, u32) = (DedupOwner::Queue, 2);
+    const T1: (DedupOwner, u32) = (DedupOwner::Topic, 1);
+
+    struct Ws<'a>(&'a mut std::collections::BTreeMap<(DedupOwner, u32), DedupWindow>);
+
+    impl Windows for Ws<'_> {
+        fn window(&self, owner: DedupOwner, uid: u32) -> Option<&DedupWindow> {
+            self.0.get(&(owner, uid))
+        }
+    }
+
+    impl WindowsMut for Ws<'_> {
+        fn window_mut(&mut self, owner: DedupOwner, uid: u32) -> Option<&mut DedupWindow> {
+            self.0.get_mut(&(owner, uid))
+        }
+    }
+
+    impl Shard {
+        fn new() -> Shard {
+            let mut s = Shard::default();
+            for w in [Q1, Q2, T1] {
+                s.windows.insert(w, DedupWindow::default());
+            }
+            s
+        }
+        fn insert(&mut self, (owner, uid): (DedupOwner, u32), key: KeyDigest, msg_id: u64, time_ms: u64) {
+            self.order.insert(&mut Ws(&mut self.windows), owner, uid, key, Seen { msg_id, time_ms });
+        }
+        fn lookup(&self, w: (DedupOwner, u32), key: KeyDigest, now_ms: u64) -> Option<u64> {
+            self.windows[&w].lookup(key, now_ms)
+        }
+        fn entries(&mut self) -> Vec<(DedupOwner, u32, KeyDigest, u64, u64)> {
+            let ws = Ws(&mut self.windows);
+            self.order.entries(&ws).map(|(e, s)| (e.owner, e.uid, e.key(), s.msg_id, s.time_ms)).collect()
+        }
+        fn keys(&mut self) -> Vec<KeyDigest> {
+            self.entries().into_iter().map(|e| e.2).collect()
+        }
+        fn drop_window(&mut self, w: (DedupOwner, u32)) {
+            let gone = self.windows.remove(&w).expect("a window");
+            self.order.window_dropped(gone.len());
+        }
+        /// The live count agrees with the windows, and the order holds at
+        /// most the documented share of stale entries.
+        fn check(&self) {
+            assert_eq!(self.order.len(), self.windows.values().map(DedupWindow::len).sum::<usize>());
+            assert!(self.order.order.len() <= 2 * self.order.len() + STALE_ENTRIES_SLACK + 1);
+        }
+    }
+
     #[test]
     fn a_key_deduplicates_until_the_window_ends() {
-        let mut w = DedupWindow::default();
-        w.insert(k("k"), 7, 1000);
-        assert_eq!(w.lookup(k("k"), 1000), Some(7));
-        assert_eq!(w.lookup(k("k"), 1000 + DEDUP_WINDOW_MS - 1), Some(7));
-        assert_eq!(w.lookup(k("k"), 1000 + DEDUP_WINDOW_MS), None, "the window is half-open");
-        assert_eq!(w.lookup(k("other"), 1000), None);
+        let mut s = Shard::new();
+        s.insert(Q1, k("k"), 7, 1000);
+        assert_eq!(s.lookup(Q1, k("k"), 1000), Some(7));
+        assert_eq!(s.lookup(Q1, k("k"), 1000 + DEDUP_WINDOW_MS - 1), Some(7));
+        assert_eq!(s.lookup(Q1, k("k"), 1000 + DEDUP_WINDOW_MS), None, "the window is half-open");
+        assert_eq!(s.lookup(Q1, k("other"), 1000), None);
+        assert_eq!(s.lookup(Q2, k("k"), 1000), None, "another queue's window");
     }
 
     #[test]
-    fn expired_entries_leave_when_a_later_record_arrives() {
-        let mut w = DedupWindow::default();
-        w.insert(k("a"), 1, 0);
-        w.insert(k("b"), 2, 10);
-        w.insert(k("c"), 3, DEDUP_WINDOW_MS);
+    fn expired_entries_leave_when_a_later_record_arrives_in_any_window() {
+        let mut s = Shard::new();
+        s.insert(Q1, k("a"), 1, 0);
+        s.insert(T1, k("b"), 2, 10);
+        s.insert(Q2, k("c"), 3, DEDUP_WINDOW_MS);
         // "a" expired exactly at the new record's time; "b" has 10 ms left.
-        assert_eq!(w.entries().map(|(d, _)| d).collect::<Vec<_>>(), [k("b"), k("c")]);
+        assert_eq!(s.keys(), [k("b"), k("c")]);
+        assert!(s.windows[&Q1].is_empty());
+        s.check();
     }
 
     #[test]
-    fn the_oldest_key_is_evicted_at_the_count_limit() {
-        let mut w = DedupWindow::default();
-        for i in 0..IDEMPOTENCY_KEYS_PER_QUEUE_MAX as u64 {
-            w.insert(key(i), i, 5);
+    fn the_shards_oldest_key_is_evicted_at_the_count_limit_whichever_window_holds_it() {
+        let mut s = Shard::new();
+        s.insert(Q2, k("cold"), 1, 5);
+        for i in 1..IDEMPOTENCY_KEYS_PER_SHARD_MAX as u64 {
+            s.insert(Q1, key(i), i, 5);
         }
-        assert_eq!(w.len(), IDEMPOTENCY_KEYS_PER_QUEUE_MAX);
-        assert_eq!(w.lookup(key(0), 5), Some(0), "at the limit nothing is evicted yet");
-        w.insert(key(u64::MAX), 99, 5);
-        assert_eq!(w.len(), IDEMPOTENCY_KEYS_PER_QUEUE_MAX);
-        assert_eq!(w.lookup(key(0), 5), None, "one past the limit evicts the oldest");
-        assert_eq!(w.lookup(key(1), 5), Some(1));
-        assert_eq!(w.lookup(key(u64::MAX), 5), Some(99));
+        assert_eq!(s.order.len(), IDEMPOTENCY_KEYS_PER_SHARD_MAX);
+        assert_eq!(s.lookup(Q2, k("cold"), 5), Some(1), "at the limit nothing is evicted yet");
+        s.insert(T1, key(u64::MAX), 99, 5);
+        assert_eq!(s.order.len(), IDEMPOTENCY_KEYS_PER_SHARD_MAX);
+        assert_eq!(s.lookup(Q2, k("cold"), 5), None, "one past the limit evicts the shard's oldest");
+        assert_eq!(s.lookup(Q1, key(1), 5), Some(1));
+        assert_eq!(s.lookup(T1, key(u64::MAX), 5), Some(99));
+        s.check();
     }
 
     #[test]
     fn a_reused_expired_key_moves_to_the_back() {
-        let mut w = DedupWindow::default();
-        w.insert(k("a"), 1, 0);
-        w.insert(k("b"), 2, 1);
-        w.insert(k("a"), 3, DEDUP_WINDOW_MS + 5);
-        assert_eq!(w.lookup(k("a"), DEDUP_WINDOW_MS + 5), Some(3));
-        assert_eq!(w.len(), 1, "b expired too");
-        let order: Vec<_> = w.entries().map(|(d, s)| (d, s.msg_id)).collect();
-        assert_eq!(order, [(k("a"), 3)]);
+        let mut s = Shard::new();
+        s.insert(Q1, k("a"), 1, 0);
+        s.insert(Q1, k("b"), 2, 1);
+        s.insert(Q1, k("a"), 3, DEDUP_WINDOW_MS + 5);
+        assert_eq!(s.lookup(Q1, k("a"), DEDUP_WINDOW_MS + 5), Some(3));
+        assert_eq!(s.order.len(), 1, "b expired too");
+        assert_eq!(s.entries(), [(Q1.0, Q1.1, k("a"), 3, DEDUP_WINDOW_MS + 5)]);
+        s.check();
     }
 
     #[test]
-    fn restore_rebuilds_the_same_window() {
-        let mut w = DedupWindow::default();
-        for i in 0..100u64 {
-            w.insert(key(i % 40), i, i * 10_000);
+    fn a_key_held_past_its_window_behind_a_younger_one_gets_its_new_place() {
+        // Record times need not grow (a new leader's clock may be behind):
+        // "a" expires while "b", younger, blocks the front.
+        let mut s = Shard::new();
+        s.insert(Q1, k("b"), 1, DEDUP_WINDOW_MS);
+        s.insert(Q1, k("a"), 2, 0);
+        s.insert(Q1, k("a"), 3, DEDUP_WINDOW_MS + 1);
+        assert_eq!(
+            s.entries(),
+            [(Q1.0, Q1.1, k("b"), 1, DEDUP_WINDOW_MS), (Q1.0, Q1.1, k("a"), 3, DEDUP_WINDOW_MS + 1)]
+        );
+        s.check();
+    }
+
+    #[test]
+    fn a_deleted_window_frees_its_share_and_its_entries_are_swept() {
+        let mut s = Shard::new();
+        for i in 0..3 * STALE_ENTRIES_SLACK as u64 {
+            s.insert(Q2, key(i), i, 5);
         }
-        let mut back = DedupWindow::default();
-        for (d, s) in w.entries() {
-            back.restore(d, s);
+        s.insert(Q1, k("kept"), 1, 5);
+        s.drop_window(Q2);
+        assert_eq!(s.order.len(), 1);
+        for i in 0..(STALE_ENTRIES_SLACK as u64 + 2) {
+            s.insert(Q1, key(1_000_000 + i), i, 6);
+            s.check();
         }
-        assert_eq!(w.entries().collect::<Vec<_>>(), back.entries().collect::<Vec<_>>());
+        assert!(s.order.order.len() < 3 * STALE_ENTRIES_SLACK, "swept: {}", s.order.order.len());
+        assert_eq!(s.lookup(Q1, k("kept"), 6), Some(1));
+        assert_eq!(s.keys()[0], k("kept"), "sweeping keeps the order");
+    }
+
+    #[test]
+    fn restore_rebuilds_the_same_order() {
+        let mut s = Shard::new();
+        for i in 0..300u64 {
+            let w = [Q1, Q2, T1][(i % 3) as usize];
+            s.insert(w, key(i % 40), i, (i % 7) * 50_000 + i * 1_000);
+        }
+        s.drop_window(T1);
+        let mut back = Shard::new();
+        back.drop_window(T1);
+        for (owner, uid, d, msg_id, time_ms) in s.entries() {
+            back.order.restore(&mut Ws(&mut back.windows), owner, uid, d, Seen { msg_id, time_ms });
+        }
+        assert_eq!(s.entries(), back.entries());
         // And both evolve alike.
-        w.insert(k("new"), 1, 10_000_000);
-        back.insert(k("new"), 1, 10_000_000);
-        assert_eq!(w.entries().collect::<Vec<_>>(), back.entries().collect::<Vec<_>>());
+        for (i, w) in [Q1, Q2, Q1].into_iter().enumerate() {
+            s.insert(w, k("new"), i as u64, 400_000);
+            back.insert(w, k("new"), i as u64, 400_000);
+        }
+        assert_eq!(s.entries(), back.entries());
+        s.check();
+        back.check();
     }
 
     #[test]
     fn a_batch_stores_each_new_key_once() {
-        let mut w = DedupWindow::default();
-        w.insert(k("old"), 500, 0);
+        let mut s = Shard::new();
+        s.insert(Q1, k("old"), 500, 0);
+        let w = &s.windows[&Q1];
         let keys: Vec<Bytes> = ["a", "old", "", "a", "b", ""].iter().map(|s| Bytes::from(s.as_bytes())).collect();
-        let fates = plan(&w, &keys, keys.len(), 1);
+        let fates = plan(w, &keys, keys.len(), 1);
         assert_eq!(
             fates,
             [
@@ -375,8 +619,8 @@ mod tests {
         );
         assert_eq!(answer(&fates, fates.len(), 10), [10, 500, 11, 10, 12, 13]);
         // No keys at all (or only empty ones): everything is stored.
-        assert!(plan(&w, &[], 2, 1).is_empty());
-        assert!(plan(&w, &[Bytes::new(), Bytes::new()], 2, 1).is_empty());
+        assert!(plan(w, &[], 2, 1).is_empty());
+        assert!(plan(w, &[Bytes::new(), Bytes::new()], 2, 1).is_empty());
         assert_eq!(answer(&[], 3, 7), [7, 8, 9]);
     }
 }

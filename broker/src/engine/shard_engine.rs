@@ -39,6 +39,7 @@ use schedule::Schedule;
 
 mod counters;
 mod dead_letter;
+mod dedup_windows;
 mod digest;
 mod exchange;
 mod inspection;
@@ -186,6 +187,9 @@ pub struct ShardEngine {
     waiter_deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     next_waiter_id: u64,
     to_serve: Vec<u32>,
+    /// Every idempotency key of the queues' and topics' windows, in the
+    /// order applied: what goes when (`engine/dedup.rs`).
+    dedup_order: dedup::DedupOrder,
 }
 
 impl ShardEngine {
@@ -208,6 +212,7 @@ impl ShardEngine {
             waiter_deadlines: BinaryHeap::new(),
             next_waiter_id: 1,
             to_serve: Vec::new(),
+            dedup_order: Default::default(),
         }
     }
 
@@ -221,6 +226,7 @@ impl ShardEngine {
         // Shard 0 republishes its keys when their version moves: a replaced
         // engine (rebuild, snapshot) must never look unchanged to it.
         e.keys_store.start_after(self.keys_store.version());
+        e.dedup_order = dedup::DedupOrder::with_cap(self.dedup_order.cap());
         e
     }
 
@@ -369,6 +375,7 @@ impl ShardEngine {
         let Some(q) = self.queues.remove(&uid) else {
             return Vec::new();
         };
+        self.dedup_order.window_dropped(q.dedup.len());
         self.by_name.remove(&q.name);
         for r in self.redrives.values_mut().filter(|r| r.uid == uid) {
             r.state = cmq_protocol::RedriveState::Cancelled;
@@ -546,7 +553,6 @@ impl ShardEngine {
         let Some(q) = self.queues.get_mut(&uid) else {
             return;
         };
-        dedup::remember(&mut q.dedup, keys, first_msg_id, enqueue_ms);
         q.apply_enqueued(
             first_seq,
             first_msg_id,
@@ -558,6 +564,7 @@ impl ShardEngine {
             }),
         );
         let counter = (first_msg_id & ((1 << MSG_ID_SHARD_SHIFT) - 1)) + n;
+        self.remember_keys((dedup::DedupOwner::Queue, uid), keys, first_msg_id, enqueue_ms);
         self.counters.next_msg_counter = self.counters.next_msg_counter.max(counter);
         if visible_at_ms > enqueue_ms {
             self.register_wakeup(uid);

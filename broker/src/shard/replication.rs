@@ -207,7 +207,9 @@ impl Shard {
         }
         // No entry is half built now: a catalog due may be taken, and
         // membership changes proposed.
-        self.log.capture_catalog(&self.engine, r.replica.applied());
+        let applied = r.replica.applied();
+        let applied_end = r.replica.store().index.end_pos(applied);
+        self.log.capture_catalog(&self.engine, applied, applied_end);
         let oldest_end = self.log.oldest_segment_end();
         if let Err(e) = crate::consensus::release::keep_state_records(&mut r.replica, self.log.entries(), oldest_end) {
             // Retried at the next turn; meanwhile the old records stay.

@@ -639,15 +639,20 @@ impl ShardLog {
     }
 
     /// In a group, after the turn's entry is proposed: takes a catalog that
-    /// `housekeep` found due; it reflects the entries up to `applied` and is
-    /// written once they are committed (`set_committed_index`).
-    pub fn capture_catalog(&mut self, engine: &ShardEngine, applied: u64) {
+    /// `housekeep` found due; it reflects the entries up to `applied`, which
+    /// ends at log position `applied_end`, and is written once they are
+    /// committed (`set_committed_index`). Its position is `applied_end`, not
+    /// the log's end: a follower's log holds entries appended but not
+    /// applied yet, and a catalog claiming them made a restart skip their
+    /// queue-management records and idempotency keys (the simulator's seed
+    /// 7, once its sends carried keys).
+    pub fn capture_catalog(&mut self, engine: &ShardEngine, applied: u64, applied_end: u64) {
         if engine.catalog_pending() {
             // A snapshot's catalog is ahead of what is applied: wait.
             return;
         }
         if let CatalogWrite::Due { live } = self.catalog_write {
-            let pos = self.wal().end().0;
+            let pos = applied_end.min(self.wal().end().0);
             self.catalog_write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: applied };
         }
     }

@@ -178,13 +178,16 @@ impl Disk {
         self.releases += u64::from(first > before);
     }
 
-    /// After the turn's entry is proposed: takes a catalog found due.
-    pub fn capture(&mut self, engine: &ShardEngine, applied: u64, head: u64) {
+    /// After the turn's entry is proposed: takes a catalog found due, at
+    /// `applied_end`, where entry `applied` ends (`shard/storage.rs`:
+    /// `capture_catalog`).
+    pub fn capture(&mut self, engine: &ShardEngine, applied: u64, applied_end: u64) {
         if engine.catalog_pending() {
             return;
         }
         if let CatalogWrite::Due { live } = self.write {
-            self.write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(head)), live, gate: applied };
+            let pos = applied_end;
+            self.write = CatalogWrite::Ready { catalog: Box::new(engine.catalog(pos)), live, gate: applied };
         }
     }
 

@@ -193,7 +193,7 @@ impl Node {
             up: false,
             log: EntryLog::new(SimLog::default(), true),
             disk: Disk::default(),
-            engine: ShardEngine::new(engine_config()),
+            engine: new_engine(),
             replica: None,
             held: Vec::new(),
             inbox: Vec::new(),
@@ -276,8 +276,17 @@ impl Ledger {
     }
 }
 
-fn engine_config() -> EngineConfig {
-    EngineConfig { shard: 0, shard_count: 1, secret: [7; 16], default_flush: FlushPolicy::Sync, queues_max: 16 }
+/// Idempotency keys an engine of the simulation keeps: a handful, so that
+/// sends evict keys all the time and the replicas' windows (compared by
+/// the digest, carried by snapshots) are exercised at their limit.
+const SIM_DEDUP_KEYS_MAX: usize = 8;
+
+fn new_engine() -> ShardEngine {
+    let cfg =
+        EngineConfig { shard: 0, shard_count: 1, secret: [7; 16], default_flush: FlushPolicy::Sync, queues_max: 16 };
+    let mut engine = ShardEngine::new(cfg);
+    engine.limit_dedup_keys(SIM_DEDUP_KEYS_MAX);
+    engine
 }
 
 /// Runs one seed.
@@ -411,7 +420,7 @@ impl Sim {
                 n.log.note_entry(e.header_pos, e.end_pos);
             }
         }
-        let mut engine = ShardEngine::new(engine_config());
+        let mut engine = new_engine();
         let file_pos = n.disk.load_catalog(&mut engine);
         if let Some(b) = scanned.snapshot.as_ref().filter(|b| b.pos > file_pos) {
             engine = engine.fresh();
@@ -545,7 +554,8 @@ impl Sim {
                 return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: rebuild: {e}", n.id) });
             }
         }
-        n.disk.capture(&n.engine, replica.applied(), n.log.raw.end());
+        let applied_end = replica.store().index.end_pos(replica.applied()).min(n.log.raw.end());
+        n.disk.capture(&n.engine, replica.applied(), applied_end);
         let oldest_end = n.log.raw.first_pos() + log::SEGMENT_BYTES;
         if let Err(e) = crate::consensus::release::keep_state_records(replica, &mut n.log, oldest_end) {
             return Err(SimFailure { seed: self.seed, at_ms: now, what: format!("node {}: {e}", n.id) });
@@ -1123,10 +1133,13 @@ fn execute(engine: &mut ShardEngine, log: &mut EntryLog<SimLog>, now: u64, op: &
     let queue = op.queue();
     let name = QUEUES[queue].0;
     match op {
-        Op::Send(_, body) => match engine.send(log, now, name, 0, std::slice::from_ref(body)) {
-            Ok(ids) => Reply::Sent { queue, body: body.clone(), msg_id: ids[0] },
-            Err(_) => Reply::Failed,
-        },
+        // Every body is unique: it is its own idempotency key.
+        Op::Send(_, body) => {
+            match engine.send_keyed(log, now, name, 0, std::slice::from_ref(body), std::slice::from_ref(body)) {
+                Ok(ids) => Reply::Sent { queue, body: body.clone(), msg_id: ids[0] },
+                Err(_) => Reply::Failed,
+            }
+        }
         Op::Receive(_) => match engine.receive(log, now, name, 4, None) {
             Ok(ReceiveOutcome::Delivered(ds)) => Reply::Received {
                 issued_ms: issued,
@@ -1174,6 +1187,12 @@ fn state_difference(a: &ShardEngine, b: &ShardEngine) -> String {
                 let state = (m.msg_id, m.enqueue_ms, m.visible_at_ms, m.dequeue_count, m.state, m.body_len);
                 out.insert(format!("{name} seq {seq}: (id, enqueued, visible, dequeues, state, len) {state:?}"));
             }
+        }
+        for (i, (key, seen)) in e.dedup_entries().enumerate() {
+            out.insert(format!(
+                "dedup key #{i}: (uid, digest, id, time) {:?}",
+                (key.uid, key.key(), seen.msg_id, seen.time_ms)
+            ));
         }
         out
     };

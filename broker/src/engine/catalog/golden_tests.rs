@@ -69,11 +69,10 @@ fn catalog() -> Catalog {
                 },
             }],
         }],
-        dedup: vec![CatalogDedup {
-            owner: DedupOwner::Topic,
-            uid: 4,
-            entries: vec![(5, Seen { msg_id: 6, time_ms: 7 })],
-        }],
+        dedup: vec![
+            CatalogDedup { owner: DedupOwner::Topic, uid: 4, key: 5, seen: Seen { msg_id: 6, time_ms: 7 } },
+            CatalogDedup { owner: DedupOwner::Queue, uid: 3, key: 8, seen: Seen { msg_id: 9, time_ms: 7 } },
+        ],
         keys: vec![crate::engine::keys::KeyDef {
             name: "k".into(),
             secret_id: "AKID".into(),
@@ -85,11 +84,11 @@ fn catalog() -> Catalog {
     }
 }
 
-#[test]
-fn catalog_bytes_match_the_table() {
-    let expected = Gold::default()
+/// The bytes before the dedup section, for a catalog of `version`.
+fn up_to_dedup(version: u32) -> Gold {
+    Gold::default()
         .raw(b"cmq-cat\n")
-        .u32(2)
+        .u32(version)
         .u64(0x0102_0304)
         .u32(7)
         .u64(8)
@@ -142,24 +141,52 @@ fn catalog_bytes_match_the_table() {
         .u16(0)
         .str("d")
         .raw(&[3; 16])
-        // dedup windows
-        .u32(1)
+}
+
+/// The keys section.
+fn keys(gold: Gold) -> Gold {
+    gold.u32(1).str("k").str("AKID").u16(1).str("x").str("p").u64(1).u64(2)
+}
+
+#[test]
+fn catalog_bytes_match_the_table() {
+    // dedup keys, in the shard's order
+    let dedup = up_to_dedup(3).u32(2).u8(2).u32(4).u128(5).u64(6).u64(7).u8(1).u32(3).u128(8).u64(9).u64(7);
+    let expected = sealed(keys(dedup));
+    assert_eq!(catalog().encode(), expected);
+    assert_eq!(Catalog::decode(&expected), Ok(catalog()));
+}
+
+/// Version 2 held one list per window; its keys are read back merged by
+/// time, each window's in their order.
+#[test]
+fn a_version_2_catalogs_windows_are_merged_by_time() {
+    let windows = up_to_dedup(2)
+        .u32(2)
+        // queue 3: keys 8 (at 7) and 10 (at 12)
+        .u8(1)
+        .u32(3)
+        .u32(2)
+        .u128(8)
+        .u64(9)
+        .u64(7)
+        .u128(10)
+        .u64(11)
+        .u64(12)
+        // topic 4: key 5 (at 7) and 13 (at 8)
         .u8(2)
         .u32(4)
-        .u32(1)
+        .u32(2)
         .u128(5)
         .u64(6)
         .u64(7)
-        // keys
-        .u32(1)
-        .str("k")
-        .str("AKID")
-        .u16(1)
-        .str("x")
-        .str("p")
-        .u64(1)
-        .u64(2);
-    let expected = sealed(expected);
-    assert_eq!(catalog().encode(), expected);
-    assert_eq!(Catalog::decode(&expected), Ok(catalog()));
+        .u128(13)
+        .u64(14)
+        .u64(8);
+    let c = Catalog::decode(&sealed(keys(windows))).expect("a version 2 catalog reads");
+    let order: Vec<(DedupOwner, u128, u64)> = c.dedup.iter().map(|d| (d.owner, d.key, d.seen.time_ms)).collect();
+    assert_eq!(
+        order,
+        [(DedupOwner::Queue, 8, 7), (DedupOwner::Topic, 5, 7), (DedupOwner::Topic, 13, 8), (DedupOwner::Queue, 10, 12)]
+    );
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use cmq_protocol::FlushPolicy;
 
 use super::*;
-use crate::engine::dedup::{DEDUP_WINDOW_MS, IDEMPOTENCY_KEYS_PER_QUEUE_MAX};
+use crate::engine::dedup::DEDUP_WINDOW_MS;
 use crate::engine::record_log::MemLog;
 use crate::engine::Catalog;
 
@@ -106,18 +106,49 @@ fn keys_must_match_the_batch() {
 }
 
 #[test]
-fn the_oldest_key_goes_when_the_window_is_full() {
+fn the_shards_oldest_key_goes_when_the_shard_is_full_whichever_queue_holds_it() {
+    const CAP: usize = 4 * BATCH_MSGS_MAX + 3;
     let (mut e, mut log) = setup();
-    let upd = QueueAttributesUpdate { max_msg_heap_num: Some(1_000_000), ..Default::default() };
-    e.set_queue_attributes(&mut log, 1_000, "q", &upd).expect("attrs");
+    e.limit_dedup_keys(CAP);
+    e.create_queue(&mut log, 1_000, "busy", &Default::default(), 0).expect("create");
+    e.create_topic(&mut log, 1_000, "t", &Default::default(), 0).expect("topic");
+    let upd = QueueAttributesUpdate { max_msg_heap_num: Some(100_000_000), ..Default::default() };
+    e.set_queue_attributes(&mut log, 1_000, "busy", &upd).expect("attrs");
     let first = send(&mut e, &mut log, 2_000, &["m"], &["key-0"]);
-    for i in 1..IDEMPOTENCY_KEYS_PER_QUEUE_MAX {
-        let bodies = [b("m")];
-        e.send_keyed(&mut log, 2_000, "q", 0, &bodies, &[Bytes::from(format!("key-{i}"))]).expect("send");
+    // The rest of the shard's keys in batches, on another queue and a topic.
+    let batch = BATCH_MSGS_MAX;
+    let bodies: Vec<Bytes> = (0..batch).map(|_| b("m")).collect();
+    let mut sent = 1;
+    while sent < CAP {
+        let n = batch.min(CAP - sent);
+        let keys: Vec<Bytes> = (sent..sent + n).map(|i| Bytes::from(format!("key-{i}"))).collect();
+        if (sent / batch).is_multiple_of(2) {
+            e.send_keyed(&mut log, 2_000, "busy", 0, &bodies[..n], &keys).expect("send");
+        } else {
+            e.publish_keyed(&mut log, 2_000, "t", &bodies[..n], &keys, &[], "").expect("publish");
+        }
+        sent += n;
     }
     assert_eq!(send(&mut e, &mut log, 2_000, &["m"], &["key-0"]), first, "exactly full: still known");
-    send(&mut e, &mut log, 2_000, &["m"], &["one-more"]);
-    assert_ne!(send(&mut e, &mut log, 2_000, &["m"], &["key-0"]), first, "one past full: the oldest went");
+    e.send_keyed(&mut log, 2_000, "busy", 0, &[b("m")], &[b("one-more")]).expect("send");
+    assert_ne!(send(&mut e, &mut log, 2_000, &["m"], &["key-0"]), first, "one past full: the shard's oldest went");
+    assert_eq!(e.dedup_order.len(), CAP);
+}
+
+#[test]
+fn a_deleted_queues_keys_leave_the_shards_count_and_the_catalog() {
+    let (mut e, mut log) = setup();
+    e.create_queue(&mut log, 1_000, "gone", &Default::default(), 0).expect("create");
+    e.send_keyed(&mut log, 2_000, "gone", 0, &[b("a"), b("b")], &[b("ka"), b("kb")]).expect("send");
+    let kept = send(&mut e, &mut log, 2_000, &["c"], &["kc"]);
+    assert_eq!(e.dedup_order.len(), 3);
+    e.delete_queue(&mut log, 3_000, "gone").expect("delete");
+    assert_eq!(e.dedup_order.len(), 1);
+    let catalog = e.catalog(log.data.len() as u64 + 1);
+    assert_eq!(catalog.dedup.len(), 1, "only the live queue's key");
+    let r = replayed(&log, None, 0);
+    assert_eq!(r.digest(), e.digest());
+    assert_eq!(send(&mut e, &mut log, 4_000, &["c"], &["kc"]), kept);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! It covers what the log determines and nothing local: queues (name,
 //! attributes, counters) and every message's id, times, dequeue count,
 //! body length and whether it is live, deleted-but-rewindable or half;
-//! each queue's dedup window (keys, ids and times, in order); the outbox. Not covered: log positions (each replica's own), and states
+//! every queue's and topic's dedup keys (owner, key, id and time, in the shard's order); the outbox. Not covered: log positions (each replica's own), and states
 //! that follow from the clock alone (ready vs. in flight vs. delayed are
 //! all "live" with their `visible_at_ms`), so replicas compare equal
 //! whatever their clocks say.
@@ -42,11 +42,13 @@ impl ShardEngine {
                 h.write_u8(state);
                 h.write_u8(e.flags);
             }
-            for (key, seen) in q.dedup.entries() {
-                h.write_u128(key);
-                h.write_u64(seen.msg_id);
-                h.write_u64(seen.time_ms);
-            }
+        }
+        for (e, seen) in self.dedup_order.entries(&self.dedup_windows()) {
+            h.write_u8(e.owner as u8);
+            h.write_u32(e.uid);
+            h.write_u128(e.key());
+            h.write_u64(seen.msg_id);
+            h.write_u64(seen.time_ms);
         }
         for id in self.exchange.outbox.ids() {
             h.write_u64(id);

@@ -5,9 +5,7 @@ use bytes::Bytes;
 use cmq_protocol::{MessageState, RedriveState};
 
 use super::ShardEngine;
-use crate::engine::catalog::{
-    Catalog, CatalogDedup, CatalogQueue, CatalogRedrive, CatalogSubscription, CatalogTopic, DedupOwner,
-};
+use crate::engine::catalog::{Catalog, CatalogDedup, CatalogQueue, CatalogRedrive, CatalogSubscription, CatalogTopic};
 use crate::engine::error::EngineError;
 use crate::engine::fates::Fate;
 use crate::engine::message_index::{Entry, MsgState, FLAG_GROUP, FLAG_ORIGIN};
@@ -59,15 +57,10 @@ impl ShardEngine {
                 topic.modified_ms = t.modified_ms;
             }
         }
-        for d in &c.dedup {
-            let window = match d.owner {
-                DedupOwner::Queue => self.queues.get_mut(&d.uid).map(|q| &mut q.dedup),
-                DedupOwner::Topic => self.topics.get_mut(&d.uid).map(|t| &mut t.dedup),
-            };
-            if let Some(w) = window {
-                for (key, seen) in &d.entries {
-                    w.restore(*key, *seen);
-                }
+        {
+            let (order, mut windows) = self.dedup_windows_mut();
+            for d in &c.dedup {
+                order.restore(&mut windows, d.owner, d.uid, d.key, d.seen);
             }
         }
         for k in &c.keys {
@@ -160,15 +153,12 @@ impl ShardEngine {
             })
             .collect();
         topics.sort_by_key(|t| t.uid);
-        let mut dedup: Vec<CatalogDedup> = self
-            .queues
-            .values()
-            .map(|q| (DedupOwner::Queue, q.uid, &q.dedup))
-            .chain(self.topics.values().map(|t| (DedupOwner::Topic, t.uid, &t.dedup)))
-            .filter(|(_, _, w)| !w.is_empty())
-            .map(|(owner, uid, w)| CatalogDedup { owner, uid, entries: w.entries().collect() })
+        let windows = self.dedup_windows();
+        let dedup: Vec<CatalogDedup> = self
+            .dedup_order
+            .entries(&windows)
+            .map(|(e, seen)| CatalogDedup { owner: e.owner, uid: e.uid, key: e.key(), seen })
             .collect();
-        dedup.sort_by_key(|d| (d.owner, d.uid));
         Catalog {
             dedup,
             topics,

@@ -154,6 +154,7 @@ impl ShardEngine {
 
     pub(super) fn apply_topic_deleted(&mut self, uid: u32) {
         if let Some(t) = self.topics.remove(&uid) {
+            self.dedup_order.window_dropped(t.dedup.len());
             self.topic_by_name.remove(&t.name);
             for id in self.exchange.outbox.deliveries_in(topic_target(uid, 0)..=topic_target(uid, u32::MAX)) {
                 self.exchange.outbox.remove(id);
@@ -490,8 +491,7 @@ impl ShardEngine {
 
     /// Puts a `Published` record's keys into its topic's dedup window.
     pub(super) fn remember_published_keys(&mut self, uid: u32, first_msg_id: u64, time_ms: u64, keys: &[Bytes]) {
-        let Some(t) = self.topics.get_mut(&uid) else { return };
-        dedup::remember(&mut t.dedup, keys, first_msg_id, time_ms);
+        self.remember_keys((dedup::DedupOwner::Topic, uid), keys, first_msg_id, time_ms);
     }
 
     /// One outbox entry per (body, target), ids `first_transfer..` in that order.
