@@ -325,3 +325,30 @@ fn the_python_cmq_sdk_works_over_https() {
     let m = admin.receive("mixout", Some(0)).expect("receive").expect("the SDK's message");
     assert_eq!(&m.body[..], b"from-http");
 }
+
+/// PROTOCOL.md §4 "TLS": over `--max-connections` a TLS port answers with a
+/// TLS alert, not the plaintext frame a TLS client would read as garbage;
+/// the client says the broker refused it at its limit; a connection closed
+/// frees a place.
+#[test]
+fn a_tls_port_at_its_connection_limit_refuses_in_tls() {
+    let pki = TestPki::new();
+    let b = Broker::start(&[&args(&pki.server_args())[..], &["--shards", "1", "--max-connections", "1"]].concat());
+    let mut first = Client::connect_secure(b.addr, T, None, Some(trusting(&pki))).expect("the one place");
+    let Err(e) = Client::connect_secure(b.addr, T, None, Some(trusting(&pki))) else { panic!("over the limit") };
+    assert!(matches!(e, ClientError::Handshake { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("connection limit") && !text.contains("plaintext"), "{text}");
+    // A raw socket sees exactly the alert record, then the end of the stream.
+    let mut raw = TcpStream::connect(b.addr).expect("connect");
+    raw.set_read_timeout(T).expect("timeout");
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).expect("read to the end");
+    assert_eq!(got, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50], "a fatal internal_error alert");
+    round_trip(&mut first, "still-served");
+    drop(first);
+    cmq_integration_tests::poll_until(Duration::from_secs(10), "the place is free again", || {
+        Client::connect_secure(b.addr, T, None, Some(trusting(&pki))).map_err(|e| e.to_string())
+    });
+}
+

@@ -514,7 +514,7 @@ impl Shard {
             let count = self.shared.conn_count.fetch_add(1, Ordering::Relaxed);
             if count >= self.shared.cfg.max_connections {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
-                refuse(stream, self.shared.cfg.max_connections);
+                refuse(stream, self.shared.cfg.max_connections, self.shared.tls.is_some());
                 ConnCounters::bump(&self.counters().connections_refused);
                 if let Some(skipped) = self.limits.log[Refusal::TooManyConnections as usize].allow(self.limits.now_ms) {
                     log::warn!("refused connection from {peer}: {count} connections open ({skipped} more not logged)");
@@ -1448,18 +1448,27 @@ fn next_check(conn: &Conn, limits: &ConnLimits) -> u64 {
     }
 }
 
-/// Best effort: tell a client it is over the connection limit, then drop it.
-fn refuse(mut stream: mio::net::TcpStream, limit: usize) {
+/// A TLS fatal alert `internal_error` record (RFC 8446 §6.2): what a TLS
+/// port sends a connection over `--max-connections` in place of the
+/// plaintext TOO_MANY_CONNECTIONS frame, which a TLS client would read as
+/// garbage (PROTOCOL.md §4, "TLS"). Cheap: no TLS session is set up for it.
+const TLS_ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// Best effort: tell a client it is over the connection limit
+/// (`--max-connections`, `limit`), then drop it.
+fn refuse(mut stream: mio::net::TcpStream, limit: usize, tls: bool) {
     use std::io::Write;
-    let mut out = Vec::new();
-    reply::err(
-        &mut out,
-        Opcode::Handshake as u16,
-        0,
-        ErrorCode::TOO_MANY_CONNECTIONS,
-        &format!("connection limit of {limit} reached"),
-    );
-    let _ = stream.write(&out);
+    if tls {
+        let _ = stream.write(&TLS_ALERT_INTERNAL_ERROR);
+    } else {
+        let mut out = Vec::new();
+        let msg = format!("connection limit of {limit} reached");
+        reply::err(&mut out, Opcode::Handshake as u16, 0, ErrorCode::TOO_MANY_CONNECTIONS, &msg);
+        let _ = stream.write(&out);
+    }
+    // What it sent already (a ClientHello, a Handshake) is read first, so the
+    // close is not a reset that could overtake the refusal.
+    crate::tls::transport::discard_unread(&stream);
 }
 
 #[cfg(test)]
