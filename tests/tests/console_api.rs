@@ -158,7 +158,10 @@ fn keys_sign_in_and_are_held_to_their_policy() {
     let r = c.call("POST", "/api/v1/session", &good);
     assert_eq!((r.status, r.header("set-cookie").is_none()), (429, true), "{}", r.body);
     let e = r.json();
-    assert_eq!((e["error"]["code"].as_str(), e["error"]["number"].as_u64()), (Some("TOO_MANY_FAILED_ATTEMPTS"), Some(4100)));
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["number"].as_u64()),
+        (Some("TOO_MANY_FAILED_ATTEMPTS"), Some(4100))
+    );
     assert_eq!(r.header("retry-after"), Some("1"), "the first wait is 200 ms, rounded up");
     poll_until(Duration::from_secs(12), "the unknown SecretId checked after the wait", || {
         let r = c.call("POST", "/api/v1/session", &[("secretId", "AKIDnobody"), ("secretKey", "x")]);
