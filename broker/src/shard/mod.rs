@@ -550,18 +550,45 @@ impl Shard {
 
     /// On a TLS port, a new connection starts with a TLS session.
     fn start_tls(&mut self, me: ConnRef) {
-        let Some(tls) = &self.shared.tls else { return };
-        match crate::tls::transport::TlsSession::new(&tls.client_port) {
-            Ok(session) => {
-                if let Some(conn) = self.clients.conns.get_mut(me.token) {
-                    conn.tls = Some(Box::new(session));
-                }
-            }
+        use crate::tls::transport::{TlsSession, TLS_SESSION_BYTES_MAX};
+        let Some(config) = self.shared.tls.as_ref().map(|t| t.client_port.clone()) else { return };
+        // What rustls may hold is charged before it can hold it
+        // (transport.rs); a session the budget has no room for is refused.
+        if !self.limits.budget.try_take(&self.shared.buffer_bytes, TLS_SESSION_BYTES_MAX) {
+            return self.refuse_tls_session(me);
+        }
+        let Some(conn) = self.clients.conns.get_mut(me.token) else {
+            self.limits.budget.adjust(&self.shared.buffer_bytes, TLS_SESSION_BYTES_MAX, 0);
+            return;
+        };
+        conn.charged += TLS_SESSION_BYTES_MAX;
+        match TlsSession::new(&config) {
+            Ok(session) => conn.tls = Some(Box::new(session)),
             Err(e) => {
                 log::warn!("shard {}: cannot start a TLS session: {e}", self.id);
                 self.close_conn(me.token);
             }
         }
+        self.publish_buffer_bytes();
+    }
+
+    /// A TLS connection the buffer budget has no room for: refused as one
+    /// over `--max-connections` is (a TLS alert), and closed.
+    fn refuse_tls_session(&mut self, me: ConnRef) {
+        if let Some(conn) = self.clients.conns.get(me.token) {
+            refuse_tls(&conn.stream);
+        }
+        ConnCounters::bump(&self.counters().tls_budget_refusals);
+        if let Some(skipped) = self.limits.log[Refusal::BudgetWait as usize].allow(self.limits.now_ms) {
+            log::warn!(
+                "shard {}: connection buffer budget ({} bytes) used up; refused a TLS connection \
+                 ({} bytes each) ({skipped} more not logged)",
+                self.id,
+                self.shared.cfg.buffer_budget_bytes,
+                crate::tls::transport::TLS_SESSION_BYTES_MAX
+            );
+        }
+        self.close_conn(me.token);
     }
 
     fn close_conn(&mut self, token: usize) {
@@ -1459,16 +1486,23 @@ const TLS_ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0
 fn refuse(mut stream: mio::net::TcpStream, limit: usize, tls: bool) {
     use std::io::Write;
     if tls {
-        let _ = stream.write(&TLS_ALERT_INTERNAL_ERROR);
-    } else {
-        let mut out = Vec::new();
-        let msg = format!("connection limit of {limit} reached");
-        reply::err(&mut out, Opcode::Handshake as u16, 0, ErrorCode::TOO_MANY_CONNECTIONS, &msg);
-        let _ = stream.write(&out);
+        return refuse_tls(&stream);
     }
-    // What it sent already (a ClientHello, a Handshake) is read first, so the
-    // close is not a reset that could overtake the refusal.
+    let mut out = Vec::new();
+    let msg = format!("connection limit of {limit} reached");
+    reply::err(&mut out, Opcode::Handshake as u16, 0, ErrorCode::TOO_MANY_CONNECTIONS, &msg);
+    let _ = stream.write(&out);
+    // What it sent already (a Handshake) is read first, so the close is
+    // not a reset that could overtake the refusal.
     crate::tls::transport::discard_unread(&stream);
+}
+
+/// Refuses a connection on the TLS port before any session: the alert,
+/// then (as in `refuse`) what the client sent is read so the close is no reset.
+fn refuse_tls(stream: &mio::net::TcpStream) {
+    use std::io::Write;
+    let _ = (&*stream).write(&TLS_ALERT_INTERNAL_ERROR);
+    crate::tls::transport::discard_unread(stream);
 }
 
 #[cfg(test)]
