@@ -142,11 +142,15 @@ pub fn channel_binding(conn: &ClientConnection) -> Result<[u8; cmq_protocol::aut
 
 /// A failed TLS handshake, saying what probably went wrong.
 fn handshake_failed(addr: &str, e: io::Error) -> ClientError {
-    let garbled = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
-    let hint = if garbled || e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset {
+    let tls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let garbled = tls_error.is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+    let refused =
+        tls_error.is_some_and(|r| matches!(r, rustls::Error::AlertReceived(rustls::AlertDescription::InternalError)));
+    let hint = if refused {
+        // What cmqd's TLS port answers a connection over its limit (PROTOCOL.md §4, "TLS").
+        " (the broker refused the connection: it is probably at its connection limit (--max-connections) \
+         or its buffer budget (--buffer-budget-bytes); retry later)"
+    } else if garbled || e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset {
         " (the server did not answer in TLS: is its port plaintext? then connect without --tls)"
     } else {
         ""

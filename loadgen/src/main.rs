@@ -260,6 +260,21 @@ fn consumer_jobs(consumers: usize, queues: &[(String, u16)]) -> Vec<Job> {
         .collect()
 }
 
+/// `--tls`, `--ca-file`, `--tls-cert/--tls-key`, `--tls-server-name`: the
+/// TLS settings (None: plaintext), as `cmq` reads them.
+fn tls_options(opts: &Opts) -> anyhow::Result<Option<cmq_client::TlsOptions>> {
+    let wanted = opts.tls || opts.ca_file.is_some() || opts.tls_cert.is_some() || opts.tls_server_name.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let client_cert = opts.tls_cert.as_deref().zip(opts.tls_key.as_deref());
+    let mut options = cmq_client::TlsOptions::new(opts.ca_file.as_deref(), client_cert)?;
+    if let Some(name) = &opts.tls_server_name {
+        options = options.with_server_name(name)?;
+    }
+    Ok(Some(options))
+}
+
 fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let seeds = opts.server.to_seeds().with_context(|| format!("--server {}", opts.server))?;
     let creds = cmq_client::Credentials::resolve(
@@ -279,12 +294,7 @@ fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let tls = if opts.tls || opts.ca_file.is_some() || opts.tls_cert.is_some() {
-        let client_cert = opts.tls_cert.as_deref().zip(opts.tls_key.as_deref());
-        Some(cmq_client::TlsOptions::new(opts.ca_file.as_deref(), client_cert)?)
-    } else {
-        None
-    };
+    let tls = tls_options(&opts)?;
     if let Some(t) = &tls {
         pipe::use_tls(t.clone());
     }

@@ -88,6 +88,11 @@ pub struct Opts {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Check the broker's certificate for this name instead of the host of
+    /// --server (for an address given as an IP; implies --tls), like `cmq`.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
     /// Queues to spread the load over; 0 = one per broker shard. Names are
     /// PREFIX-K, chosen so that the queues spread evenly over the shards.
     #[arg(long, default_value_t = 0, value_name = "N")]

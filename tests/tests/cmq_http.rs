@@ -352,3 +352,89 @@ fn lists_are_filtered_for_the_callers_key() {
         post(http, &admin.host, &lister.body("POST", &[("Action", "GetQueueAttributes"), ("queueName", "a1")], t, 2));
     assert_eq!(code(&v), 4101, "{v}");
 }
+
+/// One raw HTTP exchange on a fresh connection from `source` (any
+/// 127.0.0.0/8 address on Linux loopback): (status, body).
+fn exchange_from(addr: SocketAddr, source: std::net::IpAddr, raw: &[u8]) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::new(source, 0).into()).expect("bind source");
+    socket.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    let _ = s.write_all(raw);
+    read_reply(&mut s)
+}
+
+fn post_from(addr: SocketAddr, source: std::net::IpAddr, body: &str) -> serde_json::Value {
+    let raw = format!("POST /v2/index.php HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let (status, text) = exchange_from(addr, source, raw.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Whether a 4100 is the backoff's refusal (unchecked) rather than a checked failure.
+fn held_off(v: &serde_json::Value) -> bool {
+    code(v) == 4100 && v["message"].as_str().is_some_and(|m| m.contains("too many failed attempts"))
+}
+
+/// docs/CMQ_API.md, docs/SECURITY.md: wrong signatures slow their address
+/// down (200 ms doubling); attempts during the wait are refused unchecked;
+/// other addresses are not slowed; the binary port shares the table; a
+/// good request after the wait succeeds and clears it.
+#[test]
+fn wrong_signatures_are_slowed_down_per_address() {
+    const FIRST_WAIT_MS: u128 = 200; // BACKOFF_FIRST_MS
+    let (b, http, s) = keyed();
+    let guesser: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let wrong = Signer { id: s.id.clone(), key: "not-the-key".into(), host: s.host.clone(), sha256: false };
+    let mut nonce = 100;
+    let mut next = |signer: &Signer| {
+        nonce += 1;
+        signer.body("POST", &[("Action", "ListQueue")], now_secs(), nonce)
+    };
+    // Guess for 1.5 s as fast as one connection a request allows.
+    let (mut checked, mut refused) = (Vec::new(), 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        let sent = Instant::now();
+        let v = post_from(http, guesser, &next(&wrong));
+        if held_off(&v) {
+            refused += 1;
+        } else {
+            assert!(code(&v) == 4100 && v["message"].as_str().is_some_and(|m| m.contains("signature")), "{v}");
+            checked.push((sent, Instant::now()));
+        }
+    }
+    // Checks at >= 0, 200, 600, 1400 ms: at most four in 1.5 s, each at least its wait after the last.
+    assert!((2..=4).contains(&checked.len()), "{} checked, {refused} refused", checked.len());
+    assert!(refused >= 3 * checked.len(), "mostly refused unchecked: {} checked, {refused} refused", checked.len());
+    for (i, pair) in checked.windows(2).enumerate() {
+        let gap = pair[1].1.duration_since(pair[0].0).as_millis();
+        assert!(gap + 2 >= FIRST_WAIT_MS << i, "check {} came {gap} ms after the one before", i + 1);
+    }
+    // Another address is served at once.
+    assert_eq!(code(&post(http, &s.host, &next(&s)).1), 0, "127.0.0.1 is not slowed down");
+    // During the wait a fresh checked failure starts (1.6 s or more), the
+    // binary port refuses the guesser too: one table for every port.
+    cmq_integration_tests::poll_until(Duration::from_secs(12), "a checked guess", || {
+        let v = post_from(http, guesser, &next(&wrong));
+        if held_off(&v) {
+            return Err(v.to_string());
+        }
+        Ok(())
+    });
+    let mut raw = cmq_integration_tests::RawConn::connect_from(b.addr(), guesser);
+    let r = raw.call(cmq_protocol::Request::AuthChallenge(cmq_protocol::AuthChallenge {}));
+    assert_eq!(r.code(), cmq_protocol::ErrorCode::AUTH_FAILED, "the binary port shares the backoff: {r:?}");
+    // The right key gets in once the wait is over, and clears it.
+    cmq_integration_tests::poll_until(Duration::from_secs(12), "the wait ends", || {
+        let v = post_from(http, guesser, &next(&s));
+        if held_off(&v) {
+            return Err(v.to_string());
+        }
+        assert_eq!(code(&v), 0, "{v}");
+        Ok(())
+    });
+    let v = post_from(http, guesser, &next(&wrong));
+    assert!(code(&v) == 4100 && !held_off(&v), "a success cleared the backoff: the next guess is checked: {v}");
+}

@@ -230,3 +230,26 @@ fn an_authenticated_run_completes_and_an_anonymous_one_is_refused() {
     assert!(!anonymous.status.success());
     assert!(String::from_utf8_lossy(&anonymous.stderr).contains("AUTH_FAILED"), "{anonymous:?}");
 }
+
+/// `--tls-server-name NAME`: the certificate is checked for NAME, not the
+/// IP address of --server (a name the certificate lacks fails the run, one
+/// it has passes; --tls is implied).
+#[test]
+fn tls_server_name_is_the_name_checked() {
+    let pki = cmq_integration_tests::tls::TestPki::new();
+    let server_args = pki.server_args();
+    let b = Broker::start(&server_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ca = pki.ca.to_str().expect("utf-8");
+    let run = |name: &str| {
+        Command::new(loadgen_path())
+            .args(["--server", &b.addr_string(), "--messages", "50", "--ca-file", ca, "--tls-server-name", name])
+            .output()
+            .expect("run cmq-loadgen")
+    };
+    let wrong = run("elsewhere.test");
+    assert!(!wrong.status.success(), "{wrong:?}");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("elsewhere.test") || stderr.contains("NotValidForName"), "{stderr}");
+    let right = run("localhost");
+    assert!(right.status.success(), "{right:?}");
+}

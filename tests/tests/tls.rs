@@ -325,3 +325,112 @@ fn the_python_cmq_sdk_works_over_https() {
     let m = admin.receive("mixout", Some(0)).expect("receive").expect("the SDK's message");
     assert_eq!(&m.body[..], b"from-http");
 }
+
+/// PROTOCOL.md §4 "TLS": over `--max-connections` a TLS port answers with a
+/// TLS alert, not the plaintext frame a TLS client would read as garbage;
+/// the client says the broker refused it at its limit; a connection closed
+/// frees a place.
+#[test]
+fn a_tls_port_at_its_connection_limit_refuses_in_tls() {
+    let pki = TestPki::new();
+    let b = Broker::start(&[&args(&pki.server_args())[..], &["--shards", "1", "--max-connections", "1"]].concat());
+    let mut first = Client::connect_secure(b.addr, T, None, Some(trusting(&pki))).expect("the one place");
+    let Err(e) = Client::connect_secure(b.addr, T, None, Some(trusting(&pki))) else { panic!("over the limit") };
+    assert!(matches!(e, ClientError::Handshake { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("connection limit") && !text.contains("plaintext"), "{text}");
+    // A raw socket sees exactly the alert record, then the end of the stream.
+    let mut raw = TcpStream::connect(b.addr).expect("connect");
+    raw.set_read_timeout(T).expect("timeout");
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).expect("read to the end");
+    assert_eq!(got, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50], "a fatal internal_error alert");
+    round_trip(&mut first, "still-served");
+    drop(first);
+    cmq_integration_tests::poll_until(Duration::from_secs(10), "the place is free again", || {
+        Client::connect_secure(b.addr, T, None, Some(trusting(&pki))).map_err(|e| e.to_string())
+    });
+}
+
+/// What the broker charges a TLS session to the buffer budget
+/// (`tls::transport::TLS_SESSION_BYTES_MAX`, docs/SECURITY.md): 240 KiB.
+const TLS_SESSION_CHARGE: f64 = 240.0 * 1024.0;
+
+/// `cmq_connection_buffer_bytes` summed over the shards, scraped over HTTPS.
+fn buffer_bytes(b: &Broker, pki: &TestPki) -> f64 {
+    let mut s = TlsRaw::connect(b.http_addr.expect("HTTP port"), pki, Some(b"http/1.1"));
+    s.s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut reply = Vec::new();
+    let _ = s.s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    let lines = reply.lines().filter(|l| l.starts_with("cmq_connection_buffer_bytes{"));
+    lines.map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a value")).sum()
+}
+
+/// What rustls may hold for a connection counts against
+/// `--buffer-budget-bytes` from the first byte to the close, so TLS
+/// connections cannot hold memory the budget does not see.
+#[test]
+fn tls_sessions_are_charged_to_the_buffer_budget() {
+    const CONNS: usize = 16;
+    let pki = TestPki::new();
+    let b = Broker::start(&[&args(&pki.server_args())[..], &["--shards", "2"]].concat());
+    let before = buffer_bytes(&b, &pki);
+    let conns: Vec<TlsRaw> = (0..CONNS).map(|_| TlsRaw::connect(b.addr, &pki, None)).collect();
+    let charged = CONNS as f64 * TLS_SESSION_CHARGE;
+    cmq_integration_tests::poll_until(Duration::from_secs(10), "the sessions are charged", || {
+        let now = buffer_bytes(&b, &pki);
+        (now >= before + charged).then_some(()).ok_or(format!("{now} bytes charged, {before} before"))
+    });
+    drop(conns);
+    cmq_integration_tests::poll_until(Duration::from_secs(10), "the charges are returned", || {
+        let now = buffer_bytes(&b, &pki);
+        (now < before + TLS_SESSION_CHARGE).then_some(()).ok_or(format!("{now} bytes charged, {before} before"))
+    });
+}
+
+/// A connection's base read buffer (`shard::conn::READ_CHUNK_BYTES`).
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A TLS session over the client port (no cmq handshake), or the client's error.
+fn tls_session(
+    addr: SocketAddr,
+    pki: &TestPki,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, ClientError> {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(T).expect("timeout");
+    trusting(pki).handshake(&addr.to_string(), tcp)
+}
+
+/// The charge is taken before the session is made: at the smallest budget
+/// no more TLS connections are admitted than it has room for; the next is
+/// refused with the TLS alert (the client names the budget), and a closed
+/// one makes room again.
+#[test]
+fn a_tls_connection_the_budget_has_no_room_for_is_refused() {
+    let budget = 2 * u64::from(cmq_protocol::limits::FRAME_BYTES_MAX);
+    let fit = (budget as f64 / TLS_SESSION_CHARGE) as usize;
+    let pki = TestPki::new();
+    let flags = ["--shards", "1", "--buffer-budget-bytes", &budget.to_string()].map(str::to_owned);
+    let b = Broker::start(&args(&[pki.server_args(), flags.to_vec()].concat()));
+    let mut open = Vec::new();
+    let refused = loop {
+        match tls_session(b.addr, &pki) {
+            Ok(s) => open.push(s),
+            Err(e) => break e,
+        }
+        assert!(open.len() <= fit, "{} TLS sessions admitted; a {budget}-byte budget has room for {fit}", open.len());
+    };
+    assert!(open.len() >= fit / 2, "only {} of {fit} TLS sessions admitted", open.len());
+    let text = refused.to_string();
+    assert!(text.contains("--buffer-budget-bytes") && !text.contains("plaintext"), "{text}");
+    // Within the budget, but for the one read chunk each connection's
+    // buffer holds (charged as it is used, never refused: ARCHITECTURE.md).
+    let (charged, chunks) = (buffer_bytes(&b, &pki), (open.len() * READ_CHUNK_BYTES) as f64);
+    assert!(charged >= open.len() as f64 * TLS_SESSION_CHARGE, "{charged} bytes charged for {}", open.len());
+    assert!(charged <= budget as f64 + chunks, "{charged} bytes charged, {budget} budget, {} open", open.len());
+    open.truncate(open.len() - 4);
+    cmq_integration_tests::poll_until(Duration::from_secs(10), "room for a TLS session again", || {
+        tls_session(b.addr, &pki).map_err(|e| e.to_string())
+    });
+}

@@ -5,10 +5,12 @@
 //! * `table`: the keys shard 0 publishes to every shard.
 //! * `session`: an authenticated connection's key and cached decisions.
 //! * `backoff`: per-address slow-down after failed attempts.
+//! * `attempts`: the HTTP port's attempts in that backoff.
 //! * `limits`: per-key connection and request-rate limits.
 //! * `secrets`: SecretIds and SecretKeys from the OS CSPRNG, and the credentials file.
 
 pub mod actions;
+pub mod attempts;
 pub mod backoff;
 pub mod limits;
 pub mod policy;

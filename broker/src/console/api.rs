@@ -93,7 +93,7 @@ fn session(ctx: &HttpContext, parts: &Parts, body: &Bytes) -> Answer {
             None if anonymous_allowed(ctx, parts) => start(ctx, Holder::Anonymous, ttl),
             None => Ok(ok(&json!({"signedIn": false, "anonymous": false}))),
         },
-        Method::POST if parts.headers.contains_key(SIGN_IN_HEADER) => sign_in(ctx, body, ttl),
+        Method::POST if parts.headers.contains_key(SIGN_IN_HEADER) => sign_in(ctx, parts, body, ttl),
         Method::POST => Err(Failure::new(
             StatusCode::FORBIDDEN,
             "CSRF_TOKEN_INVALID",
@@ -113,18 +113,37 @@ fn session(ctx: &HttpContext, parts: &Parts, body: &Bytes) -> Answer {
     }
 }
 
-fn sign_in(ctx: &HttpContext, body: &Bytes, ttl: u64) -> Answer {
+/// Names the sign-in check in the authentication log.
+const VIA: &str = "console sign-in";
+
+/// A sign-in is an authentication attempt in the per-address backoff
+/// (`auth::attempts`): refused unchecked (429) while the address must wait.
+fn sign_in(ctx: &HttpContext, parts: &Parts, body: &Bytes, ttl: u64) -> Answer {
     let p = Params::parse(body).map_err(Failure::param)?;
     let id = p.required("secretId").map_err(Failure::param)?;
     let key = p.required("secretKey").map_err(Failure::param)?;
+    let (auth, peer) = (&ctx.shared.auth, crate::http::peer_ip(parts));
+    if let Err(wait) = auth.admit_attempt(peer, VIA) {
+        return Ok(must_wait(wait));
+    }
     let table = ctx.shared.auth.keys.table();
     let known = table.by_id.get(id).filter(|pr| pr.secrets.iter().any(|s| same_secret(s, key.as_bytes())));
     if known.is_none() {
-        ctx.shared.auth.count_failure();
+        auth.attempt_failed(peer, VIA, &format!("unknown SecretId {id:?} or wrong SecretKey"));
         let msg = "unknown SecretId or wrong SecretKey";
         return Err(Failure::broker(cmq_protocol::ErrorCode::AUTH_FAILED, msg.into()));
     }
+    auth.attempt_succeeded(peer);
     start(ctx, Holder::Key(id.to_owned()), ttl)
+}
+
+/// 429 `TOO_MANY_FAILED_ATTEMPTS` with `Retry-After` (whole seconds, rounded up).
+fn must_wait(wait_ms: u64) -> Reply {
+    let msg = crate::auth::attempts::must_wait_message(wait_ms);
+    let f = Failure::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_FAILED_ATTEMPTS", msg);
+    let mut r = Failure { number: Some(u32::from(cmq_protocol::ErrorCode::AUTH_FAILED.0)), ..f }.reply();
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait_ms.div_ceil(1000)));
+    r
 }
 
 fn start(ctx: &HttpContext, holder: Holder, ttl: u64) -> Answer {

@@ -167,7 +167,12 @@ fn missing(name: &str) -> ApiError {
     ApiError::param(module::MISSING_COMMON, format!("missing parameter {name}"))
 }
 
-/// Checks SecretId, Timestamp, Nonce and Signature. A known key must sign
+/// Names the CMQ API's check in the authentication log.
+const VIA: &str = "CMQ API";
+
+/// Checks SecretId, Timestamp, Nonce and Signature. An address slowed down
+/// by failed attempts (unknown SecretId, bad signature) is refused before
+/// any of it (`auth::attempts`). A known key must sign
 /// correctly, within the freshness window, never twice. An unknown
 /// SecretId is served anonymously (every permission, signature not
 /// checked: there is no key to check it with) only where the binary
@@ -179,13 +184,15 @@ fn authenticate(ctx: &HttpContext, parts: &Parts, p: &Params) -> Result<Caller, 
     let timestamp = timestamp.ok_or_else(|| missing("Timestamp"))?;
     let nonce = p.int("Nonce", 0, u64::MAX).map_err(|_| ApiError::auth("Nonce is not a number"))?;
     let nonce = nonce.ok_or_else(|| missing("Nonce"))?;
+    let (auth, peer) = (&ctx.shared.auth, crate::http::peer_ip(parts));
+    auth.admit_attempt(peer, VIA).map_err(|wait| ApiError::auth(crate::auth::attempts::must_wait_message(wait)))?;
     let mode = ctx.shared.cfg.auth;
     let table = ctx.shared.auth.keys.table();
     let Some(principal) = table.by_id.get(secret_id).cloned() else {
         if mode.admits_anonymous(!table.is_empty()) {
             return Ok(Caller { principal: None, enforce: false });
         }
-        ctx.shared.auth.count_failure();
+        auth.attempt_failed(peer, VIA, "unknown SecretId");
         return Err(ApiError::auth("unknown SecretId"));
     };
     let now = ctx.gateway.clock.lock().unwrap_or_else(|e| e.into_inner()).now_ms() / 1000;
@@ -198,12 +205,15 @@ fn authenticate(ctx: &HttpContext, parts: &Parts, p: &Params) -> Result<Caller, 
     }
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if !signature::verify(parts.method.as_str(), host, 80, p, &principal.secrets, signature) {
-        ctx.shared.auth.count_failure();
+        auth.attempt_failed(peer, VIA, &format!("signature mismatch for SecretId {secret_id}"));
         return Err(ApiError::auth("signature mismatch"));
     }
-    let mut guard = ctx.gateway.replay.lock().unwrap_or_else(|e| e.into_inner());
-    match guard.admit(secret_id, nonce, timestamp, now) {
-        Ok(()) => Ok(Caller { principal: Some(principal), enforce: mode.enforces() }),
+    let admitted = ctx.gateway.replay.lock().unwrap_or_else(|e| e.into_inner()).admit(secret_id, nonce, timestamp, now);
+    match admitted {
+        Ok(()) => {
+            auth.attempt_succeeded(peer);
+            Ok(Caller { principal: Some(principal), enforce: mode.enforces() })
+        }
         Err(Replay::Repeated) => {
             ctx.shared.auth.count_failure();
             Err(ApiError::auth("replayed request (SecretId, Nonce, Timestamp seen before)"))

@@ -20,7 +20,7 @@ pub mod router;
 pub mod scrape;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +149,7 @@ async fn accept_loop(listener: std::net::TcpListener, ctx: Arc<HttpContext>, mut
                     };
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, ctx).await;
+                        serve_connection(stream, peer, ctx).await;
                         drop(slot);
                     });
                 }
@@ -163,26 +163,37 @@ async fn accept_loop(listener: std::net::TcpListener, ctx: Arc<HttpContext>, mut
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, ctx: Arc<HttpContext>) {
+/// The client's address, in every request's extensions (`serve_http`): the
+/// per-address authentication backoff needs it (`auth::attempts`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The IP address a request came from (None only where no connection put it there).
+pub fn peer_ip(parts: &hyper::http::request::Parts) -> Option<IpAddr> {
+    parts.extensions.get::<PeerAddr>().map(|p| p.0.ip())
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<HttpContext>) {
     // The head and idle deadlines are the socket wrapper's (`deadline.rs`), not hyper's.
     let activity = Arc::new(deadline::Activity::default());
     let io = deadline::Deadlines::new(stream, activity.clone(), HEADER_READ_TIMEOUT, deadline::KEEP_ALIVE_IDLE_MAX);
     // HTTPS with the client port's certificate (`--tls-cert`); the TLS
     // handshake reads through the deadlines too.
     let Some(tls) = ctx.shared.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.http_port.clone())) else {
-        return serve_http(io, ctx, activity).await;
+        return serve_http(io, peer, ctx, activity).await;
     };
     match tls.accept(io).await {
-        Ok(io) => serve_http(io, ctx, activity).await,
+        Ok(io) => serve_http(io, peer, ctx, activity).await,
         Err(e) => log::debug!(target: "cmq::http", "HTTPS handshake failed: {e}"),
     }
 }
 
-async fn serve_http<I>(io: I, ctx: Arc<HttpContext>, activity: Arc<deadline::Activity>)
+async fn serve_http<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>, activity: Arc<deadline::Activity>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
         let ctx = ctx.clone();
         let serving = activity.serve();
         async move {

@@ -56,6 +56,7 @@ fn conn_sample(c: &ConnCounters) -> ConnSample {
     ConnSample {
         refused: vec![
             ("too_many_connections", get(&c.connections_refused)),
+            ("buffer_budget", get(&c.tls_budget_refusals)),
             ("handshake_frame_too_large", get(&c.handshake_frames_too_large)),
             ("handshake_timeout", get(&c.handshake_timeouts)),
             ("frame_timeout", get(&c.frame_timeouts)),

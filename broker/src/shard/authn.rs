@@ -60,12 +60,13 @@ impl Shard {
             return self.auth_failed(me, op, id, "one AuthChallenge per connection");
         }
         if let Some(ip) = self.peer_ip(me) {
-            let wait = self.shared.auth.backoff.wait_ms(ip, self.limits.now_ms);
+            let backoff = &self.shared.auth.backoff;
+            let wait = backoff.wait_ms(ip, backoff.now_ms());
             if wait > 0 {
                 // Refused unchecked, without lengthening the wait: a client
                 // retrying on a timer gets in once the wait is over.
                 self.shared.auth.count_failure();
-                let msg = format!("too many failed attempts from this address; retry in {wait} ms");
+                let msg = crate::auth::attempts::must_wait_message(wait);
                 return self.fail_conn_answering(me.token, op, id, ErrorCode::AUTH_FAILED, &msg);
             }
         }
@@ -144,7 +145,7 @@ impl Shard {
         self.shared.auth.count_failure();
         let ip = self.peer_ip(me);
         let wait = match ip {
-            Some(ip) if slow_down => self.shared.auth.backoff.failed(ip, self.limits.now_ms),
+            Some(ip) if slow_down => self.shared.auth.backoff.failed(ip, self.shared.auth.backoff.now_ms()),
             _ => 0,
         };
         let who = ip.map_or_else(|| "unknown address".to_owned(), |ip| ip.to_string());

@@ -103,6 +103,9 @@ pub struct ConnCounters {
     pub slow_consumer_closes: AtomicU64,
     /// Connections refused at accept because `--max-connections` were open.
     pub connections_refused: AtomicU64,
+    /// TLS connections refused at accept because the buffer budget had no
+    /// room for their TLS session (`TLS_SESSION_BYTES_MAX`).
+    pub tls_budget_refusals: AtomicU64,
     /// Reads put off because the buffer budget was used up (the connection
     /// waits until memory frees).
     pub budget_read_waits: AtomicU64,

@@ -184,9 +184,11 @@ impl Conn {
         self.out.len() - self.written
     }
 
-    /// What this connection's buffers hold, for the budget.
+    /// What this connection's buffers hold, for the budget, and over TLS what
+    /// its rustls session may hold (`TLS_SESSION_BYTES_MAX`).
     pub fn buffer_bytes(&self) -> usize {
-        self.rbuf.capacity() + self.out.capacity()
+        let tls = if self.tls.is_some() { crate::tls::transport::TLS_SESSION_BYTES_MAX } else { 0 };
+        self.rbuf.capacity() + self.out.capacity() + tls
     }
 
     /// Nothing in flight, nothing to send, nothing half received, no

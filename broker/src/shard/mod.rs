@@ -514,7 +514,7 @@ impl Shard {
             let count = self.shared.conn_count.fetch_add(1, Ordering::Relaxed);
             if count >= self.shared.cfg.max_connections {
                 self.shared.conn_count.fetch_sub(1, Ordering::Relaxed);
-                refuse(stream, self.shared.cfg.max_connections);
+                refuse(stream, self.shared.cfg.max_connections, self.shared.tls.is_some());
                 ConnCounters::bump(&self.counters().connections_refused);
                 if let Some(skipped) = self.limits.log[Refusal::TooManyConnections as usize].allow(self.limits.now_ms) {
                     log::warn!("refused connection from {peer}: {count} connections open ({skipped} more not logged)");
@@ -550,18 +550,45 @@ impl Shard {
 
     /// On a TLS port, a new connection starts with a TLS session.
     fn start_tls(&mut self, me: ConnRef) {
-        let Some(tls) = &self.shared.tls else { return };
-        match crate::tls::transport::TlsSession::new(&tls.client_port) {
-            Ok(session) => {
-                if let Some(conn) = self.clients.conns.get_mut(me.token) {
-                    conn.tls = Some(Box::new(session));
-                }
-            }
+        use crate::tls::transport::{TlsSession, TLS_SESSION_BYTES_MAX};
+        let Some(config) = self.shared.tls.as_ref().map(|t| t.client_port.clone()) else { return };
+        // What rustls may hold is charged before it can hold it
+        // (transport.rs); a session the budget has no room for is refused.
+        if !self.limits.budget.try_take(&self.shared.buffer_bytes, TLS_SESSION_BYTES_MAX) {
+            return self.refuse_tls_session(me);
+        }
+        let Some(conn) = self.clients.conns.get_mut(me.token) else {
+            self.limits.budget.adjust(&self.shared.buffer_bytes, TLS_SESSION_BYTES_MAX, 0);
+            return;
+        };
+        conn.charged += TLS_SESSION_BYTES_MAX;
+        match TlsSession::new(&config) {
+            Ok(session) => conn.tls = Some(Box::new(session)),
             Err(e) => {
                 log::warn!("shard {}: cannot start a TLS session: {e}", self.id);
                 self.close_conn(me.token);
             }
         }
+        self.publish_buffer_bytes();
+    }
+
+    /// A TLS connection the buffer budget has no room for: refused as one
+    /// over `--max-connections` is (a TLS alert), and closed.
+    fn refuse_tls_session(&mut self, me: ConnRef) {
+        if let Some(conn) = self.clients.conns.get(me.token) {
+            refuse_tls(&conn.stream);
+        }
+        ConnCounters::bump(&self.counters().tls_budget_refusals);
+        if let Some(skipped) = self.limits.log[Refusal::BudgetWait as usize].allow(self.limits.now_ms) {
+            log::warn!(
+                "shard {}: connection buffer budget ({} bytes) used up; refused a TLS connection \
+                 ({} bytes each) ({skipped} more not logged)",
+                self.id,
+                self.shared.cfg.buffer_budget_bytes,
+                crate::tls::transport::TLS_SESSION_BYTES_MAX
+            );
+        }
+        self.close_conn(me.token);
     }
 
     fn close_conn(&mut self, token: usize) {
@@ -1448,18 +1475,34 @@ fn next_check(conn: &Conn, limits: &ConnLimits) -> u64 {
     }
 }
 
-/// Best effort: tell a client it is over the connection limit, then drop it.
-fn refuse(mut stream: mio::net::TcpStream, limit: usize) {
+/// A TLS fatal alert `internal_error` record (RFC 8446 §6.2): what a TLS
+/// port sends a connection over `--max-connections` in place of the
+/// plaintext TOO_MANY_CONNECTIONS frame, which a TLS client would read as
+/// garbage (PROTOCOL.md §4, "TLS"). Cheap: no TLS session is set up for it.
+const TLS_ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// Best effort: tell a client it is over the connection limit
+/// (`--max-connections`, `limit`), then drop it.
+fn refuse(mut stream: mio::net::TcpStream, limit: usize, tls: bool) {
     use std::io::Write;
+    if tls {
+        return refuse_tls(&stream);
+    }
     let mut out = Vec::new();
-    reply::err(
-        &mut out,
-        Opcode::Handshake as u16,
-        0,
-        ErrorCode::TOO_MANY_CONNECTIONS,
-        &format!("connection limit of {limit} reached"),
-    );
+    let msg = format!("connection limit of {limit} reached");
+    reply::err(&mut out, Opcode::Handshake as u16, 0, ErrorCode::TOO_MANY_CONNECTIONS, &msg);
     let _ = stream.write(&out);
+    // What it sent already (a Handshake) is read first, so the close is
+    // not a reset that could overtake the refusal.
+    crate::tls::transport::discard_unread(&stream);
+}
+
+/// Refuses a connection on the TLS port before any session: the alert,
+/// then (as in `refuse`) what the client sent is read so the close is no reset.
+fn refuse_tls(stream: &mio::net::TcpStream) {
+    use std::io::Write;
+    let _ = (&*stream).write(&TLS_ALERT_INTERNAL_ERROR);
+    crate::tls::transport::discard_unread(stream);
 }
 
 #[cfg(test)]

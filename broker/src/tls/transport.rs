@@ -7,7 +7,10 @@
 //! 16 KiB; 64 KiB for a handshake message) and the plaintext of what it
 //! decrypted and we have not taken yet (`read_tls` refuses more past 16 KiB);
 //! on the way out it encrypts at most [`TLS_OUT_BYTES_MAX`] ahead of the
-//! socket. Everything else is the connection's usual buffers and budget.
+//! socket. What it may hold at most, [`TLS_SESSION_BYTES_MAX`], is charged
+//! to the connection buffer budget for the session's life (rustls does not
+//! say what it holds now), so TLS connections count against
+//! `--buffer-budget-bytes` like their own buffers do.
 
 use std::io::{self, Read, Write};
 
@@ -25,6 +28,17 @@ pub const TLS_READ_BYTES_PER_FILL: usize = 64 * 1024;
 
 /// Encrypted output rustls may hold ahead of the socket for one connection.
 pub const TLS_OUT_BYTES_MAX: usize = 64 * 1024;
+
+/// What one connection's rustls session may hold, charged to the buffer
+/// budget while it lives (rustls 0.23's buffers, worst cases):
+/// * incoming ciphertext: up to 64 KiB while a handshake message is joined
+///   (16 KiB + 2 KiB records after the handshake), in a `Vec` whose capacity
+///   may double as it grows: 128 KiB;
+/// * decrypted plaintext not yet taken: `read_tls` stops past 16 KiB, and
+///   one read's records add up to 18 KiB more: 34 KiB;
+/// * outgoing ciphertext: [`TLS_OUT_BYTES_MAX`] plus record overhead: 66 KiB;
+/// * keys, transcript and the session's own state: 12 KiB.
+pub const TLS_SESSION_BYTES_MAX: usize = 128 * 1024 + 34 * 1024 + (TLS_OUT_BYTES_MAX + 2 * 1024) + 12 * 1024;
 
 /// The connection's TLS session and whether its first byte was checked.
 pub struct TlsSession {
