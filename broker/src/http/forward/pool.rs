@@ -1,0 +1,93 @@
+//! The connections to one leader, bounded: at most
+//! [`FORWARD_CONNECTIONS_PER_LEADER_MAX`] open at once, in use or idle. A
+//! request takes an idle connection of its identity (key and shard), else
+//! opens one, closing an idle connection of another identity when the
+//! bound is reached, else waits for one to come back (within its deadline).
+//! A connection whose request failed or timed out is closed, never pooled:
+//! its stream may still carry the answer to the abandoned request.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::conn::{Identity, LeaderConn, OpenError};
+use crate::shard::external::Viewer;
+
+/// Connections one node keeps to one leader, in use and idle together.
+/// A long poll holds one for its wait (up to 30 s), so this is also how
+/// many requests for one leader a follower serves at once; more wait for a
+/// connection within their own deadline. 64 fills the leader's shards with
+/// pipelines of work on a 2-core machine while bounding the sockets.
+pub const FORWARD_CONNECTIONS_PER_LEADER_MAX: usize = 64;
+
+/// An idle connection older than this is closed instead of reused: well
+/// under the leader's `--idle-timeout-ms` default (300 s), so the leader
+/// rarely closes one under a request.
+pub const FORWARD_IDLE_MAX: Duration = Duration::from_secs(60);
+
+/// A connection and its place in the bound.
+pub struct Lease {
+    pub conn: LeaderConn,
+    slot: OwnedSemaphorePermit,
+}
+
+pub struct Pool {
+    addr: String,
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<Lease>>,
+}
+
+impl Pool {
+    pub fn new(addr: String) -> Pool {
+        Pool { addr, slots: Arc::new(Semaphore::new(FORWARD_CONNECTIONS_PER_LEADER_MAX)), idle: Mutex::new(Vec::new()) }
+    }
+
+    /// A connection as `identity` (opened as `viewer` when none is idle).
+    /// The caller bounds the wait.
+    pub async fn lease(&self, identity: Identity, viewer: &Viewer) -> Result<Lease, OpenError> {
+        if let Some(lease) = self.take_idle(&identity) {
+            return Ok(lease);
+        }
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match self.evict_idle() {
+                Some(slot) => slot,
+                None => self.slots.clone().acquire_owned().await.map_err(|e| OpenError::Io(e.to_string()))?,
+            },
+        };
+        let conn = LeaderConn::open(&self.addr, viewer, identity).await?;
+        Ok(Lease { conn, slot })
+    }
+
+    /// Pools a connection whose last call was answered.
+    pub fn give_back(&self, mut lease: Lease) {
+        lease.conn.idle_since = Instant::now();
+        self.lock().push(lease);
+    }
+
+    /// Whether no connection is in use or idle (the pool may be dropped).
+    pub fn is_unused(&self) -> bool {
+        self.slots.available_permits() == FORWARD_CONNECTIONS_PER_LEADER_MAX
+    }
+
+    /// The newest usable idle connection of `identity`; stale ones met on
+    /// the way are closed.
+    fn take_idle(&self, identity: &Identity) -> Option<Lease> {
+        let mut idle = self.lock();
+        idle.retain(|l| l.conn.idle_since.elapsed() < FORWARD_IDLE_MAX && l.conn.is_usable());
+        let at = idle.iter().rposition(|l| &l.conn.identity == identity)?;
+        Some(idle.swap_remove(at))
+    }
+
+    /// Closes the oldest idle connection and hands over its slot.
+    fn evict_idle(&self) -> Option<OwnedSemaphorePermit> {
+        let mut idle = self.lock();
+        let oldest = (0..idle.len()).min_by_key(|&i| idle[i].conn.idle_since)?;
+        Some(idle.swap_remove(oldest).slot)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Lease>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
