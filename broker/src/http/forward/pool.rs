@@ -91,3 +91,72 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use bytes::BytesMut;
+    use cmq_protocol::frame;
+    use cmq_protocol::{HandshakeOk, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// A leader that accepts every handshake (anonymous); counts connections.
+    async fn fake_leader() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        if let Ok(Some(total)) = frame::check(&buf) {
+                            let (header, _) = frame::split(&mut buf, total);
+                            let mut out = Vec::new();
+                            Response::Handshake(HandshakeOk::default()).encode_frame(header.request_id, &mut out);
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        } else if s.read_buf(&mut buf).await.map_or(true, |n| n == 0) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn at_most_the_bound_is_open_and_idle_connections_make_room_for_other_identities() {
+        let (addr, accepted) = fake_leader().await;
+        let pool = Pool::new(addr);
+        let a = Identity { secret_id: None, shard: Some(0) };
+        let mut held = Vec::new();
+        for _ in 0..FORWARD_CONNECTIONS_PER_LEADER_MAX {
+            held.push(pool.lease(a.clone(), &None).await.expect("lease"));
+        }
+        let waited = timeout(Duration::from_millis(100), pool.lease(a.clone(), &None)).await;
+        assert!(waited.is_err(), "one past the bound waits");
+        // Given back: the same identity reuses it, no new connection.
+        pool.give_back(held.pop().expect("held"));
+        let again =
+            timeout(Duration::from_secs(5), pool.lease(a.clone(), &None)).await.expect("in time").expect("lease");
+        assert_eq!(accepted.load(SeqCst), FORWARD_CONNECTIONS_PER_LEADER_MAX);
+        // Idle, it is closed to make room for another identity: still within the bound.
+        pool.give_back(again);
+        let b = Identity { shard: Some(1), ..a };
+        let other = timeout(Duration::from_secs(5), pool.lease(b, &None)).await.expect("in time").expect("lease");
+        assert_eq!(accepted.load(SeqCst), FORWARD_CONNECTIONS_PER_LEADER_MAX + 1);
+        assert_eq!(pool.slots.available_permits(), 0);
+        assert!(!pool.is_unused());
+        drop((held, other));
+        assert!(pool.is_unused(), "every slot back once the leases end");
+    }
+}
