@@ -71,20 +71,26 @@ impl Pool {
         self.slots.available_permits() == FORWARD_CONNECTIONS_PER_LEADER_MAX
     }
 
-    /// The newest usable idle connection of `identity`; stale ones met on
-    /// the way are closed.
+    /// The newest usable idle connection of `identity`. Those idle too
+    /// long are closed; one the leader closed is found when it is next
+    /// wanted (one non-blocking read each, not one per idle connection).
     fn take_idle(&self, identity: &Identity) -> Option<Lease> {
         let mut idle = self.lock();
-        idle.retain(|l| l.conn.idle_since.elapsed() < FORWARD_IDLE_MAX && l.conn.is_usable());
-        let at = idle.iter().rposition(|l| &l.conn.identity == identity)?;
-        Some(idle.swap_remove(at))
+        idle.retain(|l| l.conn.idle_since.elapsed() < FORWARD_IDLE_MAX);
+        while let Some(at) = idle.iter().rposition(|l| &l.conn.identity == identity) {
+            let lease = idle.remove(at);
+            if lease.conn.is_usable() {
+                return Some(lease);
+            }
+        }
+        None
     }
 
     /// Closes the oldest idle connection and hands over its slot.
     fn evict_idle(&self) -> Option<OwnedSemaphorePermit> {
         let mut idle = self.lock();
         let oldest = (0..idle.len()).min_by_key(|&i| idle[i].conn.idle_since)?;
-        Some(idle.swap_remove(oldest).slot)
+        Some(idle.remove(oldest).slot)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Lease>> {
@@ -104,8 +110,9 @@ mod tests {
 
     use super::*;
 
-    /// A leader that accepts every handshake (anonymous); counts connections.
-    async fn fake_leader() -> (String, Arc<AtomicUsize>) {
+    /// A leader that accepts every handshake (anonymous), and closes the
+    /// connection after it when `close`; counts connections.
+    async fn fake_leader(close: bool) -> (String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -120,7 +127,7 @@ mod tests {
                             let (header, _) = frame::split(&mut buf, total);
                             let mut out = Vec::new();
                             Response::Handshake(HandshakeOk::default()).encode_frame(header.request_id, &mut out);
-                            if s.write_all(&out).await.is_err() {
+                            if s.write_all(&out).await.is_err() || close {
                                 return;
                             }
                         } else if s.read_buf(&mut buf).await.map_or(true, |n| n == 0) {
@@ -135,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_the_bound_is_open_and_idle_connections_make_room_for_other_identities() {
-        let (addr, accepted) = fake_leader().await;
+        let (addr, accepted) = fake_leader(false).await;
         let pool = Pool::new(addr);
         let a = Identity { secret_id: None, shard: Some(0) };
         let mut held = Vec::new();
@@ -158,5 +165,26 @@ mod tests {
         assert!(!pool.is_unused());
         drop((held, other));
         assert!(pool.is_unused(), "every slot back once the leases end");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_leader_closed_is_not_reused() {
+        let (addr, accepted) = fake_leader(true).await;
+        let pool = Pool::new(addr);
+        let a = Identity { secret_id: Some("AKIDx".into()), shard: None };
+        let lease = pool.lease(a.clone(), &None).await.expect("lease");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lease.conn.is_usable() {
+            assert!(Instant::now() < deadline, "the close never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pool.give_back(lease);
+        let _fresh = pool.lease(a, &None).await.expect("lease");
+        assert_eq!(accepted.load(SeqCst), 2, "a new connection, not the closed one");
+        assert_eq!(
+            pool.slots.available_permits(),
+            FORWARD_CONNECTIONS_PER_LEADER_MAX - 1,
+            "the closed one's slot came back"
+        );
     }
 }
