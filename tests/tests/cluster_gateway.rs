@@ -2,14 +2,14 @@
 //! serves every queue. A request for a queue another node leads is run by
 //! the leader (forwarded over the binary protocol as the caller's key) and
 //! the leader's answer returned: signed requests to followers and to the
-//! leader, anonymous ones, a key's refusal through a follower, a long poll
-//! through a follower, and a leader killed mid-run.
+//! leader, anonymous ones, the console's JSON API, a key's refusal through
+//! a follower, a long poll through a follower, and a leader killed mid-run.
 
 mod cmq_signer;
 
 use std::time::{Duration, Instant};
 
-use cmq_integration_tests::{Cluster, ClusterSpec, NodeConn, Reply};
+use cmq_integration_tests::{http, Cluster, ClusterSpec, NodeConn, Reply};
 use cmq_protocol::{CreateKey, Request, Response};
 use cmq_signer::{code, Signer};
 
@@ -82,6 +82,18 @@ fn roles(c: &Cluster) -> (usize, usize, usize) {
     (leader, followers[0], followers[1])
 }
 
+/// The console's JSON API forwards the same way: a follower's anonymous
+/// session reads the queue (GetQueueAttributes, run by the leader).
+fn console_on_a_follower_shows_the_queue(c: &Cluster, follower: usize) {
+    let http = c.http_addr(follower);
+    let session = http::get(http, "/api/v1/session");
+    assert_eq!(session.status, 200, "{}", session.body);
+    let cookie = session.header("set-cookie").and_then(|s| s.split(';').next()).expect("a session cookie").to_owned();
+    let r = http::request(http, "GET", &format!("/api/v1/queues/{QUEUE}"), &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["queueName"], QUEUE, "{}", r.body);
+}
+
 #[test]
 fn every_node_serves_every_queue_and_a_key_is_refused_through_a_follower_too() {
     let c = cluster();
@@ -94,6 +106,7 @@ fn every_node_serves_every_queue_and_a_key_is_refused_through_a_follower_too() {
     assert_eq!((code(&v), v["msgBody"].as_str()), (0, Some("anonymous")), "{v}");
     let v = delete(&c, leader, &anon, v["receiptHandle"].as_str().expect("handle"));
     assert_eq!(code(&v), 0, "{v}");
+    console_on_a_follower_shows_the_queue(&c, f1);
 
     let app = create_key(
         &c,
