@@ -81,6 +81,8 @@ struct Node {
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// The HTTP port (bound at :0), once started.
+    http: Option<SocketAddr>,
 }
 
 impl Node {
@@ -100,9 +102,14 @@ impl Node {
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
+            // cmqd prints its HTTP port before the client address.
+            let mut http = None;
             while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(addr) = line.trim().strip_prefix("cmqd http on ") {
+                    http = addr.parse::<SocketAddr>().ok();
+                }
                 if line.starts_with("cmqd listening on ") {
-                    let _ = tx.send(());
+                    let _ = tx.send(http);
                 }
                 line.clear();
             }
@@ -112,6 +119,9 @@ impl Node {
         let started = rx.recv_timeout(START_TIMEOUT);
         self.child = Some(child);
         self.paused = false;
+        if let Ok(http) = started {
+            self.http = http;
+        }
         if started.is_err() {
             self.kill9();
             panic!("node {} did not start; its log:\n{}", self.id, tail(&self.log_path, LOG_TAIL_LINES));
@@ -194,7 +204,7 @@ impl Cluster {
                 }
                 args.extend(spec.extra_args.iter().cloned());
                 let log_path = dir.path().join(format!("node{}.log", i + 1));
-                Node { id: i as u64 + 1, client: client[i], args, log_path, child: None, paused: false }
+                Node { id: i as u64 + 1, client: client[i], args, log_path, child: None, paused: false, http: None }
             })
             .collect();
         let mut c = Cluster { dir: Some(dir), shards: spec.shards, nodes, links };
@@ -226,6 +236,11 @@ impl Cluster {
     }
 
     /// Running and not paused.
+    /// Node `i`'s HTTP port (CMQ API, console), as it last started.
+    pub fn http_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].http.expect("the node printed its HTTP port")
+    }
+
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].child.is_some() && !self.nodes[i].paused
     }

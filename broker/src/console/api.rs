@@ -51,11 +51,8 @@ impl Ctx<'_> {
         self.caller.permit(&request)?;
         let opcode = request.opcode() as u16;
         let ctx = self.ctx;
-        let frame = ctx
-            .bridge
-            .execute(&ctx.shared.external, request, self.caller.viewer(), within)
-            .await
-            .map_err(unanswered)?;
+        let frame =
+            crate::http::forward::execute(ctx, request, self.caller.viewer(), within).await.map_err(unanswered)?;
         decode(opcode, frame)
     }
 }

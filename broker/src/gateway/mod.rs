@@ -108,11 +108,8 @@ async fn run(ctx: &HttpContext, parts: &Parts, raw: &[u8]) -> actions::Answer {
         return answer;
     }
     let (within, opcode) = (call.answer_within(), call.request.opcode() as u16);
-    let frame = ctx
-        .bridge
-        .execute(&ctx.shared.external, call.request, viewer, within)
-        .await
-        .map_err(|e| bare(unanswered(e)))?;
+    let frame =
+        crate::http::forward::execute(ctx, call.request, viewer, within).await.map_err(|e| bare(unanswered(e)))?;
     match decode(opcode, frame) {
         Ok(resp) => actions::answer(&call.handles, resp),
         Err(e) => Err(bare(e)),

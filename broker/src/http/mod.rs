@@ -15,6 +15,7 @@
 
 mod bridge;
 pub mod deadline;
+pub mod forward;
 pub mod health;
 pub mod router;
 pub mod scrape;
@@ -72,6 +73,8 @@ pub struct HttpContext {
     pub gateway: crate::gateway::Gateway,
     /// The web console's sessions and history (`/console/`, `/api/v1/`).
     pub console: crate::console::Console,
+    /// Connections to other nodes' client ports for requests they lead (`forward`).
+    pub forward: forward::Forwarder,
 }
 
 /// The running HTTP port.
@@ -105,6 +108,7 @@ impl HttpServer {
             router,
             gateway: Default::default(),
             console: Default::default(),
+            forward: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
