@@ -215,10 +215,9 @@ impl Shard {
             // Retried at the next turn; meanwhile the old records stay.
             log::warn!("shard {}: cannot write the hard state and configuration again: {e}", self.id);
         }
-        let now = self.clock.now_ms();
         for (from, gather, m) in std::mem::take(&mut r.membership) {
             let answer = Answer::Done(self.membership(m));
-            self.deliver_answer(from, gather, answer, now);
+            self.deliver_answer(from, gather, answer);
         }
         self.repl_pump();
     }
@@ -366,9 +365,14 @@ impl Shard {
         }
         let status = matches!(query, Query::ReplicaStatus | Query::Membership(_));
         let Some(r) = self.repl.as_deref_mut().filter(|_| !status) else {
-            // Alone, or a status question (what this replica knows now).
+            // Alone, or a status question (what this replica knows now),
+            // asked before the turn's entry is built: our own gather may
+            // finish here.
             let answer = self.answer_query(query);
-            return self.deliver_answer(from, gather, answer, now);
+            if from == self.id {
+                return self.gather_answer(gather, answer, now);
+            }
+            return self.deliver_answer(from, gather, answer);
         };
         let round = r.read_round();
         r.parked.push((round, from, gather, query));
@@ -383,19 +387,21 @@ impl Shard {
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut r.parked).into_iter().partition(|p| p.0 <= confirmed);
         r.parked = waiting;
-        let now = self.clock.now_ms();
         for (_, from, gather, query) in ready {
             let answer = self.answer_query(query);
-            self.deliver_answer(from, gather, answer, now);
+            self.deliver_answer(from, gather, answer);
         }
     }
 
-    fn deliver_answer(&mut self, from: u16, gather: u64, answer: Answer, now: u64) {
-        if from == self.id {
-            self.gather_answer(gather, answer, now);
-        } else {
-            self.send_to(from, ShardMsg::Answer { gather, answer });
-        }
+    /// Answers go through the asking shard's inbox, this shard's own
+    /// included: this runs after the turn's entry was proposed, and
+    /// finishing a gather may log records (a DeleteQueue once the dead-letter
+    /// sources are known, a CreateQueue once no shard has the name), which
+    /// belong in the next turn's entry. Finishing it here logged them into
+    /// the entry already proposed, and cmqd aborted
+    /// (`tests/tests/cluster_admin.rs`).
+    fn deliver_answer(&mut self, from: u16, gather: u64, answer: Answer) {
+        self.send_to(from, ShardMsg::Answer { gather, answer });
     }
 
     /// Cross-shard messages from other nodes: transfers and verdicts for
