@@ -16,6 +16,7 @@
 mod bridge;
 pub mod deadline;
 pub mod health;
+mod lane;
 pub mod router;
 pub mod scrape;
 
@@ -45,14 +46,18 @@ use router::{AllowAll, Endpoint, Reply, Router};
 /// `gateway::BODY_BUDGET_BYTES`, heads by [`HTTP_BUF_BYTES_MAX`] each.
 pub const HTTP_CONNECTIONS_MAX: usize = 1024;
 
-/// Most threads the HTTP runtime runs (one per CPU up to this): beyond a
-/// few, the shards, not HTTP parsing, are the limit, and each thread is
-/// one more to wake.
+/// Most threads the HTTP runtime runs (one per two CPUs up to this):
+/// beyond a few, the shards, not HTTP parsing, are the limit, and each
+/// thread is one more to wake.
 pub const HTTP_WORKER_THREADS_MAX: usize = 4;
 
-/// Threads of the HTTP runtime on a machine with `cpus` CPUs.
+/// Threads of the HTTP runtime on a machine with `cpus` CPUs: one per two,
+/// since the shards (one per CPU) need the rest. On 2 CPUs one thread cost
+/// 117 µs of broker CPU per gateway cycle against 149 µs with two: one
+/// thread collects more ready connections per wake-up and wakes no sibling
+/// (futex calls per cycle 0.1-0.5 against 1.0; docs/BENCHMARKS.md).
 pub fn http_worker_threads(cpus: usize) -> usize {
-    cpus.clamp(1, HTTP_WORKER_THREADS_MAX)
+    (cpus / 2).clamp(1, HTTP_WORKER_THREADS_MAX)
 }
 
 /// A request's headers must arrive within this of their first byte (an
@@ -236,11 +241,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_runtime_has_a_thread_per_cpu_up_to_the_limit() {
+    fn the_runtime_has_a_thread_per_two_cpus_up_to_the_limit() {
         assert_eq!(http_worker_threads(0), 1);
         assert_eq!(http_worker_threads(1), 1);
-        assert_eq!(http_worker_threads(2), 2);
-        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX), HTTP_WORKER_THREADS_MAX);
-        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX + 1), HTTP_WORKER_THREADS_MAX);
+        assert_eq!(http_worker_threads(2), 1);
+        assert_eq!(http_worker_threads(4), 2);
+        assert_eq!(http_worker_threads(2 * HTTP_WORKER_THREADS_MAX), HTTP_WORKER_THREADS_MAX);
+        assert_eq!(http_worker_threads(2 * HTTP_WORKER_THREADS_MAX + 2), HTTP_WORKER_THREADS_MAX);
     }
 }
