@@ -4,10 +4,10 @@
 //! hyper serves it on a tokio runtime of its own threads (`cmq-http`,
 //! [`http_worker_threads`] of them), never on a shard's event loop: the
 //! shards stay free of any runtime and are reached only through their
-//! inboxes (`bridge.rs`). With the CMQ API on it, this port carries
-//! messages: one thread parsing, signing and encoding every request saturated
-//! at a few thousand cycles/s while the shards idled (docs/BENCHMARKS.md).
-//! What it may cost is bounded: at most
+//! inboxes (`bridge.rs`, in batches per runtime turn: `lane.rs`). With the
+//! CMQ API on it, this port carries messages, and its threads are most of
+//! the broker's CPU per gateway request (docs/BENCHMARKS.md, "CMQ API
+//! gateway"). What it may cost is bounded: at most
 //! [`HTTP_CONNECTIONS_MAX`] connections, headers within
 //! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], idle keep-alive
 //! connections closed after `deadline::KEEP_ALIVE_IDLE_MAX`, one round of
