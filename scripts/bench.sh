@@ -549,6 +549,10 @@ for line in open(scenarios_file) if have_matrix else []:
     notes = ", ".join(f"{k}: {v:,}" for k, v in sorted(errs.items())) or "none"
     if broken_runs:
         notes += f"; {broken_runs} run(s) with a stuck connection"
+    # The gateway rows share 2 cores with the load client: CPU per cycle is what compares across runs.
+    cycles = med["msgs_per_s"] * med["duration_s"]
+    if name.startswith("http/") and med.get("broker_cpu_s") is not None and cycles > 0:
+        notes += f"; broker CPU {1e6 * med['broker_cpu_s'] / cycles:.0f} µs per cycle"
     disk = []
     for f in sorted(glob.glob(f"{results}/{slug}-run*.disk_bytes")):
         try:

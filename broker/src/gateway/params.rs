@@ -2,8 +2,6 @@
 //! into key/value pairs, with every limit checked before anything is kept,
 //! typed accessors, and CMQ's indexed lists (`name.1`, `name.2`, ...).
 
-use std::collections::BTreeMap;
-
 use super::errors::{module, ApiError};
 
 /// Largest request body (POST) accepted; larger ones get HTTP 413 before
@@ -21,10 +19,16 @@ pub const PARAM_NAME_BYTES_MAX: usize = 128;
 /// Items of one indexed list (CMQ's batch size).
 pub const LIST_ITEMS_MAX: usize = cmq_protocol::limits::BATCH_MSGS_MAX;
 
-/// Decoded parameters, by name (bytewise order: the signature's).
+/// Decoded parameters, by name (bytewise order: the signature's). Every
+/// name and value is decoded into one buffer and found by its byte range:
+/// two allocations per request however many parameters it has (this runs
+/// for every gateway request; docs/BENCHMARKS.md, "CMQ API gateway").
 #[derive(Debug, Default, Clone)]
 pub struct Params {
-    map: BTreeMap<String, String>,
+    /// Each parameter's name then its value, decoded, back to back.
+    text: String,
+    /// (name start, name end = value start, value end) in `text`, sorted by name.
+    pairs: Vec<(usize, usize, usize)>,
 }
 
 impl Params {
@@ -32,38 +36,43 @@ impl Params {
     /// percent-encoding, invalid UTF-8, a repeated name and the limits above
     /// are errors.
     pub fn parse(raw: &[u8]) -> Result<Params, ApiError> {
-        check_encoding(raw)?;
-        let pairs = raw.split(|b| *b == b'&').filter(|p| !p.is_empty()).count();
-        if pairs > PARAMS_MAX {
+        let count = raw.split(|b| *b == b'&').filter(|p| !p.is_empty()).count();
+        if count > PARAMS_MAX {
             return Err(ApiError::param(module::INVALID_REQUEST, format!("more than {PARAMS_MAX} parameters")));
         }
-        let mut map = BTreeMap::new();
-        for (k, v) in form_urlencoded::parse(raw) {
-            if k.is_empty() {
-                return Err(ApiError::param(module::KEY_FORMAT, "a parameter without a name"));
-            }
-            if k.len() > PARAM_NAME_BYTES_MAX {
-                return Err(ApiError::param(
-                    module::KEY_FORMAT,
-                    format!("a parameter name over {PARAM_NAME_BYTES_MAX} bytes"),
-                ));
-            }
-            let key = k.into_owned();
-            if map.contains_key(&key) {
-                return Err(ApiError::param(module::NOT_REPEATABLE, format!("parameter {key} is given twice")));
-            }
-            map.insert(key, v.into_owned());
+        // Decoding never lengthens: the buffer is allocated once.
+        let mut text = Vec::with_capacity(raw.len());
+        let mut pairs = Vec::with_capacity(count);
+        for piece in raw.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match piece.iter().position(|b| *b == b'=') {
+                Some(i) => (&piece[..i], &piece[i + 1..]),
+                None => (piece, &piece[piece.len()..]),
+            };
+            let a = text.len();
+            decode_into(name, &mut text)?;
+            let b = text.len();
+            decode_into(value, &mut text)?;
+            check_name(b - a)?;
+            pairs.push((a, b, text.len()));
         }
-        Ok(Params { map })
+        let text = String::from_utf8(text).map_err(|_| malformed("not UTF-8"))?;
+        pairs.sort_by(|x, y| text[x.0..x.1].cmp(&text[y.0..y.1]));
+        if let Some(w) = pairs.windows(2).find(|w| text[w[0].0..w[0].1] == text[w[1].0..w[1].1]) {
+            let key = &text[w[0].0..w[0].1];
+            return Err(ApiError::param(module::NOT_REPEATABLE, format!("parameter {key} is given twice")));
+        }
+        Ok(Params { text, pairs })
     }
 
     /// Every parameter in bytewise name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.pairs.iter().map(|&(a, b, c)| (&self.text[a..b], &self.text[b..c]))
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str)
+        let i = self.pairs.binary_search_by(|&(a, b, _)| self.text[a..b].cmp(name)).ok()?;
+        let (_, b, c) = self.pairs[i];
+        Some(&self.text[b..c])
     }
 
     pub fn required(&self, name: &str) -> Result<&str, ApiError> {
@@ -120,18 +129,52 @@ impl Params {
     }
 }
 
-/// Percent-escapes must be `%` and two hex digits, and what they decode to
-/// must be UTF-8 (`form_urlencoded` would silently keep or replace them).
-/// `&`, `=` and `+` are ASCII, so decoding the whole body at once is
-/// valid UTF-8 exactly when every name and value is.
-fn check_encoding(raw: &[u8]) -> Result<(), ApiError> {
-    let bad = |what: &str| ApiError::param(module::INVALID_REQUEST, format!("malformed form encoding: {what}"));
-    for (i, b) in raw.iter().enumerate() {
-        if *b == b'%' && !raw.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-            return Err(bad("% is not followed by two hex digits"));
+/// A parameter name must have 1 to [`PARAM_NAME_BYTES_MAX`] bytes.
+fn check_name(len: usize) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::param(module::KEY_FORMAT, "a parameter without a name"));
+    }
+    if len > PARAM_NAME_BYTES_MAX {
+        return Err(ApiError::param(module::KEY_FORMAT, format!("a parameter name over {PARAM_NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// The value of hex digit `c` (checked by the caller).
+fn hex_value(c: u8) -> u8 {
+    (c as char).to_digit(16).unwrap_or(0) as u8
+}
+
+fn malformed(what: &str) -> ApiError {
+    ApiError::param(module::INVALID_REQUEST, format!("malformed form encoding: {what}"))
+}
+
+/// Appends `raw` form-decoded (`+` is a space, `%XY` a byte) to `out`.
+/// A `%` must be followed by two hex digits (`form_urlencoded` would keep
+/// a bad escape as it is), and what is appended must be UTF-8 on its own (a
+/// sequence split across two names or values is refused, as decoding the
+/// body whole refuses it).
+fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+    let start = out.len();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        // Most bytes stand for themselves: copy them a run at a time.
+        let plain = rest.iter().position(|b| matches!(b, b'+' | b'%')).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..plain]);
+        let Some((&b, tail)) = rest[plain..].split_first() else { break };
+        rest = tail;
+        match b {
+            b'+' => out.push(b' '),
+            _ => {
+                let Some(&[hi, lo]) = rest.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit)) else {
+                    return Err(malformed("% is not followed by two hex digits"));
+                };
+                out.push((hex_value(hi) << 4) | hex_value(lo));
+                rest = &rest[2..];
+            }
         }
     }
-    percent_encoding::percent_decode(raw).decode_utf8().map_err(|_| bad("not UTF-8"))?;
+    std::str::from_utf8(&out[start..]).map_err(|_| malformed("not UTF-8"))?;
     Ok(())
 }
 
@@ -154,6 +197,9 @@ mod tests {
         assert_eq!(q.get("empty"), Some(""));
         assert_eq!(q.required("nope").expect_err("missing").module, module::MISSING_PARAMETER);
         assert_eq!(q.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["empty", "msgBody", "queueName"]);
+        let bare = p("flag&a%5Fb=x%3Dy&&z=%2B");
+        assert_eq!(bare.iter().collect::<Vec<_>>(), [("a_b", "x=y"), ("flag", ""), ("z", "+")]);
+        assert_eq!(bare.get("a"), None);
     }
 
     #[test]
@@ -161,7 +207,13 @@ mod tests {
         assert_eq!(err("a=%zz").module, module::INVALID_REQUEST);
         assert_eq!(err("a=%4").module, module::INVALID_REQUEST);
         assert_eq!(err("a=%ff%fe").module, module::INVALID_REQUEST, "not UTF-8");
+        assert_eq!(err("a=%E4%BD").module, module::INVALID_REQUEST, "a sequence cut short");
+        assert_eq!(err("a=%E4&%BD%A0=1").module, module::INVALID_REQUEST, "split across two parameters");
+        assert_eq!(err("a=%").module, module::INVALID_REQUEST);
+        assert_eq!(err("a=%+1").module, module::INVALID_REQUEST, "a sign is not a hex digit");
+        assert!(Params::parse(b"a=\xff").is_err(), "raw bytes that are not UTF-8");
         assert_eq!(err("a=1&a=2").module, module::NOT_REPEATABLE);
+        assert_eq!(err("b=1&a=2&b=3").module, module::NOT_REPEATABLE, "apart in the body");
         assert_eq!(err("=1").module, module::KEY_FORMAT);
         let long = format!("{}=1", "k".repeat(PARAM_NAME_BYTES_MAX + 1));
         assert_eq!(err(&long).module, module::KEY_FORMAT);

@@ -2,6 +2,7 @@
 //! shard's inbox (which wakes it if it sleeps), answered from the shard's
 //! own thread through a oneshot channel. The shards never run the runtime;
 //! a shard that does not answer in time is reported missing, not waited for.
+//! Gateway requests reach their shard gathered per runtime turn (`lane.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use cmq_protocol::{Request, Route};
 use tokio::sync::{oneshot, Mutex};
 use tokio::time::Instant;
 
+use super::lane::{FlushOnDrop, Lane};
 use crate::metrics::snapshot::{ShardSnapshot, StatsRequest};
 use crate::shard::external::{ExternalRequest, Registry, Viewer};
 use crate::shard::mailbox::{ShardHandle, ShardMsg};
@@ -36,6 +38,8 @@ pub enum Unanswered {
 
 pub struct ShardBridge {
     shards: Vec<ShardHandle>,
+    /// Gateway requests not yet sent, by shard.
+    lanes: Vec<Lane>,
     /// Spreads requests any shard may run.
     next_any: AtomicUsize,
     /// One round of questions at a time: concurrent scrapes queue here
@@ -45,7 +49,8 @@ pub struct ShardBridge {
 
 impl ShardBridge {
     pub fn new(shards: Vec<ShardHandle>) -> ShardBridge {
-        ShardBridge { shards, next_any: AtomicUsize::new(0), round: Mutex::new(()) }
+        let lanes = shards.iter().map(|_| Lane::default()).collect();
+        ShardBridge { shards, lanes, next_any: AtomicUsize::new(0), round: Mutex::new(()) }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -101,14 +106,17 @@ impl ShardBridge {
             Route::Shard(s) if s < n => s,
             _ => (self.next_any.fetch_add(1, Ordering::Relaxed) % usize::from(n.max(1))) as u16,
         };
-        let Some(handle) = self.shards.get(usize::from(shard)) else { return Err(Unanswered::Busy) };
-        let (token, rx) = registry.register(viewer);
-        let mut forget = Forget { registry, token, sent_to: None };
-        let msg = ShardMsg::External(Box::new(ExternalRequest { token, request }));
-        if handle.send(msg).is_err() {
+        let (Some(handle), Some(lane)) = (self.shards.get(usize::from(shard)), self.lanes.get(usize::from(shard)))
+        else {
             return Err(Unanswered::Busy);
+        };
+        let (token, rx) = registry.register(viewer);
+        let _forget = Forget { registry, token, lane, shard: handle };
+        if lane.push(ExternalRequest { token, request }) {
+            // Dropped after the yield, or with this future during it: either way the lane goes out.
+            let _flush = FlushOnDrop { lane, shard: handle, registry };
+            tokio::task::yield_now().await;
         }
-        forget.sent_to = Some(handle);
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(_)) => Err(Unanswered::Dropped),
@@ -122,12 +130,14 @@ impl ShardBridge {
     }
 }
 
-/// Forgets an external request's waiter when its future ends; tells the
-/// shard it was sent to when no answer had come (see `execute`).
+/// Forgets an external request's waiter when its future ends; takes the
+/// request back if it never left its lane, else tells the shard when no
+/// answer had come (see `execute`).
 struct Forget<'a> {
     registry: &'a Registry,
     token: u64,
-    sent_to: Option<&'a ShardHandle>,
+    lane: &'a Lane,
+    shard: &'a ShardHandle,
 }
 
 impl Drop for Forget<'_> {
@@ -135,12 +145,12 @@ impl Drop for Forget<'_> {
         // The shard hears of it before the registry forgets the token, so
         // anything that sees the waiter gone (a scrape's
         // `cmq_http_requests_waiting`) knows the shard's inbox holds the news.
-        let Some(shard) = self.sent_to.filter(|_| self.registry.is_waiting(self.token)) else {
+        if !self.registry.is_waiting(self.token) || self.lane.withdraw(self.token) {
             self.registry.cancel(self.token);
             return;
-        };
+        }
         let reply_to = crate::shard::external::reply_to(self.token);
-        if shard.send(ShardMsg::ConnClosed { reply_to }).is_err() {
+        if self.shard.send(ShardMsg::ConnClosed { reply_to }).is_err() {
             // Inbox full: the long poll stays parked until its wait ends.
             log::debug!(target: "cmq::http", "could not release abandoned request {}: shard inbox full", self.token);
         }

@@ -4,10 +4,10 @@
 //! hyper serves it on a tokio runtime of its own threads (`cmq-http`,
 //! [`http_worker_threads`] of them), never on a shard's event loop: the
 //! shards stay free of any runtime and are reached only through their
-//! inboxes (`bridge.rs`). With the CMQ API on it, this port carries
-//! messages: one thread parsing, signing and encoding every request saturated
-//! at a few thousand cycles/s while the shards idled (docs/BENCHMARKS.md).
-//! What it may cost is bounded: at most
+//! inboxes (`bridge.rs`, in batches per runtime turn: `lane.rs`). With the
+//! CMQ API on it, this port carries messages, and its threads are most of
+//! the broker's CPU per gateway request (docs/BENCHMARKS.md, "CMQ API
+//! gateway"). What it may cost is bounded: at most
 //! [`HTTP_CONNECTIONS_MAX`] connections, headers within
 //! [`HEADER_READ_TIMEOUT`] and [`HTTP_BUF_BYTES_MAX`], idle keep-alive
 //! connections closed after `deadline::KEEP_ALIVE_IDLE_MAX`, one round of
@@ -17,6 +17,7 @@ mod bridge;
 pub mod deadline;
 pub mod forward;
 pub mod health;
+mod lane;
 pub mod router;
 pub mod scrape;
 
@@ -46,14 +47,18 @@ use router::{AllowAll, Endpoint, Reply, Router};
 /// `gateway::BODY_BUDGET_BYTES`, heads by [`HTTP_BUF_BYTES_MAX`] each.
 pub const HTTP_CONNECTIONS_MAX: usize = 1024;
 
-/// Most threads the HTTP runtime runs (one per CPU up to this): beyond a
-/// few, the shards, not HTTP parsing, are the limit, and each thread is
-/// one more to wake.
+/// Most threads the HTTP runtime runs (one per two CPUs up to this):
+/// beyond a few, the shards, not HTTP parsing, are the limit, and each
+/// thread is one more to wake.
 pub const HTTP_WORKER_THREADS_MAX: usize = 4;
 
-/// Threads of the HTTP runtime on a machine with `cpus` CPUs.
+/// Threads of the HTTP runtime on a machine with `cpus` CPUs: one per two,
+/// since the shards (one per CPU) need the rest. On 2 CPUs one thread cost
+/// 117 µs of broker CPU per gateway cycle against 149 µs with two: one
+/// thread collects more ready connections per wake-up and wakes no sibling
+/// (futex calls per cycle 0.1-0.5 against 1.0; docs/BENCHMARKS.md).
 pub fn http_worker_threads(cpus: usize) -> usize {
-    cpus.clamp(1, HTTP_WORKER_THREADS_MAX)
+    (cpus / 2).clamp(1, HTTP_WORKER_THREADS_MAX)
 }
 
 /// A request's headers must arrive within this of their first byte (an
@@ -251,11 +256,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_runtime_has_a_thread_per_cpu_up_to_the_limit() {
+    fn the_runtime_has_a_thread_per_two_cpus_up_to_the_limit() {
         assert_eq!(http_worker_threads(0), 1);
         assert_eq!(http_worker_threads(1), 1);
-        assert_eq!(http_worker_threads(2), 2);
-        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX), HTTP_WORKER_THREADS_MAX);
-        assert_eq!(http_worker_threads(HTTP_WORKER_THREADS_MAX + 1), HTTP_WORKER_THREADS_MAX);
+        assert_eq!(http_worker_threads(2), 1);
+        assert_eq!(http_worker_threads(4), 2);
+        assert_eq!(http_worker_threads(2 * HTTP_WORKER_THREADS_MAX), HTTP_WORKER_THREADS_MAX);
+        assert_eq!(http_worker_threads(2 * HTTP_WORKER_THREADS_MAX + 2), HTTP_WORKER_THREADS_MAX);
     }
 }

@@ -138,7 +138,10 @@ pub fn text(status: StatusCode, body: &str) -> Reply {
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    reply(status, "application/json", format!("{value}\n"))
+    // Straight into the body's buffer (`Display` would go through a formatter).
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
 }
 
 #[cfg(test)]

@@ -84,7 +84,8 @@ impl Registry {
         self.lock().get(&token).and_then(|w| w.viewer.clone())
     }
 
-    fn answer(&self, token: u64, frame: Bytes) {
+    /// Hands `frame` to waiter `token` (if it still waits).
+    pub fn answer(&self, token: u64, frame: Bytes) {
         if let Some(w) = self.lock().remove(&token) {
             let _ = w.answer.send(frame);
         }

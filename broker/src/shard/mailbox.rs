@@ -170,8 +170,9 @@ pub enum ShardMsg {
     Shutdown,
     /// The HTTP thread asks for this shard's metrics (`metrics::snapshot`).
     Stats(crate::metrics::snapshot::StatsRequest),
-    /// A request from inside the broker (the HTTP gateway; `external.rs`).
-    External(Box<super::external::ExternalRequest>),
+    /// Requests from inside the broker (the HTTP gateway; `external.rs`),
+    /// those of one HTTP runtime turn together (`http/lane.rs`).
+    External(Vec<super::external::ExternalRequest>),
     /// Testing only (`--fault-http-hooks`): block the event loop this long.
     Stall {
         ms: u64,

@@ -1177,7 +1177,7 @@ impl Shard {
                 }
                 ShardMsg::Stats(req) => self.answer_stats(req, now),
                 ShardMsg::Stall { ms } => self.stall(ms),
-                ShardMsg::External(r) => self.take_external(*r, now),
+                ShardMsg::External(rs) => rs.into_iter().for_each(|r| self.take_external(r, now)),
             }
         }
     }
