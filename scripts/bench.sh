@@ -15,6 +15,9 @@
 #   BENCH_CRITERION 0 skips the criterion benchmarks    [1]
 #   BENCH_SCALE     0 skips the two at-scale scenarios   [1]
 #   BENCH_SECURITY  0 skips the authenticated and TLS rows (issue 12) [1]
+#   BENCH_SECURITY_AB 0 skips the security-cost A/B (scripts/security-ab.sh:
+#                   anonymous, authenticated, TLS and both, alternating; its
+#                   own block in the document) [1]
 #   BENCH_RECLAIM_BYTES  disk reclamation: bytes of 1 KiB bodies produced,
 #                   then consumed                       [4294967296]
 #   BENCH_RECLAIM_WAIT   seconds to wait for the log to shrink afterwards [180]
@@ -740,4 +743,10 @@ EOF
 if [[ -z "$REPORT_ONLY" && "${BENCH_METRICS_AB:-1}" != 0 ]]; then
     log "metrics cost: pipelined runs with and without /metrics scraped every second"
     RUNS=$RUNS DURATION=$DURATION AB_DOC=$DOC CMQD=$CMQD LOADGEN=$LOADGEN scripts/metrics-ab.sh | tee "$RESULTS/metrics-ab.txt" >&2
+fi
+
+# ---- what authentication and TLS cost (issue 12) -----------------------------
+if [[ -z "$REPORT_ONLY" && "${BENCH_SECURITY_AB:-1}" != 0 ]]; then
+    log "security cost: pipelined runs anonymous, authenticated, over TLS, both (alternating)"
+    RUNS=$RUNS DURATION=$DURATION AB_DOC=$DOC CMQD=$CMQD LOADGEN=$LOADGEN scripts/security-ab.sh | tee "$RESULTS/security-ab.txt" >&2
 fi
