@@ -7,7 +7,7 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 # Quiet, non-interactive, no recommends; apt-get update first (a fresh machine has no lists).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$$0"'
 
-.PHONY: all build run cluster cluster-bench test test-only sim sim-explore tools sdk-venv console-venv lint fmt bench install clean package package-test
+.PHONY: all build run cluster cluster-bench peer-tls-bench test test-only sim sim-explore tools sdk-venv console-venv lint fmt bench install clean package package-test
 
 all: build
 
@@ -120,6 +120,10 @@ fmt:
 ## throughput and latency; rewrites its block of docs/BENCHMARKS.md
 cluster-bench:
 	scripts/cluster-bench.sh
+
+## peer-tls-bench: replicated throughput with plaintext against TLS peer links (prints a table)
+peer-tls-bench:
+	scripts/peer-tls-bench.sh
 
 ## bench: criterion micro-benchmarks and cmq-loadgen scenarios; rewrites docs/BENCHMARKS.md
 bench:

@@ -2,6 +2,8 @@
 //! 1 KiB frames to another node's, each on its own thread and mio loop as
 //! in the broker (authenticated link, batching per turn, bounded output).
 //! The figure is frames (and bytes) delivered to the receiver's callback.
+//! `1KiB_frames_tls`: the same over peer TLS (certificates from the tests'
+//! own CA, `tests/src/tls.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use cmq_broker::cluster::{
     AcceptorConfig, AuthenticatedStream, ClusterKey, DataKind, NodeIdentity, PeerAcceptor, PeerLinks, SendError,
 };
+use cmq_broker::tls::peer::{PeerTls, PeerTlsFiles};
+use cmq_integration_tests::tls::TestPki;
 use cmq_protocol::peer::DataFrame;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mio::{Events, Poll, Token, Waker};
@@ -133,6 +137,21 @@ fn sender(mut links: PeerLinks, mut poll: Poll, c: Arc<Counters>) {
 }
 
 fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("peer_link");
+    g.throughput(Throughput::Bytes(FRAME_PAYLOAD_BYTES as u64));
+    bench_link(&mut g, "1KiB_frames", None);
+    let pki = TestPki::new();
+    let files = PeerTlsFiles { cert: pki.server_cert.clone(), key: pki.server_key.clone(), ca: pki.ca.clone() };
+    bench_link(&mut g, "1KiB_frames_tls", Some(files.load().expect("peer TLS")));
+    g.finish();
+}
+
+/// One link from node 1 to node 2 (over TLS when `tls` is given), measured as `name`.
+fn bench_link(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    tls: Option<PeerTls>,
+) {
     let counters = Arc::new(Counters {
         target: AtomicU64::new(0),
         received: AtomicU64::new(0),
@@ -148,10 +167,17 @@ fn bench(c: &mut Criterion) {
         let _ = w.wake();
     };
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let acc2 = PeerAcceptor::bind(any, AcceptorConfig::new(identity(2), BTreeSet::from([1])), handoff).expect("bind");
-    let acc1 = PeerAcceptor::bind(any, AcceptorConfig::new(identity(1), BTreeSet::from([2])), |_, _| {}).expect("bind");
-    let l1 = PeerLinks::new(identity(1), 0, TOKEN_BASE, &BTreeMap::from([(2, acc2.local_addr())])).expect("links");
-    let l2 = PeerLinks::new(identity(2), 0, TOKEN_BASE, &BTreeMap::from([(1, acc1.local_addr())])).expect("links");
+    let config = |id: u64, peer: u64| {
+        let mut cfg = AcceptorConfig::new(identity(id), BTreeSet::from([peer]));
+        cfg.tls = tls.clone();
+        cfg
+    };
+    let acc2 = PeerAcceptor::bind(any, config(2, 1), handoff).expect("bind");
+    let acc1 = PeerAcceptor::bind(any, config(1, 2), |_, _| {}).expect("bind");
+    let mut l1 = PeerLinks::new(identity(1), 0, TOKEN_BASE, &BTreeMap::from([(2, acc2.local_addr())])).expect("links");
+    let mut l2 = PeerLinks::new(identity(2), 0, TOKEN_BASE, &BTreeMap::from([(1, acc1.local_addr())])).expect("links");
+    l1.set_tls(tls.clone());
+    l2.set_tls(tls);
     let tx_poll = Poll::new().expect("poll");
     let tx_waker = Arc::new(Waker::new(tx_poll.registry(), WAKER).expect("waker"));
     let (goal_tx, goal_rx) = mpsc::channel();
@@ -165,9 +191,7 @@ fn bench(c: &mut Criterion) {
         std::thread::sleep(Duration::from_millis(5));
     }
 
-    let mut g = c.benchmark_group("peer_link");
-    g.throughput(Throughput::Bytes(FRAME_PAYLOAD_BYTES as u64));
-    g.bench_function("1KiB_frames", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let goal = counters.received.load(Ordering::Relaxed) + iters;
             let (done_tx, done_rx) = mpsc::channel();
@@ -180,7 +204,6 @@ fn bench(c: &mut Criterion) {
             t.elapsed()
         })
     });
-    g.finish();
     counters.stop.store(true, Ordering::Relaxed);
     let _ = tx_waker.wake();
     let _ = rx_waker.wake();

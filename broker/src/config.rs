@@ -264,6 +264,18 @@ pub struct Flags {
     /// more in the same second are answered REQUEST_RATE_EXCEEDED.
     #[arg(long, value_name = "N")]
     pub key_requests_per_second: Option<u64>,
+    /// TLS 1.3 on the peer links (node to node: Raft, replication, forwarding) with this PEM
+    /// certificate chain, presented both to the nodes this one dials and to those that dial it;
+    /// needs --peer-tls-key and --peer-tls-ca. Every node of the cluster must turn it on.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --peer-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// Mutual TLS between nodes: every peer's certificate must chain to a CA in this PEM file, and
+    /// a dialled peer's must name the IP address in --peers.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -342,6 +354,9 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     key_connections_max: Option<u64>,
     key_requests_per_second: Option<u64>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
 }
 
 /// Where a node of the cluster is.
@@ -363,6 +378,8 @@ pub struct ClusterConfig {
     pub raft_tick_ms: u64,
     /// Started with `--join`: no members until a leader's snapshot says.
     pub join: bool,
+    /// `--peer-tls-cert/--peer-tls-key/--peer-tls-ca` (None: plaintext peer links).
+    pub tls: Option<crate::tls::peer::PeerTlsFiles>,
 }
 const RAFT_TICK_MS_MIN: u64 = 10;
 const RAFT_TICK_MS_MAX: u64 = 1000;
@@ -375,6 +392,7 @@ struct ClusterFlags {
     key_file: Option<PathBuf>,
     raft_tick_ms: Option<u64>,
     join: bool,
+    tls: [Option<PathBuf>; 3],
 }
 
 impl ClusterFlags {
@@ -385,8 +403,14 @@ impl ClusterFlags {
             bail!("--node-id: {node_id} is out of range 1..=9223372036854775807");
         }
         let Some(peers) = self.peers else {
-            if self.peer_listen.is_some() || self.key_file.is_some() || self.join {
-                bail!("--peer-listen, --cluster-key-file and --join need --peers (the other nodes of the cluster)");
+            if self.peer_listen.is_some()
+                || self.key_file.is_some()
+                || self.join
+                || self.tls.iter().any(Option::is_some)
+            {
+                bail!(
+                    "--peer-listen, --cluster-key-file, --join and --peer-tls-* need --peers (the other nodes of the cluster)"
+                );
             }
             return Ok(None);
         };
@@ -405,7 +429,18 @@ impl ClusterFlags {
         if !(RAFT_TICK_MS_MIN..=RAFT_TICK_MS_MAX).contains(&raft_tick_ms) {
             bail!("--raft-tick-ms: {raft_tick_ms} is out of range {RAFT_TICK_MS_MIN}..={RAFT_TICK_MS_MAX}");
         }
-        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms, join: self.join }))
+        let tls = peer_tls_files(self.tls)?;
+        Ok(Some(ClusterConfig { node_id, peer_listen, peers, key, raft_tick_ms, join: self.join, tls }))
+    }
+}
+
+/// `--peer-tls-cert`, `--peer-tls-key` and `--peer-tls-ca` come together
+/// (mutual TLS needs all three on every node).
+fn peer_tls_files([cert, key, ca]: [Option<PathBuf>; 3]) -> anyhow::Result<Option<crate::tls::peer::PeerTlsFiles>> {
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::peer::PeerTlsFiles { cert, key, ca })),
+        (None, None, None) => Ok(None),
+        _ => bail!("--peer-tls-cert, --peer-tls-key and --peer-tls-ca must be given together"),
     }
 }
 
@@ -580,6 +615,11 @@ impl Config {
             key_file: flags.cluster_key_file.or(file.cluster_key_file),
             raft_tick_ms: flags.raft_tick_ms.or(file.raft_tick_ms),
             join: flags.join || file.join.unwrap_or(false),
+            tls: [
+                flags.peer_tls_cert.or(file.peer_tls_cert),
+                flags.peer_tls_key.or(file.peer_tls_key),
+                flags.peer_tls_ca.or(file.peer_tls_ca),
+            ],
         };
         let cluster = cluster.resolve(cfg.node_id)?;
         Ok(Config { cluster, ..cfg })
@@ -752,6 +792,28 @@ mod tests {
         let (_d3, short) = key_file(0o600, b"short");
         assert!(read_cluster_key(&short).is_err(), "too short");
         assert!(Config::from_flags(flags(&[])).expect("single node").cluster.is_none());
+    }
+
+    /// Peer TLS takes all three files (mutual TLS needs each), only in a cluster.
+    #[test]
+    fn peer_tls_flags_come_together_and_need_a_cluster() {
+        let (_d, key) = key_file(0o600, b"0123456789abcdef0123\n");
+        let k = key.to_str().expect("utf-8");
+        let base = ["--node-id", "1", "--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802"];
+        let base = [&base[..], &["--cluster-key-file", k]].concat();
+        let tls = ["--peer-tls-cert", "/c.pem", "--peer-tls-key", "/c.key", "--peer-tls-ca", "/ca.pem"];
+        let c = Config::from_flags(flags(&[&base[..], &tls[..]].concat())).expect("valid").cluster.expect("cluster");
+        let files = c.tls.expect("peer TLS");
+        assert_eq!((files.cert.to_str(), files.ca.to_str()), (Some("/c.pem"), Some("/ca.pem")));
+        let plain = Config::from_flags(flags(&base)).expect("valid");
+        assert!(plain.cluster.expect("cluster").tls.is_none());
+        for missing in [0, 2, 4] {
+            let mut partial = tls.to_vec();
+            partial.drain(missing..missing + 2);
+            let err = Config::from_flags(flags(&[&base[..], &partial[..]].concat())).expect_err("partial");
+            assert!(err.to_string().contains("must be given together"), "{err}");
+        }
+        assert!(Config::from_flags(flags(&tls)).is_err(), "peer TLS without --peers");
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl Server {
             auth: Default::default(),
             external: Default::default(),
             tls: cfg.tls.as_ref().map(|f| f.load()).transpose()?,
+            peer_tls: cfg.cluster.as_ref().and_then(|c| c.tls.as_ref()).map(|f| f.load()).transpose()?,
         });
         let push_cfg = cfg.push_config();
         push_cfg.validate().map_err(|e| anyhow!("push settings: {e}"))?;
@@ -234,9 +235,12 @@ fn start_acceptor(c: &ClusterConfig, shared: &Arc<Shared>) -> anyhow::Result<Pee
             }
         }
     };
-    let acceptor = PeerAcceptor::bind(c.peer_listen, AcceptorConfig::new(identity, members), handoff)
+    let mut cfg = AcceptorConfig::new(identity, members);
+    cfg.tls = shared.peer_tls.clone();
+    let acceptor = PeerAcceptor::bind(c.peer_listen, cfg, handoff)
         .with_context(|| format!("binding the peer listener {}", c.peer_listen))?;
-    log::info!("node {}: peers connect to {}", c.node_id, acceptor.local_addr());
+    let tls = if shared.peer_tls.is_some() { " (peer TLS: mutual TLS 1.3 on every peer link)" } else { "" };
+    log::info!("node {}: peers connect to {}{tls}", c.node_id, acceptor.local_addr());
     Ok(acceptor)
 }
 
@@ -403,8 +407,9 @@ fn open_replication(
     replica.set_snapshot_base(base);
     replica.set_state_records(state_records);
     let peers = c.peers.iter().map(|p| (p.id, p.peer_addr)).collect();
-    let links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
+    let mut links = PeerLinks::new(node_identity(c, shared), id, PEER_TOKEN_BASE, &peers)
         .map_err(|e| anyhow!("shard {id}: peer links: {e}"))?;
+    links.set_tls(shared.peer_tls.clone());
     let mut repl = Replication::new(replica, links, c.node_id, c.raft_tick_ms, log.dir().to_owned());
     repl.abstain_marker = rebooted.then_some(marker);
     Ok(repl)

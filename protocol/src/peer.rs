@@ -274,6 +274,8 @@ impl RefuseReason {
     pub const MALFORMED: RefuseReason = RefuseReason(6);
     /// The acceptor answered with a node id other than the one the dialer meant to reach.
     pub const WRONG_NODE: RefuseReason = RefuseReason(7);
+    /// The dialer spoke plaintext to a node that requires peer TLS.
+    pub const TLS_REQUIRED: RefuseReason = RefuseReason(8);
 
     pub fn name(self) -> &'static str {
         match self {
@@ -284,6 +286,7 @@ impl RefuseReason {
             RefuseReason::BAD_SHARD => "BAD_SHARD",
             RefuseReason::MALFORMED => "MALFORMED",
             RefuseReason::WRONG_NODE => "WRONG_NODE",
+            RefuseReason::TLS_REQUIRED => "TLS_REQUIRED",
             _ => "UNKNOWN",
         }
     }

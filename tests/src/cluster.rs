@@ -164,6 +164,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts every node and waits until every shard has a leader.
     pub fn start(spec: &ClusterSpec) -> Cluster {
+        Cluster::start_with(spec, |_| Vec::new())
+    }
+
+    /// [`Cluster::start`], with `node_args(i)` appended to node `i`'s flags
+    /// (after `spec.extra_args`): nodes configured differently.
+    pub fn start_with(spec: &ClusterSpec, node_args: impl Fn(usize) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let key = dir.path().join("cluster.key");
         write_key(&key);
@@ -203,6 +209,7 @@ impl Cluster {
                     args.extend(["--raft-tick-ms".into(), t.to_string()]);
                 }
                 args.extend(spec.extra_args.iter().cloned());
+                args.extend(node_args(i));
                 let log_path = dir.path().join(format!("node{}.log", i + 1));
                 Node { id: i as u64 + 1, client: client[i], args, log_path, child: None, paused: false, http: None }
             })

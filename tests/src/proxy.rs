@@ -12,6 +12,9 @@
 //! * [`Proxy::delay`]: every chunk is forwarded that long after it arrived
 //!   (latency without a throughput cap).
 //! * [`Proxy::heal`]: back to forwarding at once, with no delay.
+//! * [`Proxy::watch`]: counts the chunks in which a byte pattern crosses
+//!   the proxy (either direction, also across chunk boundaries), to check
+//!   what a listener on the wire would see.
 //!
 //! Thread based: an accept thread, and per connection a reader and a
 //! writer thread per direction. Dropping the proxy closes everything and
@@ -67,7 +70,34 @@ struct State {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// What [`Proxy::watch`] looks for, and what it saw.
+#[derive(Default)]
+struct Tap {
+    pattern: Mutex<Vec<u8>>,
+    hits: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Tap {
+    /// Counts `data`; `carry` holds the previous chunk's last bytes (one
+    /// fewer than the pattern), so a pattern split between chunks is found.
+    fn see(&self, carry: &mut Vec<u8>, data: &[u8]) {
+        self.bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+        let pattern = self.pattern.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if pattern.is_empty() {
+            return;
+        }
+        carry.extend_from_slice(data);
+        if carry.windows(pattern.len()).any(|w| w == pattern.as_slice()) {
+            self.hits.fetch_add(1, Ordering::SeqCst);
+        }
+        let keep = carry.len().saturating_sub(pattern.len() - 1);
+        carry.drain(..keep);
+    }
+}
+
 struct Shared {
+    tap: Tap,
     target: SocketAddr,
     state: Mutex<State>,
     changed: Condvar,
@@ -88,11 +118,27 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// From now on, counts the chunks carrying `pattern` (see `watch_hits`).
+    pub fn watch(&self, pattern: &[u8]) {
+        *self.shared.tap.pattern.lock().unwrap_or_else(|e| e.into_inner()) = pattern.to_vec();
+    }
+
+    /// Chunks in which the watched pattern was seen.
+    pub fn watch_hits(&self) -> u64 {
+        self.shared.tap.hits.load(Ordering::SeqCst)
+    }
+
+    /// Bytes read from either side since the proxy started.
+    pub fn bytes_seen(&self) -> u64 {
+        self.shared.tap.bytes.load(Ordering::SeqCst)
+    }
+
     /// A proxy listening on 127.0.0.1 (ephemeral port) forwarding to `target`.
     pub fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind");
         let addr = listener.local_addr().expect("proxy: local address");
         let shared = Arc::new(Shared {
+            tap: Tap::default(),
             target,
             state: Mutex::new(State {
                 mode: Mode::Forward,
@@ -235,8 +281,9 @@ fn connect_and_pump(client: TcpStream, shared: Arc<Shared>) {
     for (from, to) in [(&client, &server), (&server, &client)] {
         let (tx, rx) = sync_channel(HELD_CHUNKS_MAX);
         let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else { continue };
-        let (c1, c2, s2) = (closed.clone(), closed.clone(), shared.clone());
-        st.threads.extend(std::thread::Builder::new().name("proxy-read".into()).spawn(move || read_pump(from, tx, c1)));
+        let (c1, c2, s1, s2) = (closed.clone(), closed.clone(), shared.clone(), shared.clone());
+        st.threads
+            .extend(std::thread::Builder::new().name("proxy-read".into()).spawn(move || read_pump(from, tx, c1, s1)));
         st.threads
             .extend(std::thread::Builder::new().name("proxy-write".into()).spawn(move || write_pump(to, rx, s2, c2)));
     }
@@ -245,8 +292,9 @@ fn connect_and_pump(client: TcpStream, shared: Arc<Shared>) {
 /// A chunk and when it arrived; `None` data is the end of the stream.
 type Chunk = (Instant, Option<Vec<u8>>);
 
-fn read_pump(mut from: TcpStream, tx: SyncSender<Chunk>, closed: Arc<AtomicBool>) {
+fn read_pump(mut from: TcpStream, tx: SyncSender<Chunk>, closed: Arc<AtomicBool>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut carry = Vec::new();
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => {
@@ -254,6 +302,7 @@ fn read_pump(mut from: TcpStream, tx: SyncSender<Chunk>, closed: Arc<AtomicBool>
                 return;
             }
             Ok(n) => {
+                shared.tap.see(&mut carry, &buf[..n]);
                 if closed.load(Ordering::SeqCst) || tx.send((Instant::now(), Some(buf[..n].to_vec()))).is_err() {
                     return;
                 }

@@ -19,6 +19,10 @@ pub struct TestPki {
     /// A client certificate signed by `other_ca` (refused under mTLS).
     pub stranger_cert: PathBuf,
     pub stranger_key: PathBuf,
+    /// A node certificate for `localhost`/127.0.0.1 signed by `other_ca`
+    /// (a node from another cluster: refused under peer TLS).
+    pub stranger_node_cert: PathBuf,
+    pub stranger_node_key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -39,6 +43,9 @@ impl TestPki {
         let (cert, key) = leaf(&other, &["stranger.test"], "stranger");
         write(&path("stranger.pem"), &cert);
         write(&path("stranger.key"), &key);
+        let (cert, key) = leaf(&other, &["localhost", "127.0.0.1"], "stranger node");
+        write(&path("stranger-node.pem"), &cert);
+        write(&path("stranger-node.key"), &key);
         TestPki {
             ca: path("ca.pem"),
             server_cert: path("server.pem"),
@@ -48,6 +55,8 @@ impl TestPki {
             other_ca: path("other-ca.pem"),
             stranger_cert: path("stranger.pem"),
             stranger_key: path("stranger.key"),
+            stranger_node_cert: path("stranger-node.pem"),
+            stranger_node_key: path("stranger-node.key"),
             _dir: dir,
         }
     }
@@ -63,6 +72,25 @@ impl TestPki {
         args.extend(["--tls-client-ca".into(), s(&self.ca)]);
         args
     }
+}
+
+impl TestPki {
+    /// `cmqd` flags for TLS on the peer links: the server certificate (it
+    /// names 127.0.0.1, where the cluster harness's nodes dial each other)
+    /// both ways, and the test CA for the other nodes' certificates.
+    pub fn peer_args(&self) -> Vec<String> {
+        peer_flags(&self.server_cert, &self.server_key, &self.ca)
+    }
+
+    /// Peer TLS flags of a node from another cluster: its certificate and
+    /// the CA it trusts are `other_ca`'s.
+    pub fn stranger_peer_args(&self) -> Vec<String> {
+        peer_flags(&self.stranger_node_cert, &self.stranger_node_key, &self.other_ca)
+    }
+}
+
+fn peer_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
+    ["--peer-tls-cert", &s(cert), "--peer-tls-key", &s(key), "--peer-tls-ca", &s(ca)].map(String::from).to_vec()
 }
 
 impl Default for TestPki {

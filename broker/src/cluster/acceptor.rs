@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use cmq_protocol::limits::PEER_HANDSHAKE_FRAME_BYTES_MAX;
 use cmq_protocol::peer::{self, AuthFrame, Hello, PeerFrame, Refuse, RefuseReason};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::auth::{self, NodeIdentity};
+use super::conn::{PeerConn, TLS_HANDSHAKE_RECORD};
+use crate::tls::peer::PeerTls;
 
 /// Connections in the handshake at once. Real peers need one per shard
 /// per peer at most, briefly; past this the oldest pending connection is
@@ -52,7 +54,8 @@ const WAKER: Token = Token(usize::MAX - 2);
 
 /// A peer connection that completed the handshake, for shard `shard`.
 pub struct AuthenticatedStream {
-    pub stream: TcpStream,
+    /// The socket, with its TLS session when peer TLS is on.
+    pub conn: PeerConn,
     /// The peer's node id, proven by its Proof.
     pub node_id: u64,
     /// The shard (of both nodes) the connection belongs to.
@@ -71,11 +74,14 @@ pub struct AcceptorConfig {
     /// Node ids allowed to connect (the cluster's other members).
     pub members: BTreeSet<u64>,
     pub handshake_timeout_ms: u64,
+    /// `--peer-tls-*`: inbound connections must be TLS with a certificate
+    /// from the cluster's CA (None: plaintext, and TLS is refused).
+    pub tls: Option<PeerTls>,
 }
 
 impl AcceptorConfig {
     pub fn new(identity: NodeIdentity, members: BTreeSet<u64>) -> AcceptorConfig {
-        AcceptorConfig { identity, members, handshake_timeout_ms: ACCEPT_HANDSHAKE_TIMEOUT_MS }
+        AcceptorConfig { identity, members, handshake_timeout_ms: ACCEPT_HANDSHAKE_TIMEOUT_MS, tls: None }
     }
 }
 
@@ -141,6 +147,7 @@ impl PeerAcceptor {
             next_seq: 0,
             me: cfg.identity,
             timeout_ms: cfg.handshake_timeout_ms,
+            tls: cfg.tls,
             shared: shared.clone(),
             handoff,
             start: Instant::now(),
@@ -203,7 +210,9 @@ enum State {
 }
 
 struct Pending {
-    stream: TcpStream,
+    conn: PeerConn,
+    /// Whether the first byte was looked at (TLS or plaintext, as this node speaks).
+    checked: bool,
     remote: SocketAddr,
     state: State,
     rbuf: Vec<u8>,
@@ -227,6 +236,7 @@ struct AcceptLoop<F> {
     next_seq: u64,
     me: NodeIdentity,
     timeout_ms: u64,
+    tls: Option<PeerTls>,
     shared: Arc<Shared>,
     handoff: F,
     start: Instant,
@@ -292,9 +302,21 @@ impl<F: Fn(u16, AuthenticatedStream)> AcceptLoop<F> {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let conn = match &self.tls {
+                None => PeerConn::plain(stream),
+                Some(tls) => match tls.accept() {
+                    Ok(session) => PeerConn::tls(stream, session),
+                    Err(e) => {
+                        log::warn!("peer acceptor: no TLS session for {remote}: {e}");
+                        let _ = self.poll.registry().deregister(&mut stream);
+                        continue;
+                    }
+                },
+            };
             self.next_seq += 1;
             entry.insert(Pending {
-                stream,
+                conn,
+                checked: false,
                 remote,
                 state: State::AwaitHello,
                 rbuf: Vec::with_capacity(ACCEPT_BUFFER_BYTES),
@@ -317,7 +339,7 @@ impl<F: Fn(u16, AuthenticatedStream)> AcceptLoop<F> {
 
     fn close(&mut self, i: usize) -> Pending {
         let mut p = self.pending.remove(i);
-        let _ = self.poll.registry().deregister(&mut p.stream);
+        let _ = self.poll.registry().deregister(&mut p.conn.stream);
         p
     }
 
@@ -344,7 +366,7 @@ impl<F: Fn(u16, AuthenticatedStream)> AcceptLoop<F> {
                 (self.handoff)(
                     shard,
                     AuthenticatedStream {
-                        stream: p.stream,
+                        conn: p.conn,
                         node_id: hello.node_id,
                         shard,
                         client_addr: hello.client_addr,
@@ -380,6 +402,12 @@ impl Pending {
             return Step::Drop;
         }
         self.shutdown_if_refused();
+        if !self.checked {
+            match self.check_first_byte(now, c) {
+                Step::Wait if self.checked => {}
+                step => return step,
+            }
+        }
         loop {
             loop {
                 let frame = match peer::check(&self.rbuf, PEER_HANDSHAKE_FRAME_BYTES_MAX) {
@@ -403,13 +431,53 @@ impl Pending {
             }
             let mut chunk = [0u8; ACCEPT_BUFFER_BYTES];
             let room = ACCEPT_BUFFER_BYTES - self.rbuf.len();
-            match self.stream.read(&mut chunk[..room]) {
+            match self.conn.read(&mut chunk[..room]) {
                 Ok(0) => return Step::Drop,
                 Ok(_) if matches!(self.state, State::Closing) => {} // refused: input is discarded
                 Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && self.conn.is_tls() => {
+                    // An untrusted certificate, a TLS protocol error: rustls
+                    // sent its alert; the dialer logs its side.
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("peer acceptor: refused the connection from {}: {e}", self.remote);
+                    return Step::Drop;
+                }
                 Err(_) => return Step::Drop,
+            }
+        }
+    }
+
+    /// The first byte tells TLS (a handshake record) from a plaintext
+    /// peer's frame; a peer speaking the other way than this node is
+    /// refused with a log line, never left to time out. Step::Wait with
+    /// `checked` set: go on.
+    fn check_first_byte(&mut self, now: u64, c: &Counters) -> Step {
+        let tls_here = self.conn.is_tls();
+        match self.conn.peek_first_byte() {
+            Ok(None) => Step::Drop,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            Err(_) => Step::Drop,
+            Ok(Some(b)) if (b == TLS_HANDSHAKE_RECORD) == tls_here => {
+                self.checked = true;
+                Step::Wait
+            }
+            Ok(Some(_)) if tls_here => {
+                // A plaintext peer can read a plaintext Refuse: it logs why.
+                self.conn.drop_tls();
+                self.checked = true;
+                let msg = "this node requires TLS on peer links (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)";
+                self.refuse(Refuse::new(RefuseReason::TLS_REQUIRED, msg), now, c)
+            }
+            Ok(Some(_)) => {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "peer acceptor: refused the connection from {}: it started a TLS handshake, but this node has no \
+                     peer TLS (--peer-tls-cert): turn peer TLS on for every node or for none",
+                    self.remote
+                );
+                Step::Drop
             }
         }
     }
@@ -448,7 +516,12 @@ impl Pending {
                     log::error!("peer acceptor: the OS random source failed; dropping a peer connection");
                     return Step::Drop;
                 };
-                let (challenge, transcript) = auth::challenge(me, &h, nonce);
+                // With TLS the Hello came over a finished TLS handshake.
+                let binding = self.conn.channel_binding();
+                if self.conn.is_tls() && binding.is_none() {
+                    return Step::Drop;
+                }
+                let (challenge, transcript) = auth::challenge(me, &h, nonce, binding.as_ref().map(|b| &b[..]));
                 AuthFrame::Challenge(challenge).encode(&mut self.out);
                 self.state = State::AwaitProof { hello: h, transcript };
                 if self.flush().is_err() {
@@ -495,14 +568,14 @@ impl Pending {
 
     /// Once a Refuse is wholly written, says no more (FIN after it).
     fn shutdown_if_refused(&mut self) {
-        if matches!(self.state, State::Closing) && self.out.is_empty() {
-            let _ = self.stream.shutdown(Shutdown::Write);
+        if matches!(self.state, State::Closing) && self.out.is_empty() && !self.conn.has_pending_output() {
+            let _ = self.conn.stream.shutdown(Shutdown::Write);
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
+            match self.conn.write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out.drain(..n);
@@ -512,6 +585,9 @@ impl Pending {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        match self.conn.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 }

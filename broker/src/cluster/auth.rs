@@ -8,10 +8,14 @@
 //! Fresh nonces on both sides make a recorded handshake useless on a later
 //! connection; the distinct labels stop a tag from being reflected back.
 //!
-//! What it does not do: authenticate each frame after the handshake. A
-//! cluster on an untrusted network needs its peer links on a private
-//! network or inside a VPN; the key stops strangers from joining or
-//! injecting entries over an honest network, not a man in the middle.
+//! What it does not do by itself: authenticate or hide each frame after
+//! the handshake. With peer TLS on (`--peer-tls-*`) the handshake runs
+//! inside a mutually authenticated TLS 1.3 session, which does, and the
+//! transcript both MACs cover ends with the session's tls-exporter value
+//! (RFC 9266), so the MACs prove the key holder is the end of *this* TLS
+//! session (a man in the middle relaying between two sessions fails).
+//! Without TLS the key stops strangers from joining or injecting entries
+//! over an honest network, not a man in the middle.
 
 use std::fmt;
 use std::io;
@@ -128,13 +132,21 @@ pub fn hello(me: &NodeIdentity, shard: u16, nonce: [u8; NONCE_BYTES]) -> Hello {
 
 /// The dialer's check of a Challenge: it comes from the node it meant to
 /// reach (`expected_node`) and that node holds the key. Returns the Proof
-/// to send, or the Refuse to send before closing.
-pub fn answer_challenge(key: &ClusterKey, hello: &Hello, expected_node: u64, c: &Challenge) -> Result<Proof, Refuse> {
+/// to send, or the Refuse to send before closing. `binding`: the TLS
+/// session's tls-exporter value when the link is TLS.
+pub fn answer_challenge(
+    key: &ClusterKey,
+    hello: &Hello,
+    expected_node: u64,
+    c: &Challenge,
+    binding: Option<&[u8]>,
+) -> Result<Proof, Refuse> {
     if c.node_id != expected_node {
         let msg = format!("dialled node {expected_node} but node {} answered", c.node_id);
         return Err(Refuse::new(RefuseReason::WRONG_NODE, &msg));
     }
-    let transcript = peer::auth_transcript(hello, c.node_id, &c.client_addr, &c.nonce);
+    let mut transcript = peer::auth_transcript(hello, c.node_id, &c.client_addr, &c.nonce);
+    transcript.extend_from_slice(binding.unwrap_or_default());
     if !key.verify(ACCEPTOR_MAC_LABEL, &transcript, &c.mac) {
         let msg = format!("node {} did not prove it holds the cluster key", c.node_id);
         return Err(Refuse::new(RefuseReason::AUTH_FAILED, &msg));
@@ -166,9 +178,16 @@ pub fn check_hello(me: &NodeIdentity, is_member: impl Fn(u64) -> bool, h: &Hello
 }
 
 /// The Challenge answering an accepted Hello, and the transcript the Proof
-/// must cover.
-pub fn challenge(me: &NodeIdentity, h: &Hello, nonce: [u8; NONCE_BYTES]) -> (Challenge, Vec<u8>) {
-    let transcript = peer::auth_transcript(h, me.node_id, &me.client_addr, &nonce);
+/// must cover (ending with `binding`, the TLS session's tls-exporter value,
+/// when the link is TLS).
+pub fn challenge(
+    me: &NodeIdentity,
+    h: &Hello,
+    nonce: [u8; NONCE_BYTES],
+    binding: Option<&[u8]>,
+) -> (Challenge, Vec<u8>) {
+    let mut transcript = peer::auth_transcript(h, me.node_id, &me.client_addr, &nonce);
+    transcript.extend_from_slice(binding.unwrap_or_default());
     let mac = me.key.tag(ACCEPTOR_MAC_LABEL, &transcript);
     (Challenge { node_id: me.node_id, client_addr: me.client_addr.clone(), nonce, mac }, transcript)
 }
@@ -203,8 +222,8 @@ mod tests {
     fn handshake(d: &NodeIdentity, a: &NodeIdentity) -> Result<(), Refuse> {
         let h = hello(d, 1, random_nonce().expect("nonce"));
         check_hello(a, |id| id == d.node_id, &h)?;
-        let (c, transcript) = challenge(a, &h, random_nonce().expect("nonce"));
-        let proof = answer_challenge(&d.key, &h, a.node_id, &c)?;
+        let (c, transcript) = challenge(a, &h, random_nonce().expect("nonce"), None);
+        let proof = answer_challenge(&d.key, &h, a.node_id, &c, None)?;
         check_proof(&a.key, &transcript, &proof, d.node_id)
     }
 
@@ -226,14 +245,14 @@ mod tests {
     fn a_forged_proof_is_caught_by_the_acceptor() {
         let (d, a) = (node(1, b"not the cluster key!"), node(2, K));
         let h = hello(&d, 0, random_nonce().expect("nonce"));
-        let (_, transcript) = challenge(&a, &h, random_nonce().expect("nonce"));
+        let (_, transcript) = challenge(&a, &h, random_nonce().expect("nonce"), None);
         let forged = Proof { mac: d.key.tag(DIALER_MAC_LABEL, &transcript) };
         assert_eq!(
             RefuseReason(check_proof(&a.key, &transcript, &forged, 1).expect_err("forged").reason),
             RefuseReason::AUTH_FAILED
         );
         // Reflecting the acceptor's own tag back does not work either.
-        let (c, transcript) = challenge(&a, &h, random_nonce().expect("nonce"));
+        let (c, transcript) = challenge(&a, &h, random_nonce().expect("nonce"), None);
         assert!(check_proof(&a.key, &transcript, &Proof { mac: c.mac }, 1).is_err());
     }
 
@@ -242,9 +261,9 @@ mod tests {
     fn a_replayed_proof_is_refused() {
         let (d, a) = (node(1, K), node(2, K));
         let h = hello(&d, 0, random_nonce().expect("nonce"));
-        let (c1, _) = challenge(&a, &h, random_nonce().expect("nonce"));
-        let proof = answer_challenge(&d.key, &h, 2, &c1).expect("valid");
-        let (_, t2) = challenge(&a, &h, random_nonce().expect("nonce"));
+        let (c1, _) = challenge(&a, &h, random_nonce().expect("nonce"), None);
+        let proof = answer_challenge(&d.key, &h, 2, &c1, None).expect("valid");
+        let (_, t2) = challenge(&a, &h, random_nonce().expect("nonce"), None);
         assert!(check_proof(&a.key, &t2, &proof, 1).is_err());
     }
 
@@ -252,18 +271,34 @@ mod tests {
     fn tampering_with_any_challenge_field_is_caught() {
         let (d, a) = (node(1, K), node(2, K));
         let h = hello(&d, 0, random_nonce().expect("nonce"));
-        let (c, _) = challenge(&a, &h, random_nonce().expect("nonce"));
+        let (c, _) = challenge(&a, &h, random_nonce().expect("nonce"), None);
         let mut addr = c.clone();
         addr.client_addr = "10.0.0.66:7700".into();
-        assert!(answer_challenge(&d.key, &h, 2, &addr).is_err());
+        assert!(answer_challenge(&d.key, &h, 2, &addr, None).is_err());
         let mut nonce = c.clone();
         nonce.nonce[0] ^= 1;
-        assert!(answer_challenge(&d.key, &h, 2, &nonce).is_err());
+        assert!(answer_challenge(&d.key, &h, 2, &nonce, None).is_err());
         let mut other_hello = h.clone();
         other_hello.shard = 1;
-        assert!(answer_challenge(&d.key, &other_hello, 2, &c).is_err());
-        let err = answer_challenge(&d.key, &h, 3, &c).expect_err("wrong node");
+        assert!(answer_challenge(&d.key, &other_hello, 2, &c, None).is_err());
+        let err = answer_challenge(&d.key, &h, 3, &c, None).expect_err("wrong node");
         assert_eq!(RefuseReason(err.reason), RefuseReason::WRONG_NODE);
+    }
+
+    /// With TLS both MACs cover the session's exporter value: a Challenge
+    /// made for one TLS session (a relay's) does not verify on another, and
+    /// a Proof made on another session is refused.
+    #[test]
+    fn macs_are_bound_to_the_tls_session() {
+        let (d, a) = (node(1, K), node(2, K));
+        let h = hello(&d, 0, random_nonce().expect("nonce"));
+        let (c, transcript) = challenge(&a, &h, random_nonce().expect("nonce"), Some(&[1; 32]));
+        assert!(answer_challenge(&d.key, &h, 2, &c, Some(&[2; 32])).is_err(), "other session");
+        assert!(answer_challenge(&d.key, &h, 2, &c, None).is_err(), "no session");
+        let proof = answer_challenge(&d.key, &h, 2, &c, Some(&[1; 32])).expect("same session");
+        assert_eq!(check_proof(&a.key, &transcript, &proof, 1), Ok(()));
+        let (_, plain) = challenge(&a, &h, c.nonce, None);
+        assert!(check_proof(&a.key, &plain, &proof, 1).is_err());
     }
 
     #[test]

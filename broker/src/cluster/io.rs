@@ -68,8 +68,10 @@ impl OutBuf {
     /// Writes as much as the socket takes. Returns Ok(true) once everything
     /// is out. One syscall when it all fits, the usual case; a partial write
     /// is followed by one more that normally reports WouldBlock, so that the
-    /// edge-triggered WRITABLE event is armed.
-    pub fn write_to(&mut self, stream: &mut TcpStream, now_ms: u64) -> io::Result<bool> {
+    /// edge-triggered WRITABLE event is armed. `stream` is the socket or a
+    /// TLS session over it (`PeerConn`): its `flush` then writes what TLS
+    /// still holds, and Ok(true) means that went out too.
+    pub fn write_to(&mut self, stream: &mut impl Write, now_ms: u64) -> io::Result<bool> {
         self.window_peak = self.window_peak.max(self.buf.len());
         while !self.buf.is_empty() {
             let (a, b) = self.buf.as_slices();
@@ -81,6 +83,11 @@ impl OutBuf {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        match stream.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
         self.maybe_shrink(now_ms);
         Ok(true)

@@ -10,11 +10,15 @@
 //!   sends batched frames on the connections it dialled, and delivers the
 //!   frames that arrive on the connections handed to it.
 //!
+//! * [`conn`]: [`conn::PeerConn`], a connection's bytes: the socket, or TLS
+//!   over it with `--peer-tls-*` (rustls sans-IO, never blocking).
+//!
 //! The wire format is `cmq_protocol::peer` (PROTOCOL.md, "Peer protocol").
 //! See docs/ARCHITECTURE.md ("Replication") for how replication uses it.
 
 pub mod acceptor;
 pub mod auth;
+pub mod conn;
 mod io;
 pub mod transport;
 

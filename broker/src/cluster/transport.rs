@@ -31,7 +31,9 @@ use rand::Rng;
 
 use super::acceptor::AuthenticatedStream;
 use super::auth::{self, NodeIdentity};
-use super::io::{read_into_spare, OutBuf, READ_CHUNK_BYTES};
+use super::conn::PeerConn;
+use super::io::{OutBuf, READ_CHUNK_BYTES};
+use crate::tls::peer::PeerTls;
 
 /// Most peers one node links to (a 5-node cluster has 4; replacing a node
 /// briefly adds one; room beyond that for larger clusters).
@@ -190,7 +192,7 @@ enum Phase {
 
 /// The connection this shard dialled.
 struct Outbound {
-    stream: Option<TcpStream>,
+    stream: Option<PeerConn>,
     phase: Phase,
     buf: OutBuf,
     /// Only a Challenge or a Refuse is ever read here.
@@ -202,7 +204,7 @@ struct Outbound {
 
 /// The connection the peer dialled (after authentication).
 struct Inbound {
-    stream: TcpStream,
+    stream: PeerConn,
     rbuf: BytesMut,
     /// The socket may hold unread bytes (readiness is edge-triggered).
     read_pending: bool,
@@ -270,7 +272,7 @@ impl Link {
 
     fn close_outbound(&mut self, registry: &Registry) {
         if let Some(mut s) = self.out.stream.take() {
-            let _ = registry.deregister(&mut s);
+            let _ = registry.deregister(&mut s.stream);
         }
         self.out.phase = Phase::Idle;
         self.out.buf.clear();
@@ -279,7 +281,7 @@ impl Link {
 
     fn close_inbound(&mut self, registry: &Registry) {
         if let Some(mut inb) = self.inbound.take() {
-            let _ = registry.deregister(&mut inb.stream);
+            let _ = registry.deregister(&mut inb.stream.stream);
         }
     }
 }
@@ -300,6 +302,8 @@ pub struct PeerLinks {
     /// Some accepted connection has input left over (fairness limit, or
     /// bytes handed over with it): `tick` reads on.
     reads_pending: bool,
+    /// `--peer-tls-*`: every dial is TLS (None: plaintext links).
+    tls: Option<PeerTls>,
 }
 
 impl PeerLinks {
@@ -321,11 +325,18 @@ impl PeerLinks {
             slots: (0..PEERS_MAX).map(|_| None).collect(),
             by_node: BTreeMap::new(),
             reads_pending: false,
+            tls: None,
         };
         for (&node, &addr) in peers {
             links.insert(node, addr);
         }
         Ok(links)
+    }
+
+    /// Dials every peer over TLS with `tls` from the next dial on (None:
+    /// plaintext). Set once, before the first `tick`.
+    pub fn set_tls(&mut self, tls: Option<PeerTls>) {
+        self.tls = tls;
     }
 
     fn insert(&mut self, node: u64, addr: SocketAddr) {
@@ -407,10 +418,13 @@ impl PeerLinks {
             if let Some(inb) = link.inbound.as_mut() {
                 inb.reads = 0;
             }
-            if matches!(link.out.phase, Phase::Idle | Phase::Connecting) || link.out.buf.queued() == 0 {
+            if matches!(link.out.phase, Phase::Idle | Phase::Connecting) {
                 continue;
             }
             let Some(stream) = link.out.stream.as_mut() else { continue };
+            if link.out.buf.queued() == 0 && !stream.has_pending_output() {
+                continue;
+            }
             if let Err(e) = link.out.buf.write_to(stream, now_ms) {
                 self.fail_outbound(slot, registry, now_ms, format!("write failed: {e}"));
             }
@@ -491,11 +505,16 @@ impl PeerLinks {
 
     fn dial(&mut self, slot: usize, registry: &Registry, now_ms: u64) {
         let token = self.token(slot, Side::Out);
+        let tls = self.tls.clone();
         let Some(link) = self.link(slot) else { return };
         link.status.dials += 1;
         let result = TcpStream::connect(link.addr).and_then(|mut s| {
             registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(s)
+            match &tls {
+                // The peer's certificate must name the address dialled.
+                Some(tls) => Ok(PeerConn::tls(s, tls.dial(link.addr.ip()).map_err(io::Error::other)?)),
+                None => Ok(PeerConn::plain(s)),
+            }
         });
         match result {
             Ok(s) => {
@@ -523,7 +542,7 @@ impl PeerLinks {
         let Some(link) = self.link(slot) else { return };
         if let Phase::Connecting = link.out.phase {
             let Some(stream) = link.out.stream.as_ref() else { return };
-            match connect_result(stream) {
+            match connect_result(&stream.stream) {
                 Ok(false) => return,
                 Ok(true) => {
                     if let Err(e) = self.start_handshake(slot) {
@@ -548,7 +567,7 @@ impl PeerLinks {
     fn start_handshake(&mut self, slot: usize) -> io::Result<()> {
         let hello = auth::hello(&self.me, self.shard, auth::random_nonce()?);
         let Some(link) = self.slots[slot].as_mut() else { return Ok(()) };
-        if let Some(s) = link.out.stream.as_ref() {
+        if let Some(s) = link.out.stream.as_ref().map(|c| &c.stream) {
             s.set_nodelay(true)?;
             socket2::SockRef::from(s).set_tcp_user_timeout(Some(Duration::from_millis(PEER_TCP_USER_TIMEOUT_MS)))?;
         }
@@ -566,14 +585,14 @@ impl PeerLinks {
                 self.outbound_frame(slot, frame)?;
             }
             let Some(link) = self.link(slot) else { return Ok(()) };
-            let Some(stream) = link.out.stream.as_ref() else { return Ok(()) };
+            let Some(stream) = link.out.stream.as_mut() else { return Ok(()) };
             link.out.rbuf.reserve(PEER_HANDSHAKE_FRAME_BYTES_MAX as usize);
-            match read_into_spare(stream, &mut link.out.rbuf) {
-                Ok(0) => return Err("connection closed by the peer".into()),
+            match stream.read_into_spare(&mut link.out.rbuf) {
+                Ok(0) => return Err(closed_by_peer(stream, &link.out.phase)),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read failed: {e}")),
+                Err(e) => return Err(read_failed(stream, &link.out.phase, &e)),
             }
         }
     }
@@ -592,9 +611,10 @@ impl PeerLinks {
         let shard = self.shard;
         let key = self.me.key.clone();
         let Some(link) = self.link(slot) else { return Ok(()) };
+        let binding = link.out.stream.as_ref().and_then(PeerConn::channel_binding);
         match (frame, &link.out.phase) {
             (PeerFrame::Auth(AuthFrame::Challenge(c)), Phase::AwaitChallenge(hello)) => {
-                match auth::answer_challenge(&key, hello, link.node_id, &c) {
+                match auth::answer_challenge(&key, hello, link.node_id, &c, binding.as_ref().map(|b| &b[..])) {
                     Ok(proof) => {
                         queue_auth(&mut link.out.buf, AuthFrame::Proof(proof));
                         link.out.phase = Phase::Up;
@@ -683,7 +703,7 @@ impl PeerLinks {
     /// same node replaces the older one. Returns false (and drops the
     /// connection) if it is not for this shard or not from a peer.
     pub fn add_inbound(&mut self, registry: &Registry, s: AuthenticatedStream) -> bool {
-        let AuthenticatedStream { mut stream, node_id, shard, client_addr, remote, buffered } = s;
+        let AuthenticatedStream { mut conn, node_id, shard, client_addr, remote, buffered } = s;
         let Some(&slot) = self.by_node.get(&node_id).filter(|_| shard == self.shard) else {
             log::warn!("shard {}: dropped a peer connection from node {node_id} ({remote}) for shard {shard}: not a peer of this shard", self.shard);
             return false;
@@ -691,12 +711,12 @@ impl PeerLinks {
         let token = self.token(slot, Side::In);
         let Some(link) = self.link(slot) else { return false };
         link.close_inbound(registry);
-        if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
+        if let Err(e) = registry.register(&mut conn.stream, token, Interest::READABLE) {
             log::warn!("shard {shard}: cannot register the peer connection from node {node_id}: {e}");
             return false;
         }
         log::info!("shard {shard}: peer connection from node {node_id} ({remote}) taken over");
-        link.inbound = Some(Inbound { stream, rbuf: buffered, read_pending: true, peer_closed: false, reads: 0 });
+        link.inbound = Some(Inbound { stream: conn, rbuf: buffered, read_pending: true, peer_closed: false, reads: 0 });
         link.client_addr = Some(client_addr);
         self.reads_pending = true;
         true
@@ -844,10 +864,12 @@ fn fill(inb: &mut Inbound) -> io::Result<bool> {
     }
     let spare = inb.rbuf.capacity() - len;
     loop {
-        match read_into_spare(&inb.stream, &mut inb.rbuf) {
+        match inb.stream.read_into_spare(&mut inb.rbuf) {
             Ok(0) => return Ok(false),
             Ok(n) => {
-                if n < spare && !inb.peer_closed {
+                // A short plaintext read drained the socket; a TLS read may
+                // stop short with ciphertext left, so only WouldBlock says so.
+                if n < spare && !inb.peer_closed && !inb.stream.is_tls() {
                     inb.read_pending = false;
                 }
                 return Ok(true);
@@ -860,6 +882,29 @@ fn fill(inb: &mut Inbound) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Why the dialled connection ended: with TLS, an end during its handshake
+/// most likely means the peer does not speak TLS on its peer port.
+fn closed_by_peer(conn: &PeerConn, phase: &Phase) -> String {
+    if conn.is_tls() && matches!(phase, Phase::AwaitChallenge(_)) && conn.channel_binding().is_none() {
+        return "connection closed by the peer during the TLS handshake (does it have peer TLS on: --peer-tls-cert?)"
+            .into();
+    }
+    "connection closed by the peer".into()
+}
+
+/// A read error on the dialled connection. During the TLS handshake it
+/// says what is likely wrong: an untrusted or misnamed certificate (the
+/// error names it), or a peer without TLS (it resets the connection).
+fn read_failed(conn: &PeerConn, phase: &Phase, e: &io::Error) -> String {
+    if conn.is_tls() && matches!(phase, Phase::AwaitChallenge(_)) && conn.channel_binding().is_none() {
+        return format!(
+            "peer TLS handshake failed: {e} (is peer TLS on at the peer, with a certificate from --peer-tls-ca \
+             that names the address dialled?)"
+        );
+    }
+    format!("read failed: {e}")
 }
 
 /// Queues a handshake frame (rare: the small allocation does not matter).
@@ -961,7 +1006,7 @@ mod tests {
             }
         }
         let slot = links.by_node[&2];
-        let s = links.slots[slot].as_ref().and_then(|l| l.out.stream.as_ref()).expect("stream");
+        let s = links.slots[slot].as_ref().and_then(|l| l.out.stream.as_ref()).map(|c| &c.stream).expect("stream");
         let sock = socket2::SockRef::from(s);
         assert!(sock.nodelay().expect("nodelay"));
         assert_eq!(

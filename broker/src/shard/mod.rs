@@ -115,6 +115,8 @@ pub struct Shared {
     pub external: external::Registry,
     /// `--tls-cert`: the client and HTTP ports serve TLS with these.
     pub tls: Option<crate::tls::TlsConfigs>,
+    /// `--peer-tls-*`: the peer links are TLS with these (None: plaintext).
+    pub peer_tls: Option<crate::tls::peer::PeerTls>,
 }
 
 impl Shared {

@@ -7,6 +7,7 @@
 //! for TLS 1.3 (TLS 1.2's exporter is only safe with extended master secret).
 //! The HTTP port also accepts TLS 1.2, for older HTTP clients.
 
+pub mod peer;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ impl TlsFiles {
     }
 }
 
-fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
