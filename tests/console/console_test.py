@@ -10,69 +10,35 @@ Usage: console_test.py BASE_URL ADMIN_ID ADMIN_KEY LIMITED_ID LIMITED_KEY SCREEN
 Prints "ok <check>" per check and "all checks passed" at the end.
 """
 
-import os
 import re
 import sys
-import time
 
+from console_common import launch, new_page, ok, shot as save_shot, sign_in as sign_in_at
 from playwright.sync_api import expect, sync_playwright
 
 BASE, ADMIN_ID, ADMIN_KEY, LIMITED_ID, LIMITED_KEY, SHOTS, CHROMIUM, REFUSED_URL, ANON_BASE = sys.argv[1:10]
-TIMEOUT_MS = 15000
-# How long a sign-in waits out the backoff of earlier failed ones, and how often it looks.
-BACKOFF_DEADLINE_S = 12
-POLL_MS = 50
-
-
-def ok(what):
-    print(f"ok {what}", flush=True)
 
 
 def shot(page, name):
-    page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+    save_shot(page, SHOTS, name)
 
 
-def sign_in(page, secret_id, secret_key):
-    """Signs in, retrying (within BACKOFF_DEADLINE_S) while the broker refuses
-    the attempt for the per-address backoff a failed sign-in left (429)."""
-    page.goto(f"{BASE}/console/#/overview")
-    deadline = time.monotonic() + BACKOFF_DEADLINE_S
-    while True:
-        page.fill("#secret-id", secret_id)
-        page.fill("#secret-key", secret_key)
-        page.evaluate("document.querySelector('#error-text').textContent = ''")
-        page.click("#signin-submit")
-        error = ""
-        while not error and not page.locator("#nav").is_visible() and time.monotonic() < deadline:
-            page.wait_for_timeout(POLL_MS)
-            error = page.locator("#error-text").text_content() or ""
-        if page.locator("#nav").is_visible():
-            return
-        if "too many failed attempts" not in error or time.monotonic() >= deadline:
-            break
-    expect(page.locator("#nav")).to_be_visible()
+def sign_in(page, secret_id, secret_key, refused=None):
+    sign_in_at(page, BASE, secret_id, secret_key, refused)
 
 
 def main():
-    os.makedirs(SHOTS, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
+        browser = launch(p, CHROMIUM)
         errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: d.accept())
+        page = new_page(browser, errors)
 
         page.goto(f"{BASE}/console/")
         expect(page.locator("#signin-form")).to_be_visible()
         shot(page, "signin")
         ok("a broker with keys asks for a sign-in")
 
-        page.fill("#secret-id", ADMIN_ID)
-        page.fill("#secret-key", "wrong")
-        page.click("#signin-submit")
-        expect(page.locator("#error-text")).to_contain_text("AUTH_FAILED")
+        sign_in(page, ADMIN_ID, "wrong", refused="AUTH_FAILED")
         ok("a wrong SecretKey is refused with the broker's error")
 
         sign_in(page, ADMIN_ID, ADMIN_KEY)
@@ -82,8 +48,17 @@ def main():
 
         page.goto(f"{BASE}/console/#/queues")
         page.fill("#new-queue-name", "console-q")
+        page.select_option("#new-queue-flush", "async")
         page.click("#create-queue-submit")
         expect(page.locator('tr[data-queue="console-q"]')).to_be_visible()
+        expect(page.locator('tr[data-queue="console-q"] td.flush')).to_have_text("async")
+        expect(page.locator('tr[data-queue="src"] td.flush')).to_have_text("sync")
+        ok("created a queue with the async flush policy; the list's Flush column shows it")
+        page.fill("#new-queue-name", "doomed-q")
+        page.click("#create-queue-submit")
+        page.locator('tr[data-queue="doomed-q"] button', has_text="Delete").click()
+        expect(page.locator('tr[data-queue="doomed-q"]')).to_have_count(0)
+        ok("deleted a queue from the list (after confirming)")
         page.fill("#queue-filter", "console")
         expect(page.locator('tr[data-queue="src"]')).to_have_count(0)
         expect(page.locator('tr[data-queue="console-q"]')).to_be_visible()
@@ -112,15 +87,22 @@ def main():
         expect(page.locator("#q-active")).to_have_text("0")
         ok("purged the queue (after confirming)")
 
+        expect(page.locator("#attr-flushPolicy")).to_have_value("async")
         page.fill("#attr-visibilityTimeout", "45")
+        page.select_option("#attr-flushPolicy", "sync")
         page.click("#attrs-submit")
         expect(page.locator("#attrs-result")).to_have_text("saved")
-        ok("edited an attribute")
+        page.goto(f"{BASE}/console/#/queues")
+        expect(page.locator('tr[data-queue="console-q"] td.flush')).to_have_text("sync")
+        page.click('tr[data-queue="console-q"] a')
+        expect(page.locator("#attr-visibilityTimeout")).to_have_value("45")
+        ok("edited attributes, the flush policy among them; the list's Flush column changed")
 
         page.goto(f"{BASE}/console/#/deadletters")
         form = page.locator('form[data-redrive-form="dlq"]')
         expect(form).to_be_visible()
         expect(page.locator('[data-dlq-count="dlq"]')).to_have_text("5")
+        expect(page.locator("#dlqs")).to_contain_text("Sources: src")
         form.locator('input[name="ratePerSecond"]').fill("1")
         form.locator("button").click()
         running = page.locator('tr[data-state="running"]')
@@ -161,6 +143,25 @@ def main():
         ok("subscribed the queue to a topic; a published message arrived")
         ok("an HTTP subscription's failed push shows its reason")
 
+        page.goto(f"{BASE}/console/#/queues")
+        page.fill("#new-queue-name", "red-q")
+        page.click("#create-queue-submit")
+        expect(page.locator('tr[data-queue="red-q"]')).to_be_visible()
+        page.goto(f"{BASE}/console/#/topic/console-t")
+        page.fill("#sub-name", "reds")
+        page.select_option("#sub-protocol", "queue")
+        page.fill("#sub-endpoint", "red-q")
+        page.fill('#subscribe-form input[name="tags"]', "red")
+        page.click("#subscribe-submit")
+        expect(page.locator('tr[data-sub="reds"] td:nth-child(4)')).to_have_text("red")
+        page.fill("#publish-body", "a red one")
+        page.fill('#publish-form input[name="tags"]', "red")
+        page.click("#publish-submit")
+        expect(page.locator('tr[data-sub="reds"] .sub-delivered')).to_have_text("1")
+        page.goto(f"{BASE}/console/#/queue/red-q")
+        expect(page.locator("#q-active")).to_have_text("1")  # the untagged ones before were not for it
+        ok("subscribed a queue with a filter tag; only the tagged message arrived")
+
         page.goto(f"{BASE}/console/#/topics")
         expect(page.locator('tr[data-topic="console-t"]')).to_be_visible()
         shot(page, "topics")
@@ -169,7 +170,9 @@ def main():
         shot(page, "cluster")
         page.goto(f"{BASE}/console/#/overview")
         expect(page.locator("#health")).to_have_text("ok")
-        page.wait_for_timeout(2500)  # let the charts draw a few samples for the screenshot
+        # The charts have a few samples to draw for the screenshot (one a second).
+        expect(page.locator("#overview")).to_contain_text(re.compile(r"the last ([3-9]|\d{2,}) samples"))
+        expect(page.locator("#overview")).to_contain_text("Disk (logs)")
         shot(page, "overview")
         ok("overview and cluster pages render")
 
@@ -177,16 +180,19 @@ def main():
         expect(page.locator("#signin-form")).to_be_visible()
         sign_in(page, LIMITED_ID, LIMITED_KEY)
         page.goto(f"{BASE}/console/#/queue/console-q")
-        expect(page.locator("#q-active")).to_have_text("2")
+        expect(page.locator("#q-active")).to_have_text("3")  # and the red one
         page.click("#purge")
         expect(page.locator("#error-text")).to_contain_text("ACCESS_DENIED")
         expect(page.locator("#error-text")).to_contain_text(re.compile("cmq:PurgeQueue"))
-        expect(page.locator("#q-active")).to_have_text("2")
+        expect(page.locator("#q-active")).to_have_text("3")
+        page.click("#delete")
+        expect(page.locator("#error-text")).to_contain_text(re.compile("ACCESS_DENIED.*cmq:DeleteQueue"))
         shot(page, "denied")
-        ok("a key without cmq:PurgeQueue sees its purge refused")
+        page.goto(f"{BASE}/console/#/queues")
+        expect(page.locator('tr[data-queue="console-q"]')).to_be_visible()
+        ok("a key without cmq:PurgeQueue and cmq:DeleteQueue sees its purge and delete refused")
 
-        anon = browser.new_page(viewport={"width": 1280, "height": 860})
-        anon.on("pageerror", lambda e: errors.append(str(e)))
+        anon = new_page(browser, errors)
         anon.goto(f"{ANON_BASE}/console/#/queues")
         expect(anon.locator("#notice")).to_contain_text("Anonymous access")
         expect(anon.locator("#who")).to_have_text("anonymous")

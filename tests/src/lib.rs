@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod console;
 pub mod http;
 pub mod http_sink;
 pub mod ledger;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod queue_model;
 pub mod raw;
 pub mod tls;

@@ -3,30 +3,13 @@
 //! tests/cmq_sdk/queues.py runs every queue action against a real cmqd
 //! with keys, and this test checks the binary side of the mixed exchange.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cmq_client::{Client, Credentials};
+use cmq_integration_tests::python::{Script, SDK_VENV};
 use cmq_integration_tests::AdminBroker;
 use cmq_protocol::*;
-
-/// The Python of the SDK's virtual environment (`make sdk-venv`).
-fn sdk_python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv-cmq-sdk/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make sdk-venv` (make test does) to install the CMQ Python SDK",
-        python.display()
-    );
-    python
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cmq_sdk").join(name)
-}
 
 /// A key allowed everything but sending.
 const NO_SEND_POLICY: &str = r#"{"version":"2.0","statement":[
@@ -36,19 +19,7 @@ const NO_SEND_POLICY: &str = r#"{"version":"2.0","statement":[
 /// Runs an SDK script with these arguments; asserts it passed at least `checks` checks.
 fn run_sdk_script(name: &str, args: &[&str], checks: usize) {
     let cwd = tempfile::tempdir().expect("tmp"); // the SDK writes its log file into the working directory
-    let out = Command::new(sdk_python())
-        .arg(script(name))
-        .args(args)
-        .current_dir(cwd.path())
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "SDK conformance ({name}) failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= checks, "{stdout}");
+    Script::new(SDK_VENV, &format!("tests/cmq_sdk/{name}")).args(args).current_dir(cwd.path()).run(checks);
 }
 
 fn create_queue(c: &mut Client, name: &str) {

@@ -7,81 +7,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use cmq_integration_tests::http::{send, HttpReply};
+use cmq_integration_tests::console::Console;
+use cmq_integration_tests::http::send;
 use cmq_integration_tests::{dead_letter_after, poll_until, AdminBroker, Broker, RawConn};
 use cmq_protocol::*;
 use serde_json::Value;
-
-/// A browser-like client: the session cookie and CSRF token it was given.
-struct Console {
-    http: SocketAddr,
-    cookie: Option<String>,
-    csrf: Option<String>,
-}
-
-impl Console {
-    fn new(http: SocketAddr) -> Console {
-        Console { http, cookie: None, csrf: None }
-    }
-
-    fn call(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> HttpReply {
-        let mut body = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form {
-            body.append_pair(k, v);
-        }
-        let body = body.finish();
-        let mut headers = vec![
-            ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
-            ("X-Requested-With", "cmq-console".to_owned()),
-        ];
-        if let Some(c) = &self.cookie {
-            headers.push(("Cookie", c.clone()));
-        }
-        if let Some(t) = &self.csrf {
-            headers.push(("X-CSRF-Token", t.clone()));
-        }
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let reply = send(self.http, method, path, &headers, body.as_bytes());
-        if let Some(set) = reply.header("set-cookie") {
-            self.cookie = set.split(';').next().map(str::to_owned);
-        }
-        if let Some(t) =
-            serde_json::from_str::<Value>(&reply.body).ok().and_then(|v| v["csrfToken"].as_str().map(str::to_owned))
-        {
-            self.csrf = Some(t);
-        }
-        reply
-    }
-
-    /// A call that must succeed: its JSON.
-    fn ok(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> Value {
-        let r = self.call(method, path, form);
-        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
-        r.json()
-    }
-
-    /// A call that must fail with `status` and error code `code`.
-    fn refused(&mut self, method: &str, path: &str, form: &[(&str, &str)], status: u16, code: &str) -> Value {
-        let r = self.call(method, path, form);
-        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
-        let v = r.json();
-        assert_eq!(v["error"]["code"], code, "{}", r.body);
-        v
-    }
-
-    /// Signs in, waiting out the per-address backoff (429) that earlier
-    /// failed sign-ins from this test's address may have left.
-    fn sign_in(&mut self, id: &str, key: &str) -> Value {
-        poll_until(Duration::from_secs(12), "a sign-in past the backoff", || {
-            let r = self.call("POST", "/api/v1/session", &[("secretId", id), ("secretKey", key)]);
-            if r.status == 429 {
-                return Err(r.body);
-            }
-            assert_eq!(r.status, 200, "sign-in: {}", r.body);
-            Ok(r.json())
-        })
-    }
-}
 
 fn http_of(b: &Broker) -> SocketAddr {
     b.http_addr.expect("HTTP port")
@@ -92,8 +22,7 @@ fn anonymous_console_manages_queues_and_messages_with_csrf() {
     let b = Broker::start(&[]);
     let mut c = Console::new(http_of(&b));
     c.refused("GET", "/api/v1/queues", &[], 401, "SIGN_IN_REQUIRED");
-    let s = c.ok("GET", "/api/v1/session", &[]);
-    assert_eq!((s["signedIn"].as_bool(), s["anonymous"].as_bool()), (Some(true), Some(true)), "{s}");
+    c.anonymous();
     let cookie = c.cookie.clone().expect("a session cookie");
     assert!(cookie.starts_with("cmq_session="), "{cookie}");
 
@@ -227,7 +156,7 @@ fn dead_letters_redrive_topics_overview_and_cluster() {
     });
 
     let mut c = Console::new(http_of(&b));
-    c.ok("GET", "/api/v1/session", &[]);
+    c.anonymous();
     let d = c.ok("GET", "/api/v1/deadletters", &[]);
     let dlq = &d["deadLetterQueues"][0];
     assert_eq!((dlq["queueName"].as_str(), dlq["activeMsgNum"].as_u64()), (Some("dlq"), Some(5)), "{d}");
@@ -311,7 +240,7 @@ fn pages_are_embedded_and_bodies_are_bounded() {
     assert_eq!(send(http, "POST", "/console/", &[], b"x").status, 405);
 
     let mut c = Console::new(http);
-    c.ok("GET", "/api/v1/session", &[]);
+    c.anonymous();
     // A body of exactly the limit is read (and refused for its content); one byte more is not read at all.
     let mut headers =
         vec![("Cookie", c.cookie.clone().expect("cookie")), ("X-CSRF-Token", c.csrf.clone().expect("csrf"))];
@@ -331,7 +260,7 @@ fn pages_are_embedded_and_bodies_are_bounded() {
 fn subscriptions_show_why_pushes_fail() {
     let b = Broker::start(&["--push-retry-scale", "0.01"]);
     let mut c = Console::new(http_of(&b));
-    c.ok("GET", "/api/v1/session", &[]);
+    c.anonymous();
     c.ok("POST", "/api/v1/topics", &[("topicName", "alerts")]);
     let url = cmq_integration_tests::refused_url("/hook");
     let sub = [("subscriptionName", "pager"), ("protocol", "http"), ("endpoint", url.as_str())];
@@ -376,4 +305,77 @@ fn anonymous_sessions_only_for_loopback_host_names() {
     for host in [format!("evil.example:{port}"), "10.0.0.1".into(), format!("127.0.0.1.evil.example:{port}")] {
         assert!(!anonymous_session_for_host(http, &host), "{host}");
     }
+}
+
+#[test]
+fn flush_policy_is_set_at_create_and_edited() {
+    let b = Broker::start(&[]);
+    let mut raw = RawConn::open(b.addr);
+    let mut c = Console::new(http_of(&b));
+    c.anonymous();
+    c.ok("POST", "/api/v1/queues", &[("queueName", "fast"), ("flushPolicy", "async")]);
+    c.ok("POST", "/api/v1/queues", &[("queueName", "plain")]);
+    assert_eq!(raw.queue_info("fast").attributes.flush_policy, FlushPolicy::Async, "the engine's queue changed");
+    assert_eq!(raw.queue_info("plain").attributes.flush_policy, FlushPolicy::Sync, "the broker's default");
+    let flush_of = |c: &mut Console, q: &str| {
+        let list = c.ok("GET", "/api/v1/queues", &[]);
+        let queues = list["queues"].as_array().cloned().unwrap_or_default();
+        queues.iter().find(|x| x["queueName"] == q).map(|x| x["flushPolicy"].clone()).unwrap_or_default()
+    };
+    assert_eq!(flush_of(&mut c, "fast"), "async");
+
+    c.ok("PUT", "/api/v1/queues/fast", &[("flushPolicy", "sync"), ("visibilityTimeout", "50")]);
+    assert_eq!(raw.queue_info("fast").attributes.flush_policy, FlushPolicy::Sync);
+    assert_eq!(flush_of(&mut c, "fast"), "sync");
+    // An edit that does not name it leaves it as it is.
+    c.ok("PUT", "/api/v1/queues/plain", &[("flushPolicy", "async")]);
+    c.ok("PUT", "/api/v1/queues/plain", &[("visibilityTimeout", "20")]);
+    assert_eq!(c.ok("GET", "/api/v1/queues/plain", &[])["flushPolicy"], "async");
+
+    let e = c.refused("PUT", "/api/v1/queues/fast", &[("flushPolicy", "later")], 400, "INVALID_PARAMETER");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("sync or async")), "{e}");
+    c.refused("POST", "/api/v1/queues", &[("queueName", "x"), ("flushPolicy", "")], 400, "INVALID_PARAMETER");
+    c.refused("GET", "/api/v1/queues/x", &[], 404, "QUEUE_NOT_FOUND");
+    assert_eq!(raw.queue_info("fast").attributes.flush_policy, FlushPolicy::Sync, "a refused edit changes nothing");
+}
+
+/// Queues the paging test creates: more than one page, on every shard.
+const MANY_QUEUES: usize = 60;
+
+#[test]
+fn a_list_page_has_every_queue_of_the_page_with_its_attributes_in_order() {
+    let b = Broker::start(&["--shards", "4"]);
+    let mut raw = RawConn::open(b.addr);
+    let names: Vec<String> = (0..MANY_QUEUES).map(|k| format!("page{k:03}")).collect();
+    for (k, q) in names.iter().enumerate() {
+        raw.create_queue_attrs(
+            q,
+            QueueAttributesUpdate { visibility_timeout: Some(k as u32 + 1), ..Default::default() },
+        );
+    }
+    let mut c = Console::new(http_of(&b));
+    c.anonymous();
+    let first = c.ok("GET", "/api/v1/queues", &[]);
+    let second = c.ok("GET", "/api/v1/queues?offset=50", &[]);
+    assert_eq!((first["total"].as_u64(), second["offset"].as_u64()), (Some(MANY_QUEUES as u64), Some(50)));
+    let page: Vec<Value> =
+        [first, second].iter().flat_map(|p| p["queues"].as_array().cloned().unwrap_or_default()).collect();
+    let listed: Vec<&str> = page.iter().filter_map(|q| q["queueName"].as_str()).collect();
+    assert_eq!(listed, names.iter().map(String::as_str).collect::<Vec<_>>(), "the broker's listing order, all of it");
+    let mut shards = std::collections::BTreeSet::new();
+    for q in &page {
+        let name = q["queueName"].as_str().unwrap_or_default();
+        let info = raw.queue_info(name);
+        assert_eq!(q["visibilityTimeout"].as_u64(), Some(u64::from(info.attributes.visibility_timeout)), "{q}");
+        assert_eq!(q["shard"].as_u64(), Some(u64::from(info.shard)), "{q}");
+        shards.insert(info.shard);
+    }
+    assert_eq!(shards.len(), 4, "the page's queues came from every shard");
+    let found = c.ok("GET", "/api/v1/queues?search=page05", &[]);
+    let found: Vec<&str> =
+        found["queues"].as_array().into_iter().flatten().filter_map(|q| q["queueName"].as_str()).collect();
+    assert_eq!(
+        found,
+        (50..60).map(|k| format!("page{k:03}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }

@@ -8,35 +8,21 @@
 //! (and saying so). Screenshots of each page are left in
 //! target/console-screenshots/.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use cmq_integration_tests::console::{assert_screenshots, chromium, clear_screenshots, screenshots_dir};
+use cmq_integration_tests::python::{Script, CONSOLE_VENV};
 use cmq_integration_tests::{dead_letter_after, poll_until, refused_url, AdminBroker, Broker, RawConn};
 use cmq_protocol::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python of the console's virtual environment (`make console-venv`).
-fn python() -> PathBuf {
-    let python = root().join(".venv-console/bin/python");
-    assert!(python.exists(), "{} is missing: run `make console-venv` (make test does)", python.display());
-    python
-}
-
-/// Debian's chromium (`CHROMIUM` overrides).
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(path.exists(), "{} is missing: run `make console-venv` (make test does)", path.display());
-    path
-}
 
 /// A key allowed everything but purging and deleting queues.
 const NO_PURGE_POLICY: &str = r#"{"version":"2.0","statement":[
     {"effect":"allow","action":["cmq:*"],"resource":["*"]},
     {"effect":"deny","action":["cmq:PurgeQueue","cmq:DeleteQueue"],"resource":["*"]}]}"#;
+
+/// The screenshot of each page the script leaves (`NAME.png`).
+const PAGES: &[&str] =
+    &["signin", "overview", "queues", "queue", "deadletters", "topics", "topic", "cluster", "denied", "anonymous"];
 
 #[test]
 fn console_pages_in_a_real_browser() {
@@ -63,26 +49,14 @@ fn console_pages_in_a_real_browser() {
     let anonymous = Broker::start(&[]);
     let anonymous_base = format!("http://{}", anonymous.http_addr.expect("HTTP port"));
 
-    let shots = root().join("target/console-screenshots");
+    let shots = screenshots_dir();
     let base = format!("http://{http}");
-    let out = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console/console_test.py"))
+    clear_screenshots(PAGES);
+    Script::new(CONSOLE_VENV, "tests/console/console_test.py")
         .args([&base, &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key])
         .arg(&shots)
         .arg(chromium())
         .args([refused_url("/hook"), anonymous_base])
-        .output()
-        .expect("run the browser test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "console browser test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 15, "{stdout}");
-    for page in
-        ["signin", "overview", "queues", "queue", "deadletters", "topics", "topic", "cluster", "denied", "anonymous"]
-    {
-        assert!(shots.join(format!("{page}.png")).exists(), "screenshot of {page}");
-    }
+        .run(15);
+    assert_screenshots(PAGES);
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cmq_client::{Client, ClientError, Credentials, TlsOptions};
+use cmq_integration_tests::python::{Script, SDK_VENV};
 use cmq_integration_tests::tls::TestPki;
 use cmq_integration_tests::{AdminBroker, Broker};
 use cmq_protocol::auth::{self, AUTH_NONCE_BYTES, CLIENT_MAC_LABEL, SERVER_MAC_LABEL};
@@ -292,9 +293,6 @@ fn the_load_generator_runs_authenticated_over_tls_and_loses_nothing() {
 /// through `SSL_CERT_FILE` (the SDK uses Python's default TLS context).
 #[test]
 fn the_python_cmq_sdk_works_over_https() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned();
-    let python = root.join(".venv-cmq-sdk/bin/python");
-    assert!(python.exists(), "{} is missing: run `make sdk-venv` (make test does)", python.display());
     let pki = TestPki::new();
     let b = AdminBroker::start(&args(&pki.server_args()));
     let creds = Credentials::new(&b.secret_id, &b.secret_key);
@@ -309,19 +307,11 @@ fn the_python_cmq_sdk_works_over_https() {
     admin.send("mixin", &b"from-binary"[..], 0).expect("send");
     let endpoint = format!("https://{}", b.broker.http_addr.expect("HTTP port"));
     let cwd = tempfile::tempdir().expect("tmp"); // the SDK writes its log file into the working directory
-    let out = std::process::Command::new(python)
-        .arg(root.join("tests/cmq_sdk/queues.py"))
+    Script::new(SDK_VENV, "tests/cmq_sdk/queues.py")
         .args([endpoint.as_str(), &b.secret_id, &b.secret_key, &limited.secret_id, &limited.secret_key])
         .env("SSL_CERT_FILE", &pki.ca)
         .current_dir(cwd.path())
-        .output()
-        .expect("run the SDK");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "SDK over HTTPS failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run(0);
     let m = admin.receive("mixout", Some(0)).expect("receive").expect("the SDK's message");
     assert_eq!(&m.body[..], b"from-http");
 }

@@ -1,5 +1,5 @@
-//! `/api/v1/...`: the route table, sign-in, the overview and the cluster.
-//! Queue, topic and dead-letter endpoints are in `ops`.
+//! `/api/v1/...`: the route table, sign-in and the overview. Queue, topic and
+//! dead-letter endpoints are in `ops`, the cluster in `cluster`.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ pub async fn handle(ctx: &HttpContext, parts: &Parts, segments: &[String], body:
     let r = Ctx { ctx, caller: &caller };
     match (m, seg.as_slice()) {
         (&Method::GET, ["overview"]) => overview(&r).await,
-        (&Method::GET, ["cluster"]) => cluster(&r).await,
+        (&Method::GET, ["cluster"]) => super::cluster::cluster(&r).await,
         _ => ops::handle(&r, m, &seg, query, body).await,
     }
 }
@@ -184,64 +184,4 @@ async fn overview(r: &Ctx<'_>) -> Answer {
         "sampleEveryMs": super::history::SAMPLE_EVERY.as_millis() as u64,
         "history": h.broker_series(),
     })))
-}
-
-/// Nodes, leaders and replication lag (`ClusterStatus`); `clustered: false` alone.
-async fn cluster(r: &Ctx<'_>) -> Answer {
-    if r.ctx.shared.cfg.cluster.is_none() {
-        return Ok(ok(&json!({"clustered": false, "nodeId": r.ctx.shared.cfg.node_id})));
-    }
-    let Response::ClusterStatus(s) = r.run(Request::ClusterStatus(Default::default()), BROKER_WAIT).await? else {
-        return Err(Failure::new(StatusCode::BAD_GATEWAY, "BAD_ANSWER", "not a ClusterStatus answer"));
-    };
-    Ok(ok(&cluster_json(&s)))
-}
-
-/// Nodes, and per shard its leader and each follower's lag behind the leader's log.
-fn cluster_json(s: &cmq_protocol::ClusterStatusOk) -> Value {
-    let nodes: Vec<Value> =
-        s.map.nodes.iter().map(|n| json!({"id": n.id, "clientAddr": n.client_addr, "peerAddr": n.peer_addr})).collect();
-    let shards: Vec<Value> = s
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(k, g)| {
-            let lag: Vec<Value> = g
-                .followers
-                .iter()
-                .map(|f| json!({"node": f.node, "matched": f.matched, "lag": g.last_index.saturating_sub(f.matched)}))
-                .collect();
-            json!({"shard": k, "leader": g.leader, "term": g.term, "commit": g.commit, "applied": g.applied,
-                   "lastIndex": g.last_index, "followers": lag})
-        })
-        .collect();
-    json!({"clustered": true, "nodeId": s.map.node_id, "nodes": nodes, "shards": shards})
-}
-
-#[cfg(test)]
-mod tests {
-    use cmq_protocol::*;
-
-    #[test]
-    fn cluster_status_shows_leaders_and_lag() {
-        let node = |id| ClusterNode { id, client_addr: format!("c{id}"), peer_addr: format!("p{id}") };
-        let shard = ShardStatus {
-            leader: 2,
-            term: 3,
-            commit: 90,
-            applied: 90,
-            last_index: 100,
-            followers: vec![FollowerProgress { node: 1, matched: 100 }, FollowerProgress { node: 3, matched: 60 }],
-            ..Default::default()
-        };
-        let s = ClusterStatusOk {
-            map: ClusterMap { node_id: 1, nodes: vec![node(1), node(2), node(3)], ..Default::default() },
-            shards: vec![shard],
-        };
-        let v = super::cluster_json(&s);
-        assert_eq!(v["nodes"][2]["peerAddr"], "p3");
-        assert_eq!(v["shards"][0]["leader"], 2);
-        assert_eq!(v["shards"][0]["followers"][0]["lag"], 0);
-        assert_eq!(v["shards"][0]["followers"][1]["lag"], 40);
-    }
 }

@@ -9,13 +9,16 @@
 //!
 //! * `session`: sign-in sessions, cookies, CSRF tokens.
 //! * `caller`: who a request acts for, and the permission check.
-//! * `api`: the endpoints.
+//! * `api`: the route table, sign-in and the overview.
+//! * `ops`: queues, messages, dead letters, topics and subscriptions.
+//! * `cluster`: nodes, leaders and replication lag.
 //! * `history`: the ring of samples behind the charts.
 //! * `assets`: the embedded pages.
 
 mod api;
 mod assets;
 mod caller;
+mod cluster;
 pub mod history;
 mod ops;
 pub mod session;

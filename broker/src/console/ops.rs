@@ -5,6 +5,7 @@
 //! build the protocol request here.
 
 use cmq_protocol::*;
+use futures_util::future::join_all;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -30,9 +31,9 @@ pub async fn handle(r: &Ctx<'_>, m: &Method, seg: &[&str], query: &[u8], body: &
     let t = |name: &str| vec![("topicName", name.to_owned())];
     match (m, seg) {
         (&Method::GET, ["queues"]) => list_queues(r, &parse(query, &[])?).await,
-        (&Method::POST, ["queues"]) => action(r, "CreateQueue", &parse(body, &[])?).await,
+        (&Method::POST, ["queues"]) => queue_action(r, "CreateQueue", &parse(body, &[])?).await,
         (&Method::GET, ["queues", name]) => queue_detail(r, name).await,
-        (&Method::PUT, ["queues", name]) => action(r, "SetQueueAttributes", &parse(body, &q(name))?).await,
+        (&Method::PUT, ["queues", name]) => queue_action(r, "SetQueueAttributes", &parse(body, &q(name))?).await,
         (&Method::DELETE, ["queues", name]) => action(r, "DeleteQueue", &parse(&[], &q(name))?).await,
         (&Method::POST, ["queues", name, "purge"]) => purge(r, name).await,
         (&Method::GET, ["queues", name, "messages"]) => peek(r, name, &parse(query, &[])?).await,
@@ -78,10 +79,30 @@ async fn action(r: &Ctx<'_>, name: &str, p: &Params) -> Answer {
 }
 
 async fn cmq(r: &Ctx<'_>, name: &str, p: &Params) -> Result<Map<String, Value>, Failure> {
-    let call = actions::build(name, p).map_err(Failure::param)?;
+    run_call(r, actions::build(name, p).map_err(Failure::param)?).await
+}
+
+async fn run_call(r: &Ctx<'_>, call: actions::Call) -> Result<Map<String, Value>, Failure> {
     let within = call.answer_within().min(BROKER_WAIT);
     let resp = r.run(call.request, within).await?;
     actions::answer(&call.handles, resp).map_err(|(e, _)| Failure::param(e))
+}
+
+/// CreateQueue or SetQueueAttributes, with the console's `flushPolicy`
+/// (`sync` or `async`: the protocol's per-queue flush policy, which the
+/// CMQ API has no parameter for) added to the gateway's request.
+async fn queue_action(r: &Ctx<'_>, name: &str, p: &Params) -> Answer {
+    let mut call = actions::build(name, p).map_err(Failure::param)?;
+    let flush = match p.get("flushPolicy") {
+        Some(text) => Some(text.parse::<FlushPolicy>().map_err(Failure::bad_request)?),
+        None => None,
+    };
+    match &mut call.request {
+        Request::CreateQueue(c) => c.attributes.flush_policy = flush,
+        Request::SetQueueAttributes(s) => s.attributes.flush_policy = flush,
+        _ => {}
+    }
+    Ok(ok(&Value::Object(run_call(r, call).await?)))
 }
 
 /// A queue's attributes and counts (the gateway's fields), its flush
@@ -109,8 +130,8 @@ async fn list_queues(r: &Ctx<'_>, p: &Params) -> Answer {
     let contains = p.get("search").unwrap_or_default().to_owned();
     let (total, names) = queue_names(r, contains, offset).await?;
     let mut queues = Vec::with_capacity(names.len());
-    for name in names {
-        match queue_info(r, &name).await {
+    for info in queue_infos(r, &names).await {
+        match info {
             Ok(m) => queues.push(Value::Object(m)),
             // Deleted since it was listed.
             Err(f) if f.status == StatusCode::NOT_FOUND => {}
@@ -118,6 +139,13 @@ async fn list_queues(r: &Ctx<'_>, p: &Params) -> Answer {
         }
     }
     Ok(ok(&json!({"total": total, "offset": offset, "queues": queues})))
+}
+
+/// Every named queue's [`queue_info`], in the order named. The requests go
+/// out at once (at most [`LIST_PAGE`] of them), so a page takes about one
+/// round trip to the slowest shard, not one per queue in turn.
+async fn queue_infos(r: &Ctx<'_>, names: &[String]) -> Vec<Result<Map<String, Value>, Failure>> {
+    join_all(names.iter().map(|name| queue_info(r, name))).await
 }
 
 async fn queue_names(r: &Ctx<'_>, contains: String, offset: u32) -> Result<(u32, Vec<String>), Failure> {
@@ -168,11 +196,7 @@ async fn dead_letters(r: &Ctx<'_>) -> Answer {
     let mut offset = 0;
     while offset < DLQ_SCAN_QUEUES_MAX {
         let (total, names) = queue_names(r, String::new(), offset).await?;
-        for name in &names {
-            if let Ok(m) = queue_info(r, name).await {
-                infos.push(m);
-            }
-        }
+        infos.extend(queue_infos(r, &names).await.into_iter().flatten());
         offset += LIST_PAGE;
         if names.is_empty() || offset >= total {
             break;
@@ -241,10 +265,13 @@ async fn list_topics(r: &Ctx<'_>, p: &Params) -> Answer {
     let Response::ListTopics(l) = r.run(Request::ListTopics(list), BROKER_WAIT).await? else {
         return Err(unexpected());
     };
-    let mut topics = Vec::new();
-    for t in &l.topics {
+    let asks = l.topics.iter().map(|t| {
         let req = Request::GetTopicAttributes(GetTopicAttributes { topic: t.topic.clone() });
-        match r.run(req, BROKER_WAIT).await {
+        r.run(req, BROKER_WAIT)
+    });
+    let mut topics = Vec::new();
+    for answer in join_all(asks).await {
+        match answer {
             Ok(Response::GetTopicAttributes(info)) => {
                 let subs = info.subscription_count;
                 let mut m = actions::answer(&Vec::new(), Response::GetTopicAttributes(info))
@@ -276,14 +303,17 @@ async fn subscriptions(r: &Ctx<'_>, topic: &str) -> Answer {
     let Response::ListSubscriptions(l) = r.run(Request::ListSubscriptions(list), BROKER_WAIT).await? else {
         return Err(unexpected());
     };
-    let failures = push_failures(r).await;
-    let mut subs = Vec::new();
-    for s in &l.subscriptions {
+    let asks = l.subscriptions.iter().map(|s| {
         let req = Request::GetSubscriptionAttributes(GetSubscriptionAttributes {
             topic: topic.to_owned(),
             subscription: s.subscription.clone(),
         });
-        let Response::GetSubscriptionAttributes(info) = r.run(req, BROKER_WAIT).await? else {
+        r.run(req, BROKER_WAIT)
+    });
+    let (answers, failures) = tokio::join!(join_all(asks), push_failures(r));
+    let mut subs = Vec::new();
+    for (s, answer) in l.subscriptions.iter().zip(answers) {
+        let Response::GetSubscriptionAttributes(info) = answer? else {
             return Err(unexpected());
         };
         let (delivered, dropped) = (info.delivered, info.dropped);

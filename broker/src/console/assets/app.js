@@ -309,6 +309,7 @@ function pageQueues() {
     h("label", {}, "Visibility timeout (s)", h("input", { name: "visibilityTimeout", type: "number", min: 0 })),
     h("label", {}, "Dead-letter queue", h("input", { name: "deadLetterQueueName" })),
     h("label", {}, "Max receive count", h("input", { name: "maxReceiveCount", type: "number", min: 0 })),
+    h("label", {}, "Flush policy", flushSelect("new-queue-flush", "")),
     h("button", { type: "submit", id: "create-queue-submit", text: "Create queue" }));
   create.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -337,13 +338,22 @@ function pageQueues() {
       h("td", { class: "num", text: fmt(q.activeMsgNum) }), h("td", { class: "num", text: fmt(q.inactiveMsgNum) }),
       h("td", { class: "num", text: fmt(q.delayMsgNum) }), h("td", { class: "num", text: age(q.minMsgTime) }),
       h("td", { class: "num", text: fmt(q.inPerSec, 1) }), h("td", { class: "num", text: fmt(q.outPerSec, 1) }),
-      h("td", { text: q.flushPolicy }),
+      h("td", { class: "flush", text: q.flushPolicy }),
       h("td", { class: "actions" },
         h("button", { class: "danger", text: "Purge", onclick: () => purgeQueue(q.queueName, load) }),
         h("button", { class: "danger", text: "Delete", onclick: () => deleteQueue(q.queueName, load) })))));
   }
   function refresh() { refreshRows(); load(); }
   every(5000, load);
+}
+
+// The flush policy choice: `current` selected ("" offers the broker's default).
+function flushSelect(id, current) {
+  const options = current ? [] : [h("option", { value: "", text: "broker default" })];
+  for (const [v, label] of [["sync", "sync: answered once on disk"], ["async", "async: answered once written"]]) {
+    options.push(h("option", { value: v, text: label, selected: v === current }));
+  }
+  return h("select", { name: "flushPolicy", id }, options);
 }
 
 function formParams(form) {
@@ -430,7 +440,8 @@ function pageQueue(name) {
     if (!filled) {
       filled = true;
       const field = ([k, label]) => h("label", {}, label, h("input", { name: k, value: q[k] ?? "", id: `attr-${k}` }));
-      attrs.replaceChildren(h("div", { class: "inline" }, QUEUE_ATTRS.map(field)),
+      attrs.replaceChildren(h("div", { class: "inline" }, QUEUE_ATTRS.map(field),
+        h("label", {}, "Flush policy", flushSelect("attr-flushPolicy", q.flushPolicy))),
         h("h2", { text: "Dead letters" }), h("div", { class: "inline" }, DLQ_ATTRS.map(field)),
         h("div", { class: "toolbar" }, h("button", { type: "submit", id: "attrs-submit", text: "Save" }),
           h("span", { class: "muted", id: "attrs-result" })));
@@ -589,15 +600,22 @@ function pageCluster() {
         h("p", { class: "muted", text: "Start nodes with --peers (make cluster) to see nodes, leaders and replication lag here." })));
       return;
     }
-    const nodes = h("table", {}, h("thead", {}, h("tr", {}, ["Node", "Client address", "Peer address"].map((t) => h("th", { text: t })))),
-      h("tbody", {}, c.nodes.map((n) => h("tr", {}, h("td", { text: `${n.id}${n.id === c.nodeId ? " (this node)" : ""}` }),
-        h("td", { text: n.clientAddr }), h("td", { text: n.peerAddr })))));
-    const shards = h("table", {}, h("thead", {}, h("tr", {}, ["Shard", "Leader", "Term", "Commit", "Applied", "Last index", "Followers (lag)"].map((t) => h("th", { text: t })))),
-      h("tbody", {}, c.shards.map((s) => h("tr", {}, h("td", { text: s.shard }), h("td", { text: s.leader || "none" }),
+    const nodes = h("table", { id: "cluster-nodes" }, h("thead", {}, h("tr", {}, ["Node", "State", "Client address", "Peer address"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, c.nodes.map((n) => h("tr", { "data-node": n.id, "data-up": String(n.up) },
+        h("td", { text: `${n.id}${n.self ? " (this node)" : ""}` }),
+        h("td", { class: "node-state" }, h("span", { class: `pill ${n.up ? "ok" : "bad"}`, text: n.up ? "up" : "down" }),
+          n.up ? "" : h("span", { class: "muted", text: ` ${n.down}` })),
+        h("td", { text: n.clientAddr || "–" }), h("td", { text: n.peerAddr })))));
+    const shards = h("table", { id: "cluster-shards" }, h("thead", {}, h("tr", {}, ["Shard", "Leader", "Term", "Commit", "Applied", "Last index", "Followers (entries behind)"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, c.shards.map((s) => h("tr", { "data-shard": s.shard, "data-leader": s.leader },
+        h("td", { text: s.shard }), h("td", { class: "leader", text: s.leader ? `node ${s.leader}` : "none (election)" }),
         h("td", { class: "num", text: s.term }), h("td", { class: "num", text: s.commit }), h("td", { class: "num", text: s.applied }),
         h("td", { class: "num", text: s.lastIndex }),
-        h("td", { text: s.followers.map((f) => `node ${f.node}: ${f.lag}`).join(", ") || "–" })))));
-    body.replaceChildren(h("h2", { text: "Nodes" }), nodes, h("h2", { text: "Shards" }), shards);
+        h("td", { class: "followers", text: s.followers.length ? s.followers.map((f) => `node ${f.node}: ${f.lag}`).join(", ") :
+          s.leader ? `known to the leader (node ${s.leader})` : "–" })))));
+    body.replaceChildren(h("h2", { text: "Nodes" }), nodes, h("h2", { text: "Shards" }), shards,
+      h("p", { class: "muted", text: `As node ${c.nodeId} sees it: leaders as it knows them, follower lag for the shards it leads, ` +
+        "a node up when its client port answers." }));
   });
 }
 
