@@ -24,12 +24,19 @@ def launch(playwright, chromium):
     return playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
 
 
-def new_page(browser, errors):
-    """A page whose JavaScript errors go to `errors` and whose confirm() dialogs are accepted."""
+def new_page(browser, errors, dialogs=None):
+    """A page whose JavaScript errors go to `errors` and whose confirm()
+    dialogs are accepted (their messages appended to `dialogs`)."""
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(TIMEOUT_MS)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("dialog", lambda d: d.accept())
+
+    def accept(dialog):
+        if dialogs is not None:
+            dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
     return page
 
 

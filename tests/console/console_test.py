@@ -31,10 +31,13 @@ def main():
     with sync_playwright() as p:
         browser = launch(p, CHROMIUM)
         errors = []
-        page = new_page(browser, errors)
+        dialogs = []
+        page = new_page(browser, errors, dialogs)
 
         page.goto(f"{BASE}/console/")
         expect(page.locator("#signin-form")).to_be_visible()
+        expect(page.locator("#nav")).to_be_hidden()
+        expect(page.locator("#signout")).to_be_hidden()
         shot(page, "signin")
         ok("a broker with keys asks for a sign-in")
 
@@ -58,6 +61,7 @@ def main():
         page.click("#create-queue-submit")
         page.locator('tr[data-queue="doomed-q"] button', has_text="Delete").click()
         expect(page.locator('tr[data-queue="doomed-q"]')).to_have_count(0)
+        assert any("Delete queue doomed-q" in m for m in dialogs), dialogs
         ok("deleted a queue from the list (after confirming)")
         page.fill("#queue-filter", "console")
         expect(page.locator('tr[data-queue="src"]')).to_have_count(0)
@@ -80,29 +84,35 @@ def main():
         page.click("#peek")
         expect(page.locator("#peek-rows")).to_contain_text("hello from the browser")
         expect(page.locator("#peek-rows")).to_contain_text("ready")
+        expect(page.locator("#peek-rows tr").first.locator("td").nth(2)).to_have_text("0")  # dequeue count
         shot(page, "queue")
         ok("peeked at the message")
 
         page.click("#purge")
         expect(page.locator("#q-active")).to_have_text("0")
+        assert any("Purge every message of queue console-q" in m for m in dialogs), dialogs
         ok("purged the queue (after confirming)")
 
         expect(page.locator("#attr-flushPolicy")).to_have_value("async")
         page.fill("#attr-visibilityTimeout", "45")
         page.select_option("#attr-flushPolicy", "sync")
+        page.fill("#attr-deadLetterQueueName", "dlq")
+        page.fill("#attr-maxReceiveCount", "3")
         page.click("#attrs-submit")
         expect(page.locator("#attrs-result")).to_have_text("saved")
         page.goto(f"{BASE}/console/#/queues")
         expect(page.locator('tr[data-queue="console-q"] td.flush')).to_have_text("sync")
         page.click('tr[data-queue="console-q"] a')
         expect(page.locator("#attr-visibilityTimeout")).to_have_value("45")
-        ok("edited attributes, the flush policy among them; the list's Flush column changed")
+        expect(page.locator("#attr-deadLetterQueueName")).to_have_value("dlq")
+        ok("edited attributes, the flush policy and dead-letter settings among them; the list's Flush column changed")
 
         page.goto(f"{BASE}/console/#/deadletters")
         form = page.locator('form[data-redrive-form="dlq"]')
         expect(form).to_be_visible()
         expect(page.locator('[data-dlq-count="dlq"]')).to_have_text("5")
-        expect(page.locator("#dlqs")).to_contain_text("Sources: src")
+        expect(page.locator("#dlqs")).to_contain_text(re.compile(r"Sources: .*\bsrc\b"))
+        expect(page.locator("#dlqs")).to_contain_text(re.compile(r"Sources: .*console-q"))  # set on its page
         form.locator('input[name="ratePerSecond"]').fill("1")
         form.locator("button").click()
         running = page.locator('tr[data-state="running"]')

@@ -124,8 +124,14 @@ fn keys_sign_in_and_are_held_to_their_policy() {
 fn sessions_expire() {
     let b = AdminBroker::start(&["--console-session-secs", "1"]);
     let mut c = Console::new(http_of(&b.broker));
-    c.sign_in(&b.secret_id, &b.secret_key);
-    assert!(c.cookie.is_some(), "a session cookie");
+    let r = c.call("POST", "/api/v1/session", &[("secretId", &b.secret_id), ("secretKey", &b.secret_key)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A server-side session id in an HttpOnly, SameSite=Strict cookie that expires with the session.
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    for part in ["cmq_session=", "HttpOnly", "SameSite=Strict", "Max-Age=1", "Path=/"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    assert!(!r.body.contains(cookie.split(';').next().unwrap_or("?")), "the session id is not in the body");
     let first = c.call("GET", "/api/v1/queues", &[]);
     assert_eq!(first.status, 200, "{}", first.body);
     poll_until(Duration::from_secs(10), "the session expires", || {
@@ -198,6 +204,27 @@ fn dead_letters_redrive_topics_overview_and_cluster() {
     c.ok("DELETE", "/api/v1/topics/events/subscriptions/toinbox", &[]);
     assert_eq!(c.ok("GET", "/api/v1/topics/events/subscriptions", &[])["total"], 0);
 
+    // Routing keys: a subscription's binding key decides what reaches its queue.
+    c.ok("POST", "/api/v1/topics", &[("topicName", "routed"), ("filterType", "2")]);
+    c.ok("POST", "/api/v1/queues", &[("queueName", "eu")]);
+    let sub = [("subscriptionName", "toeu"), ("protocol", "queue"), ("endpoint", "eu"), ("bindingKey.1", "eu.*")];
+    c.ok("POST", "/api/v1/topics/routed/subscriptions", &sub);
+    let subs = c.ok("GET", "/api/v1/topics/routed/subscriptions", &[]);
+    assert_eq!(subs["subscriptions"][0]["bindingKey"][0], "eu.*", "{subs}");
+    c.ok("POST", "/api/v1/topics/routed/messages", &[("msgBody", "us"), ("routingKey", "us.orders")]);
+    c.ok("POST", "/api/v1/topics/routed/messages", &[("msgBody", "eu"), ("routingKey", "eu.orders")]);
+    let peeked = poll_until(Duration::from_secs(10), "the eu message reaches its queue", || {
+        let p = c.ok("GET", "/api/v1/queues/eu/messages", &[]);
+        if p["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+            Ok(p)
+        } else {
+            Err(p.to_string())
+        }
+    });
+    let bodies: Vec<&str> =
+        peeked["messages"].as_array().into_iter().flatten().filter_map(|m| m["bodyPreview"].as_str()).collect();
+    assert_eq!(bodies, ["eu"], "only the matching routing key");
+
     // The overview's history fills in, one sample a second, and shows traffic.
     poll_until(Duration::from_secs(15), "samples showing messages in", || {
         c.ok("POST", "/api/v1/queues/inbox/messages", &[("msgBody", "tick")]);
@@ -205,7 +232,8 @@ fn dead_letters_redrive_topics_overview_and_cluster() {
         let history = o["history"].as_array().cloned().unwrap_or_default();
         let busy = history.iter().any(|p| p["inPerSec"].as_f64().is_some_and(|r| r > 0.0));
         let shards = history.last().and_then(|p| p["shards"].as_array().map(Vec::len));
-        if busy && o["health"] == "ok" && shards == o["shards"].as_u64().map(|n| n as usize) {
+        let disk = history.last().and_then(|p| p["diskBytes"].as_u64()).unwrap_or(0);
+        if busy && disk > 0 && o["health"] == "ok" && shards == o["shards"].as_u64().map(|n| n as usize) {
             Ok(())
         } else {
             Err(o.to_string())
