@@ -4,14 +4,17 @@
 //! Leaders and lag are this node's `ClusterStatus`: every shard's leader as
 //! this node knows it, and follower progress for the shards this node
 //! leads (only a leader tracks it). Whether a node is up is asked of the
-//! node itself: its client port must answer a handshake within
+//! node itself: its client port must answer an `AuthChallenge` within
 //! [`NODE_PROBE_TIMEOUT`], every node at once, so a dead node costs the
-//! page one timeout at most (a killed node's port refuses at once).
+//! page one timeout at most (a killed node's port refuses at once). An
+//! `AuthChallenge` rather than a handshake: every node answers it, with
+//! keys or without, and a node requiring authentication would count an
+//! anonymous handshake as a failed authentication (and log it).
 
 use std::time::Duration;
 
 use cmq_protocol::frame::HEADER_BYTES;
-use cmq_protocol::{ClusterNode, ClusterStatusOk, Handshake, Request, Response};
+use cmq_protocol::{AuthChallenge, ClusterNode, ClusterStatusOk, Request, Response};
 use futures_util::future::join_all;
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -23,9 +26,6 @@ use super::{ok, Failure};
 
 /// How long the page waits for another node to answer its probe.
 pub const NODE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a probe calls itself in the probed node's log.
-const PROBE_CLIENT_NAME: &str = concat!("cmqd-console-probe/", env!("CARGO_PKG_VERSION"));
 
 /// Nodes, leaders and replication lag; `clustered: false` alone.
 pub async fn cluster(r: &Ctx<'_>) -> Answer {
@@ -42,7 +42,7 @@ pub async fn cluster(r: &Ctx<'_>) -> Answer {
 }
 
 /// Whether node `n` answers: this node does; another when its client port
-/// answers a handshake in time (a TLS client port: accepts a connection,
+/// answers an `AuthChallenge` in time (a TLS client port: accepts a connection,
 /// as this node holds no client certificate for it). `Err`: why not.
 async fn probe(n: &ClusterNode, me: u64, tls: bool) -> Result<(), String> {
     if n.id == me {
@@ -51,22 +51,22 @@ async fn probe(n: &ClusterNode, me: u64, tls: bool) -> Result<(), String> {
     if n.client_addr.is_empty() {
         return Err("not heard from since this node started".into());
     }
-    match tokio::time::timeout(NODE_PROBE_TIMEOUT, handshake(&n.client_addr, tls)).await {
+    match tokio::time::timeout(NODE_PROBE_TIMEOUT, ask(&n.client_addr, tls)).await {
         Ok(answered) => answered,
         Err(_) => Err(format!("no answer within {} ms", NODE_PROBE_TIMEOUT.as_millis())),
     }
 }
 
-/// Connects to `addr` and reads the first frame header of the answer to a
-/// handshake (any answer, an error included, shows the node's loop runs).
-async fn handshake(addr: &str, tls: bool) -> Result<(), String> {
+/// Connects to `addr` and reads the frame header of the answer to an
+/// `AuthChallenge` (any answer, an error included, shows the node's loop runs).
+async fn ask(addr: &str, tls: bool) -> Result<(), String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     if tls {
         return Ok(());
     }
-    let mut hello = Vec::new();
-    Request::Handshake(Handshake::new(PROBE_CLIENT_NAME)).encode_frame(1, &mut hello);
-    stream.write_all(&hello).await.map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut challenge = Vec::new();
+    Request::AuthChallenge(AuthChallenge {}).encode_frame(1, &mut challenge);
+    stream.write_all(&challenge).await.map_err(|e| format!("write to {addr}: {e}"))?;
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
     Ok(())
@@ -144,7 +144,7 @@ mod tests {
         assert!(super::probe(&unknown, 1, false).await.is_err());
         assert!(super::probe(&unknown, 3, false).await.is_ok(), "this node is up");
 
-        // A peer that answers the handshake with any frame is up.
+        // A peer that answers the challenge with any frame is up.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         tokio::spawn(async move {
@@ -153,7 +153,7 @@ mod tests {
             let mut buf = [0u8; 64];
             let _ = s.read(&mut buf).await;
             let mut out = Vec::new();
-            ErrorBody::new(ErrorCode::AUTH_FAILED, "sign in").encode_frame(Opcode::Handshake as u16, 1, &mut out);
+            ErrorBody::new(ErrorCode::AUTH_FAILED, "wait").encode_frame(Opcode::AuthChallenge as u16, 1, &mut out);
             s.write_all(&out).await.expect("answer");
         });
         let alive = ClusterNode { id: 2, client_addr: addr, peer_addr: String::new() };
