@@ -93,7 +93,7 @@ sdk-venv:
 	    > "$$($(SDK_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailcap.py"
 	@$(SDK_PYTHON) -c 'import cmq.account, cmq.subscription'
 
-## console-venv: the web console's browser test (tests/tests/console_browser.rs):
+## console-venv: the web console's browser tests (tests/tests/console_browser.rs, console_cluster.rs):
 ## Debian's chromium when missing, and Playwright for Python from PyPI in a
 ## virtual environment, driving that chromium (no browser download)
 CONSOLE_VENV ?= .venv-console
