@@ -9,6 +9,7 @@
 
 pub mod peer;
 pub mod transport;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
