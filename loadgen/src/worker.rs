@@ -746,14 +746,45 @@ mod tests {
     const NONCE: u32 = 7;
 
     /// A consumer of one queue with two receives in flight, on a pipe to a
-    /// socket nobody answers (the test hands it the answers).
-    fn consumer() -> (Consumer, RawPipe, TcpListener) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let pipe = RawPipe::over(Transport::Plain(TcpStream::connect(addr).expect("connect")), addr).expect("pipe");
-        let shape = Shape { pipeline: 2, batch: 1, size: 64, wait_s: 0, verify: true, backlog_max: 0, keys: false };
-        let spec = ConsumerSpec { index: 0, shard: 0, queues: vec!["q".to_owned()] };
-        (Consumer::new(spec, &shape), pipe, listener)
+    /// socket nobody answers (the test hands it the answers), after one of
+    /// them brought the first delivery of message 1 (its delete in flight).
+    struct Fixture {
+        k: Consumer,
+        pipe: RawPipe,
+        run: Run,
+        c: Counters,
+        _listener: TcpListener,
+    }
+
+    impl Fixture {
+        fn with_a_first_delivery() -> Fixture {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let stream = Transport::Plain(TcpStream::connect(addr).expect("connect"));
+            let shape = Shape { pipeline: 2, batch: 1, size: 64, wait_s: 0, verify: true, backlog_max: 0, keys: false };
+            let spec = ConsumerSpec { index: 0, shard: 0, queues: vec!["q".to_owned()] };
+            let mut f = Fixture {
+                k: Consumer::new(spec, &shape),
+                pipe: RawPipe::over(stream, addr).expect("pipe"),
+                run: Run::new(NONCE, Phase::Measure),
+                c: Counters::new(),
+                _listener: listener,
+            };
+            f.k.step(&mut f.pipe, &f.run, &f.c);
+            f.answer(false, delivery(1, 1));
+            f
+        }
+
+        /// Answers the oldest receive (or delete) in flight.
+        fn answer(&mut self, delete: bool, result: Result<Response, ClientError>) {
+            let id = in_flight(&self.k, delete);
+            self.k.answer(&mut self.pipe, (id, result), &self.run, &self.c);
+        }
+
+        /// (messages deleted, first deliveries counted)
+        fn counts(&self) -> (u64, u64) {
+            (self.c.deleted.load(Relaxed), self.run.first_deliveries.load(Relaxed))
+        }
     }
 
     /// The id of the oldest receive (or delete) in flight.
@@ -773,32 +804,25 @@ mod tests {
     /// its first delivery then reads every delete.
     #[test]
     fn a_first_delivery_counts_when_its_delete_is_answered() {
-        let (mut k, mut pipe, _listener) = consumer();
-        let (run, c) = (Run::new(NONCE, Phase::Measure), Counters::new());
-        k.step(&mut pipe, &run, &c);
-        k.answer(&mut pipe, (in_flight(&k, false), delivery(1, 1)), &run, &c);
-        assert_eq!(c.received.load(Relaxed), 1);
-        assert_eq!(run.first_deliveries.load(Relaxed), 0, "not before its delete is answered");
-        k.answer(&mut pipe, (in_flight(&k, true), Ok(Response::DeleteMessage(Empty {}))), &run, &c);
-        assert_eq!((c.deleted.load(Relaxed), run.first_deliveries.load(Relaxed)), (1, 1));
-        assert!(k.out.deliveries[0].deleted);
+        let mut f = Fixture::with_a_first_delivery();
+        assert_eq!(f.c.received.load(Relaxed), 1);
+        assert_eq!(f.counts(), (0, 0), "not before its delete is answered");
+        f.answer(true, Ok(Response::DeleteMessage(Empty {})));
+        assert_eq!(f.counts(), (1, 1));
+        assert!(f.k.out.deliveries[0].deleted);
         // A redelivery is no first delivery, deleted or not.
-        k.answer(&mut pipe, (in_flight(&k, false), delivery(2, 2)), &run, &c);
-        let refused = Err(ClientError::Server { code: ErrorCode::RECEIPT_HANDLE_INVALID, message: String::new() });
-        k.answer(&mut pipe, (in_flight(&k, true), refused), &run, &c);
-        assert_eq!((c.deleted.load(Relaxed), run.first_deliveries.load(Relaxed)), (1, 1));
+        f.answer(false, delivery(2, 2));
+        f.answer(true, Err(ClientError::Server { code: ErrorCode::RECEIPT_HANDLE_INVALID, message: String::new() }));
+        assert_eq!(f.counts(), (1, 1));
     }
 
     /// A connection lost with a delete in flight: no answer will come, the
     /// first delivery counts then.
     #[test]
     fn a_lost_delete_still_counts_its_first_delivery() {
-        let (mut k, mut pipe, _listener) = consumer();
-        let (run, c) = (Run::new(NONCE, Phase::Measure), Counters::new());
-        k.step(&mut pipe, &run, &c);
-        k.answer(&mut pipe, (in_flight(&k, false), delivery(1, 1)), &run, &c);
-        k.lost(&run, &c, &ClientError::Io(std::io::ErrorKind::ConnectionReset.into()));
-        assert_eq!((c.deleted.load(Relaxed), run.first_deliveries.load(Relaxed)), (0, 1));
-        assert!(run.uncertain.load(Relaxed), "the other receive, lost with it, makes the run uncertain");
+        let mut f = Fixture::with_a_first_delivery();
+        f.k.lost(&f.run, &f.c, &ClientError::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(f.counts(), (0, 1));
+        assert!(f.run.uncertain.load(Relaxed), "the other receive, lost with it, makes the run uncertain");
     }
 }

@@ -186,11 +186,8 @@ mod tests {
     /// Without TLS the connection is the socket: bytes pass unchanged.
     #[test]
     fn plain_connections_pass_bytes_through() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut a = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (b, _) = listener.accept().expect("accept");
-        b.set_nonblocking(true).expect("nonblocking");
-        let mut conn = PeerConn::plain(TcpStream::from_std(b));
+        let (b, mut a) = crate::tls::wire::tests::socket_pair();
+        let mut conn = PeerConn::plain(b);
         assert!(!conn.is_tls() && conn.channel_binding().is_none());
         let mut buf = BytesMut::with_capacity(64);
         assert_eq!(conn.read_into_spare(&mut buf).map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));

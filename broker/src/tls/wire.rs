@@ -80,7 +80,7 @@ pub fn peek_first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Read;
     use std::sync::Arc;
 
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
 
     /// A non-blocking mio socket and the std socket at its other end.
-    fn socket_pair() -> (TcpStream, std::net::TcpStream) {
+    pub(crate) fn socket_pair() -> (TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let other = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
