@@ -14,16 +14,16 @@ set -euo pipefail
 LOADGEN=$1; ROUNDS=$2; DUR=$3; shift 4
 OUT=${AB_DIR:-target/ab}
 mkdir -p "$OUT"
+# shellcheck source-path=SCRIPTDIR source=lib/ab.sh
+source "$(dirname "$0")/lib/ab.sh"
+trap cmqd_stop EXIT
 for _ in $(seq "$ROUNDS"); do
   for v in ${VARIANTS:?set VARIANTS to the names of /tmp/cmqd-NAME binaries}; do
     D=$OUT/data-$v; rm -rf "$D" "$OUT/r.json"; mkdir -p "$D"
-    PORT=$((17700 + RANDOM % 1000))
-    "/tmp/cmqd-$v" --data-dir "$D" --listen "127.0.0.1:$PORT" >"$OUT/cmqd-$v.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-    "$LOADGEN" --server "127.0.0.1:$PORT" --server-pid "$PID" --duration "$DUR" --warmup 1 --verify \
+    cmqd_start "/tmp/cmqd-$v" "$OUT/cmqd-$v" --data-dir "$D" --listen 127.0.0.1:0
+    "$LOADGEN" --server "$CMQD_ADDR" --server-pid "$CMQD_PID" --duration "$DUR" --warmup 1 --verify \
       --json "$OUT/r.json" "$@" >/dev/null 2>&1 || true
     python3 -c "import json;r=json.load(open('$OUT/r.json'));print('$v', int(r['msgs_per_s']), 'send-ack p50/p99 us', r['send_ack_us']['p50'], r['send_ack_us']['p99'], 'lost', r['lost'], 'dup', r['duplicated'])"
-    kill "$PID"; wait "$PID" 2>/dev/null || true
+    cmqd_stop
   done
 done

@@ -85,25 +85,21 @@ if [[ -z "$REPORT_ONLY" && "${BENCH_CRITERION:-1}" != 0 ]]; then
 fi
 
 # ---- broker lifecycle -------------------------------------------------------
-BROKER_PID=
-BROKER_ADDR=
-HTTP_ADDR=
+# shellcheck source-path=SCRIPTDIR source=lib/ab.sh
+source scripts/lib/ab.sh
+CMQD_PID=
 BROKER_DIR=
 
 # Bytes the broker process caused to be written to storage so far (0 if unknown).
 broker_write_bytes() {
-    awk '/^write_bytes:/ {print $2}' "/proc/$BROKER_PID/io" 2>/dev/null || echo 0
+    awk '/^write_bytes:/ {print $2}' "/proc/$CMQD_PID/io" 2>/dev/null || echo 0
 }
 
 # stop_broker [LOG]: SIGTERM our cmqd, wait for it, keep its log in LOG.
 stop_broker() {
-    if [[ -n "$BROKER_PID" ]]; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=
-    fi
+    cmqd_stop
     if [[ -n "$BROKER_DIR" && -n "${1:-}" ]]; then
-        cp "$BROKER_DIR/stderr" "$1" 2>/dev/null || true
+        cp "$BROKER_DIR/cmqd.err" "$1" 2>/dev/null || true
     fi
     if [[ -n "$BROKER_DIR" ]]; then
         rm -rf "$BROKER_DIR"
@@ -112,26 +108,15 @@ stop_broker() {
 }
 trap stop_broker EXIT
 
+# A fresh cmqd (BROKER_DIR: its data and logs); with AUTH=1 it makes an
+# administrator key, BROKER_DIR/admin.creds. Sets CMQD_PID, CMQD_ADDR, CMQD_HTTP.
 start_broker() {
     BROKER_DIR=$(mktemp -d "$BENCH_DIR/cmqd.XXXXXX")
-    : >"$BROKER_DIR/stdout"
     local auth=()
     [[ "$AUTH" == 1 ]] && auth=(--init-admin-key "$BROKER_DIR/admin.creds")
-    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$BROKER_DIR/data" \
-        ${BROKER_EXTRA[@]+"${BROKER_EXTRA[@]}"} ${auth[@]+"${auth[@]}"} >"$BROKER_DIR/stdout" 2>"$BROKER_DIR/stderr" &
-    BROKER_PID=$!
-    BROKER_ADDR=
-    for _ in $(seq 200); do
-        BROKER_ADDR=$(sed -n 's/^cmqd listening on //p' "$BROKER_DIR/stdout" || true)
-        HTTP_ADDR=$(sed -n 's/^cmqd http on //p' "$BROKER_DIR/stdout" || true)
-        # With AUTH the key file is written once the broker can write its log.
-        [[ -n "$BROKER_ADDR" && ( "$AUTH" != 1 || -s "$BROKER_DIR/admin.creds" ) ]] && return 0
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "cmqd did not start:"
-    cat "$BROKER_DIR/stderr" >&2
-    exit 1
+    cmqd_start "$CMQD" "$BROKER_DIR/cmqd" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+        --data-dir "$BROKER_DIR/data" ${BROKER_EXTRA[@]+"${BROKER_EXTRA[@]}"} ${auth[@]+"${auth[@]}"}
+    [[ "$AUTH" != 1 ]] || cmqd_wait_file "$BROKER_DIR/admin.creds"
 }
 
 # Reads fields of a JSON report: json_get FILE EXPR (a Python expression over r).
@@ -155,8 +140,8 @@ run_scenario() {
         local rc=0 creds=()
         [[ "$AUTH" == 1 ]] && creds=(--credentials "$BROKER_DIR/admin.creds")
         # @HTTP in the arguments: the CMQ API URL of this run's broker.
-        local args=("${@//@HTTP/http://$HTTP_ADDR}")
-        "$LOADGEN" --server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size "$size" \
+        local args=("${@//@HTTP/http://$CMQD_HTTP}")
+        "$LOADGEN" --server "$CMQD_ADDR" --server-pid "$CMQD_PID" --size "$size" \
             ${LOADGEN_EXTRA[@]+"${LOADGEN_EXTRA[@]}"} ${creds[@]+"${creds[@]}"} \
             --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout "$DRAIN_TIMEOUT" \
             --json "$json" "${args[@]}" >"$RESULTS/$slug-run$run.txt" 2>"$RESULTS/$slug-run$run.progress" || rc=$?
@@ -231,13 +216,10 @@ done
 # ---- security (issue 12): what authentication and TLS cost --------------------
 # The async pipelined and plain rows again, with every connection
 # authenticated (and permission-checked), over TLS, and both; 64-byte bodies.
-# A throwaway self-signed certificate (not a CA: rustls refuses a CA
-# certificate as a server's) is made for the run.
+# A throwaway self-signed certificate is made for the run.
 if [[ "$SECURITY" != 0 && -z "$REPORT_ONLY" ]]; then
     TLS_DIR=$(mktemp -d "$BENCH_DIR/tls.XXXXXX")
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" \
-        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.pem" 2>/dev/null
+    self_signed_cert "$TLS_DIR"
     TLS_BROKER=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
     TLS_LOAD=(--tls --ca-file "$TLS_DIR/server.pem")
     for variant in auth tls auth+tls; do
@@ -336,7 +318,7 @@ json.dump({"peak": peak, "final": u, "reached_two_segments": reached,
 EOF
     local watcher=$!
     log "disk reclamation: producing $msgs 1 KiB messages (async)"
-    local common=(--server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size 1024 --flush async --batch 16
+    local common=(--server "$CMQD_ADDR" --server-pid "$CMQD_PID" --size 1024 --flush async --batch 16
         --pipeline 64 --queue-prefix reclaim)
     local rc=0
     "$LOADGEN" "${common[@]}" --mode produce --producers 2 --messages "$msgs" \
@@ -365,26 +347,26 @@ run_restart() {
     start_broker
     local data=$BROKER_DIR/data
     local rss_empty
-    rss_empty=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$BROKER_PID/status")
+    rss_empty=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$CMQD_PID/status")
     log "restart: producing $RESTART_MESSAGES 64-byte messages (async)"
     local rc=0
-    "$LOADGEN" --server "$BROKER_ADDR" --server-pid "$BROKER_PID" --size 64 --flush async --batch 16 --pipeline 64 \
+    "$LOADGEN" --server "$CMQD_ADDR" --server-pid "$CMQD_PID" --size 64 --flush async --batch 16 --pipeline 64 \
         --producers 2 --queue-prefix restart --mode produce --messages "$RESTART_MESSAGES" \
         --json "$RESULTS/restart-produce.json" >"$RESULTS/restart-produce.txt" \
         2>"$RESULTS/restart-produce.progress" || rc=$?
     [[ $rc == 0 ]] || log "producing exited $rc; see $RESULTS/restart-produce.progress"
     cat "$RESULTS/restart-produce.txt" >&2
     local rss_before
-    rss_before=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$BROKER_PID/status")
+    rss_before=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$CMQD_PID/status")
     log_usage "$data" >"$RESULTS/restart-disk.json"
     log "restart: SIGTERM; log on disk: $(cat "$RESULTS/restart-disk.json")"
     local t0 t1
     t0=$(date +%s.%N)
-    kill "$BROKER_PID"
-    wait "$BROKER_PID" 2>/dev/null || true
+    kill "$CMQD_PID"
+    wait "$CMQD_PID" 2>/dev/null || true
     t1=$(date +%s.%N)
-    BROKER_PID=
-    cp "$BROKER_DIR/stderr" "$RESULTS/restart-first.cmqd.log"
+    CMQD_PID=
+    cp "$BROKER_DIR/cmqd.err" "$RESULTS/restart-first.cmqd.log"
     python3 - "$CMQD" "$ROOT/target/release/cmq" "$data" "$RESULTS" "$rss_empty" "$rss_before" "$t0" "$t1" <<'EOF'
 import json, os, re, subprocess, sys, threading, time
 cmqd, cmq, data, results = sys.argv[1:5]
@@ -485,10 +467,10 @@ log "4 KiB overwrite + fdatasync: median $FSYNC_US µs"
 
 # ---- the table ----------------------------------------------------------------
 mkdir -p "$(dirname "$DOC")"
-python3 - "$RESULTS" "$DOC" "$FSYNC_US" <<'EOF'
+TABLE=$(python3 - "$RESULTS" "$FSYNC_US" <<'EOF'
 import glob, json, os, platform, re, statistics, subprocess, sys, time
 
-results, doc, fsync_us = sys.argv[1:4]
+results, fsync_us = sys.argv[1:3]
 fsync_us = int(fsync_us)
 scenarios_file = os.path.join(results, "scenarios")
 have_matrix = os.path.exists(scenarios_file)
@@ -579,7 +561,7 @@ for line in open(scenarios_file) if have_matrix else []:
     cmd = re.sub(r"--server \S+ ", "", cmd)
     cmd = re.sub(r"--server-pid \S+ ", "--server-pid PID ", cmd)
     cmd = re.sub(r"--json \S+ ", "--json FILE ", cmd)
-    cmd = re.sub(r"--http http://\S+ ", "--http http://HTTP_ADDR ", cmd)
+    cmd = re.sub(r"--http http://\S+ ", "--http http://CMQD_HTTP ", cmd)
     cmd = "cmq-loadgen " + cmd.split(" ", 1)[1] if " " in cmd else cmd
     rate_label = f"{fmt_int(med['msgs_per_s'])}"
     if med.get("open_loop_rate"):
@@ -720,24 +702,12 @@ Commands (per run, with a fresh broker; `--server` is that broker's address):
 
 """ + "\n".join(rows_cmds) + "\n"
 
-table = f"""<!-- bench:begin -->
-<!-- Generated by scripts/bench.sh (make bench); edits between the markers are overwritten. -->
-Measured {when} (tree at commit `{rev}` when the table was written) on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
-load generator on the same machine.""" + "".join("\n\n" + part.strip("\n") for part in [matrix, *scale] if part) + """
-<!-- bench:end -->"""
-
-if os.path.exists(doc):
-    text = open(doc).read()
-else:
-    text = "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
-begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-if begin in text and end in text:
-    text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n" + table + "\n"
-open(doc, "w").write(text)
-print(f"[bench] wrote {doc}", file=sys.stderr)
+print(f"""Measured {when} (tree at commit `{rev}` when the table was written) on {nproc} vCPUs ({cpu_model()}), Linux {kernel}; broker and
+load generator on the same machine.""" + "".join("\n\n" + part.strip("\n") for part in [matrix, *scale] if part))
 EOF
+)
+rewrite_block "$DOC" bench "scripts/bench.sh (make bench); edits between the markers are overwritten." "" "$TABLE"
+log "wrote $DOC"
 
 # ---- what metrics cost (issue 13) ------------------------------------------
 if [[ -z "$REPORT_ONLY" && "${BENCH_METRICS_AB:-1}" != 0 ]]; then

@@ -37,79 +37,19 @@ RESULTS=$DIR/cluster-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RESULTS"
 log "results in $RESULTS"
 
-PIDS=()
-ADDRS=
-RUN_DIR=
-# Stops the brokers and deletes their data (a run writes gigabytes); the
-# logs stay with the results.
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-    if [[ -n $RUN_DIR ]]; then
-        find "$RUN_DIR" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
-        RUN_DIR=
-    fi
-}
-trap stop_all EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_listening() { # FILE PID
-    for _ in $(seq 400); do
-        grep -q '^cmqd listening on ' "$1" && return 0
-        kill -0 "$2" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "cmqd did not start: $(tail -5 "${1%.out}.err")"
-    exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=lib/ab.sh
+source scripts/lib/ab.sh
+trap brokers_stop EXIT
 
 start_single() {
     local d
     d=$(mktemp -d "$RESULTS/single.XXXXXX")
-    RUN_DIR=$d
-    "$CMQD" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$d/data" >"$d/node.out" 2>"$d/node.err" &
-    PIDS=($!)
-    wait_listening "$d/node.out" "${PIDS[0]}"
-    ADDRS=$(sed -n 's/^cmqd listening on //p' "$d/node.out")
+    cmqd_start "$CMQD" "$d/node" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$d/data"
+    BROKERS_PIDS=("$CMQD_PID") BROKERS_ADDRS=$CMQD_ADDR BROKERS_DIR=$d
 }
 
 start_cluster() {
-    local d key n m peers
-    d=$(mktemp -d "$RESULTS/cluster.XXXXXX")
-    RUN_DIR=$d
-    key=$d/cluster.key
-    (umask 077 && head -c 32 /dev/urandom | base64 >"$key")
-    local client=() peer=()
-    for n in 1 2 3; do client+=("$(free_port)"); peer+=("$(free_port)"); done
-    PIDS=()
-    for n in 1 2 3; do
-        peers=""
-        for m in 1 2 3; do
-            [[ $m == "$n" ]] || peers="${peers:+$peers,}$m=127.0.0.1:${peer[m-1]}"
-        done
-        "$CMQD" --node-id "$n" --listen "127.0.0.1:${client[n-1]}" --peer-listen "127.0.0.1:${peer[n-1]}" \
-            --http-listen 127.0.0.1:0 --peers "$peers" --cluster-key-file "$key" --data-dir "$d/node$n" \
-            >"$d/node$n.out" 2>"$d/node$n.err" &
-        PIDS+=($!)
-    done
-    for n in 1 2 3; do wait_listening "$d/node$n.out" "${PIDS[n-1]}"; done
-    ADDRS="127.0.0.1:${client[0]},127.0.0.1:${client[1]},127.0.0.1:${client[2]}"
-    # Every shard has a leader.
-    for _ in $(seq 200); do
-        if "$CMQ" --server "$ADDRS" --timeout 2 cluster status --json 2>/dev/null | python3 -c '
-import json, sys
-shards = json.load(sys.stdin)["shards"]
-sys.exit(0 if shards and all(s["leader"] for s in shards) else 1)' 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    log "the cluster elected no leaders: $(tail -3 "$d/node1.err")"
-    exit 1
+    cluster_start "$(mktemp -d "$RESULTS/cluster.XXXXXX")"
 }
 
 # run SETUP NAME ARGS...: one run against a fresh SETUP (single|cluster).
@@ -119,9 +59,9 @@ run() {
     "start_$setup"
     local json="$RESULTS/$setup-$name-run$k.json"
     log "$setup $name run $k/$RUNS"
-    "$LOADGEN" --server "$ADDRS" --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout 60 \
+    "$LOADGEN" --server "$BROKERS_ADDRS" --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout 60 \
         --json "$json" "$@" >"$RESULTS/$setup-$name-run$k.txt" 2>&1 || log "cmq-loadgen exited $? ($setup $name)"
-    stop_all
+    brokers_stop
 }
 
 for name in sync async; do
@@ -131,7 +71,7 @@ for name in sync async; do
     done
 done
 
-median() { # SETUP NAME FIELD-EXPR
+median_run() { # SETUP NAME FIELD-EXPR: EXPR over the median run (by msgs/s)
     python3 - "$RESULTS" "$1" "$2" "$3" <<'EOF'
 import glob, json, sys
 res, setup, name, expr = sys.argv[1:]
@@ -142,7 +82,7 @@ print(eval(expr) if r else 0)
 EOF
 }
 
-HALF=$(python3 -c "print(int($(median cluster sync 'r["msgs_per_s"]') / 2))")
+HALF=$(python3 -c "print(int($(median_run cluster sync 'r["msgs_per_s"]') / 2))")
 for k in $(seq "$RUNS"); do
     run cluster half-sync "$k" "${PIPELINED[@]}" --flush sync --rate "$HALF"
 done
@@ -150,21 +90,21 @@ done
 # Where the time goes: perf on the busiest node during a replicated sync run.
 if [[ $PROFILE != 0 ]] && command -v perf >/dev/null; then
     start_cluster
-    "$LOADGEN" --server "$ADDRS" --duration $((DURATION + 4)) --warmup 1 "${PIPELINED[@]}" --flush sync \
+    "$LOADGEN" --server "$BROKERS_ADDRS" --duration $((DURATION + 4)) --warmup 1 "${PIPELINED[@]}" --flush sync \
         >"$RESULTS/profile-loadgen.txt" 2>&1 &
     lg=$!
     sleep 3
-    busiest=$(for p in "${PIDS[@]}"; do echo "$(awk '{print $14+$15}' /proc/"$p"/stat) $p"; done | sort -n | tail -1 | cut -d' ' -f2)
+    busiest=$(for p in "${BROKERS_PIDS[@]}"; do echo "$(awk '{print $14+$15}' /proc/"$p"/stat) $p"; done | sort -n | tail -1 | cut -d' ' -f2)
     perf record -F 499 -g -p "$busiest" -o "$RESULTS/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
     wait "$lg" || true
-    stop_all
+    brokers_stop
     perf report -i "$RESULTS/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
         grep -E '^ +[0-9.]+%' | head -25 >"$RESULTS/profile.txt" || true
 fi
 
-python3 - "$RESULTS" "$DOC" "$DURATION" "$WARMUP" "$RUNS" "$HALF" <<'EOF'
+TABLE=$(python3 - "$RESULTS" "$DURATION" "$WARMUP" "$RUNS" "$HALF" <<'EOF'
 import glob, json, os, platform, re, subprocess, sys, time
-res, doc, dur, warm, runs, half = sys.argv[1:]
+res, dur, warm, runs, half = sys.argv[1:]
 
 def load(setup, name):
     rs = [json.load(open(f)) for f in sorted(glob.glob(f"{res}/{setup}-{name}-run*.json"))]
@@ -228,15 +168,9 @@ if os.path.exists(prof) and os.path.getsize(prof):
     lines.append("```")
     lines.extend(l.rstrip() for l in open(prof).read().splitlines()[:20])
     lines.append("```")
-block = "\n".join(lines)
-text = open(doc).read()
-begin, end = "<!-- cluster-bench:begin -->", "<!-- cluster-bench:end -->"
-gen = "<!-- Generated by scripts/cluster-bench.sh (make cluster-bench); edits between the markers are overwritten. -->"
-new = f"{begin}\n{gen}\n{block}\n{end}"
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: new, text, flags=re.S)
-else:
-    text = text.rstrip() + "\n\n## Replicated against single node\n\n" + new + "\n"
-open(doc, "w").write(text)
-print(block)
+print("\n".join(lines))
 EOF
+)
+rewrite_block "$DOC" cluster-bench "scripts/cluster-bench.sh (make cluster-bench); edits between the markers are overwritten." \
+    "Replicated against single node" "$TABLE"
+echo "$TABLE"

@@ -49,76 +49,23 @@ mkdir -p "$PKI"
 )
 TLS_ARGS=(--peer-tls-cert "$PKI/node.pem" --peer-tls-key "$PKI/node.key" --peer-tls-ca "$PKI/ca.pem")
 
-PIDS=()
-ADDRS=
-RUN_DIR=
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-    if [[ -n $RUN_DIR ]]; then
-        find "$RUN_DIR" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
-        RUN_DIR=
-    fi
-}
-trap stop_all EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_listening() { # FILE PID
-    for _ in $(seq 400); do
-        grep -q '^cmqd listening on ' "$1" && return 0
-        kill -0 "$2" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "cmqd did not start: $(tail -5 "${1%.out}.err")"
-    exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=lib/ab.sh
+source scripts/lib/ab.sh
+trap brokers_stop EXIT
 
 start_cluster() { # plain|tls
-    local d key n m peers extra=()
+    local extra=()
     [[ $1 == tls ]] && extra=("${TLS_ARGS[@]}")
-    d=$(mktemp -d "$RESULTS/$1.XXXXXX")
-    RUN_DIR=$d
-    key=$d/cluster.key
-    (umask 077 && head -c 32 /dev/urandom | base64 >"$key")
-    local client=() peer=()
-    for n in 1 2 3; do client+=("$(free_port)"); peer+=("$(free_port)"); done
-    PIDS=()
-    for n in 1 2 3; do
-        peers=""
-        for m in 1 2 3; do
-            [[ $m == "$n" ]] || peers="${peers:+$peers,}$m=127.0.0.1:${peer[m-1]}"
-        done
-        "$CMQD" --node-id "$n" --listen "127.0.0.1:${client[n-1]}" --peer-listen "127.0.0.1:${peer[n-1]}" \
-            --http-listen 127.0.0.1:0 --peers "$peers" --cluster-key-file "$key" --data-dir "$d/node$n" \
-            "${extra[@]}" >"$d/node$n.out" 2>"$d/node$n.err" &
-        PIDS+=($!)
-    done
-    for n in 1 2 3; do wait_listening "$d/node$n.out" "${PIDS[n-1]}"; done
-    ADDRS="127.0.0.1:${client[0]},127.0.0.1:${client[1]},127.0.0.1:${client[2]}"
-    for _ in $(seq 200); do
-        if "$CMQ" --server "$ADDRS" --timeout 2 cluster status --json 2>/dev/null | python3 -c '
-import json, sys
-shards = json.load(sys.stdin)["shards"]
-sys.exit(0 if shards and all(s["leader"] for s in shards) else 1)' 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    log "the cluster elected no leaders: $(tail -3 "$d/node1.err")"
-    exit 1
+    cluster_start "$(mktemp -d "$RESULTS/$1.XXXXXX")" "${extra[@]}"
 }
 
 run() { # plain|tls FLUSH K
     start_cluster "$1"
     log "$1 $2 run $3/$RUNS"
-    "$LOADGEN" --server "$ADDRS" --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout 60 \
+    "$LOADGEN" --server "$BROKERS_ADDRS" --duration "$DURATION" --warmup "$WARMUP" --verify --drain-timeout 60 \
         --json "$RESULTS/$1-$2-run$3.json" "${PIPELINED[@]}" --flush "$2" >"$RESULTS/$1-$2-run$3.txt" 2>&1 ||
         log "cmq-loadgen exited $? ($1 $2)"
-    stop_all
+    brokers_stop
 }
 
 for flush in $FLUSH; do

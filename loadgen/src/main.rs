@@ -483,7 +483,9 @@ fn monitor(
         let producers_done = run.producers_done.load(Relaxed) >= producers;
         let accounted = producers_done
             && !run.uncertain.load(Relaxed)
-            && run.first_deliveries.load(Relaxed) >= run.acked_total.load(Relaxed);
+            // Acquire: pairs with the consumers' Release, so the deleted
+            // counts read next include the deletes these firsts waited for.
+            && run.first_deliveries.load(std::sync::atomic::Ordering::Acquire) >= run.acked_total.load(Relaxed);
         // Once producers are done, an empty broker means nothing more will arrive.
         let mut check_empty = |admin: &mut Client| -> bool {
             if drained_empty {

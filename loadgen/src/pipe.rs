@@ -80,6 +80,22 @@ impl RawPipe {
             .unwrap_or_else(|| ClientError::Io(io::Error::new(io::ErrorKind::NotFound, "no address to connect to"))))
     }
 
+    /// A pipe over a connected stream, before any handshake.
+    pub(crate) fn over(stream: Transport, peer: SocketAddr) -> io::Result<RawPipe> {
+        stream.socket().set_nonblocking(true)?;
+        Ok(RawPipe {
+            stream,
+            peer,
+            hello: HandshakeOk::default(),
+            out: Vec::with_capacity(READ_CHUNK_BYTES),
+            inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            next_id: 1,
+            in_flight: Vec::with_capacity(1024),
+            broken: false,
+        })
+    }
+
     /// Connects and handshakes (blocking, up to `within`), asking for
     /// `shard`; over TLS (`--tls`) the broker's certificate is checked for
     /// the host of `addr`.
@@ -94,18 +110,7 @@ impl RawPipe {
             }
             None => Transport::Plain(tcp),
         };
-        stream.socket().set_nonblocking(true)?;
-        let mut pipe = RawPipe {
-            stream,
-            peer: server,
-            hello: HandshakeOk::default(),
-            out: Vec::with_capacity(READ_CHUNK_BYTES),
-            inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
-            next_id: 1,
-            in_flight: Vec::with_capacity(1024),
-            broken: false,
-        };
+        let mut pipe = RawPipe::over(stream, server)?;
         let deadline = Instant::now() + within;
         let mut hello = Handshake::new(cmq_client::CLIENT_NAME);
         hello.shard_hint = Some(shard);

@@ -14,7 +14,7 @@
 //! queue and refilled in place.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -482,14 +482,23 @@ impl Producer {
 
 enum RecvPending {
     Receive,
-    /// Deliveries `rec_start..rec_start + count` of the log (with --verify),
-    /// and their handles (to delete them again on the leader after a
-    /// `NOT_LEADER`).
-    Delete {
-        rec_start: usize,
-        count: usize,
-        handles: Vec<ReceiptHandle>,
-    },
+    /// The delete of one receive's messages.
+    Delete(PendingDelete),
+}
+
+/// A receive's messages being deleted.
+struct PendingDelete {
+    /// Deliveries `rec_start..rec_start + count` of the log (with --verify).
+    rec_start: usize,
+    count: usize,
+    /// Their handles (to delete them again on the leader after a `NOT_LEADER`).
+    handles: Vec<ReceiptHandle>,
+    /// First deliveries of this run's messages among them, counted in
+    /// `Run::first_deliveries` once the delete is answered: the run ends
+    /// when every acknowledged message had its first delivery and reads
+    /// its counts then, so a first counted at receive could miss its
+    /// delete from them (`--http` had the same race, fixed in dfe7cf9).
+    firsts: u64,
 }
 
 struct QueueReqs {
@@ -530,8 +539,8 @@ pub struct Consumer {
     pending: IdMap<(usize, RecvPending)>,
     next_queue: usize,
     wind_down: Option<Instant>,
-    /// Deletes refused with `NOT_LEADER`: (queue, log start, count, handles).
-    redelete: VecDeque<(usize, usize, usize, Vec<ReceiptHandle>)>,
+    /// Deletes refused with `NOT_LEADER`, by queue, to make again on the leader.
+    redelete: VecDeque<(usize, PendingDelete)>,
     rerouting: bool,
     not_leader: Option<String>,
 }
@@ -557,8 +566,8 @@ impl Consumer {
             return if pipe.in_flight() == 0 { Step::Reroute } else { Step::Wait(None) };
         }
         if run.phase() < Phase::Stop {
-            while let Some((q, rec_start, count, handles)) = self.redelete.pop_front() {
-                self.submit_delete(pipe, q, rec_start, count, handles);
+            while let Some((q, del)) = self.redelete.pop_front() {
+                self.submit_delete(pipe, q, del);
             }
             while pipe.in_flight() < self.shape.pipeline {
                 let q = self.next_queue;
@@ -585,31 +594,33 @@ impl Consumer {
         Step::Wait(None)
     }
 
-    fn submit_delete(
-        &mut self,
-        pipe: &mut RawPipe,
-        q: usize,
-        rec_start: usize,
-        count: usize,
-        handles: Vec<ReceiptHandle>,
-    ) {
+    fn submit_delete(&mut self, pipe: &mut RawPipe, q: usize, pending: PendingDelete) {
         let del = &mut self.reqs[q].delete;
         match del {
-            Request::DeleteMessage(r) => r.receipt_handle = handles[0],
+            Request::DeleteMessage(r) => r.receipt_handle = pending.handles[0],
             Request::BatchDeleteMessage(r) => {
                 r.receipt_handles.clear();
-                r.receipt_handles.extend_from_slice(&handles);
+                r.receipt_handles.extend_from_slice(&pending.handles);
             }
             _ => unreachable!("delete templates are deletes"),
         }
         let id = pipe.submit(del);
-        self.pending.insert(id, (q, RecvPending::Delete { rec_start, count, handles }));
+        self.pending.insert(id, (q, RecvPending::Delete(pending)));
     }
 
     fn lost(&mut self, run: &Run, c: &Counters, e: &ClientError) {
         self.out.error(c, e);
-        let deletes = self.pending.values().filter(|p| matches!(p.1, RecvPending::Delete { .. })).count() as u64;
+        let (mut deletes, mut firsts) = (0, 0);
+        for (_, what) in self.pending.values() {
+            if let RecvPending::Delete(d) = what {
+                deletes += 1;
+                firsts += d.firsts;
+            }
+        }
         self.out.note(OUTCOME_UNKNOWN, deletes);
+        // No answer will come: the first deliveries happened, whatever
+        // became of their deletes.
+        run.first_deliveries.fetch_add(firsts, Relaxed);
         if deletes < self.pending.len() as u64 {
             run.uncertain.store(true, Relaxed);
         }
@@ -622,8 +633,8 @@ impl Consumer {
         if let Err(ClientError::Server { code, message }) = &result {
             if *code == ErrorCode::NOT_LEADER {
                 // Not run: receives are asked again, deletes made again, on the leader.
-                if let RecvPending::Delete { rec_start, count, handles } = what {
-                    self.redelete.push_back((q, rec_start, count, handles));
+                if let RecvPending::Delete(d) = what {
+                    self.redelete.push_back((q, d));
                     self.out.note(REROUTED, 1);
                 }
                 self.not_leader = Some(message.clone());
@@ -654,11 +665,11 @@ impl Consumer {
                     return;
                 }
                 let rec_start = out.deliveries.len();
-                on_delivery(delivered, &self.shape, run, c, out);
+                let firsts = on_delivery(delivered, &self.shape, run, c, out);
                 let handles: Vec<ReceiptHandle> = delivered.iter().map(|m| m.receipt_handle).collect();
-                self.submit_delete(pipe, q, rec_start, delivered.len(), handles);
+                self.submit_delete(pipe, q, PendingDelete { rec_start, count: delivered.len(), handles, firsts });
             }
-            RecvPending::Delete { rec_start, count, .. } => {
+            RecvPending::Delete(PendingDelete { rec_start, count, firsts, .. }) => {
                 let mut ok_items = 0u64;
                 match result {
                     Ok(Response::DeleteMessage(_)) => {
@@ -683,13 +694,18 @@ impl Consumer {
                     Err(e) => out.error(c, &e),
                 }
                 c.deleted.fetch_add(ok_items, Relaxed);
+                // After the deleted count, Release: whoever sees the firsts
+                // (the monitor, Acquire) sees the deletes too.
+                run.first_deliveries.fetch_add(firsts, Release);
             }
         }
     }
 }
 
 /// Books a receive's messages: counts, end-to-end latency, the verify log.
-fn on_delivery(msgs: &[ReceivedMessage], shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) {
+/// Returns how many are first deliveries of this run's messages (counted
+/// in the run once their delete is answered).
+fn on_delivery(msgs: &[ReceivedMessage], shape: &Shape, run: &Run, c: &Counters, out: &mut Outcome) -> u64 {
     let now_ns = run.now_ns();
     let recv_ms =
         if shape.verify { SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) } else { 0 };
@@ -715,5 +731,98 @@ fn on_delivery(msgs: &[ReceivedMessage], shape: &Shape, run: &Run, c: &Counters,
         }
     }
     c.received.fetch_add(msgs.len() as u64, Relaxed);
-    run.first_deliveries.fetch_add(firsts, Relaxed);
+    firsts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use cmq_protocol::Empty;
+
+    use super::*;
+    use crate::transport::Transport;
+
+    const NONCE: u32 = 7;
+
+    /// A consumer of one queue with two receives in flight, on a pipe to a
+    /// socket nobody answers (the test hands it the answers), after one of
+    /// them brought the first delivery of message 1 (its delete in flight).
+    struct Fixture {
+        k: Consumer,
+        pipe: RawPipe,
+        run: Run,
+        c: Counters,
+        _listener: TcpListener,
+    }
+
+    impl Fixture {
+        fn with_a_first_delivery() -> Fixture {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let stream = Transport::Plain(TcpStream::connect(addr).expect("connect"));
+            let shape = Shape { pipeline: 2, batch: 1, size: 64, wait_s: 0, verify: true, backlog_max: 0, keys: false };
+            let spec = ConsumerSpec { index: 0, shard: 0, queues: vec!["q".to_owned()] };
+            let mut f = Fixture {
+                k: Consumer::new(spec, &shape),
+                pipe: RawPipe::over(stream, addr).expect("pipe"),
+                run: Run::new(NONCE, Phase::Measure),
+                c: Counters::new(),
+                _listener: listener,
+            };
+            f.k.step(&mut f.pipe, &f.run, &f.c);
+            f.answer(false, delivery(1, 1));
+            f
+        }
+
+        /// Answers the oldest receive (or delete) in flight.
+        fn answer(&mut self, delete: bool, result: Result<Response, ClientError>) {
+            let id = in_flight(&self.k, delete);
+            self.k.answer(&mut self.pipe, (id, result), &self.run, &self.c);
+        }
+
+        /// (messages deleted, first deliveries counted)
+        fn counts(&self) -> (u64, u64) {
+            (self.c.deleted.load(Relaxed), self.run.first_deliveries.load(Relaxed))
+        }
+    }
+
+    /// The id of the oldest receive (or delete) in flight.
+    fn in_flight(k: &Consumer, delete: bool) -> u64 {
+        let ids = k.pending.iter().filter(|(_, (_, what))| matches!(what, RecvPending::Delete(_)) == delete);
+        *ids.map(|(id, _)| id).min().expect("one in flight")
+    }
+
+    /// A delivery of message `id` of this run, for the `dequeue_count`th time.
+    fn delivery(id: u64, dequeue_count: u32) -> Result<Response, ClientError> {
+        let body = BodyArena::new(64, NONCE).body(id, 1);
+        Ok(Response::ReceiveMessage(ReceivedMessage { dequeue_count, body, ..Default::default() }))
+    }
+
+    /// A first delivery counts once its delete is answered, after the
+    /// deleted count: a run that ends when every acknowledged message had
+    /// its first delivery then reads every delete.
+    #[test]
+    fn a_first_delivery_counts_when_its_delete_is_answered() {
+        let mut f = Fixture::with_a_first_delivery();
+        assert_eq!(f.c.received.load(Relaxed), 1);
+        assert_eq!(f.counts(), (0, 0), "not before its delete is answered");
+        f.answer(true, Ok(Response::DeleteMessage(Empty {})));
+        assert_eq!(f.counts(), (1, 1));
+        assert!(f.k.out.deliveries[0].deleted);
+        // A redelivery is no first delivery, deleted or not.
+        f.answer(false, delivery(2, 2));
+        f.answer(true, Err(ClientError::Server { code: ErrorCode::RECEIPT_HANDLE_INVALID, message: String::new() }));
+        assert_eq!(f.counts(), (1, 1));
+    }
+
+    /// A connection lost with a delete in flight: no answer will come, the
+    /// first delivery counts then.
+    #[test]
+    fn a_lost_delete_still_counts_its_first_delivery() {
+        let mut f = Fixture::with_a_first_delivery();
+        f.k.lost(&f.run, &f.c, &ClientError::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(f.counts(), (0, 1));
+        assert!(f.run.uncertain.load(Relaxed), "the other receive, lost with it, makes the run uncertain");
+    }
 }

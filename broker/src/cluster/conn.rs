@@ -17,6 +17,7 @@ use mio::net::TcpStream;
 use rustls::Connection;
 
 use super::io::{read_into_spare, READ_CHUNK_BYTES};
+use crate::tls::wire::{fatal, write_pending};
 
 /// Encrypted output rustls may hold ahead of the socket for one connection
 /// (plaintext written past it waits in the link's output buffer).
@@ -27,9 +28,8 @@ pub const PEER_TLS_OUT_BYTES_MAX: usize = 64 * 1024;
 /// syscalls, up to about what one plaintext read takes.
 pub const PEER_TLS_READ_BYTES_PER_CALL: usize = READ_CHUNK_BYTES;
 
-/// The first byte of every TLS connection (a handshake record); a
-/// plaintext peer's first byte is the top byte of a small length prefix, 0.
-pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// A plaintext peer's first byte is the top byte of a small length prefix, 0.
+pub use crate::tls::wire::TLS_HANDSHAKE_RECORD;
 
 /// A peer connection: the socket and, with peer TLS, its session.
 pub struct PeerConn {
@@ -73,7 +73,7 @@ impl PeerConn {
     /// written on the way and a protocol error is an InvalidData error
     /// (after the alert rustls prepared was sent, best effort).
     pub fn read_into_spare(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else { return read_into_spare(&self.stream, buf) };
+        let Some(tls) = self.tls.as_deref_mut() else { return read_into_spare(&self.stream, buf) };
         let mut read = 0usize;
         let mut added = 0usize;
         loop {
@@ -87,7 +87,7 @@ impl PeerConn {
                 added += n;
             }
             if tls.wants_write() {
-                write_ciphertext(&self.stream, tls)?;
+                write_pending(&self.stream, tls)?;
             }
             if added > 0 && (buf.capacity() == buf.len() || read >= PEER_TLS_READ_BYTES_PER_CALL) {
                 return Ok(added);
@@ -114,15 +114,7 @@ impl PeerConn {
     /// The first byte the other side sent, left on the socket (None: it
     /// closed without sending anything; WouldBlock: nothing yet).
     pub fn peek_first_byte(&self) -> io::Result<Option<u8>> {
-        let mut b = [0u8; 1];
-        loop {
-            match rustix::net::recv(&self.stream, &mut b, rustix::net::RecvFlags::PEEK) {
-                Ok((0, _)) => return Ok(None),
-                Ok(_) => return Ok(Some(b[0])),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::tls::wire::peek_first_byte(&self.stream)
     }
 }
 
@@ -130,14 +122,14 @@ impl PeerConn {
 /// handshake buffer): Ok(0) at the end, WouldBlock when nothing is there.
 impl Read for PeerConn {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else { return (&self.stream).read(out) };
+        let Some(tls) = self.tls.as_deref_mut() else { return (&self.stream).read(out) };
         if out.is_empty() {
             return Ok(0);
         }
         loop {
             let state = tls.process_new_packets().map_err(|e| fatal(&self.stream, tls, e))?;
             if tls.wants_write() {
-                write_ciphertext(&self.stream, tls)?;
+                write_pending(&self.stream, tls)?;
             }
             if state.plaintext_bytes_to_read() > 0 {
                 return tls.reader().read(out);
@@ -165,10 +157,10 @@ impl Write for PeerConn {
     }
 
     fn write_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else { return (&self.stream).write_vectored(parts) };
-        write_ciphertext(&self.stream, tls)?;
+        let Some(tls) = self.tls.as_deref_mut() else { return (&self.stream).write_vectored(parts) };
+        write_pending(&self.stream, tls)?;
         let n = tls.writer().write_vectored(parts)?;
-        write_ciphertext(&self.stream, tls)?;
+        write_pending(&self.stream, tls)?;
         if n == 0 && parts.iter().any(|p| !p.is_empty()) {
             // rustls holds its bound of ciphertext and the socket is full:
             // the socket's next WRITABLE edge is armed.
@@ -178,37 +170,13 @@ impl Write for PeerConn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let Some(tls) = self.tls.as_mut() else { return Ok(()) };
-        if write_ciphertext(&self.stream, tls)? {
+        let Some(tls) = self.tls.as_deref_mut() else { return Ok(()) };
+        if write_pending(&self.stream, tls)? {
             Ok(())
         } else {
             Err(io::ErrorKind::WouldBlock.into())
         }
     }
-}
-
-/// Writes rustls's encrypted output until it is all out (true) or the
-/// socket would block (false).
-fn write_ciphertext(stream: &TcpStream, tls: &mut Connection) -> io::Result<bool> {
-    let mut s = stream;
-    while tls.wants_write() {
-        match tls.write_tls(&mut s) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-/// A TLS protocol error (a certificate the CA did not sign, a name that
-/// does not match, plaintext where a record was due…): the alert rustls
-/// prepared goes out, best effort, and the error says what failed.
-fn fatal(stream: &TcpStream, tls: &mut Connection, e: rustls::Error) -> io::Error {
-    let _ = write_ciphertext(stream, tls);
-    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
 #[cfg(test)]
@@ -218,11 +186,8 @@ mod tests {
     /// Without TLS the connection is the socket: bytes pass unchanged.
     #[test]
     fn plain_connections_pass_bytes_through() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut a = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (b, _) = listener.accept().expect("accept");
-        b.set_nonblocking(true).expect("nonblocking");
-        let mut conn = PeerConn::plain(TcpStream::from_std(b));
+        let (b, mut a) = crate::tls::wire::tests::socket_pair();
+        let mut conn = PeerConn::plain(b);
         assert!(!conn.is_tls() && conn.channel_binding().is_none());
         let mut buf = BytesMut::with_capacity(64);
         assert_eq!(conn.read_into_spare(&mut buf).map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));

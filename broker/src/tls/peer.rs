@@ -17,12 +17,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rustls::client::Resumption;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 
-use super::read_certs;
+use super::{load_root_store, read_certs, read_key};
 
 /// Where this node's peer certificate, its key and the cluster's CA are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +51,8 @@ impl PeerTlsFiles {
     /// Reads the files once and builds both configurations; errors name the flag and file.
     pub fn load(&self) -> anyhow::Result<PeerTls> {
         let certs = read_certs(&self.cert, "--peer-tls-cert")?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| anyhow::anyhow!("--peer-tls-key {}: no PEM private key ({e})", self.key.display()))?;
-        let mut roots = RootCertStore::empty();
-        for cert in read_certs(&self.ca, "--peer-tls-ca")? {
-            roots.add(cert).with_context(|| format!("--peer-tls-ca {}", self.ca.display()))?;
-        }
-        let roots = Arc::new(roots);
+        let key = read_key(&self.key, "--peer-tls-key")?;
+        let roots = Arc::new(load_root_store(&self.ca, "--peer-tls-ca")?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let pair = || format!("--peer-tls-cert {} / --peer-tls-key {}", self.cert.display(), self.key.display());
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())

@@ -18,8 +18,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-/// The first byte of every TLS connection (a handshake record).
-pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+use super::wire::{fatal, peek_first_byte, write_pending, TLS_HANDSHAKE_RECORD};
 
 /// Ciphertext read from the socket per fill: rustls reads at most 4 KiB
 /// per `read_tls`, so a fill makes up to this over 4 KiB syscalls (the
@@ -98,7 +97,7 @@ pub fn fill(stream: &TcpStream, tls: &mut TlsSession, buf: &mut BytesMut) -> io:
     let mut read = 0usize;
     let mut added = 0usize;
     loop {
-        let state = tls.conn.process_new_packets().map_err(|e| fatal(stream, tls, e))?;
+        let state = tls.conn.process_new_packets().map_err(|e| fatal(stream, &mut *tls.conn, e))?;
         let avail = state.plaintext_bytes_to_read();
         let spare = buf.capacity() - buf.len();
         let n = avail.min(spare);
@@ -109,7 +108,7 @@ pub fn fill(stream: &TcpStream, tls: &mut TlsSession, buf: &mut BytesMut) -> io:
             added += n;
         }
         if tls.conn.wants_write() {
-            write_pending(stream, tls)?;
+            write_pending(stream, &mut *tls.conn)?;
         }
         if n < avail || buf.capacity() == buf.len() || read >= TLS_READ_BYTES_PER_FILL {
             return Ok(Filled::More { drained: false });
@@ -118,7 +117,7 @@ pub fn fill(stream: &TcpStream, tls: &mut TlsSession, buf: &mut BytesMut) -> io:
             return Ok(if added > 0 { Filled::More { drained: false } } else { Filled::End });
         }
         if !tls.checked {
-            match first_byte(stream) {
+            match peek_first_byte(stream) {
                 Ok(None) => return Ok(Filled::End),
                 Ok(Some(TLS_HANDSHAKE_RECORD)) => tls.checked = true,
                 Ok(Some(_)) => return Err(io::Error::other(PlaintextOnTlsPort)),
@@ -143,7 +142,7 @@ pub fn fill(stream: &TcpStream, tls: &mut TlsSession, buf: &mut BytesMut) -> io:
 pub fn flush(stream: &TcpStream, tls: &mut TlsSession, out: &[u8]) -> io::Result<(usize, bool)> {
     let mut taken = 0;
     loop {
-        if !write_pending(stream, tls)? {
+        if !write_pending(stream, &mut *tls.conn)? {
             return Ok((taken, false));
         }
         if taken == out.len() {
@@ -155,28 +154,6 @@ pub fn flush(stream: &TcpStream, tls: &mut TlsSession, out: &[u8]) -> io::Result
         }
         taken += n;
     }
-}
-
-/// Writes buffered ciphertext. Returns whether all of it went out.
-fn write_pending(stream: &TcpStream, tls: &mut TlsSession) -> io::Result<bool> {
-    let mut s = stream;
-    while tls.conn.wants_write() {
-        match tls.conn.write_tls(&mut s) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-/// A TLS protocol error: send the alert rustls prepared (best effort) and
-/// report it as invalid data (the connection is closed).
-fn fatal(stream: &TcpStream, tls: &mut TlsSession, e: rustls::Error) -> io::Error {
-    let _ = write_pending(stream, tls);
-    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
 /// Bytes a client sent that would be read before its peeked first byte
@@ -191,17 +168,3 @@ pub fn discard_unread(stream: &TcpStream) {
 
 /// What [`discard_unread`] takes at most: a handshake frame's limit.
 pub const PLAINTEXT_DISCARD_BYTES: usize = cmq_protocol::limits::HANDSHAKE_FRAME_BYTES_MAX as usize;
-
-/// The first byte the client sent, without taking it from the socket
-/// (None: it closed without sending anything).
-fn first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
-    let mut b = [0u8; 1];
-    loop {
-        match rustix::net::recv(stream, &mut b, rustix::net::RecvFlags::PEEK) {
-            Ok((0, _)) => return Ok(None),
-            Ok(_) => return Ok(Some(b[0])),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}

@@ -169,7 +169,7 @@ pub async fn consume(spec: ConsumerSpec, mut conn: Conn, ctx: Ctx) -> Finished {
         // are read then, so a delete still in flight would be missing from
         // them (one of 400 was, on a loaded machine).
         if first {
-            run.first_deliveries.fetch_add(1, Relaxed);
+            run.first_deliveries.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         if let Err(e) = deleted.as_ref() {
             if fatal(e) {
