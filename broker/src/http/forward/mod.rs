@@ -17,6 +17,11 @@
 //!   node); its answer is final, whatever it is. The leader never forwards
 //!   again (its client port answers NOT_LEADER to the connection), so
 //!   there are no loops.
+//! * the leader answers NOT_LEADER naming no one (it stepped down and the
+//!   election is under way: a leadership transfer ends a parked long poll
+//!   so, nothing having run): wait up to [`FORWARD_ELECTION_WAIT`] for
+//!   this node to learn the new leader, then run it here or take the one
+//!   more hop to it (a long poll goes on waiting there).
 //! * the connection fails after the request was written: sends and
 //!   publishes (which always carry idempotency keys when forwarded, so
 //!   the leader stores a repeat once) ask this node's shard again and take
@@ -68,6 +73,15 @@ pub const FORWARD_LEADERS_MAX: usize = 64;
 /// an unreachable leader (a partition drops packets) answers promptly
 /// instead of at the request's deadline.
 pub const FORWARD_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest a request waits for this node to learn a new leader after the
+/// old one answered that it stepped down with no successor known: about
+/// an election (a transfer's takes a few Raft ticks; one after a failure
+/// about a second). Past it the caller gets the 6000 "retry".
+pub const FORWARD_ELECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// How often that wait looks at the shard's published leader.
+pub const FORWARD_ELECTION_POLL: Duration = Duration::from_millis(10);
 
 const _: () = assert!(FORWARD_IDEMPOTENCY_KEY_BYTES <= cmq_protocol::limits::IDEMPOTENCY_KEY_BYTES_MAX);
 
@@ -168,6 +182,15 @@ async fn forward(
     let next = match hop(ctx, &leader, &request, viewer, deadline).await? {
         Hop::Answer(answer) => match leader_named(&answer) {
             Some(next) if next.id != leader.id => next,
+            None if error_code(&answer) == Some(ErrorCode::NOT_LEADER) => {
+                // It stepped down and knows no successor yet (a transfer
+                // ends its long polls so): nothing ran there.
+                let again = after_election(ctx, &request, viewer, &leader, deadline).await?;
+                match leader_named(&again) {
+                    Some(next) => next,
+                    None => return Ok((Outcome::Answered, again)),
+                }
+            }
             _ => return Ok((Outcome::Answered, answer)),
         },
         Hop::Lost(leader, why) if is_send(&request) => {
@@ -187,6 +210,28 @@ async fn forward(
         return Ok((Outcome::Answered, local(ctx, request, viewer, deadline).await?));
     }
     Ok(ended(hop(ctx, &next, &request, viewer, deadline).await?, &request))
+}
+
+/// Waits until this node knows a leader of the request's shard other
+/// than `old` (at most [`FORWARD_ELECTION_WAIT`], within the deadline),
+/// then runs the request here: served where this node leads now, else the
+/// NOT_LEADER naming the leader (or naming none, when the wait ran out).
+async fn after_election(
+    ctx: &HttpContext,
+    request: &Request,
+    viewer: &Viewer,
+    old: &Leader,
+    deadline: Instant,
+) -> Result<Bytes, Unanswered> {
+    if let Some(slot) = shard_of(ctx, request).and_then(|s| ctx.shared.leaders.get(usize::from(s))) {
+        let until = deadline.min(Instant::now() + FORWARD_ELECTION_WAIT);
+        // Nothing announces a new leader to this thread: look every few ms.
+        let unknown = || matches!(slot.0.load(Ordering::Relaxed), id if id == 0 || id == old.id);
+        while unknown() && Instant::now() + FORWARD_ELECTION_POLL <= until {
+            tokio::time::sleep(FORWARD_ELECTION_POLL).await;
+        }
+    }
+    local(ctx, request.clone(), viewer, deadline).await
 }
 
 /// A last hop's answer and outcome.
