@@ -103,7 +103,55 @@ pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+    use cmq_integration_tests::tls::TestPki;
+
     use super::*;
+
+    /// A cluster node's settings with `more` flags (a cluster key made here).
+    fn config(dir: &Path, more: &[String]) -> anyhow::Result<Config> {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let base = ["--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802", "--cluster-key-file"];
+        let mut args: Vec<String> = ["cmqd"].iter().chain(&base).map(|s| s.to_string()).collect();
+        args.push(key.to_str().expect("utf-8").to_owned());
+        args.extend(more.iter().cloned());
+        Config::from_flags(crate::config::Flags::parse_from(args))
+    }
+
+    fn kind(setup: &Setup) -> &'static str {
+        match setup {
+            Setup::Alone => "alone",
+            Setup::Plain => "plain",
+            Setup::Tls(_) => "tls",
+            Setup::Off(_) => "off",
+        }
+    }
+
+    #[test]
+    fn tls_client_ports_forward_with_a_ca_and_not_without_one() {
+        let pki = TestPki::new();
+        let dir = tempfile::tempdir().expect("tmp");
+        let setup = |more: &[String]| Setup::from_config(&config(dir.path(), more).expect("valid settings"));
+        assert_eq!(kind(&setup(&[]).expect("plain")), "plain");
+        assert_eq!(kind(&setup(&pki.server_args()).expect("no CA")), "off");
+        let with_peer = [pki.server_args(), pki.peer_args()].concat();
+        assert_eq!(kind(&setup(&with_peer).expect("peer CA")), "tls");
+        let forward_ca = |ca: &Path| vec!["--forward-tls-ca".to_owned(), ca.to_str().expect("utf-8").to_owned()];
+        let with_own = [pki.server_args(), forward_ca(&pki.ca)].concat();
+        assert_eq!(kind(&setup(&with_own).expect("forward CA")), "tls");
+        // Unreadable files stop cmqd at start, naming the flag.
+        let missing = [pki.server_args(), forward_ca(&dir.path().join("none.pem"))].concat();
+        let err = setup(&missing).err().expect("refused").to_string();
+        assert!(err.contains("--forward-tls-ca"), "{err}");
+        let not_a_cert = [pki.server_args(), forward_ca(&pki.server_key)].concat();
+        let err = setup(&not_a_cert).err().expect("refused").to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let alone = Config::from_flags(crate::config::Flags::parse_from(["cmqd"])).expect("single node");
+        assert_eq!(kind(&Setup::from_config(&alone).expect("alone")), "alone");
+    }
 
     #[test]
     fn the_name_checked_is_the_host_of_the_address() {
