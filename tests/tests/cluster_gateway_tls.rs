@@ -5,7 +5,9 @@
 //! certificates), signed and anonymous, over HTTPS from Rust; the forward
 //! metrics count it. Without a CA to trust, a follower does not forward:
 //! the documented 6000 naming the leader, counted as `off`, and a log line
-//! at start saying why.
+//! at start saying why. A leader requiring client certificates from a
+//! follower with none to present: 6000 "could not be reached", counted as
+//! `unreachable`.
 
 #[allow(dead_code)] // `Signer::call` speaks plain HTTP; this file speaks HTTPS.
 mod cmq_signer;
@@ -174,5 +176,30 @@ fn without_a_ca_a_follower_answers_6000_naming_the_leader() {
     assert!(c.log(f1).contains("not forwarding to shard leaders"), "{}", c.log(f1));
     // The leader serves it; nothing was stored by the refused send.
     cycle(&https, &c, &anon, (leader, leader), "on the leader");
+    c.assert_no_panics();
+}
+
+/// A leader that requires client certificates (`--tls-client-ca`) and
+/// followers with a CA to trust (`--forward-tls-ca`) but no peer
+/// certificate to present: the leader refuses the forwarded connection, so
+/// a follower answers 6000 saying the leader could not be reached and why,
+/// counted as `unreachable`; nothing is stored.
+#[test]
+fn without_a_peer_certificate_a_leader_requiring_client_certificates_is_unreachable() {
+    let pki = TestPki::new();
+    let forward_ca = ["--forward-tls-ca".to_owned(), pki.ca.to_str().expect("utf-8").to_owned()];
+    let c = start(&pki, pki.mtls_server_args(), true, &forward_ca);
+    let https = Https { tls: pki.client_config(true) };
+    let (leader, f1, _) = roles(&c);
+    let anon = Signer { secret_id: "AKIDnobody".into(), secret_key: "x".into() };
+    let send = [("Action", "SendMessage"), ("queueName", QUEUE), ("msgBody", "refused")];
+    let v = https.call(c.http_addr(f1), &anon, &send);
+    assert_eq!(code(&v), 6000, "{v}");
+    let message = v["message"].as_str().unwrap_or("");
+    assert!(message.contains("could not be reached") && message.contains("Certificate"), "{v}");
+    assert_eq!(https.metric(c.http_addr(f1), "cmq_http_forwarded_total{outcome=\"unreachable\"}"), 1.0);
+    assert_eq!(https.metric(c.http_addr(f1), CONNECTIONS), 0.0, "the refused connection is not kept");
+    let receive = [("Action", "ReceiveMessage"), ("queueName", QUEUE), ("pollingWaitSeconds", "0")];
+    assert_eq!(code(&https.call(c.http_addr(leader), &anon, &receive)), 7000, "nothing was stored");
     c.assert_no_panics();
 }
