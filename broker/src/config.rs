@@ -276,6 +276,11 @@ pub struct Flags {
     /// a dialled peer's must name the IP address in --peers.
     #[arg(long, value_name = "FILE")]
     pub peer_tls_ca: Option<PathBuf>,
+    /// The PEM CA that signed the other nodes' client-port certificates (--tls-cert): a follower's
+    /// HTTP port forwards a request to its shard's leader over TLS, trusting this CA [default:
+    /// --peer-tls-ca; with neither, requests are not forwarded where the client port serves TLS].
+    #[arg(long, value_name = "FILE")]
+    pub forward_tls_ca: Option<PathBuf>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -357,6 +362,7 @@ struct FileConfig {
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
+    forward_tls_ca: Option<PathBuf>,
 }
 
 /// Where a node of the cluster is.
@@ -536,6 +542,9 @@ pub struct Config {
     pub key_connections_max: u64,
     /// `--key-requests-per-second` (0: off).
     pub key_requests_per_second: u64,
+    /// `--forward-tls-ca`: the CA of the other nodes' client ports (needs
+    /// `--tls-cert` and `--peers`).
+    pub forward_tls_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -607,6 +616,7 @@ impl Config {
             )?,
             key_connections_max: flags.key_connections_max.or(file.key_connections_max).unwrap_or(0),
             key_requests_per_second: flags.key_requests_per_second.or(file.key_requests_per_second).unwrap_or(0),
+            forward_tls_ca: flags.forward_tls_ca.or(file.forward_tls_ca),
         };
         cfg.validate()?;
         let cluster = ClusterFlags {
@@ -622,6 +632,9 @@ impl Config {
             ],
         };
         let cluster = cluster.resolve(cfg.node_id)?;
+        if cfg.forward_tls_ca.is_some() && (cluster.is_none() || cfg.tls.is_none()) {
+            bail!("--forward-tls-ca needs --peers and --tls-cert (it is whom a follower trusts when it forwards over TLS)");
+        }
         Ok(Config { cluster, ..cfg })
     }
 
@@ -814,6 +827,29 @@ mod tests {
             assert!(err.to_string().contains("must be given together"), "{err}");
         }
         assert!(Config::from_flags(flags(&tls)).is_err(), "peer TLS without --peers");
+    }
+
+    /// `--forward-tls-ca` (file key `forward_tls_ca`) only where forwarding runs over TLS.
+    #[test]
+    fn forward_tls_ca_needs_a_cluster_with_client_tls() {
+        let (_d, key) = key_file(0o600, b"0123456789abcdef0123\n");
+        let k = key.to_str().expect("utf-8");
+        let base = ["--node-id", "1", "--peer-listen", "127.0.0.1:7801", "--peers", "2=127.0.0.1:7802"];
+        let base = [&base[..], &["--cluster-key-file", k]].concat();
+        let tls = ["--tls-cert", "/s.pem", "--tls-key", "/s.key"];
+        let ca = ["--forward-tls-ca", "/fwd-ca.pem"];
+        let c = Config::from_flags(flags(&[&base[..], &tls[..], &ca[..]].concat())).expect("valid");
+        assert_eq!(c.forward_tls_ca.as_deref().and_then(|p| p.to_str()), Some("/fwd-ca.pem"));
+        for without in [&base[..], &tls[..]] {
+            let err = Config::from_flags(flags(&[without, &ca[..]].concat())).expect_err("refused");
+            assert!(err.to_string().contains("--forward-tls-ca needs"), "{err}");
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("cmqd.toml");
+        std::fs::write(&file, "forward_tls_ca = \"/from-file.pem\"\n").expect("write");
+        let args = [&base[..], &tls[..], &["--config", file.to_str().expect("utf-8")]].concat();
+        let c = Config::from_flags(flags(&args)).expect("valid");
+        assert_eq!(c.forward_tls_ca.as_deref().and_then(|p| p.to_str()), Some("/from-file.pem"));
     }
 
     #[test]

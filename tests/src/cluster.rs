@@ -66,11 +66,14 @@ pub struct ClusterSpec {
     pub raft_tick_ms: Option<u64>,
     /// More cmqd flags for every node.
     pub extra_args: Vec<String>,
+    /// Where the nodes' client ports serve TLS (`--tls-cert` in
+    /// `extra_args`): how the harness's own connections reach them.
+    pub client_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClusterSpec {
     fn default() -> ClusterSpec {
-        ClusterSpec { nodes: 3, shards: 2, raft_tick_ms: None, extra_args: Vec::new() }
+        ClusterSpec { nodes: 3, shards: 2, raft_tick_ms: None, extra_args: Vec::new(), client_tls: None }
     }
 }
 
@@ -159,6 +162,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// `links[a][b]`: where node `a` dials node `b` (None on the diagonal).
     links: Vec<Vec<Option<Proxy>>>,
+    /// `ClusterSpec::client_tls`.
+    client_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Cluster {
@@ -214,7 +219,7 @@ impl Cluster {
                 Node { id: i as u64 + 1, client: client[i], args, log_path, child: None, paused: false, http: None }
             })
             .collect();
-        let mut c = Cluster { dir: Some(dir), shards: spec.shards, nodes, links };
+        let mut c = Cluster { dir: Some(dir), shards: spec.shards, nodes, links, client_tls: spec.client_tls.clone() };
         for node in &mut c.nodes {
             node.spawn();
         }
@@ -403,7 +408,7 @@ impl Cluster {
         if !self.is_up(i) {
             return Err("down".into());
         }
-        let (mut c, _) = NodeConn::open(self.nodes[i].client, None).map_err(|e| e.to_string())?;
+        let (mut c, _) = self.node_conn(i, None).map_err(|e| e.to_string())?;
         match c.call(&Request::ClusterStatus(ClusterStatus {}), STATUS_TIMEOUT) {
             Ok(Reply::Ok(_, Response::ClusterStatus(s))) => Ok(s),
             other => Err(format!("{other:?}")),
@@ -471,8 +476,7 @@ impl Cluster {
         let mut last = String::new();
         while Instant::now() < deadline {
             let leader = self.leader_of(shard).unwrap_or(0);
-            let reply = NodeConn::open(self.nodes[leader].client, Some(shard))
-                .and_then(|(mut c, _)| c.call(&req, Duration::from_secs(5)));
+            let reply = self.node_conn(leader, Some(shard)).and_then(|(mut c, _)| c.call(&req, Duration::from_secs(5)));
             match reply {
                 Ok(Reply::Ok(..)) => return,
                 Ok(Reply::Err(_, e)) if e.code() == ErrorCode::QUEUE_ALREADY_EXISTS => return,
@@ -481,6 +485,12 @@ impl Cluster {
             std::thread::sleep(POLL_EVERY);
         }
         panic!("could not create {queue}: {last}");
+    }
+
+    /// A protocol connection to node `i`'s client port (over TLS where
+    /// the spec said so), asking for `shard_hint`'s event loop.
+    pub fn node_conn(&self, i: usize, shard_hint: Option<u16>) -> std::io::Result<(NodeConn, HandshakeOk)> {
+        NodeConn::open_with(self.nodes[i].client, shard_hint, self.client_tls.as_ref())
     }
 
     /// The tail of every node's log.

@@ -5,7 +5,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use bytes::{Bytes, BytesMut};
 use cmq_protocol::frame::{self, FrameHeader};
@@ -20,8 +24,48 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a write may block (a paused node stops reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The socket: plaintext, or TLS to a node whose client port serves it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 pub struct NodeConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     next_id: u64,
 }
@@ -30,10 +74,34 @@ impl NodeConn {
     /// Connects and completes the handshake, optionally asking for `shard`'s
     /// event loop (saves the hop between shards inside the node).
     pub fn open(addr: SocketAddr, shard_hint: Option<u16>) -> io::Result<(NodeConn, HandshakeOk)> {
+        NodeConn::open_with(addr, shard_hint, None)
+    }
+
+    /// [`NodeConn::open`] over TLS with `tls` where given (the node's
+    /// certificate checked for the address's IP).
+    pub fn open_with(
+        addr: SocketAddr,
+        shard_hint: Option<u16>,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> io::Result<(NodeConn, HandshakeOk)> {
         let deadline = Instant::now() + OPEN_TIMEOUT;
-        let stream = TcpStream::connect_timeout(&addr, OPEN_TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let tcp = TcpStream::connect_timeout(&addr, OPEN_TIMEOUT)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                // The TLS handshake's reads are bounded like the rest of the opening.
+                tcp.set_read_timeout(Some(OPEN_TIMEOUT))?;
+                let name = ServerName::IpAddress(addr.ip().into());
+                let mut conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+                let mut tcp = tcp;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut tcp)?;
+                }
+                Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))
+            }
+        };
         let mut c = NodeConn { stream, buf: BytesMut::new(), next_id: 1 };
         let hs = Handshake { shard_hint, ..Handshake::new("cluster-test") };
         match c.call_until(&Request::Handshake(hs), deadline)? {
@@ -62,7 +130,7 @@ impl NodeConn {
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply before the deadline"));
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.stream.tcp().set_read_timeout(Some(left))?;
             let mut chunk = [0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the connection")),

@@ -93,6 +93,34 @@ fn peer_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
     ["--peer-tls-cert", &s(cert), "--peer-tls-key", &s(key), "--peer-tls-ca", &s(ca)].map(String::from).to_vec()
 }
 
+impl TestPki {
+    /// A TLS 1.3 client configuration trusting the test CA, presenting the
+    /// client certificate when `with_cert` (for `--tls-client-ca`).
+    pub fn client_config(&self, with_cert: bool) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca).expect("CA file") {
+            roots.add(cert.expect("CA PEM")).expect("CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots);
+        let config = if with_cert {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.client_cert)
+                .expect("client cert")
+                .collect::<Result<_, _>>()
+                .expect("client cert PEM");
+            let key = PrivateKeyDer::from_pem_file(&self.client_key).expect("client key");
+            builder.with_client_auth_cert(chain, key).expect("client certificate")
+        } else {
+            builder.with_no_client_auth()
+        };
+        std::sync::Arc::new(config)
+    }
+}
+
 impl Default for TestPki {
     fn default() -> TestPki {
         TestPki::new()

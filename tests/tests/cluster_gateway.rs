@@ -4,13 +4,17 @@
 //! the leader's answer returned: signed requests to followers and to the
 //! leader, anonymous ones, the console's JSON API, a key's refusal through
 //! a follower, a long poll through a follower, and a leader killed mid-run.
+//! Leadership moving under a forwarded long poll parked on the leader: a
+//! transfer (the poll goes on at the new leader after one more hop) and a
+//! kill -9 (6000, outcome unknown); either way nothing sent is lost, and
+//! the follower's `cmq_http_forwarded_total` counts how each ended.
 
 mod cmq_signer;
 
 use std::time::{Duration, Instant};
 
 use cmq_integration_tests::{http, Cluster, ClusterSpec, NodeConn, Reply};
-use cmq_protocol::{CreateKey, Request, Response};
+use cmq_protocol::{CreateKey, Request, Response, TransferLeader};
 use cmq_signer::{code, Signer};
 
 /// Longest a test waits for a new leader to serve.
@@ -195,4 +199,124 @@ fn after_the_leader_is_killed_the_surviving_nodes_serve_once_a_new_leader_is_ele
     }
     assert_eq!(seen.len(), 2, "only what was sent; failover took {failover:?}");
     c.assert_no_panics();
+}
+
+/// Forward metrics of node `i`: (forwarded requests by outcome, open connections).
+fn forward_metrics(c: &Cluster, i: usize) -> (std::collections::BTreeMap<String, f64>, f64) {
+    let m = http::Metrics::scrape(c.http_addr(i));
+    let outcomes = m
+        .label_values("cmq_http_forwarded_total", "outcome")
+        .into_iter()
+        .map(|o| {
+            let n = m.value("cmq_http_forwarded_total", &[("outcome", &o)]);
+            (o, n)
+        })
+        .collect();
+    (outcomes, m.value("cmq_http_forward_connections", &[]))
+}
+
+/// Leadership of the queue's shard moves (`change`) while a long poll
+/// forwarded through a follower is parked on the leader. The poll's answer
+/// must be a documented one, in time: the message sent after the change,
+/// 7000 (its wait ran out on the new leader after one more hop), or 6000
+/// (the old leader ended it, or its connection broke); and the message
+/// sent after the change is received exactly once.
+fn leader_change_under_a_forwarded_long_poll(change: impl FnOnce(&mut Cluster, usize, usize)) -> Changed {
+    let mut c = cluster();
+    c.wait_converged(FAILOVER_TIMEOUT);
+    let (leader, f1, f2) = roles(&c);
+    let app = Signer { secret_id: "AKIDanyone".into(), secret_key: "x".into() };
+    let (poll_addr, poller) = (c.http_addr(f1), app.clone());
+    let wait_s = 8;
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let wait = wait_s.to_string();
+        let v = poller
+            .call(poll_addr, &[("Action", "ReceiveMessage"), ("queueName", QUEUE), ("pollingWaitSeconds", &wait)]);
+        (v, started.elapsed())
+    });
+    // The poll is this node's first forwarded request: its connection to
+    // the leader opening is the poll on its way to be parked there.
+    let deadline = Instant::now() + FAILOVER_TIMEOUT;
+    while forward_metrics(&c, f1).1 < 1.0 {
+        assert!(Instant::now() < deadline, "the long poll was never forwarded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    change(&mut c, leader, f2);
+    let new_leader = c.wait_leader(c.shard_of(QUEUE), FAILOVER_TIMEOUT, |i| i != leader);
+    let send = [("Action", "SendMessage"), ("queueName", QUEUE), ("msgBody", "after the change")];
+    until(&c, f1, &app, &send, FAILOVER_TIMEOUT, |v| {
+        assert!(code(v) == 0 || code(v) == 6000, "{v}");
+        code(v) == 0
+    });
+    let (v, took) = poll.join().expect("the poll's thread");
+    eprintln!("the long poll answered after {took:?}: {v}");
+    let sdk_timeout = Duration::from_secs(wait_s + 10);
+    assert!(took < sdk_timeout, "answered after the SDK gave up: {took:?}: {v}");
+    let mut bodies = Vec::new();
+    match code(&v) {
+        0 => {
+            bodies.push(v["msgBody"].as_str().expect("a body").to_owned());
+            assert_eq!(code(&delete(&c, new_leader, &app, v["receiptHandle"].as_str().expect("handle"))), 0);
+        }
+        7000 => {}
+        6000 => assert!(v["message"].as_str().is_some_and(|m| m.contains("retry") || m.contains("unknown")), "{v}"),
+        _ => panic!("not a documented answer to a long poll: {v}"),
+    }
+    // Whatever the poll got, the message is there exactly once.
+    loop {
+        let v = until(
+            &c,
+            f2,
+            &app,
+            &[("Action", "ReceiveMessage"), ("queueName", QUEUE), ("pollingWaitSeconds", "1")],
+            FAILOVER_TIMEOUT,
+            |v| code(v) != 6000,
+        );
+        if code(&v) == 7000 {
+            break;
+        }
+        assert_eq!(code(&v), 0, "{v}");
+        bodies.push(v["msgBody"].as_str().expect("a body").to_owned());
+        assert_eq!(code(&delete(&c, f2, &app, v["receiptHandle"].as_str().expect("handle"))), 0);
+    }
+    assert_eq!(bodies, ["after the change"], "received once, nothing else; the poll answered {v}");
+    c.assert_no_panics();
+    let (forwarded, _) = forward_metrics(&c, f1);
+    Changed { poll: code(&v), forwarded }
+}
+
+/// What [`leader_change_under_a_forwarded_long_poll`] saw.
+struct Changed {
+    /// The long poll's answer code.
+    poll: i64,
+    /// The follower's `cmq_http_forwarded_total` by outcome.
+    forwarded: std::collections::BTreeMap<String, f64>,
+}
+
+#[test]
+fn a_leader_transfer_under_a_forwarded_long_poll_loses_nothing() {
+    let seen = leader_change_under_a_forwarded_long_poll(|c, leader, to| {
+        let shard = c.shard_of(QUEUE);
+        let req = Request::TransferLeader(TransferLeader { shard: Some(shard), to: to as u64 + 1 });
+        let (mut conn, _) = c.node_conn(leader, None).expect("connect to the leader");
+        let r = conn.call(&req, Duration::from_secs(10)).expect("TransferLeader answered");
+        assert!(matches!(r, Reply::Ok(..)), "{r:?}");
+    });
+    // The old leader ended the parked poll naming no successor; the
+    // follower waited for the election and took one more hop to the new
+    // leader, where the poll went on waiting and got the message.
+    assert_eq!(seen.poll, 0, "the long poll survives a leadership transfer");
+    // The send after the change went to the new leader (the follower stayed one).
+    let n = |o: &str| seen.forwarded.get(o).copied().unwrap_or(0.0);
+    assert!(n("answered") >= 1.0, "{:?}", seen.forwarded);
+    assert_eq!(n("lost") + n("off"), 0.0, "{:?}", seen.forwarded);
+}
+
+#[test]
+fn a_leader_killed_under_a_forwarded_long_poll_answers_6000_and_loses_nothing() {
+    let seen = leader_change_under_a_forwarded_long_poll(|c, leader, _| c.kill9(leader));
+    assert_eq!(seen.poll, 6000, "the connection to the leader broke: the outcome is unknown");
+    let n = |o: &str| seen.forwarded.get(o).copied().unwrap_or(0.0);
+    assert!(n("lost") + n("unreachable") >= 1.0, "the poll's end is counted: {:?}", seen.forwarded);
 }

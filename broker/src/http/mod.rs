@@ -106,6 +106,7 @@ impl HttpServer {
             .context("starting the HTTP runtime")?;
         let router = Router::new(shared.cfg.fault_http_hooks, Arc::new(AllowAll));
         let bridge = ShardBridge::new(shared.peers.clone());
+        let forward = forward::Forwarder::new(&shared.cfg)?;
         let ctx = Arc::new(HttpContext {
             shared,
             bridge,
@@ -113,7 +114,7 @@ impl HttpServer {
             router,
             gateway: Default::default(),
             console: Default::default(),
-            forward: Default::default(),
+            forward,
         });
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()

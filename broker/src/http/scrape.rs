@@ -33,6 +33,8 @@ pub async fn metrics(ctx: &HttpContext, req: &Parts) -> Reply {
         topics: shared.topic_count.load(Ordering::Relaxed) as u64,
         auth_failures: shared.auth.failures.load(Ordering::Relaxed),
         http_waiting: shared.external.len() as u64,
+        http_forwarded: ctx.forward.outcomes(),
+        http_forward_connections: ctx.forward.open_connections(),
         process: sample_process(&ctx.start),
         disk: sample_disk(&shared.cfg.data_dir, shared.cfg.shards),
         now_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),

@@ -106,6 +106,8 @@ families! {
     DISK_FREE = "cmq_disk_free_bytes" Gauge [] "Free bytes (for unprivileged users) on the file system of the data directory.";
     DISK_SIZE = "cmq_disk_size_bytes" Gauge [] "Size of the file system of the data directory.";
     HTTP_WAITING = "cmq_http_requests_waiting" Gauge [] "CMQ API (HTTP) requests waiting for the broker's answer, long polls included.";
+    HTTP_FORWARDED = "cmq_http_forwarded" Counter ["outcome"] "HTTP requests (CMQ API, console) for a shard another node leads, by how forwarding them to the leader ended: answered, refused, unreachable, lost, timed_out, off.";
+    HTTP_FORWARD_CONNECTIONS = "cmq_http_forward_connections" Gauge [] "Connections open from this node's HTTP port to other nodes' client ports (forwarded requests), in use and idle.";
 }
 
 /// Connection refusals and closes of one shard (`ConnCounters`), by reason.
@@ -131,6 +133,10 @@ pub struct Scrape {
     pub auth_failures: u64,
     /// CMQ API requests awaiting their answer (`shard::external::Registry`).
     pub http_waiting: u64,
+    /// Forwarded HTTP requests by outcome (`http::forward::OUTCOMES`).
+    pub http_forwarded: Vec<(&'static str, u64)>,
+    /// Connections open to leaders' client ports for forwarded requests.
+    pub http_forward_connections: u64,
     pub process: ProcessSample,
     pub disk: DiskSample,
     /// Unix ms of the scrape (for ages).
@@ -313,6 +319,8 @@ impl Scrape {
         w.gauges(&TOPICS, [(vec![], self.topics as f64)])?;
         w.counters(&AUTH_FAILURES, [(vec![], self.auth_failures)])?;
         w.gauges(&HTTP_WAITING, [(vec![], self.http_waiting as f64)])?;
+        w.counters(&HTTP_FORWARDED, self.http_forwarded.iter().map(|(o, n)| (vec![("outcome", (*o).to_owned())], *n)))?;
+        w.gauges(&HTTP_FORWARD_CONNECTIONS, [(vec![], self.http_forward_connections as f64)])?;
         w.gauges(&QUEUES_OTHER, [(vec![], t.other_queues as f64)])?;
         let all: Vec<&QueueSample> = t.top.iter().chain(std::iter::once(&t.other)).collect();
         let q = |s: &QueueSample| vec![("queue", s.name.clone())];

@@ -5,7 +5,11 @@
 //! The leader treats it as a client like any other: it checks the key's
 //! policy again, counts it against the key's limits, and never forwards
 //! what it receives (a connection's NOT_LEADER goes back to the connection).
+//! Where the client ports serve TLS the connection is TLS 1.3 (`tls.rs`)
+//! and authentication binds to the session (tls-exporter), as a client's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +18,8 @@ use cmq_protocol::handshake::IDEMPOTENCY_KEYS_VERSION;
 use cmq_protocol::{auth, AuthChallenge, Authenticate, ErrorBody, ErrorCode, Handshake, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::shard::external::Viewer;
 
@@ -50,27 +56,110 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Lost(pub String);
 
+/// How connections are made: plaintext or TLS, and the count of those
+/// open (the `cmq_http_forward_connections` gauge), shared by every pool.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    /// Set where the client ports serve TLS.
+    pub tls: Option<TlsConnector>,
+    pub open: Arc<AtomicU64>,
+}
+
+/// One open connection in [`Dialer::open`]'s count, for as long as it lives.
+struct Counted(Arc<AtomicU64>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicU64>) -> Counted {
+        open.fetch_add(1, Ordering::Relaxed);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The socket to the leader.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn connect(addr: &str, dialer: &Dialer) -> Result<Stream, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &dialer.tls else { return Ok(Stream::Plain(tcp)) };
+        let name = super::tls::server_name(addr)?;
+        let s = tls.connect(name, tcp).await.map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+        Ok(Stream::Tls(Box::new(s)))
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                // What rustls encrypted goes out now, not with the next write.
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// RFC 9266 tls-exporter of the session (empty over plaintext), for
+    /// the authentication transcript.
+    fn channel_binding(&self) -> Result<Vec<u8>, OpenError> {
+        let Stream::Tls(s) = self else { return Ok(Vec::new()) };
+        let out = [0u8; auth::TLS_EXPORTER_BYTES];
+        let binding = s.get_ref().1.export_keying_material(out, auth::TLS_EXPORTER_LABEL, None);
+        binding.map(|b| b.to_vec()).map_err(|e| OpenError::Io(format!("TLS channel binding: {e}")))
+    }
+}
+
 pub struct LeaderConn {
-    stream: TcpStream,
+    stream: Stream,
     inbuf: BytesMut,
     next_id: u64,
     pub identity: Identity,
     /// When it was last given back to the pool.
     pub idle_since: Instant,
+    _counted: Counted,
 }
 
 impl LeaderConn {
-    /// Connects to `addr`, authenticates as `viewer` (anonymous: None) and
-    /// shakes hands asking for `identity.shard`. The caller bounds the time.
-    pub async fn open(addr: &str, viewer: &Viewer, identity: Identity) -> Result<LeaderConn, OpenError> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| OpenError::Io(format!("connect {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
+    /// Connects to `addr` as `dialer` says, authenticates as `viewer`
+    /// (anonymous: None) and shakes hands asking for `identity.shard`. The
+    /// caller bounds the time.
+    pub async fn open(
+        addr: &str,
+        dialer: &Dialer,
+        viewer: &Viewer,
+        identity: Identity,
+    ) -> Result<LeaderConn, OpenError> {
+        let stream = Stream::connect(addr, dialer).await.map_err(OpenError::Io)?;
         let mut c = LeaderConn {
             stream,
             inbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             next_id: 1,
             identity,
             idle_since: Instant::now(),
+            _counted: Counted::new(&dialer.open),
         };
         let mut hello = Handshake::new(CLIENT_NAME);
         // Forwarded sends carry idempotency keys.
@@ -86,8 +175,9 @@ impl LeaderConn {
         }
     }
 
-    /// The challenge-response of PROTOCOL.md, "Authentication" (plaintext:
-    /// no channel binding), checking the leader's proof as a client does.
+    /// The challenge-response of PROTOCOL.md, "Authentication" (bound to
+    /// the TLS session where there is one), checking the leader's proof as
+    /// a client does.
     async fn authenticate(&mut self, secret_id: &str, secret_key: &[u8]) -> Result<(), OpenError> {
         let server_nonce = match self.ask(Request::AuthChallenge(AuthChallenge {})).await? {
             Response::AuthChallenge(ok) if ok.server_nonce.len() == auth::AUTH_NONCE_BYTES => ok.server_nonce,
@@ -98,7 +188,8 @@ impl LeaderConn {
         let mut client_nonce = [0u8; auth::AUTH_NONCE_BYTES];
         getrandom::fill(&mut client_nonce).map_err(|e| OpenError::Io(format!("no random nonce: {e}")))?;
         let timestamp_ms = crate::clock::Clock::default().now_ms();
-        let t = auth::transcript(&server_nonce, &client_nonce, secret_id, timestamp_ms, &[]);
+        let binding = self.stream.channel_binding()?;
+        let t = auth::transcript(&server_nonce, &client_nonce, secret_id, timestamp_ms, &binding);
         let req = Authenticate {
             secret_id: secret_id.to_owned(),
             client_nonce: Bytes::copy_from_slice(&client_nonce),
@@ -166,10 +257,13 @@ impl LeaderConn {
     }
 
     /// Whether an idle connection still looks usable: not closed by the
-    /// leader (its idle deadline, a restart) and holding no stray bytes.
+    /// leader (its idle deadline, a restart) and holding no stray bytes
+    /// (over TLS a close_notify is such bytes). A peek: nothing is taken
+    /// from a TLS session's stream.
     pub fn is_usable(&self) -> bool {
         let mut probe = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
         self.inbuf.is_empty()
-            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            && matches!(rustix::net::recv(self.stream.tcp(), &mut probe, flags), Err(rustix::io::Errno::AGAIN))
     }
 }

@@ -17,6 +17,11 @@
 //!   node); its answer is final, whatever it is. The leader never forwards
 //!   again (its client port answers NOT_LEADER to the connection), so
 //!   there are no loops.
+//! * the leader answers NOT_LEADER naming no one (it stepped down and the
+//!   election is under way: a leadership transfer ends a parked long poll
+//!   so, nothing having run): wait up to [`FORWARD_ELECTION_WAIT`] for
+//!   this node to learn the new leader, then run it here or take the one
+//!   more hop to it (a long poll goes on waiting there).
 //! * the connection fails after the request was written: sends and
 //!   publishes (which always carry idempotency keys when forwarded, so
 //!   the leader stores a repeat once) ask this node's shard again and take
@@ -24,14 +29,21 @@
 //!   request is answered "outcome unknown" (6000).
 //! * the leader cannot be reached (nothing sent): NOT_LEADER (6000) at once.
 //!
-//! Not forwarded: nodes whose client port serves TLS (`--tls-cert`): this
-//! node holds no client certificate or CA for its peers' client ports, so
-//! the answer stays the NOT_LEADER that names the leader.
+//! Where the client ports serve TLS (`--tls-cert`) the connections are TLS
+//! too, trusting `--forward-tls-ca` or `--peer-tls-ca` ([`tls`]); a node
+//! with neither does not forward: the answer stays the NOT_LEADER that
+//! names the leader (counted as `off`).
+//!
+//! Each forwarded request counts once in `cmq_http_forwarded_total` by how
+//! it ended ([`Outcome`]); `cmq_http_forward_connections` is the pools'
+//! open connections.
 
 mod conn;
 pub mod pool;
+pub mod tls;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,8 +54,9 @@ use cmq_protocol::names::shard_for;
 use cmq_protocol::{ErrorBody, ErrorCode, Request, Route};
 use tokio::time::Instant;
 
-use self::conn::{Identity, Lost, OpenError};
+use self::conn::{Dialer, Identity, Lost, OpenError};
 use self::pool::Pool;
+use self::tls::Setup;
 use super::{HttpContext, Unanswered};
 use crate::shard::external::Viewer;
 
@@ -61,13 +74,57 @@ pub const FORWARD_LEADERS_MAX: usize = 64;
 /// instead of at the request's deadline.
 pub const FORWARD_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Longest a request waits for this node to learn a new leader after the
+/// old one answered that it stepped down with no successor known: about
+/// an election (a transfer's takes a few Raft ticks; one after a failure
+/// about a second). Past it the caller gets the 6000 "retry".
+pub const FORWARD_ELECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// How often that wait looks at the shard's published leader.
+pub const FORWARD_ELECTION_POLL: Duration = Duration::from_millis(10);
+
 const _: () = assert!(FORWARD_IDEMPOTENCY_KEY_BYTES <= cmq_protocol::limits::IDEMPOTENCY_KEY_BYTES_MAX);
 
-/// The pools, by leader client address.
-#[derive(Default)]
+/// The pools, by leader client address, and the counts the metrics show.
 pub struct Forwarder {
     pools: Mutex<BTreeMap<String, Arc<Pool>>>,
+    mode: Mode,
+    dialer: Dialer,
+    /// By [`Outcome`], in [`OUTCOMES`]' order.
+    outcomes: [AtomicU64; OUTCOMES.len()],
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No cluster: every request runs here.
+    Alone,
+    /// Forwarded (plaintext or TLS, as the dialer says).
+    On,
+    /// A TLS node without a CA: a leader named is not followed.
+    Off,
+}
+
+/// How a forwarded request ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A leader's answer (whatever it says) was returned, after one or two
+    /// hops (or served here, where leadership came back to this node).
+    Answered,
+    /// The leader refused the connection as the caller (its key unknown
+    /// or rotated there): that refusal was returned.
+    Refused,
+    /// No connection to the leader in time (nothing was sent): 6000.
+    Unreachable,
+    /// Sent, and no answer came back: 6000, the outcome unknown.
+    Lost,
+    /// The request's own deadline passed while it was forwarded.
+    TimedOut,
+    /// Not forwarded: TLS client ports and no CA (6000 naming the leader).
+    Off,
+}
+
+/// The `outcome` label values, in [`Outcome`]'s order.
+pub const OUTCOMES: [&str; 6] = ["answered", "refused", "unreachable", "lost", "timed_out", "off"];
 
 /// A leader as a NOT_LEADER answer names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +136,10 @@ struct Leader {
 /// What one hop to a leader came to.
 enum Hop {
     Answer(Bytes),
+    /// The leader refused the connection: its refusal.
+    Refused(Bytes),
+    /// No connection: nothing was sent; the answer saying so.
+    Unreachable(Bytes),
     /// The request was sent and no answer came: the outcome is unknown.
     Lost(Leader, String),
 }
@@ -92,39 +153,94 @@ pub async fn execute(
     viewer: Viewer,
     within: Duration,
 ) -> Result<Bytes, Unanswered> {
-    let cfg = &ctx.shared.cfg;
-    if cfg.cluster.is_none() || cfg.tls.is_some() {
-        return ctx.bridge.execute(&ctx.shared.external, request, viewer, within).await;
+    let forwarder = &ctx.forward;
+    if forwarder.mode != Mode::On {
+        let frame = ctx.bridge.execute(&ctx.shared.external, request, viewer, within).await?;
+        if forwarder.mode == Mode::Off && leader_named(&frame).is_some() {
+            forwarder.count(Outcome::Off);
+        }
+        return Ok(frame);
     }
     let deadline = Instant::now() + within;
     let spare = request.clone();
     let frame = ctx.bridge.execute(&ctx.shared.external, request, viewer.clone(), within).await?;
     let Some(leader) = leader_named(&frame) else { return Ok(frame) };
-    let request = with_idempotency_keys(spare);
-    let next = match hop(ctx, &leader, &request, &viewer, deadline).await? {
+    let ended = forward(ctx, leader, with_idempotency_keys(spare), &viewer, deadline).await;
+    forwarder.count(ended.as_ref().map_or(Outcome::TimedOut, |(outcome, _)| *outcome));
+    ended.map(|(_, answer)| answer)
+}
+
+/// Sends `request` to `leader`, and once more where the module's comment
+/// says; the answer and how it ended.
+async fn forward(
+    ctx: &HttpContext,
+    leader: Leader,
+    request: Request,
+    viewer: &Viewer,
+    deadline: Instant,
+) -> Result<(Outcome, Bytes), Unanswered> {
+    let next = match hop(ctx, &leader, &request, viewer, deadline).await? {
         Hop::Answer(answer) => match leader_named(&answer) {
             Some(next) if next.id != leader.id => next,
-            _ => return Ok(answer),
+            None if error_code(&answer) == Some(ErrorCode::NOT_LEADER) => {
+                // It stepped down and knows no successor yet (a transfer
+                // ends its long polls so): nothing ran there.
+                let again = after_election(ctx, &request, viewer, &leader, deadline).await?;
+                match leader_named(&again) {
+                    Some(next) => next,
+                    None => return Ok((Outcome::Answered, again)),
+                }
+            }
+            _ => return Ok((Outcome::Answered, answer)),
         },
         Hop::Lost(leader, why) if is_send(&request) => {
             // Ask this node again who leads (or serve it, if it now does).
-            let again = local(ctx, request.clone(), &viewer, deadline).await?;
+            let again = local(ctx, request.clone(), viewer, deadline).await?;
             match leader_named(&again) {
                 Some(next) if next.id != leader.id => next,
                 // Served here (this node leads now), or refused for another reason.
-                _ if error_code(&again) != Some(ErrorCode::NOT_LEADER) => return Ok(again),
+                _ if error_code(&again) != Some(ErrorCode::NOT_LEADER) => return Ok((Outcome::Answered, again)),
                 // No new leader known yet.
-                _ => return Ok(lost(&request, &leader, &why)),
+                _ => return Ok((Outcome::Lost, lost(&request, &leader, &why))),
             }
         }
-        Hop::Lost(leader, why) => return Ok(lost(&request, &leader, &why)),
+        other => return Ok(ended(other, &request)),
     };
-    if next.id == cfg.node_id {
-        return local(ctx, request, &viewer, deadline).await;
+    if next.id == ctx.shared.cfg.node_id {
+        return Ok((Outcome::Answered, local(ctx, request, viewer, deadline).await?));
     }
-    match hop(ctx, &next, &request, &viewer, deadline).await? {
-        Hop::Answer(answer) => Ok(answer),
-        Hop::Lost(leader, why) => Ok(lost(&request, &leader, &why)),
+    Ok(ended(hop(ctx, &next, &request, viewer, deadline).await?, &request))
+}
+
+/// Waits until this node knows a leader of the request's shard other
+/// than `old` (at most [`FORWARD_ELECTION_WAIT`], within the deadline),
+/// then runs the request here: served where this node leads now, else the
+/// NOT_LEADER naming the leader (or naming none, when the wait ran out).
+async fn after_election(
+    ctx: &HttpContext,
+    request: &Request,
+    viewer: &Viewer,
+    old: &Leader,
+    deadline: Instant,
+) -> Result<Bytes, Unanswered> {
+    if let Some(slot) = shard_of(ctx, request).and_then(|s| ctx.shared.leaders.get(usize::from(s))) {
+        let until = deadline.min(Instant::now() + FORWARD_ELECTION_WAIT);
+        // Nothing announces a new leader to this thread: look every few ms.
+        let unknown = || matches!(slot.0.load(Ordering::Relaxed), id if id == 0 || id == old.id);
+        while unknown() && Instant::now() + FORWARD_ELECTION_POLL <= until {
+            tokio::time::sleep(FORWARD_ELECTION_POLL).await;
+        }
+    }
+    local(ctx, request.clone(), viewer, deadline).await
+}
+
+/// A last hop's answer and outcome.
+fn ended(hop: Hop, request: &Request) -> (Outcome, Bytes) {
+    match hop {
+        Hop::Answer(answer) => (Outcome::Answered, answer),
+        Hop::Refused(answer) => (Outcome::Refused, answer),
+        Hop::Unreachable(answer) => (Outcome::Unreachable, answer),
+        Hop::Lost(leader, why) => (Outcome::Lost, lost(request, &leader, &why)),
     }
 }
 
@@ -146,10 +262,12 @@ async fn hop(
     let identity = Identity { secret_id: viewer.as_ref().map(|p| p.secret_id.clone()), shard: shard_of(ctx, request) };
     let open_by = deadline.min(Instant::now() + FORWARD_OPEN_TIMEOUT);
     let mut lease = match tokio::time::timeout_at(open_by, pool.lease(identity, viewer)).await {
-        Err(_) if open_by < deadline => return Ok(Hop::Answer(unreachable(request, leader, "no connection in time"))),
+        Err(_) if open_by < deadline => {
+            return Ok(Hop::Unreachable(unreachable(request, leader, "no connection in time")))
+        }
         Err(_) => return Err(Unanswered::TimedOut),
-        Ok(Err(OpenError::Refused(e))) => return Ok(Hop::Answer(error_frame(request, &e))),
-        Ok(Err(OpenError::Io(why))) => return Ok(Hop::Answer(unreachable(request, leader, &why))),
+        Ok(Err(OpenError::Refused(e))) => return Ok(Hop::Refused(error_frame(request, &e))),
+        Ok(Err(OpenError::Io(why))) => return Ok(Hop::Unreachable(unreachable(request, leader, &why))),
         Ok(Ok(lease)) => lease,
     };
     // Timed out, the lease is dropped: the connection closes, which the
@@ -165,6 +283,36 @@ async fn hop(
 }
 
 impl Forwarder {
+    /// How this node forwards, from its settings (reads the TLS files: an
+    /// error stops cmqd at start). Where forwarding is off, says why once.
+    pub fn new(cfg: &crate::config::Config) -> anyhow::Result<Forwarder> {
+        let (mode, tls) = match Setup::from_config(cfg)? {
+            Setup::Alone => (Mode::Alone, None),
+            Setup::Plain => (Mode::On, None),
+            Setup::Tls(connector) => (Mode::On, Some(connector)),
+            Setup::Off(why) => {
+                log::warn!(target: "cmq::http", "not forwarding to shard leaders: {why}");
+                (Mode::Off, None)
+            }
+        };
+        let dialer = Dialer { tls, ..Dialer::default() };
+        Ok(Forwarder { pools: Mutex::default(), mode, dialer, outcomes: Default::default() })
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forwarded requests by outcome label, for `/metrics`.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES.iter().zip(&self.outcomes).map(|(label, n)| (*label, n.load(Ordering::Relaxed))).collect()
+    }
+
+    /// Connections to leaders open now (in use and idle), for `/metrics`.
+    pub fn open_connections(&self) -> u64 {
+        self.dialer.open.load(Ordering::Relaxed)
+    }
+
     /// The pool for the leader at `addr`.
     fn pool(&self, addr: &str) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +322,8 @@ impl Forwarder {
         if pools.len() >= FORWARD_LEADERS_MAX {
             pools.retain(|_, p| !p.is_unused());
         }
-        pools.entry(addr.to_owned()).or_insert_with(|| Arc::new(Pool::new(addr.to_owned()))).clone()
+        let dialer = &self.dialer;
+        pools.entry(addr.to_owned()).or_insert_with(|| Arc::new(Pool::new(addr.to_owned(), dialer.clone()))).clone()
     }
 }
 
@@ -288,6 +437,14 @@ mod tests {
         cmq_protocol::Response::SendMessage(cmq_protocol::SendMessageOk { msg_id: 1 }).encode_frame(0, &mut ok);
         assert_eq!(leader_named(&ok), None);
         assert_eq!(leader_named(&ok[..HEADER_BYTES - 1]), None, "a short frame is no hint");
+    }
+
+    #[test]
+    fn each_outcome_has_its_label() {
+        let all =
+            [Outcome::Answered, Outcome::Refused, Outcome::Unreachable, Outcome::Lost, Outcome::TimedOut, Outcome::Off];
+        let labels: Vec<&str> = all.iter().map(|o| OUTCOMES[*o as usize]).collect();
+        assert_eq!(labels, OUTCOMES, "in the enum's order");
     }
 
     #[test]

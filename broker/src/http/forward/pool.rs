@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{Identity, LeaderConn, OpenError};
+use super::conn::{Dialer, Identity, LeaderConn, OpenError};
 use crate::shard::external::Viewer;
 
 /// Connections one node keeps to one leader, in use and idle together.
@@ -34,13 +34,15 @@ pub struct Lease {
 
 pub struct Pool {
     addr: String,
+    dialer: Dialer,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Lease>>,
 }
 
 impl Pool {
-    pub fn new(addr: String) -> Pool {
-        Pool { addr, slots: Arc::new(Semaphore::new(FORWARD_CONNECTIONS_PER_LEADER_MAX)), idle: Mutex::new(Vec::new()) }
+    pub fn new(addr: String, dialer: Dialer) -> Pool {
+        let slots = Arc::new(Semaphore::new(FORWARD_CONNECTIONS_PER_LEADER_MAX));
+        Pool { addr, dialer, slots, idle: Mutex::new(Vec::new()) }
     }
 
     /// A connection as `identity` (opened as `viewer` when none is idle).
@@ -56,7 +58,7 @@ impl Pool {
                 None => self.slots.clone().acquire_owned().await.map_err(|e| OpenError::Io(e.to_string()))?,
             },
         };
-        let conn = LeaderConn::open(&self.addr, viewer, identity).await?;
+        let conn = LeaderConn::open(&self.addr, &self.dialer, viewer, identity).await?;
         Ok(Lease { conn, slot })
     }
 
@@ -143,7 +145,8 @@ mod tests {
     #[tokio::test]
     async fn at_most_the_bound_is_open_and_idle_connections_make_room_for_other_identities() {
         let (addr, accepted) = fake_leader(false).await;
-        let pool = Pool::new(addr);
+        let dialer = Dialer::default();
+        let pool = Pool::new(addr, dialer.clone());
         let a = Identity { secret_id: None, shard: Some(0) };
         let mut held = Vec::new();
         for _ in 0..FORWARD_CONNECTIONS_PER_LEADER_MAX {
@@ -151,6 +154,8 @@ mod tests {
         }
         let waited = timeout(Duration::from_millis(100), pool.lease(a.clone(), &None)).await;
         assert!(waited.is_err(), "one past the bound waits");
+        let open = || dialer.open.load(SeqCst) as usize;
+        assert_eq!(open(), FORWARD_CONNECTIONS_PER_LEADER_MAX, "the gauge counts every open connection");
         // Given back: the same identity reuses it, no new connection.
         pool.give_back(held.pop().expect("held"));
         let again =
@@ -163,14 +168,16 @@ mod tests {
         assert_eq!(accepted.load(SeqCst), FORWARD_CONNECTIONS_PER_LEADER_MAX + 1);
         assert_eq!(pool.slots.available_permits(), 0);
         assert!(!pool.is_unused());
+        assert_eq!(open(), FORWARD_CONNECTIONS_PER_LEADER_MAX, "the evicted one was closed");
         drop((held, other));
         assert!(pool.is_unused(), "every slot back once the leases end");
+        assert_eq!(open(), 0, "closed connections leave the gauge");
     }
 
     #[tokio::test]
     async fn a_connection_the_leader_closed_is_not_reused() {
         let (addr, accepted) = fake_leader(true).await;
-        let pool = Pool::new(addr);
+        let pool = Pool::new(addr, Dialer::default());
         let a = Identity { secret_id: Some("AKIDx".into()), shard: None };
         let lease = pool.lease(a.clone(), &None).await.expect("lease");
         let deadline = Instant::now() + Duration::from_secs(5);
