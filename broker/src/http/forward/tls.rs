@@ -13,19 +13,19 @@
 //! when it has them; without them the leader refuses the TLS handshake and
 //! the caller gets 6000 saying the leader could not be reached.
 //!
-//! The PEM files are read here, once, at start (a small loader of its own:
-//! `crate::tls` keeps its loading code private to its own flags).
+//! The PEM files are read once, at start, by `crate::tls`'s loaders (each
+//! error names the flag and the file).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Config;
+use crate::tls::{load_root_store, read_certs, read_key};
 
 /// How this node reaches the leaders' client ports.
 pub enum Setup {
@@ -65,29 +65,17 @@ impl Setup {
 /// TLS 1.3 (the client port's only version) trusting the CAs in `ca`,
 /// presenting `identity` (certificate chain, key) when given.
 fn client_config((ca, flag): (&Path, &str), identity: Option<(&Path, &Path)>) -> anyhow::Result<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(ca, flag)? {
-        roots.add(cert).with_context(|| format!("{flag} {}", ca.display()))?;
-    }
+    let roots = load_root_store(ca, flag)?;
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS protocol versions")?
         .with_root_certificates(roots);
     let Some((cert, key)) = identity else { return Ok(builder.with_no_client_auth()) };
     let chain = read_certs(cert, "--peer-tls-cert")?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow::anyhow!("--peer-tls-key {}: no PEM private key ({e})", key.display()))?;
+    let key = read_key(key, "--peer-tls-key")?;
     builder
         .with_client_auth_cert(chain, key)
         .with_context(|| format!("--peer-tls-cert {} as a client certificate", cert.display()))
-}
-
-fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{flag} {}: no PEM certificate in the file", path.display());
-    Ok(certs)
 }
 
 /// The name the leader's certificate must carry: the host of its client
