@@ -1071,8 +1071,10 @@ impl Replica {
         msg.write_to_bytes().unwrap_or_default()
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Message> {
-        let m = Message::parse_from_bytes(bytes).ok()?;
+    /// Decodes a peer's message. The entries' data share `bytes` (the
+    /// received frame) instead of being copied out of it.
+    pub fn decode(bytes: &bytes::Bytes) -> Option<Message> {
+        let m = Message::parse_from_carllerche_bytes(bytes).ok()?;
         (m.get_msg_type() != MessageType::MsgHup).then_some(m)
     }
 }

@@ -701,7 +701,7 @@ impl Sim {
             let Some(r) = n.replica.as_mut().filter(|_| n.up) else { continue };
             match w {
                 Wire::Raft(bytes) => {
-                    let Some(m) = Replica::decode(&bytes) else {
+                    let Some(m) = Replica::decode(&bytes::Bytes::from(bytes)) else {
                         return Err(SimFailure {
                             seed: self.seed,
                             at_ms: self.now,
