@@ -154,11 +154,13 @@ impl ShardEngine {
             .collect();
         topics.sort_by_key(|t| t.uid);
         let windows = self.dedup_windows();
-        let dedup: Vec<CatalogDedup> = self
-            .dedup_order
-            .entries(&windows)
-            .map(|(e, seen)| CatalogDedup { owner: e.owner, uid: e.uid, key: e.key(), seen })
-            .collect();
+        // Sized up front: up to a million keys, so no growing copies.
+        let mut dedup: Vec<CatalogDedup> = Vec::with_capacity(self.dedup_order.len());
+        dedup.extend(
+            self.dedup_order
+                .entries(&windows)
+                .map(|(e, seen)| CatalogDedup { owner: e.owner, uid: e.uid, key: e.key(), seen }),
+        );
         Catalog {
             dedup,
             topics,
