@@ -609,7 +609,10 @@ mod tests {
         assert_eq!(s.order.superseded.len(), 1);
         s.insert(Q1, k("c"), 4, 2 * DEDUP_WINDOW_MS);
         assert!(s.order.superseded.is_empty());
-        assert_eq!(s.entries(), [(Q1.0, Q1.1, k("a"), 3, DEDUP_WINDOW_MS + 1), (Q1.0, Q1.1, k("c"), 4, 2 * DEDUP_WINDOW_MS)]);
+        assert_eq!(
+            s.entries(),
+            [(Q1.0, Q1.1, k("a"), 3, DEDUP_WINDOW_MS + 1), (Q1.0, Q1.1, k("c"), 4, 2 * DEDUP_WINDOW_MS)]
+        );
         s.check();
     }
 

@@ -156,11 +156,12 @@ impl ShardEngine {
         let windows = self.dedup_windows();
         // Sized up front: up to a million keys, so no growing copies.
         let mut dedup: Vec<CatalogDedup> = Vec::with_capacity(self.dedup_order.len());
-        dedup.extend(
-            self.dedup_order
-                .entries(&windows)
-                .map(|(e, seen)| CatalogDedup { owner: e.owner, uid: e.uid, key: e.key(), seen }),
-        );
+        dedup.extend(self.dedup_order.entries(&windows).map(|(e, seen)| CatalogDedup {
+            owner: e.owner,
+            uid: e.uid,
+            key: e.key(),
+            seen,
+        }));
         Catalog {
             dedup,
             topics,
