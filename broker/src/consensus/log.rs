@@ -49,7 +49,8 @@ pub trait RawLog {
     /// Everything below is covered by a completed fdatasync.
     fn durable_end(&self) -> u64;
     /// Everything appended so far must be fdatasync'd soon (not only
-    /// within the flush interval).
+    /// within the flush interval). Moves no output dependency: what a reply
+    /// must wait for is decided by the records the engine appended.
     fn require_sync(&mut self);
 }
 

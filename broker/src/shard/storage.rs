@@ -145,9 +145,17 @@ impl RawLog for WalLog {
         self.wal.durable_end().0
     }
 
+    /// Raft's own records (votes, terms, configurations, a sync queue's
+    /// entry on a follower) get their fdatasync this turn. The sync mark,
+    /// which output waits on, stays where the engine's synced records put
+    /// it: no reply depends on these records, and raising the mark past
+    /// the entries made every later reply of an async queue look as if
+    /// its call had logged a synced record (`Shard::logging` compares the
+    /// mark, clamped to the entries' end, before and after the call), so it
+    /// waited for the commit, a follower's periodic fdatasync: a 50 ms
+    /// stall (`flush_interval_ms`) for async sends in a cluster.
     fn require_sync(&mut self) {
         self.sync_pending = true;
-        self.sync_mark = self.sync_mark.max(self.wal.end().0);
     }
 }
 
@@ -822,6 +830,33 @@ mod tests {
             log.submit(10);
             std::thread::sleep(Duration::from_millis(5));
         }
+        Ok(())
+    }
+
+    /// Raft's "fdatasync this soon" (a vote, a configuration, a hard state
+    /// written between entries) asks for an fdatasync but moves no output
+    /// dependency: an async send logged after it does not look as if it had
+    /// logged a synced record (which made its reply wait for the commit, a
+    /// follower's periodic fdatasync, up to `flush_interval_ms`).
+    #[test]
+    fn raft_sync_requests_leave_the_output_sync_mark_alone() -> Res {
+        let d = tempfile::tempdir()?;
+        let cfg =
+            WalConfig { segment_bytes: SEGMENT_BYTES_MIN, backend: Backend::Thread, repair: false, fault_file: None };
+        let mut e = engine();
+        let (mut log, _, _) = ShardLog::open(&d.path().join("shard-0"), cfg, 50, &mut e, Mode::Solo)?;
+        e.create_queue(&mut log, 1, "q", &QueueAttributesUpdate::default(), 1).map_err(|e| e.message)?;
+        log.submit(1);
+        let created = log.sync_mark();
+        assert!(created > 0, "a queue's creation is a synced record");
+        // A hard state after the entries, and Raft asks for its fdatasync.
+        log.entries().raw.append(crtype::HARD_STATE, &[&[0u8; 24]], Durability::Written).map_err(|e| e.0)?;
+        log.entries().raw.require_sync();
+        assert!(log.entries().raw.sync_pending, "the fdatasync is asked for");
+        let body = vec![Bytes::from_static(b"async body")];
+        e.send(&mut log, 2, "q", 0, &body).map_err(|e| e.message)?;
+        assert!(log.end() > created);
+        assert_eq!(log.sync_mark(), created, "an async send after it needs nothing durable");
         Ok(())
     }
 
