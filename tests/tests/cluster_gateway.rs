@@ -13,6 +13,7 @@ mod cmq_signer;
 
 use std::time::{Duration, Instant};
 
+use cmq_integration_tests::console::Console;
 use cmq_integration_tests::{http, Cluster, ClusterSpec, NodeConn, Reply};
 use cmq_protocol::{CreateKey, Request, Response, TransferLeader};
 use cmq_signer::{code, Signer};
@@ -89,13 +90,10 @@ fn roles(c: &Cluster) -> (usize, usize, usize) {
 /// The console's JSON API forwards the same way: a follower's anonymous
 /// session reads the queue (GetQueueAttributes, run by the leader).
 fn console_on_a_follower_shows_the_queue(c: &Cluster, follower: usize) {
-    let http = c.http_addr(follower);
-    let session = http::get(http, "/api/v1/session");
-    assert_eq!(session.status, 200, "{}", session.body);
-    let cookie = session.header("set-cookie").and_then(|s| s.split(';').next()).expect("a session cookie").to_owned();
-    let r = http::request(http, "GET", &format!("/api/v1/queues/{QUEUE}"), &[("Cookie", &cookie)]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["queueName"], QUEUE, "{}", r.body);
+    let mut console = Console::new(c.http_addr(follower));
+    console.anonymous();
+    let q = console.ok("GET", &format!("/api/v1/queues/{QUEUE}"), &[]);
+    assert_eq!(q["queueName"], QUEUE, "{q}");
 }
 
 #[test]
